@@ -1,0 +1,36 @@
+# Quick start: `make demo` runs the main job, `make test` runs the whole suite. Both create .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# On the project's machines this picks the local CPU wheel; elsewhere PyPI's default build.
+TORCH_SPEC ?= torch==2.13.0
+OUT ?= out/gpu-check
+
+.PHONY: demo test gpu-check bench clean
+
+$(VENV)/.base: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.test: $(VENV)/.base
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+demo: $(VENV)/.base
+	$(VENV)/bin/vit-fast demo
+
+test: $(VENV)/.test
+	$(PY) -m pytest tests -q
+
+bench: $(VENV)/.test
+	$(VENV)/bin/vit-fast bench --out out/bench
+
+# On a GPU machine (no registry there: run with the image's python, the project on PYTHONPATH).
+gpu-check:
+	bash benchmarks/gpu_check.sh $(OUT)
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

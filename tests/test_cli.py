@@ -1,0 +1,98 @@
+"""The `vit-fast` command: predict, info, convert, and one-line errors."""
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+import vit_fast
+from tests.helpers import randomize_
+from tests.tolerances import LOADER_REL_ERR, rel_err
+from vit_fast.cli import SAMPLE_IMAGES, main
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    model = randomize_(vit_fast.create("vit_ti_16", img_size=32, depth=1, num_classes=4,
+                                       labels=["cat", "dog", "cup", "rocket"]))
+    return model, vit_fast.save(model, tmp_path / "ckpt")
+
+
+def test_sample_images_are_shipped():
+    assert len(SAMPLE_IMAGES) >= 3
+    for path in SAMPLE_IMAGES:
+        Image.open(path).verify()
+
+
+def test_predict_with_checkpoint(tiny_checkpoint, tmp_path, capsys):
+    model, ckpt = tiny_checkpoint
+    image = tmp_path / "img.png"
+    Image.fromarray(torch.randint(0, 256, (40, 56, 3), dtype=torch.uint8).numpy()).save(image)
+    assert main(["predict", str(image), SAMPLE_IMAGES[0], "--checkpoint", str(ckpt), "--top-k", "2"]) == 0
+    out = capsys.readouterr()
+    assert "RANDOM" not in out.err
+    lines = out.out.splitlines()
+    assert lines[0] == str(image) and lines[3] == SAMPLE_IMAGES[0]
+    assert all(line.split()[1] in {"cat", "dog", "cup", "rocket"} for line in lines[1:3] + lines[4:6])
+    # the printed top-1 is the model's own top-1 on the same preprocessing
+    from vit_fast.preprocess import preprocess
+
+    with torch.no_grad():
+        logits = model(preprocess(str(image), model.config).unsqueeze(0))
+    assert lines[1].split()[1] == model.config.labels[logits.argmax().item()]
+
+
+def test_predict_without_checkpoint_says_weights_are_random(capsys):
+    assert main(["predict", SAMPLE_IMAGES[0], "--model", "vit_ti_16", "--set", "depth=1", "--top-k", "1"]) == 0
+    assert "RANDOM weights" in capsys.readouterr().err
+
+
+def test_predict_bad_image_is_reported(tmp_path, tiny_checkpoint, capsys):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    assert main(["predict", str(bad), SAMPLE_IMAGES[0], "--checkpoint", str(tiny_checkpoint[1])]) == 1
+    out = capsys.readouterr().out
+    assert "error:" in out and SAMPLE_IMAGES[0] in out
+
+
+def test_info(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for key in ("device", "backends", "torch", "triton", "python"):
+        assert key in out
+
+
+def test_convert_timm_file(tmp_path, capsys):
+    model = randomize_(vit_fast.create("vit_ti_16", img_size=32, depth=2, num_classes=3))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "timm.safetensors"))
+    assert main(["convert", str(tmp_path / "timm.safetensors"), str(tmp_path / "out"), "--set", "layer_norm_eps=1e-6"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    loaded = vit_fast.load(tmp_path / "out")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert rel_err(loaded(x), model(x)) <= LOADER_REL_ERR
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["convert", "/nonexistent/w.safetensors", "/tmp/x"], "no checkpoint at"),
+        (["predict", "x.jpg", "--checkpoint", "/nonexistent"], "no checkpoint at"),
+        (["predict", "x.jpg", "--model", "vit_q_16"], "unknown model 'vit_q_16'"),
+        (["convert", "a", "b", "--set", "oops"], "--set expects key=value"),
+    ],
+)
+def test_errors_are_one_line(argv, match, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("vit-fast: error:") and match in err[0]
+
+
+def test_python_dash_m():
+    done = subprocess.run([sys.executable, "-m", "vit_fast", "info"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "backends" in done.stdout, done.stderr
+    done = subprocess.run([sys.executable, "-m", "vit_fast", "convert", "/nonexistent", "/tmp/x"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr

@@ -1,0 +1,166 @@
+"""Equivalence with Hugging Face transformers ViT models built with random weights: live objects,
+`save_pretrained` directories, interpolated position embeddings, pooler, uint8 inputs."""
+import pytest
+import torch
+
+import vit_fast
+from tests.helpers import randomize_
+from tests.tolerances import LOADER_REL_ERR, rel_err
+
+transformers = pytest.importorskip("transformers")
+
+# (hidden, layers, heads, intermediate, image_size, patch, batch): head dims 32/64/80, patches 8/14/16/32,
+# square and non-square images, 1-3 layers, batch 1 and 3
+CONFIGS = [
+    (64, 1, 2, 128, 32, 8, 1),
+    (128, 2, 2, 256, (48, 32), 16, 3),
+    (160, 3, 2, 320, 28, 14, 3),
+    (96, 2, 3, 192, (64, 96), 32, 1),
+]
+
+
+def _hf_classifier(hidden, layers, heads, inter, image_size, patch, num_labels=7, **kw):
+    cfg = transformers.ViTConfig(
+        hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=inter,
+        image_size=list(image_size) if isinstance(image_size, tuple) else image_size, patch_size=patch,
+        num_labels=num_labels, **kw,
+    )
+    return randomize_(transformers.ViTForImageClassification(cfg)).eval()
+
+
+def _size(image_size):
+    return image_size if isinstance(image_size, tuple) else (image_size, image_size)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"d{c[0]}-L{c[1]}-h{c[2]}-p{c[5]}-img{c[4]}")
+@pytest.mark.parametrize("backend", ["torch", "sdpa"])
+def test_live_classifier(cfg, backend):
+    *model_cfg, batch = cfg
+    hf = _hf_classifier(*model_cfg)
+    model = vit_fast.from_hf(hf, backend=backend)
+    x = torch.randn(batch, 3, *_size(cfg[4]))
+    with torch.no_grad():
+        ref = hf(x, output_hidden_states=True)
+        tokens = model.forward_features(x)
+        logits = model.forward_head(tokens)
+    # last_hidden_state is the final LayerNorm applied to the last hidden state
+    ref_tokens = hf.vit.layernorm(ref.hidden_states[-1])
+    assert rel_err(tokens, ref_tokens) <= LOADER_REL_ERR
+    assert rel_err(logits, ref.logits) <= LOADER_REL_ERR
+    assert torch.equal(model(x), logits)
+
+
+def test_save_pretrained_directory(tmp_path):
+    hf = _hf_classifier(128, 2, 2, 256, (48, 32), 16, id2label={i: f"thing{i}" for i in range(7)},
+                        layer_norm_eps=1e-5)
+    hf.save_pretrained(tmp_path)
+    model = vit_fast.load(tmp_path, backend="torch")
+    assert model.config.labels == [f"thing{i}" for i in range(7)]
+    assert model.config.layer_norm_eps == 1e-5 and model.config.img_size == (48, 32)
+    x = torch.randn(2, 3, 48, 32)
+    with torch.no_grad():
+        assert rel_err(model(x), hf(x).logits) <= LOADER_REL_ERR
+
+
+def test_pytorch_model_bin_directory(tmp_path):
+    import json
+
+    hf = _hf_classifier(64, 1, 2, 128, 32, 8)
+    (tmp_path / "config.json").write_text(json.dumps(hf.config.to_dict()))
+    torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
+    model = vit_fast.from_hf(tmp_path, backend="torch")
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert rel_err(model(x), hf(x).logits) <= LOADER_REL_ERR
+
+
+def test_vit_model_with_pooler():
+    cfg = transformers.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                 intermediate_size=128, image_size=32, patch_size=8)
+    hf = randomize_(transformers.ViTModel(cfg, add_pooling_layer=True)).eval()
+    model = vit_fast.from_hf(hf, backend="sdpa")
+    assert model.config.num_classes == 0 and model.config.representation_size == 64
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        ref = hf(x)
+        assert rel_err(model.forward_features(x), ref.last_hidden_state) <= LOADER_REL_ERR
+        assert rel_err(model(x), ref.pooler_output) <= LOADER_REL_ERR
+
+
+@pytest.mark.parametrize("size", [(64, 48), (48, 48), (32, 56)])
+def test_higher_resolution_matches_hf_interpolation(size):
+    hf = _hf_classifier(64, 2, 2, 128, 32, 8)
+    model = vit_fast.from_hf(hf, backend="torch")
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        ref = hf(x, interpolate_pos_encoding=True).logits
+        assert rel_err(model(x), ref) <= LOADER_REL_ERR
+        # cached per size: the second call reuses the resampled table
+        pos = model.pos_embed_for((size[0] // 8, size[1] // 8))
+        assert model.pos_embed_for((size[0] // 8, size[1] // 8)) is pos
+
+
+def test_uint8_inputs_equal_normalized_floats():
+    hf = _hf_classifier(64, 1, 2, 128, (32, 48), 16)
+    model = vit_fast.from_hf(hf, backend="sdpa", image_mean=(0.485, 0.456, 0.406), image_std=(0.229, 0.224, 0.225))
+    pixels = torch.randint(0, 256, (3, 32, 48, 3), dtype=torch.uint8)
+    mean = torch.tensor(model.config.image_mean).view(1, 3, 1, 1)
+    std = torch.tensor(model.config.image_std).view(1, 3, 1, 1)
+    normalized = (pixels.permute(0, 3, 1, 2).float() / 255 - mean) / std
+    with torch.no_grad():
+        ref = hf(normalized).logits
+        assert rel_err(model(pixels), ref) <= LOADER_REL_ERR  # NHWC
+        assert rel_err(model(pixels.permute(0, 3, 1, 2).contiguous()), ref) <= LOADER_REL_ERR  # NCHW
+
+
+def test_preprocessor_config_sets_normalization(tmp_path):
+    import json
+
+    hf = _hf_classifier(64, 1, 2, 128, 32, 8)
+    hf.save_pretrained(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.1, 0.2, 0.3],
+                                                                  "image_std": [0.4, 0.5, 0.6]}))
+    model = vit_fast.load(tmp_path)
+    assert model.config.image_mean == (0.1, 0.2, 0.3) and model.config.image_std == (0.4, 0.5, 0.6)
+
+
+def test_transformers5_module_names_on_disk(tmp_path):
+    """Files written with transformers-5 module names (vit.layers.N.attention.q_proj...) load too."""
+    from safetensors.torch import save_file
+
+    hf = _hf_classifier(64, 2, 2, 128, 32, 8)
+    classic = {k: v.contiguous() for k, v in hf.state_dict().items()}
+    renamed = {}
+    for k, v in classic.items():
+        k = k.replace("encoder.layer.", "layers.")
+        for old, new in [("attention.attention.query", "attention.q_proj"), ("attention.attention.key", "attention.k_proj"),
+                         ("attention.attention.value", "attention.v_proj"), ("attention.output.dense", "attention.o_proj"),
+                         ("intermediate.dense", "mlp.fc1"), ("output.dense", "mlp.fc2")]:
+            k = k.replace(old, new)
+        renamed[k] = v
+    assert any(".q_proj." in k for k in renamed) and not any("encoder.layer" in k for k in renamed)
+    hf.config.to_json_file(tmp_path / "config.json")
+    save_file(renamed, str(tmp_path / "model.safetensors"))
+    model = vit_fast.load(tmp_path, backend="torch")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert rel_err(model(x), hf(x).logits) <= LOADER_REL_ERR
+
+
+def test_incomplete_checkpoint_is_rejected(tmp_path):
+    from safetensors.torch import save_file
+
+    hf = _hf_classifier(64, 2, 2, 128, 32, 8)
+    state = {k: v.contiguous() for k, v in hf.state_dict().items()}
+    hf.config.to_json_file(tmp_path / "config.json")
+    del state["vit.layernorm.weight"]
+    state["vit.extra.weight"] = torch.zeros(3)
+    save_file(state, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"missing keys \['norm.weight'\].*unexpected keys \['vit.extra.weight'\]"):
+        vit_fast.load(tmp_path)
+
+
+def test_tanh_gelu_config_rejected():
+    hf = _hf_classifier(64, 1, 2, 128, 32, 8, hidden_act="gelu_new")
+    with pytest.raises(ValueError, match="exact GELU"):
+        vit_fast.from_hf(hf)

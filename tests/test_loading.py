@@ -1,0 +1,93 @@
+"""vit-fast's own checkpoints, timm-format files, format detection, and loading errors."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import vit_fast
+from tests.helpers import randomize_
+from tests.tolerances import LOADER_REL_ERR, rel_err
+
+TINY = dict(img_size=(32, 48), depth=2, num_classes=5, labels=list("abcde"))
+
+
+def _model(**kw):
+    return randomize_(vit_fast.create("vit_ti_16", backend="sdpa", **{**TINY, **kw}))
+
+
+def _same(a, b):
+    x = torch.randn(2, 3, *a.config.img_size)
+    with torch.no_grad():
+        assert rel_err(b(x), a(x)) <= LOADER_REL_ERR
+
+
+def test_save_load_roundtrip(tmp_path):
+    model = _model(global_pool="avg", representation_size=40, layer_norm_eps=1e-12)
+    vit_fast.save(model, tmp_path / "ckpt")
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["model.safetensors", "vit_fast.json"]
+    loaded = vit_fast.load(tmp_path / "ckpt", backend="torch")
+    assert loaded.config == model.config and loaded.backend == "torch"
+    _same(model, loaded)
+    # the weight file alone carries its config too
+    _same(model, vit_fast.load(tmp_path / "ckpt" / "model.safetensors"))
+
+
+def test_timm_format_files(tmp_path):
+    model = _model()
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp_path / "timm.safetensors"))
+    torch.save({"state_dict": state}, tmp_path / "timm.pth")  # nested, as training checkpoints are
+    for path in (tmp_path / "timm.safetensors", tmp_path / "timm.pth"):
+        loaded = vit_fast.load(path, img_size=(32, 48))  # a non-square training size is not in the file
+        assert loaded.config.num_heads == 3 and loaded.config.depth == 2 and loaded.config.num_classes == 5
+        assert loaded.config.pos_embed_antialias  # timm resamples with antialiasing
+        _same(model, loaded)
+    with pytest.raises(ValueError, match=r"do not form a square grid; pass img_size"):
+        vit_fast.load(tmp_path / "timm.pth")
+
+
+def test_timm_heads_cannot_be_guessed_for_unknown_width():
+    model = _model(embed_dim=96, num_heads=2)
+    with pytest.raises(ValueError, match="pass num_heads"):
+        vit_fast.from_timm(model.state_dict(), img_size=(32, 48))
+    loaded = vit_fast.from_timm(model.state_dict(), img_size=(32, 48), num_heads=2)
+    _same(model.eval(), loaded)
+
+
+def test_mismatched_shapes_are_listed(tmp_path):
+    model = _model()
+    vit_fast.save(model, tmp_path)
+    cfg = json.loads((tmp_path / "vit_fast.json").read_text())
+    cfg["mlp_dim"] = 512
+    (tmp_path / "vit_fast.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"shapes that disagree with the config \['blocks.0.mlp.fc1.bias: checkpoint"):
+        vit_fast.load(tmp_path)
+
+
+def test_missing_and_unexpected_keys_are_listed():
+    state = dict(_model().state_dict())
+    del state["blocks.1.norm2.bias"]
+    state["blocks.0.ls1.gamma"] = torch.ones(192)  # timm layer scale: not a plain ViT
+    with pytest.raises(ValueError, match=r"missing keys \['blocks.1.norm2.bias'\]; unexpected keys \['blocks.0.ls1.gamma'\]"):
+        vit_fast.from_timm(state, img_size=(32, 48))
+
+
+@pytest.mark.parametrize(
+    "setup,err,match",
+    [
+        (lambda p: p / "nothing", FileNotFoundError, "no checkpoint"),
+        (lambda p: (p / "w.npz").write_bytes(b"x") and p / "w.npz", ValueError, "unknown weight file type '.npz'"),
+        (lambda p: (p / "a.txt").write_text("x") and p, ValueError, "neither a vit-fast checkpoint"),
+        (lambda p: (p / "config.json").write_text("{}") and p, FileNotFoundError, "no model.safetensors"),
+    ],
+)
+def test_load_errors(tmp_path, setup, err, match):
+    with pytest.raises(err, match=match):
+        vit_fast.load(setup(tmp_path))
+
+
+def test_hf_weights_given_as_a_file_get_a_hint(tmp_path):
+    save_file({"vit.embeddings.patch_embeddings.projection.weight": torch.zeros(4, 3, 8, 8)}, str(tmp_path / "m.safetensors"))
+    with pytest.raises(ValueError, match="Hugging Face weights"):
+        vit_fast.load(tmp_path / "m.safetensors")

@@ -1,0 +1,210 @@
+"""The `vit-fast` command (also `python -m vit_fast`): predict, info, convert, demo, bench, serve, infer.
+
+Errors a user can cause print one readable line and exit non-zero; tracebacks are for bugs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+ASSETS = Path(__file__).parent / "assets"
+SAMPLE_IMAGES = sorted(str(p) for p in ASSETS.glob("*.jpg"))
+
+
+class UsageError(Exception):
+    """A mistake in the command line or its inputs: reported as one line."""
+
+
+def _parse_overrides(items) -> dict:
+    """`--set key=value` pairs; values are JSON where they parse (numbers, lists, booleans), else strings."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set expects key=value, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _predictor(args):
+    from . import create, load
+    from .predictor import Predictor
+
+    overrides = _parse_overrides(getattr(args, "set", None))
+    if args.checkpoint is None:
+        model = create(args.model, backend=args.backend, **overrides)
+        print(f"note: no --checkpoint given: {args.model} with RANDOM weights; the labels below mean nothing",
+              file=sys.stderr)
+    else:
+        model = load(args.checkpoint, backend=args.backend, **overrides)
+    predictor = Predictor(model, device=args.device)
+    predictor.random_weights = args.checkpoint is None
+    return predictor
+
+
+def _print_predictions(paths, results) -> int:
+    failures = 0
+    for path, result in zip(paths, results):
+        print(path)
+        if result.get("error"):
+            failures += 1
+            print(f"  error: {result['error']}")
+            continue
+        for label, score in zip(result["labels"], result["scores"]):
+            print(f"  {score:7.4f}  {label}")
+    return 1 if failures else 0
+
+
+def cmd_predict(args) -> int:
+    predictor = _predictor(args)
+    results = predictor.predict(args.images, top_k=args.top_k)
+    return _print_predictions(args.images, results)
+
+
+def cmd_info(args) -> int:
+    from . import __version__
+    from .backends import available_backends, triton_interpreting, triton_unavailable_reason
+
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        device = f"cuda: {props.name} (sm_{props.major}{props.minor}, {props.total_memory / 2**30:.0f} GiB)"
+    else:
+        device = f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "not installed"
+    lines = {
+        "vit-fast": __version__,
+        "device": device,
+        "backends": ", ".join(available_backends()),
+        "python": platform.python_version(),
+        "torch": torch.__version__ + (f" (CUDA {torch.version.cuda})" if torch.version.cuda else ""),
+        "triton": triton_version + (" (interpreter on)" if triton_interpreting() else ""),
+    }
+    for optional in ("transformers", "timm", "ray"):
+        try:
+            lines[optional] = __import__(optional).__version__
+        except Exception:  # noqa: BLE001 - an optional package that fails to import is simply absent
+            lines[optional] = "not available"
+    reason = triton_unavailable_reason(None)
+    if reason:
+        lines["triton backend"] = f"unavailable: {reason}"
+    width = max(map(len, lines))
+    for key, value in lines.items():
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from . import from_hf, from_timm, load, save
+
+    overrides = _parse_overrides(args.set)
+    readers = {"auto": load, "timm": from_timm, "hf": from_hf}
+    model = readers[args.format](args.src, **overrides)
+    dst = save(model, args.dst)
+    cfg = model.config
+    print(f"wrote {dst} ({sum(p.numel() for p in model.parameters()):,} parameters; {cfg.depth} layers, width "
+          f"{cfg.embed_dim}, {cfg.num_heads} heads, patch {cfg.patch_size}, {cfg.img_size[0]}x{cfg.img_size[1]}, "
+          f"{cfg.num_classes} classes); load it with vit_fast.load({str(dst)!r})")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """The quick start's main job: classify the shipped sample images, then a short side-by-side timing."""
+    gpu = torch.cuda.is_available()
+    print(f"vit-fast demo on {'GPU: ' + torch.cuda.get_device_name(0) if gpu else 'CPU'}")
+    if not gpu:
+        print("triton backend: needs a CUDA GPU (this machine has none), so the CPU runs the sdpa backend")
+    args.backend = "auto"
+    predictor = _predictor(args)
+    print(f"\nclassifying {len(SAMPLE_IMAGES)} sample images with {args.model} on {predictor.device} "
+          f"({str(predictor.dtype).replace('torch.', '')}, backend {predictor.model.backend}):")
+    status = _print_predictions([Path(p).name for p in SAMPLE_IMAGES], predictor.predict(SAMPLE_IMAGES, top_k=3))
+    from benchmarks import cli as bench_cli
+
+    print("\nthroughput, backends side by side (random inputs, warm-up excluded):")
+    bench_args = ["--models", args.model, "--out", args.out, "--no-plots", "--no-progress"]
+    if gpu:
+        bench_args += ["--batch-sizes", "1,64", "--dtypes", "bfloat16", "--backends", "eager,sdpa,vit_fast"]
+    else:
+        bench_args += ["--batch-sizes", "1,8", "--dtypes", "float32", "--backends", "eager,sdpa",
+                       "--repeats", "3", "--warmup", "1"]
+    return bench_cli.main(bench_args) or status
+
+
+def _add_model_args(p):
+    p.add_argument("--checkpoint", default=None,
+                   help="vit-fast directory/file, Hugging Face directory or timm weight file (default: random weights)")
+    p.add_argument("--model", default="vit_b_16", help="preset used when no checkpoint is given (default vit_b_16)")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, e.g. --set num_heads=12")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import BACKENDS
+
+    parser = argparse.ArgumentParser(prog="vit-fast", description="Fast Vision Transformer inference.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("predict", help="classify image files")
+    p.add_argument("images", nargs="+", help="image files (anything Pillow decodes)")
+    _add_model_args(p)
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--backend", default="auto", choices=BACKENDS)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("info", help="device, available backends, versions")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("convert", help="timm or Hugging Face weights -> a vit-fast checkpoint directory")
+    p.add_argument("src", help="timm .safetensors/.pth file, Hugging Face directory, or vit-fast checkpoint")
+    p.add_argument("dst", help="output directory (model.safetensors + vit_fast.json)")
+    p.add_argument("--format", choices=("auto", "timm", "hf"), default="auto")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="config override, e.g. --set num_heads=16 --set 'img_size=[384,384]'")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("demo", help="classify the bundled sample images and time the backends")
+    _add_model_args(p)
+    p.add_argument("--out", default="out/demo", help="where the timing results are written (default out/demo)")
+    p.set_defaults(func=cmd_demo)
+
+    from benchmarks import cli as bench_cli
+
+    p = sub.add_parser("bench", help="benchmark backends side by side (see `vit-fast bench --help`)")
+    bench_cli.add_arguments(p)
+    p.set_defaults(func=bench_cli.run)
+
+    from .serving import cli as serving_cli
+
+    serving_cli.add_serve_parser(sub)
+    serving_cli.add_infer_parser(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("vit-fast: interrupted", file=sys.stderr)
+        return 130
+    except (UsageError, ValueError, FileNotFoundError, RuntimeError, OSError, ImportError) as e:
+        print(f"vit-fast: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""vit-fast's own checkpoint format, and `load`, which recognizes every format this package reads.
+
+A vit-fast checkpoint is a directory with `model.safetensors` (timm-named weights) and `vit_fast.json` (the
+ViTConfig). The config is also stored in the safetensors metadata, so the weight file alone loads too.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..config import ViTConfig
+from .state_dict import build_and_load, read_weights
+
+CONFIG_NAME = "vit_fast.json"
+WEIGHTS_NAME = "model.safetensors"
+_METADATA_KEY = "vit_fast_config"
+
+
+def save(model, dst) -> Path:
+    """Write `model` to the directory `dst` (created if needed); returns the directory."""
+    from safetensors.torch import save_file
+
+    dst = Path(dst)
+    if dst.exists() and not dst.is_dir():
+        raise ValueError(f"{dst} exists and is not a directory")
+    dst.mkdir(parents=True, exist_ok=True)
+    config_json = json.dumps(model.config.to_dict(), indent=2)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(dst / WEIGHTS_NAME), metadata={_METADATA_KEY: config_json, "format": "pt"})
+    (dst / CONFIG_NAME).write_text(config_json + "\n")
+    return dst
+
+
+def _load_native(weights: Path, config: dict | None, backend: str, overrides: dict):
+    state, metadata = read_weights(weights)
+    if config is None:
+        if _METADATA_KEY not in metadata:
+            raise ValueError(f"{weights} carries no vit-fast config")
+        config = json.loads(metadata[_METADATA_KEY])
+    return build_and_load(ViTConfig.from_dict({**config, **overrides}), state, backend, str(weights))
+
+
+def load(path, backend: str = "auto", **config_overrides):
+    """Load a model from a vit-fast directory or file, a Hugging Face directory, or a timm weight file."""
+    from .hf import from_hf
+    from .timm import from_timm
+
+    path = Path(path)
+    if path.is_dir():
+        if (path / CONFIG_NAME).is_file():
+            config = json.loads((path / CONFIG_NAME).read_text())
+            return _load_native(path / WEIGHTS_NAME, config, backend, config_overrides)
+        if (path / "config.json").is_file():
+            return from_hf(path, backend=backend, **config_overrides)
+        raise ValueError(
+            f"{path} is neither a vit-fast checkpoint ({CONFIG_NAME} + {WEIGHTS_NAME}) nor a Hugging Face "
+            f"directory (config.json + weights); it holds {sorted(p.name for p in path.iterdir())[:10]}"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    if path.suffix not in (".safetensors", ".pth", ".pt", ".bin"):
+        raise ValueError(f"unknown weight file type {path.suffix!r}; expected .safetensors, .pth, .pt or .bin")
+    if path.suffix == ".safetensors":
+        if _METADATA_KEY in _safetensors_metadata(path):
+            return _load_native(path, None, backend, config_overrides)
+    return from_timm(path, backend=backend, **config_overrides)
+
+
+def _safetensors_metadata(path: Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})

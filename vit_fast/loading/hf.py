@@ -1,0 +1,133 @@
+"""Hugging Face `ViTModel` / `ViTForImageClassification` -> vit-fast: a live model or a local directory in HF format
+(`config.json` + `model.safetensors` or `pytorch_model.bin`), with the classic key names that files on disk have
+(`vit.encoder.layer.N.attention.attention.query.weight`) or transformers-5 module names
+(`vit.layers.N.attention.q_proj.weight`). Separate q/k/v projections are fused into timm's single qkv matrix.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from ..config import ViTConfig
+from .state_dict import build_and_load, read_weights
+
+# (HF suffix pattern, vit-fast name); \1 is the layer index. Classic names first, then transformers-5 names.
+_RENAMES = [
+    (r"embeddings\.cls_token", "cls_token"),
+    (r"embeddings\.position_embeddings", "pos_embed"),
+    (r"embeddings\.patch_embeddings\.projection\.(weight|bias)", r"patch_embed.proj.\1"),
+    (r"encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)", r"blocks.\1.attn.\2.\3"),
+    (r"encoder\.layer\.(\d+)\.attention\.output\.dense\.(weight|bias)", r"blocks.\1.attn.proj.\2"),
+    (r"encoder\.layer\.(\d+)\.intermediate\.dense\.(weight|bias)", r"blocks.\1.mlp.fc1.\2"),
+    (r"encoder\.layer\.(\d+)\.output\.dense\.(weight|bias)", r"blocks.\1.mlp.fc2.\2"),
+    (r"encoder\.layer\.(\d+)\.layernorm_before\.(weight|bias)", r"blocks.\1.norm1.\2"),
+    (r"encoder\.layer\.(\d+)\.layernorm_after\.(weight|bias)", r"blocks.\1.norm2.\2"),
+    (r"layers\.(\d+)\.attention\.(q|k|v)_proj\.(weight|bias)", r"blocks.\1.attn.\2.\3"),
+    (r"layers\.(\d+)\.attention\.o_proj\.(weight|bias)", r"blocks.\1.attn.proj.\2"),
+    (r"layers\.(\d+)\.mlp\.fc1\.(weight|bias)", r"blocks.\1.mlp.fc1.\2"),
+    (r"layers\.(\d+)\.mlp\.fc2\.(weight|bias)", r"blocks.\1.mlp.fc2.\2"),
+    (r"layers\.(\d+)\.layernorm_before\.(weight|bias)", r"blocks.\1.norm1.\2"),
+    (r"layers\.(\d+)\.layernorm_after\.(weight|bias)", r"blocks.\1.norm2.\2"),
+    (r"layernorm\.(weight|bias)", r"norm.\1"),
+    (r"pooler\.dense\.(weight|bias)", r"pre_logits.fc.\1"),
+    (r"classifier\.(weight|bias)", r"head.\1"),
+]
+_RENAMES = [(re.compile(f"^(?:vit\\.)?{pattern}$"), target) for pattern, target in _RENAMES]
+_QKV = {"query": 0, "key": 1, "value": 2, "q": 0, "k": 1, "v": 2}
+_IGNORED = re.compile(r"^(?:vit\.)?embeddings\.mask_token$")  # masked-image-modeling only, unused at inference
+
+
+def convert_hf_state(state: dict) -> dict:
+    """HF ViT state dict -> vit-fast (timm-named) state dict; unknown keys are kept so the loader reports them."""
+    out, qkv = {}, {}
+    for key, value in state.items():
+        if _IGNORED.match(key):
+            continue
+        for pattern, target in _RENAMES:
+            if pattern.match(key):
+                new = pattern.sub(target, key)
+                parts = new.split(".")
+                if len(parts) == 5 and parts[3] in _QKV:  # blocks.N.attn.{q,k,v}.{weight,bias}: fuse below
+                    qkv.setdefault((parts[1], parts[-1]), [None] * 3)[_QKV[parts[-2]]] = value
+                else:
+                    out[new] = value
+                break
+        else:
+            out[key] = value
+    for (layer, kind), parts in qkv.items():
+        if any(p is None for p in parts):
+            absent = [name for name, p in zip(("query", "key", "value"), parts) if p is None]
+            raise ValueError(f"layer {layer}: attention {kind} lacks {absent}")
+        out[f"blocks.{layer}.attn.qkv.{kind}"] = torch.cat(parts, dim=0)
+    return out
+
+
+def config_from_hf(hf: dict, state: dict, preprocessor: dict | None = None, **overrides) -> ViTConfig:
+    """ViTConfig from an HF config dict and the converted state dict (which tells head and pooler sizes)."""
+    if hf.get("model_type", "vit") != "vit":
+        raise ValueError(f"expected a Hugging Face ViT config (model_type 'vit'); got {hf.get('model_type')!r}")
+    if hf.get("hidden_act", "gelu") != "gelu":
+        raise ValueError(f"only exact GELU (hidden_act 'gelu') is supported; got {hf['hidden_act']!r}")
+    if "pre_logits.fc.weight" in state and hf.get("pooler_act", "tanh") != "tanh":
+        raise ValueError(f"only a tanh pooler is supported; got pooler_act {hf['pooler_act']!r}")
+    num_classes = state["head.weight"].shape[0] if "head.weight" in state else 0
+    cfg = dict(
+        img_size=hf.get("image_size", 224),
+        patch_size=hf.get("patch_size", 16),
+        in_chans=hf.get("num_channels", 3),
+        num_classes=num_classes,
+        embed_dim=hf.get("hidden_size", 768),
+        depth=hf.get("num_hidden_layers", 12),
+        num_heads=hf.get("num_attention_heads", 12),
+        mlp_dim=hf.get("intermediate_size", 3072),
+        qkv_bias=hf.get("qkv_bias", True),
+        layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
+        representation_size=state["pre_logits.fc.weight"].shape[0] if "pre_logits.fc.weight" in state else None,
+        crop_pct=1.0,
+        resize_mode="squash",
+        interpolation="bilinear",
+        pos_embed_antialias=False,
+    )
+    id2label = hf.get("id2label") or {}
+    if num_classes and len(id2label) == num_classes:
+        cfg["labels"] = [id2label[k] for k in sorted(id2label, key=int)]
+    if preprocessor:
+        if "image_mean" in preprocessor and "image_std" in preprocessor:
+            cfg.update(image_mean=preprocessor["image_mean"], image_std=preprocessor["image_std"])
+    cfg.update(overrides)
+    return ViTConfig(**cfg)
+
+
+def _read_hf_dir(path: Path) -> tuple:
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face model directory")
+    hf = json.loads(config_file.read_text())
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (path / name).is_file():
+            state, _ = read_weights(path / name)
+            break
+    else:
+        raise FileNotFoundError(f"{path} has config.json but no model.safetensors or pytorch_model.bin")
+    pre_file = path / "preprocessor_config.json"
+    preprocessor = json.loads(pre_file.read_text()) if pre_file.is_file() else None
+    return hf, state, preprocessor
+
+
+def from_hf(obj, backend: str = "auto", **config_overrides):
+    """vit-fast model equal to an HF ViT given as a live model or a local HF-format directory."""
+    if isinstance(obj, torch.nn.Module):
+        if not hasattr(obj, "config"):
+            raise ValueError(f"from_hf expects a transformers ViT model; {type(obj).__name__} has no config")
+        hf, state, preprocessor, source = obj.config.to_dict(), obj.state_dict(), None, type(obj).__name__
+    elif isinstance(obj, (str, Path)):
+        hf, state, preprocessor = _read_hf_dir(Path(obj))
+        source = str(obj)
+    else:
+        raise ValueError(f"from_hf expects a transformers ViT model or a directory; got {type(obj).__name__}")
+    state = convert_hf_state(state)
+    config = config_from_hf(hf, state, preprocessor, **config_overrides)
+    return build_and_load(config, state, backend, source)

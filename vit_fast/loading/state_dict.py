@@ -1,0 +1,73 @@
+"""Reading weight files and loading state dicts strictly: every key accounted for, every shape checked, before
+anything is copied into the model, so a bad checkpoint never leaves a half-loaded model behind."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..config import ViTConfig
+from ..model import VisionTransformer
+
+
+def read_weights(path) -> tuple:
+    """(state dict, safetensors metadata or {}) from a .safetensors file or a torch pickle (.pth/.pt/.bin)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no weight file at {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    for wrapper in ("state_dict", "model", "module"):  # training checkpoints nest the weights
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path} does not hold a state dict of tensors")
+    return obj, {}
+
+
+def build_and_load(config: ViTConfig, state: dict, backend: str, source: str) -> VisionTransformer:
+    """A new model for `config` with `state` loaded; raises listing every missing, unexpected or mis-shaped key."""
+    model = VisionTransformer(config, backend=backend)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in sorted(set(expected) & set(state))
+        if state[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected}")
+        if mismatched:
+            parts.append(f"shapes that disagree with the config {mismatched}")
+        raise ValueError(f"cannot load {source}: " + "; ".join(parts))
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    return model.eval()
+
+
+def infer_num_heads(embed_dim: int) -> int:
+    """Heads for a width, from the presets (B 12, L and H 16, ...); checkpoints of timm do not record it."""
+    from ..config import PRESETS
+
+    known = {p["embed_dim"]: p["num_heads"] for p in PRESETS.values()}
+    if embed_dim not in known:
+        raise ValueError(
+            f"cannot tell the number of attention heads for width {embed_dim} from the weights alone; "
+            "pass num_heads=..."
+        )
+    import warnings
+
+    warnings.warn(
+        f"timm weights do not record the number of heads: assuming {known[embed_dim]} (the preset for width "
+        f"{embed_dim}); pass num_heads=... if the model differs",
+        stacklevel=3,
+    )
+    return known[embed_dim]
