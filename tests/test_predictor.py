@@ -1,0 +1,187 @@
+"""Predictor: results equal direct model calls on the preprocessed batch, in input order, whatever the batching;
+bad inputs get an error result without disturbing the others; thread safety; CUDA graphs equal eager on GPU."""
+import io
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import vit_fast
+from helpers import randomize_
+from tolerances import MODEL_TOL
+from vit_fast.predictor import Predictor, _buckets
+from vit_fast.preprocess import preprocess
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+def _tiny(num_classes=10, labels=None, img_size=(32, 48)):
+    model = vit_fast.create("vit_ti_16", img_size=img_size, depth=1, num_classes=num_classes, labels=labels,
+                            backend="auto")
+    return randomize_(model)
+
+
+def _images(n):
+    """Mixed kinds and odd, non-square sizes."""
+    out = []
+    for i in range(n):
+        arr = np.random.randint(0, 256, (np.random.randint(20, 90), np.random.randint(20, 90), 3), dtype=np.uint8)
+        if i % 3 == 0:
+            buf = io.BytesIO()
+            Image.fromarray(arr).save(buf, format="PNG")
+            out.append(buf.getvalue())
+        elif i % 3 == 1:
+            out.append(Image.fromarray(arr))
+        else:
+            out.append(torch.from_numpy(arr))
+    return out
+
+
+@torch.inference_mode()
+def _direct(model, images, device, dtype):
+    """The reference: one eager call on the whole preprocessed batch."""
+    model = model.to(device=device, dtype=dtype)
+    x = torch.stack([preprocess(im, model.config) for im in images]).to(device)
+    tokens = model.forward_features(x)
+    probs = model.forward_head(tokens).float().softmax(-1).cpu()
+    emb = model.forward_head(tokens, pre_logits=True).float().cpu()
+    return probs, emb
+
+
+def _check(results, probs, emb, top_k, labels, dtype):
+    atol, rtol = MODEL_TOL[dtype]
+    assert len(results) == probs.shape[0]
+    for row, r in enumerate(results):
+        assert r["error"] is None
+        assert len(r["indices"]) == len(r["scores"]) == len(r["labels"]) == top_k
+        assert r["labels"] == [labels[i] for i in r["indices"]]
+        assert all(a >= b for a, b in zip(r["scores"], r["scores"][1:]))
+        # scores are the reference's k largest probabilities, and belong to the classes reported
+        # (compared by value so a near-tie that flips order within tolerance is not a failure)
+        ref_top = probs[row].topk(top_k).values
+        torch.testing.assert_close(torch.tensor(r["scores"]), ref_top, atol=atol, rtol=rtol)
+        torch.testing.assert_close(probs[row, r["indices"]], torch.tensor(r["scores"]), atol=atol, rtol=rtol)
+        if emb is not None:
+            torch.testing.assert_close(torch.tensor(r["embedding"]), emb[row], atol=atol, rtol=rtol)
+
+
+def test_buckets():
+    assert _buckets(32) == [1, 2, 4, 8, 16, 32]
+    assert _buckets(12) == [1, 2, 4, 8, 12]
+    assert _buckets(1) == [1]
+
+
+@pytest.mark.parametrize("max_batch_size", [3, 32])
+def test_predict_matches_direct_model_call(max_batch_size, device):
+    dtype = torch.float32
+    labels = [f"label {i}" for i in range(10)]
+    model = _tiny(labels=labels)
+    images = _images(7)
+    probs, emb = _direct(model, images, device, dtype)
+    predictor = Predictor(model, device=device, dtype=dtype, max_batch_size=max_batch_size)
+    _check(predictor.predict(images, top_k=4, return_embeddings=True), probs, emb, 4, labels, dtype)
+    plain = predictor.predict(images, top_k=4)
+    assert all("embedding" not in r for r in plain)
+    _check(plain, probs, None, 4, labels, dtype)
+
+
+def test_bad_items_get_errors_and_the_rest_still_succeed(tmp_path, device):
+    model = _tiny()
+    good = _images(4)
+    probs, _ = _direct(model, good, device, torch.float32)
+    predictor = Predictor(model, device=device, dtype=torch.float32, max_batch_size=2)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    inputs = [b"garbage", good[0], str(broken), good[1], np.zeros((5, 5), np.float32), good[2],
+              str(tmp_path / "missing.png"), good[3], 42]
+    results = predictor.predict(inputs, top_k=3)
+    assert len(results) == len(inputs)
+    bad = {0: "not a recognized image format", 2: "broken.jpg", 4: "uint8", 6: "not found", 8: "expected"}
+    for i, fragment in bad.items():
+        assert results[i]["labels"] == [] and results[i]["scores"] == [] and fragment in results[i]["error"], i
+    _check([results[i] for i in (1, 3, 5, 7)], probs, None, 3, [f"class_{i}" for i in range(10)], torch.float32)
+    alone = predictor.predict([b"garbage"])
+    assert alone == [{"labels": [], "scores": [], "indices": [], "error": results[0]["error"]}]
+    assert predictor.predict([]) == []
+
+
+def test_single_input_top_k_clamp_and_validation(device):
+    model = _tiny(num_classes=3)
+    predictor = Predictor(model, device=device, dtype=torch.float32)
+    (result,) = predictor.predict(_images(1)[0], top_k=10)
+    assert sorted(result["indices"]) == [0, 1, 2] and result["labels"][0].startswith("class_")
+    assert abs(sum(result["scores"]) - 1.0) < 1e-4
+    for bad in (0, -1, 2.5, True, "3"):
+        with pytest.raises(ValueError, match="top_k"):
+            predictor.predict(_images(1), top_k=bad)
+    with pytest.raises(ValueError, match="max_batch_size"):
+        Predictor(model, max_batch_size=0)
+    with pytest.raises(ValueError, match="dtype"):
+        Predictor(model, dtype=torch.int8)
+
+
+def test_headless_model_gives_embeddings_only(device):
+    model = _tiny(num_classes=0)
+    images = _images(3)
+    predictor = Predictor(model, device=device, dtype=torch.float32)
+    results = predictor.predict(images, return_embeddings=True)
+    x = torch.stack([preprocess(im, model.config) for im in images]).to(device)
+    with torch.inference_mode():
+        ref = model.forward_head(model.forward_features(x), pre_logits=True).float().cpu()
+    for row, r in enumerate(results):
+        assert r["labels"] == [] and r["error"] is None
+        atol, rtol = MODEL_TOL[torch.float32]
+        torch.testing.assert_close(torch.tensor(r["embedding"]), ref[row], atol=atol, rtol=rtol)
+
+
+def test_concurrent_callers_get_their_own_results(device):
+    model = _tiny()
+    predictor = Predictor(model, device=device, dtype=torch.float32, max_batch_size=4)
+    batches = [_images(3 + i) for i in range(4)]
+    expected = [_direct(model, b, device, torch.float32)[0] for b in batches]
+    results = [None] * len(batches)
+
+    def work(i):
+        for _ in range(2):
+            results[i] = predictor.predict(batches[i], top_k=2)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(batches))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    for probs, res in zip(expected, results):
+        _check(res, probs, None, 2, [f"class_{i}" for i in range(10)], torch.float32)
+
+
+def test_from_checkpoint(tmp_path):
+    model = _tiny(labels=[chr(ord("a") + i) for i in range(10)])
+    vit_fast.save(model, tmp_path)
+    predictor = Predictor.from_checkpoint(tmp_path, device="cpu", max_batch_size=5)
+    assert not predictor.random_weights and predictor.max_batch_size == 5
+    assert predictor.dtype == torch.float32 and predictor.labels[2] == "c"
+    images = _images(2)
+    _check(predictor.predict(images, top_k=2), _direct(model, images, "cpu", torch.float32)[0], None, 2,
+           predictor.labels, torch.float32)
+    fresh = Predictor.from_checkpoint(name="vit_ti_16", device="cpu")
+    assert fresh.random_weights and fresh.labels[999] == "class_999"
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_graphs_match_eager_with_bucket_padding(dtype):
+    model = _tiny(img_size=(224, 224))
+    images = _images(13)  # max_batch_size 8: a batch of 8, then 5 padded to the bucket of 8
+    probs, emb = _direct(model, images, "cuda", dtype)
+    graphed = Predictor(model, device="cuda", dtype=dtype, max_batch_size=8, cuda_graphs=True)
+    labels = graphed.labels
+    for _ in range(2):  # first call captures, second replays
+        _check(graphed.predict(images, top_k=5, return_embeddings=True), probs, emb, 5, labels, dtype)
+    assert {k for k, g in graphed._graphs.items() if g is not None} == {(8, True)}
+    small = graphed.predict(images[:3], top_k=5)  # bucket 4, no embeddings: another graph
+    _check(small, probs[:3], None, 5, labels, dtype)
+    assert graphed._graphs[(4, False)] is not None
+    eager = Predictor(model, device="cuda", dtype=dtype, max_batch_size=8, cuda_graphs=False)
+    _check(eager.predict(images, top_k=5, return_embeddings=True), probs, emb, 5, labels, dtype)

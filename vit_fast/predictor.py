@@ -1,0 +1,229 @@
+"""A thread-safe image classifier / embedder around a `VisionTransformer`, the unit every serving path runs.
+
+Ray Serve replicas, Ray Data actors and `vit-fast predict` all need the same steps: decode whatever the user
+sent, resize it the checkpoint's way, batch, run the model, turn logits into top-k labels. `Predictor` does
+exactly that and nothing else:
+
+- `predict(images, top_k=5, return_embeddings=False)` takes a list of inputs (paths, bytes, PIL images, uint8
+  arrays/tensors, see `vit_fast.preprocess.load_image`) and returns one dict per input, in order:
+  {"labels": [str], "scores": [float], "indices": [int], "error": None} (+ "embedding": [float] on request).
+  An input that cannot be decoded gets {"labels": [], "scores": [], "indices": [], "error": "<message>"}; the
+  other inputs are still predicted. Scores are softmax probabilities; labels come from `config.labels`, or
+  "class_<i>". The embedding is the pooled pre-logits vector `model.forward_head(features, pre_logits=True)`.
+- Valid inputs are stacked into batches of at most `max_batch_size`. On CUDA a batch is zero-padded up to the
+  next bucket (powers of two, capped at `max_batch_size`) so only a handful of shapes ever run; with
+  `cuda_graphs=True` each (bucket, with/without embeddings) is captured once, lazily, as a `torch.cuda.CUDAGraph`
+  and replayed afterwards, which removes the per-kernel launch overhead that dominates small batches. If a
+  capture fails the predictor warns once and runs that bucket eagerly. On CPU batches run eagerly, unpadded.
+- Thread safety: decoding and resizing run in the calling thread, in parallel with other callers; the model
+  call (and a graph's static buffers) is guarded by one lock, and outputs are copied out before it is released.
+
+`prepare` and `predict_prepared` expose the two halves separately, so a server can reject undecodable requests
+before they enter its batching queue.
+"""
+from __future__ import annotations
+
+import threading
+import warnings
+from typing import Optional, Sequence
+
+import torch
+
+from .preprocess import preprocess
+
+__all__ = ["Predictor"]
+
+# Per-item failures a bad input may raise while being decoded/resized; anything else is a bug and propagates.
+_INPUT_ERRORS = (ValueError, TypeError, OSError)
+
+
+def _default_device(device) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _default_dtype(dtype, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, str):
+        names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+                 "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+        if dtype not in names:
+            raise ValueError(f"dtype must be one of {sorted(names)}, got {dtype!r}")
+        return names[dtype]
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"dtype must be torch.float32, float16 or bfloat16, got {dtype}")
+    return dtype
+
+
+def _buckets(max_batch_size: int) -> list[int]:
+    sizes, b = [], 1
+    while b < max_batch_size:
+        sizes.append(b)
+        b *= 2
+    return sizes + [max_batch_size]
+
+
+class Predictor:
+    """Runs a `VisionTransformer` on raw images; see the module docstring for the contract."""
+
+    def __init__(self, model: torch.nn.Module, device=None, dtype=None, max_batch_size: int = 32,
+                 cuda_graphs: bool = True):
+        if not isinstance(max_batch_size, int) or max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be a positive int, got {max_batch_size!r}")
+        self.device = _default_device(device)
+        self.dtype = _default_dtype(dtype, self.device)
+        self.model = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
+        self.config = model.config
+        self.max_batch_size = max_batch_size
+        self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda"
+        self.buckets = _buckets(max_batch_size)
+        self.random_weights = False
+        n = self.config.num_classes
+        labels = self.config.labels
+        self.labels = list(labels) if labels else [f"class_{i}" for i in range(n)]
+        self._lock = threading.Lock()
+        self._graphs: dict = {}  # (bucket, with_embeddings) -> (graph, static_in, static_outs), or None: eager
+        self._graph_warned = False
+
+    @classmethod
+    def from_checkpoint(cls, path=None, name: str = "vit_b_16", device=None, dtype=None, backend: str = "auto",
+                        **kw) -> "Predictor":
+        """Load `path` with `vit_fast.load` (any format it detects), or build `name` with random weights when
+        `path` is None (then `predictor.random_weights` is True). `kw` go to `Predictor` (max_batch_size,
+        cuda_graphs)."""
+        import vit_fast
+
+        model = vit_fast.create(name, backend=backend) if path is None else vit_fast.load(path, backend=backend)
+        predictor = cls(model, device=device, dtype=dtype, **kw)
+        predictor.random_weights = path is None
+        return predictor
+
+    # ---------------------------------------------------------------- the two halves of predict
+
+    def prepare(self, image) -> torch.Tensor:
+        """Decode and resize one input to a uint8 (3, H, W) CPU tensor; raises ImageError/ValueError/OSError."""
+        return preprocess(image, self.config)
+
+    def predict_prepared(self, tensors: Sequence[torch.Tensor], top_k: int = 5,
+                         return_embeddings: bool = False) -> list[dict]:
+        """Run already `prepare`d tensors through the model; one result dict per tensor, in order."""
+        top_k = self._check_top_k(top_k)
+        results = []
+        for start in range(0, len(tensors), self.max_batch_size):
+            chunk = torch.stack(list(tensors[start:start + self.max_batch_size]))
+            logits, emb = self._run(chunk, return_embeddings)
+            results.extend(self._format(logits, emb, top_k))
+        return results
+
+    def predict(self, images, top_k: int = 5, return_embeddings: bool = False) -> list[dict]:
+        """Predict a list of inputs (a single non-list input is treated as a list of one); see module doc."""
+        items = list(images) if isinstance(images, (list, tuple)) else [images]
+        top_k = self._check_top_k(top_k)
+        prepared, errors = [], {}
+        for i, item in enumerate(items):
+            try:
+                prepared.append(self.prepare(item))
+            except _INPUT_ERRORS as e:
+                errors[i] = f"{type(e).__name__}: {e}"
+        done = iter(self.predict_prepared(prepared, top_k, return_embeddings) if prepared else [])
+        return [self._error_result(errors[i], return_embeddings) if i in errors else next(done)
+                for i in range(len(items))]
+
+    __call__ = predict
+
+    # ---------------------------------------------------------------- internals
+
+    def _check_top_k(self, top_k) -> int:
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+        return top_k
+
+    @staticmethod
+    def _error_result(message: str, return_embeddings: bool) -> dict:
+        result = {"labels": [], "scores": [], "indices": [], "error": message}
+        if return_embeddings:
+            result["embedding"] = None
+        return result
+
+    def _forward(self, x: torch.Tensor, return_embeddings: bool):
+        if not return_embeddings:
+            return self.model(x), None
+        tokens = self.model.forward_features(x)
+        emb = self.model.forward_head(tokens, pre_logits=True)
+        logits = self.model.forward_head(tokens) if self.config.num_classes else emb
+        return logits, emb
+
+    def _bucket(self, n: int) -> int:
+        return next(b for b in self.buckets if b >= n)
+
+    def _run(self, batch: torch.Tensor, return_embeddings: bool):
+        """(n, 3, H, W) uint8 CPU batch -> (fp32 logits, fp32 embeddings or None) on the CPU."""
+        n = batch.shape[0]
+        if self.device.type == "cuda":
+            bucket = self._bucket(n)
+            if bucket > n:
+                batch = torch.cat([batch, batch.new_zeros((bucket - n, *batch.shape[1:]))])
+        with self._lock, torch.inference_mode():
+            if self.device.type == "cuda":  # pinning calls into CUDA: never from another thread mid-capture
+                batch = batch.pin_memory()
+            x = batch.to(self.device, non_blocking=True)
+            graph = self._graph(x.shape[0], return_embeddings, x) if self.cuda_graphs else None
+            if graph is not None:
+                g, static_in, static_outs = graph
+                static_in.copy_(x)
+                g.replay()
+                logits, emb = static_outs
+            else:
+                logits, emb = self._forward(x, return_embeddings)
+            logits = logits[:n].float().cpu()
+            emb = emb[:n].float().cpu() if emb is not None else None
+        return logits, emb
+
+    def _graph(self, bucket: int, return_embeddings: bool, example: torch.Tensor):
+        """The captured graph for this bucket, capturing it now if needed; None means run eagerly."""
+        key = (bucket, return_embeddings)
+        if key not in self._graphs:
+            try:
+                self._graphs[key] = self._capture(example, return_embeddings)
+            except Exception as e:  # any capture failure (unsupported op, OOM, ...) leaves eager mode working
+                self._graphs[key] = None
+                if not self._graph_warned:
+                    self._graph_warned = True
+                    warnings.warn(f"CUDA graph capture failed for batch {bucket}, running eagerly: {e}",
+                                  RuntimeWarning, stacklevel=3)
+        return self._graphs[key]
+
+    def _capture(self, example: torch.Tensor, return_embeddings: bool):
+        static_in = example.clone()
+        # warm up on a side stream first: Triton autotuning and lazy initialisation must not happen mid-capture
+        side = torch.cuda.Stream(device=self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._forward(static_in, return_embeddings)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            static_outs = self._forward(static_in, return_embeddings)
+        return graph, static_in, static_outs
+
+    def _format(self, logits: torch.Tensor, emb: Optional[torch.Tensor], top_k: int) -> list[dict]:
+        results = []
+        if self.config.num_classes:
+            scores, indices = logits.softmax(dim=-1).topk(min(top_k, logits.shape[-1]), dim=-1)
+            scores, indices = scores.tolist(), indices.tolist()
+        else:  # a headless model only produces embeddings
+            scores = indices = [[] for _ in range(logits.shape[0])]
+        for row in range(logits.shape[0]):
+            result = {"labels": [self.labels[i] for i in indices[row]], "scores": scores[row],
+                      "indices": indices[row], "error": None}
+            if emb is not None:
+                result["embedding"] = emb[row].tolist()
+            results.append(result)
+        return results
+
+    def __repr__(self) -> str:
+        return (f"Predictor(device={self.device}, dtype={self.dtype}, max_batch_size={self.max_batch_size}, "
+                f"cuda_graphs={self.cuda_graphs}, random_weights={self.random_weights})")

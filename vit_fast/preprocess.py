@@ -1,0 +1,173 @@
+"""Image decoding and resizing for inference, matching the preprocessing the checkpoints were trained with.
+
+Serving code receives images in many shapes (file paths, uploaded bytes, PIL images, arrays); `load_image` turns
+any of them into one RGB PIL image or raises `ImageError` saying what was wrong. `preprocess` then resizes and
+crops it the way the checkpoint's own library does at evaluation time and returns a uint8 (3, H, W) tensor:
+
+- resize_mode "shortest" (timm's eval transform): resize the shortest side to floor(size / crop_pct) with
+  `config.interpolation`, then center-crop to `config.img_size` (torchvision's Resize + CenterCrop arithmetic);
+- resize_mode "squash" (Hugging Face's ViTImageProcessor): resize to exactly `config.img_size`.
+
+Mean/std normalization is deliberately not done here: the model folds it into its patch embedding and takes
+uint8 pixels directly, which also keeps host-to-device copies four times smaller than float32.
+"""
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = ["ImageError", "load_image", "preprocess"]
+
+_RESAMPLE = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+
+
+class ImageError(ValueError):
+    """An input could not be turned into an RGB image (undecodable bytes, unsupported type, mode or shape)."""
+
+
+def _decode(source, what: str) -> Image.Image:
+    try:
+        img = Image.open(source)
+        img.load()  # Image.open is lazy: force the decode here so truncated files fail now, not later
+    except Image.UnidentifiedImageError as e:
+        raise ImageError(f"cannot decode {what}: not a recognized image format") from e
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{what} is too large to decode safely: {e}") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"cannot decode {what} as an image: {e}") from e
+    return img
+
+
+def _to_rgb(img: Image.Image, what: str) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    try:
+        return img.convert("RGB")
+    except (OSError, ValueError) as e:
+        raise ImageError(f"cannot convert {what} from mode {img.mode!r} to RGB: {e}") from e
+
+
+def _array_to_image(arr: np.ndarray, what: str) -> Image.Image:
+    if arr.dtype != np.uint8:
+        raise ImageError(f"{what} must have dtype uint8 (pixels in [0, 255]), got {arr.dtype}")
+    if arr.ndim == 3 and arr.shape[-1] == 3:
+        hwc = arr
+    elif arr.ndim == 3 and arr.shape[0] == 3:
+        hwc = arr.transpose(1, 2, 0)
+    else:
+        raise ImageError(f"{what} must have shape (H, W, 3) or (3, H, W), got {tuple(arr.shape)}")
+    if hwc.shape[0] == 0 or hwc.shape[1] == 0:
+        raise ImageError(f"{what} is empty: shape {tuple(arr.shape)}")
+    return Image.fromarray(np.ascontiguousarray(hwc))
+
+
+def load_image(obj) -> Image.Image:
+    """Return `obj` as an RGB PIL image.
+
+    Accepts a PIL image (any mode Pillow can convert to RGB), a file path (str or Path), encoded bytes
+    (bytes/bytearray/memoryview of JPEG, PNG, ...), or a uint8 numpy array / torch tensor shaped (H, W, 3) or
+    (3, H, W). Raises `ImageError` (a ValueError) for undecodable data, a wrong dtype/shape or an unsupported type,
+    and FileNotFoundError for a missing path.
+    """
+    if isinstance(obj, Image.Image):
+        return _to_rgb(obj, "the PIL image")
+    if isinstance(obj, (str, Path)):
+        path = Path(obj)
+        if not path.is_file():
+            raise FileNotFoundError(f"image file not found: {str(obj)!r}")
+        with open(path, "rb") as f:
+            return _to_rgb(_decode(f, f"file {str(obj)!r}"), f"file {str(obj)!r}")
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        if len(obj) == 0:
+            raise ImageError("cannot decode an empty byte string as an image")
+        return _to_rgb(_decode(io.BytesIO(obj), f"{len(obj)} bytes"), "the decoded bytes")
+    if isinstance(obj, torch.Tensor):
+        if obj.dtype != torch.uint8:
+            raise ImageError(f"the image tensor must have dtype torch.uint8 (pixels in [0, 255]), got {obj.dtype}")
+        return _array_to_image(obj.detach().cpu().numpy(), "the image tensor")
+    if isinstance(obj, np.ndarray):
+        return _array_to_image(obj, "the image array")
+    raise ImageError(
+        "expected a PIL image, a path, encoded bytes, or a uint8 array/tensor of shape (H, W, 3) or (3, H, W), "
+        f"got {type(obj).__name__}"
+    )
+
+
+def _target_size(config) -> tuple[int, int]:
+    size = config.img_size
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    return int(h), int(w)
+
+
+def _resample(config) -> Image.Resampling:
+    name = getattr(config, "interpolation", "bicubic")
+    if name not in _RESAMPLE:
+        raise ValueError(f"config.interpolation must be one of {sorted(_RESAMPLE)}, got {name!r}")
+    return _RESAMPLE[name]
+
+
+def _resize_shortest(img: Image.Image, scale: tuple[int, int], resample) -> Image.Image:
+    w, h = img.size
+    sh, sw = scale
+    if sh == sw:
+        # torchvision Resize(int): the short side becomes `sh`, the long side is truncated, not rounded
+        if (w <= h and w == sw) or (h <= w and h == sh):
+            return img
+        if w <= h:
+            new_w, new_h = sw, int(sw * h / w)
+        else:
+            new_h, new_w = sh, int(sh * w / h)
+    else:
+        # timm ResizeKeepRatio for a non-square target: cover the (sh, sw) box, keep the aspect ratio
+        ratio = min(h / sh, w / sw)
+        new_h, new_w = round(h / ratio), round(w / ratio)
+    return img.resize((max(new_w, 1), max(new_h, 1)), resample=resample)
+
+
+def _center_crop(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """torchvision CenterCrop: zero-pad a too-small image symmetrically (extra pixel right/bottom), then crop."""
+    ch, cw = size
+    w, h = img.size
+    if w < cw or h < ch:
+        pad_l, pad_t = max(cw - w, 0) // 2, max(ch - h, 0) // 2
+        padded = Image.new("RGB", (max(w, cw), max(h, ch)))
+        padded.paste(img, (pad_l, pad_t))
+        img, (w, h) = padded, padded.size
+    top = int(round((h - ch) / 2.0))
+    left = int(round((w - cw) / 2.0))
+    return img.crop((left, top, left + cw, top + ch))
+
+
+def preprocess(image, config) -> torch.Tensor:
+    """Decode (via `load_image`), resize and crop `image` for `config`; return a uint8 tensor (3, H, W).
+
+    `config` needs img_size, resize_mode ("shortest" | "squash"), crop_pct (for "shortest") and interpolation.
+    The result is not normalized: feed it (stacked into a batch) straight to the model.
+    """
+    img = load_image(image)
+    size = _target_size(config)
+    resample = _resample(config)
+    mode = getattr(config, "resize_mode", "shortest")
+    if mode == "squash":
+        img = img.resize((size[1], size[0]), resample=resample)
+    elif mode == "shortest":
+        crop_pct = config.crop_pct if config.crop_pct is not None else 1.0
+        if not crop_pct > 0:
+            raise ValueError(f"config.crop_pct must be positive, got {crop_pct!r}")
+        scale = (math.floor(size[0] / crop_pct), math.floor(size[1] / crop_pct))
+        img = _center_crop(_resize_shortest(img, scale, resample), size)
+    else:
+        raise ValueError(f"config.resize_mode must be 'shortest' or 'squash', got {mode!r}")
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()

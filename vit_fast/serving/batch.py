@@ -1,0 +1,170 @@
+"""Offline batch inference with Ray Data: a folder (or glob, or remote URI) of images -> one Parquet file.
+
+Files are read as raw bytes by `ray.data.read_binary_files`, so decoding happens inside the inference actors
+where a corrupt file becomes a recorded error row instead of a failed read task. The model runs in a fixed pool
+of stateful `map_batches` actors, each holding one `Predictor`: one actor per GPU when the cluster has GPUs,
+otherwise CPU actors sized to leave a CPU for the read tasks. Results stream back to the driver, which writes a
+single Parquet file (to a temporary name, renamed at the end) with one row per image:
+
+    path: string, labels: list<string>, scores: list<float>, indices: list<int32>,
+    embedding: list<float> (only with embeddings=True; null for failed images), error: string (null if fine)
+
+The same code runs on the local machine or, after `ray.init(address=...)`, on a cluster (the input paths and
+the checkpoint must then be readable from every node, e.g. a shared file system or object storage).
+"""
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+from typing import Optional
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+
+from ..predictor import Predictor
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff", "ppm", "pgm", "pbm")
+
+
+def output_schema(embeddings: bool) -> pa.Schema:
+    fields = [
+        pa.field("path", pa.string()),
+        pa.field("labels", pa.list_(pa.string())),
+        pa.field("scores", pa.list_(pa.float32())),
+        pa.field("indices", pa.list_(pa.int32())),
+    ]
+    if embeddings:
+        fields.append(pa.field("embedding", pa.list_(pa.float32())))
+    return pa.schema(fields + [pa.field("error", pa.string())])
+
+
+def list_images(source: str):
+    """Absolute paths of the images under a folder (recursively, by extension), matching a glob, or the one file;
+    a URI ("s3://...", "gs://...") is returned as it is for Ray to list."""
+    if "://" in source:
+        return source
+    path = Path(source).expanduser()
+    if path.is_dir():
+        files = [p for p in path.rglob("*") if p.is_file() and p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS]
+    elif path.is_file():
+        files = [path]
+    else:
+        files = [Path(p) for p in glob.glob(str(path), recursive=True) if os.path.isfile(p)]
+    if not files:
+        raise FileNotFoundError(f"no image files found at {source!r} (a folder is searched recursively for "
+                                f"{', '.join(IMAGE_EXTENSIONS)} files; a glob like 'imgs/**/*.jpg' is also accepted)")
+    return sorted(str(p.resolve()) for p in files)
+
+
+class PredictorActor:
+    """A Ray Data map_batches UDF: (path, bytes) rows in, prediction rows out (see the module docstring)."""
+
+    def __init__(self, checkpoint, name, backend, top_k, embeddings, max_batch_size, device=None, dtype=None,
+                 num_threads=None):
+        if num_threads:
+            import torch
+
+            torch.set_num_threads(int(num_threads))
+        self.predictor = Predictor.from_checkpoint(checkpoint, name=name, backend=backend, device=device,
+                                                   dtype=dtype, max_batch_size=max_batch_size)
+        self.top_k = top_k
+        self.embeddings = embeddings
+        self.schema = output_schema(embeddings)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        paths = batch.column("path").to_pylist()
+        results = self.predictor.predict(batch.column("bytes").to_pylist(), self.top_k, self.embeddings)
+        return results_table(paths, results, self.schema)
+
+
+def results_table(paths: list, results: list, schema: pa.Schema) -> pa.Table:
+    columns = {"path": paths}
+    for key in ("labels", "scores", "indices"):
+        columns[key] = [r[key] for r in results]
+    if "embedding" in schema.names:
+        columns["embedding"] = [r.get("embedding") for r in results]
+    columns["error"] = [r["error"] for r in results]
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
+def _pool_resources(workers: Optional[int], cpus_per_worker: Optional[float], use_gpus: bool) -> dict:
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0)) if use_gpus else 0
+    if gpus:
+        return {"size": workers or gpus, "num_gpus": 1, "num_cpus": cpus_per_worker or 1}
+    cpus = max(int(resources.get("CPU", 1)), 1)
+    spare = max(cpus - 1, 1)  # one CPU stays free for the read tasks, or the pipeline could starve
+    per_worker = cpus_per_worker or min(4, spare)
+    return {"size": workers or max(1, int(spare // per_worker)), "num_gpus": 0, "num_cpus": per_worker}
+
+
+def run_batch_inference(source: str, out: str, checkpoint: Optional[str] = None, name: str = "vit_b_16",
+                        backend: str = "auto", top_k: int = 5, embeddings: bool = False, batch_size: int = 32,
+                        workers: Optional[int] = None, cpus_per_worker: Optional[float] = None,
+                        device: Optional[str] = None, dtype: Optional[str] = None, progress: bool = True) -> dict:
+    """Predict every image of `source` into the Parquet file `out`; returns {"rows", "errors", "out"}.
+
+    Connects to the Ray instance already initialised (or starts a local one). `device` None: the actor's GPU
+    when the cluster has GPUs, else the CPU; "cpu" keeps the actors off GPUs. Unreadable images, and listed
+    files that disappeared before being read, get a row with an `error` message instead of failing the job.
+    """
+    from ray.data import DataContext
+    from tqdm import tqdm
+
+    if not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+    files = list_images(source)
+    if not ray.is_initialized():
+        ray.init()
+    DataContext.get_current().enable_progress_bars = False  # one bar, below, counting images
+    pool = _pool_resources(workers, cpus_per_worker, use_gpus=device is None or str(device).startswith("cuda"))
+    read_args = {"include_paths": True}
+    if isinstance(files, str):
+        read_args["file_extensions"] = list(IMAGE_EXTENSIONS)
+    else:
+        read_args["ignore_missing_paths"] = True  # recorded below as errors instead
+    ds = ray.data.read_binary_files(files, **read_args)
+    ds = ds.map_batches(
+        PredictorActor,
+        fn_constructor_kwargs=dict(checkpoint=checkpoint, name=name, backend=backend, top_k=top_k,
+                                   embeddings=embeddings, max_batch_size=batch_size, device=device, dtype=dtype,
+                                   num_threads=None if pool["num_gpus"] else pool["num_cpus"]),
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=pool["size"]),
+        num_gpus=pool["num_gpus"],
+        num_cpus=pool["num_cpus"],
+    )
+    schema = output_schema(embeddings)
+    out = os.path.abspath(os.path.expanduser(out))
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    tmp = out + ".partial"
+    rows = errors = 0
+    seen = set()
+    total = None if isinstance(files, str) else len(files)
+    try:
+        with pq.ParquetWriter(tmp, schema) as writer, \
+                tqdm(total=total, unit="img", desc="vit-fast infer", disable=not progress) as bar:
+            for table in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                table = table.select(schema.names).cast(schema)
+                writer.write_table(table)
+                rows += table.num_rows
+                errors += table.num_rows - table.column("error").null_count
+                if total is not None:
+                    seen.update(table.column("path").to_pylist())
+                bar.update(table.num_rows)
+                bar.set_postfix(errors=errors)
+            missing = [] if total is None else [f for f in files if f not in seen]
+            if missing:
+                lost = [{"labels": [], "scores": [], "indices": [], "embedding": None,
+                         "error": "FileNotFoundError: the file could not be read"} for _ in missing]
+                writer.write_table(results_table(missing, lost, schema))
+                rows += len(missing)
+                errors += len(missing)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return {"rows": rows, "errors": errors, "out": out}
