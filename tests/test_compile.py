@@ -33,3 +33,24 @@ def test_cuda_graph_capture_of_the_triton_model():
         static_x.copy_(new)
         graph.replay()
         assert_close(static_out, model(new), torch.bfloat16, MODEL_TOL)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="CUDA graphs need a CUDA device")
+def test_capture_cuda_graphs_api():
+    model = vit_fast.create("vit_ti_16", backend="auto").cuda().to(torch.bfloat16)
+    graphed = model.capture_cuda_graphs([1, 4])
+    with torch.no_grad():
+        for batch in (1, 4, 3):  # 3 was not captured: runs eagerly
+            x = torch.randn(batch, 3, 224, 224, device="cuda", dtype=torch.bfloat16)
+            assert_close(graphed(x), model(x), torch.bfloat16, MODEL_TOL)
+    assert sorted(shape[0] for shape in graphed.captured) == [1, 4]
+    pixels = model.capture_cuda_graphs([2], dtype=torch.uint8, channels_last=True)
+    x = torch.randint(0, 256, (2, 224, 224, 3), dtype=torch.uint8, device="cuda")
+    with torch.no_grad():
+        assert_close(pixels(x), model(x), torch.bfloat16, MODEL_TOL)
+
+
+def test_capture_cuda_graphs_needs_cuda():
+    model = vit_fast.create("vit_ti_16", img_size=32, depth=1)
+    with pytest.raises(ValueError, match="needs the model on a CUDA device"):
+        model.capture_cuda_graphs([1])

@@ -179,9 +179,9 @@ def test_cuda_graphs_match_eager_with_bucket_padding(dtype):
     labels = graphed.labels
     for _ in range(2):  # first call captures, second replays
         _check(graphed.predict(images, top_k=5, return_embeddings=True), probs, emb, 5, labels, dtype)
-    assert {k for k, g in graphed._graphs.items() if g is not None} == {(8, True)}
+    assert [shape[0] for shape in graphed._graph_runners[True].captured] == [8]
     small = graphed.predict(images[:3], top_k=5)  # bucket 4, no embeddings: another graph
     _check(small, probs[:3], None, 5, labels, dtype)
-    assert graphed._graphs[(4, False)] is not None
+    assert [shape[0] for shape in graphed._graph_runners[False].captured] == [4]
     eager = Predictor(model, device="cuda", dtype=dtype, max_batch_size=8, cuda_graphs=False)
     _check(eager.predict(images, top_k=5, return_embeddings=True), probs, emb, 5, labels, dtype)

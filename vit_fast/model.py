@@ -252,5 +252,14 @@ class VisionTransformer(nn.Module):
             return self.forward_head(triton_path.forward_cls(self, x, is_uint8))
         return self.forward_head(self._features(x, is_uint8, backend))
 
+    def capture_cuda_graphs(self, batch_sizes, image_size=None, dtype=None, channels_last: bool = False):
+        """Capture one CUDA graph of `forward` per batch size; returns a callable that replays the graph when an
+        input matches a captured (shape, dtype) and runs eagerly otherwise. `dtype` is the input dtype (default
+        the model's; torch.uint8 for raw pixels, NHWC with `channels_last`). Capture after moving the model to
+        its device and dtype; graphs hold their own input/output buffers (results are returned as copies)."""
+        from .cuda_graphs import capture_model
+
+        return capture_model(self, batch_sizes, image_size=image_size, dtype=dtype, channels_last=channels_last)
+
     def extra_repr(self) -> str:
         return f"backend={self._backend!r}"

@@ -23,12 +23,13 @@ before they enter its batching queue.
 """
 from __future__ import annotations
 
+import functools
 import threading
-import warnings
 from typing import Optional, Sequence
 
 import torch
 
+from .cuda_graphs import CudaGraphRunner
 from .preprocess import preprocess
 
 __all__ = ["Predictor"]
@@ -84,8 +85,11 @@ class Predictor:
         labels = self.config.labels
         self.labels = list(labels) if labels else [f"class_{i}" for i in range(n)]
         self._lock = threading.Lock()
-        self._graphs: dict = {}  # (bucket, with_embeddings) -> (graph, static_in, static_outs), or None: eager
-        self._graph_warned = False
+        self._graph_runners = {
+            flag: CudaGraphRunner(functools.partial(self._forward, return_embeddings=flag), capture_new=True,
+                                  clone_outputs=False)  # outputs are copied to the CPU under the lock
+            for flag in (False, True)
+        }
 
     @classmethod
     def from_checkpoint(cls, path=None, name: str = "vit_b_16", device=None, dtype=None, backend: str = "auto",
@@ -169,45 +173,13 @@ class Predictor:
             if self.device.type == "cuda":  # pinning calls into CUDA: never from another thread mid-capture
                 batch = batch.pin_memory()
             x = batch.to(self.device, non_blocking=True)
-            graph = self._graph(x.shape[0], return_embeddings, x) if self.cuda_graphs else None
-            if graph is not None:
-                g, static_in, static_outs = graph
-                static_in.copy_(x)
-                g.replay()
-                logits, emb = static_outs
+            if self.cuda_graphs:  # one graph per (bucket, with embeddings), captured on first use
+                logits, emb = self._graph_runners[return_embeddings](x)
             else:
                 logits, emb = self._forward(x, return_embeddings)
             logits = logits[:n].float().cpu()
             emb = emb[:n].float().cpu() if emb is not None else None
         return logits, emb
-
-    def _graph(self, bucket: int, return_embeddings: bool, example: torch.Tensor):
-        """The captured graph for this bucket, capturing it now if needed; None means run eagerly."""
-        key = (bucket, return_embeddings)
-        if key not in self._graphs:
-            try:
-                self._graphs[key] = self._capture(example, return_embeddings)
-            except Exception as e:  # any capture failure (unsupported op, OOM, ...) leaves eager mode working
-                self._graphs[key] = None
-                if not self._graph_warned:
-                    self._graph_warned = True
-                    warnings.warn(f"CUDA graph capture failed for batch {bucket}, running eagerly: {e}",
-                                  RuntimeWarning, stacklevel=3)
-        return self._graphs[key]
-
-    def _capture(self, example: torch.Tensor, return_embeddings: bool):
-        static_in = example.clone()
-        # warm up on a side stream first: Triton autotuning and lazy initialisation must not happen mid-capture
-        side = torch.cuda.Stream(device=self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                self._forward(static_in, return_embeddings)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            static_outs = self._forward(static_in, return_embeddings)
-        return graph, static_in, static_outs
 
     def _format(self, logits: torch.Tensor, emb: Optional[torch.Tensor], top_k: int) -> list[dict]:
         results = []
