@@ -1,0 +1,149 @@
+"""The models a run compares: one fp32 master per preset with seeded weights, and from it one callable per backend
+(eager, sdpa, compile, vit_fast, timm, hf) in the row's dtype, plus the CUDA-graph wrapper for small batches.
+
+Weights: vit_fast's own initialization (seeded), then biases, LayerNorm affine parameters and the class token made
+non-trivial, so a kernel that drops a bias or a LayerNorm weight shows up in max_rel_err instead of hiding behind
+zeros and ones.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import zlib
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+
+from . import convert
+
+# backend name in the harness -> vit_fast backend it runs with
+VIT_FAST_BACKEND = {"eager": "torch", "sdpa": "sdpa", "compile": "sdpa", "vit_fast": "triton"}
+
+
+def model_seed(run_seed: int, name: str) -> int:
+    return (run_seed * 1_000_003 + zlib.crc32(name.encode())) % (2**31)
+
+
+def build_master(name: str, resolution: int, seed: int, overrides: Optional[dict] = None) -> nn.Module:
+    """The fp32 CPU model every backend of `name` copies its weights from (same seed -> same weights)."""
+    import vit_fast
+
+    torch.manual_seed(seed)  # vit_fast's own init draws from the global generator
+    model = vit_fast.create(name, backend="torch", img_size=resolution, **(overrides or {}))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if p.dim() == 1 and "norm" in pname and pname.endswith("weight"):
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
+            elif p.dim() == 1:  # biases, LayerNorm shifts
+                p.copy_(0.02 * torch.randn(p.shape, generator=gen))
+            elif pname == "cls_token":
+                p.copy_(0.02 * torch.randn(p.shape, generator=gen))
+    return model.eval()
+
+
+def triton_skip_reason(device: torch.device) -> Optional[str]:
+    """Why the vit_fast (triton) backend cannot be timed on `device`, or None."""
+    try:
+        import triton  # noqa: F401
+    except Exception as e:  # noqa: BLE001
+        return f"triton is not importable ({type(e).__name__}: {e})"
+    if device.type != "cuda":
+        if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+            return ("triton needs a CUDA GPU; this run is on the CPU (set TRITON_INTERPRET=1 before starting to "
+                    "run the kernels in Triton's interpreter, far too slow for meaningful timings)")
+    from vit_fast import backends
+
+    reason = backends.triton_unavailable_reason(device)
+    return f"vit_fast reports the triton backend unavailable: {reason}" if reason else None
+
+
+def static_skip_reason(backend: str, device: torch.device) -> Optional[str]:
+    """Reasons known before building anything (missing packages, no GPU); None when worth trying."""
+    if backend == "vit_fast":
+        return triton_skip_reason(device)
+    if backend == "timm":
+        try:
+            import timm  # noqa: F401
+        except Exception as e:  # noqa: BLE001 - timm needs torchvision, which may be absent
+            return f"timm is not importable ({type(e).__name__}: {e})"
+    if backend == "hf":
+        try:
+            from transformers import ViTForImageClassification  # noqa: F401
+        except Exception as e:  # noqa: BLE001
+            return f"transformers is not importable ({type(e).__name__}: {e})"
+    return None
+
+
+def _allow_recompiles(n: int) -> None:
+    """Let dynamo keep a compiled graph per batch size (its default limit is 8 per function)."""
+    import torch._dynamo.config as dynamo_config
+
+    for name in ("recompile_limit", "cache_size_limit"):  # the name changed across torch versions
+        if hasattr(dynamo_config, name) and getattr(dynamo_config, name) < n:
+            setattr(dynamo_config, name, n)
+
+
+@dataclass
+class Built:
+    fn: Callable  # images -> logits
+    module: nn.Module
+    graph_trees: bool = False  # torch.compile captured CUDA graphs itself (mode max-autotune / reduce-overhead)
+
+    def before_call(self):
+        if self.graph_trees:
+            torch.compiler.cudagraph_mark_step_begin()
+
+
+def build(backend: str, master: nn.Module, dtype: torch.dtype, device: torch.device, compile_mode: str) -> Built:
+    """The callable for one (backend, dtype) from the master's weights; raises with a readable reason."""
+    if backend in VIT_FAST_BACKEND:
+        module = copy.deepcopy(master).to(device=device, dtype=dtype).eval()
+        module.set_backend(VIT_FAST_BACKEND[backend])
+        if backend == "compile":
+            graph_trees = device.type == "cuda" and compile_mode in ("max-autotune", "reduce-overhead")
+            _allow_recompiles(64)
+            # dynamic=False: one graph specialized (and autotuned) per batch size, as a deployment would compile
+            return Built(torch.compile(module, mode=compile_mode, dynamic=False), module, graph_trees)
+        return Built(module, module)
+    if backend == "timm":
+        module = convert.to_timm(master, device).to(device=device, dtype=dtype).eval()
+        return Built(module, module)
+    if backend == "hf":
+        module = convert.to_hf(master, device).to(device=device, dtype=dtype).eval()
+        return Built(module, module)
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+class CudaGraphed:
+    """Replays one captured CUDA graph per input buffer (inputs must be the very tensors given here).
+
+    Each buffer gets its own graph so the timed loop rotates inputs without a copy into a static tensor.
+    Returns the graph's static output tensor, overwritten by the next replay of the same graph.
+    """
+
+    def __init__(self, fn: Callable, inputs: list, warmup: int = 3):
+        self.graphs, self.outputs = {}, {}
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):  # warm-up on a side stream, as torch.cuda.graphs recommends
+            for _ in range(warmup):
+                for x in inputs:
+                    fn(x)
+        torch.cuda.current_stream().wait_stream(stream)
+        for x in inputs:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = fn(x)
+            self.graphs[x.data_ptr()] = graph
+            self.outputs[x.data_ptr()] = out
+        torch.cuda.synchronize()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        key = x.data_ptr()
+        if key not in self.graphs:
+            raise ValueError("CudaGraphed was called with a tensor it did not capture a graph for")
+        self.graphs[key].replay()
+        return self.outputs[key]

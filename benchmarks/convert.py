@@ -1,0 +1,140 @@
+"""The benchmark's weights, loaded into the reference libraries: timm's `VisionTransformer` and Hugging Face's
+`ViTForImageClassification`, so every backend in a run computes the same function of the same parameters.
+
+vit_fast's parameter names mirror timm's, so timm takes our state dict unchanged. Hugging Face names are derived
+from the live HF model's own state dict (classic `encoder.layer.N.attention.attention.query` and transformers-5
+`layers.N.attention.q_proj` layouts both), splitting our fused qkv into query/key/value.
+"""
+from __future__ import annotations
+
+import functools
+import re
+
+import torch
+import torch.nn as nn
+
+
+class Unsupported(Exception):
+    """The reference library cannot express this configuration (the row's error says why)."""
+
+
+def to_timm(model, device="cpu") -> nn.Module:
+    """A timm VisionTransformer holding `model`'s weights (fp32 on `device`, eval mode)."""
+    try:
+        from timm.models.vision_transformer import VisionTransformer as TimmViT
+    except Exception as e:  # noqa: BLE001 - timm absent or broken (e.g. no torchvision)
+        raise Unsupported(f"timm is not importable here ({type(e).__name__}: {e})") from None
+    cfg = model.config
+    if cfg.representation_size:
+        raise Unsupported("timm's VisionTransformer has no pre-logits (representation_size) layer")
+    if int(cfg.embed_dim * (cfg.mlp_dim / cfg.embed_dim)) != cfg.mlp_dim:  # timm: hidden = int(dim * mlp_ratio)
+        raise Unsupported(f"mlp_dim {cfg.mlp_dim} is not expressible as a timm mlp_ratio of width {cfg.embed_dim}")
+    with torch.device(device):  # random init on the target device: much faster than on the CPU for ViT-H
+        timm_model = TimmViT(
+            img_size=tuple(cfg.img_size),
+            patch_size=cfg.patch_size,
+            in_chans=cfg.in_chans,
+            num_classes=cfg.num_classes,
+            global_pool="avg" if cfg.global_pool == "avg" else "token",
+            embed_dim=cfg.embed_dim,
+            depth=cfg.depth,
+            num_heads=cfg.num_heads,
+            mlp_ratio=cfg.mlp_dim / cfg.embed_dim,
+            qkv_bias=cfg.qkv_bias,
+            class_token=True,
+            norm_layer=functools.partial(nn.LayerNorm, eps=cfg.layer_norm_eps),
+        )
+    state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    timm_model.load_state_dict(state, strict=True)
+    return timm_model.eval()
+
+
+class HFLogits(nn.Module):
+    """`ViTForImageClassification` called like the other backends: images in, logits out."""
+
+    def __init__(self, hf_model: nn.Module):
+        super().__init__()
+        self.hf = hf_model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.hf(pixel_values=x).logits
+
+
+# HF key (without a leading "vit.") -> our key; "#" marks a q/k/v slice of our fused qkv.
+_HF_TO_OURS = [
+    (r"embeddings\.cls_token", "cls_token"),
+    (r"embeddings\.position_embeddings", "pos_embed"),
+    (r"embeddings\.patch_embeddings\.projection\.(weight|bias)", r"patch_embed.proj.\1"),
+    (r"encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)", r"blocks.\1.attn.qkv.\3#\2"),
+    (r"layers\.(\d+)\.attention\.(q|k|v)_proj\.(weight|bias)", r"blocks.\1.attn.qkv.\3#\2"),
+    (r"encoder\.layer\.(\d+)\.attention\.output\.dense\.(weight|bias)", r"blocks.\1.attn.proj.\2"),
+    (r"layers\.(\d+)\.attention\.o_proj\.(weight|bias)", r"blocks.\1.attn.proj.\2"),
+    (r"encoder\.layer\.(\d+)\.intermediate\.dense\.(weight|bias)", r"blocks.\1.mlp.fc1.\2"),
+    (r"layers\.(\d+)\.mlp\.fc1\.(weight|bias)", r"blocks.\1.mlp.fc1.\2"),
+    (r"encoder\.layer\.(\d+)\.output\.dense\.(weight|bias)", r"blocks.\1.mlp.fc2.\2"),
+    (r"layers\.(\d+)\.mlp\.fc2\.(weight|bias)", r"blocks.\1.mlp.fc2.\2"),
+    (r"(?:encoder\.layer|layers)\.(\d+)\.layernorm_before\.(weight|bias)", r"blocks.\1.norm1.\2"),
+    (r"(?:encoder\.layer|layers)\.(\d+)\.layernorm_after\.(weight|bias)", r"blocks.\1.norm2.\2"),
+    (r"layernorm\.(weight|bias)", r"norm.\1"),
+    (r"classifier\.(weight|bias)", r"head.\1"),
+]
+_HF_TO_OURS = [(re.compile(rf"^(?:vit\.)?{p}$"), t) for p, t in _HF_TO_OURS]
+_QKV_INDEX = {"query": 0, "key": 1, "value": 2, "q": 0, "k": 1, "v": 2}
+
+
+def _our_tensor_for_hf_key(key: str, ours: dict) -> torch.Tensor:
+    for pattern, target in _HF_TO_OURS:
+        if pattern.match(key):
+            name = pattern.sub(target, key)
+            if "#" in name:
+                name, part = name.split("#")
+                return ours[name].chunk(3, dim=0)[_QKV_INDEX[part]]
+            return ours[name]
+    raise Unsupported(f"no vit_fast parameter corresponds to Hugging Face key {key!r}")
+
+
+def to_hf(model, device="cpu") -> nn.Module:
+    """A Hugging Face ViTForImageClassification (wrapped to return logits) with `model`'s weights (fp32 on
+    `device`)."""
+    try:
+        from transformers import ViTConfig as HFConfig
+        from transformers import ViTForImageClassification
+    except Exception as e:  # noqa: BLE001 - transformers absent or broken
+        raise Unsupported(f"transformers is not importable here ({type(e).__name__}: {e})") from None
+    cfg = model.config
+    if cfg.global_pool != "cls":
+        raise Unsupported("ViTForImageClassification classifies the [CLS] token only (no average pooling)")
+    if cfg.representation_size:
+        raise Unsupported("ViTForImageClassification has no pre-logits (pooler) layer before its classifier")
+    if cfg.num_classes < 1:
+        raise Unsupported("ViTForImageClassification needs a classifier (num_classes >= 1)")
+    hf_config = HFConfig(
+        hidden_size=cfg.embed_dim,
+        num_hidden_layers=cfg.depth,
+        num_attention_heads=cfg.num_heads,
+        intermediate_size=cfg.mlp_dim,
+        hidden_act="gelu",
+        layer_norm_eps=cfg.layer_norm_eps,
+        image_size=cfg.img_size[0] if cfg.img_size[0] == cfg.img_size[1] else list(cfg.img_size),
+        patch_size=cfg.patch_size,
+        num_channels=cfg.in_chans,
+        qkv_bias=cfg.qkv_bias,
+        num_labels=cfg.num_classes,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    with torch.device(device):
+        hf_model = ViTForImageClassification(hf_config)
+    ours = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    target = hf_model.state_dict()
+    state = {}
+    for key, value in target.items():
+        if key.endswith("mask_token"):  # masked-image-modeling only; unused here
+            state[key] = value
+            continue
+        tensor = _our_tensor_for_hf_key(key, ours)
+        if tensor.numel() != value.numel():
+            raise Unsupported(f"{key}: shape {tuple(value.shape)} has no match in vit_fast ({tuple(tensor.shape)})")
+        state[key] = tensor.reshape(value.shape).clone()
+    hf_model.load_state_dict(state, strict=True)
+    return HFLogits(hf_model.eval()).eval()

@@ -1,0 +1,71 @@
+"""The environment block of results.json: which device, driver and software versions produced the numbers."""
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import re
+import subprocess
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(cmd: list[str], cwd=None) -> str | None:
+    try:
+        out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
+
+
+def git_commit() -> str:
+    return _run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT) or "unknown"
+
+
+def device_name(device) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu"
+
+
+def driver_version(device) -> str | None:
+    if torch.device(device).type != "cuda":
+        return None
+    out = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
+    return out.splitlines()[0].strip() if out else None
+
+
+def triton_version() -> str | None:
+    try:
+        import triton
+    except Exception:  # noqa: BLE001 - a broken install counts as absent
+        return None
+    return getattr(triton, "__version__", None)
+
+
+def collect(device) -> dict:
+    """The env dict with exactly the keys the results.json schema names."""
+    cuda = torch.device(device).type == "cuda"
+    return {
+        "gpu": device_name(device),
+        "driver": driver_version(device),
+        "cuda": torch.version.cuda if cuda else None,
+        "torch": torch.__version__,
+        "triton": triton_version(),
+        "python": platform.python_version(),
+        "commit": git_commit(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def slug(text: str) -> str:
+    """'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3' (for result directory names)."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
+
+
+def default_results_dir(env: dict) -> Path:
+    """benchmarks/results/<YYYY-MM-DD>-<device>: the layout the README updater reads."""
+    return REPO_ROOT / "benchmarks" / "results" / f"{env['date'][:10]}-{slug(env['gpu'] or 'unknown')}"

@@ -1,0 +1,185 @@
+"""The benchmark harness (benchmarks/): FLOP counts against the anchors, the results.json schema, and a tiny
+end-to-end run through `python -m benchmarks` (subprocess, so TRITON_INTERPRET from conftest does not leak in:
+on a CPU the vit_fast rows must then say that triton needs a GPU). On a CUDA machine the same run also times the
+triton backend and CUDA graphs."""
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import flops, merge, readme, report, runner, schema
+from benchmarks.cli import _overrides, add_arguments
+from benchmarks.timing import percentile
+
+REPO = Path(__file__).resolve().parent.parent
+HAS_CUDA = torch.cuda.is_available()
+TINY = "depth=1,embed_dim=64,num_heads=2,mlp_dim=128"
+
+
+@pytest.mark.parametrize("name, gflop", [("vit_b_16", 35.1), ("vit_l_16", 123.1), ("vit_h_14", 334.6),
+                                         ("vit_b_32", 8.8)])
+def test_flops_match_anchor_table(name, gflop):
+    import vit_fast
+
+    assert round(flops.vit_gflops(vit_fast.get_config(name)), 1) == gflop
+
+
+def test_flops_formula_general():
+    # 2 layers, N = 4 + 1 tokens, D = 8, mlp 24 (not 4*D), 2 channels, patch 2, pre-logits 6, 10 classes
+    cfg = dict(img_size=(4, 4), patch_size=2, in_chans=2, embed_dim=8, depth=2, mlp_dim=24, num_classes=10,
+               representation_size=6)
+    n, d = 5, 8
+    layer = 8 * n * d * d + 4 * n * d * 24 + 4 * n * n * d
+    expect = 2 * layer + 2 * (n - 1) * 2 * 4 * d + 2 * d * 6 + 2 * 6 * 10
+    assert flops.vit_flops(cfg) == expect
+    assert flops.vit_tokens(cfg, img_size=(8, 4)) == 9
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        flops.vit_tokens(cfg, img_size=5)
+
+
+def test_percentile_and_compare():
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert percentile([1.0, 2.0], 90) == pytest.approx(1.9)
+    ref = torch.randn(4, 10, dtype=torch.float64) + 0.1
+    out = ref.clone()
+    out[2] += 0.01 * ref[2].norm() / 10**0.5  # only image 2 is off
+    err, agree = runner.compare(out, ref)
+    assert err == pytest.approx(0.01, rel=1e-6)
+    assert agree == 1.0
+    with pytest.raises(FloatingPointError):
+        runner.compare(torch.full_like(ref, float("nan")), ref)
+
+
+def test_schema_rejects_malformed_results():
+    row = schema.empty_row("vit_b_16", 8, "bfloat16", "sdpa", False, "boom")
+    good = {"env": {k: None for k in schema.ENV_KEYS}, "matmul_peak_tflops": 1.0, "rows": [row]}
+    assert schema.validate(good) == []
+    bad_row = dict(row, error=None)  # a successful row without metrics
+    assert schema.validate(dict(good, rows=[bad_row]))
+    assert schema.validate({**good, "extra": 1})
+    assert schema.validate(dict(good, rows=[{k: v for k, v in row.items() if k != "mfu"}]))
+
+
+def test_cli_parsing():
+    parser = add_arguments(argparse.ArgumentParser())
+    args = parser.parse_args(["--models", "vit_b_16,vit_l_16", "--batch-sizes", "1,8", "--config-overrides", TINY])
+    assert args.models == ["vit_b_16", "vit_l_16"] and args.batch_sizes == [1, 8]
+    assert args.config_overrides == {"depth": 1, "embed_dim": 64, "num_heads": 2, "mlp_dim": 128}
+    assert _overrides("qkv_bias=false,layer_norm_eps=1e-5,global_pool=avg") == {
+        "qkv_bias": False, "layer_norm_eps": 1e-5, "global_pool": "avg"}
+
+
+def test_failing_backend_becomes_an_error_row(monkeypatch):
+    """A backend that raises (here: sdpa at build time) yields error rows; the others are still measured."""
+    from benchmarks import builders
+
+    real_build = builders.build
+
+    def build(backend, *a, **k):
+        if backend == "sdpa":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 TiB")
+        return real_build(backend, *a, **k)
+
+    monkeypatch.setattr(builders, "build", build)
+    settings = runner.Settings(models=["vit_ti_16"], batch_sizes=[2], dtypes=["float32"], backends=["eager", "sdpa"],
+                               device=torch.device("cpu"), resolution=32, repeats=1, warmup=0, progress=False,
+                               overrides=_overrides(TINY), seed=1)
+    rows = runner.run_grid(settings, peak_tflops=1.0)
+    by_backend = {r["backend"]: r for r in rows}
+    assert by_backend["eager"]["error"] is None and by_backend["eager"]["max_rel_err"] == 0.0
+    assert "out of memory" in by_backend["sdpa"]["error"] and by_backend["sdpa"]["images_per_s"] is None
+
+
+def test_time_budget_marks_rows_not_run():
+    settings = runner.Settings(models=["vit_ti_16"], batch_sizes=[1, 2], dtypes=["float32"],
+                               backends=["eager", "compile"], device=torch.device("cpu"), resolution=32, repeats=1,
+                               warmup=0, progress=False, overrides=_overrides(TINY), seed=1, time_budget=0)
+    rows = runner.run_grid(settings, peak_tflops=1.0)
+    assert len(rows) == 4 and all("time budget" in r["error"] for r in rows)
+
+
+def _have(module):
+    try:
+        __import__(module)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def test_harness_end_to_end(tmp_path):
+    out = tmp_path / "bench"
+    device = "cuda" if HAS_CUDA else "cpu"
+    # on a GPU one dtype keeps Triton's compile-and-autotune time of the vit_fast rows small
+    models, batches = ["vit_ti_16", "vit_s_32"], [1, 3]
+    dtypes = ["bfloat16"] if HAS_CUDA else ["float32", "bfloat16"]
+    backends = ["eager", "sdpa", "vit_fast", "timm", "hf"]
+    cmd = [sys.executable, "-m", "benchmarks", "--device", device, "--models", ",".join(models),
+           "--resolution", "64", "--batch-sizes", ",".join(map(str, batches)), "--dtypes", ",".join(dtypes),
+           "--backends", ",".join(backends), "--repeats", "2", "--warmup", "1", "--config-overrides", TINY,
+           "--out", str(out), "--no-progress", "--cpu-threads", "1", "--seed", "7"]
+    if HAS_CUDA:
+        cmd.append("--cuda-graphs")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    results = json.loads((out / "results.json").read_text())
+    assert schema.validate(results) == []
+    assert list(results) == list(schema.TOP_KEYS)
+    assert list(results["env"]) == list(schema.ENV_KEYS)
+    assert all(list(r) == list(schema.ROW_KEYS) for r in results["rows"])
+    assert results["matmul_peak_tflops"] > 0
+    rows = {(r["model"], r["dtype"], r["batch"], r["backend"]): r for r in results["rows"]}
+    assert len(rows) == len(results["rows"]) == len(models) * len(batches) * len(dtypes) * len(backends)
+
+    bound = {"float32": 1e-4, "bfloat16": 0.1}
+    for (model, dtype, batch, backend), r in rows.items():
+        if backend in ("eager", "sdpa") or (backend == "hf" and _have("transformers")) or HAS_CUDA and (
+                backend == "vit_fast"):
+            assert r["error"] is None, r
+            assert r["images_per_s"] > 0 and r["latency_ms_p90"] >= r["latency_ms_p50"] > 0
+            assert r["tflops"] > 0 and r["mfu"] > 0 and 0 <= r["top1_agree"] <= 1
+            assert r["max_rel_err"] < bound[dtype], r
+            if backend == "hf" and dtype == "float32":  # the converted HF model computes the same function
+                assert r["max_rel_err"] < 1e-5, r
+            assert r["cuda_graphs"] == (HAS_CUDA and batch <= 8)
+            assert (r["peak_mem_gb"] is not None) == HAS_CUDA
+        if backend == "vit_fast" and not HAS_CUDA:
+            assert r["error"] and "GPU" in r["error"], r
+        if backend == "timm" and not _have("timm"):
+            assert r["error"] and "timm" in r["error"], r
+    assert "triton" in proc.stdout or HAS_CUDA  # the reason the triton backend is skipped is printed
+
+    md = (out / "results.md").read_text()
+    assert "## vit_ti_16" in md and "## vit_s_32" in md and "vs compile" in md
+    if _have("matplotlib"):
+        assert (out / "throughput_vit_ti_16.png").stat().st_size > 0
+        assert (out / "speedup_vit_fast_vs_compile_bfloat16.png").stat().st_size > 0
+
+    # regenerate the report from the JSON alone
+    (out / "results.md").unlink()
+    assert report.main([str(out), "--no-plots"]) == 0
+    assert (out / "results.md").read_text() == md
+
+    # two runs merge into one (same rows here: the later run's rows win, MFU against the median peak)
+    merged = merge.merge([results, results])
+    assert schema.validate(merged) == [] and len(merged["rows"]) == len(results["rows"])
+
+    # the README section comes from the JSON, between the markers, leaving the rest alone
+    page = tmp_path / "README.md"
+    page.write_text(f"# t\n\nbefore\n{readme.START}\nstale\n{readme.END}\nafter\n")
+    readme.update_readme(page, out)
+    text = page.read_text()
+    assert "stale" not in text and text.startswith("# t\n\nbefore\n") and text.endswith("after\n")
+    assert results["env"]["gpu"] in text and results["env"]["date"] in text
+    assert f"| vit_ti_16 | {dtypes[0]} | 1 |" in text
+
+    stored = readme.store(out, root=tmp_path / "results")
+    assert stored.name.startswith(results["env"]["date"][:10]) and (stored / "results.json").is_file()
+    assert readme.newest_results(tmp_path / "results") == stored / "results.json"
