@@ -138,7 +138,7 @@ def cmd_demo(args) -> int:
     if gpu:
         bench_args += ["--batch-sizes", "1,64", "--dtypes", "bfloat16", "--backends", "eager,sdpa,vit_fast"]
     else:
-        bench_args += ["--batch-sizes", "1,8", "--dtypes", "float32", "--backends", "eager,sdpa",
+        bench_args += ["--batch-sizes", "1,4", "--dtypes", "float32", "--backends", "eager,sdpa",
                        "--repeats", "3", "--warmup", "1"]
     return bench_cli.main(bench_args) or status
 
