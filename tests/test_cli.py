@@ -1,5 +1,6 @@
 """The `vit-fast` command: predict, info, convert, and one-line errors."""
 import subprocess
+from pathlib import Path
 import sys
 
 import pytest
@@ -96,3 +97,11 @@ def test_python_dash_m():
     done = subprocess.run([sys.executable, "-m", "vit_fast", "convert", "/nonexistent", "/tmp/x"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    """What `make demo` runs, on a small preset: sample images classified, then the side-by-side timing."""
+    assert main(["demo", "--model", "vit_ti_32", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert all(Path(p).name in out for p in SAMPLE_IMAGES)
+    assert "img/s" in out and (tmp_path / "results.json").is_file()
