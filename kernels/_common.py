@@ -1,0 +1,187 @@
+"""Helpers shared by the kernel modules: interpreter detection, dtype maps, shape bucketing, input checks and the
+per-GPU-family GEMM autotune tables.
+
+Everything that looks at the GPU (capability, shared memory) runs lazily, when a kernel is first tuned on a device,
+never at import time.
+"""
+import functools
+import os
+
+import torch
+import triton
+
+# torch dtype -> Triton signature string (used by aot_variants()).
+TL_SIG = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.uint8: "u8"}
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+ACTIVATIONS = {"none": 0, "gelu": 1, "gelu_tanh": 2}
+
+
+def is_interpreting() -> bool:
+    """True when Triton kernels run on CPU through the interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def upcast_needed(dtype: torch.dtype) -> bool:
+    """The interpreter computes bf16 arithmetic and dots wrongly, so kernels convert bf16 tiles to fp32 there."""
+    return is_interpreting() and dtype == torch.bfloat16
+
+
+def m_bucket(m: int) -> int:
+    """Autotune key for the row count: next power of two, clamped, so a new batch size rarely triggers a re-tune."""
+    return min(max(triton.next_power_of_2(m), 16), 1 << 16)
+
+
+def check(cond: bool, what: str, expected: str, got) -> None:
+    if not cond:
+        raise ValueError(f"{what}: expected {expected}, got {got}")
+
+
+def check_device(op: str, tensors: dict, runnable: bool = True) -> torch.device:
+    """All tensors on one device; with runnable=True also one the kernels run on: CUDA, or CPU under the interpreter
+    (fake implementations pass runnable=False)."""
+    devices = {name: t.device for name, t in tensors.items() if t is not None}
+    first = next(iter(devices.values()))
+    check(all(d == first for d in devices.values()), f"{op}: devices", "all tensors on one device", devices)
+    if runnable and not is_interpreting():
+        check(first.type == "cuda", f"{op}: device", "CUDA tensors (or TRITON_INTERPRET=1 for CPU)", first)
+    return first
+
+
+def check_dtype(op: str, name: str, t: torch.Tensor, allowed) -> None:
+    check(t.dtype in allowed, f"{op}: {name}.dtype", " or ".join(str(a) for a in allowed), t.dtype)
+
+
+def rows_view(op: str, name: str, x: torch.Tensor) -> torch.Tensor:
+    """(..., K) -> (M, K) without copying when the leading dims merge (slices like x[:, :1] do); otherwise copies."""
+    check(x.dim() >= 2, f"{op}: {name}.dim()", ">= 2 (..., features)", tuple(x.shape))
+    try:
+        return x.view(-1, x.shape[-1])
+    except RuntimeError:
+        return x.reshape(-1, x.shape[-1])
+
+
+# ---- GEMM autotune tables -------------------------------------------------------------------------------------------
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
+HOPPER_GEMM = [
+    (128, 256, 64, 8, 3),
+    (128, 128, 64, 8, 3),
+    (128, 128, 64, 4, 4),
+    (128, 64, 64, 4, 4),
+    (64, 128, 64, 4, 4),
+    (64, 64, 64, 4, 4),
+    (64, 32, 64, 4, 4),
+]
+AMPERE_GEMM = [
+    (128, 256, 32, 8, 3),
+    (128, 128, 32, 4, 4),
+    (128, 128, 64, 8, 3),
+    (128, 64, 32, 4, 4),
+    (64, 128, 32, 4, 4),
+    (64, 64, 32, 4, 4),
+    (64, 32, 32, 2, 5),
+]
+FALLBACK_GEMM = [
+    (128, 128, 32, 4, 3),
+    (64, 128, 32, 4, 3),
+    (64, 64, 32, 4, 3),
+]
+INTERPRETER_GEMM = (32, 32, 32, 4, 1)
+GEMM_TABLES = {"hopper": HOPPER_GEMM, "ampere": AMPERE_GEMM, "fallback": FALLBACK_GEMM}
+# Shared memory per block when the device does not report it (opt-in limit, bytes).
+_SMEM_FALLBACK = {(9, 0): 232448, (8, 0): 167936, (8, 6): 101376, (8, 7): 167936, (8, 9): 101376}
+
+
+@functools.lru_cache(maxsize=None)
+def gpu_family(device_index: int) -> str:
+    major, _ = torch.cuda.get_device_capability(device_index)
+    if major >= 9:
+        return "hopper"
+    if major == 8:
+        return "ampere"
+    return "fallback"
+
+
+@functools.lru_cache(maxsize=None)
+def shared_memory_bytes(device_index: int) -> int:
+    props = torch.cuda.get_device_properties(device_index)
+    smem = getattr(props, "shared_memory_per_block_optin", 0)
+    return smem or _SMEM_FALLBACK.get(torch.cuda.get_device_capability(device_index), 49152)
+
+
+def gemm_configs(group_m: int = 8):
+    """Every family's configs in one list (the prune hook keeps the current device's); one config when interpreting."""
+    if is_interpreting():
+        rows = [INTERPRETER_GEMM]
+    else:
+        rows = list(dict.fromkeys(r for table in GEMM_TABLES.values() for r in table))
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m}, num_warps=w, num_stages=s)
+        for bm, bn, bk, w, s in rows
+    ]
+
+
+def prune_gemm_configs(configs, named_args, *, a_name="a_ptr", dot_dtype_name=None, **kwargs):
+    """Keep the running device's family table, drop tiles that overflow shared memory, are far taller than M, or are
+    too big for fp32 FMA dots; always return at least one config."""
+    if len(configs) <= 1:
+        return configs
+    a = named_args[a_name]
+    dot_tensor = named_args[dot_dtype_name] if dot_dtype_name else a
+    index = a.device.index if a.device.index is not None else torch.cuda.current_device()
+    family = GEMM_TABLES[gpu_family(index)]
+    smem = shared_memory_bytes(index)
+    elem = 4 if dot_tensor.dtype == torch.float32 else 2
+    m_cap = max(64, named_args.get("M_BUCKET", 1 << 16))
+    kept = []
+    for c in configs:
+        k = c.kwargs
+        row = (k["BLOCK_M"], k["BLOCK_N"], k["BLOCK_K"], c.num_warps, c.num_stages)
+        if row not in family:
+            continue
+        if c.num_stages * (k["BLOCK_M"] + k["BLOCK_N"]) * k["BLOCK_K"] * elem > smem:
+            continue
+        if k["BLOCK_M"] > m_cap:
+            continue
+        if elem == 4 and k["BLOCK_M"] * k["BLOCK_N"] > 128 * 128:
+            continue
+        kept.append(c)
+    if not kept:
+        kept = [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.num_stages)]
+    return kept
+
+
+def gemm_aot_configs():
+    """Block shapes the AOT check compiles: the distinct rows of every family table."""
+    return list(dict.fromkeys(r for table in GEMM_TABLES.values() for r in table))
+
+
+# The tile the AOT check uses to cover constexpr switches (a small one that every dtype can pick: quick to compile).
+SWITCH_TILE = (64, 64, 64, 4, 4)
+
+
+def jit_fn(kernel):
+    """The @triton.jit function under autotune/heuristics wrappers (what aot_variants() hands to triton.compile)."""
+    while not isinstance(kernel, triton.runtime.JITFunction):
+        kernel = kernel.fn
+    return kernel
+
+
+def check_vector(op: str, name: str, t: torch.Tensor, n: int, dtype: torch.dtype) -> None:
+    """A (n,) parameter vector, unit stride, in the activation dtype."""
+    check(tuple(t.shape) == (n,), f"{op}: {name}.shape", f"({n},)", tuple(t.shape))
+    check(t.dtype == dtype, f"{op}: {name}.dtype", f"{dtype} (the activation dtype)", t.dtype)
+    check(n <= 1 or t.stride(0) == 1, f"{op}: {name}.stride()", "(1,) (contiguous)", t.stride())
+
+
+def check_out(op: str, out: torch.Tensor, shape, dtype: torch.dtype, rows: bool = True) -> torch.Tensor:
+    """Validate a caller-provided output buffer; return its (M, N) view (rows=True) or itself (must be contiguous)."""
+    check(tuple(out.shape) == tuple(shape), f"{op}: out.shape", tuple(shape), tuple(out.shape))
+    check(out.dtype == dtype, f"{op}: out.dtype", dtype, out.dtype)
+    if not rows:
+        check(out.is_contiguous(), f"{op}: out", "a contiguous tensor", out.stride())
+        return out
+    try:
+        return out.view(-1, out.shape[-1])
+    except RuntimeError:
+        raise ValueError(f"{op}: out: expected strides that merge into (rows, {out.shape[-1]}), got {out.stride()}")

@@ -1,0 +1,65 @@
+"""Linear with the residual add fused into the epilogue: the attention out-projection and the MLP's fc2
+(x_next = residual + x @ W^T + b) without a separate elementwise pass."""
+from typing import Optional
+
+import torch
+
+from ._common import FLOAT_DTYPES, check, check_device, check_dtype, check_out, check_vector, rows_view
+from .gemm import gemm_aot_variants, launch_fused_gemm
+
+OP = "linear_residual"
+
+
+def _check(x, weight, bias, residual, runnable=True):
+    check_dtype(OP, "x", x, FLOAT_DTYPES)
+    check(x.dim() >= 2, f"{OP}: x.dim()", ">= 2 (..., K)", tuple(x.shape))
+    k = x.shape[-1]
+    check(k > 0, f"{OP}: x.shape[-1]", "> 0", k)
+    check(weight.dim() == 2 and weight.shape[1] == k, f"{OP}: weight.shape", f"(N, {k})", tuple(weight.shape))
+    check(weight.dtype == x.dtype, f"{OP}: weight.dtype", f"{x.dtype} (x.dtype)", weight.dtype)
+    n = weight.shape[0]
+    if bias is not None:
+        check_vector(OP, "bias", bias, n, x.dtype)
+    expected = (*x.shape[:-1], n)
+    check(tuple(residual.shape) == expected, f"{OP}: residual.shape", expected, tuple(residual.shape))
+    check(residual.dtype == x.dtype, f"{OP}: residual.dtype", f"{x.dtype} (x.dtype)", residual.dtype)
+    check_device(OP, dict(x=x, weight=weight, bias=bias, residual=residual), runnable)
+
+
+def linear_residual_launch(x, weight, bias, residual, out=None):
+    """Plain launcher; `out` (optional, residual's shape, x.dtype) lets tests hand in a poisoned buffer."""
+    _check(x, weight, bias, residual)
+    if out is None:
+        out = x.new_empty(residual.shape)
+    out2d = check_out(OP, out, residual.shape, x.dtype)
+    if out.numel() == 0:
+        return out
+    launch_fused_gemm(rows_view(OP, "x", x), weight, bias, out2d, residual=rows_view(OP, "residual", residual))
+    return out
+
+
+@torch.library.custom_op("vitfast::linear_residual", mutates_args=())
+def _linear_residual_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                        residual: torch.Tensor) -> torch.Tensor:
+    return linear_residual_launch(x, weight, bias, residual)
+
+
+@_linear_residual_op.register_fake
+def _(x, weight, bias, residual):
+    _check(x, weight, bias, residual, runnable=False)
+    return x.new_empty(residual.shape)
+
+
+def linear_residual(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                    residual: torch.Tensor) -> torch.Tensor:
+    """residual + x @ weight^T + bias; x (..., K), weight (N, K), residual (..., N); bias may be None.
+    Returns a new tensor shaped like residual, in x.dtype."""
+    return _linear_residual_op(x, weight, bias, residual)
+
+
+def aot_variants(exhaustive: bool = False):
+    """See gemm.gemm_aot_variants."""
+    return gemm_aot_variants(
+        has_ln=False, activations=(0,), has_bias=(True, False), has_residual=True, qkv=False,
+        exhaustive=exhaustive,
+    )

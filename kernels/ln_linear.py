@@ -1,0 +1,68 @@
+"""LayerNorm -> Linear (-> GELU) in one GEMM launch: the pre-norm MLP's fc1, or any norm followed by a dense layer.
+
+The normalized activations exist only in registers (see gemm.py); bias and activation run in the epilogue.
+"""
+from typing import Optional
+
+import torch
+
+from ._common import ACTIVATIONS, FLOAT_DTYPES, check, check_device, check_dtype, check_out, check_vector, rows_view
+from .gemm import gemm_aot_variants, launch_fused_gemm
+
+OP = "ln_linear"
+
+
+def _check(x, ln_weight, ln_bias, weight, bias, activation, runnable=True):
+    check_dtype(OP, "x", x, FLOAT_DTYPES)
+    check(x.dim() >= 2, f"{OP}: x.dim()", ">= 2 (..., K)", tuple(x.shape))
+    k = x.shape[-1]
+    check(k > 0, f"{OP}: x.shape[-1]", "> 0", k)
+    check(weight.dim() == 2 and weight.shape[1] == k, f"{OP}: weight.shape", f"(N, {k})", tuple(weight.shape))
+    check(weight.dtype == x.dtype, f"{OP}: weight.dtype", f"{x.dtype} (x.dtype)", weight.dtype)
+    check_vector(OP, "ln_weight", ln_weight, k, x.dtype)
+    check_vector(OP, "ln_bias", ln_bias, k, x.dtype)
+    if bias is not None:
+        check_vector(OP, "bias", bias, weight.shape[0], x.dtype)
+    check(activation in ACTIVATIONS, f"{OP}: activation", " | ".join(ACTIVATIONS), repr(activation))
+    check_device(OP, dict(x=x, ln_weight=ln_weight, ln_bias=ln_bias, weight=weight, bias=bias), runnable)
+
+
+def ln_linear_launch(x, ln_weight, ln_bias, eps, weight, bias, activation="none", out=None):
+    """Plain launcher; `out` (optional, shape (..., N), x.dtype) lets tests hand in a poisoned buffer."""
+    _check(x, ln_weight, ln_bias, weight, bias, activation)
+    shape = (*x.shape[:-1], weight.shape[0])
+    if out is None:
+        out = x.new_empty(shape)
+    out2d = check_out(OP, out, shape, x.dtype)
+    if out.numel() == 0:
+        return out
+    launch_fused_gemm(rows_view(OP, "x", x), weight, bias, out2d, ln=(ln_weight, ln_bias, eps),
+                      activation=ACTIVATIONS[activation])
+    return out
+
+
+@torch.library.custom_op("vitfast::ln_linear", mutates_args=())
+def _ln_linear_op(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps: float, weight: torch.Tensor,
+                  bias: Optional[torch.Tensor], activation: str) -> torch.Tensor:
+    return ln_linear_launch(x, ln_weight, ln_bias, eps, weight, bias, activation)
+
+
+@_ln_linear_op.register_fake
+def _(x, ln_weight, ln_bias, eps, weight, bias, activation):
+    _check(x, ln_weight, ln_bias, weight, bias, activation, runnable=False)
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+def ln_linear(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps: float, weight: torch.Tensor,
+              bias: Optional[torch.Tensor], activation: str = "none") -> torch.Tensor:
+    """activation(LayerNorm(x) @ weight^T + bias); x (..., K), weight (N, K); activation "none" | "gelu" (exact
+    erf) | "gelu_tanh". LayerNorm statistics in fp32. Returns (..., N) in x.dtype."""
+    return _ln_linear_op(x, ln_weight, ln_bias, float(eps), weight, bias, activation)
+
+
+def aot_variants(exhaustive: bool = False):
+    """See gemm.gemm_aot_variants."""
+    return gemm_aot_variants(
+        has_ln=True, activations=tuple(ACTIVATIONS.values()), has_bias=(True, False), has_residual=False,
+        qkv=False, exhaustive=exhaustive,
+    )
