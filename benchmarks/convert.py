@@ -8,10 +8,11 @@ from the live HF model's own state dict (classic `encoder.layer.N.attention.atte
 from __future__ import annotations
 
 import functools
-import re
 
 import torch
 import torch.nn as nn
+
+from vit_fast.loading.hf import ours_for_hf_key
 
 
 class Unsupported(Exception):
@@ -60,39 +61,6 @@ class HFLogits(nn.Module):
         return self.hf(pixel_values=x).logits
 
 
-# HF key (without a leading "vit.") -> our key; "#" marks a q/k/v slice of our fused qkv.
-_HF_TO_OURS = [
-    (r"embeddings\.cls_token", "cls_token"),
-    (r"embeddings\.position_embeddings", "pos_embed"),
-    (r"embeddings\.patch_embeddings\.projection\.(weight|bias)", r"patch_embed.proj.\1"),
-    (r"encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)", r"blocks.\1.attn.qkv.\3#\2"),
-    (r"layers\.(\d+)\.attention\.(q|k|v)_proj\.(weight|bias)", r"blocks.\1.attn.qkv.\3#\2"),
-    (r"encoder\.layer\.(\d+)\.attention\.output\.dense\.(weight|bias)", r"blocks.\1.attn.proj.\2"),
-    (r"layers\.(\d+)\.attention\.o_proj\.(weight|bias)", r"blocks.\1.attn.proj.\2"),
-    (r"encoder\.layer\.(\d+)\.intermediate\.dense\.(weight|bias)", r"blocks.\1.mlp.fc1.\2"),
-    (r"layers\.(\d+)\.mlp\.fc1\.(weight|bias)", r"blocks.\1.mlp.fc1.\2"),
-    (r"encoder\.layer\.(\d+)\.output\.dense\.(weight|bias)", r"blocks.\1.mlp.fc2.\2"),
-    (r"layers\.(\d+)\.mlp\.fc2\.(weight|bias)", r"blocks.\1.mlp.fc2.\2"),
-    (r"(?:encoder\.layer|layers)\.(\d+)\.layernorm_before\.(weight|bias)", r"blocks.\1.norm1.\2"),
-    (r"(?:encoder\.layer|layers)\.(\d+)\.layernorm_after\.(weight|bias)", r"blocks.\1.norm2.\2"),
-    (r"layernorm\.(weight|bias)", r"norm.\1"),
-    (r"classifier\.(weight|bias)", r"head.\1"),
-]
-_HF_TO_OURS = [(re.compile(rf"^(?:vit\.)?{p}$"), t) for p, t in _HF_TO_OURS]
-_QKV_INDEX = {"query": 0, "key": 1, "value": 2, "q": 0, "k": 1, "v": 2}
-
-
-def _our_tensor_for_hf_key(key: str, ours: dict) -> torch.Tensor:
-    for pattern, target in _HF_TO_OURS:
-        if pattern.match(key):
-            name = pattern.sub(target, key)
-            if "#" in name:
-                name, part = name.split("#")
-                return ours[name].chunk(3, dim=0)[_QKV_INDEX[part]]
-            return ours[name]
-    raise Unsupported(f"no vit_fast parameter corresponds to Hugging Face key {key!r}")
-
-
 def to_hf(model, device="cpu") -> nn.Module:
     """A Hugging Face ViTForImageClassification (wrapped to return logits) with `model`'s weights (fp32 on
     `device`)."""
@@ -132,7 +100,10 @@ def to_hf(model, device="cpu") -> nn.Module:
         if key.endswith("mask_token"):  # masked-image-modeling only; unused here
             state[key] = value
             continue
-        tensor = _our_tensor_for_hf_key(key, ours)
+        try:
+            tensor = ours_for_hf_key(key, ours)
+        except KeyError as e:
+            raise Unsupported(str(e)) from None
         if tensor.numel() != value.numel():
             raise Unsupported(f"{key}: shape {tuple(value.shape)} has no match in vit_fast ({tuple(tensor.shape)})")
         state[key] = tensor.reshape(value.shape).clone()

@@ -65,6 +65,19 @@ def convert_hf_state(state: dict) -> dict:
     return out
 
 
+def ours_for_hf_key(key: str, ours: dict) -> torch.Tensor:
+    """The tensor of a vit-fast state dict that an HF ViT key holds (a third of the fused qkv for q/k/v); the inverse
+    of `convert_hf_state`, used to put vit-fast weights into an HF model."""
+    for pattern, target in _RENAMES:
+        if pattern.match(key):
+            parts = pattern.sub(target, key).split(".")
+            if len(parts) == 5 and parts[3] in _QKV:
+                fused = ours[f"blocks.{parts[1]}.attn.qkv.{parts[4]}"]
+                return fused.chunk(3, dim=0)[_QKV[parts[3]]]
+            return ours[".".join(parts)]
+    raise KeyError(f"no vit-fast parameter corresponds to Hugging Face key {key!r}")
+
+
 def config_from_hf(hf: dict, state: dict, preprocessor: dict | None = None, **overrides) -> ViTConfig:
     """ViTConfig from an HF config dict and the converted state dict (which tells head and pooler sizes)."""
     if hf.get("model_type", "vit") != "vit":
