@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import (FLOAT_DTYPES, TL_SIG, check, check_dtype, gpu_family, is_interpreting, jit_fn,
+from ._common import (FLOAT_DTYPES, TL_SIG, check, check_dtype, gpu_family, is_interpreting, jit_fn,
                              m_bucket, shared_memory_bytes, upcast_needed)
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 128
