@@ -23,7 +23,9 @@ def _embed(model, x: torch.Tensor, is_uint8: bool) -> torch.Tensor:
         weight, bias = model.folded_patch_weights()  # fp32; the kernel reads the uint8 pixels directly
     else:
         x, weight, bias = x.to(dtype), proj.weight, proj.bias
-    cls_pos = model.cls_token[0, 0] + pos[0]
+    # cls_token + pos[0]: cached with the resampled table, so a forward pass launches no extra elementwise op
+    cls_pos = model._cached(("cls_pos", grid), [model.cls_token, model.pos_embed],
+                            lambda: model.cls_token[0, 0] + pos[0])
     return kernels.patch_embed(x, weight, bias, pos[1:], cls_pos)
 
 
