@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     parser.add_argument("--bandwidth-tbs", type=float, default=3.35, help="memory bandwidth, TB/s (default 3.35)")
     args = parser.parse_args(argv)
     print(f"per image, batch {args.batch}, bf16; times at {args.peak_tflops:g} TFLOP/s and {args.bandwidth_tbs:g} TB/s")
-    print(f"| model | tokens | GFLOP | MB floor | MB fused | MB eager | µs compute | µs fused bytes | µs eager bytes |")
+    print("| model | tokens | GFLOP | MB floor | MB fused | MB eager | µs compute | µs fused bytes | µs eager bytes |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name in MODELS:
         cfg = vit_fast.get_config(name)

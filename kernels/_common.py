@@ -174,6 +174,20 @@ def check_vector(op: str, name: str, t: torch.Tensor, n: int, dtype: torch.dtype
     check(n <= 1 or t.stride(0) == 1, f"{op}: {name}.stride()", "(1,) (contiguous)", t.stride())
 
 
+def check_linear(op: str, x: torch.Tensor, weight: torch.Tensor, bias) -> tuple:
+    """x (..., K) float, weight (N, K) and bias (N,) or None in x.dtype; returns (K, N)."""
+    check_dtype(op, "x", x, FLOAT_DTYPES)
+    check(x.dim() >= 2, f"{op}: x.dim()", ">= 2 (..., K)", tuple(x.shape))
+    k = x.shape[-1]
+    check(k > 0, f"{op}: x.shape[-1]", "> 0", k)
+    check(weight.dim() == 2 and weight.shape[1] == k, f"{op}: weight.shape", f"(N, {k})", tuple(weight.shape))
+    check(weight.dtype == x.dtype, f"{op}: weight.dtype", f"{x.dtype} (x.dtype)", weight.dtype)
+    n = weight.shape[0]
+    if bias is not None:
+        check_vector(op, "bias", bias, n, x.dtype)
+    return k, n
+
+
 def check_out(op: str, out: torch.Tensor, shape, dtype: torch.dtype, rows: bool = True) -> torch.Tensor:
     """Validate a caller-provided output buffer; return its (M, N) view (rows=True) or itself (must be contiguous)."""
     check(tuple(out.shape) == tuple(shape), f"{op}: out.shape", tuple(shape), tuple(out.shape))

@@ -4,22 +4,14 @@ from typing import Optional
 
 import torch
 
-from ._common import FLOAT_DTYPES, check, check_device, check_dtype, check_out, check_vector, rows_view
+from ._common import check, check_device, check_linear, check_out, rows_view
 from .gemm import gemm_aot_variants, launch_fused_gemm
 
 OP = "linear_residual"
 
 
 def _check(x, weight, bias, residual, runnable=True):
-    check_dtype(OP, "x", x, FLOAT_DTYPES)
-    check(x.dim() >= 2, f"{OP}: x.dim()", ">= 2 (..., K)", tuple(x.shape))
-    k = x.shape[-1]
-    check(k > 0, f"{OP}: x.shape[-1]", "> 0", k)
-    check(weight.dim() == 2 and weight.shape[1] == k, f"{OP}: weight.shape", f"(N, {k})", tuple(weight.shape))
-    check(weight.dtype == x.dtype, f"{OP}: weight.dtype", f"{x.dtype} (x.dtype)", weight.dtype)
-    n = weight.shape[0]
-    if bias is not None:
-        check_vector(OP, "bias", bias, n, x.dtype)
+    _, n = check_linear(OP, x, weight, bias)
     expected = (*x.shape[:-1], n)
     check(tuple(residual.shape) == expected, f"{OP}: residual.shape", expected, tuple(residual.shape))
     check(residual.dtype == x.dtype, f"{OP}: residual.dtype", f"{x.dtype} (x.dtype)", residual.dtype)

@@ -6,23 +6,16 @@ from typing import Optional
 
 import torch
 
-from ._common import ACTIVATIONS, FLOAT_DTYPES, check, check_device, check_dtype, check_out, check_vector, rows_view
+from ._common import ACTIVATIONS, check, check_device, check_linear, check_out, check_vector, rows_view
 from .gemm import gemm_aot_variants, launch_fused_gemm
 
 OP = "ln_linear"
 
 
 def _check(x, ln_weight, ln_bias, weight, bias, activation, runnable=True):
-    check_dtype(OP, "x", x, FLOAT_DTYPES)
-    check(x.dim() >= 2, f"{OP}: x.dim()", ">= 2 (..., K)", tuple(x.shape))
-    k = x.shape[-1]
-    check(k > 0, f"{OP}: x.shape[-1]", "> 0", k)
-    check(weight.dim() == 2 and weight.shape[1] == k, f"{OP}: weight.shape", f"(N, {k})", tuple(weight.shape))
-    check(weight.dtype == x.dtype, f"{OP}: weight.dtype", f"{x.dtype} (x.dtype)", weight.dtype)
+    k, _ = check_linear(OP, x, weight, bias)
     check_vector(OP, "ln_weight", ln_weight, k, x.dtype)
     check_vector(OP, "ln_bias", ln_bias, k, x.dtype)
-    if bias is not None:
-        check_vector(OP, "bias", bias, weight.shape[0], x.dtype)
     check(activation in ACTIVATIONS, f"{OP}: activation", " | ".join(ACTIVATIONS), repr(activation))
     check_device(OP, dict(x=x, ln_weight=ln_weight, ln_bias=ln_bias, weight=weight, bias=bias), runnable)
 
