@@ -8,7 +8,6 @@ zeros and ones.
 from __future__ import annotations
 
 import copy
-import os
 import zlib
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -46,18 +45,10 @@ def build_master(name: str, resolution: int, seed: int, overrides: Optional[dict
 
 def triton_skip_reason(device: torch.device) -> Optional[str]:
     """Why the vit_fast (triton) backend cannot be timed on `device`, or None."""
-    try:
-        import triton  # noqa: F401
-    except Exception as e:  # noqa: BLE001
-        return f"triton is not importable ({type(e).__name__}: {e})"
-    if device.type != "cuda":
-        if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
-            return ("triton needs a CUDA GPU; this run is on the CPU (set TRITON_INTERPRET=1 before starting to "
-                    "run the kernels in Triton's interpreter, far too slow for meaningful timings)")
     from vit_fast import backends
 
     reason = backends.triton_unavailable_reason(device)
-    return f"vit_fast reports the triton backend unavailable: {reason}" if reason else None
+    return f"triton backend unavailable: {reason}" if reason else None
 
 
 def static_skip_reason(backend: str, device: torch.device) -> Optional[str]:
