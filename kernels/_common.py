@@ -14,7 +14,7 @@ import triton
 TL_SIG = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.uint8: "u8"}
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-ACTIVATIONS = {"none": 0, "gelu": 1, "gelu_tanh": 2}
+ACTIVATIONS = {"none": 0, "gelu": 1, "gelu_tanh": 2, "quick_gelu": 3}
 
 
 def is_interpreting() -> bool:

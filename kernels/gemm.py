@@ -41,6 +41,24 @@ def gelu_tanh(x):
     return x / (1.0 + tl.exp(-2.0 * u))
 
 
+@triton.jit
+def gelu_quick(x):
+    # CLIP's "quick GELU": x * sigmoid(1.702 x)
+    return x / (1.0 + tl.exp(-1.702 * x))
+
+
+@triton.jit
+def apply_activation(x, ACTIVATION: tl.constexpr):
+    """The epilogue activation every GEMM engine shares; codes are _common.ACTIVATIONS."""
+    if ACTIVATION == 1:
+        x = gelu_erf(x)
+    elif ACTIVATION == 2:
+        x = gelu_tanh(x)
+    elif ACTIVATION == 3:
+        x = gelu_quick(x)
+    return x
+
+
 @triton.autotune(
     configs=gemm_configs(),
     key=GEMM_AUTOTUNE_KEY,
@@ -73,7 +91,7 @@ def fused_gemm_kernel(
     M_BUCKET,  # next power of two of M: an autotune key, unused by the kernel body
     HAS_LN: tl.constexpr,  # LayerNorm prologue on A rows
     HAS_BIAS: tl.constexpr,  # add bias in the epilogue
-    ACTIVATION: tl.constexpr,  # 0 none, 1 exact-erf GELU, 2 tanh GELU
+    ACTIVATION: tl.constexpr,  # 0 none, 1 exact-erf GELU, 2 tanh GELU, 3 quick GELU
     HAS_RESIDUAL: tl.constexpr,  # add the residual after the activation
     QKV_HEAD_MAJOR: tl.constexpr,  # store column j of row (b, n) at [j // D, b, (j % D) // HEAD_DIM, n, j % HEAD_DIM]
     UPCAST: tl.constexpr,  # dot in fp32 (interpreter with bf16, whose bf16 arithmetic is wrong)
@@ -148,10 +166,7 @@ def fused_gemm_kernel(
     mask = mask_m[:, None] & mask_n[None, :]
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    if ACTIVATION == 1:
-        acc = gelu_erf(acc)
-    elif ACTIVATION == 2:
-        acc = gelu_tanh(acc)
+    acc = apply_activation(acc, ACTIVATION)
     rm64 = rm.to(tl.int64)
     if HAS_RESIDUAL:
         res = tl.load(res_ptr + rm64[:, None] * stride_rm + rn[None, :] * stride_rn, mask=mask, other=0.0)

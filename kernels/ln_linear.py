@@ -49,7 +49,7 @@ def _(x, ln_weight, ln_bias, eps, weight, bias, activation):
 def ln_linear(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps: float, weight: torch.Tensor,
               bias: Optional[torch.Tensor], activation: str = "none") -> torch.Tensor:
     """activation(LayerNorm(x) @ weight^T + bias); x (..., K), weight (N, K); activation "none" | "gelu" (exact
-    erf) | "gelu_tanh". LayerNorm statistics in fp32. Returns (..., N) in x.dtype."""
+    erf) | "gelu_tanh" | "quick_gelu" (x·sigmoid(1.702x), CLIP). LayerNorm statistics in fp32. Returns (..., N) in x.dtype."""
     return _ln_linear_op(x, ln_weight, ln_bias, float(eps), weight, bias, activation)
 
 

@@ -25,12 +25,14 @@ def make(lead, k, n, dtype, device, offset=1.0, bias=True):
 def reference(x, g, b, eps, w, bb, activation):
     y = F.layer_norm(x.float(), x.shape[-1:], g.float(), b.float(), eps)
     y = F.linear(y, w.float(), None if bb is None else bb.float())
-    if activation != "none":
+    if activation == "quick_gelu":
+        y = y * torch.sigmoid(1.702 * y)
+    elif activation != "none":
         y = F.gelu(y, approximate="tanh" if activation == "gelu_tanh" else "none")
     return y
 
 
-@pytest.mark.parametrize("activation", ["none", "gelu", "gelu_tanh"])
+@pytest.mark.parametrize("activation", ["none", "gelu", "gelu_tanh", "quick_gelu"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_matches_eager(dtype, activation, device):
     for lead, k, n in SHAPES:
