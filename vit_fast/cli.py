@@ -1,4 +1,4 @@
-"""The `vit-fast` command (also `python -m vit_fast`): predict, info, convert, demo, bench, serve, infer.
+"""The `vit-fast` command (also `python -m vit_fast`): predict, info, convert, demo, bench, serve, infer, validate.
 
 Errors a user can cause print one readable line and exit non-zero; tracebacks are for bugs.
 """
@@ -190,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     serving_cli.add_serve_parser(sub)
     serving_cli.add_infer_parser(sub)
+
+    from . import validate
+
+    validate.add_parser(sub, _add_model_args)
     return parser
 
 

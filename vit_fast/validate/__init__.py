@@ -1,0 +1,280 @@
+"""`vit-fast validate`: does the fast path change my results? Checks a user's model, on their GPU and their images.
+
+1. Per op: each Triton kernel at the model's shapes against its eager composition (`ops.OP_CHECKS`).
+2. Whole model: the candidate (Triton kernels in the chosen dtype; an FP8 model for `--dtype fp8`; PyTorch's sdpa
+   when the kernels cannot run) and PyTorch's own path in the same dtype, both against the fp32 eager model, on the
+   user's images (decoded and resized as the checkpoint's config says) or on random pixels.
+3. Budgets: `vit_fast.numerics` (the suite's definitions): 2x PyTorch's own error in that dtype; FP8 models keep
+   the minimums of `FP8_MODEL_MINIMUMS`. Exit code 0 when every check is within budget, 1 when one is exceeded,
+   2 for bad arguments (checked before any model is loaded).
+"""
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .report import LABELS, format_report, write_json
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp8": torch.bfloat16}
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff", "ppm", "pgm", "pbm")
+# Above this width the Triton interpreter takes minutes per op: say so before starting.
+_INTERPRETER_WIDTH_HINT = 256
+
+
+def add_parser(sub, add_model_args) -> None:
+    p = sub.add_parser(
+        "validate", help="check the Triton kernels and the whole model against fp32 PyTorch on your GPU and images",
+        description="Per op: each Triton kernel at the model's shapes against its eager composition; whole model: "
+                    "logits and embeddings against the fp32 PyTorch model on your images (or random pixels). "
+                    "Budget: 2x PyTorch's own error in the same dtype. Exit code 1 when a budget is exceeded.")
+    add_model_args(p)
+    p.add_argument("--dtype", default="bf16", help=f"dtype to validate: {', '.join(DTYPES)} (default bf16)")
+    p.add_argument("--images", default=None, metavar="DIR",
+                   help="folder of images (searched recursively); default: random pixels")
+    p.add_argument("--random", type=int, default=32, metavar="N",
+                   help="number of random images when --images is not given (default 32)")
+    p.add_argument("--batch", type=int, default=8, help="images per forward pass and per-op batch (8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random images (default 0)")
+    p.add_argument("--json", default=None, metavar="OUT", help="also write the report as JSON to OUT")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+# ----- argument checks: all before any model is loaded ----------------------------------------------------------
+
+def _list_images(folder: str) -> list:
+    from ..cli import UsageError
+
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise UsageError(f"--images expects a folder of images; {folder!r} is "
+                         f"{'a file' if path.exists() else 'not there'}")
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS)
+    if not files:
+        raise UsageError(f"no image files under {folder!r} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    return files
+
+
+def _check_args(args) -> dict:
+    """Everything that can be wrong with the command line, found before anything expensive starts."""
+    from .. import PRESETS
+    from ..backends import triton_unavailable_reason
+    from ..cli import UsageError, _parse_overrides
+
+    if args.dtype not in DTYPES:
+        raise UsageError(f"--dtype expects one of {', '.join(DTYPES)}, got {args.dtype!r}")
+    for flag in ("batch", "random"):
+        if getattr(args, flag) < 1:
+            raise UsageError(f"--{flag} expects a positive number of images, got {getattr(args, flag)}")
+    checked = {"overrides": _parse_overrides(args.set)}
+    if args.dtype == "fp8":
+        import vit_fast
+
+        if not hasattr(vit_fast, "quantize"):
+            raise UsageError("--dtype fp8 needs the FP8 path (vit_fast.quantize), which this vit-fast does not have")
+    if args.checkpoint is not None and not Path(args.checkpoint).expanduser().exists():
+        raise UsageError(f"no checkpoint at {args.checkpoint!r}")
+    if args.checkpoint is None and args.model not in PRESETS:
+        raise UsageError(f"unknown model {args.model!r}; known models: {', '.join(sorted(PRESETS))}")
+    checked["images"] = _list_images(args.images) if args.images is not None else None
+    if args.json is not None:
+        out = Path(args.json).expanduser()
+        if out.is_dir():
+            raise UsageError(f"--json expects a file name, got the folder {args.json!r}")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: CUDA is not available on this machine")
+    if device.type not in ("cuda", "cpu"):
+        raise UsageError(f"--device expects cuda or cpu, got {args.device!r}")
+    checked["device"] = device
+    if triton_unavailable_reason(device) is None:
+        checked["kernel_reason"] = None
+    else:
+        checked["kernel_reason"] = (
+            f"the Triton kernels need a CUDA GPU and {'this machine has' if device.type == 'cpu' else 'it has'} "
+            f"none, so the whole model below is PyTorch's sdpa in {args.dtype} (TRITON_INTERPRET=1 runs the "
+            "kernels in Triton's CPU interpreter: slow, for a tiny model)")
+    return checked
+
+
+# ----- inputs ---------------------------------------------------------------------------------------------------
+
+def _batches(args, files, config):
+    """(names, uint8 (n, C, H, W) batch, skipped [(name, error)]) per batch, decoded lazily."""
+    from ..preprocess import preprocess
+
+    if files is None:
+        gen = torch.Generator().manual_seed(args.seed)
+        h, w = config.img_size
+        for start in range(0, args.random, args.batch):
+            n = min(args.batch, args.random - start)
+            pixels = torch.randint(0, 256, (n, config.in_chans, h, w), dtype=torch.uint8, generator=gen)
+            yield [f"random[{start + i}]" for i in range(n)], pixels, []
+        return
+    root = Path(args.images).expanduser()
+    for start in range(0, len(files), args.batch):
+        names, tensors, skipped = [], [], []
+        for f in files[start:start + args.batch]:
+            name = str(f.relative_to(root))
+            try:
+                tensors.append(preprocess(str(f), config))
+                names.append(name)
+            except (ValueError, OSError) as e:
+                skipped.append({"image": name, "error": f"{type(e).__name__}: {e}"})
+        yield names, (torch.stack(tensors) if tensors else None), skipped
+
+
+def _num_batches(args, files) -> int:
+    n = args.random if files is None else len(files)
+    return -(-n // args.batch)
+
+
+# ----- the run --------------------------------------------------------------------------------------------------
+
+def _load(args, overrides):
+    from .. import create, load
+
+    if args.checkpoint is None:
+        return create(args.model, backend="torch", **overrides), args.model, True
+    return load(args.checkpoint, backend="torch", **overrides), str(args.checkpoint), False
+
+
+def _models(model, args, device, kernels_run: bool):
+    """(candidate, its backend, baseline, its backend): the model in the checked dtype, kernels or sdpa, and
+    PyTorch's own path in that dtype (sdpa beside the kernels; eager attention beside sdpa)."""
+    import vit_fast
+
+    low = copy.deepcopy(model).to(DTYPES[args.dtype])
+    cand_backend, base_backend = ("triton", "sdpa") if kernels_run else ("sdpa", "torch")
+    base = low.set_backend(base_backend)
+    if args.dtype == "fp8":
+        cand = vit_fast.quantize(copy.deepcopy(low), "fp8")
+    else:
+        cand = copy.deepcopy(low)  # its own module: the two backends never share cached tensors
+    return cand.to(device).set_backend(cand_backend), cand_backend, base.to(device), base_backend
+
+
+def _judge(summary: dict, dtype_name: str) -> dict:
+    """Each whole-model metric with its budget and status ("pass", "fail" or "info" when it has no budget)."""
+    from .. import numerics
+
+    judged = {}
+    for name, values in summary.items():
+        entry = {**values, "budget": None, "status": "info"}
+        if dtype_name == "fp8":
+            minimum = numerics.FP8_MODEL_MINIMUMS.get(name)
+            if minimum is not None:
+                entry.update(budget=minimum, status="pass" if values["candidate"] >= minimum else "fail")
+        elif name in numerics.MODEL_RULE_METRICS:
+            b = numerics.model_budget(values["candidate"], values["baseline"], DTYPES[dtype_name])
+            entry.update(budget=b.budget, status="pass" if b.passed else "fail")
+        judged[name] = entry
+    return judged
+
+
+def validate(args) -> dict:
+    """Run every check; returns the report (see the README for its fields)."""
+    from tqdm import tqdm
+
+    from .. import __version__
+    from ..backends import triton_interpreting
+    from ..cli import UsageError
+    from . import ops
+    from .whole_model import Comparison, outputs
+
+    checked = _check_args(args)
+    device, files = checked["device"], checked["images"]
+    kernels_run = checked["kernel_reason"] is None
+    started = time.perf_counter()
+    model, name, random_weights = _load(args, checked["overrides"])
+    model = model.to(device).eval().requires_grad_(False)
+    cfg = model.config
+    interpreted = kernels_run and device.type == "cpu" and triton_interpreting()
+    if interpreted and cfg.embed_dim > _INTERPRETER_WIDTH_HINT:
+        print(f"note: the kernels run in Triton's CPU interpreter; at width {cfg.embed_dim} that takes minutes",
+              file=sys.stderr)
+    cand, cand_backend, base, base_backend = _models(model, args, device, kernels_run)
+    low_name = "fp8" if args.dtype == "fp8" else str(DTYPES[args.dtype]).replace("torch.", "")
+
+    n_ops = len(ops.OP_CHECKS) if kernels_run else 0
+    bar = tqdm(total=n_ops + _num_batches(args, files), desc="validate", unit="step", file=sys.stderr,
+               disable=True if args.no_progress else None, leave=False)
+    op_rows, comparison, skipped = [], Comparison(), []
+    with torch.no_grad():
+        for names, pixels, bad in _batches(args, files, cfg):
+            skipped += bad
+            if pixels is not None:
+                pixels = pixels.to(device)
+                if kernels_run and not op_rows:  # per-op checks on the first batch's activations
+                    acts = ops.capture(model, pixels)
+                    for check in ops.OP_CHECKS:
+                        bar.set_description(f"op {check.name}")
+                        op_rows.append(_run_op(ops, check, acts, args.dtype, interpreted))
+                        bar.update()
+                    del acts
+                bar.set_description("whole model")
+                comparison.add(names, outputs(model, pixels), outputs(cand, pixels), outputs(base, pixels))
+            bar.update()
+    bar.close()
+    if not comparison.names:
+        raise UsageError(f"none of the {len(files)} files under {args.images!r} could be decoded; first error: "
+                         f"{skipped[0]['error']}")
+
+    metrics = _judge(comparison.summary(), args.dtype)
+    failures = [f"{r['op']}: {r['reason']}" for r in op_rows if r["status"] in ("fail", "error")]
+    failures += [f"{LABELS.get(k, k)} {v['candidate']:.3g} vs budget {v['budget']:.3g}"
+                 for k, v in metrics.items() if v["status"] == "fail"]
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        device_text = f"cuda: {props.name} (sm_{props.major}{props.minor})"
+    else:
+        device_text = "cpu"
+    return {
+        "vit_fast_version": __version__,
+        "model": {"name": name, "random_weights": random_weights, "depth": cfg.depth, "embed_dim": cfg.embed_dim,
+                  "num_heads": cfg.num_heads, "head_dim": cfg.head_dim, "mlp_dim": cfg.mlp_dim,
+                  "tokens": 1 + cfg.num_patches, "img_size": list(cfg.img_size), "patch_size": cfg.patch_size,
+                  "num_classes": cfg.num_classes},
+        "dtype": args.dtype,
+        "batch": args.batch,
+        "device": device_text,
+        "torch": torch.__version__,
+        "rule": "2 x PyTorch's own error in the same dtype + floor (vit_fast.numerics)",
+        "kernels": {"ran": kernels_run, "interpreter": interpreted, "reason": checked["kernel_reason"]},
+        "ops": op_rows,
+        "whole_model": {
+            "inputs": "images" if files is not None else "random images",
+            "num_images": len(comparison.names),
+            "candidate": f"{cand_backend} {low_name}",
+            "baseline": f"{base_backend} {str(DTYPES[args.dtype]).replace('torch.', '')}",
+            "reference": "torch float32",
+            "metrics": metrics,
+            "worst": comparison.worst(),
+            "skipped_images": skipped,
+        },
+        "passed": not failures,
+        "failures": failures,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def _run_op(ops, check, acts, dtype_name, interpreted) -> dict:
+    """One op row; a kernel that raises is a failed row with the error as its reason, not a crash."""
+    try:
+        return ops.run_check(check, acts, dtype_name, interpreted)
+    except Exception as e:  # noqa: BLE001 - reported in the row and counted as a failure
+        return {"op": check.name, "dtype": None, "shape": None, "status": "error", "kernel_err": None,
+                "torch_err": None, "budget": None, "reason": f"{type(e).__name__}: {e}"}
+
+
+def run(args) -> int:
+    report = validate(args)
+    print(format_report(report))
+    if args.json is not None:
+        write_json(report, Path(args.json).expanduser())
+        print(f"report written to {args.json}")
+    return 0 if report["passed"] else 1

@@ -1,0 +1,230 @@
+"""Per-op checks of `vit-fast validate`: each Triton kernel at the model's own shapes, on the model's own weights and
+on activations captured from its fp32 forward pass, judged by the same "2x PyTorch's own error" rule as the tests.
+
+Every check is one `OpCheck` row of `OP_CHECKS`: how to cut the op's inputs out of the captured activations, how to
+call the kernel, and the eager composition the kernel replaces. The composition runs twice: in float64 (the exact
+reference) and in the checked dtype (PyTorch's own error, which sets the budget). An FP8 engine adds its rows here:
+an `OpCheck` whose `dtypes` maps "fp8" to its compute dtype, with its own `judge` (e.g. against an emulation).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+import kernels
+
+from ..numerics import Budget, kernel_budget
+
+# requested dtype name -> the dtype a bf16/fp16/fp32 op computes in. Under "fp8", ops that stay bf16 in an FP8
+# model (patch embedding, attention, the final LayerNorm) are checked in bf16.
+_PLAIN = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_STAYS_BF16 = {**_PLAIN, "fp8": torch.bfloat16}
+
+
+@dataclass
+class Activations:
+    """fp32 tensors of one batch through the fp32 model, captured at the points where kernels take their inputs."""
+
+    model: torch.nn.Module
+    pixels: torch.Tensor  # (B, C, H, W) uint8, what patch_embed reads
+    tokens0: torch.Tensor  # (B, N, D) input of block 0
+    qkv: torch.Tensor  # (3, B, H, N, d) block 0's q, k, v (head-major, as ln_qkv writes them)
+    ctx: torch.Tensor  # (B, N, D) attention output of block 0 (input of the out-projection)
+    tokens1: torch.Tensor  # (B, N, D) block 0 after the attention residual (input of LN2)
+    hidden: torch.Tensor  # (B, N, mlp) block 0's MLP hidden layer after the activation (input of FC2)
+    tokens_last: torch.Tensor  # (B, N, D) output of the last block (input of the final norm)
+
+
+@torch.no_grad()
+def capture(model: torch.nn.Module, pixels: torch.Tensor) -> Activations:
+    """Run the fp32 `model` (torch backend) on uint8 `pixels` and keep the tensors the op checks need."""
+    seen = {}
+    first, last = model.blocks[0], model.blocks[-1]
+    hooks = [
+        first.register_forward_pre_hook(lambda m, a: seen.__setitem__("tokens0", a[0])),
+        first.attn.qkv.register_forward_hook(lambda m, a, out: seen.__setitem__("qkv", out)),
+        first.attn.proj.register_forward_pre_hook(lambda m, a: seen.__setitem__("ctx", a[0])),
+        first.norm2.register_forward_pre_hook(lambda m, a: seen.__setitem__("tokens1", a[0])),
+        first.mlp.fc2.register_forward_pre_hook(lambda m, a: seen.__setitem__("hidden", a[0])),
+        last.register_forward_hook(lambda m, a, out: seen.__setitem__("tokens_last", out)),
+    ]
+    try:
+        model.forward_features(pixels)
+    finally:
+        for h in hooks:
+            h.remove()
+    b, n, _ = seen["tokens0"].shape
+    heads = first.attn.num_heads
+    qkv = seen["qkv"].reshape(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    return Activations(model, pixels, seen["tokens0"], qkv, seen["ctx"], seen["tokens1"], seen["hidden"],
+                       seen["tokens_last"])
+
+
+def _cast(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
+    return None if t is None else t.detach().to(dtype).contiguous()
+
+
+def _mlp_activation(model) -> str:
+    return getattr(model.config, "activation", "gelu")
+
+
+def _act(y: torch.Tensor, activation: str) -> torch.Tensor:
+    if activation == "quick_gelu":
+        return y * torch.sigmoid(1.702 * y)
+    if activation == "none":
+        return y
+    return F.gelu(y, approximate="tanh" if activation == "gelu_tanh" else "none")
+
+
+# ----- inputs: operands rounded to the checked dtype once; kernel and both compositions see the same values --------
+
+def _patch_embed_inputs(a: Activations, dtype):
+    m = a.model
+    w, b = m.folded_patch_weights()  # fp32 weights with the normalization folded in, as the model runs uint8
+    pos = m.pos_embed[0]
+    return dict(x=a.pixels, weight=w, bias=b, pos=_cast(pos[1:], dtype),
+                cls_pos=_cast(m.cls_token[0, 0] + pos[0], dtype))
+
+
+def _ln_qkv_inputs(a: Activations, dtype):
+    blk = a.model.blocks[0]
+    return dict(x=_cast(a.tokens0, dtype), g=_cast(blk.norm1.weight, dtype), b=_cast(blk.norm1.bias, dtype),
+                eps=blk.norm1.eps, w=_cast(blk.attn.qkv.weight, dtype), bias=_cast(blk.attn.qkv.bias, dtype),
+                heads=blk.attn.num_heads)
+
+
+def _attention_inputs(a: Activations, dtype):
+    q, k, v = _cast(a.qkv, dtype).unbind(0)
+    return dict(q=q, k=k, v=v, scale=a.model.blocks[0].attn.scale)
+
+
+def _proj_inputs(a: Activations, dtype):
+    proj = a.model.blocks[0].attn.proj
+    return dict(x=_cast(a.ctx, dtype), w=_cast(proj.weight, dtype), bias=_cast(proj.bias, dtype),
+                res=_cast(a.tokens0, dtype))
+
+
+def _fc1_inputs(a: Activations, dtype):
+    blk = a.model.blocks[0]
+    return dict(x=_cast(a.tokens1, dtype), g=_cast(blk.norm2.weight, dtype), b=_cast(blk.norm2.bias, dtype),
+                eps=blk.norm2.eps, w=_cast(blk.mlp.fc1.weight, dtype), bias=_cast(blk.mlp.fc1.bias, dtype),
+                activation=_mlp_activation(a.model))
+
+
+def _fc2_inputs(a: Activations, dtype):
+    fc2 = a.model.blocks[0].mlp.fc2
+    return dict(x=_cast(a.hidden, dtype), w=_cast(fc2.weight, dtype), bias=_cast(fc2.bias, dtype),
+                res=_cast(a.tokens1, dtype))
+
+
+def _final_norm_inputs(a: Activations, dtype):
+    m = a.model
+    norm = m.norm if isinstance(m.norm, torch.nn.LayerNorm) else m.fc_norm
+    x = a.tokens_last[:, :1] if m.config.global_pool == "cls" else a.tokens_last  # [CLS] rows, as the model
+    return dict(x=_cast(x, dtype), w=_cast(norm.weight, dtype), b=_cast(norm.bias, dtype), eps=norm.eps)
+
+
+# ----- the eager compositions each kernel replaces, with every operand in `dt` -----------------------------------
+
+def _up(t, dt):
+    return None if t is None else t.to(dt)
+
+
+def _patch_embed_eager(i, dt):
+    p = i["weight"].shape[-1]
+    y = F.conv2d(i["x"].to(dt), i["weight"].to(dt), _up(i["bias"], dt), stride=p).flatten(2).transpose(1, 2)
+    y = y + i["pos"].to(dt)
+    return torch.cat([i["cls_pos"].to(dt).expand(y.shape[0], 1, -1), y], dim=1)
+
+
+def _ln_qkv_eager(i, dt):
+    x = i["x"].to(dt)
+    b, n, d = x.shape
+    y = F.linear(F.layer_norm(x, (d,), i["g"].to(dt), i["b"].to(dt), i["eps"]), i["w"].to(dt), _up(i["bias"], dt))
+    return y.view(b, n, 3, i["heads"], d // i["heads"]).permute(2, 0, 3, 1, 4)
+
+
+def _attention_eager(i, dt):
+    q, k, v = i["q"].to(dt), i["k"].to(dt), i["v"].to(dt)
+    out = torch.softmax((q @ k.transpose(-1, -2)) * i["scale"], dim=-1) @ v
+    b, h, n, d = out.shape
+    return out.transpose(1, 2).reshape(b, n, h * d)
+
+
+def _linear_residual_eager(i, dt):
+    return i["res"].to(dt) + F.linear(i["x"].to(dt), i["w"].to(dt), _up(i["bias"], dt))
+
+
+def _ln_linear_eager(i, dt):
+    x = i["x"].to(dt)
+    y = F.layer_norm(x, x.shape[-1:], i["g"].to(dt), i["b"].to(dt), i["eps"])
+    return _act(F.linear(y, i["w"].to(dt), _up(i["bias"], dt)), i["activation"])
+
+
+def _layer_norm_eager(i, dt):
+    x = i["x"].to(dt)
+    return F.layer_norm(x, x.shape[-1:], i["w"].to(dt), i["b"].to(dt), i["eps"])
+
+
+# ----- the table ------------------------------------------------------------------------------------------------
+
+@dataclass
+class OpCheck:
+    name: str  # the row's name: the op, and which use of it in the model
+    inputs: Callable  # (Activations, dtype) -> dict of the op's operands at the model's shapes
+    kernel: Callable  # dict -> the kernel's output
+    eager: Callable  # (dict, dtype) -> the eager composition with every operand in that dtype
+    dtypes: dict = field(default_factory=lambda: dict(_STAYS_BF16))  # requested dtype name -> compute dtype
+    judge: Callable = kernel_budget  # (out, ref, torch_out, dtype, interpreted) -> numerics.Budget
+
+    def shape(self, inputs: dict) -> str:
+        first = next(v for v in inputs.values() if isinstance(v, torch.Tensor))
+        return "x".join(str(s) for s in first.shape)
+
+
+OP_CHECKS = [
+    OpCheck("patch_embed", _patch_embed_inputs,
+            lambda i: kernels.patch_embed(i["x"], i["weight"], i["bias"], i["pos"], i["cls_pos"]), _patch_embed_eager),
+    OpCheck("ln_qkv", _ln_qkv_inputs,
+            lambda i: kernels.ln_qkv(i["x"], i["g"], i["b"], i["eps"], i["w"], i["bias"], i["heads"]),
+            _ln_qkv_eager, dtypes=dict(_PLAIN)),
+    OpCheck("attention", _attention_inputs, lambda i: kernels.attention(i["q"], i["k"], i["v"], i["scale"]),
+            _attention_eager),
+    OpCheck("linear_residual[proj]", _proj_inputs,
+            lambda i: kernels.linear_residual(i["x"], i["w"], i["bias"], i["res"]), _linear_residual_eager,
+            dtypes=dict(_PLAIN)),
+    OpCheck("ln_linear[fc1]", _fc1_inputs,
+            lambda i: kernels.ln_linear(i["x"], i["g"], i["b"], i["eps"], i["w"], i["bias"], i["activation"]),
+            _ln_linear_eager, dtypes=dict(_PLAIN)),
+    OpCheck("linear_residual[fc2]", _fc2_inputs,
+            lambda i: kernels.linear_residual(i["x"], i["w"], i["bias"], i["res"]), _linear_residual_eager,
+            dtypes=dict(_PLAIN)),
+    OpCheck("layer_norm[final]", _final_norm_inputs,
+            lambda i: kernels.layer_norm(i["x"], i["w"], i["b"], i["eps"]), _layer_norm_eager),
+]
+
+
+@torch.no_grad()
+def run_check(check: OpCheck, acts: Activations, dtype_name: str, interpreted: bool) -> dict:
+    """One row of the report: {"op", "dtype", "shape", "status": pass|fail|skipped, "kernel_err", "torch_err",
+    "budget", "reason"}."""
+    dtype = check.dtypes.get(dtype_name)
+    row = {"op": check.name, "dtype": None, "shape": None, "status": "skipped", "kernel_err": None,
+           "torch_err": None, "budget": None, "reason": None}
+    if dtype is None:
+        row["reason"] = f"no {dtype_name} check for this op"
+        return row
+    inputs = check.inputs(acts, dtype)
+    row["dtype"] = str(dtype).replace("torch.", "")
+    row["shape"] = check.shape(inputs)
+    out = check.kernel(inputs)
+    ref = check.eager(inputs, torch.float64)
+    budget: Budget = check.judge(out, ref, check.eager(inputs, dtype), dtype, interpreted=interpreted)
+    row.update(status="pass" if budget.passed else "fail", kernel_err=budget.err, torch_err=budget.torch_err,
+               budget=budget.budget)
+    if not budget.passed:
+        row["reason"] = f"kernel {budget}"
+    return row
