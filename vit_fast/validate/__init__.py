@@ -104,7 +104,7 @@ def _check_args(args) -> dict:
 # ----- inputs ---------------------------------------------------------------------------------------------------
 
 def _batches(args, files, config):
-    """(names, uint8 (n, C, H, W) batch, skipped [(name, error)]) per batch, decoded lazily."""
+    """(names, uint8 (n, C, H, W) batch or None, skipped [{"image", "error"}]) per batch, decoded lazily."""
     from ..preprocess import preprocess
 
     if files is None:
@@ -116,19 +116,21 @@ def _batches(args, files, config):
             yield [f"random[{start + i}]" for i in range(n)], pixels, []
         return
     root = Path(args.images).expanduser()
-    for start in range(0, len(files), args.batch):
-        names, tensors, skipped = [], [], []
-        for f in files[start:start + args.batch]:
-            name = str(f.relative_to(root))
-            try:
-                tensors.append(preprocess(str(f), config))
-                names.append(name)
-            except (ValueError, OSError) as e:
-                skipped.append({"image": name, "error": f"{type(e).__name__}: {e}"})
-        yield names, (torch.stack(tensors) if tensors else None), skipped
+    names, tensors, skipped = [], [], []
+    for i, f in enumerate(files):
+        name = str(f.relative_to(root))
+        try:
+            tensors.append(preprocess(str(f), config))
+            names.append(name)
+        except (ValueError, OSError) as e:  # listed in the report, the rest still runs
+            skipped.append({"image": name, "error": f"{type(e).__name__}: {e}"})
+        if len(tensors) == args.batch or i == len(files) - 1:  # full batches of decoded images
+            yield names, (torch.stack(tensors) if tensors else None), skipped
+            names, tensors, skipped = [], [], []
 
 
 def _num_batches(args, files) -> int:
+    """Batches of the progress bar (a guess with undecodable files: they shorten the run)."""
     n = args.random if files is None else len(files)
     return -(-n // args.batch)
 

@@ -180,9 +180,9 @@ class OpCheck:
     dtypes: dict = field(default_factory=lambda: dict(_STAYS_BF16))  # requested dtype name -> compute dtype
     judge: Callable = kernel_budget  # (out, ref, torch_out, dtype, interpreted) -> numerics.Budget
 
-    def shape(self, inputs: dict) -> str:
-        first = next(v for v in inputs.values() if isinstance(v, torch.Tensor))
-        return "x".join(str(s) for s in first.shape)
+    def shape(self, inputs: dict) -> list:
+        """Shape of the op's first tensor operand (its activation input)."""
+        return list(next(v for v in inputs.values() if isinstance(v, torch.Tensor)).shape)
 
 
 OP_CHECKS = [

@@ -47,7 +47,7 @@ def format_report(report: dict) -> str:
         lines.append(f"per-op: each Triton kernel at this model's shapes (block 0's weights, activations of the fp32 "
                      f"model{', Triton interpreter' if k['interpreter'] else ''}); error = max |out - exact|, "
                      f"budget = {report['rule']}")
-        rows = [[r["op"], r["shape"] or "-", r["dtype"] or "-", _num(r["kernel_err"]), _num(r["torch_err"]),
+        rows = [[r["op"], "x".join(map(str, r["shape"] or [])) or "-", r["dtype"] or "-", _num(r["kernel_err"]), _num(r["torch_err"]),
                  _num(r["budget"]), r["status"].upper() if r["status"] == "fail" else r["status"]]
                 for r in report["ops"]]
         lines += _table(["op", "input shape", "dtype", "kernel err", "torch err", "budget", "result"], rows)
