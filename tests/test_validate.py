@@ -19,13 +19,13 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 OPS = ["patch_embed", "ln_qkv", "attention", "linear_residual[proj]", "ln_linear[fc1]", "linear_residual[fc2]",
        "layer_norm[final]"]
 TINY = ["--model", "vit_ti_16", "--set", "depth=1", "--set", "embed_dim=160", "--set", "num_heads=2",
-        "--set", "mlp_dim=192", "--set", "img_size=[32,48]", "--set", "num_classes=10"]
+        "--set", "mlp_dim=192", "--set", "patch_size=8", "--set", "img_size=[16,24]", "--set", "num_classes=10"]
 
 
 @pytest.fixture
 def checkpoint(tmp_path):
     model = randomize_(vit_fast.create("vit_ti_16", depth=1, embed_dim=160, num_heads=2, mlp_dim=192,
-                                       img_size=(32, 48), num_classes=10))
+                                       patch_size=8, img_size=(16, 24), num_classes=10))
     return vit_fast.save(model, tmp_path / "ckpt")
 
 
@@ -33,7 +33,7 @@ def checkpoint(tmp_path):
 def images(tmp_path):
     folder = tmp_path / "imgs"
     (folder / "sub").mkdir(parents=True)
-    for name, (h, w) in {"a.png": (40, 57), "sub/b.jpg": (64, 33), "c.png": (32, 48)}.items():
+    for name, (h, w) in {"a.png": (40, 57), "sub/b.jpg": (64, 33), "c.png": (16, 24)}.items():
         Image.fromarray(torch.randint(0, 256, (h, w, 3), dtype=torch.uint8).numpy()).save(folder / name)
     (folder / "broken.jpg").write_bytes(b"not an image")
     (folder / "notes.txt").write_text("not listed")
@@ -63,7 +63,7 @@ def test_passes_on_a_checkpoint_and_images(checkpoint, images, tmp_path, capsys)
     for row in report["ops"]:
         assert row["status"] == "pass" and row["dtype"] == "bfloat16", row
         assert 0 < row["kernel_err"] <= row["budget"] == pytest.approx(2 * row["torch_err"] + 1e-4)
-    assert report["ops"][0]["shape"] == [2, 3, 32, 48] and report["ops"][1]["shape"] == [2, 7, 160]
+    assert report["ops"][0]["shape"] == [2, 3, 16, 24] and report["ops"][1]["shape"] == [2, 7, 160]
     whole = report["whole_model"]
     assert whole["num_images"] == 3 and whole["candidate"] == "triton bfloat16" and whole["baseline"] == "sdpa bfloat16"
     assert [s["image"] for s in whole["skipped_images"]] == ["broken.jpg"]

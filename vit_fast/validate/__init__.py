@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import sys
 import time
@@ -178,6 +179,17 @@ def _judge(summary: dict, dtype_name: str) -> dict:
     return judged
 
 
+@contextlib.contextmanager
+def _exact_fp32():
+    """fp32 references mean fp32: no TF32 in matmuls or cuDNN convolutions while validating (restored after)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def validate(args) -> dict:
     """Run every check; returns the report (see the README for its fields)."""
     from tqdm import tqdm
@@ -206,7 +218,7 @@ def validate(args) -> dict:
     bar = tqdm(total=n_ops + _num_batches(args, files), desc="validate", unit="step", file=sys.stderr,
                disable=True if args.no_progress else None, leave=False)
     op_rows, comparison, skipped = [], Comparison(), []
-    with torch.no_grad():
+    with torch.no_grad(), _exact_fp32():
         for names, pixels, bad in _batches(args, files, cfg):
             skipped += bad
             if pixels is not None:

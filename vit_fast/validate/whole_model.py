@@ -18,11 +18,12 @@ METRICS = ("logits_rel_err", "embedding_rel_err", "embedding_cosine", "top1", "t
 
 @torch.no_grad()
 def outputs(model: torch.nn.Module, pixels: torch.Tensor):
-    """(fp32 logits or None for a headless model, fp32 pooled embeddings) for a uint8 batch."""
-    tokens = model.forward_features(pixels)
-    emb = model.forward_head(tokens, pre_logits=True)
-    logits = model.forward_head(tokens) if model.config.num_classes else None
-    return (None if logits is None else logits.float()), emb.float()
+    """(fp32 logits or None for a headless model, fp32 pooled embeddings) for a uint8 batch. The logits come from
+    `model(x)`, the path `predict` runs (with [CLS] pooling the Triton backend prunes the last block to the [CLS]
+    query there), the embeddings from `forward_features` + the pre-logits head, as `return_embeddings` does."""
+    logits = model(pixels).float() if model.config.num_classes else None
+    emb = model.forward_head(model.forward_features(pixels), pre_logits=True)
+    return logits, emb.float()
 
 
 def per_image(logits, emb, ref_logits, ref_emb) -> dict:
