@@ -48,7 +48,7 @@ def _run(argv, capsys):
 
 def test_passes_on_a_checkpoint_and_images(checkpoint, images, tmp_path, capsys):
     report_path = tmp_path / "out" / "report.json"
-    code, out, _ = _run(["--checkpoint", str(checkpoint), "--images", str(images), "--batch", "2",
+    code, out, _ = _run(["--checkpoint", str(checkpoint), "--images", str(images), "--batch", "3",
                          "--json", str(report_path)], capsys)
     report = json.loads(report_path.read_text())
     assert code == 0, out
@@ -63,7 +63,7 @@ def test_passes_on_a_checkpoint_and_images(checkpoint, images, tmp_path, capsys)
     for row in report["ops"]:
         assert row["status"] == "pass" and row["dtype"] == "bfloat16", row
         assert 0 < row["kernel_err"] <= row["budget"] == pytest.approx(2 * row["torch_err"] + 1e-4)
-    assert report["ops"][0]["shape"] == [2, 3, 16, 24] and report["ops"][1]["shape"] == [2, 7, 160]
+    assert report["ops"][0]["shape"] == [3, 3, 16, 24] and report["ops"][1]["shape"] == [3, 7, 160]
     whole = report["whole_model"]
     assert whole["num_images"] == 3 and whole["candidate"] == "triton bfloat16" and whole["baseline"] == "sdpa bfloat16"
     assert [s["image"] for s in whole["skipped_images"]] == ["broken.jpg"]
@@ -91,7 +91,7 @@ def test_a_kernel_that_is_off_fails(checkpoint, monkeypatch, tmp_path, capsys):
     status = {r["op"]: r["status"] for r in report["ops"]}
     assert status.pop("ln_linear[fc1]") == "fail" and set(status.values()) == {"pass"}
     assert report["whole_model"]["metrics"]["embedding_rel_err_max"]["status"] == "fail"
-    assert "FAIL" in out and "ln_linear[fc1]: kernel error" in out
+    assert "FAIL" in out and "ln_linear[fc1] (block 0): kernel error" in out
 
 
 def test_without_kernels_compares_sdpa(monkeypatch, capsys):
@@ -107,7 +107,8 @@ def test_without_kernels_compares_sdpa(monkeypatch, capsys):
 
 def test_fp8_plugs_into_quantize(monkeypatch, tmp_path, capsys):
     """`--dtype fp8` calls vit_fast.quantize(model, "fp8"); the ops that stay bf16 are checked in bf16, the GEMMs
-    without an FP8 check are skipped, the model is judged by the FP8 minimums. (A stand-in quantize.)"""
+    without an FP8 check are skipped, the model is judged by the FP8 minimums; per-block ops are checked in the
+    first and the last block. (A stand-in quantize.)"""
     calls = []
 
     def quantize(model, kind):
@@ -115,14 +116,14 @@ def test_fp8_plugs_into_quantize(monkeypatch, tmp_path, capsys):
         return model
 
     monkeypatch.setattr(vit_fast, "quantize", quantize, raising=False)
-    code, out, _ = _run([*TINY, "--dtype", "fp8", "--random", "2", "--batch", "2", "--json",
+    code, out, _ = _run([*TINY, "--set", "depth=2", "--dtype", "fp8", "--random", "1", "--batch", "1", "--json",
                          str(tmp_path / "r.json")], capsys)
     report = json.loads((tmp_path / "r.json").read_text())
     assert code == 0 and calls == ["fp8"], out
-    status = {r["op"]: r["status"] for r in report["ops"]}
-    assert status == {"patch_embed": "pass", "ln_qkv": "skipped", "attention": "pass",
-                      "linear_residual[proj]": "skipped", "ln_linear[fc1]": "skipped",
-                      "linear_residual[fc2]": "skipped", "layer_norm[final]": "pass"}
+    status = {(r["op"], r["block"]): r["status"] for r in report["ops"]}
+    assert status == {("patch_embed", None): "pass", ("layer_norm[final]", None): "pass",
+                      **{(op, block): "pass" if op == "attention" else "skipped"
+                         for block in (0, 1) for op in OPS if op not in ("patch_embed", "layer_norm[final]")}}
     metrics = report["whole_model"]["metrics"]
     assert metrics["top1_agreement"]["budget"] == numerics.FP8_MODEL_MINIMUMS["top1_agreement"]
     assert metrics["logits_rel_err_max"]["status"] == "info"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .report import LABELS, format_report, write_json
+from .report import LABELS, where, format_report, write_json
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp8": torch.bfloat16}
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff", "ppm", "pgm", "pbm")
@@ -214,7 +214,8 @@ def validate(args) -> dict:
     cand, cand_backend, base, base_backend = _models(model, args, device, kernels_run)
     low_name = "fp8" if args.dtype == "fp8" else str(DTYPES[args.dtype]).replace("torch.", "")
 
-    n_ops = len(ops.OP_CHECKS) if kernels_run else 0
+    blocks = sorted({0, cfg.depth - 1})  # first and last block: activations grow with depth
+    n_ops = sum(len(blocks) if c.per_block else 1 for c in ops.OP_CHECKS) if kernels_run else 0
     bar = tqdm(total=n_ops + _num_batches(args, files), desc="validate", unit="step", file=sys.stderr,
                disable=True if args.no_progress else None, leave=False)
     op_rows, comparison, skipped = [], Comparison(), []
@@ -224,12 +225,14 @@ def validate(args) -> dict:
             if pixels is not None:
                 pixels = pixels.to(device)
                 if kernels_run and not op_rows:  # per-op checks on the first batch's activations
-                    acts = ops.capture(model, pixels)
-                    for check in ops.OP_CHECKS:
-                        bar.set_description(f"op {check.name}")
-                        op_rows.append(_run_op(ops, check, acts, args.dtype, interpreted))
-                        bar.update()
-                    del acts
+                    for block in blocks:
+                        acts = ops.capture(model, pixels, block)
+                        for check in ops.OP_CHECKS:
+                            if check.per_block or block == blocks[0]:
+                                bar.set_description(f"op {check.name}")
+                                op_rows.append(_run_op(ops, check, acts, args.dtype, interpreted))
+                                bar.update()
+                        del acts
                 bar.set_description("whole model")
                 comparison.add(names, outputs(model, pixels), outputs(cand, pixels), outputs(base, pixels))
             bar.update()
@@ -239,7 +242,7 @@ def validate(args) -> dict:
                          f"{skipped[0]['error']}")
 
     metrics = _judge(comparison.summary(), args.dtype)
-    failures = [f"{r['op']}: {r['reason']}" for r in op_rows if r["status"] in ("fail", "error")]
+    failures = [f"{where(r)}: {r['reason']}" for r in op_rows if r["status"] in ("fail", "error")]
     failures += [f"{LABELS.get(k, k)} {v['candidate']:.3g} vs budget {v['budget']:.3g}"
                  for k, v in metrics.items() if v["status"] == "fail"]
     if device.type == "cuda":
@@ -281,8 +284,9 @@ def _run_op(ops, check, acts, dtype_name, interpreted) -> dict:
     try:
         return ops.run_check(check, acts, dtype_name, interpreted)
     except Exception as e:  # noqa: BLE001 - reported in the row and counted as a failure
-        return {"op": check.name, "dtype": None, "shape": None, "status": "error", "kernel_err": None,
-                "torch_err": None, "budget": None, "reason": f"{type(e).__name__}: {e}"}
+        row = ops.empty_row(check, acts)
+        row.update(status="error", reason=f"{type(e).__name__}: {e}")
+        return row
 
 
 def run(args) -> int:

@@ -1,5 +1,6 @@
-"""Per-op checks of `vit-fast validate`: each Triton kernel at the model's own shapes, on the model's own weights and
-on activations captured from its fp32 forward pass, judged by the same "2x PyTorch's own error" rule as the tests.
+"""Per-op checks of `vit-fast validate`: each Triton kernel at the model's own shapes, on the model's own weights (of
+the first and the last block, where activations are largest) and on activations captured from its fp32 forward
+pass, judged by the same "2x PyTorch's own error" rule as the tests.
 
 Every check is one `OpCheck` row of `OP_CHECKS`: how to cut the op's inputs out of the captured activations, how to
 call the kernel, and the eager composition the kernel replaces. The composition runs twice: in float64 (the exact
@@ -29,20 +30,25 @@ class Activations:
     """fp32 tensors of one batch through the fp32 model, captured at the points where kernels take their inputs."""
 
     model: torch.nn.Module
+    block: int  # the block whose inputs were captured
     pixels: torch.Tensor  # (B, C, H, W) uint8, what patch_embed reads
-    tokens0: torch.Tensor  # (B, N, D) input of block 0
-    qkv: torch.Tensor  # (3, B, H, N, d) block 0's q, k, v (head-major, as ln_qkv writes them)
-    ctx: torch.Tensor  # (B, N, D) attention output of block 0 (input of the out-projection)
-    tokens1: torch.Tensor  # (B, N, D) block 0 after the attention residual (input of LN2)
-    hidden: torch.Tensor  # (B, N, mlp) block 0's MLP hidden layer after the activation (input of FC2)
+    tokens0: torch.Tensor  # (B, N, D) input of the block
+    qkv: torch.Tensor  # (3, B, H, N, d) the block's q, k, v (head-major, as ln_qkv writes them)
+    ctx: torch.Tensor  # (B, N, D) attention output (input of the out-projection)
+    tokens1: torch.Tensor  # (B, N, D) after the attention residual (input of LN2)
+    hidden: torch.Tensor  # (B, N, mlp) the MLP hidden layer after the activation (input of FC2)
     tokens_last: torch.Tensor  # (B, N, D) output of the last block (input of the final norm)
+
+    @property
+    def blk(self) -> torch.nn.Module:
+        return self.model.blocks[self.block]
 
 
 @torch.no_grad()
-def capture(model: torch.nn.Module, pixels: torch.Tensor) -> Activations:
-    """Run the fp32 `model` (torch backend) on uint8 `pixels` and keep the tensors the op checks need."""
+def capture(model: torch.nn.Module, pixels: torch.Tensor, block: int = 0) -> Activations:
+    """Run the fp32 `model` (torch backend) on uint8 `pixels` and keep the tensors the op checks of `block` need."""
     seen = {}
-    first, last = model.blocks[0], model.blocks[-1]
+    first, last = model.blocks[block], model.blocks[-1]
     hooks = [
         first.register_forward_pre_hook(lambda m, a: seen.__setitem__("tokens0", a[0])),
         first.attn.qkv.register_forward_hook(lambda m, a, out: seen.__setitem__("qkv", out)),
@@ -59,7 +65,7 @@ def capture(model: torch.nn.Module, pixels: torch.Tensor) -> Activations:
     b, n, _ = seen["tokens0"].shape
     heads = first.attn.num_heads
     qkv = seen["qkv"].reshape(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4)
-    return Activations(model, pixels, seen["tokens0"], qkv, seen["ctx"], seen["tokens1"], seen["hidden"],
+    return Activations(model, block, pixels, seen["tokens0"], qkv, seen["ctx"], seen["tokens1"], seen["hidden"],
                        seen["tokens_last"])
 
 
@@ -90,7 +96,7 @@ def _patch_embed_inputs(a: Activations, dtype):
 
 
 def _ln_qkv_inputs(a: Activations, dtype):
-    blk = a.model.blocks[0]
+    blk = a.blk
     return dict(x=_cast(a.tokens0, dtype), g=_cast(blk.norm1.weight, dtype), b=_cast(blk.norm1.bias, dtype),
                 eps=blk.norm1.eps, w=_cast(blk.attn.qkv.weight, dtype), bias=_cast(blk.attn.qkv.bias, dtype),
                 heads=blk.attn.num_heads)
@@ -98,24 +104,24 @@ def _ln_qkv_inputs(a: Activations, dtype):
 
 def _attention_inputs(a: Activations, dtype):
     q, k, v = _cast(a.qkv, dtype).unbind(0)
-    return dict(q=q, k=k, v=v, scale=a.model.blocks[0].attn.scale)
+    return dict(q=q, k=k, v=v, scale=a.blk.attn.scale)
 
 
 def _proj_inputs(a: Activations, dtype):
-    proj = a.model.blocks[0].attn.proj
+    proj = a.blk.attn.proj
     return dict(x=_cast(a.ctx, dtype), w=_cast(proj.weight, dtype), bias=_cast(proj.bias, dtype),
                 res=_cast(a.tokens0, dtype))
 
 
 def _fc1_inputs(a: Activations, dtype):
-    blk = a.model.blocks[0]
+    blk = a.blk
     return dict(x=_cast(a.tokens1, dtype), g=_cast(blk.norm2.weight, dtype), b=_cast(blk.norm2.bias, dtype),
                 eps=blk.norm2.eps, w=_cast(blk.mlp.fc1.weight, dtype), bias=_cast(blk.mlp.fc1.bias, dtype),
                 activation=_mlp_activation(a.model))
 
 
 def _fc2_inputs(a: Activations, dtype):
-    fc2 = a.model.blocks[0].mlp.fc2
+    fc2 = a.blk.mlp.fc2
     return dict(x=_cast(a.hidden, dtype), w=_cast(fc2.weight, dtype), bias=_cast(fc2.bias, dtype),
                 res=_cast(a.tokens1, dtype))
 
@@ -178,6 +184,7 @@ class OpCheck:
     kernel: Callable  # dict -> the kernel's output
     eager: Callable  # (dict, dtype) -> the eager composition with every operand in that dtype
     dtypes: dict = field(default_factory=lambda: dict(_STAYS_BF16))  # requested dtype name -> compute dtype
+    per_block: bool = True  # an op of every block (checked on the first and the last), or of the model once
     judge: Callable = kernel_budget  # (out, ref, torch_out, dtype, interpreted) -> numerics.Budget
 
     def shape(self, inputs: dict) -> list:
@@ -187,7 +194,8 @@ class OpCheck:
 
 OP_CHECKS = [
     OpCheck("patch_embed", _patch_embed_inputs,
-            lambda i: kernels.patch_embed(i["x"], i["weight"], i["bias"], i["pos"], i["cls_pos"]), _patch_embed_eager),
+            lambda i: kernels.patch_embed(i["x"], i["weight"], i["bias"], i["pos"], i["cls_pos"]), _patch_embed_eager,
+            per_block=False),
     OpCheck("ln_qkv", _ln_qkv_inputs,
             lambda i: kernels.ln_qkv(i["x"], i["g"], i["b"], i["eps"], i["w"], i["bias"], i["heads"]),
             _ln_qkv_eager, dtypes=dict(_PLAIN)),
@@ -203,17 +211,21 @@ OP_CHECKS = [
             lambda i: kernels.linear_residual(i["x"], i["w"], i["bias"], i["res"]), _linear_residual_eager,
             dtypes=dict(_PLAIN)),
     OpCheck("layer_norm[final]", _final_norm_inputs,
-            lambda i: kernels.layer_norm(i["x"], i["w"], i["b"], i["eps"]), _layer_norm_eager),
+            lambda i: kernels.layer_norm(i["x"], i["w"], i["b"], i["eps"]), _layer_norm_eager, per_block=False),
 ]
+
+
+def empty_row(check: OpCheck, acts: Activations) -> dict:
+    return {"op": check.name, "block": acts.block if check.per_block else None, "dtype": None, "shape": None,
+            "status": "skipped", "kernel_err": None, "torch_err": None, "budget": None, "reason": None}
 
 
 @torch.no_grad()
 def run_check(check: OpCheck, acts: Activations, dtype_name: str, interpreted: bool) -> dict:
-    """One row of the report: {"op", "dtype", "shape", "status": pass|fail|skipped, "kernel_err", "torch_err",
-    "budget", "reason"}."""
+    """One row of the report: {"op", "block" (None for a model-level op), "dtype", "shape", "status":
+    pass|fail|skipped, "kernel_err", "torch_err", "budget", "reason"}."""
     dtype = check.dtypes.get(dtype_name)
-    row = {"op": check.name, "dtype": None, "shape": None, "status": "skipped", "kernel_err": None,
-           "torch_err": None, "budget": None, "reason": None}
+    row = empty_row(check, acts)
     if dtype is None:
         row["reason"] = f"no {dtype_name} check for this op"
         return row

@@ -36,6 +36,14 @@ def _table(header, rows) -> list:
     return [fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*map(str, r)) for r in rows]
 
 
+def _status(entry: dict) -> str:
+    return entry["status"].upper() if entry["status"] in ("fail", "error") else entry["status"]
+
+
+def where(row: dict) -> str:
+    return row["op"] if row["block"] is None else f"{row['op']} (block {row['block']})"
+
+
 def format_report(report: dict) -> str:
     m = report["model"]
     lines = [f"vit-fast validate: {m['name']}{' (RANDOM weights)' if m['random_weights'] else ''}, "
@@ -44,14 +52,14 @@ def format_report(report: dict) -> str:
     k = report["kernels"]
     lines.append("")
     if k["ran"]:
-        lines.append(f"per-op: each Triton kernel at this model's shapes (block 0's weights, activations of the fp32 "
-                     f"model{', Triton interpreter' if k['interpreter'] else ''}); error = max |out - exact|, "
-                     f"budget = {report['rule']}")
-        rows = [[r["op"], "x".join(map(str, r["shape"] or [])) or "-", r["dtype"] or "-", _num(r["kernel_err"]), _num(r["torch_err"]),
-                 _num(r["budget"]), r["status"].upper() if r["status"] == "fail" else r["status"]]
+        where_ = ", Triton interpreter" if k["interpreter"] else ""
+        lines.append(f"per-op: each Triton kernel at this model's shapes (weights of the first and last block, "
+                     f"activations of the fp32 model{where_}); error = max |out - exact|, budget = {report['rule']}")
+        rows = [[r["op"], "-" if r["block"] is None else r["block"], "x".join(map(str, r["shape"] or [])) or "-",
+                 r["dtype"] or "-", _num(r["kernel_err"]), _num(r["torch_err"]), _num(r["budget"]), _status(r)]
                 for r in report["ops"]]
-        lines += _table(["op", "input shape", "dtype", "kernel err", "torch err", "budget", "result"], rows)
-        lines += [f"  {r['op']}: {r['reason']}" for r in report["ops"] if r["reason"]]
+        lines += _table(["op", "block", "input shape", "dtype", "kernel err", "torch err", "budget", "result"], rows)
+        lines += [f"  {where(r)}: {r['reason']}" for r in report["ops"] if r["reason"]]
     else:
         lines.append(f"per-op: skipped: {k['reason']}")
     w = report["whole_model"]
@@ -59,7 +67,7 @@ def format_report(report: dict) -> str:
     lines.append(f"whole model on {w['num_images']} {w['inputs']}: candidate {w['candidate']}, PyTorch "
                  f"{w['baseline']}, both against {w['reference']}")
     rows = [[LABELS.get(name, name), _num(v["candidate"], name), _num(v["baseline"], name), _num(v["budget"], name),
-             v["status"].upper() if v["status"] == "fail" else v["status"]]
+             _status(v)]
             for name, v in w["metrics"].items()]
     lines += _table(["metric", "candidate", "pytorch", "budget", "result"], rows)
     if w["skipped_images"]:
