@@ -86,11 +86,14 @@ def _check_args(args) -> dict:
         out = Path(args.json).expanduser()
         if out.is_dir():
             raise UsageError(f"--json expects a file name, got the folder {args.json!r}")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cuda", "cpu"):
+        raise UsageError(f"--device expects cuda or cpu, got {args.device!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {args.device}: CUDA is not available on this machine")
-    if device.type not in ("cuda", "cpu"):
-        raise UsageError(f"--device expects cuda or cpu, got {args.device!r}")
     checked["device"] = device
     if triton_unavailable_reason(device) is None:
         checked["kernel_reason"] = None

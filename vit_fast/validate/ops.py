@@ -127,10 +127,15 @@ def _fc2_inputs(a: Activations, dtype):
 
 
 def _final_norm_inputs(a: Activations, dtype):
-    m = a.model
-    norm = m.norm if isinstance(m.norm, torch.nn.LayerNorm) else m.fc_norm
-    x = a.tokens_last[:, :1] if m.config.global_pool == "cls" else a.tokens_last  # [CLS] rows, as the model
+    norm = a.model.norm
+    x = a.tokens_last[:, :1]  # the [CLS] rows: the logits path normalizes only those
     return dict(x=_cast(x, dtype), w=_cast(norm.weight, dtype), b=_cast(norm.bias, dtype), eps=norm.eps)
+
+
+def _final_norm_unused(model) -> Optional[str]:
+    if not isinstance(model.norm, torch.nn.LayerNorm):
+        return "not used by this model (average pooling: its fc_norm runs in PyTorch)"
+    return None
 
 
 # ----- the eager compositions each kernel replaces, with every operand in `dt` -----------------------------------
@@ -185,6 +190,7 @@ class OpCheck:
     eager: Callable  # (dict, dtype) -> the eager composition with every operand in that dtype
     dtypes: dict = field(default_factory=lambda: dict(_STAYS_BF16))  # requested dtype name -> compute dtype
     per_block: bool = True  # an op of every block (checked on the first and the last), or of the model once
+    unused: Callable = lambda model: None  # model -> why this model never runs the op, or None
     judge: Callable = kernel_budget  # (out, ref, torch_out, dtype, interpreted) -> numerics.Budget
 
     def shape(self, inputs: dict) -> list:
@@ -211,7 +217,8 @@ OP_CHECKS = [
             lambda i: kernels.linear_residual(i["x"], i["w"], i["bias"], i["res"]), _linear_residual_eager,
             dtypes=dict(_PLAIN)),
     OpCheck("layer_norm[final]", _final_norm_inputs,
-            lambda i: kernels.layer_norm(i["x"], i["w"], i["b"], i["eps"]), _layer_norm_eager, per_block=False),
+            lambda i: kernels.layer_norm(i["x"], i["w"], i["b"], i["eps"]), _layer_norm_eager, per_block=False,
+            unused=_final_norm_unused),
 ]
 
 
@@ -228,6 +235,10 @@ def run_check(check: OpCheck, acts: Activations, dtype_name: str, interpreted: b
     row = empty_row(check, acts)
     if dtype is None:
         row["reason"] = f"no {dtype_name} check for this op"
+        return row
+    unused = check.unused(acts.model)
+    if unused:
+        row["reason"] = unused
         return row
     inputs = check.inputs(acts, dtype)
     row["dtype"] = str(dtype).replace("torch.", "")
