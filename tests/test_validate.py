@@ -153,21 +153,26 @@ def test_bad_arguments_are_one_line_before_loading(argv, match, tmp_path, monkey
     assert len(lines) == 1 and lines[0].startswith("vit-fast: error:") and match in lines[0], lines
 
 
-def test_readme_example(monkeypatch, tmp_path, capsys):
-    """The README's `vit-fast validate` line, as written (its JSON lands in tmp_path). On CPU without the
-    interpreter, as a user without a GPU runs it."""
+def test_readme_examples(checkpoint, images, monkeypatch, tmp_path, capsys):
+    """The README's `vit-fast validate` lines as written, run where `ckpt/` and `my_images/` exist. On CPU without
+    the interpreter, as a user without a GPU runs them."""
     lines = [line.split("#")[0].strip() for line in README.read_text().splitlines()
-             if line.startswith("vit-fast validate --model")]
-    assert lines, "README lost its `vit-fast validate` example"
-    argv = shlex.split(lines[0])[1:]
-    monkeypatch.chdir(tmp_path)
+             if line.startswith("vit-fast validate ")]
+    assert len(lines) == 2, "README lost its `vit-fast validate` examples"
+    work = tmp_path / "work"
+    work.mkdir()
+    checkpoint.rename(work / "ckpt")
+    images.rename(work / "my_images")
+    monkeypatch.chdir(work)
     if not torch.cuda.is_available():
         monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    assert main(argv) == 0
-    out = capsys.readouterr().out
-    assert "PASS" in out
-    report = json.loads((tmp_path / argv[argv.index("--json") + 1]).read_text())
-    assert report["passed"] and report["whole_model"]["num_images"] == int(argv[argv.index("--random") + 1])
+    for line in lines:
+        argv = shlex.split(line)[1:]
+        assert main(argv) == 0, line
+        assert "PASS" in capsys.readouterr().out
+        report = json.loads((work / argv[argv.index("--json") + 1]).read_text())
+        expected = int(argv[argv.index("--random") + 1]) if "--random" in argv else 3  # broken.jpg is skipped
+        assert report["passed"] and report["whole_model"]["num_images"] == expected
 
 
 def test_budget_rule():

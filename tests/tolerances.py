@@ -7,7 +7,7 @@ in `vit_fast.numerics` so that `vit-fast validate` judges a user's GPU with the 
 import torch
 
 # One definition for the tests and `vit-fast validate`: see vit_fast/numerics.py.
-from vit_fast.numerics import (KERNEL_TOL, LOADER_REL_ERR, MODEL_TOL, kernel_budget,  # noqa: E402,F401
+from vit_fast.numerics import (KERNEL_TOL, LOADER_REL_ERR, MODEL_TOL, kernel_budget,  # noqa: F401
                                rel_err)
 
 
