@@ -187,3 +187,12 @@ def test_budget_rule():
     nan[3] = float("nan")
     assert not numerics.kernel_budget(nan, ref, torch_out, torch.bfloat16).passed
     assert not numerics.model_budget(float("nan"), 0.1, torch.float16).passed
+
+
+def test_tolerance_bound():
+    ref = torch.tensor([1.0, -2.0, 100.0], dtype=torch.float64)
+    atol, rtol = numerics.KERNEL_TOL[torch.float16]
+    inside = ref + (atol + rtol * ref.abs()) * 0.99
+    assert numerics.within_tol(inside, ref, torch.float16)
+    assert not numerics.within_tol(ref + (atol + rtol * ref.abs()) * 1.01, ref, torch.float16)
+    assert not numerics.within_tol(torch.tensor([1.0, float("nan"), 100.0]), ref, torch.float16)

@@ -75,6 +75,14 @@ class Budget:
                 f"({TORCH_ERR_FACTOR:g} x PyTorch's own {self.torch_err:.3g} + floor)")
 
 
+def within_tol(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, table=None) -> bool:
+    """Every element finite and within atol + rtol * |ref| of `table` (default KERNEL_TOL), as the tests'
+    `assert_close` requires."""
+    atol, rtol = (KERNEL_TOL if table is None else table)[dtype]
+    out, ref = out.double(), ref.double()
+    return bool(torch.isfinite(out).all() and ((out - ref).abs() <= atol + rtol * ref.abs()).all())
+
+
 def _check_finite(out: torch.Tensor) -> bool:
     return bool(torch.isfinite(out).all())
 
