@@ -101,7 +101,7 @@ def test_without_kernels_compares_sdpa(monkeypatch, capsys):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     code, out, _ = _run([*TINY, "--random", "3", "--batch", "2", "--dtype", "fp16"], capsys)
     assert code == 0, out
-    assert "per-op: skipped: the Triton kernels need a CUDA GPU" in out
+    assert "per-op: skipped: the Triton kernels need a CUDA GPU and this machine has none" in out
     assert "candidate sdpa float16, PyTorch torch float16" in out
 
 
@@ -138,6 +138,7 @@ def test_fp8_plugs_into_quantize(monkeypatch, tmp_path, capsys):
     (["--checkpoint", "/nonexistent/ckpt"], "no checkpoint at '/nonexistent/ckpt'"),
     (["--model", "vit_q_16"], "unknown model 'vit_q_16'"),
     (["--set", "oops"], "--set expects key=value"),
+    (["--set", "embed_dim=100"], "embed_dim 100 is not divisible by num_heads 12"),
     (["--json", "DIR"], "--json expects a file name"),
     (["--dtype", "fp8"], "--dtype fp8 needs the FP8 path (vit_fast.quantize)"),
     (["--device", "tpu"], "--device expects cuda or cpu, got 'tpu'"),

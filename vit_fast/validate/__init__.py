@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .report import LABELS, where, format_report, write_json
+from .report import LABELS, format_report, where, write_json
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp8": torch.bfloat16}
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff", "ppm", "pgm", "pbm")
@@ -62,7 +62,7 @@ def _list_images(folder: str) -> list:
 
 def _check_args(args) -> dict:
     """Everything that can be wrong with the command line, found before anything expensive starts."""
-    from .. import PRESETS
+    from .. import PRESETS, get_config
     from ..backends import triton_unavailable_reason
     from ..cli import UsageError, _parse_overrides
 
@@ -79,8 +79,10 @@ def _check_args(args) -> dict:
             raise UsageError("--dtype fp8 needs the FP8 path (vit_fast.quantize), which this vit-fast does not have")
     if args.checkpoint is not None and not Path(args.checkpoint).expanduser().exists():
         raise UsageError(f"no checkpoint at {args.checkpoint!r}")
-    if args.checkpoint is None and args.model not in PRESETS:
-        raise UsageError(f"unknown model {args.model!r}; known models: {', '.join(sorted(PRESETS))}")
+    if args.checkpoint is None:
+        if args.model not in PRESETS:
+            raise UsageError(f"unknown model {args.model!r}; known models: {', '.join(sorted(PRESETS))}")
+        get_config(args.model, **checked["overrides"])  # a bad --set fails here, before any weights exist
     checked["images"] = _list_images(args.images) if args.images is not None else None
     if args.json is not None:
         out = Path(args.json).expanduser()
@@ -95,13 +97,11 @@ def _check_args(args) -> dict:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {args.device}: CUDA is not available on this machine")
     checked["device"] = device
-    if triton_unavailable_reason(device) is None:
-        checked["kernel_reason"] = None
-    else:
-        checked["kernel_reason"] = (
-            f"the Triton kernels need a CUDA GPU and {'this machine has' if device.type == 'cpu' else 'it has'} "
-            f"none, so the whole model below is PyTorch's sdpa in {args.dtype} (TRITON_INTERPRET=1 runs the "
-            "kernels in Triton's CPU interpreter: slow, for a tiny model)")
+    reason = triton_unavailable_reason(device)
+    if reason is not None and device.type == "cpu":
+        reason = ("the Triton kernels need a CUDA GPU and this machine has none (TRITON_INTERPRET=1 runs them in "
+                  "Triton's CPU interpreter: slow, for a tiny model)")
+    checked["kernel_reason"] = None if reason is None else f"{reason}; the whole model below is PyTorch's sdpa"
     return checked
 
 
