@@ -48,13 +48,13 @@ class Activations:
 def capture(model: torch.nn.Module, pixels: torch.Tensor, block: int = 0) -> Activations:
     """Run the fp32 `model` (torch backend) on uint8 `pixels` and keep the tensors the op checks of `block` need."""
     seen = {}
-    first, last = model.blocks[block], model.blocks[-1]
+    blk, last = model.blocks[block], model.blocks[-1]
     hooks = [
-        first.register_forward_pre_hook(lambda m, a: seen.__setitem__("tokens0", a[0])),
-        first.attn.qkv.register_forward_hook(lambda m, a, out: seen.__setitem__("qkv", out)),
-        first.attn.proj.register_forward_pre_hook(lambda m, a: seen.__setitem__("ctx", a[0])),
-        first.norm2.register_forward_pre_hook(lambda m, a: seen.__setitem__("tokens1", a[0])),
-        first.mlp.fc2.register_forward_pre_hook(lambda m, a: seen.__setitem__("hidden", a[0])),
+        blk.register_forward_pre_hook(lambda m, a: seen.__setitem__("tokens0", a[0])),
+        blk.attn.qkv.register_forward_hook(lambda m, a, out: seen.__setitem__("qkv", out)),
+        blk.attn.proj.register_forward_pre_hook(lambda m, a: seen.__setitem__("ctx", a[0])),
+        blk.norm2.register_forward_pre_hook(lambda m, a: seen.__setitem__("tokens1", a[0])),
+        blk.mlp.fc2.register_forward_pre_hook(lambda m, a: seen.__setitem__("hidden", a[0])),
         last.register_forward_hook(lambda m, a, out: seen.__setitem__("tokens_last", out)),
     ]
     try:
@@ -63,7 +63,7 @@ def capture(model: torch.nn.Module, pixels: torch.Tensor, block: int = 0) -> Act
         for h in hooks:
             h.remove()
     b, n, _ = seen["tokens0"].shape
-    heads = first.attn.num_heads
+    heads = blk.attn.num_heads
     qkv = seen["qkv"].reshape(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4)
     return Activations(model, block, pixels, seen["tokens0"], qkv, seen["ctx"], seen["tokens1"], seen["hidden"],
                        seen["tokens_last"])
