@@ -1,5 +1,6 @@
 """`vit-fast validate` end to end on a tiny model (width 160, head dim 80, 1 layer, a non-square 7-token grid): the
 kernels run under the Triton interpreter on CPU (on a GPU for real), judged by the suite's own budgets."""
+import dataclasses
 import json
 import shlex
 from pathlib import Path
@@ -14,6 +15,7 @@ from tests.helpers import randomize_
 from vit_fast import numerics
 from vit_fast import validate as validate_mod
 from vit_fast.cli import main
+from vit_fast.validate import ops
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 OPS = ["patch_embed", "ln_qkv", "attention", "linear_residual[proj]", "ln_linear[fc1]", "linear_residual[fc2]",
@@ -106,9 +108,9 @@ def test_without_kernels_compares_sdpa(monkeypatch, capsys):
 
 
 def test_fp8_plugs_into_quantize(monkeypatch, tmp_path, capsys):
-    """`--dtype fp8` calls vit_fast.quantize(model, "fp8"); the ops that stay bf16 are checked in bf16, the GEMMs
-    without an FP8 check are skipped, the model is judged by the FP8 minimums; per-block ops are checked in the
-    first and the last block. (A stand-in quantize.)"""
+    """`--dtype fp8` calls vit_fast.quantize(model, "fp8"); the ops that stay bf16 are checked in bf16, an op with
+    an FP8 entry in the table runs that entry, the other GEMMs are skipped, the model is judged by the FP8
+    minimums; per-block ops are checked in the first and the last block. (Stand-ins for quantize and the entry.)"""
     calls = []
 
     def quantize(model, kind):
@@ -116,13 +118,17 @@ def test_fp8_plugs_into_quantize(monkeypatch, tmp_path, capsys):
         return model
 
     monkeypatch.setattr(vit_fast, "quantize", quantize, raising=False)
+    bf16_ln_qkv = next(c for c in ops.OP_CHECKS if c.name == "ln_qkv")
+    fp8_entry = dataclasses.replace(bf16_ln_qkv, dtypes={"fp8": torch.bfloat16})
+    monkeypatch.setattr(ops, "OP_CHECKS", ops.OP_CHECKS + [fp8_entry])
     code, out, _ = _run([*TINY, "--set", "depth=2", "--dtype", "fp8", "--random", "1", "--batch", "1", "--json",
                          str(tmp_path / "r.json")], capsys)
     report = json.loads((tmp_path / "r.json").read_text())
     assert code == 0 and calls == ["fp8"], out
+    assert len(report["ops"]) == 2 + 2 * 5  # one row per op and block: the fp8 ln_qkv replaced the skipped one
     status = {(r["op"], r["block"]): r["status"] for r in report["ops"]}
     assert status == {("patch_embed", None): "pass", ("layer_norm[final]", None): "pass",
-                      **{(op, block): "pass" if op == "attention" else "skipped"
+                      **{(op, block): "pass" if op in ("attention", "ln_qkv") else "skipped"
                          for block in (0, 1) for op in OPS if op not in ("patch_embed", "layer_norm[final]")}}
     metrics = report["whole_model"]["metrics"]
     assert metrics["top1_agreement"]["budget"] == numerics.FP8_MODEL_MINIMUMS["top1_agreement"]

@@ -218,7 +218,8 @@ def validate(args) -> dict:
     low_name = "fp8" if args.dtype == "fp8" else str(DTYPES[args.dtype]).replace("torch.", "")
 
     blocks = sorted({0, cfg.depth - 1})  # first and last block: activations grow with depth
-    n_ops = sum(len(blocks) if c.per_block else 1 for c in ops.OP_CHECKS) if kernels_run else 0
+    checks = ops.checks_for(args.dtype)
+    n_ops = sum(len(blocks) if c.per_block else 1 for c in checks) if kernels_run else 0
     bar = tqdm(total=n_ops + _num_batches(args, files), desc="validate", unit="step", file=sys.stderr,
                disable=True if args.no_progress else None, leave=False)
     op_rows, comparison, skipped = [], Comparison(), []
@@ -230,7 +231,7 @@ def validate(args) -> dict:
                 if kernels_run and not op_rows:  # per-op checks on the first batch's activations
                     for block in blocks:
                         acts = ops.capture(model, pixels, block)
-                        for check in ops.OP_CHECKS:
+                        for check in checks:
                             if check.per_block or block == blocks[0]:
                                 bar.set_description(f"op {check.name}")
                                 op_rows.append(_run_op(ops, check, acts, args.dtype, interpreted))

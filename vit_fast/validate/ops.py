@@ -5,7 +5,8 @@ pass, judged by the same "2x PyTorch's own error" rule as the tests.
 Every check is one `OpCheck` row of `OP_CHECKS`: how to cut the op's inputs out of the captured activations, how to
 call the kernel, and the eager composition the kernel replaces. The composition runs twice: in float64 (the exact
 reference) and in the checked dtype (PyTorch's own error, which sets the budget). An FP8 engine adds its rows here:
-an `OpCheck` whose `dtypes` maps "fp8" to its compute dtype, with its own `judge` (e.g. against an emulation).
+an `OpCheck` with the op's name whose `dtypes` maps "fp8" to its compute dtype, with its own `judge` (e.g. against
+an emulation); under `--dtype fp8` it runs in place of the bf16 entry, which otherwise reports "no fp8 check".
 """
 from __future__ import annotations
 
@@ -220,6 +221,18 @@ OP_CHECKS = [
             lambda i: kernels.layer_norm(i["x"], i["w"], i["b"], i["eps"]), _layer_norm_eager, per_block=False,
             unused=_final_norm_unused),
 ]
+
+
+def checks_for(dtype_name: str) -> list:
+    """The checks to run for a requested dtype, in table order: per op name, the entries that handle that dtype
+    (an FP8 entry beside the bf16 one), or the first entry (which then reports itself skipped)."""
+    handled = {c.name for c in OP_CHECKS if dtype_name in c.dtypes}
+    chosen, seen = [], set()
+    for c in OP_CHECKS:
+        if dtype_name in c.dtypes or (c.name not in handled and c.name not in seen):
+            chosen.append(c)
+            seen.add(c.name)
+    return chosen
 
 
 def empty_row(check: OpCheck, acts: Activations) -> dict:
