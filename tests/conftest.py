@@ -36,3 +36,41 @@ def _fresh_seed():
 def pytest_runtest_makereport(item, call):
     if call.when == "call" and call.excinfo is not None and "_fresh_seed" in item.funcargs:
         item.add_report_section("call", "seed", f"torch.manual_seed({item.funcargs['_fresh_seed']})")
+
+
+# ---- GPU session support (benchmarks/gpu_steps.sh tests) ------------------------------------------------------------
+# VITFAST_TEST_DEADLINE (epoch seconds): tests not started by then are skipped, so pytest ends by itself inside a
+# device command's limit and still writes its junit file. VITFAST_TEST_LOG (path): one JSON line per test outcome,
+# appended as each test finishes, so a run that is killed still leaves every result it reached.
+import json  # noqa: E402
+import time  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    if not HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="ahead-of-time compile check runs in CPU CI; on a GPU the JIT compiles for real")
+    for item in items:
+        if item.path.name == "test_aot_compile.py":
+            item.add_marker(skip)
+
+
+def pytest_runtest_setup(item):
+    deadline = os.environ.get("VITFAST_TEST_DEADLINE")
+    if deadline and time.time() > float(deadline):
+        pytest.skip("not run: the GPU session's test time budget (VITFAST_TEST_DEADLINE) was used up")
+
+
+def pytest_runtest_logreport(report):
+    path = os.environ.get("VITFAST_TEST_LOG")
+    if not path or os.environ.get("PYTEST_XDIST_WORKER"):  # under xdist the controller writes every line
+        return
+    if report.when == "call" or report.outcome != "passed":  # one line per test: its call, or a setup failure/skip
+        line = {"nodeid": report.nodeid, "outcome": report.outcome, "when": report.when,
+                "seconds": round(report.duration, 3)}
+        if report.outcome == "failed":
+            line["message"] = report.longreprtext[-2000:]
+        elif report.outcome == "skipped" and isinstance(report.longrepr, tuple):
+            line["message"] = str(report.longrepr[2])
+        with open(path, "a") as f:
+            f.write(json.dumps(line) + "\n")

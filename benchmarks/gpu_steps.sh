@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# The GPU session, one device command per step (each ends by itself inside 9 minutes and leaves its files even when
+# cut short). Run from the repository root: `bash benchmarks/gpu_steps.sh STEP [ARG]`. Order and expected times are
+# in benchmarks/NOTES.md, "GPU session plan".
+#   tests              the GPU test subset (tests/gpu_subset.txt), < 3 min, junit + one JSON line per test
+#   headline [ROWS]    B/16 b256 + b1 (CUDA graphs), L/16 b256, H/14 b64: sdpa, vit_fast, compile; row by row
+#   profile            per-kernel CUDA time of one B/16 b256 bf16 forward, vit_fast and compile, grouped by layer part
+#   grid N             slice N (1-6) of the rest of the grid; `grid list` prints the slices
+#   merge              merge headline + every grid slice run so far on this machine into one results directory
+#   micro              kernel microbenchmarks (CUDA-graph timing, batch 64: the model's autotune bucket)
+# Output: $OUT/<step>/ (the device tool's OUT; else OUT=... or out/gpu), at most 8 files per step (what the device
+# tool brings back), mirrored into .gpucache/runs/<step>/ so `merge` finds earlier steps of a warm machine.
+# The Triton and Inductor caches live in .gpucache/ (git-ignored, kept between the calls of a warm machine).
+# DRY=1: the same commands at toy sizes on whatever device is there (tests/test_gpu_steps.py runs them on CPU).
+set -u
+cd "$(dirname "$0")/.."
+STEP=${1:-}
+ARG=${2:-}
+PY=${PYTHON:-python3}
+OUT_ROOT=${OUT:-out/gpu}
+CACHE=${VITFAST_GPU_CACHE:-$PWD/.gpucache}
+DRY=${DRY:-0}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export TRITON_CACHE_DIR=$CACHE/triton TORCHINDUCTOR_CACHE_DIR=$CACHE/inductor
+export TORCHINDUCTOR_FX_GRAPH_CACHE=1 TORCHINDUCTOR_AUTOGRAD_CACHE=1
+export TRITON_CACHE_AUTOTUNING=1  # autotune choices persist next to the compiled kernels (benchmark steps)
+
+# the grid slices: models | batch sizes | dtypes | backends. compile rows of the headline shapes run in `headline`;
+# here compile only at batch 8 and 64 of the anchors (each (model, batch) costs a max-autotune compile).
+SLICES=(
+    ""
+    "vit_b_16,vit_l_16,vit_h_14|1,8,64,256|bfloat16,float16|eager,sdpa,vit_fast"
+    "vit_b_32,vit_b_14,vit_l_14|1,8,64,256|bfloat16,float16|eager,sdpa,vit_fast"
+    "vit_l_32,vit_h_16,vit_h_32|1,8,64,256|bfloat16,float16|eager,sdpa,vit_fast"
+    "vit_b_16,vit_l_16,vit_h_14|1,8,64,256|bfloat16|timm,hf"
+    "vit_b_16,vit_l_16|8,64|bfloat16|compile"
+    "vit_h_14|8|bfloat16|compile"
+)
+
+usage() {
+    echo "usage: $0 {tests|headline [MODEL:BATCH,...]|profile|grid N|grid list|merge|micro}" >&2
+    exit 2
+}
+
+case "$STEP" in
+    tests|headline|profile|grid|merge|micro) ;;
+    *) usage ;;
+esac
+if [ "$STEP" = grid ]; then
+    if [ "$ARG" = list ]; then
+        for i in $(seq 1 $((${#SLICES[@]} - 1))); do echo "grid $i: ${SLICES[$i]}"; done
+        exit 0
+    fi
+    case "$ARG" in
+        ''|*[!0-9]*) echo "error: grid needs a slice number 1-$((${#SLICES[@]} - 1)), got '$ARG'" >&2; exit 2 ;;
+    esac
+    if [ "$ARG" -lt 1 ] || [ "$ARG" -ge ${#SLICES[@]} ]; then
+        echo "error: grid slice $ARG does not exist: expected 1-$((${#SLICES[@]} - 1))" >&2
+        exit 2
+    fi
+fi
+
+NAME=$STEP${ARG:+-$ARG}
+[ "$STEP" = headline ] && NAME=headline${ARG:+-$(echo "$ARG" | tr ':,' '-_')}  # device file names: no ':' or ','
+
+DIR=$OUT_ROOT/$NAME
+mkdir -p "$DIR" "$CACHE/runs"
+LOG=$DIR/$STEP.log
+START=$(date +%s)
+{
+    echo "=== $NAME: $(date -u +%FT%TZ), DRY=$DRY, cache $CACHE"
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,temperature.gpu \
+        --format=csv 2>/dev/null || echo "nvidia-smi: not available"
+    "$PY" -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__,
+              'triton', triton.__version__, 'cuda', torch.cuda.is_available())"
+} 2>&1 | tee "$LOG"
+
+run() {  # run LIMIT_S CMD...: the command under a time limit (TERM first: the harness writes what it has)
+    local limit=$1
+    shift
+    echo "=== $NAME: $* (limit ${limit} s)" | tee -a "$LOG"
+    timeout --signal=TERM --kill-after=15 "$limit" "$@" 2>&1 | tee -a "$LOG"
+    RC=${PIPESTATUS[0]}
+}
+
+has() { "$PY" -c "import $1" 2>/dev/null; }
+
+RC=0
+case "$STEP" in
+tests)
+    # noisy autotune timings of parallel workers must not be kept for the benchmark steps: if the kernels force
+    # cache_results on, the tests compile into a cache of their own
+    if grep -rqs "cache_results=True" kernels/; then export TRITON_CACHE_DIR=$CACHE/triton-tests; fi
+    export TRITON_CACHE_AUTOTUNING=0
+    LIMIT=${T_TESTS:-170}
+    export VITFAST_TEST_DEADLINE=$(( $(date +%s) + LIMIT - 35 )) VITFAST_TEST_LOG=$DIR/tests.jsonl
+    rm -f "$VITFAST_TEST_LOG"
+    mapfile -t NODES < <(grep -v '^[[:space:]]*#' tests/gpu_subset.txt | grep .)
+    ARGS=(-q -p no:cacheprovider -rfE --durations=15 --junitxml="$DIR/junit.xml")
+    if [ "$DRY" = 1 ]; then
+        ARGS+=(-k "test_ops_at_model_shapes and vit_h_14 and b1 and float32")
+    else
+        has xdist && ARGS+=(-n "${TEST_WORKERS:-8}")
+        has pytest_timeout && ARGS+=(--timeout=120)
+    fi
+    run "$LIMIT" "$PY" -m pytest "${NODES[@]}" "${ARGS[@]}"
+    ;;
+headline)
+    ARGS=(--out "$DIR" --time-budget "${T_BUDGET:-450}")
+    [ -n "$ARG" ] && ARGS+=(--only "$ARG")
+    [ "$DRY" = 1 ] && ARGS+=(--tiny)
+    run "${T_LIMIT:-530}" "$PY" -m benchmarks.headline "${ARGS[@]}"
+    ;;
+profile)
+    ARGS=(--out "$DIR")
+    [ "$DRY" = 1 ] && ARGS+=(--tiny)
+    run "${T_LIMIT:-500}" "$PY" -m benchmarks.breakdown "${ARGS[@]}"
+    ;;
+grid)
+    IFS='|' read -r MODELS BATCHES DTYPES BACKENDS <<< "${SLICES[$ARG]}"
+    ARGS=(--out "$DIR" --models "$MODELS" --batch-sizes "$BATCHES" --dtypes "$DTYPES" --backends "$BACKENDS"
+          --cuda-graphs --warmup 3 --repeats 20 --time-budget "${T_BUDGET:-420}" --no-plots --no-progress)
+    if [ "$DRY" = 1 ]; then
+        ARGS+=(--resolution 112 --batch-sizes 1,2 --repeats 1 --warmup 0
+               --config-overrides depth=1,embed_dim=64,num_heads=2,mlp_dim=128)
+        [ "$BACKENDS" = compile ] && ARGS+=(--compile-mode default)
+    fi
+    run "${T_LIMIT:-530}" "$PY" -m benchmarks "${ARGS[@]}"
+    ;;
+merge)
+    RUNS=()
+    for d in "$CACHE"/runs/headline* "$CACHE"/runs/grid-*; do [ -f "$d/results.json" ] && RUNS+=("$d"); done
+    if [ ${#RUNS[@]} -eq 0 ]; then
+        echo "error: no headline or grid results under $CACHE/runs: run those steps first" | tee -a "$LOG" >&2
+        exit 2
+    fi
+    run 120 "$PY" -m benchmarks.merge "$DIR" "${RUNS[@]}" --no-plots
+    ;;
+micro)
+    if [ "$DRY" = 1 ]; then
+        run 120 "$PY" -m pytest benchmarks/test_kernels_micro.py -q -p no:cacheprovider
+    else
+        run "${T_LIMIT:-400}" "$PY" -m pytest benchmarks/test_kernels_micro.py -q -p no:cacheprovider \
+            -k "${MICRO_K:-vit_b or vit_h}" --benchmark-json="$DIR/micro.json" --benchmark-columns=median,iqr,rounds
+    fi
+    ;;
+esac
+
+if [ "$STEP" != merge ]; then  # keep this step's files on the machine for `merge` and later steps
+    rm -rf "${CACHE:?}/runs/$NAME"
+    cp -r "$DIR" "$CACHE/runs/$NAME"
+fi
+echo "=== $NAME: rc=$RC after $(( $(date +%s) - START )) s; files in $DIR: $(ls "$DIR" | tr '\n' ' ')" | tee -a "$LOG"
+exit "$RC"
