@@ -121,8 +121,8 @@ grid)
     ARGS=(--out "$DIR" --models "$MODELS" --batch-sizes "$BATCHES" --dtypes "$DTYPES" --backends "$BACKENDS"
           --cuda-graphs --warmup 3 --repeats 20 --time-budget "${T_BUDGET:-420}" --no-plots --no-progress)
     if [ "$DRY" = 1 ]; then
-        ARGS+=(--resolution 112 --batch-sizes 1,2 --repeats 1 --warmup 0
-               --config-overrides depth=1,embed_dim=64,num_heads=2,mlp_dim=128)
+        ARGS+=(--models "${MODELS%%,*}" --dtypes "${DTYPES%%,*}" --resolution 112 --batch-sizes 1,2 --repeats 1
+               --warmup 0 --config-overrides depth=1,embed_dim=64,num_heads=2,mlp_dim=128)
         [ "$BACKENDS" = compile ] && ARGS+=(--compile-mode default)
     fi
     run "${T_LIMIT:-530}" "$PY" -m benchmarks "${ARGS[@]}"

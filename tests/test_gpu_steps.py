@@ -1,0 +1,144 @@
+"""The GPU session's steps (benchmarks/gpu_steps.sh) start and write their files: each step in its DRY mode on this
+machine (toy sizes, CPU), the test subset list still collects, and the per-kernel grouping of benchmarks/breakdown
+is right on synthetic profiler events shaped like vit_fast's and like torch.compile's."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import breakdown, schema
+from benchmarks.breakdown import Dims, Kernel
+
+REPO = Path(__file__).resolve().parent.parent
+D, MLP, ROWS = 768, 3072, 256 * 197
+
+
+def _steps(tmp_path, *args, timeout=240):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(OUT=str(tmp_path / "out"), DRY="1", PYTHON=sys.executable, VITFAST_GPU_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.run(["bash", "benchmarks/gpu_steps.sh", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    return proc, tmp_path / "out"
+
+
+def test_subset_list_collects_and_leaves_out_the_aot_check():
+    nodes = [line.strip() for line in (REPO / "tests" / "gpu_subset.txt").read_text().splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
+    assert "tests/kernels/test_model_shapes.py" == nodes[0] and not any("aot" in n for n in nodes)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *nodes],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    collected = [line for line in proc.stdout.splitlines() if "::" in line]
+    assert sum("test_ops_at_model_shapes[" in c for c in collected) == 18  # 3 models x 2 batches x 3 dtypes
+    assert any("test_cuda_graph_capture_of_the_triton_model" in c for c in collected)
+    assert any("test_cuda_graphs_match_eager_with_bucket_padding" in c for c in collected)
+
+
+def test_bad_step_arguments_say_what_was_expected(tmp_path):
+    for args, match in ((["nope"], "usage"), (["grid"], "slice number"), (["grid", "9"], "does not exist")):
+        proc, _ = _steps(tmp_path, *args, timeout=30)
+        assert proc.returncode == 2 and match in proc.stderr, proc.stderr
+    proc, _ = _steps(tmp_path, "merge", timeout=30)
+    assert proc.returncode == 2 and "run those steps first" in proc.stderr
+
+
+def test_dry_steps_write_their_files(tmp_path):
+    proc, out = _steps(tmp_path, "tests")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert (out / "tests" / "junit.xml").is_file()
+    lines = [json.loads(s) for s in (out / "tests" / "tests.jsonl").read_text().splitlines()]
+    assert [(x["outcome"], x["when"]) for x in lines] == [("passed", "call")]
+
+    proc, out = _steps(tmp_path, "headline")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    results = json.loads((out / "headline" / "results.json").read_text())
+    assert schema.validate(results) == []
+    order = [(r["model"], r["batch"], r["backend"]) for r in results["rows"]]
+    assert order[:2] == [("vit_b_16", 2, "sdpa"), ("vit_b_16", 2, "vit_fast")] and order[-1][0] == "vit_h_14"
+    assert results["rows"][0]["error"] is None and "GPU" in results["rows"][1]["error"]
+    setup = json.loads((out / "headline" / "setup.json").read_text())
+    assert setup["rows"][0]["first_result_s"] > 0
+    assert "## Targets (issue 10)" in (out / "headline" / "headline.md").read_text()
+
+    proc, out = _steps(tmp_path, "grid", "1")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    grid = json.loads((out / "grid-1" / "results.json").read_text())
+    assert schema.validate(grid) == [] and {r["backend"] for r in grid["rows"]} == {"eager", "sdpa", "vit_fast"}
+
+    proc, out = _steps(tmp_path, "merge")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    merged = json.loads((out / "merge" / "results.json").read_text())
+    key = lambda r: (r["model"], r["dtype"], r["batch"], r["backend"])  # noqa: E731
+    assert sorted(map(key, merged["rows"])) == sorted({key(r) for r in grid["rows"] + results["rows"]})
+    assert schema.validate(merged) == []
+
+    proc, out = _steps(tmp_path, "profile")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    prof = json.loads((out / "profile" / "breakdown.json").read_text())
+    for backend in ("eager", "sdpa"):
+        groups = prof["backends"][backend]["groups"]
+        assert all(groups[g] > 0 for g in ("QKV", "attention", "out-proj", "FC1", "FC2", "LayerNorm")), groups
+    assert "| QKV |" in (out / "profile" / "breakdown.md").read_text()
+    for step in ("tests", "headline", "grid-1", "profile"):  # the device tool brings back at most 8 files a step
+        assert len(list((out / step).iterdir())) <= 8
+        assert (tmp_path / "cache" / "runs" / step).is_dir()
+
+
+def _k(name, start, stack):
+    return Kernel(name, 10.0, start, stack)
+
+
+def test_grouping_by_vitfast_ops():
+    dims = Dims(D, MLP, ROWS)
+    x, h = [256, 197, D], [256, 197, MLP]
+    kernels = [
+        _k("patch_embed_kernel", 0, [("vitfast::patch_embed", [[256, 3, 224, 224]])]),
+        _k("fused_gemm_kernel", 1, [("vitfast::ln_qkv", [x, [D], [D], [], [3 * D, D]])]),
+        _k("_attn_fwd_kernel", 2, [("vitfast::attention", [[256, 12, 197, 64]] * 3)]),
+        _k("fused_gemm_kernel", 3, [("vitfast::linear_residual", [x, [D, D], [D], x])]),
+        _k("fused_gemm_kernel", 4, [("vitfast::ln_linear", [x, [D], [D], [], [MLP, D], [MLP], []])]),
+        _k("fused_gemm_kernel", 5, [("vitfast::linear_residual", [h, [D, MLP], [D], x])]),
+        _k("layer_norm_kernel", 6, [("vitfast::layer_norm", [[256, 1, D], [D], [D], []])]),
+        _k("Memset (Device)", 7, []),
+    ]
+    got = [g for _, g in breakdown.group(kernels, dims)]
+    assert got == ["other", "QKV", "attention", "out-proj", "FC1", "FC2", "LayerNorm", "other"]
+
+
+def test_grouping_of_compiled_and_eager_kernels():
+    dims = Dims(D, MLP, ROWS)
+    a = [ROWS, D]
+    kernels = [
+        _k("triton_per_fused_native_layer_norm_0", 0, [("triton_per_fused_native_layer_norm_0", [a, [D], [D]])]),
+        # an extern cuBLAS GEMM under aten::addmm: (K, N) from the mat2 shape
+        _k("nvjet_hsh_256x128_2x1_v_bz_coopA_TNN", 1, [("aten::addmm", [[3 * D], a, [D, 3 * D]])]),
+        _k("pytorch_flash::flash_fwd_kernel", 2, [("aten::_scaled_dot_product_flash_attention", [])]),
+        # Inductor templates get the raw (N, K) weight; FC1 by its gelu epilogue, FC2 by its mlp-wide input
+        _k("triton_tem_fused_addmm_1", 3, [("triton_tem_fused_addmm_1", [a, [D, D], [D], a])]),
+        _k("triton_tem_fused_addmm_gelu_2", 4, [("triton_tem_fused_addmm_gelu_2", [a, [MLP, D], [MLP]])]),
+        _k("triton_tem_fused_add_addmm_3", 5, [("triton_tem_fused_add_addmm_3", [[ROWS, MLP], [D, MLP], [D], a])]),
+        # a GEMM kernel without shapes follows the layer order (after FC2 comes the next layer's QKV)
+        _k("sm90_xmma_gemm_bf16bf16_bf16f32", 6, []),
+        _k("triton_poi_fused_add_3", 7, [("triton_poi_fused_add_3", [a, a])]),
+        _k("aten::bmm", 8, [("aten::bmm", [[3072, 197, 64], [3072, 64, 197]]), ("aten::matmul", [])]),
+    ]
+    got = [g for _, g in breakdown.group(kernels, dims)]
+    assert got == ["LayerNorm", "QKV", "attention", "out-proj", "FC1", "FC2", "QKV", "other", "attention"]
+
+
+def test_summary_and_prediction():
+    import vit_fast
+
+    cfg = vit_fast.get_config("vit_b_16")
+    dims = Dims(cfg.embed_dim, cfg.mlp_dim, 256 * 197)
+    grouped = breakdown.group([Kernel("k", 3000.0, i, [("vitfast::ln_qkv", [])]) for i in range(6)], dims)
+    s = breakdown.summarize(grouped, forwards=3)
+    assert s["groups"]["QKV"] == pytest.approx(6.0) and s["total_ms"] == pytest.approx(6.0)
+    assert s["top_kernels"][0]["calls"] == 2
+    pred = breakdown.predicted_ms(cfg, 256, peak_tflops=800.0, bandwidth_tbs=3.35)
+    # QKV: 12 layers x 2 * 50432 * 768 * 2304 FLOPs at 800 TFLOP/s (compute-bound at batch 256)
+    assert pred["QKV"] == pytest.approx(12 * 2 * 50432 * 768 * 2304 / 800e12 * 1e3, rel=1e-9)
+    assert pred["FC1"] == pytest.approx(pred["FC2"]) and pred["FC1"] == pytest.approx(4 * pred["out-proj"])
