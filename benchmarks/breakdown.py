@@ -171,7 +171,8 @@ def kernels_from_profile(prof) -> list:
     from torch.autograd import DeviceType
 
     events = list(prof.events())
-    cpu = {e.id: e for e in events if e.device_type == DeviceType.CPU}
+    # PyTorch ops by their correlation id (runtime-API events carry a link to an op instead, and ids of their own)
+    cpu = {e.id: e for e in events if e.device_type == DeviceType.CPU and not getattr(e, "linked_correlation_id", 0)}
 
     def stack_of(op):
         out = []
@@ -182,8 +183,13 @@ def kernels_from_profile(prof) -> list:
 
     device = [e for e in events if e.device_type == DeviceType.CUDA]
     if device:
-        return [Kernel(e.name, e.time_range.elapsed_us(), e.time_range.start,
-                       stack_of(cpu.get(getattr(e, "linked_correlation_id", -1)))) for e in device]
+        kernels = [Kernel(e.name, e.time_range.elapsed_us(), e.time_range.start,
+                          stack_of(cpu.get(getattr(e, "linked_correlation_id", -1)))) for e in device]
+        if any(k.stack for k in kernels):
+            return kernels
+        # no kernel linked to its op (an older profiler): the kernels each CPU op lists, at the op's start time
+        return [Kernel(k.name, k.duration, e.time_range.start, stack_of(e))
+                for e in cpu.values() for k in getattr(e, "kernels", [])]
     ops = [e for e in events if e.device_type == DeviceType.CPU and e.name.startswith(("aten::", "vitfast::"))]
     return [Kernel(e.name, e.self_cpu_time_total, e.time_range.start, stack_of(e)) for e in ops]
 

@@ -93,7 +93,8 @@ tests)
     if grep -rqs "cache_results=True" kernels/; then export TRITON_CACHE_DIR=$CACHE/triton-tests; fi
     export TRITON_CACHE_AUTOTUNING=0
     LIMIT=${T_TESTS:-170}
-    export VITFAST_TEST_DEADLINE=$(( $(date +%s) + LIMIT - 35 )) VITFAST_TEST_LOG=$DIR/tests.jsonl
+    export VITFAST_TEST_DEADLINE=$(( $(date +%s) + LIMIT - 40 )) VITFAST_TEST_HARD_END=$(( $(date +%s) + LIMIT - 15 ))
+    export VITFAST_TEST_LOG=$DIR/tests.jsonl
     rm -f "$VITFAST_TEST_LOG"
     mapfile -t NODES < <(grep -v '^[[:space:]]*#' tests/gpu_subset.txt | grep .)
     ARGS=(-q -p no:cacheprovider -rfE --durations=15 --junitxml="$DIR/junit.xml")

@@ -39,8 +39,8 @@ def pytest_runtest_makereport(item, call):
 
 
 # ---- GPU session support (benchmarks/gpu_steps.sh tests) ------------------------------------------------------------
-# VITFAST_TEST_DEADLINE (epoch seconds): tests not started by then are skipped, so pytest ends by itself inside a
-# device command's limit and still writes its junit file. VITFAST_TEST_LOG (path): one JSON line per test outcome,
+# VITFAST_TEST_DEADLINE (epoch seconds): tests not started by then are skipped, and with VITFAST_TEST_HARD_END a test
+# still running then times out, so pytest ends by itself inside a device command's limit and writes its junit file. VITFAST_TEST_LOG (path): one JSON line per test outcome,
 # appended as each test finishes, so a run that is killed still leaves every result it reached.
 import json  # noqa: E402
 import time  # noqa: E402
@@ -53,6 +53,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.name == "test_aot_compile.py":
             item.add_marker(skip)
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    """With VITFAST_TEST_HARD_END (epoch seconds) and pytest-timeout, a test still running then fails as a timeout,
+    so the session ends and writes its junit file before the device command's limit."""
+    end = os.environ.get("VITFAST_TEST_HARD_END")
+    if end and item.config.pluginmanager.hasplugin("timeout"):
+        left = max(1.0, float(end) - time.time())
+        marker = item.get_closest_marker("timeout")
+        current = (marker.args[0] if marker and marker.args else None) or item.config.getoption("timeout", None)
+        if not current or float(current) > left:
+            item.add_marker(pytest.mark.timeout(left))
+    yield
 
 
 def pytest_runtest_setup(item):

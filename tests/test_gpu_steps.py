@@ -142,3 +142,26 @@ def test_summary_and_prediction():
     # QKV: 12 layers x 2 * 50432 * 768 * 2304 FLOPs at 800 TFLOP/s (compute-bound at batch 256)
     assert pred["QKV"] == pytest.approx(12 * 2 * 50432 * 768 * 2304 / 800e12 * 1e3, rel=1e-9)
     assert pred["FC1"] == pytest.approx(pred["FC2"]) and pred["FC1"] == pytest.approx(4 * pred["out-proj"])
+
+
+def test_deadline_skips_late_tests_and_times_out_a_running_one(tmp_path):
+    """tests/conftest.py's GPU-session hooks: past VITFAST_TEST_HARD_END a running test fails as a timeout, past
+    VITFAST_TEST_DEADLINE the rest are skipped; junit and the per-test log are written either way."""
+    pytest.importorskip("pytest_timeout")
+    (tmp_path / "conftest.py").write_text((REPO / "tests" / "conftest.py").read_text())
+    (tmp_path / "test_late.py").write_text(
+        "import os, time\n"
+        "os.environ['VITFAST_TEST_DEADLINE'] = str(time.time() + 3)  # set at collection, read by the hooks\n"
+        "os.environ['VITFAST_TEST_HARD_END'] = str(time.time() + 6)\n"
+        "def test_slow():\n    time.sleep(60)\n"
+        "def test_after():\n    pass\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VITFAST_TEST")}
+    env["VITFAST_TEST_LOG"] = str(tmp_path / "log.jsonl")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--timeout=120",
+                           f"--junitxml={tmp_path / 'j.xml'}", "test_late.py"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "Timeout" in proc.stdout, proc.stdout[-2000:]
+    lines = [json.loads(s) for s in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [(x["nodeid"].split("::")[1], x["outcome"]) for x in lines] == [("test_slow", "failed"),
+                                                                           ("test_after", "skipped")]
+    assert "VITFAST_TEST_DEADLINE" in lines[1]["message"] and (tmp_path / "j.xml").is_file()
