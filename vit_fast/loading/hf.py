@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import copy
 import re
 from pathlib import Path
 
@@ -156,9 +157,10 @@ def _convert(hf: dict, state: dict, preprocessor, overrides: dict) -> tuple:
     return state, family.config_from_hf(hf, state, preprocessor, **overrides)
 
 
-def from_hf(obj, backend: str = "auto", **config_overrides):
+def from_hf(obj, backend: str = "auto", hf_outputs: bool = False, **config_overrides):
     """vit-fast model equal to an HF ViT, CLIP vision tower, DINOv2 (with registers), SigLIP vision tower or DeiT,
-    given as a live model or a local HF-format directory."""
+    given as a live model or a local HF-format directory. With `hf_outputs=True` the result is a
+    `vit_fast.hf_compat.HFDropIn`: HF's forward signature and output classes around the fast model."""
     if isinstance(obj, torch.nn.Module):
         if not hasattr(obj, "config"):
             raise ValueError(f"from_hf expects a transformers ViT model; {type(obj).__name__} has no config")
@@ -169,4 +171,22 @@ def from_hf(obj, backend: str = "auto", **config_overrides):
     else:
         raise ValueError(f"from_hf expects a transformers ViT model or a directory; got {type(obj).__name__}")
     state, config = _convert(hf, state, preprocessor, config_overrides)
-    return build_and_load(config, state, backend, source)
+    model = build_and_load(config, state, backend, source)
+    if not hf_outputs:
+        return model
+    return _drop_in(obj, hf, model)
+
+
+def _drop_in(obj, hf: dict, model):
+    import transformers
+
+    from ..hf_compat import HFDropIn
+
+    if isinstance(obj, torch.nn.Module):
+        hf_config, source_class = copy.deepcopy(obj.config), type(obj).__name__  # the wrapper must not edit the source's
+    else:
+        hf_config = transformers.AutoConfig.for_model(**hf)
+        source_class = (hf.get("architectures") or [None])[0]
+        if source_class is None:
+            raise ValueError(f"{obj}/config.json names no architectures: cannot tell which outputs to return")
+    return HFDropIn(hf_config, model, source_class).eval()
