@@ -76,3 +76,31 @@ def test_layer_scale_of_wrong_shape_rejected():
     state["blocks.0.ls1.gamma"] = state["blocks.0.ls1.gamma"][:10]
     with pytest.raises(ValueError, match=r"blocks\.0\.ls1\.gamma has shape \(10,\); expected \(64,\)"):
         vit_fast.from_timm(state, num_heads=2)
+
+
+LIVE = [
+    ("vit_base_patch16_clip_quickgelu_224", dict(img_size=32, embed_dim=64, depth=2, num_heads=2, num_classes=24,
+                                                 dynamic_img_size=True), (48, 32)),
+    ("vit_small_patch14_reg4_dinov2", dict(img_size=28, embed_dim=64, depth=2, num_heads=2, dynamic_img_size=True),
+     (42, 56)),
+    ("vit_base_patch16_siglip_224", dict(img_size=32, embed_dim=160, depth=1, num_heads=2, dynamic_img_size=True),
+     (32, 48)),
+    ("deit_base_distilled_patch16_224", dict(img_size=32, embed_dim=64, depth=2, num_heads=2, num_classes=7),
+     (32, 32)),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,size", LIVE, ids=[c[0] for c in LIVE])
+def test_live_timm_family(name, kwargs, size):
+    """Live timm models where timm imports (not in CI): everything read from the module, nothing passed."""
+    timm = pytest.importorskip("timm")
+    from tests.helpers import randomize_
+
+    ref = randomize_(timm.create_model(name, pretrained=False, **kwargs)).eval()
+    model = vit_fast.from_timm(ref, backend="sdpa")
+    x = torch.randn(3, 3, *size)
+    with torch.no_grad():
+        assert rel_err(model(x), ref(x)) <= LOADER_REL_ERR
+        theirs = ref.forward_intermediates(x, indices=1, norm=True, intermediates_only=True)
+        ours = model.forward_intermediates(x, indices=1, norm=True, intermediates_only=True)
+        assert rel_err(ours[0], theirs[0]) <= LOADER_REL_ERR
