@@ -340,3 +340,47 @@ def test_no_architectures_for_drop_in(tmp_path):
 def test_config_errors(overrides, message):
     with pytest.raises(ValueError, match=message):
         vit_fast.ViTConfig(**overrides)
+
+
+# ---- serving embeddings ---------------------------------------------------------------------------------------
+
+
+def test_predictor_clip_embeddings_normalized(tmp_path):
+    """A CLIP tower with projection: the predictor's embedding is image_embeds (HF), unit-norm on request, and no
+    labels are made up from the projection."""
+    from PIL import Image
+
+    hf = _hf("clip_proj", hidden=64, layers=1, heads=2)
+    model = vit_fast.from_hf(hf, backend="sdpa", img_size=28)
+    predictor = vit_fast.Predictor(model, device="cpu")
+    image = Image.open(vit_fast.__path__[0] + "/assets/cat.jpg")
+    raw, unit = (predictor.predict([image], return_embeddings=True, normalize_embeddings=n)[0] for n in (False, True))
+    assert raw["labels"] == [] and raw["error"] is None
+    pixels = predictor.prepare(image).unsqueeze(0)
+    with torch.no_grad():
+        ref = hf(model_normalize(pixels, model.config)).image_embeds[0]
+    assert rel_err(torch.tensor(raw["embedding"]), ref) <= 1e-5
+    assert rel_err(torch.tensor(unit["embedding"]), ref / ref.norm()) <= 1e-5
+
+
+def model_normalize(pixels, config):
+    mean = torch.tensor(config.image_mean).view(1, 3, 1, 1)
+    std = torch.tensor(config.image_std).view(1, 3, 1, 1)
+    return (pixels.float() / 255 - mean) / std
+
+
+def test_cli_predict_embeddings(tmp_path, capsys):
+    import json
+
+    from vit_fast.cli import main
+
+    hf = _hf("dinov2", hidden=32, layers=1, heads=2)
+    hf.save_pretrained(tmp_path)
+    cat = vit_fast.__path__[0] + "/assets/cat.jpg"
+    assert main(["predict", cat, str(tmp_path / "missing.jpg"), "--checkpoint", str(tmp_path), "--embeddings",
+                 "--normalize", "--device", "cpu", "--backend", "sdpa"]) == 1
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines[0]["embedding"]) == 32 and abs(torch.tensor(lines[0]["embedding"]).norm() - 1) < 1e-5
+    assert "error" in lines[1]
+    assert main(["predict", cat, "--normalize"]) == 2
+    assert "--normalize applies to embeddings: add --embeddings" in capsys.readouterr().err

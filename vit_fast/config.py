@@ -41,6 +41,7 @@ class ViTConfig:
     act_layer: str = "gelu"  # MLP activation, one of ACT_LAYERS
     mlp_type: str = "mlp"  # "swiglu": fc1 outputs 2*mlp_dim, silu(first half) * second half (DINOv2 giant)
     head_bias: bool = True  # HF's CLIP projection has no bias
+    embedding_head: bool = False  # the head projects into an embedding space (CLIP's image_embeds), not classes
     representation_size: Optional[int] = None  # pre-logits dense + tanh (HF's pooler), None for none
     image_mean: tuple = (0.5, 0.5, 0.5)  # normalization constants carried with the weights (for uint8 inputs)
     image_std: tuple = (0.5, 0.5, 0.5)
@@ -180,7 +181,7 @@ PRESETS = {
 
 # Families (timm's / HF's settings); sizes from the source models, so parameter counts equal theirs.
 _CLIP = dict(pre_norm=True, patch_bias=False, act_layer="quick_gelu", layer_norm_eps=1e-5, num_classes=512,
-             head_bias=False, fc_norm=True, image_mean=(0.48145466, 0.4578275, 0.40821073),
+             head_bias=False, embedding_head=True, fc_norm=True, image_mean=(0.48145466, 0.4578275, 0.40821073),
              image_std=(0.26862954, 0.26130258, 0.27577711), crop_pct=1.0, interpolation="bicubic")
 _DINOV2 = dict(patch_size=14, img_size=518, num_classes=0, image_mean=(0.485, 0.456, 0.406),
                image_std=(0.229, 0.224, 0.225), crop_pct=1.0)

@@ -52,6 +52,7 @@ def config_from_hf(hf: dict, state: dict, preprocessor: dict | None = None, **ov
         fc_norm=True,
         num_classes=state["head.weight"].shape[0] if "head.weight" in state else 0,
         head_bias=False,
+        embedding_head="head.weight" in state,
         resize_mode="shortest",
     )
     if not (preprocessor and "image_mean" in preprocessor):
