@@ -384,3 +384,26 @@ def test_cli_predict_embeddings(tmp_path, capsys):
     assert "error" in lines[1]
     assert main(["predict", cat, "--normalize"]) == 2
     assert "--normalize applies to embeddings: add --embeddings" in capsys.readouterr().err
+
+
+def test_readme_model_families_example():
+    """The README's model-family snippet, as written, on tiny random-weight HF models."""
+    clip_vision_with_projection = _hf("clip_proj", hidden=32, layers=4, heads=2)
+    dinov2_classifier = _hf("dinov2_cls_swiglu", hidden=32, layers=1, heads=2)
+    images = torch.randn(2, 3, 28, 28)
+
+    model = vit_fast.from_hf(clip_vision_with_projection)
+    embeds = model(images)
+    tokens = model.forward_features(images)
+    final, maps = model.forward_intermediates(images, indices=[-4, -1], norm=True)
+
+    hf_like = vit_fast.from_hf(dinov2_classifier, hf_outputs=True)
+    out = hf_like(pixel_values=images, output_hidden_states=True)
+
+    with torch.no_grad():
+        ref = clip_vision_with_projection(images)
+        assert rel_err(embeds, ref.image_embeds) <= LOADER_REL_ERR
+        assert rel_err(tokens, ref.last_hidden_state) <= LOADER_REL_ERR
+        assert [tuple(m.shape) for m in maps] == [(2, 32, 2, 2)] * 2 and torch.equal(final, tokens)
+        assert rel_err(out.logits, dinov2_classifier(images).logits) <= LOADER_REL_ERR
+        assert len(out.hidden_states) == 2
