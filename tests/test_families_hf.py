@@ -407,3 +407,15 @@ def test_readme_model_families_example():
         assert [tuple(m.shape) for m in maps] == [(2, 32, 2, 2)] * 2 and torch.equal(final, tokens)
         assert rel_err(out.logits, dinov2_classifier(images).logits) <= LOADER_REL_ERR
         assert len(out.hidden_states) == 2
+
+
+@pytest.mark.parametrize("family", ["siglip", "dinov2_reg", "deit_distilled"])
+def test_vit_fast_checkpoint_roundtrip(family, tmp_path):
+    """vit_fast.save / load keep every family switch (the config travels in vit_fast.json)."""
+    model = vit_fast.from_hf(_hf(family, hidden=32, layers=1, heads=2), backend="sdpa")
+    vit_fast.save(model, tmp_path / "ckpt")
+    again = vit_fast.load(tmp_path / "ckpt", backend="sdpa")
+    assert again.config == model.config
+    x = torch.randn(2, 3, 28, 42) if model.config.patch_size == 14 else torch.randn(2, 3, 32, 48)
+    with torch.no_grad():
+        assert torch.equal(again(x), model(x))
