@@ -419,3 +419,14 @@ def test_vit_fast_checkpoint_roundtrip(family, tmp_path):
     x = torch.randn(2, 3, 28, 42) if model.config.patch_size == 14 else torch.randn(2, 3, 32, 48)
     with torch.no_grad():
         assert torch.equal(again(x), model(x))
+
+
+def test_infer_normalize_needs_embeddings(tmp_path, capsys):
+    """Checked before Ray starts."""
+    from vit_fast.cli import main
+    from vit_fast.serving.batch import run_batch_inference
+
+    assert main(["infer", str(tmp_path), "--normalize"]) == 2
+    assert "--normalize applies to embeddings: add --embeddings" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="normalize_embeddings applies to embeddings: pass embeddings=True"):
+        run_batch_inference(str(tmp_path), str(tmp_path / "out.parquet"), normalize_embeddings=True)

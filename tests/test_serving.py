@@ -209,6 +209,16 @@ def test_concurrent_requests_match_direct_calls(server, checkpoint):
             _assert_same(got, ref, with_embedding=emb)
 
 
+def test_normalized_embeddings(server, checkpoint):
+    predictor = checkpoint[1]
+    image = _random_png("PNG")
+    want = torch.tensor(predictor.predict([image], return_embeddings=True)[0]["embedding"])
+    status, body = _request(server + "/predict?embedding=true&normalize=true", image, "image/png")
+    assert status == 200, body
+    got = torch.tensor(body["predictions"][0]["embedding"])
+    torch.testing.assert_close(got, want / want.norm(), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize(
     "path, data, content_type, method, status, fragment",
     [
@@ -218,6 +228,7 @@ def test_concurrent_requests_match_direct_calls(server, checkpoint):
         ("/predict", b'{"picture": "abc"}', "application/json", None, 400, '"image"'),
         ("/predict", b"this is not an image", "image/jpeg", None, 400, "not a recognized image format"),
         ("/predict?top_k=0", None, "image/png", None, 400, "top_k"),
+        ("/predict?normalize=true", None, "image/png", None, 400, "normalize applies to embeddings"),
         ("/predict", b"hello", "text/plain", None, 415, "Content-Type"),
         ("/predict", None, None, "GET", 405, "POST"),
         ("/nowhere", None, None, "GET", 404, "/health"),
