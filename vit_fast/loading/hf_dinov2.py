@@ -53,8 +53,6 @@ def config_from_hf(hf: dict, state: dict, preprocessor: dict | None = None, **ov
     swiglu = bool(hf.get("use_swiglu_ffn", False))
     if not swiglu and act != "gelu":
         raise ValueError(f"{hf.get('model_type')}: hidden_act {act!r} is not supported; expected 'gelu'")
-    if hf.get("layerscale_value") is None and not any(".ls1." in k for k in state):
-        pass  # LayerScale is optional in the weights: without lambdas nothing is folded
     registers = state["reg_token"].shape[1] if "reg_token" in state else 0
     num_classes = state["head.weight"].shape[0] if "head.weight" in state else 0
     cfg = common_config(hf, preprocessor)
