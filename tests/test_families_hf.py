@@ -58,20 +58,21 @@ def _x(hf, batch=3):
     return torch.randn(batch, 3, *SIZES[hf.config.patch_size])
 
 
-@pytest.mark.parametrize("backend", ["torch", "sdpa"])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_live_module(family, backend):
-    """Head dim 80 (160 / 2 heads), batch 3, a non-native non-square resolution."""
+def test_live_module(family):
+    """Head dim 80 (160 / 2 heads), batch 3, a non-native non-square resolution; torch and sdpa backends."""
     hf = _hf(family)
-    model = vit_fast.from_hf(hf, backend=backend)
+    model = vit_fast.from_hf(hf, backend="torch")
     x = _x(hf)
     primary, last_hidden, _ = _reference(hf, family, x)
-    with torch.no_grad():
-        out, tokens = model(x), model.forward_features(x)
-    assert out.shape == primary.shape
-    assert rel_err(out, primary) <= LOADER_REL_ERR
-    if last_hidden is not None:
-        assert rel_err(tokens, last_hidden) <= LOADER_REL_ERR
+    for backend in ("torch", "sdpa"):
+        model.set_backend(backend)
+        with torch.no_grad():
+            out, tokens = model(x), model.forward_features(x)
+        assert out.shape == primary.shape
+        assert rel_err(out, primary) <= LOADER_REL_ERR, backend
+        if last_hidden is not None:
+            assert rel_err(tokens, last_hidden) <= LOADER_REL_ERR, backend
 
 
 # family -> width of its tiny triton config (160 / 2 heads: head dim 80; 64: head dim 32); plain DINOv2 and DeiTModel
@@ -99,19 +100,9 @@ def test_triton_backend(family):
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_save_pretrained_directory(family, tmp_path):
-    hf = _hf(family, hidden=64, layers=2, heads=2)
-    hf.save_pretrained(tmp_path)
-    model = vit_fast.load(tmp_path, backend="sdpa")
-    x = _x(hf, batch=2)
-    primary, _, _ = _reference(hf, family, x)
-    with torch.no_grad():
-        assert rel_err(model(x), primary) <= LOADER_REL_ERR
-
-
-@pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_hf_outputs_drop_in(family, tmp_path):
-    """`hf_outputs=True`: HF's output class, every field, hidden_states included; live and from a directory."""
+    """`hf_outputs=True`: HF's output class, every field, hidden_states included; from the live module and from
+    its `save_pretrained` directory (which also checks the directory loader)."""
     hf = _hf(family, hidden=64, layers=2, heads=2)
     hf.save_pretrained(tmp_path)
     source_config = hf.config.to_dict()
