@@ -255,7 +255,8 @@ def test_batch_job_over_a_folder_with_a_corrupt_file(ray_local, checkpoint, tmp_
         name = folder / ("nested" if i % 3 == 0 else "") / f"img{i}.{'png' if i % 2 else 'jpg'}"
         data = _random_png("PNG" if i % 2 else "JPEG")
         name.write_bytes(data)
-        expected[str(name.resolve())] = predictor.predict([data], top_k=TOP_K, return_embeddings=True)[0]
+        expected[str(name.resolve())] = predictor.predict([data], top_k=TOP_K, return_embeddings=True,
+                                                          normalize_embeddings=True)[0]
     corrupt = folder / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(200))
     (folder / "README.txt").write_text("not an image, not listed")
@@ -264,7 +265,7 @@ def test_batch_job_over_a_folder_with_a_corrupt_file(ray_local, checkpoint, tmp_
     start = time.time()
     summary = run_batch_inference(str(folder), str(out), checkpoint=checkpoint[0], backend="sdpa", top_k=TOP_K,
                                   embeddings=True, batch_size=4, workers=1, cpus_per_worker=1, device="cpu",
-                                  progress=False)
+                                  progress=False, normalize_embeddings=True)
     print(f"batch job: {time.time() - start:.1f}s")
     assert summary == {"rows": 10, "errors": 1, "out": str(out)}
     rows = pq.read_table(out).to_pylist()
