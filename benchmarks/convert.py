@@ -1,5 +1,6 @@
-"""The benchmark's weights, loaded into the reference libraries: timm's `VisionTransformer` and Hugging Face's
-`ViTForImageClassification`, so every backend in a run computes the same function of the same parameters.
+"""The benchmark's weights, loaded into the reference libraries: timm's `VisionTransformer` (every model family:
+CLIP, DINOv2, SigLIP, distilled DeiT) and Hugging Face's `ViTForImageClassification` (the classic ViT only), so
+every backend in a run computes the same function of the same parameters.
 
 vit_fast's parameter names mirror timm's, so timm takes our state dict unchanged. Hugging Face names are derived
 from the live HF model's own state dict (classic `encoder.layer.N.attention.attention.query` and transformers-5
@@ -30,22 +31,48 @@ def to_timm(model, device="cpu") -> nn.Module:
         raise Unsupported("timm's VisionTransformer has no pre-logits (representation_size) layer")
     if int(cfg.embed_dim * (cfg.mlp_dim / cfg.embed_dim)) != cfg.mlp_dim:  # timm: hidden = int(dim * mlp_ratio)
         raise Unsupported(f"mlp_dim {cfg.mlp_dim} is not expressible as a timm mlp_ratio of width {cfg.embed_dim}")
+    if cfg.global_pool == "cls_avg":
+        raise Unsupported("timm has no [CLS] + mean-of-patches pooling (HF's DINOv2 classifier)")
+    kwargs = dict(
+        img_size=tuple(cfg.img_size),
+        patch_size=cfg.patch_size,
+        in_chans=cfg.in_chans,
+        num_classes=cfg.num_classes,
+        global_pool={"avg": "avg", "map": "map"}.get(cfg.global_pool, "token"),
+        embed_dim=cfg.embed_dim,
+        depth=cfg.depth,
+        num_heads=cfg.num_heads,
+        mlp_ratio=cfg.mlp_dim / cfg.embed_dim,
+        qkv_bias=cfg.qkv_bias,
+        class_token=cfg.class_token,
+        norm_layer=functools.partial(nn.LayerNorm, eps=cfg.layer_norm_eps),
+    )
+    # model-family switches (LayerScale is folded into our weights, so timm runs without it: same function)
+    if cfg.reg_tokens or cfg.no_embed_class:
+        kwargs.update(reg_tokens=cfg.reg_tokens, no_embed_class=cfg.no_embed_class)
+    if cfg.pre_norm:
+        kwargs["pre_norm"] = True
+    if cfg.fc_norm is not None:
+        kwargs["fc_norm"] = cfg.use_fc_norm
+    if cfg.act_layer != "gelu":
+        kwargs["act_layer"] = cfg.act_layer
+    if cfg.mlp_type == "swiglu":
+        from timm.layers import SwiGLUPacked
+
+        kwargs.update(mlp_layer=SwiGLUPacked, act_layer=nn.SiLU, mlp_ratio=2 * cfg.mlp_dim / cfg.embed_dim)
+    if cfg.patch_bias == cfg.pre_norm:  # timm ties the patch bias to pre_norm (CLIP: no bias)
+        raise Unsupported(f"timm builds a patch bias only without pre_norm; got patch_bias={cfg.patch_bias}, "
+                          f"pre_norm={cfg.pre_norm}")
+    if cfg.dist_token:
+        from timm.models.deit import VisionTransformerDistilled as TimmViT  # noqa: N814
     with torch.device(device):  # random init on the target device: much faster than on the CPU for ViT-H
-        timm_model = TimmViT(
-            img_size=tuple(cfg.img_size),
-            patch_size=cfg.patch_size,
-            in_chans=cfg.in_chans,
-            num_classes=cfg.num_classes,
-            global_pool="avg" if cfg.global_pool == "avg" else "token",
-            embed_dim=cfg.embed_dim,
-            depth=cfg.depth,
-            num_heads=cfg.num_heads,
-            mlp_ratio=cfg.mlp_dim / cfg.embed_dim,
-            qkv_bias=cfg.qkv_bias,
-            class_token=True,
-            norm_layer=functools.partial(nn.LayerNorm, eps=cfg.layer_norm_eps),
-        )
+        timm_model = TimmViT(**kwargs)
+    if cfg.global_pool == "map":  # timm's attention pool: LayerNorm eps and MLP width of the blocks'
+        timm_model.attn_pool.norm.eps = cfg.layer_norm_eps
     state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    for key in ("head.bias", "head_dist.bias"):  # timm heads always have a bias (HF's CLIP projection has none)
+        if key not in state and key in timm_model.state_dict():
+            state[key] = torch.zeros(cfg.num_classes)
     timm_model.load_state_dict(state, strict=True)
     return timm_model.eval()
 
@@ -70,6 +97,12 @@ def to_hf(model, device="cpu") -> nn.Module:
     except Exception as e:  # noqa: BLE001 - transformers absent or broken
         raise Unsupported(f"transformers is not importable here ({type(e).__name__}: {e})") from None
     cfg = model.config
+    family = [name for name, classic in (("class_token", True), ("reg_tokens", 0), ("dist_token", False),
+                                         ("no_embed_class", False), ("pre_norm", False), ("patch_bias", True),
+                                         ("act_layer", "gelu"), ("mlp_type", "mlp"), ("head_bias", True))
+              if getattr(cfg, name) != classic]
+    if family:
+        raise Unsupported(f"the HF baseline row is built for the classic ViT only; this model sets {family}")
     if cfg.global_pool != "cls":
         raise Unsupported("ViTForImageClassification classifies the [CLS] token only (no average pooling)")
     if cfg.representation_size:

@@ -4,7 +4,8 @@ timm cannot be installed in the project venv on the CPU-only machines (torchvisi
 this script runs once, by hand, in a separate venv holding PyPI's default torch + torchvision + timm:
 
     python3 -m venv /tmp/timm-venv && /tmp/timm-venv/bin/pip install torch torchvision timm safetensors numpy
-    /tmp/timm-venv/bin/python tests/make_timm_golden.py
+    /tmp/timm-venv/bin/python tests/make_timm_golden.py              # classic ViT cases
+    /tmp/timm-venv/bin/python tests/make_timm_golden.py --families   # CLIP, DINOv2 (+reg, SwiGLU), SigLIP, DeiT
 
 It builds tiny `timm.models.vision_transformer.VisionTransformer`s, re-initializes every parameter from a fixed
 seed with large values (LayerNorm weights 1 + 0.5 N(0,1), biases, pos_embed and cls_token 0.5 N(0,1)) so any
@@ -156,5 +157,75 @@ def main() -> None:
     print(f"wrote {OUT} ({total} bytes)", file=sys.stderr)
 
 
+
+
+# ---- model families (issue 11): `python tests/make_timm_golden.py --families` ---------------------------------
+# Real timm model definitions (timm.create_model with pretrained=False), shrunk by keyword overrides, so every
+# family switch (pre_norm, quick GELU, no_embed_class, registers, SwiGLU, LayerScale, map pooling, distillation
+# token) is timm's own. Written to tests/data/timm_golden/families/ beside the classic cases, same layout.
+FAMILY_OUT = OUT / "families"
+FAMILY_CASES = {
+    # name -> (timm model name, kwargs, eval (H, W), the loader overrides a weight file needs beyond the state dict)
+    "clip_quickgelu": ("vit_base_patch16_clip_quickgelu_224", dict(
+        img_size=32, embed_dim=64, depth=2, num_heads=2, num_classes=24, dynamic_img_size=True), (48, 32),
+        dict(num_heads=2, act_layer="quick_gelu", layer_norm_eps=1e-5)),
+    "dinov2": ("vit_small_patch14_dinov2", dict(
+        img_size=28, embed_dim=64, depth=2, num_heads=2, dynamic_img_size=True), (42, 56),
+        dict(num_heads=2)),
+    "dinov2_reg_swiglu": ("vit_giant_patch14_reg4_dinov2", dict(
+        img_size=28, embed_dim=64, depth=2, num_heads=2, mlp_ratio=3.0, dynamic_img_size=True), (42, 28),
+        dict(num_heads=2)),
+    "siglip_hd80": ("vit_base_patch16_siglip_224", dict(
+        img_size=32, embed_dim=160, depth=1, num_heads=2, mlp_ratio=1.0, dynamic_img_size=True), (32, 48),
+        dict(num_heads=2)),  # timm builds its SigLIP towers with exact GELU
+    "deit_distilled": ("deit_base_distilled_patch16_224", dict(
+        img_size=32, embed_dim=64, depth=2, num_heads=2, num_classes=7), (32, 32),
+        dict(num_heads=2)),
+}
+
+
+def randomize_any(model: torch.nn.Module, seed: int) -> None:
+    """Seeded large values for every parameter: matrices N(0, 1/fan_in), LayerNorm weights 1 + 0.5 N, other
+    vectors (biases, tokens, position embeddings, LayerScale) 0.5 N."""
+    g = torch.Generator().manual_seed(seed)
+    norms = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.LayerNorm)}
+    with torch.no_grad():
+        for p in model.parameters():
+            if id(p) in norms:
+                p.copy_(1 + 0.5 * torch.randn(p.shape, generator=g))
+            elif p.dim() >= 2 and p.shape[0] > 1:
+                p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5)
+            else:
+                p.copy_(0.5 * torch.randn(p.shape, generator=g))
+
+
+def main_families() -> None:
+    import timm
+
+    FAMILY_OUT.mkdir(parents=True, exist_ok=True)
+    golden, cases = {}, {}
+    for i, (name, (timm_name, kwargs, (h, w), overrides)) in enumerate(FAMILY_CASES.items()):
+        model = timm.create_model(timm_name, pretrained=False, **kwargs).eval()
+        randomize_any(model, seed=3000 + i)
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(FAMILY_OUT / f"{name}.safetensors"), metadata={"format": "pt"})
+        x = torch.randn(BATCH + 1, 3, h, w, generator=torch.Generator().manual_seed(4000 + i))
+        ref = model.double()
+        with torch.no_grad():
+            feats = ref.forward_features(x.double())
+            golden[f"{name}.input"] = x
+            golden[f"{name}.features"] = feats.float()
+            golden[f"{name}.pre_logits"] = ref.forward_head(feats, pre_logits=True).float()
+            golden[f"{name}.logits"] = ref.forward_head(feats).float()
+            inter = ref.forward_intermediates(x.double(), indices=[0], norm=True, intermediates_only=True)
+            golden[f"{name}.intermediate0"] = inter[0].float()
+        cases[name] = dict(weights=f"{name}.safetensors", timm_model=timm_name, timm_kwargs=kwargs,
+                           eval_size=[h, w], vit_fast_overrides=overrides)
+        print(f"{name}: {timm_name} eval {h}x{w}, features {tuple(feats.shape)}")
+    save_file(golden, str(FAMILY_OUT / "golden.safetensors"))
+    meta = dict(timm=timm.__version__, torch=torch.__version__, cases=cases)
+    (FAMILY_OUT / "cases.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
 if __name__ == "__main__":
-    main()
+    main_families() if "--families" in sys.argv[1:] else main()

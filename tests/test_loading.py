@@ -68,8 +68,8 @@ def test_mismatched_shapes_are_listed(tmp_path):
 def test_missing_and_unexpected_keys_are_listed():
     state = dict(_model().state_dict())
     del state["blocks.1.norm2.bias"]
-    state["blocks.0.ls1.gamma"] = torch.ones(192)  # timm layer scale: not a plain ViT
-    with pytest.raises(ValueError, match=r"missing keys \['blocks.1.norm2.bias'\]; unexpected keys \['blocks.0.ls1.gamma'\]"):
+    state["blocks.0.attn.q_norm.weight"] = torch.ones(64)  # timm qk-norm: not supported
+    with pytest.raises(ValueError, match=r"missing keys \['blocks.1.norm2.bias'\]; unexpected keys \['blocks.0.attn.q_norm.weight'\]"):
         vit_fast.from_timm(state, img_size=(32, 48))
 
 

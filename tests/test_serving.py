@@ -209,6 +209,16 @@ def test_concurrent_requests_match_direct_calls(server, checkpoint):
             _assert_same(got, ref, with_embedding=emb)
 
 
+def test_normalized_embeddings(server, checkpoint):
+    predictor = checkpoint[1]
+    image = _random_png("PNG")
+    want = torch.tensor(predictor.predict([image], return_embeddings=True)[0]["embedding"])
+    status, body = _request(server + "/predict?embedding=true&normalize=true", image, "image/png")
+    assert status == 200, body
+    got = torch.tensor(body["predictions"][0]["embedding"])
+    torch.testing.assert_close(got, want / want.norm(), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize(
     "path, data, content_type, method, status, fragment",
     [
@@ -218,6 +228,7 @@ def test_concurrent_requests_match_direct_calls(server, checkpoint):
         ("/predict", b'{"picture": "abc"}', "application/json", None, 400, '"image"'),
         ("/predict", b"this is not an image", "image/jpeg", None, 400, "not a recognized image format"),
         ("/predict?top_k=0", None, "image/png", None, 400, "top_k"),
+        ("/predict?normalize=true", None, "image/png", None, 400, "normalize applies to embeddings"),
         ("/predict", b"hello", "text/plain", None, 415, "Content-Type"),
         ("/predict", None, None, "GET", 405, "POST"),
         ("/nowhere", None, None, "GET", 404, "/health"),
@@ -244,7 +255,8 @@ def test_batch_job_over_a_folder_with_a_corrupt_file(ray_local, checkpoint, tmp_
         name = folder / ("nested" if i % 3 == 0 else "") / f"img{i}.{'png' if i % 2 else 'jpg'}"
         data = _random_png("PNG" if i % 2 else "JPEG")
         name.write_bytes(data)
-        expected[str(name.resolve())] = predictor.predict([data], top_k=TOP_K, return_embeddings=True)[0]
+        expected[str(name.resolve())] = predictor.predict([data], top_k=TOP_K, return_embeddings=True,
+                                                          normalize_embeddings=True)[0]
     corrupt = folder / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(200))
     (folder / "README.txt").write_text("not an image, not listed")
@@ -253,7 +265,7 @@ def test_batch_job_over_a_folder_with_a_corrupt_file(ray_local, checkpoint, tmp_
     start = time.time()
     summary = run_batch_inference(str(folder), str(out), checkpoint=checkpoint[0], backend="sdpa", top_k=TOP_K,
                                   embeddings=True, batch_size=4, workers=1, cpus_per_worker=1, device="cpu",
-                                  progress=False)
+                                  progress=False, normalize_embeddings=True)
     print(f"batch job: {time.time() - start:.1f}s")
     assert summary == {"rows": 10, "errors": 1, "out": str(out)}
     rows = pq.read_table(out).to_pylist()

@@ -64,9 +64,26 @@ def _print_predictions(paths, results) -> int:
 
 
 def cmd_predict(args) -> int:
+    if args.normalize and not args.embeddings:
+        raise ValueError("--normalize applies to embeddings: add --embeddings")
     predictor = _predictor(args)
+    if args.embeddings:
+        return _print_embeddings(args.images, predictor.predict(args.images, return_embeddings=True,
+                                                                normalize_embeddings=args.normalize))
     results = predictor.predict(args.images, top_k=args.top_k)
     return _print_predictions(args.images, results)
+
+
+def _print_embeddings(paths, results) -> int:
+    """One JSON line per image: {"image", "embedding"} or {"image", "error"}."""
+    failures = 0
+    for path, result in zip(paths, results):
+        if result.get("error"):
+            failures += 1
+            print(json.dumps({"image": str(path), "error": result["error"]}))
+        else:
+            print(json.dumps({"image": str(path), "embedding": result["embedding"]}))
+    return 1 if failures else 0
 
 
 def cmd_info(args) -> int:
@@ -162,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--backend", default="auto", choices=BACKENDS)
+    p.add_argument("--embeddings", action="store_true",
+                   help="print one JSON line per image with its embedding (CLIP: image_embeds) instead of labels")
+    p.add_argument("--normalize", action="store_true", help="with --embeddings: scale embeddings to unit L2 norm")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("info", help="device, available backends, versions")

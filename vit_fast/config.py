@@ -9,7 +9,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-GLOBAL_POOLS = ("cls", "avg")
+GLOBAL_POOLS = ("cls", "avg", "map", "cls_avg")
+ACT_LAYERS = ("gelu", "gelu_tanh", "quick_gelu")  # exact erf GELU; tanh GELU (SigLIP); x*sigmoid(1.702x) (CLIP)
+MLP_TYPES = ("mlp", "swiglu")
 RESIZE_MODES = ("shortest", "squash")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 
@@ -26,7 +28,20 @@ class ViTConfig:
     mlp_dim: int = 3072
     qkv_bias: bool = True
     layer_norm_eps: float = 1e-6  # timm 1e-6, Hugging Face 1e-12
-    global_pool: str = "cls"  # "cls": [CLS] token after the final norm; "avg": mean of patch tokens, then fc_norm
+    global_pool: str = "cls"  # "cls": token 0 (the mean of tokens 0 and 1 with dist_token); "avg": mean of patch
+    # tokens; "map": attention pooling (a learned probe attends over all tokens, then LN + MLP: SigLIP);
+    # "cls_avg": [token 0, mean of patch tokens] concatenated (HF's DINOv2 classifier)
+    fc_norm: Optional[bool] = None  # final LayerNorm after pooling instead of on every token; None: only for "avg"
+    class_token: bool = True
+    reg_tokens: int = 0  # register tokens after the class token (DINOv2 with registers)
+    dist_token: bool = False  # distillation token after the class token, with its own head (DeiT distilled)
+    no_embed_class: bool = False  # position embeddings cover the patches only, not the prefix tokens
+    pre_norm: bool = False  # LayerNorm on the tokens before the first block (CLIP's pre_layrnorm)
+    patch_bias: bool = True  # the patch projection has a bias (CLIP's has none)
+    act_layer: str = "gelu"  # MLP activation, one of ACT_LAYERS
+    mlp_type: str = "mlp"  # "swiglu": fc1 outputs 2*mlp_dim, silu(first half) * second half (DINOv2 giant)
+    head_bias: bool = True  # HF's CLIP projection has no bias
+    embedding_head: bool = False  # the head projects into an embedding space (CLIP's image_embeds), not classes
     representation_size: Optional[int] = None  # pre-logits dense + tanh (HF's pooler), None for none
     image_mean: tuple = (0.5, 0.5, 0.5)  # normalization constants carried with the weights (for uint8 inputs)
     image_std: tuple = (0.5, 0.5, 0.5)
@@ -56,6 +71,24 @@ class ViTConfig:
             problems.append(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.global_pool not in GLOBAL_POOLS:
             problems.append(f"global_pool must be one of {GLOBAL_POOLS}, got {self.global_pool!r}")
+        if self.act_layer not in ACT_LAYERS:
+            problems.append(f"act_layer must be one of {ACT_LAYERS}, got {self.act_layer!r}")
+        if self.mlp_type not in MLP_TYPES:
+            problems.append(f"mlp_type must be one of {MLP_TYPES}, got {self.mlp_type!r}")
+        if self.reg_tokens < 0:
+            problems.append(f"reg_tokens must be >= 0, got {self.reg_tokens}")
+        if self.dist_token and not self.class_token:
+            problems.append("dist_token needs class_token")
+        if self.dist_token and self.global_pool != "cls":
+            problems.append(f"dist_token needs global_pool 'cls', got {self.global_pool!r}")
+        if self.global_pool in ("cls", "cls_avg") and not self.class_token:
+            problems.append(f"global_pool {self.global_pool!r} needs class_token")
+        if self.dist_token and self.representation_size and self.num_classes:
+            problems.append("dist_token with representation_size is HF's DeiTModel pooler: num_classes must be 0")
+        if self.use_fc_norm and self.global_pool == "cls_avg":
+            problems.append("fc_norm does not combine with global_pool 'cls_avg'")
+        if self.global_pool == "map" and self.representation_size:
+            problems.append("global_pool 'map' does not combine with representation_size")
         if self.resize_mode not in RESIZE_MODES:
             problems.append(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
         if self.interpolation not in INTERPOLATIONS:
@@ -86,9 +119,25 @@ class ViTConfig:
         return self.grid_size[0] * self.grid_size[1]
 
     @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patch tokens: class, distillation, registers."""
+        return int(self.class_token) + int(self.dist_token) + self.reg_tokens
+
+    @property
+    def num_pos_tokens(self) -> int:
+        """Rows of the position embedding table."""
+        return self.num_patches + (0 if self.no_embed_class else self.num_prefix_tokens)
+
+    @property
+    def use_fc_norm(self) -> bool:
+        return self.global_pool == "avg" if self.fc_norm is None else self.fc_norm
+
+    @property
     def num_features(self) -> int:
         """Width of the pooled embedding the head sees."""
-        return self.representation_size or self.embed_dim
+        if self.representation_size:
+            return self.representation_size
+        return 2 * self.embed_dim if self.global_pool == "cls_avg" else self.embed_dim
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -128,6 +177,45 @@ PRESETS = {
     for size, (d, depth, heads, mlp) in _SIZES.items()
     for patch in _PATCHES
 }
+
+
+# Families (timm's / HF's settings); sizes from the source models, so parameter counts equal theirs.
+_CLIP = dict(pre_norm=True, patch_bias=False, act_layer="quick_gelu", layer_norm_eps=1e-5, num_classes=512,
+             head_bias=False, embedding_head=True, fc_norm=True, image_mean=(0.48145466, 0.4578275, 0.40821073),
+             image_std=(0.26862954, 0.26130258, 0.27577711), crop_pct=1.0, interpolation="bicubic")
+_DINOV2 = dict(patch_size=14, img_size=518, num_classes=0, image_mean=(0.485, 0.456, 0.406),
+               image_std=(0.229, 0.224, 0.225), crop_pct=1.0)
+_SIGLIP = dict(class_token=False, global_pool="map", act_layer="gelu_tanh", num_classes=0, crop_pct=1.0,
+               resize_mode="squash", interpolation="bicubic")
+PRESETS.update({
+    "clip_b_32": dict(_CLIP, patch_size=32, embed_dim=768, depth=12, num_heads=12, mlp_dim=3072),
+    "clip_b_16": dict(_CLIP, patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_dim=3072),
+    "clip_l_14": dict(_CLIP, patch_size=14, embed_dim=1024, depth=24, num_heads=16, mlp_dim=4096, num_classes=768),
+    "clip_l_14_336": dict(_CLIP, patch_size=14, img_size=336, embed_dim=1024, depth=24, num_heads=16, mlp_dim=4096,
+                          num_classes=768),
+    "dinov2_s_14": dict(_DINOV2, embed_dim=384, depth=12, num_heads=6, mlp_dim=1536),
+    "dinov2_b_14": dict(_DINOV2, embed_dim=768, depth=12, num_heads=12, mlp_dim=3072),
+    "dinov2_l_14": dict(_DINOV2, embed_dim=1024, depth=24, num_heads=16, mlp_dim=4096),
+    "dinov2_g_14": dict(_DINOV2, embed_dim=1536, depth=40, num_heads=24, mlp_dim=4096, mlp_type="swiglu"),
+    "dinov2_s_14_reg4": dict(_DINOV2, embed_dim=384, depth=12, num_heads=6, mlp_dim=1536, reg_tokens=4,
+                             no_embed_class=True),
+    "dinov2_b_14_reg4": dict(_DINOV2, embed_dim=768, depth=12, num_heads=12, mlp_dim=3072, reg_tokens=4,
+                             no_embed_class=True),
+    "dinov2_l_14_reg4": dict(_DINOV2, embed_dim=1024, depth=24, num_heads=16, mlp_dim=4096, reg_tokens=4,
+                             no_embed_class=True),
+    "siglip_b_16": dict(_SIGLIP, patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_dim=3072),
+    "siglip_b_16_384": dict(_SIGLIP, patch_size=16, img_size=384, embed_dim=768, depth=12, num_heads=12,
+                            mlp_dim=3072),
+    "siglip_l_16": dict(_SIGLIP, patch_size=16, img_size=256, embed_dim=1024, depth=24, num_heads=16, mlp_dim=4096),
+    "siglip_so400m_14": dict(_SIGLIP, patch_size=14, img_size=224, embed_dim=1152, depth=27, num_heads=16,
+                             mlp_dim=4304),
+    "deit_ti_16_distilled": dict(embed_dim=192, depth=12, num_heads=3, mlp_dim=768, dist_token=True,
+                                 image_mean=(0.485, 0.456, 0.406), image_std=(0.229, 0.224, 0.225), crop_pct=0.875),
+    "deit_s_16_distilled": dict(embed_dim=384, depth=12, num_heads=6, mlp_dim=1536, dist_token=True,
+                                image_mean=(0.485, 0.456, 0.406), image_std=(0.229, 0.224, 0.225), crop_pct=0.875),
+    "deit_b_16_distilled": dict(embed_dim=768, depth=12, num_heads=12, mlp_dim=3072, dist_token=True,
+                                image_mean=(0.485, 0.456, 0.406), image_std=(0.229, 0.224, 0.225), crop_pct=0.875),
+})
 
 
 def list_models() -> list:

@@ -24,7 +24,7 @@ class PatchEmbed(nn.Module):
     def __init__(self, config: ViTConfig):
         super().__init__()
         p = config.patch_size
-        self.proj = nn.Conv2d(config.in_chans, config.embed_dim, kernel_size=p, stride=p)
+        self.proj = nn.Conv2d(config.in_chans, config.embed_dim, kernel_size=p, stride=p, bias=config.patch_bias)
 
     def forward(self, x: torch.Tensor, weight: Optional[torch.Tensor] = None, bias=None) -> torch.Tensor:
         """(B, C, H, W) -> (B, N, D); `weight`/`bias` replace the projection's (normalization-folded ones)."""
@@ -54,14 +54,33 @@ class Attention(nn.Module):
         return self.proj(x.transpose(1, 2).reshape(b, n, c))
 
 
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {
+    "gelu": F.gelu,  # exact erf GELU, as the paper and both libraries
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "quick_gelu": quick_gelu,
+}
+
+
+def swiglu(x: torch.Tensor) -> torch.Tensor:
+    """Packed SwiGLU: silu(first half) * second half (timm's SwiGLUPacked, HF's gate_proj / up_proj)."""
+    gate, up = x.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
 class Mlp(nn.Module):
     def __init__(self, config: ViTConfig):
         super().__init__()
-        self.fc1 = nn.Linear(config.embed_dim, config.mlp_dim)
+        swiglu_ = config.mlp_type == "swiglu"
+        self.fc1 = nn.Linear(config.embed_dim, config.mlp_dim * (2 if swiglu_ else 1))
         self.fc2 = nn.Linear(config.mlp_dim, config.embed_dim)
+        self.act = swiglu if swiglu_ else ACTIVATIONS[config.act_layer]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))  # exact erf GELU, as the paper and both libraries
+        return self.fc2(self.act(self.fc1(x)))
 
 
 class Block(nn.Module):
@@ -79,6 +98,33 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+class AttentionPool(nn.Module):
+    """Multi-head attention pooling ("map", SigLIP): a learned probe query attends over all tokens, then
+    x + MLP(LN(x)); names as timm's AttentionPoolLatent (HF's head.probe / head.attention / head.mlp)."""
+
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        d = config.embed_dim
+        self.num_heads = config.num_heads
+        self.head_dim = config.head_dim
+        self.latent = nn.Parameter(torch.zeros(1, 1, d))
+        self.q = nn.Linear(d, d)
+        self.kv = nn.Linear(d, 2 * d)
+        self.proj = nn.Linear(d, d)
+        self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
+        self.mlp = Mlp(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) -> (B, D)."""
+        b, n, d = x.shape
+        q = self.q(self.latent).reshape(1, 1, self.num_heads, self.head_dim).transpose(1, 2).expand(b, -1, -1, -1)
+        k, v = self.kv(x).reshape(b, n, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        x = F.scaled_dot_product_attention(q, k, v, scale=self.head_dim**-0.5)
+        x = self.proj(x.transpose(1, 2).reshape(b, 1, d))
+        x = x + self.mlp(self.norm(x))
+        return x[:, 0]
+
+
 class PreLogits(nn.Module):
     """Dense + tanh on the pooled token: the pre-training head's hidden layer (HF's pooler)."""
 
@@ -94,24 +140,38 @@ class VisionTransformer(nn.Module):
     def __init__(self, config: ViTConfig, backend: str = "auto"):
         super().__init__()
         self.config = config
-        d = config.embed_dim
+        d, eps = config.embed_dim, config.layer_norm_eps
         self.patch_embed = PatchEmbed(config)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
-        self.pos_embed = nn.Parameter(torch.randn(1, 1 + config.num_patches, d) * 0.02)
+        # prefix tokens in timm's order and names: [cls, dist | registers..., patches]
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if config.class_token else None
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, d)) if config.dist_token else None
+        self.reg_token = nn.Parameter(torch.zeros(1, config.reg_tokens, d)) if config.reg_tokens else None
+        self.pos_embed = nn.Parameter(torch.randn(1, config.num_pos_tokens, d) * 0.02)
+        self.norm_pre = nn.LayerNorm(d, eps=eps) if config.pre_norm else nn.Identity()
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
-        avg = config.global_pool == "avg"
-        # timm's layout: with average pooling the final norm moves after the pooling (fc_norm)
-        self.norm = nn.Identity() if avg else nn.LayerNorm(d, eps=config.layer_norm_eps)
-        self.fc_norm = nn.LayerNorm(d, eps=config.layer_norm_eps) if avg else nn.Identity()
+        # timm's layout: with fc_norm (default for average pooling) the final norm moves after the pooling
+        self.norm = nn.Identity() if config.use_fc_norm else nn.LayerNorm(d, eps=eps)
+        self.attn_pool = AttentionPool(config) if config.global_pool == "map" else None
+        self.fc_norm = nn.LayerNorm(d, eps=eps) if config.use_fc_norm else nn.Identity()
         self.pre_logits = PreLogits(config) if config.representation_size else nn.Identity()
-        self.head = nn.Linear(config.num_features, config.num_classes) if config.num_classes else nn.Identity()
+        self.head = self._make_head(config)
+        distilled = config.dist_token and not config.representation_size  # else HF DeiTModel: pooler on [CLS]
+        self.head_dist = self._make_head(config) if distilled else None
         self._init_weights()
         self._cache: dict = {}
         self._backend = "auto"
         self.set_backend(backend)
 
+    @staticmethod
+    def _make_head(config: ViTConfig) -> nn.Module:
+        if not config.num_classes:
+            return nn.Identity()
+        return nn.Linear(config.num_features, config.num_classes, bias=config.head_bias)
+
     def _init_weights(self) -> None:
-        nn.init.normal_(self.cls_token, std=1e-6)
+        for token in (self.cls_token, self.dist_token, self.reg_token):
+            if token is not None:
+                nn.init.normal_(token, std=1e-6)
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -176,18 +236,29 @@ class VisionTransformer(nn.Module):
         return value
 
     def pos_embed_for(self, grid: tuple) -> torch.Tensor:
-        """(1, 1+N, D) position embeddings for a patch grid, resampled in fp32 and cached per grid."""
+        """(1, P+N, D) position embeddings for a patch grid (P: the prefix tokens they cover, 0 with
+        no_embed_class), the patch part resampled in fp32 and cached per grid; prefix rows are never resampled."""
         if tuple(grid) == self.config.grid_size:
             return self.pos_embed
 
         def compute():
             pos = self.pos_embed[0]
+            prefix = self.num_pos_prefix
             patches = resample_patch_pos_embed(
-                pos[1:], self.config.grid_size, grid, antialias=self.config.pos_embed_antialias
+                pos[prefix:], self.config.grid_size, grid, antialias=self.config.pos_embed_antialias
             )
-            return torch.cat([pos[:1].float(), patches]).to(pos.dtype).unsqueeze(0)
+            return torch.cat([pos[:prefix].float(), patches]).to(pos.dtype).unsqueeze(0)
 
         return self._cached(("pos", tuple(grid)), [self.pos_embed], compute)
+
+    @property
+    def num_pos_prefix(self) -> int:
+        """Prefix tokens the position table covers."""
+        return 0 if self.config.no_embed_class else self.config.num_prefix_tokens
+
+    def prefix_tokens(self) -> list:
+        """The learned prefix tokens in sequence order, each (1, n, D)."""
+        return [t for t in (self.cls_token, self.dist_token, self.reg_token) if t is not None]
 
     def folded_patch_weights(self) -> tuple:
         """fp32 (weight, bias) of the patch projection with (x/255 - mean)/std folded in, for uint8 pixels."""
@@ -207,6 +278,7 @@ class VisionTransformer(nn.Module):
 
     # ----- forward --------------------------------------------------------------------------------------------
     def _embed(self, x: torch.Tensor, is_uint8: bool) -> torch.Tensor:
+        """Patch tokens with prefix tokens and position embeddings, before norm_pre."""
         dtype = self.patch_embed.proj.weight.dtype
         if is_uint8:
             w, b = self.folded_patch_weights()
@@ -214,11 +286,15 @@ class VisionTransformer(nn.Module):
         else:
             tokens = self.patch_embed(x.to(dtype))
         grid = (x.shape[-2] // self.config.patch_size, x.shape[-1] // self.config.patch_size)
-        cls = self.cls_token.expand(tokens.shape[0], -1, -1)
-        return torch.cat([cls, tokens], dim=1) + self.pos_embed_for(grid)
+        pos = self.pos_embed_for(grid)
+        prefix = [t.expand(tokens.shape[0], -1, -1) for t in self.prefix_tokens()]
+        if self.config.no_embed_class:
+            return torch.cat(prefix + [tokens + pos], dim=1)
+        return torch.cat(prefix + [tokens], dim=1) + pos
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images -> (B, 1+N, D) tokens after the final norm (HF's last_hidden_state)."""
+        """Images -> (B, P+N, D) tokens after the final norm (HF's last_hidden_state, timm's forward_features;
+        un-normalized when the norm follows the pooling, fc_norm)."""
         x, is_uint8 = self._check_input(x)
         return self._features(x, is_uint8, backends.resolve(self._backend, x.device))
 
@@ -227,18 +303,56 @@ class VisionTransformer(nn.Module):
             from . import triton_path
 
             return triton_path.forward_features(self, x, is_uint8)
-        tokens = self._embed(x, is_uint8)
+        tokens = self.norm_pre(self._embed(x, is_uint8))
         for block in self.blocks:
             tokens = block(tokens, backend)
         return self.norm(tokens)
 
+    def hidden_states(self, x: torch.Tensor) -> list:
+        """[embeddings (after norm_pre), output of block 1, ..., output of block L]: HF's hidden_states, before
+        the final norm. Runs on the current backend."""
+        x, is_uint8 = self._check_input(x)
+        backend = backends.resolve(self._backend, x.device)
+        if backend == "triton":
+            from . import triton_path
+
+            return triton_path.hidden_states(self, x, is_uint8)
+        states = [self.norm_pre(self._embed(x, is_uint8))]
+        for block in self.blocks:
+            states.append(block(states[-1], backend))
+        return states
+
+    def forward_intermediates(self, x: torch.Tensor, indices=None, return_prefix_tokens: bool = False,
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False):
+        """timm's `forward_intermediates`: the tokens after the blocks chosen by `indices` (an int n: the last n
+        blocks; a sequence: block indices, negative from the end; None: all), each through the final norm if
+        `norm`, prefix tokens removed (returned beside them with `return_prefix_tokens`), as (B, D, H, W) maps
+        ("NCHW") or (B, N, D) ("NLC"). Returns the intermediates, or (final features, intermediates) unless
+        `intermediates_only`. `stop_early` is accepted for timm's signature; every block runs."""
+        from .intermediates import forward_intermediates
+
+        return forward_intermediates(self, x, indices, return_prefix_tokens, norm, stop_early, output_fmt,
+                                     intermediates_only)
+
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
-        if self.config.global_pool == "avg":
-            return tokens[:, 1:].mean(dim=1)
+        pool = self.config.global_pool
+        if pool == "map":
+            return self.attn_pool(tokens)
+        patches = tokens[:, self.config.num_prefix_tokens:]
+        if pool == "avg":
+            return patches.mean(dim=1)
+        if pool == "cls_avg":
+            return torch.cat([tokens[:, 0], patches.mean(dim=1)], dim=-1)
         return tokens[:, 0]
 
     def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """(B, 1+N, D) tokens -> logits, or the pooled embedding (B, num_features) with `pre_logits=True`."""
+        """(B, P+N, D) tokens -> logits, or the pooled embedding (B, num_features) with `pre_logits=True`.
+        Distilled: the mean of the [CLS] and distillation heads (timm's eval mode, HF's `logits`)."""
+        if self.head_dist is not None and not self.config.representation_size:
+            if pre_logits:
+                return (tokens[:, 0] + tokens[:, 1]) / 2
+            return (self.head(tokens[:, 0]) + self.head_dist(tokens[:, 1])) / 2
         x = self.pre_logits(self.fc_norm(self.pool(tokens)))
         return x if pre_logits else self.head(x)
 
@@ -248,8 +362,8 @@ class VisionTransformer(nn.Module):
         if backend == "triton" and self.config.global_pool == "cls":
             from . import triton_path
 
-            # the head reads only [CLS]: the last block runs for that one query (same logits)
-            return self.forward_head(triton_path.forward_cls(self, x, is_uint8))
+            # the head reads only the first prefix tokens: the last block runs for those queries (same logits)
+            return self.forward_head(triton_path.forward_prefix(self, x, is_uint8))
         return self.forward_head(self._features(x, is_uint8, backend))
 
     def capture_cuda_graphs(self, batch_sizes, image_size=None, dtype=None, channels_last: bool = False):

@@ -9,7 +9,10 @@ exactly that and nothing else:
   {"labels": [str], "scores": [float], "indices": [int], "error": None} (+ "embedding": [float] on request).
   An input that cannot be decoded gets {"labels": [], "scores": [], "indices": [], "error": "<message>"}; the
   other inputs are still predicted. Scores are softmax probabilities; labels come from `config.labels`, or
-  "class_<i>". The embedding is the pooled pre-logits vector `model.forward_head(features, pre_logits=True)`.
+  "class_<i>". The embedding is the pooled pre-logits vector `model.forward_head(features, pre_logits=True)`,
+  or, for a model whose head is an embedding projection (`config.embedding_head`: CLIP's image_embeds), the
+  head's output; such a model reports no labels. `normalize_embeddings=True` scales each to unit L2 norm (what
+  CLIP retrieval compares by cosine similarity).
 - Valid inputs are stacked into batches of at most `max_batch_size`. On CUDA a batch is zero-padded up to the
   next bucket (powers of two, capped at `max_batch_size`) so only a handful of shapes ever run; with
   `cuda_graphs=True` each (bucket, with/without embeddings) is captured once, lazily, as a `torch.cuda.CUDAGraph`
@@ -81,9 +84,10 @@ class Predictor:
         self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda"
         self.buckets = _buckets(max_batch_size)
         self.random_weights = False
-        n = self.config.num_classes
+        n = 0 if self.config.embedding_head else self.config.num_classes
+        self.classifies = n > 0
         labels = self.config.labels
-        self.labels = list(labels) if labels else [f"class_{i}" for i in range(n)]
+        self.labels = (list(labels) if labels else [f"class_{i}" for i in range(n)]) if n else []
         self._lock = threading.Lock()
         self._graph_runners = {
             flag: CudaGraphRunner(functools.partial(self._forward, return_embeddings=flag), capture_new=True,
@@ -111,17 +115,20 @@ class Predictor:
         return preprocess(image, self.config)
 
     def predict_prepared(self, tensors: Sequence[torch.Tensor], top_k: int = 5,
-                         return_embeddings: bool = False) -> list[dict]:
+                         return_embeddings: bool = False, normalize_embeddings: bool = False) -> list[dict]:
         """Run already `prepare`d tensors through the model; one result dict per tensor, in order."""
         top_k = self._check_top_k(top_k)
         results = []
         for start in range(0, len(tensors), self.max_batch_size):
             chunk = torch.stack(list(tensors[start:start + self.max_batch_size]))
             logits, emb = self._run(chunk, return_embeddings)
+            if emb is not None and normalize_embeddings:
+                emb = torch.nn.functional.normalize(emb, dim=-1)
             results.extend(self._format(logits, emb, top_k))
         return results
 
-    def predict(self, images, top_k: int = 5, return_embeddings: bool = False) -> list[dict]:
+    def predict(self, images, top_k: int = 5, return_embeddings: bool = False,
+                normalize_embeddings: bool = False) -> list[dict]:
         """Predict a list of inputs (a single non-list input is treated as a list of one); see module doc."""
         items = list(images) if isinstance(images, (list, tuple)) else [images]
         top_k = self._check_top_k(top_k)
@@ -131,7 +138,8 @@ class Predictor:
                 prepared.append(self.prepare(item))
             except _INPUT_ERRORS as e:
                 errors[i] = f"{type(e).__name__}: {e}"
-        done = iter(self.predict_prepared(prepared, top_k, return_embeddings) if prepared else [])
+        done = iter(self.predict_prepared(prepared, top_k, return_embeddings, normalize_embeddings)
+                    if prepared else [])
         return [self._error_result(errors[i], return_embeddings) if i in errors else next(done)
                 for i in range(len(items))]
 
@@ -154,6 +162,9 @@ class Predictor:
     def _forward(self, x: torch.Tensor, return_embeddings: bool):
         if not return_embeddings:
             return self.model(x), None
+        if self.config.embedding_head:
+            emb = self.model(x)
+            return emb, emb
         tokens = self.model.forward_features(x)
         emb = self.model.forward_head(tokens, pre_logits=True)
         logits = self.model.forward_head(tokens) if self.config.num_classes else emb
@@ -183,7 +194,7 @@ class Predictor:
 
     def _format(self, logits: torch.Tensor, emb: Optional[torch.Tensor], top_k: int) -> list[dict]:
         results = []
-        if self.config.num_classes:
+        if self.classifies:
             scores, indices = logits.softmax(dim=-1).topk(min(top_k, logits.shape[-1]), dim=-1)
             scores, indices = scores.tolist(), indices.tolist()
         else:  # a headless model only produces embeddings

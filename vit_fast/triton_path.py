@@ -1,10 +1,15 @@
 """The "triton" backend: the whole ViT forward as a chain of fused kernels from `kernels/`.
 
-Per block five launches: LN1+QKV (head-major Q/K/V), attention, out-projection+residual, LN2+FC1+GELU,
+Per block five launches: LN1+QKV (head-major Q/K/V), attention, out-projection+residual, LN2+FC1+activation,
 FC2+residual. The patch embedding writes the token buffer directly ([CLS] row and position embeddings included);
-the final LayerNorm runs on the [CLS] rows only when the head needs nothing else. With `cls_only`, the last block
-computes attention, out-projection and MLP for the [CLS] query alone (keys and values still cover every token):
-the logits are the same, the last block costs about 1/N of the others.
+the final LayerNorm runs on the prefix rows only when the head needs nothing else. With `prefix_only`, the last
+block computes attention, out-projection and MLP for the queries the head reads (keys and values still cover
+every token): the logits are the same, the last block costs about 1/N of the others.
+
+Model families: LayerScale is folded into the weights at load, quick / tanh GELU are kernel epilogues. Run as
+torch ops inside this path: the prefix tokens when there are not exactly one (SigLIP: none; DeiT distilled,
+registers: several), the SwiGLU gate (DINOv2 giant: FC1 and FC2 stay fused kernels), and the pooling head
+(SigLIP's attention pool, fc_norm, heads).
 """
 from __future__ import annotations
 
@@ -19,48 +24,84 @@ def _embed(model, x: torch.Tensor, is_uint8: bool) -> torch.Tensor:
     dtype = proj.weight.dtype
     grid = (x.shape[-2] // cfg.patch_size, x.shape[-1] // cfg.patch_size)
     pos = model.pos_embed_for(grid)[0]
+    pos_prefix = model.num_pos_prefix
     if is_uint8:
         weight, bias = model.folded_patch_weights()  # fp32; the kernel reads the uint8 pixels directly
     else:
         x, weight, bias = x.to(dtype), proj.weight, proj.bias
-    # cls_token + pos[0]: cached with the resampled table, so a forward pass launches no extra elementwise op
-    cls_pos = model._cached(("cls_pos", grid), [model.cls_token, model.pos_embed],
-                            lambda: model.cls_token[0, 0] + pos[0])
-    return kernels.patch_embed(x, weight, bias, pos[1:], cls_pos)
+    prefix = model.prefix_tokens()
+    if cfg.num_prefix_tokens == 1:
+        # cls_token (+ pos[0]): cached with the resampled table, so a forward pass launches no extra elementwise op
+        cls = model.cls_token if model.cls_token is not None else model.reg_token
+        cls_pos = model._cached(("cls_pos", grid), [cls, model.pos_embed],
+                                lambda: cls[0, 0] + pos[0] if pos_prefix else cls[0, 0].clone())
+        return kernels.patch_embed(x, weight, bias, pos[pos_prefix:], cls_pos)
+    # no prefix token or several: the kernel writes one spare row, replaced here
+    spare = torch.zeros(cfg.embed_dim, dtype=pos.dtype, device=pos.device)
+    tokens = kernels.patch_embed(x, weight, bias, pos[pos_prefix:], spare)[:, 1:]
+    if not prefix:
+        return tokens.contiguous()
+    lead = torch.cat(prefix, dim=1)
+    if pos_prefix:
+        lead = lead + pos[:pos_prefix]
+    return torch.cat([lead.expand(tokens.shape[0], -1, -1).to(tokens.dtype), tokens], dim=1)
 
 
-def _block(block, tokens: torch.Tensor, eps: float, cls_only: bool) -> torch.Tensor:
+def _block(block, tokens: torch.Tensor, eps: float, activation: str, swiglu: bool, keep: int) -> torch.Tensor:
+    """One encoder block; `keep` > 0 computes the outputs of the first `keep` tokens only."""
     attn, mlp = block.attn, block.mlp
     qkv = kernels.ln_qkv(tokens, block.norm1.weight, block.norm1.bias, eps, attn.qkv.weight, attn.qkv.bias,
                          attn.num_heads)
     q, k, v = qkv.unbind(0)
-    if cls_only:
-        q, tokens = q[:, :, :1], tokens[:, :1].contiguous()
+    if keep:
+        q, tokens = q[:, :, :keep], tokens[:, :keep].contiguous()
     ctx = kernels.attention(q, k, v, attn.scale)
     tokens = kernels.linear_residual(ctx, attn.proj.weight, attn.proj.bias, tokens)
-    hidden = kernels.ln_linear(tokens, block.norm2.weight, block.norm2.bias, eps, mlp.fc1.weight, mlp.fc1.bias,
-                               activation="gelu")
+    if swiglu:  # the gate runs in torch between the two fused GEMMs
+        hidden = kernels.ln_linear(tokens, block.norm2.weight, block.norm2.bias, eps, mlp.fc1.weight, mlp.fc1.bias,
+                                   activation="none")
+        hidden = mlp.act(hidden).contiguous()
+    else:
+        hidden = kernels.ln_linear(tokens, block.norm2.weight, block.norm2.bias, eps, mlp.fc1.weight, mlp.fc1.bias,
+                                   activation=activation)
     return kernels.linear_residual(hidden, mlp.fc2.weight, mlp.fc2.bias, tokens)
 
 
-def _encode(model, x: torch.Tensor, is_uint8: bool, cls_only: bool) -> torch.Tensor:
-    eps = model.config.layer_norm_eps
+def _states(model, x: torch.Tensor, is_uint8: bool, keep_last: int = 0, collect: bool = False):
+    """Tokens after the last block (or, with `collect`, the list of embeddings and every block's output)."""
+    cfg = model.config
+    eps = cfg.layer_norm_eps
     tokens = _embed(model, x, is_uint8)
+    if cfg.pre_norm:
+        tokens = kernels.layer_norm(tokens, model.norm_pre.weight, model.norm_pre.bias, eps)
+    swiglu = cfg.mlp_type == "swiglu"
+    states = [tokens]
     last = len(model.blocks) - 1
     for i, block in enumerate(model.blocks):
-        tokens = _block(block, tokens, eps, cls_only and i == last)
-    return tokens
+        tokens = _block(block, tokens, eps, cfg.act_layer, swiglu, keep_last if i == last else 0)
+        if collect:
+            states.append(tokens)
+    return states if collect else tokens
+
+
+def _final_norm(model, tokens: torch.Tensor) -> torch.Tensor:
+    if isinstance(model.norm, torch.nn.LayerNorm):
+        return kernels.layer_norm(tokens, model.norm.weight, model.norm.bias, model.config.layer_norm_eps)
+    return tokens  # the norm follows the pooling (fc_norm), applied by the head
 
 
 def forward_features(model, x: torch.Tensor, is_uint8: bool) -> torch.Tensor:
-    """(B, 1+N, D) tokens after the final norm (identity with average pooling, as timm)."""
-    tokens = _encode(model, x, is_uint8, cls_only=False)
-    if model.config.global_pool == "avg":
-        return tokens
-    return kernels.layer_norm(tokens, model.norm.weight, model.norm.bias, model.config.layer_norm_eps)
+    """(B, P+N, D) tokens after the final norm (identity when the norm follows the pooling, as timm)."""
+    return _final_norm(model, _states(model, x, is_uint8))
 
 
-def forward_cls(model, x: torch.Tensor, is_uint8: bool) -> torch.Tensor:
-    """(B, 1, D) normalized [CLS] tokens, pruning the last block to the [CLS] query. Only for "cls" pooling."""
-    tokens = _encode(model, x, is_uint8, cls_only=True)
-    return kernels.layer_norm(tokens, model.norm.weight, model.norm.bias, model.config.layer_norm_eps)
+def hidden_states(model, x: torch.Tensor, is_uint8: bool) -> list:
+    """[embeddings, block 1, ..., block L] before the final norm (HF's hidden_states)."""
+    return _states(model, x, is_uint8, collect=True)
+
+
+def forward_prefix(model, x: torch.Tensor, is_uint8: bool) -> torch.Tensor:
+    """(B, K, D) normalized first tokens (K: 2 with a distillation token, else 1), pruning the last block to
+    those queries. Only for "cls" pooling."""
+    keep = 2 if model.config.dist_token else 1
+    return _final_norm(model, _states(model, x, is_uint8, keep_last=keep))

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import copy
 import re
 from pathlib import Path
 
@@ -130,8 +131,36 @@ def _read_hf_dir(path: Path) -> tuple:
     return hf, state, preprocessor
 
 
-def from_hf(obj, backend: str = "auto", **config_overrides):
-    """vit-fast model equal to an HF ViT given as a live model or a local HF-format directory."""
+def _families() -> dict:
+    """model_type -> module with convert_state(state, hf) and config_from_hf(hf, state, preprocessor, **kw)."""
+    from . import hf_clip, hf_deit, hf_dinov2, hf_siglip
+
+    return {t: m for m in (hf_clip, hf_dinov2, hf_siglip, hf_deit) for t in m.MODEL_TYPES}
+
+
+def supported_model_types() -> list:
+    return ["vit"] + sorted(_families())
+
+
+def _convert(hf: dict, state: dict, preprocessor, overrides: dict) -> tuple:
+    model_type = hf.get("model_type", "vit")
+    if model_type == "vit":
+        state = convert_hf_state(state)
+        return state, config_from_hf(hf, state, preprocessor, **overrides)
+    family = _families().get(model_type)
+    if family is None:
+        hint = " (a full CLIP/SigLIP model: pass its vision tower, e.g. model.vision_model)" \
+            if model_type in ("clip", "siglip") else ""
+        raise ValueError(f"unsupported Hugging Face model_type {model_type!r}{hint}; supported: "
+                         f"{', '.join(supported_model_types())}")
+    state = family.convert_state(state, hf)
+    return state, family.config_from_hf(hf, state, preprocessor, **overrides)
+
+
+def from_hf(obj, backend: str = "auto", hf_outputs: bool = False, **config_overrides):
+    """vit-fast model equal to an HF ViT, CLIP vision tower, DINOv2 (with registers), SigLIP vision tower or DeiT,
+    given as a live model or a local HF-format directory. With `hf_outputs=True` the result is a
+    `vit_fast.hf_compat.HFDropIn`: HF's forward signature and output classes around the fast model."""
     if isinstance(obj, torch.nn.Module):
         if not hasattr(obj, "config"):
             raise ValueError(f"from_hf expects a transformers ViT model; {type(obj).__name__} has no config")
@@ -141,6 +170,23 @@ def from_hf(obj, backend: str = "auto", **config_overrides):
         source = str(obj)
     else:
         raise ValueError(f"from_hf expects a transformers ViT model or a directory; got {type(obj).__name__}")
-    state = convert_hf_state(state)
-    config = config_from_hf(hf, state, preprocessor, **config_overrides)
-    return build_and_load(config, state, backend, source)
+    state, config = _convert(hf, state, preprocessor, config_overrides)
+    model = build_and_load(config, state, backend, source)
+    if not hf_outputs:
+        return model
+    return _drop_in(obj, hf, model)
+
+
+def _drop_in(obj, hf: dict, model):
+    import transformers
+
+    from ..hf_compat import HFDropIn
+
+    if isinstance(obj, torch.nn.Module):
+        hf_config, source_class = copy.deepcopy(obj.config), type(obj).__name__  # the wrapper must not edit the source's
+    else:
+        hf_config = transformers.AutoConfig.for_model(**hf)
+        source_class = (hf.get("architectures") or [None])[0]
+        if source_class is None:
+            raise ValueError(f"{obj}/config.json names no architectures: cannot tell which outputs to return")
+    return HFDropIn(hf_config, model, source_class).eval()

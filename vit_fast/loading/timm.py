@@ -12,7 +12,10 @@ from pathlib import Path
 import torch
 
 from ..config import ViTConfig
+from .hf_common import fold_layer_scale
 from .state_dict import build_and_load, infer_num_heads, read_weights
+
+_POOLS = {"token": "cls", "avg": "avg", "map": "map"}
 
 
 def config_from_timm_state(state: dict, **overrides) -> ViTConfig:
@@ -26,15 +29,28 @@ def config_from_timm_state(state: dict, **overrides) -> ViTConfig:
     if p != p2:
         raise ValueError(f"only square patches are supported, got {p}x{p2}")
     depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    fc1_rows, mlp_dim = state["blocks.0.mlp.fc1.weight"].shape[0], state["blocks.0.mlp.fc2.weight"].shape[1]
+    prefix = int("cls_token" in state) + int("dist_token" in state)
+    prefix += state["reg_token"].shape[1] if "reg_token" in state else 0
+    # timm's state dict tells attention pooling (attn_pool.*) and fc_norm (avg pooling unless overridden)
+    pool = "map" if "attn_pool.latent" in state else "avg" if "fc_norm.weight" in state else "cls"
     cfg = dict(
         patch_size=p,
         in_chans=in_chans,
         embed_dim=d,
         depth=depth,
-        mlp_dim=state["blocks.0.mlp.fc1.weight"].shape[0],
+        mlp_dim=mlp_dim,
+        mlp_type="swiglu" if fc1_rows == 2 * mlp_dim else "mlp",
         qkv_bias="blocks.0.attn.qkv.bias" in state,
         num_classes=state["head.weight"].shape[0] if "head.weight" in state else 0,
-        global_pool="avg" if "fc_norm.weight" in state else "cls",
+        head_bias="head.weight" not in state or "head.bias" in state,
+        global_pool=pool,
+        fc_norm="fc_norm.weight" in state,
+        class_token="cls_token" in state,
+        dist_token="dist_token" in state,
+        reg_tokens=prefix - int("cls_token" in state) - int("dist_token" in state),
+        pre_norm="norm_pre.weight" in state,
+        patch_bias="patch_embed.proj.bias" in state,
         representation_size=state["pre_logits.fc.weight"].shape[0] if "pre_logits.fc.weight" in state else None,
         layer_norm_eps=1e-6,
         pos_embed_antialias=True,  # timm's resample_abs_pos_embed antialiases
@@ -42,31 +58,69 @@ def config_from_timm_state(state: dict, **overrides) -> ViTConfig:
     cfg.update(overrides)
     if "num_heads" not in cfg:
         cfg["num_heads"] = infer_num_heads(d)
+    rows = state["pos_embed"].shape[1]
+    if "no_embed_class" not in cfg:  # the table covers the prefix tokens or none of them
+        if "img_size" in cfg:
+            size = cfg["img_size"] if not isinstance(cfg["img_size"], int) else (cfg["img_size"],) * 2
+            cfg["no_embed_class"] = prefix > 0 and rows == (size[0] // p) * (size[1] // p)
+        else:
+            cfg["no_embed_class"] = prefix > 0 and not _is_square(rows - prefix) and _is_square(rows)
     if "img_size" not in cfg:
-        side = math.isqrt(state["pos_embed"].shape[1] - 1)
-        if side * side != state["pos_embed"].shape[1] - 1:
-            raise ValueError("the position embeddings do not form a square grid; pass img_size=(H, W)")
-        cfg["img_size"] = side * p
+        patches = rows - (0 if cfg["no_embed_class"] else prefix)
+        if not _is_square(patches):
+            raise ValueError(f"the {patches} patch position embeddings do not form a square grid; "
+                             "pass img_size=(H, W)")
+        cfg["img_size"] = math.isqrt(patches) * p
     return ViTConfig(**cfg)
+
+
+def _is_square(n: int) -> bool:
+    return n > 0 and math.isqrt(n) ** 2 == n
+
+
+def _activation(mlp) -> str:
+    """act_layer of a timm Mlp / GluMlp, or raise."""
+    act = getattr(mlp, "act", None)
+    name = type(act).__name__
+    if name == "GELU":
+        return "gelu_tanh" if getattr(act, "approximate", "none") == "tanh" else "gelu"
+    if name == "QuickGELU":
+        return "quick_gelu"
+    if name == "GELUTanh":
+        return "gelu_tanh"
+    if name == "SiLU" and type(mlp).__name__ == "GluMlp" and not getattr(mlp, "gate_last", False):
+        return "gelu"  # SwiGLU: the gate is fixed (mlp_type), act_layer is unused
+    raise ValueError(f"this timm model's MLP ({type(mlp).__name__} with {name}) is not supported; vit-fast runs "
+                     "GELU (erf or tanh), quick GELU and packed SwiGLU")
 
 
 def _live_model_config(model) -> dict:
     """Settings a live timm model knows but its state dict does not."""
     block = model.blocks[0]
+    pool = getattr(model, "global_pool", "token")
     cfg = dict(
         num_heads=block.attn.num_heads,
         img_size=tuple(model.patch_embed.img_size),
         layer_norm_eps=block.norm1.eps,
+        no_embed_class=bool(getattr(model, "no_embed_class", False)),
+        act_layer=_activation(block.mlp),
+        global_pool=_POOLS.get(pool, pool),
+        fc_norm=hasattr(model.fc_norm, "weight"),
     )
     unsupported = []
-    if getattr(model, "num_reg_tokens", 0) or getattr(model, "no_embed_class", False):
-        unsupported.append("register tokens / position embeddings without the class token")
-    if getattr(model, "cls_token", None) is None:
-        unsupported.append("models without a class token")
-    if getattr(model, "global_pool", "token") not in ("token", "avg"):
-        unsupported.append(f"global_pool={model.global_pool!r}")
-    if getattr(model, "global_pool", "token") == "token" and not hasattr(model.norm, "weight"):
+    if pool not in _POOLS:
+        unsupported.append(f"global_pool={pool!r}")
+    if pool == "token" and not hasattr(model.norm, "weight") and not cfg["fc_norm"]:
         unsupported.append("[CLS] pooling without a final LayerNorm")
+    for part in ("q_norm", "k_norm", "norm"):
+        module = getattr(block.attn, part, None) or (getattr(block.mlp, part, None) if part == "norm" else None)
+        if module is not None and not isinstance(module, torch.nn.Identity):
+            unsupported.append(f"blocks with {part} layers")
+    pool_module = getattr(model, "attn_pool", None)
+    if pool_module is not None and (getattr(pool_module, "latent_len", 1) != 1 or
+                                    getattr(pool_module, "pos_embed", None) is not None or
+                                    getattr(pool_module, "pool", "token") != "token"):
+        unsupported.append("attention pooling other than one latent with 'token' pooling")
     if unsupported:
         raise ValueError("this timm model uses features vit-fast does not implement: " + ", ".join(unsupported))
     pretrained = getattr(model, "pretrained_cfg", None) or {}
@@ -93,4 +147,4 @@ def from_timm(obj, backend: str = "auto", **config_overrides):
     else:
         raise ValueError(f"from_timm expects a timm model, a state dict or a file path; got {type(obj).__name__}")
     config = config_from_timm_state(state, **config_overrides)
-    return build_and_load(config, state, backend, source)
+    return build_and_load(config, fold_layer_scale(state), backend, source)

@@ -62,7 +62,7 @@ class PredictorActor:
     """A Ray Data map_batches UDF: (path, bytes) rows in, prediction rows out (see the module docstring)."""
 
     def __init__(self, checkpoint, name, backend, top_k, embeddings, max_batch_size, device=None, dtype=None,
-                 num_threads=None):
+                 num_threads=None, normalize_embeddings=False):
         if num_threads:
             import torch
 
@@ -71,11 +71,13 @@ class PredictorActor:
                                                    dtype=dtype, max_batch_size=max_batch_size)
         self.top_k = top_k
         self.embeddings = embeddings
+        self.normalize_embeddings = normalize_embeddings
         self.schema = output_schema(embeddings)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         paths = batch.column("path").to_pylist()
-        results = self.predictor.predict(batch.column("bytes").to_pylist(), self.top_k, self.embeddings)
+        results = self.predictor.predict(batch.column("bytes").to_pylist(), self.top_k, self.embeddings,
+                                         normalize_embeddings=self.normalize_embeddings)
         return results_table(paths, results, self.schema)
 
 
@@ -103,7 +105,8 @@ def _pool_resources(workers: Optional[int], cpus_per_worker: Optional[float], us
 def run_batch_inference(source: str, out: str, checkpoint: Optional[str] = None, name: str = "vit_b_16",
                         backend: str = "auto", top_k: int = 5, embeddings: bool = False, batch_size: int = 32,
                         workers: Optional[int] = None, cpus_per_worker: Optional[float] = None,
-                        device: Optional[str] = None, dtype: Optional[str] = None, progress: bool = True) -> dict:
+                        device: Optional[str] = None, dtype: Optional[str] = None, progress: bool = True,
+                        normalize_embeddings: bool = False) -> dict:
     """Predict every image of `source` into the Parquet file `out`; returns {"rows", "errors", "out"}.
 
     Connects to the Ray instance already initialised (or starts a local one). `device` None: the actor's GPU
@@ -115,6 +118,8 @@ def run_batch_inference(source: str, out: str, checkpoint: Optional[str] = None,
 
     if not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+    if normalize_embeddings and not embeddings:
+        raise ValueError("normalize_embeddings applies to embeddings: pass embeddings=True")
     files = list_images(source)
     if not ray.is_initialized():
         ray.init()
@@ -130,7 +135,8 @@ def run_batch_inference(source: str, out: str, checkpoint: Optional[str] = None,
         PredictorActor,
         fn_constructor_kwargs=dict(checkpoint=checkpoint, name=name, backend=backend, top_k=top_k,
                                    embeddings=embeddings, max_batch_size=batch_size, device=device, dtype=dtype,
-                                   num_threads=None if pool["num_gpus"] else pool["num_cpus"]),
+                                   num_threads=None if pool["num_gpus"] else pool["num_cpus"],
+                                   normalize_embeddings=normalize_embeddings),
         batch_size=batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=pool["size"]),

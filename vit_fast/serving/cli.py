@@ -114,7 +114,9 @@ def add_infer_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("source", help="folder (searched recursively), glob such as 'imgs/**/*.jpg', or s3:// URI")
     p.add_argument("--out", default="predictions.parquet", help="Parquet file to write")
     _add_model_args(p)
-    p.add_argument("--embeddings", action="store_true", help="also store the pooled pre-logits embedding")
+    p.add_argument("--embeddings", action="store_true",
+                   help="also store the embedding (pooled features; CLIP with projection: image_embeds)")
+    p.add_argument("--normalize", action="store_true", help="with --embeddings: unit-L2 embeddings")
     p.add_argument("--batch-size", type=int, default=32, help="images per model call")
     p.add_argument("--workers", type=int, default=None,
                    help="model actors (default: one per GPU, or CPU actors leaving a CPU for reading)")
@@ -126,6 +128,9 @@ def add_infer_parser(subparsers) -> argparse.ArgumentParser:
 
 def _infer(parser, args) -> int:
     _positive(parser, args, "top_k", "batch_size", "workers", "cpus_per_worker")
+    if args.normalize and not args.embeddings:
+        print("vit-fast infer: --normalize applies to embeddings: add --embeddings", file=sys.stderr)
+        return 2
     problem = _check_checkpoint(args)
     if problem:
         print(f"vit-fast infer: {problem}", file=sys.stderr)
@@ -145,7 +150,7 @@ def _infer(parser, args) -> int:
                                       backend=args.backend, top_k=args.top_k, embeddings=args.embeddings,
                                       batch_size=args.batch_size, workers=args.workers,
                                       cpus_per_worker=args.cpus_per_worker, device=args.device, dtype=args.dtype,
-                                      progress=not args.no_progress)
+                                      progress=not args.no_progress, normalize_embeddings=args.normalize)
     finally:
         ray.shutdown()
     print(f"vit-fast infer: wrote {summary['rows']} rows to {summary['out']} "

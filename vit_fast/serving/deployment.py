@@ -11,7 +11,8 @@ HTTP API (paths are relative to the application's route prefix, "/" by default):
   "images", "largest_batch"}} (this replica's counts so far)
 - `POST /predict` with one of
     * a JSON body {"image": "<base64>"} or {"images": ["<base64>", ...]} (a "data:image/...;base64," prefix is
-      accepted), optional "top_k" (int) and "embedding" (bool);
+      accepted), optional "top_k" (int), "embedding" (bool) and "normalize" (bool: unit-L2 embeddings, as CLIP
+      retrieval compares them);
     * a raw image body (Content-Type image/* or application/octet-stream);
     * a multipart/form-data upload: every file part is an image, the fields "top_k" and "embedding" are options.
   `top_k` and `embedding` may also be given as query parameters. Answer: 200
@@ -43,7 +44,7 @@ logger = logging.getLogger("ray.serve")
 
 MAX_IMAGES_PER_REQUEST = 256
 MAX_BODY_BYTES = 64 << 20
-_OPTION_FIELDS = ("top_k", "embedding")
+_OPTION_FIELDS = ("top_k", "embedding", "normalize")
 
 
 class BadRequest(ValueError):
@@ -61,6 +62,13 @@ def _parse_bool(value, name: str) -> bool:
     if isinstance(value, str) and value.lower() in ("1", "true", "yes", "0", "false", "no"):
         return value.lower() in ("1", "true", "yes")
     raise BadRequest(400, f"{name} must be a boolean (true/false), got {value!r}")
+
+
+def _unit(vector: list) -> list:
+    """The vector scaled to unit L2 norm (zero stays zero)."""
+    import torch
+
+    return torch.nn.functional.normalize(torch.tensor(vector), dim=0).tolist()
 
 
 def _parse_top_k(value) -> int:
@@ -134,7 +142,8 @@ class ViTDeployment:
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def predict_batch(self, requests: list) -> list:
-        """requests: (uint8 image tensor, top_k, embedding) per image, from any number of HTTP requests."""
+        """requests: (uint8 image tensor, top_k, embedding, normalize) per image, from any number of HTTP
+        requests."""
         self.stats["batches"] += 1
         self.stats["images"] += len(requests)
         self.stats["largest_batch"] = max(self.stats["largest_batch"], len(requests))
@@ -143,10 +152,10 @@ class ViTDeployment:
         results = await asyncio.to_thread(self.predictor.predict_prepared, [r[0] for r in requests], top_k,
                                           embeddings)
         out = []
-        for (_, k, want_embedding), result in zip(requests, results):
+        for (_, k, want_embedding, normalize), result in zip(requests, results):
             item = {key: result[key][:k] for key in ("labels", "scores", "indices")}
             if want_embedding:
-                item["embedding"] = result["embedding"]
+                item["embedding"] = _unit(result["embedding"]) if normalize else result["embedding"]
             out.append(item)
         return out
 
@@ -180,12 +189,15 @@ class ViTDeployment:
         options = {**{k: v for k, v in request.query_params.items() if k in _OPTION_FIELDS}, **options}
         top_k = _parse_top_k(options.get("top_k", self.default_top_k))
         embedding = _parse_bool(options.get("embedding", False), "embedding")
+        normalize = _parse_bool(options.get("normalize", False), "normalize")
+        if normalize and not embedding:
+            raise BadRequest(400, "normalize applies to embeddings: add embedding=true")
         if not blobs:
             raise BadRequest(400, "the request contains no image")
         if len(blobs) > MAX_IMAGES_PER_REQUEST:
             raise BadRequest(413, f"{len(blobs)} images in one request, the limit is {MAX_IMAGES_PER_REQUEST}")
         tensors = await asyncio.to_thread(self._prepare_all, blobs)
-        predictions = await asyncio.gather(*(self.predict_batch((t, top_k, embedding)) for t in tensors))
+        predictions = await asyncio.gather(*(self.predict_batch((t, top_k, embedding, normalize)) for t in tensors))
         return JSONResponse({"predictions": list(predictions)})
 
     async def _health(self, request: Request) -> JSONResponse:

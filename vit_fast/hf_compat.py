@@ -1,0 +1,99 @@
+"""A drop-in for Hugging Face code: the fast model behind HF's own call signature and output classes.
+
+`vit_fast.from_hf(hf_model_or_dir, hf_outputs=True)` returns an `HFDropIn`, whose
+`forward(pixel_values=..., output_hidden_states=..., interpolate_pos_encoding=...)` returns what the source class
+returns (`ImageClassifierOutput`, `BaseModelOutputWithPooling`, `CLIPVisionModelOutput`,
+`DeiTForImageClassificationWithTeacherOutput`), so `outputs.logits` / `outputs.pooler_output` code runs
+unchanged. It subclasses `transformers.PreTrainedModel` only so that `transformers.pipeline` accepts it; the
+weights live in the wrapped `VisionTransformer` (`.vit_fast`).
+"""
+from __future__ import annotations
+
+import torch
+import transformers
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
+
+# source class name -> the kind of output it returns
+_CLASSIFIERS = ("ViTForImageClassification", "Dinov2ForImageClassification", "Dinov2WithRegistersForImageClassification",
+                "DeiTForImageClassification")
+_TEACHER = "DeiTForImageClassificationWithTeacher"
+_PROJECTION = "CLIPVisionModelWithProjection"
+_BASE = ("ViTModel", "CLIPVisionModel", "Dinov2Model", "Dinov2WithRegistersModel", "SiglipVisionModel", "DeiTModel")
+SUPPORTED = _CLASSIFIERS + (_TEACHER, _PROJECTION) + _BASE
+# model types whose HF embeddings refuse other sizes unless interpolate_pos_encoding=True (DINOv2 always resamples)
+_STRICT_SIZE = ("vit", "clip_vision_model", "siglip_vision_model", "deit")
+
+
+class HFDropIn(transformers.PreTrainedModel):
+    config_class = transformers.PretrainedConfig
+    main_input_name = "pixel_values"
+    base_model_prefix = "vit_fast"
+    input_modalities = ("image",)
+    _supports_sdpa = True  # attention runs in vit-fast; this only keeps transformers' init checks quiet
+
+    def __init__(self, config, model, source_class: str):
+        if source_class not in SUPPORTED:
+            raise ValueError(f"no Hugging Face output mapping for {source_class!r}; supported: {', '.join(SUPPORTED)}")
+        super().__init__(config)
+        self.vit_fast = model
+        self.source_class = source_class
+
+    @property
+    def num_labels(self) -> int:
+        return self.vit_fast.config.num_classes
+
+    def _init_weights(self, module):  # the weights come loaded; nothing to initialize
+        pass
+
+    def forward(self, pixel_values: torch.Tensor = None, output_hidden_states: bool | None = None,
+                interpolate_pos_encoding: bool | None = None, return_dict: bool | None = None,
+                output_attentions: bool | None = None, labels=None, **kwargs):
+        if pixel_values is None:
+            raise ValueError("pixel_values is required")
+        if output_attentions:
+            raise ValueError("output_attentions is not available: the fused attention never forms the weights")
+        if labels is not None:
+            raise ValueError("labels (training loss) are not supported: vit-fast is an inference runtime")
+        if kwargs:
+            raise ValueError(f"unexpected arguments {sorted(kwargs)}")
+        self._check_size(pixel_values, interpolate_pos_encoding)
+        model = self.vit_fast
+        if output_hidden_states:
+            states = model.hidden_states(pixel_values)
+            tokens = model.norm(states[-1])
+            hidden = tuple(states)
+        else:
+            tokens, hidden = model.forward_features(pixel_values), None
+        out = self._outputs(tokens, hidden)
+        return out if return_dict is not False else out.to_tuple()
+
+    def _check_size(self, pixel_values, interpolate: bool | None) -> None:
+        if interpolate or self.config.model_type not in _STRICT_SIZE:
+            return
+        h, w = pixel_values.shape[-2:]
+        native = self.vit_fast.config.img_size
+        if (h, w) != native:
+            raise ValueError(f"input image size ({h}*{w}) doesn't match model ({native[0]}*{native[1]}); pass "
+                             "interpolate_pos_encoding=True to resample the position embeddings")
+
+    def _outputs(self, tokens, hidden):
+        model, kind = self.vit_fast, self.source_class
+        if kind == _TEACHER:
+            from transformers.models.deit.modeling_deit import DeiTForImageClassificationWithTeacherOutput
+
+            cls_logits, dist_logits = model.head(tokens[:, 0]), model.head_dist(tokens[:, 1])
+            return DeiTForImageClassificationWithTeacherOutput(
+                logits=(cls_logits + dist_logits) / 2, cls_logits=cls_logits, distillation_logits=dist_logits,
+                hidden_states=hidden)
+        if kind in _CLASSIFIERS:
+            return ImageClassifierOutput(logits=model.forward_head(tokens), hidden_states=hidden)
+        pooled = model.forward_head(tokens, pre_logits=True)
+        if kind == _PROJECTION:
+            from transformers.models.clip.modeling_clip import CLIPVisionModelOutput
+
+            return CLIPVisionModelOutput(image_embeds=model.head(pooled), last_hidden_state=tokens,
+                                         hidden_states=hidden)
+        # ViTModel / DeiTModel built without their pooler return none; the other towers always pool
+        has_pooler = bool(model.config.representation_size) or self.config.model_type not in ("vit", "deit")
+        return BaseModelOutputWithPooling(last_hidden_state=tokens, pooler_output=pooled if has_pooler else None,
+                                          hidden_states=hidden)

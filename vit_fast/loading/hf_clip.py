@@ -1,0 +1,61 @@
+"""Hugging Face CLIP vision tower (`CLIPVisionModel`, `CLIPVisionModelWithProjection`) -> vit-fast.
+
+CLIP: patch projection without bias, LayerNorm before the blocks (`pre_layrnorm` -> norm_pre), quick GELU,
+`last_hidden_state` un-normalized and `post_layernorm` on the pooled [CLS] (-> fc_norm), optional projection
+without bias (`visual_projection` -> head, `image_embeds`).
+"""
+from __future__ import annotations
+
+import re
+
+from ..config import ViTConfig
+from .hf_common import LAYER, check_act, common_config, compile_table, rename
+
+MODEL_TYPES = ("clip_vision_model",)
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+_TABLE = compile_table([
+    (r"embeddings\.class_embedding", "cls_token"),
+    (r"embeddings\.position_embedding\.weight", "pos_embed"),
+    (r"embeddings\.patch_embedding\.weight", "patch_embed.proj.weight"),
+    (r"pre_layrnorm\.(weight|bias)", r"norm_pre.\1"),
+    (LAYER + r"\.self_attn\.(q|k|v)_proj\.(weight|bias)", r"blocks.\1.attn.\2.\3"),
+    (LAYER + r"\.self_attn\.out_proj\.(weight|bias)", r"blocks.\1.attn.proj.\2"),
+    (LAYER + r"\.layer_norm1\.(weight|bias)", r"blocks.\1.norm1.\2"),
+    (LAYER + r"\.layer_norm2\.(weight|bias)", r"blocks.\1.norm2.\2"),
+    (LAYER + r"\.mlp\.(fc1|fc2)\.(weight|bias)", r"blocks.\1.mlp.\2.\3"),
+    (r"post_layernorm\.(weight|bias)", r"fc_norm.\1"),
+    (r"visual_projection\.weight", "head.weight"),
+], prefixes=("vision_model.",))
+_IGNORED = re.compile(r"^(?:vision_model\.)?embeddings\.position_ids$")
+_ACTS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
+
+
+def convert_state(state: dict, hf: dict) -> dict:
+    out = rename(state, _TABLE, _IGNORED)
+    if out.get("cls_token") is not None and out["cls_token"].dim() == 1:
+        out["cls_token"] = out["cls_token"].reshape(1, 1, -1)
+    if out.get("pos_embed") is not None and out["pos_embed"].dim() == 2:
+        out["pos_embed"] = out["pos_embed"].unsqueeze(0)
+    return out
+
+
+def config_from_hf(hf: dict, state: dict, preprocessor: dict | None = None, **overrides) -> ViTConfig:
+    cfg = common_config(hf, preprocessor)
+    cfg.update(
+        mlp_dim=hf["intermediate_size"],
+        layer_norm_eps=hf.get("layer_norm_eps", 1e-5),
+        act_layer=check_act(hf, "hidden_act", _ACTS),
+        pre_norm=True,
+        patch_bias=False,
+        fc_norm=True,
+        num_classes=state["head.weight"].shape[0] if "head.weight" in state else 0,
+        head_bias=False,
+        embedding_head="head.weight" in state,
+        resize_mode="shortest",
+    )
+    if not (preprocessor and "image_mean" in preprocessor):
+        cfg.update(image_mean=OPENAI_MEAN, image_std=OPENAI_STD)
+    cfg.update(overrides)
+    return ViTConfig(**cfg)

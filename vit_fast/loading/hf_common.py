@@ -1,0 +1,107 @@
+"""Shared steps of the Hugging Face family loaders: renaming keys by a table, fusing separate q/k/v (and SwiGLU
+gate/up) projections into timm's single matrices, and folding LayerScale into the layer before it.
+
+A family module (hf_clip.py, hf_dinov2.py, ...) holds only its key table and its config mapping.
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+
+# block-level names shared by most HF vision towers; \1 is the layer index. Families prepend their own.
+LAYER = r"(?:encoder\.layers?|layers)\.(\d+)"
+_QKV = {"query": 0, "key": 1, "value": 2, "q": 0, "k": 1, "v": 2}
+_GLU = {"gate": 0, "up": 1}
+
+
+def compile_table(table, prefixes=()) -> list:
+    """[(regex, target)] with an optional leading model prefix (e.g. "vision_model.", "dinov2.")."""
+    lead = "(?:" + "|".join(re.escape(p) for p in prefixes) + ")?" if prefixes else ""
+    return [(re.compile(f"^{lead}{pattern}$"), target) for pattern, target in table]
+
+
+def rename(state: dict, table: list, ignored: re.Pattern | None = None) -> dict:
+    """Apply `table` to every key; unknown keys stay as they are (so the strict loader names them). Targets
+    `blocks.N.attn.{q,k,v}.X` are fused into `blocks.N.attn.qkv.X` and `blocks.N.mlp.{gate,up}.X` into
+    `blocks.N.mlp.fc1.X`."""
+    out, parts_of = {}, {}
+    for key, value in state.items():
+        if ignored is not None and ignored.match(key):
+            continue
+        for pattern, target in table:
+            if pattern.match(key):
+                new = pattern.sub(target, key)
+                *stem, part, kind = ["", ""] + new.split(".")
+                stem = [p for p in stem if p]
+                if stem[-1:] == ["attn"] and part in _QKV:
+                    parts_of.setdefault((".".join(stem) + ".qkv", kind), [None] * 3)[_QKV[part]] = value
+                elif stem[-1:] == ["mlp"] and part in _GLU:
+                    parts_of.setdefault((".".join(stem) + ".fc1", kind), [None] * 2)[_GLU[part]] = value
+                else:
+                    out[new] = value
+                break
+        else:
+            out[key] = value
+    for (stem, kind), parts in parts_of.items():
+        if any(p is None for p in parts):
+            raise ValueError(f"{stem}.{kind}: the checkpoint holds only {sum(p is not None for p in parts)} of "
+                             f"the {len(parts)} projections fused there")
+        out[f"{stem}.{kind}"] = torch.cat(parts, dim=0)
+    return out
+
+
+def fold_layer_scale(state: dict) -> dict:
+    """Fold `blocks.N.ls1.gamma` into the attention out-projection and `blocks.N.ls2.gamma` into FC2 (weights
+    and biases): gamma * (W x + b) = (gamma W) x + gamma b. The computation is exact up to rounding."""
+    out = dict(state)
+    for key in [k for k in state if re.fullmatch(r"blocks\.\d+\.ls[12]\.gamma", k)]:
+        block, which = key.rsplit(".", 2)[0], key.split(".")[2]
+        layer = f"{block}.attn.proj" if which == "ls1" else f"{block}.mlp.fc2"
+        gamma = out.pop(key).float()
+        if f"{layer}.weight" not in out:
+            raise ValueError(f"{key} has no {layer}.weight to fold into")
+        w = out[f"{layer}.weight"]
+        if gamma.shape != (w.shape[0],):
+            raise ValueError(f"{key} has shape {tuple(gamma.shape)}; expected ({w.shape[0]},)")
+        out[f"{layer}.weight"] = (w.float() * gamma[:, None]).to(w.dtype)
+        if f"{layer}.bias" in out:
+            b = out[f"{layer}.bias"]
+            out[f"{layer}.bias"] = (b.float() * gamma).to(b.dtype)
+    return out
+
+
+def labels_of(hf: dict, num_classes: int):
+    id2label = hf.get("id2label") or {}
+    if num_classes and len(id2label) == num_classes:
+        return [id2label[k] for k in sorted(id2label, key=int)]
+    return None
+
+
+def check_act(hf: dict, key: str, allowed: dict) -> str:
+    """Map HF's activation name to a ViTConfig act_layer, or raise naming what is supported."""
+    act = hf.get(key)
+    if act not in allowed:
+        raise ValueError(f"{hf.get('model_type')}: {key} {act!r} is not supported; expected one of "
+                         f"{sorted(allowed)}")
+    return allowed[act]
+
+
+def common_config(hf: dict, preprocessor: dict | None) -> dict:
+    """ViTConfig fields every HF vision config carries the same way."""
+    cfg = dict(
+        img_size=hf.get("image_size", 224),
+        patch_size=hf.get("patch_size", 16),
+        in_chans=hf.get("num_channels", 3),
+        embed_dim=hf["hidden_size"],
+        depth=hf["num_hidden_layers"],
+        num_heads=hf["num_attention_heads"],
+        layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
+        crop_pct=1.0,
+        resize_mode="squash",
+        interpolation="bicubic",
+        pos_embed_antialias=False,
+    )
+    if preprocessor and "image_mean" in preprocessor and "image_std" in preprocessor:
+        cfg.update(image_mean=preprocessor["image_mean"], image_std=preprocessor["image_std"])
+    return cfg

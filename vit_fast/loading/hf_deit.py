@@ -1,0 +1,62 @@
+"""Hugging Face DeiT (`DeiTForImageClassificationWithTeacher`, `DeiTModel`, ...) -> vit-fast.
+
+The encoder is the classic ViT's (same key names); distilled models add a distillation token after [CLS]
+(with its own position embedding) and a second head on it; the logits are the mean of the two heads.
+`DeiTModel`'s pooler (dense + tanh on [CLS]) is the pre-logits layer, as for the classic ViT.
+"""
+from __future__ import annotations
+
+import re
+
+from ..config import ViTConfig
+from .hf_common import common_config, compile_table, labels_of, rename
+
+MODEL_TYPES = ("deit",)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_L = r"(?:encoder\.layer|layers)\.(\d+)"
+_TABLE = compile_table([
+    (r"embeddings\.cls_token", "cls_token"),
+    (r"embeddings\.distillation_token", "dist_token"),
+    (r"embeddings\.position_embeddings", "pos_embed"),
+    (r"embeddings\.patch_embeddings\.projection\.(weight|bias)", r"patch_embed.proj.\1"),
+    (_L + r"\.attention\.attention\.(query|key|value)\.(weight|bias)", r"blocks.\1.attn.\2.\3"),
+    (_L + r"\.attention\.(q|k|v)_proj\.(weight|bias)", r"blocks.\1.attn.\2.\3"),
+    (_L + r"\.attention\.(?:output\.dense|o_proj)\.(weight|bias)", r"blocks.\1.attn.proj.\2"),
+    (_L + r"\.(?:intermediate\.dense|mlp\.fc1)\.(weight|bias)", r"blocks.\1.mlp.fc1.\2"),
+    (_L + r"\.(?:output\.dense|mlp\.fc2)\.(weight|bias)", r"blocks.\1.mlp.fc2.\2"),
+    (_L + r"\.layernorm_before\.(weight|bias)", r"blocks.\1.norm1.\2"),
+    (_L + r"\.layernorm_after\.(weight|bias)", r"blocks.\1.norm2.\2"),
+    (r"layernorm\.(weight|bias)", r"norm.\1"),
+    (r"pooler\.dense\.(weight|bias)", r"pre_logits.fc.\1"),
+    (r"cls_classifier\.(weight|bias)", r"head.\1"),
+    (r"distillation_classifier\.(weight|bias)", r"head_dist.\1"),
+    (r"classifier\.(weight|bias)", r"head.\1"),
+], prefixes=("deit.",))
+_IGNORED = re.compile(r"^(?:deit\.)?embeddings\.mask_token$")
+
+
+def convert_state(state: dict, hf: dict) -> dict:
+    return rename(state, _TABLE, _IGNORED)
+
+
+def config_from_hf(hf: dict, state: dict, preprocessor: dict | None = None, **overrides) -> ViTConfig:
+    if hf.get("hidden_act", "gelu") != "gelu":
+        raise ValueError(f"deit: hidden_act {hf['hidden_act']!r} is not supported; expected 'gelu'")
+    num_classes = state["head.weight"].shape[0] if "head.weight" in state else 0
+    cfg = common_config(hf, preprocessor)
+    cfg.update(
+        mlp_dim=hf["intermediate_size"],
+        qkv_bias=hf.get("qkv_bias", True),
+        dist_token="dist_token" in state,
+        num_classes=num_classes,
+        labels=labels_of(hf, num_classes),
+        representation_size=state["pre_logits.fc.weight"].shape[0] if "pre_logits.fc.weight" in state else None,
+        resize_mode="shortest",
+        crop_pct=224 / 256,
+    )
+    if not (preprocessor and "image_mean" in preprocessor):
+        cfg.update(image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
+    cfg.update(overrides)
+    return ViTConfig(**cfg)

@@ -1,0 +1,77 @@
+"""Hugging Face DINOv2 (`Dinov2Model`, `Dinov2ForImageClassification`, `Dinov2WithRegistersModel`, ...) ->
+vit-fast.
+
+DINOv2: LayerScale after attention and MLP (folded into the out-projection and FC2 at load), patch 14, SwiGLU
+MLP for the giant model (`weights_in` / `gate_proj`+`up_proj` -> fc1), classifier on [CLS] concatenated with
+the mean of the patch tokens ("cls_avg"). With registers: register tokens after [CLS] without position
+embeddings; the [CLS] position embedding is folded into the class token (timm's no_embed_class layout, exact
+since both are added once). HF's DINOv2 resamples position embeddings without antialiasing, DINOv2 with
+registers with it.
+"""
+from __future__ import annotations
+
+import re
+
+from ..config import ViTConfig
+from .hf_common import LAYER, common_config, compile_table, fold_layer_scale, labels_of, rename
+
+MODEL_TYPES = ("dinov2", "dinov2_with_registers")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_TABLE = compile_table([
+    (r"embeddings\.cls_token", "cls_token"),
+    (r"embeddings\.register_tokens", "reg_token"),
+    (r"embeddings\.position_embeddings", "pos_embed"),
+    (r"embeddings\.patch_embeddings\.projection\.(weight|bias)", r"patch_embed.proj.\1"),
+    (LAYER + r"\.norm(1|2)\.(weight|bias)", r"blocks.\1.norm\2.\3"),
+    (LAYER + r"\.attention\.attention\.(query|key|value)\.(weight|bias)", r"blocks.\1.attn.\2.\3"),
+    (LAYER + r"\.attention\.(q|k|v)_proj\.(weight|bias)", r"blocks.\1.attn.\2.\3"),
+    (LAYER + r"\.attention\.(?:output\.dense|o_proj)\.(weight|bias)", r"blocks.\1.attn.proj.\2"),
+    (LAYER + r"\.layer_scale(1|2)\.lambda1", r"blocks.\1.ls\2.gamma"),
+    (LAYER + r"\.mlp\.(?:fc1|weights_in)\.(weight|bias)", r"blocks.\1.mlp.fc1.\2"),
+    (LAYER + r"\.mlp\.(?:fc2|weights_out|down_proj)\.(weight|bias)", r"blocks.\1.mlp.fc2.\2"),
+    (LAYER + r"\.mlp\.(gate|up)_proj\.(weight|bias)", r"blocks.\1.mlp.\2.\3"),
+    (r"layernorm\.(weight|bias)", r"norm.\1"),
+    (r"classifier\.(weight|bias)", r"head.\1"),
+], prefixes=("dinov2.", "dinov2_with_registers."))
+_IGNORED = re.compile(r"^(?:dinov2\.|dinov2_with_registers\.)?embeddings\.mask_token$")
+
+
+def convert_state(state: dict, hf: dict) -> dict:
+    out = fold_layer_scale(rename(state, _TABLE, _IGNORED))
+    if "reg_token" in out and "cls_token" in out and "pos_embed" in out:
+        # registers carry no position embedding: move [CLS]'s into the token, keep the patch rows
+        pos = out["pos_embed"]
+        out["cls_token"] = (out["cls_token"].float() + pos[:, :1].float()).to(pos.dtype)
+        out["pos_embed"] = pos[:, 1:]
+    return out
+
+
+def config_from_hf(hf: dict, state: dict, preprocessor: dict | None = None, **overrides) -> ViTConfig:
+    act = hf.get("hidden_act", "gelu")
+    swiglu = bool(hf.get("use_swiglu_ffn", False))
+    if not swiglu and act != "gelu":
+        raise ValueError(f"{hf.get('model_type')}: hidden_act {act!r} is not supported; expected 'gelu'")
+    registers = state["reg_token"].shape[1] if "reg_token" in state else 0
+    num_classes = state["head.weight"].shape[0] if "head.weight" in state else 0
+    cfg = common_config(hf, preprocessor)
+    cfg.update(
+        mlp_dim=state["blocks.0.mlp.fc2.weight"].shape[1] if "blocks.0.mlp.fc2.weight" in state
+        else int(hf["hidden_size"] * hf.get("mlp_ratio", 4)),
+        layer_norm_eps=hf.get("layer_norm_eps", 1e-6),
+        qkv_bias=hf.get("qkv_bias", True),
+        mlp_type="swiglu" if swiglu else "mlp",
+        reg_tokens=registers,
+        no_embed_class=registers > 0,
+        global_pool="cls_avg" if num_classes else "cls",
+        num_classes=num_classes,
+        labels=labels_of(hf, num_classes),
+        pos_embed_antialias=hf.get("model_type") == "dinov2_with_registers",
+        resize_mode="shortest",
+        crop_pct=224 / 256,
+    )
+    if not (preprocessor and "image_mean" in preprocessor):
+        cfg.update(image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
+    cfg.update(overrides)
+    return ViTConfig(**cfg)

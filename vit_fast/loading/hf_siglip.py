@@ -1,0 +1,65 @@
+"""Hugging Face SigLIP vision tower (`SiglipVisionModel`) -> vit-fast.
+
+SigLIP: no [CLS] token, tanh GELU, `post_layernorm` on every token (-> norm, so `last_hidden_state` is
+normalized), and the attention-pooling head (`head.probe` -> attn_pool.latent; nn.MultiheadAttention's packed
+in-projection split into timm's q and kv; `head.layernorm`, `head.mlp`), whose output is `pooler_output`.
+"""
+from __future__ import annotations
+
+import re
+
+from ..config import ViTConfig
+from .hf_common import LAYER, check_act, common_config, compile_table, rename
+
+MODEL_TYPES = ("siglip_vision_model",)
+
+_TABLE = compile_table([
+    (r"embeddings\.position_embedding\.weight", "pos_embed"),
+    (r"embeddings\.patch_embedding\.(weight|bias)", r"patch_embed.proj.\1"),
+    (LAYER + r"\.self_attn\.(q|k|v)_proj\.(weight|bias)", r"blocks.\1.attn.\2.\3"),
+    (LAYER + r"\.self_attn\.out_proj\.(weight|bias)", r"blocks.\1.attn.proj.\2"),
+    (LAYER + r"\.layer_norm1\.(weight|bias)", r"blocks.\1.norm1.\2"),
+    (LAYER + r"\.layer_norm2\.(weight|bias)", r"blocks.\1.norm2.\2"),
+    (LAYER + r"\.mlp\.(fc1|fc2)\.(weight|bias)", r"blocks.\1.mlp.\2.\3"),
+    (r"post_layernorm\.(weight|bias)", r"norm.\1"),
+    (r"head\.probe", "attn_pool.latent"),
+    (r"head\.attention\.out_proj\.(weight|bias)", r"attn_pool.proj.\1"),
+    (r"head\.layernorm\.(weight|bias)", r"attn_pool.norm.\1"),
+    (r"head\.mlp\.(fc1|fc2)\.(weight|bias)", r"attn_pool.mlp.\1.\2"),
+    (r"head\.attention\.in_proj_(weight|bias)", r"attn_pool.in_proj.\1"),
+], prefixes=("vision_model.",))
+_IGNORED = re.compile(r"^(?:vision_model\.)?embeddings\.position_ids$")
+_ACTS = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu": "gelu", "quick_gelu": "quick_gelu"}
+
+
+def convert_state(state: dict, hf: dict) -> dict:
+    out = rename(state, _TABLE, _IGNORED)
+    if "pos_embed" in out and out["pos_embed"].dim() == 2:
+        out["pos_embed"] = out["pos_embed"].unsqueeze(0)
+    for kind in ("weight", "bias"):
+        packed = out.pop(f"attn_pool.in_proj.{kind}", None)
+        if packed is not None:  # rows [q; k; v]: timm keeps q apart and k, v together
+            d = packed.shape[0] // 3
+            out[f"attn_pool.q.{kind}"], out[f"attn_pool.kv.{kind}"] = packed[:d], packed[d:]
+    return out
+
+
+def config_from_hf(hf: dict, state: dict, preprocessor: dict | None = None, **overrides) -> ViTConfig:
+    if hf.get("vision_use_head", True) is False or "attn_pool.latent" not in state:
+        raise ValueError("SigLIP without its attention-pooling head (vision_use_head=False) is not supported; "
+                         "vit-fast needs head.probe / head.attention / head.mlp")
+    cfg = common_config(hf, preprocessor)
+    cfg.update(
+        mlp_dim=hf["intermediate_size"],
+        layer_norm_eps=hf.get("layer_norm_eps", 1e-6),
+        act_layer=check_act(hf, "hidden_act", _ACTS),
+        class_token=False,
+        global_pool="map",
+        num_classes=0,
+        image_mean=(0.5, 0.5, 0.5),
+        image_std=(0.5, 0.5, 0.5),
+    )
+    if preprocessor and "image_mean" in preprocessor:
+        cfg.update(image_mean=preprocessor["image_mean"], image_std=preprocessor["image_std"])
+    cfg.update(overrides)
+    return ViTConfig(**cfg)
