@@ -75,7 +75,9 @@ def _cast(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tenso
 
 
 def _mlp_activation(model) -> str:
-    return getattr(model.config, "activation", "gelu")
+    """The FC1 epilogue the triton path runs: SwiGLU's gate runs after the kernel, so its FC1 has none."""
+    cfg = model.config
+    return "none" if cfg.mlp_type == "swiglu" else cfg.act_layer
 
 
 def _act(y: torch.Tensor, activation: str) -> torch.Tensor:
@@ -92,8 +94,10 @@ def _patch_embed_inputs(a: Activations, dtype):
     m = a.model
     w, b = m.folded_patch_weights()  # fp32 weights with the normalization folded in, as the model runs uint8
     pos = m.pos_embed[0]
-    return dict(x=a.pixels, weight=w, bias=b, pos=_cast(pos[1:], dtype),
-                cls_pos=_cast(m.cls_token[0, 0] + pos[0], dtype))
+    prefix = m.num_pos_prefix  # rows of the table that belong to prefix tokens (0 with no_embed_class)
+    lead = m.cls_token if m.cls_token is not None else torch.zeros_like(pos[:1]).unsqueeze(0)
+    cls_pos = lead[0, 0] + pos[0] if prefix else lead[0, 0]
+    return dict(x=a.pixels, weight=w, bias=b, pos=_cast(pos[prefix:], dtype), cls_pos=_cast(cls_pos, dtype))
 
 
 def _ln_qkv_inputs(a: Activations, dtype):
