@@ -37,7 +37,8 @@ def _load_native(weights: Path, config: dict | None, backend: str, overrides: di
         if _METADATA_KEY not in metadata:
             raise ValueError(f"{weights} carries no vit-fast config")
         config = json.loads(metadata[_METADATA_KEY])
-    return build_and_load(ViTConfig.from_dict({**config, **overrides}), state, backend, str(weights))
+    stored = ViTConfig.from_dict(config)  # the grid the position table was saved at
+    return build_and_load(stored.replace(**overrides), state, backend, str(weights), pos_grid=stored.grid_size)
 
 
 def load(path, backend: str = "auto", **config_overrides):

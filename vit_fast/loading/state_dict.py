@@ -8,6 +8,7 @@ import torch
 
 from ..config import ViTConfig
 from ..model import VisionTransformer
+from ..pos_embed import infer_square_grid, resample_pos_embed_table
 
 
 def read_weights(path) -> tuple:
@@ -29,10 +30,39 @@ def read_weights(path) -> tuple:
     return obj, {}
 
 
-def build_and_load(config: ViTConfig, state: dict, backend: str, source: str) -> VisionTransformer:
-    """A new model for `config` with `state` loaded; raises listing every missing, unexpected or mis-shaped key."""
+def fit_pos_embed(state: dict, expected: dict, config: ViTConfig, source: str, pos_grid=None) -> dict:
+    """`state` with its position table resampled to `config`'s patch grid when the checkpoint was trained at another
+    size (an `img_size` override): 2-D bicubic in fp32, the arithmetic forward uses on the fly, so the stored table
+    equals what the original model computes at the new size. `pos_grid` is the checkpoint's grid when known (a
+    non-square training size); otherwise a square grid is inferred from the table's length."""
+    old, new = state.get("pos_embed"), expected.get("pos_embed")
+    if old is None or new is None or old.shape == new.shape:
+        return state
+    if old.dim() != 3 or old.shape[0] != 1 or old.shape[2] != new.shape[2]:
+        return state  # not a different grid but a different model: the strict check below reports it
+    num_prefix = new.shape[1] - config.num_patches  # [CLS] (and any other leading tokens) are not resampled
+    old_patches = old.shape[1] - num_prefix
+    if old_patches <= 0:
+        return state
+    if pos_grid is None or pos_grid[0] * pos_grid[1] != old_patches:
+        try:
+            pos_grid = infer_square_grid(old_patches)
+        except ValueError as e:
+            raise ValueError(
+                f"cannot resample the position embeddings of {source} to img_size {config.img_size}: {e}, so the "
+                "size it was trained at is unknown; convert it at its training size first (img_size=(H, W), "
+                "CLI: --set 'img_size=[H,W]'), then load that checkpoint with the new img_size"
+            ) from None
+    table = resample_pos_embed_table(old, num_prefix, pos_grid, config.grid_size, config.pos_embed_antialias)
+    return {**state, "pos_embed": table}
+
+
+def build_and_load(config: ViTConfig, state: dict, backend: str, source: str, pos_grid=None) -> VisionTransformer:
+    """A new model for `config` with `state` loaded; raises listing every missing, unexpected or mis-shaped key.
+    A position table trained at another size is resampled to `config.img_size` first (see `fit_pos_embed`)."""
     model = VisionTransformer(config, backend=backend)
     expected = model.state_dict()
+    state = fit_pos_embed(state, expected, config, source, pos_grid)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     mismatched = [
