@@ -45,9 +45,10 @@ def config_from_timm_state(state: dict, **overrides) -> ViTConfig:
     if "img_size" not in cfg:
         side = math.isqrt(state["pos_embed"].shape[1] - 1)
         if side * side != state["pos_embed"].shape[1] - 1:
-            raise ValueError("the position embeddings do not form a square grid; pass img_size=(H, W)")
+            raise ValueError("the position embeddings do not form a square grid; pass img_size=(H, W) "
+                             "(CLI: --set 'img_size=[H,W]')")
         cfg["img_size"] = side * p
-    return ViTConfig(**cfg)
+    return ViTConfig.from_dict(cfg)  # unknown override names: a ValueError listing the known fields
 
 
 def _live_model_config(model) -> dict:
