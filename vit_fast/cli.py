@@ -201,7 +201,14 @@ def _warning_line(message, category, filename, lineno, line=None) -> str:
 def main(argv=None) -> int:
     import warnings
 
-    warnings.formatwarning = _warning_line  # a warning is one line too, without the source line under it
+    previous, warnings.formatwarning = warnings.formatwarning, _warning_line  # one line, no source line under it
+    try:
+        return _run(argv)
+    finally:
+        warnings.formatwarning = previous
+
+
+def _run(argv) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

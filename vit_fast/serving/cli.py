@@ -122,7 +122,7 @@ def _on_sigterm() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
-def replica_failure_line(message: str) -> str:
+def replica_failure_line(message: str, what: str = "the model replicas failed to start") -> str:
     """One line naming the cause of a failed Serve deployment, out of Ray's multi-line report (the last
     `SomeError: text` line of the replica's traceback)."""
     import re
@@ -131,7 +131,7 @@ def replica_failure_line(message: str) -> str:
     causes = re.findall(r"^\s*((?:[\w.]+\.)?\w*(?:Error|Exception|Interrupt)\b:?.*)$", text, flags=re.MULTILINE)
     causes = [c.strip() for c in causes if not c.strip().startswith(("RayTaskError", "RayActorError"))]
     cause = causes[-1] if causes else " ".join(text.split())[:300]
-    return f"the model replicas failed to start: {cause}"
+    return f"{what}: {cause}"
 
 
 # ---------------------------------------------------------------- serve
@@ -177,8 +177,10 @@ def _serve(parser, args) -> int:
 
     from .deployment import build_app
 
+    stage = "Ray Serve's HTTP proxy failed to start"
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
+        stage = "the model replicas failed to start"
         app = build_app(checkpoint=args.checkpoint, name=args.model, backend=args.backend,
                         max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_ms / 1000,
                         top_k=args.top_k, num_replicas=args.num_replicas, device=args.device, dtype=args.dtype,
@@ -190,8 +192,8 @@ def _serve(parser, args) -> int:
             time.sleep(3600)
     except KeyboardInterrupt:
         return 0
-    except RuntimeError as e:  # e.g. the replicas failed to start: Serve's report holds the cause
-        print(f"vit-fast serve: {replica_failure_line(e)}", file=sys.stderr)
+    except (RuntimeError, ray.exceptions.RayError) as e:  # Serve's multi-line report holds the cause
+        print(f"vit-fast serve: {replica_failure_line(e, stage)}", file=sys.stderr)
         return 1
     finally:
         try:
