@@ -126,6 +126,15 @@ def test_replica_failure_becomes_one_line():
     assert line == "the model replicas failed to start: torch.OutOfMemoryError: CUDA out of memory. Tried to " \
                    "allocate 2.00 GiB"
     assert "\n" not in replica_failure_line("something\nelse went wrong")
+    # Ray 2.60: serve.run's exception names no cause; the deployment status message holds the replica traceback
+    real = ("Deploying application x failed: Failed to update the deployments ['ViTDeployment'].\n"
+            "Failed to start replica: Traceback (most recent call last):\n  File \"replica.py\", line 1928\n"
+            "    raise RuntimeError(traceback.format_exc()) from None\n"
+            "RuntimeError: Traceback (most recent call last):\n  File \"vit_fast/loading/checkpoint.py\", line 71\n"
+            "    raise FileNotFoundError(f\"no checkpoint at {path}\")\n"
+            "FileNotFoundError: no checkpoint at /nonexistent/ckpt")
+    assert replica_failure_line(real) == ("the model replicas failed to start: FileNotFoundError: no checkpoint at "
+                                          "/nonexistent/ckpt")
 
 
 def _entry_point():

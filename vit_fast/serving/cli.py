@@ -112,6 +112,21 @@ def _check_port(host: str, port: int) -> None:
                           "another --port)") from None
 
 
+def _with_deployment_messages(error: BaseException) -> str:
+    """Serve's exception says only "Failed to update the deployments [...]"; the replica's traceback is in the
+    status of each deployment: both, as one text."""
+    text = str(error)
+    try:
+        from ray import serve
+
+        for app in serve.status().applications.values():
+            for deployment in app.deployments.values():
+                text += "\n" + (deployment.message or "")
+    except Exception:  # noqa: BLE001 - the status is a best effort; the exception's own text remains
+        pass
+    return text
+
+
 def _on_sigterm() -> None:
     """SIGTERM (docker stop, kill, systemd) ends the command as Ctrl-C does, so Ray is shut down, not orphaned."""
     import signal
@@ -192,8 +207,8 @@ def _serve(parser, args) -> int:
             time.sleep(3600)
     except KeyboardInterrupt:
         return 0
-    except (RuntimeError, ray.exceptions.RayError) as e:  # Serve's multi-line report holds the cause
-        print(f"vit-fast serve: {replica_failure_line(e, stage)}", file=sys.stderr)
+    except (RuntimeError, ray.exceptions.RayError) as e:  # the cause is in the deployments' status messages
+        print(f"vit-fast serve: {replica_failure_line(_with_deployment_messages(e), stage)}", file=sys.stderr)
         return 1
     finally:
         try:
