@@ -92,7 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=None, help="weights and inputs seed (default: a fresh random one)")
     o = parser.add_argument_group("output")
     o.add_argument("--out", default=None,
-                   help="output directory (default benchmarks/results/<date>-<device>)")
+                   help="output directory (default ./bench-results/<date>-<device>, under the current directory)")
     o.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
     # tests only: shrink every preset (e.g. depth=1,embed_dim=64,num_heads=2,mlp_dim=128)
@@ -126,6 +126,18 @@ def resolve(args) -> "runner.Settings":  # noqa: F821
     unknown = [m for m in models if m not in vit_fast.list_models()]
     if unknown:
         raise SystemExit(f"error: unknown models {unknown}; known: {', '.join(vit_fast.list_models())}")
+    bad = []
+    for m in models:
+        try:
+            patch = vit_fast.get_config(m, **args.config_overrides).patch_size
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
+        if args.resolution < patch or args.resolution % patch:
+            lo, hi = max(patch, args.resolution // patch * patch), (args.resolution // patch + 1) * patch
+            bad.append(f"{m} (patch {patch}: e.g. {lo} or {hi})")
+    if bad:
+        raise SystemExit(f"error: --resolution {args.resolution} is not a multiple of the patch size of "
+                         f"{', '.join(bad)}")
     dtypes = args.dtypes or (GPU_DTYPES if gpu else CPU_DTYPES)
     bad = [d for d in dtypes if d not in runner.DTYPES]
     if bad:
@@ -169,7 +181,7 @@ def run(args) -> int:
     _set_precision()
     device = settings.device
     env = env_mod.collect(device)
-    out_dir = Path(args.out) if args.out else env_mod.default_results_dir(env)
+    out_dir = Path(args.out) if args.out else env_mod.default_results_dir(env, root=Path.cwd() / "bench-results")
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"benchmark on {env['gpu']} (torch {env['torch']}, triton {env['triton']}), seed {settings.seed}, "
           f"output {out_dir}")
@@ -186,9 +198,15 @@ def run(args) -> int:
         reason = builders.static_skip_reason(backend, device)
         if reason:
             print(f"note: backend {backend} skipped: {reason}")
-    peak, how = timing.matmul_peak_tflops(device)
-    cpu_note = "; CPU: fp32, not a bf16 peak" if device.type != "cuda" else ""
-    print(f"matmul peak: {peak:.2f} TFLOP/s ({how}){cpu_note}")
+    if device.type == "cuda":
+        peak, how = timing.matmul_peak_tflops(device)
+        print(f"matmul peak: {peak:.2f} TFLOP/s ({how})")
+    else:  # a CPU's rate differs by dtype (fp16 can be 1000x slower): each row's MFU uses its own dtype's peak
+        peaks = {}
+        for name in settings.dtypes:
+            peaks[name], how = timing.matmul_peak_tflops(device, runner.DTYPES[name])
+            print(f"matmul peak ({name}): {peaks[name] * 1e3:.1f} GFLOP/s ({how})")
+        peak = peaks[settings.dtypes[0]]
 
     results = {"env": env, "matmul_peak_tflops": peak, "rows": []}
     json_path = out_dir / "results.json"
@@ -197,7 +215,7 @@ def run(args) -> int:
         results["rows"] = rows
         write_json(results, json_path)
 
-    rows = runner.run_grid(settings, peak, on_row=on_row)
+    rows = runner.run_grid(settings, peak if device.type == "cuda" else peaks, on_row=on_row)
     results["rows"] = rows
     problems = schema.validate(results)
     if problems:  # a harness bug: say so loudly, but keep the numbers

@@ -66,6 +66,7 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
 
 
-def default_results_dir(env: dict) -> Path:
-    """benchmarks/results/<YYYY-MM-DD>-<device>: the layout the README updater reads."""
-    return REPO_ROOT / "benchmarks" / "results" / f"{env['date'][:10]}-{slug(env['gpu'] or 'unknown')}"
+def default_results_dir(env: dict, root=None) -> Path:
+    """root/<YYYY-MM-DD>-<device>; root defaults to benchmarks/results, the layout the README updater reads."""
+    root = Path(root) if root is not None else REPO_ROOT / "benchmarks" / "results"
+    return root / f"{env['date'][:10]}-{slug(env['gpu'] or 'unknown')}"

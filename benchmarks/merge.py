@@ -29,10 +29,12 @@ def merge(results_list: list) -> dict:
             key = (row["model"], row["dtype"], row["batch"], row["backend"])
             if key not in rows:
                 order.append(key)
-            rows[key] = dict(row)
+            rows[key] = dict(row, _run_peak=results["matmul_peak_tflops"])
     for row in rows.values():
-        if row["tflops"] is not None:
-            row["mfu"] = row["tflops"] / peak
+        run_peak = row.pop("_run_peak")
+        if row["mfu"] is not None:  # rescaled, so a CPU row measured against its own dtype's peak stays so
+            mfu = row["mfu"] * run_peak / peak
+            row["mfu"] = mfu if mfu <= 1 else None
     newest = max(results_list, key=lambda r: r["env"].get("date") or "")
     return {"env": dict(newest["env"]), "matmul_peak_tflops": peak, "rows": [rows[k] for k in order]}
 

@@ -57,7 +57,9 @@ def is_cpu(env: dict) -> bool:
 def peak_description(results: dict) -> str:
     peak = results["matmul_peak_tflops"]
     if is_cpu(results["env"]):
-        return f"{peak:.3g} TFLOP/s, an fp32 torch.matmul measured on the CPU in this run (a rough scale only)"
+        return (f"{peak:.3g} TFLOP/s, a torch.matmul in the first dtype of the grid measured on the CPU with all "
+                "threads in this run; each row's MFU is against the peak of its own dtype, and is left out where "
+                "a row beat that peak")
     return f"{peak:.1f} TFLOP/s, a bf16 8192³ torch.matmul measured on this GPU in this run"
 
 

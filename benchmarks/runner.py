@@ -152,7 +152,8 @@ def measure(built: builders.Built, batch: int, dtype: torch.dtype, ref: torch.Te
         "latency_ms_p50": p50,
         "latency_ms_p90": p90,
         "tflops": tflops,
-        "mfu": tflops / peak_tflops if peak_tflops > 0 else None,
+        # no MFU where the measured peak is no ceiling (the row beat it: the peak means nothing here)
+        "mfu": tflops / peak_tflops if 0 < tflops <= peak_tflops else None,
         "peak_mem_gb": peak_mem,
         "max_rel_err": max_rel_err,
         "top1_agree": top1,
@@ -163,8 +164,9 @@ def _sigterm(signum, frame):
     raise Interrupted(f"signal {signum}")
 
 
-def run_grid(settings: Settings, peak_tflops: float, on_row: Optional[Callable] = None) -> list:
-    """Measure the whole grid; returns the rows in canonical order. `on_row(rows_so_far)` after each row."""
+def run_grid(settings: Settings, peak_tflops, on_row: Optional[Callable] = None) -> list:
+    """Measure the whole grid; returns the rows in canonical order. `on_row(rows_so_far)` after each row.
+    `peak_tflops`: the MFU denominator, one number or a dict dtype name -> number (CPU: a peak per dtype)."""
     from tqdm import tqdm
 
     device = settings.device
@@ -302,7 +304,8 @@ def _run_model(name, phase_backends, static, settings, peak_tflops, refs, record
                     ref = refs[name][batch]
                     if isinstance(ref, str):
                         raise RuntimeError(ref)
-                    metrics = measure(built, batch, dtype, ref, model_flops, peak_tflops, graphs, settings)
+                    peak = peak_tflops[dtype_name] if isinstance(peak_tflops, dict) else peak_tflops
+                    metrics = measure(built, batch, dtype, ref, model_flops, peak, graphs, settings)
                     record(name, batch, dtype_name, backend, metrics=metrics, graphs=graphs)
                 except (Interrupted, KeyboardInterrupt):
                     raise

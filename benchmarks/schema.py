@@ -8,8 +8,9 @@ ROW_KEYS = ("model", "batch", "dtype", "backend", "cuda_graphs", "images_per_s",
             "latency_ms_p90", "tflops", "mfu", "peak_mem_gb", "max_rel_err", "top1_agree", "error")
 METRIC_KEYS = ("images_per_s", "latency_ms_p50", "latency_ms_p90", "tflops", "mfu", "peak_mem_gb",
                "max_rel_err", "top1_agree")
-# metrics allowed to be null on a successful row (no CUDA memory counter on CPU)
-OPTIONAL_METRICS = ("peak_mem_gb",)
+# metrics allowed to be null on a successful row (no CUDA memory counter on CPU; no MFU where the measured peak is
+# below what the row achieved, i.e. no meaningful peak exists)
+OPTIONAL_METRICS = ("peak_mem_gb", "mfu")
 
 BACKENDS = ("eager", "sdpa", "compile", "vit_fast", "timm", "hf")
 DTYPES = ("bfloat16", "float16", "float32")
@@ -71,6 +72,8 @@ def validate(results: dict) -> list[str]:
                 continue
             if not _is_num(v) or v != v or v < 0:
                 problems.append(f"{where}: {k} must be a non-negative number, got {v!r}")
+        if _is_num(row["mfu"]) and row["mfu"] > 1:
+            problems.append(f"{where}: mfu {row['mfu']:.3g} > 1: the peak is not a ceiling")
         if _is_num(row["top1_agree"]) and row["top1_agree"] > 1:
             problems.append(f"{where}: top1_agree must be a fraction in [0, 1]")
     return problems

@@ -73,10 +73,12 @@ def matmul_peak_tflops(device, dtype: torch.dtype | None = None, size: int | Non
     """Measure a dense matmul rate on `device`; returns (TFLOP/s, description).
 
     CUDA: bf16 8192³ products timed with events (median of 20), the ceiling MFU refers to.
-    CPU: a quick fp32 2048³ measurement (median of 5), only there so CPU rows have some MFU scale.
+    CPU: see `cpu_matmul_peak_tflops` (the given dtype, default fp32).
     """
     device = torch.device(device)
     cuda = device.type == "cuda"
+    if not cuda:
+        return cpu_matmul_peak_tflops(dtype or torch.float32)
     dtype = dtype or (torch.bfloat16 if cuda else torch.float32)
     size = size or (8192 if cuda else 2048)
     warmup = warmup if warmup is not None else (5 if cuda else 1)
@@ -92,3 +94,32 @@ def matmul_peak_tflops(device, dtype: torch.dtype | None = None, size: int | Non
     name = str(dtype).replace("torch.", "")
     where = torch.cuda.get_device_name(device) if cuda else "CPU"
     return tflops, f"{name} {size}x{size}x{size} torch.matmul on {where}, median of {repeats}"
+
+
+def cpu_matmul_peak_tflops(dtype: torch.dtype, sizes=(256, 512, 1024, 2048), budget_s: float = 0.3,
+                           repeats: int = 3) -> tuple[float, str]:
+    """The CPU's matmul rate in `dtype` with all of torch's threads: square products of each size, repeated for
+    `budget_s` (at least `repeats` calls), and the fastest call of any size counts. A peak is a best case: on a
+    shared machine a long product is preempted and under-reads the peak by up to 10x, so many short calls are
+    timed, not a few long ones. A size whose one call exceeds the budget ends the search (fp16 runs a thousand
+    times slower than fp32 on most CPUs)."""
+    gen = torch.Generator().manual_seed(1234)
+    best, best_size = 0.0, sizes[0]
+    for size in sizes:
+        a = torch.randn(size, size, generator=gen).to(dtype)
+        b = torch.randn(size, size, generator=gen).to(dtype)
+        out = torch.empty(size, size, dtype=dtype)
+        torch.matmul(a, b, out=out)  # warm: thread pool, packing buffers
+        calls, start = 0, time.perf_counter()
+        while calls < repeats or time.perf_counter() - start < budget_s:
+            t0 = time.perf_counter()
+            torch.matmul(a, b, out=out)
+            rate = 2 * size**3 / (time.perf_counter() - t0) / 1e12
+            if rate > best:
+                best, best_size = rate, size
+            calls += 1
+        if (time.perf_counter() - start) / calls > budget_s:
+            break
+    name = str(dtype).replace("torch.", "")
+    return best, (f"{name} torch.matmul on the CPU, {torch.get_num_threads()} threads, fastest call over sizes "
+                  f"{sizes[0]}-{size} (best at {best_size})")

@@ -121,13 +121,17 @@ def test_harness_end_to_end(tmp_path):
     cmd = [sys.executable, "-m", "benchmarks", "--device", device, "--models", ",".join(models),
            "--resolution", "64", "--batch-sizes", ",".join(map(str, batches)), "--dtypes", ",".join(dtypes),
            "--backends", ",".join(backends), "--repeats", "2", "--warmup", "1", "--config-overrides", TINY,
-           "--out", str(out), "--no-progress", "--cpu-threads", "1", "--seed", "7"]
+           "--no-progress", "--cpu-threads", "1", "--seed", "7"]  # no --out: under the current directory
     if HAS_CUDA:
         cmd.append("--cuda-graphs")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    written = list((tmp_path / "bench-results").glob("*/results.json"))
+    assert len(written) == 1, proc.stdout[-2000:]
+    out.parent.mkdir(exist_ok=True)
+    written[0].parent.rename(out)
 
     results = json.loads((out / "results.json").read_text())
     assert schema.validate(results) == []
@@ -144,7 +148,8 @@ def test_harness_end_to_end(tmp_path):
                 backend == "vit_fast"):
             assert r["error"] is None, r
             assert r["images_per_s"] > 0 and r["latency_ms_p90"] >= r["latency_ms_p50"] > 0
-            assert r["tflops"] > 0 and r["mfu"] > 0 and 0 <= r["top1_agree"] <= 1
+            # MFU against a peak measured in the row's own dtype with all threads: never above 1
+            assert r["tflops"] > 0 and 0 < r["mfu"] <= 1 and 0 <= r["top1_agree"] <= 1, r
             assert r["max_rel_err"] < bound[dtype], r
             if backend == "hf" and dtype == "float32":  # the converted HF model computes the same function
                 assert r["max_rel_err"] < 1e-5, r
@@ -183,3 +188,32 @@ def test_harness_end_to_end(tmp_path):
     stored = readme.store(out, root=tmp_path / "results")
     assert stored.name.startswith(results["env"]["date"][:10]) and (stored / "results.json").is_file()
     assert readme.newest_results(tmp_path / "results") == stored / "results.json"
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--resolution", "100"], "--resolution 100 is not a multiple of the patch size of vit_ti_16 (patch 16: e.g. 96 or 112)"),
+    (["--resolution", "8"], "patch 16"),
+    (["--models", "vit_ti_14,vit_ti_16", "--resolution", "128"], "of vit_ti_14 (patch 14: e.g. 126 or 140)"),
+])
+def test_resolution_not_a_multiple_of_the_patch_is_an_error(tmp_path, argv, fragment):
+    from benchmarks.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--device", "cpu", "--models", "vit_ti_16", "--out", str(tmp_path / "x"), *argv])
+    assert isinstance(e.value.code, str) and "\n" not in e.value.code and fragment in e.value.code, e.value.code
+    assert not (tmp_path / "x").exists()  # refused before measuring anything
+
+
+def test_cpu_peak_is_per_dtype_and_mfu_is_left_out_above_it():
+    from benchmarks.timing import cpu_matmul_peak_tflops
+
+    peak, how = cpu_matmul_peak_tflops(torch.float32, sizes=(64, 128), budget_s=0.05)
+    assert peak > 0 and "float32 torch.matmul" in how and "threads" in how
+    settings = runner.Settings(models=["vit_ti_16"], batch_sizes=[2], dtypes=["float32"], backends=["eager"],
+                               device=torch.device("cpu"), resolution=32, repeats=1, warmup=0, progress=False,
+                               overrides=_overrides(TINY), seed=1)
+    row = runner.run_grid(settings, {"float32": 1e-12})[0]  # a "peak" every row beats: no MFU, not MFU > 1
+    assert row["error"] is None and row["tflops"] > 0 and row["mfu"] is None
+    results = {"env": {k: None for k in schema.ENV_KEYS}, "matmul_peak_tflops": 1e-12, "rows": [row]}
+    assert schema.validate(results) == []
+    assert schema.validate(dict(results, rows=[dict(row, mfu=1.5)]))  # MFU > 1 is a schema error

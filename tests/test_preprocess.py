@@ -146,3 +146,36 @@ def test_preprocess_accepts_any_input_kind_and_checks_config():
     cfg.resize_mode = "stretch"
     with pytest.raises(ValueError, match="resize_mode"):
         preprocess(img, cfg)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_sixteen_bit_grayscale_is_scaled_not_saturated(tmp_path, fmt):
+    """A 16-bit grayscale gradient keeps its gradient: 8-bit value = round(v * 255 / 65535) in all three channels
+    (Pillow's plain convert would clip everything above 255 to white)."""
+    h, w = 37, 300
+    offset = np.random.randint(0, 200)
+    row = np.linspace(offset, 65535, w).round().astype(np.uint16)
+    arr = np.tile(row, (h, 1))
+    path = tmp_path / f"gradient.{fmt.lower()}"
+    Image.fromarray(arr).save(path, format=fmt)
+    assert Image.open(path).mode.startswith("I;16")  # really a 16-bit file
+    want = np.rint(arr / 257.0).astype(np.uint8)
+    for source in (path, path.read_bytes(), Image.open(path)):
+        got = np.asarray(load_image(source))
+        assert got.shape == (h, w, 3) and got.dtype == np.uint8
+        for c in range(3):
+            np.testing.assert_array_equal(got[..., c], want)
+    assert (want == 255).mean() < 0.01 and want[:, 0].max() <= 1 + offset // 257
+    # through the whole preprocessing too: the mean brightness stays mid-grey, not white
+    out = preprocess(path, _config(32, resize_mode="squash", interpolation="bilinear"))
+    assert 100 < out.float().mean() < 155
+
+
+def test_thirty_two_bit_integer_images():
+    wide = Image.fromarray(np.full((4, 4), 65535 * 2, dtype=np.int32), mode="I")
+    with pytest.raises(ImageError, match="no defined 8-bit scale"):
+        load_image(wide)
+    sixteen = Image.fromarray(np.full((4, 4), 32896, dtype=np.int32), mode="I")  # 16-bit data opened as "I"
+    assert np.asarray(load_image(sixteen)).max() == 128
+    eight = Image.fromarray(np.full((4, 4), 200, dtype=np.int32), mode="I")
+    assert np.asarray(load_image(eight)).max() == 200

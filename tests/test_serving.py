@@ -86,7 +86,7 @@ def server(ray_local, checkpoint):
     try:
         # num_cpus=0 leaves both CPUs to the Ray Data test, which runs while this fixture is still alive
         app = build_app(checkpoint=checkpoint[0], backend="sdpa", max_batch_size=8, batch_wait_timeout_s=0.05,
-                        top_k=TOP_K, num_cpus=0, device="cpu", dtype="float32")
+                        top_k=TOP_K, num_cpus=0, num_threads=2, device="cpu", dtype="float32")
         serve.run(app, name="vit_fast_test", route_prefix="/")
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -170,6 +170,7 @@ def test_health(server):
     status, body = _request(server + "/health")
     assert status == 200 and body["status"] == "ok" and body["num_classes"] == 10 and body["device"] == "cpu"
     assert body["random_weights"] is False
+    assert body["threads"] == 2  # torch threads set in the replica as asked
 
 
 def test_concurrent_requests_match_direct_calls(server, checkpoint):
@@ -244,7 +245,69 @@ def test_bad_requests_get_4xx_and_serving_continues(server, path, data, content_
     assert status == 200 and len(body["predictions"][0]["labels"]) == TOP_K
 
 
-def test_batch_job_over_a_folder_with_a_corrupt_file(ray_local, checkpoint, tmp_path):
+def test_one_bad_image_among_several_gets_its_own_error(server, checkpoint):
+    """The same per-image behaviour as `predict` and `infer`: the bad image gets an error entry in its place."""
+    predictor = checkpoint[1]
+    images = [_random_png(), b"not an image at all", _random_png("JPEG")]
+    want = predictor.predict(images, top_k=TOP_K)
+    assert want[1]["error"] and want[0]["error"] is None
+    body, ctype = _multipart(images, {})
+    status, answer = _request(server + "/predict", body, ctype)
+    assert status == 200, answer
+    got = answer["predictions"]
+    assert len(got) == 3 and got[0]["error"] is None and got[2]["error"] is None
+    assert got[1]["labels"] == [] and got[1]["indices"] == [] and "image 1: cannot decode" in got[1]["error"]
+    _assert_same(got[0], want[0])
+    _assert_same(got[2], want[2])
+    payload = {"images": [base64.b64encode(images[0]).decode(), "%%%"], "embedding": True}
+    status, answer = _request(server + "/predict", json.dumps(payload).encode(), "application/json")
+    assert status == 200 and "invalid base64" in answer["predictions"][1]["error"]
+    assert answer["predictions"][1]["embedding"] is None and len(answer["predictions"][0]["embedding"]) == 192
+    # no image usable at all: a client error, still with the per-image entries
+    body, ctype = _multipart([b"junk", b"more junk"], {})
+    status, answer = _request(server + "/predict", body, ctype)
+    assert status == 400 and "image 0" in answer["error"] and len(answer["predictions"]) == 2
+
+
+@pytest.fixture
+def hog(ray_local):
+    """An actor holding CPUs of the 2-CPU cluster, as a Serve app would; `release()` kills it."""
+    handles = []
+
+    def take(cpus):
+        @ray.remote(num_cpus=cpus)
+        class Hog:
+            def ready(self):
+                return True
+
+        handles.append(Hog.remote())
+        ray.get(handles[-1].ready.remote(), timeout=60)
+
+    def release():
+        while handles:
+            ray.kill(handles.pop())
+
+    take.release = release
+    yield take
+    release()
+
+
+def test_batch_job_on_a_busy_cluster_fails_within_its_timeout(ray_local, checkpoint, tmp_path, hog, capfd):
+    from vit_fast.serving.batch import run_batch_inference
+
+    (tmp_path / "a.png").write_bytes(_random_png())
+    hog(1.5)  # 0.5 CPU left: not enough for a worker and the reads
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"waited 3 s for 2 CPUs \(1 for a worker, 1 for reading files\), but "
+                                           r"only 0.5 of 2 CPUs are free"):
+        run_batch_inference(str(tmp_path), str(tmp_path / "p.parquet"), checkpoint=checkpoint[0], device="cpu",
+                            progress=False, wait_timeout_s=3)
+    assert time.monotonic() - start < 15
+    assert "waiting up to 3 s for 2 CPUs" in capfd.readouterr().err  # it said what it was waiting for
+    assert not (tmp_path / "p.parquet").exists()
+
+
+def test_batch_job_over_a_folder_with_a_corrupt_file(ray_local, checkpoint, tmp_path, hog, capfd):
     from vit_fast.serving.batch import run_batch_inference
 
     predictor = checkpoint[1]
@@ -262,11 +325,17 @@ def test_batch_job_over_a_folder_with_a_corrupt_file(ray_local, checkpoint, tmp_
     (folder / "README.txt").write_text("not an image, not listed")
     out = tmp_path / "out" / "predictions.parquet"
 
+    # the cluster is busy when the job starts and frees up while it waits: it waits, says so, then runs
+    hog(2)
+    import threading
+
+    threading.Timer(2.0, hog.release).start()
     start = time.time()
     summary = run_batch_inference(str(folder), str(out), checkpoint=checkpoint[0], backend="sdpa", top_k=TOP_K,
                                   embeddings=True, batch_size=4, workers=1, cpus_per_worker=1, device="cpu",
-                                  progress=False, normalize_embeddings=True)
+                                  progress=False, normalize_embeddings=True, wait_timeout_s=60)
     print(f"batch job: {time.time() - start:.1f}s")
+    assert "waiting up to 60 s for 2 CPUs" in capfd.readouterr().err
     assert summary == {"rows": 10, "errors": 1, "out": str(out)}
     rows = pq.read_table(out).to_pylist()
     assert sorted(r["path"] for r in rows) == sorted([*expected, str(corrupt.resolve())])

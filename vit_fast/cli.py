@@ -36,9 +36,10 @@ def _parse_overrides(items) -> dict:
 
 def _predictor(args):
     from . import create, load
-    from .predictor import Predictor
+    from .predictor import Predictor, _default_device
 
     overrides = _parse_overrides(getattr(args, "set", None))
+    _default_device(args.device)  # a device that cannot be used is refused before any model is built
     if args.checkpoint is None:
         model = create(args.model, backend=args.backend, **overrides)
         print(f"note: no --checkpoint given: {args.model} with RANDOM weights; the labels below mean nothing",
@@ -217,7 +218,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    return f"vit-fast: warning: {' '.join(str(message).split())}\n"
+
+
 def main(argv=None) -> int:
+    import warnings
+
+    previous, warnings.formatwarning = warnings.formatwarning, _warning_line  # one line, no source line under it
+    try:
+        return _run(argv)
+    finally:
+        warnings.formatwarning = previous
+
+
+def _run(argv) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -226,8 +241,15 @@ def main(argv=None) -> int:
         print("vit-fast: interrupted", file=sys.stderr)
         return 130
     except (UsageError, ValueError, FileNotFoundError, RuntimeError, OSError, ImportError) as e:
-        print(f"vit-fast: error: {e}", file=sys.stderr)
+        print(f"vit-fast: error: {one_line(e)}", file=sys.stderr)
         return 2
+
+
+def one_line(e: BaseException) -> str:
+    """An error message on one line (library messages sometimes span several)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    plain = (UsageError, ValueError, RuntimeError, FileNotFoundError)  # ours say what they are
+    return text if isinstance(e, plain) else f"{type(e).__name__}: {text}"
 
 
 if __name__ == "__main__":

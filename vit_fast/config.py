@@ -52,6 +52,7 @@ class ViTConfig:
     labels: Optional[list] = field(default=None, repr=False)  # class names, index -> label
 
     def __post_init__(self):
+        _check_types(self)
         if isinstance(self.img_size, int):
             self.img_size = (self.img_size, self.img_size)
         self.img_size = tuple(int(s) for s in self.img_size)
@@ -162,6 +163,45 @@ class ViTConfig:
         return dataclasses.replace(self, **overrides)
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_numbers(v) -> bool:
+    return isinstance(v, (list, tuple)) and all(_is_int(x) or isinstance(x, float) for x in v)
+
+
+# annotation -> (check, what it expects): values from JSON files and --set arrive untyped
+_TYPE_CHECKS = {
+    "int": (_is_int, "an integer"),
+    "float": (lambda v: _is_int(v) or isinstance(v, float), "a number"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "tuple": (_is_numbers, "a list of numbers"),
+    "list": (lambda v: isinstance(v, (list, tuple)), "a list"),
+}
+
+
+def _check_types(cfg) -> None:
+    """ValueError listing every field whose value has the wrong type, before any arithmetic on it."""
+    problems = []
+    for f in dataclasses.fields(cfg):
+        value, kind = getattr(cfg, f.name), str(f.type)
+        optional = kind.startswith("Optional[")
+        kind = kind[len("Optional["):-1] if optional else kind
+        if value is None:
+            if not optional:
+                problems.append(f"{f.name} must not be null")
+            continue
+        if f.name == "img_size" and _is_int(value):  # an int means a square
+            continue
+        check, expected = _TYPE_CHECKS.get(kind, (lambda v: True, ""))
+        if not check(value):
+            problems.append(f"{f.name} must be {expected}, got {value!r}")
+    if problems:
+        raise ValueError("invalid ViTConfig: " + "; ".join(problems))
+
+
 # name -> (embed_dim, depth, num_heads, mlp_dim)
 _SIZES = {
     "ti": (192, 12, 3, 768),
@@ -226,4 +266,4 @@ def list_models() -> list:
 def get_config(name: str, **overrides) -> ViTConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
-    return ViTConfig(**{**PRESETS[name], **overrides})
+    return ViTConfig.from_dict({**PRESETS[name], **overrides})

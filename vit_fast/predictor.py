@@ -44,7 +44,17 @@ _INPUT_ERRORS = (ValueError, TypeError, OSError)
 def _default_device(device) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise RuntimeError(f"device {str(device)!r} requested, but CUDA is not available here ({why}); "
+                           "use the CPU (--device cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise RuntimeError(f"device {str(device)!r} requested, but only {torch.cuda.device_count()} GPU(s) exist")
+    return device
 
 
 def _default_dtype(dtype, device: torch.device) -> torch.dtype:

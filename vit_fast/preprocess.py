@@ -8,6 +8,8 @@ crops it the way the checkpoint's own library does at evaluation time and return
   `config.interpolation`, then center-crop to `config.img_size` (torchvision's Resize + CenterCrop arithmetic);
 - resize_mode "squash" (Hugging Face's ViTImageProcessor): resize to exactly `config.img_size`.
 
+16-bit grayscale images (PNG/TIFF) are scaled to 8 bits (x * 255 / 65535, rounded) before the RGB conversion.
+
 Mean/std normalization is deliberately not done here: the model folds it into its patch embedding and takes
 uint8 pixels directly, which also keeps host-to-device copies four times smaller than float32.
 """
@@ -50,9 +52,28 @@ def _decode(source, what: str) -> Image.Image:
     return img
 
 
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _high_depth_to_l(img: Image.Image) -> Image.Image:
+    """16-bit grayscale (PNG, TIFF: Pillow mode I;16*) -> 8-bit L, scaled by 255/65535 and rounded.
+    Pillow's own convert clips such pixels at 255, which turns most of an image white. Mode "I" (32-bit ints)
+    is scaled the same way when its values exceed 8 bits (16-bit data opened as "I"), else kept."""
+    arr = np.asarray(img).astype(np.float64)
+    if img.mode == "I":
+        if arr.min() < 0 or arr.max() > 65535:
+            raise ImageError(f"a 32-bit integer image with values in [{arr.min():.0f}, {arr.max():.0f}] has no "
+                             "defined 8-bit scale; expected 8- or 16-bit pixels")
+        if arr.max() <= 255:
+            return Image.fromarray(arr.astype(np.uint8), mode="L")
+    return Image.fromarray(np.rint(arr / 257.0).astype(np.uint8), mode="L")
+
+
 def _to_rgb(img: Image.Image, what: str) -> Image.Image:
     if img.mode == "RGB":
         return img
+    if img.mode in _SIXTEEN_BIT or img.mode == "I":
+        img = _high_depth_to_l(img)
     try:
         return img.convert("RGB")
     except (OSError, ValueError) as e:

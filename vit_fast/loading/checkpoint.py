@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from ..config import ViTConfig
-from .state_dict import build_and_load, read_weights
+from .state_dict import build_and_load, read_json, read_weights, safetensors_metadata
 
 CONFIG_NAME = "vit_fast.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -32,12 +32,23 @@ def save(model, dst) -> Path:
 
 
 def _load_native(weights: Path, config: dict | None, backend: str, overrides: dict):
+    config_file = config is not None
     state, metadata = read_weights(weights)
     if config is None:
         if _METADATA_KEY not in metadata:
             raise ValueError(f"{weights} carries no vit-fast config")
-        config = json.loads(metadata[_METADATA_KEY])
-    return build_and_load(ViTConfig.from_dict({**config, **overrides}), state, backend, str(weights))
+        try:
+            config = json.loads(metadata[_METADATA_KEY])
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{weights}: the stored vit-fast config is not valid JSON ({e})") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"{weights}: the stored vit-fast config is not a JSON object")
+    try:
+        stored = ViTConfig.from_dict(config)  # the grid the position table was saved at
+    except (ValueError, TypeError) as e:
+        where = weights.parent / CONFIG_NAME if config_file else f"the config stored in {weights}"
+        raise ValueError(f"{where}: {e}") from None
+    return build_and_load(stored.replace(**overrides), state, backend, str(weights), pos_grid=stored.grid_size)
 
 
 def load(path, backend: str = "auto", **config_overrides):
@@ -48,7 +59,7 @@ def load(path, backend: str = "auto", **config_overrides):
     path = Path(path)
     if path.is_dir():
         if (path / CONFIG_NAME).is_file():
-            config = json.loads((path / CONFIG_NAME).read_text())
+            config = read_json(path / CONFIG_NAME)
             return _load_native(path / WEIGHTS_NAME, config, backend, config_overrides)
         if (path / "config.json").is_file():
             return from_hf(path, backend=backend, **config_overrides)
@@ -61,13 +72,7 @@ def load(path, backend: str = "auto", **config_overrides):
     if path.suffix not in (".safetensors", ".pth", ".pt", ".bin"):
         raise ValueError(f"unknown weight file type {path.suffix!r}; expected .safetensors, .pth, .pt or .bin")
     if path.suffix == ".safetensors":
-        if _METADATA_KEY in _safetensors_metadata(path):
+        if _METADATA_KEY in safetensors_metadata(path):
             return _load_native(path, None, backend, config_overrides)
     return from_timm(path, backend=backend, **config_overrides)
 
-
-def _safetensors_metadata(path: Path) -> dict:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..config import ViTConfig
-from .state_dict import build_and_load, read_weights
+from .state_dict import build_and_load, read_json, read_weights
 
 # (HF suffix pattern, vit-fast name); \1 is the layer index. Classic names first, then transformers-5 names.
 _RENAMES = [
@@ -112,14 +112,48 @@ def config_from_hf(hf: dict, state: dict, preprocessor: dict | None = None, **ov
         if "image_mean" in preprocessor and "image_std" in preprocessor:
             cfg.update(image_mean=preprocessor["image_mean"], image_std=preprocessor["image_std"])
     cfg.update(overrides)
-    return ViTConfig(**cfg)
+    return ViTConfig.from_dict(cfg)  # unknown override names: a ValueError listing the known fields
+
+
+# HF config keys vit-fast reads, and the JSON types they must have (a file edited by hand, or from another tool)
+_HF_KEY_TYPES = {
+    "hidden_size": "int", "num_hidden_layers": "int", "num_attention_heads": "int", "intermediate_size": "int",
+    "patch_size": "int", "num_channels": "int", "image_size": "size", "layer_norm_eps": "number",
+    "qkv_bias": "bool", "id2label": "dict", "model_type": "str", "hidden_act": "str",
+}
+_HF_TYPE_NAMES = {"int": "an integer", "number": "a number", "bool": "true or false", "dict": "an object",
+                  "str": "a string", "size": "an integer or a list of two integers"}
+
+
+def _hf_type_ok(kind: str, v) -> bool:
+    is_int = isinstance(v, int) and not isinstance(v, bool)
+    if kind == "size":
+        return is_int or (isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool)
+                                                                      for x in v))
+    return {"int": is_int, "number": is_int or isinstance(v, float), "bool": isinstance(v, bool),
+            "dict": isinstance(v, dict), "str": isinstance(v, str)}[kind]
+
+
+def check_hf_config_types(hf: dict, source) -> None:
+    """ValueError naming `source` and every key whose value has the wrong JSON type (also inside a nested
+    "vision_config"), before any of them is used."""
+    problems = []
+    for prefix, block in (("", hf), ("vision_config.", hf.get("vision_config"))):
+        if not isinstance(block, dict):
+            continue
+        for key, kind in _HF_KEY_TYPES.items():
+            if key in block and not _hf_type_ok(kind, block[key]):
+                problems.append(f"{prefix}{key} must be {_HF_TYPE_NAMES[kind]}, got {json.dumps(block[key])}")
+    if problems:
+        raise ValueError(f"{source}: " + "; ".join(problems))
 
 
 def _read_hf_dir(path: Path) -> tuple:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face model directory")
-    hf = json.loads(config_file.read_text())
+    hf = read_json(config_file)
+    check_hf_config_types(hf, config_file)
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (path / name).is_file():
             state, _ = read_weights(path / name)
@@ -127,7 +161,7 @@ def _read_hf_dir(path: Path) -> tuple:
     else:
         raise FileNotFoundError(f"{path} has config.json but no model.safetensors or pytorch_model.bin")
     pre_file = path / "preprocessor_config.json"
-    preprocessor = json.loads(pre_file.read_text()) if pre_file.is_file() else None
+    preprocessor = read_json(pre_file) if pre_file.is_file() else None
     return hf, state, preprocessor
 
 

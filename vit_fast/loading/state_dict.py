@@ -2,25 +2,83 @@
 anything is copied into the model, so a bad checkpoint never leaves a half-loaded model behind."""
 from __future__ import annotations
 
+import json
+import pickle
 from pathlib import Path
 
 import torch
 
 from ..config import ViTConfig
 from ..model import VisionTransformer
+from ..pos_embed import infer_square_grid, resample_pos_embed_table
+
+
+def _first_line(e: BaseException, limit: int = 200) -> str:
+    text = str(e).strip().splitlines()
+    text = text[0] if text else type(e).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _size(path: Path) -> str:
+    n = path.stat().st_size
+    return "an empty file" if n == 0 else f"{n:,} bytes"
+
+
+def read_json(path) -> dict:
+    """A JSON object from `path`; ValueError naming the file when it is not valid JSON or not an object."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: expected a JSON object, but the file is not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a JSON object {{...}}, got a JSON {type(obj).__name__}")
+    return obj
+
+
+def safetensors_metadata(path) -> dict:
+    """The metadata of a .safetensors file; ValueError naming the file when it is not one (empty, cut, garbage)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:  # noqa: BLE001 - SafetensorError and friends: the file is not a safetensors file
+        raise ValueError(f"cannot read {path}: expected a safetensors file, got {_size(Path(path))} that is not "
+                         f"one ({_first_line(e)})") from None
+
+
+def _read_torch(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = str(e).rpartition("WeightsUnpickler error:")[2] or _first_line(e)
+        reason = f"not a torch.save archive of tensors ({_first_line(reason.strip())})"
+    except EOFError:
+        reason = "the file ends before the archive does"
+    except (RuntimeError, ValueError, OSError, ImportError, AttributeError, TypeError) as e:
+        reason = _first_line(e)
+    raise ValueError(f"cannot read {path}: expected a PyTorch checkpoint (torch.save of a state dict), got "
+                     f"{_size(path)}: {reason}")
 
 
 def read_weights(path) -> tuple:
-    """(state dict, safetensors metadata or {}) from a .safetensors file or a torch pickle (.pth/.pt/.bin)."""
+    """(state dict, safetensors metadata or {}) from a .safetensors file or a torch pickle (.pth/.pt/.bin).
+    A file that is empty, cut short or not of its type raises one ValueError naming it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no weight file at {path}")
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+        metadata = safetensors_metadata(path)
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return {k: f.get_tensor(k) for k in f.keys()}, metadata
+        except Exception as e:  # noqa: BLE001 - a tensor that cannot be read: the file is damaged
+            raise ValueError(f"cannot read {path}: a tensor of this safetensors file is unreadable "
+                             f"({_first_line(e)})") from None
+    obj = _read_torch(path)
     for wrapper in ("state_dict", "model", "module"):  # training checkpoints nest the weights
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
@@ -29,10 +87,39 @@ def read_weights(path) -> tuple:
     return obj, {}
 
 
-def build_and_load(config: ViTConfig, state: dict, backend: str, source: str) -> VisionTransformer:
-    """A new model for `config` with `state` loaded; raises listing every missing, unexpected or mis-shaped key."""
+def fit_pos_embed(state: dict, expected: dict, config: ViTConfig, source: str, pos_grid=None) -> dict:
+    """`state` with its position table resampled to `config`'s patch grid when the checkpoint was trained at another
+    size (an `img_size` override): 2-D bicubic in fp32, the arithmetic forward uses on the fly, so the stored table
+    equals what the original model computes at the new size. `pos_grid` is the checkpoint's grid when known (a
+    non-square training size); otherwise a square grid is inferred from the table's length."""
+    old, new = state.get("pos_embed"), expected.get("pos_embed")
+    if old is None or new is None or old.shape == new.shape:
+        return state
+    if old.dim() != 3 or old.shape[0] != 1 or old.shape[2] != new.shape[2]:
+        return state  # not a different grid but a different model: the strict check below reports it
+    num_prefix = new.shape[1] - config.num_patches  # [CLS] (and any other leading tokens) are not resampled
+    old_patches = old.shape[1] - num_prefix
+    if old_patches <= 0:
+        return state
+    if pos_grid is None or pos_grid[0] * pos_grid[1] != old_patches:
+        try:
+            pos_grid = infer_square_grid(old_patches)
+        except ValueError as e:
+            raise ValueError(
+                f"cannot resample the position embeddings of {source} to img_size {config.img_size}: {e}, so the "
+                "size it was trained at is unknown; convert it at its training size first (img_size=(H, W), "
+                "CLI: --set 'img_size=[H,W]'), then load that checkpoint with the new img_size"
+            ) from None
+    table = resample_pos_embed_table(old, num_prefix, pos_grid, config.grid_size, config.pos_embed_antialias)
+    return {**state, "pos_embed": table}
+
+
+def build_and_load(config: ViTConfig, state: dict, backend: str, source: str, pos_grid=None) -> VisionTransformer:
+    """A new model for `config` with `state` loaded; raises listing every missing, unexpected or mis-shaped key.
+    A position table trained at another size is resampled to `config.img_size` first (see `fit_pos_embed`)."""
     model = VisionTransformer(config, backend=backend)
     expected = model.state_dict()
+    state = fit_pos_embed(state, expected, config, source, pos_grid)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     mismatched = [
@@ -61,13 +148,13 @@ def infer_num_heads(embed_dim: int) -> int:
     if embed_dim not in known:
         raise ValueError(
             f"cannot tell the number of attention heads for width {embed_dim} from the weights alone; "
-            "pass num_heads=..."
+            "pass num_heads=N (CLI: --set num_heads=N)"
         )
     import warnings
 
     warnings.warn(
         f"timm weights do not record the number of heads: assuming {known[embed_dim]} (the preset for width "
-        f"{embed_dim}); pass num_heads=... if the model differs",
+        f"{embed_dim}); pass num_heads=N (CLI: --set num_heads=N) if the model differs",
         stacklevel=3,
     )
     return known[embed_dim]

@@ -69,9 +69,9 @@ def config_from_timm_state(state: dict, **overrides) -> ViTConfig:
         patches = rows - (0 if cfg["no_embed_class"] else prefix)
         if not _is_square(patches):
             raise ValueError(f"the {patches} patch position embeddings do not form a square grid; "
-                             "pass img_size=(H, W)")
+                             "pass img_size=(H, W) (CLI: --set 'img_size=[H,W]')")
         cfg["img_size"] = math.isqrt(patches) * p
-    return ViTConfig(**cfg)
+    return ViTConfig.from_dict(cfg)  # unknown override names: a ValueError listing the known fields
 
 
 def _is_square(n: int) -> bool:

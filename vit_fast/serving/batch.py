@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -91,22 +93,75 @@ def results_table(paths: list, results: list, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pydict(columns, schema=schema)
 
 
-def _pool_resources(workers: Optional[int], cpus_per_worker: Optional[float], use_gpus: bool) -> dict:
-    resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0)) if use_gpus else 0
-    if gpus:
-        return {"size": workers or gpus, "num_gpus": 1, "num_cpus": cpus_per_worker or 1}
-    cpus = max(int(resources.get("CPU", 1)), 1)
-    spare = max(cpus - 1, 1)  # one CPU stays free for the read tasks, or the pipeline could starve
-    per_worker = cpus_per_worker or min(4, spare)
-    return {"size": workers or max(1, int(spare // per_worker)), "num_gpus": 0, "num_cpus": per_worker}
+def check_output_path(out) -> str:
+    """The absolute path of the Parquet file to write, after checking, before any work starts, that it is not a
+    directory and that its folder exists (or can be created) and is writable; ValueError saying what is wrong."""
+    path = Path(os.path.expanduser(str(out))).absolute()
+    if path.is_dir():
+        raise ValueError(f"--out {out} is a directory; expected a file path such as {path / 'predictions.parquet'}")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"--out {out} exists and is not writable")
+    parent = path.parent
+    existing = parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"--out {out}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: cannot write in {existing} (permission denied)")
+    return str(path)
+
+
+def _node_cpus() -> float:
+    """CPUs of the largest alive node: the most one actor (or replica) can get."""
+    return max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=0)
+
+
+def _pool_resources(workers: Optional[int], cpus_per_worker: Optional[float], use_gpus: bool,
+                    wait_timeout_s: float, say=print) -> dict:
+    """Actor pool size and per-actor resources, sized from what the cluster has *available* now (another job, a
+    Serve app say, may hold part of it). While not even one actor fits, says what it waits for and polls; after
+    `wait_timeout_s` raises TimeoutError naming what was needed and what was free."""
+    deadline = time.monotonic() + wait_timeout_s
+    announced = False
+    while True:
+        total, free = ray.cluster_resources(), ray.available_resources()
+        if use_gpus and total.get("GPU", 0) >= 1:
+            need = {"GPU": 1, "CPU": cpus_per_worker or 1}
+            fits = int(min(free.get("GPU", 0), free.get("CPU", 0) // need["CPU"]))
+            pool = {"size": min(workers or fits, fits) if fits else 0, "num_gpus": 1, "num_cpus": need["CPU"]}
+            what = f"1 GPU and {need['CPU']:g} CPU per worker"
+        else:
+            spare = int(free.get("CPU", 0)) - 1  # one CPU stays free for the read tasks, or the pipeline starves
+            per_worker = cpus_per_worker or max(1, min(4, spare))
+            fits = max(0, spare // per_worker)
+            pool = {"size": min(workers or fits, fits), "num_gpus": 0, "num_cpus": per_worker}
+            need = {"CPU": per_worker + 1}
+            what = f"{per_worker + 1:g} CPUs ({per_worker:g} for a worker, 1 for reading files)"
+        if pool["size"] >= 1:
+            if workers and pool["size"] < workers:
+                say(f"vit-fast infer: {workers} workers asked for, {pool['size']} fit in the free resources")
+            return pool
+        have = ", ".join(f"{free.get(k, 0):g} of {total.get(k, 0):g} {k}s" for k in need)
+        if total.get("CPU", 0) < need["CPU"] or total.get("GPU", 0) < need.get("GPU", 0):
+            raise ValueError(f"the Ray cluster is too small for one worker: it needs {what}, the cluster has {have}; "
+                             "lower --cpus-per-worker or give Ray more CPUs (--num-cpus)")
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"waited {wait_timeout_s:g} s for {what}, but only {have} are free: other Ray jobs "
+                               "(a Serve app?) hold the rest; stop them, lower --cpus-per-worker, or raise "
+                               "--wait-timeout")
+        if not announced:
+            say(f"vit-fast infer: waiting up to {wait_timeout_s:g} s for {what}; free now: {have} (other Ray jobs "
+                "hold the rest)")
+            announced = True
+        time.sleep(0.5)
 
 
 def run_batch_inference(source: str, out: str, checkpoint: Optional[str] = None, name: str = "vit_b_16",
                         backend: str = "auto", top_k: int = 5, embeddings: bool = False, batch_size: int = 32,
                         workers: Optional[int] = None, cpus_per_worker: Optional[float] = None,
                         device: Optional[str] = None, dtype: Optional[str] = None, progress: bool = True,
-                        normalize_embeddings: bool = False) -> dict:
+                        normalize_embeddings: bool = False, wait_timeout_s: float = 60.0) -> dict:
     """Predict every image of `source` into the Parquet file `out`; returns {"rows", "errors", "out"}.
 
     Connects to the Ray instance already initialised (or starts a local one). `device` None: the actor's GPU
@@ -114,17 +169,22 @@ def run_batch_inference(source: str, out: str, checkpoint: Optional[str] = None,
     files that disappeared before being read, get a row with an `error` message instead of failing the job.
     """
     from ray.data import DataContext
-    from tqdm import tqdm
 
     if not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be a positive int, got {top_k!r}")
     if normalize_embeddings and not embeddings:
         raise ValueError("normalize_embeddings applies to embeddings: pass embeddings=True")
     files = list_images(source)
+    out = check_output_path(out)  # before any work: a bad --out must not cost a whole job
     if not ray.is_initialized():
         ray.init()
-    DataContext.get_current().enable_progress_bars = False  # one bar, below, counting images
-    pool = _pool_resources(workers, cpus_per_worker, use_gpus=device is None or str(device).startswith("cuda"))
+    context = DataContext.get_current()
+    context.enable_progress_bars = False  # one bar, below, counting images
+    pool = _pool_resources(workers, cpus_per_worker, use_gpus=device is None or str(device).startswith("cuda"),
+                           wait_timeout_s=wait_timeout_s, say=lambda m: print(m, file=sys.stderr, flush=True))
+    # if another job takes the resources between that check and the actors' start, fail instead of hanging
+    # (the allowance covers the actors loading the model)
+    context.wait_for_min_actors_s = int(wait_timeout_s) + 300
     read_args = {"include_paths": True}
     if isinstance(files, str):
         read_args["file_extensions"] = list(IMAGE_EXTENSIONS)
@@ -144,33 +204,42 @@ def run_batch_inference(source: str, out: str, checkpoint: Optional[str] = None,
         num_cpus=pool["num_cpus"],
     )
     schema = output_schema(embeddings)
-    out = os.path.abspath(os.path.expanduser(out))
     os.makedirs(os.path.dirname(out), exist_ok=True)
     tmp = out + ".partial"
-    rows = errors = 0
-    seen = set()
     total = None if isinstance(files, str) else len(files)
     try:
-        with pq.ParquetWriter(tmp, schema) as writer, \
-                tqdm(total=total, unit="img", desc="vit-fast infer", disable=not progress) as bar:
-            for table in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-                table = table.select(schema.names).cast(schema)
-                writer.write_table(table)
-                rows += table.num_rows
-                errors += table.num_rows - table.column("error").null_count
-                if total is not None:
-                    seen.update(table.column("path").to_pylist())
-                bar.update(table.num_rows)
-                bar.set_postfix(errors=errors)
-            missing = [] if total is None else [f for f in files if f not in seen]
-            if missing:
-                lost = [{"labels": [], "scores": [], "indices": [], "embedding": None,
-                         "error": "FileNotFoundError: the file could not be read"} for _ in missing]
-                writer.write_table(results_table(missing, lost, schema))
-                rows += len(missing)
-                errors += len(missing)
+        rows, errors = _write(ds, files, schema, tmp, total, progress)
         os.replace(tmp, out)
+    except ray.exceptions.GetTimeoutError as e:
+        raise TimeoutError(f"the inference workers did not start within {context.wait_for_min_actors_s} s: "
+                           "the cluster lacks the resources they need (other jobs took them?)") from e
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return {"rows": rows, "errors": errors, "out": out}
+
+
+def _write(ds, files, schema, tmp, total, progress) -> tuple:
+    from tqdm import tqdm
+
+    rows = errors = 0
+    seen = set()
+    with pq.ParquetWriter(tmp, schema) as writer, \
+            tqdm(total=total, unit="img", desc="vit-fast infer", disable=not progress) as bar:
+        for table in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            table = table.select(schema.names).cast(schema)
+            writer.write_table(table)
+            rows += table.num_rows
+            errors += table.num_rows - table.column("error").null_count
+            if total is not None:
+                seen.update(table.column("path").to_pylist())
+            bar.update(table.num_rows)
+            bar.set_postfix(errors=errors)
+        missing = [] if total is None else [f for f in files if f not in seen]
+        if missing:
+            lost = [{"labels": [], "scores": [], "indices": [], "embedding": None,
+                     "error": "FileNotFoundError: the file could not be read"} for _ in missing]
+            writer.write_table(results_table(missing, lost, schema))
+            rows += len(missing)
+            errors += len(missing)
+    return rows, errors

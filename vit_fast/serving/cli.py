@@ -26,33 +26,127 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs for a Ray instance started on this machine")
 
 
-def _positive(p: argparse.ArgumentParser, args, *names) -> None:
+class Refused(Exception):
+    """Something checked before Ray starts is wrong: reported as one line, exit code 2."""
+
+
+def _positive(args, *names) -> None:
     for name in names:
         value = getattr(args, name)
         if value is not None and value < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+            raise Refused(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
 
 def _start_ray(args) -> None:
+    import logging
+
     import ray
 
+    quiet = dict(log_to_driver=False, logging_level=logging.WARNING)  # Ray's logs stay in its session folder
     if args.address:
-        ray.init(address=args.address)
+        ray.init(address=args.address, **quiet)
         return
     # a Ray started here ships this checkout to its workers even if vit_fast is not pip-installed
     root = str(Path(__file__).resolve().parents[2])
     pythonpath = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
     ray.init(num_cpus=args.num_cpus, include_dashboard=False,
-             runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+             runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **quiet)
 
 
-def _check_checkpoint(args) -> str | None:
-    if args.checkpoint is not None and not args.address and not Path(args.checkpoint).expanduser().exists():
-        return f"checkpoint not found: {args.checkpoint}"
+def _check_model(args) -> None:
+    """Everything about the model that can be checked on this machine, before Ray: the device exists, the
+    checkpoint (or preset) loads, the backend can run. With --address the paths may only exist on the cluster."""
+    import torch
+
+    import vit_fast
+    from vit_fast.backends import triton_unavailable_reason
+
+    local = not args.address
+    if local and args.device == "cuda" and not torch.cuda.is_available():
+        raise Refused("--device cuda, but CUDA is not available on this machine; use --device cpu")
+    if local and args.backend == "triton" and args.device != "cuda":
+        reason = triton_unavailable_reason(None if args.device is None else torch.device(args.device))
+        if reason:
+            raise Refused(f"--backend triton cannot run: {reason}")
     if args.checkpoint is None:
+        try:
+            vit_fast.get_config(args.model)  # an unknown preset name lists the known ones
+        except ValueError as e:
+            raise Refused(str(e)) from None
         print(f"vit-fast: no --checkpoint given: using {args.model} with RANDOM weights "
               "(predictions are meaningless)", file=sys.stderr)
-    return None
+        return
+    path = Path(args.checkpoint).expanduser()
+    if not path.exists():
+        if local:
+            raise Refused(f"checkpoint not found: {args.checkpoint}")
+        return  # a path on the cluster's nodes
+    try:
+        vit_fast.load(path, backend="torch")
+    except (ValueError, TypeError, OSError, RuntimeError) as e:
+        from vit_fast.cli import one_line
+
+        raise Refused(f"cannot load --checkpoint {args.checkpoint}: {one_line(e)}") from None
+
+
+def _check_port(host: str, port: int) -> None:
+    """The port is a port, and nothing listens on it yet (as the HTTP proxy binds it: SO_REUSEADDR, so a port
+    in TIME_WAIT after a previous server still counts as free)."""
+    import socket
+
+    if not 1 <= port <= 65535:
+        raise Refused(f"--port must be in 1..65535, got {port}")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise Refused(f"--host {host!r} does not resolve: {e.strerror}") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except PermissionError:
+            raise Refused(f"cannot listen on {host}:{port}: permission denied (ports below 1024 need root)") from None
+        except OSError as e:
+            raise Refused(f"cannot listen on {host}:{port}: {e.strerror} (another server is using it? pick "
+                          "another --port)") from None
+
+
+def _with_deployment_messages(error: BaseException) -> str:
+    """Serve's exception says only "Failed to update the deployments [...]"; the replica's traceback is in the
+    status of each deployment: both, as one text."""
+    text = str(error)
+    try:
+        from ray import serve
+
+        for app in serve.status().applications.values():
+            for deployment in app.deployments.values():
+                text += "\n" + (deployment.message or "")
+    except Exception:  # noqa: BLE001 - the status is a best effort; the exception's own text remains
+        pass
+    return text
+
+
+def _on_sigterm() -> None:
+    """SIGTERM (docker stop, kill, systemd) ends the command as Ctrl-C does, so Ray is shut down, not orphaned."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def replica_failure_line(message: str, what: str = "the model replicas failed to start") -> str:
+    """One line naming the cause of a failed Serve deployment, out of Ray's multi-line report (the last
+    `SomeError: text` line of the replica's traceback)."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(message))  # ANSI colours
+    causes = re.findall(r"^\s*((?:[\w.]+\.)?\w*(?:Error|Exception|Interrupt)\b:?.*)$", text, flags=re.MULTILINE)
+    causes = [c.strip() for c in causes if not c.strip().startswith(("RayTaskError", "RayActorError"))]
+    cause = causes[-1] if causes else " ".join(text.split())[:300]
+    return f"{what}: {cause}"
 
 
 # ---------------------------------------------------------------- serve
@@ -68,40 +162,59 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", type=int, default=32, help="images per model call")
     p.add_argument("--batch-wait-ms", type=float, default=5.0, help="longest wait for a batch to fill")
     p.add_argument("--num-replicas", type=int, default=1, help="model replicas (one GPU each when there are GPUs)")
+    p.add_argument("--cpus-per-replica", type=int, default=None,
+                   help="CPUs (and torch threads) per replica; default: on CPU replicas, the node's cores divided "
+                        "among the replicas (all of them for one); with GPUs, 1")
     p.set_defaults(func=lambda args: _serve(p, args))
     return p
 
 
 def _serve(parser, args) -> int:
-    _positive(parser, args, "top_k", "max_batch_size", "num_replicas", "port")
-    problem = _check_checkpoint(args)
-    if problem:
-        print(f"vit-fast serve: {problem}", file=sys.stderr)
+    try:
+        _positive(args, "top_k", "max_batch_size", "num_replicas", "cpus_per_replica")
+        _check_port(args.host, args.port)
+        _check_model(args)
+    except Refused as e:
+        print(f"vit-fast serve: {e}", file=sys.stderr)
         return 2
-    _start_ray(args)
+    _on_sigterm()
+    try:
+        _start_ray(args)
+    except KeyboardInterrupt:
+        return 0
+    _on_sigterm()  # again: Ray installs its own fatal-signal handler, which would abort and orphan its processes
+    import logging
+
     import ray
     from ray import serve
 
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # no INFO lines from Serve's driver side
+
     from .deployment import build_app
 
+    stage = "Ray Serve's HTTP proxy failed to start"
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
+        stage = "the model replicas failed to start"
         app = build_app(checkpoint=args.checkpoint, name=args.model, backend=args.backend,
                         max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_ms / 1000,
-                        top_k=args.top_k, num_replicas=args.num_replicas, device=args.device, dtype=args.dtype)
+                        top_k=args.top_k, num_replicas=args.num_replicas, device=args.device, dtype=args.dtype,
+                        num_cpus=args.cpus_per_replica)
         serve.run(app, name="vit_fast", route_prefix="/")
         print(f"vit-fast: serving on http://{args.host}:{args.port}  (GET /health, POST /predict; Ctrl-C stops)",
-              file=sys.stderr)
+              file=sys.stderr, flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         return 0
-    except RuntimeError as e:  # e.g. the replicas failed to start: Serve says why
-        print(f"vit-fast serve: {e}", file=sys.stderr)
+    except (RuntimeError, ray.exceptions.RayError) as e:  # the cause is in the deployments' status messages
+        print(f"vit-fast serve: {replica_failure_line(_with_deployment_messages(e), stage)}", file=sys.stderr)
         return 1
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
 
 
 # ---------------------------------------------------------------- infer
@@ -122,35 +235,48 @@ def add_infer_parser(subparsers) -> argparse.ArgumentParser:
                    help="model actors (default: one per GPU, or CPU actors leaving a CPU for reading)")
     p.add_argument("--cpus-per-worker", type=int, default=None, help="CPU threads per CPU actor (default: <= 4)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--wait-timeout", type=float, default=60.0,
+                   help="seconds to wait for free CPUs/GPUs when other Ray jobs hold them (default 60)")
     p.set_defaults(func=lambda args: _infer(p, args))
     return p
 
 
 def _infer(parser, args) -> int:
-    _positive(parser, args, "top_k", "batch_size", "workers", "cpus_per_worker")
-    if args.normalize and not args.embeddings:
-        print("vit-fast infer: --normalize applies to embeddings: add --embeddings", file=sys.stderr)
-        return 2
-    problem = _check_checkpoint(args)
-    if problem:
-        print(f"vit-fast infer: {problem}", file=sys.stderr)
-        return 2
-    from .batch import list_images, run_batch_inference
+    from .batch import check_output_path, list_images, run_batch_inference
 
     try:
-        list_images(args.source)  # fail before starting Ray when there is nothing to read
-    except FileNotFoundError as e:
+        _positive(args, "top_k", "batch_size", "workers", "cpus_per_worker")
+        if args.wait_timeout <= 0:
+            raise Refused(f"--wait-timeout must be > 0 seconds, got {args.wait_timeout:g}")
+        if args.normalize and not args.embeddings:
+            raise Refused("--normalize applies to embeddings: add --embeddings")
+        try:
+            list_images(args.source)  # fail before starting Ray when there is nothing to read
+            check_output_path(args.out)
+        except (FileNotFoundError, ValueError) as e:
+            raise Refused(str(e)) from None
+        _check_model(args)
+    except Refused as e:
         print(f"vit-fast infer: {e}", file=sys.stderr)
         return 2
-    _start_ray(args)
+    _on_sigterm()
     import ray
 
     try:
+        _start_ray(args)
+        _on_sigterm()  # again: Ray installs its own fatal-signal handler
         summary = run_batch_inference(args.source, args.out, checkpoint=args.checkpoint, name=args.model,
                                       backend=args.backend, top_k=args.top_k, embeddings=args.embeddings,
                                       batch_size=args.batch_size, workers=args.workers,
                                       cpus_per_worker=args.cpus_per_worker, device=args.device, dtype=args.dtype,
-                                      progress=not args.no_progress, normalize_embeddings=args.normalize)
+                                      progress=not args.no_progress, wait_timeout_s=args.wait_timeout,
+                                      normalize_embeddings=args.normalize)
+    except KeyboardInterrupt:
+        print("vit-fast infer: interrupted", file=sys.stderr)
+        return 130
+    except (TimeoutError, ValueError) as e:
+        print(f"vit-fast infer: {e}", file=sys.stderr)
+        return 1
     finally:
         ray.shutdown()
     print(f"vit-fast infer: wrote {summary['rows']} rows to {summary['out']} "

@@ -16,9 +16,12 @@ HTTP API (paths are relative to the application's route prefix, "/" by default):
     * a raw image body (Content-Type image/* or application/octet-stream);
     * a multipart/form-data upload: every file part is an image, the fields "top_k" and "embedding" are options.
   `top_k` and `embedding` may also be given as query parameters. Answer: 200
-  {"predictions": [{"labels": [...], "scores": [...], "indices": [...], "embedding": [...]?}, ...]}, one per image
-  in request order. Bad requests get a 4xx JSON {"error": "<what was wrong>"}: 400 malformed body or undecodable
-  image, 404 unknown path, 405 wrong method, 413 too many images or too large a body, 415 unsupported media type.
+  {"predictions": [{"labels": [...], "scores": [...], "indices": [...], "embedding": [...]?, "error": null}, ...]},
+  one per image in request order. An image that cannot be decoded gets its own entry with empty lists and "error"
+  set, and the others are still answered (as `vit-fast predict` and `infer` do); when no image of the request
+  could be decoded the answer is 400 with {"error": ..., "predictions": [...]}. Bad requests get a 4xx JSON
+  {"error": "<what was wrong>"}: 400 malformed body, 404 unknown path, 405 wrong method, 413 too many images or
+  too large a body, 415 unsupported media type.
 
 `build_app(...)` returns the bound application for `serve.run`; `app_builder` lets `serve run
 vit_fast.serving.deployment:app_builder checkpoint=...` and Serve config files build it too.
@@ -105,7 +108,13 @@ def _parse_json(body: bytes) -> tuple[list, dict]:
     if not isinstance(encoded, list):
         raise BadRequest(400, f'"images" must be a list of base64 strings, got {type(encoded).__name__}')
     options = {k: payload[k] for k in _OPTION_FIELDS if k in payload}
-    return [(i, _b64decode(text, i)) for i, text in enumerate(encoded)], options
+    blobs = []
+    for i, text in enumerate(encoded):
+        try:
+            blobs.append((i, _b64decode(text, i)))
+        except BadRequest as e:  # one bad image among several: its own error, the others are still answered
+            blobs.append((i, e))
+    return blobs, options
 
 
 def _parse_multipart(content_type: str, body: bytes) -> tuple[list, dict]:
@@ -130,7 +139,12 @@ class ViTDeployment:
 
     def __init__(self, checkpoint: Optional[str] = None, name: str = "vit_b_16", backend: str = "auto",
                  max_batch_size: int = 32, batch_wait_timeout_s: float = 0.005, top_k: int = 5,
-                 device: Optional[str] = None, dtype: Optional[str] = None, cuda_graphs: bool = True):
+                 device: Optional[str] = None, dtype: Optional[str] = None, cuda_graphs: bool = True,
+                 num_threads: Optional[int] = None):
+        import torch
+
+        if num_threads:  # as many torch threads as CPUs reserved for this replica
+            torch.set_num_threads(int(num_threads))
         self.predictor = Predictor.from_checkpoint(checkpoint, name=name, device=device, dtype=dtype,
                                                    backend=backend, max_batch_size=max_batch_size,
                                                    cuda_graphs=cuda_graphs)
@@ -160,13 +174,17 @@ class ViTDeployment:
         return out
 
     def _prepare_all(self, blobs: list) -> list:
-        tensors = []
+        """(tensor, None) or (None, "image i: what was wrong") per image, in order."""
+        out = []
         for index, data in blobs:
+            if isinstance(data, BadRequest):
+                out.append((None, data.message))
+                continue
             try:
-                tensors.append(self.predictor.prepare(data))
+                out.append((self.predictor.prepare(data), None))
             except (ValueError, TypeError, OSError) as e:
-                raise BadRequest(400, f"image {index}: {e}") from e
-        return tensors
+                out.append((None, f"image {index}: {e}"))
+        return out
 
     async def _predict(self, request: Request) -> JSONResponse:
         length = request.headers.get("content-length")
@@ -196,16 +214,29 @@ class ViTDeployment:
             raise BadRequest(400, "the request contains no image")
         if len(blobs) > MAX_IMAGES_PER_REQUEST:
             raise BadRequest(413, f"{len(blobs)} images in one request, the limit is {MAX_IMAGES_PER_REQUEST}")
-        tensors = await asyncio.to_thread(self._prepare_all, blobs)
-        predictions = await asyncio.gather(*(self.predict_batch((t, top_k, embedding, normalize)) for t in tensors))
-        return JSONResponse({"predictions": list(predictions)})
+        prepared = await asyncio.to_thread(self._prepare_all, blobs)
+        done = iter(await asyncio.gather(*(self.predict_batch((t, top_k, embedding, normalize))
+                                           for t, _ in prepared if t is not None)))
+        predictions = []
+        for tensor, error in prepared:  # per-image errors, as `predict` and `infer` give them
+            if tensor is not None:
+                predictions.append({**next(done), "error": None})
+            else:
+                failed = {"labels": [], "scores": [], "indices": [], "error": error}
+                predictions.append({**failed, "embedding": None} if embedding else failed)
+        if all(error is not None for _, error in prepared):  # nothing to answer: a client error
+            return JSONResponse({"error": prepared[0][1], "predictions": predictions}, status_code=400)
+        return JSONResponse({"predictions": predictions})
 
     async def _health(self, request: Request) -> JSONResponse:
+        import torch
+
         p = self.predictor
         return JSONResponse({"status": "ok", "model": str(self.model_name), "device": str(p.device),
                              "dtype": str(p.dtype).replace("torch.", ""), "random_weights": p.random_weights,
                              "num_classes": p.config.num_classes, "img_size": list(p.config.img_size),
-                             "max_batch_size": p.max_batch_size, "batching": dict(self.stats)})
+                             "max_batch_size": p.max_batch_size, "threads": torch.get_num_threads(),
+                             "batching": dict(self.stats)})
 
     async def __call__(self, request: Request) -> JSONResponse:
         root = request.scope.get("root_path", "")
@@ -229,15 +260,25 @@ class ViTDeployment:
 def build_app(checkpoint: Optional[str] = None, name: str = "vit_b_16", backend: str = "auto",
               max_batch_size: int = 32, batch_wait_timeout_s: float = 0.005, top_k: int = 5,
               num_replicas: int = 1, num_gpus: Optional[float] = None, num_cpus: Optional[float] = None,
-              device: Optional[str] = None, dtype: Optional[str] = None, cuda_graphs: bool = True):
+              device: Optional[str] = None, dtype: Optional[str] = None, cuda_graphs: bool = True,
+              num_threads: Optional[int] = None):
     """The bound Serve application. num_gpus None: one GPU per replica if the Ray cluster has any (and `device`
-    is not "cpu"), else 0; `device`/`dtype` None: the replica's GPU in bfloat16, or the CPU in float32."""
-    if num_gpus is None:
-        import ray
+    is not "cpu"), else 0; `device`/`dtype` None: the replica's GPU in bfloat16, or the CPU in float32.
+    num_cpus None: 1 with a GPU, else the largest node's CPUs divided among the replicas (all of them for one).
+    num_threads None: torch threads = the replica's CPUs (when at least 1)."""
+    import ray
 
+    if num_gpus is None:
         wants_gpu = device is None or str(device).startswith("cuda")
         num_gpus = 1 if wants_gpu and ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    actor_options = {"num_gpus": num_gpus, "num_cpus": 1 if num_cpus is None else num_cpus}
+    if num_cpus is None:
+        node_cpus = 1
+        if ray.is_initialized():
+            node_cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1)
+        num_cpus = 1 if num_gpus else max(1, int(node_cpus) // num_replicas)
+    if num_threads is None and num_cpus >= 1:
+        num_threads = int(num_cpus)
+    actor_options = {"num_gpus": num_gpus, "num_cpus": num_cpus}
     deployment = ViTDeployment.options(
         num_replicas=num_replicas,
         ray_actor_options=actor_options,
@@ -246,12 +287,12 @@ def build_app(checkpoint: Optional[str] = None, name: str = "vit_b_16", backend:
     )
     return deployment.bind(checkpoint=checkpoint, name=name, backend=backend, max_batch_size=max_batch_size,
                            batch_wait_timeout_s=batch_wait_timeout_s, top_k=top_k, device=device, dtype=dtype,
-                           cuda_graphs=cuda_graphs)
+                           cuda_graphs=cuda_graphs, num_threads=num_threads)
 
 
 def app_builder(args: dict):
     """Entry point for `serve run vit_fast.serving.deployment:app_builder key=value ...` and Serve config files."""
     conversions = {"max_batch_size": int, "top_k": int, "num_replicas": int, "batch_wait_timeout_s": float,
-                   "num_gpus": float, "num_cpus": float, "cuda_graphs": lambda v: _parse_bool(v, "cuda_graphs")}
+                   "num_gpus": float, "num_cpus": float, "num_threads": int, "cuda_graphs": lambda v: _parse_bool(v, "cuda_graphs")}
     return build_app(**{k: conversions[k](v) if k in conversions and isinstance(v, str) else v
                         for k, v in args.items()})

@@ -1,0 +1,196 @@
+"""`vit-fast serve` and `vit-fast infer` refuse bad input before Ray starts (one line, exit code 2, in well under
+Ray's start-up time), and `serve` started for real stops cleanly on SIGTERM, Ray's processes included."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+import vit_fast
+from tests.helpers import randomize_
+from vit_fast.cli import main
+
+pytest.importorskip("ray", reason="needs the serve extra: pip install vit-fast[serve]")
+psutil = pytest.importorskip("psutil")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Starting Ray fails the test: everything below must be refused before that."""
+    from vit_fast.serving import cli as serving_cli
+
+    def start(args):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(serving_cli, "_start_ray", start)
+
+
+@pytest.fixture
+def checkpoints(tmp_path):
+    good = vit_fast.save(randomize_(vit_fast.create("vit_ti_16", img_size=32, depth=1, num_classes=3)),
+                         tmp_path / "good")
+    bad = vit_fast.save(vit_fast.create("vit_ti_16", img_size=32, depth=1, num_classes=3), tmp_path / "bad")
+    (bad / "model.safetensors").write_bytes(b"\x00" * 100)
+    return good, bad
+
+
+@pytest.fixture
+def busy_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+def _refused(argv, capsys, command):
+    capsys.readouterr()
+    start = time.monotonic()
+    code = main([str(a) for a in argv])
+    took = time.monotonic() - start
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, lines
+    assert took < 10, took  # Ray alone takes longer than this to start
+    errors = [line for line in lines if not line.startswith("vit-fast: no --checkpoint")]
+    assert len(errors) == 1 and errors[0].startswith(f"vit-fast {command}: "), lines
+    import ray
+
+    assert not ray.is_initialized()
+    return errors[0]
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--port", "70000"], "--port must be in 1..65535, got 70000"),
+    (["--port", "0"], "--port must be in 1..65535, got 0"),
+    (["--top-k", "0"], "--top-k must be >= 1, got 0"),
+    (["--cpus-per-replica", "0"], "--cpus-per-replica must be >= 1, got 0"),
+    (["--model", "vit_q_16"], "unknown model 'vit_q_16'"),
+    (["--host", "no-such-host.invalid"], "does not resolve"),
+])
+def test_serve_refuses_bad_options_before_ray(no_ray, capsys, extra, fragment):
+    assert fragment in _refused(["serve", "--model", "vit_ti_16", *extra], capsys, "serve")
+
+
+def test_serve_refuses_bad_checkpoint_and_busy_port_before_ray(no_ray, capsys, checkpoints, busy_port):
+    good, bad = checkpoints
+    line = _refused(["serve", "--checkpoint", bad, "--port", "8123"], capsys, "serve")
+    assert f"cannot load --checkpoint {bad}" in line and "expected a safetensors file" in line
+    line = _refused(["serve", "--checkpoint", "/no/such/ckpt"], capsys, "serve")
+    assert "checkpoint not found: /no/such/ckpt" in line
+    line = _refused(["serve", "--checkpoint", good, "--port", busy_port], capsys, "serve")
+    assert f"cannot listen on 127.0.0.1:{busy_port}" in line and "in use" in line
+    if not torch.cuda.is_available():
+        line = _refused(["serve", "--checkpoint", good, "--device", "cuda"], capsys, "serve")
+        assert "--device cuda, but CUDA is not available" in line
+
+
+def test_infer_refuses_bad_paths_before_ray(no_ray, capsys, checkpoints, tmp_path):
+    good, _ = checkpoints
+    images = tmp_path / "images"
+    images.mkdir()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (20, 20)).save(images / "a.png")
+    line = _refused(["infer", images, "--out", tmp_path, "--checkpoint", good], capsys, "infer")
+    assert f"--out {tmp_path} is a directory" in line and "predictions.parquet" in line
+    line = _refused(["infer", empty, "--out", tmp_path / "p.parquet", "--checkpoint", good], capsys, "infer")
+    assert "no image files found" in line
+    line = _refused(["infer", images, "--out", images / "a.png" / "p.parquet", "--checkpoint", good], capsys, "infer")
+    assert "is a file, not a folder" in line
+    line = _refused(["infer", images, "--out", tmp_path / "p.parquet", "--wait-timeout", "0"], capsys, "infer")
+    assert "--wait-timeout must be > 0" in line
+    assert not (tmp_path / "p.parquet").exists()
+
+
+def test_replica_failure_becomes_one_line():
+    from vit_fast.serving.cli import replica_failure_line
+
+    # the shape of Serve's report when a replica's constructor raises (abridged from a real one)
+    report = ("Deploying application vit_fast failed: Failed to update the deployments ['ViTDeployment'].\n"
+              "\x1b[36mray::ServeReplica:vit_fast:ViTDeployment.initialize_and_get_metadata()\x1b[39m "
+              "(pid=1234, ip=10.0.0.1)\n  File \"/x/replica.py\", line 1, in initialize\n"
+              "ray.exceptions.RayTaskError(ValueError): ray::ServeReplica...\n"
+              "  File \"/x/predictor.py\", line 9, in __init__\n"
+              "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n")
+    line = replica_failure_line(report)
+    assert line == "the model replicas failed to start: torch.OutOfMemoryError: CUDA out of memory. Tried to " \
+                   "allocate 2.00 GiB"
+    assert "\n" not in replica_failure_line("something\nelse went wrong")
+    # Ray 2.60: serve.run's exception names no cause; the deployment status message holds the replica traceback
+    real = ("Deploying application x failed: Failed to update the deployments ['ViTDeployment'].\n"
+            "Failed to start replica: Traceback (most recent call last):\n  File \"replica.py\", line 1928\n"
+            "    raise RuntimeError(traceback.format_exc()) from None\n"
+            "RuntimeError: Traceback (most recent call last):\n  File \"vit_fast/loading/checkpoint.py\", line 71\n"
+            "    raise FileNotFoundError(f\"no checkpoint at {path}\")\n"
+            "FileNotFoundError: no checkpoint at /nonexistent/ckpt")
+    assert replica_failure_line(real) == ("the model replicas failed to start: FileNotFoundError: no checkpoint at "
+                                          "/nonexistent/ckpt")
+
+
+def _entry_point():
+    script = Path(sys.executable).with_name("vit-fast")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "vit_fast"]
+
+
+def _env():
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("TRITON_INTERPRET", None)
+    return env
+
+
+def test_real_serve_refuses_a_bad_port_fast():
+    start = time.monotonic()
+    done = subprocess.run(_entry_point() + ["serve", "--port", "70000"], capture_output=True, text=True,
+                          timeout=120, env=_env())
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and lines == ["vit-fast serve: --port must be in 1..65535, got 70000"], done.stderr
+    assert time.monotonic() - start < 60
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(240)
+def test_serve_uses_all_cores_and_stops_with_ray_on_sigterm(tmp_path):
+    """A real `vit-fast serve`: one CPU replica gets the machine's cores as torch threads; SIGTERM ends it like
+    Ctrl-C, and every process it started (Ray's GCS, raylet, agents, workers) is gone within a bound."""
+    port = _free_port()
+    cores = os.cpu_count()
+    proc = subprocess.Popen(_entry_point() + ["serve", "--model", "vit_ti_32", "--device", "cpu", "--port", str(port),
+                                              "--num-cpus", str(cores), "--backend", "sdpa"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        deadline = time.monotonic() + 180
+        health = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+                    health = json.loads(r.read())
+                    break
+            except OSError:
+                time.sleep(1)
+        assert health is not None, proc.stderr.read() if proc.poll() is not None else "serve did not come up"
+        assert health["threads"] == cores and health["device"] == "cpu"
+        started = psutil.Process(proc.pid).children(recursive=True)
+        assert any("raylet" in " ".join(p.cmdline()) for p in started if p.is_running())
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        assert proc.returncode == 0, proc.stderr.read()
+        gone, alive = psutil.wait_procs(started, timeout=30)
+        assert not alive, [" ".join(p.cmdline())[:100] for p in alive]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
