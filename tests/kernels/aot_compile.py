@@ -1,9 +1,47 @@
-"""Ahead-of-time compile check: build every kernel variant for real GPU targets on a machine without a GPU.
+"""Ahead-of-time compile check: build every kernel variant for real GPU targets on a machine without a GPU, the way
+Triton's JIT builds it on the GPU.
 
 The interpreter accepts code the GPU compiler rejects (non-constexpr globals, dots under 16, host-only helpers), so
 CI compiles the `aot_variants()` of every module in the `kernels` package down to a cubin. Modules are found with
 pkgutil, so a new kernel module is checked without editing this file; a public module that defines Triton kernels
-but no `aot_variants()` is a failure (the contract asks every kernel module for one).
+but no `aot_variants()` is a failure. The same variants feed the static report and its gate
+(`python -m benchmarks.kernels_static`, tests/kernels/test_static_gate.py).
+
+THE CONTRACT (every engine follows it to appear in the report and the gate)
+---------------------------------------------------------------------------
+A module of `kernels` that defines a @triton.jit kernel defines `aot_variants(exhaustive: bool = False) -> list[dict]`,
+one dict per compile, describing the launch exactly as the JIT would specialize it on a GPU:
+
+  fn          the @triton.jit function (`kernels._common.jit_fn(k)` unwraps autotune/heuristics wrappers)
+  signature   {arg name: type} for EVERY argument of fn: "*bf16" / "*fp16" / "*fp32" / "*u8" / "*fp8e4nv" pointers,
+              "i32" / "i64" / "fp32" scalars, "constexpr" for constexprs and for integer args the JIT turns into
+              constants (a unit stride is specialized to 1: declare it "constexpr" with value 1)
+  constexprs  {arg name: value} for every "constexpr" entry of the signature (tiles, switches, unit strides)
+  num_warps, num_stages   as in the triton.Config the autotuner would launch
+Optional keys:
+  divisible   tuple of integer argument names that every real launch makes a multiple of 16: row strides of
+              contiguous rows, N, K, D, 3D, head dims. They get `tt.divisibility=16`, as the JIT gives them. Never M
+              nor anything that varies with the batch (B·197 is odd) — those are also `do_not_specialize` in the
+              kernel. Every pointer argument always gets the attribute (launchers pass 16-byte aligned tensors;
+              a launcher that cannot promise it must not use this contract's variants). Default ().
+  tables      names of the autotune tables this variant's tile belongs to, e.g. ("hopper", "ampere") — for GEMMs
+              the keys of kernels._common.GEMM_TABLES; attention has its own. The gate applies the sm_90 rules to
+              every variant whose tables contain "hopper" (default ("hopper",): gated).
+  op          the op the variant serves ("ln_linear", "ln_qkv", "linear_residual", "patch_embed", "attention",
+              "layer_norm", "linear_fp8", ...): report grouping and roofline. Default: the module name.
+  main_loop   "gemm" when the kernel streams K tiles through a loop that must be pipelined on sm_90: the gate then
+              demands cp.async (LDGSTS) or TMA (UTMALDG) in its SASS. Default None (no demand).
+  vit         callable(cfg, batch) -> list of launches this variant runs for the ViT preset `cfg`
+              (vit_fast.get_config(name)) at that batch, [] when the launcher cannot pick it there (other dtype is
+              handled by the report; use it for shape-dependent switches such as EVEN_K, BLOCK_D, tiles the prune
+              drops). A launch is {"name": str, "flops": FLOPs the tiles execute (padding included), "useful_flops":
+              the problem's FLOPs, "bytes": compulsory DRAM bytes, "programs": grid size}; persistent kernels give
+              "programs" as the number of output tiles. kernels._common.gemm_vit_launches builds them for GEMM ops.
+              Without it a variant is listed for every preset, with no roofline.
+Rules the gate enforces on sm_90 for variants whose tables contain "hopper" (tests/kernels/test_static_gate.py):
+no spill (STACK 0, no STL/LDL), shared memory <= 232,448 B; every tensor-core dot of a 16-bit variant is wgmma
+(no HMMA); main_loop == "gemm" -> LDGSTS or UTMALDG present. Every variant must compile for sm_90 and sm_80.
+Identical compiles (same fn, signature, constexprs, attributes, warps, stages, target) are compiled once.
 
 Default (the CI budget): every variant for sm_90, and for sm_80 a representative subset: per (kernel, pointer
 dtypes), the fewest variants that between them take every value of every boolean constexpr. `--full` compiles every
@@ -104,11 +142,24 @@ def subset(variants):
     return sorted(set(keep))
 
 
+def jit_attrs(variant):
+    """The JIT's specialization as ASTSource attrs: tt.divisibility=16 on every pointer and on `divisible` ints."""
+    fn, sig = variant["fn"], variant["signature"]
+    names = [n for n, t in sig.items() if isinstance(t, str) and t.startswith("*")]
+    for name in variant.get("divisible", ()):
+        kind = sig.get(name)
+        if kind is None or kind == "constexpr" or not kind.startswith(("i", "u")) or kind.startswith("*"):
+            raise ValueError(f"{fn.__name__}: divisible names {name!r}, expected an integer argument, got {kind!r}")
+        names.append(name)
+    return {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in names}
+
+
 def _source(variant):
     params = inspect.signature(ASTSource.__init__).parameters
     if "constexprs" not in params:  # the keyword exists since triton 3.3; setup.py asks for >= 3.4
         raise RuntimeError(f"unsupported triton {triton.__version__}: ASTSource{tuple(params)}")
-    return ASTSource(fn=variant["fn"], signature=variant["signature"], constexprs=variant["constexprs"])
+    return ASTSource(fn=variant["fn"], signature=variant["signature"], constexprs=variant["constexprs"],
+                     attrs=jit_attrs(variant))
 
 
 def _cpu_seconds():
