@@ -48,11 +48,19 @@ DEVICES = {
 
 def _aot():
     """tests/kernels/aot_compile.py, the contract and the compile machinery (a script, not a package module)."""
+    if "aot_compile" in sys.modules:
+        return sys.modules["aot_compile"]
+    os.environ.pop("TRITON_INTERPRET", None)  # compile for real targets, never the interpreter shim
     spec = importlib.util.spec_from_file_location("aot_compile", ROOT / "tests" / "kernels" / "aot_compile.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["aot_compile"] = module
     spec.loader.exec_module(module)
     return module
+
+
+def compile_job(job):
+    """Process-pool entry point (importable by spawned workers, unlike the script's own functions)."""
+    return _aot().compile_one(job)
 
 
 def is_16bit(variant) -> bool:
@@ -259,7 +267,7 @@ def main(argv=None) -> int:
     if args.jobs > 1 and len(jobs) > 1:
         # spawn, not fork: every worker imports triton afresh (and without TRITON_INTERPRET)
         with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for i, res in enumerate(pool.map(aot.compile_one, jobs)):
+            for i, res in enumerate(pool.map(compile_job, jobs)):
                 results.append(res)
                 _progress(i, len(jobs), res)
     else:

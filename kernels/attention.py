@@ -135,7 +135,8 @@ def _attn_step(acc, l_i, m_i, q, k_ptrs, v_ptrs, start_n, offs_n, offs_d,
 
 
 @triton.autotune(configs=_configs(), key=["N_Q_BUCKET", "N_K_BUCKET", "HEAD_DIM"],
-                 prune_configs_by={"early_config_prune": _prune_configs})
+                 prune_configs_by={"early_config_prune": _prune_configs},
+                 cache_results=True)  # tuned configs persist in triton's cache dir across processes
 @triton.heuristics({
     "EVEN_M": lambda a: a["N_Q"] % a["BLOCK_M"] == 0,
     "EVEN_N": lambda a: a["N_K"] % a["BLOCK_N"] == 0,

@@ -63,6 +63,7 @@ def apply_activation(x, ACTIVATION: tl.constexpr):
     configs=gemm_configs(),
     key=GEMM_AUTOTUNE_KEY,
     prune_configs_by={"early_config_prune": prune_gemm_configs},
+    cache_results=True,  # tuned configs persist on disk (triton's cache dir), so a restarted server does not re-tune
 )
 @triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
 @triton.jit(do_not_specialize=["M"])  # M = B·tokens: one compile for every batch size

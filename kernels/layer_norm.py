@@ -33,7 +33,8 @@ def prune_ln_configs(configs, named_args, **kwargs):
     return kept or [min(configs, key=lambda c: abs(_elements_per_thread(c, block_n) - 16))]
 
 
-@triton.autotune(configs=_configs(), key=["M_BUCKET", "N"], prune_configs_by={"early_config_prune": prune_ln_configs})
+@triton.autotune(configs=_configs(), key=["M_BUCKET", "N"], prune_configs_by={"early_config_prune": prune_ln_configs},
+                 cache_results=True)  # tuned configs persist in triton's cache dir across processes
 @triton.jit(do_not_specialize=["M"])  # rows vary with the batch: one compile for every batch size
 def layer_norm_kernel(
     x_ptr,  # (M, N) input, any strides

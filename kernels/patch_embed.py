@@ -22,6 +22,7 @@ IMAGE_DTYPES = FLOAT_DTYPES + (torch.uint8,)
     key=["M_BUCKET", "N", "K", "HAS_BIAS"],
     prune_configs_by={"early_config_prune": functools.partial(prune_gemm_configs, a_name="x_ptr",
                                                               dot_dtype_name="out_ptr")},
+    cache_results=True,  # tuned configs persist on disk (triton's cache dir), so a restarted server does not re-tune
 )
 @triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
 @triton.jit(do_not_specialize=["M"])  # M = B·patches: one compile for every batch size
