@@ -8,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (GEMM_DIVISIBLE, SWITCH_TILE, TL_SIG, gemm_configs, gemm_families, gemm_rows_for,
+from ._common import (GEMM_DIVISIBLE, SWITCH_TILE, TL_SIG, gemm_configs, gemm_families, gemm_kind, gemm_rows_for,
                       gemm_vit_launches, jit_fn, m_bucket, prune_gemm_configs, upcast_needed)
 
 DTYPES = (torch.bfloat16, torch.float32, torch.float16)  # AOT order: bf16 first (the fast path)
@@ -271,7 +271,7 @@ def _gemm_variant(dtype, has_ln, activation, has_bias, has_residual, qkv, even_k
     vit_activation = 1 if op == "ln_linear" else 0
     return {"fn": jit_fn(fused_gemm_kernel), "signature": sig, "constexprs": constexprs,
             "num_warps": warps, "num_stages": stages, "divisible": divisible, "op": op, "main_loop": "gemm",
-            "tables": gemm_families(tile, elem),
+            "tables": gemm_families(tile, elem, gemm_kind(dict(HAS_LN=has_ln, QKV_HEAD_MAJOR=qkv))),
             "vit": gemm_vit_launches(op, tile, elem, even_k,
                                      when=lambda cfg: has_bias == cfg.qkv_bias if qkv else (
                                          has_bias and activation == vit_activation))}

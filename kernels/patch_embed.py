@@ -8,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (FLOAT_DTYPES, SWITCH_TILE, TL_SIG, check, check_device, check_dtype, check_vector,
+from ._common import (FLOAT_DTYPES, GEMM_TABLES, SWITCH_TILE, TL_SIG, check, check_device, check_dtype, check_vector,
                       gemm_configs, gemm_families, gemm_rows_for, gemm_vit_launches, is_interpreting, jit_fn,
                       m_bucket, prune_gemm_configs)
 from .gemm import grouped_tile
@@ -206,7 +206,7 @@ def aot_variants(exhaustive: bool = False):
     for dtype in (torch.bfloat16, torch.float32, torch.float16):
         elem = torch.empty((), dtype=dtype).element_size()
         for row in gemm_rows_for(elem):
-            patches = (16, 14, 32) if dtype == torch.bfloat16 and "hopper" in gemm_families(row, elem) else (16,)
+            patches = (16, 14, 32) if dtype == torch.bfloat16 and row in GEMM_TABLES["hopper"] else (16,)
             out.extend(_variant(dtype, dtype, dtype, p, True, False, row) for p in patches)
         for combo in (combos if exhaustive or dtype != torch.float16 else [base]):
             if combo != base:
