@@ -106,7 +106,7 @@ def roofline_us(launches, cc: int, sixteen_bit: bool) -> float:
 
 def gate_problems(variant, cc: int, stats) -> list:
     """The gate's rules for one compiled variant (empty when it passes or when the rules do not apply)."""
-    if cc != 90 or "hopper" not in variant.get("tables", ("hopper",)):
+    if cc != 90 or "hopper" not in variant.get("tables", ("hopper",)) or variant.get("ungated"):
         return []
     problems = []
     if stats["stack"] or stats["stl"] or stats["ldl"]:
@@ -170,6 +170,8 @@ def describe(row, result) -> dict:
         out["async_copy"] = "+".join(k for k, n in (("cp.async", stats["ldgsts"]), ("TMA", stats["utmaldg"])) if n) \
             or "none"
         out["gate"] = gate_problems(variant, cc, stats)
+        if variant.get("ungated"):
+            out["ungated"] = variant["ungated"]
     vit = variant.get("vit")
     if vit is not None:
         out["presets"] = [p for p in PRESETS if any(vit(vit_fast.get_config(p), b) for b in BATCHES)]
@@ -178,6 +180,7 @@ def describe(row, result) -> dict:
         if launches and family in variant.get("tables", ("hopper",)):
             out["roofline_us"] = round(roofline_us(launches, cc, is_16bit(variant)), 1)
             out["roofline_launches"] = len(launches)
+            out["launch_names"] = ",".join(dict.fromkeys(x["name"] for x in launches))
             out["tflops_useful"] = sum(x["useful_flops"] for x in launches) / 1e12
     else:
         out["presets"] = list(PRESETS)
@@ -205,10 +208,11 @@ def markdown(report) -> str:
     lines.append("")
     lines.append(f"## Predicted time per op, {ROOFLINE_PRESET} batch {ROOFLINE_BATCH} (best gated Hopper variant)")
     lines.append("")
-    lines.append("| op | dtype | tile | roofline µs (sm_90) | useful TFLOP |")
-    lines.append("|---|---|---|---|---|")
-    for (op, dtype), r in sorted(best_per_op(report["rows"]).items()):
-        lines.append(f"| {op} | {dtype} | {r['tile']} | {r['roofline_us']} | {r['tflops_useful']:.3f} |")
+    lines.append("| op | launches | dtype | tile | launches per forward | roofline µs (sm_90) | useful TFLOP |")
+    lines.append("|---|---|---|---|---|---|---|")
+    for (op, names, dtype), r in sorted(best_per_op(report["rows"]).items()):
+        lines.append(f"| {op} | {names} | {dtype} | {r['tile']} | {r['roofline_launches']} | {r['roofline_us']} | "
+                     f"{r['tflops_useful']:.3f} |")
     lines.append("")
     for target in ("sm_90", "sm_80"):
         rows = [r for r in report["rows"] if r["target"] == target]
@@ -225,8 +229,9 @@ def markdown(report) -> str:
                 continue
             smem = f"{r['shared']:,}" + (" **over**" if r["shared"] > r["smem_limit"] else "")
             presets = ",".join(p[4:] for p in r["presets"]) or "—"
-            gate = ("**" + "; ".join(r["gate"]) + "**") if r["gate"] else ("ok" if "hopper" in r["families"]
-                                                                           and target == "sm_90" else "")
+            gate = ("**" + "; ".join(r["gate"]) + "**") if r["gate"] else f"ungated: {r['ungated']}" \
+                if r.get("ungated") and target == "sm_90" else "ok" if "hopper" in r["families"] and \
+                target == "sm_90" else ""
             lines.append(f"| {r['op']} | {r['kernel']} | {r['dtype']} | {r['tile']} | {r['switches']} | "
                          f"{','.join(r['families'])} | {r['registers']} | {r['stack']} | {r['stl']}/{r['ldl']} | "
                          f"{smem} | {r['tensor_core']} | {r['async_copy']} | {presets} | "
@@ -236,12 +241,12 @@ def markdown(report) -> str:
 
 
 def best_per_op(rows) -> dict:
-    """(op, dtype) -> the sm_90 row with the lowest roofline among gated (passing) Hopper variants."""
+    """(op, launch names, dtype) -> the sm_90 row with the lowest roofline among passing Hopper variants."""
     best = {}
     for r in rows:
         if r["target"] != "sm_90" or "roofline_us" not in r or r.get("gate") or "hopper" not in r["families"]:
             continue
-        key = (r["op"], r["dtype"])
+        key = (r["op"], r["launch_names"], r["dtype"])
         if key not in best or r["roofline_us"] < best[key]["roofline_us"]:
             best[key] = r
     return best

@@ -352,6 +352,9 @@ def aot_variants():
         variants.append({"fn": fn, "signature": sig, "constexprs": consts, "num_warps": warps, "num_stages": stages,
                          "divisible": divisible, "op": "attention", "main_loop": None,
                          "wgmma": bm >= 64,  # a wgmma covers 64 rows per warpgroup: the 16-row tile is mma.sync
+                         # fp32 ieee dots run on FMA units and spill at every ragged tile (static report)
+                         "ungated": "fp32 ieee attention: validation path; backend auto sends fp32 models to sdpa"
+                         if dtype == torch.float32 else None,
                          "tables": _families((bm, bn, warps, stages), dtype, block_d),
                          "vit": _vit_launches(dtype, bm, bn, block_d, even_m, even_n)})
 
