@@ -123,7 +123,7 @@ def gate_problems(variant, cc: int, stats) -> list:
     return problems
 
 
-def collect(aot, ci: bool, all_targets: bool, ccs, only=()):
+def collect(aot, ci: bool, all_targets: bool, ccs, only=(), dtypes=()):
     """-> (failures, jobs, rows): one job per distinct compile, one row per (variant, target) sharing its result."""
     failures, jobs, rows, seen = [], [], [], {}
     for name, module, error in aot.discover(only):
@@ -138,6 +138,8 @@ def collect(aot, ci: bool, all_targets: bool, ccs, only=()):
         ampere_like = [i for i, v in enumerate(variants) if set(v.get("tables", ("hopper",))) & {"ampere", "fallback"}]
         sample80 = {ampere_like[i] for i in aot.subset([variants[i] for i in ampere_like])} if ampere_like else set()
         for index, variant in enumerate(variants):
+            if dtypes and dtype_of(variant) not in dtypes:
+                continue
             for cc in targets_of(variant, all_targets, ccs):
                 if ci and cc == 80 and index not in sample80:
                     continue
@@ -261,13 +263,15 @@ def main(argv=None) -> int:
                         help="the CI subset: every Hopper-pickable variant on sm_90, a representative sm_80 sample")
     parser.add_argument("--all-targets", action="store_true", help="every variant for every target")
     parser.add_argument("--only", default="", help="comma-separated kernel module names (default: all)")
+    parser.add_argument("--dtype", default="", help="comma-separated pointer dtypes to keep, e.g. bf16 (default: all)")
     parser.add_argument("--check", action="store_true", help="exit 1 when a compile fails or the gate finds a problem")
     args = parser.parse_args(argv)
     os.environ.pop("TRITON_INTERPRET", None)  # compile for real targets, never the interpreter shim
     aot = _aot()
     import triton
 
-    failures, jobs, rows = collect(aot, args.ci, args.all_targets, args.cc, {m for m in args.only.split(",") if m})
+    failures, jobs, rows = collect(aot, args.ci, args.all_targets, args.cc, {m for m in args.only.split(",") if m},
+                                   {d for d in args.dtype.split(",") if d})
     if failures:
         print("FAILURES before compiling:\n  " + "\n  ".join(failures), file=sys.stderr)
         return 1

@@ -30,13 +30,18 @@ def _env():
     return env
 
 
-def _variants(name):
-    """aot_variants() of kernels.<name>, imported without the interpreter (it changes what @triton.jit builds)."""
-    code = (f"import importlib, pickle, sys; m = importlib.import_module('kernels.{name}'); "
-            "rows = [(v.get('op', '{name}'), v['signature'], v['constexprs'], v['num_warps'], v['num_stages'], "
-            "tuple(v.get('tables', ('hopper',))), tuple(v.get('divisible', ()))) for v in m.aot_variants()]; "
-            "sys.stdout.buffer.write(pickle.dumps(rows))")
+@pytest.fixture(scope="module")
+def variants():
+    """{module: aot_variants() as plain tuples}, from one subprocess without the interpreter (it changes what
+    @triton.jit builds)."""
     import pickle
+
+    code = ("import importlib, pickle, sys\nout = {}\n"
+            f"for name in {MODULES!r}:\n"
+            "    m = importlib.import_module('kernels.' + name)\n"
+            "    out[name] = [(v.get('op', name), v['signature'], v['constexprs'], v['num_warps'], v['num_stages'],\n"
+            "                  tuple(v.get('tables', ('hopper',))), tuple(v.get('divisible', ()))) for v in m.aot_variants()]\n"
+            "sys.stdout.buffer.write(pickle.dumps(out))\n")
     out = subprocess.run([sys.executable, "-c", code], env=_env(), cwd=ROOT, capture_output=True, check=True)
     return pickle.loads(out.stdout)
 
@@ -73,10 +78,10 @@ def test_static_gate(tmp_path):
 
 
 @pytest.mark.parametrize("name", GEMM_OPS)
-def test_variants_cover_every_table_row(name):
+def test_variants_cover_every_table_row(name, variants):
     from kernels._common import FAMILY_SMEM, GEMM_TABLES, gemm_tile_allowed
 
-    rows = _variants(name)
+    rows = variants[name]
     kind = {"ln_qkv": "qkv", "ln_linear": "ln"}.get(name, "plain")
     for dtype, elem in ((torch.bfloat16, 2), (torch.float16, 2), (torch.float32, 4)):
         sig = "*" + {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
@@ -93,9 +98,9 @@ def test_variants_cover_every_table_row(name):
                     assert row in have, f"{name} {dtype}: pruned tile {row} missing from the report's variants"
 
 
-def test_attention_variants_cover_every_table_row():
+def test_attention_variants_cover_every_table_row(variants):
     attention = importlib.import_module("kernels.attention")
-    rows = _variants("attention")
+    rows = variants["attention"]
     for dtype, tables in (("*bf16", attention.ATTN_TABLES), ("*fp32", {"hopper": attention.FP32_ATTN})):
         have = {(c["BLOCK_M"], c["BLOCK_N"], w, s) for _, sig, c, w, s, _, _ in rows if sig["Q"] == dtype}
         for table in tables.values():
