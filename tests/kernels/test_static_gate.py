@@ -116,9 +116,9 @@ sys.path.insert(0, 'tests/kernels')
 import aot_compile
 from benchmarks import kernels_static as ks
 qkv = importlib.import_module('kernels.ln_qkv')
-v = next(v for v in qkv.aot_variants() if v['signature']['a_ptr'] == '*bf16'
+i = next(i for i, v in enumerate(qkv.aot_variants()) if v['signature']['a_ptr'] == '*bf16'
          and (v['constexprs']['BLOCK_M'], v['constexprs']['BLOCK_N']) == (128, 256))
-r = aot_compile.compile_one(('ln_qkv', qkv.aot_variants().index(v), 90, False, True))
+r = aot_compile.compile_one(('ln_qkv', i, 90, False, True))
 print(json.dumps(r[-1]))
 """
     out = subprocess.run([sys.executable, "-c", code], env=_env(), cwd=ROOT, capture_output=True, text=True,
