@@ -139,3 +139,36 @@ print(json.dumps(r[-1]))
         assert any(words in p for p in gate_problems(variant, 90, {**clean, **change})), change
     assert gate_problems({**variant, "tables": ("ampere",)}, 90, dict(stats)) == []  # not a Hopper pick
     assert gate_problems(variant, 80, dict(stats)) == []  # sm_80 is reported, not gated
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_prune_drops_the_hopper_tiles_that_spill(monkeypatch, dtype):
+    """On a Hopper device the autotuner never benchmarks a tile the report shows spilling for that kind of launch;
+    Ampere keeps its own table."""
+    import triton
+
+    from kernels import _common
+
+    configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
+               for bm, bn, bk, w, s in _common.gemm_aot_configs()]
+    class FakeCudaTensor:  # what the prune reads of the A operand: its device index and dtype
+        device = torch.device("cuda", 0)
+
+    a = FakeCudaTensor()
+    a.dtype = dtype
+    monkeypatch.setattr(_common, "shared_memory_bytes", lambda index: 232448)
+    elem = torch.empty((), dtype=dtype).element_size()
+    for family in ("hopper", "ampere"):
+        monkeypatch.setattr(_common, "gpu_family", lambda index: family)
+        for kind, switches in (("qkv", dict(HAS_LN=True, QKV_HEAD_MAJOR=True)), ("ln", dict(HAS_LN=True)),
+                               ("plain", dict(HAS_LN=False, HAS_RESIDUAL=True))):
+            kept = _common.prune_gemm_configs(configs, {"a_ptr": a, "M_BUCKET": 1 << 16}, **switches)
+            rows = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages)
+                    for c in kept}
+            spills = set(_common.HOPPER_GEMM_SPILLS[(elem, kind)])
+            assert rows and rows <= set(_common.GEMM_TABLES[family]), (family, kind, rows)
+            if family == "hopper":
+                assert not rows & spills, (kind, rows & spills)
+                assert (64, 64, 64, 4, 4) in rows
+            else:
+                assert rows & {(128, 128, 32, 4, 4), (64, 64, 32, 4, 4)}, rows  # no Hopper spill list on Ampere
