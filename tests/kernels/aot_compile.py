@@ -43,8 +43,8 @@ Optional keys:
   wgmma       False for a variant whose dots cannot be wgmma (fewer than 64 rows: a wgmma covers 64 rows per
               warpgroup, e.g. attention's 16-row tile for [CLS]-only queries); default True.
   ungated     a one-line reason why the gate's rules do not apply (the report still shows the variant and the
-              reason); only for validation paths that no default picks, e.g. fp32 ieee attention (backend "auto"
-              sends fp32 models to sdpa). Default None.
+              reason): validation paths that no default picks (fp32 ieee attention: backend "auto" sends fp32
+              models to sdpa), or a known limitation with an open item (patch_embed P=14, K=588). Default None.
 Families map to compile targets: "hopper" -> sm_90, "ampere" and "fallback" -> sm_80 (a variant with no family is
 compiled for both, and flagged as picked by none).
 Rules the gate enforces on sm_90 for variants whose tables contain "hopper" (tests/kernels/test_static_gate.py):
