@@ -63,7 +63,7 @@ def test_static_gate(tmp_path):
     hopper16 = [r for r in report["rows"] if r["target"] == "sm_90" and "hopper" in r["families"]
                 and r["dtype"] in ("bf16", "fp16")]
     assert hopper16 and all(r["stack"] == 0 and r["shared"] <= 232448 for r in hopper16)
-    gemms = [r for r in hopper16 if r["op"] in GEMM_OPS]
+    gemms = [r for r in hopper16 if r["op"] in GEMM_OPS and not r.get("ungated")]
     assert gemms and all(r["tensor_core"] == "wgmma" and "cp.async" in r["async_copy"] for r in gemms)
     # every Hopper GEMM tile was compiled and gated for every GEMM op in bf16
     from kernels._common import FAMILY_SMEM, GEMM_TABLES, gemm_tile_allowed
