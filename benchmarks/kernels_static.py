@@ -10,14 +10,17 @@ roofline time for the ViT-B/16 batch-256 launches it would run, from its tile co
     per launch  max(waves · FLOPs per program / (peak / SMs), compulsory bytes / bandwidth),  waves = ⌈programs / SMs⌉
 with the FLOPs the tiles execute (padding included), 16-bit dots at the tensor-core peak and fp32 (ieee) dots at
 the FMA peak. A variant is compiled for the targets of the GPU families whose tables can pick it (hopper -> sm_90,
-ampere and fallback -> sm_80; `--all-targets` compiles every variant for both).
+ampere and fallback -> sm_80). By default ("ci", the committed report and the CI gate) every variant is compiled for
+sm_90 and a representative sample for sm_80 (per kernel and dtype, the fewest variants that take every value of
+every boolean switch); `--full` compiles every variant for its families' targets, `--all-targets` for both.
 
 Gate (`--check`, and tests/kernels/test_static_gate.py): on sm_90, every variant the Hopper tables can pick has no
 spills and fits shared memory; its 16-bit dots are wgmma (no HMMA; variants marked "wgmma": False, dots under 64
 rows, are exempt); its GEMM main loop (main_loop == "gemm") has cp.async or TMA loads.
 
-    python -m benchmarks.kernels_static                 # writes benchmarks/static/report.md and report.json
-    python -m benchmarks.kernels_static --ci --check    # the CI subset (what the test runs), exit 1 on a violation
+    python -m benchmarks.kernels_static             # writes benchmarks/static/report.md and report.json
+    python -m benchmarks.kernels_static --check     # the same, exit 1 on a compile failure or a gate problem
+    python -m benchmarks.kernels_static --full      # every variant on every target its families use (long)
 """
 from __future__ import annotations
 
@@ -259,8 +262,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for report.md and report.json")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="compile processes (default 2)")
     parser.add_argument("--cc", type=int, nargs="+", default=[90, 80], choices=sorted(DEVICES))
-    parser.add_argument("--ci", action="store_true",
-                        help="the CI subset: every Hopper-pickable variant on sm_90, a representative sm_80 sample")
+    parser.add_argument("--full", action="store_true",
+                        help="every variant on its families' targets (default, 'ci': every variant on sm_90 and a "
+                             "representative sm_80 sample; the committed report and the CI gate)")
     parser.add_argument("--all-targets", action="store_true", help="every variant for every target")
     parser.add_argument("--only", default="", help="comma-separated kernel module names (default: all)")
     parser.add_argument("--dtype", default="", help="comma-separated pointer dtypes to keep, e.g. bf16 (default: all)")
@@ -270,7 +274,8 @@ def main(argv=None) -> int:
     aot = _aot()
     import triton
 
-    failures, jobs, rows = collect(aot, args.ci, args.all_targets, args.cc, {m for m in args.only.split(",") if m},
+    ci = not (args.full or args.all_targets)
+    failures, jobs, rows = collect(aot, ci, args.all_targets, args.cc, {m for m in args.only.split(",") if m},
                                    {d for d in args.dtype.split(",") if d})
     if failures:
         print("FAILURES before compiling:\n  " + "\n  ".join(failures), file=sys.stderr)
@@ -288,7 +293,7 @@ def main(argv=None) -> int:
         for i, job in enumerate(jobs):
             results.append(aot.compile_one(job))
             _progress(i, len(jobs), results[-1])
-    report = {"triton": triton.__version__, "profile": "ci" if args.ci else "all targets" if args.all_targets
+    report = {"triton": triton.__version__, "profile": "ci" if ci else "all targets" if args.all_targets
               else "each variant on its families' targets", "compiles": len(jobs),
               "wall_s": round(time.perf_counter() - start, 1), "rows": [describe(r, results[r["job"]]) for r in rows]}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """The CI gate over the static kernel report (benchmarks/kernels_static.py; the variant contract is in
 tests/kernels/aot_compile.py), plus the checks that make it trustworthy without compiling everything twice:
 
-- test_static_gate: one run of `python -m benchmarks.kernels_static --ci --check` (every variant the Hopper tables
+- test_static_gate: one run of `python -m benchmarks.kernels_static --check` (every variant the Hopper tables
   can pick, compiled for sm_90 with the JIT's divisibility attributes, and a representative sm_80 sample; replaces
   the former --full AOT test): every variant compiles, none the Hopper tables can pick spills or overflows shared
   memory, 16-bit dots are wgmma, GEMM main loops use cp.async or TMA; every kernel module compiled on both targets.
@@ -47,7 +47,7 @@ def variants():
 
 
 def test_static_gate(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.kernels_static", "--ci", "--check", "--out",
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.kernels_static", "--check", "--out",
                            str(tmp_path)], env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=1500)
     tail = proc.stdout[-4000:] + proc.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text()) if (tmp_path / "report.json").exists() else None
