@@ -10,9 +10,10 @@ roofline time for the ViT-B/16 batch-256 launches it would run, from its tile co
     per launch  max(waves · FLOPs per program / (peak / SMs), compulsory bytes / bandwidth),  waves = ⌈programs / SMs⌉
 with the FLOPs the tiles execute (padding included), 16-bit dots at the tensor-core peak and fp32 (ieee) dots at
 the FMA peak. A variant is compiled for the targets of the GPU families whose tables can pick it (hopper -> sm_90,
-ampere and fallback -> sm_80). By default ("ci", the committed report and the CI gate) every variant is compiled for
-sm_90 and a representative sample for sm_80 (per kernel and dtype, the fewest variants that take every value of
-every boolean switch); `--full` compiles every variant for its families' targets, `--all-targets` for both.
+ampere and fallback -> sm_80; no family -> both). By default ("ci", the committed report and the CI gate) all the
+sm_90 compiles are made, and for sm_80 a representative sample (per kernel and dtype, the fewest variants that take
+every value of every boolean switch); `--full` makes every sm_80 compile too, `--all-targets` compiles every variant
+for both targets.
 
 Gate (`--check`, and tests/kernels/test_static_gate.py): on sm_90, every variant the Hopper tables can pick has no
 spills and fits shared memory; its 16-bit dots are wgmma (no HMMA; variants marked "wgmma": False, dots under 64
