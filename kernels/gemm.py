@@ -8,8 +8,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (SWITCH_TILE, TL_SIG, gemm_aot_configs, gemm_configs, jit_fn, m_bucket, prune_gemm_configs,
-                      upcast_needed)
+from ._common import (GEMM_DIVISIBLE, SWITCH_TILE, TL_SIG, gemm_configs, gemm_families, gemm_kind, gemm_rows_for,
+                      gemm_vit_launches, jit_fn, m_bucket, prune_gemm_configs, upcast_needed)
 
 DTYPES = (torch.bfloat16, torch.float32, torch.float16)  # AOT order: bf16 first (the fast path)
 GEMM_AUTOTUNE_KEY = ["M_BUCKET", "N", "K", "HAS_LN", "HAS_BIAS", "ACTIVATION", "HAS_RESIDUAL", "QKV_HEAD_MAJOR"]
@@ -63,9 +63,10 @@ def apply_activation(x, ACTIVATION: tl.constexpr):
     configs=gemm_configs(),
     key=GEMM_AUTOTUNE_KEY,
     prune_configs_by={"early_config_prune": prune_gemm_configs},
+    cache_results=True,  # tuned configs persist on disk (triton's cache dir), so a restarted server does not re-tune
 )
 @triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
-@triton.jit
+@triton.jit(do_not_specialize=["M"])  # M = B·tokens: one compile for every batch size
 def fused_gemm_kernel(
     a_ptr,  # (M, K) activations, any strides
     w_ptr,  # (N, K) weight in nn.Linear layout, any strides
@@ -210,32 +211,44 @@ def launch_fused_gemm(a, weight, bias, out, *, ln=None, activation=0, residual=N
 
 def gemm_aot_variants(has_ln, activations, has_bias, has_residual, qkv, exhaustive=False):
     """AOT-compile descriptions of fused_gemm_kernel for one op (its fixed switches has_ln/has_residual/qkv, the
-    activation and bias values it accepts), at SWITCH_TILE (aot_variants() below covers every tile).
-    exhaustive=True: the full product of dtype x activation x bias x EVEN_K. Default (keeps the CI check short): bf16
-    and fp32 (different dot lowerings) vary one switch at a time from a base variant, fp16 compiles the base.
-    Contiguous last dims (the JIT's stride-1 specialization) are constexpr 1."""
-    tile = SWITCH_TILE
+    activation and bias values it accepts; the first activation listed is the one the ViT presets use): every dtype
+    at every tile row any GPU family's table can pick for it (the ViT switches: bias, that activation, EVEN_K), plus
+    the switches at SWITCH_TILE. exhaustive=True: the switches' full product (dtype x activation x bias x EVEN_K).
+    Default: bf16 and fp32 (different dot lowerings) vary one switch at a time, fp16 compiles the base.
+    Metadata follows the contract in tests/kernels/aot_compile.py."""
+    op = _op_name(has_ln, has_residual, qkv)
     base = (activations[0], True, True)  # activation, has_bias, EVEN_K
     if exhaustive:
         combos = [(a, b, e) for a in activations for b in has_bias for e in (True, False)]
     else:
         combos = [base] + [(a, True, True) for a in activations[1:]] + [(base[0], b, True) for b in has_bias
                                                                           if b is not True] + [(base[0], True, False)]
-    return [_gemm_variant(dtype, has_ln, act, bias, has_residual, qkv, even_k, tile)
-            for dtype in DTYPES for act, bias, even_k in (combos if exhaustive or dtype != torch.float16 else [base])]
+    out = []
+    for dtype in DTYPES:
+        elem = torch.empty((), dtype=dtype).element_size()
+        for row in gemm_rows_for(elem):
+            out.append(_gemm_variant(dtype, has_ln, base[0], True, has_residual, qkv, True, row, op))
+        for act, bias, even_k in (combos if exhaustive or dtype != torch.float16 else [base]):
+            if (act, bias, even_k) != base:
+                out.append(_gemm_variant(dtype, has_ln, act, bias, has_residual, qkv, even_k, SWITCH_TILE, op))
+    return out
+
+
+def _op_name(has_ln, has_residual, qkv):
+    return "ln_qkv" if qkv else "ln_linear" if has_ln else "linear_residual" if has_residual else "linear"
 
 
 def aot_variants(exhaustive: bool = False):
-    """The shared kernel at every tile shape of every GPU family table, as the bf16 LN + GELU fc1 variant (the
-    op modules cover the switches; exhaustive=True adds fp16 and fp32 at every tile)."""
-    dtypes = DTYPES if exhaustive else DTYPES[:1]
-    return [_gemm_variant(dtype, True, 1, True, False, False, True, tile)
-            for dtype in dtypes for tile in gemm_aot_configs()]
+    """The shared kernel as ln_linear's bf16 LN + GELU variants at every tile (the op modules list the rest; the
+    report compiles identical variants once)."""
+    return [v for v in gemm_aot_variants(True, (1, 0, 2, 3), (True, False), False, False)
+            if v["signature"]["a_ptr"] == "*bf16" and v["constexprs"]["ACTIVATION"] == 1]
 
 
-def _gemm_variant(dtype, has_ln, activation, has_bias, has_residual, qkv, even_k, tile):
+def _gemm_variant(dtype, has_ln, activation, has_bias, has_residual, qkv, even_k, tile, op=None):
     bm, bn, bk, warps, stages = tile
     p = "*" + TL_SIG[dtype]
+    elem = torch.empty((), dtype=dtype).element_size()
     sig = {
         "a_ptr": p, "w_ptr": p, "bias_ptr": p, "res_ptr": p, "ln_w_ptr": p, "ln_b_ptr": p, "out_ptr": p,
         "M": "i32", "N": "i32", "K": "i32",
@@ -249,8 +262,16 @@ def _gemm_variant(dtype, has_ln, activation, has_bias, has_residual, qkv, even_k
         "QKV_HEAD_MAJOR": qkv, "UPCAST": False,
         "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "EVEN_K": even_k,
     }  # fmt: skip
+    divisible = GEMM_DIVISIBLE + (("HEAD_DIM",) if qkv else ())
+    if not qkv:  # the launcher passes SEQ = HEAD_DIM = 1, which the JIT turns into constants
+        constexprs.update(SEQ=1, HEAD_DIM=1)
     for name in constexprs:
-        sig.setdefault(name, "constexpr")
+        sig[name] = "constexpr"
+    op = op or _op_name(has_ln, has_residual, qkv)
+    vit_activation = 1 if op == "ln_linear" else 0
     return {"fn": jit_fn(fused_gemm_kernel), "signature": sig, "constexprs": constexprs,
-            "num_warps": warps, "num_stages": stages}
-
+            "num_warps": warps, "num_stages": stages, "divisible": divisible, "op": op, "main_loop": "gemm",
+            "tables": gemm_families(tile, elem, gemm_kind(dict(HAS_LN=has_ln, QKV_HEAD_MAJOR=qkv))),
+            "vit": gemm_vit_launches(op, tile, elem, even_k,
+                                     when=lambda cfg: has_bias == cfg.qkv_bias if qkv else (
+                                         has_bias and activation == vit_activation))}

@@ -33,8 +33,9 @@ def prune_ln_configs(configs, named_args, **kwargs):
     return kept or [min(configs, key=lambda c: abs(_elements_per_thread(c, block_n) - 16))]
 
 
-@triton.autotune(configs=_configs(), key=["M_BUCKET", "N"], prune_configs_by={"early_config_prune": prune_ln_configs})
-@triton.jit
+@triton.autotune(configs=_configs(), key=["M_BUCKET", "N"], prune_configs_by={"early_config_prune": prune_ln_configs},
+                 cache_results=True)  # tuned configs persist in triton's cache dir across processes
+@triton.jit(do_not_specialize=["M"])  # rows vary with the batch: one compile for every batch size
 def layer_norm_kernel(
     x_ptr,  # (M, N) input, any strides
     w_ptr,  # (N,) weight
@@ -125,8 +126,25 @@ def aot_variants(exhaustive: bool = False):
                        "eps": "fp32", "M_BUCKET": "i32", "BLOCK_N": "constexpr", "BLOCK_M": "constexpr"}
                 constexprs = {"stride_xn": 1, "stride_on": 1, "BLOCK_N": block_n, "BLOCK_M": c.kwargs["BLOCK_M"]}
                 out.append({"fn": jit_fn(layer_norm_kernel), "signature": sig, "constexprs": constexprs,
-                            "num_warps": c.num_warps, "num_stages": c.num_stages})
+                            "num_warps": c.num_warps, "num_stages": c.num_stages, "op": OP, "main_loop": None,
+                            "divisible": ("N", "stride_xm", "stride_om", "M_BUCKET"),
+                            "tables": ("hopper", "ampere", "fallback"), "vit": _vit_launches(dtype, block_n, c)})
     return out
+
+
+def _vit_launches(dtype, block_n, config):
+    """The contract's `vit` callable: the final norm over every token, where the prune keeps this config."""
+    def launches(cfg, batch):
+        m = batch * ((cfg.img_size[0] // cfg.patch_size) * (cfg.img_size[1] // cfg.patch_size) + 1)
+        if triton.next_power_of_2(cfg.embed_dim) != block_n:
+            return []
+        kept = prune_ln_configs(_configs_for_aot(), {"M_BUCKET": m_bucket(m)}, BLOCK_N=block_n)
+        if all((c.kwargs["BLOCK_M"], c.num_warps) != (config.kwargs["BLOCK_M"], config.num_warps) for c in kept):
+            return []
+        programs = -(-m // config.kwargs["BLOCK_M"])
+        return [{"name": "norm", "flops": 0, "useful_flops": 0, "programs": programs,
+                 "bytes": 2 * m * cfg.embed_dim * torch.empty((), dtype=dtype).element_size()}]
+    return launches
 
 
 def _configs_for_aot():

@@ -56,6 +56,6 @@ def ln_linear(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, e
 def aot_variants(exhaustive: bool = False):
     """See gemm.gemm_aot_variants."""
     return gemm_aot_variants(
-        has_ln=True, activations=tuple(ACTIVATIONS.values()), has_bias=(True, False), has_residual=False,
+        has_ln=True, activations=(1, 0, 2, 3), has_bias=(True, False), has_residual=False,
         qkv=False, exhaustive=exhaustive,
     )

@@ -185,3 +185,18 @@ def test_cuda_graphs_match_eager_with_bucket_padding(dtype):
     assert [shape[0] for shape in graphed._graph_runners[False].captured] == [4]
     eager = Predictor(model, device="cuda", dtype=dtype, max_batch_size=8, cuda_graphs=False)
     _check(eager.predict(images, top_k=5, return_embeddings=True), probs, emb, 5, labels, dtype)
+
+
+def test_warmup_runs_every_bucket_before_serving(monkeypatch):
+    """warmup() pushes one zero batch per bucket (logits and embeddings) through the model, so tuning, compiles
+    and graph captures happen at load time; on CPU the constructor warms nothing up."""
+    model = _tiny(img_size=(32, 48))
+    calls = []
+    real = Predictor._forward
+    monkeypatch.setattr(Predictor, "_forward", lambda self, x, return_embeddings: calls.append(
+        (tuple(x.shape), x.dtype, return_embeddings)) or real(self, x, return_embeddings))
+    predictor = Predictor(model, device="cpu", dtype=torch.float32, max_batch_size=4)
+    assert calls == []  # CPU: nothing to tune or capture
+    assert predictor.warmup() == []
+    assert predictor.warmup([1, 3]) == [1, 3]
+    assert calls == [((b, 3, 32, 48), torch.uint8, flag) for b in (1, 3) for flag in (False, True)]

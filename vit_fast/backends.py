@@ -1,8 +1,9 @@
 """Which attention/kernel implementation a model runs with, and where each one can run.
 
 "torch" is eager math attention (the reference), "sdpa" is PyTorch's scaled_dot_product_attention, "triton" is
-the fused Triton kernels of `kernels/`, "auto" picks triton on CUDA and sdpa elsewhere. Nothing here touches the
-GPU at import time.
+the fused Triton kernels of `kernels/`, "auto" picks triton on CUDA for bf16/fp16 models and sdpa otherwise (an fp32
+model's dots would run as ieee FMA in the Triton kernels, about 2x slower than cuBLAS fp32 behind sdpa; ask for
+"triton" to get it anyway). Nothing here touches the GPU at import time.
 """
 from __future__ import annotations
 
@@ -44,10 +45,16 @@ def triton_unavailable_reason(device: Optional[torch.device] = None) -> Optional
     )
 
 
-def resolve(name: str, device: torch.device) -> str:
-    """The concrete backend `name` means for tensors on `device`; raises if triton cannot run there."""
+AUTO_TRITON_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def resolve(name: str, device: torch.device, dtype: Optional[torch.dtype] = None) -> str:
+    """The concrete backend `name` means for a model of `dtype` (None: not known, treated as 16-bit) on `device`;
+    raises if triton cannot run there. "auto" is triton only on CUDA and for bf16/fp16 models."""
     if name == "auto":
-        return "triton" if device.type == "cuda" and triton_unavailable_reason(device) is None else "sdpa"
+        sixteen_bit = dtype is None or dtype in AUTO_TRITON_DTYPES
+        return "triton" if (device.type == "cuda" and sixteen_bit and triton_unavailable_reason(device) is None) \
+            else "sdpa"
     if name == "triton":
         reason = triton_unavailable_reason(device)
         if reason is not None:

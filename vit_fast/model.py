@@ -296,7 +296,7 @@ class VisionTransformer(nn.Module):
         """Images -> (B, P+N, D) tokens after the final norm (HF's last_hidden_state, timm's forward_features;
         un-normalized when the norm follows the pooling, fc_norm)."""
         x, is_uint8 = self._check_input(x)
-        return self._features(x, is_uint8, backends.resolve(self._backend, x.device))
+        return self._features(x, is_uint8, backends.resolve(self._backend, x.device, self.pos_embed.dtype))
 
     def _features(self, x: torch.Tensor, is_uint8: bool, backend: str) -> torch.Tensor:
         if backend == "triton":
@@ -358,7 +358,7 @@ class VisionTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, is_uint8 = self._check_input(x)
-        backend = backends.resolve(self._backend, x.device)
+        backend = backends.resolve(self._backend, x.device, self.pos_embed.dtype)
         if backend == "triton" and self.config.global_pool == "cls":
             from . import triton_path
 

@@ -21,6 +21,10 @@ exactly that and nothing else:
 - Thread safety: decoding and resizing run in the calling thread, in parallel with other callers; the model
   call (and a graph's static buffers) is guarded by one lock, and outputs are copied out before it is released.
 
+- Warm-up: on CUDA the constructor runs every bucket once (`warmup=True`), so the Triton autotuning (persisted on
+  disk by triton across processes), the JIT compiles and the graph captures happen at load time, never under the
+  lock while requests wait. `warmup()` can be called again, e.g. after `set_backend`.
+
 `prepare` and `predict_prepared` expose the two halves separately, so a server can reject undecodable requests
 before they enter its batching queue.
 """
@@ -83,7 +87,7 @@ class Predictor:
     """Runs a `VisionTransformer` on raw images; see the module docstring for the contract."""
 
     def __init__(self, model: torch.nn.Module, device=None, dtype=None, max_batch_size: int = 32,
-                 cuda_graphs: bool = True):
+                 cuda_graphs: bool = True, warmup: bool = True):
         if not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise ValueError(f"max_batch_size must be a positive int, got {max_batch_size!r}")
         self.device = _default_device(device)
@@ -104,6 +108,20 @@ class Predictor:
                                   clone_outputs=False)  # outputs are copied to the CPU under the lock
             for flag in (False, True)
         }
+        if warmup and self.device.type == "cuda":
+            self.warmup()
+
+    def warmup(self, buckets: Optional[Sequence[int]] = None) -> list[int]:
+        """Run one zero batch per bucket (default: every bucket on CUDA, none on CPU, where nothing is tuned or
+        captured) through the model, for logits and for embeddings; returns the batch sizes run."""
+        if buckets is None:
+            buckets = self.buckets if self.device.type == "cuda" else []
+        h, w = self.config.img_size
+        for b in buckets:
+            batch = torch.zeros((int(b), 3, h, w), dtype=torch.uint8)
+            for flag in (False, True):
+                self._run(batch, return_embeddings=flag)
+        return list(buckets)
 
     @classmethod
     def from_checkpoint(cls, path=None, name: str = "vit_b_16", device=None, dtype=None, backend: str = "auto",

@@ -1,9 +1,56 @@
-"""Ahead-of-time compile check: build every kernel variant for real GPU targets on a machine without a GPU.
+"""Ahead-of-time compile check: build every kernel variant for real GPU targets on a machine without a GPU, the way
+Triton's JIT builds it on the GPU.
 
 The interpreter accepts code the GPU compiler rejects (non-constexpr globals, dots under 16, host-only helpers), so
 CI compiles the `aot_variants()` of every module in the `kernels` package down to a cubin. Modules are found with
 pkgutil, so a new kernel module is checked without editing this file; a public module that defines Triton kernels
-but no `aot_variants()` is a failure (the contract asks every kernel module for one).
+but no `aot_variants()` is a failure. The same variants feed the static report and its gate
+(`python -m benchmarks.kernels_static`, tests/kernels/test_static_gate.py).
+
+THE CONTRACT (every engine follows it to appear in the report and the gate)
+---------------------------------------------------------------------------
+A module of `kernels` that defines a @triton.jit kernel defines `aot_variants(exhaustive: bool = False) -> list[dict]`,
+one dict per compile, describing the launch exactly as the JIT would specialize it on a GPU:
+
+  fn          the @triton.jit function (`kernels._common.jit_fn(k)` unwraps autotune/heuristics wrappers)
+  signature   {arg name: type} for EVERY argument of fn: "*bf16" / "*fp16" / "*fp32" / "*u8" / "*fp8e4nv" pointers,
+              "i32" / "i64" / "fp32" scalars, "constexpr" for constexprs and for integer args the JIT turns into
+              constants (a unit stride is specialized to 1: declare it "constexpr" with value 1)
+  constexprs  {arg name: value} for every "constexpr" entry of the signature (tiles, switches, unit strides)
+  num_warps, num_stages   as in the triton.Config the autotuner would launch
+Optional keys:
+  divisible   tuple of integer argument names that every real launch makes a multiple of 16: row strides of
+              contiguous rows, N, K, D, 3D, head dims. They get `tt.divisibility=16`, as the JIT gives them. Never M
+              nor anything that varies with the batch (B·197 is odd) — those are also `do_not_specialize` in the
+              kernel. Every pointer argument always gets the attribute (launchers pass 16-byte aligned tensors;
+              a launcher that cannot promise it must not use this contract's variants). Default ().
+  tables      the GPU families ("hopper", "ampere", "fallback": kernels._common.gpu_family values) whose autotune
+              tables, after the prune's dtype/shared-memory rules, can pick this variant's config — for GEMMs
+              kernels._common.gemm_families(row, elem). The gate applies the sm_90 rules to every variant whose
+              tables contain "hopper" (default ("hopper",): gated). A tile pruned from a table because it spills
+              keeps its variant with that family left out, so the report still shows it.
+  op          the op the variant serves ("ln_linear", "ln_qkv", "linear_residual", "patch_embed", "attention",
+              "layer_norm", "linear_fp8", ...): report grouping and roofline. Default: the module name.
+  main_loop   "gemm" when the kernel streams K tiles through a loop that must be pipelined on sm_90: the gate then
+              demands cp.async (LDGSTS) or TMA (UTMALDG) in its SASS. Default None (no demand).
+  vit         callable(cfg, batch) -> list of launches this variant runs for the ViT preset `cfg`
+              (vit_fast.get_config(name)) at that batch, [] when the launcher cannot pick it there (other dtype is
+              handled by the report; use it for shape-dependent switches such as EVEN_K, BLOCK_D, tiles the prune
+              drops). A launch is {"name": str, "flops": FLOPs the tiles execute (padding included), "useful_flops":
+              the problem's FLOPs, "bytes": compulsory DRAM bytes, "programs": grid size}; persistent kernels give
+              "programs" as the number of output tiles. kernels._common.gemm_vit_launches builds them for GEMM ops.
+              Without it a variant is listed for every preset, with no roofline.
+  wgmma       False for a variant whose dots cannot be wgmma (fewer than 64 rows: a wgmma covers 64 rows per
+              warpgroup, e.g. attention's 16-row tile for [CLS]-only queries); default True.
+  ungated     a one-line reason why the gate's rules do not apply (the report still shows the variant and the
+              reason): validation paths that no default picks (fp32 ieee attention: backend "auto" sends fp32
+              models to sdpa), or a known limitation with an open item (patch_embed P=14, K=588). Default None.
+Families map to compile targets: "hopper" -> sm_90, "ampere" and "fallback" -> sm_80 (a variant with no family is
+compiled for both, and flagged as picked by none).
+Rules the gate enforces on sm_90 for variants whose tables contain "hopper" (tests/kernels/test_static_gate.py):
+no spill (STACK 0, no STL/LDL), shared memory <= 232,448 B; every tensor-core dot of a 16-bit variant is wgmma
+(no HMMA); main_loop == "gemm" -> LDGSTS or UTMALDG present. Every variant must compile for sm_90 and sm_80.
+Identical compiles (same fn, signature, constexprs, attributes, warps, stages, target) are compiled once.
 
 Default (the CI budget): every variant for sm_90, and for sm_80 a representative subset: per (kernel, pointer
 dtypes), the fewest variants that between them take every value of every boolean constexpr. `--full` compiles every
@@ -104,11 +151,24 @@ def subset(variants):
     return sorted(set(keep))
 
 
+def jit_attrs(variant):
+    """The JIT's specialization as ASTSource attrs: tt.divisibility=16 on every pointer and on `divisible` ints."""
+    fn, sig = variant["fn"], variant["signature"]
+    names = [n for n, t in sig.items() if isinstance(t, str) and t.startswith("*")]
+    for name in variant.get("divisible", ()):
+        kind = sig.get(name)
+        if kind is None or kind == "constexpr" or not kind.startswith(("i", "u")) or kind.startswith("*"):
+            raise ValueError(f"{fn.__name__}: divisible names {name!r}, expected an integer argument, got {kind!r}")
+        names.append(name)
+    return {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in names}
+
+
 def _source(variant):
     params = inspect.signature(ASTSource.__init__).parameters
     if "constexprs" not in params:  # the keyword exists since triton 3.3; setup.py asks for >= 3.4
         raise RuntimeError(f"unsupported triton {triton.__version__}: ASTSource{tuple(params)}")
-    return ASTSource(fn=variant["fn"], signature=variant["signature"], constexprs=variant["constexprs"])
+    return ASTSource(fn=variant["fn"], signature=variant["signature"], constexprs=variant["constexprs"],
+                     attrs=jit_attrs(variant))
 
 
 def _cpu_seconds():
@@ -117,19 +177,57 @@ def _cpu_seconds():
     return time.process_time() + children.ru_utime + children.ru_stime
 
 
+NVIDIA_BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+SASS_COUNTS = {"hgmma": "HGMMA", "hmma": "HMMA", "ldgsts": "LDGSTS", "utmaldg": "UTMALDG", "stl": "STL", "ldl": "LDL"}
+
+
+def inspect_compiled(compiled):
+    """What decides speed, read from the cubin with the cuobjdump/nvdisasm that ship with triton: registers, stack
+    (spill) bytes, spill instructions, dynamic shared memory, tensor-core and async-copy instruction counts."""
+    import re
+    import subprocess
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(compiled.asm["cubin"])
+        f.flush()
+        res = subprocess.run([os.path.join(NVIDIA_BIN, "cuobjdump"), "-res-usage", f.name], capture_output=True,
+                             text=True, check=True).stdout
+        sass = subprocess.run([os.path.join(NVIDIA_BIN, "nvdisasm"), "-c", f.name], capture_output=True, text=True,
+                              check=True).stdout
+    usage = dict(re.findall(r"\b(REG|STACK):(\d+)", res))
+    stats = {"registers": int(usage.get("REG", 0)), "stack": int(usage.get("STACK", 0)),
+             "shared": int(compiled.metadata.shared)}
+    opcodes = re.findall(r"^\s*(?:/\*[0-9a-f]+\*/)?\s*(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", sass, flags=re.M)
+    for key, op in SASS_COUNTS.items():
+        stats[key] = sum(1 for o in opcodes if o == op)
+    return stats
+
+
+def variant_key(variant, cc):
+    """Identity of a compile: variants equal under it produce the same cubin, so they are compiled once."""
+    fn = variant["fn"]
+    return repr((fn.__module__, fn.__name__, sorted(variant["signature"].items()),
+                 sorted((k, repr(v)) for k, v in variant["constexprs"].items()), sorted(jit_attrs(variant)),
+                 variant["num_warps"], variant["num_stages"], cc))
+
+
 def compile_one(job):
-    """Compile one (module, variant index, cc, exhaustive) job -> (module, label, cc, cpu seconds, error or None)."""
-    module_name, index, cc, exhaustive = job
+    """Compile one (module, variant index, cc, exhaustive[, inspect]) job -> (module, label, cc, cpu seconds, error
+    or None[, stats dict or None])."""
+    module_name, index, cc, exhaustive, *rest = job
     variant = variants_of(importlib.import_module(f"kernels.{module_name}"), exhaustive)[index]
     start = _cpu_seconds()
+    stats = None
     try:
         compiled = triton.compile(_source(variant), target=GPUTarget("cuda", cc, 32),
                                   options={"num_warps": variant["num_warps"], "num_stages": variant["num_stages"]})
         error = None if compiled.asm.get("cubin") else "no cubin produced"
+        if error is None and rest and rest[0]:
+            stats = inspect_compiled(compiled)
     except Exception as exc:  # report every failure and keep going
         lines = str(exc).strip().splitlines()
         error = f"{type(exc).__name__}: {lines[-1] if lines else ''}"
-    return module_name, label(module_name, variant), cc, _cpu_seconds() - start, error
+    result = (module_name, label(module_name, variant), cc, _cpu_seconds() - start, error)
+    return result + (stats,) if rest else result
 
 
 def main(argv=None):

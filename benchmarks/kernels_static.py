@@ -1,0 +1,318 @@
+"""The static kernel report: how every kernel variant the launchers can pick will run on Hopper and Ampere, read
+from the compiled code on a machine without a GPU.
+
+Every `aot_variants()` of the `kernels` package (the contract is in tests/kernels/aot_compile.py) is compiled for
+sm_90 and sm_80 with the JIT's specialization (tt.divisibility=16 on pointers and on the integer arguments each
+variant declares `divisible`), identical compiles once, and read back from the cubin: registers, spill bytes
+(STACK) and spill instructions (STL/LDL), shared memory against the device limit, tensor-core kind (wgmma = HGMMA,
+mma = HMMA), async copies (cp.async = LDGSTS, TMA = UTMALDG), the ViT presets that can pick the variant, and a
+roofline time for the ViT-B/16 batch-256 launches it would run, from its tile config:
+    per launch  max(waves · FLOPs per program / (peak / SMs), compulsory bytes / bandwidth),  waves = ⌈programs / SMs⌉
+with the FLOPs the tiles execute (padding included), 16-bit dots at the tensor-core peak and fp32 (ieee) dots at
+the FMA peak. A variant is compiled for the targets of the GPU families whose tables can pick it (hopper -> sm_90,
+ampere and fallback -> sm_80; no family -> both). By default ("ci", the committed report and the CI gate) all the
+sm_90 compiles are made, and for sm_80 a representative sample (per kernel and dtype, the fewest variants that take
+every value of every boolean switch); `--full` makes every sm_80 compile too, `--all-targets` compiles every variant
+for both targets.
+
+Gate (`--check`, and tests/kernels/test_static_gate.py): on sm_90, every variant the Hopper tables can pick has no
+spills and fits shared memory; its 16-bit dots are wgmma (no HMMA; variants marked "wgmma": False, dots under 64
+rows, are exempt); its GEMM main loop (main_loop == "gemm") has cp.async or TMA loads.
+
+    python -m benchmarks.kernels_static             # writes benchmarks/static/report.md and report.json
+    python -m benchmarks.kernels_static --check     # the same, exit 1 on a compile failure or a gate problem
+    python -m benchmarks.kernels_static --full      # every variant on every target its families use (long)
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import multiprocessing
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "benchmarks" / "static"
+PRESETS = [f"vit_{s}_{p}" for s in ("b", "l", "h") for p in (14, 16, 32)]
+BATCHES = (1, 256)
+ROOFLINE_PRESET, ROOFLINE_BATCH = "vit_b_16", 256
+FAMILY_TARGET = {"hopper": 90, "ampere": 80, "fallback": 80}
+# Per target: shared memory limit (opt-in, per block), SMs, 16-bit tensor-core peak, fp32 FMA peak, DRAM bandwidth.
+# H100 SXM: 800 TFLOP/s as benchmarks/roofline.py (about the measured bf16 matmul peak), datasheet for the rest;
+# A100 SXM: datasheet (312 TFLOP/s bf16, 19.5 TFLOP/s fp32, 2.04 TB/s).
+DEVICES = {
+    90: {"name": "H100 SXM", "smem": 232448, "sms": 132, "tensor": 800e12, "fma": 67e12, "bandwidth": 3.35e12},
+    80: {"name": "A100 SXM", "smem": 166912, "sms": 108, "tensor": 312e12, "fma": 19.5e12, "bandwidth": 2.04e12},
+}
+
+
+def _aot():
+    """tests/kernels/aot_compile.py, the contract and the compile machinery (a script, not a package module)."""
+    if "aot_compile" in sys.modules:
+        return sys.modules["aot_compile"]
+    os.environ.pop("TRITON_INTERPRET", None)  # compile for real targets, never the interpreter shim
+    spec = importlib.util.spec_from_file_location("aot_compile", ROOT / "tests" / "kernels" / "aot_compile.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["aot_compile"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def compile_job(job):
+    """Process-pool entry point (importable by spawned workers, unlike the script's own functions)."""
+    return _aot().compile_one(job)
+
+
+def is_16bit(variant) -> bool:
+    return any(t in ("*bf16", "*fp16") for t in variant["signature"].values())
+
+
+def dtype_of(variant) -> str:
+    kinds = [t[1:] for t in variant["signature"].values() if isinstance(t, str) and t.startswith("*")]
+    return "/".join(dict.fromkeys(kinds))
+
+
+def tile_of(variant) -> str:
+    c = variant["constexprs"]
+    dims = "x".join(str(c[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_D") if k in c)
+    return f"{dims} w{variant['num_warps']}s{variant['num_stages']}"
+
+
+def switches_of(variant) -> str:
+    skip = {"BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_D", "GROUP_M", "UPCAST"}
+    return ",".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in variant["constexprs"].items()
+                    if k not in skip and not k.startswith("stride_") and k not in ("SEQ", "HEAD_DIM"))
+
+
+def targets_of(variant, all_targets: bool, ccs) -> list:
+    tables = variant.get("tables", ("hopper",))
+    wanted = {FAMILY_TARGET.get(t) for t in tables} - {None}
+    if all_targets or not wanted:
+        wanted = set(ccs)
+    return sorted((c for c in wanted if c in ccs), reverse=True)
+
+
+def roofline_us(launches, cc: int, sixteen_bit: bool) -> float:
+    dev = DEVICES[cc]
+    peak = dev["tensor"] if sixteen_bit else dev["fma"]
+    total = 0.0
+    for launch in launches:
+        programs = max(1, launch["programs"])
+        waves = -(-programs // dev["sms"])
+        compute = waves * (launch["flops"] / programs) / (peak / dev["sms"])
+        total += max(compute, launch["bytes"] / dev["bandwidth"])
+    return total * 1e6
+
+
+def gate_problems(variant, cc: int, stats) -> list:
+    """The gate's rules for one compiled variant (empty when it passes or when the rules do not apply)."""
+    if cc != 90 or "hopper" not in variant.get("tables", ("hopper",)) or variant.get("ungated"):
+        return []
+    problems = []
+    if stats["stack"] or stats["stl"] or stats["ldl"]:
+        problems.append(f"spills {stats['stack']} B (STL {stats['stl']}, LDL {stats['ldl']})")
+    if stats["shared"] > DEVICES[cc]["smem"]:
+        problems.append(f"shared memory {stats['shared']} B > {DEVICES[cc]['smem']} B")
+    if is_16bit(variant) and variant.get("wgmma", True) and stats["hmma"]:
+        problems.append(f"16-bit dot as mma.sync ({stats['hmma']} HMMA), not wgmma")
+    if variant.get("main_loop") == "gemm":
+        if is_16bit(variant) and not stats["hgmma"]:
+            problems.append("no wgmma in a 16-bit GEMM")
+        if not (stats["ldgsts"] or stats["utmaldg"]):
+            problems.append("GEMM main loop without cp.async or TMA")
+    return problems
+
+
+def collect(aot, ci: bool, all_targets: bool, ccs, only=(), dtypes=()):
+    """-> (failures, jobs, rows): one job per distinct compile, one row per (variant, target) sharing its result."""
+    failures, jobs, rows, seen = [], [], [], {}
+    for name, module, error in aot.discover(only):
+        if error is not None:
+            failures.append(f"import kernels.{name}: {error.strip().splitlines()[-1]}")
+            continue
+        if not hasattr(module, "aot_variants"):
+            if aot.defines_kernels(module) and not name.startswith("_"):
+                failures.append(f"kernels.{name}: defines Triton kernels but no aot_variants()")
+            continue
+        variants = module.aot_variants()
+        ampere_like = [i for i, v in enumerate(variants) if set(v.get("tables", ("hopper",))) & {"ampere", "fallback"}]
+        sample80 = {ampere_like[i] for i in aot.subset([variants[i] for i in ampere_like])} if ampere_like else set()
+        for index, variant in enumerate(variants):
+            if dtypes and dtype_of(variant) not in dtypes:
+                continue
+            for cc in targets_of(variant, all_targets, ccs):
+                if ci and cc == 80 and index not in sample80:
+                    continue
+                key = aot.variant_key(variant, cc)
+                if key not in seen:
+                    seen[key] = len(jobs)
+                    jobs.append((name, index, cc, False, True))
+                rows.append({"module": name, "index": index, "cc": cc, "job": seen[key], "variant": variant})
+    # Gated (sm_90) compiles first, so a long run shows the gate's answer early; results go back by job index.
+    order = sorted(range(len(jobs)), key=lambda j: (jobs[j][2] != 90, jobs[j][0] == "attention"))
+    where = {old: new for new, old in enumerate(order)}
+    for row in rows:
+        row["job"] = where[row["job"]]
+    return failures, [jobs[j] for j in order], rows
+
+
+def describe(row, result) -> dict:
+    """One report row: the variant, its compiled resources, the gate's findings and its ViT presets/roofline."""
+    import vit_fast
+
+    variant, cc = row["variant"], row["cc"]
+    _, label, _, seconds, error, stats = result
+    out = {"module": row["module"], "op": variant.get("op", row["module"]), "kernel": variant["fn"].__name__,
+           "dtype": dtype_of(variant), "tile": tile_of(variant), "switches": switches_of(variant),
+           "families": list(variant.get("tables", ("hopper",))), "target": f"sm_{cc}", "label": label,
+           "cpu_s": round(seconds, 2), "error": error, "smem_limit": DEVICES[cc]["smem"]}
+    if stats:
+        out.update(stats)
+        out["tensor_core"] = "wgmma" if stats["hgmma"] else "mma" if stats["hmma"] else "none"
+        out["async_copy"] = "+".join(k for k, n in (("cp.async", stats["ldgsts"]), ("TMA", stats["utmaldg"])) if n) \
+            or "none"
+        out["gate"] = gate_problems(variant, cc, stats)
+        if variant.get("ungated"):
+            out["ungated"] = variant["ungated"]
+    vit = variant.get("vit")
+    if vit is not None:
+        out["presets"] = [p for p in PRESETS if any(vit(vit_fast.get_config(p), b) for b in BATCHES)]
+        family = {90: "hopper", 80: "ampere"}[cc]
+        launches = vit(vit_fast.get_config(ROOFLINE_PRESET), ROOFLINE_BATCH)
+        if launches and family in variant.get("tables", ("hopper",)):
+            out["roofline_us"] = round(roofline_us(launches, cc, is_16bit(variant)), 1)
+            out["roofline_launches"] = len(launches)
+            out["launch_names"] = ",".join(dict.fromkeys(x["name"] for x in launches))
+            out["tflops_useful"] = sum(x["useful_flops"] for x in launches) / 1e12
+    else:
+        out["presets"] = list(PRESETS)
+    return out
+
+
+def markdown(report) -> str:
+    lines = [
+        "# Static kernel report", "",
+        f"Generated by `python -m benchmarks.kernels_static` (triton {report['triton']}, {report['compiles']} distinct "
+        f"compiles of {len(report['rows'])} (variant, target) rows, {report['profile']}). Do not edit: regenerate.", "",
+        "Columns: **fam** GPU families whose autotune tables can pick the variant; **reg** registers/thread; "
+        "**stack** spill bytes; **STL/LDL** spill stores/loads; **smem** dynamic shared memory (limit "
+        "232,448 B sm_90, 166,912 B sm_80); **TC** tensor-core kind (wgmma = HGMMA, mma = HMMA); **async** "
+        "cp.async (LDGSTS) / TMA (UTMALDG) loads; **presets** ViT presets (batch 1 or 256) whose launches can pick "
+        "it; **roofline µs** ViT-B/16 batch-256 launches of this variant on the row's target (one forward, all "
+        "layers; H100 SXM 800 TFLOP/s 16-bit, 67 TFLOP/s fp32 FMA, 3.35 TB/s, 132 SMs; A100 SXM 312 / 19.5 "
+        "TFLOP/s, 2.04 TB/s, 108 SMs; max of wave-quantized tile FLOPs and compulsory bytes per launch); **gate** "
+        "the sm_90 rules (no spill, smem fits, 16-bit dots are wgmma, GEMM loops use cp.async/TMA) for variants "
+        "the Hopper tables can pick.", "",
+    ]
+    problems = [r for r in report["rows"] if r.get("gate") or r.get("error")]
+    lines.append(f"**Gate: {'PASS' if not problems else f'{len(problems)} problem(s)'}**")
+    lines += [f"- {r['target']} {r['label']}: {r.get('error') or '; '.join(r['gate'])}" for r in problems]
+    lines.append("")
+    lines.append(f"## Predicted time per op, {ROOFLINE_PRESET} batch {ROOFLINE_BATCH} (best gated Hopper variant)")
+    lines.append("")
+    lines.append("| op | launches | dtype | tile | launches per forward | roofline µs (sm_90) | useful TFLOP |")
+    lines.append("|---|---|---|---|---|---|---|")
+    for (op, names, dtype), r in sorted(best_per_op(report["rows"]).items()):
+        lines.append(f"| {op} | {names} | {dtype} | {r['tile']} | {r['roofline_launches']} | {r['roofline_us']} | "
+                     f"{r['tflops_useful']:.3f} |")
+    lines.append("")
+    for target in ("sm_90", "sm_80"):
+        rows = [r for r in report["rows"] if r["target"] == target]
+        if not rows:
+            continue
+        lines += [f"## {target}", "",
+                  "| op | kernel | dtype | tile | switches | fam | reg | stack | STL/LDL | smem | TC | async | "
+                  "presets | roofline µs | gate |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in sorted(rows, key=lambda r: (r["op"], r["dtype"], r["tile"], r["switches"])):
+            if r.get("error"):
+                lines.append(f"| {r['op']} | {r['kernel']} | {r['dtype']} | {r['tile']} | {r['switches']} | "
+                             f"{','.join(r['families'])} | FAILED: {r['error']} |||||||||")
+                continue
+            smem = f"{r['shared']:,}" + (" **over**" if r["shared"] > r["smem_limit"] else "")
+            presets = ",".join(p[4:] for p in r["presets"]) or "—"
+            gate = ("**" + "; ".join(r["gate"]) + "**") if r["gate"] else f"ungated: {r['ungated']}" \
+                if r.get("ungated") and target == "sm_90" else "ok" if "hopper" in r["families"] and \
+                target == "sm_90" else ""
+            lines.append(f"| {r['op']} | {r['kernel']} | {r['dtype']} | {r['tile']} | {r['switches']} | "
+                         f"{','.join(r['families'])} | {r['registers']} | {r['stack']} | {r['stl']}/{r['ldl']} | "
+                         f"{smem} | {r['tensor_core']} | {r['async_copy']} | {presets} | "
+                         f"{r.get('roofline_us', '')} | {gate} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def best_per_op(rows) -> dict:
+    """(op, launch names, dtype) -> the sm_90 row with the lowest roofline among passing Hopper variants."""
+    best = {}
+    for r in rows:
+        if r["target"] != "sm_90" or "roofline_us" not in r or r.get("gate") or "hopper" not in r["families"]:
+            continue
+        key = (r["op"], r["launch_names"], r["dtype"])
+        if key not in best or r["roofline_us"] < best[key]["roofline_us"]:
+            best[key] = r
+    return best
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.kernels_static", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for report.md and report.json")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="compile processes (default 2)")
+    parser.add_argument("--cc", type=int, nargs="+", default=[90, 80], choices=sorted(DEVICES))
+    parser.add_argument("--full", action="store_true",
+                        help="every variant on its families' targets (default, 'ci': every variant on sm_90 and a "
+                             "representative sm_80 sample; the committed report and the CI gate)")
+    parser.add_argument("--all-targets", action="store_true", help="every variant for every target")
+    parser.add_argument("--only", default="", help="comma-separated kernel module names (default: all)")
+    parser.add_argument("--dtype", default="", help="comma-separated pointer dtypes to keep, e.g. bf16 (default: all)")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a compile fails or the gate finds a problem")
+    args = parser.parse_args(argv)
+    os.environ.pop("TRITON_INTERPRET", None)  # compile for real targets, never the interpreter shim
+    aot = _aot()
+    import triton
+
+    ci = not (args.full or args.all_targets)
+    failures, jobs, rows = collect(aot, ci, args.all_targets, args.cc, {m for m in args.only.split(",") if m},
+                                   {d for d in args.dtype.split(",") if d})
+    if failures:
+        print("FAILURES before compiling:\n  " + "\n  ".join(failures), file=sys.stderr)
+        return 1
+    print(f"{len(jobs)} distinct compiles for {len(rows)} (variant, target) rows, {args.jobs} jobs", flush=True)
+    start = time.perf_counter()
+    results = []
+    if args.jobs > 1 and len(jobs) > 1:
+        # spawn, not fork: every worker imports triton afresh (and without TRITON_INTERPRET)
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for i, res in enumerate(pool.map(compile_job, jobs)):
+                results.append(res)
+                _progress(i, len(jobs), res)
+    else:
+        for i, job in enumerate(jobs):
+            results.append(aot.compile_one(job))
+            _progress(i, len(jobs), results[-1])
+    report = {"triton": triton.__version__, "profile": "ci" if ci else "all targets" if args.all_targets
+              else "each variant on its families' targets", "compiles": len(jobs),
+              "wall_s": round(time.perf_counter() - start, 1), "rows": [describe(r, results[r["job"]]) for r in rows]}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    text = markdown(report)
+    (args.out / "report.md").write_text(text + "\n")
+    print(text)
+    bad = [r for r in report["rows"] if r.get("error") or r.get("gate")]
+    print(f"static report: {len(jobs)} compiles in {report['wall_s']} s, {len(bad)} problem rows -> {args.out}",
+          flush=True)
+    return 1 if args.check and bad else 0
+
+
+def _progress(i, total, result):
+    module, label, cc, seconds, error, stats = result
+    state = "FAIL " + error if error else f"reg {stats['registers']} stack {stats['stack']} smem {stats['shared']}"
+    print(f"[{i + 1}/{total}] sm_{cc} {seconds:5.1f}s {label}: {state}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

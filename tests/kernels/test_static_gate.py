@@ -1,0 +1,174 @@
+"""The CI gate over the static kernel report (benchmarks/kernels_static.py; the variant contract is in
+tests/kernels/aot_compile.py), plus the checks that make it trustworthy without compiling everything twice:
+
+- test_static_gate: one run of `python -m benchmarks.kernels_static --check` (every variant the Hopper tables
+  can pick, compiled for sm_90 with the JIT's divisibility attributes, and a representative sm_80 sample; replaces
+  the former --full AOT test): every variant compiles, none the Hopper tables can pick spills or overflows shared
+  memory, 16-bit dots are wgmma, GEMM main loops use cp.async or TMA; every kernel module compiled on both targets.
+- test_variants_cover_every_table_row: every tile of every autotune table has a variant for every op (no compile).
+- test_spill_detector_sees_a_known_spill: the cubin reader reports a spilling kernel as spilling (so the gate can
+  fail), and the gate's rules flag each kind of problem.
+"""
+import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+MODULES = ("attention", "patch_embed", "ln_linear", "ln_qkv", "linear_residual", "layer_norm")
+GEMM_OPS = ("ln_linear", "ln_qkv", "linear_residual", "patch_embed")
+
+
+def _env():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+@pytest.fixture(scope="module")
+def variants():
+    """{module: aot_variants() as plain tuples}, from one subprocess without the interpreter (it changes what
+    @triton.jit builds)."""
+    import pickle
+
+    code = ("import importlib, pickle, sys\nout = {}\n"
+            f"for name in {MODULES!r}:\n"
+            "    m = importlib.import_module('kernels.' + name)\n"
+            "    out[name] = [(v.get('op', name), v['signature'], v['constexprs'], v['num_warps'], v['num_stages'],\n"
+            "                  tuple(v.get('tables', ('hopper',))), tuple(v.get('divisible', ()))) for v in m.aot_variants()]\n"
+            "sys.stdout.buffer.write(pickle.dumps(out))\n")
+    out = subprocess.run([sys.executable, "-c", code], env=_env(), cwd=ROOT, capture_output=True, check=True)
+    return pickle.loads(out.stdout)
+
+
+def test_static_gate(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.kernels_static", "--check", "--out",
+                           str(tmp_path)], env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    tail = proc.stdout[-4000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text()) if (tmp_path / "report.json").exists() else None
+    assert report is not None, tail
+    problems = [f"{r['target']} {r['label']}: {r.get('error') or r['gate']}" for r in report["rows"]
+                if r.get("error") or r.get("gate")]
+    assert not problems and proc.returncode == 0, "\n".join(problems) or tail
+    print(f"static gate: {report['compiles']} compiles in {report['wall_s']} s (triton {report['triton']})")
+    seen = {(r["module"], r["target"]) for r in report["rows"]}
+    for module in MODULES:
+        for target in ("sm_90", "sm_80"):
+            assert (module, target) in seen, f"no {module} variant compiled for {target}"
+    hopper16 = [r for r in report["rows"] if r["target"] == "sm_90" and "hopper" in r["families"]
+                and r["dtype"] in ("bf16", "fp16")]
+    assert hopper16 and all(r["stack"] == 0 and r["shared"] <= 232448 for r in hopper16)
+    gemms = [r for r in hopper16 if r["op"] in GEMM_OPS and not r.get("ungated")]
+    assert gemms and all(r["tensor_core"] == "wgmma" and "cp.async" in r["async_copy"] for r in gemms)
+    # every Hopper GEMM tile was compiled and gated for every GEMM op in bf16
+    from kernels._common import FAMILY_SMEM, GEMM_TABLES, gemm_tile_allowed
+
+    for op in GEMM_OPS:
+        tiles = {r["tile"] for r in gemms if r["op"] == op and r["dtype"] == "bf16"}
+        kind = {"ln_qkv": "qkv", "ln_linear": "ln"}.get(op, "plain")
+        for row in GEMM_TABLES["hopper"]:
+            if gemm_tile_allowed(row, 2, FAMILY_SMEM["hopper"], family="hopper", kind=kind):
+                bm, bn, bk, w, s = row
+                assert f"{bm}x{bn}x{bk} w{w}s{s}" in tiles, (op, row)
+
+
+@pytest.mark.parametrize("name", GEMM_OPS)
+def test_variants_cover_every_table_row(name, variants):
+    from kernels._common import FAMILY_SMEM, GEMM_TABLES, gemm_tile_allowed
+
+    rows = variants[name]
+    kind = {"ln_qkv": "qkv", "ln_linear": "ln"}.get(name, "plain")
+    for dtype, elem in ((torch.bfloat16, 2), (torch.float16, 2), (torch.float32, 4)):
+        sig = "*" + {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
+        have = {}
+        for _, signature, consts, w, s, tables, divisible in rows:
+            assert "M" not in divisible, "M varies with the batch: never divisible"
+            if signature.get("out_ptr") == sig:
+                have.setdefault((consts["BLOCK_M"], consts["BLOCK_N"], consts["BLOCK_K"], w, s), set()).update(tables)
+        for family, table in GEMM_TABLES.items():
+            for row in table:
+                if gemm_tile_allowed(row, elem, FAMILY_SMEM[family], family=family, kind=kind):
+                    assert family in have.get(row, ()), f"{name} {dtype}: no {family} variant for tile {row}"
+                elif gemm_tile_allowed(row, elem, FAMILY_SMEM[family]):  # pruned as a known spill: still reported
+                    assert row in have, f"{name} {dtype}: pruned tile {row} missing from the report's variants"
+
+
+def test_attention_variants_cover_every_table_row(variants):
+    attention = importlib.import_module("kernels.attention")
+    rows = variants["attention"]
+    for dtype, tables in (("*bf16", attention.ATTN_TABLES), ("*fp32", {"hopper": attention.FP32_ATTN})):
+        have = {(c["BLOCK_M"], c["BLOCK_N"], w, s) for _, sig, c, w, s, _, _ in rows if sig["Q"] == dtype}
+        for table in tables.values():
+            assert set(table) <= have, (dtype, set(table) - have)
+
+
+def test_spill_detector_sees_a_known_spill():
+    """LN + head-major QKV at 128x256 (a tile pruned from the Hopper table for this reason) spills on sm_90: the
+    cubin reader must say so, and the gate's rules must flag it and every other kind of problem."""
+    code = """
+import importlib, json, sys
+sys.path.insert(0, 'tests/kernels')
+import aot_compile
+from benchmarks import kernels_static as ks
+qkv = importlib.import_module('kernels.ln_qkv')
+i = next(i for i, v in enumerate(qkv.aot_variants()) if v['signature']['a_ptr'] == '*bf16'
+         and (v['constexprs']['BLOCK_M'], v['constexprs']['BLOCK_N']) == (128, 256))
+r = aot_compile.compile_one(('ln_qkv', i, 90, False, True))
+print(json.dumps(r[-1]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], env=_env(), cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    stats = json.loads(out.stdout.strip().splitlines()[-1])
+    assert stats["stack"] > 0 and stats["stl"] > 0 and stats["ldl"] > 0, stats
+    assert stats["hgmma"] > 0 and stats["ldgsts"] > 0, stats
+
+    from benchmarks.kernels_static import gate_problems
+
+    variant = {"signature": {"a": "*bf16"}, "constexprs": {}, "tables": ("hopper",), "main_loop": "gemm"}
+    clean = dict(registers=128, stack=0, shared=1000, hgmma=4, hmma=0, ldgsts=8, utmaldg=0, stl=0, ldl=0)
+    assert gate_problems(variant, 90, clean) == []
+    assert gate_problems(variant, 90, dict(stats)) and "spills" in gate_problems(variant, 90, dict(stats))[0]
+    for change, words in ((dict(shared=232449), "shared memory"), (dict(hgmma=0, hmma=8), "mma.sync"),
+                          (dict(ldgsts=0), "cp.async")):
+        assert any(words in p for p in gate_problems(variant, 90, {**clean, **change})), change
+    assert gate_problems({**variant, "tables": ("ampere",)}, 90, dict(stats)) == []  # not a Hopper pick
+    assert gate_problems(variant, 80, dict(stats)) == []  # sm_80 is reported, not gated
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_prune_drops_the_hopper_tiles_that_spill(monkeypatch, dtype):
+    """On a Hopper device the autotuner never benchmarks a tile the report shows spilling for that kind of launch;
+    Ampere keeps its own table."""
+    import triton
+
+    from kernels import _common
+
+    configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
+               for bm, bn, bk, w, s in _common.gemm_aot_configs()]
+    class FakeCudaTensor:  # what the prune reads of the A operand: its device index and dtype
+        device = torch.device("cuda", 0)
+
+    a = FakeCudaTensor()
+    a.dtype = dtype
+    monkeypatch.setattr(_common, "shared_memory_bytes", lambda index: 232448)
+    elem = torch.empty((), dtype=dtype).element_size()
+    for family in ("hopper", "ampere"):
+        monkeypatch.setattr(_common, "gpu_family", lambda index: family)
+        for kind, switches in (("qkv", dict(HAS_LN=True, QKV_HEAD_MAJOR=True)), ("ln", dict(HAS_LN=True)),
+                               ("plain", dict(HAS_LN=False, HAS_RESIDUAL=True))):
+            kept = _common.prune_gemm_configs(configs, {"a_ptr": a, "M_BUCKET": 1 << 16}, **switches)
+            rows = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages)
+                    for c in kept}
+            spills = set(_common.HOPPER_GEMM_SPILLS[(elem, kind)])
+            assert rows and rows <= set(_common.GEMM_TABLES[family]), (family, kind, rows)
+            if family == "hopper":
+                assert not rows & spills, (kind, rows & spills)
+                assert (64, 64, 64, 4, 4) in rows
+            else:
+                assert rows & {(128, 128, 32, 4, 4), (64, 64, 32, 4, 4)}, rows  # no Hopper spill list on Ampere
