@@ -1,10 +1,20 @@
-"""Flash-style multi-head attention forward for ViT inference (non-causal, no mask).
+"""Flash-style multi-head attention forward for ViT inference (non-causal, no mask), tuned for short sequences.
 
 Each program owns BLOCK_M query rows of one (batch, head) and streams K/V through it in BLOCK_N-row blocks with an
-online softmax (fp32, base 2, the scale folded with log2(e)), so the N x N score matrix never exists in memory.
-The result is stored straight into (B, Nq, H*d), the layout the out-projection reads, which removes the
-transpose/reshape copy an unfused implementation needs. q/k/v may be strided views into the (3, B, H, N, d) tensor
-that `ln_qkv` writes; Nq may be smaller than Nk (Nq == 1 when the last layer keeps only [CLS]).
+online softmax in fp32 and base 2, so the N x N score matrix never exists in memory. ViT sequences are short (50,
+197, 257 tokens), so the tiles are chosen for few K/V blocks and for enough programs to fill the SMs at small
+batches, and the ragged last K/V block is a masked step of the same software-pipelined loop (EVEN_N compiles the
+unmasked fast path when N_K is a multiple of BLOCK_N).
+
+The head dim is covered by one or two power-of-two column blocks, BLOCK_D0 + BLOCK_D1 (80 = 64 + 16, 96 = 64 + 32,
+48 = 32 + 16): each of QK^T and PV is then one or two tensor-core dots with no padded columns, where a single
+power-of-two block would pad 80 to 128. Q is multiplied by softmax_scale * log2(e) once when it is loaded, so the
+loop computes exp2(s - m) with no per-score scaling.
+
+q/k/v are (B, H, N, d) views with any strides whose last dim is contiguous, so the kernel reads them in place from
+the QKV projection's output: the head-major (3, B, H, N, d) tensor that `ln_qkv` writes, or a row-major (B, N, 3, H, d)
+tensor viewed as `.permute(2, 0, 3, 1, 4)`. The result is stored straight into (B, Nq, H*d), the layout the
+out-projection reads. Nq may be smaller than Nk (Nq == 1 when the last layer keeps only [CLS]).
 """
 import math
 
@@ -12,37 +22,35 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (FLOAT_DTYPES, TL_SIG, check, check_dtype, gpu_family, is_interpreting, jit_fn,
-                             m_bucket, shared_memory_bytes, upcast_needed)
+from ._common import (FLOAT_DTYPES, TL_SIG, check, check_dtype, gpu_family, is_interpreting, jit_fn, m_bucket,
+                      shared_memory_bytes, upcast_needed)
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 128
 _LOG2E = 1.4426950408889634
 
 
 # ---- autotune tables ------------------------------------------------------------------------------------------------
-# (BLOCK_M, BLOCK_N, num_warps, num_stages). BLOCK_M == 16 rows serve Nq <= 16 (the [CLS]-only last layer).
+# (BLOCK_M, BLOCK_N, num_warps, num_stages). K/V blocks at 197 / 257 / 50 tokens: BLOCK_N 64 -> 4 / 5 / 1 blocks,
+# 128 -> 2 / 3 / 1, 32 -> 7 / 9 / 2 (see benchmarks/NOTES.md for the padded fractions). BLOCK_M 64 with 4 warps is
+# one Hopper warpgroup (the smallest wgmma tile) and gives 4 programs per head at 197 tokens, for small batches;
+# 128 rows with 8 warps (two warpgroups) halve the K/V reads per query for large batches. BLOCK_M 16 serves
+# Nq <= 16 (the [CLS]-only last layer) with mma.sync.
 HOPPER_ATTN = [
-    (128, 64, 4, 3),
     (128, 64, 8, 3),
-    (128, 128, 8, 3),
-    (128, 64, 4, 4),
-    (128, 128, 8, 4),
+    (128, 128, 8, 2),
     (64, 64, 4, 3),
-    (64, 128, 4, 3),
-    (16, 128, 4, 3),
+    (64, 128, 4, 2),
+    (64, 32, 4, 3),
+    (16, 64, 4, 2),
 ]
 AMPERE_ATTN = [
-    (128, 64, 4, 3),
     (128, 64, 8, 3),
-    (128, 32, 4, 3),
     (64, 64, 4, 3),
-    (64, 64, 4, 2),
-    (64, 32, 4, 2),
+    (64, 32, 4, 3),
     (16, 64, 4, 2),
 ]
 FALLBACK_ATTN = [
-    (64, 64, 4, 2),
-    (64, 32, 4, 2),
+    (64, 32, 4, 3),
     (16, 64, 4, 2),
 ]
 # fp32 uses ieee dots, which run on FMA units on every family: small tiles keep registers (and compile time) sane.
@@ -54,10 +62,29 @@ FP32_ATTN = [
 ATTN_TABLES = {"hopper": HOPPER_ATTN, "ampere": AMPERE_ATTN, "fallback": FALLBACK_ATTN}
 # Big tiles mean few numpy calls; the interpreter benchmarks nothing, so it gets exactly one config.
 INTERPRETER_ATTN = (64, 64, 4, 1)
-# The tile aot_variants() compiles every flag combination with (fp16/bf16: in the Hopper and Ampere tables), and
-# the BLOCK_D values the launcher can pick: next power of two of MIN_HEAD_DIM..MAX_HEAD_DIM.
-_AOT_TILE = {"16bit": (64, 64, 4, 3), "fp32": FP32_ATTN[1]}
-_BLOCK_DS = (64, 128, 32, 16)  # most used first: the AOT subset for sm_80 takes the first
+# Program-count bucket cap for the autotune key: beyond this many (batch, head) pairs every tile fills the GPU.
+_BH_BUCKET_CAP = 512
+
+
+def head_dim_blocks(d: int) -> tuple:
+    """(BLOCK_D0, BLOCK_D1) covering head dim d with power-of-two column blocks (BLOCK_D1 == 0: one block).
+    Two blocks when the second is at most 32 wide and saves padding (80 -> 64 + 16, 96 -> 64 + 32, 48 -> 32 + 16,
+    72 -> 64 + 16 with 8 masked columns); otherwise the next power of two (112 -> 128)."""
+    full = max(16, triton.next_power_of_2(d))
+    main = max(16, full // 2) if d < full else full
+    rest = d - main
+    if rest <= 0 or main == full:
+        return full, 0
+    tail = max(16, triton.next_power_of_2(rest))
+    if tail > 32 or main + tail >= full:
+        return full, 0
+    return main, tail
+
+
+# Head dims aot_variants() compiles: each distinct (BLOCK_D0, BLOCK_D1, padded) of 16..128 once; the ViT presets'
+# 64 (B, L) and 80 (H/14) get every tile.
+_AOT_HEAD_DIMS_ALL_TILES = (64, 80)
+_AOT_HEAD_DIMS = (16, 32, 48, 72, 96, 112, 128)
 
 
 def _configs():
@@ -72,8 +99,9 @@ def _smem_estimate(block_m, block_n, block_d, num_stages, elem):
 
 
 def _prune_configs(configs, named_args, **kwargs):
-    """Keep the running GPU family's table (the fp32 one for fp32); drop tiles taller than the queries, much wider
-    than the keys, or too big for shared memory. Runs at first launch on a device, never at import."""
+    """Keep the running GPU family's table (the fp32 one for fp32); the 16-row tiles only, and only them, for
+    Nq <= 16; drop tiles taller than the queries, wider than the keys' bucket, or too big for shared memory.
+    Runs at first launch on a device, never at import."""
     if len(configs) <= 1:
         return configs
     q = named_args["Q"]
@@ -81,15 +109,16 @@ def _prune_configs(configs, named_args, **kwargs):
     elem = q.element_size()
     table = FP32_ATTN if elem == 4 else ATTN_TABLES[gpu_family(index)]
     smem = shared_memory_bytes(index)
-    block_d = kwargs["BLOCK_D"]
+    block_d = kwargs["BLOCK_D0"] + kwargs["BLOCK_D1"]
     q_bucket, k_bucket = named_args["N_Q_BUCKET"], named_args["N_K_BUCKET"]
     family = [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in table]
+    small_q = q_bucket <= 16 and any(c.kwargs["BLOCK_M"] == 16 for c in family)
     kept = []
     for c in family:
         bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
-        if bm > q_bucket or (bm == 16 and q_bucket > 16):
+        if (bm == 16) != small_q or bm > max(16, q_bucket):
             continue
-        if bn > max(64, k_bucket):
+        if bn > max(32, k_bucket):
             continue
         if _smem_estimate(bm, bn, block_d, c.num_stages, elem) > smem:
             continue
@@ -101,40 +130,44 @@ def _prune_configs(configs, named_args, **kwargs):
 
 # ---- kernel ---------------------------------------------------------------------------------------------------------
 @triton.jit
-def _load_tile(ptrs, rows, n_rows, offs_d, HEAD_DIM, MASK_ROWS: tl.constexpr):
-    """Load a (rows, BLOCK_D) tile with zeros in the padding. The head-dim mask is always applied: Triton
-    specialises HEAD_DIM as a multiple of 16 for the usual head dims (32, 64, 80, 96, 128), so the mask is constant
-    over 16-element runs and the loads stay vectorized; an unmasked variant would double the compiled variants."""
-    if MASK_ROWS:
-        x = tl.load(ptrs, mask=(rows[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM), other=0.0)
+def _load(ptrs, rows, n_rows, cols, n_cols, MASK_ROWS: tl.constexpr, MASK_COLS: tl.constexpr):
+    """A (rows, cols) tile with zeros where masked. Row masks only for ragged Q/K/V blocks, column masks only for
+    head dims that are not a sum of the column blocks (72 = 64 + 16 - 8)."""
+    if MASK_ROWS and MASK_COLS:
+        x = tl.load(ptrs, mask=(rows[:, None] < n_rows) & (cols[None, :] < n_cols), other=0.0)
+    elif MASK_ROWS:
+        x = tl.load(ptrs, mask=rows[:, None] < n_rows, other=0.0)
+    elif MASK_COLS:
+        x = tl.load(ptrs, mask=cols[None, :] < n_cols, other=0.0)
     else:
-        x = tl.load(ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+        x = tl.load(ptrs)
     return x
 
 
 @triton.jit
-def _attn_step(acc, l_i, m_i, q, k_ptrs, v_ptrs, start_n, offs_n, offs_d,
-               N_K, HEAD_DIM, stride_kn, stride_vn, qk_scale,
-               MASK_N: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """One K/V block of the online softmax; MASK_N only for the ragged last block."""
-    cols = start_n + offs_n
-    k = _load_tile(k_ptrs + start_n * stride_kn, cols, N_K, offs_d, HEAD_DIM, MASK_N)
-    v = _load_tile(v_ptrs + start_n * stride_vn, cols, N_K, offs_d, HEAD_DIM, MASK_N)
+def _store(ptrs, x, rows, n_rows, cols, n_cols, MASK_ROWS: tl.constexpr, MASK_COLS: tl.constexpr):
+    if MASK_ROWS and MASK_COLS:
+        tl.store(ptrs, x, mask=(rows[:, None] < n_rows) & (cols[None, :] < n_cols))
+    elif MASK_ROWS:
+        tl.store(ptrs, x, mask=rows[:, None] < n_rows)
+    elif MASK_COLS:
+        tl.store(ptrs, x, mask=cols[None, :] < n_cols)
+    else:
+        tl.store(ptrs, x)
+
+
+@triton.jit
+def _scaled_q(ptrs, rows, n_rows, cols, n_cols, qk_scale, MASK_ROWS: tl.constexpr, MASK_COLS: tl.constexpr,
+              UPCAST: tl.constexpr):
+    """A Q column block times softmax_scale * log2(e), in fp32, rounded once to the dot operand type."""
+    q = _load(ptrs, rows, n_rows, cols, n_cols, MASK_ROWS, MASK_COLS)
+    scaled = q.to(tl.float32) * qk_scale
     if UPCAST:
-        k = k.to(tl.float32)
-        v = v.to(tl.float32)
-    qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # log2-domain scores, fp32
-    if MASK_N:
-        qk = tl.where(cols[None, :] < N_K, qk, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(qk, 1))
-    p = tl.exp2(qk - m_new[:, None])
-    alpha = tl.exp2(m_i - m_new)  # 0 on the first block (m_i = -inf)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-    return acc, l_i, m_new
+        return scaled
+    return scaled.to(q.dtype)
 
 
-@triton.autotune(configs=_configs(), key=["N_Q_BUCKET", "N_K_BUCKET", "HEAD_DIM"],
+@triton.autotune(configs=_configs(), key=["N_Q_BUCKET", "N_K_BUCKET", "BH_BUCKET", "HEAD_DIM"],
                  prune_configs_by={"early_config_prune": _prune_configs})
 @triton.heuristics({
     "EVEN_M": lambda a: a["N_Q"] % a["BLOCK_M"] == 0,
@@ -149,19 +182,21 @@ def _attn_fwd_kernel(
     stride_qb, stride_qh, stride_qm,  # element strides of Q over batch, head, row
     stride_kb, stride_kh, stride_kn,  # element strides of K over batch, head, row
     stride_vb, stride_vh, stride_vn,  # element strides of V over batch, head, row
-    stride_ob, stride_oh, stride_om,  # element strides of Out over batch, head (= HEAD_DIM), row
+    stride_ob, stride_om,  # element strides of Out over batch and row (the head stride is HEAD_DIM)
     H,  # number of heads
     N_Q,  # query rows per (batch, head)
     N_K,  # key/value rows per (batch, head)
-    HEAD_DIM,  # head dimension d (runtime; BLOCK_D is its power-of-two padding)
-    qk_scale,  # softmax scale * log2(e), so exp2 can replace exp
+    qk_scale,  # softmax scale * log2(e): applied to Q once, so exp2 of the scores is the softmax numerator
     N_Q_BUCKET,  # next power of two of N_Q: autotune key only, unused in the body
     N_K_BUCKET,  # next power of two of N_K: autotune key only, unused in the body
+    BH_BUCKET,  # next power of two of B*H (capped): autotune key only (small batches favour small BLOCK_M)
+    HEAD_DIM: tl.constexpr,  # head dimension d
+    BLOCK_D0: tl.constexpr,  # first (power-of-two) column block of the head dim
+    BLOCK_D1: tl.constexpr,  # second column block (power of two >= 16), or 0 when BLOCK_D0 covers HEAD_DIM
     BLOCK_M: tl.constexpr,  # query rows per program
     BLOCK_N: tl.constexpr,  # key/value rows per loop step
-    BLOCK_D: tl.constexpr,  # next power of two >= HEAD_DIM (and >= 16 for tl.dot)
     EVEN_M: tl.constexpr,  # N_Q % BLOCK_M == 0: no row masks on Q loads and Out stores
-    EVEN_N: tl.constexpr,  # N_K % BLOCK_N == 0: no ragged last K/V block
+    EVEN_N: tl.constexpr,  # N_K % BLOCK_N == 0: no ragged last K/V block, no score masks
     UPCAST: tl.constexpr,  # convert tiles to fp32 after loading (bf16 under the interpreter is computed wrongly)
     DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs (no tf32), the target default otherwise
 ):
@@ -171,43 +206,72 @@ def _attn_fwd_kernel(
     pid_bh = pid // num_m
     off_b = (pid_bh // H).to(tl.int64)
     off_h = (pid_bh % H).to(tl.int64)
+    # Only the last column block can be partial, and only for head dims like 72 (64 + 16 with 8 masked columns).
+    if BLOCK_D1 > 0:
+        MASK_D0: tl.constexpr = False
+        MASK_D1: tl.constexpr = BLOCK_D0 + BLOCK_D1 != HEAD_DIM
+    else:
+        MASK_D0: tl.constexpr = BLOCK_D0 != HEAD_DIM
+        MASK_D1: tl.constexpr = False
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
+    offs_d0 = tl.arange(0, BLOCK_D0)
+    q_base = Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qm
+    k_base = K + off_b * stride_kb + off_h * stride_kh + offs_n[:, None] * stride_kn
+    v_base = V + off_b * stride_vb + off_h * stride_vh + offs_n[:, None] * stride_vn
 
-    q_ptrs = Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :]
-    k_ptrs = K + off_b * stride_kb + off_h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :]
-    v_ptrs = V + off_b * stride_vb + off_h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :]
-
-    q = _load_tile(q_ptrs, offs_m, N_Q, offs_d, HEAD_DIM, not EVEN_M)
-    if UPCAST:
-        q = q.to(tl.float32)
-
+    q0 = _scaled_q(q_base + offs_d0[None, :], offs_m, N_Q, offs_d0, HEAD_DIM, qk_scale, not EVEN_M, MASK_D0, UPCAST)
+    acc0 = tl.zeros([BLOCK_M, BLOCK_D0], dtype=tl.float32)
+    if BLOCK_D1 > 0:
+        offs_d1 = BLOCK_D0 + tl.arange(0, BLOCK_D1)
+        q1 = _scaled_q(q_base + offs_d1[None, :], offs_m, N_Q, offs_d1, HEAD_DIM, qk_scale, not EVEN_M, MASK_D1,
+                       UPCAST)
+        acc1 = tl.zeros([BLOCK_M, BLOCK_D1], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    if EVEN_N:
-        n_full = N_K
-    else:
-        n_full = (N_K // BLOCK_N) * BLOCK_N
-    for start_n in range(0, n_full, BLOCK_N):
-        acc, l_i, m_i = _attn_step(acc, l_i, m_i, q, k_ptrs, v_ptrs, start_n, offs_n, offs_d,
-                                   N_K, HEAD_DIM, stride_kn, stride_vn, qk_scale,
-                                   False, UPCAST, DOT_PRECISION)
-    if not EVEN_N:
-        acc, l_i, m_i = _attn_step(acc, l_i, m_i, q, k_ptrs, v_ptrs, n_full, offs_n, offs_d,
-                                   N_K, HEAD_DIM, stride_kn, stride_vn, qk_scale,
-                                   True, UPCAST, DOT_PRECISION)
+    # One pipelined loop over every K/V block; without EVEN_N each step masks rows past N_K (loaded as zeros, scored
+    # -inf), which only bites in the last one.
+    for start_n in range(0, N_K, BLOCK_N):
+        cols = start_n + offs_n
+        k0 = _load(k_base + start_n * stride_kn + offs_d0[None, :], cols, N_K, offs_d0, HEAD_DIM, not EVEN_N, MASK_D0)
+        if UPCAST:
+            k0 = k0.to(tl.float32)
+        s = tl.dot(q0, tl.trans(k0), input_precision=DOT_PRECISION)  # scores in log2 units, fp32
+        if BLOCK_D1 > 0:
+            k1 = _load(k_base + start_n * stride_kn + offs_d1[None, :], cols, N_K, offs_d1, HEAD_DIM, not EVEN_N,
+                       MASK_D1)
+            if UPCAST:
+                k1 = k1.to(tl.float32)
+            s = tl.dot(q1, tl.trans(k1), s, input_precision=DOT_PRECISION)
+        if not EVEN_N:
+            s = tl.where(cols[None, :] < N_K, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.exp2(s - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)  # 0 on the first block (m_i = -inf)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        m_i = m_new
+        v0 = _load(v_base + start_n * stride_vn + offs_d0[None, :], cols, N_K, offs_d0, HEAD_DIM, not EVEN_N, MASK_D0)
+        if UPCAST:
+            v0 = v0.to(tl.float32)
+        p = p.to(v0.dtype)
+        acc0 = tl.dot(p, v0, acc0 * alpha[:, None], input_precision=DOT_PRECISION)
+        if BLOCK_D1 > 0:
+            v1 = _load(v_base + start_n * stride_vn + offs_d1[None, :], cols, N_K, offs_d1, HEAD_DIM, not EVEN_N,
+                       MASK_D1)
+            if UPCAST:
+                v1 = v1.to(tl.float32)
+            acc1 = tl.dot(p, v1, acc1 * alpha[:, None], input_precision=DOT_PRECISION)
 
-    acc = acc / l_i[:, None]
-    o_ptrs = Out + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :]
-    o = acc.to(Out.dtype.element_ty)
-    if EVEN_M:
-        tl.store(o_ptrs, o, mask=offs_d[None, :] < HEAD_DIM)
-    else:
-        tl.store(o_ptrs, o, mask=(offs_m[:, None] < N_Q) & (offs_d[None, :] < HEAD_DIM))
+    inv_l = 1.0 / l_i
+    o_base = Out + off_b * stride_ob + off_h * HEAD_DIM + offs_m[:, None] * stride_om
+    out_ty = Out.dtype.element_ty
+    _store(o_base + offs_d0[None, :], (acc0 * inv_l[:, None]).to(out_ty), offs_m, N_Q, offs_d0, HEAD_DIM,
+           not EVEN_M, MASK_D0)
+    if BLOCK_D1 > 0:
+        _store(o_base + offs_d1[None, :], (acc1 * inv_l[:, None]).to(out_ty), offs_m, N_Q, offs_d1, HEAD_DIM,
+               not EVEN_M, MASK_D1)
 
 
 # ---- launcher -------------------------------------------------------------------------------------------------------
@@ -255,9 +319,11 @@ def _attention_fwd(q, k, v, scale, out=None, config=None):
             q.stride(0), q.stride(1), q.stride(2),
             k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2),
-            out.stride(0), d, out.stride(1),
-            H, n_q, n_k, d, float(scale) * _LOG2E, m_bucket(n_q), m_bucket(n_k))
-    meta = dict(BLOCK_D=max(16, triton.next_power_of_2(d)), UPCAST=upcast_needed(q.dtype),
+            out.stride(0), out.stride(1),
+            H, n_q, n_k, float(scale) * _LOG2E, m_bucket(n_q), m_bucket(n_k),
+            min(triton.next_power_of_2(B * H), _BH_BUCKET_CAP))
+    block_d0, block_d1 = head_dim_blocks(d)
+    meta = dict(HEAD_DIM=d, BLOCK_D0=block_d0, BLOCK_D1=block_d1, UPCAST=upcast_needed(q.dtype),
                 DOT_PRECISION=_dot_precision(q.dtype))
 
     def grid(m):
@@ -294,29 +360,44 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -
 
 
 # ---- ahead-of-time compile variants ---------------------------------------------------------------------------------
-def aot_variants():
-    """Every constexpr combination the launcher can pick on a GPU: dtype x BLOCK_D x EVEN_M x EVEN_N, each with a
-    representative tile, plus per dtype the 16-row tile that serves Nq == 1 and (16-bit) the large Hopper tile."""
+# Integer arguments the launches make multiples of 16 for the models' shapes (row, head and batch strides of the
+# head-major and row-major QKV buffers and of the output, for head dims that are multiples of 16); the JIT gives
+# them tt.divisibility=16, which is what lets it vectorize and pipeline the K/V loads.
+_DIVISIBLE = ("stride_qb", "stride_qh", "stride_qm", "stride_kb", "stride_kh", "stride_kn",
+              "stride_vb", "stride_vh", "stride_vn", "stride_ob", "stride_om")
+
+
+def _tiles(dtype):
+    if dtype == torch.float32:
+        return FP32_ATTN
+    return list(dict.fromkeys(r for t in ATTN_TABLES.values() for r in t))
+
+
+def aot_variants(exhaustive=False):
+    """What the launcher can pick on a GPU. Every tile of every table (the fp32 table for fp32) x dtype x EVEN_M x
+    EVEN_N for the presets' head dims 64 and 80 (one and two column blocks); every other head-dim block layout
+    (16, 32, 32+16, 64+16 masked, 64+32, 128 masked, 128) x EVEN_M x EVEN_N at the first tile of the Hopper (or
+    fp32) table. `exhaustive=True`: every tile for every head dim."""
     fn = jit_fn(_attn_fwd_kernel)
     variants = []
 
-    def add(dtype, bm, bn, warps, stages, block_d, even_m, even_n):
+    def add(dtype, tile, d, even_m, even_n):
+        bm, bn, warps, stages = tile
         ty = TL_SIG[dtype]
         sig = {name: "i32" for name in fn.arg_names}
         sig.update({"Q": f"*{ty}", "K": f"*{ty}", "V": f"*{ty}", "Out": f"*{ty}", "qk_scale": "fp32"})
-        consts = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, EVEN_M=even_m, EVEN_N=even_n, UPCAST=False,
-                      DOT_PRECISION=_dot_precision(dtype))
+        block_d0, block_d1 = head_dim_blocks(d)
+        consts = dict(HEAD_DIM=d, BLOCK_D0=block_d0, BLOCK_D1=block_d1, BLOCK_M=bm, BLOCK_N=bn, EVEN_M=even_m,
+                      EVEN_N=even_n, UPCAST=False, DOT_PRECISION=_dot_precision(dtype))
         sig.update({name: "constexpr" for name in consts})
-        variants.append({"fn": fn, "signature": sig, "constexprs": consts, "num_warps": warps, "num_stages": stages})
+        variants.append({"fn": fn, "signature": sig, "constexprs": consts, "num_warps": warps, "num_stages": stages,
+                         "divisible": _DIVISIBLE})
 
+    flags = [(even_m, even_n) for even_m in (True, False) for even_n in (True, False)]
     for dtype in FLOAT_DTYPES:
-        for block_d in _BLOCK_DS:
-            for even_m in (True, False):
-                for even_n in (True, False):
-                    add(dtype, *_AOT_TILE["fp32" if dtype == torch.float32 else "16bit"], block_d, even_m, even_n)
-        if dtype == torch.float32:
-            add(dtype, *FP32_ATTN[-1], 64, False, False)
-        else:
-            add(dtype, *HOPPER_ATTN[-1], 64, False, False)
-            add(dtype, *HOPPER_ATTN[2], 128, True, False)
+        tiles = _tiles(dtype)
+        for d in _AOT_HEAD_DIMS_ALL_TILES + _AOT_HEAD_DIMS:
+            for tile in (tiles if exhaustive or d in _AOT_HEAD_DIMS_ALL_TILES else tiles[:1]):
+                for even_m, even_n in flags:
+                    add(dtype, tile, d, even_m, even_n)
     return variants
