@@ -53,11 +53,12 @@ FALLBACK_ATTN = [
     (64, 32, 4, 3),
     (16, 64, 4, 2),
 ]
-# fp32 uses ieee dots, which run on FMA units on every family: small tiles keep registers (and compile time) sane.
+# fp32 uses ieee dots, which run on FMA units on every family: small tiles and 8 warps keep every head dim free of
+# spills (4-warp 32-row tiles spill 8-16 B at some head dims).
 FP32_ATTN = [
-    (64, 32, 4, 2),
-    (32, 32, 4, 2),
-    (16, 32, 4, 2),
+    (64, 32, 8, 2),
+    (16, 32, 8, 2),
+    (16, 16, 4, 2),
 ]
 ATTN_TABLES = {"hopper": HOPPER_ATTN, "ampere": AMPERE_ATTN, "fallback": FALLBACK_ATTN}
 # Big tiles mean few numpy calls; the interpreter benchmarks nothing, so it gets exactly one config.
@@ -93,6 +94,18 @@ def _configs():
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s) for bm, bn, w, s in rows]
 
 
+def fits_registers(tile, block_d, elem, family="hopper"):
+    """False for the tiles whose cubin spills at this head-dim width (measured with the JIT's specialization):
+    16-bit BLOCK_N 128 at width 128 on sm_90 (64x128: 232 B of stack), 128-row tiles at width 128 with mma.sync
+    (sm_80: 48 B), fp32 64-row tiles at width 128."""
+    bm, bn = tile[0], tile[1]
+    if elem == 4:
+        return bm * block_d <= 64 * 96
+    if family != "hopper" and bm * block_d > 128 * 96:
+        return False
+    return bn * block_d <= 128 * 96
+
+
 def _smem_estimate(block_m, block_n, block_d, num_stages, elem):
     """Q tile plus `num_stages` buffered K and V tiles (what the software pipeline keeps in shared memory)."""
     return elem * block_d * (block_m + 2 * num_stages * block_n)
@@ -100,14 +113,16 @@ def _smem_estimate(block_m, block_n, block_d, num_stages, elem):
 
 def _prune_configs(configs, named_args, **kwargs):
     """Keep the running GPU family's table (the fp32 one for fp32); the 16-row tiles only, and only them, for
-    Nq <= 16; drop tiles taller than the queries, wider than the keys' bucket, or too big for shared memory.
+    Nq <= 16; drop tiles taller than the queries, wider than the keys' bucket, too big for shared memory, or that
+    spill at this head dim.
     Runs at first launch on a device, never at import."""
     if len(configs) <= 1:
         return configs
     q = named_args["Q"]
     index = q.device.index if q.device.index is not None else torch.cuda.current_device()
     elem = q.element_size()
-    table = FP32_ATTN if elem == 4 else ATTN_TABLES[gpu_family(index)]
+    family_name = gpu_family(index)
+    table = FP32_ATTN if elem == 4 else ATTN_TABLES[family_name]
     smem = shared_memory_bytes(index)
     block_d = kwargs["BLOCK_D0"] + kwargs["BLOCK_D1"]
     q_bucket, k_bucket = named_args["N_Q_BUCKET"], named_args["N_K_BUCKET"]
@@ -116,9 +131,9 @@ def _prune_configs(configs, named_args, **kwargs):
     kept = []
     for c in family:
         bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
-        if (bm == 16) != small_q or bm > max(16, q_bucket):
+        if (small_q and bm != 16) or (not small_q and bm == 16 and elem == 2) or bm > max(16, q_bucket):
             continue
-        if bn > max(32, k_bucket):
+        if bn > max(32, k_bucket) or not fits_registers((bm, bn), block_d, elem, family_name):
             continue
         if _smem_estimate(bm, bn, block_d, c.num_stages, elem) > smem:
             continue
@@ -373,11 +388,19 @@ def _tiles(dtype):
     return list(dict.fromkeys(r for t in ATTN_TABLES.values() for r in t))
 
 
+def _pickable(tile, block_d, dtype):
+    """Some family's pruner keeps this tile at this head-dim width."""
+    if dtype == torch.float32:
+        return fits_registers(tile, block_d, 4)
+    return any(tile in table and fits_registers(tile, block_d, 2, family) for family, table in ATTN_TABLES.items())
+
+
 def aot_variants(exhaustive=False):
     """What the launcher can pick on a GPU. Every tile of every table (the fp32 table for fp32) x dtype x EVEN_M x
     EVEN_N for the presets' head dims 64 and 80 (one and two column blocks); every other head-dim block layout
     (16, 32, 32+16, 64+16 masked, 64+32, 128 masked, 128) x EVEN_M x EVEN_N at the first tile of the Hopper (or
-    fp32) table. `exhaustive=True`: every tile for every head dim."""
+    fp32) table. `exhaustive=True`: every tile for every head dim. Tiles the pruner drops for a head dim because
+    they spill there (`fits_registers`) are left out."""
     fn = jit_fn(_attn_fwd_kernel)
     variants = []
 
@@ -397,7 +420,8 @@ def aot_variants(exhaustive=False):
     for dtype in FLOAT_DTYPES:
         tiles = _tiles(dtype)
         for d in _AOT_HEAD_DIMS_ALL_TILES + _AOT_HEAD_DIMS:
-            for tile in (tiles if exhaustive or d in _AOT_HEAD_DIMS_ALL_TILES else tiles[:1]):
+            fitting = [t for t in tiles if _pickable(t, sum(head_dim_blocks(d)), dtype)]
+            for tile in (fitting if exhaustive or d in _AOT_HEAD_DIMS_ALL_TILES else fitting[:1]):
                 for even_m, even_n in flags:
                     add(dtype, tile, d, even_m, even_n)
     return variants
