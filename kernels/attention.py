@@ -188,7 +188,7 @@ def _scaled_q(ptrs, rows, n_rows, cols, n_cols, qk_scale, MASK_ROWS: tl.constexp
     "EVEN_M": lambda a: a["N_Q"] % a["BLOCK_M"] == 0,
     "EVEN_N": lambda a: a["N_K"] % a["BLOCK_N"] == 0,
 })
-@triton.jit
+@triton.jit(do_not_specialize=["N_Q_BUCKET", "N_K_BUCKET", "BH_BUCKET"])  # autotune keys only: no recompiles
 def _attn_fwd_kernel(
     Q,  # (B, H, N_Q, HEAD_DIM) queries, last dim contiguous
     K,  # (B, H, N_K, HEAD_DIM) keys, last dim contiguous
