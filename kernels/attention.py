@@ -1,10 +1,20 @@
-"""Flash-style multi-head attention forward for ViT inference (non-causal, no mask).
+"""Flash-style multi-head attention forward for ViT inference (non-causal, no mask), tuned for short sequences.
 
 Each program owns BLOCK_M query rows of one (batch, head) and streams K/V through it in BLOCK_N-row blocks with an
-online softmax (fp32, base 2, the scale folded with log2(e)), so the N x N score matrix never exists in memory.
-The result is stored straight into (B, Nq, H*d), the layout the out-projection reads, which removes the
-transpose/reshape copy an unfused implementation needs. q/k/v may be strided views into the (3, B, H, N, d) tensor
-that `ln_qkv` writes; Nq may be smaller than Nk (Nq == 1 when the last layer keeps only [CLS]).
+online softmax in fp32 and base 2, so the N x N score matrix never exists in memory. ViT sequences are short (50,
+197, 257 tokens), so the tiles are chosen for few K/V blocks and for enough programs to fill the SMs at small
+batches, and the ragged last K/V block is a masked step of the same software-pipelined loop (EVEN_N compiles the
+unmasked fast path when N_K is a multiple of BLOCK_N).
+
+The head dim is covered by one or two power-of-two column blocks, BLOCK_D0 + BLOCK_D1 (80 = 64 + 16, 96 = 64 + 32,
+48 = 32 + 16): each of QK^T and PV is then one or two tensor-core dots with no padded columns, where a single
+power-of-two block would pad 80 to 128. Q is multiplied by softmax_scale * log2(e) once when it is loaded, so the
+loop computes exp2(s - m) with no per-score scaling.
+
+q/k/v are (B, H, N, d) views with any strides whose last dim is contiguous, so the kernel reads them in place from
+the QKV projection's output: the head-major (3, B, H, N, d) tensor that `ln_qkv` writes, or a row-major (B, N, 3, H, d)
+tensor viewed as `.permute(2, 0, 3, 1, 4)`. The result is stored straight into (B, Nq, H*d), the layout the
+out-projection reads. Nq may be smaller than Nk (Nq == 1 when the last layer keeps only [CLS]).
 """
 import math
 
@@ -20,48 +30,62 @@ _LOG2E = 1.4426950408889634
 
 
 # ---- autotune tables ------------------------------------------------------------------------------------------------
-# (BLOCK_M, BLOCK_N, num_warps, num_stages). BLOCK_M == 16 rows serve Nq <= 16 (the [CLS]-only last layer).
+# (BLOCK_M, BLOCK_N, num_warps, num_stages). K/V blocks at 197 / 257 / 50 tokens: BLOCK_N 64 -> 4 / 5 / 1 blocks,
+# 128 -> 2 / 3 / 1, 32 -> 7 / 9 / 2 (see benchmarks/NOTES.md for the padded fractions). BLOCK_M 64 with 4 warps is
+# one Hopper warpgroup (the smallest wgmma tile) and gives 4 programs per head at 197 tokens, for small batches;
+# 128 rows with 8 warps (two warpgroups) halve the K/V reads per query for large batches. BLOCK_M 16 serves
+# Nq <= 16 (the [CLS]-only last layer) with mma.sync.
 HOPPER_ATTN = [
-    (128, 64, 4, 3),
     (128, 64, 8, 3),
-    (128, 128, 8, 3),
-    (128, 64, 4, 4),
-    (128, 128, 8, 4),
+    (128, 128, 8, 2),
     (64, 64, 4, 3),
-    (64, 128, 4, 3),
-    (16, 128, 4, 3),
+    (64, 128, 4, 2),
+    (64, 32, 4, 3),
+    (16, 64, 4, 2),
 ]
 AMPERE_ATTN = [
-    (128, 64, 4, 3),
     (128, 64, 8, 3),
-    (128, 32, 4, 3),
     (64, 64, 4, 3),
-    (64, 64, 4, 2),
-    (64, 32, 4, 2),
+    (64, 32, 4, 3),
     (16, 64, 4, 2),
 ]
 FALLBACK_ATTN = [
-    (64, 64, 4, 2),
-    (64, 32, 4, 2),
+    (64, 32, 4, 3),
     (16, 64, 4, 2),
 ]
-# fp32 uses ieee dots, which run on FMA units on every family: small tiles keep registers (and compile time) sane.
+# fp32 uses ieee dots, which run on FMA units on every family: small tiles and 8 warps keep every head dim free of
+# spills (4-warp 32-row tiles spill 8-16 B at some head dims).
 FP32_ATTN = [
-    (64, 32, 4, 2),
-    (32, 32, 4, 2),
-    (16, 32, 4, 2),
+    (64, 32, 8, 2),
+    (16, 32, 8, 2),
+    (16, 16, 4, 2),
 ]
 ATTN_TABLES = {"hopper": HOPPER_ATTN, "ampere": AMPERE_ATTN, "fallback": FALLBACK_ATTN}
-# Hopper rows the static report (benchmarks/static/report.md, triton 3.9) shows spilling, with the BLOCK_D values
-# they spill at: 128x64 with 4 warps at BLOCK_D = 128 (head dims 80-128, ragged 197/257 keys), 152-160 B. The prune
-# drops them there (the CI gate forbids a Hopper pick that spills).
-HOPPER_ATTN_SPILLS = {(128, 64, 4, 3): (128,), (128, 64, 4, 4): (128,)}
 # Big tiles mean few numpy calls; the interpreter benchmarks nothing, so it gets exactly one config.
 INTERPRETER_ATTN = (64, 64, 4, 1)
-# The tile aot_variants() compiles every flag combination with (fp16/bf16: in the Hopper and Ampere tables), and
-# the BLOCK_D values the launcher can pick: next power of two of MIN_HEAD_DIM..MAX_HEAD_DIM.
-_AOT_TILE = {"16bit": (64, 64, 4, 3), "fp32": FP32_ATTN[1]}
-_BLOCK_DS = (64, 128, 32, 16)  # most used first: the AOT subset for sm_80 takes the first
+# Program-count bucket cap for the autotune key: beyond this many (batch, head) pairs every tile fills the GPU.
+_BH_BUCKET_CAP = 512
+
+
+def head_dim_blocks(d: int) -> tuple:
+    """(BLOCK_D0, BLOCK_D1) covering head dim d with power-of-two column blocks (BLOCK_D1 == 0: one block).
+    Two blocks when the second is at most 32 wide and saves padding (80 -> 64 + 16, 96 -> 64 + 32, 48 -> 32 + 16,
+    72 -> 64 + 16 with 8 masked columns); otherwise the next power of two (112 -> 128)."""
+    full = max(16, triton.next_power_of_2(d))
+    main = max(16, full // 2) if d < full else full
+    rest = d - main
+    if rest <= 0 or main == full:
+        return full, 0
+    tail = max(16, triton.next_power_of_2(rest))
+    if tail > 32 or main + tail >= full:
+        return full, 0
+    return main, tail
+
+
+# Head dims aot_variants() compiles: each distinct (BLOCK_D0, BLOCK_D1, padded) of 16..128 once; the ViT presets'
+# 64 (B, L) and 80 (H/14) get every tile.
+_AOT_HEAD_DIMS_ALL_TILES = (64, 80)
+_AOT_HEAD_DIMS = (16, 32, 48, 72, 96, 112, 128)
 
 
 def _configs():
@@ -70,33 +94,46 @@ def _configs():
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s) for bm, bn, w, s in rows]
 
 
+def fits_registers(tile, block_d, elem, family="hopper"):
+    """False for the tiles whose cubin spills at this head-dim width (measured with the JIT's specialization):
+    16-bit BLOCK_N 128 at width 128 on sm_90 (64x128: 232 B of stack), 128-row tiles at width 128 with mma.sync
+    (sm_80: 48 B), fp32 64-row tiles at width 128."""
+    bm, bn = tile[0], tile[1]
+    if elem == 4:
+        return bm * block_d <= 64 * 96
+    if family != "hopper" and bm * block_d > 128 * 96:
+        return False
+    return bn * block_d <= 128 * 96
+
+
 def _smem_estimate(block_m, block_n, block_d, num_stages, elem):
     """Q tile plus `num_stages` buffered K and V tiles (what the software pipeline keeps in shared memory)."""
     return elem * block_d * (block_m + 2 * num_stages * block_n)
 
 
 def _prune_configs(configs, named_args, **kwargs):
-    """Keep the running GPU family's table (the fp32 one for fp32); drop tiles taller than the queries, much wider
-    than the keys, or too big for shared memory. Runs at first launch on a device, never at import."""
+    """Keep the running GPU family's table (the fp32 one for fp32); the 16-row tiles only, and only them, for
+    Nq <= 16; drop tiles taller than the queries, wider than the keys' bucket, too big for shared memory, or that
+    spill at this head dim.
+    Runs at first launch on a device, never at import."""
     if len(configs) <= 1:
         return configs
     q = named_args["Q"]
     index = q.device.index if q.device.index is not None else torch.cuda.current_device()
     elem = q.element_size()
-    table = FP32_ATTN if elem == 4 else ATTN_TABLES[gpu_family(index)]
+    family_name = gpu_family(index)
+    table = FP32_ATTN if elem == 4 else ATTN_TABLES[family_name]
     smem = shared_memory_bytes(index)
-    block_d = kwargs["BLOCK_D"]
+    block_d = kwargs["BLOCK_D0"] + kwargs["BLOCK_D1"]
     q_bucket, k_bucket = named_args["N_Q_BUCKET"], named_args["N_K_BUCKET"]
     family = [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in table]
-    if gpu_family(index) == "hopper" and elem != 4:
-        family = [c for c in family if block_d not in HOPPER_ATTN_SPILLS.get(
-            (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages), ())]
+    small_q = q_bucket <= 16 and any(c.kwargs["BLOCK_M"] == 16 for c in family)
     kept = []
     for c in family:
         bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
-        if bm > q_bucket or (bm == 16 and q_bucket > 16):
+        if (small_q and bm != 16) or (not small_q and bm == 16 and elem == 2) or bm > max(16, q_bucket):
             continue
-        if bn > max(64, k_bucket):
+        if bn > max(32, k_bucket) or not fits_registers((bm, bn), block_d, elem, family_name):
             continue
         if _smem_estimate(bm, bn, block_d, c.num_stages, elem) > smem:
             continue
@@ -108,47 +145,51 @@ def _prune_configs(configs, named_args, **kwargs):
 
 # ---- kernel ---------------------------------------------------------------------------------------------------------
 @triton.jit
-def _load_tile(ptrs, rows, n_rows, offs_d, HEAD_DIM, MASK_ROWS: tl.constexpr):
-    """Load a (rows, BLOCK_D) tile with zeros in the padding. The head-dim mask is always applied: Triton
-    specialises HEAD_DIM as a multiple of 16 for the usual head dims (32, 64, 80, 96, 128), so the mask is constant
-    over 16-element runs and the loads stay vectorized; an unmasked variant would double the compiled variants."""
-    if MASK_ROWS:
-        x = tl.load(ptrs, mask=(rows[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM), other=0.0)
+def _load(ptrs, rows, n_rows, cols, n_cols, MASK_ROWS: tl.constexpr, MASK_COLS: tl.constexpr):
+    """A (rows, cols) tile with zeros where masked. Row masks only for ragged Q/K/V blocks, column masks only for
+    head dims that are not a sum of the column blocks (72 = 64 + 16 - 8)."""
+    if MASK_ROWS and MASK_COLS:
+        x = tl.load(ptrs, mask=(rows[:, None] < n_rows) & (cols[None, :] < n_cols), other=0.0)
+    elif MASK_ROWS:
+        x = tl.load(ptrs, mask=rows[:, None] < n_rows, other=0.0)
+    elif MASK_COLS:
+        x = tl.load(ptrs, mask=cols[None, :] < n_cols, other=0.0)
     else:
-        x = tl.load(ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+        x = tl.load(ptrs)
     return x
 
 
 @triton.jit
-def _attn_step(acc, l_i, m_i, q, k_ptrs, v_ptrs, start_n, offs_n, offs_d,
-               N_K, HEAD_DIM, stride_kn, stride_vn, qk_scale,
-               MASK_N: tl.constexpr, UPCAST: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """One K/V block of the online softmax; MASK_N only for the ragged last block."""
-    cols = start_n + offs_n
-    k = _load_tile(k_ptrs + start_n * stride_kn, cols, N_K, offs_d, HEAD_DIM, MASK_N)
-    v = _load_tile(v_ptrs + start_n * stride_vn, cols, N_K, offs_d, HEAD_DIM, MASK_N)
+def _store(ptrs, x, rows, n_rows, cols, n_cols, MASK_ROWS: tl.constexpr, MASK_COLS: tl.constexpr):
+    if MASK_ROWS and MASK_COLS:
+        tl.store(ptrs, x, mask=(rows[:, None] < n_rows) & (cols[None, :] < n_cols))
+    elif MASK_ROWS:
+        tl.store(ptrs, x, mask=rows[:, None] < n_rows)
+    elif MASK_COLS:
+        tl.store(ptrs, x, mask=cols[None, :] < n_cols)
+    else:
+        tl.store(ptrs, x)
+
+
+@triton.jit
+def _scaled_q(ptrs, rows, n_rows, cols, n_cols, qk_scale, MASK_ROWS: tl.constexpr, MASK_COLS: tl.constexpr,
+              UPCAST: tl.constexpr):
+    """A Q column block times softmax_scale * log2(e), in fp32, rounded once to the dot operand type."""
+    q = _load(ptrs, rows, n_rows, cols, n_cols, MASK_ROWS, MASK_COLS)
+    scaled = q.to(tl.float32) * qk_scale
     if UPCAST:
-        k = k.to(tl.float32)
-        v = v.to(tl.float32)
-    qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # log2-domain scores, fp32
-    if MASK_N:
-        qk = tl.where(cols[None, :] < N_K, qk, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(qk, 1))
-    p = tl.exp2(qk - m_new[:, None])
-    alpha = tl.exp2(m_i - m_new)  # 0 on the first block (m_i = -inf)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-    return acc, l_i, m_new
+        return scaled
+    return scaled.to(q.dtype)
 
 
-@triton.autotune(configs=_configs(), key=["N_Q_BUCKET", "N_K_BUCKET", "HEAD_DIM"],
+@triton.autotune(configs=_configs(), key=["N_Q_BUCKET", "N_K_BUCKET", "BH_BUCKET", "HEAD_DIM"],
                  prune_configs_by={"early_config_prune": _prune_configs},
                  cache_results=True)  # tuned configs persist in triton's cache dir across processes
 @triton.heuristics({
     "EVEN_M": lambda a: a["N_Q"] % a["BLOCK_M"] == 0,
     "EVEN_N": lambda a: a["N_K"] % a["BLOCK_N"] == 0,
 })
-@triton.jit
+@triton.jit(do_not_specialize=["N_Q_BUCKET", "N_K_BUCKET", "BH_BUCKET"])  # autotune keys only: no recompiles
 def _attn_fwd_kernel(
     Q,  # (B, H, N_Q, HEAD_DIM) queries, last dim contiguous
     K,  # (B, H, N_K, HEAD_DIM) keys, last dim contiguous
@@ -157,19 +198,21 @@ def _attn_fwd_kernel(
     stride_qb, stride_qh, stride_qm,  # element strides of Q over batch, head, row
     stride_kb, stride_kh, stride_kn,  # element strides of K over batch, head, row
     stride_vb, stride_vh, stride_vn,  # element strides of V over batch, head, row
-    stride_ob, stride_oh, stride_om,  # element strides of Out over batch, head (= HEAD_DIM), row
+    stride_ob, stride_om,  # element strides of Out over batch and row (the head stride is HEAD_DIM)
     H,  # number of heads
     N_Q,  # query rows per (batch, head)
     N_K,  # key/value rows per (batch, head)
-    HEAD_DIM,  # head dimension d (runtime; BLOCK_D is its power-of-two padding)
-    qk_scale,  # softmax scale * log2(e), so exp2 can replace exp
+    qk_scale,  # softmax scale * log2(e): applied to Q once, so exp2 of the scores is the softmax numerator
     N_Q_BUCKET,  # next power of two of N_Q: autotune key only, unused in the body
     N_K_BUCKET,  # next power of two of N_K: autotune key only, unused in the body
+    BH_BUCKET,  # next power of two of B*H (capped): autotune key only (small batches favour small BLOCK_M)
+    HEAD_DIM: tl.constexpr,  # head dimension d
+    BLOCK_D0: tl.constexpr,  # first (power-of-two) column block of the head dim
+    BLOCK_D1: tl.constexpr,  # second column block (power of two >= 16), or 0 when BLOCK_D0 covers HEAD_DIM
     BLOCK_M: tl.constexpr,  # query rows per program
     BLOCK_N: tl.constexpr,  # key/value rows per loop step
-    BLOCK_D: tl.constexpr,  # next power of two >= HEAD_DIM (and >= 16 for tl.dot)
     EVEN_M: tl.constexpr,  # N_Q % BLOCK_M == 0: no row masks on Q loads and Out stores
-    EVEN_N: tl.constexpr,  # N_K % BLOCK_N == 0: no ragged last K/V block
+    EVEN_N: tl.constexpr,  # N_K % BLOCK_N == 0: no ragged last K/V block, no score masks
     UPCAST: tl.constexpr,  # convert tiles to fp32 after loading (bf16 under the interpreter is computed wrongly)
     DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs (no tf32), the target default otherwise
 ):
@@ -179,43 +222,72 @@ def _attn_fwd_kernel(
     pid_bh = pid // num_m
     off_b = (pid_bh // H).to(tl.int64)
     off_h = (pid_bh % H).to(tl.int64)
+    # Only the last column block can be partial, and only for head dims like 72 (64 + 16 with 8 masked columns).
+    if BLOCK_D1 > 0:
+        MASK_D0: tl.constexpr = False
+        MASK_D1: tl.constexpr = BLOCK_D0 + BLOCK_D1 != HEAD_DIM
+    else:
+        MASK_D0: tl.constexpr = BLOCK_D0 != HEAD_DIM
+        MASK_D1: tl.constexpr = False
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
+    offs_d0 = tl.arange(0, BLOCK_D0)
+    q_base = Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qm
+    k_base = K + off_b * stride_kb + off_h * stride_kh + offs_n[:, None] * stride_kn
+    v_base = V + off_b * stride_vb + off_h * stride_vh + offs_n[:, None] * stride_vn
 
-    q_ptrs = Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :]
-    k_ptrs = K + off_b * stride_kb + off_h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :]
-    v_ptrs = V + off_b * stride_vb + off_h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :]
-
-    q = _load_tile(q_ptrs, offs_m, N_Q, offs_d, HEAD_DIM, not EVEN_M)
-    if UPCAST:
-        q = q.to(tl.float32)
-
+    q0 = _scaled_q(q_base + offs_d0[None, :], offs_m, N_Q, offs_d0, HEAD_DIM, qk_scale, not EVEN_M, MASK_D0, UPCAST)
+    acc0 = tl.zeros([BLOCK_M, BLOCK_D0], dtype=tl.float32)
+    if BLOCK_D1 > 0:
+        offs_d1 = BLOCK_D0 + tl.arange(0, BLOCK_D1)
+        q1 = _scaled_q(q_base + offs_d1[None, :], offs_m, N_Q, offs_d1, HEAD_DIM, qk_scale, not EVEN_M, MASK_D1,
+                       UPCAST)
+        acc1 = tl.zeros([BLOCK_M, BLOCK_D1], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
-    if EVEN_N:
-        n_full = N_K
-    else:
-        n_full = (N_K // BLOCK_N) * BLOCK_N
-    for start_n in range(0, n_full, BLOCK_N):
-        acc, l_i, m_i = _attn_step(acc, l_i, m_i, q, k_ptrs, v_ptrs, start_n, offs_n, offs_d,
-                                   N_K, HEAD_DIM, stride_kn, stride_vn, qk_scale,
-                                   False, UPCAST, DOT_PRECISION)
-    if not EVEN_N:
-        acc, l_i, m_i = _attn_step(acc, l_i, m_i, q, k_ptrs, v_ptrs, n_full, offs_n, offs_d,
-                                   N_K, HEAD_DIM, stride_kn, stride_vn, qk_scale,
-                                   True, UPCAST, DOT_PRECISION)
+    # One pipelined loop over every K/V block; without EVEN_N each step masks rows past N_K (loaded as zeros, scored
+    # -inf), which only bites in the last one.
+    for start_n in range(0, N_K, BLOCK_N):
+        cols = start_n + offs_n
+        k0 = _load(k_base + start_n * stride_kn + offs_d0[None, :], cols, N_K, offs_d0, HEAD_DIM, not EVEN_N, MASK_D0)
+        if UPCAST:
+            k0 = k0.to(tl.float32)
+        s = tl.dot(q0, tl.trans(k0), input_precision=DOT_PRECISION)  # scores in log2 units, fp32
+        if BLOCK_D1 > 0:
+            k1 = _load(k_base + start_n * stride_kn + offs_d1[None, :], cols, N_K, offs_d1, HEAD_DIM, not EVEN_N,
+                       MASK_D1)
+            if UPCAST:
+                k1 = k1.to(tl.float32)
+            s = tl.dot(q1, tl.trans(k1), s, input_precision=DOT_PRECISION)
+        if not EVEN_N:
+            s = tl.where(cols[None, :] < N_K, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.exp2(s - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)  # 0 on the first block (m_i = -inf)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        m_i = m_new
+        v0 = _load(v_base + start_n * stride_vn + offs_d0[None, :], cols, N_K, offs_d0, HEAD_DIM, not EVEN_N, MASK_D0)
+        if UPCAST:
+            v0 = v0.to(tl.float32)
+        p = p.to(v0.dtype)
+        acc0 = tl.dot(p, v0, acc0 * alpha[:, None], input_precision=DOT_PRECISION)
+        if BLOCK_D1 > 0:
+            v1 = _load(v_base + start_n * stride_vn + offs_d1[None, :], cols, N_K, offs_d1, HEAD_DIM, not EVEN_N,
+                       MASK_D1)
+            if UPCAST:
+                v1 = v1.to(tl.float32)
+            acc1 = tl.dot(p, v1, acc1 * alpha[:, None], input_precision=DOT_PRECISION)
 
-    acc = acc / l_i[:, None]
-    o_ptrs = Out + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :]
-    o = acc.to(Out.dtype.element_ty)
-    if EVEN_M:
-        tl.store(o_ptrs, o, mask=offs_d[None, :] < HEAD_DIM)
-    else:
-        tl.store(o_ptrs, o, mask=(offs_m[:, None] < N_Q) & (offs_d[None, :] < HEAD_DIM))
+    inv_l = 1.0 / l_i
+    o_base = Out + off_b * stride_ob + off_h * HEAD_DIM + offs_m[:, None] * stride_om
+    out_ty = Out.dtype.element_ty
+    _store(o_base + offs_d0[None, :], (acc0 * inv_l[:, None]).to(out_ty), offs_m, N_Q, offs_d0, HEAD_DIM,
+           not EVEN_M, MASK_D0)
+    if BLOCK_D1 > 0:
+        _store(o_base + offs_d1[None, :], (acc1 * inv_l[:, None]).to(out_ty), offs_m, N_Q, offs_d1, HEAD_DIM,
+               not EVEN_M, MASK_D1)
 
 
 # ---- launcher -------------------------------------------------------------------------------------------------------
@@ -263,9 +335,11 @@ def _attention_fwd(q, k, v, scale, out=None, config=None):
             q.stride(0), q.stride(1), q.stride(2),
             k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2),
-            out.stride(0), d, out.stride(1),
-            H, n_q, n_k, d, float(scale) * _LOG2E, m_bucket(n_q), m_bucket(n_k))
-    meta = dict(BLOCK_D=max(16, triton.next_power_of_2(d)), UPCAST=upcast_needed(q.dtype),
+            out.stride(0), out.stride(1),
+            H, n_q, n_k, float(scale) * _LOG2E, m_bucket(n_q), m_bucket(n_k),
+            min(triton.next_power_of_2(B * H), _BH_BUCKET_CAP))
+    block_d0, block_d1 = head_dim_blocks(d)
+    meta = dict(HEAD_DIM=d, BLOCK_D0=block_d0, BLOCK_D1=block_d1, UPCAST=upcast_needed(q.dtype),
                 DOT_PRECISION=_dot_precision(q.dtype))
 
     def grid(m):
@@ -302,83 +376,96 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -
 
 
 # ---- ahead-of-time compile variants ---------------------------------------------------------------------------------
-def _families(row, dtype, block_d):
-    """GPU families whose table holds `row` for this dtype and whose shared memory fits it (the prune's rules)."""
+# Integer arguments the launches make multiples of 16 for the models' shapes (row, head and batch strides of the
+# head-major and row-major QKV buffers and of the output, for head dims that are multiples of 16); the JIT gives
+# them tt.divisibility=16, which is what lets it vectorize and pipeline the K/V loads.
+_DIVISIBLE = ("stride_qb", "stride_qh", "stride_qm", "stride_kb", "stride_kh", "stride_kn",
+              "stride_vb", "stride_vh", "stride_vn", "stride_ob", "stride_om")
+
+
+def _tiles(dtype):
+    if dtype == torch.float32:
+        return FP32_ATTN
+    return list(dict.fromkeys(r for t in ATTN_TABLES.values() for r in t))
+
+
+def _families(tile, dtype, block_d):
+    """GPU families whose pruner can pick `tile` at this head-dim width: in the table (the fp32 one for fp32), free
+    of spills (`fits_registers`) and within shared memory."""
     elem = torch.empty((), dtype=dtype).element_size()
-    tables = {f: FP32_ATTN for f in ATTN_TABLES} if dtype == torch.float32 else ATTN_TABLES
+    tables = {f: FP32_ATTN for f in ATTN_TABLES} if elem == 4 else ATTN_TABLES
     return tuple(f for f, t in tables.items()
-                 if row in t and _smem_estimate(row[0], row[1], block_d, row[3], elem) <= FAMILY_SMEM[f]
-                 and not (f == "hopper" and elem != 4 and block_d in HOPPER_ATTN_SPILLS.get(row, ())))
+                 if tile in t and fits_registers(tile, block_d, elem, f)
+                 and _smem_estimate(tile[0], tile[1], block_d, tile[3], elem) <= FAMILY_SMEM[f])
 
 
-def _vit_launches(dtype, bm, bn, block_d, even_m, even_n):
-    """The `vit` callable of the contract: full-sequence attention in every layer, plus the [CLS]-only query launch
-    of the last layer (Nq = 1); [] where the launcher would not pick this variant."""
+def _vit_launches(dtype, bm, bn, d, even_m, even_n):
+    """The `vit` callable of the static report's contract (tests/kernels/aot_compile.py): full-sequence attention
+    in every layer plus the last layer's [CLS]-only query (Nq = 1); [] where the launcher would not pick this."""
     elem = torch.empty((), dtype=dtype).element_size()
+    width = sum(head_dim_blocks(d))
 
     def launches(cfg, batch):
-        n = (cfg.img_size[0] // cfg.patch_size) * (cfg.img_size[1] // cfg.patch_size) + 1
-        d = cfg.embed_dim // cfg.num_heads
-        if max(16, triton.next_power_of_2(d)) != block_d:
+        n = cfg.num_prefix_tokens + cfg.num_patches
+        if cfg.embed_dim // cfg.num_heads != d:
             return []
         out = []
         for name, n_q, count in (("attn", n, cfg.depth), ("attn [CLS]", 1, 1)):
             q_bucket, k_bucket = m_bucket(n_q), m_bucket(n)
-            if bm > q_bucket or (bm == 16 and q_bucket > 16) or bn > max(64, k_bucket):
+            small_q = q_bucket <= 16
+            if (small_q and bm != 16) or (not small_q and bm == 16 and elem == 2) or bm > max(16, q_bucket):
                 continue
-            if (n_q % bm == 0) != even_m or (n % bn == 0) != even_n:
+            if bn > max(32, k_bucket) or (n_q % bm == 0) != even_m or (n % bn == 0) != even_n:
                 continue
             programs = batch * cfg.num_heads * -(-n_q // bm)
-            launch = {"name": name, "programs": programs,
-                      "flops": programs * 4 * bm * -(-n // bn) * bn * block_d,
-                      "useful_flops": batch * cfg.num_heads * 4 * n_q * n * d,
-                      "bytes": batch * cfg.num_heads * (2 * n_q + 2 * n) * d * elem}
-            out.extend([launch] * count)
+            out.extend([{"name": name, "programs": programs,
+                         "flops": programs * 4 * bm * -(-n // bn) * bn * width,
+                         "useful_flops": batch * cfg.num_heads * 4 * n_q * n * d,
+                         "bytes": batch * cfg.num_heads * (2 * n_q + 2 * n) * d * elem}] * count)
         return out
     return launches
 
 
-def aot_variants():
-    """Every constexpr combination the launcher can pick on a GPU: dtype x BLOCK_D x EVEN_M x EVEN_N, each with a
-    representative tile; every row of every family table (bf16 and fp32, ragged EVEN_M = EVEN_N = False, head
-    dims 64 and 128); fp16 at the 16-row and the large Hopper tile. Metadata: tests/kernels/aot_compile.py."""
+def _pickable(tile, block_d, dtype):
+    """Some family's pruner keeps this tile at this head-dim width."""
+    if dtype == torch.float32:
+        return fits_registers(tile, block_d, 4)
+    return any(tile in table and fits_registers(tile, block_d, 2, family) for family, table in ATTN_TABLES.items())
+
+
+def aot_variants(exhaustive=False):
+    """What the launcher can pick on a GPU. Every tile of every table (the fp32 table for fp32) x dtype x EVEN_M x
+    EVEN_N for the presets' head dims 64 and 80 (one and two column blocks); every other head-dim block layout
+    (16, 32, 32+16, 64+16 masked, 64+32, 128 masked, 128) x EVEN_M x EVEN_N at the first tile of the Hopper (or
+    fp32) table. `exhaustive=True`: every tile for every head dim. Tiles the pruner drops for a head dim because
+    they spill there (`fits_registers`) are left out."""
     fn = jit_fn(_attn_fwd_kernel)
     variants = []
 
-    def add(dtype, bm, bn, warps, stages, block_d, even_m, even_n):
+    def add(dtype, tile, d, even_m, even_n):
+        bm, bn, warps, stages = tile
         ty = TL_SIG[dtype]
         sig = {name: "i32" for name in fn.arg_names}
         sig.update({"Q": f"*{ty}", "K": f"*{ty}", "V": f"*{ty}", "Out": f"*{ty}", "qk_scale": "fp32"})
-        consts = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=block_d, EVEN_M=even_m, EVEN_N=even_n, UPCAST=False,
-                      DOT_PRECISION=_dot_precision(dtype))
+        block_d0, block_d1 = head_dim_blocks(d)
+        consts = dict(HEAD_DIM=d, BLOCK_D0=block_d0, BLOCK_D1=block_d1, BLOCK_M=bm, BLOCK_N=bn, EVEN_M=even_m,
+                      EVEN_N=even_n, UPCAST=False, DOT_PRECISION=_dot_precision(dtype))
         sig.update({name: "constexpr" for name in consts})
-        # (B, H, N, d) views of the head-major QKV output and the (B, N, H·d) output: every stride is a multiple of
-        # the head dim, itself a multiple of 16 for the ViT presets (64, 80); the buckets are powers of two >= 16.
-        divisible = ("stride_qb", "stride_qh", "stride_qm", "stride_kb", "stride_kh", "stride_kn", "stride_vb",
-                     "stride_vh", "stride_vn", "stride_ob", "stride_oh", "stride_om", "HEAD_DIM", "N_Q_BUCKET",
-                     "N_K_BUCKET")
         variants.append({"fn": fn, "signature": sig, "constexprs": consts, "num_warps": warps, "num_stages": stages,
-                         "divisible": divisible, "op": "attention", "main_loop": None,
+                         "divisible": _DIVISIBLE, "op": "attention", "main_loop": None,
                          "wgmma": bm >= 64,  # a wgmma covers 64 rows per warpgroup: the 16-row tile is mma.sync
-                         # fp32 ieee dots run on FMA units and spill at every ragged tile (static report)
-                         "ungated": "fp32 ieee attention: validation path; backend auto sends fp32 models to sdpa"
-                         if dtype == torch.float32 else None,
-                         "tables": _families((bm, bn, warps, stages), dtype, block_d),
-                         "vit": _vit_launches(dtype, bm, bn, block_d, even_m, even_n)})
+                         "tables": _families(tile, dtype, block_d0 + block_d1),
+                         "vit": _vit_launches(dtype, bm, bn, d, even_m, even_n)})
 
+    flags = [(even_m, even_n) for even_m in (True, False) for even_n in (True, False)]
     for dtype in FLOAT_DTYPES:
-        for block_d in _BLOCK_DS:
-            for even_m in (True, False):
-                for even_n in (True, False):
-                    add(dtype, *_AOT_TILE["fp32" if dtype == torch.float32 else "16bit"], block_d, even_m, even_n)
-        if dtype == torch.float32:
-            add(dtype, *FP32_ATTN[-1], 64, False, False)
-            rows = FP32_ATTN
-        else:
-            add(dtype, *HOPPER_ATTN[-1], 64, False, False)
-            add(dtype, *HOPPER_ATTN[2], 128, True, False)
-            rows = list(dict.fromkeys(r for t in ATTN_TABLES.values() for r in t)) if dtype == torch.bfloat16 else []
-        for row in rows:
-            for block_d in (64, 128):
-                add(dtype, *row, block_d, False, False)
+        tiles = _tiles(dtype)
+        # fp16 compiles to the same code as bf16 (same registers, shared memory and instructions in the static
+        # report): by default it is compiled at one tile per head dim, bf16 and fp32 at every tile
+        every_tile = exhaustive or dtype != torch.float16
+        for d in _AOT_HEAD_DIMS_ALL_TILES + _AOT_HEAD_DIMS:
+            fitting = [t for t in tiles if _pickable(t, sum(head_dim_blocks(d)), dtype)]
+            for tile in (fitting if every_tile and d in _AOT_HEAD_DIMS_ALL_TILES or exhaustive else fitting[:1]):
+                for even_m, even_n in flags:
+                    add(dtype, tile, d, even_m, even_n)
     return variants

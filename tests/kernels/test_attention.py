@@ -2,14 +2,24 @@
 
 The kernel's error against a float64 reference must stay within 2x the error of PyTorch's own composition in the
 same dtype (plus a tiny absolute floor), and inside KERNEL_TOL. q/k/v are strided views of one qkv buffer, as the
-model passes them; outputs are poisoned with NaN so unwritten elements fail.
+model passes them (the head-major (3, B, H, N, d) buffer and a row-major (B, N, 3, H, d) one); outputs are poisoned
+with NaN so unwritten elements fail. Head dims 48, 72, 80, 96 take the kernel's two-column-block path (64 + 16 ...).
 """
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
 import pytest
 import torch
+import triton
 from tolerances import assert_close, kernel_budget, poison
 
 from kernels._common import gpu_family, is_interpreting
-from kernels.attention import ATTN_TABLES, FP32_ATTN, _attention_fwd, attention
+from kernels.attention import (ATTN_TABLES, FP32_ATTN, _attention_fwd, aot_variants, attention, fits_registers,
+                               head_dim_blocks)
 
 CUDA = torch.cuda.is_available()
 INTERPRET = is_interpreting()
@@ -17,7 +27,7 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # (B, H, N, d): ViT-B/16, ViT-H/14, ViT-B/32, ViT-L/16 at 448 px. Each new (length bucket, d, dtype) autotunes on
 # CUDA, so the autotuned tests keep to a few; the others run one fixed tile of the device's table.
 SHAPES = [(8, 12, 197, 64), (4, 16, 257, 80), (16, 12, 50, 64), (1, 16, 1025, 64)] if CUDA else \
-         [(2, 3, 197, 64), (1, 2, 50, 80)]
+         [(2, 3, 197, 64), (1, 2, 257, 80), (1, 2, 50, 80)]
 
 
 def fixed_tile(dtype):
@@ -97,19 +107,22 @@ def test_short_sequences(dtype, device):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_fewer_queries_than_keys(dtype, device):
-    """Nq == 1 ([CLS]-only last layer) and a ragged Nq < Nk, queries sliced from the full q."""
-    B, H, N, d = (8, 12, 197, 64) if CUDA else (2, 3, 197, 64)
-    q, k, v = make_qkv(B, H, N, d, dtype, device)
-    for n_q in (1, 5):
-        qs = q[:, :, :n_q]
-        check(run(qs, k, v, d**-0.5), qs, k, v, d**-0.5)
+    """Nq == 1 ([CLS]-only last layer) and a ragged Nq < Nk, queries sliced from the full q, in both layouts
+    (ViT-B/16: 197 tokens, d = 64; ViT-H/14: 257 tokens, d = 80)."""
+    for (B, H, N, d), layout in (((8, 12, 197, 64) if CUDA else (2, 3, 197, 64), "qkv"),
+                                 ((4, 16, 257, 80) if CUDA else (1, 2, 257, 80), "timm")):
+        q, k, v = make_qkv(B, H, N, d, dtype, device, layout)
+        for n_q in (1, 5):
+            qs = q[:, :, :n_q]
+            check(run(qs, k, v, d**-0.5), qs, k, v, d**-0.5)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("d", [16, 32, 64, 80, 96, 128])
+@pytest.mark.parametrize("d", [16, 32, 48, 64, 72, 80, 96, 112, 128])
 def test_head_dims(dtype, d, device):
+    """One and two column blocks, exact (64, 80 = 64 + 16, 96 = 64 + 32) and with masked columns (72, 112)."""
     B, H, N = (4, 8, 197) if CUDA else (1, 2, 50)
-    q, k, v = make_qkv(B, H, N, d, dtype, device, layout="timm")
+    q, k, v = make_qkv(B, H, N, d, dtype, device, layout="timm" if d % 32 else "qkv")
     check(run(q, k, v, d**-0.5, fixed_tile(dtype)), q, k, v, d**-0.5)
 
 
@@ -122,12 +135,12 @@ def _tilings(dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16] if not CUDA else DTYPES)
 def test_every_tiling(dtype, device):
     """Each tile (on CUDA: every row of the device family's table, or of the fp32 table) with query and key lengths
-    that are and aren't multiples of it."""
+    that are and aren't multiples of it (every EVEN_M x EVEN_N), at head dim 80 (two column blocks)."""
     tilings = _tilings(dtype)
     lengths = [(64, 64), (48, 50), (50, 64), (64, 50)] if not CUDA else [(256, 256), (197, 197), (1, 257)]
     for config in tilings:
         for n_q, n_k in lengths:
-            q, k, v = make_qkv(1, 2, max(n_q, n_k), 64, dtype, device)
+            q, k, v = make_qkv(1, 2, max(n_q, n_k), 80, dtype, device)
             q = q[:, :, :n_q]
             k, v = k[:, :, :n_k], v[:, :, :n_k]
             try:
@@ -174,3 +187,80 @@ def test_bad_inputs(device):
         _attention_fwd(q, k.to("meta"), v, 0.1)
     with pytest.raises(ValueError, match="out"):
         _attention_fwd(q, k, v, 0.1, out=torch.empty(2, 10, 95, device=device))
+
+
+def test_head_dim_blocks():
+    """The column blocks cover the head dim; the ViT head dims (64, 80 for ViT-H/14, 96) are covered exactly, so no
+    tensor-core work is spent on padding; blocks are powers of two >= 16 (tl.dot's minimum)."""
+    for d in range(16, 129):
+        d0, d1 = head_dim_blocks(d)
+        assert d0 + d1 >= d and d0 >= 16 and d0 & (d0 - 1) == 0
+        assert d1 == 0 or (d1 >= 16 and d1 & (d1 - 1) == 0 and d0 < d)
+        assert d0 + d1 <= triton.next_power_of_2(d) or d0 + d1 == 16
+    for d, blocks in {16: (16, 0), 32: (32, 0), 48: (32, 16), 64: (64, 0), 80: (64, 16), 96: (64, 32),
+                      128: (128, 0)}.items():
+        assert head_dim_blocks(d) == blocks
+
+
+_LIST_VARIANTS = """
+import json, importlib
+A = importlib.import_module("kernels.attention")
+def keys(variants):
+    return [[v["signature"]["Q"], v["constexprs"]["HEAD_DIM"], v["constexprs"]["BLOCK_M"], v["constexprs"]["BLOCK_N"],
+             v["num_warps"], v["num_stages"], v["constexprs"]["EVEN_M"], v["constexprs"]["EVEN_N"]] for v in variants]
+listed = A.aot_variants()
+print(json.dumps({"listed": keys(listed), "every": keys(A.aot_variants(exhaustive=True)),
+                  "divisible": sorted({n for v in listed for n in v["divisible"]}),
+                  "args": sorted({n for v in listed for n in v["fn"].arg_names})}))
+"""
+
+
+def test_aot_variants_cover_the_tables():
+    """aot_variants() lists every tile of every table x dtype x EVEN_M x EVEN_N for head dims 64 and 80, every
+    head-dim block layout at least once (all tiles with exhaustive=True), and names the integer arguments the JIT
+    sees as multiples of 16. (A subprocess without the interpreter: aot_variants() needs the real JIT function.)"""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", _LIST_VARIANTS], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    listed, every = ({tuple(k) for k in got[name]} for name in ("listed", "every"))
+    tiles16 = {t for table in ATTN_TABLES.values() for t in table}
+    flags = [(m, n) for m in (True, False) for n in (True, False)]
+    for ty, tiles, elem in (("*fp16", tiles16, 2), ("*bf16", tiles16, 2), ("*fp32", FP32_ATTN, 4)):
+        for d in (64, 80):
+            assert {(ty, d, *t, *f) for t in tiles for f in flags} <= listed
+        for d in (16, 32, 48, 72, 96, 112, 128):
+            assert {k[6:] for k in listed if k[:2] == (ty, d)} == set(flags)
+            fitting = [t for t in tiles if fits_registers(t, sum(head_dim_blocks(d)), elem)]
+            assert len(fitting) >= 2 and {(ty, d, *t, *f) for t in fitting for f in flags} <= every
+    assert set(got["divisible"]) <= set(got["args"])
+    assert not {"N_Q", "N_K", "H"} & set(got["divisible"])  # 197 tokens, 12 heads: not multiples of 16
+
+
+@pytest.mark.parametrize("family", ["hopper", "ampere"])
+def test_pruner(family, monkeypatch):
+    """What the autotuner may try, per ViT shape: only the 16-row tiles for the [CLS] query, no 128-row tile for 50
+    queries, no K/V block wider than 64 for 50 keys, and never a tile that spills at the head dim."""
+    attn = sys.modules["kernels.attention"]  # the package re-exports the function under the module's name
+    monkeypatch.setattr(attn, "gpu_family", lambda index: family)
+    monkeypatch.setattr(attn, "shared_memory_bytes", lambda index: 232448 if family == "hopper" else 166912)
+    rows = list(dict.fromkeys(r for t in (*ATTN_TABLES.values(), FP32_ATTN) for r in t))
+    configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s) for bm, bn, w, s in rows]
+
+    def kept(n_q, n_k, d, dtype=torch.bfloat16):
+        q = SimpleNamespace(device=torch.device("cuda", 0), element_size=lambda: dtype.itemsize)  # what it reads
+        named = {"Q": q, "N_Q_BUCKET": max(16, triton.next_power_of_2(n_q)),
+                 "N_K_BUCKET": max(16, triton.next_power_of_2(n_k))}
+        d0, d1 = head_dim_blocks(d)
+        out = attn._prune_configs(configs, named, BLOCK_D0=d0, BLOCK_D1=d1)
+        return {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in out}
+
+    table = ATTN_TABLES[family]
+    for d in (64, 80, 128):
+        assert kept(197, 197, d) == {t for t in table if t[0] > 16 and fits_registers(t, sum(head_dim_blocks(d)), 2,
+                                                                                      family)}
+        assert kept(1, 257, d) == {t for t in table if t[0] == 16}
+        assert all(t[0] <= 64 and t[1] <= 64 for t in kept(50, 50, d))
+    assert not any(t[1] == 128 for t in kept(257, 257, 128))
+    assert kept(197, 197, 80, torch.float32) <= set(FP32_ATTN) and kept(197, 197, 80, torch.float32)
