@@ -1,8 +1,10 @@
-"""The one fused GEMM behind ln_linear, ln_qkv and linear_residual: out = epilogue(prologue(A) @ W^T).
+"""The pointer-based fused GEMM: out = epilogue(A @ W^T), the engine for sm_80, the interpreter, and operands the TMA
+engine (gemm_tma.py) cannot take.
 
-Constexpr switches pick the fusion: a LayerNorm prologue (row statistics in fp32 from a first pass over K inside the
-same program; the normalized tile is built in registers right before tl.dot and never written to memory), bias,
-exact-erf / tanh GELU, residual add, and a head-major (3, B, H, N, d) store for the fused QKV projection.
+Epilogue switches, shared with the TMA engine (same order, same fp32 math): a folded LayerNorm
+(rstd · (acc − mean · colsum) with per-row statistics from ln_fold.row_stats), bias, the shared activation (exact-erf /
+tanh / quick GELU) and a residual add; one cast at the store. LayerNorm lives in the epilogue, not the prologue, so the
+A operand goes straight from memory to the dot (see ln_fold.py).
 """
 import torch
 import triton
@@ -12,12 +14,12 @@ from ._common import (SWITCH_TILE, TL_SIG, gemm_aot_configs, gemm_configs, jit_f
                       upcast_needed)
 
 DTYPES = (torch.bfloat16, torch.float32, torch.float16)  # AOT order: bf16 first (the fast path)
-GEMM_AUTOTUNE_KEY = ["M_BUCKET", "N", "K", "HAS_LN", "HAS_BIAS", "ACTIVATION", "HAS_RESIDUAL", "QKV_HEAD_MAJOR"]
+GEMM_AUTOTUNE_KEY = ["M_BUCKET", "N", "K", "ROW_STATS", "HAS_BIAS", "ACTIVATION", "HAS_RESIDUAL"]
 
 
 @triton.jit
 def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
-    """Map a flat program id to (pid_m, pid_n) in groups of GROUP_M row tiles, so neighbours share W tiles in L2."""
+    """Map a flat tile id to (pid_m, pid_n) in groups of GROUP_M row tiles, so neighbours share W tiles in L2."""
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
     num_pid_in_group = GROUP_M * num_pid_n
@@ -59,6 +61,23 @@ def apply_activation(x, ACTIVATION: tl.constexpr):
     return x
 
 
+@triton.jit
+def epilogue_math(acc, rm, rn, M, N, stats_ptr, colsum_ptr, bias_ptr,
+                  ROW_STATS: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr):
+    """Folded LayerNorm, bias and activation on an fp32 tile (rows rm, columns rn); shared by both engines."""
+    mask_m = rm < M
+    mask_n = rn < N
+    if ROW_STATS:
+        # stats rows are (mean, rstd) in fp32; colsum is the column sum of the folded weight
+        mean = tl.load(stats_ptr + rm.to(tl.int64) * 2, mask=mask_m, other=0.0)
+        rstd = tl.load(stats_ptr + rm.to(tl.int64) * 2 + 1, mask=mask_m, other=0.0)
+        colsum = tl.load(colsum_ptr + rn, mask=mask_n, other=0.0)
+        acc = (acc - mean[:, None] * colsum[None, :]) * rstd[:, None]
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    return apply_activation(acc, ACTIVATION)
+
+
 @triton.autotune(
     configs=gemm_configs(),
     key=GEMM_AUTOTUNE_KEY,
@@ -68,12 +87,12 @@ def apply_activation(x, ACTIVATION: tl.constexpr):
 @triton.jit
 def fused_gemm_kernel(
     a_ptr,  # (M, K) activations, any strides
-    w_ptr,  # (N, K) weight in nn.Linear layout, any strides
-    bias_ptr,  # (N,) bias; read only when HAS_BIAS
+    w_ptr,  # (N, K) weight in nn.Linear layout (LayerNorm-folded when ROW_STATS), any strides
+    bias_ptr,  # (N,) bias (activation dtype, or fp32 when folded); read only when HAS_BIAS
     res_ptr,  # (M, N) residual; read only when HAS_RESIDUAL
-    ln_w_ptr,  # (K,) LayerNorm weight; read only when HAS_LN
-    ln_b_ptr,  # (K,) LayerNorm bias; read only when HAS_LN
-    out_ptr,  # (M, N) output with strides, or contiguous (3, B, H, SEQ, HEAD_DIM) when QKV_HEAD_MAJOR
+    stats_ptr,  # (M, 2) fp32 per-row (mean, rstd) of A; read only when ROW_STATS
+    colsum_ptr,  # (N,) fp32 column sums of the folded weight; read only when ROW_STATS
+    out_ptr,  # (M, N) output, any strides
     M,  # rows (tokens over the whole batch)
     N,  # output features
     K,  # input features
@@ -83,17 +102,13 @@ def fused_gemm_kernel(
     stride_wk,  # W column stride
     stride_rm,  # residual row stride
     stride_rn,  # residual column stride
-    stride_om,  # output row stride (ignored when QKV_HEAD_MAJOR)
-    stride_on,  # output column stride (ignored when QKV_HEAD_MAJOR)
-    eps,  # LayerNorm epsilon
-    SEQ,  # tokens per image (QKV_HEAD_MAJOR only)
-    HEAD_DIM,  # head dim (QKV_HEAD_MAJOR only)
+    stride_om,  # output row stride
+    stride_on,  # output column stride
     M_BUCKET,  # next power of two of M: an autotune key, unused by the kernel body
-    HAS_LN: tl.constexpr,  # LayerNorm prologue on A rows
+    ROW_STATS: tl.constexpr,  # folded LayerNorm epilogue: rstd * (acc - mean * colsum)
     HAS_BIAS: tl.constexpr,  # add bias in the epilogue
     ACTIVATION: tl.constexpr,  # 0 none, 1 exact-erf GELU, 2 tanh GELU, 3 quick GELU
     HAS_RESIDUAL: tl.constexpr,  # add the residual after the activation
-    QKV_HEAD_MAJOR: tl.constexpr,  # store column j of row (b, n) at [j // D, b, (j % D) // HEAD_DIM, n, j % HEAD_DIM]
     UPCAST: tl.constexpr,  # dot in fp32 (interpreter with bf16, whose bf16 arithmetic is wrong)
     BLOCK_M: tl.constexpr,  # rows per tile
     BLOCK_N: tl.constexpr,  # output features per tile
@@ -112,29 +127,6 @@ def fused_gemm_kernel(
     a_ptrs = a_ptr + rm_load[:, None] * stride_am + rk[None, :] * stride_ak
     w_ptrs = w_ptr + rn_load[None, :] * stride_wn + rk[:, None] * stride_wk
 
-    if HAS_LN:
-        # Chan/Welford merge of per-chunk (mean, M2): one pass over K, stable when |mean| >> std.
-        mean = tl.zeros([BLOCK_M], dtype=tl.float32)
-        m2 = tl.zeros([BLOCK_M], dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            if EVEN_K:
-                x = tl.load(a_ptrs + k0 * stride_ak).to(tl.float32)
-                cnt = BLOCK_K * 1.0
-                c_mean = tl.sum(x, axis=1) / cnt
-                d = x - c_mean[:, None]
-            else:
-                k_ok = (k0 + rk) < K
-                x = tl.load(a_ptrs + k0 * stride_ak, mask=k_ok[None, :], other=0.0).to(tl.float32)
-                cnt = tl.minimum(K - k0, BLOCK_K) * 1.0
-                c_mean = tl.sum(x, axis=1) / cnt
-                d = tl.where(k_ok[None, :], x - c_mean[:, None], 0.0)
-            c_m2 = tl.sum(d * d, axis=1)
-            total = k0 + cnt
-            delta = c_mean - mean
-            mean += delta * (cnt / total)
-            m2 += c_m2 + delta * delta * (k0 * cnt / total)
-        rstd = 1.0 / tl.sqrt(m2 / K + eps)
-
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         if EVEN_K:
@@ -144,113 +136,90 @@ def fused_gemm_kernel(
             k_ok = (k0 + rk) < K
             a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
             w = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
-        if HAS_LN:
-            if EVEN_K:
-                g = tl.load(ln_w_ptr + k0 + rk).to(tl.float32)
-                b = tl.load(ln_b_ptr + k0 + rk).to(tl.float32)
-            else:
-                g = tl.load(ln_w_ptr + k0 + rk, mask=k_ok, other=0.0).to(tl.float32)
-                b = tl.load(ln_b_ptr + k0 + rk, mask=k_ok, other=0.0).to(tl.float32)
-            a = (a.to(tl.float32) - mean[:, None]) * rstd[:, None] * g[None, :] + b[None, :]
         if UPCAST:
             a = a.to(tl.float32)
             w = w.to(tl.float32)
-        else:
-            a = a.to(w.dtype)
         acc = tl.dot(a, w, acc, input_precision="ieee")
         a_ptrs += BLOCK_K * stride_ak
         w_ptrs += BLOCK_K * stride_wk
 
-    mask_m = rm < M
-    mask_n = rn < N
-    mask = mask_m[:, None] & mask_n[None, :]
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    acc = apply_activation(acc, ACTIVATION)
+    acc = epilogue_math(acc, rm, rn, M, N, stats_ptr, colsum_ptr, bias_ptr, ROW_STATS, HAS_BIAS, ACTIVATION)
+    mask = (rm < M)[:, None] & (rn < N)[None, :]
     rm64 = rm.to(tl.int64)
     if HAS_RESIDUAL:
         res = tl.load(res_ptr + rm64[:, None] * stride_rm + rn[None, :] * stride_rn, mask=mask, other=0.0)
         acc += res.to(tl.float32)
-    if QKV_HEAD_MAJOR:
-        D = N // 3
-        n_tok = rm64 % SEQ
-        row_off = (rm64 - n_tok) * D + n_tok * HEAD_DIM  # b * SEQ * D + n * HEAD_DIM
-        which = rn // D
-        h = (rn % D) // HEAD_DIM
-        col_off = which.to(tl.int64) * M * D + h * SEQ * HEAD_DIM + rn % HEAD_DIM
-        out_ptrs = out_ptr + row_off[:, None] + col_off[None, :]
-    else:
-        out_ptrs = out_ptr + rm64[:, None] * stride_om + rn[None, :] * stride_on
-    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + rm64[:, None] * stride_om + rn[None, :] * stride_on, acc.to(out_ptr.dtype.element_ty),
+             mask=mask)
 
 
-def launch_fused_gemm(a, weight, bias, out, *, ln=None, activation=0, residual=None, qkv=None):
-    """Launch on already-checked 2-D operands. a (M, K), weight (N, K), out (M, N) or (3, B, H, SEQ, HEAD_DIM);
-    ln = (weight, bias, eps) or None; residual (M, N) or None; qkv = (SEQ, HEAD_DIM) or None."""
+def launch_fused_gemm(a, weight, bias, out, *, activation=0, residual=None, stats=None, colsum=None):
+    """Launch on already-checked 2-D operands: a (M, K), weight (N, K), out (M, N); residual (M, N) or None;
+    stats (M, 2) fp32 and colsum (N,) fp32 together or neither (folded LayerNorm)."""
     M, K = a.shape
     N = weight.shape[0]
-    ln_w, ln_b, eps = ln if ln is not None else (out, out, 0.0)
-    seq, head_dim = qkv if qkv is not None else (1, 1)
     res = residual if residual is not None else out
-    # (unused with qkv; 0, 1 keeps the JIT's stride specialization equal to the AOT variants')
-    stride_om, stride_on = out.stride() if qkv is None else (0, 1)
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
     fused_gemm_kernel[grid](
-        a, weight, bias if bias is not None else out, res, ln_w, ln_b, out,
+        a, weight, bias if bias is not None else out, res,
+        stats if stats is not None else out, colsum if colsum is not None else out, out,
         M, N, K,
         a.stride(0), a.stride(1), weight.stride(0), weight.stride(1), res.stride(-2), res.stride(-1),
-        stride_om, stride_on,
-        float(eps), seq, head_dim, m_bucket(M),
-        HAS_LN=ln is not None, HAS_BIAS=bias is not None, ACTIVATION=activation,
-        HAS_RESIDUAL=residual is not None, QKV_HEAD_MAJOR=qkv is not None,
-        UPCAST=upcast_needed(a.dtype),
+        out.stride(0), out.stride(1), m_bucket(M),
+        ROW_STATS=stats is not None, HAS_BIAS=bias is not None, ACTIVATION=activation,
+        HAS_RESIDUAL=residual is not None, UPCAST=upcast_needed(a.dtype),
     )  # fmt: skip
     return out
 
 
-def gemm_aot_variants(has_ln, activations, has_bias, has_residual, qkv, exhaustive=False):
-    """AOT-compile descriptions of fused_gemm_kernel for one op (its fixed switches has_ln/has_residual/qkv, the
-    activation and bias values it accepts), at SWITCH_TILE (aot_variants() below covers every tile).
-    exhaustive=True: the full product of dtype x activation x bias x EVEN_K. Default (keeps the CI check short): bf16
-    and fp32 (different dot lowerings) vary one switch at a time from a base variant, fp16 compiles the base.
-    Contiguous last dims (the JIT's stride-1 specialization) are constexpr 1."""
-    tile = SWITCH_TILE
-    base = (activations[0], True, True)  # activation, has_bias, EVEN_K
+def switch_combos(activations, has_bias, exhaustive):
+    """(activation, has_bias, EVEN_K) tuples for an op's AOT list. exhaustive: the full product; default (the CI
+    budget): a base variant and one switch changed at a time."""
+    base = (activations[0], True, True)
     if exhaustive:
-        combos = [(a, b, e) for a in activations for b in has_bias for e in (True, False)]
-    else:
-        combos = [base] + [(a, True, True) for a in activations[1:]] + [(base[0], b, True) for b in has_bias
-                                                                          if b is not True] + [(base[0], True, False)]
-    return [_gemm_variant(dtype, has_ln, act, bias, has_residual, qkv, even_k, tile)
-            for dtype in DTYPES for act, bias, even_k in (combos if exhaustive or dtype != torch.float16 else [base])]
+        return [(a, b, e) for a in activations for b in has_bias for e in (True, False)]
+    return ([base] + [(a, True, True) for a in activations[1:]]
+            + [(base[0], b, True) for b in has_bias if b is not True] + [(base[0], True, False)])
+
+
+def gemm_aot_variants(row_stats, activations, has_bias, has_residual, exhaustive=False):
+    """AOT-compile descriptions of fused_gemm_kernel for one op (its fixed switches row_stats/has_residual, the
+    activation and bias values it accepts), at SWITCH_TILE (aot_variants() below covers every tile).
+    Default: bf16 and fp32 (different dot lowerings) vary one switch at a time, fp16 compiles the base.
+    Contiguous last dims (the JIT's stride-1 specialization) are constexpr 1."""
+    combos = switch_combos(activations, has_bias, exhaustive)
+    return [_gemm_variant(dtype, row_stats, act, bias, has_residual, even_k, SWITCH_TILE)
+            for dtype in DTYPES for act, bias, even_k in (combos if exhaustive or dtype != torch.float16
+                                                            else combos[:1])]
 
 
 def aot_variants(exhaustive: bool = False):
-    """The shared kernel at every tile shape of every GPU family table, as the bf16 LN + GELU fc1 variant (the
-    op modules cover the switches; exhaustive=True adds fp16 and fp32 at every tile)."""
+    """The shared kernel at every tile shape of every GPU family table, as the bf16 folded-LN + GELU fc1 variant and
+    the residual variant (the op modules cover the switches; exhaustive=True adds fp16 and fp32 at every tile)."""
     dtypes = DTYPES if exhaustive else DTYPES[:1]
-    return [_gemm_variant(dtype, True, 1, True, False, False, True, tile)
-            for dtype in dtypes for tile in gemm_aot_configs()]
+    return [_gemm_variant(dtype, ln, act, True, res, True, tile)
+            for dtype in dtypes for ln, act, res in ((True, 1, False), (False, 0, True))
+            for tile in gemm_aot_configs()]
 
 
-def _gemm_variant(dtype, has_ln, activation, has_bias, has_residual, qkv, even_k, tile):
+def _gemm_variant(dtype, row_stats, activation, has_bias, has_residual, even_k, tile):
     bm, bn, bk, warps, stages = tile
     p = "*" + TL_SIG[dtype]
     sig = {
-        "a_ptr": p, "w_ptr": p, "bias_ptr": p, "res_ptr": p, "ln_w_ptr": p, "ln_b_ptr": p, "out_ptr": p,
-        "M": "i32", "N": "i32", "K": "i32",
+        "a_ptr": p, "w_ptr": p, "bias_ptr": "*fp32" if row_stats else p, "res_ptr": p, "stats_ptr": "*fp32",
+        "colsum_ptr": "*fp32", "out_ptr": p, "M": "i32", "N": "i32", "K": "i32",
         "stride_am": "i32", "stride_ak": "constexpr", "stride_wn": "i32", "stride_wk": "constexpr",
         "stride_rm": "i32", "stride_rn": "constexpr", "stride_om": "i32", "stride_on": "constexpr",
-        "eps": "fp32", "SEQ": "i32", "HEAD_DIM": "i32", "M_BUCKET": "i32",
+        "M_BUCKET": "i32",
     }  # fmt: skip
     constexprs = {
         "stride_ak": 1, "stride_wk": 1, "stride_rn": 1, "stride_on": 1,
-        "HAS_LN": has_ln, "HAS_BIAS": has_bias, "ACTIVATION": activation, "HAS_RESIDUAL": has_residual,
-        "QKV_HEAD_MAJOR": qkv, "UPCAST": False,
-        "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "EVEN_K": even_k,
+        "ROW_STATS": row_stats, "HAS_BIAS": has_bias, "ACTIVATION": activation, "HAS_RESIDUAL": has_residual,
+        "UPCAST": False, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "EVEN_K": even_k,
     }  # fmt: skip
     for name in constexprs:
         sig.setdefault(name, "constexpr")
+    # integer args the launches make multiples of 16 (N, K of ViT widths; 16-byte-aligned row strides)
+    divisible = ("N", "K", "stride_am", "stride_wn", "stride_rm", "stride_om") if even_k else ("N",)
     return {"fn": jit_fn(fused_gemm_kernel), "signature": sig, "constexprs": constexprs,
-            "num_warps": warps, "num_stages": stages}
-
+            "num_warps": warps, "num_stages": stages, "divisible": divisible}

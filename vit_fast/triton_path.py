@@ -1,7 +1,9 @@
 """The "triton" backend: the whole ViT forward as a chain of fused kernels from `kernels/`.
 
-Per block five launches: LN1+QKV (head-major Q/K/V), attention, out-projection+residual, LN2+FC1+GELU,
-FC2+residual. The patch embedding writes the token buffer directly ([CLS] row and position embeddings included);
+Per block five GEMM/attention launches: LN1+QKV (rows (B, N, 3, H, d), which attention reads in place), attention,
+out-projection+residual, LN2+FC1+GELU, FC2+residual. Each LayerNorm is folded into the weight of the GEMM after it
+(derived tensors cached on the model, see kernels/ln_fold.py) and adds a small per-row statistics launch. The patch
+embedding writes the token buffer directly ([CLS] row and position embeddings included);
 the final LayerNorm runs on the [CLS] rows only when the head needs nothing else. With `cls_only`, the last block
 computes attention, out-projection and MLP for the [CLS] query alone (keys and values still cover every token):
 the logits are the same, the last block costs about 1/N of the others.
@@ -29,17 +31,22 @@ def _embed(model, x: torch.Tensor, is_uint8: bool) -> torch.Tensor:
     return kernels.patch_embed(x, weight, bias, pos[1:], cls_pos)
 
 
-def _block(block, tokens: torch.Tensor, eps: float, cls_only: bool) -> torch.Tensor:
+def _folded(model, norm, linear) -> kernels.FoldedLinear:
+    """The LayerNorm folded into the linear after it: derived tensors cached on the model, parameters untouched."""
+    tensors = [norm.weight, norm.bias, linear.weight] + ([linear.bias] if linear.bias is not None else [])
+    return model._cached(("ln_fold", id(linear)), tensors,
+                         lambda: kernels.fold_layer_norm(norm.weight, norm.bias, linear.weight, linear.bias))
+
+
+def _block(model, block, tokens: torch.Tensor, eps: float, cls_only: bool) -> torch.Tensor:
     attn, mlp = block.attn, block.mlp
-    qkv = kernels.ln_qkv(tokens, block.norm1.weight, block.norm1.bias, eps, attn.qkv.weight, attn.qkv.bias,
-                         attn.num_heads)
+    qkv = kernels.ln_qkv_folded(tokens, eps, _folded(model, block.norm1, attn.qkv), attn.num_heads)
     q, k, v = qkv.unbind(0)
     if cls_only:
         q, tokens = q[:, :, :1], tokens[:, :1].contiguous()
     ctx = kernels.attention(q, k, v, attn.scale)
     tokens = kernels.linear_residual(ctx, attn.proj.weight, attn.proj.bias, tokens)
-    hidden = kernels.ln_linear(tokens, block.norm2.weight, block.norm2.bias, eps, mlp.fc1.weight, mlp.fc1.bias,
-                               activation="gelu")
+    hidden = kernels.ln_linear_folded(tokens, eps, _folded(model, block.norm2, mlp.fc1), activation="gelu")
     return kernels.linear_residual(hidden, mlp.fc2.weight, mlp.fc2.bias, tokens)
 
 
@@ -48,7 +55,7 @@ def _encode(model, x: torch.Tensor, is_uint8: bool, cls_only: bool) -> torch.Ten
     tokens = _embed(model, x, is_uint8)
     last = len(model.blocks) - 1
     for i, block in enumerate(model.blocks):
-        tokens = _block(block, tokens, eps, cls_only and i == last)
+        tokens = _block(model, block, tokens, eps, cls_only and i == last)
     return tokens
 
 
