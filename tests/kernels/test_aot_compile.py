@@ -9,7 +9,7 @@ from pathlib import Path
 
 SCRIPT = Path(__file__).with_name("aot_compile.py")
 # Kernel modules of the contract; each must compile at least one variant per target.
-MODULES = ("attention", "patch_embed", "ln_linear", "ln_qkv", "linear_residual", "layer_norm")
+MODULES = ("attention", "patch_embed", "ln_linear", "ln_qkv", "linear_residual", "layer_norm", "gemm", "gemm_tma", "ln_fold")
 # attention alone: 3 dtypes x 4 head-dim blocks x EVEN_M x EVEN_N on sm_90.
 MIN_ATTENTION_SM90 = 48
 
