@@ -10,8 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (SWITCH_TILE, TL_SIG, gemm_aot_configs, gemm_configs, jit_fn, m_bucket, prune_gemm_configs,
-                      upcast_needed)
+from ._common import (SWITCH_TILE, TL_SIG, gemm_aot_configs, gemm_configs, is_interpreting, jit_fn, m_bucket,
+                      prune_gemm_configs, upcast_needed)
 
 DTYPES = (torch.bfloat16, torch.float32, torch.float16)  # AOT order: bf16 first (the fast path)
 GEMM_AUTOTUNE_KEY = ["M_BUCKET", "N", "K", "ROW_STATS", "HAS_BIAS", "ACTIVATION", "HAS_RESIDUAL"]
@@ -78,12 +78,33 @@ def epilogue_math(acc, rm, rn, M, N, stats_ptr, colsum_ptr, bias_ptr,
     return apply_activation(acc, ACTIVATION)
 
 
+@triton.jit
+def _store_tile(acc, rm, rn, M, N, stats_ptr, colsum_ptr, bias_ptr, res_ptr, out_ptr, stride_rm, stride_rn, stride_om,
+                stride_on, ROW_STATS: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
+                HAS_RESIDUAL: tl.constexpr):
+    """Epilogue of one (sub)tile: shared math, residual, one cast, masked store."""
+    acc = epilogue_math(acc, rm, rn, M, N, stats_ptr, colsum_ptr, bias_ptr, ROW_STATS, HAS_BIAS, ACTIVATION)
+    mask = (rm < M)[:, None] & (rn < N)[None, :]
+    rm64 = rm.to(tl.int64)
+    if HAS_RESIDUAL:
+        res = tl.load(res_ptr + rm64[:, None] * stride_rm + rn[None, :] * stride_rn, mask=mask, other=0.0)
+        acc += res.to(tl.float32)
+    tl.store(out_ptr + rm64[:, None] * stride_om + rn[None, :] * stride_on, acc.to(out_ptr.dtype.element_ty),
+             mask=mask)
+
+
+def _epi_split(args):
+    """Split the epilogue of tiles of 128x128 and more (whose fp32 accumulator alone takes 64-128 registers); always
+    under the interpreter, whose single small tile would otherwise leave the split path untested."""
+    return 2 if args["BLOCK_M"] * args["BLOCK_N"] >= 128 * 128 or is_interpreting() else 1
+
+
 @triton.autotune(
     configs=gemm_configs(),
     key=GEMM_AUTOTUNE_KEY,
     prune_configs_by={"early_config_prune": prune_gemm_configs},
 )
-@triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
+@triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0, "EPI_SPLIT": _epi_split})
 @triton.jit
 def fused_gemm_kernel(
     a_ptr,  # (M, K) activations, any strides
@@ -115,6 +136,7 @@ def fused_gemm_kernel(
     BLOCK_K: tl.constexpr,  # reduction step
     GROUP_M: tl.constexpr,  # row tiles per L2 group
     EVEN_K: tl.constexpr,  # K % BLOCK_K == 0: no K masks
+    EPI_SPLIT: tl.constexpr,  # 1 or 2: epilogue on BLOCK_N / EPI_SPLIT-wide column halves
 ):
     pid = tl.program_id(0)
     pid_m, pid_n = grouped_tile(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
@@ -143,14 +165,18 @@ def fused_gemm_kernel(
         a_ptrs += BLOCK_K * stride_ak
         w_ptrs += BLOCK_K * stride_wk
 
-    acc = epilogue_math(acc, rm, rn, M, N, stats_ptr, colsum_ptr, bias_ptr, ROW_STATS, HAS_BIAS, ACTIVATION)
-    mask = (rm < M)[:, None] & (rn < N)[None, :]
-    rm64 = rm.to(tl.int64)
-    if HAS_RESIDUAL:
-        res = tl.load(res_ptr + rm64[:, None] * stride_rm + rn[None, :] * stride_rn, mask=mask, other=0.0)
-        acc += res.to(tl.float32)
-    tl.store(out_ptr + rm64[:, None] * stride_om + rn[None, :] * stride_on, acc.to(out_ptr.dtype.element_ty),
-             mask=mask)
+    if EPI_SPLIT == 2:
+        # two BLOCK_N/2-wide halves: the epilogue's temporaries cover half the tile (no spills at 128x256, 8 warps)
+        half: tl.constexpr = BLOCK_N // 2
+        acc0, acc1 = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, half)), (0, 2, 1)))
+        cols = pid_n * BLOCK_N + tl.arange(0, half)
+        _store_tile(acc0, rm, cols, M, N, stats_ptr, colsum_ptr, bias_ptr, res_ptr, out_ptr, stride_rm, stride_rn,
+                    stride_om, stride_on, ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL)
+        _store_tile(acc1, rm, cols + half, M, N, stats_ptr, colsum_ptr, bias_ptr, res_ptr, out_ptr, stride_rm,
+                    stride_rn, stride_om, stride_on, ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL)
+    else:
+        _store_tile(acc, rm, rn, M, N, stats_ptr, colsum_ptr, bias_ptr, res_ptr, out_ptr, stride_rm, stride_rn,
+                    stride_om, stride_on, ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL)
 
 
 def launch_fused_gemm(a, weight, bias, out, *, activation=0, residual=None, stats=None, colsum=None):
@@ -216,6 +242,7 @@ def _gemm_variant(dtype, row_stats, activation, has_bias, has_residual, even_k, 
         "stride_ak": 1, "stride_wk": 1, "stride_rn": 1, "stride_on": 1,
         "ROW_STATS": row_stats, "HAS_BIAS": has_bias, "ACTIVATION": activation, "HAS_RESIDUAL": has_residual,
         "UPCAST": False, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "EVEN_K": even_k,
+        "EPI_SPLIT": 2 if bm * bn >= 128 * 128 else 1,
     }  # fmt: skip
     for name in constexprs:
         sig.setdefault(name, "constexpr")
