@@ -129,7 +129,7 @@ def tma_gemm_kernel(
             if UPCAST:
                 a = a.to(tl.float32)
                 w = w.to(tl.float32)
-            acc = tl.dot(a, w.T, acc)
+            acc = tl.dot(a, w.T, acc, input_precision="ieee")  # fp32 operands (forced engine): no tf32
 
         tile_c += NUM_SMS
         pid_m, pid_n = grouped_tile(tile_c, M, N, BLOCK_M, BLOCK_N, GROUP_M)
