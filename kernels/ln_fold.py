@@ -6,7 +6,7 @@ nothing in between) and the normalization costs a per-row scale in the epilogue:
 `fold_layer_norm` derives (W', colsum, b') once per weight (callers cache it: `VisionTransformer._cached`); W' is
 rounded to the activation dtype first and colsum is summed from that rounded W' in fp32, so the mean term cancels
 the mean part of x @ W'ᵀ exactly up to fp32 accumulation. `row_stats` computes each row's (mean, rstd) once per row
-(not once per N-tile) in a two-pass fp32 loop, stable when |mean| ≫ std. tests/kernels/test_ln_fold.py bounds the
+(not once per N-tile), centred in fp32 (two passes over rows wider than one block), stable when |mean| ≫ std. tests/kernels/test_ln_fold.py bounds the
 bf16 error against fp32 by 2× PyTorch's own bf16 error on rows whose mean is 10× their std.
 """
 from typing import NamedTuple
@@ -17,7 +17,7 @@ import triton.language as tl
 
 from ._common import TL_SIG, check, check_linear, is_interpreting, jit_fn
 
-MAX_BLOCK_K = 1024  # columns per step of the statistics loop
+MAX_BLOCK_K = 2048  # columns per step of the statistics loop (whole rows up to ViT-g widths)
 BLOCK_ROWS = 4  # rows per program (one warp per row)
 
 
@@ -62,27 +62,34 @@ def row_stats_kernel(
     eps,  # LayerNorm epsilon, added to the variance
     BLOCK_ROWS: tl.constexpr,  # rows per program
     BLOCK_K: tl.constexpr,  # columns per step
+    ONE_BLOCK: tl.constexpr,  # K <= BLOCK_K: the row is loaded once and both passes run on registers
 ):
     rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     row_ok = rows < M
     base = x_ptr + rows.to(tl.int64)[:, None] * stride_xm
     cols = tl.arange(0, BLOCK_K)
-    total = tl.zeros([BLOCK_ROWS], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        ok = row_ok[:, None] & ((k0 + cols) < K)[None, :]
-        total += tl.sum(tl.load(base + k0 + cols[None, :], mask=ok, other=0.0).to(tl.float32), axis=1)
-    mean = total / K
-    # second pass over the (cache-resident) row: the centred sum of squares has no cancellation
-    sq = tl.zeros([BLOCK_ROWS], dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        ok = row_ok[:, None] & ((k0 + cols) < K)[None, :]
-        x = tl.load(base + k0 + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+    if ONE_BLOCK:
+        ok = row_ok[:, None] & (cols < K)[None, :]
+        x = tl.load(base + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+        mean = tl.sum(x, axis=1) / K
         d = tl.where(ok, x - mean[:, None], 0.0)
-        sq += tl.sum(d * d, axis=1)
-    rstd = 1.0 / tl.sqrt(sq / K + eps)
+        sq = tl.sum(d * d, axis=1)
+    else:
+        total = tl.zeros([BLOCK_ROWS], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            ok = row_ok[:, None] & ((k0 + cols) < K)[None, :]
+            total += tl.sum(tl.load(base + k0 + cols[None, :], mask=ok, other=0.0).to(tl.float32), axis=1)
+        mean = total / K
+        # second pass over the (cache-resident) row: the centred sum of squares has no cancellation
+        sq = tl.zeros([BLOCK_ROWS], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            ok = row_ok[:, None] & ((k0 + cols) < K)[None, :]
+            x = tl.load(base + k0 + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+            d = tl.where(ok, x - mean[:, None], 0.0)
+            sq += tl.sum(d * d, axis=1)
     out = stats_ptr + rows.to(tl.int64) * 2
     tl.store(out, mean, mask=row_ok)
-    tl.store(out + 1, rstd, mask=row_ok)
+    tl.store(out + 1, 1.0 / tl.sqrt(sq / K + eps), mask=row_ok)
 
 
 def _block_k(k: int) -> int:
@@ -97,21 +104,23 @@ def launch_row_stats(x2d: torch.Tensor, eps: float) -> torch.Tensor:
     stats = torch.empty(m, 2, dtype=torch.float32, device=x2d.device)
     block_k = _block_k(k)
     row_stats_kernel[(triton.cdiv(m, BLOCK_ROWS),)](
-        x2d, stats, m, k, x2d.stride(0), float(eps), BLOCK_ROWS=BLOCK_ROWS, BLOCK_K=block_k,
+        x2d, stats, m, k, x2d.stride(0), float(eps), BLOCK_ROWS=BLOCK_ROWS, BLOCK_K=block_k, ONE_BLOCK=k <= block_k,
         num_warps=1 if is_interpreting() else 4,
     )
     return stats
 
 
 def aot_variants(exhaustive: bool = False):
-    """Row widths of the ViT family (192..1280 -> blocks 256..1024) in every dtype; exhaustive adds small blocks."""
-    blocks = (64, 128, 256, 512, 1024) if exhaustive else (256, 1024)
+    """Row widths of the ViT family (192..1536 -> whole-row blocks 256..2048) and the looped path for wider rows, in
+    every dtype; exhaustive adds the small blocks."""
+    blocks = [(b, True) for b in ((64, 128, 256, 512, 1024, 2048) if exhaustive else (256, 1024, 2048))]
     out = []
     for dtype in (torch.bfloat16, torch.float16, torch.float32):
-        for block_k in blocks:
+        for block_k, one_block in blocks + [(MAX_BLOCK_K, False)]:
             sig = {"x_ptr": "*" + TL_SIG[dtype], "stats_ptr": "*fp32", "M": "i32", "K": "i32", "stride_xm": "i32",
-                   "eps": "fp32", "BLOCK_ROWS": "constexpr", "BLOCK_K": "constexpr"}
+                   "eps": "fp32", "BLOCK_ROWS": "constexpr", "BLOCK_K": "constexpr", "ONE_BLOCK": "constexpr"}
             out.append({"fn": jit_fn(row_stats_kernel), "signature": sig,
-                        "constexprs": {"BLOCK_ROWS": BLOCK_ROWS, "BLOCK_K": block_k}, "num_warps": 4,
+                        "constexprs": {"BLOCK_ROWS": BLOCK_ROWS, "BLOCK_K": block_k, "ONE_BLOCK": one_block},
+                        "num_warps": 4,
                         "num_stages": 2, "divisible": ("K", "stride_xm")})
     return out

@@ -26,7 +26,7 @@ def ln_params(k, n, device):
     return g, b, w, bb
 
 
-@pytest.mark.parametrize("m,k", [(13, 80), (197, 48), (3, MAX_BLOCK_K + 40)])
+@pytest.mark.parametrize("m,k", [(13, 80), (197, 48), (3, MAX_BLOCK_K + 40)])  # the last: the looped path
 def test_row_stats(m, k, device):
     """(mean, rstd) per row against float64, ragged rows and K beyond one block; a strided (column-slice) input."""
     x = offset_rows(m, k + 8, device)[:, 8:]
