@@ -47,3 +47,28 @@ def test_bad_engine_name(monkeypatch, device):
         select_engine(*operands(torch.float16, device))
     monkeypatch.setenv(ENGINE_ENV, "pointer")
     assert select_engine(*operands(torch.float16, device)) == "pointer"
+
+
+def test_whole_model_on_tma_engine_and_fold_cache(monkeypatch, device):
+    """A tiny ViT on the triton backend with the TMA engine forced (fp16) matches the fp32 torch reference; the folded
+    LayerNorm weights are derived and cached: parameters untouched, refreshed after an in-place weight update."""
+    import vit_fast
+    from tests.helpers import randomize_
+    from tests.tolerances import MODEL_TOL, assert_close
+
+    if CUDA and torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the TMA engine needs an sm_90 GPU")
+    monkeypatch.setenv(ENGINE_ENV, "tma")
+    ref = randomize_(vit_fast.create("vit_ti_16", backend="torch", img_size=32, embed_dim=64, num_heads=2,
+                                     mlp_dim=128, depth=1, num_classes=5)).to(device).eval()
+    fast = vit_fast.VisionTransformer(ref.config, backend="triton").to(device).eval()
+    fast.load_state_dict(ref.state_dict())
+    fast = fast.half()
+    params = {k: v.clone() for k, v in fast.state_dict().items()}
+    x = torch.randn(2, 3, 32, 32, device=device)
+    with torch.no_grad():
+        assert_close(fast(x.half()), ref(x), torch.float16, MODEL_TOL)
+        assert all(torch.equal(v, params[k]) for k, v in fast.state_dict().items())
+        for model in (ref, fast):
+            model.blocks[0].norm2.weight.mul_(1.5)  # in place: the cached fold must be rebuilt
+        assert_close(fast(x.half()), ref(x), torch.float16, MODEL_TOL)
