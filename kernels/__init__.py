@@ -3,8 +3,10 @@
 from .attention import attention
 from .layer_norm import layer_norm
 from .linear_residual import linear_residual
-from .ln_linear import ln_linear
-from .ln_qkv import ln_qkv
+from .ln_fold import FoldedLinear, fold_layer_norm
+from .ln_linear import ln_linear, ln_linear_folded
+from .ln_qkv import ln_qkv, ln_qkv_folded
 from .patch_embed import patch_embed
 
-__all__ = ["attention", "layer_norm", "linear_residual", "ln_linear", "ln_qkv", "patch_embed"]
+__all__ = ["FoldedLinear", "attention", "fold_layer_norm", "layer_norm", "linear_residual", "ln_linear",
+           "ln_linear_folded", "ln_qkv", "ln_qkv_folded", "patch_embed"]

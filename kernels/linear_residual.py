@@ -1,11 +1,13 @@
 """Linear with the residual add fused into the epilogue: the attention out-projection and the MLP's fc2
-(x_next = residual + x @ W^T + b) without a separate elementwise pass."""
+(x_next = residual + x @ W^T + b) without a separate elementwise pass. This module checks the inputs and picks the GEMM
+engine: the persistent TMA engine (gemm_tma.py) on sm_90, the pointer engine (gemm.py) elsewhere."""
 from typing import Optional
 
 import torch
 
 from ._common import check, check_device, check_linear, check_out, rows_view
 from .gemm import gemm_aot_variants, launch_fused_gemm
+from .gemm_tma import launch_tma_gemm, select_engine, tma_aot_variants
 
 OP = "linear_residual"
 
@@ -26,7 +28,9 @@ def linear_residual_launch(x, weight, bias, residual, out=None):
     out2d = check_out(OP, out, residual.shape, x.dtype)
     if out.numel() == 0:
         return out
-    launch_fused_gemm(rows_view(OP, "x", x), weight, bias, out2d, residual=rows_view(OP, "residual", residual))
+    x2d, res2d = rows_view(OP, "x", x), rows_view(OP, "residual", residual)
+    launch = launch_tma_gemm if select_engine(x2d, weight, out2d, res2d) == "tma" else launch_fused_gemm
+    launch(x2d, weight, bias, out2d, residual=res2d)
     return out
 
 
@@ -50,8 +54,6 @@ def linear_residual(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
 
 
 def aot_variants(exhaustive: bool = False):
-    """See gemm.gemm_aot_variants."""
-    return gemm_aot_variants(
-        has_ln=False, activations=(0,), has_bias=(True, False), has_residual=True, qkv=False,
-        exhaustive=exhaustive,
-    )
+    """Both engines with this op's switches: residual, bias or not."""
+    args = dict(row_stats=False, activations=(0,), has_bias=(True, False), has_residual=True, exhaustive=exhaustive)
+    return gemm_aot_variants(**args) + tma_aot_variants(**args)

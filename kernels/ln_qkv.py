@@ -1,16 +1,23 @@
-"""LayerNorm -> fused QKV projection, stored head-major: one launch writes a contiguous (3, B, H, N, d) tensor, so
-q, k, v = out[0], out[1], out[2] feed attention with no permute or copy."""
+"""LayerNorm -> fused QKV projection in one GEMM, its output laid out for attention to read in place.
+
+The GEMM writes plain (B·N, 3·D) rows, i.e. a contiguous (B, N, 3, H, d) buffer (a TMA-friendly store); the op
+returns it as the (3, B, H, N, d) view, so q, k, v = out[0], out[1], out[2] are strided (B, H, N, d) tensors with a
+contiguous last dim, which `kernels.attention` reads without a copy. The norm is folded (ln_fold.py); this module
+checks the inputs and picks the GEMM engine (gemm_tma.py on sm_90, gemm.py elsewhere).
+"""
 from typing import Optional
 
 import torch
 
-from ._common import FLOAT_DTYPES, check, check_device, check_dtype, check_out, check_vector, rows_view
+from ._common import check, check_device, check_dtype, check_vector, FLOAT_DTYPES, rows_view
 from .gemm import gemm_aot_variants, launch_fused_gemm
+from .gemm_tma import launch_tma_gemm, select_engine, tma_aot_variants
+from .ln_fold import FoldedLinear, check_folded, fold_layer_norm, launch_row_stats
 
 OP = "ln_qkv"
 
 
-def _check(x, ln_weight, ln_bias, weight, bias, num_heads, runnable=True):
+def _check_x(x, weight, num_heads):
     check_dtype(OP, "x", x, FLOAT_DTYPES)
     check(x.dim() == 3, f"{OP}: x.shape", "(B, N, D)", tuple(x.shape))
     d = x.shape[-1]
@@ -19,55 +26,76 @@ def _check(x, ln_weight, ln_bias, weight, bias, num_heads, runnable=True):
           f"a positive divisor of D={d}", num_heads)
     check(tuple(weight.shape) == (3 * d, d), f"{OP}: weight.shape", f"({3 * d}, {d}) (rows [q; k; v])",
           tuple(weight.shape))
-    check(weight.dtype == x.dtype, f"{OP}: weight.dtype", f"{x.dtype} (x.dtype)", weight.dtype)
-    check_vector(OP, "ln_weight", ln_weight, d, x.dtype)
-    check_vector(OP, "ln_bias", ln_bias, d, x.dtype)
-    if bias is not None:
-        check_vector(OP, "bias", bias, 3 * d, x.dtype)
-    check_device(OP, dict(x=x, ln_weight=ln_weight, ln_bias=ln_bias, weight=weight, bias=bias), runnable)
 
 
-def _out_shape(x, num_heads):
+def _check(x, weight, colsum, bias, num_heads, runnable=True):
+    _check_x(x, weight, num_heads)
+    check_folded(OP, x, weight, colsum, bias)
+    check_device(OP, dict(x=x, weight=weight, colsum=colsum, bias=bias), runnable)
+
+
+def _new_out(x, num_heads):
+    """(3, B, H, N, d) view of a new contiguous (B, N, 3, H, d) buffer."""
     b, n, d = x.shape
-    return (3, b, num_heads, n, d // num_heads)
+    return x.new_empty(b, n, 3, num_heads, d // num_heads).permute(2, 0, 3, 1, 4)
 
 
-def ln_qkv_launch(x, ln_weight, ln_bias, eps, weight, bias, num_heads, out=None):
-    """Plain launcher; `out` (optional, contiguous (3, B, H, N, d), x.dtype) lets tests hand in a poisoned buffer."""
-    _check(x, ln_weight, ln_bias, weight, bias, num_heads)
-    shape = _out_shape(x, num_heads)
+def ln_qkv_launch(x, eps, weight, colsum, bias, num_heads, out=None):
+    """Plain launcher on folded weights; `out` (optional) must be the (3, B, H, N, d) view of a contiguous
+    (B, N, 3, H, d) buffer in x.dtype (tests hand in a poisoned one)."""
+    _check(x, weight, colsum, bias, num_heads)
+    b, n, d = x.shape
     if out is None:
-        out = x.new_empty(shape)
-    check_out(OP, out, shape, x.dtype, rows=False)
+        out = _new_out(x, num_heads)
+    shape = (3, b, num_heads, n, d // num_heads)
+    rows = out.permute(1, 3, 0, 2, 4) if out.dim() == 5 else out
+    check(tuple(out.shape) == shape and out.dtype == x.dtype and rows.is_contiguous(), f"{OP}: out",
+          f"a {shape} {x.dtype} view of a contiguous (B, N, 3, H, d) buffer",
+          f"{tuple(out.shape)} {out.dtype} strides {out.stride()}")
     if out.numel() == 0:
         return out
-    launch_fused_gemm(rows_view(OP, "x", x), weight, bias, out, ln=(ln_weight, ln_bias, eps),
-                      qkv=(x.shape[1], shape[-1]))
+    x2d = rows_view(OP, "x", x)
+    out2d = rows.view(b * n, 3 * d)
+    stats = launch_row_stats(x2d, eps)
+    launch = launch_tma_gemm if select_engine(x2d, weight, out2d) == "tma" else launch_fused_gemm
+    launch(x2d, weight, bias, out2d, stats=stats, colsum=colsum)
     return out
 
 
 @torch.library.custom_op("vitfast::ln_qkv", mutates_args=())
-def _ln_qkv_op(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps: float, weight: torch.Tensor,
-               bias: Optional[torch.Tensor], num_heads: int) -> torch.Tensor:
-    return ln_qkv_launch(x, ln_weight, ln_bias, eps, weight, bias, num_heads)
+def _ln_qkv_op(x: torch.Tensor, eps: float, weight: torch.Tensor, colsum: torch.Tensor, bias: torch.Tensor,
+               num_heads: int) -> torch.Tensor:
+    return ln_qkv_launch(x, eps, weight, colsum, bias, num_heads)
 
 
 @_ln_qkv_op.register_fake
-def _(x, ln_weight, ln_bias, eps, weight, bias, num_heads):
-    _check(x, ln_weight, ln_bias, weight, bias, num_heads, runnable=False)
-    return x.new_empty(_out_shape(x, num_heads))
+def _(x, eps, weight, colsum, bias, num_heads):
+    _check(x, weight, colsum, bias, num_heads, runnable=False)
+    return _new_out(x, num_heads)
+
+
+def ln_qkv_folded(x: torch.Tensor, eps: float, folded: FoldedLinear, num_heads: int) -> torch.Tensor:
+    """ln_qkv from `fold_layer_norm(γ, β, W_qkv, b_qkv)` (cache it per weight)."""
+    return _ln_qkv_op(x, float(eps), folded.weight, folded.colsum, folded.bias, int(num_heads))
 
 
 def ln_qkv(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps: float, weight: torch.Tensor,
            bias: Optional[torch.Tensor], num_heads: int) -> torch.Tensor:
     """LayerNorm(x) @ weight^T + bias for x (B, N, D) and the fused qkv weight (3D, D) (timm layout: rows [q; k; v],
-    head-major inside each), returned as one contiguous (3, B, H, N, D // H) tensor in x.dtype; bias may be None."""
-    return _ln_qkv_op(x, ln_weight, ln_bias, float(eps), weight, bias, int(num_heads))
+    head-major inside each), returned as a (3, B, H, N, D // H) view (last dim contiguous) of one new (B, N, 3, H, d)
+    buffer in x.dtype; bias may be None. Folds the norm on every call: repeated callers use ln_qkv_folded."""
+    _check_x(x, weight, num_heads)
+    d = x.shape[-1]
+    check(weight.dtype == x.dtype, f"{OP}: weight.dtype", f"{x.dtype} (x.dtype)", weight.dtype)
+    check_vector(OP, "ln_weight", ln_weight, d, x.dtype)
+    check_vector(OP, "ln_bias", ln_bias, d, x.dtype)
+    if bias is not None:
+        check_vector(OP, "bias", bias, 3 * d, x.dtype)
+    return ln_qkv_folded(x, eps, fold_layer_norm(ln_weight, ln_bias, weight, bias), num_heads)
 
 
 def aot_variants(exhaustive: bool = False):
-    """See gemm.gemm_aot_variants."""
-    return gemm_aot_variants(
-        has_ln=True, activations=(0,), has_bias=(True, False), has_residual=False, qkv=True,
-        exhaustive=exhaustive,
-    )
+    """Both engines with this op's switches: folded LN and bias, no activation."""
+    args = dict(row_stats=True, activations=(0,), has_bias=(True,), has_residual=False, exhaustive=exhaustive,
+                op="ln_qkv")
+    return gemm_aot_variants(**args) + tma_aot_variants(**args)

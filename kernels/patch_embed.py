@@ -21,7 +21,7 @@ IMAGE_DTYPES = FLOAT_DTYPES + (torch.uint8,)
     configs=gemm_configs(),
     key=["M_BUCKET", "N", "K", "HAS_BIAS"],
     prune_configs_by={"early_config_prune": functools.partial(prune_gemm_configs, a_name="x_ptr",
-                                                              dot_dtype_name="out_ptr")},
+                                                              dot_dtype_name="out_ptr", kind="patch")},
     cache_results=True,  # tuned configs persist on disk (triton's cache dir), so a restarted server does not re-tune
 )
 @triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
@@ -242,7 +242,7 @@ def _variant(image, weight, dtype, patch, has_bias, nhwc, tile):
     elem = torch.empty((), dtype=dtype).element_size()
     return {"fn": jit_fn(patch_embed_kernel), "signature": sig, "constexprs": constexprs,
             "num_warps": warps, "num_stages": stages, "divisible": tuple(divisible), "op": OP, "main_loop": "gemm",
-            "tables": gemm_families(tile, elem),
+            "tables": gemm_families(tile, elem, "patch"),
             # Known limitation (open item, static report): K = 3·14² = 588 is not a multiple of 16, so the masked
             # gather loads of P=14 are neither vectorized nor pipelined (no cp.async) on sm_90.
             "ungated": None if k % bk == 0 else "P=14: K=588 not a multiple of 16, masked gather without cp.async "

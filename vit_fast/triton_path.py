@@ -1,10 +1,12 @@
 """The "triton" backend: the whole ViT forward as a chain of fused kernels from `kernels/`.
 
-Per block five launches: LN1+QKV (head-major Q/K/V), attention, out-projection+residual, LN2+FC1+activation,
-FC2+residual. The patch embedding writes the token buffer directly ([CLS] row and position embeddings included);
-the final LayerNorm runs on the prefix rows only when the head needs nothing else. With `prefix_only`, the last
-block computes attention, out-projection and MLP for the queries the head reads (keys and values still cover
-every token): the logits are the same, the last block costs about 1/N of the others.
+Per block five GEMM/attention launches: LN1+QKV (rows (B, N, 3, H, d), which attention reads in place), attention,
+out-projection+residual, LN2+FC1+activation, FC2+residual. Each LayerNorm is folded into the weight of the GEMM
+after it (derived tensors cached on the model, see kernels/ln_fold.py) and adds a small per-row statistics launch.
+The patch embedding writes the token buffer directly ([CLS] row and position embeddings included); the final
+LayerNorm runs on the prefix rows only when the head needs nothing else. With `keep_last`, the last block computes
+attention, out-projection and MLP for the queries the head reads (keys and values still cover every token): the
+logits are the same, the last block costs about 1/N of the others.
 
 Model families: LayerScale is folded into the weights at load, quick / tanh GELU are kernel epilogues. Run as
 torch ops inside this path: the prefix tokens when there are not exactly one (SigLIP: none; DeiT distilled,
@@ -47,23 +49,27 @@ def _embed(model, x: torch.Tensor, is_uint8: bool) -> torch.Tensor:
     return torch.cat([lead.expand(tokens.shape[0], -1, -1).to(tokens.dtype), tokens], dim=1)
 
 
-def _block(block, tokens: torch.Tensor, eps: float, activation: str, swiglu: bool, keep: int) -> torch.Tensor:
+def _folded(model, norm, linear) -> kernels.FoldedLinear:
+    """The LayerNorm folded into the linear after it: derived tensors cached on the model, parameters untouched."""
+    tensors = [norm.weight, norm.bias, linear.weight] + ([linear.bias] if linear.bias is not None else [])
+    return model._cached(("ln_fold", id(linear)), tensors,
+                         lambda: kernels.fold_layer_norm(norm.weight, norm.bias, linear.weight, linear.bias))
+
+
+def _block(model, block, tokens: torch.Tensor, eps: float, activation: str, swiglu: bool, keep: int) -> torch.Tensor:
     """One encoder block; `keep` > 0 computes the outputs of the first `keep` tokens only."""
     attn, mlp = block.attn, block.mlp
-    qkv = kernels.ln_qkv(tokens, block.norm1.weight, block.norm1.bias, eps, attn.qkv.weight, attn.qkv.bias,
-                         attn.num_heads)
+    qkv = kernels.ln_qkv_folded(tokens, eps, _folded(model, block.norm1, attn.qkv), attn.num_heads)
     q, k, v = qkv.unbind(0)
     if keep:
         q, tokens = q[:, :, :keep], tokens[:, :keep].contiguous()
     ctx = kernels.attention(q, k, v, attn.scale)
     tokens = kernels.linear_residual(ctx, attn.proj.weight, attn.proj.bias, tokens)
+    fc1 = _folded(model, block.norm2, mlp.fc1)
     if swiglu:  # the gate runs in torch between the two fused GEMMs
-        hidden = kernels.ln_linear(tokens, block.norm2.weight, block.norm2.bias, eps, mlp.fc1.weight, mlp.fc1.bias,
-                                   activation="none")
-        hidden = mlp.act(hidden).contiguous()
+        hidden = mlp.act(kernels.ln_linear_folded(tokens, eps, fc1, activation="none")).contiguous()
     else:
-        hidden = kernels.ln_linear(tokens, block.norm2.weight, block.norm2.bias, eps, mlp.fc1.weight, mlp.fc1.bias,
-                                   activation=activation)
+        hidden = kernels.ln_linear_folded(tokens, eps, fc1, activation=activation)
     return kernels.linear_residual(hidden, mlp.fc2.weight, mlp.fc2.bias, tokens)
 
 
@@ -78,7 +84,7 @@ def _states(model, x: torch.Tensor, is_uint8: bool, keep_last: int = 0, collect:
     states = [tokens]
     last = len(model.blocks) - 1
     for i, block in enumerate(model.blocks):
-        tokens = _block(block, tokens, eps, cfg.act_layer, swiglu, keep_last if i == last else 0)
+        tokens = _block(model, block, tokens, eps, cfg.act_layer, swiglu, keep_last if i == last else 0)
         if collect:
             states.append(tokens)
     return states if collect else tokens

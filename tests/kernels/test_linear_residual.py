@@ -1,7 +1,8 @@
-"""kernels.linear_residual against residual + F.linear in fp32."""
+"""kernels.linear_residual against residual + F.linear in fp32, on both GEMM engines."""
 import pytest
 import torch
 import torch.nn.functional as F
+from gemm_engine import engine  # noqa: F401 (fixture)
 from tolerances import assert_close, poison
 
 import kernels
@@ -27,12 +28,24 @@ def reference(x, w, bb, res):
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_matches_eager(dtype, bias, device):
+def test_matches_eager(dtype, bias, engine, device):
     for lead, k, n in SHAPES:
         x, w, bb, res = make(lead, k, n, dtype, device, bias)
         out = poison(torch.empty(*lead, n, dtype=dtype, device=device))
         linear_residual_launch(x, w, bb, res, out=out)
         assert_close(out, reference(x, w, bb, res), dtype)
+
+
+@pytest.mark.parametrize("tokens", [197, 257, 50, 1])
+def test_ragged_rows(tokens, engine, device):
+    """Row counts of ViT token grids, fp16, K not a multiple of the block; output inside a poisoned larger buffer."""
+    lead, k, n = ((3, tokens), 768, 768) if CUDA else ((2, tokens), 40, 32)
+    x, w, bb, res = make(lead, k, n, torch.float16, device)
+    buf = poison(torch.empty(2 * x[..., :1].numel() * n, dtype=torch.float16, device=device))
+    out = buf[: res.numel()].view(res.shape)
+    linear_residual_launch(x, w, bb, res, out=out)
+    assert_close(out, reference(x, w, bb, res), torch.float16)
+    assert buf[res.numel():].isnan().all(), "wrote past the output"
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

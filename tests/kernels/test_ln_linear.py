@@ -1,7 +1,9 @@
-"""kernels.ln_linear against F.layer_norm -> F.linear -> F.gelu computed in fp32 from the same rounded inputs."""
+"""kernels.ln_linear against F.layer_norm -> F.linear -> F.gelu computed in fp32 from the same rounded inputs, on
+both GEMM engines."""
 import pytest
 import torch
 import torch.nn.functional as F
+from gemm_engine import engine  # noqa: F401 (fixture)
 from tolerances import assert_close, poison
 
 import kernels
@@ -34,11 +36,11 @@ def reference(x, g, b, eps, w, bb, activation):
 
 @pytest.mark.parametrize("activation", ["none", "gelu", "gelu_tanh", "quick_gelu"])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_matches_eager(dtype, activation, device):
+def test_matches_eager(dtype, activation, engine, device):
     for lead, k, n in SHAPES:
         x, g, b, w, bb = make(lead, k, n, dtype, device)
         out = poison(torch.empty(*lead, n, dtype=dtype, device=device))
-        ln_linear_launch(x, g, b, 1e-6, w, bb, activation, out=out)
+        ln_linear_launch(x, 1e-6, *kernels.fold_layer_norm(g, b, w, bb), activation, out=out)
         assert_close(out, reference(x, g, b, 1e-6, w, bb, activation), dtype)
 
 
@@ -65,7 +67,8 @@ def test_cls_slice_and_large_mean(device):
 
 def test_registered_op(device):
     x, g, b, w, bb = make((2, 5), 48, 32, torch.float32, device)
-    torch.library.opcheck(torch.ops.vitfast.ln_linear.default, (x, g, b, 1e-6, w, bb, "gelu_tanh"),
+    torch.library.opcheck(torch.ops.vitfast.ln_linear.default, (x, 1e-6, *kernels.fold_layer_norm(g, b, w, bb),
+                                                                "gelu_tanh"),
                           test_utils=("test_schema", "test_faketensor"))
 
 
@@ -84,4 +87,6 @@ def test_bad_inputs(device):
     with pytest.raises(ValueError, match="bias.shape"):
         kernels.ln_linear(x, g, b, 1e-6, w, bb[:31], "none")
     with pytest.raises(ValueError, match="out.shape"):
-        ln_linear_launch(x, g, b, 1e-6, w, bb, out=torch.empty(2, 5, 31, device=device))
+        ln_linear_launch(x, 1e-6, *kernels.fold_layer_norm(g, b, w, bb), out=torch.empty(2, 5, 31, device=device))
+    with pytest.raises(ValueError, match="bias.dtype"):  # folded bias is fp32
+        ln_linear_launch(x, 1e-6, w, torch.zeros(32, device=device), bb.half())

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-MODULES = ("attention", "patch_embed", "ln_linear", "ln_qkv", "linear_residual", "layer_norm")
+MODULES = ("attention", "patch_embed", "ln_linear", "ln_qkv", "linear_residual", "layer_norm", "gemm_tma", "ln_fold")
 GEMM_OPS = ("ln_linear", "ln_qkv", "linear_residual", "patch_embed")
 
 
@@ -70,7 +70,7 @@ def test_static_gate(tmp_path):
 
     for op in GEMM_OPS:
         tiles = {r["tile"] for r in gemms if r["op"] == op and r["dtype"] == "bf16"}
-        kind = {"ln_qkv": "qkv", "ln_linear": "ln"}.get(op, "plain")
+        kind = {"ln_qkv": "ln", "ln_linear": "ln", "patch_embed": "patch"}.get(op, "plain")
         for row in GEMM_TABLES["hopper"]:
             if gemm_tile_allowed(row, 2, FAMILY_SMEM["hopper"], family="hopper", kind=kind):
                 bm, bn, bk, w, s = row
@@ -82,7 +82,7 @@ def test_variants_cover_every_table_row(name, variants):
     from kernels._common import FAMILY_SMEM, GEMM_TABLES, gemm_tile_allowed
 
     rows = variants[name]
-    kind = {"ln_qkv": "qkv", "ln_linear": "ln"}.get(name, "plain")
+    kind = {"ln_qkv": "ln", "ln_linear": "ln", "patch_embed": "patch"}.get(name, "plain")
     for dtype, elem in ((torch.bfloat16, 2), (torch.float16, 2), (torch.float32, 4)):
         sig = "*" + {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
         have = {}
@@ -108,17 +108,17 @@ def test_attention_variants_cover_every_table_row(variants):
 
 
 def test_spill_detector_sees_a_known_spill():
-    """LN + head-major QKV at 128x256 (a tile pruned from the Hopper table for this reason) spills on sm_90: the
-    cubin reader must say so, and the gate's rules must flag it and every other kind of problem."""
+    """The bf16 patch embedding at 128x256 (a tile pruned from the Hopper table for this reason) spills on sm_90:
+    the cubin reader must say so, and the gate's rules must flag it and every other kind of problem."""
     code = """
 import importlib, json, sys
 sys.path.insert(0, 'tests/kernels')
 import aot_compile
 from benchmarks import kernels_static as ks
-qkv = importlib.import_module('kernels.ln_qkv')
-i = next(i for i, v in enumerate(qkv.aot_variants()) if v['signature']['a_ptr'] == '*bf16'
+pe = importlib.import_module('kernels.patch_embed')
+i = next(i for i, v in enumerate(pe.aot_variants()) if v['signature']['x_ptr'] == '*bf16'
          and (v['constexprs']['BLOCK_M'], v['constexprs']['BLOCK_N']) == (128, 256))
-r = aot_compile.compile_one(('ln_qkv', i, 90, False, True))
+r = aot_compile.compile_one(('patch_embed', i, 90, False, True))
 print(json.dumps(r[-1]))
 """
     out = subprocess.run([sys.executable, "-c", code], env=_env(), cwd=ROOT, capture_output=True, text=True,
@@ -160,8 +160,8 @@ def test_prune_drops_the_hopper_tiles_that_spill(monkeypatch, dtype):
     elem = torch.empty((), dtype=dtype).element_size()
     for family in ("hopper", "ampere"):
         monkeypatch.setattr(_common, "gpu_family", lambda index: family)
-        for kind, switches in (("qkv", dict(HAS_LN=True, QKV_HEAD_MAJOR=True)), ("ln", dict(HAS_LN=True)),
-                               ("plain", dict(HAS_LN=False, HAS_RESIDUAL=True))):
+        for kind, switches in (("ln", dict(ROW_STATS=True)), ("plain", dict(ROW_STATS=False, HAS_RESIDUAL=True)),
+                               ("patch", dict(kind="patch"))):
             kept = _common.prune_gemm_configs(configs, {"a_ptr": a, "M_BUCKET": 1 << 16}, **switches)
             rows = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages)
                     for c in kept}

@@ -1,0 +1,269 @@
+"""The persistent TMA GEMM engine for Hopper (sm_90): out = epilogue(A @ W^T) with the pointer engine's epilogues.
+
+Why a second engine: on sm_90 the fastest Triton GEMMs feed wgmma from shared memory filled by TMA (one descriptor
+copy per tile instead of per-thread address math and cp.async), and run one program per SM that walks the tiles
+(`tl.range(..., flatten=True)` pipelines the next tile's loads under the current tile's epilogue). Tiles go in
+GROUP_M-row groups so consecutive tiles reuse W in L2. Descriptors are built on the device
+(`tl.make_tensor_descriptor`, 128 B of global scratch each, from the allocator `_scratch` hands Triton), so launches
+pass plain pointers. TMA pads out-of-range loads with zeros and clips stores, so ragged M, N and K need no masks in
+the main loop. The epilogue (folded LayerNorm, bias, activation, residual) is `gemm.epilogue_math`, applied to
+BLOCK_N / EPI_SPLIT-wide column slices when EPI_SPLIT > 1 (half the live epilogue registers and store buffer).
+No warp specialization: on sm_90 it is ignored or crashes with TMA stores in triton 3.6 (triton-lang/triton#11587).
+
+The op modules decide when this engine runs (`select_engine`): CUDA sm_90, 16-bit dtypes, operands TMA can address.
+"""
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import (FAMILY_SMEM, GEMM_DIVISIBLE, TL_SIG, check, gemm_vit_launches, is_interpreting, jit_fn,
+                      m_bucket, shared_memory_bytes, upcast_needed)
+from .gemm import epilogue_math, grouped_tile, switch_combos
+
+ENGINE_ENV = "VITFAST_GEMM_ENGINE"  # auto (default) | tma | pointer: pick the GEMM engine, e.g. to compare them
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, EPI_SPLIT): the sm_90 table (registers, spills and shared memory
+# of each row are in benchmarks/NOTES.md).
+HOPPER_TMA = [
+    (128, 256, 64, 8, 3, 2),
+    (128, 128, 64, 8, 4, 1),
+    (128, 128, 64, 4, 4, 2),
+    (128, 64, 64, 4, 4, 1),
+    (64, 128, 64, 4, 4, 1),
+    (64, 64, 64, 4, 4, 1),
+]
+# One config under the interpreter (several fail there); EPI_SPLIT 2 so tests cover the subtiled epilogue.
+INTERPRETER_TMA = (32, 32, 32, 4, 1, 2)
+INTERPRETER_SMS = 3  # fewer programs than tiles, so tests cover the persistent loop
+AUTOTUNE_KEY = ["M_BUCKET", "N", "K", "ROW_STATS", "HAS_BIAS", "ACTIVATION", "HAS_RESIDUAL"]
+DTYPES = (torch.bfloat16, torch.float16)
+
+
+def _configs():
+    rows = [INTERPRETER_TMA] if is_interpreting() else HOPPER_TMA
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "EPI_SPLIT": e},
+                          num_warps=w, num_stages=s) for bm, bn, bk, w, s, e in rows]
+
+
+def smem_estimate(bm, bn, bk, stages, epi_split, has_residual, elem=2):
+    """Pipelined A and W tiles plus the epilogue's store (and residual) staging buffers, in bytes."""
+    epi = bm * (bn // epi_split) * elem * (2 if has_residual else 1)
+    return stages * (bm + bn) * bk * elem + epi
+
+
+def _prune(configs, named_args, **kwargs):
+    """Drop tiles over the device's shared memory or far taller than M; always keep one."""
+    if len(configs) <= 1:
+        return configs
+    a = named_args["a_ptr"]
+    smem = shared_memory_bytes(a.device.index if a.device.index is not None else torch.cuda.current_device())
+    m_cap = max(64, named_args["M_BUCKET"])
+    kept = [c for c in configs
+            if smem_estimate(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_stages,
+                             c.kwargs["EPI_SPLIT"], kwargs.get("HAS_RESIDUAL", False)) <= smem
+            and c.kwargs["BLOCK_M"] <= m_cap]
+    return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+
+
+@triton.jit
+def _finish(acc, rows, cols, M, N, stats_ptr, colsum_ptr, bias_ptr, res_desc, out_desc, off_m, off_n,
+            ROW_STATS: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
+    """Epilogue of one (sub)tile: shared math, residual through TMA, one cast, TMA store (clipped at M and N)."""
+    acc = epilogue_math(acc, rows, cols, M, N, stats_ptr, colsum_ptr, bias_ptr, ROW_STATS, HAS_BIAS, ACTIVATION)
+    if HAS_RESIDUAL:
+        acc += res_desc.load([off_m, off_n]).to(tl.float32)
+    out_desc.store([off_m, off_n], acc.to(out_desc.dtype))
+
+
+@triton.autotune(configs=_configs(), key=AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune},
+                 cache_results=True)  # tuned configs persist on disk (triton's cache dir) across processes
+@triton.jit(do_not_specialize=["M"])
+def tma_gemm_kernel(
+    a_ptr,  # (M, K) activations, unit column stride, 16-byte aligned rows
+    w_ptr,  # (N, K) weight in nn.Linear layout (LayerNorm-folded when ROW_STATS), unit column stride
+    bias_ptr,  # (N,) bias (activation dtype, or fp32 when folded); read only when HAS_BIAS
+    res_ptr,  # (M, N) residual, unit column stride; read only when HAS_RESIDUAL
+    stats_ptr,  # (M, 2) fp32 per-row (mean, rstd) of A; read only when ROW_STATS
+    colsum_ptr,  # (N,) fp32 column sums of the folded weight; read only when ROW_STATS
+    out_ptr,  # (M, N) output, unit column stride
+    M,  # rows (tokens over the whole batch); not specialized, so batch sizes share one binary
+    N,  # output features
+    K,  # input features
+    stride_am,  # A row stride (elements; a multiple of 16 bytes)
+    stride_wn,  # W row stride
+    stride_rm,  # residual row stride
+    stride_om,  # output row stride
+    M_BUCKET,  # next power of two of M: an autotune key, unused by the kernel body
+    ROW_STATS: tl.constexpr,  # folded LayerNorm epilogue: rstd * (acc - mean * colsum)
+    HAS_BIAS: tl.constexpr,  # add bias in the epilogue
+    ACTIVATION: tl.constexpr,  # 0 none, 1 exact-erf GELU, 2 tanh GELU, 3 quick GELU
+    HAS_RESIDUAL: tl.constexpr,  # add the residual after the activation
+    UPCAST: tl.constexpr,  # dot in fp32 (interpreter with bf16, whose bf16 arithmetic is wrong)
+    NUM_SMS: tl.constexpr,  # programs launched; each walks tiles NUM_SMS apart
+    BLOCK_M: tl.constexpr,  # rows per tile
+    BLOCK_N: tl.constexpr,  # output features per tile
+    BLOCK_K: tl.constexpr,  # reduction step (one TMA box of A and of W per step)
+    GROUP_M: tl.constexpr,  # row tiles per L2 group
+    EPI_SPLIT: tl.constexpr,  # 1 or 2: epilogue on BLOCK_N / EPI_SPLIT-wide column slices
+):
+    EPI_N: tl.constexpr = BLOCK_N // EPI_SPLIT
+    a_desc = tl.make_tensor_descriptor(a_ptr, shape=[M, K], strides=[stride_am, 1], block_shape=[BLOCK_M, BLOCK_K])
+    w_desc = tl.make_tensor_descriptor(w_ptr, shape=[N, K], strides=[stride_wn, 1], block_shape=[BLOCK_N, BLOCK_K])
+    out_desc = tl.make_tensor_descriptor(out_ptr, shape=[M, N], strides=[stride_om, 1], block_shape=[BLOCK_M, EPI_N])
+    if HAS_RESIDUAL:
+        res_desc = tl.make_tensor_descriptor(res_ptr, shape=[M, N], strides=[stride_rm, 1],
+                                             block_shape=[BLOCK_M, EPI_N])
+    else:
+        res_desc = out_desc  # never read
+    num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    # The epilogue recomputes its tile from a second counter: the flattened loop then carries no value from the
+    # loads' prologue into the epilogue (the pattern Triton's persistent-matmul tutorial uses).
+    tile_c = tl.program_id(0) - NUM_SMS
+    for tile in tl.range(tl.program_id(0), num_tiles, NUM_SMS, flatten=True):
+        pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for ki in range(k_tiles):
+            a = a_desc.load([pid_m * BLOCK_M, ki * BLOCK_K])
+            w = w_desc.load([pid_n * BLOCK_N, ki * BLOCK_K])
+            if UPCAST:
+                a = a.to(tl.float32)
+                w = w.to(tl.float32)
+            acc = tl.dot(a, w.T, acc, input_precision="ieee")  # fp32 operands (forced engine): no tf32
+
+        tile_c += NUM_SMS
+        pid_m, pid_n = grouped_tile(tile_c, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        off_m = pid_m * BLOCK_M
+        off_n = pid_n * BLOCK_N
+        rows = off_m + tl.arange(0, BLOCK_M)
+        if EPI_SPLIT == 2:
+            acc0, acc1 = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, EPI_N)), (0, 2, 1)))
+            _finish(acc0, rows, off_n + tl.arange(0, EPI_N), M, N, stats_ptr, colsum_ptr, bias_ptr, res_desc,
+                    out_desc, off_m, off_n, ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL)
+            _finish(acc1, rows, off_n + EPI_N + tl.arange(0, EPI_N), M, N, stats_ptr, colsum_ptr, bias_ptr,
+                    res_desc, out_desc, off_m, off_n + EPI_N, ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL)
+        else:
+            _finish(acc, rows, off_n + tl.arange(0, BLOCK_N), M, N, stats_ptr, colsum_ptr, bias_ptr, res_desc,
+                    out_desc, off_m, off_n, ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL)
+
+
+# ---- dispatch -------------------------------------------------------------------------------------------------------
+def _tma_addressable(t: torch.Tensor) -> bool:
+    """2-D, unit last stride, 16-byte aligned base and row stride (what a TMA descriptor needs)."""
+    elem = t.element_size()
+    return (t.dim() == 2 and t.stride(1) == 1 and t.data_ptr() % 16 == 0 and (t.stride(0) * elem) % 16 == 0
+            and t.shape[1] * elem >= 16)
+
+
+@functools.lru_cache(maxsize=None)
+def _is_sm90(index: int) -> bool:
+    return torch.cuda.get_device_capability(index)[0] == 9
+
+
+def select_engine(a, weight, out, residual=None) -> str:
+    """"tma" or "pointer" for already-checked 2-D operands. auto: TMA on sm_90 for bf16/fp16 operands it can
+    address. VITFAST_GEMM_ENGINE=tma forces it (also under the interpreter, in any float dtype, which is how the tests
+    run this engine on a CPU) and fails with one line when the operands do not fit; =pointer forces the other."""
+    choice = os.environ.get(ENGINE_ENV, "auto").strip().lower() or "auto"
+    check(choice in ("auto", "tma", "pointer"), ENGINE_ENV, "auto | tma | pointer", repr(choice))
+    if choice == "pointer":
+        return "pointer"
+    operands = dict(a=a, weight=weight, out=out, residual=residual)
+    fits = all(_tma_addressable(t) for t in operands.values() if t is not None)
+    if choice == "tma":
+        bad = {k: (tuple(t.shape), t.stride(), t.data_ptr() % 16) for k, t in operands.items()
+               if t is not None and not _tma_addressable(t)}
+        check(fits, f"{ENGINE_ENV}=tma: operands", "2-D, unit last stride, 16-byte aligned base and rows",
+              f"(shape, strides, base % 16) {bad}")
+        if not is_interpreting():
+            check(_is_sm90(a.device.index if a.device.index is not None else torch.cuda.current_device()),
+                  f"{ENGINE_ENV}=tma: device", "an sm_90 GPU", torch.cuda.get_device_name(a.device))
+        return "tma"
+    if is_interpreting() or a.device.type != "cuda" or a.dtype not in DTYPES:
+        return "pointer"
+    index = a.device.index if a.device.index is not None else torch.cuda.current_device()
+    return "tma" if fits and _is_sm90(index) else "pointer"
+
+
+def _scratch(size: int, alignment: int, stream):
+    """Global scratch for the device-side descriptors (128 B per descriptor per program)."""
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def launch_tma_gemm(a, weight, bias, out, *, activation=0, residual=None, stats=None, colsum=None):
+    """Same contract as gemm.launch_fused_gemm, for operands select_engine() gave to "tma"."""
+    M, K = a.shape
+    N = weight.shape[0]
+    if is_interpreting():
+        num_sms = INTERPRETER_SMS
+    else:
+        # set per launch: the allocator is a context variable, so a serving thread needs it too
+        triton.set_allocator(_scratch)
+        num_sms = _num_sms(a.device.index if a.device.index is not None else torch.cuda.current_device())
+    res = residual if residual is not None else out
+    grid = lambda meta: (min(num_sms, triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])),)  # noqa
+    tma_gemm_kernel[grid](
+        a, weight, bias if bias is not None else out, res,
+        stats if stats is not None else out, colsum if colsum is not None else out, out,
+        M, N, K, a.stride(0), weight.stride(0), res.stride(0), out.stride(0), m_bucket(M),
+        ROW_STATS=stats is not None, HAS_BIAS=bias is not None, ACTIVATION=activation,
+        HAS_RESIDUAL=residual is not None, UPCAST=upcast_needed(a.dtype), NUM_SMS=num_sms,
+    )  # fmt: skip
+    return out
+
+
+# ---- AOT ------------------------------------------------------------------------------------------------------------
+def tma_aot_variants(row_stats, activations, has_bias, has_residual, exhaustive=False, op=None):
+    """One op on this engine: bf16 at every Hopper tile with the base switches (see gemm.switch_combos), the other
+    switches at a mid-size tile, fp16 (the same code) at that tile. The TMA engine has no EVEN_K switch (TMA
+    zero-pads K), so the EVEN_K=False combos are dropped. Metadata: tests/kernels/aot_compile.py."""
+    op = op or ("ln_linear" if row_stats else "linear_residual")
+    combos = [c for c in switch_combos(activations, has_bias, exhaustive) if c[2]]
+    mid = HOPPER_TMA[2]
+    out = [_variant(DTYPES[0], row_stats, combos[0][0], combos[0][1], has_residual, tile, op) for tile in HOPPER_TMA]
+    out += [_variant(DTYPES[0], row_stats, act, bias, has_residual, mid, op) for act, bias, _ in combos[1:]]
+    for dtype in DTYPES[1:]:
+        out += [_variant(dtype, row_stats, act, bias, has_residual, tile, op)
+                for tile in (HOPPER_TMA if exhaustive else [mid]) for act, bias, _ in
+                (combos if exhaustive else combos[:1])]
+    return out
+
+
+def aot_variants(exhaustive: bool = False):
+    """Every Hopper tile, as the bf16 folded-LN + GELU (fc1) and the residual (fc2) variants."""
+    dtypes = DTYPES if exhaustive else DTYPES[:1]
+    return [_variant(dtype, ln, act, True, res, tile, op) for dtype in dtypes
+            for ln, act, res, op in ((True, 1, False, "ln_linear"), (False, 0, True, "linear_residual"))
+            for tile in HOPPER_TMA]
+
+
+def _variant(dtype, row_stats, activation, has_bias, has_residual, tile, op, num_sms=132):
+    bm, bn, bk, warps, stages, epi = tile
+    p = "*" + TL_SIG[dtype]
+    sig = {
+        "a_ptr": p, "w_ptr": p, "bias_ptr": "*fp32" if row_stats else p, "res_ptr": p, "stats_ptr": "*fp32",
+        "colsum_ptr": "*fp32", "out_ptr": p, "M": "i32", "N": "i32", "K": "i32",
+        "stride_am": "i32", "stride_wn": "i32", "stride_rm": "i32", "stride_om": "i32", "M_BUCKET": "i32",
+    }  # fmt: skip
+    constexprs = {
+        "ROW_STATS": row_stats, "HAS_BIAS": has_bias, "ACTIVATION": activation, "HAS_RESIDUAL": has_residual,
+        "UPCAST": False, "NUM_SMS": num_sms, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8,
+        "EPI_SPLIT": epi,
+    }  # fmt: skip
+    for name in constexprs:
+        sig.setdefault(name, "constexpr")
+    elem = torch.empty((), dtype=dtype).element_size()
+    fits = smem_estimate(bm, bn, bk, stages, epi, has_residual, elem) <= FAMILY_SMEM["hopper"]
+    vit_activation = 1 if op == "ln_linear" else 0  # the presets: QKV plain, FC1 exact GELU, residual with bias
+    return {"fn": jit_fn(tma_gemm_kernel), "signature": sig, "constexprs": constexprs, "num_warps": warps,
+            "num_stages": stages, "divisible": GEMM_DIVISIBLE, "op": op, "main_loop": "gemm",
+            "tables": ("hopper",) if fits else (),
+            "vit": gemm_vit_launches(op, tile[:5], elem, None,
+                                     when=lambda cfg: has_bias and activation == vit_activation)}

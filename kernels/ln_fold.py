@@ -1,0 +1,142 @@
+"""LayerNorm folded into the GEMM that follows it, so the GEMM's A operand is the raw activations (TMA → wgmma with
+nothing in between) and the normalization costs a per-row scale in the epilogue:
+
+    LN(x) @ Wᵀ + b = rstd · (x @ W'ᵀ − mean · colsum(W')) + b',   W' = W·diag(γ),  b' = b + W β
+
+`fold_layer_norm` derives (W', colsum, b') once per weight (callers cache it: `VisionTransformer._cached`); W' is
+rounded to the activation dtype first and colsum is summed from that rounded W' in fp32, so the mean term cancels
+the mean part of x @ W'ᵀ exactly up to fp32 accumulation. `row_stats` computes each row's (mean, rstd) once per row
+(not once per N-tile), centred in fp32 (two passes over rows wider than one block), stable when |mean| ≫ std. tests/kernels/test_ln_fold.py bounds the
+bf16 error against fp32 by 2× PyTorch's own bf16 error on rows whose mean is 10× their std.
+"""
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import TL_SIG, check, check_linear, is_interpreting, jit_fn
+
+MAX_BLOCK_K = 2048  # columns per step of the statistics loop (whole rows up to ViT-g widths)
+BLOCK_ROWS = 4  # rows per program (one warp per row)
+
+
+class FoldedLinear(NamedTuple):
+    """A LayerNorm + Linear pair with the norm's affine part folded into the weight."""
+
+    weight: torch.Tensor  # (N, K) W·diag(γ) in the activation dtype
+    colsum: torch.Tensor  # (N,) fp32 row sums of that rounded weight
+    bias: torch.Tensor  # (N,) fp32 b + W β
+
+
+@torch.no_grad()
+def fold_layer_norm(ln_weight, ln_bias, weight, bias) -> FoldedLinear:
+    """(γ, β) of a LayerNorm and the (N, K) weight / (N,) bias (or None) of the Linear after it -> FoldedLinear.
+    Derived tensors only: the inputs are never modified."""
+    w32 = weight.float()
+    folded = (w32 * ln_weight.float()[None, :]).to(weight.dtype).contiguous()
+    colsum = folded.float().sum(dim=1)
+    b = w32 @ ln_bias.float()
+    if bias is not None:
+        b = b + bias.float()
+    return FoldedLinear(folded, colsum.contiguous(), b.contiguous())
+
+
+def check_folded(op: str, x, weight, colsum, bias) -> tuple:
+    """x (..., K), weight (N, K) in x.dtype, colsum and bias (N,) contiguous fp32 (what fold_layer_norm returns)."""
+    k, n = check_linear(op, x, weight, None)
+    for name, t in (("colsum", colsum), ("bias", bias)):
+        check(tuple(t.shape) == (n,), f"{op}: {name}.shape", f"({n},)", tuple(t.shape))
+        check(t.dtype == torch.float32, f"{op}: {name}.dtype", "torch.float32 (see fold_layer_norm)", t.dtype)
+        check(n <= 1 or t.stride(0) == 1, f"{op}: {name}.stride()", "(1,) (contiguous)", t.stride())
+    return k, n
+
+
+@triton.jit
+def row_stats_kernel(
+    x_ptr,  # (M, K) rows, any row stride, unit column stride
+    stats_ptr,  # (M, 2) fp32 output: mean, rstd
+    M,  # rows
+    K,  # features per row
+    stride_xm,  # row stride of x
+    eps,  # LayerNorm epsilon, added to the variance
+    BLOCK_ROWS: tl.constexpr,  # rows per program
+    BLOCK_K: tl.constexpr,  # columns per step
+    ONE_BLOCK: tl.constexpr,  # K <= BLOCK_K: the row is loaded once and both passes run on registers
+):
+    rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    row_ok = rows < M
+    base = x_ptr + rows.to(tl.int64)[:, None] * stride_xm
+    cols = tl.arange(0, BLOCK_K)
+    if ONE_BLOCK:
+        ok = row_ok[:, None] & (cols < K)[None, :]
+        x = tl.load(base + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+        mean = tl.sum(x, axis=1) / K
+        d = tl.where(ok, x - mean[:, None], 0.0)
+        sq = tl.sum(d * d, axis=1)
+    else:
+        total = tl.zeros([BLOCK_ROWS], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            ok = row_ok[:, None] & ((k0 + cols) < K)[None, :]
+            total += tl.sum(tl.load(base + k0 + cols[None, :], mask=ok, other=0.0).to(tl.float32), axis=1)
+        mean = total / K
+        # second pass over the (cache-resident) row: the centred sum of squares has no cancellation
+        sq = tl.zeros([BLOCK_ROWS], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            ok = row_ok[:, None] & ((k0 + cols) < K)[None, :]
+            x = tl.load(base + k0 + cols[None, :], mask=ok, other=0.0).to(tl.float32)
+            d = tl.where(ok, x - mean[:, None], 0.0)
+            sq += tl.sum(d * d, axis=1)
+    out = stats_ptr + rows.to(tl.int64) * 2
+    tl.store(out, mean, mask=row_ok)
+    tl.store(out + 1, 1.0 / tl.sqrt(sq / K + eps), mask=row_ok)
+
+
+def _block_k(k: int) -> int:
+    return min(triton.next_power_of_2(k), MAX_BLOCK_K)
+
+
+def launch_row_stats(x2d: torch.Tensor, eps: float) -> torch.Tensor:
+    """(M, 2) fp32 (mean, rstd) of the rows of an already-checked (M, K) tensor."""
+    if x2d.stride(1) != 1:
+        x2d = x2d.contiguous()
+    m, k = x2d.shape
+    stats = torch.empty(m, 2, dtype=torch.float32, device=x2d.device)
+    block_k = _block_k(k)
+    row_stats_kernel[(triton.cdiv(m, BLOCK_ROWS),)](
+        x2d, stats, m, k, x2d.stride(0), float(eps), BLOCK_ROWS=BLOCK_ROWS, BLOCK_K=block_k, ONE_BLOCK=k <= block_k,
+        num_warps=1 if is_interpreting() else 4,
+    )
+    return stats
+
+
+def _vit_launches(elem, block_k, one_block):
+    """The static report's `vit` callable: two statistics launches per layer (before QKV and before FC1), each
+    reading the (B·N, D) rows once and writing 8 bytes per row."""
+    def launches(cfg, batch):
+        d, m = cfg.embed_dim, batch * (cfg.num_prefix_tokens + cfg.num_patches)
+        if _block_k(d) != block_k or (d <= block_k) != one_block:
+            return []
+        launch = {"name": "ln stats", "flops": 0, "useful_flops": 0, "bytes": m * d * elem + 8 * m,
+                  "programs": -(-m // BLOCK_ROWS)}
+        return [launch] * (2 * cfg.depth)
+    return launches
+
+
+def aot_variants(exhaustive: bool = False):
+    """bf16 at the whole-row blocks of the ViT family (192..1536 -> 256..2048) and on the looped path for wider
+    rows; fp16 and fp32 at block 1024. exhaustive: every dtype at every block, small ones included."""
+    blocks = [(b, True) for b in (64, 128, 256, 512, 1024, 2048)] if exhaustive else [(256, True), (1024, True),
+                                                                                      (2048, True)]
+    out = []
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        rows = blocks + [(MAX_BLOCK_K, False)] if exhaustive or dtype == torch.bfloat16 else [(1024, True)]
+        for block_k, one_block in rows:
+            sig = {"x_ptr": "*" + TL_SIG[dtype], "stats_ptr": "*fp32", "M": "i32", "K": "i32", "stride_xm": "i32",
+                   "eps": "fp32", "BLOCK_ROWS": "constexpr", "BLOCK_K": "constexpr", "ONE_BLOCK": "constexpr"}
+            out.append({"fn": jit_fn(row_stats_kernel), "signature": sig,
+                        "constexprs": {"BLOCK_ROWS": BLOCK_ROWS, "BLOCK_K": block_k, "ONE_BLOCK": one_block},
+                        "num_warps": 4, "num_stages": 2, "divisible": ("K", "stride_xm"), "op": "row_stats",
+                        "tables": ("hopper", "ampere", "fallback"),
+                        "vit": _vit_launches(torch.empty((), dtype=dtype).element_size(), block_k, one_block)})
+    return out
