@@ -1,33 +1,48 @@
 """LayerNorm -> Linear (-> GELU) in one GEMM launch: the pre-norm MLP's fc1, or any norm followed by a dense layer.
 
 The normalized activations exist only in registers (see gemm.py); bias and activation run in the epilogue.
+With a float8_e4m3fn weight (and its per-channel `weight_scale`) the op dispatches to the FP8 engines: the
+quantizing LayerNorm (quant_fp8.py) writes e4m3 rows + per-token scales, then gemm_fp8.py.
 """
 from typing import Optional
 
 import torch
 
-from ._common import ACTIVATIONS, check, check_device, check_linear, check_out, check_vector, rows_view
+from ._common import (ACTIVATIONS, FP8_DTYPE, check, check_device, check_fp8_device, check_linear, check_linear_fp8,
+                      check_out, check_vector, rows_view)
 from .gemm import gemm_aot_variants, launch_fused_gemm
+from .gemm_fp8 import launch_fp8_gemm
+from .quant_fp8 import launch_quant_rows
 
 OP = "ln_linear"
 
 
-def _check(x, ln_weight, ln_bias, weight, bias, activation, runnable=True):
-    k, _ = check_linear(OP, x, weight, bias)
+def _check(x, ln_weight, ln_bias, weight, bias, activation, runnable=True, weight_scale=None):
+    if weight.dtype == FP8_DTYPE:
+        k, _ = check_linear_fp8(OP, x, weight, weight_scale, bias)
+        if runnable:
+            check_fp8_device(OP, x.device)
+    else:
+        k, _ = check_linear(OP, x, weight, bias)
+        check(weight_scale is None, f"{OP}: weight_scale", "None for a non-float8 weight", "a tensor")
     check_vector(OP, "ln_weight", ln_weight, k, x.dtype)
     check_vector(OP, "ln_bias", ln_bias, k, x.dtype)
     check(activation in ACTIVATIONS, f"{OP}: activation", " | ".join(ACTIVATIONS), repr(activation))
     check_device(OP, dict(x=x, ln_weight=ln_weight, ln_bias=ln_bias, weight=weight, bias=bias), runnable)
 
 
-def ln_linear_launch(x, ln_weight, ln_bias, eps, weight, bias, activation="none", out=None):
+def ln_linear_launch(x, ln_weight, ln_bias, eps, weight, bias, activation="none", out=None, weight_scale=None):
     """Plain launcher; `out` (optional, shape (..., N), x.dtype) lets tests hand in a poisoned buffer."""
-    _check(x, ln_weight, ln_bias, weight, bias, activation)
+    _check(x, ln_weight, ln_bias, weight, bias, activation, weight_scale=weight_scale)
     shape = (*x.shape[:-1], weight.shape[0])
     if out is None:
         out = x.new_empty(shape)
     out2d = check_out(OP, out, shape, x.dtype)
     if out.numel() == 0:
+        return out
+    if weight.dtype == FP8_DTYPE:
+        a_q, a_scale = launch_quant_rows(rows_view(OP, "x", x), ln=(ln_weight, ln_bias, eps))
+        launch_fp8_gemm(a_q, a_scale, weight, weight_scale, bias, out2d, activation=ACTIVATIONS[activation])
         return out
     launch_fused_gemm(rows_view(OP, "x", x), weight, bias, out2d, ln=(ln_weight, ln_bias, eps),
                       activation=ACTIVATIONS[activation])
@@ -36,21 +51,23 @@ def ln_linear_launch(x, ln_weight, ln_bias, eps, weight, bias, activation="none"
 
 @torch.library.custom_op("vitfast::ln_linear", mutates_args=())
 def _ln_linear_op(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps: float, weight: torch.Tensor,
-                  bias: Optional[torch.Tensor], activation: str) -> torch.Tensor:
-    return ln_linear_launch(x, ln_weight, ln_bias, eps, weight, bias, activation)
+                  bias: Optional[torch.Tensor], activation: str, weight_scale: Optional[torch.Tensor]) -> torch.Tensor:
+    return ln_linear_launch(x, ln_weight, ln_bias, eps, weight, bias, activation, weight_scale=weight_scale)
 
 
 @_ln_linear_op.register_fake
-def _(x, ln_weight, ln_bias, eps, weight, bias, activation):
-    _check(x, ln_weight, ln_bias, weight, bias, activation, runnable=False)
+def _(x, ln_weight, ln_bias, eps, weight, bias, activation, weight_scale):
+    _check(x, ln_weight, ln_bias, weight, bias, activation, runnable=False, weight_scale=weight_scale)
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
 def ln_linear(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps: float, weight: torch.Tensor,
-              bias: Optional[torch.Tensor], activation: str = "none") -> torch.Tensor:
+              bias: Optional[torch.Tensor], activation: str = "none",
+              weight_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
     """activation(LayerNorm(x) @ weight^T + bias); x (..., K), weight (N, K); activation "none" | "gelu" (exact
-    erf) | "gelu_tanh" | "quick_gelu" (x·sigmoid(1.702x), CLIP). LayerNorm statistics in fp32. Returns (..., N) in x.dtype."""
-    return _ln_linear_op(x, ln_weight, ln_bias, float(eps), weight, bias, activation)
+    erf) | "gelu_tanh" | "quick_gelu" (x·sigmoid(1.702x), CLIP). LayerNorm statistics in fp32. Returns (..., N) in x.dtype.
+    FP8: weight float8_e4m3fn with weight_scale (N,) fp32; LayerNorm(x) is quantized per token (vit_fast.fp8)."""
+    return _ln_linear_op(x, ln_weight, ln_bias, float(eps), weight, bias, activation, weight_scale)
 
 
 def aot_variants(exhaustive: bool = False):
