@@ -29,18 +29,24 @@ def _embed(model, x: torch.Tensor, is_uint8: bool) -> torch.Tensor:
     return kernels.patch_embed(x, weight, bias, pos[1:], cls_pos)
 
 
+def _scale(linear):
+    """Per-channel scales of an FP8 layer (vit_fast.fp8.Fp8Linear), None for a plain nn.Linear: the ops dispatch to
+    their FP8 engines on the float8 weight."""
+    return getattr(linear, "weight_scale", None)
+
+
 def _block(block, tokens: torch.Tensor, eps: float, cls_only: bool) -> torch.Tensor:
     attn, mlp = block.attn, block.mlp
     qkv = kernels.ln_qkv(tokens, block.norm1.weight, block.norm1.bias, eps, attn.qkv.weight, attn.qkv.bias,
-                         attn.num_heads)
+                         attn.num_heads, weight_scale=_scale(attn.qkv))
     q, k, v = qkv.unbind(0)
     if cls_only:
         q, tokens = q[:, :, :1], tokens[:, :1].contiguous()
     ctx = kernels.attention(q, k, v, attn.scale)
-    tokens = kernels.linear_residual(ctx, attn.proj.weight, attn.proj.bias, tokens)
+    tokens = kernels.linear_residual(ctx, attn.proj.weight, attn.proj.bias, tokens, weight_scale=_scale(attn.proj))
     hidden = kernels.ln_linear(tokens, block.norm2.weight, block.norm2.bias, eps, mlp.fc1.weight, mlp.fc1.bias,
-                               activation="gelu")
-    return kernels.linear_residual(hidden, mlp.fc2.weight, mlp.fc2.bias, tokens)
+                               activation="gelu", weight_scale=_scale(mlp.fc1))
+    return kernels.linear_residual(hidden, mlp.fc2.weight, mlp.fc2.bias, tokens, weight_scale=_scale(mlp.fc2))
 
 
 def _encode(model, x: torch.Tensor, is_uint8: bool, cls_only: bool) -> torch.Tensor:
