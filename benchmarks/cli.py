@@ -69,7 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--batch-sizes", type=_csv(int), default=None,
                    help=f"default {','.join(map(str, GPU_BATCHES))} on GPU, {','.join(map(str, CPU_BATCHES))} on CPU")
     g.add_argument("--dtypes", type=_csv(str), default=None,
-                   help="bfloat16,float16,float32 (default bfloat16,float16 on GPU, float32 on CPU)")
+                   help="bfloat16,float16,float32,float8 (default bfloat16,float16 on GPU, float32 on CPU; float8: FP8 "
+                        "GEMMs on vit_fast, sm_89/sm_90, beside the other dtypes' rows)")
     g.add_argument("--backends", type=_csv(str), default=None,
                    help=f"compared side by side in one run (default {','.join(schema.BACKENDS)}; on CPU "
                         f"{','.join(CPU_BACKENDS)}: compiling takes minutes there)")

@@ -38,8 +38,8 @@ def round_to_e4m3(y):
     step = (tl.maximum(e - 3, -9) + 127) << 23
     ulp = step.to(tl.float32, bitcast=True)
     inv_ulp = ((127 - tl.maximum(e - 3, -9)) << 23).to(tl.float32, bitcast=True)
-    r = (y * inv_ulp + 12582912.0) - 12582912.0
-    return r * ulp
+    r = ((tl.abs(y) * inv_ulp + 12582912.0) - 12582912.0) * ulp
+    return tl.where(y < 0, -r, r)  # keeps the sign of values that round to zero (-0.0, as the cast gives)
 
 
 @triton.autotune(configs=_configs(), key=["M_BUCKET", "K", "HAS_LN"], prune_configs_by={"early_config_prune": _prune})

@@ -37,6 +37,11 @@ def quantize_rows(x: torch.Tensor) -> tuple:
     return q, amax / FP8_MAX
 
 
+def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """fp32 values of per-row quantized q (..., K) with scale (...,)."""
+    return q.float() * scale.unsqueeze(-1)
+
+
 def fp8_matmul(a_q, a_scale, w_q, w_scale) -> torch.Tensor:
     """fp32 (a_q @ w_q^T) · a_scale[:, None] · w_scale[None, :] for e4m3 a_q (..., K), w_q (N, K). Each product of
     two e4m3 values is exact in fp32; only the summation order differs from the tensor cores."""
@@ -110,7 +115,7 @@ class Fp8Linear(nn.Module):
         return self.scale_bits.view(torch.float32)
 
     def dequantized_weight(self) -> torch.Tensor:
-        return self.weight.float() * self.weight_scale.unsqueeze(1)
+        return dequantize(self.weight, self.weight_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return emulate_linear(x, self.weight, self.weight_scale, self.bias)
