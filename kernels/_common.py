@@ -248,3 +248,10 @@ def check_fp8_device(op: str, device: torch.device) -> None:
     reason = fp8_unsupported_reason(device)
     if reason is not None:
         raise RuntimeError(f"{op}: {reason}")
+
+
+def check_row_stats(op: str, name: str, t: torch.Tensor, x: torch.Tensor) -> None:
+    """A per-row fp32 statistic of x (..., K): contiguous, shape x.shape[:-1]."""
+    rows = tuple(x.shape[:-1])
+    check(tuple(t.shape) == rows and t.dtype == torch.float32 and t.is_contiguous(), f"{op}: {name}",
+          f"a contiguous float32 tensor of shape {rows} (one value per row of x)", f"{tuple(t.shape)} {t.dtype}")

@@ -18,6 +18,7 @@ import triton.language as tl
 
 from ._common import TL_SIG, is_interpreting, jit_fn, m_bucket, shared_memory_bytes
 from .gemm import apply_activation, grouped_tile
+from .quant_fp8 import round_to_e4m3
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages): FP8 rows are 1 byte, so BLOCK_K 128 is one 128-byte swizzle row.
 # Checked for sm_90 by AOT compile (registers, no spills): 128x256 (8 warps) and 128x128 (4 warps) spill once the
@@ -40,7 +41,8 @@ ADA_FP8 = [  # sm_89: about 100 KB of shared memory per block
 ]
 INTERPRETER_FP8 = (32, 32, 32, 4, 1)
 FP8_TABLES = {"hopper": HOPPER_FP8, "ada": ADA_FP8}
-FP8_AUTOTUNE_KEY = ["M_BUCKET", "N", "K", "HAS_BIAS", "ACTIVATION", "HAS_RESIDUAL", "QKV_HEAD_MAJOR", "PRECISE_ACC"]
+FP8_AUTOTUNE_KEY = ["M_BUCKET", "N", "K", "HAS_BIAS", "ACTIVATION", "HAS_RESIDUAL", "QKV_HEAD_MAJOR", "PRECISE_ACC",
+                    "QUANT_A", "ROW_AMAX_OUT"]
 
 
 def _configs():
@@ -66,17 +68,24 @@ def _prune(configs, named_args, **kwargs):
         table = [row for row in table if row in QKV_FP8]
     kept = [c for c in configs
             if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages) in table
-            and c.num_stages * (c.kwargs["BLOCK_M"] + c.kwargs["BLOCK_N"]) * c.kwargs["BLOCK_K"] <= smem
+            and _smem_bytes(c, a.element_size(), kwargs.get("QUANT_A", False)) <= smem
             and c.kwargs["BLOCK_M"] <= m_cap]
     return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.num_stages)]
+
+
+def _smem_bytes(c, a_bytes, quant_a):
+    """Pipelined A and W tiles, plus the FP8 copy of A that QUANT_A stages for the tensor cores."""
+    bm, bn, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
+    return c.num_stages * (bm * a_bytes + bn) * bk + (bm * bk if quant_a else 0)
 
 
 @triton.autotune(configs=_configs(), key=FP8_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune})
 @triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
 @triton.jit
 def fp8_gemm_kernel(
-    a_ptr,  # (M, K) float8 e4m3 activations
-    a_scale_ptr,  # (M,) fp32 per-row (per-token) scales of A
+    a_ptr,  # (M, K) activations: float8 e4m3, or (QUANT_A) bf16/fp16/fp32 rows quantized here
+    a_scale_ptr,  # (M,) fp32 per-row (per-token) scales of A; with QUANT_A the rows' absolute maxima instead
+    amax_out_ptr,  # (M,) fp32, zero-initialized: atomic max of |stored output| per row (ROW_AMAX_OUT only)
     w_ptr,  # (N, K) float8 e4m3 weight in nn.Linear layout
     w_scale_ptr,  # (N,) fp32 per-output-channel scales of W
     bias_ptr,  # (N,) bias; read only when HAS_BIAS
@@ -99,6 +108,9 @@ def fp8_gemm_kernel(
     HAS_RESIDUAL: tl.constexpr,  # add the residual after the activation
     QKV_HEAD_MAJOR: tl.constexpr,  # store column j of row (b, n) at [j // D, b, (j % D) // HEAD_DIM, n, j % HEAD_DIM]
     PRECISE_ACC: tl.constexpr,  # promote the FP8 partial sums into fp32 every BLOCK_K (see the module docstring)
+    QUANT_A: tl.constexpr,  # A holds unquantized rows and a_scale_ptr their amax: quantize each tile before the dot
+    ROW_AMAX_OUT: tl.constexpr,  # atomically max |output| per row into amax_out_ptr (feeds the next GEMM's QUANT_A)
+    ROUND_IN_FP32: tl.constexpr,  # QUANT_A under the interpreter: round to e4m3 in fp32 first (quant_fp8.py)
     BLOCK_M: tl.constexpr,  # rows per tile
     BLOCK_N: tl.constexpr,  # output features per tile
     BLOCK_K: tl.constexpr,  # reduction step
@@ -116,6 +128,13 @@ def fp8_gemm_kernel(
     a_ptrs = a_ptr + rm_load[:, None] * stride_am + rk[None, :]
     w_ptrs = w_ptr + rn_load[None, :] * stride_wn + rk[:, None]  # (BLOCK_K, BLOCK_N) view of W^T, K-major
 
+    if QUANT_A:
+        amax = tl.maximum(tl.load(a_scale_ptr + rm_load), 1e-12)
+        inv_row = tl.div_rn(tl.full([BLOCK_M], 448.0, tl.float32), amax)
+        s_row = tl.div_rn(amax, tl.full([BLOCK_M], 448.0, tl.float32))
+    else:
+        s_row = tl.load(a_scale_ptr + rm_load)
+
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         if EVEN_K:
@@ -125,6 +144,11 @@ def fp8_gemm_kernel(
             k_ok = (k0 + rk) < K
             a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
             w = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
+        if QUANT_A:  # the same arithmetic as quant_fp8.py, on this tile
+            q = tl.minimum(tl.maximum(a.to(tl.float32) * inv_row[:, None], -448.0), 448.0)
+            if ROUND_IN_FP32:
+                q = round_to_e4m3(q)
+            a = q.to(tl.float8e4nv)
         if PRECISE_ACC:
             acc = tl.dot(a, w, acc, max_num_imprecise_acc=BLOCK_K)
         else:
@@ -135,7 +159,6 @@ def fp8_gemm_kernel(
     mask_m = rm < M
     mask_n = rn < N
     mask = mask_m[:, None] & mask_n[None, :]
-    s_row = tl.load(a_scale_ptr + rm_load)
     s_col = tl.load(w_scale_ptr + rn_load)
     acc = acc * s_row[:, None] * s_col[None, :]
     if HAS_BIAS:
@@ -155,14 +178,19 @@ def fp8_gemm_kernel(
         out_ptrs = out_ptr + row_off[:, None] + col_off[None, :]
     else:
         out_ptrs = out_ptr + rm64[:, None] * stride_om + rn[None, :] * stride_on
-    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    y = acc.to(out_ptr.dtype.element_ty)
+    tl.store(out_ptrs, y, mask=mask)
+    if ROW_AMAX_OUT:  # of the values as stored, so the next GEMM's quantization equals quantize_rows(stored rows)
+        tile_max = tl.max(tl.where(mask_n[None, :], tl.abs(y.to(tl.float32)), 0.0), axis=1)
+        tl.atomic_max(amax_out_ptr + rm, tile_max, mask=mask_m)
 
 
 def launch_fp8_gemm(a_q, a_scale, weight, w_scale, bias, out, *, activation=0, residual=None, qkv=None,
-                    precise_acc=True):
-    """Launch on already-checked operands: a_q (M, K) e4m3 with unit column stride, a_scale (M,) fp32, weight (N, K)
-    e4m3 rows contiguous, w_scale (N,) fp32; out (M, N) or (3, B, H, SEQ, HEAD_DIM); residual (M, N) or None;
-    qkv = (SEQ, HEAD_DIM) or None."""
+                    precise_acc=True, a_amax=None, amax_out=None):
+    """Launch on already-checked operands: a_q (M, K) e4m3 with unit column stride and a_scale (M,) fp32 -- or
+    a_q in a float dtype with a_amax (M,) its rows' absolute maxima (a_scale None), quantized in the main loop;
+    weight (N, K) e4m3 rows contiguous, w_scale (N,) fp32; out (M, N) or (3, B, H, SEQ, HEAD_DIM); residual (M, N)
+    or None; qkv = (SEQ, HEAD_DIM) or None; amax_out (M,) fp32 zeros or None: receives max |out| per row."""
     M, K = a_q.shape
     N = weight.shape[0]
     seq, head_dim = qkv if qkv is not None else (1, 1)
@@ -170,11 +198,13 @@ def launch_fp8_gemm(a_q, a_scale, weight, w_scale, bias, out, *, activation=0, r
     stride_om, stride_on = out.stride() if qkv is None else (0, 1)
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
     fp8_gemm_kernel[grid](
-        a_q, a_scale, weight, w_scale, bias if bias is not None else out, res, out,
+        a_q, a_scale if a_amax is None else a_amax, amax_out if amax_out is not None else w_scale, weight, w_scale,
+        bias if bias is not None else out, res, out,
         M, N, K, a_q.stride(0), weight.stride(0), res.stride(-2), res.stride(-1), stride_om, stride_on,
         seq, head_dim, m_bucket(M),
         HAS_BIAS=bias is not None, ACTIVATION=activation, HAS_RESIDUAL=residual is not None,
-        QKV_HEAD_MAJOR=qkv is not None, PRECISE_ACC=precise_acc,
+        QKV_HEAD_MAJOR=qkv is not None, PRECISE_ACC=precise_acc, QUANT_A=a_amax is not None,
+        ROW_AMAX_OUT=amax_out is not None, ROUND_IN_FP32=is_interpreting(),
     )  # fmt: skip
     return out
 
@@ -183,8 +213,10 @@ def aot_variants(exhaustive: bool = False):
     """bf16 outputs (the FP8 model's residual stream) at every Hopper and Ada tile, as the FC1 variant (GELU, bias),
     plus the QKV head-major store, the residual epilogue, the non-even K path and imprecise accumulation at the
     64x128 tile. FP8 dots do not exist before sm_89: min_cc 89 (skipped for sm_80)."""
-    out = [_variant(torch.bfloat16, 1, True, False, False, True, True, t)
+    out = [_variant(torch.bfloat16, 1, True, False, False, True, True, t, amax_out=True)  # FC1
            for t in dict.fromkeys(HOPPER_FP8 + ADA_FP8)]
+    out += [_variant(torch.bfloat16, 0, True, True, False, True, True, t, quant_a=True)  # FC2 (bf16 A, amax)
+            for t in HOPPER_FP8]
     tile = (64, 128, 128, 4, 4)
     out += [_variant(torch.bfloat16, 0, True, False, True, True, True, t) for t in QKV_FP8[:2]]  # QKV
     out += [_variant(torch.bfloat16, 0, True, True, False, True, True, tile),  # out-proj / FC2
@@ -196,11 +228,13 @@ def aot_variants(exhaustive: bool = False):
     return out
 
 
-def _variant(out_dtype, activation, has_bias, has_residual, qkv, even_k, precise, tile):
+def _variant(out_dtype, activation, has_bias, has_residual, qkv, even_k, precise, tile, quant_a=False,
+             amax_out=False):
     bm, bn, bk, warps, stages = tile
     p = "*" + TL_SIG[out_dtype]
     sig = {
-        "a_ptr": "*fp8e4nv", "a_scale_ptr": "*fp32", "w_ptr": "*fp8e4nv", "w_scale_ptr": "*fp32",
+        "a_ptr": p if quant_a else "*fp8e4nv", "a_scale_ptr": "*fp32", "amax_out_ptr": "*fp32",
+        "w_ptr": "*fp8e4nv", "w_scale_ptr": "*fp32",
         "bias_ptr": p, "res_ptr": p, "out_ptr": p,
         "M": "i32", "N": "i32", "K": "i32", "stride_am": "i32", "stride_wn": "i32",
         "stride_rm": "i32", "stride_rn": "constexpr", "stride_om": "i32", "stride_on": "constexpr",
@@ -209,7 +243,8 @@ def _variant(out_dtype, activation, has_bias, has_residual, qkv, even_k, precise
     constexprs = {
         "stride_rn": 1, "stride_on": 1,
         "HAS_BIAS": has_bias, "ACTIVATION": activation, "HAS_RESIDUAL": has_residual, "QKV_HEAD_MAJOR": qkv,
-        "PRECISE_ACC": precise, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "EVEN_K": even_k,
+        "PRECISE_ACC": precise, "QUANT_A": quant_a, "ROW_AMAX_OUT": amax_out, "ROUND_IN_FP32": False,
+        "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "EVEN_K": even_k,
     }  # fmt: skip
     for name in constexprs:
         sig.setdefault(name, "constexpr")

@@ -1,12 +1,14 @@
 """Linear with the residual add fused into the epilogue: the attention out-projection and the MLP's fc2
 (x_next = residual + x @ W^T + b) without a separate elementwise pass. A float8_e4m3fn weight (with its per-channel
-`weight_scale`) dispatches to the FP8 engines: x is quantized per token in its own pass (quant_fp8.py: the attention
-output and the GELU output are produced by kernels that never see a whole row), then gemm_fp8.py."""
+`weight_scale`) dispatches to the FP8 engines: given `x_amax` (the rows' absolute maxima, recorded by the producing
+FP8 GEMM: ln_linear's `row_amax`) the GEMM quantizes x per token in its main loop; without it x is quantized in a
+pass of its own first (quant_fp8.py; the attention output, whose kernel records no row maxima)."""
 from typing import Optional
 
 import torch
 
-from ._common import FP8_DTYPE, check, check_device, check_fp8_device, check_linear, check_linear_fp8, check_out, rows_view
+from ._common import (FP8_DTYPE, check, check_device, check_fp8_device, check_linear, check_linear_fp8, check_out,
+                      check_row_stats, rows_view)
 from .gemm import gemm_aot_variants, launch_fused_gemm
 from .gemm_fp8 import launch_fp8_gemm
 from .quant_fp8 import launch_quant_rows
@@ -14,7 +16,11 @@ from .quant_fp8 import launch_quant_rows
 OP = "linear_residual"
 
 
-def _check(x, weight, bias, residual, runnable=True, weight_scale=None):
+def _check(x, weight, bias, residual, runnable=True, weight_scale=None, x_amax=None):
+    if x_amax is not None:
+        check(weight.dtype == FP8_DTYPE, f"{OP}: x_amax", "None unless weight is float8_e4m3fn", "a tensor")
+        check_row_stats(OP, "x_amax", x_amax, x)
+        check(x.stride(-1) == 1, f"{OP}: x.stride(-1)", "1 with x_amax (rows quantized in the GEMM)", x.stride(-1))
     if weight.dtype == FP8_DTYPE:
         _, n = check_linear_fp8(OP, x, weight, weight_scale, bias)
         if runnable:
@@ -28,17 +34,22 @@ def _check(x, weight, bias, residual, runnable=True, weight_scale=None):
     check_device(OP, dict(x=x, weight=weight, bias=bias, residual=residual), runnable)
 
 
-def linear_residual_launch(x, weight, bias, residual, out=None, weight_scale=None):
+def linear_residual_launch(x, weight, bias, residual, out=None, weight_scale=None, x_amax=None):
     """Plain launcher; `out` (optional, residual's shape, x.dtype) lets tests hand in a poisoned buffer."""
-    _check(x, weight, bias, residual, weight_scale=weight_scale)
+    _check(x, weight, bias, residual, weight_scale=weight_scale, x_amax=x_amax)
     if out is None:
         out = x.new_empty(residual.shape)
     out2d = check_out(OP, out, residual.shape, x.dtype)
     if out.numel() == 0:
         return out
     if weight.dtype == FP8_DTYPE:
-        a_q, a_scale = launch_quant_rows(rows_view(OP, "x", x))
-        launch_fp8_gemm(a_q, a_scale, weight, weight_scale, bias, out2d, residual=rows_view(OP, "residual", residual))
+        res2d = rows_view(OP, "residual", residual)
+        if x_amax is not None:
+            launch_fp8_gemm(rows_view(OP, "x", x), None, weight, weight_scale, bias, out2d, residual=res2d,
+                            a_amax=x_amax.reshape(-1))
+        else:
+            a_q, a_scale = launch_quant_rows(rows_view(OP, "x", x))
+            launch_fp8_gemm(a_q, a_scale, weight, weight_scale, bias, out2d, residual=res2d)
         return out
     launch_fused_gemm(rows_view(OP, "x", x), weight, bias, out2d, residual=rows_view(OP, "residual", residual))
     return out
@@ -46,22 +57,25 @@ def linear_residual_launch(x, weight, bias, residual, out=None, weight_scale=Non
 
 @torch.library.custom_op("vitfast::linear_residual", mutates_args=())
 def _linear_residual_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                        residual: torch.Tensor, weight_scale: Optional[torch.Tensor]) -> torch.Tensor:
-    return linear_residual_launch(x, weight, bias, residual, weight_scale=weight_scale)
+                        residual: torch.Tensor, weight_scale: Optional[torch.Tensor],
+                        x_amax: Optional[torch.Tensor]) -> torch.Tensor:
+    return linear_residual_launch(x, weight, bias, residual, weight_scale=weight_scale, x_amax=x_amax)
 
 
 @_linear_residual_op.register_fake
-def _(x, weight, bias, residual, weight_scale):
-    _check(x, weight, bias, residual, runnable=False, weight_scale=weight_scale)
+def _(x, weight, bias, residual, weight_scale, x_amax):
+    _check(x, weight, bias, residual, runnable=False, weight_scale=weight_scale, x_amax=x_amax)
     return x.new_empty(residual.shape)
 
 
 def linear_residual(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                    residual: torch.Tensor, weight_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+                    residual: torch.Tensor, weight_scale: Optional[torch.Tensor] = None,
+                    x_amax: Optional[torch.Tensor] = None) -> torch.Tensor:
     """residual + x @ weight^T + bias; x (..., K), weight (N, K), residual (..., N); bias may be None.
     Returns a new tensor shaped like residual, in x.dtype. FP8: weight float8_e4m3fn with weight_scale (N,) fp32;
-    x is quantized per token (vit_fast.fp8)."""
-    return _linear_residual_op(x, weight, bias, residual, weight_scale)
+    x is quantized per token (vit_fast.fp8). x_amax (FP8 only): max |x| per row, shape x.shape[:-1], fp32 (as
+    ln_linear's row_amax records it): the GEMM then quantizes x itself, with no separate pass."""
+    return _linear_residual_op(x, weight, bias, residual, weight_scale, x_amax)
 
 
 def aot_variants(exhaustive: bool = False):

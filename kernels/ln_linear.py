@@ -2,14 +2,16 @@
 
 The normalized activations exist only in registers (see gemm.py); bias and activation run in the epilogue.
 With a float8_e4m3fn weight (and its per-channel `weight_scale`) the op dispatches to the FP8 engines: the
-quantizing LayerNorm (quant_fp8.py) writes e4m3 rows + per-token scales, then gemm_fp8.py.
+quantizing LayerNorm (quant_fp8.py) writes e4m3 rows + per-token scales, then gemm_fp8.py. With `row_amax` (FP8
+only) the epilogue also atomically records max |output| of each row, so the next FP8 GEMM (linear_residual with
+`x_amax`, the MLP's FC2) quantizes these rows per token in its main loop with no pass of its own.
 """
 from typing import Optional
 
 import torch
 
 from ._common import (ACTIVATIONS, FP8_DTYPE, check, check_device, check_fp8_device, check_linear, check_linear_fp8,
-                      check_out, check_vector, rows_view)
+                      check_out, check_row_stats, check_vector, rows_view)
 from .gemm import gemm_aot_variants, launch_fused_gemm
 from .gemm_fp8 import launch_fp8_gemm
 from .quant_fp8 import launch_quant_rows
@@ -17,7 +19,10 @@ from .quant_fp8 import launch_quant_rows
 OP = "ln_linear"
 
 
-def _check(x, ln_weight, ln_bias, weight, bias, activation, runnable=True, weight_scale=None):
+def _check(x, ln_weight, ln_bias, weight, bias, activation, runnable=True, weight_scale=None, row_amax=None):
+    if row_amax is not None:
+        check(weight.dtype == FP8_DTYPE, f"{OP}: row_amax", "None unless weight is float8_e4m3fn", "a tensor")
+        check_row_stats(OP, "row_amax", row_amax, x)
     if weight.dtype == FP8_DTYPE:
         k, _ = check_linear_fp8(OP, x, weight, weight_scale, bias)
         if runnable:
@@ -31,9 +36,10 @@ def _check(x, ln_weight, ln_bias, weight, bias, activation, runnable=True, weigh
     check_device(OP, dict(x=x, ln_weight=ln_weight, ln_bias=ln_bias, weight=weight, bias=bias), runnable)
 
 
-def ln_linear_launch(x, ln_weight, ln_bias, eps, weight, bias, activation="none", out=None, weight_scale=None):
+def ln_linear_launch(x, ln_weight, ln_bias, eps, weight, bias, activation="none", out=None, weight_scale=None,
+                     row_amax=None):
     """Plain launcher; `out` (optional, shape (..., N), x.dtype) lets tests hand in a poisoned buffer."""
-    _check(x, ln_weight, ln_bias, weight, bias, activation, weight_scale=weight_scale)
+    _check(x, ln_weight, ln_bias, weight, bias, activation, weight_scale=weight_scale, row_amax=row_amax)
     shape = (*x.shape[:-1], weight.shape[0])
     if out is None:
         out = x.new_empty(shape)
@@ -42,32 +48,37 @@ def ln_linear_launch(x, ln_weight, ln_bias, eps, weight, bias, activation="none"
         return out
     if weight.dtype == FP8_DTYPE:
         a_q, a_scale = launch_quant_rows(rows_view(OP, "x", x), ln=(ln_weight, ln_bias, eps))
-        launch_fp8_gemm(a_q, a_scale, weight, weight_scale, bias, out2d, activation=ACTIVATIONS[activation])
+        launch_fp8_gemm(a_q, a_scale, weight, weight_scale, bias, out2d, activation=ACTIVATIONS[activation],
+                        amax_out=row_amax.view(-1) if row_amax is not None else None)
         return out
     launch_fused_gemm(rows_view(OP, "x", x), weight, bias, out2d, ln=(ln_weight, ln_bias, eps),
                       activation=ACTIVATIONS[activation])
     return out
 
 
-@torch.library.custom_op("vitfast::ln_linear", mutates_args=())
+@torch.library.custom_op("vitfast::ln_linear", mutates_args=("row_amax",))
 def _ln_linear_op(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps: float, weight: torch.Tensor,
-                  bias: Optional[torch.Tensor], activation: str, weight_scale: Optional[torch.Tensor]) -> torch.Tensor:
-    return ln_linear_launch(x, ln_weight, ln_bias, eps, weight, bias, activation, weight_scale=weight_scale)
+                  bias: Optional[torch.Tensor], activation: str, weight_scale: Optional[torch.Tensor],
+                  row_amax: Optional[torch.Tensor]) -> torch.Tensor:
+    return ln_linear_launch(x, ln_weight, ln_bias, eps, weight, bias, activation, weight_scale=weight_scale,
+                            row_amax=row_amax)
 
 
 @_ln_linear_op.register_fake
-def _(x, ln_weight, ln_bias, eps, weight, bias, activation, weight_scale):
-    _check(x, ln_weight, ln_bias, weight, bias, activation, runnable=False, weight_scale=weight_scale)
+def _(x, ln_weight, ln_bias, eps, weight, bias, activation, weight_scale, row_amax):
+    _check(x, ln_weight, ln_bias, weight, bias, activation, runnable=False, weight_scale=weight_scale,
+           row_amax=row_amax)
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
 def ln_linear(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps: float, weight: torch.Tensor,
               bias: Optional[torch.Tensor], activation: str = "none",
-              weight_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+              weight_scale: Optional[torch.Tensor] = None, row_amax: Optional[torch.Tensor] = None) -> torch.Tensor:
     """activation(LayerNorm(x) @ weight^T + bias); x (..., K), weight (N, K); activation "none" | "gelu" (exact
     erf) | "gelu_tanh" | "quick_gelu" (x·sigmoid(1.702x), CLIP). LayerNorm statistics in fp32. Returns (..., N) in x.dtype.
-    FP8: weight float8_e4m3fn with weight_scale (N,) fp32; LayerNorm(x) is quantized per token (vit_fast.fp8)."""
-    return _ln_linear_op(x, ln_weight, ln_bias, float(eps), weight, bias, activation, weight_scale)
+    FP8: weight float8_e4m3fn with weight_scale (N,) fp32; LayerNorm(x) is quantized per token (vit_fast.fp8).
+    row_amax (FP8 only): a zeroed fp32 tensor of shape x.shape[:-1] that receives max |output| per row (in place)."""
+    return _ln_linear_op(x, ln_weight, ln_bias, float(eps), weight, bias, activation, weight_scale, row_amax)
 
 
 def aot_variants(exhaustive: bool = False):

@@ -34,12 +34,14 @@ def round_to_e4m3(y):
     rounds it to an integer. Used under the interpreter, whose fp32 -> fp8 cast does not carry a rounded-up
     mantissa into the exponent (124.3 -> 64 instead of 128); on the GPU the hardware cast (cvt.rn.satfinite) is
     exact and this is not compiled."""
-    e = ((y.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
+    bits = y.to(tl.int32, bitcast=True)
+    e = ((bits >> 23) & 0xFF) - 127
     step = (tl.maximum(e - 3, -9) + 127) << 23
     ulp = step.to(tl.float32, bitcast=True)
     inv_ulp = ((127 - tl.maximum(e - 3, -9)) << 23).to(tl.float32, bitcast=True)
     r = ((tl.abs(y) * inv_ulp + 12582912.0) - 12582912.0) * ulp
-    return tl.where(y < 0, -r, r)  # keeps the sign of values that round to zero (-0.0, as the cast gives)
+    # the sign bit of y (also of -0.0 and of values that round to zero, as the cast keeps it)
+    return (r.to(tl.int32, bitcast=True) | (bits & -2147483648)).to(tl.float32, bitcast=True)
 
 
 @triton.autotune(configs=_configs(), key=["M_BUCKET", "K", "HAS_LN"], prune_configs_by={"early_config_prune": _prune})

@@ -32,9 +32,11 @@ def quantize_rows(x: torch.Tensor) -> tuple:
     scale = amax / 448."""
     x = x.float()
     amax = x.abs().amax(dim=-1).clamp_min(AMAX_FLOOR)
-    inv = FP8_MAX / amax
+    # tensor / tensor: torch computes `scalar / tensor` as scalar · (1 / tensor), one rounding more than the kernel
+    fp8_max = torch.full_like(amax, FP8_MAX)
+    inv = fp8_max / amax
     q = (x * inv.unsqueeze(-1)).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
-    return q, amax / FP8_MAX
+    return q, amax / fp8_max
 
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -107,11 +107,15 @@ def measure(name: str, outliers: bool, n_images: int = 256, seed: int = 0, batch
     gen = torch.Generator().manual_seed(seed + 1)
     x = images(n_images, size, gen)
     outs = {"fp32": [], "bf16": [], "fp8": []}
+    embs = {"fp32": [], "fp8": []}
     for chunk in x.split(batch):
-        outs["fp32"].append(model(chunk))
-        outs["bf16"].append(bf16(chunk.bfloat16()).float())
-        outs["fp8"].append(fp8(chunk))
+        for key, m, inp in (("fp32", model, chunk), ("bf16", bf16, chunk.bfloat16()), ("fp8", fp8, chunk)):
+            emb = m.forward_head(m.forward_features(inp), pre_logits=True)
+            outs[key].append(m.head(emb).float())
+            if key in embs:
+                embs[key].append(emb.float())
     fp32, b16, f8 = (torch.cat(outs[k]) for k in ("fp32", "bf16", "fp8"))
+    e32, e8 = torch.cat(embs["fp32"]), torch.cat(embs["fp8"])
     cfg = model.config
     top2 = fp32.topk(2, dim=-1).values
     return {
@@ -121,10 +125,29 @@ def measure(name: str, outliers: bool, n_images: int = 256, seed: int = 0, batch
                    "num_classes": cfg.num_classes},
         "fp32_distinct_top1_classes": int(fp32.argmax(-1).unique().numel()),
         "fp32_median_top1_margin": (top2[:, 0] - top2[:, 1]).median().item(),
-        "fp8_vs_fp32": {"sqnr_db": sqnr_db(f8, fp32), "top1_agree": top1(f8, fp32)},
+        "fp8_vs_fp32": {"sqnr_db": sqnr_db(f8, fp32), "top1_agree": top1(f8, fp32),
+                        "embedding_sqnr_db": sqnr_db(e8, e32),
+                        "embedding_min_cosine": torch.nn.functional.cosine_similarity(e8, e32, dim=-1).min().item()},
         "fp8_vs_bf16": {"sqnr_db": sqnr_db(f8, b16), "top1_agree": top1(f8, b16)},
         "bf16_vs_fp32": {"sqnr_db": sqnr_db(b16, fp32), "top1_agree": top1(b16, fp32)},
     }
+
+
+def markdown_table(result: dict) -> str:
+    """The README's table, from the JSON this module writes."""
+    lines = ["| model (random weights) | 50x outlier channels | FP8 vs fp32: logits SQNR / top-1 | FP8 vs bf16 | "
+             "bf16 vs fp32 (PyTorch's own bf16 error) | pooled embedding: SQNR / min cosine (FP8 vs fp32) |",
+             "|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        a, b, c = r["fp8_vs_fp32"], r["fp8_vs_bf16"], r["bf16_vs_fp32"]
+        cfg = r["config"]
+        desc = (f"{r['model']} (D={cfg['embed_dim']}, {cfg['depth']} layers, {cfg['image_size'][0]}x"
+                f"{cfg['image_size'][1]} px)")
+        lines.append(f"| {desc} | {'yes' if r['outliers'] else 'no'} | {a['sqnr_db']:.1f} dB / "
+                     f"{100 * a['top1_agree']:.1f} % | {b['sqnr_db']:.1f} dB / {100 * b['top1_agree']:.1f} % | "
+                     f"{c['sqnr_db']:.1f} dB / {100 * c['top1_agree']:.1f} % | {a['embedding_sqnr_db']:.1f} dB / "
+                     f"{a['embedding_min_cosine']:.4f} |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -161,6 +184,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
+    print(markdown_table(result))
     print(f"wrote {out}")
     return 0
 

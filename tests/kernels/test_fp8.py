@@ -78,6 +78,31 @@ def test_linear_residual_fp8(device):
     assert_close(out, ref, torch.float32, FP8_TOL)
 
 
+def test_fp8_mlp_quantizes_fc2_input_in_the_gemm(device):
+    """FC1 records max |hidden| per row in its epilogue; FC2 quantizes the bf16 rows in its main loop with it: the
+    same result as quantizing them in a separate pass (the emulation)."""
+    b, n, d, hidden = 2, 23, 64, 96  # 46 rows, ragged; K = 96 is not a multiple of BLOCK_K = 32 * 2
+    x = torch.randn(b, n, d, device=device).bfloat16()
+    x[..., 3] *= 50.0  # an outlier channel in the residual stream
+    g, beta = torch.randn(d, device=device).bfloat16(), torch.randn(d, device=device).bfloat16()
+    w1, s1 = _weights(hidden, d, device)
+    w2, s2 = _weights(d, hidden, device)
+    b1, b2 = torch.randn(hidden, device=device).bfloat16(), torch.randn(d, device=device).bfloat16()
+    from kernels.linear_residual import linear_residual_launch
+    from kernels.ln_linear import ln_linear_launch
+
+    amax = torch.zeros(b, n, device=device)
+    h = ln_linear_launch(x, g, beta, 1e-6, w1, b1, "gelu", weight_scale=s1, row_amax=amax,
+                         out=poison(torch.empty(b, n, hidden, device=device, dtype=torch.bfloat16)))
+    torch.testing.assert_close(amax, h.float().abs().amax(-1), rtol=0, atol=0)  # of the values as stored
+    out = linear_residual_launch(h, w2, b2, x, weight_scale=s2, x_amax=amax,
+                                 out=poison(torch.empty(b, n, d, device=device, dtype=torch.bfloat16)))
+    ref = fp8.emulate_linear(h, w2, s2, b2, residual=x, out_dtype=torch.float32)
+    assert_close(out, ref, torch.bfloat16, FP8_TOL)
+    separate = linear_residual_launch(h, w2, b2, x, weight_scale=s2)  # the quantize-first path: same numbers
+    torch.testing.assert_close(out.float(), separate.float(), rtol=0, atol=0)
+
+
 def test_ln_qkv_fp8_head_major(device):
     b, n, d, heads = 2, 19, 80, 5  # 19 tokens, head dim 16, K = 80
     x = torch.randn(b, n, d, device=device).bfloat16()
@@ -102,6 +127,11 @@ def test_fp8_errors():
         kernels.linear_residual(x, wq, None, torch.randn(4, 16), weight_scale=ws.double())
     with pytest.raises(ValueError, match="weight_scale: expected None for a non-float8 weight"):
         kernels.linear_residual(x, torch.randn(16, 32), None, torch.randn(4, 16), weight_scale=ws)
+    with pytest.raises(ValueError, match=r"x_amax: expected a contiguous float32 tensor of shape \(4,\)"):
+        kernels.linear_residual(x, wq, None, torch.randn(4, 16), weight_scale=ws, x_amax=torch.zeros(5))
+    with pytest.raises(ValueError, match="row_amax: expected None unless weight is float8_e4m3fn"):
+        kernels.ln_linear(x, torch.ones(32), torch.zeros(32), 1e-6, torch.randn(16, 32), None,
+                          row_amax=torch.zeros(4))
 
 
 def test_fp8_needs_sm89_or_the_interpreter(monkeypatch):
