@@ -135,3 +135,14 @@ def test_bench_float8_rows_give_reasons(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     reason = builders.fp8_skip_reason("vit_fast", torch.device("cpu"))
     assert reason.startswith("float8 unavailable") and "compute capability 8.9 or 9.0" in reason
+
+
+def test_readme_fp8_example_runs():
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split("<!-- fp8-example -->")[1].split("<!-- /fp8-example -->")[0]
+    code = block.split("```python")[1].split("```")[0]
+    scope = {}
+    exec(compile(code, "README.md (FP8 example)", "exec"), scope)
+    assert scope["model"].is_fp8 and scope["logits"].shape == (2, 1000) and torch.isfinite(scope["logits"]).all()
