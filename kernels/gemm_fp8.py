@@ -3,9 +3,10 @@
 A_q (M, K) float8 e4m3 with one fp32 scale per row (per token, from quant_fp8.py), W_q (N, K) float8 e4m3 with one
 fp32 scale per output channel (quantized once, vit_fast.fp8). Two switches remove the MLP's quantization pass:
 ROW_AMAX_OUT (FC1) atomically records max |stored output| per row, and QUANT_A (FC2) reads bf16 rows with those
-maxima and quantizes each A tile in registers before the dot, with the arithmetic of quant_fp8.py. The dot runs on FP8 tensor cores (wgmma e4m3 on
-sm_90, mma e4m3 on sm_89) into an fp32 accumulator; the epilogue applies acc · s_row · s_col, then bias, the shared
-activation, residual and the head-major QKV store exactly as the bf16 engine (gemm.py) does.
+maxima and quantizes each A tile in registers before the dot, with the arithmetic of quant_fp8.py.
+The dot runs on FP8 tensor cores (wgmma e4m3 on sm_90, mma e4m3 on sm_89) into an fp32 accumulator; the epilogue
+applies acc · s_row · s_col, then bias, the shared activation, residual and the head-major QKV store exactly as the
+bf16 engine (gemm.py) does.
 
 Hopper accumulates FP8 wgmma in reduced precision unless told otherwise: with PRECISE_ACC the dot is issued with
 max_num_imprecise_acc = BLOCK_K, so Triton adds each BLOCK_K-deep partial sum into a separate fp32 accumulator

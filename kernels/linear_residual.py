@@ -57,13 +57,13 @@ def linear_residual_launch(x, weight, bias, residual, out=None, weight_scale=Non
 
 @torch.library.custom_op("vitfast::linear_residual", mutates_args=())
 def _linear_residual_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                        residual: torch.Tensor, weight_scale: Optional[torch.Tensor],
-                        x_amax: Optional[torch.Tensor]) -> torch.Tensor:
+                        residual: torch.Tensor, weight_scale: Optional[torch.Tensor] = None,
+                        x_amax: Optional[torch.Tensor] = None) -> torch.Tensor:
     return linear_residual_launch(x, weight, bias, residual, weight_scale=weight_scale, x_amax=x_amax)
 
 
 @_linear_residual_op.register_fake
-def _(x, weight, bias, residual, weight_scale, x_amax):
+def _(x, weight, bias, residual, weight_scale=None, x_amax=None):
     _check(x, weight, bias, residual, runnable=False, weight_scale=weight_scale, x_amax=x_amax)
     return x.new_empty(residual.shape)
 

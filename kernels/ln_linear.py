@@ -58,14 +58,14 @@ def ln_linear_launch(x, ln_weight, ln_bias, eps, weight, bias, activation="none"
 
 @torch.library.custom_op("vitfast::ln_linear", mutates_args=("row_amax",))
 def _ln_linear_op(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps: float, weight: torch.Tensor,
-                  bias: Optional[torch.Tensor], activation: str, weight_scale: Optional[torch.Tensor],
-                  row_amax: Optional[torch.Tensor]) -> torch.Tensor:
+                  bias: Optional[torch.Tensor], activation: str, weight_scale: Optional[torch.Tensor] = None,
+                  row_amax: Optional[torch.Tensor] = None) -> torch.Tensor:
     return ln_linear_launch(x, ln_weight, ln_bias, eps, weight, bias, activation, weight_scale=weight_scale,
                             row_amax=row_amax)
 
 
 @_ln_linear_op.register_fake
-def _(x, ln_weight, ln_bias, eps, weight, bias, activation, weight_scale, row_amax):
+def _(x, ln_weight, ln_bias, eps, weight, bias, activation, weight_scale=None, row_amax=None):
     _check(x, ln_weight, ln_bias, weight, bias, activation, runnable=False, weight_scale=weight_scale,
            row_amax=row_amax)
     return x.new_empty((*x.shape[:-1], weight.shape[0]))

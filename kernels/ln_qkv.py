@@ -62,18 +62,20 @@ def ln_qkv_launch(x, ln_weight, ln_bias, eps, weight, bias, num_heads, out=None,
 
 @torch.library.custom_op("vitfast::ln_qkv", mutates_args=())
 def _ln_qkv_op(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps: float, weight: torch.Tensor,
-               bias: Optional[torch.Tensor], num_heads: int, weight_scale: Optional[torch.Tensor]) -> torch.Tensor:
+               bias: Optional[torch.Tensor], num_heads: int,
+               weight_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
     return ln_qkv_launch(x, ln_weight, ln_bias, eps, weight, bias, num_heads, weight_scale=weight_scale)
 
 
 @_ln_qkv_op.register_fake
-def _(x, ln_weight, ln_bias, eps, weight, bias, num_heads, weight_scale):
+def _(x, ln_weight, ln_bias, eps, weight, bias, num_heads, weight_scale=None):
     _check(x, ln_weight, ln_bias, weight, bias, num_heads, runnable=False, weight_scale=weight_scale)
     return x.new_empty(_out_shape(x, num_heads))
 
 
 def ln_qkv(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps: float, weight: torch.Tensor,
-           bias: Optional[torch.Tensor], num_heads: int, weight_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+           bias: Optional[torch.Tensor], num_heads: int,
+           weight_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
     """LayerNorm(x) @ weight^T + bias for x (B, N, D) and the fused qkv weight (3D, D) (timm layout: rows [q; k; v],
     head-major inside each), returned as one contiguous (3, B, H, N, D // H) tensor in x.dtype; bias may be None.
     FP8: weight float8_e4m3fn with weight_scale (3D,) fp32; LayerNorm(x) is quantized per token (vit_fast.fp8)."""

@@ -88,7 +88,8 @@ def quant_rows_fp8_kernel(
 
 
 def launch_quant_rows(x2d: torch.Tensor, ln=None):
-    """x2d (M, K) already checked; ln = (weight, bias, eps) or None. Returns (q (M, K) float8_e4m3fn, scale (M,) fp32)."""
+    """x2d (M, K) already checked; ln = (weight, bias, eps) or None.
+    Returns (q (M, K) float8_e4m3fn, scale (M,) fp32)."""
     m, k = x2d.shape
     q = torch.empty((m, k), device=x2d.device, dtype=FP8_DTYPE)
     scale = torch.empty((m,), device=x2d.device, dtype=torch.float32)
