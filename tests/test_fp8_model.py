@@ -146,3 +146,17 @@ def test_readme_fp8_example_runs():
     scope = {}
     exec(compile(code, "README.md (FP8 example)", "exec"), scope)
     assert scope["model"].is_fp8 and scope["logits"].shape == (2, 1000) and torch.isfinite(scope["logits"]).all()
+
+
+def test_report_compares_float8_with_the_bf16_baselines():
+    from benchmarks import report, schema
+
+    def row(dtype, backend, ips):
+        r = schema.empty_row("vit_l_16", 256, dtype, backend, False)
+        r["images_per_s"] = ips
+        return r
+
+    rows = [row("bfloat16", "compile", 100.0), row("bfloat16", "vit_fast", 120.0), row("float8", "vit_fast", 170.0)]
+    by_key = report.index(rows)
+    assert report.speedup(by_key, rows[2], "compile") == pytest.approx(1.7)
+    assert "float8" in schema.DTYPES
