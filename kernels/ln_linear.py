@@ -2,9 +2,10 @@
 
 The normalized activations exist only in registers (see gemm.py); bias and activation run in the epilogue.
 With a float8_e4m3fn weight (and its per-channel `weight_scale`) the op dispatches to the FP8 engines: the
-quantizing LayerNorm (quant_fp8.py) writes e4m3 rows + per-token scales, then gemm_fp8.py. With `row_amax` (FP8
-only) the epilogue also atomically records max |output| of each row, so the next FP8 GEMM (linear_residual with
-`x_amax`, the MLP's FC2) quantizes these rows per token in its main loop with no pass of its own.
+quantizing LayerNorm (quant_fp8.py) writes e4m3 rows + per-token scales, then gemm_fp8.py. With
+`return_row_amax` (FP8 only) the epilogue also atomically records max |output| of each row, so the next FP8 GEMM
+(linear_residual with `x_amax`, the MLP's FC2) quantizes these rows per token in its main loop, with no pass of its
+own.
 """
 from typing import Optional
 
@@ -56,29 +57,49 @@ def ln_linear_launch(x, ln_weight, ln_bias, eps, weight, bias, activation="none"
     return out
 
 
-@torch.library.custom_op("vitfast::ln_linear", mutates_args=("row_amax",))
+@torch.library.custom_op("vitfast::ln_linear", mutates_args=())
 def _ln_linear_op(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps: float, weight: torch.Tensor,
-                  bias: Optional[torch.Tensor], activation: str, weight_scale: Optional[torch.Tensor] = None,
-                  row_amax: Optional[torch.Tensor] = None) -> torch.Tensor:
-    return ln_linear_launch(x, ln_weight, ln_bias, eps, weight, bias, activation, weight_scale=weight_scale,
-                            row_amax=row_amax)
+                  bias: Optional[torch.Tensor], activation: str,
+                  weight_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    return ln_linear_launch(x, ln_weight, ln_bias, eps, weight, bias, activation, weight_scale=weight_scale)
 
 
 @_ln_linear_op.register_fake
-def _(x, ln_weight, ln_bias, eps, weight, bias, activation, weight_scale=None, row_amax=None):
-    _check(x, ln_weight, ln_bias, weight, bias, activation, runnable=False, weight_scale=weight_scale,
-           row_amax=row_amax)
+def _(x, ln_weight, ln_bias, eps, weight, bias, activation, weight_scale=None):
+    _check(x, ln_weight, ln_bias, weight, bias, activation, runnable=False, weight_scale=weight_scale)
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
+# The FP8 MLP's FC1: also returns max |output| per row (a second output, not a mutated argument, so that
+# torch.compile's functionalization sees a plain op).
+@torch.library.custom_op("vitfast::ln_linear_row_amax", mutates_args=())
+def _ln_linear_amax_op(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps: float,
+                       weight: torch.Tensor, bias: Optional[torch.Tensor], activation: str,
+                       weight_scale: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    amax = torch.zeros(x.shape[:-1], device=x.device, dtype=torch.float32)
+    out = ln_linear_launch(x, ln_weight, ln_bias, eps, weight, bias, activation, weight_scale=weight_scale,
+                           row_amax=amax)
+    return out, amax
+
+
+@_ln_linear_amax_op.register_fake
+def _(x, ln_weight, ln_bias, eps, weight, bias, activation, weight_scale):
+    amax = x.new_empty(x.shape[:-1], dtype=torch.float32)
+    _check(x, ln_weight, ln_bias, weight, bias, activation, runnable=False, weight_scale=weight_scale, row_amax=amax)
+    return x.new_empty((*x.shape[:-1], weight.shape[0])), amax
+
+
 def ln_linear(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps: float, weight: torch.Tensor,
-              bias: Optional[torch.Tensor], activation: str = "none",
-              weight_scale: Optional[torch.Tensor] = None, row_amax: Optional[torch.Tensor] = None) -> torch.Tensor:
+              bias: Optional[torch.Tensor], activation: str = "none", weight_scale: Optional[torch.Tensor] = None,
+              return_row_amax: bool = False):
     """activation(LayerNorm(x) @ weight^T + bias); x (..., K), weight (N, K); activation "none" | "gelu" (exact
-    erf) | "gelu_tanh" | "quick_gelu" (x·sigmoid(1.702x), CLIP). LayerNorm statistics in fp32. Returns (..., N) in x.dtype.
-    FP8: weight float8_e4m3fn with weight_scale (N,) fp32; LayerNorm(x) is quantized per token (vit_fast.fp8).
-    row_amax (FP8 only): a zeroed fp32 tensor of shape x.shape[:-1] that receives max |output| per row (in place)."""
-    return _ln_linear_op(x, ln_weight, ln_bias, float(eps), weight, bias, activation, weight_scale, row_amax)
+    erf) | "gelu_tanh" | "quick_gelu" (x·sigmoid(1.702x), CLIP). LayerNorm statistics in fp32.
+    Returns (..., N) in x.dtype. FP8: weight float8_e4m3fn with weight_scale (N,) fp32; LayerNorm(x) is quantized
+    per token (vit_fast.fp8). return_row_amax=True (FP8 only): returns (out, max |out| per row as fp32 of shape
+    x.shape[:-1]), which linear_residual(..., x_amax=) takes to quantize out inside its GEMM."""
+    if return_row_amax:
+        return _ln_linear_amax_op(x, ln_weight, ln_bias, float(eps), weight, bias, activation, weight_scale)
+    return _ln_linear_op(x, ln_weight, ln_bias, float(eps), weight, bias, activation, weight_scale)
 
 
 def aot_variants(exhaustive: bool = False):

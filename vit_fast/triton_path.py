@@ -46,9 +46,9 @@ def _block(block, tokens: torch.Tensor, eps: float, cls_only: bool) -> torch.Ten
     tokens = kernels.linear_residual(ctx, attn.proj.weight, attn.proj.bias, tokens, weight_scale=_scale(attn.proj))
     # FP8 MLP: FC1's epilogue records max |hidden| per token, so FC2 quantizes its input rows in its own main loop
     fp8_mlp = _scale(mlp.fc1) is not None and _scale(mlp.fc2) is not None
-    amax = torch.zeros(tokens.shape[:-1], device=tokens.device, dtype=torch.float32) if fp8_mlp else None
     hidden = kernels.ln_linear(tokens, block.norm2.weight, block.norm2.bias, eps, mlp.fc1.weight, mlp.fc1.bias,
-                               activation="gelu", weight_scale=_scale(mlp.fc1), row_amax=amax)
+                               activation="gelu", weight_scale=_scale(mlp.fc1), return_row_amax=fp8_mlp)
+    hidden, amax = hidden if fp8_mlp else (hidden, None)
     return kernels.linear_residual(hidden, mlp.fc2.weight, mlp.fc2.bias, tokens, weight_scale=_scale(mlp.fc2),
                                    x_amax=amax)
 

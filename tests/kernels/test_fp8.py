@@ -95,6 +95,8 @@ def test_fp8_mlp_quantizes_fc2_input_in_the_gemm(device):
     h = ln_linear_launch(x, g, beta, 1e-6, w1, b1, "gelu", weight_scale=s1, row_amax=amax,
                          out=poison(torch.empty(b, n, hidden, device=device, dtype=torch.bfloat16)))
     torch.testing.assert_close(amax, h.float().abs().amax(-1), rtol=0, atol=0)  # of the values as stored
+    h_op, amax_op = kernels.ln_linear(x, g, beta, 1e-6, w1, b1, "gelu", weight_scale=s1, return_row_amax=True)
+    assert torch.equal(h_op, h) and torch.equal(amax_op, amax)
     out = linear_residual_launch(h, w2, b2, x, weight_scale=s2, x_amax=amax,
                                  out=poison(torch.empty(b, n, d, device=device, dtype=torch.bfloat16)))
     ref = fp8.emulate_linear(h, w2, s2, b2, residual=x, out_dtype=torch.float32)
@@ -131,7 +133,7 @@ def test_fp8_errors():
         kernels.linear_residual(x, wq, None, torch.randn(4, 16), weight_scale=ws, x_amax=torch.zeros(5))
     with pytest.raises(ValueError, match="row_amax: expected None unless weight is float8_e4m3fn"):
         kernels.ln_linear(x, torch.ones(32), torch.zeros(32), 1e-6, torch.randn(16, 32), None,
-                          row_amax=torch.zeros(4))
+                          return_row_amax=True)
 
 
 def test_fp8_needs_sm89_or_the_interpreter(monkeypatch):
