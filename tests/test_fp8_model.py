@@ -160,3 +160,13 @@ def test_report_compares_float8_with_the_bf16_baselines():
     by_key = report.index(rows)
     assert report.speedup(by_key, rows[2], "compile") == pytest.approx(1.7)
     assert "float8" in schema.DTYPES
+
+
+@pytest.mark.skipif(fp8_unsupported_reason(torch.device(DEVICE)) is not None, reason="needs sm_89+/interpreter")
+def test_compile_fullgraph_fp8_model(device):
+    """The FP8 ops (float8 weights, optional scales, FC1's second output) trace as opaque custom ops."""
+    model = vit_fast.quantize(_tiny(depth=1, img_size=32).to(device), "fp8").set_backend("triton")
+    x = torch.randn(2, 3, 32, 32, device=device)
+    compiled = torch.compile(model, fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
