@@ -68,6 +68,26 @@ def static_skip_reason(backend: str, device: torch.device) -> Optional[str]:
     return None
 
 
+FP8 = torch.float8_e4m3fn
+
+
+def input_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Images and activations of a row: bfloat16 for the float8 rows (only the GEMM weights/operands are FP8)."""
+    return torch.bfloat16 if dtype == FP8 else dtype
+
+
+def fp8_skip_reason(backend: str, device: torch.device) -> Optional[str]:
+    """Why a float8 row cannot run: only vit_fast has FP8 kernels (the other backends of a quantized model would
+    time the torch emulation, a numerics reference), and only on sm_89 / sm_90."""
+    if backend != "vit_fast":
+        return (f"float8 runs on vit_fast only: {backend} has no FP8 kernels (compare with its bfloat16 row; "
+                "vit_fast.fp8's torch emulation is a numerics reference, not a speed path)")
+    from kernels._common import fp8_unsupported_reason
+
+    reason = fp8_unsupported_reason(device)
+    return f"float8 unavailable: {reason}" if reason else None
+
+
 def _allow_recompiles(n: int) -> None:
     """Let dynamo keep a compiled graph per batch size (its default limit is 8 per function)."""
     import torch._dynamo.config as dynamo_config
@@ -91,7 +111,9 @@ class Built:
 def build(backend: str, master: nn.Module, dtype: torch.dtype, device: torch.device, compile_mode: str) -> Built:
     """The callable for one (backend, dtype) from the master's weights; raises with a readable reason."""
     if backend in VIT_FAST_BACKEND:
-        module = copy.deepcopy(master).to(device=device, dtype=dtype).eval()
+        module = copy.deepcopy(master).to(device=device, dtype=input_dtype(dtype)).eval()
+        if dtype == FP8:
+            module.to_fp8()
         module.set_backend(VIT_FAST_BACKEND[backend])
         if backend == "compile":
             graph_trees = device.type == "cuda" and compile_mode in ("max-autotune", "reduce-overhead")

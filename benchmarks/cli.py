@@ -69,7 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--batch-sizes", type=_csv(int), default=None,
                    help=f"default {','.join(map(str, GPU_BATCHES))} on GPU, {','.join(map(str, CPU_BATCHES))} on CPU")
     g.add_argument("--dtypes", type=_csv(str), default=None,
-                   help="bfloat16,float16,float32 (default bfloat16,float16 on GPU, float32 on CPU)")
+                   help="bfloat16,float16,float32,float8 (default bfloat16,float16 on GPU, float32 on CPU; float8: FP8 "
+                        "GEMMs on vit_fast, sm_89/sm_90, beside the other dtypes' rows)")
     g.add_argument("--backends", type=_csv(str), default=None,
                    help=f"compared side by side in one run (default {','.join(schema.BACKENDS)}; on CPU "
                         f"{','.join(CPU_BACKENDS)}: compiling takes minutes there)")
@@ -204,7 +205,8 @@ def run(args) -> int:
     else:  # a CPU's rate differs by dtype (fp16 can be 1000x slower): each row's MFU uses its own dtype's peak
         peaks = {}
         for name in settings.dtypes:
-            peaks[name], how = timing.matmul_peak_tflops(device, runner.DTYPES[name])
+            # float8 rows: their bf16 peak (FP8 needs a Hopper GPU; CPU torch has no fp8 matmul to measure)
+            peaks[name], how = timing.matmul_peak_tflops(device, builders.input_dtype(runner.DTYPES[name]))
             print(f"matmul peak ({name}): {peaks[name] * 1e3:.1f} GFLOP/s ({how})")
         peak = peaks[settings.dtypes[0]]
 

@@ -36,8 +36,13 @@ def index(rows) -> dict:
     return {(r["model"], r["dtype"], r["batch"], r["backend"]): r for r in rows}
 
 
+# float8 rows (vit_fast only) are compared with the baselines' bfloat16 rows: the same activations and outputs
+BASELINE_DTYPE = {"float8": "bfloat16"}
+
+
 def speedup(rows_by_key: dict, row: dict, baseline: str):
-    base = rows_by_key.get((row["model"], row["dtype"], row["batch"], baseline))
+    dtype = BASELINE_DTYPE.get(row["dtype"], row["dtype"])
+    base = rows_by_key.get((row["model"], dtype, row["batch"], baseline))
     if base is None or not ok(base) or not ok(row) or not base["images_per_s"]:
         return None
     return row["images_per_s"] / base["images_per_s"]
@@ -111,7 +116,8 @@ def markdown(results: dict) -> str:
         "  top-1 = argmax agreement with that reference.",
         "- Peak mem: torch.cuda.max_memory_allocated over the timed calls (weights, inputs, activations, CUDA-graph",
         "  pools; not compilation or autotuning scratch). MFU: TFLOP/s over the matmul peak above, for every dtype.",
-        "- Speedup columns: this row's images/s over the eager / sdpa / compile row of the same model, dtype, batch.",
+        "- Speedup columns: this row's images/s over the eager / sdpa / compile row of the same model, dtype, batch "
+        "(float8 rows: over the bfloat16 rows).",
         "",
     ]
     for model, mrows in group_by_model(rows).items():

@@ -21,7 +21,8 @@ import torch
 from . import builders, flops, schema
 from .timing import percentile, sync, time_calls
 
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
+          "float8": torch.float8_e4m3fn}  # float8: FP8 GEMM weights (vit_fast.quantize), bfloat16 activations
 REF_CHUNK = 32  # images per fp32 reference forward
 INPUT_ROTATION_BYTES = 64 << 20  # aim for at least this much input data in rotation (2 to 8 buffers)
 FIRST_PHASE_SHARE = 0.6  # with a time budget, the non-compile rows may use this share of it
@@ -277,6 +278,10 @@ def _run_model(name, phase_backends, static, settings, peak_tflops, refs, record
             if static[backend]:
                 fail_all([backend], [dtype_name], static[backend])
                 continue
+            fp8_reason = builders.fp8_skip_reason(backend, device) if dtype == builders.FP8 else None
+            if fp8_reason:
+                fail_all([backend], [dtype_name], fp8_reason)
+                continue
             if not budget_left():
                 fail_all([backend], [dtype_name], _budget_msg(settings))
                 continue
@@ -305,7 +310,8 @@ def _run_model(name, phase_backends, static, settings, peak_tflops, refs, record
                     if isinstance(ref, str):
                         raise RuntimeError(ref)
                     peak = peak_tflops[dtype_name] if isinstance(peak_tflops, dict) else peak_tflops
-                    metrics = measure(built, batch, dtype, ref, model_flops, peak, graphs, settings)
+                    metrics = measure(built, batch, builders.input_dtype(dtype), ref, model_flops, peak, graphs,
+                                      settings)
                     record(name, batch, dtype_name, backend, metrics=metrics, graphs=graphs)
                 except (Interrupted, KeyboardInterrupt):
                     raise

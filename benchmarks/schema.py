@@ -13,7 +13,7 @@ METRIC_KEYS = ("images_per_s", "latency_ms_p50", "latency_ms_p90", "tflops", "mf
 OPTIONAL_METRICS = ("peak_mem_gb", "mfu")
 
 BACKENDS = ("eager", "sdpa", "compile", "vit_fast", "timm", "hf")
-DTYPES = ("bfloat16", "float16", "float32")
+DTYPES = ("bfloat16", "float16", "float32", "float8")
 
 
 def empty_row(model: str, batch: int, dtype: str, backend: str, cuda_graphs: bool, error: str | None = None) -> dict:

@@ -289,3 +289,59 @@ def gemm_vit_launches(op: str, row, elem: int, even_k=None, when=None):
             out.append(gemm_launch(name, m, n, k, other, row, elem))
         return out
     return launches
+
+
+# ---- FP8 (e4m3) GEMM operands ----------------------------------------------------------------------------------------
+FP8_DTYPE = torch.float8_e4m3fn
+FP8_MAX = 448.0  # largest finite e4m3fn value
+TL_SIG[FP8_DTYPE] = "fp8e4nv"
+
+
+def fp8_unsupported_reason(device: torch.device):
+    """None when FP8 GEMMs can run on `device` (sm_89/sm_90 and newer, or the CPU interpreter), else why not.
+    Looks at the GPU only when called (never at import)."""
+    if device.type == "cpu" and is_interpreting():
+        return None
+    if device.type != "cuda":
+        return (f"FP8 GEMMs need an NVIDIA GPU with compute capability 8.9 or 9.0 (Ada, Hopper) and the tensors are on "
+                f"{device}; set TRITON_INTERPRET=1 to run the kernels in Triton's CPU interpreter, or run the "
+                "quantized model with backend 'torch'/'sdpa' (an exact CPU emulation)")
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) < (8, 9):
+        name = torch.cuda.get_device_name(device)
+        return (f"FP8 GEMMs need compute capability 8.9 or 9.0 (Ada, Hopper); {device} ({name}) is sm_{major}{minor}, "
+                "which has no FP8 tensor cores: use dtype bfloat16 there")
+    return None
+
+
+def check_linear_fp8(op: str, x: torch.Tensor, weight: torch.Tensor, weight_scale, bias) -> tuple:
+    """x (..., K) float activations, weight (N, K) float8_e4m3fn with weight_scale (N,) fp32 (per output channel),
+    bias (N,) in x.dtype or None; returns (K, N)."""
+    check_dtype(op, "x", x, FLOAT_DTYPES)
+    check(x.dim() >= 2, f"{op}: x.dim()", ">= 2 (..., K)", tuple(x.shape))
+    k = x.shape[-1]
+    check(k > 0, f"{op}: x.shape[-1]", "> 0", k)
+    check(weight.dim() == 2 and weight.shape[1] == k, f"{op}: weight.shape", f"(N, {k})", tuple(weight.shape))
+    check(weight.dtype == FP8_DTYPE, f"{op}: weight.dtype", str(FP8_DTYPE), weight.dtype)
+    check(weight.stride(1) == 1, f"{op}: weight.stride()", "(K, 1) (rows contiguous)", weight.stride())
+    n = weight.shape[0]
+    check(weight_scale is not None, f"{op}: weight_scale", "a (N,) float32 tensor for a float8 weight", None)
+    check(tuple(weight_scale.shape) == (n,) and weight_scale.dtype == torch.float32 and weight_scale.is_contiguous(),
+          f"{op}: weight_scale", f"a contiguous ({n},) torch.float32 tensor",
+          f"{tuple(weight_scale.shape)} {weight_scale.dtype}")
+    if bias is not None:
+        check_vector(op, "bias", bias, n, x.dtype)
+    return k, n
+
+
+def check_fp8_device(op: str, device: torch.device) -> None:
+    reason = fp8_unsupported_reason(device)
+    if reason is not None:
+        raise RuntimeError(f"{op}: {reason}")
+
+
+def check_row_stats(op: str, name: str, t: torch.Tensor, x: torch.Tensor) -> None:
+    """A per-row fp32 statistic of x (..., K): contiguous, shape x.shape[:-1]."""
+    rows = tuple(x.shape[:-1])
+    check(tuple(t.shape) == rows and t.dtype == torch.float32 and t.is_contiguous(), f"{op}: {name}",
+          f"a contiguous float32 tensor of shape {rows} (one value per row of x)", f"{tuple(t.shape)} {t.dtype}")

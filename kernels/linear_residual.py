@@ -1,32 +1,57 @@
 """Linear with the residual add fused into the epilogue: the attention out-projection and the MLP's fc2
 (x_next = residual + x @ W^T + b) without a separate elementwise pass. This module checks the inputs and picks the GEMM
-engine: the persistent TMA engine (gemm_tma.py) on sm_90, the pointer engine (gemm.py) elsewhere."""
+engine: the persistent TMA engine (gemm_tma.py) on sm_90, the pointer engine (gemm.py) elsewhere. A float8_e4m3fn weight (with its per-channel
+`weight_scale`) dispatches to the FP8 engines: given `x_amax` (the rows' absolute maxima, recorded by the producing
+FP8 GEMM: ln_linear's `row_amax`) the GEMM quantizes x per token in its main loop; without it x is quantized in a
+pass of its own first (quant_fp8.py; the attention output, whose kernel records no row maxima)."""
 from typing import Optional
 
 import torch
 
-from ._common import check, check_device, check_linear, check_out, rows_view
+from ._common import (FP8_DTYPE, check, check_device, check_fp8_device, check_linear, check_linear_fp8, check_out,
+                      check_row_stats, rows_view)
 from .gemm import gemm_aot_variants, launch_fused_gemm
+from .gemm_fp8 import launch_fp8_gemm
 from .gemm_tma import launch_tma_gemm, select_engine, tma_aot_variants
+from .quant_fp8 import launch_quant_rows
 
 OP = "linear_residual"
 
 
-def _check(x, weight, bias, residual, runnable=True):
-    _, n = check_linear(OP, x, weight, bias)
+def _check(x, weight, bias, residual, runnable=True, weight_scale=None, x_amax=None):
+    if x_amax is not None:
+        check(weight.dtype == FP8_DTYPE, f"{OP}: x_amax", "None unless weight is float8_e4m3fn", "a tensor")
+        check_row_stats(OP, "x_amax", x_amax, x)
+        check(x.stride(-1) == 1, f"{OP}: x.stride(-1)", "1 with x_amax (rows quantized in the GEMM)", x.stride(-1))
+    if weight.dtype == FP8_DTYPE:
+        _, n = check_linear_fp8(OP, x, weight, weight_scale, bias)
+        if runnable:
+            check_fp8_device(OP, x.device)
+    else:
+        _, n = check_linear(OP, x, weight, bias)
+        check(weight_scale is None, f"{OP}: weight_scale", "None for a non-float8 weight", "a tensor")
     expected = (*x.shape[:-1], n)
     check(tuple(residual.shape) == expected, f"{OP}: residual.shape", expected, tuple(residual.shape))
     check(residual.dtype == x.dtype, f"{OP}: residual.dtype", f"{x.dtype} (x.dtype)", residual.dtype)
     check_device(OP, dict(x=x, weight=weight, bias=bias, residual=residual), runnable)
 
 
-def linear_residual_launch(x, weight, bias, residual, out=None):
+def linear_residual_launch(x, weight, bias, residual, out=None, weight_scale=None, x_amax=None):
     """Plain launcher; `out` (optional, residual's shape, x.dtype) lets tests hand in a poisoned buffer."""
-    _check(x, weight, bias, residual)
+    _check(x, weight, bias, residual, weight_scale=weight_scale, x_amax=x_amax)
     if out is None:
         out = x.new_empty(residual.shape)
     out2d = check_out(OP, out, residual.shape, x.dtype)
     if out.numel() == 0:
+        return out
+    if weight.dtype == FP8_DTYPE:
+        res2d = rows_view(OP, "residual", residual)
+        if x_amax is not None:
+            launch_fp8_gemm(rows_view(OP, "x", x), None, weight, weight_scale, bias, out2d, residual=res2d,
+                            a_amax=x_amax.reshape(-1))
+        else:
+            a_q, a_scale = launch_quant_rows(rows_view(OP, "x", x))
+            launch_fp8_gemm(a_q, a_scale, weight, weight_scale, bias, out2d, residual=res2d)
         return out
     x2d, res2d = rows_view(OP, "x", x), rows_view(OP, "residual", residual)
     launch = launch_tma_gemm if select_engine(x2d, weight, out2d, res2d) == "tma" else launch_fused_gemm
@@ -36,24 +61,29 @@ def linear_residual_launch(x, weight, bias, residual, out=None):
 
 @torch.library.custom_op("vitfast::linear_residual", mutates_args=())
 def _linear_residual_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                        residual: torch.Tensor) -> torch.Tensor:
-    return linear_residual_launch(x, weight, bias, residual)
+                        residual: torch.Tensor, weight_scale: Optional[torch.Tensor] = None,
+                        x_amax: Optional[torch.Tensor] = None) -> torch.Tensor:
+    return linear_residual_launch(x, weight, bias, residual, weight_scale=weight_scale, x_amax=x_amax)
 
 
 @_linear_residual_op.register_fake
-def _(x, weight, bias, residual):
-    _check(x, weight, bias, residual, runnable=False)
+def _(x, weight, bias, residual, weight_scale=None, x_amax=None):
+    _check(x, weight, bias, residual, runnable=False, weight_scale=weight_scale, x_amax=x_amax)
     return x.new_empty(residual.shape)
 
 
 def linear_residual(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                    residual: torch.Tensor) -> torch.Tensor:
+                    residual: torch.Tensor, weight_scale: Optional[torch.Tensor] = None,
+                    x_amax: Optional[torch.Tensor] = None) -> torch.Tensor:
     """residual + x @ weight^T + bias; x (..., K), weight (N, K), residual (..., N); bias may be None.
-    Returns a new tensor shaped like residual, in x.dtype."""
-    return _linear_residual_op(x, weight, bias, residual)
+    Returns a new tensor shaped like residual, in x.dtype. FP8: weight float8_e4m3fn with weight_scale (N,) fp32;
+    x is quantized per token (vit_fast.fp8). x_amax (FP8 only): max |x| per row, shape x.shape[:-1], fp32 (as
+    ln_linear's row_amax records it): the GEMM then quantizes x itself, with no separate pass."""
+    return _linear_residual_op(x, weight, bias, residual, weight_scale, x_amax)
 
 
 def aot_variants(exhaustive: bool = False):
-    """Both engines with this op's switches: residual, bias or not."""
+    """Both bf16/fp16/fp32 engines with this op's switches: residual, bias or not (the FP8 engine lists its own
+    variants in gemm_fp8.py)."""
     args = dict(row_stats=False, activations=(0,), has_bias=(True, False), has_residual=True, exhaustive=exhaustive)
     return gemm_aot_variants(**args) + tma_aot_variants(**args)

@@ -1,25 +1,48 @@
 """LayerNorm -> Linear (-> GELU) in one GEMM: the pre-norm MLP's fc1, or any norm followed by a dense layer.
 
 The norm is folded (ln_fold.py): the op takes the folded weight, a per-row statistics pass runs first, and the GEMM
-applies rstd · (acc − mean · colsum) + bias and the activation in its epilogue. This module checks the inputs and
-picks the GEMM engine: the persistent TMA engine (gemm_tma.py) on sm_90, the pointer engine (gemm.py) elsewhere.
+applies rstd · (acc − mean · colsum) + bias and the activation in its epilogue. A float8_e4m3fn weight (with its
+per-channel `weight_scale`) goes to the FP8 engines instead: the quantizing LayerNorm (quant_fp8.py) writes e4m3
+rows + per-token scales, then gemm_fp8.py; with `return_row_amax` its epilogue also records max |output| of each
+row, so the next FP8 GEMM (linear_residual with `x_amax`, the MLP's FC2) quantizes these rows per token in its main
+loop, with no pass of its own. This module checks the inputs and picks the engine: the persistent TMA engine
+(gemm_tma.py) on sm_90, the pointer engine (gemm.py) elsewhere, the FP8 pair for float8 weights.
 """
 from typing import Optional
 
 import torch
 
-from ._common import ACTIVATIONS, check, check_device, check_linear, check_out, check_vector, rows_view
+from ._common import (ACTIVATIONS, FP8_DTYPE, check, check_device, check_fp8_device, check_linear, check_linear_fp8,
+                      check_out, check_row_stats, check_vector, rows_view)
 from .gemm import gemm_aot_variants, launch_fused_gemm
+from .gemm_fp8 import launch_fp8_gemm
 from .gemm_tma import launch_tma_gemm, select_engine, tma_aot_variants
 from .ln_fold import FoldedLinear, check_folded, fold_layer_norm, launch_row_stats
+from .quant_fp8 import launch_quant_rows
 
 OP = "ln_linear"
 
 
+def _check_activation(activation):
+    check(activation in ACTIVATIONS, f"{OP}: activation", " | ".join(ACTIVATIONS), repr(activation))
+
+
 def _check(x, weight, colsum, bias, activation, runnable=True):
     check_folded(OP, x, weight, colsum, bias)
-    check(activation in ACTIVATIONS, f"{OP}: activation", " | ".join(ACTIVATIONS), repr(activation))
+    _check_activation(activation)
     check_device(OP, dict(x=x, weight=weight, colsum=colsum, bias=bias), runnable)
+
+
+def _check_fp8(x, ln_weight, ln_bias, weight, weight_scale, bias, activation, runnable=True, row_amax=None):
+    k, _ = check_linear_fp8(OP, x, weight, weight_scale, bias)
+    if runnable:
+        check_fp8_device(OP, x.device)
+    if row_amax is not None:
+        check_row_stats(OP, "row_amax", row_amax, x)
+    check_vector(OP, "ln_weight", ln_weight, k, x.dtype)
+    check_vector(OP, "ln_bias", ln_bias, k, x.dtype)
+    _check_activation(activation)
+    check_device(OP, dict(x=x, ln_weight=ln_weight, ln_bias=ln_bias, weight=weight, bias=bias), runnable)
 
 
 def ln_linear_launch(x, eps, weight, colsum, bias, activation="none", out=None):
@@ -39,6 +62,23 @@ def ln_linear_launch(x, eps, weight, colsum, bias, activation="none", out=None):
     return out
 
 
+def ln_linear_fp8_launch(x, ln_weight, ln_bias, eps, weight, weight_scale, bias, activation="none", out=None,
+                         row_amax=None):
+    """Plain FP8 launcher: weight (N, K) float8_e4m3fn, weight_scale (N,) fp32; `row_amax` (optional, zeros of
+    shape x.shape[:-1], fp32) receives max |output| per row; `out` lets tests hand in a poisoned buffer."""
+    _check_fp8(x, ln_weight, ln_bias, weight, weight_scale, bias, activation, row_amax=row_amax)
+    shape = (*x.shape[:-1], weight.shape[0])
+    if out is None:
+        out = x.new_empty(shape)
+    out2d = check_out(OP, out, shape, x.dtype)
+    if out.numel() == 0:
+        return out
+    a_q, a_scale = launch_quant_rows(rows_view(OP, "x", x), ln=(ln_weight, ln_bias, eps))
+    launch_fp8_gemm(a_q, a_scale, weight, weight_scale, bias, out2d, activation=ACTIVATIONS[activation],
+                    amax_out=row_amax.view(-1) if row_amax is not None else None)
+    return out
+
+
 @torch.library.custom_op("vitfast::ln_linear", mutates_args=())
 def _ln_linear_op(x: torch.Tensor, eps: float, weight: torch.Tensor, colsum: torch.Tensor, bias: torch.Tensor,
                   activation: str) -> torch.Tensor:
@@ -51,6 +91,36 @@ def _(x, eps, weight, colsum, bias, activation):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
+@torch.library.custom_op("vitfast::ln_linear_fp8", mutates_args=())
+def _ln_linear_fp8_op(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps: float,
+                      weight: torch.Tensor, weight_scale: torch.Tensor, bias: Optional[torch.Tensor],
+                      activation: str) -> torch.Tensor:
+    return ln_linear_fp8_launch(x, ln_weight, ln_bias, eps, weight, weight_scale, bias, activation)
+
+
+@_ln_linear_fp8_op.register_fake
+def _(x, ln_weight, ln_bias, eps, weight, weight_scale, bias, activation):
+    _check_fp8(x, ln_weight, ln_bias, weight, weight_scale, bias, activation, runnable=False)
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+# The FP8 MLP's FC1: also returns max |output| per row (a second output, not a mutated argument, so that
+# torch.compile's functionalization sees a plain op).
+@torch.library.custom_op("vitfast::ln_linear_fp8_row_amax", mutates_args=())
+def _ln_linear_fp8_amax_op(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps: float,
+                           weight: torch.Tensor, weight_scale: torch.Tensor, bias: Optional[torch.Tensor],
+                           activation: str) -> tuple[torch.Tensor, torch.Tensor]:
+    amax = torch.zeros(x.shape[:-1], device=x.device, dtype=torch.float32)
+    out = ln_linear_fp8_launch(x, ln_weight, ln_bias, eps, weight, weight_scale, bias, activation, row_amax=amax)
+    return out, amax
+
+
+@_ln_linear_fp8_amax_op.register_fake
+def _(x, ln_weight, ln_bias, eps, weight, weight_scale, bias, activation):
+    _check_fp8(x, ln_weight, ln_bias, weight, weight_scale, bias, activation, runnable=False)
+    return x.new_empty((*x.shape[:-1], weight.shape[0])), x.new_empty(x.shape[:-1], dtype=torch.float32)
+
+
 def ln_linear_folded(x: torch.Tensor, eps: float, folded: FoldedLinear, activation: str = "none") -> torch.Tensor:
     """activation(LayerNorm(x) @ W^T + b) from `fold_layer_norm(γ, β, W, b)` (cache it: it is per weight, not per
     call); x (..., K). Returns (..., N) in x.dtype."""
@@ -58,11 +128,19 @@ def ln_linear_folded(x: torch.Tensor, eps: float, folded: FoldedLinear, activati
 
 
 def ln_linear(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps: float, weight: torch.Tensor,
-              bias: Optional[torch.Tensor], activation: str = "none") -> torch.Tensor:
+              bias: Optional[torch.Tensor], activation: str = "none", weight_scale: Optional[torch.Tensor] = None,
+              return_row_amax: bool = False):
     """activation(LayerNorm(x) @ weight^T + bias); x (..., K), weight (N, K); activation "none" | "gelu" (exact
     erf) | "gelu_tanh" | "quick_gelu" (x·sigmoid(1.702x), CLIP). LayerNorm statistics in fp32. Returns (..., N) in
     x.dtype. Folds the norm into the weight on every call: repeated callers cache fold_layer_norm and use
-    ln_linear_folded."""
+    ln_linear_folded. FP8: weight float8_e4m3fn with weight_scale (N,) fp32; LayerNorm(x) is quantized per token;
+    return_row_amax=True (FP8 only) returns (out, max |out| per row as fp32 of shape x.shape[:-1]), which
+    linear_residual(..., x_amax=) takes to quantize out inside its GEMM."""
+    if weight.dtype == FP8_DTYPE:
+        op = _ln_linear_fp8_amax_op if return_row_amax else _ln_linear_fp8_op
+        return op(x, ln_weight, ln_bias, float(eps), weight, weight_scale, bias, activation)
+    check(not return_row_amax, f"{OP}: return_row_amax", "False unless weight is float8_e4m3fn", True)
+    check(weight_scale is None, f"{OP}: weight_scale", "None for a non-float8 weight", "a tensor")
     k, _ = check_linear(OP, x, weight, bias)
     check_vector(OP, "ln_weight", ln_weight, k, x.dtype)
     check_vector(OP, "ln_bias", ln_bias, k, x.dtype)
@@ -70,7 +148,8 @@ def ln_linear(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, e
 
 
 def aot_variants(exhaustive: bool = False):
-    """Both engines with this op's switches: folded LN, every activation, bias always (folding makes one)."""
+    """Both bf16/fp16/fp32 engines with this op's switches: folded LN, every activation, bias always (folding makes
+    one). The FP8 engine lists its own variants in gemm_fp8.py."""
     args = dict(row_stats=True, activations=tuple(ACTIVATIONS.values()), has_bias=(True,), has_residual=False,
                 exhaustive=exhaustive)
     return gemm_aot_variants(**args) + tma_aot_variants(**args)

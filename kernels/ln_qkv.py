@@ -2,17 +2,22 @@
 
 The GEMM writes plain (B·N, 3·D) rows, i.e. a contiguous (B, N, 3, H, d) buffer (a TMA-friendly store); the op
 returns it as the (3, B, H, N, d) view, so q, k, v = out[0], out[1], out[2] are strided (B, H, N, d) tensors with a
-contiguous last dim, which `kernels.attention` reads without a copy. The norm is folded (ln_fold.py); this module
-checks the inputs and picks the GEMM engine (gemm_tma.py on sm_90, gemm.py elsewhere).
+contiguous last dim, which `kernels.attention` reads without a copy. The norm is folded (ln_fold.py). A
+float8_e4m3fn weight (with its per-channel `weight_scale`) goes to the FP8 engines instead: the quantizing LayerNorm
+(quant_fp8.py) writes e4m3 rows and per-token scales, then gemm_fp8.py stores q, k, v head-major. This module checks
+the inputs and picks the engine (gemm_tma.py on sm_90, gemm.py elsewhere, the FP8 pair for float8 weights).
 """
 from typing import Optional
 
 import torch
 
-from ._common import check, check_device, check_dtype, check_vector, FLOAT_DTYPES, rows_view
+from ._common import (FLOAT_DTYPES, FP8_DTYPE, check, check_device, check_dtype, check_fp8_device, check_linear_fp8,
+                      check_out, check_vector, rows_view)
 from .gemm import gemm_aot_variants, launch_fused_gemm
+from .gemm_fp8 import launch_fp8_gemm
 from .gemm_tma import launch_tma_gemm, select_engine, tma_aot_variants
 from .ln_fold import FoldedLinear, check_folded, fold_layer_norm, launch_row_stats
+from .quant_fp8 import launch_quant_rows
 
 OP = "ln_qkv"
 
@@ -34,10 +39,32 @@ def _check(x, weight, colsum, bias, num_heads, runnable=True):
     check_device(OP, dict(x=x, weight=weight, colsum=colsum, bias=bias), runnable)
 
 
+def _check_ln(x, ln_weight, ln_bias, bias):
+    d = x.shape[-1]
+    check_vector(OP, "ln_weight", ln_weight, d, x.dtype)
+    check_vector(OP, "ln_bias", ln_bias, d, x.dtype)
+    if bias is not None:
+        check_vector(OP, "bias", bias, 3 * d, x.dtype)
+
+
+def _check_fp8(x, ln_weight, ln_bias, weight, weight_scale, bias, num_heads, runnable=True):
+    _check_x(x, weight, num_heads)
+    check_linear_fp8(OP, x, weight, weight_scale, bias)
+    if runnable:
+        check_fp8_device(OP, x.device)
+    _check_ln(x, ln_weight, ln_bias, None)
+    check_device(OP, dict(x=x, ln_weight=ln_weight, ln_bias=ln_bias, weight=weight, bias=bias), runnable)
+
+
 def _new_out(x, num_heads):
     """(3, B, H, N, d) view of a new contiguous (B, N, 3, H, d) buffer."""
     b, n, d = x.shape
     return x.new_empty(b, n, 3, num_heads, d // num_heads).permute(2, 0, 3, 1, 4)
+
+
+def _head_major_shape(x, num_heads):
+    b, n, d = x.shape
+    return (3, b, num_heads, n, d // num_heads)
 
 
 def ln_qkv_launch(x, eps, weight, colsum, bias, num_heads, out=None):
@@ -47,7 +74,7 @@ def ln_qkv_launch(x, eps, weight, colsum, bias, num_heads, out=None):
     b, n, d = x.shape
     if out is None:
         out = _new_out(x, num_heads)
-    shape = (3, b, num_heads, n, d // num_heads)
+    shape = _head_major_shape(x, num_heads)
     rows = out.permute(1, 3, 0, 2, 4) if out.dim() == 5 else out
     check(tuple(out.shape) == shape and out.dtype == x.dtype and rows.is_contiguous(), f"{OP}: out",
           f"a {shape} {x.dtype} view of a contiguous (B, N, 3, H, d) buffer",
@@ -59,6 +86,21 @@ def ln_qkv_launch(x, eps, weight, colsum, bias, num_heads, out=None):
     stats = launch_row_stats(x2d, eps)
     launch = launch_tma_gemm if select_engine(x2d, weight, out2d) == "tma" else launch_fused_gemm
     launch(x2d, weight, bias, out2d, stats=stats, colsum=colsum)
+    return out
+
+
+def ln_qkv_fp8_launch(x, ln_weight, ln_bias, eps, weight, weight_scale, bias, num_heads, out=None):
+    """Plain FP8 launcher: weight (3D, D) float8_e4m3fn, weight_scale (3D,) fp32; `out` (optional, contiguous
+    (3, B, H, N, d), x.dtype) lets tests hand in a poisoned buffer."""
+    _check_fp8(x, ln_weight, ln_bias, weight, weight_scale, bias, num_heads)
+    shape = _head_major_shape(x, num_heads)
+    if out is None:
+        out = x.new_empty(shape)
+    check_out(OP, out, shape, x.dtype, rows=False)
+    if out.numel() == 0:
+        return out
+    a_q, a_scale = launch_quant_rows(rows_view(OP, "x", x), ln=(ln_weight, ln_bias, eps))
+    launch_fp8_gemm(a_q, a_scale, weight, weight_scale, bias, out, qkv=(x.shape[1], shape[-1]))
     return out
 
 
@@ -74,28 +116,43 @@ def _(x, eps, weight, colsum, bias, num_heads):
     return _new_out(x, num_heads)
 
 
+@torch.library.custom_op("vitfast::ln_qkv_fp8", mutates_args=())
+def _ln_qkv_fp8_op(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps: float,
+                   weight: torch.Tensor, weight_scale: torch.Tensor, bias: Optional[torch.Tensor],
+                   num_heads: int) -> torch.Tensor:
+    return ln_qkv_fp8_launch(x, ln_weight, ln_bias, eps, weight, weight_scale, bias, num_heads)
+
+
+@_ln_qkv_fp8_op.register_fake
+def _(x, ln_weight, ln_bias, eps, weight, weight_scale, bias, num_heads):
+    _check_fp8(x, ln_weight, ln_bias, weight, weight_scale, bias, num_heads, runnable=False)
+    return x.new_empty(_head_major_shape(x, num_heads))
+
+
 def ln_qkv_folded(x: torch.Tensor, eps: float, folded: FoldedLinear, num_heads: int) -> torch.Tensor:
     """ln_qkv from `fold_layer_norm(γ, β, W_qkv, b_qkv)` (cache it per weight)."""
     return _ln_qkv_op(x, float(eps), folded.weight, folded.colsum, folded.bias, int(num_heads))
 
 
 def ln_qkv(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps: float, weight: torch.Tensor,
-           bias: Optional[torch.Tensor], num_heads: int) -> torch.Tensor:
+           bias: Optional[torch.Tensor], num_heads: int,
+           weight_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
     """LayerNorm(x) @ weight^T + bias for x (B, N, D) and the fused qkv weight (3D, D) (timm layout: rows [q; k; v],
-    head-major inside each), returned as a (3, B, H, N, D // H) view (last dim contiguous) of one new (B, N, 3, H, d)
-    buffer in x.dtype; bias may be None. Folds the norm on every call: repeated callers use ln_qkv_folded."""
+    head-major inside each), returned as a (3, B, H, N, D // H) tensor in x.dtype (last dim contiguous; a view of
+    one new (B, N, 3, H, d) buffer); bias may be None. Folds the norm on every call: repeated callers use
+    ln_qkv_folded. FP8: weight float8_e4m3fn with weight_scale (3D,) fp32; LayerNorm(x) is quantized per token."""
     _check_x(x, weight, num_heads)
-    d = x.shape[-1]
+    if weight.dtype == FP8_DTYPE:
+        return _ln_qkv_fp8_op(x, ln_weight, ln_bias, float(eps), weight, weight_scale, bias, int(num_heads))
     check(weight.dtype == x.dtype, f"{OP}: weight.dtype", f"{x.dtype} (x.dtype)", weight.dtype)
-    check_vector(OP, "ln_weight", ln_weight, d, x.dtype)
-    check_vector(OP, "ln_bias", ln_bias, d, x.dtype)
-    if bias is not None:
-        check_vector(OP, "bias", bias, 3 * d, x.dtype)
+    check(weight_scale is None, f"{OP}: weight_scale", "None for a non-float8 weight", "a tensor")
+    _check_ln(x, ln_weight, ln_bias, bias)
     return ln_qkv_folded(x, eps, fold_layer_norm(ln_weight, ln_bias, weight, bias), num_heads)
 
 
 def aot_variants(exhaustive: bool = False):
-    """Both engines with this op's switches: folded LN and bias, no activation."""
+    """Both bf16/fp16/fp32 engines with this op's switches: folded LN and bias, no activation (the FP8 engine
+    lists its own variants in gemm_fp8.py)."""
     args = dict(row_stats=True, activations=(0,), has_bias=(True,), has_residual=False, exhaustive=exhaustive,
                 op="ln_qkv")
     return gemm_aot_variants(**args) + tma_aot_variants(**args)

@@ -20,3 +20,12 @@ def assert_close(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, table
 def poison(t: torch.Tensor) -> torch.Tensor:
     """Fill an output buffer with NaN so any element a kernel fails to write makes the comparison fail."""
     return t.fill_(float("nan"))
+
+# FP8 kernels against their torch emulation (vit_fast.fp8: same float8 casts and scales, fp32 matmul). Identical
+# quantized inputs leave only the fp32 summation order (~1e-6); the LayerNorm-quantizing engines may round an
+# element one e4m3 step the other way when the fp32 LN differs in its last bit (4 % of that element, times its
+# weight), hence the absolute slack; bf16 outputs add the interpreter's truncating cast.
+FP8_TOL = {
+    torch.float32: (2e-2, 1e-2),
+    torch.bfloat16: (6e-2, 6e-2),
+}

@@ -5,9 +5,11 @@
     model = vit_fast.from_timm(timm_model)               # or from_hf(hf_model_or_dir), load(path)
     logits = model(images)                               # float (B,3,H,W) normalized, or uint8 pixels
     model.set_backend("triton")                          # "torch" | "sdpa" | "triton" | "auto"
+    model.to_fp8()                                       # or vit_fast.quantize(model, "fp8"): FP8 GEMMs (sm_89/90)
 """
 from .backends import BACKENDS, available_backends
 from .config import PRESETS, ViTConfig, get_config, list_models
+from .fp8 import quantize
 from .loading import from_hf, from_timm, load, save
 from .model import VisionTransformer
 
@@ -40,5 +42,6 @@ __all__ = [
     "get_config",
     "list_models",
     "load",
+    "quantize",
     "save",
 ]

@@ -46,7 +46,7 @@ def _predictor(args):
               file=sys.stderr)
     else:
         model = load(args.checkpoint, backend=args.backend, **overrides)
-    predictor = Predictor(model, device=args.device)
+    predictor = Predictor(model, device=args.device, dtype=getattr(args, "dtype", None))
     predictor.random_weights = args.checkpoint is None
     return predictor
 
@@ -183,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embeddings", action="store_true",
                    help="print one JSON line per image with its embedding (CLIP: image_embeds) instead of labels")
     p.add_argument("--normalize", action="store_true", help="with --embeddings: scale embeddings to unit L2 norm")
+    p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16", "fp8"),
+                   help="default: bfloat16 on GPU, float32 on CPU; fp8: FP8 GEMMs (sm_89/sm_90; CPU: torch emulation)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("info", help="device, available backends, versions")

@@ -375,5 +375,17 @@ class VisionTransformer(nn.Module):
 
         return capture_model(self, batch_sizes, image_size=image_size, dtype=dtype, channels_last=channels_last)
 
+    def to_fp8(self) -> "VisionTransformer":
+        """FP8 weights for the QKV, out-projection, FC1 and FC2 GEMMs, in place (see vit_fast.fp8.quantize)."""
+        from .fp8 import quantize
+
+        return quantize(self, "fp8")
+
+    @property
+    def is_fp8(self) -> bool:
+        from .fp8 import is_quantized
+
+        return is_quantized(self)
+
     def extra_repr(self) -> str:
         return f"backend={self._backend!r}"

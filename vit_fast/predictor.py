@@ -68,11 +68,28 @@ def _default_dtype(dtype, device: torch.device) -> torch.dtype:
         names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
                  "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
         if dtype not in names:
-            raise ValueError(f"dtype must be one of {sorted(names)}, got {dtype!r}")
+            raise ValueError(f"dtype must be one of {sorted(names) + ['fp8']}, got {dtype!r}")
         return names[dtype]
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"dtype must be torch.float32, float16 or bfloat16, got {dtype}")
     return dtype
+
+
+FP8_NAMES = ("fp8", "float8", "float8_e4m3fn")
+
+
+def _is_fp8(dtype) -> bool:
+    return (isinstance(dtype, str) and dtype in FP8_NAMES) or dtype is torch.float8_e4m3fn
+
+
+def _check_fp8_device(device: torch.device) -> None:
+    """dtype="fp8" runs the FP8 kernels on CUDA (sm_89 / sm_90 only) and the torch emulation on the CPU."""
+    if device.type == "cuda":
+        from kernels._common import fp8_unsupported_reason
+
+        reason = fp8_unsupported_reason(device)
+        if reason is not None:
+            raise ValueError(f"dtype 'fp8': {reason}")
 
 
 def _buckets(max_batch_size: int) -> list[int]:
@@ -91,8 +108,16 @@ class Predictor:
         if not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise ValueError(f"max_batch_size must be a positive int, got {max_batch_size!r}")
         self.device = _default_device(device)
-        self.dtype = _default_dtype(dtype, self.device)
+        # dtype="fp8": FP8 weights for the encoder GEMMs (vit_fast.quantize); activations stay in the default dtype
+        self.fp8 = _is_fp8(dtype)
+        if self.fp8:
+            _check_fp8_device(self.device)
+        self.dtype = _default_dtype(None if self.fp8 else dtype, self.device)
         self.model = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
+        if self.fp8:
+            from .fp8 import quantize
+
+            quantize(self.model, "fp8")
         self.config = model.config
         self.max_batch_size = max_batch_size
         self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda"
@@ -236,5 +261,6 @@ class Predictor:
         return results
 
     def __repr__(self) -> str:
-        return (f"Predictor(device={self.device}, dtype={self.dtype}, max_batch_size={self.max_batch_size}, "
+        fp8 = " (fp8 GEMMs)" if self.fp8 else ""
+        return (f"Predictor(device={self.device}, dtype={self.dtype}{fp8}, max_batch_size={self.max_batch_size}, "
                 f"cuda_graphs={self.cuda_graphs}, random_weights={self.random_weights})")

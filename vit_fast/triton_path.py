@@ -56,21 +56,43 @@ def _folded(model, norm, linear) -> kernels.FoldedLinear:
                          lambda: kernels.fold_layer_norm(norm.weight, norm.bias, linear.weight, linear.bias))
 
 
+def _scale(linear):
+    """Per-channel scales of an FP8 layer (vit_fast.fp8.Fp8Linear), None for a plain nn.Linear: the ops dispatch to
+    their FP8 engines on the float8 weight (which quantize the normalized rows themselves: no fold)."""
+    return getattr(linear, "weight_scale", None)
+
+
+def _ln_then(model, norm, linear, tokens, eps, **kwargs):
+    """LayerNorm + linear: the folded bf16/fp16/fp32 op, or the FP8 op on the raw norm."""
+    if _scale(linear) is not None:
+        op = kernels.ln_qkv if "num_heads" in kwargs else kernels.ln_linear
+        return op(tokens, norm.weight, norm.bias, eps, linear.weight, linear.bias, weight_scale=_scale(linear),
+                  **kwargs)
+    if "num_heads" in kwargs:
+        return kernels.ln_qkv_folded(tokens, eps, _folded(model, norm, linear), kwargs["num_heads"])
+    return kernels.ln_linear_folded(tokens, eps, _folded(model, norm, linear), activation=kwargs["activation"])
+
+
 def _block(model, block, tokens: torch.Tensor, eps: float, activation: str, swiglu: bool, keep: int) -> torch.Tensor:
     """One encoder block; `keep` > 0 computes the outputs of the first `keep` tokens only."""
     attn, mlp = block.attn, block.mlp
-    qkv = kernels.ln_qkv_folded(tokens, eps, _folded(model, block.norm1, attn.qkv), attn.num_heads)
+    qkv = _ln_then(model, block.norm1, attn.qkv, tokens, eps, num_heads=attn.num_heads)
     q, k, v = qkv.unbind(0)
     if keep:
         q, tokens = q[:, :, :keep], tokens[:, :keep].contiguous()
     ctx = kernels.attention(q, k, v, attn.scale)
-    tokens = kernels.linear_residual(ctx, attn.proj.weight, attn.proj.bias, tokens)
-    fc1 = _folded(model, block.norm2, mlp.fc1)
+    tokens = kernels.linear_residual(ctx, attn.proj.weight, attn.proj.bias, tokens, weight_scale=_scale(attn.proj))
+    amax = None
     if swiglu:  # the gate runs in torch between the two fused GEMMs
-        hidden = mlp.act(kernels.ln_linear_folded(tokens, eps, fc1, activation="none")).contiguous()
+        hidden = mlp.act(_ln_then(model, block.norm2, mlp.fc1, tokens, eps, activation="none")).contiguous()
+    elif _scale(mlp.fc1) is not None and _scale(mlp.fc2) is not None:
+        # FP8 MLP: FC1's epilogue records max |hidden| per token, so FC2 quantizes its input rows in its main loop
+        hidden, amax = _ln_then(model, block.norm2, mlp.fc1, tokens, eps, activation=activation,
+                                return_row_amax=True)
     else:
-        hidden = kernels.ln_linear_folded(tokens, eps, fc1, activation=activation)
-    return kernels.linear_residual(hidden, mlp.fc2.weight, mlp.fc2.bias, tokens)
+        hidden = _ln_then(model, block.norm2, mlp.fc1, tokens, eps, activation=activation)
+    return kernels.linear_residual(hidden, mlp.fc2.weight, mlp.fc2.bias, tokens, weight_scale=_scale(mlp.fc2),
+                                   x_amax=amax)
 
 
 def _states(model, x: torch.Tensor, is_uint8: bool, keep_last: int = 0, collect: bool = False):

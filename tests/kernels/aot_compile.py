@@ -267,7 +267,8 @@ def main(argv=None):
         sample = subset(variants)
         for cc in args.cc:
             indices = sample if cc in subset_cc else range(len(variants))
-            jobs.extend((name, i, cc, args.exhaustive) for i in indices)
+            # a variant may name the oldest target it exists for ("min_cc": 89 for FP8 dots and casts)
+            jobs.extend((name, i, cc, args.exhaustive) for i in indices if cc >= variants[i].get("min_cc", 0))
 
     start = time.perf_counter()
     if args.jobs > 1 and len(jobs) > 1:

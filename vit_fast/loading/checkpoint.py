@@ -20,6 +20,9 @@ def save(model, dst) -> Path:
     """Write `model` to the directory `dst` (created if needed); returns the directory."""
     from safetensors.torch import save_file
 
+    if getattr(model, "is_fp8", False):
+        raise ValueError("cannot save an FP8-quantized model (its checkpoint would not load): save the bf16/fp32 "
+                         "model and call model.to_fp8() after loading; quantization is deterministic")
     dst = Path(dst)
     if dst.exists() and not dst.is_dir():
         raise ValueError(f"{dst} exists and is not a directory")

@@ -18,8 +18,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", choices=("auto", "triton", "sdpa", "torch"))
     p.add_argument("--device", default=None, choices=("cuda", "cpu"),
                    help="default: one GPU per replica/worker when the Ray cluster has GPUs, else the CPU")
-    p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16"),
-                   help="default: bfloat16 on GPU, float32 on CPU")
+    p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16", "fp8"),
+                   help="default: bfloat16 on GPU, float32 on CPU; fp8: FP8 GEMMs (needs sm_89/sm_90)")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--address", default=None,
                    help="Ray cluster to join (e.g. auto or ray://head:10001); default: start Ray on this machine")

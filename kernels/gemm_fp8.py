@@ -1,0 +1,256 @@
+"""FP8 engine of ln_qkv, ln_linear and linear_residual: out = epilogue((A_q @ W_q^T) · s_row · s_col).
+
+A_q (M, K) float8 e4m3 with one fp32 scale per row (per token, from quant_fp8.py), W_q (N, K) float8 e4m3 with one
+fp32 scale per output channel (quantized once, vit_fast.fp8). Two switches remove the MLP's quantization pass:
+ROW_AMAX_OUT (FC1) atomically records max |stored output| per row, and QUANT_A (FC2) reads bf16 rows with those
+maxima and quantizes each A tile in registers before the dot, with the arithmetic of quant_fp8.py.
+The dot runs on FP8 tensor cores (wgmma e4m3 on sm_90, mma e4m3 on sm_89) into an fp32 accumulator; the epilogue
+applies acc · s_row · s_col, then bias, the shared activation, residual and the head-major QKV store exactly as the
+bf16 engine (gemm.py) does.
+
+Hopper accumulates FP8 wgmma in reduced precision unless told otherwise: with PRECISE_ACC the dot is issued with
+max_num_imprecise_acc = BLOCK_K, so Triton adds each BLOCK_K-deep partial sum into a separate fp32 accumulator
+(CUTLASS's and DeepSeek-V3's "promotion" every 128 elements) instead of letting the whole K run in the wgmma
+accumulator. Costs registers (a second accumulator) and a few adds per K step.
+"""
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import TL_SIG, is_interpreting, jit_fn, m_bucket, shared_memory_bytes
+from .gemm import apply_activation, grouped_tile
+from .quant_fp8 import round_to_e4m3
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages): FP8 rows are 1 byte, so BLOCK_K 128 is one 128-byte swizzle row.
+# Checked for sm_90 by AOT compile (registers, no spills): 128x256 (8 warps) and 128x128 (4 warps) spill once the
+# second (promotion) accumulator exists, so they are not listed.
+HOPPER_FP8 = [
+    (128, 128, 128, 8, 4),
+    (128, 128, 128, 8, 3),
+    (128, 64, 128, 4, 4),
+    (64, 128, 128, 4, 4),
+    (64, 128, 128, 8, 4),
+    (64, 64, 128, 4, 4),
+]
+# The head-major QKV store spills (700-850 B) at 128x128 and at 64x128 with 4 warps; these two do not.
+QKV_FP8 = [(64, 128, 128, 8, 4), (64, 64, 128, 4, 4), (64, 64, 64, 4, 4)]
+ADA_FP8 = [  # sm_89: about 100 KB of shared memory per block
+    (128, 128, 128, 8, 3),
+    (128, 64, 64, 4, 4),
+    (64, 128, 64, 4, 4),
+    (64, 64, 64, 4, 4),
+]
+INTERPRETER_FP8 = (32, 32, 32, 4, 1)
+FP8_TABLES = {"hopper": HOPPER_FP8, "ada": ADA_FP8}
+FP8_AUTOTUNE_KEY = ["M_BUCKET", "N", "K", "HAS_BIAS", "ACTIVATION", "HAS_RESIDUAL", "QKV_HEAD_MAJOR", "PRECISE_ACC",
+                    "QUANT_A", "ROW_AMAX_OUT"]
+
+
+def _configs():
+    rows = [INTERPRETER_FP8] if is_interpreting() else list(dict.fromkeys(HOPPER_FP8 + ADA_FP8))
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
+            for bm, bn, bk, w, s in rows]
+
+
+@functools.lru_cache(maxsize=None)
+def _family(device_index: int) -> str:
+    return "hopper" if torch.cuda.get_device_capability(device_index)[0] >= 9 else "ada"
+
+
+def _prune(configs, named_args, **kwargs):
+    """The running GPU family's table, tiles that fit shared memory and are not far taller than M."""
+    if len(configs) <= 1:
+        return configs
+    a = named_args["a_ptr"]
+    index = a.device.index if a.device.index is not None else torch.cuda.current_device()
+    table, smem = FP8_TABLES[_family(index)], shared_memory_bytes(index)
+    m_cap = max(64, named_args.get("M_BUCKET", 1 << 16))
+    if kwargs.get("QKV_HEAD_MAJOR"):
+        table = [row for row in table if row in QKV_FP8]
+    kept = [c for c in configs
+            if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages) in table
+            and _smem_bytes(c, a.element_size(), kwargs.get("QUANT_A", False)) <= smem
+            and c.kwargs["BLOCK_M"] <= m_cap]
+    return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.num_stages)]
+
+
+def _smem_bytes(c, a_bytes, quant_a):
+    """Pipelined A and W tiles, plus the FP8 copy of A that QUANT_A stages for the tensor cores."""
+    bm, bn, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
+    return c.num_stages * (bm * a_bytes + bn) * bk + (bm * bk if quant_a else 0)
+
+
+@triton.autotune(configs=_configs(), key=FP8_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune})
+@triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
+@triton.jit
+def fp8_gemm_kernel(
+    a_ptr,  # (M, K) activations: float8 e4m3, or (QUANT_A) bf16/fp16/fp32 rows quantized here
+    a_scale_ptr,  # (M,) fp32 per-row (per-token) scales of A; with QUANT_A the rows' absolute maxima instead
+    amax_out_ptr,  # (M,) fp32, zero-initialized: atomic max of |stored output| per row (ROW_AMAX_OUT only)
+    w_ptr,  # (N, K) float8 e4m3 weight in nn.Linear layout
+    w_scale_ptr,  # (N,) fp32 per-output-channel scales of W
+    bias_ptr,  # (N,) bias; read only when HAS_BIAS
+    res_ptr,  # (M, N) residual; read only when HAS_RESIDUAL
+    out_ptr,  # (M, N) output with strides, or contiguous (3, B, H, SEQ, HEAD_DIM) when QKV_HEAD_MAJOR
+    M,  # rows (tokens over the whole batch)
+    N,  # output features
+    K,  # input features
+    stride_am,  # A row stride (column stride 1)
+    stride_wn,  # W row stride (column stride 1)
+    stride_rm,  # residual row stride
+    stride_rn,  # residual column stride
+    stride_om,  # output row stride (ignored when QKV_HEAD_MAJOR)
+    stride_on,  # output column stride (ignored when QKV_HEAD_MAJOR)
+    SEQ,  # tokens per image (QKV_HEAD_MAJOR only)
+    HEAD_DIM,  # head dim (QKV_HEAD_MAJOR only)
+    M_BUCKET,  # next power of two of M: an autotune key, unused by the kernel body
+    HAS_BIAS: tl.constexpr,  # add bias in the epilogue
+    ACTIVATION: tl.constexpr,  # 0 none, 1 exact-erf GELU, 2 tanh GELU, 3 quick GELU
+    HAS_RESIDUAL: tl.constexpr,  # add the residual after the activation
+    QKV_HEAD_MAJOR: tl.constexpr,  # store column j of row (b, n) at [j // D, b, (j % D) // HEAD_DIM, n, j % HEAD_DIM]
+    PRECISE_ACC: tl.constexpr,  # promote the FP8 partial sums into fp32 every BLOCK_K (see the module docstring)
+    QUANT_A: tl.constexpr,  # A holds unquantized rows and a_scale_ptr their amax: quantize each tile before the dot
+    ROW_AMAX_OUT: tl.constexpr,  # atomically max |output| per row into amax_out_ptr (feeds the next GEMM's QUANT_A)
+    ROUND_IN_FP32: tl.constexpr,  # QUANT_A under the interpreter: round to e4m3 in fp32 first (quant_fp8.py)
+    BLOCK_M: tl.constexpr,  # rows per tile
+    BLOCK_N: tl.constexpr,  # output features per tile
+    BLOCK_K: tl.constexpr,  # reduction step
+    GROUP_M: tl.constexpr,  # row tiles per L2 group
+    EVEN_K: tl.constexpr,  # K % BLOCK_K == 0: no K masks
+):
+    pid = tl.program_id(0)
+    pid_m, pid_n = grouped_tile(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    # Out-of-range rows/columns wrap onto valid ones for the loads (masked at the store): no M/N load masks.
+    rm_load = (rm % M).to(tl.int64)
+    rn_load = rn % N
+    a_ptrs = a_ptr + rm_load[:, None] * stride_am + rk[None, :]
+    w_ptrs = w_ptr + rn_load[None, :] * stride_wn + rk[:, None]  # (BLOCK_K, BLOCK_N) view of W^T, K-major
+
+    if QUANT_A:
+        amax = tl.maximum(tl.load(a_scale_ptr + rm_load), 1e-12)
+        inv_row = tl.div_rn(tl.full([BLOCK_M], 448.0, tl.float32), amax)
+        s_row = tl.div_rn(amax, tl.full([BLOCK_M], 448.0, tl.float32))
+    else:
+        s_row = tl.load(a_scale_ptr + rm_load)
+
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        if EVEN_K:
+            a = tl.load(a_ptrs)
+            w = tl.load(w_ptrs)
+        else:
+            k_ok = (k0 + rk) < K
+            a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
+            w = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
+        if QUANT_A:  # the same arithmetic as quant_fp8.py, on this tile
+            q = tl.minimum(tl.maximum(a.to(tl.float32) * inv_row[:, None], -448.0), 448.0)
+            if ROUND_IN_FP32:
+                q = round_to_e4m3(q)
+            a = q.to(tl.float8e4nv)
+        if PRECISE_ACC:
+            acc = tl.dot(a, w, acc, max_num_imprecise_acc=BLOCK_K)
+        else:
+            acc = tl.dot(a, w, acc)
+        a_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K
+
+    mask_m = rm < M
+    mask_n = rn < N
+    mask = mask_m[:, None] & mask_n[None, :]
+    s_col = tl.load(w_scale_ptr + rn_load)
+    acc = acc * s_row[:, None] * s_col[None, :]
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    acc = apply_activation(acc, ACTIVATION)
+    rm64 = rm.to(tl.int64)
+    if HAS_RESIDUAL:
+        res = tl.load(res_ptr + rm64[:, None] * stride_rm + rn[None, :] * stride_rn, mask=mask, other=0.0)
+        acc += res.to(tl.float32)
+    if QKV_HEAD_MAJOR:
+        D = N // 3
+        n_tok = rm64 % SEQ
+        row_off = (rm64 - n_tok) * D + n_tok * HEAD_DIM  # b * SEQ * D + n * HEAD_DIM
+        which = rn // D
+        h = (rn % D) // HEAD_DIM
+        col_off = which.to(tl.int64) * M * D + h * SEQ * HEAD_DIM + rn % HEAD_DIM
+        out_ptrs = out_ptr + row_off[:, None] + col_off[None, :]
+    else:
+        out_ptrs = out_ptr + rm64[:, None] * stride_om + rn[None, :] * stride_on
+    y = acc.to(out_ptr.dtype.element_ty)
+    tl.store(out_ptrs, y, mask=mask)
+    if ROW_AMAX_OUT:  # of the values as stored, so the next GEMM's quantization equals quantize_rows(stored rows)
+        tile_max = tl.max(tl.where(mask_n[None, :], tl.abs(y.to(tl.float32)), 0.0), axis=1)
+        tl.atomic_max(amax_out_ptr + rm, tile_max, mask=mask_m)
+
+
+def launch_fp8_gemm(a_q, a_scale, weight, w_scale, bias, out, *, activation=0, residual=None, qkv=None,
+                    precise_acc=True, a_amax=None, amax_out=None):
+    """Launch on already-checked operands: a_q (M, K) e4m3 with unit column stride and a_scale (M,) fp32 -- or
+    a_q in a float dtype with a_amax (M,) its rows' absolute maxima (a_scale None), quantized in the main loop;
+    weight (N, K) e4m3 rows contiguous, w_scale (N,) fp32; out (M, N) or (3, B, H, SEQ, HEAD_DIM); residual (M, N)
+    or None; qkv = (SEQ, HEAD_DIM) or None; amax_out (M,) fp32 zeros or None: receives max |out| per row."""
+    M, K = a_q.shape
+    N = weight.shape[0]
+    seq, head_dim = qkv if qkv is not None else (1, 1)
+    res = residual if residual is not None else out
+    stride_om, stride_on = out.stride() if qkv is None else (0, 1)
+    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
+    fp8_gemm_kernel[grid](
+        a_q, a_scale if a_amax is None else a_amax, amax_out if amax_out is not None else w_scale, weight, w_scale,
+        bias if bias is not None else out, res, out,
+        M, N, K, a_q.stride(0), weight.stride(0), res.stride(-2), res.stride(-1), stride_om, stride_on,
+        seq, head_dim, m_bucket(M),
+        HAS_BIAS=bias is not None, ACTIVATION=activation, HAS_RESIDUAL=residual is not None,
+        QKV_HEAD_MAJOR=qkv is not None, PRECISE_ACC=precise_acc, QUANT_A=a_amax is not None,
+        ROW_AMAX_OUT=amax_out is not None, ROUND_IN_FP32=is_interpreting(),
+    )  # fmt: skip
+    return out
+
+
+def aot_variants(exhaustive: bool = False):
+    """bf16 outputs (the FP8 model's residual stream) at every Hopper and Ada tile, as the FC1 variant (GELU, bias),
+    plus the QKV head-major store, the residual epilogue, the non-even K path and imprecise accumulation at the
+    64x128 tile. FP8 dots do not exist before sm_89: min_cc 89 (skipped for sm_80)."""
+    out = [_variant(torch.bfloat16, 1, True, False, False, True, True, t, amax_out=True)  # FC1
+           for t in dict.fromkeys(HOPPER_FP8 + ADA_FP8)]
+    out += [_variant(torch.bfloat16, 0, True, True, False, True, True, t, quant_a=True)  # FC2 (bf16 A, amax)
+            for t in HOPPER_FP8]
+    tile = (64, 128, 128, 4, 4)
+    out += [_variant(torch.bfloat16, 0, True, False, True, True, True, t) for t in QKV_FP8[:2]]  # QKV
+    out += [_variant(torch.bfloat16, 0, True, True, False, True, True, tile),  # out-proj / FC2
+            _variant(torch.bfloat16, 1, False, False, False, False, True, tile),  # no bias, ragged K
+            _variant(torch.bfloat16, 1, True, False, False, True, False, tile)]  # imprecise accumulation
+    if exhaustive:
+        out += [_variant(dt, act, True, res, False, True, True, tile)
+                for dt in (torch.float16, torch.float32) for act in (0, 1, 2, 3) for res in (False, True)]
+    return out
+
+
+def _variant(out_dtype, activation, has_bias, has_residual, qkv, even_k, precise, tile, quant_a=False,
+             amax_out=False):
+    bm, bn, bk, warps, stages = tile
+    p = "*" + TL_SIG[out_dtype]
+    sig = {
+        "a_ptr": p if quant_a else "*fp8e4nv", "a_scale_ptr": "*fp32", "amax_out_ptr": "*fp32",
+        "w_ptr": "*fp8e4nv", "w_scale_ptr": "*fp32",
+        "bias_ptr": p, "res_ptr": p, "out_ptr": p,
+        "M": "i32", "N": "i32", "K": "i32", "stride_am": "i32", "stride_wn": "i32",
+        "stride_rm": "i32", "stride_rn": "constexpr", "stride_om": "i32", "stride_on": "constexpr",
+        "SEQ": "i32", "HEAD_DIM": "i32", "M_BUCKET": "i32",
+    }  # fmt: skip
+    constexprs = {
+        "stride_rn": 1, "stride_on": 1,
+        "HAS_BIAS": has_bias, "ACTIVATION": activation, "HAS_RESIDUAL": has_residual, "QKV_HEAD_MAJOR": qkv,
+        "PRECISE_ACC": precise, "QUANT_A": quant_a, "ROW_AMAX_OUT": amax_out, "ROUND_IN_FP32": False,
+        "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "EVEN_K": even_k,
+    }  # fmt: skip
+    for name in constexprs:
+        sig.setdefault(name, "constexpr")
+    return {"fn": jit_fn(fp8_gemm_kernel), "signature": sig, "constexprs": constexprs,
+            "num_warps": warps, "num_stages": stages, "min_cc": 89,
+            "divisible": ("N", "K", "stride_am", "stride_wn", "stride_rm", "stride_om", "HEAD_DIM")}

@@ -1,0 +1,127 @@
+"""Per-token FP8 quantization engine: rows of x (optionally LayerNorm-ed first) -> float8 e4m3 rows + one fp32 scale
+per row, in one read of x. It feeds the FP8 GEMM (gemm_fp8.py): before QKV and FC1 it *is* the block's LayerNorm
+(the normalized row is quantized where it is produced and never stored in bf16); before the out-projection and FC2
+it is a separate pass over the attention output / GELU output (their producers do not see whole rows).
+
+Scale rule (vit_fast.fp8.quantize_rows is the same arithmetic in torch): amax = max(|row|, 1e-12),
+q = clamp(row · (448 / amax), ±448) cast to e4m3 (round to nearest even), scale = amax / 448; both divisions IEEE.
+The op modules (ln_qkv, ln_linear, linear_residual) check inputs and call `launch_quant_rows`.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ._common import FP8_DTYPE, TL_SIG, is_interpreting, jit_fn, m_bucket
+from .layer_norm import LN_CONFIGS, prune_ln_configs
+
+AMAX_FLOOR = 1e-12  # an all-zero row gets scale 1e-12/448 (q = 0), never a division by zero
+INTERPRETER_QUANT = (8, 4)
+
+
+def _configs():
+    rows = [INTERPRETER_QUANT] if is_interpreting() else LN_CONFIGS
+    return [triton.Config({"BLOCK_M": bm}, num_warps=w, num_stages=1) for bm, w in rows]
+
+
+def _prune(configs, named_args, **kwargs):
+    return prune_ln_configs(configs, named_args, BLOCK_N=kwargs["BLOCK_K"])
+
+
+@triton.jit
+def round_to_e4m3(y):
+    """Round fp32 values (|y| <= 448) to the nearest e4m3 value, ties to even, in fp32 arithmetic: the spacing is
+    2^(E-3) for exponent E >= -6 and 2^-9 below (subnormals); y / spacing < 16, so adding and subtracting 1.5·2^23
+    rounds it to an integer. Used under the interpreter, whose fp32 -> fp8 cast does not carry a rounded-up
+    mantissa into the exponent (124.3 -> 64 instead of 128); on the GPU the hardware cast (cvt.rn.satfinite) is
+    exact and this is not compiled."""
+    bits = y.to(tl.int32, bitcast=True)
+    e = ((bits >> 23) & 0xFF) - 127
+    step = (tl.maximum(e - 3, -9) + 127) << 23
+    ulp = step.to(tl.float32, bitcast=True)
+    inv_ulp = ((127 - tl.maximum(e - 3, -9)) << 23).to(tl.float32, bitcast=True)
+    r = ((tl.abs(y) * inv_ulp + 12582912.0) - 12582912.0) * ulp
+    # the sign bit of y (also of -0.0 and of values that round to zero, as the cast keeps it)
+    return (r.to(tl.int32, bitcast=True) | (bits & -2147483648)).to(tl.float32, bitcast=True)
+
+
+@triton.autotune(configs=_configs(), key=["M_BUCKET", "K", "HAS_LN"], prune_configs_by={"early_config_prune": _prune})
+@triton.jit
+def quant_rows_fp8_kernel(
+    x_ptr,  # (M, K) input rows, any strides
+    ln_w_ptr,  # (K,) LayerNorm weight; read only when HAS_LN
+    ln_b_ptr,  # (K,) LayerNorm bias; read only when HAS_LN
+    q_ptr,  # (M, K) float8 e4m3 output, row stride stride_qm, unit column stride
+    scale_ptr,  # (M,) fp32 output: the dequantization scale of each row
+    M,  # rows
+    K,  # features
+    stride_xm,  # input row stride
+    stride_xk,  # input column stride
+    stride_qm,  # output row stride
+    eps,  # LayerNorm epsilon
+    M_BUCKET,  # next power of two of M: an autotune key, unused by the kernel body
+    HAS_LN: tl.constexpr,  # LayerNorm the row (fp32 statistics) before quantizing
+    ROUND_IN_FP32: tl.constexpr,  # round to e4m3 in fp32 before the cast (the interpreter's cast is wrong)
+    BLOCK_K: tl.constexpr,  # next power of two of K (whole row per program)
+    BLOCK_M: tl.constexpr,  # rows per program
+):
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rk = tl.arange(0, BLOCK_K)
+    mask_k = rk < K
+    mask_m = rm < M
+    mask = mask_m[:, None] & mask_k[None, :]
+    rm64 = rm.to(tl.int64)
+    y = tl.load(x_ptr + rm64[:, None] * stride_xm + rk[None, :] * stride_xk, mask=mask, other=0.0).to(tl.float32)
+    if HAS_LN:
+        mean = tl.sum(y, axis=1) / K
+        d = tl.where(mask_k[None, :], y - mean[:, None], 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=1) / K + eps)
+        g = tl.load(ln_w_ptr + rk, mask=mask_k, other=0.0).to(tl.float32)
+        b = tl.load(ln_b_ptr + rk, mask=mask_k, other=0.0).to(tl.float32)
+        y = d * rstd[:, None] * g[None, :] + b[None, :]  # masked columns: 0 * .. * 0 + 0
+    amax = tl.maximum(tl.max(tl.abs(y), axis=1), 1e-12)
+    inv = tl.div_rn(tl.full([BLOCK_M], 448.0, tl.float32), amax)
+    q = tl.minimum(tl.maximum(y * inv[:, None], -448.0), 448.0)
+    if ROUND_IN_FP32:
+        q = round_to_e4m3(q)
+    tl.store(q_ptr + rm64[:, None] * stride_qm + rk[None, :], q.to(tl.float8e4nv), mask=mask)
+    tl.store(scale_ptr + rm, tl.div_rn(amax, tl.full([BLOCK_M], 448.0, tl.float32)), mask=mask_m)
+
+
+def launch_quant_rows(x2d: torch.Tensor, ln=None):
+    """x2d (M, K) already checked; ln = (weight, bias, eps) or None.
+    Returns (q (M, K) float8_e4m3fn, scale (M,) fp32)."""
+    m, k = x2d.shape
+    q = torch.empty((m, k), device=x2d.device, dtype=FP8_DTYPE)
+    scale = torch.empty((m,), device=x2d.device, dtype=torch.float32)
+    ln_w, ln_b, eps = ln if ln is not None else (x2d, x2d, 0.0)
+    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]),)  # noqa: E731
+    quant_rows_fp8_kernel[grid](
+        x2d, ln_w, ln_b, q, scale, m, k, x2d.stride(0), x2d.stride(1), q.stride(0), float(eps), m_bucket(m),
+        HAS_LN=ln is not None, ROUND_IN_FP32=is_interpreting(), BLOCK_K=triton.next_power_of_2(k),
+    )
+    return q, scale
+
+
+def aot_variants(exhaustive: bool = False):
+    """bf16 input (the FP8 model's residual stream), with and without LayerNorm, at the ViT row widths; fp16/fp32
+    at block 1024. FP8 stores need sm_89+: min_cc 89 (skipped for sm_80)."""
+    out = []
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        widths = (256, 512, 1024, 2048, 4096, 8192) if dtype == torch.bfloat16 else (1024,)
+        for block_k in widths:
+            configs = _prune([triton.Config({"BLOCK_M": bm}, num_warps=w, num_stages=1) for bm, w in LN_CONFIGS],
+                             {"M_BUCKET": 1 << 16}, BLOCK_K=block_k)
+            for has_ln in (True, False):
+                for c in configs if exhaustive else configs[:1]:
+                    p = "*" + TL_SIG[dtype]
+                    sig = {"x_ptr": p, "ln_w_ptr": p, "ln_b_ptr": p, "q_ptr": "*fp8e4nv", "scale_ptr": "*fp32",
+                           "M": "i32", "K": "i32", "stride_xm": "i32", "stride_xk": "constexpr", "stride_qm": "i32",
+                           "eps": "fp32", "M_BUCKET": "i32",
+                           "HAS_LN": "constexpr", "ROUND_IN_FP32": "constexpr", "BLOCK_K": "constexpr",
+                           "BLOCK_M": "constexpr"}
+                    constexprs = {"stride_xk": 1, "HAS_LN": has_ln, "ROUND_IN_FP32": False, "BLOCK_K": block_k,
+                                  "BLOCK_M": c.kwargs["BLOCK_M"]}
+                    out.append({"fn": jit_fn(quant_rows_fp8_kernel), "signature": sig, "constexprs": constexprs,
+                                "num_warps": c.num_warps, "num_stages": c.num_stages, "min_cc": 89,
+                                "divisible": ("K", "stride_xm", "stride_qm")})
+    return out

@@ -1,0 +1,148 @@
+"""FP8 engines (quant_fp8 + gemm_fp8 behind ln_qkv / ln_linear / linear_residual) against the torch emulation in
+vit_fast.fp8, under the interpreter on CPU (FP8 tl.dot runs there) or on an sm_89/sm_90 GPU; and the errors."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kernels
+from kernels._common import fp8_unsupported_reason
+from kernels.quant_fp8 import launch_quant_rows
+from tests.tolerances import FP8_TOL, assert_close, poison
+from vit_fast import fp8
+
+FP8_DTYPE = torch.float8_e4m3fn
+
+
+@pytest.fixture
+def device():
+    from tests.conftest import DEVICE
+
+    reason = fp8_unsupported_reason(torch.device(DEVICE))
+    if reason:
+        pytest.skip(reason)
+    return DEVICE
+
+
+def _weights(n, k, device, scale=1.0):
+    w = torch.randn(n, k, device=device) * scale
+    return fp8.quantize_rows(w)
+
+
+@pytest.mark.parametrize("has_ln", [False, True])
+def test_quantize_rows_matches_emulation_bitwise(has_ln, device):
+    # 37 rows (ragged against the 8-row block), K = 80 (not a power of two); one all-zero row, one with a 50x outlier
+    x = torch.randn(37, 80, device=device)
+    x[3] = 0.0
+    x[5, 7] *= 50.0
+    ln = (torch.randn(80, device=device), torch.randn(80, device=device), 1e-6) if has_ln else None
+    q, s = launch_quant_rows(x, ln)
+    ref_in = F.layer_norm(x, (80,), ln[0], ln[1], ln[2]) if has_ln else x
+    rq, rs = fp8.quantize_rows(ref_in)
+    torch.testing.assert_close(s, rs, rtol=1e-6, atol=0)
+    # LayerNorm statistics differ in summation order: allow a handful of one-step rounding flips
+    flips = (q.view(torch.uint8) != rq.view(torch.uint8)).sum().item()
+    assert flips <= (4 if has_ln else 0), flips
+    assert (q.float() - rq.float()).abs().max() <= 32.0  # at most one e4m3 step at the top of the range
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("activation", ["gelu", "quick_gelu"])
+def test_ln_linear_fp8(out_dtype, activation, device):
+    m, k, n = 45, 80, 48  # ragged M, K = 80 not a multiple of the interpreter's BLOCK_K = 32
+    x = torch.randn(3, m // 3, k, device=device).to(out_dtype)
+    g, b = torch.randn(k, device=device).to(out_dtype), torch.randn(k, device=device).to(out_dtype)
+    wq, ws = _weights(n, k, device)
+    bias = torch.randn(n, device=device).to(out_dtype)
+    out = poison(torch.empty(3, m // 3, n, device=device, dtype=out_dtype))
+    from kernels.ln_linear import ln_linear_fp8_launch
+
+    ln_linear_fp8_launch(x, g, b, 1e-6, wq, ws, bias, activation, out=out)
+    ref = fp8.emulate_linear(x, wq, ws, bias, ln=(g, b, 1e-6), activation=activation, out_dtype=torch.float32)
+    assert_close(out, ref, out_dtype, FP8_TOL)
+    # and FP8 is close to the fp32 layer it replaces (per-token + per-channel scales)
+    full = fp8.ACTIVATIONS[activation](F.linear(F.layer_norm(x.float(), (k,), g.float(), b.float(), 1e-6),
+                                                 fp8.dequantize(wq, ws), bias.float()))
+    assert ((ref - full).norm() / full.norm()).item() < 0.08
+
+
+def test_linear_residual_fp8(device):
+    m, k, n = 37, 96, 64
+    x = torch.randn(m, k, device=device)
+    x[:, 5] *= 50.0  # an outlier channel in the input rows
+    wq, ws = _weights(n, k, device)
+    res = torch.randn(m, n, device=device)
+    from kernels.linear_residual import linear_residual_launch
+
+    out = linear_residual_launch(x, wq, None, res, out=poison(torch.empty(m, n, device=device)), weight_scale=ws)
+    ref = fp8.emulate_linear(x, wq, ws, None, residual=res)
+    assert_close(out, ref, torch.float32, FP8_TOL)
+
+
+def test_fp8_mlp_quantizes_fc2_input_in_the_gemm(device):
+    """FC1 records max |hidden| per row in its epilogue; FC2 quantizes the bf16 rows in its main loop with it: the
+    same result as quantizing them in a separate pass (the emulation)."""
+    b, n, d, hidden = 2, 23, 64, 96  # 46 rows, ragged; K = 96 is not a multiple of BLOCK_K = 32 * 2
+    x = torch.randn(b, n, d, device=device).bfloat16()
+    x[..., 3] *= 50.0  # an outlier channel in the residual stream
+    g, beta = torch.randn(d, device=device).bfloat16(), torch.randn(d, device=device).bfloat16()
+    w1, s1 = _weights(hidden, d, device)
+    w2, s2 = _weights(d, hidden, device)
+    b1, b2 = torch.randn(hidden, device=device).bfloat16(), torch.randn(d, device=device).bfloat16()
+    from kernels.linear_residual import linear_residual_launch
+    from kernels.ln_linear import ln_linear_fp8_launch
+
+    amax = torch.zeros(b, n, device=device)
+    h = ln_linear_fp8_launch(x, g, beta, 1e-6, w1, s1, b1, "gelu", row_amax=amax,
+                         out=poison(torch.empty(b, n, hidden, device=device, dtype=torch.bfloat16)))
+    torch.testing.assert_close(amax, h.float().abs().amax(-1), rtol=0, atol=0)  # of the values as stored
+    h_op, amax_op = kernels.ln_linear(x, g, beta, 1e-6, w1, b1, "gelu", weight_scale=s1, return_row_amax=True)
+    assert torch.equal(h_op, h) and torch.equal(amax_op, amax)
+    out = linear_residual_launch(h, w2, b2, x, weight_scale=s2, x_amax=amax,
+                                 out=poison(torch.empty(b, n, d, device=device, dtype=torch.bfloat16)))
+    ref = fp8.emulate_linear(h, w2, s2, b2, residual=x, out_dtype=torch.float32)
+    assert_close(out, ref, torch.bfloat16, FP8_TOL)
+    separate = linear_residual_launch(h, w2, b2, x, weight_scale=s2)  # the quantize-first path: same numbers
+    torch.testing.assert_close(out.float(), separate.float(), rtol=0, atol=0)
+
+
+def test_ln_qkv_fp8_head_major(device):
+    b, n, d, heads = 2, 19, 80, 5  # 19 tokens, head dim 16, K = 80
+    x = torch.randn(b, n, d, device=device).bfloat16()
+    g, beta = torch.randn(d, device=device).bfloat16(), torch.randn(d, device=device).bfloat16()
+    wq, ws = _weights(3 * d, d, device)
+    bias = torch.randn(3 * d, device=device).bfloat16()
+    from kernels.ln_qkv import ln_qkv_fp8_launch
+
+    out = poison(torch.empty(3, b, heads, n, d // heads, device=device, dtype=torch.bfloat16))
+    ln_qkv_fp8_launch(x, g, beta, 1e-6, wq, ws, bias, heads, out=out)
+    ref = fp8.emulate_linear(x, wq, ws, bias, ln=(g, beta, 1e-6), out_dtype=torch.float32)
+    ref = ref.reshape(b, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+    assert_close(out, ref, torch.bfloat16, FP8_TOL)
+
+
+def test_fp8_errors():
+    x = torch.randn(4, 32)
+    wq, ws = _weights(16, 32, "cpu")
+    with pytest.raises(ValueError, match="weight_scale: expected a .*float32"):
+        kernels.linear_residual(x, wq, None, torch.randn(4, 16))  # float8 weight without its scales
+    with pytest.raises(ValueError, match=r"weight_scale: expected a contiguous \(16,\) torch.float32"):
+        kernels.linear_residual(x, wq, None, torch.randn(4, 16), weight_scale=ws.double())
+    with pytest.raises(ValueError, match="weight_scale: expected None for a non-float8 weight"):
+        kernels.linear_residual(x, torch.randn(16, 32), None, torch.randn(4, 16), weight_scale=ws)
+    with pytest.raises(ValueError, match=r"x_amax: expected a contiguous float32 tensor of shape \(4,\)"):
+        kernels.linear_residual(x, wq, None, torch.randn(4, 16), weight_scale=ws, x_amax=torch.zeros(5))
+    with pytest.raises(ValueError, match="row_amax: expected None unless weight is float8_e4m3fn"):
+        kernels.ln_linear(x, torch.ones(32), torch.zeros(32), 1e-6, torch.randn(16, 32), None,
+                          return_row_amax=True)
+
+
+def test_fp8_needs_sm89_or_the_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    reason = fp8_unsupported_reason(torch.device("cpu"))
+    assert "compute capability 8.9 or 9.0" in reason and "TRITON_INTERPRET=1" in reason
+    x = torch.randn(4, 32)
+    wq, ws = _weights(16, 32, "cpu")
+    with pytest.raises(RuntimeError, match="linear_residual: FP8 GEMMs need an NVIDIA GPU with compute capability"):
+        kernels.linear_residual(x, wq, None, torch.randn(4, 16), weight_scale=ws)
+    if torch.cuda.is_available() and torch.cuda.get_device_capability() < (8, 9):
+        assert "no FP8 tensor cores" in fp8_unsupported_reason(torch.device("cuda"))

@@ -1,0 +1,174 @@
+"""FP8 at the model level: vit_fast.quantize / model.to_fp8(), the triton backend against the torch emulation of a
+quantized model, the emulation's error against fp32 on models with outlier channels, and the dtype switches
+(Predictor, CLI, benchmark rows)."""
+import copy
+import json
+
+import pytest
+import torch
+
+import vit_fast
+from kernels._common import fp8_unsupported_reason
+from tests.conftest import DEVICE
+from tests.helpers import randomize_
+from tests.tolerances import rel_err
+from vit_fast import fp8, fp8_accuracy
+
+TINY = dict(img_size=(32, 48), patch_size=16, embed_dim=64, num_heads=2, mlp_dim=128, depth=2)
+
+
+def _tiny(**kw):
+    return randomize_(vit_fast.create("vit_ti_16", backend="torch", num_classes=7, **{**TINY, **kw}))
+
+
+def test_quantize_converts_the_four_gemms_in_place():
+    model = _tiny()
+    dense = copy.deepcopy(model)
+    out = vit_fast.quantize(model, "fp8")
+    assert out is model and model.is_fp8 and not dense.is_fp8
+    for block in model.blocks:
+        for layer in (block.attn.qkv, block.attn.proj, block.mlp.fc1, block.mlp.fc2):
+            assert isinstance(layer, fp8.Fp8Linear)
+            assert layer.weight.dtype == torch.float8_e4m3fn and layer.weight_scale.dtype == torch.float32
+            assert layer.weight.shape == (layer.out_features, layer.in_features)
+    assert isinstance(model.head, torch.nn.Linear) and model.patch_embed.proj.weight.dtype == torch.float32
+    # per-channel scales: every dequantized row within half an e4m3 step (2^-4 relative) of the original
+    w = dense.blocks[0].mlp.fc1.weight
+    deq = model.blocks[0].mlp.fc1.dequantized_weight()
+    assert ((deq - w).abs() <= w.abs().amax(1, keepdim=True) / 448 * 16 + w.abs() / 16).all()
+    # idempotent, and model.to(dtype) leaves the FP8 weights and their fp32 scales alone
+    scale = model.blocks[0].attn.qkv.weight_scale.clone()
+    model.to_fp8()
+    model.to(torch.bfloat16)
+    qkv = model.blocks[0].attn.qkv
+    assert qkv.weight.dtype == torch.float8_e4m3fn and torch.equal(qkv.weight_scale, scale)
+    assert qkv.bias.dtype == torch.bfloat16
+
+
+def test_quantize_errors():
+    with pytest.raises(ValueError, match="unknown quantization scheme 'int8'; expected one of fp8"):
+        vit_fast.quantize(_tiny(), "int8")
+    with pytest.raises(TypeError, match="expects a vit_fast VisionTransformer"):
+        vit_fast.quantize(torch.nn.Linear(4, 4))
+    with pytest.raises(ValueError, match="cannot save an FP8-quantized model"):
+        vit_fast.save(_tiny().to_fp8(), "/nonexistent/never-written")
+
+
+@pytest.mark.skipif(fp8_unsupported_reason(torch.device(DEVICE)) is not None, reason="needs sm_89+/interpreter")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_triton_fp8_equals_torch_emulation(dtype, device):
+    model = vit_fast.quantize(_tiny(depth=1).to(device), "fp8").to(dtype)
+    x = torch.randn(2, 3, 32, 48, device=device, dtype=dtype)
+    with torch.no_grad():
+        emulated = model.set_backend("torch")(x).float()
+        fast = model.set_backend("triton")(x).float()  # the block pruned to the [CLS] query: the sliced rows path
+        if dtype == torch.float32:
+            fast_tokens = model.forward_features(x)
+            ref_tokens = model.set_backend("torch").forward_features(x)
+    assert torch.isfinite(fast).all()
+    # fp32: identical quantized operands, only summation order and rare one-step LN rounding flips differ;
+    # bf16: the eager emulation rounds LayerNorm and GELU outputs to bf16 before quantizing, the kernels do not
+    bound = 1e-3 if dtype == torch.float32 else 5e-2
+    assert rel_err(fast, emulated) < bound
+    if dtype == torch.float32:
+        assert rel_err(fast_tokens, ref_tokens) < bound
+
+
+def test_emulation_error_on_outlier_models_within_the_readme_figures():
+    """The emulation against fp32 on a tiny model with 50x outlier channels, at the bounds the README states
+    (taken from benchmarks/fp8/accuracy.json with margin for the smaller sample here)."""
+    row = fp8_accuracy.measure("tiny_avgpool", outliers=True, n_images=64, seed=3)
+    assert row["fp32_distinct_top1_classes"] > 10  # logits depend on the input (else top-1 is trivial)
+    assert row["fp8_vs_fp32"]["sqnr_db"] > 25 and row["fp8_vs_fp32"]["top1_agree"] >= 0.9, row
+    assert row["bf16_vs_fp32"]["sqnr_db"] > row["fp8_vs_fp32"]["sqnr_db"], row  # FP8 is the coarser format
+    # per-token scaling is what keeps outliers harmless: one scale for the whole tensor does much worse
+    model, size = fp8_accuracy.build("tiny_avgpool", True, 3)
+    x = fp8_accuracy.images(16, size, torch.Generator().manual_seed(0))
+    q, s = fp8.quantize_rows(model.patch_embed(x).flatten(0, 1))
+    tokens = model.patch_embed(x).flatten(0, 1)
+    per_tensor_scale = tokens.abs().max() / 448
+    per_tensor = (tokens / per_tensor_scale).to(torch.float8_e4m3fn).float() * per_tensor_scale
+    assert rel_err(fp8.dequantize(q, s), tokens) <= rel_err(per_tensor, tokens)
+
+
+def test_accuracy_file_backs_the_readme():
+    from pathlib import Path
+
+    data = json.loads((Path(__file__).parents[1] / "benchmarks/fp8/accuracy.json").read_text())
+    rows = {(r["model"], r["outliers"]): r for r in data["rows"]}
+    assert len(rows) == 2 * len(fp8_accuracy.MODELS) and data["outliers"]["gain"] == fp8_accuracy.OUTLIER_GAIN
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for (name, outliers), r in rows.items():
+        cell = f"{r['fp8_vs_fp32']['sqnr_db']:.1f} dB / {100 * r['fp8_vs_fp32']['top1_agree']:.1f} %"
+        assert cell in readme, f"README row for {name} outliers={outliers} should read {cell}"
+
+
+def test_predictor_fp8_on_cpu_runs_the_emulation():
+    predictor = vit_fast.Predictor(_tiny(img_size=32), device="cpu", dtype="fp8", cuda_graphs=False)
+    assert predictor.fp8 and predictor.model.is_fp8 and predictor.dtype == torch.float32
+    assert "fp8 GEMMs" in repr(predictor)
+    with pytest.raises(ValueError, match="dtype must be one of .*'fp8'"):
+        vit_fast.Predictor(_tiny(), device="cpu", dtype="fp9")
+
+
+def test_cli_predict_dtype_fp8(tmp_path, capsys):
+    from vit_fast import cli
+    from vit_fast.cli import SAMPLE_IMAGES
+
+    rc = cli.main(["predict", SAMPLE_IMAGES[0], "--model", "vit_ti_16", "--set", "depth=1", "--set", "img_size=32",
+                   "--device", "cpu", "--backend", "sdpa", "--dtype", "fp8", "--top-k", "2"])
+    assert rc == 0
+    assert SAMPLE_IMAGES[0] in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["predict", SAMPLE_IMAGES[0], "--dtype", "int4"])
+
+
+def test_bench_float8_rows_give_reasons(monkeypatch):
+    from benchmarks import builders, runner
+
+    settings = runner.Settings(models=["vit_ti_16"], batch_sizes=[1], dtypes=["float8"],
+                               backends=["eager", "sdpa"], device=torch.device("cpu"), resolution=32, repeats=1,
+                               warmup=0, progress=False, overrides=dict(depth=1, embed_dim=64, num_heads=2,
+                                                                        mlp_dim=64), seed=1)
+    rows = {(r["dtype"], r["backend"]): r for r in runner.run_grid(settings, peak_tflops=1.0)}
+    assert len(rows) == 2
+    for backend in ("eager", "sdpa"):
+        assert "float8 runs on vit_fast only" in rows[("float8", backend)]["error"]
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    reason = builders.fp8_skip_reason("vit_fast", torch.device("cpu"))
+    assert reason.startswith("float8 unavailable") and "compute capability 8.9 or 9.0" in reason
+
+
+def test_readme_fp8_example_runs():
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split("<!-- fp8-example -->")[1].split("<!-- /fp8-example -->")[0]
+    code = block.split("```python")[1].split("```")[0]
+    scope = {}
+    exec(compile(code, "README.md (FP8 example)", "exec"), scope)
+    assert scope["model"].is_fp8 and scope["logits"].shape == (2, 1000) and torch.isfinite(scope["logits"]).all()
+
+
+def test_report_compares_float8_with_the_bf16_baselines():
+    from benchmarks import report, schema
+
+    def row(dtype, backend, ips):
+        r = schema.empty_row("vit_l_16", 256, dtype, backend, False)
+        r["images_per_s"] = ips
+        return r
+
+    rows = [row("bfloat16", "compile", 100.0), row("bfloat16", "vit_fast", 120.0), row("float8", "vit_fast", 170.0)]
+    by_key = report.index(rows)
+    assert report.speedup(by_key, rows[2], "compile") == pytest.approx(1.7)
+    assert "float8" in schema.DTYPES
+
+
+@pytest.mark.skipif(fp8_unsupported_reason(torch.device(DEVICE)) is not None, reason="needs sm_89+/interpreter")
+def test_compile_fullgraph_fp8_model(device):
+    """The FP8 ops (float8 weights, optional scales, FC1's second output) trace as opaque custom ops."""
+    model = vit_fast.quantize(_tiny(depth=1, img_size=32).to(device), "fp8").set_backend("triton")
+    x = torch.randn(2, 3, 32, 32, device=device)
+    compiled = torch.compile(model, fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)

@@ -1,0 +1,162 @@
+"""FP8 (e4m3) inference: `quantize(model, "fp8")` / `model.to_fp8()`, and the exact torch emulation of the FP8 GEMMs.
+
+What gets quantized: the four GEMMs of every encoder block (QKV, attention out-projection, FC1, FC2), which hold
+more than 95 % of a ViT's FLOPs. Their weights are stored once as float8_e4m3fn with one fp32 scale per output
+channel; activations are quantized per token (one scale per row) when they are produced. Attention, LayerNorm, the
+residual stream, the patch embedding and the head stay in the model dtype: the patch embedding is < 1 % of the
+FLOPs (K = 3·P² = 768, M = B·N) and reads raw pixels, so FP8 there would cost accuracy at the input for no
+measurable speed; the head is one small GEMM on the pooled token.
+
+Backends of a quantized model:
+- "triton": the ops of `kernels/` see a float8 weight and dispatch to the FP8 engines (quant_fp8 + gemm_fp8).
+  Needs compute capability 8.9 / 9.0 (or TRITON_INTERPRET=1 on CPU).
+- "torch" / "sdpa": `Fp8Linear.forward` runs the same arithmetic in torch (float8 casts, the same scales, fp32
+  matmul of the dequantized integers): a reference on any device, not a fast path.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+FP8_DTYPE = torch.float8_e4m3fn
+FP8_MAX = 448.0
+AMAX_FLOOR = 1e-12  # same floor as kernels/quant_fp8.py
+SCHEMES = ("fp8",)
+
+
+def quantize_rows(x: torch.Tensor) -> tuple:
+    """Per-row (per-token / per-output-channel) e4m3 quantization of x (..., K) computed in fp32:
+    returns (q float8_e4m3fn (..., K), scale fp32 (...,)) with x ≈ q · scale[..., None]. Same arithmetic as the
+    Triton kernel: amax = max(|row|, 1e-12), q = clamp(x · (448 / amax), ±448) rounded to nearest even,
+    scale = amax / 448."""
+    x = x.float()
+    amax = x.abs().amax(dim=-1).clamp_min(AMAX_FLOOR)
+    # tensor / tensor: torch computes `scalar / tensor` as scalar · (1 / tensor), one rounding more than the kernel
+    fp8_max = torch.full_like(amax, FP8_MAX)
+    inv = fp8_max / amax
+    q = (x * inv.unsqueeze(-1)).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    return q, amax / fp8_max
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """fp32 values of per-row quantized q (..., K) with scale (...,)."""
+    return q.float() * scale.unsqueeze(-1)
+
+
+def fp8_matmul(a_q, a_scale, w_q, w_scale) -> torch.Tensor:
+    """fp32 (a_q @ w_q^T) · a_scale[:, None] · w_scale[None, :] for e4m3 a_q (..., K), w_q (N, K). Each product of
+    two e4m3 values is exact in fp32; only the summation order differs from the tensor cores."""
+    acc = a_q.float() @ w_q.float().t()
+    return acc * a_scale.unsqueeze(-1) * w_scale
+
+
+def emulate_linear(x, w_q, w_scale, bias=None, *, ln=None, activation="none", residual=None, out_dtype=None):
+    """The FP8 op in torch: [LayerNorm (fp32)] -> per-token quantization -> fp8_matmul -> + bias -> activation ->
+    + residual -> one cast to out_dtype (default x.dtype). ln = (weight, bias, eps) or None. This is what
+    kernels.ln_qkv / ln_linear / linear_residual compute with a float8 weight (tests compare them to it)."""
+    out_dtype = out_dtype or x.dtype
+    h = x.float()
+    if ln is not None:
+        h = F.layer_norm(h, h.shape[-1:], ln[0].float(), ln[1].float(), ln[2])
+    a_q, a_scale = quantize_rows(h)
+    y = fp8_matmul(a_q, a_scale, w_q, w_scale)
+    if bias is not None:
+        y = y + bias.float()
+    y = ACTIVATIONS[activation](y)
+    if residual is not None:
+        y = y + residual.float()
+    return y.to(out_dtype)
+
+
+def _quick_gelu(x):
+    return x * torch.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {
+    "none": lambda x: x,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "quick_gelu": _quick_gelu,
+}
+
+
+class Fp8Linear(nn.Module):
+    """nn.Linear with its weight stored once as float8_e4m3fn and one fp32 scale per output channel.
+
+    The weight and the scales are kept as raw bits in integer buffers (uint8, int32): `model.to(torch.bfloat16)`
+    casts every floating tensor and would otherwise destroy them; integer buffers still follow `.to(device)`.
+    `weight` / `weight_scale` are the float8 / fp32 views the kernels read. forward() is the torch emulation."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("weight_bits", torch.zeros(out_features, in_features, dtype=torch.uint8, device=device))
+        self.register_buffer("scale_bits", torch.zeros(out_features, dtype=torch.int32, device=device))
+        self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "Fp8Linear":
+        w = linear.weight.detach()
+        new = cls(linear.in_features, linear.out_features, linear.bias is not None, w.device, w.dtype)
+        q, scale = quantize_rows(w)
+        new.weight_bits.copy_(q.view(torch.uint8))
+        new.scale_bits.copy_(scale.view(torch.int32))
+        if linear.bias is not None:
+            new.bias.data.copy_(linear.bias.detach())
+        return new
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """(N, K) float8_e4m3fn (a view of the stored bits)."""
+        return self.weight_bits.view(FP8_DTYPE)
+
+    @property
+    def weight_scale(self) -> torch.Tensor:
+        """(N,) fp32 per-output-channel dequantization scales."""
+        return self.scale_bits.view(torch.float32)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return dequantize(self.weight, self.weight_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return emulate_linear(x, self.weight, self.weight_scale, self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                "weight=float8_e4m3fn (per-channel scales), activations=per-token float8_e4m3fn")
+
+
+def quantized_linears(model) -> dict:
+    """name -> nn.Linear of the GEMMs FP8 covers (QKV, out-projection, FC1, FC2 of every block)."""
+    found = {}
+    for i, block in enumerate(model.blocks):
+        for path in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"):
+            parent_path, _, leaf = path.rpartition(".")
+            found[f"blocks.{i}.{path}"] = (block.get_submodule(parent_path), leaf)
+    return found
+
+
+def is_quantized(model) -> bool:
+    return any(isinstance(m, Fp8Linear) for m in model.modules())
+
+
+def quantize(model, scheme: str = "fp8"):
+    """Convert `model` (a vit_fast VisionTransformer) in place to FP8 weights and return it. Idempotent.
+    The weights are quantized from their current values (any float dtype) in fp32; the bf16/fp32 copies are
+    released. Works on any device (CPU models run the torch emulation); the triton backend needs sm_89 / sm_90."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown quantization scheme {scheme!r}; expected one of {', '.join(SCHEMES)}")
+    if not hasattr(model, "blocks"):
+        raise TypeError(f"quantize expects a vit_fast VisionTransformer, got {type(model).__name__}")
+    for parent, leaf in quantized_linears(model).values():
+        layer = getattr(parent, leaf)
+        if isinstance(layer, Fp8Linear):
+            continue
+        if not isinstance(layer, nn.Linear):
+            raise TypeError(f"cannot quantize {type(layer).__name__}: expected nn.Linear")
+        setattr(parent, leaf, Fp8Linear.from_linear(layer))
+    cache = getattr(model, "_cache", None)
+    if isinstance(cache, dict):
+        cache.clear()
+    return model
