@@ -4,9 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # On the project's machines this picks the local CPU wheel; elsewhere PyPI's default build.
 TORCH_SPEC ?= torch==2.13.0
-OUT ?= out/gpu-check
+STEP ?= tests
 
-.PHONY: demo test gpu-check bench clean
+.PHONY: demo test gpu-step bench clean
 
 $(VENV)/.base: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -28,9 +28,10 @@ test: $(VENV)/.test
 bench: $(VENV)/.test
 	$(VENV)/bin/vit-fast bench --out out/bench
 
-# On a GPU machine (no registry there: run with the image's python, the project on PYTHONPATH).
-gpu-check:
-	bash benchmarks/gpu_check.sh $(OUT)
+# On a GPU machine (no registry there: the image's python, the project on PYTHONPATH), one step per command:
+# make gpu-step STEP=tests | headline | profile | "grid 1" | merge (order and times: benchmarks/NOTES.md).
+gpu-step:
+	bash benchmarks/gpu_steps.sh $(STEP)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -3,6 +3,6 @@ Hugging Face) on the same weights and inputs, and reports throughput, latency, T
 
 Entry points: `python -m benchmarks` (cli.py), `python -m benchmarks.report DIR` (report.py),
 `python -m benchmarks.readme` (readme.py), `pytest benchmarks/` (kernel microbenchmarks),
-`benchmarks/gpu_check.sh OUT` (tests + grid + microbenchmarks on a GPU machine); for a device session with a
-10-minute limit per command, `benchmarks/gpu_steps.sh STEP` (headline.py, breakdown.py, grid slices; NOTES.md).
+`benchmarks/gpu_steps.sh STEP` on a GPU machine, one command per step inside a 10-minute limit (the GPU test
+subset, headline.py, breakdown.py, grid slices, merge; NOTES.md, "GPU session plan").
 """

@@ -93,7 +93,8 @@ def targets_of(variant, all_targets: bool, ccs) -> list:
     wanted = {FAMILY_TARGET.get(t) for t in tables} - {None}
     if all_targets or not wanted:
         wanted = set(ccs)
-    return sorted((c for c in wanted if c in ccs), reverse=True)
+    # a variant may name the oldest target it exists for ("min_cc": 89 for FP8 dots and casts)
+    return sorted((c for c in wanted if c in ccs and c >= variant.get("min_cc", 0)), reverse=True)
 
 
 def roofline_us(launches, cc: int, sixteen_bit: bool) -> float:
