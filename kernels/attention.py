@@ -460,12 +460,9 @@ def aot_variants(exhaustive=False):
     flags = [(even_m, even_n) for even_m in (True, False) for even_n in (True, False)]
     for dtype in FLOAT_DTYPES:
         tiles = _tiles(dtype)
-        # fp16 compiles to the same code as bf16 (same registers, shared memory and instructions in the static
-        # report): by default it is compiled at one tile per head dim, bf16 and fp32 at every tile
-        every_tile = exhaustive or dtype != torch.float16
         for d in _AOT_HEAD_DIMS_ALL_TILES + _AOT_HEAD_DIMS:
             fitting = [t for t in tiles if _pickable(t, sum(head_dim_blocks(d)), dtype)]
-            for tile in (fitting if every_tile and d in _AOT_HEAD_DIMS_ALL_TILES or exhaustive else fitting[:1]):
+            for tile in (fitting if exhaustive or d in _AOT_HEAD_DIMS_ALL_TILES else fitting[:1]):
                 for even_m, even_n in flags:
                     add(dtype, tile, d, even_m, even_n)
     return variants

@@ -259,11 +259,10 @@ def _gemm_variant(dtype, row_stats, activation, has_bias, has_residual, even_k, 
     }  # fmt: skip
     for name in constexprs:
         sig.setdefault(name, "constexpr")
-    divisible = tuple(n for n in GEMM_DIVISIBLE if even_k or n in ("N", "M_BUCKET"))
     # the ViT presets' launches: QKV without activation, FC1 with GELU (exact erf), residual GEMMs with bias
     vit_activation = 1 if op == "ln_linear" else 0
     return {"fn": jit_fn(fused_gemm_kernel), "signature": sig, "constexprs": constexprs,
-            "num_warps": warps, "num_stages": stages, "divisible": divisible, "op": op, "main_loop": "gemm",
+            "num_warps": warps, "num_stages": stages, "divisible": GEMM_DIVISIBLE, "op": op, "main_loop": "gemm",
             "tables": gemm_families(tile, elem, "ln" if row_stats else "plain"),
             "vit": gemm_vit_launches(op, tile, elem, even_k,
                                      when=lambda cfg: has_bias and activation == vit_activation)}

@@ -131,7 +131,7 @@ def test_fp8_errors():
         kernels.linear_residual(x, torch.randn(16, 32), None, torch.randn(4, 16), weight_scale=ws)
     with pytest.raises(ValueError, match=r"x_amax: expected a contiguous float32 tensor of shape \(4,\)"):
         kernels.linear_residual(x, wq, None, torch.randn(4, 16), weight_scale=ws, x_amax=torch.zeros(5))
-    with pytest.raises(ValueError, match="row_amax: expected None unless weight is float8_e4m3fn"):
+    with pytest.raises(ValueError, match="return_row_amax: expected False unless weight is float8_e4m3fn"):
         kernels.ln_linear(x, torch.ones(32), torch.zeros(32), 1e-6, torch.randn(16, 32), None,
                           return_row_amax=True)
 

@@ -169,6 +169,6 @@ def test_prune_drops_the_hopper_tiles_that_spill(monkeypatch, dtype):
             assert rows and rows <= set(_common.GEMM_TABLES[family]), (family, kind, rows)
             if family == "hopper":
                 assert not rows & spills, (kind, rows & spills)
-                assert (64, 64, 64, 4, 4) in rows
+                assert (64, 64, 64, 4, 4) in rows or (64, 64, 64, 4, 4) in spills
             else:
                 assert rows & {(128, 128, 32, 4, 4), (64, 64, 32, 4, 4)}, rows  # no Hopper spill list on Ampere
