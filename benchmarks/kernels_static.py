@@ -67,8 +67,13 @@ def compile_job(job):
     return _aot().compile_one(job)
 
 
+def is_fp8(variant) -> bool:
+    return any(t == "*fp8e4nv" for t in variant["signature"].values())
+
+
 def is_16bit(variant) -> bool:
-    return any(t in ("*bf16", "*fp16") for t in variant["signature"].values())
+    """Dots on 16-bit operands (an FP8 GEMM with a bf16 output is not)."""
+    return not is_fp8(variant) and any(t in ("*bf16", "*fp16") for t in variant["signature"].values())
 
 
 def dtype_of(variant) -> str:
@@ -123,6 +128,8 @@ def gate_problems(variant, cc: int, stats) -> list:
     if variant.get("main_loop") == "gemm":
         if is_16bit(variant) and not stats["hgmma"]:
             problems.append("no wgmma in a 16-bit GEMM")
+        if is_fp8(variant) and not stats.get("qgmma"):
+            problems.append("no FP8 wgmma (QGMMA) in an FP8 GEMM")
         if not (stats["ldgsts"] or stats["utmaldg"]):
             problems.append("GEMM main loop without cp.async or TMA")
     return problems
@@ -173,7 +180,8 @@ def describe(row, result) -> dict:
            "cpu_s": round(seconds, 2), "error": error, "smem_limit": DEVICES[cc]["smem"]}
     if stats:
         out.update(stats)
-        out["tensor_core"] = "wgmma" if stats["hgmma"] else "mma" if stats["hmma"] else "none"
+        out["tensor_core"] = ("wgmma" if stats["hgmma"] else "wgmma e4m3" if stats.get("qgmma") else "mma"
+                              if stats["hmma"] else "none")
         out["async_copy"] = "+".join(k for k, n in (("cp.async", stats["ldgsts"]), ("TMA", stats["utmaldg"])) if n) \
             or "none"
         out["gate"] = gate_problems(variant, cc, stats)
@@ -201,7 +209,7 @@ def markdown(report) -> str:
         f"compiles of {len(report['rows'])} (variant, target) rows, {report['profile']}). Do not edit: regenerate.", "",
         "Columns: **fam** GPU families whose autotune tables can pick the variant; **reg** registers/thread; "
         "**stack** spill bytes; **STL/LDL** spill stores/loads; **smem** dynamic shared memory (limit "
-        "232,448 B sm_90, 166,912 B sm_80); **TC** tensor-core kind (wgmma = HGMMA, mma = HMMA); **async** "
+        "232,448 B sm_90, 166,912 B sm_80); **TC** tensor-core kind (wgmma = HGMMA, wgmma e4m3 = QGMMA, FP8; mma = HMMA); **async** "
         "cp.async (LDGSTS) / TMA (UTMALDG) loads; **presets** ViT presets (batch 1 or 256) whose launches can pick "
         "it; **roofline µs** ViT-B/16 batch-256 launches of this variant on the row's target (one forward, all "
         "layers; H100 SXM 800 TFLOP/s 16-bit, 67 TFLOP/s fp32 FMA, 3.35 TB/s, 132 SMs; A100 SXM 312 / 19.5 "

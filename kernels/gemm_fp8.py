@@ -252,5 +252,6 @@ def _variant(out_dtype, activation, has_bias, has_residual, qkv, even_k, precise
     for name in constexprs:
         sig.setdefault(name, "constexpr")
     return {"fn": jit_fn(fp8_gemm_kernel), "signature": sig, "constexprs": constexprs,
-            "num_warps": warps, "num_stages": stages, "min_cc": 89,
+            "num_warps": warps, "num_stages": stages, "min_cc": 89, "op": "linear_fp8", "main_loop": "gemm",
+            "tables": ("hopper",) if tile in HOPPER_FP8 or tile in QKV_FP8 else (),  # Ada-only tiles: no gated family
             "divisible": ("N", "K", "stride_am", "stride_wn", "stride_rm", "stride_om", "HEAD_DIM")}

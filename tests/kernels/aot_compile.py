@@ -178,7 +178,8 @@ def _cpu_seconds():
 
 
 NVIDIA_BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-SASS_COUNTS = {"hgmma": "HGMMA", "hmma": "HMMA", "ldgsts": "LDGSTS", "utmaldg": "UTMALDG", "stl": "STL", "ldl": "LDL"}
+SASS_COUNTS = {"hgmma": "HGMMA", "qgmma": "QGMMA", "hmma": "HMMA", "ldgsts": "LDGSTS", "utmaldg": "UTMALDG",
+               "stl": "STL", "ldl": "LDL"}  # QGMMA: Hopper's FP8 (e4m3/e5m2) warpgroup MMA
 
 
 def inspect_compiled(compiled):
