@@ -12,8 +12,8 @@ power-of-two block would pad 80 to 128. Q is multiplied by softmax_scale * log2(
 loop computes exp2(s - m) with no per-score scaling.
 
 q/k/v are (B, H, N, d) views with any strides whose last dim is contiguous, so the kernel reads them in place from
-the QKV projection's output: the head-major (3, B, H, N, d) tensor that `ln_qkv` writes, or a row-major (B, N, 3, H, d)
-tensor viewed as `.permute(2, 0, 3, 1, 4)`. The result is stored straight into (B, Nq, H*d), the layout the
+the QKV projection's output: the (B, N, 3, H, d) rows `ln_qkv` writes, viewed as `.permute(2, 0, 3, 1, 4)`, or the
+head-major (3, B, H, N, d) tensor of its FP8 path. The result is stored straight into (B, Nq, H*d), the layout the
 out-projection reads. Nq may be smaller than Nk (Nq == 1 when the last layer keeps only [CLS]).
 """
 import math

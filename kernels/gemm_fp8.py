@@ -82,9 +82,10 @@ def _smem_bytes(c, a_bytes, quant_a):
     return c.num_stages * (bm * a_bytes + bn) * bk + (bm * bk if quant_a else 0)
 
 
-@triton.autotune(configs=_configs(), key=FP8_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune})
+@triton.autotune(configs=_configs(), key=FP8_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune},
+                 cache_results=True)  # tuned configs persist on disk (triton's cache dir) across processes
 @triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
-@triton.jit
+@triton.jit(do_not_specialize=["M"])  # M = B·tokens: one compile for every batch size
 def fp8_gemm_kernel(
     a_ptr,  # (M, K) activations: float8 e4m3, or (QUANT_A) bf16/fp16/fp32 rows quantized here
     a_scale_ptr,  # (M,) fp32 per-row (per-token) scales of A; with QUANT_A the rows' absolute maxima instead

@@ -138,8 +138,8 @@ def ln_qkv(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps:
            bias: Optional[torch.Tensor], num_heads: int,
            weight_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
     """LayerNorm(x) @ weight^T + bias for x (B, N, D) and the fused qkv weight (3D, D) (timm layout: rows [q; k; v],
-    head-major inside each), returned as a (3, B, H, N, D // H) tensor in x.dtype (last dim contiguous; a view of
-    one new (B, N, 3, H, d) buffer); bias may be None. Folds the norm on every call: repeated callers use
+    head-major inside each), returned as a (3, B, H, N, D // H) tensor in x.dtype (last dim contiguous: a view of
+    one new (B, N, 3, H, d) buffer, or a contiguous head-major tensor on the FP8 path); bias may be None. Folds the norm on every call: repeated callers use
     ln_qkv_folded. FP8: weight float8_e4m3fn with weight_scale (3D,) fp32; LayerNorm(x) is quantized per token."""
     _check_x(x, weight, num_heads)
     if weight.dtype == FP8_DTYPE:

@@ -44,8 +44,9 @@ def round_to_e4m3(y):
     return (r.to(tl.int32, bitcast=True) | (bits & -2147483648)).to(tl.float32, bitcast=True)
 
 
-@triton.autotune(configs=_configs(), key=["M_BUCKET", "K", "HAS_LN"], prune_configs_by={"early_config_prune": _prune})
-@triton.jit
+@triton.autotune(configs=_configs(), key=["M_BUCKET", "K", "HAS_LN"], prune_configs_by={"early_config_prune": _prune},
+                 cache_results=True)  # tuned configs persist on disk (triton's cache dir) across processes
+@triton.jit(do_not_specialize=["M"])  # M = B·tokens: one compile for every batch size
 def quant_rows_fp8_kernel(
     x_ptr,  # (M, K) input rows, any strides
     ln_w_ptr,  # (K,) LayerNorm weight; read only when HAS_LN

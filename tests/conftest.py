@@ -51,7 +51,7 @@ def pytest_collection_modifyitems(config, items):
         return
     skip = pytest.mark.skip(reason="ahead-of-time compile check runs in CPU CI; on a GPU the JIT compiles for real")
     for item in items:
-        if item.path.name == "test_aot_compile.py":
+        if item.path.name == "test_static_gate.py":
             item.add_marker(skip)
 
 

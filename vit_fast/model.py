@@ -312,7 +312,7 @@ class VisionTransformer(nn.Module):
         """[embeddings (after norm_pre), output of block 1, ..., output of block L]: HF's hidden_states, before
         the final norm. Runs on the current backend."""
         x, is_uint8 = self._check_input(x)
-        backend = backends.resolve(self._backend, x.device)
+        backend = backends.resolve(self._backend, x.device, self.pos_embed.dtype)
         if backend == "triton":
             from . import triton_path
 

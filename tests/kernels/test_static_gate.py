@@ -58,18 +58,24 @@ def test_static_gate(tmp_path):
     print(f"static gate: {report['compiles']} compiles in {report['wall_s']} s (triton {report['triton']})")
     seen = {(r["module"], r["target"]) for r in report["rows"]}
     for module in MODULES:
-        for target in ("sm_90", "sm_80"):
+        for target in ("sm_90",) if module == "gemm_tma" else ("sm_90", "sm_80"):  # TMA: Hopper only
             assert (module, target) in seen, f"no {module} variant compiled for {target}"
+    # 16-bit activations (a GEMM row also lists its fp32 bias/statistics pointers: "bf16/fp32"); FP8 rows apart
     hopper16 = [r for r in report["rows"] if r["target"] == "sm_90" and "hopper" in r["families"]
-                and r["dtype"] in ("bf16", "fp16")]
+                and r["dtype"].split("/")[0] in ("bf16", "fp16") and "fp8" not in r["dtype"]]
     assert hopper16 and all(r["stack"] == 0 and r["shared"] <= 232448 for r in hopper16)
     gemms = [r for r in hopper16 if r["op"] in GEMM_OPS and not r.get("ungated")]
-    assert gemms and all(r["tensor_core"] == "wgmma" and "cp.async" in r["async_copy"] for r in gemms)
+    assert {"gemm_tma", "ln_qkv", "ln_linear", "linear_residual"} <= {r["module"] for r in gemms}
+    assert all(r["tensor_core"] == "wgmma" and r["async_copy"] != "none" for r in gemms)
+    assert all("TMA" in r["async_copy"] for r in gemms if r["module"] == "gemm_tma")
+    fp8 = [r for r in report["rows"] if r["target"] == "sm_90" and r["op"] == "linear_fp8" and "hopper" in r["families"]]
+    assert fp8 and all(r["tensor_core"] == "wgmma e4m3" and r["stack"] == 0 for r in fp8)
     # every Hopper GEMM tile was compiled and gated for every GEMM op in bf16
     from kernels._common import FAMILY_SMEM, GEMM_TABLES, gemm_tile_allowed
 
     for op in GEMM_OPS:
-        tiles = {r["tile"] for r in gemms if r["op"] == op and r["dtype"] == "bf16"}
+        tiles = {r["tile"] for r in gemms if r["op"] == op and r["dtype"].startswith("bf16")
+                 and r["module"] != "gemm_tma"}  # the pointer engine's table
         kind = {"ln_qkv": "ln", "ln_linear": "ln", "patch_embed": "patch"}.get(op, "plain")
         for row in GEMM_TABLES["hopper"]:
             if gemm_tile_allowed(row, 2, FAMILY_SMEM["hopper"], family="hopper", kind=kind):

@@ -112,8 +112,8 @@ def _live_model_config(model) -> dict:
         unsupported.append(f"global_pool={pool!r}")
     if pool == "token" and not hasattr(model.norm, "weight") and not cfg["fc_norm"]:
         unsupported.append("[CLS] pooling without a final LayerNorm")
-    for part in ("q_norm", "k_norm", "norm"):
-        module = getattr(block.attn, part, None) or (getattr(block.mlp, part, None) if part == "norm" else None)
+    for owner, part in ((block.attn, "q_norm"), (block.attn, "k_norm"), (block.attn, "norm"), (block.mlp, "norm")):
+        module = getattr(owner, part, None)  # timm keeps an nn.Identity where a norm is off
         if module is not None and not isinstance(module, torch.nn.Identity):
             unsupported.append(f"blocks with {part} layers")
     pool_module = getattr(model, "attn_pool", None)

@@ -258,7 +258,7 @@ def validate(args) -> dict:
         "vit_fast_version": __version__,
         "model": {"name": name, "random_weights": random_weights, "depth": cfg.depth, "embed_dim": cfg.embed_dim,
                   "num_heads": cfg.num_heads, "head_dim": cfg.head_dim, "mlp_dim": cfg.mlp_dim,
-                  "tokens": 1 + cfg.num_patches, "img_size": list(cfg.img_size), "patch_size": cfg.patch_size,
+                  "tokens": cfg.num_prefix_tokens + cfg.num_patches, "img_size": list(cfg.img_size), "patch_size": cfg.patch_size,
                   "num_classes": cfg.num_classes},
         "dtype": args.dtype,
         "batch": args.batch,

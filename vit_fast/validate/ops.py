@@ -133,13 +133,15 @@ def _fc2_inputs(a: Activations, dtype):
 
 def _final_norm_inputs(a: Activations, dtype):
     norm = a.model.norm
-    x = a.tokens_last[:, :1]  # the [CLS] rows: the logits path normalizes only those
+    prefix = a.model.config.num_prefix_tokens
+    # [CLS] pooling: the logits path normalizes only the prefix rows; other heads (SigLIP's map pool) read them all
+    x = a.tokens_last[:, :prefix] if a.model.config.global_pool == "cls" and prefix else a.tokens_last
     return dict(x=_cast(x, dtype), w=_cast(norm.weight, dtype), b=_cast(norm.bias, dtype), eps=norm.eps)
 
 
 def _final_norm_unused(model) -> Optional[str]:
     if not isinstance(model.norm, torch.nn.LayerNorm):
-        return "not used by this model (average pooling: its fc_norm runs in PyTorch)"
+        return "not used by this model (the norm follows the pooling: fc_norm runs in PyTorch)"
     return None
 
 

@@ -21,6 +21,8 @@ def outputs(model: torch.nn.Module, pixels: torch.Tensor):
     """(fp32 logits or None for a headless model, fp32 pooled embeddings) for a uint8 batch. The logits come from
     `model(x)`, the path `predict` runs (with [CLS] pooling the Triton backend prunes the last block to the [CLS]
     query there), the embeddings from `forward_features` + the pre-logits head, as `return_embeddings` does."""
+    if model.config.embedding_head:  # CLIP's projection: model(x) is the embedding (image_embeds), as predict serves
+        return None, model(pixels).float()
     logits = model(pixels).float() if model.config.num_classes else None
     emb = model.forward_head(model.forward_features(pixels), pre_logits=True)
     return logits, emb.float()
