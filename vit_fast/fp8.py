@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .model import ACTIVATIONS as MODEL_ACTIVATIONS
+
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0
 AMAX_FLOOR = 1e-12  # same floor as kernels/quant_fp8.py
@@ -69,16 +71,8 @@ def emulate_linear(x, w_q, w_scale, bias=None, *, ln=None, activation="none", re
     return y.to(out_dtype)
 
 
-def _quick_gelu(x):
-    return x * torch.sigmoid(1.702 * x)
-
-
-ACTIVATIONS = {
-    "none": lambda x: x,
-    "gelu": F.gelu,
-    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "quick_gelu": _quick_gelu,
-}
+# the GEMM epilogue's activations (kernels/_common.ACTIVATIONS): the model's MLP activations plus "none"
+ACTIVATIONS = {"none": lambda x: x, **MODEL_ACTIVATIONS}
 
 
 class Fp8Linear(nn.Module):

@@ -112,11 +112,6 @@ def check_output_path(out) -> str:
     return str(path)
 
 
-def _node_cpus() -> float:
-    """CPUs of the largest alive node: the most one actor (or replica) can get."""
-    return max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=0)
-
-
 def _pool_resources(workers: Optional[int], cpus_per_worker: Optional[float], use_gpus: bool,
                     wait_timeout_s: float, say=print) -> dict:
     """Actor pool size and per-actor resources, sized from what the cluster has *available* now (another job, a

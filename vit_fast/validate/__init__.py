@@ -72,11 +72,6 @@ def _check_args(args) -> dict:
         if getattr(args, flag) < 1:
             raise UsageError(f"--{flag} expects a positive number of images, got {getattr(args, flag)}")
     checked = {"overrides": _parse_overrides(args.set)}
-    if args.dtype == "fp8":
-        import vit_fast
-
-        if not hasattr(vit_fast, "quantize"):
-            raise UsageError("--dtype fp8 needs the FP8 path (vit_fast.quantize), which this vit-fast does not have")
     if args.checkpoint is not None and not Path(args.checkpoint).expanduser().exists():
         raise UsageError(f"no checkpoint at {args.checkpoint!r}")
     if args.checkpoint is None:

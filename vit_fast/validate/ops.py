@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 import kernels
 
+from ..fp8 import ACTIVATIONS as EPILOGUE_ACTIVATIONS
 from ..numerics import KERNEL_TOL, Budget, kernel_budget, within_tol
 
 # requested dtype name -> the dtype a bf16/fp16/fp32 op computes in. Under "fp8", ops that stay bf16 in an FP8
@@ -81,11 +82,7 @@ def _mlp_activation(model) -> str:
 
 
 def _act(y: torch.Tensor, activation: str) -> torch.Tensor:
-    if activation == "quick_gelu":
-        return y * torch.sigmoid(1.702 * y)
-    if activation == "none":
-        return y
-    return F.gelu(y, approximate="tanh" if activation == "gelu_tanh" else "none")
+    return EPILOGUE_ACTIVATIONS[activation](y)
 
 
 # ----- inputs: operands rounded to the checked dtype once; kernel and both compositions see the same values --------
