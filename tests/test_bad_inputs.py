@@ -100,6 +100,20 @@ def test_corrupt_checkpoint_is_one_line(tmp_path, capsys, layout, how):
         vit_fast.load(src)
 
 
+def test_any_garbage_pickle_is_a_value_error(tmp_path):
+    """The weights-only unpickler fails on random bytes in many ways (UnpicklingError, IndexError, KeyError,
+    UnicodeDecodeError, ...): every one must become the same one-line ValueError. 400 blobs from a fixed seed cover
+    each kind (a single random blob per run once made CI flaky)."""
+    from vit_fast.loading.state_dict import read_weights
+
+    gen = torch.Generator().manual_seed(0)
+    path = tmp_path / "w.pth"
+    for _ in range(400):
+        path.write_bytes(torch.randint(0, 256, (512,), generator=gen, dtype=torch.uint8).numpy().tobytes())
+        with pytest.raises(ValueError, match="expected a PyTorch checkpoint"):
+            read_weights(path)
+
+
 # ------------------------------------------------------------------ bad configs
 
 def _hf_dir_with(tmp_path, text):

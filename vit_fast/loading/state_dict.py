@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -50,14 +51,16 @@ def safetensors_metadata(path) -> dict:
 
 def _read_torch(path: Path):
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # garbage bytes can read as an odd pickle protocol: the error says enough
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         reason = str(e).rpartition("WeightsUnpickler error:")[2] or _first_line(e)
         reason = f"not a torch.save archive of tensors ({_first_line(reason.strip())})"
     except EOFError:
         reason = "the file ends before the archive does"
-    except (RuntimeError, ValueError, OSError, ImportError, AttributeError, TypeError) as e:
-        reason = _first_line(e)
+    except Exception as e:  # noqa: BLE001 - the unpickler fails on garbage in many ways (IndexError, KeyError, ...)
+        reason = f"{type(e).__name__}: {_first_line(e)}" if isinstance(e, (IndexError, KeyError)) else _first_line(e)
     raise ValueError(f"cannot read {path}: expected a PyTorch checkpoint (torch.save of a state dict), got "
                      f"{_size(path)}: {reason}")
 
