@@ -37,9 +37,14 @@ def _run(argv, capsys):
 
 # ------------------------------------------------------------------ corrupt checkpoints
 
+def _garbage(n: int) -> bytes:
+    """n random-looking bytes, the same every run (the fuzz test below covers many draws)."""
+    return torch.randint(0, 256, (n,), generator=torch.Generator().manual_seed(n), dtype=torch.uint8).numpy().tobytes()
+
+
 def _corrupt(data: bytes, how: str) -> bytes:
     return {"empty": b"", "truncated": data[: len(data) // 2], "header-cut": data[:6],
-            "garbage": os.urandom(4096)}[how]
+            "garbage": _garbage(4096)}[how]
 
 
 def _native(tmp_path, how):
@@ -213,7 +218,7 @@ def _entry_point():
 def test_real_entry_point(tmp_path):
     """The installed command: a garbage weight file gives one line on stderr and exit code 2."""
     bad = tmp_path / "model.safetensors"
-    bad.write_bytes(os.urandom(1000))
+    bad.write_bytes(_garbage(1000))
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     done = subprocess.run(_entry_point() + ["convert", str(bad), str(tmp_path / "out")], capture_output=True,
                           text=True, timeout=120, env=env)

@@ -321,7 +321,7 @@ def test_batch_job_over_a_folder_with_a_corrupt_file(ray_local, checkpoint, tmp_
         expected[str(name.resolve())] = predictor.predict([data], top_k=TOP_K, return_embeddings=True,
                                                           normalize_embeddings=True)[0]
     corrupt = folder / "corrupt.jpg"
-    corrupt.write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(200))
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(7, 207)))  # a JPEG marker, then no JPEG
     (folder / "README.txt").write_text("not an image, not listed")
     out = tmp_path / "out" / "predictions.parquet"
 
