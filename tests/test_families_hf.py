@@ -31,6 +31,9 @@ FAMILIES = {
         **_kw(d, n, h, 28, 14), mlp_ratio=3)), "pooler_output", False),
     "dinov2_reg": (lambda d, n, h: T.Dinov2WithRegistersModel(T.Dinov2WithRegistersConfig(
         **_kw(d, n, h, 28, 14), mlp_ratio=2, num_register_tokens=3)), "pooler_output", False),
+    # the classifier pools [CLS] + the mean of the patch tokens only (registers left out)
+    "dinov2_reg_cls": (lambda d, n, h: T.Dinov2WithRegistersForImageClassification(T.Dinov2WithRegistersConfig(
+        **_kw(d, n, h, 28, 14), mlp_ratio=3, num_register_tokens=2, num_labels=4)), "logits", False),
     "siglip": (lambda d, n, h: T.SiglipVisionModel(T.SiglipVisionConfig(
         **_kw(d, n, h, 32, 16), intermediate_size=96)), "pooler_output", True),
     "deit_distilled": (lambda d, n, h: T.DeiTForImageClassificationWithTeacher(T.DeiTConfig(
@@ -77,8 +80,8 @@ def test_live_module(family):
 
 # family -> width of its tiny triton config (160 / 2 heads: head dim 80; 64: head dim 32); plain DINOv2 and DeiTModel
 # share every triton code path with the families here (checked on torch/sdpa above)
-TRITON_WIDTH = {"clip_proj": 160, "clip": 64, "dinov2_cls_swiglu": 64, "dinov2_reg": 64, "siglip": 160,
-                "deit_distilled": 160}
+TRITON_WIDTH = {"clip_proj": 160, "clip": 64, "dinov2_cls_swiglu": 64, "dinov2_reg": 64, "dinov2_reg_cls": 64,
+                "siglip": 160, "deit_distilled": 160}
 
 
 @pytest.mark.parametrize("family", sorted(TRITON_WIDTH))
