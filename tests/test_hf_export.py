@@ -96,8 +96,29 @@ def test_export_refuses_what_the_hf_class_cannot_express():
         to_hf(_model("dinov2_s_14", img_size=(28, 42)), "dinov2")
     with pytest.raises(ValueError, match=r"global_pool='cls' \(HF: 'cls_avg'\)"):
         to_hf(_model("dinov2_s_14", num_classes=3), "dinov2")
+    with pytest.raises(ValueError, match=r"^Hugging Face's DeiTForImageClassificationWithTeacher: no place for "
+                                         r"vit-fast's \['pre_logits\.fc\.bias', 'pre_logits\.fc\.weight'\]$"):
+        to_hf(_model("deit_b_16_distilled", representation_size=160, num_classes=0), "deit")
     with pytest.raises(ValueError, match=r"unknown model family 'vit'; expected one of clip, dinov2, siglip, deit"):
         to_hf(_model("dinov2_s_14"), "vit")
+
+
+def test_rename_back_errors():
+    """The key-table inverse names the HF key and what is wrong with it."""
+    from vit_fast.loading import hf_dinov2
+    from vit_fast.loading.hf_common import rename_back
+
+    table, z = hf_dinov2._TABLE, torch.zeros
+    with pytest.raises(ValueError, match=r"^embeddings\.cls_token has shape \(1, 1, 8\), vit-fast's \(1, 1, 4\)$"):
+        rename_back({"embeddings.cls_token": z(1, 1, 8)}, {"cls_token": z(1, 1, 4)}, table)
+    with pytest.raises(ValueError, match=r"^no vit-fast parameter corresponds to Hugging Face key 'pooler\.x'$"):
+        rename_back({"pooler.x": z(1)}, {}, table)
+    with pytest.raises(ValueError, match=r"^Hugging Face key 'encoder\.layer\.0\.attention\.q_proj\.bias' needs "
+                                         r"vit-fast's 'blocks\.0\.attn\.q\.bias', which this model does not have$"):
+        rename_back({"encoder.layer.0.attention.q_proj.bias": z(4)}, {"blocks.0.attn.qkv.weight": z(12, 4)}, table)
+    q = rename_back({"encoder.layer.0.attention.v_proj.weight": z(4, 4)}, {"blocks.0.attn.qkv.weight":
+                                                                            torch.arange(48.0).reshape(12, 4)}, table)
+    assert torch.equal(q["encoder.layer.0.attention.v_proj.weight"], torch.arange(32.0, 48.0).reshape(4, 4))
 
 
 def test_export_dinov2_mlp_width_hf_cannot_build():

@@ -69,13 +69,12 @@ def rename_back(hf_state: dict, ours: dict, table: list, ignored: re.Pattern | N
         else:
             raise ValueError(f"no vit-fast parameter corresponds to Hugging Face key {key!r}")
         if tensor.shape != theirs.shape:
-            raise ValueError(f"{key}: the Hugging Face module has shape {tuple(theirs.shape)}, vit-fast "
-                             f"{tuple(tensor.shape)}")
+            raise ValueError(f"{key} has shape {tuple(theirs.shape)}, vit-fast's {tuple(tensor.shape)}")
         out[key] = tensor
         used.add(name)
     left = sorted(set(ours) - used)
     if left:
-        raise ValueError(f"the Hugging Face module has no place for vit-fast's {left}")
+        raise ValueError(f"no place for vit-fast's {left}")
     return out
 
 

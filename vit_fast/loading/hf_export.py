@@ -65,6 +65,9 @@ def to_hf(model, family: str, device="cpu") -> tuple:
         raise ValueError(f"Hugging Face's {class_name} cannot express this model: {'; '.join(differ)}")
     with torch.device(device):
         hf_model = hf_class(hf_config)
-    state = fam.export_state({k: v for k, v in hf_model.state_dict().items()}, ours)
+    try:
+        state = fam.export_state(hf_model.state_dict(), ours)
+    except ValueError as e:
+        raise ValueError(f"Hugging Face's {class_name}: {e}") from None
     hf_model.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=True)
     return hf_model.eval(), primary
