@@ -125,7 +125,8 @@ def test_export_dinov2_mlp_width_hf_cannot_build():
     """HF's DINOv2 derives the MLP width from an integer mlp_ratio (transformers 5); 200 is not int(160 * r)."""
     model = _model("dinov2_s_14", mlp_dim=200)
     if T.__version__.split(".")[0] >= "5":
-        with pytest.raises(ValueError, match=r"^transformers \S+'s Dinov2Config cannot express this model: .*mlp_ratio"):
+        with pytest.raises(ValueError, match=r"^transformers \S+'s Dinov2Config cannot express this model: "
+                                             r".*mlp_ratio"):
             to_hf(model, "dinov2")
     else:  # transformers 4 takes the float ratio 1.25
         hf, field = to_hf(model, "dinov2")
