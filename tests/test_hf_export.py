@@ -124,7 +124,7 @@ def test_rename_back_errors():
 def test_export_dinov2_mlp_width_hf_cannot_build():
     """HF's DINOv2 derives the MLP width from an integer mlp_ratio (transformers 5); 200 is not int(160 * r)."""
     model = _model("dinov2_s_14", mlp_dim=200)
-    if T.__version__.split(".")[0] >= "5":
+    if int(T.__version__.split(".")[0]) >= 5:
         with pytest.raises(ValueError, match=r"^transformers \S+'s Dinov2Config cannot express this model: "
                                              r".*mlp_ratio"):
             to_hf(model, "dinov2")

@@ -125,7 +125,7 @@ def _mlp_ratio(cfg: ViTConfig):
         if width(ratio) == cfg.mlp_dim:
             return ratio
     ratio = (3 * cfg.mlp_dim / 2 if swiglu else cfg.mlp_dim) / d
-    if width(ratio) < cfg.mlp_dim:  # 0.1 + 0.2 < 0.3: step up to the next float
+    if width(ratio) < cfg.mlp_dim:  # d * (w / d) rounded to just under w: step up to the next float
         ratio = math.nextafter(ratio, math.inf)
     return ratio
 
