@@ -263,13 +263,14 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def profile_backend(backend: str, master, dtype, device, batch: int, resolution: int, forwards: int) -> dict:
+def profile_backend(backend: str, master, dtype, device, batch: int, resolution: int, forwards: int,
+                    preset: str | None = None) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     from . import builders, runner, timing
 
     mode = "max-autotune-no-cudagraphs" if device.type == "cuda" else "default"
-    built = builders.build(backend, master, dtype, device, mode)
+    built = builders.build(backend, master, dtype, device, mode, preset=preset)
     x = runner.make_inputs(batch, resolution, dtype, device, seed=0, count=1)[0]
     with torch.inference_mode():
         t0 = time.monotonic()
@@ -340,7 +341,8 @@ def main(argv=None) -> int:
         try:
             if reason:
                 raise RuntimeError(reason)
-            prof = profile_backend(backend, master, torch.bfloat16, device, batch, resolution, args.forwards)
+            prof = profile_backend(backend, master, torch.bfloat16, device, batch, resolution, args.forwards,
+                                   preset=args.model)
             grouped = group(prof.pop("kernels"), dims)
             summary = summarize(grouped, args.forwards)
             summary["kernels_per_forward"] = len(grouped) // args.forwards

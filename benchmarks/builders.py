@@ -108,8 +108,11 @@ class Built:
             torch.compiler.cudagraph_mark_step_begin()
 
 
-def build(backend: str, master: nn.Module, dtype: torch.dtype, device: torch.device, compile_mode: str) -> Built:
-    """The callable for one (backend, dtype) from the master's weights; raises with a readable reason."""
+def build(backend: str, master: nn.Module, dtype: torch.dtype, device: torch.device, compile_mode: str,
+          preset: Optional[str] = None) -> Built:
+    """The callable for one (backend, dtype) from the master's weights; raises with a readable reason. `preset`
+    (the master's preset name) picks the Hugging Face class of the hf backend: its family's (clip_l_14 ->
+    CLIPVisionModelWithProjection), ViTForImageClassification for the classic presets."""
     if backend in VIT_FAST_BACKEND:
         module = copy.deepcopy(master).to(device=device, dtype=input_dtype(dtype)).eval()
         if dtype == FP8:
@@ -125,7 +128,10 @@ def build(backend: str, master: nn.Module, dtype: torch.dtype, device: torch.dev
         module = convert.to_timm(master, device).to(device=device, dtype=dtype).eval()
         return Built(module, module)
     if backend == "hf":
-        module = convert.to_hf(master, device).to(device=device, dtype=dtype).eval()
+        from vit_fast.loading.hf_export import family_of_preset
+
+        family = family_of_preset(preset) if preset else None
+        module = convert.to_hf(master, device, family).to(device=device, dtype=dtype).eval()
         return Built(module, module)
     raise ValueError(f"unknown backend {backend!r}")
 

@@ -1,10 +1,13 @@
-"""The benchmark's weights, loaded into the reference libraries: timm's `VisionTransformer` (every model family:
-CLIP, DINOv2, SigLIP, distilled DeiT) and Hugging Face's `ViTForImageClassification` (the classic ViT only), so
-every backend in a run computes the same function of the same parameters.
+"""The benchmark's weights, loaded into the reference libraries: timm's `VisionTransformer` and Hugging Face's own
+class of each model family (`ViTForImageClassification` for the classic ViT; `CLIPVisionModel(WithProjection)`,
+`Dinov2Model` / `Dinov2WithRegistersModel` (or their classifiers), `SiglipVisionModel`,
+`DeiTForImageClassificationWithTeacher` for the family presets), so every backend in a run computes the same
+function of the same parameters.
 
 vit_fast's parameter names mirror timm's, so timm takes our state dict unchanged. Hugging Face names are derived
 from the live HF model's own state dict (classic `encoder.layer.N.attention.attention.query` and transformers-5
-`layers.N.attention.q_proj` layouts both), splitting our fused qkv into query/key/value.
+`layers.N.attention.q_proj` layouts both) through the loaders' key tables read in reverse
+(vit_fast.loading.hf_export for the families), splitting our fused qkv into query/key/value.
 """
 from __future__ import annotations
 
@@ -77,32 +80,44 @@ def to_timm(model, device="cpu") -> nn.Module:
     return timm_model.eval()
 
 
-class HFLogits(nn.Module):
-    """`ViTForImageClassification` called like the other backends: images in, logits out."""
+class HFOutput(nn.Module):
+    """A Hugging Face model called like the other backends: images in, its primary output (the field that equals
+    vit_fast's `model(x)`: logits, image_embeds or pooler_output) out."""
 
-    def __init__(self, hf_model: nn.Module):
+    def __init__(self, hf_model: nn.Module, field: str = "logits"):
         super().__init__()
         self.hf = hf_model
+        self.field = field
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.hf(pixel_values=x).logits
+        return getattr(self.hf(pixel_values=x), self.field)
 
 
-def to_hf(model, device="cpu") -> nn.Module:
-    """A Hugging Face ViTForImageClassification (wrapped to return logits) with `model`'s weights (fp32 on
-    `device`)."""
+def to_hf(model, device="cpu", family: str | None = None) -> nn.Module:
+    """`model`'s weights (fp32 on `device`) in Hugging Face's class for its `family` (a family preset's prefix:
+    clip, dinov2, siglip, deit), or in ViTForImageClassification when `family` is None; wrapped to return the
+    output that equals `model(x)`."""
     try:
         from transformers import ViTConfig as HFConfig
         from transformers import ViTForImageClassification
     except Exception as e:  # noqa: BLE001 - transformers absent or broken
         raise Unsupported(f"transformers is not importable here ({type(e).__name__}: {e})") from None
+    if family is not None:
+        from vit_fast.loading.hf_export import to_hf as export
+
+        try:
+            hf_model, field = export(model, family, device)
+        except ValueError as e:
+            raise Unsupported(str(e)) from None
+        return HFOutput(hf_model, field).eval()
     cfg = model.config
-    family = [name for name, classic in (("class_token", True), ("reg_tokens", 0), ("dist_token", False),
+    switches = [name for name, classic in (("class_token", True), ("reg_tokens", 0), ("dist_token", False),
                                          ("no_embed_class", False), ("pre_norm", False), ("patch_bias", True),
                                          ("act_layer", "gelu"), ("mlp_type", "mlp"), ("head_bias", True))
               if getattr(cfg, name) != classic]
-    if family:
-        raise Unsupported(f"the HF baseline row is built for the classic ViT only; this model sets {family}")
+    if switches:
+        raise Unsupported(f"ViTForImageClassification is the classic ViT; this model sets {switches} (a family "
+                          "preset's HF row needs its family: clip, dinov2, siglip or deit)")
     if cfg.global_pool != "cls":
         raise Unsupported("ViTForImageClassification classifies the [CLS] token only (no average pooling)")
     if cfg.representation_size:
@@ -141,4 +156,4 @@ def to_hf(model, device="cpu") -> nn.Module:
             raise Unsupported(f"{key}: shape {tuple(value.shape)} has no match in vit_fast ({tuple(tensor.shape)})")
         state[key] = tensor.reshape(value.shape).clone()
     hf_model.load_state_dict(state, strict=True)
-    return HFLogits(hf_model.eval()).eval()
+    return HFOutput(hf_model.eval()).eval()

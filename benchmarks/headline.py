@@ -237,7 +237,7 @@ def _measure_all(pending, settings: runner.Settings, peak: float, run: Run) -> N
                     if key[1] == "compile":
                         torch.compiler.reset()  # its compiled graphs and CUDA-graph pools too
                 built[(model, backend)] = builders.build(backend, masters[model], dtype, device,
-                                                         settings.compile_mode)
+                                                         settings.compile_mode, preset=model)
             b = built[(model, backend)]
             x = runner.make_inputs(batch, settings.resolution, dtype, device, settings.seed, count=1)[0]
             with torch.inference_mode():  # the first output at this batch: compilation and autotuning happen here

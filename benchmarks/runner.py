@@ -287,7 +287,7 @@ def _run_model(name, phase_backends, static, settings, peak_tflops, refs, record
                 continue
             bar.set_postfix_str(f"{dtype_name} {backend} (building)")
             try:
-                built = builders.build(backend, master, dtype, device, settings.compile_mode)
+                built = builders.build(backend, master, dtype, device, settings.compile_mode, preset=name)
             except (Interrupted, KeyboardInterrupt):
                 raise
             except Exception as e:  # noqa: BLE001

@@ -3,6 +3,8 @@ DINOv2 (SwiGLU, registers, classifier), SigLIP vision (attention-pool head), Dei
 modules and `save_pretrained` directories, at non-native, non-square resolutions, on every backend; the
 `hf_outputs=True` drop-in; `forward_intermediates`; position-embedding resampling bit for bit; presets'
 parameter counts; the errors."""
+import logging
+
 import pytest
 import torch
 
@@ -31,6 +33,9 @@ FAMILIES = {
         **_kw(d, n, h, 28, 14), mlp_ratio=3)), "pooler_output", False),
     "dinov2_reg": (lambda d, n, h: T.Dinov2WithRegistersModel(T.Dinov2WithRegistersConfig(
         **_kw(d, n, h, 28, 14), mlp_ratio=2, num_register_tokens=3)), "pooler_output", False),
+    # the classifier pools [CLS] + the mean of the patch tokens only (registers left out)
+    "dinov2_reg_cls": (lambda d, n, h: T.Dinov2WithRegistersForImageClassification(T.Dinov2WithRegistersConfig(
+        **_kw(d, n, h, 28, 14), mlp_ratio=3, num_register_tokens=2, num_labels=4)), "logits", False),
     "siglip": (lambda d, n, h: T.SiglipVisionModel(T.SiglipVisionConfig(
         **_kw(d, n, h, 32, 16), intermediate_size=96)), "pooler_output", True),
     "deit_distilled": (lambda d, n, h: T.DeiTForImageClassificationWithTeacher(T.DeiTConfig(
@@ -77,8 +82,8 @@ def test_live_module(family):
 
 # family -> width of its tiny triton config (160 / 2 heads: head dim 80; 64: head dim 32); plain DINOv2 and DeiTModel
 # share every triton code path with the families here (checked on torch/sdpa above)
-TRITON_WIDTH = {"clip_proj": 160, "clip": 64, "dinov2_cls_swiglu": 64, "dinov2_reg": 64, "siglip": 160,
-                "deit_distilled": 160}
+TRITON_WIDTH = {"clip_proj": 160, "clip": 64, "dinov2_cls_swiglu": 64, "dinov2_reg": 64, "dinov2_reg_cls": 64,
+                "siglip": 160, "deit_distilled": 160}
 
 
 @pytest.mark.parametrize("family", sorted(TRITON_WIDTH))
@@ -143,19 +148,41 @@ def test_hf_outputs_size_check_and_tuple():
         wrapper(pixel_values=x, labels=torch.zeros(2, dtype=torch.long))
 
 
-def test_pipeline_image_classification():
-    """transformers.pipeline runs on the drop-in and ranks the labels as the source model does."""
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_pipeline_image_classification(monkeypatch):
+    """transformers.pipeline runs on the drop-in and ranks the labels as the source model does, without logging
+    that the model is not supported (HFDropIn is registered with AutoModelForImageClassification; taken out of
+    that registry, the pipeline logs the line, which shows that the check below sees it)."""
     from PIL import Image
+
+    from vit_fast.hf_compat import HFDropInConfig
 
     hf = _hf("dinov2_cls_swiglu", hidden=64, layers=1, heads=2)
     hf.config.id2label = {i: f"class{i}" for i in range(5)}
     processor = getattr(T, "BitImageProcessorPil", T.BitImageProcessor)(size={"shortest_edge": 32}, crop_size={"height": 28, "width": 28})
     image = Image.open(vit_fast.__path__[0] + "/assets/cat.jpg")
     wrapper = vit_fast.from_hf(hf, backend="sdpa", hf_outputs=True)
-    ours = T.pipeline("image-classification", model=wrapper, image_processor=processor)(image, top_k=5)
-    theirs = T.pipeline("image-classification", model=hf, image_processor=processor)(image, top_k=5)
-    assert [r["label"] for r in ours] == [r["label"] for r in theirs]
-    assert all(abs(a["score"] - b["score"]) < 1e-5 for a, b in zip(ours, theirs))
+    records = _Records()
+    logging.getLogger("transformers.pipelines.base").addHandler(records)
+    try:
+        ours = T.pipeline("image-classification", model=wrapper, image_processor=processor)(image, top_k=5)
+        assert not [m for m in records.messages if "not supported" in m]
+        theirs = T.pipeline("image-classification", model=hf, image_processor=processor)(image, top_k=5)
+        assert [r["label"] for r in ours] == [r["label"] for r in theirs]
+        assert all(abs(a["score"] - b["score"]) < 1e-5 for a, b in zip(ours, theirs))
+        monkeypatch.delitem(T.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING._extra_content, HFDropInConfig)
+        T.pipeline("image-classification", model=wrapper, image_processor=processor)
+        assert any("The model 'HFDropIn' is not supported for image-classification" in m for m in records.messages)
+    finally:
+        logging.getLogger("transformers.pipelines.base").removeHandler(records)
 
 
 @pytest.mark.parametrize("family,antialias", [("dinov2", False), ("dinov2_reg", True)])

@@ -225,6 +225,8 @@ _CLIP = dict(pre_norm=True, patch_bias=False, act_layer="quick_gelu", layer_norm
              image_std=(0.26862954, 0.26130258, 0.27577711), crop_pct=1.0, interpolation="bicubic")
 _DINOV2 = dict(patch_size=14, img_size=518, num_classes=0, image_mean=(0.485, 0.456, 0.406),
                image_std=(0.229, 0.224, 0.225), crop_pct=1.0)
+# with registers: no position embeddings on the prefix tokens; timm and HF both resample with antialiasing
+_REG4 = dict(reg_tokens=4, no_embed_class=True, pos_embed_antialias=True)
 _SIGLIP = dict(class_token=False, global_pool="map", act_layer="gelu_tanh", num_classes=0, crop_pct=1.0,
                resize_mode="squash", interpolation="bicubic")
 PRESETS.update({
@@ -237,12 +239,9 @@ PRESETS.update({
     "dinov2_b_14": dict(_DINOV2, embed_dim=768, depth=12, num_heads=12, mlp_dim=3072),
     "dinov2_l_14": dict(_DINOV2, embed_dim=1024, depth=24, num_heads=16, mlp_dim=4096),
     "dinov2_g_14": dict(_DINOV2, embed_dim=1536, depth=40, num_heads=24, mlp_dim=4096, mlp_type="swiglu"),
-    "dinov2_s_14_reg4": dict(_DINOV2, embed_dim=384, depth=12, num_heads=6, mlp_dim=1536, reg_tokens=4,
-                             no_embed_class=True),
-    "dinov2_b_14_reg4": dict(_DINOV2, embed_dim=768, depth=12, num_heads=12, mlp_dim=3072, reg_tokens=4,
-                             no_embed_class=True),
-    "dinov2_l_14_reg4": dict(_DINOV2, embed_dim=1024, depth=24, num_heads=16, mlp_dim=4096, reg_tokens=4,
-                             no_embed_class=True),
+    "dinov2_s_14_reg4": dict(_DINOV2, embed_dim=384, depth=12, num_heads=6, mlp_dim=1536, **_REG4),
+    "dinov2_b_14_reg4": dict(_DINOV2, embed_dim=768, depth=12, num_heads=12, mlp_dim=3072, **_REG4),
+    "dinov2_l_14_reg4": dict(_DINOV2, embed_dim=1024, depth=24, num_heads=16, mlp_dim=4096, **_REG4),
     "siglip_b_16": dict(_SIGLIP, patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_dim=3072),
     "siglip_b_16_384": dict(_SIGLIP, patch_size=16, img_size=384, embed_dim=768, depth=12, num_heads=12,
                             mlp_dim=3072),

@@ -4,7 +4,8 @@
 `forward(pixel_values=..., output_hidden_states=..., interpolate_pos_encoding=...)` returns what the source class
 returns (`ImageClassifierOutput`, `BaseModelOutputWithPooling`, `CLIPVisionModelOutput`,
 `DeiTForImageClassificationWithTeacherOutput`), so `outputs.logits` / `outputs.pooler_output` code runs
-unchanged. It subclasses `transformers.PreTrainedModel` only so that `transformers.pipeline` accepts it; the
+unchanged. It subclasses `transformers.PreTrainedModel` only so that `transformers.pipeline` accepts it, and is
+registered with `AutoModelForImageClassification` so that the image-classification pipeline knows its class; the
 weights live in the wrapped `VisionTransformer` (`.vit_fast`).
 """
 from __future__ import annotations
@@ -24,8 +25,16 @@ SUPPORTED = _CLASSIFIERS + (_TEACHER, _PROJECTION) + _BASE
 _STRICT_SIZE = ("vit", "clip_vision_model", "siglip_vision_model", "deit")
 
 
+class HFDropInConfig(transformers.PretrainedConfig):
+    """The key HFDropIn is registered under with transformers' image-classification auto class (below), so that
+    `transformers.pipeline("image-classification", model=drop_in)` counts it among the supported models (the
+    pipeline checks the model's class name against that registry). A drop-in holds its source's own config, never
+    one of these; no checkpoint names this model_type, so no `Auto*.from_pretrained` ever picks HFDropIn."""
+    model_type = "vit_fast_drop_in"
+
+
 class HFDropIn(transformers.PreTrainedModel):
-    config_class = transformers.PretrainedConfig
+    config_class = HFDropInConfig  # the registry's key; instances hold the source's config (see __init__)
     main_input_name = "pixel_values"
     base_model_prefix = "vit_fast"
     input_modalities = ("image",)
@@ -97,3 +106,7 @@ class HFDropIn(transformers.PreTrainedModel):
         has_pooler = bool(model.config.representation_size) or self.config.model_type not in ("vit", "deit")
         return BaseModelOutputWithPooling(last_hidden_state=tokens, pooler_output=pooled if has_pooler else None,
                                           hidden_states=hidden)
+
+
+# the documented way to make a custom class known to transformers' auto classes (and so to the pipeline's check)
+transformers.AutoModelForImageClassification.register(HFDropInConfig, HFDropIn, exist_ok=True)

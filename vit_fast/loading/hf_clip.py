@@ -1,4 +1,4 @@
-"""Hugging Face CLIP vision tower (`CLIPVisionModel`, `CLIPVisionModelWithProjection`) -> vit-fast.
+"""Hugging Face CLIP vision tower (`CLIPVisionModel`, `CLIPVisionModelWithProjection`) <-> vit-fast.
 
 CLIP: patch projection without bias, LayerNorm before the blocks (`pre_layrnorm` -> norm_pre), quick GELU,
 `last_hidden_state` un-normalized and `post_layernorm` on the pooled [CLS] (-> fc_norm), optional projection
@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from ..config import ViTConfig
-from .hf_common import LAYER, check_act, common_config, compile_table, rename
+from .hf_common import LAYER, check_act, common_config, compile_table, rename_back, rename
 
 MODEL_TYPES = ("clip_vision_model",)
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -30,6 +30,7 @@ _TABLE = compile_table([
 ], prefixes=("vision_model.",))
 _IGNORED = re.compile(r"^(?:vision_model\.)?embeddings\.position_ids$")
 _ACTS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
+HF_ACTS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}  # the way back
 
 
 def convert_state(state: dict, hf: dict) -> dict:
@@ -59,3 +60,25 @@ def config_from_hf(hf: dict, state: dict, preprocessor: dict | None = None, **ov
         cfg.update(image_mean=OPENAI_MEAN, image_std=OPENAI_STD)
     cfg.update(overrides)
     return ViTConfig(**cfg)
+
+
+# ---- vit-fast -> Hugging Face (vit_fast.loading.hf_export) ----
+
+
+def hf_architecture(cfg: ViTConfig) -> tuple:
+    """(HF class name, its config, the output field that equals `model(x)`) for a CLIP-switched ViTConfig."""
+    from transformers import CLIPVisionConfig
+
+    config = CLIPVisionConfig(
+        hidden_size=cfg.embed_dim, intermediate_size=cfg.mlp_dim, num_hidden_layers=cfg.depth,
+        num_attention_heads=cfg.num_heads, num_channels=cfg.in_chans, image_size=cfg.img_size[0],
+        patch_size=cfg.patch_size, hidden_act=HF_ACTS[cfg.act_layer], layer_norm_eps=cfg.layer_norm_eps,
+        projection_dim=cfg.num_classes or 512)
+    if cfg.num_classes:
+        return "CLIPVisionModelWithProjection", config, "image_embeds"
+    return "CLIPVisionModel", config, "pooler_output"
+
+
+def export_state(hf_state: dict, ours: dict) -> dict:
+    ours = dict(ours, cls_token=ours["cls_token"].reshape(-1), pos_embed=ours["pos_embed"][0])
+    return rename_back(hf_state, ours, _TABLE, _IGNORED)

@@ -1,7 +1,8 @@
 """Shared steps of the Hugging Face family loaders: renaming keys by a table, fusing separate q/k/v (and SwiGLU
-gate/up) projections into timm's single matrices, and folding LayerScale into the layer before it.
+gate/up) projections into timm's single matrices, and folding LayerScale into the layer before it; and the way
+back (`rename_back`: the same tables read in reverse, to put vit-fast weights into an HF module).
 
-A family module (hf_clip.py, hf_dinov2.py, ...) holds only its key table and its config mapping.
+A family module (hf_clip.py, hf_dinov2.py, ...) holds only its key table and its config mapping (both ways).
 """
 from __future__ import annotations
 
@@ -49,6 +50,46 @@ def rename(state: dict, table: list, ignored: re.Pattern | None = None) -> dict:
                              f"the {len(parts)} projections fused there")
         out[f"{stem}.{kind}"] = torch.cat(parts, dim=0)
     return out
+
+
+def rename_back(hf_state: dict, ours: dict, table: list, ignored: re.Pattern | None = None) -> dict:
+    """The inverse of `rename`: for every key of an HF module's `hf_state`, the vit-fast tensor the table maps it
+    to (a third of the fused qkv, a half of the fused SwiGLU fc1), of exactly the HF tensor's shape. Keys matching
+    `ignored` (buffers, training-only parameters) keep the HF module's own values. A key with no vit-fast tensor,
+    a shape that differs, or a vit-fast tensor no key takes is a ValueError naming it."""
+    out, used = {}, set()
+    for key, theirs in hf_state.items():
+        if ignored is not None and ignored.match(key):
+            out[key] = theirs
+            continue
+        for pattern, target in table:
+            if pattern.match(key):
+                name, tensor = _ours_for(pattern.sub(target, key), ours, key)
+                break
+        else:
+            raise ValueError(f"no vit-fast parameter corresponds to Hugging Face key {key!r}")
+        if tensor.shape != theirs.shape:
+            raise ValueError(f"{key} has shape {tuple(theirs.shape)}, vit-fast's {tuple(tensor.shape)}")
+        out[key] = tensor
+        used.add(name)
+    left = sorted(set(ours) - used)
+    if left:
+        raise ValueError(f"no place for vit-fast's {left}")
+    return out
+
+
+def _ours_for(name: str, ours: dict, hf_key: str) -> tuple:
+    """(vit-fast key, tensor) for the target name of an HF key."""
+    if name in ours:
+        return name, ours[name]
+    *stem, part, kind = ["", ""] + name.split(".")
+    stem = ".".join(p for p in stem if p)
+    layer = stem.rpartition(".")[2]
+    if layer == "attn" and part in _QKV and f"{stem}.qkv.{kind}" in ours:  # blocks.N.attn.{q,k,v}.X
+        return f"{stem}.qkv.{kind}", ours[f"{stem}.qkv.{kind}"].chunk(3, dim=0)[_QKV[part]]
+    if layer == "mlp" and part in _GLU and f"{stem}.fc1.{kind}" in ours:  # blocks.N.mlp.{gate,up}.X
+        return f"{stem}.fc1.{kind}", ours[f"{stem}.fc1.{kind}"].chunk(2, dim=0)[_GLU[part]]
+    raise ValueError(f"Hugging Face key {hf_key!r} needs vit-fast's {name!r}, which this model does not have")
 
 
 def fold_layer_scale(state: dict) -> dict:

@@ -1,4 +1,4 @@
-"""Hugging Face DeiT (`DeiTForImageClassificationWithTeacher`, `DeiTModel`, ...) -> vit-fast.
+"""Hugging Face DeiT (`DeiTForImageClassificationWithTeacher`, `DeiTModel`, ...) <-> vit-fast.
 
 The encoder is the classic ViT's (same key names); distilled models add a distillation token after [CLS]
 (with its own position embedding) and a second head on it; the logits are the mean of the two heads.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from ..config import ViTConfig
-from .hf_common import common_config, compile_table, labels_of, rename
+from .hf_common import common_config, compile_table, rename_back, labels_of, rename
 
 MODEL_TYPES = ("deit",)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -60,3 +60,26 @@ def config_from_hf(hf: dict, state: dict, preprocessor: dict | None = None, **ov
         cfg.update(image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
     cfg.update(overrides)
     return ViTConfig(**cfg)
+
+
+# ---- vit-fast -> Hugging Face (vit_fast.loading.hf_export) ----
+
+
+def hf_architecture(cfg: ViTConfig) -> tuple:
+    """(HF class name, its config, the output field that equals `model(x)`): the distilled classifier for a
+    model with a distillation token, else `DeiTForImageClassification` (num_classes 0: HF's identity head, the
+    normalized [CLS] token, which is what vit-fast returns then)."""
+    from transformers import DeiTConfig
+
+    h, w = cfg.img_size
+    config = DeiTConfig(
+        hidden_size=cfg.embed_dim, intermediate_size=cfg.mlp_dim, num_hidden_layers=cfg.depth,
+        num_attention_heads=cfg.num_heads, num_channels=cfg.in_chans, image_size=h if h == w else [h, w],
+        patch_size=cfg.patch_size, hidden_act="gelu", layer_norm_eps=cfg.layer_norm_eps, qkv_bias=cfg.qkv_bias,
+        num_labels=cfg.num_classes)
+    name = "DeiTForImageClassificationWithTeacher" if cfg.dist_token else "DeiTForImageClassification"
+    return name, config, "logits"
+
+
+def export_state(hf_state: dict, ours: dict) -> dict:
+    return rename_back(hf_state, ours, _TABLE, _IGNORED)

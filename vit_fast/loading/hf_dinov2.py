@@ -1,4 +1,4 @@
-"""Hugging Face DINOv2 (`Dinov2Model`, `Dinov2ForImageClassification`, `Dinov2WithRegistersModel`, ...) ->
+"""Hugging Face DINOv2 (`Dinov2Model`, `Dinov2ForImageClassification`, `Dinov2WithRegistersModel`, ...) <->
 vit-fast.
 
 DINOv2: LayerScale after attention and MLP (folded into the out-projection and FC2 at load), patch 14, SwiGLU
@@ -10,10 +10,14 @@ registers with it.
 """
 from __future__ import annotations
 
+import math
 import re
 
+import torch
+
 from ..config import ViTConfig
-from .hf_common import LAYER, common_config, compile_table, fold_layer_scale, labels_of, rename
+from .hf_common import (LAYER, common_config, compile_table, fold_layer_scale, labels_of, rename,
+                        rename_back)
 
 MODEL_TYPES = ("dinov2", "dinov2_with_registers")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -75,3 +79,66 @@ def config_from_hf(hf: dict, state: dict, preprocessor: dict | None = None, **ov
         cfg.update(image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
     cfg.update(overrides)
     return ViTConfig(**cfg)
+
+
+# ---- vit-fast -> Hugging Face (vit_fast.loading.hf_export) ----
+
+
+def hf_architecture(cfg: ViTConfig) -> tuple:
+    """(HF class name, its config, the output field that equals `model(x)`): with registers when the model has
+    register tokens, the classifier when it has classes."""
+    import transformers
+
+    prefix = "Dinov2WithRegisters" if cfg.reg_tokens else "Dinov2"
+    config_class = getattr(transformers, prefix + "Config", None)
+    if config_class is None:
+        raise ValueError(f"transformers {transformers.__version__} has no {prefix}Config")
+    kw = dict(hidden_size=cfg.embed_dim, num_hidden_layers=cfg.depth, num_attention_heads=cfg.num_heads,
+              mlp_ratio=_mlp_ratio(cfg), num_channels=cfg.in_chans, image_size=cfg.img_size[0],
+              patch_size=cfg.patch_size, qkv_bias=cfg.qkv_bias, layer_norm_eps=cfg.layer_norm_eps,
+              use_swiglu_ffn=cfg.mlp_type == "swiglu", hidden_act="gelu")
+    if cfg.reg_tokens:
+        kw["num_register_tokens"] = cfg.reg_tokens
+    if cfg.num_classes:
+        kw["num_labels"] = cfg.num_classes
+    try:
+        config = config_class(**kw)
+    except Exception as e:  # noqa: BLE001 - transformers 5 validates field types (mlp_ratio: int)
+        raise ValueError(f"transformers {transformers.__version__}'s {prefix}Config cannot express this model: "
+                         f"{str(e).splitlines()[-1].strip()}") from None
+    if cfg.num_classes:
+        return prefix + "ForImageClassification", config, "logits"
+    return prefix + "Model", config, "pooler_output"
+
+
+def _mlp_ratio(cfg: ViTConfig):
+    """HF's DINOv2 has no intermediate_size: the MLP width is int(hidden_size * mlp_ratio) (SwiGLU: 2/3 of it
+    rounded up to a multiple of 8). An integer ratio when one gives mlp_dim (the released models; transformers 5
+    accepts nothing else), else the float that does."""
+    d, swiglu = cfg.embed_dim, cfg.mlp_type == "swiglu"
+
+    def width(ratio):
+        w = int(d * ratio)
+        return (int(w * 2 / 3) + 7) // 8 * 8 if swiglu else w
+
+    for ratio in range(1, 17):
+        if width(ratio) == cfg.mlp_dim:
+            return ratio
+    ratio = (3 * cfg.mlp_dim / 2 if swiglu else cfg.mlp_dim) / d
+    if width(ratio) < cfg.mlp_dim:  # d * (w / d) rounded to just under w: step up to the next float
+        ratio = math.nextafter(ratio, math.inf)
+    return ratio
+
+
+def export_state(hf_state: dict, ours: dict) -> dict:
+    """LayerScale was folded into the weights at load: its gammas go out as ones. With registers, the [CLS]
+    position embedding folded into the class token goes back as a zero row."""
+    ours = dict(ours)
+    for key in [k for k in ours if re.fullmatch(r"blocks\.\d+\.norm1\.weight", k)]:
+        block = key.rsplit(".", 2)[0]
+        for which in ("ls1", "ls2"):
+            ours[f"{block}.{which}.gamma"] = torch.ones_like(ours[key])
+    if "reg_token" in ours:
+        pos = ours["pos_embed"]
+        ours["pos_embed"] = torch.cat([torch.zeros_like(pos[:, :1]), pos], dim=1)
+    return rename_back(hf_state, ours, _TABLE, _IGNORED)

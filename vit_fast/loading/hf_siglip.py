@@ -1,4 +1,4 @@
-"""Hugging Face SigLIP vision tower (`SiglipVisionModel`) -> vit-fast.
+"""Hugging Face SigLIP vision tower (`SiglipVisionModel`) <-> vit-fast.
 
 SigLIP: no [CLS] token, tanh GELU, `post_layernorm` on every token (-> norm, so `last_hidden_state` is
 normalized), and the attention-pooling head (`head.probe` -> attn_pool.latent; nn.MultiheadAttention's packed
@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import re
 
+import torch
+
 from ..config import ViTConfig
-from .hf_common import LAYER, check_act, common_config, compile_table, rename
+from .hf_common import LAYER, check_act, common_config, compile_table, rename_back, rename
 
 MODEL_TYPES = ("siglip_vision_model",)
 
@@ -30,6 +32,7 @@ _TABLE = compile_table([
 ], prefixes=("vision_model.",))
 _IGNORED = re.compile(r"^(?:vision_model\.)?embeddings\.position_ids$")
 _ACTS = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu": "gelu", "quick_gelu": "quick_gelu"}
+HF_ACTS = {"gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu", "quick_gelu": "quick_gelu"}  # the way back
 
 
 def convert_state(state: dict, hf: dict) -> dict:
@@ -63,3 +66,27 @@ def config_from_hf(hf: dict, state: dict, preprocessor: dict | None = None, **ov
         cfg.update(image_mean=preprocessor["image_mean"], image_std=preprocessor["image_std"])
     cfg.update(overrides)
     return ViTConfig(**cfg)
+
+
+# ---- vit-fast -> Hugging Face (vit_fast.loading.hf_export) ----
+
+
+def hf_architecture(cfg: ViTConfig) -> tuple:
+    """(HF class name, its config, the output field that equals `model(x)`) for a SigLIP-switched ViTConfig."""
+    from transformers import SiglipVisionConfig
+
+    config = SiglipVisionConfig(
+        hidden_size=cfg.embed_dim, intermediate_size=cfg.mlp_dim, num_hidden_layers=cfg.depth,
+        num_attention_heads=cfg.num_heads, num_channels=cfg.in_chans, image_size=cfg.img_size[0],
+        patch_size=cfg.patch_size, hidden_act=HF_ACTS[cfg.act_layer], layer_norm_eps=cfg.layer_norm_eps,
+        vision_use_head=True)
+    return "SiglipVisionModel", config, "pooler_output"
+
+
+def export_state(hf_state: dict, ours: dict) -> dict:
+    ours = dict(ours, pos_embed=ours["pos_embed"][0])
+    for kind in ("weight", "bias"):  # timm's q and kv -> nn.MultiheadAttention's packed [q; k; v]
+        if f"attn_pool.q.{kind}" in ours:
+            ours[f"attn_pool.in_proj.{kind}"] = torch.cat([ours.pop(f"attn_pool.q.{kind}"),
+                                                           ours.pop(f"attn_pool.kv.{kind}")], dim=0)
+    return rename_back(hf_state, ours, _TABLE, _IGNORED)

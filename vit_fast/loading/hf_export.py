@@ -1,0 +1,73 @@
+"""vit-fast -> Hugging Face for the model families: the HF module (CLIP vision tower, DINOv2 with or without
+registers, SigLIP vision tower, distilled DeiT) that computes what a vit-fast model computes, with its weights.
+
+The benchmark's HF baseline rows use it, so that they time the same network rather than one of the same shape;
+tests use it to check the loaders both ways. Each family module (hf_clip.py, ...) gives the HF class and config
+for a ViTConfig (`hf_architecture`) and its weights under HF's names (`export_state`: its loader table read in
+reverse). Before building anything, the family's own loader mapping (`config_from_hf`) is applied to that HF
+config: it must give back the model's architecture, or the HF class cannot express the model and the error says
+which fields differ.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from ..config import ViTConfig
+
+FAMILIES = ("clip", "dinov2", "siglip", "deit")
+# fields that do not change what the network computes at its own resolution: preprocessing, names, and how the
+# position embeddings are resampled for other sizes (which each HF class fixes: DINOv2 without antialiasing,
+# with registers with it)
+_NOT_ARCHITECTURE = ("image_mean", "image_std", "crop_pct", "resize_mode", "interpolation", "labels",
+                     "pos_embed_antialias", "fc_norm")
+
+
+def family_module(family: str):
+    from . import hf_clip, hf_deit, hf_dinov2, hf_siglip
+
+    modules = {"clip": hf_clip, "dinov2": hf_dinov2, "siglip": hf_siglip, "deit": hf_deit}
+    if family not in modules:
+        raise ValueError(f"unknown model family {family!r}; expected one of {', '.join(FAMILIES)}")
+    return modules[family]
+
+
+def family_of_preset(name: str) -> str | None:
+    """The family of a preset name (`clip_l_14` -> "clip"); None for the classic ViT presets (`vit_b_16`)."""
+    prefix = name.split("_", 1)[0]
+    return prefix if prefix in FAMILIES else None
+
+
+def _architecture(cfg: ViTConfig) -> dict:
+    d = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in _NOT_ARCHITECTURE}
+    d["use_fc_norm"] = cfg.use_fc_norm  # fc_norm None and False mean the same for a [CLS]-pooled model
+    return d
+
+
+def to_hf(model, family: str, device="cpu") -> tuple:
+    """(HF module in eval mode holding `model`'s weights in fp32 on `device`, the name of its output field that
+    equals `model(x)`: "logits", "image_embeds" or "pooler_output"). ValueError, one line, when the installed
+    transformers lacks the family's class or the class cannot express the model."""
+    import transformers
+
+    fam = family_module(family)
+    cfg = model.config
+    class_name, hf_config, primary = fam.hf_architecture(cfg)
+    hf_class = getattr(transformers, class_name, None)
+    if hf_class is None:
+        raise ValueError(f"transformers {transformers.__version__} has no {class_name} (the {family} family's "
+                         "Hugging Face class)")
+    ours = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    mine, theirs = _architecture(cfg), _architecture(fam.config_from_hf(hf_config.to_dict(), ours))
+    differ = [f"{k}={mine[k]!r} (HF: {theirs[k]!r})" for k in mine if mine[k] != theirs[k]]
+    if differ:
+        raise ValueError(f"Hugging Face's {class_name} cannot express this model: {'; '.join(differ)}")
+    with torch.device(device):
+        hf_model = hf_class(hf_config)
+    try:
+        state = fam.export_state(hf_model.state_dict(), ours)
+    except ValueError as e:
+        raise ValueError(f"Hugging Face's {class_name}: {e}") from None
+    hf_model.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=True)
+    return hf_model.eval(), primary
