@@ -79,7 +79,11 @@ FP8_NAMES = ("fp8", "float8", "float8_e4m3fn")
 
 
 def _is_fp8(dtype) -> bool:
-    return (isinstance(dtype, str) and dtype in FP8_NAMES) or dtype is torch.float8_e4m3fn
+    if isinstance(dtype, str):
+        return dtype in FP8_NAMES
+    from kernels._common import FP8_DTYPE
+
+    return dtype is FP8_DTYPE
 
 
 def _check_fp8_device(device: torch.device) -> None:
