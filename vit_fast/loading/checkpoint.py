@@ -69,6 +69,20 @@ def _load_native(weights: Path, config: dict | None, backend: str, overrides: di
     return model if record is None else restore_fp8(model, quantized, record, str(weights))
 
 
+def is_fp8_checkpoint(path) -> bool:
+    """Whether `path` is a vit-fast checkpoint of an FP8 model (read from its records, no weights loaded); an
+    unreadable one is not (loading it reports why)."""
+    path = Path(path)
+    try:
+        if path.is_dir() and (path / CONFIG_NAME).is_file():
+            return RECORD_KEY in read_json(path / CONFIG_NAME)
+        if path.is_file() and path.suffix == ".safetensors":
+            return QUANT_METADATA_KEY in safetensors_metadata(path)
+    except ValueError:
+        pass
+    return False
+
+
 def load(path, backend: str = "auto", **config_overrides):
     """Load a model from a vit-fast directory or file, a Hugging Face directory, or a timm weight file."""
     from .hf import from_hf

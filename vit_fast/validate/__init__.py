@@ -65,6 +65,7 @@ def _check_args(args) -> dict:
     from .. import PRESETS, get_config
     from ..backends import triton_unavailable_reason
     from ..cli import UsageError, _parse_overrides
+    from ..loading.checkpoint import is_fp8_checkpoint
 
     if args.dtype not in DTYPES:
         raise UsageError(f"--dtype expects one of {', '.join(DTYPES)}, got {args.dtype!r}")
@@ -74,6 +75,9 @@ def _check_args(args) -> dict:
     checked = {"overrides": _parse_overrides(args.set)}
     if args.checkpoint is not None and not Path(args.checkpoint).expanduser().exists():
         raise UsageError(f"no checkpoint at {args.checkpoint!r}")
+    if args.checkpoint is not None and is_fp8_checkpoint(Path(args.checkpoint).expanduser()):
+        raise UsageError(f"--checkpoint {args.checkpoint} is an FP8 model; validate measures FP8 against the fp32 "
+                         "model, so pass the checkpoint it was quantized from, with --dtype fp8")
     if args.checkpoint is None:
         if args.model not in PRESETS:
             raise UsageError(f"unknown model {args.model!r}; known models: {', '.join(sorted(PRESETS))}")
