@@ -113,3 +113,16 @@ def test_fp8_record_in_the_weight_file_alone(tmp_path):
     save_file(load_file(str(weights)), str(weights), metadata={**metadata, "vit_fast_quantization": "{oops"})
     with pytest.raises(ValueError, match="the quantization record is not valid JSON"):
         vit_fast.load(weights)
+
+
+def test_readme_fp8_checkpoint_example(tmp_path, monkeypatch):
+    """The README's save/load example as written, in a scratch directory."""
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split("<!-- fp8-checkpoint-example -->")[1].split("<!-- /fp8-checkpoint-example -->")[0]
+    code = block.split("```python")[1].split("```")[0]
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(compile(code, "README.md (FP8 checkpoint example)", "exec"), scope)
+    assert (tmp_path / "vit_ti_16_fp8" / "model.safetensors").is_file() and scope["served"].is_fp8

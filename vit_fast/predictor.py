@@ -118,7 +118,7 @@ class Predictor:
         self.fp8 = _is_fp8(dtype) or bool(getattr(model, "is_fp8", False))  # asked for, or an FP8 checkpoint
         if self.fp8:
             _check_fp8_device(self.device, getattr(model, "backend", "auto"))
-        self.dtype = _default_dtype(None if self.fp8 else dtype, self.device)
+        self.dtype = _default_dtype(None if _is_fp8(dtype) else dtype, self.device)
         self.model = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
         if self.fp8:
             from .fp8 import quantize
