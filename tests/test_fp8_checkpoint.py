@@ -126,3 +126,18 @@ def test_readme_fp8_checkpoint_example(tmp_path, monkeypatch):
     scope = {}
     exec(compile(code, "README.md (FP8 checkpoint example)", "exec"), scope)
     assert (tmp_path / "vit_ti_16_fp8" / "model.safetensors").is_file() and scope["served"].is_fp8
+
+
+def test_predict_serves_an_fp8_checkpoint(tmp_path, capsys):
+    """`vit-fast predict --checkpoint FP8_DIR`: the predictor runs the FP8 model as saved (no --dtype needed), and
+    keeps an explicit activation dtype."""
+    from vit_fast.cli import SAMPLE_IMAGES
+
+    model = randomize_(vit_fast.create("vit_ti_16", backend="torch", **{**TINY, "img_size": 32})).to_fp8()
+    ckpt = vit_fast.save(model, tmp_path / "ckpt")
+    assert main(["predict", SAMPLE_IMAGES[0], "--checkpoint", str(ckpt), "--device", "cpu", "--backend", "sdpa",
+                 "--top-k", "2"]) == 0
+    assert SAMPLE_IMAGES[0] in capsys.readouterr().out
+    predictor = vit_fast.Predictor(vit_fast.load(ckpt), device="cpu", dtype="bfloat16", cuda_graphs=False)
+    assert predictor.fp8 and predictor.dtype == torch.bfloat16 and predictor.model.is_fp8
+    assert "fp8 GEMMs" in repr(predictor)
