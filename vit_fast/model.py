@@ -391,9 +391,10 @@ class VisionTransformer(nn.Module):
 
     @property
     def is_fp8(self) -> bool:
-        from .fp8 import is_quantized
+        import sys
 
-        return is_quantized(self)
+        fp8 = sys.modules.get(__package__ + ".fp8")  # never imported: nothing was quantized (and the kernels, which
+        return fp8 is not None and fp8.is_quantized(self)  # it imports, stay unloaded for a plain model)
 
     def extra_repr(self) -> str:
         return f"backend={self._backend!r}"
