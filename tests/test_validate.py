@@ -14,7 +14,6 @@ from tests.helpers import randomize_
 from vit_fast import numerics
 from vit_fast import validate as validate_mod
 from vit_fast.cli import build_parser, main
-from vit_fast.validate import ops
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 OPS = ["patch_embed", "ln_qkv", "attention", "linear_residual[proj]", "ln_linear[fc1]", "linear_residual[fc2]",
