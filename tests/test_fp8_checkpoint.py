@@ -54,6 +54,10 @@ def test_convert_dtype_fp8(tmp_path, capsys):
     x = torch.randn(2, 3, 32, 48)
     with torch.no_grad():
         assert loaded.is_fp8 and torch.equal(loaded(x), reference(x))
+    assert main(["convert", str(tmp_path / "dst"), str(tmp_path / "copy")]) == 0  # an FP8 checkpoint stays FP8
+    assert vit_fast.load(tmp_path / "copy").is_fp8
+    assert main(["convert", str(tmp_path / "dst"), str(tmp_path / "f32"), "--dtype", "float32"]) == 2
+    assert "is an FP8 model: its float32 weights are gone" in capsys.readouterr().err
 
 
 def _rewrite(ckpt, edit_state=None, edit_config=None):

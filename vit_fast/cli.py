@@ -135,6 +135,9 @@ def cmd_convert(args) -> int:
     overrides = _parse_overrides(args.set)
     readers = {"auto": load, "timm": from_timm, "hf": from_hf}
     model = readers[args.format](args.src, **overrides)
+    if args.dtype == "float32" and model.is_fp8:
+        raise UsageError(f"{args.src} is an FP8 model: its float32 weights are gone (convert the checkpoint it was "
+                         "quantized from), or leave out --dtype to copy it as FP8")
     if args.dtype == "fp8":
         model.to_fp8()  # quantized once here; vit_fast.load(dst) gives these exact FP8 weights back
     dst = save(model, args.dst)
@@ -205,9 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="timm .safetensors/.pth file, Hugging Face directory, or vit-fast checkpoint")
     p.add_argument("dst", help="output directory (model.safetensors + vit_fast.json)")
     p.add_argument("--format", choices=("auto", "timm", "hf"), default="auto")
-    p.add_argument("--dtype", choices=("float32", "fp8"), default="float32",
-                   help="fp8: store the QKV, out-projection, FC1 and FC2 weights as float8 e4m3 with per-channel "
-                        "scales (vit_fast.quantize), the rest float32; load it with vit_fast.load as any checkpoint")
+    p.add_argument("--dtype", choices=("float32", "fp8"), default=None,
+                   help="default: as loaded (float32 weights; an FP8 checkpoint stays FP8). fp8: store the QKV, "
+                        "out-projection, FC1 and FC2 weights as float8 e4m3 with per-channel scales "
+                        "(vit_fast.quantize), the rest float32; vit_fast.load reads it back bit for bit")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="config override, e.g. --set num_heads=16 --set 'img_size=[384,384]'")
     p.set_defaults(func=cmd_convert)

@@ -6,7 +6,7 @@ Every check is one `OpCheck` row of `OP_CHECKS`: how to cut the op's inputs out 
 call the kernel, and the eager composition the kernel replaces. The composition runs twice: in float64 (the exact
 reference) and in the checked dtype (PyTorch's own error, which sets the budget). An FP8 engine adds its rows here:
 an `OpCheck` with the op's name whose `dtypes` maps "fp8" to its compute dtype and whose `emulation` is PyTorch's own
-result (ops_fp8.py); under `--dtype fp8` it runs in place of the bf16 entry, which otherwise reports "no fp8 check".
+result (ops_fp8.FP8_CHECKS); under `--dtype fp8` it runs in place of the bf16 entry, which otherwise reports "no fp8 check".
 """
 from __future__ import annotations
 
@@ -231,16 +231,14 @@ OP_CHECKS = [
 ]
 
 
-from .ops_fp8 import FP8_CHECKS  # noqa: E402 - the FP8 rows build on the definitions above
-
-OP_CHECKS += FP8_CHECKS
-
-
 def checks_for(dtype_name: str) -> list:
-    """The checks to run for a requested dtype, one per op name in table order: the first entry that handles that
-    dtype (an FP8 entry takes the place of the bf16 one), or the first entry (which then reports itself skipped)."""
+    """The checks to run for a requested dtype, one per op name in table order: the first entry of OP_CHECKS and
+    then ops_fp8.FP8_CHECKS that handles that dtype (an FP8 entry takes the place of the bf16 one), or the first
+    entry (which then reports itself skipped)."""
+    from .ops_fp8 import FP8_CHECKS  # here: ops_fp8 builds on this module
+
     chosen = {}
-    for c in OP_CHECKS:
+    for c in OP_CHECKS + FP8_CHECKS:
         if c.name not in chosen or (dtype_name in c.dtypes and dtype_name not in chosen[c.name].dtypes):
             chosen[c.name] = c
     return list(chosen.values())
