@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels._common import FP8_DTYPE, FP8_MAX  # noqa: F401 - the one definition (kernels do not import vit_fast)
+from kernels._common import FP8_DTYPE, FP8_MAX  # the one definition (kernels/ does not import vit_fast)
 from kernels.quant_fp8 import AMAX_FLOOR
 
 from .model import ACTIVATIONS as MODEL_ACTIVATIONS
