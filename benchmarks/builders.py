@@ -15,6 +15,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
+from kernels._common import FP8_DTYPE as FP8  # the one definition of the FP8 dtype
+
 from . import convert
 
 # backend name in the harness -> vit_fast backend it runs with
@@ -68,7 +70,6 @@ def static_skip_reason(backend: str, device: torch.device) -> Optional[str]:
     return None
 
 
-FP8 = torch.float8_e4m3fn
 
 
 def input_dtype(dtype: torch.dtype) -> torch.dtype:

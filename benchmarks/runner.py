@@ -22,7 +22,7 @@ from . import builders, flops, schema
 from .timing import percentile, sync, time_calls
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
-          "float8": torch.float8_e4m3fn}  # float8: FP8 GEMM weights (vit_fast.quantize), bfloat16 activations
+          "float8": builders.FP8}  # float8: FP8 GEMM weights (vit_fast.quantize), bfloat16 activations
 REF_CHUNK = 32  # images per fp32 reference forward
 INPUT_ROTATION_BYTES = 64 << 20  # aim for at least this much input data in rotation (2 to 8 buffers)
 FIRST_PHASE_SHARE = 0.6  # with a time budget, the non-compile rows may use this share of it

@@ -9,7 +9,6 @@
 """
 from .backends import BACKENDS, available_backends
 from .config import PRESETS, ViTConfig, get_config, list_models
-from .fp8 import quantize
 from .loading import from_hf, from_timm, load, save
 from .model import VisionTransformer
 
@@ -26,6 +25,10 @@ def __getattr__(name):
         from .predictor import Predictor
 
         return Predictor
+    if name == "quantize":  # lazy: FP8 imports the kernels (and triton), which `import vit_fast` does not need
+        from .fp8 import quantize
+
+        return quantize
     raise AttributeError(f"module 'vit_fast' has no attribute {name!r}")
 
 

@@ -3,11 +3,13 @@
 "torch" is eager math attention (the reference), "sdpa" is PyTorch's scaled_dot_product_attention, "triton" is
 the fused Triton kernels of `kernels/`, "auto" picks triton on CUDA for bf16/fp16 models and sdpa otherwise (an fp32
 model's dots would run as ieee FMA in the Triton kernels, about 2x slower than cuBLAS fp32 behind sdpa; ask for
-"triton" to get it anyway). Nothing here touches the GPU at import time.
+"triton" to get it anyway). An FP8 model (vit_fast.quantize) needs sm_89 / sm_90 for its kernels: there "auto" runs
+the torch emulation instead, with a warning. Nothing here touches the GPU at import time.
 """
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Optional
 
 import torch
@@ -48,18 +50,54 @@ def triton_unavailable_reason(device: Optional[torch.device] = None) -> Optional
 AUTO_TRITON_DTYPES = (torch.bfloat16, torch.float16)
 
 
-def resolve(name: str, device: torch.device, dtype: Optional[torch.dtype] = None) -> str:
+def resolve(name: str, device: torch.device, dtype: Optional[torch.dtype] = None, fp8: bool = False) -> str:
     """The concrete backend `name` means for a model of `dtype` (None: not known, treated as 16-bit) on `device`;
-    raises if triton cannot run there. "auto" is triton only on CUDA and for bf16/fp16 models."""
+    raises if triton cannot run there. "auto" is triton only on CUDA and for bf16/fp16 models. `fp8`: the model has
+    FP8 GEMM weights (vit_fast.quantize): on a GPU without FP8 tensor cores (older than sm_89) "auto" runs the torch
+    emulation with sdpa attention (with a warning) and "triton" is refused with the reason."""
     if name == "auto":
         sixteen_bit = dtype is None or dtype in AUTO_TRITON_DTYPES
-        return "triton" if (device.type == "cuda" and sixteen_bit and triton_unavailable_reason(device) is None) \
-            else "sdpa"
+        if not (device.type == "cuda" and sixteen_bit and triton_unavailable_reason(device) is None):
+            return "sdpa"
+        reason = fp8_unavailable_reason(device) if fp8 else None
+        if reason is not None:
+            warnings.warn(f"backend 'auto' runs this FP8 model with the torch emulation (slow), not the FP8 kernels: "
+                          f"{reason}", stacklevel=3)
+            return "sdpa"
+        return "triton"
     if name == "triton":
         reason = triton_unavailable_reason(device)
         if reason is not None:
             raise RuntimeError(f"backend 'triton' cannot run: {reason}")
+        reason = fp8_unavailable_reason(device) if fp8 else None
+        if reason is not None:
+            raise RuntimeError(f"backend 'triton' cannot run this FP8 model: {reason}")
     return name
+
+
+def fp8_unavailable_reason(device: torch.device) -> Optional[str]:
+    """None when the FP8 kernels can run on `device` (sm_89 / sm_90, or the CPU interpreter), else why not."""
+    from kernels._common import fp8_unsupported_reason  # imported here: `import vit_fast` does not load kernels
+
+    return fp8_unsupported_reason(device)
+
+
+def fp8_cli_check(backend: str, device: Optional[str], dtype) -> tuple:
+    """For the command line, before any model work: (refusal, note) for `--dtype fp8` with `--backend` on this
+    machine's `device` (None: the default device). refusal: why "triton" cannot run the FP8 kernels here; note: on
+    a GPU older than sm_89, "auto" will run the torch emulation instead (as resolve() does). Each None when moot."""
+    if dtype != "fp8" or backend not in ("triton", "auto"):
+        return None, None
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if backend == "triton":
+        reason = triton_unavailable_reason(dev) or fp8_unavailable_reason(dev)
+        return (None if reason is None else f"--backend triton --dtype fp8 cannot run: {reason}"), None
+    if dev.type != "cuda" or triton_unavailable_reason(dev) is not None:
+        return None, None
+    reason = fp8_unavailable_reason(dev)
+    note = None if reason is None else (f"--dtype fp8 with --backend auto runs the torch emulation (slow), not the "
+                                        f"FP8 kernels: {reason}")
+    return None, note
 
 
 def available_backends(device=None) -> list:

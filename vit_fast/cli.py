@@ -38,8 +38,13 @@ def _predictor(args):
     from . import create, load
     from .predictor import Predictor, _default_device
 
+    from .backends import fp8_cli_check
+
     overrides = _parse_overrides(getattr(args, "set", None))
     _default_device(args.device)  # a device that cannot be used is refused before any model is built
+    refusal, _ = fp8_cli_check(args.backend, args.device, getattr(args, "dtype", None))  # auto warns when it runs
+    if refusal:
+        raise UsageError(refusal)
     if args.checkpoint is None:
         model = create(args.model, backend=args.backend, **overrides)
         print(f"note: no --checkpoint given: {args.model} with RANDOM weights; the labels below mean nothing",
@@ -130,9 +135,18 @@ def cmd_convert(args) -> int:
     overrides = _parse_overrides(args.set)
     readers = {"auto": load, "timm": from_timm, "hf": from_hf}
     model = readers[args.format](args.src, **overrides)
+    if args.dtype == "float32" and model.is_fp8:
+        raise UsageError(f"{args.src} is an FP8 model: its float32 weights are gone (convert the checkpoint it was "
+                         "quantized from), or leave out --dtype to copy it as FP8")
+    if args.dtype == "fp8":
+        model.to_fp8()  # quantized once here; vit_fast.load(dst) gives these exact FP8 weights back
     dst = save(model, args.dst)
     cfg = model.config
-    print(f"wrote {dst} ({sum(p.numel() for p in model.parameters()):,} parameters; {cfg.depth} layers, width "
+    fp8 = ", FP8 GEMM weights" if model.is_fp8 else ""
+    # an FP8 layer keeps its weight in a buffer (raw bits), not a parameter
+    n = sum(p.numel() for p in model.parameters()) + sum(b.numel() for k, b in model.named_buffers()
+                                                         if k.endswith(".weight_bits"))
+    print(f"wrote {dst}{fp8} ({n:,} parameters; {cfg.depth} layers, width "
           f"{cfg.embed_dim}, {cfg.num_heads} heads, patch {cfg.patch_size}, {cfg.img_size[0]}x{cfg.img_size[1]}, "
           f"{cfg.num_classes} classes); load it with vit_fast.load({str(dst)!r})")
     return 0
@@ -194,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="timm .safetensors/.pth file, Hugging Face directory, or vit-fast checkpoint")
     p.add_argument("dst", help="output directory (model.safetensors + vit_fast.json)")
     p.add_argument("--format", choices=("auto", "timm", "hf"), default="auto")
+    p.add_argument("--dtype", choices=("float32", "fp8"), default=None,
+                   help="default: as loaded (float32 weights; an FP8 checkpoint stays FP8). fp8: store the QKV, "
+                        "out-projection, FC1 and FC2 weights as float8 e4m3 with per-channel scales "
+                        "(vit_fast.quantize), the rest float32; vit_fast.load reads it back bit for bit")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="config override, e.g. --set num_heads=16 --set 'img_size=[384,384]'")
     p.set_defaults(func=cmd_convert)

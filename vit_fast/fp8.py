@@ -19,11 +19,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kernels._common import FP8_DTYPE, FP8_MAX  # the one definition (kernels/ does not import vit_fast)
+from kernels.quant_fp8 import AMAX_FLOOR
+
 from .model import ACTIVATIONS as MODEL_ACTIVATIONS
 
-FP8_DTYPE = torch.float8_e4m3fn
-FP8_MAX = 448.0
-AMAX_FLOOR = 1e-12  # same floor as kernels/quant_fp8.py
 SCHEMES = ("fp8",)
 
 

@@ -296,7 +296,7 @@ class VisionTransformer(nn.Module):
         """Images -> (B, P+N, D) tokens after the final norm (HF's last_hidden_state, timm's forward_features;
         un-normalized when the norm follows the pooling, fc_norm)."""
         x, is_uint8 = self._check_input(x)
-        return self._features(x, is_uint8, backends.resolve(self._backend, x.device, self.pos_embed.dtype))
+        return self._features(x, is_uint8, self._resolve_backend(x.device))
 
     def _features(self, x: torch.Tensor, is_uint8: bool, backend: str) -> torch.Tensor:
         if backend == "triton":
@@ -312,7 +312,7 @@ class VisionTransformer(nn.Module):
         """[embeddings (after norm_pre), output of block 1, ..., output of block L]: HF's hidden_states, before
         the final norm. Runs on the current backend."""
         x, is_uint8 = self._check_input(x)
-        backend = backends.resolve(self._backend, x.device, self.pos_embed.dtype)
+        backend = self._resolve_backend(x.device)
         if backend == "triton":
             from . import triton_path
 
@@ -358,7 +358,7 @@ class VisionTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, is_uint8 = self._check_input(x)
-        backend = backends.resolve(self._backend, x.device, self.pos_embed.dtype)
+        backend = self._resolve_backend(x.device)
         if backend == "triton" and self.config.global_pool == "cls":
             from . import triton_path
 
@@ -381,11 +381,20 @@ class VisionTransformer(nn.Module):
 
         return quantize(self, "fp8")
 
+    def _resolve_backend(self, device: torch.device) -> str:
+        """The backend that runs inputs on `device` (backends.resolve); an FP8 model's "auto" falls back to the
+        torch emulation on a GPU without FP8 tensor cores. Whether the model is FP8 is cached (quantize clears it)."""
+        fp8 = self._cache.get("is_fp8")
+        if fp8 is None:
+            fp8 = self._cache["is_fp8"] = self.is_fp8
+        return backends.resolve(self._backend, device, self.pos_embed.dtype, fp8=fp8)
+
     @property
     def is_fp8(self) -> bool:
-        from .fp8 import is_quantized
+        import sys
 
-        return is_quantized(self)
+        fp8 = sys.modules.get(__package__ + ".fp8")  # never imported: nothing was quantized (and the kernels, which
+        return fp8 is not None and fp8.is_quantized(self)  # it imports, stay unloaded for a plain model)
 
     def extra_repr(self) -> str:
         return f"backend={self._backend!r}"

@@ -2,9 +2,11 @@
 kernels and models with the definitions here, so a number a user sees on their GPU means what the tests mean.
 
 - `KERNEL_TOL` / `MODEL_TOL`: absolute/relative tolerances per dtype for one fused op / a whole model.
+- `FP8_TOL`: an FP8 kernel against the torch emulation of the same FP8 arithmetic (vit_fast.fp8).
 - The "2x PyTorch" rule (`kernel_budget`, `model_budget`): a result in a low-precision dtype may be off from an
   exact reference by at most `TORCH_ERR_FACTOR` times the error PyTorch's own composition makes in that same dtype,
-  plus a small floor so that two near-exact results (fp32, tiny shapes) do not flake.
+  plus a small floor so that two near-exact results (fp32, tiny shapes) do not flake. For an FP8 op, PyTorch's own
+  result is the emulation (torch float8 casts with the same scales) and the exact reference is the unquantized op.
 """
 from __future__ import annotations
 
@@ -24,6 +26,16 @@ MODEL_TOL = {
     torch.float32: (1e-4, 1e-4),
     torch.float16: (5e-2, 5e-2),
     torch.bfloat16: (1e-1, 1e-1),
+}
+
+# FP8 kernels against their torch emulation (vit_fast.fp8: same float8 casts and scales, fp32 matmul), in the dtype
+# of their output (the kernel tests and the FP8 rows of `vit-fast validate`). Identical quantized inputs leave only
+# the fp32 summation order (~1e-6); the LayerNorm-quantizing engines may round an element one e4m3 step the other way
+# when the fp32 LN differs in its last bit (4 % of that element, times its weight), hence the absolute slack; bf16
+# outputs add the interpreter's truncating cast.
+FP8_TOL = {
+    torch.float32: (2e-2, 1e-2),
+    torch.bfloat16: (6e-2, 6e-2),
 }
 
 # Loaders and backends must reproduce the source model in fp32 to this relative error.

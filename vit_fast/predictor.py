@@ -79,17 +79,23 @@ FP8_NAMES = ("fp8", "float8", "float8_e4m3fn")
 
 
 def _is_fp8(dtype) -> bool:
-    return (isinstance(dtype, str) and dtype in FP8_NAMES) or dtype is torch.float8_e4m3fn
+    if isinstance(dtype, str):
+        return dtype in FP8_NAMES
+    from kernels._common import FP8_DTYPE
+
+    return dtype is FP8_DTYPE
 
 
-def _check_fp8_device(device: torch.device) -> None:
-    """dtype="fp8" runs the FP8 kernels on CUDA (sm_89 / sm_90 only) and the torch emulation on the CPU."""
-    if device.type == "cuda":
-        from kernels._common import fp8_unsupported_reason
+def _check_fp8_device(device: torch.device, backend: str) -> None:
+    """An FP8 model runs the FP8 kernels with backend triton (sm_89 / sm_90, or the CPU interpreter), else the torch
+    emulation: "auto" on an older GPU falls back to it with a warning (backends.resolve); "triton" there is refused
+    here, before the model is moved or quantized."""
+    if backend == "triton":
+        from .backends import fp8_unavailable_reason
 
-        reason = fp8_unsupported_reason(device)
+        reason = fp8_unavailable_reason(device)
         if reason is not None:
-            raise ValueError(f"dtype 'fp8': {reason}")
+            raise ValueError(f"dtype 'fp8' with backend 'triton': {reason}")
 
 
 def _buckets(max_batch_size: int) -> list[int]:
@@ -109,10 +115,10 @@ class Predictor:
             raise ValueError(f"max_batch_size must be a positive int, got {max_batch_size!r}")
         self.device = _default_device(device)
         # dtype="fp8": FP8 weights for the encoder GEMMs (vit_fast.quantize); activations stay in the default dtype
-        self.fp8 = _is_fp8(dtype)
+        self.fp8 = _is_fp8(dtype) or bool(getattr(model, "is_fp8", False))  # asked for, or an FP8 checkpoint
         if self.fp8:
-            _check_fp8_device(self.device)
-        self.dtype = _default_dtype(None if self.fp8 else dtype, self.device)
+            _check_fp8_device(self.device, getattr(model, "backend", "auto"))
+        self.dtype = _default_dtype(None if _is_fp8(dtype) else dtype, self.device)
         self.model = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
         if self.fp8:
             from .fp8 import quantize

@@ -10,8 +10,6 @@ from kernels.quant_fp8 import launch_quant_rows
 from tests.tolerances import FP8_TOL, assert_close, poison
 from vit_fast import fp8
 
-FP8_DTYPE = torch.float8_e4m3fn
-
 
 @pytest.fixture
 def device():

@@ -1,7 +1,8 @@
 """vit-fast's own checkpoint format, and `load`, which recognizes every format this package reads.
 
 A vit-fast checkpoint is a directory with `model.safetensors` (timm-named weights) and `vit_fast.json` (the
-ViTConfig). The config is also stored in the safetensors metadata, so the weight file alone loads too.
+ViTConfig, and for an FP8 model its `quantization` record: fp8_checkpoint.py). Both are also stored in the
+safetensors metadata, so the weight file alone loads too.
 """
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import json
 from pathlib import Path
 
 from ..config import ViTConfig
+from .fp8_checkpoint import METADATA_KEY as QUANT_METADATA_KEY
+from .fp8_checkpoint import RECORD_KEY, fp8_state, read_record, restore_fp8, split_fp8
 from .state_dict import build_and_load, read_json, read_weights, safetensors_metadata
 
 CONFIG_NAME = "vit_fast.json"
@@ -17,20 +20,25 @@ _METADATA_KEY = "vit_fast_config"
 
 
 def save(model, dst) -> Path:
-    """Write `model` to the directory `dst` (created if needed); returns the directory."""
+    """Write `model` to the directory `dst` (created if needed); returns the directory. An FP8 model (`to_fp8()`)
+    is written with float8 weights and per-channel scales and loads back bit-identical (fp8_checkpoint.py)."""
     from safetensors.torch import save_file
 
-    if getattr(model, "is_fp8", False):
-        raise ValueError("cannot save an FP8-quantized model (its checkpoint would not load): save the bf16/fp32 "
-                         "model and call model.to_fp8() after loading; quantization is deterministic")
     dst = Path(dst)
     if dst.exists() and not dst.is_dir():
         raise ValueError(f"{dst} exists and is not a directory")
+    if getattr(model, "is_fp8", False):
+        state, record = fp8_state(model)
+    else:
+        state, record = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, None
     dst.mkdir(parents=True, exist_ok=True)
-    config_json = json.dumps(model.config.to_dict(), indent=2)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(dst / WEIGHTS_NAME), metadata={_METADATA_KEY: config_json, "format": "pt"})
-    (dst / CONFIG_NAME).write_text(config_json + "\n")
+    config = model.config.to_dict()
+    metadata = {_METADATA_KEY: json.dumps(config, indent=2), "format": "pt"}
+    if record is not None:
+        config[RECORD_KEY] = record
+        metadata[QUANT_METADATA_KEY] = json.dumps(record)
+    save_file(state, str(dst / WEIGHTS_NAME), metadata=metadata)
+    (dst / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     return dst
 
 
@@ -46,12 +54,33 @@ def _load_native(weights: Path, config: dict | None, backend: str, overrides: di
             raise ValueError(f"{weights}: the stored vit-fast config is not valid JSON ({e})") from None
         if not isinstance(config, dict):
             raise ValueError(f"{weights}: the stored vit-fast config is not a JSON object")
+        record = metadata.get(QUANT_METADATA_KEY)
+    else:
+        config = dict(config)
+        record = config.pop(RECORD_KEY, None)
+    where = weights.parent / CONFIG_NAME if config_file else f"the config stored in {weights}"
+    record = read_record(record, str(where))
     try:
         stored = ViTConfig.from_dict(config)  # the grid the position table was saved at
     except (ValueError, TypeError) as e:
-        where = weights.parent / CONFIG_NAME if config_file else f"the config stored in {weights}"
         raise ValueError(f"{where}: {e}") from None
-    return build_and_load(stored.replace(**overrides), state, backend, str(weights), pos_grid=stored.grid_size)
+    state, quantized = split_fp8(state, record, str(weights))
+    model = build_and_load(stored.replace(**overrides), state, backend, str(weights), pos_grid=stored.grid_size)
+    return model if record is None else restore_fp8(model, quantized, record, str(weights))
+
+
+def is_fp8_checkpoint(path) -> bool:
+    """Whether `path` is a vit-fast checkpoint of an FP8 model (read from its records, no weights loaded); an
+    unreadable one is not (loading it reports why)."""
+    path = Path(path)
+    try:
+        if path.is_dir() and (path / CONFIG_NAME).is_file():
+            return RECORD_KEY in read_json(path / CONFIG_NAME)
+        if path.is_file() and path.suffix == ".safetensors":
+            return QUANT_METADATA_KEY in safetensors_metadata(path)
+    except ValueError:
+        pass
+    return False
 
 
 def load(path, backend: str = "auto", **config_overrides):

@@ -59,7 +59,7 @@ def _check_model(args) -> None:
     import torch
 
     import vit_fast
-    from vit_fast.backends import triton_unavailable_reason
+    from vit_fast.backends import fp8_cli_check, triton_unavailable_reason
 
     local = not args.address
     if local and args.device == "cuda" and not torch.cuda.is_available():
@@ -68,6 +68,12 @@ def _check_model(args) -> None:
         reason = triton_unavailable_reason(None if args.device is None else torch.device(args.device))
         if reason:
             raise Refused(f"--backend triton cannot run: {reason}")
+    if local:  # FP8 kernels on a GPU older than sm_89: the replicas would fail one by one inside Ray
+        refusal, note = fp8_cli_check(args.backend, args.device, args.dtype)
+        if refusal:
+            raise Refused(refusal)
+        if note:  # the replicas' own warning stays in Ray's logs
+            print(f"vit-fast: warning: {note}", file=sys.stderr)
     if args.checkpoint is None:
         try:
             vit_fast.get_config(args.model)  # an unknown preset name lists the known ones
@@ -82,11 +88,17 @@ def _check_model(args) -> None:
             raise Refused(f"checkpoint not found: {args.checkpoint}")
         return  # a path on the cluster's nodes
     try:
-        vit_fast.load(path, backend="torch")
+        model = vit_fast.load(path, backend="torch")
     except (ValueError, TypeError, OSError, RuntimeError) as e:
         from vit_fast.cli import one_line
 
         raise Refused(f"cannot load --checkpoint {args.checkpoint}: {one_line(e)}") from None
+    if local and model.is_fp8 and args.dtype != "fp8":  # an FP8 checkpoint: the same checks as --dtype fp8
+        refusal, note = fp8_cli_check(args.backend, args.device, "fp8")
+        if refusal:
+            raise Refused(f"--checkpoint {args.checkpoint} is an FP8 model: {refusal}")
+        if note:
+            print(f"vit-fast: warning: {note}", file=sys.stderr)
 
 
 def _check_port(host: str, port: int) -> None:

@@ -65,6 +65,7 @@ def _check_args(args) -> dict:
     from .. import PRESETS, get_config
     from ..backends import triton_unavailable_reason
     from ..cli import UsageError, _parse_overrides
+    from ..loading.checkpoint import is_fp8_checkpoint
 
     if args.dtype not in DTYPES:
         raise UsageError(f"--dtype expects one of {', '.join(DTYPES)}, got {args.dtype!r}")
@@ -74,6 +75,9 @@ def _check_args(args) -> dict:
     checked = {"overrides": _parse_overrides(args.set)}
     if args.checkpoint is not None and not Path(args.checkpoint).expanduser().exists():
         raise UsageError(f"no checkpoint at {args.checkpoint!r}")
+    if args.checkpoint is not None and is_fp8_checkpoint(Path(args.checkpoint).expanduser()):
+        raise UsageError(f"--checkpoint {args.checkpoint} is an FP8 model; validate measures FP8 against the fp32 "
+                         "model, so pass the checkpoint it was quantized from, with --dtype fp8")
     if args.checkpoint is None:
         if args.model not in PRESETS:
             raise UsageError(f"unknown model {args.model!r}; known models: {', '.join(sorted(PRESETS))}")
@@ -96,7 +100,12 @@ def _check_args(args) -> dict:
     if reason is not None and device.type == "cpu":
         reason = ("the Triton kernels need a CUDA GPU and this machine has none (TRITON_INTERPRET=1 runs them in "
                   "Triton's CPU interpreter: slow, for a tiny model)")
-    checked["kernel_reason"] = None if reason is None else f"{reason}; the whole model below is PyTorch's sdpa"
+    if reason is None and args.dtype == "fp8":
+        from kernels._common import fp8_unsupported_reason
+
+        reason = fp8_unsupported_reason(device)  # a GPU older than sm_89: no FP8 tensor cores
+    fallback = "the FP8 torch emulation with PyTorch's sdpa" if args.dtype == "fp8" else "PyTorch's sdpa"
+    checked["kernel_reason"] = None if reason is None else f"{reason}; the whole model below is {fallback}"
     return checked
 
 
@@ -210,7 +219,9 @@ def validate(args) -> dict:
         print(f"note: the kernels run in Triton's CPU interpreter; at width {cfg.embed_dim} that takes minutes",
               file=sys.stderr)
     cand, cand_backend, base, base_backend = _models(model, args, device, kernels_run)
-    low_name = "fp8" if args.dtype == "fp8" else str(DTYPES[args.dtype]).replace("torch.", "")
+    low_name = str(DTYPES[args.dtype]).replace("torch.", "")
+    if args.dtype == "fp8":
+        low_name = "fp8" if kernels_run else "fp8 (torch emulation)"
 
     blocks = sorted({0, cfg.depth - 1})  # first and last block: activations grow with depth
     checks = ops.checks_for(args.dtype)

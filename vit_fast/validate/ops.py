@@ -5,8 +5,8 @@ pass, judged by the same "2x PyTorch's own error" rule as the tests.
 Every check is one `OpCheck` row of `OP_CHECKS`: how to cut the op's inputs out of the captured activations, how to
 call the kernel, and the eager composition the kernel replaces. The composition runs twice: in float64 (the exact
 reference) and in the checked dtype (PyTorch's own error, which sets the budget). An FP8 engine adds its rows here:
-an `OpCheck` with the op's name whose `dtypes` maps "fp8" to its compute dtype, with its own `judge` (e.g. against
-an emulation); under `--dtype fp8` it runs in place of the bf16 entry, which otherwise reports "no fp8 check".
+an `OpCheck` with the op's name whose `dtypes` maps "fp8" to its compute dtype and whose `emulation` is PyTorch's own
+result (ops_fp8.FP8_CHECKS); under `--dtype fp8` it runs in place of the bf16 entry, which otherwise reports "no fp8 check".
 """
 from __future__ import annotations
 
@@ -196,6 +196,11 @@ class OpCheck:
     per_block: bool = True  # an op of every block (checked on the first and the last), or of the model once
     unused: Callable = lambda model: None  # model -> why this model never runs the op, or None
     judge: Callable = kernel_budget  # (out, ref, torch_out, dtype, interpreted) -> numerics.Budget
+    # inputs -> PyTorch's own result when the op has no eager composition in its dtype (FP8: the torch emulation of
+    # the same float8 arithmetic); None: eager(inputs, dtype). With an emulation, `tol` bounds the kernel against it
+    emulation: Optional[Callable] = None
+    tol: dict = field(default_factory=lambda: dict(KERNEL_TOL))  # dtype -> (atol, rtol): the kernel tests' bound
+    label: Optional[str] = None  # the row's dtype column (default: the compute dtype)
 
     def shape(self, inputs: dict) -> list:
         """Shape of the op's first tensor operand (its activation input)."""
@@ -227,15 +232,16 @@ OP_CHECKS = [
 
 
 def checks_for(dtype_name: str) -> list:
-    """The checks to run for a requested dtype, in table order: per op name, the entries that handle that dtype
-    (an FP8 entry beside the bf16 one), or the first entry (which then reports itself skipped)."""
-    handled = {c.name for c in OP_CHECKS if dtype_name in c.dtypes}
-    chosen, seen = [], set()
-    for c in OP_CHECKS:
-        if dtype_name in c.dtypes or (c.name not in handled and c.name not in seen):
-            chosen.append(c)
-            seen.add(c.name)
-    return chosen
+    """The checks to run for a requested dtype, one per op name in table order: the first entry of OP_CHECKS and
+    then ops_fp8.FP8_CHECKS that handles that dtype (an FP8 entry takes the place of the bf16 one), or the first
+    entry (which then reports itself skipped)."""
+    from .ops_fp8 import FP8_CHECKS  # here: ops_fp8 builds on this module
+
+    chosen = {}
+    for c in OP_CHECKS + FP8_CHECKS:
+        if c.name not in chosen or (dtype_name in c.dtypes and dtype_name not in chosen[c.name].dtypes):
+            chosen[c.name] = c
+    return list(chosen.values())
 
 
 def empty_row(check: OpCheck, acts: Activations) -> dict:
@@ -257,18 +263,22 @@ def run_check(check: OpCheck, acts: Activations, dtype_name: str, interpreted: b
         row["reason"] = unused
         return row
     inputs = check.inputs(acts, dtype)
-    row["dtype"] = str(dtype).replace("torch.", "")
+    row["dtype"] = check.label or str(dtype).replace("torch.", "")
     row["shape"] = check.shape(inputs)
     out = check.kernel(inputs)
     ref = check.eager(inputs, torch.float64)
-    budget: Budget = check.judge(out, ref, check.eager(inputs, dtype), dtype, interpreted=interpreted)
-    # the kernel tests' other bound: KERNEL_TOL (atol + rtol * |ref|), looser than the 2x rule in practice
-    in_tol = dtype not in KERNEL_TOL or within_tol(out, ref, dtype)
+    torch_out = check.eager(inputs, dtype) if check.emulation is None else check.emulation(inputs)
+    budget: Budget = check.judge(out, ref, torch_out, dtype, interpreted=interpreted)
+    # the kernel tests' other bound (atol + rtol * |ref|), looser than the 2x rule in practice: KERNEL_TOL against
+    # the exact composition, or FP8_TOL against the emulation
+    tol_ref = ref if check.emulation is None else torch_out
+    in_tol = dtype not in check.tol or within_tol(out, tol_ref, dtype, check.tol)
     row.update(status="pass" if budget.passed and in_tol else "fail", kernel_err=budget.err,
                torch_err=budget.torch_err, budget=budget.budget)
     if not budget.passed:
         row["reason"] = f"kernel {budget}"
     elif not in_tol:
-        atol, rtol = KERNEL_TOL[dtype]
-        row["reason"] = f"kernel output outside the tests' tolerance atol={atol:g}, rtol={rtol:g}"
+        atol, rtol = check.tol[dtype]
+        against = "the exact composition" if check.emulation is None else "the torch emulation"
+        row["reason"] = f"kernel output outside the tests' tolerance atol={atol:g}, rtol={rtol:g} against {against}"
     return row

@@ -1,0 +1,74 @@
+"""The FP8 rows of `vit-fast validate --dtype fp8`: the four GEMMs an FP8 model runs in e4m3 (LN+QKV, LN+FC1,
+out-projection + residual, FC2 + residual), each at the model's shapes, on its own weights quantized per output
+channel as `vit_fast.quantize` does, and on bf16 activations (an FP8 model's residual stream is bf16).
+
+Each row is judged as the bf16 rows are, with PyTorch's own FP8 arithmetic in place of a composition in the dtype:
+- exact reference: the unquantized op (fp32 weights, the bf16-rounded activations) in float64, so the error is what
+  FP8 costs against the fp32 model;
+- PyTorch's own: `vit_fast.fp8.emulate_linear` (torch float8 casts, the same per-token and per-channel scales);
+  budget 2 x its error + floor (`numerics.kernel_budget`);
+- and the kernel tests' bound against the emulation (`numerics.FP8_TOL`).
+The out-projection and FC2 take their input's per-row max |x| (`x_amax`), as a producer that records it hands
+it over, so the GEMM quantizes its input rows in its main loop (no separate quantization pass).
+"""
+from __future__ import annotations
+
+import kernels
+
+from .. import fp8
+from ..numerics import FP8_TOL
+from .ops import (_STAYS_BF16, OpCheck, _fc1_inputs, _fc2_inputs, _linear_residual_eager, _ln_linear_eager,
+                  _ln_qkv_eager, _ln_qkv_inputs, _proj_inputs)
+
+_FP8 = {"fp8": _STAYS_BF16["fp8"]}  # activations, LayerNorm parameters, bias and residual in bf16
+
+
+def _quantized(inputs_fn, layer, amax=False):
+    """inputs_fn's operands in bf16, plus the layer's fp32 weight (`w`, for the exact reference), its e4m3 weight
+    and per-channel scales (`wq`, `ws`), and with `amax` the input rows' max |x| in fp32 (`x_amax`)."""
+
+    def inputs(acts, dtype):
+        i = inputs_fn(acts, dtype)
+        weight = layer(acts).weight.detach().float()
+        i["w"] = weight.contiguous()
+        i["wq"], i["ws"] = fp8.quantize_rows(weight)
+        if amax:
+            i["x_amax"] = i["x"].float().abs().amax(dim=-1).contiguous()
+        return i
+
+    return inputs
+
+
+def _emulate(i, *, ln=False, activation="none", residual=False):
+    return fp8.emulate_linear(i["x"], i["wq"], i["ws"], i["bias"], ln=(i["g"], i["b"], i["eps"]) if ln else None,
+                              activation=activation, residual=i["res"] if residual else None)
+
+
+def _ln_qkv_emulation(i):
+    b, n, d = i["x"].shape
+    return _emulate(i, ln=True).view(b, n, 3, i["heads"], d // i["heads"]).permute(2, 0, 3, 1, 4)
+
+
+def _check(name, inputs, kernel, eager, emulation):
+    return OpCheck(name, inputs, kernel, eager, dtypes=dict(_FP8), emulation=emulation, tol=dict(FP8_TOL),
+                   label="float8_e4m3fn")
+
+
+FP8_CHECKS = [
+    _check("ln_qkv", _quantized(_ln_qkv_inputs, lambda a: a.blk.attn.qkv),
+           lambda i: kernels.ln_qkv(i["x"], i["g"], i["b"], i["eps"], i["wq"], i["bias"], i["heads"],
+                                    weight_scale=i["ws"]),
+           _ln_qkv_eager, _ln_qkv_emulation),
+    _check("linear_residual[proj]", _quantized(_proj_inputs, lambda a: a.blk.attn.proj, amax=True),
+           lambda i: kernels.linear_residual(i["x"], i["wq"], i["bias"], i["res"], weight_scale=i["ws"],
+                                             x_amax=i["x_amax"]),
+           _linear_residual_eager, lambda i: _emulate(i, residual=True)),
+    _check("ln_linear[fc1]", _quantized(_fc1_inputs, lambda a: a.blk.mlp.fc1),
+           lambda i: kernels.ln_linear(i["x"], i["g"], i["b"], i["eps"], i["wq"], i["bias"], i["activation"],
+                                       weight_scale=i["ws"]),
+           _ln_linear_eager, lambda i: _emulate(i, ln=True, activation=i["activation"])),
+    _check("linear_residual[fc2]", _quantized(_fc2_inputs, lambda a: a.blk.mlp.fc2, amax=True),
+           lambda i: kernels.linear_residual(i["x"], i["wq"], i["bias"], i["res"], weight_scale=i["ws"],
+                                             x_amax=i["x_amax"]),
+           _linear_residual_eager, lambda i: _emulate(i, residual=True)),
+]
