@@ -336,10 +336,10 @@ def _check_devices(*tensors):
 
 def _check_row_amax(row_amax, q):
     B, _, n_q, _ = q.shape
-    check(isinstance(row_amax, torch.Tensor) and tuple(row_amax.shape) == (B, n_q)
-          and row_amax.dtype == torch.float32 and row_amax.is_contiguous(), "attention: row_amax",
-          f"a contiguous float32 tensor of shape {(B, n_q)} (one value per output row)",
-          f"{tuple(row_amax.shape)} {row_amax.dtype}" if isinstance(row_amax, torch.Tensor) else type(row_amax).__name__)
+    ok = isinstance(row_amax, torch.Tensor)
+    got = f"{tuple(row_amax.shape)} {row_amax.dtype}" if ok else type(row_amax).__name__
+    check(ok and tuple(row_amax.shape) == (B, n_q) and row_amax.dtype == torch.float32 and row_amax.is_contiguous(),
+          "attention: row_amax", f"a contiguous float32 tensor of shape {(B, n_q)} (one value per output row)", got)
 
 
 def _attention_fwd(q, k, v, scale, out=None, config=None, row_amax=None):
