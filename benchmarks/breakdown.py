@@ -33,7 +33,10 @@ import torch
 GROUPS = ("QKV", "attention", "out-proj", "FC1", "FC2", "LayerNorm", "other")
 GEMM_ORDER = ("QKV", "out-proj", "FC1", "FC2")
 VITFAST_OPS = {"vitfast::ln_qkv": "QKV", "vitfast::attention": "attention", "vitfast::ln_linear": "FC1",
-               "vitfast::layer_norm": "LayerNorm"}
+               "vitfast::layer_norm": "LayerNorm",
+               # the FP8 model's variants of the same ops
+               "vitfast::ln_qkv_fp8": "QKV", "vitfast::attention_row_amax": "attention",
+               "vitfast::ln_linear_fp8": "FC1", "vitfast::ln_linear_fp8_row_amax": "FC1"}
 ATTENTION_WORDS = ("flash", "fmha", "attention", "attn", "sdpa", "softmax")
 GEMM_OPS = ("aten::mm", "aten::addmm", "aten::linear", "aten::_scaled_mm", "aten::matmul")
 GEMM_WORDS = ("gemm", "nvjet", "xmma", "cutlass", "_tem_", "cublas", "wgmma")

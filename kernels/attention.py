@@ -15,6 +15,10 @@ q/k/v are (B, H, N, d) views with any strides whose last dim is contiguous, so t
 the QKV projection's output: the (B, N, 3, H, d) rows `ln_qkv` writes, viewed as `.permute(2, 0, 3, 1, 4)`, or the
 head-major (3, B, H, N, d) tensor of its FP8 path. The result is stored straight into (B, Nq, H*d), the layout the
 out-projection reads. Nq may be smaller than Nk (Nq == 1 when the last layer keeps only [CLS]).
+
+For an FP8 out-projection the ROW_AMAX_OUT switch (`attention(..., return_row_amax=True)`) also records, per token
+row, the max |value stored| over all heads (an fp32 atomic max: each program owns one head), which the FP8 GEMM
+(linear_residual with `x_amax`) uses to quantize the rows in its main loop instead of in a pass of its own.
 """
 import math
 
@@ -195,6 +199,7 @@ def _attn_fwd_kernel(
     K,  # (B, H, N_K, HEAD_DIM) keys, last dim contiguous
     V,  # (B, H, N_K, HEAD_DIM) values, last dim contiguous
     Out,  # (B, N_Q, H * HEAD_DIM) output: head h occupies columns [h*HEAD_DIM, (h+1)*HEAD_DIM)
+    RowAmax,  # (B * N_Q,) fp32, zero-filled: atomic max of |stored output| per token row (ROW_AMAX_OUT only)
     stride_qb, stride_qh, stride_qm,  # element strides of Q over batch, head, row
     stride_kb, stride_kh, stride_kn,  # element strides of K over batch, head, row
     stride_vb, stride_vh, stride_vn,  # element strides of V over batch, head, row
@@ -215,6 +220,7 @@ def _attn_fwd_kernel(
     EVEN_N: tl.constexpr,  # N_K % BLOCK_N == 0: no ragged last K/V block, no score masks
     UPCAST: tl.constexpr,  # convert tiles to fp32 after loading (bf16 under the interpreter is computed wrongly)
     DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs (no tf32), the target default otherwise
+    ROW_AMAX_OUT: tl.constexpr,  # also record max |stored output| of each row over all heads (FP8 out-projection)
 ):
     pid = tl.program_id(0)
     num_m = tl.cdiv(N_Q, BLOCK_M)
@@ -283,11 +289,19 @@ def _attn_fwd_kernel(
     inv_l = 1.0 / l_i
     o_base = Out + off_b * stride_ob + off_h * HEAD_DIM + offs_m[:, None] * stride_om
     out_ty = Out.dtype.element_ty
-    _store(o_base + offs_d0[None, :], (acc0 * inv_l[:, None]).to(out_ty), offs_m, N_Q, offs_d0, HEAD_DIM,
-           not EVEN_M, MASK_D0)
+    o0 = (acc0 * inv_l[:, None]).to(out_ty)
+    _store(o_base + offs_d0[None, :], o0, offs_m, N_Q, offs_d0, HEAD_DIM, not EVEN_M, MASK_D0)
     if BLOCK_D1 > 0:
-        _store(o_base + offs_d1[None, :], (acc1 * inv_l[:, None]).to(out_ty), offs_m, N_Q, offs_d1, HEAD_DIM,
-               not EVEN_M, MASK_D1)
+        o1 = (acc1 * inv_l[:, None]).to(out_ty)
+        _store(o_base + offs_d1[None, :], o1, offs_m, N_Q, offs_d1, HEAD_DIM, not EVEN_M, MASK_D1)
+    if ROW_AMAX_OUT:
+        # Of the values as stored (after the cast), so the out-projection's in-loop quantization sees exactly the
+        # maxima of the rows it reads. Masked head-dim columns hold zeros (V loaded as 0), harmless under a max of
+        # absolute values; rows past N_Q are masked. One program per head: the max over heads is atomic.
+        row_max = tl.max(tl.abs(o0.to(tl.float32)), axis=1)
+        if BLOCK_D1 > 0:
+            row_max = tl.maximum(row_max, tl.max(tl.abs(o1.to(tl.float32)), axis=1))
+        tl.atomic_max(RowAmax + off_b * N_Q + offs_m, row_max, mask=offs_m < N_Q)
 
 
 # ---- launcher -------------------------------------------------------------------------------------------------------
@@ -313,17 +327,29 @@ def _check_inputs(q, k, v, scale):
 
 def _check_devices(*tensors):
     devices = [t.device for t in tensors if t is not None]
-    check(all(d == devices[0] for d in devices), "attention: devices", "q, k, v (and out) on one device", devices)
+    check(all(d == devices[0] for d in devices), "attention: devices", "q, k, v (and out, row_amax) on one device",
+          devices)
     if not is_interpreting():
         check(devices[0].type == "cuda", "attention: device", "CUDA tensors (or TRITON_INTERPRET=1 for CPU)",
               devices[0])
 
 
-def _attention_fwd(q, k, v, scale, out=None, config=None):
+def _check_row_amax(row_amax, q):
+    B, _, n_q, _ = q.shape
+    ok = isinstance(row_amax, torch.Tensor)
+    got = f"{tuple(row_amax.shape)} {row_amax.dtype}" if ok else type(row_amax).__name__
+    check(ok and tuple(row_amax.shape) == (B, n_q) and row_amax.dtype == torch.float32 and row_amax.is_contiguous(),
+          "attention: row_amax", f"a contiguous float32 tensor of shape {(B, n_q)} (one value per output row)", got)
+
+
+def _attention_fwd(q, k, v, scale, out=None, config=None, row_amax=None):
     """Check, allocate and launch. `out` (B, Nq, H*d) contiguous lets tests poison the buffer; `config`
-    (BLOCK_M, BLOCK_N, num_warps, num_stages) bypasses the autotuner (tests exercise several tilings)."""
+    (BLOCK_M, BLOCK_N, num_warps, num_stages) bypasses the autotuner (tests exercise several tilings); `row_amax`
+    (B, Nq) fp32 is zero-filled here, then receives max |out| of each row over all heads (as stored)."""
     _check_inputs(q, k, v, scale)
-    _check_devices(q, k, v, out)
+    if row_amax is not None:
+        _check_row_amax(row_amax, q)
+    _check_devices(q, k, v, out, row_amax)
     B, H, n_q, d = q.shape
     n_k = k.shape[2]
     if out is None:
@@ -331,7 +357,9 @@ def _attention_fwd(q, k, v, scale, out=None, config=None):
     else:
         check(out.shape == (B, n_q, H * d) and out.dtype == q.dtype and out.is_contiguous(), "attention: out",
               f"contiguous {(B, n_q, H * d)} {q.dtype}", f"{tuple(out.shape)} {out.dtype} strides {out.stride()}")
-    args = (q, k, v, out,
+    if row_amax is not None:
+        row_amax.zero_()  # the kernel's atomic max starts from 0 (every |value| is >= 0)
+    args = (q, k, v, out, row_amax if row_amax is not None else out,  # unused placeholder when not recording
             q.stride(0), q.stride(1), q.stride(2),
             k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2),
@@ -340,7 +368,7 @@ def _attention_fwd(q, k, v, scale, out=None, config=None):
             min(triton.next_power_of_2(B * H), _BH_BUCKET_CAP))
     block_d0, block_d1 = head_dim_blocks(d)
     meta = dict(HEAD_DIM=d, BLOCK_D0=block_d0, BLOCK_D1=block_d1, UPCAST=upcast_needed(q.dtype),
-                DOT_PRECISION=_dot_precision(q.dtype))
+                DOT_PRECISION=_dot_precision(q.dtype), ROW_AMAX_OUT=row_amax is not None)
 
     def grid(m):
         return (triton.cdiv(n_q, m["BLOCK_M"]) * B * H,)
@@ -370,9 +398,30 @@ def _(q, k, v, scale):
     return q.new_empty((B, n_q, H * d))
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """softmax(q k^T * scale) v for q (B, H, Nq, d), k/v (B, H, Nk, d) -> (B, Nq, H*d), heads concatenated."""
-    return torch.ops.vitfast.attention(q, k, v, float(scale))
+# The FP8 model's attention: also returns max |output| per token row (a second output, not a mutated argument, so
+# that torch.compile's functionalization sees a plain op), which the FP8 out-projection (linear_residual's `x_amax`)
+# uses to quantize the rows in its main loop instead of in a pass of its own.
+@torch.library.custom_op("vitfast::attention_row_amax", mutates_args=())
+def _attention_amax_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    B, _, n_q, _ = q.shape
+    amax = torch.empty((B, n_q), device=q.device, dtype=torch.float32)
+    return _attention_fwd(q, k, v, scale, row_amax=amax), amax
+
+
+@_attention_amax_op.register_fake
+def _(q, k, v, scale):
+    _check_inputs(q, k, v, scale)
+    B, H, n_q, d = q.shape
+    return q.new_empty((B, n_q, H * d)), q.new_empty((B, n_q), dtype=torch.float32)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, return_row_amax: bool = False):
+    """softmax(q k^T * scale) v for q (B, H, Nq, d), k/v (B, H, Nk, d) -> (B, Nq, H*d), heads concatenated.
+    return_row_amax=True returns (out, max |out| per row over all heads as fp32 of shape (B, Nq), of the values as
+    stored), which linear_residual(..., x_amax=) takes to quantize out inside its FP8 GEMM."""
+    op = torch.ops.vitfast.attention_row_amax if return_row_amax else torch.ops.vitfast.attention
+    return op(q, k, v, float(scale))
 
 
 # ---- ahead-of-time compile variants ---------------------------------------------------------------------------------
@@ -399,11 +448,14 @@ def _families(tile, dtype, block_d):
                  and _smem_estimate(tile[0], tile[1], block_d, tile[3], elem) <= FAMILY_SMEM[f])
 
 
-def _vit_launches(dtype, bm, bn, d, even_m, even_n):
+def _vit_launches(dtype, bm, bn, d, even_m, even_n, row_amax=False):
     """The `vit` callable of the static report's contract (tests/kernels/aot_compile.py): full-sequence attention
-    in every layer plus the last layer's [CLS]-only query (Nq = 1); [] where the launcher would not pick this."""
+    in every layer plus the last layer's [CLS]-only query (Nq = 1); [] where the launcher would not pick this.
+    With `row_amax` (the FP8 model's attention) the launches are named "+amax" and add the row maxima's zero fill
+    and final value (8 B per row)."""
     elem = torch.empty((), dtype=dtype).element_size()
     width = sum(head_dim_blocks(d))
+    suffix, amax_bytes = ("+amax", 8) if row_amax else ("", 0)
 
     def launches(cfg, batch):
         n = cfg.num_prefix_tokens + cfg.num_patches
@@ -418,10 +470,11 @@ def _vit_launches(dtype, bm, bn, d, even_m, even_n):
             if bn > max(32, k_bucket) or (n_q % bm == 0) != even_m or (n % bn == 0) != even_n:
                 continue
             programs = batch * cfg.num_heads * -(-n_q // bm)
-            out.extend([{"name": name, "programs": programs,
+            out.extend([{"name": name + suffix, "programs": programs,
                          "flops": programs * 4 * bm * -(-n // bn) * bn * width,
                          "useful_flops": batch * cfg.num_heads * 4 * n_q * n * d,
-                         "bytes": batch * cfg.num_heads * (2 * n_q + 2 * n) * d * elem}] * count)
+                         "bytes": batch * cfg.num_heads * (2 * n_q + 2 * n) * d * elem
+                         + batch * n_q * amax_bytes}] * count)
         return out
     return launches
 
@@ -438,31 +491,41 @@ def aot_variants(exhaustive=False):
     EVEN_N for the presets' head dims 64 and 80 (one and two column blocks); every other head-dim block layout
     (16, 32, 32+16, 64+16 masked, 64+32, 128 masked, 128) x EVEN_M x EVEN_N at the first tile of the Hopper (or
     fp32) table. `exhaustive=True`: every tile for every head dim. Tiles the pruner drops for a head dim because
-    they spill there (`fits_registers`) are left out."""
+    they spill there (`fits_registers`) are left out.
+    The row-maxima variants (ROW_AMAX_OUT, the FP8 model's attention): bf16 (the FP8 model's activations), every
+    tile x EVEN_M x EVEN_N at head dims 64 and 80, the other layouts at the first tile with ragged Nq and Nk;
+    `exhaustive=True`: every tile and flag, also for fp16 and fp32."""
     fn = jit_fn(_attn_fwd_kernel)
     variants = []
 
-    def add(dtype, tile, d, even_m, even_n):
+    def add(dtype, tile, d, even_m, even_n, row_amax):
         bm, bn, warps, stages = tile
         ty = TL_SIG[dtype]
         sig = {name: "i32" for name in fn.arg_names}
-        sig.update({"Q": f"*{ty}", "K": f"*{ty}", "V": f"*{ty}", "Out": f"*{ty}", "qk_scale": "fp32"})
+        # without the switch the launcher passes Out in RowAmax's place (never read)
+        sig.update({"Q": f"*{ty}", "K": f"*{ty}", "V": f"*{ty}", "Out": f"*{ty}",
+                    "RowAmax": "*fp32" if row_amax else f"*{ty}", "qk_scale": "fp32"})
         block_d0, block_d1 = head_dim_blocks(d)
         consts = dict(HEAD_DIM=d, BLOCK_D0=block_d0, BLOCK_D1=block_d1, BLOCK_M=bm, BLOCK_N=bn, EVEN_M=even_m,
-                      EVEN_N=even_n, UPCAST=False, DOT_PRECISION=_dot_precision(dtype))
+                      EVEN_N=even_n, UPCAST=False, DOT_PRECISION=_dot_precision(dtype), ROW_AMAX_OUT=row_amax)
         sig.update({name: "constexpr" for name in consts})
         variants.append({"fn": fn, "signature": sig, "constexprs": consts, "num_warps": warps, "num_stages": stages,
                          "divisible": _DIVISIBLE, "op": "attention", "main_loop": None,
                          "wgmma": bm >= 64,  # a wgmma covers 64 rows per warpgroup: the 16-row tile is mma.sync
                          "tables": _families(tile, dtype, block_d0 + block_d1),
-                         "vit": _vit_launches(dtype, bm, bn, d, even_m, even_n)})
+                         "vit": _vit_launches(dtype, bm, bn, d, even_m, even_n, row_amax)})
 
     flags = [(even_m, even_n) for even_m in (True, False) for even_n in (True, False)]
-    for dtype in FLOAT_DTYPES:
-        tiles = _tiles(dtype)
-        for d in _AOT_HEAD_DIMS_ALL_TILES + _AOT_HEAD_DIMS:
-            fitting = [t for t in tiles if _pickable(t, sum(head_dim_blocks(d)), dtype)]
-            for tile in (fitting if exhaustive or d in _AOT_HEAD_DIMS_ALL_TILES else fitting[:1]):
-                for even_m, even_n in flags:
-                    add(dtype, tile, d, even_m, even_n)
+    for row_amax in (False, True):
+        for dtype in FLOAT_DTYPES:
+            if row_amax and dtype != torch.bfloat16 and not exhaustive:
+                continue
+            tiles = _tiles(dtype)
+            for d in _AOT_HEAD_DIMS_ALL_TILES + _AOT_HEAD_DIMS:
+                fitting = [t for t in tiles if _pickable(t, sum(head_dim_blocks(d)), dtype)]
+                every = exhaustive or d in _AOT_HEAD_DIMS_ALL_TILES
+                for tile in (fitting if every else fitting[:1]):
+                    # row maxima at other head dims: the ragged case only (masked stores and atomics; CI time)
+                    for even_m, even_n in (flags if every or not row_amax else [(False, False)]):
+                        add(dtype, tile, d, even_m, even_n, row_amax)
     return variants

@@ -1,9 +1,10 @@
 """FP8 engine of ln_qkv, ln_linear and linear_residual: out = epilogue((A_q @ W_q^T) · s_row · s_col).
 
 A_q (M, K) float8 e4m3 with one fp32 scale per row (per token, from quant_fp8.py), W_q (N, K) float8 e4m3 with one
-fp32 scale per output channel (quantized once, vit_fast.fp8). Two switches remove the MLP's quantization pass:
-ROW_AMAX_OUT (FC1) atomically records max |stored output| per row, and QUANT_A (FC2) reads bf16 rows with those
-maxima and quantizes each A tile in registers before the dot, with the arithmetic of quant_fp8.py.
+fp32 scale per output channel (quantized once, vit_fast.fp8). Two switches remove the quantization passes before
+FC2 and the out-projection: ROW_AMAX_OUT (FC1) atomically records max |stored output| per row (attention.py has the
+same switch), and QUANT_A (FC2, out-projection) reads bf16 rows with those maxima and quantizes each A tile in
+registers before the dot, with the arithmetic of quant_fp8.py.
 The dot runs on FP8 tensor cores (wgmma e4m3 on sm_90, mma e4m3 on sm_89) into an fp32 accumulator; the epilogue
 applies acc · s_row · s_col, then bias, the shared activation, residual and the head-major QKV store exactly as the
 bf16 engine (gemm.py) does.

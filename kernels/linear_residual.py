@@ -2,8 +2,8 @@
 (x_next = residual + x @ W^T + b) without a separate elementwise pass. This module checks the inputs and picks the GEMM
 engine: the persistent TMA engine (gemm_tma.py) on sm_90, the pointer engine (gemm.py) elsewhere. A float8_e4m3fn weight (with its per-channel
 `weight_scale`) dispatches to the FP8 engines: given `x_amax` (the rows' absolute maxima, recorded by the producing
-FP8 GEMM: ln_linear's `row_amax`) the GEMM quantizes x per token in its main loop; without it x is quantized in a
-pass of its own first (quant_fp8.py; the attention output, whose kernel records no row maxima)."""
+FP8 GEMM, ln_linear's `row_amax`, or by attention's `return_row_amax`) the GEMM quantizes x per token in its main
+loop; without it x is quantized in a pass of its own first (quant_fp8.py; e.g. SwiGLU's gated hidden rows)."""
 from typing import Optional
 
 import torch

@@ -1,7 +1,8 @@
 """Per-token FP8 quantization engine: rows of x (optionally LayerNorm-ed first) -> float8 e4m3 rows + one fp32 scale
 per row, in one read of x. It feeds the FP8 GEMM (gemm_fp8.py): before QKV and FC1 it *is* the block's LayerNorm
-(the normalized row is quantized where it is produced and never stored in bf16); before the out-projection and FC2
-it is a separate pass over the attention output / GELU output (their producers do not see whole rows).
+(the normalized row is quantized where it is produced and never stored in bf16). Before the out-projection and FC2
+the producers (attention, FC1) record each row's max |value| instead and the GEMM quantizes in its main loop
+(gemm_fp8.py QUANT_A, the same arithmetic); this pass serves rows no kernel recorded (SwiGLU's gated hidden).
 
 Scale rule (vit_fast.fp8.quantize_rows is the same arithmetic in torch): amax = max(|row|, 1e-12),
 q = clamp(row · (448 / amax), ±448) cast to e4m3 (round to nearest even), scale = amax / 448; both divisions IEEE.

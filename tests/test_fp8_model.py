@@ -52,16 +52,45 @@ def test_quantize_errors():
         vit_fast.quantize(torch.nn.Linear(4, 4))
 
 
+def _count_quant_passes(monkeypatch):
+    """{op module: calls of its per-token quantization pass (quant_fp8.launch_quant_rows)}, counted from now on, and
+    the number of attention launches that record row maxima."""
+    import sys
+
+    calls = {"ln_qkv": 0, "ln_linear": 0, "linear_residual": 0, "attention row_amax": 0}
+    for name in ("ln_qkv", "ln_linear", "linear_residual"):
+        module = sys.modules[f"kernels.{name}"]  # the package re-exports the op function under the module's name
+
+        def counted(*args, _name=name, _launch=module.launch_quant_rows, **kwargs):
+            calls[_name] += 1
+            return _launch(*args, **kwargs)
+
+        monkeypatch.setattr(module, "launch_quant_rows", counted)
+    attention = sys.modules["kernels.attention"]
+
+    def attention_fwd(*args, _launch=attention._attention_fwd, **kwargs):
+        calls["attention row_amax"] += kwargs.get("row_amax") is not None
+        return _launch(*args, **kwargs)
+
+    monkeypatch.setattr(attention, "_attention_fwd", attention_fwd)
+    return calls
+
+
 @pytest.mark.skipif(fp8_unsupported_reason(torch.device(DEVICE)) is not None, reason="needs sm_89+/interpreter")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_triton_fp8_equals_torch_emulation(dtype, device):
+def test_triton_fp8_equals_torch_emulation(dtype, device, monkeypatch):
     model = vit_fast.quantize(_tiny(depth=1).to(device), "fp8").to(dtype)
     x = torch.randn(2, 3, 32, 48, device=device, dtype=dtype)
     with torch.no_grad():
         emulated = model.set_backend("torch")(x).float()
+        calls = _count_quant_passes(monkeypatch)
         fast = model.set_backend("triton")(x).float()  # the block pruned to the [CLS] query: the sliced rows path
+        # only the two LayerNorms quantize in a pass (QKV, FC1); attention and FC1 record row maxima, so the
+        # out-projection and FC2 quantize in their main loops
+        assert calls == {"ln_qkv": 1, "ln_linear": 1, "linear_residual": 0, "attention row_amax": 1}, calls
         if dtype == torch.float32:
-            fast_tokens = model.forward_features(x)
+            fast_tokens = model.forward_features(x)  # every token: the unpruned path
+            assert calls == {"ln_qkv": 2, "ln_linear": 2, "linear_residual": 0, "attention row_amax": 2}, calls
             ref_tokens = model.set_backend("torch").forward_features(x)
     assert torch.isfinite(fast).all()
     # fp32: identical quantized operands, only summation order and rare one-step LN rounding flips differ;

@@ -8,6 +8,9 @@ LayerNorm runs on the prefix rows only when the head needs nothing else. With `k
 attention, out-projection and MLP for the queries the head reads (keys and values still cover every token): the
 logits are the same, the last block costs about 1/N of the others.
 
+In an FP8 model attention also records each token's max |output| for the out-projection, and FC1's epilogue each
+token's max |hidden| for FC2, so those two GEMMs quantize their input rows in their main loops (no separate pass).
+
 Model families: LayerScale is folded into the weights at load, quick / tanh GELU are kernel epilogues. Run as
 torch ops inside this path: the prefix tokens when there are not exactly one (SigLIP: none; DeiT distilled,
 registers: several), the SwiGLU gate (DINOv2 giant: FC1 and FC2 stay fused kernels), and the pooling head
@@ -80,8 +83,15 @@ def _block(model, block, tokens: torch.Tensor, eps: float, activation: str, swig
     q, k, v = qkv.unbind(0)
     if keep:
         q, tokens = q[:, :, :keep], tokens[:, :keep].contiguous()
-    ctx = kernels.attention(q, k, v, attn.scale)
-    tokens = kernels.linear_residual(ctx, attn.proj.weight, attn.proj.bias, tokens, weight_scale=_scale(attn.proj))
+    ctx_amax = None
+    if _scale(attn.proj) is not None:
+        # FP8 out-projection: attention records max |ctx| per token (over all heads), so the GEMM quantizes ctx in
+        # its main loop; with `keep` both cover the kept queries only, as the residual rows do
+        ctx, ctx_amax = kernels.attention(q, k, v, attn.scale, return_row_amax=True)
+    else:
+        ctx = kernels.attention(q, k, v, attn.scale)
+    tokens = kernels.linear_residual(ctx, attn.proj.weight, attn.proj.bias, tokens, weight_scale=_scale(attn.proj),
+                                     x_amax=ctx_amax)
     amax = None
     if swiglu:  # the gate runs in torch between the two fused GEMMs
         hidden = mlp.act(_ln_then(model, block.norm2, mlp.fc1, tokens, eps, activation="none")).contiguous()

@@ -160,6 +160,66 @@ def test_public_op(device):
                           test_utils=("test_schema", "test_faketensor"))
 
 
+def run_amax(q, k, v, scale, config=None):
+    """The launcher with row maxima: out and amax NaN-poisoned (the launcher zero-fills amax itself), each inside a
+    larger poisoned buffer so that writes past the end fail."""
+    B, H, n_q, d = q.shape
+    buf = poison(torch.empty(B * n_q + 64, dtype=torch.float32, device=q.device))
+    amax = buf[:B * n_q].view(B, n_q)
+    out = run_with(q, k, v, scale, config, amax)
+    assert torch.isnan(buf[B * n_q:]).all(), "kernel wrote past the end of the row maxima"
+    return out, amax
+
+
+def run_with(q, k, v, scale, config, amax):
+    B, H, n_q, d = q.shape
+    numel = B * n_q * H * d
+    buf = poison(torch.empty(numel + 4096, dtype=q.dtype, device=q.device))
+    out = _attention_fwd(q, k, v, scale, out=buf[:numel].view(B, n_q, H * d), config=config, row_amax=amax)
+    assert torch.isnan(buf[numel:]).all(), "kernel wrote past the end of its output"
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_row_amax_is_max_over_heads_of_the_stored_output(dtype, device):
+    """ROW_AMAX_OUT (the FP8 out-projection's input scales): amax[b, n] == max over heads and columns of |out[b, n]|
+    as stored, bit for bit. Ragged token counts (197, 257, and the sliced queries of the pruned last block), head
+    dim 80 (two column blocks), 72 (masked columns), both layouts, several query blocks per head (atomics across
+    programs of one row block and across heads); one head's values made 30x larger, a different head per image."""
+    cases = [((2, 3, 197, 64), "qkv", None, None), ((1, 2, 257, 80), "timm", None, None),
+             ((1, 3, 257, 80), "timm", 1, None), ((2, 2, 50, 72), "qkv", 5, None),
+             ((1, 3, 48, 80), "qkv", None, (16, 32, 4, 1))] if not CUDA else \
+            [((8, 12, 197, 64), "qkv", None, None), ((4, 16, 257, 80), "timm", None, None),
+             ((4, 16, 257, 80), "timm", 1, None), ((2, 4, 50, 72), "qkv", 5, None)]
+    for (B, H, N, d), layout, n_q, config in cases:
+        q, k, v = make_qkv(B, H, N, d, dtype, device, layout)
+        for b in range(B):  # the max in head 0 (which a last-writer-wins store would lose), or in the last head
+            v[b, 0 if b % 2 == 0 else H - 1] *= 30.0  # in place on the shared buffer's view
+        if n_q is not None:
+            q = q[:, :, :n_q]
+        out, amax = run_amax(q, k, v, d**-0.5, config)
+        check(out, q, k, v, d**-0.5)
+        assert amax.shape == (B, q.shape[2]) and amax.dtype == torch.float32
+        torch.testing.assert_close(amax, out.float().abs().amax(-1), rtol=0, atol=0)
+        assert (amax > 0).all()
+
+
+def test_row_amax_public_op(device):
+    """attention(..., return_row_amax=True) is a registered op with a fake implementation (torch.compile, CUDA
+    graphs), and leaves the output identical to the plain op."""
+    q, k, v = make_qkv(1, 2, 19, 32, torch.float32, device)
+    out, amax = attention(q, k, v, 0.2, return_row_amax=True)
+    assert torch.equal(out, attention(q, k, v, 0.2))
+    torch.testing.assert_close(amax, out.abs().amax(-1), rtol=0, atol=0)
+    torch.library.opcheck(torch.ops.vitfast.attention_row_amax.default, (q, k, v, 0.2),
+                          test_utils=("test_schema", "test_faketensor"))
+    for bad in (torch.zeros(1, 18, device=device), torch.zeros(1, 19, device=device, dtype=torch.float64),
+                torch.zeros(1, 38, device=device)[:, ::2]):
+        with pytest.raises(ValueError, match=r"attention: row_amax: expected a contiguous float32 tensor of shape "
+                                             r"\(1, 19\)"):
+            _attention_fwd(q, k, v, 0.2, row_amax=bad)
+
+
 def test_bad_inputs(device):
     q, k, v = make_qkv(2, 3, 10, 32, torch.float32, device)
 

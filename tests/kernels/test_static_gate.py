@@ -111,6 +111,13 @@ def test_attention_variants_cover_every_table_row(variants):
         have = {(c["BLOCK_M"], c["BLOCK_N"], w, s) for _, sig, c, w, s, _, _ in rows if sig["Q"] == dtype}
         for table in tables.values():
             assert set(table) <= have, (dtype, set(table) - have)
+    # the FP8 model's attention (row maxima for the out-projection): every bf16 tile at head dims 64 and 80
+    for d in (64, 80):
+        amax = {(c["BLOCK_M"], c["BLOCK_N"], w, s) for _, sig, c, w, s, _, _ in rows
+                if sig["Q"] == "*bf16" and c["ROW_AMAX_OUT"] and c["HEAD_DIM"] == d and sig["RowAmax"] == "*fp32"}
+        for table in attention.ATTN_TABLES.values():
+            fitting = {t for t in table if attention.fits_registers(t, sum(attention.head_dim_blocks(d)), 2)}
+            assert fitting <= amax, (d, fitting - amax)
 
 
 def test_spill_detector_sees_a_known_spill():
