@@ -180,11 +180,6 @@ def build_random(name: str, outliers: bool, seed: int, num_classes: int = 100):
     return model, size
 
 
-def build(name: str, outliers: bool, seed: int, num_classes: int = 100):
-    """The random-weights model (kept under its old name for callers)."""
-    return build_random(name, outliers, seed, num_classes)
-
-
 @contextlib.contextmanager
 def per_tensor_activations():
     """Inside: the emulation quantizes each activation tensor with one scale (max |x| over the whole tensor)
