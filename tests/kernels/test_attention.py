@@ -198,7 +198,10 @@ def test_row_amax_is_max_over_heads_of_the_stored_output(dtype, device):
         if n_q is not None:
             q = q[:, :, :n_q]
         out, amax = run_amax(q, k, v, d**-0.5, config)
-        check(out, q, k, v, d**-0.5)
+        # the switch leaves the stored output bit-identical to the plain kernel's, whose error the tests above
+        # budget (a budget check here would judge the 30x head's absolute error against a floor made for unit data)
+        assert torch.equal(out, run_with(q, k, v, d**-0.5, config, None))
+        assert torch.isfinite(out).all()
         assert amax.shape == (B, q.shape[2]) and amax.dtype == torch.float32
         torch.testing.assert_close(amax, out.float().abs().amax(-1), rtol=0, atol=0)
         assert (amax > 0).all()
