@@ -6,8 +6,8 @@ FC2 and the out-projection: ROW_AMAX_OUT (FC1) atomically records max |stored ou
 same switch), and QUANT_A (FC2, out-projection) reads bf16 rows with those maxima and quantizes each A tile in
 registers before the dot, with the arithmetic of quant_fp8.py.
 The dot runs on FP8 tensor cores (wgmma e4m3 on sm_90, mma e4m3 on sm_89) into an fp32 accumulator; the epilogue
-applies acc · s_row · s_col, then bias, the shared activation, residual and the head-major QKV store exactly as the
-bf16 engine (gemm.py) does.
+applies acc · s_row · s_col, then bias, the shared activation and residual exactly as the bf16 engine (gemm.py)
+does; QKV is stored as plain rows, the layout attention reads in place (ln_qkv.py).
 
 Hopper accumulates FP8 wgmma in reduced precision unless told otherwise: with PRECISE_ACC the dot is issued with
 max_num_imprecise_acc = BLOCK_K, so Triton adds each BLOCK_K-deep partial sum into a separate fp32 accumulator
@@ -35,8 +35,6 @@ HOPPER_FP8 = [
     (64, 128, 128, 8, 4),
     (64, 64, 128, 4, 4),
 ]
-# The head-major QKV store spills (700-850 B) at 128x128 and at 64x128 with 4 warps; these two do not.
-QKV_FP8 = [(64, 128, 128, 8, 4), (64, 64, 128, 4, 4), (64, 64, 64, 4, 4)]
 ADA_FP8 = [  # sm_89: about 100 KB of shared memory per block
     (128, 128, 128, 8, 3),
     (128, 64, 64, 4, 4),
@@ -45,8 +43,8 @@ ADA_FP8 = [  # sm_89: about 100 KB of shared memory per block
 ]
 INTERPRETER_FP8 = (32, 32, 32, 4, 1)
 FP8_TABLES = {"hopper": HOPPER_FP8, "ada": ADA_FP8}
-FP8_AUTOTUNE_KEY = ["M_BUCKET", "N", "K", "HAS_BIAS", "ACTIVATION", "HAS_RESIDUAL", "QKV_HEAD_MAJOR", "PRECISE_ACC",
-                    "QUANT_A", "ROW_AMAX_OUT"]
+FP8_AUTOTUNE_KEY = ["M_BUCKET", "N", "K", "HAS_BIAS", "ACTIVATION", "HAS_RESIDUAL", "PRECISE_ACC", "QUANT_A",
+                    "ROW_AMAX_OUT"]
 
 
 def _configs():
@@ -68,8 +66,6 @@ def _prune(configs, named_args, **kwargs):
     index = a.device.index if a.device.index is not None else torch.cuda.current_device()
     table, smem = FP8_TABLES[_family(index)], shared_memory_bytes(index)
     m_cap = max(64, named_args.get("M_BUCKET", 1 << 16))
-    if kwargs.get("QKV_HEAD_MAJOR"):
-        table = [row for row in table if row in QKV_FP8]
     kept = [c for c in configs
             if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages) in table
             and _smem_bytes(c, a.element_size(), kwargs.get("QUANT_A", False)) <= smem
@@ -95,7 +91,7 @@ def fp8_gemm_kernel(
     w_scale_ptr,  # (N,) fp32 per-output-channel scales of W
     bias_ptr,  # (N,) bias; read only when HAS_BIAS
     res_ptr,  # (M, N) residual; read only when HAS_RESIDUAL
-    out_ptr,  # (M, N) output with strides, or contiguous (3, B, H, SEQ, HEAD_DIM) when QKV_HEAD_MAJOR
+    out_ptr,  # (M, N) output, any strides
     M,  # rows (tokens over the whole batch)
     N,  # output features
     K,  # input features
@@ -103,15 +99,12 @@ def fp8_gemm_kernel(
     stride_wn,  # W row stride (column stride 1)
     stride_rm,  # residual row stride
     stride_rn,  # residual column stride
-    stride_om,  # output row stride (ignored when QKV_HEAD_MAJOR)
-    stride_on,  # output column stride (ignored when QKV_HEAD_MAJOR)
-    SEQ,  # tokens per image (QKV_HEAD_MAJOR only)
-    HEAD_DIM,  # head dim (QKV_HEAD_MAJOR only)
+    stride_om,  # output row stride
+    stride_on,  # output column stride
     M_BUCKET,  # next power of two of M: an autotune key, unused by the kernel body
     HAS_BIAS: tl.constexpr,  # add bias in the epilogue
     ACTIVATION: tl.constexpr,  # 0 none, 1 exact-erf GELU, 2 tanh GELU, 3 quick GELU
     HAS_RESIDUAL: tl.constexpr,  # add the residual after the activation
-    QKV_HEAD_MAJOR: tl.constexpr,  # store column j of row (b, n) at [j // D, b, (j % D) // HEAD_DIM, n, j % HEAD_DIM]
     PRECISE_ACC: tl.constexpr,  # promote the FP8 partial sums into fp32 every BLOCK_K (see the module docstring)
     QUANT_A: tl.constexpr,  # A holds unquantized rows and a_scale_ptr their amax: quantize each tile before the dot
     ROW_AMAX_OUT: tl.constexpr,  # atomically max |output| per row into amax_out_ptr (feeds the next GEMM's QUANT_A)
@@ -173,16 +166,7 @@ def fp8_gemm_kernel(
     if HAS_RESIDUAL:
         res = tl.load(res_ptr + rm64[:, None] * stride_rm + rn[None, :] * stride_rn, mask=mask, other=0.0)
         acc += res.to(tl.float32)
-    if QKV_HEAD_MAJOR:
-        D = N // 3
-        n_tok = rm64 % SEQ
-        row_off = (rm64 - n_tok) * D + n_tok * HEAD_DIM  # b * SEQ * D + n * HEAD_DIM
-        which = rn // D
-        h = (rn % D) // HEAD_DIM
-        col_off = which.to(tl.int64) * M * D + h * SEQ * HEAD_DIM + rn % HEAD_DIM
-        out_ptrs = out_ptr + row_off[:, None] + col_off[None, :]
-    else:
-        out_ptrs = out_ptr + rm64[:, None] * stride_om + rn[None, :] * stride_on
+    out_ptrs = out_ptr + rm64[:, None] * stride_om + rn[None, :] * stride_on
     y = acc.to(out_ptr.dtype.element_ty)
     tl.store(out_ptrs, y, mask=mask)
     if ROW_AMAX_OUT:  # of the values as stored, so the next GEMM's quantization equals quantize_rows(stored rows)
@@ -190,25 +174,23 @@ def fp8_gemm_kernel(
         tl.atomic_max(amax_out_ptr + rm, tile_max, mask=mask_m)
 
 
-def launch_fp8_gemm(a_q, a_scale, weight, w_scale, bias, out, *, activation=0, residual=None, qkv=None,
-                    precise_acc=True, a_amax=None, amax_out=None):
+def launch_fp8_gemm(a_q, a_scale, weight, w_scale, bias, out, *, activation=0, residual=None, precise_acc=True,
+                    a_amax=None, amax_out=None):
     """Launch on already-checked operands: a_q (M, K) e4m3 with unit column stride and a_scale (M,) fp32 -- or
     a_q in a float dtype with a_amax (M,) its rows' absolute maxima (a_scale None), quantized in the main loop;
-    weight (N, K) e4m3 rows contiguous, w_scale (N,) fp32; out (M, N) or (3, B, H, SEQ, HEAD_DIM); residual (M, N)
-    or None; qkv = (SEQ, HEAD_DIM) or None; amax_out (M,) fp32 zeros or None: receives max |out| per row."""
+    weight (N, K) e4m3 rows contiguous, w_scale (N,) fp32; out (M, N); residual (M, N) or None; amax_out (M,) fp32
+    zeros or None: receives max |out| per row."""
     M, K = a_q.shape
     N = weight.shape[0]
-    seq, head_dim = qkv if qkv is not None else (1, 1)
     res = residual if residual is not None else out
-    stride_om, stride_on = out.stride() if qkv is None else (0, 1)
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
     fp8_gemm_kernel[grid](
         a_q, a_scale if a_amax is None else a_amax, amax_out if amax_out is not None else w_scale, weight, w_scale,
         bias if bias is not None else out, res, out,
-        M, N, K, a_q.stride(0), weight.stride(0), res.stride(-2), res.stride(-1), stride_om, stride_on,
-        seq, head_dim, m_bucket(M),
+        M, N, K, a_q.stride(0), weight.stride(0), res.stride(-2), res.stride(-1), out.stride(0), out.stride(1),
+        m_bucket(M),
         HAS_BIAS=bias is not None, ACTIVATION=activation, HAS_RESIDUAL=residual is not None,
-        QKV_HEAD_MAJOR=qkv is not None, PRECISE_ACC=precise_acc, QUANT_A=a_amax is not None,
+        PRECISE_ACC=precise_acc, QUANT_A=a_amax is not None,
         ROW_AMAX_OUT=amax_out is not None, ROUND_IN_FP32=is_interpreting(),
     )  # fmt: skip
     return out
@@ -216,24 +198,24 @@ def launch_fp8_gemm(a_q, a_scale, weight, w_scale, bias, out, *, activation=0, r
 
 def aot_variants(exhaustive: bool = False):
     """bf16 outputs (the FP8 model's residual stream) at every Hopper and Ada tile, as the FC1 variant (GELU, bias),
-    plus the QKV head-major store, the residual epilogue, the non-even K path and imprecise accumulation at the
+    plus QKV (no activation), the residual epilogue, the non-even K path and imprecise accumulation at the
     64x128 tile. FP8 dots do not exist before sm_89: min_cc 89 (skipped for sm_80)."""
-    out = [_variant(torch.bfloat16, 1, True, False, False, True, True, t, amax_out=True)  # FC1
+    out = [_variant(torch.bfloat16, 1, True, False, True, True, t, amax_out=True)  # FC1
            for t in dict.fromkeys(HOPPER_FP8 + ADA_FP8)]
-    out += [_variant(torch.bfloat16, 0, True, True, False, True, True, t, quant_a=True)  # FC2 (bf16 A, amax)
+    out += [_variant(torch.bfloat16, 0, True, True, True, True, t, quant_a=True)  # FC2 (bf16 A, amax)
             for t in HOPPER_FP8]
     tile = (64, 128, 128, 4, 4)
-    out += [_variant(torch.bfloat16, 0, True, False, True, True, True, t) for t in QKV_FP8[:2]]  # QKV
-    out += [_variant(torch.bfloat16, 0, True, True, False, True, True, tile),  # out-proj / FC2
-            _variant(torch.bfloat16, 1, False, False, False, False, True, tile),  # no bias, ragged K
-            _variant(torch.bfloat16, 1, True, False, False, True, False, tile)]  # imprecise accumulation
+    out += [_variant(torch.bfloat16, 0, True, False, True, True, t) for t in HOPPER_FP8]  # QKV
+    out += [_variant(torch.bfloat16, 0, True, True, True, True, tile),  # out-proj / FC2
+            _variant(torch.bfloat16, 1, False, False, False, True, tile),  # no bias, ragged K
+            _variant(torch.bfloat16, 1, True, False, True, False, tile)]  # imprecise accumulation
     if exhaustive:
-        out += [_variant(dt, act, True, res, False, True, True, tile)
+        out += [_variant(dt, act, True, res, True, True, tile)
                 for dt in (torch.float16, torch.float32) for act in (0, 1, 2, 3) for res in (False, True)]
     return out
 
 
-def _variant(out_dtype, activation, has_bias, has_residual, qkv, even_k, precise, tile, quant_a=False,
+def _variant(out_dtype, activation, has_bias, has_residual, even_k, precise, tile, quant_a=False,
              amax_out=False):
     bm, bn, bk, warps, stages = tile
     p = "*" + TL_SIG[out_dtype]
@@ -243,11 +225,11 @@ def _variant(out_dtype, activation, has_bias, has_residual, qkv, even_k, precise
         "bias_ptr": p, "res_ptr": p, "out_ptr": p,
         "M": "i32", "N": "i32", "K": "i32", "stride_am": "i32", "stride_wn": "i32",
         "stride_rm": "i32", "stride_rn": "constexpr", "stride_om": "i32", "stride_on": "constexpr",
-        "SEQ": "i32", "HEAD_DIM": "i32", "M_BUCKET": "i32",
+        "M_BUCKET": "i32",
     }  # fmt: skip
     constexprs = {
         "stride_rn": 1, "stride_on": 1,
-        "HAS_BIAS": has_bias, "ACTIVATION": activation, "HAS_RESIDUAL": has_residual, "QKV_HEAD_MAJOR": qkv,
+        "HAS_BIAS": has_bias, "ACTIVATION": activation, "HAS_RESIDUAL": has_residual,
         "PRECISE_ACC": precise, "QUANT_A": quant_a, "ROW_AMAX_OUT": amax_out, "ROUND_IN_FP32": False,
         "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "EVEN_K": even_k,
     }  # fmt: skip
@@ -255,5 +237,5 @@ def _variant(out_dtype, activation, has_bias, has_residual, qkv, even_k, precise
         sig.setdefault(name, "constexpr")
     return {"fn": jit_fn(fp8_gemm_kernel), "signature": sig, "constexprs": constexprs,
             "num_warps": warps, "num_stages": stages, "min_cc": 89, "op": "linear_fp8", "main_loop": "gemm",
-            "tables": ("hopper",) if tile in HOPPER_FP8 or tile in QKV_FP8 else (),  # Ada-only tiles: no gated family
-            "divisible": ("N", "K", "stride_am", "stride_wn", "stride_rm", "stride_om", "HEAD_DIM")}
+            "tables": ("hopper",) if tile in HOPPER_FP8 else (),  # Ada-only tiles: no gated family
+            "divisible": ("N", "K", "stride_am", "stride_wn", "stride_rm", "stride_om")}

@@ -4,7 +4,7 @@ The GEMM writes plain (B·N, 3·D) rows, i.e. a contiguous (B, N, 3, H, d) buffe
 returns it as the (3, B, H, N, d) view, so q, k, v = out[0], out[1], out[2] are strided (B, H, N, d) tensors with a
 contiguous last dim, which `kernels.attention` reads without a copy. The norm is folded (ln_fold.py). A
 float8_e4m3fn weight (with its per-channel `weight_scale`) goes to the FP8 engines instead: the quantizing LayerNorm
-(quant_fp8.py) writes e4m3 rows and per-token scales, then gemm_fp8.py stores q, k, v head-major. This module checks
+(quant_fp8.py) writes e4m3 rows and per-token scales, then gemm_fp8.py writes the same plain rows. This module checks
 the inputs and picks the engine (gemm_tma.py on sm_90, gemm.py elsewhere, the FP8 pair for float8 weights).
 """
 from typing import Optional
@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 
 from ._common import (FLOAT_DTYPES, FP8_DTYPE, check, check_device, check_dtype, check_fp8_device, check_linear_fp8,
-                      check_out, check_vector, rows_view)
+                      check_vector, rows_view)
 from .gemm import gemm_aot_variants, launch_fused_gemm
 from .gemm_fp8 import launch_fp8_gemm
 from .gemm_tma import launch_tma_gemm, select_engine, tma_aot_variants
@@ -67,10 +67,9 @@ def _head_major_shape(x, num_heads):
     return (3, b, num_heads, n, d // num_heads)
 
 
-def ln_qkv_launch(x, eps, weight, colsum, bias, num_heads, out=None):
-    """Plain launcher on folded weights; `out` (optional) must be the (3, B, H, N, d) view of a contiguous
+def _out_rows(x, num_heads, out):
+    """(out, its (B·N, 3D) rows): a new output, or a caller's, which must be the (3, B, H, N, d) view of a contiguous
     (B, N, 3, H, d) buffer in x.dtype (tests hand in a poisoned one)."""
-    _check(x, weight, colsum, bias, num_heads)
     b, n, d = x.shape
     if out is None:
         out = _new_out(x, num_heads)
@@ -79,10 +78,16 @@ def ln_qkv_launch(x, eps, weight, colsum, bias, num_heads, out=None):
     check(tuple(out.shape) == shape and out.dtype == x.dtype and rows.is_contiguous(), f"{OP}: out",
           f"a {shape} {x.dtype} view of a contiguous (B, N, 3, H, d) buffer",
           f"{tuple(out.shape)} {out.dtype} strides {out.stride()}")
+    return out, rows.view(b * n, 3 * d)
+
+
+def ln_qkv_launch(x, eps, weight, colsum, bias, num_heads, out=None):
+    """Plain launcher on folded weights; `out` as in _out_rows."""
+    _check(x, weight, colsum, bias, num_heads)
+    out, out2d = _out_rows(x, num_heads, out)
     if out.numel() == 0:
         return out
     x2d = rows_view(OP, "x", x)
-    out2d = rows.view(b * n, 3 * d)
     stats = launch_row_stats(x2d, eps)
     launch = launch_tma_gemm if select_engine(x2d, weight, out2d) == "tma" else launch_fused_gemm
     launch(x2d, weight, bias, out2d, stats=stats, colsum=colsum)
@@ -90,17 +95,13 @@ def ln_qkv_launch(x, eps, weight, colsum, bias, num_heads, out=None):
 
 
 def ln_qkv_fp8_launch(x, ln_weight, ln_bias, eps, weight, weight_scale, bias, num_heads, out=None):
-    """Plain FP8 launcher: weight (3D, D) float8_e4m3fn, weight_scale (3D,) fp32; `out` (optional, contiguous
-    (3, B, H, N, d), x.dtype) lets tests hand in a poisoned buffer."""
+    """Plain FP8 launcher: weight (3D, D) float8_e4m3fn, weight_scale (3D,) fp32; `out` as in _out_rows."""
     _check_fp8(x, ln_weight, ln_bias, weight, weight_scale, bias, num_heads)
-    shape = _head_major_shape(x, num_heads)
-    if out is None:
-        out = x.new_empty(shape)
-    check_out(OP, out, shape, x.dtype, rows=False)
+    out, out2d = _out_rows(x, num_heads, out)
     if out.numel() == 0:
         return out
     a_q, a_scale = launch_quant_rows(rows_view(OP, "x", x), ln=(ln_weight, ln_bias, eps))
-    launch_fp8_gemm(a_q, a_scale, weight, weight_scale, bias, out, qkv=(x.shape[1], shape[-1]))
+    launch_fp8_gemm(a_q, a_scale, weight, weight_scale, bias, out2d)
     return out
 
 
@@ -126,7 +127,7 @@ def _ln_qkv_fp8_op(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tens
 @_ln_qkv_fp8_op.register_fake
 def _(x, ln_weight, ln_bias, eps, weight, weight_scale, bias, num_heads):
     _check_fp8(x, ln_weight, ln_bias, weight, weight_scale, bias, num_heads, runnable=False)
-    return x.new_empty(_head_major_shape(x, num_heads))
+    return _new_out(x, num_heads)
 
 
 def ln_qkv_folded(x: torch.Tensor, eps: float, folded: FoldedLinear, num_heads: int) -> torch.Tensor:
@@ -139,7 +140,7 @@ def ln_qkv(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps:
            weight_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
     """LayerNorm(x) @ weight^T + bias for x (B, N, D) and the fused qkv weight (3D, D) (timm layout: rows [q; k; v],
     head-major inside each), returned as a (3, B, H, N, D // H) tensor in x.dtype (last dim contiguous: a view of
-    one new (B, N, 3, H, d) buffer, or a contiguous head-major tensor on the FP8 path); bias may be None. Folds the norm on every call: repeated callers use
+    one new (B, N, 3, H, d) buffer, on every engine); bias may be None. Folds the norm on every call: repeated callers use
     ln_qkv_folded. FP8: weight float8_e4m3fn with weight_scale (3D,) fp32; LayerNorm(x) is quantized per token."""
     _check_x(x, weight, num_heads)
     if weight.dtype == FP8_DTYPE:

@@ -103,7 +103,8 @@ def test_fp8_mlp_quantizes_fc2_input_in_the_gemm(device):
     torch.testing.assert_close(out.float(), separate.float(), rtol=0, atol=0)
 
 
-def test_ln_qkv_fp8_head_major(device):
+def test_ln_qkv_fp8_rows(device):
+    """The FP8 QKV writes the plain (B, N, 3, H, d) rows the bf16 engines write (attention reads them in place)."""
     b, n, d, heads = 2, 19, 80, 5  # 19 tokens, head dim 16, K = 80
     x = torch.randn(b, n, d, device=device).bfloat16()
     g, beta = torch.randn(d, device=device).bfloat16(), torch.randn(d, device=device).bfloat16()
@@ -111,8 +112,12 @@ def test_ln_qkv_fp8_head_major(device):
     bias = torch.randn(3 * d, device=device).bfloat16()
     from kernels.ln_qkv import ln_qkv_fp8_launch
 
-    out = poison(torch.empty(3, b, heads, n, d // heads, device=device, dtype=torch.bfloat16))
+    out = poison(torch.empty(b, n, 3, heads, d // heads, device=device, dtype=torch.bfloat16)).permute(2, 0, 3, 1, 4)
     ln_qkv_fp8_launch(x, g, beta, 1e-6, wq, ws, bias, heads, out=out)
+    op = kernels.ln_qkv(x, g, beta, 1e-6, wq, bias, heads, weight_scale=ws)
+    assert op.stride() == out.stride() and torch.equal(op, out)
+    with pytest.raises(ValueError, match=r"ln_qkv: out: expected a .* view of a contiguous \(B, N, 3, H, d\) buffer"):
+        ln_qkv_fp8_launch(x, g, beta, 1e-6, wq, ws, bias, heads, out=torch.empty_like(out.contiguous()))
     ref = fp8.emulate_linear(x, wq, ws, bias, ln=(g, beta, 1e-6), out_dtype=torch.float32)
     ref = ref.reshape(b, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
     assert_close(out, ref, torch.bfloat16, FP8_TOL)
