@@ -12,8 +12,8 @@ power-of-two block would pad 80 to 128. Q is multiplied by softmax_scale * log2(
 loop computes exp2(s - m) with no per-score scaling.
 
 q/k/v are (B, H, N, d) views with any strides whose last dim is contiguous, so the kernel reads them in place from
-the QKV projection's output: the (B, N, 3, H, d) rows `ln_qkv` writes, viewed as `.permute(2, 0, 3, 1, 4)`, or the
-head-major (3, B, H, N, d) tensor of its FP8 path. The result is stored straight into (B, Nq, H*d), the layout the
+the QKV projection's output: the (B, N, 3, H, d) rows `ln_qkv` writes (on every engine, FP8 included), viewed as
+`.permute(2, 0, 3, 1, 4)`. The result is stored straight into (B, Nq, H*d), the layout the
 out-projection reads. Nq may be smaller than Nk (Nq == 1 when the last layer keeps only [CLS]).
 
 For an FP8 out-projection the ROW_AMAX_OUT switch (`attention(..., return_row_amax=True)`) also records, per token

@@ -2,14 +2,22 @@
 
 Without a CUDA device the Triton kernels run under the interpreter, which must be switched on before any
 kernel module is imported (`@triton.jit` reads TRITON_INTERPRET when it decorates), so it is set here, first.
+torch.compile's on-disk cache is per run: its keys do not cover a custom op's fake (shape/stride) function, so a
+graph compiled against an older version of an op could otherwise be reused and fail (or pass) for the wrong reason.
 """
+import atexit
 import os
+import shutil
+import tempfile
 
 import torch
 
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:  # set once by the first process (pytest-xdist workers inherit it)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="vitfast-inductor-")
+    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
 
 import pytest  # noqa: E402
 
