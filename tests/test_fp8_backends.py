@@ -94,7 +94,7 @@ def test_cli_refuses_triton_fp8_before_model_work(command, a100, no_model_work, 
     code = main([*argv, "--model", "vit_ti_16", "--backend", "triton", "--dtype", "fp8", "--device", "cuda"])
     lines = [line for line in capsys.readouterr().err.strip().splitlines() if "RANDOM weights" not in line]
     assert code == 2 and len(lines) == 1, lines
-    assert "--backend triton --dtype fp8 cannot run: FP8 GEMMs need compute capability 8.9 or 9.0" in lines[0]
+    assert "--backend triton cannot run --dtype fp8: FP8 GEMMs need compute capability 8.9 or 9.0" in lines[0]
     assert "sm_80" in lines[0] and "no FP8 tensor cores" in lines[0]
 
 
@@ -121,4 +121,5 @@ def test_serve_refuses_an_fp8_checkpoint_with_triton(a100, monkeypatch, tmp_path
                  "--port", str(_free_port())])
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1, lines
-    assert f"--checkpoint {ckpt} is an FP8 model: --backend triton --dtype fp8 cannot run" in lines[0]
+    assert f"--backend triton cannot run --checkpoint {ckpt} (an FP8 model): FP8 GEMMs need" in lines[0]
+    assert "--dtype" not in lines[0]  # not passed: not named

@@ -82,20 +82,21 @@ def fp8_unavailable_reason(device: torch.device) -> Optional[str]:
     return fp8_unsupported_reason(device)
 
 
-def fp8_cli_check(backend: str, device: Optional[str], dtype) -> tuple:
+def fp8_cli_check(backend: str, device: Optional[str], dtype, why: str = "--dtype fp8") -> tuple:
     """For the command line, before any model work: (refusal, note) for `--dtype fp8` with `--backend` on this
     machine's `device` (None: the default device). refusal: why "triton" cannot run the FP8 kernels here; note: on
-    a GPU older than sm_89, "auto" will run the torch emulation instead (as resolve() does). Each None when moot."""
+    a GPU older than sm_89, "auto" will run the torch emulation instead (as resolve() does). Each None when moot.
+    why: what made the run FP8, as the messages name it (the flag, or an FP8 checkpoint)."""
     if dtype != "fp8" or backend not in ("triton", "auto"):
         return None, None
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if backend == "triton":
         reason = triton_unavailable_reason(dev) or fp8_unavailable_reason(dev)
-        return (None if reason is None else f"--backend triton --dtype fp8 cannot run: {reason}"), None
+        return (None if reason is None else f"--backend triton cannot run {why}: {reason}"), None
     if dev.type != "cuda" or triton_unavailable_reason(dev) is not None:
         return None, None
     reason = fp8_unavailable_reason(dev)
-    note = None if reason is None else (f"--dtype fp8 with --backend auto runs the torch emulation (slow), not the "
+    note = None if reason is None else (f"{why} with --backend auto runs the torch emulation (slow), not the "
                                         f"FP8 kernels: {reason}")
     return None, note
 

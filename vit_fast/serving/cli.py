@@ -94,9 +94,10 @@ def _check_model(args) -> None:
 
         raise Refused(f"cannot load --checkpoint {args.checkpoint}: {one_line(e)}") from None
     if local and model.is_fp8 and args.dtype != "fp8":  # an FP8 checkpoint: the same checks as --dtype fp8
-        refusal, note = fp8_cli_check(args.backend, args.device, "fp8")
+        refusal, note = fp8_cli_check(args.backend, args.device, "fp8",
+                                      why=f"--checkpoint {args.checkpoint} (an FP8 model)")
         if refusal:
-            raise Refused(f"--checkpoint {args.checkpoint} is an FP8 model: {refusal}")
+            raise Refused(refusal)
         if note:
             print(f"vit-fast: warning: {note}", file=sys.stderr)
 
