@@ -31,6 +31,7 @@ import copy
 import json
 import math
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -351,7 +352,7 @@ def main(argv=None) -> int:
                 "structured images (see vit_fast/fp8_accuracy.py)",
         "outliers": {"channels": OUTLIER_CHANNELS, "gain": OUTLIER_GAIN},
         "task_classes": TASK_CLASSES,
-        "torch": torch.__version__, "python": platform.python_version(), "seed": args.seed,
+        "commit": _commit(), "torch": torch.__version__, "python": platform.python_version(), "seed": args.seed,
         "threads": torch.get_num_threads(), "seconds": round(time.time() - start, 1),
         "rows": rows,
     }
@@ -362,6 +363,20 @@ def main(argv=None) -> int:
         print(markdown_table(result, setting))
     print(f"wrote {out}")
     return 0
+
+
+def _commit() -> str:
+    """The source's git commit (with "+changes" when the work tree differs), or "unknown" outside a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=20)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if head.returncode != 0:
+        return "unknown"
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
 
 
 if __name__ == "__main__":
