@@ -14,7 +14,10 @@ import triton
 TL_SIG = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.uint8: "u8"}
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-ACTIVATIONS = {"none": 0, "gelu": 1, "gelu_tanh": 2, "quick_gelu": 3}
+ACTIVATIONS = {"none": 0, "gelu": 1, "gelu_tanh": 2, "quick_gelu": 3, "swiglu": 4}
+# "swiglu" (ln_linear only): the weight is packed (2H, K), gate rows first (timm SwiGLUPacked); the GEMM keeps a gate
+# and an up accumulator per tile and stores silu(gate) * up, (M, H).
+SWIGLU = ACTIVATIONS["swiglu"]
 
 
 def is_interpreting() -> bool:

@@ -50,6 +50,12 @@ def gelu_quick(x):
 
 
 @triton.jit
+def swiglu(gate, up):
+    """SwiGLU's gate on fp32 tiles: silu(gate) * up."""
+    return gate / (1.0 + tl.exp(-gate)) * up
+
+
+@triton.jit
 def apply_activation(x, ACTIVATION: tl.constexpr):
     """The epilogue activation every GEMM engine shares; codes are _common.ACTIVATIONS."""
     if ACTIVATION == 1:
