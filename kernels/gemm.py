@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (GEMM_DIVISIBLE, SWITCH_TILE, TL_SIG, gemm_configs, gemm_families, gemm_rows_for,
+from ._common import (GEMM_DIVISIBLE, SWIGLU, SWITCH_TILE, TL_SIG, gemm_configs, gemm_families, gemm_rows_for,
                       gemm_vit_launches, is_interpreting, jit_fn, m_bucket, prune_gemm_configs, upcast_needed)
 
 DTYPES = (torch.bfloat16, torch.float32, torch.float16)  # AOT order: bf16 first (the fast path)
@@ -85,11 +85,25 @@ def epilogue_math(acc, rm, rn, M, N, stats_ptr, colsum_ptr, bias_ptr,
 
 
 @triton.jit
-def _store_tile(acc, rm, rn, M, N, stats_ptr, colsum_ptr, bias_ptr, res_ptr, out_ptr, stride_rm, stride_rn, stride_om,
-                stride_on, ROW_STATS: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
+def gated_epilogue_math(acc, up, rm, rn, M, N, stats_ptr, colsum_ptr, bias_ptr,
+                        ROW_STATS: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr):
+    """epilogue_math, or for SwiGLU (ACTIVATION 4) the folded LayerNorm and bias of the gate tile `acc` (columns rn)
+    and of the up tile `up` (columns rn + N of the packed weight), then silu(gate) * up; `up` is unused otherwise."""
+    if ACTIVATION == 4:
+        gate = epilogue_math(acc, rm, rn, M, N, stats_ptr, colsum_ptr, bias_ptr, ROW_STATS, HAS_BIAS, 0)
+        # N is the gated width H here: rn + N < 2N masks exactly as rn < N
+        up = epilogue_math(up, rm, rn + N, M, 2 * N, stats_ptr, colsum_ptr, bias_ptr, ROW_STATS, HAS_BIAS, 0)
+        return swiglu(gate, up)
+    return epilogue_math(acc, rm, rn, M, N, stats_ptr, colsum_ptr, bias_ptr, ROW_STATS, HAS_BIAS, ACTIVATION)
+
+
+@triton.jit
+def _store_tile(acc, up, rm, rn, M, N, stats_ptr, colsum_ptr, bias_ptr, res_ptr, out_ptr, stride_rm, stride_rn,
+                stride_om, stride_on, ROW_STATS: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
                 HAS_RESIDUAL: tl.constexpr):
-    """Epilogue of one (sub)tile: shared math, residual, one cast, masked store."""
-    acc = epilogue_math(acc, rm, rn, M, N, stats_ptr, colsum_ptr, bias_ptr, ROW_STATS, HAS_BIAS, ACTIVATION)
+    """Epilogue of one (sub)tile: shared math (SwiGLU: of the gate and up tiles), residual, one cast, masked store."""
+    acc = gated_epilogue_math(acc, up, rm, rn, M, N, stats_ptr, colsum_ptr, bias_ptr, ROW_STATS, HAS_BIAS,
+                              ACTIVATION)
     mask = (rm < M)[:, None] & (rn < N)[None, :]
     rm64 = rm.to(tl.int64)
     if HAS_RESIDUAL:
@@ -115,14 +129,14 @@ def _epi_split(args):
 @triton.jit(do_not_specialize=["M"])  # M = B·tokens: one compile for every batch size
 def fused_gemm_kernel(
     a_ptr,  # (M, K) activations, any strides
-    w_ptr,  # (N, K) weight in nn.Linear layout (LayerNorm-folded when ROW_STATS), any strides
-    bias_ptr,  # (N,) bias (activation dtype, or fp32 when folded); read only when HAS_BIAS
+    w_ptr,  # (N, K) weight in nn.Linear layout (LayerNorm-folded when ROW_STATS), any strides; (2N, K) for SwiGLU
+    bias_ptr,  # (N,) bias (activation dtype, or fp32 when folded), (2N,) for SwiGLU; read only when HAS_BIAS
     res_ptr,  # (M, N) residual; read only when HAS_RESIDUAL
     stats_ptr,  # (M, 2) fp32 per-row (mean, rstd) of A; read only when ROW_STATS
-    colsum_ptr,  # (N,) fp32 column sums of the folded weight; read only when ROW_STATS
+    colsum_ptr,  # (N,) fp32 column sums of the folded weight, (2N,) for SwiGLU; read only when ROW_STATS
     out_ptr,  # (M, N) output, any strides
     M,  # rows (tokens over the whole batch)
-    N,  # output features
+    N,  # output features (SwiGLU: the gated width H, half the weight's rows)
     K,  # input features
     stride_am,  # A row stride
     stride_ak,  # A column stride
@@ -135,7 +149,7 @@ def fused_gemm_kernel(
     M_BUCKET,  # next power of two of M: an autotune key, unused by the kernel body
     ROW_STATS: tl.constexpr,  # folded LayerNorm epilogue: rstd * (acc - mean * colsum)
     HAS_BIAS: tl.constexpr,  # add bias in the epilogue
-    ACTIVATION: tl.constexpr,  # 0 none, 1 exact-erf GELU, 2 tanh GELU, 3 quick GELU
+    ACTIVATION: tl.constexpr,  # 0 none, 1 exact-erf GELU, 2 tanh GELU, 3 quick GELU, 4 SwiGLU (gate and up dots)
     HAS_RESIDUAL: tl.constexpr,  # add the residual after the activation
     UPCAST: tl.constexpr,  # dot in fp32 (interpreter with bf16, whose bf16 arithmetic is wrong)
     BLOCK_M: tl.constexpr,  # rows per tile
@@ -157,18 +171,30 @@ def fused_gemm_kernel(
     w_ptrs = w_ptr + rn_load[None, :] * stride_wn + rk[:, None] * stride_wk
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    if ACTIVATION == 4:  # SwiGLU: the up rows of the packed (2N, K) weight, N rows below the gate's; own accumulator
+        up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    else:
+        up = acc  # never used
     for k0 in range(0, K, BLOCK_K):
         if EVEN_K:
             a = tl.load(a_ptrs)
             w = tl.load(w_ptrs)
+            if ACTIVATION == 4:
+                w_up = tl.load(w_ptrs + N * stride_wn)
         else:
             k_ok = (k0 + rk) < K
             a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
             w = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
+            if ACTIVATION == 4:
+                w_up = tl.load(w_ptrs + N * stride_wn, mask=k_ok[:, None], other=0.0)
         if UPCAST:
             a = a.to(tl.float32)
             w = w.to(tl.float32)
         acc = tl.dot(a, w, acc, input_precision="ieee")
+        if ACTIVATION == 4:
+            if UPCAST:
+                w_up = w_up.to(tl.float32)
+            up = tl.dot(a, w_up, up, input_precision="ieee")
         a_ptrs += BLOCK_K * stride_ak
         w_ptrs += BLOCK_K * stride_wk
 
@@ -176,13 +202,17 @@ def fused_gemm_kernel(
         # two BLOCK_N/2-wide halves: the epilogue's temporaries cover half the tile (no spills at 128x256, 8 warps)
         half: tl.constexpr = BLOCK_N // 2
         acc0, acc1 = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, half)), (0, 2, 1)))
+        if ACTIVATION == 4:
+            up0, up1 = tl.split(tl.permute(tl.reshape(up, (BLOCK_M, 2, half)), (0, 2, 1)))
+        else:
+            up0, up1 = acc0, acc1  # never used
         cols = pid_n * BLOCK_N + tl.arange(0, half)
-        _store_tile(acc0, rm, cols, M, N, stats_ptr, colsum_ptr, bias_ptr, res_ptr, out_ptr, stride_rm, stride_rn,
-                    stride_om, stride_on, ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL)
-        _store_tile(acc1, rm, cols + half, M, N, stats_ptr, colsum_ptr, bias_ptr, res_ptr, out_ptr, stride_rm,
+        _store_tile(acc0, up0, rm, cols, M, N, stats_ptr, colsum_ptr, bias_ptr, res_ptr, out_ptr, stride_rm,
+                    stride_rn, stride_om, stride_on, ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL)
+        _store_tile(acc1, up1, rm, cols + half, M, N, stats_ptr, colsum_ptr, bias_ptr, res_ptr, out_ptr, stride_rm,
                     stride_rn, stride_om, stride_on, ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL)
     else:
-        _store_tile(acc, rm, rn, M, N, stats_ptr, colsum_ptr, bias_ptr, res_ptr, out_ptr, stride_rm, stride_rn,
+        _store_tile(acc, up, rm, rn, M, N, stats_ptr, colsum_ptr, bias_ptr, res_ptr, out_ptr, stride_rm, stride_rn,
                     stride_om, stride_on, ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL)
 
 
@@ -190,7 +220,7 @@ def launch_fused_gemm(a, weight, bias, out, *, activation=0, residual=None, stat
     """Launch on already-checked 2-D operands: a (M, K), weight (N, K), out (M, N); residual (M, N) or None;
     stats (M, 2) fp32 and colsum (N,) fp32 together or neither (folded LayerNorm)."""
     M, K = a.shape
-    N = weight.shape[0]
+    N = weight.shape[0] // 2 if activation == SWIGLU else weight.shape[0]  # SwiGLU: packed (2N, K) gate/up rows
     res = residual if residual is not None else out
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
     fused_gemm_kernel[grid](
