@@ -10,8 +10,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (GEMM_DIVISIBLE, SWIGLU, SWITCH_TILE, TL_SIG, gemm_configs, gemm_families, gemm_rows_for,
-                      gemm_vit_launches, is_interpreting, jit_fn, m_bucket, prune_gemm_configs, upcast_needed)
+from ._common import (GEMM_DIVISIBLE, SWIGLU, SWITCH_TILE, TL_SIG, gemm_configs, gemm_families, gemm_kind,
+                      gemm_rows_for, gemm_vit_launches, is_interpreting, jit_fn, m_bucket, prune_gemm_configs,
+                      upcast_needed)
 
 DTYPES = (torch.bfloat16, torch.float32, torch.float16)  # AOT order: bf16 first (the fast path)
 GEMM_AUTOTUNE_KEY = ["M_BUCKET", "N", "K", "ROW_STATS", "HAS_BIAS", "ACTIVATION", "HAS_RESIDUAL"]
@@ -250,18 +251,20 @@ def gemm_aot_variants(row_stats, activations, has_bias, has_residual, exhaustive
     activation and bias values it accepts; the first activation listed is the one the ViT presets use): every dtype
     at every tile row any GPU family's table can pick for it (the base switches), plus the other switches at
     SWITCH_TILE (bf16 and fp32, different dot lowerings, one switch at a time; fp16 the base only).
-    exhaustive=True: the switches' full product. Metadata follows the contract in tests/kernels/aot_compile.py."""
+    exhaustive=True: the switches' full product. SwiGLU (activations (4,)) has its own prune rule
+    (_common.gemm_kind "swiglu"). Metadata follows the contract in tests/kernels/aot_compile.py."""
     op = op or _op_name(row_stats, has_residual)
+    kind = gemm_kind(dict(ACTIVATION=activations[0], ROW_STATS=row_stats))
     combos = switch_combos(activations, has_bias, exhaustive)
     base = combos[0]
     out = []
     for dtype in DTYPES:
         elem = torch.empty((), dtype=dtype).element_size()
-        for row in gemm_rows_for(elem):
-            out.append(_gemm_variant(dtype, row_stats, base[0], base[1], has_residual, True, row, op))
+        for row in gemm_rows_for(elem, kind):
+            out.append(_gemm_variant(dtype, row_stats, base[0], base[1], has_residual, True, row, op, kind))
         for act, bias, even_k in (combos if exhaustive or dtype != torch.float16 else combos[:1]):
             if (act, bias, even_k) != base:
-                out.append(_gemm_variant(dtype, row_stats, act, bias, has_residual, even_k, SWITCH_TILE, op))
+                out.append(_gemm_variant(dtype, row_stats, act, bias, has_residual, even_k, SWITCH_TILE, op, kind))
     return out
 
 
@@ -276,7 +279,7 @@ def aot_variants(exhaustive: bool = False):
             if v["signature"]["a_ptr"] == "*bf16" and v["constexprs"]["ACTIVATION"] == 1]
 
 
-def _gemm_variant(dtype, row_stats, activation, has_bias, has_residual, even_k, tile, op):
+def _gemm_variant(dtype, row_stats, activation, has_bias, has_residual, even_k, tile, op, kind):
     bm, bn, bk, warps, stages = tile
     p = "*" + TL_SIG[dtype]
     elem = torch.empty((), dtype=dtype).element_size()
@@ -295,10 +298,11 @@ def _gemm_variant(dtype, row_stats, activation, has_bias, has_residual, even_k, 
     }  # fmt: skip
     for name in constexprs:
         sig.setdefault(name, "constexpr")
-    # the ViT presets' launches: QKV without activation, FC1 with GELU (exact erf), residual GEMMs with bias
+    # the ViT presets' launches: QKV without activation, FC1 with GELU (exact erf) or, in a SwiGLU MLP, its gate;
+    # residual GEMMs with bias
     vit_activation = 1 if op == "ln_linear" else 0
     return {"fn": jit_fn(fused_gemm_kernel), "signature": sig, "constexprs": constexprs,
             "num_warps": warps, "num_stages": stages, "divisible": GEMM_DIVISIBLE, "op": op, "main_loop": "gemm",
-            "tables": gemm_families(tile, elem, "ln" if row_stats else "plain"),
-            "vit": gemm_vit_launches(op, tile, elem, even_k,
-                                     when=lambda cfg: has_bias and activation == vit_activation)}
+            "tables": gemm_families(tile, elem, kind),
+            "vit": gemm_vit_launches(op, tile, elem, even_k, when=lambda cfg: has_bias and activation == (
+                SWIGLU if cfg.mlp_type == "swiglu" and op == "ln_linear" else vit_activation))}

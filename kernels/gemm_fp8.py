@@ -37,9 +37,11 @@ HOPPER_FP8 = [
 ]
 # The head-major QKV store spills (700-850 B) at 128x128 and at 64x128 with 4 warps; these two do not.
 QKV_FP8 = [(64, 128, 128, 8, 4), (64, 64, 128, 4, 4), (64, 64, 64, 4, 4)]
-# SwiGLU holds a gate and an up accumulator (four fp32 tiles with promotion): the tiles whose 2 x BLOCK_M x BLOCK_N
-# accumulators fit per warp group (AOT-checked for sm_90, benchmarks/static/report.md); Ada's 64x128 and 64x64.
-SWIGLU_FP8 = [(64, 128, 128, 8, 4), (64, 64, 128, 4, 4), (64, 128, 64, 4, 4), (64, 64, 64, 4, 4)]
+# SwiGLU holds a gate and an up accumulator (each with its promotion accumulator): the Hopper tiles that compile
+# without spills for sm_90 (benchmarks/static/report.md; 128x128 8 warps and 128x64 4 warps spill 88-96 B), and
+# Ada's 64x128 and 64x64.
+SWIGLU_FP8 = [(64, 128, 128, 8, 4), (64, 128, 128, 4, 4), (64, 64, 128, 4, 4), (64, 128, 64, 4, 4),
+              (64, 64, 64, 4, 4)]
 ADA_FP8 = [  # sm_89: about 100 KB of shared memory per block
     (128, 128, 128, 8, 3),
     (128, 64, 64, 4, 4),
@@ -245,6 +247,9 @@ def aot_variants(exhaustive: bool = False):
     64x128 tile. FP8 dots do not exist before sm_89: min_cc 89 (skipped for sm_80)."""
     out = [_variant(torch.bfloat16, 1, True, False, False, True, True, t, amax_out=True)  # FC1
            for t in dict.fromkeys(HOPPER_FP8 + ADA_FP8)]
+    # SwiGLU's FC1 (gate and up dots) at every Hopper tile; the prune keeps SWIGLU_FP8's (the others show why not)
+    out += [_variant(torch.bfloat16, SWIGLU, True, False, False, True, True, t, amax_out=True)
+            for t in dict.fromkeys(HOPPER_FP8 + SWIGLU_FP8)]
     out += [_variant(torch.bfloat16, 0, True, True, False, True, True, t, quant_a=True)  # FC2 (bf16 A, amax)
             for t in HOPPER_FP8]
     tile = (64, 128, 128, 4, 4)
@@ -256,6 +261,13 @@ def aot_variants(exhaustive: bool = False):
         out += [_variant(dt, act, True, res, False, True, True, tile)
                 for dt in (torch.float16, torch.float32) for act in (0, 1, 2, 3) for res in (False, True)]
     return out
+
+
+def _hopper_pick(tile, qkv, activation) -> bool:
+    """Whether the prune on an sm_90 device can pick `tile` for this launch."""
+    if activation == SWIGLU:
+        return tile in HOPPER_FP8 and tile in SWIGLU_FP8
+    return tile in HOPPER_FP8 or tile in QKV_FP8
 
 
 def _variant(out_dtype, activation, has_bias, has_residual, qkv, even_k, precise, tile, quant_a=False,
@@ -280,5 +292,5 @@ def _variant(out_dtype, activation, has_bias, has_residual, qkv, even_k, precise
         sig.setdefault(name, "constexpr")
     return {"fn": jit_fn(fp8_gemm_kernel), "signature": sig, "constexprs": constexprs,
             "num_warps": warps, "num_stages": stages, "min_cc": 89, "op": "linear_fp8", "main_loop": "gemm",
-            "tables": ("hopper",) if tile in HOPPER_FP8 or tile in QKV_FP8 else (),  # Ada-only tiles: no gated family
+            "tables": ("hopper",) if _hopper_pick(tile, qkv, activation) else (),  # Ada-only tiles: no gated family
             "divisible": ("N", "K", "stride_am", "stride_wn", "stride_rm", "stride_om", "HEAD_DIM")}

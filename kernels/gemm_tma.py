@@ -47,22 +47,37 @@ def _configs():
                           num_warps=w, num_stages=s) for bm, bn, bk, w, s, e in rows]
 
 
-def smem_estimate(bm, bn, bk, stages, epi_split, has_residual, elem=2):
-    """Pipelined A and W tiles plus the epilogue's store (and residual) staging buffers, in bytes."""
+def smem_estimate(bm, bn, bk, stages, epi_split, has_residual, elem=2, swiglu=False):
+    """Pipelined A and W tiles (SwiGLU: a gate and an up W tile) plus the epilogue's store (and residual) staging
+    buffers, in bytes."""
     epi = bm * (bn // epi_split) * elem * (2 if has_residual else 1)
-    return stages * (bm + bn) * bk * elem + epi
+    return stages * (bm + bn * (2 if swiglu else 1)) * bk * elem + epi
+
+
+# SwiGLU's gate and up accumulators: at most 128 fp32 accumulator registers per thread (the plain table's ceiling,
+# 128x256 with 8 warps), and not these rows, which the static report shows spilling on sm_90 (triton 3.9).
+SWIGLU_TMA_SPILLS = {(128, 128, 64, 8, 4, 1): "24 B"}
+
+
+def tile_allowed(tile, smem, has_residual=False, swiglu=False, elem=2) -> bool:
+    """The prune's rule for one HOPPER_TMA row (BLOCK_M <= M aside)."""
+    bm, bn, bk, warps, stages, epi = tile
+    if swiglu and (2 * bm * bn > 128 * 32 * warps or tuple(tile) in SWIGLU_TMA_SPILLS):
+        return False
+    return smem_estimate(bm, bn, bk, stages, epi, has_residual, elem, swiglu) <= smem
 
 
 def _prune(configs, named_args, **kwargs):
-    """Drop tiles over the device's shared memory or far taller than M; always keep one."""
+    """Drop tiles over the device's shared memory (or SwiGLU's register budget) or far taller than M; keep one."""
     if len(configs) <= 1:
         return configs
     a = named_args["a_ptr"]
     smem = shared_memory_bytes(a.device.index if a.device.index is not None else torch.cuda.current_device())
     m_cap = max(64, named_args["M_BUCKET"])
+    swiglu = kwargs.get("ACTIVATION") == SWIGLU
     kept = [c for c in configs
-            if smem_estimate(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_stages,
-                             c.kwargs["EPI_SPLIT"], kwargs.get("HAS_RESIDUAL", False)) <= smem
+            if tile_allowed((c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages,
+                             c.kwargs["EPI_SPLIT"]), smem, kwargs.get("HAS_RESIDUAL", False), swiglu)
             and c.kwargs["BLOCK_M"] <= m_cap]
     return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
 
@@ -244,10 +259,13 @@ def launch_tma_gemm(a, weight, bias, out, *, activation=0, residual=None, stats=
 def tma_aot_variants(row_stats, activations, has_bias, has_residual, exhaustive=False, op=None):
     """One op on this engine: bf16 at every Hopper tile with the base switches (see gemm.switch_combos), the other
     switches at a mid-size tile, fp16 (the same code) at that tile. The TMA engine has no EVEN_K switch (TMA
-    zero-pads K), so the EVEN_K=False combos are dropped. Metadata: tests/kernels/aot_compile.py."""
+    zero-pads K), so the EVEN_K=False combos are dropped. SwiGLU (activations (4,)): the mid tile is the largest its
+    prune keeps. Metadata: tests/kernels/aot_compile.py."""
     op = op or ("ln_linear" if row_stats else "linear_residual")
     combos = [c for c in switch_combos(activations, has_bias, exhaustive) if c[2]]
-    mid = HOPPER_TMA[2]
+    swiglu = activations[0] == SWIGLU
+    mid = next(t for t in HOPPER_TMA if tile_allowed(t, FAMILY_SMEM["hopper"], has_residual, True)) if swiglu \
+        else HOPPER_TMA[2]
     out = [_variant(DTYPES[0], row_stats, combos[0][0], combos[0][1], has_residual, tile, op) for tile in HOPPER_TMA]
     out += [_variant(DTYPES[0], row_stats, act, bias, has_residual, mid, op) for act, bias, _ in combos[1:]]
     for dtype in DTYPES[1:]:
@@ -281,10 +299,10 @@ def _variant(dtype, row_stats, activation, has_bias, has_residual, tile, op, num
     for name in constexprs:
         sig.setdefault(name, "constexpr")
     elem = torch.empty((), dtype=dtype).element_size()
-    fits = smem_estimate(bm, bn, bk, stages, epi, has_residual, elem) <= FAMILY_SMEM["hopper"]
+    fits = tile_allowed(tile, FAMILY_SMEM["hopper"], has_residual, activation == SWIGLU, elem)
     vit_activation = 1 if op == "ln_linear" else 0  # the presets: QKV plain, FC1 exact GELU, residual with bias
     return {"fn": jit_fn(tma_gemm_kernel), "signature": sig, "constexprs": constexprs, "num_warps": warps,
             "num_stages": stages, "divisible": GEMM_DIVISIBLE, "op": op, "main_loop": "gemm",
             "tables": ("hopper",) if fits else (),
-            "vit": gemm_vit_launches(op, tile[:5], elem, None,
-                                     when=lambda cfg: has_bias and activation == vit_activation)}
+            "vit": gemm_vit_launches(op, tile[:5], elem, None, when=lambda cfg: has_bias and activation == (
+                SWIGLU if cfg.mlp_type == "swiglu" and op == "ln_linear" else vit_activation))}

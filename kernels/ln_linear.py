@@ -1,7 +1,10 @@
-"""LayerNorm -> Linear (-> GELU) in one GEMM: the pre-norm MLP's fc1, or any norm followed by a dense layer.
+"""LayerNorm -> Linear (-> GELU, or SwiGLU's gate) in one GEMM: the pre-norm MLP's fc1, or any norm followed by a
+dense layer.
 
 The norm is folded (ln_fold.py): the op takes the folded weight, a per-row statistics pass runs first, and the GEMM
-applies rstd · (acc − mean · colsum) + bias and the activation in its epilogue. A float8_e4m3fn weight (with its
+applies rstd · (acc − mean · colsum) + bias and the activation in its epilogue. With activation "swiglu" the weight
+is timm's packed (2H, K) fc1 as it is (gate rows, then up rows): every engine keeps a gate and an up accumulator
+per (BLOCK_M, BLOCK_N) tile, sharing the A tile, and stores silu(gate) · up, (M, H). A float8_e4m3fn weight (with its
 per-channel `weight_scale`) goes to the FP8 engines instead: the quantizing LayerNorm (quant_fp8.py) writes e4m3
 rows + per-token scales, then gemm_fp8.py; with `return_row_amax` its epilogue also records max |output| of each
 row, so the next FP8 GEMM (linear_residual with `x_amax`, the MLP's FC2) quantizes these rows per token in its main
@@ -126,7 +129,8 @@ def _ln_linear_fp8_amax_op(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: to
 @_ln_linear_fp8_amax_op.register_fake
 def _(x, ln_weight, ln_bias, eps, weight, weight_scale, bias, activation):
     _check_fp8(x, ln_weight, ln_bias, weight, weight_scale, bias, activation, runnable=False)
-    return x.new_empty((*x.shape[:-1], _out_features(weight, activation))), x.new_empty(x.shape[:-1], dtype=torch.float32)
+    out = x.new_empty((*x.shape[:-1], _out_features(weight, activation)))
+    return out, x.new_empty(x.shape[:-1], dtype=torch.float32)
 
 
 def ln_linear_folded(x: torch.Tensor, eps: float, folded: FoldedLinear, activation: str = "none") -> torch.Tensor:
@@ -141,8 +145,8 @@ def ln_linear(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, e
     """activation(LayerNorm(x) @ weight^T + bias); x (..., K), weight (N, K); activation "none" | "gelu" (exact
     erf) | "gelu_tanh" | "quick_gelu" (x·sigmoid(1.702x), CLIP) | "swiglu" (packed SwiGLU: weight (2H, K) and bias
     (2H,) as timm's SwiGLUPacked fc1, gate rows first; returns silu(y[..., :H]) * y[..., H:], (..., H), the gate
-    applied in the GEMM's epilogue). LayerNorm statistics in fp32. Returns (..., N) in x.dtype. Folds the norm into the weight on every call: repeated callers cache fold_layer_norm and use
-    ln_linear_folded. FP8: weight float8_e4m3fn with weight_scale (N,) fp32; LayerNorm(x) is quantized per token;
+    applied in the GEMM's epilogue). LayerNorm statistics in fp32. Returns (..., N) in x.dtype. Folds the norm
+    into the weight on every call: repeated callers cache fold_layer_norm and use ln_linear_folded. FP8: weight float8_e4m3fn with weight_scale (N,) fp32; LayerNorm(x) is quantized per token;
     return_row_amax=True (FP8 only) returns (out, max |out| per row as fp32 of shape x.shape[:-1]), which
     linear_residual(..., x_amax=) takes to quantize out inside its GEMM."""
     if weight.dtype == FP8_DTYPE:
@@ -158,7 +162,10 @@ def ln_linear(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, e
 
 def aot_variants(exhaustive: bool = False):
     """Both bf16/fp16/fp32 engines with this op's switches: folded LN, every activation, bias always (folding makes
-    one). The FP8 engine lists its own variants in gemm_fp8.py."""
+    one); SwiGLU (two accumulators, its own prune rule) at every tile as a base of its own. The FP8 engine lists its
+    own variants in gemm_fp8.py."""
     args = dict(row_stats=True, activations=(1, 0, 2, 3), has_bias=(True,), has_residual=False,
                 exhaustive=exhaustive)  # exact GELU first: the base variant is the presets' FC1
-    return gemm_aot_variants(**args) + tma_aot_variants(**args)
+    swiglu = dict(args, activations=(ACTIVATIONS["swiglu"],))
+    return (gemm_aot_variants(**args) + tma_aot_variants(**args) + gemm_aot_variants(**swiglu)
+            + tma_aot_variants(**swiglu))
