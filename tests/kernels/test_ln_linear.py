@@ -69,10 +69,11 @@ def test_cls_slice_and_large_mean(device):
     assert_close(out, reference(x, g, b, 1e-6, w, bb, "none"), torch.float32)
 
 
-def test_registered_op(device):
+@pytest.mark.parametrize("activation", ["gelu_tanh", "swiglu"])  # swiglu: the fake returns (..., N / 2)
+def test_registered_op(activation, device):
     x, g, b, w, bb = make((2, 5), 48, 32, torch.float32, device)
     torch.library.opcheck(torch.ops.vitfast.ln_linear.default, (x, 1e-6, *kernels.fold_layer_norm(g, b, w, bb),
-                                                                "gelu_tanh"),
+                                                                activation),
                           test_utils=("test_schema", "test_faketensor"))
 
 
