@@ -290,7 +290,8 @@ def _variant(out_dtype, activation, has_bias, has_residual, qkv, even_k, precise
     }  # fmt: skip
     for name in constexprs:
         sig.setdefault(name, "constexpr")
-    return {"fn": jit_fn(fp8_gemm_kernel), "signature": sig, "constexprs": constexprs,
+    extra = {"vit": lambda cfg, batch: []} if activation == SWIGLU else {}  # no report preset has a SwiGLU MLP
+    return {"fn": jit_fn(fp8_gemm_kernel), "signature": sig, "constexprs": constexprs, **extra,
             "num_warps": warps, "num_stages": stages, "min_cc": 89, "op": "linear_fp8", "main_loop": "gemm",
             "tables": ("hopper",) if _hopper_pick(tile, qkv, activation) else (),  # Ada-only tiles: no gated family
             "divisible": ("N", "K", "stride_am", "stride_wn", "stride_rm", "stride_om", "HEAD_DIM")}
