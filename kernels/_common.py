@@ -267,7 +267,8 @@ def gemm_rows_for(elem: int, kind: str = "plain") -> list:
     """Every distinct table row some family can pick for operands of `elem` bytes, before the spill list (what
     aot_variants() covers: the report keeps showing the pruned tiles)."""
     return [r for r in gemm_aot_configs()
-            if any(r in t and gemm_tile_allowed(r, elem, FAMILY_SMEM[f], kind=kind) for f, t in GEMM_TABLES.items())]
+            if any(r in t and gemm_tile_allowed(r, elem, FAMILY_SMEM[f], kind=kind)
+                   for f, t in GEMM_TABLES.items())]
 
 
 def vit_gemm_problems(cfg, batch: int, op: str) -> list:

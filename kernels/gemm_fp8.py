@@ -263,7 +263,7 @@ def aot_variants(exhaustive: bool = False):
     return out
 
 
-def _hopper_pick(tile, qkv, activation) -> bool:
+def _hopper_pick(tile, activation) -> bool:
     """Whether the prune on an sm_90 device can pick `tile` for this launch."""
     if activation == SWIGLU:
         return tile in HOPPER_FP8 and tile in SWIGLU_FP8
@@ -293,5 +293,5 @@ def _variant(out_dtype, activation, has_bias, has_residual, qkv, even_k, precise
     extra = {"vit": lambda cfg, batch: []} if activation == SWIGLU else {}  # no report preset has a SwiGLU MLP
     return {"fn": jit_fn(fp8_gemm_kernel), "signature": sig, "constexprs": constexprs, **extra,
             "num_warps": warps, "num_stages": stages, "min_cc": 89, "op": "linear_fp8", "main_loop": "gemm",
-            "tables": ("hopper",) if _hopper_pick(tile, qkv, activation) else (),  # Ada-only tiles: no gated family
+            "tables": ("hopper",) if _hopper_pick(tile, activation) else (),  # Ada-only tiles: no gated family
             "divisible": ("N", "K", "stride_am", "stride_wn", "stride_rm", "stride_om", "HEAD_DIM")}

@@ -19,8 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (FAMILY_SMEM, GEMM_DIVISIBLE, SWIGLU, TL_SIG, check, gemm_vit_launches, is_interpreting, jit_fn,
-                      m_bucket, shared_memory_bytes, upcast_needed)
+from ._common import (FAMILY_SMEM, GEMM_DIVISIBLE, SWIGLU, TL_SIG, check, gemm_vit_launches, is_interpreting,
+                      jit_fn, m_bucket, shared_memory_bytes, upcast_needed)
 from .gemm import gated_epilogue_math, grouped_tile, switch_combos
 
 ENGINE_ENV = "VITFAST_GEMM_ENGINE"  # auto (default) | tma | pointer: pick the GEMM engine, e.g. to compare them

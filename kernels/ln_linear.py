@@ -146,7 +146,8 @@ def ln_linear(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, e
     erf) | "gelu_tanh" | "quick_gelu" (x·sigmoid(1.702x), CLIP) | "swiglu" (packed SwiGLU: weight (2H, K) and bias
     (2H,) as timm's SwiGLUPacked fc1, gate rows first; returns silu(y[..., :H]) * y[..., H:], (..., H), the gate
     applied in the GEMM's epilogue). LayerNorm statistics in fp32. Returns (..., N) in x.dtype. Folds the norm
-    into the weight on every call: repeated callers cache fold_layer_norm and use ln_linear_folded. FP8: weight float8_e4m3fn with weight_scale (N,) fp32; LayerNorm(x) is quantized per token;
+    into the weight on every call: repeated callers cache fold_layer_norm and use ln_linear_folded. FP8: weight
+    float8_e4m3fn with weight_scale (N,) fp32 ((2H,) for swiglu); LayerNorm(x) is quantized per token;
     return_row_amax=True (FP8 only) returns (out, max |out| per row as fp32 of shape x.shape[:-1]), which
     linear_residual(..., x_amax=) takes to quantize out inside its GEMM."""
     if weight.dtype == FP8_DTYPE:
