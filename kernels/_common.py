@@ -14,7 +14,10 @@ import triton
 TL_SIG = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.uint8: "u8"}
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-ACTIVATIONS = {"none": 0, "gelu": 1, "gelu_tanh": 2, "quick_gelu": 3}
+ACTIVATIONS = {"none": 0, "gelu": 1, "gelu_tanh": 2, "quick_gelu": 3, "swiglu": 4}
+# "swiglu" (ln_linear only): the weight is packed (2H, K), gate rows first (timm SwiGLUPacked); the GEMM keeps a gate
+# and an up accumulator per tile and stores silu(gate) * up, (M, H).
+SWIGLU = ACTIVATIONS["swiglu"]
 
 
 def is_interpreting() -> bool:
@@ -216,23 +219,42 @@ HOPPER_GEMM_SPILLS = {
                 (64, 64, 64, 4, 4): "48 B with the exact-GELU epilogue"},
     (4, "plain"): {(128, 64, 64, 4, 4): "24 B"},
     (4, "patch"): {(128, 64, 64, 4, 4): "24 B", (64, 32, 64, 4, 4): "8 B"},
+    # ln_linear with activation "swiglu" (gate and up accumulators): the tiles left after gemm_tile_allowed's
+    # 128-accumulator-registers rule are clean on sm_90
+    (2, "swiglu"): {},
+    (4, "swiglu"): {},
 }
+# The same for Ampere (sm_80; reported, not gated): SwiGLU's 128x128 8-warp tile, clean on sm_90, spills there.
+# fp32 SwiGLU spills at every Ampere tile (so does fp32 LayerNorm+GELU at 128x128): the least (112 B) is kept.
+AMPERE_GEMM_SPILLS = {
+    (2, "swiglu"): {(128, 128, 64, 8, 3): "128 B"},
+    (4, "swiglu"): {(64, 128, 32, 4, 4): "8984 B", (64, 64, 32, 4, 4): "472 B", (64, 32, 32, 2, 5): "456 B"},
+}
+_GEMM_SPILLS = {"hopper": HOPPER_GEMM_SPILLS, "ampere": AMPERE_GEMM_SPILLS}
 
 
 def gemm_kind(named_args: dict) -> str:
-    """The launch's key into HOPPER_GEMM_SPILLS: "patch" (named by the patch embedding's prune), "ln" or "plain"."""
+    """The launch's key into HOPPER_GEMM_SPILLS: "patch" (named by the patch embedding's prune), "swiglu", "ln" or
+    "plain"."""
+    if named_args.get("ACTIVATION") == SWIGLU:
+        return "swiglu"
     return named_args.get("kind") or ("ln" if named_args.get("ROW_STATS") else "plain")
 
 
 def gemm_tile_allowed(row, elem: int, smem: int, m_bucket_value: int = 1 << 16, family: str = None,
                       kind: str = "plain") -> bool:
     """The prune's rule for one (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) row: fits shared memory, not far taller
-    than M, no more than 128x128 for fp32 FMA dots (elem = bytes of the dot operands), not a known Hopper spill."""
-    bm, bn, bk, _, stages = row
-    if family == "hopper" and tuple(row) in HOPPER_GEMM_SPILLS.get((elem, kind), {}):
+    than M, no more than 128x128 for fp32 FMA dots (elem = bytes of the dot operands), not a known Hopper spill.
+    SwiGLU (kind "swiglu") streams two W tiles and keeps two accumulators: both count, and at most 128 accumulator
+    registers per thread (what every other kind's table rows hold at most)."""
+    bm, bn, bk, warps, stages = row
+    if tuple(row) in _GEMM_SPILLS.get(family, {}).get((elem, kind), {}):
         return False
-    return (stages * (bm + bn) * bk * elem <= smem and bm <= max(64, m_bucket_value)
-            and not (elem == 4 and bm * bn > 128 * 128))
+    copies = 2 if kind == "swiglu" else 1
+    if kind == "swiglu" and copies * bm * bn > 128 * 32 * warps:
+        return False
+    return (stages * (bm + copies * bn) * bk * elem <= smem and bm <= max(64, m_bucket_value)
+            and not (elem == 4 and copies * bm * bn > 128 * 128))
 
 
 def gemm_families(row, elem: int, kind: str = "plain") -> tuple:
@@ -241,11 +263,12 @@ def gemm_families(row, elem: int, kind: str = "plain") -> tuple:
                  if row in table and gemm_tile_allowed(row, elem, FAMILY_SMEM[f], family=f, kind=kind))
 
 
-def gemm_rows_for(elem: int) -> list:
+def gemm_rows_for(elem: int, kind: str = "plain") -> list:
     """Every distinct table row some family can pick for operands of `elem` bytes, before the spill list (what
     aot_variants() covers: the report keeps showing the pruned tiles)."""
     return [r for r in gemm_aot_configs()
-            if any(r in t and gemm_tile_allowed(r, elem, FAMILY_SMEM[f]) for f, t in GEMM_TABLES.items())]
+            if any(r in t and gemm_tile_allowed(r, elem, FAMILY_SMEM[f], kind=kind)
+                   for f, t in GEMM_TABLES.items())]
 
 
 def vit_gemm_problems(cfg, batch: int, op: str) -> list:
@@ -256,8 +279,8 @@ def vit_gemm_problems(cfg, batch: int, op: str) -> list:
     m = batch * n_tok
     if op == "ln_qkv":
         return [("qkv", m, 3 * d, d, m * 3 * d)] * depth
-    if op == "ln_linear":
-        return [("fc1", m, mlp, d, m * mlp)] * depth
+    if op == "ln_linear":  # SwiGLU: the packed GEMM's 2H columns (FLOPs, weight bytes), H stored
+        return [("fc1", m, mlp * (2 if cfg.mlp_type == "swiglu" else 1), d, m * mlp)] * depth
     if op == "linear_residual":
         return [("proj", m, d, d, 2 * m * d)] * depth + [("fc2", m, d, mlp, 2 * m * d)] * depth
     if op == "patch_embed":

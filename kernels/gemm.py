@@ -10,8 +10,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (GEMM_DIVISIBLE, SWITCH_TILE, TL_SIG, gemm_configs, gemm_families, gemm_rows_for,
-                      gemm_vit_launches, is_interpreting, jit_fn, m_bucket, prune_gemm_configs, upcast_needed)
+from ._common import (GEMM_DIVISIBLE, SWIGLU, SWITCH_TILE, TL_SIG, gemm_configs, gemm_families, gemm_kind,
+                      gemm_rows_for, gemm_vit_launches, is_interpreting, jit_fn, m_bucket, prune_gemm_configs,
+                      upcast_needed)
 
 DTYPES = (torch.bfloat16, torch.float32, torch.float16)  # AOT order: bf16 first (the fast path)
 GEMM_AUTOTUNE_KEY = ["M_BUCKET", "N", "K", "ROW_STATS", "HAS_BIAS", "ACTIVATION", "HAS_RESIDUAL"]
@@ -50,6 +51,12 @@ def gelu_quick(x):
 
 
 @triton.jit
+def swiglu(gate, up):
+    """SwiGLU's gate on fp32 tiles: silu(gate) * up."""
+    return gate / (1.0 + tl.exp(-gate)) * up
+
+
+@triton.jit
 def apply_activation(x, ACTIVATION: tl.constexpr):
     """The epilogue activation every GEMM engine shares; codes are _common.ACTIVATIONS."""
     if ACTIVATION == 1:
@@ -79,11 +86,25 @@ def epilogue_math(acc, rm, rn, M, N, stats_ptr, colsum_ptr, bias_ptr,
 
 
 @triton.jit
-def _store_tile(acc, rm, rn, M, N, stats_ptr, colsum_ptr, bias_ptr, res_ptr, out_ptr, stride_rm, stride_rn, stride_om,
-                stride_on, ROW_STATS: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
+def gated_epilogue_math(acc, up, rm, rn, M, N, stats_ptr, colsum_ptr, bias_ptr,
+                        ROW_STATS: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr):
+    """epilogue_math, or for SwiGLU (ACTIVATION 4) the folded LayerNorm and bias of the gate tile `acc` (columns rn)
+    and of the up tile `up` (columns rn + N of the packed weight), then silu(gate) * up; `up` is unused otherwise."""
+    if ACTIVATION == 4:
+        gate = epilogue_math(acc, rm, rn, M, N, stats_ptr, colsum_ptr, bias_ptr, ROW_STATS, HAS_BIAS, 0)
+        # N is the gated width H here: rn + N < 2N masks exactly as rn < N
+        up = epilogue_math(up, rm, rn + N, M, 2 * N, stats_ptr, colsum_ptr, bias_ptr, ROW_STATS, HAS_BIAS, 0)
+        return swiglu(gate, up)
+    return epilogue_math(acc, rm, rn, M, N, stats_ptr, colsum_ptr, bias_ptr, ROW_STATS, HAS_BIAS, ACTIVATION)
+
+
+@triton.jit
+def _store_tile(acc, up, rm, rn, M, N, stats_ptr, colsum_ptr, bias_ptr, res_ptr, out_ptr, stride_rm, stride_rn,
+                stride_om, stride_on, ROW_STATS: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
                 HAS_RESIDUAL: tl.constexpr):
-    """Epilogue of one (sub)tile: shared math, residual, one cast, masked store."""
-    acc = epilogue_math(acc, rm, rn, M, N, stats_ptr, colsum_ptr, bias_ptr, ROW_STATS, HAS_BIAS, ACTIVATION)
+    """Epilogue of one (sub)tile: shared math (SwiGLU: of the gate and up tiles), residual, one cast, masked store."""
+    acc = gated_epilogue_math(acc, up, rm, rn, M, N, stats_ptr, colsum_ptr, bias_ptr, ROW_STATS, HAS_BIAS,
+                              ACTIVATION)
     mask = (rm < M)[:, None] & (rn < N)[None, :]
     rm64 = rm.to(tl.int64)
     if HAS_RESIDUAL:
@@ -109,14 +130,14 @@ def _epi_split(args):
 @triton.jit(do_not_specialize=["M"])  # M = B·tokens: one compile for every batch size
 def fused_gemm_kernel(
     a_ptr,  # (M, K) activations, any strides
-    w_ptr,  # (N, K) weight in nn.Linear layout (LayerNorm-folded when ROW_STATS), any strides
-    bias_ptr,  # (N,) bias (activation dtype, or fp32 when folded); read only when HAS_BIAS
+    w_ptr,  # (N, K) weight in nn.Linear layout (LayerNorm-folded when ROW_STATS), any strides; (2N, K) for SwiGLU
+    bias_ptr,  # (N,) bias (activation dtype, or fp32 when folded), (2N,) for SwiGLU; read only when HAS_BIAS
     res_ptr,  # (M, N) residual; read only when HAS_RESIDUAL
     stats_ptr,  # (M, 2) fp32 per-row (mean, rstd) of A; read only when ROW_STATS
-    colsum_ptr,  # (N,) fp32 column sums of the folded weight; read only when ROW_STATS
+    colsum_ptr,  # (N,) fp32 column sums of the folded weight, (2N,) for SwiGLU; read only when ROW_STATS
     out_ptr,  # (M, N) output, any strides
     M,  # rows (tokens over the whole batch)
-    N,  # output features
+    N,  # output features (SwiGLU: the gated width H, half the weight's rows)
     K,  # input features
     stride_am,  # A row stride
     stride_ak,  # A column stride
@@ -129,7 +150,7 @@ def fused_gemm_kernel(
     M_BUCKET,  # next power of two of M: an autotune key, unused by the kernel body
     ROW_STATS: tl.constexpr,  # folded LayerNorm epilogue: rstd * (acc - mean * colsum)
     HAS_BIAS: tl.constexpr,  # add bias in the epilogue
-    ACTIVATION: tl.constexpr,  # 0 none, 1 exact-erf GELU, 2 tanh GELU, 3 quick GELU
+    ACTIVATION: tl.constexpr,  # 0 none, 1 exact-erf GELU, 2 tanh GELU, 3 quick GELU, 4 SwiGLU (gate and up dots)
     HAS_RESIDUAL: tl.constexpr,  # add the residual after the activation
     UPCAST: tl.constexpr,  # dot in fp32 (interpreter with bf16, whose bf16 arithmetic is wrong)
     BLOCK_M: tl.constexpr,  # rows per tile
@@ -151,18 +172,30 @@ def fused_gemm_kernel(
     w_ptrs = w_ptr + rn_load[None, :] * stride_wn + rk[:, None] * stride_wk
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    if ACTIVATION == 4:  # SwiGLU: the up rows of the packed (2N, K) weight, N rows below the gate's; own accumulator
+        up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    else:
+        up = acc  # never used
     for k0 in range(0, K, BLOCK_K):
         if EVEN_K:
             a = tl.load(a_ptrs)
             w = tl.load(w_ptrs)
+            if ACTIVATION == 4:
+                w_up = tl.load(w_ptrs + N * stride_wn)
         else:
             k_ok = (k0 + rk) < K
             a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
             w = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
+            if ACTIVATION == 4:
+                w_up = tl.load(w_ptrs + N * stride_wn, mask=k_ok[:, None], other=0.0)
         if UPCAST:
             a = a.to(tl.float32)
             w = w.to(tl.float32)
         acc = tl.dot(a, w, acc, input_precision="ieee")
+        if ACTIVATION == 4:
+            if UPCAST:
+                w_up = w_up.to(tl.float32)
+            up = tl.dot(a, w_up, up, input_precision="ieee")
         a_ptrs += BLOCK_K * stride_ak
         w_ptrs += BLOCK_K * stride_wk
 
@@ -170,13 +203,17 @@ def fused_gemm_kernel(
         # two BLOCK_N/2-wide halves: the epilogue's temporaries cover half the tile (no spills at 128x256, 8 warps)
         half: tl.constexpr = BLOCK_N // 2
         acc0, acc1 = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, half)), (0, 2, 1)))
+        if ACTIVATION == 4:
+            up0, up1 = tl.split(tl.permute(tl.reshape(up, (BLOCK_M, 2, half)), (0, 2, 1)))
+        else:
+            up0, up1 = acc0, acc1  # never used
         cols = pid_n * BLOCK_N + tl.arange(0, half)
-        _store_tile(acc0, rm, cols, M, N, stats_ptr, colsum_ptr, bias_ptr, res_ptr, out_ptr, stride_rm, stride_rn,
-                    stride_om, stride_on, ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL)
-        _store_tile(acc1, rm, cols + half, M, N, stats_ptr, colsum_ptr, bias_ptr, res_ptr, out_ptr, stride_rm,
+        _store_tile(acc0, up0, rm, cols, M, N, stats_ptr, colsum_ptr, bias_ptr, res_ptr, out_ptr, stride_rm,
+                    stride_rn, stride_om, stride_on, ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL)
+        _store_tile(acc1, up1, rm, cols + half, M, N, stats_ptr, colsum_ptr, bias_ptr, res_ptr, out_ptr, stride_rm,
                     stride_rn, stride_om, stride_on, ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL)
     else:
-        _store_tile(acc, rm, rn, M, N, stats_ptr, colsum_ptr, bias_ptr, res_ptr, out_ptr, stride_rm, stride_rn,
+        _store_tile(acc, up, rm, rn, M, N, stats_ptr, colsum_ptr, bias_ptr, res_ptr, out_ptr, stride_rm, stride_rn,
                     stride_om, stride_on, ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL)
 
 
@@ -184,7 +221,7 @@ def launch_fused_gemm(a, weight, bias, out, *, activation=0, residual=None, stat
     """Launch on already-checked 2-D operands: a (M, K), weight (N, K), out (M, N); residual (M, N) or None;
     stats (M, 2) fp32 and colsum (N,) fp32 together or neither (folded LayerNorm)."""
     M, K = a.shape
-    N = weight.shape[0]
+    N = weight.shape[0] // 2 if activation == SWIGLU else weight.shape[0]  # SwiGLU: packed (2N, K) gate/up rows
     res = residual if residual is not None else out
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
     fused_gemm_kernel[grid](
@@ -214,18 +251,20 @@ def gemm_aot_variants(row_stats, activations, has_bias, has_residual, exhaustive
     activation and bias values it accepts; the first activation listed is the one the ViT presets use): every dtype
     at every tile row any GPU family's table can pick for it (the base switches), plus the other switches at
     SWITCH_TILE (bf16 and fp32, different dot lowerings, one switch at a time; fp16 the base only).
-    exhaustive=True: the switches' full product. Metadata follows the contract in tests/kernels/aot_compile.py."""
+    exhaustive=True: the switches' full product. SwiGLU (activations (4,)) has its own prune rule
+    (_common.gemm_kind "swiglu"). Metadata follows the contract in tests/kernels/aot_compile.py."""
     op = op or _op_name(row_stats, has_residual)
+    kind = gemm_kind(dict(ACTIVATION=activations[0], ROW_STATS=row_stats))
     combos = switch_combos(activations, has_bias, exhaustive)
     base = combos[0]
     out = []
     for dtype in DTYPES:
         elem = torch.empty((), dtype=dtype).element_size()
-        for row in gemm_rows_for(elem):
-            out.append(_gemm_variant(dtype, row_stats, base[0], base[1], has_residual, True, row, op))
+        for row in gemm_rows_for(elem, kind):
+            out.append(_gemm_variant(dtype, row_stats, base[0], base[1], has_residual, True, row, op, kind))
         for act, bias, even_k in (combos if exhaustive or dtype != torch.float16 else combos[:1]):
             if (act, bias, even_k) != base:
-                out.append(_gemm_variant(dtype, row_stats, act, bias, has_residual, even_k, SWITCH_TILE, op))
+                out.append(_gemm_variant(dtype, row_stats, act, bias, has_residual, even_k, SWITCH_TILE, op, kind))
     return out
 
 
@@ -240,7 +279,7 @@ def aot_variants(exhaustive: bool = False):
             if v["signature"]["a_ptr"] == "*bf16" and v["constexprs"]["ACTIVATION"] == 1]
 
 
-def _gemm_variant(dtype, row_stats, activation, has_bias, has_residual, even_k, tile, op):
+def _gemm_variant(dtype, row_stats, activation, has_bias, has_residual, even_k, tile, op, kind):
     bm, bn, bk, warps, stages = tile
     p = "*" + TL_SIG[dtype]
     elem = torch.empty((), dtype=dtype).element_size()
@@ -259,10 +298,11 @@ def _gemm_variant(dtype, row_stats, activation, has_bias, has_residual, even_k, 
     }  # fmt: skip
     for name in constexprs:
         sig.setdefault(name, "constexpr")
-    # the ViT presets' launches: QKV without activation, FC1 with GELU (exact erf), residual GEMMs with bias
+    # the ViT presets' launches: QKV without activation, FC1 with GELU (exact erf) or, in a SwiGLU MLP, its gate;
+    # residual GEMMs with bias
     vit_activation = 1 if op == "ln_linear" else 0
     return {"fn": jit_fn(fused_gemm_kernel), "signature": sig, "constexprs": constexprs,
             "num_warps": warps, "num_stages": stages, "divisible": GEMM_DIVISIBLE, "op": op, "main_loop": "gemm",
-            "tables": gemm_families(tile, elem, "ln" if row_stats else "plain"),
-            "vit": gemm_vit_launches(op, tile, elem, even_k,
-                                     when=lambda cfg: has_bias and activation == vit_activation)}
+            "tables": gemm_families(tile, elem, kind),
+            "vit": gemm_vit_launches(op, tile, elem, even_k, when=lambda cfg: has_bias and activation == (
+                SWIGLU if cfg.mlp_type == "swiglu" and op == "ln_linear" else vit_activation))}

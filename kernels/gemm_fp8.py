@@ -20,8 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import TL_SIG, is_interpreting, jit_fn, m_bucket, shared_memory_bytes
-from .gemm import apply_activation, grouped_tile
+from ._common import SWIGLU, TL_SIG, is_interpreting, jit_fn, m_bucket, shared_memory_bytes
+from .gemm import apply_activation, grouped_tile, swiglu
 from .quant_fp8 import round_to_e4m3
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages): FP8 rows are 1 byte, so BLOCK_K 128 is one 128-byte swizzle row.
@@ -35,6 +35,11 @@ HOPPER_FP8 = [
     (64, 128, 128, 8, 4),
     (64, 64, 128, 4, 4),
 ]
+# SwiGLU holds a gate and an up accumulator (each with its promotion accumulator): the Hopper tiles that compile
+# without spills for sm_90 (benchmarks/static/report.md; 128x128 8 warps and 128x64 4 warps spill 88-96 B), and
+# Ada's 64x128 and 64x64.
+SWIGLU_FP8 = [(64, 128, 128, 8, 4), (64, 128, 128, 4, 4), (64, 64, 128, 4, 4), (64, 128, 64, 4, 4),
+              (64, 64, 64, 4, 4)]
 ADA_FP8 = [  # sm_89: about 100 KB of shared memory per block
     (128, 128, 128, 8, 3),
     (128, 64, 64, 4, 4),
@@ -48,7 +53,7 @@ FP8_AUTOTUNE_KEY = ["M_BUCKET", "N", "K", "HAS_BIAS", "ACTIVATION", "HAS_RESIDUA
 
 
 def _configs():
-    rows = [INTERPRETER_FP8] if is_interpreting() else list(dict.fromkeys(HOPPER_FP8 + ADA_FP8))
+    rows = [INTERPRETER_FP8] if is_interpreting() else list(dict.fromkeys(HOPPER_FP8 + ADA_FP8 + SWIGLU_FP8))
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
             for bm, bn, bk, w, s in rows]
 
@@ -66,17 +71,21 @@ def _prune(configs, named_args, **kwargs):
     index = a.device.index if a.device.index is not None else torch.cuda.current_device()
     table, smem = FP8_TABLES[_family(index)], shared_memory_bytes(index)
     m_cap = max(64, named_args.get("M_BUCKET", 1 << 16))
+    swiglu = kwargs.get("ACTIVATION") == SWIGLU
+    if swiglu:
+        table = [row for row in table if row in SWIGLU_FP8]
     kept = [c for c in configs
             if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages) in table
-            and _smem_bytes(c, a.element_size(), kwargs.get("QUANT_A", False)) <= smem
+            and _smem_bytes(c, a.element_size(), kwargs.get("QUANT_A", False), swiglu) <= smem
             and c.kwargs["BLOCK_M"] <= m_cap]
     return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.num_stages)]
 
 
-def _smem_bytes(c, a_bytes, quant_a):
-    """Pipelined A and W tiles, plus the FP8 copy of A that QUANT_A stages for the tensor cores."""
+def _smem_bytes(c, a_bytes, quant_a, swiglu=False):
+    """Pipelined A and W tiles (two W tiles for SwiGLU), plus the FP8 copy of A that QUANT_A stages for the tensor
+    cores."""
     bm, bn, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
-    return c.num_stages * (bm * a_bytes + bn) * bk + (bm * bk if quant_a else 0)
+    return c.num_stages * (bm * a_bytes + bn * (2 if swiglu else 1)) * bk + (bm * bk if quant_a else 0)
 
 
 @triton.autotune(configs=_configs(), key=FP8_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune},
@@ -87,9 +96,9 @@ def fp8_gemm_kernel(
     a_ptr,  # (M, K) activations: float8 e4m3, or (QUANT_A) bf16/fp16/fp32 rows quantized here
     a_scale_ptr,  # (M,) fp32 per-row (per-token) scales of A; with QUANT_A the rows' absolute maxima instead
     amax_out_ptr,  # (M,) fp32, zero-initialized: atomic max of |stored output| per row (ROW_AMAX_OUT only)
-    w_ptr,  # (N, K) float8 e4m3 weight in nn.Linear layout
-    w_scale_ptr,  # (N,) fp32 per-output-channel scales of W
-    bias_ptr,  # (N,) bias; read only when HAS_BIAS
+    w_ptr,  # (N, K) float8 e4m3 weight in nn.Linear layout; (2N, K) gate then up rows for SwiGLU
+    w_scale_ptr,  # (N,) fp32 per-output-channel scales of W; (2N,) for SwiGLU
+    bias_ptr,  # (N,) bias, (2N,) for SwiGLU; read only when HAS_BIAS
     res_ptr,  # (M, N) residual; read only when HAS_RESIDUAL
     out_ptr,  # (M, N) output, any strides
     M,  # rows (tokens over the whole batch)
@@ -103,7 +112,7 @@ def fp8_gemm_kernel(
     stride_on,  # output column stride
     M_BUCKET,  # next power of two of M: an autotune key, unused by the kernel body
     HAS_BIAS: tl.constexpr,  # add bias in the epilogue
-    ACTIVATION: tl.constexpr,  # 0 none, 1 exact-erf GELU, 2 tanh GELU, 3 quick GELU
+    ACTIVATION: tl.constexpr,  # 0 none, 1 exact-erf GELU, 2 tanh GELU, 3 quick GELU, 4 SwiGLU (gate and up dots)
     HAS_RESIDUAL: tl.constexpr,  # add the residual after the activation
     PRECISE_ACC: tl.constexpr,  # promote the FP8 partial sums into fp32 every BLOCK_K (see the module docstring)
     QUANT_A: tl.constexpr,  # A holds unquantized rows and a_scale_ptr their amax: quantize each tile before the dot
@@ -134,14 +143,22 @@ def fp8_gemm_kernel(
         s_row = tl.load(a_scale_ptr + rm_load)
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    if ACTIVATION == 4:  # SwiGLU: W is (2N, K), the up rows N below the gate rows; a second accumulator
+        up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    else:
+        up = acc  # never used
     for k0 in range(0, K, BLOCK_K):
         if EVEN_K:
             a = tl.load(a_ptrs)
             w = tl.load(w_ptrs)
+            if ACTIVATION == 4:
+                w_up = tl.load(w_ptrs + N * stride_wn)
         else:
             k_ok = (k0 + rk) < K
             a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
             w = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
+            if ACTIVATION == 4:
+                w_up = tl.load(w_ptrs + N * stride_wn, mask=k_ok[:, None], other=0.0)
         if QUANT_A:  # the same arithmetic as quant_fp8.py, on this tile
             q = tl.minimum(tl.maximum(a.to(tl.float32) * inv_row[:, None], -448.0), 448.0)
             if ROUND_IN_FP32:
@@ -149,8 +166,12 @@ def fp8_gemm_kernel(
             a = q.to(tl.float8e4nv)
         if PRECISE_ACC:
             acc = tl.dot(a, w, acc, max_num_imprecise_acc=BLOCK_K)
+            if ACTIVATION == 4:
+                up = tl.dot(a, w_up, up, max_num_imprecise_acc=BLOCK_K)
         else:
             acc = tl.dot(a, w, acc)
+            if ACTIVATION == 4:
+                up = tl.dot(a, w_up, up)
         a_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
 
@@ -161,7 +182,13 @@ def fp8_gemm_kernel(
     acc = acc * s_row[:, None] * s_col[None, :]
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    acc = apply_activation(acc, ACTIVATION)
+    if ACTIVATION == 4:  # the up half's scales and bias sit N further on; silu(gate) * up in fp32
+        up = up * s_row[:, None] * tl.load(w_scale_ptr + N + rn_load)[None, :]
+        if HAS_BIAS:
+            up += tl.load(bias_ptr + N + rn, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        acc = swiglu(acc, up)
+    else:
+        acc = apply_activation(acc, ACTIVATION)
     rm64 = rm.to(tl.int64)
     if HAS_RESIDUAL:
         res = tl.load(res_ptr + rm64[:, None] * stride_rm + rn[None, :] * stride_rn, mask=mask, other=0.0)
@@ -181,7 +208,7 @@ def launch_fp8_gemm(a_q, a_scale, weight, w_scale, bias, out, *, activation=0, r
     weight (N, K) e4m3 rows contiguous, w_scale (N,) fp32; out (M, N); residual (M, N) or None; amax_out (M,) fp32
     zeros or None: receives max |out| per row."""
     M, K = a_q.shape
-    N = weight.shape[0]
+    N = weight.shape[0] // 2 if activation == SWIGLU else weight.shape[0]  # SwiGLU: (2N, K) packed gate/up rows
     res = residual if residual is not None else out
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
     fp8_gemm_kernel[grid](
@@ -202,6 +229,9 @@ def aot_variants(exhaustive: bool = False):
     64x128 tile. FP8 dots do not exist before sm_89: min_cc 89 (skipped for sm_80)."""
     out = [_variant(torch.bfloat16, 1, True, False, True, True, t, amax_out=True)  # FC1
            for t in dict.fromkeys(HOPPER_FP8 + ADA_FP8)]
+    # SwiGLU's FC1 (gate and up dots) at every Hopper tile; the prune keeps SWIGLU_FP8's (the others show why not)
+    out += [_variant(torch.bfloat16, SWIGLU, True, False, True, True, t, amax_out=True)
+            for t in dict.fromkeys(HOPPER_FP8 + SWIGLU_FP8)]
     out += [_variant(torch.bfloat16, 0, True, True, True, True, t, quant_a=True)  # FC2 (bf16 A, amax)
             for t in HOPPER_FP8]
     tile = (64, 128, 128, 4, 4)
@@ -213,6 +243,13 @@ def aot_variants(exhaustive: bool = False):
         out += [_variant(dt, act, True, res, True, True, tile)
                 for dt in (torch.float16, torch.float32) for act in (0, 1, 2, 3) for res in (False, True)]
     return out
+
+
+def _hopper_pick(tile, activation) -> bool:
+    """Whether the prune on an sm_90 device can pick `tile` for this launch."""
+    if activation == SWIGLU:
+        return tile in HOPPER_FP8 and tile in SWIGLU_FP8
+    return tile in HOPPER_FP8
 
 
 def _variant(out_dtype, activation, has_bias, has_residual, even_k, precise, tile, quant_a=False,
@@ -235,7 +272,8 @@ def _variant(out_dtype, activation, has_bias, has_residual, even_k, precise, til
     }  # fmt: skip
     for name in constexprs:
         sig.setdefault(name, "constexpr")
-    return {"fn": jit_fn(fp8_gemm_kernel), "signature": sig, "constexprs": constexprs,
+    extra = {"vit": lambda cfg, batch: []} if activation == SWIGLU else {}  # no report preset has a SwiGLU MLP
+    return {"fn": jit_fn(fp8_gemm_kernel), "signature": sig, "constexprs": constexprs, **extra,
             "num_warps": warps, "num_stages": stages, "min_cc": 89, "op": "linear_fp8", "main_loop": "gemm",
-            "tables": ("hopper",) if tile in HOPPER_FP8 else (),  # Ada-only tiles: no gated family
+            "tables": ("hopper",) if _hopper_pick(tile, activation) else (),  # Ada-only tiles: no gated family
             "divisible": ("N", "K", "stride_am", "stride_wn", "stride_rm", "stride_om")}

@@ -19,9 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (FAMILY_SMEM, GEMM_DIVISIBLE, TL_SIG, check, gemm_vit_launches, is_interpreting, jit_fn,
-                      m_bucket, shared_memory_bytes, upcast_needed)
-from .gemm import epilogue_math, grouped_tile, switch_combos
+from ._common import (FAMILY_SMEM, GEMM_DIVISIBLE, SWIGLU, TL_SIG, check, gemm_vit_launches, is_interpreting,
+                      jit_fn, m_bucket, shared_memory_bytes, upcast_needed)
+from .gemm import gated_epilogue_math, grouped_tile, switch_combos
 
 ENGINE_ENV = "VITFAST_GEMM_ENGINE"  # auto (default) | tma | pointer: pick the GEMM engine, e.g. to compare them
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, EPI_SPLIT): the sm_90 table (registers, spills and shared memory
@@ -47,31 +47,48 @@ def _configs():
                           num_warps=w, num_stages=s) for bm, bn, bk, w, s, e in rows]
 
 
-def smem_estimate(bm, bn, bk, stages, epi_split, has_residual, elem=2):
-    """Pipelined A and W tiles plus the epilogue's store (and residual) staging buffers, in bytes."""
+def smem_estimate(bm, bn, bk, stages, epi_split, has_residual, elem=2, swiglu=False):
+    """Pipelined A and W tiles (SwiGLU: a gate and an up W tile) plus the epilogue's store (and residual) staging
+    buffers, in bytes."""
     epi = bm * (bn // epi_split) * elem * (2 if has_residual else 1)
-    return stages * (bm + bn) * bk * elem + epi
+    return stages * (bm + bn * (2 if swiglu else 1)) * bk * elem + epi
+
+
+# SwiGLU's gate and up accumulators: at most 128 fp32 accumulator registers per thread (the plain table's ceiling,
+# 128x256 with 8 warps), and not these rows, which the static report shows spilling on sm_90 (triton 3.9).
+SWIGLU_TMA_SPILLS = {(128, 128, 64, 8, 4, 1): "24 B"}
+
+
+def tile_allowed(tile, smem, has_residual=False, swiglu=False, elem=2) -> bool:
+    """The prune's rule for one HOPPER_TMA row (BLOCK_M <= M aside)."""
+    bm, bn, bk, warps, stages, epi = tile
+    if swiglu and (2 * bm * bn > 128 * 32 * warps or tuple(tile) in SWIGLU_TMA_SPILLS):
+        return False
+    return smem_estimate(bm, bn, bk, stages, epi, has_residual, elem, swiglu) <= smem
 
 
 def _prune(configs, named_args, **kwargs):
-    """Drop tiles over the device's shared memory or far taller than M; always keep one."""
+    """Drop tiles over the device's shared memory (or SwiGLU's register budget) or far taller than M; keep one."""
     if len(configs) <= 1:
         return configs
     a = named_args["a_ptr"]
     smem = shared_memory_bytes(a.device.index if a.device.index is not None else torch.cuda.current_device())
     m_cap = max(64, named_args["M_BUCKET"])
+    swiglu = kwargs.get("ACTIVATION") == SWIGLU
     kept = [c for c in configs
-            if smem_estimate(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_stages,
-                             c.kwargs["EPI_SPLIT"], kwargs.get("HAS_RESIDUAL", False)) <= smem
+            if tile_allowed((c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages,
+                             c.kwargs["EPI_SPLIT"]), smem, kwargs.get("HAS_RESIDUAL", False), swiglu)
             and c.kwargs["BLOCK_M"] <= m_cap]
     return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
 
 
 @triton.jit
-def _finish(acc, rows, cols, M, N, stats_ptr, colsum_ptr, bias_ptr, res_desc, out_desc, off_m, off_n,
+def _finish(acc, up, rows, cols, M, N, stats_ptr, colsum_ptr, bias_ptr, res_desc, out_desc, off_m, off_n,
             ROW_STATS: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
-    """Epilogue of one (sub)tile: shared math, residual through TMA, one cast, TMA store (clipped at M and N)."""
-    acc = epilogue_math(acc, rows, cols, M, N, stats_ptr, colsum_ptr, bias_ptr, ROW_STATS, HAS_BIAS, ACTIVATION)
+    """Epilogue of one (sub)tile: shared math (SwiGLU: of the gate and up tiles), residual through TMA, one cast,
+    TMA store (clipped at M and N)."""
+    acc = gated_epilogue_math(acc, up, rows, cols, M, N, stats_ptr, colsum_ptr, bias_ptr, ROW_STATS, HAS_BIAS,
+                              ACTIVATION)
     if HAS_RESIDUAL:
         acc += res_desc.load([off_m, off_n]).to(tl.float32)
     out_desc.store([off_m, off_n], acc.to(out_desc.dtype))
@@ -82,14 +99,14 @@ def _finish(acc, rows, cols, M, N, stats_ptr, colsum_ptr, bias_ptr, res_desc, ou
 @triton.jit(do_not_specialize=["M"])
 def tma_gemm_kernel(
     a_ptr,  # (M, K) activations, unit column stride, 16-byte aligned rows
-    w_ptr,  # (N, K) weight in nn.Linear layout (LayerNorm-folded when ROW_STATS), unit column stride
-    bias_ptr,  # (N,) bias (activation dtype, or fp32 when folded); read only when HAS_BIAS
+    w_ptr,  # (N, K) weight in nn.Linear layout (LayerNorm-folded when ROW_STATS), unit column stride; (2N, K) SwiGLU
+    bias_ptr,  # (N,) bias (activation dtype, or fp32 when folded), (2N,) SwiGLU; read only when HAS_BIAS
     res_ptr,  # (M, N) residual, unit column stride; read only when HAS_RESIDUAL
     stats_ptr,  # (M, 2) fp32 per-row (mean, rstd) of A; read only when ROW_STATS
-    colsum_ptr,  # (N,) fp32 column sums of the folded weight; read only when ROW_STATS
+    colsum_ptr,  # (N,) fp32 column sums of the folded weight, (2N,) SwiGLU; read only when ROW_STATS
     out_ptr,  # (M, N) output, unit column stride
     M,  # rows (tokens over the whole batch); not specialized, so batch sizes share one binary
-    N,  # output features
+    N,  # output features (SwiGLU: the gated width H, half the weight's rows)
     K,  # input features
     stride_am,  # A row stride (elements; a multiple of 16 bytes)
     stride_wn,  # W row stride
@@ -98,7 +115,7 @@ def tma_gemm_kernel(
     M_BUCKET,  # next power of two of M: an autotune key, unused by the kernel body
     ROW_STATS: tl.constexpr,  # folded LayerNorm epilogue: rstd * (acc - mean * colsum)
     HAS_BIAS: tl.constexpr,  # add bias in the epilogue
-    ACTIVATION: tl.constexpr,  # 0 none, 1 exact-erf GELU, 2 tanh GELU, 3 quick GELU
+    ACTIVATION: tl.constexpr,  # 0 none, 1 exact-erf GELU, 2 tanh GELU, 3 quick GELU, 4 SwiGLU (gate and up dots)
     HAS_RESIDUAL: tl.constexpr,  # add the residual after the activation
     UPCAST: tl.constexpr,  # dot in fp32 (interpreter with bf16, whose bf16 arithmetic is wrong)
     NUM_SMS: tl.constexpr,  # programs launched; each walks tiles NUM_SMS apart
@@ -110,7 +127,12 @@ def tma_gemm_kernel(
 ):
     EPI_N: tl.constexpr = BLOCK_N // EPI_SPLIT
     a_desc = tl.make_tensor_descriptor(a_ptr, shape=[M, K], strides=[stride_am, 1], block_shape=[BLOCK_M, BLOCK_K])
-    w_desc = tl.make_tensor_descriptor(w_ptr, shape=[N, K], strides=[stride_wn, 1], block_shape=[BLOCK_N, BLOCK_K])
+    if ACTIVATION == 4:  # SwiGLU: packed (2N, K) weight, up rows N below the gate rows
+        w_rows = 2 * N
+    else:
+        w_rows = N
+    w_desc = tl.make_tensor_descriptor(w_ptr, shape=[w_rows, K], strides=[stride_wn, 1],
+                                       block_shape=[BLOCK_N, BLOCK_K])
     out_desc = tl.make_tensor_descriptor(out_ptr, shape=[M, N], strides=[stride_om, 1], block_shape=[BLOCK_M, EPI_N])
     if HAS_RESIDUAL:
         res_desc = tl.make_tensor_descriptor(res_ptr, shape=[M, N], strides=[stride_rm, 1],
@@ -125,6 +147,10 @@ def tma_gemm_kernel(
     for tile in tl.range(tl.program_id(0), num_tiles, NUM_SMS, flatten=True):
         pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        if ACTIVATION == 4:
+            up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        else:
+            up = acc  # never used
         for ki in range(k_tiles):
             a = a_desc.load([pid_m * BLOCK_M, ki * BLOCK_K])
             w = w_desc.load([pid_n * BLOCK_N, ki * BLOCK_K])
@@ -132,6 +158,12 @@ def tma_gemm_kernel(
                 a = a.to(tl.float32)
                 w = w.to(tl.float32)
             acc = tl.dot(a, w.T, acc, input_precision="ieee")  # fp32 operands (forced engine): no tf32
+            if ACTIVATION == 4:
+                # a gate tile past row N reads up rows (columns clipped at the store); up tiles past 2N read zeros
+                w_up = w_desc.load([N + pid_n * BLOCK_N, ki * BLOCK_K])
+                if UPCAST:
+                    w_up = w_up.to(tl.float32)
+                up = tl.dot(a, w_up.T, up, input_precision="ieee")
 
         tile_c += NUM_SMS
         pid_m, pid_n = grouped_tile(tile_c, M, N, BLOCK_M, BLOCK_N, GROUP_M)
@@ -140,12 +172,16 @@ def tma_gemm_kernel(
         rows = off_m + tl.arange(0, BLOCK_M)
         if EPI_SPLIT == 2:
             acc0, acc1 = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, EPI_N)), (0, 2, 1)))
-            _finish(acc0, rows, off_n + tl.arange(0, EPI_N), M, N, stats_ptr, colsum_ptr, bias_ptr, res_desc,
+            if ACTIVATION == 4:
+                up0, up1 = tl.split(tl.permute(tl.reshape(up, (BLOCK_M, 2, EPI_N)), (0, 2, 1)))
+            else:
+                up0, up1 = acc0, acc1  # never used
+            _finish(acc0, up0, rows, off_n + tl.arange(0, EPI_N), M, N, stats_ptr, colsum_ptr, bias_ptr, res_desc,
                     out_desc, off_m, off_n, ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL)
-            _finish(acc1, rows, off_n + EPI_N + tl.arange(0, EPI_N), M, N, stats_ptr, colsum_ptr, bias_ptr,
+            _finish(acc1, up1, rows, off_n + EPI_N + tl.arange(0, EPI_N), M, N, stats_ptr, colsum_ptr, bias_ptr,
                     res_desc, out_desc, off_m, off_n + EPI_N, ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL)
         else:
-            _finish(acc, rows, off_n + tl.arange(0, BLOCK_N), M, N, stats_ptr, colsum_ptr, bias_ptr, res_desc,
+            _finish(acc, up, rows, off_n + tl.arange(0, BLOCK_N), M, N, stats_ptr, colsum_ptr, bias_ptr, res_desc,
                     out_desc, off_m, off_n, ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL)
 
 
@@ -200,7 +236,7 @@ def _num_sms(index: int) -> int:
 def launch_tma_gemm(a, weight, bias, out, *, activation=0, residual=None, stats=None, colsum=None):
     """Same contract as gemm.launch_fused_gemm, for operands select_engine() gave to "tma"."""
     M, K = a.shape
-    N = weight.shape[0]
+    N = weight.shape[0] // 2 if activation == SWIGLU else weight.shape[0]  # SwiGLU: packed (2N, K) gate/up rows
     if is_interpreting():
         num_sms = INTERPRETER_SMS
     else:
@@ -223,10 +259,13 @@ def launch_tma_gemm(a, weight, bias, out, *, activation=0, residual=None, stats=
 def tma_aot_variants(row_stats, activations, has_bias, has_residual, exhaustive=False, op=None):
     """One op on this engine: bf16 at every Hopper tile with the base switches (see gemm.switch_combos), the other
     switches at a mid-size tile, fp16 (the same code) at that tile. The TMA engine has no EVEN_K switch (TMA
-    zero-pads K), so the EVEN_K=False combos are dropped. Metadata: tests/kernels/aot_compile.py."""
+    zero-pads K), so the EVEN_K=False combos are dropped. SwiGLU (activations (4,)): the mid tile is the largest its
+    prune keeps. Metadata: tests/kernels/aot_compile.py."""
     op = op or ("ln_linear" if row_stats else "linear_residual")
     combos = [c for c in switch_combos(activations, has_bias, exhaustive) if c[2]]
-    mid = HOPPER_TMA[2]
+    swiglu = activations[0] == SWIGLU
+    mid = next(t for t in HOPPER_TMA if tile_allowed(t, FAMILY_SMEM["hopper"], has_residual, True)) if swiglu \
+        else HOPPER_TMA[2]
     out = [_variant(DTYPES[0], row_stats, combos[0][0], combos[0][1], has_residual, tile, op) for tile in HOPPER_TMA]
     out += [_variant(DTYPES[0], row_stats, act, bias, has_residual, mid, op) for act, bias, _ in combos[1:]]
     for dtype in DTYPES[1:]:
@@ -260,10 +299,10 @@ def _variant(dtype, row_stats, activation, has_bias, has_residual, tile, op, num
     for name in constexprs:
         sig.setdefault(name, "constexpr")
     elem = torch.empty((), dtype=dtype).element_size()
-    fits = smem_estimate(bm, bn, bk, stages, epi, has_residual, elem) <= FAMILY_SMEM["hopper"]
+    fits = tile_allowed(tile, FAMILY_SMEM["hopper"], has_residual, activation == SWIGLU, elem)
     vit_activation = 1 if op == "ln_linear" else 0  # the presets: QKV plain, FC1 exact GELU, residual with bias
     return {"fn": jit_fn(tma_gemm_kernel), "signature": sig, "constexprs": constexprs, "num_warps": warps,
             "num_stages": stages, "divisible": GEMM_DIVISIBLE, "op": op, "main_loop": "gemm",
             "tables": ("hopper",) if fits else (),
-            "vit": gemm_vit_launches(op, tile[:5], elem, None,
-                                     when=lambda cfg: has_bias and activation == vit_activation)}
+            "vit": gemm_vit_launches(op, tile[:5], elem, None, when=lambda cfg: has_bias and activation == (
+                SWIGLU if cfg.mlp_type == "swiglu" and op == "ln_linear" else vit_activation))}

@@ -3,7 +3,8 @@
 engine: the persistent TMA engine (gemm_tma.py) on sm_90, the pointer engine (gemm.py) elsewhere. A float8_e4m3fn weight (with its per-channel
 `weight_scale`) dispatches to the FP8 engines: given `x_amax` (the rows' absolute maxima, recorded by the producing
 FP8 GEMM, ln_linear's `row_amax`, or by attention's `return_row_amax`) the GEMM quantizes x per token in its main
-loop; without it x is quantized in a pass of its own first (quant_fp8.py; e.g. SwiGLU's gated hidden rows)."""
+loop; without it x is quantized in a pass of its own first (quant_fp8.py), for callers whose rows no kernel
+recorded (the model's own path always hands x_amax over, SwiGLU's gated hidden rows included)."""
 from typing import Optional
 
 import torch

@@ -1,7 +1,10 @@
-"""LayerNorm -> Linear (-> GELU) in one GEMM: the pre-norm MLP's fc1, or any norm followed by a dense layer.
+"""LayerNorm -> Linear (-> GELU, or SwiGLU's gate) in one GEMM: the pre-norm MLP's fc1, or any norm followed by a
+dense layer.
 
 The norm is folded (ln_fold.py): the op takes the folded weight, a per-row statistics pass runs first, and the GEMM
-applies rstd · (acc − mean · colsum) + bias and the activation in its epilogue. A float8_e4m3fn weight (with its
+applies rstd · (acc − mean · colsum) + bias and the activation in its epilogue. With activation "swiglu" the weight
+is timm's packed (2H, K) fc1 as it is (gate rows, then up rows): every engine keeps a gate and an up accumulator
+per (BLOCK_M, BLOCK_N) tile, sharing the A tile, and stores silu(gate) · up, (M, H). A float8_e4m3fn weight (with its
 per-channel `weight_scale`) goes to the FP8 engines instead: the quantizing LayerNorm (quant_fp8.py) writes e4m3
 rows + per-token scales, then gemm_fp8.py; with `return_row_amax` its epilogue also records max |output| of each
 row, so the next FP8 GEMM (linear_residual with `x_amax`, the MLP's FC2) quantizes these rows per token in its main
@@ -23,13 +26,21 @@ from .quant_fp8 import launch_quant_rows
 OP = "ln_linear"
 
 
-def _check_activation(activation):
+def _check_activation(activation, weight):
     check(activation in ACTIVATIONS, f"{OP}: activation", " | ".join(ACTIVATIONS), repr(activation))
+    if activation == "swiglu":
+        check(weight.shape[0] % 2 == 0, f"{OP}: weight.shape[0] with activation 'swiglu'",
+              "an even row count (packed gate rows, then up rows)", weight.shape[0])
+
+
+def _out_features(weight, activation):
+    """N, or H = N / 2 for SwiGLU's packed (2H, K) weight."""
+    return weight.shape[0] // 2 if activation == "swiglu" else weight.shape[0]
 
 
 def _check(x, weight, colsum, bias, activation, runnable=True):
     check_folded(OP, x, weight, colsum, bias)
-    _check_activation(activation)
+    _check_activation(activation, weight)
     check_device(OP, dict(x=x, weight=weight, colsum=colsum, bias=bias), runnable)
 
 
@@ -41,7 +52,7 @@ def _check_fp8(x, ln_weight, ln_bias, weight, weight_scale, bias, activation, ru
         check_row_stats(OP, "row_amax", row_amax, x)
     check_vector(OP, "ln_weight", ln_weight, k, x.dtype)
     check_vector(OP, "ln_bias", ln_bias, k, x.dtype)
-    _check_activation(activation)
+    _check_activation(activation, weight)
     check_device(OP, dict(x=x, ln_weight=ln_weight, ln_bias=ln_bias, weight=weight, bias=bias), runnable)
 
 
@@ -49,7 +60,7 @@ def ln_linear_launch(x, eps, weight, colsum, bias, activation="none", out=None):
     """Plain launcher on folded weights (see fold_layer_norm); `out` (optional, shape (..., N), x.dtype) lets tests
     hand in a poisoned buffer."""
     _check(x, weight, colsum, bias, activation)
-    shape = (*x.shape[:-1], weight.shape[0])
+    shape = (*x.shape[:-1], _out_features(weight, activation))
     if out is None:
         out = x.new_empty(shape)
     out2d = check_out(OP, out, shape, x.dtype)
@@ -67,7 +78,7 @@ def ln_linear_fp8_launch(x, ln_weight, ln_bias, eps, weight, weight_scale, bias,
     """Plain FP8 launcher: weight (N, K) float8_e4m3fn, weight_scale (N,) fp32; `row_amax` (optional, zeros of
     shape x.shape[:-1], fp32) receives max |output| per row; `out` lets tests hand in a poisoned buffer."""
     _check_fp8(x, ln_weight, ln_bias, weight, weight_scale, bias, activation, row_amax=row_amax)
-    shape = (*x.shape[:-1], weight.shape[0])
+    shape = (*x.shape[:-1], _out_features(weight, activation))
     if out is None:
         out = x.new_empty(shape)
     out2d = check_out(OP, out, shape, x.dtype)
@@ -88,7 +99,7 @@ def _ln_linear_op(x: torch.Tensor, eps: float, weight: torch.Tensor, colsum: tor
 @_ln_linear_op.register_fake
 def _(x, eps, weight, colsum, bias, activation):
     _check(x, weight, colsum, bias, activation, runnable=False)
-    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+    return x.new_empty((*x.shape[:-1], _out_features(weight, activation)))
 
 
 @torch.library.custom_op("vitfast::ln_linear_fp8", mutates_args=())
@@ -101,7 +112,7 @@ def _ln_linear_fp8_op(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.T
 @_ln_linear_fp8_op.register_fake
 def _(x, ln_weight, ln_bias, eps, weight, weight_scale, bias, activation):
     _check_fp8(x, ln_weight, ln_bias, weight, weight_scale, bias, activation, runnable=False)
-    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+    return x.new_empty((*x.shape[:-1], _out_features(weight, activation)))
 
 
 # The FP8 MLP's FC1: also returns max |output| per row (a second output, not a mutated argument, so that
@@ -118,7 +129,8 @@ def _ln_linear_fp8_amax_op(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: to
 @_ln_linear_fp8_amax_op.register_fake
 def _(x, ln_weight, ln_bias, eps, weight, weight_scale, bias, activation):
     _check_fp8(x, ln_weight, ln_bias, weight, weight_scale, bias, activation, runnable=False)
-    return x.new_empty((*x.shape[:-1], weight.shape[0])), x.new_empty(x.shape[:-1], dtype=torch.float32)
+    out = x.new_empty((*x.shape[:-1], _out_features(weight, activation)))
+    return out, x.new_empty(x.shape[:-1], dtype=torch.float32)
 
 
 def ln_linear_folded(x: torch.Tensor, eps: float, folded: FoldedLinear, activation: str = "none") -> torch.Tensor:
@@ -131,9 +143,11 @@ def ln_linear(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, e
               bias: Optional[torch.Tensor], activation: str = "none", weight_scale: Optional[torch.Tensor] = None,
               return_row_amax: bool = False):
     """activation(LayerNorm(x) @ weight^T + bias); x (..., K), weight (N, K); activation "none" | "gelu" (exact
-    erf) | "gelu_tanh" | "quick_gelu" (x·sigmoid(1.702x), CLIP). LayerNorm statistics in fp32. Returns (..., N) in
-    x.dtype. Folds the norm into the weight on every call: repeated callers cache fold_layer_norm and use
-    ln_linear_folded. FP8: weight float8_e4m3fn with weight_scale (N,) fp32; LayerNorm(x) is quantized per token;
+    erf) | "gelu_tanh" | "quick_gelu" (x·sigmoid(1.702x), CLIP) | "swiglu" (packed SwiGLU: weight (2H, K) and bias
+    (2H,) as timm's SwiGLUPacked fc1, gate rows first; returns silu(y[..., :H]) * y[..., H:], (..., H), the gate
+    applied in the GEMM's epilogue). LayerNorm statistics in fp32. Returns (..., N) in x.dtype. Folds the norm
+    into the weight on every call: repeated callers cache fold_layer_norm and use ln_linear_folded. FP8: weight
+    float8_e4m3fn with weight_scale (N,) fp32 ((2H,) for swiglu); LayerNorm(x) is quantized per token;
     return_row_amax=True (FP8 only) returns (out, max |out| per row as fp32 of shape x.shape[:-1]), which
     linear_residual(..., x_amax=) takes to quantize out inside its GEMM."""
     if weight.dtype == FP8_DTYPE:
@@ -149,7 +163,10 @@ def ln_linear(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, e
 
 def aot_variants(exhaustive: bool = False):
     """Both bf16/fp16/fp32 engines with this op's switches: folded LN, every activation, bias always (folding makes
-    one). The FP8 engine lists its own variants in gemm_fp8.py."""
+    one); SwiGLU (two accumulators, its own prune rule) at every tile as a base of its own. The FP8 engine lists its
+    own variants in gemm_fp8.py."""
     args = dict(row_stats=True, activations=(1, 0, 2, 3), has_bias=(True,), has_residual=False,
                 exhaustive=exhaustive)  # exact GELU first: the base variant is the presets' FC1
-    return gemm_aot_variants(**args) + tma_aot_variants(**args)
+    swiglu = dict(args, activations=(ACTIVATIONS["swiglu"],))
+    return (gemm_aot_variants(**args) + tma_aot_variants(**args) + gemm_aot_variants(**swiglu)
+            + tma_aot_variants(**swiglu))

@@ -2,7 +2,8 @@
 per row, in one read of x. It feeds the FP8 GEMM (gemm_fp8.py): before QKV and FC1 it *is* the block's LayerNorm
 (the normalized row is quantized where it is produced and never stored in bf16). Before the out-projection and FC2
 the producers (attention, FC1) record each row's max |value| instead and the GEMM quantizes in its main loop
-(gemm_fp8.py QUANT_A, the same arithmetic); this pass serves rows no kernel recorded (SwiGLU's gated hidden).
+(gemm_fp8.py QUANT_A, the same arithmetic; SwiGLU's FC1 too, whose epilogue applies the gate); this pass also
+serves callers of linear_residual that hand over rows no kernel recorded (no `x_amax`).
 
 Scale rule (vit_fast.fp8.quantize_rows is the same arithmetic in torch): amax = max(|row|, 1e-12),
 q = clamp(row · (448 / amax), ±448) cast to e4m3 (round to nearest even), scale = amax / 448; both divisions IEEE.

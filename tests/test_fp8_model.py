@@ -77,16 +77,17 @@ def _count_quant_passes(monkeypatch):
 
 
 @pytest.mark.skipif(fp8_unsupported_reason(torch.device(DEVICE)) is not None, reason="needs sm_89+/interpreter")
+@pytest.mark.parametrize("mlp", [{}, dict(mlp_type="swiglu", mlp_dim=40)], ids=["gelu", "swiglu"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_triton_fp8_equals_torch_emulation(dtype, device, monkeypatch):
-    model = vit_fast.quantize(_tiny(depth=1).to(device), "fp8").to(dtype)
+def test_triton_fp8_equals_torch_emulation(dtype, mlp, device, monkeypatch):
+    model = vit_fast.quantize(_tiny(depth=1, **mlp).to(device), "fp8").to(dtype)
     x = torch.randn(2, 3, 32, 48, device=device, dtype=dtype)
     with torch.no_grad():
         emulated = model.set_backend("torch")(x).float()
         calls = _count_quant_passes(monkeypatch)
         fast = model.set_backend("triton")(x).float()  # the block pruned to the [CLS] query: the sliced rows path
-        # only the two LayerNorms quantize in a pass (QKV, FC1); attention and FC1 record row maxima, so the
-        # out-projection and FC2 quantize in their main loops
+        # only the two LayerNorms quantize in a pass (QKV, FC1); attention and FC1 (SwiGLU too: the gate is FC1's
+        # epilogue) record row maxima, so the out-projection and FC2 quantize in their main loops
         assert calls == {"ln_qkv": 1, "ln_linear": 1, "linear_residual": 0, "attention row_amax": 1}, calls
         if dtype == torch.float32:
             fast_tokens = model.forward_features(x)  # every token: the unpruned path
@@ -94,7 +95,8 @@ def test_triton_fp8_equals_torch_emulation(dtype, device, monkeypatch):
             ref_tokens = model.set_backend("torch").forward_features(x)
     assert torch.isfinite(fast).all()
     # fp32: identical quantized operands, only summation order and rare one-step LN rounding flips differ;
-    # bf16: the eager emulation rounds LayerNorm and GELU outputs to bf16 before quantizing, the kernels do not
+    # bf16: the eager emulation rounds LayerNorm and FC1 outputs to bf16 before the activation / quantizing (the
+    # model's modules), the kernels do not
     bound = 1e-3 if dtype == torch.float32 else 5e-2
     assert rel_err(fast, emulated) < bound
     if dtype == torch.float32:

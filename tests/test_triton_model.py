@@ -27,11 +27,14 @@ CASES = [
     (dict(img_size=32, patch_size=16, embed_dim=160, num_heads=2, mlp_dim=96, depth=1), (32, 32)),
     (dict(img_size=24, patch_size=8, embed_dim=96, num_heads=3, mlp_dim=128, depth=1, global_pool="avg",
           representation_size=40), (24, 24)),
+    # DINOv2-g's packed SwiGLU MLP (the gate in FC1's epilogue), H = 40 not a multiple of the block
+    (dict(img_size=(32, 48), patch_size=16, embed_dim=64, num_heads=2, mlp_dim=40, depth=1, mlp_type="swiglu"),
+     (32, 48)),
 ]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("case", CASES, ids=["nonsquare", "headdim80", "avgpool"])
+@pytest.mark.parametrize("case", CASES, ids=["nonsquare", "headdim80", "avgpool", "swiglu"])
 def test_triton_equals_torch(case, dtype, device):
     overrides, size = case
     model = randomize_(vit_fast.create("vit_ti_16", backend="torch", num_classes=7, **overrides))

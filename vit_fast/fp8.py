@@ -23,6 +23,7 @@ from kernels._common import FP8_DTYPE, FP8_MAX  # the one definition (kernels/ d
 from kernels.quant_fp8 import AMAX_FLOOR
 
 from .model import ACTIVATIONS as MODEL_ACTIVATIONS
+from .model import swiglu
 
 SCHEMES = ("fp8",)
 
@@ -71,8 +72,9 @@ def emulate_linear(x, w_q, w_scale, bias=None, *, ln=None, activation="none", re
     return y.to(out_dtype)
 
 
-# the GEMM epilogue's activations (kernels/_common.ACTIVATIONS): the model's MLP activations plus "none"
-ACTIVATIONS = {"none": lambda x: x, **MODEL_ACTIVATIONS}
+# the GEMM epilogue's activations (kernels/_common.ACTIVATIONS): the model's MLP activations, "none", and packed
+# SwiGLU (y (..., 2H) -> silu(y[..., :H]) * y[..., H:], in fp32 from the fp32 products like the kernel's epilogue)
+ACTIVATIONS = {"none": lambda x: x, **MODEL_ACTIVATIONS, "swiglu": swiglu}
 
 
 class Fp8Linear(nn.Module):

@@ -11,10 +11,10 @@ logits are the same, the last block costs about 1/N of the others.
 In an FP8 model attention also records each token's max |output| for the out-projection, and FC1's epilogue each
 token's max |hidden| for FC2, so those two GEMMs quantize their input rows in their main loops (no separate pass).
 
-Model families: LayerScale is folded into the weights at load, quick / tanh GELU are kernel epilogues. Run as
-torch ops inside this path: the prefix tokens when there are not exactly one (SigLIP: none; DeiT distilled,
-registers: several), the SwiGLU gate (DINOv2 giant: FC1 and FC2 stay fused kernels), and the pooling head
-(SigLIP's attention pool, fc_norm, heads).
+Model families: LayerScale is folded into the weights at load, quick / tanh GELU and the SwiGLU gate (DINOv2 giant:
+FC1 takes the packed gate/up weight and stores silu(gate) · up) are kernel epilogues. Run as torch ops inside this
+path: the prefix tokens when there are not exactly one (SigLIP: none; DeiT distilled, registers: several) and the
+pooling head (SigLIP's attention pool, fc_norm, heads).
 """
 from __future__ import annotations
 
@@ -93,9 +93,9 @@ def _block(model, block, tokens: torch.Tensor, eps: float, activation: str, swig
     tokens = kernels.linear_residual(ctx, attn.proj.weight, attn.proj.bias, tokens, weight_scale=_scale(attn.proj),
                                      x_amax=ctx_amax)
     amax = None
-    if swiglu:  # the gate runs in torch between the two fused GEMMs
-        hidden = mlp.act(_ln_then(model, block.norm2, mlp.fc1, tokens, eps, activation="none")).contiguous()
-    elif _scale(mlp.fc1) is not None and _scale(mlp.fc2) is not None:
+    if swiglu:  # packed fc1 (2H rows): FC1's epilogue applies the gate and stores the (.., H) hidden rows
+        activation = "swiglu"
+    if _scale(mlp.fc1) is not None and _scale(mlp.fc2) is not None:
         # FP8 MLP: FC1's epilogue records max |hidden| per token, so FC2 quantizes its input rows in its main loop
         hidden, amax = _ln_then(model, block.norm2, mlp.fc1, tokens, eps, activation=activation,
                                 return_row_amax=True)

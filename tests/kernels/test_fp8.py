@@ -103,6 +103,42 @@ def test_fp8_mlp_quantizes_fc2_input_in_the_gemm(device):
     torch.testing.assert_close(out.float(), separate.float(), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("hidden", [48, 40])  # 40: H not a multiple of the interpreter's BLOCK_N = 32
+def test_fp8_swiglu_mlp_gate_in_the_epilogue(hidden, device):
+    """SwiGLU's FC1 takes the packed (2H, K) weight and stores silu(gate) * up with its row maxima; FC2 quantizes
+    those rows in its main loop: the kernels equal the emulation (gate in fp32, one cast, per-token quantization of
+    the stored hidden rows)."""
+    b, n, d = 3, 15, 80  # 45 rows, ragged; K = 80 not a multiple of BLOCK_K = 32
+    x = torch.randn(b, n, d, device=device).bfloat16()
+    x[..., 3] *= 50.0
+    g, beta = torch.randn(d, device=device).bfloat16(), torch.randn(d, device=device).bfloat16()
+    w1, s1 = _weights(2 * hidden, d, device)
+    w2, s2 = _weights(d, hidden, device)
+    b1, b2 = torch.randn(2 * hidden, device=device).bfloat16(), torch.randn(d, device=device).bfloat16()
+    from kernels.linear_residual import linear_residual_launch
+    from kernels.ln_linear import ln_linear_fp8_launch
+
+    amax = torch.zeros(b, n, device=device)
+    h = ln_linear_fp8_launch(x, g, beta, 1e-6, w1, s1, b1, "swiglu", row_amax=amax,
+                             out=poison(torch.empty(b, n, hidden, device=device, dtype=torch.bfloat16)))
+    ref_h = fp8.emulate_linear(x, w1, s1, b1, ln=(g, beta, 1e-6), activation="swiglu", out_dtype=torch.float32)
+    assert ref_h.shape == h.shape
+    assert_close(h, ref_h, torch.bfloat16, FP8_TOL)
+    torch.testing.assert_close(amax, h.float().abs().amax(-1), rtol=0, atol=0)  # of the values as stored
+    h_op, amax_op = kernels.ln_linear(x, g, beta, 1e-6, w1, b1, "swiglu", weight_scale=s1, return_row_amax=True)
+    assert torch.equal(h_op, h) and torch.equal(amax_op, amax)
+    if hidden == 48:  # the fake implementation's (..., H) output, as torch.compile sees it
+        torch.library.opcheck(torch.ops.vitfast.ln_linear_fp8_row_amax.default,
+                              (x, g, beta, 1e-6, w1, s1, b1, "swiglu"), test_utils=("test_faketensor",))
+    out = linear_residual_launch(h, w2, b2, x, weight_scale=s2, x_amax=amax,
+                                 out=poison(torch.empty(b, n, d, device=device, dtype=torch.bfloat16)))
+    assert_close(out, fp8.emulate_linear(h, w2, s2, b2, residual=x, out_dtype=torch.float32), torch.bfloat16, FP8_TOL)
+    # and close to the fp32 MLP it replaces
+    full = fp8.swiglu(F.linear(F.layer_norm(x.float(), (d,), g.float(), beta.float(), 1e-6), fp8.dequantize(w1, s1),
+                               b1.float()))
+    assert ((ref_h - full).norm() / full.norm()).item() < 0.08
+
+
 def test_ln_qkv_fp8_rows(device):
     """The FP8 QKV writes the plain (B, N, 3, H, d) rows the bf16 engines write (attention reads them in place)."""
     b, n, d, heads = 2, 19, 80, 5  # 19 tokens, head dim 16, K = 80
@@ -134,6 +170,9 @@ def test_fp8_errors():
         kernels.linear_residual(x, torch.randn(16, 32), None, torch.randn(4, 16), weight_scale=ws)
     with pytest.raises(ValueError, match=r"x_amax: expected a contiguous float32 tensor of shape \(4,\)"):
         kernels.linear_residual(x, wq, None, torch.randn(4, 16), weight_scale=ws, x_amax=torch.zeros(5))
+    with pytest.raises(ValueError, match=r"weight.shape\[0\] with activation 'swiglu': expected an even row count"):
+        kernels.ln_linear(x, torch.ones(32), torch.zeros(32), 1e-6, *_weights(15, 32, "cpu")[:1], None, "swiglu",
+                          weight_scale=_weights(15, 32, "cpu")[1])
     with pytest.raises(ValueError, match="return_row_amax: expected False unless weight is float8_e4m3fn"):
         kernels.ln_linear(x, torch.ones(32), torch.zeros(32), 1e-6, torch.randn(16, 32), None,
                           return_row_amax=True)

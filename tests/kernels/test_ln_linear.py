@@ -27,19 +27,23 @@ def make(lead, k, n, dtype, device, offset=1.0, bias=True):
 def reference(x, g, b, eps, w, bb, activation):
     y = F.layer_norm(x.float(), x.shape[-1:], g.float(), b.float(), eps)
     y = F.linear(y, w.float(), None if bb is None else bb.float())
-    if activation == "quick_gelu":
+    if activation == "swiglu":  # packed (2H, K) weight: gate rows, then up rows
+        gate, up = y.chunk(2, dim=-1)
+        y = F.silu(gate) * up
+    elif activation == "quick_gelu":
         y = y * torch.sigmoid(1.702 * y)
     elif activation != "none":
         y = F.gelu(y, approximate="tanh" if activation == "gelu_tanh" else "none")
     return y
 
 
-@pytest.mark.parametrize("activation", ["none", "gelu", "gelu_tanh", "quick_gelu"])
+# swiglu: the (2H, K) packed weight of SHAPES' N gives H = 48 and 24 (not multiples of the interpreter's BLOCK_N)
+@pytest.mark.parametrize("activation", ["none", "gelu", "gelu_tanh", "quick_gelu", "swiglu"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_matches_eager(dtype, activation, engine, device):
     for lead, k, n in SHAPES:
         x, g, b, w, bb = make(lead, k, n, dtype, device)
-        out = poison(torch.empty(*lead, n, dtype=dtype, device=device))
+        out = poison(torch.empty(*lead, n // 2 if activation == "swiglu" else n, dtype=dtype, device=device))
         ln_linear_launch(x, 1e-6, *kernels.fold_layer_norm(g, b, w, bb), activation, out=out)
         assert_close(out, reference(x, g, b, 1e-6, w, bb, activation), dtype)
 
@@ -65,10 +69,11 @@ def test_cls_slice_and_large_mean(device):
     assert_close(out, reference(x, g, b, 1e-6, w, bb, "none"), torch.float32)
 
 
-def test_registered_op(device):
+@pytest.mark.parametrize("activation", ["gelu_tanh", "swiglu"])  # swiglu: the fake returns (..., N / 2)
+def test_registered_op(activation, device):
     x, g, b, w, bb = make((2, 5), 48, 32, torch.float32, device)
     torch.library.opcheck(torch.ops.vitfast.ln_linear.default, (x, 1e-6, *kernels.fold_layer_norm(g, b, w, bb),
-                                                                "gelu_tanh"),
+                                                                activation),
                           test_utils=("test_schema", "test_faketensor"))
 
 
@@ -82,6 +87,9 @@ def test_bad_inputs(device):
         kernels.ln_linear(x.long(), g, b, 1e-6, w, bb, "none")
     with pytest.raises(ValueError, match="activation"):
         kernels.ln_linear(x, g, b, 1e-6, w, bb, "relu")
+    with pytest.raises(ValueError, match=r"weight.shape\[0\] with activation 'swiglu': expected an even row count .*"
+                                         r"got 31"):
+        kernels.ln_linear(x, g, b, 1e-6, w[:31], bb[:31], "swiglu")
     with pytest.raises(ValueError, match="ln_weight.stride"):
         kernels.ln_linear(x, torch.randn(96, device=device)[::2], b, 1e-6, w, bb, "none")
     with pytest.raises(ValueError, match="bias.shape"):

@@ -185,3 +185,47 @@ def test_prune_drops_the_hopper_tiles_that_spill(monkeypatch, dtype):
                 assert (64, 64, 64, 4, 4) in rows or (64, 64, 64, 4, 4) in spills
             else:
                 assert rows & {(128, 128, 32, 4, 4), (64, 64, 32, 4, 4)}, rows  # no Hopper spill list on Ampere
+
+
+def test_swiglu_prune_keeps_only_clean_tiles(monkeypatch):
+    """SwiGLU (two accumulators) on Hopper: each engine's prune keeps only tiles with at most 128 accumulator
+    registers per thread that the report shows clean (the spill lists), never the plain tables' largest tiles."""
+    import triton
+
+    from kernels import _common, gemm_fp8, gemm_tma
+
+    class FakeCudaTensor:
+        device = torch.device("cuda", 0)
+        dtype = torch.bfloat16
+
+        def element_size(self):
+            return 2
+
+    a = FakeCudaTensor()
+    monkeypatch.setattr(_common, "shared_memory_bytes", lambda index: 232448)
+    monkeypatch.setattr(_common, "gpu_family", lambda index: "hopper")
+    monkeypatch.setattr(gemm_tma, "shared_memory_bytes", lambda index: 232448)
+    monkeypatch.setattr(gemm_fp8, "shared_memory_bytes", lambda index: 232448)
+    monkeypatch.setattr(gemm_fp8, "_family", lambda index: "hopper")
+    swiglu = dict(ROW_STATS=True, ACTIVATION=_common.SWIGLU)
+    def rows(kept):
+        return {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages)
+                for c in kept}
+
+    configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
+               for bm, bn, bk, w, s in _common.gemm_aot_configs()]
+    pointer = rows(_common.prune_gemm_configs(configs, {"a_ptr": a, "M_BUCKET": 1 << 16}, **swiglu))
+    assert pointer == {(128, 128, 64, 8, 3), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (64, 64, 64, 4, 4),
+                       (64, 32, 64, 4, 4)}, pointer
+    tma_configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "EPI_SPLIT": e},
+                                 num_warps=w, num_stages=s) for bm, bn, bk, w, s, e in gemm_tma.HOPPER_TMA]
+    tma = rows(gemm_tma._prune(tma_configs, {"a_ptr": a, "M_BUCKET": 1 << 16}, **swiglu))
+    assert tma == {(128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (64, 64, 64, 4, 4)}, tma
+    fp8_rows = dict.fromkeys(gemm_fp8.HOPPER_FP8 + gemm_fp8.ADA_FP8 + gemm_fp8.SWIGLU_FP8)
+    fp8_configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
+                   for bm, bn, bk, w, s in fp8_rows]
+    fp8 = rows(gemm_fp8._prune(fp8_configs, {"a_ptr": a, "M_BUCKET": 1 << 16}, ACTIVATION=_common.SWIGLU))
+    assert fp8 == {(64, 128, 128, 8, 4), (64, 128, 128, 4, 4), (64, 64, 128, 4, 4)}, fp8
+    # and a GELU launch still sees the whole Hopper table (the switch is per launch)
+    gelu = rows(gemm_tma._prune(tma_configs, {"a_ptr": a, "M_BUCKET": 1 << 16}, ROW_STATS=True, ACTIVATION=1))
+    assert len(gelu) == len(gemm_tma.HOPPER_TMA)

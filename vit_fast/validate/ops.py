@@ -76,9 +76,10 @@ def _cast(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tenso
 
 
 def _mlp_activation(model) -> str:
-    """The FC1 epilogue the triton path runs: SwiGLU's gate runs after the kernel, so its FC1 has none."""
+    """The FC1 epilogue the triton path runs: the model's activation, or SwiGLU's gate on the packed (2H) FC1 (the
+    kernel stores the gated (.., H) hidden rows, which FC2 reads)."""
     cfg = model.config
-    return "none" if cfg.mlp_type == "swiglu" else cfg.act_layer
+    return "swiglu" if cfg.mlp_type == "swiglu" else cfg.act_layer
 
 
 def _act(y: torch.Tensor, activation: str) -> torch.Tensor:

@@ -9,7 +9,8 @@ Each row is judged as the bf16 rows are, with PyTorch's own FP8 arithmetic in pl
   budget 2 x its error + floor (`numerics.kernel_budget`);
 - and the kernel tests' bound against the emulation (`numerics.FP8_TOL`).
 The out-projection and FC2 take their input's per-row max |x| (`x_amax`), as a producer that records it hands
-it over, so the GEMM quantizes its input rows in its main loop (no separate quantization pass).
+it over, so the GEMM quantizes its input rows in its main loop (no separate quantization pass). FC1 runs the
+model's epilogue: GELU, or for SwiGLU models the gate on the packed (2H) weight (the emulation's "swiglu").
 """
 from __future__ import annotations
 
