@@ -44,9 +44,28 @@ def test_logits_budget_all_four_is_the_quantized_model(outlier_model):
     assert out["all"]["both"]["sqnr_db"] == fp8_accuracy.sqnr_db(q, ref)
     for kind in fp8_budget.KINDS:  # one kind alone errs less than all four
         assert out[kind]["both"]["sqnr_db"] > out["all"]["both"]["sqnr_db"], (kind, out)
+    parts = out["qkv_activation_error_on"]  # QKV's activation error split over q, k, v: each part errs less
+    assert set(parts) == {"q", "k", "v"}
+    assert all(p["sqnr_db"] > out["qkv"]["a"]["sqnr_db"] for p in parts.values()), (parts, out["qkv"])
     draws = out["weight_draws"]
     assert len(draws["draws"]) == 2 and draws["min_sqnr_db"] <= draws["mean_sqnr_db"] <= draws["max_sqnr_db"]
     assert draws["draws"][0] != draws["draws"][1]  # different roundings of the same weights
+
+
+def test_attention_sharpness_is_the_models_softmax(outlier_model):
+    model, x = outlier_model
+    stats = fp8_budget.attention_sharpness(model, x)
+    assert len(stats) == len(model.blocks)
+    attn, captured = model.blocks[0].attn, []
+    hook = attn.qkv.register_forward_hook(lambda m, a, o: captured.append(o))
+    with torch.no_grad():
+        model.forward_features(x)
+    hook.remove()
+    b, n, _ = captured[0].shape
+    q, k, _ = captured[0].reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    probs = ((q @ k.transpose(-1, -2)) * attn.scale).softmax(-1)
+    assert stats[0]["max_probability"] == pytest.approx(probs.amax(-1).mean().item(), rel=1e-5)
+    assert 1 / n < stats[0]["max_probability"] <= 1 and stats[0]["score_std"] > 0
 
 
 def test_weight_draw_keeps_the_per_channel_recipe(outlier_model):
@@ -65,7 +84,8 @@ def test_cli_writes_a_budget_and_rejects_bad_arguments(tmp_path, capsys):
                             "--out", str(out)]) == 0
     row = json.loads(out.read_text())["rows"][0]
     assert row["model"] == "tiny_avgpool" and row["outliers"] and set(row["gemms"]) == set(fp8_budget.KINDS)
-    assert "| fc2 |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| fc2 |" in printed and "error kept on one of q / k / v" in printed and len(row["attention"]) == 1
     assert fp8_budget.main(["--models", "vit_z", "--images", "16"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "expected --models from" in err[0] and "vit_z" in err[0]

@@ -12,6 +12,8 @@ out-projection, FC1, FC2), summed over the blocks:
   e4m3, next to what independent round-to-nearest errors predict (the sum over k of a²·δw² + δa²·w²). Measured
   equal to predicted means the GEMM adds nothing to the rounding of its operands;
 - logits: SQNR and top-1 agreement with fp32 when only that kind is FP8 (weights, activations, both), and all four;
+  QKV's activation error kept on q, k or v alone, and how sharp each block's attention is (sharp attention turns
+  a small relative error of q or k into a large change of the softmax);
 - weight rounding draws: the whole FP8 model again with each output channel's scale moved by a random factor
   2^u, u uniform in [0, 1) (the channel's max maps into (224, 448]: nothing clips; each draw is as valid a per-channel
   e4m3 rounding as the amax rule). The weights are rounded once per model, so a model's figure on a fixed image set
@@ -71,6 +73,21 @@ class PartialFp8Linear(nn.Module):
         return F.linear(_rows(h) if self.activations else h, self.weight, self.bias)
 
 
+class QkvPartFp8(nn.Module):
+    """The QKV GEMM with e4m3 activations whose error is kept on one of q, k, v only (the others exact): which of
+    the three carries the QKV error to the logits."""
+
+    def __init__(self, linear: nn.Linear, part: int):
+        super().__init__()
+        self.exact, self.quantized, self.part = linear, PartialFp8Linear(linear, False, True), part
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.exact(x.float())
+        d = out.shape[-1] // 3
+        out[..., self.part * d:(self.part + 1) * d] = self.quantized(x)[..., self.part * d:(self.part + 1) * d]
+        return out
+
+
 def _layers(model, kind: str):
     parent_path, _, leaf = KINDS[kind].rpartition(".")
     return [(block.get_submodule(parent_path), leaf) for block in model.blocks]
@@ -86,6 +103,38 @@ def with_fp8(model, kinds, mode: str = "both"):
             new = fp8.Fp8Linear.from_linear(layer) if mode == "both" else PartialFp8Linear(layer, *MODES[mode])
             setattr(parent, leaf, new)
     return out
+
+
+def with_qkv_part(model, part: int):
+    """A copy of `model` whose QKV activations are e4m3 on q (0), k (1) or v (2) only."""
+    out = copy.deepcopy(model)
+    for parent, leaf in _layers(out, "qkv"):
+        setattr(parent, leaf, QkvPartFp8(getattr(parent, leaf), part))
+    return out
+
+
+@torch.no_grad()
+def attention_sharpness(model, x: torch.Tensor) -> list:
+    """Per block, over heads and queries: mean std of the scaled attention scores over the keys and mean largest
+    attention probability. Large scores (sharp attention) turn a small relative error of q or k into a large change
+    of the softmax."""
+    stats = []
+
+    def hook(module, args, out, attn):
+        b, n, _ = out.shape
+        q, k, _ = out.reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+        scores = (q.float() @ k.float().transpose(-1, -2)) * attn.scale
+        stats.append({"score_std": scores.std(-1).mean().item(),
+                      "max_probability": scores.softmax(-1).amax(-1).mean().item()})
+
+    hooks = [block.attn.qkv.register_forward_hook(lambda m, a, o, attn=block.attn: hook(m, a, o, attn))
+             for block in model.blocks]
+    try:
+        model.forward_features(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return stats
 
 
 def with_weight_draw(model, seed: int):
@@ -155,10 +204,13 @@ def _logits(model, x: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 def logits_budget(model, x: torch.Tensor, batch: int = 64, draws: int = 0) -> dict:
-    """Logits against fp32: each kind alone in FP8 per mode, all four per mode, and `draws` weight rounding draws."""
+    """Logits against fp32: each kind alone in FP8 per mode, all four per mode, QKV's activation error on q, k or v
+    alone, and `draws` weight rounding draws."""
     ref = _logits(model, x, batch)
     out = {kind: {m: _vs(_logits(with_fp8(model, (kind,), m), x, batch), ref) for m in MODES} for kind in KINDS}
     out["all"] = {m: _vs(_logits(with_fp8(model, KINDS, m), x, batch), ref) for m in MODES}
+    out["qkv_activation_error_on"] = {name: _vs(_logits(with_qkv_part(model, i), x, batch), ref)
+                                      for i, name in enumerate("qkv")}
     if draws:
         rows = [_vs(_logits(with_weight_draw(model, seed), x, batch), ref) for seed in range(draws)]
         out["weight_draws"] = {"draws": rows, **{f"mean_{k}": sum(r[k] for r in rows) / draws for k in rows[0]},
@@ -178,7 +230,8 @@ def budget_row(name: str, outliers: bool, n_images: int = 2048, seed: int = 0, s
         model, size = acc.build_random(name, outliers, seed)
         x = acc.images(n_images, size, gen)
     return {"model": name, "setting": setting, "outliers": outliers, "images": n_images,
-            "gemms": gemm_budget(model, x[:operand_images]), "logits": logits_budget(model, x, draws=draws)}
+            "gemms": gemm_budget(model, x[:operand_images]), "logits": logits_budget(model, x, draws=draws),
+            "attention": attention_sharpness(model, x[:operand_images])}
 
 
 def markdown_table(row: dict) -> str:
@@ -196,6 +249,12 @@ def markdown_table(row: dict) -> str:
     lg = row["logits"]["all"]
     lines.append("| all four | | | " + " / ".join(f"{f(lg[m]['sqnr_db'])}, {100 * lg[m]['top1_agree']:.2f}"
                                                   for m in MODES) + " |")
+    parts = row["logits"]["qkv_activation_error_on"]
+    lines.append("\nQKV activation error kept on one of q / k / v only: "
+                 + " / ".join(f"{p}: {f(v['sqnr_db'])} dB, {100 * v['top1_agree']:.2f} %" for p, v in parts.items()))
+    if "attention" in row:
+        lines.append("attention per block (score std over keys, mean max probability): " + ", ".join(
+            f"{a['score_std']:.1f}, {a['max_probability']:.2f}" for a in row["attention"]))
     return "\n".join(lines)
 
 
