@@ -144,8 +144,8 @@ def with_weight_draw(model, seed: int):
     for kind in KINDS:
         for (parent, leaf), (dense_parent, _) in zip(_layers(out, kind), _layers(model, kind)):
             layer, w = getattr(parent, leaf), getattr(dense_parent, leaf).weight.detach().float()
-            scale = w.abs().amax(dim=1).clamp_min(fp8.AMAX_FLOOR) / fp8.FP8_MAX * 2.0 ** torch.rand(w.shape[0],
-                                                                                                generator=gen)
+            shift = 2.0 ** torch.rand(w.shape[0], generator=gen)
+            scale = w.abs().amax(dim=1).clamp_min(fp8.AMAX_FLOOR) / fp8.FP8_MAX * shift
             q = (w / scale[:, None]).clamp(-fp8.FP8_MAX, fp8.FP8_MAX).to(fp8.FP8_DTYPE)
             layer.weight_bits.copy_(q.view(torch.uint8))
             layer.scale_bits.copy_(scale.view(torch.int32))
