@@ -1,0 +1,299 @@
+"""Where a model's FP8 error comes from: a per-GEMM error budget, next to the e4m3 format's own limit.
+
+    python -m vit_fast.fp8_budget --models tiny_avgpool,vit_b_16_d2_64px --out budget.json
+
+vit_fast.fp8_accuracy measures the whole FP8 model; this module takes it apart, on the same models (trained here
+with the same seed, or the random-probe ones) and the same fresh images. Per GEMM kind of the encoder blocks (QKV,
+out-projection, FC1, FC2), summed over the blocks:
+- operands: SQNR of the per-token e4m3 activations and of the per-channel e4m3 weights against fp32, next to the
+  format's limit for the same values (3-bit mantissa rounding at each value's own exponent: no subnormals, no
+  saturation, no scale);
+- GEMM output: SQNR against fp32 on the same fp32 inputs with the weights only, the activations only, or both in
+  e4m3, next to what independent round-to-nearest errors predict (the sum over k of a²·δw² + δa²·w²). Measured
+  equal to predicted means the GEMM adds nothing to the rounding of its operands;
+- logits: SQNR and top-1 agreement with fp32 when only that kind is FP8 (weights, activations, both), and all four;
+  QKV's activation error kept on q, k or v alone, and how sharp each block's attention is (sharp attention turns
+  a small relative error of q or k into a large change of the softmax);
+- weight rounding draws: the whole FP8 model again with each output channel's scale moved by a random factor
+  2^u, u uniform in [0, 1) (the channel's max maps into (224, 448]: nothing clips; each draw is as valid a per-channel
+  e4m3 rounding as the amax rule). The weights are rounded once per model, so a model's figure on a fixed image set
+  is one draw of that rounding: the spread over draws is the figure's own uncertainty, and their mean what the
+  format gives in expectation.
+The FP8 arithmetic is the emulation's (vit_fast.fp8), which the tests prove equal to the Triton kernels.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import fp8
+from . import fp8_accuracy as acc
+
+KINDS = {"qkv": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
+MODES = {"w": (True, False), "a": (False, True), "both": (True, True)}  # (weights in e4m3, activations in e4m3)
+
+
+def mantissa_limit(x: torch.Tensor) -> torch.Tensor:
+    """x rounded to e4m3's 3 mantissa bits (nearest, ties to even) at each value's own exponent: the format's
+    rounding without its exponent range."""
+    m, e = torch.frexp(x.float())  # x = m · 2^e, |m| in [0.5, 1)
+    return torch.ldexp(torch.round(m * 16) / 16, e)
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    return fp8.dequantize(*fp8.quantize_rows(x))
+
+
+def _db(signal: float, noise: float) -> float:
+    return math.inf if noise == 0 else 10 * math.log10(signal / noise)
+
+
+class PartialFp8Linear(nn.Module):
+    """A dense layer with e4m3 weights (per output channel) and/or e4m3 activations (per token), the other operand
+    fp32: the emulation's rounding of one operand at a time."""
+
+    def __init__(self, linear: nn.Linear, weights: bool, activations: bool):
+        super().__init__()
+        w = linear.weight.detach().float()
+        self.register_buffer("weight", _rows(w) if weights else w)
+        self.register_buffer("bias", linear.bias.detach().float() if linear.bias is not None else None)
+        self.activations = activations
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        return F.linear(_rows(h) if self.activations else h, self.weight, self.bias)
+
+
+class QkvPartFp8(nn.Module):
+    """The QKV GEMM with e4m3 activations whose error is kept on one of q, k, v only (the others exact): which of
+    the three carries the QKV error to the logits."""
+
+    def __init__(self, linear: nn.Linear, part: int):
+        super().__init__()
+        self.exact, self.quantized, self.part = linear, PartialFp8Linear(linear, False, True), part
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.exact(x.float())
+        d = out.shape[-1] // 3
+        out[..., self.part * d:(self.part + 1) * d] = self.quantized(x)[..., self.part * d:(self.part + 1) * d]
+        return out
+
+
+def _layers(model, kind: str):
+    parent_path, _, leaf = KINDS[kind].rpartition(".")
+    return [(block.get_submodule(parent_path), leaf) for block in model.blocks]
+
+
+def with_fp8(model, kinds, mode: str = "both"):
+    """A copy of `model` whose GEMMs of `kinds` are FP8 in `mode` ("w", "a", "both"); "both" is the emulation's own
+    Fp8Linear, so all four kinds in "both" is exactly vit_fast.quantize(model)."""
+    out = copy.deepcopy(model)
+    for kind in kinds:
+        for parent, leaf in _layers(out, kind):
+            layer = getattr(parent, leaf)
+            new = fp8.Fp8Linear.from_linear(layer) if mode == "both" else PartialFp8Linear(layer, *MODES[mode])
+            setattr(parent, leaf, new)
+    return out
+
+
+def with_qkv_part(model, part: int):
+    """A copy of `model` whose QKV activations are e4m3 on q (0), k (1) or v (2) only."""
+    out = copy.deepcopy(model)
+    for parent, leaf in _layers(out, "qkv"):
+        setattr(parent, leaf, QkvPartFp8(getattr(parent, leaf), part))
+    return out
+
+
+@torch.no_grad()
+def attention_sharpness(model, x: torch.Tensor) -> list:
+    """Per block, over heads and queries: mean std of the scaled attention scores over the keys and mean largest
+    attention probability. Large scores (sharp attention) turn a small relative error of q or k into a large change
+    of the softmax."""
+    stats = []
+
+    def hook(module, args, out, attn):
+        b, n, _ = out.shape
+        q, k, _ = out.reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+        scores = (q.float() @ k.float().transpose(-1, -2)) * attn.scale
+        stats.append({"score_std": scores.std(-1).mean().item(),
+                      "max_probability": scores.softmax(-1).amax(-1).mean().item()})
+
+    hooks = [block.attn.qkv.register_forward_hook(lambda m, a, o, attn=block.attn: hook(m, a, o, attn))
+             for block in model.blocks]
+    try:
+        model.forward_features(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return stats
+
+
+def with_weight_draw(model, seed: int):
+    """The whole FP8 model with each output channel's scale amax/448 · 2^u, u ~ U[0, 1) (see the module docstring)."""
+    out = fp8.quantize(copy.deepcopy(model), "fp8")
+    gen = torch.Generator().manual_seed(seed)
+    for kind in KINDS:
+        for (parent, leaf), (dense_parent, _) in zip(_layers(out, kind), _layers(model, kind)):
+            layer, w = getattr(parent, leaf), getattr(dense_parent, leaf).weight.detach().float()
+            shift = 2.0 ** torch.rand(w.shape[0], generator=gen)
+            scale = w.abs().amax(dim=1).clamp_min(fp8.AMAX_FLOOR) / fp8.FP8_MAX * shift
+            q = (w / scale[:, None]).clamp(-fp8.FP8_MAX, fp8.FP8_MAX).to(fp8.FP8_DTYPE)
+            layer.weight_bits.copy_(q.view(torch.uint8))
+            layer.scale_bits.copy_(scale.view(torch.int32))
+    return out
+
+
+@torch.no_grad()
+def gemm_budget(model, x: torch.Tensor, batch: int = 64) -> dict:
+    """Per kind: operand and GEMM-output SQNRs (dB) against fp32 on the fp32 model's own inputs to each GEMM."""
+    sums = {kind: {} for kind in KINDS}
+    inputs = {}
+    hooks = [getattr(parent, leaf).register_forward_pre_hook(
+        lambda mod, args, key=(kind, i): inputs.setdefault(key, []).append(args[0].reshape(-1, args[0].shape[-1])))
+        for kind in KINDS for i, (parent, leaf) in enumerate(_layers(model, kind))]
+    try:
+        for chunk in x.split(batch):
+            model.forward_features(chunk)
+    finally:
+        for h in hooks:
+            h.remove()
+    for (kind, i), chunks in inputs.items():
+        parent, leaf = _layers(model, kind)[i]
+        a, w = torch.cat(chunks).float(), getattr(parent, leaf).weight.detach().float()
+        aq, wq = _rows(a), _rows(w)
+        da, dw = aq - a, wq - w
+        y = a @ w.t()
+        terms = {
+            "a": a.pow(2).sum(), "a_noise": da.pow(2).sum(), "a_limit": (mantissa_limit(a) - a).pow(2).sum(),
+            "w": w.pow(2).sum(), "w_noise": dw.pow(2).sum(), "w_limit": (mantissa_limit(w) - w).pow(2).sum(),
+            "y": y.pow(2).sum(), "y_w": (a @ wq.t() - y).pow(2).sum(), "y_a": (aq @ w.t() - y).pow(2).sum(),
+            "y_both": (aq @ wq.t() - y).pow(2).sum(),
+            # independent rounding errors: E(sum_k a_k δw_k)² = sum_k a_k² δw_k² (column sums make it cheap)
+            "pred_w": (a.pow(2).sum(0) * dw.pow(2).sum(0)).sum(), "pred_a": (da.pow(2).sum(0) * w.pow(2).sum(0)).sum(),
+        }
+        for name, value in terms.items():
+            sums[kind][name] = sums[kind].get(name, 0.0) + value.double().item()
+    out = {}
+    for kind, s in sums.items():
+        out[kind] = {
+            "activation_sqnr_db": _db(s["a"], s["a_noise"]), "activation_limit_db": _db(s["a"], s["a_limit"]),
+            "weight_sqnr_db": _db(s["w"], s["w_noise"]), "weight_limit_db": _db(s["w"], s["w_limit"]),
+            "output_sqnr_db": {m: _db(s["y"], s[f"y_{m}"]) for m in MODES},
+            "output_predicted_db": {"w": _db(s["y"], s["pred_w"]), "a": _db(s["y"], s["pred_a"]),
+                                    "both": _db(s["y"], s["pred_w"] + s["pred_a"])},
+        }
+    return out
+
+
+def _vs(out: torch.Tensor, ref: torch.Tensor) -> dict:
+    return {"sqnr_db": acc.sqnr_db(out, ref), "top1_agree": acc.top1(out, ref)}
+
+
+@torch.no_grad()
+def _logits(model, x: torch.Tensor, batch: int) -> torch.Tensor:
+    return torch.cat([model(chunk).float() for chunk in x.split(batch)])
+
+
+def logits_budget(model, x: torch.Tensor, batch: int = 64, draws: int = 0) -> dict:
+    """Logits against fp32: each kind alone in FP8 per mode, all four per mode, QKV's activation error on q, k or v
+    alone, and `draws` weight rounding draws."""
+    ref = _logits(model, x, batch)
+    out = {kind: {m: _vs(_logits(with_fp8(model, (kind,), m), x, batch), ref) for m in MODES} for kind in KINDS}
+    out["all"] = {m: _vs(_logits(with_fp8(model, KINDS, m), x, batch), ref) for m in MODES}
+    out["qkv_activation_error_on"] = {name: _vs(_logits(with_qkv_part(model, i), x, batch), ref)
+                                      for i, name in enumerate("qkv")}
+    if draws:
+        rows = [_vs(_logits(with_weight_draw(model, seed), x, batch), ref) for seed in range(draws)]
+        out["weight_draws"] = {"draws": rows, **{f"mean_{k}": sum(r[k] for r in rows) / draws for k in rows[0]},
+                               **{f"min_{k}": min(r[k] for r in rows) for k in rows[0]},
+                               **{f"max_{k}": max(r[k] for r in rows) for k in rows[0]}}
+    return out
+
+
+def budget_row(name: str, outliers: bool, n_images: int = 2048, seed: int = 0, setting: str = "trained",
+               draws: int = 8, operand_images: int = 256, steps: int | None = None) -> dict:
+    """One model of fp8_accuracy (the same model and images as its row for these arguments), taken apart."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    if setting == "trained":
+        model, size, _ = acc.build_trained(name, outliers, seed, steps=steps)
+        x, _ = acc.task_images(n_images, size, gen)
+    else:
+        model, size = acc.build_random(name, outliers, seed)
+        x = acc.images(n_images, size, gen)
+    return {"model": name, "setting": setting, "outliers": outliers, "images": n_images,
+            "gemms": gemm_budget(model, x[:operand_images]), "logits": logits_budget(model, x, draws=draws),
+            "attention": attention_sharpness(model, x[:operand_images])}
+
+
+def markdown_table(row: dict) -> str:
+    """One model's budget: a line per GEMM kind."""
+    lines = ["| GEMM | operand SQNR act / weight (format limit) | GEMM output SQNR w / a / both (predicted both) | "
+             "logits with only this GEMM FP8: w / a / both (dB, top-1 %) |", "|---|---|---|---|"]
+    f = "{:.1f}".format
+    for kind, g in row["gemms"].items():
+        o, p = g["output_sqnr_db"], g["output_predicted_db"]
+        lg = row["logits"][kind]
+        lines.append(f"| {kind} | {f(g['activation_sqnr_db'])} ({f(g['activation_limit_db'])}) / "
+                     f"{f(g['weight_sqnr_db'])} ({f(g['weight_limit_db'])}) | {f(o['w'])} / {f(o['a'])} / "
+                     f"{f(o['both'])} ({f(p['both'])}) | "
+                     + " / ".join(f"{f(lg[m]['sqnr_db'])}, {100 * lg[m]['top1_agree']:.2f}" for m in MODES) + " |")
+    lg = row["logits"]["all"]
+    lines.append("| all four | | | " + " / ".join(f"{f(lg[m]['sqnr_db'])}, {100 * lg[m]['top1_agree']:.2f}"
+                                                  for m in MODES) + " |")
+    parts = row["logits"]["qkv_activation_error_on"]
+    lines.append("\nQKV activation error kept on one of q / k / v only: "
+                 + " / ".join(f"{p}: {f(v['sqnr_db'])} dB, {100 * v['top1_agree']:.2f} %" for p, v in parts.items()))
+    if "attention" in row:
+        lines.append("attention per block (score std over keys, mean max probability): " + ", ".join(
+            f"{a['score_std']:.1f}, {a['max_probability']:.2f}" for a in row["attention"]))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vit_fast.fp8_budget", description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="tiny_avgpool", help="comma-separated: " + ", ".join(acc.MODELS))
+    parser.add_argument("--setting", default="trained", help="trained or random (as fp8_accuracy)")
+    parser.add_argument("--no-outliers", action="store_true", help="the models without outlier channels")
+    parser.add_argument("--images", type=int, default=2048, help="fresh images per model (fp8_accuracy's default)")
+    parser.add_argument("--draws", type=int, default=8, help="weight rounding draws (0: none)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="JSON file to write")
+    args = parser.parse_args(argv)
+    names = [m for m in args.models.split(",") if m]
+    bad = [m for m in names if m not in acc.MODELS]
+    if bad or not names or args.setting not in acc.SETTINGS or args.images < 1 or args.draws < 0:
+        print(f"error: expected --models from {', '.join(acc.MODELS)}, --setting from {', '.join(acc.SETTINGS)}, "
+              f"--images >= 1 and --draws >= 0, got models={names} setting={args.setting!r} images={args.images} "
+              f"draws={args.draws}", file=sys.stderr)
+        return 2
+    start = time.time()
+    rows = []
+    for name in names:
+        row = budget_row(name, not args.no_outliers, args.images, args.seed, args.setting, args.draws)
+        rows.append(row)
+        print(f"\n{name} ({args.setting}, outliers={'no' if args.no_outliers else 'yes'}, {args.images} images)")
+        print(markdown_table(row))
+        if "weight_draws" in row["logits"]:
+            d = row["logits"]["weight_draws"]
+            print(f"weight rounding draws ({args.draws}): logits {d['min_sqnr_db']:.1f}..{d['max_sqnr_db']:.1f} dB, "
+                  f"top-1 agreement {100 * d['min_top1_agree']:.2f}..{100 * d['max_top1_agree']:.2f} % "
+                  f"(mean {100 * d['mean_top1_agree']:.2f} %)", flush=True)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"seconds": round(time.time() - start, 1), "rows": rows}, indent=1) + "\n")
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
