@@ -27,6 +27,7 @@ import argparse
 import copy
 import json
 import math
+import platform
 import sys
 import time
 from pathlib import Path
@@ -290,7 +291,12 @@ def main(argv=None) -> int:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"seconds": round(time.time() - start, 1), "rows": rows}, indent=1) + "\n")
+        meta = {"what": "per-GEMM FP8 error budget against the e4m3 limit (see vit_fast/fp8_budget.py)",
+                "setting": args.setting, "outliers": not args.no_outliers, "images": args.images,
+                "draws": args.draws, "seed": args.seed, "commit": acc._commit(), "torch": torch.__version__,
+                "python": platform.python_version(), "threads": torch.get_num_threads(),
+                "seconds": round(time.time() - start, 1)}
+        out.write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")
         print(f"wrote {out}")
     return 0
 
