@@ -259,6 +259,28 @@ def markdown_table(row: dict) -> str:
     return "\n".join(lines)
 
 
+def summary_table(data: dict) -> str:
+    """The README's table: a line per model of a budget JSON (all four GEMM kinds in FP8 against fp32)."""
+    lines = ["| model | logits vs fp32, all four GEMMs FP8: SQNR / top-1 | weights only | activations only | "
+             "share of the logits noise per GEMM (qkv / proj / fc1 / fc2) | GEMM output SQNR measured vs predicted "
+             "by independent rounding | top-1 over weight rounding draws: mean (range) | sharpest attention "
+             "(mean max probability) |", "|---|---|---|---|---|---|---|---|"]
+    for row in data["rows"]:
+        lg = row["logits"]
+        cell = lambda v: f"{v['sqnr_db']:.1f} dB / {100 * v['top1_agree']:.2f} %"  # noqa: E731
+        noise = {k: 10 ** (-lg[k]["both"]["sqnr_db"] / 10) for k in KINDS}
+        share = " / ".join(f"{100 * v / sum(noise.values()):.0f} %" for v in noise.values())
+        gaps = [g["output_sqnr_db"]["both"] - g["output_predicted_db"]["both"] for g in row["gemms"].values()]
+        draws = lg.get("weight_draws")
+        spread = (f"{100 * draws['mean_top1_agree']:.2f} % ({100 * draws['min_top1_agree']:.2f}-"
+                  f"{100 * draws['max_top1_agree']:.2f})" if draws else "—")
+        sharp = max(a["max_probability"] for a in row["attention"]) if row.get("attention") else float("nan")
+        lines.append(f"| {row['model']}{' (outliers)' if row['outliers'] else ''} | {cell(lg['all']['both'])} | "
+                     f"{cell(lg['all']['w'])} | {cell(lg['all']['a'])} | {share} | "
+                     f"{min(gaps):+.1f} to {max(gaps):+.1f} dB | {spread} | {sharp:.2f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vit_fast.fp8_budget", description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="tiny_avgpool", help="comma-separated: " + ", ".join(acc.MODELS))
