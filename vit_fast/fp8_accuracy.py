@@ -333,7 +333,7 @@ def main(argv=None) -> int:
         print(f"error: expected --models from {', '.join(MODELS)}, --settings from {', '.join(SETTINGS)} and "
               f"--images >= 1, got models={names} settings={settings} images={args.images}", file=sys.stderr)
         return 2
-    start = time.time()
+    start, commit = time.time(), source_commit()  # the source measured, not what is checked out at the end
     rows = []
     for setting in settings:
         for name in names:
@@ -352,7 +352,7 @@ def main(argv=None) -> int:
                 "structured images (see vit_fast/fp8_accuracy.py)",
         "outliers": {"channels": OUTLIER_CHANNELS, "gain": OUTLIER_GAIN},
         "task_classes": TASK_CLASSES,
-        "commit": _commit(), "torch": torch.__version__, "python": platform.python_version(), "seed": args.seed,
+        "commit": commit, "torch": torch.__version__, "python": platform.python_version(), "seed": args.seed,
         "threads": torch.get_num_threads(), "seconds": round(time.time() - start, 1),
         "rows": rows,
     }
@@ -365,18 +365,22 @@ def main(argv=None) -> int:
     return 0
 
 
-def _commit() -> str:
-    """The source's git commit (with "+changes" when the work tree differs), or "unknown" outside a git checkout."""
-    here = Path(__file__).resolve().parent
+def source_commit() -> str:
+    """The git commit of this source tree (with "+changes" when tracked files differ from it), or "unknown" when
+    vit_fast does not sit at the top of a git checkout (e.g. installed into a venv inside some other repository)."""
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*cmd):
+        return subprocess.run(["git", *cmd], cwd=root, capture_output=True, text=True, timeout=20)
+
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=20)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=20)
+        top, head = git("rev-parse", "--show-toplevel"), git("rev-parse", "HEAD")
+        if top.returncode or head.returncode or Path(top.stdout.strip()).resolve() != root:
+            return "unknown"
+        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    if head.returncode != 0:
-        return "unknown"
-    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+    return head.stdout.strip() + ("+changes" if dirty else "")
 
 
 if __name__ == "__main__":

@@ -308,7 +308,7 @@ def main(argv=None) -> int:
               f"--images >= 1 and --draws >= 0, got models={names} setting={args.setting!r} images={args.images} "
               f"draws={args.draws}", file=sys.stderr)
         return 2
-    start = time.time()
+    start, commit = time.time(), acc.source_commit()  # the source measured
     rows = []
     for name in names:
         row = budget_row(name, not args.no_outliers, args.images, args.seed, args.setting, args.draws)
@@ -326,7 +326,7 @@ def main(argv=None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         meta = {"what": "per-GEMM FP8 error budget against the e4m3 limit (see vit_fast/fp8_budget.py)",
                 "setting": args.setting, "outliers": not args.no_outliers, "images": args.images,
-                "draws": args.draws, "seed": args.seed, "commit": acc._commit(), "torch": torch.__version__,
+                "draws": args.draws, "seed": args.seed, "commit": commit, "torch": torch.__version__,
                 "python": platform.python_version(), "threads": torch.get_num_threads(),
                 "seconds": round(time.time() - start, 1)}
         out.write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")
