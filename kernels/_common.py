@@ -126,7 +126,8 @@ def gemm_configs(group_m: int = 8):
 
 def prune_gemm_configs(configs, named_args, *, a_name="a_ptr", dot_dtype_name=None, **kwargs):
     """Keep the running device's family table, drop tiles that overflow shared memory, are far taller than M, are
-    too big for fp32 FMA dots or spill (HOPPER_GEMM_SPILLS); always return at least one config."""
+    too big for fp32 FMA dots or known to spill on that family (HOPPER_GEMM_SPILLS, AMPERE_GEMM_SPILLS); always
+    return at least one config."""
     if len(configs) <= 1:
         return configs
     a = named_args[a_name]
@@ -244,7 +245,8 @@ def gemm_kind(named_args: dict) -> str:
 def gemm_tile_allowed(row, elem: int, smem: int, m_bucket_value: int = 1 << 16, family: str = None,
                       kind: str = "plain") -> bool:
     """The prune's rule for one (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) row: fits shared memory, not far taller
-    than M, no more than 128x128 for fp32 FMA dots (elem = bytes of the dot operands), not a known Hopper spill.
+    than M, no more than 128x128 for fp32 FMA dots (elem = bytes of the dot operands), not a known spill of the
+    family.
     SwiGLU (kind "swiglu") streams two W tiles and keeps two accumulators: both count, and at most 128 accumulator
     registers per thread (what every other kind's table rows hold at most)."""
     bm, bn, bk, warps, stages = row

@@ -4,7 +4,9 @@ engine (gemm_tma.py) cannot take.
 Epilogue switches, shared with the TMA engine (same order, same fp32 math): a folded LayerNorm
 (rstd · (acc − mean · colsum) with per-row statistics from ln_fold.row_stats), bias, the shared activation (exact-erf /
 tanh / quick GELU) and a residual add; one cast at the store. LayerNorm lives in the epilogue, not the prologue, so the
-A operand goes straight from memory to the dot (see ln_fold.py).
+A operand goes straight from memory to the dot (see ln_fold.py). SwiGLU (ACTIVATION 4) reads the packed (2N, K)
+weight: a second accumulator takes the up rows N below the gate rows, sharing the A tile, and the epilogue
+(gated_epilogue_math) stores silu(gate) · up.
 """
 import torch
 import triton

@@ -7,7 +7,8 @@ same switch), and QUANT_A (FC2, out-projection) reads bf16 rows with those maxim
 registers before the dot, with the arithmetic of quant_fp8.py.
 The dot runs on FP8 tensor cores (wgmma e4m3 on sm_90, mma e4m3 on sm_89) into an fp32 accumulator; the epilogue
 applies acc · s_row · s_col, then bias, the shared activation and residual exactly as the bf16 engine (gemm.py)
-does; QKV is stored as plain rows, the layout attention reads in place (ln_qkv.py).
+does; QKV is stored as plain rows, the layout attention reads in place (ln_qkv.py). SwiGLU (ACTIVATION 4) keeps a
+gate and an up accumulator over the packed (2N, K) weight, as gemm.py does.
 
 Hopper accumulates FP8 wgmma in reduced precision unless told otherwise: with PRECISE_ACC the dot is issued with
 max_num_imprecise_acc = BLOCK_K, so Triton adds each BLOCK_K-deep partial sum into a separate fp32 accumulator
@@ -37,7 +38,7 @@ HOPPER_FP8 = [
 ]
 # SwiGLU holds a gate and an up accumulator (each with its promotion accumulator): the Hopper tiles that compile
 # without spills for sm_90 (benchmarks/static/report.md; 128x128 8 warps and 128x64 4 warps spill 88-96 B), and
-# Ada's 64x128 and 64x64.
+# Ada's 64x128 and 64x64 (unverified: the report compiles no sm_89 target).
 SWIGLU_FP8 = [(64, 128, 128, 8, 4), (64, 128, 128, 4, 4), (64, 64, 128, 4, 4), (64, 128, 64, 4, 4),
               (64, 64, 64, 4, 4)]
 ADA_FP8 = [  # sm_89: about 100 KB of shared memory per block

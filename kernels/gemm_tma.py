@@ -6,9 +6,11 @@ copy per tile instead of per-thread address math and cp.async), and run one prog
 GROUP_M-row groups so consecutive tiles reuse W in L2. Descriptors are built on the device
 (`tl.make_tensor_descriptor`, 128 B of global scratch each, from the allocator `_scratch` hands Triton), so launches
 pass plain pointers. TMA pads out-of-range loads with zeros and clips stores, so ragged M, N and K need no masks in
-the main loop. The epilogue (folded LayerNorm, bias, activation, residual) is `gemm.epilogue_math`, applied to
-BLOCK_N / EPI_SPLIT-wide column slices when EPI_SPLIT > 1 (half the live epilogue registers and store buffer).
-No warp specialization: on sm_90 it is ignored or crashes with TMA stores in triton 3.6 (triton-lang/triton#11587).
+the main loop (SwiGLU's weight descriptor spans the packed 2N rows: a gate tile past N reads up rows, which the
+store clips). The epilogue (folded LayerNorm, bias, activation or SwiGLU's gate, residual) is
+`gemm.gated_epilogue_math`, applied to BLOCK_N / EPI_SPLIT-wide column slices when EPI_SPLIT > 1 (half the live
+epilogue registers and store buffer). No warp specialization: on sm_90 it is ignored or crashes with TMA stores in
+triton 3.6 (triton-lang/triton#11587).
 
 The op modules decide when this engine runs (`select_engine`): CUDA sm_90, 16-bit dtypes, operands TMA can address.
 """
@@ -77,7 +79,8 @@ def _prune(configs, named_args, **kwargs):
     swiglu = kwargs.get("ACTIVATION") == SWIGLU
     kept = [c for c in configs
             if tile_allowed((c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages,
-                             c.kwargs["EPI_SPLIT"]), smem, kwargs.get("HAS_RESIDUAL", False), swiglu)
+                             c.kwargs["EPI_SPLIT"]), smem, kwargs.get("HAS_RESIDUAL", False), swiglu,
+                            a.element_size())  # fp32 when VITFAST_GEMM_ENGINE=tma forces it
             and c.kwargs["BLOCK_M"] <= m_cap]
     return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
 

@@ -62,7 +62,7 @@ def _new_out(x, num_heads):
     return x.new_empty(b, n, 3, num_heads, d // num_heads).permute(2, 0, 3, 1, 4)
 
 
-def _head_major_shape(x, num_heads):
+def _qkv_shape(x, num_heads):
     b, n, d = x.shape
     return (3, b, num_heads, n, d // num_heads)
 
@@ -73,7 +73,7 @@ def _out_rows(x, num_heads, out):
     b, n, d = x.shape
     if out is None:
         out = _new_out(x, num_heads)
-    shape = _head_major_shape(x, num_heads)
+    shape = _qkv_shape(x, num_heads)
     rows = out.permute(1, 3, 0, 2, 4) if out.dim() == 5 else out
     check(tuple(out.shape) == shape and out.dtype == x.dtype and rows.is_contiguous(), f"{OP}: out",
           f"a {shape} {x.dtype} view of a contiguous (B, N, 3, H, d) buffer",
@@ -140,8 +140,9 @@ def ln_qkv(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps:
            weight_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
     """LayerNorm(x) @ weight^T + bias for x (B, N, D) and the fused qkv weight (3D, D) (timm layout: rows [q; k; v],
     head-major inside each), returned as a (3, B, H, N, D // H) tensor in x.dtype (last dim contiguous: a view of
-    one new (B, N, 3, H, d) buffer, on every engine); bias may be None. Folds the norm on every call: repeated callers use
-    ln_qkv_folded. FP8: weight float8_e4m3fn with weight_scale (3D,) fp32; LayerNorm(x) is quantized per token."""
+    one new (B, N, 3, H, d) buffer, on every engine); bias may be None. Folds the norm on every call: repeated
+    callers use ln_qkv_folded. FP8: weight float8_e4m3fn with weight_scale (3D,) fp32; LayerNorm(x) is quantized
+    per token."""
     _check_x(x, weight, num_heads)
     if weight.dtype == FP8_DTYPE:
         return _ln_qkv_fp8_op(x, ln_weight, ln_bias, float(eps), weight, weight_scale, bias, int(num_heads))

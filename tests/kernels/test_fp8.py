@@ -103,12 +103,13 @@ def test_fp8_mlp_quantizes_fc2_input_in_the_gemm(device):
     torch.testing.assert_close(out.float(), separate.float(), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("hidden", [48, 40])  # 40: H not a multiple of the interpreter's BLOCK_N = 32
-def test_fp8_swiglu_mlp_gate_in_the_epilogue(hidden, device):
+# 40: H not a multiple of the interpreter's BLOCK_N = 32; d = 80: K not a multiple of BLOCK_K = 32, d = 64: even K
+@pytest.mark.parametrize("hidden, d", [(48, 80), (40, 64)])
+def test_fp8_swiglu_mlp_gate_in_the_epilogue(hidden, d, device):
     """SwiGLU's FC1 takes the packed (2H, K) weight and stores silu(gate) * up with its row maxima; FC2 quantizes
     those rows in its main loop: the kernels equal the emulation (gate in fp32, one cast, per-token quantization of
     the stored hidden rows)."""
-    b, n, d = 3, 15, 80  # 45 rows, ragged; K = 80 not a multiple of BLOCK_K = 32
+    b, n = 3, 15  # 45 rows, ragged
     x = torch.randn(b, n, d, device=device).bfloat16()
     x[..., 3] *= 50.0
     g, beta = torch.randn(d, device=device).bfloat16(), torch.randn(d, device=device).bfloat16()
@@ -152,6 +153,9 @@ def test_ln_qkv_fp8_rows(device):
     ln_qkv_fp8_launch(x, g, beta, 1e-6, wq, ws, bias, heads, out=out)
     op = kernels.ln_qkv(x, g, beta, 1e-6, wq, bias, heads, weight_scale=ws)
     assert op.stride() == out.stride() and torch.equal(op, out)
+    # the fake implementation (what torch.compile sees) has the same shape and strides
+    torch.library.opcheck(torch.ops.vitfast.ln_qkv_fp8.default, (x, g, beta, 1e-6, wq, ws, bias, heads),
+                          test_utils=("test_faketensor",))
     with pytest.raises(ValueError, match=r"ln_qkv: out: expected a .* view of a contiguous \(B, N, 3, H, d\) buffer"):
         ln_qkv_fp8_launch(x, g, beta, 1e-6, wq, ws, bias, heads, out=torch.empty_like(out.contiguous()))
     ref = fp8.emulate_linear(x, wq, ws, bias, ln=(g, beta, 1e-6), out_dtype=torch.float32)

@@ -92,15 +92,13 @@ def test_ops_at_model_shapes(model, batch, dtype, device):
                     dtype=dtype)
     _check("patch_embed", out, patch_ref(lambda t: t), patch_ref(lo), dtype)
 
-    # LN1 + QKV projection (head-major or row-major output: compared in the layout the op returns)
+    # LN1 + QKV projection: the op returns the (3, B, H, N, d) view of its (B, N, 3, H, d) rows
     tokens, g1, b1 = r(batch, n, d, scale=2.0, shift=0.5), r(d, scale=0.3, shift=1.0), r(d, scale=0.3)
     wqkv, bqkv = r(3 * d, d, scale=d**-0.5), r(3 * d, scale=0.1)
     qkv_ref = lambda t: F.linear(_ln(t(tokens), t(g1), t(b1), eps), t(wqkv), t(bqkv)).view(batch, n, 3, heads, hd)  # noqa: E731
     out = _poisoned(kernels.ln_qkv, lo(tokens), lo(g1), lo(b1), eps, lo(wqkv), lo(bqkv), heads,
                     numel=3 * batch * n * d, dtype=dtype)
-    ref, ours = qkv_ref(lambda t: t), qkv_ref(lo)
-    if out.shape != ref.shape:  # the (3, B, H, N, d) head-major layout
-        ref, ours = ref.permute(2, 0, 3, 1, 4), ours.permute(2, 0, 3, 1, 4)
+    ref, ours = qkv_ref(lambda t: t).permute(2, 0, 3, 1, 4), qkv_ref(lo).permute(2, 0, 3, 1, 4)
     _check("ln_qkv", out, ref, ours, dtype)
 
     # attention on q/k/v views of one head-major buffer, all queries and the [CLS] query alone (last layer)

@@ -35,7 +35,7 @@ class Activations:
     block: int  # the block whose inputs were captured
     pixels: torch.Tensor  # (B, C, H, W) uint8, what patch_embed reads
     tokens0: torch.Tensor  # (B, N, D) input of the block
-    qkv: torch.Tensor  # (3, B, H, N, d) the block's q, k, v (head-major, as ln_qkv writes them)
+    qkv: torch.Tensor  # (3, B, H, N, d) the block's q, k, v (the view ln_qkv returns)
     ctx: torch.Tensor  # (B, N, D) attention output (input of the out-projection)
     tokens1: torch.Tensor  # (B, N, D) after the attention residual (input of LN2)
     hidden: torch.Tensor  # (B, N, mlp) the MLP hidden layer after the activation (input of FC2)
