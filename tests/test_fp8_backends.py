@@ -72,6 +72,13 @@ def test_predictor_refuses_triton_but_not_auto(a100):
     predictor._check_fp8_device(CUDA, "auto")  # auto: resolve() falls back to the emulation
 
 
+def test_predictor_names_an_fp8_model_it_refuses(a100):
+    """No dtype="fp8" asked for, but the model is FP8 (e.g. loaded from an FP8 checkpoint): the line says so."""
+    model = vit_fast.create("vit_ti_16", backend="triton", img_size=32, depth=1, num_classes=3).to_fp8()
+    with pytest.raises(ValueError, match="^an FP8 model with backend 'triton': FP8 GEMMs need compute capability"):
+        vit_fast.Predictor(model, device="cuda")
+
+
 def _image(tmp_path):
     path = tmp_path / "imgs" / "a.png"
     path.parent.mkdir()

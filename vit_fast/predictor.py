@@ -86,16 +86,16 @@ def _is_fp8(dtype) -> bool:
     return dtype is FP8_DTYPE
 
 
-def _check_fp8_device(device: torch.device, backend: str) -> None:
+def _check_fp8_device(device: torch.device, backend: str, why: str = "dtype 'fp8'") -> None:
     """An FP8 model runs the FP8 kernels with backend triton (sm_89 / sm_90, or the CPU interpreter), else the torch
     emulation: "auto" on an older GPU falls back to it with a warning (backends.resolve); "triton" there is refused
-    here, before the model is moved or quantized."""
+    here, before the model is moved or quantized. why: what made it FP8, as the message names it."""
     if backend == "triton":
         from .backends import fp8_unavailable_reason
 
         reason = fp8_unavailable_reason(device)
         if reason is not None:
-            raise ValueError(f"dtype 'fp8' with backend 'triton': {reason}")
+            raise ValueError(f"{why} with backend 'triton': {reason}")
 
 
 def _buckets(max_batch_size: int) -> list[int]:
@@ -117,7 +117,8 @@ class Predictor:
         # dtype="fp8": FP8 weights for the encoder GEMMs (vit_fast.quantize); activations stay in the default dtype
         self.fp8 = _is_fp8(dtype) or bool(getattr(model, "is_fp8", False))  # asked for, or an FP8 checkpoint
         if self.fp8:
-            _check_fp8_device(self.device, getattr(model, "backend", "auto"))
+            _check_fp8_device(self.device, getattr(model, "backend", "auto"),
+                              "dtype 'fp8'" if _is_fp8(dtype) else "an FP8 model")
         self.dtype = _default_dtype(None if _is_fp8(dtype) else dtype, self.device)
         self.model = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
         if self.fp8:
