@@ -220,10 +220,8 @@ HOPPER_GEMM_SPILLS = {
                 (64, 64, 64, 4, 4): "48 B with the exact-GELU epilogue"},
     (4, "plain"): {(128, 64, 64, 4, 4): "24 B"},
     (4, "patch"): {(128, 64, 64, 4, 4): "24 B", (64, 32, 64, 4, 4): "8 B"},
-    # ln_linear with activation "swiglu" (gate and up accumulators): the tiles left after gemm_tile_allowed's
-    # 128-accumulator-registers rule are clean on sm_90
-    (2, "swiglu"): {},
-    (4, "swiglu"): {},
+    # ln_linear with activation "swiglu" (gate and up accumulators): no entry; the tiles left after
+    # swiglu_accumulators_fit are clean on sm_90
 }
 # The same for Ampere (sm_80; reported, not gated): SwiGLU's 128x128 8-warp tile, clean on sm_90, spills there.
 # fp32 SwiGLU spills at every Ampere tile (so does fp32 LayerNorm+GELU at 128x128): the least (112 B) is kept.
@@ -242,6 +240,20 @@ def gemm_kind(named_args: dict) -> str:
     return named_args.get("kind") or ("ln" if named_args.get("ROW_STATS") else "plain")
 
 
+def swiglu_accumulators_fit(bm: int, bn: int, warps: int) -> bool:
+    """SwiGLU's gate and up fp32 accumulators hold at most 128 registers per thread (the plain tables' ceiling,
+    128x256 with 8 warps): the register rule every engine's SwiGLU prune applies before its spill list."""
+    return 2 * bm * bn <= 128 * 32 * warps
+
+
+def preset_activation(op: str, cfg) -> int:
+    """The activation code a ViT preset's launch of `op` uses: FC1 exact GELU (its gate for a SwiGLU MLP), none
+    for QKV and the residual GEMMs."""
+    if op != "ln_linear":
+        return 0
+    return SWIGLU if cfg.mlp_type == "swiglu" else ACTIVATIONS["gelu"]
+
+
 def gemm_tile_allowed(row, elem: int, smem: int, m_bucket_value: int = 1 << 16, family: str = None,
                       kind: str = "plain") -> bool:
     """The prune's rule for one (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) row: fits shared memory, not far taller
@@ -253,7 +265,7 @@ def gemm_tile_allowed(row, elem: int, smem: int, m_bucket_value: int = 1 << 16, 
     if tuple(row) in _GEMM_SPILLS.get(family, {}).get((elem, kind), {}):
         return False
     copies = 2 if kind == "swiglu" else 1
-    if kind == "swiglu" and copies * bm * bn > 128 * 32 * warps:
+    if kind == "swiglu" and not swiglu_accumulators_fit(bm, bn, warps):
         return False
     return (stages * (bm + copies * bn) * bk * elem <= smem and bm <= max(64, m_bucket_value)
             and not (elem == 4 and copies * bm * bn > 128 * 128))

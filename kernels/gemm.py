@@ -13,8 +13,8 @@ import triton
 import triton.language as tl
 
 from ._common import (GEMM_DIVISIBLE, SWIGLU, SWITCH_TILE, TL_SIG, gemm_configs, gemm_families, gemm_kind,
-                      gemm_rows_for, gemm_vit_launches, is_interpreting, jit_fn, m_bucket, prune_gemm_configs,
-                      upcast_needed)
+                      gemm_rows_for, gemm_vit_launches, is_interpreting, jit_fn, m_bucket, preset_activation,
+                      prune_gemm_configs, upcast_needed)
 
 DTYPES = (torch.bfloat16, torch.float32, torch.float16)  # AOT order: bf16 first (the fast path)
 GEMM_AUTOTUNE_KEY = ["M_BUCKET", "N", "K", "ROW_STATS", "HAS_BIAS", "ACTIVATION", "HAS_RESIDUAL"]
@@ -300,11 +300,8 @@ def _gemm_variant(dtype, row_stats, activation, has_bias, has_residual, even_k, 
     }  # fmt: skip
     for name in constexprs:
         sig.setdefault(name, "constexpr")
-    # the ViT presets' launches: QKV without activation, FC1 with GELU (exact erf) or, in a SwiGLU MLP, its gate;
-    # residual GEMMs with bias
-    vit_activation = 1 if op == "ln_linear" else 0
     return {"fn": jit_fn(fused_gemm_kernel), "signature": sig, "constexprs": constexprs,
             "num_warps": warps, "num_stages": stages, "divisible": GEMM_DIVISIBLE, "op": op, "main_loop": "gemm",
             "tables": gemm_families(tile, elem, kind),
-            "vit": gemm_vit_launches(op, tile, elem, even_k, when=lambda cfg: has_bias and activation == (
-                SWIGLU if cfg.mlp_type == "swiglu" and op == "ln_linear" else vit_activation))}
+            "vit": gemm_vit_launches(op, tile, elem, even_k,
+                                     when=lambda cfg: has_bias and activation == preset_activation(op, cfg))}

@@ -22,7 +22,8 @@ import triton
 import triton.language as tl
 
 from ._common import (FAMILY_SMEM, GEMM_DIVISIBLE, SWIGLU, TL_SIG, check, gemm_vit_launches, is_interpreting,
-                      jit_fn, m_bucket, shared_memory_bytes, upcast_needed)
+                      jit_fn, m_bucket, preset_activation, shared_memory_bytes, swiglu_accumulators_fit,
+                      upcast_needed)
 from .gemm import gated_epilogue_math, grouped_tile, switch_combos
 
 ENGINE_ENV = "VITFAST_GEMM_ENGINE"  # auto (default) | tma | pointer: pick the GEMM engine, e.g. to compare them
@@ -56,15 +57,15 @@ def smem_estimate(bm, bn, bk, stages, epi_split, has_residual, elem=2, swiglu=Fa
     return stages * (bm + bn * (2 if swiglu else 1)) * bk * elem + epi
 
 
-# SwiGLU's gate and up accumulators: at most 128 fp32 accumulator registers per thread (the plain table's ceiling,
-# 128x256 with 8 warps), and not these rows, which the static report shows spilling on sm_90 (triton 3.9).
+# SwiGLU's gate and up accumulators (beyond _common.swiglu_accumulators_fit): these rows spill on sm_90 (the static
+# report, triton 3.9).
 SWIGLU_TMA_SPILLS = {(128, 128, 64, 8, 4, 1): "24 B"}
 
 
 def tile_allowed(tile, smem, has_residual=False, swiglu=False, elem=2) -> bool:
     """The prune's rule for one HOPPER_TMA row (BLOCK_M <= M aside)."""
     bm, bn, bk, warps, stages, epi = tile
-    if swiglu and (2 * bm * bn > 128 * 32 * warps or tuple(tile) in SWIGLU_TMA_SPILLS):
+    if swiglu and (not swiglu_accumulators_fit(bm, bn, warps) or tuple(tile) in SWIGLU_TMA_SPILLS):
         return False
     return smem_estimate(bm, bn, bk, stages, epi, has_residual, elem, swiglu) <= smem
 
@@ -303,9 +304,8 @@ def _variant(dtype, row_stats, activation, has_bias, has_residual, tile, op, num
         sig.setdefault(name, "constexpr")
     elem = torch.empty((), dtype=dtype).element_size()
     fits = tile_allowed(tile, FAMILY_SMEM["hopper"], has_residual, activation == SWIGLU, elem)
-    vit_activation = 1 if op == "ln_linear" else 0  # the presets: QKV plain, FC1 exact GELU, residual with bias
     return {"fn": jit_fn(tma_gemm_kernel), "signature": sig, "constexprs": constexprs, "num_warps": warps,
             "num_stages": stages, "divisible": GEMM_DIVISIBLE, "op": op, "main_loop": "gemm",
             "tables": ("hopper",) if fits else (),
-            "vit": gemm_vit_launches(op, tile[:5], elem, None, when=lambda cfg: has_bias and activation == (
-                SWIGLU if cfg.mlp_type == "swiglu" and op == "ln_linear" else vit_activation))}
+            "vit": gemm_vit_launches(op, tile[:5], elem, None,
+                                     when=lambda cfg: has_bias and activation == preset_activation(op, cfg))}
