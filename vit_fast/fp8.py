@@ -133,10 +133,6 @@ def quantized_linears(model) -> dict:
     return found
 
 
-def is_quantized(model) -> bool:
-    return any(isinstance(m, Fp8Linear) for m in model.modules())
-
-
 def quantize(model, scheme: str = "fp8"):
     """Convert `model` (a vit_fast VisionTransformer) in place to FP8 weights and return it. Idempotent.
     The weights are quantized from their current values (any float dtype) in fp32; the bf16/fp32 copies are

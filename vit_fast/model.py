@@ -383,18 +383,14 @@ class VisionTransformer(nn.Module):
 
     def _resolve_backend(self, device: torch.device) -> str:
         """The backend that runs inputs on `device` (backends.resolve); an FP8 model's "auto" falls back to the
-        torch emulation on a GPU without FP8 tensor cores. Whether the model is FP8 is cached (quantize clears it)."""
-        fp8 = self._cache.get("is_fp8")
-        if fp8 is None:
-            fp8 = self._cache["is_fp8"] = self.is_fp8
-        return backends.resolve(self._backend, device, self.pos_embed.dtype, fp8=fp8)
+        torch emulation on a GPU without FP8 tensor cores."""
+        return backends.resolve(self._backend, device, self.pos_embed.dtype, fp8=self.is_fp8)
 
     @property
     def is_fp8(self) -> bool:
-        import sys
-
-        fp8 = sys.modules.get(__package__ + ".fp8")  # never imported: nothing was quantized (and the kernels, which
-        return fp8 is not None and fp8.is_quantized(self)  # it imports, stay unloaded for a plain model)
+        # quantize() converts the four GEMMs of every block at once (to vit_fast.fp8.Fp8Linear): one look suffices,
+        # without importing the fp8 module (and the kernels) for a plain model
+        return not isinstance(self.blocks[0].attn.qkv, nn.Linear)
 
     def extra_repr(self) -> str:
         return f"backend={self._backend!r}"

@@ -79,11 +79,7 @@ FP8_NAMES = ("fp8", "float8", "float8_e4m3fn")
 
 
 def _is_fp8(dtype) -> bool:
-    if isinstance(dtype, str):
-        return dtype in FP8_NAMES
-    from kernels._common import FP8_DTYPE
-
-    return dtype is FP8_DTYPE
+    return dtype in FP8_NAMES if isinstance(dtype, str) else dtype is torch.float8_e4m3fn
 
 
 def _check_fp8_device(device: torch.device, backend: str, why: str = "dtype 'fp8'") -> None:
@@ -115,11 +111,12 @@ class Predictor:
             raise ValueError(f"max_batch_size must be a positive int, got {max_batch_size!r}")
         self.device = _default_device(device)
         # dtype="fp8": FP8 weights for the encoder GEMMs (vit_fast.quantize); activations stay in the default dtype
-        self.fp8 = _is_fp8(dtype) or bool(getattr(model, "is_fp8", False))  # asked for, or an FP8 checkpoint
+        asked = _is_fp8(dtype)
+        self.fp8 = asked or bool(getattr(model, "is_fp8", False))  # asked for, or an FP8 checkpoint
         if self.fp8:
             _check_fp8_device(self.device, getattr(model, "backend", "auto"),
-                              "dtype 'fp8'" if _is_fp8(dtype) else "an FP8 model")
-        self.dtype = _default_dtype(None if _is_fp8(dtype) else dtype, self.device)
+                              "dtype 'fp8'" if asked else "an FP8 model")
+        self.dtype = _default_dtype(None if asked else dtype, self.device)
         self.model = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
         if self.fp8:
             from .fp8 import quantize

@@ -76,7 +76,13 @@ def _ln_then(model, norm, linear, tokens, eps, **kwargs):
     return kernels.ln_linear_folded(tokens, eps, _folded(model, norm, linear), activation=kwargs["activation"])
 
 
-def _block(model, block, tokens: torch.Tensor, eps: float, activation: str, swiglu: bool, keep: int) -> torch.Tensor:
+def fc1_activation(cfg) -> str:
+    """FC1's epilogue: the model's activation, or SwiGLU's gate on the packed (2H) FC1 (the kernel stores the gated
+    (.., H) hidden rows, which FC2 reads)."""
+    return "swiglu" if cfg.mlp_type == "swiglu" else cfg.act_layer
+
+
+def _block(model, block, tokens: torch.Tensor, eps: float, activation: str, keep: int) -> torch.Tensor:
     """One encoder block; `keep` > 0 computes the outputs of the first `keep` tokens only."""
     attn, mlp = block.attn, block.mlp
     qkv = _ln_then(model, block.norm1, attn.qkv, tokens, eps, num_heads=attn.num_heads)
@@ -93,8 +99,6 @@ def _block(model, block, tokens: torch.Tensor, eps: float, activation: str, swig
     tokens = kernels.linear_residual(ctx, attn.proj.weight, attn.proj.bias, tokens, weight_scale=_scale(attn.proj),
                                      x_amax=ctx_amax)
     amax = None
-    if swiglu:  # packed fc1 (2H rows): FC1's epilogue applies the gate and stores the (.., H) hidden rows
-        activation = "swiglu"
     if _scale(mlp.fc1) is not None and _scale(mlp.fc2) is not None:
         # FP8 MLP: FC1's epilogue records max |hidden| per token, so FC2 quantizes its input rows in its main loop
         hidden, amax = _ln_then(model, block.norm2, mlp.fc1, tokens, eps, activation=activation,
@@ -112,11 +116,10 @@ def _states(model, x: torch.Tensor, is_uint8: bool, keep_last: int = 0, collect:
     tokens = _embed(model, x, is_uint8)
     if cfg.pre_norm:
         tokens = kernels.layer_norm(tokens, model.norm_pre.weight, model.norm_pre.bias, eps)
-    swiglu = cfg.mlp_type == "swiglu"
     states = [tokens]
     last = len(model.blocks) - 1
     for i, block in enumerate(model.blocks):
-        tokens = _block(model, block, tokens, eps, cfg.act_layer, swiglu, keep_last if i == last else 0)
+        tokens = _block(model, block, tokens, eps, fc1_activation(cfg), keep_last if i == last else 0)
         if collect:
             states.append(tokens)
     return states if collect else tokens

@@ -115,5 +115,4 @@ def restore_fp8(model, quantized: dict, record, source: str):
         layer = model.get_submodule(name)
         layer.weight_bits.copy_(w.view(torch.uint8))
         layer.scale_bits.copy_(s.view(torch.int32))
-    model._cache.clear()
     return model.to(DTYPES[record["dtype"]])

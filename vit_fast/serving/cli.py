@@ -68,12 +68,15 @@ def _check_model(args) -> None:
         reason = triton_unavailable_reason(None if args.device is None else torch.device(args.device))
         if reason:
             raise Refused(f"--backend triton cannot run: {reason}")
-    if local:  # FP8 kernels on a GPU older than sm_89: the replicas would fail one by one inside Ray
-        refusal, note = fp8_cli_check(args.backend, args.device, args.dtype)
+    def check_fp8(why):  # FP8 kernels on a GPU older than sm_89: the replicas would fail one by one inside Ray
+        refusal, note = fp8_cli_check(args.backend, args.device, "fp8", why=why)
         if refusal:
             raise Refused(refusal)
         if note:  # the replicas' own warning stays in Ray's logs
             print(f"vit-fast: warning: {note}", file=sys.stderr)
+
+    if local and args.dtype == "fp8":
+        check_fp8("--dtype fp8")
     if args.checkpoint is None:
         try:
             vit_fast.get_config(args.model)  # an unknown preset name lists the known ones
@@ -94,12 +97,7 @@ def _check_model(args) -> None:
 
         raise Refused(f"cannot load --checkpoint {args.checkpoint}: {one_line(e)}") from None
     if local and model.is_fp8 and args.dtype != "fp8":  # an FP8 checkpoint: the same checks as --dtype fp8
-        refusal, note = fp8_cli_check(args.backend, args.device, "fp8",
-                                      why=f"--checkpoint {args.checkpoint} (an FP8 model)")
-        if refusal:
-            raise Refused(refusal)
-        if note:
-            print(f"vit-fast: warning: {note}", file=sys.stderr)
+        check_fp8(f"--checkpoint {args.checkpoint} (an FP8 model)")
 
 
 def _check_port(host: str, port: int) -> None:

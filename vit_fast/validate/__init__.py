@@ -101,9 +101,9 @@ def _check_args(args) -> dict:
         reason = ("the Triton kernels need a CUDA GPU and this machine has none (TRITON_INTERPRET=1 runs them in "
                   "Triton's CPU interpreter: slow, for a tiny model)")
     if reason is None and args.dtype == "fp8":
-        from kernels._common import fp8_unsupported_reason
+        from ..backends import fp8_unavailable_reason
 
-        reason = fp8_unsupported_reason(device)  # a GPU older than sm_89: no FP8 tensor cores
+        reason = fp8_unavailable_reason(device)  # a GPU older than sm_89: no FP8 tensor cores
     fallback = "the FP8 torch emulation with PyTorch's sdpa" if args.dtype == "fp8" else "PyTorch's sdpa"
     checked["kernel_reason"] = None if reason is None else f"{reason}; the whole model below is {fallback}"
     return checked

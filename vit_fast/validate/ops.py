@@ -20,6 +20,7 @@ import kernels
 
 from ..fp8 import ACTIVATIONS as EPILOGUE_ACTIVATIONS
 from ..numerics import KERNEL_TOL, Budget, kernel_budget, within_tol
+from ..triton_path import fc1_activation
 
 # requested dtype name -> the dtype a bf16/fp16/fp32 op computes in. Under "fp8", ops that stay bf16 in an FP8
 # model (patch embedding, attention, the final LayerNorm) are checked in bf16.
@@ -75,13 +76,6 @@ def _cast(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tenso
     return None if t is None else t.detach().to(dtype).contiguous()
 
 
-def _mlp_activation(model) -> str:
-    """The FC1 epilogue the triton path runs: the model's activation, or SwiGLU's gate on the packed (2H) FC1 (the
-    kernel stores the gated (.., H) hidden rows, which FC2 reads)."""
-    cfg = model.config
-    return "swiglu" if cfg.mlp_type == "swiglu" else cfg.act_layer
-
-
 def _act(y: torch.Tensor, activation: str) -> torch.Tensor:
     return EPILOGUE_ACTIVATIONS[activation](y)
 
@@ -120,7 +114,7 @@ def _fc1_inputs(a: Activations, dtype):
     blk = a.blk
     return dict(x=_cast(a.tokens1, dtype), g=_cast(blk.norm2.weight, dtype), b=_cast(blk.norm2.bias, dtype),
                 eps=blk.norm2.eps, w=_cast(blk.mlp.fc1.weight, dtype), bias=_cast(blk.mlp.fc1.bias, dtype),
-                activation=_mlp_activation(a.model))
+                activation=fc1_activation(a.model.config))
 
 
 def _fc2_inputs(a: Activations, dtype):
