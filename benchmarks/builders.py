@@ -70,8 +70,6 @@ def static_skip_reason(backend: str, device: torch.device) -> Optional[str]:
     return None
 
 
-
-
 def input_dtype(dtype: torch.dtype) -> torch.dtype:
     """Images and activations of a row: bfloat16 for the float8 rows (only the GEMM weights/operands are FP8)."""
     return torch.bfloat16 if dtype == FP8 else dtype

@@ -21,7 +21,10 @@ def _run(cmd: list[str], cwd=None) -> str | None:
 
 
 def git_commit() -> str:
-    return _run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT) or "unknown"
+    """The measured source's commit ("+changes" for an edited tree; vit_fast.provenance)."""
+    from vit_fast.provenance import source_commit
+
+    return source_commit()
 
 
 def device_name(device) -> str:

@@ -34,12 +34,17 @@ def quantize_rows(x: torch.Tensor) -> tuple:
     Triton kernel: amax = max(|row|, 1e-12), q = clamp(x · (448 / amax), ±448) rounded to nearest even,
     scale = amax / 448."""
     x = x.float()
+    inv, scale = row_scales(x)
+    q = (x * inv.unsqueeze(-1)).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    return q, scale
+
+
+def row_scales(x: torch.Tensor) -> tuple:
+    """(448 / amax, amax / 448) per row of fp32 x, amax = max(|row|, AMAX_FLOOR): quantize_rows' two scales."""
     amax = x.abs().amax(dim=-1).clamp_min(AMAX_FLOOR)
     # tensor / tensor: torch computes `scalar / tensor` as scalar · (1 / tensor), one rounding more than the kernel
     fp8_max = torch.full_like(amax, FP8_MAX)
-    inv = fp8_max / amax
-    q = (x * inv.unsqueeze(-1)).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
-    return q, amax / fp8_max
+    return fp8_max / amax, amax / fp8_max
 
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -123,11 +128,15 @@ class Fp8Linear(nn.Module):
                 "weight=float8_e4m3fn (per-channel scales), activations=per-token float8_e4m3fn")
 
 
+# the GEMMs FP8 covers in every block, by kind: their paths inside the block
+GEMMS = {"qkv": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
+
+
 def quantized_linears(model) -> dict:
-    """name -> nn.Linear of the GEMMs FP8 covers (QKV, out-projection, FC1, FC2 of every block)."""
+    """name -> (parent module, attribute) of the GEMMs FP8 covers (GEMMS, in every block)."""
     found = {}
     for i, block in enumerate(model.blocks):
-        for path in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"):
+        for path in GEMMS.values():
             parent_path, _, leaf = path.rpartition(".")
             found[f"blocks.{i}.{path}"] = (block.get_submodule(parent_path), leaf)
     return found

@@ -31,13 +31,14 @@ import copy
 import json
 import math
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from .provenance import source_commit
 
 OUTLIER_CHANNELS = 3
 OUTLIER_GAIN = 50.0
@@ -137,7 +138,7 @@ def _train(model, size, gen, steps: int, batch: int, after_step=None) -> list:
     return losses
 
 
-def build_trained(name: str, outliers: bool, seed: int, steps: int | None = None, batch: int | None = None):
+def build_trained(name: str, outliers: bool, seed: int, steps: int | None = None):
     """(model, image size, training record): trained on task_images from the preset's own initialization, then
     half as long again. An outlier model gets its outlier channels between the two phases and keeps them fixed in
     the second, so that it works with them (as trained ViTs do) and they keep their size; both kinds see the same
@@ -145,7 +146,7 @@ def build_trained(name: str, outliers: bool, seed: int, steps: int | None = None
     model, size = _create(name, outliers, seed, TASK_CLASSES)
     gen = torch.Generator().manual_seed(seed + 2000)
     default_steps, default_batch = MODELS[name][3]
-    steps, batch = steps or default_steps, batch or default_batch
+    steps, batch = steps or default_steps, default_batch
     start = time.time()
     losses = _train(model, size, gen, steps, batch)
     restore = _add_outliers(model, gen, task_images(64, size, gen)[0]) if outliers else None
@@ -190,9 +191,8 @@ def per_tensor_activations():
     per_row = fp8.quantize_rows
 
     def per_tensor(x):
-        q, _ = per_row(x.reshape(1, -1))
-        scale = x.float().abs().max().clamp_min(fp8.AMAX_FLOOR) / fp8.FP8_MAX
-        return q.reshape(x.shape), scale.expand(x.shape[:-1]).contiguous()
+        q, scale = per_row(x.reshape(1, -1))
+        return q.reshape(x.shape), scale.expand(x.shape[:-1])
 
     fp8.quantize_rows = per_tensor
     try:
@@ -201,15 +201,24 @@ def per_tensor_activations():
         fp8.quantize_rows = per_row
 
 
+def db(signal: float, noise: float) -> float:
+    """10 log10(signal / noise): an SQNR from two energies (inf without noise)."""
+    return math.inf if noise == 0 else 10 * math.log10(signal / noise)
+
+
 def sqnr_db(out: torch.Tensor, ref: torch.Tensor) -> float:
     """10 log10(||ref||² / ||out - ref||²) in float64."""
     out, ref = out.double(), ref.double()
-    noise = (out - ref).pow(2).sum().item()
-    return math.inf if noise == 0 else 10 * math.log10(ref.pow(2).sum().item() / noise)
+    return db(ref.pow(2).sum().item(), (out - ref).pow(2).sum().item())
 
 
 def top1(out: torch.Tensor, ref: torch.Tensor) -> float:
     return (out.argmax(-1) == ref.argmax(-1)).double().mean().item()
+
+
+def agreement(out: torch.Tensor, ref: torch.Tensor) -> dict:
+    """Logits SQNR and top-1 agreement of `out` against `ref`."""
+    return {"sqnr_db": sqnr_db(out, ref), "top1_agree": top1(out, ref)}
 
 
 def outlier_ratios(model, x: torch.Tensor) -> list:
@@ -223,7 +232,7 @@ def outlier_ratios(model, x: torch.Tensor) -> list:
 
 
 @torch.no_grad()
-def _logits_and_embeddings(model, x: torch.Tensor, batch: int) -> tuple:
+def logits_and_embeddings(model, x: torch.Tensor, batch: int) -> tuple:
     logits, embeddings = [], []
     for chunk in x.split(batch):
         emb = model.forward_head(model.forward_features(chunk.to(next(model.parameters()).dtype)), pre_logits=True)
@@ -238,22 +247,21 @@ def compare(model, x: torch.Tensor, batch: int = 64) -> dict:
     from .fp8 import quantize
 
     fp8 = quantize(copy.deepcopy(model), "fp8")
-    fp32, e32 = _logits_and_embeddings(model, x, batch)
-    b16, _ = _logits_and_embeddings(copy.deepcopy(model).to(torch.bfloat16), x, batch)
-    f8, e8 = _logits_and_embeddings(fp8, x, batch)
+    fp32, e32 = logits_and_embeddings(model, x, batch)
+    b16, _ = logits_and_embeddings(copy.deepcopy(model).to(torch.bfloat16), x, batch)
+    f8, e8 = logits_and_embeddings(fp8, x, batch)
     with per_tensor_activations():
-        f8t, _ = _logits_and_embeddings(fp8, x, batch)
+        f8t, _ = logits_and_embeddings(fp8, x, batch)
     top2 = fp32.topk(2, dim=-1).values
     return {
         "logits": {"fp32": fp32, "bf16": b16, "fp8": f8, "fp8_per_tensor": f8t},
         "fp32_distinct_top1_classes": int(fp32.argmax(-1).unique().numel()),
         "fp32_median_top1_margin": (top2[:, 0] - top2[:, 1]).median().item(),
-        "fp8_vs_fp32": {"sqnr_db": sqnr_db(f8, fp32), "top1_agree": top1(f8, fp32),
-                        "embedding_sqnr_db": sqnr_db(e8, e32),
+        "fp8_vs_fp32": {**agreement(f8, fp32), "embedding_sqnr_db": sqnr_db(e8, e32),
                         "embedding_min_cosine": F.cosine_similarity(e8, e32, dim=-1).min().item()},
-        "fp8_vs_bf16": {"sqnr_db": sqnr_db(f8, b16), "top1_agree": top1(f8, b16)},
-        "bf16_vs_fp32": {"sqnr_db": sqnr_db(b16, fp32), "top1_agree": top1(b16, fp32)},
-        "fp8_per_tensor_vs_fp32": {"sqnr_db": sqnr_db(f8t, fp32), "top1_agree": top1(f8t, fp32)},
+        "fp8_vs_bf16": agreement(f8, b16),
+        "bf16_vs_fp32": agreement(b16, fp32),
+        "fp8_per_tensor_vs_fp32": agreement(f8t, fp32),
     }
 
 
@@ -264,19 +272,26 @@ def _config(model, size) -> dict:
             "num_classes": cfg.num_classes}
 
 
-def measure(name: str, outliers: bool, n_images: int = 256, seed: int = 0, batch: int = 64,
-            setting: str = "random", steps: int | None = None) -> dict:
-    """One row: the model of `setting` ("trained" or "random") measured on `n_images` fresh random images."""
+def model_and_images(name: str, outliers: bool, n_images: int, seed: int, setting: str, steps: int | None = None):
+    """(model, image size, images, labels, training record) of one row: the trained model and fresh task images,
+    or the random-probe model and random images (labels and record None)."""
     if setting not in SETTINGS:
         raise ValueError(f"setting must be one of {SETTINGS}, got {setting!r}")
     gen = torch.Generator().manual_seed(seed + 1)
-    row = {"model": name, "setting": setting, "outliers": outliers, "images": n_images}
     if setting == "trained":
-        model, size, row["train"] = build_trained(name, outliers, seed, steps=steps)
-        x, labels = task_images(n_images, size, gen)
-    else:
-        model, size = build_random(name, outliers, seed)
-        x, labels = images(n_images, size, gen), None
+        model, size, train = build_trained(name, outliers, seed, steps=steps)
+        return (model, size, *task_images(n_images, size, gen), train)
+    model, size = build_random(name, outliers, seed)
+    return model, size, images(n_images, size, gen), None, None
+
+
+def measure(name: str, outliers: bool, n_images: int = 256, seed: int = 0, batch: int = 64,
+            setting: str = "random", steps: int | None = None) -> dict:
+    """One row: the model of `setting` ("trained" or "random") measured on `n_images` fresh random images."""
+    model, size, x, labels, train = model_and_images(name, outliers, n_images, seed, setting, steps)
+    row = {"model": name, "setting": setting, "outliers": outliers, "images": n_images}
+    if train is not None:
+        row["train"] = train
     row["config"] = _config(model, size)
     with torch.no_grad():
         row["residual_outlier_ratios"] = outlier_ratios(model, x[:64])
@@ -363,24 +378,6 @@ def main(argv=None) -> int:
         print(markdown_table(result, setting))
     print(f"wrote {out}")
     return 0
-
-
-def source_commit() -> str:
-    """The git commit of this source tree (with "+changes" when tracked files differ from it), or "unknown" when
-    vit_fast does not sit at the top of a git checkout (e.g. installed into a venv inside some other repository)."""
-    root = Path(__file__).resolve().parents[1]
-
-    def git(*cmd):
-        return subprocess.run(["git", *cmd], cwd=root, capture_output=True, text=True, timeout=20)
-
-    try:
-        top, head = git("rev-parse", "--show-toplevel"), git("rev-parse", "HEAD")
-        if top.returncode or head.returncode or Path(top.stdout.strip()).resolve() != root:
-            return "unknown"
-        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return head.stdout.strip() + ("+changes" if dirty else "")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import platform
 import sys
 import time
@@ -40,8 +39,9 @@ import torch.nn.functional as F
 
 from . import fp8
 from . import fp8_accuracy as acc
+from .provenance import source_commit
 
-KINDS = {"qkv": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
+KINDS = fp8.GEMMS
 MODES = {"w": (True, False), "a": (False, True), "both": (True, True)}  # (weights in e4m3, activations in e4m3)
 
 
@@ -59,13 +59,8 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 def _rows_limit(x: torch.Tensor) -> torch.Tensor:
     """x rounded to 3 mantissa bits at the scale quantize_rows picks for each row, without e4m3's exponent range:
     what the recipe would store if the format had no subnormals and no saturation (its SQNR bounds the real one)."""
-    amax = x.float().abs().amax(dim=-1, keepdim=True).clamp_min(fp8.AMAX_FLOOR)  # quantize_rows' arithmetic
-    fp8_max = torch.full_like(amax, fp8.FP8_MAX)
-    return mantissa_limit(x.float() * (fp8_max / amax)) * (amax / fp8_max)
-
-
-def _db(signal: float, noise: float) -> float:
-    return math.inf if noise == 0 else 10 * math.log10(signal / noise)
+    inv, scale = fp8.row_scales(x.float())
+    return mantissa_limit(x.float() * inv[..., None]) * scale[..., None]
 
 
 class PartialFp8Linear(nn.Module):
@@ -156,7 +151,7 @@ def with_weight_draw(model, seed: int):
         for (parent, leaf), (dense_parent, _) in zip(_layers(out, kind), _layers(model, kind)):
             layer, w = getattr(parent, leaf), getattr(dense_parent, leaf).weight.detach().float()
             shift = 2.0 ** torch.rand(w.shape[0], generator=gen)
-            scale = w.abs().amax(dim=1).clamp_min(fp8.AMAX_FLOOR) / fp8.FP8_MAX * shift
+            scale = fp8.row_scales(w)[1] * shift
             q = (w / scale[:, None]).clamp(-fp8.FP8_MAX, fp8.FP8_MAX).to(fp8.FP8_DTYPE)
             layer.weight_bits.copy_(q.view(torch.uint8))
             layer.scale_bits.copy_(scale.view(torch.int32))
@@ -196,53 +191,45 @@ def gemm_budget(model, x: torch.Tensor, batch: int = 64) -> dict:
     out = {}
     for kind, s in sums.items():
         out[kind] = {
-            "activation_sqnr_db": _db(s["a"], s["a_noise"]), "activation_limit_db": _db(s["a"], s["a_limit"]),
-            "weight_sqnr_db": _db(s["w"], s["w_noise"]), "weight_limit_db": _db(s["w"], s["w_limit"]),
-            "output_sqnr_db": {m: _db(s["y"], s[f"y_{m}"]) for m in MODES},
-            "output_predicted_db": {"w": _db(s["y"], s["pred_w"]), "a": _db(s["y"], s["pred_a"]),
-                                    "both": _db(s["y"], s["pred_w"] + s["pred_a"])},
+            "activation_sqnr_db": acc.db(s["a"], s["a_noise"]), "activation_limit_db": acc.db(s["a"], s["a_limit"]),
+            "weight_sqnr_db": acc.db(s["w"], s["w_noise"]), "weight_limit_db": acc.db(s["w"], s["w_limit"]),
+            "output_sqnr_db": {m: acc.db(s["y"], s[f"y_{m}"]) for m in MODES},
+            "output_predicted_db": {"w": acc.db(s["y"], s["pred_w"]), "a": acc.db(s["y"], s["pred_a"]),
+                                    "both": acc.db(s["y"], s["pred_w"] + s["pred_a"])},
         }
     return out
 
 
-def _vs(out: torch.Tensor, ref: torch.Tensor) -> dict:
-    return {"sqnr_db": acc.sqnr_db(out, ref), "top1_agree": acc.top1(out, ref)}
-
-
-@torch.no_grad()
 def _logits(model, x: torch.Tensor, batch: int) -> torch.Tensor:
-    return torch.cat([model(chunk).float() for chunk in x.split(batch)])
+    return acc.logits_and_embeddings(model, x, batch)[0]
 
 
 def logits_budget(model, x: torch.Tensor, batch: int = 64, draws: int = 0) -> dict:
     """Logits against fp32: each kind alone in FP8 per mode, all four per mode, QKV's activation error on q, k or v
     alone, and `draws` weight rounding draws."""
     ref = _logits(model, x, batch)
-    out = {kind: {m: _vs(_logits(with_fp8(model, (kind,), m), x, batch), ref) for m in MODES} for kind in KINDS}
-    out["all"] = {m: _vs(_logits(with_fp8(model, KINDS, m), x, batch), ref) for m in MODES}
-    out["qkv_activation_error_on"] = {name: _vs(_logits(with_qkv_part(model, i), x, batch), ref)
+    out = {kind: {m: acc.agreement(_logits(with_fp8(model, (kind,), m), x, batch), ref) for m in MODES} for kind in KINDS}
+    out["all"] = {m: acc.agreement(_logits(with_fp8(model, KINDS, m), x, batch), ref) for m in MODES}
+    out["qkv_activation_error_on"] = {name: acc.agreement(_logits(with_qkv_part(model, i), x, batch), ref)
                                       for i, name in enumerate("qkv")}
     if draws:
-        rows = [_vs(_logits(with_weight_draw(model, seed), x, batch), ref) for seed in range(draws)]
+        rows = [acc.agreement(_logits(with_weight_draw(model, seed), x, batch), ref) for seed in range(draws)]
         out["weight_draws"] = {"draws": rows, **{f"mean_{k}": sum(r[k] for r in rows) / draws for k in rows[0]},
                                **{f"min_{k}": min(r[k] for r in rows) for k in rows[0]},
                                **{f"max_{k}": max(r[k] for r in rows) for k in rows[0]}}
     return out
 
 
+OPERAND_IMAGES = 256  # images whose GEMM inputs the operand and GEMM-output budget sums over
+
+
 def budget_row(name: str, outliers: bool, n_images: int = 2048, seed: int = 0, setting: str = "trained",
-               draws: int = 8, operand_images: int = 256, steps: int | None = None) -> dict:
+               draws: int = 8) -> dict:
     """One model of fp8_accuracy (the same model and images as its row for these arguments), taken apart."""
-    gen = torch.Generator().manual_seed(seed + 1)
-    if setting == "trained":
-        model, size, _ = acc.build_trained(name, outliers, seed, steps=steps)
-        x, _ = acc.task_images(n_images, size, gen)
-    else:
-        model, size = acc.build_random(name, outliers, seed)
-        x = acc.images(n_images, size, gen)
+    model, _, x, _, _ = acc.model_and_images(name, outliers, n_images, seed, setting)
     return {"model": name, "setting": setting, "outliers": outliers, "images": n_images,
-            "gemms": gemm_budget(model, x[:operand_images]), "logits": logits_budget(model, x, draws=draws),
-            "attention": attention_sharpness(model, x[:operand_images])}
+            "gemms": gemm_budget(model, x[:OPERAND_IMAGES]), "logits": logits_budget(model, x, draws=draws),
+            "attention": attention_sharpness(model, x[:OPERAND_IMAGES])}
 
 
 def markdown_table(row: dict) -> str:
@@ -308,7 +295,7 @@ def main(argv=None) -> int:
               f"--images >= 1 and --draws >= 0, got models={names} setting={args.setting!r} images={args.images} "
               f"draws={args.draws}", file=sys.stderr)
         return 2
-    start, commit = time.time(), acc.source_commit()  # the source measured
+    start, commit = time.time(), source_commit()  # the source measured
     rows = []
     for name in names:
         row = budget_row(name, not args.no_outliers, args.images, args.seed, args.setting, args.draws)
