@@ -3,6 +3,7 @@ Hugging Face) on the same weights and inputs, and reports throughput, latency, T
 
 Entry points: `python -m benchmarks` (cli.py), `python -m benchmarks.report DIR` (report.py),
 `python -m benchmarks.readme` (readme.py), `pytest benchmarks/` (kernel microbenchmarks),
-`benchmarks/gpu_steps.sh STEP` on a GPU machine, one command per step inside a 10-minute limit (the GPU test
-subset, headline.py, breakdown.py, grid slices, merge; NOTES.md, "GPU session plan").
+`benchmarks/gpu_steps.sh lease SECONDS` on a GPU machine: the GPU test subset, headline.py, breakdown.py and the grid
+slices in priority order within one device command (or `gpu_steps.sh STEP` for one of them), and
+`python -m benchmarks.store_lease runs.tar.gz` here to commit what it brought back (NOTES.md, "GPU session plan").
 """

@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# The GPU session, one device command per step (each ends by itself inside 9 minutes and leaves its files even when
-# cut short). Run from the repository root: `bash benchmarks/gpu_steps.sh STEP [ARG]`. Order and expected times are
-# in benchmarks/NOTES.md, "GPU session plan".
+# The GPU session's device commands (each ends by itself inside its limit and leaves its files even when cut short).
+# Run from the repository root: `bash benchmarks/gpu_steps.sh STEP [ARG]`. A 15-minute lease runs `lease` (every step
+# below in priority order, resuming on a warm machine); the single steps are for a lease with time to spare. Order and
+# expected times are in benchmarks/NOTES.md, "GPU session plan".
+#   lease [S [STEP...]] within S seconds (default 560): tests (once per machine), headline (resumed), profile, grid 1-6,
+#                      each skipped when done on this machine or too long for the time left; STEPs (e.g. headline
+#                      profile) pick and order them. Writes $OUT/lease/: runs.tar.gz (every step's
+#                      files so far), lease.log, headline.md, tests.txt
 #   tests              the GPU test subset (tests/gpu_subset.txt), < 3 min, junit + one JSON line per test
-#   headline [ROWS]    B/16 b256 + b1 (CUDA graphs), L/16 b256, H/14 b64: sdpa, vit_fast, compile; row by row
+#   headline [ROWS]    B/16 b256 + b1 (CUDA graphs), FP8 L/16 and H/14 b256, H/14 b64: priority order, row by row
+#                      (RESUME=1: keep the rows a previous call on this machine measured)
 #   profile            per-kernel CUDA time of one B/16 b256 bf16 forward, vit_fast and compile, grouped by layer part
 #   grid N             slice N (1-6) of the rest of the grid; `grid list` prints the slices
 #   merge              merge headline + every grid slice run so far on this machine into one results directory
@@ -12,6 +18,7 @@
 # tool brings back), mirrored into .gpucache/runs/<step>/ so `merge` finds earlier steps of a warm machine.
 # The Triton and Inductor caches live in .gpucache/ (git-ignored, kept between the calls of a warm machine).
 # DRY=1: the same commands at toy sizes on whatever device is there (tests/test_gpu_steps.py runs them on CPU).
+# VITFAST_SOURCE_COMMIT: the commit to record in results (the device's copy of the tree has no .git).
 set -u
 cd "$(dirname "$0")/.."
 STEP=${1:-}
@@ -38,12 +45,12 @@ SLICES=(
 )
 
 usage() {
-    echo "usage: $0 {tests|headline [MODEL:BATCH,...]|profile|grid N|grid list|merge|micro}" >&2
+    echo "usage: $0 {lease [SECONDS [STEP...]]|tests|headline [ROWS]|profile|grid N|grid list|merge|micro}" >&2
     exit 2
 }
 
 case "$STEP" in
-    tests|headline|profile|grid|merge|micro) ;;
+    lease|tests|headline|profile|grid|merge|micro) ;;
     *) usage ;;
 esac
 if [ "$STEP" = grid ]; then
@@ -61,6 +68,7 @@ if [ "$STEP" = grid ]; then
 fi
 
 NAME=$STEP${ARG:+-$ARG}
+[ "$STEP" = lease ] && NAME=lease
 [ "$STEP" = headline ] && NAME=headline${ARG:+-$(echo "$ARG" | tr ':,' '-_')}  # device file names: no ':' or ','
 
 DIR=$OUT_ROOT/$NAME
@@ -73,7 +81,7 @@ START=$(date +%s)
         --format=csv 2>/dev/null || echo "nvidia-smi: not available"
     "$PY" -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__,
               'triton', triton.__version__, 'cuda', torch.cuda.is_available())"
-} 2>&1 | tee "$LOG"
+} 2>&1 | tee $([ "${RESUME:-0}" = 1 ] && echo -a) "$LOG"  # a resumed step keeps its earlier calls' log
 
 run() {  # run LIMIT_S CMD...: the command under a time limit (TERM first: the harness writes what it has)
     local limit=$1
@@ -87,6 +95,59 @@ has() { "$PY" -c "import $1" 2>/dev/null; }
 
 RC=0
 case "$STEP" in
+lease)
+    TOTAL=${ARG:-560}
+    STEPS=${*:3}  # the steps may come as one quoted word or as several
+    STEPS=${STEPS:-tests headline profile grid1 grid2 grid3 grid4 grid5 grid6}
+    case "$TOTAL" in ''|*[!0-9]*) echo "error: lease needs whole seconds, got '$TOTAL'" >&2; exit 2 ;; esac
+    for s in $STEPS; do
+        case "$s" in tests|headline|profile|grid[1-6]|micro) ;;
+            *) echo "error: lease step '$s' is not one of tests headline profile grid1..grid6 micro" >&2; exit 2 ;;
+        esac
+    done
+    END=$(( START + TOTAL ))
+    W=$CACHE/lease-work  # every step's files, kept while the machine stays warm: the next lease resumes from them
+    left() { echo $(( END - $(date +%s) )); }
+    sub() {  # sub NEED_S STEP [ARG]: the step into $W if NEED_S seconds are left (25 s stay for packing)
+        local need=$1
+        shift
+        if [ "$(left)" -lt $(( need + 25 )) ]; then
+            echo "=== lease: $* skipped: $(left) s left, it needs $need s" | tee -a "$LOG"
+            return
+        fi
+        echo "=== lease: $* with $(left) s left" | tee -a "$LOG"
+        OUT=$W T_LIMIT=$(( $(left) - 25 )) bash "$0" "$@" 2>&1 | tee -a "$LOG"
+        local rc=${PIPESTATUS[0]}
+        [ "$RC" = 0 ] && RC=$rc
+    }
+    [ "$("$PY" -c 'from vit_fast.provenance import source_commit; print(source_commit())')" = unknown ] &&
+        echo "=== lease: WARNING: the commit is unknown (no .git here): set VITFAST_SOURCE_COMMIT" | tee -a "$LOG"
+    for s in $STEPS; do
+        case "$s" in
+        tests)  # once per machine: a later lease on the same machine goes on with the benchmarks
+            if [ -f "$W/tests/junit.xml" ]; then echo "=== lease: tests already ran on this machine" | tee -a "$LOG"
+            else T_TESTS=$(( $(left) - 25 < ${T_TESTS:-130} ? $(left) - 25 : ${T_TESTS:-130} )) sub 90 tests; fi ;;
+        headline) T_BUDGET=$(( $(left) - 45 )) RESUME=1 sub 60 headline ;;
+        profile) [ -f "$W/profile/breakdown.json" ] || sub 300 profile ;;
+        grid*) [ -f "$W/grid-${s#grid}/results.json" ] || T_BUDGET=$(( $(left) - 85 )) sub 240 grid "${s#grid}" ;;
+        micro) [ -f "$W/micro/micro.json" ] || sub 300 micro ;;
+        esac
+    done
+    # what comes back: at most 8 files, so every step's directory travels in one archive
+    tar czf "$DIR/runs.tar.gz" -C "$W" . 2>&1 | tee -a "$LOG"
+    [ -f "$W/headline/headline.md" ] && cp "$W/headline/headline.md" "$DIR/"
+    if [ -f "$W/tests/tests.jsonl" ]; then
+        "$PY" - "$W/tests/tests.jsonl" > "$DIR/tests.txt" <<'PY'
+import collections, json, sys
+lines = [json.loads(s) for s in open(sys.argv[1]) if s.strip()]
+print("tests:", dict(collections.Counter(x["outcome"] for x in lines)))
+for x in lines:
+    if x["outcome"] == "failed":
+        print("FAILED", x["nodeid"], "-", (x.get("message") or "").splitlines()[-1:])
+PY
+    fi
+    for f in tests.txt headline.md; do [ -f "$DIR/$f" ] && cat "$DIR/$f"; done
+    ;;
 tests)
     # noisy autotune timings of parallel workers must not be kept for the benchmark steps: if the kernels force
     # cache_results on, the tests compile into a cache of their own
@@ -109,6 +170,7 @@ tests)
 headline)
     ARGS=(--out "$DIR" --time-budget "${T_BUDGET:-450}")
     [ -n "$ARG" ] && ARGS+=(--only "$ARG")
+    [ "${RESUME:-0}" = 1 ] && ARGS+=(--resume)
     [ "$DRY" = 1 ] && ARGS+=(--tiny)
     run "${T_LIMIT:-530}" "$PY" -m benchmarks.headline "${ARGS[@]}"
     ;;
@@ -147,7 +209,7 @@ micro)
     ;;
 esac
 
-if [ "$STEP" != merge ]; then  # keep this step's files on the machine for `merge` and later steps
+if [ "$STEP" != merge ] && [ "$STEP" != lease ]; then  # keep this step's files for `merge` and later steps
     rm -rf "${CACHE:?}/runs/$NAME"
     cp -r "$DIR" "$CACHE/runs/$NAME"
 fi

@@ -1,15 +1,21 @@
-"""The headline comparison, first thing on a GPU and in one run: ViT-B/16 at batch 256 and batch 1 (CUDA graphs),
-then ViT-L/16 at batch 256 and ViT-H/14 at batch 64, bf16, backends sdpa, compile (max-autotune) and vit_fast, with
-the matmul peak measured in the same run.
+"""The headline comparison, first thing on a GPU: rows measured in priority order, each written as soon as it is
+measured, so a run cut short (a 15-minute device lease) still holds the rows that matter most.
 
-Unlike the grid (runner.run_grid), rows run in exactly this order and each row is written as soon as it is
-measured, so a run cut short still holds the rows that matter most. Building, compiling and autotuning stay out of
-the timed region and are reported per row as `first_result_s` (seconds from building the backend to its first
-output at that batch) in setup.json. Files in --out: results.json (the harness schema, mergeable with
-`python -m benchmarks.merge`), setup.json, headline.md (the targets of issue 10, met or not, from the JSON).
+The default order (ROWS): ViT-B/16 at batch 256 (sdpa, vit_fast, compile max-autotune) and batch 1 (CUDA graphs),
+then the FP8 target rows of issue 13 (ViT-L/16 and ViT-H/14 at batch 256, float8 vit_fast beside bf16 vit_fast),
+then ViT-H/14 at batch 64, then the slow compile builds of L/16 and H/14. The matmul peak is measured in the same
+run. Building, compiling and autotuning stay out of the timed region and are reported per row as `first_result_s`
+(seconds from building the backend to its first output at that batch) in setup.json, beside each row's whole
+wall time (`row_s`: the fp32 reference of a model's first row included).
 
-`python -m benchmarks.headline --out DIR [--only vit_b_16:256,...] [--time-budget S]`; `--tiny` shrinks every
-model (CPU smoke test; compile is left out on a CPU unless --backends names it).
+A row starts only when the time budget left covers what such a row took before in this run (or a stated guess,
+START_GUESS_S, before one has run); `--resume` keeps the rows an earlier call measured into the same --out and runs
+the rest with the same seed and peak, so the calls of one lease add up to one run. Files in --out: results.json (the
+harness schema, mergeable with `python -m benchmarks.merge`), setup.json, headline.md (issue 10's and issue 13's
+targets, met or not, from the JSON).
+
+`python -m benchmarks.headline --out DIR [--only MODEL:BATCH[:BACKEND[:DTYPE]],...] [--time-budget S] [--resume]`;
+`--tiny` shrinks every model (CPU smoke test; compile is left out on a CPU unless --backends names it).
 """
 from __future__ import annotations
 
@@ -26,23 +32,48 @@ import torch
 from . import builders, cli, flops, runner, schema, timing
 from . import env as env_mod
 
-ROWS = [("vit_b_16", 256), ("vit_b_16", 1), ("vit_l_16", 256), ("vit_h_14", 64)]
-BACKENDS = ["sdpa", "vit_fast", "compile"]  # compile last per (model, batch): its build is the slowest
-DTYPE = "bfloat16"
+BF16, FP8 = "bfloat16", "float8"
+# (model, batch, dtype, backend), most important first; compile last within each shape (its build is the slowest)
+ROWS = [
+    ("vit_b_16", 256, BF16, "sdpa"), ("vit_b_16", 256, BF16, "vit_fast"), ("vit_b_16", 256, BF16, "compile"),
+    ("vit_b_16", 1, BF16, "vit_fast"), ("vit_b_16", 1, BF16, "sdpa"), ("vit_b_16", 1, BF16, "compile"),
+    ("vit_l_16", 256, BF16, "vit_fast"), ("vit_l_16", 256, FP8, "vit_fast"), ("vit_l_16", 256, BF16, "sdpa"),
+    ("vit_h_14", 256, BF16, "vit_fast"), ("vit_h_14", 256, FP8, "vit_fast"),
+    ("vit_h_14", 64, BF16, "vit_fast"), ("vit_h_14", 64, BF16, "sdpa"),
+    ("vit_l_16", 256, BF16, "compile"), ("vit_h_14", 64, BF16, "compile"),
+]
+BACKENDS = ["sdpa", "vit_fast", "compile"]  # what MODEL:BATCH in --only expands to (bf16)
 TINY = "depth=1,embed_dim=64,num_heads=2,mlp_dim=128"
+# Seconds a row needs before it is started, until one of its kind has run in this run: guesses (nothing measured
+# yet), meant to err long. compile: a max-autotune build per (model, batch); vit_fast: Triton compiles + autotuning.
+START_GUESS_S = {"compile": 150.0, "vit_fast": 60.0}
+START_GUESS_OTHER_S = 20.0
 # issue 10's targets: (model, batch) -> minimum vit_fast speedup over compile
 SPEEDUP_TARGETS = {("vit_b_16", 256): 1.25, ("vit_l_16", 256): 1.2, ("vit_h_14", 64): 1.2}
 MFU_TARGET = ("vit_b_16", 256, 0.60)
 LATENCY_TARGET = ("vit_b_16", 1, 0.5)  # p50 ms with CUDA graphs
+# issue 13's target: (model, batch) -> minimum float8 vit_fast speedup over bf16 vit_fast
+FP8_TARGETS = {("vit_l_16", 256): 1.4, ("vit_h_14", 256): 1.4}
+NOT_RUN = "not run"  # prefix of a row that was never attempted (budget, interruption): --resume runs it again
 
 
 def _rows_arg(text: str) -> list:
+    """MODEL:BATCH (expanded to the --backends in bf16) or MODEL:BATCH:BACKEND[:DTYPE] items, comma-separated."""
     out = []
     for item in filter(None, (t.strip() for t in text.split(","))):
-        model, _, batch = item.partition(":")
-        if not batch.isdigit() or int(batch) < 1:
-            raise argparse.ArgumentTypeError(f"expected MODEL:BATCH (e.g. vit_h_14:64), got {item!r}")
-        out.append((model, int(batch)))
+        parts = item.split(":")
+        if len(parts) not in (2, 3, 4) or not parts[1].isdigit() or int(parts[1]) < 1:
+            raise argparse.ArgumentTypeError(f"expected MODEL:BATCH[:BACKEND[:DTYPE]] (e.g. vit_h_14:64 or "
+                                             f"vit_l_16:256:vit_fast:float8), got {item!r}")
+        backend = parts[2] if len(parts) > 2 else None
+        dtype = parts[3] if len(parts) > 3 else BF16
+        if backend is not None and backend not in schema.BACKENDS:
+            raise argparse.ArgumentTypeError(f"unknown backend {backend!r} in {item!r}; expected one of "
+                                             f"{', '.join(schema.BACKENDS)}")
+        if dtype not in schema.DTYPES:
+            raise argparse.ArgumentTypeError(f"unknown dtype {dtype!r} in {item!r}; expected one of "
+                                             f"{', '.join(schema.DTYPES)}")
+        out.append((parts[0], int(parts[1]), dtype, backend))
     if not out:
         raise argparse.ArgumentTypeError("expected at least one MODEL:BATCH")
     return out
@@ -52,22 +83,26 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.headline", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="directory for results.json, setup.json and headline.md")
     p.add_argument("--only", type=_rows_arg, default=None,
-                   help="MODEL:BATCH list to run instead of the four headline rows (e.g. vit_h_14:64)")
+                   help="rows to run instead of the headline's, in this order: MODEL:BATCH (the --backends, bf16) "
+                        "or MODEL:BATCH:BACKEND[:DTYPE], e.g. vit_h_14:64,vit_l_16:256:vit_fast:float8")
     p.add_argument("--backends", type=cli._csv(str), default=None,
-                   help=f"default {','.join(BACKENDS)} (on a CPU without compile)")
+                   help=f"keep only these backends (MODEL:BATCH items expand to them; default {','.join(BACKENDS)}; "
+                        "on a CPU compile only when named here)")
     p.add_argument("--device", default=None)
     p.add_argument("--repeats", type=int, default=None, help="timed calls per row (default 50 GPU, 2 CPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed calls after the first (default 5 GPU, 1 CPU)")
     p.add_argument("--compile-mode", default="max-autotune")
     p.add_argument("--time-budget", type=float, default=None,
-                   help="seconds; rows not started by then are written as not run")
+                   help="seconds; a row whose kind needs more than what is left is written as not run")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the rows already measured in --out (same seed and peak) and run only the others")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--tiny", action="store_true", help="shrink every model (smoke test of the harness)")
     args = p.parse_args(argv)
     import vit_fast
 
-    rows = args.only or ROWS
-    unknown = sorted({m for m, _ in rows} - set(vit_fast.list_models()))
+    models = {r[0] for r in (args.only or ROWS)}
+    unknown = sorted(models - set(vit_fast.list_models()))
     if unknown:
         p.error(f"unknown models {unknown}; known: {', '.join(vit_fast.list_models())}")
     bad = [b for b in (args.backends or []) if b not in schema.BACKENDS]
@@ -76,35 +111,72 @@ def parse_args(argv=None):
     return args
 
 
-def _settings(args, device: torch.device, models: list, batches: list) -> runner.Settings:
+def plan(args, gpu: bool) -> list:
+    """The (model, batch, dtype, backend) rows of this run, in order: MODEL:BATCH items expand to the --backends
+    (default BACKENDS), and only --backends are kept; on a CPU compile only when --backends names it."""
+    allowed = args.backends or [b for b in schema.BACKENDS if gpu or b != "compile"]
+    rows = []
+    for model, batch, dtype, backend in (args.only or ROWS):
+        for b in ([backend] if backend else (args.backends or BACKENDS)):
+            if b in allowed:
+                rows.append((model, min(batch, 2) if args.tiny else batch, dtype, b))
+    return list(dict.fromkeys(rows))
+
+
+def _settings(args, device: torch.device, rows: list, seed: int) -> runner.Settings:
     gpu = device.type == "cuda"
     return runner.Settings(
-        models=models, batch_sizes=batches, dtypes=[DTYPE], backends=args.backends, device=device,
-        resolution=112 if args.tiny else 224, repeats=args.repeats or (50 if gpu else 2),
+        models=list(dict.fromkeys(r[0] for r in rows)), batch_sizes=sorted({r[1] for r in rows}),
+        dtypes=list(dict.fromkeys(r[2] for r in rows)), backends=list(dict.fromkeys(r[3] for r in rows)),
+        device=device, resolution=112 if args.tiny else 224, repeats=args.repeats or (50 if gpu else 2),
         warmup=args.warmup if args.warmup is not None else (5 if gpu else 1), cuda_graphs=gpu, graph_max_batch=1,
         compile_mode=args.compile_mode if gpu else "default", time_budget=args.time_budget,
-        overrides=cli._overrides(TINY) if args.tiny else {},
-        seed=args.seed if args.seed is not None else random.SystemRandom().randrange(2**31), progress=False)
+        overrides=cli._overrides(TINY) if args.tiny else {}, seed=seed, progress=False)
+
+
+def _key(row: dict) -> tuple:
+    return row["model"], row["batch"], row["dtype"], row["backend"]
 
 
 class Run:
-    """Rows in the order measured, written after each one."""
+    """Rows in the order measured, written after each one (an earlier call's rows first when resuming)."""
 
-    def __init__(self, out: Path, env: dict, peak: float, peak_how: str):
+    def __init__(self, out: Path, env: dict, peak: float, peak_how: str, seed: int, previous=None):
         self.out, self.results = out, {"env": env, "matmul_peak_tflops": peak, "rows": []}
-        self.setup = {"matmul_peak": peak_how, "rows": []}
+        self.setup = {"matmul_peak": peak_how, "seed": seed, "rows": []}
+        if previous:  # the measured rows (and real failures) of earlier calls; their "not run" rows are redone
+            results, setup = previous
+            first = {_key(s): s for s in setup["rows"]}
+            for row in results["rows"]:
+                if not (row["error"] or "").startswith(NOT_RUN):
+                    self.results["rows"].append(row)
+                    self.setup["rows"].append(first[_key(row)])
         self.started = time.monotonic()
 
-    def add(self, row: dict, first_result_s=None, measure_s=None):
-        self.results["rows"].append(row)
+    def done(self) -> set:
+        return {_key(r) for r in self.results["rows"]}
+
+    def add(self, row: dict, first_result_s=None, measure_s=None, row_s=None):
+        self.results["rows"] = [r for r in self.results["rows"] if _key(r) != _key(row)] + [row]
+        self.setup["rows"] = [s for s in self.setup["rows"] if _key(s) != _key(row)]
         self.setup["rows"].append({k: row[k] for k in ("model", "batch", "dtype", "backend")}
-                                  | {"first_result_s": first_result_s, "measure_s": measure_s})
+                                  | {"first_result_s": first_result_s, "measure_s": measure_s, "row_s": row_s})
         self.write()
         what = row["error"] or (f"{row['images_per_s']:,.1f} img/s, p50 {row['latency_ms_p50']:.3f} ms, "
-                                f"MFU {row['mfu']:.1%}, max_rel_err {row['max_rel_err']:.2e}")
+                                f"MFU {_fmt(row['mfu'], '.1%')}, max_rel_err {row['max_rel_err']:.2e}")
         first = f", first result after {first_result_s:.1f} s" if first_result_s is not None else ""
-        print(f"[{time.monotonic() - self.started:7.1f} s] {row['model']} b{row['batch']} {row['backend']}"
-              f"{' (CUDA graphs)' if row['cuda_graphs'] else ''}: {what}{first}", flush=True)
+        print(f"[{time.monotonic() - self.started:7.1f} s] {row['model']} b{row['batch']} {row['dtype']} "
+              f"{row['backend']}{' (CUDA graphs)' if row['cuda_graphs'] else ''}: {what}{first}", flush=True)
+
+    def need_s(self, dtype: str, backend: str) -> float:
+        """Seconds a (dtype, backend) row is expected to take, from the rows of its kind measured so far: every
+        compile row is a new max-autotune build (the longest one seen), while vit_fast's later rows reuse compiled
+        kernels (the shortest one seen); a guess before any has run."""
+        seen = [s["row_s"] for s in self.setup["rows"]
+                if (s["dtype"], s["backend"]) == (dtype, backend) and s.get("row_s") is not None]
+        if not seen:
+            return START_GUESS_S.get(backend, START_GUESS_OTHER_S)
+        return max(seen) if backend == "compile" else min(seen)
 
     def write(self):
         cli.write_json(self.results, self.out / "results.json")
@@ -114,57 +186,83 @@ class Run:
         (self.out / "headline.md").write_text(summary(self.results, self.setup))
 
 
+def _fmt(v, spec):
+    return "—" if v is None else format(v, spec)
+
+
 def _row(key, rows):
-    return next((r for r in rows if (r["model"], r["batch"], r["backend"]) == key and r["error"] is None), None)
+    """The successful row (model, batch, dtype, backend), or None."""
+    return next((r for r in rows if _key(r) == key and r["error"] is None), None)
 
 
 def summary(results: dict, setup: dict) -> str:
-    """The headline table and issue 10's targets, every number read from `results`/`setup`."""
+    """The headline table and issue 10's and 13's targets, every number read from `results`/`setup`."""
     rows = results["rows"]
-    first = {(s["model"], s["batch"], s["backend"]): s["first_result_s"] for s in setup["rows"]}
-    lines = [f"# Headline ({results['env']['gpu']}, {results['env']['date']})", "",
-             f"matmul peak {results['matmul_peak_tflops']:.1f} TFLOP/s ({setup['matmul_peak']})", "",
-             "| model | batch | backend | graphs | img/s | p50 ms | p90 ms | TFLOP/s | MFU | max rel err | top-1 | "
-             "first result s | note |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    f = lambda v, s: "—" if v is None else format(v, s)  # noqa: E731
+    first = {_key(s): s["first_result_s"] for s in setup["rows"]}
+    lines = [f"# Headline ({results['env']['gpu']}, {results['env']['date']}, commit {results['env']['commit']})",
+             "", f"matmul peak {results['matmul_peak_tflops']:.1f} TFLOP/s ({setup['matmul_peak']})", "",
+             "| model | batch | dtype | backend | graphs | img/s | p50 ms | p90 ms | TFLOP/s | MFU | max rel err | "
+             "top-1 | first result s | note |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['batch']} | {r['backend']} | {'yes' if r['cuda_graphs'] else 'no'} | "
-                     f"{f(r['images_per_s'], ',.1f')} | {f(r['latency_ms_p50'], '.3f')} | "
-                     f"{f(r['latency_ms_p90'], '.3f')} | {f(r['tflops'], '.1f')} | {f(r['mfu'], '.1%')} | "
-                     f"{f(r['max_rel_err'], '.2e')} | {f(r['top1_agree'], '.3f')} | "
-                     f"{f(first.get((r['model'], r['batch'], r['backend'])), '.1f')} | {r['error'] or ''} |")
+        lines.append(f"| {r['model']} | {r['batch']} | {r['dtype']} | {r['backend']} | "
+                     f"{'yes' if r['cuda_graphs'] else 'no'} | {_fmt(r['images_per_s'], ',.1f')} | "
+                     f"{_fmt(r['latency_ms_p50'], '.3f')} | {_fmt(r['latency_ms_p90'], '.3f')} | "
+                     f"{_fmt(r['tflops'], '.1f')} | {_fmt(r['mfu'], '.1%')} | {_fmt(r['max_rel_err'], '.2e')} | "
+                     f"{_fmt(r['top1_agree'], '.3f')} | {_fmt(first.get(_key(r)), '.1f')} | {r['error'] or ''} |")
     lines += ["", "## Targets (issue 10)", ""]
 
     def verdict(ok, text):
         lines.append(f"- {'MET' if ok else 'NOT MET'}: {text}")
 
     for (model, batch), target in SPEEDUP_TARGETS.items():
-        fast, comp = _row((model, batch, "vit_fast"), rows), _row((model, batch, "compile"), rows)
+        fast, comp = _row((model, batch, BF16, "vit_fast"), rows), _row((model, batch, BF16, "compile"), rows)
         if fast and comp:
             s = fast["images_per_s"] / comp["images_per_s"]
             verdict(s >= target, f"{model} b{batch}: vit_fast {s:.2f}x compile (target >= {target}x)")
         else:
             lines.append(f"- not measured: {model} b{batch} vit_fast vs compile")
     model, batch, target = MFU_TARGET
-    fast = _row((model, batch, "vit_fast"), rows)
-    if fast:
+    fast = _row((model, batch, BF16, "vit_fast"), rows)
+    if fast and fast["mfu"] is not None:
         verdict(fast["mfu"] >= target, f"{model} b{batch}: vit_fast MFU {fast['mfu']:.1%} of the measured peak "
                                        f"(target >= {target:.0%})")
     model, batch, target = LATENCY_TARGET
-    fast = _row((model, batch, "vit_fast"), rows)
+    fast = _row((model, batch, BF16, "vit_fast"), rows)
     if fast:
         verdict(fast["latency_ms_p50"] <= target and fast["cuda_graphs"],
                 f"{model} b{batch}: vit_fast p50 {fast['latency_ms_p50']:.3f} ms "
                 f"{'with' if fast['cuda_graphs'] else 'WITHOUT'} CUDA graphs (target <= {target} ms)")
     for model, batch in dict.fromkeys((r["model"], r["batch"]) for r in rows):
-        fast, sdpa = _row((model, batch, "vit_fast"), rows), _row((model, batch, "sdpa"), rows)
+        fast, sdpa = _row((model, batch, BF16, "vit_fast"), rows), _row((model, batch, BF16, "sdpa"), rows)
         if fast and sdpa:
             verdict(fast["images_per_s"] >= sdpa["images_per_s"],
                     f"{model} b{batch}: vit_fast {fast['images_per_s'] / sdpa['images_per_s']:.2f}x sdpa eager")
             verdict(fast["max_rel_err"] <= 2 * sdpa["max_rel_err"],
                     f"{model} b{batch}: bf16 error vs fp32 {fast['max_rel_err']:.2e}, sdpa's {sdpa['max_rel_err']:.2e}"
                     f" (target <= 2x); top-1 agreement {fast['top1_agree']:.3f}")
+    lines += ["", "## Targets (issue 13: FP8)", ""]
+    for (model, batch), target in FP8_TARGETS.items():
+        fp8, bf16 = _row((model, batch, FP8, "vit_fast"), rows), _row((model, batch, BF16, "vit_fast"), rows)
+        if fp8 and bf16:
+            s = fp8["images_per_s"] / bf16["images_per_s"]
+            verdict(s >= target, f"{model} b{batch}: float8 vit_fast {s:.2f}x bf16 vit_fast (target >= {target}x); "
+                                 f"error vs fp32 {fp8['max_rel_err']:.2e} (bf16 {bf16['max_rel_err']:.2e}), top-1 "
+                                 f"agreement {fp8['top1_agree']:.3f} (bf16 {bf16['top1_agree']:.3f})")
+        else:
+            lines.append(f"- not measured: {model} b{batch} float8 vs bf16 vit_fast")
     return "\n".join(lines) + "\n"
+
+
+def _previous(out: Path, device_name: str):
+    """(results, setup) an earlier call wrote into `out` on this kind of device, or None."""
+    try:
+        results = json.loads((out / "results.json").read_text())
+        setup = json.loads((out / "setup.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if schema.validate(results) or results["env"]["gpu"] != device_name or "seed" not in setup:
+        return None
+    return results, setup
 
 
 def main(argv=None) -> int:
@@ -174,72 +272,91 @@ def main(argv=None) -> int:
         print("error: --device cuda but CUDA is not available here", file=sys.stderr)
         return 2
     gpu = device.type == "cuda"
-    args.backends = args.backends or (BACKENDS if gpu else [b for b in BACKENDS if b != "compile"])
-    rows = args.only or ROWS
-    if args.tiny:  # a smoke test: small batches too (112 px fits patch 14 and 16)
-        rows = list(dict.fromkeys((m, min(b, 2)) for m, b in rows))
-    models = list(dict.fromkeys(m for m, _ in rows))
-    settings = _settings(args, device, models, sorted({b for _, b in rows}))
+    rows = plan(args, gpu)
+    if not rows:
+        print("error: no rows left to run: --backends removed every row of the plan", file=sys.stderr)
+        return 2
     cli._set_precision()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env = env_mod.collect(device)
-    peak, how = timing.matmul_peak_tflops(device)
-    print(f"headline on {env['gpu']} (torch {env['torch']}, triton {env['triton']}), seed {settings.seed}; "
-          f"matmul peak {peak:.1f} TFLOP/s ({how})", flush=True)
-    run = Run(out, env, peak, how)
+    previous = _previous(out, env["gpu"]) if args.resume else None
+    if previous:
+        results, setup = previous
+        seed, peak, how = setup["seed"], results["matmul_peak_tflops"], setup["matmul_peak"]
+    else:
+        seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
+        peak, how = timing.matmul_peak_tflops(device)
+    settings = _settings(args, device, rows, seed)
+    run = Run(out, env, peak, how, seed, previous)
+    pending = [r for r in rows if r not in run.done()]
+    print(f"headline on {env['gpu']} (torch {env['torch']}, triton {env['triton']}, commit {env['commit']}), "
+          f"seed {seed}; matmul peak {peak:.1f} TFLOP/s ({how}); {len(pending)} of {len(rows)} rows to run"
+          + (" (resumed)" if previous else ""), flush=True)
     run.write()
-    previous = signal.signal(signal.SIGTERM, runner._sigterm)
-    pending = [(m, b, backend) for m, b in rows for backend in settings.backends]
+    old_handler = signal.signal(signal.SIGTERM, runner._sigterm)
     try:
         _measure_all(pending, settings, peak, run)
     except (runner.Interrupted, KeyboardInterrupt) as e:
-        done = {(r["model"], r["batch"], r["backend"]) for r in run.results["rows"]}
-        for m, b, backend in pending:
-            if (m, b, backend) not in done:
-                run.add(schema.empty_row(m, b, DTYPE, backend, gpu and b <= 1 and backend != "compile",
-                                         f"not run: the run was interrupted ({e or type(e).__name__})"))
+        for m, b, dtype, backend in pending:
+            if (m, b, dtype, backend) not in run.done():
+                run.add(schema.empty_row(m, b, dtype, backend, _graphs(settings, b, backend),
+                                         f"{NOT_RUN}: the run was interrupted ({e or type(e).__name__})"))
         return 143
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, old_handler)
     print(f"wrote {out / 'results.json'}, {out / 'setup.json'}, {out / 'headline.md'}")
     print((out / "headline.md").read_text())
     return 0
 
 
+def _graphs(settings: runner.Settings, batch: int, backend: str) -> bool:
+    # compile (max-autotune) captures its own CUDA graphs; wrapping it again would nest captures
+    return settings.device.type == "cuda" and batch <= settings.graph_max_batch and backend != "compile"
+
+
 def _measure_all(pending, settings: runner.Settings, peak: float, run: Run) -> None:
-    device, dtype = settings.device, runner.DTYPES[DTYPE]
+    device = settings.device
     masters, refs, built = {}, {}, {}
-    for model, batch, backend in pending:
-        graphs = device.type == "cuda" and batch <= settings.graph_max_batch and backend != "compile"
-        if settings.time_budget is not None and time.monotonic() - run.started > settings.time_budget:
-            run.add(schema.empty_row(model, batch, DTYPE, backend, graphs,
-                                     f"not run: the {settings.time_budget:g} s time budget was used up"))
-            continue
+    for model, batch, dtype_name, backend in pending:
+        graphs = _graphs(settings, batch, backend)
+        dtype = runner.DTYPES[dtype_name]
+        if settings.time_budget is not None:
+            left, need = settings.time_budget - (time.monotonic() - run.started), run.need_s(dtype_name, backend)
+            if left < need:
+                run.add(schema.empty_row(model, batch, dtype_name, backend, graphs,
+                                         f"{NOT_RUN}: {left:.0f} s of the {settings.time_budget:g} s time budget "
+                                         f"left, a {dtype_name} {backend} row takes about {need:.0f} s"))
+                continue
         reason = builders.static_skip_reason(backend, device)
+        if not reason and dtype == builders.FP8:
+            reason = builders.fp8_skip_reason(backend, device)
         if reason:
-            run.add(schema.empty_row(model, batch, DTYPE, backend, graphs, reason))
+            run.add(schema.empty_row(model, batch, dtype_name, backend, graphs, reason))
             continue
-        t0 = time.monotonic()
+        row_start = time.monotonic()
         first_s = measure_s = None
         try:
             if model not in masters:
                 masters[model] = builders.build_master(model, settings.resolution,
                                                        builders.model_seed(settings.seed, model), settings.overrides)
-                batches = sorted({b for m, b, _ in pending if m == model})
+            if model not in refs:
+                batches = sorted({b for m, b, _, _ in pending if m == model})
                 refs[model] = runner.reference_logits(masters[model], batches, settings)
             ref = refs[model][batch]
             if isinstance(ref, str):
                 raise RuntimeError(ref)
-            if (model, backend) not in built:
+            t0 = time.monotonic()
+            if (model, dtype_name, backend) not in built:
                 for key in [k for k in built if k[0] != model]:  # one model's copies on the device at a time
                     del built[key]
-                    if key[1] == "compile":
+                    if key[2] == "compile":
                         torch.compiler.reset()  # its compiled graphs and CUDA-graph pools too
-                built[(model, backend)] = builders.build(backend, masters[model], dtype, device,
-                                                         settings.compile_mode, preset=model)
-            b = built[(model, backend)]
-            x = runner.make_inputs(batch, settings.resolution, dtype, device, settings.seed, count=1)[0]
+                built[(model, dtype_name, backend)] = builders.build(backend, masters[model], dtype, device,
+                                                                     settings.compile_mode, preset=model)
+            b = built[(model, dtype_name, backend)]
+            x = runner.make_inputs(batch, settings.resolution, builders.input_dtype(dtype), device, settings.seed,
+                                   count=1)[0]
             with torch.inference_mode():  # the first output at this batch: compilation and autotuning happen here
                 b.before_call()
                 b.fn(x)
@@ -247,18 +364,18 @@ def _measure_all(pending, settings: runner.Settings, peak: float, run: Run) -> N
             first_s = time.monotonic() - t0
             del x
             t1 = time.monotonic()
-            metrics = runner.measure(b, batch, dtype, ref, flops.vit_flops(masters[model].config), peak, graphs,
-                                     settings)
+            metrics = runner.measure(b, batch, builders.input_dtype(dtype), ref,
+                                     flops.vit_flops(masters[model].config), peak, graphs, settings)
             measure_s = time.monotonic() - t1
-            row = schema.empty_row(model, batch, DTYPE, backend, graphs)
+            row = schema.empty_row(model, batch, dtype_name, backend, graphs)
             row.update(metrics)
         except (runner.Interrupted, KeyboardInterrupt):
             raise
         except Exception as e:  # noqa: BLE001 - the row records why; the run goes on
-            row = schema.empty_row(model, batch, DTYPE, backend, graphs, runner._error_text(e))
+            row = schema.empty_row(model, batch, dtype_name, backend, graphs, runner._error_text(e))
         finally:
             runner._cleanup(device)
-        run.add(row, first_s, measure_s)
+        run.add(row, first_s, measure_s, time.monotonic() - row_start)
 
 
 if __name__ == "__main__":

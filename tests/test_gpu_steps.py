@@ -5,11 +5,12 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
 
-from benchmarks import breakdown, schema
+from benchmarks import breakdown, schema, store_lease
 from benchmarks.breakdown import Dims, Kernel
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,28 +46,66 @@ def test_bad_step_arguments_say_what_was_expected(tmp_path):
     assert proc.returncode == 2 and "run those steps first" in proc.stderr
 
 
-def test_dry_steps_write_their_files(tmp_path):
-    proc, out = _steps(tmp_path, "tests")
+def test_bad_lease_arguments_say_what_was_expected(tmp_path):
+    for args, match in ((["lease", "9m"], "whole seconds, got '9m'"), (["lease", "60", "tests nope"], "'nope'")):
+        proc, _ = _steps(tmp_path, *args, timeout=60)
+        assert proc.returncode == 2 and match in proc.stderr, proc.stderr
+
+
+def test_dry_lease_runs_the_steps_and_resumes_on_a_warm_machine(tmp_path):
+    """One lease runs tests, headline, profile and a grid slice into the machine's cache and brings them back in at
+    most 8 files; a second lease on the same machine skips the tests and the finished steps and resumes the
+    headline (nothing left to run); merge then takes the headline and grid results."""
+    proc, out = _steps(tmp_path, "lease", "400", "tests headline profile grid1", timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:]
-    assert (out / "tests" / "junit.xml").is_file()
-    lines = [json.loads(s) for s in (out / "tests" / "tests.jsonl").read_text().splitlines()]
+    back = out / "lease"
+    assert sorted(p.name for p in back.iterdir()) == ["headline.md", "lease.log", "runs.tar.gz", "tests.txt"]
+    with tarfile.open(back / "runs.tar.gz") as tar:
+        names = {Path(n).as_posix().lstrip("./") for n in tar.getnames()}
+        tar.extractall(tmp_path / "back", filter="data")
+    runs = tmp_path / "back"
+    for f in ("tests/junit.xml", "headline/results.json", "headline/setup.json", "profile/breakdown.json",
+              "grid-1/results.json"):
+        assert f in names, names
+    assert "tests: {'passed': 1}" in (back / "tests.txt").read_text()
+    lines = [json.loads(s) for s in (runs / "tests" / "tests.jsonl").read_text().splitlines()]
     assert [(x["outcome"], x["when"]) for x in lines] == [("passed", "call")]
 
-    proc, out = _steps(tmp_path, "headline")
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    results = json.loads((out / "headline" / "results.json").read_text())
+    results = json.loads((runs / "headline" / "results.json").read_text())
     assert schema.validate(results) == []
-    order = [(r["model"], r["batch"], r["backend"]) for r in results["rows"]]
-    assert order[:2] == [("vit_b_16", 2, "sdpa"), ("vit_b_16", 2, "vit_fast")] and order[-1][0] == "vit_h_14"
+    order = [(r["model"], r["batch"], r["dtype"], r["backend"]) for r in results["rows"]]
+    assert order[:2] == [("vit_b_16", 2, "bfloat16", "sdpa"), ("vit_b_16", 2, "bfloat16", "vit_fast")]
+    assert ("vit_l_16", 2, "float8", "vit_fast") in order and order[-1][0] == "vit_h_14"
     assert results["rows"][0]["error"] is None and "GPU" in results["rows"][1]["error"]
-    setup = json.loads((out / "headline" / "setup.json").read_text())
-    assert setup["rows"][0]["first_result_s"] > 0
-    assert "## Targets (issue 10)" in (out / "headline" / "headline.md").read_text()
+    setup = json.loads((runs / "headline" / "setup.json").read_text())
+    assert setup["rows"][0]["first_result_s"] >= 0 and setup["rows"][0]["row_s"] > 0
+    text = (back / "headline.md").read_text()
+    assert "## Targets (issue 10)" in text and "## Targets (issue 13: FP8)" in text
 
-    proc, out = _steps(tmp_path, "grid", "1")
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    grid = json.loads((out / "grid-1" / "results.json").read_text())
+    grid = json.loads((runs / "grid-1" / "results.json").read_text())
     assert schema.validate(grid) == [] and {r["backend"] for r in grid["rows"]} == {"eager", "sdpa", "vit_fast"}
+    prof = json.loads((runs / "profile" / "breakdown.json").read_text())
+    for backend in ("eager", "sdpa"):
+        groups = prof["backends"][backend]["groups"]
+        assert all(groups[g] > 0 for g in ("QKV", "attention", "out-proj", "FC1", "FC2", "LayerNorm")), groups
+    assert "| QKV |" in (runs / "profile" / "breakdown.md").read_text()
+
+    # the evidence to commit: merged results (headline + grid), the lease's other files, the README table
+    page = tmp_path / "README.md"
+    page.write_text("# x\n<!-- bench:start -->\nold\n<!-- bench:end -->\nrest\n")
+    assert store_lease.main([str(back / "runs.tar.gz"), "--root", str(tmp_path / "results"), "--readme", str(page),
+                             "--no-plots"]) == 0
+    stored = next((tmp_path / "results").iterdir())
+    assert stored.name.endswith("-cpu") and schema.validate(json.loads((stored / "results.json").read_text())) == []
+    for f in ("results.md", "lease/headline/setup.json", "lease/headline/headline.md", "lease/tests/junit.xml",
+              "lease/profile/breakdown.json", "lease/grid-1/results.json"):
+        assert (stored / f).is_file(), f
+    assert "| vit_b_16 | bfloat16 | 2 |" in page.read_text() and "old" not in page.read_text()
+
+    proc, out = _steps(tmp_path, "lease", "400", "tests headline profile grid1", timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "tests already ran on this machine" in proc.stdout and "0 of 10 rows to run (resumed)" in proc.stdout
+    assert "=== profile" not in proc.stdout and "=== grid" not in proc.stdout
 
     proc, out = _steps(tmp_path, "merge")
     assert proc.returncode == 0, proc.stdout[-3000:]
@@ -75,16 +114,28 @@ def test_dry_steps_write_their_files(tmp_path):
     assert sorted(map(key, merged["rows"])) == sorted({key(r) for r in grid["rows"] + results["rows"]})
     assert schema.validate(merged) == []
 
-    proc, out = _steps(tmp_path, "profile")
-    assert proc.returncode == 0, proc.stdout[-3000:]
-    prof = json.loads((out / "profile" / "breakdown.json").read_text())
-    for backend in ("eager", "sdpa"):
-        groups = prof["backends"][backend]["groups"]
-        assert all(groups[g] > 0 for g in ("QKV", "attention", "out-proj", "FC1", "FC2", "LayerNorm")), groups
-    assert "| QKV |" in (out / "profile" / "breakdown.md").read_text()
-    for step in ("tests", "headline", "grid-1", "profile"):  # the device tool brings back at most 8 files a step
-        assert len(list((out / step).iterdir())) <= 8
-        assert (tmp_path / "cache" / "runs" / step).is_dir()
+
+def test_a_short_lease_skips_what_does_not_fit(tmp_path):
+    """The README's example, through make: a lease too short for the profile skips it and still packs its files."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(OUT=str(tmp_path / "out"), DRY="1", PYTHON=sys.executable, VITFAST_GPU_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.run(["make", "-s", "gpu-step", "STEP=lease 100 headline profile"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "profile skipped" in proc.stdout and "it needs 300 s" in proc.stdout
+    assert sorted(p.name for p in (tmp_path / "out" / "lease").iterdir()) == ["headline.md", "lease.log",
+                                                                               "runs.tar.gz"]
+
+
+def test_store_refuses_an_archive_without_results(tmp_path, capsys):
+    (tmp_path / "junk.tar.gz").write_bytes(b"not a tar")
+    assert store_lease.main([str(tmp_path / "junk.tar.gz"), "--root", str(tmp_path), "--readme", ""]) == 2
+    assert "is not a lease archive" in capsys.readouterr().err
+    empty = tmp_path / "empty.tar.gz"
+    with tarfile.open(empty, "w:gz") as tar:
+        tar.add(tmp_path / "junk.tar.gz", arcname="tests/junit.xml")
+    assert store_lease.main([str(empty), "--root", str(tmp_path), "--readme", ""]) == 2
+    assert "holds no headline or grid results.json" in capsys.readouterr().err
 
 
 def _k(name, start, stack):

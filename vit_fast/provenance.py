@@ -2,15 +2,21 @@
 (the benchmark harness, fp8_accuracy, fp8_budget), so a committed figure can be traced to the code that made it."""
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 
 def source_commit() -> str:
-    """The git commit of this source tree (with "+changes" when tracked files differ from it), or "unknown" when
-    vit_fast does not sit at the top of a git checkout (e.g. installed into a venv inside some other repository)."""
-    root = Path(__file__).resolve().parents[1]
+    """The git commit of this source tree (with "+changes" when tracked files differ from it); where the tree is no
+    git checkout (a device machine's copy of it), $VITFAST_SOURCE_COMMIT as given; else "unknown" (e.g. vit_fast
+    installed into a venv inside some other repository)."""
+    found = _git_commit(Path(__file__).resolve().parents[1])
+    given = os.environ.get("VITFAST_SOURCE_COMMIT", "").strip()
+    return given if found == "unknown" and given else found
 
+
+def _git_commit(root: Path) -> str:
     def git(*cmd):
         return subprocess.run(["git", *cmd], cwd=root, capture_output=True, text=True, timeout=20)
 

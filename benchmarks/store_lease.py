@@ -1,0 +1,78 @@
+"""Commit-ready evidence from a device lease: `runs.tar.gz` (what `benchmarks/gpu_steps.sh lease` brings back) into
+benchmarks/results/<date>-<device>/, and the README table regenerated from it.
+
+The headline and every grid slice are merged into one results.json (+ results.md and plots; later rows replace
+earlier ones, as `benchmarks.merge` does); the rest of what the lease wrote is kept as it came under lease/ (the
+headline's setup.json and targets, the test outcomes, the per-kernel profile, the logs), so every figure a note
+quotes has its file. `python -m benchmarks.store_lease RUNS_TAR [--root DIR] [--readme README.md] [--no-plots]`.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+from . import readme
+from .cli import write_json
+from .env import default_results_dir
+from .merge import merge
+from .report import load, write_report
+
+# what is kept besides the merged results: step directory -> files (logs are small and say what happened)
+KEEP = {"headline": ("results.json", "setup.json", "headline.md", "headline.log"),
+        "tests": ("junit.xml", "tests.jsonl", "tests.log"),
+        "profile": ("breakdown.json", "breakdown.md", "profile.log"),
+        "micro": ("micro.json", "micro.log")}
+
+
+def store(tar_path, root=None, readme_path=None, plots: bool = True) -> Path:
+    """Unpack, merge and copy; returns the results directory. Raises ValueError when the archive holds no results."""
+    tar_path = Path(tar_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            with tarfile.open(tar_path) as tar:
+                tar.extractall(tmp, filter="data")
+        except (OSError, tarfile.TarError) as e:
+            raise ValueError(f"{tar_path} is not a lease archive (runs.tar.gz): {e}") from e
+        runs = Path(tmp)
+        sources = [d for d in [runs / "headline", *sorted(runs.glob("grid-*"))] if (d / "results.json").is_file()]
+        if not sources:
+            raise ValueError(f"{tar_path} holds no headline or grid results.json: nothing to store")
+        merged = merge([load(d) for d in sources])
+        dest = default_results_dir(merged["env"], root=root)
+        dest.mkdir(parents=True, exist_ok=True)
+        write_json(merged, dest / "results.json")
+        write_report(merged, dest, plots=plots)
+        for step in [*KEEP, *(d.name for d in sorted(runs.glob("grid-*")))]:
+            names = KEEP.get(step, ("results.json", "results.md", "grid.log"))
+            for name in names:
+                if (runs / step / name).is_file():
+                    (dest / "lease" / step).mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(runs / step / name, dest / "lease" / step / name)
+    if readme_path is not None:
+        readme.update_readme(readme_path, dest / "results.json")
+    return dest
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.store_lease", description=__doc__.splitlines()[0])
+    p.add_argument("archive", help="runs.tar.gz from a lease (the device tool's files_at/.../lease/runs.tar.gz)")
+    p.add_argument("--root", default=None, help="results root (default benchmarks/results)")
+    p.add_argument("--readme", default=str(readme.REPO_ROOT / "README.md"),
+                   help="README whose table is regenerated from the stored results ('' to leave it)")
+    p.add_argument("--no-plots", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        dest = store(args.archive, args.root, args.readme or None, plots=not args.no_plots)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"stored {args.archive} as {dest}" + (f"; updated {args.readme}" if args.readme else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""benchmarks/headline.py: the priority rows a device lease measures first, resumed across the calls of one lease,
+a row started only when the time left covers one of its kind, and the targets of issues 10 and 13 judged from the
+rows (synthetic numbers here: the real ones come only from a GPU run)."""
+import json
+
+import pytest
+
+from benchmarks import headline, schema
+
+
+def _main(tmp_path, *args):
+    return headline.main(["--out", str(tmp_path), "--tiny", "--repeats", "1", "--warmup", "0", *args])
+
+
+def test_rows_not_run_for_lack_of_time_are_measured_on_resume(tmp_path, capsys):
+    only = "vit_b_16:1:sdpa,vit_ti_16:2:eager"
+    assert _main(tmp_path, "--only", only, "--time-budget", "0.001") == 0
+    first = json.loads((tmp_path / "results.json").read_text())
+    seed = json.loads((tmp_path / "setup.json").read_text())["seed"]
+    assert [r["error"].split(":")[0] for r in first["rows"]] == ["not run", "not run"]
+    assert "a bfloat16 sdpa row takes about 20 s" in first["rows"][0]["error"]
+
+    assert _main(tmp_path, "--only", only, "--resume") == 0
+    assert "2 of 2 rows to run (resumed)" in capsys.readouterr().out
+    again = json.loads((tmp_path / "results.json").read_text())
+    setup = json.loads((tmp_path / "setup.json").read_text())
+    assert schema.validate(again) == [] and setup["seed"] == seed
+    assert [(r["model"], r["backend"], r["error"]) for r in again["rows"]] == [("vit_b_16", "sdpa", None),
+                                                                                 ("vit_ti_16", "eager", None)]
+    assert again["matmul_peak_tflops"] == first["matmul_peak_tflops"]
+
+    assert _main(tmp_path, "--only", only, "--resume") == 0  # nothing left: the measured rows are kept as they are
+    assert "0 of 2 rows to run (resumed)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "results.json").read_text())["rows"] == again["rows"]
+
+
+def test_a_fresh_run_ignores_earlier_rows_without_resume(tmp_path, capsys):
+    assert _main(tmp_path, "--only", "vit_ti_16:1:eager") == 0
+    assert _main(tmp_path, "--only", "vit_ti_16:2:eager") == 0
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [r["batch"] for r in rows] == [2]
+
+
+def test_plan_expands_model_batch_items_and_keeps_the_priority_order():
+    args = headline.parse_args(["--out", "x"])
+    gpu = headline.plan(args, gpu=True)
+    assert gpu == headline.ROWS
+    assert gpu.index(("vit_l_16", 256, "float8", "vit_fast")) < gpu.index(("vit_l_16", 256, "bfloat16", "compile"))
+    assert all(b != "compile" for *_, b in headline.plan(args, gpu=False))
+    args = headline.parse_args(["--out", "x", "--only", "vit_h_14:64,vit_l_16:256:vit_fast:float8"])
+    assert headline.plan(args, gpu=True) == [("vit_h_14", 64, "bfloat16", b) for b in headline.BACKENDS] + [
+        ("vit_l_16", 256, "float8", "vit_fast")]
+    args = headline.parse_args(["--out", "x", "--only", "vit_h_14:64", "--backends", "vit_fast"])
+    assert headline.plan(args, gpu=True) == [("vit_h_14", 64, "bfloat16", "vit_fast")]
+
+
+@pytest.mark.parametrize("item, message", [
+    ("vit_b_16", "expected MODEL:BATCH[:BACKEND[:DTYPE]]"), ("vit_b_16:0", "expected MODEL:BATCH"),
+    ("vit_b_16:8:tensorrt", "unknown backend 'tensorrt'"), ("vit_b_16:8:vit_fast:int8", "unknown dtype 'int8'"),
+])
+def test_bad_rows_say_what_was_expected(item, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        headline.parse_args(["--out", "x", "--only", item])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_time_needed_per_kind_comes_from_the_rows_seen(tmp_path):
+    run = headline.Run(tmp_path, {}, 1.0, "", 0)
+    assert run.need_s("bfloat16", "compile") == headline.START_GUESS_S["compile"]
+    assert run.need_s("bfloat16", "eager") == headline.START_GUESS_OTHER_S
+    run.write = lambda: None
+    for batch, s in ((256, 90.0), (1, 40.0)):
+        for backend in ("compile", "vit_fast"):
+            row = schema.empty_row("vit_b_16", batch, "bfloat16", backend, False)
+            row.update(images_per_s=1.0, latency_ms_p50=1.0, mfu=0.1, max_rel_err=0.0)
+            run.add(row, 1.0, 1.0, s)
+    assert run.need_s("bfloat16", "compile") == 90.0  # every compile row is a new build: the longest seen
+    assert run.need_s("bfloat16", "vit_fast") == 40.0  # later vit_fast rows reuse compiled kernels
+    assert run.need_s("float8", "vit_fast") == headline.START_GUESS_S["vit_fast"]
+
+
+def _row(model, batch, dtype, backend, ips, err=1e-2, top1=0.99, p50=1.0, mfu=0.5, graphs=False):
+    row = schema.empty_row(model, batch, dtype, backend, graphs)
+    row.update(images_per_s=ips, latency_ms_p50=p50, latency_ms_p90=p50, tflops=1.0, mfu=mfu, max_rel_err=err,
+               top1_agree=top1)
+    return row
+
+
+def test_targets_are_judged_from_the_rows():
+    rows = [_row("vit_b_16", 256, "bfloat16", "sdpa", 1000.0, err=4e-3),
+            _row("vit_b_16", 256, "bfloat16", "vit_fast", 1300.0, err=5e-3, mfu=0.61),
+            _row("vit_b_16", 256, "bfloat16", "compile", 1000.0),
+            _row("vit_b_16", 1, "bfloat16", "vit_fast", 1900.0, p50=0.52, graphs=True),
+            _row("vit_l_16", 256, "bfloat16", "vit_fast", 400.0), _row("vit_l_16", 256, "float8", "vit_fast", 600.0),
+            _row("vit_h_14", 256, "bfloat16", "vit_fast", 100.0), _row("vit_h_14", 256, "float8", "vit_fast", 130.0)]
+    results = {"env": {"gpu": "test", "date": "today", "commit": "abc"}, "matmul_peak_tflops": 800.0, "rows": rows}
+    setup = {"matmul_peak": "test", "rows": [{k: r[k] for k in ("model", "batch", "dtype", "backend")}
+                                             | {"first_result_s": 1.0} for r in rows]}
+    text = headline.summary(results, setup)
+    assert "- MET: vit_b_16 b256: vit_fast 1.30x compile (target >= 1.25x)" in text
+    assert "- MET: vit_b_16 b256: vit_fast MFU 61.0% of the measured peak" in text
+    assert "- NOT MET: vit_b_16 b1: vit_fast p50 0.520 ms with CUDA graphs (target <= 0.5 ms)" in text
+    assert "- not measured: vit_l_16 b256 vit_fast vs compile" in text
+    assert "- MET: vit_l_16 b256: float8 vit_fast 1.50x bf16 vit_fast (target >= 1.4x)" in text
+    assert "- NOT MET: vit_h_14 b256: float8 vit_fast 1.30x bf16 vit_fast (target >= 1.4x)" in text
+    assert "- MET: vit_b_16 b256: bf16 error vs fp32 5.00e-03, sdpa's 4.00e-03 (target <= 2x)" in text
