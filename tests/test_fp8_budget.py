@@ -51,6 +51,14 @@ def test_logits_budget_all_four_is_the_quantized_model(outlier_model):
     draws = out["weight_draws"]
     assert len(draws["draws"]) == 2 and draws["min_sqnr_db"] <= draws["mean_sqnr_db"] <= draws["max_sqnr_db"]
     assert draws["draws"][0] != draws["draws"][1]  # different roundings of the same weights
+    for kind in fp8_budget.KINDS:  # one kind excluded: the product's quantize(exclude=...), three kinds' noise
+        kept = fp8.quantize(fp8_budget.copy.deepcopy(model), "fp8", exclude=(kind,))
+        assert out["all_but"][kind]["sqnr_db"] == fp8_accuracy.sqnr_db(fp8_budget._logits(kept, x, 16), ref)
+        assert out["all_but"][kind]["sqnr_db"] > out["all"]["both"]["sqnr_db"], (kind, out)
+        kept_draws = out["all_but_weight_draws"][kind]
+        assert len(kept_draws["draws"]) == 2 and kept_draws["mean_sqnr_db"] > draws["mean_sqnr_db"], kind
+    assert "| tiny" in fp8_budget.summary_table({"rows": [{"model": "tiny", "outliers": True, "logits": out,
+                                                          "gemms": fp8_budget.gemm_budget(model, x[:8])}]})
 
 
 def test_attention_sharpness_is_the_models_softmax(outlier_model):
@@ -67,6 +75,14 @@ def test_attention_sharpness_is_the_models_softmax(outlier_model):
     probs = ((q @ k.transpose(-1, -2)) * attn.scale).softmax(-1)
     assert stats[0]["max_probability"] == pytest.approx(probs.amax(-1).mean().item(), rel=1e-5)
     assert 1 / n < stats[0]["max_probability"] <= 1 and stats[0]["score_std"] > 0
+
+
+def test_weight_draws_are_paired_across_exclusions(outlier_model):
+    """A layer's draw is the same whether another kind is excluded: the draws compare like with like."""
+    model, _ = outlier_model
+    full, kept = fp8_budget.with_weight_draw(model, 5), fp8_budget.with_weight_draw(model, 5, ("qkv",))
+    assert isinstance(kept.blocks[0].attn.qkv, torch.nn.Linear)
+    assert torch.equal(full.blocks[0].mlp.fc2.weight_scale, kept.blocks[0].mlp.fc2.weight_scale)
 
 
 def test_weight_draw_keeps_the_per_channel_recipe(outlier_model):

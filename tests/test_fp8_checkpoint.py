@@ -60,6 +60,40 @@ def test_convert_dtype_fp8(tmp_path, capsys):
     assert "is an FP8 model: its float32 weights are gone" in capsys.readouterr().err
 
 
+def test_excluded_layers_round_trip(tmp_path, capsys):
+    """A model quantized with `exclude` saves its kept layers in its dtype and loads back the same mix, bit for
+    bit; `convert --fp8-exclude` writes the same file; a record naming a layer vit_fast does not quantize is refused."""
+    dense = randomize_(vit_fast.create("vit_ti_16", backend="torch", **TINY))
+    model = vit_fast.quantize(dense, "fp8", exclude=("fc2", "blocks.0.*"))
+    fp8_layers = ["blocks.1.attn.qkv", "blocks.1.attn.proj", "blocks.1.mlp.fc1"]
+    ckpt = vit_fast.save(model, tmp_path / "ckpt")
+    assert json.loads((ckpt / "vit_fast.json").read_text())["quantization"]["layers"] == fp8_layers
+    with safe_open(str(ckpt / "model.safetensors"), framework="pt") as f:
+        assert f.get_tensor("blocks.0.mlp.fc2.weight").dtype == torch.float32
+    loaded = vit_fast.load(ckpt, backend="torch")
+    x = torch.randn(2, 3, 32, 48)
+    with torch.no_grad():
+        assert loaded.is_fp8 and torch.equal(loaded(x), model(x))
+    assert [n for n, m in loaded.named_modules() if type(m).__name__ == "Fp8Linear"] == fp8_layers
+
+    src = vit_fast.save(randomize_(vit_fast.create("vit_ti_16", backend="torch", **TINY)), tmp_path / "src")
+    assert main(["convert", str(src), str(tmp_path / "dst"), "--dtype", "fp8", "--fp8-exclude", "fc2,blocks.0.*"]) == 0
+    assert "FP8 GEMM weights (3 of 8 GEMM layers)" in capsys.readouterr().out
+    with torch.no_grad():
+        assert torch.equal(vit_fast.load(tmp_path / "dst")(x),
+                           vit_fast.load(src).to_fp8(exclude="fc2,blocks.0.*")(x))
+    assert main(["convert", str(src), str(tmp_path / "bad"), "--fp8-exclude", "fc2"]) == 2
+    assert "--fp8-exclude applies to --dtype fp8 only" in capsys.readouterr().err
+
+    def fp8_head(state):
+        state["head.weight"] = state["head.weight"].to(torch.float8_e4m3fn)
+        state["head.weight_scale"] = torch.ones(state["head.weight"].shape[0])
+
+    _rewrite(ckpt, fp8_head, lambda c: c["quantization"]["layers"].append("head"))
+    with pytest.raises(ValueError, match=r"the recorded FP8 layers are not layers vit_fast quantizes \(\['head'\]"):
+        vit_fast.load(ckpt)
+
+
 def _rewrite(ckpt, edit_state=None, edit_config=None):
     """Change the weight file and/or vit_fast.json of a saved checkpoint, as a damaged or hand-made file would."""
     weights = ckpt / "model.safetensors"

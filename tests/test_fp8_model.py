@@ -52,6 +52,65 @@ def test_quantize_errors():
         vit_fast.quantize(torch.nn.Linear(4, 4))
 
 
+def _kinds(model) -> dict:
+    """layer name -> "fp8" or "dense"."""
+    return {n: "fp8" if isinstance(getattr(p, leaf), fp8.Fp8Linear) else "dense"
+            for n, (p, leaf) in fp8.quantized_linears(model).items()}
+
+
+def test_exclude_keeps_kinds_and_patterns_dense():
+    model = _tiny(depth=3)
+    dense = copy.deepcopy(model)
+    vit_fast.quantize(model, "fp8", exclude=("fc2", "blocks.0.attn.*"))
+    kinds = _kinds(model)
+    assert model.is_fp8 and [n for n, k in kinds.items() if k == "dense"] == [
+        "blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.mlp.fc2", "blocks.1.mlp.fc2", "blocks.2.mlp.fc2"]
+    assert torch.equal(model.blocks[1].mlp.fc2.weight, dense.blocks[1].mlp.fc2.weight)  # untouched, same dtype
+    assert _kinds(_tiny(depth=3).to_fp8(exclude="blocks.*.mlp.fc1, qkv")) == {
+        n: "dense" if n.endswith(("fc1", "qkv")) else "fp8" for n in kinds}
+    model.to_fp8(exclude="fc2,blocks.0.attn.*")  # idempotent with the same exclusion
+    assert _kinds(model) == kinds
+    model.to_fp8(exclude="fc2")  # a narrower one quantizes the layers it no longer keeps
+    assert [n for n, k in _kinds(model).items() if k == "dense"] == [f"blocks.{i}.mlp.fc2" for i in range(3)]
+
+
+@pytest.mark.parametrize("exclude, message", [
+    (("fc3",), "'fc3' names no FP8 layer; expected a GEMM kind (qkv, proj, fc1, fc2) or a pattern over the layer "
+               "names (blocks.0.attn.qkv ... blocks.1.mlp.fc2)"),
+    ("blocks.7.*", "'blocks.7.*' names no FP8 layer"),
+    (("qkv", "proj", "fc1", "fc2"), "keeps every one of the 8 FP8 layers in the model dtype: nothing would be FP8"),
+])
+def test_exclude_errors_say_what_was_expected(exclude, message):
+    model = _tiny()
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("*", r"\*")
+                       .replace(".", r"\.")):
+        model.to_fp8(exclude=exclude)
+    assert not model.is_fp8 and set(_kinds(model).values()) == {"dense"}  # nothing half-quantized
+    fp8_model = _tiny().to_fp8()
+    with pytest.raises(ValueError, match=r"are FP8 already and cannot go back"):
+        fp8_model.to_fp8(exclude="fc2")
+
+
+@pytest.mark.skipif(fp8_unsupported_reason(torch.device(DEVICE)) is not None, reason="needs sm_89+/interpreter")
+@pytest.mark.parametrize("exclude, passes", [
+    # (kept dense, quantization passes: ln_qkv, ln_linear, linear_residual, attention recording row maxima)
+    ("proj", (1, 1, 0, 0)),  # a dense out-projection: attention records no maxima
+    ("fc2", (1, 1, 0, 1)),  # FC1 in FP8 without maxima, FC2 dense
+    ("fc1", (1, 0, 1, 1)),  # a dense FC1 records no maxima: FP8 FC2 quantizes its input in a pass of its own
+    ("qkv", (0, 1, 0, 1)),  # the folded dense LN+QKV
+])
+def test_triton_equals_emulation_with_layers_excluded(exclude, passes, device, monkeypatch):
+    model = vit_fast.quantize(_tiny(depth=1).to(device), "fp8", exclude=exclude)
+    x = torch.randn(2, 3, 32, 48, device=device)
+    with torch.no_grad():
+        emulated = model.set_backend("torch").forward_features(x)
+        calls = _count_quant_passes(monkeypatch)
+        out = torch.full_like(emulated, float("nan"))
+        out.copy_(model.set_backend("triton").forward_features(x))
+    assert tuple(calls.values()) == passes, calls
+    assert torch.isfinite(out).all() and rel_err(out, emulated) < 1e-3  # fp32: the kernels' bound above
+
+
 def _count_quant_passes(monkeypatch):
     """{op module: calls of its per-token quantization pass (quant_fp8.launch_quant_rows)}, counted from now on, and
     the number of attention launches that record row maxima."""

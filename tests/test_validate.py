@@ -191,6 +191,18 @@ def test_fp8_without_kernels_runs_the_emulation(monkeypatch, capsys):
     assert "candidate sdpa fp8 (torch emulation), PyTorch torch bfloat16" in out
 
 
+def test_fp8_exclude_keeps_layers_in_bf16(monkeypatch, tmp_path, capsys):
+    """`--fp8-exclude fc2`: the whole model is quantized as `quantize(..., exclude="fc2")` and the report says so."""
+    seen = []
+    real = vit_fast.quantize
+    monkeypatch.setattr(vit_fast, "quantize", lambda *a, **k: seen.append(k.get("exclude")) or real(*a, **k))
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the emulation: the exclusion is what is tested
+    code, out, _ = _run([*TINY, "--random", "2", "--batch", "2", "--dtype", "fp8", "--fp8-exclude", "fc2",
+                         "--json", str(tmp_path / "r.json")], capsys)
+    assert code in (0, 1) and seen == ["fc2"], out
+    assert "fp8 (torch emulation), fc2 kept in bf16" in json.loads((tmp_path / "r.json").read_text())["whole_model"]["candidate"]
+
+
 def test_fp8_on_a_gpu_without_fp8_tensor_cores(monkeypatch):
     """On an sm_80 GPU the FP8 kernels cannot run: validate says why and compares the emulation instead (bf16
     still runs the kernels there)."""
@@ -217,6 +229,8 @@ def test_fp8_on_a_gpu_without_fp8_tensor_cores(monkeypatch):
     (["--set", "embed_dim=100"], "embed_dim 100 is not divisible by num_heads 12"),
     (["--json", "DIR"], "--json expects a file name"),
     (["--device", "tpu"], "--device expects cuda or cpu, got 'tpu'"),
+    (["--fp8-exclude", "fc2"], "--fp8-exclude applies to --dtype fp8 only, got --dtype bf16"),
+    (["--dtype", "fp8", "--fp8-exclude", "fc9"], "'fc9' names no FP8 layer"),
 ] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "CUDA is not available")]))
 def test_bad_arguments_are_one_line_before_loading(argv, match, tmp_path, monkeypatch, capsys):
     argv = [str(tmp_path) if a in ("EMPTY", "DIR") else a for a in argv]

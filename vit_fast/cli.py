@@ -138,11 +138,19 @@ def cmd_convert(args) -> int:
     if args.dtype == "float32" and model.is_fp8:
         raise UsageError(f"{args.src} is an FP8 model: its float32 weights are gone (convert the checkpoint it was "
                          "quantized from), or leave out --dtype to copy it as FP8")
+    if args.fp8_exclude and args.dtype != "fp8":
+        raise UsageError(f"--fp8-exclude applies to --dtype fp8 only, got --dtype {args.dtype}")
     if args.dtype == "fp8":
-        model.to_fp8()  # quantized once here; vit_fast.load(dst) gives these exact FP8 weights back
+        model.to_fp8(exclude=args.fp8_exclude)  # quantized once here; vit_fast.load(dst) gives these bits back
     dst = save(model, args.dst)
     cfg = model.config
-    fp8 = ", FP8 GEMM weights" if model.is_fp8 else ""
+    fp8 = ""
+    if model.is_fp8:
+        from .fp8 import Fp8Linear, quantized_linears
+
+        layers = quantized_linears(model).values()
+        n_fp8 = sum(isinstance(getattr(parent, leaf), Fp8Linear) for parent, leaf in layers)
+        fp8 = f", FP8 GEMM weights ({n_fp8} of {len(layers)} GEMM layers)"
     # an FP8 layer keeps its weight in a buffer (raw bits), not a parameter
     n = sum(p.numel() for p in model.parameters()) + sum(b.numel() for k, b in model.named_buffers()
                                                          if k.endswith(".weight_bits"))
@@ -212,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: as loaded (float32 weights; an FP8 checkpoint stays FP8). fp8: store the QKV, "
                         "out-projection, FC1 and FC2 weights as float8 e4m3 with per-channel scales "
                         "(vit_fast.quantize), the rest float32; vit_fast.load reads it back bit for bit")
+    p.add_argument("--fp8-exclude", default="", metavar="LAYERS",
+                   help="with --dtype fp8: GEMMs kept in float32, comma-separated kinds (qkv, proj, fc1, fc2) or "
+                        "layer patterns (blocks.0.*); the checkpoint records which layers are FP8")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="config override, e.g. --set num_heads=16 --set 'img_size=[384,384]'")
     p.set_defaults(func=cmd_convert)

@@ -1,7 +1,8 @@
 """FP8 (e4m3) inference: `quantize(model, "fp8")` / `model.to_fp8()`, and the exact torch emulation of the FP8 GEMMs.
 
 What gets quantized: the four GEMMs of every encoder block (QKV, attention out-projection, FC1, FC2), which hold
-more than 95 % of a ViT's FLOPs. Their weights are stored once as float8_e4m3fn with one fp32 scale per output
+more than 95 % of a ViT's FLOPs, less those `exclude` keeps in the model dtype (a GEMM kind such as "fc2", or
+layer-name patterns such as "blocks.0.*": what a model too close to e4m3's limit may need). Their weights are stored once as float8_e4m3fn with one fp32 scale per output
 channel; activations are quantized per token (one scale per row) when they are produced. Attention, LayerNorm, the
 residual stream, the patch embedding and the head stay in the model dtype: the patch embedding is < 1 % of the
 FLOPs (K = 3·P² = 768, M = B·N) and reads raw pixels, so FP8 there would cost accuracy at the input for no
@@ -14,6 +15,8 @@ Backends of a quantized model:
   matmul of the dequantized integers): a reference on any device, not a fast path.
 """
 from __future__ import annotations
+
+import fnmatch
 
 import torch
 import torch.nn as nn
@@ -142,21 +145,63 @@ def quantized_linears(model) -> dict:
     return found
 
 
-def quantize(model, scheme: str = "fp8"):
+def layer_names(depth: int) -> list:
+    """The names quantized_linears gives a model of `depth` blocks (known from its config alone)."""
+    return [f"blocks.{i}.{path}" for i in range(depth) for path in GEMMS.values()]
+
+
+def excluded_layers(model, exclude) -> set:
+    """The layer names of quantized_linears(model) that `exclude` keeps in the model dtype (excluded_names)."""
+    return excluded_names(list(quantized_linears(model)), exclude)
+
+
+def excluded_names(names: list, exclude) -> set:
+    """The `names` that `exclude` keeps in the model dtype. Each item is a GEMM kind (qkv, proj, fc1, fc2: that GEMM
+    in every block) or a glob over layer names (`blocks.0.*`, `blocks.*.mlp.fc2`); a string is a comma-separated
+    list. An item that names no layer is an error, so a typo never leaves a layer quantized unnoticed."""
+    if isinstance(exclude, str):
+        exclude = [e for e in exclude.split(",") if e.strip()]
+    kept = set()
+    for item in exclude:
+        item = str(item).strip()
+        hit = ({n for n in names if n.endswith("." + GEMMS[item])} if item in GEMMS
+               else set(fnmatch.filter(names, item)))
+        if not hit:
+            raise ValueError(f"exclude: {item!r} names no FP8 layer; expected a GEMM kind ({', '.join(GEMMS)}) or a "
+                             f"pattern over the layer names ({names[0]} ... {names[-1]})")
+        kept |= hit
+    if kept and kept == set(names):
+        raise ValueError(f"exclude: {', '.join(map(repr, exclude))} keeps every one of the {len(names)} FP8 layers "
+                         "in the model dtype: nothing would be FP8")
+    return kept
+
+
+def quantize(model, scheme: str = "fp8", exclude=()):
     """Convert `model` (a vit_fast VisionTransformer) in place to FP8 weights and return it. Idempotent.
     The weights are quantized from their current values (any float dtype) in fp32; the bf16/fp32 copies are
-    released. Works on any device (CPU models run the torch emulation); the triton backend needs sm_89 / sm_90."""
+    released. Works on any device (CPU models run the torch emulation); the triton backend needs sm_89 / sm_90.
+
+    `exclude` keeps layers in the model dtype (excluded_layers: GEMM kinds or name patterns, e.g. ("fc2",) or
+    ("blocks.0.*",)), as a model whose accuracy needs it may: every other GEMM is still FP8 with per-token
+    activations. A layer already FP8 cannot be excluded (quantize from the float weights again)."""
     if scheme not in SCHEMES:
         raise ValueError(f"unknown quantization scheme {scheme!r}; expected one of {', '.join(SCHEMES)}")
     if not hasattr(model, "blocks"):
         raise TypeError(f"quantize expects a vit_fast VisionTransformer, got {type(model).__name__}")
-    for parent, leaf in quantized_linears(model).values():
+    layers = quantized_linears(model)
+    kept = excluded_names(list(layers), exclude)
+    already = sorted(n for n in kept if isinstance(getattr(*layers[n]), Fp8Linear))
+    if already:
+        raise ValueError(f"exclude: {already[:3]} are FP8 already and cannot go back to the model dtype; quantize "
+                         "the unquantized model with this exclude")
+    for name, (parent, leaf) in layers.items():
         layer = getattr(parent, leaf)
-        if isinstance(layer, Fp8Linear):
+        if isinstance(layer, Fp8Linear) or name in kept:
             continue
         if not isinstance(layer, nn.Linear):
             raise TypeError(f"cannot quantize {type(layer).__name__}: expected nn.Linear")
         setattr(parent, leaf, Fp8Linear.from_linear(layer))
+    model._fp8 = True  # model.is_fp8 (set here: looking at every layer on each forward would cost ~0.1 ms)
     cache = getattr(model, "_cache", None)
     if isinstance(cache, dict):
         cache.clear()

@@ -16,6 +16,8 @@ out-projection, FC1, FC2), summed over the blocks:
 - logits: SQNR and top-1 agreement with fp32 when only that kind is FP8 (weights, activations, both), and all four;
   QKV's activation error kept on q, k or v alone, and how sharp each block's attention is (sharp attention turns
   a small relative error of q or k into a large change of the softmax);
+- one kind kept unquantized (`vit_fast.quantize(model, "fp8", exclude=(kind,))`, what a model too close to e4m3's
+  limit can choose): logits against fp32 with the other three kinds FP8, for the amax rule and each weight draw;
 - weight rounding draws: the whole FP8 model again with each output channel's scale moved by a random factor
   2^u, u uniform in [0, 1) (the channel's max maps into (224, 448]: nothing clips; each draw is as valid a per-channel
   e4m3 rounding as the amax rule). The weights are rounded once per model, so a model's figure on a fixed image set
@@ -100,14 +102,15 @@ def _layers(model, kind: str):
 
 
 def with_fp8(model, kinds, mode: str = "both"):
-    """A copy of `model` whose GEMMs of `kinds` are FP8 in `mode` ("w", "a", "both"); "both" is the emulation's own
-    Fp8Linear, so all four kinds in "both" is exactly vit_fast.quantize(model)."""
+    """A copy of `model` whose GEMMs of `kinds` are FP8 in `mode` ("w", "a", "both"); "both" is vit_fast.quantize
+    with the other kinds excluded (all four: exactly vit_fast.quantize(model))."""
     out = copy.deepcopy(model)
+    if mode == "both":
+        return fp8.quantize(out, "fp8", exclude=[k for k in KINDS if k not in kinds])
     for kind in kinds:
         for parent, leaf in _layers(out, kind):
             layer = getattr(parent, leaf)
-            new = fp8.Fp8Linear.from_linear(layer) if mode == "both" else PartialFp8Linear(layer, *MODES[mode])
-            setattr(parent, leaf, new)
+            setattr(parent, leaf, PartialFp8Linear(layer, *MODES[mode]))
     return out
 
 
@@ -143,14 +146,17 @@ def attention_sharpness(model, x: torch.Tensor) -> list:
     return stats
 
 
-def with_weight_draw(model, seed: int):
-    """The whole FP8 model with each output channel's scale amax/448 · 2^u, u ~ U[0, 1) (see the module docstring)."""
-    out = fp8.quantize(copy.deepcopy(model), "fp8")
+def with_weight_draw(model, seed: int, exclude=()):
+    """The FP8 model (`exclude`d kinds kept dense) with each output channel's scale amax/448 · 2^u, u ~ U[0, 1) (see
+    the module docstring); the draw of a layer does not depend on what is excluded."""
+    out = fp8.quantize(copy.deepcopy(model), "fp8", exclude=exclude)
     gen = torch.Generator().manual_seed(seed)
     for kind in KINDS:
         for (parent, leaf), (dense_parent, _) in zip(_layers(out, kind), _layers(model, kind)):
+            shift = 2.0 ** torch.rand(getattr(dense_parent, leaf).weight.shape[0], generator=gen)
+            if kind in exclude:
+                continue
             layer, w = getattr(parent, leaf), getattr(dense_parent, leaf).weight.detach().float()
-            shift = 2.0 ** torch.rand(w.shape[0], generator=gen)
             scale = fp8.row_scales(w)[1] * shift
             q = (w / scale[:, None]).clamp(-fp8.FP8_MAX, fp8.FP8_MAX).to(fp8.FP8_DTYPE)
             layer.weight_bits.copy_(q.view(torch.uint8))
@@ -204,19 +210,30 @@ def _logits(model, x: torch.Tensor, batch: int) -> torch.Tensor:
     return acc.logits_and_embeddings(model, x, batch)[0]
 
 
+def _draw_stats(rows: list) -> dict:
+    n = len(rows)
+    return {"draws": rows, **{f"mean_{k}": sum(r[k] for r in rows) / n for k in rows[0]},
+            **{f"min_{k}": min(r[k] for r in rows) for k in rows[0]},
+            **{f"max_{k}": max(r[k] for r in rows) for k in rows[0]}}
+
+
 def logits_budget(model, x: torch.Tensor, batch: int = 64, draws: int = 0) -> dict:
-    """Logits against fp32: each kind alone in FP8 per mode, all four per mode, QKV's activation error on q, k or v
-    alone, and `draws` weight rounding draws."""
+    """Logits against fp32: each kind alone in FP8 per mode, all four per mode, all but one kind (that one excluded:
+    `quantize(..., exclude=(kind,))`, what a user can choose), QKV's activation error on q, k or v alone, and
+    `draws` weight rounding draws (of all four, and of each exclusion)."""
     ref = _logits(model, x, batch)
     out = {kind: {m: acc.agreement(_logits(with_fp8(model, (kind,), m), x, batch), ref) for m in MODES} for kind in KINDS}
     out["all"] = {m: acc.agreement(_logits(with_fp8(model, KINDS, m), x, batch), ref) for m in MODES}
+    out["all_but"] = {kind: acc.agreement(_logits(fp8.quantize(copy.deepcopy(model), "fp8", exclude=(kind,)), x,
+                                                  batch), ref) for kind in KINDS}
     out["qkv_activation_error_on"] = {name: acc.agreement(_logits(with_qkv_part(model, i), x, batch), ref)
                                       for i, name in enumerate("qkv")}
     if draws:
-        rows = [acc.agreement(_logits(with_weight_draw(model, seed), x, batch), ref) for seed in range(draws)]
-        out["weight_draws"] = {"draws": rows, **{f"mean_{k}": sum(r[k] for r in rows) / draws for k in rows[0]},
-                               **{f"min_{k}": min(r[k] for r in rows) for k in rows[0]},
-                               **{f"max_{k}": max(r[k] for r in rows) for k in rows[0]}}
+        out["weight_draws"] = _draw_stats([acc.agreement(_logits(with_weight_draw(model, seed), x, batch), ref)
+                                           for seed in range(draws)])
+        out["all_but_weight_draws"] = {
+            kind: _draw_stats([acc.agreement(_logits(with_weight_draw(model, seed, (kind,)), x, batch), ref)
+                               for seed in range(draws)]) for kind in KINDS}
     return out
 
 
@@ -260,8 +277,9 @@ def summary_table(data: dict) -> str:
     """The README's table: a line per model of a budget JSON (all four GEMM kinds in FP8 against fp32)."""
     lines = ["| model | logits vs fp32, all four GEMMs FP8: SQNR / top-1 | weights only | activations only | "
              "share of the logits noise per GEMM (qkv / proj / fc1 / fc2) | GEMM output SQNR measured vs predicted "
-             "by independent rounding | top-1 over weight rounding draws: mean (range) | sharpest attention "
-             "(mean max probability) |", "|---|---|---|---|---|---|---|---|"]
+             "by independent rounding | top-1 over weight rounding draws: mean (range) | top-1 with one GEMM kind "
+             "kept unquantized, mean over the draws: qkv / proj / fc1 / fc2 | sharpest attention "
+             "(mean max probability) |", "|---|---|---|---|---|---|---|---|---|"]
     for row in data["rows"]:
         lg = row["logits"]
         cell = lambda v: f"{v['sqnr_db']:.1f} dB / {100 * v['top1_agree']:.2f} %"  # noqa: E731
@@ -271,10 +289,12 @@ def summary_table(data: dict) -> str:
         draws = lg.get("weight_draws")
         spread = (f"{100 * draws['mean_top1_agree']:.2f} % ({100 * draws['min_top1_agree']:.2f}-"
                   f"{100 * draws['max_top1_agree']:.2f})" if draws else "—")
+        kept = lg.get("all_but_weight_draws")
+        kept = " / ".join(f"{100 * kept[k]['mean_top1_agree']:.2f} %" for k in KINDS) if kept else "—"
         sharp = max(a["max_probability"] for a in row["attention"]) if row.get("attention") else float("nan")
         lines.append(f"| {row['model']}{' (outliers)' if row['outliers'] else ''} | {cell(lg['all']['both'])} | "
                      f"{cell(lg['all']['w'])} | {cell(lg['all']['a'])} | {share} | "
-                     f"{min(gaps):+.1f} to {max(gaps):+.1f} dB | {spread} | {sharp:.2f} |")
+                     f"{min(gaps):+.1f} to {max(gaps):+.1f} dB | {spread} | {kept} | {sharp:.2f} |")
     return "\n".join(lines)
 
 

@@ -160,6 +160,7 @@ class VisionTransformer(nn.Module):
         self._init_weights()
         self._cache: dict = {}
         self._backend = "auto"
+        self._fp8 = False  # is_fp8: set by vit_fast.fp8.quantize
         self.set_backend(backend)
 
     @staticmethod
@@ -375,11 +376,12 @@ class VisionTransformer(nn.Module):
 
         return capture_model(self, batch_sizes, image_size=image_size, dtype=dtype, channels_last=channels_last)
 
-    def to_fp8(self) -> "VisionTransformer":
-        """FP8 weights for the QKV, out-projection, FC1 and FC2 GEMMs, in place (see vit_fast.fp8.quantize)."""
+    def to_fp8(self, exclude=()) -> "VisionTransformer":
+        """FP8 weights for the QKV, out-projection, FC1 and FC2 GEMMs, in place (see vit_fast.fp8.quantize);
+        `exclude` keeps some in the model dtype: GEMM kinds ("fc2") or layer-name patterns ("blocks.0.*")."""
         from .fp8 import quantize
 
-        return quantize(self, "fp8")
+        return quantize(self, "fp8", exclude=exclude)
 
     def _resolve_backend(self, device: torch.device) -> str:
         """The backend that runs inputs on `device` (backends.resolve); an FP8 model's "auto" falls back to the
@@ -388,9 +390,8 @@ class VisionTransformer(nn.Module):
 
     @property
     def is_fp8(self) -> bool:
-        # quantize() converts the four GEMMs of every block at once (to vit_fast.fp8.Fp8Linear): one look suffices,
-        # without importing the fp8 module (and the kernels) for a plain model
-        return not isinstance(self.blocks[0].attn.qkv, nn.Linear)
+        # set by vit_fast.fp8.quantize (the only way GEMMs become FP8): no module walk, no fp8 import per forward
+        return self._fp8
 
     def extra_repr(self) -> str:
         return f"backend={self._backend!r}"

@@ -2,8 +2,9 @@
 
 In the safetensors file each quantized layer `L` (QKV, out-projection, FC1, FC2 of every block) is stored as
 `L.weight` (float8_e4m3fn, (N, K)) and `L.weight_scale` (float32, (N,): one scale per output channel), its bias and
-every other tensor in the model's dtype. `vit_fast.json` (and the file's metadata) records the quantization:
-{"scheme": "fp8", "dtype": the model's dtype, "layers": [...]}. Loading restores the exact bits and the dtype, so
+every other tensor in the model's dtype (layers a `quantize(..., exclude=...)` kept unquantized included).
+`vit_fast.json` (and the file's metadata) records the quantization: {"scheme": "fp8", "dtype": the model's dtype,
+"layers": [the FP8 layers]}. Loading restores the exact bits and the dtype, so
 the loaded model's outputs are bit-identical to the saved model's. A file whose tensors disagree with its record is
 refused with one line naming the keys.
 """
@@ -104,13 +105,14 @@ def split_fp8(state: dict, record, source: str) -> tuple:
 def restore_fp8(model, quantized: dict, record, source: str):
     """Quantize the freshly loaded `model` (structure only) and put the stored bits in; returns it in the recorded
     dtype."""
-    from ..fp8 import Fp8Linear, quantize
+    from ..fp8 import quantize, quantized_linears
 
-    quantize(model, "fp8")
-    layers = {name for name, m in model.named_modules() if isinstance(m, Fp8Linear)}
-    if layers != set(quantized):
-        raise ValueError(f"cannot load {source}: the recorded FP8 layers differ from the layers vit_fast quantizes "
-                         f"(missing {sorted(layers - set(quantized))[:4]}, extra {sorted(set(quantized) - layers)[:4]})")
+    names = set(quantized_linears(model))
+    extra = sorted(set(quantized) - names)
+    if extra or not quantized:
+        raise ValueError(f"cannot load {source}: the recorded FP8 layers are not layers vit_fast quantizes "
+                         f"({extra[:4] if extra else 'none recorded'}; expected some of {sorted(names)[:2]} ...)")
+    quantize(model, "fp8", exclude=sorted(names - set(quantized)))  # the layers saved unquantized stay so
     for name, (w, s) in quantized.items():
         layer = model.get_submodule(name)
         layer.weight_bits.copy_(w.view(torch.uint8))

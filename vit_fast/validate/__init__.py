@@ -34,6 +34,9 @@ def add_parser(sub, add_model_args) -> None:
                     "Budget: 2x PyTorch's own error in the same dtype. Exit code 1 when a budget is exceeded.")
     add_model_args(p)
     p.add_argument("--dtype", default="bf16", help=f"dtype to validate: {', '.join(DTYPES)} (default bf16)")
+    p.add_argument("--fp8-exclude", default="", metavar="LAYERS",
+                   help="with --dtype fp8: GEMMs kept in bf16, comma-separated kinds (qkv, proj, fc1, fc2) or layer "
+                        "patterns (blocks.0.*), as vit_fast.quantize(model, 'fp8', exclude=...)")
     p.add_argument("--images", default=None, metavar="DIR",
                    help="folder of images (searched recursively); default: random pixels")
     p.add_argument("--random", type=int, default=32, metavar="N",
@@ -73,6 +76,8 @@ def _check_args(args) -> dict:
         if getattr(args, flag) < 1:
             raise UsageError(f"--{flag} expects a positive number of images, got {getattr(args, flag)}")
     checked = {"overrides": _parse_overrides(args.set)}
+    if args.fp8_exclude and args.dtype != "fp8":
+        raise UsageError(f"--fp8-exclude applies to --dtype fp8 only, got --dtype {args.dtype}")
     if args.checkpoint is not None and not Path(args.checkpoint).expanduser().exists():
         raise UsageError(f"no checkpoint at {args.checkpoint!r}")
     if args.checkpoint is not None and is_fp8_checkpoint(Path(args.checkpoint).expanduser()):
@@ -81,7 +86,11 @@ def _check_args(args) -> dict:
     if args.checkpoint is None:
         if args.model not in PRESETS:
             raise UsageError(f"unknown model {args.model!r}; known models: {', '.join(sorted(PRESETS))}")
-        get_config(args.model, **checked["overrides"])  # a bad --set fails here, before any weights exist
+        cfg = get_config(args.model, **checked["overrides"])  # a bad --set fails here, before any weights exist
+        if args.fp8_exclude:
+            from ..fp8 import excluded_names, layer_names
+
+            excluded_names(layer_names(cfg.depth), args.fp8_exclude)  # a checkpoint's: when it is loaded
     checked["images"] = _list_images(args.images) if args.images is not None else None
     if args.json is not None:
         out = Path(args.json).expanduser()
@@ -162,7 +171,7 @@ def _models(model, args, device, kernels_run: bool):
     cand_backend, base_backend = ("triton", "sdpa") if kernels_run else ("sdpa", "torch")
     base = low.set_backend(base_backend)
     if args.dtype == "fp8":
-        cand = vit_fast.quantize(copy.deepcopy(low), "fp8")
+        cand = vit_fast.quantize(copy.deepcopy(low), "fp8", exclude=args.fp8_exclude)
     else:
         cand = copy.deepcopy(low)  # its own module: the two backends never share cached tensors
     return cand.to(device).set_backend(cand_backend), cand_backend, base.to(device), base_backend
@@ -222,6 +231,8 @@ def validate(args) -> dict:
     low_name = str(DTYPES[args.dtype]).replace("torch.", "")
     if args.dtype == "fp8":
         low_name = "fp8" if kernels_run else "fp8 (torch emulation)"
+        if args.fp8_exclude:
+            low_name += f", {args.fp8_exclude} kept in bf16"
 
     blocks = sorted({0, cfg.depth - 1})  # first and last block: activations grow with depth
     checks = ops.checks_for(args.dtype)
