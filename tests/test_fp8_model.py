@@ -249,6 +249,17 @@ def test_readme_fp8_example_runs():
     assert scope["model"].is_fp8 and scope["logits"].shape == (2, 1000) and torch.isfinite(scope["logits"]).all()
 
 
+def test_readme_fp8_exclude_example_runs(capsys):
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split("<!-- fp8-exclude-example -->")[1].split("<!-- /fp8-exclude-example -->")[0]
+    code = block.split("```python")[1].split("```")[0]
+    scope = {}
+    exec(compile(code, "README.md (FP8 exclude example)", "exec"), scope)
+    assert capsys.readouterr().out == "9 of 16 GEMMs in FP8\n" and scope["model"].is_fp8
+
+
 def test_report_compares_float8_with_the_bf16_baselines():
     from benchmarks import report, schema
 
