@@ -20,6 +20,7 @@
 # DRY=1: the same commands at toy sizes on whatever device is there (tests/test_gpu_steps.py runs them on CPU).
 # VITFAST_SOURCE_COMMIT: the commit to record in results (the device's copy of the tree has no .git).
 set -u
+SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"  # lease runs the steps through it after the cd below
 cd "$(dirname "$0")/.."
 STEP=${1:-}
 ARG=${2:-}
@@ -107,17 +108,25 @@ lease)
     done
     END=$(( START + TOTAL ))
     W=$CACHE/lease-work  # every step's files, kept while the machine stays warm: the next lease resumes from them
+    mkdir -p "$W"
     left() { echo $(( END - $(date +%s) )); }
+    done_() { [ -f "$W/$1/.done" ]; }  # a step that ran to its end (one cut short runs again in the next lease)
     sub() {  # sub NEED_S STEP [ARG]: the step into $W if NEED_S seconds are left (25 s stay for packing)
-        local need=$1
+        local need=$1 name=$2${3:+-$3}
         shift
         if [ "$(left)" -lt $(( need + 25 )) ]; then
             echo "=== lease: $* skipped: $(left) s left, it needs $need s" | tee -a "$LOG"
             return
         fi
         echo "=== lease: $* with $(left) s left" | tee -a "$LOG"
-        OUT=$W T_LIMIT=$(( $(left) - 25 )) bash "$0" "$@" 2>&1 | tee -a "$LOG"
+        OUT=$W T_LIMIT=$(( $(left) - 25 )) bash "$SELF" "$@" 2>&1 | tee -a "$LOG"
         local rc=${PIPESTATUS[0]}
+        if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then  # its own limit: not the lease's (the device tool reads 124/137
+            echo "=== lease: $* hit its time limit" | tee -a "$LOG"  # as the whole call timed out)
+            rc=3
+        elif [ "$rc" != 2 ] && ! grep -qs '"error": "not run' "$W/$name/results.json"; then
+            touch "$W/$name/.done"  # ended by itself (tests that failed included), nothing left unrun
+        fi
         [ "$RC" = 0 ] && RC=$rc
     }
     [ "$("$PY" -c 'from vit_fast.provenance import source_commit; print(source_commit())')" = unknown ] &&
@@ -125,12 +134,12 @@ lease)
     for s in $STEPS; do
         case "$s" in
         tests)  # once per machine: a later lease on the same machine goes on with the benchmarks
-            if [ -f "$W/tests/junit.xml" ]; then echo "=== lease: tests already ran on this machine" | tee -a "$LOG"
+            if done_ tests; then echo "=== lease: tests already ran on this machine" | tee -a "$LOG"
             else T_TESTS=$(( $(left) - 25 < ${T_TESTS:-130} ? $(left) - 25 : ${T_TESTS:-130} )) sub 90 tests; fi ;;
-        headline) T_BUDGET=$(( $(left) - 45 )) RESUME=1 sub 60 headline ;;
-        profile) [ -f "$W/profile/breakdown.json" ] || sub 300 profile ;;
-        grid*) [ -f "$W/grid-${s#grid}/results.json" ] || T_BUDGET=$(( $(left) - 85 )) sub 240 grid "${s#grid}" ;;
-        micro) [ -f "$W/micro/micro.json" ] || sub 300 micro ;;
+        headline) done_ headline || RESUME=1 sub 60 headline ;;
+        profile) done_ profile || sub 300 profile ;;
+        grid*) done_ "grid-${s#grid}" || T_BUDGET=$(( $(left) - 85 )) sub 240 grid "${s#grid}" ;;
+        micro) done_ micro || sub 300 micro ;;
         esac
     done
     # what comes back: at most 8 files, so every step's directory travels in one archive
@@ -168,7 +177,9 @@ tests)
     run "$LIMIT" "$PY" -m pytest "${NODES[@]}" "${ARGS[@]}"
     ;;
 headline)
-    ARGS=(--out "$DIR" --time-budget "${T_BUDGET:-450}")
+    # rows must end 20 s before the step's limit, counted from now (python's start-up included)
+    ARGS=(--out "$DIR" --deadline $(( START + ${T_LIMIT:-530} - 20 )))
+    [ -n "${T_BUDGET:-}" ] && ARGS+=(--time-budget "$T_BUDGET")
     [ -n "$ARG" ] && ARGS+=(--only "$ARG")
     [ "${RESUME:-0}" = 1 ] && ARGS+=(--resume)
     [ "$DRY" = 1 ] && ARGS+=(--tiny)

@@ -94,8 +94,12 @@ def parse_args(argv=None):
     p.add_argument("--compile-mode", default="max-autotune")
     p.add_argument("--time-budget", type=float, default=None,
                    help="seconds; a row whose kind needs more than what is left is written as not run")
+    p.add_argument("--deadline", type=float, default=None,
+                   help="wall-clock end (epoch seconds) the rows must finish by: the time budget is what is left of "
+                        "it when the run starts (a device step's limit counts from before python starts)")
     p.add_argument("--resume", action="store_true",
-                   help="keep the rows already measured in --out (same seed and peak) and run only the others")
+                   help="keep the rows already measured in --out by this commit with the same settings (same seed "
+                        "and peak) and run only the others")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--tiny", action="store_true", help="shrink every model (smoke test of the harness)")
     args = p.parse_args(argv)
@@ -150,7 +154,8 @@ class Run:
             for row in results["rows"]:
                 if not (row["error"] or "").startswith(NOT_RUN):
                     self.results["rows"].append(row)
-                    self.setup["rows"].append(first[_key(row)])
+                    self.setup["rows"].append(first.get(_key(row), dict(zip(("model", "batch", "dtype", "backend"),
+                                                                             _key(row)))))
         self.started = time.monotonic() if started is None else started  # the time budget counts from here
 
     def done(self) -> set:
@@ -168,15 +173,19 @@ class Run:
         print(f"[{time.monotonic() - self.started:7.1f} s] {row['model']} b{row['batch']} {row['dtype']} "
               f"{row['backend']}{' (CUDA graphs)' if row['cuda_graphs'] else ''}: {what}{first}", flush=True)
 
-    def need_s(self, dtype: str, backend: str) -> float:
-        """Seconds a (dtype, backend) row is expected to take, from the rows of its kind measured so far: every
-        compile row is a new max-autotune build (the longest one seen), while vit_fast's later rows reuse compiled
-        kernels (the shortest one seen); a guess before any has run."""
-        seen = [s["row_s"] for s in self.setup["rows"]
-                if (s["dtype"], s["backend"]) == (dtype, backend) and s.get("row_s") is not None]
-        if not seen:
-            return START_GUESS_S.get(backend, START_GUESS_OTHER_S)
-        return max(seen) if backend == "compile" else min(seen)
+    def need_s(self, model: str, dtype: str, backend: str) -> float:
+        """Seconds a (model, dtype, backend) row is expected to take, from the rows measured so far: every compile
+        row is a new max-autotune build (the longest seen of its kind); other rows reuse what the model's earlier rows
+        of that kind built (the shortest of those), but a model's first one builds, autotunes its GEMM shapes and
+        computes the model's fp32 reference (the guess, or the shortest first row of its kind if longer)."""
+        def seen(same_model):
+            return [s["row_s"] for s in self.setup["rows"] if s.get("row_s") is not None
+                    and (s["dtype"], s["backend"]) == (dtype, backend) and (s["model"] == model) == same_model]
+
+        guess = START_GUESS_S.get(backend, START_GUESS_OTHER_S)
+        if backend == "compile":
+            return max(seen(True) + seen(False), default=guess)
+        return min(seen(True), default=max(guess, min(seen(False), default=guess)))
 
     def write(self):
         cli.write_json(self.results, self.out / "results.json")
@@ -253,16 +262,21 @@ def summary(results: dict, setup: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _previous(out: Path, device_name: str):
-    """(results, setup) an earlier call wrote into `out` on this kind of device, or None."""
+def _previous(out: Path, env: dict, settings: dict):
+    """(results, setup) an earlier call wrote into `out` with this commit, device and settings, else None (and why)."""
     try:
         results = json.loads((out / "results.json").read_text())
         setup = json.loads((out / "setup.json").read_text())
     except (OSError, ValueError):
-        return None
-    if schema.validate(results) or results["env"]["gpu"] != device_name or "seed" not in setup:
-        return None
-    return results, setup
+        return None, "no earlier results there"
+    if schema.validate(results) or "seed" not in setup:
+        return None, "the earlier results are incomplete"
+    for what, old, new in (("device", results["env"]["gpu"], env["gpu"]),
+                           ("commit", results["env"]["commit"], env["commit"]),
+                           ("settings", setup.get("settings"), settings)):
+        if old != new:
+            return None, f"the earlier results differ in {what} ({old} there, now {new})"
+    return (results, setup), None
 
 
 def main(argv=None) -> int:
@@ -281,15 +295,23 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env = env_mod.collect(device)
-    previous = _previous(out, env["gpu"]) if args.resume else None
+    fixed = {"tiny": args.tiny, "resolution": 112 if args.tiny else 224, "compile_mode": args.compile_mode,
+             "repeats": args.repeats, "warmup": args.warmup}  # what rows of one run must share
+    previous, why_not = _previous(out, env, fixed) if args.resume else (None, None)
+    if why_not:
+        print(f"not resuming: {why_not}", flush=True)
     if previous:
         results, setup = previous
         seed, peak, how = setup["seed"], results["matmul_peak_tflops"], setup["matmul_peak"]
     else:
         seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
         peak, how = timing.matmul_peak_tflops(device)
+    if args.deadline is not None:
+        left = args.deadline - time.time() + (time.monotonic() - started)  # from this process's start
+        args.time_budget = left if args.time_budget is None else min(args.time_budget, left)
     settings = _settings(args, device, rows, seed)
     run = Run(out, env, peak, how, seed, previous, started)
+    run.setup["settings"] = fixed
     pending = [r for r in rows if r not in run.done()]
     print(f"headline on {env['gpu']} (torch {env['torch']}, triton {env['triton']}, commit {env['commit']}), "
           f"seed {seed}; matmul peak {peak:.1f} TFLOP/s ({how}); {len(pending)} of {len(rows)} rows to run"
@@ -323,7 +345,8 @@ def _measure_all(pending, settings: runner.Settings, peak: float, run: Run) -> N
         graphs = _graphs(settings, batch, backend)
         dtype = runner.DTYPES[dtype_name]
         if settings.time_budget is not None:
-            left, need = settings.time_budget - (time.monotonic() - run.started), run.need_s(dtype_name, backend)
+            left = settings.time_budget - (time.monotonic() - run.started)
+            need = run.need_s(model, dtype_name, backend)
             if left < need:
                 run.add(schema.empty_row(model, batch, dtype_name, backend, graphs,
                                          f"{NOT_RUN}: {left:.0f} s of the {settings.time_budget:g} s time budget "

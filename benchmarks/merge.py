@@ -2,7 +2,8 @@
 
 A device session limits each command to minutes, less than the whole grid takes; run the grid in slices
 (`--models ...`, one call each) and merge: `python -m benchmarks.merge OUT_DIR RUN_DIR...`. Rows of later runs
-replace rows with the same (model, dtype, batch, backend). The matmul peak becomes the median of the runs' peaks
+replace rows with the same (model, dtype, batch, backend), except that a row without a measurement (not run, failed)
+never replaces one with a measurement. The matmul peak becomes the median of the runs' peaks
 and every row's MFU is recomputed against it; env comes from the newest run.
 """
 from __future__ import annotations
@@ -29,6 +30,8 @@ def merge(results_list: list) -> dict:
             key = (row["model"], row["dtype"], row["batch"], row["backend"])
             if key not in rows:
                 order.append(key)
+            elif row["error"] is not None and rows[key]["error"] is None:
+                continue  # a later run that did not measure the row (not run, failed) keeps the measurement
             rows[key] = dict(row, _run_peak=results["matmul_peak_tflops"])
     for row in rows.values():
         run_peak = row.pop("_run_peak")

@@ -1,8 +1,9 @@
 """Commit-ready evidence from a device lease: `runs.tar.gz` (what `benchmarks/gpu_steps.sh lease` brings back) into
 benchmarks/results/<date>-<device>/, and the README table regenerated from it.
 
-The headline and every grid slice are merged into one results.json (+ results.md and plots; later rows replace
-earlier ones, as `benchmarks.merge` does); the rest of what the lease wrote is kept as it came under lease/ (the
+The headline and every grid slice are merged into one results.json (+ results.md and plots; `benchmarks.merge`'s
+rule, the headline's rows last), with the results already stored for that day and device when they come from the
+same commit (a lease of another commit there is refused: rows carry no commit of their own); the rest of what the lease wrote is kept as it came under lease/ (the
 headline's setup.json and targets, the test outcomes, the per-kernel profile, the logs), so every figure a note
 quotes has its file. `python -m benchmarks.store_lease RUNS_TAR [--root DIR] [--readme README.md] [--no-plots]`.
 """
@@ -38,11 +39,21 @@ def store(tar_path, root=None, readme_path=None, plots: bool = True) -> Path:
         except (OSError, tarfile.TarError) as e:
             raise ValueError(f"{tar_path} is not a lease archive (runs.tar.gz): {e}") from e
         runs = Path(tmp)
-        sources = [d for d in [runs / "headline", *sorted(runs.glob("grid-*"))] if (d / "results.json").is_file()]
+        # the headline last: its rows (the ones headline.md judges) win over a grid slice's of the same key
+        sources = [d for d in [*sorted(runs.glob("grid-*")), runs / "headline"] if (d / "results.json").is_file()]
         if not sources:
             raise ValueError(f"{tar_path} holds no headline or grid results.json: nothing to store")
-        merged = merge([load(d) for d in sources])
-        dest = default_results_dir(merged["env"], root=root)
+        new = [load(d) for d in sources]
+        dest = default_results_dir(merge(new)["env"], root=root)
+        if (dest / "results.json").is_file():  # an earlier lease of the same day and device
+            old = load(dest / "results.json")
+            commits = {old["env"]["commit"], *(r["env"]["commit"] for r in new)}
+            if len(commits) > 1:
+                raise ValueError(f"{dest} holds results of commit {old['env']['commit']}, this lease measured "
+                                 f"{sorted(commits - {old['env']['commit']})}: rows of two commits would be labelled "
+                                 "as one; store into another --root or remove it first")
+            new.insert(0, old)
+        merged = merge(new)
         dest.mkdir(parents=True, exist_ok=True)
         write_json(merged, dest / "results.json")
         write_report(merged, dest, plots=plots)

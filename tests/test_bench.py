@@ -175,6 +175,13 @@ def test_harness_end_to_end(tmp_path):
     # two runs merge into one (same rows here: the later run's rows win, MFU against the median peak)
     merged = merge.merge([results, results])
     assert schema.validate(merged) == [] and len(merged["rows"]) == len(results["rows"])
+    # a later run that did not measure a row (not run, failed) keeps the earlier measurement
+    measured = next(r for r in results["rows"] if r["error"] is None)
+    later = dict(results, rows=[schema.empty_row(measured["model"], measured["batch"], measured["dtype"],
+                                                 measured["backend"], measured["cuda_graphs"], "not run")])
+    kept = next(r for r in merge.merge([results, later])["rows"] if r["backend"] == measured["backend"]
+                and (r["model"], r["batch"], r["dtype"]) == (measured["model"], measured["batch"], measured["dtype"]))
+    assert kept["error"] is None and kept["images_per_s"] == measured["images_per_s"]
 
     # the README section comes from the JSON, between the markers, leaving the rest alone
     page = tmp_path / "README.md"

@@ -75,6 +75,10 @@ def test_excluded_layers_round_trip(tmp_path, capsys):
     with torch.no_grad():
         assert loaded.is_fp8 and torch.equal(loaded(x), model(x))
     assert [n for n, m in loaded.named_modules() if type(m).__name__ == "Fp8Linear"] == fp8_layers
+    from vit_fast.predictor import Predictor
+
+    served = Predictor(loaded, device="cpu", max_batch_size=2, warmup=False).model  # kept layers stay kept
+    assert [n for n, m in served.named_modules() if type(m).__name__ == "Fp8Linear"] == fp8_layers
 
     src = vit_fast.save(randomize_(vit_fast.create("vit_ti_16", backend="torch", **TINY)), tmp_path / "src")
     assert main(["convert", str(src), str(tmp_path / "dst"), "--dtype", "fp8", "--fp8-exclude", "fc2,blocks.0.*"]) == 0

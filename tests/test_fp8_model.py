@@ -68,10 +68,12 @@ def test_exclude_keeps_kinds_and_patterns_dense():
     assert torch.equal(model.blocks[1].mlp.fc2.weight, dense.blocks[1].mlp.fc2.weight)  # untouched, same dtype
     assert _kinds(_tiny(depth=3).to_fp8(exclude="blocks.*.mlp.fc1, qkv")) == {
         n: "dense" if n.endswith(("fc1", "qkv")) else "fp8" for n in kinds}
-    model.to_fp8(exclude="fc2,blocks.0.attn.*")  # idempotent with the same exclusion
+    model.to_fp8(exclude="fc2,blocks.0.attn.*")  # idempotent with the same exclusion, and without one: an FP8
+    vit_fast.quantize(model, "fp8")  # model (checkpoint) keeps its kept layers when the Predictor or convert ask
     assert _kinds(model) == kinds
-    model.to_fp8(exclude="fc2")  # a narrower one quantizes the layers it no longer keeps
-    assert [n for n, k in _kinds(model).items() if k == "dense"] == [f"blocks.{i}.mlp.fc2" for i in range(3)]
+    with pytest.raises(ValueError, match=r"the model is FP8 already, with 5 of 12 GEMM layers kept \(\['blocks.0"):
+        model.to_fp8(exclude="fc2")  # another mix needs the unquantized model
+    assert _kinds(model) == kinds
 
 
 @pytest.mark.parametrize("exclude, message", [
@@ -87,7 +89,7 @@ def test_exclude_errors_say_what_was_expected(exclude, message):
         model.to_fp8(exclude=exclude)
     assert not model.is_fp8 and set(_kinds(model).values()) == {"dense"}  # nothing half-quantized
     fp8_model = _tiny().to_fp8()
-    with pytest.raises(ValueError, match=r"are FP8 already and cannot go back"):
+    with pytest.raises(ValueError, match=r"the model is FP8 already, with 0 of 8 GEMM layers kept \(none\)"):
         fp8_model.to_fp8(exclude="fc2")
 
 
@@ -108,7 +110,13 @@ def test_triton_equals_emulation_with_layers_excluded(exclude, passes, device, m
         out = torch.full_like(emulated, float("nan"))
         out.copy_(model.set_backend("triton").forward_features(x))
     assert tuple(calls.values()) == passes, calls
-    assert torch.isfinite(out).all() and rel_err(out, emulated) < 1e-3  # fp32: the kernels' bound above
+    # fp32: the same quantized operands, so tokens agree to fp32 rounding. A dense layer's own fp32 arithmetic (the
+    # folded LayerNorm, summation order) can move a value across an e4m3 rounding boundary downstream: one element
+    # one FP8 step off changes its token by up to ~1 % (measured <= 0.7 % over 30 draws), and no other token. A
+    # wrong scale or layer moves every token.
+    per_token = ((out - emulated).norm(dim=-1) / emulated.norm(dim=-1)).flatten()
+    assert torch.isfinite(out).all() and per_token.median() < 1e-5, per_token
+    assert (per_token > 1e-4).sum() <= 2 and per_token.max() < 3e-2, per_token
 
 
 def _count_quant_passes(monkeypatch):

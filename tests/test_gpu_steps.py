@@ -101,11 +101,20 @@ def test_dry_lease_runs_the_steps_and_resumes_on_a_warm_machine(tmp_path):
               "lease/profile/breakdown.json", "lease/grid-1/results.json"):
         assert (stored / f).is_file(), f
     assert "| vit_b_16 | bfloat16 | 2 |" in page.read_text() and "old" not in page.read_text()
+    # a second lease of the same commit and day adds to it; another commit's is refused (rows carry no commit)
+    assert store_lease.main([str(back / "runs.tar.gz"), "--root", str(tmp_path / "results"), "--readme", "",
+                             "--no-plots"]) == 0
+    stored_rows = json.loads((stored / "results.json").read_text())
+    stored_rows["env"]["commit"] = "0ther"
+    (stored / "results.json").write_text(json.dumps(stored_rows))
+    assert store_lease.main([str(back / "runs.tar.gz"), "--root", str(tmp_path / "results"), "--readme", ""]) == 2
 
+    # a step cut short (no .done marker) runs again on the same machine; finished ones do not
+    (tmp_path / "cache" / "lease-work" / "grid-1" / ".done").unlink()
     proc, out = _steps(tmp_path, "lease", "400", "tests headline profile grid1", timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:]
-    assert "tests already ran on this machine" in proc.stdout and "0 of 10 rows to run (resumed)" in proc.stdout
-    assert "=== profile" not in proc.stdout and "=== grid" not in proc.stdout
+    assert "tests already ran on this machine" in proc.stdout and "=== grid-1:" in proc.stdout
+    assert "=== headline:" not in proc.stdout and "=== profile:" not in proc.stdout
 
     proc, out = _steps(tmp_path, "merge")
     assert proc.returncode == 0, proc.stdout[-3000:]
@@ -125,6 +134,20 @@ def test_a_short_lease_skips_what_does_not_fit(tmp_path):
     assert "profile skipped" in proc.stdout and "it needs 300 s" in proc.stdout
     assert sorted(p.name for p in (tmp_path / "out" / "lease").iterdir()) == ["headline.md", "lease.log",
                                                                                "runs.tar.gz"]
+
+
+def test_a_step_at_its_limit_is_not_the_lease_timing_out(tmp_path):
+    """A step killed at its own limit is logged, runs again in the next lease, and the lease exits 3, not the 124
+    that the device tool would read as the whole call timing out."""
+    env_tests = dict(os.environ, T_TESTS="1")
+    env_tests.pop("TRITON_INTERPRET", None)
+    env_tests.update(OUT=str(tmp_path / "out"), DRY="1", PYTHON=sys.executable,
+                     VITFAST_GPU_CACHE=str(tmp_path / "cache"))
+    proc = subprocess.run(["bash", "benchmarks/gpu_steps.sh", "lease", "200", "tests"], cwd=REPO, env=env_tests,
+                          capture_output=True, text=True, timeout=200)
+    assert proc.returncode == 3 and "tests hit its time limit" in proc.stdout, proc.stdout[-2000:]
+    assert not (tmp_path / "cache" / "lease-work" / "tests" / ".done").exists()
+    assert (tmp_path / "out" / "lease" / "runs.tar.gz").is_file()
 
 
 def test_store_refuses_an_archive_without_results(tmp_path, capsys):

@@ -66,17 +66,37 @@ def test_bad_rows_say_what_was_expected(item, message, capsys):
 
 def test_time_needed_per_kind_comes_from_the_rows_seen(tmp_path):
     run = headline.Run(tmp_path, {}, 1.0, "", 0)
-    assert run.need_s("bfloat16", "compile") == headline.START_GUESS_S["compile"]
-    assert run.need_s("bfloat16", "eager") == headline.START_GUESS_OTHER_S
+    assert run.need_s("vit_b_16", "bfloat16", "compile") == headline.START_GUESS_S["compile"]
+    assert run.need_s("vit_b_16", "bfloat16", "eager") == headline.START_GUESS_OTHER_S
     run.write = lambda: None
     for batch, s in ((256, 90.0), (1, 40.0)):
         for backend in ("compile", "vit_fast"):
             row = schema.empty_row("vit_b_16", batch, "bfloat16", backend, False)
             row.update(images_per_s=1.0, latency_ms_p50=1.0, mfu=0.1, max_rel_err=0.0)
             run.add(row, 1.0, 1.0, s)
-    assert run.need_s("bfloat16", "compile") == 90.0  # every compile row is a new build: the longest seen
-    assert run.need_s("bfloat16", "vit_fast") == 40.0  # later vit_fast rows reuse compiled kernels
-    assert run.need_s("float8", "vit_fast") == headline.START_GUESS_S["vit_fast"]
+    assert run.need_s("vit_l_16", "bfloat16", "compile") == 90.0  # every compile row is a new build: the longest
+    assert run.need_s("vit_b_16", "bfloat16", "vit_fast") == 40.0  # a model's later rows reuse what it built
+    # another model's first row builds and autotunes again: at least the guess, or the shortest first row seen
+    assert run.need_s("vit_l_16", "bfloat16", "vit_fast") == headline.START_GUESS_S["vit_fast"]
+    assert run.need_s("vit_l_16", "float8", "vit_fast") == headline.START_GUESS_S["vit_fast"]
+
+
+def test_a_deadline_sets_the_budget_from_the_wall_clock(tmp_path):
+    import time
+
+    assert _main(tmp_path, "--only", "vit_ti_16:1:eager", "--deadline", str(time.time() - 1)) == 0
+    row = json.loads((tmp_path / "results.json").read_text())["rows"][0]
+    assert row["error"].startswith("not run: -") and "time budget left" in row["error"], row
+
+
+def test_resume_needs_the_same_commit_and_settings(tmp_path, monkeypatch, capsys):
+    assert _main(tmp_path, "--only", "vit_ti_16:1:eager") == 0
+    monkeypatch.setattr(headline.env_mod, "git_commit", lambda: "another")
+    assert _main(tmp_path, "--only", "vit_ti_16:1:eager", "--resume") == 0
+    out = capsys.readouterr().out
+    assert "not resuming: the earlier results differ in commit" in out and "1 of 1 rows to run" in out
+    assert _main(tmp_path, "--only", "vit_ti_16:1:eager", "--resume", "--repeats", "2") == 0
+    assert "not resuming: the earlier results differ in settings" in capsys.readouterr().out
 
 
 def _row(model, batch, dtype, backend, ips, err=1e-2, top1=0.99, p50=1.0, mfu=0.5, graphs=False):

@@ -132,14 +132,14 @@ def cmd_info(args) -> int:
 def cmd_convert(args) -> int:
     from . import from_hf, from_timm, load, save
 
+    if args.fp8_exclude and args.dtype != "fp8":
+        raise UsageError(f"--fp8-exclude applies to --dtype fp8 only, got --dtype {args.dtype}")
     overrides = _parse_overrides(args.set)
     readers = {"auto": load, "timm": from_timm, "hf": from_hf}
     model = readers[args.format](args.src, **overrides)
     if args.dtype == "float32" and model.is_fp8:
         raise UsageError(f"{args.src} is an FP8 model: its float32 weights are gone (convert the checkpoint it was "
                          "quantized from), or leave out --dtype to copy it as FP8")
-    if args.fp8_exclude and args.dtype != "fp8":
-        raise UsageError(f"--fp8-exclude applies to --dtype fp8 only, got --dtype {args.dtype}")
     if args.dtype == "fp8":
         model.to_fp8(exclude=args.fp8_exclude)  # quantized once here; vit_fast.load(dst) gives these bits back
     dst = save(model, args.dst)

@@ -135,24 +135,16 @@ class Fp8Linear(nn.Module):
 GEMMS = {"qkv": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
 
 
-def quantized_linears(model) -> dict:
-    """name -> (parent module, attribute) of the GEMMs FP8 covers (GEMMS, in every block)."""
-    found = {}
-    for i, block in enumerate(model.blocks):
-        for path in GEMMS.values():
-            parent_path, _, leaf = path.rpartition(".")
-            found[f"blocks.{i}.{path}"] = (block.get_submodule(parent_path), leaf)
-    return found
-
-
 def layer_names(depth: int) -> list:
-    """The names quantized_linears gives a model of `depth` blocks (known from its config alone)."""
+    """The names of the GEMMs FP8 covers in a model of `depth` blocks (known from its config alone)."""
     return [f"blocks.{i}.{path}" for i in range(depth) for path in GEMMS.values()]
 
 
-def excluded_layers(model, exclude) -> set:
-    """The layer names of quantized_linears(model) that `exclude` keeps in the model dtype (excluded_names)."""
-    return excluded_names(list(quantized_linears(model)), exclude)
+def quantized_linears(model) -> dict:
+    """name -> (parent module, attribute) of the GEMMs FP8 covers (GEMMS, in every block)."""
+    names = iter(layer_names(len(model.blocks)))
+    return {next(names): (block.get_submodule(path.rpartition(".")[0]), path.rpartition(".")[2])
+            for block in model.blocks for path in GEMMS.values()}
 
 
 def excluded_names(names: list, exclude) -> set:
@@ -177,30 +169,33 @@ def excluded_names(names: list, exclude) -> set:
 
 
 def quantize(model, scheme: str = "fp8", exclude=()):
-    """Convert `model` (a vit_fast VisionTransformer) in place to FP8 weights and return it. Idempotent.
+    """Convert `model` (a vit_fast VisionTransformer) in place to FP8 weights and return it.
     The weights are quantized from their current values (any float dtype) in fp32; the bf16/fp32 copies are
     released. Works on any device (CPU models run the torch emulation); the triton backend needs sm_89 / sm_90.
 
-    `exclude` keeps layers in the model dtype (excluded_layers: GEMM kinds or name patterns, e.g. ("fc2",) or
+    `exclude` keeps layers in the model dtype (excluded_names: GEMM kinds or name patterns, e.g. ("fc2",) or
     ("blocks.0.*",)), as a model whose accuracy needs it may: every other GEMM is still FP8 with per-token
-    activations. A layer already FP8 cannot be excluded (quantize from the float weights again)."""
+    activations. A model that is FP8 already is returned as it is (the Predictor, `convert` and loading call this
+    on FP8 checkpoints, whose kept layers must stay kept); an `exclude` that asks for another mix is an error."""
     if scheme not in SCHEMES:
         raise ValueError(f"unknown quantization scheme {scheme!r}; expected one of {', '.join(SCHEMES)}")
     if not hasattr(model, "blocks"):
         raise TypeError(f"quantize expects a vit_fast VisionTransformer, got {type(model).__name__}")
     layers = quantized_linears(model)
     kept = excluded_names(list(layers), exclude)
-    already = sorted(n for n in kept if isinstance(getattr(*layers[n]), Fp8Linear))
-    if already:
-        raise ValueError(f"exclude: {already[:3]} are FP8 already and cannot go back to the model dtype; quantize "
-                         "the unquantized model with this exclude")
-    for name, (parent, leaf) in layers.items():
-        layer = getattr(parent, leaf)
-        if isinstance(layer, Fp8Linear) or name in kept:
-            continue
-        if not isinstance(layer, nn.Linear):
-            raise TypeError(f"cannot quantize {type(layer).__name__}: expected nn.Linear")
-        setattr(parent, leaf, Fp8Linear.from_linear(layer))
+    if getattr(model, "is_fp8", False):
+        dense = {n for n, (parent, leaf) in layers.items() if not isinstance(getattr(parent, leaf), Fp8Linear)}
+        if exclude and kept != dense:
+            raise ValueError(f"exclude: the model is FP8 already, with {len(dense)} of {len(layers)} GEMM layers "
+                             f"kept ({sorted(dense)[:3] if dense else 'none'}); quantize the unquantized model to "
+                             "change which layers stay out of FP8")
+        return model
+    todo = {n: l for n, l in layers.items() if n not in kept}
+    odd = [f"{n} ({type(getattr(*l)).__name__})" for n, l in todo.items() if not isinstance(getattr(*l), nn.Linear)]
+    if odd:  # checked first: nothing half-quantized
+        raise TypeError(f"cannot quantize {odd[0]}: expected nn.Linear")
+    for parent, leaf in todo.values():
+        setattr(parent, leaf, Fp8Linear.from_linear(getattr(parent, leaf)))
     model._fp8 = True  # model.is_fp8 (set here: looking at every layer on each forward would cost ~0.1 ms)
     cache = getattr(model, "_cache", None)
     if isinstance(cache, dict):

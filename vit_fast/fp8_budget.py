@@ -154,9 +154,9 @@ def with_weight_draw(model, seed: int, exclude=()):
     for kind in KINDS:
         for (parent, leaf), (dense_parent, _) in zip(_layers(out, kind), _layers(model, kind)):
             shift = 2.0 ** torch.rand(getattr(dense_parent, leaf).weight.shape[0], generator=gen)
-            if kind in exclude:
-                continue
             layer, w = getattr(parent, leaf), getattr(dense_parent, leaf).weight.detach().float()
+            if not isinstance(layer, fp8.Fp8Linear):  # excluded: kept dense
+                continue
             scale = fp8.row_scales(w)[1] * shift
             q = (w / scale[:, None]).clamp(-fp8.FP8_MAX, fp8.FP8_MAX).to(fp8.FP8_DTYPE)
             layer.weight_bits.copy_(q.view(torch.uint8))

@@ -391,7 +391,7 @@ class VisionTransformer(nn.Module):
     @property
     def is_fp8(self) -> bool:
         # set by vit_fast.fp8.quantize (the only way GEMMs become FP8): no module walk, no fp8 import per forward
-        return self._fp8
+        return getattr(self, "_fp8", False)
 
     def extra_repr(self) -> str:
         return f"backend={self._backend!r}"
