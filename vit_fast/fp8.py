@@ -142,9 +142,9 @@ def layer_names(depth: int) -> list:
 
 def quantized_linears(model) -> dict:
     """name -> (parent module, attribute) of the GEMMs FP8 covers (GEMMS, in every block)."""
-    names = iter(layer_names(len(model.blocks)))
-    return {next(names): (block.get_submodule(path.rpartition(".")[0]), path.rpartition(".")[2])
-            for block in model.blocks for path in GEMMS.values()}
+    places = [(block, *path.rpartition(".")[::2]) for block in model.blocks for path in GEMMS.values()]
+    return {name: (block.get_submodule(parent), leaf)
+            for name, (block, parent, leaf) in zip(layer_names(len(model.blocks)), places)}
 
 
 def excluded_names(names: list, exclude) -> set:
