@@ -3,9 +3,10 @@ benchmarks/results/<date>-<device>/, and the README table regenerated from it.
 
 The headline and every grid slice are merged into one results.json (+ results.md and plots; `benchmarks.merge`'s
 rule, the headline's rows last), with the results already stored for that day and device when they come from the
-same commit (a lease of another commit there is refused: rows carry no commit of their own); the rest of what the lease wrote is kept as it came under lease/ (the
-headline's setup.json and targets, the test outcomes, the per-kernel profile, the logs), so every figure a note
-quotes has its file. `python -m benchmarks.store_lease RUNS_TAR [--root DIR] [--readme README.md] [--no-plots]`.
+same commit (a lease of another commit there is refused: rows carry no commit of their own). The rest of what the
+lease wrote is kept as it came under lease/ (the headline's setup.json and targets, the test outcomes, the
+per-kernel profile, the logs), so every figure a note quotes has its file.
+`python -m benchmarks.store_lease RUNS_TAR [--root DIR] [--readme README.md] [--no-plots]`.
 """
 from __future__ import annotations
 

@@ -200,7 +200,8 @@ def test_fp8_exclude_keeps_layers_in_bf16(monkeypatch, tmp_path, capsys):
     code, out, _ = _run([*TINY, "--random", "2", "--batch", "2", "--dtype", "fp8", "--fp8-exclude", "fc2",
                          "--json", str(tmp_path / "r.json")], capsys)
     assert code in (0, 1) and seen == ["fc2"], out
-    assert "fp8 (torch emulation), fc2 kept in bf16" in json.loads((tmp_path / "r.json").read_text())["whole_model"]["candidate"]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert "fp8 (torch emulation), fc2 kept in bf16" in report["whole_model"]["candidate"]
 
 
 def test_fp8_on_a_gpu_without_fp8_tensor_cores(monkeypatch):

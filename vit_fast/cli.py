@@ -146,11 +146,9 @@ def cmd_convert(args) -> int:
     cfg = model.config
     fp8 = ""
     if model.is_fp8:
-        from .fp8 import Fp8Linear, quantized_linears
+        from .fp8 import fp8_layers, quantized_linears
 
-        layers = quantized_linears(model).values()
-        n_fp8 = sum(isinstance(getattr(parent, leaf), Fp8Linear) for parent, leaf in layers)
-        fp8 = f", FP8 GEMM weights ({n_fp8} of {len(layers)} GEMM layers)"
+        fp8 = f", FP8 GEMM weights ({len(fp8_layers(model))} of {len(quantized_linears(model))} GEMM layers)"
     # an FP8 layer keeps its weight in a buffer (raw bits), not a parameter
     n = sum(p.numel() for p in model.parameters()) + sum(b.numel() for k, b in model.named_buffers()
                                                          if k.endswith(".weight_bits"))

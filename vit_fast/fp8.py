@@ -2,11 +2,11 @@
 
 What gets quantized: the four GEMMs of every encoder block (QKV, attention out-projection, FC1, FC2), which hold
 more than 95 % of a ViT's FLOPs, less those `exclude` keeps in the model dtype (a GEMM kind such as "fc2", or
-layer-name patterns such as "blocks.0.*": what a model too close to e4m3's limit may need). Their weights are stored once as float8_e4m3fn with one fp32 scale per output
-channel; activations are quantized per token (one scale per row) when they are produced. Attention, LayerNorm, the
-residual stream, the patch embedding and the head stay in the model dtype: the patch embedding is < 1 % of the
-FLOPs (K = 3·P² = 768, M = B·N) and reads raw pixels, so FP8 there would cost accuracy at the input for no
-measurable speed; the head is one small GEMM on the pooled token.
+layer-name patterns such as "blocks.0.*": what a model too close to e4m3's limit may need). Their weights are stored
+once as float8_e4m3fn with one fp32 scale per output channel; activations are quantized per token (one scale per
+row) when they are produced. Attention, LayerNorm, the residual stream, the patch embedding and the head stay in the
+model dtype: the patch embedding is < 1 % of the FLOPs (K = 3·P² = 768, M = B·N) and reads raw pixels, so FP8 there
+would cost accuracy at the input for no measurable speed; the head is one small GEMM on the pooled token.
 
 Backends of a quantized model:
 - "triton": the ops of `kernels/` see a float8 weight and dispatch to the FP8 engines (quant_fp8 + gemm_fp8).
@@ -147,6 +147,12 @@ def quantized_linears(model) -> dict:
             for name, (block, parent, leaf) in zip(layer_names(len(model.blocks)), places)}
 
 
+def fp8_layers(model) -> list:
+    """Names of the layers of quantized_linears(model) that are FP8 (the others were kept by `exclude`)."""
+    return [n for n, (parent, leaf) in quantized_linears(model).items()
+            if isinstance(getattr(parent, leaf), Fp8Linear)]
+
+
 def excluded_names(names: list, exclude) -> set:
     """The `names` that `exclude` keeps in the model dtype. Each item is a GEMM kind (qkv, proj, fc1, fc2: that GEMM
     in every block) or a glob over layer names (`blocks.0.*`, `blocks.*.mlp.fc2`); a string is a comma-separated
@@ -184,7 +190,7 @@ def quantize(model, scheme: str = "fp8", exclude=()):
     layers = quantized_linears(model)
     kept = excluded_names(list(layers), exclude)
     if getattr(model, "is_fp8", False):
-        dense = {n for n, (parent, leaf) in layers.items() if not isinstance(getattr(parent, leaf), Fp8Linear)}
+        dense = set(layers) - set(fp8_layers(model))
         if exclude and kept != dense:
             raise ValueError(f"exclude: the model is FP8 already, with {len(dense)} of {len(layers)} GEMM layers "
                              f"kept ({sorted(dense)[:3] if dense else 'none'}); quantize the unquantized model to "

@@ -26,10 +26,10 @@ def _model_dtype(model) -> torch.dtype:
 def fp8_state(model) -> tuple:
     """(state dict to write, quantization record) of an FP8 model; the raw bit buffers of each Fp8Linear become
     `weight` (float8_e4m3fn) and `weight_scale` (float32) tensors."""
-    from ..fp8 import Fp8Linear
+    from ..fp8 import fp8_layers
 
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    layers = [name for name, m in model.named_modules() if isinstance(m, Fp8Linear)]
+    layers = fp8_layers(model)
     for name in layers:
         layer = model.get_submodule(name)
         del state[f"{name}.weight_bits"], state[f"{name}.scale_bits"]
