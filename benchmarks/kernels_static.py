@@ -1,23 +1,25 @@
-"""The static kernel report: how every kernel variant the launchers can pick will run on Hopper and Ampere, read
-from the compiled code on a machine without a GPU.
+"""The static kernel report: how every kernel variant the launchers can pick will run on Hopper, Ada (FP8) and
+Ampere, read from the compiled code on a machine without a GPU.
 
 Every `aot_variants()` of the `kernels` package (the contract is in tests/kernels/aot_compile.py) is compiled for
-sm_90 and sm_80 with the JIT's specialization (tt.divisibility=16 on pointers and on the integer arguments each
-variant declares `divisible`), identical compiles once, and read back from the cubin: registers, spill bytes
+sm_90, sm_89 and sm_80 with the JIT's specialization (tt.divisibility=16 on pointers and on the integer arguments
+each variant declares `divisible`), identical compiles once, and read back from the cubin: registers, spill bytes
 (STACK) and spill instructions (STL/LDL), shared memory against the device limit, tensor-core kind (wgmma = HGMMA,
-mma = HMMA), async copies (cp.async = LDGSTS, TMA = UTMALDG), the ViT presets that can pick the variant, and a
-roofline time for the ViT-B/16 batch-256 launches it would run, from its tile config:
+mma = HMMA, FP8: QGMMA on sm_90, QMMA on sm_89), async copies (cp.async = LDGSTS, TMA = UTMALDG), the ViT presets
+that can pick the variant, and a roofline time for the ViT-B/16 batch-256 launches it would run, from its tile
+config:
     per launch  max(waves · FLOPs per program / (peak / SMs), compulsory bytes / bandwidth),  waves = ⌈programs / SMs⌉
 with the FLOPs the tiles execute (padding included), 16-bit dots at the tensor-core peak and fp32 (ieee) dots at
 the FMA peak. A variant is compiled for the targets of the GPU families whose tables can pick it (hopper -> sm_90,
-ampere and fallback -> sm_80; no family -> both). By default ("ci", the committed report and the CI gate) all the
-sm_90 compiles are made, and for sm_80 a representative sample (per kernel and dtype, the fewest variants that take
-every value of every boolean switch); `--full` makes every sm_80 compile too, `--all-targets` compiles every variant
-for both targets.
+ada -> sm_89: the FP8 engine's Ada table, ampere and fallback -> sm_80; no family -> sm_90 and sm_80). By default
+("ci", the committed report and the CI gate) all the sm_90 and sm_89 compiles are made, and for sm_80 a
+representative sample (per kernel and dtype, the fewest variants that take every value of every boolean switch);
+`--full` makes every sm_80 compile too, `--all-targets` compiles every variant for every target.
 
 Gate (`--check`, and tests/kernels/test_static_gate.py): on sm_90, every variant the Hopper tables can pick has no
 spills and fits shared memory; its 16-bit dots are wgmma (no HMMA; variants marked "wgmma": False, dots under 64
-rows, are exempt); its GEMM main loop (main_loop == "gemm") has cp.async or TMA loads.
+rows, are exempt); its GEMM main loop (main_loop == "gemm") has cp.async or TMA loads. On sm_89, every FP8 variant
+the Ada table can pick has no spills, fits 99 KB, and its GEMM loop has FP8 mma (QMMA) and cp.async.
 
     python -m benchmarks.kernels_static             # writes benchmarks/static/report.md and report.json
     python -m benchmarks.kernels_static --check     # the same, exit 1 on a compile failure or a gate problem
@@ -40,12 +42,16 @@ DEFAULT_OUT = ROOT / "benchmarks" / "static"
 PRESETS = [f"vit_{s}_{p}" for s in ("b", "l", "h") for p in (14, 16, 32)]
 BATCHES = (1, 256)
 ROOFLINE_PRESET, ROOFLINE_BATCH = "vit_b_16", 256
-FAMILY_TARGET = {"hopper": 90, "ampere": 80, "fallback": 80}
+FAMILY_TARGET = {"hopper": 90, "ada": 89, "ampere": 80, "fallback": 80}
+NO_FAMILY_TARGETS = (90, 80)  # a variant no table picks: shown where the 16-bit engines run
+GATED = {90: "hopper", 89: "ada"}  # the targets the gate checks, and the family whose picks it checks there
 # Per target: shared memory limit (opt-in, per block), SMs, 16-bit tensor-core peak, fp32 FMA peak, DRAM bandwidth.
 # H100 SXM: 800 TFLOP/s as benchmarks/roofline.py (about the measured bf16 matmul peak), datasheet for the rest;
-# A100 SXM: datasheet (312 TFLOP/s bf16, 19.5 TFLOP/s fp32, 2.04 TB/s).
+# A100 SXM: datasheet (312 TFLOP/s bf16, 19.5 TFLOP/s fp32, 2.04 TB/s); L40S (sm_89, the FP8 engine's Ada table):
+# datasheet (362 TFLOP/s bf16 dense, 91.6 TFLOP/s fp32, 864 GB/s), 99 KB of shared memory per block.
 DEVICES = {
     90: {"name": "H100 SXM", "smem": 232448, "sms": 132, "tensor": 800e12, "fma": 67e12, "bandwidth": 3.35e12},
+    89: {"name": "L40S", "smem": 101376, "sms": 142, "tensor": 362e12, "fma": 91.6e12, "bandwidth": 0.864e12},
     80: {"name": "A100 SXM", "smem": 166912, "sms": 108, "tensor": 312e12, "fma": 19.5e12, "bandwidth": 2.04e12},
 }
 
@@ -96,8 +102,10 @@ def switches_of(variant) -> str:
 def targets_of(variant, all_targets: bool, ccs) -> list:
     tables = variant.get("tables", ("hopper",))
     wanted = {FAMILY_TARGET.get(t) for t in tables} - {None}
-    if all_targets or not wanted:
+    if all_targets:
         wanted = set(ccs)
+    elif not wanted:
+        wanted = set(NO_FAMILY_TARGETS)
     # a variant may name the oldest target it exists for ("min_cc": 89 for FP8 dots and casts)
     return sorted((c for c in wanted if c in ccs and c >= variant.get("min_cc", 0)), reverse=True)
 
@@ -115,14 +123,22 @@ def roofline_us(launches, cc: int, sixteen_bit: bool) -> float:
 
 
 def gate_problems(variant, cc: int, stats) -> list:
-    """The gate's rules for one compiled variant (empty when it passes or when the rules do not apply)."""
-    if cc != 90 or "hopper" not in variant.get("tables", ("hopper",)) or variant.get("ungated"):
+    """The gate's rules for one compiled variant (empty when it passes or when the rules do not apply): on sm_90 for
+    the Hopper tables' picks, on sm_89 for the Ada (FP8) table's."""
+    if GATED.get(cc) not in variant.get("tables", ("hopper",)) or variant.get("ungated"):
         return []
     problems = []
     if stats["stack"] or stats["stl"] or stats["ldl"]:
         problems.append(f"spills {stats['stack']} B (STL {stats['stl']}, LDL {stats['ldl']})")
     if stats["shared"] > DEVICES[cc]["smem"]:
         problems.append(f"shared memory {stats['shared']} B > {DEVICES[cc]['smem']} B")
+    if cc == 89:  # Ada: FP8 mma.sync (QMMA), cp.async; no wgmma, no TMA
+        if variant.get("main_loop") == "gemm":
+            if is_fp8(variant) and not stats.get("qmma"):
+                problems.append("no FP8 mma (QMMA) in an FP8 GEMM")
+            if not stats["ldgsts"]:
+                problems.append("GEMM main loop without cp.async")
+        return problems
     if is_16bit(variant) and variant.get("wgmma", True) and stats["hmma"]:
         problems.append(f"16-bit dot as mma.sync ({stats['hmma']} HMMA), not wgmma")
     if variant.get("main_loop") == "gemm":
@@ -160,8 +176,8 @@ def collect(aot, ci: bool, all_targets: bool, ccs, only=(), dtypes=()):
                     seen[key] = len(jobs)
                     jobs.append((name, index, cc, False, True))
                 rows.append({"module": name, "index": index, "cc": cc, "job": seen[key], "variant": variant})
-    # Gated (sm_90) compiles first, so a long run shows the gate's answer early; results go back by job index.
-    order = sorted(range(len(jobs)), key=lambda j: (jobs[j][2] != 90, jobs[j][0] == "attention"))
+    # Gated (sm_90, sm_89) compiles first, so a long run shows the gate's answer early; results go back by job index.
+    order = sorted(range(len(jobs)), key=lambda j: (jobs[j][2] not in GATED, jobs[j][0] == "attention"))
     where = {old: new for new, old in enumerate(order)}
     for row in rows:
         row["job"] = where[row["job"]]
@@ -181,7 +197,7 @@ def describe(row, result) -> dict:
     if stats:
         out.update(stats)
         out["tensor_core"] = ("wgmma" if stats["hgmma"] else "wgmma e4m3" if stats.get("qgmma") else "mma"
-                              if stats["hmma"] else "none")
+                              if stats["hmma"] else "mma e4m3" if stats.get("qmma") else "none")
         out["async_copy"] = "+".join(k for k, n in (("cp.async", stats["ldgsts"]), ("TMA", stats["utmaldg"])) if n) \
             or "none"
         out["gate"] = gate_problems(variant, cc, stats)
@@ -190,7 +206,7 @@ def describe(row, result) -> dict:
     vit = variant.get("vit")
     if vit is not None:
         out["presets"] = [p for p in PRESETS if any(vit(vit_fast.get_config(p), b) for b in BATCHES)]
-        family = {90: "hopper", 80: "ampere"}[cc]
+        family = {90: "hopper", 89: "ada", 80: "ampere"}[cc]
         launches = vit(vit_fast.get_config(ROOFLINE_PRESET), ROOFLINE_BATCH)
         if launches and family in variant.get("tables", ("hopper",)):
             out["roofline_us"] = round(roofline_us(launches, cc, is_16bit(variant)), 1)
@@ -209,13 +225,15 @@ def markdown(report) -> str:
         f"compiles of {len(report['rows'])} (variant, target) rows, {report['profile']}). Do not edit: regenerate.", "",
         "Columns: **fam** GPU families whose autotune tables can pick the variant; **reg** registers/thread; "
         "**stack** spill bytes; **STL/LDL** spill stores/loads; **smem** dynamic shared memory (limit "
-        "232,448 B sm_90, 166,912 B sm_80); **TC** tensor-core kind (wgmma = HGMMA, wgmma e4m3 = QGMMA, FP8; mma = HMMA); **async** "
+        "232,448 B sm_90, 101,376 B sm_89, 166,912 B sm_80); **TC** tensor-core kind (wgmma = HGMMA, wgmma e4m3 = "
+        "QGMMA, Hopper FP8; mma = HMMA; mma e4m3 = QMMA, Ada FP8); **async** "
         "cp.async (LDGSTS) / TMA (UTMALDG) loads; **presets** ViT presets (batch 1 or 256) whose launches can pick "
         "it; **roofline µs** ViT-B/16 batch-256 launches of this variant on the row's target (one forward, all "
         "layers; H100 SXM 800 TFLOP/s 16-bit, 67 TFLOP/s fp32 FMA, 3.35 TB/s, 132 SMs; A100 SXM 312 / 19.5 "
         "TFLOP/s, 2.04 TB/s, 108 SMs; max of wave-quantized tile FLOPs and compulsory bytes per launch); **gate** "
         "the sm_90 rules (no spill, smem fits, 16-bit dots are wgmma, GEMM loops use cp.async/TMA) for variants "
-        "the Hopper tables can pick.", "",
+        "the Hopper tables can pick; on sm_89 (L40S, 99 KB of shared memory per block) for the FP8 engine's Ada "
+        "table: no spill, smem fits, FP8 dots are QMMA, GEMM loops use cp.async.", "",
     ]
     problems = [r for r in report["rows"] if r.get("gate") or r.get("error")]
     lines.append(f"**Gate: {'PASS' if not problems else f'{len(problems)} problem(s)'}**")
@@ -229,7 +247,7 @@ def markdown(report) -> str:
         lines.append(f"| {op} | {names} | {dtype} | {r['tile']} | {r['roofline_launches']} | {r['roofline_us']} | "
                      f"{r['tflops_useful']:.3f} |")
     lines.append("")
-    for target in ("sm_90", "sm_80"):
+    for target in ("sm_90", "sm_89", "sm_80"):
         rows = [r for r in report["rows"] if r["target"] == target]
         if not rows:
             continue
@@ -244,9 +262,9 @@ def markdown(report) -> str:
                 continue
             smem = f"{r['shared']:,}" + (" **over**" if r["shared"] > r["smem_limit"] else "")
             presets = ",".join(p[4:] for p in r["presets"]) or "—"
+            cc = int(target[3:])
             gate = ("**" + "; ".join(r["gate"]) + "**") if r["gate"] else f"ungated: {r['ungated']}" \
-                if r.get("ungated") and target == "sm_90" else "ok" if "hopper" in r["families"] and \
-                target == "sm_90" else ""
+                if r.get("ungated") and cc in GATED else "ok" if GATED.get(cc) in r["families"] else ""
             lines.append(f"| {r['op']} | {r['kernel']} | {r['dtype']} | {r['tile']} | {r['switches']} | "
                          f"{','.join(r['families'])} | {r['registers']} | {r['stack']} | {r['stl']}/{r['ldl']} | "
                          f"{smem} | {r['tensor_core']} | {r['async_copy']} | {presets} | "
@@ -271,7 +289,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.kernels_static", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for report.md and report.json")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="compile processes (default 2)")
-    parser.add_argument("--cc", type=int, nargs="+", default=[90, 80], choices=sorted(DEVICES))
+    parser.add_argument("--cc", type=int, nargs="+", default=[90, 89, 80], choices=sorted(DEVICES))
     parser.add_argument("--full", action="store_true",
                         help="every variant on its families' targets (default, 'ci': every variant on sm_90 and a "
                              "representative sm_80 sample; the committed report and the CI gate)")

@@ -38,10 +38,11 @@ HOPPER_FP8 = [
 ]
 # SwiGLU holds a gate and an up accumulator (each with its promotion accumulator): the Hopper tiles that compile
 # without spills for sm_90 (benchmarks/static/report.md; 128x128 8 warps and 128x64 4 warps spill 88-96 B), and
-# Ada's 64x128 and 64x64 (unverified: the report compiles no sm_89 target).
+# Ada's 64x128 and 64x64, spill-free for sm_89 (the report's sm_89 section; Ada's 128x128 tile spills 152 B for
+# SwiGLU on sm_89: `python -m benchmarks.kernels_static --only gemm_fp8 --cc 89 --all-targets`).
 SWIGLU_FP8 = [(64, 128, 128, 8, 4), (64, 128, 128, 4, 4), (64, 64, 128, 4, 4), (64, 128, 64, 4, 4),
               (64, 64, 64, 4, 4)]
-ADA_FP8 = [  # sm_89: about 100 KB of shared memory per block
+ADA_FP8 = [  # sm_89 (L4, L40S): 99 KB of shared memory per block; every tile spill-free for sm_89 (static report)
     (128, 128, 128, 8, 3),
     (128, 64, 64, 4, 4),
     (64, 128, 64, 4, 4),
@@ -64,29 +65,43 @@ def _family(device_index: int) -> str:
     return "hopper" if torch.cuda.get_device_capability(device_index)[0] >= 9 else "ada"
 
 
+# Shared memory per block (opt-in) the static report checks each family's tiles against; the prune uses the device's.
+FP8_FAMILY_SMEM = {"hopper": 232448, "ada": 101376}
+
+
+def fp8_tile_allowed(family: str, tile, a_bytes: int, quant_a: bool, swiglu: bool, smem=None) -> bool:
+    """Whether the prune on a `family` GPU can pick `tile` (a row of the tables) for a launch of this kind: in the
+    family's table (SwiGLU: also in SWIGLU_FP8) and fitting its shared memory."""
+    table = FP8_TABLES[family]
+    if swiglu:
+        table = [row for row in table if row in SWIGLU_FP8]
+    return tile in table and _smem_bytes(tile, a_bytes, quant_a, swiglu) <= (smem or FP8_FAMILY_SMEM[family])
+
+
 def _prune(configs, named_args, **kwargs):
     """The running GPU family's table, tiles that fit shared memory and are not far taller than M."""
     if len(configs) <= 1:
         return configs
     a = named_args["a_ptr"]
     index = a.device.index if a.device.index is not None else torch.cuda.current_device()
-    table, smem = FP8_TABLES[_family(index)], shared_memory_bytes(index)
+    family, smem = _family(index), shared_memory_bytes(index)
     m_cap = max(64, named_args.get("M_BUCKET", 1 << 16))
     swiglu = kwargs.get("ACTIVATION") == SWIGLU
-    if swiglu:
-        table = [row for row in table if row in SWIGLU_FP8]
     kept = [c for c in configs
-            if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages) in table
-            and _smem_bytes(c, a.element_size(), kwargs.get("QUANT_A", False), swiglu) <= smem
+            if fp8_tile_allowed(family, _row(c), a.element_size(), kwargs.get("QUANT_A", False), swiglu, smem)
             and c.kwargs["BLOCK_M"] <= m_cap]
     return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.num_stages)]
 
 
-def _smem_bytes(c, a_bytes, quant_a, swiglu=False):
+def _row(c) -> tuple:
+    return c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages
+
+
+def _smem_bytes(tile, a_bytes, quant_a, swiglu=False):
     """Pipelined A and W tiles (two W tiles for SwiGLU), plus the FP8 copy of A that QUANT_A stages for the tensor
-    cores."""
-    bm, bn, bk = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]
-    return c.num_stages * (bm * a_bytes + bn * (2 if swiglu else 1)) * bk + (bm * bk if quant_a else 0)
+    cores. What the compiled kernels take is in benchmarks/static/report.md (never more than this, so far)."""
+    bm, bn, bk, _, stages = tile
+    return stages * (bm * a_bytes + bn * (2 if swiglu else 1)) * bk + (bm * bk if quant_a else 0)
 
 
 @triton.autotune(configs=_configs(), key=FP8_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune},
@@ -225,32 +240,27 @@ def launch_fp8_gemm(a_q, a_scale, weight, w_scale, bias, out, *, activation=0, r
 
 
 def aot_variants(exhaustive: bool = False):
-    """bf16 outputs (the FP8 model's residual stream) at every Hopper and Ada tile, as the FC1 variant (GELU, bias),
-    plus QKV (no activation), the residual epilogue, the non-even K path and imprecise accumulation at the
-    64x128 tile. FP8 dots do not exist before sm_89: min_cc 89 (skipped for sm_80)."""
-    out = [_variant(torch.bfloat16, 1, True, False, True, True, t, amax_out=True)  # FC1
-           for t in dict.fromkeys(HOPPER_FP8 + ADA_FP8)]
-    # SwiGLU's FC1 (gate and up dots) at every Hopper tile; the prune keeps SWIGLU_FP8's (the others show why not)
+    """bf16 outputs (the FP8 model's residual stream) at every Hopper and Ada tile for each kind of launch the FP8
+    model makes: FC1 (GELU, bias, row maxima out), SwiGLU's FC1 (gate and up dots), FC2 / out-projection (bf16 A
+    quantized in the main loop, residual), QKV; plus the residual epilogue on FP8 A, the non-even K path and
+    imprecise accumulation at the 64x128 tile. Each variant names the families whose prune can pick it, so sm_90
+    gates the Hopper picks and sm_89 the Ada ones. FP8 dots do not exist before sm_89: min_cc 89 (skipped for
+    sm_80)."""
+    tiles = list(dict.fromkeys(HOPPER_FP8 + ADA_FP8))
+    out = [_variant(torch.bfloat16, 1, True, False, True, True, t, amax_out=True) for t in tiles]  # FC1
+    # SwiGLU at every table tile; the prune keeps SWIGLU_FP8's (the others show why not)
     out += [_variant(torch.bfloat16, SWIGLU, True, False, True, True, t, amax_out=True)
-            for t in dict.fromkeys(HOPPER_FP8 + SWIGLU_FP8)]
-    out += [_variant(torch.bfloat16, 0, True, True, True, True, t, quant_a=True)  # FC2 (bf16 A, amax)
-            for t in HOPPER_FP8]
+            for t in dict.fromkeys(tiles + SWIGLU_FP8)]
+    out += [_variant(torch.bfloat16, 0, True, True, True, True, t, quant_a=True) for t in tiles]  # FC2 (bf16 A)
+    out += [_variant(torch.bfloat16, 0, True, False, True, True, t) for t in tiles]  # QKV
     tile = (64, 128, 128, 4, 4)
-    out += [_variant(torch.bfloat16, 0, True, False, True, True, t) for t in HOPPER_FP8]  # QKV
-    out += [_variant(torch.bfloat16, 0, True, True, True, True, tile),  # out-proj / FC2
+    out += [_variant(torch.bfloat16, 0, True, True, True, True, tile),  # out-proj / FC2 on FP8 A
             _variant(torch.bfloat16, 1, False, False, False, True, tile),  # no bias, ragged K
             _variant(torch.bfloat16, 1, True, False, True, False, tile)]  # imprecise accumulation
     if exhaustive:
         out += [_variant(dt, act, True, res, True, True, tile)
                 for dt in (torch.float16, torch.float32) for act in (0, 1, 2, 3) for res in (False, True)]
     return out
-
-
-def _hopper_pick(tile, activation) -> bool:
-    """Whether the prune on an sm_90 device can pick `tile` for this launch."""
-    if activation == SWIGLU:
-        return tile in HOPPER_FP8 and tile in SWIGLU_FP8
-    return tile in HOPPER_FP8
 
 
 def _variant(out_dtype, activation, has_bias, has_residual, even_k, precise, tile, quant_a=False,
@@ -276,5 +286,6 @@ def _variant(out_dtype, activation, has_bias, has_residual, even_k, precise, til
     extra = {"vit": lambda cfg, batch: []} if activation == SWIGLU else {}  # no report preset has a SwiGLU MLP
     return {"fn": jit_fn(fp8_gemm_kernel), "signature": sig, "constexprs": constexprs, **extra,
             "num_warps": warps, "num_stages": stages, "min_cc": 89, "op": "linear_fp8", "main_loop": "gemm",
-            "tables": ("hopper",) if _hopper_pick(tile, activation) else (),  # Ada-only tiles: no gated family
+            "tables": tuple(f for f in FP8_TABLES
+                            if fp8_tile_allowed(f, tile, 2 if quant_a else 1, quant_a, activation == SWIGLU)),
             "divisible": ("N", "K", "stride_am", "stride_wn", "stride_rm", "stride_om")}

@@ -126,5 +126,6 @@ def aot_variants(exhaustive: bool = False):
                                   "BLOCK_M": c.kwargs["BLOCK_M"]}
                     out.append({"fn": jit_fn(quant_rows_fp8_kernel), "signature": sig, "constexprs": constexprs,
                                 "num_warps": c.num_warps, "num_stages": c.num_stages, "min_cc": 89,
+                                "tables": ("hopper", "ada"),  # row blocks: the same prune on every family
                                 "divisible": ("K", "stride_xm", "stride_qm")})
     return out

@@ -156,8 +156,11 @@ def fp8_layers(model) -> list:
 def excluded_names(names: list, exclude) -> set:
     """The `names` that `exclude` keeps in the model dtype. Each item is a GEMM kind (qkv, proj, fc1, fc2: that GEMM
     in every block) or a glob over layer names (`blocks.0.*`, `blocks.*.mlp.fc2`); a string is a comma-separated
-    list. An item that names no layer is an error, so a typo never leaves a layer quantized unnoticed."""
-    if isinstance(exclude, str):
+    list; None keeps none. An item that names no layer is an error, so a typo never leaves a layer quantized
+    unnoticed."""
+    if exclude is None:
+        exclude = ()
+    elif isinstance(exclude, str):
         exclude = [e for e in exclude.split(",") if e.strip()]
     kept = set()
     for item in exclude:

@@ -24,7 +24,8 @@ Optional keys:
               nor anything that varies with the batch (B·197 is odd) — those are also `do_not_specialize` in the
               kernel. Every pointer argument always gets the attribute (launchers pass 16-byte aligned tensors;
               a launcher that cannot promise it must not use this contract's variants). Default ().
-  tables      the GPU families ("hopper", "ampere", "fallback": kernels._common.gpu_family values) whose autotune
+  tables      the GPU families ("hopper", "ampere", "fallback": kernels._common.gpu_family values; "ada" for the FP8
+              engine's sm_89 table, kernels.gemm_fp8) whose autotune
               tables, after the prune's dtype/shared-memory rules, can pick this variant's config — for GEMMs
               kernels._common.gemm_families(row, elem). The gate applies the sm_90 rules to every variant whose
               tables contain "hopper" (default ("hopper",): gated). A tile pruned from a table because it spills
@@ -45,8 +46,8 @@ Optional keys:
   ungated     a one-line reason why the gate's rules do not apply (the report still shows the variant and the
               reason): validation paths that no default picks (fp32 ieee attention: backend "auto" sends fp32
               models to sdpa), or a known limitation with an open item (patch_embed P=14, K=588). Default None.
-Families map to compile targets: "hopper" -> sm_90, "ampere" and "fallback" -> sm_80 (a variant with no family is
-compiled for both, and flagged as picked by none).
+Families map to compile targets: "hopper" -> sm_90, "ada" -> sm_89, "ampere" and "fallback" -> sm_80 (a variant
+with no family is compiled for sm_90 and sm_80, and flagged as picked by none).
 Rules the gate enforces on sm_90 for variants whose tables contain "hopper" (tests/kernels/test_static_gate.py):
 no spill (STACK 0, no STL/LDL), shared memory <= 232,448 B; every tensor-core dot of a 16-bit variant is wgmma
 (no HMMA); main_loop == "gemm" -> LDGSTS or UTMALDG present. Every variant must compile for sm_90 and sm_80.
@@ -178,8 +179,9 @@ def _cpu_seconds():
 
 
 NVIDIA_BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-SASS_COUNTS = {"hgmma": "HGMMA", "qgmma": "QGMMA", "hmma": "HMMA", "ldgsts": "LDGSTS", "utmaldg": "UTMALDG",
-               "stl": "STL", "ldl": "LDL"}  # QGMMA: Hopper's FP8 (e4m3/e5m2) warpgroup MMA
+SASS_COUNTS = {"hgmma": "HGMMA", "qgmma": "QGMMA", "hmma": "HMMA", "qmma": "QMMA", "ldgsts": "LDGSTS",
+               "utmaldg": "UTMALDG", "stl": "STL", "ldl": "LDL"}
+# QGMMA: Hopper's FP8 (e4m3/e5m2) warpgroup MMA; QMMA: Ada's FP8 mma.sync (sm_89)
 
 
 def inspect_compiled(compiled):

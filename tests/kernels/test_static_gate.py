@@ -19,9 +19,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from kernels._common import SWIGLU
+
 ROOT = Path(__file__).resolve().parents[2]
 MODULES = ("attention", "patch_embed", "ln_linear", "ln_qkv", "linear_residual", "layer_norm", "gemm_tma", "ln_fold")
 GEMM_OPS = ("ln_linear", "ln_qkv", "linear_residual", "patch_embed")
+FP8_MODULES = ("gemm_fp8", "quant_fp8")  # FP8 only: sm_90 and sm_89, no sm_80 (min_cc 89)
 
 
 def _env():
@@ -37,7 +40,7 @@ def variants():
     import pickle
 
     code = ("import importlib, pickle, sys\nout = {}\n"
-            f"for name in {MODULES!r}:\n"
+            f"for name in {MODULES + FP8_MODULES!r}:\n"
             "    m = importlib.import_module('kernels.' + name)\n"
             "    out[name] = [(v.get('op', name), v['signature'], v['constexprs'], v['num_warps'], v['num_stages'],\n"
             "                  tuple(v.get('tables', ('hopper',))), tuple(v.get('divisible', ()))) for v in m.aot_variants()]\n"
@@ -70,6 +73,15 @@ def test_static_gate(tmp_path):
     assert all("TMA" in r["async_copy"] for r in gemms if r["module"] == "gemm_tma")
     fp8 = [r for r in report["rows"] if r["target"] == "sm_90" and r["op"] == "linear_fp8" and "hopper" in r["families"]]
     assert fp8 and all(r["tensor_core"] == "wgmma e4m3" and r["stack"] == 0 for r in fp8)
+    # Ada (sm_89, L4/L40S): the FP8 engine's table on FP8 mma.sync, spill-free, within 99 KB; the row quantizer too
+    from kernels.gemm_fp8 import ADA_FP8
+
+    ada = [r for r in report["rows"] if r["target"] == "sm_89" and "ada" in r["families"]]
+    ada_gemm = [r for r in ada if r["op"] == "linear_fp8"]
+    assert {f"{bm}x{bn}x{bk} w{w}s{s}" for bm, bn, bk, w, s in ADA_FP8} <= {r["tile"] for r in ada_gemm}
+    assert all(r["tensor_core"] == "mma e4m3" and r["async_copy"] == "cp.async" for r in ada_gemm)
+    assert all(r["stack"] == 0 and r["shared"] <= 101376 for r in ada) and any(r["op"] == "quant_fp8" for r in ada)
+    assert not [r for r in report["rows"] if r["target"] == "sm_89" and r["dtype"] in ("bf16", "fp16", "fp32")]
     # every Hopper GEMM tile was compiled and gated for every GEMM op in bf16
     from kernels._common import FAMILY_SMEM, GEMM_TABLES, gemm_tile_allowed
 
@@ -102,6 +114,25 @@ def test_variants_cover_every_table_row(name, variants):
                     assert family in have.get(row, ()), f"{name} {dtype}: no {family} variant for tile {row}"
                 elif gemm_tile_allowed(row, elem, FAMILY_SMEM[family]):  # pruned as a known spill: still reported
                     assert row in have, f"{name} {dtype}: pruned tile {row} missing from the report's variants"
+
+
+def test_fp8_variants_cover_every_table_row(variants):
+    """Every tile the FP8 prune can pick on Hopper or Ada, for each kind of launch the FP8 model makes, has a
+    variant naming that family, so the report compiles it for that family's target (sm_90, sm_89) and gates it."""
+    from kernels import gemm_fp8
+
+    have = {}
+    for _, sig, c, w, s, tables, _ in variants["gemm_fp8"]:
+        kind = ("swiglu" if c["ACTIVATION"] == SWIGLU else "fc2" if c["QUANT_A"] else "fc1" if c["ROW_AMAX_OUT"]
+                else "qkv" if c["ACTIVATION"] == 0 and not c["HAS_RESIDUAL"] and c["EVEN_K"] else "other")
+        have.setdefault((kind, (c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], w, s)), set()).update(tables)
+    for family, table in gemm_fp8.FP8_TABLES.items():
+        for kind, a_bytes, quant_a, swiglu in (("fc1", 1, False, False), ("swiglu", 1, False, True),
+                                               ("fc2", 2, True, False), ("qkv", 1, False, False)):
+            picks = [t for t in table if gemm_fp8.fp8_tile_allowed(family, t, a_bytes, quant_a, swiglu)]
+            assert picks, (family, kind)
+            for tile in picks:
+                assert family in have.get((kind, tile), ()), f"FP8 {kind}: no {family} variant for tile {tile}"
 
 
 def test_attention_variants_cover_every_table_row(variants):
@@ -152,6 +183,13 @@ print(json.dumps(r[-1]))
         assert any(words in p for p in gate_problems(variant, 90, {**clean, **change})), change
     assert gate_problems({**variant, "tables": ("ampere",)}, 90, dict(stats)) == []  # not a Hopper pick
     assert gate_problems(variant, 80, dict(stats)) == []  # sm_80 is reported, not gated
+    assert gate_problems(variant, 89, dict(stats)) == []  # sm_89 gates the Ada table's picks only
+    ada = {"signature": {"a": "*fp8e4nv", "out": "*bf16"}, "constexprs": {}, "tables": ("ada",), "main_loop": "gemm"}
+    clean89 = dict(clean, hgmma=0, qmma=16)
+    assert gate_problems(ada, 89, clean89) == []
+    for change, words in ((dict(stack=16, stl=4), "spills"), (dict(shared=101377), "shared memory"),
+                          (dict(qmma=0), "QMMA"), (dict(ldgsts=0), "cp.async")):
+        assert any(words in p for p in gate_problems(ada, 89, {**clean89, **change})), change
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
