@@ -291,8 +291,8 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="compile processes (default 2)")
     parser.add_argument("--cc", type=int, nargs="+", default=[90, 89, 80], choices=sorted(DEVICES))
     parser.add_argument("--full", action="store_true",
-                        help="every variant on its families' targets (default, 'ci': every variant on sm_90 and a "
-                             "representative sm_80 sample; the committed report and the CI gate)")
+                        help="every variant on its families' targets (default, 'ci': every variant on sm_90 and "
+                             "sm_89 and a representative sm_80 sample; the committed report and the CI gate)")
     parser.add_argument("--all-targets", action="store_true", help="every variant for every target")
     parser.add_argument("--only", default="", help="comma-separated kernel module names (default: all)")
     parser.add_argument("--dtype", default="", help="comma-separated pointer dtypes to keep, e.g. bf16 (default: all)")

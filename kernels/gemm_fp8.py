@@ -38,11 +38,11 @@ HOPPER_FP8 = [
 ]
 # SwiGLU holds a gate and an up accumulator (each with its promotion accumulator): the Hopper tiles that compile
 # without spills for sm_90 (benchmarks/static/report.md; 128x128 8 warps and 128x64 4 warps spill 88-96 B), and
-# Ada's 64x128 and 64x64, spill-free for sm_89 (the report's sm_89 section; Ada's 128x128 tile spills 152 B for
-# SwiGLU on sm_89: `python -m benchmarks.kernels_static --only gemm_fp8 --cc 89 --all-targets`).
-SWIGLU_FP8 = [(64, 128, 128, 8, 4), (64, 128, 128, 4, 4), (64, 64, 128, 4, 4), (64, 128, 64, 4, 4),
-              (64, 64, 64, 4, 4)]
-ADA_FP8 = [  # sm_89 (L4, L40S): 99 KB of shared memory per block; every tile spill-free for sm_89 (static report)
+# Ada's 128x64, 64x128 and 64x64, spill-free for sm_89 (the report's sm_89 section; Ada's 128x128 tile spills 152 B
+# for SwiGLU on sm_89: `python -m benchmarks.kernels_static --only gemm_fp8 --cc 89 --all-targets`).
+SWIGLU_FP8 = [(64, 128, 128, 8, 4), (64, 128, 128, 4, 4), (64, 64, 128, 4, 4), (128, 64, 64, 4, 4),
+              (64, 128, 64, 4, 4), (64, 64, 64, 4, 4)]
+ADA_FP8 = [  # sm_89 (L4, L40S): 99 KB of shared memory per block; spill-free for sm_89 where the prune picks them
     (128, 128, 128, 8, 3),
     (128, 64, 64, 4, 4),
     (64, 128, 64, 4, 4),
@@ -240,23 +240,27 @@ def launch_fp8_gemm(a_q, a_scale, weight, w_scale, bias, out, *, activation=0, r
 
 
 def aot_variants(exhaustive: bool = False):
-    """bf16 outputs (the FP8 model's residual stream) at every Hopper and Ada tile for each kind of launch the FP8
+    """bf16 outputs (the FP8 model's residual stream) at every Hopper and Ada tile for the launches a fully FP8
     model makes: FC1 (GELU, bias, row maxima out), SwiGLU's FC1 (gate and up dots), FC2 / out-projection (bf16 A
-    quantized in the main loop, residual), QKV; plus the residual epilogue on FP8 A, the non-even K path and
-    imprecise accumulation at the 64x128 tile. Each variant names the families whose prune can pick it, so sm_90
-    gates the Hopper picks and sm_89 the Ada ones. FP8 dots do not exist before sm_89: min_cc 89 (skipped for
-    sm_80)."""
+    quantized in the main loop, residual), QKV. At one tile per family (Hopper 64x128x128, Ada 64x128x64) the
+    launches only `exclude` or odd widths make: FP8 A with a residual (FC2 after a dense FC1), GELU without row
+    maxima (FC1 before a dense FC2), the non-even K path, and imprecise accumulation. Not compiled: fp16/fp32
+    models' launches (`exhaustive` adds fp16/fp32 outputs at the Hopper tile). Each variant names the families
+    whose prune can pick it, so sm_90 gates the Hopper picks and sm_89 the Ada ones. FP8 dots do not exist before
+    sm_89: min_cc 89 (skipped for sm_80)."""
     tiles = list(dict.fromkeys(HOPPER_FP8 + ADA_FP8))
     out = [_variant(torch.bfloat16, 1, True, False, True, True, t, amax_out=True) for t in tiles]  # FC1
-    # SwiGLU at every table tile; the prune keeps SWIGLU_FP8's (the others show why not)
+    # SwiGLU at every table tile; the prune keeps SWIGLU_FP8's (Hopper's others show on sm_90 why not)
     out += [_variant(torch.bfloat16, SWIGLU, True, False, True, True, t, amax_out=True)
             for t in dict.fromkeys(tiles + SWIGLU_FP8)]
     out += [_variant(torch.bfloat16, 0, True, True, True, True, t, quant_a=True) for t in tiles]  # FC2 (bf16 A)
     out += [_variant(torch.bfloat16, 0, True, False, True, True, t) for t in tiles]  # QKV
+    for tile in ((64, 128, 128, 4, 4), (64, 128, 64, 4, 4)):  # Hopper, Ada
+        out += [_variant(torch.bfloat16, 0, True, True, True, True, tile),  # FC2 on FP8 A (FC1 kept dense)
+                _variant(torch.bfloat16, 1, True, False, True, True, tile),  # FC1 without maxima (FC2 kept dense)
+                _variant(torch.bfloat16, 1, False, False, False, True, tile),  # no bias, ragged K
+                _variant(torch.bfloat16, 1, True, False, True, False, tile)]  # imprecise accumulation
     tile = (64, 128, 128, 4, 4)
-    out += [_variant(torch.bfloat16, 0, True, True, True, True, tile),  # out-proj / FC2 on FP8 A
-            _variant(torch.bfloat16, 1, False, False, False, True, tile),  # no bias, ragged K
-            _variant(torch.bfloat16, 1, True, False, True, False, tile)]  # imprecise accumulation
     if exhaustive:
         out += [_variant(dt, act, True, res, True, True, tile)
                 for dt in (torch.float16, torch.float32) for act in (0, 1, 2, 3) for res in (False, True)]

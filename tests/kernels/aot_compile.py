@@ -28,7 +28,7 @@ Optional keys:
               engine's sm_89 table, kernels.gemm_fp8) whose autotune
               tables, after the prune's dtype/shared-memory rules, can pick this variant's config — for GEMMs
               kernels._common.gemm_families(row, elem). The gate applies the sm_90 rules to every variant whose
-              tables contain "hopper" (default ("hopper",): gated). A tile pruned from a table because it spills
+              tables contain "hopper" (default ("hopper",): gated), and the sm_89 rules to those with "ada". A tile pruned from a table because it spills
               keeps its variant with that family left out, so the report still shows it.
   op          the op the variant serves ("ln_linear", "ln_qkv", "linear_residual", "patch_embed", "attention",
               "layer_norm", "linear_fp8", ...): report grouping and roofline. Default: the module name.
@@ -50,7 +50,9 @@ Families map to compile targets: "hopper" -> sm_90, "ada" -> sm_89, "ampere" and
 with no family is compiled for sm_90 and sm_80, and flagged as picked by none).
 Rules the gate enforces on sm_90 for variants whose tables contain "hopper" (tests/kernels/test_static_gate.py):
 no spill (STACK 0, no STL/LDL), shared memory <= 232,448 B; every tensor-core dot of a 16-bit variant is wgmma
-(no HMMA); main_loop == "gemm" -> LDGSTS or UTMALDG present. Every variant must compile for sm_90 and sm_80.
+(no HMMA); main_loop == "gemm" -> LDGSTS or UTMALDG present. On sm_89 for variants whose tables contain "ada": no
+spill, shared memory <= 101,376 B, an FP8 GEMM main loop has QMMA and LDGSTS. Every variant must compile for the
+targets it is sent to (FP8 variants start at sm_89).
 Identical compiles (same fn, signature, constexprs, attributes, warps, stages, target) are compiled once.
 
 Default (the CI budget): every variant for sm_90, and for sm_80 a representative subset: per (kernel, pointer

@@ -2,9 +2,10 @@
 tests/kernels/aot_compile.py), plus the checks that make it trustworthy without compiling everything twice:
 
 - test_static_gate: one run of `python -m benchmarks.kernels_static --check` (every variant the Hopper tables
-  can pick, compiled for sm_90 with the JIT's divisibility attributes, and a representative sm_80 sample; replaces
-  the former --full AOT test): every variant compiles, none the Hopper tables can pick spills or overflows shared
-  memory, 16-bit dots are wgmma, GEMM main loops use cp.async or TMA; every kernel module compiled on both targets.
+  can pick, compiled for sm_90 with the JIT's divisibility attributes, the FP8 Ada table's picks for sm_89, and a
+  representative sm_80 sample; replaces the former --full AOT test): every variant compiles, none the Hopper tables
+  can pick spills or overflows shared memory, 16-bit dots are wgmma, GEMM main loops use cp.async or TMA; on sm_89
+  the Ada FP8 picks are spill-free QMMA + cp.async within 99 KB; every kernel module compiled on its targets.
 - test_variants_cover_every_table_row: every tile of every autotune table has a variant for every op (no compile).
 - test_spill_detector_sees_a_known_spill: the cubin reader reports a spilling kernel as spilling (so the gate can
   fail), and the gate's rules flag each kind of problem.
@@ -81,7 +82,7 @@ def test_static_gate(tmp_path):
     assert {f"{bm}x{bn}x{bk} w{w}s{s}" for bm, bn, bk, w, s in ADA_FP8} <= {r["tile"] for r in ada_gemm}
     assert all(r["tensor_core"] == "mma e4m3" and r["async_copy"] == "cp.async" for r in ada_gemm)
     assert all(r["stack"] == 0 and r["shared"] <= 101376 for r in ada) and any(r["op"] == "quant_fp8" for r in ada)
-    assert not [r for r in report["rows"] if r["target"] == "sm_89" and r["dtype"] in ("bf16", "fp16", "fp32")]
+    assert not [r for r in report["rows"] if r["target"] == "sm_89" and "fp8" not in r["dtype"]]  # FP8 only
     # every Hopper GEMM tile was compiled and gated for every GEMM op in bf16
     from kernels._common import FAMILY_SMEM, GEMM_TABLES, gemm_tile_allowed
 
@@ -187,6 +188,9 @@ print(json.dumps(r[-1]))
     ada = {"signature": {"a": "*fp8e4nv", "out": "*bf16"}, "constexprs": {}, "tables": ("ada",), "main_loop": "gemm"}
     clean89 = dict(clean, hgmma=0, qmma=16)
     assert gate_problems(ada, 89, clean89) == []
+    assert gate_problems(ada, 90, dict(stats)) == []  # an Ada-only tile is not gated on sm_90
+    both = {**ada, "tables": ("hopper", "ada")}
+    assert gate_problems(both, 89, clean89) == [] and gate_problems(both, 89, dict(clean89, qmma=0))
     for change, words in ((dict(stack=16, stl=4), "spills"), (dict(shared=101377), "shared memory"),
                           (dict(qmma=0), "QMMA"), (dict(ldgsts=0), "cp.async")):
         assert any(words in p for p in gate_problems(ada, 89, {**clean89, **change})), change
