@@ -25,11 +25,11 @@ Optional keys:
               kernel. Every pointer argument always gets the attribute (launchers pass 16-byte aligned tensors;
               a launcher that cannot promise it must not use this contract's variants). Default ().
   tables      the GPU families ("hopper", "ampere", "fallback": kernels._common.gpu_family values; "ada" for the FP8
-              engine's sm_89 table, kernels.gemm_fp8) whose autotune
-              tables, after the prune's dtype/shared-memory rules, can pick this variant's config — for GEMMs
-              kernels._common.gemm_families(row, elem). The gate applies the sm_90 rules to every variant whose
-              tables contain "hopper" (default ("hopper",): gated), and the sm_89 rules to those with "ada". A tile pruned from a table because it spills
-              keeps its variant with that family left out, so the report still shows it.
+              engine's sm_89 table, kernels.gemm_fp8) whose autotune tables, after the prune's dtype/shared-memory
+              rules, can pick this variant's config — for GEMMs kernels._common.gemm_families(row, elem). The gate
+              applies the sm_90 rules to every variant whose tables contain "hopper" (default ("hopper",): gated),
+              and the sm_89 rules to those with "ada". A tile pruned from a table because it spills keeps its
+              variant with that family left out, so the report still shows it.
   op          the op the variant serves ("ln_linear", "ln_qkv", "linear_residual", "patch_embed", "attention",
               "layer_norm", "linear_fp8", ...): report grouping and roofline. Default: the module name.
   main_loop   "gemm" when the kernel streams K tiles through a loop that must be pipelined on sm_90: the gate then
