@@ -244,8 +244,9 @@ def aot_variants(exhaustive: bool = False):
     model makes: FC1 (GELU, bias, row maxima out), SwiGLU's FC1 (gate and up dots), FC2 / out-projection (bf16 A
     quantized in the main loop, residual), QKV. At one tile per family (Hopper 64x128x128, Ada 64x128x64) the
     launches only `exclude` or odd widths make: FP8 A with a residual (FC2 after a dense FC1), GELU without row
-    maxima (FC1 before a dense FC2), the non-even K path, and imprecise accumulation. Not compiled: fp16/fp32
-    models' launches (`exhaustive` adds fp16/fp32 outputs at the Hopper tile). Each variant names the families
+    maxima (FC1 before a dense FC2), the non-even K path, and imprecise accumulation. An fp32 model's FC2 (fp32 rows
+    quantized in the main loop) at the smallest tile of each family; fp16 and the other fp32 launches only with
+    `exhaustive` (at the Hopper tile). Each variant names the families
     whose prune can pick it, so sm_90 gates the Hopper picks and sm_89 the Ada ones. FP8 dots do not exist before
     sm_89: min_cc 89 (skipped for sm_80)."""
     tiles = list(dict.fromkeys(HOPPER_FP8 + ADA_FP8))
@@ -260,6 +261,8 @@ def aot_variants(exhaustive: bool = False):
                 _variant(torch.bfloat16, 1, True, False, True, True, tile),  # FC1 without maxima (FC2 kept dense)
                 _variant(torch.bfloat16, 1, False, False, False, True, tile),  # no bias, ragged K
                 _variant(torch.bfloat16, 1, True, False, True, False, tile)]  # imprecise accumulation
+    for tile in ((64, 64, 128, 4, 4), (64, 64, 64, 4, 4)):  # an fp32 model's FC2: 4-byte A rows, the smallest tiles
+        out.append(_variant(torch.float32, 0, True, True, True, True, tile, quant_a=True))
     tile = (64, 128, 128, 4, 4)
     if exhaustive:
         out += [_variant(dt, act, True, res, True, True, tile)
@@ -270,6 +273,7 @@ def aot_variants(exhaustive: bool = False):
 def _variant(out_dtype, activation, has_bias, has_residual, even_k, precise, tile, quant_a=False,
              amax_out=False):
     bm, bn, bk, warps, stages = tile
+    a_bytes = torch.empty((), dtype=out_dtype).element_size() if quant_a else 1  # QUANT_A reads model-dtype rows
     p = "*" + TL_SIG[out_dtype]
     sig = {
         "a_ptr": p if quant_a else "*fp8e4nv", "a_scale_ptr": "*fp32", "amax_out_ptr": "*fp32",
@@ -290,6 +294,5 @@ def _variant(out_dtype, activation, has_bias, has_residual, even_k, precise, til
     extra = {"vit": lambda cfg, batch: []} if activation == SWIGLU else {}  # no report preset has a SwiGLU MLP
     return {"fn": jit_fn(fp8_gemm_kernel), "signature": sig, "constexprs": constexprs, **extra,
             "num_warps": warps, "num_stages": stages, "min_cc": 89, "op": "linear_fp8", "main_loop": "gemm",
-            "tables": tuple(f for f in FP8_TABLES
-                            if fp8_tile_allowed(f, tile, 2 if quant_a else 1, quant_a, activation == SWIGLU)),
+            "tables": tuple(f for f in FP8_TABLES if fp8_tile_allowed(f, tile, a_bytes, quant_a, activation == SWIGLU)),
             "divisible": ("N", "K", "stride_am", "stride_wn", "stride_rm", "stride_om")}
