@@ -213,6 +213,30 @@ def test_predictor_fp8_on_cpu_runs_the_emulation():
         vit_fast.Predictor(_tiny(), device="cpu", dtype="fp9")
 
 
+def test_predictor_fp8_exclude():
+    """Predictor(..., dtype="fp8", fp8_exclude=...) is quantize's exclude; misuse is refused before the model is
+    moved or quantized."""
+    model = _tiny(img_size=32)
+    with pytest.raises(ValueError, match="fp8_exclude applies to dtype 'fp8' only, got dtype None"):
+        vit_fast.Predictor(model, device="cpu", fp8_exclude="fc2", cuda_graphs=False)
+    with pytest.raises(ValueError, match="'fc9' names no FP8 layer"):
+        vit_fast.Predictor(model, device="cpu", dtype="fp8", fp8_exclude="fc9", cuda_graphs=False)
+    assert not model.is_fp8  # nothing quantized
+    dense = copy.deepcopy(model)
+    predictor = vit_fast.Predictor(model, device="cpu", dtype="fp8", fp8_exclude="fc2", cuda_graphs=False)
+    kinds = _kinds(predictor.model)
+    assert kinds == {n: "dense" if n.endswith("fc2") else "fp8" for n in kinds}
+    image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+    got = predictor.predict([image], top_k=3)[0]
+    with torch.no_grad():  # the same as quantizing with that exclude by hand
+        want = vit_fast.quantize(dense, "fp8", exclude="fc2")(predictor.prepare(image)[None]).softmax(-1)[0]
+    torch.testing.assert_close(torch.tensor(got["scores"]), want.topk(3).values, rtol=1e-5, atol=1e-6)
+    # an FP8 model (a checkpoint) with that mix is served as it is; another mix is refused
+    assert vit_fast.Predictor(predictor.model, device="cpu", dtype="fp8", fp8_exclude="fc2", cuda_graphs=False)
+    with pytest.raises(ValueError, match=r"the model is FP8 already, with 2 of 8 GEMM layers kept"):
+        vit_fast.Predictor(predictor.model, device="cpu", dtype="fp8", fp8_exclude="qkv", cuda_graphs=False)
+
+
 def test_cli_predict_dtype_fp8(tmp_path, capsys):
     from vit_fast import cli
     from vit_fast.cli import SAMPLE_IMAGES
@@ -223,6 +247,15 @@ def test_cli_predict_dtype_fp8(tmp_path, capsys):
     assert SAMPLE_IMAGES[0] in capsys.readouterr().out
     with pytest.raises(SystemExit):
         cli.main(["predict", SAMPLE_IMAGES[0], "--dtype", "int4"])
+    tiny = ["predict", SAMPLE_IMAGES[0], "--model", "vit_ti_16", "--set", "depth=1", "--set", "img_size=32",
+            "--device", "cpu"]
+    assert cli.main([*tiny, "--dtype", "fp8", "--fp8-exclude", "fc2"]) == 0
+    assert SAMPLE_IMAGES[0] in capsys.readouterr().out
+    for extra, message in ((["--fp8-exclude", "fc2"], "--fp8-exclude applies to --dtype fp8 only, got no --dtype"),
+                           (["--dtype", "fp8", "--fp8-exclude", "fc9"], "'fc9' names no FP8 layer")):
+        assert cli.main([*tiny, *extra]) == 2
+        lines = [ln for ln in capsys.readouterr().err.strip().splitlines() if "RANDOM weights" not in ln]
+        assert len(lines) == 1 and message in lines[0], lines
 
 
 def test_bench_float8_rows_give_reasons(monkeypatch):

@@ -194,3 +194,65 @@ def test_serve_uses_all_cores_and_stops_with_ray_on_sigterm(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.parametrize("command", ["serve", "infer"])
+def test_fp8_exclude_is_checked_before_ray(no_ray, capsys, tmp_path, command):
+    """--fp8-exclude without --dtype fp8, a pattern naming no layer, or another mix than an FP8 checkpoint's: one
+    line each, before Ray starts (a preset's layer names come from its config: no model is built)."""
+    from PIL import Image
+
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (20, 20)).save(tmp_path / "imgs" / "a.png")
+    argv = ["serve"] if command == "serve" else ["infer", tmp_path / "imgs", "--out", tmp_path / "p.parquet"]
+    line = _refused([*argv, "--model", "vit_ti_16", "--fp8-exclude", "fc2"], capsys, command)
+    assert line.endswith("--fp8-exclude applies to --dtype fp8 only, got no --dtype"), line
+    line = _refused([*argv, "--model", "vit_ti_16", "--dtype", "fp8", "--fp8-exclude", "fc9"], capsys, command)
+    assert "'fc9' names no FP8 layer; expected a GEMM kind (qkv, proj, fc1, fc2)" in line
+    ckpt = vit_fast.save(vit_fast.create("vit_ti_16", img_size=32, depth=1, num_classes=3).to_fp8(exclude="fc2"),
+                         tmp_path / "fp8")
+    line = _refused([*argv, "--checkpoint", ckpt, "--dtype", "fp8", "--fp8-exclude", "qkv"], capsys, command)
+    assert "the model is FP8 already, with 1 of 4 GEMM layers kept (['blocks.0.mlp.fc2'])" in line
+
+
+def test_fp8_exclude_reaches_the_replicas_and_the_workers(monkeypatch, tmp_path):
+    """serve and infer hand --fp8-exclude to the deployment and the Ray Data actors (Ray stubbed out), whose
+    Predictor keeps those GEMMs out of FP8."""
+    from ray import serve
+
+    from vit_fast import fp8
+    from vit_fast.serving import batch, deployment
+    from vit_fast.serving import cli as serving_cli
+
+    seen = {}
+
+    def build_app(**kwargs):
+        seen["serve"] = kwargs
+        raise KeyboardInterrupt  # serve returns 0 on Ctrl-C
+
+    def run_batch_inference(source, out, **kwargs):
+        seen["infer"] = kwargs
+        return {"rows": 0, "errors": 0, "out": out}
+
+    monkeypatch.setattr(serving_cli, "_start_ray", lambda args: None)
+    monkeypatch.setattr(serve, "start", lambda **kwargs: None)
+    monkeypatch.setattr(serve, "shutdown", lambda: None)
+    monkeypatch.setattr(deployment, "build_app", build_app)
+    monkeypatch.setattr(batch, "run_batch_inference", run_batch_inference)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    common = ["--model", "vit_ti_16", "--device", "cpu", "--dtype", "fp8", "--fp8-exclude", "fc2,blocks.0.*"]
+    assert main(["serve", *common, "--port", str(port)]) == 0
+    (tmp_path / "a.png").write_bytes(b"")
+    assert main(["infer", str(tmp_path), "--out", str(tmp_path / "p.parquet"), *common]) == 0
+    assert seen["serve"]["fp8_exclude"] == seen["infer"]["fp8_exclude"] == "fc2,blocks.0.*"
+    # what a replica and an actor build from those arguments
+    replica = deployment.ViTDeployment.func_or_class(name="vit_ti_16", backend="torch", device="cpu", dtype="fp8",
+                                                     max_batch_size=2, fp8_exclude="fc2,blocks.0.*")
+    actor = batch.PredictorActor(None, "vit_ti_16", "torch", 3, False, 2, device="cpu", dtype="fp8",
+                                 fp8_exclude="fc2,blocks.0.*")
+    for predictor in (replica.predictor, actor.predictor):
+        layers = set(fp8.fp8_layers(predictor.model))
+        assert predictor.fp8 and len(layers) == 12 * 4 - 12 - 3  # every FC2, and block 0's QKV, proj, FC1
+        assert not any(n.endswith("fc2") or n.startswith("blocks.0.") for n in layers)

@@ -20,6 +20,13 @@ class UsageError(Exception):
     """A mistake in the command line or its inputs: reported as one line."""
 
 
+def fp8_exclude_misuse(fp8_exclude, dtype):
+    """The one line for `--fp8-exclude` without `--dtype fp8` (None when the pair is fine)."""
+    if fp8_exclude and dtype != "fp8":
+        return f"--fp8-exclude applies to --dtype fp8 only, got {f'--dtype {dtype}' if dtype else 'no --dtype'}"
+    return None
+
+
 def _parse_overrides(items) -> dict:
     """`--set key=value` pairs; values are JSON where they parse (numbers, lists, booleans), else strings."""
     out = {}
@@ -45,13 +52,17 @@ def _predictor(args):
     refusal, _ = fp8_cli_check(args.backend, args.device, getattr(args, "dtype", None))  # auto warns when it runs
     if refusal:
         raise UsageError(refusal)
+    misuse = fp8_exclude_misuse(getattr(args, "fp8_exclude", None), getattr(args, "dtype", None))  # demo: neither
+    if misuse:
+        raise UsageError(misuse)
     if args.checkpoint is None:
         model = create(args.model, backend=args.backend, **overrides)
         print(f"note: no --checkpoint given: {args.model} with RANDOM weights; the labels below mean nothing",
               file=sys.stderr)
     else:
         model = load(args.checkpoint, backend=args.backend, **overrides)
-    predictor = Predictor(model, device=args.device, dtype=getattr(args, "dtype", None))
+    predictor = Predictor(model, device=args.device, dtype=getattr(args, "dtype", None),
+                          fp8_exclude=getattr(args, "fp8_exclude", None) or None)
     predictor.random_weights = args.checkpoint is None
     return predictor
 
@@ -132,8 +143,9 @@ def cmd_info(args) -> int:
 def cmd_convert(args) -> int:
     from . import from_hf, from_timm, load, save
 
-    if args.fp8_exclude and args.dtype != "fp8":
-        raise UsageError(f"--fp8-exclude applies to --dtype fp8 only, got --dtype {args.dtype}")
+    misuse = fp8_exclude_misuse(args.fp8_exclude, args.dtype)
+    if misuse:
+        raise UsageError(misuse)
     overrides = _parse_overrides(args.set)
     readers = {"auto": load, "timm": from_timm, "hf": from_hf}
     model = readers[args.format](args.src, **overrides)
@@ -205,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--normalize", action="store_true", help="with --embeddings: scale embeddings to unit L2 norm")
     p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16", "fp8"),
                    help="default: bfloat16 on GPU, float32 on CPU; fp8: FP8 GEMMs (sm_89/sm_90; CPU: torch emulation)")
+    p.add_argument("--fp8-exclude", default="", metavar="LAYERS",
+                   help="with --dtype fp8: GEMMs kept in the model dtype, comma-separated kinds (qkv, proj, fc1, "
+                        "fc2) or layer patterns (blocks.0.*), as vit_fast.quantize(model, 'fp8', exclude=...)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("info", help="device, available backends, versions")

@@ -177,6 +177,20 @@ def excluded_names(names: list, exclude) -> set:
     return kept
 
 
+def check_exclude(model, exclude) -> set:
+    """The layer names `exclude` keeps in the model dtype (excluded_names), checked without touching the model, as
+    quantize checks them: for a model that is FP8 already, `exclude` may only name the mix it has."""
+    layers = quantized_linears(model)
+    kept = excluded_names(list(layers), exclude)
+    if getattr(model, "is_fp8", False):
+        dense = set(layers) - set(fp8_layers(model))
+        if exclude and kept != dense:
+            raise ValueError(f"exclude: the model is FP8 already, with {len(dense)} of {len(layers)} GEMM layers "
+                             f"kept ({sorted(dense)[:3] if dense else 'none'}); quantize the unquantized model to "
+                             "change which layers stay out of FP8")
+    return kept
+
+
 def quantize(model, scheme: str = "fp8", exclude=()):
     """Convert `model` (a vit_fast VisionTransformer) in place to FP8 weights and return it.
     The weights are quantized from their current values (any float dtype) in fp32; the bf16/fp32 copies are
@@ -190,16 +204,10 @@ def quantize(model, scheme: str = "fp8", exclude=()):
         raise ValueError(f"unknown quantization scheme {scheme!r}; expected one of {', '.join(SCHEMES)}")
     if not hasattr(model, "blocks"):
         raise TypeError(f"quantize expects a vit_fast VisionTransformer, got {type(model).__name__}")
-    layers = quantized_linears(model)
-    kept = excluded_names(list(layers), exclude)
+    kept = check_exclude(model, exclude)
     if getattr(model, "is_fp8", False):
-        dense = set(layers) - set(fp8_layers(model))
-        if exclude and kept != dense:
-            raise ValueError(f"exclude: the model is FP8 already, with {len(dense)} of {len(layers)} GEMM layers "
-                             f"kept ({sorted(dense)[:3] if dense else 'none'}); quantize the unquantized model to "
-                             "change which layers stay out of FP8")
         return model
-    todo = {n: l for n, l in layers.items() if n not in kept}
+    todo = {n: l for n, l in quantized_linears(model).items() if n not in kept}
     odd = [f"{n} ({type(getattr(*l)).__name__})" for n, l in todo.items() if not isinstance(getattr(*l), nn.Linear)]
     if odd:  # checked first: nothing half-quantized
         raise TypeError(f"cannot quantize {odd[0]}: expected nn.Linear")

@@ -106,14 +106,20 @@ class Predictor:
     """Runs a `VisionTransformer` on raw images; see the module docstring for the contract."""
 
     def __init__(self, model: torch.nn.Module, device=None, dtype=None, max_batch_size: int = 32,
-                 cuda_graphs: bool = True, warmup: bool = True):
+                 cuda_graphs: bool = True, warmup: bool = True, fp8_exclude=None):
         if not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise ValueError(f"max_batch_size must be a positive int, got {max_batch_size!r}")
         self.device = _default_device(device)
-        # dtype="fp8": FP8 weights for the encoder GEMMs (vit_fast.quantize); activations stay in the default dtype
+        # dtype="fp8": FP8 weights for the encoder GEMMs (vit_fast.quantize); activations stay in the default dtype;
+        # fp8_exclude: the GEMMs kept in that dtype (quantize's `exclude`: kinds or layer-name patterns)
         asked = _is_fp8(dtype)
         self.fp8 = asked or bool(getattr(model, "is_fp8", False))  # asked for, or an FP8 checkpoint
+        if fp8_exclude and not asked:
+            raise ValueError(f"fp8_exclude applies to dtype 'fp8' only, got dtype {dtype!r}")
         if self.fp8:
+            from .fp8 import check_exclude
+
+            check_exclude(model, fp8_exclude)  # a pattern naming no layer, or another mix than an FP8 model's
             _check_fp8_device(self.device, getattr(model, "backend", "auto"),
                               "dtype 'fp8'" if asked else "an FP8 model")
         self.dtype = _default_dtype(None if asked else dtype, self.device)
@@ -121,7 +127,7 @@ class Predictor:
         if self.fp8:
             from .fp8 import quantize
 
-            quantize(self.model, "fp8")
+            quantize(self.model, "fp8", exclude=fp8_exclude)
         self.config = model.config
         self.max_batch_size = max_batch_size
         self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda"
@@ -157,7 +163,7 @@ class Predictor:
                         **kw) -> "Predictor":
         """Load `path` with `vit_fast.load` (any format it detects), or build `name` with random weights when
         `path` is None (then `predictor.random_weights` is True). `kw` go to `Predictor` (max_batch_size,
-        cuda_graphs)."""
+        cuda_graphs, fp8_exclude)."""
         import vit_fast
 
         model = vit_fast.create(name, backend=backend) if path is None else vit_fast.load(path, backend=backend)

@@ -64,13 +64,14 @@ class PredictorActor:
     """A Ray Data map_batches UDF: (path, bytes) rows in, prediction rows out (see the module docstring)."""
 
     def __init__(self, checkpoint, name, backend, top_k, embeddings, max_batch_size, device=None, dtype=None,
-                 num_threads=None, normalize_embeddings=False):
+                 num_threads=None, normalize_embeddings=False, fp8_exclude=None):
         if num_threads:
             import torch
 
             torch.set_num_threads(int(num_threads))
         self.predictor = Predictor.from_checkpoint(checkpoint, name=name, backend=backend, device=device,
-                                                   dtype=dtype, max_batch_size=max_batch_size)
+                                                   dtype=dtype, max_batch_size=max_batch_size,
+                                                   fp8_exclude=fp8_exclude)
         self.top_k = top_k
         self.embeddings = embeddings
         self.normalize_embeddings = normalize_embeddings
@@ -156,7 +157,8 @@ def run_batch_inference(source: str, out: str, checkpoint: Optional[str] = None,
                         backend: str = "auto", top_k: int = 5, embeddings: bool = False, batch_size: int = 32,
                         workers: Optional[int] = None, cpus_per_worker: Optional[float] = None,
                         device: Optional[str] = None, dtype: Optional[str] = None, progress: bool = True,
-                        normalize_embeddings: bool = False, wait_timeout_s: float = 60.0) -> dict:
+                        normalize_embeddings: bool = False, wait_timeout_s: float = 60.0,
+                        fp8_exclude: Optional[str] = None) -> dict:
     """Predict every image of `source` into the Parquet file `out`; returns {"rows", "errors", "out"}.
 
     Connects to the Ray instance already initialised (or starts a local one). `device` None: the actor's GPU
@@ -191,7 +193,7 @@ def run_batch_inference(source: str, out: str, checkpoint: Optional[str] = None,
         fn_constructor_kwargs=dict(checkpoint=checkpoint, name=name, backend=backend, top_k=top_k,
                                    embeddings=embeddings, max_batch_size=batch_size, device=device, dtype=dtype,
                                    num_threads=None if pool["num_gpus"] else pool["num_cpus"],
-                                   normalize_embeddings=normalize_embeddings),
+                                   normalize_embeddings=normalize_embeddings, fp8_exclude=fp8_exclude),
         batch_size=batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=pool["size"]),

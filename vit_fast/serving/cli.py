@@ -20,6 +20,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="default: one GPU per replica/worker when the Ray cluster has GPUs, else the CPU")
     p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16", "fp8"),
                    help="default: bfloat16 on GPU, float32 on CPU; fp8: FP8 GEMMs (needs sm_89/sm_90)")
+    p.add_argument("--fp8-exclude", default="", metavar="LAYERS",
+                   help="with --dtype fp8: GEMMs kept in the model dtype, comma-separated kinds (qkv, proj, fc1, "
+                        "fc2) or layer patterns (blocks.0.*), as vit_fast.quantize(model, 'fp8', exclude=...)")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--address", default=None,
                    help="Ray cluster to join (e.g. auto or ray://head:10001); default: start Ray on this machine")
@@ -75,11 +78,20 @@ def _check_model(args) -> None:
         if note:  # the replicas' own warning stays in Ray's logs
             print(f"vit-fast: warning: {note}", file=sys.stderr)
 
+    from vit_fast.cli import fp8_exclude_misuse
+
+    misuse = fp8_exclude_misuse(args.fp8_exclude, args.dtype)
+    if misuse:
+        raise Refused(misuse)
     if local and args.dtype == "fp8":
         check_fp8("--dtype fp8")
     if args.checkpoint is None:
         try:
-            vit_fast.get_config(args.model)  # an unknown preset name lists the known ones
+            config = vit_fast.get_config(args.model)  # an unknown preset name lists the known ones
+            if args.fp8_exclude:
+                from vit_fast.fp8 import excluded_names, layer_names
+
+                excluded_names(layer_names(config.depth), args.fp8_exclude)
         except ValueError as e:
             raise Refused(str(e)) from None
         print(f"vit-fast: no --checkpoint given: using {args.model} with RANDOM weights "
@@ -96,6 +108,13 @@ def _check_model(args) -> None:
         from vit_fast.cli import one_line
 
         raise Refused(f"cannot load --checkpoint {args.checkpoint}: {one_line(e)}") from None
+    if args.fp8_exclude:
+        from vit_fast.fp8 import check_exclude
+
+        try:
+            check_exclude(model, args.fp8_exclude)
+        except ValueError as e:
+            raise Refused(str(e)) from None
     if local and model.is_fp8 and args.dtype != "fp8":  # an FP8 checkpoint: the same checks as --dtype fp8
         check_fp8(f"--checkpoint {args.checkpoint} (an FP8 model)")
 
@@ -210,7 +229,7 @@ def _serve(parser, args) -> int:
         app = build_app(checkpoint=args.checkpoint, name=args.model, backend=args.backend,
                         max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_ms / 1000,
                         top_k=args.top_k, num_replicas=args.num_replicas, device=args.device, dtype=args.dtype,
-                        num_cpus=args.cpus_per_replica)
+                        fp8_exclude=args.fp8_exclude or None, num_cpus=args.cpus_per_replica)
         serve.run(app, name="vit_fast", route_prefix="/")
         print(f"vit-fast: serving on http://{args.host}:{args.port}  (GET /health, POST /predict; Ctrl-C stops)",
               file=sys.stderr, flush=True)
@@ -280,7 +299,7 @@ def _infer(parser, args) -> int:
                                       backend=args.backend, top_k=args.top_k, embeddings=args.embeddings,
                                       batch_size=args.batch_size, workers=args.workers,
                                       cpus_per_worker=args.cpus_per_worker, device=args.device, dtype=args.dtype,
-                                      progress=not args.no_progress, wait_timeout_s=args.wait_timeout,
+                                      fp8_exclude=args.fp8_exclude or None, progress=not args.no_progress, wait_timeout_s=args.wait_timeout,
                                       normalize_embeddings=args.normalize)
     except KeyboardInterrupt:
         print("vit-fast infer: interrupted", file=sys.stderr)

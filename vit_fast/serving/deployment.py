@@ -140,14 +140,14 @@ class ViTDeployment:
     def __init__(self, checkpoint: Optional[str] = None, name: str = "vit_b_16", backend: str = "auto",
                  max_batch_size: int = 32, batch_wait_timeout_s: float = 0.005, top_k: int = 5,
                  device: Optional[str] = None, dtype: Optional[str] = None, cuda_graphs: bool = True,
-                 num_threads: Optional[int] = None):
+                 num_threads: Optional[int] = None, fp8_exclude: Optional[str] = None):
         import torch
 
         if num_threads:  # as many torch threads as CPUs reserved for this replica
             torch.set_num_threads(int(num_threads))
         self.predictor = Predictor.from_checkpoint(checkpoint, name=name, device=device, dtype=dtype,
                                                    backend=backend, max_batch_size=max_batch_size,
-                                                   cuda_graphs=cuda_graphs)
+                                                   cuda_graphs=cuda_graphs, fp8_exclude=fp8_exclude)
         self.model_name = checkpoint or name
         self.default_top_k = _parse_top_k(top_k)
         self.predict_batch.set_max_batch_size(max_batch_size)
@@ -261,7 +261,7 @@ def build_app(checkpoint: Optional[str] = None, name: str = "vit_b_16", backend:
               max_batch_size: int = 32, batch_wait_timeout_s: float = 0.005, top_k: int = 5,
               num_replicas: int = 1, num_gpus: Optional[float] = None, num_cpus: Optional[float] = None,
               device: Optional[str] = None, dtype: Optional[str] = None, cuda_graphs: bool = True,
-              num_threads: Optional[int] = None):
+              num_threads: Optional[int] = None, fp8_exclude: Optional[str] = None):
     """The bound Serve application. num_gpus None: one GPU per replica if the Ray cluster has any (and `device`
     is not "cpu"), else 0; `device`/`dtype` None: the replica's GPU in bfloat16, or the CPU in float32.
     num_cpus None: 1 with a GPU, else the largest node's CPUs divided among the replicas (all of them for one).
@@ -287,7 +287,7 @@ def build_app(checkpoint: Optional[str] = None, name: str = "vit_b_16", backend:
     )
     return deployment.bind(checkpoint=checkpoint, name=name, backend=backend, max_batch_size=max_batch_size,
                            batch_wait_timeout_s=batch_wait_timeout_s, top_k=top_k, device=device, dtype=dtype,
-                           cuda_graphs=cuda_graphs, num_threads=num_threads)
+                           cuda_graphs=cuda_graphs, num_threads=num_threads, fp8_exclude=fp8_exclude)
 
 
 def app_builder(args: dict):

@@ -67,7 +67,7 @@ def _check_args(args) -> dict:
     """Everything that can be wrong with the command line, found before anything expensive starts."""
     from .. import PRESETS, get_config
     from ..backends import triton_unavailable_reason
-    from ..cli import UsageError, _parse_overrides
+    from ..cli import UsageError, _parse_overrides, fp8_exclude_misuse
     from ..loading.checkpoint import is_fp8_checkpoint
 
     if args.dtype not in DTYPES:
@@ -76,8 +76,9 @@ def _check_args(args) -> dict:
         if getattr(args, flag) < 1:
             raise UsageError(f"--{flag} expects a positive number of images, got {getattr(args, flag)}")
     checked = {"overrides": _parse_overrides(args.set)}
-    if args.fp8_exclude and args.dtype != "fp8":
-        raise UsageError(f"--fp8-exclude applies to --dtype fp8 only, got --dtype {args.dtype}")
+    misuse = fp8_exclude_misuse(args.fp8_exclude, args.dtype)
+    if misuse:
+        raise UsageError(misuse)
     if args.checkpoint is not None and not Path(args.checkpoint).expanduser().exists():
         raise UsageError(f"no checkpoint at {args.checkpoint!r}")
     if args.checkpoint is not None and is_fp8_checkpoint(Path(args.checkpoint).expanduser()):
