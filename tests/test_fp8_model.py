@@ -213,15 +213,19 @@ def test_predictor_fp8_on_cpu_runs_the_emulation():
         vit_fast.Predictor(_tiny(), device="cpu", dtype="fp9")
 
 
-def test_predictor_fp8_exclude():
+def test_predictor_fp8_exclude(monkeypatch):
     """Predictor(..., dtype="fp8", fp8_exclude=...) is quantize's exclude; misuse is refused before the model is
     moved or quantized."""
     model = _tiny(img_size=32)
-    with pytest.raises(ValueError, match="fp8_exclude applies to dtype 'fp8' only, got dtype None"):
-        vit_fast.Predictor(model, device="cpu", fp8_exclude="fc2", cuda_graphs=False)
-    with pytest.raises(ValueError, match="'fc9' names no FP8 layer"):
-        vit_fast.Predictor(model, device="cpu", dtype="fp8", fp8_exclude="fc9", cuda_graphs=False)
+    with monkeypatch.context() as m:
+        m.setattr(model, "to", lambda *a, **k: pytest.fail("the model was moved before the check"))
+        with pytest.raises(ValueError, match="fp8_exclude applies to dtype 'fp8' only, got dtype None"):
+            vit_fast.Predictor(model, device="cpu", fp8_exclude="fc2", cuda_graphs=False)
+        with pytest.raises(ValueError, match="'fc9' names no FP8 layer"):
+            vit_fast.Predictor(model, device="cpu", dtype="fp8", fp8_exclude="fc9", cuda_graphs=False)
     assert not model.is_fp8  # nothing quantized
+    with pytest.raises(TypeError, match="quantize expects a vit_fast VisionTransformer, got Sequential"):
+        vit_fast.Predictor(torch.nn.Sequential(), device="cpu", dtype="fp8", cuda_graphs=False)
     dense = copy.deepcopy(model)
     predictor = vit_fast.Predictor(model, device="cpu", dtype="fp8", fp8_exclude="fc2", cuda_graphs=False)
     kinds = _kinds(predictor.model)
@@ -232,7 +236,8 @@ def test_predictor_fp8_exclude():
         want = vit_fast.quantize(dense, "fp8", exclude="fc2")(predictor.prepare(image)[None]).softmax(-1)[0]
     torch.testing.assert_close(torch.tensor(got["scores"]), want.topk(3).values, rtol=1e-5, atol=1e-6)
     # an FP8 model (a checkpoint) with that mix is served as it is; another mix is refused
-    assert vit_fast.Predictor(predictor.model, device="cpu", dtype="fp8", fp8_exclude="fc2", cuda_graphs=False)
+    again = vit_fast.Predictor(predictor.model, device="cpu", dtype="fp8", fp8_exclude="fc2", cuda_graphs=False)
+    assert _kinds(again.model) == kinds
     with pytest.raises(ValueError, match=r"the model is FP8 already, with 2 of 8 GEMM layers kept"):
         vit_fast.Predictor(predictor.model, device="cpu", dtype="fp8", fp8_exclude="qkv", cuda_graphs=False)
 

@@ -196,11 +196,18 @@ def test_serve_uses_all_cores_and_stops_with_ray_on_sigterm(tmp_path):
             proc.kill()
 
 
+@pytest.mark.parametrize("gpu", [None, (8, 0)], ids=["this machine", "A100"])
 @pytest.mark.parametrize("command", ["serve", "infer"])
-def test_fp8_exclude_is_checked_before_ray(no_ray, capsys, tmp_path, command):
+def test_fp8_exclude_is_checked_before_ray(no_ray, capsys, tmp_path, monkeypatch, command, gpu):
     """--fp8-exclude without --dtype fp8, a pattern naming no layer, or another mix than an FP8 checkpoint's: one
-    line each, before Ray starts (a preset's layer names come from its config: no model is built)."""
+    line each, before Ray starts (a preset's layer names come from its config: no model is built). On a GPU
+    without FP8 (an A100, as torch reports it here) --dtype fp8 with backend auto warns, but not beside a refusal."""
     from PIL import Image
+
+    if gpu:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: gpu)
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "A100")
 
     (tmp_path / "imgs").mkdir()
     Image.new("RGB", (20, 20)).save(tmp_path / "imgs" / "a.png")
@@ -212,7 +219,8 @@ def test_fp8_exclude_is_checked_before_ray(no_ray, capsys, tmp_path, command):
     ckpt = vit_fast.save(vit_fast.create("vit_ti_16", img_size=32, depth=1, num_classes=3).to_fp8(exclude="fc2"),
                          tmp_path / "fp8")
     line = _refused([*argv, "--checkpoint", ckpt, "--dtype", "fp8", "--fp8-exclude", "qkv"], capsys, command)
-    assert "the model is FP8 already, with 1 of 4 GEMM layers kept (['blocks.0.mlp.fc2'])" in line
+    assert (f"--checkpoint {ckpt} is an FP8 model that keeps 1 GEMM layer(s) out of FP8 (blocks.0.mlp.fc2), not "
+            "what --fp8-exclude qkv asks: leave out --fp8-exclude") in line
 
 
 def test_fp8_exclude_reaches_the_replicas_and_the_workers(monkeypatch, tmp_path):
@@ -247,6 +255,12 @@ def test_fp8_exclude_reaches_the_replicas_and_the_workers(monkeypatch, tmp_path)
     (tmp_path / "a.png").write_bytes(b"")
     assert main(["infer", str(tmp_path), "--out", str(tmp_path / "p.parquet"), *common]) == 0
     assert seen["serve"]["fp8_exclude"] == seen["infer"]["fp8_exclude"] == "fc2,blocks.0.*"
+    # the Python entry points refuse misuse before any replica or actor starts
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="fp8_exclude applies to dtype 'fp8' only, got dtype 'bfloat16'"):
+        deployment.build_app(name="vit_ti_16", dtype="bfloat16", fp8_exclude="fc2")
+    with pytest.raises(ValueError, match="fp8_exclude applies to dtype 'fp8' only, got dtype None"):
+        batch.run_batch_inference(str(tmp_path), str(tmp_path / "p.parquet"), fp8_exclude="fc2")
     # what a replica and an actor build from those arguments
     replica = deployment.ViTDeployment.func_or_class(name="vit_ti_16", backend="torch", device="cpu", dtype="fp8",
                                                      max_batch_size=2, fp8_exclude="fc2,blocks.0.*")

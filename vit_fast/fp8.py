@@ -180,6 +180,8 @@ def excluded_names(names: list, exclude) -> set:
 def check_exclude(model, exclude) -> set:
     """The layer names `exclude` keeps in the model dtype (excluded_names), checked without touching the model, as
     quantize checks them: for a model that is FP8 already, `exclude` may only name the mix it has."""
+    if not hasattr(model, "blocks"):
+        raise TypeError(f"quantize expects a vit_fast VisionTransformer, got {type(model).__name__}")
     layers = quantized_linears(model)
     kept = excluded_names(list(layers), exclude)
     if getattr(model, "is_fp8", False):
@@ -202,8 +204,6 @@ def quantize(model, scheme: str = "fp8", exclude=()):
     on FP8 checkpoints, whose kept layers must stay kept); an `exclude` that asks for another mix is an error."""
     if scheme not in SCHEMES:
         raise ValueError(f"unknown quantization scheme {scheme!r}; expected one of {', '.join(SCHEMES)}")
-    if not hasattr(model, "blocks"):
-        raise TypeError(f"quantize expects a vit_fast VisionTransformer, got {type(model).__name__}")
     kept = check_exclude(model, exclude)
     if getattr(model, "is_fp8", False):
         return model

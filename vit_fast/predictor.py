@@ -82,6 +82,13 @@ def _is_fp8(dtype) -> bool:
     return dtype in FP8_NAMES if isinstance(dtype, str) else dtype is torch.float8_e4m3fn
 
 
+def check_fp8_exclude(fp8_exclude, dtype) -> None:
+    """fp8_exclude (the GEMMs an FP8 model keeps in the model dtype) only with dtype "fp8": checked by the Predictor,
+    and up front by the Serve and Ray Data entry points, before any replica or actor is started."""
+    if fp8_exclude and not _is_fp8(dtype):
+        raise ValueError(f"fp8_exclude applies to dtype 'fp8' only, got dtype {dtype!r}")
+
+
 def _check_fp8_device(device: torch.device, backend: str, why: str = "dtype 'fp8'") -> None:
     """An FP8 model runs the FP8 kernels with backend triton (sm_89 / sm_90, or the CPU interpreter), else the torch
     emulation: "auto" on an older GPU falls back to it with a warning (backends.resolve); "triton" there is refused
@@ -114,8 +121,7 @@ class Predictor:
         # fp8_exclude: the GEMMs kept in that dtype (quantize's `exclude`: kinds or layer-name patterns)
         asked = _is_fp8(dtype)
         self.fp8 = asked or bool(getattr(model, "is_fp8", False))  # asked for, or an FP8 checkpoint
-        if fp8_exclude and not asked:
-            raise ValueError(f"fp8_exclude applies to dtype 'fp8' only, got dtype {dtype!r}")
+        check_fp8_exclude(fp8_exclude, dtype)
         if self.fp8:
             from .fp8 import check_exclude
 

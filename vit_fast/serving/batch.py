@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from ..predictor import Predictor
+from ..predictor import Predictor, check_fp8_exclude
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff", "ppm", "pgm", "pbm")
 
@@ -171,6 +171,7 @@ def run_batch_inference(source: str, out: str, checkpoint: Optional[str] = None,
         raise ValueError(f"top_k must be a positive int, got {top_k!r}")
     if normalize_embeddings and not embeddings:
         raise ValueError("normalize_embeddings applies to embeddings: pass embeddings=True")
+    check_fp8_exclude(fp8_exclude, dtype)
     files = list_images(source)
     out = check_output_path(out)  # before any work: a bad --out must not cost a whole job
     if not ray.is_initialized():

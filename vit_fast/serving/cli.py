@@ -58,7 +58,15 @@ def _start_ray(args) -> None:
 
 def _check_model(args) -> None:
     """Everything about the model that can be checked on this machine, before Ray: the device exists, the
-    checkpoint (or preset) loads, the backend can run. With --address the paths may only exist on the cluster."""
+    checkpoint (or preset) loads, the backend can run, --fp8-exclude names its layers. With --address the paths may
+    only exist on the cluster. Warnings are printed once nothing was refused (a refusal stays one line)."""
+    notes = []
+    _refuse_model(args, notes)
+    for note in notes:  # the replicas' own warning stays in Ray's logs
+        print(f"vit-fast: warning: {note}", file=sys.stderr)
+
+
+def _refuse_model(args, notes: list) -> None:
     import torch
 
     import vit_fast
@@ -75,8 +83,8 @@ def _check_model(args) -> None:
         refusal, note = fp8_cli_check(args.backend, args.device, "fp8", why=why)
         if refusal:
             raise Refused(refusal)
-        if note:  # the replicas' own warning stays in Ray's logs
-            print(f"vit-fast: warning: {note}", file=sys.stderr)
+        if note:
+            notes.append(note)
 
     from vit_fast.cli import fp8_exclude_misuse
 
@@ -109,12 +117,18 @@ def _check_model(args) -> None:
 
         raise Refused(f"cannot load --checkpoint {args.checkpoint}: {one_line(e)}") from None
     if args.fp8_exclude:
-        from vit_fast.fp8 import check_exclude
+        from vit_fast.fp8 import check_exclude, fp8_layers, quantized_linears
 
         try:
             check_exclude(model, args.fp8_exclude)
         except ValueError as e:
-            raise Refused(str(e)) from None
+            if not model.is_fp8:
+                raise Refused(str(e)) from None
+            kept = sorted(set(quantized_linears(model)) - set(fp8_layers(model)))
+            raise Refused(f"--checkpoint {args.checkpoint} is an FP8 model that keeps {len(kept)} GEMM layer(s) out "
+                          f"of FP8 ({', '.join(kept[:3]) or 'none'}{' ...' if len(kept) > 3 else ''}), not what "
+                          f"--fp8-exclude {args.fp8_exclude} asks: leave out --fp8-exclude, or write that mix from "
+                          "the unquantized weights with vit-fast convert --dtype fp8 --fp8-exclude") from None
     if local and model.is_fp8 and args.dtype != "fp8":  # an FP8 checkpoint: the same checks as --dtype fp8
         check_fp8(f"--checkpoint {args.checkpoint} (an FP8 model)")
 
@@ -299,7 +313,8 @@ def _infer(parser, args) -> int:
                                       backend=args.backend, top_k=args.top_k, embeddings=args.embeddings,
                                       batch_size=args.batch_size, workers=args.workers,
                                       cpus_per_worker=args.cpus_per_worker, device=args.device, dtype=args.dtype,
-                                      fp8_exclude=args.fp8_exclude or None, progress=not args.no_progress, wait_timeout_s=args.wait_timeout,
+                                      fp8_exclude=args.fp8_exclude or None,
+                                      progress=not args.no_progress, wait_timeout_s=args.wait_timeout,
                                       normalize_embeddings=args.normalize)
     except KeyboardInterrupt:
         print("vit-fast infer: interrupted", file=sys.stderr)

@@ -41,7 +41,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..predictor import Predictor
+from ..predictor import Predictor, check_fp8_exclude
 
 logger = logging.getLogger("ray.serve")
 
@@ -268,6 +268,7 @@ def build_app(checkpoint: Optional[str] = None, name: str = "vit_b_16", backend:
     num_threads None: torch threads = the replica's CPUs (when at least 1)."""
     import ray
 
+    check_fp8_exclude(fp8_exclude, dtype)  # here, not in every replica
     if num_gpus is None:
         wants_gpu = device is None or str(device).startswith("cuda")
         num_gpus = 1 if wants_gpu and ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1 else 0
