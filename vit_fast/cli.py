@@ -27,6 +27,13 @@ def fp8_exclude_misuse(fp8_exclude, dtype):
     return None
 
 
+def add_fp8_exclude_arg(p: argparse.ArgumentParser, kept_in: str = "the model dtype", more: str = "") -> None:
+    """`--fp8-exclude`, one definition for every command that takes `--dtype fp8`."""
+    p.add_argument("--fp8-exclude", default="", metavar="LAYERS",
+                   help=f"with --dtype fp8: GEMMs kept in {kept_in}, comma-separated kinds (qkv, proj, fc1, fc2) or "
+                        f"layer patterns (blocks.0.*), as vit_fast.quantize(model, 'fp8', exclude=...){more}")
+
+
 def _parse_overrides(items) -> dict:
     """`--set key=value` pairs; values are JSON where they parse (numbers, lists, booleans), else strings."""
     out = {}
@@ -217,9 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--normalize", action="store_true", help="with --embeddings: scale embeddings to unit L2 norm")
     p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16", "fp8"),
                    help="default: bfloat16 on GPU, float32 on CPU; fp8: FP8 GEMMs (sm_89/sm_90; CPU: torch emulation)")
-    p.add_argument("--fp8-exclude", default="", metavar="LAYERS",
-                   help="with --dtype fp8: GEMMs kept in the model dtype, comma-separated kinds (qkv, proj, fc1, "
-                        "fc2) or layer patterns (blocks.0.*), as vit_fast.quantize(model, 'fp8', exclude=...)")
+    add_fp8_exclude_arg(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("info", help="device, available backends, versions")
@@ -233,9 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: as loaded (float32 weights; an FP8 checkpoint stays FP8). fp8: store the QKV, "
                         "out-projection, FC1 and FC2 weights as float8 e4m3 with per-channel scales "
                         "(vit_fast.quantize), the rest float32; vit_fast.load reads it back bit for bit")
-    p.add_argument("--fp8-exclude", default="", metavar="LAYERS",
-                   help="with --dtype fp8: GEMMs kept in float32, comma-separated kinds (qkv, proj, fc1, fc2) or "
-                        "layer patterns (blocks.0.*); the checkpoint records which layers are FP8")
+    add_fp8_exclude_arg(p, "float32", "; the checkpoint records which layers are FP8")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="config override, e.g. --set num_heads=16 --set 'img_size=[384,384]'")
     p.set_defaults(func=cmd_convert)

@@ -20,9 +20,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="default: one GPU per replica/worker when the Ray cluster has GPUs, else the CPU")
     p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16", "fp8"),
                    help="default: bfloat16 on GPU, float32 on CPU; fp8: FP8 GEMMs (needs sm_89/sm_90)")
-    p.add_argument("--fp8-exclude", default="", metavar="LAYERS",
-                   help="with --dtype fp8: GEMMs kept in the model dtype, comma-separated kinds (qkv, proj, fc1, "
-                        "fc2) or layer patterns (blocks.0.*), as vit_fast.quantize(model, 'fp8', exclude=...)")
+    from vit_fast.cli import add_fp8_exclude_arg
+
+    add_fp8_exclude_arg(p)
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--address", default=None,
                    help="Ray cluster to join (e.g. auto or ray://head:10001); default: start Ray on this machine")

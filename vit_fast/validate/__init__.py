@@ -34,9 +34,9 @@ def add_parser(sub, add_model_args) -> None:
                     "Budget: 2x PyTorch's own error in the same dtype. Exit code 1 when a budget is exceeded.")
     add_model_args(p)
     p.add_argument("--dtype", default="bf16", help=f"dtype to validate: {', '.join(DTYPES)} (default bf16)")
-    p.add_argument("--fp8-exclude", default="", metavar="LAYERS",
-                   help="with --dtype fp8: GEMMs kept in bf16, comma-separated kinds (qkv, proj, fc1, fc2) or layer "
-                        "patterns (blocks.0.*), as vit_fast.quantize(model, 'fp8', exclude=...)")
+    from ..cli import add_fp8_exclude_arg
+
+    add_fp8_exclude_arg(p, "bf16")
     p.add_argument("--images", default=None, metavar="DIR",
                    help="folder of images (searched recursively); default: random pixels")
     p.add_argument("--random", type=int, default=32, metavar="N",
