@@ -3,7 +3,8 @@ benchmarks/results/<date>-<device>/, and the README table regenerated from it.
 
 The headline and every grid slice are merged into one results.json (+ results.md and plots; `benchmarks.merge`'s
 rule, the headline's rows last), with the results already stored for that day and device when they come from the
-same commit (a lease of another commit there is refused: rows carry no commit of their own). The rest of what the
+same commit. A lease of another commit on the same day (a fix measured again) goes to <date>-<device>-<commit>/
+beside it, since rows carry no commit of their own; the README table follows the newest. The rest of what the
 lease wrote is kept as it came under lease/ (the headline's setup.json and targets, the test outcomes, the
 per-kernel profile, the logs), so every figure a note quotes has its file.
 `python -m benchmarks.store_lease RUNS_TAR [--root DIR] [--readme README.md] [--no-plots]`.
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from . import readme
 from .cli import write_json
-from .env import default_results_dir
+from .env import default_results_dir, slug
 from .merge import merge
 from .report import load, write_report
 
@@ -45,14 +46,19 @@ def store(tar_path, root=None, readme_path=None, plots: bool = True) -> Path:
         if not sources:
             raise ValueError(f"{tar_path} holds no headline or grid results.json: nothing to store")
         new = [load(d) for d in sources]
+        commits = {r["env"]["commit"] for r in new}
+        if len(commits) > 1:
+            raise ValueError(f"{tar_path} holds results of commits {sorted(map(str, commits))}: one lease measures "
+                             "one commit")
+        commit = commits.pop()
         dest = default_results_dir(merge(new)["env"], root=root)
-        if (dest / "results.json").is_file():  # an earlier lease of the same day and device
+        if (dest / "results.json").is_file() and load(dest / "results.json")["env"]["commit"] != commit:
+            dest = dest.with_name(f"{dest.name}-{slug(str(commit))}")  # the same day's results of another commit
+        if (dest / "results.json").is_file():  # an earlier lease of the same day, device and commit
             old = load(dest / "results.json")
-            commits = {old["env"]["commit"], *(r["env"]["commit"] for r in new)}
-            if len(commits) > 1:
+            if old["env"]["commit"] != commit:
                 raise ValueError(f"{dest} holds results of commit {old['env']['commit']}, this lease measured "
-                                 f"{sorted(commits - {old['env']['commit']})}: rows of two commits would be labelled "
-                                 "as one; store into another --root or remove it first")
+                                 f"{commit}: store into another --root")
             new.insert(0, old)
         merged = merge(new)
         dest.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ import pytest
 
 from benchmarks import breakdown, schema, store_lease
 from benchmarks.breakdown import Dims, Kernel
+from benchmarks.env import slug
 
 REPO = Path(__file__).resolve().parent.parent
 D, MLP, ROWS = 768, 3072, 256 * 197
@@ -101,13 +102,20 @@ def test_dry_lease_runs_the_steps_and_resumes_on_a_warm_machine(tmp_path):
               "lease/profile/breakdown.json", "lease/grid-1/results.json"):
         assert (stored / f).is_file(), f
     assert "| vit_b_16 | bfloat16 | 2 |" in page.read_text() and "old" not in page.read_text()
-    # a second lease of the same commit and day adds to it; another commit's is refused (rows carry no commit)
+    # a second lease of the same commit and day adds to it; another commit's goes beside it (rows carry no commit)
     assert store_lease.main([str(back / "runs.tar.gz"), "--root", str(tmp_path / "results"), "--readme", "",
                              "--no-plots"]) == 0
+    assert [p.name for p in (tmp_path / "results").iterdir()] == [stored.name]
     stored_rows = json.loads((stored / "results.json").read_text())
+    commit = stored_rows["env"]["commit"]
     stored_rows["env"]["commit"] = "0ther"
     (stored / "results.json").write_text(json.dumps(stored_rows))
-    assert store_lease.main([str(back / "runs.tar.gz"), "--root", str(tmp_path / "results"), "--readme", ""]) == 2
+    assert store_lease.main([str(back / "runs.tar.gz"), "--root", str(tmp_path / "results"), "--readme", "",
+                             "--no-plots"]) == 0
+    beside = stored.with_name(f"{stored.name}-{slug(commit)}")
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == sorted([stored.name, beside.name])
+    assert json.loads((beside / "results.json").read_text())["env"]["commit"] == commit
+    assert json.loads((stored / "results.json").read_text())["env"]["commit"] == "0ther"
 
     # a step cut short (no .done marker) runs again on the same machine; finished ones do not
     (tmp_path / "cache" / "lease-work" / "grid-1" / ".done").unlink()
