@@ -180,6 +180,17 @@ def test_predict_serves_an_fp8_checkpoint(tmp_path, capsys):
     assert main(["predict", SAMPLE_IMAGES[0], "--checkpoint", str(ckpt), "--device", "cpu", "--backend", "sdpa",
                  "--top-k", "2"]) == 0
     assert SAMPLE_IMAGES[0] in capsys.readouterr().out
+    # --fp8-exclude against an FP8 checkpoint: its own mix runs; another is refused in command-line terms, as serve
+    mixed = randomize_(vit_fast.create("vit_ti_16", backend="torch", **{**TINY, "img_size": 32})).to_fp8(exclude="fc2")
+    mixed = vit_fast.save(mixed, tmp_path / "mixed")
+    run = ["predict", SAMPLE_IMAGES[0], "--checkpoint", str(mixed), "--device", "cpu", "--backend", "sdpa",
+           "--dtype", "fp8"]
+    assert main([*run, "--fp8-exclude", "fc2"]) == 0
+    capsys.readouterr()
+    assert main([*run, "--fp8-exclude", "qkv"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"--checkpoint {mixed} is an FP8 model that keeps " in err
+    assert "not what --fp8-exclude qkv asks: leave out --fp8-exclude" in err
     predictor = vit_fast.Predictor(vit_fast.load(ckpt), device="cpu", dtype="bfloat16", cuda_graphs=False)
     assert predictor.fp8 and predictor.dtype == torch.bfloat16 and predictor.model.is_fp8
     assert "fp8 GEMMs" in repr(predictor)

@@ -27,6 +27,23 @@ def fp8_exclude_misuse(fp8_exclude, dtype):
     return None
 
 
+def check_fp8_exclude_names(model, checkpoint, fp8_exclude) -> None:
+    """`--fp8-exclude` against a loaded model, in command-line terms (UsageError): a pattern naming no layer, or an FP8
+    checkpoint asked for another mix than the one it was written with."""
+    from .fp8 import check_exclude, fp8_layers, quantized_linears
+
+    try:
+        check_exclude(model, fp8_exclude)
+    except ValueError as e:
+        if not model.is_fp8:
+            raise UsageError(str(e)) from None
+        kept = sorted(set(quantized_linears(model)) - set(fp8_layers(model)))
+        raise UsageError(f"--checkpoint {checkpoint} is an FP8 model that keeps {len(kept)} GEMM layer(s) out of FP8 "
+                         f"({', '.join(kept[:3]) or 'none'}{' ...' if len(kept) > 3 else ''}), not what "
+                         f"--fp8-exclude {fp8_exclude} asks: leave out --fp8-exclude, or write that mix from the "
+                         "unquantized weights with vit-fast convert --dtype fp8 --fp8-exclude") from None
+
+
 def add_fp8_exclude_arg(p: argparse.ArgumentParser, kept_in: str = "the model dtype", more: str = "") -> None:
     """`--fp8-exclude`, one definition for every command that takes `--dtype fp8`."""
     p.add_argument("--fp8-exclude", default="", metavar="LAYERS",
@@ -68,6 +85,8 @@ def _predictor(args):
               file=sys.stderr)
     else:
         model = load(args.checkpoint, backend=args.backend, **overrides)
+        if getattr(args, "fp8_exclude", None):
+            check_fp8_exclude_names(model, args.checkpoint, args.fp8_exclude)
     predictor = Predictor(model, device=args.device, dtype=getattr(args, "dtype", None),
                           fp8_exclude=getattr(args, "fp8_exclude", None) or None)
     predictor.random_weights = args.checkpoint is None

@@ -117,18 +117,12 @@ def _refuse_model(args, notes: list) -> None:
 
         raise Refused(f"cannot load --checkpoint {args.checkpoint}: {one_line(e)}") from None
     if args.fp8_exclude:
-        from vit_fast.fp8 import check_exclude, fp8_layers, quantized_linears
+        from vit_fast.cli import UsageError, check_fp8_exclude_names
 
         try:
-            check_exclude(model, args.fp8_exclude)
-        except ValueError as e:
-            if not model.is_fp8:
-                raise Refused(str(e)) from None
-            kept = sorted(set(quantized_linears(model)) - set(fp8_layers(model)))
-            raise Refused(f"--checkpoint {args.checkpoint} is an FP8 model that keeps {len(kept)} GEMM layer(s) out "
-                          f"of FP8 ({', '.join(kept[:3]) or 'none'}{' ...' if len(kept) > 3 else ''}), not what "
-                          f"--fp8-exclude {args.fp8_exclude} asks: leave out --fp8-exclude, or write that mix from "
-                          "the unquantized weights with vit-fast convert --dtype fp8 --fp8-exclude") from None
+            check_fp8_exclude_names(model, args.checkpoint, args.fp8_exclude)
+        except UsageError as e:
+            raise Refused(str(e)) from None
     if local and model.is_fp8 and args.dtype != "fp8":  # an FP8 checkpoint: the same checks as --dtype fp8
         check_fp8(f"--checkpoint {args.checkpoint} (an FP8 model)")
 
