@@ -1,5 +1,6 @@
 """`vit-fast serve` and `vit-fast infer` refuse bad input before Ray starts (one line, exit code 2, in well under
 Ray's start-up time), and `serve` started for real stops cleanly on SIGTERM, Ray's processes included."""
+import asyncio
 import json
 import os
 import signal
@@ -270,3 +271,10 @@ def test_fp8_exclude_reaches_the_replicas_and_the_workers(monkeypatch, tmp_path)
         layers = set(fp8.fp8_layers(predictor.model))
         assert predictor.fp8 and len(layers) == 12 * 4 - 12 - 3  # every FC2, and block 0's QKV, proj, FC1
         assert not any(n.endswith("fc2") or n.startswith("blocks.0.") for n in layers)
+    # /health says what the replica runs: the FP8 mix and the backend
+    health = json.loads(asyncio.run(replica._health(None)).body)
+    assert health["backend"] == "torch" and health["dtype"] == "float32"
+    kept = health["fp8"]["kept"]
+    assert health["fp8"]["fp8"] == 33 and health["fp8"]["gemms"] == 48 and len(kept) == 15
+    assert set(kept) == {f"blocks.{i}.mlp.fc2" for i in range(12)} | {"blocks.0.attn.qkv", "blocks.0.attn.proj",
+                                                                         "blocks.0.mlp.fc1"}

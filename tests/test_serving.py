@@ -169,7 +169,7 @@ def test_list_images(tmp_path):
 def test_health(server):
     status, body = _request(server + "/health")
     assert status == 200 and body["status"] == "ok" and body["num_classes"] == 10 and body["device"] == "cpu"
-    assert body["random_weights"] is False
+    assert body["random_weights"] is False and body["backend"] == "sdpa" and body["fp8"] is None
     assert body["threads"] == 2  # torch threads set in the replica as asked
 
 

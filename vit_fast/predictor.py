@@ -276,6 +276,24 @@ class Predictor:
             results.append(result)
         return results
 
+    @property
+    def backend(self) -> str:
+        """The backend that runs the model here: the model's, with "auto" made concrete (backends.resolve)."""
+        import warnings
+
+        with warnings.catch_warnings():  # auto's FP8 fallback warns where the model runs, not here
+            warnings.simplefilter("ignore")
+            return self.model._resolve_backend(self.device)
+
+    def fp8_mix(self) -> Optional[dict]:
+        """None without FP8 GEMMs; else {"fp8": n, "gemms": total, "kept": [layers kept in the activation dtype]}."""
+        if not self.fp8:
+            return None
+        from .fp8 import fp8_layers, quantized_linears
+
+        layers, fp8 = list(quantized_linears(self.model)), set(fp8_layers(self.model))
+        return {"fp8": len(fp8), "gemms": len(layers), "kept": [n for n in layers if n not in fp8]}
+
     def __repr__(self) -> str:
         fp8 = " (fp8 GEMMs)" if self.fp8 else ""
         return (f"Predictor(device={self.device}, dtype={self.dtype}{fp8}, max_batch_size={self.max_batch_size}, "
