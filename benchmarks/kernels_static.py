@@ -132,6 +132,9 @@ def gate_problems(variant, cc: int, stats) -> list:
         problems.append(f"spills {stats['stack']} B (STL {stats['stl']}, LDL {stats['ldl']})")
     if stats["shared"] > DEVICES[cc]["smem"]:
         problems.append(f"shared memory {stats['shared']} B > {DEVICES[cc]['smem']} B")
+    estimate = variant.get("smem_estimate", {}).get(GATED[cc])
+    if estimate is not None and stats["shared"] > estimate:  # the prune could pick a tile that does not fit
+        problems.append(f"shared memory {stats['shared']} B above the prune's estimate {estimate} B")
     if cc == 89:  # Ada: FP8 mma.sync (QMMA), cp.async; no wgmma, no TMA
         if variant.get("main_loop") == "gemm":
             if is_fp8(variant) and not stats.get("qmma"):
@@ -203,6 +206,9 @@ def describe(row, result) -> dict:
         out["gate"] = gate_problems(variant, cc, stats)
         if variant.get("ungated"):
             out["ungated"] = variant["ungated"]
+        family = {90: "hopper", 89: "ada"}.get(cc)
+        if family in variant.get("smem_estimate", {}):
+            out["smem_estimate"] = variant["smem_estimate"][family]
     vit = variant.get("vit")
     if vit is not None:
         out["presets"] = [p for p in PRESETS if any(vit(vit_fast.get_config(p), b) for b in BATCHES)]
@@ -233,7 +239,9 @@ def markdown(report) -> str:
         "TFLOP/s, 2.04 TB/s, 108 SMs; max of wave-quantized tile FLOPs and compulsory bytes per launch); **gate** "
         "the sm_90 rules (no spill, smem fits, 16-bit dots are wgmma, GEMM loops use cp.async/TMA) for variants "
         "the Hopper tables can pick; on sm_89 (L40S, 99 KB of shared memory per block) for the FP8 engine's Ada "
-        "table: no spill, smem fits, FP8 dots are QMMA, GEMM loops use cp.async.", "",
+        "table: no spill, smem fits, FP8 dots are QMMA, GEMM loops use cp.async; on both, smem within the prune's "
+        "estimate where the variant states one (the FP8 engine), so the prune never picks a tile that does not "
+        "fit.", "",
     ]
     problems = [r for r in report["rows"] if r.get("gate") or r.get("error")]
     lines.append(f"**Gate: {'PASS' if not problems else f'{len(problems)} problem(s)'}**")

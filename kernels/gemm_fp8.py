@@ -75,7 +75,7 @@ def fp8_tile_allowed(family: str, tile, a_bytes: int, quant_a: bool, swiglu: boo
     table = FP8_TABLES[family]
     if swiglu:
         table = [row for row in table if row in SWIGLU_FP8]
-    return tile in table and _smem_bytes(tile, a_bytes, quant_a, swiglu) <= (smem or FP8_FAMILY_SMEM[family])
+    return tile in table and smem_bytes(family, tile, a_bytes, quant_a, swiglu) <= (smem or FP8_FAMILY_SMEM[family])
 
 
 def _prune(configs, named_args, **kwargs):
@@ -97,11 +97,16 @@ def _row(c) -> tuple:
     return c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages
 
 
-def _smem_bytes(tile, a_bytes, quant_a, swiglu=False):
-    """Pipelined A and W tiles (two W tiles for SwiGLU), plus the FP8 copy of A that QUANT_A stages for the tensor
-    cores. What the compiled kernels take is in benchmarks/static/report.md (never more than this, so far)."""
+def smem_bytes(family: str, tile, a_bytes: int, quant_a: bool, swiglu: bool = False) -> int:
+    """Shared memory a launch takes on a `family` GPU: the software pipeline's A and W buffers (two W tiles for
+    SwiGLU). On Hopper (wgmma) num_stages of each, one fewer of A when QUANT_A (its quantized tile reaches the tensor
+    cores from registers); on Ada (mma.sync) num_stages - 1 of each. This equals what every FP8 variant compiles to
+    under triton 3.6 and 3.9; the static gate checks it on every compile (`smem_estimate` in the report)."""
     bm, bn, bk, _, stages = tile
-    return stages * (bm * a_bytes + bn * (2 if swiglu else 1)) * bk + (bm * bk if quant_a else 0)
+    a, w = bm * bk * a_bytes, bn * bk * (2 if swiglu else 1)
+    if family == "ada":
+        return (stages - 1) * (a + w)
+    return (stages - 1 if quant_a else stages) * a + stages * w
 
 
 @triton.autotune(configs=_configs(), key=FP8_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune},
@@ -295,4 +300,5 @@ def _variant(out_dtype, activation, has_bias, has_residual, even_k, precise, til
     return {"fn": jit_fn(fp8_gemm_kernel), "signature": sig, "constexprs": constexprs, **extra,
             "num_warps": warps, "num_stages": stages, "min_cc": 89, "op": "linear_fp8", "main_loop": "gemm",
             "tables": tuple(f for f in FP8_TABLES if fp8_tile_allowed(f, tile, a_bytes, quant_a, activation == SWIGLU)),
+            "smem_estimate": {f: smem_bytes(f, tile, a_bytes, quant_a, activation == SWIGLU) for f in FP8_TABLES},
             "divisible": ("N", "K", "stride_am", "stride_wn", "stride_rm", "stride_om")}

@@ -43,6 +43,9 @@ Optional keys:
               Without it a variant is listed for every preset, with no roofline.
   wgmma       False for a variant whose dots cannot be wgmma (fewer than 64 rows: a wgmma covers 64 rows per
               warpgroup, e.g. attention's 16-row tile for [CLS]-only queries); default True.
+  smem_estimate  {family: bytes} the prune assumes the variant's config takes (kernels.gemm_fp8.smem_bytes): the
+              gate flags a compile above it for the gated family (the prune could pick a tile that does not fit),
+              and the report shows it. Default: none stated.
   ungated     a one-line reason why the gate's rules do not apply (the report still shows the variant and the
               reason): validation paths that no default picks (fp32 ieee attention: backend "auto" sends fp32
               models to sdpa), or a known limitation with an open item (patch_embed P=14, K=588). Default None.

@@ -83,6 +83,11 @@ def test_static_gate(tmp_path):
     assert all(r["tensor_core"] == "mma e4m3" and r["async_copy"] == "cp.async" for r in ada_gemm)
     assert all(r["stack"] == 0 and r["shared"] <= 101376 for r in ada) and any(r["op"] == "quant_fp8" for r in ada)
     assert not [r for r in report["rows"] if r["target"] == "sm_89" and "fp8" not in r["dtype"]]  # FP8 only
+    # the FP8 prune's shared-memory model is what the compiler allocates (the gate flags only an excess)
+    fitted = [r for r in report["rows"] if "smem_estimate" in r]
+    assert {"sm_89", "sm_90"} <= {r["target"] for r in fitted}
+    assert all(r["shared"] == r["smem_estimate"] for r in fitted), \
+        [(r["target"], r["label"], r["shared"], r["smem_estimate"]) for r in fitted if r["shared"] != r["smem_estimate"]]
     # every Hopper GEMM tile was compiled and gated for every GEMM op in bf16
     from kernels._common import FAMILY_SMEM, GEMM_TABLES, gemm_tile_allowed
 
@@ -194,6 +199,11 @@ print(json.dumps(r[-1]))
     for change, words in ((dict(stack=16, stl=4), "spills"), (dict(shared=101377), "shared memory"),
                           (dict(qmma=0), "QMMA"), (dict(ldgsts=0), "cp.async")):
         assert any(words in p for p in gate_problems(ada, 89, {**clean89, **change})), change
+    # a compile above the prune's shared-memory estimate for the gated family: the prune could pick a misfit
+    estimated = {**both, "smem_estimate": {"hopper": 999, "ada": 1000}}
+    assert gate_problems(estimated, 89, clean89) == []
+    assert "above the prune's estimate 1000 B" in gate_problems(estimated, 89, dict(clean89, shared=1001))[0]
+    assert "above the prune's estimate 999 B" in gate_problems(estimated, 90, dict(clean, shared=1000))[0]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
@@ -276,3 +286,32 @@ def test_swiglu_prune_keeps_only_clean_tiles(monkeypatch):
     # and a GELU launch still sees the whole Hopper table (the switch is per launch)
     gelu = rows(gemm_tma._prune(tma_configs, {"a_ptr": a, "M_BUCKET": 1 << 16}, ROW_STATS=True, ACTIVATION=1))
     assert len(gelu) == len(gemm_tma.HOPPER_TMA)
+
+
+def test_fp8_prune_on_ada_keeps_every_tile_that_fits(monkeypatch):
+    """The FP8 prune on an Ada GPU (99 KB per block) keeps every Ada tile for FC2 / out-projection (bf16 rows
+    quantized in the main loop), 128x128x128 included: it compiles to 98,304 B there (the static report), which
+    the former estimate (163,840 B) refused. fp32 rows (4 bytes) drop the tiles that no longer fit."""
+    import triton
+
+    from kernels import gemm_fp8
+
+    class FakeCudaTensor:
+        device = torch.device("cuda", 0)
+
+        def __init__(self, size):
+            self.element_size = lambda: size
+
+    monkeypatch.setattr(gemm_fp8, "shared_memory_bytes", lambda index: 101376)
+    monkeypatch.setattr(gemm_fp8, "_family", lambda index: "ada")
+    rows = dict.fromkeys(gemm_fp8.HOPPER_FP8 + gemm_fp8.ADA_FP8 + gemm_fp8.SWIGLU_FP8)  # _configs() on a GPU
+    configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
+               for bm, bn, bk, w, s in rows]
+    def kept(size, **switches):
+        return {gemm_fp8._row(c) for c in gemm_fp8._prune(configs, {"a_ptr": FakeCudaTensor(size),
+                                                                    "M_BUCKET": 1 << 16}, **switches)}
+
+    assert kept(2, QUANT_A=True) == set(gemm_fp8.ADA_FP8)
+    assert kept(1) == set(gemm_fp8.ADA_FP8)
+    assert kept(4, QUANT_A=True) == {(64, 128, 64, 4, 4), (64, 64, 64, 4, 4)}
+    assert kept(1, ACTIVATION=SWIGLU) == set(gemm_fp8.ADA_FP8) & set(gemm_fp8.SWIGLU_FP8)
