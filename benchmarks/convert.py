@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from vit_fast.loading.hf import ours_for_hf_key
+from vit_fast.loading.state_dict import float_state
 
 
 class Unsupported(Exception):
@@ -72,7 +73,7 @@ def to_timm(model, device="cpu") -> nn.Module:
         timm_model = TimmViT(**kwargs)
     if cfg.global_pool == "map":  # timm's attention pool: LayerNorm eps and MLP width of the blocks'
         timm_model.attn_pool.norm.eps = cfg.layer_norm_eps
-    state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    state = float_state(model, "timm")
     for key in ("head.bias", "head_dist.bias"):  # timm heads always have a bias (HF's CLIP projection has none)
         if key not in state and key in timm_model.state_dict():
             state[key] = torch.zeros(cfg.num_classes)
@@ -141,7 +142,7 @@ def to_hf(model, device="cpu", family: str | None = None) -> nn.Module:
     )
     with torch.device(device):
         hf_model = ViTForImageClassification(hf_config)
-    ours = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    ours = float_state(model, "Hugging Face's ViTForImageClassification")
     target = hf_model.state_dict()
     state = {}
     for key, value in target.items():

@@ -44,6 +44,28 @@ def test_round_trip_is_bit_identical(dtype, tmp_path):
             assert torch.equal(loaded(x), expected)
 
 
+def test_fp8_state_dict_names_the_weights_as_files_do():
+    """An FP8 model's state dict holds each FP8 layer's `weight` (float8_e4m3fn) and `weight_scale` (float32), not
+    the integer buffers behind them, and loads into another FP8 model of that mix bit for bit."""
+    model = _fp8()
+    state = model.state_dict()
+    assert not any("_bits" in k for k in state)
+    assert state["blocks.0.attn.qkv.weight"].dtype == torch.float8_e4m3fn
+    assert state["blocks.0.attn.qkv.weight_scale"].dtype == torch.float32
+    assert list(state)[list(state).index("blocks.0.attn.qkv.weight"):][:3] == [
+        "blocks.0.attn.qkv.weight", "blocks.0.attn.qkv.weight_scale", "blocks.0.attn.qkv.bias"]
+    other = randomize_(vit_fast.create("vit_ti_16", backend="torch", **TINY)).to(torch.bfloat16).to_fp8()
+    other.load_state_dict(state)
+    x = torch.randn(2, 3, 32, 48, dtype=torch.bfloat16)
+    with torch.no_grad():
+        assert torch.equal(other(x), model(x))
+    # the converters to timm / Hugging Face models (benchmark baselines, export) take float weights only
+    from vit_fast.loading.state_dict import float_state
+
+    with pytest.raises(ValueError, match="cannot convert an FP8 model to timm: its float weights are gone"):
+        float_state(model, "timm")
+
+
 def test_convert_dtype_fp8(tmp_path, capsys):
     """`vit-fast convert SRC DST --dtype fp8` quantizes once; loading DST equals quantizing SRC after loading."""
     src = vit_fast.save(randomize_(vit_fast.create("vit_ti_16", backend="torch", **TINY)), tmp_path / "src")

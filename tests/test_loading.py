@@ -91,3 +91,31 @@ def test_hf_weights_given_as_a_file_get_a_hint(tmp_path):
     save_file({"vit.embeddings.patch_embeddings.projection.weight": torch.zeros(4, 3, 8, 8)}, str(tmp_path / "m.safetensors"))
     with pytest.raises(ValueError, match="Hugging Face weights"):
         vit_fast.load(tmp_path / "m.safetensors")
+
+
+def test_loading_allocates_no_weights_it_overwrites(tmp_path, monkeypatch):
+    """vit_fast.load builds the model on the meta device and takes the file's tensors: no random initialization
+    (slow for ViT-L/H on a CPU, and a second copy of every weight), no tensor left unfilled, every value the file's."""
+    model = _model()
+    vit_fast.save(model, tmp_path / "ckpt")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "timm.safetensors"))
+    fp8 = vit_fast.save(_model().to(torch.bfloat16).to_fp8(exclude="fc2"), tmp_path / "fp8")
+
+    init, built = vit_fast.VisionTransformer._init_weights, []
+
+    def init_on_meta(self):
+        assert self.pos_embed.is_meta, "weights allocated and initialized while loading"
+        built.append(self)
+        init(self)
+
+    monkeypatch.setattr(vit_fast.VisionTransformer, "_init_weights", init_on_meta)
+    for source in (tmp_path / "ckpt", tmp_path / "timm.safetensors", fp8):
+        timm = {"num_heads": 3, "img_size": (32, 48)} if source.name == "timm.safetensors" else {}
+        loaded = vit_fast.load(source, backend="sdpa", **timm)
+        tensors = [*loaded.parameters(), *loaded.buffers()]
+        assert tensors and not any(t.is_meta for t in tensors), source
+        assert all(t.is_contiguous() and t.data_ptr() % 64 == 0 for t in tensors) and built.pop() is loaded
+    loaded = vit_fast.load(tmp_path / "ckpt")
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+    _same(model, loaded)

@@ -90,7 +90,8 @@ class Fp8Linear(nn.Module):
 
     The weight and the scales are kept as raw bits in integer buffers (uint8, int32): `model.to(torch.bfloat16)`
     casts every floating tensor and would otherwise destroy them; integer buffers still follow `.to(device)`.
-    `weight` / `weight_scale` are the float8 / fp32 views the kernels read. forward() is the torch emulation."""
+    `weight` / `weight_scale` are the float8 / fp32 views the kernels read, and the names the state dict uses (as
+    checkpoints store them); forward() is the torch emulation."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
         super().__init__()
@@ -119,6 +120,21 @@ class Fp8Linear(nn.Module):
     def weight_scale(self) -> torch.Tensor:
         """(N,) fp32 per-output-channel dequantization scales."""
         return self.scale_bits.view(torch.float32)
+
+    _STATE = (("weight", "weight_bits", torch.uint8), ("weight_scale", "scale_bits", torch.int32))
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        # the float8 weight and fp32 scales the bit buffers hold, then the bias: nn.Linear's order, the file's names
+        tensors = {"weight": self.weight, "weight_scale": self.weight_scale, "bias": self.bias}
+        for name, tensor in tensors.items():
+            if tensor is not None:
+                destination[prefix + name] = tensor if keep_vars else tensor.detach()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        for name, bits, dtype in self._STATE:
+            if prefix + name in state_dict:
+                state_dict[prefix + bits] = state_dict.pop(prefix + name).view(dtype)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def dequantized_weight(self) -> torch.Tensor:
         return dequantize(self.weight, self.weight_scale)

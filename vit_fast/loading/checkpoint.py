@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..config import ViTConfig
 from .fp8_checkpoint import METADATA_KEY as QUANT_METADATA_KEY
-from .fp8_checkpoint import RECORD_KEY, fp8_state, read_record, restore_fp8, split_fp8
+from .fp8_checkpoint import DTYPES, RECORD_KEY, check_fp8_state, fp8_state, fp8_structure, read_record
 from .state_dict import build_and_load, read_json, read_weights, safetensors_metadata
 
 CONFIG_NAME = "vit_fast.json"
@@ -64,9 +64,10 @@ def _load_native(weights: Path, config: dict | None, backend: str, overrides: di
         stored = ViTConfig.from_dict(config)  # the grid the position table was saved at
     except (ValueError, TypeError) as e:
         raise ValueError(f"{where}: {e}") from None
-    state, quantized = split_fp8(state, record, str(weights))
-    model = build_and_load(stored.replace(**overrides), state, backend, str(weights), pos_grid=stored.grid_size)
-    return model if record is None else restore_fp8(model, quantized, record, str(weights))
+    layers = check_fp8_state(state, record, str(weights))
+    model = build_and_load(stored.replace(**overrides), state, backend, str(weights), pos_grid=stored.grid_size,
+                           prepare=fp8_structure(layers, str(weights)) if record else None)
+    return model if record is None else model.to(DTYPES[record["dtype"]])
 
 
 def is_fp8_checkpoint(path) -> bool:

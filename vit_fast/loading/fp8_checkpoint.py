@@ -24,17 +24,12 @@ def _model_dtype(model) -> torch.dtype:
 
 
 def fp8_state(model) -> tuple:
-    """(state dict to write, quantization record) of an FP8 model; the raw bit buffers of each Fp8Linear become
-    `weight` (float8_e4m3fn) and `weight_scale` (float32) tensors."""
+    """(state dict to write, quantization record) of an FP8 model: each Fp8Linear's state is its `weight`
+    (float8_e4m3fn) and `weight_scale` (float32) tensors."""
     from ..fp8 import fp8_layers
 
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     layers = fp8_layers(model)
-    for name in layers:
-        layer = model.get_submodule(name)
-        del state[f"{name}.weight_bits"], state[f"{name}.scale_bits"]
-        state[f"{name}.weight"] = layer.weight.detach().contiguous().cpu()
-        state[f"{name}.weight_scale"] = layer.weight_scale.detach().contiguous().cpu()
     dtype = str(_model_dtype(model)).replace("torch.", "")
     return state, {"scheme": "fp8", "weights": "float8_e4m3fn, one float32 scale per output channel",
                    "activations": "float8_e4m3fn, one scale per token, computed at run time", "dtype": dtype,
@@ -63,10 +58,10 @@ def read_record(value, where: str):
     return value
 
 
-def split_fp8(state: dict, record, source: str) -> tuple:
-    """(state with a placeholder float weight per quantized layer, {layer: (weight, scale)}) after checking every
-    quantized tensor against the record: float8 weights and positive finite (N,) float32 scales for exactly the
-    recorded layers, and no float8 tensor without a record."""
+def check_fp8_state(state: dict, record, source: str) -> list:
+    """The recorded FP8 layer names (none without a record), after checking every quantized tensor against the
+    record: float8 weights and positive finite (N,) float32 scales for exactly the recorded layers, and no float8
+    tensor without a record."""
     from kernels._common import FP8_DTYPE
 
     float8 = sorted(k for k, v in state.items() if v.dtype == FP8_DTYPE)
@@ -74,7 +69,7 @@ def split_fp8(state: dict, record, source: str) -> tuple:
         if float8:
             raise ValueError(f"cannot load {source}: it holds FP8 weights {float8[:4]} but its config records no "
                              "quantization (expected a 'quantization' entry in vit_fast.json, as vit_fast.save writes)")
-        return state, {}
+        return []
     layers = record["layers"]
     wanted = [f"{n}.{t}" for n in layers for t in ("weight", "weight_scale")]
     missing = [k for k in wanted if k not in state]
@@ -84,9 +79,8 @@ def split_fp8(state: dict, record, source: str) -> tuple:
     stray = sorted(set(float8) - {f"{n}.weight" for n in layers})
     if stray:
         raise ValueError(f"cannot load {source}: float8 tensors {stray[:4]} are not in the recorded FP8 layers")
-    state, quantized = dict(state), {}
     for name in layers:
-        w, s = state.pop(f"{name}.weight"), state.pop(f"{name}.weight_scale")
+        w, s = state[f"{name}.weight"], state[f"{name}.weight_scale"]
         if w.dtype != FP8_DTYPE or w.dim() != 2:
             raise ValueError(f"cannot load {source}: {name}.weight is {w.dtype} {tuple(w.shape)}; an FP8 layer "
                              "expects a 2-D float8_e4m3fn weight")
@@ -96,25 +90,20 @@ def split_fp8(state: dict, record, source: str) -> tuple:
         if not bool((torch.isfinite(s) & (s > 0)).all()):
             raise ValueError(f"cannot load {source}: {name}.weight_scale holds scales that are not positive and "
                              "finite")
-        state[f"{name}.weight"] = torch.zeros((), dtype=torch.float32).expand(w.shape)  # shape for the checks
-        quantized[name] = (w, s)
-    return state, quantized
+    return list(layers)
 
 
-@torch.no_grad()
-def restore_fp8(model, quantized: dict, record, source: str):
-    """Quantize the freshly loaded `model` (structure only) and put the stored bits in; returns it in the recorded
-    dtype."""
-    from ..fp8 import quantize, quantized_linears
+def fp8_structure(layers: list, source: str):
+    """For build_and_load's `prepare`: makes the recorded `layers` of the (meta) model Fp8Linear, the others stay
+    nn.Linear (layers the saved model kept out of FP8), so the stored bits load into them as they are."""
+    def prepare(model):
+        from ..fp8 import quantize, quantized_linears
 
-    names = set(quantized_linears(model))
-    extra = sorted(set(quantized) - names)
-    if extra or not quantized:
-        raise ValueError(f"cannot load {source}: the recorded FP8 layers are not layers vit_fast quantizes "
-                         f"({extra[:4] if extra else 'none recorded'}; expected some of {sorted(names)[:2]} ...)")
-    quantize(model, "fp8", exclude=sorted(names - set(quantized)))  # the layers saved unquantized stay so
-    for name, (w, s) in quantized.items():
-        layer = model.get_submodule(name)
-        layer.weight_bits.copy_(w.view(torch.uint8))
-        layer.scale_bits.copy_(s.view(torch.int32))
-    return model.to(DTYPES[record["dtype"]])
+        names = set(quantized_linears(model))
+        extra = sorted(set(layers) - names)
+        if extra or not layers:
+            raise ValueError(f"cannot load {source}: the recorded FP8 layers are not layers vit_fast quantizes "
+                             f"({extra[:4] if extra else 'none recorded'}; expected some of {sorted(names)[:2]} ...)")
+        quantize(model, "fp8", exclude=sorted(names - set(layers)))
+
+    return prepare

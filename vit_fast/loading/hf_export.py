@@ -15,6 +15,7 @@ import dataclasses
 import torch
 
 from ..config import ViTConfig
+from .state_dict import float_state
 
 FAMILIES = ("clip", "dinov2", "siglip", "deit")
 # fields that do not change what the network computes at its own resolution: preprocessing, names, and how the
@@ -58,7 +59,7 @@ def to_hf(model, family: str, device="cpu") -> tuple:
     if hf_class is None:
         raise ValueError(f"transformers {transformers.__version__} has no {class_name} (the {family} family's "
                          "Hugging Face class)")
-    ours = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    ours = float_state(model, f"Hugging Face's {class_name}")
     mine, theirs = _architecture(cfg), _architecture(fam.config_from_hf(hf_config.to_dict(), ours))
     differ = [f"{k}={mine[k]!r} (HF: {theirs[k]!r})" for k in mine if mine[k] != theirs[k]]
     if differ:
