@@ -252,9 +252,16 @@ def test_fp8_exclude_reaches_the_replicas_and_the_workers(monkeypatch, tmp_path)
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     common = ["--model", "vit_ti_16", "--device", "cpu", "--dtype", "fp8", "--fp8-exclude", "fc2,blocks.0.*"]
-    assert main(["serve", *common, "--port", str(port)]) == 0
-    (tmp_path / "a.png").write_bytes(b"")
-    assert main(["infer", str(tmp_path), "--out", str(tmp_path / "p.parquet"), *common]) == 0
+    ours = lambda signum, frame: None  # noqa: E731 - the calling process's own SIGTERM handler
+    previous = signal.signal(signal.SIGTERM, ours)
+    try:
+        assert main(["serve", *common, "--port", str(port)]) == 0
+        assert signal.getsignal(signal.SIGTERM) is ours  # the command's handler is gone once it returns
+        (tmp_path / "a.png").write_bytes(b"")
+        assert main(["infer", str(tmp_path), "--out", str(tmp_path / "p.parquet"), *common]) == 0
+        assert signal.getsignal(signal.SIGTERM) is ours
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     assert seen["serve"]["fp8_exclude"] == seen["infer"]["fp8_exclude"] == "fc2,blocks.0.*"
     # the Python entry points refuse misuse before any replica or actor starts
     monkeypatch.undo()

@@ -5,6 +5,7 @@ Ray is imported only when one of the commands runs, so `vit-fast --help` and the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -175,6 +176,20 @@ def _on_sigterm() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
+@contextlib.contextmanager
+def _sigterm_restored():
+    """The SIGTERM handler from before the command comes back when it returns (a process that calls `main`, such as
+    a test run or a supervisor, keeps its own); `_on_sigterm` installs the command's within."""
+    import signal
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if previous is not None:  # None: a handler not set from Python, which cannot be put back
+            signal.signal(signal.SIGTERM, previous)
+
+
 def replica_failure_line(message: str, what: str = "the model replicas failed to start") -> str:
     """One line naming the cause of a failed Serve deployment, out of Ray's multi-line report (the last
     `SomeError: text` line of the replica's traceback)."""
@@ -215,6 +230,11 @@ def _serve(parser, args) -> int:
     except Refused as e:
         print(f"vit-fast serve: {e}", file=sys.stderr)
         return 2
+    with _sigterm_restored():
+        return _serve_on_ray(args)
+
+
+def _serve_on_ray(args) -> int:
     _on_sigterm()
     try:
         _start_ray(args)
@@ -280,7 +300,7 @@ def add_infer_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _infer(parser, args) -> int:
-    from .batch import check_output_path, list_images, run_batch_inference
+    from .batch import check_output_path, list_images
 
     try:
         _positive(args, "top_k", "batch_size", "workers", "cpus_per_worker")
@@ -297,8 +317,15 @@ def _infer(parser, args) -> int:
     except Refused as e:
         print(f"vit-fast infer: {e}", file=sys.stderr)
         return 2
+    with _sigterm_restored():
+        return _infer_on_ray(args)
+
+
+def _infer_on_ray(args) -> int:
     _on_sigterm()
     import ray
+
+    from .batch import run_batch_inference
 
     try:
         _start_ray(args)
