@@ -206,9 +206,8 @@ def describe(row, result) -> dict:
         out["gate"] = gate_problems(variant, cc, stats)
         if variant.get("ungated"):
             out["ungated"] = variant["ungated"]
-        family = {90: "hopper", 89: "ada"}.get(cc)
-        if family in variant.get("smem_estimate", {}):
-            out["smem_estimate"] = variant["smem_estimate"][family]
+        if GATED.get(cc) in variant.get("smem_estimate", {}):
+            out["smem_estimate"] = variant["smem_estimate"][GATED[cc]]
     vit = variant.get("vit")
     if vit is not None:
         out["presets"] = [p for p in PRESETS if any(vit(vit_fast.get_config(p), b) for b in BATCHES)]

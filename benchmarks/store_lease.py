@@ -52,13 +52,13 @@ def store(tar_path, root=None, readme_path=None, plots: bool = True) -> Path:
                              "one commit")
         commit = commits.pop()
         dest = default_results_dir(merge(new)["env"], root=root)
-        if (dest / "results.json").is_file() and load(dest / "results.json")["env"]["commit"] != commit:
-            dest = dest.with_name(f"{dest.name}-{slug(str(commit))}")  # the same day's results of another commit
-        if (dest / "results.json").is_file():  # an earlier lease of the same day, device and commit
-            old = load(dest / "results.json")
+        old = load(dest / "results.json") if (dest / "results.json").is_file() else None
+        if old is not None and old["env"]["commit"] != commit:  # the same day's results of another commit
+            dest = dest.with_name(f"{dest.name}-{slug(str(commit))}")
+            old = load(dest / "results.json") if (dest / "results.json").is_file() else None
+        if old is not None:  # an earlier lease of the same day, device and commit
             if old["env"]["commit"] != commit:
-                raise ValueError(f"{dest} holds results of commit {old['env']['commit']}, this lease measured "
-                                 f"{commit}: store into another --root")
+                raise ValueError(f"{dest} holds results of commit {old['env']['commit']}, not {commit}")
             new.insert(0, old)
         merged = merge(new)
         dest.mkdir(parents=True, exist_ok=True)

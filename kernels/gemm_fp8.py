@@ -69,13 +69,24 @@ def _family(device_index: int) -> str:
 FP8_FAMILY_SMEM = {"hopper": 232448, "ada": 101376}
 
 
-def fp8_tile_allowed(family: str, tile, a_bytes: int, quant_a: bool, swiglu: bool, smem=None) -> bool:
-    """Whether the prune on a `family` GPU can pick `tile` (a row of the tables) for a launch of this kind: in the
-    family's table (SwiGLU: also in SWIGLU_FP8) and fitting its shared memory."""
+# fp32 rows quantized in the main loop (an fp32 model's FC2): Hopper tiles that fit shared memory but spill on sm_90
+# (the static report: 128x128x128 w8s3 8 B under triton 3.9, 24 B under 3.6; 128x64x128 w4s4 88 B under 3.6).
+FP32_ROW_SPILLS = {"hopper": {(128, 128, 128, 8, 3), (128, 64, 128, 4, 4)}}
+
+
+def fp8_tile_fits(family: str, tile, a_bytes: int, quant_a: bool, swiglu: bool, smem=None) -> bool:
+    """`tile` is in the `family` table (SwiGLU: also in SWIGLU_FP8) and fits its shared memory."""
     table = FP8_TABLES[family]
     if swiglu:
         table = [row for row in table if row in SWIGLU_FP8]
     return tile in table and smem_bytes(family, tile, a_bytes, quant_a, swiglu) <= (smem or FP8_FAMILY_SMEM[family])
+
+
+def fp8_tile_allowed(family: str, tile, a_bytes: int, quant_a: bool, swiglu: bool, smem=None) -> bool:
+    """Whether the prune on a `family` GPU can pick `tile` (a row of the tables) for a launch of this kind: it fits
+    (fp8_tile_fits) and is not a known spill."""
+    spills = FP32_ROW_SPILLS.get(family, ()) if a_bytes == 4 else ()
+    return fp8_tile_fits(family, tile, a_bytes, quant_a, swiglu, smem) and tuple(tile) not in spills
 
 
 def _prune(configs, named_args, **kwargs):
@@ -250,10 +261,10 @@ def aot_variants(exhaustive: bool = False):
     quantized in the main loop, residual), QKV. At one tile per family (Hopper 64x128x128, Ada 64x128x64) the
     launches only `exclude` or odd widths make: FP8 A with a residual (FC2 after a dense FC1), GELU without row
     maxima (FC1 before a dense FC2), the non-even K path, and imprecise accumulation. An fp32 model's FC2 (fp32 rows
-    quantized in the main loop) at the smallest tile of each family; fp16 and the other fp32 launches only with
-    `exhaustive` (at the Hopper tile). Each variant names the families
-    whose prune can pick it, so sm_90 gates the Hopper picks and sm_89 the Ada ones. FP8 dots do not exist before
-    sm_89: min_cc 89 (skipped for sm_80)."""
+    quantized in the main loop) at every tile that fits (FP32_ROW_SPILLS: shown, not picked); fp16 and the other
+    fp32 launches only with `exhaustive` (at the Hopper tile). Each variant names the families whose prune can pick
+    it, so sm_90 gates the Hopper picks and sm_89 the Ada ones. FP8 dots do not exist before sm_89: min_cc 89
+    (skipped for sm_80)."""
     tiles = list(dict.fromkeys(HOPPER_FP8 + ADA_FP8))
     out = [_variant(torch.bfloat16, 1, True, False, True, True, t, amax_out=True) for t in tiles]  # FC1
     # SwiGLU at every table tile; the prune keeps SWIGLU_FP8's (Hopper's others show on sm_90 why not)
@@ -266,8 +277,9 @@ def aot_variants(exhaustive: bool = False):
                 _variant(torch.bfloat16, 1, True, False, True, True, tile),  # FC1 without maxima (FC2 kept dense)
                 _variant(torch.bfloat16, 1, False, False, False, True, tile),  # no bias, ragged K
                 _variant(torch.bfloat16, 1, True, False, True, False, tile)]  # imprecise accumulation
-    for tile in ((64, 64, 128, 4, 4), (64, 64, 64, 4, 4)):  # an fp32 model's FC2: 4-byte A rows, the smallest tiles
-        out.append(_variant(torch.float32, 0, True, True, True, True, tile, quant_a=True))
+    # an fp32 model's FC2: 4-byte A rows, at every tile that fits some family (the spilling ones shown, not picked)
+    out += [_variant(torch.float32, 0, True, True, True, True, t, quant_a=True) for t in tiles
+            if any(fp8_tile_fits(f, t, 4, True, False) for f in FP8_TABLES)]
     tile = (64, 128, 128, 4, 4)
     if exhaustive:
         out += [_variant(dt, act, True, res, True, True, tile)

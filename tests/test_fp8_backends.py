@@ -2,6 +2,7 @@
 torch reports; no GPU is needed) backend "auto" falls back to the torch emulation with a one-line warning, and
 `--backend triton --dtype fp8` is refused in one line before any model is built and before Ray starts."""
 import socket
+import warnings
 
 import pytest
 import torch
@@ -40,6 +41,9 @@ def no_model_work(monkeypatch):
 def test_resolve_auto_falls_back_on_a_gpu_without_fp8(a100):
     with pytest.warns(UserWarning, match=r"backend 'auto' runs this FP8 model with the torch emulation .*sm_80"):
         assert backends.resolve("auto", CUDA, torch.bfloat16, fp8=True) == "sdpa"
+    with warnings.catch_warnings():  # asking (Predictor.backend, /health) is not running: the same answer, silently
+        warnings.simplefilter("error")
+        assert backends.resolve("auto", CUDA, torch.bfloat16, fp8=True, warn=False) == "sdpa"
     assert backends.resolve("auto", CUDA, torch.bfloat16) == "triton"  # bf16 models keep the kernels there
     with pytest.raises(RuntimeError, match="backend 'triton' cannot run this FP8 model: FP8 GEMMs need compute "
                                            r"capability 8.9 or 9.0 \(Ada, Hopper\); cuda \(GPU sm_80\) is sm_80"):

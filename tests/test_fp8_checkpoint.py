@@ -59,6 +59,17 @@ def test_fp8_state_dict_names_the_weights_as_files_do():
     x = torch.randn(2, 3, 32, 48, dtype=torch.bfloat16)
     with torch.no_grad():
         assert torch.equal(other(x), model(x))
+    # an FP8 state for a model of another mix, or a dense one, is refused and leaves those layers as they were
+    dense = randomize_(vit_fast.create("vit_ti_16", backend="torch", **TINY)).to(torch.bfloat16)
+    kept = dense.blocks[0].attn.qkv.weight.clone()
+    with pytest.raises(RuntimeError, match="blocks.0.attn.qkv.weight: a float8 weight for blocks.0.attn.qkv, which "
+                                           "is not FP8 in this model"):
+        dense.load_state_dict(state, strict=False)
+    assert torch.equal(dense.blocks[0].attn.qkv.weight, kept)
+    mixed = randomize_(vit_fast.create("vit_ti_16", backend="torch", **TINY)).to(torch.bfloat16).to_fp8(exclude="fc2")
+    with pytest.raises(RuntimeError, match="blocks.0.mlp.fc2.weight: an FP8 layer takes torch.float8_e4m3fn, got "
+                                           "torch.bfloat16"):
+        model.load_state_dict(mixed.state_dict())
     # the converters to timm / Hugging Face models (benchmark baselines, export) take float weights only
     from vit_fast.loading.state_dict import float_state
 
@@ -80,6 +91,12 @@ def test_convert_dtype_fp8(tmp_path, capsys):
     assert vit_fast.load(tmp_path / "copy").is_fp8
     assert main(["convert", str(tmp_path / "dst"), str(tmp_path / "f32"), "--dtype", "float32"]) == 2
     assert "is an FP8 model: its float32 weights are gone" in capsys.readouterr().err
+    # another mix from an FP8 checkpoint: the command-line line predict, serve and infer give
+    assert main(["convert", str(tmp_path / "dst"), str(tmp_path / "mix"), "--dtype", "fp8",
+                 "--fp8-exclude", "qkv"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'dst'} is an FP8 model that keeps 0 GEMM layer(s) out of FP8 (none), not what " \
+           "--fp8-exclude qkv asks" in err and not (tmp_path / "mix").exists()
 
 
 def test_excluded_layers_round_trip(tmp_path, capsys):

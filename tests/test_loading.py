@@ -119,3 +119,9 @@ def test_loading_allocates_no_weights_it_overwrites(tmp_path, monkeypatch):
     for k, v in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v), k
     _same(model, loaded)
+    # a state dict in memory is copied, not adopted: the caller's tensors stay the caller's
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["head.bias"] = state["head.bias"].double()  # any float width becomes the model's fp32
+    taken = vit_fast.from_timm(state, num_heads=3, img_size=(32, 48))
+    state["head.weight"].add_(1.0)
+    assert torch.equal(taken.head.weight, model.head.weight) and taken.head.bias.dtype == torch.float32

@@ -50,19 +50,22 @@ def triton_unavailable_reason(device: Optional[torch.device] = None) -> Optional
 AUTO_TRITON_DTYPES = (torch.bfloat16, torch.float16)
 
 
-def resolve(name: str, device: torch.device, dtype: Optional[torch.dtype] = None, fp8: bool = False) -> str:
+def resolve(name: str, device: torch.device, dtype: Optional[torch.dtype] = None, fp8: bool = False,
+            warn: bool = True) -> str:
     """The concrete backend `name` means for a model of `dtype` (None: not known, treated as 16-bit) on `device`;
     raises if triton cannot run there. "auto" is triton only on CUDA and for bf16/fp16 models. `fp8`: the model has
     FP8 GEMM weights (vit_fast.quantize): on a GPU without FP8 tensor cores (older than sm_89) "auto" runs the torch
-    emulation with sdpa attention (with a warning) and "triton" is refused with the reason."""
+    emulation with sdpa attention (with a warning, unless `warn` is False: a question, not a run) and "triton" is
+    refused with the reason."""
     if name == "auto":
         sixteen_bit = dtype is None or dtype in AUTO_TRITON_DTYPES
         if not (device.type == "cuda" and sixteen_bit and triton_unavailable_reason(device) is None):
             return "sdpa"
         reason = fp8_unavailable_reason(device) if fp8 else None
         if reason is not None:
-            warnings.warn(f"backend 'auto' runs this FP8 model with the torch emulation (slow), not the FP8 kernels: "
-                          f"{reason}", stacklevel=3)
+            if warn:
+                warnings.warn(f"backend 'auto' runs this FP8 model with the torch emulation (slow), not the FP8 "
+                              f"kernels: {reason}", stacklevel=3)
             return "sdpa"
         return "triton"
     if name == "triton":

@@ -121,7 +121,8 @@ class Fp8Linear(nn.Module):
         """(N,) fp32 per-output-channel dequantization scales."""
         return self.scale_bits.view(torch.float32)
 
-    _STATE = (("weight", "weight_bits", torch.uint8), ("weight_scale", "scale_bits", torch.int32))
+    _STATE = (("weight", "weight_bits", torch.uint8, FP8_DTYPE), ("weight_scale", "scale_bits", torch.int32,
+                                                                     torch.float32))
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         # the float8 weight and fp32 scales the bit buffers hold, then the bias: nn.Linear's order, the file's names
@@ -130,11 +131,17 @@ class Fp8Linear(nn.Module):
             if tensor is not None:
                 destination[prefix + name] = tensor if keep_vars else tensor.detach()
 
-    def _load_from_state_dict(self, state_dict, prefix, *args):
-        for name, bits, dtype in self._STATE:
-            if prefix + name in state_dict:
-                state_dict[prefix + bits] = state_dict.pop(prefix + name).view(dtype)
-        super()._load_from_state_dict(state_dict, prefix, *args)
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, error_msgs):
+        for name, bits, raw, dtype in self._STATE:
+            if prefix + name not in state_dict:
+                continue
+            tensor = state_dict.pop(prefix + name)
+            if tensor.dtype != dtype:  # a dense layer's float weight: another FP8 mix, not bits to reinterpret
+                error_msgs.append(f"{prefix}{name}: an FP8 layer takes {dtype}, got {tensor.dtype} (a layer the "
+                                  "saved model kept out of FP8? quantize with the same exclude)")
+                continue
+            state_dict[prefix + bits] = tensor.view(raw)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, error_msgs)
 
     def dequantized_weight(self) -> torch.Tensor:
         return dequantize(self.weight, self.weight_scale)

@@ -376,6 +376,21 @@ class VisionTransformer(nn.Module):
 
         return capture_model(self, batch_sizes, image_size=image_size, dtype=dtype, channels_last=channels_last)
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, error_msgs):
+        # An FP8 layer's float8 weight for a layer this model keeps dense would be copied unscaled: refused, and
+        # the layer left as it is (torch raises with these messages once the rest is loaded).
+        for key in [k for k, v in state_dict.items() if k.startswith(prefix) and v.dtype == torch.float8_e4m3fn]:
+            layer = key[len(prefix):].rpartition(".")[0]
+            try:
+                module = self.get_submodule(layer)
+            except AttributeError:  # no such layer: torch lists the key as unexpected
+                continue
+            if not hasattr(module, "weight_bits"):
+                del state_dict[key]
+                error_msgs.append(f"{key}: a float8 weight for {layer}, which is not FP8 in this model (quantize "
+                                  "the model with the saved mix first: to_fp8(exclude=...))")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, error_msgs)
+
     def to_fp8(self, exclude=()) -> "VisionTransformer":
         """FP8 weights for the QKV, out-projection, FC1 and FC2 GEMMs, in place (see vit_fast.fp8.quantize);
         `exclude` keeps some in the model dtype: GEMM kinds ("fc2") or layer-name patterns ("blocks.0.*")."""
@@ -383,10 +398,10 @@ class VisionTransformer(nn.Module):
 
         return quantize(self, "fp8", exclude=exclude)
 
-    def _resolve_backend(self, device: torch.device) -> str:
+    def _resolve_backend(self, device: torch.device, warn: bool = True) -> str:
         """The backend that runs inputs on `device` (backends.resolve); an FP8 model's "auto" falls back to the
-        torch emulation on a GPU without FP8 tensor cores."""
-        return backends.resolve(self._backend, device, self.pos_embed.dtype, fp8=self.is_fp8)
+        torch emulation on a GPU without FP8 tensor cores (with a warning when `warn`)."""
+        return backends.resolve(self._backend, device, self.pos_embed.dtype, fp8=self.is_fp8, warn=warn)
 
     @property
     def is_fp8(self) -> bool:

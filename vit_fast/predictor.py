@@ -278,12 +278,9 @@ class Predictor:
 
     @property
     def backend(self) -> str:
-        """The backend that runs the model here: the model's, with "auto" made concrete (backends.resolve)."""
-        import warnings
-
-        with warnings.catch_warnings():  # auto's FP8 fallback warns where the model runs, not here
-            warnings.simplefilter("ignore")
-            return self.model._resolve_backend(self.device)
+        """The backend that runs the model here: the model's, with "auto" made concrete (backends.resolve; auto's
+        FP8 fallback warns where the model runs, not here)."""
+        return self.model._resolve_backend(self.device, warn=False)
 
     def fp8_mix(self) -> Optional[dict]:
         """None without FP8 GEMMs; else {"fp8": n, "gemms": total, "kept": [layers kept in the activation dtype]}."""

@@ -129,12 +129,14 @@ def test_fp8_variants_cover_every_table_row(variants):
 
     have = {}
     for _, sig, c, w, s, tables, _ in variants["gemm_fp8"]:
-        kind = ("swiglu" if c["ACTIVATION"] == SWIGLU else "fc2" if c["QUANT_A"] else "fc1" if c["ROW_AMAX_OUT"]
+        kind = ("swiglu" if c["ACTIVATION"] == SWIGLU else "fc2" + ("_fp32" if sig["a_ptr"] == "*fp32" else "")
+                if c["QUANT_A"] else "fc1" if c["ROW_AMAX_OUT"]
                 else "qkv" if c["ACTIVATION"] == 0 and not c["HAS_RESIDUAL"] and c["EVEN_K"] else "other")
         have.setdefault((kind, (c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], w, s)), set()).update(tables)
     for family, table in gemm_fp8.FP8_TABLES.items():
         for kind, a_bytes, quant_a, swiglu in (("fc1", 1, False, False), ("swiglu", 1, False, True),
-                                               ("fc2", 2, True, False), ("qkv", 1, False, False)):
+                                               ("fc2", 2, True, False), ("fc2_fp32", 4, True, False),
+                                               ("qkv", 1, False, False)):
             picks = [t for t in table if gemm_fp8.fp8_tile_allowed(family, t, a_bytes, quant_a, swiglu)]
             assert picks, (family, kind)
             for tile in picks:
@@ -291,7 +293,8 @@ def test_swiglu_prune_keeps_only_clean_tiles(monkeypatch):
 def test_fp8_prune_on_ada_keeps_every_tile_that_fits(monkeypatch):
     """The FP8 prune on an Ada GPU (99 KB per block) keeps every Ada tile for FC2 / out-projection (bf16 rows
     quantized in the main loop), 128x128x128 included: it compiles to 98,304 B there (the static report), which
-    the former estimate (163,840 B) refused. fp32 rows (4 bytes) drop the tiles that no longer fit."""
+    the former estimate (163,840 B) refused. fp32 rows (4 bytes) drop the tiles that no longer fit, and on Hopper
+    the ones that spill."""
     import triton
 
     from kernels import gemm_fp8
@@ -315,3 +318,8 @@ def test_fp8_prune_on_ada_keeps_every_tile_that_fits(monkeypatch):
     assert kept(1) == set(gemm_fp8.ADA_FP8)
     assert kept(4, QUANT_A=True) == {(64, 128, 64, 4, 4), (64, 64, 64, 4, 4)}
     assert kept(1, ACTIVATION=SWIGLU) == set(gemm_fp8.ADA_FP8) & set(gemm_fp8.SWIGLU_FP8)
+    # Hopper: fp32 rows fit 128x128x128 w8s3 and 128x64x128 w4s4 too, but those spill there (FP32_ROW_SPILLS)
+    monkeypatch.setattr(gemm_fp8, "shared_memory_bytes", lambda index: 232448)
+    monkeypatch.setattr(gemm_fp8, "_family", lambda index: "hopper")
+    assert kept(2, QUANT_A=True) == set(gemm_fp8.HOPPER_FP8)
+    assert kept(4, QUANT_A=True) == {(64, 128, 128, 4, 4), (64, 128, 128, 8, 4), (64, 64, 128, 4, 4)}

@@ -126,25 +126,20 @@ def float_state(model, target: str) -> dict:
     return {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
 
 
-def _own(t: torch.Tensor) -> torch.Tensor:
-    """`t` as a model tensor: fp32 for a float of another width (float8 FP8 weights and integers stay as stored),
-    contiguous, in storage of its own that torch allocated. safetensors hands out tensors 8-byte aligned (inside
-    Python bytes objects) and converters hand out views of larger tensors: both are copied, so a loaded model
-    computes on the CPU exactly as one built in memory (MKL's results depend on alignment)."""
-    if t.dtype in (torch.float16, torch.bfloat16, torch.float64):
-        return t.float().contiguous()
-    if t.is_contiguous() and t.data_ptr() % 64 == 0 and t.untyped_storage().nbytes() == t.numel() * t.element_size():
-        return t
-    return t.clone(memory_format=torch.contiguous_format)
+def _own(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A new CPU tensor of `like`'s dtype (fp32 for float weights; float8 / fp32 for an FP8 layer's) holding `t`:
+    contiguous, in aligned storage of its own. Never `t` itself: the caller's tensors (a live timm or HF model, a
+    state dict) stay theirs, and safetensors' tensors (8-byte aligned) would make CPU results depend on alignment."""
+    return torch.empty(t.shape, dtype=like.dtype, device="cpu").copy_(t.detach())
 
 
 def build_and_load(config: ViTConfig, state: dict, backend: str, source: str, pos_grid=None,
                    prepare=None) -> VisionTransformer:
     """A new model for `config` with `state` loaded; raises listing every missing, unexpected or mis-shaped key.
     A position table trained at another size is resampled to `config.img_size` first (see `fit_pos_embed`).
-    The model is built on the meta device and takes the state's tensors (fp32, contiguous) as its own, so no weight
-    is allocated or randomly initialized only to be overwritten. `prepare(model)` changes the structure before the
-    check (an FP8 checkpoint's layers: fp8_checkpoint.py)."""
+    The model is built on the meta device and takes a copy of each state tensor (`_own`), so no weight is allocated
+    or randomly initialized only to be overwritten. `prepare(model)` changes the structure before the check (an FP8
+    checkpoint's layers: fp8_checkpoint.py)."""
     with torch.device("meta"):
         model = VisionTransformer(config, backend=backend)
         if prepare is not None:
@@ -167,7 +162,7 @@ def build_and_load(config: ViTConfig, state: dict, backend: str, source: str, po
         if mismatched:
             parts.append(f"shapes that disagree with the config {mismatched}")
         raise ValueError(f"cannot load {source}: " + "; ".join(parts))
-    model.load_state_dict({k: _own(v) for k, v in state.items()}, assign=True)
+    model.load_state_dict({k: _own(v, expected[k]) for k, v in state.items()}, assign=True)
     left = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
     if left:  # every tensor of the model is in its state dict; a meta tensor here is a bug, not a bad file
         raise RuntimeError(f"loading {source} left {left[:4]} unfilled")

@@ -121,7 +121,7 @@ def _refuse_model(args, notes: list) -> None:
         from vit_fast.cli import UsageError, check_fp8_exclude_names
 
         try:
-            check_fp8_exclude_names(model, args.checkpoint, args.fp8_exclude)
+            check_fp8_exclude_names(model, f"--checkpoint {args.checkpoint}", args.fp8_exclude)
         except UsageError as e:
             raise Refused(str(e)) from None
     if local and model.is_fp8 and args.dtype != "fp8":  # an FP8 checkpoint: the same checks as --dtype fp8
