@@ -41,8 +41,8 @@ def test_model_passes_its_dtype(triton_runs, monkeypatch):
 
     seen = []
     real = backends.resolve
-    monkeypatch.setattr(backends, "resolve", lambda name, device, dtype=None, fp8=False: seen.append(dtype) or real(
-        name, torch.device("cpu"), dtype, fp8=fp8))
+    monkeypatch.setattr(backends, "resolve", lambda name, device, dtype=None, fp8=False, warn=True: seen.append(
+        dtype) or real(name, torch.device("cpu"), dtype, fp8=fp8, warn=warn))
     cfg = vit_fast.get_config("vit_b_16")
     cfg.depth, cfg.embed_dim, cfg.num_heads, cfg.mlp_dim, cfg.img_size, cfg.num_classes = 1, 32, 2, 64, (32, 32), 5
     model = vit_fast.VisionTransformer(cfg, backend="auto").eval()
