@@ -19,7 +19,8 @@ representative sample (per kernel and dtype, the fewest variants that take every
 Gate (`--check`, and tests/kernels/test_static_gate.py): on sm_90, every variant the Hopper tables can pick has no
 spills and fits shared memory; its 16-bit dots are wgmma (no HMMA; variants marked "wgmma": False, dots under 64
 rows, are exempt); its GEMM main loop (main_loop == "gemm") has cp.async or TMA loads. On sm_89, every FP8 variant
-the Ada table can pick has no spills, fits 99 KB, and its GEMM loop has FP8 mma (QMMA) and cp.async.
+the Ada table can pick has no spills, fits 99 KB, and its GEMM loop has FP8 mma (QMMA) and cp.async. On both, a
+variant that states the prune's shared-memory estimate (`smem_estimate`, the FP8 engine) compiles within it.
 
     python -m benchmarks.kernels_static             # writes benchmarks/static/report.md and report.json
     python -m benchmarks.kernels_static --check     # the same, exit 1 on a compile failure or a gate problem
@@ -211,7 +212,7 @@ def describe(row, result) -> dict:
     vit = variant.get("vit")
     if vit is not None:
         out["presets"] = [p for p in PRESETS if any(vit(vit_fast.get_config(p), b) for b in BATCHES)]
-        family = {90: "hopper", 89: "ada", 80: "ampere"}[cc]
+        family = {**GATED, 80: "ampere"}[cc]
         launches = vit(vit_fast.get_config(ROOFLINE_PRESET), ROOFLINE_BATCH)
         if launches and family in variant.get("tables", ("hopper",)):
             out["roofline_us"] = round(roofline_us(launches, cc, is_16bit(variant)), 1)

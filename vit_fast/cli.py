@@ -31,14 +31,14 @@ def check_fp8_exclude_names(model, named: str, fp8_exclude) -> None:
     """`--fp8-exclude` against a loaded model, in command-line terms (UsageError): a pattern naming no layer, or an FP8
     checkpoint asked for another mix than the one it was written with. `named`: how the command line names the
     checkpoint ("--checkpoint DIR", or convert's SRC)."""
-    from .fp8 import check_exclude, fp8_layers, quantized_linears
+    from .fp8 import check_exclude, kept_layers
 
     try:
         check_exclude(model, fp8_exclude)
     except ValueError as e:
         if not model.is_fp8:
             raise UsageError(str(e)) from None
-        kept = sorted(set(quantized_linears(model)) - set(fp8_layers(model)))
+        kept = kept_layers(model)
         raise UsageError(f"{named} is an FP8 model that keeps {len(kept)} GEMM layer(s) out of FP8 "
                          f"({', '.join(kept[:3]) or 'none'}{' ...' if len(kept) > 3 else ''}), not what "
                          f"--fp8-exclude {fp8_exclude} asks: leave out --fp8-exclude, or write that mix from the "
@@ -180,7 +180,7 @@ def cmd_convert(args) -> int:
         raise UsageError(f"{args.src} is an FP8 model: its float32 weights are gone (convert the checkpoint it was "
                          "quantized from), or leave out --dtype to copy it as FP8")
     if args.dtype == "fp8":
-        if model.is_fp8 and args.fp8_exclude:
+        if args.fp8_exclude:
             check_fp8_exclude_names(model, args.src, args.fp8_exclude)
         model.to_fp8(exclude=args.fp8_exclude)  # quantized once here; vit_fast.load(dst) gives these bits back
     dst = save(model, args.dst)

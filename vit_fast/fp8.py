@@ -176,6 +176,12 @@ def fp8_layers(model) -> list:
             if isinstance(getattr(parent, leaf), Fp8Linear)]
 
 
+def kept_layers(model) -> list:
+    """Names of the layers of quantized_linears(model) that are not FP8 (kept in the model dtype), in model order."""
+    fp8 = set(fp8_layers(model))
+    return [n for n in quantized_linears(model) if n not in fp8]
+
+
 def excluded_names(names: list, exclude) -> set:
     """The `names` that `exclude` keeps in the model dtype. Each item is a GEMM kind (qkv, proj, fc1, fc2: that GEMM
     in every block) or a glob over layer names (`blocks.0.*`, `blocks.*.mlp.fc2`); a string is a comma-separated
@@ -208,10 +214,10 @@ def check_exclude(model, exclude) -> set:
     layers = quantized_linears(model)
     kept = excluded_names(list(layers), exclude)
     if getattr(model, "is_fp8", False):
-        dense = set(layers) - set(fp8_layers(model))
-        if exclude and kept != dense:
+        dense = kept_layers(model)
+        if exclude and kept != set(dense):
             raise ValueError(f"exclude: the model is FP8 already, with {len(dense)} of {len(layers)} GEMM layers "
-                             f"kept ({sorted(dense)[:3] if dense else 'none'}); quantize the unquantized model to "
+                             f"kept ({dense[:3] if dense else 'none'}); quantize the unquantized model to "
                              "change which layers stay out of FP8")
     return kept
 

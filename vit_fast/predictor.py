@@ -286,10 +286,10 @@ class Predictor:
         """None without FP8 GEMMs; else {"fp8": n, "gemms": total, "kept": [layers kept in the activation dtype]}."""
         if not self.fp8:
             return None
-        from .fp8 import fp8_layers, quantized_linears
+        from .fp8 import fp8_layers, kept_layers
 
-        layers, fp8 = list(quantized_linears(self.model)), set(fp8_layers(self.model))
-        return {"fp8": len(fp8), "gemms": len(layers), "kept": [n for n in layers if n not in fp8]}
+        fp8, kept = fp8_layers(self.model), kept_layers(self.model)
+        return {"fp8": len(fp8), "gemms": len(fp8) + len(kept), "kept": kept}
 
     def __repr__(self) -> str:
         fp8 = " (fp8 GEMMs)" if self.fp8 else ""
