@@ -94,7 +94,7 @@ def test_static_gate(tmp_path):
     for op in GEMM_OPS:
         tiles = {r["tile"] for r in gemms if r["op"] == op and r["dtype"].startswith("bf16")
                  and r["module"] != "gemm_tma"}  # the pointer engine's table
-        kind = {"ln_qkv": "ln", "ln_linear": "ln", "patch_embed": "patch"}.get(op, "plain")
+        kind = {"ln_qkv": "ln", "ln_linear": "ln_act", "patch_embed": "patch"}.get(op, "plain")
         for row in GEMM_TABLES["hopper"]:
             if gemm_tile_allowed(row, 2, FAMILY_SMEM["hopper"], family="hopper", kind=kind):
                 bm, bn, bk, w, s = row
@@ -106,7 +106,7 @@ def test_variants_cover_every_table_row(name, variants):
     from kernels._common import FAMILY_SMEM, GEMM_TABLES, gemm_tile_allowed
 
     rows = variants[name]
-    kind = {"ln_qkv": "ln", "ln_linear": "ln", "patch_embed": "patch"}.get(name, "plain")
+    kind = {"ln_qkv": "ln", "ln_linear": "ln_act", "patch_embed": "patch"}.get(name, "plain")
     for dtype, elem in ((torch.bfloat16, 2), (torch.float16, 2), (torch.float32, 4)):
         sig = "*" + {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
         have = {}
@@ -227,7 +227,9 @@ def test_prune_drops_the_hopper_tiles_that_spill(monkeypatch, dtype):
     elem = torch.empty((), dtype=dtype).element_size()
     for family in ("hopper", "ampere"):
         monkeypatch.setattr(_common, "gpu_family", lambda index: family)
-        for kind, switches in (("ln", dict(ROW_STATS=True)), ("plain", dict(ROW_STATS=False, HAS_RESIDUAL=True)),
+        for kind, switches in (("ln", dict(ROW_STATS=True, ACTIVATION=0)),
+                               ("ln_act", dict(ROW_STATS=True, ACTIVATION=1)),
+                               ("plain", dict(ROW_STATS=False, HAS_RESIDUAL=True)),
                                ("patch", dict(kind="patch"))):
             kept = _common.prune_gemm_configs(configs, {"a_ptr": a, "M_BUCKET": 1 << 16}, **switches)
             rows = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages)
@@ -239,6 +241,7 @@ def test_prune_drops_the_hopper_tiles_that_spill(monkeypatch, dtype):
                 assert (64, 64, 64, 4, 4) in rows or (64, 64, 64, 4, 4) in spills
             else:
                 assert rows & {(128, 128, 32, 4, 4), (64, 64, 32, 4, 4)}, rows  # no Hopper spill list on Ampere
+                assert not rows & set(_common.AMPERE_GEMM_SPILLS.get((elem, kind), {})), (kind, rows)
 
 
 def test_swiglu_prune_keeps_only_clean_tiles(monkeypatch):
