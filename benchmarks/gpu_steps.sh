@@ -195,7 +195,8 @@ grid)
     ARGS=(--out "$DIR" --models "$MODELS" --batch-sizes "$BATCHES" --dtypes "$DTYPES" --backends "$BACKENDS"
           --cuda-graphs --warmup 3 --repeats 20 --time-budget "${T_BUDGET:-420}" --no-plots --no-progress)
     if [ "$DRY" = 1 ]; then
-        ARGS+=(--models "${MODELS%%,*}" --dtypes "${DTYPES%%,*}" --resolution 112 --batch-sizes 1,2 --repeats 1
+        # 224 px as on the GPU: a multiple of every slice's patch size (14, 16, 32)
+        ARGS+=(--models "${MODELS%%,*}" --dtypes "${DTYPES%%,*}" --resolution 224 --batch-sizes 1,2 --repeats 1
                --warmup 0 --config-overrides depth=1,embed_dim=64,num_heads=2,mlp_dim=128)
         [ "$BACKENDS" = compile ] && ARGS+=(--compile-mode default)
     fi

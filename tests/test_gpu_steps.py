@@ -53,6 +53,16 @@ def test_bad_lease_arguments_say_what_was_expected(tmp_path):
         assert proc.returncode == 2 and match in proc.stderr, proc.stderr
 
 
+@pytest.mark.parametrize("slice_", ["2", "3", "4"])
+def test_dry_grid_slices_beyond_the_first_run(tmp_path, slice_):
+    """Slices 2 and 3 start with a /32 model, 4 with the timm and HF backends: each runs its first model to a valid
+    results file (the compile slices 5-6 differ from 1 only in the backend)."""
+    proc, out = _steps(tmp_path, "grid", slice_, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    results = json.loads((out / f"grid-{slice_}" / "results.json").read_text())
+    assert schema.validate(results) == [] and results["rows"]
+
+
 def test_dry_lease_runs_the_steps_and_resumes_on_a_warm_machine(tmp_path):
     """One lease runs tests, headline, profile and a grid slice into the machine's cache and brings them back in at
     most 8 files; a second lease on the same machine skips the tests and the finished steps and resumes the
