@@ -130,10 +130,11 @@ def resolve(args) -> "runner.Settings":  # noqa: F821
     bad = []
     for m in models:
         try:
-            patch = vit_fast.get_config(m, **args.config_overrides).patch_size
+            cfg = vit_fast.get_config(m, **args.config_overrides)
         except ValueError as e:
             raise SystemExit(f"error: {e}") from None
-        if args.resolution < patch or args.resolution % patch:
+        patch = cfg.patch_size
+        if (args.resolution < patch or args.resolution % patch) and cfg.img_size != (args.resolution,) * 2:
             lo, hi = max(patch, args.resolution // patch * patch), (args.resolution // patch + 1) * patch
             bad.append(f"{m} (patch {patch}: e.g. {lo} or {hi})")
     if bad:

@@ -23,10 +23,11 @@ def _pair(v):
 
 def vit_tokens(cfg, img_size=None) -> int:
     """Tokens per image, [CLS] included, for `cfg` at its own image size or at `img_size` (int or (H, W))."""
-    h, w = _pair(img_size if img_size is not None else _field(cfg, "img_size"))
+    native = _pair(_field(cfg, "img_size"))
+    h, w = _pair(img_size) if img_size is not None else native
     p = int(_field(cfg, "patch_size"))
-    if h % p or w % p:
-        raise ValueError(f"image size {(h, w)} is not a multiple of the patch size {p}")
+    if (h, w) != native and (h % p or w % p):  # the native size may leave pixels the patches do not cover
+        raise ValueError(f"image size {(h, w)} is not a multiple of the patch size {p} (nor the model's {native})")
     return (h // p) * (w // p) + 1
 
 

@@ -104,6 +104,40 @@ def test_triton_backend(family):
                                        atol=atol, rtol=rtol)
 
 
+def test_native_size_that_is_not_a_multiple_of_the_patch():
+    """SigLIP so400m/14 at 384 px has 27x27 patches and never sees the last 6 rows and columns of pixels (HF's and
+    timm's stride-14 convolution drops them). In small: a 30 px native size with patch 14 (2x2 patches, 2 px
+    dropped), head dim 80, against HF at that size on every backend, the dropped pixels NaN (never read); uint8
+    NHWC pixels through the same crop; other sizes that are not multiples are refused."""
+    hf = randomize_(T.SiglipVisionModel(T.SiglipVisionConfig(**_kw(160, 1, 2, 30, 14), intermediate_size=96))).eval()
+    model = vit_fast.from_hf(hf, backend="torch")
+    assert model.config.img_size == (30, 30) and model.config.grid_size == (2, 2)
+    x = torch.randn(3, 3, 30, 30)
+    with torch.no_grad():
+        ref = hf(x)
+    poisoned = x.clone()
+    poisoned[..., 28:, :] = float("nan")
+    poisoned[..., :, 28:] = float("nan")
+    pixels = torch.randint(0, 256, (2, 30, 30, 3), dtype=torch.uint8)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (model.config.image_mean, model.config.image_std))
+    normalized = (pixels.permute(0, 3, 1, 2).float() / 255 - mean) / std
+    atol, rtol = MODEL_TOL[torch.float32]
+    for backend in ("torch", "sdpa", "triton"):
+        model.set_backend(backend)
+        with torch.no_grad():
+            out, tokens = model(poisoned), model.forward_features(poisoned)
+            from_pixels, from_floats = model(pixels), model(normalized)
+        for ours, theirs in ((out, ref.pooler_output), (tokens, ref.last_hidden_state), (from_pixels, from_floats)):
+            assert torch.isfinite(ours).all(), backend
+            torch.testing.assert_close(ours, theirs, atol=atol, rtol=rtol)
+        if backend != "triton":
+            assert rel_err(out, ref.pooler_output) <= LOADER_REL_ERR, backend
+    maps = model.forward_intermediates(poisoned, indices=1, intermediates_only=True)
+    assert maps[0].shape == (3, 160, 2, 2) and torch.isfinite(maps[0]).all()
+    with pytest.raises(ValueError, match=r"multiples of the patch size 14 \(or the model's 30x30\); got 30x31"):
+        model(torch.randn(1, 3, 30, 31))
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_hf_outputs_drop_in(family, tmp_path):
     """`hf_outputs=True`: HF's output class, every field, hidden_states included; from the live module and from
@@ -258,6 +292,8 @@ _HF_SOURCES = {
     "siglip_b_16": ("SiglipVisionModel", "SiglipVisionConfig", dict(
         hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, patch_size=16)),
     "siglip_so400m_14": ("SiglipVisionModel", "SiglipVisionConfig", dict(
+        hidden_size=1152, num_hidden_layers=27, num_attention_heads=16, intermediate_size=4304, patch_size=14)),
+    "siglip_so400m_14_384": ("SiglipVisionModel", "SiglipVisionConfig", dict(  # 729 patches of 378x378 px
         hidden_size=1152, num_hidden_layers=27, num_attention_heads=16, intermediate_size=4304, patch_size=14)),
     "deit_b_16_distilled": ("DeiTForImageClassificationWithTeacher", "DeiTConfig", dict(num_labels=1000)),
 }

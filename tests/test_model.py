@@ -36,8 +36,9 @@ def test_large_presets_follow_the_paper(name, layers, width, mlp, heads):
 
 
 def test_config_errors():
-    with pytest.raises(ValueError, match="multiple of patch_size"):
-        vit_fast.get_config("vit_b_16", img_size=(224, 200))
+    with pytest.raises(ValueError, match=r"img_size \(224, 8\) must be at least patch_size 16 on each side"):
+        vit_fast.get_config("vit_b_16", img_size=(224, 8))
+    assert vit_fast.get_config("vit_b_16", img_size=(224, 200)).grid_size == (14, 12)  # 8 columns never seen
     with pytest.raises(ValueError, match="not divisible by num_heads"):
         vit_fast.get_config("vit_b_16", num_heads=7)
     with pytest.raises(ValueError, match="unknown ViTConfig fields"):
@@ -110,8 +111,9 @@ def test_dtypes_run():
         (lambda: torch.randn(1, 4, 32, 32), r"4 channels"),
         (lambda: torch.randn(1, 32, 32, 3), r"got shape \(1, 32, 32, 3\)"),
         (lambda: torch.zeros(1, 3, 32, 32, dtype=torch.int64), r"got dtype torch.int64"),
-        (lambda: torch.randn(1, 3, 32, 40), r"multiples of the patch size 16; got 32x40"),
-        (lambda: torch.zeros(1, 30, 32, 3, dtype=torch.uint8), r"multiples of the patch size 16; got 30x32"),
+        (lambda: torch.randn(1, 3, 32, 40), r"multiples of the patch size 16 \(or the model's 32x32\); got 32x40"),
+        (lambda: torch.zeros(1, 30, 32, 3, dtype=torch.uint8),
+         r"multiples of the patch size 16 \(or the model's 32x32\); got 30x32"),
         (lambda: [[1.0]], r"got list"),
     ],
 )

@@ -87,6 +87,8 @@ LIVE = [
      (32, 48)),
     ("deit_base_distilled_patch16_224", dict(img_size=32, embed_dim=64, depth=2, num_heads=2, num_classes=7),
      (32, 32)),
+    # so400m/14 at 384 in small: a native size that is not a multiple of the patch (2x2 patches of 30x30 px)
+    ("vit_so400m_patch14_siglip_384", dict(img_size=30, embed_dim=160, depth=1, num_heads=2), (30, 30)),
 ]
 
 

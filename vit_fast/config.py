@@ -18,7 +18,10 @@ INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 
 @dataclass
 class ViTConfig:
-    img_size: tuple = (224, 224)  # (H, W) the position embeddings were trained at; an int means square
+    img_size: tuple = (224, 224)  # (H, W) the position embeddings were trained at; an int means square. Not
+    # always a multiple of patch_size: the grid is img_size // patch_size, and the last img_size % patch_size rows
+    # and columns of pixels are never seen, as timm's and HF's stride-P convolution drops them (SigLIP so400m/14 at
+    # 384 px: 27x27 patches of the top-left 378x378 pixels)
     patch_size: int = 16
     in_chans: int = 3
     num_classes: int = 1000  # 0: no head, the model returns pooled features
@@ -66,8 +69,8 @@ class ViTConfig:
         problems = []
         if len(self.img_size) != 2 or min(self.img_size) <= 0:
             problems.append(f"img_size must be (H, W) > 0, got {self.img_size}")
-        elif any(s % self.patch_size for s in self.img_size):
-            problems.append(f"img_size {self.img_size} must be a multiple of patch_size {self.patch_size}")
+        elif min(self.img_size) < self.patch_size:
+            problems.append(f"img_size {self.img_size} must be at least patch_size {self.patch_size} on each side")
         if self.embed_dim % self.num_heads:
             problems.append(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.global_pool not in GLOBAL_POOLS:
@@ -248,6 +251,8 @@ PRESETS.update({
     "siglip_l_16": dict(_SIGLIP, patch_size=16, img_size=256, embed_dim=1024, depth=24, num_heads=16, mlp_dim=4096),
     "siglip_so400m_14": dict(_SIGLIP, patch_size=14, img_size=224, embed_dim=1152, depth=27, num_heads=16,
                              mlp_dim=4304),
+    "siglip_so400m_14_384": dict(_SIGLIP, patch_size=14, img_size=384, embed_dim=1152, depth=27, num_heads=16,
+                                 mlp_dim=4304),
     "deit_ti_16_distilled": dict(embed_dim=192, depth=12, num_heads=3, mlp_dim=768, dist_token=True,
                                  image_mean=(0.485, 0.456, 0.406), image_std=(0.229, 0.224, 0.225), crop_pct=0.875),
     "deit_s_16_distilled": dict(embed_dim=384, depth=12, num_heads=6, mlp_dim=1536, dist_token=True,

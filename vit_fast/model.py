@@ -216,8 +216,12 @@ class VisionTransformer(nn.Module):
         if x.shape[1] != c:
             raise ValueError(f"expected {expected}; got shape {tuple(x.shape)} ({x.shape[1]} channels)")
         h, w = x.shape[-2:]
-        if h % p or w % p or h == 0 or w == 0:
-            raise ValueError(f"image sides must be positive multiples of the patch size {p}; got {h}x{w}")
+        native = self.config.img_size
+        if (h, w) != native and (h % p or w % p or h == 0 or w == 0):
+            raise ValueError(f"image sides must be positive multiples of the patch size {p} (or the model's "
+                             f"{native[0]}x{native[1]}); got {h}x{w}")
+        if h % p or w % p:  # the native size of a model like SigLIP so400m/14 at 384: drop what the conv would
+            x = x[..., : h - h % p, : w - w % p]
         weight = self.patch_embed.proj.weight
         if x.device != weight.device:
             raise ValueError(f"input is on {x.device} but the model is on {weight.device}; move one of them")
