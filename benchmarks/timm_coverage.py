@@ -7,9 +7,13 @@ biases, moved by N(0, 0.1) so that a wrong wiring shows), converted from the liv
 run at timm's own input size in fp32 on the CPU, sdpa backend. Per model: relative error (||ours - timm|| /
 ||timm||) of `model(x)` against timm's `model(x)` and of `forward_features`, judged against the loaders' bound
 (`vit_fast.numerics.LOADER_REL_ERR`). Rows are written as they finish; exit 1 if any model fails.
+`--others` surveys every other name timm lists for `vit_*` and `deit*` instead (Eva, relative-position, hybrid
+CNN stems, post-norm and parallel blocks, ...): each must match or be refused in one line (a ValueError); a model
+that loads and differs, or fails any other way, fails the survey.
 
     python -m benchmarks.timm_coverage                      # every matching name (about 30 min on 2 CPU cores)
     python -m benchmarks.timm_coverage --models vit_so400m_patch14_siglip_384 --out /tmp/one.json
+    python -m benchmarks.timm_coverage --others --skip '*large*,*huge*,*giant*' --out .../timm_coverage_others.json
 """
 from __future__ import annotations
 
@@ -37,7 +41,8 @@ def _perturb_(model: torch.nn.Module, generator: torch.Generator) -> None:
 
 
 def check_model(timm, name: str, batch: int, seed: int) -> dict:
-    """One model: build, perturb, convert, compare. Errors become the row's `error` (the run goes on)."""
+    """One model: build, perturb, convert, compare. `status`: "match", "mismatch", "refused" (from_timm raised
+    its one-line ValueError) or "error" (anything else; the run goes on)."""
     import vit_fast
     from vit_fast.numerics import LOADER_REL_ERR, rel_err
 
@@ -49,16 +54,21 @@ def check_model(timm, name: str, batch: int, seed: int) -> dict:
         ref = timm.create_model(name, pretrained=False).eval()
         _perturb_(ref, generator)
         h, w = timm.data.resolve_data_config({}, model=ref)["input_size"][1:]
-        row.update(params=sum(p.numel() for p in ref.parameters()), input=[batch, 3, h, w])
-        ours = vit_fast.from_timm(ref, backend="sdpa")
+        row.update(params=sum(p.numel() for p in ref.parameters()), input=[batch, 3, h, w],
+                   timm_class=type(ref).__name__)
+        try:
+            ours = vit_fast.from_timm(ref, backend="sdpa")
+        except ValueError as e:
+            row.update(status="refused", error=str(e)[:500], seconds=round(time.perf_counter() - start, 1))
+            return row
         x = torch.randn(batch, 3, h, w, generator=generator)
         with torch.no_grad():
             row["out_rel_err"] = rel_err(ours(x), ref(x))
             row["features_rel_err"] = rel_err(ours.forward_features(x), ref.forward_features(x))
         row["grid"] = list(ours.config.grid_size)
-        row["ok"] = max(row["out_rel_err"], row["features_rel_err"]) <= LOADER_REL_ERR
-    except Exception as e:  # a model the loader refuses is a finding, not a crash of the survey
-        row.update(ok=False, error=f"{type(e).__name__}: {e}"[:500])
+        row["status"] = "match" if max(row["out_rel_err"], row["features_rel_err"]) <= LOADER_REL_ERR else "mismatch"
+    except Exception as e:  # a crash is a finding, not the end of the survey
+        row.update(status="error", error=f"{type(e).__name__}: {e}"[:500])
     row["seconds"] = round(time.perf_counter() - start, 1)
     return row
 
@@ -67,6 +77,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.timm_coverage", description=__doc__.split("\n")[0])
     parser.add_argument("--models", default=None, help="comma-separated timm names (default: every name timm "
                         "lists for " + ", ".join(PATTERNS) + ")")
+    parser.add_argument("--others", action="store_true", help="every other vit_*/deit* name timm lists: each must "
+                        "match or be refused in one line")
     parser.add_argument("--skip", default="", help="comma-separated fnmatch patterns of names to leave out")
     parser.add_argument("--batch", type=int, default=2, help="images per comparison (default 2)")
     parser.add_argument("--seed", type=int, default=0)
@@ -90,7 +102,8 @@ def main(argv=None) -> int:
             print(f"error: timm {timm.__version__} has no models {unknown}", file=sys.stderr)
             return 2
     else:
-        names = sorted({n for p in PATTERNS for n in timm.list_models(p)})
+        family = {n for p in PATTERNS for n in timm.list_models(p)}
+        names = sorted(set(timm.list_models("vit_*") + timm.list_models("deit*")) - family if args.others else family)
     skip = [s for s in args.skip.split(",") if s]
     names = [n for n in names if not any(fnmatch.fnmatch(n, s) for s in skip)]
 
@@ -98,22 +111,26 @@ def main(argv=None) -> int:
     from vit_fast.provenance import source_commit
 
     report = {
-        "what": "timm models of the README's families: vit_fast.from_timm against timm, fp32, CPU, sdpa backend",
-        "patterns": list(PATTERNS), "skipped_patterns": skip, "bound": LOADER_REL_ERR, "batch": args.batch,
+        "what": ("timm's other vit_*/deit* models: each matches or is refused in one line" if args.others else
+                 "timm models of the README's families: vit_fast.from_timm against timm, fp32, CPU, sdpa backend"),
+        "patterns": list(PATTERNS), "others": args.others, "skipped_patterns": skip, "bound": LOADER_REL_ERR, "batch": args.batch,
         "seed": args.seed, "commit": source_commit(), "torch": torch.__version__, "timm": timm.__version__,
         "python": platform.python_version(), "threads": torch.get_num_threads(), "rows": [],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(names, 1):
         row = check_model(timm, name, args.batch, args.seed)
+        row["ok"] = row["status"] == "match" or (args.others and row["status"] == "refused")
         report["rows"].append(row)
         args.out.write_text(json.dumps(report, indent=1) + "\n")
         detail = row.get("error") or f"out {row['out_rel_err']:.1e}, features {row['features_rel_err']:.1e}"
-        print(f"[{i}/{len(names)}] {name}: {'ok' if row['ok'] else 'FAIL'} ({detail}, {row['seconds']} s)",
+        print(f"[{i}/{len(names)}] {name}: {row['status']}{'' if row['ok'] else ' FAIL'} ({detail[:200]}, "
+              f"{row['seconds']} s)",
               flush=True)
         gc.collect()
     failed = [r["model"] for r in report["rows"] if not r["ok"]]
-    print(f"{len(names) - len(failed)} of {len(names)} models within {LOADER_REL_ERR:g}; wrote {args.out}")
+    counts = {s: sum(r["status"] == s for r in report["rows"]) for s in ("match", "refused", "mismatch", "error")}
+    print(f"{len(names)} models: {counts} (bound {LOADER_REL_ERR:g}); wrote {args.out}")
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0

@@ -140,3 +140,16 @@ def test_resampling_is_done_in_fp32():
     assert low.dtype == torch.bfloat16
     # resampled from the bf16 table in fp32 then cast once: within one bf16 rounding of the fp32 result
     assert (low.float() - ref).abs().max() <= 2 ** -7 * ref.abs().max() * 2
+
+
+def test_attention_pool_reads_the_patch_tokens_only():
+    """global_pool "map" with prefix tokens ([CLS] and registers): the probe attends over the patch tokens, as
+    timm's default; NaN in the prefix tokens must not reach the pooled output."""
+    model = vit_fast.create("vit_ti_16", img_size=32, depth=1, global_pool="map", reg_tokens=2, num_classes=5).eval()
+    tokens = torch.randn(2, 3 + 4, model.config.embed_dim)
+    with torch.no_grad():
+        expected = model.head(model.attn_pool(tokens[:, 3:]))
+        tokens[:, :3] = float("nan")
+        out = model.forward_head(tokens)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, expected)

@@ -26,9 +26,16 @@ def test_one_model_end_to_end_and_a_forced_failure(tmp_path, monkeypatch, capsys
     assert timm_coverage.main(["--models", "deit_tiny_distilled_patch16_224", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     (row,) = report["rows"]
-    assert row["ok"] and row["grid"] == [14, 14] and row["out_rel_err"] <= report["bound"]
+    assert row["ok"] and row["status"] == "match" and row["grid"] == [14, 14]
+    assert row["out_rel_err"] <= report["bound"]
     assert timm_coverage.main(["--models", "not_a_timm_model"]) == 2
     assert "has no models ['not_a_timm_model']" in capsys.readouterr().err
+    # a structure from_timm refuses (test_vit3: attention pooling over a register): a pass among the others, a
+    # failure among the families
+    assert timm_coverage.main(["--others", "--models", "test_vit3", "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["status"] == "refused" and "pool_include_prefix" in row["error"]
+    assert timm_coverage.main(["--models", "test_vit3", "--out", str(out)]) == 1
     monkeypatch.setattr("vit_fast.numerics.LOADER_REL_ERR", -1.0)  # nothing can pass
     assert timm_coverage.main(["--models", "deit_tiny_distilled_patch16_224", "--out", str(out)]) == 1
     assert "failed: deit_tiny_distilled_patch16_224" in capsys.readouterr().err

@@ -89,6 +89,8 @@ LIVE = [
      (32, 32)),
     # so400m/14 at 384 in small: a native size that is not a multiple of the patch (2x2 patches of 30x30 px)
     ("vit_so400m_patch14_siglip_384", dict(img_size=30, embed_dim=160, depth=1, num_heads=2), (30, 30)),
+    # attention pooling with registers: the probe attends over the patch tokens only (timm's pool_include_prefix)
+    ("vit_so150m_patch16_reg4_map_256", dict(img_size=32, embed_dim=64, depth=1, num_heads=2), (32, 32)),
 ]
 
 
@@ -106,3 +108,23 @@ def test_live_timm_family(name, kwargs, size):
         theirs = ref.forward_intermediates(x, indices=1, norm=True, intermediates_only=True)
         ours = model.forward_intermediates(x, indices=1, norm=True, intermediates_only=True)
         assert rel_err(ours[0], theirs[0]) <= LOADER_REL_ERR
+
+
+REFUSED = [  # timm models whose structure differs from the plain ViT's, some with the plain ViT's key names
+    ("vit_base_patch16_rpn_224", dict(embed_dim=64, depth=1, num_heads=2), "blocks ResPostBlock"),
+    ("vit_small_patch16_18x2_224", dict(embed_dim=64, depth=1, num_heads=2), "blocks ParallelThingsBlock"),
+    ("vit_base_patch16_xp_224", dict(embed_dim=64, depth=1, num_heads=2), "blocks ParallelScalingBlock"),
+    ("vit_tiny_r_s16_p8_224", {}, "patch embedding HybridEmbed"),
+    ("vit_pe_core_tiny_patch16_384", {}, "got timm.models.eva.Eva"),
+    ("test_vit3", {}, "'map' pooling over the prefix tokens too"),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,match", REFUSED, ids=[c[0] for c in REFUSED])
+def test_other_timm_structures_refused_in_one_line(name, kwargs, match):
+    """A live timm model that is not the plain pre-norm ViT is refused, naming what differs (before, a post-norm
+    model loaded and ran wrong, and parallel blocks raised AttributeError)."""
+    timm = pytest.importorskip("timm")
+    ref = timm.create_model(name, pretrained=False, **kwargs)
+    with pytest.raises(ValueError, match=match):
+        vit_fast.from_timm(ref)

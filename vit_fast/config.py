@@ -32,7 +32,7 @@ class ViTConfig:
     qkv_bias: bool = True
     layer_norm_eps: float = 1e-6  # timm 1e-6, Hugging Face 1e-12
     global_pool: str = "cls"  # "cls": token 0 (the mean of tokens 0 and 1 with dist_token); "avg": mean of patch
-    # tokens; "map": attention pooling (a learned probe attends over all tokens, then LN + MLP: SigLIP);
+    # tokens; "map": attention pooling (a learned probe attends over the patch tokens, then LN + MLP: SigLIP);
     # "cls_avg": [token 0, mean of patch tokens] concatenated (HF's DINOv2 classifier)
     fc_norm: Optional[bool] = None  # final LayerNorm after pooling instead of on every token; None: only for "avg"
     class_token: bool = True

@@ -342,9 +342,9 @@ class VisionTransformer(nn.Module):
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         pool = self.config.global_pool
-        if pool == "map":
-            return self.attn_pool(tokens)
         patches = tokens[:, self.config.num_prefix_tokens:]
+        if pool == "map":  # the probe attends over the patch tokens only, as timm's default (pool_include_prefix)
+            return self.attn_pool(patches)
         if pool == "avg":
             return patches.mean(dim=1)
         if pool == "cls_avg":

@@ -94,8 +94,27 @@ def _activation(mlp) -> str:
                      "GELU (erf or tanh), quick GELU and packed SwiGLU")
 
 
+def _check_structure(model) -> None:
+    """One line naming what is not timm's plain ViT: another model class (Eva, VisionTransformerRelPos, ...), another
+    block (post-norm ResPostBlock, parallel blocks), a CNN stem (HybridEmbed) or another attention. Some of these
+    have the plain ViT's key names, so their state dict alone would load and run wrong."""
+    if not any(c.__name__ == "VisionTransformer" and c.__module__ == "timm.models.vision_transformer"
+               for c in type(model).__mro__):
+        raise ValueError(f"from_timm reads timm's VisionTransformer (and its DeiT subclasses); got "
+                         f"{type(model).__module__}.{type(model).__name__}")
+    parts = [("patch embedding", type(model.patch_embed).__name__, "PatchEmbed")]
+    for block in model.blocks:
+        parts.append(("blocks", type(block).__name__, "Block"))
+        if hasattr(block, "attn"):
+            parts.append(("attention", type(block.attn).__name__, "Attention"))
+    wrong = list(dict.fromkeys(f"{what} {got} (vit-fast runs {want})" for what, got, want in parts if got != want))
+    if wrong:
+        raise ValueError("this timm model's structure is not the plain pre-norm ViT's: " + ", ".join(wrong))
+
+
 def _live_model_config(model) -> dict:
     """Settings a live timm model knows but its state dict does not."""
+    _check_structure(model)
     block = model.blocks[0]
     pool = getattr(model, "global_pool", "token")
     cfg = dict(
@@ -110,6 +129,8 @@ def _live_model_config(model) -> dict:
     unsupported = []
     if pool not in _POOLS:
         unsupported.append(f"global_pool={pool!r}")
+    if getattr(model, "pool_include_prefix", False) and getattr(model, "num_prefix_tokens", 0) and pool != "token":
+        unsupported.append(f"{pool!r} pooling over the prefix tokens too (pool_include_prefix)")
     if pool == "token" and not hasattr(model.norm, "weight") and not cfg["fc_norm"]:
         unsupported.append("[CLS] pooling without a final LayerNorm")
     for owner, part in ((block.attn, "q_norm"), (block.attn, "k_norm"), (block.attn, "norm"), (block.mlp, "norm")):
