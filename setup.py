@@ -18,7 +18,8 @@ setup(
             "pytest",
             "pytest-benchmark",
             "pytest-timeout",
-            "transformers>=4.40",
+            # 5.25 requires Hugging Face's `kernels` package, whose import name is this project's `kernels/`
+            "transformers>=4.40,<5.25",
             "matplotlib",
             "ray[serve,data]>=2.40",
             "pyarrow",
