@@ -134,7 +134,7 @@ def resolve(args) -> "runner.Settings":  # noqa: F821
         except ValueError as e:
             raise SystemExit(f"error: {e}") from None
         patch = cfg.patch_size
-        if (args.resolution < patch or args.resolution % patch) and cfg.img_size != (args.resolution,) * 2:
+        if not cfg.accepts_image(args.resolution, args.resolution):
             lo, hi = max(patch, args.resolution // patch * patch), (args.resolution // patch + 1) * patch
             bad.append(f"{m} (patch {patch}: e.g. {lo} or {hi})")
     if bad:

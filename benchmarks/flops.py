@@ -10,6 +10,8 @@ Every backend is credited with the same count, even one that skips work (e.g. [C
 """
 from __future__ import annotations
 
+from vit_fast.config import image_fits
+
 
 def _field(cfg, name, default=None):
     if isinstance(cfg, dict):
@@ -26,7 +28,7 @@ def vit_tokens(cfg, img_size=None) -> int:
     native = _pair(_field(cfg, "img_size"))
     h, w = _pair(img_size) if img_size is not None else native
     p = int(_field(cfg, "patch_size"))
-    if (h, w) != native and (h % p or w % p):  # the native size may leave pixels the patches do not cover
+    if not image_fits((h, w), native, p):
         raise ValueError(f"image size {(h, w)} is not a multiple of the patch size {p} (nor the model's {native})")
     return (h // p) * (w // p) + 1
 

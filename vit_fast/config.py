@@ -114,6 +114,10 @@ class ViTConfig:
     def head_dim(self) -> int:
         return self.embed_dim // self.num_heads
 
+    def accepts_image(self, h: int, w: int) -> bool:
+        """Whether the model runs an h x w image (image_fits)."""
+        return image_fits((h, w), self.img_size, self.patch_size)
+
     @property
     def grid_size(self) -> tuple:
         return (self.img_size[0] // self.patch_size, self.img_size[1] // self.patch_size)
@@ -164,6 +168,13 @@ class ViTConfig:
         if unknown:
             raise ValueError(f"unknown ViTConfig fields {unknown}; known: {sorted(known)}")
         return dataclasses.replace(self, **overrides)
+
+
+def image_fits(size, img_size, patch_size: int) -> bool:
+    """Whether an (H, W) image can run: both sides positive multiples of the patch size, or exactly `img_size`
+    (whose last img_size % patch_size pixel rows and columns the patches never cover, as in timm and HF)."""
+    h, w = size
+    return tuple(size) == tuple(img_size) or (h > 0 and w > 0 and not h % patch_size and not w % patch_size)
 
 
 def _is_int(v) -> bool:

@@ -217,7 +217,7 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"expected {expected}; got shape {tuple(x.shape)} ({x.shape[1]} channels)")
         h, w = x.shape[-2:]
         native = self.config.img_size
-        if (h, w) != native and (h % p or w % p or h == 0 or w == 0):
+        if not self.config.accepts_image(h, w):
             raise ValueError(f"image sides must be positive multiples of the patch size {p} (or the model's "
                              f"{native[0]}x{native[1]}); got {h}x{w}")
         if h % p or w % p:  # the native size of a model like SigLIP so400m/14 at 384: drop what the conv would
