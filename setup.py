@@ -1,4 +1,5 @@
-"""Packaging for vit-fast: the `vit_fast` runtime, its Triton `kernels`, and the `benchmarks` harness."""
+"""Packaging for vit-fast: the `vit_fast` runtime with its Triton kernels (`vit_fast.kernels`), and the `benchmarks`
+harness."""
 from setuptools import find_packages, setup
 
 setup(
@@ -8,7 +9,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["vit_fast", "vit_fast.*", "kernels", "kernels.*", "benchmarks", "benchmarks.*"]),
+    packages=find_packages(include=["vit_fast", "vit_fast.*", "benchmarks", "benchmarks.*"]),
     package_data={"vit_fast": ["assets/*"]},
     install_requires=["torch>=2.4", "triton>=3.4", "numpy", "safetensors", "pillow", "tqdm"],
     extras_require={
@@ -18,8 +19,7 @@ setup(
             "pytest",
             "pytest-benchmark",
             "pytest-timeout",
-            # 5.25 requires Hugging Face's `kernels` package, whose import name is this project's `kernels/`
-            "transformers>=4.40,<5.25",
+            "transformers>=4.40",
             "matplotlib",
             "ray[serve,data]>=2.40",
             "pyarrow",

@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
-from kernels._common import FP8_DTYPE as FP8  # the one definition of the FP8 dtype
+from vit_fast.kernels._common import FP8_DTYPE as FP8  # the one definition of the FP8 dtype
 
 from . import convert
 
@@ -81,7 +81,7 @@ def fp8_skip_reason(backend: str, device: torch.device) -> Optional[str]:
     if backend != "vit_fast":
         return (f"float8 runs on vit_fast only: {backend} has no FP8 kernels (compare with its bfloat16 row; "
                 "vit_fast.fp8's torch emulation is a numerics reference, not a speed path)")
-    from kernels._common import fp8_unsupported_reason
+    from vit_fast.kernels._common import fp8_unsupported_reason
 
     reason = fp8_unsupported_reason(device)
     return f"float8 unavailable: {reason}" if reason else None

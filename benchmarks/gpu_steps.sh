@@ -160,7 +160,7 @@ PY
 tests)
     # noisy autotune timings of parallel workers must not be kept for the benchmark steps: if the kernels force
     # cache_results on, the tests compile into a cache of their own
-    if grep -rqs "cache_results=True" kernels/; then export TRITON_CACHE_DIR=$CACHE/triton-tests; fi
+    if grep -rqs "cache_results=True" vit_fast/kernels/; then export TRITON_CACHE_DIR=$CACHE/triton-tests; fi
     export TRITON_CACHE_AUTOTUNING=0
     LIMIT=${T_TESTS:-170}
     export VITFAST_TEST_DEADLINE=$(( $(date +%s) + LIMIT - 40 )) VITFAST_TEST_HARD_END=$(( $(date +%s) + LIMIT - 15 ))

@@ -1,13 +1,13 @@
 """The static kernel report: how every kernel variant the launchers can pick will run on Hopper, Ada (FP8) and
 Ampere, read from the compiled code on a machine without a GPU.
 
-Every `aot_variants()` of the `kernels` package (the contract is in tests/kernels/aot_compile.py) is compiled for
-sm_90, sm_89 and sm_80 with the JIT's specialization (tt.divisibility=16 on pointers and on the integer arguments
-each variant declares `divisible`), identical compiles once, and read back from the cubin: registers, spill bytes
-(STACK) and spill instructions (STL/LDL), shared memory against the device limit, tensor-core kind (wgmma = HGMMA,
-mma = HMMA, FP8: QGMMA on sm_90, QMMA on sm_89), async copies (cp.async = LDGSTS, TMA = UTMALDG), the ViT presets
-that can pick the variant, and a roofline time for the ViT-B/16 batch-256 launches it would run, from its tile
-config:
+Every `aot_variants()` of the `vit_fast.kernels` package (the contract is in tests/kernels/aot_compile.py) is
+compiled for sm_90, sm_89 and sm_80 with the JIT's specialization (tt.divisibility=16 on pointers and on the integer
+arguments each variant declares `divisible`), identical compiles once, and read back from the cubin: registers,
+spill bytes (STACK) and spill instructions (STL/LDL), shared memory against the device limit, tensor-core kind
+(wgmma = HGMMA, mma = HMMA, FP8: QGMMA on sm_90, QMMA on sm_89), async copies (cp.async = LDGSTS, TMA = UTMALDG),
+the ViT presets that can pick the variant, and a roofline time for the ViT-B/16 batch-256 launches it would run,
+from its tile config:
     per launch  max(waves · FLOPs per program / (peak / SMs), compulsory bytes / bandwidth),  waves = ⌈programs / SMs⌉
 with the FLOPs the tiles execute (padding included), 16-bit dots at the tensor-core peak and fp32 (ieee) dots at
 the FMA peak. A variant is compiled for the targets of the GPU families whose tables can pick it (hopper -> sm_90,
@@ -160,11 +160,11 @@ def collect(aot, ci: bool, all_targets: bool, ccs, only=(), dtypes=()):
     failures, jobs, rows, seen = [], [], [], {}
     for name, module, error in aot.discover(only):
         if error is not None:
-            failures.append(f"import kernels.{name}: {error.strip().splitlines()[-1]}")
+            failures.append(f"import vit_fast.kernels.{name}: {error.strip().splitlines()[-1]}")
             continue
         if not hasattr(module, "aot_variants"):
             if aot.defines_kernels(module) and not name.startswith("_"):
-                failures.append(f"kernels.{name}: defines Triton kernels but no aot_variants()")
+                failures.append(f"vit_fast.kernels.{name}: defines Triton kernels but no aot_variants()")
             continue
         variants = module.aot_variants()
         ampere_like = [i for i, v in enumerate(variants) if set(v.get("tables", ("hopper",))) & {"ampere", "fallback"}]

@@ -95,7 +95,7 @@ def _params(preset):
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("preset", PRESETS)
 def test_layer_norm(benchmark, preset, impl):
-    import kernels
+    from vit_fast import kernels
 
     d, _, n, _, m = _params(preset)
     x, w, b = _rand(BATCH, n, d), 1 + _rand(d, scale=0.1), _rand(d, scale=0.1)
@@ -106,7 +106,7 @@ def test_layer_norm(benchmark, preset, impl):
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("preset", PRESETS)
 def test_ln_qkv(benchmark, preset, impl):
-    import kernels
+    from vit_fast import kernels
 
     d, h, n, _, m = _params(preset)
     x, lw, lb = _rand(BATCH, n, d), 1 + _rand(d, scale=0.1), _rand(d, scale=0.1)
@@ -125,7 +125,7 @@ def test_ln_qkv(benchmark, preset, impl):
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("preset", PRESETS)
 def test_attention(benchmark, preset, impl):
-    import kernels
+    from vit_fast import kernels
 
     d, h, n, _, _ = _params(preset)
     hd = d // h
@@ -144,7 +144,7 @@ def test_attention(benchmark, preset, impl):
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("preset", PRESETS)
 def test_ln_linear_gelu(benchmark, preset, impl):
-    import kernels
+    from vit_fast import kernels
 
     d, _, n, _, m = _params(preset)
     x, lw, lb = _rand(BATCH, n, d), 1 + _rand(d, scale=0.1), _rand(d, scale=0.1)
@@ -161,7 +161,7 @@ def test_ln_linear_gelu(benchmark, preset, impl):
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("preset", PRESETS)
 def test_linear_residual(benchmark, preset, impl):
-    import kernels
+    from vit_fast import kernels
 
     d, _, n, _, m = _params(preset)  # the MLP's second matmul: (M, 4D) @ (4D, D)^T + b + residual
     x, res = _rand(BATCH, n, 4 * d), _rand(BATCH, n, d)
@@ -174,7 +174,7 @@ def test_linear_residual(benchmark, preset, impl):
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("preset", PRESETS)
 def test_patch_embed(benchmark, preset, impl):
-    import kernels
+    from vit_fast import kernels
 
     d, _, n, p, _ = _params(preset)
     side = int(round((n - 1) ** 0.5)) * p

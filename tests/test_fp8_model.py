@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import vit_fast
-from kernels._common import fp8_unsupported_reason
+from vit_fast.kernels._common import fp8_unsupported_reason
 from tests.conftest import DEVICE
 from tests.helpers import randomize_
 from tests.tolerances import assert_fp8_model_matches_emulation, rel_err
@@ -121,14 +121,15 @@ def _count_quant_passes(monkeypatch):
 
     calls = {"ln_qkv": 0, "ln_linear": 0, "linear_residual": 0, "attention row_amax": 0}
     for name in ("ln_qkv", "ln_linear", "linear_residual"):
-        module = sys.modules[f"kernels.{name}"]  # the package re-exports the op function under the module's name
+        # the package re-exports the op function under the module's name
+        module = sys.modules[f"vit_fast.kernels.{name}"]
 
         def counted(*args, _name=name, _launch=module.launch_quant_rows, **kwargs):
             calls[_name] += 1
             return _launch(*args, **kwargs)
 
         monkeypatch.setattr(module, "launch_quant_rows", counted)
-    attention = sys.modules["kernels.attention"]
+    attention = sys.modules["vit_fast.kernels.attention"]
 
     def attention_fwd(*args, _launch=attention._attention_fwd, **kwargs):
         calls["attention row_amax"] += kwargs.get("row_amax") is not None

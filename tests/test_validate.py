@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-import kernels
+from vit_fast import kernels
 import vit_fast
 from tests.helpers import randomize_
 from vit_fast import numerics

@@ -80,7 +80,7 @@ def resolve(name: str, device: torch.device, dtype: Optional[torch.dtype] = None
 
 def fp8_unavailable_reason(device: torch.device) -> Optional[str]:
     """None when the FP8 kernels can run on `device` (sm_89 / sm_90, or the CPU interpreter), else why not."""
-    from kernels._common import fp8_unsupported_reason  # imported here: `import vit_fast` does not load kernels
+    from .kernels._common import fp8_unsupported_reason  # imported here: `import vit_fast` does not load kernels
 
     return fp8_unsupported_reason(device)
 

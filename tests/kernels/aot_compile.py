@@ -2,9 +2,9 @@
 Triton's JIT builds it on the GPU.
 
 The interpreter accepts code the GPU compiler rejects (non-constexpr globals, dots under 16, host-only helpers), so
-CI compiles the `aot_variants()` of every module in the `kernels` package down to a cubin. Modules are found with
-pkgutil, so a new kernel module is checked without editing this file; a public module that defines Triton kernels
-but no `aot_variants()` is a failure. The same variants feed the static report and its gate
+CI compiles the `aot_variants()` of every module in the `vit_fast.kernels` package down to a cubin. Modules are
+found with pkgutil, so a new kernel module is checked without editing this file; a public module that defines Triton
+kernels but no `aot_variants()` is a failure. The same variants feed the static report and its gate
 (`python -m benchmarks.kernels_static`, tests/kernels/test_static_gate.py).
 
 THE CONTRACT (every engine follows it to appear in the report and the gate)
@@ -97,14 +97,14 @@ from triton.compiler import ASTSource  # noqa: E402
 
 
 def discover(only=()):
-    """[(name, module or None, import traceback or None)] for every module of the `kernels` package."""
-    import kernels
+    """[(name, module or None, import traceback or None)] for every module of the `vit_fast.kernels` package."""
+    from vit_fast import kernels
     found = []
     for info in sorted(pkgutil.iter_modules(kernels.__path__), key=lambda i: i.name):
         if only and info.name not in only:
             continue
         try:
-            found.append((info.name, importlib.import_module(f"kernels.{info.name}"), None))
+            found.append((info.name, importlib.import_module(f"vit_fast.kernels.{info.name}"), None))
         except Exception:
             found.append((info.name, None, traceback.format_exc(limit=3)))
     return found
@@ -222,7 +222,7 @@ def compile_one(job):
     """Compile one (module, variant index, cc, exhaustive[, inspect]) job -> (module, label, cc, cpu seconds, error
     or None[, stats dict or None])."""
     module_name, index, cc, exhaustive, *rest = job
-    variant = variants_of(importlib.import_module(f"kernels.{module_name}"), exhaustive)[index]
+    variant = variants_of(importlib.import_module(f"vit_fast.kernels.{module_name}"), exhaustive)[index]
     start = _cpu_seconds()
     stats = None
     try:
@@ -255,12 +255,12 @@ def main(argv=None):
     failures, jobs = [], []
     for name, module, error in discover(only):
         if error is not None:
-            failures.append(f"import kernels.{name}: {error.strip().splitlines()[-1]}")
+            failures.append(f"import vit_fast.kernels.{name}: {error.strip().splitlines()[-1]}")
             print(f"FAIL import kernels.{name}\n{error}", flush=True)
             continue
         if not hasattr(module, "aot_variants"):
             if defines_kernels(module) and not name.startswith("_"):
-                failures.append(f"kernels.{name}: defines Triton kernels but no aot_variants()")
+                failures.append(f"vit_fast.kernels.{name}: defines Triton kernels but no aot_variants()")
                 print(f"FAIL kernels.{name}: defines Triton kernels but no aot_variants()", flush=True)
             else:
                 print(f"skip kernels.{name} (no aot_variants)", flush=True)
@@ -269,7 +269,7 @@ def main(argv=None):
             variants = variants_of(module, args.exhaustive)
             assert variants, "returned no variants"
         except Exception as exc:
-            failures.append(f"kernels.{name}.aot_variants(): {type(exc).__name__}: {exc}")
+            failures.append(f"vit_fast.kernels.{name}.aot_variants(): {type(exc).__name__}: {exc}")
             print(f"FAIL kernels.{name}.aot_variants()\n{traceback.format_exc(limit=3)}", flush=True)
             continue
         sample = subset(variants)

@@ -3,7 +3,7 @@ interpreter too (forced), so its numerics are checked on a machine without a GPU
 import pytest
 import torch
 
-from kernels.gemm_tma import ENGINE_ENV
+from vit_fast.kernels.gemm_tma import ENGINE_ENV
 
 
 @pytest.fixture(params=["pointer", "tma"])

@@ -17,8 +17,8 @@ import torch
 import triton
 from tolerances import assert_close, kernel_budget, poison
 
-from kernels._common import gpu_family, is_interpreting
-from kernels.attention import (ATTN_TABLES, FP32_ATTN, _attention_fwd, aot_variants, attention, fits_registers,
+from vit_fast.kernels._common import gpu_family, is_interpreting
+from vit_fast.kernels.attention import (ATTN_TABLES, FP32_ATTN, _attention_fwd, aot_variants, attention, fits_registers,
                                head_dim_blocks)
 
 CUDA = torch.cuda.is_available()
@@ -267,7 +267,7 @@ def test_head_dim_blocks():
 
 _LIST_VARIANTS = """
 import json, importlib
-A = importlib.import_module("kernels.attention")
+A = importlib.import_module("vit_fast.kernels.attention")
 def keys(variants):
     return [[v["signature"]["Q"], v["constexprs"]["HEAD_DIM"], v["constexprs"]["BLOCK_M"], v["constexprs"]["BLOCK_N"],
              v["num_warps"], v["num_stages"], v["constexprs"]["EVEN_M"], v["constexprs"]["EVEN_N"]] for v in variants]
@@ -305,7 +305,7 @@ def test_aot_variants_cover_the_tables():
 def test_pruner(family, monkeypatch):
     """What the autotuner may try, per ViT shape: only the 16-row tiles for the [CLS] query, no 128-row tile for 50
     queries, no K/V block wider than 64 for 50 keys, and never a tile that spills at the head dim."""
-    attn = sys.modules["kernels.attention"]  # the package re-exports the function under the module's name
+    attn = sys.modules["vit_fast.kernels.attention"]  # the package re-exports the function under the module's name
     monkeypatch.setattr(attn, "gpu_family", lambda index: family)
     monkeypatch.setattr(attn, "shared_memory_bytes", lambda index: 232448 if family == "hopper" else 166912)
     rows = list(dict.fromkeys(r for t in (*ATTN_TABLES.values(), FP32_ATTN) for r in t))

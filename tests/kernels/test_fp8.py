@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kernels
-from kernels._common import fp8_unsupported_reason
-from kernels.quant_fp8 import launch_quant_rows
+from vit_fast import kernels
+from vit_fast.kernels._common import fp8_unsupported_reason
+from vit_fast.kernels.quant_fp8 import launch_quant_rows
 from tests.tolerances import FP8_TOL, assert_close, poison
 from vit_fast import fp8
 
@@ -52,7 +52,7 @@ def test_ln_linear_fp8(out_dtype, activation, device):
     wq, ws = _weights(n, k, device)
     bias = torch.randn(n, device=device).to(out_dtype)
     out = poison(torch.empty(3, m // 3, n, device=device, dtype=out_dtype))
-    from kernels.ln_linear import ln_linear_fp8_launch
+    from vit_fast.kernels.ln_linear import ln_linear_fp8_launch
 
     ln_linear_fp8_launch(x, g, b, 1e-6, wq, ws, bias, activation, out=out)
     ref = fp8.emulate_linear(x, wq, ws, bias, ln=(g, b, 1e-6), activation=activation, out_dtype=torch.float32)
@@ -69,7 +69,7 @@ def test_linear_residual_fp8(device):
     x[:, 5] *= 50.0  # an outlier channel in the input rows
     wq, ws = _weights(n, k, device)
     res = torch.randn(m, n, device=device)
-    from kernels.linear_residual import linear_residual_launch
+    from vit_fast.kernels.linear_residual import linear_residual_launch
 
     out = linear_residual_launch(x, wq, None, res, out=poison(torch.empty(m, n, device=device)), weight_scale=ws)
     ref = fp8.emulate_linear(x, wq, ws, None, residual=res)
@@ -86,8 +86,8 @@ def test_fp8_mlp_quantizes_fc2_input_in_the_gemm(device):
     w1, s1 = _weights(hidden, d, device)
     w2, s2 = _weights(d, hidden, device)
     b1, b2 = torch.randn(hidden, device=device).bfloat16(), torch.randn(d, device=device).bfloat16()
-    from kernels.linear_residual import linear_residual_launch
-    from kernels.ln_linear import ln_linear_fp8_launch
+    from vit_fast.kernels.linear_residual import linear_residual_launch
+    from vit_fast.kernels.ln_linear import ln_linear_fp8_launch
 
     amax = torch.zeros(b, n, device=device)
     h = ln_linear_fp8_launch(x, g, beta, 1e-6, w1, s1, b1, "gelu", row_amax=amax,
@@ -116,8 +116,8 @@ def test_fp8_swiglu_mlp_gate_in_the_epilogue(hidden, d, device):
     w1, s1 = _weights(2 * hidden, d, device)
     w2, s2 = _weights(d, hidden, device)
     b1, b2 = torch.randn(2 * hidden, device=device).bfloat16(), torch.randn(d, device=device).bfloat16()
-    from kernels.linear_residual import linear_residual_launch
-    from kernels.ln_linear import ln_linear_fp8_launch
+    from vit_fast.kernels.linear_residual import linear_residual_launch
+    from vit_fast.kernels.ln_linear import ln_linear_fp8_launch
 
     amax = torch.zeros(b, n, device=device)
     h = ln_linear_fp8_launch(x, g, beta, 1e-6, w1, s1, b1, "swiglu", row_amax=amax,
@@ -147,7 +147,7 @@ def test_ln_qkv_fp8_rows(device):
     g, beta = torch.randn(d, device=device).bfloat16(), torch.randn(d, device=device).bfloat16()
     wq, ws = _weights(3 * d, d, device)
     bias = torch.randn(3 * d, device=device).bfloat16()
-    from kernels.ln_qkv import ln_qkv_fp8_launch
+    from vit_fast.kernels.ln_qkv import ln_qkv_fp8_launch
 
     out = poison(torch.empty(b, n, 3, heads, d // heads, device=device, dtype=torch.bfloat16)).permute(2, 0, 3, 1, 4)
     ln_qkv_fp8_launch(x, g, beta, 1e-6, wq, ws, bias, heads, out=out)

@@ -3,7 +3,7 @@ errors. The TMA engine's numerics are covered by the op tests through their `eng
 import pytest
 import torch
 
-from kernels.gemm_tma import ENGINE_ENV, INTERPRETER_SMS, select_engine
+from vit_fast.kernels.gemm_tma import ENGINE_ENV, INTERPRETER_SMS, select_engine
 
 CUDA = torch.cuda.is_available()
 

@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 from tolerances import assert_close, poison
 
-import kernels
-from kernels.layer_norm import layer_norm_launch
+from vit_fast import kernels
+from vit_fast.kernels.layer_norm import layer_norm_launch
 
 CUDA = torch.cuda.is_available()
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

@@ -1,13 +1,13 @@
-"""LayerNorm folded into the following GEMM (kernels/ln_fold.py): the statistics kernel, the folded weights, and the
-numerics claim — in 16-bit, the folded path's error against fp32 is at most 2x PyTorch's own error in that dtype,
-on rows whose mean is 10x their standard deviation."""
+"""LayerNorm folded into the following GEMM (vit_fast/kernels/ln_fold.py): the statistics kernel, the folded
+weights, and the numerics claim — in 16-bit, the folded path's error against fp32 is at most 2x PyTorch's own error
+in that dtype, on rows whose mean is 10x their standard deviation."""
 import pytest
 import torch
 import torch.nn.functional as F
 from tolerances import rel_err
 
-import kernels
-from kernels.ln_fold import MAX_BLOCK_K, launch_row_stats
+from vit_fast import kernels
+from vit_fast.kernels.ln_fold import MAX_BLOCK_K, launch_row_stats
 
 CUDA = torch.cuda.is_available()
 

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from gemm_engine import engine  # noqa: F401 (fixture)
 from tolerances import assert_close, poison
 
-import kernels
-from kernels.ln_linear import ln_linear_launch
+from vit_fast import kernels
+from vit_fast.kernels.ln_linear import ln_linear_launch
 
 CUDA = torch.cuda.is_available()
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

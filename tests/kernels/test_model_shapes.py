@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from tolerances import kernel_budget
 
-import kernels
+from vit_fast import kernels
 import vit_fast
 
 CUDA = torch.cuda.is_available()

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kernels._common import SWIGLU
+from vit_fast.kernels._common import SWIGLU
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULES = ("attention", "patch_embed", "ln_linear", "ln_qkv", "linear_residual", "layer_norm", "gemm_tma", "ln_fold")
@@ -42,7 +42,7 @@ def variants():
 
     code = ("import importlib, pickle, sys\nout = {}\n"
             f"for name in {MODULES + FP8_MODULES!r}:\n"
-            "    m = importlib.import_module('kernels.' + name)\n"
+            "    m = importlib.import_module('vit_fast.kernels.' + name)\n"
             "    out[name] = [(v.get('op', name), v['signature'], v['constexprs'], v['num_warps'], v['num_stages'],\n"
             "                  tuple(v.get('tables', ('hopper',))), tuple(v.get('divisible', ()))) for v in m.aot_variants()]\n"
             "sys.stdout.buffer.write(pickle.dumps(out))\n")
@@ -75,7 +75,7 @@ def test_static_gate(tmp_path):
     fp8 = [r for r in report["rows"] if r["target"] == "sm_90" and r["op"] == "linear_fp8" and "hopper" in r["families"]]
     assert fp8 and all(r["tensor_core"] == "wgmma e4m3" and r["stack"] == 0 for r in fp8)
     # Ada (sm_89, L4/L40S): the FP8 engine's table on FP8 mma.sync, spill-free, within 99 KB; the row quantizer too
-    from kernels.gemm_fp8 import ADA_FP8
+    from vit_fast.kernels.gemm_fp8 import ADA_FP8
 
     ada = [r for r in report["rows"] if r["target"] == "sm_89" and "ada" in r["families"]]
     ada_gemm = [r for r in ada if r["op"] == "linear_fp8"]
@@ -89,7 +89,7 @@ def test_static_gate(tmp_path):
     assert all(r["shared"] == r["smem_estimate"] for r in fitted), \
         [(r["target"], r["label"], r["shared"], r["smem_estimate"]) for r in fitted if r["shared"] != r["smem_estimate"]]
     # every Hopper GEMM tile was compiled and gated for every GEMM op in bf16
-    from kernels._common import FAMILY_SMEM, GEMM_TABLES, gemm_tile_allowed
+    from vit_fast.kernels._common import FAMILY_SMEM, GEMM_TABLES, gemm_tile_allowed
 
     for op in GEMM_OPS:
         tiles = {r["tile"] for r in gemms if r["op"] == op and r["dtype"].startswith("bf16")
@@ -103,7 +103,7 @@ def test_static_gate(tmp_path):
 
 @pytest.mark.parametrize("name", GEMM_OPS)
 def test_variants_cover_every_table_row(name, variants):
-    from kernels._common import FAMILY_SMEM, GEMM_TABLES, gemm_tile_allowed
+    from vit_fast.kernels._common import FAMILY_SMEM, GEMM_TABLES, gemm_tile_allowed
 
     rows = variants[name]
     kind = {"ln_qkv": "ln", "ln_linear": "ln_act", "patch_embed": "patch"}.get(name, "plain")
@@ -125,7 +125,7 @@ def test_variants_cover_every_table_row(name, variants):
 def test_fp8_variants_cover_every_table_row(variants):
     """Every tile the FP8 prune can pick on Hopper or Ada, for each kind of launch the FP8 model makes, has a
     variant naming that family, so the report compiles it for that family's target (sm_90, sm_89) and gates it."""
-    from kernels import gemm_fp8
+    from vit_fast.kernels import gemm_fp8
 
     have = {}
     for _, sig, c, w, s, tables, _ in variants["gemm_fp8"]:
@@ -144,7 +144,7 @@ def test_fp8_variants_cover_every_table_row(variants):
 
 
 def test_attention_variants_cover_every_table_row(variants):
-    attention = importlib.import_module("kernels.attention")
+    attention = importlib.import_module("vit_fast.kernels.attention")
     rows = variants["attention"]
     for dtype, tables in (("*bf16", attention.ATTN_TABLES), ("*fp32", {"hopper": attention.FP32_ATTN})):
         have = {(c["BLOCK_M"], c["BLOCK_N"], w, s) for _, sig, c, w, s, _, _ in rows if sig["Q"] == dtype}
@@ -167,7 +167,7 @@ import importlib, json, sys
 sys.path.insert(0, 'tests/kernels')
 import aot_compile
 from benchmarks import kernels_static as ks
-pe = importlib.import_module('kernels.patch_embed')
+pe = importlib.import_module('vit_fast.kernels.patch_embed')
 i = next(i for i, v in enumerate(pe.aot_variants()) if v['signature']['x_ptr'] == '*bf16'
          and (v['constexprs']['BLOCK_M'], v['constexprs']['BLOCK_N']) == (128, 256))
 r = aot_compile.compile_one(('patch_embed', i, 90, False, True))
@@ -214,7 +214,7 @@ def test_prune_drops_the_hopper_tiles_that_spill(monkeypatch, dtype):
     Ampere keeps its own table."""
     import triton
 
-    from kernels import _common
+    from vit_fast.kernels import _common
 
     configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
                for bm, bn, bk, w, s in _common.gemm_aot_configs()]
@@ -249,7 +249,7 @@ def test_swiglu_prune_keeps_only_clean_tiles(monkeypatch):
     registers per thread that the report shows clean (the spill lists), never the plain tables' largest tiles."""
     import triton
 
-    from kernels import _common, gemm_fp8, gemm_tma
+    from vit_fast.kernels import _common, gemm_fp8, gemm_tma
 
     class FakeCudaTensor:
         device = torch.device("cuda", 0)
@@ -300,7 +300,7 @@ def test_fp8_prune_on_ada_keeps_every_tile_that_fits(monkeypatch):
     the ones that spill."""
     import triton
 
-    from kernels import gemm_fp8
+    from vit_fast.kernels import gemm_fp8
 
     class FakeCudaTensor:
         device = torch.device("cuda", 0)

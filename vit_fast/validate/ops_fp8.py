@@ -14,7 +14,7 @@ model's epilogue: GELU, or for SwiGLU models the gate on the packed (2H) weight 
 """
 from __future__ import annotations
 
-import kernels
+from vit_fast import kernels
 
 from .. import fp8
 from ..numerics import FP8_TOL
