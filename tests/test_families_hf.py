@@ -360,7 +360,12 @@ def test_missing_fused_projection_rejected(tmp_path):
 
     hf = _hf("dinov2_cls_swiglu", hidden=32, layers=1, heads=2)
     hf.save_pretrained(tmp_path)
-    state = {k: v.contiguous() for k, v in hf.state_dict().items() if "up_proj" not in k}
+    state = {}
+    for k, v in hf.state_dict().items():  # the gate projection without its up projection, in either HF layout
+        if ".mlp.weights_in." in k:  # older transformers (5.17) save the two fused, gate rows first
+            state[k.replace("weights_in", "gate_proj")] = v.chunk(2, dim=0)[0].contiguous()
+        elif "up_proj" not in k:
+            state[k] = v.contiguous()
     save_file(state, str(tmp_path / "model.safetensors"))
     with pytest.raises(ValueError, match=r"blocks\.0\.mlp\.fc1\.(weight|bias): the checkpoint holds only 1 of the 2 "
                                          r"projections fused there"):
