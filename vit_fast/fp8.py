@@ -23,8 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .kernels._common import FP8_DTYPE, FP8_MAX  # the one definition (the kernels do not import the model code)
-from vit_fast.kernels.quant_fp8 import AMAX_FLOOR
-
+from .kernels.quant_fp8 import AMAX_FLOOR
 from .model import ACTIVATIONS as MODEL_ACTIVATIONS
 from .model import swiglu
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from vit_fast import kernels
+from . import kernels
 
 
 def _embed(model, x: torch.Tensor, is_uint8: bool) -> torch.Tensor:

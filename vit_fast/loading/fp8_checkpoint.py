@@ -62,7 +62,7 @@ def check_fp8_state(state: dict, record, source: str) -> list:
     """The recorded FP8 layer names (none without a record), after checking every quantized tensor against the
     record: float8 weights and positive finite (N,) float32 scales for exactly the recorded layers, and no float8
     tensor without a record."""
-    from vit_fast.kernels._common import FP8_DTYPE
+    from ..kernels._common import FP8_DTYPE
 
     float8 = sorted(k for k, v in state.items() if v.dtype == FP8_DTYPE)
     if record is None:

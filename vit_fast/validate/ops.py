@@ -16,8 +16,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from vit_fast import kernels
-
+from .. import kernels
 from ..fp8 import ACTIVATIONS as EPILOGUE_ACTIVATIONS
 from ..numerics import KERNEL_TOL, Budget, kernel_budget, within_tol
 from ..triton_path import fc1_activation

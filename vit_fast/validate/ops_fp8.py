@@ -14,9 +14,7 @@ model's epilogue: GELU, or for SwiGLU models the gate on the packed (2H) weight 
 """
 from __future__ import annotations
 
-from vit_fast import kernels
-
-from .. import fp8
+from .. import fp8, kernels
 from ..numerics import FP8_TOL
 from .ops import (_STAYS_BF16, OpCheck, _fc1_inputs, _fc2_inputs, _linear_residual_eager, _ln_linear_eager,
                   _ln_qkv_eager, _ln_qkv_inputs, _proj_inputs)
