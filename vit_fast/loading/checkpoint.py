@@ -85,7 +85,9 @@ def is_fp8_checkpoint(path) -> bool:
 
 
 def load(path, backend: str = "auto", **config_overrides):
-    """Load a model from a vit-fast directory or file, a Hugging Face directory, or a timm weight file."""
+    """Load a model from a vit-fast directory or file, a Hugging Face directory, a timm checkpoint directory
+    (config.json naming a timm architecture), or a timm weight file."""
+    from . import timm_hub
     from .hf import from_hf
     from .timm import from_timm
 
@@ -94,10 +96,12 @@ def load(path, backend: str = "auto", **config_overrides):
         if (path / CONFIG_NAME).is_file():
             config = read_json(path / CONFIG_NAME)
             return _load_native(path / WEIGHTS_NAME, config, backend, config_overrides)
+        if timm_hub.read_config(path) is not None:
+            return from_timm(path, backend=backend, **config_overrides)
         if (path / "config.json").is_file():
             return from_hf(path, backend=backend, **config_overrides)
         raise ValueError(
-            f"{path} is neither a vit-fast checkpoint ({CONFIG_NAME} + {WEIGHTS_NAME}) nor a Hugging Face "
+            f"{path} is neither a vit-fast checkpoint ({CONFIG_NAME} + {WEIGHTS_NAME}) nor a Hugging Face or timm "
             f"directory (config.json + weights); it holds {sorted(p.name for p in path.iterdir())[:10]}"
         )
     if not path.is_file():

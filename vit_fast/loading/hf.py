@@ -153,6 +153,9 @@ def _read_hf_dir(path: Path) -> tuple:
     if not config_file.is_file():
         raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face model directory")
     hf = read_json(config_file)
+    if "model_type" not in hf and isinstance(hf.get("architecture"), str):
+        raise ValueError(f"{path} is a timm checkpoint directory (its config.json names the timm architecture "
+                         f"{hf['architecture']!r}): load it with vit_fast.from_timm or vit_fast.load")
     check_hf_config_types(hf, config_file)
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (path / name).is_file():

@@ -1,17 +1,20 @@
-"""timm `VisionTransformer` -> vit-fast: a live model, its state dict, or a .safetensors/.pth file of it.
+"""timm `VisionTransformer` -> vit-fast: a live model, its state dict, a .safetensors/.pth file of it, or timm's
+checkpoint directory (config.json + weights, see timm_hub.py).
 
 vit-fast's parameter names mirror timm's, so the state dict loads unchanged; what a file does not record (heads,
-non-square training size, normalization constants) comes from the live model's attributes, from `config_overrides`,
-or from the presets.
+activation, non-square training size, normalization constants) comes from the live model's attributes, from timm's
+config.json, from `config_overrides`, or from the presets and key-name rules.
 """
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import torch
 
 from ..config import ViTConfig
+from . import timm_hub
 from .hf_common import fold_layer_scale
 from .state_dict import build_and_load, infer_num_heads, read_weights
 
@@ -52,7 +55,7 @@ def config_from_timm_state(state: dict, **overrides) -> ViTConfig:
         pre_norm="norm_pre.weight" in state,
         patch_bias="patch_embed.proj.bias" in state,
         representation_size=state["pre_logits.fc.weight"].shape[0] if "pre_logits.fc.weight" in state else None,
-        layer_norm_eps=1e-6,
+        layer_norm_eps=1e-5 if "norm_pre.weight" in state else 1e-6,  # timm's pre-norm ViTs (CLIP) use 1e-5
         pos_embed_antialias=True,  # timm's resample_abs_pos_embed antialiases
     )
     cfg.update(overrides)
@@ -155,7 +158,10 @@ def _live_model_config(model) -> dict:
 
 
 def from_timm(obj, backend: str = "auto", **config_overrides):
-    """vit-fast model equal to a timm ViT given as a live model, a state dict, or a weight file path."""
+    """vit-fast model equal to a timm ViT given as a live model, a state dict, a weight file, or timm's checkpoint
+    directory (config.json naming the architecture + model.safetensors or pytorch_model.bin; a weight file of those
+    names beside such a config.json reads it too)."""
+    hub = None
     if isinstance(obj, torch.nn.Module):
         state = obj.state_dict()
         config_overrides = {**_live_model_config(obj), **config_overrides}
@@ -163,9 +169,19 @@ def from_timm(obj, backend: str = "auto", **config_overrides):
     elif isinstance(obj, dict):
         state, source = obj, "timm state dict"
     elif isinstance(obj, (str, Path)):
-        state, _ = read_weights(obj)
-        source = str(obj)
+        path, source = Path(obj), str(obj)
+        hub = timm_hub.config_for(path)
+        if path.is_dir() and hub is None:
+            raise ValueError(f"{path} is not a timm checkpoint directory: it has no config.json naming a timm "
+                             "architecture")
+        if hub is not None:  # before reading the weights: a config that cannot be used fails fast
+            config_overrides = {**timm_hub.settings(hub, source, _live_model_config), **config_overrides}
+        state, _ = read_weights(timm_hub.weights_in(path) if path.is_dir() else path)
     else:
-        raise ValueError(f"from_timm expects a timm model, a state dict or a file path; got {type(obj).__name__}")
+        raise ValueError(f"from_timm expects a timm model, a state dict, a file or a timm checkpoint directory; got "
+                         f"{type(obj).__name__}")
+    if "norm_pre.weight" in state and "act_layer" not in config_overrides and hub is None:
+        warnings.warn("timm weights do not record the MLP activation: assuming GELU, as timm's *_clip_* models; "
+                      "pass act_layer='quick_gelu' for *_clip_quickgelu_* (OpenAI's CLIP as trained)", stacklevel=2)
     config = config_from_timm_state(state, **config_overrides)
     return build_and_load(config, fold_layer_scale(state), backend, source)
