@@ -9,11 +9,14 @@ run at timm's own input size in fp32 on the CPU, sdpa backend. Per model: relati
 (`vit_fast.numerics.LOADER_REL_ERR`). Rows are written as they finish; exit 1 if any model fails.
 `--others` surveys every other name timm lists for `vit_*` and `deit*` instead (Eva, relative-position, hybrid
 CNN stems, post-norm and parallel blocks, ...): each must match or be refused in one line (a ValueError); a model
-that loads and differs, or fails any other way, fails the survey.
+that loads and differs, or fails any other way, fails the survey. `--hub` loads each model the way a user who
+downloaded `timm/<model>` does: timm writes its checkpoint directory (`save_for_hf`: config.json + model.safetensors)
+and `vit_fast.load` reads that directory, not the live module.
 
     python -m benchmarks.timm_coverage                      # every matching name (about 30 min on 2 CPU cores)
     python -m benchmarks.timm_coverage --models vit_so400m_patch14_siglip_384 --out /tmp/one.json
     python -m benchmarks.timm_coverage --others --skip '*large*,*huge*,*giant*' --out .../timm_coverage_others.json
+    python -m benchmarks.timm_coverage --hub --skip '*giant*' --out .../timm_coverage_hub.json
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import gc
 import json
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +35,8 @@ import torch
 PATTERNS = ("vit_*_clip_*", "vit_*_patch14_dinov2", "vit_*_patch14_reg4_dinov2", "vit_*_siglip_*",
             "deit_*_distilled_*")
 DEFAULT_OUT = Path(__file__).resolve().parent / "families" / "timm_coverage.json"
+OTHERS_OUT = DEFAULT_OUT.with_name("timm_coverage_others.json")
+HUB_OUT = DEFAULT_OUT.with_name("timm_coverage_hub.json")
 
 
 def _perturb_(model: torch.nn.Module, generator: torch.Generator) -> None:
@@ -40,9 +46,20 @@ def _perturb_(model: torch.nn.Module, generator: torch.Generator) -> None:
                 p.add_(0.1 * torch.randn(p.shape, generator=generator))
 
 
-def check_model(timm, name: str, batch: int, seed: int) -> dict:
-    """One model: build, perturb, convert, compare. `status`: "match", "mismatch", "refused" (from_timm raised
-    its one-line ValueError) or "error" (anything else; the run goes on)."""
+def _convert(vit_fast, ref, hub: bool):
+    if not hub:
+        return vit_fast.from_timm(ref, backend="sdpa")
+    from timm.models._hub import save_for_hf
+
+    with tempfile.TemporaryDirectory() as directory:
+        save_for_hf(ref, directory, safe_serialization=True)
+        return vit_fast.load(directory, backend="sdpa")
+
+
+def check_model(timm, name: str, batch: int, seed: int, hub: bool = False) -> dict:
+    """One model: build, perturb, convert (from the live module, or with `hub` from timm's checkpoint directory of
+    it), compare. `status`: "match", "mismatch", "refused" (loading raised its one-line ValueError) or "error"
+    (anything else; the run goes on)."""
     import vit_fast
     from vit_fast.numerics import LOADER_REL_ERR, rel_err
 
@@ -57,7 +74,7 @@ def check_model(timm, name: str, batch: int, seed: int) -> dict:
         row.update(params=sum(p.numel() for p in ref.parameters()), input=[batch, 3, h, w],
                    timm_class=type(ref).__name__)
         try:
-            ours = vit_fast.from_timm(ref, backend="sdpa")
+            ours = _convert(vit_fast, ref, hub)
         except ValueError as e:
             row.update(status="refused", error=str(e)[:500], seconds=round(time.perf_counter() - start, 1))
             return row
@@ -79,12 +96,16 @@ def main(argv=None) -> int:
                         "lists for " + ", ".join(PATTERNS) + ")")
     parser.add_argument("--others", action="store_true", help="every other vit_*/deit* name timm lists: each must "
                         "match or be refused in one line")
+    parser.add_argument("--hub", action="store_true", help="load through timm's checkpoint directory of each "
+                        "model (config.json + model.safetensors) instead of the live module")
     parser.add_argument("--skip", default="", help="comma-separated fnmatch patterns of names to leave out")
     parser.add_argument("--batch", type=int, default=2, help="images per comparison (default 2)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON report (default {DEFAULT_OUT.name} "
-                        "in benchmarks/families/)")
+    parser.add_argument("--out", type=Path, default=None, help=f"JSON report (default in benchmarks/families/: "
+                        f"{DEFAULT_OUT.name}, with --others {OTHERS_OUT.name}, with --hub {HUB_OUT.name})")
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = OTHERS_OUT if args.others else HUB_OUT if args.hub else DEFAULT_OUT
     if args.batch < 1:
         print(f"error: --batch must be >= 1, got {args.batch}", file=sys.stderr)
         return 2
@@ -113,13 +134,14 @@ def main(argv=None) -> int:
     report = {
         "what": ("timm's other vit_*/deit* models: each matches or is refused in one line" if args.others else
                  "timm models of the README's families: vit_fast.from_timm against timm, fp32, CPU, sdpa backend"),
+        "loaded_from": "timm checkpoint directory (save_for_hf) via vit_fast.load" if args.hub else "live module",
         "patterns": list(PATTERNS), "others": args.others, "skipped_patterns": skip, "bound": LOADER_REL_ERR, "batch": args.batch,
         "seed": args.seed, "commit": source_commit(), "torch": torch.__version__, "timm": timm.__version__,
         "python": platform.python_version(), "threads": torch.get_num_threads(), "rows": [],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(names, 1):
-        row = check_model(timm, name, args.batch, args.seed)
+        row = check_model(timm, name, args.batch, args.seed, hub=args.hub)
         row["ok"] = row["status"] == "match" or (args.others and row["status"] == "refused")
         report["rows"].append(row)
         args.out.write_text(json.dumps(report, indent=1) + "\n")

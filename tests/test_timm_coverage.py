@@ -43,3 +43,17 @@ def test_one_model_end_to_end_and_a_forced_failure(tmp_path, monkeypatch, capsys
 
 def test_bad_batch():
     assert timm_coverage.main(["--batch", "0"]) == 2
+
+
+@pytest.mark.skipif(not HAS_TIMM, reason="needs timm")
+def test_through_timm_checkpoint_directories(tmp_path):
+    """--hub: timm writes each model's checkpoint directory and vit_fast.load reads it (timm's definition, built on
+    the meta device, supplies what the weights do not record; a structure vit-fast does not run is refused)."""
+    out = tmp_path / "hub.json"
+    assert timm_coverage.main(["--hub", "--models", "deit_tiny_distilled_patch16_224", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    (row,) = report["rows"]
+    assert report["loaded_from"].startswith("timm checkpoint directory") and row["status"] == "match"
+    assert timm_coverage.main(["--hub", "--others", "--models", "test_vit3", "--out", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["status"] == "refused" and "(test_vit3): " in row["error"] and "pool_include_prefix" in row["error"]
