@@ -62,6 +62,26 @@ def test_hub_dir_without_timm_reads_its_preprocessing(tmp_path, no_timm, entry):
     _same(model, source, torch.randn(2, 3, 32, 48))
 
 
+def test_hub_dir_where_timm_fails_to_import(tmp_path, monkeypatch):
+    """timm installed beside a torchvision that does not match torch raises at import: the same as no timm."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def broken(name, globals=None, locals=None, fromlist=(), level=0):
+        if name == "timm" and level == 0:  # not vit_fast.loading's own `.timm`
+            raise RuntimeError("operator torchvision::nms does not exist")
+        return real_import(name, globals, locals, fromlist, level)
+
+    monkeypatch.setattr(builtins, "__import__", broken)
+    source = _source()
+    hub = _hub_dir(tmp_path / "hub", source)
+    with pytest.warns(UserWarning, match=r"timm does not import here \(RuntimeError: operator torchvision::nms does "
+                                         r"not exist\), so the definition of 'vit_tiny_patch16_224' cannot be read"):
+        model = vit_fast.load(hub, backend="sdpa")
+    _same(model, source, torch.randn(2, 3, 32, 48))
+
+
 def test_bare_file_beside_no_config_is_read_from_its_keys(tmp_path):
     source = _source()
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / "model.safetensors"))

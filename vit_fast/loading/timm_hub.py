@@ -62,10 +62,12 @@ def settings(hub: dict, source: str, live_config: Callable[[torch.nn.Module], di
                          f"{type(hub['model_args']).__name__}")
     try:
         import timm
-    except ImportError:
-        warnings.warn(f"{source}: timm is not installed, so the definition of {arch!r} cannot be read; settings the "
-                      "weights do not record (MLP activation, LayerNorm eps, block structure) follow the key names "
-                      "as for a bare weight file. Install timm for an exact load.", stacklevel=3)
+    except Exception as e:  # noqa: BLE001 - not installed, or a torchvision that does not match torch
+        why = "timm is not installed" if isinstance(e, ImportError) else \
+            f"timm does not import here ({type(e).__name__}: {_first_line(e)})"
+        warnings.warn(f"{source}: {why}, so the definition of {arch!r} cannot be read; settings the weights do not "
+                      "record (MLP activation, LayerNorm eps, block structure) follow the key names as for a bare "
+                      "weight file. Install timm for an exact load.", stacklevel=3)
         out = {}
     else:
         try:
