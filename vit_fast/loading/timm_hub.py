@@ -57,7 +57,7 @@ def settings(hub: dict, source: str, live_config: Callable[[torch.nn.Module], di
     arch = hub["architecture"]
     pretrained = hub.get("pretrained_cfg")
     preprocessing = _preprocessing({} if pretrained is None else pretrained, source)  # checked first
-    if not isinstance(hub.get("model_args", {}), dict):
+    if not isinstance(hub.get("model_args") or {}, dict):
         raise ValueError(f"{source}: expected \"model_args\" in config.json to be an object, got "
                          f"{type(hub['model_args']).__name__}")
     try:
