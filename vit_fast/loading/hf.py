@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from ..config import ViTConfig
-from .state_dict import build_and_load, read_json, read_weights
+from .state_dict import build_and_load, read_json, read_weights, weights_in
+from .timm_hub import is_timm_config
 
 # (HF suffix pattern, vit-fast name); \1 is the layer index. Classic names first, then transformers-5 names.
 _RENAMES = [
@@ -153,16 +154,11 @@ def _read_hf_dir(path: Path) -> tuple:
     if not config_file.is_file():
         raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face model directory")
     hf = read_json(config_file)
-    if "model_type" not in hf and isinstance(hf.get("architecture"), str):
+    if is_timm_config(hf):
         raise ValueError(f"{path} is a timm checkpoint directory (its config.json names the timm architecture "
                          f"{hf['architecture']!r}): load it with vit_fast.from_timm or vit_fast.load")
     check_hf_config_types(hf, config_file)
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (path / name).is_file():
-            state, _ = read_weights(path / name)
-            break
-    else:
-        raise FileNotFoundError(f"{path} has config.json but no model.safetensors or pytorch_model.bin")
+    state, _ = read_weights(weights_in(path, "config.json"))
     pre_file = path / "preprocessor_config.json"
     preprocessor = read_json(pre_file) if pre_file.is_file() else None
     return hf, state, preprocessor

@@ -90,6 +90,17 @@ def read_weights(path) -> tuple:
     return obj, {}
 
 
+WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")  # beside a config.json: HF's and timm's names
+
+
+def weights_in(directory, config_kind: str) -> Path:
+    """The weight file of a Hugging Face or timm model directory; FileNotFoundError naming `config_kind` if none."""
+    for name in WEIGHT_NAMES:
+        if (Path(directory) / name).is_file():
+            return Path(directory) / name
+    raise FileNotFoundError(f"{directory} has {config_kind} but no {' or '.join(WEIGHT_NAMES)}")
+
+
 def fit_pos_embed(state: dict, expected: dict, config: ViTConfig, source: str, pos_grid=None) -> dict:
     """`state` with its position table resampled to `config`'s patch grid when the checkpoint was trained at another
     size (an `img_size` override): 2-D bicubic in fp32, the arithmetic forward uses on the fly, so the stored table

@@ -16,7 +16,7 @@ import torch
 from ..config import ViTConfig
 from . import timm_hub
 from .hf_common import fold_layer_scale
-from .state_dict import build_and_load, infer_num_heads, read_weights
+from .state_dict import build_and_load, infer_num_heads, read_weights, weights_in
 
 _POOLS = {"token": "cls", "avg": "avg", "map": "map"}
 
@@ -176,7 +176,7 @@ def from_timm(obj, backend: str = "auto", **config_overrides):
                              "architecture")
         if hub is not None:  # before reading the weights: a config that cannot be used fails fast
             config_overrides = {**timm_hub.settings(hub, source, _live_model_config), **config_overrides}
-        state, _ = read_weights(timm_hub.weights_in(path) if path.is_dir() else path)
+        state, _ = read_weights(weights_in(path, "timm's config.json") if path.is_dir() else path)
     else:
         raise ValueError(f"from_timm expects a timm model, a state dict, a file or a timm checkpoint directory; got "
                          f"{type(obj).__name__}")

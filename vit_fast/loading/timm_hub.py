@@ -18,29 +18,26 @@ from typing import Callable, Optional
 
 import torch
 
-from .state_dict import _first_line, read_json
+from ..config import _is_numbers
+from .state_dict import WEIGHT_NAMES, _first_line, read_json
 
-WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")  # the names timm writes beside its config.json
+
+def is_timm_config(config: dict) -> bool:
+    """timm's config.json names an "architecture"; Hugging Face's name a "model_type"."""
+    return "model_type" not in config and "architecture" in config
 
 
 def read_config(directory: Path) -> Optional[dict]:
-    """timm's config.json in `directory` (it names an "architecture"; Hugging Face's name a "model_type"), or None."""
+    """timm's config.json in `directory`, or None (no config.json, or Hugging Face's)."""
     file = Path(directory) / "config.json"
     if not file.is_file():
         return None
     config = read_json(file)
-    if "model_type" in config or "architecture" not in config:
+    if not is_timm_config(config):
         return None
     if not isinstance(config["architecture"], str) or not config["architecture"]:
         raise ValueError(f"{file}: expected \"architecture\" to name a timm model, got {config['architecture']!r}")
     return config
-
-
-def weights_in(directory: Path) -> Path:
-    for name in WEIGHT_NAMES:
-        if (Path(directory) / name).is_file():
-            return Path(directory) / name
-    raise FileNotFoundError(f"{directory} has timm's config.json but no {' or '.join(WEIGHT_NAMES)}")
 
 
 def config_for(path: Path) -> Optional[dict]:
@@ -117,8 +114,7 @@ def _meta_model(timm, hub: dict, source: str) -> torch.nn.Module:
 
 
 def _numbers(value, n: int, what: str, source: str) -> tuple:
-    if not isinstance(value, (list, tuple)) or len(value) != n or \
-            not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+    if not _is_numbers(value) or len(value) != n:
         raise ValueError(f"{source}: expected {what} in config.json to be {n} number{'s' if n > 1 else ''}, "
                          f"got {value!r}")
     return tuple(float(v) for v in value)
