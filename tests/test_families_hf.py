@@ -330,15 +330,6 @@ def test_preset_parameter_counts_equal_timm(preset, expected):
 # ---- errors -------------------------------------------------------------------------------------------------
 
 
-def test_unsupported_model_type():
-    with pytest.raises(ValueError, match=r"unsupported Hugging Face model_type 'clip' \(a full CLIP/SigLIP model: "
-                                         r"pass its vision tower, e\.g\. model\.vision_model\); supported: vit, clip"):
-        text = T.CLIPTextConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
-        vision = T.CLIPVisionConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                    intermediate_size=64, image_size=28, patch_size=14)
-        vit_fast.from_hf(T.CLIPModel(T.CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict())))
-
-
 def test_siglip_without_head_rejected():
     hf = T.SiglipVisionModel(T.SiglipVisionConfig(**_kw(32, 1, 2, 32, 16), intermediate_size=64,
                                                   vision_use_head=False))

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ..config import ViTConfig
+from . import hf_dual
 from .state_dict import build_and_load, read_json, read_weights, weights_in
 from .timm_hub import is_timm_config
 
@@ -172,7 +173,7 @@ def _families() -> dict:
 
 
 def supported_model_types() -> list:
-    return ["vit"] + sorted(_families())
+    return ["vit"] + sorted(_families()) + sorted(hf_dual.DUAL_TYPES)
 
 
 def _convert(hf: dict, state: dict, preprocessor, overrides: dict) -> tuple:
@@ -182,9 +183,7 @@ def _convert(hf: dict, state: dict, preprocessor, overrides: dict) -> tuple:
         return state, config_from_hf(hf, state, preprocessor, **overrides)
     family = _families().get(model_type)
     if family is None:
-        hint = " (a full CLIP/SigLIP model: pass its vision tower, e.g. model.vision_model)" \
-            if model_type in ("clip", "siglip") else ""
-        raise ValueError(f"unsupported Hugging Face model_type {model_type!r}{hint}; supported: "
+        raise ValueError(f"unsupported Hugging Face model_type {model_type!r}; supported: "
                          f"{', '.join(supported_model_types())}")
     state = family.convert_state(state, hf)
     return state, family.config_from_hf(hf, state, preprocessor, **overrides)
@@ -192,8 +191,9 @@ def _convert(hf: dict, state: dict, preprocessor, overrides: dict) -> tuple:
 
 def from_hf(obj, backend: str = "auto", hf_outputs: bool = False, **config_overrides):
     """vit-fast model equal to an HF ViT, CLIP vision tower, DINOv2 (with registers), SigLIP vision tower or DeiT,
-    given as a live model or a local HF-format directory. With `hf_outputs=True` the result is a
-    `vit_fast.hf_compat.HFDropIn`: HF's forward signature and output classes around the fast model."""
+    given as a live model or a local HF-format directory. A full CLIP or SigLIP model (`CLIPModel`, `SiglipModel`)
+    gives its image tower (hf_dual.py). With `hf_outputs=True` the result is a `vit_fast.hf_compat.HFDropIn`: HF's
+    forward signature and output classes around the fast model."""
     if isinstance(obj, torch.nn.Module):
         if not hasattr(obj, "config"):
             raise ValueError(f"from_hf expects a transformers ViT model; {type(obj).__name__} has no config")
@@ -203,19 +203,26 @@ def from_hf(obj, backend: str = "auto", hf_outputs: bool = False, **config_overr
         source = str(obj)
     else:
         raise ValueError(f"from_hf expects a transformers ViT model or a directory; got {type(obj).__name__}")
+    dual = hf_dual.is_dual(hf)
+    if dual:
+        source_class = hf_dual.source_class(hf)
+        hf, state = hf_dual.vision_tower(hf, state, source)
     state, config = _convert(hf, state, preprocessor, config_overrides)
     model = build_and_load(config, state, backend, source)
     if not hf_outputs:
         return model
-    return _drop_in(obj, hf, model)
+    return _drop_in(obj, hf, model, source_class if dual else None)
 
 
-def _drop_in(obj, hf: dict, model):
+def _drop_in(obj, hf: dict, model, tower_class=None):
+    """HFDropIn around `model`; `tower_class` is the class a full CLIP/SigLIP model's image tower answers as."""
     import transformers
 
     from ..hf_compat import HFDropIn
 
-    if isinstance(obj, torch.nn.Module):
+    if tower_class is not None:
+        hf_config, source_class = transformers.AutoConfig.for_model(**hf), tower_class
+    elif isinstance(obj, torch.nn.Module):
         hf_config, source_class = copy.deepcopy(obj.config), type(obj).__name__  # the wrapper must not edit the source's
     else:
         hf_config = transformers.AutoConfig.for_model(**hf)

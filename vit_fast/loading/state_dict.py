@@ -66,11 +66,14 @@ def _read_torch(path: Path):
 
 
 def read_weights(path) -> tuple:
-    """(state dict, safetensors metadata or {}) from a .safetensors file or a torch pickle (.pth/.pt/.bin).
-    A file that is empty, cut short or not of its type raises one ValueError naming it."""
+    """(state dict, safetensors metadata or {}) from a .safetensors file, a torch pickle (.pth/.pt/.bin), or the
+    index of a sharded checkpoint (`*.index.json`, as `save_pretrained` writes large models: every shard read and
+    merged). A file that is empty, cut short or not of its type raises one ValueError naming it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no weight file at {path}")
+    if path.name.endswith(".index.json"):
+        return _read_sharded(path), {}
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -90,15 +93,38 @@ def read_weights(path) -> tuple:
     return obj, {}
 
 
+def _read_sharded(index: Path) -> dict:
+    """The state dict of a sharded checkpoint: its index's "weight_map" names the shard file of every tensor."""
+    weight_map = read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map or \
+            not all(isinstance(v, str) and v and Path(v).name == v for v in weight_map.values()):
+        raise ValueError(f"{index}: expected a \"weight_map\" object naming the shard file (in the same directory) "
+                         "of every tensor")
+    state = {}
+    for shard in sorted(set(weight_map.values())):
+        file = index.parent / shard
+        if not file.is_file():
+            raise FileNotFoundError(f"{index} lists the shard {shard}, which is not in {index.parent}")
+        part, _ = read_weights(file)
+        state.update({k: v for k, v in part.items() if weight_map.get(k) == shard})
+    absent = sorted(set(weight_map) - set(state))
+    if absent:
+        raise ValueError(f"{index}: {len(absent)} tensors are not in the shards it names them in, e.g. {absent[:3]}")
+    return state
+
+
 WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")  # beside a config.json: HF's and timm's names
+INDEX_NAMES = tuple(f"{name}.index.json" for name in WEIGHT_NAMES)  # the same, sharded
 
 
 def weights_in(directory, config_kind: str) -> Path:
-    """The weight file of a Hugging Face or timm model directory; FileNotFoundError naming `config_kind` if none."""
-    for name in WEIGHT_NAMES:
+    """The weight file of a Hugging Face or timm model directory (or its sharded checkpoint's index, which
+    `read_weights` reads); FileNotFoundError naming `config_kind` if there is none."""
+    for name in WEIGHT_NAMES + INDEX_NAMES:
         if (Path(directory) / name).is_file():
             return Path(directory) / name
-    raise FileNotFoundError(f"{directory} has {config_kind} but no {' or '.join(WEIGHT_NAMES)}")
+    raise FileNotFoundError(f"{directory} has {config_kind} but no {' or '.join(WEIGHT_NAMES)} (nor the index of a "
+                            f"sharded checkpoint, {' or '.join(INDEX_NAMES)})")
 
 
 def fit_pos_embed(state: dict, expected: dict, config: ViTConfig, source: str, pos_grid=None) -> dict:
