@@ -224,8 +224,9 @@ def cmd_demo(args) -> int:
 
 def _add_model_args(p):
     p.add_argument("--checkpoint", default=None,
-                   help="vit-fast directory/file, Hugging Face directory, timm directory (config.json + weights) or "
-                        "timm weight file (default: random weights)")
+                   help="vit-fast directory/file, Hugging Face directory, timm directory (config.json + weights), "
+                        "timm weight file, or a Hugging Face Hub repository holding one of those directories "
+                        "(org/name[@revision], downloaded) (default: random weights)")
     p.add_argument("--model", default="vit_b_16", help="preset used when no checkpoint is given (default vit_b_16)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, e.g. --set num_heads=12")
@@ -255,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert", help="timm or Hugging Face weights -> a vit-fast checkpoint directory")
     p.add_argument("src", help="timm .safetensors/.pth file or directory (config.json + weights), Hugging Face "
-                               "directory, or vit-fast checkpoint")
+                               "directory, vit-fast checkpoint, or a Hugging Face Hub repository holding one of those "
+                               "directories (org/name[@revision], downloaded)")
     p.add_argument("dst", help="output directory (model.safetensors + vit_fast.json)")
     p.add_argument("--format", choices=("auto", "timm", "hf"), default="auto")
     p.add_argument("--dtype", choices=("float32", "fp8"), default=None,

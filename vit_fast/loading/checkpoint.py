@@ -84,14 +84,18 @@ def is_fp8_checkpoint(path) -> bool:
     return False
 
 
-def load(path, backend: str = "auto", **config_overrides):
+def load(path, backend: str = "auto", revision: str | None = None, **config_overrides):
     """Load a model from a vit-fast directory or file, a Hugging Face directory, a timm checkpoint directory
-    (config.json naming a timm architecture), or a timm weight file."""
-    from . import timm_hub
+    (config.json naming a timm architecture), a timm weight file, or a Hugging Face Hub repository holding any of
+    these directories ("org/name", downloaded into huggingface_hub's cache: hub.py; `revision` pins one), or, with
+    timm installed, a timm model name ("vit_base_patch16_clip_224.openai": the weights timm would download)."""
+    from . import hub, timm_hub
     from .hf import from_hf
     from .timm import from_timm
 
-    path = Path(path)
+    if isinstance(path, str) and not Path(path).expanduser().exists() and timm_hub.pretrained_repo(path):
+        return from_timm(path, backend=backend, revision=revision, **config_overrides)
+    path = Path(hub.local(path, revision))
     if path.is_dir():
         if (path / CONFIG_NAME).is_file():
             config = read_json(path / CONFIG_NAME)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..config import ViTConfig
-from . import hf_dual
+from . import hf_dual, hub
 from .state_dict import build_and_load, read_json, read_weights, weights_in
 from .timm_hub import is_timm_config
 
@@ -189,17 +189,20 @@ def _convert(hf: dict, state: dict, preprocessor, overrides: dict) -> tuple:
     return state, family.config_from_hf(hf, state, preprocessor, **overrides)
 
 
-def from_hf(obj, backend: str = "auto", hf_outputs: bool = False, **config_overrides):
+def from_hf(obj, backend: str = "auto", hf_outputs: bool = False, revision: str | None = None, **config_overrides):
     """vit-fast model equal to an HF ViT, CLIP vision tower, DINOv2 (with registers), SigLIP vision tower or DeiT,
-    given as a live model or a local HF-format directory. A full CLIP or SigLIP model (`CLIPModel`, `SiglipModel`)
+    given as a live model, a local HF-format directory or a Hub repository ("org/name", downloaded: hub.py;
+    `revision` pins one). A full CLIP or SigLIP model (`CLIPModel`, `SiglipModel`)
     gives its image tower (hf_dual.py). With `hf_outputs=True` the result is a `vit_fast.hf_compat.HFDropIn`: HF's
     forward signature and output classes around the fast model."""
+    if revision is not None and not isinstance(obj, (str, Path)):
+        hub.local(obj, revision)  # raises: a revision names a Hub repository's
     if isinstance(obj, torch.nn.Module):
         if not hasattr(obj, "config"):
             raise ValueError(f"from_hf expects a transformers ViT model; {type(obj).__name__} has no config")
         hf, state, preprocessor, source = obj.config.to_dict(), obj.state_dict(), None, type(obj).__name__
     elif isinstance(obj, (str, Path)):
-        hf, state, preprocessor = _read_hf_dir(Path(obj))
+        hf, state, preprocessor = _read_hf_dir(Path(hub.local(obj, revision)))
         source = str(obj)
     else:
         raise ValueError(f"from_hf expects a transformers ViT model or a directory; got {type(obj).__name__}")

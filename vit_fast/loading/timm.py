@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ..config import ViTConfig
+from . import hub as hub_repo
 from . import timm_hub
 from .hf_common import fold_layer_scale
 from .state_dict import build_and_load, infer_num_heads, read_weights, weights_in
@@ -157,11 +158,15 @@ def _live_model_config(model) -> dict:
     return cfg
 
 
-def from_timm(obj, backend: str = "auto", **config_overrides):
+def from_timm(obj, backend: str = "auto", revision: str | None = None, **config_overrides):
     """vit-fast model equal to a timm ViT given as a live model, a state dict, a weight file, or timm's checkpoint
     directory (config.json naming the architecture + model.safetensors or pytorch_model.bin; a weight file of those
-    names beside such a config.json reads it too)."""
+    names beside such a config.json reads it too), local or a Hub repository ("timm/<model>.<tag>", or timm's
+    "hf-hub:timm/..."; downloaded: hub.py; `revision` pins one). With timm installed, a timm model name
+    ("vit_base_patch16_clip_224.openai") loads the weights `timm.create_model(name, pretrained=True)` would."""
     hub = None
+    if revision is not None and not isinstance(obj, (str, Path)):
+        hub_repo.local(obj, revision)  # raises: a revision names a Hub repository's
     if isinstance(obj, torch.nn.Module):
         state = obj.state_dict()
         config_overrides = {**_live_model_config(obj), **config_overrides}
@@ -169,10 +174,13 @@ def from_timm(obj, backend: str = "auto", **config_overrides):
     elif isinstance(obj, dict):
         state, source = obj, "timm state dict"
     elif isinstance(obj, (str, Path)):
-        path, source = Path(obj), str(obj)
+        named = None if isinstance(obj, Path) or Path(obj).expanduser().exists() else timm_hub.pretrained_repo(obj)
+        path, source = Path(hub_repo.local(obj if named is None else named[0], revision)), str(obj)
         hub = timm_hub.config_for(path)
+        if named is not None and hub is not None:  # the named architecture, as timm.create_model builds it
+            hub = {**hub, "architecture": named[1]}
         if path.is_dir() and hub is None:
-            raise ValueError(f"{path} is not a timm checkpoint directory: it has no config.json naming a timm "
+            raise ValueError(f"{source} is not a timm checkpoint directory: it has no config.json naming a timm "
                              "architecture")
         if hub is not None:  # before reading the weights: a config that cannot be used fails fast
             config_overrides = {**timm_hub.settings(hub, source, _live_model_config), **config_overrides}

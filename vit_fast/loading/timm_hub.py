@@ -12,6 +12,7 @@ warning.
 """
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 from typing import Callable, Optional
@@ -46,6 +47,35 @@ def config_for(path: Path) -> Optional[dict]:
     if path.is_dir():
         return read_config(path)
     return read_config(path.parent) if path.name in WEIGHT_NAMES else None
+
+
+_MODEL_NAME = re.compile(r"^[a-z0-9_]+(?:\.[\w-]+)?$")  # timm's model names, with an optional pretrained tag
+
+
+def pretrained_repo(name) -> Optional[tuple]:
+    """(Hub repository, architecture) of a timm model name as `timm.create_model(name, pretrained=True)` resolves it
+    ("vit_base_patch16_clip_224.openai", or an untagged name for timm's default weights); None when `name` is not a
+    timm model name or timm does not import. The architecture is the named one: timm's repositories are shared by
+    architectures (`*_clip_quickgelu_*` loads the `*_clip_*` weights), and their config.json names only one."""
+    if not isinstance(name, str) or not _MODEL_NAME.match(name):
+        return None
+    try:
+        import timm
+    except Exception:  # noqa: BLE001 - not installed, or not importable here: a plain path then
+        return None
+    arch = name.partition(".")[0]
+    if not timm.is_model(arch):
+        return None
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except RuntimeError:  # an unknown tag
+        cfg = None
+    if cfg is None:
+        raise ValueError(f"timm has no pretrained weights {name!r}; it has {timm.list_pretrained(arch + '.*')[:6]}")
+    if not cfg.hf_hub_id:
+        raise ValueError(f"timm's {name} weights are not on the Hugging Face Hub (timm downloads them from "
+                         f"{cfg.url}); load that file with from_timm")
+    return cfg.hf_hub_id, arch
 
 
 def settings(hub: dict, source: str, live_config: Callable[[torch.nn.Module], dict]) -> dict:

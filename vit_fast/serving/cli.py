@@ -14,7 +14,8 @@ from pathlib import Path
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None,
-                   help="model to load (vit_fast, timm or Hugging Face checkpoint); default: random weights")
+                   help="model to load (vit_fast, timm or Hugging Face checkpoint, local or a Hugging Face Hub "
+                        "repository org/name[@revision]); default: random weights")
     p.add_argument("--model", default="vit_b_16", help="preset built with random weights when no --checkpoint")
     p.add_argument("--backend", default="auto", choices=("auto", "triton", "sdpa", "torch"))
     p.add_argument("--device", default=None, choices=("cuda", "cpu"),
@@ -106,13 +107,17 @@ def _refuse_model(args, notes: list) -> None:
         print(f"vit-fast: no --checkpoint given: using {args.model} with RANDOM weights "
               "(predictions are meaningless)", file=sys.stderr)
         return
-    path = Path(args.checkpoint).expanduser()
-    if not path.exists():
+    from vit_fast.loading.hub import repo_of
+
+    repo = repo_of(args.checkpoint)
+    if repo is None and not Path(args.checkpoint).expanduser().exists():
         if local:
             raise Refused(f"checkpoint not found: {args.checkpoint}")
         return  # a path on the cluster's nodes
-    try:
-        model = vit_fast.load(path, backend="torch")
+    if repo is not None and not local:
+        return  # a Hub repository: each node downloads it into its own huggingface_hub cache
+    try:  # a Hub repository is downloaded here, before Ray starts
+        model = vit_fast.load(args.checkpoint if repo else Path(args.checkpoint).expanduser(), backend="torch")
     except (ValueError, TypeError, OSError, RuntimeError) as e:
         from vit_fast.cli import one_line
 

@@ -79,11 +79,11 @@ def _check_args(args) -> dict:
     misuse = fp8_exclude_misuse(args.fp8_exclude, args.dtype)
     if misuse:
         raise UsageError(misuse)
-    if args.checkpoint is not None and not Path(args.checkpoint).expanduser().exists():
-        raise UsageError(f"no checkpoint at {args.checkpoint!r}")
-    if args.checkpoint is not None and is_fp8_checkpoint(Path(args.checkpoint).expanduser()):
-        raise UsageError(f"--checkpoint {args.checkpoint} is an FP8 model; validate measures FP8 against the fp32 "
-                         "model, so pass the checkpoint it was quantized from, with --dtype fp8")
+    if args.checkpoint is not None:
+        checked["checkpoint"] = _checkpoint(args.checkpoint)
+        if is_fp8_checkpoint(checked["checkpoint"]):
+            raise UsageError(f"--checkpoint {args.checkpoint} is an FP8 model; validate measures FP8 against the "
+                             "fp32 model, so pass the checkpoint it was quantized from, with --dtype fp8")
     if args.checkpoint is None:
         if args.model not in PRESETS:
             raise UsageError(f"unknown model {args.model!r}; known models: {', '.join(sorted(PRESETS))}")
@@ -117,6 +117,20 @@ def _check_args(args) -> dict:
     fallback = "the FP8 torch emulation with PyTorch's sdpa" if args.dtype == "fp8" else "PyTorch's sdpa"
     checked["kernel_reason"] = None if reason is None else f"{reason}; the whole model below is {fallback}"
     return checked
+
+
+def _checkpoint(named: str) -> Path:
+    """The local path of --checkpoint; a Hugging Face Hub repository is downloaded here, before anything runs."""
+    from ..cli import UsageError, one_line
+    from ..loading import hub
+
+    try:
+        where = Path(hub.local(named)).expanduser()
+    except OSError as e:
+        raise UsageError(f"--checkpoint {named}: {one_line(e)}") from None
+    if not where.exists():
+        raise UsageError(f"no checkpoint at {named!r} (a local path, or a Hugging Face Hub repository org/name)")
+    return where
 
 
 # ----- inputs ---------------------------------------------------------------------------------------------------
@@ -155,12 +169,12 @@ def _num_batches(args, files) -> int:
 
 # ----- the run --------------------------------------------------------------------------------------------------
 
-def _load(args, overrides):
+def _load(args, checked):
     from .. import create, load
 
     if args.checkpoint is None:
-        return create(args.model, backend="torch", **overrides), args.model, True
-    return load(args.checkpoint, backend="torch", **overrides), str(args.checkpoint), False
+        return create(args.model, backend="torch", **checked["overrides"]), args.model, True
+    return load(checked["checkpoint"], backend="torch", **checked["overrides"]), str(args.checkpoint), False
 
 
 def _models(model, args, device, kernels_run: bool):
@@ -221,7 +235,7 @@ def validate(args) -> dict:
     device, files = checked["device"], checked["images"]
     kernels_run = checked["kernel_reason"] is None
     started = time.perf_counter()
-    model, name, random_weights = _load(args, checked["overrides"])
+    model, name, random_weights = _load(args, checked)
     model = model.to(device).eval().requires_grad_(False)
     cfg = model.config
     interpreted = kernels_run and device.type == "cpu" and triton_interpreting()

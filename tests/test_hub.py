@@ -1,0 +1,325 @@
+"""Hugging Face Hub repositories as checkpoints (vit_fast/loading/hub.py): `load`, `from_hf`, `from_timm` and the CLI
+take "org/name[@revision]". No test reaches the network: a stand-in for `huggingface_hub.snapshot_download` serves
+local folders with the real one's file filtering, and the real huggingface_hub runs offline on a cache laid out as it
+lays caches out (`HF_HUB_OFFLINE=1`). What is checked: only configs and one weight format are fetched, the
+safetensors first; sharded repositories; revisions; every failure is one line that says what to do; an existing
+local path wins; timm model names resolve as `timm.create_model(..., pretrained=True)` does (where timm imports)."""
+import fnmatch
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import vit_fast
+from tests.helpers import randomize_
+from tests.tolerances import LOADER_REL_ERR, rel_err
+
+huggingface_hub = pytest.importorskip("huggingface_hub")
+from huggingface_hub import errors as hub_errors  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _hf_vit(folder: Path, **save):
+    T = pytest.importorskip("transformers")
+    hf = randomize_(T.ViTForImageClassification(T.ViTConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=96, image_size=32,
+        patch_size=16, num_labels=5))).eval()
+    hf.save_pretrained(folder, **save)
+    return hf
+
+
+class FakeHub:
+    """`snapshot_download` over local folders: repo id -> folder; files filtered by allow_patterns as the real one
+    does, copied into a fresh snapshot folder per call. `calls` records (repo, revision, patterns)."""
+
+    def __init__(self, root: Path, repos: dict):
+        self.root, self.repos, self.calls = root, repos, []
+
+    def __call__(self, repo_id, revision=None, allow_patterns=None, **kwargs):
+        self.calls.append((repo_id, revision, tuple(allow_patterns or ())))
+        if repo_id not in self.repos:
+            raise _error(hub_errors.RepositoryNotFoundError, f"404 Client Error: repository {repo_id} not found")
+        if revision not in (None, "main", "v1"):
+            raise _error(hub_errors.RevisionNotFoundError, f"404 Client Error: revision {revision} not found")
+        snapshot = self.root / "snapshots" / f"{repo_id.replace('/', '--')}-{len(self.calls)}"
+        snapshot.mkdir(parents=True)
+        for f in self.repos[repo_id].iterdir():
+            if any(fnmatch.fnmatch(f.name, p) for p in allow_patterns):
+                shutil.copy(f, snapshot / f.name)
+        return str(snapshot)
+
+
+def _error(cls, message):
+    """A huggingface_hub error without an HTTP response (its constructor wants one; the loaders read only the type
+    and the message)."""
+    e = cls.__new__(cls)
+    Exception.__init__(e, message)
+    return e
+
+
+@pytest.fixture
+def fake_hub(tmp_path, monkeypatch):
+    def install(repos):
+        hub = FakeHub(tmp_path / "cache", repos)
+        monkeypatch.setattr(huggingface_hub, "snapshot_download", hub)
+        return hub
+    return install
+
+
+def test_hf_repository_fetches_configs_and_safetensors_only(tmp_path, fake_hub):
+    repo = tmp_path / "repo"
+    hf = _hf_vit(repo)
+    torch.save(hf.state_dict(), repo / "pytorch_model.bin")  # the other formats a Hub repository often holds
+    for other in ("tf_model.h5", "flax_model.msgpack", "open_clip_pytorch_model.bin", "model.onnx"):
+        (repo / other).write_bytes(b"not read")
+    hub = fake_hub({"google/tiny-vit": repo})
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = hf(x).logits
+    for model in (vit_fast.load("google/tiny-vit"), vit_fast.from_hf("google/tiny-vit")):
+        assert rel_err(model(x), ref) <= LOADER_REL_ERR
+    assert len(hub.calls) == 2  # one download each, safetensors found at once
+    fetched = sorted(p.name for p in Path(hub.root / "snapshots").glob("*/*"))
+    assert set(fetched) == {"config.json", "model.safetensors"}, fetched
+
+
+def test_pytorch_only_and_sharded_repositories(tmp_path, fake_hub):
+    only_bin = tmp_path / "bin"
+    hf = _hf_vit(only_bin)
+    torch.save(hf.state_dict(), only_bin / "pytorch_model.bin")
+    (only_bin / "model.safetensors").unlink()
+    sharded = tmp_path / "sharded"
+    hf_sharded = _hf_vit(sharded, max_shard_size="50KB")
+    hub = fake_hub({"org/bin": only_bin, "org/sharded": sharded})
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert rel_err(vit_fast.load("org/bin")(x), hf(x).logits) <= LOADER_REL_ERR
+        assert rel_err(vit_fast.load("org/sharded")(x), hf_sharded(x).logits) <= LOADER_REL_ERR
+    assert [c[0] for c in hub.calls] == ["org/bin", "org/bin", "org/sharded"]  # safetensors first, then .bin
+    assert "pytorch_model.bin" in hub.calls[1][2] and "pytorch_model.bin" not in hub.calls[0][2]
+
+
+def test_vit_fast_checkpoint_repository_and_revisions(tmp_path, fake_hub):
+    model = vit_fast.create("vit_ti_16", depth=1, img_size=32, num_classes=3)
+    vit_fast.save(model, tmp_path / "ours")
+    hub = fake_hub({"me/ours": tmp_path / "ours"})
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        assert torch.equal(vit_fast.load("me/ours@v1")(x), ref)
+        assert torch.equal(vit_fast.load("me/ours", revision="v1")(x), ref)
+        assert torch.equal(vit_fast.load("hf-hub:me/ours")(x), ref)
+    assert [c[1] for c in hub.calls] == ["v1", "v1", None]
+    with pytest.raises(FileNotFoundError, match=r"^the Hugging Face Hub repository 'me/ours' has no revision 'v9'$"):
+        vit_fast.load("me/ours@v9")
+    with pytest.raises(ValueError, match=r"'me/ours@v1' names revision 'v1' but revision='v2' was passed"):
+        vit_fast.load("me/ours@v1", revision="v2")
+    with pytest.raises(ValueError, match=r"revision='v1' applies to Hugging Face Hub repositories; .* is a local path"):
+        vit_fast.load(tmp_path / "ours", revision="v1")
+
+
+def test_local_path_wins(tmp_path, fake_hub, monkeypatch):
+    model = vit_fast.create("vit_ti_16", depth=1, img_size=32, num_classes=3)
+    monkeypatch.chdir(tmp_path)
+    vit_fast.save(model, Path("me") / "ours")
+    hub = fake_hub({})
+    assert vit_fast.load("me/ours").config.num_classes == 3
+    assert hub.calls == []
+    with pytest.raises(FileNotFoundError, match=r"no (weight file|checkpoint) at me/w\.safetensors"):
+        vit_fast.load("me/w.safetensors")  # a file name is never a repository
+    assert hub.calls == []
+
+
+def test_hub_errors_are_one_line(tmp_path, fake_hub, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "README.md").write_text("no weights")
+    (tmp_path / "empty" / "config.json").write_text("{}")
+    hub = fake_hub({"org/empty": tmp_path / "empty"})
+    with pytest.raises(FileNotFoundError, match=r"^no local checkpoint at 'org/missing', and no Hugging Face Hub "
+                                                r"repository of that name \(or it is private: log in"):
+        vit_fast.from_hf("org/missing")
+    with pytest.raises(FileNotFoundError, match=r"^the Hugging Face Hub repository 'org/empty' has no weights vit-fast "
+                                                r"reads \(model\.safetensors, pytorch_model\.bin, or sharded\); "
+                                                r"downloaded \['config\.json'\]$"):
+        vit_fast.load("org/empty")
+    for cls, kind, fragment in (
+            (hub_errors.GatedRepoError, PermissionError, "is gated: accept its terms on its page, then log in"),
+            (hub_errors.LocalEntryNotFoundError, ConnectionError,
+             "cannot download 'org/x' from the Hugging Face Hub (offline, or no connection) and it is not in the "
+             "local cache: no route"),
+            (hub_errors.HfHubHTTPError, ConnectionError,
+             "cannot download 'org/x' from the Hugging Face Hub: 500 Server Error")):
+        def failing(*args, _cls=cls, **kwargs):
+            raise _error(_cls, "no route" if _cls is hub_errors.LocalEntryNotFoundError else "500 Server Error")
+        monkeypatch.setattr(huggingface_hub, "snapshot_download", failing)
+        with pytest.raises(kind) as info:
+            vit_fast.load("org/x")
+        assert fragment in str(info.value) and "\n" not in str(info.value)
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # not installed
+    with pytest.raises(FileNotFoundError, match=r"^no local checkpoint at 'org/x'; to download it from the Hugging "
+                                                r"Face Hub, install huggingface_hub \(pip install huggingface_hub\)$"):
+        vit_fast.load("org/x")
+    assert [c[0] for c in hub.calls] == ["org/missing", "org/empty", "org/empty"]  # no safetensors: the .bin pass
+
+
+def test_validate_and_serve_resolve_before_starting(tmp_path, fake_hub, capsys, monkeypatch):
+    """validate downloads --checkpoint while checking its arguments (a missing repository: exit 2, one line, nothing
+    run); serve on this machine does too, before Ray; serve on a cluster (--address) leaves it to the nodes."""
+    from vit_fast.cli import main
+
+    vit_fast.save(vit_fast.create("vit_ti_16", depth=1, img_size=32, num_classes=3), tmp_path / "ours")
+    hub = fake_hub({"me/ours": tmp_path / "ours"})
+    report = tmp_path / "report.json"
+    assert main(["validate", "--checkpoint", "me/ours", "--random", "2", "--batch", "2", "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["passed"] is True
+    capsys.readouterr()
+    assert main(["validate", "--checkpoint", "me/missing", "--random", "2", "--json", str(tmp_path / "no.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--checkpoint me/missing: no local checkpoint at 'me/missing', and no Hugging Face Hub" \
+        in err[0], err
+    assert not (tmp_path / "no.json").exists()
+
+    import argparse
+
+    from vit_fast.serving.cli import Refused, _refuse_model
+
+    def args(checkpoint, address=None):
+        return argparse.Namespace(checkpoint=checkpoint, address=address, device="cpu", backend="auto", dtype=None,
+                                  fp8_exclude=None, model="vit_b_16")
+    calls = len(hub.calls)
+    _refuse_model(args("me/ours"), [])
+    assert len(hub.calls) == calls + 1
+    with pytest.raises(Refused, match=r"cannot load --checkpoint me/missing: no local checkpoint at 'me/missing'"):
+        _refuse_model(args("me/missing"), [])
+    _refuse_model(args("me/missing", address="ray://head:10001"), [])
+    assert len(hub.calls) == calls + 2
+
+
+def _offline_cache(tmp_path) -> tuple:
+    """A huggingface_hub cache as the library lays it out, holding org/tiny-vit at one commit, and the HF model."""
+    cache = tmp_path / "hub-cache"
+    repo = cache / "models--org--tiny-vit"
+    snapshot = repo / "snapshots" / ("a" * 40)
+    hf = _hf_vit(snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    return cache, hf
+
+
+def test_real_huggingface_hub_offline_cli(tmp_path):
+    """The real huggingface_hub, offline: `vit-fast convert org/tiny-vit` reads the cached snapshot; a repository
+    not in the cache is one line and exit code 2."""
+    cache, hf = _offline_cache(tmp_path)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
+    run = [sys.executable, "-m", "vit_fast", "convert"]
+    done = subprocess.run(run + ["org/tiny-vit", str(tmp_path / "out")], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert rel_err(vit_fast.load(tmp_path / "out")(x), hf(x).logits) <= LOADER_REL_ERR
+    done = subprocess.run(run + ["org/not-cached", str(tmp_path / "out2")], env=env, capture_output=True, text=True,
+                          timeout=300)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert "cannot download 'org/not-cached' from the Hugging Face Hub (offline, or no connection) and it is not " \
+           "in the local cache" in lines[0]
+    assert not (tmp_path / "out2").exists()
+
+
+# ---- timm model names (where timm imports) ----------------------------------------------------------------------
+
+
+def test_timm_model_name_resolves_as_timm_does(tmp_path, fake_hub):
+    """`from_timm("vit_tiny_patch16_224.augreg_in21k")` and `load(...)` fetch timm's repository for that name and
+    build the named architecture, whatever architecture the repository's config.json names (timm shares
+    repositories between architectures): here it says vit_tiny_patch16_384, yet the model is the 224 one."""
+    timm = pytest.importorskip("timm")
+    source = randomize_(timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=7), 0.5).eval()
+    repo = tmp_path / "timm-repo"
+    timm.models.save_for_hf(source, str(repo), model_config={"num_classes": 7}, safe_serialization="both")
+    config = json.loads((repo / "config.json").read_text())
+    (repo / "config.json").write_text(json.dumps({**config, "architecture": "vit_tiny_patch16_384"}))
+    hub = fake_hub({"timm/vit_tiny_patch16_224.augreg_in21k": repo})
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        ref = source(x)
+        for model in (vit_fast.from_timm("vit_tiny_patch16_224.augreg_in21k"),
+                      vit_fast.load("vit_tiny_patch16_224.augreg_in21k")):
+            assert model.config.img_size == (224, 224)
+            assert rel_err(model(x), ref) <= LOADER_REL_ERR
+    assert [c[0] for c in hub.calls] == ["timm/vit_tiny_patch16_224.augreg_in21k"] * 2
+    with pytest.raises(ValueError, match=r"timm has no pretrained weights 'vit_tiny_patch16_224\.nope'; it has "):
+        vit_fast.from_timm("vit_tiny_patch16_224.nope")
+
+
+# ---- the README's Hub example ------------------------------------------------------------------------------------
+
+README = ROOT / "README.md"
+
+
+def _readme_hub_lines() -> list:
+    text = README.read_text()
+    block = text.split("### From the Hugging Face Hub", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def test_readme_hub_example(tmp_path, fake_hub, monkeypatch):
+    """The README's Hub lines as written, each repository served as a tiny random model of its kind: the HF ViT, a
+    full CLIPModel (loaded as its image tower), DINOv2, and timm's directory (timm hidden here, as in CI; the timm
+    model-name line needs timm and runs in the next test)."""
+    T = pytest.importorskip("transformers")
+    from tests.test_timm_hub import _hub_dir, _source
+
+    monkeypatch.setitem(sys.modules, "timm", None)
+    _hf_vit(tmp_path / "vit")
+    clip = randomize_(T.CLIPModel(T.CLIPConfig(
+        text_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
+        vision_config=dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=96,
+                           image_size=32, patch_size=16), projection_dim=24))).eval()
+    clip.save_pretrained(tmp_path / "clip")
+    randomize_(T.Dinov2Model(T.Dinov2Config(hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                            image_size=28, patch_size=14))).save_pretrained(tmp_path / "dino")
+    _hub_dir(tmp_path / "timm", _source())
+    hub = fake_hub({"google/vit-base-patch16-224": tmp_path / "vit", "openai/clip-vit-base-patch32": tmp_path / "clip",
+                    "facebook/dinov2-base": tmp_path / "dino",
+                    "timm/vit_base_patch16_clip_224.openai": tmp_path / "timm"})
+    lines = [line for line in _readme_hub_lines() if "quickgelu" not in line]
+    assert len(lines) == 4, "README lost its Hub examples"
+    scope = {"vit_fast": vit_fast}
+    with pytest.warns(UserWarning, match="timm is not installed"):
+        exec("\n".join(lines), scope)
+    assert {c[0] for c in hub.calls} == {"google/vit-base-patch16-224", "openai/clip-vit-base-patch32",
+                                         "facebook/dinov2-base", "timm/vit_base_patch16_clip_224.openai"}
+    assert ("facebook/dinov2-base", "main") in {c[:2] for c in hub.calls}
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = clip.get_image_features(pixel_values=x)
+        ref = ref if isinstance(ref, torch.Tensor) else ref.pooler_output
+        assert rel_err(scope["clip"](x), ref) <= LOADER_REL_ERR
+    assert scope["vit"].config.num_classes == 5 and scope["tower"].config.num_classes == 7
+
+
+def test_readme_timm_name_line_gets_quick_gelu(tmp_path, fake_hub):
+    """The README's timm-name line: timm's repository for *_clip_quickgelu_*.openai is the *_clip_*.openai one, whose
+    config.json names the GELU architecture; the named (quick GELU) one is built, equal to timm's model."""
+    timm = pytest.importorskip("timm")
+    line, = [line for line in _readme_hub_lines() if "quickgelu" in line]
+    source = randomize_(timm.create_model("vit_base_patch16_clip_quickgelu_224", pretrained=False), 0.5).eval()
+    timm.models.save_for_hf(source, str(tmp_path / "repo"), safe_serialization="both")
+    config = json.loads((tmp_path / "repo" / "config.json").read_text())
+    (tmp_path / "repo" / "config.json").write_text(json.dumps({**config, "architecture": "vit_base_patch16_clip_224"}))
+    hub = fake_hub({"timm/vit_base_patch16_clip_224.openai": tmp_path / "repo"})
+    scope = {"vit_fast": vit_fast}
+    exec(line, scope)
+    assert [c[0] for c in hub.calls] == ["timm/vit_base_patch16_clip_224.openai"]
+    assert scope["quick"].config.act_layer == "quick_gelu"
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert rel_err(scope["quick"](x), source(x)) <= LOADER_REL_ERR
