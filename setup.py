@@ -15,11 +15,13 @@ setup(
     extras_require={
         "bench": ["matplotlib", "pytest-benchmark"],
         "serve": ["ray[serve,data]>=2.40", "pyarrow"],
+        "hub": ["huggingface_hub>=0.24"],  # checkpoints named by Hub repository (vit_fast/loading/hub.py)
         "test": [
             "pytest",
             "pytest-benchmark",
             "pytest-timeout",
             "transformers>=4.40",
+            "huggingface_hub>=0.24",
             "matplotlib",
             "ray[serve,data]>=2.40",
             "pyarrow",
