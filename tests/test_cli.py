@@ -105,3 +105,43 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     assert all(Path(p).name in out for p in SAMPLE_IMAGES)
     assert "img/s" in out and (tmp_path / "results.json").is_file()
+
+
+def test_readme_command_line_block(tmp_path, monkeypatch, capsys):
+    """The README's `vit-fast` lines as written, in a folder holding what they name: tiny random stand-ins for
+    timm_vit_b16.safetensors, hf_dir/, the Hub repository (a full CLIPModel, served by a stand-in downloader) and
+    cat.jpg / dog.png. `bench` and `demo` are left to their own tests (test_bench.py, test_demo_runs_end_to_end):
+    bench's B/16 rows at batch 64 would take minutes on a CPU."""
+    import shlex
+
+    T = pytest.importorskip("transformers")
+    from tests.test_hub import FakeHub, huggingface_hub
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("## Command line", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    lines = [shlex.split(line.split("#")[0]) for line in block.splitlines() if line.strip()]
+    assert all(words[0] == "vit-fast" for words in lines) and len(lines) >= 6, block
+    monkeypatch.chdir(tmp_path)
+    for name in ("cat.jpg", "dog.png"):
+        Image.fromarray(torch.randint(0, 256, (40, 56, 3), dtype=torch.uint8).numpy()).save(name)
+    timm_like = randomize_(vit_fast.create("vit_ti_16", img_size=32, depth=1, num_classes=4))
+    save_file({k: v.contiguous() for k, v in timm_like.state_dict().items()}, "timm_vit_b16.safetensors")
+    randomize_(T.ViTForImageClassification(T.ViTConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                                       intermediate_size=96, image_size=32, patch_size=16,
+                                                       num_labels=3))).save_pretrained("hf_dir")
+    clip = T.CLIPModel(T.CLIPConfig(
+        text_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64),
+        vision_config=dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=96,
+                           image_size=32, patch_size=16), projection_dim=24))
+    clip.save_pretrained(tmp_path / "repos" / "clip")
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        FakeHub(tmp_path / "hub-cache", {"openai/clip-vit-large-patch14": tmp_path / "repos" / "clip"}))
+    ran = []
+    for words in sorted(lines, key=lambda w: w[1] != "convert"):  # the converts write ckpt/, which predict reads
+        if words[1] in ("bench", "demo"):
+            continue
+        assert main(words[1:]) == 0, (words, capsys.readouterr().err)
+        ran.append(words[1])
+    assert sorted(ran) == ["convert", "convert", "convert", "info", "predict"]
+    assert vit_fast.load("ckpt").config.img_size == (384, 384)  # the last convert into ckpt/ wins
+    assert vit_fast.load("clip_l").config.embedding_head
