@@ -118,6 +118,24 @@ def test_config_with_defaults_left_out(tmp_path):
     assert rel_err(model(x), _image_features(hf, x, False)) <= LOADER_REL_ERR
 
 
+def test_siglip_config_with_defaults_left_out(tmp_path):
+    """A SigLIP config.json whose vision_config holds only num_hidden_layers and image_size: width 768, 12 heads,
+    patch 16, tanh GELU and the attention-pool head come from SiglipVisionConfig's defaults."""
+    config = T.SiglipConfig(text_config=dict(_TEXT, vocab_size=100),
+                            vision_config=dict(num_hidden_layers=1, image_size=32, intermediate_size=96))
+    hf = randomize_(T.SiglipModel(config)).eval()
+    hf.save_pretrained(tmp_path)
+    stored = json.loads((tmp_path / "config.json").read_text())
+    stored["vision_config"] = {"num_hidden_layers": 1, "image_size": 32, "intermediate_size": 96}
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    model = vit_fast.from_hf(tmp_path)
+    cfg = model.config
+    assert (cfg.embed_dim, cfg.num_heads, cfg.patch_size, cfg.act_layer, cfg.global_pool) == \
+        (768, 12, 16, "gelu_tanh", "map")
+    x = torch.randn(2, 3, 32, 32)
+    assert rel_err(model(x), _image_features(hf, x, False)) <= LOADER_REL_ERR
+
+
 def test_stray_keys_still_named(tmp_path):
     """Only the text tower and the logit scale/bias are dropped; anything else unknown is reported."""
     hf = _full("siglip")
@@ -179,7 +197,8 @@ def test_sharded_errors(tmp_path):
                                                               key: sorted(set(index["weight_map"].values()))[0]}}))
     with pytest.raises(ValueError, match=r"1 tensors are not in the shards it names them in"):
         vit_fast.from_hf(tmp_path)
-    for bad in ({"weight_map": []}, {"weight_map": {key: "../outside.safetensors"}}, {}):
+    for bad in ({"weight_map": []}, {"weight_map": {key: "../outside.safetensors"}}, {},
+                {"weight_map": {key: "model.safetensors.index.json"}}):  # itself: never read in a loop
         index_file.write_text(json.dumps(bad))
         with pytest.raises(ValueError, match=r"expected a \"weight_map\" object naming the shard file"):
             vit_fast.from_hf(tmp_path)
@@ -189,6 +208,15 @@ def test_sharded_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"has config\.json but no model\.safetensors or pytorch_model\.bin "
                                                 r"\(nor the index of a sharded checkpoint"):
         vit_fast.from_hf(tmp_path)
+
+
+def test_sharded_safetensors_before_a_whole_pickle(tmp_path):
+    """transformers' order: model.safetensors, its sharded index, then pytorch_model.bin (here garbage: never read)."""
+    hf = _sharded_vit(tmp_path)
+    (tmp_path / "pytorch_model.bin").write_bytes(b"not read")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert rel_err(vit_fast.from_hf(tmp_path)(x), hf(x).logits) <= LOADER_REL_ERR
 
 
 def test_unsupported_model_type(tmp_path):

@@ -45,11 +45,12 @@ class FakeHub:
         self.calls.append((repo_id, revision, tuple(allow_patterns or ())))
         if repo_id not in self.repos:
             raise _error(hub_errors.RepositoryNotFoundError, f"404 Client Error: repository {repo_id} not found")
-        if revision not in (None, "main", "v1"):
+        revisions = self.repos[repo_id] if isinstance(self.repos[repo_id], dict) else {"main": self.repos[repo_id]}
+        if (revision or "main") not in revisions:
             raise _error(hub_errors.RevisionNotFoundError, f"404 Client Error: revision {revision} not found")
         snapshot = self.root / "snapshots" / f"{repo_id.replace('/', '--')}-{len(self.calls)}"
         snapshot.mkdir(parents=True)
-        for f in self.repos[repo_id].iterdir():
+        for f in revisions[revision or "main"].iterdir():
             if any(fnmatch.fnmatch(f.name, p) for p in allow_patterns):
                 shutil.copy(f, snapshot / f.name)
         return str(snapshot)
@@ -61,6 +62,10 @@ def _error(cls, message):
     e = cls.__new__(cls)
     Exception.__init__(e, message)
     return e
+
+
+class ProxyError(Exception):
+    """Stands for httpx.ProxyError: an Exception, not an OSError."""
 
 
 @pytest.fixture
@@ -101,19 +106,42 @@ def test_pytorch_only_and_sharded_repositories(tmp_path, fake_hub):
     with torch.no_grad():
         assert rel_err(vit_fast.load("org/bin")(x), hf(x).logits) <= LOADER_REL_ERR
         assert rel_err(vit_fast.load("org/sharded")(x), hf_sharded(x).logits) <= LOADER_REL_ERR
-    assert [c[0] for c in hub.calls] == ["org/bin", "org/bin", "org/sharded"]  # safetensors first, then .bin
+    # safetensors first, then .bin; a sharded repository: its index, then exactly the shards it names
+    assert [c[0] for c in hub.calls] == ["org/bin", "org/bin", "org/sharded", "org/sharded"]
     assert "pytorch_model.bin" in hub.calls[1][2] and "pytorch_model.bin" not in hub.calls[0][2]
+    shards = sorted(set(json.loads((sharded / "model.safetensors.index.json").read_text())["weight_map"].values()))
+    assert len(shards) > 2 and sorted(p for p in hub.calls[3][2] if p.startswith("model-")) == shards
+    assert not any("*" in p for call in hub.calls for p in call[2])
+
+
+def test_shard_names_other_than_save_pretrained_s(tmp_path, fake_hub):
+    """The shards are fetched by the names the index gives, whatever they are."""
+    repo = tmp_path / "repo"
+    hf = _hf_vit(repo, max_shard_size="50KB")
+    index = json.loads((repo / "model.safetensors.index.json").read_text())
+    renamed = {old: f"part{i}.safetensors" for i, old in enumerate(sorted(set(index["weight_map"].values())))}
+    for old, new in renamed.items():
+        (repo / old).rename(repo / new)
+    index["weight_map"] = {k: renamed[v] for k, v in index["weight_map"].items()}
+    (repo / "model.safetensors.index.json").write_text(json.dumps(index))
+    fake_hub({"org/parts": repo})
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert rel_err(vit_fast.load("org/parts")(x), hf(x).logits) <= LOADER_REL_ERR
 
 
 def test_vit_fast_checkpoint_repository_and_revisions(tmp_path, fake_hub):
-    model = vit_fast.create("vit_ti_16", depth=1, img_size=32, num_classes=3)
+    """Each revision's own weights: v1 and main hold different models."""
+    model, older = (randomize_(vit_fast.create("vit_ti_16", depth=1, img_size=32, num_classes=3)) for _ in range(2))
     vit_fast.save(model, tmp_path / "ours")
-    hub = fake_hub({"me/ours": tmp_path / "ours"})
+    vit_fast.save(older, tmp_path / "ours-v1")
+    hub = fake_hub({"me/ours": {"main": tmp_path / "ours", "v1": tmp_path / "ours-v1"}})
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        ref = model(x)
-        assert torch.equal(vit_fast.load("me/ours@v1")(x), ref)
-        assert torch.equal(vit_fast.load("me/ours", revision="v1")(x), ref)
+        ref, ref_v1 = model(x), older(x)
+        assert not torch.equal(ref, ref_v1)
+        assert torch.equal(vit_fast.load("me/ours@v1")(x), ref_v1)
+        assert torch.equal(vit_fast.load("me/ours", revision="v1")(x), ref_v1)
         assert torch.equal(vit_fast.load("hf-hub:me/ours")(x), ref)
     assert [c[1] for c in hub.calls] == ["v1", "v1", None]
     with pytest.raises(FileNotFoundError, match=r"^the Hugging Face Hub repository 'me/ours' has no revision 'v9'$"):
@@ -122,6 +150,10 @@ def test_vit_fast_checkpoint_repository_and_revisions(tmp_path, fake_hub):
         vit_fast.load("me/ours@v1", revision="v2")
     with pytest.raises(ValueError, match=r"revision='v1' applies to Hugging Face Hub repositories; .* is a local path"):
         vit_fast.load(tmp_path / "ours", revision="v1")
+    for entry, obj in ((vit_fast.from_timm, model.state_dict()), (vit_fast.from_timm, model)):
+        with pytest.raises(ValueError, match=r"^revision='v1' applies to Hugging Face Hub repositories; a \w+ was "
+                                             r"given$"):  # short: never the tensors or the module tree
+            entry(obj, revision="v1")
 
 
 def test_local_path_wins(tmp_path, fake_hub, monkeypatch):
@@ -142,19 +174,23 @@ def test_hub_errors_are_one_line(tmp_path, fake_hub, monkeypatch):
     (tmp_path / "empty" / "config.json").write_text("{}")
     hub = fake_hub({"org/empty": tmp_path / "empty"})
     with pytest.raises(FileNotFoundError, match=r"^no local checkpoint at 'org/missing', and no Hugging Face Hub "
-                                                r"repository of that name \(or it is private: log in"):
+                                                r"repository of that name \(if it is private: set HF_TOKEN"):
         vit_fast.from_hf("org/missing")
     with pytest.raises(FileNotFoundError, match=r"^the Hugging Face Hub repository 'org/empty' has no weights vit-fast "
                                                 r"reads \(model\.safetensors, pytorch_model\.bin, or sharded\); "
                                                 r"downloaded \['config\.json'\]$"):
         vit_fast.load("org/empty")
     for cls, kind, fragment in (
-            (hub_errors.GatedRepoError, PermissionError, "is gated: accept its terms on its page, then log in"),
+            (hub_errors.GatedRepoError, PermissionError, "is gated: accept its terms on its page, then set HF_TOKEN, or log in"),
             (hub_errors.LocalEntryNotFoundError, ConnectionError,
              "cannot download 'org/x' from the Hugging Face Hub (offline, or no connection) and it is not in the "
              "local cache: no route"),
             (hub_errors.HfHubHTTPError, ConnectionError,
-             "cannot download 'org/x' from the Hugging Face Hub: 500 Server Error")):
+             "cannot download 'org/x' from the Hugging Face Hub: HfHubHTTPError: 500 Server Error"),
+            (ProxyError, ConnectionError,  # httpx's errors, which snapshot_download lets through, are no OSErrors
+             "cannot download 'org/x' from the Hugging Face Hub: ProxyError: 500 Server Error"),
+            (hub_errors.HFValidationError, FileNotFoundError,
+             "no local checkpoint at 'org/x', and it is no valid Hugging Face Hub repository name (500 Server")):
         def failing(*args, _cls=cls, **kwargs):
             raise _error(_cls, "no route" if _cls is hub_errors.LocalEntryNotFoundError else "500 Server Error")
         monkeypatch.setattr(huggingface_hub, "snapshot_download", failing)
@@ -323,3 +359,47 @@ def test_readme_timm_name_line_gets_quick_gelu(tmp_path, fake_hub):
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         assert rel_err(scope["quick"](x), source(x)) <= LOADER_REL_ERR
+
+
+def test_timm_name_without_timm_says_what_to_do(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "timm", None)
+    with pytest.raises(FileNotFoundError, match=r"^no checkpoint at vit_base_patch16_224\.augreg_in21k \(to load a timm "
+                                                r"model name, install timm; or name its Hugging Face Hub repository"):
+        vit_fast.load("vit_base_patch16_224.augreg_in21k")
+    from vit_fast.cli import main
+
+    assert main(["validate", "--checkpoint", "vit_base_patch16_224.augreg_in21k"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "(to load a timm model name, install timm" in err[0], err
+
+
+def test_timm_names_everywhere(tmp_path, fake_hub, capsys):
+    """With timm: validate and serve take timm model names as load does; an architecture vit-fast does not run, or
+    one timm has no weights for, is refused before anything is downloaded."""
+    timm = pytest.importorskip("timm")
+    source = randomize_(timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=7), 0.5).eval()
+    timm.models.save_for_hf(source, str(tmp_path / "repo"), model_config={"num_classes": 7}, safe_serialization=True)
+    hub = fake_hub({"timm/vit_tiny_patch16_224.augreg_in21k": tmp_path / "repo"})
+    from vit_fast.cli import main
+
+    report = tmp_path / "report.json"
+    code = main(["validate", "--checkpoint", "vit_tiny_patch16_224.augreg_in21k", "--random", "2", "--batch", "2",
+                 "--set", "img_size=32", "--device", "cpu", "--json", str(report)])
+    assert code in (0, 1)  # it ran (whether this random 12-layer model stays within budget is not the point here)
+    done = json.loads(report.read_text())
+    assert done["whole_model"]["num_images"] == 2 and done["model"]["depth"] == 12
+    import argparse
+
+    from vit_fast.serving.cli import _refuse_model
+
+    calls = len(hub.calls)
+    _refuse_model(argparse.Namespace(checkpoint="vit_tiny_patch16_224.augreg_in21k", address=None, device="cpu",
+                                     backend="auto", dtype=None, fp8_exclude=None, model="vit_b_16"), [])
+    assert len(hub.calls) == calls + 1
+    calls = len(hub.calls)
+    with pytest.raises(ValueError, match=r"vit_base_patch16_rpn_224\.sw_in1k \(vit_base_patch16_rpn_224\): this timm "
+                                         r"model's structure is not the plain"):  # post-norm blocks
+        vit_fast.from_timm("vit_base_patch16_rpn_224.sw_in1k")
+    with pytest.raises(ValueError, match=r"^timm has no pretrained weights for vit_base_patch16_gap_224$"):
+        vit_fast.load("vit_base_patch16_gap_224")
+    assert len(hub.calls) == calls

@@ -93,9 +93,10 @@ def load(path, backend: str = "auto", revision: str | None = None, **config_over
     from .hf import from_hf
     from .timm import from_timm
 
-    if isinstance(path, str) and not Path(path).expanduser().exists() and timm_hub.pretrained_repo(path):
+    named = hub.name_of(path, revision)
+    if named is not None and named.architecture is not None:  # a timm model name
         return from_timm(path, backend=backend, revision=revision, **config_overrides)
-    path = Path(hub.local(path, revision))
+    path = Path(path) if named is None else hub.download(named.repo, named.revision)
     if path.is_dir():
         if (path / CONFIG_NAME).is_file():
             config = read_json(path / CONFIG_NAME)
@@ -109,7 +110,7 @@ def load(path, backend: str = "auto", revision: str | None = None, **config_over
             f"directory (config.json + weights); it holds {sorted(p.name for p in path.iterdir())[:10]}"
         )
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+        raise FileNotFoundError(f"no checkpoint at {path}{hub.missing_hint(str(path)) if not path.exists() else ''}")
     if path.suffix not in (".safetensors", ".pth", ".pt", ".bin"):
         raise ValueError(f"unknown weight file type {path.suffix!r}; expected .safetensors, .pth, .pt or .bin")
     if path.suffix == ".safetensors":

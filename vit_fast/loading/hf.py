@@ -196,7 +196,7 @@ def from_hf(obj, backend: str = "auto", hf_outputs: bool = False, revision: str 
     gives its image tower (hf_dual.py). With `hf_outputs=True` the result is a `vit_fast.hf_compat.HFDropIn`: HF's
     forward signature and output classes around the fast model."""
     if revision is not None and not isinstance(obj, (str, Path)):
-        hub.local(obj, revision)  # raises: a revision names a Hub repository's
+        hub.name_of(obj, revision)  # raises: a revision is a Hub repository's
     if isinstance(obj, torch.nn.Module):
         if not hasattr(obj, "config"):
             raise ValueError(f"from_hf expects a transformers ViT model; {type(obj).__name__} has no config")

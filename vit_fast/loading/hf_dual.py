@@ -41,12 +41,13 @@ def source_class(hf: dict) -> str:
 def vision_tower(hf: dict, state: dict, source) -> tuple:
     """(the vision tower's HF config dict, the state dict without the text tower) of a full CLIP or SigLIP model."""
     kind = DUAL_TYPES[hf["model_type"]][0]
-    vision = hf.get("vision_config")
-    if vision is None:
-        vision = {}  # an old config.json may leave the whole vision config at its defaults
-    if not isinstance(vision, dict):
-        raise ValueError(f"{source}: expected \"vision_config\" to be an object, got {type(vision).__name__}")
-    config = {**_VISION_DEFAULTS[kind], **{k: v for k, v in vision.items() if v is not None}, "model_type": kind}
+    vision = {}  # an old config.json may leave the whole vision config at its defaults
+    for key in ("vision_config", "vision_config_dict"):  # the second, in old CLIP configs, wins as in transformers
+        part = hf.get(key)
+        if part is not None and not isinstance(part, dict):
+            raise ValueError(f"{source}: expected \"{key}\" to be an object, got {type(part).__name__}")
+        vision.update({k: v for k, v in (part or {}).items() if v is not None})
+    config = {**_VISION_DEFAULTS[kind], **vision, "model_type": kind}
     if kind == "clip_vision_model":
         config["projection_dim"] = hf.get("projection_dim", _CLIP_PROJECTION_DIM)
     return config, {k: v for k, v in state.items() if not _TEXT.match(k)}

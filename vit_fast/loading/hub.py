@@ -1,86 +1,118 @@
 """Model repositories on the Hugging Face Hub, named as users name them: `vit_fast.load("google/vit-base-patch16-224")`,
 `from_hf("openai/clip-vit-large-patch14")`, `from_timm("timm/vit_base_patch16_224.augreg2_in21k_ft_in1k")` (or timm's
-`hf-hub:` spelling), a revision as `revision=` or `name@revision`.
+`hf-hub:` spelling), a revision as `revision=` or `name@revision`; with timm installed, a timm model name
+("vit_base_patch16_clip_224.openai") names the repository `timm.create_model(name, pretrained=True)` reads.
 
 huggingface_hub downloads the repository into its cache (offline with `HF_HUB_OFFLINE=1` once cached; tokens,
 mirrors and cache location as huggingface_hub configures them), and the snapshot directory then loads as a local
-one. Only what loading reads is fetched: the JSON configs and the safetensors weights (whole or sharded), or the
-PyTorch weights when a repository has no safetensors; never the TF, Flax, ONNX or open_clip copies beside them. A
-local path that exists always wins over a repository of the same name.
+one. Only what loading reads is fetched: the JSON configs and one weight format, safetensors first (whole, or the
+index and then exactly the shards it names), the PyTorch pickles only when a repository has no safetensors; never
+the TF, Flax, ONNX or open_clip copies beside them. A local path that exists always wins over a name.
 """
 from __future__ import annotations
 
+import importlib.util
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .state_dict import INDEX_NAMES, WEIGHT_NAMES, _first_line
+from .state_dict import INDEX_NAMES, WEIGHT_NAMES, _first_line, shard_names
 
 # org/name, as the Hub allows them, with timm's optional hf-hub: prefix and an optional @revision
 _REPO = re.compile(r"^(?:hf[-_]hub:)?([A-Za-z0-9][\w.-]*/[\w.-]*[A-Za-z0-9_])(?:@([\w./-]+))?$")
-_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".json")  # a weight or config file, not a repository
-_CONFIGS = ["config.json", "preprocessor_config.json", "vit_fast.json"]
-# whole or sharded (the index and its shards, as save_pretrained names them); safetensors first
-_SAFETENSORS = ["model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors"]
-_PICKLES = ["pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*-of-*.bin"]
+_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".json")  # a weight or config file, never a name
+_CONFIGS = ["config.json", "preprocessor_config.json", "vit_fast.json"]  # HF's, its preprocessing, vit-fast's
+_LOGIN = "set HF_TOKEN, or log in with huggingface_hub's command line"
 
 
-def repo_of(source) -> Optional[tuple]:
-    """(repo id, revision or None) when `source` is a string naming a Hub repository and no local path; else None."""
-    if not isinstance(source, str) or Path(source).expanduser().exists() or source.endswith(_FILE_SUFFIXES):
-        return None
-    match = _REPO.match(source)
-    return (match[1], match[2]) if match else None
+@dataclass(frozen=True)
+class Named:
+    """A checkpoint given by name: the Hub repository, its revision, and the timm architecture a timm model name
+    asks for (None for a repository named directly)."""
+    repo: str
+    revision: Optional[str] = None
+    architecture: Optional[str] = None
+
+
+def name_of(source, revision: Optional[str] = None) -> Optional[Named]:
+    """What `source` names when it is a string and no local path: a Hub repository or (timm installed) a timm model
+    name; None for a local path, an object, or a string that is neither (the loaders then report it missing)."""
+    if isinstance(source, str) and not Path(source).expanduser().exists() and not source.endswith(_FILE_SUFFIXES):
+        match = _REPO.match(source)
+        if match:
+            if match[2] is not None and revision is not None and match[2] != revision:
+                raise ValueError(f"{source!r} names revision {match[2]!r} but revision={revision!r} was passed")
+            return Named(match[1], match[2] or revision)
+        from .timm_hub import pretrained_repo
+
+        timm_name = pretrained_repo(source)
+        if timm_name is not None:
+            return Named(timm_name[0], revision, timm_name[1])
+    if revision is not None:
+        what = f"{source!r} is a local path or no name" if isinstance(source, (str, Path)) else \
+            f"a {type(source).__name__} was given"
+        raise ValueError(f"revision={revision!r} applies to Hugging Face Hub repositories; {what}")
+    return None
 
 
 def local(source, revision: Optional[str] = None):
-    """`source` as a local path: a Hub repository is downloaded first (see the module docstring); anything else is
-    returned as it is, for the loaders to read or to report."""
-    repo = repo_of(source)
-    if repo is None:
-        if revision is not None:
-            raise ValueError(f"revision={revision!r} applies to Hugging Face Hub repositories; {source!r} is "
-                             f"{'a local path' if isinstance(source, (str, Path)) else type(source).__name__}")
-        return source
-    name, pinned = repo
-    if pinned is not None and revision is not None and pinned != revision:
-        raise ValueError(f"{source!r} names revision {pinned!r} but revision={revision!r} was passed")
-    return download(name, pinned or revision)
+    """`source`, with a named repository downloaded first (its snapshot directory); anything else as it is."""
+    named = name_of(source, revision)
+    return source if named is None else download(named.repo, named.revision)
+
+
+def missing_hint(source) -> str:
+    """What a string that is no checkpoint may have meant, for the "no checkpoint at" message."""
+    from .timm_hub import MODEL_NAME
+
+    if isinstance(source, str) and MODEL_NAME.match(source) and importlib.util.find_spec("timm") is None:
+        return (" (to load a timm model name, install timm; or name its Hugging Face Hub repository, "
+                "timm/<model>.<tag>)")
+    return " (a local path, or a Hugging Face Hub repository org/name)"
 
 
 def download(repo: str, revision: Optional[str] = None) -> Path:
-    """The snapshot directory of `repo` with its configs and weights; errors in one line that say what to do."""
+    """The snapshot directory of `repo` with its configs and weights (see the module docstring)."""
+    held = []
+    for whole, index in zip(WEIGHT_NAMES, INDEX_NAMES):  # safetensors first
+        folder = _snapshot(repo, revision, _CONFIGS + [whole, index])
+        if (folder / whole).is_file():
+            return folder
+        if (folder / index).is_file():
+            return _snapshot(repo, revision, _CONFIGS + [index] + shard_names(folder / index))
+        held = sorted(p.name for p in folder.iterdir())
+    at = "" if revision is None else f" at revision {revision!r}"
+    raise FileNotFoundError(f"the Hugging Face Hub repository {repo!r}{at} has no weights vit-fast reads "
+                            f"({', '.join(WEIGHT_NAMES)}, or sharded); downloaded {held}")
+
+
+def _snapshot(repo: str, revision: Optional[str], patterns: list) -> Path:
+    """huggingface_hub's snapshot_download of the files matching `patterns`; its errors in one line each."""
     try:
         from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import (GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError,
-                                            RevisionNotFoundError)
+        from huggingface_hub.errors import (GatedRepoError, HFValidationError, LocalEntryNotFoundError,
+                                            RepositoryNotFoundError, RevisionNotFoundError)
     except ImportError:
         raise FileNotFoundError(f"no local checkpoint at {repo!r}; to download it from the Hugging Face Hub, install "
                                 "huggingface_hub (pip install huggingface_hub)") from None
     at = "" if revision is None else f" at revision {revision!r}"
     try:
-        folder = Path(snapshot_download(repo, revision=revision, allow_patterns=_CONFIGS + _SAFETENSORS))
-        if not _has_weights(folder):
-            folder = Path(snapshot_download(repo, revision=revision, allow_patterns=_CONFIGS + _PICKLES))
+        return Path(snapshot_download(repo, revision=revision, allow_patterns=patterns))
     except GatedRepoError:
-        raise PermissionError(f"the Hugging Face Hub repository {repo!r} is gated: accept its terms on its page, then "
-                              "log in (`hf auth login`, or HF_TOKEN)") from None
+        raise PermissionError(f"the Hugging Face Hub repository {repo!r} is gated: accept its terms on its page, "
+                              f"then {_LOGIN}") from None
     except RepositoryNotFoundError:
         raise FileNotFoundError(f"no local checkpoint at {repo!r}, and no Hugging Face Hub repository of that name "
-                                "(or it is private: log in with `hf auth login`, or set HF_TOKEN)") from None
+                                f"(if it is private: {_LOGIN})") from None
     except RevisionNotFoundError:
         raise FileNotFoundError(f"the Hugging Face Hub repository {repo!r} has no revision {revision!r}") from None
+    except HFValidationError as e:
+        raise FileNotFoundError(f"no local checkpoint at {repo!r}, and it is no valid Hugging Face Hub repository "
+                                f"name ({_first_line(e)})") from None
     except LocalEntryNotFoundError as e:
         raise ConnectionError(f"cannot download {repo!r}{at} from the Hugging Face Hub (offline, or no connection) "
                               f"and it is not in the local cache: {_first_line(e)}") from None
-    except OSError as e:  # requests' and httpx' connection errors, HfHubHTTPError: all OSError subclasses
-        raise ConnectionError(f"cannot download {repo!r}{at} from the Hugging Face Hub: {_first_line(e)}") from None
-    if not _has_weights(folder):
-        held = sorted(p.name for p in folder.iterdir())
-        raise FileNotFoundError(f"the Hugging Face Hub repository {repo!r}{at} has no weights vit-fast reads "
-                                f"({', '.join(WEIGHT_NAMES)}, or sharded); downloaded {held}")
-    return folder
-
-
-def _has_weights(folder: Path) -> bool:
-    return any((folder / name).is_file() for name in WEIGHT_NAMES + INDEX_NAMES)
+    except Exception as e:  # noqa: BLE001 - HTTP, connection and proxy errors (httpx's are not OSErrors)
+        raise ConnectionError(f"cannot download {repo!r}{at} from the Hugging Face Hub: {type(e).__name__}: "
+                              f"{_first_line(e)}") from None

@@ -93,15 +93,24 @@ def read_weights(path) -> tuple:
     return obj, {}
 
 
-def _read_sharded(index: Path) -> dict:
-    """The state dict of a sharded checkpoint: its index's "weight_map" names the shard file of every tensor."""
+def shard_names(index) -> list:
+    """The shard files a sharded checkpoint's index names (its "weight_map": tensor name -> file in the same
+    directory); ValueError naming the index when that is not what it holds."""
     weight_map = read_json(index).get("weight_map")
-    if not isinstance(weight_map, dict) or not weight_map or \
-            not all(isinstance(v, str) and v and Path(v).name == v for v in weight_map.values()):
-        raise ValueError(f"{index}: expected a \"weight_map\" object naming the shard file (in the same directory) "
-                         "of every tensor")
+    if not isinstance(weight_map, dict) or not weight_map or not all(
+            isinstance(v, str) and Path(v).name == v and v.endswith((".safetensors", ".bin"))
+            for v in weight_map.values()):
+        raise ValueError(f"{index}: expected a \"weight_map\" object naming the shard file (.safetensors or .bin, in "
+                         "the same directory) of every tensor")
+    return sorted(set(weight_map.values()))
+
+
+def _read_sharded(index: Path) -> dict:
+    """The state dict of a sharded checkpoint: every shard its index names, each tensor from the shard named for it."""
+    shards = shard_names(index)  # checks the index first
+    weight_map = read_json(index)["weight_map"]
     state = {}
-    for shard in sorted(set(weight_map.values())):
+    for shard in shards:
         file = index.parent / shard
         if not file.is_file():
             raise FileNotFoundError(f"{index} lists the shard {shard}, which is not in {index.parent}")
@@ -115,12 +124,14 @@ def _read_sharded(index: Path) -> dict:
 
 WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")  # beside a config.json: HF's and timm's names
 INDEX_NAMES = tuple(f"{name}.index.json" for name in WEIGHT_NAMES)  # the same, sharded
+# what a directory is read from, in transformers' order: safetensors (whole, then sharded), then the pickles
+WEIGHT_PREFERENCE = tuple(name for pair in zip(WEIGHT_NAMES, INDEX_NAMES) for name in pair)
 
 
 def weights_in(directory, config_kind: str) -> Path:
     """The weight file of a Hugging Face or timm model directory (or its sharded checkpoint's index, which
     `read_weights` reads); FileNotFoundError naming `config_kind` if there is none."""
-    for name in WEIGHT_NAMES + INDEX_NAMES:
+    for name in WEIGHT_PREFERENCE:
         if (Path(directory) / name).is_file():
             return Path(directory) / name
     raise FileNotFoundError(f"{directory} has {config_kind} but no {' or '.join(WEIGHT_NAMES)} (nor the index of a "

@@ -166,7 +166,7 @@ def from_timm(obj, backend: str = "auto", revision: str | None = None, **config_
     ("vit_base_patch16_clip_224.openai") loads the weights `timm.create_model(name, pretrained=True)` would."""
     hub = None
     if revision is not None and not isinstance(obj, (str, Path)):
-        hub_repo.local(obj, revision)  # raises: a revision names a Hub repository's
+        hub_repo.name_of(obj, revision)  # raises: a revision is a Hub repository's
     if isinstance(obj, torch.nn.Module):
         state = obj.state_dict()
         config_overrides = {**_live_model_config(obj), **config_overrides}
@@ -174,11 +174,14 @@ def from_timm(obj, backend: str = "auto", revision: str | None = None, **config_
     elif isinstance(obj, dict):
         state, source = obj, "timm state dict"
     elif isinstance(obj, (str, Path)):
-        named = None if isinstance(obj, Path) or Path(obj).expanduser().exists() else timm_hub.pretrained_repo(obj)
-        path, source = Path(hub_repo.local(obj if named is None else named[0], revision)), str(obj)
+        named, source = hub_repo.name_of(obj, revision), str(obj)
+        arch = None if named is None else named.architecture
+        if arch is not None:  # a timm model name: refuse a structure vit-fast does not run before downloading
+            timm_hub.settings({"architecture": arch}, source, _live_model_config)
+        path = Path(obj) if named is None else hub_repo.download(named.repo, named.revision)
         hub = timm_hub.config_for(path)
-        if named is not None and hub is not None:  # the named architecture, as timm.create_model builds it
-            hub = {**hub, "architecture": named[1]}
+        if arch is not None and hub is not None:  # the named architecture, as timm.create_model builds it
+            hub = {**hub, "architecture": arch}
         if path.is_dir() and hub is None:
             raise ValueError(f"{source} is not a timm checkpoint directory: it has no config.json naming a timm "
                              "architecture")

@@ -49,7 +49,7 @@ def config_for(path: Path) -> Optional[dict]:
     return read_config(path.parent) if path.name in WEIGHT_NAMES else None
 
 
-_MODEL_NAME = re.compile(r"^[a-z0-9_]+(?:\.[\w-]+)?$")  # timm's model names, with an optional pretrained tag
+MODEL_NAME = re.compile(r"^[a-z0-9_]+(?:\.[\w-]+)?$")  # timm's model names, with an optional pretrained tag
 
 
 def pretrained_repo(name) -> Optional[tuple]:
@@ -57,7 +57,7 @@ def pretrained_repo(name) -> Optional[tuple]:
     ("vit_base_patch16_clip_224.openai", or an untagged name for timm's default weights); None when `name` is not a
     timm model name or timm does not import. The architecture is the named one: timm's repositories are shared by
     architectures (`*_clip_quickgelu_*` loads the `*_clip_*` weights), and their config.json names only one."""
-    if not isinstance(name, str) or not _MODEL_NAME.match(name):
+    if not isinstance(name, str) or not MODEL_NAME.match(name):
         return None
     try:
         import timm
@@ -70,8 +70,11 @@ def pretrained_repo(name) -> Optional[tuple]:
         cfg = timm.models.get_pretrained_cfg(name)
     except RuntimeError:  # an unknown tag
         cfg = None
+    tags = timm.list_pretrained(arch + ".*")
+    if not tags or (cfg is not None and not cfg.hf_hub_id and not cfg.url):
+        raise ValueError(f"timm has no pretrained weights for {arch}")
     if cfg is None:
-        raise ValueError(f"timm has no pretrained weights {name!r}; it has {timm.list_pretrained(arch + '.*')[:6]}")
+        raise ValueError(f"timm has no pretrained weights {name!r}; it has {tags[:6]}")
     if not cfg.hf_hub_id:
         raise ValueError(f"timm's {name} weights are not on the Hugging Face Hub (timm downloads them from "
                          f"{cfg.url}); load that file with from_timm")

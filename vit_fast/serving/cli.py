@@ -107,17 +107,20 @@ def _refuse_model(args, notes: list) -> None:
         print(f"vit-fast: no --checkpoint given: using {args.model} with RANDOM weights "
               "(predictions are meaningless)", file=sys.stderr)
         return
-    from vit_fast.loading.hub import repo_of
+    from vit_fast.loading import hub
 
-    repo = repo_of(args.checkpoint)
-    if repo is None and not Path(args.checkpoint).expanduser().exists():
+    try:
+        named = hub.name_of(args.checkpoint)  # a Hub repository or a timm model name
+    except ValueError as e:
+        raise Refused(f"--checkpoint {args.checkpoint}: {e}") from None
+    if named is None and not Path(args.checkpoint).expanduser().exists():
         if local:
-            raise Refused(f"checkpoint not found: {args.checkpoint}")
+            raise Refused(f"checkpoint not found: {args.checkpoint}{hub.missing_hint(args.checkpoint)}")
         return  # a path on the cluster's nodes
-    if repo is not None and not local:
-        return  # a Hub repository: each node downloads it into its own huggingface_hub cache
-    try:  # a Hub repository is downloaded here, before Ray starts
-        model = vit_fast.load(args.checkpoint if repo else Path(args.checkpoint).expanduser(), backend="torch")
+    if named is not None and not local:
+        return  # each node downloads it into its own huggingface_hub cache
+    try:  # a named checkpoint is downloaded here, before Ray starts
+        model = vit_fast.load(args.checkpoint if named else Path(args.checkpoint).expanduser(), backend="torch")
     except (ValueError, TypeError, OSError, RuntimeError) as e:
         from vit_fast.cli import one_line
 

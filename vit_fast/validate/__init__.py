@@ -80,8 +80,8 @@ def _check_args(args) -> dict:
     if misuse:
         raise UsageError(misuse)
     if args.checkpoint is not None:
-        checked["checkpoint"] = _checkpoint(args.checkpoint)
-        if is_fp8_checkpoint(checked["checkpoint"]):
+        checked["checkpoint"], folder = _checkpoint(args.checkpoint)
+        if is_fp8_checkpoint(folder):
             raise UsageError(f"--checkpoint {args.checkpoint} is an FP8 model; validate measures FP8 against the "
                              "fp32 model, so pass the checkpoint it was quantized from, with --dtype fp8")
     if args.checkpoint is None:
@@ -119,18 +119,22 @@ def _check_args(args) -> dict:
     return checked
 
 
-def _checkpoint(named: str) -> Path:
-    """The local path of --checkpoint; a Hugging Face Hub repository is downloaded here, before anything runs."""
+def _checkpoint(given: str):
+    """(what to load, the local folder or file) for --checkpoint. A named checkpoint (a Hugging Face Hub repository,
+    a timm model name) is downloaded here, before anything runs; loading it later reads the cache."""
     from ..cli import UsageError, one_line
     from ..loading import hub
 
     try:
-        where = Path(hub.local(named)).expanduser()
-    except OSError as e:
-        raise UsageError(f"--checkpoint {named}: {one_line(e)}") from None
+        named = hub.name_of(given)
+        if named is not None:
+            return given, hub.download(named.repo, named.revision)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--checkpoint {given}: {one_line(e)}") from None
+    where = Path(given).expanduser()
     if not where.exists():
-        raise UsageError(f"no checkpoint at {named!r} (a local path, or a Hugging Face Hub repository org/name)")
-    return where
+        raise UsageError(f"no checkpoint at {given!r}{hub.missing_hint(given)}")
+    return where, where
 
 
 # ----- inputs ---------------------------------------------------------------------------------------------------
