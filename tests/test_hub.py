@@ -181,7 +181,8 @@ def test_hub_errors_are_one_line(tmp_path, fake_hub, monkeypatch):
                                                 r"downloaded \['config\.json'\]$"):
         vit_fast.load("org/empty")
     for cls, kind, fragment in (
-            (hub_errors.GatedRepoError, PermissionError, "is gated: accept its terms on its page, then set HF_TOKEN, or log in"),
+            (hub_errors.GatedRepoError, PermissionError,
+             "is gated: accept its terms on its page, then set HF_TOKEN, or log in"),
             (hub_errors.LocalEntryNotFoundError, ConnectionError,
              "cannot download 'org/x' from the Hugging Face Hub (offline, or no connection) and it is not in the "
              "local cache: no route"),
@@ -363,8 +364,9 @@ def test_readme_timm_name_line_gets_quick_gelu(tmp_path, fake_hub):
 
 def test_timm_name_without_timm_says_what_to_do(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "timm", None)
-    with pytest.raises(FileNotFoundError, match=r"^no checkpoint at vit_base_patch16_224\.augreg_in21k \(to load a timm "
-                                                r"model name, install timm; or name its Hugging Face Hub repository"):
+    with pytest.raises(FileNotFoundError, match=r"^no checkpoint at vit_base_patch16_224\.augreg_in21k \(to load a "
+                                                r"timm model name, install timm; or name its Hugging Face Hub "
+                                                r"repository"):
         vit_fast.load("vit_base_patch16_224.augreg_in21k")
     from vit_fast.cli import main
 

@@ -25,6 +25,12 @@ def is_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+if is_interpreting():  # the interpreter truncates fp32 -> bf16; make it round as the GPU does (_interpreter.py)
+    from ._interpreter import round_bf16_like_gpu
+
+    round_bf16_like_gpu()
+
+
 def upcast_needed(dtype: torch.dtype) -> bool:
     """The interpreter computes bf16 arithmetic and dots wrongly, so kernels convert bf16 tiles to fp32 there."""
     return is_interpreting() and dtype == torch.bfloat16

@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from .checkpoint import CONFIG_NAME
 from .state_dict import INDEX_NAMES, WEIGHT_NAMES, _first_line, shard_names
 
 # org/name, as the Hub allows them, with timm's optional hf-hub: prefix and an optional @revision
 _REPO = re.compile(r"^(?:hf[-_]hub:)?([A-Za-z0-9][\w.-]*/[\w.-]*[A-Za-z0-9_])(?:@([\w./-]+))?$")
 _FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".json")  # a weight or config file, never a name
-_CONFIGS = ["config.json", "preprocessor_config.json", "vit_fast.json"]  # HF's, its preprocessing, vit-fast's
+_CONFIGS = ["config.json", "preprocessor_config.json", CONFIG_NAME]  # HF's and timm's, HF's preprocessing, ours
 _LOGIN = "set HF_TOKEN, or log in with huggingface_hub's command line"
 
 

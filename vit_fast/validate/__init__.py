@@ -270,7 +270,7 @@ def validate(args) -> dict:
                         for check in checks:
                             if check.per_block or block == blocks[0]:
                                 bar.set_description(f"op {check.name}")
-                                op_rows.append(_run_op(ops, check, acts, args.dtype, interpreted))
+                                op_rows.append(_run_op(ops, check, acts, args.dtype))
                                 bar.update()
                         del acts
                 bar.set_description("whole model")
@@ -319,10 +319,10 @@ def validate(args) -> dict:
     }
 
 
-def _run_op(ops, check, acts, dtype_name, interpreted) -> dict:
+def _run_op(ops, check, acts, dtype_name) -> dict:
     """One op row; a kernel that raises is a failed row with the error as its reason, not a crash."""
     try:
-        return ops.run_check(check, acts, dtype_name, interpreted)
+        return ops.run_check(check, acts, dtype_name)
     except Exception as e:  # noqa: BLE001 - reported in the row and counted as a failure
         row = ops.empty_row(check, acts)
         row.update(status="error", reason=f"{type(e).__name__}: {e}")

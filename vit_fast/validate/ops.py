@@ -189,7 +189,7 @@ class OpCheck:
     dtypes: dict = field(default_factory=lambda: dict(_STAYS_BF16))  # requested dtype name -> compute dtype
     per_block: bool = True  # an op of every block (checked on the first and the last), or of the model once
     unused: Callable = lambda model: None  # model -> why this model never runs the op, or None
-    judge: Callable = kernel_budget  # (out, ref, torch_out, dtype, interpreted) -> numerics.Budget
+    judge: Callable = kernel_budget  # (out, ref, torch_out, dtype) -> numerics.Budget
     # inputs -> PyTorch's own result when the op has no eager composition in its dtype (FP8: the torch emulation of
     # the same float8 arithmetic); None: eager(inputs, dtype). With an emulation, `tol` bounds the kernel against it
     emulation: Optional[Callable] = None
@@ -244,7 +244,7 @@ def empty_row(check: OpCheck, acts: Activations) -> dict:
 
 
 @torch.no_grad()
-def run_check(check: OpCheck, acts: Activations, dtype_name: str, interpreted: bool) -> dict:
+def run_check(check: OpCheck, acts: Activations, dtype_name: str) -> dict:
     """One row of the report: {"op", "block" (None for a model-level op), "dtype", "shape", "status":
     pass|fail|skipped, "kernel_err", "torch_err", "budget", "reason"}."""
     dtype = check.dtypes.get(dtype_name)
@@ -262,7 +262,7 @@ def run_check(check: OpCheck, acts: Activations, dtype_name: str, interpreted: b
     out = check.kernel(inputs)
     ref = check.eager(inputs, torch.float64)
     torch_out = check.eager(inputs, dtype) if check.emulation is None else check.emulation(inputs)
-    budget: Budget = check.judge(out, ref, torch_out, dtype, interpreted=interpreted)
+    budget: Budget = check.judge(out, ref, torch_out, dtype)
     # the kernel tests' other bound (atol + rtol * |ref|), looser than the 2x rule in practice: KERNEL_TOL against
     # the exact composition, or FP8_TOL against the emulation
     tol_ref = ref if check.emulation is None else torch_out
