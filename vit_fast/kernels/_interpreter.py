@@ -2,8 +2,9 @@
 
 The interpreter (TRITON_INTERPRET=1) converts fp32 to bf16 by truncation; a GPU rounds to nearest even
 (`cvt.rn.bf16.f32`). One truncation is at most one bf16 ulp off, but it always shrinks magnitudes, so the error
-does not average out: through a 12-layer model's residual stream a correct Triton path drifted to 3x PyTorch's
-own bf16 error on the CPU, and `vit-fast validate` failed kernels that are right. With `round_bf16_like_gpu()`
+does not average out: through a deep model's residual stream a correct Triton path drifted well past PyTorch's own
+bf16 error on the CPU, and `vit-fast validate` failed kernels that are right
+(tests/kernels/test_interpreter_rounding.py). With `round_bf16_like_gpu()`
 applied (kernels/_common.py does it on import under the interpreter) every bf16 the kernels store or cast is the
 value the GPU would produce from the same fp32, so CPU checks judge the kernels' arithmetic and not the
 interpreter's. Nothing changes on a GPU: the patch touches only the interpreter's builder.
