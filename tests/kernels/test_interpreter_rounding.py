@@ -23,18 +23,35 @@ def _store_as_bf16(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
     tl.store(y_ptr + n + offs, x.to(tl.bfloat16), mask=mask)  # and an explicit one
 
 
+def test_applied_on_import():
+    """Importing the kernels (done above) patched this Triton's interpreter; False here means its builder changed."""
+    from triton.runtime import interpreter
+
+    assert getattr(interpreter.InterpreterBuilder.cast_impl, "_vit_fast_rtne", False)
+    assert round_bf16_like_gpu()
+
+
+def _bits(*patterns):
+    return torch.tensor(patterns, dtype=torch.int64).to(torch.int32).view(torch.float32)
+
+
 def test_casts_round_like_torch():
-    assert round_bf16_like_gpu()  # this Triton's interpreter was patched (False: it changed; see _interpreter.py)
     ties = (torch.arange(1, 2049, dtype=torch.int32) << 16 | 0x8000).view(torch.float32)  # halfway: to even
+    ties = torch.cat([ties, ties * 2.0 ** 100])  # ties up to large magnitudes
     x = torch.cat([torch.randn(3000) * 10.0 ** torch.randint(-35, 35, (3000,)).float(), ties, -ties,
-                   torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 3.3953e38, -3.3953e38,
-                                 1e-40, -1e-41])])
+                   torch.tensor([float("inf"), -float("inf"), 0.0, -0.0, 3.3953e38, -3.3953e38, 1e-40, -1e-41]),
+                   # halfway above bf16's max: to inf; just below it: to max; both signs
+                   _bits(0x7F7F8000, 0x7F7F7FFF, 0xFF7F8000, 0xFF7F7FFF)])
+    nans = _bits(0x7FC00000, 0x7F800001, 0x7FFFFFFF, 0xFF800001, 0xFFFFFFFF)  # quiet, signaling, all-ones payloads
+    x = torch.cat([x, nans])
     n = x.numel()
     y = torch.full((2 * n,), float("nan"), dtype=torch.bfloat16)
     _store_as_bf16[(1,)](x, y, n, BLOCK=triton.next_power_of_2(n))
     ref = x.to(torch.bfloat16).view(torch.int16)
     for half in y.view(torch.int16).split(n):
-        same = (half == ref) | (torch.isnan(half.view(torch.bfloat16)) & torch.isnan(x))
+        out = half.view(torch.bfloat16)
+        assert bool(torch.isnan(out).eq(torch.isnan(x)).all()), "a NaN became a number, or a number NaN"
+        same = (half == ref) | torch.isnan(x)  # NaN payloads differ between torch's own code paths too
         assert bool(same.all()), f"{int((~same).sum())} of {n} differ from round-to-nearest-even"
 
 
