@@ -3,7 +3,8 @@
 The interpreter (TRITON_INTERPRET=1) converts fp32 to bf16 by truncation; a GPU rounds to nearest even
 (`cvt.rn.bf16.f32`). One truncation is at most one bf16 ulp off, but it always shrinks magnitudes, so the error
 does not average out: through a deep model's residual stream a correct Triton path drifted well past PyTorch's own
-bf16 error on the CPU, and `vit-fast validate` failed kernels that are right (tests/kernels/test_interpreter_rounding.py).
+bf16 error on the CPU, and `vit-fast validate` failed kernels that are right
+(tests/kernels/test_interpreter_rounding.py).
 
 With `round_bf16_like_gpu()` applied (kernels/_common.py does it on import under the interpreter, for the whole
 process: a user's own kernels too) every bf16 the kernels store or cast is the value the GPU would produce from the
