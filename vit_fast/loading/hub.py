@@ -1,7 +1,8 @@
 """Model repositories on the Hugging Face Hub, named as users name them:
 `vit_fast.load("google/vit-base-patch16-224")`, `from_hf("openai/clip-vit-large-patch14")`,
 `from_timm("timm/vit_base_patch16_224.augreg2_in21k_ft_in1k")` (or timm's `hf-hub:` spelling), a revision as
-`revision=` or `name@revision`; with timm installed, a timm model name ("vit_base_patch16_clip_224.openai") names the repository `timm.create_model(name, pretrained=True)` reads.
+`revision=` or `name@revision`; with timm installed, a timm model name ("vit_base_patch16_clip_224.openai") names
+the repository `timm.create_model(name, pretrained=True)` reads.
 
 huggingface_hub downloads the repository into its cache (offline with `HF_HUB_OFFLINE=1` once cached; tokens,
 mirrors and cache location as huggingface_hub configures them), and the snapshot directory then loads as a local
