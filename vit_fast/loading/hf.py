@@ -195,14 +195,14 @@ def from_hf(obj, backend: str = "auto", hf_outputs: bool = False, revision: str 
     `revision` pins one). A full CLIP or SigLIP model (`CLIPModel`, `SiglipModel`)
     gives its image tower (hf_dual.py). With `hf_outputs=True` the result is a `vit_fast.hf_compat.HFDropIn`: HF's
     forward signature and output classes around the fast model."""
-    if revision is not None and not isinstance(obj, (str, Path)):
-        hub.name_of(obj, revision)  # raises: a revision is a Hub repository's
+    named = hub.name_of(obj, revision)  # a Hub repository (raises for a revision given with anything else)
     if isinstance(obj, torch.nn.Module):
         if not hasattr(obj, "config"):
             raise ValueError(f"from_hf expects a transformers ViT model; {type(obj).__name__} has no config")
         hf, state, preprocessor, source = obj.config.to_dict(), obj.state_dict(), None, type(obj).__name__
     elif isinstance(obj, (str, Path)):
-        hf, state, preprocessor = _read_hf_dir(Path(hub.local(obj, revision)))
+        where = Path(obj) if named is None else hub.download(named.repo, named.revision)
+        hf, state, preprocessor = _read_hf_dir(where)
         source = str(obj)
     else:
         raise ValueError(f"from_hf expects a transformers ViT model or a directory; got {type(obj).__name__}")

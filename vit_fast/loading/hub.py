@@ -58,12 +58,6 @@ def name_of(source, revision: Optional[str] = None) -> Optional[Named]:
     return None
 
 
-def local(source, revision: Optional[str] = None):
-    """`source`, with a named repository downloaded first (its snapshot directory); anything else as it is."""
-    named = name_of(source, revision)
-    return source if named is None else download(named.repo, named.revision)
-
-
 def missing_hint(source) -> str:
     """What a string that is no checkpoint may have meant, for the "no checkpoint at" message."""
     from .timm_hub import MODEL_NAME

@@ -165,8 +165,7 @@ def from_timm(obj, backend: str = "auto", revision: str | None = None, **config_
     "hf-hub:timm/..."; downloaded: hub.py; `revision` pins one). With timm installed, a timm model name
     ("vit_base_patch16_clip_224.openai") loads the weights `timm.create_model(name, pretrained=True)` would."""
     hub = None
-    if revision is not None and not isinstance(obj, (str, Path)):
-        hub_repo.name_of(obj, revision)  # raises: a revision is a Hub repository's
+    named = hub_repo.name_of(obj, revision)  # a Hub repository or timm model name (raises for a stray revision)
     if isinstance(obj, torch.nn.Module):
         state = obj.state_dict()
         config_overrides = {**_live_model_config(obj), **config_overrides}
@@ -174,7 +173,7 @@ def from_timm(obj, backend: str = "auto", revision: str | None = None, **config_
     elif isinstance(obj, dict):
         state, source = obj, "timm state dict"
     elif isinstance(obj, (str, Path)):
-        named, source = hub_repo.name_of(obj, revision), str(obj)
+        source = str(obj)
         arch = None if named is None else named.architecture
         if arch is not None:  # a timm model name: refuse a structure vit-fast does not run before downloading
             timm_hub.settings({"architecture": arch}, source, _live_model_config)

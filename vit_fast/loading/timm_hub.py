@@ -70,11 +70,10 @@ def pretrained_repo(name) -> Optional[tuple]:
         cfg = timm.models.get_pretrained_cfg(name)
     except RuntimeError:  # an unknown tag
         cfg = None
-    tags = timm.list_pretrained(arch + ".*")
-    if not tags or (cfg is not None and not cfg.hf_hub_id and not cfg.url):
-        raise ValueError(f"timm has no pretrained weights for {arch}")
-    if cfg is None:
-        raise ValueError(f"timm has no pretrained weights {name!r}; it has {tags[:6]}")
+    if cfg is None or not (cfg.hf_hub_id or cfg.url):  # an unknown tag, or an architecture without weights
+        tags = timm.list_pretrained(arch + ".*")
+        raise ValueError(f"timm has no pretrained weights {name!r}; it has {tags[:6]}" if tags else
+                         f"timm has no pretrained weights for {arch}")
     if not cfg.hf_hub_id:
         raise ValueError(f"timm's {name} weights are not on the Hugging Face Hub (timm downloads them from "
                          f"{cfg.url}); load that file with from_timm")

@@ -121,14 +121,16 @@ def _check_args(args) -> dict:
 
 def _checkpoint(given: str):
     """(what to load, the local folder or file) for --checkpoint. A named checkpoint (a Hugging Face Hub repository,
-    a timm model name) is downloaded here, before anything runs; loading it later reads the cache."""
+    a timm model name) is downloaded here, before anything runs, and loaded from that folder; a timm model name is
+    loaded by its name again (from the cache), which builds the architecture it names."""
     from ..cli import UsageError, one_line
     from ..loading import hub
 
     try:
         named = hub.name_of(given)
         if named is not None:
-            return given, hub.download(named.repo, named.revision)
+            folder = hub.download(named.repo, named.revision)
+            return (folder if named.architecture is None else given), folder
     except (OSError, ValueError) as e:
         raise UsageError(f"--checkpoint {given}: {one_line(e)}") from None
     where = Path(given).expanduser()
