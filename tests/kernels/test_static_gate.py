@@ -4,11 +4,13 @@ tests/kernels/aot_compile.py), plus the checks that make it trustworthy without 
 - test_static_gate: one run of `python -m benchmarks.kernels_static --check` (every variant the Hopper tables
   can pick, compiled for sm_90 with the JIT's divisibility attributes, the FP8 Ada table's picks for sm_89, and a
   representative sm_80 sample; replaces the former --full AOT test): every variant compiles, none the Hopper tables
-  can pick spills or overflows shared memory, 16-bit dots are wgmma, GEMM main loops use cp.async or TMA; on sm_89
-  the Ada FP8 picks are spill-free QMMA + cp.async within 99 KB; every kernel module compiled on its targets.
+  can pick spills (16-bit and FP8 rows: no stack at all; others: at most a cold spill, 32 B outside every loop) or
+  overflows shared memory, 16-bit dots are wgmma, GEMM main loops use cp.async or TMA; on sm_89 the Ada FP8 picks
+  are spill-free QMMA + cp.async within 99 KB; every kernel module compiled on its targets.
 - test_variants_cover_every_table_row: every tile of every autotune table has a variant for every op (no compile).
-- test_spill_detector_sees_a_known_spill: the cubin reader reports a spilling kernel as spilling (so the gate can
-  fail), and the gate's rules flag each kind of problem.
+- test_spill_detector_sees_a_known_spill: the cubin reader reports spilling kernels as spilling, outside or inside
+  their loops (so the gate can fail), and the gate's rules flag each kind of problem.
+- test_spills_in_loops_reads_back_edges: where a spill instruction sits, read from disassembly text.
 """
 import importlib
 import json
@@ -74,6 +76,9 @@ def test_static_gate(tmp_path):
     assert all("TMA" in r["async_copy"] for r in gemms if r["module"] == "gemm_tma")
     fp8 = [r for r in report["rows"] if r["target"] == "sm_90" and r["op"] == "linear_fp8" and "hopper" in r["families"]]
     assert fp8 and all(r["tensor_core"] == "wgmma e4m3" and r["stack"] == 0 for r in fp8)
+    hopper8 = [r for r in report["rows"]
+               if r["target"] == "sm_90" and "hopper" in r["families"] and "fp8" in r["dtype"]]
+    assert all(r["stack"] == 0 for r in hopper8)  # the row quantizer too: no cold spill on the 16-bit/FP8 paths
     # Ada (sm_89, L4/L40S): the FP8 engine's table on FP8 mma.sync, spill-free, within 99 KB; the row quantizer too
     from vit_fast.kernels.gemm_fp8 import ADA_FP8
 
@@ -160,32 +165,50 @@ def test_attention_variants_cover_every_table_row(variants):
 
 
 def test_spill_detector_sees_a_known_spill():
-    """The bf16 patch embedding at 128x256 (a tile pruned from the Hopper table for this reason) spills on sm_90:
-    the cubin reader must say so, and the gate's rules must flag it and every other kind of problem."""
+    """Two known spills on sm_90, and the gate's rules for each kind of problem:
+    - the bf16 patch embedding at 128x256 (pruned from the Hopper table for this reason) spills hundreds of bytes in
+      its epilogue, after the main loop: outside every loop, but far over the cold allowance;
+    - fp32 attention at 64x64 with 4 warps (never in the fp32 table) spills inside its K/V loop.
+    The cubin reader must report both, and the gate must flag both."""
     code = """
 import importlib, json, sys
 sys.path.insert(0, 'tests/kernels')
-import aot_compile
-from benchmarks import kernels_static as ks
+import aot_compile, triton
+from triton.backends.compiler import GPUTarget
 pe = importlib.import_module('vit_fast.kernels.patch_embed')
 i = next(i for i, v in enumerate(pe.aot_variants()) if v['signature']['x_ptr'] == '*bf16'
          and (v['constexprs']['BLOCK_M'], v['constexprs']['BLOCK_N']) == (128, 256))
-r = aot_compile.compile_one(('patch_embed', i, 90, False, True))
-print(json.dumps(r[-1]))
+print(json.dumps(aot_compile.compile_one(('patch_embed', i, 90, False, True))[-1]))
+attn = importlib.import_module('vit_fast.kernels.attention')
+v = next(v for v in attn.aot_variants() if v['signature']['Q'] == '*fp32'
+         and v['constexprs']['HEAD_DIM'] == 64 and v['constexprs']['BLOCK_M'] == 64)
+v = dict(v, constexprs=dict(v['constexprs'], BLOCK_N=64), num_warps=4)
+c = triton.compile(aot_compile._source(v), target=GPUTarget('cuda', 90, 32), options={'num_warps': 4,
+                   'num_stages': v['num_stages']})
+print(json.dumps(aot_compile.inspect_compiled(c)))
 """
     out = subprocess.run([sys.executable, "-c", code], env=_env(), cwd=ROOT, capture_output=True, text=True,
                          timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    stats = json.loads(out.stdout.strip().splitlines()[-1])
-    assert stats["stack"] > 0 and stats["stl"] > 0 and stats["ldl"] > 0, stats
+    stats, hot = (json.loads(line) for line in out.stdout.strip().splitlines()[-2:])
+    assert stats["stack"] > 100 and stats["stl"] > 0 and stats["ldl"] > 0, stats
+    assert stats["spills_in_loops"] == 0, stats  # the epilogue's
     assert stats["hgmma"] > 0 and stats["ldgsts"] > 0, stats
+    assert hot["stack"] > 0 and hot["spills_in_loops"] > 0, hot
 
-    from benchmarks.kernels_static import gate_problems
+    from benchmarks.kernels_static import COLD_SPILL_BYTES, gate_problems
 
     variant = {"signature": {"a": "*bf16"}, "constexprs": {}, "tables": ("hopper",), "main_loop": "gemm"}
-    clean = dict(registers=128, stack=0, shared=1000, hgmma=4, hmma=0, ldgsts=8, utmaldg=0, stl=0, ldl=0)
+    clean = dict(registers=128, stack=0, shared=1000, hgmma=4, hmma=0, ldgsts=8, utmaldg=0, stl=0, ldl=0,
+                 spills_in_loops=0)
     assert gate_problems(variant, 90, clean) == []
-    assert gate_problems(variant, 90, dict(stats)) and "spills" in gate_problems(variant, 90, dict(stats))[0]
+    for spilled in (stats, hot):
+        assert gate_problems(variant, 90, dict(spilled)) and "spills" in gate_problems(variant, 90, dict(spilled))[0]
+    # a cold spill passes; one spill instruction inside a loop, a byte more stack, or no loop count does not
+    cold = dict(clean, stack=COLD_SPILL_BYTES, stl=2, ldl=2)
+    assert gate_problems(variant, 90, cold) == []
+    for change in (dict(spills_in_loops=1), dict(stack=COLD_SPILL_BYTES + 8), dict(spills_in_loops=None)):
+        assert "spills" in gate_problems(variant, 90, {**cold, **change})[0], change
     for change, words in ((dict(shared=232449), "shared memory"), (dict(hgmma=0, hmma=8), "mma.sync"),
                           (dict(ldgsts=0), "cp.async")):
         assert any(words in p for p in gate_problems(variant, 90, {**clean, **change})), change
@@ -194,11 +217,13 @@ print(json.dumps(r[-1]))
     assert gate_problems(variant, 89, dict(stats)) == []  # sm_89 gates the Ada table's picks only
     ada = {"signature": {"a": "*fp8e4nv", "out": "*bf16"}, "constexprs": {}, "tables": ("ada",), "main_loop": "gemm"}
     clean89 = dict(clean, hgmma=0, qmma=16)
+    assert gate_problems(ada, 89, dict(clean89, stack=8, stl=1, ldl=1)) == []  # cold
+    assert gate_problems(ada, 89, dict(clean89, stack=8, stl=1, ldl=1, spills_in_loops=1))
     assert gate_problems(ada, 89, clean89) == []
     assert gate_problems(ada, 90, dict(stats)) == []  # an Ada-only tile is not gated on sm_90
     both = {**ada, "tables": ("hopper", "ada")}
     assert gate_problems(both, 89, clean89) == [] and gate_problems(both, 89, dict(clean89, qmma=0))
-    for change, words in ((dict(stack=16, stl=4), "spills"), (dict(shared=101377), "shared memory"),
+    for change, words in ((dict(stack=16, stl=4, spills_in_loops=2), "spills"), (dict(shared=101377), "shared memory"),
                           (dict(qmma=0), "QMMA"), (dict(ldgsts=0), "cp.async")):
         assert any(words in p for p in gate_problems(ada, 89, {**clean89, **change})), change
     # a compile above the prune's shared-memory estimate for the gated family: the prune could pick a misfit
@@ -326,3 +351,28 @@ def test_fp8_prune_on_ada_keeps_every_tile_that_fits(monkeypatch):
     monkeypatch.setattr(gemm_fp8, "_family", lambda index: "hopper")
     assert kept(2, QUANT_A=True) == set(gemm_fp8.HOPPER_FP8)
     assert kept(4, QUANT_A=True) == {(64, 128, 128, 4, 4), (64, 128, 128, 8, 4), (64, 64, 128, 4, 4)}
+
+
+def test_spills_in_loops_reads_back_edges():
+    """nvdisasm's layout: a loop runs from a label to a later branch back to it; forward branches make no loop."""
+    from benchmarks.sass import spills_in_loops
+
+    sass = """
+        /*0000*/                   STL [R1], R0 ;
+        /*0010*/               @P0 BRA `(.L_x_1) ;
+.L_x_0:
+        /*0020*/                   LDL R2, [R1+0x4] ;
+        /*0030*/                   FFMA R3, R2, R2, R3 ;
+.L_x_2:
+        /*0040*/                   STL.64 [R1+0x8], R4 ;
+        /*0050*/              @!P1 BRA `(.L_x_2) ;
+        /*0060*/              @!P0 BRA `(.L_x_0) ;
+.L_x_1:
+        /*0070*/                   LDL.LU R7, [R1] ;
+        /*0080*/                   EXIT ;
+.L_x_3:
+        /*0090*/                   BRA `(.L_x_3);
+"""
+    assert spills_in_loops(sass) == 2  # the outer loop's LDL and the nested loop's STL.64
+    assert spills_in_loops(sass.replace("@!P0 BRA `(.L_x_0)", "NOP")) == 1
+    assert spills_in_loops("        /*0000*/                   STL [R1], R0 ;\n") == 0

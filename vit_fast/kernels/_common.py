@@ -218,12 +218,13 @@ GEMM_DIVISIBLE = ("N", "K", "stride_am", "stride_wn", "stride_rm", "stride_om", 
 # with GELU and kin (ln_linear's FC1), "plain" = bias/residual epilogues (linear_residual), "patch" = the
 # implicit-im2col patch embedding. The prune drops them because the CI gate forbids
 # a Hopper pick that spills (spill traffic costs more than the bigger tile saves); put a tile back when the report
-# shows it clean. Stack bytes from the report, triton 3.9.
+# shows it clean. Stack bytes from the report, triton 3.9 unless a version is named (3.6 is the GPU image's).
 HOPPER_GEMM_SPILLS = {
     (2, "ln"): {},
     (2, "ln_act"): {},
     (2, "plain"): {},
-    (2, "patch"): {(128, 256, 64, 8, 3): "552-632 B", (128, 128, 64, 4, 4): "464-584 B"},
+    (2, "patch"): {(128, 256, 64, 8, 3): "552-632 B", (128, 128, 64, 4, 4): "464-584 B",
+                   (64, 128, 64, 4, 4): "72 B in the loop at P=14 under triton 3.6 (clean under 3.9)"},
     (4, "ln"): {(128, 64, 64, 4, 4): "16 B"},
     (4, "ln_act"): {(128, 64, 64, 4, 4): "496 B", (64, 128, 64, 4, 4): "456 B", (64, 64, 64, 4, 4): "48 B"},
     (4, "plain"): {(128, 64, 64, 4, 4): "24 B"},
