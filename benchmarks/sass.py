@@ -1,4 +1,4 @@
-"""Reading a kernel's SASS (nvdisasm's output) beyond opcode counts: where its spill instructions sit.
+"""Reading a kernel's SASS (nvdisasm's output): opcode counts, and where its spill instructions sit.
 
 The static report (benchmarks/kernels_static.py, through tests/kernels/aot_compile.inspect_compiled) tells a cold
 spill, a value or two ptxas parks in local memory across a loop, from spills that run on every iteration. Kept
@@ -6,27 +6,58 @@ apart from aot_compile, which clears TRITON_INTERPRET when imported, so tests ca
 """
 import re
 
+# One instruction line: `/*0820*/  @!P0 STL.64 [R1], R0 ;` -> address (optional here), opcode, operands.
+_INSTRUCTION = re.compile(r"^\s*(?:/\*([0-9a-f]+)\*/)?\s*(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)(.*)$")
+_LABEL = re.compile(r"^\s*(\.L\w+):")
+_TARGET = re.compile(r"`\((\.L\w+)\)")
+_JUMPS = ("BRA", "BRX", "JMP", "JMX")  # a loop's back edge is one of these; CALL/RET leave the function body
+_FUNCTION = re.compile(r"^\s*\.type\s+\S+,\s*@function")  # the kernel's, then one per subroutine it calls
 
-def spills_in_loops(sass: str) -> int:
-    """STL/LDL instructions inside a loop of the disassembly: a loop is the address range from a label to a later
-    branch back to it. A spill outside every loop (a value parked across the main loop, stored once before it and
-    loaded once after) costs one store and one load per thread; one inside a loop costs that on every iteration."""
+
+def opcodes(sass: str) -> list:
+    """The opcode of every instruction, in order (modifiers dropped: `STL.64` -> `STL`)."""
+    return [m[2] for m in map(_INSTRUCTION.match, sass.splitlines()) if m]
+
+
+def spills_in_loops(sass: str):
+    """How many STL/LDL instructions sit inside a loop; None when that cannot be read, so a caller fails closed.
+
+    A loop is the address range from a label to a later branch back to it. A spill outside every loop (a value
+    parked across the main loop, stored before it and loaded after) costs its accesses once per thread; one inside
+    a loop costs them on every iteration. None when a spill exists and: an instruction line has no address, a jump
+    has no label target (an indirect branch could close a loop), or a spill sits in a subroutine the kernel calls
+    (`__cuda_sm20_div_s64` and kin: it runs as often as its callers)."""
     labels, spills, back_edges, pending = {}, [], [], []
+    unreadable, functions = False, 0
     for line in sass.splitlines():
-        label = re.match(r"^\s*(\.L\w+):", line)
-        if label:
-            pending.append(label.group(1))
+        if _FUNCTION.match(line):
+            functions += 1
             continue
-        inst = re.match(r"^\s*/\*([0-9a-f]+)\*/\s*(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)(.*)", line)
+        label = _LABEL.match(line)
+        if label:
+            pending.append(label[1])
+            continue
+        inst = _INSTRUCTION.match(line)
         if not inst:
             continue
-        address, opcode, rest = int(inst.group(1), 16), inst.group(2), inst.group(3)
+        if inst[1] is None:
+            unreadable = True
+            continue
+        address, opcode = int(inst[1], 16), inst[2]
         for name in pending:
             labels[name] = address
         pending = []
         if opcode in ("STL", "LDL"):
             spills.append(address)
-        target = re.search(r"`\((\.L\w+)\)", rest)
-        if opcode.startswith("BRA") and target and target.group(1) in labels:  # seen already: a backward branch
-            back_edges.append((labels[target.group(1)], address))
+            unreadable |= functions > 1
+        elif opcode in _JUMPS:
+            target = _TARGET.search(inst[3])
+            if target is None:
+                unreadable = True
+            elif target[1] in labels:  # a label seen already: a branch back
+                back_edges.append((labels[target[1]], address))
+    if not spills and not any(op in ("STL", "LDL") for op in opcodes(sass)):
+        return 0
+    if unreadable:
+        return None
     return sum(1 for a in spills if any(lo <= a <= hi for lo, hi in back_edges))

@@ -52,11 +52,11 @@ Optional keys:
 Families map to compile targets: "hopper" -> sm_90, "ada" -> sm_89, "ampere" and "fallback" -> sm_80 (a variant
 with no family is compiled for sm_90 and sm_80, and flagged as picked by none).
 Rules the gate enforces on sm_90 for variants whose tables contain "hopper" (tests/kernels/test_static_gate.py):
-no spill (STACK 0, no STL/LDL; a cold spill passes: at most 32 B of stack and no STL/LDL inside a loop, and the test
-demands STACK 0 from 16-bit and FP8 rows), shared memory <= 232,448 B; every tensor-core dot of a 16-bit variant is
-wgmma (no HMMA); main_loop == "gemm" -> LDGSTS or UTMALDG present. On sm_89 for variants whose tables contain
-"ada": no spill (cold ones aside), shared memory <= 101,376 B, an FP8 GEMM main loop has QMMA and LDGSTS. Every
-variant must compile for the targets it is sent to (FP8 variants start at sm_89).
+no spill (STACK 0, no STL/LDL; a variant whose pointers are all fp32 may keep a cold spill: at most 32 B of stack
+and no STL/LDL inside a loop), shared memory <= 232,448 B; every tensor-core dot of a 16-bit variant is wgmma (no
+HMMA); main_loop == "gemm" -> LDGSTS or UTMALDG present. On sm_89 for variants whose tables contain "ada": no
+spill, shared memory <= 101,376 B, an FP8 GEMM main loop has QMMA and LDGSTS. Every variant must compile for the
+targets it is sent to (FP8 variants start at sm_89).
 Identical compiles (same fn, signature, constexprs, attributes, warps, stages, target) are compiled once.
 
 Default (the CI budget): every variant for sm_90, and for sm_80 a representative subset: per (kernel, pointer
@@ -96,7 +96,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from benchmarks.sass import spills_in_loops  # noqa: E402
+from benchmarks.sass import opcodes, spills_in_loops  # noqa: E402
 
 
 def discover(only=()):
@@ -208,9 +208,9 @@ def inspect_compiled(compiled):
     usage = dict(re.findall(r"\b(REG|STACK):(\d+)", res))
     stats = {"registers": int(usage.get("REG", 0)), "stack": int(usage.get("STACK", 0)),
              "shared": int(compiled.metadata.shared)}
-    opcodes = re.findall(r"^\s*(?:/\*[0-9a-f]+\*/)?\s*(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", sass, flags=re.M)
+    ops = opcodes(sass)
     for key, op in SASS_COUNTS.items():
-        stats[key] = sum(1 for o in opcodes if o == op)
+        stats[key] = sum(1 for o in ops if o == op)
     stats["spills_in_loops"] = spills_in_loops(sass)
     return stats
 
