@@ -5,8 +5,10 @@ lays caches out (`HF_HUB_OFFLINE=1`). What is checked: only configs and one weig
 safetensors first; sharded repositories; revisions; every failure is one line that says what to do; an existing
 local path wins; timm model names resolve as `timm.create_model(..., pretrained=True)` does (where timm imports)."""
 import fnmatch
+import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -35,22 +37,30 @@ def _hf_vit(folder: Path, **save):
 
 
 class FakeHub:
-    """`snapshot_download` over local folders: repo id -> folder; files filtered by allow_patterns as the real one
-    does, copied into a fresh snapshot folder per call. `calls` records (repo, revision, patterns)."""
+    """`snapshot_download` over local folders: repo id -> folder, or {revision: folder}; files filtered by
+    allow_patterns as the real one does, copied into the cache's `<repo>/snapshots/<commit>` folder, the commit a
+    hash of the folder a revision names when asked (point a revision at another folder: a push). A commit seen
+    before is a revision too. `calls` records (repo, revision, patterns)."""
 
     def __init__(self, root: Path, repos: dict):
-        self.root, self.repos, self.calls = root, repos, []
+        self.root, self.repos, self.calls, self.commits = root, repos, [], {}
 
     def __call__(self, repo_id, revision=None, allow_patterns=None, **kwargs):
         self.calls.append((repo_id, revision, tuple(allow_patterns or ())))
         if repo_id not in self.repos:
             raise _error(hub_errors.RepositoryNotFoundError, f"404 Client Error: repository {repo_id} not found")
         revisions = self.repos[repo_id] if isinstance(self.repos[repo_id], dict) else {"main": self.repos[repo_id]}
-        if (revision or "main") not in revisions:
+        if (revision or "main") in revisions:
+            folder = revisions[revision or "main"]
+            commit = hashlib.sha1(f"{repo_id}:{folder}".encode()).hexdigest()
+            self.commits[repo_id, commit] = folder
+        elif (repo_id, revision) in self.commits:
+            folder, commit = self.commits[repo_id, revision], revision
+        else:
             raise _error(hub_errors.RevisionNotFoundError, f"404 Client Error: revision {revision} not found")
-        snapshot = self.root / "snapshots" / f"{repo_id.replace('/', '--')}-{len(self.calls)}"
-        snapshot.mkdir(parents=True)
-        for f in revisions[revision or "main"].iterdir():
+        snapshot = self.root / repo_id.replace("/", "--") / "snapshots" / commit
+        snapshot.mkdir(parents=True, exist_ok=True)
+        for f in folder.iterdir():
             if any(fnmatch.fnmatch(f.name, p) for p in allow_patterns):
                 shutil.copy(f, snapshot / f.name)
         return str(snapshot)
@@ -90,7 +100,7 @@ def test_hf_repository_fetches_configs_and_safetensors_only(tmp_path, fake_hub):
     for model in (vit_fast.load("google/tiny-vit"), vit_fast.from_hf("google/tiny-vit")):
         assert rel_err(model(x), ref) <= LOADER_REL_ERR
     assert len(hub.calls) == 2  # one download each, safetensors found at once
-    fetched = sorted(p.name for p in Path(hub.root / "snapshots").glob("*/*"))
+    fetched = sorted(p.name for p in hub.root.glob("*/snapshots/*/*"))
     assert set(fetched) == {"config.json", "model.safetensors"}, fetched
 
 
@@ -207,10 +217,12 @@ def test_hub_errors_are_one_line(tmp_path, fake_hub, monkeypatch):
 
 def test_validate_and_serve_resolve_before_starting(tmp_path, fake_hub, capsys, monkeypatch):
     """validate downloads --checkpoint while checking its arguments (a missing repository: exit 2, one line, nothing
-    run); serve on this machine does too, before Ray; serve on a cluster (--address) leaves it to the nodes."""
+    run); serve on this machine does too, before Ray, and hands its replicas the commit it checked; serve on a
+    cluster (--address) leaves it to the nodes."""
     from vit_fast.cli import main
 
-    vit_fast.save(vit_fast.create("vit_ti_16", depth=1, img_size=32, num_classes=3), tmp_path / "ours")
+    checked = randomize_(vit_fast.create("vit_ti_16", depth=1, img_size=32, num_classes=3))
+    vit_fast.save(checked, tmp_path / "ours")
     hub = fake_hub({"me/ours": tmp_path / "ours"})
     report = tmp_path / "report.json"
     assert main(["validate", "--checkpoint", "me/ours", "--random", "2", "--batch", "2", "--json", str(report)]) == 0
@@ -230,12 +242,28 @@ def test_validate_and_serve_resolve_before_starting(tmp_path, fake_hub, capsys, 
         return argparse.Namespace(checkpoint=checkpoint, address=address, device="cpu", backend="auto", dtype=None,
                                   fp8_exclude=None, model="vit_b_16")
     calls = len(hub.calls)
-    _refuse_model(args("me/ours"), [])
+    ours = args("me/ours")
+    _refuse_model(ours, [])
     assert len(hub.calls) == calls + 1
+    # the replicas get the commit that was checked: a push before they start changes nothing for them
+    assert re.fullmatch(r"me/ours@[0-9a-f]{40}", ours.checkpoint), ours.checkpoint
+    pushed = randomize_(vit_fast.create("vit_ti_16", depth=1, img_size=32, num_classes=3))
+    vit_fast.save(pushed, tmp_path / "pushed")
+    hub.repos["me/ours"] = tmp_path / "pushed"
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(vit_fast.load(ours.checkpoint)(x), checked(x))
+        assert torch.equal(vit_fast.load("me/ours")(x), pushed(x))
+    calls = len(hub.calls)
     with pytest.raises(Refused, match=r"cannot load --checkpoint me/missing: no local checkpoint at 'me/missing'"):
         _refuse_model(args("me/missing"), [])
-    _refuse_model(args("me/missing", address="ray://head:10001"), [])
-    assert len(hub.calls) == calls + 2
+    on_cluster = args("me/missing", address="ray://head:10001")
+    _refuse_model(on_cluster, [])  # each node downloads for itself
+    assert len(hub.calls) == calls + 1 and on_cluster.checkpoint == "me/missing"
+    monkeypatch.chdir(tmp_path)  # a relative path reaches the replicas as the absolute path that was checked
+    relative = args("ours")
+    _refuse_model(relative, [])
+    assert relative.checkpoint == str(tmp_path.resolve() / "ours")
 
 
 def _offline_cache(tmp_path) -> tuple:
@@ -268,6 +296,25 @@ def test_real_huggingface_hub_offline_cli(tmp_path):
     assert "cannot download 'org/not-cached' from the Hugging Face Hub (offline, or no connection) and it is not " \
            "in the local cache" in lines[0]
     assert not (tmp_path / "out2").exists()
+
+
+def test_serve_pins_the_commit_with_the_real_huggingface_hub(tmp_path):
+    """The real huggingface_hub, offline: serve's check on this machine names the cached commit for its replicas,
+    and that pinned name loads."""
+    cache, hf = _offline_cache(tmp_path)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
+    check = ("import argparse; from vit_fast.serving.cli import _refuse_model; "
+             "a = argparse.Namespace(checkpoint='org/tiny-vit', address=None, device='cpu', backend='auto', "
+             "dtype=None, fp8_exclude=None, model='vit_b_16'); _refuse_model(a, []); print(a.checkpoint)")
+    done = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "org/tiny-vit@" + "a" * 40
+    done = subprocess.run([sys.executable, "-m", "vit_fast", "convert", done.stdout.strip(), str(tmp_path / "out")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert rel_err(vit_fast.load(tmp_path / "out")(x), hf(x).logits) <= LOADER_REL_ERR
 
 
 # ---- timm model names (where timm imports) ----------------------------------------------------------------------
@@ -395,9 +442,14 @@ def test_timm_names_everywhere(tmp_path, fake_hub, capsys):
     from vit_fast.serving.cli import _refuse_model
 
     calls = len(hub.calls)
-    _refuse_model(argparse.Namespace(checkpoint="vit_tiny_patch16_224.augreg_in21k", address=None, device="cpu",
-                                     backend="auto", dtype=None, fp8_exclude=None, model="vit_b_16"), [])
-    assert len(hub.calls) == calls + 1
+    checked = argparse.Namespace(checkpoint="vit_tiny_patch16_224.augreg_in21k", address=None, device="cpu",
+                                 backend="auto", dtype=None, fp8_exclude=None, model="vit_b_16")
+    _refuse_model(checked, [])
+    commit = hub.calls[-1][1]  # downloaded, then loaded by the name pinned to that commit (the named architecture)
+    assert len(hub.calls) == calls + 2 and re.fullmatch(r"[0-9a-f]{40}", commit)
+    assert checked.checkpoint == f"vit_tiny_patch16_224.augreg_in21k@{commit}"
+    with pytest.raises(ValueError, match=r"names revision 'v1' but revision='v2' was passed"):
+        vit_fast.load("vit_tiny_patch16_224.augreg_in21k@v1", revision="v2")
     calls = len(hub.calls)
     with pytest.raises(ValueError, match=r"vit_base_patch16_rpn_224\.sw_in1k \(vit_base_patch16_rpn_224\): this timm "
                                          r"model's structure is not the plain"):  # post-norm blocks

@@ -1,8 +1,8 @@
 """Model repositories on the Hugging Face Hub, named as users name them:
 `vit_fast.load("google/vit-base-patch16-224")`, `from_hf("openai/clip-vit-large-patch14")`,
 `from_timm("timm/vit_base_patch16_224.augreg2_in21k_ft_in1k")` (or timm's `hf-hub:` spelling), a revision as
-`revision=` or `name@revision`; with timm installed, a timm model name ("vit_base_patch16_clip_224.openai") names
-the repository `timm.create_model(name, pretrained=True)` reads.
+`revision=` or `name@revision`; with timm installed, a timm model name ("vit_base_patch16_clip_224.openai", with an
+optional `@revision` too) names the repository `timm.create_model(name, pretrained=True)` reads.
 
 huggingface_hub downloads the repository into its cache (offline with `HF_HUB_OFFLINE=1` once cached; tokens,
 mirrors and cache location as huggingface_hub configures them), and the snapshot directory then loads as a local
@@ -21,8 +21,10 @@ from typing import Optional
 from .checkpoint import CONFIG_NAME
 from .state_dict import INDEX_NAMES, WEIGHT_NAMES, _first_line, shard_names
 
+_REVISION = r"[\w./-]+"  # a branch, tag or commit
 # org/name, as the Hub allows them, with timm's optional hf-hub: prefix and an optional @revision
-_REPO = re.compile(r"^(?:hf[-_]hub:)?([A-Za-z0-9][\w.-]*/[\w.-]*[A-Za-z0-9_])(?:@([\w./-]+))?$")
+_REPO = re.compile(rf"^(?:hf[-_]hub:)?([A-Za-z0-9][\w.-]*/[\w.-]*[A-Za-z0-9_])(?:@({_REVISION}))?$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")  # huggingface_hub's cache names each snapshot by its commit
 _FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".json")  # a weight or config file, never a name
 _CONFIGS = ["config.json", "preprocessor_config.json", CONFIG_NAME]  # HF's and timm's, HF's preprocessing, ours
 _LOGIN = "set HF_TOKEN, or log in with huggingface_hub's command line"
@@ -43,14 +45,13 @@ def name_of(source, revision: Optional[str] = None) -> Optional[Named]:
     if isinstance(source, str) and not Path(source).expanduser().exists() and not source.endswith(_FILE_SUFFIXES):
         match = _REPO.match(source)
         if match:
-            if match[2] is not None and revision is not None and match[2] != revision:
-                raise ValueError(f"{source!r} names revision {match[2]!r} but revision={revision!r} was passed")
-            return Named(match[1], match[2] or revision)
+            return Named(match[1], _one_revision(source, match[2], revision))
         from .timm_hub import pretrained_repo
 
-        timm_name = pretrained_repo(source)
+        name, at, given = source.partition("@")  # a timm name may carry a revision as a repository does
+        timm_name = pretrained_repo(name) if not at or re.fullmatch(_REVISION, given) else None
         if timm_name is not None:
-            return Named(timm_name[0], revision, timm_name[1])
+            return Named(timm_name[0], _one_revision(source, given or None, revision), timm_name[1])
     if revision is not None:
         what = f"{source!r} is a local path or no name" if isinstance(source, (str, Path)) else \
             f"a {type(source).__name__} was given"
@@ -58,11 +59,27 @@ def name_of(source, revision: Optional[str] = None) -> Optional[Named]:
     return None
 
 
+def _one_revision(source: str, named: Optional[str], passed: Optional[str]) -> Optional[str]:
+    if named is not None and passed is not None and named != passed:
+        raise ValueError(f"{source!r} names revision {named!r} but revision={passed!r} was passed")
+    return named or passed
+
+
+def pinned(source: str, folder: Path) -> str:
+    """`source`, a name `name_of` reads, at the commit huggingface_hub downloaded into `folder` (its cache's
+    snapshots/<commit> directory): another process that loads the result gets exactly these weights, whatever is
+    pushed to the repository meanwhile. `source` unchanged when `folder` is not named by a commit."""
+    if not _COMMIT.match(folder.name):
+        return source
+    return f"{source.partition('@')[0]}@{folder.name}"
+
+
 def missing_hint(source) -> str:
     """What a string that is no checkpoint may have meant, for the "no checkpoint at" message."""
     from .timm_hub import MODEL_NAME
 
-    if isinstance(source, str) and MODEL_NAME.match(source) and importlib.util.find_spec("timm") is None:
+    if isinstance(source, str) and MODEL_NAME.match(source.partition("@")[0]) and \
+            importlib.util.find_spec("timm") is None:
         return (" (to load a timm model name, install timm; or name its Hugging Face Hub repository, "
                 "timm/<model>.<tag>)")
     return " (a local path, or a Hugging Face Hub repository org/name)"

@@ -61,7 +61,9 @@ def _start_ray(args) -> None:
 def _check_model(args) -> None:
     """Everything about the model that can be checked on this machine, before Ray: the device exists, the
     checkpoint (or preset) loads, the backend can run, --fp8-exclude names its layers. With --address the paths may
-    only exist on the cluster. Warnings are printed once nothing was refused (a refusal stays one line)."""
+    only exist on the cluster. Warnings are printed once nothing was refused (a refusal stays one line).
+    On this machine, `args.checkpoint` then names exactly what was checked, for the replicas: an absolute path, or a
+    Hub name pinned to the commit just downloaded (`org/name@<commit>`)."""
     notes = []
     _refuse_model(args, notes)
     for note in notes:  # the replicas' own warning stays in Ray's logs
@@ -120,11 +122,18 @@ def _refuse_model(args, notes: list) -> None:
     if named is not None and not local:
         return  # each node downloads it into its own huggingface_hub cache
     try:  # a named checkpoint is downloaded here, before Ray starts
-        model = vit_fast.load(args.checkpoint if named else Path(args.checkpoint).expanduser(), backend="torch")
+        if named is None:
+            where = Path(args.checkpoint).expanduser().resolve()
+            model = vit_fast.load(where, backend="torch")
+        else:
+            folder = hub.download(named.repo, named.revision)
+            where = hub.pinned(args.checkpoint, folder)  # the replicas load this commit, whatever is pushed meanwhile
+            model = vit_fast.load(folder if named.architecture is None else where, backend="torch")
     except (ValueError, TypeError, OSError, RuntimeError) as e:
         from vit_fast.cli import one_line
 
         raise Refused(f"cannot load --checkpoint {args.checkpoint}: {one_line(e)}") from None
+    args.checkpoint = str(where)
     if args.fp8_exclude:
         from vit_fast.cli import UsageError, check_fp8_exclude_names
 

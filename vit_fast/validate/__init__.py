@@ -122,7 +122,8 @@ def _check_args(args) -> dict:
 def _checkpoint(given: str):
     """(what to load, the local folder or file) for --checkpoint. A named checkpoint (a Hugging Face Hub repository,
     a timm model name) is downloaded here, before anything runs, and loaded from that folder; a timm model name is
-    loaded by its name again (from the cache), which builds the architecture it names."""
+    loaded by its name again, pinned to the commit downloaded (from the cache), which builds the architecture it
+    names."""
     from ..cli import UsageError, one_line
     from ..loading import hub
 
@@ -130,7 +131,7 @@ def _checkpoint(given: str):
         named = hub.name_of(given)
         if named is not None:
             folder = hub.download(named.repo, named.revision)
-            return (folder if named.architecture is None else given), folder
+            return (folder if named.architecture is None else hub.pinned(given, folder)), folder
     except (OSError, ValueError) as e:
         raise UsageError(f"--checkpoint {given}: {one_line(e)}") from None
     where = Path(given).expanduser()
