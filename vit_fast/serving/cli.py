@@ -133,7 +133,6 @@ def _refuse_model(args, notes: list) -> None:
         from vit_fast.cli import one_line
 
         raise Refused(f"cannot load --checkpoint {args.checkpoint}: {one_line(e)}") from None
-    args.checkpoint = str(where)
     if args.fp8_exclude:
         from vit_fast.cli import UsageError, check_fp8_exclude_names
 
@@ -143,6 +142,7 @@ def _refuse_model(args, notes: list) -> None:
             raise Refused(str(e)) from None
     if local and model.is_fp8 and args.dtype != "fp8":  # an FP8 checkpoint: the same checks as --dtype fp8
         check_fp8(f"--checkpoint {args.checkpoint} (an FP8 model)")
+    args.checkpoint = str(where)  # messages above name it as it was given
 
 
 def _check_port(host: str, port: int) -> None:
