@@ -119,6 +119,9 @@ def test_pytorch_only_and_sharded_repositories(tmp_path, fake_hub):
     # safetensors first, then .bin; a sharded repository: its index, then exactly the shards it names
     assert [c[0] for c in hub.calls] == ["org/bin", "org/bin", "org/sharded", "org/sharded"]
     assert "pytorch_model.bin" in hub.calls[1][2] and "pytorch_model.bin" not in hub.calls[0][2]
+    # the second call of each fetches from the commit the first one found, not from whatever main is by then
+    assert hub.calls[0][1] is None and hub.calls[2][1] is None
+    assert re.fullmatch(r"[0-9a-f]{40}", hub.calls[1][1]) and re.fullmatch(r"[0-9a-f]{40}", hub.calls[3][1])
     shards = sorted(set(json.loads((sharded / "model.safetensors.index.json").read_text())["weight_map"].values()))
     assert len(shards) > 2 and sorted(p for p in hub.calls[3][2] if p.startswith("model-")) == shards
     assert not any("*" in p for call in hub.calls for p in call[2])
@@ -264,6 +267,9 @@ def test_validate_and_serve_resolve_before_starting(tmp_path, fake_hub, capsys, 
     relative = args("ours")
     _refuse_model(relative, [])
     assert relative.checkpoint == str(tmp_path.resolve() / "ours")
+    on_cluster = args("ours", address="ray://head:10001")  # the nodes read it as given, from their own directory
+    _refuse_model(on_cluster, [])
+    assert on_cluster.checkpoint == "ours"
 
 
 def _offline_cache(tmp_path) -> tuple:

@@ -87,13 +87,15 @@ def missing_hint(source) -> str:
 
 def download(repo: str, revision: Optional[str] = None) -> Path:
     """The snapshot directory of `repo` with its configs and weights (see the module docstring)."""
-    held = []
+    held, at_commit = [], revision
     for whole, index in zip(WEIGHT_NAMES, INDEX_NAMES):  # safetensors first
-        folder = _snapshot(repo, revision, _CONFIGS + [whole, index])
+        folder = _snapshot(repo, at_commit, _CONFIGS + [whole, index])
+        if _COMMIT.match(folder.name):  # later calls fetch from the same commit, whatever is pushed meanwhile
+            at_commit = folder.name
         if (folder / whole).is_file():
             return folder
         if (folder / index).is_file():
-            return _snapshot(repo, revision, _CONFIGS + [index] + shard_names(folder / index))
+            return _snapshot(repo, at_commit, _CONFIGS + [index] + shard_names(folder / index))
         held = sorted(p.name for p in folder.iterdir())
     at = "" if revision is None else f" at revision {revision!r}"
     raise FileNotFoundError(f"the Hugging Face Hub repository {repo!r}{at} has no weights vit-fast reads "

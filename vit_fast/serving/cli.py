@@ -142,7 +142,8 @@ def _refuse_model(args, notes: list) -> None:
             raise Refused(str(e)) from None
     if local and model.is_fp8 and args.dtype != "fp8":  # an FP8 checkpoint: the same checks as --dtype fp8
         check_fp8(f"--checkpoint {args.checkpoint} (an FP8 model)")
-    args.checkpoint = str(where)  # messages above name it as it was given
+    if local:  # messages above name it as it was given; a cluster's nodes read paths as they were given
+        args.checkpoint = str(where)
 
 
 def _check_port(host: str, port: int) -> None:
