@@ -28,7 +28,7 @@ def spills_in_loops(sass: str):
     has no label target (an indirect branch could close a loop), or a spill sits in a subroutine the kernel calls
     (`__cuda_sm20_div_s64` and kin: it runs as often as its callers)."""
     labels, spills, back_edges, pending = {}, [], [], []
-    unreadable, functions = False, 0
+    unreadable, any_spill, functions = False, False, 0
     for line in sass.splitlines():
         if _FUNCTION.match(line):
             functions += 1
@@ -40,10 +40,12 @@ def spills_in_loops(sass: str):
         inst = _INSTRUCTION.match(line)
         if not inst:
             continue
+        opcode = inst[2]
+        any_spill |= opcode in ("STL", "LDL")
         if inst[1] is None:
             unreadable = True
             continue
-        address, opcode = int(inst[1], 16), inst[2]
+        address = int(inst[1], 16)
         for name in pending:
             labels[name] = address
         pending = []
@@ -56,7 +58,7 @@ def spills_in_loops(sass: str):
                 unreadable = True
             elif target[1] in labels:  # a label seen already: a branch back
                 back_edges.append((labels[target[1]], address))
-    if not spills and not any(op in ("STL", "LDL") for op in opcodes(sass)):
+    if not any_spill:
         return 0
     if unreadable:
         return None

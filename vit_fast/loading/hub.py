@@ -65,13 +65,15 @@ def _one_revision(source: str, named: Optional[str], passed: Optional[str]) -> O
     return named or passed
 
 
-def pinned(source: str, folder: Path) -> str:
-    """`source`, a name `name_of` reads, at the commit huggingface_hub downloaded into `folder` (its cache's
-    snapshots/<commit> directory): another process that loads the result gets exactly these weights, whatever is
-    pushed to the repository meanwhile. `source` unchanged when `folder` is not named by a commit."""
-    if not _COMMIT.match(folder.name):
-        return source
-    return f"{source.partition('@')[0]}@{folder.name}"
+def fetch(source: str, named: Named) -> tuple:
+    """Download what `name_of(source)` read, now: (what to load, the snapshot folder, `source` pinned).
+    What to load is the folder, or for a timm model name the pinned name (it builds the architecture it names,
+    from the cache). The pinned name is `source` at the commit huggingface_hub downloaded (its cache names each
+    snapshot folder by its commit): another process that loads it gets exactly these weights, whatever is pushed
+    meanwhile; `source` unchanged when the folder is not named by a commit."""
+    folder = download(named.repo, named.revision)
+    name = f"{source.partition('@')[0]}@{folder.name}" if _COMMIT.match(folder.name) else source
+    return (folder if named.architecture is None else name), folder, name
 
 
 def missing_hint(source) -> str:

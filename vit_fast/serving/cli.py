@@ -126,9 +126,8 @@ def _refuse_model(args, notes: list) -> None:
             where = Path(args.checkpoint).expanduser().resolve()
             model = vit_fast.load(where, backend="torch")
         else:
-            folder = hub.download(named.repo, named.revision)
-            where = hub.pinned(args.checkpoint, folder)  # the replicas load this commit, whatever is pushed meanwhile
-            model = vit_fast.load(folder if named.architecture is None else where, backend="torch")
+            source, _, where = hub.fetch(args.checkpoint, named)  # the replicas load this commit
+            model = vit_fast.load(source, backend="torch")
     except (ValueError, TypeError, OSError, RuntimeError) as e:
         from vit_fast.cli import one_line
 

@@ -130,8 +130,8 @@ def _checkpoint(given: str):
     try:
         named = hub.name_of(given)
         if named is not None:
-            folder = hub.download(named.repo, named.revision)
-            return (folder if named.architecture is None else hub.pinned(given, folder)), folder
+            source, folder, _ = hub.fetch(given, named)
+            return source, folder
     except (OSError, ValueError) as e:
         raise UsageError(f"--checkpoint {given}: {one_line(e)}") from None
     where = Path(given).expanduser()
