@@ -221,7 +221,7 @@ def test_hub_errors_are_one_line(tmp_path, fake_hub, monkeypatch):
 def test_validate_and_serve_resolve_before_starting(tmp_path, fake_hub, capsys, monkeypatch):
     """validate downloads --checkpoint while checking its arguments (a missing repository: exit 2, one line, nothing
     run); serve on this machine does too, before Ray, and hands its replicas the commit it checked; serve on a
-    cluster (--address) leaves it to the nodes."""
+    cluster (--address) leaves the download to the nodes but pins the name to the commit it points to now."""
     from vit_fast.cli import main
 
     checked = randomize_(vit_fast.create("vit_ti_16", depth=1, img_size=32, num_classes=3))
@@ -260,9 +260,24 @@ def test_validate_and_serve_resolve_before_starting(tmp_path, fake_hub, capsys, 
     calls = len(hub.calls)
     with pytest.raises(Refused, match=r"cannot load --checkpoint me/missing: no local checkpoint at 'me/missing'"):
         _refuse_model(args("me/missing"), [])
-    on_cluster = args("me/missing", address="ray://head:10001")
-    _refuse_model(on_cluster, [])  # each node downloads for itself
+    hub.repos["me/theirs"] = tmp_path / "ours"
+    on_cluster, notes = args("me/theirs", address="ray://head:10001"), []
+    _refuse_model(on_cluster, notes)  # the nodes download it; only the configs come here, to learn the commit
+    assert notes == [] and re.fullmatch(r"me/theirs@[0-9a-f]{40}", on_cluster.checkpoint), on_cluster.checkpoint
+    assert hub.calls[-1] == ("me/theirs", None, ("config.json", "preprocessor_config.json", "vit_fast.json"))
+    assert [p.name for p in hub.root.glob("me--theirs/snapshots/*/*")] == ["vit_fast.json"]
+    hub.repos["me/theirs"] = tmp_path / "pushed"  # a push before (or while) the nodes download
+    with torch.no_grad():
+        assert torch.equal(vit_fast.load(on_cluster.checkpoint)(x), checked(x))
+    calls = len(hub.calls)
+    on_cluster, notes = args("me/missing", address="ray://head:10001"), []
+    _refuse_model(on_cluster, notes)  # a private repository may be readable from the nodes only: a warning
     assert len(hub.calls) == calls + 1 and on_cluster.checkpoint == "me/missing"
+    assert len(notes) == 1 and notes[0].startswith("me/missing is not pinned to a commit, so each replica resolves "
+                                                   "it itself: no local checkpoint at 'me/missing'"), notes
+    pinned = args(ours.checkpoint, address="ray://head:10001")
+    _refuse_model(pinned, [])  # already at a commit: nothing asked
+    assert len(hub.calls) == calls + 1 and pinned.checkpoint == ours.checkpoint
     monkeypatch.chdir(tmp_path)  # a relative path reaches the replicas as the absolute path that was checked
     relative = args("ours")
     _refuse_model(relative, [])
@@ -304,19 +319,77 @@ def test_real_huggingface_hub_offline_cli(tmp_path):
     assert not (tmp_path / "out2").exists()
 
 
+def test_serve_apps_and_infer_actors_get_one_commit(tmp_path, fake_hub, monkeypatch):
+    """A Serve application built from Python or from a Serve config file (`app_builder`), and the Ray Data actors of
+    `run_batch_inference`, get a Hub name pinned to the commit it points to when they are built: replicas that
+    autoscaling or a restart starts later load the weights the first ones did, whatever is pushed meanwhile. Only
+    the configs are fetched for that. pin=False, a name already at a commit and a path are handed on as given; a
+    name the Hub cannot resolve is handed on as given, with a warning."""
+    pytest.importorskip("ray.serve")
+    import ray
+
+    from vit_fast.serving import batch, deployment
+
+    vit_fast.save(randomize_(vit_fast.create("vit_ti_16", depth=1, img_size=32, num_classes=3)), tmp_path / "ours")
+    hub = fake_hub({"me/ours": tmp_path / "ours"})
+    warned = []
+    monkeypatch.setattr(deployment.logger, "warning", lambda *a: warned.append(a[0] % a[1:]))
+
+    def served(**kwargs):
+        return deployment.build_app(device="cpu", **kwargs)._bound_deployment.init_kwargs["checkpoint"]
+
+    pinned = served(checkpoint="me/ours")
+    assert re.fullmatch(r"me/ours@[0-9a-f]{40}", pinned), pinned
+    assert hub.calls[-1] == ("me/ours", None, ("config.json", "preprocessor_config.json", "vit_fast.json"))
+    assert [p.name for p in hub.root.glob("me--ours/snapshots/*/*")] == ["vit_fast.json"]  # no weights
+    from_config = deployment.app_builder({"checkpoint": "me/ours", "device": "cpu", "num_replicas": "2"})
+    assert from_config._bound_deployment.init_kwargs["checkpoint"] == pinned
+    calls = len(hub.calls)
+    assert served(checkpoint=pinned) == pinned
+    assert served(checkpoint="me/ours", pin=False) == "me/ours"
+    assert deployment.app_builder({"checkpoint": "me/ours", "device": "cpu", "pin": "false"}) \
+        ._bound_deployment.init_kwargs["checkpoint"] == "me/ours"
+    assert served(checkpoint=str(tmp_path / "ours")) == str(tmp_path / "ours")
+    assert served() is None
+    assert len(hub.calls) == calls and warned == []
+    assert served(checkpoint="me/missing") == "me/missing"
+    assert len(warned) == 1 and warned[0].startswith("vit-fast: me/missing is not pinned to a commit, so each "
+                                                     "replica resolves it itself: no local checkpoint at"), warned
+
+    class Built(Exception):
+        """Stops run_batch_inference where its actors are defined."""
+
+    class Dataset:
+        def map_batches(self, fn, fn_constructor_kwargs, **kwargs):
+            raise Built(fn_constructor_kwargs["checkpoint"])
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(batch, "_pool_resources", lambda *a, **k: {"size": 1, "num_gpus": 0, "num_cpus": 1})
+    monkeypatch.setattr(ray.data, "read_binary_files", lambda *a, **k: Dataset())
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(b"")
+    for pin, expected in ((True, pinned), (False, "me/ours")):
+        with pytest.raises(Built) as built:
+            batch.run_batch_inference(str(tmp_path / "images"), str(tmp_path / "p.parquet"), checkpoint="me/ours",
+                                      device="cpu", pin=pin)
+        assert str(built.value) == expected
+
+
 def test_serve_pins_the_commit_with_the_real_huggingface_hub(tmp_path):
-    """The real huggingface_hub, offline: serve's check on this machine names the cached commit for its replicas,
-    and that pinned name loads."""
+    """The real huggingface_hub, offline: serve's check names the cached commit for its replicas, on this machine
+    and for a cluster (--address), and that pinned name loads."""
     cache, hf = _offline_cache(tmp_path)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
-    check = ("import argparse; from vit_fast.serving.cli import _refuse_model; "
-             "a = argparse.Namespace(checkpoint='org/tiny-vit', address=None, device='cpu', backend='auto', "
-             "dtype=None, fp8_exclude=None, model='vit_b_16'); _refuse_model(a, []); print(a.checkpoint)")
+    check = ("import argparse; from vit_fast.serving.cli import _refuse_model\n"
+             "for address in (None, 'ray://head:10001'):\n"
+             "    a = argparse.Namespace(checkpoint='org/tiny-vit', address=address, device='cpu', backend='auto', "
+             "dtype=None, fp8_exclude=None, model='vit_b_16'); notes = []; _refuse_model(a, notes)\n"
+             "    print(a.checkpoint, notes)")
     done = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "org/tiny-vit@" + "a" * 40
-    done = subprocess.run([sys.executable, "-m", "vit_fast", "convert", done.stdout.strip(), str(tmp_path / "out")],
-                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.stdout.splitlines() == [f"org/tiny-vit@{'a' * 40} []"] * 2  # on this machine, and for a cluster
+    convert = [sys.executable, "-m", "vit_fast", "convert", f"org/tiny-vit@{'a' * 40}", str(tmp_path / "out")]
+    done = subprocess.run(convert, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -454,6 +527,10 @@ def test_timm_names_everywhere(tmp_path, fake_hub, capsys):
     commit = hub.calls[-1][1]  # downloaded, then loaded by the name pinned to that commit (the named architecture)
     assert len(hub.calls) == calls + 2 and re.fullmatch(r"[0-9a-f]{40}", commit)
     assert checked.checkpoint == f"vit_tiny_patch16_224.augreg_in21k@{commit}"
+    checked.checkpoint, checked.address = "vit_tiny_patch16_224.augreg_in21k", "auto"
+    _refuse_model(checked, [])  # for a cluster: the configs only, the same commit
+    assert checked.checkpoint == f"vit_tiny_patch16_224.augreg_in21k@{commit}"
+    assert hub.calls[-1][2] == ("config.json", "preprocessor_config.json", "vit_fast.json")
     with pytest.raises(ValueError, match=r"names revision 'v1' but revision='v2' was passed"):
         vit_fast.load("vit_tiny_patch16_224.augreg_in21k@v1", revision="v2")
     calls = len(hub.calls)

@@ -72,8 +72,35 @@ def fetch(source: str, named: Named) -> tuple:
     snapshot folder by its commit): another process that loads it gets exactly these weights, whatever is pushed
     meanwhile; `source` unchanged when the folder is not named by a commit."""
     folder = download(named.repo, named.revision)
-    name = f"{source.partition('@')[0]}@{folder.name}" if _COMMIT.match(folder.name) else source
+    name = _at_commit(source, folder)
     return (folder if named.architecture is None else name), folder, name
+
+
+def pin(source: str, named: Named) -> str:
+    """`source` pinned to the commit its revision names now, without downloading the weights (only the small
+    configs, which also make the name resolve offline from the cache): for processes that download it later, such as
+    a cluster's replicas, which then all load the same weights. A name already at a commit is returned as is.
+    Raises what `download` raises when the Hub cannot answer."""
+    if named.revision is not None and _COMMIT.match(named.revision):
+        return source
+    return _at_commit(source, _snapshot(named.repo, named.revision, _CONFIGS))
+
+
+def pin_for_replicas(checkpoint) -> tuple:
+    """(what replicas that load `checkpoint` later should load, a warning or None): a Hub repository or timm model
+    name pinned with `pin`, anything else (None, a path, a name already at a commit) as given. When the Hub cannot
+    answer, the name as given and a warning that says why."""
+    named = name_of(checkpoint) if isinstance(checkpoint, str) else None
+    if named is None:
+        return checkpoint, None
+    try:
+        return pin(checkpoint, named), None
+    except OSError as e:
+        return checkpoint, f"{checkpoint} is not pinned to a commit, so each replica resolves it itself: {e}"
+
+
+def _at_commit(source: str, folder: Path) -> str:
+    return f"{source.partition('@')[0]}@{folder.name}" if _COMMIT.match(folder.name) else source
 
 
 def missing_hint(source) -> str:

@@ -158,12 +158,14 @@ def run_batch_inference(source: str, out: str, checkpoint: Optional[str] = None,
                         workers: Optional[int] = None, cpus_per_worker: Optional[float] = None,
                         device: Optional[str] = None, dtype: Optional[str] = None, progress: bool = True,
                         normalize_embeddings: bool = False, wait_timeout_s: float = 60.0,
-                        fp8_exclude: Optional[str] = None) -> dict:
+                        fp8_exclude: Optional[str] = None, pin: bool = True) -> dict:
     """Predict every image of `source` into the Parquet file `out`; returns {"rows", "errors", "out"}.
 
     Connects to the Ray instance already initialised (or starts a local one). `device` None: the actor's GPU
     when the cluster has GPUs, else the CPU; "cpu" keeps the actors off GPUs. Unreadable images, and listed
     files that disappeared before being read, get a row with an `error` message instead of failing the job.
+    pin: a Hub repository or timm model `checkpoint` is pinned to the commit it names now, so every actor loads
+    the same weights (False: each actor resolves the name as given).
     """
     from ray.data import DataContext
 
@@ -174,6 +176,12 @@ def run_batch_inference(source: str, out: str, checkpoint: Optional[str] = None,
     check_fp8_exclude(fp8_exclude, dtype)
     files = list_images(source)
     out = check_output_path(out)  # before any work: a bad --out must not cost a whole job
+    if pin:
+        from ..loading.hub import pin_for_replicas
+
+        checkpoint, note = pin_for_replicas(checkpoint)
+        if note:
+            print(f"vit-fast: warning: {note}", file=sys.stderr, flush=True)
     if not ray.is_initialized():
         ray.init()
     context = DataContext.get_current()

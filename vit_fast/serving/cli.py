@@ -62,8 +62,9 @@ def _check_model(args) -> None:
     """Everything about the model that can be checked on this machine, before Ray: the device exists, the
     checkpoint (or preset) loads, the backend can run, --fp8-exclude names its layers. With --address the paths may
     only exist on the cluster. Warnings are printed once nothing was refused (a refusal stays one line).
-    On this machine, `args.checkpoint` then names exactly what was checked, for the replicas: an absolute path, or a
-    Hub name pinned to the commit just downloaded (`org/name@<commit>`)."""
+    `args.checkpoint` then names what the replicas load: on this machine exactly what was checked, an absolute path
+    or a Hub name pinned to the commit just downloaded (`org/name@<commit>`); with --address a Hub name pinned to the
+    commit it points to now (only its configs downloaded), a path as given."""
     notes = []
     _refuse_model(args, notes)
     for note in notes:  # the replicas' own warning stays in Ray's logs
@@ -119,8 +120,11 @@ def _refuse_model(args, notes: list) -> None:
         if local:
             raise Refused(f"checkpoint not found: {args.checkpoint}{hub.missing_hint(args.checkpoint)}")
         return  # a path on the cluster's nodes
-    if named is not None and not local:
-        return  # each node downloads it into its own huggingface_hub cache
+    if named is not None and not local:  # each node downloads it, at the commit the name points to now
+        args.checkpoint, note = hub.pin_for_replicas(args.checkpoint)
+        if note:
+            notes.append(note)
+        return
     try:  # a named checkpoint is downloaded here, before Ray starts
         if named is None:
             where = Path(args.checkpoint).expanduser().resolve()
@@ -274,7 +278,8 @@ def _serve_on_ray(args) -> int:
         app = build_app(checkpoint=args.checkpoint, name=args.model, backend=args.backend,
                         max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_ms / 1000,
                         top_k=args.top_k, num_replicas=args.num_replicas, device=args.device, dtype=args.dtype,
-                        fp8_exclude=args.fp8_exclude or None, num_cpus=args.cpus_per_replica)
+                        fp8_exclude=args.fp8_exclude or None, num_cpus=args.cpus_per_replica,
+                        pin=False)  # _check_model pinned it
         serve.run(app, name="vit_fast", route_prefix="/")
         print(f"vit-fast: serving on http://{args.host}:{args.port}  (GET /health, POST /predict; Ctrl-C stops)",
               file=sys.stderr, flush=True)
@@ -353,7 +358,7 @@ def _infer_on_ray(args) -> int:
                                       cpus_per_worker=args.cpus_per_worker, device=args.device, dtype=args.dtype,
                                       fp8_exclude=args.fp8_exclude or None,
                                       progress=not args.no_progress, wait_timeout_s=args.wait_timeout,
-                                      normalize_embeddings=args.normalize)
+                                      normalize_embeddings=args.normalize, pin=False)  # _check_model pinned it
     except KeyboardInterrupt:
         print("vit-fast infer: interrupted", file=sys.stderr)
         return 130

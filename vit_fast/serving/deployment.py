@@ -264,14 +264,22 @@ def build_app(checkpoint: Optional[str] = None, name: str = "vit_b_16", backend:
               max_batch_size: int = 32, batch_wait_timeout_s: float = 0.005, top_k: int = 5,
               num_replicas: int = 1, num_gpus: Optional[float] = None, num_cpus: Optional[float] = None,
               device: Optional[str] = None, dtype: Optional[str] = None, cuda_graphs: bool = True,
-              num_threads: Optional[int] = None, fp8_exclude: Optional[str] = None):
+              num_threads: Optional[int] = None, fp8_exclude: Optional[str] = None, pin: bool = True):
     """The bound Serve application. num_gpus None: one GPU per replica if the Ray cluster has any (and `device`
     is not "cpu"), else 0; `device`/`dtype` None: the replica's GPU in bfloat16, or the CPU in float32.
     num_cpus None: 1 with a GPU, else the largest node's CPUs divided among the replicas (all of them for one).
-    num_threads None: torch threads = the replica's CPUs (when at least 1)."""
+    num_threads None: torch threads = the replica's CPUs (when at least 1). pin: a Hub repository or timm model
+    `checkpoint` is pinned to the commit it names now (`org/name@<commit>`), so replicas started later (autoscaling,
+    a restart) load the same weights as the first; False hands every replica the name as given."""
     import ray
 
     check_fp8_exclude(fp8_exclude, dtype)  # here, not in every replica
+    if pin:
+        from ..loading.hub import pin_for_replicas
+
+        checkpoint, note = pin_for_replicas(checkpoint)
+        if note:
+            logger.warning("vit-fast: %s", note)
     if num_gpus is None:
         wants_gpu = device is None or str(device).startswith("cuda")
         num_gpus = 1 if wants_gpu and ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1 else 0
@@ -297,6 +305,7 @@ def build_app(checkpoint: Optional[str] = None, name: str = "vit_b_16", backend:
 def app_builder(args: dict):
     """Entry point for `serve run vit_fast.serving.deployment:app_builder key=value ...` and Serve config files."""
     conversions = {"max_batch_size": int, "top_k": int, "num_replicas": int, "batch_wait_timeout_s": float,
-                   "num_gpus": float, "num_cpus": float, "num_threads": int, "cuda_graphs": lambda v: _parse_bool(v, "cuda_graphs")}
+                   "num_gpus": float, "num_cpus": float, "num_threads": int,
+                   "cuda_graphs": lambda v: _parse_bool(v, "cuda_graphs"), "pin": lambda v: _parse_bool(v, "pin")}
     return build_app(**{k: conversions[k](v) if k in conversions and isinstance(v, str) else v
                         for k, v in args.items()})
