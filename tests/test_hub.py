@@ -355,6 +355,16 @@ def test_serve_apps_and_infer_actors_get_one_commit(tmp_path, fake_hub, monkeypa
     assert served(checkpoint="me/missing") == "me/missing"
     assert len(warned) == 1 and warned[0].startswith("vit-fast: me/missing is not pinned to a commit, so each "
                                                      "replica resolves it itself: no local checkpoint at"), warned
+    # a revision is pinned to its own commit; timm's hf-hub: spelling keeps its prefix
+    old = randomize_(vit_fast.create("vit_ti_16", depth=1, img_size=32, num_classes=3))
+    vit_fast.save(old, tmp_path / "old")
+    hub.repos["me/ours"] = {"main": tmp_path / "ours", "v1": tmp_path / "old"}
+    at_v1 = served(checkpoint="me/ours@v1")
+    assert hub.calls[-1][:2] == ("me/ours", "v1") and re.fullmatch(r"me/ours@[0-9a-f]{40}", at_v1) and at_v1 != pinned
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(vit_fast.load(at_v1)(x), old(x))
+    assert served(checkpoint="hf-hub:me/ours") == "hf-hub:" + pinned
 
     class Built(Exception):
         """Stops run_batch_inference where its actors are defined."""
@@ -531,6 +541,14 @@ def test_timm_names_everywhere(tmp_path, fake_hub, capsys):
     _refuse_model(checked, [])  # for a cluster: the configs only, the same commit
     assert checked.checkpoint == f"vit_tiny_patch16_224.augreg_in21k@{commit}"
     assert hub.calls[-1][2] == ("config.json", "preprocessor_config.json", "vit_fast.json")
+    # untagged: pinned with the tag this timm resolved (another timm's default tag could name another repository)
+    default = timm.models.get_pretrained_cfg("vit_tiny_patch16_224")
+    hub.repos[default.hf_hub_id] = tmp_path / "repo"
+    checked.checkpoint = "vit_tiny_patch16_224"
+    _refuse_model(checked, [])
+    name, _, at = checked.checkpoint.partition("@")
+    assert name == f"vit_tiny_patch16_224.{default.tag}" and hub.calls[-1][:2] == (default.hf_hub_id, None)
+    assert (hub.root / default.hf_hub_id.replace("/", "--") / "snapshots" / at).is_dir()
     with pytest.raises(ValueError, match=r"names revision 'v1' but revision='v2' was passed"):
         vit_fast.load("vit_tiny_patch16_224.augreg_in21k@v1", revision="v2")
     calls = len(hub.calls)

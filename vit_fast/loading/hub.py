@@ -32,11 +32,12 @@ _LOGIN = "set HF_TOKEN, or log in with huggingface_hub's command line"
 
 @dataclass(frozen=True)
 class Named:
-    """A checkpoint given by name: the Hub repository, its revision, and the timm architecture a timm model name
-    asks for (None for a repository named directly)."""
+    """A checkpoint given by name: the Hub repository, its revision, and for a timm model name the architecture it
+    asks for and the name with its pretrained tag (None for a repository named directly)."""
     repo: str
     revision: Optional[str] = None
     architecture: Optional[str] = None
+    timm_name: Optional[str] = None
 
 
 def name_of(source, revision: Optional[str] = None) -> Optional[Named]:
@@ -51,7 +52,7 @@ def name_of(source, revision: Optional[str] = None) -> Optional[Named]:
         name, at, given = source.partition("@")  # a timm name may carry a revision as a repository does
         timm_name = pretrained_repo(name) if not at or re.fullmatch(_REVISION, given) else None
         if timm_name is not None:
-            return Named(timm_name[0], _one_revision(source, given or None, revision), timm_name[1])
+            return Named(timm_name[0], _one_revision(source, given or None, revision), *timm_name[1:])
     if revision is not None:
         what = f"{source!r} is a local path or no name" if isinstance(source, (str, Path)) else \
             f"a {type(source).__name__} was given"
@@ -72,24 +73,25 @@ def fetch(source: str, named: Named) -> tuple:
     snapshot folder by its commit): another process that loads it gets exactly these weights, whatever is pushed
     meanwhile; `source` unchanged when the folder is not named by a commit."""
     folder = download(named.repo, named.revision)
-    name = _at_commit(source, folder)
+    name = _at_commit(source, named, folder)
     return (folder if named.architecture is None else name), folder, name
 
 
 def pin(source: str, named: Named) -> str:
     """`source` pinned to the commit its revision names now, without downloading the weights (only the small
-    configs, which also make the name resolve offline from the cache): for processes that download it later, such as
-    a cluster's replicas, which then all load the same weights. A name already at a commit is returned as is.
-    Raises what `download` raises when the Hub cannot answer."""
+    configs): for processes that download it later, such as a cluster's replicas, which then all load the same
+    weights. Offline (`HF_HUB_OFFLINE=1`) the commit is the one cached for that revision, with its configs. A name
+    already at a commit is returned as is. Raises what `download` raises when the Hub cannot answer."""
     if named.revision is not None and _COMMIT.match(named.revision):
         return source
-    return _at_commit(source, _snapshot(named.repo, named.revision, _CONFIGS))
+    return _at_commit(source, named, _snapshot(named.repo, named.revision, _CONFIGS))
 
 
 def pin_for_replicas(checkpoint) -> tuple:
     """(what replicas that load `checkpoint` later should load, a warning or None): a Hub repository or timm model
-    name pinned with `pin`, anything else (None, a path, a name already at a commit) as given. When the Hub cannot
-    answer, the name as given and a warning that says why."""
+    name pinned with `pin`, anything else (None, a path that exists here, a name already at a commit) as given. When
+    the Hub cannot answer, the name as given and a warning that says why. A timm name timm has no weights for, or a
+    name with two revisions, raises the ValueError every replica would."""
     named = name_of(checkpoint) if isinstance(checkpoint, str) else None
     if named is None:
         return checkpoint, None
@@ -99,8 +101,12 @@ def pin_for_replicas(checkpoint) -> tuple:
         return checkpoint, f"{checkpoint} is not pinned to a commit, so each replica resolves it itself: {e}"
 
 
-def _at_commit(source: str, folder: Path) -> str:
-    return f"{source.partition('@')[0]}@{folder.name}" if _COMMIT.match(folder.name) else source
+def _at_commit(source: str, named: Named, folder: Path) -> str:
+    """`source` at the commit that names `folder`; a timm name with its tag too (another timm version's default tag
+    could name another repository)."""
+    if not _COMMIT.match(folder.name):
+        return source
+    return f"{named.timm_name or source.partition('@')[0]}@{folder.name}"
 
 
 def missing_hint(source) -> str:

@@ -53,10 +53,11 @@ MODEL_NAME = re.compile(r"^[a-z0-9_]+(?:\.[\w-]+)?$")  # timm's model names, wit
 
 
 def pretrained_repo(name) -> Optional[tuple]:
-    """(Hub repository, architecture) of a timm model name as `timm.create_model(name, pretrained=True)` resolves it
-    ("vit_base_patch16_clip_224.openai", or an untagged name for timm's default weights); None when `name` is not a
-    timm model name or timm does not import. The architecture is the named one: timm's repositories are shared by
-    architectures (`*_clip_quickgelu_*` loads the `*_clip_*` weights), and their config.json names only one."""
+    """(Hub repository, architecture, tagged name) of a timm model name as `timm.create_model(name, pretrained=True)`
+    resolves it ("vit_base_patch16_clip_224.openai", or an untagged name for timm's default weights); None when
+    `name` is not a timm model name or timm does not import. The architecture is the named one: timm's repositories
+    are shared by architectures (`*_clip_quickgelu_*` loads the `*_clip_*` weights), and their config.json names
+    only one. The tagged name is `name` with the tag timm resolved (its default weights' tag made explicit)."""
     if not isinstance(name, str) or not MODEL_NAME.match(name):
         return None
     try:
@@ -77,7 +78,7 @@ def pretrained_repo(name) -> Optional[tuple]:
     if not cfg.hf_hub_id:
         raise ValueError(f"timm's {name} weights are not on the Hugging Face Hub (timm downloads them from "
                          f"{cfg.url}); load that file with from_timm")
-    return cfg.hf_hub_id, arch
+    return cfg.hf_hub_id, arch, f"{arch}.{cfg.tag}" if cfg.tag else name
 
 
 def settings(hub: dict, source: str, live_config: Callable[[torch.nn.Module], dict]) -> dict:
