@@ -7,7 +7,9 @@ same commit. A lease of another commit on the same day (a fix measured again) go
 beside it, since rows carry no commit of their own; the README table follows the newest. The rest of what the
 lease wrote is kept as it came under lease/ (the headline's setup.json and targets, the test outcomes, the
 per-kernel profile, the logs), so every figure a note quotes has its file.
-`python -m benchmarks.store_lease RUNS_TAR [--root DIR] [--readme README.md] [--no-plots]`.
+`python -m benchmarks.store_lease RUNS_TAR [--root DIR] [--readme README.md] [--no-plots] [--source-commit SHA]`.
+--source-commit names the commit the lease ran when the rows record another (a device copy whose stale .git made the
+harness write "<older commit>+changes"); the step files kept under lease/ still hold what was recorded.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ KEEP = {"headline": ("results.json", "setup.json", "headline.md", "headline.log"
         "micro": ("micro.json", "micro.log")}
 
 
-def store(tar_path, root=None, readme_path=None, plots: bool = True) -> Path:
+def store(tar_path, root=None, readme_path=None, plots: bool = True, source_commit=None) -> Path:
     """Unpack, merge and copy; returns the results directory. Raises ValueError when the archive holds no results."""
     tar_path = Path(tar_path)
     with tempfile.TemporaryDirectory() as tmp:
@@ -46,6 +48,9 @@ def store(tar_path, root=None, readme_path=None, plots: bool = True) -> Path:
         if not sources:
             raise ValueError(f"{tar_path} holds no headline or grid results.json: nothing to store")
         new = [load(d) for d in sources]
+        if source_commit:
+            for r in new:
+                r["env"]["commit"] = source_commit  # lease/<step>/results.json keep what was recorded
         commits = {r["env"]["commit"] for r in new}
         if len(commits) > 1:
             raise ValueError(f"{tar_path} holds results of commits {sorted(map(str, commits))}: one lease measures "
@@ -82,9 +87,12 @@ def main(argv=None) -> int:
     p.add_argument("--readme", default=str(readme.REPO_ROOT / "README.md"),
                    help="README whose table is regenerated from the stored results ('' to leave it)")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--source-commit", default=None,
+                   help="the commit the lease ran, when its rows record another (a stale .git on the device copy)")
     args = p.parse_args(argv)
     try:
-        dest = store(args.archive, args.root, args.readme or None, plots=not args.no_plots)
+        dest = store(args.archive, args.root, args.readme or None, plots=not args.no_plots,
+                     source_commit=args.source_commit)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

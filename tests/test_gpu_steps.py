@@ -126,6 +126,12 @@ def test_dry_lease_runs_the_steps_and_resumes_on_a_warm_machine(tmp_path):
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == sorted([stored.name, beside.name])
     assert json.loads((beside / "results.json").read_text())["env"]["commit"] == commit
     assert json.loads((stored / "results.json").read_text())["env"]["commit"] == "0ther"
+    # --source-commit: the commit the lease ran, where the device copy's stale .git recorded another
+    assert store_lease.main([str(back / "runs.tar.gz"), "--root", str(tmp_path / "told"), "--readme", "",
+                             "--no-plots", "--source-commit", "feedface"]) == 0
+    told = next((tmp_path / "told").iterdir())
+    assert json.loads((told / "results.json").read_text())["env"]["commit"] == "feedface"
+    assert json.loads((told / "lease" / "headline" / "results.json").read_text())["env"]["commit"] == commit
 
     # a step cut short (no .done marker) runs again on the same machine; finished ones do not
     (tmp_path / "cache" / "lease-work" / "grid-1" / ".done").unlink()

@@ -8,12 +8,11 @@ from pathlib import Path
 
 
 def source_commit() -> str:
-    """The git commit of this source tree (with "+changes" when tracked files differ from it); where the tree is no
-    git checkout (a device machine's copy of it), $VITFAST_SOURCE_COMMIT as given; else "unknown" (e.g. vit_fast
-    installed into a venv inside some other repository)."""
-    found = _git_commit(Path(__file__).resolve().parents[1])
+    """$VITFAST_SOURCE_COMMIT when set (a device machine's copy of the tree: its .git, if any, can be an older
+    commit's, with this tree's files on top); else the git commit of this source tree (with "+changes" when tracked
+    files differ from it); else "unknown" (e.g. vit_fast installed into a venv inside some other repository)."""
     given = os.environ.get("VITFAST_SOURCE_COMMIT", "").strip()
-    return given if found == "unknown" and given else found
+    return given or _git_commit(Path(__file__).resolve().parents[1])
 
 
 def _git_commit(root: Path) -> str:

@@ -163,23 +163,26 @@ def test_ln_qkv_fp8_rows(device):
     assert_close(out, ref, torch.bfloat16, FP8_TOL)
 
 
-def test_fp8_errors():
-    x = torch.randn(4, 32)
-    wq, ws = _weights(16, 32, "cpu")
+def test_fp8_errors(device):
+    """Argument checks, on the device the kernels run on (on a GPU, CPU tensors would meet the device check first)."""
+    def t(*shape):
+        return torch.randn(*shape, device=device)
+
+    x, ones, zeros = t(4, 32), torch.ones(32, device=device), torch.zeros(32, device=device)
+    wq, ws = _weights(16, 32, device)
     with pytest.raises(ValueError, match="weight_scale: expected a .*float32"):
-        kernels.linear_residual(x, wq, None, torch.randn(4, 16))  # float8 weight without its scales
+        kernels.linear_residual(x, wq, None, t(4, 16))  # float8 weight without its scales
     with pytest.raises(ValueError, match=r"weight_scale: expected a contiguous \(16,\) torch.float32"):
-        kernels.linear_residual(x, wq, None, torch.randn(4, 16), weight_scale=ws.double())
+        kernels.linear_residual(x, wq, None, t(4, 16), weight_scale=ws.double())
     with pytest.raises(ValueError, match="weight_scale: expected None for a non-float8 weight"):
-        kernels.linear_residual(x, torch.randn(16, 32), None, torch.randn(4, 16), weight_scale=ws)
+        kernels.linear_residual(x, t(16, 32), None, t(4, 16), weight_scale=ws)
     with pytest.raises(ValueError, match=r"x_amax: expected a contiguous float32 tensor of shape \(4,\)"):
-        kernels.linear_residual(x, wq, None, torch.randn(4, 16), weight_scale=ws, x_amax=torch.zeros(5))
+        kernels.linear_residual(x, wq, None, t(4, 16), weight_scale=ws, x_amax=torch.zeros(5, device=device))
+    odd_w, odd_s = _weights(15, 32, device)
     with pytest.raises(ValueError, match=r"weight.shape\[0\] with activation 'swiglu': expected an even row count"):
-        kernels.ln_linear(x, torch.ones(32), torch.zeros(32), 1e-6, *_weights(15, 32, "cpu")[:1], None, "swiglu",
-                          weight_scale=_weights(15, 32, "cpu")[1])
+        kernels.ln_linear(x, ones, zeros, 1e-6, odd_w, None, "swiglu", weight_scale=odd_s)
     with pytest.raises(ValueError, match="return_row_amax: expected False unless weight is float8_e4m3fn"):
-        kernels.ln_linear(x, torch.ones(32), torch.zeros(32), 1e-6, torch.randn(16, 32), None,
-                          return_row_amax=True)
+        kernels.ln_linear(x, ones, zeros, 1e-6, t(16, 32), None, return_row_amax=True)
 
 
 def test_fp8_needs_sm89_or_the_interpreter(monkeypatch):
