@@ -29,8 +29,8 @@ bench: $(VENV)/.test
 	$(VENV)/bin/vit-fast bench --out out/bench
 
 # On a GPU machine (no registry there: the image's python, the project on PYTHONPATH), one step per command:
-# make gpu-step STEP="lease 540" (every step in priority order), or one step: tests | headline | profile | "grid 1" |
-# merge (order and times: benchmarks/NOTES.md, "GPU session plan").
+# make gpu-step STEP="lease 540" (every step in priority order), or one step: tests | headline | profile | profile8 |
+# "grid 1" | merge (order and times: benchmarks/NOTES.md, "GPU session plan").
 gpu-step:
 	bash benchmarks/gpu_steps.sh $(STEP)
 

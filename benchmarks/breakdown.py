@@ -17,7 +17,9 @@ profiler sees their shapes). The prediction uses the fused traffic model of benc
 max(FLOPs / peak, bytes / bandwidth) with the peak measured in this run.
 
 `python -m benchmarks.breakdown --out DIR` writes DIR/breakdown.json and DIR/breakdown.md; `--tiny` profiles a
-shrunken model on the CPU (CPU op time instead of CUDA time) to exercise the same code.
+shrunken model on the CPU (CPU op time instead of CUDA time) to exercise the same code. `--dtype float8` profiles
+the FP8 model (vit_fast only; images and activations in bf16), beside the same bf16 prediction: where an FP8 forward
+loses against bf16 is the part whose time does not shrink.
 """
 from __future__ import annotations
 
@@ -274,7 +276,7 @@ def profile_backend(backend: str, master, dtype, device, batch: int, resolution:
 
     mode = "max-autotune-no-cudagraphs" if device.type == "cuda" else "default"
     built = builders.build(backend, master, dtype, device, mode, preset=preset)
-    x = runner.make_inputs(batch, resolution, dtype, device, seed=0, count=1)[0]
+    x = runner.make_inputs(batch, resolution, builders.input_dtype(dtype), device, seed=0, count=1)[0]
     with torch.inference_mode():
         t0 = time.monotonic()
         built.fn(x)  # compile / autotune
@@ -303,6 +305,8 @@ def main(argv=None) -> int:
     p.add_argument("--bandwidth-tbs", type=float, default=3.35, help="memory bandwidth for the prediction")
     p.add_argument("--device", default=None)
     p.add_argument("--tiny", action="store_true", help="shrunken model, small batch (smoke test)")
+    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float8"),
+                   help="bfloat16, or float8: the FP8 model (vit_fast only)")
     args = p.parse_args(argv)
 
     import vit_fast
@@ -327,7 +331,8 @@ def main(argv=None) -> int:
     cfg = master.config
     dims = Dims(cfg.embed_dim, cfg.mlp_dim, batch * ((resolution // cfg.patch_size) ** 2 + 1))
     peak, how = timing.matmul_peak_tflops(device)
-    result = {"env": env_mod.collect(device), "model": args.model, "batch": batch, "dtype": "bfloat16",
+    dtype = builders.FP8 if args.dtype == "float8" else torch.bfloat16
+    result = {"env": env_mod.collect(device), "model": args.model, "batch": batch, "dtype": args.dtype,
               "config": {"embed_dim": cfg.embed_dim, "mlp_dim": cfg.mlp_dim, "depth": cfg.depth,
                          "num_heads": cfg.num_heads},
               "time_kind": "CUDA kernel time" if gpu else "CPU self time of ops",
@@ -341,10 +346,12 @@ def main(argv=None) -> int:
     for backend in backends:
         print(f"profiling {args.model} b{batch} {backend} ...", flush=True)
         reason = builders.static_skip_reason(backend, device)
+        if dtype == builders.FP8:
+            reason = reason or builders.fp8_skip_reason(backend, device)
         try:
             if reason:
                 raise RuntimeError(reason)
-            prof = profile_backend(backend, master, torch.bfloat16, device, batch, resolution, args.forwards,
+            prof = profile_backend(backend, master, dtype, device, batch, resolution, args.forwards,
                                    preset=args.model)
             grouped = group(prof.pop("kernels"), dims)
             summary = summarize(grouped, args.forwards)

@@ -3,7 +3,8 @@
 # Run from the repository root: `bash benchmarks/gpu_steps.sh STEP [ARG]`. A 15-minute lease runs `lease` (every step
 # below in priority order, resuming on a warm machine); the single steps are for a lease with time to spare. Order and
 # expected times are in benchmarks/NOTES.md, "GPU session plan".
-#   lease [S [STEP...]] within S seconds (default 560): tests (once per machine), headline (resumed), profile, grid 1-6,
+#   lease [S [STEP...]] within S seconds (default 560): tests (once per machine), headline (resumed), profile, grid 1-6
+#                      (profile8 and micro only when named),
 #                      each skipped when done on this machine or too long for the time left; STEPs (e.g. headline
 #                      profile) pick and order them. Writes $OUT/lease/: runs.tar.gz (every step's
 #                      files so far), lease.log, headline.md, tests.txt
@@ -11,6 +12,7 @@
 #   headline [ROWS]    B/16 b256 + b1 (CUDA graphs), FP8 L/16 and H/14 b256, H/14 b64: priority order, row by row
 #                      (RESUME=1: keep the rows a previous call on this machine measured)
 #   profile            per-kernel CUDA time of one B/16 b256 bf16 forward, vit_fast and compile, grouped by layer part
+#   profile8           the same for the FP8 model (vit_fast) of L/16 at b256: where FP8 loses against bf16
 #   grid N             slice N (1-6) of the rest of the grid; `grid list` prints the slices
 #   merge              merge headline + every grid slice run so far on this machine into one results directory
 #   micro              kernel microbenchmarks (CUDA-graph timing, batch 64: the model's autotune bucket)
@@ -46,12 +48,12 @@ SLICES=(
 )
 
 usage() {
-    echo "usage: $0 {lease [SECONDS [STEP...]]|tests|headline [ROWS]|profile|grid N|grid list|merge|micro}" >&2
+    echo "usage: $0 {lease [SECONDS [STEP...]]|tests|headline [ROWS]|profile|profile8|grid N|grid list|merge|micro}" >&2
     exit 2
 }
 
 case "$STEP" in
-    lease|tests|headline|profile|grid|merge|micro) ;;
+    lease|tests|headline|profile|profile8|grid|merge|micro) ;;
     *) usage ;;
 esac
 if [ "$STEP" = grid ]; then
@@ -102,8 +104,9 @@ lease)
     STEPS=${STEPS:-tests headline profile grid1 grid2 grid3 grid4 grid5 grid6}
     case "$TOTAL" in ''|*[!0-9]*) echo "error: lease needs whole seconds, got '$TOTAL'" >&2; exit 2 ;; esac
     for s in $STEPS; do
-        case "$s" in tests|headline|profile|grid[1-6]|micro) ;;
-            *) echo "error: lease step '$s' is not one of tests headline profile grid1..grid6 micro" >&2; exit 2 ;;
+        case "$s" in tests|headline|profile|profile8|grid[1-6]|micro) ;;
+            *) echo "error: lease step '$s' is not one of tests headline profile profile8 grid1..grid6 micro" >&2
+               exit 2 ;;
         esac
     done
     END=$(( START + TOTAL ))
@@ -138,6 +141,7 @@ lease)
             else T_TESTS=$(( $(left) - 25 < ${T_TESTS:-130} ? $(left) - 25 : ${T_TESTS:-130} )) sub 90 tests; fi ;;
         headline) done_ headline || RESUME=1 sub 60 headline ;;
         profile) done_ profile || sub 300 profile ;;
+        profile8) done_ profile8 || sub 200 profile8 ;;
         grid*) done_ "grid-${s#grid}" || T_BUDGET=$(( $(left) - 85 )) sub 240 grid "${s#grid}" ;;
         micro) done_ micro || sub 300 micro ;;
         esac
@@ -189,6 +193,12 @@ profile)
     ARGS=(--out "$DIR")
     [ "$DRY" = 1 ] && ARGS+=(--tiny)
     run "${T_LIMIT:-500}" "$PY" -m benchmarks.breakdown "${ARGS[@]}"
+    ;;
+profile8)
+    ARGS=(--out "$DIR" --model vit_l_16 --dtype float8 --backends vit_fast)
+    # DRY on a CPU: the FP8 kernels run in Triton's interpreter (FP8 dots run there)
+    [ "$DRY" = 1 ] && { ARGS+=(--tiny); export TRITON_INTERPRET=1; }
+    run "${T_LIMIT:-300}" "$PY" -m benchmarks.breakdown "${ARGS[@]}"
     ;;
 grid)
     IFS='|' read -r MODELS BATCHES DTYPES BACKENDS <<< "${SLICES[$ARG]}"

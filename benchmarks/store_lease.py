@@ -30,6 +30,7 @@ from .report import load, write_report
 KEEP = {"headline": ("results.json", "setup.json", "headline.md", "headline.log"),
         "tests": ("junit.xml", "tests.jsonl", "tests.log"),
         "profile": ("breakdown.json", "breakdown.md", "profile.log"),
+        "profile8": ("breakdown.json", "breakdown.md", "profile8.log"),
         "micro": ("micro.json", "micro.log")}
 
 

@@ -63,6 +63,18 @@ def test_dry_grid_slices_beyond_the_first_run(tmp_path, slice_):
     assert schema.validate(results) == [] and results["rows"]
 
 
+def test_dry_fp8_profile(tmp_path):
+    """profile8: the FP8 model's per-kernel breakdown (on a CPU, tiny, its kernels in Triton's interpreter), every
+    part of a layer timed and the bf16 prediction beside it."""
+    proc, out = _steps(tmp_path, "profile8", timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    prof = json.loads((out / "profile8" / "breakdown.json").read_text())
+    assert prof["dtype"] == "float8" and list(prof["backends"]) == ["vit_fast"], prof["backends"]
+    groups = prof["backends"]["vit_fast"]["groups"]
+    assert all(groups[g] > 0 for g in ("QKV", "attention", "out-proj", "FC1", "FC2")), groups
+    assert "vitfast::ln_qkv_fp8" in (out / "profile8" / "breakdown.md").read_text()
+
+
 def test_dry_lease_runs_the_steps_and_resumes_on_a_warm_machine(tmp_path):
     """One lease runs tests, headline, profile and a grid slice into the machine's cache and brings them back in at
     most 8 files; a second lease on the same machine skips the tests and the finished steps and resumes the
