@@ -185,6 +185,32 @@ def test_fp8_errors(device):
         kernels.ln_linear(x, ones, zeros, 1e-6, t(16, 32), None, return_row_amax=True)
 
 
+def test_precise_acc_switch(monkeypatch):
+    """VITFAST_FP8_PRECISE_ACC picks the promotion of FP8 partial sums at each launch (on by default; 0, to measure
+    its cost on a GPU); another value is one clear error."""
+    from vit_fast.kernels import gemm_fp8
+
+    seen = []
+
+    class Spy:  # stands for the jitted kernel: records the switch it would be launched with
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: seen.append(kwargs["PRECISE_ACC"])
+
+    monkeypatch.setattr(gemm_fp8, "fp8_gemm_kernel", Spy())
+    wq, ws = _weights(16, 32, "cpu")
+    a_q, a_s = fp8.quantize_rows(torch.randn(4, 32))
+    for value, expected in ((None, True), ("1", True), ("0", False), ("", True)):
+        if value is None:
+            monkeypatch.delenv(gemm_fp8.PRECISE_ACC_ENV, raising=False)
+        else:
+            monkeypatch.setenv(gemm_fp8.PRECISE_ACC_ENV, value)
+        gemm_fp8.launch_fp8_gemm(a_q, a_s, wq, ws, None, torch.empty(4, 16))
+        assert seen[-1] is expected, (value, seen)
+    monkeypatch.setenv(gemm_fp8.PRECISE_ACC_ENV, "off")
+    with pytest.raises(ValueError, match=r"^VITFAST_FP8_PRECISE_ACC: expected 0 or 1, got 'off'$"):
+        gemm_fp8.launch_fp8_gemm(a_q, a_s, wq, ws, None, torch.empty(4, 16))
+
+
 def test_fp8_needs_sm89_or_the_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     reason = fp8_unsupported_reason(torch.device("cpu"))

@@ -13,9 +13,11 @@ gate and an up accumulator over the packed (2N, K) weight, as gemm.py does.
 Hopper accumulates FP8 wgmma in reduced precision unless told otherwise: with PRECISE_ACC the dot is issued with
 max_num_imprecise_acc = BLOCK_K, so Triton adds each BLOCK_K-deep partial sum into a separate fp32 accumulator
 (CUTLASS's and DeepSeek-V3's "promotion" every 128 elements) instead of letting the whole K run in the wgmma
-accumulator. Costs registers (a second accumulator) and a few adds per K step.
+accumulator. Costs registers (a second accumulator) and a few adds per K step. VITFAST_FP8_PRECISE_ACC=0 turns the
+promotion off, to measure what it costs (speed and error) on a GPU; the default, 1, keeps it.
 """
 import functools
+import os
 
 import torch
 import triton
@@ -233,12 +235,25 @@ def fp8_gemm_kernel(
         tl.atomic_max(amax_out_ptr + rm, tile_max, mask=mask_m)
 
 
-def launch_fp8_gemm(a_q, a_scale, weight, w_scale, bias, out, *, activation=0, residual=None, precise_acc=True,
+PRECISE_ACC_ENV = "VITFAST_FP8_PRECISE_ACC"  # 1 (default) | 0: FP8 partial sums promoted to fp32 every BLOCK_K, or not
+
+
+def precise_acc_setting() -> bool:
+    """The promotion switch from VITFAST_FP8_PRECISE_ACC (read at each launch); a value not 0 or 1 is refused."""
+    value = os.environ.get(PRECISE_ACC_ENV, "1").strip() or "1"
+    if value not in ("0", "1"):
+        raise ValueError(f"{PRECISE_ACC_ENV}: expected 0 or 1, got {value!r}")
+    return value == "1"
+
+
+def launch_fp8_gemm(a_q, a_scale, weight, w_scale, bias, out, *, activation=0, residual=None, precise_acc=None,
                     a_amax=None, amax_out=None):
     """Launch on already-checked operands: a_q (M, K) e4m3 with unit column stride and a_scale (M,) fp32 -- or
     a_q in a float dtype with a_amax (M,) its rows' absolute maxima (a_scale None), quantized in the main loop;
     weight (N, K) e4m3 rows contiguous, w_scale (N,) fp32; out (M, N); residual (M, N) or None; amax_out (M,) fp32
-    zeros or None: receives max |out| per row."""
+    zeros or None: receives max |out| per row. precise_acc None: `precise_acc_setting()`."""
+    if precise_acc is None:
+        precise_acc = precise_acc_setting()
     M, K = a_q.shape
     N = weight.shape[0] // 2 if activation == SWIGLU else weight.shape[0]  # SwiGLU: (2N, K) packed gate/up rows
     res = residual if residual is not None else out
