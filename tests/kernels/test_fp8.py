@@ -26,6 +26,26 @@ def _weights(n, k, device, scale=1.0):
     return fp8.quantize_rows(w)
 
 
+def _assert_ln_fp8_close(out2d, x, ln, wq, ws, bias, activation, dtype):
+    """An LN-quantizing FP8 engine's (M, N) output against the emulation. The engine's fp32 LayerNorm sums in another
+    order than F.layer_norm, so in a few draws in a hundred an element lands on the other side of an e4m3 rounding
+    boundary, and that one step (up to 12.5 % of it) times its weights moves its whole output row by more than the
+    arithmetic's tolerance. So: every row against the emulation of the operands the engine quantized
+    (launch_quant_rows, the launcher's first step, is deterministic), and every row whose operands equal those of
+    the emulation's own LayerNorm against the independent emulation; such flips stay rare."""
+    k = x.shape[-1]
+    x2d = x.reshape(-1, k)
+    a_q, a_s = launch_quant_rows(x2d, ln)
+    r_q, _ = fp8.quantize_rows(F.layer_norm(x2d.float(), (k,), ln[0].float(), ln[1].float(), ln[2]))
+    same = (a_q.view(torch.uint8) == r_q.view(torch.uint8)).all(-1)
+    assert (~same).sum().item() <= max(1, x2d.shape[0] // 8), (~same).sum()
+    own = fp8.ACTIVATIONS[activation](fp8.fp8_matmul(a_q, a_s, wq, ws) + bias.float())
+    assert_close(out2d, own, dtype, FP8_TOL)
+    ref = fp8.emulate_linear(x2d, wq, ws, bias, ln=ln, activation=activation, out_dtype=torch.float32)
+    assert_close(out2d[same], ref[same], dtype, FP8_TOL)
+    return ref.reshape(*x.shape[:-1], -1)
+
+
 @pytest.mark.parametrize("has_ln", [False, True])
 def test_quantize_rows_matches_emulation_bitwise(has_ln, device):
     # 37 rows (ragged against the 8-row block), K = 80 (not a power of two); one all-zero row, one with a 50x outlier
@@ -55,8 +75,7 @@ def test_ln_linear_fp8(out_dtype, activation, device):
     from vit_fast.kernels.ln_linear import ln_linear_fp8_launch
 
     ln_linear_fp8_launch(x, g, b, 1e-6, wq, ws, bias, activation, out=out)
-    ref = fp8.emulate_linear(x, wq, ws, bias, ln=(g, b, 1e-6), activation=activation, out_dtype=torch.float32)
-    assert_close(out, ref, out_dtype, FP8_TOL)
+    ref = _assert_ln_fp8_close(out.reshape(m, n), x, (g, b, 1e-6), wq, ws, bias, activation, out_dtype)
     # and FP8 is close to the fp32 layer it replaces (per-token + per-channel scales)
     full = fp8.ACTIVATIONS[activation](F.linear(F.layer_norm(x.float(), (k,), g.float(), b.float(), 1e-6),
                                                  fp8.dequantize(wq, ws), bias.float()))
@@ -122,9 +141,7 @@ def test_fp8_swiglu_mlp_gate_in_the_epilogue(hidden, d, device):
     amax = torch.zeros(b, n, device=device)
     h = ln_linear_fp8_launch(x, g, beta, 1e-6, w1, s1, b1, "swiglu", row_amax=amax,
                              out=poison(torch.empty(b, n, hidden, device=device, dtype=torch.bfloat16)))
-    ref_h = fp8.emulate_linear(x, w1, s1, b1, ln=(g, beta, 1e-6), activation="swiglu", out_dtype=torch.float32)
-    assert ref_h.shape == h.shape
-    assert_close(h, ref_h, torch.bfloat16, FP8_TOL)
+    ref_h = _assert_ln_fp8_close(h.reshape(b * n, hidden), x, (g, beta, 1e-6), w1, s1, b1, "swiglu", torch.bfloat16)
     torch.testing.assert_close(amax, h.float().abs().amax(-1), rtol=0, atol=0)  # of the values as stored
     h_op, amax_op = kernels.ln_linear(x, g, beta, 1e-6, w1, b1, "swiglu", weight_scale=s1, return_row_amax=True)
     assert torch.equal(h_op, h) and torch.equal(amax_op, amax)
@@ -158,9 +175,8 @@ def test_ln_qkv_fp8_rows(device):
                           test_utils=("test_faketensor",))
     with pytest.raises(ValueError, match=r"ln_qkv: out: expected a .* view of a contiguous \(B, N, 3, H, d\) buffer"):
         ln_qkv_fp8_launch(x, g, beta, 1e-6, wq, ws, bias, heads, out=torch.empty_like(out.contiguous()))
-    ref = fp8.emulate_linear(x, wq, ws, bias, ln=(g, beta, 1e-6), out_dtype=torch.float32)
-    ref = ref.reshape(b, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
-    assert_close(out, ref, torch.bfloat16, FP8_TOL)
+    rows = out.permute(1, 3, 0, 2, 4).reshape(b * n, 3 * d)  # back to the (B, N, 3, H, d) buffer's rows
+    _assert_ln_fp8_close(rows, x, (g, beta, 1e-6), wq, ws, bias, "none", torch.bfloat16)
 
 
 def test_fp8_errors(device):
