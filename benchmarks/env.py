@@ -49,8 +49,21 @@ def triton_version() -> str | None:
     return getattr(triton, "__version__", None)
 
 
+# switches read at launch that change which kernels run or how they accumulate: a row measured with one set is
+# labelled with it (the schema's optional env key "settings")
+KERNEL_SWITCHES = ("VITFAST_FP8_PRECISE_ACC", "VITFAST_GEMM_ENGINE", "VITFAST_OPS")
+
+
+def kernel_settings() -> str | None:
+    """'NAME=value, ...' for each KERNEL_SWITCHES variable set in this process; None when all are at defaults."""
+    import os
+
+    given = [f"{k}={os.environ[k]}" for k in KERNEL_SWITCHES if os.environ.get(k, "").strip()]
+    return ", ".join(given) or None
+
+
 def collect(device) -> dict:
-    """The env dict with exactly the keys the results.json schema names."""
+    """The env dict with the keys the results.json schema names (the optional "settings" included)."""
     cuda = torch.device(device).type == "cuda"
     return {
         "gpu": device_name(device),
@@ -61,6 +74,7 @@ def collect(device) -> dict:
         "python": platform.python_version(),
         "commit": git_commit(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "settings": kernel_settings(),
     }
 
 

@@ -4,7 +4,7 @@
 # below in priority order, resuming on a warm machine); the single steps are for a lease with time to spare. Order and
 # expected times are in benchmarks/NOTES.md, "GPU session plan".
 #   lease [S [STEP...]] within S seconds (default 560): tests (once per machine), headline (resumed), profile, grid 1-6
-#                      (profile8 and micro only when named),
+#                      (profile8, fp8acc and micro only when named),
 #                      each skipped when done on this machine or too long for the time left; STEPs (e.g. headline
 #                      profile) pick and order them. Writes $OUT/lease/: runs.tar.gz (every step's
 #                      files so far), lease.log, headline.md, tests.txt
@@ -13,6 +13,8 @@
 #                      (RESUME=1: keep the rows a previous call on this machine measured)
 #   profile            per-kernel CUDA time of one B/16 b256 bf16 forward, vit_fast and compile, grouped by layer part
 #   profile8           the same for the FP8 model (vit_fast) of L/16 at b256: where FP8 loses against bf16
+#   fp8acc             L/16 b256 vit_fast bf16 and FP8 with VITFAST_FP8_PRECISE_ACC=0 (no fp32 promotion of the FP8
+#                      partial sums): what the promotion costs in speed and error (results.json records the switch)
 #   grid N             slice N (1-6) of the rest of the grid; `grid list` prints the slices
 #   merge              merge headline + every grid slice run so far on this machine into one results directory
 #   micro              kernel microbenchmarks (CUDA-graph timing, batch 64: the model's autotune bucket)
@@ -48,12 +50,13 @@ SLICES=(
 )
 
 usage() {
-    echo "usage: $0 {lease [SECONDS [STEP...]]|tests|headline [ROWS]|profile|profile8|grid N|grid list|merge|micro}" >&2
+    local steps="lease [SECONDS [STEP...]]|tests|headline [ROWS]|profile|profile8|fp8acc|grid N|grid list"
+    echo "usage: $0 {$steps|merge|micro}" >&2
     exit 2
 }
 
 case "$STEP" in
-    lease|tests|headline|profile|profile8|grid|merge|micro) ;;
+    lease|tests|headline|profile|profile8|fp8acc|grid|merge|micro) ;;
     *) usage ;;
 esac
 if [ "$STEP" = grid ]; then
@@ -104,8 +107,8 @@ lease)
     STEPS=${STEPS:-tests headline profile grid1 grid2 grid3 grid4 grid5 grid6}
     case "$TOTAL" in ''|*[!0-9]*) echo "error: lease needs whole seconds, got '$TOTAL'" >&2; exit 2 ;; esac
     for s in $STEPS; do
-        case "$s" in tests|headline|profile|profile8|grid[1-6]|micro) ;;
-            *) echo "error: lease step '$s' is not one of tests headline profile profile8 grid1..grid6 micro" >&2
+        case "$s" in tests|headline|profile|profile8|fp8acc|grid[1-6]|micro) ;;
+            *) echo "error: lease step '$s' is not one of tests headline profile profile8 fp8acc grid1..grid6 micro" >&2
                exit 2 ;;
         esac
     done
@@ -142,6 +145,7 @@ lease)
         headline) done_ headline || RESUME=1 sub 60 headline ;;
         profile) done_ profile || sub 300 profile ;;
         profile8) done_ profile8 || sub 200 profile8 ;;
+        fp8acc) done_ fp8acc || T_BUDGET=$(( $(left) - 60 )) sub 150 fp8acc ;;
         grid*) done_ "grid-${s#grid}" || T_BUDGET=$(( $(left) - 85 )) sub 240 grid "${s#grid}" ;;
         micro) done_ micro || sub 300 micro ;;
         esac
@@ -199,6 +203,17 @@ profile8)
     # DRY on a CPU: the FP8 kernels run in Triton's interpreter (FP8 dots run there)
     [ "$DRY" = 1 ] && { ARGS+=(--tiny); export TRITON_INTERPRET=1; }
     run "${T_LIMIT:-300}" "$PY" -m benchmarks.breakdown "${ARGS[@]}"
+    ;;
+fp8acc)
+    ARGS=(--out "$DIR" --models vit_l_16 --batch-sizes 256 --dtypes bfloat16,float8 --backends vit_fast
+          --time-budget "${T_BUDGET:-400}" --no-plots --no-progress)
+    if [ "$DRY" = 1 ]; then  # FP8 dots in Triton's interpreter on a CPU; bf16 dots do not run there
+        export TRITON_INTERPRET=1
+        ARGS+=(--dtypes float8 --batch-sizes 2 --resolution 32 --repeats 1 --warmup 0
+               --config-overrides depth=1,embed_dim=64,num_heads=2,mlp_dim=128)
+    fi
+    export VITFAST_FP8_PRECISE_ACC=0
+    run "${T_LIMIT:-500}" "$PY" -m benchmarks "${ARGS[@]}"
     ;;
 grid)
     IFS='|' read -r MODELS BATCHES DTYPES BACKENDS <<< "${SLICES[$ARG]}"

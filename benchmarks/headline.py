@@ -273,7 +273,8 @@ def _previous(out: Path, env: dict, settings: dict):
         return None, "the earlier results are incomplete"
     for what, old, new in (("device", results["env"]["gpu"], env["gpu"]),
                            ("commit", results["env"]["commit"], env["commit"]),
-                           ("settings", setup.get("settings"), settings)):
+                           ("settings", setup.get("settings"), settings),
+                           ("kernel switches", results["env"].get("settings"), env.get("settings"))):
         if old != new:
             return None, f"the earlier results differ in {what} ({old} there, now {new})"
     return (results, setup), None

@@ -168,6 +168,8 @@ def gate_problems(variant, cc: int, stats) -> list:
             problems.append("no wgmma in a 16-bit GEMM")
         if is_fp8(variant) and not stats.get("qgmma"):
             problems.append("no FP8 wgmma (QGMMA) in an FP8 GEMM")
+        if is_fp8(variant) and variant["constexprs"].get("PRECISE_ACC") and not stats.get("zero_started_mmas_in_loops"):
+            problems.append("FP8 partial sums not promoted: no wgmma in a loop starts from zero (PRECISE_ACC=1)")
         if not (stats["ldgsts"] or stats["utmaldg"]):
             problems.append("GEMM main loop without cp.async or TMA")
     return problems
@@ -220,6 +222,11 @@ def describe(row, result) -> dict:
         out.update(stats)
         out["tensor_core"] = ("wgmma" if stats["hgmma"] else "wgmma e4m3" if stats.get("qgmma") else "mma"
                               if stats["hmma"] else "mma e4m3" if stats.get("qmma") else "none")
+        # a zero-started wgmma is a promotion only in an FP8 GEMM (attention's S = QK^T starts from zero too)
+        loop = [w for w, n in (("promoted", is_fp8(variant) and stats.get("zero_started_mmas_in_loops")),
+                               ("drained", stats.get("mma_drains_in_loops"))) if n]
+        if loop:
+            out["tensor_core"] += f" ({', '.join(loop)})"
         out["async_copy"] = "+".join(k for k, n in (("cp.async", stats["ldgsts"]), ("TMA", stats["utmaldg"])) if n) \
             or "none"
         out["gate"] = gate_problems(variant, cc, stats)
@@ -250,13 +257,17 @@ def markdown(report) -> str:
         "Columns: **fam** GPU families whose autotune tables can pick the variant; **reg** registers/thread; "
         "**stack** spill bytes; **STL/LDL** spill stores/loads (and how many sit inside a loop); **smem** dynamic "
         "shared memory (limit 232,448 B sm_90, 101,376 B sm_89, 166,912 B sm_80); **TC** tensor-core kind (wgmma = "
-        "HGMMA, wgmma e4m3 = QGMMA, Hopper FP8; mma = HMMA; mma e4m3 = QMMA, Ada FP8); **async** "
+        "HGMMA, wgmma e4m3 = QGMMA, Hopper FP8; mma = HMMA; mma e4m3 = QMMA, Ada FP8; *promoted*: an FP8 GEMM's "
+        "loop starts wgmmas from a zero accumulator, partial sums added in fp32 each K step; *drained*: a loop "
+        "waits for each wgmma group right after issuing it, so the tensor cores do not overlap the next step, which "
+        "attention's softmax and the promotion cause); **async** "
         "cp.async (LDGSTS) / TMA (UTMALDG) loads; **presets** ViT presets (batch 1 or 256) whose launches can pick "
         "it; **roofline µs** ViT-B/16 batch-256 launches of this variant on the row's target (one forward, all "
         "layers; H100 SXM 800 TFLOP/s 16-bit, 67 TFLOP/s fp32 FMA, 3.35 TB/s, 132 SMs; A100 SXM 312 / 19.5 "
         "TFLOP/s, 2.04 TB/s, 108 SMs; max of wave-quantized tile FLOPs and compulsory bytes per launch); **gate** "
         f"the sm_90 rules (no spill, or in an fp32 variant a cold one: at most {COLD_SPILL_BYTES} B of stack and "
-        "no STL/LDL inside a loop; smem fits, 16-bit dots are wgmma, GEMM loops use cp.async/TMA) for variants "
+        "no STL/LDL inside a loop; smem fits, 16-bit dots are wgmma, GEMM loops use cp.async/TMA, FP8 GEMMs "
+        "with PRECISE_ACC=1 promoted) for variants "
         "the Hopper tables can pick; on sm_89 (L40S, 99 KB of shared memory per block) for the FP8 engine's Ada "
         "table: no spill, smem fits, FP8 dots are QMMA, GEMM loops use cp.async; on both, smem within the prune's "
         "estimate where the variant states one (the FP8 engine), so the prune never picks a tile that does not "

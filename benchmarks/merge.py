@@ -23,6 +23,10 @@ def merge(results_list: list) -> dict:
     gpus = {r["env"]["gpu"] for r in results_list}
     if len(gpus) > 1:
         raise ValueError(f"runs come from different devices {sorted(gpus)}; merge only runs of one device")
+    settings = {r["env"].get("settings") for r in results_list}
+    if len(settings) > 1:  # rows measured with other kernel switches would carry the wrong label
+        raise ValueError(f"runs were measured with different kernel settings {sorted(map(str, settings))}; "
+                         "merge only runs of one setting")
     peak = statistics.median(r["matmul_peak_tflops"] for r in results_list)
     rows, order = {}, []
     for results in results_list:

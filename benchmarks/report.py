@@ -91,6 +91,8 @@ def env_line(env: dict) -> str:
     parts.append(f"torch {env.get('torch')}")
     parts.append(f"triton {env.get('triton') or 'absent'}")
     parts.append(f"Python {env.get('python')}")
+    if env.get("settings"):
+        parts.append(f"kernel switches {env['settings']}")
     return ", ".join(parts)
 
 

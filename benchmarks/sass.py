@@ -1,4 +1,5 @@
-"""Reading a kernel's SASS (nvdisasm's output): opcode counts, and where its spill instructions sit.
+"""Reading a kernel's SASS (nvdisasm's output): opcode counts, where its spill instructions sit, and whether its
+loops serialize the tensor cores (a full wgmma drain right after each MMA group) or promote partial sums.
 
 The static report (benchmarks/kernels_static.py, through tests/kernels/aot_compile.inspect_compiled) tells a cold
 spill, a value or two ptxas parks in local memory across a loop, from spills that run on every iteration. Kept
@@ -19,15 +20,12 @@ def opcodes(sass: str) -> list:
     return [m[2] for m in map(_INSTRUCTION.match, sass.splitlines()) if m]
 
 
-def spills_in_loops(sass: str):
-    """How many STL/LDL instructions sit inside a loop; None when that cannot be read, so a caller fails closed.
-
-    A loop is the address range from a label to a later branch back to it. A spill outside every loop (a value
-    parked across the main loop, stored before it and loaded after) costs its accesses once per thread; one inside
-    a loop costs them on every iteration. None when a spill exists and: an instruction line has no address, a jump
-    has no label target (an indirect branch could close a loop), or a spill sits in a subroutine the kernel calls
-    (`__cuda_sm20_div_s64` and kin: it runs as often as its callers)."""
-    labels, spills, back_edges, pending = {}, [], [], []
+def _scan(sass: str, marked, on_label=None):
+    """-> (addresses of the instructions `marked(opcode, operands)` selects, loop address ranges, whether a spill
+    exists, whether the loops cannot be read: an instruction line without an address, a jump without a label target
+    (an indirect branch could close a loop), or a spill in a subroutine the kernel calls). A loop is the address range
+    from a label to a later branch back to it."""
+    labels, hits, back_edges, pending = {}, [], [], []
     unreadable, any_spill, functions = False, False, 0
     for line in sass.splitlines():
         if _FUNCTION.match(line):
@@ -36,12 +34,15 @@ def spills_in_loops(sass: str):
         label = _LABEL.match(line)
         if label:
             pending.append(label[1])
+            if on_label is not None:
+                on_label()
             continue
         inst = _INSTRUCTION.match(line)
         if not inst:
             continue
         opcode = inst[2]
-        any_spill |= opcode in ("STL", "LDL")
+        spill = opcode in ("STL", "LDL")
+        any_spill |= spill
         if inst[1] is None:
             unreadable = True
             continue
@@ -49,8 +50,9 @@ def spills_in_loops(sass: str):
         for name in pending:
             labels[name] = address
         pending = []
-        if opcode in ("STL", "LDL"):
-            spills.append(address)
+        if marked(opcode, inst[3]):
+            hits.append(address)
+        if spill:
             unreadable |= functions > 1
         elif opcode in _JUMPS:
             target = _TARGET.search(inst[3])
@@ -58,8 +60,77 @@ def spills_in_loops(sass: str):
                 unreadable = True
             elif target[1] in labels:  # a label seen already: a branch back
                 back_edges.append((labels[target[1]], address))
+    return hits, back_edges, any_spill, unreadable
+
+
+def _inside(addresses, loops) -> int:
+    return sum(1 for a in addresses if any(lo <= a <= hi for lo, hi in loops))
+
+
+def spills_in_loops(sass: str):
+    """How many STL/LDL instructions sit inside a loop; None when that cannot be read, so a caller fails closed.
+
+    A spill outside every loop (a value parked across the main loop, stored before it and loaded after) costs its
+    accesses once per thread; one inside a loop costs them on every iteration. None when a spill exists and the
+    loops cannot be read (an instruction without an address, an indirect jump) or a spill sits in a subroutine the
+    kernel calls (`__cuda_sm20_div_s64` and kin: it runs as often as its callers)."""
+    spills, loops, any_spill, unreadable = _scan(sass, lambda opcode, _: opcode in ("STL", "LDL"))
     if not any_spill:
         return 0
     if unreadable:
         return None
-    return sum(1 for a in spills if any(lo <= a <= hi for lo, hi in back_edges))
+    return _inside(spills, loops)
+
+
+# `WARPGROUP.DEPBAR.LE gsb0, 0x0`: wait until no wgmma of this warpgroup is in flight
+_DRAIN = re.compile(r"^\.DEPBAR\.LE\s+gsb0\s*,\s*0x0\b")
+_WGMMA = ("HGMMA", "QGMMA", "IGMMA")  # 16-bit, FP8 and int8 warpgroup MMAs
+
+
+def _serialized(sass: str):
+    """-> (addresses of the full drains that directly follow an MMA group's last wgmma (`..., gsb0`) in the same
+    basic block, addresses of the wgmmas that start from a zero accumulator (`RZ, !UPT`), loops, unreadable)."""
+    after_group, tags = [False], {}
+
+    def end_block():
+        after_group[0] = False
+
+    def marked(opcode, operands):
+        tag = None
+        if opcode in _WGMMA:
+            after_group[0] = "gsb0" in operands
+            tag = "start" if "RZ, !UPT" in operands else None
+        elif opcode == "WARPGROUP" and _DRAIN.match(operands):
+            tag = "drain" if after_group[0] else None
+            end_block()
+        elif opcode in _JUMPS:
+            end_block()
+        if tag:
+            tags[len(tags)] = tag
+        return tag is not None
+
+    hits, loops, _, unreadable = _scan(sass, marked, on_label=end_block)
+    kinds = [tags[i] for i in range(len(hits))]
+    drains = [a for a, k in zip(hits, kinds) if k == "drain"]
+    starts = [a for a, k in zip(hits, kinds) if k == "start"]
+    return drains, starts, loops, unreadable
+
+
+def mma_drains_in_loops(sass: str):
+    """How many times a loop issues a wgmma group and at once waits for all of it (`WARPGROUP.DEPBAR.LE gsb0, 0x0`
+    right after the group's last wgmma, in the same basic block); None when the loops cannot be read. A pipelined
+    GEMM main loop waits with one group still in flight (`0x1`), so the tensor cores run while the next K step is
+    issued; a drain right after the group serializes them, K step by K step. ptxas injects one when the loop reads
+    the accumulator registers of an in-flight wgmma (its note C7517), as the fp32 promotion of FP8 partial sums
+    does; attention's loop drains by design (softmax reads S = QK^T before P·V). A drain after a branch (a
+    persistent kernel's epilogue, once per tile) is not counted."""
+    drains, _, loops, unreadable = _serialized(sass)
+    return None if unreadable else _inside(drains, loops)
+
+
+def zero_started_mmas_in_loops(sass: str):
+    """How many wgmmas inside a loop start from a zero accumulator (`RZ, !UPT`): a fresh partial sum every K step,
+    which the loop then adds to its fp32 accumulator (the promotion of FP8 partial sums, `max_num_imprecise_acc`).
+    None when the loops cannot be read."""
+    _, starts, loops, unreadable = _serialized(sass)
+    return None if unreadable else _inside(starts, loops)

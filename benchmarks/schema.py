@@ -3,6 +3,9 @@ tests check it. Every row carries every key; a failed row has its reason in "err
 from __future__ import annotations
 
 ENV_KEYS = ("gpu", "driver", "cuda", "torch", "triton", "python", "commit", "date")
+# "settings": the kernel switches set in the run (benchmarks/env.KERNEL_SWITCHES), null at defaults; results of
+# earlier runs do not have the key
+ENV_OPTIONAL_KEYS = ("settings",)
 TOP_KEYS = ("env", "matmul_peak_tflops", "rows")
 ROW_KEYS = ("model", "batch", "dtype", "backend", "cuda_graphs", "images_per_s", "latency_ms_p50",
             "latency_ms_p90", "tflops", "mfu", "peak_mem_gb", "max_rel_err", "top1_agree", "error")
@@ -34,8 +37,9 @@ def validate(results: dict) -> list[str]:
     if tuple(sorted(results)) != tuple(sorted(TOP_KEYS)):
         problems.append(f"top-level keys {sorted(results)} != {sorted(TOP_KEYS)}")
     env = results.get("env")
-    if not isinstance(env, dict) or sorted(env) != sorted(ENV_KEYS):
-        problems.append(f"env keys {sorted(env) if isinstance(env, dict) else env} != {sorted(ENV_KEYS)}")
+    if not isinstance(env, dict) or not set(ENV_KEYS) <= set(env) <= set(ENV_KEYS + ENV_OPTIONAL_KEYS):
+        problems.append(f"env keys {sorted(env) if isinstance(env, dict) else env}: expected {sorted(ENV_KEYS)} "
+                        f"and optionally {list(ENV_OPTIONAL_KEYS)}")
     else:
         for k, v in env.items():
             if v is not None and not isinstance(v, str):

@@ -31,6 +31,7 @@ KEEP = {"headline": ("results.json", "setup.json", "headline.md", "headline.log"
         "tests": ("junit.xml", "tests.jsonl", "tests.log"),
         "profile": ("breakdown.json", "breakdown.md", "profile.log"),
         "profile8": ("breakdown.json", "breakdown.md", "profile8.log"),
+        "fp8acc": ("results.json", "results.md", "fp8acc.log"),  # kept apart: another kernel setting, not merged
         "micro": ("micro.json", "micro.log")}
 
 

@@ -63,6 +63,28 @@ def test_schema_rejects_malformed_results():
     assert schema.validate(dict(good, rows=[bad_row]))
     assert schema.validate({**good, "extra": 1})
     assert schema.validate(dict(good, rows=[{k: v for k, v in row.items() if k != "mfu"}]))
+    # env: "settings" (the kernel switches of the run) may be there or not; nothing else may
+    assert schema.validate(dict(good, env={**good["env"], "settings": "VITFAST_FP8_PRECISE_ACC=0"})) == []
+    assert schema.validate(dict(good, env={**good["env"], "extra": "x"}))
+    assert schema.validate(dict(good, env={k: None for k in schema.ENV_KEYS[1:]}))
+
+
+def test_runs_with_other_kernel_switches_are_labelled_and_never_merged(monkeypatch):
+    from benchmarks import env as bench_env
+    from benchmarks.merge import merge
+
+    monkeypatch.delenv("VITFAST_GEMM_ENGINE", raising=False)
+    monkeypatch.delenv("VITFAST_OPS", raising=False)
+    monkeypatch.setenv("VITFAST_FP8_PRECISE_ACC", "0")
+    assert bench_env.collect("cpu")["settings"] == "VITFAST_FP8_PRECISE_ACC=0"
+    monkeypatch.delenv("VITFAST_FP8_PRECISE_ACC")
+    assert bench_env.collect("cpu")["settings"] is None
+    row = schema.empty_row("vit_b_16", 8, "float8", "vit_fast", False, "boom")
+    plain = {"env": {k: "x" for k in schema.ENV_KEYS}, "matmul_peak_tflops": 1.0, "rows": [row]}
+    assert merge([plain, dict(plain, env={**plain["env"], "settings": None})])["rows"] == [row]
+    switched = dict(plain, env={**plain["env"], "settings": "VITFAST_FP8_PRECISE_ACC=0"})
+    with pytest.raises(ValueError, match="different kernel settings"):
+        merge([plain, switched])
 
 
 def test_cli_parsing():
@@ -136,7 +158,7 @@ def test_harness_end_to_end(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert schema.validate(results) == []
     assert list(results) == list(schema.TOP_KEYS)
-    assert list(results["env"]) == list(schema.ENV_KEYS)
+    assert list(results["env"]) == [*schema.ENV_KEYS, "settings"] and results["env"]["settings"] is None
     assert all(list(r) == list(schema.ROW_KEYS) for r in results["rows"])
     assert results["matmul_peak_tflops"] > 0
     rows = {(r["model"], r["dtype"], r["batch"], r["backend"]): r for r in results["rows"]}

@@ -75,6 +75,16 @@ def test_dry_fp8_profile(tmp_path):
     assert "vitfast::ln_qkv_fp8" in (out / "profile8" / "breakdown.md").read_text()
 
 
+def test_dry_fp8_fast_accumulation_step(tmp_path):
+    """fp8acc: the FP8 rows measured without the fp32 promotion, the switch recorded in the results it writes."""
+    proc, out = _steps(tmp_path, "fp8acc", timeout=200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    results = json.loads((out / "fp8acc" / "results.json").read_text())
+    assert schema.validate(results) == [] and results["env"]["settings"] == "VITFAST_FP8_PRECISE_ACC=0"
+    assert [(r["dtype"], r["backend"], r["error"]) for r in results["rows"]] == [("float8", "vit_fast", None)]
+    assert "kernel switches VITFAST_FP8_PRECISE_ACC=0" in (out / "fp8acc" / "results.md").read_text()
+
+
 def test_dry_lease_runs_the_steps_and_resumes_on_a_warm_machine(tmp_path):
     """One lease runs tests, headline, profile and a grid slice into the machine's cache and brings them back in at
     most 8 files; a second lease on the same machine skips the tests and the finished steps and resumes the

@@ -96,7 +96,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from benchmarks.sass import opcodes, spills_in_loops  # noqa: E402
+from benchmarks.sass import mma_drains_in_loops, opcodes, spills_in_loops, zero_started_mmas_in_loops  # noqa: E402
 
 
 def discover(only=()):
@@ -195,7 +195,8 @@ SASS_COUNTS = {"hgmma": "HGMMA", "qgmma": "QGMMA", "hmma": "HMMA", "qmma": "QMMA
 def inspect_compiled(compiled):
     """What decides speed, read from the cubin with the cuobjdump/nvdisasm that ship with triton: registers, stack
     (spill) bytes, spill instructions (and how many sit inside a loop), dynamic shared memory, tensor-core and
-    async-copy instruction counts."""
+    async-copy instruction counts, wgmma groups a loop drains at once (a serialized MMA pipeline) and wgmmas a loop
+    starts from zero (promoted FP8 partial sums)."""
     import re
     import subprocess
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
@@ -212,6 +213,8 @@ def inspect_compiled(compiled):
     for key, op in SASS_COUNTS.items():
         stats[key] = sum(1 for o in ops if o == op)
     stats["spills_in_loops"] = spills_in_loops(sass)
+    stats["mma_drains_in_loops"] = mma_drains_in_loops(sass)
+    stats["zero_started_mmas_in_loops"] = zero_started_mmas_in_loops(sass)
     return stats
 
 

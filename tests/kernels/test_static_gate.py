@@ -11,6 +11,7 @@ tests/kernels/aot_compile.py), plus the checks that make it trustworthy without 
 - test_spill_detector_sees_a_known_spill: the cubin reader reports spilling kernels as spilling, outside or inside
   their loops (so the gate can fail), and the gate's rules flag each kind of problem.
 - test_spills_in_loops_reads_back_edges: where a spill instruction sits, read from disassembly text.
+- test_mma_drains_in_loops: a full wgmma drain inside a loop (serialized MMAs) told from the pipelined wait.
 """
 import importlib
 import json
@@ -400,3 +401,33 @@ def test_spills_in_loops_reads_back_edges():
     assert spills_in_loops(kernel + spilling) is None
     no_spill = "        /*0000*/                   JMP R4 ;\n        /*0010*/                   EXIT ;\n"
     assert spills_in_loops(no_spill) == 0  # nothing to place: no spill, whatever the listing
+
+
+def test_mma_drains_in_loops():
+    """A pipelined main loop waits with one wgmma group in flight (0x1); a drain to 0x0 right after a group inside
+    the loop (what ptxas injects when the loop reads an in-flight accumulator, as FP8 promotion does) counts, and so
+    does each wgmma that starts from a zero accumulator there; a drain after a branch (a persistent kernel's
+    per-tile epilogue) or after the loop does not."""
+    from benchmarks.sass import mma_drains_in_loops, zero_started_mmas_in_loops
+
+    sass = """
+.L_x_0:
+        /*1c10*/                   WARPGROUP.ARRIVE ;
+        /*1c20*/                   QGMMA.64x128x32.F32.E4M3.E4M3 R24, gdesc[UR8], RZ, !UPT ;
+        /*1d10*/                   QGMMA.64x128x32.F32.E4M3.E4M3 R24, gdesc[UR8], R24, gsb0 ;
+        /*1d18*/                   IADD3 R2, R2, 0x1, RZ ;
+        /*1d20*/                   WARPGROUP.DEPBAR.LE gsb0, 0x0 ;
+        /*1d30*/                   WARPGROUP.DEPBAR.LE gsb0, 0x1 ;
+        /*1d38*/               @P1 BRA `(.L_x_1) ;
+        /*1d3c*/                   WARPGROUP.DEPBAR.LE gsb0, 0x0 ;
+.L_x_1:
+        /*1d40*/              @!P0 BRA `(.L_x_0) ;
+        /*1d50*/                   WARPGROUP.DEPBAR.LE gsb0, 0x0 ;
+        /*1d60*/                   EXIT ;
+"""
+    assert mma_drains_in_loops(sass) == 1 and zero_started_mmas_in_loops(sass) == 1
+    pipelined = sass.replace("        /*1d20*/                   WARPGROUP.DEPBAR.LE gsb0, 0x0 ;\n", "")
+    assert mma_drains_in_loops(pipelined) == 0
+    assert zero_started_mmas_in_loops(sass.replace("RZ, !UPT", "R24")) == 0
+    assert mma_drains_in_loops(sass.replace("@!P0 BRA `(.L_x_0)", "NOP")) == 0  # no loop
+    assert mma_drains_in_loops(sass.replace("/*1c10*/", "")) is None  # a listing without addresses

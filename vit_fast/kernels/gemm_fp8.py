@@ -10,11 +10,15 @@ applies acc · s_row · s_col, then bias, the shared activation and residual exa
 does; QKV is stored as plain rows, the layout attention reads in place (ln_qkv.py). SwiGLU (ACTIVATION 4) keeps a
 gate and an up accumulator over the packed (2N, K) weight, as gemm.py does.
 
-Hopper accumulates FP8 wgmma in reduced precision unless told otherwise: with PRECISE_ACC the dot is issued with
-max_num_imprecise_acc = BLOCK_K, so Triton adds each BLOCK_K-deep partial sum into a separate fp32 accumulator
-(CUTLASS's and DeepSeek-V3's "promotion" every 128 elements) instead of letting the whole K run in the wgmma
-accumulator. Costs registers (a second accumulator) and a few adds per K step. VITFAST_FP8_PRECISE_ACC=0 turns the
-promotion off, to measure what it costs (speed and error) on a GPU; the default, 1, keeps it.
+Hopper adds FP8 wgmma products into its accumulator with fewer bits than fp32 (SageAttention2 finds the low 10 bits
+of the fp32 accumulator truncated; DeepSeek-V3 reports relative errors near 2 % at K = 4096). PRECISE_ACC promotes:
+each BLOCK_K-deep partial sum starts from zero in the tensor cores and is added into the fp32 accumulator (CUTLASS's
+and DeepSeek-V3's promotion every 128 elements). For A in shared memory the dot says so (max_num_imprecise_acc =
+BLOCK_K); for QUANT_A, whose A reaches the tensor cores from registers, Triton 3.6 and 3.9 split the dot along K and
+drop that argument, so the kernel writes the promotion out. Either way the loop must wait for each K step's MMAs
+before the add (ptxas inserts the wait): the MMAs of one step no longer overlap the next step's issue, the cost the
+static report marks "drained". VITFAST_FP8_PRECISE_ACC=0 turns the promotion off everywhere, to measure that cost
+and the error it saves on a GPU (`gpu_steps.sh fp8acc`); the default, 1, keeps it.
 """
 import functools
 import os
@@ -198,7 +202,14 @@ def fp8_gemm_kernel(
             if ROUND_IN_FP32:
                 q = round_to_e4m3(q)
             a = q.to(tl.float8e4nv)
-        if PRECISE_ACC:
+        if PRECISE_ACC and QUANT_A:
+            # A reaches the tensor cores from registers here: Triton splits such a dot along K and drops
+            # max_num_imprecise_acc (triton 3.6 and 3.9), so the promotion is written out: each BLOCK_K partial sum
+            # starts from zero in the tensor cores and is added to acc in fp32
+            acc += tl.dot(a, w)
+            if ACTIVATION == 4:
+                up += tl.dot(a, w_up)
+        elif PRECISE_ACC:
             acc = tl.dot(a, w, acc, max_num_imprecise_acc=BLOCK_K)
             if ACTIVATION == 4:
                 up = tl.dot(a, w_up, up, max_num_imprecise_acc=BLOCK_K)
