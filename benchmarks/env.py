@@ -49,16 +49,18 @@ def triton_version() -> str | None:
     return getattr(triton, "__version__", None)
 
 
-# switches read at launch that change which kernels run or how they accumulate: a row measured with one set is
-# labelled with it (the schema's optional env key "settings")
-KERNEL_SWITCHES = ("VITFAST_FP8_PRECISE_ACC", "VITFAST_GEMM_ENGINE", "VITFAST_OPS")
-
-
 def kernel_settings() -> str | None:
-    """'NAME=value, ...' for each KERNEL_SWITCHES variable set in this process; None when all are at defaults."""
+    """'NAME=value, ...' for each kernel switch read at launch (which GEMM engine runs, whether FP8 partial sums are
+    promoted) that this process sets to other than its default; None when all are at defaults. A row measured with
+    a switch is labelled with it (the schema's optional env key "settings")."""
     import os
 
-    given = [f"{k}={os.environ[k]}" for k in KERNEL_SWITCHES if os.environ.get(k, "").strip()]
+    from vit_fast.kernels.gemm_fp8 import PRECISE_ACC_ENV
+    from vit_fast.kernels.gemm_tma import ENGINE_ENV
+
+    defaults = {ENGINE_ENV: "auto", PRECISE_ACC_ENV: "1"}
+    given = [f"{k}={v}" for k, default in defaults.items()
+             if (v := os.environ.get(k, "").strip().lower()) and v != default]
     return ", ".join(given) or None
 
 

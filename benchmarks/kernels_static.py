@@ -139,6 +139,22 @@ def cold_spill_ok(variant, stats) -> bool:
             and stats["stack"] <= COLD_SPILL_BYTES)
 
 
+def promotion_problems(variant, stats) -> list:
+    """An sm_90 FP8 GEMM compiled with PRECISE_ACC=1 must start a partial sum from zero in its main loop for each of
+    its dots (two for SwiGLU: gate and up), or the compiler dropped the promotion (as Triton does for a dot whose A
+    comes from registers when max_num_imprecise_acc asks for it)."""
+    from vit_fast.kernels._common import SWIGLU
+
+    started = stats.get("zero_started_mmas_in_loops")
+    if started is None:
+        return ["FP8 promotion unreadable: the SASS loops could not be read"]
+    dots = 2 if variant["constexprs"].get("ACTIVATION") == SWIGLU else 1
+    if started < dots:
+        return [f"FP8 partial sums not promoted (PRECISE_ACC=1): {started} zero-started wgmma(s) in the main loop, "
+                f"expected at least {dots}"]
+    return []
+
+
 def gate_problems(variant, cc: int, stats) -> list:
     """The gate's rules for one compiled variant (empty when it passes or when the rules do not apply): on sm_90 for
     the Hopper tables' picks, on sm_89 for the Ada (FP8) table's."""
@@ -168,8 +184,8 @@ def gate_problems(variant, cc: int, stats) -> list:
             problems.append("no wgmma in a 16-bit GEMM")
         if is_fp8(variant) and not stats.get("qgmma"):
             problems.append("no FP8 wgmma (QGMMA) in an FP8 GEMM")
-        if is_fp8(variant) and variant["constexprs"].get("PRECISE_ACC") and not stats.get("zero_started_mmas_in_loops"):
-            problems.append("FP8 partial sums not promoted: no wgmma in a loop starts from zero (PRECISE_ACC=1)")
+        if is_fp8(variant) and variant["constexprs"].get("PRECISE_ACC"):
+            problems += promotion_problems(variant, stats)
         if not (stats["ldgsts"] or stats["utmaldg"]):
             problems.append("GEMM main loop without cp.async or TMA")
     return problems
@@ -223,10 +239,9 @@ def describe(row, result) -> dict:
         out["tensor_core"] = ("wgmma" if stats["hgmma"] else "wgmma e4m3" if stats.get("qgmma") else "mma"
                               if stats["hmma"] else "mma e4m3" if stats.get("qmma") else "none")
         # a zero-started wgmma is a promotion only in an FP8 GEMM (attention's S = QK^T starts from zero too)
-        loop = [w for w, n in (("promoted", is_fp8(variant) and stats.get("zero_started_mmas_in_loops")),
-                               ("drained", stats.get("mma_drains_in_loops"))) if n]
-        if loop:
-            out["tensor_core"] += f" ({', '.join(loop)})"
+        out["mma_loop"] = ", ".join(w for w, n in (
+            ("promoted", is_fp8(variant) and stats.get("zero_started_mmas_in_loops")),
+            ("drained", stats.get("mma_drains_in_loops"))) if n)
         out["async_copy"] = "+".join(k for k, n in (("cp.async", stats["ldgsts"]), ("TMA", stats["utmaldg"])) if n) \
             or "none"
         out["gate"] = gate_problems(variant, cc, stats)
@@ -309,7 +324,8 @@ def markdown(report) -> str:
                                                  else "")
             lines.append(f"| {r['op']} | {r['kernel']} | {r['dtype']} | {r['tile']} | {r['switches']} | "
                          f"{','.join(r['families'])} | {r['registers']} | {r['stack']} | {spills} | "
-                         f"{smem} | {r['tensor_core']} | {r['async_copy']} | {presets} | "
+                         f"{smem} | {r['tensor_core']}{f' ({loop})' if (loop := r.get('mma_loop')) else ''} | "
+                         f"{r['async_copy']} | {presets} | "
                          f"{r.get('roofline_us', '')} | {gate} |")
         lines.append("")
     return "\n".join(lines)

@@ -6,7 +6,9 @@ rule, the headline's rows last), with the results already stored for that day an
 same commit. A lease of another commit on the same day (a fix measured again) goes to <date>-<device>-<commit>/
 beside it, since rows carry no commit of their own; the README table follows the newest. The rest of what the
 lease wrote is kept as it came under lease/ (the headline's setup.json and targets, the test outcomes, the
-per-kernel profile, the logs), so every figure a note quotes has its file.
+per-kernel profile, fp8acc's rows measured with another kernel setting, the logs), so every figure a note quotes has
+its file; a lease that measured only those (profiles, fp8acc) is kept the same way, under the date and device they
+record, without a merged results.json.
 `python -m benchmarks.store_lease RUNS_TAR [--root DIR] [--readme README.md] [--no-plots] [--source-commit SHA]`.
 --source-commit names the commit the lease ran when the rows record another (a device copy whose stale .git made the
 harness write "<older commit>+changes"); the step files kept under lease/ still hold what was recorded.
@@ -14,6 +16,7 @@ harness write "<older commit>+changes"); the step files kept under lease/ still 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tarfile
@@ -47,38 +50,68 @@ def store(tar_path, root=None, readme_path=None, plots: bool = True, source_comm
         runs = Path(tmp)
         # the headline last: its rows (the ones headline.md judges) win over a grid slice's of the same key
         sources = [d for d in [*sorted(runs.glob("grid-*")), runs / "headline"] if (d / "results.json").is_file()]
-        if not sources:
-            raise ValueError(f"{tar_path} holds no headline or grid results.json: nothing to store")
-        new = [load(d) for d in sources]
-        if source_commit:
-            for r in new:
-                r["env"]["commit"] = source_commit  # lease/<step>/results.json keep what was recorded
-        commits = {r["env"]["commit"] for r in new}
-        if len(commits) > 1:
-            raise ValueError(f"{tar_path} holds results of commits {sorted(map(str, commits))}: one lease measures "
-                             "one commit")
-        commit = commits.pop()
-        dest = default_results_dir(merge(new)["env"], root=root)
-        old = load(dest / "results.json") if (dest / "results.json").is_file() else None
-        if old is not None and old["env"]["commit"] != commit:  # the same day's results of another commit
-            dest = dest.with_name(f"{dest.name}-{slug(str(commit))}")
-            old = load(dest / "results.json") if (dest / "results.json").is_file() else None
-        if old is not None:  # an earlier lease of the same day, device and commit
-            if old["env"]["commit"] != commit:
-                raise ValueError(f"{dest} holds results of commit {old['env']['commit']}, not {commit}")
-            new.insert(0, old)
-        merged = merge(new)
-        dest.mkdir(parents=True, exist_ok=True)
-        write_json(merged, dest / "results.json")
-        write_report(merged, dest, plots=plots)
+        if sources:
+            dest = _store_merged(tar_path, sources, root, plots, source_commit)
+        else:  # profiles or fp8acc only: kept under the date, device and commit they record
+            env = _kept_env(runs)
+            if env is None:
+                raise ValueError(f"{tar_path} holds no headline, grid, fp8acc or profile results: nothing to store")
+            dest = _dest_for(env, str(source_commit or env["commit"]), root)
         for step in [*KEEP, *(d.name for d in sorted(runs.glob("grid-*")))]:
             names = KEEP.get(step, ("results.json", "results.md", "grid.log"))
             for name in names:
                 if (runs / step / name).is_file():
                     (dest / "lease" / step).mkdir(parents=True, exist_ok=True)
                     shutil.copy2(runs / step / name, dest / "lease" / step / name)
-    if readme_path is not None:
+    if readme_path is not None and sources:
         readme.update_readme(readme_path, dest / "results.json")
+    return dest
+
+
+def _kept_env(runs: Path):
+    """The env block of a kept step that records one (fp8acc's results.json, a profile's breakdown.json), or None."""
+    for path in (runs / "fp8acc" / "results.json", runs / "profile8" / "breakdown.json",
+                 runs / "profile" / "breakdown.json"):
+        if path.is_file():
+            try:
+                env = json.loads(path.read_text()).get("env")
+            except ValueError:
+                continue
+            if isinstance(env, dict) and env.get("gpu") and env.get("date"):
+                return env
+    return None
+
+
+def _dest_for(env: dict, commit: str, root) -> Path:
+    """<root>/<date>-<device>, or <date>-<device>-<commit> when the former holds results of another commit."""
+    dest = default_results_dir(env, root=root)
+    if (dest / "results.json").is_file() and load(dest / "results.json")["env"]["commit"] != commit:
+        dest = dest.with_name(f"{dest.name}-{slug(commit)}")
+    return dest
+
+
+def _store_merged(tar_path, sources, root, plots: bool, source_commit) -> Path:
+    """Merge the headline and grid results into <date>-<device>[-<commit>]/results.json (+ report), with what is
+    stored there from the same commit; -> that directory."""
+    new = [load(d) for d in sources]
+    if source_commit:
+        for r in new:
+            r["env"]["commit"] = source_commit  # lease/<step>/results.json keep what was recorded
+    commits = {r["env"]["commit"] for r in new}
+    if len(commits) > 1:
+        raise ValueError(f"{tar_path} holds results of commits {sorted(map(str, commits))}: one lease measures "
+                         "one commit")
+    commit = str(commits.pop())
+    dest = _dest_for(merge(new)["env"], commit, root)
+    if (dest / "results.json").is_file():  # an earlier lease of the same day, device and commit
+        old = load(dest / "results.json")
+        if old["env"]["commit"] != commit:
+            raise ValueError(f"{dest} holds results of commit {old['env']['commit']}, not {commit}")
+        new.insert(0, old)
+    merged = merge(new)
+    dest.mkdir(parents=True, exist_ok=True)
+    write_json(merged, dest / "results.json")
+    write_report(merged, dest, plots=plots)
     return dest
 
 

@@ -74,10 +74,12 @@ def test_runs_with_other_kernel_switches_are_labelled_and_never_merged(monkeypat
     from benchmarks.merge import merge
 
     monkeypatch.delenv("VITFAST_GEMM_ENGINE", raising=False)
-    monkeypatch.delenv("VITFAST_OPS", raising=False)
     monkeypatch.setenv("VITFAST_FP8_PRECISE_ACC", "0")
     assert bench_env.collect("cpu")["settings"] == "VITFAST_FP8_PRECISE_ACC=0"
-    monkeypatch.delenv("VITFAST_FP8_PRECISE_ACC")
+    monkeypatch.setenv("VITFAST_GEMM_ENGINE", "pointer")
+    assert bench_env.collect("cpu")["settings"] == "VITFAST_GEMM_ENGINE=pointer, VITFAST_FP8_PRECISE_ACC=0"
+    monkeypatch.setenv("VITFAST_GEMM_ENGINE", "auto")  # a default spelled out is no setting
+    monkeypatch.setenv("VITFAST_FP8_PRECISE_ACC", "1")
     assert bench_env.collect("cpu")["settings"] is None
     row = schema.empty_row("vit_b_16", 8, "float8", "vit_fast", False, "boom")
     plain = {"env": {k: "x" for k in schema.ENV_KEYS}, "matmul_peak_tflops": 1.0, "rows": [row]}

@@ -83,6 +83,14 @@ def test_dry_fp8_fast_accumulation_step(tmp_path):
     assert schema.validate(results) == [] and results["env"]["settings"] == "VITFAST_FP8_PRECISE_ACC=0"
     assert [(r["dtype"], r["backend"], r["error"]) for r in results["rows"]] == [("float8", "vit_fast", None)]
     assert "kernel switches VITFAST_FP8_PRECISE_ACC=0" in (out / "fp8acc" / "results.md").read_text()
+    # a lease that measured only this is stored as it came, under its date and device, merged into nothing
+    archive = tmp_path / "runs.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(out / "fp8acc", arcname="fp8acc")
+    assert store_lease.main([str(archive), "--root", str(tmp_path / "results"), "--readme", "", "--no-plots"]) == 0
+    stored = next((tmp_path / "results").iterdir())
+    assert stored.name.endswith("-cpu") and not (stored / "results.json").exists()
+    assert json.loads((stored / "lease" / "fp8acc" / "results.json").read_text()) == results
 
 
 def test_dry_lease_runs_the_steps_and_resumes_on_a_warm_machine(tmp_path):
@@ -204,7 +212,7 @@ def test_store_refuses_an_archive_without_results(tmp_path, capsys):
     with tarfile.open(empty, "w:gz") as tar:
         tar.add(tmp_path / "junk.tar.gz", arcname="tests/junit.xml")
     assert store_lease.main([str(empty), "--root", str(tmp_path), "--readme", ""]) == 2
-    assert "holds no headline or grid results.json" in capsys.readouterr().err
+    assert "holds no headline, grid, fp8acc or profile results" in capsys.readouterr().err
 
 
 def _k(name, start, stack):

@@ -293,3 +293,36 @@ def test_tolerance_bound():
     assert numerics.within_tol(inside, ref, torch.float16)
     assert not numerics.within_tol(ref + (atol + rtol * ref.abs()) * 1.01, ref, torch.float16)
     assert not numerics.within_tol(torch.tensor([1.0, float("nan"), 100.0]), ref, torch.float16)
+
+
+def test_fp8_ln_rows_allow_rounding_flips_only():
+    """The tolerance reference of the FP8 LN+QKV / LN+FC1 rows: the GEMM on the rows the engine quantized when they
+    are torch's up to a few one-step rounding flips (the engine's LayerNorm sums in another order), else torch's
+    own rows, so a wrong quantizer still fails the row."""
+    from vit_fast import fp8
+    from vit_fast.validate import ops_fp8
+
+    torch.manual_seed(1)
+    d = 64
+    i = {"x": torch.randn(2, 9, d).bfloat16(), "g": torch.randn(d).bfloat16(), "b": torch.randn(d).bfloat16(),
+         "eps": 1e-6}
+    ln = torch.nn.functional.layer_norm(i["x"].float().reshape(-1, d), (d,), i["g"].float(), i["b"].float(), 1e-6)
+    ref_q, ref_s = fp8.quantize_rows(ln)
+
+    def nudged(codes_delta, scale=1.0):
+        def quantize(x2d, ln_params):
+            codes = ref_q.view(torch.uint8).clone().view(-1)
+            where = ((codes & 0x7F) < 0x70).nonzero().flatten()[: len(codes_delta)]  # away from the top (448)
+            codes[where] = (codes[where].int() + torch.tensor(codes_delta)).to(torch.uint8)
+            return codes.view(ref_q.shape).view(torch.float8_e4m3fn), ref_s * scale
+        return quantize
+
+    def taken(quantize):
+        q, s = ops_fp8.engine_rows(i, quantize)
+        return not torch.equal(q.view(torch.uint8), ref_q.view(torch.uint8)) or not torch.equal(s, ref_s)
+
+    assert taken(nudged([1]))  # one neighbouring code (1 of 1,152 elements): the engine's rows
+    assert not taken(nudged([2]))  # two steps off: torch's
+    assert not taken(nudged([1], scale=1.01))  # another scale: torch's
+    assert not taken(nudged([1] * 2))  # 2 of 1,152 elements flipped: more than FLIPS_ALLOWED
+    assert ops_fp8.FLIPS_ALLOWED == 1e-3

@@ -77,6 +77,8 @@ def test_static_gate(tmp_path):
     assert all("TMA" in r["async_copy"] for r in gemms if r["module"] == "gemm_tma")
     fp8 = [r for r in report["rows"] if r["target"] == "sm_90" and r["op"] == "linear_fp8" and "hopper" in r["families"]]
     assert fp8 and all(r["tensor_core"] == "wgmma e4m3" and r["stack"] == 0 for r in fp8)
+    # promoted where PRECISE_ACC=1 (FC2 and the out-projection too, whose A comes from registers), never without it
+    assert all(("promoted" in r["mma_loop"]) == ("PRECISE_ACC=1" in r["switches"]) for r in fp8)
     # a cold spill passes only in fp32 rows: every other Hopper pick (16-bit, FP8, uint8 images) has no stack
     assert all(r["stack"] == 0 for r in report["rows"]
                if r["target"] == "sm_90" and "hopper" in r["families"] and r["dtype"] != "fp32")
@@ -355,7 +357,8 @@ def test_fp8_prune_on_ada_keeps_every_tile_that_fits(monkeypatch):
     monkeypatch.setattr(gemm_fp8, "shared_memory_bytes", lambda index: 232448)
     monkeypatch.setattr(gemm_fp8, "_family", lambda index: "hopper")
     assert kept(2, QUANT_A=True) == set(gemm_fp8.HOPPER_FP8)
-    assert kept(4, QUANT_A=True) == {(64, 128, 128, 4, 4), (64, 128, 128, 8, 4), (64, 64, 128, 4, 4)}
+    assert kept(4, QUANT_A=True) == {(64, 128, 128, 4, 4), (64, 128, 128, 8, 4), (64, 64, 128, 4, 4),
+                                     (64, 128, 256, 8, 3)}
 
 
 def test_spills_in_loops_reads_back_edges():
@@ -426,8 +429,35 @@ def test_mma_drains_in_loops():
         /*1d60*/                   EXIT ;
 """
     assert mma_drains_in_loops(sass) == 1 and zero_started_mmas_in_loops(sass) == 1
-    pipelined = sass.replace("        /*1d20*/                   WARPGROUP.DEPBAR.LE gsb0, 0x0 ;\n", "")
-    assert mma_drains_in_loops(pipelined) == 0
+    drain = "        /*1d20*/                   WARPGROUP.DEPBAR.LE gsb0, 0x0 ;\n"
+    assert mma_drains_in_loops(sass.replace(drain, "")) == 0  # pipelined
+    assert mma_drains_in_loops(sass.replace(drain, ".L_x_9:\n" + drain)) == 0  # another block: a branch target
+    assert mma_drains_in_loops(sass.replace("R24, gsb0 ;", "R24 ;")) == 0  # not the group's last wgmma
     assert zero_started_mmas_in_loops(sass.replace("RZ, !UPT", "R24")) == 0
     assert mma_drains_in_loops(sass.replace("@!P0 BRA `(.L_x_0)", "NOP")) == 0  # no loop
+    assert zero_started_mmas_in_loops(sass.replace("@!P0 BRA `(.L_x_0)", "NOP")) == 0
     assert mma_drains_in_loops(sass.replace("/*1c10*/", "")) is None  # a listing without addresses
+    twice = sass.replace("        /*1d30*/", "        /*1d2c*/                   WARPGROUP.DEPBAR.LE gsb0, 0x0 ;\n"
+                                             "        /*1d30*/")
+    assert mma_drains_in_loops(twice) == 1  # one group, one drain
+
+
+def test_gate_requires_fp8_promotion():
+    """On sm_90 an FP8 GEMM compiled with PRECISE_ACC=1 must start each dot's partial sum from zero in its loop
+    (SwiGLU: gate and up, two), else the compiler dropped the promotion; an unreadable listing fails too."""
+    from benchmarks.kernels_static import gate_problems
+
+    def fp8(**constexprs):
+        return {"signature": {"a": "*fp8e4nv", "out": "*bf16"}, "constexprs": constexprs, "tables": ("hopper",),
+                "main_loop": "gemm"}
+
+    clean = dict(registers=128, stack=0, shared=1000, hgmma=0, qgmma=4, hmma=0, ldgsts=8, utmaldg=0, stl=0, ldl=0,
+                 spills_in_loops=0, mma_drains_in_loops=1, zero_started_mmas_in_loops=1)
+    assert gate_problems(fp8(PRECISE_ACC=True, ACTIVATION=1), 90, clean) == []
+    assert "not promoted" in gate_problems(fp8(PRECISE_ACC=True), 90, dict(clean, zero_started_mmas_in_loops=0))[0]
+    assert "unreadable" in gate_problems(fp8(PRECISE_ACC=True), 90, dict(clean, zero_started_mmas_in_loops=None))[0]
+    assert gate_problems(fp8(PRECISE_ACC=False), 90, dict(clean, zero_started_mmas_in_loops=0)) == []
+    assert "expected at least 2" in gate_problems(fp8(PRECISE_ACC=True, ACTIVATION=SWIGLU), 90, clean)[0]
+    assert gate_problems(fp8(PRECISE_ACC=True, ACTIVATION=SWIGLU), 90, dict(clean, zero_started_mmas_in_loops=2)) == []
+    ada = {**fp8(PRECISE_ACC=True), "tables": ("ada",)}  # Ada's mma.sync: no promotion to read
+    assert gate_problems(ada, 89, dict(clean, qgmma=0, qmma=8, zero_started_mmas_in_loops=0)) == []

@@ -12,8 +12,8 @@ gate and an up accumulator over the packed (2N, K) weight, as gemm.py does.
 
 Hopper adds FP8 wgmma products into its accumulator with fewer bits than fp32 (SageAttention2 finds the low 10 bits
 of the fp32 accumulator truncated; DeepSeek-V3 reports relative errors near 2 % at K = 4096). PRECISE_ACC promotes:
-each BLOCK_K-deep partial sum starts from zero in the tensor cores and is added into the fp32 accumulator (CUTLASS's
-and DeepSeek-V3's promotion every 128 elements). For A in shared memory the dot says so (max_num_imprecise_acc =
+each BLOCK_K-deep partial sum (128 or 256) starts from zero in the tensor cores and is added into the fp32
+accumulator (CUTLASS's and DeepSeek-V3's promotion, every 128 elements there). For A in shared memory the dot says so (max_num_imprecise_acc =
 BLOCK_K); for QUANT_A, whose A reaches the tensor cores from registers, Triton 3.6 and 3.9 split the dot along K and
 drop that argument, so the kernel writes the promotion out. Either way the loop must wait for each K step's MMAs
 before the add (ptxas inserts the wait): the MMAs of one step no longer overlap the next step's issue, the cost the
@@ -34,6 +34,7 @@ from .quant_fp8 import round_to_e4m3
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages): FP8 rows are 1 byte, so BLOCK_K 128 is one 128-byte swizzle row.
 # Checked for sm_90 by AOT compile (registers, no spills): 128x256 (8 warps) and 128x128 (4 warps) spill once the
 # second (promotion) accumulator exists, so they are not listed.
+# BLOCK_K 256 halves the promotion's stalls per K (one per BLOCK_K, see the module docstring): promoted every 256.
 HOPPER_FP8 = [
     (128, 128, 128, 8, 4),
     (128, 128, 128, 8, 3),
@@ -41,6 +42,9 @@ HOPPER_FP8 = [
     (64, 128, 128, 4, 4),
     (64, 128, 128, 8, 4),
     (64, 64, 128, 4, 4),
+    (128, 128, 256, 8, 3),
+    (64, 128, 256, 8, 3),
+    (64, 128, 256, 4, 3),
 ]
 # SwiGLU holds a gate and an up accumulator (each with its promotion accumulator): the Hopper tiles that compile
 # without spills for sm_90 (benchmarks/static/report.md; 128x128 8 warps and 128x64 4 warps spill 88-96 B), and
@@ -76,8 +80,9 @@ FP8_FAMILY_SMEM = {"hopper": 232448, "ada": 101376}
 
 
 # fp32 rows quantized in the main loop (an fp32 model's FC2): Hopper tiles that fit shared memory but spill on sm_90
-# (the static report: 128x128x128 w8s3 8 B under triton 3.9, 24 B under 3.6; 128x64x128 w4s4 88 B under 3.6).
-FP32_ROW_SPILLS = {"hopper": {(128, 128, 128, 8, 3), (128, 64, 128, 4, 4)}}
+# (the static reports: 128x128x128 w8s3 8 B under triton 3.9, 32 B under 3.6; 128x64x128 w4s4 48 B under 3.6;
+# 64x128x256 w4s3 104 B under 3.9, 112 B under 3.6).
+FP32_ROW_SPILLS = {"hopper": {(128, 128, 128, 8, 3), (128, 64, 128, 4, 4), (64, 128, 256, 4, 3)}}
 
 
 def fp8_tile_fits(family: str, tile, a_bytes: int, quant_a: bool, swiglu: bool, smem=None) -> bool:
