@@ -22,11 +22,11 @@ def opcodes(sass: str) -> list:
 
 def _scan(sass: str, marked, on_label=None):
     """-> (addresses of the instructions `marked(opcode, operands)` selects, loop address ranges, whether a spill
-    exists, whether the loops cannot be read: an instruction line without an address, a jump without a label target
-    (an indirect branch could close a loop), or a spill in a subroutine the kernel calls). A loop is the address range
-    from a label to a later branch back to it."""
+    exists, whether the loops cannot be read (an instruction line without an address, a jump without a label target:
+    an indirect branch could close a loop), whether a spill sits in a subroutine the kernel calls). A loop is the
+    address range from a label to a later branch back to it; `on_label` is called at each label."""
     labels, hits, back_edges, pending = {}, [], [], []
-    unreadable, any_spill, functions = False, False, 0
+    unreadable, any_spill, functions, spill_in_call = False, False, 0, False
     for line in sass.splitlines():
         if _FUNCTION.match(line):
             functions += 1
@@ -53,14 +53,14 @@ def _scan(sass: str, marked, on_label=None):
         if marked(opcode, inst[3]):
             hits.append(address)
         if spill:
-            unreadable |= functions > 1
+            spill_in_call |= functions > 1
         elif opcode in _JUMPS:
             target = _TARGET.search(inst[3])
             if target is None:
                 unreadable = True
             elif target[1] in labels:  # a label seen already: a branch back
                 back_edges.append((labels[target[1]], address))
-    return hits, back_edges, any_spill, unreadable
+    return hits, back_edges, any_spill, unreadable, spill_in_call
 
 
 def _inside(addresses, loops) -> int:
@@ -74,10 +74,10 @@ def spills_in_loops(sass: str):
     accesses once per thread; one inside a loop costs them on every iteration. None when a spill exists and the
     loops cannot be read (an instruction without an address, an indirect jump) or a spill sits in a subroutine the
     kernel calls (`__cuda_sm20_div_s64` and kin: it runs as often as its callers)."""
-    spills, loops, any_spill, unreadable = _scan(sass, lambda opcode, _: opcode in ("STL", "LDL"))
+    spills, loops, any_spill, unreadable, spill_in_call = _scan(sass, lambda opcode, _: opcode in ("STL", "LDL"))
     if not any_spill:
         return 0
-    if unreadable:
+    if unreadable or spill_in_call:
         return None
     return _inside(spills, loops)
 
@@ -109,7 +109,7 @@ def _serialized(sass: str):
             tags[len(tags)] = tag
         return tag is not None
 
-    hits, loops, _, unreadable = _scan(sass, marked, on_label=end_block)
+    hits, loops, _, unreadable, _ = _scan(sass, marked, on_label=end_block)
     kinds = [tags[i] for i in range(len(hits))]
     drains = [a for a, k in zip(hits, kinds) if k == "drain"]
     starts = [a for a, k in zip(hits, kinds) if k == "start"]
