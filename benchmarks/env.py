@@ -51,14 +51,15 @@ def triton_version() -> str | None:
 
 def kernel_settings() -> str | None:
     """'NAME=value, ...' for each kernel switch read at launch (which GEMM engine runs, whether FP8 partial sums are
-    promoted) that this process sets to other than its default; None when all are at defaults. A row measured with
+    promoted, whether the autotuner sees the whole table) that this process sets to other than its default; None when all are at defaults. A row measured with
     a switch is labelled with it (the schema's optional env key "settings")."""
     import os
 
+    from vit_fast.kernels._common import AUTOTUNE_ENV
     from vit_fast.kernels.gemm_fp8 import PRECISE_ACC_ENV
     from vit_fast.kernels.gemm_tma import ENGINE_ENV
 
-    defaults = {ENGINE_ENV: "auto", PRECISE_ACC_ENV: "1"}
+    defaults = {ENGINE_ENV: "auto", PRECISE_ACC_ENV: "1", AUTOTUNE_ENV: "all"}
     given = [f"{k}={v}" for k, default in defaults.items()
              if (v := os.environ.get(k, "").strip().lower()) and v != default]
     return ", ".join(given) or None

@@ -8,7 +8,8 @@
 #                      each skipped when done on this machine or too long for the time left; STEPs (e.g. headline
 #                      profile) pick and order them. Writes $OUT/lease/: runs.tar.gz (every step's
 #                      files so far), lease.log, headline.md, tests.txt
-#   tests              the GPU test subset (tests/gpu_subset.txt), < 3 min, junit + one JSON line per test
+#   tests              the GPU test subset (tests/gpu_subset.txt), < 3 min, junit + one JSON line per test; each
+#                      kernel key compiles only the first config its prune keeps (VITFAST_AUTOTUNE=first)
 #   headline [ROWS]    B/16 b256 + b1 (CUDA graphs), FP8 L/16 and H/14 b256, H/14 b64: priority order, row by row
 #                      (RESUME=1: keep the rows a previous call on this machine measured)
 #   profile            per-kernel CUDA time of one B/16 b256 bf16 forward, vit_fast and compile, grouped by layer part
@@ -170,6 +171,7 @@ tests)
     # cache_results on, the tests compile into a cache of their own
     if grep -rqs "cache_results=True" vit_fast/kernels/; then export TRITON_CACHE_DIR=$CACHE/triton-tests; fi
     export TRITON_CACHE_AUTOTUNING=0
+    export VITFAST_AUTOTUNE=${VITFAST_AUTOTUNE:-first}  # one config per kernel key: the window checks numerics
     LIMIT=${T_TESTS:-170}
     export VITFAST_TEST_DEADLINE=$(( $(date +%s) + LIMIT - 40 )) VITFAST_TEST_HARD_END=$(( $(date +%s) + LIMIT - 15 ))
     export VITFAST_TEST_LOG=$DIR/tests.jsonl

@@ -74,6 +74,7 @@ def test_runs_with_other_kernel_switches_are_labelled_and_never_merged(monkeypat
     from benchmarks.merge import merge
 
     monkeypatch.delenv("VITFAST_GEMM_ENGINE", raising=False)
+    monkeypatch.delenv("VITFAST_AUTOTUNE", raising=False)
     monkeypatch.setenv("VITFAST_FP8_PRECISE_ACC", "0")
     assert bench_env.collect("cpu")["settings"] == "VITFAST_FP8_PRECISE_ACC=0"
     monkeypatch.setenv("VITFAST_GEMM_ENGINE", "pointer")

@@ -461,3 +461,28 @@ def test_gate_requires_fp8_promotion():
     assert gate_problems(fp8(PRECISE_ACC=True, ACTIVATION=SWIGLU), 90, dict(clean, zero_started_mmas_in_loops=2)) == []
     ada = {**fp8(PRECISE_ACC=True), "tables": ("ada",)}  # Ada's mma.sync: no promotion to read
     assert gate_problems(ada, 89, dict(clean, qgmma=0, qmma=8, zero_started_mmas_in_loops=0)) == []
+
+
+def test_autotune_first_keeps_one_config(monkeypatch):
+    """VITFAST_AUTOTUNE=first (the GPU test step) hands every autotuned kernel only the first config its prune
+    keeps; "all" (the default) the prune's whole choice; another value is one clear error."""
+    import triton
+
+    from vit_fast.kernels import _common
+
+    configs = [triton.Config({"BLOCK_M": m}, num_warps=4) for m in (16, 32, 64)]
+    scoped = _common.autotune_scope(lambda configs, named_args, **kw: configs[1:])
+    monkeypatch.delenv(_common.AUTOTUNE_ENV, raising=False)
+    assert [c.kwargs["BLOCK_M"] for c in scoped(configs, {})] == [32, 64]
+    monkeypatch.setenv(_common.AUTOTUNE_ENV, "first")
+    assert [c.kwargs["BLOCK_M"] for c in scoped(configs, {})] == [32]
+    monkeypatch.setenv(_common.AUTOTUNE_ENV, "fast")
+    with pytest.raises(ValueError, match=r"^VITFAST_AUTOTUNE: expected all \| first, got 'fast'$"):
+        scoped(configs, {})
+    autotuned = {"attention": "_attn_fwd_kernel", "gemm": "fused_gemm_kernel", "gemm_fp8": "fp8_gemm_kernel",
+                 "gemm_tma": "tma_gemm_kernel", "layer_norm": "layer_norm_kernel",
+                 "patch_embed": "patch_embed_kernel", "quant_fp8": "quant_rows_fp8_kernel"}
+    for module, name in autotuned.items():  # every autotuned kernel's prune goes through the switch
+        kernel = getattr(importlib.import_module(f"vit_fast.kernels.{module}"), name)
+        assert getattr(kernel, "early_config_prune", None) is not None, name
+        assert kernel.early_config_prune.__code__ is scoped.__code__, name

@@ -20,6 +20,28 @@ ACTIVATIONS = {"none": 0, "gelu": 1, "gelu_tanh": 2, "quick_gelu": 3, "swiglu": 
 SWIGLU = ACTIVATIONS["swiglu"]
 
 
+AUTOTUNE_ENV = "VITFAST_AUTOTUNE"  # all (default) | first: see autotune_scope
+
+
+def autotune_setting() -> str:
+    """VITFAST_AUTOTUNE, read at each first launch of a kernel key: "all" or "first"; another value is refused."""
+    value = os.environ.get(AUTOTUNE_ENV, "all").strip().lower() or "all"
+    check(value in ("all", "first"), AUTOTUNE_ENV, "all | first", repr(value))
+    return value
+
+
+def autotune_scope(prune):
+    """An early_config_prune that, with VITFAST_AUTOTUNE=first, hands the autotuner only the first config it keeps:
+    one compile per kernel key instead of the whole table. For runs that check numerics, not speed (the GPU test
+    step: a lease's test window is otherwise spent autotuning); the benchmark harness records the setting."""
+    @functools.wraps(prune)
+    def scoped(configs, named_args, **kwargs):
+        kept = prune(configs, named_args, **kwargs)
+        return kept[:1] if autotune_setting() == "first" else kept
+
+    return scoped
+
+
 def is_interpreting() -> bool:
     """True when Triton kernels run on CPU through the interpreter (TRITON_INTERPRET=1)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")

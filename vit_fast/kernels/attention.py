@@ -26,8 +26,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (FAMILY_SMEM, FLOAT_DTYPES, TL_SIG, check, check_dtype, gpu_family, is_interpreting, jit_fn,
-                      m_bucket, shared_memory_bytes, upcast_needed)
+from ._common import (
+    autotune_scope, FAMILY_SMEM, FLOAT_DTYPES, TL_SIG, check, check_dtype, gpu_family, is_interpreting, jit_fn,
+    m_bucket, shared_memory_bytes, upcast_needed,
+)
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 128
 _LOG2E = 1.4426950408889634
@@ -187,7 +189,7 @@ def _scaled_q(ptrs, rows, n_rows, cols, n_cols, qk_scale, MASK_ROWS: tl.constexp
 
 
 @triton.autotune(configs=_configs(), key=["N_Q_BUCKET", "N_K_BUCKET", "BH_BUCKET", "HEAD_DIM"],
-                 prune_configs_by={"early_config_prune": _prune_configs},
+                 prune_configs_by={"early_config_prune": autotune_scope(_prune_configs)},
                  cache_results=True)  # tuned configs persist in triton's cache dir across processes
 @triton.heuristics({
     "EVEN_M": lambda a: a["N_Q"] % a["BLOCK_M"] == 0,

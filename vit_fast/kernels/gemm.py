@@ -12,9 +12,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (GEMM_DIVISIBLE, SWIGLU, SWITCH_TILE, TL_SIG, gemm_configs, gemm_families, gemm_kind,
-                      gemm_rows_for, gemm_vit_launches, is_interpreting, jit_fn, m_bucket, preset_activation,
-                      prune_gemm_configs, upcast_needed)
+from ._common import (
+    autotune_scope, GEMM_DIVISIBLE, SWIGLU, SWITCH_TILE, TL_SIG, gemm_configs, gemm_families, gemm_kind,
+    gemm_rows_for, gemm_vit_launches, is_interpreting, jit_fn, m_bucket, preset_activation, prune_gemm_configs,
+    upcast_needed,
+)
 
 DTYPES = (torch.bfloat16, torch.float32, torch.float16)  # AOT order: bf16 first (the fast path)
 GEMM_AUTOTUNE_KEY = ["M_BUCKET", "N", "K", "ROW_STATS", "HAS_BIAS", "ACTIVATION", "HAS_RESIDUAL"]
@@ -125,7 +127,7 @@ def _epi_split(args):
 @triton.autotune(
     configs=gemm_configs(),
     key=GEMM_AUTOTUNE_KEY,
-    prune_configs_by={"early_config_prune": prune_gemm_configs},
+    prune_configs_by={"early_config_prune": autotune_scope(prune_gemm_configs)},
     cache_results=True,  # tuned configs persist on disk (triton's cache dir), so a restarted server does not re-tune
 )
 @triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0, "EPI_SPLIT": _epi_split})

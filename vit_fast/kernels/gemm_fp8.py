@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import SWIGLU, TL_SIG, is_interpreting, jit_fn, m_bucket, shared_memory_bytes
+from ._common import autotune_scope, SWIGLU, TL_SIG, is_interpreting, jit_fn, m_bucket, shared_memory_bytes
 from .gemm import apply_activation, grouped_tile, swiglu
 from .quant_fp8 import round_to_e4m3
 
@@ -131,7 +131,8 @@ def smem_bytes(family: str, tile, a_bytes: int, quant_a: bool, swiglu: bool = Fa
     return (stages - 1 if quant_a else stages) * a + stages * w
 
 
-@triton.autotune(configs=_configs(), key=FP8_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune},
+@triton.autotune(configs=_configs(), key=FP8_AUTOTUNE_KEY,
+                 prune_configs_by={"early_config_prune": autotune_scope(_prune)},
                  cache_results=True)  # tuned configs persist on disk (triton's cache dir) across processes
 @triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
 @triton.jit(do_not_specialize=["M"])  # M = B·tokens: one compile for every batch size

@@ -21,9 +21,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (FAMILY_SMEM, GEMM_DIVISIBLE, SWIGLU, TL_SIG, check, gemm_vit_launches, is_interpreting,
-                      jit_fn, m_bucket, preset_activation, shared_memory_bytes, swiglu_accumulators_fit,
-                      upcast_needed)
+from ._common import (
+    autotune_scope, FAMILY_SMEM, GEMM_DIVISIBLE, SWIGLU, TL_SIG, check, gemm_vit_launches, is_interpreting, jit_fn,
+    m_bucket, preset_activation, shared_memory_bytes, swiglu_accumulators_fit, upcast_needed,
+)
 from .gemm import gated_epilogue_math, grouped_tile, switch_combos
 
 ENGINE_ENV = "VITFAST_GEMM_ENGINE"  # auto (default) | tma | pointer: pick the GEMM engine, e.g. to compare them
@@ -98,7 +99,7 @@ def _finish(acc, up, rows, cols, M, N, stats_ptr, colsum_ptr, bias_ptr, res_desc
     out_desc.store([off_m, off_n], acc.to(out_desc.dtype))
 
 
-@triton.autotune(configs=_configs(), key=AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune},
+@triton.autotune(configs=_configs(), key=AUTOTUNE_KEY, prune_configs_by={"early_config_prune": autotune_scope(_prune)},
                  cache_results=True)  # tuned configs persist on disk (triton's cache dir) across processes
 @triton.jit(do_not_specialize=["M"])
 def tma_gemm_kernel(

@@ -8,9 +8,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (FLOAT_DTYPES, GEMM_TABLES, SWITCH_TILE, TL_SIG, check, check_device, check_dtype, check_vector,
-                      gemm_configs, gemm_families, gemm_rows_for, gemm_vit_launches, is_interpreting, jit_fn,
-                      m_bucket, prune_gemm_configs)
+from ._common import (
+    autotune_scope, FLOAT_DTYPES, GEMM_TABLES, SWITCH_TILE, TL_SIG, check, check_device, check_dtype, check_vector,
+    gemm_configs, gemm_families, gemm_rows_for, gemm_vit_launches, is_interpreting, jit_fn, m_bucket,
+    prune_gemm_configs,
+)
 from .gemm import grouped_tile
 
 OP = "patch_embed"
@@ -20,8 +22,8 @@ IMAGE_DTYPES = FLOAT_DTYPES + (torch.uint8,)
 @triton.autotune(
     configs=gemm_configs(),
     key=["M_BUCKET", "N", "K", "HAS_BIAS"],
-    prune_configs_by={"early_config_prune": functools.partial(prune_gemm_configs, a_name="x_ptr",
-                                                              dot_dtype_name="out_ptr", kind="patch")},
+    prune_configs_by={"early_config_prune": autotune_scope(functools.partial(
+        prune_gemm_configs, a_name="x_ptr", dot_dtype_name="out_ptr", kind="patch"))},
     cache_results=True,  # tuned configs persist on disk (triton's cache dir), so a restarted server does not re-tune
 )
 @triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})

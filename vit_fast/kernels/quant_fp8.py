@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import FP8_DTYPE, TL_SIG, is_interpreting, jit_fn, m_bucket
+from ._common import autotune_scope, FP8_DTYPE, TL_SIG, is_interpreting, jit_fn, m_bucket
 from .layer_norm import LN_CONFIGS, prune_ln_configs
 
 AMAX_FLOOR = 1e-12  # an all-zero row gets scale 1e-12/448 (q = 0), never a division by zero
@@ -46,7 +46,8 @@ def round_to_e4m3(y):
     return (r.to(tl.int32, bitcast=True) | (bits & -2147483648)).to(tl.float32, bitcast=True)
 
 
-@triton.autotune(configs=_configs(), key=["M_BUCKET", "K", "HAS_LN"], prune_configs_by={"early_config_prune": _prune},
+@triton.autotune(configs=_configs(), key=["M_BUCKET", "K", "HAS_LN"],
+                 prune_configs_by={"early_config_prune": autotune_scope(_prune)},
                  cache_results=True)  # tuned configs persist on disk (triton's cache dir) across processes
 @triton.jit(do_not_specialize=["M"])  # M = B·tokens: one compile for every batch size
 def quant_rows_fp8_kernel(
