@@ -51,8 +51,9 @@ def triton_version() -> str | None:
 
 def kernel_settings() -> str | None:
     """'NAME=value, ...' for each kernel switch read at launch (which GEMM engine runs, whether FP8 partial sums are
-    promoted, whether the autotuner sees the whole table) that this process sets to other than its default; None when all are at defaults. A row measured with
-    a switch is labelled with it (the schema's optional env key "settings")."""
+    promoted, whether the autotuner sees the whole table) that this process sets to other than its default; None
+    when all are at defaults. A row measured with a switch is labelled with it (the schema's optional env key
+    "settings")."""
     import os
 
     from vit_fast.kernels._common import AUTOTUNE_ENV

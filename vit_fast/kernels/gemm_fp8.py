@@ -15,10 +15,10 @@ of the fp32 accumulator truncated; DeepSeek-V3 reports relative errors near 2 % 
 each BLOCK_K-deep partial sum (128 or 256) starts from zero in the tensor cores and is added into the fp32
 accumulator (CUTLASS's and DeepSeek-V3's promotion, every 128 elements there). For A in shared memory the dot says
 so (max_num_imprecise_acc = BLOCK_K); for QUANT_A, whose A reaches the tensor cores from registers, Triton 3.6 and
-3.9 split the dot along K and drop that argument, so the kernel writes the promotion out. Either way the loop must wait for each K step's MMAs
-before the add (ptxas inserts the wait): the MMAs of one step no longer overlap the next step's issue, the cost the
-static report marks "drained". VITFAST_FP8_PRECISE_ACC=0 turns the promotion off everywhere, to measure that cost
-and the error it saves on a GPU (`gpu_steps.sh fp8acc`); the default, 1, keeps it.
+3.9 split the dot along K and drop that argument, so the kernel writes the promotion out. Either way the loop
+must wait for each K step's MMAs before the add (ptxas inserts the wait): the MMAs of one step no longer overlap the
+next step's issue, the cost the static report marks "drained". VITFAST_FP8_PRECISE_ACC=0 turns the promotion off
+everywhere, to measure that cost and the error it saves on a GPU (`gpu_steps.sh fp8acc`); the default, 1, keeps it.
 """
 import functools
 import os
