@@ -34,7 +34,8 @@ KEEP = {"headline": ("results.json", "setup.json", "headline.md", "headline.log"
         "tests": ("junit.xml", "tests.jsonl", "tests.log"),
         "profile": ("breakdown.json", "breakdown.md", "profile.log"),
         "profile8": ("breakdown.json", "breakdown.md", "profile8.log"),
-        "fp8acc": ("results.json", "results.md", "fp8acc.log"),  # kept apart: another kernel setting, not merged
+        # kept apart, never merged: rows of another kernel setting, and the shipped setting's beside them
+        "fp8acc": ("results.json", "results.md", "promoted/results.json", "promoted/results.md", "fp8acc.log"),
         "micro": ("micro.json", "micro.log")}
 
 
@@ -61,7 +62,7 @@ def store(tar_path, root=None, readme_path=None, plots: bool = True, source_comm
             names = KEEP.get(step, ("results.json", "results.md", "grid.log"))
             for name in names:
                 if (runs / step / name).is_file():
-                    (dest / "lease" / step).mkdir(parents=True, exist_ok=True)
+                    (dest / "lease" / step / name).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(runs / step / name, dest / "lease" / step / name)
     if readme_path is not None and sources:
         readme.update_readme(readme_path, dest / "results.json")

@@ -76,13 +76,17 @@ def test_dry_fp8_profile(tmp_path):
 
 
 def test_dry_fp8_fast_accumulation_step(tmp_path):
-    """fp8acc: the FP8 rows measured without the fp32 promotion, the switch recorded in the results it writes."""
+    """fp8acc: the FP8 rows measured without the fp32 promotion, the switch recorded in the results it writes, then
+    as shipped (promoted/), recorded without it."""
     proc, out = _steps(tmp_path, "fp8acc", timeout=200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     results = json.loads((out / "fp8acc" / "results.json").read_text())
     assert schema.validate(results) == [] and results["env"]["settings"] == "VITFAST_FP8_PRECISE_ACC=0"
     assert [(r["dtype"], r["backend"], r["error"]) for r in results["rows"]] == [("float8", "vit_fast", None)]
     assert "kernel switches VITFAST_FP8_PRECISE_ACC=0" in (out / "fp8acc" / "results.md").read_text()
+    promoted = json.loads((out / "fp8acc" / "promoted" / "results.json").read_text())
+    assert schema.validate(promoted) == [] and promoted["env"]["settings"] is None
+    assert [(r["dtype"], r["error"]) for r in promoted["rows"]] == [("float8", None)]
     # a lease that measured only this is stored as it came, under its date and device, merged into nothing
     archive = tmp_path / "runs.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
@@ -91,6 +95,7 @@ def test_dry_fp8_fast_accumulation_step(tmp_path):
     stored = next((tmp_path / "results").iterdir())
     assert stored.name.endswith("-cpu") and not (stored / "results.json").exists()
     assert json.loads((stored / "lease" / "fp8acc" / "results.json").read_text()) == results
+    assert json.loads((stored / "lease" / "fp8acc" / "promoted" / "results.json").read_text()) == promoted
 
 
 def test_dry_lease_runs_the_steps_and_resumes_on_a_warm_machine(tmp_path):
