@@ -56,13 +56,10 @@ def kernel_settings() -> str | None:
     "settings")."""
     import os
 
-    from vit_fast.kernels._common import AUTOTUNE_ENV
-    from vit_fast.kernels.gemm_fp8 import PRECISE_ACC_ENV
-    from vit_fast.kernels.gemm_tma import ENGINE_ENV
+    from vit_fast.kernels._common import SWITCHES
 
-    defaults = {ENGINE_ENV: "auto", PRECISE_ACC_ENV: "1", AUTOTUNE_ENV: "all"}
-    given = [f"{k}={v}" for k, default in defaults.items()
-             if (v := os.environ.get(k, "").strip().lower()) and v != default]
+    given = [f"{name}={value}" for name, choices in SWITCHES.items()
+             if (value := os.environ.get(name, "").strip().lower()) and value != choices[0]]
     return ", ".join(given) or None
 
 

@@ -90,30 +90,37 @@ _WGMMA = ("HGMMA", "QGMMA", "IGMMA")  # 16-bit, FP8 and int8 warpgroup MMAs
 def _serialized(sass: str):
     """-> (addresses of the full drains that directly follow an MMA group's last wgmma (`..., gsb0`) in the same
     basic block, addresses of the wgmmas that start from a zero accumulator (`RZ, !UPT`), loops, unreadable)."""
-    after_group, tags = [False], {}
+    after_group, kinds = [False], []
 
     def end_block():
         after_group[0] = False
 
     def marked(opcode, operands):
-        tag = None
+        kind = None
         if opcode in _WGMMA:
             after_group[0] = "gsb0" in operands
-            tag = "start" if "RZ, !UPT" in operands else None
+            kind = "start" if "RZ, !UPT" in operands else None
         elif opcode == "WARPGROUP" and _DRAIN.match(operands):
-            tag = "drain" if after_group[0] else None
+            kind = "drain" if after_group[0] else None
             end_block()
         elif opcode in _JUMPS:
             end_block()
-        if tag:
-            tags[len(tags)] = tag
-        return tag is not None
+        if kind:
+            kinds.append(kind)  # in step with _scan's hits: it records an address for each True
+        return kind is not None
 
     hits, loops, _, unreadable, _ = _scan(sass, marked, on_label=end_block)
-    kinds = [tags[i] for i in range(len(hits))]
     drains = [a for a, k in zip(hits, kinds) if k == "drain"]
     starts = [a for a, k in zip(hits, kinds) if k == "start"]
     return drains, starts, loops, unreadable
+
+
+def mma_loop_counts(sass: str) -> dict:
+    """`mma_drains_in_loops` and `zero_started_mmas_in_loops` from one reading of the listing (None each when
+    the loops cannot be read)."""
+    drains, starts, loops, unreadable = _serialized(sass)
+    return {"mma_drains_in_loops": None if unreadable else _inside(drains, loops),
+            "zero_started_mmas_in_loops": None if unreadable else _inside(starts, loops)}
 
 
 def mma_drains_in_loops(sass: str):
@@ -124,13 +131,11 @@ def mma_drains_in_loops(sass: str):
     the accumulator registers of an in-flight wgmma (its note C7517), as the fp32 promotion of FP8 partial sums
     does; attention's loop drains by design (softmax reads S = QK^T before P·V). A drain after a branch (a
     persistent kernel's epilogue, once per tile) is not counted."""
-    drains, _, loops, unreadable = _serialized(sass)
-    return None if unreadable else _inside(drains, loops)
+    return mma_loop_counts(sass)["mma_drains_in_loops"]
 
 
 def zero_started_mmas_in_loops(sass: str):
     """How many wgmmas inside a loop start from a zero accumulator (`RZ, !UPT`): a fresh partial sum every K step,
     which the loop then adds to its fp32 accumulator (the promotion of FP8 partial sums, `max_num_imprecise_acc`).
     None when the loops cannot be read."""
-    _, starts, loops, unreadable = _serialized(sass)
-    return None if unreadable else _inside(starts, loops)
+    return mma_loop_counts(sass)["zero_started_mmas_in_loops"]

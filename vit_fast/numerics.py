@@ -7,6 +7,8 @@ kernels and models with the definitions here, so a number a user sees on their G
   exact reference by at most `TORCH_ERR_FACTOR` times the error PyTorch's own composition makes in that same dtype,
   plus a small floor so that two near-exact results (fp32, tiny shapes) do not flake. For an FP8 op, PyTorch's own
   result is the emulation (torch float8 casts with the same scales) and the exact reference is the unquantized op.
+- `e4m3_rounding_flips`: how two per-row e4m3 quantizations of the same LayerNorm output may differ (another
+  summation order of the statistics moves an element across a rounding boundary), and no more.
 """
 from __future__ import annotations
 
@@ -46,6 +48,17 @@ TORCH_ERR_FACTOR = 2.0
 KERNEL_FLOOR = {torch.float32: 1e-6, torch.float16: 1e-5, torch.bfloat16: 1e-4}
 # Relative floor under the 2x rule for whole-model outputs (per-image relative error).
 MODEL_FLOOR = {torch.float32: 1e-5, torch.float16: 1e-4, torch.bfloat16: 1e-3}
+
+
+def e4m3_rounding_flips(q: torch.Tensor, scale: torch.Tensor, ref_q: torch.Tensor, ref_scale: torch.Tensor):
+    """Where per-row e4m3 quantizations (q, scale) and (ref_q, ref_scale) of the same rows differ (a bool mask), when
+    they differ only by rounding: the same scales (to 1e-6) and each differing code a neighbour of the other (e4m3
+    codes of one sign are ordered by magnitude). None when they differ in any other way."""
+    if not bool(torch.isclose(scale, ref_scale, rtol=1e-6, atol=0).all()):
+        return None
+    codes, ref_codes = q.view(torch.uint8).int(), ref_q.view(torch.uint8).int()
+    flipped = codes != ref_codes
+    return flipped if bool(((codes - ref_codes).abs()[flipped] == 1).all()) else None
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:

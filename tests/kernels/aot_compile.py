@@ -96,7 +96,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from benchmarks.sass import mma_drains_in_loops, opcodes, spills_in_loops, zero_started_mmas_in_loops  # noqa: E402
+from benchmarks.sass import mma_loop_counts, opcodes, spills_in_loops  # noqa: E402
 
 
 def discover(only=()):
@@ -213,8 +213,7 @@ def inspect_compiled(compiled):
     for key, op in SASS_COUNTS.items():
         stats[key] = sum(1 for o in ops if o == op)
     stats["spills_in_loops"] = spills_in_loops(sass)
-    stats["mma_drains_in_loops"] = mma_drains_in_loops(sass)
-    stats["zero_started_mmas_in_loops"] = zero_started_mmas_in_loops(sass)
+    stats.update(mma_loop_counts(sass))
     return stats
 
 

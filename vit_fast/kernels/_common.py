@@ -20,14 +20,26 @@ ACTIVATIONS = {"none": 0, "gelu": 1, "gelu_tanh": 2, "quick_gelu": 3, "swiglu": 
 SWIGLU = ACTIVATIONS["swiglu"]
 
 
-AUTOTUNE_ENV = "VITFAST_AUTOTUNE"  # all (default) | first: see autotune_scope
+# The environment switches the kernels read at launch -> their values, the default first. The benchmark harness
+# labels results measured with any of them set (benchmarks/env.kernel_settings).
+ENGINE_ENV = "VITFAST_GEMM_ENGINE"  # which GEMM engine runs (gemm_tma.select_engine), e.g. to compare them
+PRECISE_ACC_ENV = "VITFAST_FP8_PRECISE_ACC"  # FP8 partial sums promoted to fp32 every BLOCK_K, or not (gemm_fp8)
+AUTOTUNE_ENV = "VITFAST_AUTOTUNE"  # the whole table, or only the first config a prune keeps (autotune_scope)
+SWITCHES = {ENGINE_ENV: ("auto", "tma", "pointer"), PRECISE_ACC_ENV: ("1", "0"), AUTOTUNE_ENV: ("all", "first")}
+
+
+def switch_value(name: str, expected: str = None) -> str:
+    """The value of switch `name` in the environment (its default when unset or blank); another value is one
+    clear error, saying `expected` (default: the values, "a | b")."""
+    choices = SWITCHES[name]
+    value = os.environ.get(name, "").strip().lower() or choices[0]
+    check(value in choices, name, expected or " | ".join(choices), repr(value))
+    return value
 
 
 def autotune_setting() -> str:
-    """VITFAST_AUTOTUNE, read at each first launch of a kernel key: "all" or "first"; another value is refused."""
-    value = os.environ.get(AUTOTUNE_ENV, "all").strip().lower() or "all"
-    check(value in ("all", "first"), AUTOTUNE_ENV, "all | first", repr(value))
-    return value
+    """VITFAST_AUTOTUNE, read at each first launch of a kernel key: "all" or "first"."""
+    return switch_value(AUTOTUNE_ENV)
 
 
 def autotune_scope(prune):

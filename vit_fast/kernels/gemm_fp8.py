@@ -21,13 +21,13 @@ next step's issue, the cost the static report marks "drained". VITFAST_FP8_PRECI
 everywhere, to measure that cost and the error it saves on a GPU (`gpu_steps.sh fp8acc`); the default, 1, keeps it.
 """
 import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from ._common import autotune_scope, SWIGLU, TL_SIG, is_interpreting, jit_fn, m_bucket, shared_memory_bytes
+from ._common import (PRECISE_ACC_ENV, SWIGLU, TL_SIG, autotune_scope, is_interpreting, jit_fn, m_bucket,
+                      shared_memory_bytes, switch_value)
 from .gemm import apply_activation, grouped_tile, swiglu
 from .quant_fp8 import round_to_e4m3
 
@@ -252,15 +252,9 @@ def fp8_gemm_kernel(
         tl.atomic_max(amax_out_ptr + rm, tile_max, mask=mask_m)
 
 
-PRECISE_ACC_ENV = "VITFAST_FP8_PRECISE_ACC"  # 1 (default) | 0: FP8 partial sums promoted to fp32 every BLOCK_K, or not
-
-
 def precise_acc_setting() -> bool:
-    """The promotion switch from VITFAST_FP8_PRECISE_ACC (read at each launch); a value not 0 or 1 is refused."""
-    value = os.environ.get(PRECISE_ACC_ENV, "1").strip() or "1"
-    if value not in ("0", "1"):
-        raise ValueError(f"{PRECISE_ACC_ENV}: expected 0 or 1, got {value!r}")
-    return value == "1"
+    """The promotion switch from VITFAST_FP8_PRECISE_ACC (read at each launch): 1 (default) or 0."""
+    return switch_value(PRECISE_ACC_ENV, "0 or 1") == "1"
 
 
 def launch_fp8_gemm(a_q, a_scale, weight, w_scale, bias, out, *, activation=0, residual=None, precise_acc=None,

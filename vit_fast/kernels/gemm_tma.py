@@ -15,19 +15,17 @@ triton 3.6 (triton-lang/triton#11587).
 The op modules decide when this engine runs (`select_engine`): CUDA sm_90, 16-bit dtypes, operands TMA can address.
 """
 import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
 
 from ._common import (
-    autotune_scope, FAMILY_SMEM, GEMM_DIVISIBLE, SWIGLU, TL_SIG, check, gemm_vit_launches, is_interpreting, jit_fn,
-    m_bucket, preset_activation, shared_memory_bytes, swiglu_accumulators_fit, upcast_needed,
+    ENGINE_ENV, FAMILY_SMEM, GEMM_DIVISIBLE, SWIGLU, TL_SIG, autotune_scope, check, gemm_vit_launches, is_interpreting,
+    jit_fn, m_bucket, preset_activation, shared_memory_bytes, swiglu_accumulators_fit, switch_value, upcast_needed,
 )
 from .gemm import gated_epilogue_math, grouped_tile, switch_combos
 
-ENGINE_ENV = "VITFAST_GEMM_ENGINE"  # auto (default) | tma | pointer: pick the GEMM engine, e.g. to compare them
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, EPI_SPLIT): the sm_90 table (registers, spills and shared memory
 # of each row are in benchmarks/NOTES.md).
 HOPPER_TMA = [
@@ -207,8 +205,7 @@ def select_engine(a, weight, out, residual=None) -> str:
     """"tma" or "pointer" for already-checked 2-D operands. auto: TMA on sm_90 for bf16/fp16 operands it can
     address. VITFAST_GEMM_ENGINE=tma forces it (also under the interpreter, in any float dtype, which is how the tests
     run this engine on a CPU) and fails with one line when the operands do not fit; =pointer forces the other."""
-    choice = os.environ.get(ENGINE_ENV, "auto").strip().lower() or "auto"
-    check(choice in ("auto", "tma", "pointer"), ENGINE_ENV, "auto | tma | pointer", repr(choice))
+    choice = switch_value(ENGINE_ENV)
     if choice == "pointer":
         return "pointer"
     operands = dict(a=a, weight=weight, out=out, residual=residual)

@@ -19,12 +19,11 @@ model's epilogue: GELU, or for SwiGLU models the gate on the packed (2H) weight 
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 from .. import fp8, kernels
 from ..kernels.quant_fp8 import launch_quant_rows
-from ..numerics import FP8_TOL
+from ..numerics import FP8_TOL, e4m3_rounding_flips
 from .ops import (_STAYS_BF16, OpCheck, _fc1_inputs, _fc2_inputs, _linear_residual_eager, _ln_linear_eager,
                   _ln_qkv_eager, _ln_qkv_inputs, _proj_inputs)
 
@@ -62,17 +61,14 @@ FLIPS_ALLOWED = 1e-3  # fraction of the LayerNorm-quantized elements that may si
 
 def engine_rows(i, quantize=launch_quant_rows):
     """(q, scale) the LN-quantizing engines feed their GEMM (`quant_fp8.launch_quant_rows`, their first stage) when
-    they equal torch's `quantize_rows(layer_norm(x))` up to rounding flips (the same scales to 1e-6, each differing
-    code a neighbour, at most FLIPS_ALLOWED of them); else torch's own."""
+    they equal torch's `quantize_rows(layer_norm(x))` up to rounding flips (`numerics.e4m3_rounding_flips`, at most
+    FLIPS_ALLOWED of them); else torch's own."""
     x2d = i["x"].reshape(-1, i["x"].shape[-1]).contiguous()
     ln = F.layer_norm(x2d.float(), x2d.shape[-1:], i["g"].float(), i["b"].float(), i["eps"])
     ref_q, ref_s = fp8.quantize_rows(ln)
     q, s = quantize(x2d, (i["g"], i["b"], i["eps"]))
-    codes, ref_codes = q.view(torch.uint8).int(), ref_q.view(torch.uint8).int()
-    flipped = codes != ref_codes
-    close = bool(torch.isclose(s, ref_s, rtol=1e-6, atol=0).all())
-    neighbours = bool(((codes - ref_codes).abs()[flipped] == 1).all())  # e4m3 codes of one sign are ordered
-    if close and neighbours and flipped.float().mean().item() <= FLIPS_ALLOWED:
+    flipped = e4m3_rounding_flips(q, s, ref_q, ref_s)
+    if flipped is not None and flipped.float().mean().item() <= FLIPS_ALLOWED:
         return q, s
     return ref_q, ref_s
 
