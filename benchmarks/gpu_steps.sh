@@ -4,7 +4,7 @@
 # below in priority order, resuming on a warm machine); the single steps are for a lease with time to spare. Order and
 # expected times are in benchmarks/NOTES.md, "GPU session plan".
 #   lease [S [STEP...]] within S seconds (default 560): tests (once per machine), headline (resumed), profile, grid 1-6
-#                      (profile8, fp8acc and micro only when named),
+#                      (profile8, fp8acc, fp8tma and micro only when named),
 #                      each skipped when done on this machine or too long for the time left; STEPs (e.g. headline
 #                      profile) pick and order them. Writes $OUT/lease/: runs.tar.gz (every step's
 #                      files so far), lease.log, headline.md, tests.txt
@@ -17,6 +17,8 @@
 #   fp8acc             L/16 b256 vit_fast bf16 and FP8, twice: with VITFAST_FP8_PRECISE_ACC=0 (no fp32 promotion of
 #                      the FP8 partial sums; results.json records the switch), then as shipped (promoted/): what the
 #                      promotion costs in speed and error, each against bf16 measured in the same run
+#   fp8tma             the same rows with VITFAST_GEMM_ENGINE=tma (the FP8 TMA engine, gemm_fp8_tma.py, as shipped
+#                      behind that switch), then also with VITFAST_FP8_PRECISE_ACC=0 (fast/)
 #   grid N             slice N (1-6) of the rest of the grid; `grid list` prints the slices
 #   merge              merge headline + every grid slice run so far on this machine into one results directory
 #   micro              kernel microbenchmarks (CUDA-graph timing, batch 64: the model's autotune bucket)
@@ -52,13 +54,13 @@ SLICES=(
 )
 
 usage() {
-    local steps="lease [SECONDS [STEP...]]|tests|headline [ROWS]|profile|profile8|fp8acc|grid N|grid list"
+    local steps="lease [SECONDS [STEP...]]|tests|headline [ROWS]|profile|profile8|fp8acc|fp8tma|grid N|grid list"
     echo "usage: $0 {$steps|merge|micro}" >&2
     exit 2
 }
 
 case "$STEP" in
-    lease|tests|headline|profile|profile8|fp8acc|grid|merge|micro) ;;
+    lease|tests|headline|profile|profile8|fp8acc|fp8tma|grid|merge|micro) ;;
     *) usage ;;
 esac
 if [ "$STEP" = grid ]; then
@@ -109,8 +111,9 @@ lease)
     STEPS=${STEPS:-tests headline profile grid1 grid2 grid3 grid4 grid5 grid6}
     case "$TOTAL" in ''|*[!0-9]*) echo "error: lease needs whole seconds, got '$TOTAL'" >&2; exit 2 ;; esac
     for s in $STEPS; do
-        case "$s" in tests|headline|profile|profile8|fp8acc|grid[1-6]|micro) ;;
-            *) echo "error: lease step '$s' is not one of tests headline profile profile8 fp8acc grid1..grid6 micro" >&2
+        case "$s" in tests|headline|profile|profile8|fp8acc|fp8tma|grid[1-6]|micro) ;;
+            *) echo "error: lease step '$s' is not one of tests headline profile profile8 fp8acc fp8tma grid1..grid6" \
+                    "micro" >&2
                exit 2 ;;
         esac
     done
@@ -147,11 +150,13 @@ lease)
         headline) done_ headline || RESUME=1 sub 60 headline ;;
         profile) done_ profile || sub 300 profile ;;
         profile8) done_ profile8 || sub 200 profile8 ;;
-        fp8acc) done_ fp8acc || T_BUDGET=$(( $(left) - 60 )) sub 200 fp8acc ;;
+        fp8acc|fp8tma) done_ "$s" || T_BUDGET=$(( $(left) - 60 )) sub 200 "$s" ;;
         grid*) done_ "grid-${s#grid}" || T_BUDGET=$(( $(left) - 85 )) sub 240 grid "${s#grid}" ;;
         micro) done_ micro || sub 300 micro ;;
         esac
     done
+    # what the autotuner picked for every key this machine tuned, and what each config it timed measured
+    "$PY" -m benchmarks.autotune_record --cache "$TRITON_CACHE_DIR" --out "$W/autotune" 2>&1 | tee -a "$LOG"
     # what comes back: at most 8 files, so every step's directory travels in one archive
     tar czf "$DIR/runs.tar.gz" -C "$W" . 2>&1 | tee -a "$LOG"
     [ -f "$W/headline/headline.md" ] && cp "$W/headline/headline.md" "$DIR/"
@@ -207,7 +212,7 @@ profile8)
     [ "$DRY" = 1 ] && { ARGS+=(--tiny); export TRITON_INTERPRET=1; }
     run "${T_LIMIT:-300}" "$PY" -m benchmarks.breakdown "${ARGS[@]}"
     ;;
-fp8acc)
+fp8acc|fp8tma)
     ARGS=(--models vit_l_16 --batch-sizes 256 --dtypes bfloat16,float8 --backends vit_fast --no-plots --no-progress)
     if [ "$DRY" = 1 ]; then  # FP8 dots in Triton's interpreter on a CPU; bf16 dots do not run there
         export TRITON_INTERPRET=1
@@ -215,14 +220,22 @@ fp8acc)
                --config-overrides depth=1,embed_dim=64,num_heads=2,mlp_dim=128)
     fi
     LIMIT=${T_LIMIT:-500} BUDGET=${T_BUDGET:-440}
-    # without the promotion first (the new measurement), with half the time; then as shipped, with what is left
-    VITFAST_FP8_PRECISE_ACC=0 run $(( LIMIT / 2 )) "$PY" -m benchmarks --out "$DIR" --time-budget $(( BUDGET / 2 )) \
-        "${ARGS[@]}"
-    FAST_RC=$RC
+    # the new measurement first, with half the time; then its companion into SUB/, with what is left
+    if [ "$STEP" = fp8acc ]; then  # without the promotion, then as shipped
+        FIRST=(VITFAST_FP8_PRECISE_ACC=0) SECOND=() SUB=promoted
+    else  # the FP8 TMA engine as shipped behind its switch, then without the promotion too
+        FIRST=(VITFAST_GEMM_ENGINE=tma) SECOND=(VITFAST_GEMM_ENGINE=tma VITFAST_FP8_PRECISE_ACC=0) SUB=fast
+    fi
+    (export "${FIRST[@]}"; run $(( LIMIT / 2 )) "$PY" -m benchmarks --out "$DIR" --time-budget $(( BUDGET / 2 )) \
+        "${ARGS[@]}"; exit "$RC")
+    FIRST_RC=$?
     SPENT=$(( $(date +%s) - START ))
-    mkdir -p "$DIR/promoted"
-    run $(( LIMIT - SPENT )) "$PY" -m benchmarks --out "$DIR/promoted" --time-budget $(( BUDGET - SPENT )) "${ARGS[@]}"
-    [ "$FAST_RC" != 0 ] && RC=$FAST_RC
+    mkdir -p "$DIR/$SUB"
+    (for kv in "${SECOND[@]}"; do export "$kv"; done
+     run $(( LIMIT - SPENT )) "$PY" -m benchmarks --out "$DIR/$SUB" --time-budget $(( BUDGET - SPENT )) "${ARGS[@]}"
+     exit "$RC")
+    RC=$?
+    [ "$FIRST_RC" != 0 ] && RC=$FIRST_RC
     ;;
 grid)
     IFS='|' read -r MODELS BATCHES DTYPES BACKENDS <<< "${SLICES[$ARG]}"

@@ -51,12 +51,18 @@ GATED = {90: "hopper", 89: "ada"}  # the targets the gate checks, and the family
 # (see cold_spill_ok). Measured (benchmarks/NOTES.md, "Cold spills"): fp32 attention parks 8-16 B across its loop
 # under triton 3.6 at 64-128 registers; real register pressure spills hundreds of bytes, most of it in the loop.
 COLD_SPILL_BYTES = 32
-# Per target: shared memory limit (opt-in, per block), SMs, 16-bit tensor-core peak, fp32 FMA peak, DRAM bandwidth.
+# Per target: shared memory limit (opt-in, per block; sm_smem: per SM, what co-resident blocks share), SMs, 16-bit
+# tensor-core peak, fp32 FMA peak, DRAM bandwidth.
 # H100 SXM: 800 TFLOP/s as benchmarks/roofline.py (about the measured bf16 matmul peak), datasheet for the rest;
 # A100 SXM: datasheet (312 TFLOP/s bf16, 19.5 TFLOP/s fp32, 2.04 TB/s); L40S (sm_89, the FP8 engine's Ada table):
 # datasheet (362 TFLOP/s bf16 dense, 91.6 TFLOP/s fp32, 864 GB/s), 99 KB of shared memory per block.
+CTA_RESERVED_SMEM = 1024  # shared memory CUDA reserves per resident block (co-resident programs each pay it; the
+# TMA engines' prunes use the same figure, vit_fast/kernels/gemm_tma.py, not imported here: importing the kernels
+# before _aot() clears TRITON_INTERPRET would build them for the interpreter)
+SM_REGISTERS = 65536  # 32-bit registers per SM on sm_80, sm_89 and sm_90
 DEVICES = {
-    90: {"name": "H100 SXM", "smem": 232448, "sms": 132, "tensor": 800e12, "fma": 67e12, "bandwidth": 3.35e12},
+    90: {"name": "H100 SXM", "smem": 232448, "sm_smem": 233472, "sms": 132, "tensor": 800e12, "fma": 67e12,
+         "bandwidth": 3.35e12},
     89: {"name": "L40S", "smem": 101376, "sms": 142, "tensor": 362e12, "fma": 91.6e12, "bandwidth": 0.864e12},
     80: {"name": "A100 SXM", "smem": 166912, "sms": 108, "tensor": 312e12, "fma": 19.5e12, "bandwidth": 2.04e12},
 }
@@ -170,6 +176,15 @@ def gate_problems(variant, cc: int, stats) -> list:
     estimate = variant.get("smem_estimate", {}).get(GATED[cc])
     if estimate is not None and stats["shared"] > estimate:  # the prune could pick a tile that does not fit
         problems.append(f"shared memory {stats['shared']} B above the prune's estimate {estimate} B")
+    programs = variant.get("programs_per_sm", 1)
+    sm_smem = DEVICES[cc].get("sm_smem")
+    if programs > 1 and sm_smem and programs * (stats["shared"] + CTA_RESERVED_SMEM) > sm_smem:
+        problems.append(f"{programs} programs per SM need {programs} x ({stats['shared']} + {CTA_RESERVED_SMEM}) B "
+                        f"of shared memory, the SM has {sm_smem} B")
+    threads = programs * variant.get("num_warps", 4) * 32
+    if programs > 1 and threads * -(-stats["registers"] // 8) * 8 > SM_REGISTERS:  # allocated in units of 8 per thread
+        problems.append(f"{programs} programs per SM need {threads} threads x {stats['registers']} registers, "
+                        f"the SM has {SM_REGISTERS}")
     if cc == 89:  # Ada: FP8 mma.sync (QMMA), cp.async; no wgmma, no TMA
         if variant.get("main_loop") == "gemm":
             if is_fp8(variant) and not stats.get("qmma"):

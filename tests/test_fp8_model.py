@@ -166,6 +166,23 @@ def test_triton_fp8_equals_torch_emulation(dtype, mlp, device, monkeypatch):
         assert torch.isfinite(fast).all() and rel_err(fast, emulated) < 5e-2
 
 
+@pytest.mark.skipif(fp8_unsupported_reason(torch.device(DEVICE)) is not None, reason="needs sm_89+/interpreter")
+def test_triton_fp8_on_the_tma_engine_equals_torch_emulation(device, monkeypatch):
+    """VITFAST_GEMM_ENGINE=tma: the four FP8 GEMMs on the FP8 TMA engine (gemm_fp8_tma.py), the out-projection's and
+    FC2's inputs quantized in a pass of their own (the codes the pointer engine makes in its main loop)."""
+    if device == "cuda" and torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the TMA engines need an sm_90 GPU")
+    monkeypatch.setenv("VITFAST_GEMM_ENGINE", "tma")
+    model = vit_fast.quantize(_tiny(depth=1).to(device), "fp8")
+    x = torch.randn(2, 3, 32, 48, device=device)
+    with torch.no_grad():
+        emulated = model.set_backend("torch")(x).float()
+        calls = _count_quant_passes(monkeypatch)
+        fast = model.set_backend("triton")(x).float()
+    assert calls == {"ln_qkv": 1, "ln_linear": 1, "linear_residual": 2, "attention row_amax": 1}, calls
+    assert_fp8_model_matches_emulation(fast, emulated)
+
+
 def test_emulation_on_a_trained_outlier_model_within_the_readme_figures():
     """A tiny model trained here (a short schedule of the benchmark's recipe) with outlier channels: the FP8
     emulation against fp32 on fresh task images, at bounds below what benchmarks/fp8/accuracy.json records for the

@@ -111,7 +111,7 @@ def test_dry_lease_runs_the_steps_and_resumes_on_a_warm_machine(tmp_path):
         tar.extractall(tmp_path / "back", filter="data")
     runs = tmp_path / "back"
     for f in ("tests/junit.xml", "headline/results.json", "headline/setup.json", "profile/breakdown.json",
-              "grid-1/results.json"):
+              "grid-1/results.json", "autotune/autotune.json", "autotune/autotune.md"):
         assert f in names, names
     assert "tests: {'passed': 1}" in (back / "tests.txt").read_text()
     lines = [json.loads(s) for s in (runs / "tests" / "tests.jsonl").read_text().splitlines()]
@@ -144,7 +144,7 @@ def test_dry_lease_runs_the_steps_and_resumes_on_a_warm_machine(tmp_path):
     stored = next((tmp_path / "results").iterdir())
     assert stored.name.endswith("-cpu") and schema.validate(json.loads((stored / "results.json").read_text())) == []
     for f in ("results.md", "lease/headline/setup.json", "lease/headline/headline.md", "lease/tests/junit.xml",
-              "lease/profile/breakdown.json", "lease/grid-1/results.json"):
+              "lease/profile/breakdown.json", "lease/grid-1/results.json", "lease/autotune/autotune.md"):
         assert (stored / f).is_file(), f
     assert "| vit_b_16 | bfloat16 | 2 |" in page.read_text() and "old" not in page.read_text()
     # a second lease of the same commit and day adds to it; another commit's goes beside it (rows carry no commit)
@@ -217,7 +217,7 @@ def test_store_refuses_an_archive_without_results(tmp_path, capsys):
     with tarfile.open(empty, "w:gz") as tar:
         tar.add(tmp_path / "junk.tar.gz", arcname="tests/junit.xml")
     assert store_lease.main([str(empty), "--root", str(tmp_path), "--readme", ""]) == 2
-    assert "holds no headline, grid, fp8acc or profile results" in capsys.readouterr().err
+    assert "holds no headline, grid, fp8acc, fp8tma or profile results" in capsys.readouterr().err
 
 
 def _k(name, start, stack):
@@ -307,3 +307,22 @@ def test_deadline_skips_late_tests_and_times_out_a_running_one(tmp_path):
     assert [(x["nodeid"].split("::")[1], x["outcome"]) for x in lines] == [("test_slow", "failed"),
                                                                            ("test_after", "skipped")]
     assert "VITFAST_TEST_DEADLINE" in lines[1]["message"] and (tmp_path / "j.xml").is_file()
+
+
+def test_dry_fp8_tma_engine_step(tmp_path):
+    """fp8tma: the FP8 rows on the FP8 TMA engine (VITFAST_GEMM_ENGINE=tma, recorded in the results), then also
+    without the promotion (fast/); stored apart like fp8acc."""
+    proc, out = _steps(tmp_path, "fp8tma", timeout=200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    results = json.loads((out / "fp8tma" / "results.json").read_text())
+    assert schema.validate(results) == [] and results["env"]["settings"] == "VITFAST_GEMM_ENGINE=tma"
+    assert [(r["dtype"], r["backend"], r["error"]) for r in results["rows"]] == [("float8", "vit_fast", None)]
+    fast = json.loads((out / "fp8tma" / "fast" / "results.json").read_text())
+    assert fast["env"]["settings"] == "VITFAST_GEMM_ENGINE=tma, VITFAST_FP8_PRECISE_ACC=0"
+    assert [(r["dtype"], r["error"]) for r in fast["rows"]] == [("float8", None)]
+    archive = tmp_path / "runs.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(out / "fp8tma", arcname="fp8tma")
+    assert store_lease.main([str(archive), "--root", str(tmp_path / "results"), "--readme", "", "--no-plots"]) == 0
+    stored = next((tmp_path / "results").iterdir())
+    assert json.loads((stored / "lease" / "fp8tma" / "fast" / "results.json").read_text()) == fast

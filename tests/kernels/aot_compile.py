@@ -46,6 +46,8 @@ Optional keys:
   smem_estimate  {family: bytes} the prune assumes the variant's config takes (kernels.gemm_fp8.smem_bytes): the
               gate flags a compile above it for the gated family (the prune could pick a tile that does not fit),
               and the report shows it. Default: none stated.
+  programs_per_sm  programs the launcher keeps resident per SM with this config (the TMA engine's PER_SM rows):
+              the gate checks that many fit the SM's shared memory. Default 1.
   ungated     a one-line reason why the gate's rules do not apply (the report still shows the variant and the
               reason): validation paths that no default picks (fp32 ieee attention: backend "auto" sends fp32
               models to sdpa), or a known limitation with an open item (patch_embed P=14, K=588). Default None.
@@ -53,10 +55,10 @@ Families map to compile targets: "hopper" -> sm_90, "ada" -> sm_89, "ampere" and
 with no family is compiled for sm_90 and sm_80, and flagged as picked by none).
 Rules the gate enforces on sm_90 for variants whose tables contain "hopper" (tests/kernels/test_static_gate.py):
 no spill (STACK 0, no STL/LDL; a variant whose pointers are all fp32 may keep a cold spill: at most 32 B of stack
-and no STL/LDL inside a loop), shared memory <= 232,448 B; every tensor-core dot of a 16-bit variant is wgmma (no
-HMMA); main_loop == "gemm" -> LDGSTS or UTMALDG present. On sm_89 for variants whose tables contain "ada": no
-spill, shared memory <= 101,376 B, an FP8 GEMM main loop has QMMA and LDGSTS. Every variant must compile for the
-targets it is sent to (FP8 variants start at sm_89).
+and no STL/LDL inside a loop), shared memory <= 232,448 B and programs_per_sm x (shared + 1,024 B) <= 233,472 B;
+every tensor-core dot of a 16-bit variant is wgmma (no HMMA); main_loop == "gemm" -> LDGSTS or UTMALDG present.
+On sm_89 for variants whose tables contain "ada": no spill, shared memory <= 101,376 B, an FP8 GEMM main loop has
+QMMA and LDGSTS. Every variant must compile for the targets it is sent to (FP8 variants start at sm_89).
 Identical compiles (same fn, signature, constexprs, attributes, warps, stages, target) are compiled once.
 
 Default (the CI budget): every variant for sm_90, and for sm_80 a representative subset: per (kernel, pointer

@@ -1,5 +1,6 @@
-"""FP8 engines (quant_fp8 + gemm_fp8 behind ln_qkv / ln_linear / linear_residual) against the torch emulation in
-vit_fast.fp8, under the interpreter on CPU (FP8 tl.dot runs there) or on an sm_89/sm_90 GPU; and the errors."""
+"""FP8 engines (quant_fp8 + gemm_fp8, or gemm_fp8_tma with VITFAST_GEMM_ENGINE=tma, behind ln_qkv / ln_linear /
+linear_residual) against the torch emulation in vit_fast.fp8, under the interpreter on CPU (FP8 tl.dot runs there)
+or on an sm_89/sm_90 GPU; and the errors."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,6 +11,7 @@ from vit_fast.kernels.quant_fp8 import launch_quant_rows
 from tests.tolerances import FP8_TOL, assert_close, poison
 from vit_fast.numerics import e4m3_rounding_flips
 from vit_fast import fp8
+from gemm_engine import engine  # noqa: F401 (fixture: each op test once per GEMM engine, FP8 TMA engine included)
 
 
 @pytest.fixture
@@ -67,7 +69,7 @@ def test_quantize_rows_matches_emulation_bitwise(has_ln, device):
 
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("activation", ["gelu", "quick_gelu"])
-def test_ln_linear_fp8(out_dtype, activation, device):
+def test_ln_linear_fp8(out_dtype, activation, device, engine):
     m, k, n = 45, 80, 48  # ragged M, K = 80 not a multiple of the interpreter's BLOCK_K = 32
     x = torch.randn(3, m // 3, k, device=device).to(out_dtype)
     g, b = torch.randn(k, device=device).to(out_dtype), torch.randn(k, device=device).to(out_dtype)
@@ -84,7 +86,7 @@ def test_ln_linear_fp8(out_dtype, activation, device):
     assert ((ref - full).norm() / full.norm()).item() < 0.08
 
 
-def test_linear_residual_fp8(device):
+def test_linear_residual_fp8(device, engine):
     m, k, n = 37, 96, 64
     x = torch.randn(m, k, device=device)
     x[:, 5] *= 50.0  # an outlier channel in the input rows
@@ -97,7 +99,7 @@ def test_linear_residual_fp8(device):
     assert_close(out, ref, torch.float32, FP8_TOL)
 
 
-def test_fp8_mlp_quantizes_fc2_input_in_the_gemm(device):
+def test_fp8_mlp_quantizes_fc2_input_in_the_gemm(device, engine):
     """FC1 records max |hidden| per row in its epilogue; FC2 quantizes the bf16 rows in its main loop with it: the
     same result as quantizing them in a separate pass (the emulation)."""
     b, n, d, hidden = 2, 23, 64, 96  # 46 rows, ragged; K = 96 is not a multiple of BLOCK_K = 32 * 2
@@ -159,7 +161,7 @@ def test_fp8_swiglu_mlp_gate_in_the_epilogue(hidden, d, device):
     assert ((ref_h - full).norm() / full.norm()).item() < 0.08
 
 
-def test_ln_qkv_fp8_rows(device):
+def test_ln_qkv_fp8_rows(device, engine):
     """The FP8 QKV writes the plain (B, N, 3, H, d) rows the bf16 engines write (attention reads them in place)."""
     b, n, d, heads = 2, 19, 80, 5  # 19 tokens, head dim 16, K = 80
     x = torch.randn(b, n, d, device=device).bfloat16()
@@ -239,3 +241,23 @@ def test_fp8_needs_sm89_or_the_interpreter(monkeypatch):
         kernels.linear_residual(x, wq, None, torch.randn(4, 16), weight_scale=ws)
     if torch.cuda.is_available() and torch.cuda.get_device_capability() < (8, 9):
         assert "no FP8 tensor cores" in fp8_unsupported_reason(torch.device("cuda"))
+
+
+def test_fp8_engine_selection(monkeypatch):
+    """The FP8 TMA engine runs only when VITFAST_GEMM_ENGINE=tma asks (auto keeps the pointer engine until a GPU
+    measures it), never for SwiGLU; forced on operands TMA cannot address, one clear error."""
+    from vit_fast.kernels._common import ENGINE_ENV, SWIGLU
+    from vit_fast.kernels.gemm_fp8_tma import select_fp8_engine
+
+    wq, _ = _weights(48, 32, "cpu")
+    out = torch.empty(5, 48, dtype=torch.bfloat16)
+    monkeypatch.delenv(ENGINE_ENV, raising=False)
+    assert select_fp8_engine(32, wq, out) == "pointer"
+    monkeypatch.setenv(ENGINE_ENV, "tma")
+    assert select_fp8_engine(32, wq, out) == "tma"
+    assert select_fp8_engine(32, wq, out, activation=SWIGLU) == "pointer"
+    with pytest.raises(ValueError, match=r"^VITFAST_GEMM_ENGINE=tma: FP8 operands: expected 2-D, unit last stride, "
+                                         r"16-byte aligned base and rows, got .*'a': 'rows of 40 bytes'"):
+        select_fp8_engine(40, _weights(48, 40, "cpu")[0], out)
+    monkeypatch.setenv(ENGINE_ENV, "pointer")
+    assert select_fp8_engine(32, wq, out) == "pointer"

@@ -28,7 +28,7 @@ from vit_fast.kernels._common import SWIGLU
 ROOT = Path(__file__).resolve().parents[2]
 MODULES = ("attention", "patch_embed", "ln_linear", "ln_qkv", "linear_residual", "layer_norm", "gemm_tma", "ln_fold")
 GEMM_OPS = ("ln_linear", "ln_qkv", "linear_residual", "patch_embed")
-FP8_MODULES = ("gemm_fp8", "quant_fp8")  # FP8 only: sm_90 and sm_89, no sm_80 (min_cc 89)
+FP8_MODULES = ("gemm_fp8", "quant_fp8", "gemm_fp8_tma")  # FP8 only: sm_90 and sm_89 (min_cc 89; TMA: 90), no sm_80
 
 
 def _env():
@@ -294,6 +294,7 @@ def test_swiglu_prune_keeps_only_clean_tiles(monkeypatch):
     monkeypatch.setattr(_common, "shared_memory_bytes", lambda index: 232448)
     monkeypatch.setattr(_common, "gpu_family", lambda index: "hopper")
     monkeypatch.setattr(gemm_tma, "shared_memory_bytes", lambda index: 232448)
+    monkeypatch.setattr(gemm_tma, "_sm_shared_memory", lambda index: 233472)
     monkeypatch.setattr(gemm_fp8, "shared_memory_bytes", lambda index: 232448)
     monkeypatch.setattr(gemm_fp8, "_family", lambda index: "hopper")
     swiglu = dict(ROW_STATS=True, ACTIVATION=_common.SWIGLU)
@@ -486,3 +487,47 @@ def test_autotune_first_keeps_one_config(monkeypatch):
         kernel = getattr(importlib.import_module(f"vit_fast.kernels.{module}"), name)
         assert getattr(kernel, "early_config_prune", None) is not None, name
         assert kernel.early_config_prune.__code__ is scoped.__code__, name
+
+
+def test_two_programs_per_sm_rows(monkeypatch):
+    """A PER_SM row (two co-resident programs per SM, so one's epilogue overlaps the other's MMAs) is kept by the
+    TMA prune only where two fit the SM's shared memory (QKV and FC1; not a launch with a residual's staging
+    buffer, nor an SM with less shared memory); the gate checks co-residency on the compiled shared memory and
+    registers."""
+    from benchmarks.kernels_static import gate_problems
+    from vit_fast.kernels import gemm_tma
+
+    (row, programs), = gemm_tma.PER_SM.items()
+    assert programs == 2 and row in gemm_tma.HOPPER_TMA
+    assert gemm_tma.tile_allowed(row, 232448)
+    assert not gemm_tma.tile_allowed(row, 232448, has_residual=True)
+    assert not gemm_tma.tile_allowed(row, 232448, sm_smem=233472 - 4096)
+    variant = {"signature": {"a": "*bf16", "out": "*bf16"}, "constexprs": {}, "tables": ("hopper",),
+               "main_loop": "gemm", "num_warps": 4, "programs_per_sm": 2}
+    clean = dict(registers=226, stack=0, shared=115224, hgmma=8, qgmma=0, hmma=0, ldgsts=0, utmaldg=6, stl=0, ldl=0,
+                 spills_in_loops=0, mma_drains_in_loops=0, zero_started_mmas_in_loops=0)
+    assert gate_problems(variant, 90, clean) == []
+    assert "2 programs per SM need" in gate_problems(variant, 90, dict(clean, shared=116000))[0]
+    assert "registers" in gate_problems({**variant, "num_warps": 8}, 90, clean)[0]
+    assert gate_problems({**variant, "programs_per_sm": 1}, 90, dict(clean, shared=200000)) == []
+
+
+def test_fp8_tma_variants_cover_every_table_row(variants):
+    """Every tile the FP8 TMA prune can pick, for QKV and FC1 (promoted and not) and FC2 on e4m3 rows, has a Hopper
+    variant, so the report compiles and gates it; the promoted 128x256 row is shown but never picked (it spills)."""
+    from vit_fast.kernels import gemm_fp8_tma
+
+    have = {}
+    for _, sig, c, w, s, tables, _ in variants["gemm_fp8_tma"]:
+        kind = "fc2" if c["HAS_RESIDUAL"] else "fc1" if c["ROW_AMAX_OUT"] else "qkv"
+        tile = (c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], w, s, c["EPI_SPLIT"])
+        assert c["PER_SM"] == gemm_fp8_tma.PER_SM.get(tile, 1)
+        have.setdefault((kind, c["PRECISE_ACC"], tile), set()).update(tables)
+    for kind, residual, precise_modes in (("qkv", False, (True, False)), ("fc1", False, (True, False)),
+                                          ("fc2", True, (True,))):
+        for precise in precise_modes:
+            for tile in gemm_fp8_tma.HOPPER_FP8_TMA:
+                if gemm_fp8_tma.tile_allowed(tile, 232448, residual, precise):
+                    assert "hopper" in have.get((kind, precise, tile), ()), (kind, precise, tile)
+    spill = next(iter(gemm_fp8_tma.PROMOTED_SPILLS))
+    assert have[("fc1", True, spill)] == set() and "hopper" in have[("fc1", False, spill)]

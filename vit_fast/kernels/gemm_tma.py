@@ -10,7 +10,10 @@ the main loop (SwiGLU's weight descriptor spans the packed 2N rows: a gate tile 
 store clips). The epilogue (folded LayerNorm, bias, activation or SwiGLU's gate, residual) is
 `gemm.gated_epilogue_math`, applied to BLOCK_N / EPI_SPLIT-wide column slices when EPI_SPLIT > 1 (half the live
 epilogue registers and store buffer). No warp specialization: on sm_90 it is ignored or crashes with TMA stores in
-triton 3.6 (triton-lang/triton#11587).
+triton 3.6 (triton-lang/triton#11587). Without it a program's epilogue does not overlap its own MMAs, and an
+exact-GELU epilogue (libdevice erf, ~32 instructions per element) took ~30 % of FC1 on an H200. The PER_SM = 2 rows
+are the substitute: two programs per SM, each small enough in shared memory and registers to be co-resident, so
+one's epilogue runs while the other's wgmmas do (CUTLASS's ping-pong schedule, by the hardware scheduler).
 
 The op modules decide when this engine runs (`select_engine`): CUDA sm_90, 16-bit dtypes, operands TMA can address.
 """
@@ -35,18 +38,33 @@ HOPPER_TMA = [
     (128, 64, 64, 4, 4, 1),
     (64, 128, 64, 4, 4, 1),
     (64, 64, 64, 4, 4, 1),
+    (128, 128, 64, 4, 3, 2),
 ]
-# One config under the interpreter (several fail there); EPI_SPLIT 2 so tests cover the subtiled epilogue.
+# Rows launched with two programs per SM (see the module docstring): 115,224 B of shared memory and 203-223
+# registers x 128 threads for QKV and FC1 on sm_90, so two fit in an SM's 233,472 B and 64K registers; the prune
+# keeps such a row only where two fit (a residual's staging buffer does not: FC2 and out-projection drop it).
+PER_SM = {(128, 128, 64, 4, 3, 2): 2}
+# One config under the interpreter (several fail there); EPI_SPLIT 2 so tests cover the subtiled epilogue, PER_SM 2
+# so they cover the stride of a multi-program-per-SM launch.
 INTERPRETER_TMA = (32, 32, 32, 4, 1, 2)
-INTERPRETER_SMS = 3  # fewer programs than tiles, so tests cover the persistent loop
+INTERPRETER_PER_SM = 2
+INTERPRETER_SMS = 1  # 2 programs, fewer than the op tests' tiles, so tests cover the persistent loop
 AUTOTUNE_KEY = ["M_BUCKET", "N", "K", "ROW_STATS", "HAS_BIAS", "ACTIVATION", "HAS_RESIDUAL"]
 DTYPES = (torch.bfloat16, torch.float16)
 
 
+def per_sm(tile) -> int:
+    """Programs per SM a table row launches with (PER_SM)."""
+    if is_interpreting() and tuple(tile) == INTERPRETER_TMA:
+        return INTERPRETER_PER_SM
+    return PER_SM.get(tuple(tile), 1)
+
+
 def _configs():
     rows = [INTERPRETER_TMA] if is_interpreting() else HOPPER_TMA
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "EPI_SPLIT": e},
-                          num_warps=w, num_stages=s) for bm, bn, bk, w, s, e in rows]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "EPI_SPLIT": e,
+                           "PER_SM": per_sm((bm, bn, bk, w, s, e))}, num_warps=w, num_stages=s)
+            for bm, bn, bk, w, s, e in rows]
 
 
 def smem_estimate(bm, bn, bk, stages, epi_split, has_residual, elem=2, swiglu=False):
@@ -61,12 +79,29 @@ def smem_estimate(bm, bn, bk, stages, epi_split, has_residual, elem=2, swiglu=Fa
 SWIGLU_TMA_SPILLS = {(128, 128, 64, 8, 4, 1): "24 B"}
 
 
-def tile_allowed(tile, smem, has_residual=False, swiglu=False, elem=2) -> bool:
-    """The prune's rule for one HOPPER_TMA row (BLOCK_M <= M aside)."""
+# Shared memory per SM on sm_90 (H100, H200), what co-resident programs share; each also takes CTA_RESERVED_SMEM
+# (CUDA's per-block reservation) and up to SMEM_SLACK beyond smem_estimate (barriers, alignment: 536 B at
+# 128x128x64 s3 under triton 3.9).
+SM90_SM_SMEM = 233472
+CTA_RESERVED_SMEM = 1024
+SMEM_SLACK = 1024
+
+
+def tile_allowed(tile, smem, has_residual=False, swiglu=False, elem=2, sm_smem=SM90_SM_SMEM) -> bool:
+    """The prune's rule for one HOPPER_TMA row (BLOCK_M <= M aside): within a block's shared memory `smem`, and for
+    a PER_SM row, that many programs within the SM's `sm_smem`."""
     bm, bn, bk, warps, stages, epi = tile
     if swiglu and (not swiglu_accumulators_fit(bm, bn, warps) or tuple(tile) in SWIGLU_TMA_SPILLS):
         return False
-    return smem_estimate(bm, bn, bk, stages, epi, has_residual, elem, swiglu) <= smem
+    need = smem_estimate(bm, bn, bk, stages, epi, has_residual, elem, swiglu)
+    programs = PER_SM.get(tuple(tile), 1)
+    return need <= smem and (programs == 1 or programs * (need + CTA_RESERVED_SMEM + SMEM_SLACK) <= sm_smem)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_shared_memory(index: int) -> int:
+    props = torch.cuda.get_device_properties(index)
+    return getattr(props, "shared_memory_per_multiprocessor", 0) or SM90_SM_SMEM
 
 
 def _prune(configs, named_args, **kwargs):
@@ -74,13 +109,14 @@ def _prune(configs, named_args, **kwargs):
     if len(configs) <= 1:
         return configs
     a = named_args["a_ptr"]
-    smem = shared_memory_bytes(a.device.index if a.device.index is not None else torch.cuda.current_device())
+    index = a.device.index if a.device.index is not None else torch.cuda.current_device()
+    smem, sm_smem = shared_memory_bytes(index), _sm_shared_memory(index)
     m_cap = max(64, named_args["M_BUCKET"])
     swiglu = kwargs.get("ACTIVATION") == SWIGLU
     kept = [c for c in configs
             if tile_allowed((c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages,
                              c.kwargs["EPI_SPLIT"]), smem, kwargs.get("HAS_RESIDUAL", False), swiglu,
-                            a.element_size())  # fp32 when VITFAST_GEMM_ENGINE=tma forces it
+                            a.element_size(), sm_smem)  # fp32 when VITFAST_GEMM_ENGINE=tma forces it
             and c.kwargs["BLOCK_M"] <= m_cap]
     return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
 
@@ -121,14 +157,16 @@ def tma_gemm_kernel(
     ACTIVATION: tl.constexpr,  # 0 none, 1 exact-erf GELU, 2 tanh GELU, 3 quick GELU, 4 SwiGLU (gate and up dots)
     HAS_RESIDUAL: tl.constexpr,  # add the residual after the activation
     UPCAST: tl.constexpr,  # dot in fp32 (interpreter with bf16, whose bf16 arithmetic is wrong)
-    NUM_SMS: tl.constexpr,  # programs launched; each walks tiles NUM_SMS apart
+    NUM_SMS: tl.constexpr,  # the device's SMs; NUM_SMS * PER_SM programs at most, each walks tiles that far apart
     BLOCK_M: tl.constexpr,  # rows per tile
     BLOCK_N: tl.constexpr,  # output features per tile
     BLOCK_K: tl.constexpr,  # reduction step (one TMA box of A and of W per step)
     GROUP_M: tl.constexpr,  # row tiles per L2 group
     EPI_SPLIT: tl.constexpr,  # 1 or 2: epilogue on BLOCK_N / EPI_SPLIT-wide column slices
+    PER_SM: tl.constexpr,  # programs per SM (PER_SM rows: 2, co-resident so their epilogues overlap MMAs)
 ):
     EPI_N: tl.constexpr = BLOCK_N // EPI_SPLIT
+    PROGRAMS: tl.constexpr = NUM_SMS * PER_SM
     a_desc = tl.make_tensor_descriptor(a_ptr, shape=[M, K], strides=[stride_am, 1], block_shape=[BLOCK_M, BLOCK_K])
     if ACTIVATION == 4:  # SwiGLU: packed (2N, K) weight, up rows N below the gate rows
         w_rows = 2 * N
@@ -146,8 +184,8 @@ def tma_gemm_kernel(
     k_tiles = tl.cdiv(K, BLOCK_K)
     # The epilogue recomputes its tile from a second counter: the flattened loop then carries no value from the
     # loads' prologue into the epilogue (the pattern Triton's persistent-matmul tutorial uses).
-    tile_c = tl.program_id(0) - NUM_SMS
-    for tile in tl.range(tl.program_id(0), num_tiles, NUM_SMS, flatten=True):
+    tile_c = tl.program_id(0) - PROGRAMS
+    for tile in tl.range(tl.program_id(0), num_tiles, PROGRAMS, flatten=True):
         pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         if ACTIVATION == 4:
@@ -168,7 +206,7 @@ def tma_gemm_kernel(
                     w_up = w_up.to(tl.float32)
                 up = tl.dot(a, w_up.T, up, input_precision="ieee")
 
-        tile_c += NUM_SMS
+        tile_c += PROGRAMS
         pid_m, pid_n = grouped_tile(tile_c, M, N, BLOCK_M, BLOCK_N, GROUP_M)
         off_m = pid_m * BLOCK_M
         off_n = pid_n * BLOCK_N
@@ -246,7 +284,8 @@ def launch_tma_gemm(a, weight, bias, out, *, activation=0, residual=None, stats=
         triton.set_allocator(_scratch)
         num_sms = _num_sms(a.device.index if a.device.index is not None else torch.cuda.current_device())
     res = residual if residual is not None else out
-    grid = lambda meta: (min(num_sms, triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])),)  # noqa
+    grid = lambda meta: (min(num_sms * meta["PER_SM"],  # noqa: E731
+                             triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])),)
     tma_gemm_kernel[grid](
         a, weight, bias if bias is not None else out, res,
         stats if stats is not None else out, colsum if colsum is not None else out, out,
@@ -296,7 +335,7 @@ def _variant(dtype, row_stats, activation, has_bias, has_residual, tile, op, num
     constexprs = {
         "ROW_STATS": row_stats, "HAS_BIAS": has_bias, "ACTIVATION": activation, "HAS_RESIDUAL": has_residual,
         "UPCAST": False, "NUM_SMS": num_sms, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8,
-        "EPI_SPLIT": epi,
+        "EPI_SPLIT": epi, "PER_SM": per_sm(tile),
     }  # fmt: skip
     for name in constexprs:
         sig.setdefault(name, "constexpr")
@@ -304,6 +343,7 @@ def _variant(dtype, row_stats, activation, has_bias, has_residual, tile, op, num
     fits = tile_allowed(tile, FAMILY_SMEM["hopper"], has_residual, activation == SWIGLU, elem)
     return {"fn": jit_fn(tma_gemm_kernel), "signature": sig, "constexprs": constexprs, "num_warps": warps,
             "num_stages": stages, "divisible": GEMM_DIVISIBLE, "op": op, "main_loop": "gemm",
+            "programs_per_sm": per_sm(tile),
             "tables": ("hopper",) if fits else (),
             "vit": gemm_vit_launches(op, tile[:5], elem, None,
                                      when=lambda cfg: has_bias and activation == preset_activation(op, cfg))}

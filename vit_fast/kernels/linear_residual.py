@@ -1,10 +1,12 @@
 """Linear with the residual add fused into the epilogue: the attention out-projection and the MLP's fc2
-(x_next = residual + x @ W^T + b) without a separate elementwise pass. This module checks the inputs and picks the GEMM
-engine: the persistent TMA engine (gemm_tma.py) on sm_90, the pointer engine (gemm.py) elsewhere. A float8_e4m3fn weight (with its per-channel
-`weight_scale`) dispatches to the FP8 engines: given `x_amax` (the rows' absolute maxima, recorded by the producing
-FP8 GEMM, ln_linear's `row_amax`, or by attention's `return_row_amax`) the GEMM quantizes x per token in its main
-loop; without it x is quantized in a pass of its own first (quant_fp8.py), for callers whose rows no kernel
-recorded (the model's own path always hands x_amax over, SwiGLU's gated hidden rows included)."""
+(x_next = residual + x @ W^T + b) without a separate elementwise pass. This module checks the inputs and picks the
+GEMM engine: the persistent TMA engine (gemm_tma.py) on sm_90, the pointer engine (gemm.py) elsewhere. A
+float8_e4m3fn weight (with its per-channel `weight_scale`) dispatches to the FP8 engines: given `x_amax` (the rows'
+absolute maxima, recorded by the producing FP8 GEMM, ln_linear's `row_amax`, or by attention's `return_row_amax`)
+the GEMM quantizes x per token in its main loop; without it x is quantized in a pass of its own first (quant_fp8.py), for callers whose rows no kernel
+recorded (the model's own path always hands x_amax over, SwiGLU's gated hidden rows included). With
+VITFAST_GEMM_ENGINE=tma the FP8 launch goes to the FP8 TMA engine (gemm_fp8_tma.py), which reads e4m3 rows: x is then
+quantized in a pass of its own even with x_amax (the same codes)."""
 from typing import Optional
 
 import torch
@@ -13,6 +15,7 @@ from ._common import (FP8_DTYPE, check, check_device, check_fp8_device, check_li
                       check_row_stats, rows_view)
 from .gemm import gemm_aot_variants, launch_fused_gemm
 from .gemm_fp8 import launch_fp8_gemm
+from .gemm_fp8_tma import launch_fp8_tma_gemm, select_fp8_engine
 from .gemm_tma import launch_tma_gemm, select_engine, tma_aot_variants
 from .quant_fp8 import launch_quant_rows
 
@@ -47,7 +50,11 @@ def linear_residual_launch(x, weight, bias, residual, out=None, weight_scale=Non
         return out
     if weight.dtype == FP8_DTYPE:
         res2d = rows_view(OP, "residual", residual)
-        if x_amax is not None:
+        if select_fp8_engine(x.shape[-1], weight, out2d, res2d) == "tma":
+            # a pass of its own even with x_amax: the codes QUANT_A would make, and the TMA engine reads e4m3 rows
+            a_q, a_scale = launch_quant_rows(rows_view(OP, "x", x))
+            launch_fp8_tma_gemm(a_q, a_scale, weight, weight_scale, bias, out2d, residual=res2d)
+        elif x_amax is not None:
             launch_fp8_gemm(rows_view(OP, "x", x), None, weight, weight_scale, bias, out2d, residual=res2d,
                             a_amax=x_amax.reshape(-1))
         else:

@@ -9,7 +9,8 @@ per-channel `weight_scale`) goes to the FP8 engines instead: the quantizing Laye
 rows + per-token scales, then gemm_fp8.py; with `return_row_amax` its epilogue also records max |output| of each
 row, so the next FP8 GEMM (linear_residual with `x_amax`, the MLP's FC2) quantizes these rows per token in its main
 loop, with no pass of its own. This module checks the inputs and picks the engine: the persistent TMA engine
-(gemm_tma.py) on sm_90, the pointer engine (gemm.py) elsewhere, the FP8 pair for float8 weights.
+(gemm_tma.py) on sm_90, the pointer engine (gemm.py) elsewhere, for float8 weights gemm_fp8.py or, with
+VITFAST_GEMM_ENGINE=tma, the FP8 TMA engine gemm_fp8_tma.py (not SwiGLU: gemm_fp8_tma.select_fp8_engine).
 """
 from typing import Optional
 
@@ -19,6 +20,7 @@ from ._common import (ACTIVATIONS, FP8_DTYPE, check, check_device, check_fp8_dev
                       check_out, check_row_stats, check_vector, rows_view)
 from .gemm import gemm_aot_variants, launch_fused_gemm
 from .gemm_fp8 import launch_fp8_gemm
+from .gemm_fp8_tma import launch_fp8_tma_gemm, select_fp8_engine
 from .gemm_tma import launch_tma_gemm, select_engine, tma_aot_variants
 from .ln_fold import FoldedLinear, check_folded, fold_layer_norm, launch_row_stats
 from .quant_fp8 import launch_quant_rows
@@ -85,8 +87,11 @@ def ln_linear_fp8_launch(x, ln_weight, ln_bias, eps, weight, weight_scale, bias,
     if out.numel() == 0:
         return out
     a_q, a_scale = launch_quant_rows(rows_view(OP, "x", x), ln=(ln_weight, ln_bias, eps))
-    launch_fp8_gemm(a_q, a_scale, weight, weight_scale, bias, out2d, activation=ACTIVATIONS[activation],
-                    amax_out=row_amax.view(-1) if row_amax is not None else None)
+    act = ACTIVATIONS[activation]
+    launch = launch_fp8_tma_gemm if select_fp8_engine(x.shape[-1], weight, out2d, activation=act) == "tma" \
+        else launch_fp8_gemm
+    launch(a_q, a_scale, weight, weight_scale, bias, out2d, activation=act,
+           amax_out=row_amax.view(-1) if row_amax is not None else None)
     return out
 
 

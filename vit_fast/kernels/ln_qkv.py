@@ -4,8 +4,9 @@ The GEMM writes plain (B·N, 3·D) rows, i.e. a contiguous (B, N, 3, H, d) buffe
 returns it as the (3, B, H, N, d) view, so q, k, v = out[0], out[1], out[2] are strided (B, H, N, d) tensors with a
 contiguous last dim, which `kernels.attention` reads without a copy. The norm is folded (ln_fold.py). A
 float8_e4m3fn weight (with its per-channel `weight_scale`) goes to the FP8 engines instead: the quantizing LayerNorm
-(quant_fp8.py) writes e4m3 rows and per-token scales, then gemm_fp8.py writes the same plain rows. This module checks
-the inputs and picks the engine (gemm_tma.py on sm_90, gemm.py elsewhere, the FP8 pair for float8 weights).
+(quant_fp8.py) writes e4m3 rows and per-token scales, then gemm_fp8.py (or, with VITFAST_GEMM_ENGINE=tma, the FP8
+TMA engine gemm_fp8_tma.py) writes the same plain rows. This module checks the inputs and picks the engine
+(gemm_tma.py on sm_90, gemm.py elsewhere, the FP8 engines for float8 weights: gemm_fp8_tma.select_fp8_engine).
 """
 from typing import Optional
 
@@ -15,6 +16,7 @@ from ._common import (FLOAT_DTYPES, FP8_DTYPE, check, check_device, check_dtype,
                       check_vector, rows_view)
 from .gemm import gemm_aot_variants, launch_fused_gemm
 from .gemm_fp8 import launch_fp8_gemm
+from .gemm_fp8_tma import launch_fp8_tma_gemm, select_fp8_engine
 from .gemm_tma import launch_tma_gemm, select_engine, tma_aot_variants
 from .ln_fold import FoldedLinear, check_folded, fold_layer_norm, launch_row_stats
 from .quant_fp8 import launch_quant_rows
@@ -101,7 +103,8 @@ def ln_qkv_fp8_launch(x, ln_weight, ln_bias, eps, weight, weight_scale, bias, nu
     if out.numel() == 0:
         return out
     a_q, a_scale = launch_quant_rows(rows_view(OP, "x", x), ln=(ln_weight, ln_bias, eps))
-    launch_fp8_gemm(a_q, a_scale, weight, weight_scale, bias, out2d)
+    fp8_tma = select_fp8_engine(x.shape[-1], weight, out2d) == "tma"
+    (launch_fp8_tma_gemm if fp8_tma else launch_fp8_gemm)(a_q, a_scale, weight, weight_scale, bias, out2d)
     return out
 
 
