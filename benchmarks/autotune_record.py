@@ -1,8 +1,9 @@
 """What the autotuner picked on a GPU, and what every config it timed measured.
 
-Read from Triton's on-disk autotune cache: with TRITON_CACHE_AUTOTUNING=1 (gpu_steps.sh sets it) every autotuned
-kernel writes `<kernel>.autotune.json` next to its compiled binaries, one per key, holding each config it timed and
-the timings (`do_bench`'s median, 20th and 80th percentiles, ms). The lease writes this record beside its results,
+Read from Triton's on-disk autotune cache: an autotuned kernel with `cache_results=True` (all of this project's) or
+any under TRITON_CACHE_AUTOTUNING=1 (gpu_steps.sh sets it) writes `<kernel>.autotune.json` next to its compiled
+binaries, one file per key, holding each config it timed and the timings (`do_bench`'s median, 20th and 80th
+percentiles, ms; a config that failed to build or run times as infinite, recorded here as null). The lease writes this record beside its results,
 so a tiling change (a new table row, a prune rule) is checked against what the autotuner chose and by how much,
 not only against end-to-end speed.
 `python -m benchmarks.autotune_record --cache DIR --out DIR` -> DIR/autotune.json and DIR/autotune.md.
@@ -11,24 +12,33 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
 
 def collect(cache_dir) -> list:
-    """[{kernel, key, configs: [{kwargs, num_warps, num_stages, ms}] fastest first}], one entry per cached key."""
+    """[{kernel, key, file, configs: [{kwargs, num_warps, num_stages, ms}] fastest first, failed (ms null) last}],
+    one entry per cached key; `file` is the cache file under cache_dir (two compiles of one kernel, e.g. another
+    source version, can share a key)."""
     entries = []
     for path in sorted(Path(cache_dir).rglob("*.autotune.json")):
         try:
             data = json.loads(path.read_text())
             configs = [{"kwargs": c["kwargs"], "num_warps": c["num_warps"], "num_stages": c["num_stages"],
-                        "ms": float(t[0] if isinstance(t, list) else t)} for c, t in data["configs_timings"]]
+                        "ms": _finite(t[0] if isinstance(t, list) else t)} for c, t in data["configs_timings"]]
         except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
             print(f"autotune_record: skipped {path}: {type(e).__name__}: {e}", file=sys.stderr)
             continue
         entries.append({"kernel": path.name.removesuffix(".autotune.json"), "key": data.get("key"),
-                        "configs": sorted(configs, key=lambda c: c["ms"])})
+                        "file": path.relative_to(cache_dir).as_posix(),
+                        "configs": sorted(configs, key=lambda c: (c["ms"] is None, c["ms"] or 0.0))})
     return sorted(entries, key=lambda e: (e["kernel"], json.dumps(e["key"])))
+
+
+def _finite(value):
+    value = float(value)
+    return value if math.isfinite(value) else None
 
 
 def _config(c: dict) -> str:
@@ -41,10 +51,11 @@ def _config(c: dict) -> str:
 def markdown(entries: list) -> str:
     lines = ["# Autotuner choices", "",
              "Per kernel and autotune key: the picked config (fastest median), the runner-up, and how much slower "
-             "each and the slowest timed config ran.", "",
-             "| kernel | key | picked | ms | runner-up | +% | configs | slowest +% |", "|---|---|---|---|---|---|---|---|"]
+             "each and the slowest timed config ran (configs that failed to run are counted, not timed).", "",
+             "| kernel | key | picked | ms | runner-up | +% | configs | slowest +% |",
+             "|---|---|---|---|---|---|---|---|"]
     for e in entries:
-        best, *others = e["configs"] or [None]
+        best, *others = [c for c in e["configs"] if c["ms"] is not None] or [None]
         if best is None:
             continue
         up = others[0] if others else None

@@ -17,7 +17,7 @@
 #   fp8acc             L/16 b256 vit_fast bf16 and FP8, twice: with VITFAST_FP8_PRECISE_ACC=0 (no fp32 promotion of
 #                      the FP8 partial sums; results.json records the switch), then as shipped (promoted/): what the
 #                      promotion costs in speed and error, each against bf16 measured in the same run
-#   fp8tma             the same rows with VITFAST_GEMM_ENGINE=tma (the FP8 TMA engine, gemm_fp8_tma.py, as shipped
+#   fp8tma             the same rows with VITFAST_FP8_ENGINE=tma (the FP8 TMA engine, gemm_fp8_tma.py, as shipped
 #                      behind that switch), then also with VITFAST_FP8_PRECISE_ACC=0 (fast/)
 #   grid N             slice N (1-6) of the rest of the grid; `grid list` prints the slices
 #   merge              merge headline + every grid slice run so far on this machine into one results directory
@@ -135,7 +135,7 @@ lease)
         if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then  # its own limit: not the lease's (the device tool reads 124/137
             echo "=== lease: $* hit its time limit" | tee -a "$LOG"  # as the whole call timed out)
             rc=3
-        elif [ "$rc" != 2 ] && ! grep -qs '"error": "not run' "$W/$name/results.json"; then
+        elif [ "$rc" != 2 ] && ! grep -rqs --include=results.json '"error": "not run' "$W/$name"; then
             touch "$W/$name/.done"  # ended by itself (tests that failed included), nothing left unrun
         fi
         [ "$RC" = 0 ] && RC=$rc
@@ -224,14 +224,16 @@ fp8acc|fp8tma)
     if [ "$STEP" = fp8acc ]; then  # without the promotion, then as shipped
         FIRST=(VITFAST_FP8_PRECISE_ACC=0) SECOND=() SUB=promoted
     else  # the FP8 TMA engine as shipped behind its switch, then without the promotion too
-        FIRST=(VITFAST_GEMM_ENGINE=tma) SECOND=(VITFAST_GEMM_ENGINE=tma VITFAST_FP8_PRECISE_ACC=0) SUB=fast
+        FIRST=(VITFAST_FP8_ENGINE=tma) SECOND=(VITFAST_FP8_ENGINE=tma VITFAST_FP8_PRECISE_ACC=0) SUB=fast
     fi
-    (export "${FIRST[@]}"; run $(( LIMIT / 2 )) "$PY" -m benchmarks --out "$DIR" --time-budget $(( BUDGET / 2 )) \
-        "${ARGS[@]}"; exit "$RC")
+    # each half in a subshell with its switches exported; ${A[@]+...}: an empty array under `set -u` (bash < 4.4)
+    (for kv in ${FIRST[@]+"${FIRST[@]}"}; do export "$kv"; done
+     run $(( LIMIT / 2 )) "$PY" -m benchmarks --out "$DIR" --time-budget $(( BUDGET / 2 )) "${ARGS[@]}"
+     exit "$RC")
     FIRST_RC=$?
     SPENT=$(( $(date +%s) - START ))
     mkdir -p "$DIR/$SUB"
-    (for kv in "${SECOND[@]}"; do export "$kv"; done
+    (for kv in ${SECOND[@]+"${SECOND[@]}"}; do export "$kv"; done
      run $(( LIMIT - SPENT )) "$PY" -m benchmarks --out "$DIR/$SUB" --time-budget $(( BUDGET - SPENT )) "${ARGS[@]}"
      exit "$RC")
     RC=$?

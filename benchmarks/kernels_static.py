@@ -21,7 +21,9 @@ spills (an all-fp32 variant may keep a cold one: at most 32 B of stack and no ST
 shared memory; its 16-bit dots are wgmma (no HMMA; variants marked "wgmma": False, dots under 64 rows, are exempt);
 its GEMM main loop (main_loop == "gemm") has cp.async or TMA loads. On sm_89, every FP8 variant the Ada table can
 pick has no spills, fits 99 KB, and its GEMM loop has FP8 mma (QMMA) and cp.async. On both, a variant that states
-the prune's shared-memory estimate (`smem_estimate`, the FP8 engine) compiles within it.
+the prune's shared-memory estimate (`smem_estimate`, the FP8 engine) compiles within it, and one launched with
+several programs per SM (`programs_per_sm`, the TMA engines' PER_SM rows) fits that many in an SM's shared memory
+and registers.
 
     python -m benchmarks.kernels_static             # writes benchmarks/static/report.md and report.json
     python -m benchmarks.kernels_static --check     # the same, exit 1 on a compile failure or a gate problem

@@ -310,15 +310,15 @@ def test_deadline_skips_late_tests_and_times_out_a_running_one(tmp_path):
 
 
 def test_dry_fp8_tma_engine_step(tmp_path):
-    """fp8tma: the FP8 rows on the FP8 TMA engine (VITFAST_GEMM_ENGINE=tma, recorded in the results), then also
+    """fp8tma: the FP8 rows on the FP8 TMA engine (VITFAST_FP8_ENGINE=tma, recorded in the results), then also
     without the promotion (fast/); stored apart like fp8acc."""
     proc, out = _steps(tmp_path, "fp8tma", timeout=200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     results = json.loads((out / "fp8tma" / "results.json").read_text())
-    assert schema.validate(results) == [] and results["env"]["settings"] == "VITFAST_GEMM_ENGINE=tma"
+    assert schema.validate(results) == [] and results["env"]["settings"] == "VITFAST_FP8_ENGINE=tma"
     assert [(r["dtype"], r["backend"], r["error"]) for r in results["rows"]] == [("float8", "vit_fast", None)]
     fast = json.loads((out / "fp8tma" / "fast" / "results.json").read_text())
-    assert fast["env"]["settings"] == "VITFAST_GEMM_ENGINE=tma, VITFAST_FP8_PRECISE_ACC=0"
+    assert fast["env"]["settings"] == "VITFAST_FP8_ENGINE=tma, VITFAST_FP8_PRECISE_ACC=0"
     assert [(r["dtype"], r["error"]) for r in fast["rows"]] == [("float8", None)]
     archive = tmp_path / "runs.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from . import kernels
+from .kernels.gemm_fp8_tma import fp8_gemm_reads_row_amax
 
 
 def _embed(model, x: torch.Tensor, is_uint8: bool) -> torch.Tensor:
@@ -90,16 +91,17 @@ def _block(model, block, tokens: torch.Tensor, eps: float, activation: str, keep
     if keep:
         q, tokens = q[:, :, :keep], tokens[:, :keep].contiguous()
     ctx_amax = None
-    if _scale(attn.proj) is not None:
+    if _scale(attn.proj) is not None and fp8_gemm_reads_row_amax():
         # FP8 out-projection: attention records max |ctx| per token (over all heads), so the GEMM quantizes ctx in
-        # its main loop; with `keep` both cover the kept queries only, as the residual rows do
+        # its main loop; with `keep` both cover the kept queries only, as the residual rows do (the FP8 TMA engine
+        # quantizes in a pass of its own instead)
         ctx, ctx_amax = kernels.attention(q, k, v, attn.scale, return_row_amax=True)
     else:
         ctx = kernels.attention(q, k, v, attn.scale)
     tokens = kernels.linear_residual(ctx, attn.proj.weight, attn.proj.bias, tokens, weight_scale=_scale(attn.proj),
                                      x_amax=ctx_amax)
     amax = None
-    if _scale(mlp.fc1) is not None and _scale(mlp.fc2) is not None:
+    if _scale(mlp.fc1) is not None and _scale(mlp.fc2) is not None and fp8_gemm_reads_row_amax():
         # FP8 MLP: FC1's epilogue records max |hidden| per token, so FC2 quantizes its input rows in its main loop
         hidden, amax = _ln_then(model, block.norm2, mlp.fc1, tokens, eps, activation=activation,
                                 return_row_amax=True)

@@ -46,8 +46,8 @@ Optional keys:
   smem_estimate  {family: bytes} the prune assumes the variant's config takes (kernels.gemm_fp8.smem_bytes): the
               gate flags a compile above it for the gated family (the prune could pick a tile that does not fit),
               and the report shows it. Default: none stated.
-  programs_per_sm  programs the launcher keeps resident per SM with this config (the TMA engine's PER_SM rows):
-              the gate checks that many fit the SM's shared memory. Default 1.
+  programs_per_sm  programs the launcher keeps resident per SM with this config (the TMA engines' PER_SM rows):
+              the gate checks that many fit the SM's shared memory and registers. Default 1.
   ungated     a one-line reason why the gate's rules do not apply (the report still shows the variant and the
               reason): validation paths that no default picks (fp32 ieee attention: backend "auto" sends fp32
               models to sdpa), or a known limitation with an open item (patch_embed P=14, K=588). Default None.

@@ -1,4 +1,4 @@
-"""FP8 engines (quant_fp8 + gemm_fp8, or gemm_fp8_tma with VITFAST_GEMM_ENGINE=tma, behind ln_qkv / ln_linear /
+"""FP8 engines (quant_fp8 + gemm_fp8, or gemm_fp8_tma with VITFAST_FP8_ENGINE=tma, behind ln_qkv / ln_linear /
 linear_residual) against the torch emulation in vit_fast.fp8, under the interpreter on CPU (FP8 tl.dot runs there)
 or on an sm_89/sm_90 GPU; and the errors."""
 import pytest
@@ -11,7 +11,8 @@ from vit_fast.kernels.quant_fp8 import launch_quant_rows
 from tests.tolerances import FP8_TOL, assert_close, poison
 from vit_fast.numerics import e4m3_rounding_flips
 from vit_fast import fp8
-from gemm_engine import engine  # noqa: F401 (fixture: each op test once per GEMM engine, FP8 TMA engine included)
+from vit_fast.kernels._common import FP8_ENGINE_ENV
+from gemm_engine import fp8_engine  # noqa: F401 (fixture: each op test once per FP8 GEMM engine)
 
 
 @pytest.fixture
@@ -69,7 +70,7 @@ def test_quantize_rows_matches_emulation_bitwise(has_ln, device):
 
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("activation", ["gelu", "quick_gelu"])
-def test_ln_linear_fp8(out_dtype, activation, device, engine):
+def test_ln_linear_fp8(out_dtype, activation, device, fp8_engine):
     m, k, n = 45, 80, 48  # ragged M, K = 80 not a multiple of the interpreter's BLOCK_K = 32
     x = torch.randn(3, m // 3, k, device=device).to(out_dtype)
     g, b = torch.randn(k, device=device).to(out_dtype), torch.randn(k, device=device).to(out_dtype)
@@ -86,7 +87,7 @@ def test_ln_linear_fp8(out_dtype, activation, device, engine):
     assert ((ref - full).norm() / full.norm()).item() < 0.08
 
 
-def test_linear_residual_fp8(device, engine):
+def test_linear_residual_fp8(device, fp8_engine):
     m, k, n = 37, 96, 64
     x = torch.randn(m, k, device=device)
     x[:, 5] *= 50.0  # an outlier channel in the input rows
@@ -99,9 +100,10 @@ def test_linear_residual_fp8(device, engine):
     assert_close(out, ref, torch.float32, FP8_TOL)
 
 
-def test_fp8_mlp_quantizes_fc2_input_in_the_gemm(device, engine):
+def test_fp8_mlp_quantizes_fc2_input_in_the_gemm(device, fp8_engine, monkeypatch):
     """FC1 records max |hidden| per row in its epilogue; FC2 quantizes the bf16 rows in its main loop with it: the
-    same result as quantizing them in a separate pass (the emulation)."""
+    same result as quantizing them in a separate pass (the emulation). The FP8 TMA engine always quantizes in a
+    pass (x_amax unread): its FC2 against the emulation, and against the pointer engine's in-loop quantization."""
     b, n, d, hidden = 2, 23, 64, 96  # 46 rows, ragged; K = 96 is not a multiple of BLOCK_K = 32 * 2
     x = torch.randn(b, n, d, device=device).bfloat16()
     x[..., 3] *= 50.0  # an outlier channel in the residual stream
@@ -124,6 +126,10 @@ def test_fp8_mlp_quantizes_fc2_input_in_the_gemm(device, engine):
     assert_close(out, ref, torch.bfloat16, FP8_TOL)
     separate = linear_residual_launch(h, w2, b2, x, weight_scale=s2)  # the quantize-first path: same numbers
     torch.testing.assert_close(out.float(), separate.float(), rtol=0, atol=0)
+    if fp8_engine == "tma":  # the same quantized rows as the pointer engine's main loop: equal up to summation order
+        monkeypatch.setenv(FP8_ENGINE_ENV, "pointer")
+        in_loop = linear_residual_launch(h, w2, b2, x, weight_scale=s2, x_amax=amax)
+        torch.testing.assert_close(out.float(), in_loop.float(), rtol=1e-2, atol=1e-2)
 
 
 # 40: H not a multiple of the interpreter's BLOCK_N = 32; d = 80: K not a multiple of BLOCK_K = 32, d = 64: even K
@@ -161,7 +167,7 @@ def test_fp8_swiglu_mlp_gate_in_the_epilogue(hidden, d, device):
     assert ((ref_h - full).norm() / full.norm()).item() < 0.08
 
 
-def test_ln_qkv_fp8_rows(device, engine):
+def test_ln_qkv_fp8_rows(device, fp8_engine):
     """The FP8 QKV writes the plain (B, N, 3, H, d) rows the bf16 engines write (attention reads them in place)."""
     b, n, d, heads = 2, 19, 80, 5  # 19 tokens, head dim 16, K = 80
     x = torch.randn(b, n, d, device=device).bfloat16()
@@ -246,18 +252,23 @@ def test_fp8_needs_sm89_or_the_interpreter(monkeypatch):
 def test_fp8_engine_selection(monkeypatch):
     """The FP8 TMA engine runs only when VITFAST_GEMM_ENGINE=tma asks (auto keeps the pointer engine until a GPU
     measures it), never for SwiGLU; forced on operands TMA cannot address, one clear error."""
-    from vit_fast.kernels._common import ENGINE_ENV, SWIGLU
-    from vit_fast.kernels.gemm_fp8_tma import select_fp8_engine
+    from vit_fast.kernels._common import FP8_ENGINE_ENV, SWIGLU
+    from vit_fast.kernels.gemm_fp8_tma import fp8_gemm_reads_row_amax, select_fp8_engine
 
     wq, _ = _weights(48, 32, "cpu")
     out = torch.empty(5, 48, dtype=torch.bfloat16)
-    monkeypatch.delenv(ENGINE_ENV, raising=False)
+    monkeypatch.delenv(FP8_ENGINE_ENV, raising=False)
+    assert select_fp8_engine(32, wq, out) == "pointer" and fp8_gemm_reads_row_amax()
+    monkeypatch.setenv("VITFAST_GEMM_ENGINE", "tma")  # the 16-bit engines' switch does not pick the FP8 engine
     assert select_fp8_engine(32, wq, out) == "pointer"
-    monkeypatch.setenv(ENGINE_ENV, "tma")
-    assert select_fp8_engine(32, wq, out) == "tma"
+    monkeypatch.setenv(FP8_ENGINE_ENV, "tma")
+    assert select_fp8_engine(32, wq, out) == "tma" and not fp8_gemm_reads_row_amax()
     assert select_fp8_engine(32, wq, out, activation=SWIGLU) == "pointer"
-    with pytest.raises(ValueError, match=r"^VITFAST_GEMM_ENGINE=tma: FP8 operands: expected 2-D, unit last stride, "
-                                         r"16-byte aligned base and rows, got .*'a': 'rows of 40 bytes'"):
+    with pytest.raises(ValueError, match=r"^VITFAST_FP8_ENGINE=tma: FP8 operands: expected 2-D, unit last stride, "
+                                         r"16-byte aligned base and rows, got .*'a': \(\(None, 40\), \(40, 1\), 0\)"):
         select_fp8_engine(40, _weights(48, 40, "cpu")[0], out)
-    monkeypatch.setenv(ENGINE_ENV, "pointer")
+    monkeypatch.setenv(FP8_ENGINE_ENV, "pointer")
     assert select_fp8_engine(32, wq, out) == "pointer"
+    monkeypatch.setenv(FP8_ENGINE_ENV, "fast")
+    with pytest.raises(ValueError, match=r"^VITFAST_FP8_ENGINE: expected auto \| tma \| pointer, got 'fast'$"):
+        select_fp8_engine(32, wq, out)

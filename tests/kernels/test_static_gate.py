@@ -481,7 +481,8 @@ def test_autotune_first_keeps_one_config(monkeypatch):
     with pytest.raises(ValueError, match=r"^VITFAST_AUTOTUNE: expected all \| first, got 'fast'$"):
         scoped(configs, {})
     autotuned = {"attention": "_attn_fwd_kernel", "gemm": "fused_gemm_kernel", "gemm_fp8": "fp8_gemm_kernel",
-                 "gemm_tma": "tma_gemm_kernel", "layer_norm": "layer_norm_kernel",
+                 "gemm_tma": "tma_gemm_kernel", "gemm_fp8_tma": "fp8_tma_gemm_kernel",
+                 "layer_norm": "layer_norm_kernel",
                  "patch_embed": "patch_embed_kernel", "quant_fp8": "quant_rows_fp8_kernel"}
     for module, name in autotuned.items():  # every autotuned kernel's prune goes through the switch
         kernel = getattr(importlib.import_module(f"vit_fast.kernels.{module}"), name)
@@ -497,11 +498,12 @@ def test_two_programs_per_sm_rows(monkeypatch):
     from benchmarks.kernels_static import gate_problems
     from vit_fast.kernels import gemm_tma
 
-    (row, programs), = gemm_tma.PER_SM.items()
-    assert programs == 2 and row in gemm_tma.HOPPER_TMA
-    assert gemm_tma.tile_allowed(row, 232448)
-    assert not gemm_tma.tile_allowed(row, 232448, has_residual=True)
-    assert not gemm_tma.tile_allowed(row, 232448, sm_smem=233472 - 4096)
+    assert gemm_tma.PER_SM
+    for row, programs in gemm_tma.PER_SM.items():
+        assert programs == 2 and row in gemm_tma.HOPPER_TMA
+        assert gemm_tma.tile_allowed(row, 232448)
+        assert not gemm_tma.tile_allowed(row, 232448, has_residual=True)
+        assert not gemm_tma.tile_allowed(row, 232448, sm_smem=233472 - 4096)
     variant = {"signature": {"a": "*bf16", "out": "*bf16"}, "constexprs": {}, "tables": ("hopper",),
                "main_loop": "gemm", "num_warps": 4, "programs_per_sm": 2}
     clean = dict(registers=226, stack=0, shared=115224, hgmma=8, qgmma=0, hmma=0, ldgsts=0, utmaldg=6, stl=0, ldl=0,
@@ -523,9 +525,8 @@ def test_fp8_tma_variants_cover_every_table_row(variants):
         tile = (c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], w, s, c["EPI_SPLIT"])
         assert c["PER_SM"] == gemm_fp8_tma.PER_SM.get(tile, 1)
         have.setdefault((kind, c["PRECISE_ACC"], tile), set()).update(tables)
-    for kind, residual, precise_modes in (("qkv", False, (True, False)), ("fc1", False, (True, False)),
-                                          ("fc2", True, (True,))):
-        for precise in precise_modes:
+    for kind, residual in (("qkv", False), ("fc1", False), ("fc2", True)):
+        for precise in (True, False):
             for tile in gemm_fp8_tma.HOPPER_FP8_TMA:
                 if gemm_fp8_tma.tile_allowed(tile, 232448, residual, precise):
                     assert "hopper" in have.get((kind, precise, tile), ()), (kind, precise, tile)

@@ -10,22 +10,24 @@ the other's MMAs. TMA pads out-of-range loads with zeros and clips stores, so ra
 What it runs: launches whose A is e4m3 rows with per-row scales: QKV and FC1 after the quantizing LayerNorm, and FC2
 and the out-projection after a quantization pass of their own (quant_fp8.py; the same codes as the pointer engine's
 QUANT_A, which re-quantizes each A tile once per column tile, ~320 issue cycles per K step at 64x128x128 against
-256 cycles of FP8 MMAs). SwiGLU stays on the pointer engine. The epilogue is the pointer engine's: acc · s_row · s_col, bias, activation,
-residual, one cast, the stored rows' maxima (ROW_AMAX_OUT); PRECISE_ACC promotes every BLOCK_K of K into fp32 as
-there (max_num_imprecise_acc; A and W both come from shared memory, so the request is kept).
+256 cycles of FP8 MMAs). SwiGLU stays on the pointer engine. The epilogue is the pointer engine's: acc · s_row ·
+s_col, bias, activation, residual, one cast, the stored rows' maxima (ROW_AMAX_OUT); PRECISE_ACC promotes every
+BLOCK_K of K into fp32 as there (max_num_imprecise_acc; A and W both come from shared memory, so the request is
+kept).
 
-The op modules choose it through `select_fp8_engine`: only when `VITFAST_GEMM_ENGINE=tma` asks for it (and under
-the interpreter, which is how the tests run it on a CPU) until a GPU measures it against the pointer engine.
+The op modules choose it through `select_fp8_engine`: only when `VITFAST_FP8_ENGINE=tma` asks for it (on an sm_90
+GPU, or under the interpreter, which is how the tests run it on a CPU), until a GPU measures it against the pointer
+engine. The model then asks attention and FC1 for no row maxima (`fp8_gemm_reads_row_amax`).
 """
 import torch
 import triton
 import triton.language as tl
 
-from ._common import (ENGINE_ENV, SWIGLU, TL_SIG, autotune_scope, check, is_interpreting, jit_fn, m_bucket,
-                      shared_memory_bytes, switch_value)
+from ._common import (FAMILY_SMEM, FP8_ENGINE_ENV, GEMM_DIVISIBLE, SWIGLU, TL_SIG, autotune_scope, check,
+                      is_interpreting, jit_fn, m_bucket, switch_value)
 from .gemm import apply_activation, grouped_tile
-from .gemm_tma import (CTA_RESERVED_SMEM, SM90_SM_SMEM, SMEM_SLACK, _is_sm90, _num_sms, _scratch, _sm_shared_memory,
-                       _tma_addressable)
+from .gemm_tma import (SM90_SM_SMEM, _is_sm90, _tma_addressable, co_resident, persistent_configs, persistent_grid,
+                       persistent_prune, programs_per_sm)
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, EPI_SPLIT); K is 1 byte, so BLOCK_K 128 is one 128-byte swizzle
 # row. Registers, spills and shared memory of every row are in the static report (benchmarks/static/report.md).
@@ -42,23 +44,15 @@ HOPPER_FP8_TMA = [
 PER_SM = {(128, 128, 128, 4, 3, 2): 2}
 # Rows that spill on sm_90 once the promotion's second accumulator exists (PRECISE_ACC=1): the report's rows.
 PROMOTED_SPILLS = {(128, 256, 128, 8, 3, 2)}
-INTERPRETER_FP8_TMA = (32, 32, 32, 4, 1, 2)
-INTERPRETER_PER_SM = 2
-INTERPRETER_SMS = 1  # 2 programs, fewer than the tests' tiles: the persistent loop runs
 FP8_TMA_KEY = ["M_BUCKET", "N", "K", "HAS_BIAS", "ACTIVATION", "HAS_RESIDUAL", "PRECISE_ACC", "ROW_AMAX_OUT"]
 
 
 def per_sm(tile) -> int:
-    if is_interpreting() and tuple(tile) == INTERPRETER_FP8_TMA:
-        return INTERPRETER_PER_SM
-    return PER_SM.get(tuple(tile), 1)
+    return programs_per_sm(tile, PER_SM)
 
 
-def _configs():
-    rows = [INTERPRETER_FP8_TMA] if is_interpreting() else HOPPER_FP8_TMA
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "EPI_SPLIT": e,
-                           "PER_SM": per_sm((bm, bn, bk, w, s, e))}, num_warps=w, num_stages=s)
-            for bm, bn, bk, w, s, e in rows]
+def _configs():  # under the interpreter: gemm_tma's one row (fewer programs than the tests' tiles)
+    return persistent_configs(HOPPER_FP8_TMA, PER_SM)
 
 
 def smem_estimate(tile, has_residual: bool, out_bytes: int = 2) -> int:
@@ -73,24 +67,13 @@ def tile_allowed(tile, smem, has_residual=False, precise_acc=True, out_bytes=2, 
     if precise_acc and tuple(tile) in PROMOTED_SPILLS:
         return False
     need = smem_estimate(tile, has_residual, out_bytes)
-    programs = PER_SM.get(tuple(tile), 1)
-    return need <= smem and (programs == 1 or programs * (need + CTA_RESERVED_SMEM + SMEM_SLACK) <= sm_smem)
+    return need <= smem and co_resident(PER_SM.get(tuple(tile), 1), need, sm_smem)
 
 
 def _prune(configs, named_args, **kwargs):
-    if len(configs) <= 1:
-        return configs
-    a = named_args["a_ptr"]
-    index = a.device.index if a.device.index is not None else torch.cuda.current_device()
-    smem, sm_smem = shared_memory_bytes(index), _sm_shared_memory(index)
-    m_cap = max(64, named_args["M_BUCKET"])
     out_bytes = named_args["out_ptr"].element_size()
-    kept = [c for c in configs
-            if tile_allowed((c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages,
-                             c.kwargs["EPI_SPLIT"]), smem, kwargs.get("HAS_RESIDUAL", False),
-                            kwargs.get("PRECISE_ACC", True), out_bytes, sm_smem)
-            and c.kwargs["BLOCK_M"] <= m_cap]
-    return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+    return persistent_prune(configs, named_args, lambda tile, smem, sm_smem: tile_allowed(
+        tile, smem, kwargs.get("HAS_RESIDUAL", False), kwargs.get("PRECISE_ACC", True), out_bytes, sm_smem))
 
 
 @triton.jit
@@ -193,22 +176,31 @@ def fp8_tma_gemm_kernel(
 # ---- dispatch -------------------------------------------------------------------------------------------------------
 def select_fp8_engine(k: int, weight, out, residual=None, activation=0) -> str:
     """"tma" or "pointer" for an FP8 launch on already-checked operands whose A is (or will be) fresh contiguous e4m3
-    rows of `k` bytes from the row quantizer. auto: the pointer engine (this one is not measured yet).
-    VITFAST_GEMM_ENGINE=tma: this engine (an sm_90 GPU, or the interpreter) for every launch but SwiGLU's, which
-    stays on the pointer engine; operands TMA cannot address are one clear error, as for the bf16 engine."""
-    if switch_value(ENGINE_ENV) != "tma" or activation == SWIGLU:
+    rows of `k` bytes from the row quantizer; the op modules ask before they quantize. VITFAST_FP8_ENGINE=auto (the
+    default) and =pointer: the pointer engine (gemm_fp8.py; this one is not measured yet). =tma: this engine, on an
+    sm_90 GPU or under the interpreter (how the tests run it on a CPU), for every launch but SwiGLU's FC1, which
+    stays on the pointer engine; elsewhere, or on operands TMA cannot address, one clear error."""
+    if switch_value(FP8_ENGINE_ENV) != "tma" or activation == SWIGLU:
         return "pointer"
-    operands = dict(weight=weight, out=out, residual=residual)
-    bad = {name: (tuple(t.shape), t.stride(), t.data_ptr() % 16) for name, t in operands.items()
-           if t is not None and not _tma_addressable(t)}
-    if k % 16:
-        bad["a"] = f"rows of {k} bytes"
-    check(not bad, f"{ENGINE_ENV}=tma: FP8 operands", "2-D, unit last stride, 16-byte aligned base and rows",
-          f"(shape, strides, base % 16) {bad}")
     if not is_interpreting():
         index = weight.device.index if weight.device.index is not None else torch.cuda.current_device()
-        check(_is_sm90(index), f"{ENGINE_ENV}=tma: device", "an sm_90 GPU", torch.cuda.get_device_name(weight.device))
+        check(weight.is_cuda and _is_sm90(index), f"{FP8_ENGINE_ENV}=tma: device", "an sm_90 GPU",
+              torch.cuda.get_device_name(weight.device) if weight.is_cuda else str(weight.device))
+    bad = {name: (tuple(t.shape), t.stride(), t.data_ptr() % 16)
+           for name, t in dict(weight=weight, out=out, residual=residual).items()
+           if t is not None and not _tma_addressable(t)}
+    if k % 16:
+        bad["a"] = ((None, k), (k, 1), 0)  # e4m3 rows of k bytes: the row stride is not a multiple of 16
+    check(not bad, f"{FP8_ENGINE_ENV}=tma: FP8 operands", "2-D, unit last stride, 16-byte aligned base and rows",
+          f"(shape, strides, base % 16) {bad}")
     return "tma"
+
+
+def fp8_gemm_reads_row_amax() -> bool:
+    """Whether the FP8 engine VITFAST_FP8_ENGINE picks quantizes the out-projection's and FC2's inputs in its main
+    loop from the row maxima attention and FC1 record (the pointer engine), so the model asks for them; the TMA
+    engine quantizes those rows in a pass of its own and needs none."""
+    return switch_value(FP8_ENGINE_ENV) != "tma"
 
 
 def launch_fp8_tma_gemm(a_q, a_scale, weight, w_scale, bias, out, *, activation=0, residual=None, precise_acc=None,
@@ -220,14 +212,8 @@ def launch_fp8_tma_gemm(a_q, a_scale, weight, w_scale, bias, out, *, activation=
         precise_acc = precise_acc_setting()
     M, K = a_q.shape
     N = weight.shape[0]
-    if is_interpreting():
-        num_sms = INTERPRETER_SMS
-    else:
-        triton.set_allocator(_scratch)  # per launch: the allocator is a context variable (gemm_tma.py)
-        num_sms = _num_sms(a_q.device.index if a_q.device.index is not None else torch.cuda.current_device())
+    num_sms, grid = persistent_grid(a_q.device, M, N)
     res = residual if residual is not None else out
-    grid = lambda meta: (min(num_sms * meta["PER_SM"],  # noqa: E731
-                             triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])),)
     fp8_tma_gemm_kernel[grid](
         a_q, a_scale, amax_out if amax_out is not None else w_scale, weight, w_scale,
         bias if bias is not None else out, res, out,
@@ -240,8 +226,9 @@ def launch_fp8_tma_gemm(a_q, a_scale, weight, w_scale, bias, out, *, activation=
 
 # ---- AOT ------------------------------------------------------------------------------------------------------------
 def aot_variants(exhaustive: bool = False):
-    """bf16 outputs at every Hopper tile for QKV (no activation), FC1 (GELU, bias, row maxima) promoted and not;
-    FC2 on e4m3 A (residual) at every tile that fits; fp16 and fp32 outputs at the 128x128 tile with `exhaustive`.
+    """bf16 outputs at every Hopper tile for QKV (no activation), FC1 (GELU, bias, row maxima) and FC2 / the
+    out-projection (residual; "FC2" below), each promoted and not; fp16 and fp32 outputs at the 128x128 tile with
+    `exhaustive`.
     The promoted 128x256 row is compiled to show why the prune drops it (PROMOTED_SPILLS). FP8 wgmma: sm_90 only
     (min_cc 90)."""
     out = []
@@ -249,7 +236,7 @@ def aot_variants(exhaustive: bool = False):
         for precise in (True, False):
             out.append(_variant(torch.bfloat16, 0, True, False, precise, False, tile, "ln_qkv"))  # QKV
             out.append(_variant(torch.bfloat16, 1, True, False, precise, True, tile, "ln_linear"))  # FC1
-        out.append(_variant(torch.bfloat16, 0, True, True, True, False, tile, "linear_residual"))  # FC2 on e4m3 A
+            out.append(_variant(torch.bfloat16, 0, True, True, precise, False, tile, "linear_residual"))  # FC2
     if exhaustive:
         out += [_variant(dt, act, True, False, True, False, HOPPER_FP8_TMA[1], "ln_linear")
                 for dt in (torch.float16, torch.float32) for act in (0, 1, 2, 3)]
@@ -272,9 +259,9 @@ def _variant(out_dtype, activation, has_bias, has_residual, precise, amax_out, t
     for name in constexprs:
         sig.setdefault(name, "constexpr")
     out_bytes = torch.empty((), dtype=out_dtype).element_size()
-    fits = tile_allowed(tile, 232448, has_residual, precise, out_bytes)
+    fits = tile_allowed(tile, FAMILY_SMEM["hopper"], has_residual, precise, out_bytes)
     return {"fn": jit_fn(fp8_tma_gemm_kernel), "signature": sig, "constexprs": constexprs, "num_warps": warps,
             "num_stages": stages, "min_cc": 90, "op": "linear_fp8", "main_loop": "gemm",
             "programs_per_sm": per_sm(tile), "tables": ("hopper",) if fits else (),
             "vit": lambda cfg, batch: [],  # not yet picked by default (select_fp8_engine)
-            "divisible": ("N", "K", "stride_am", "stride_wn", "stride_rm", "stride_om", "M_BUCKET")}
+            "divisible": GEMM_DIVISIBLE}

@@ -40,8 +40,8 @@ HOPPER_TMA = [
     (64, 64, 64, 4, 4, 1),
     (128, 128, 64, 4, 3, 2),
 ]
-# Rows launched with two programs per SM (see the module docstring): 115,224 B of shared memory and 203-223
-# registers x 128 threads for QKV and FC1 on sm_90, so two fit in an SM's 233,472 B and 64K registers; the prune
+# Rows launched with two programs per SM (see the module docstring): 115,224 B of shared memory and 203-226
+# registers x 128 threads for QKV and FC1 on sm_90 (triton 3.6 and 3.9), so two fit in an SM's 233,472 B and 64K registers; the prune
 # keeps such a row only where two fit (a residual's staging buffer does not: FC2 and out-projection drop it).
 PER_SM = {(128, 128, 64, 4, 3, 2): 2}
 # One config under the interpreter (several fail there); EPI_SPLIT 2 so tests cover the subtiled epilogue, PER_SM 2
@@ -53,18 +53,28 @@ AUTOTUNE_KEY = ["M_BUCKET", "N", "K", "ROW_STATS", "HAS_BIAS", "ACTIVATION", "HA
 DTYPES = (torch.bfloat16, torch.float16)
 
 
-def per_sm(tile) -> int:
-    """Programs per SM a table row launches with (PER_SM)."""
+def programs_per_sm(tile, per_sm_rows) -> int:
+    """Programs per SM a persistent engine's table row launches with (its PER_SM rows; the interpreter's row: 2)."""
     if is_interpreting() and tuple(tile) == INTERPRETER_TMA:
         return INTERPRETER_PER_SM
-    return PER_SM.get(tuple(tile), 1)
+    return per_sm_rows.get(tuple(tile), 1)
+
+
+def persistent_configs(rows, per_sm_rows):
+    """The autotune configs of a persistent TMA engine's (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, EPI_SPLIT) table
+    (the interpreter's one row when interpreting), each with its PER_SM."""
+    rows = [INTERPRETER_TMA] if is_interpreting() else rows
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "EPI_SPLIT": e,
+                           "PER_SM": programs_per_sm((bm, bn, bk, w, s, e), per_sm_rows)}, num_warps=w, num_stages=s)
+            for bm, bn, bk, w, s, e in rows]
+
+
+def per_sm(tile) -> int:
+    return programs_per_sm(tile, PER_SM)
 
 
 def _configs():
-    rows = [INTERPRETER_TMA] if is_interpreting() else HOPPER_TMA
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "EPI_SPLIT": e,
-                           "PER_SM": per_sm((bm, bn, bk, w, s, e))}, num_warps=w, num_stages=s)
-            for bm, bn, bk, w, s, e in rows]
+    return persistent_configs(HOPPER_TMA, PER_SM)
 
 
 def smem_estimate(bm, bn, bk, stages, epi_split, has_residual, elem=2, swiglu=False):
@@ -94,8 +104,12 @@ def tile_allowed(tile, smem, has_residual=False, swiglu=False, elem=2, sm_smem=S
     if swiglu and (not swiglu_accumulators_fit(bm, bn, warps) or tuple(tile) in SWIGLU_TMA_SPILLS):
         return False
     need = smem_estimate(bm, bn, bk, stages, epi, has_residual, elem, swiglu)
-    programs = PER_SM.get(tuple(tile), 1)
-    return need <= smem and (programs == 1 or programs * (need + CTA_RESERVED_SMEM + SMEM_SLACK) <= sm_smem)
+    return need <= smem and co_resident(PER_SM.get(tuple(tile), 1), need, sm_smem)
+
+
+def co_resident(programs: int, need: int, sm_smem: int) -> bool:
+    """Whether `programs` programs of `need` bytes of shared memory (smem_estimate) fit one SM together."""
+    return programs == 1 or programs * (need + CTA_RESERVED_SMEM + SMEM_SLACK) <= sm_smem
 
 
 @functools.lru_cache(maxsize=None)
@@ -104,21 +118,29 @@ def _sm_shared_memory(index: int) -> int:
     return getattr(props, "shared_memory_per_multiprocessor", 0) or SM90_SM_SMEM
 
 
-def _prune(configs, named_args, **kwargs):
-    """Drop tiles over the device's shared memory (or SwiGLU's register budget) or far taller than M; keep one."""
+def persistent_prune(configs, named_args, allowed):
+    """A persistent engine's early_config_prune: the rows `allowed(tile, smem, sm_smem)` keeps for the launch's
+    device (a block's and an SM's shared memory), not far taller than M; at least the smallest one."""
     if len(configs) <= 1:
         return configs
     a = named_args["a_ptr"]
     index = a.device.index if a.device.index is not None else torch.cuda.current_device()
     smem, sm_smem = shared_memory_bytes(index), _sm_shared_memory(index)
     m_cap = max(64, named_args["M_BUCKET"])
-    swiglu = kwargs.get("ACTIVATION") == SWIGLU
-    kept = [c for c in configs
-            if tile_allowed((c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages,
-                             c.kwargs["EPI_SPLIT"]), smem, kwargs.get("HAS_RESIDUAL", False), swiglu,
-                            a.element_size(), sm_smem)  # fp32 when VITFAST_GEMM_ENGINE=tma forces it
-            and c.kwargs["BLOCK_M"] <= m_cap]
+    def row(c):
+        kw = c.kwargs
+        return kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], c.num_warps, c.num_stages, kw["EPI_SPLIT"]
+
+    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= m_cap and allowed(row(c), smem, sm_smem)]
     return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+
+
+def _prune(configs, named_args, **kwargs):
+    """Drop tiles over the device's shared memory (or SwiGLU's register budget) or far taller than M; keep one."""
+    swiglu = kwargs.get("ACTIVATION") == SWIGLU
+    elem = named_args["a_ptr"].element_size()  # fp32 when VITFAST_GEMM_ENGINE=tma forces it
+    return persistent_prune(configs, named_args, lambda tile, smem, sm_smem: tile_allowed(
+        tile, smem, kwargs.get("HAS_RESIDUAL", False), swiglu, elem, sm_smem))
 
 
 @triton.jit
@@ -273,19 +295,24 @@ def _num_sms(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def launch_tma_gemm(a, weight, bias, out, *, activation=0, residual=None, stats=None, colsum=None):
-    """Same contract as gemm.launch_fused_gemm, for operands select_engine() gave to "tma"."""
-    M, K = a.shape
-    N = weight.shape[0] // 2 if activation == SWIGLU else weight.shape[0]  # SwiGLU: packed (2N, K) gate/up rows
+def persistent_grid(device: torch.device, M: int, N: int):
+    """(NUM_SMS, grid) of a persistent launch: at most NUM_SMS * PER_SM programs, never more than the tiles."""
     if is_interpreting():
         num_sms = INTERPRETER_SMS
     else:
         # set per launch: the allocator is a context variable, so a serving thread needs it too
         triton.set_allocator(_scratch)
-        num_sms = _num_sms(a.device.index if a.device.index is not None else torch.cuda.current_device())
+        num_sms = _num_sms(device.index if device.index is not None else torch.cuda.current_device())
+    return num_sms, lambda meta: (min(num_sms * meta["PER_SM"],
+                                      triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])),)
+
+
+def launch_tma_gemm(a, weight, bias, out, *, activation=0, residual=None, stats=None, colsum=None):
+    """Same contract as gemm.launch_fused_gemm, for operands select_engine() gave to "tma"."""
+    M, K = a.shape
+    N = weight.shape[0] // 2 if activation == SWIGLU else weight.shape[0]  # SwiGLU: packed (2N, K) gate/up rows
+    num_sms, grid = persistent_grid(a.device, M, N)
     res = residual if residual is not None else out
-    grid = lambda meta: (min(num_sms * meta["PER_SM"],  # noqa: E731
-                             triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])),)
     tma_gemm_kernel[grid](
         a, weight, bias if bias is not None else out, res,
         stats if stats is not None else out, colsum if colsum is not None else out, out,

@@ -10,7 +10,7 @@ rows + per-token scales, then gemm_fp8.py; with `return_row_amax` its epilogue a
 row, so the next FP8 GEMM (linear_residual with `x_amax`, the MLP's FC2) quantizes these rows per token in its main
 loop, with no pass of its own. This module checks the inputs and picks the engine: the persistent TMA engine
 (gemm_tma.py) on sm_90, the pointer engine (gemm.py) elsewhere, for float8 weights gemm_fp8.py or, with
-VITFAST_GEMM_ENGINE=tma, the FP8 TMA engine gemm_fp8_tma.py (not SwiGLU: gemm_fp8_tma.select_fp8_engine).
+VITFAST_FP8_ENGINE=tma, the FP8 TMA engine gemm_fp8_tma.py (not SwiGLU: gemm_fp8_tma.select_fp8_engine).
 """
 from typing import Optional
 
@@ -86,11 +86,10 @@ def ln_linear_fp8_launch(x, ln_weight, ln_bias, eps, weight, weight_scale, bias,
     out2d = check_out(OP, out, shape, x.dtype)
     if out.numel() == 0:
         return out
-    a_q, a_scale = launch_quant_rows(rows_view(OP, "x", x), ln=(ln_weight, ln_bias, eps))
     act = ACTIVATIONS[activation]
-    launch = launch_fp8_tma_gemm if select_fp8_engine(x.shape[-1], weight, out2d, activation=act) == "tma" \
-        else launch_fp8_gemm
-    launch(a_q, a_scale, weight, weight_scale, bias, out2d, activation=act,
+    tma = select_fp8_engine(x.shape[-1], weight, out2d, activation=act) == "tma"
+    a_q, a_scale = launch_quant_rows(rows_view(OP, "x", x), ln=(ln_weight, ln_bias, eps))
+    (launch_fp8_tma_gemm if tma else launch_fp8_gemm)(a_q, a_scale, weight, weight_scale, bias, out2d, activation=act,
            amax_out=row_amax.view(-1) if row_amax is not None else None)
     return out
 

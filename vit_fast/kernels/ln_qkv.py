@@ -4,7 +4,7 @@ The GEMM writes plain (B·N, 3·D) rows, i.e. a contiguous (B, N, 3, H, d) buffe
 returns it as the (3, B, H, N, d) view, so q, k, v = out[0], out[1], out[2] are strided (B, H, N, d) tensors with a
 contiguous last dim, which `kernels.attention` reads without a copy. The norm is folded (ln_fold.py). A
 float8_e4m3fn weight (with its per-channel `weight_scale`) goes to the FP8 engines instead: the quantizing LayerNorm
-(quant_fp8.py) writes e4m3 rows and per-token scales, then gemm_fp8.py (or, with VITFAST_GEMM_ENGINE=tma, the FP8
+(quant_fp8.py) writes e4m3 rows and per-token scales, then gemm_fp8.py (or, with VITFAST_FP8_ENGINE=tma, the FP8
 TMA engine gemm_fp8_tma.py) writes the same plain rows. This module checks the inputs and picks the engine
 (gemm_tma.py on sm_90, gemm.py elsewhere, the FP8 engines for float8 weights: gemm_fp8_tma.select_fp8_engine).
 """
@@ -102,9 +102,9 @@ def ln_qkv_fp8_launch(x, ln_weight, ln_bias, eps, weight, weight_scale, bias, nu
     out, out2d = _out_rows(x, num_heads, out)
     if out.numel() == 0:
         return out
+    launch = launch_fp8_tma_gemm if select_fp8_engine(x.shape[-1], weight, out2d) == "tma" else launch_fp8_gemm
     a_q, a_scale = launch_quant_rows(rows_view(OP, "x", x), ln=(ln_weight, ln_bias, eps))
-    fp8_tma = select_fp8_engine(x.shape[-1], weight, out2d) == "tma"
-    (launch_fp8_tma_gemm if fp8_tma else launch_fp8_gemm)(a_q, a_scale, weight, weight_scale, bias, out2d)
+    launch(a_q, a_scale, weight, weight_scale, bias, out2d)
     return out
 
 
