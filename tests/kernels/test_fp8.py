@@ -267,6 +267,11 @@ def test_fp8_engine_selection(monkeypatch):
     with pytest.raises(ValueError, match=r"^VITFAST_FP8_ENGINE=tma: FP8 operands: expected 2-D, unit last stride, "
                                          r"16-byte aligned base and rows, got .*'a': \(\(None, 40\), \(40, 1\), 0\)"):
         select_fp8_engine(40, _weights(48, 40, "cpu")[0], out)
+    if not torch.cuda.is_available():  # outside the interpreter it needs an sm_90 GPU
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        with pytest.raises(ValueError, match=r"^VITFAST_FP8_ENGINE=tma: device: expected an sm_90 GPU, got cpu$"):
+            select_fp8_engine(32, wq, out)
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setenv(FP8_ENGINE_ENV, "pointer")
     assert select_fp8_engine(32, wq, out) == "pointer"
     monkeypatch.setenv(FP8_ENGINE_ENV, "fast")

@@ -183,8 +183,9 @@ def select_fp8_engine(k: int, weight, out, residual=None, activation=0) -> str:
     if switch_value(FP8_ENGINE_ENV) != "tma" or activation == SWIGLU:
         return "pointer"
     if not is_interpreting():
-        index = weight.device.index if weight.device.index is not None else torch.cuda.current_device()
-        check(weight.is_cuda and _is_sm90(index), f"{FP8_ENGINE_ENV}=tma: device", "an sm_90 GPU",
+        on_sm90 = weight.is_cuda and _is_sm90(
+            weight.device.index if weight.device.index is not None else torch.cuda.current_device())
+        check(on_sm90, f"{FP8_ENGINE_ENV}=tma: device", "an sm_90 GPU",
               torch.cuda.get_device_name(weight.device) if weight.is_cuda else str(weight.device))
     bad = {name: (tuple(t.shape), t.stride(), t.data_ptr() % 16)
            for name, t in dict(weight=weight, out=out, residual=residual).items()
@@ -228,9 +229,8 @@ def launch_fp8_tma_gemm(a_q, a_scale, weight, w_scale, bias, out, *, activation=
 def aot_variants(exhaustive: bool = False):
     """bf16 outputs at every Hopper tile for QKV (no activation), FC1 (GELU, bias, row maxima) and FC2 / the
     out-projection (residual; "FC2" below), each promoted and not; fp16 and fp32 outputs at the 128x128 tile with
-    `exhaustive`.
-    The promoted 128x256 row is compiled to show why the prune drops it (PROMOTED_SPILLS). FP8 wgmma: sm_90 only
-    (min_cc 90)."""
+    `exhaustive`. The promoted 128x256 row is compiled to show why the prune drops it (PROMOTED_SPILLS). FP8 wgmma:
+    sm_90 only (min_cc 90)."""
     out = []
     for tile in HOPPER_FP8_TMA:
         for precise in (True, False):
