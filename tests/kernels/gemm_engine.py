@@ -1,24 +1,22 @@
-"""The `engine` fixture: runs a GEMM op test once per engine (VITFAST_GEMM_ENGINE). The TMA engine runs under the
-interpreter too (forced), so its numerics are checked on a machine without a GPU; on CUDA it needs sm_90."""
+"""The `engine` and `fp8_engine` fixtures: run a GEMM op test once per engine (VITFAST_GEMM_ENGINE for the 16-bit and
+fp32 GEMMs, VITFAST_FP8_ENGINE for the FP8 ones). The TMA engines run under the interpreter too (forced), so their
+numerics are checked on a machine without a GPU; on CUDA they need sm_90."""
 import pytest
 import torch
 
-from vit_fast.kernels._common import FP8_ENGINE_ENV
-from vit_fast.kernels.gemm_tma import ENGINE_ENV
+from vit_fast.kernels._common import ENGINE_ENV, FP8_ENGINE_ENV
 
 
-@pytest.fixture(params=["pointer", "tma"])
-def engine(request, monkeypatch):
-    if request.param == "tma" and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] != 9:
-        pytest.skip("the TMA engine needs an sm_90 GPU")
-    monkeypatch.setenv(ENGINE_ENV, request.param)
-    return request.param
+def _engine_fixture(name: str, switch: str):
+    @pytest.fixture(params=["pointer", "tma"], name=name)
+    def fixture(request, monkeypatch):
+        if request.param == "tma" and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] != 9:
+            pytest.skip(f"the TMA engines need an sm_90 GPU ({switch}=tma)")
+        monkeypatch.setenv(switch, request.param)
+        return request.param
+
+    return fixture
 
 
-@pytest.fixture(params=["pointer", "tma"])
-def fp8_engine(request, monkeypatch):
-    """The same for the FP8 GEMM engines (VITFAST_FP8_ENGINE): gemm_fp8.py and the FP8 TMA engine, gemm_fp8_tma.py."""
-    if request.param == "tma" and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] != 9:
-        pytest.skip("the FP8 TMA engine needs an sm_90 GPU")
-    monkeypatch.setenv(FP8_ENGINE_ENV, request.param)
-    return request.param
+engine = _engine_fixture("engine", ENGINE_ENV)
+fp8_engine = _engine_fixture("fp8_engine", FP8_ENGINE_ENV)
