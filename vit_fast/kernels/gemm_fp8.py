@@ -229,14 +229,9 @@ def fp8_gemm_kernel(
     mask_m = rm < M
     mask_n = rn < N
     mask = mask_m[:, None] & mask_n[None, :]
-    s_col = tl.load(w_scale_ptr + rn_load)
-    acc = acc * s_row[:, None] * s_col[None, :]
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    acc = dequantize_tile(acc, s_row, tl.load(w_scale_ptr + rn_load), bias_ptr, rn, mask_n, HAS_BIAS)
     if ACTIVATION == 4:  # the up half's scales and bias sit N further on; silu(gate) * up in fp32
-        up = up * s_row[:, None] * tl.load(w_scale_ptr + N + rn_load)[None, :]
-        if HAS_BIAS:
-            up += tl.load(bias_ptr + N + rn, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        up = dequantize_tile(up, s_row, tl.load(w_scale_ptr + N + rn_load), bias_ptr + N, rn, mask_n, HAS_BIAS)
         acc = swiglu(acc, up)
     else:
         acc = apply_activation(acc, ACTIVATION)
@@ -247,9 +242,25 @@ def fp8_gemm_kernel(
     out_ptrs = out_ptr + rm64[:, None] * stride_om + rn[None, :] * stride_on
     y = acc.to(out_ptr.dtype.element_ty)
     tl.store(out_ptrs, y, mask=mask)
-    if ROW_AMAX_OUT:  # of the values as stored, so the next GEMM's quantization equals quantize_rows(stored rows)
-        tile_max = tl.max(tl.where(mask_n[None, :], tl.abs(y.to(tl.float32)), 0.0), axis=1)
-        tl.atomic_max(amax_out_ptr + rm, tile_max, mask=mask_m)
+    if ROW_AMAX_OUT:
+        record_row_amax(y, rm, mask_m, mask_n, amax_out_ptr)
+
+
+@triton.jit
+def dequantize_tile(acc, s_row, s_col, bias_ptr, cols, mask_n, HAS_BIAS: tl.constexpr):
+    """An FP8 GEMM's fp32 tile back at the model's scale: acc · s_row · s_col (+ bias); both FP8 engines' epilogue."""
+    acc = acc * s_row[:, None] * s_col[None, :]
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + cols, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    return acc
+
+
+@triton.jit
+def record_row_amax(y, rows, mask_m, mask_n, amax_out_ptr):
+    """Atomic max of |y| per row into amax_out_ptr, of the values as stored (y in the output dtype), so the next
+    GEMM's quantization equals quantize_rows(stored rows); both FP8 engines' ROW_AMAX_OUT."""
+    tile_max = tl.max(tl.where(mask_n[None, :], tl.abs(y.to(tl.float32)), 0.0), axis=1)
+    tl.atomic_max(amax_out_ptr + rows, tile_max, mask=mask_m)
 
 
 def precise_acc_setting() -> bool:

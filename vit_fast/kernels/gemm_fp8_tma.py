@@ -26,6 +26,7 @@ import triton.language as tl
 from ._common import (FAMILY_SMEM, FP8_ENGINE_ENV, GEMM_DIVISIBLE, SWIGLU, TL_SIG, autotune_scope, check,
                       is_interpreting, jit_fn, m_bucket, switch_value)
 from .gemm import apply_activation, grouped_tile
+from .gemm_fp8 import dequantize_tile, precise_acc_setting, record_row_amax
 from .gemm_tma import (SM90_SM_SMEM, _is_sm90, _tma_addressable, co_resident, persistent_configs, persistent_grid,
                        persistent_prune, programs_per_sm)
 
@@ -83,19 +84,15 @@ def _finish(acc, rows, cols, M, N, a_scale_ptr, w_scale_ptr, bias_ptr, amax_out_
     and the stored values' row maxima."""
     mask_m = rows < M
     mask_n = cols < N
-    s_row = tl.load(a_scale_ptr + rows, mask=mask_m, other=0.0)
-    s_col = tl.load(w_scale_ptr + cols, mask=mask_n, other=0.0)
-    acc = acc * s_row[:, None] * s_col[None, :]
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + cols, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    acc = dequantize_tile(acc, tl.load(a_scale_ptr + rows, mask=mask_m, other=0.0),
+                          tl.load(w_scale_ptr + cols, mask=mask_n, other=0.0), bias_ptr, cols, mask_n, HAS_BIAS)
     acc = apply_activation(acc, ACTIVATION)
     if HAS_RESIDUAL:
         acc += res_desc.load([off_m, off_n]).to(tl.float32)
     y = acc.to(out_desc.dtype)
     out_desc.store([off_m, off_n], y)
-    if ROW_AMAX_OUT:  # of the values as stored, so the next GEMM's quantization equals quantize_rows(stored rows)
-        tile_max = tl.max(tl.where(mask_n[None, :], tl.abs(y.to(tl.float32)), 0.0), axis=1)
-        tl.atomic_max(amax_out_ptr + rows, tile_max, mask=mask_m)
+    if ROW_AMAX_OUT:
+        record_row_amax(y, rows, mask_m, mask_n, amax_out_ptr)
 
 
 @triton.autotune(configs=_configs(), key=FP8_TMA_KEY,
@@ -207,8 +204,6 @@ def fp8_gemm_reads_row_amax() -> bool:
 def launch_fp8_tma_gemm(a_q, a_scale, weight, w_scale, bias, out, *, activation=0, residual=None, precise_acc=None,
                         amax_out=None):
     """gemm_fp8.launch_fp8_gemm's contract for an e4m3 A (no a_amax), on operands select_fp8_engine gave to "tma"."""
-    from .gemm_fp8 import precise_acc_setting
-
     if precise_acc is None:
         precise_acc = precise_acc_setting()
     M, K = a_q.shape

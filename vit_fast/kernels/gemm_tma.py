@@ -41,8 +41,9 @@ HOPPER_TMA = [
     (128, 128, 64, 4, 3, 2),
 ]
 # Rows launched with two programs per SM (see the module docstring): 115,224 B of shared memory and 203-226
-# registers x 128 threads for QKV and FC1 on sm_90 (triton 3.6 and 3.9), so two fit in an SM's 233,472 B and 64K registers; the prune
-# keeps such a row only where two fit (a residual's staging buffer does not: FC2 and out-projection drop it).
+# registers x 128 threads for QKV and FC1 on sm_90 (triton 3.6 and 3.9), so two fit in an SM's 233,472 B and 64K
+# registers; the prune keeps such a row only where two fit (a residual's staging buffer does not: FC2 and the
+# out-projection drop it).
 PER_SM = {(128, 128, 64, 4, 3, 2): 2}
 # One config under the interpreter (several fail there); EPI_SPLIT 2 so tests cover the subtiled epilogue, PER_SM 2
 # so they cover the stride of a multi-program-per-SM launch.
