@@ -17,8 +17,8 @@
 #   fp8acc             L/16 b256 vit_fast bf16 and FP8, twice: with VITFAST_FP8_PRECISE_ACC=0 (no fp32 promotion of
 #                      the FP8 partial sums; results.json records the switch), then as shipped (promoted/): what the
 #                      promotion costs in speed and error, each against bf16 measured in the same run
-#   fp8tma             the same rows with VITFAST_FP8_ENGINE=tma (the FP8 TMA engine, gemm_fp8_tma.py, as shipped
-#                      behind that switch), then also with VITFAST_FP8_PRECISE_ACC=0 (fast/)
+#   fp8tma             the same rows with VITFAST_FP8_ENGINE=tma (the FP8 TMA engine, gemm_fp8_tma.py, the default
+#                      on sm_90 since the third lease), then also with VITFAST_FP8_PRECISE_ACC=0 (fast/)
 #   grid N             slice N (1-6) of the rest of the grid; `grid list` prints the slices
 #   merge              merge headline + every grid slice run so far on this machine into one results directory
 #   micro              kernel microbenchmarks (CUDA-graph timing, batch 64: the model's autotune bucket)
@@ -223,7 +223,7 @@ fp8acc|fp8tma)
     # the new measurement first, with half the time; then its companion into SUB/, with what is left
     if [ "$STEP" = fp8acc ]; then  # without the promotion, then as shipped
         FIRST=(VITFAST_FP8_PRECISE_ACC=0) SECOND=() SUB=promoted
-    else  # the FP8 TMA engine as shipped behind its switch, then without the promotion too
+    else  # the FP8 TMA engine as shipped, then without the promotion too
         FIRST=(VITFAST_FP8_ENGINE=tma) SECOND=(VITFAST_FP8_ENGINE=tma VITFAST_FP8_PRECISE_ACC=0) SUB=fast
     fi
     # each half in a subshell with its switches exported; ${A[@]+...}: an empty array under `set -u` (bash < 4.4)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import tarfile
@@ -88,10 +89,12 @@ def _kept_env(runs: Path):
 
 
 def _dest_for(env: dict, commit: str, root) -> Path:
-    """<root>/<date>-<device>, or <date>-<device>-<commit> when the former holds results of another commit."""
+    """<root>/<date>-<device>, or <date>-<device>-<commit> when the former holds results of another commit (a full
+    hexadecimal commit is shortened to git's 7 characters in the name)."""
     dest = default_results_dir(env, root=root)
     if (dest / "results.json").is_file() and load(dest / "results.json")["env"]["commit"] != commit:
-        dest = dest.with_name(f"{dest.name}-{slug(commit)}")
+        short = commit[:7] if re.fullmatch(r"[0-9a-f]{40}", commit) else commit
+        dest = dest.with_name(f"{dest.name}-{slug(short)}")
     return dest
 
 

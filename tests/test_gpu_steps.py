@@ -3,6 +3,7 @@ machine (toy sizes, CPU), the test subset list still collects, and the per-kerne
 is right on synthetic profiler events shaped like vit_fast's and like torch.compile's."""
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -157,7 +158,8 @@ def test_dry_lease_runs_the_steps_and_resumes_on_a_warm_machine(tmp_path):
     (stored / "results.json").write_text(json.dumps(stored_rows))
     assert store_lease.main([str(back / "runs.tar.gz"), "--root", str(tmp_path / "results"), "--readme", "",
                              "--no-plots"]) == 0
-    beside = stored.with_name(f"{stored.name}-{slug(commit)}")
+    short = commit[:7] if re.fullmatch(r"[0-9a-f]{40}", commit) else commit  # git's short form for a full sha
+    beside = stored.with_name(f"{stored.name}-{slug(short)}")
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == sorted([stored.name, beside.name])
     assert json.loads((beside / "results.json").read_text())["env"]["commit"] == commit
     assert json.loads((stored / "results.json").read_text())["env"]["commit"] == "0ther"

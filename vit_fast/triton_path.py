@@ -91,7 +91,7 @@ def _block(model, block, tokens: torch.Tensor, eps: float, activation: str, keep
     if keep:
         q, tokens = q[:, :, :keep], tokens[:, :keep].contiguous()
     ctx_amax = None
-    if _scale(attn.proj) is not None and fp8_gemm_reads_row_amax():
+    if _scale(attn.proj) is not None and fp8_gemm_reads_row_amax(tokens.device):
         # FP8 out-projection: attention records max |ctx| per token (over all heads), so the GEMM quantizes ctx in
         # its main loop; with `keep` both cover the kept queries only, as the residual rows do (the FP8 TMA engine
         # quantizes in a pass of its own instead)
@@ -101,7 +101,7 @@ def _block(model, block, tokens: torch.Tensor, eps: float, activation: str, keep
     tokens = kernels.linear_residual(ctx, attn.proj.weight, attn.proj.bias, tokens, weight_scale=_scale(attn.proj),
                                      x_amax=ctx_amax)
     amax = None
-    if _scale(mlp.fc1) is not None and _scale(mlp.fc2) is not None and fp8_gemm_reads_row_amax():
+    if _scale(mlp.fc1) is not None and _scale(mlp.fc2) is not None and fp8_gemm_reads_row_amax(tokens.device):
         # FP8 MLP: FC1's epilogue records max |hidden| per token, so FC2 quantizes its input rows in its main loop
         hidden, amax = _ln_then(model, block.norm2, mlp.fc1, tokens, eps, activation=activation,
                                 return_row_amax=True)

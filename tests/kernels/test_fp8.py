@@ -1,4 +1,4 @@
-"""FP8 engines (quant_fp8 + gemm_fp8, or gemm_fp8_tma with VITFAST_FP8_ENGINE=tma, behind ln_qkv / ln_linear /
+"""FP8 engines (quant_fp8 + gemm_fp8, or gemm_fp8_tma, the default on sm_90, behind ln_qkv / ln_linear /
 linear_residual) against the torch emulation in vit_fast.fp8, under the interpreter on CPU (FP8 tl.dot runs there)
 or on an sm_89/sm_90 GPU; and the errors."""
 import pytest
@@ -250,30 +250,50 @@ def test_fp8_needs_sm89_or_the_interpreter(monkeypatch):
 
 
 def test_fp8_engine_selection(monkeypatch):
-    """The FP8 TMA engine runs only when VITFAST_GEMM_ENGINE=tma asks (auto keeps the pointer engine until a GPU
-    measures it), never for SwiGLU; forced on operands TMA cannot address, one clear error."""
+    """auto: the FP8 TMA engine on an sm_90 GPU for operands TMA can address, the pointer engine elsewhere (sm_89,
+    the interpreter, odd K), never for SwiGLU; the model asks for row maxima only where the pointer engine runs.
+    =tma forces the TMA engine, with one clear error where it cannot run; =pointer forces the other."""
+    from vit_fast.kernels import gemm_fp8_tma
     from vit_fast.kernels._common import FP8_ENGINE_ENV, SWIGLU
     from vit_fast.kernels.gemm_fp8_tma import fp8_gemm_reads_row_amax, select_fp8_engine
 
     wq, _ = _weights(48, 32, "cpu")
+    w_odd = _weights(48, 40, "cpu")[0]
     out = torch.empty(5, 48, dtype=torch.bfloat16)
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
     monkeypatch.delenv(FP8_ENGINE_ENV, raising=False)
-    assert select_fp8_engine(32, wq, out) == "pointer" and fp8_gemm_reads_row_amax()
-    monkeypatch.setenv("VITFAST_GEMM_ENGINE", "tma")  # the 16-bit engines' switch does not pick the FP8 engine
-    assert select_fp8_engine(32, wq, out) == "pointer"
+    assert select_fp8_engine(32, wq, out) == "pointer" and fp8_gemm_reads_row_amax(cpu)  # the interpreter
+    # what auto sees on a GPU: sm_90 outside the interpreter (the device query is faked, the rule is not)
+    monkeypatch.setattr(gemm_fp8_tma, "is_interpreting", lambda: False)
+    monkeypatch.setattr(gemm_fp8_tma, "_is_sm90", lambda index: index == 0)
+    assert gemm_fp8_tma._auto_picks_tma(gpu) and not gemm_fp8_tma._auto_picks_tma(torch.device("cuda", 1))
+    assert not gemm_fp8_tma._auto_picks_tma(cpu)
+    monkeypatch.setattr(gemm_fp8_tma, "_auto_picks_tma", lambda device: True)
+    assert select_fp8_engine(32, wq, out) == "tma" and not fp8_gemm_reads_row_amax(gpu)
+    assert select_fp8_engine(40, w_odd, out) == "pointer"  # rows of 40 bytes: TMA cannot address them
+    assert select_fp8_engine(32, wq, torch.empty(5, 52, dtype=torch.bfloat16)[:, :48]) == "pointer"  # rows of 104 B
+    assert select_fp8_engine(32, wq, out, activation=SWIGLU) == "pointer"
+    monkeypatch.setenv("VITFAST_GEMM_ENGINE", "pointer")  # the 16-bit engines' switch does not move the FP8 one
+    assert select_fp8_engine(32, wq, out) == "tma"
+    monkeypatch.setattr(gemm_fp8_tma, "_auto_picks_tma", lambda device: False)  # sm_89
+    assert select_fp8_engine(32, wq, out) == "pointer" and fp8_gemm_reads_row_amax(gpu)
+    monkeypatch.undo()
+
     monkeypatch.setenv(FP8_ENGINE_ENV, "tma")
-    assert select_fp8_engine(32, wq, out) == "tma" and not fp8_gemm_reads_row_amax()
+    assert select_fp8_engine(32, wq, out) == "tma" and not fp8_gemm_reads_row_amax(cpu)
     assert select_fp8_engine(32, wq, out, activation=SWIGLU) == "pointer"
     with pytest.raises(ValueError, match=r"^VITFAST_FP8_ENGINE=tma: FP8 operands: expected 2-D, unit last stride, "
                                          r"16-byte aligned base and rows, got .*'a': \(\(None, 40\), \(40, 1\), 0\)"):
-        select_fp8_engine(40, _weights(48, 40, "cpu")[0], out)
+        select_fp8_engine(40, w_odd, out)
     if not torch.cuda.is_available():  # outside the interpreter it needs an sm_90 GPU
         monkeypatch.setenv("TRITON_INTERPRET", "0")
         with pytest.raises(ValueError, match=r"^VITFAST_FP8_ENGINE=tma: device: expected an sm_90 GPU, got cpu$"):
             select_fp8_engine(32, wq, out)
+        monkeypatch.setenv(FP8_ENGINE_ENV, "auto")
+        assert select_fp8_engine(32, wq, out) == "pointer" and fp8_gemm_reads_row_amax(cpu)
         monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setenv(FP8_ENGINE_ENV, "pointer")
-    assert select_fp8_engine(32, wq, out) == "pointer"
+    assert select_fp8_engine(32, wq, out) == "pointer" and fp8_gemm_reads_row_amax(cpu)
     monkeypatch.setenv(FP8_ENGINE_ENV, "fast")
     with pytest.raises(ValueError, match=r"^VITFAST_FP8_ENGINE: expected auto \| tma \| pointer, got 'fast'$"):
         select_fp8_engine(32, wq, out)

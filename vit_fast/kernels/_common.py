@@ -23,7 +23,7 @@ SWIGLU = ACTIVATIONS["swiglu"]
 # The environment switches the kernels read at launch -> their values, the default first. The benchmark harness
 # labels results measured with any of them set (benchmarks/env.kernel_settings).
 ENGINE_ENV = "VITFAST_GEMM_ENGINE"  # which 16-bit/fp32 GEMM engine runs (gemm_tma.select_engine), to compare them
-FP8_ENGINE_ENV = "VITFAST_FP8_ENGINE"  # which FP8 GEMM engine runs (gemm_fp8_tma.select_fp8_engine); auto: pointer
+FP8_ENGINE_ENV = "VITFAST_FP8_ENGINE"  # which FP8 GEMM engine runs (gemm_fp8_tma.select_fp8_engine); auto: TMA on sm_90
 PRECISE_ACC_ENV = "VITFAST_FP8_PRECISE_ACC"  # FP8 partial sums promoted to fp32 every BLOCK_K, or not (gemm_fp8)
 AUTOTUNE_ENV = "VITFAST_AUTOTUNE"  # the whole table, or only the first config a prune keeps (autotune_scope)
 SWITCHES = {ENGINE_ENV: ("auto", "tma", "pointer"), FP8_ENGINE_ENV: ("auto", "tma", "pointer"),

@@ -15,9 +15,10 @@ s_col, bias, activation, residual, one cast, the stored rows' maxima (ROW_AMAX_O
 BLOCK_K of K into fp32 as there (max_num_imprecise_acc; A and W both come from shared memory, so the request is
 kept).
 
-The op modules choose it through `select_fp8_engine`: only when `VITFAST_FP8_ENGINE=tma` asks for it (on an sm_90
-GPU, or under the interpreter, which is how the tests run it on a CPU), until a GPU measures it against the pointer
-engine. The model then asks attention and FC1 for no row maxima (`fp8_gemm_reads_row_amax`).
+The op modules choose it through `select_fp8_engine`: by default on an sm_90 GPU, where an H200 measured it 1.18-1.30x
+faster than the pointer engine end to end (benchmarks/NOTES.md, "Third GPU lease"); `VITFAST_FP8_ENGINE=tma|pointer`
+forces one (=tma also under the interpreter, which is how the tests run it on a CPU). The model then asks attention
+and FC1 for no row maxima (`fp8_gemm_reads_row_amax`).
 """
 import torch
 import triton
@@ -171,34 +172,47 @@ def fp8_tma_gemm_kernel(
 
 
 # ---- dispatch -------------------------------------------------------------------------------------------------------
+def _auto_picks_tma(device: torch.device) -> bool:
+    """VITFAST_FP8_ENGINE=auto's choice for operands TMA can address: this engine on an sm_90 GPU (never under the
+    interpreter, where the tests ask for each engine by name)."""
+    if is_interpreting() or device.type != "cuda":
+        return False
+    return _is_sm90(device.index if device.index is not None else torch.cuda.current_device())
+
+
 def select_fp8_engine(k: int, weight, out, residual=None, activation=0) -> str:
     """"tma" or "pointer" for an FP8 launch on already-checked operands whose A is (or will be) fresh contiguous e4m3
     rows of `k` bytes from the row quantizer; the op modules ask before they quantize. VITFAST_FP8_ENGINE=auto (the
-    default) and =pointer: the pointer engine (gemm_fp8.py; this one is not measured yet). =tma: this engine, on an
-    sm_90 GPU or under the interpreter (how the tests run it on a CPU), for every launch but SwiGLU's FC1, which
-    stays on the pointer engine; elsewhere, or on operands TMA cannot address, one clear error."""
-    if switch_value(FP8_ENGINE_ENV) != "tma" or activation == SWIGLU:
+    default): this engine on an sm_90 GPU for operands TMA can address (measured faster than the pointer engine on
+    an H200: benchmarks/NOTES.md, "Third GPU lease"), the pointer engine elsewhere (sm_89) and under the
+    interpreter. =tma forces this engine (on an sm_90 GPU, or under the interpreter: how the tests run it on a CPU)
+    and fails with one line where it cannot run; =pointer forces the other. SwiGLU's FC1 always takes the pointer
+    engine."""
+    choice = switch_value(FP8_ENGINE_ENV)
+    if choice == "pointer" or activation == SWIGLU:
         return "pointer"
-    if not is_interpreting():
-        on_sm90 = weight.is_cuda and _is_sm90(
-            weight.device.index if weight.device.index is not None else torch.cuda.current_device())
-        check(on_sm90, f"{FP8_ENGINE_ENV}=tma: device", "an sm_90 GPU",
-              torch.cuda.get_device_name(weight.device) if weight.is_cuda else str(weight.device))
     bad = {name: (tuple(t.shape), t.stride(), t.data_ptr() % 16)
            for name, t in dict(weight=weight, out=out, residual=residual).items()
            if t is not None and not _tma_addressable(t)}
     if k % 16:
         bad["a"] = ((None, k), (k, 1), 0)  # e4m3 rows of k bytes: the row stride is not a multiple of 16
+    if choice == "auto":
+        return "tma" if not bad and _auto_picks_tma(weight.device) else "pointer"
+    if not is_interpreting():
+        check(_auto_picks_tma(weight.device), f"{FP8_ENGINE_ENV}=tma: device", "an sm_90 GPU",
+              torch.cuda.get_device_name(weight.device) if weight.is_cuda else str(weight.device))
     check(not bad, f"{FP8_ENGINE_ENV}=tma: FP8 operands", "2-D, unit last stride, 16-byte aligned base and rows",
           f"(shape, strides, base % 16) {bad}")
     return "tma"
 
 
-def fp8_gemm_reads_row_amax() -> bool:
-    """Whether the FP8 engine VITFAST_FP8_ENGINE picks quantizes the out-projection's and FC2's inputs in its main
-    loop from the row maxima attention and FC1 record (the pointer engine), so the model asks for them; the TMA
-    engine quantizes those rows in a pass of its own and needs none."""
-    return switch_value(FP8_ENGINE_ENV) != "tma"
+def fp8_gemm_reads_row_amax(device: torch.device) -> bool:
+    """Whether the model should have attention and FC1 record their rows' maxima for the FP8 launches on `device`:
+    the pointer engine quantizes the out-projection's and FC2's inputs in its main loop from them; the TMA engine
+    (the one auto picks on sm_90) quantizes those rows in a pass of its own and reads none. A launch that falls back
+    to the pointer engine without them quantizes in a pass too, so the answer only decides what is wasted."""
+    choice = switch_value(FP8_ENGINE_ENV)
+    return choice == "pointer" or (choice == "auto" and not _auto_picks_tma(device))
 
 
 def launch_fp8_tma_gemm(a_q, a_scale, weight, w_scale, bias, out, *, activation=0, residual=None, precise_acc=None,
@@ -258,5 +272,4 @@ def _variant(out_dtype, activation, has_bias, has_residual, precise, amax_out, t
     return {"fn": jit_fn(fp8_tma_gemm_kernel), "signature": sig, "constexprs": constexprs, "num_warps": warps,
             "num_stages": stages, "min_cc": 90, "op": "linear_fp8", "main_loop": "gemm",
             "programs_per_sm": per_sm(tile), "tables": ("hopper",) if fits else (),
-            "vit": lambda cfg, batch: [],  # not yet picked by default (select_fp8_engine)
             "divisible": GEMM_DIVISIBLE}

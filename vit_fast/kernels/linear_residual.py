@@ -5,7 +5,7 @@ float8_e4m3fn weight (with its per-channel `weight_scale`) dispatches to the FP8
 absolute maxima, recorded by the producing FP8 GEMM, ln_linear's `row_amax`, or by attention's `return_row_amax`)
 the GEMM quantizes x per token in its main loop; without it x is quantized in a pass of its own first
 (quant_fp8.py), for callers whose rows no kernel recorded (the model's own path hands x_amax over, SwiGLU's gated
-hidden rows included). With VITFAST_FP8_ENGINE=tma the FP8 launch goes to the FP8 TMA engine (gemm_fp8_tma.py),
+hidden rows included). On sm_90 the FP8 launch goes to the FP8 TMA engine (gemm_fp8_tma.py),
 which reads e4m3 rows: x is then quantized in a pass of its own, and x_amax, if given, is not read (the model gives
 none then: gemm_fp8_tma.fp8_gemm_reads_row_amax)."""
 from typing import Optional

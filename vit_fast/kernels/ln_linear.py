@@ -9,8 +9,8 @@ per-channel `weight_scale`) goes to the FP8 engines instead: the quantizing Laye
 rows + per-token scales, then gemm_fp8.py; with `return_row_amax` its epilogue also records max |output| of each
 row, so the next FP8 GEMM (linear_residual with `x_amax`, the MLP's FC2) quantizes these rows per token in its main
 loop, with no pass of its own. This module checks the inputs and picks the engine: the persistent TMA engine
-(gemm_tma.py) on sm_90, the pointer engine (gemm.py) elsewhere, for float8 weights gemm_fp8.py or, with
-VITFAST_FP8_ENGINE=tma, the FP8 TMA engine gemm_fp8_tma.py (not SwiGLU: gemm_fp8_tma.select_fp8_engine).
+(gemm_tma.py) on sm_90, the pointer engine (gemm.py) elsewhere, for float8 weights the FP8 TMA engine
+gemm_fp8_tma.py on sm_90 or gemm_fp8.py (on sm_89, and SwiGLU's FC1: gemm_fp8_tma.select_fp8_engine).
 """
 from typing import Optional
 

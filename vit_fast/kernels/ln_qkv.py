@@ -4,8 +4,8 @@ The GEMM writes plain (B·N, 3·D) rows, i.e. a contiguous (B, N, 3, H, d) buffe
 returns it as the (3, B, H, N, d) view, so q, k, v = out[0], out[1], out[2] are strided (B, H, N, d) tensors with a
 contiguous last dim, which `kernels.attention` reads without a copy. The norm is folded (ln_fold.py). A
 float8_e4m3fn weight (with its per-channel `weight_scale`) goes to the FP8 engines instead: the quantizing LayerNorm
-(quant_fp8.py) writes e4m3 rows and per-token scales, then gemm_fp8.py (or, with VITFAST_FP8_ENGINE=tma, the FP8
-TMA engine gemm_fp8_tma.py) writes the same plain rows. This module checks the inputs and picks the engine
+(quant_fp8.py) writes e4m3 rows and per-token scales, then the FP8 TMA engine gemm_fp8_tma.py on sm_90 (gemm_fp8.py
+on sm_89) writes the same plain rows. This module checks the inputs and picks the engine
 (gemm_tma.py on sm_90, gemm.py elsewhere, the FP8 engines for float8 weights: gemm_fp8_tma.select_fp8_engine).
 """
 from typing import Optional
