@@ -4,7 +4,7 @@
 # below in priority order, resuming on a warm machine); the single steps are for a lease with time to spare. Order and
 # expected times are in benchmarks/NOTES.md, "GPU session plan".
 #   lease [S [STEP...]] within S seconds (default 560): tests (once per machine), headline (resumed), profile, grid 1-6
-#                      (profile8, fp8acc, fp8tma and micro only when named),
+#                      (profile8, profile1, fp8acc, fp8tma and micro only when named),
 #                      each skipped when done on this machine or too long for the time left; STEPs (e.g. headline
 #                      profile) pick and order them. Writes $OUT/lease/: runs.tar.gz (every step's
 #                      files so far), lease.log, headline.md, tests.txt
@@ -15,6 +15,8 @@
 #                      (RESUME=1: keep the rows a previous call on this machine measured)
 #   profile            per-kernel CUDA time of one B/16 b256 bf16 forward, vit_fast and compile, grouped by layer part
 #   profile8           the same for the FP8 model (vit_fast) of L/16 at b256: where FP8 loses against bf16
+#   profile1           the same for B/16 at batch 1, vit_fast beside sdpa: which kernels keep batch 1 above 0.5 ms
+#                      (kernel time only: CUDA graphs remove the launch gaps, not the kernels)
 #   fp8acc             L/16 b256 vit_fast bf16 and FP8, twice: with VITFAST_FP8_PRECISE_ACC=0 (no fp32 promotion of
 #                      the FP8 partial sums; results.json records the switch), then as shipped (promoted/): what the
 #                      promotion costs in speed and error, each against bf16 measured in the same run
@@ -55,13 +57,13 @@ SLICES=(
 )
 
 usage() {
-    local steps="lease [SECONDS [STEP...]]|tests|headline [ROWS]|profile|profile8|fp8acc|fp8tma|grid N|grid list"
+    local steps="lease [SECONDS [STEP...]]|tests|headline [ROWS]|profile|profile8|profile1|fp8acc|fp8tma|grid N|grid list"
     echo "usage: $0 {$steps|merge|micro}" >&2
     exit 2
 }
 
 case "$STEP" in
-    lease|tests|headline|profile|profile8|fp8acc|fp8tma|grid|merge|micro) ;;
+    lease|tests|headline|profile|profile8|profile1|fp8acc|fp8tma|grid|merge|micro) ;;
     *) usage ;;
 esac
 if [ "$STEP" = grid ]; then
@@ -112,8 +114,8 @@ lease)
     STEPS=${STEPS:-tests headline profile grid1 grid2 grid3 grid4 grid5 grid6}
     case "$TOTAL" in ''|*[!0-9]*) echo "error: lease needs whole seconds, got '$TOTAL'" >&2; exit 2 ;; esac
     for s in $STEPS; do
-        case "$s" in tests|headline|profile|profile8|fp8acc|fp8tma|grid[1-6]|micro) ;;
-            *) echo "error: lease step '$s' is not one of tests headline profile profile8 fp8acc fp8tma grid1..grid6" \
+        case "$s" in tests|headline|profile|profile8|profile1|fp8acc|fp8tma|grid[1-6]|micro) ;;
+            *) echo "error: lease step '$s' is not one of tests headline profile profile8 profile1 fp8acc fp8tma grid1..grid6" \
                     "micro" >&2
                exit 2 ;;
         esac
@@ -151,6 +153,7 @@ lease)
         headline) done_ headline || RESUME=1 sub 60 headline ;;
         profile) done_ profile || sub 300 profile ;;
         profile8) done_ profile8 || sub 200 profile8 ;;
+        profile1) done_ profile1 || sub 90 profile1 ;;
         fp8acc|fp8tma) done_ "$s" || T_BUDGET=$(( $(left) - 60 )) sub 200 "$s" ;;
         grid*) done_ "grid-${s#grid}" || T_BUDGET=$(( $(left) - 85 )) sub 240 grid "${s#grid}" ;;
         micro) done_ micro || sub 300 micro ;;
@@ -206,6 +209,11 @@ profile)
     ARGS=(--out "$DIR")
     [ "$DRY" = 1 ] && ARGS+=(--tiny)
     run "${T_LIMIT:-500}" "$PY" -m benchmarks.breakdown "${ARGS[@]}"
+    ;;
+profile1)
+    ARGS=(--out "$DIR" --batch 1 --backends vit_fast,sdpa)
+    [ "$DRY" = 1 ] && ARGS+=(--tiny --backends eager,sdpa)
+    run "${T_LIMIT:-200}" "$PY" -m benchmarks.breakdown "${ARGS[@]}"
     ;;
 profile8)
     ARGS=(--out "$DIR" --model vit_l_16 --dtype float8 --backends vit_fast)

@@ -35,6 +35,7 @@ KEEP = {"headline": ("results.json", "setup.json", "headline.md", "headline.log"
         "tests": ("junit.xml", "tests.jsonl", "tests.log"),
         "profile": ("breakdown.json", "breakdown.md", "profile.log"),
         "profile8": ("breakdown.json", "breakdown.md", "profile8.log"),
+        "profile1": ("breakdown.json", "breakdown.md", "profile1.log"),
         # kept apart, never merged: rows of another kernel setting, and the shipped setting's beside them
         "fp8acc": ("results.json", "results.md", "promoted/results.json", "promoted/results.md", "fp8acc.log"),
         "fp8tma": ("results.json", "results.md", "fast/results.json", "fast/results.md", "fp8tma.log"),
@@ -76,7 +77,7 @@ def store(tar_path, root=None, readme_path=None, plots: bool = True, source_comm
 def _kept_env(runs: Path):
     """The env block of a kept step that records one (fp8acc's results.json, a profile's breakdown.json), or None."""
     for path in (runs / "fp8acc" / "results.json", runs / "fp8tma" / "results.json",
-                 runs / "profile8" / "breakdown.json",
+                 runs / "profile8" / "breakdown.json", runs / "profile1" / "breakdown.json",
                  runs / "profile" / "breakdown.json"):
         if path.is_file():
             try:

@@ -76,6 +76,23 @@ def test_dry_fp8_profile(tmp_path):
     assert "vitfast::ln_qkv_fp8" in (out / "profile8" / "breakdown.md").read_text()
 
 
+def test_dry_batch1_profile(tmp_path):
+    """profile1: the per-kernel breakdown at batch 1 (B/16 on a GPU, vit_fast beside sdpa; tiny eager and sdpa on a
+    CPU), every part of a layer timed, and store_lease keeps it."""
+    proc, out = _steps(tmp_path, "profile1", timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    prof = json.loads((out / "profile1" / "breakdown.json").read_text())
+    assert prof["batch"] == 1 and list(prof["backends"]) == ["eager", "sdpa"], prof["backends"]
+    assert all(prof["backends"]["sdpa"]["groups"][g] > 0 for g in ("QKV", "attention", "FC1", "FC2"))
+    # a lease that ran only this step stores it under the date, device and commit its breakdown records
+    with tarfile.open(tmp_path / "runs.tar.gz", "w:gz") as tar:
+        tar.add(out / "profile1", arcname="./profile1")
+    assert store_lease.main([str(tmp_path / "runs.tar.gz"), "--root", str(tmp_path / "results"), "--readme", "",
+                             "--no-plots"]) == 0
+    stored = next((tmp_path / "results").iterdir())
+    assert (stored / "lease" / "profile1" / "breakdown.md").is_file()
+
+
 def test_dry_fp8_fast_accumulation_step(tmp_path):
     """fp8acc: the FP8 rows measured without the fp32 promotion, the switch recorded in the results it writes, then
     as shipped (promoted/), recorded without it."""
