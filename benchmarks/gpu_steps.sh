@@ -10,8 +10,8 @@
 #                      files so far), lease.log, headline.md, tests.txt
 #   tests              the GPU test subset (tests/gpu_subset.txt), < 3 min, junit + one JSON line per test; each
 #                      kernel key compiles only the first config its prune keeps (VITFAST_AUTOTUNE=first)
-#   headline [ROWS]    B/16 b256 + b1 (CUDA graphs), L/16 b256 (FP8 too), H/14 b64, H/14 b256 (FP8 too), each
-#                      with its compile row: priority order (benchmarks/headline.py ROWS), row by row
+#   headline [ROWS]    B/16 b256 (compile too) + b1 (CUDA graphs), L/16 b256 (FP8, compile), H/14 b64 (compile),
+#                      H/14 b256 (FP8), B/16 b1 compile: priority order (benchmarks/headline.py ROWS), row by row
 #                      (RESUME=1: keep the rows a previous call on this machine measured)
 #   profile            per-kernel CUDA time of one B/16 b256 bf16 forward, vit_fast and compile, grouped by layer part
 #   profile8           the same for the FP8 model (vit_fast) of L/16 at b256: where FP8 loses against bf16

@@ -3,10 +3,10 @@ measured, so a run cut short (a 15-minute device lease) still holds the rows tha
 
 The default order (ROWS): ViT-B/16 at batch 256 (sdpa, vit_fast, compile max-autotune) and batch 1 (CUDA graphs),
 then ViT-L/16 at batch 256 (bf16 and float8 vit_fast, issue 13's FP8 target; sdpa; compile), ViT-H/14 at batch 64
-(vit_fast, sdpa, compile), ViT-H/14 at batch 256 (bf16 and float8 vit_fast), and last B/16's batch-1 compile row. The matmul peak is measured in the same
-run. Building, compiling and autotuning stay out of the timed region and are reported per row as `first_result_s`
-(seconds from building the backend to its first output at that batch) in setup.json, beside each row's whole
-wall time (`row_s`: the fp32 reference of a model's first row included).
+(vit_fast, sdpa, compile), ViT-H/14 at batch 256 (bf16 and float8 vit_fast), and last B/16's batch-1 compile row.
+The matmul peak is measured in the same run. Building, compiling and autotuning stay out of the timed region and
+are reported per row as `first_result_s` (seconds from building the backend to its first output at that batch) in
+setup.json, beside each row's whole wall time (`row_s`: the fp32 reference of a model's first row included).
 
 A row starts only when the time budget left covers what such a row took before in this run (or a stated guess,
 START_GUESS_S, before one has run); `--resume` keeps the rows an earlier call measured into the same --out and runs

@@ -103,6 +103,7 @@ def test_exclude_errors_say_what_was_expected(exclude, message):
     ("qkv", (0, 1, 0, 1)),  # the folded dense LN+QKV
 ])
 def test_triton_equals_emulation_with_layers_excluded(exclude, passes, device, monkeypatch):
+    monkeypatch.setenv("VITFAST_FP8_ENGINE", "pointer")  # the passes counted are the pointer engine's (sm_89's)
     model = vit_fast.quantize(_tiny(depth=1).to(device), "fp8", exclude=exclude)
     x = torch.randn(2, 3, 32, 48, device=device)
     with torch.no_grad():
@@ -143,6 +144,7 @@ def _count_quant_passes(monkeypatch):
 @pytest.mark.parametrize("mlp", [{}, dict(mlp_type="swiglu", mlp_dim=40)], ids=["gelu", "swiglu"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_triton_fp8_equals_torch_emulation(dtype, mlp, device, monkeypatch):
+    monkeypatch.setenv("VITFAST_FP8_ENGINE", "pointer")  # in-loop quantization (sm_89's engine; the TMA one: below)
     model = vit_fast.quantize(_tiny(depth=1, **mlp).to(device), "fp8").to(dtype)
     # fp32: two images, at most one may meet a rounding flip (assert_fp8_model_matches_emulation). bf16: eight, so the
     # whole-output error averages over enough tokens (over 200 draws: <= 2.6 % with 8 images, up to 4.5 % with 2)
@@ -167,15 +169,21 @@ def test_triton_fp8_equals_torch_emulation(dtype, mlp, device, monkeypatch):
 
 
 @pytest.mark.skipif(fp8_unsupported_reason(torch.device(DEVICE)) is not None, reason="needs sm_89+/interpreter")
-def test_triton_fp8_on_the_tma_engine_equals_torch_emulation(device, monkeypatch):
-    """VITFAST_FP8_ENGINE=tma: the four FP8 GEMMs on the FP8 TMA engine (gemm_fp8_tma.py), the out-projection's and
-    FC2's inputs quantized in a pass of their own (the codes the pointer engine makes in its main loop), so neither
-    attention nor FC1 records row maxima."""
+@pytest.mark.parametrize("switch", ["tma", "auto"])
+def test_triton_fp8_on_the_tma_engine_equals_torch_emulation(switch, device, monkeypatch):
+    """The four FP8 GEMMs on the FP8 TMA engine (gemm_fp8_tma.py), forced (VITFAST_FP8_ENGINE=tma) or as auto picks
+    it on sm_90 (faked under the interpreter, for the model's device only), the out-projection's and FC2's inputs
+    quantized in a pass of their own (the codes the pointer engine makes in its main loop), so neither attention
+    nor FC1 records row maxima."""
     import sys
+
+    from vit_fast.kernels import gemm_fp8_tma
 
     if device == "cuda" and torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("the TMA engines need an sm_90 GPU")
-    monkeypatch.setenv("VITFAST_FP8_ENGINE", "tma")
+    monkeypatch.setenv("VITFAST_FP8_ENGINE", switch)
+    if switch == "auto" and device == "cpu":
+        monkeypatch.setattr(gemm_fp8_tma, "_auto_picks_tma", lambda d: d == torch.device(device))
     model = vit_fast.quantize(_tiny(depth=1).to(device), "fp8")
     x = torch.randn(2, 3, 32, 48, device=device)
     with torch.no_grad():

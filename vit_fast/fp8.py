@@ -9,8 +9,8 @@ model dtype: the patch embedding is < 1 % of the FLOPs (K = 3·P² = 768, M = B�
 would cost accuracy at the input for no measurable speed; the head is one small GEMM on the pooled token.
 
 Backends of a quantized model:
-- "triton": the ops of `kernels/` see a float8 weight and dispatch to the FP8 engines (quant_fp8 + gemm_fp8).
-  Needs compute capability 8.9 / 9.0 (or TRITON_INTERPRET=1 on CPU).
+- "triton": the ops of `kernels/` see a float8 weight and dispatch to the FP8 engines (quant_fp8, then gemm_fp8_tma
+  on sm_90 or gemm_fp8). Needs compute capability 8.9 / 9.0 (or TRITON_INTERPRET=1 on CPU).
 - "torch" / "sdpa": `Fp8Linear.forward` runs the same arithmetic in torch (float8 casts, the same scales, fp32
   matmul of the dequantized integers): a reference on any device, not a fast path.
 """

@@ -8,8 +8,10 @@ LayerNorm runs on the prefix rows only when the head needs nothing else. With `k
 attention, out-projection and MLP for the queries the head reads (keys and values still cover every token): the
 logits are the same, the last block costs about 1/N of the others.
 
-In an FP8 model attention also records each token's max |output| for the out-projection, and FC1's epilogue each
-token's max |hidden| for FC2, so those two GEMMs quantize their input rows in their main loops (no separate pass).
+In an FP8 model on the pointer FP8 engine (sm_89) attention also records each token's max |output| for the
+out-projection, and FC1's epilogue each token's max |hidden| for FC2, so those two GEMMs quantize their input rows
+in their main loops (no separate pass); the TMA engine (sm_90) reads e4m3 rows, quantized in a pass of their own, and
+needs none (kernels.gemm_fp8_tma.fp8_gemm_reads_row_amax).
 
 Model families: LayerScale is folded into the weights at load, quick / tanh GELU and the SwiGLU gate (DINOv2 giant:
 FC1 takes the packed gate/up weight and stores silu(gate) · up) are kernel epilogues. Run as torch ops inside this

@@ -279,19 +279,19 @@ def test_fp8_engine_selection(monkeypatch):
     assert select_fp8_engine(32, wq, out) == "pointer" and fp8_gemm_reads_row_amax(gpu)
     monkeypatch.undo()
 
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # forced on CPU tensors: the interpreter's rule (also on a GPU host)
     monkeypatch.setenv(FP8_ENGINE_ENV, "tma")
     assert select_fp8_engine(32, wq, out) == "tma" and not fp8_gemm_reads_row_amax(cpu)
     assert select_fp8_engine(32, wq, out, activation=SWIGLU) == "pointer"
     with pytest.raises(ValueError, match=r"^VITFAST_FP8_ENGINE=tma: FP8 operands: expected 2-D, unit last stride, "
                                          r"16-byte aligned base and rows, got .*'a': \(\(None, 40\), \(40, 1\), 0\)"):
         select_fp8_engine(40, w_odd, out)
-    if not torch.cuda.is_available():  # outside the interpreter it needs an sm_90 GPU
-        monkeypatch.setenv("TRITON_INTERPRET", "0")
-        with pytest.raises(ValueError, match=r"^VITFAST_FP8_ENGINE=tma: device: expected an sm_90 GPU, got cpu$"):
-            select_fp8_engine(32, wq, out)
-        monkeypatch.setenv(FP8_ENGINE_ENV, "auto")
-        assert select_fp8_engine(32, wq, out) == "pointer" and fp8_gemm_reads_row_amax(cpu)
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # outside the interpreter it needs an sm_90 GPU
+    with pytest.raises(ValueError, match=r"^VITFAST_FP8_ENGINE=tma: device: expected an sm_90 GPU, got cpu$"):
+        select_fp8_engine(32, wq, out)
+    monkeypatch.setenv(FP8_ENGINE_ENV, "auto")
+    assert select_fp8_engine(32, wq, out) == "pointer" and fp8_gemm_reads_row_amax(cpu)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setenv(FP8_ENGINE_ENV, "pointer")
     assert select_fp8_engine(32, wq, out) == "pointer" and fp8_gemm_reads_row_amax(cpu)
     monkeypatch.setenv(FP8_ENGINE_ENV, "fast")

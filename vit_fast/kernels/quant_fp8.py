@@ -1,9 +1,10 @@
 """Per-token FP8 quantization engine: rows of x (optionally LayerNorm-ed first) -> float8 e4m3 rows + one fp32 scale
-per row, in one read of x. It feeds the FP8 GEMM (gemm_fp8.py): before QKV and FC1 it *is* the block's LayerNorm
-(the normalized row is quantized where it is produced and never stored in bf16). Before the out-projection and FC2
+per row, in one read of x. It feeds the FP8 GEMMs (gemm_fp8_tma.py on sm_90, gemm_fp8.py): before QKV and FC1 it
+*is* the block's LayerNorm (the normalized row is quantized where it is produced and never stored in bf16). Before
+the out-projection and FC2 it is a pass of its own on sm_90 (the TMA engine reads e4m3 rows); on the pointer engine
 the producers (attention, FC1) record each row's max |value| instead and the GEMM quantizes in its main loop
-(gemm_fp8.py QUANT_A, the same arithmetic; SwiGLU's FC1 too, whose epilogue applies the gate); this pass also
-serves callers of linear_residual that hand over rows no kernel recorded (no `x_amax`).
+(gemm_fp8.py QUANT_A, the same arithmetic; SwiGLU's FC1 too, whose epilogue applies the gate), and this pass serves
+callers of linear_residual that hand over rows no kernel recorded (no `x_amax`).
 
 Scale rule (vit_fast.fp8.quantize_rows is the same arithmetic in torch): amax = max(|row|, 1e-12),
 q = clamp(row · (448 / amax), ±448) cast to e4m3 (round to nearest even), scale = amax / 448; both divisions IEEE.

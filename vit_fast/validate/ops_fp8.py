@@ -14,7 +14,8 @@ Each row is judged as the bf16 rows are, with PyTorch's own FP8 arithmetic in pl
   differ more (another scale, a wrong code, more than 1 element in 1,000 flipped) leave torch's own operands as the
   reference, and the row fails.
 The out-projection and FC2 take their input's per-row max |x| (`x_amax`), as a producer that records it hands
-it over, so the GEMM quantizes its input rows in its main loop (no separate quantization pass). FC1 runs the
+it over: the pointer engine (sm_89) quantizes its input rows in its main loop from it, the TMA engine (sm_90) in a
+pass of its own (the same codes; linear_residual does not read x_amax there). FC1 runs the
 model's epilogue: GELU, or for SwiGLU models the gate on the packed (2H) weight (the emulation's "swiglu").
 """
 from __future__ import annotations
