@@ -249,6 +249,31 @@ def test_fp8_needs_sm89_or_the_interpreter(monkeypatch):
         assert "no FP8 tensor cores" in fp8_unsupported_reason(torch.device("cuda"))
 
 
+def test_fp8_engine_choice_traces_without_a_warning(monkeypatch):
+    """The model asks fp8_gemm_reads_row_amax inside the forward torch.compile traces: on an sm_90 GPU (faked here) it
+    answers as in eager, with fullgraph and without Dynamo's warning about lru_cache-wrapped calls."""
+    import functools
+    import warnings
+
+    from vit_fast.kernels import gemm_fp8_tma
+
+    monkeypatch.delenv("VITFAST_FP8_ENGINE", raising=False)
+    monkeypatch.setattr(gemm_fp8_tma, "is_interpreting", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (9, 0))
+    # the eager path's cached query, faked as it is (an lru_cache-wrapped function)
+    monkeypatch.setattr(gemm_fp8_tma, "_is_sm90", functools.lru_cache(maxsize=None)(lambda index: True))
+
+    def forward(t):
+        return t * 2 if gemm_fp8_tma.fp8_gemm_reads_row_amax(torch.device("cuda", 0)) else t * 3
+
+    torch._dynamo.reset()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = torch.compile(forward, fullgraph=True, backend="eager")(torch.ones(2))
+    assert torch.equal(out, torch.full((2,), 3.0)) and forward(torch.ones(2)).eq(3).all()  # TMA: no row maxima
+    assert not [w for w in caught if "lru_cache" in str(w.message)], [str(w.message) for w in caught]
+
+
 def test_fp8_engine_selection(monkeypatch):
     """auto: the FP8 TMA engine on an sm_90 GPU for operands TMA can address, the pointer engine elsewhere (sm_89,
     the interpreter, odd K), never for SwiGLU; the model asks for row maxima only where the pointer engine runs.
