@@ -362,3 +362,19 @@ def test_compile_fullgraph_fp8_model(device):
     compiled = torch.compile(model, fullgraph=True)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or fp8_unsupported_reason(torch.device("cuda")) is not None,
+                    reason="CUDA graphs of the FP8 kernels need an sm_89/sm_90 GPU")
+def test_fp8_model_replays_in_a_cuda_graph():
+    """The FP8 model captured as the headline and Predictor run it (the row quantizer's and the TMA engine's
+    allocations inside the capture): replays equal eager calls on new inputs."""
+    model = vit_fast.quantize(_tiny(depth=2).cuda(), "fp8").to(torch.bfloat16).set_backend("triton")
+    graphed = model.capture_cuda_graphs([4])
+    assert [shape[0] for shape in graphed.captured] == [4]
+    with torch.no_grad():
+        for _ in range(2):
+            x = torch.randn(4, 3, 32, 48, device="cuda", dtype=torch.bfloat16)
+            out = graphed(x)
+            assert torch.isfinite(out).all()
+            torch.testing.assert_close(out, model(x), rtol=1e-2, atol=1e-2)  # the same kernels: one bf16 step at most

@@ -54,6 +54,19 @@ def test_plan_expands_model_batch_items_and_keeps_the_priority_order():
     assert headline.plan(args, gpu=True) == [("vit_h_14", 64, "bfloat16", "vit_fast")]
 
 
+def test_every_row_but_compile_replays_cuda_graphs_on_a_gpu():
+    """As Predictor serves a model, and as compile's max-autotune mode does by itself: graphs at batch 256 too."""
+    import torch
+
+    args = headline.parse_args(["--out", "x"])
+    rows = headline.plan(args, gpu=True)
+    settings = headline._settings(args, torch.device("cuda"), rows, seed=1)
+    for model, batch, dtype, backend in rows:
+        assert headline._graphs(settings, batch, backend) == (backend != "compile"), (model, batch, backend)
+    assert not any(headline._graphs(headline._settings(args, torch.device("cpu"), rows, 1), b, k)
+                   for _, b, _, k in rows)
+
+
 @pytest.mark.parametrize("item, message", [
     ("vit_b_16", "expected MODEL:BATCH[:BACKEND[:DTYPE]]"), ("vit_b_16:0", "expected MODEL:BATCH"),
     ("vit_b_16:8:tensorrt", "unknown backend 'tensorrt'"), ("vit_b_16:8:vit_fast:int8", "unknown dtype 'int8'"),
