@@ -4,7 +4,7 @@
 # below in priority order, resuming on a warm machine); the single steps are for a lease with time to spare. Order and
 # expected times are in benchmarks/NOTES.md, "GPU session plan".
 #   lease [S [STEP...]] within S seconds (default 560): tests (once per machine), headline (resumed), profile, grid 1-6
-#                      (profile8, profile1, fp8acc, fp8tma and micro only when named),
+#                      (profile8, profile1, fp8acc, fp8tma, b1engine and micro only when named),
 #                      each skipped when done on this machine or too long for the time left; STEPs (e.g. headline
 #                      profile) pick and order them. Writes $OUT/lease/: runs.tar.gz (every step's
 #                      files so far), lease.log, headline.md, tests.txt
@@ -22,6 +22,9 @@
 #                      promotion costs in speed and error, each against bf16 measured in the same run
 #   fp8tma             the same rows with VITFAST_FP8_ENGINE=tma (the FP8 TMA engine, gemm_fp8_tma.py, the default
 #                      on sm_90 since the third lease), then also with VITFAST_FP8_PRECISE_ACC=0 (fast/)
+#   b1engine           B/16 batch 1 with CUDA graphs, vit_fast beside sdpa: the 16-bit GEMMs on the pointer engine
+#                      (VITFAST_GEMM_ENGINE=pointer), then as shipped (shipped/): whether small-M GEMMs should leave
+#                      the TMA engine (its persistent programs build their TMA descriptors on the device)
 #   grid N             slice N (1-6) of the rest of the grid; `grid list` prints the slices
 #   merge              merge headline + every grid slice run so far on this machine into one results directory
 #   micro              kernel microbenchmarks (CUDA-graph timing, batch 64: the model's autotune bucket)
@@ -57,13 +60,14 @@ SLICES=(
 )
 
 usage() {
-    local steps="lease [SECONDS [STEP...]]|tests|headline [ROWS]|profile|profile8|profile1|fp8acc|fp8tma|grid N|grid list"
+    local steps="lease [SECONDS [STEP...]]|tests|headline [ROWS]|profile|profile8|profile1|fp8acc|fp8tma|b1engine"
+    steps+="|grid N|grid list"
     echo "usage: $0 {$steps|merge|micro}" >&2
     exit 2
 }
 
 case "$STEP" in
-    lease|tests|headline|profile|profile8|profile1|fp8acc|fp8tma|grid|merge|micro) ;;
+    lease|tests|headline|profile|profile8|profile1|fp8acc|fp8tma|b1engine|grid|merge|micro) ;;
     *) usage ;;
 esac
 if [ "$STEP" = grid ]; then
@@ -114,8 +118,9 @@ lease)
     STEPS=${STEPS:-tests headline profile grid1 grid2 grid3 grid4 grid5 grid6}
     case "$TOTAL" in ''|*[!0-9]*) echo "error: lease needs whole seconds, got '$TOTAL'" >&2; exit 2 ;; esac
     for s in $STEPS; do
-        case "$s" in tests|headline|profile|profile8|profile1|fp8acc|fp8tma|grid[1-6]|micro) ;;
-            *) echo "error: lease step '$s' is not one of tests headline profile profile8 profile1 fp8acc fp8tma grid1..grid6" \
+        case "$s" in tests|headline|profile|profile8|profile1|fp8acc|fp8tma|b1engine|grid[1-6]|micro) ;;
+            *) echo "error: lease step '$s' is not one of tests headline profile profile8 profile1 fp8acc fp8tma" \
+                    "b1engine grid1..grid6" \
                     "micro" >&2
                exit 2 ;;
         esac
@@ -155,6 +160,7 @@ lease)
         profile8) done_ profile8 || sub 200 profile8 ;;
         profile1) done_ profile1 || sub 90 profile1 ;;
         fp8acc|fp8tma) done_ "$s" || T_BUDGET=$(( $(left) - 60 )) sub 200 "$s" ;;
+        b1engine) done_ b1engine || T_BUDGET=$(( $(left) - 60 )) sub 90 b1engine ;;
         grid*) done_ "grid-${s#grid}" || T_BUDGET=$(( $(left) - 85 )) sub 240 grid "${s#grid}" ;;
         micro) done_ micro || sub 300 micro ;;
         esac
@@ -221,17 +227,27 @@ profile8)
     [ "$DRY" = 1 ] && { ARGS+=(--tiny); export TRITON_INTERPRET=1; }
     run "${T_LIMIT:-300}" "$PY" -m benchmarks.breakdown "${ARGS[@]}"
     ;;
-fp8acc|fp8tma)
-    ARGS=(--models vit_l_16 --batch-sizes 256 --dtypes bfloat16,float8 --backends vit_fast --no-plots --no-progress)
-    if [ "$DRY" = 1 ]; then  # FP8 dots in Triton's interpreter on a CPU; bf16 dots do not run there
-        export TRITON_INTERPRET=1
-        ARGS+=(--dtypes float8 --batch-sizes 2 --resolution 32 --repeats 1 --warmup 0
-               --config-overrides depth=1,embed_dim=64,num_heads=2,mlp_dim=128)
+fp8acc|fp8tma|b1engine)
+    if [ "$STEP" = b1engine ]; then
+        ARGS=(--models vit_b_16 --batch-sizes 1 --dtypes bfloat16 --backends vit_fast,sdpa --cuda-graphs
+              --graph-max-batch 1 --no-plots --no-progress)
+        # DRY on a CPU: fp32 (the interpreter runs fp32 dots, not bf16 ones), no graphs there
+        [ "$DRY" = 1 ] && { export TRITON_INTERPRET=1; ARGS+=(--dtypes float32 --resolution 32 --repeats 1
+            --warmup 0 --config-overrides depth=1,embed_dim=64,num_heads=2,mlp_dim=128); }
+    else
+        ARGS=(--models vit_l_16 --batch-sizes 256 --dtypes bfloat16,float8 --backends vit_fast --no-plots --no-progress)
+        if [ "$DRY" = 1 ]; then  # FP8 dots in Triton's interpreter on a CPU; bf16 dots do not run there
+            export TRITON_INTERPRET=1
+            ARGS+=(--dtypes float8 --batch-sizes 2 --resolution 32 --repeats 1 --warmup 0
+                   --config-overrides depth=1,embed_dim=64,num_heads=2,mlp_dim=128)
+        fi
     fi
     LIMIT=${T_LIMIT:-500} BUDGET=${T_BUDGET:-440}
     # the new measurement first, with half the time; then its companion into SUB/, with what is left
     if [ "$STEP" = fp8acc ]; then  # without the promotion, then as shipped
         FIRST=(VITFAST_FP8_PRECISE_ACC=0) SECOND=() SUB=promoted
+    elif [ "$STEP" = b1engine ]; then  # batch 1 on the pointer GEMM engine, then as shipped (TMA on sm_90)
+        FIRST=(VITFAST_GEMM_ENGINE=pointer) SECOND=() SUB=shipped
     else  # the FP8 TMA engine as shipped, then without the promotion too
         FIRST=(VITFAST_FP8_ENGINE=tma) SECOND=(VITFAST_FP8_ENGINE=tma VITFAST_FP8_PRECISE_ACC=0) SUB=fast
     fi

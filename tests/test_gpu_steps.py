@@ -93,6 +93,20 @@ def test_dry_batch1_profile(tmp_path):
     assert (stored / "lease" / "profile1" / "breakdown.md").is_file()
 
 
+def test_dry_batch1_engine_step(tmp_path):
+    """b1engine: batch 1 with the 16-bit GEMMs forced onto the pointer engine, the switch recorded in its results,
+    then as shipped (shipped/), recorded without it; vit_fast beside sdpa in both."""
+    proc, out = _steps(tmp_path, "b1engine", timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    first = json.loads((out / "b1engine" / "results.json").read_text())
+    shipped = json.loads((out / "b1engine" / "shipped" / "results.json").read_text())
+    assert schema.validate(first) == [] and first["env"]["settings"] == "VITFAST_GEMM_ENGINE=pointer"
+    assert schema.validate(shipped) == [] and not shipped["env"]["settings"]
+    for results in (first, shipped):
+        assert {(r["batch"], r["backend"]) for r in results["rows"]} == {(1, "vit_fast"), (1, "sdpa")}
+        assert all(r["images_per_s"] for r in results["rows"]), results["rows"]
+
+
 def test_dry_fp8_fast_accumulation_step(tmp_path):
     """fp8acc: the FP8 rows measured without the fp32 promotion, the switch recorded in the results it writes, then
     as shipped (promoted/), recorded without it."""
