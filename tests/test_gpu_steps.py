@@ -250,7 +250,7 @@ def test_store_refuses_an_archive_without_results(tmp_path, capsys):
     with tarfile.open(empty, "w:gz") as tar:
         tar.add(tmp_path / "junk.tar.gz", arcname="tests/junit.xml")
     assert store_lease.main([str(empty), "--root", str(tmp_path), "--readme", ""]) == 2
-    assert "holds no headline, grid, fp8acc, fp8tma or profile results" in capsys.readouterr().err
+    assert "holds no headline, grid, fp8acc, fp8tma, b1engine or profile results" in capsys.readouterr().err
 
 
 def _k(name, start, stack):
