@@ -255,13 +255,13 @@ def test_fp8_engine_choice_traces_without_a_warning(monkeypatch):
     import functools
     import warnings
 
-    from vit_fast.kernels import gemm_fp8_tma
+    from vit_fast.kernels import gemm_fp8_tma, gemm_tma
 
     monkeypatch.delenv("VITFAST_FP8_ENGINE", raising=False)
     monkeypatch.setattr(gemm_fp8_tma, "is_interpreting", lambda: False)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (9, 0))
     # the eager path's cached query, faked as it is (an lru_cache-wrapped function)
-    monkeypatch.setattr(gemm_fp8_tma, "_is_sm90", functools.lru_cache(maxsize=None)(lambda index: True))
+    monkeypatch.setattr(gemm_tma, "_sm90_cached", functools.lru_cache(maxsize=None)(lambda index: True))
 
     def forward(t):
         return t * 2 if gemm_fp8_tma.fp8_gemm_reads_row_amax(torch.device("cuda", 0)) else t * 3

@@ -178,10 +178,7 @@ def _auto_picks_tma(device: torch.device) -> bool:
     interpreter, where the tests ask for each engine by name)."""
     if is_interpreting() or device.type != "cuda":
         return False
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if torch.compiler.is_compiling():  # the model asks while torch.compile traces it: Dynamo warns on lru_cache calls
-        return torch.cuda.get_device_capability(index)[0] == 9
-    return _is_sm90(index)
+    return _is_sm90(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def select_fp8_engine(k: int, weight, out, residual=None, activation=0) -> str:

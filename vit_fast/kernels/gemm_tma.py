@@ -257,8 +257,16 @@ def _tma_addressable(t: torch.Tensor) -> bool:
             and t.shape[1] * elem >= 16)
 
 
-@functools.lru_cache(maxsize=None)
 def _is_sm90(index: int) -> bool:
+    """Whether GPU `index` is sm_90; cached, but not while torch.compile traces a caller (the FP8 engine choice the
+    model makes in its forward): Dynamo warns on calls to lru_cache-wrapped functions."""
+    if torch.compiler.is_compiling():
+        return torch.cuda.get_device_capability(index)[0] == 9
+    return _sm90_cached(index)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm90_cached(index: int) -> bool:
     return torch.cuda.get_device_capability(index)[0] == 9
 
 

@@ -87,8 +87,8 @@ def ln_linear_fp8_launch(x, ln_weight, ln_bias, eps, weight, weight_scale, bias,
     if out.numel() == 0:
         return out
     act = ACTIVATIONS[activation]
-    tma = select_fp8_engine(x.shape[-1], weight, out2d, activation=act) == "tma"
-    launch = launch_fp8_tma_gemm if tma else launch_fp8_gemm
+    launch = launch_fp8_tma_gemm if select_fp8_engine(x.shape[-1], weight, out2d, activation=act) == "tma" \
+        else launch_fp8_gemm
     a_q, a_scale = launch_quant_rows(rows_view(OP, "x", x), ln=(ln_weight, ln_bias, eps))
     launch(a_q, a_scale, weight, weight_scale, bias, out2d, activation=act,
            amax_out=row_amax.view(-1) if row_amax is not None else None)
