@@ -2,7 +2,9 @@
 
 Per block five GEMM/attention launches: LN1+QKV (rows (B, N, 3, H, d), which attention reads in place), attention,
 out-projection+residual, LN2+FC1+activation, FC2+residual. Each LayerNorm is folded into the weight of the GEMM
-after it (derived tensors cached on the model, see kernels/ln_fold.py) and adds a small per-row statistics launch.
+after it (derived tensors cached on the model, see kernels/ln_fold.py); its rows' statistics come from the residual
+GEMM that wrote them (partial statistics from its epilogue, merged in the next GEMM's), so only the first block's
+LN1 (after the patch embedding) adds a statistics launch.
 The patch embedding writes the token buffer directly ([CLS] row and position embeddings included); the final
 LayerNorm runs on the prefix rows only when the head needs nothing else. With `keep_last`, the last block computes
 attention, out-projection and MLP for the queries the head reads (keys and values still cover every token): the
@@ -68,15 +70,26 @@ def _scale(linear):
     return getattr(linear, "weight_scale", None)
 
 
-def _ln_then(model, norm, linear, tokens, eps, **kwargs):
-    """LayerNorm + linear: the folded bf16/fp16/fp32 op, or the FP8 op on the raw norm."""
+def _ln_then(model, norm, linear, tokens, eps, partials=None, **kwargs):
+    """LayerNorm + linear: the folded bf16/fp16/fp32 op (merging the tokens' partial statistics when given), or
+    the FP8 op on the raw norm."""
     if _scale(linear) is not None:
         op = kernels.ln_qkv if "num_heads" in kwargs else kernels.ln_linear
         return op(tokens, norm.weight, norm.bias, eps, linear.weight, linear.bias, weight_scale=_scale(linear),
                   **kwargs)
     if "num_heads" in kwargs:
-        return kernels.ln_qkv_folded(tokens, eps, _folded(model, norm, linear), kwargs["num_heads"])
-    return kernels.ln_linear_folded(tokens, eps, _folded(model, norm, linear), activation=kwargs["activation"])
+        return kernels.ln_qkv_folded(tokens, eps, _folded(model, norm, linear), kwargs["num_heads"], partials)
+    return kernels.ln_linear_folded(tokens, eps, _folded(model, norm, linear), kwargs["activation"], partials)
+
+
+def _residual(x, linear, residual, stats: bool, x_amax=None):
+    """residual + linear(x), and with `stats` the new rows' partial LayerNorm statistics for the folded norm that
+    reads them next (None when not asked for: an FP8 layer on either side quantizes rows it reads whole)."""
+    if stats and _scale(linear) is None:
+        return kernels.linear_residual_stats(x, linear.weight, linear.bias, residual)
+    out = kernels.linear_residual(x, linear.weight, linear.bias, residual, weight_scale=_scale(linear),
+                                  x_amax=x_amax)
+    return out, None
 
 
 def fc1_activation(cfg) -> str:
@@ -85,10 +98,13 @@ def fc1_activation(cfg) -> str:
     return "swiglu" if cfg.mlp_type == "swiglu" else cfg.act_layer
 
 
-def _block(model, block, tokens: torch.Tensor, eps: float, activation: str, keep: int) -> torch.Tensor:
-    """One encoder block; `keep` > 0 computes the outputs of the first `keep` tokens only."""
+def _block(model, block, tokens: torch.Tensor, eps: float, activation: str, keep: int, partials=None,
+           next_qkv=None):
+    """One encoder block -> (its output tokens, their partial statistics or None); `keep` > 0 computes the outputs
+    of the first `keep` tokens only; `partials`: the input tokens' statistics; `next_qkv`: the next block's QKV
+    linear (None after the last block), whose folded norm reads this block's output."""
     attn, mlp = block.attn, block.mlp
-    qkv = _ln_then(model, block.norm1, attn.qkv, tokens, eps, num_heads=attn.num_heads)
+    qkv = _ln_then(model, block.norm1, attn.qkv, tokens, eps, partials, num_heads=attn.num_heads)
     q, k, v = qkv.unbind(0)
     if keep:
         q, tokens = q[:, :, :keep], tokens[:, :keep].contiguous()
@@ -100,17 +116,15 @@ def _block(model, block, tokens: torch.Tensor, eps: float, activation: str, keep
         ctx, ctx_amax = kernels.attention(q, k, v, attn.scale, return_row_amax=True)
     else:
         ctx = kernels.attention(q, k, v, attn.scale)
-    tokens = kernels.linear_residual(ctx, attn.proj.weight, attn.proj.bias, tokens, weight_scale=_scale(attn.proj),
-                                     x_amax=ctx_amax)
+    tokens, partials = _residual(ctx, attn.proj, tokens, _scale(mlp.fc1) is None, ctx_amax)
     amax = None
     if _scale(mlp.fc1) is not None and _scale(mlp.fc2) is not None and fp8_gemm_reads_row_amax(tokens.device):
         # FP8 MLP: FC1's epilogue records max |hidden| per token, so FC2 quantizes its input rows in its main loop
         hidden, amax = _ln_then(model, block.norm2, mlp.fc1, tokens, eps, activation=activation,
                                 return_row_amax=True)
     else:
-        hidden = _ln_then(model, block.norm2, mlp.fc1, tokens, eps, activation=activation)
-    return kernels.linear_residual(hidden, mlp.fc2.weight, mlp.fc2.bias, tokens, weight_scale=_scale(mlp.fc2),
-                                   x_amax=amax)
+        hidden = _ln_then(model, block.norm2, mlp.fc1, tokens, eps, partials, activation=activation)
+    return _residual(hidden, mlp.fc2, tokens, next_qkv is not None and _scale(next_qkv) is None, amax)
 
 
 def _states(model, x: torch.Tensor, is_uint8: bool, keep_last: int = 0, collect: bool = False):
@@ -121,9 +135,12 @@ def _states(model, x: torch.Tensor, is_uint8: bool, keep_last: int = 0, collect:
     if cfg.pre_norm:
         tokens = kernels.layer_norm(tokens, model.norm_pre.weight, model.norm_pre.bias, eps)
     states = [tokens]
-    last = len(model.blocks) - 1
-    for i, block in enumerate(model.blocks):
-        tokens = _block(model, block, tokens, eps, fc1_activation(cfg), keep_last if i == last else 0)
+    blocks = list(model.blocks)
+    partials = None  # the embeddings' statistics: the first block's LN1 reads them in a launch of its own
+    for i, block in enumerate(blocks):
+        last = i == len(blocks) - 1
+        tokens, partials = _block(model, block, tokens, eps, fc1_activation(cfg), keep_last if last else 0,
+                                  partials, None if last else blocks[i + 1].attn.qkv)
         if collect:
             states.append(tokens)
     return states if collect else tokens

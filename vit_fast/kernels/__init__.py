@@ -2,11 +2,11 @@
 (so torch.compile(fullgraph=True) and CUDA-graph capture see one opaque node); see each module for its contract."""
 from .attention import attention
 from .layer_norm import layer_norm
-from .linear_residual import linear_residual
-from .ln_fold import FoldedLinear, fold_layer_norm
+from .linear_residual import linear_residual, linear_residual_stats
+from .ln_fold import FoldedLinear, fold_layer_norm, merge_partials
 from .ln_linear import ln_linear, ln_linear_folded
 from .ln_qkv import ln_qkv, ln_qkv_folded
 from .patch_embed import patch_embed
 
-__all__ = ["FoldedLinear", "attention", "fold_layer_norm", "layer_norm", "linear_residual", "ln_linear",
-           "ln_linear_folded", "ln_qkv", "ln_qkv_folded", "patch_embed"]
+__all__ = ["FoldedLinear", "attention", "fold_layer_norm", "layer_norm", "linear_residual", "linear_residual_stats",
+           "ln_linear", "ln_linear_folded", "ln_qkv", "ln_qkv_folded", "merge_partials", "patch_embed"]

@@ -13,13 +13,14 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    autotune_scope, GEMM_DIVISIBLE, SWIGLU, SWITCH_TILE, TL_SIG, gemm_configs, gemm_families, gemm_kind,
+    autotune_scope, check, GEMM_DIVISIBLE, SWIGLU, SWITCH_TILE, TL_SIG, gemm_configs, gemm_families, gemm_kind,
     gemm_rows_for, gemm_vit_launches, is_interpreting, jit_fn, m_bucket, preset_activation, prune_gemm_configs,
     upcast_needed,
 )
+from .ln_fold import STATS_SLOT, row_moments, stats_slot, stats_slots, stats_tile_ok, store_partials
 
 DTYPES = (torch.bfloat16, torch.float32, torch.float16)  # AOT order: bf16 first (the fast path)
-GEMM_AUTOTUNE_KEY = ["M_BUCKET", "N", "K", "ROW_STATS", "HAS_BIAS", "ACTIVATION", "HAS_RESIDUAL"]
+GEMM_AUTOTUNE_KEY = ["M_BUCKET", "N", "K", "ROW_STATS", "HAS_BIAS", "ACTIVATION", "HAS_RESIDUAL", "WRITE_STATS"]
 
 
 @triton.jit
@@ -73,15 +74,13 @@ def apply_activation(x, ACTIVATION: tl.constexpr):
 
 
 @triton.jit
-def epilogue_math(acc, rm, rn, M, N, stats_ptr, colsum_ptr, bias_ptr,
+def epilogue_math(acc, rm, rn, M, N, mean, rstd, colsum_ptr, bias_ptr,
                   ROW_STATS: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr):
-    """Folded LayerNorm, bias and activation on an fp32 tile (rows rm, columns rn); shared by both engines."""
-    mask_m = rm < M
+    """Folded LayerNorm (rows' mean and rstd from ln_fold.row_moments), bias and activation on an fp32 tile (rows rm,
+    columns rn); shared by both engines."""
     mask_n = rn < N
     if ROW_STATS:
-        # stats rows are (mean, rstd) in fp32; colsum is the column sum of the folded weight
-        mean = tl.load(stats_ptr + rm.to(tl.int64) * 2, mask=mask_m, other=0.0)
-        rstd = tl.load(stats_ptr + rm.to(tl.int64) * 2 + 1, mask=mask_m, other=0.0)
+        # colsum is the column sum of the folded weight
         colsum = tl.load(colsum_ptr + rn, mask=mask_n, other=0.0)
         acc = (acc - mean[:, None] * colsum[None, :]) * rstd[:, None]
     if HAS_BIAS:
@@ -90,44 +89,64 @@ def epilogue_math(acc, rm, rn, M, N, stats_ptr, colsum_ptr, bias_ptr,
 
 
 @triton.jit
-def gated_epilogue_math(acc, up, rm, rn, M, N, stats_ptr, colsum_ptr, bias_ptr,
+def gated_epilogue_math(acc, up, rm, rn, M, N, mean, rstd, colsum_ptr, bias_ptr,
                         ROW_STATS: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr):
     """epilogue_math, or for SwiGLU (ACTIVATION 4) the folded LayerNorm and bias of the gate tile `acc` (columns rn)
     and of the up tile `up` (columns rn + N of the packed weight), then silu(gate) * up; `up` is unused otherwise."""
     if ACTIVATION == 4:
-        gate = epilogue_math(acc, rm, rn, M, N, stats_ptr, colsum_ptr, bias_ptr, ROW_STATS, HAS_BIAS, 0)
+        gate = epilogue_math(acc, rm, rn, M, N, mean, rstd, colsum_ptr, bias_ptr, ROW_STATS, HAS_BIAS, 0)
         # N is the gated width H here: rn + N < 2N masks exactly as rn < N
-        up = epilogue_math(up, rm, rn + N, M, 2 * N, stats_ptr, colsum_ptr, bias_ptr, ROW_STATS, HAS_BIAS, 0)
+        up = epilogue_math(up, rm, rn + N, M, 2 * N, mean, rstd, colsum_ptr, bias_ptr, ROW_STATS, HAS_BIAS, 0)
         return swiglu(gate, up)
-    return epilogue_math(acc, rm, rn, M, N, stats_ptr, colsum_ptr, bias_ptr, ROW_STATS, HAS_BIAS, ACTIVATION)
+    return epilogue_math(acc, rm, rn, M, N, mean, rstd, colsum_ptr, bias_ptr, ROW_STATS, HAS_BIAS, ACTIVATION)
 
 
 @triton.jit
-def _store_tile(acc, up, rm, rn, M, N, stats_ptr, colsum_ptr, bias_ptr, res_ptr, out_ptr, stride_rm, stride_rn,
-                stride_om, stride_on, ROW_STATS: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
-                HAS_RESIDUAL: tl.constexpr):
-    """Epilogue of one (sub)tile: shared math (SwiGLU: of the gate and up tiles), residual, one cast, masked store."""
-    acc = gated_epilogue_math(acc, up, rm, rn, M, N, stats_ptr, colsum_ptr, bias_ptr, ROW_STATS, HAS_BIAS,
+def _store_tile(acc, up, rm, col0, M, N, mean, rstd, colsum_ptr, bias_ptr, res_ptr, out_ptr, part_ptr, stride_rm,
+                stride_rn, stride_om, stride_on, ROW_STATS: tl.constexpr, HAS_BIAS: tl.constexpr,
+                ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr, WRITE_STATS: tl.constexpr,
+                EPI_N: tl.constexpr, SLOT: tl.constexpr):
+    """Epilogue of one (sub)tile, columns col0 .. col0 + EPI_N: shared math (SwiGLU: of the gate and up tiles),
+    residual, one cast, masked store (and the stored rows' partial statistics)."""
+    rn = col0 + tl.arange(0, EPI_N)
+    acc = gated_epilogue_math(acc, up, rm, rn, M, N, mean, rstd, colsum_ptr, bias_ptr, ROW_STATS, HAS_BIAS,
                               ACTIVATION)
     mask = (rm < M)[:, None] & (rn < N)[None, :]
     rm64 = rm.to(tl.int64)
     if HAS_RESIDUAL:
         res = tl.load(res_ptr + rm64[:, None] * stride_rm + rn[None, :] * stride_rn, mask=mask, other=0.0)
         acc += res.to(tl.float32)
-    tl.store(out_ptr + rm64[:, None] * stride_om + rn[None, :] * stride_on, acc.to(out_ptr.dtype.element_ty),
-             mask=mask)
+    out = acc.to(out_ptr.dtype.element_ty)
+    tl.store(out_ptr + rm64[:, None] * stride_om + rn[None, :] * stride_on, out, mask=mask)
+    if WRITE_STATS:
+        store_partials(out.to(tl.float32), rm, col0, M, N, part_ptr, EPI_N, SLOT)
+
+
+def pointer_epi_split(bm: int, bn: int) -> int:
+    """Split the epilogue of tiles of 128x128 and more (whose fp32 accumulator alone takes 64-128 registers); always
+    under the interpreter, whose single small tile would otherwise leave the split path untested."""
+    return 2 if bm * bn >= 128 * 128 or is_interpreting() else 1
 
 
 def _epi_split(args):
-    """Split the epilogue of tiles of 128x128 and more (whose fp32 accumulator alone takes 64-128 registers); always
-    under the interpreter, whose single small tile would otherwise leave the split path untested."""
-    return 2 if args["BLOCK_M"] * args["BLOCK_N"] >= 128 * 128 or is_interpreting() else 1
+    return pointer_epi_split(args["BLOCK_M"], args["BLOCK_N"])
+
+
+def _prune(configs, named_args, **kwargs):
+    """The family tables' prune (prune_gemm_configs); a GEMM that writes partial statistics keeps only tiles whose
+    epilogue (sub)tile covers whole slots (ln_fold.stats_tile_ok)."""
+    if kwargs.get("WRITE_STATS"):
+        configs = [c for c in configs
+                   if stats_tile_ok(c.kwargs["BLOCK_N"] // pointer_epi_split(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]))]
+        check(bool(configs), "fused_gemm_kernel: tiles writing partial statistics",
+              "an epilogue (sub)tile of whole slots", "none in the table")
+    return prune_gemm_configs(configs, named_args, **kwargs)
 
 
 @triton.autotune(
     configs=gemm_configs(),
     key=GEMM_AUTOTUNE_KEY,
-    prune_configs_by={"early_config_prune": autotune_scope(prune_gemm_configs)},
+    prune_configs_by={"early_config_prune": autotune_scope(_prune)},
     cache_results=True,  # tuned configs persist on disk (triton's cache dir), so a restarted server does not re-tune
 )
 @triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0, "EPI_SPLIT": _epi_split})
@@ -137,12 +156,14 @@ def fused_gemm_kernel(
     w_ptr,  # (N, K) weight in nn.Linear layout (LayerNorm-folded when ROW_STATS), any strides; (2N, K) for SwiGLU
     bias_ptr,  # (N,) bias (activation dtype, or fp32 when folded), (2N,) for SwiGLU; read only when HAS_BIAS
     res_ptr,  # (M, N) residual; read only when HAS_RESIDUAL
-    stats_ptr,  # (M, 2) fp32 per-row (mean, rstd) of A; read only when ROW_STATS
+    stats_ptr,  # A's row statistics, fp32: (M, 2) (mean, rstd) if ROW_STATS 1; (M, 3, cdiv(K, SLOT)) partials if 2
     colsum_ptr,  # (N,) fp32 column sums of the folded weight, (2N,) for SwiGLU; read only when ROW_STATS
     out_ptr,  # (M, N) output, any strides
+    part_ptr,  # (M, 3, cdiv(N, SLOT)) fp32 partial statistics of the output rows; written only when WRITE_STATS
     M,  # rows (tokens over the whole batch)
     N,  # output features (SwiGLU: the gated width H, half the weight's rows)
     K,  # input features
+    eps,  # the folded LayerNorm's epsilon; read only when ROW_STATS 2 (merged partials)
     stride_am,  # A row stride
     stride_ak,  # A column stride
     stride_wn,  # W row stride
@@ -152,10 +173,13 @@ def fused_gemm_kernel(
     stride_om,  # output row stride
     stride_on,  # output column stride
     M_BUCKET,  # next power of two of M: an autotune key, unused by the kernel body
-    ROW_STATS: tl.constexpr,  # folded LayerNorm epilogue: rstd * (acc - mean * colsum)
+    ROW_STATS: tl.constexpr,  # folded LayerNorm epilogue rstd * (acc - mean * colsum): 0 off, 1 stats rows, 2 partials
     HAS_BIAS: tl.constexpr,  # add bias in the epilogue
     ACTIVATION: tl.constexpr,  # 0 none, 1 exact-erf GELU, 2 tanh GELU, 3 quick GELU, 4 SwiGLU (gate and up dots)
     HAS_RESIDUAL: tl.constexpr,  # add the residual after the activation
+    WRITE_STATS: tl.constexpr,  # write the stored rows' partial statistics (the next LayerNorm's) to part_ptr
+    SLOT: tl.constexpr,  # columns per partial-statistics slot (ln_fold.stats_slot)
+    SLOTS: tl.constexpr,  # cdiv(K, SLOT): the partial statistics' slots per row of A (ROW_STATS 2)
     UPCAST: tl.constexpr,  # dot in fp32 (interpreter with bf16, whose bf16 arithmetic is wrong)
     BLOCK_M: tl.constexpr,  # rows per tile
     BLOCK_N: tl.constexpr,  # output features per tile
@@ -203,6 +227,11 @@ def fused_gemm_kernel(
         a_ptrs += BLOCK_K * stride_ak
         w_ptrs += BLOCK_K * stride_wk
 
+    if ROW_STATS:
+        mean, rstd = row_moments(stats_ptr, rm, M, K, eps, ROW_STATS, SLOT, SLOTS, False)
+    else:
+        mean = 0.0  # never used
+        rstd = 0.0
     if EPI_SPLIT == 2:
         # two BLOCK_N/2-wide halves: the epilogue's temporaries cover half the tile (no spills at 128x256, 8 warps)
         half: tl.constexpr = BLOCK_N // 2
@@ -211,19 +240,35 @@ def fused_gemm_kernel(
             up0, up1 = tl.split(tl.permute(tl.reshape(up, (BLOCK_M, 2, half)), (0, 2, 1)))
         else:
             up0, up1 = acc0, acc1  # never used
-        cols = pid_n * BLOCK_N + tl.arange(0, half)
-        _store_tile(acc0, up0, rm, cols, M, N, stats_ptr, colsum_ptr, bias_ptr, res_ptr, out_ptr, stride_rm,
-                    stride_rn, stride_om, stride_on, ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL)
-        _store_tile(acc1, up1, rm, cols + half, M, N, stats_ptr, colsum_ptr, bias_ptr, res_ptr, out_ptr, stride_rm,
-                    stride_rn, stride_om, stride_on, ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL)
+        col0 = pid_n * BLOCK_N
+        _store_tile(acc0, up0, rm, col0, M, N, mean, rstd, colsum_ptr, bias_ptr, res_ptr, out_ptr, part_ptr,
+                    stride_rm, stride_rn, stride_om, stride_on, ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL,
+                    WRITE_STATS, half, SLOT)
+        _store_tile(acc1, up1, rm, col0 + half, M, N, mean, rstd, colsum_ptr, bias_ptr, res_ptr, out_ptr, part_ptr,
+                    stride_rm, stride_rn, stride_om, stride_on, ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL,
+                    WRITE_STATS, half, SLOT)
     else:
-        _store_tile(acc, up, rm, rn, M, N, stats_ptr, colsum_ptr, bias_ptr, res_ptr, out_ptr, stride_rm, stride_rn,
-                    stride_om, stride_on, ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL)
+        _store_tile(acc, up, rm, pid_n * BLOCK_N, M, N, mean, rstd, colsum_ptr, bias_ptr, res_ptr, out_ptr, part_ptr,
+                    stride_rm, stride_rn, stride_om, stride_on, ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL,
+                    WRITE_STATS, BLOCK_N, SLOT)
 
 
-def launch_fused_gemm(a, weight, bias, out, *, activation=0, residual=None, stats=None, colsum=None):
+def row_stats_switch(stats) -> int:
+    """The ROW_STATS constexpr for a launcher's `stats`: 0 none, 1 row_stats' (M, 2) rows, 2 (M, 3, S) partials."""
+    return 0 if stats is None else 1 if stats.dim() == 2 else 2
+
+
+def slots_arg(stats, k: int) -> int:
+    """The SLOTS constexpr: slots per row of partials, 1 otherwise (one binary whatever K is)."""
+    return stats_slots(k) if row_stats_switch(stats) == 2 else 1
+
+
+def launch_fused_gemm(a, weight, bias, out, *, activation=0, residual=None, stats=None, colsum=None, eps=0.0,
+                      stats_out=None):
     """Launch on already-checked 2-D operands: a (M, K), weight (N, K), out (M, N); residual (M, N) or None;
-    stats (M, 2) fp32 and colsum (N,) fp32 together or neither (folded LayerNorm)."""
+    stats and colsum (N,) fp32 together or neither (folded LayerNorm; stats (M, 2) fp32 (mean, rstd), or a residual
+    GEMM's (M, 3, S) partials merged with eps); stats_out: new_partials(M, N), written with the output rows' partial
+    statistics."""
     M, K = a.shape
     N = weight.shape[0] // 2 if activation == SWIGLU else weight.shape[0]  # SwiGLU: packed (2N, K) gate/up rows
     res = residual if residual is not None else out
@@ -231,11 +276,13 @@ def launch_fused_gemm(a, weight, bias, out, *, activation=0, residual=None, stat
     fused_gemm_kernel[grid](
         a, weight, bias if bias is not None else out, res,
         stats if stats is not None else out, colsum if colsum is not None else out, out,
-        M, N, K,
+        stats_out if stats_out is not None else out,
+        M, N, K, float(eps),
         a.stride(0), a.stride(1), weight.stride(0), weight.stride(1), res.stride(-2), res.stride(-1),
         out.stride(0), out.stride(1), m_bucket(M),
-        ROW_STATS=stats is not None, HAS_BIAS=bias is not None, ACTIVATION=activation,
-        HAS_RESIDUAL=residual is not None, UPCAST=upcast_needed(a.dtype),
+        ROW_STATS=row_stats_switch(stats), HAS_BIAS=bias is not None, ACTIVATION=activation,
+        HAS_RESIDUAL=residual is not None, WRITE_STATS=stats_out is not None, SLOT=stats_slot(),
+        SLOTS=slots_arg(stats, K), UPCAST=upcast_needed(a.dtype),
     )  # fmt: skip
     return out
 
@@ -250,25 +297,44 @@ def switch_combos(activations, has_bias, exhaustive):
             + [(base[0], b, True) for b in has_bias if b is not True] + [(base[0], True, False)])
 
 
+def stats_modes(row_stats: bool, has_residual: bool) -> tuple:
+    """(ROW_STATS, WRITE_STATS) pairs an op launches with, the model's most frequent first: LayerNorm ops merge a
+    residual GEMM's partial statistics (2) in every block after the first, whose norm reads row_stats' rows (1);
+    residual ops write the partials, except the last block's FC2 (its rows go to the final norm's own kernel)."""
+    if row_stats:
+        return ((2, False), (1, False))
+    return ((0, True), (0, False)) if has_residual else ((0, False),)
+
+
+AOT_SLOTS = 12  # slots per row in AOT variants: ViT-B widths (768 at 64-column slots; L/16 16, H/14 20)
+
+
 def gemm_aot_variants(row_stats, activations, has_bias, has_residual, exhaustive=False, op=None):
     """AOT-compile descriptions of fused_gemm_kernel for one op (its fixed switches row_stats/has_residual, the
     activation and bias values it accepts; the first activation listed is the one the ViT presets use): every dtype
     at every tile row any GPU family's table can pick for it (the base switches), plus the other switches at
-    SWITCH_TILE (bf16 and fp32, different dot lowerings, one switch at a time; fp16 the base only).
-    exhaustive=True: the switches' full product. SwiGLU (activations (4,)) has its own prune rule
-    (_common.gemm_kind "swiglu"). Metadata follows the contract in tests/kernels/aot_compile.py."""
+    SWITCH_TILE (bf16 and fp32, different dot lowerings, one switch at a time; fp16 the base only), the other
+    statistics mode (stats_modes) among them. exhaustive=True: the switches' full product. SwiGLU (activations (4,))
+    has its own prune rule (_common.gemm_kind "swiglu"). Metadata follows the contract in
+    tests/kernels/aot_compile.py."""
     op = op or _op_name(row_stats, has_residual)
     kind = gemm_kind(dict(ACTIVATION=activations[0], ROW_STATS=row_stats))
     combos = switch_combos(activations, has_bias, exhaustive)
     base = combos[0]
+    modes = stats_modes(row_stats, has_residual)
     out = []
     for dtype in DTYPES:
         elem = torch.empty((), dtype=dtype).element_size()
         for row in gemm_rows_for(elem, kind):
-            out.append(_gemm_variant(dtype, row_stats, base[0], base[1], has_residual, True, row, op, kind))
+            # a tile whose epilogue cannot write whole slots runs only the calls that write none
+            mode = next(m for m in modes if not m[1] or stats_tile_ok(row[1] // pointer_epi_split(*row[:2])))
+            out.append(_gemm_variant(dtype, mode, base[0], base[1], has_residual, True, row, op, kind))
         for act, bias, even_k in (combos if exhaustive or dtype != torch.float16 else combos[:1]):
             if (act, bias, even_k) != base:
-                out.append(_gemm_variant(dtype, row_stats, act, bias, has_residual, even_k, SWITCH_TILE, op, kind))
+                out.append(_gemm_variant(dtype, modes[0], act, bias, has_residual, even_k, SWITCH_TILE, op, kind))
+        if dtype != torch.float16:
+            out += [_gemm_variant(dtype, m, base[0], base[1], has_residual, True, SWITCH_TILE, op, kind)
+                    for m in modes[1:]]
     return out
 
 
@@ -280,16 +346,18 @@ def aot_variants(exhaustive: bool = False):
     """The shared kernel as ln_linear's bf16 folded-LN + GELU variants at every tile (the op modules list the rest;
     the report compiles identical variants once)."""
     return [v for v in gemm_aot_variants(True, (1, 0, 2, 3), (True,), False)
-            if v["signature"]["a_ptr"] == "*bf16" and v["constexprs"]["ACTIVATION"] == 1]
+            if v["signature"]["a_ptr"] == "*bf16" and v["constexprs"]["ACTIVATION"] == 1
+            and v["constexprs"]["ROW_STATS"] == 2]
 
 
-def _gemm_variant(dtype, row_stats, activation, has_bias, has_residual, even_k, tile, op, kind):
+def _gemm_variant(dtype, mode, activation, has_bias, has_residual, even_k, tile, op, kind):
     bm, bn, bk, warps, stages = tile
+    row_stats, write_stats = mode
     p = "*" + TL_SIG[dtype]
     elem = torch.empty((), dtype=dtype).element_size()
     sig = {
         "a_ptr": p, "w_ptr": p, "bias_ptr": "*fp32" if row_stats else p, "res_ptr": p, "stats_ptr": "*fp32",
-        "colsum_ptr": "*fp32", "out_ptr": p, "M": "i32", "N": "i32", "K": "i32",
+        "colsum_ptr": "*fp32", "out_ptr": p, "part_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32", "eps": "fp32",
         "stride_am": "i32", "stride_ak": "constexpr", "stride_wn": "i32", "stride_wk": "constexpr",
         "stride_rm": "i32", "stride_rn": "constexpr", "stride_om": "i32", "stride_on": "constexpr",
         "M_BUCKET": "i32",
@@ -297,13 +365,15 @@ def _gemm_variant(dtype, row_stats, activation, has_bias, has_residual, even_k, 
     constexprs = {
         "stride_ak": 1, "stride_wk": 1, "stride_rn": 1, "stride_on": 1,
         "ROW_STATS": row_stats, "HAS_BIAS": has_bias, "ACTIVATION": activation, "HAS_RESIDUAL": has_residual,
+        "WRITE_STATS": write_stats, "SLOT": STATS_SLOT, "SLOTS": AOT_SLOTS if row_stats == 2 else 1,
         "UPCAST": False, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "EVEN_K": even_k,
         "EPI_SPLIT": 2 if bm * bn >= 128 * 128 else 1,
     }  # fmt: skip
     for name in constexprs:
         sig.setdefault(name, "constexpr")
+    base_mode = mode == stats_modes(bool(row_stats), has_residual)[0]
     return {"fn": jit_fn(fused_gemm_kernel), "signature": sig, "constexprs": constexprs,
             "num_warps": warps, "num_stages": stages, "divisible": GEMM_DIVISIBLE, "op": op, "main_loop": "gemm",
             "tables": gemm_families(tile, elem, kind),
-            "vit": gemm_vit_launches(op, tile, elem, even_k,
-                                     when=lambda cfg: has_bias and activation == preset_activation(op, cfg))}
+            "vit": gemm_vit_launches(op, tile, elem, even_k, when=lambda cfg: base_mode and has_bias
+                                     and activation == preset_activation(op, cfg))}

@@ -27,7 +27,9 @@ from ._common import (
     ENGINE_ENV, FAMILY_SMEM, GEMM_DIVISIBLE, SWIGLU, TL_SIG, autotune_scope, check, gemm_vit_launches, is_interpreting,
     jit_fn, m_bucket, preset_activation, shared_memory_bytes, swiglu_accumulators_fit, switch_value, upcast_needed,
 )
-from .gemm import gated_epilogue_math, grouped_tile, switch_combos
+from .gemm import (AOT_SLOTS, gated_epilogue_math, grouped_tile, row_stats_switch, slots_arg, stats_modes,
+                   switch_combos)
+from .ln_fold import STATS_SLOT, row_moments, stats_slot, stats_tile_ok, store_partials
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, EPI_SPLIT): the sm_90 table (registers, spills and shared memory
 # of each row are in benchmarks/NOTES.md).
@@ -50,7 +52,7 @@ PER_SM = {(128, 128, 64, 4, 3, 2): 2}
 INTERPRETER_TMA = (32, 32, 32, 4, 1, 2)
 INTERPRETER_PER_SM = 2
 INTERPRETER_SMS = 1  # 2 programs, fewer than the op tests' tiles, so tests cover the persistent loop
-AUTOTUNE_KEY = ["M_BUCKET", "N", "K", "ROW_STATS", "HAS_BIAS", "ACTIVATION", "HAS_RESIDUAL"]
+AUTOTUNE_KEY = ["M_BUCKET", "N", "K", "ROW_STATS", "HAS_BIAS", "ACTIVATION", "HAS_RESIDUAL", "WRITE_STATS"]
 DTYPES = (torch.bfloat16, torch.float16)
 
 
@@ -90,6 +92,11 @@ def smem_estimate(bm, bn, bk, stages, epi_split, has_residual, elem=2, swiglu=Fa
 SWIGLU_TMA_SPILLS = {(128, 128, 64, 8, 4, 1): "24 B"}
 
 
+# Rows that spill on sm_90 when the epilogue also writes partial statistics (the static report, triton 3.9; the
+# residual GEMMs pick 128x256 at large M anyway).
+STATS_TMA_SPILLS = {(128, 128, 64, 4, 4, 2): "8 B"}
+
+
 # Shared memory per SM on sm_90 (H100, H200), what co-resident programs share; each also takes CTA_RESERVED_SMEM
 # (CUDA's per-block reservation) and up to SMEM_SLACK beyond smem_estimate (barriers, alignment: 536 B at
 # 128x128x64 s3 under triton 3.9).
@@ -98,10 +105,14 @@ CTA_RESERVED_SMEM = 1024
 SMEM_SLACK = 1024
 
 
-def tile_allowed(tile, smem, has_residual=False, swiglu=False, elem=2, sm_smem=SM90_SM_SMEM) -> bool:
+def tile_allowed(tile, smem, has_residual=False, swiglu=False, elem=2, sm_smem=SM90_SM_SMEM,
+                 write_stats=False) -> bool:
     """The prune's rule for one HOPPER_TMA row (BLOCK_M <= M aside): within a block's shared memory `smem`, and for
-    a PER_SM row, that many programs within the SM's `sm_smem`."""
+    a PER_SM row, that many programs within the SM's `sm_smem`; writing partial statistics, an epilogue slice of
+    whole slots."""
     bm, bn, bk, warps, stages, epi = tile
+    if write_stats and (not stats_tile_ok(bn // epi) or tuple(tile) in STATS_TMA_SPILLS):
+        return False
     if swiglu and (not swiglu_accumulators_fit(bm, bn, warps) or tuple(tile) in SWIGLU_TMA_SPILLS):
         return False
     need = smem_estimate(bm, bn, bk, stages, epi, has_residual, elem, swiglu)
@@ -141,19 +152,24 @@ def _prune(configs, named_args, **kwargs):
     swiglu = kwargs.get("ACTIVATION") == SWIGLU
     elem = named_args["a_ptr"].element_size()  # fp32 when VITFAST_GEMM_ENGINE=tma forces it
     return persistent_prune(configs, named_args, lambda tile, smem, sm_smem: tile_allowed(
-        tile, smem, kwargs.get("HAS_RESIDUAL", False), swiglu, elem, sm_smem))
+        tile, smem, kwargs.get("HAS_RESIDUAL", False), swiglu, elem, sm_smem, kwargs.get("WRITE_STATS", False)))
 
 
 @triton.jit
-def _finish(acc, up, rows, cols, M, N, stats_ptr, colsum_ptr, bias_ptr, res_desc, out_desc, off_m, off_n,
-            ROW_STATS: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
-    """Epilogue of one (sub)tile: shared math (SwiGLU: of the gate and up tiles), residual through TMA, one cast,
-    TMA store (clipped at M and N)."""
-    acc = gated_epilogue_math(acc, up, rows, cols, M, N, stats_ptr, colsum_ptr, bias_ptr, ROW_STATS, HAS_BIAS,
+def _finish(acc, up, rows, M, N, mean, rstd, colsum_ptr, bias_ptr, res_desc, out_desc, part_ptr, off_m, off_n,
+            ROW_STATS: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+            WRITE_STATS: tl.constexpr, EPI_N: tl.constexpr, SLOT: tl.constexpr):
+    """Epilogue of one (sub)tile, columns off_n .. off_n + EPI_N: shared math (SwiGLU: of the gate and up tiles),
+    residual through TMA, one cast, TMA store (clipped at M and N), and the stored rows' partial statistics."""
+    cols = off_n + tl.arange(0, EPI_N)
+    acc = gated_epilogue_math(acc, up, rows, cols, M, N, mean, rstd, colsum_ptr, bias_ptr, ROW_STATS, HAS_BIAS,
                               ACTIVATION)
     if HAS_RESIDUAL:
         acc += res_desc.load([off_m, off_n]).to(tl.float32)
-    out_desc.store([off_m, off_n], acc.to(out_desc.dtype))
+    out = acc.to(out_desc.dtype)
+    out_desc.store([off_m, off_n], out)
+    if WRITE_STATS:
+        store_partials(out.to(tl.float32), rows, off_n, M, N, part_ptr, EPI_N, SLOT)
 
 
 @triton.autotune(configs=_configs(), key=AUTOTUNE_KEY, prune_configs_by={"early_config_prune": autotune_scope(_prune)},
@@ -164,21 +180,26 @@ def tma_gemm_kernel(
     w_ptr,  # (N, K) weight in nn.Linear layout (LayerNorm-folded when ROW_STATS), unit column stride; (2N, K) SwiGLU
     bias_ptr,  # (N,) bias (activation dtype, or fp32 when folded), (2N,) SwiGLU; read only when HAS_BIAS
     res_ptr,  # (M, N) residual, unit column stride; read only when HAS_RESIDUAL
-    stats_ptr,  # (M, 2) fp32 per-row (mean, rstd) of A; read only when ROW_STATS
+    stats_ptr,  # A's row statistics, fp32: (M, 2) (mean, rstd) if ROW_STATS 1; (M, 3, cdiv(K, SLOT)) partials if 2
     colsum_ptr,  # (N,) fp32 column sums of the folded weight, (2N,) SwiGLU; read only when ROW_STATS
     out_ptr,  # (M, N) output, unit column stride
+    part_ptr,  # (M, 3, cdiv(N, SLOT)) fp32 partial statistics of the output rows; written only when WRITE_STATS
     M,  # rows (tokens over the whole batch); not specialized, so batch sizes share one binary
     N,  # output features (SwiGLU: the gated width H, half the weight's rows)
     K,  # input features
+    eps,  # the folded LayerNorm's epsilon; read only when ROW_STATS 2 (merged partials)
     stride_am,  # A row stride (elements; a multiple of 16 bytes)
     stride_wn,  # W row stride
     stride_rm,  # residual row stride
     stride_om,  # output row stride
     M_BUCKET,  # next power of two of M: an autotune key, unused by the kernel body
-    ROW_STATS: tl.constexpr,  # folded LayerNorm epilogue: rstd * (acc - mean * colsum)
+    ROW_STATS: tl.constexpr,  # folded LayerNorm epilogue rstd * (acc - mean * colsum): 0 off, 1 stats rows, 2 partials
     HAS_BIAS: tl.constexpr,  # add bias in the epilogue
     ACTIVATION: tl.constexpr,  # 0 none, 1 exact-erf GELU, 2 tanh GELU, 3 quick GELU, 4 SwiGLU (gate and up dots)
     HAS_RESIDUAL: tl.constexpr,  # add the residual after the activation
+    WRITE_STATS: tl.constexpr,  # write the stored rows' partial statistics (the next LayerNorm's) to part_ptr
+    SLOT: tl.constexpr,  # columns per partial-statistics slot (ln_fold.stats_slot)
+    SLOTS: tl.constexpr,  # cdiv(K, SLOT): the partial statistics' slots per row of A (ROW_STATS 2)
     UPCAST: tl.constexpr,  # dot in fp32 (interpreter with bf16, whose bf16 arithmetic is wrong)
     NUM_SMS: tl.constexpr,  # the device's SMs; NUM_SMS * PER_SM programs at most, each walks tiles that far apart
     BLOCK_M: tl.constexpr,  # rows per tile
@@ -234,19 +255,24 @@ def tma_gemm_kernel(
         off_m = pid_m * BLOCK_M
         off_n = pid_n * BLOCK_N
         rows = off_m + tl.arange(0, BLOCK_M)
+        if ROW_STATS:
+            mean, rstd = row_moments(stats_ptr, rows, M, K, eps, ROW_STATS, SLOT, SLOTS, True)
+        else:
+            mean = 0.0  # never used
+            rstd = 0.0
         if EPI_SPLIT == 2:
             acc0, acc1 = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, EPI_N)), (0, 2, 1)))
             if ACTIVATION == 4:
                 up0, up1 = tl.split(tl.permute(tl.reshape(up, (BLOCK_M, 2, EPI_N)), (0, 2, 1)))
             else:
                 up0, up1 = acc0, acc1  # never used
-            _finish(acc0, up0, rows, off_n + tl.arange(0, EPI_N), M, N, stats_ptr, colsum_ptr, bias_ptr, res_desc,
-                    out_desc, off_m, off_n, ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL)
-            _finish(acc1, up1, rows, off_n + EPI_N + tl.arange(0, EPI_N), M, N, stats_ptr, colsum_ptr, bias_ptr,
-                    res_desc, out_desc, off_m, off_n + EPI_N, ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL)
+            _finish(acc0, up0, rows, M, N, mean, rstd, colsum_ptr, bias_ptr, res_desc, out_desc, part_ptr, off_m,
+                    off_n, ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, WRITE_STATS, EPI_N, SLOT)
+            _finish(acc1, up1, rows, M, N, mean, rstd, colsum_ptr, bias_ptr, res_desc, out_desc, part_ptr, off_m,
+                    off_n + EPI_N, ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, WRITE_STATS, EPI_N, SLOT)
         else:
-            _finish(acc, up, rows, off_n + tl.arange(0, BLOCK_N), M, N, stats_ptr, colsum_ptr, bias_ptr, res_desc,
-                    out_desc, off_m, off_n, ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL)
+            _finish(acc, up, rows, M, N, mean, rstd, colsum_ptr, bias_ptr, res_desc, out_desc, part_ptr, off_m,
+                    off_n, ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, WRITE_STATS, BLOCK_N, SLOT)
 
 
 # ---- dispatch -------------------------------------------------------------------------------------------------------
@@ -316,7 +342,8 @@ def persistent_grid(device: torch.device, M: int, N: int):
                                       triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])),)
 
 
-def launch_tma_gemm(a, weight, bias, out, *, activation=0, residual=None, stats=None, colsum=None):
+def launch_tma_gemm(a, weight, bias, out, *, activation=0, residual=None, stats=None, colsum=None, eps=0.0,
+                    stats_out=None):
     """Same contract as gemm.launch_fused_gemm, for operands select_engine() gave to "tma"."""
     M, K = a.shape
     N = weight.shape[0] // 2 if activation == SWIGLU else weight.shape[0]  # SwiGLU: packed (2N, K) gate/up rows
@@ -325,61 +352,72 @@ def launch_tma_gemm(a, weight, bias, out, *, activation=0, residual=None, stats=
     tma_gemm_kernel[grid](
         a, weight, bias if bias is not None else out, res,
         stats if stats is not None else out, colsum if colsum is not None else out, out,
-        M, N, K, a.stride(0), weight.stride(0), res.stride(0), out.stride(0), m_bucket(M),
-        ROW_STATS=stats is not None, HAS_BIAS=bias is not None, ACTIVATION=activation,
-        HAS_RESIDUAL=residual is not None, UPCAST=upcast_needed(a.dtype), NUM_SMS=num_sms,
+        stats_out if stats_out is not None else out,
+        M, N, K, float(eps), a.stride(0), weight.stride(0), res.stride(0), out.stride(0), m_bucket(M),
+        ROW_STATS=row_stats_switch(stats), HAS_BIAS=bias is not None, ACTIVATION=activation,
+        HAS_RESIDUAL=residual is not None, WRITE_STATS=stats_out is not None, SLOT=stats_slot(),
+        SLOTS=slots_arg(stats, K), UPCAST=upcast_needed(a.dtype), NUM_SMS=num_sms,
     )  # fmt: skip
     return out
 
 
 # ---- AOT ------------------------------------------------------------------------------------------------------------
 def tma_aot_variants(row_stats, activations, has_bias, has_residual, exhaustive=False, op=None):
-    """One op on this engine: bf16 at every Hopper tile with the base switches (see gemm.switch_combos), the other
-    switches at a mid-size tile, fp16 (the same code) at that tile. The TMA engine has no EVEN_K switch (TMA
-    zero-pads K), so the EVEN_K=False combos are dropped. SwiGLU (activations (4,)): the mid tile is the largest its
-    prune keeps. Metadata: tests/kernels/aot_compile.py."""
+    """One op on this engine: bf16 at every Hopper tile with the base switches (see gemm.switch_combos and
+    gemm.stats_modes), the other switches at a mid-size tile (the other statistics mode among them), fp16 (the same
+    code) at that tile. The TMA engine has no EVEN_K switch (TMA zero-pads K), so the EVEN_K=False combos are
+    dropped. SwiGLU (activations (4,)): the mid tile is the largest its prune keeps. Metadata:
+    tests/kernels/aot_compile.py."""
     op = op or ("ln_linear" if row_stats else "linear_residual")
     combos = [c for c in switch_combos(activations, has_bias, exhaustive) if c[2]]
+    modes = stats_modes(row_stats, has_residual)
     swiglu = activations[0] == SWIGLU
     mid = next(t for t in HOPPER_TMA if tile_allowed(t, FAMILY_SMEM["hopper"], has_residual, True)) if swiglu \
         else HOPPER_TMA[2]
-    out = [_variant(DTYPES[0], row_stats, combos[0][0], combos[0][1], has_residual, tile, op) for tile in HOPPER_TMA]
-    out += [_variant(DTYPES[0], row_stats, act, bias, has_residual, mid, op) for act, bias, _ in combos[1:]]
+    base, rest = combos[0], combos[1:]
+    out = [_variant(DTYPES[0], modes[0], base[0], base[1], has_residual, tile, op) for tile in HOPPER_TMA]
+    out += [_variant(DTYPES[0], modes[0], act, bias, has_residual, mid, op) for act, bias, _ in rest]
+    out += [_variant(DTYPES[0], mode, base[0], base[1], has_residual, mid, op) for mode in modes[1:]]
     for dtype in DTYPES[1:]:
-        out += [_variant(dtype, row_stats, act, bias, has_residual, tile, op)
+        out += [_variant(dtype, modes[0], act, bias, has_residual, tile, op)
                 for tile in (HOPPER_TMA if exhaustive else [mid]) for act, bias, _ in
                 (combos if exhaustive else combos[:1])]
     return out
 
 
 def aot_variants(exhaustive: bool = False):
-    """Every Hopper tile, as the bf16 folded-LN + GELU (fc1) and the residual (fc2) variants."""
+    """Every Hopper tile, as the bf16 folded-LN + GELU (fc1, merging partial statistics) and the residual (fc2,
+    writing them) variants."""
     dtypes = DTYPES if exhaustive else DTYPES[:1]
-    return [_variant(dtype, ln, act, True, res, tile, op) for dtype in dtypes
-            for ln, act, res, op in ((True, 1, False, "ln_linear"), (False, 0, True, "linear_residual"))
+    return [_variant(dtype, mode, act, True, res, tile, op) for dtype in dtypes
+            for mode, act, res, op in (((2, False), 1, False, "ln_linear"), ((0, True), 0, True, "linear_residual"))
             for tile in HOPPER_TMA]
 
 
-def _variant(dtype, row_stats, activation, has_bias, has_residual, tile, op, num_sms=132):
+def _variant(dtype, mode, activation, has_bias, has_residual, tile, op, num_sms=132):
     bm, bn, bk, warps, stages, epi = tile
+    row_stats, write_stats = mode
     p = "*" + TL_SIG[dtype]
     sig = {
         "a_ptr": p, "w_ptr": p, "bias_ptr": "*fp32" if row_stats else p, "res_ptr": p, "stats_ptr": "*fp32",
-        "colsum_ptr": "*fp32", "out_ptr": p, "M": "i32", "N": "i32", "K": "i32",
+        "colsum_ptr": "*fp32", "out_ptr": p, "part_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32", "eps": "fp32",
         "stride_am": "i32", "stride_wn": "i32", "stride_rm": "i32", "stride_om": "i32", "M_BUCKET": "i32",
     }  # fmt: skip
     constexprs = {
         "ROW_STATS": row_stats, "HAS_BIAS": has_bias, "ACTIVATION": activation, "HAS_RESIDUAL": has_residual,
+        "WRITE_STATS": write_stats, "SLOT": STATS_SLOT, "SLOTS": AOT_SLOTS if row_stats == 2 else 1,
         "UPCAST": False, "NUM_SMS": num_sms, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8,
         "EPI_SPLIT": epi, "PER_SM": per_sm(tile),
     }  # fmt: skip
     for name in constexprs:
         sig.setdefault(name, "constexpr")
     elem = torch.empty((), dtype=dtype).element_size()
-    fits = tile_allowed(tile, FAMILY_SMEM["hopper"], has_residual, activation == SWIGLU, elem)
+    fits = tile_allowed(tile, FAMILY_SMEM["hopper"], has_residual, activation == SWIGLU, elem,
+                        write_stats=write_stats)
+    base_mode = mode == stats_modes(bool(row_stats), has_residual)[0]
     return {"fn": jit_fn(tma_gemm_kernel), "signature": sig, "constexprs": constexprs, "num_warps": warps,
             "num_stages": stages, "divisible": GEMM_DIVISIBLE, "op": op, "main_loop": "gemm",
             "programs_per_sm": per_sm(tile),
             "tables": ("hopper",) if fits else (),
-            "vit": gemm_vit_launches(op, tile[:5], elem, None,
-                                     when=lambda cfg: has_bias and activation == preset_activation(op, cfg))}
+            "vit": gemm_vit_launches(op, tile[:5], elem, None, when=lambda cfg: base_mode and has_bias
+                                     and activation == preset_activation(op, cfg))}

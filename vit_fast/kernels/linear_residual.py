@@ -7,8 +7,12 @@ the GEMM quantizes x per token in its main loop; without it x is quantized in a 
 (quant_fp8.py), for callers whose rows no kernel recorded (the model's own path hands x_amax over, SwiGLU's gated
 hidden rows included). On sm_90 the FP8 launch goes to the FP8 TMA engine (gemm_fp8_tma.py),
 which reads e4m3 rows: x is then quantized in a pass of its own, and x_amax, if given, is not read (the model gives
-none then: gemm_fp8_tma.fp8_gemm_reads_row_amax)."""
-from typing import Optional
+none then: gemm_fp8_tma.fp8_gemm_reads_row_amax).
+
+`linear_residual_stats` (16-bit and fp32 weights) also returns the output rows' partial LayerNorm statistics,
+written by the GEMM's epilogue (ln_fold.py), which ln_qkv / ln_linear take as `partials`: the next LayerNorm then
+needs no statistics launch of its own."""
+from typing import Optional, Tuple
 
 import torch
 
@@ -18,6 +22,7 @@ from .gemm import gemm_aot_variants, launch_fused_gemm
 from .gemm_fp8 import launch_fp8_gemm
 from .gemm_fp8_tma import launch_fp8_tma_gemm, select_fp8_engine
 from .gemm_tma import launch_tma_gemm, select_engine, tma_aot_variants
+from .ln_fold import check_partials, new_partials
 from .quant_fp8 import launch_quant_rows
 
 OP = "linear_residual"
@@ -41,9 +46,12 @@ def _check(x, weight, bias, residual, runnable=True, weight_scale=None, x_amax=N
     check_device(OP, dict(x=x, weight=weight, bias=bias, residual=residual), runnable)
 
 
-def linear_residual_launch(x, weight, bias, residual, out=None, weight_scale=None, x_amax=None):
-    """Plain launcher; `out` (optional, residual's shape, x.dtype) lets tests hand in a poisoned buffer."""
+def linear_residual_launch(x, weight, bias, residual, out=None, weight_scale=None, x_amax=None, stats_out=None):
+    """Plain launcher; `out` (optional, residual's shape, x.dtype) lets tests hand in a poisoned buffer; `stats_out`
+    (16-bit and fp32 weights: ln_fold.new_partials(rows, N)) receives the output rows' partial statistics."""
     _check(x, weight, bias, residual, weight_scale=weight_scale, x_amax=x_amax)
+    if stats_out is not None:
+        _check_stats_out(weight, residual, stats_out)
     if out is None:
         out = x.new_empty(residual.shape)
     out2d = check_out(OP, out, residual.shape, x.dtype)
@@ -64,8 +72,26 @@ def linear_residual_launch(x, weight, bias, residual, out=None, weight_scale=Non
         return out
     x2d, res2d = rows_view(OP, "x", x), rows_view(OP, "residual", residual)
     launch = launch_tma_gemm if select_engine(x2d, weight, out2d, res2d) == "tma" else launch_fused_gemm
-    launch(x2d, weight, bias, out2d, residual=res2d)
+    launch(x2d, weight, bias, out2d, residual=res2d, stats_out=stats_out)
     return out
+
+
+def _check_stats_weight(weight):
+    check(weight.dtype != FP8_DTYPE, f"{OP}: partial statistics",
+          "a 16-bit or fp32 weight (the FP8 engines write none)", weight.dtype)
+
+
+def _stats_rows(residual):
+    return residual.numel() // max(residual.shape[-1], 1)
+
+
+def _new_stats(residual):
+    return new_partials(_stats_rows(residual), residual.shape[-1], residual.device)
+
+
+def _check_stats_out(weight, residual, stats_out):
+    _check_stats_weight(weight)
+    check_partials(OP, "stats_out", stats_out, _stats_rows(residual), residual.shape[-1], residual.device)
 
 
 @torch.library.custom_op("vitfast::linear_residual", mutates_args=())
@@ -79,6 +105,27 @@ def _linear_residual_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[to
 def _(x, weight, bias, residual, weight_scale=None, x_amax=None):
     _check(x, weight, bias, residual, runnable=False, weight_scale=weight_scale, x_amax=x_amax)
     return x.new_empty(residual.shape)
+
+
+@torch.library.custom_op("vitfast::linear_residual_stats", mutates_args=())
+def _linear_residual_stats_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                              residual: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    stats = _new_stats(residual)
+    return linear_residual_launch(x, weight, bias, residual, stats_out=stats), stats
+
+
+@_linear_residual_stats_op.register_fake
+def _(x, weight, bias, residual):
+    _check(x, weight, bias, residual, runnable=False)
+    _check_stats_weight(weight)
+    return x.new_empty(residual.shape), _new_stats(residual)
+
+
+def linear_residual_stats(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                          residual: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """linear_residual for 16-bit and fp32 weights, and the output rows' partial LayerNorm statistics, (rows, 3, S)
+    fp32 (ln_fold.py), for the next ln_qkv / ln_linear's `partials` (or ln_fold.merge_partials)."""
+    return _linear_residual_stats_op(x, weight, bias, residual)
 
 
 def linear_residual(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],

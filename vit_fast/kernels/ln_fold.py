@@ -8,6 +8,13 @@ rounded to the activation dtype first and colsum is summed from that rounded W' 
 the mean part of x @ W'ᵀ exactly up to fp32 accumulation. `row_stats` computes each row's (mean, rstd) once per row
 (not once per N-tile), centred in fp32 (two passes over rows wider than one block), stable when |mean| ≫ std. tests/kernels/test_ln_fold.py bounds the
 bf16 error against fp32 by 2× PyTorch's own bf16 error on rows whose mean is 10× their std.
+
+Inside the model the rows a LayerNorm reads were just written by a residual GEMM (the out-projection, FC2), so that
+GEMM's epilogue writes their statistics instead of a launch of their own: per row and per SLOT-wide column slot,
+the (count, sum, centred sum of squares) of the stored values of the tile that starts there (`store_partials`;
+the tile's other slots get zeros), and the next GEMM's epilogue merges a row's slots with Chan's formula
+(`merge_partials`: M2 = Σ M2ᵢ + Σ nᵢ (meanᵢ − mean)², no E[x²] − mean² cancellation). Layout (M, 3, cdiv(N, SLOT))
+fp32: `new_partials`.
 """
 from typing import NamedTuple
 
@@ -19,6 +26,11 @@ from ._common import TL_SIG, check, check_linear, is_interpreting, jit_fn
 
 MAX_BLOCK_K = 2048  # columns per step of the statistics loop (whole rows up to ViT-g widths)
 BLOCK_ROWS = 4  # rows per program (one warp per row)
+# Columns per partial-statistics slot: every epilogue (sub)tile of a GEMM that writes them covers whole slots (the
+# GEMM prunes drop tiles that would not: stats_tile_ok). Under the interpreter the GEMMs' epilogue tile is 16 wide,
+# so a slot of 8 has the tests cover tiles that span two slots.
+STATS_SLOT = 64
+INTERPRETER_STATS_SLOT = 8
 
 
 class FoldedLinear(NamedTuple):
@@ -92,6 +104,118 @@ def row_stats_kernel(
     tl.store(out + 1, 1.0 / tl.sqrt(sq / K + eps), mask=row_ok)
 
 
+def stats_slot() -> int:
+    """The partial-statistics slot width of this process (read at launch)."""
+    return INTERPRETER_STATS_SLOT if is_interpreting() else STATS_SLOT
+
+
+def stats_tile_ok(epi_n: int) -> bool:
+    """Whether a GEMM epilogue (sub)tile `epi_n` columns wide can write partial statistics: whole slots only."""
+    return epi_n % stats_slot() == 0
+
+
+def stats_slots(k: int) -> int:
+    """Slots per row of width k."""
+    return triton.cdiv(k, stats_slot())
+
+
+def partials_shape(m: int, n: int) -> tuple:
+    """(m, 3, cdiv(n, slot)): the partial statistics of m rows n wide."""
+    return (m, 3, stats_slots(n))
+
+
+def new_partials(m: int, n: int, device) -> torch.Tensor:
+    """A buffer for the partial statistics of m rows n wide (every slot gets written)."""
+    return torch.empty(partials_shape(m, n), dtype=torch.float32, device=device)
+
+
+def check_partials(op: str, name: str, partials: torch.Tensor, m: int, n: int, device) -> None:
+    """partials: the statistics of m rows n wide on `device`, partials_shape(m, n), contiguous fp32."""
+    shape = partials_shape(m, n)
+    check(tuple(partials.shape) == shape and partials.dtype == torch.float32 and partials.is_contiguous()
+          and partials.device == device, f"{op}: {name}",
+          f"a contiguous float32 {shape} tensor on {device} (linear_residual_stats' row statistics of those rows)",
+          f"{tuple(partials.shape)} {partials.dtype} on {partials.device}")
+
+
+@triton.jit
+def store_partials(y, rows, col0, M, N, part_ptr, EPI_N: tl.constexpr, SLOT: tl.constexpr):
+    """Partial statistics of one epilogue (sub)tile: y (BLOCK_M, EPI_N) fp32, the values as stored, of rows `rows`
+    and columns col0 .. col0 + EPI_N; per row (count, sum, centred sum of squares) of the columns < N into slot
+    col0 // SLOT of part_ptr's (M, 3, cdiv(N, SLOT)) rows, zeros into the tile's other slots. Row vectors only
+    (no (rows, slots) tile, so no layout conversion through shared memory)."""
+    cols = col0 + tl.arange(0, EPI_N)
+    row_ok = rows < M
+    valid = row_ok[:, None] & (cols < N)[None, :]
+    count = tl.minimum(tl.maximum(N - col0, 0), EPI_N).to(tl.float32)
+    total = tl.sum(tl.where(valid, y, 0.0), axis=1)
+    d = tl.where(valid, y - (total / tl.maximum(count, 1.0))[:, None], 0.0)
+    m2 = tl.sum(d * d, axis=1)
+    nslot = tl.cdiv(N, SLOT)
+    first = col0 // SLOT
+    ptrs = part_ptr + rows.to(tl.int64) * (3 * nslot) + first
+    slot = tl.zeros_like(rows) + first  # a row vector: the interpreter cannot mask with a scalar comparison
+    ok = row_ok & (slot < nslot)
+    tl.store(ptrs, tl.zeros_like(total) + count, mask=ok)
+    tl.store(ptrs + nslot, total, mask=ok)
+    tl.store(ptrs + 2 * nslot, m2, mask=ok)
+    for j in tl.static_range(1, EPI_N // SLOT):
+        ok_j = row_ok & (slot + j < nslot)
+        tl.store(ptrs + j, tl.zeros_like(total), mask=ok_j)
+        tl.store(ptrs + nslot + j, tl.zeros_like(total), mask=ok_j)
+        tl.store(ptrs + 2 * nslot + j, tl.zeros_like(total), mask=ok_j)
+
+
+@triton.jit
+def _merge_slot(ptrs, SLOTS: tl.constexpr, row_ok, n, mean, m2):
+    """Chan's update of a row's running (count, mean, M2) with one slot's (count, sum, M2) at ptrs."""
+    n_j = tl.load(ptrs, mask=row_ok, other=0.0)
+    total_j = tl.load(ptrs + SLOTS, mask=row_ok, other=0.0)
+    m2_j = tl.load(ptrs + 2 * SLOTS, mask=row_ok, other=0.0)
+    n_ab = n + n_j
+    delta = total_j / tl.maximum(n_j, 1.0) - mean  # an empty slot (n_j 0) changes nothing
+    return n_ab, mean + delta * (n_j / n_ab), m2 + m2_j + delta * delta * (n * n_j / n_ab)
+
+
+@triton.jit
+def row_moments(stats_ptr, rows, M, K, eps, ROW_STATS: tl.constexpr, SLOT: tl.constexpr, SLOTS: tl.constexpr,
+                UNROLL: tl.constexpr):
+    """(mean, rstd) of the rows `rows` of A (M, K) for the folded LayerNorm: read from row_stats' (M, 2) output
+    (ROW_STATS 1), or merged from a residual GEMM's (M, 3, SLOTS) partial statistics (ROW_STATS 2; SLOTS =
+    cdiv(K, SLOT)), slot by slot (Chan's pairwise update on row vectors: no (rows, slots) tile). UNROLL: the slots
+    unrolled (the persistent TMA engine: a loop here would stop Triton from flattening its tile loop) or in a loop
+    (the pointer engine: one slot's loads live at a time instead of all of them)."""
+    row_ok = rows < M
+    r64 = rows.to(tl.int64)
+    if ROW_STATS == 2:
+        ptrs = stats_ptr + r64 * (3 * SLOTS)
+        # slot 0 starts an epilogue slice, so its count is never 0
+        n = tl.load(ptrs, mask=row_ok, other=1.0)
+        mean = tl.load(ptrs + SLOTS, mask=row_ok, other=0.0) / n
+        m2 = tl.load(ptrs + 2 * SLOTS, mask=row_ok, other=0.0)
+        if UNROLL:
+            for j in tl.static_range(1, SLOTS):
+                n, mean, m2 = _merge_slot(ptrs + j, SLOTS, row_ok, n, mean, m2)
+        else:
+            for j in range(1, SLOTS):
+                n, mean, m2 = _merge_slot(ptrs + j, SLOTS, row_ok, n, mean, m2)
+        rstd = 1.0 / tl.sqrt(m2 / K + eps)
+    else:
+        mean = tl.load(stats_ptr + r64 * 2, mask=row_ok, other=0.0)
+        rstd = tl.load(stats_ptr + r64 * 2 + 1, mask=row_ok, other=0.0)
+    return mean, rstd
+
+
+def merge_partials(partials: torch.Tensor, eps: float) -> torch.Tensor:
+    """(M, 2) (mean, rstd) from (M, 3, S) partial statistics, in torch: the reference row_moments is tested against,
+    and what a caller gets without a GEMM to merge them in."""
+    count, total, m2 = partials.double().unbind(1)
+    k = count.sum(1, keepdim=True)
+    mean = total.sum(1, keepdim=True) / k
+    var = (m2 + count * (total / count.clamp(min=1) - mean) ** 2).sum(1, keepdim=True) / k
+    return torch.cat([mean, (var + eps).rsqrt()], 1).float()
+
+
 def _block_k(k: int) -> int:
     return min(triton.next_power_of_2(k), MAX_BLOCK_K)
 
@@ -111,15 +235,16 @@ def launch_row_stats(x2d: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def _vit_launches(elem, block_k, one_block):
-    """The static report's `vit` callable: two statistics launches per layer (before QKV and before FC1), each
-    reading the (B·N, D) rows once and writing 8 bytes per row."""
+    """The static report's `vit` callable: one statistics launch per forward (the first block's LN1; every other
+    LayerNorm merges the partial statistics its residual GEMM wrote), reading the (B·N, D) rows once and writing 8
+    bytes per row."""
     def launches(cfg, batch):
         d, m = cfg.embed_dim, batch * (cfg.num_prefix_tokens + cfg.num_patches)
         if _block_k(d) != block_k or (d <= block_k) != one_block:
             return []
         launch = {"name": "ln stats", "flops": 0, "useful_flops": 0, "bytes": m * d * elem + 8 * m,
                   "programs": -(-m // BLOCK_ROWS)}
-        return [launch] * (2 * cfg.depth)
+        return [launch]
     return launches
 
 

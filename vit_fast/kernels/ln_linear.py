@@ -22,7 +22,7 @@ from .gemm import gemm_aot_variants, launch_fused_gemm
 from .gemm_fp8 import launch_fp8_gemm
 from .gemm_fp8_tma import launch_fp8_tma_gemm, select_fp8_engine
 from .gemm_tma import launch_tma_gemm, select_engine, tma_aot_variants
-from .ln_fold import FoldedLinear, check_folded, fold_layer_norm, launch_row_stats
+from .ln_fold import FoldedLinear, check_folded, check_partials, fold_layer_norm, launch_row_stats
 from .quant_fp8 import launch_quant_rows
 
 OP = "ln_linear"
@@ -40,10 +40,12 @@ def _out_features(weight, activation):
     return weight.shape[0] // 2 if activation == "swiglu" else weight.shape[0]
 
 
-def _check(x, weight, colsum, bias, activation, runnable=True):
+def _check(x, weight, colsum, bias, activation, runnable=True, partials=None):
     check_folded(OP, x, weight, colsum, bias)
     _check_activation(activation, weight)
     check_device(OP, dict(x=x, weight=weight, colsum=colsum, bias=bias), runnable)
+    if partials is not None:
+        check_partials(OP, "partials", partials, x.numel() // x.shape[-1], x.shape[-1], x.device)
 
 
 def _check_fp8(x, ln_weight, ln_bias, weight, weight_scale, bias, activation, runnable=True, row_amax=None):
@@ -58,10 +60,11 @@ def _check_fp8(x, ln_weight, ln_bias, weight, weight_scale, bias, activation, ru
     check_device(OP, dict(x=x, ln_weight=ln_weight, ln_bias=ln_bias, weight=weight, bias=bias), runnable)
 
 
-def ln_linear_launch(x, eps, weight, colsum, bias, activation="none", out=None):
+def ln_linear_launch(x, eps, weight, colsum, bias, activation="none", out=None, partials=None):
     """Plain launcher on folded weights (see fold_layer_norm); `out` (optional, shape (..., N), x.dtype) lets tests
-    hand in a poisoned buffer."""
-    _check(x, weight, colsum, bias, activation)
+    hand in a poisoned buffer; `partials`: x's row statistics as linear_residual_stats wrote them (merged in the
+    GEMM's epilogue), else a statistics launch reads x first."""
+    _check(x, weight, colsum, bias, activation, partials=partials)
     shape = (*x.shape[:-1], _out_features(weight, activation))
     if out is None:
         out = x.new_empty(shape)
@@ -69,9 +72,9 @@ def ln_linear_launch(x, eps, weight, colsum, bias, activation="none", out=None):
     if out.numel() == 0:
         return out
     x2d = rows_view(OP, "x", x)
-    stats = launch_row_stats(x2d, eps)
+    stats = launch_row_stats(x2d, eps) if partials is None else partials
     launch = launch_tma_gemm if select_engine(x2d, weight, out2d) == "tma" else launch_fused_gemm
-    launch(x2d, weight, bias, out2d, activation=ACTIVATIONS[activation], stats=stats, colsum=colsum)
+    launch(x2d, weight, bias, out2d, activation=ACTIVATIONS[activation], stats=stats, colsum=colsum, eps=eps)
     return out
 
 
@@ -97,13 +100,13 @@ def ln_linear_fp8_launch(x, ln_weight, ln_bias, eps, weight, weight_scale, bias,
 
 @torch.library.custom_op("vitfast::ln_linear", mutates_args=())
 def _ln_linear_op(x: torch.Tensor, eps: float, weight: torch.Tensor, colsum: torch.Tensor, bias: torch.Tensor,
-                  activation: str) -> torch.Tensor:
-    return ln_linear_launch(x, eps, weight, colsum, bias, activation)
+                  activation: str, partials: Optional[torch.Tensor] = None) -> torch.Tensor:
+    return ln_linear_launch(x, eps, weight, colsum, bias, activation, partials=partials)
 
 
 @_ln_linear_op.register_fake
-def _(x, eps, weight, colsum, bias, activation):
-    _check(x, weight, colsum, bias, activation, runnable=False)
+def _(x, eps, weight, colsum, bias, activation, partials=None):
+    _check(x, weight, colsum, bias, activation, runnable=False, partials=partials)
     return x.new_empty((*x.shape[:-1], _out_features(weight, activation)))
 
 
@@ -138,10 +141,12 @@ def _(x, ln_weight, ln_bias, eps, weight, weight_scale, bias, activation):
     return out, x.new_empty(x.shape[:-1], dtype=torch.float32)
 
 
-def ln_linear_folded(x: torch.Tensor, eps: float, folded: FoldedLinear, activation: str = "none") -> torch.Tensor:
+def ln_linear_folded(x: torch.Tensor, eps: float, folded: FoldedLinear, activation: str = "none",
+                     partials: Optional[torch.Tensor] = None) -> torch.Tensor:
     """activation(LayerNorm(x) @ W^T + b) from `fold_layer_norm(γ, β, W, b)` (cache it: it is per weight, not per
-    call); x (..., K). Returns (..., N) in x.dtype."""
-    return _ln_linear_op(x, float(eps), folded.weight, folded.colsum, folded.bias, activation)
+    call); x (..., K). Returns (..., N) in x.dtype. `partials`: x's row statistics from the linear_residual_stats
+    that wrote x (no statistics launch then)."""
+    return _ln_linear_op(x, float(eps), folded.weight, folded.colsum, folded.bias, activation, partials)
 
 
 def ln_linear(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps: float, weight: torch.Tensor,

@@ -18,7 +18,7 @@ from .gemm import gemm_aot_variants, launch_fused_gemm
 from .gemm_fp8 import launch_fp8_gemm
 from .gemm_fp8_tma import launch_fp8_tma_gemm, select_fp8_engine
 from .gemm_tma import launch_tma_gemm, select_engine, tma_aot_variants
-from .ln_fold import FoldedLinear, check_folded, fold_layer_norm, launch_row_stats
+from .ln_fold import FoldedLinear, check_folded, check_partials, fold_layer_norm, launch_row_stats
 from .quant_fp8 import launch_quant_rows
 
 OP = "ln_qkv"
@@ -35,10 +35,12 @@ def _check_x(x, weight, num_heads):
           tuple(weight.shape))
 
 
-def _check(x, weight, colsum, bias, num_heads, runnable=True):
+def _check(x, weight, colsum, bias, num_heads, runnable=True, partials=None):
     _check_x(x, weight, num_heads)
     check_folded(OP, x, weight, colsum, bias)
     check_device(OP, dict(x=x, weight=weight, colsum=colsum, bias=bias), runnable)
+    if partials is not None:
+        check_partials(OP, "partials", partials, x.numel() // x.shape[-1], x.shape[-1], x.device)
 
 
 def _check_ln(x, ln_weight, ln_bias, bias):
@@ -83,16 +85,17 @@ def _out_rows(x, num_heads, out):
     return out, rows.view(b * n, 3 * d)
 
 
-def ln_qkv_launch(x, eps, weight, colsum, bias, num_heads, out=None):
-    """Plain launcher on folded weights; `out` as in _out_rows."""
-    _check(x, weight, colsum, bias, num_heads)
+def ln_qkv_launch(x, eps, weight, colsum, bias, num_heads, out=None, partials=None):
+    """Plain launcher on folded weights; `out` as in _out_rows; `partials`: x's row statistics as
+    linear_residual_stats wrote them (merged in the GEMM's epilogue), else a statistics launch reads x first."""
+    _check(x, weight, colsum, bias, num_heads, partials=partials)
     out, out2d = _out_rows(x, num_heads, out)
     if out.numel() == 0:
         return out
     x2d = rows_view(OP, "x", x)
-    stats = launch_row_stats(x2d, eps)
+    stats = launch_row_stats(x2d, eps) if partials is None else partials
     launch = launch_tma_gemm if select_engine(x2d, weight, out2d) == "tma" else launch_fused_gemm
-    launch(x2d, weight, bias, out2d, stats=stats, colsum=colsum)
+    launch(x2d, weight, bias, out2d, stats=stats, colsum=colsum, eps=eps)
     return out
 
 
@@ -110,13 +113,13 @@ def ln_qkv_fp8_launch(x, ln_weight, ln_bias, eps, weight, weight_scale, bias, nu
 
 @torch.library.custom_op("vitfast::ln_qkv", mutates_args=())
 def _ln_qkv_op(x: torch.Tensor, eps: float, weight: torch.Tensor, colsum: torch.Tensor, bias: torch.Tensor,
-               num_heads: int) -> torch.Tensor:
-    return ln_qkv_launch(x, eps, weight, colsum, bias, num_heads)
+               num_heads: int, partials: Optional[torch.Tensor] = None) -> torch.Tensor:
+    return ln_qkv_launch(x, eps, weight, colsum, bias, num_heads, partials=partials)
 
 
 @_ln_qkv_op.register_fake
-def _(x, eps, weight, colsum, bias, num_heads):
-    _check(x, weight, colsum, bias, num_heads, runnable=False)
+def _(x, eps, weight, colsum, bias, num_heads, partials=None):
+    _check(x, weight, colsum, bias, num_heads, runnable=False, partials=partials)
     return _new_out(x, num_heads)
 
 
@@ -133,9 +136,11 @@ def _(x, ln_weight, ln_bias, eps, weight, weight_scale, bias, num_heads):
     return _new_out(x, num_heads)
 
 
-def ln_qkv_folded(x: torch.Tensor, eps: float, folded: FoldedLinear, num_heads: int) -> torch.Tensor:
-    """ln_qkv from `fold_layer_norm(γ, β, W_qkv, b_qkv)` (cache it per weight)."""
-    return _ln_qkv_op(x, float(eps), folded.weight, folded.colsum, folded.bias, int(num_heads))
+def ln_qkv_folded(x: torch.Tensor, eps: float, folded: FoldedLinear, num_heads: int,
+                  partials: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """ln_qkv from `fold_layer_norm(γ, β, W_qkv, b_qkv)` (cache it per weight); `partials`: x's row statistics from
+    the linear_residual_stats that wrote x (no statistics launch then)."""
+    return _ln_qkv_op(x, float(eps), folded.weight, folded.colsum, folded.bias, int(num_heads), partials)
 
 
 def ln_qkv(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps: float, weight: torch.Tensor,

@@ -1,0 +1,185 @@
+"""Partial LayerNorm statistics (vit_fast/kernels/ln_fold.py): the residual GEMM's epilogue writes them
+(linear_residual_stats), the next folded-LayerNorm GEMM merges them (ln_linear / ln_qkv `partials`), on both GEMM
+engines. Checked against float64 statistics of the stored rows, against the statistics launch they replace, and on
+rows whose mean is 100x their standard deviation, where E[x²] − mean² in fp32 would lose the variance."""
+import sys
+
+import pytest
+import torch
+import triton
+from gemm_engine import engine  # noqa: F401 (fixture)
+from tolerances import assert_close, poison
+
+from vit_fast import kernels
+from vit_fast.kernels import gemm, ln_fold
+from vit_fast.kernels.linear_residual import linear_residual_launch
+from vit_fast.kernels.ln_linear import ln_linear_launch
+from vit_fast.kernels.ln_qkv import ln_qkv_launch
+
+CUDA = torch.cuda.is_available()
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+# (leading dims, K, N): N a whole number of slots and not (240 = 3.75 slots of 64 on the GPU; 52 = 6.5 slots of 8
+# under the interpreter, fp32 only: TMA rows must be 16-byte multiples); 197 and 257 token rows.
+SHAPES = ([((2, 197), 768, 768), ((3, 257), 320, 240)] if CUDA
+          else [((2, 13), 80, 48), ((1, 197), 40, 56), ((1, 257), 24, 52)])
+
+
+def shapes(dtype):
+    return [s for s in SHAPES if dtype == torch.float32 or s[2] * dtype.itemsize % 16 == 0]
+
+
+def make(lead, k, n, dtype, device, offset=0.0):
+    x = torch.randn(*lead, k, device=device).to(dtype)
+    w = (torch.randn(n, k, device=device) / k**0.5).to(dtype)
+    bb = (0.5 * torch.randn(n, device=device)).to(dtype)
+    res = (offset + 3 * torch.randn(*lead, n, device=device)).to(dtype)
+    return x, w, bb, res
+
+
+def exact_stats(rows: torch.Tensor, eps: float) -> torch.Tensor:
+    """(mean, rstd) of the stored rows in float64."""
+    r = rows.reshape(-1, rows.shape[-1]).double()
+    return torch.stack([r.mean(1), (r.var(1, unbiased=False) + eps).rsqrt()], 1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_residual_gemm_writes_partials(dtype, engine, device):
+    """Every slot written (poisoned first), counts summing to N, merged statistics those of the stored rows."""
+    for lead, k, n in shapes(dtype):
+        x, w, bb, res = make(lead, k, n, dtype, device)
+        out = poison(torch.empty(*lead, n, dtype=dtype, device=device))
+        parts = poison(ln_fold.new_partials(out.numel() // n, n, device))
+        linear_residual_launch(x, w, bb, res, out=out, stats_out=parts)
+        assert_close(out, res.float() + x.float() @ w.float().t() + bb.float(), dtype)
+        assert torch.isfinite(parts).all(), "unwritten slots"
+        assert torch.equal(parts[:, 0].sum(1), torch.full_like(parts[:, 0, 0], n)), "counts do not add up to N"
+        merged = ln_fold.merge_partials(parts, 1e-6).double()
+        torch.testing.assert_close(merged, exact_stats(out, 1e-6), rtol=2e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_merge_is_stable_for_offset_rows(dtype, engine, device):
+    """Rows at mean 1000 and std about 3 (far past a residual stream's offsets): the merge in the
+    next GEMM's epilogue matches float64 statistics to fp32 rounding, which the one-pass E[x²] − mean² misses."""
+    lead, k, n = shapes(dtype)[0]
+    x, w, bb, res = make(lead, k, n, dtype, device, offset=1000.0)
+    out, parts = kernels.linear_residual_stats(x, w, bb, res)
+    exact = exact_stats(out, 1e-6)
+    g, b = torch.ones(n, dtype=dtype, device=device), torch.zeros(n, dtype=dtype, device=device)
+    eye = torch.eye(n, dtype=dtype, device=device)  # LN(out) @ I: the normalized rows, as the GEMM's epilogue makes them
+    folded = kernels.fold_layer_norm(g, b, eye, None)
+    normed = ln_linear_launch(out, 1e-6, *folded, partials=parts)
+    rows = out.reshape(-1, n).double()
+    ref = (rows - exact[:, :1]) * exact[:, 1:]
+    assert_close(normed.reshape(-1, n), ref, dtype)
+    r32 = out.reshape(-1, n).float()
+    naive_var = (r32 * r32).mean(1) - r32.mean(1) ** 2  # what the merge must not do
+    merged_var = ln_fold.merge_partials(parts, 0.0)[:, 1].double() ** -2
+    true_var = rows.var(1, unbiased=False)
+    assert ((merged_var - true_var).abs() / true_var).max() < 1e-5
+    assert ((naive_var.double() - true_var).abs() / true_var).max() > 1e-5, "the draw cannot tell the two apart"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ln_ops_merge_partials(dtype, engine, device):
+    """ln_linear (GELU) and ln_qkv on a residual GEMM's output: with its partials the same result as with the
+    statistics launch, within the kernel tolerance of the fp32 composition; outputs poisoned first."""
+    lead, k, n = shapes(dtype)[-1]
+    x, w, bb, res = make(lead, k, n, dtype, device)
+    out, parts = kernels.linear_residual_stats(x, w, bb, res)
+    g = (1 + 0.5 * torch.randn(n, device=device)).to(dtype)
+    b = (0.5 * torch.randn(n, device=device)).to(dtype)
+    heads = 4 if n % 4 == 0 else 1
+    w2 = (torch.randn(3 * n, n, device=device) / n**0.5).to(dtype)
+    b2 = (0.5 * torch.randn(3 * n, device=device)).to(dtype)
+    folded = kernels.fold_layer_norm(g, b, w2, b2)
+    merged = ln_linear_launch(out, 1e-6, *folded, "gelu", out=poison(torch.empty(*lead, 3 * n, dtype=dtype,
+                                                                                 device=device)), partials=parts)
+    launched = ln_linear_launch(out, 1e-6, *folded, "gelu")
+    y = torch.nn.functional.layer_norm(out.float(), (n,), g.float(), b.float(), 1e-6) @ w2.float().t() + b2.float()
+    assert_close(merged, torch.nn.functional.gelu(y), dtype)
+    assert_close(merged, launched, dtype)
+    qkv = ln_qkv_launch(out, 1e-6, *folded, heads, partials=parts)
+    assert_close(qkv, ln_qkv_launch(out, 1e-6, *folded, heads), dtype)
+
+
+def test_model_launches_statistics_once(monkeypatch, device):
+    """A depth-3 model on the kernels: the embeddings' statistics are the only statistics launch; its logits are the
+    same as with a statistics launch before every LayerNorm (the partials switched off)."""
+    import vit_fast
+    from tests.helpers import randomize_
+    from vit_fast import triton_path
+
+    model = randomize_(vit_fast.create("vit_ti_16", backend="triton", img_size=32, patch_size=8, embed_dim=64,
+                                       num_heads=2, mlp_dim=96, depth=3, num_classes=10)).to(device).eval()
+    x = torch.randn(2, 3, 32, 32, device=device)
+    calls = []
+    real = ln_fold.launch_row_stats
+    for module in ("ln_linear", "ln_qkv"):  # the modules (the package's names are the ops)
+        monkeypatch.setattr(sys.modules[f"vit_fast.kernels.{module}"], "launch_row_stats", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with torch.no_grad():
+        out = model(x)
+        assert len(calls) == 1, calls
+        monkeypatch.setattr(triton_path, "_residual", lambda x, linear, residual, stats, x_amax=None: (
+            kernels.linear_residual(x, linear.weight, linear.bias, residual), None))
+        ref = model(x)
+    assert len(calls) == 1 + 2 * 3, calls
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_stats_tiles_cover_whole_slots(monkeypatch):
+    """On a GPU (64-column slots) a GEMM that writes partials never runs a tile whose epilogue is narrower than a
+    slot (the tables' 64x32 rows), on either engine; the other launches keep them."""
+    from vit_fast.kernels import _common, gemm_tma
+
+    monkeypatch.setattr(ln_fold, "is_interpreting", lambda: False)
+    monkeypatch.setattr(gemm, "is_interpreting", lambda: False)
+    assert ln_fold.stats_slot() == 64
+    configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
+               for bm, bn, bk, w, s in _common.gemm_aot_configs()]
+    narrow = [c for c in configs if c.kwargs["BLOCK_N"] // gemm.pointer_epi_split(c.kwargs["BLOCK_M"],
+                                                                                   c.kwargs["BLOCK_N"]) < 64]
+    assert narrow  # the tables have such rows; the filter below is what drops them
+    seen = {}
+    monkeypatch.setattr(gemm, "prune_gemm_configs", lambda cs, named_args, **kw: seen.setdefault(
+        kw.get("WRITE_STATS", False), cs))
+    gemm._prune(configs, {}, HAS_RESIDUAL=True, WRITE_STATS=True)
+    gemm._prune(configs, {}, HAS_RESIDUAL=True, WRITE_STATS=False)
+    assert not set(map(id, seen[True])) & set(map(id, narrow)) and len(seen[True]) == len(configs) - len(narrow)
+    assert len(seen[False]) == len(configs)
+    for t in gemm_tma.HOPPER_TMA:  # every TMA row covers whole slots; one spills with the statistics' epilogue
+        spills = tuple(t) in gemm_tma.STATS_TMA_SPILLS
+        assert gemm_tma.tile_allowed(t, 232448, True, write_stats=True) == (
+            gemm_tma.tile_allowed(t, 232448, True) and not spills), t
+
+
+def test_bad_partials(device):
+    lead, k, n = SHAPES[0]
+    x, w, bb, res = make(lead, k, n, torch.float32, device)
+    out, parts = kernels.linear_residual_stats(x, w, bb, res)
+    folded = kernels.fold_layer_norm(torch.ones(n, device=device), torch.zeros(n, device=device),
+                                     torch.randn(8, n, device=device), None)
+    with pytest.raises(ValueError, match="ln_linear: partials: expected a contiguous float32"):
+        kernels.ln_linear_folded(out, 1e-6, folded, "none", parts[:, :, :-1])
+    with pytest.raises(ValueError, match="ln_linear: partials"):
+        kernels.ln_linear_folded(out[:, :-1], 1e-6, folded, "none", parts)
+    with pytest.raises(ValueError, match="ln_qkv: partials"):
+        kernels.ln_qkv_folded(out, 1e-6, kernels.fold_layer_norm(
+            torch.ones(n, device=device), torch.zeros(n, device=device), torch.randn(3 * n, n, device=device), None),
+            1, parts.double())
+    with pytest.raises(ValueError, match="linear_residual: stats_out"):
+        linear_residual_launch(x, w, bb, res, stats_out=parts[:-1])
+
+
+def test_registered_ops(device):
+    lead, k, n = SHAPES[0]
+    x, w, bb, res = make(lead, k, n, torch.float32, device)
+    torch.library.opcheck(torch.ops.vitfast.linear_residual_stats.default, (x, w, bb, res),
+                          test_utils=("test_schema", "test_faketensor"))
+    out, parts = kernels.linear_residual_stats(x, w, bb, res)
+    folded = kernels.fold_layer_norm(torch.ones(n, device=device), torch.zeros(n, device=device),
+                                     torch.randn(3 * n, n, device=device), None)
+    torch.library.opcheck(torch.ops.vitfast.ln_qkv.default, (out, 1e-6, *folded, 2, parts),
+                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(torch.ops.vitfast.ln_linear.default, (out, 1e-6, *folded, "gelu", parts),
+                          test_utils=("test_schema", "test_faketensor"))
