@@ -95,7 +95,7 @@ def _ln_qkv_inputs(a: Activations, dtype):
     blk = a.blk
     return dict(x=_cast(a.tokens0, dtype), g=_cast(blk.norm1.weight, dtype), b=_cast(blk.norm1.bias, dtype),
                 eps=blk.norm1.eps, w=_cast(blk.attn.qkv.weight, dtype), bias=_cast(blk.attn.qkv.bias, dtype),
-                heads=blk.attn.num_heads)
+                heads=blk.attn.num_heads, block=a.block)
 
 
 def _attention_inputs(a: Activations, dtype):
@@ -134,6 +134,28 @@ def _final_norm_unused(model) -> Optional[str]:
     if not isinstance(model.norm, torch.nn.LayerNorm):
         return "not used by this model (the norm follows the pooling: fc_norm runs in PyTorch)"
     return None
+
+
+def _partials(x: torch.Tensor) -> torch.Tensor:
+    """x's partial LayerNorm statistics as the model's residual GEMMs write them (kernels/ln_fold.py), from the same
+    kernel: x + 0 @ 0ᵀ stores x exactly, and its epilogue writes the statistics of the stored rows."""
+    zeros = x.new_zeros(*x.shape[:-1], 16)
+    return kernels.linear_residual_stats(zeros, x.new_zeros(x.shape[-1], 16), None, x)[1]
+
+
+def _ln_qkv_kernel(i):
+    """ln_qkv as the model runs it: the first block's statistics from a launch of their own, the others' merged
+    from the residual GEMM's partials."""
+    if i["block"] == 0:
+        return kernels.ln_qkv(i["x"], i["g"], i["b"], i["eps"], i["w"], i["bias"], i["heads"])
+    folded = kernels.fold_layer_norm(i["g"], i["b"], i["w"], i["bias"])
+    return kernels.ln_qkv_folded(i["x"], i["eps"], folded, i["heads"], _partials(i["x"]))
+
+
+def _fc1_kernel(i):
+    """ln_linear as the model runs it: statistics merged from the out-projection's partials."""
+    folded = kernels.fold_layer_norm(i["g"], i["b"], i["w"], i["bias"])
+    return kernels.ln_linear_folded(i["x"], i["eps"], folded, i["activation"], _partials(i["x"]))
 
 
 # ----- the eager compositions each kernel replaces, with every operand in `dt` -----------------------------------
@@ -208,17 +230,13 @@ OP_CHECKS = [
     OpCheck("patch_embed", _patch_embed_inputs,
             lambda i: kernels.patch_embed(i["x"], i["weight"], i["bias"], i["pos"], i["cls_pos"]), _patch_embed_eager,
             per_block=False),
-    OpCheck("ln_qkv", _ln_qkv_inputs,
-            lambda i: kernels.ln_qkv(i["x"], i["g"], i["b"], i["eps"], i["w"], i["bias"], i["heads"]),
-            _ln_qkv_eager, dtypes=dict(_PLAIN)),
+    OpCheck("ln_qkv", _ln_qkv_inputs, _ln_qkv_kernel, _ln_qkv_eager, dtypes=dict(_PLAIN)),
     OpCheck("attention", _attention_inputs, lambda i: kernels.attention(i["q"], i["k"], i["v"], i["scale"]),
             _attention_eager),
     OpCheck("linear_residual[proj]", _proj_inputs,
             lambda i: kernels.linear_residual(i["x"], i["w"], i["bias"], i["res"]), _linear_residual_eager,
             dtypes=dict(_PLAIN)),
-    OpCheck("ln_linear[fc1]", _fc1_inputs,
-            lambda i: kernels.ln_linear(i["x"], i["g"], i["b"], i["eps"], i["w"], i["bias"], i["activation"]),
-            _ln_linear_eager, dtypes=dict(_PLAIN)),
+    OpCheck("ln_linear[fc1]", _fc1_inputs, _fc1_kernel, _ln_linear_eager, dtypes=dict(_PLAIN)),
     OpCheck("linear_residual[fc2]", _fc2_inputs,
             lambda i: kernels.linear_residual(i["x"], i["w"], i["bias"], i["res"]), _linear_residual_eager,
             dtypes=dict(_PLAIN)),
