@@ -148,7 +148,7 @@ def classify_vit_fast(k: Kernel, dims: Dims):
     for name, shapes in k.stack:
         if not name.startswith("vitfast::"):
             continue
-        if name == "vitfast::linear_residual":
+        if name in ("vitfast::linear_residual", "vitfast::linear_residual_stats"):
             x = shapes[0] if shapes and isinstance(shapes[0], (list, tuple)) and shapes[0] else None
             if x and x[-1] == dims.mlp:
                 return "FC2"
