@@ -1,7 +1,8 @@
 """Partial LayerNorm statistics (vit_fast/kernels/ln_fold.py): the residual GEMM's epilogue writes them
 (linear_residual_stats), the next folded-LayerNorm GEMM merges them (ln_linear / ln_qkv `partials`), on both GEMM
-engines. Checked against float64 statistics of the stored rows, against the statistics launch they replace, and on
-rows whose mean is 100x their standard deviation, where E[x²] − mean² in fp32 would lose the variance."""
+engines, with slots as wide as the interpreter's epilogue slices (16 columns) and half as wide (8: a slice fills two
+slots). Checked against float64 statistics of the stored rows, against the statistics launch they replace, and on
+rows whose mean is about 300x their standard deviation, where E[x²] − mean² in fp32 would lose the variance."""
 import sys
 
 import pytest
@@ -24,6 +25,13 @@ SHAPES = ([((2, 197), 768, 768), ((3, 257), 320, 240)] if CUDA
           else [((2, 13), 80, 48), ((1, 197), 40, 56), ((1, 257), 24, 52)])
 
 
+@pytest.fixture(params=[8, 16], ids=["slot8", "slot16"])
+def slot(request, monkeypatch):
+    """The interpreter's slot width: half its GEMMs' epilogue slices, or all of one (the GPU's usual case)."""
+    monkeypatch.setattr(ln_fold, "INTERPRETER_STATS_SLOT", request.param)
+    return request.param
+
+
 def shapes(dtype):
     return [s for s in SHAPES if dtype == torch.float32 or s[2] * dtype.itemsize % 16 == 0]
 
@@ -43,7 +51,7 @@ def exact_stats(rows: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_residual_gemm_writes_partials(dtype, engine, device):
+def test_residual_gemm_writes_partials(dtype, engine, slot, device):
     """Every slot written (poisoned first), counts summing to N, merged statistics those of the stored rows."""
     for lead, k, n in shapes(dtype):
         x, w, bb, res = make(lead, k, n, dtype, device)
@@ -58,7 +66,7 @@ def test_residual_gemm_writes_partials(dtype, engine, device):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_merge_is_stable_for_offset_rows(dtype, engine, device):
+def test_merge_is_stable_for_offset_rows(dtype, engine, slot, device):
     """Rows at mean 1000 and std about 3 (far past a residual stream's offsets): the merge in the
     next GEMM's epilogue matches float64 statistics to fp32 rounding, which the one-pass E[x²] − mean² misses."""
     lead, k, n = shapes(dtype)[0]
@@ -81,7 +89,7 @@ def test_merge_is_stable_for_offset_rows(dtype, engine, device):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_ln_ops_merge_partials(dtype, engine, device):
+def test_ln_ops_merge_partials(dtype, engine, slot, device):
     """ln_linear (GELU) and ln_qkv on a residual GEMM's output: with its partials the same result as with the
     statistics launch, within the kernel tolerance of the fp32 composition; outputs poisoned first."""
     lead, k, n = shapes(dtype)[-1]
@@ -147,6 +155,22 @@ def test_stats_tiles_cover_whole_slots(monkeypatch):
     gemm._prune(configs, {}, HAS_RESIDUAL=True, WRITE_STATS=False)
     assert not set(map(id, seen[True])) & set(map(id, narrow)) and len(seen[True]) == len(configs) - len(narrow)
     assert len(seen[False]) == len(configs)
+    tma = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "EPI_SPLIT": e}, num_warps=w,
+                         num_stages=s) for bm, bn, bk, w, s, e in gemm_tma.HOPPER_TMA]
+    kept = {}
+    monkeypatch.setattr(gemm_tma, "persistent_prune", lambda cs, named_args, allowed: kept.setdefault(
+        len(kept), [c for c in cs if allowed((c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"],
+                                              c.num_warps, c.num_stages, c.kwargs["EPI_SPLIT"]), 232448, 233472)]))
+
+    class A:  # what the prune reads of the A operand
+        def element_size(self):
+            return 2
+
+    gemm_tma._prune(tma, {"a_ptr": A()}, HAS_RESIDUAL=True, WRITE_STATS=True)
+    gemm_tma._prune(tma, {"a_ptr": A()}, HAS_RESIDUAL=True)
+    dropped = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages,
+                c.kwargs["EPI_SPLIT"]) for c in kept[1] if c not in kept[0]}
+    assert dropped == set(gemm_tma.STATS_TMA_SPILLS), dropped
     for t in gemm_tma.HOPPER_TMA:  # every TMA row covers whole slots; one spills with the statistics' epilogue
         spills = tuple(t) in gemm_tma.STATS_TMA_SPILLS
         assert gemm_tma.tile_allowed(t, 232448, True, write_stats=True) == (

@@ -2,8 +2,10 @@
 engine (gemm_tma.py) cannot take.
 
 Epilogue switches, shared with the TMA engine (same order, same fp32 math): a folded LayerNorm
-(rstd · (acc − mean · colsum) with per-row statistics from ln_fold.row_stats), bias, the shared activation (exact-erf /
-tanh / quick GELU) and a residual add; one cast at the store. LayerNorm lives in the epilogue, not the prologue, so the
+(rstd · (acc − mean · colsum), the rows' statistics read from ln_fold.row_stats' output or merged from the partial
+statistics a residual GEMM wrote: ln_fold.row_moments), bias, the shared activation (exact-erf / tanh / quick GELU)
+and a residual add; one cast at the store; optionally the stored rows' partial statistics (ln_fold.store_partials)
+for the LayerNorm that reads them next. LayerNorm lives in the epilogue, not the prologue, so the
 A operand goes straight from memory to the dot (see ln_fold.py). SwiGLU (ACTIVATION 4) reads the packed (2N, K)
 weight: a second accumulator takes the up rows N below the gate rows, sharing the A tile, and the epilogue
 (gated_epilogue_math) stores silu(gate) · up.
@@ -108,6 +110,7 @@ def _store_tile(acc, up, rm, col0, M, N, mean, rstd, colsum_ptr, bias_ptr, res_p
                 EPI_N: tl.constexpr, SLOT: tl.constexpr):
     """Epilogue of one (sub)tile, columns col0 .. col0 + EPI_N: shared math (SwiGLU: of the gate and up tiles),
     residual, one cast, masked store (and the stored rows' partial statistics)."""
+    tl.static_assert(not WRITE_STATS or EPI_N % SLOT == 0, "partial statistics need epilogue slices of whole slots")
     rn = col0 + tl.arange(0, EPI_N)
     acc = gated_epilogue_math(acc, up, rm, rn, M, N, mean, rstd, colsum_ptr, bias_ptr, ROW_STATS, HAS_BIAS,
                               ACTIVATION)
@@ -306,17 +309,18 @@ def stats_modes(row_stats: bool, has_residual: bool) -> tuple:
     return ((0, True), (0, False)) if has_residual else ((0, False),)
 
 
-AOT_SLOTS = 12  # slots per row in AOT variants: ViT-B widths (768 at 64-column slots; L/16 16, H/14 20)
+AOT_SLOTS = 20  # slots per row in AOT variants: the widest preset the report models (H/14, 1280 = 20 slots of 64;
+# the TMA engine unrolls the merge, so the widest is the most registers; B/16 has 12, L/16 16)
 
 
 def gemm_aot_variants(row_stats, activations, has_bias, has_residual, exhaustive=False, op=None):
     """AOT-compile descriptions of fused_gemm_kernel for one op (its fixed switches row_stats/has_residual, the
     activation and bias values it accepts; the first activation listed is the one the ViT presets use): every dtype
-    at every tile row any GPU family's table can pick for it (the base switches), plus the other switches at
-    SWITCH_TILE (bf16 and fp32, different dot lowerings, one switch at a time; fp16 the base only), the other
-    statistics mode (stats_modes) among them. exhaustive=True: the switches' full product. SwiGLU (activations (4,))
-    has its own prune rule (_common.gemm_kind "swiglu"). Metadata follows the contract in
-    tests/kernels/aot_compile.py."""
+    at every tile row any GPU family's table can pick for it (the base switches; bf16 in every statistics mode of
+    stats_modes the tile can run), plus the other switches at SWITCH_TILE (bf16 and fp32, different dot lowerings,
+    one switch at a time, fp32 also in the other statistics modes; fp16 the base only). exhaustive=True: the
+    switches' full product. SwiGLU (activations (4,)) has its own prune rule (_common.gemm_kind "swiglu").
+    Metadata follows the contract in tests/kernels/aot_compile.py."""
     op = op or _op_name(row_stats, has_residual)
     kind = gemm_kind(dict(ACTIVATION=activations[0], ROW_STATS=row_stats))
     combos = switch_combos(activations, has_bias, exhaustive)
@@ -326,16 +330,23 @@ def gemm_aot_variants(row_stats, activations, has_bias, has_residual, exhaustive
     for dtype in DTYPES:
         elem = torch.empty((), dtype=dtype).element_size()
         for row in gemm_rows_for(elem, kind):
-            # a tile whose epilogue cannot write whole slots runs only the calls that write none
-            mode = next(m for m in modes if not m[1] or stats_tile_ok(row[1] // pointer_epi_split(*row[:2])))
-            out.append(_gemm_variant(dtype, mode, base[0], base[1], has_residual, True, row, op, kind))
+            # a tile whose epilogue slices are narrower than a slot runs only the calls that write no statistics
+            runs = [m for m in modes if not m[1] or row[1] // _aot_epi_split(row) % STATS_SLOT == 0]
+            for mode in (runs if dtype == DTYPES[0] else runs[:1]):
+                out.append(_gemm_variant(dtype, mode, base[0], base[1], has_residual, True, row, op, kind,
+                                         vit=mode == runs[0]))
         for act, bias, even_k in (combos if exhaustive or dtype != torch.float16 else combos[:1]):
             if (act, bias, even_k) != base:
                 out.append(_gemm_variant(dtype, modes[0], act, bias, has_residual, even_k, SWITCH_TILE, op, kind))
-        if dtype != torch.float16:
+        if dtype == torch.float32:
             out += [_gemm_variant(dtype, m, base[0], base[1], has_residual, True, SWITCH_TILE, op, kind)
                     for m in modes[1:]]
     return out
+
+
+def _aot_epi_split(row) -> int:
+    """pointer_epi_split as a GPU launch picks it (AOT lists are built for the GPU, interpreter or not)."""
+    return 2 if row[0] * row[1] >= 128 * 128 else 1
 
 
 def _op_name(row_stats, has_residual):
@@ -350,7 +361,9 @@ def aot_variants(exhaustive: bool = False):
             and v["constexprs"]["ROW_STATS"] == 2]
 
 
-def _gemm_variant(dtype, mode, activation, has_bias, has_residual, even_k, tile, op, kind):
+def _gemm_variant(dtype, mode, activation, has_bias, has_residual, even_k, tile, op, kind, vit=None):
+    """One variant; `vit`: whether the report counts it for the presets' launches (default: in the statistics mode
+    the model runs most, stats_modes' first)."""
     bm, bn, bk, warps, stages = tile
     row_stats, write_stats = mode
     p = "*" + TL_SIG[dtype]
@@ -367,11 +380,11 @@ def _gemm_variant(dtype, mode, activation, has_bias, has_residual, even_k, tile,
         "ROW_STATS": row_stats, "HAS_BIAS": has_bias, "ACTIVATION": activation, "HAS_RESIDUAL": has_residual,
         "WRITE_STATS": write_stats, "SLOT": STATS_SLOT, "SLOTS": AOT_SLOTS if row_stats == 2 else 1,
         "UPCAST": False, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "EVEN_K": even_k,
-        "EPI_SPLIT": 2 if bm * bn >= 128 * 128 else 1,
+        "EPI_SPLIT": _aot_epi_split(tile),
     }  # fmt: skip
     for name in constexprs:
         sig.setdefault(name, "constexpr")
-    base_mode = mode == stats_modes(bool(row_stats), has_residual)[0]
+    base_mode = mode == stats_modes(bool(row_stats), has_residual)[0] if vit is None else vit
     return {"fn": jit_fn(fused_gemm_kernel), "signature": sig, "constexprs": constexprs,
             "num_warps": warps, "num_stages": stages, "divisible": GEMM_DIVISIBLE, "op": op, "main_loop": "gemm",
             "tables": gemm_families(tile, elem, kind),

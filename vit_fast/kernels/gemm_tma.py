@@ -161,6 +161,7 @@ def _finish(acc, up, rows, M, N, mean, rstd, colsum_ptr, bias_ptr, res_desc, out
             WRITE_STATS: tl.constexpr, EPI_N: tl.constexpr, SLOT: tl.constexpr):
     """Epilogue of one (sub)tile, columns off_n .. off_n + EPI_N: shared math (SwiGLU: of the gate and up tiles),
     residual through TMA, one cast, TMA store (clipped at M and N), and the stored rows' partial statistics."""
+    tl.static_assert(not WRITE_STATS or EPI_N % SLOT == 0, "partial statistics need epilogue slices of whole slots")
     cols = off_n + tl.arange(0, EPI_N)
     acc = gated_epilogue_math(acc, up, rows, cols, M, N, mean, rstd, colsum_ptr, bias_ptr, ROW_STATS, HAS_BIAS,
                               ACTIVATION)
@@ -363,21 +364,21 @@ def launch_tma_gemm(a, weight, bias, out, *, activation=0, residual=None, stats=
 
 # ---- AOT ------------------------------------------------------------------------------------------------------------
 def tma_aot_variants(row_stats, activations, has_bias, has_residual, exhaustive=False, op=None):
-    """One op on this engine: bf16 at every Hopper tile with the base switches (see gemm.switch_combos and
-    gemm.stats_modes), the other switches at a mid-size tile (the other statistics mode among them), fp16 (the same
-    code) at that tile. The TMA engine has no EVEN_K switch (TMA zero-pads K), so the EVEN_K=False combos are
-    dropped. SwiGLU (activations (4,)): the mid tile is the largest its prune keeps. Metadata:
+    """One op on this engine: bf16 at every Hopper tile with the base switches (see gemm.switch_combos) in every
+    statistics mode (gemm.stats_modes), the other switches at a mid-size tile, fp16 (the same code) at that tile.
+    The mid tile is the largest the prune keeps for the mode (SwiGLU, or a GEMM writing statistics, drop some). The
+    TMA engine has no EVEN_K switch (TMA zero-pads K), so the EVEN_K=False combos are dropped. Metadata:
     tests/kernels/aot_compile.py."""
     op = op or ("ln_linear" if row_stats else "linear_residual")
     combos = [c for c in switch_combos(activations, has_bias, exhaustive) if c[2]]
     modes = stats_modes(row_stats, has_residual)
     swiglu = activations[0] == SWIGLU
-    mid = next(t for t in HOPPER_TMA if tile_allowed(t, FAMILY_SMEM["hopper"], has_residual, True)) if swiglu \
-        else HOPPER_TMA[2]
+    mid = next(t for t in HOPPER_TMA[2:] + HOPPER_TMA[:2] if tile_allowed(
+        t, FAMILY_SMEM["hopper"], has_residual, swiglu, write_stats=modes[0][1]))
     base, rest = combos[0], combos[1:]
-    out = [_variant(DTYPES[0], modes[0], base[0], base[1], has_residual, tile, op) for tile in HOPPER_TMA]
+    out = [_variant(DTYPES[0], mode, base[0], base[1], has_residual, tile, op) for tile in HOPPER_TMA
+           for mode in modes]
     out += [_variant(DTYPES[0], modes[0], act, bias, has_residual, mid, op) for act, bias, _ in rest]
-    out += [_variant(DTYPES[0], mode, base[0], base[1], has_residual, mid, op) for mode in modes[1:]]
     for dtype in DTYPES[1:]:
         out += [_variant(dtype, modes[0], act, bias, has_residual, tile, op)
                 for tile in (HOPPER_TMA if exhaustive else [mid]) for act, bias, _ in
@@ -419,5 +420,5 @@ def _variant(dtype, mode, activation, has_bias, has_residual, tile, op, num_sms=
             "num_stages": stages, "divisible": GEMM_DIVISIBLE, "op": op, "main_loop": "gemm",
             "programs_per_sm": per_sm(tile),
             "tables": ("hopper",) if fits else (),
-            "vit": gemm_vit_launches(op, tile[:5], elem, None, when=lambda cfg: base_mode and has_bias
+            "vit": gemm_vit_launches(op, tile[:5], elem, None, when=lambda cfg: fits and base_mode and has_bias
                                      and activation == preset_activation(op, cfg))}

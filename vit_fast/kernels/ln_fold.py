@@ -199,7 +199,7 @@ def row_moments(stats_ptr, rows, M, K, eps, ROW_STATS: tl.constexpr, SLOT: tl.co
         else:
             for j in range(1, SLOTS):
                 n, mean, m2 = _merge_slot(ptrs + j, SLOTS, row_ok, n, mean, m2)
-        rstd = 1.0 / tl.sqrt(m2 / K + eps)
+        rstd = 1.0 / tl.sqrt(m2 / n + eps)  # n = K when the partials are this A's
     else:
         mean = tl.load(stats_ptr + r64 * 2, mask=row_ok, other=0.0)
         rstd = tl.load(stats_ptr + r64 * 2 + 1, mask=row_ok, other=0.0)

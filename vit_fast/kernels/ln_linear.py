@@ -1,8 +1,9 @@
 """LayerNorm -> Linear (-> GELU, or SwiGLU's gate) in one GEMM: the pre-norm MLP's fc1, or any norm followed by a
 dense layer.
 
-The norm is folded (ln_fold.py): the op takes the folded weight, a per-row statistics pass runs first, and the GEMM
-applies rstd · (acc − mean · colsum) + bias and the activation in its epilogue. With activation "swiglu" the weight
+The norm is folded (ln_fold.py): the op takes the folded weight and the rows' statistics (a per-row statistics pass
+runs first, unless `partials` hands over what the residual GEMM that wrote x recorded), and the GEMM applies
+rstd · (acc − mean · colsum) + bias and the activation in its epilogue. With activation "swiglu" the weight
 is timm's packed (2H, K) fc1 as it is (gate rows, then up rows): every engine keeps a gate and an up accumulator
 per (BLOCK_M, BLOCK_N) tile, sharing the A tile, and stores silu(gate) · up, (M, H). A float8_e4m3fn weight (with its
 per-channel `weight_scale`) goes to the FP8 engines instead: the quantizing LayerNorm (quant_fp8.py) writes e4m3

@@ -106,7 +106,7 @@ def _attention_inputs(a: Activations, dtype):
 def _proj_inputs(a: Activations, dtype):
     proj = a.blk.attn.proj
     return dict(x=_cast(a.ctx, dtype), w=_cast(proj.weight, dtype), bias=_cast(proj.bias, dtype),
-                res=_cast(a.tokens0, dtype))
+                res=_cast(a.tokens0, dtype), writes_stats=True)
 
 
 def _fc1_inputs(a: Activations, dtype):
@@ -119,7 +119,15 @@ def _fc1_inputs(a: Activations, dtype):
 def _fc2_inputs(a: Activations, dtype):
     fc2 = a.blk.mlp.fc2
     return dict(x=_cast(a.hidden, dtype), w=_cast(fc2.weight, dtype), bias=_cast(fc2.bias, dtype),
-                res=_cast(a.tokens1, dtype))
+                res=_cast(a.tokens1, dtype), writes_stats=a.block < len(a.model.blocks) - 1)
+
+
+def _fc1_model_inputs(a: Activations, dtype):
+    """FC1's operands as the model feeds them: x is the out-projection kernel's output and comes with the partial
+    statistics that kernel wrote (the eager compositions read the same x)."""
+    proj = _proj_inputs(a, dtype)
+    x, partials = kernels.linear_residual_stats(proj["x"], proj["w"], proj["bias"], proj["res"])
+    return dict(_fc1_inputs(a, dtype), x=x, partials=partials)
 
 
 def _final_norm_inputs(a: Activations, dtype):
@@ -138,7 +146,8 @@ def _final_norm_unused(model) -> Optional[str]:
 
 def _partials(x: torch.Tensor) -> torch.Tensor:
     """x's partial LayerNorm statistics as the model's residual GEMMs write them (kernels/ln_fold.py), from the same
-    kernel: x + 0 @ 0ᵀ stores x exactly, and its epilogue writes the statistics of the stored rows."""
+    op: x + 0 @ 0ᵀ stores x exactly, and its epilogue writes the statistics of the stored rows (the previous block's
+    FC2, which writes them in the model, is not among the captured operands)."""
     zeros = x.new_zeros(*x.shape[:-1], 16)
     return kernels.linear_residual_stats(zeros, x.new_zeros(x.shape[-1], 16), None, x)[1]
 
@@ -155,7 +164,14 @@ def _ln_qkv_kernel(i):
 def _fc1_kernel(i):
     """ln_linear as the model runs it: statistics merged from the out-projection's partials."""
     folded = kernels.fold_layer_norm(i["g"], i["b"], i["w"], i["bias"])
-    return kernels.ln_linear_folded(i["x"], i["eps"], folded, i["activation"], _partials(i["x"]))
+    return kernels.ln_linear_folded(i["x"], i["eps"], folded, i["activation"], i["partials"])
+
+
+def _residual_kernel(i):
+    """linear_residual as the model runs it: writing the next LayerNorm's statistics, except the last block's FC2."""
+    if i["writes_stats"]:
+        return kernels.linear_residual_stats(i["x"], i["w"], i["bias"], i["res"])[0]
+    return kernels.linear_residual(i["x"], i["w"], i["bias"], i["res"])
 
 
 # ----- the eager compositions each kernel replaces, with every operand in `dt` -----------------------------------
@@ -233,13 +249,9 @@ OP_CHECKS = [
     OpCheck("ln_qkv", _ln_qkv_inputs, _ln_qkv_kernel, _ln_qkv_eager, dtypes=dict(_PLAIN)),
     OpCheck("attention", _attention_inputs, lambda i: kernels.attention(i["q"], i["k"], i["v"], i["scale"]),
             _attention_eager),
-    OpCheck("linear_residual[proj]", _proj_inputs,
-            lambda i: kernels.linear_residual(i["x"], i["w"], i["bias"], i["res"]), _linear_residual_eager,
-            dtypes=dict(_PLAIN)),
-    OpCheck("ln_linear[fc1]", _fc1_inputs, _fc1_kernel, _ln_linear_eager, dtypes=dict(_PLAIN)),
-    OpCheck("linear_residual[fc2]", _fc2_inputs,
-            lambda i: kernels.linear_residual(i["x"], i["w"], i["bias"], i["res"]), _linear_residual_eager,
-            dtypes=dict(_PLAIN)),
+    OpCheck("linear_residual[proj]", _proj_inputs, _residual_kernel, _linear_residual_eager, dtypes=dict(_PLAIN)),
+    OpCheck("ln_linear[fc1]", _fc1_model_inputs, _fc1_kernel, _ln_linear_eager, dtypes=dict(_PLAIN)),
+    OpCheck("linear_residual[fc2]", _fc2_inputs, _residual_kernel, _linear_residual_eager, dtypes=dict(_PLAIN)),
     OpCheck("layer_norm[final]", _final_norm_inputs,
             lambda i: kernels.layer_norm(i["x"], i["w"], i["b"], i["eps"]), _layer_norm_eager, per_block=False,
             unused=_final_norm_unused),
