@@ -309,8 +309,8 @@ def stats_modes(row_stats: bool, has_residual: bool) -> tuple:
     return ((0, True), (0, False)) if has_residual else ((0, False),)
 
 
-AOT_SLOTS = 20  # slots per row in AOT variants: the widest preset the report models (H/14, 1280 = 20 slots of 64;
-# the TMA engine unrolls the merge, so the widest is the most registers; B/16 has 12, L/16 16)
+AOT_SLOTS = 10  # slots per row in AOT variants: the widest preset the report models (H/14, 1280 = 10 slots of 128;
+# the TMA engine unrolls the merge, so the widest is the most registers; B/16 has 6, L/16 8)
 
 
 def gemm_aot_variants(row_stats, activations, has_bias, has_residual, exhaustive=False, op=None):
@@ -337,11 +337,23 @@ def gemm_aot_variants(row_stats, activations, has_bias, has_residual, exhaustive
                                          vit=mode == runs[0]))
         for act, bias, even_k in (combos if exhaustive or dtype != torch.float16 else combos[:1]):
             if (act, bias, even_k) != base:
-                out.append(_gemm_variant(dtype, modes[0], act, bias, has_residual, even_k, SWITCH_TILE, op, kind))
+                out.append(_gemm_variant(dtype, modes[0], act, bias, has_residual, even_k, _switch_tile(modes[0]),
+                                         op, kind))
         if dtype == torch.float32:
             out += [_gemm_variant(dtype, m, base[0], base[1], has_residual, True, SWITCH_TILE, op, kind)
                     for m in modes[1:]]
     return out
+
+
+def _switch_tile(mode):
+    """The tile the AOT list covers switches at: SWITCH_TILE, or for a GEMM writing statistics the smallest table
+    tile whose epilogue slices are whole slots (64x128)."""
+    if not mode[1] or SWITCH_TILE[1] // _aot_epi_split(SWITCH_TILE) % STATS_SLOT == 0:
+        return SWITCH_TILE
+    return STATS_SWITCH_TILE
+
+
+STATS_SWITCH_TILE = (64, 128, 64, 4, 4)
 
 
 def _aot_epi_split(row) -> int:

@@ -92,11 +92,6 @@ def smem_estimate(bm, bn, bk, stages, epi_split, has_residual, elem=2, swiglu=Fa
 SWIGLU_TMA_SPILLS = {(128, 128, 64, 8, 4, 1): "24 B"}
 
 
-# Rows that spill on sm_90 when the epilogue also writes partial statistics (the static report, triton 3.9; the
-# residual GEMMs pick 128x256 at large M anyway).
-STATS_TMA_SPILLS = {(128, 128, 64, 4, 4, 2): "8 B"}
-
-
 # Shared memory per SM on sm_90 (H100, H200), what co-resident programs share; each also takes CTA_RESERVED_SMEM
 # (CUDA's per-block reservation) and up to SMEM_SLACK beyond smem_estimate (barriers, alignment: 536 B at
 # 128x128x64 s3 under triton 3.9).
@@ -111,7 +106,7 @@ def tile_allowed(tile, smem, has_residual=False, swiglu=False, elem=2, sm_smem=S
     a PER_SM row, that many programs within the SM's `sm_smem`; writing partial statistics, an epilogue slice of
     whole slots."""
     bm, bn, bk, warps, stages, epi = tile
-    if write_stats and (not stats_tile_ok(bn // epi) or tuple(tile) in STATS_TMA_SPILLS):
+    if write_stats and not stats_tile_ok(bn // epi):
         return False
     if swiglu and (not swiglu_accumulators_fit(bm, bn, warps) or tuple(tile) in SWIGLU_TMA_SPILLS):
         return False
@@ -377,7 +372,7 @@ def tma_aot_variants(row_stats, activations, has_bias, has_residual, exhaustive=
         t, FAMILY_SMEM["hopper"], has_residual, swiglu, write_stats=modes[0][1]))
     base, rest = combos[0], combos[1:]
     out = [_variant(DTYPES[0], mode, base[0], base[1], has_residual, tile, op) for tile in HOPPER_TMA
-           for mode in modes]
+           for mode in modes if _runs(tile, mode)]
     out += [_variant(DTYPES[0], modes[0], act, bias, has_residual, mid, op) for act, bias, _ in rest]
     for dtype in DTYPES[1:]:
         out += [_variant(dtype, modes[0], act, bias, has_residual, tile, op)
@@ -392,7 +387,13 @@ def aot_variants(exhaustive: bool = False):
     dtypes = DTYPES if exhaustive else DTYPES[:1]
     return [_variant(dtype, mode, act, True, res, tile, op) for dtype in dtypes
             for mode, act, res, op in (((2, False), 1, False, "ln_linear"), ((0, True), 0, True, "linear_residual"))
-            for tile in HOPPER_TMA]
+            for tile in HOPPER_TMA if _runs(tile, mode)]
+
+
+def _runs(tile, mode) -> bool:
+    """Whether a launch in statistics mode `mode` can run `tile` (a writer needs epilogue slices of whole slots; as
+    on the GPU, interpreter or not: AOT lists are built for the GPU)."""
+    return not mode[1] or tile[1] // tile[5] % STATS_SLOT == 0
 
 
 def _variant(dtype, mode, activation, has_bias, has_residual, tile, op, num_sms=132):

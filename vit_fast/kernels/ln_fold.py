@@ -27,9 +27,11 @@ from ._common import TL_SIG, check, check_linear, is_interpreting, jit_fn
 MAX_BLOCK_K = 2048  # columns per step of the statistics loop (whole rows up to ViT-g widths)
 BLOCK_ROWS = 4  # rows per program (one warp per row)
 # Columns per partial-statistics slot: every epilogue (sub)tile of a GEMM that writes them covers whole slots (the
-# GEMM prunes drop tiles that would not: stats_tile_ok). Under the interpreter the GEMMs' epilogue tile is 16 wide,
-# so a slot of 8 has the tests cover tiles that span two slots.
-STATS_SLOT = 64
+# GEMM prunes drop tiles that would not: stats_tile_ok). 128, not 64: the merging GEMM unrolls its slots, and at 64
+# the 20 slots of ViT-H's rows took a 64x128 TMA tile to 255 registers and a spill; the writers keep their large-M
+# tiles (128-wide epilogue slices) and, at batch 1, 64x128 instead of 64x64. Under the interpreter the GEMMs'
+# epilogue tile is 16 wide, so a slot of 8 has the tests cover tiles that span two slots (16: one).
+STATS_SLOT = 128
 INTERPRETER_STATS_SLOT = 8
 
 
