@@ -143,11 +143,15 @@ def persistent_prune(configs, named_args, allowed):
 
 
 def _prune(configs, named_args, **kwargs):
-    """Drop tiles over the device's shared memory (or SwiGLU's register budget) or far taller than M; keep one."""
+    """Drop tiles over the device's shared memory (or SwiGLU's register budget) or far taller than M; keep one (for
+    a GEMM writing partial statistics, one whose epilogue slices are whole slots)."""
     swiglu = kwargs.get("ACTIVATION") == SWIGLU
     elem = named_args["a_ptr"].element_size()  # fp32 when VITFAST_GEMM_ENGINE=tma forces it
+    write_stats = kwargs.get("WRITE_STATS", False)
+    if write_stats and len(configs) > 1:
+        configs = [c for c in configs if stats_tile_ok(c.kwargs["BLOCK_N"] // c.kwargs["EPI_SPLIT"])]
     return persistent_prune(configs, named_args, lambda tile, smem, sm_smem: tile_allowed(
-        tile, smem, kwargs.get("HAS_RESIDUAL", False), swiglu, elem, sm_smem, kwargs.get("WRITE_STATS", False)))
+        tile, smem, kwargs.get("HAS_RESIDUAL", False), swiglu, elem, sm_smem, write_stats))
 
 
 @triton.jit
