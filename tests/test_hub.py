@@ -228,7 +228,10 @@ def test_validate_and_serve_resolve_before_starting(tmp_path, fake_hub, capsys, 
     vit_fast.save(checked, tmp_path / "ours")
     hub = fake_hub({"me/ours": tmp_path / "ours"})
     report = tmp_path / "report.json"
-    assert main(["validate", "--checkpoint", "me/ours", "--random", "2", "--batch", "2", "--json", str(report)]) == 0
+    # fp32: this test is about resolving the checkpoint; in bf16 the whole-model budget (2x PyTorch's own error on
+    # 2 images of 3 logits) failed one draw in a fresh clone (seed 3280482484, before and after the change it ran with)
+    assert main(["validate", "--checkpoint", "me/ours", "--random", "2", "--batch", "2", "--dtype", "fp32",
+                 "--json", str(report)]) == 0
     assert json.loads(report.read_text())["passed"] is True
     capsys.readouterr()
     assert main(["validate", "--checkpoint", "me/missing", "--random", "2", "--json", str(tmp_path / "no.json")]) == 2

@@ -82,7 +82,7 @@ def test_passes_on_a_checkpoint_and_images(checkpoint, images, tmp_path, capsys)
 
 def test_a_kernel_that_is_off_fails(checkpoint, monkeypatch, tmp_path, capsys):
     """FC1 + GELU off by 2^-4 (relative) at the model's shapes: its row and the whole model fail, exit code 1."""
-    exact, exact_folded = kernels.ln_linear, kernels.ln_linear_folded  # the op check calls the first, the model the second
+    exact, exact_folded = kernels.ln_linear, kernels.ln_linear_folded  # both: the op check and the model call the second
     monkeypatch.setattr(kernels, "ln_linear", lambda *a, **k: exact(*a, **k) * (1 + 2.0**-4))
     monkeypatch.setattr(kernels, "ln_linear_folded", lambda *a, **k: exact_folded(*a, **k) * (1 + 2.0**-4))
     code, out, _ = _run(["--checkpoint", str(checkpoint), "--random", "4", "--batch", "4",
