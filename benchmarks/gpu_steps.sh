@@ -4,7 +4,7 @@
 # below in priority order, resuming on a warm machine); the single steps are for a lease with time to spare. Order and
 # expected times are in benchmarks/NOTES.md, "GPU session plan".
 #   lease [S [STEP...]] within S seconds (default 560): tests (once per machine), headline (resumed), profile, grid 1-6
-#                      (profile8, profile1, fp8acc, fp8tma, b1engine and micro only when named),
+#                      (profile8, profile1, fp8acc, fp8tma, b1engine, lnstats and micro only when named),
 #                      each skipped when done on this machine or too long for the time left; STEPs (e.g. headline
 #                      profile) pick and order them. Writes $OUT/lease/: runs.tar.gz (every step's
 #                      files so far), lease.log, headline.md, tests.txt
@@ -25,6 +25,9 @@
 #   b1engine           B/16 batch 1 with CUDA graphs, vit_fast beside sdpa: the 16-bit GEMMs on the pointer engine
 #                      (VITFAST_GEMM_ENGINE=pointer), then as shipped (shipped/): whether small-M GEMMs should leave
 #                      the TMA engine (its persistent programs build their TMA descriptors on the device)
+#   lnstats            B/16 b256 bf16 vit_fast with CUDA graphs, as the headline: every LayerNorm with a statistics
+#                      launch of its own (VITFAST_LN_PARTIALS=0), then as shipped (shipped/: the residual GEMMs'
+#                      partial statistics, merged in the next GEMM): what the merged statistics gain, in one lease
 #   grid N             slice N (1-6) of the rest of the grid; `grid list` prints the slices
 #   merge              merge headline + every grid slice run so far on this machine into one results directory
 #   micro              kernel microbenchmarks (CUDA-graph timing, batch 64: the model's autotune bucket)
@@ -61,13 +64,14 @@ SLICES=(
 
 usage() {
     local steps="lease [SECONDS [STEP...]]|tests|headline [ROWS]|profile|profile8|profile1|fp8acc|fp8tma|b1engine"
+    steps+="|lnstats"
     steps+="|grid N|grid list"
     echo "usage: $0 {$steps|merge|micro}" >&2
     exit 2
 }
 
 case "$STEP" in
-    lease|tests|headline|profile|profile8|profile1|fp8acc|fp8tma|b1engine|grid|merge|micro) ;;
+    lease|tests|headline|profile|profile8|profile1|fp8acc|fp8tma|b1engine|lnstats|grid|merge|micro) ;;
     *) usage ;;
 esac
 if [ "$STEP" = grid ]; then
@@ -118,9 +122,9 @@ lease)
     STEPS=${STEPS:-tests headline profile grid1 grid2 grid3 grid4 grid5 grid6}
     case "$TOTAL" in ''|*[!0-9]*) echo "error: lease needs whole seconds, got '$TOTAL'" >&2; exit 2 ;; esac
     for s in $STEPS; do
-        case "$s" in tests|headline|profile|profile8|profile1|fp8acc|fp8tma|b1engine|grid[1-6]|micro) ;;
+        case "$s" in tests|headline|profile|profile8|profile1|fp8acc|fp8tma|b1engine|lnstats|grid[1-6]|micro) ;;
             *) echo "error: lease step '$s' is not one of tests headline profile profile8 profile1 fp8acc fp8tma" \
-                    "b1engine grid1..grid6" \
+                    "b1engine lnstats grid1..grid6" \
                     "micro" >&2
                exit 2 ;;
         esac
@@ -161,6 +165,7 @@ lease)
         profile1) done_ profile1 || sub 90 profile1 ;;
         fp8acc|fp8tma) done_ "$s" || T_BUDGET=$(( $(left) - 60 )) sub 200 "$s" ;;
         b1engine) done_ b1engine || T_BUDGET=$(( $(left) - 60 )) sub 90 b1engine ;;
+        lnstats) done_ lnstats || T_BUDGET=$(( $(left) - 60 )) sub 120 lnstats ;;
         grid*) done_ "grid-${s#grid}" || T_BUDGET=$(( $(left) - 85 )) sub 240 grid "${s#grid}" ;;
         micro) done_ micro || sub 300 micro ;;
         esac
@@ -227,8 +232,13 @@ profile8)
     [ "$DRY" = 1 ] && { ARGS+=(--tiny); export TRITON_INTERPRET=1; }
     run "${T_LIMIT:-300}" "$PY" -m benchmarks.breakdown "${ARGS[@]}"
     ;;
-fp8acc|fp8tma|b1engine)
-    if [ "$STEP" = b1engine ]; then
+fp8acc|fp8tma|b1engine|lnstats)
+    if [ "$STEP" = lnstats ]; then  # the headline's B/16 b256 vit_fast row (CUDA graphs up to the batch)
+        ARGS=(--models vit_b_16 --batch-sizes 256 --dtypes bfloat16 --backends vit_fast --cuda-graphs
+              --graph-max-batch 256 --no-plots --no-progress)
+        [ "$DRY" = 1 ] && { export TRITON_INTERPRET=1; ARGS+=(--dtypes float32 --batch-sizes 2 --resolution 32
+            --repeats 1 --warmup 0 --config-overrides depth=2,embed_dim=64,num_heads=2,mlp_dim=128); }
+    elif [ "$STEP" = b1engine ]; then
         ARGS=(--models vit_b_16 --batch-sizes 1 --dtypes bfloat16 --backends vit_fast,sdpa --cuda-graphs
               --graph-max-batch 1 --no-plots --no-progress)
         # DRY on a CPU: fp32 (the interpreter runs fp32 dots, not bf16 ones), no graphs there
@@ -248,6 +258,8 @@ fp8acc|fp8tma|b1engine)
         FIRST=(VITFAST_FP8_PRECISE_ACC=0) SECOND=() SUB=promoted
     elif [ "$STEP" = b1engine ]; then  # batch 1 on the pointer GEMM engine, then as shipped (TMA on sm_90)
         FIRST=(VITFAST_GEMM_ENGINE=pointer) SECOND=() SUB=shipped
+    elif [ "$STEP" = lnstats ]; then  # a statistics launch per LayerNorm, then the merged partials as shipped
+        FIRST=(VITFAST_LN_PARTIALS=0) SECOND=() SUB=shipped
     else  # the FP8 TMA engine as shipped, then without the promotion too
         FIRST=(VITFAST_FP8_ENGINE=tma) SECOND=(VITFAST_FP8_ENGINE=tma VITFAST_FP8_PRECISE_ACC=0) SUB=fast
     fi

@@ -107,6 +107,20 @@ def test_dry_batch1_engine_step(tmp_path):
         assert all(r["images_per_s"] for r in results["rows"]), results["rows"]
 
 
+def test_dry_layer_norm_statistics_step(tmp_path):
+    """lnstats: the headline's B/16 b256 vit_fast row with a statistics launch per LayerNorm, the switch recorded in
+    its results, then as shipped (shipped/: merged partial statistics), recorded without it."""
+    proc, out = _steps(tmp_path, "lnstats", timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    first = json.loads((out / "lnstats" / "results.json").read_text())
+    shipped = json.loads((out / "lnstats" / "shipped" / "results.json").read_text())
+    assert schema.validate(first) == [] and first["env"]["settings"] == "VITFAST_LN_PARTIALS=0"
+    assert schema.validate(shipped) == [] and not shipped["env"]["settings"]
+    for results in (first, shipped):
+        assert [(r["batch"], r["backend"]) for r in results["rows"]] == [(2, "vit_fast")], results["rows"]
+        assert all(r["images_per_s"] for r in results["rows"]), results["rows"]
+
+
 def test_dry_fp8_fast_accumulation_step(tmp_path):
     """fp8acc: the FP8 rows measured without the fp32 promotion, the switch recorded in the results it writes, then
     as shipped (promoted/), recorded without it."""
@@ -250,7 +264,7 @@ def test_store_refuses_an_archive_without_results(tmp_path, capsys):
     with tarfile.open(empty, "w:gz") as tar:
         tar.add(tmp_path / "junk.tar.gz", arcname="tests/junit.xml")
     assert store_lease.main([str(empty), "--root", str(tmp_path), "--readme", ""]) == 2
-    assert "holds no headline, grid, fp8acc, fp8tma, b1engine or profile results" in capsys.readouterr().err
+    assert "holds no headline, grid, fp8acc, fp8tma, b1engine, lnstats or profile results" in capsys.readouterr().err
 
 
 def _k(name, start, stack):

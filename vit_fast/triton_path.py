@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 
 from . import kernels
+from .kernels._common import LN_PARTIALS_ENV, switch_value
 from .kernels.gemm_fp8_tma import fp8_gemm_reads_row_amax
 
 
@@ -82,10 +83,17 @@ def _ln_then(model, norm, linear, tokens, eps, partials=None, **kwargs):
     return kernels.ln_linear_folded(tokens, eps, _folded(model, norm, linear), kwargs["activation"], partials)
 
 
+def _partials_on() -> bool:
+    """VITFAST_LN_PARTIALS (default 1); while torch.compile traces, the default (the switch is for comparing the two
+    paths eagerly, as the benchmark's lnstats step does)."""
+    return torch.compiler.is_compiling() or switch_value(LN_PARTIALS_ENV) == "1"
+
+
 def _residual(x, linear, residual, stats: bool, x_amax=None):
     """residual + linear(x), and with `stats` the new rows' partial LayerNorm statistics for the folded norm that
-    reads them next (None when not asked for: an FP8 layer on either side quantizes rows it reads whole)."""
-    if stats and _scale(linear) is None:
+    reads them next (None when not asked for: an FP8 layer on either side quantizes rows it reads whole; or with
+    VITFAST_LN_PARTIALS=0, where each LayerNorm launches its own statistics kernel)."""
+    if stats and _scale(linear) is None and _partials_on():
         return kernels.linear_residual_stats(x, linear.weight, linear.bias, residual)
     out = kernels.linear_residual(x, linear.weight, linear.bias, residual, weight_scale=_scale(linear),
                                   x_amax=x_amax)

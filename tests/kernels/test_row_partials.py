@@ -113,10 +113,9 @@ def test_ln_ops_merge_partials(dtype, engine, slot, device):
 
 def test_model_launches_statistics_once(monkeypatch, device):
     """A depth-3 model on the kernels: the embeddings' statistics are the only statistics launch; its logits are the
-    same as with a statistics launch before every LayerNorm (the partials switched off)."""
+    same as with a statistics launch before every LayerNorm (VITFAST_LN_PARTIALS=0), which a bad value refuses."""
     import vit_fast
     from tests.helpers import randomize_
-    from vit_fast import triton_path
 
     model = randomize_(vit_fast.create("vit_ti_16", backend="triton", img_size=32, patch_size=8, embed_dim=64,
                                        num_heads=2, mlp_dim=96, depth=3, num_classes=10)).to(device).eval()
@@ -128,10 +127,12 @@ def test_model_launches_statistics_once(monkeypatch, device):
     with torch.no_grad():
         out = model(x)
         assert len(calls) == 1, calls
-        monkeypatch.setattr(triton_path, "_residual", lambda x, linear, residual, stats, x_amax=None: (
-            kernels.linear_residual(x, linear.weight, linear.bias, residual), None))
+        monkeypatch.setenv("VITFAST_LN_PARTIALS", "0")
         ref = model(x)
-    assert len(calls) == 1 + 2 * 3, calls
+        assert len(calls) == 1 + 2 * 3, calls
+        monkeypatch.setenv("VITFAST_LN_PARTIALS", "no")
+        with pytest.raises(ValueError, match="VITFAST_LN_PARTIALS: expected 1 | 0, got 'no'"):
+            model(x)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 

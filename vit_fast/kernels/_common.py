@@ -26,8 +26,11 @@ ENGINE_ENV = "VITFAST_GEMM_ENGINE"  # which 16-bit/fp32 GEMM engine runs (gemm_t
 FP8_ENGINE_ENV = "VITFAST_FP8_ENGINE"  # which FP8 GEMM engine runs (gemm_fp8_tma.select_fp8_engine); auto: TMA on sm_90
 PRECISE_ACC_ENV = "VITFAST_FP8_PRECISE_ACC"  # FP8 partial sums promoted to fp32 every BLOCK_K, or not (gemm_fp8)
 AUTOTUNE_ENV = "VITFAST_AUTOTUNE"  # the whole table, or only the first config a prune keeps (autotune_scope)
+# whether the model's folded LayerNorms merge the partial statistics the residual GEMMs write (1) or launch a
+# statistics kernel of their own (0), to compare them (vit_fast.triton_path)
+LN_PARTIALS_ENV = "VITFAST_LN_PARTIALS"
 SWITCHES = {ENGINE_ENV: ("auto", "tma", "pointer"), FP8_ENGINE_ENV: ("auto", "tma", "pointer"),
-            PRECISE_ACC_ENV: ("1", "0"), AUTOTUNE_ENV: ("all", "first")}
+            PRECISE_ACC_ENV: ("1", "0"), AUTOTUNE_ENV: ("all", "first"), LN_PARTIALS_ENV: ("1", "0")}
 
 
 def switch_value(name: str, expected: str = None) -> str:
