@@ -93,32 +93,30 @@ def test_dry_batch1_profile(tmp_path):
     assert (stored / "lease" / "profile1" / "breakdown.md").is_file()
 
 
-def test_dry_batch1_engine_step(tmp_path):
-    """b1engine: batch 1 with the 16-bit GEMMs forced onto the pointer engine, the switch recorded in its results,
-    then as shipped (shipped/), recorded without it; vit_fast beside sdpa in both."""
-    proc, out = _steps(tmp_path, "b1engine", timeout=300)
+def _switched_then_shipped(tmp_path, step: str, setting: str, rows: set):
+    """A step that measures with one kernel switch, its results recording it, then as shipped (shipped/), recorded
+    without it; the same (batch, backend) rows in both, each with a throughput."""
+    proc, out = _steps(tmp_path, step, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    first = json.loads((out / "b1engine" / "results.json").read_text())
-    shipped = json.loads((out / "b1engine" / "shipped" / "results.json").read_text())
-    assert schema.validate(first) == [] and first["env"]["settings"] == "VITFAST_GEMM_ENGINE=pointer"
+    first = json.loads((out / step / "results.json").read_text())
+    shipped = json.loads((out / step / "shipped" / "results.json").read_text())
+    assert schema.validate(first) == [] and first["env"]["settings"] == setting
     assert schema.validate(shipped) == [] and not shipped["env"]["settings"]
     for results in (first, shipped):
-        assert {(r["batch"], r["backend"]) for r in results["rows"]} == {(1, "vit_fast"), (1, "sdpa")}
+        assert {(r["batch"], r["backend"]) for r in results["rows"]} == rows, results["rows"]
         assert all(r["images_per_s"] for r in results["rows"]), results["rows"]
+
+
+def test_dry_batch1_engine_step(tmp_path):
+    """b1engine: batch 1 with the 16-bit GEMMs forced onto the pointer engine, then as shipped; vit_fast beside
+    sdpa in both."""
+    _switched_then_shipped(tmp_path, "b1engine", "VITFAST_GEMM_ENGINE=pointer", {(1, "vit_fast"), (1, "sdpa")})
 
 
 def test_dry_layer_norm_statistics_step(tmp_path):
-    """lnstats: the headline's B/16 b256 vit_fast row with a statistics launch per LayerNorm, the switch recorded in
-    its results, then as shipped (shipped/: merged partial statistics), recorded without it."""
-    proc, out = _steps(tmp_path, "lnstats", timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    first = json.loads((out / "lnstats" / "results.json").read_text())
-    shipped = json.loads((out / "lnstats" / "shipped" / "results.json").read_text())
-    assert schema.validate(first) == [] and first["env"]["settings"] == "VITFAST_LN_PARTIALS=0"
-    assert schema.validate(shipped) == [] and not shipped["env"]["settings"]
-    for results in (first, shipped):
-        assert [(r["batch"], r["backend"]) for r in results["rows"]] == [(2, "vit_fast")], results["rows"]
-        assert all(r["images_per_s"] for r in results["rows"]), results["rows"]
+    """lnstats: the headline's B/16 b256 vit_fast row (toy: batch 2) with a statistics launch per LayerNorm, then as
+    shipped (merged partial statistics)."""
+    _switched_then_shipped(tmp_path, "lnstats", "VITFAST_LN_PARTIALS=0", {(2, "vit_fast")})
 
 
 def test_dry_fp8_fast_accumulation_step(tmp_path):
