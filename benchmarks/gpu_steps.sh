@@ -233,36 +233,34 @@ profile8)
     run "${T_LIMIT:-300}" "$PY" -m benchmarks.breakdown "${ARGS[@]}"
     ;;
 fp8acc|fp8tma|b1engine|lnstats)
-    if [ "$STEP" = lnstats ]; then  # the headline's B/16 b256 vit_fast row (CUDA graphs up to the batch)
+    # per step: the rows, the switches of the new measurement (FIRST, with half the time) and of its companion
+    # (SECOND, into SUB/, with what is left); DRY on a CPU: toy sizes in Triton's interpreter, fp32 (it runs fp32 and
+    # FP8 dots, not bf16 ones), no graphs there
+    # "${TOY[@]},depth=N": the suffix joins the last element, the overrides
+    TOY=(--resolution 32 --repeats 1 --warmup 0 --config-overrides embed_dim=64,num_heads=2,mlp_dim=128)
+    case "$STEP" in
+    lnstats)  # the headline's B/16 b256 vit_fast row: a statistics launch per LayerNorm, then the merged partials
         ARGS=(--models vit_b_16 --batch-sizes 256 --dtypes bfloat16 --backends vit_fast --cuda-graphs
-              --graph-max-batch 256 --no-plots --no-progress)
-        [ "$DRY" = 1 ] && { export TRITON_INTERPRET=1; ARGS+=(--dtypes float32 --batch-sizes 2 --resolution 32
-            --repeats 1 --warmup 0 --config-overrides depth=2,embed_dim=64,num_heads=2,mlp_dim=128); }
-    elif [ "$STEP" = b1engine ]; then
+              --graph-max-batch 256)
+        DRY_ARGS=(--dtypes float32 --batch-sizes 2 "${TOY[@]},depth=2")  # two blocks: the merged partials run
+        FIRST=(VITFAST_LN_PARTIALS=0) SECOND=() SUB=shipped ;;
+    b1engine)  # batch 1 on the pointer GEMM engine, then as shipped (TMA on sm_90)
         ARGS=(--models vit_b_16 --batch-sizes 1 --dtypes bfloat16 --backends vit_fast,sdpa --cuda-graphs
-              --graph-max-batch 1 --no-plots --no-progress)
-        # DRY on a CPU: fp32 (the interpreter runs fp32 dots, not bf16 ones), no graphs there
-        [ "$DRY" = 1 ] && { export TRITON_INTERPRET=1; ARGS+=(--dtypes float32 --resolution 32 --repeats 1
-            --warmup 0 --config-overrides depth=1,embed_dim=64,num_heads=2,mlp_dim=128); }
-    else
-        ARGS=(--models vit_l_16 --batch-sizes 256 --dtypes bfloat16,float8 --backends vit_fast --no-plots --no-progress)
-        if [ "$DRY" = 1 ]; then  # FP8 dots in Triton's interpreter on a CPU; bf16 dots do not run there
-            export TRITON_INTERPRET=1
-            ARGS+=(--dtypes float8 --batch-sizes 2 --resolution 32 --repeats 1 --warmup 0
-                   --config-overrides depth=1,embed_dim=64,num_heads=2,mlp_dim=128)
-        fi
-    fi
+              --graph-max-batch 1)
+        DRY_ARGS=(--dtypes float32 "${TOY[@]},depth=1")
+        FIRST=(VITFAST_GEMM_ENGINE=pointer) SECOND=() SUB=shipped ;;
+    *)  # L/16 b256 bf16 and FP8
+        ARGS=(--models vit_l_16 --batch-sizes 256 --dtypes bfloat16,float8 --backends vit_fast)
+        DRY_ARGS=(--dtypes float8 --batch-sizes 2 "${TOY[@]},depth=1")
+        if [ "$STEP" = fp8acc ]; then  # without the promotion, then as shipped
+            FIRST=(VITFAST_FP8_PRECISE_ACC=0) SECOND=() SUB=promoted
+        else  # the FP8 TMA engine as shipped, then without the promotion too
+            FIRST=(VITFAST_FP8_ENGINE=tma) SECOND=(VITFAST_FP8_ENGINE=tma VITFAST_FP8_PRECISE_ACC=0) SUB=fast
+        fi ;;
+    esac
+    ARGS+=(--no-plots --no-progress)
+    [ "$DRY" = 1 ] && { export TRITON_INTERPRET=1; ARGS+=("${DRY_ARGS[@]}"); }
     LIMIT=${T_LIMIT:-500} BUDGET=${T_BUDGET:-440}
-    # the new measurement first, with half the time; then its companion into SUB/, with what is left
-    if [ "$STEP" = fp8acc ]; then  # without the promotion, then as shipped
-        FIRST=(VITFAST_FP8_PRECISE_ACC=0) SECOND=() SUB=promoted
-    elif [ "$STEP" = b1engine ]; then  # batch 1 on the pointer GEMM engine, then as shipped (TMA on sm_90)
-        FIRST=(VITFAST_GEMM_ENGINE=pointer) SECOND=() SUB=shipped
-    elif [ "$STEP" = lnstats ]; then  # a statistics launch per LayerNorm, then the merged partials as shipped
-        FIRST=(VITFAST_LN_PARTIALS=0) SECOND=() SUB=shipped
-    else  # the FP8 TMA engine as shipped, then without the promotion too
-        FIRST=(VITFAST_FP8_ENGINE=tma) SECOND=(VITFAST_FP8_ENGINE=tma VITFAST_FP8_PRECISE_ACC=0) SUB=fast
-    fi
     # each half in a subshell with its switches exported; ${A[@]+...}: an empty array under `set -u` (bash < 4.4)
     (for kv in ${FIRST[@]+"${FIRST[@]}"}; do export "$kv"; done
      run $(( LIMIT / 2 )) "$PY" -m benchmarks --out "$DIR" --time-budget $(( BUDGET / 2 )) "${ARGS[@]}"

@@ -125,10 +125,12 @@ def _store_tile(acc, up, rm, col0, M, N, mean, rstd, colsum_ptr, bias_ptr, res_p
         store_partials(out.to(tl.float32), rm, col0, M, N, part_ptr, EPI_N, SLOT)
 
 
-def pointer_epi_split(bm: int, bn: int) -> int:
+def pointer_epi_split(bm: int, bn: int, interpreting: bool = None) -> int:
     """Split the epilogue of tiles of 128x128 and more (whose fp32 accumulator alone takes 64-128 registers); always
-    under the interpreter, whose single small tile would otherwise leave the split path untested."""
-    return 2 if bm * bn >= 128 * 128 or is_interpreting() else 1
+    under the interpreter, whose single small tile would otherwise leave the split path untested (`interpreting`:
+    False for AOT lists, built for the GPU)."""
+    interpreting = is_interpreting() if interpreting is None else interpreting
+    return 2 if bm * bn >= 128 * 128 or interpreting else 1
 
 
 def _epi_split(args):
@@ -270,7 +272,7 @@ def launch_fused_gemm(a, weight, bias, out, *, activation=0, residual=None, stat
                       stats_out=None):
     """Launch on already-checked 2-D operands: a (M, K), weight (N, K), out (M, N); residual (M, N) or None;
     stats and colsum (N,) fp32 together or neither (folded LayerNorm; stats (M, 2) fp32 (mean, rstd), or a residual
-    GEMM's (M, 3, S) partials merged with eps); stats_out: new_partials(M, N), written with the output rows' partial
+    GEMM's (M, 3, S) partials merged with eps); stats_out: new_partials(out), written with the output rows' partial
     statistics."""
     M, K = a.shape
     N = weight.shape[0] // 2 if activation == SWIGLU else weight.shape[0]  # SwiGLU: packed (2N, K) gate/up rows
@@ -331,7 +333,7 @@ def gemm_aot_variants(row_stats, activations, has_bias, has_residual, exhaustive
         elem = torch.empty((), dtype=dtype).element_size()
         for row in gemm_rows_for(elem, kind):
             # a tile whose epilogue slices are narrower than a slot runs only the calls that write no statistics
-            runs = [m for m in modes if not m[1] or row[1] // _aot_epi_split(row) % STATS_SLOT == 0]
+            runs = [m for m in modes if not m[1] or stats_tile_ok(row[1] // _aot_epi_split(row), STATS_SLOT)]
             for mode in (runs if dtype == DTYPES[0] else runs[:1]):
                 out.append(_gemm_variant(dtype, mode, base[0], base[1], has_residual, True, row, op, kind,
                                          vit=mode == runs[0]))
@@ -348,7 +350,7 @@ def gemm_aot_variants(row_stats, activations, has_bias, has_residual, exhaustive
 def _switch_tile(mode):
     """The tile the AOT list covers switches at: SWITCH_TILE, or for a GEMM writing statistics the smallest table
     tile whose epilogue slices are whole slots (64x128)."""
-    if not mode[1] or SWITCH_TILE[1] // _aot_epi_split(SWITCH_TILE) % STATS_SLOT == 0:
+    if not mode[1] or stats_tile_ok(SWITCH_TILE[1] // _aot_epi_split(SWITCH_TILE), STATS_SLOT):
         return SWITCH_TILE
     return STATS_SWITCH_TILE
 
@@ -357,8 +359,7 @@ STATS_SWITCH_TILE = (64, 128, 64, 4, 4)
 
 
 def _aot_epi_split(row) -> int:
-    """pointer_epi_split as a GPU launch picks it (AOT lists are built for the GPU, interpreter or not)."""
-    return 2 if row[0] * row[1] >= 128 * 128 else 1
+    return pointer_epi_split(row[0], row[1], interpreting=False)
 
 
 def _op_name(row_stats, has_residual):

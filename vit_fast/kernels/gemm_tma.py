@@ -397,7 +397,7 @@ def aot_variants(exhaustive: bool = False):
 def _runs(tile, mode) -> bool:
     """Whether a launch in statistics mode `mode` can run `tile` (a writer needs epilogue slices of whole slots; as
     on the GPU, interpreter or not: AOT lists are built for the GPU)."""
-    return not mode[1] or tile[1] // tile[5] % STATS_SLOT == 0
+    return not mode[1] or stats_tile_ok(tile[1] // tile[5], STATS_SLOT)
 
 
 def _variant(dtype, mode, activation, has_bias, has_residual, tile, op, num_sms=132):

@@ -48,7 +48,7 @@ def _check(x, weight, bias, residual, runnable=True, weight_scale=None, x_amax=N
 
 def linear_residual_launch(x, weight, bias, residual, out=None, weight_scale=None, x_amax=None, stats_out=None):
     """Plain launcher; `out` (optional, residual's shape, x.dtype) lets tests hand in a poisoned buffer; `stats_out`
-    (16-bit and fp32 weights: ln_fold.new_partials(rows, N)) receives the output rows' partial statistics."""
+    (16-bit and fp32 weights: ln_fold.new_partials(residual)) receives the output rows' partial statistics."""
     _check(x, weight, bias, residual, weight_scale=weight_scale, x_amax=x_amax)
     if stats_out is not None:
         _check_stats_out(weight, residual, stats_out)
@@ -81,17 +81,9 @@ def _check_stats_weight(weight):
           "a 16-bit or fp32 weight (the FP8 engines write none)", weight.dtype)
 
 
-def _stats_rows(residual):
-    return residual.numel() // max(residual.shape[-1], 1)
-
-
-def _new_stats(residual):
-    return new_partials(_stats_rows(residual), residual.shape[-1], residual.device)
-
-
 def _check_stats_out(weight, residual, stats_out):
     _check_stats_weight(weight)
-    check_partials(OP, "stats_out", stats_out, _stats_rows(residual), residual.shape[-1], residual.device)
+    check_partials(OP, "stats_out", stats_out, residual)
 
 
 @torch.library.custom_op("vitfast::linear_residual", mutates_args=())
@@ -110,7 +102,7 @@ def _(x, weight, bias, residual, weight_scale=None, x_amax=None):
 @torch.library.custom_op("vitfast::linear_residual_stats", mutates_args=())
 def _linear_residual_stats_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                               residual: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    stats = _new_stats(residual)
+    stats = new_partials(residual)
     return linear_residual_launch(x, weight, bias, residual, stats_out=stats), stats
 
 
@@ -118,7 +110,7 @@ def _linear_residual_stats_op(x: torch.Tensor, weight: torch.Tensor, bias: Optio
 def _(x, weight, bias, residual):
     _check(x, weight, bias, residual, runnable=False)
     _check_stats_weight(weight)
-    return x.new_empty(residual.shape), _new_stats(residual)
+    return x.new_empty(residual.shape), new_partials(residual)
 
 
 def linear_residual_stats(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],

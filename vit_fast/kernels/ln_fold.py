@@ -111,9 +111,10 @@ def stats_slot() -> int:
     return INTERPRETER_STATS_SLOT if is_interpreting() else STATS_SLOT
 
 
-def stats_tile_ok(epi_n: int) -> bool:
-    """Whether a GEMM epilogue (sub)tile `epi_n` columns wide can write partial statistics: whole slots only."""
-    return epi_n % stats_slot() == 0
+def stats_tile_ok(epi_n: int, slot: int = None) -> bool:
+    """Whether a GEMM epilogue (sub)tile `epi_n` columns wide can write partial statistics: whole slots only (of
+    this process's width, or `slot`: AOT lists are built for the GPU's, interpreter or not)."""
+    return epi_n % (slot or stats_slot()) == 0
 
 
 def stats_slots(k: int) -> int:
@@ -121,23 +122,24 @@ def stats_slots(k: int) -> int:
     return triton.cdiv(k, stats_slot())
 
 
-def partials_shape(m: int, n: int) -> tuple:
-    """(m, 3, cdiv(n, slot)): the partial statistics of m rows n wide."""
-    return (m, 3, stats_slots(n))
+def partials_shape(rows: torch.Tensor) -> tuple:
+    """(M, 3, cdiv(N, slot)): the partial statistics of the M rows of `rows` (..., N)."""
+    n = rows.shape[-1]
+    return (rows.numel() // max(n, 1), 3, stats_slots(n))
 
 
-def new_partials(m: int, n: int, device) -> torch.Tensor:
-    """A buffer for the partial statistics of m rows n wide (every slot gets written)."""
-    return torch.empty(partials_shape(m, n), dtype=torch.float32, device=device)
+def new_partials(rows: torch.Tensor) -> torch.Tensor:
+    """A buffer for the partial statistics of the rows of `rows` (..., N), on its device (every slot gets written)."""
+    return torch.empty(partials_shape(rows), dtype=torch.float32, device=rows.device)
 
 
-def check_partials(op: str, name: str, partials: torch.Tensor, m: int, n: int, device) -> None:
-    """partials: the statistics of m rows n wide on `device`, partials_shape(m, n), contiguous fp32."""
-    shape = partials_shape(m, n)
+def check_partials(op: str, name: str, partials: torch.Tensor, rows: torch.Tensor) -> None:
+    """partials: the statistics of the rows of `rows` (..., N): partials_shape(rows), contiguous fp32, its device."""
+    shape = partials_shape(rows)
     check(tuple(partials.shape) == shape and partials.dtype == torch.float32 and partials.is_contiguous()
-          and partials.device == device, f"{op}: {name}",
-          f"a contiguous float32 {shape} tensor on {device} (linear_residual_stats' row statistics of those rows)",
-          f"{tuple(partials.shape)} {partials.dtype} on {partials.device}")
+          and partials.device == rows.device, f"{op}: {name}",
+          f"a contiguous float32 {shape} tensor on {rows.device} (linear_residual_stats' row statistics of those "
+          "rows)", f"{tuple(partials.shape)} {partials.dtype} on {partials.device}")
 
 
 @triton.jit
