@@ -4,7 +4,8 @@ What gets quantized: the four GEMMs of every encoder block (QKV, attention out-p
 more than 95 % of a ViT's FLOPs, less those `exclude` keeps in the model dtype (a GEMM kind such as "fc2", or
 layer-name patterns such as "blocks.0.*": what a model too close to e4m3's limit may need). Their weights are stored
 once as float8_e4m3fn with one fp32 scale per output channel; activations are quantized per token (one scale per
-row) when they are produced. Attention, LayerNorm, the residual stream, the patch embedding and the head stay in the
+row) when they are produced, FC2's input per token and 128 channels (one scale per row and group: FC1's epilogue
+writes it as e4m3, and sees 128 columns of a row at a time, not the whole row). Attention, LayerNorm, the residual stream, the patch embedding and the head stay in the
 model dtype: the patch embedding is < 1 % of the FLOPs (K = 3·P² = 768, M = B·N) and reads raw pixels, so FP8 there
 would cost accuracy at the input for no measurable speed; the head is one small GEMM on the pooled token.
 
@@ -22,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .kernels._common import FP8_DTYPE, FP8_MAX  # the one definition (the kernels do not import the model code)
+from .kernels._common import FP8_DTYPE, FP8_GROUP, FP8_MAX  # the one definition (the kernels do not import the model code)
 from .kernels.quant_fp8 import AMAX_FLOOR
 from .model import ACTIVATIONS as MODEL_ACTIVATIONS
 from .model import swiglu
@@ -49,6 +50,35 @@ def row_scales(x: torch.Tensor) -> tuple:
     return fp8_max / amax, amax / fp8_max
 
 
+def as_groups(x: torch.Tensor, group: int) -> torch.Tensor:
+    """(..., K) -> (..., G, group), G = ceil(K / group), the last group zero-padded (zeros move no group's max)."""
+    pad = -x.shape[-1] % group
+    if pad:
+        x = F.pad(x, (0, pad))
+    return x.reshape(*x.shape[:-1], -1, group)
+
+
+def quantize_groups(x: torch.Tensor, group: int) -> tuple:
+    """Per (row, `group` consecutive channels) e4m3 quantization, quantize_rows' arithmetic on each group: returns
+    (q float8_e4m3fn (..., K), scale fp32 (..., G)). FC2's input is quantized this way (INPUT_GROUPS): FC1's
+    epilogue holds 128 columns of a row, never the whole row, so that is the finest scale it can write with the
+    codes; the kernels compute the same (kernels/gemm_fp8.py, GROUP_OUT)."""
+    q, scale = quantize_rows(as_groups(x.float(), group))
+    return q.flatten(-2)[..., :x.shape[-1]], scale
+
+
+def quantize_input(x: torch.Tensor, group: int = 0) -> tuple:
+    """A GEMM input's quantization: per row (group 0) or per (row, group channels)."""
+    return quantize_groups(x, group) if group else quantize_rows(x)
+
+
+def dequantize_input(q: torch.Tensor, scale: torch.Tensor, group: int = 0) -> torch.Tensor:
+    """fp32 values of quantize_input's (q, scale)."""
+    if not group:
+        return dequantize(q, scale)
+    return (as_groups(q.float(), group) * scale.unsqueeze(-1)).flatten(-2)[..., :q.shape[-1]]
+
+
 def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """fp32 values of per-row quantized q (..., K) with scale (...,)."""
     return q.float() * scale.unsqueeze(-1)
@@ -61,16 +91,29 @@ def fp8_matmul(a_q, a_scale, w_q, w_scale) -> torch.Tensor:
     return acc * a_scale.unsqueeze(-1) * w_scale
 
 
-def emulate_linear(x, w_q, w_scale, bias=None, *, ln=None, activation="none", residual=None, out_dtype=None):
-    """The FP8 op in torch: [LayerNorm (fp32)] -> per-token quantization -> fp8_matmul -> + bias -> activation ->
-    + residual -> one cast to out_dtype (default x.dtype). ln = (weight, bias, eps) or None. This is what
-    kernels.ln_qkv / ln_linear / linear_residual compute with a float8 weight (tests compare them to it)."""
+def fp8_matmul_groups(a_q, a_scale, w_q, w_scale, group: int) -> torch.Tensor:
+    """fp8_matmul for A quantized per (row, group): each group's partial sum (exact products, fp32 sums) times its
+    scale, summed over the groups in order, then · w_scale: the kernels' order (one scaled partial per K step)."""
+    acc = None
+    for g, k0 in enumerate(range(0, a_q.shape[-1], group)):
+        part = (a_q[..., k0:k0 + group].float() @ w_q[:, k0:k0 + group].float().t()) * a_scale[..., g:g + 1]
+        acc = part if acc is None else acc + part
+    return acc * w_scale
+
+
+def emulate_linear(x, w_q, w_scale, bias=None, *, ln=None, activation="none", residual=None, out_dtype=None,
+                   input_group=0):
+    """The FP8 op in torch: [LayerNorm (fp32)] -> per-token quantization (with `input_group`, per token and that
+    many channels: FC2's input) -> fp8_matmul -> + bias -> activation -> + residual -> one cast to out_dtype
+    (default x.dtype). ln = (weight, bias, eps) or None. This is what kernels.ln_qkv / ln_linear / linear_residual
+    compute with a float8 weight (tests compare them to it)."""
     out_dtype = out_dtype or x.dtype
     h = x.float()
     if ln is not None:
         h = F.layer_norm(h, h.shape[-1:], ln[0].float(), ln[1].float(), ln[2])
-    a_q, a_scale = quantize_rows(h)
-    y = fp8_matmul(a_q, a_scale, w_q, w_scale)
+    a_q, a_scale = quantize_input(h, input_group)
+    y = (fp8_matmul_groups(a_q, a_scale, w_q, w_scale, input_group) if input_group
+         else fp8_matmul(a_q, a_scale, w_q, w_scale))
     if bias is not None:
         y = y + bias.float()
     y = ACTIVATIONS[activation](y)
@@ -92,17 +135,19 @@ class Fp8Linear(nn.Module):
     `weight` / `weight_scale` are the float8 / fp32 views the kernels read, and the names the state dict uses (as
     checkpoints store them); forward() is the torch emulation."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
+                 input_group: int = 0):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
+        self.input_group = input_group  # 0: one activation scale per token; else per token and that many channels
         self.register_buffer("weight_bits", torch.zeros(out_features, in_features, dtype=torch.uint8, device=device))
         self.register_buffer("scale_bits", torch.zeros(out_features, dtype=torch.int32, device=device))
         self.bias = nn.Parameter(torch.zeros(out_features, device=device, dtype=dtype)) if bias else None
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear) -> "Fp8Linear":
+    def from_linear(cls, linear: nn.Linear, input_group: int = 0) -> "Fp8Linear":
         w = linear.weight.detach()
-        new = cls(linear.in_features, linear.out_features, linear.bias is not None, w.device, w.dtype)
+        new = cls(linear.in_features, linear.out_features, linear.bias is not None, w.device, w.dtype, input_group)
         q, scale = quantize_rows(w)
         new.weight_bits.copy_(q.view(torch.uint8))
         new.scale_bits.copy_(scale.view(torch.int32))
@@ -146,15 +191,24 @@ class Fp8Linear(nn.Module):
         return dequantize(self.weight, self.weight_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return emulate_linear(x, self.weight, self.weight_scale, self.bias)
+        return emulate_linear(x, self.weight, self.weight_scale, self.bias, input_group=self.input_group)
 
     def extra_repr(self) -> str:
+        acts = f"per-token and {self.input_group}-channel" if self.input_group else "per-token"
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                "weight=float8_e4m3fn (per-channel scales), activations=per-token float8_e4m3fn")
+                f"weight=float8_e4m3fn (per-channel scales), activations={acts} float8_e4m3fn")
 
 
 # the GEMMs FP8 covers in every block, by kind: their paths inside the block
 GEMMS = {"qkv": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
+# kinds whose input is quantized per token and this many channels (quantize_groups), the others per token: FC2 reads
+# FC1's activations, written as e4m3 by FC1's epilogue, which sees 128 columns of a row at a time
+INPUT_GROUPS = {"fc2": FP8_GROUP}
+
+
+def kind_of(name: str) -> str:
+    """The GEMM kind of a layer name of layer_names()."""
+    return next(kind for kind, path in GEMMS.items() if name.endswith("." + path))
 
 
 def layer_names(depth: int) -> list:
@@ -239,8 +293,8 @@ def quantize(model, scheme: str = "fp8", exclude=()):
     odd = [f"{n} ({type(getattr(*l)).__name__})" for n, l in todo.items() if not isinstance(getattr(*l), nn.Linear)]
     if odd:  # checked first: nothing half-quantized
         raise TypeError(f"cannot quantize {odd[0]}: expected nn.Linear")
-    for parent, leaf in todo.values():
-        setattr(parent, leaf, Fp8Linear.from_linear(getattr(parent, leaf)))
+    for name, (parent, leaf) in todo.items():
+        setattr(parent, leaf, Fp8Linear.from_linear(getattr(parent, leaf), INPUT_GROUPS.get(kind_of(name), 0)))
     model._fp8 = True  # model.is_fp8 (set here: looking at every layer on each forward would cost ~0.1 ms)
     cache = getattr(model, "_cache", None)
     if isinstance(cache, dict):

@@ -54,31 +54,35 @@ def mantissa_limit(x: torch.Tensor) -> torch.Tensor:
     return torch.ldexp(torch.round(m * 16) / 16, e)
 
 
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    return fp8.dequantize(*fp8.quantize_rows(x))
+def _rows(x: torch.Tensor, group: int = 0) -> torch.Tensor:
+    """x through the recipe's quantization: per row, or per (row, group channels) (fp8.quantize_input)."""
+    return fp8.dequantize_input(*fp8.quantize_input(x, group), group)
 
 
-def _rows_limit(x: torch.Tensor) -> torch.Tensor:
-    """x rounded to 3 mantissa bits at the scale quantize_rows picks for each row, without e4m3's exponent range:
-    what the recipe would store if the format had no subnormals and no saturation (its SQNR bounds the real one)."""
+def _rows_limit(x: torch.Tensor, group: int = 0) -> torch.Tensor:
+    """x rounded to 3 mantissa bits at the scale quantize_rows picks for each row (or row and group), without
+    e4m3's exponent range: what the recipe would store if the format had no subnormals and no saturation (its SQNR
+    bounds the real one)."""
+    if group:
+        return _rows_limit(fp8.as_groups(x.float(), group)).flatten(-2)[..., :x.shape[-1]]
     inv, scale = fp8.row_scales(x.float())
     return mantissa_limit(x.float() * inv[..., None]) * scale[..., None]
 
 
 class PartialFp8Linear(nn.Module):
-    """A dense layer with e4m3 weights (per output channel) and/or e4m3 activations (per token), the other operand
-    fp32: the emulation's rounding of one operand at a time."""
+    """A dense layer with e4m3 weights (per output channel) and/or e4m3 activations (per token, or per token and
+    `group` channels as FC2's), the other operand fp32: the emulation's rounding of one operand at a time."""
 
-    def __init__(self, linear: nn.Linear, weights: bool, activations: bool):
+    def __init__(self, linear: nn.Linear, weights: bool, activations: bool, group: int = 0):
         super().__init__()
         w = linear.weight.detach().float()
         self.register_buffer("weight", _rows(w) if weights else w)
         self.register_buffer("bias", linear.bias.detach().float() if linear.bias is not None else None)
-        self.activations = activations
+        self.activations, self.group = activations, group
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x.float()
-        return F.linear(_rows(h) if self.activations else h, self.weight, self.bias)
+        return F.linear(_rows(h, self.group) if self.activations else h, self.weight, self.bias)
 
 
 class QkvPartFp8(nn.Module):
@@ -110,7 +114,7 @@ def with_fp8(model, kinds, mode: str = "both"):
     for kind in kinds:
         for parent, leaf in _layers(out, kind):
             layer = getattr(parent, leaf)
-            setattr(parent, leaf, PartialFp8Linear(layer, *MODES[mode]))
+            setattr(parent, leaf, PartialFp8Linear(layer, *MODES[mode], fp8.INPUT_GROUPS.get(kind, 0)))
     return out
 
 
@@ -181,11 +185,12 @@ def gemm_budget(model, x: torch.Tensor, batch: int = 64) -> dict:
     for (kind, i), chunks in inputs.items():
         parent, leaf = _layers(model, kind)[i]
         a, w = torch.cat(chunks).float(), getattr(parent, leaf).weight.detach().float()
-        aq, wq = _rows(a), _rows(w)
+        group = fp8.INPUT_GROUPS.get(kind, 0)
+        aq, wq = _rows(a, group), _rows(w)
         da, dw = aq - a, wq - w
         y = a @ w.t()
         terms = {
-            "a": a.pow(2).sum(), "a_noise": da.pow(2).sum(), "a_limit": (_rows_limit(a) - a).pow(2).sum(),
+            "a": a.pow(2).sum(), "a_noise": da.pow(2).sum(), "a_limit": (_rows_limit(a, group) - a).pow(2).sum(),
             "w": w.pow(2).sum(), "w_noise": dw.pow(2).sum(), "w_limit": (_rows_limit(w) - w).pow(2).sum(),
             "y": y.pow(2).sum(), "y_w": (a @ wq.t() - y).pow(2).sum(), "y_a": (aq @ w.t() - y).pow(2).sum(),
             "y_both": (aq @ wq.t() - y).pow(2).sum(),

@@ -392,6 +392,9 @@ def gemm_vit_launches(op: str, row, elem: int, even_k=None, when=None):
 # ---- FP8 (e4m3) GEMM operands ----------------------------------------------------------------------------------------
 FP8_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0  # largest finite e4m3fn value
+# FC2's input is quantized per token and FP8_GROUP channels (vit_fast.fp8.INPUT_GROUPS): FC1's epilogue writes the
+# codes with one scale per row and group; the FP8 GEMMs read such A with K steps that divide it
+FP8_GROUP = 128
 TL_SIG[FP8_DTYPE] = "fp8e4nv"
 
 
