@@ -38,7 +38,8 @@ VITFAST_OPS = {"vitfast::ln_qkv": "QKV", "vitfast::attention": "attention", "vit
                "vitfast::layer_norm": "LayerNorm",
                # the FP8 model's variants of the same ops
                "vitfast::ln_qkv_fp8": "QKV", "vitfast::attention_row_amax": "attention",
-               "vitfast::ln_linear_fp8": "FC1", "vitfast::ln_linear_fp8_row_amax": "FC1"}
+               "vitfast::ln_linear_fp8": "FC1", "vitfast::ln_linear_fp8_groups": "FC1",
+               "vitfast::quantize_fp8_groups": "FC2"}  # FC2's input, after a dense FC1
 ATTENTION_WORDS = ("flash", "fmha", "attention", "attn", "sdpa", "softmax")
 GEMM_OPS = ("aten::mm", "aten::addmm", "aten::linear", "aten::_scaled_mm", "aten::matmul")
 GEMM_WORDS = ("gemm", "nvjet", "xmma", "cutlass", "_tem_", "cublas", "wgmma")

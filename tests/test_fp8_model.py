@@ -96,11 +96,12 @@ def test_exclude_errors_say_what_was_expected(exclude, message):
 
 @pytest.mark.skipif(fp8_unsupported_reason(torch.device(DEVICE)) is not None, reason="needs sm_89+/interpreter")
 @pytest.mark.parametrize("exclude, passes", [
-    # (kept dense, quantization passes: ln_qkv, ln_linear, linear_residual, attention recording row maxima)
-    ("proj", (1, 1, 0, 0)),  # a dense out-projection: attention records no maxima
-    ("fc2", (1, 1, 0, 1)),  # FC1 in FP8 without maxima, FC2 dense
-    ("fc1", (1, 0, 1, 1)),  # a dense FC1 records no maxima: FP8 FC2 quantizes its input in a pass of its own
-    ("qkv", (0, 1, 0, 1)),  # the folded dense LN+QKV
+    # (kept dense, quantization passes: ln_qkv, ln_linear, linear_residual, quantize_fp8_groups, attention
+    # recording row maxima)
+    ("proj", (1, 1, 0, 0, 0)),  # a dense out-projection: attention records no maxima
+    ("fc2", (1, 1, 0, 0, 1)),  # FC1 in FP8 storing bf16, FC2 dense
+    ("fc1", (1, 0, 0, 1, 1)),  # a dense FC1 writes bf16 rows: FC2's input is quantized per group in a pass
+    ("qkv", (0, 1, 0, 0, 1)),  # the folded dense LN+QKV
 ])
 def test_triton_equals_emulation_with_layers_excluded(exclude, passes, device, monkeypatch):
     monkeypatch.setenv("VITFAST_FP8_ENGINE", "pointer")  # the passes counted are the pointer engine's (sm_89's)
@@ -116,12 +117,12 @@ def test_triton_equals_emulation_with_layers_excluded(exclude, passes, device, m
 
 
 def _count_quant_passes(monkeypatch):
-    """{op module: calls of its per-token quantization pass (quant_fp8.launch_quant_rows)}, counted from now on, and
-    the number of attention launches that record row maxima."""
+    """{op module: calls of its quantization pass (quant_fp8.launch_quant_rows)}, counted from now on, and the
+    number of attention launches that record row maxima."""
     import sys
 
-    calls = {"ln_qkv": 0, "ln_linear": 0, "linear_residual": 0, "attention row_amax": 0}
-    for name in ("ln_qkv", "ln_linear", "linear_residual"):
+    calls = {"ln_qkv": 0, "ln_linear": 0, "linear_residual": 0, "quantize": 0, "attention row_amax": 0}
+    for name in ("ln_qkv", "ln_linear", "linear_residual", "quantize"):
         # the package re-exports the op function under the module's name
         module = sys.modules[f"vit_fast.kernels.{name}"]
 
@@ -153,12 +154,15 @@ def test_triton_fp8_equals_torch_emulation(dtype, mlp, device, monkeypatch):
         emulated = model.set_backend("torch")(x).float()
         calls = _count_quant_passes(monkeypatch)
         fast = model.set_backend("triton")(x).float()  # the block pruned to the [CLS] query: the sliced rows path
-        # only the two LayerNorms quantize in a pass (QKV, FC1); attention and FC1 (SwiGLU too: the gate is FC1's
-        # epilogue) record row maxima, so the out-projection and FC2 quantize in their main loops
-        assert calls == {"ln_qkv": 1, "ln_linear": 1, "linear_residual": 0, "attention row_amax": 1}, calls
+        # only the two LayerNorms quantize in a pass (QKV, FC1); attention records row maxima, so the
+        # out-projection quantizes in its main loop, and FC1 (SwiGLU too: the gate is FC1's epilogue) stores FC2's
+        # input as e4m3 codes per 128 channels
+        assert calls == {"ln_qkv": 1, "ln_linear": 1, "linear_residual": 0, "quantize": 0,
+                         "attention row_amax": 1}, calls
         if dtype == torch.float32:
             fast_tokens = model.forward_features(x)  # every token: the unpruned path
-            assert calls == {"ln_qkv": 2, "ln_linear": 2, "linear_residual": 0, "attention row_amax": 2}, calls
+            assert calls == {"ln_qkv": 2, "ln_linear": 2, "linear_residual": 0, "quantize": 0,
+                             "attention row_amax": 2}, calls
             ref_tokens = model.set_backend("torch").forward_features(x)
     if dtype == torch.float32:
         assert_fp8_model_matches_emulation(fast, emulated)
@@ -199,9 +203,36 @@ def test_triton_fp8_on_the_tma_engine_equals_torch_emulation(switch, device, mon
 
             monkeypatch.setattr(module, "launch_fp8_tma_gemm", counted)
         fast = model.set_backend("triton")(x).float()
-    assert calls == {"ln_qkv": 1, "ln_linear": 1, "linear_residual": 2, "attention row_amax": 0}, calls
+    # the out-projection's input is quantized in a pass (the engine reads e4m3 rows); FC2's comes from FC1's epilogue
+    assert calls == {"ln_qkv": 1, "ln_linear": 1, "linear_residual": 1, "quantize": 0, "attention row_amax": 0}, calls
     assert sorted(engine_calls) == ["linear_residual", "linear_residual", "ln_linear", "ln_qkv"], engine_calls
     assert_fp8_model_matches_emulation(fast, emulated)
+
+
+@pytest.mark.skipif(fp8_unsupported_reason(torch.device(DEVICE)) is not None, reason="needs sm_89+/interpreter")
+@pytest.mark.parametrize("engine", ["pointer", "tma"])
+def test_fc2_input_is_quantized_per_128_channels(engine, device, monkeypatch):
+    """FC2's input is quantized per token and 128 channels in the emulation (Fp8Linear.input_group) and in the
+    kernels (FC1's epilogue writes the codes, FC2 reads them: no pass between), on both FP8 engines; H = 320 is
+    three groups, the last 64 wide. The grouping is visible: the same model with per-token FC2 inputs differs."""
+    if engine == "tma" and device == "cuda" and torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the TMA engines need an sm_90 GPU")
+    monkeypatch.setenv("VITFAST_FP8_ENGINE", engine)
+    model = vit_fast.quantize(_tiny(depth=1, mlp_dim=320).to(device), "fp8")
+    mlp = model.blocks[0].mlp
+    assert (mlp.fc2.input_group, mlp.fc1.input_group, model.blocks[0].attn.qkv.input_group) == (128, 0, 0)
+    assert "per-token and 128-channel" in repr(mlp.fc2)
+    x = torch.randn(2, 3, 32, 48, device=device)
+    with torch.no_grad():
+        emulated = model.set_backend("torch").forward_features(x)
+        calls = _count_quant_passes(monkeypatch)
+        out = torch.full_like(emulated, float("nan"))
+        out.copy_(model.set_backend("triton").forward_features(x))
+        mlp.fc2.input_group = 0
+        per_token = model.set_backend("torch").forward_features(x)
+    assert calls["quantize"] == 0 and calls["linear_residual"] == (1 if engine == "tma" else 0), calls
+    assert_fp8_model_matches_emulation(out, emulated)
+    assert rel_err(per_token, emulated) > 1e-3
 
 
 def test_emulation_on_a_trained_outlier_model_within_the_readme_figures():

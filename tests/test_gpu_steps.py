@@ -290,7 +290,7 @@ def test_grouping_by_vitfast_ops():
         _k("fp8_gemm_kernel", 1, [("vitfast::ln_qkv_fp8", [x])]),
         _k("_attn_fwd_kernel", 2, [("vitfast::attention_row_amax", [[256, 12, 197, 64]] * 3)]),
         _k("fp8_gemm_kernel", 3, [("vitfast::linear_residual", [x, [D, D], [D], x])]),
-        _k("fp8_gemm_kernel", 4, [("vitfast::ln_linear_fp8_row_amax", [x])]),
+        _k("fp8_gemm_kernel", 4, [("vitfast::ln_linear_fp8_groups", [x])]),
         _k("fp8_gemm_kernel", 5, [("vitfast::linear_residual", [h, [D, MLP], [D], x])]),
     ]
     assert [g for _, g in breakdown.group(fp8, dims)] == ["QKV", "QKV", "attention", "out-proj", "FC1", "FC2"]

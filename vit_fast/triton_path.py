@@ -10,10 +10,11 @@ LayerNorm runs on the prefix rows only when the head needs nothing else. With `k
 attention, out-projection and MLP for the queries the head reads (keys and values still cover every token): the
 logits are the same, the last block costs about 1/N of the others.
 
-In an FP8 model on the pointer FP8 engine (sm_89) attention also records each token's max |output| for the
-out-projection, and FC1's epilogue each token's max |hidden| for FC2, so those two GEMMs quantize their input rows
-in their main loops (no separate pass); the TMA engine (sm_90) reads e4m3 rows, quantized in a pass of their own, and
-needs none (kernels.gemm_fp8_tma.fp8_gemm_reads_row_amax).
+In an FP8 model FC1's epilogue stores its output as e4m3 codes with one scale per token and 128 channels, the way
+FC2's input is quantized (vit_fast.fp8.INPUT_GROUPS), so FC2 reads them with no pass between (a dense FC1's rows go
+through kernels.quantize_fp8_groups). On the pointer FP8 engine (sm_89) attention also records each token's max
+|output|, so the out-projection quantizes its input rows in its main loop; the TMA engine (sm_90) reads e4m3 rows,
+quantized in a pass of their own, and needs none (kernels.gemm_fp8_tma.fp8_gemm_reads_row_amax).
 
 Model families: LayerScale is folded into the weights at load, quick / tanh GELU and the SwiGLU gate (DINOv2 giant:
 FC1 takes the packed gate/up weight and stores silu(gate) · up) are kernel epilogues. Run as torch ops inside this
@@ -125,14 +126,19 @@ def _block(model, block, tokens: torch.Tensor, eps: float, activation: str, keep
     else:
         ctx = kernels.attention(q, k, v, attn.scale)
     tokens, partials = _residual(ctx, attn.proj, tokens, _scale(mlp.fc1) is None, ctx_amax)
-    amax = None
-    if _scale(mlp.fc1) is not None and _scale(mlp.fc2) is not None and fp8_gemm_reads_row_amax(tokens.device):
-        # FP8 MLP: FC1's epilogue records max |hidden| per token, so FC2 quantizes its input rows in its main loop
-        hidden, amax = _ln_then(model, block.norm2, mlp.fc1, tokens, eps, activation=activation,
-                                return_row_amax=True)
-    else:
-        hidden = _ln_then(model, block.norm2, mlp.fc1, tokens, eps, partials, activation=activation)
-    return _residual(hidden, mlp.fc2, tokens, next_qkv is not None and _scale(next_qkv) is None, amax)
+    if _scale(mlp.fc2) is not None:
+        # FP8 FC2 reads its input quantized per token and 128 channels (vit_fast.fp8.INPUT_GROUPS): e4m3 codes from
+        # an FP8 FC1's epilogue, or a pass over a dense FC1's rows
+        if _scale(mlp.fc1) is not None:
+            codes, scales = _ln_then(model, block.norm2, mlp.fc1, tokens, eps, activation=activation,
+                                     fp8_groups=True)
+        else:
+            codes, scales = kernels.quantize_fp8_groups(
+                _ln_then(model, block.norm2, mlp.fc1, tokens, eps, partials, activation=activation))
+        return kernels.linear_residual(codes, mlp.fc2.weight, mlp.fc2.bias, tokens, weight_scale=_scale(mlp.fc2),
+                                       x_scale=scales), None
+    hidden = _ln_then(model, block.norm2, mlp.fc1, tokens, eps, partials, activation=activation)
+    return _residual(hidden, mlp.fc2, tokens, next_qkv is not None and _scale(next_qkv) is None)
 
 
 def _states(model, x: torch.Tensor, is_uint8: bool, keep_last: int = 0, collect: bool = False):

@@ -137,15 +137,17 @@ def test_fp8_variants_cover_every_table_row(variants):
 
     have = {}
     for _, sig, c, w, s, tables, _ in variants["gemm_fp8"]:
-        kind = ("swiglu" if c["ACTIVATION"] == SWIGLU else "fc2" + ("_fp32" if sig["a_ptr"] == "*fp32" else "")
-                if c["QUANT_A"] else "fc1" if c["ROW_AMAX_OUT"]
+        kind = ("swiglu" if c["ACTIVATION"] == SWIGLU else "proj" + ("_fp32" if sig["a_ptr"] == "*fp32" else "")
+                if c["QUANT_A"] else "fc2" if c["A_GROUPED"] else "fc1" if c["GROUP_OUT"]
                 else "qkv" if c["ACTIVATION"] == 0 and not c["HAS_RESIDUAL"] and c["EVEN_K"] else "other")
         have.setdefault((kind, (c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], w, s)), set()).update(tables)
     for family, table in gemm_fp8.FP8_TABLES.items():
-        for kind, a_bytes, quant_a, swiglu in (("fc1", 1, False, False), ("swiglu", 1, False, True),
-                                               ("fc2", 2, True, False), ("fc2_fp32", 4, True, False),
-                                               ("qkv", 1, False, False)):
-            picks = [t for t in table if gemm_fp8.fp8_tile_allowed(family, t, a_bytes, quant_a, swiglu)]
+        for kind, a_bytes, quant_a, swiglu, a_grouped, group_out in (
+                ("fc1", 1, False, False, False, True), ("swiglu", 1, False, True, False, True),
+                ("fc2", 1, False, False, True, False), ("proj", 2, True, False, False, False),
+                ("proj_fp32", 4, True, False, False, False), ("qkv", 1, False, False, False, False)):
+            picks = [t for t in table if gemm_fp8.fp8_tile_allowed(family, t, a_bytes, quant_a, swiglu, None,
+                                                                   a_grouped, group_out)]
             assert picks, (family, kind)
             for tile in picks:
                 assert family in have.get((kind, tile), ()), f"FP8 {kind}: no {family} variant for tile {tile}"
@@ -515,20 +517,24 @@ def test_two_programs_per_sm_rows(monkeypatch):
 
 
 def test_fp8_tma_variants_cover_every_table_row(variants):
-    """Every tile the FP8 TMA prune can pick, for QKV and FC1 (promoted and not) and FC2 on e4m3 rows, has a Hopper
-    variant, so the report compiles and gates it; the promoted 128x256 row is shown but never picked (it spills)."""
+    """Every tile the FP8 TMA prune can pick, for QKV, FC1 writing codes and the out-projection on e4m3 rows
+    (promoted and not) and FC2 on grouped codes (promoted by construction), has a Hopper variant, so the report
+    compiles and gates it; the promoted 128x256 row is shown but never picked (it spills)."""
     from vit_fast.kernels import gemm_fp8_tma
 
     have = {}
     for _, sig, c, w, s, tables, _ in variants["gemm_fp8_tma"]:
-        kind = "fc2" if c["HAS_RESIDUAL"] else "fc1" if c["ROW_AMAX_OUT"] else "qkv"
+        kind = ("fc2" if c["A_GROUPED"] else "proj" if c["HAS_RESIDUAL"] else "fc1" if c["GROUP_OUT"] else "qkv")
         tile = (c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], w, s, c["EPI_SPLIT"])
         assert c["PER_SM"] == gemm_fp8_tma.PER_SM.get(tile, 1)
         have.setdefault((kind, c["PRECISE_ACC"], tile), set()).update(tables)
-    for kind, residual in (("qkv", False), ("fc1", False), ("fc2", True)):
-        for precise in (True, False):
+    for kind, residual, a_grouped, group_out, out_bytes in (
+            ("qkv", False, False, False, 2), ("fc1", False, False, True, 1), ("proj", True, False, False, 2),
+            ("fc2", True, True, False, 2)):
+        for precise in (True,) if a_grouped else (True, False):
             for tile in gemm_fp8_tma.HOPPER_FP8_TMA:
-                if gemm_fp8_tma.tile_allowed(tile, 232448, residual, precise):
+                if gemm_fp8_tma.tile_allowed(tile, 232448, residual, precise, out_bytes, a_grouped=a_grouped,
+                                             group_out=group_out):
                     assert "hopper" in have.get((kind, precise, tile), ()), (kind, precise, tile)
     spill = next(iter(gemm_fp8_tma.PROMOTED_SPILLS))
     assert have[("fc1", True, spill)] == set() and "hopper" in have[("fc1", False, spill)]

@@ -7,6 +7,8 @@ from .ln_fold import FoldedLinear, fold_layer_norm, merge_partials
 from .ln_linear import ln_linear, ln_linear_folded
 from .ln_qkv import ln_qkv, ln_qkv_folded
 from .patch_embed import patch_embed
+from .quantize import quantize_fp8_groups
 
 __all__ = ["FoldedLinear", "attention", "fold_layer_norm", "layer_norm", "linear_residual", "linear_residual_stats",
-           "ln_linear", "ln_linear_folded", "ln_qkv", "ln_qkv_folded", "merge_partials", "patch_embed"]
+           "ln_linear", "ln_linear_folded", "ln_qkv", "ln_qkv_folded", "merge_partials", "patch_embed",
+           "quantize_fp8_groups"]

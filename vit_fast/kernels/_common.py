@@ -415,10 +415,10 @@ def fp8_unsupported_reason(device: torch.device):
     return None
 
 
-def check_linear_fp8(op: str, x: torch.Tensor, weight: torch.Tensor, weight_scale, bias) -> tuple:
-    """x (..., K) float activations, weight (N, K) float8_e4m3fn with weight_scale (N,) fp32 (per output channel),
-    bias (N,) in x.dtype or None; returns (K, N)."""
-    check_dtype(op, "x", x, FLOAT_DTYPES)
+def check_linear_fp8(op: str, x: torch.Tensor, weight: torch.Tensor, weight_scale, bias, model_dtype=None) -> tuple:
+    """x (..., K) float activations (or, with `model_dtype`, e4m3 codes), weight (N, K) float8_e4m3fn with
+    weight_scale (N,) fp32 (per output channel), bias (N,) in x.dtype (model_dtype) or None; returns (K, N)."""
+    check_dtype(op, "x", x, (FP8_DTYPE,) if model_dtype is not None else FLOAT_DTYPES)
     check(x.dim() >= 2, f"{op}: x.dim()", ">= 2 (..., K)", tuple(x.shape))
     k = x.shape[-1]
     check(k > 0, f"{op}: x.shape[-1]", "> 0", k)
@@ -431,7 +431,7 @@ def check_linear_fp8(op: str, x: torch.Tensor, weight: torch.Tensor, weight_scal
           f"{op}: weight_scale", f"a contiguous ({n},) torch.float32 tensor",
           f"{tuple(weight_scale.shape)} {weight_scale.dtype}")
     if bias is not None:
-        check_vector(op, "bias", bias, n, x.dtype)
+        check_vector(op, "bias", bias, n, model_dtype or x.dtype)
     return k, n
 
 
@@ -439,6 +439,26 @@ def check_fp8_device(op: str, device: torch.device) -> None:
     reason = fp8_unsupported_reason(device)
     if reason is not None:
         raise RuntimeError(f"{op}: {reason}")
+
+
+def group_count(k: int) -> int:
+    """Scales per row of K columns quantized per FP8_GROUP columns (the last group may be narrower)."""
+    return -(-k // FP8_GROUP)
+
+
+def check_group_scales(op: str, name: str, t: torch.Tensor, x: torch.Tensor) -> None:
+    """Per-row, per-FP8_GROUP-column fp32 scales of e4m3 x (..., K): shape (..., cdiv(K, 128)), any strides."""
+    shape = (*x.shape[:-1], group_count(x.shape[-1]))
+    check(tuple(t.shape) == shape and t.dtype == torch.float32, f"{op}: {name}",
+          f"a float32 tensor of shape {shape} (one scale per row of x and {FP8_GROUP} columns)",
+          f"{tuple(t.shape)} {t.dtype}")
+
+
+def group_scales_view(t: torch.Tensor) -> torch.Tensor:
+    """(..., G) scales -> (M, G) with unit row stride (a (G, M) buffer's transpose, as the kernels read a group's
+    scales for a tile's rows), copying only when t is laid out otherwise."""
+    t2d = t.reshape(-1, t.shape[-1])
+    return t2d if t2d.stride(0) == 1 else t2d.t().contiguous().t()
 
 
 def check_row_stats(op: str, name: str, t: torch.Tensor, x: torch.Tensor) -> None:

@@ -1,10 +1,14 @@
 """FP8 engine of ln_qkv, ln_linear and linear_residual: out = epilogue((A_q @ W_q^T) · s_row · s_col).
 
 A_q (M, K) float8 e4m3 with one fp32 scale per row (per token, from quant_fp8.py), W_q (N, K) float8 e4m3 with one
-fp32 scale per output channel (quantized once, vit_fast.fp8). Two switches remove the quantization passes before
-FC2 and the out-projection: ROW_AMAX_OUT (FC1) atomically records max |stored output| per row (attention.py has the
-same switch), and QUANT_A (FC2, out-projection) reads bf16 rows with those maxima and quantizes each A tile in
-registers before the dot, with the arithmetic of quant_fp8.py.
+fp32 scale per output channel (quantized once, vit_fast.fp8). Three switches remove the quantization passes before
+FC2 and the out-projection:
+- GROUP_OUT (FC1): the epilogue stores e4m3 codes of its fp32 output, one scale per row and FP8_GROUP (128) columns
+  (a tile is one group), which is how FC2's input is quantized (vit_fast.fp8.INPUT_GROUPS);
+- A_GROUPED (FC2): A is such codes; each K step (BLOCK_K divides the group) multiplies its zero-started partial sum
+  by its rows' scales of that group before adding it to the fp32 accumulator;
+- QUANT_A (out-projection): A is attention's bf16 rows and a_scale their maxima (attention's ROW_AMAX_OUT); each A
+  tile is quantized per row in registers before the dot, with the arithmetic of quant_fp8.py.
 The dot runs on FP8 tensor cores (wgmma e4m3 on sm_90, mma e4m3 on sm_89) into an fp32 accumulator; the epilogue
 applies acc · s_row · s_col, then bias, the shared activation and residual exactly as the bf16 engine (gemm.py)
 does; QKV is stored as plain rows, the layout attention reads in place (ln_qkv.py). SwiGLU (ACTIVATION 4) keeps a
@@ -26,10 +30,12 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (PRECISE_ACC_ENV, SWIGLU, TL_SIG, autotune_scope, is_interpreting, jit_fn, m_bucket,
-                      shared_memory_bytes, switch_value)
+from ._common import (FP8_GROUP, PRECISE_ACC_ENV, SWIGLU, TL_SIG, autotune_scope, is_interpreting, jit_fn,
+                      m_bucket, shared_memory_bytes, switch_value)
 from .gemm import apply_activation, grouped_tile, swiglu
-from .quant_fp8 import round_to_e4m3
+from .quant_fp8 import e4m3_codes, masked_row_amax, round_to_e4m3
+
+GROUP_K = tl.constexpr(FP8_GROUP)  # FP8_GROUP inside the kernels
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages): FP8 rows are 1 byte, so BLOCK_K 128 is one 128-byte swizzle row.
 # Checked for sm_90 by AOT compile (registers, no spills): 128x256 (8 warps) and 128x128 (4 warps) spill once the
@@ -61,11 +67,14 @@ ADA_FP8 = [  # sm_89 (L4, L40S): 99 KB of shared memory per block; spill-free fo
 INTERPRETER_FP8 = (32, 32, 32, 4, 1)
 FP8_TABLES = {"hopper": HOPPER_FP8, "ada": ADA_FP8}
 FP8_AUTOTUNE_KEY = ["M_BUCKET", "N", "K", "HAS_BIAS", "ACTIVATION", "HAS_RESIDUAL", "PRECISE_ACC", "QUANT_A",
-                    "ROW_AMAX_OUT"]
+                    "A_GROUPED", "GROUP_OUT"]
+# Under the interpreter: one tile, 128 wide for a launch that writes e4m3 codes (one FP8_GROUP per tile)
+INTERPRETER_GROUP_OUT = (32, 128, 32, 4, 1)
 
 
 def _configs():
-    rows = [INTERPRETER_FP8] if is_interpreting() else list(dict.fromkeys(HOPPER_FP8 + ADA_FP8 + SWIGLU_FP8))
+    rows = ([INTERPRETER_FP8, INTERPRETER_GROUP_OUT] if is_interpreting()
+            else list(dict.fromkeys(HOPPER_FP8 + ADA_FP8 + SWIGLU_FP8)))
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
             for bm, bn, bk, w, s in rows]
 
@@ -83,25 +92,43 @@ FP8_FAMILY_SMEM = {"hopper": 232448, "ada": 101376}
 # (the static reports: 128x128x128 w8s3 8 B under triton 3.9, 32 B under 3.6; 128x64x128 w4s4 48 B under 3.6;
 # 64x128x256 w4s3 104 B under 3.9, 112 B under 3.6).
 FP32_ROW_SPILLS = {"hopper": {(128, 128, 128, 8, 3), (128, 64, 128, 4, 4), (64, 128, 256, 4, 3)}}
+# SwiGLU's FC1 writing e4m3 codes (GROUP_OUT): Hopper tiles that spill on sm_90 (triton 3.9: 8 B)
+SWIGLU_GROUP_OUT_SPILLS = {"hopper": {(64, 128, 128, 4, 4)}}
 
 
-def fp8_tile_fits(family: str, tile, a_bytes: int, quant_a: bool, swiglu: bool, smem=None) -> bool:
+def fp8_tile_fits(family: str, tile, a_bytes: int, quant_a: bool, swiglu: bool, smem=None, a_grouped=False) -> bool:
     """`tile` is in the `family` table (SwiGLU: also in SWIGLU_FP8) and fits its shared memory."""
     table = FP8_TABLES[family]
     if swiglu:
         table = [row for row in table if row in SWIGLU_FP8]
-    return tile in table and smem_bytes(family, tile, a_bytes, quant_a, swiglu) <= (smem or FP8_FAMILY_SMEM[family])
+    need = smem_bytes(family, tile, a_bytes, quant_a, swiglu, a_grouped)
+    return tile in table and need <= (smem or FP8_FAMILY_SMEM[family])
 
 
-def fp8_tile_allowed(family: str, tile, a_bytes: int, quant_a: bool, swiglu: bool, smem=None) -> bool:
+def group_tile_ok(tile, a_grouped: bool, group_out: bool) -> bool:
+    """A launch that reads A quantized per FP8_GROUP columns steps K within a group (BLOCK_K divides it: each step's
+    partial sum gets one scale per row); one that writes codes holds whole groups in a tile (BLOCK_N = FP8_GROUP)."""
+    _, bn, bk = tile[:3]
+    return (not a_grouped or FP8_GROUP % bk == 0) and (not group_out or bn == FP8_GROUP)
+
+
+def fp8_tile_allowed(family: str, tile, a_bytes: int, quant_a: bool, swiglu: bool, smem=None, a_grouped=False,
+                     group_out=False) -> bool:
     """Whether the prune on a `family` GPU can pick `tile` (a row of the tables) for a launch of this kind: it fits
-    (fp8_tile_fits) and is not a known spill."""
-    spills = FP32_ROW_SPILLS.get(family, ()) if a_bytes == 4 else ()
-    return fp8_tile_fits(family, tile, a_bytes, quant_a, swiglu, smem) and tuple(tile) not in spills
+    (fp8_tile_fits), is not a known spill, and suits grouped A or grouped codes (group_tile_ok)."""
+    spills = set(FP32_ROW_SPILLS.get(family, ())) if a_bytes == 4 else set()
+    if swiglu and group_out:
+        spills |= SWIGLU_GROUP_OUT_SPILLS.get(family, set())
+    return (fp8_tile_fits(family, tile, a_bytes, quant_a, swiglu, smem, a_grouped) and tuple(tile) not in spills
+            and group_tile_ok(tile, a_grouped, group_out))
 
 
 def _prune(configs, named_args, **kwargs):
-    """The running GPU family's table, tiles that fit shared memory and are not far taller than M."""
+    """The running GPU family's table, tiles that fit shared memory, suit the launch's groups and are not far taller
+    than M (under the interpreter: its tile for the launch)."""
+    group_out = kwargs.get("GROUP_OUT", False)
+    if {_row(c) for c in configs} <= {INTERPRETER_FP8, INTERPRETER_GROUP_OUT}:  # the interpreter's configs
+        return [c for c in configs if (_row(c) == INTERPRETER_GROUP_OUT) == group_out]
     if len(configs) <= 1:
         return configs
     a = named_args["a_ptr"]
@@ -110,7 +137,8 @@ def _prune(configs, named_args, **kwargs):
     m_cap = max(64, named_args.get("M_BUCKET", 1 << 16))
     swiglu = kwargs.get("ACTIVATION") == SWIGLU
     kept = [c for c in configs
-            if fp8_tile_allowed(family, _row(c), a.element_size(), kwargs.get("QUANT_A", False), swiglu, smem)
+            if fp8_tile_allowed(family, _row(c), a.element_size(), kwargs.get("QUANT_A", False), swiglu, smem,
+                                kwargs.get("A_GROUPED", False), group_out)
             and c.kwargs["BLOCK_M"] <= m_cap]
     return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.num_stages)]
 
@@ -119,16 +147,19 @@ def _row(c) -> tuple:
     return c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages
 
 
-def smem_bytes(family: str, tile, a_bytes: int, quant_a: bool, swiglu: bool = False) -> int:
+def smem_bytes(family: str, tile, a_bytes: int, quant_a: bool, swiglu: bool = False, a_grouped: bool = False) -> int:
     """Shared memory a launch takes on a `family` GPU: the software pipeline's A and W buffers (two W tiles for
     SwiGLU). On Hopper (wgmma) num_stages of each, one fewer of A when QUANT_A (its quantized tile reaches the tensor
-    cores from registers); on Ada (mma.sync) num_stages - 1 of each. This equals what every FP8 variant compiles to
-    under triton 3.6 and 3.9; the static gate checks it on every compile (`smem_estimate` in the report)."""
+    cores from registers); on Ada (mma.sync) num_stages - 1 of each. Grouped A on a tile taller than wide (128x64)
+    adds BLOCK_M fp32: the K step's row scales pass through shared memory to reach the accumulator's layout there.
+    This equals what every FP8 variant compiles to under triton 3.6 and 3.9; the static gate checks it on every
+    compile (`smem_estimate` in the report)."""
     bm, bn, bk, _, stages = tile
     a, w = bm * bk * a_bytes, bn * bk * (2 if swiglu else 1)
+    scales = 4 * bm if a_grouped and bm > bn else 0
     if family == "ada":
-        return (stages - 1) * (a + w)
-    return (stages - 1 if quant_a else stages) * a + stages * w
+        return (stages - 1) * (a + w) + scales
+    return (stages - 1 if quant_a else stages) * a + stages * w + scales
 
 
 @triton.autotune(configs=_configs(), key=FP8_AUTOTUNE_KEY,
@@ -138,8 +169,8 @@ def smem_bytes(family: str, tile, a_bytes: int, quant_a: bool, swiglu: bool = Fa
 @triton.jit(do_not_specialize=["M"])  # M = B·tokens: one compile for every batch size
 def fp8_gemm_kernel(
     a_ptr,  # (M, K) activations: float8 e4m3, or (QUANT_A) bf16/fp16/fp32 rows quantized here
-    a_scale_ptr,  # (M,) fp32 per-row (per-token) scales of A; with QUANT_A the rows' absolute maxima instead
-    amax_out_ptr,  # (M,) fp32, zero-initialized: atomic max of |stored output| per row (ROW_AMAX_OUT only)
+    a_scale_ptr,  # (M,) fp32 per-row (per-token) scales of A; QUANT_A: the rows' absolute maxima; A_GROUPED: (G, M)
+    scale_out_ptr,  # (G, M) fp32: the scales of the e4m3 output per row and FP8_GROUP columns (GROUP_OUT only)
     w_ptr,  # (N, K) float8 e4m3 weight in nn.Linear layout; (2N, K) gate then up rows for SwiGLU
     w_scale_ptr,  # (N,) fp32 per-output-channel scales of W; (2N,) for SwiGLU
     bias_ptr,  # (N,) bias, (2N,) for SwiGLU; read only when HAS_BIAS
@@ -154,14 +185,17 @@ def fp8_gemm_kernel(
     stride_rn,  # residual column stride
     stride_om,  # output row stride
     stride_on,  # output column stride
+    stride_sa,  # a_scale_ptr's group stride (A_GROUPED only)
+    stride_so,  # scale_out_ptr's group stride (GROUP_OUT only)
     M_BUCKET,  # next power of two of M: an autotune key, unused by the kernel body
     HAS_BIAS: tl.constexpr,  # add bias in the epilogue
     ACTIVATION: tl.constexpr,  # 0 none, 1 exact-erf GELU, 2 tanh GELU, 3 quick GELU, 4 SwiGLU (gate and up dots)
     HAS_RESIDUAL: tl.constexpr,  # add the residual after the activation
     PRECISE_ACC: tl.constexpr,  # promote the FP8 partial sums into fp32 every BLOCK_K (see the module docstring)
     QUANT_A: tl.constexpr,  # A holds unquantized rows and a_scale_ptr their amax: quantize each tile before the dot
-    ROW_AMAX_OUT: tl.constexpr,  # atomically max |output| per row into amax_out_ptr (feeds the next GEMM's QUANT_A)
-    ROUND_IN_FP32: tl.constexpr,  # QUANT_A under the interpreter: round to e4m3 in fp32 first (quant_fp8.py)
+    A_GROUPED: tl.constexpr,  # A is e4m3 with a scale per row and FP8_GROUP columns: each K step's sum scaled
+    GROUP_OUT: tl.constexpr,  # store e4m3 codes of the output per row and FP8_GROUP columns (FC1 before FC2)
+    ROUND_IN_FP32: tl.constexpr,  # e4m3 codes made here, under the interpreter: round in fp32 first (quant_fp8.py)
     BLOCK_M: tl.constexpr,  # rows per tile
     BLOCK_N: tl.constexpr,  # output features per tile
     BLOCK_K: tl.constexpr,  # reduction step
@@ -183,6 +217,9 @@ def fp8_gemm_kernel(
         amax = tl.maximum(tl.load(a_scale_ptr + rm_load), 1e-12)
         inv_row = tl.div_rn(tl.full([BLOCK_M], 448.0, tl.float32), amax)
         s_row = tl.div_rn(amax, tl.full([BLOCK_M], 448.0, tl.float32))
+    elif A_GROUPED:  # the scales are applied per K step
+        tl.static_assert(GROUP_K % BLOCK_K == 0)
+        s_row = tl.full([BLOCK_M], 1.0, tl.float32)
     else:
         s_row = tl.load(a_scale_ptr + rm_load)
 
@@ -208,7 +245,10 @@ def fp8_gemm_kernel(
             if ROUND_IN_FP32:
                 q = round_to_e4m3(q)
             a = q.to(tl.float8e4nv)
-        if PRECISE_ACC and QUANT_A:
+        if A_GROUPED:  # one scale per row for this step's columns: the partial sum starts from zero (promoted)
+            s_k = tl.load(a_scale_ptr + (k0 // GROUP_K) * stride_sa + rm_load)
+            acc += tl.dot(a, w) * s_k[:, None]
+        elif PRECISE_ACC and QUANT_A:
             # A reaches the tensor cores from registers here: Triton splits such a dot along K and drops
             # max_num_imprecise_acc (triton 3.6 and 3.9), so the promotion is written out: each BLOCK_K partial sum
             # starts from zero in the tensor cores and is added to acc in fp32
@@ -240,10 +280,13 @@ def fp8_gemm_kernel(
         res = tl.load(res_ptr + rm64[:, None] * stride_rm + rn[None, :] * stride_rn, mask=mask, other=0.0)
         acc += res.to(tl.float32)
     out_ptrs = out_ptr + rm64[:, None] * stride_om + rn[None, :] * stride_on
-    y = acc.to(out_ptr.dtype.element_ty)
-    tl.store(out_ptrs, y, mask=mask)
-    if ROW_AMAX_OUT:
-        record_row_amax(y, rm, mask_m, mask_n, amax_out_ptr)
+    if GROUP_OUT:  # the tile is one group (group_tile_ok): codes of the fp32 values, one cast
+        tl.static_assert(BLOCK_N == GROUP_K)
+        q, scale = e4m3_codes(acc, masked_row_amax(acc, mask_n), ROUND_IN_FP32)
+        tl.store(out_ptrs, q, mask=mask)
+        tl.store(scale_out_ptr + pid_n * stride_so + rm, scale, mask=mask_m)
+    else:
+        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -255,66 +298,67 @@ def dequantize_tile(acc, s_row, s_col, bias_ptr, cols, mask_n, HAS_BIAS: tl.cons
     return acc
 
 
-@triton.jit
-def record_row_amax(y, rows, mask_m, mask_n, amax_out_ptr):
-    """Atomic max of |y| per row into amax_out_ptr, of the values as stored (y in the output dtype), so the next
-    GEMM's quantization equals quantize_rows(stored rows); both FP8 engines' ROW_AMAX_OUT."""
-    tile_max = tl.max(tl.where(mask_n[None, :], tl.abs(y.to(tl.float32)), 0.0), axis=1)
-    tl.atomic_max(amax_out_ptr + rows, tile_max, mask=mask_m)
-
-
 def precise_acc_setting() -> bool:
     """The promotion switch from VITFAST_FP8_PRECISE_ACC (read at each launch): 1 (default) or 0."""
     return switch_value(PRECISE_ACC_ENV, "0 or 1") == "1"
 
 
 def launch_fp8_gemm(a_q, a_scale, weight, w_scale, bias, out, *, activation=0, residual=None, precise_acc=None,
-                    a_amax=None, amax_out=None):
-    """Launch on already-checked operands: a_q (M, K) e4m3 with unit column stride and a_scale (M,) fp32 -- or
-    a_q in a float dtype with a_amax (M,) its rows' absolute maxima (a_scale None), quantized in the main loop;
-    weight (N, K) e4m3 rows contiguous, w_scale (N,) fp32; out (M, N); residual (M, N) or None; amax_out (M,) fp32
-    zeros or None: receives max |out| per row. precise_acc None: `precise_acc_setting()`."""
+                    a_amax=None, out_scale=None):
+    """Launch on already-checked operands: a_q (M, K) e4m3 with unit column stride and a_scale (M,) fp32, or (M, G)
+    (quant_fp8.new_group_scales: per row and FP8_GROUP columns) -- or a_q in a float dtype with a_amax (M,) its rows'
+    absolute maxima (a_scale None), quantized in the main loop; weight (N, K) e4m3 rows contiguous, w_scale (N,)
+    fp32; out (M, N); residual (M, N) or None; out_scale (M, G) (new_group_scales) or None: out is then e4m3 and
+    receives the output's codes per row and FP8_GROUP columns, out_scale their scales. precise_acc None:
+    `precise_acc_setting()` (grouped A is promoted by construction)."""
     if precise_acc is None:
         precise_acc = precise_acc_setting()
     M, K = a_q.shape
     N = weight.shape[0] // 2 if activation == SWIGLU else weight.shape[0]  # SwiGLU: (2N, K) packed gate/up rows
     res = residual if residual is not None else out
+    a_grouped = a_scale is not None and a_scale.dim() == 2
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
     fp8_gemm_kernel[grid](
-        a_q, a_scale if a_amax is None else a_amax, amax_out if amax_out is not None else w_scale, weight, w_scale,
+        a_q, a_scale if a_amax is None else a_amax, out_scale if out_scale is not None else w_scale, weight, w_scale,
         bias if bias is not None else out, res, out,
         M, N, K, a_q.stride(0), weight.stride(0), res.stride(-2), res.stride(-1), out.stride(0), out.stride(1),
-        m_bucket(M),
+        a_scale.stride(1) if a_grouped else 0, out_scale.stride(1) if out_scale is not None else 0, m_bucket(M),
         HAS_BIAS=bias is not None, ACTIVATION=activation, HAS_RESIDUAL=residual is not None,
-        PRECISE_ACC=precise_acc, QUANT_A=a_amax is not None,
-        ROW_AMAX_OUT=amax_out is not None, ROUND_IN_FP32=is_interpreting(),
+        PRECISE_ACC=precise_acc or a_grouped, QUANT_A=a_amax is not None, A_GROUPED=a_grouped,
+        GROUP_OUT=out_scale is not None,
+        ROUND_IN_FP32=is_interpreting(),
     )  # fmt: skip
     return out
 
 
 def aot_variants(exhaustive: bool = False):
     """bf16 outputs (the FP8 model's residual stream) at every Hopper and Ada tile for the launches a fully FP8
-    model makes: FC1 (GELU, bias, row maxima out), SwiGLU's FC1 (gate and up dots), FC2 / out-projection (bf16 A
-    quantized in the main loop, residual), QKV. At one tile per family (Hopper 64x128x128, Ada 64x128x64) the
-    launches only `exclude` or odd widths make: FP8 A with a residual (FC2 after a dense FC1), GELU without row
-    maxima (FC1 before a dense FC2), the non-even K path, and imprecise accumulation. An fp32 model's FC2 (fp32 rows
-    quantized in the main loop) at every tile that fits (FP32_ROW_SPILLS: shown, not picked); fp16 and the other
-    fp32 launches only with `exhaustive` (at the Hopper tile). Each variant names the families whose prune can pick
-    it, so sm_90 gates the Hopper picks and sm_89 the Ada ones. FP8 dots do not exist before sm_89: min_cc 89
-    (skipped for sm_80)."""
+    model makes: FC1 (GELU, bias, e4m3 codes out per 128 columns), SwiGLU's FC1 (gate and up dots, codes out), FC2
+    (A grouped per 128 columns, residual), the out-projection (bf16 A quantized in the main loop, residual), QKV.
+    Tiles a launch's group rule excludes (group_tile_ok) are not compiled (the kernel's static_assert refuses them).
+    At one tile per family (Hopper 64x128x128, Ada 64x128x64) the launches only `exclude`, API callers or odd widths
+    make: per-row FP8 A with a residual (rows no kernel recorded), GELU with a plain bf16 store (FC1 before a dense
+    FC2), the non-even K path, and imprecise accumulation. An fp32 model's out-projection (fp32 rows quantized in
+    the main loop) at every tile that fits (FP32_ROW_SPILLS: shown, not picked); fp16 and the other fp32 launches
+    only with `exhaustive` (at the Hopper tile). Each variant names the families whose prune can pick it, so sm_90
+    gates the Hopper picks and sm_89 the Ada ones. FP8 dots do not exist before sm_89: min_cc 89 (skipped for
+    sm_80)."""
     tiles = list(dict.fromkeys(HOPPER_FP8 + ADA_FP8))
-    out = [_variant(torch.bfloat16, 1, True, False, True, True, t, amax_out=True) for t in tiles]  # FC1
-    # SwiGLU at every table tile; the prune keeps SWIGLU_FP8's (Hopper's others show on sm_90 why not)
-    out += [_variant(torch.bfloat16, SWIGLU, True, False, True, True, t, amax_out=True)
-            for t in dict.fromkeys(tiles + SWIGLU_FP8)]
-    out += [_variant(torch.bfloat16, 0, True, True, True, True, t, quant_a=True) for t in tiles]  # FC2 (bf16 A)
+    writers = [t for t in tiles if group_tile_ok(t, False, True)]  # (the others fail the kernel's static_assert)
+    out = [_variant(torch.bfloat16, 1, True, False, True, True, t, group_out=True) for t in writers]  # FC1
+    # SwiGLU at every table tile that writes codes; the prune keeps SWIGLU_FP8's (the others show why not)
+    out += [_variant(torch.bfloat16, SWIGLU, True, False, True, True, t, group_out=True)
+            for t in dict.fromkeys(writers + [t for t in SWIGLU_FP8 if group_tile_ok(t, False, True)])]
+    out += [_variant(torch.bfloat16, 0, True, True, True, True, t, a_grouped=True) for t in tiles
+            if group_tile_ok(t, True, False)]  # FC2
+    out += [_variant(torch.bfloat16, 0, True, True, True, True, t, quant_a=True) for t in tiles]  # out-projection
     out += [_variant(torch.bfloat16, 0, True, False, True, True, t) for t in tiles]  # QKV
     for tile in ((64, 128, 128, 4, 4), (64, 128, 64, 4, 4)):  # Hopper, Ada
-        out += [_variant(torch.bfloat16, 0, True, True, True, True, tile),  # FC2 on FP8 A (FC1 kept dense)
-                _variant(torch.bfloat16, 1, True, False, True, True, tile),  # FC1 without maxima (FC2 kept dense)
+        out += [_variant(torch.bfloat16, 0, True, True, True, True, tile),  # per-row FP8 A with a residual
+                _variant(torch.bfloat16, 1, True, False, True, True, tile),  # FC1 storing bf16 (FC2 kept dense)
                 _variant(torch.bfloat16, 1, False, False, False, True, tile),  # no bias, ragged K
                 _variant(torch.bfloat16, 1, True, False, True, False, tile)]  # imprecise accumulation
-    # an fp32 model's FC2: 4-byte A rows, at every tile that fits some family (the spilling ones shown, not picked)
+    # an fp32 model's out-projection: 4-byte A rows, at every tile that fits some family (the spilling ones shown)
     out += [_variant(torch.float32, 0, True, True, True, True, t, quant_a=True) for t in tiles
             if any(fp8_tile_fits(f, t, 4, True, False) for f in FP8_TABLES)]
     tile = (64, 128, 128, 4, 4)
@@ -324,30 +368,32 @@ def aot_variants(exhaustive: bool = False):
     return out
 
 
-def _variant(out_dtype, activation, has_bias, has_residual, even_k, precise, tile, quant_a=False,
-             amax_out=False):
+def _variant(out_dtype, activation, has_bias, has_residual, even_k, precise, tile, quant_a=False, a_grouped=False,
+             group_out=False):
     bm, bn, bk, warps, stages = tile
     a_bytes = torch.empty((), dtype=out_dtype).element_size() if quant_a else 1  # QUANT_A reads model-dtype rows
     p = "*" + TL_SIG[out_dtype]
     sig = {
-        "a_ptr": p if quant_a else "*fp8e4nv", "a_scale_ptr": "*fp32", "amax_out_ptr": "*fp32",
+        "a_ptr": p if quant_a else "*fp8e4nv", "a_scale_ptr": "*fp32", "scale_out_ptr": "*fp32",
         "w_ptr": "*fp8e4nv", "w_scale_ptr": "*fp32",
-        "bias_ptr": p, "res_ptr": p, "out_ptr": p,
+        "bias_ptr": p, "res_ptr": p, "out_ptr": "*fp8e4nv" if group_out else p,
         "M": "i32", "N": "i32", "K": "i32", "stride_am": "i32", "stride_wn": "i32",
         "stride_rm": "i32", "stride_rn": "constexpr", "stride_om": "i32", "stride_on": "constexpr",
-        "M_BUCKET": "i32",
+        "stride_sa": "i32", "stride_so": "i32", "M_BUCKET": "i32",
     }  # fmt: skip
     constexprs = {
         "stride_rn": 1, "stride_on": 1,
         "HAS_BIAS": has_bias, "ACTIVATION": activation, "HAS_RESIDUAL": has_residual,
-        "PRECISE_ACC": precise, "QUANT_A": quant_a, "ROW_AMAX_OUT": amax_out, "ROUND_IN_FP32": False,
-        "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "EVEN_K": even_k,
+        "PRECISE_ACC": precise, "QUANT_A": quant_a, "A_GROUPED": a_grouped, "GROUP_OUT": group_out,
+        "ROUND_IN_FP32": False, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "EVEN_K": even_k,
     }  # fmt: skip
     for name in constexprs:
         sig.setdefault(name, "constexpr")
     extra = {"vit": lambda cfg, batch: []} if activation == SWIGLU else {}  # no report preset has a SwiGLU MLP
+    swiglu = activation == SWIGLU
     return {"fn": jit_fn(fp8_gemm_kernel), "signature": sig, "constexprs": constexprs, **extra,
             "num_warps": warps, "num_stages": stages, "min_cc": 89, "op": "linear_fp8", "main_loop": "gemm",
-            "tables": tuple(f for f in FP8_TABLES if fp8_tile_allowed(f, tile, a_bytes, quant_a, activation == SWIGLU)),
-            "smem_estimate": {f: smem_bytes(f, tile, a_bytes, quant_a, activation == SWIGLU) for f in FP8_TABLES},
-            "divisible": ("N", "K", "stride_am", "stride_wn", "stride_rm", "stride_om")}
+            "tables": tuple(f for f in FP8_TABLES
+                            if fp8_tile_allowed(f, tile, a_bytes, quant_a, swiglu, None, a_grouped, group_out)),
+            "smem_estimate": {f: smem_bytes(f, tile, a_bytes, quant_a, swiglu, a_grouped) for f in FP8_TABLES},
+            "divisible": ("N", "K", "stride_am", "stride_wn", "stride_rm", "stride_om", "stride_sa", "stride_so")}

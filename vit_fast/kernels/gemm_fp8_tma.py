@@ -7,29 +7,33 @@ wgmma the way gemm_tma.py feeds bf16: TMA descriptors for A (M, K) and W (N, K) 
 programs that walk GROUP_M-grouped tiles, and rows with two programs per SM (PER_SM) so that one's epilogue overlaps
 the other's MMAs. TMA pads out-of-range loads with zeros and clips stores, so ragged M, N and K need no masks.
 
-What it runs: launches whose A is e4m3 rows with per-row scales: QKV and FC1 after the quantizing LayerNorm, and FC2
-and the out-projection after a quantization pass of their own (quant_fp8.py; the same codes as the pointer engine's
-QUANT_A, which re-quantizes each A tile once per column tile, ~320 issue cycles per K step at 64x128x128 against
-256 cycles of FP8 MMAs). SwiGLU stays on the pointer engine. The epilogue is the pointer engine's: acc · s_row ·
-s_col, bias, activation, residual, one cast, the stored rows' maxima (ROW_AMAX_OUT); PRECISE_ACC promotes every
-BLOCK_K of K into fp32 as there (max_num_imprecise_acc; A and W both come from shared memory, so the request is
-kept).
+What it runs: launches whose A is e4m3: QKV and FC1 after the quantizing LayerNorm (per-row scales), the
+out-projection after a quantization pass of its own (quant_fp8.py; the same codes as the pointer engine's QUANT_A,
+which re-quantizes each A tile once per column tile, ~320 issue cycles per K step at 64x128x128 against 256 cycles
+of FP8 MMAs), and FC2 on the codes FC1's epilogue wrote, one scale per row and 128 columns (A_GROUPED: each K step's
+partial sum times its rows' scales of that group; GROUP_OUT in FC1: the codes and their scales, TMA-stored). SwiGLU
+stays on the pointer engine. The epilogue is the pointer engine's: acc · s_row · s_col, bias, activation, residual,
+one cast (or the codes); PRECISE_ACC promotes every BLOCK_K of K into fp32 as there (max_num_imprecise_acc; A and W
+both come from shared memory, so the request is kept).
 
 The op modules choose it through `select_fp8_engine`: by default on an sm_90 GPU, where an H200 measured it 1.18-1.30x
 faster than the pointer engine end to end (benchmarks/NOTES.md, "Third GPU lease"); `VITFAST_FP8_ENGINE=tma|pointer`
 forces one (=tma also under the interpreter, which is how the tests run it on a CPU). The model then asks attention
-and FC1 for no row maxima (`fp8_gemm_reads_row_amax`).
+for no row maxima (`fp8_gemm_reads_row_amax`).
 """
 import torch
 import triton
 import triton.language as tl
 
-from ._common import (FAMILY_SMEM, FP8_ENGINE_ENV, GEMM_DIVISIBLE, SWIGLU, TL_SIG, autotune_scope, check,
-                      is_interpreting, jit_fn, m_bucket, switch_value)
+from ._common import (FAMILY_SMEM, FP8_ENGINE_ENV, FP8_GROUP, GEMM_DIVISIBLE, SWIGLU, TL_SIG, autotune_scope,
+                      check, is_interpreting, jit_fn, m_bucket, switch_value)
 from .gemm import apply_activation, grouped_tile
-from .gemm_fp8 import dequantize_tile, precise_acc_setting, record_row_amax
-from .gemm_tma import (SM90_SM_SMEM, _is_sm90, _tma_addressable, co_resident, persistent_configs, persistent_grid,
-                       persistent_prune, programs_per_sm)
+from .gemm_fp8 import dequantize_tile, precise_acc_setting
+from .quant_fp8 import e4m3_codes, masked_row_amax
+from .gemm_tma import (INTERPRETER_TMA, SM90_SM_SMEM, _is_sm90, _tma_addressable, co_resident, persistent_configs,
+                       persistent_grid, persistent_prune, programs_per_sm)
+
+GROUP_K = tl.constexpr(FP8_GROUP)  # FP8_GROUP inside the kernels
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, EPI_SPLIT); K is 1 byte, so BLOCK_K 128 is one 128-byte swizzle
 # row. Registers, spills and shared memory of every row are in the static report (benchmarks/static/report.md).
@@ -45,16 +49,32 @@ HOPPER_FP8_TMA = [
 # Rows launched with two programs per SM (gemm_tma.py's docstring): 98,304 B of operand stages and a 16 KB store
 # buffer, so two fit in an SM's 233,472 B without a residual.
 PER_SM = {(128, 128, 128, 4, 3, 2): 2}
-# Rows that spill on sm_90 once the promotion's second accumulator exists (PRECISE_ACC=1): the report's rows.
+# Rows that spill on sm_90 once the promotion's second accumulator exists (PRECISE_ACC=1, and FC2's grouped A, which
+# is promoted by construction): the report's rows.
 PROMOTED_SPILLS = {(128, 256, 128, 8, 3, 2)}
-FP8_TMA_KEY = ["M_BUCKET", "N", "K", "HAS_BIAS", "ACTIVATION", "HAS_RESIDUAL", "PRECISE_ACC", "ROW_AMAX_OUT"]
+# Rows that spill on sm_90 (triton 3.9, the static report) when FC1 writes e4m3 codes (the two-programs row keeps
+# both 64-wide slices' values for their joint maximum: 128-168 B) or FC2 scales grouped A (104 B)
+GROUP_OUT_SPILLS = {(128, 128, 128, 4, 3, 2)}
+A_GROUPED_SPILLS = {(128, 128, 128, 4, 3, 2)}
+FP8_TMA_KEY = ["M_BUCKET", "N", "K", "HAS_BIAS", "ACTIVATION", "HAS_RESIDUAL", "PRECISE_ACC", "A_GROUPED",
+               "GROUP_OUT"]
+# Under the interpreter, a launch that writes e4m3 codes takes one of these (gemm_tma's row otherwise): 64-wide
+# epilogue slices that share one group, or 128-wide slices that are one group each (the tests pick with
+# INTERPRETER_GROUP_OUT)
+INTERPRETER_GROUP_OUT_TILES = {"shared": (32, 128, 32, 4, 1, 2), "sliced": (32, 256, 32, 4, 1, 2)}
+INTERPRETER_GROUP_OUT = "shared"
 
 
 def per_sm(tile) -> int:
     return programs_per_sm(tile, PER_SM)
 
 
-def _configs():  # under the interpreter: gemm_tma's one row (fewer programs than the tests' tiles)
+def _configs():  # under the interpreter: gemm_tma's one row (fewer programs than the tests' tiles), and the above
+    if is_interpreting():
+        rows = [INTERPRETER_TMA, *INTERPRETER_GROUP_OUT_TILES.values()]
+        return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "EPI_SPLIT": e,
+                               "PER_SM": per_sm((bm, bn, bk, w, st, e))}, num_warps=w, num_stages=st)
+                for bm, bn, bk, w, st, e in rows]
     return persistent_configs(HOPPER_FP8_TMA, PER_SM)
 
 
@@ -64,37 +84,78 @@ def smem_estimate(tile, has_residual: bool, out_bytes: int = 2) -> int:
     return stages * (bm + bn) * bk + bm * (bn // epi) * out_bytes * (2 if has_residual else 1)
 
 
-def tile_allowed(tile, smem, has_residual=False, precise_acc=True, out_bytes=2, sm_smem=SM90_SM_SMEM) -> bool:
+def group_tile_ok(tile, a_grouped: bool, group_out: bool) -> bool:
+    """Grouped A (FC2): BLOCK_K divides FP8_GROUP (each K step's partial sum gets one scale per row). Codes out
+    (FC1): a tile holds whole groups, and an epilogue slice is a group or half of one (then the tile is one group,
+    and both slices are quantized with their joint maximum)."""
+    _, bn, bk, _, _, epi = tile
+    epi_n = bn // epi
+    return ((not a_grouped or FP8_GROUP % bk == 0)
+            and (not group_out or (bn % FP8_GROUP == 0 and (epi_n % FP8_GROUP == 0 or bn == FP8_GROUP))))
+
+
+def tile_allowed(tile, smem, has_residual=False, precise_acc=True, out_bytes=2, sm_smem=SM90_SM_SMEM,
+                 a_grouped=False, group_out=False) -> bool:
     """The prune's rule for one HOPPER_FP8_TMA row (BLOCK_M <= M aside): within a block's shared memory, not a known
-    promoted spill, and for a PER_SM row that many programs within the SM's shared memory."""
-    if precise_acc and tuple(tile) in PROMOTED_SPILLS:
+    promoted spill (grouped A is promoted by construction), suited to the launch's groups, and for a PER_SM row
+    that many programs within the SM's shared memory."""
+    if (precise_acc or a_grouped) and tuple(tile) in PROMOTED_SPILLS:
+        return False
+    if not group_tile_ok(tile, a_grouped, group_out):
+        return False
+    if (group_out and tuple(tile) in GROUP_OUT_SPILLS) or (a_grouped and tuple(tile) in A_GROUPED_SPILLS):
         return False
     need = smem_estimate(tile, has_residual, out_bytes)
     return need <= smem and co_resident(PER_SM.get(tuple(tile), 1), need, sm_smem)
 
 
 def _prune(configs, named_args, **kwargs):
+    group_out = kwargs.get("GROUP_OUT", False)
+    rows = [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages,
+             c.kwargs["EPI_SPLIT"]) for c in configs]
+    if set(rows) <= {INTERPRETER_TMA, *INTERPRETER_GROUP_OUT_TILES.values()}:  # the interpreter's configs
+        want = INTERPRETER_GROUP_OUT_TILES[INTERPRETER_GROUP_OUT] if group_out else INTERPRETER_TMA
+        return [c for c, row in zip(configs, rows) if row == want]
     out_bytes = named_args["out_ptr"].element_size()
     return persistent_prune(configs, named_args, lambda tile, smem, sm_smem: tile_allowed(
-        tile, smem, kwargs.get("HAS_RESIDUAL", False), kwargs.get("PRECISE_ACC", True), out_bytes, sm_smem))
+        tile, smem, kwargs.get("HAS_RESIDUAL", False), kwargs.get("PRECISE_ACC", True), out_bytes, sm_smem,
+        kwargs.get("A_GROUPED", False), group_out))
 
 
 @triton.jit
-def _finish(acc, rows, cols, M, N, a_scale_ptr, w_scale_ptr, bias_ptr, amax_out_ptr, res_desc, out_desc, off_m, off_n,
-            HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr, ROW_AMAX_OUT: tl.constexpr):
-    """Epilogue of one (sub)tile: scales, bias, activation, residual (TMA), one cast, TMA store (clipped at M and N),
-    and the stored values' row maxima."""
-    mask_m = rows < M
+def _values(acc, rows, cols, M, N, a_scale_ptr, w_scale_ptr, bias_ptr, HAS_BIAS: tl.constexpr,
+            ACTIVATION: tl.constexpr, A_GROUPED: tl.constexpr):
+    """One (sub)tile's fp32 values: scales (the row scales are already in acc with A_GROUPED), bias, activation."""
+    if A_GROUPED:
+        s_row = tl.full([rows.shape[0]], 1.0, tl.float32)
+    else:
+        s_row = tl.load(a_scale_ptr + rows, mask=rows < M, other=0.0)
     mask_n = cols < N
-    acc = dequantize_tile(acc, tl.load(a_scale_ptr + rows, mask=mask_m, other=0.0),
-                          tl.load(w_scale_ptr + cols, mask=mask_n, other=0.0), bias_ptr, cols, mask_n, HAS_BIAS)
-    acc = apply_activation(acc, ACTIVATION)
+    acc = dequantize_tile(acc, s_row, tl.load(w_scale_ptr + cols, mask=mask_n, other=0.0), bias_ptr, cols, mask_n,
+                          HAS_BIAS)
+    return apply_activation(acc, ACTIVATION)
+
+
+@triton.jit
+def _finish(acc, rows, cols, M, N, a_scale_ptr, w_scale_ptr, bias_ptr, res_desc, out_desc, off_m, off_n,
+            HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr, A_GROUPED: tl.constexpr):
+    """Epilogue of one (sub)tile: values, residual (TMA), one cast, TMA store (clipped at M and N)."""
+    acc = _values(acc, rows, cols, M, N, a_scale_ptr, w_scale_ptr, bias_ptr, HAS_BIAS, ACTIVATION, A_GROUPED)
     if HAS_RESIDUAL:
         acc += res_desc.load([off_m, off_n]).to(tl.float32)
-    y = acc.to(out_desc.dtype)
-    out_desc.store([off_m, off_n], y)
-    if ROW_AMAX_OUT:
-        record_row_amax(y, rows, mask_m, mask_n, amax_out_ptr)
+    out_desc.store([off_m, off_n], acc.to(out_desc.dtype))
+
+
+@triton.jit
+def _store_codes(y, amax, rows, M, N, scale_out_ptr, stride_so, out_desc, off_m, off_n, ROUND_IN_FP32: tl.constexpr,
+                 WRITE_SCALE: tl.constexpr):
+    """e4m3 codes of y at its group's max |y| (quant_fp8's rule), TMA-stored (clipped at M and N); the group's
+    scales once, for a group that starts before N."""
+    q, scale = e4m3_codes(y, amax, ROUND_IN_FP32)
+    out_desc.store([off_m, off_n], q)
+    if WRITE_SCALE:
+        rows_end = tl.where(off_n < N, M, 0)
+        tl.store(scale_out_ptr + (off_n // GROUP_K) * stride_so + rows, scale, mask=rows < rows_end)
 
 
 @triton.autotune(configs=_configs(), key=FP8_TMA_KEY,
@@ -103,13 +164,13 @@ def _finish(acc, rows, cols, M, N, a_scale_ptr, w_scale_ptr, bias_ptr, amax_out_
 @triton.jit(do_not_specialize=["M"])
 def fp8_tma_gemm_kernel(
     a_ptr,  # (M, K) float8 e4m3 activations, unit column stride, 16-byte aligned rows
-    a_scale_ptr,  # (M,) fp32 per-row (per-token) scales of A
-    amax_out_ptr,  # (M,) fp32, zero-initialized: atomic max of |stored output| per row (ROW_AMAX_OUT only)
+    a_scale_ptr,  # (M,) fp32 per-row (per-token) scales of A; A_GROUPED: (G, M) per row and FP8_GROUP columns
+    scale_out_ptr,  # (G, M) fp32: the scales of the e4m3 output per row and FP8_GROUP columns (GROUP_OUT only)
     w_ptr,  # (N, K) float8 e4m3 weight in nn.Linear layout, unit column stride
     w_scale_ptr,  # (N,) fp32 per-output-channel scales of W
     bias_ptr,  # (N,) bias; read only when HAS_BIAS
     res_ptr,  # (M, N) residual, unit column stride; read only when HAS_RESIDUAL
-    out_ptr,  # (M, N) output, unit column stride
+    out_ptr,  # (M, N) output, unit column stride (e4m3 codes with GROUP_OUT)
     M,  # rows (tokens over the whole batch); not specialized, so batch sizes share one binary
     N,  # output features
     K,  # input features
@@ -117,12 +178,16 @@ def fp8_tma_gemm_kernel(
     stride_wn,  # W row stride
     stride_rm,  # residual row stride
     stride_om,  # output row stride
+    stride_sa,  # a_scale_ptr's group stride (A_GROUPED only)
+    stride_so,  # scale_out_ptr's group stride (GROUP_OUT only)
     M_BUCKET,  # next power of two of M: an autotune key, unused by the kernel body
     HAS_BIAS: tl.constexpr,  # add bias in the epilogue
     ACTIVATION: tl.constexpr,  # 0 none, 1 exact-erf GELU, 2 tanh GELU, 3 quick GELU (SwiGLU: the pointer engine)
     HAS_RESIDUAL: tl.constexpr,  # add the residual after the activation
     PRECISE_ACC: tl.constexpr,  # promote the FP8 partial sums into fp32 every BLOCK_K (gemm_fp8.py's docstring)
-    ROW_AMAX_OUT: tl.constexpr,  # atomically max |output| per row into amax_out_ptr (feeds the next GEMM's QUANT_A)
+    A_GROUPED: tl.constexpr,  # A per row and FP8_GROUP columns: each K step's zero-started sum times its scales
+    GROUP_OUT: tl.constexpr,  # store e4m3 codes per row and FP8_GROUP columns, and their scales (FC1 before FC2)
+    ROUND_IN_FP32: tl.constexpr,  # GROUP_OUT under the interpreter: round to e4m3 in fp32 first (quant_fp8.py)
     NUM_SMS: tl.constexpr,  # the device's SMs; NUM_SMS * PER_SM programs at most, each walks tiles that far apart
     BLOCK_M: tl.constexpr,  # rows per tile
     BLOCK_N: tl.constexpr,  # output features per tile
@@ -132,6 +197,8 @@ def fp8_tma_gemm_kernel(
     PER_SM: tl.constexpr,  # programs per SM (PER_SM rows: 2, co-resident so their epilogues overlap MMAs)
 ):
     EPI_N: tl.constexpr = BLOCK_N // EPI_SPLIT
+    if A_GROUPED:
+        tl.static_assert(GROUP_K % BLOCK_K == 0)
     PROGRAMS: tl.constexpr = NUM_SMS * PER_SM
     a_desc = tl.make_tensor_descriptor(a_ptr, shape=[M, K], strides=[stride_am, 1], block_shape=[BLOCK_M, BLOCK_K])
     w_desc = tl.make_tensor_descriptor(w_ptr, shape=[N, K], strides=[stride_wn, 1], block_shape=[BLOCK_N, BLOCK_K])
@@ -147,10 +214,15 @@ def fp8_tma_gemm_kernel(
     for tile in tl.range(tl.program_id(0), num_tiles, PROGRAMS, flatten=True):
         pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        a_rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # A_GROUPED's scales
         for ki in range(k_tiles):
             a = a_desc.load([pid_m * BLOCK_M, ki * BLOCK_K])
             w = w_desc.load([pid_n * BLOCK_N, ki * BLOCK_K])
-            if PRECISE_ACC:
+            if A_GROUPED:  # promoted by construction: the partial sum starts from zero, is scaled, then added
+                s_k = tl.load(a_scale_ptr + (ki * BLOCK_K // GROUP_K) * stride_sa + a_rows, mask=a_rows < M,
+                              other=0.0)
+                acc += tl.dot(a, w.T) * s_k[:, None]
+            elif PRECISE_ACC:
                 acc = tl.dot(a, w.T, acc, max_num_imprecise_acc=BLOCK_K)
             else:
                 acc = tl.dot(a, w.T, acc)
@@ -160,16 +232,44 @@ def fp8_tma_gemm_kernel(
         off_m = pid_m * BLOCK_M
         off_n = pid_n * BLOCK_N
         rows = off_m + tl.arange(0, BLOCK_M)
-        if EPI_SPLIT == 2:
+        if GROUP_OUT:  # (group_tile_ok) each slice is a group, or both slices are one
+            tl.static_assert((BLOCK_N // GROUP_K) * GROUP_K == BLOCK_N and (EPI_N >= GROUP_K or BLOCK_N == GROUP_K))
+            if EPI_SPLIT == 2:
+                acc0, acc1 = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, EPI_N)), (0, 2, 1)))
+                cols0 = off_n + tl.arange(0, EPI_N)
+                cols1 = cols0 + EPI_N
+                y0 = _values(acc0, rows, cols0, M, N, a_scale_ptr, w_scale_ptr, bias_ptr, HAS_BIAS, ACTIVATION,
+                             A_GROUPED)
+                if EPI_N >= GROUP_K:  # each slice its own group: one slice's values live at a time
+                    _store_codes(y0, masked_row_amax(y0, cols0 < N), rows, M, N, scale_out_ptr, stride_so, out_desc,
+                                 off_m, off_n, ROUND_IN_FP32, True)
+                    y1 = _values(acc1, rows, cols1, M, N, a_scale_ptr, w_scale_ptr, bias_ptr, HAS_BIAS, ACTIVATION,
+                                 A_GROUPED)
+                    _store_codes(y1, masked_row_amax(y1, cols1 < N), rows, M, N, scale_out_ptr, stride_so, out_desc,
+                                 off_m, off_n + EPI_N, ROUND_IN_FP32, True)
+                else:  # one group over both slices: their joint maximum
+                    y1 = _values(acc1, rows, cols1, M, N, a_scale_ptr, w_scale_ptr, bias_ptr, HAS_BIAS, ACTIVATION,
+                                 A_GROUPED)
+                    m = tl.maximum(masked_row_amax(y0, cols0 < N), masked_row_amax(y1, cols1 < N))
+                    _store_codes(y0, m, rows, M, N, scale_out_ptr, stride_so, out_desc, off_m, off_n, ROUND_IN_FP32,
+                                 True)
+                    _store_codes(y1, m, rows, M, N, scale_out_ptr, stride_so, out_desc, off_m, off_n + EPI_N,
+                                 ROUND_IN_FP32, False)
+            else:
+                cols = off_n + tl.arange(0, BLOCK_N)
+                y = _values(acc, rows, cols, M, N, a_scale_ptr, w_scale_ptr, bias_ptr, HAS_BIAS, ACTIVATION,
+                            A_GROUPED)
+                _store_codes(y, masked_row_amax(y, cols < N), rows, M, N, scale_out_ptr, stride_so, out_desc, off_m,
+                             off_n, ROUND_IN_FP32, True)
+        elif EPI_SPLIT == 2:
             acc0, acc1 = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, EPI_N)), (0, 2, 1)))
-            _finish(acc0, rows, off_n + tl.arange(0, EPI_N), M, N, a_scale_ptr, w_scale_ptr, bias_ptr, amax_out_ptr,
-                    res_desc, out_desc, off_m, off_n, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, ROW_AMAX_OUT)
+            _finish(acc0, rows, off_n + tl.arange(0, EPI_N), M, N, a_scale_ptr, w_scale_ptr, bias_ptr, res_desc,
+                    out_desc, off_m, off_n, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, A_GROUPED)
             _finish(acc1, rows, off_n + EPI_N + tl.arange(0, EPI_N), M, N, a_scale_ptr, w_scale_ptr, bias_ptr,
-                    amax_out_ptr, res_desc, out_desc, off_m, off_n + EPI_N, HAS_BIAS, ACTIVATION, HAS_RESIDUAL,
-                    ROW_AMAX_OUT)
+                    res_desc, out_desc, off_m, off_n + EPI_N, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, A_GROUPED)
         else:
-            _finish(acc, rows, off_n + tl.arange(0, BLOCK_N), M, N, a_scale_ptr, w_scale_ptr, bias_ptr, amax_out_ptr,
-                    res_desc, out_desc, off_m, off_n, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, ROW_AMAX_OUT)
+            _finish(acc, rows, off_n + tl.arange(0, BLOCK_N), M, N, a_scale_ptr, w_scale_ptr, bias_ptr, res_desc,
+                    out_desc, off_m, off_n, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, A_GROUPED)
 
 
 # ---- dispatch -------------------------------------------------------------------------------------------------------
@@ -208,68 +308,81 @@ def select_fp8_engine(k: int, weight, out, residual=None, activation=0) -> str:
 
 
 def fp8_gemm_reads_row_amax(device: torch.device) -> bool:
-    """Whether the model should have attention and FC1 record their rows' maxima for the FP8 launches on `device`:
-    the pointer engine quantizes the out-projection's and FC2's inputs in its main loop from them; the TMA engine
-    (the one auto picks on sm_90) quantizes those rows in a pass of its own and reads none. A launch that falls back
-    to the pointer engine without them quantizes in a pass too, so the answer only decides what is wasted."""
+    """Whether the model should have attention record its rows' maxima for the FP8 out-projection on `device`: the
+    pointer engine quantizes that input in its main loop from them; the TMA engine (the one auto picks on sm_90)
+    quantizes those rows in a pass of its own and reads none. A launch that falls back to the pointer engine without
+    them quantizes in a pass too, so the answer only decides what is wasted."""
     choice = switch_value(FP8_ENGINE_ENV)
     return choice == "pointer" or (choice == "auto" and not _auto_picks_tma(device))
 
 
 def launch_fp8_tma_gemm(a_q, a_scale, weight, w_scale, bias, out, *, activation=0, residual=None, precise_acc=None,
-                        amax_out=None):
-    """gemm_fp8.launch_fp8_gemm's contract for an e4m3 A (no a_amax), on operands select_fp8_engine gave to "tma"."""
+                        out_scale=None):
+    """gemm_fp8.launch_fp8_gemm's contract for an e4m3 A (a_scale (M,) or grouped (M, G); no a_amax), on operands
+    select_fp8_engine gave to "tma"."""
     if precise_acc is None:
         precise_acc = precise_acc_setting()
     M, K = a_q.shape
     N = weight.shape[0]
     num_sms, grid = persistent_grid(a_q.device, M, N)
     res = residual if residual is not None else out
+    a_grouped = a_scale.dim() == 2
     fp8_tma_gemm_kernel[grid](
-        a_q, a_scale, amax_out if amax_out is not None else w_scale, weight, w_scale,
+        a_q, a_scale, out_scale if out_scale is not None else w_scale, weight, w_scale,
         bias if bias is not None else out, res, out,
-        M, N, K, a_q.stride(0), weight.stride(0), res.stride(0), out.stride(0), m_bucket(M),
+        M, N, K, a_q.stride(0), weight.stride(0), res.stride(0), out.stride(0),
+        a_scale.stride(1) if a_grouped else 0, out_scale.stride(1) if out_scale is not None else 0, m_bucket(M),
         HAS_BIAS=bias is not None, ACTIVATION=activation, HAS_RESIDUAL=residual is not None,
-        PRECISE_ACC=precise_acc, ROW_AMAX_OUT=amax_out is not None, NUM_SMS=num_sms,
+        PRECISE_ACC=precise_acc or a_grouped, A_GROUPED=a_grouped, GROUP_OUT=out_scale is not None,
+        ROUND_IN_FP32=is_interpreting(), NUM_SMS=num_sms,
     )  # fmt: skip
     return out
 
 
 # ---- AOT ------------------------------------------------------------------------------------------------------------
 def aot_variants(exhaustive: bool = False):
-    """bf16 outputs at every Hopper tile for QKV (no activation), FC1 (GELU, bias, row maxima) and FC2 / the
-    out-projection (residual; "FC2" below), each promoted and not; fp16 and fp32 outputs at the 128x128 tile with
-    `exhaustive`. The promoted 128x256 row is compiled to show why the prune drops it (PROMOTED_SPILLS). FP8 wgmma:
-    sm_90 only (min_cc 90)."""
+    """bf16 rows at every Hopper tile for QKV (no activation), FC1 (GELU, bias, e4m3 codes out per 128 columns) and
+    FC2 (A grouped per 128 columns, residual) and the out-projection (per-row A, residual), each promoted and not
+    (FC2 is promoted by construction: once); fp16 and fp32 outputs at the 128x128 tile with `exhaustive`. Tiles the
+    prune drops for a launch as spills (PROMOTED_SPILLS, GROUP_OUT_SPILLS, A_GROUPED_SPILLS) are compiled to show
+    why and gate nothing; tiles the group rules exclude (group_tile_ok) are not compiled. FP8 wgmma: sm_90 only
+    (min_cc 90)."""
     out = []
     for tile in HOPPER_FP8_TMA:
         for precise in (True, False):
-            out.append(_variant(torch.bfloat16, 0, True, False, precise, False, tile, "ln_qkv"))  # QKV
-            out.append(_variant(torch.bfloat16, 1, True, False, precise, True, tile, "ln_linear"))  # FC1
-            out.append(_variant(torch.bfloat16, 0, True, True, precise, False, tile, "linear_residual"))  # FC2
+            out.append(_variant(torch.bfloat16, 0, True, False, precise, tile, "ln_qkv"))  # QKV
+            if group_tile_ok(tile, False, True):  # (other tiles fail group_tile_ok's static_assert)
+                out.append(_variant(torch.bfloat16, 1, True, False, precise, tile, "ln_linear",
+                                    group_out=True))  # FC1
+            out.append(_variant(torch.bfloat16, 0, True, True, precise, tile, "linear_residual"))  # out-projection
+        if group_tile_ok(tile, True, False):
+            out.append(_variant(torch.bfloat16, 0, True, True, True, tile, "linear_residual", a_grouped=True))  # FC2
     if exhaustive:
-        out += [_variant(dt, act, True, False, True, False, HOPPER_FP8_TMA[1], "ln_linear")
+        out += [_variant(dt, act, True, False, True, HOPPER_FP8_TMA[1], "ln_linear")
                 for dt in (torch.float16, torch.float32) for act in (0, 1, 2, 3)]
     return out
 
 
-def _variant(out_dtype, activation, has_bias, has_residual, precise, amax_out, tile, op, num_sms=132):
+def _variant(out_dtype, activation, has_bias, has_residual, precise, tile, op, a_grouped=False, group_out=False,
+             num_sms=132):
     bm, bn, bk, warps, stages, epi = tile
     p = "*" + TL_SIG[out_dtype]
     sig = {
-        "a_ptr": "*fp8e4nv", "a_scale_ptr": "*fp32", "amax_out_ptr": "*fp32", "w_ptr": "*fp8e4nv",
-        "w_scale_ptr": "*fp32", "bias_ptr": p, "res_ptr": p, "out_ptr": p, "M": "i32", "N": "i32", "K": "i32",
-        "stride_am": "i32", "stride_wn": "i32", "stride_rm": "i32", "stride_om": "i32", "M_BUCKET": "i32",
+        "a_ptr": "*fp8e4nv", "a_scale_ptr": "*fp32", "scale_out_ptr": "*fp32", "w_ptr": "*fp8e4nv",
+        "w_scale_ptr": "*fp32", "bias_ptr": p, "res_ptr": p, "out_ptr": "*fp8e4nv" if group_out else p,
+        "M": "i32", "N": "i32", "K": "i32", "stride_am": "i32", "stride_wn": "i32", "stride_rm": "i32",
+        "stride_om": "i32", "stride_sa": "i32", "stride_so": "i32", "M_BUCKET": "i32",
     }  # fmt: skip
     constexprs = {
         "HAS_BIAS": has_bias, "ACTIVATION": activation, "HAS_RESIDUAL": has_residual, "PRECISE_ACC": precise,
-        "ROW_AMAX_OUT": amax_out, "NUM_SMS": num_sms, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8,
-        "EPI_SPLIT": epi, "PER_SM": per_sm(tile),
+        "A_GROUPED": a_grouped, "GROUP_OUT": group_out, "ROUND_IN_FP32": False, "NUM_SMS": num_sms,
+        "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "EPI_SPLIT": epi, "PER_SM": per_sm(tile),
     }  # fmt: skip
     for name in constexprs:
         sig.setdefault(name, "constexpr")
-    out_bytes = torch.empty((), dtype=out_dtype).element_size()
-    fits = tile_allowed(tile, FAMILY_SMEM["hopper"], has_residual, precise, out_bytes)
+    out_bytes = 1 if group_out else torch.empty((), dtype=out_dtype).element_size()
+    fits = tile_allowed(tile, FAMILY_SMEM["hopper"], has_residual, precise, out_bytes, a_grouped=a_grouped,
+                        group_out=group_out)
     return {"fn": jit_fn(fp8_tma_gemm_kernel), "signature": sig, "constexprs": constexprs, "num_warps": warps,
             "num_stages": stages, "min_cc": 90, "op": "linear_fp8", "main_loop": "gemm",
             "programs_per_sm": per_sm(tile), "tables": ("hopper",) if fits else (),

@@ -1,13 +1,14 @@
 """Linear with the residual add fused into the epilogue: the attention out-projection and the MLP's fc2
 (x_next = residual + x @ W^T + b) without a separate elementwise pass. This module checks the inputs and picks the
 GEMM engine: the persistent TMA engine (gemm_tma.py) on sm_90, the pointer engine (gemm.py) elsewhere. A
-float8_e4m3fn weight (with its per-channel `weight_scale`) dispatches to the FP8 engines: given `x_amax` (the rows'
-absolute maxima, recorded by the producing FP8 GEMM, ln_linear's `row_amax`, or by attention's `return_row_amax`)
-the GEMM quantizes x per token in its main loop; without it x is quantized in a pass of its own first
-(quant_fp8.py), for callers whose rows no kernel recorded (the model's own path hands x_amax over, SwiGLU's gated
-hidden rows included). On sm_90 the FP8 launch goes to the FP8 TMA engine (gemm_fp8_tma.py),
-which reads e4m3 rows: x is then quantized in a pass of its own, and x_amax, if given, is not read (the model gives
-none then: gemm_fp8_tma.fp8_gemm_reads_row_amax).
+float8_e4m3fn weight (with its per-channel `weight_scale`) dispatches to the FP8 engines (gemm_fp8_tma.py on sm_90,
+gemm_fp8.py), in one of three ways:
+- x float8_e4m3fn with `x_scale`, one scale per row and 128 columns (FC2: ln_linear's `fp8_groups` output, or
+  quantize_fp8_groups of a dense FC1's rows): read as they are, each K step scaled by its group's scales;
+- x in the model dtype with `x_amax` (the rows' absolute maxima, as attention's `return_row_amax` records them):
+  the pointer engine quantizes x per token in its main loop; the TMA engine reads e4m3 rows, so x is quantized in a
+  pass of its own there and x_amax is not read (the model gives none then: gemm_fp8_tma.fp8_gemm_reads_row_amax);
+- x in the model dtype alone: quantized per token in a pass of its own first (quant_fp8.py).
 
 `linear_residual_stats` (16-bit and fp32 weights) also returns the output rows' partial LayerNorm statistics,
 written by the GEMM's epilogue (ln_fold.py), which ln_qkv / ln_linear take as `partials`: the next LayerNorm then
@@ -16,8 +17,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from ._common import (FP8_DTYPE, check, check_device, check_fp8_device, check_linear, check_linear_fp8, check_out,
-                      check_row_stats, rows_view)
+from ._common import (FP8_DTYPE, check, check_device, check_fp8_device, check_group_scales, check_linear,
+                      check_linear_fp8, check_out, check_row_stats, group_scales_view, rows_view)
 from .gemm import gemm_aot_variants, launch_fused_gemm
 from .gemm_fp8 import launch_fp8_gemm
 from .gemm_fp8_tma import launch_fp8_tma_gemm, select_fp8_engine
@@ -28,13 +29,20 @@ from .quant_fp8 import launch_quant_rows
 OP = "linear_residual"
 
 
-def _check(x, weight, bias, residual, runnable=True, weight_scale=None, x_amax=None):
+def _check(x, weight, bias, residual, runnable=True, weight_scale=None, x_amax=None, x_scale=None):
+    if x.dtype == FP8_DTYPE or x_scale is not None:
+        check(x.dtype == FP8_DTYPE and weight.dtype == FP8_DTYPE and x_scale is not None and x_amax is None,
+              f"{OP}: FP8 input", "x float8_e4m3fn with x_scale, a float8_e4m3fn weight and no x_amax",
+              f"x {x.dtype}, weight {weight.dtype}, x_scale {'given' if x_scale is not None else 'None'}, "
+              f"x_amax {'given' if x_amax is not None else 'None'}")
+        check_group_scales(OP, "x_scale", x_scale, x)
     if x_amax is not None:
         check(weight.dtype == FP8_DTYPE, f"{OP}: x_amax", "None unless weight is float8_e4m3fn", "a tensor")
         check_row_stats(OP, "x_amax", x_amax, x)
         check(x.stride(-1) == 1, f"{OP}: x.stride(-1)", "1 with x_amax (rows quantized in the GEMM)", x.stride(-1))
     if weight.dtype == FP8_DTYPE:
-        _, n = check_linear_fp8(OP, x, weight, weight_scale, bias)
+        _, n = check_linear_fp8(OP, x, weight, weight_scale, bias,
+                                residual.dtype if x.dtype == FP8_DTYPE else None)
         if runnable:
             check_fp8_device(OP, x.device)
     else:
@@ -42,24 +50,36 @@ def _check(x, weight, bias, residual, runnable=True, weight_scale=None, x_amax=N
         check(weight_scale is None, f"{OP}: weight_scale", "None for a non-float8 weight", "a tensor")
     expected = (*x.shape[:-1], n)
     check(tuple(residual.shape) == expected, f"{OP}: residual.shape", expected, tuple(residual.shape))
-    check(residual.dtype == x.dtype, f"{OP}: residual.dtype", f"{x.dtype} (x.dtype)", residual.dtype)
+    if x.dtype != FP8_DTYPE:
+        check(residual.dtype == x.dtype, f"{OP}: residual.dtype", f"{x.dtype} (x.dtype)", residual.dtype)
+    else:
+        check(residual.dtype in (torch.float32, torch.float16, torch.bfloat16), f"{OP}: residual.dtype",
+              "float32, float16 or bfloat16 (the output's dtype)", residual.dtype)
     check_device(OP, dict(x=x, weight=weight, bias=bias, residual=residual), runnable)
 
 
-def linear_residual_launch(x, weight, bias, residual, out=None, weight_scale=None, x_amax=None, stats_out=None):
-    """Plain launcher; `out` (optional, residual's shape, x.dtype) lets tests hand in a poisoned buffer; `stats_out`
-    (16-bit and fp32 weights: ln_fold.new_partials(residual)) receives the output rows' partial statistics."""
-    _check(x, weight, bias, residual, weight_scale=weight_scale, x_amax=x_amax)
+def linear_residual_launch(x, weight, bias, residual, out=None, weight_scale=None, x_amax=None, stats_out=None,
+                           x_scale=None):
+    """Plain launcher; `out` (optional, residual's shape and dtype) lets tests hand in a poisoned buffer;
+    `stats_out` (16-bit and fp32 weights: ln_fold.new_partials(residual)) receives the output rows' partial
+    statistics."""
+    _check(x, weight, bias, residual, weight_scale=weight_scale, x_amax=x_amax, x_scale=x_scale)
     if stats_out is not None:
         _check_stats_out(weight, residual, stats_out)
     if out is None:
-        out = x.new_empty(residual.shape)
-    out2d = check_out(OP, out, residual.shape, x.dtype)
+        out = torch.empty(residual.shape, device=residual.device, dtype=residual.dtype)
+    out2d = check_out(OP, out, residual.shape, residual.dtype)
     if out.numel() == 0:
         return out
     if weight.dtype == FP8_DTYPE:
         res2d = rows_view(OP, "residual", residual)
-        if select_fp8_engine(x.shape[-1], weight, out2d, res2d) == "tma":
+        engine = select_fp8_engine(x.shape[-1], weight, out2d, res2d)
+        if x_scale is not None:  # e4m3 codes per row and 128 columns (FC2)
+            launch = launch_fp8_tma_gemm if engine == "tma" else launch_fp8_gemm
+            x2d = rows_view(OP, "x", x)
+            check(x2d.stride(1) == 1, f"{OP}: x.stride(-1)", "1 (e4m3 rows)", x.stride(-1))
+            launch(x2d, group_scales_view(x_scale), weight, weight_scale, bias, out2d, residual=res2d)
+        elif engine == "tma":
             # a pass of its own even with x_amax: the codes QUANT_A would make, and the TMA engine reads e4m3 rows
             a_q, a_scale = launch_quant_rows(rows_view(OP, "x", x))
             launch_fp8_tma_gemm(a_q, a_scale, weight, weight_scale, bias, out2d, residual=res2d)
@@ -89,14 +109,16 @@ def _check_stats_out(weight, residual, stats_out):
 @torch.library.custom_op("vitfast::linear_residual", mutates_args=())
 def _linear_residual_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                         residual: torch.Tensor, weight_scale: Optional[torch.Tensor] = None,
-                        x_amax: Optional[torch.Tensor] = None) -> torch.Tensor:
-    return linear_residual_launch(x, weight, bias, residual, weight_scale=weight_scale, x_amax=x_amax)
+                        x_amax: Optional[torch.Tensor] = None, x_scale: Optional[torch.Tensor] = None
+                        ) -> torch.Tensor:
+    return linear_residual_launch(x, weight, bias, residual, weight_scale=weight_scale, x_amax=x_amax,
+                                  x_scale=x_scale)
 
 
 @_linear_residual_op.register_fake
-def _(x, weight, bias, residual, weight_scale=None, x_amax=None):
-    _check(x, weight, bias, residual, runnable=False, weight_scale=weight_scale, x_amax=x_amax)
-    return x.new_empty(residual.shape)
+def _(x, weight, bias, residual, weight_scale=None, x_amax=None, x_scale=None):
+    _check(x, weight, bias, residual, runnable=False, weight_scale=weight_scale, x_amax=x_amax, x_scale=x_scale)
+    return residual.new_empty(residual.shape)
 
 
 @torch.library.custom_op("vitfast::linear_residual_stats", mutates_args=())
@@ -122,12 +144,14 @@ def linear_residual_stats(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
 
 def linear_residual(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                     residual: torch.Tensor, weight_scale: Optional[torch.Tensor] = None,
-                    x_amax: Optional[torch.Tensor] = None) -> torch.Tensor:
+                    x_amax: Optional[torch.Tensor] = None, x_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
     """residual + x @ weight^T + bias; x (..., K), weight (N, K), residual (..., N); bias may be None.
-    Returns a new tensor shaped like residual, in x.dtype. FP8: weight float8_e4m3fn with weight_scale (N,) fp32;
-    x is quantized per token (vit_fast.fp8). x_amax (FP8 only): max |x| per row, shape x.shape[:-1], fp32 (as
-    ln_linear's row_amax records it): the GEMM then quantizes x itself, with no separate pass."""
-    return _linear_residual_op(x, weight, bias, residual, weight_scale, x_amax)
+    Returns a new tensor shaped like residual, in residual.dtype (x's, except for e4m3 x). FP8: weight
+    float8_e4m3fn with weight_scale (N,) fp32; x is quantized per token (vit_fast.fp8). x_amax (FP8 only): max |x|
+    per row, shape x.shape[:-1], fp32 (as attention's return_row_amax records it): the GEMM then quantizes x
+    itself, with no separate pass. x float8_e4m3fn with x_scale (..., cdiv(K, 128)) fp32: x is already quantized
+    per row and 128 columns (ln_linear's fp8_groups output, or quantize_fp8_groups)."""
+    return _linear_residual_op(x, weight, bias, residual, weight_scale, x_amax, x_scale)
 
 
 def aot_variants(exhaustive: bool = False):

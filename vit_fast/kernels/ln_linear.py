@@ -1,30 +1,28 @@
-"""LayerNorm -> Linear (-> GELU, or SwiGLU's gate) in one GEMM: the pre-norm MLP's fc1, or any norm followed by a
-dense layer.
-
-The norm is folded (ln_fold.py): the op takes the folded weight and the rows' statistics (a per-row statistics pass
-runs first, unless `partials` hands over what the residual GEMM that wrote x recorded), and the GEMM applies
-rstd · (acc − mean · colsum) + bias and the activation in its epilogue. With activation "swiglu" the weight
-is timm's packed (2H, K) fc1 as it is (gate rows, then up rows): every engine keeps a gate and an up accumulator
-per (BLOCK_M, BLOCK_N) tile, sharing the A tile, and stores silu(gate) · up, (M, H). A float8_e4m3fn weight (with its
-per-channel `weight_scale`) goes to the FP8 engines instead: the quantizing LayerNorm (quant_fp8.py) writes e4m3
-rows + per-token scales, then gemm_fp8.py; with `return_row_amax` its epilogue also records max |output| of each
-row, so the next FP8 GEMM (linear_residual with `x_amax`, the MLP's FC2) quantizes these rows per token in its main
-loop, with no pass of its own. This module checks the inputs and picks the engine: the persistent TMA engine
-(gemm_tma.py) on sm_90, the pointer engine (gemm.py) elsewhere, for float8 weights the FP8 TMA engine
-gemm_fp8_tma.py on sm_90 or gemm_fp8.py (on sm_89, and SwiGLU's FC1: gemm_fp8_tma.select_fp8_engine).
+"""LayerNorm -> Linear (-> GELU, or SwiGLU's gate) in one GEMM: the pre-norm MLP's fc1, or any norm followed by a dense
+layer. The norm is folded (ln_fold.py): the op takes the folded weight and the rows' statistics (a per-row statistics
+pass runs first, unless `partials` hands over what the residual GEMM that wrote x recorded), and the GEMM applies
+rstd · (acc − mean · colsum) + bias and the activation in its epilogue. With activation "swiglu" the weight is timm's
+packed (2H, K) fc1 as it is (gate rows, then up rows): every engine keeps a gate and an up accumulator per (BLOCK_M,
+BLOCK_N) tile, sharing the A tile, and stores silu(gate) · up, (M, H). A float8_e4m3fn weight (with its per-channel
+`weight_scale`) goes to the FP8 engines instead: the quantizing LayerNorm (quant_fp8.py) writes e4m3 rows + per-token
+scales, then gemm_fp8.py; with `fp8_groups` its epilogue stores the output as e4m3 codes with one scale per row and
+128 columns, FC2's input as the next FP8 GEMM (linear_residual with `x_scale`) reads it: no quantization pass, and
+half the bytes of bf16 rows. This module checks the inputs and picks the engine: the persistent TMA engine
+(gemm_tma.py) on sm_90, the pointer engine (gemm.py) elsewhere, for float8 weights the FP8 TMA engine gemm_fp8_tma.py
+on sm_90 or gemm_fp8.py (on sm_89, and SwiGLU's FC1: gemm_fp8_tma.select_fp8_engine).
 """
 from typing import Optional
 
 import torch
 
-from ._common import (ACTIVATIONS, FP8_DTYPE, check, check_device, check_fp8_device, check_linear, check_linear_fp8,
-                      check_out, check_row_stats, check_vector, rows_view)
+from ._common import (ACTIVATIONS, FP8_DTYPE, check, check_device, check_fp8_device, check_group_scales,
+                      check_linear, check_linear_fp8, check_out, check_vector, rows_view)
 from .gemm import gemm_aot_variants, launch_fused_gemm
 from .gemm_fp8 import launch_fp8_gemm
 from .gemm_fp8_tma import launch_fp8_tma_gemm, select_fp8_engine
 from .gemm_tma import launch_tma_gemm, select_engine, tma_aot_variants
 from .ln_fold import FoldedLinear, check_folded, check_partials, fold_layer_norm, launch_row_stats
-from .quant_fp8 import launch_quant_rows
+from .quant_fp8 import launch_quant_rows, new_group_scales
 
 OP = "ln_linear"
 
@@ -49,12 +47,10 @@ def _check(x, weight, colsum, bias, activation, runnable=True, partials=None):
         check_partials(OP, "partials", partials, x)
 
 
-def _check_fp8(x, ln_weight, ln_bias, weight, weight_scale, bias, activation, runnable=True, row_amax=None):
+def _check_fp8(x, ln_weight, ln_bias, weight, weight_scale, bias, activation, runnable=True):
     k, _ = check_linear_fp8(OP, x, weight, weight_scale, bias)
     if runnable:
         check_fp8_device(OP, x.device)
-    if row_amax is not None:
-        check_row_stats(OP, "row_amax", row_amax, x)
     check_vector(OP, "ln_weight", ln_weight, k, x.dtype)
     check_vector(OP, "ln_bias", ln_bias, k, x.dtype)
     _check_activation(activation, weight)
@@ -80,14 +76,21 @@ def ln_linear_launch(x, eps, weight, colsum, bias, activation="none", out=None, 
 
 
 def ln_linear_fp8_launch(x, ln_weight, ln_bias, eps, weight, weight_scale, bias, activation="none", out=None,
-                         row_amax=None):
-    """Plain FP8 launcher: weight (N, K) float8_e4m3fn, weight_scale (N,) fp32; `row_amax` (optional, zeros of
-    shape x.shape[:-1], fp32) receives max |output| per row; `out` lets tests hand in a poisoned buffer."""
-    _check_fp8(x, ln_weight, ln_bias, weight, weight_scale, bias, activation, row_amax=row_amax)
+                         out_scale=None):
+    """Plain FP8 launcher: weight (N, K) float8_e4m3fn, weight_scale (N,) fp32; `out` lets tests hand in a poisoned
+    buffer. With `out_scale` ((..., cdiv(N, 128)) fp32, as quantize.new_group_scales lays it out) `out` is
+    float8_e4m3fn and receives the output's codes per row and 128 columns, `out_scale` their scales."""
+    _check_fp8(x, ln_weight, ln_bias, weight, weight_scale, bias, activation)
     shape = (*x.shape[:-1], _out_features(weight, activation))
+    out_dtype = FP8_DTYPE if out_scale is not None else x.dtype
     if out is None:
-        out = x.new_empty(shape)
-    out2d = check_out(OP, out, shape, x.dtype)
+        out = torch.empty(shape, device=x.device, dtype=out_dtype)
+    out2d = check_out(OP, out, shape, out_dtype)
+    if out_scale is not None:
+        check_group_scales(OP, "out_scale", out_scale, out)
+        scale2d = out_scale.view(-1, out_scale.shape[-1])
+        check(scale2d.stride(0) == 1, f"{OP}: out_scale strides", "unit row stride (a (G, rows) buffer's transpose)",
+              out_scale.stride())
     if out.numel() == 0:
         return out
     act = ACTIVATIONS[activation]
@@ -95,7 +98,7 @@ def ln_linear_fp8_launch(x, ln_weight, ln_bias, eps, weight, weight_scale, bias,
         else launch_fp8_gemm
     a_q, a_scale = launch_quant_rows(rows_view(OP, "x", x), ln=(ln_weight, ln_bias, eps))
     launch(a_q, a_scale, weight, weight_scale, bias, out2d, activation=act,
-           amax_out=row_amax.view(-1) if row_amax is not None else None)
+           out_scale=scale2d if out_scale is not None else None)
     return out
 
 
@@ -124,22 +127,30 @@ def _(x, ln_weight, ln_bias, eps, weight, weight_scale, bias, activation):
     return x.new_empty((*x.shape[:-1], _out_features(weight, activation)))
 
 
-# The FP8 MLP's FC1: also returns max |output| per row (a second output, not a mutated argument, so that
-# torch.compile's functionalization sees a plain op).
-@torch.library.custom_op("vitfast::ln_linear_fp8_row_amax", mutates_args=())
-def _ln_linear_fp8_amax_op(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps: float,
-                           weight: torch.Tensor, weight_scale: torch.Tensor, bias: Optional[torch.Tensor],
-                           activation: str) -> tuple[torch.Tensor, torch.Tensor]:
-    amax = torch.zeros(x.shape[:-1], device=x.device, dtype=torch.float32)
-    out = ln_linear_fp8_launch(x, ln_weight, ln_bias, eps, weight, weight_scale, bias, activation, row_amax=amax)
-    return out, amax
+def _codes_and_scales(x, weight, activation):
+    """Fresh (codes (..., N) e4m3, scales (..., G) fp32 in the kernels' layout) for an FP8 FC1 with fp8_groups."""
+    shape = (*x.shape[:-1], _out_features(weight, activation))
+    scales = new_group_scales(x.shape[:-1].numel(), shape[-1], x.device).view(*shape[:-1], -1)
+    return torch.empty(shape, device=x.device, dtype=FP8_DTYPE), scales
 
 
-@_ln_linear_fp8_amax_op.register_fake
+# The FP8 MLP's FC1 when FC2 is FP8: e4m3 codes and their per-(row, 128 columns) scales (two outputs, not mutated
+# arguments, so that torch.compile's functionalization sees a plain op).
+@torch.library.custom_op("vitfast::ln_linear_fp8_groups", mutates_args=())
+def _ln_linear_fp8_groups_op(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps: float,
+                             weight: torch.Tensor, weight_scale: torch.Tensor, bias: Optional[torch.Tensor],
+                             activation: str) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_fp8(x, ln_weight, ln_bias, weight, weight_scale, bias, activation)
+    codes, scales = _codes_and_scales(x, weight, activation)
+    ln_linear_fp8_launch(x, ln_weight, ln_bias, eps, weight, weight_scale, bias, activation, out=codes,
+                         out_scale=scales)
+    return codes, scales
+
+
+@_ln_linear_fp8_groups_op.register_fake
 def _(x, ln_weight, ln_bias, eps, weight, weight_scale, bias, activation):
     _check_fp8(x, ln_weight, ln_bias, weight, weight_scale, bias, activation, runnable=False)
-    out = x.new_empty((*x.shape[:-1], _out_features(weight, activation)))
-    return out, x.new_empty(x.shape[:-1], dtype=torch.float32)
+    return _codes_and_scales(x, weight, activation)
 
 
 def ln_linear_folded(x: torch.Tensor, eps: float, folded: FoldedLinear, activation: str = "none",
@@ -152,19 +163,20 @@ def ln_linear_folded(x: torch.Tensor, eps: float, folded: FoldedLinear, activati
 
 def ln_linear(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps: float, weight: torch.Tensor,
               bias: Optional[torch.Tensor], activation: str = "none", weight_scale: Optional[torch.Tensor] = None,
-              return_row_amax: bool = False):
+              fp8_groups: bool = False):
     """activation(LayerNorm(x) @ weight^T + bias); x (..., K), weight (N, K); activation "none" | "gelu" (exact
     erf) | "gelu_tanh" | "quick_gelu" (x·sigmoid(1.702x), CLIP) | "swiglu" (packed SwiGLU: weight (2H, K) and bias
     (2H,) as timm's SwiGLUPacked fc1, gate rows first; returns silu(y[..., :H]) * y[..., H:], (..., H), the gate
     applied in the GEMM's epilogue). LayerNorm statistics in fp32. Returns (..., N) in x.dtype. Folds the norm
     into the weight on every call: repeated callers cache fold_layer_norm and use ln_linear_folded. FP8: weight
     float8_e4m3fn with weight_scale (N,) fp32 ((2H,) for swiglu); LayerNorm(x) is quantized per token;
-    return_row_amax=True (FP8 only) returns (out, max |out| per row as fp32 of shape x.shape[:-1]), which
-    linear_residual(..., x_amax=) takes to quantize out inside its GEMM."""
+    fp8_groups=True (FP8 only) returns the output as FC2's FP8 input: (codes float8_e4m3fn (..., N), scales fp32
+    (..., cdiv(N, 128))), one scale per row and 128 columns (vit_fast.fp8.quantize_groups of the fp32 output), which
+    linear_residual(codes, ..., x_scale=scales) reads."""
     if weight.dtype == FP8_DTYPE:
-        op = _ln_linear_fp8_amax_op if return_row_amax else _ln_linear_fp8_op
+        op = _ln_linear_fp8_groups_op if fp8_groups else _ln_linear_fp8_op
         return op(x, ln_weight, ln_bias, float(eps), weight, weight_scale, bias, activation)
-    check(not return_row_amax, f"{OP}: return_row_amax", "False unless weight is float8_e4m3fn", True)
+    check(not fp8_groups, f"{OP}: fp8_groups", "False unless weight is float8_e4m3fn", True)
     check(weight_scale is None, f"{OP}: weight_scale", "None for a non-float8 weight", "a tensor")
     k, _ = check_linear(OP, x, weight, bias)
     check_vector(OP, "ln_weight", ln_weight, k, x.dtype)

@@ -1,20 +1,21 @@
 """Per-token FP8 quantization engine: rows of x (optionally LayerNorm-ed first) -> float8 e4m3 rows + one fp32 scale
-per row, in one read of x. It feeds the FP8 GEMMs (gemm_fp8_tma.py on sm_90, gemm_fp8.py): before QKV and FC1 it
-*is* the block's LayerNorm (the normalized row is quantized where it is produced and never stored in bf16). Before
-the out-projection and FC2 it is a pass of its own on sm_90 (the TMA engine reads e4m3 rows); on the pointer engine
-the producers (attention, FC1) record each row's max |value| instead and the GEMM quantizes in its main loop
-(gemm_fp8.py QUANT_A, the same arithmetic; SwiGLU's FC1 too, whose epilogue applies the gate), and this pass serves
-callers of linear_residual that hand over rows no kernel recorded (no `x_amax`).
+per row (or, with GROUPS, per row and 128 columns), in one read of x. It feeds the FP8 GEMMs (gemm_fp8_tma.py on
+sm_90, gemm_fp8.py): before QKV and FC1 it *is* the block's LayerNorm (the normalized row is quantized where it is
+produced and never stored in bf16). Before the out-projection it is a pass of its own on sm_90 (the TMA engine reads
+e4m3 rows); on the pointer engine attention records each row's max |value| instead and the GEMM quantizes in its
+main loop (gemm_fp8.py QUANT_A, the same arithmetic). FC2's input per 128 columns comes from FC1's epilogue
+(`e4m3_codes` below, the same rule); the GROUPS pass serves a dense FC1 (quantize.py), and the per-row pass callers
+of linear_residual that hand over rows no kernel recorded (no `x_amax`).
 
 Scale rule (vit_fast.fp8.quantize_rows is the same arithmetic in torch): amax = max(|row|, 1e-12),
 q = clamp(row · (448 / amax), ±448) cast to e4m3 (round to nearest even), scale = amax / 448; both divisions IEEE.
-The op modules (ln_qkv, ln_linear, linear_residual) check inputs and call `launch_quant_rows`.
+The op modules (ln_qkv, ln_linear, linear_residual, quantize) check inputs and call `launch_quant_rows`.
 """
 import torch
 import triton
 import triton.language as tl
 
-from ._common import autotune_scope, FP8_DTYPE, TL_SIG, is_interpreting, jit_fn, m_bucket
+from ._common import FP8_DTYPE, FP8_GROUP, TL_SIG, autotune_scope, is_interpreting, jit_fn, m_bucket
 from .layer_norm import LN_CONFIGS, prune_ln_configs
 
 AMAX_FLOOR = 1e-12  # an all-zero row gets scale 1e-12/448 (q = 0), never a division by zero
@@ -47,7 +48,25 @@ def round_to_e4m3(y):
     return (r.to(tl.int32, bitcast=True) | (bits & -2147483648)).to(tl.float32, bitcast=True)
 
 
-@triton.autotune(configs=_configs(), key=["M_BUCKET", "K", "HAS_LN"],
+@triton.jit
+def e4m3_codes(y, amax, ROUND_IN_FP32: tl.constexpr):
+    """y (BM, BN) fp32 and amax (BM,) its rows' (or groups') max |y| -> (e4m3 codes (BM, BN), scales (BM,)): the
+    scale rule above, shared by this pass and the FP8 GEMM epilogues that write codes (GROUP_OUT)."""
+    amax = tl.maximum(amax, 1e-12)
+    inv = tl.div_rn(tl.full(amax.shape, 448.0, tl.float32), amax)
+    q = tl.minimum(tl.maximum(y * inv[:, None], -448.0), 448.0)
+    if ROUND_IN_FP32:
+        q = round_to_e4m3(q)
+    return q.to(tl.float8e4nv), tl.div_rn(amax, tl.full(amax.shape, 448.0, tl.float32))
+
+
+@triton.jit
+def masked_row_amax(y, mask_n):
+    """max |y| per row over the columns mask_n keeps (fp32)."""
+    return tl.max(tl.where(mask_n[None, :], tl.abs(y), 0.0), axis=1)
+
+
+@triton.autotune(configs=_configs(), key=["M_BUCKET", "K", "HAS_LN", "GROUPS"],
                  prune_configs_by={"early_config_prune": autotune_scope(_prune)},
                  cache_results=True)  # tuned configs persist on disk (triton's cache dir) across processes
 @triton.jit(do_not_specialize=["M"])  # M = B·tokens: one compile for every batch size
@@ -56,15 +75,17 @@ def quant_rows_fp8_kernel(
     ln_w_ptr,  # (K,) LayerNorm weight; read only when HAS_LN
     ln_b_ptr,  # (K,) LayerNorm bias; read only when HAS_LN
     q_ptr,  # (M, K) float8 e4m3 output, row stride stride_qm, unit column stride
-    scale_ptr,  # (M,) fp32 output: the dequantization scale of each row
+    scale_ptr,  # (M,) fp32 output: the dequantization scale of each row; (G, M) with GROUPS, group stride stride_sg
     M,  # rows
     K,  # features
     stride_xm,  # input row stride
     stride_xk,  # input column stride
     stride_qm,  # output row stride
+    stride_sg,  # scale group stride (GROUPS only)
     eps,  # LayerNorm epsilon
     M_BUCKET,  # next power of two of M: an autotune key, unused by the kernel body
     HAS_LN: tl.constexpr,  # LayerNorm the row (fp32 statistics) before quantizing
+    GROUPS: tl.constexpr,  # 0: one scale per row; else per row and FP8_GROUP columns, GROUPS = BLOCK_K / FP8_GROUP
     ROUND_IN_FP32: tl.constexpr,  # round to e4m3 in fp32 before the cast (the interpreter's cast is wrong)
     BLOCK_K: tl.constexpr,  # next power of two of K (whole row per program)
     BLOCK_M: tl.constexpr,  # rows per program
@@ -83,51 +104,68 @@ def quant_rows_fp8_kernel(
         g = tl.load(ln_w_ptr + rk, mask=mask_k, other=0.0).to(tl.float32)
         b = tl.load(ln_b_ptr + rk, mask=mask_k, other=0.0).to(tl.float32)
         y = d * rstd[:, None] * g[None, :] + b[None, :]  # masked columns: 0 * .. * 0 + 0
-    amax = tl.maximum(tl.max(tl.abs(y), axis=1), 1e-12)
-    inv = tl.div_rn(tl.full([BLOCK_M], 448.0, tl.float32), amax)
-    q = tl.minimum(tl.maximum(y * inv[:, None], -448.0), 448.0)
-    if ROUND_IN_FP32:
-        q = round_to_e4m3(q)
-    tl.store(q_ptr + rm64[:, None] * stride_qm + rk[None, :], q.to(tl.float8e4nv), mask=mask)
-    tl.store(scale_ptr + rm, tl.div_rn(amax, tl.full([BLOCK_M], 448.0, tl.float32)), mask=mask_m)
+    if GROUPS:  # the row's groups as rows of their own: (BLOCK_M * GROUPS, BLOCK_K / GROUPS)
+        width: tl.constexpr = BLOCK_K // GROUPS
+        yg = tl.reshape(y, (BLOCK_M * GROUPS, width))
+        q, scale = e4m3_codes(yg, tl.max(tl.abs(yg), axis=1), ROUND_IN_FP32)
+        q = tl.reshape(q, (BLOCK_M, BLOCK_K))
+        rg = tl.arange(0, GROUPS)
+        tl.store(scale_ptr + rg[None, :] * stride_sg + rm[:, None], tl.reshape(scale, (BLOCK_M, GROUPS)),
+                 mask=mask_m[:, None] & (rg[None, :] * width < K))
+    else:
+        q, scale = e4m3_codes(y, tl.max(tl.abs(y), axis=1), ROUND_IN_FP32)
+        tl.store(scale_ptr + rm, scale, mask=mask_m)
+    tl.store(q_ptr + rm64[:, None] * stride_qm + rk[None, :], q, mask=mask)
 
 
-def launch_quant_rows(x2d: torch.Tensor, ln=None):
+def new_group_scales(rows: int, k: int, device) -> torch.Tensor:
+    """The (rows, G) fp32 scales of A quantized per row and FP8_GROUP columns, G = cdiv(k, FP8_GROUP), as a view of
+    a (G, rows) buffer: a GEMM's K step reads one group's scales for a tile's rows, contiguous there."""
+    return torch.empty((triton.cdiv(k, FP8_GROUP), rows), device=device, dtype=torch.float32).t()
+
+
+def launch_quant_rows(x2d: torch.Tensor, ln=None, groups: bool = False):
     """x2d (M, K) already checked; ln = (weight, bias, eps) or None.
-    Returns (q (M, K) float8_e4m3fn, scale (M,) fp32)."""
+    Returns (q (M, K) float8_e4m3fn, scale (M,) fp32), or with `groups` scale (M, G) (new_group_scales)."""
     m, k = x2d.shape
     q = torch.empty((m, k), device=x2d.device, dtype=FP8_DTYPE)
-    scale = torch.empty((m,), device=x2d.device, dtype=torch.float32)
+    scale = new_group_scales(m, k, x2d.device) if groups else torch.empty((m,), device=x2d.device,
+                                                                          dtype=torch.float32)
     ln_w, ln_b, eps = ln if ln is not None else (x2d, x2d, 0.0)
+    block_k = triton.next_power_of_2(k)
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]),)  # noqa: E731
     quant_rows_fp8_kernel[grid](
-        x2d, ln_w, ln_b, q, scale, m, k, x2d.stride(0), x2d.stride(1), q.stride(0), float(eps), m_bucket(m),
-        HAS_LN=ln is not None, ROUND_IN_FP32=is_interpreting(), BLOCK_K=triton.next_power_of_2(k),
+        x2d, ln_w, ln_b, q, scale, m, k, x2d.stride(0), x2d.stride(1), q.stride(0),
+        scale.stride(1) if groups else 0, float(eps), m_bucket(m),
+        HAS_LN=ln is not None, GROUPS=max(block_k // FP8_GROUP, 1) if groups else 0, ROUND_IN_FP32=is_interpreting(),
+        BLOCK_K=block_k,
     )
     return q, scale
 
 
 def aot_variants(exhaustive: bool = False):
-    """bf16 input (the FP8 model's residual stream), with and without LayerNorm, at the ViT row widths; fp16/fp32
-    at block 1024. FP8 stores need sm_89+: min_cc 89 (skipped for sm_80)."""
+    """bf16 input (the FP8 model's residual stream), with and without LayerNorm, at the ViT row widths, and per
+    128-column group without LayerNorm (FC2's input after a dense FC1); fp16/fp32 at block 1024. FP8 stores need
+    sm_89+: min_cc 89 (skipped for sm_80)."""
     out = []
     for dtype in (torch.bfloat16, torch.float16, torch.float32):
         widths = (256, 512, 1024, 2048, 4096, 8192) if dtype == torch.bfloat16 else (1024,)
         for block_k in widths:
             configs = _prune([triton.Config({"BLOCK_M": bm}, num_warps=w, num_stages=1) for bm, w in LN_CONFIGS],
                              {"M_BUCKET": 1 << 16}, BLOCK_K=block_k)
-            for has_ln in (True, False):
+            modes = [(True, 0), (False, 0)] + ([(False, block_k // FP8_GROUP)] if dtype == torch.bfloat16 else [])
+            for has_ln, groups in modes:
                 for c in configs if exhaustive else configs[:1]:
                     p = "*" + TL_SIG[dtype]
                     sig = {"x_ptr": p, "ln_w_ptr": p, "ln_b_ptr": p, "q_ptr": "*fp8e4nv", "scale_ptr": "*fp32",
                            "M": "i32", "K": "i32", "stride_xm": "i32", "stride_xk": "constexpr", "stride_qm": "i32",
-                           "eps": "fp32", "M_BUCKET": "i32",
-                           "HAS_LN": "constexpr", "ROUND_IN_FP32": "constexpr", "BLOCK_K": "constexpr",
-                           "BLOCK_M": "constexpr"}
-                    constexprs = {"stride_xk": 1, "HAS_LN": has_ln, "ROUND_IN_FP32": False, "BLOCK_K": block_k,
-                                  "BLOCK_M": c.kwargs["BLOCK_M"]}
+                           "stride_sg": "i32", "eps": "fp32", "M_BUCKET": "i32",
+                           "HAS_LN": "constexpr", "GROUPS": "constexpr", "ROUND_IN_FP32": "constexpr",
+                           "BLOCK_K": "constexpr", "BLOCK_M": "constexpr"}
+                    constexprs = {"stride_xk": 1, "HAS_LN": has_ln, "GROUPS": groups, "ROUND_IN_FP32": False,
+                                  "BLOCK_K": block_k, "BLOCK_M": c.kwargs["BLOCK_M"]}
                     out.append({"fn": jit_fn(quant_rows_fp8_kernel), "signature": sig, "constexprs": constexprs,
                                 "num_warps": c.num_warps, "num_stages": c.num_stages, "min_cc": 89,
                                 "tables": ("hopper", "ada"),  # row blocks: the same prune on every family
-                                "divisible": ("K", "stride_xm", "stride_qm")})
+                                "divisible": ("K", "stride_xm", "stride_qm", "stride_sg")})
     return out

@@ -13,10 +13,12 @@ Each row is judged as the bf16 rows are, with PyTorch's own FP8 arithmetic in pl
   shapes a few elements land one e4m3 step apart, and each moves its output row by more than FP8_TOL. Rows that
   differ more (another scale, a wrong code, more than 1 element in 1,000 flipped) leave torch's own operands as the
   reference, and the row fails.
-The out-projection and FC2 take their input's per-row max |x| (`x_amax`), as a producer that records it hands
-it over: the pointer engine (sm_89) quantizes its input rows in its main loop from it, the TMA engine (sm_90) in a
-pass of its own (the same codes; linear_residual does not read x_amax there). FC1 runs the
-model's epilogue: GELU, or for SwiGLU models the gate on the packed (2H) weight (the emulation's "swiglu").
+The out-projection takes its input's per-row max |x| (`x_amax`), as attention hands it over: the pointer engine
+(sm_89) quantizes its input rows in its main loop from it, the TMA engine (sm_90) in a pass of its own (the same
+codes; linear_residual does not read x_amax there). FC2 reads its input as e4m3 codes per row and 128 columns
+(vit_fast.fp8.INPUT_GROUPS), here from `kernels.quantize_fp8_groups` of the captured rows (in the model FC1's
+epilogue writes them; the tests prove the two give the same codes). FC1 runs the model's activation, GELU, or for
+SwiGLU models the gate on the packed (2H) weight (the emulation's "swiglu"), storing bf16 rows.
 """
 from __future__ import annotations
 
@@ -47,9 +49,15 @@ def _quantized(inputs_fn, layer, amax=False):
     return inputs
 
 
-def _emulate(i, *, ln=False, activation="none", residual=False):
+def _emulate(i, *, ln=False, activation="none", residual=False, input_group=0):
     return fp8.emulate_linear(i["x"], i["wq"], i["ws"], i["bias"], ln=(i["g"], i["b"], i["eps"]) if ln else None,
-                              activation=activation, residual=i["res"] if residual else None)
+                              activation=activation, residual=i["res"] if residual else None,
+                              input_group=input_group)
+
+
+def _fc2_kernel(i):
+    codes, scales = kernels.quantize_fp8_groups(i["x"])
+    return kernels.linear_residual(codes, i["wq"], i["bias"], i["res"], weight_scale=i["ws"], x_scale=scales)
 
 
 def _ln_qkv_emulation(i):
@@ -107,8 +115,6 @@ FP8_CHECKS = [
                                        weight_scale=i["ws"]),
            _ln_linear_eager, lambda i: _emulate(i, ln=True, activation=i["activation"]),
            lambda i: _on_engine_rows(i, i["activation"])),
-    _check("linear_residual[fc2]", _quantized(_fc2_inputs, lambda a: a.blk.mlp.fc2, amax=True),
-           lambda i: kernels.linear_residual(i["x"], i["wq"], i["bias"], i["res"], weight_scale=i["ws"],
-                                             x_amax=i["x_amax"]),
-           _linear_residual_eager, lambda i: _emulate(i, residual=True)),
+    _check("linear_residual[fc2]", _quantized(_fc2_inputs, lambda a: a.blk.mlp.fc2), _fc2_kernel,
+           _linear_residual_eager, lambda i: _emulate(i, residual=True, input_group=fp8.INPUT_GROUPS["fc2"])),
 ]
