@@ -176,9 +176,9 @@ def test_triton_fp8_equals_torch_emulation(dtype, mlp, device, monkeypatch):
 @pytest.mark.parametrize("switch", ["tma", "auto"])
 def test_triton_fp8_on_the_tma_engine_equals_torch_emulation(switch, device, monkeypatch):
     """The four FP8 GEMMs on the FP8 TMA engine (gemm_fp8_tma.py), forced (VITFAST_FP8_ENGINE=tma) or as auto picks
-    it on sm_90 (faked under the interpreter, for the model's device only), the out-projection's and FC2's inputs
-    quantized in a pass of their own (the codes the pointer engine makes in its main loop), so neither attention
-    nor FC1 records row maxima."""
+    it on sm_90 (faked under the interpreter, for the model's device only): the out-projection's input quantized in
+    a pass of its own (the codes the pointer engine makes in its main loop), so attention records no row maxima;
+    FC2's from FC1's epilogue."""
     import sys
 
     from vit_fast.kernels import gemm_fp8_tma

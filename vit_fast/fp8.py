@@ -1,13 +1,14 @@
 """FP8 (e4m3) inference: `quantize(model, "fp8")` / `model.to_fp8()`, and the exact torch emulation of the FP8 GEMMs.
 
-What gets quantized: the four GEMMs of every encoder block (QKV, attention out-projection, FC1, FC2), which hold
-more than 95 % of a ViT's FLOPs, less those `exclude` keeps in the model dtype (a GEMM kind such as "fc2", or
-layer-name patterns such as "blocks.0.*": what a model too close to e4m3's limit may need). Their weights are stored
-once as float8_e4m3fn with one fp32 scale per output channel; activations are quantized per token (one scale per
-row) when they are produced, FC2's input per token and 128 channels (one scale per row and group: FC1's epilogue
-writes it as e4m3, and sees 128 columns of a row at a time, not the whole row). Attention, LayerNorm, the residual stream, the patch embedding and the head stay in the
-model dtype: the patch embedding is < 1 % of the FLOPs (K = 3·P² = 768, M = B·N) and reads raw pixels, so FP8 there
-would cost accuracy at the input for no measurable speed; the head is one small GEMM on the pooled token.
+What gets quantized: the four GEMMs of every encoder block (QKV, attention out-projection, FC1, FC2), which hold more
+than 95 % of a ViT's FLOPs, less those `exclude` keeps in the model dtype (a GEMM kind such as "fc2", or layer-name
+patterns such as "blocks.0.*": what a model too close to e4m3's limit may need). Their weights are stored once as
+float8_e4m3fn with one fp32 scale per output channel; activations are quantized per token (one scale per row) when they
+are produced, FC2's input per token and 128 channels (one scale per row and group: FC1's epilogue writes it as e4m3, and
+sees 128 columns of a row at a time, not the whole row). Attention, LayerNorm, the residual stream, the patch embedding
+and the head stay in the model dtype: the patch embedding is < 1 % of the FLOPs (K = 3·P² = 768, M = B·N) and reads raw
+pixels, so FP8 there would cost accuracy at the input for no measurable speed; the head is one small GEMM on the pooled
+token.
 
 Backends of a quantized model:
 - "triton": the ops of `kernels/` see a float8 weight and dispatch to the FP8 engines (quant_fp8, then gemm_fp8_tma
@@ -62,7 +63,9 @@ def quantize_groups(x: torch.Tensor, group: int) -> tuple:
     """Per (row, `group` consecutive channels) e4m3 quantization, quantize_rows' arithmetic on each group: returns
     (q float8_e4m3fn (..., K), scale fp32 (..., G)). FC2's input is quantized this way (INPUT_GROUPS): FC1's
     epilogue holds 128 columns of a row, never the whole row, so that is the finest scale it can write with the
-    codes; the kernels compute the same (kernels/gemm_fp8.py, GROUP_OUT)."""
+    codes; the kernels compute the same (kernels/gemm_fp8.py, GROUP_OUT), from FC1's fp32 values: the model's torch
+    emulation quantizes FC1's output as its modules return it, rounded to the model dtype first (bf16 models differ
+    by a few codes one step apart; fp32 models not at all)."""
     q, scale = quantize_rows(as_groups(x.float(), group))
     return q.flatten(-2)[..., :x.shape[-1]], scale
 
@@ -93,7 +96,8 @@ def fp8_matmul(a_q, a_scale, w_q, w_scale) -> torch.Tensor:
 
 def fp8_matmul_groups(a_q, a_scale, w_q, w_scale, group: int) -> torch.Tensor:
     """fp8_matmul for A quantized per (row, group): each group's partial sum (exact products, fp32 sums) times its
-    scale, summed over the groups in order, then · w_scale: the kernels' order (one scaled partial per K step)."""
+    scale, summed over the groups in order, then · w_scale. The kernels scale one partial sum per K step (BLOCK_K
+    divides the group: 128 on Hopper, 64 on Ada, 32 under the interpreter): the same sums up to fp32 rounding."""
     acc = None
     for g, k0 in enumerate(range(0, a_q.shape[-1], group)):
         part = (a_q[..., k0:k0 + group].float() @ w_q[:, k0:k0 + group].float().t()) * a_scale[..., g:g + 1]
@@ -282,8 +286,9 @@ def quantize(model, scheme: str = "fp8", exclude=()):
 
     `exclude` keeps layers in the model dtype (excluded_names: GEMM kinds or name patterns, e.g. ("fc2",) or
     ("blocks.0.*",)), as a model whose accuracy needs it may: every other GEMM is still FP8 with per-token
-    activations. A model that is FP8 already is returned as it is (the Predictor, `convert` and loading call this
-    on FP8 checkpoints, whose kept layers must stay kept); an `exclude` that asks for another mix is an error."""
+    activations (FC2: per token and 128 channels). A model that is FP8 already is returned as it is (the Predictor,
+    `convert` and loading call this on FP8 checkpoints, whose kept layers must stay kept); an `exclude` that asks
+    for another mix is an error."""
     if scheme not in SCHEMES:
         raise ValueError(f"unknown quantization scheme {scheme!r}; expected one of {', '.join(SCHEMES)}")
     kept = check_exclude(model, exclude)

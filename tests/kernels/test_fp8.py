@@ -125,6 +125,7 @@ def test_fp8_mlp_fc1_writes_fc2_input_per_128_columns(slices, device, fp8_engine
     if fp8_engine == "pointer" and slices == "sliced":
         pytest.skip("one tile shape on the pointer engine")
     monkeypatch.setattr(gemm_fp8_tma, "INTERPRETER_GROUP_OUT", slices)
+    monkeypatch.setattr(gemm_fp8_tma.fp8_tma_gemm_kernel, "cache", {})  # tuned per key, not per interpreter tile
     b, n, d, hidden = 2, 23, 64, 320  # 46 rows, ragged
     x = torch.randn(b, n, d, device=device).bfloat16()
     x[..., 3] *= 50.0  # an outlier channel in the residual stream
@@ -135,6 +136,9 @@ def test_fp8_mlp_fc1_writes_fc2_input_per_128_columns(slices, device, fp8_engine
     codes = poison(torch.empty(b, n, hidden, device=device, dtype=torch.float8_e4m3fn))
     scales = poison(new_group_scales(b * n, hidden, device)).view(b, n, -1)
     ln_linear_fp8_launch(x, g, beta, 1e-6, w1, s1, b1, "gelu", out=codes, out_scale=scales)
+    if fp8_engine == "tma":  # the tile asked for
+        want = gemm_fp8_tma.INTERPRETER_GROUP_OUT_TILES[slices][1]
+        assert gemm_fp8_tma.fp8_tma_gemm_kernel.best_config.kwargs["BLOCK_N"] == want
     h = fp8.emulate_linear(x, w1, s1, b1, ln=(g, beta, 1e-6), activation="gelu", out_dtype=torch.float32)
     _assert_fc2_input(codes, scales, h)
     op_codes, op_scales = kernels.ln_linear(x, g, beta, 1e-6, w1, b1, "gelu", weight_scale=s1, fp8_groups=True)

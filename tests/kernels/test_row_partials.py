@@ -68,7 +68,8 @@ def test_residual_gemm_writes_partials(dtype, engine, slot, device):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_merge_is_stable_for_offset_rows(dtype, engine, slot, device):
     """Rows at mean 1000 and std about 3 (far past a residual stream's offsets): the merge in the
-    next GEMM's epilogue matches float64 statistics to fp32 rounding, which the one-pass E[x²] − mean² misses."""
+    next GEMM's epilogue matches float64 statistics to fp32 rounding, which the one-pass E[x²] − mean² misses by
+    orders of magnitude."""
     lead, k, n = shapes(dtype)[0]
     x, w, bb, res = make(lead, k, n, dtype, device, offset=1000.0)
     out, parts = kernels.linear_residual_stats(x, w, bb, res)
@@ -84,8 +85,10 @@ def test_merge_is_stable_for_offset_rows(dtype, engine, slot, device):
     naive_var = (r32 * r32).mean(1) - r32.mean(1) ** 2  # what the merge must not do
     merged_var = ln_fold.merge_partials(parts, 0.0)[:, 1].double() ** -2
     true_var = rows.var(1, unbiased=False)
-    assert ((merged_var - true_var).abs() / true_var).max() < 1e-5
-    assert ((naive_var.double() - true_var).abs() / true_var).max() > 1e-5, "the draw cannot tell the two apart"
+    # fp32 slot means of values near 1000 are good to ~6e-5 each: the merge's variance to about 1e-5 relative
+    # (at most 1.3e-5 over 41 draws of the interpreter's 8-column slots); the one-pass formula to 1.7e-2-3e-2
+    assert ((merged_var - true_var).abs() / true_var).max() < 1e-4
+    assert ((naive_var.double() - true_var).abs() / true_var).max() > 1e-3, "the draw cannot tell the two apart"
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -22,7 +22,8 @@ so (max_num_imprecise_acc = BLOCK_K); for QUANT_A, whose A reaches the tensor co
 3.9 split the dot along K and drop that argument, so the kernel writes the promotion out. Either way the loop
 must wait for each K step's MMAs before the add (ptxas inserts the wait): the MMAs of one step no longer overlap the
 next step's issue, the cost the static report marks "drained". VITFAST_FP8_PRECISE_ACC=0 turns the promotion off
-everywhere, to measure that cost and the error it saves on a GPU (`gpu_steps.sh fp8acc`); the default, 1, keeps it.
+everywhere but in A_GROUPED launches (each step's sum takes its own scales), to measure that cost and the error it
+saves on a GPU (`gpu_steps.sh fp8acc`); the default, 1, keeps it.
 """
 import functools
 
@@ -136,9 +137,11 @@ def _prune(configs, named_args, **kwargs):
     family, smem = _family(index), shared_memory_bytes(index)
     m_cap = max(64, named_args.get("M_BUCKET", 1 << 16))
     swiglu = kwargs.get("ACTIVATION") == SWIGLU
+    a_grouped = kwargs.get("A_GROUPED", False)
+    configs = [c for c in configs if group_tile_ok(_row(c), a_grouped, group_out)]  # the fallback too
     kept = [c for c in configs
             if fp8_tile_allowed(family, _row(c), a.element_size(), kwargs.get("QUANT_A", False), swiglu, smem,
-                                kwargs.get("A_GROUPED", False), group_out)
+                                a_grouped, group_out)
             and c.kwargs["BLOCK_M"] <= m_cap]
     return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.num_stages)]
 
@@ -217,8 +220,8 @@ def fp8_gemm_kernel(
         amax = tl.maximum(tl.load(a_scale_ptr + rm_load), 1e-12)
         inv_row = tl.div_rn(tl.full([BLOCK_M], 448.0, tl.float32), amax)
         s_row = tl.div_rn(amax, tl.full([BLOCK_M], 448.0, tl.float32))
-    elif A_GROUPED:  # the scales are applied per K step
-        tl.static_assert(GROUP_K % BLOCK_K == 0)
+    elif A_GROUPED:  # the scales are applied per K step (FC2: no SwiGLU's second accumulator)
+        tl.static_assert(GROUP_K % BLOCK_K == 0 and ACTIVATION != 4)
         s_row = tl.full([BLOCK_M], 1.0, tl.float32)
     else:
         s_row = tl.load(a_scale_ptr + rm_load)

@@ -91,7 +91,7 @@ def group_tile_ok(tile, a_grouped: bool, group_out: bool) -> bool:
     _, bn, bk, _, _, epi = tile
     epi_n = bn // epi
     return ((not a_grouped or FP8_GROUP % bk == 0)
-            and (not group_out or (bn % FP8_GROUP == 0 and (epi_n % FP8_GROUP == 0 or bn == FP8_GROUP))))
+            and (not group_out or epi_n == FP8_GROUP or bn == FP8_GROUP))
 
 
 def tile_allowed(tile, smem, has_residual=False, precise_acc=True, out_bytes=2, sm_smem=SM90_SM_SMEM,
@@ -117,9 +117,11 @@ def _prune(configs, named_args, **kwargs):
         want = INTERPRETER_GROUP_OUT_TILES[INTERPRETER_GROUP_OUT] if group_out else INTERPRETER_TMA
         return [c for c, row in zip(configs, rows) if row == want]
     out_bytes = named_args["out_ptr"].element_size()
+    a_grouped = kwargs.get("A_GROUPED", False)
+    configs = [c for c, row in zip(configs, rows) if group_tile_ok(row, a_grouped, group_out)]  # the fallback too
     return persistent_prune(configs, named_args, lambda tile, smem, sm_smem: tile_allowed(
         tile, smem, kwargs.get("HAS_RESIDUAL", False), kwargs.get("PRECISE_ACC", True), out_bytes, sm_smem,
-        kwargs.get("A_GROUPED", False), group_out))
+        a_grouped, group_out))
 
 
 @triton.jit
@@ -233,7 +235,7 @@ def fp8_tma_gemm_kernel(
         off_n = pid_n * BLOCK_N
         rows = off_m + tl.arange(0, BLOCK_M)
         if GROUP_OUT:  # (group_tile_ok) each slice is a group, or both slices are one
-            tl.static_assert((BLOCK_N // GROUP_K) * GROUP_K == BLOCK_N and (EPI_N >= GROUP_K or BLOCK_N == GROUP_K))
+            tl.static_assert((EPI_N == GROUP_K or BLOCK_N == GROUP_K) and not HAS_RESIDUAL)
             if EPI_SPLIT == 2:
                 acc0, acc1 = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, EPI_N)), (0, 2, 1)))
                 cols0 = off_n + tl.arange(0, EPI_N)
@@ -281,19 +283,19 @@ def _auto_picks_tma(device: torch.device) -> bool:
     return _is_sm90(device.index if device.index is not None else torch.cuda.current_device())
 
 
-def select_fp8_engine(k: int, weight, out, residual=None, activation=0) -> str:
-    """"tma" or "pointer" for an FP8 launch on already-checked operands whose A is (or will be) fresh contiguous e4m3
-    rows of `k` bytes from the row quantizer; the op modules ask before they quantize. VITFAST_FP8_ENGINE=auto (the
-    default): this engine on an sm_90 GPU for operands TMA can address (measured faster than the pointer engine on
-    an H200: benchmarks/NOTES.md, "Third GPU lease"), the pointer engine elsewhere (sm_89) and under the
-    interpreter. =tma forces this engine (on an sm_90 GPU, or under the interpreter: how the tests run it on a CPU)
-    and fails with one line where it cannot run; =pointer forces the other. SwiGLU's FC1 always takes the pointer
-    engine."""
+def select_fp8_engine(k: int, weight, out, residual=None, activation=0, a=None) -> str:
+    """"tma" or "pointer" for an FP8 launch on already-checked operands whose A is (or will be) fresh contiguous
+    e4m3 rows of `k` bytes from the row quantizer, or the caller's e4m3 rows `a`; the op modules ask before they
+    quantize. VITFAST_FP8_ENGINE=auto (the default): this engine on an sm_90 GPU for operands TMA can address
+    (measured faster than the pointer engine on an H200: benchmarks/NOTES.md, "Third GPU lease"), the pointer engine
+    elsewhere (sm_89) and under the interpreter. =tma forces this engine (on an sm_90 GPU, or under the interpreter:
+    how the tests run it on a CPU) and fails with one line where it cannot run; =pointer forces the other. SwiGLU's
+    FC1 always takes the pointer engine."""
     choice = switch_value(FP8_ENGINE_ENV)
     if choice == "pointer" or activation == SWIGLU:
         return "pointer"
     bad = {name: (tuple(t.shape), t.stride(), t.data_ptr() % 16)
-           for name, t in dict(weight=weight, out=out, residual=residual).items()
+           for name, t in dict(weight=weight, out=out, residual=residual, a=a).items()
            if t is not None and not _tma_addressable(t)}
     if k % 16:
         bad["a"] = ((None, k), (k, 1), 0)  # e4m3 rows of k bytes: the row stride is not a multiple of 16

@@ -55,7 +55,7 @@ def _check(x, weight, bias, residual, runnable=True, weight_scale=None, x_amax=N
     else:
         check(residual.dtype in (torch.float32, torch.float16, torch.bfloat16), f"{OP}: residual.dtype",
               "float32, float16 or bfloat16 (the output's dtype)", residual.dtype)
-    check_device(OP, dict(x=x, weight=weight, bias=bias, residual=residual), runnable)
+    check_device(OP, dict(x=x, weight=weight, bias=bias, residual=residual, x_scale=x_scale), runnable)
 
 
 def linear_residual_launch(x, weight, bias, residual, out=None, weight_scale=None, x_amax=None, stats_out=None,
@@ -73,21 +73,20 @@ def linear_residual_launch(x, weight, bias, residual, out=None, weight_scale=Non
         return out
     if weight.dtype == FP8_DTYPE:
         res2d = rows_view(OP, "residual", residual)
-        engine = select_fp8_engine(x.shape[-1], weight, out2d, res2d)
+        x2d = rows_view(OP, "x", x)
+        engine = select_fp8_engine(x.shape[-1], weight, out2d, res2d, a=x2d if x_scale is not None else None)
         if x_scale is not None:  # e4m3 codes per row and 128 columns (FC2)
             launch = launch_fp8_tma_gemm if engine == "tma" else launch_fp8_gemm
-            x2d = rows_view(OP, "x", x)
             check(x2d.stride(1) == 1, f"{OP}: x.stride(-1)", "1 (e4m3 rows)", x.stride(-1))
             launch(x2d, group_scales_view(x_scale), weight, weight_scale, bias, out2d, residual=res2d)
         elif engine == "tma":
             # a pass of its own even with x_amax: the codes QUANT_A would make, and the TMA engine reads e4m3 rows
-            a_q, a_scale = launch_quant_rows(rows_view(OP, "x", x))
+            a_q, a_scale = launch_quant_rows(x2d)
             launch_fp8_tma_gemm(a_q, a_scale, weight, weight_scale, bias, out2d, residual=res2d)
         elif x_amax is not None:
-            launch_fp8_gemm(rows_view(OP, "x", x), None, weight, weight_scale, bias, out2d, residual=res2d,
-                            a_amax=x_amax.reshape(-1))
+            launch_fp8_gemm(x2d, None, weight, weight_scale, bias, out2d, residual=res2d, a_amax=x_amax.reshape(-1))
         else:
-            a_q, a_scale = launch_quant_rows(rows_view(OP, "x", x))
+            a_q, a_scale = launch_quant_rows(x2d)
             launch_fp8_gemm(a_q, a_scale, weight, weight_scale, bias, out2d, residual=res2d)
         return out
     x2d, res2d = rows_view(OP, "x", x), rows_view(OP, "residual", residual)

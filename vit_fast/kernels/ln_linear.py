@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 
 from ._common import (ACTIVATIONS, FP8_DTYPE, check, check_device, check_fp8_device, check_group_scales,
-                      check_linear, check_linear_fp8, check_out, check_vector, rows_view)
+                      check_linear, check_linear_fp8, check_out, check_vector, group_count, rows_view)
 from .gemm import gemm_aot_variants, launch_fused_gemm
 from .gemm_fp8 import launch_fp8_gemm
 from .gemm_fp8_tma import launch_fp8_tma_gemm, select_fp8_engine
@@ -78,7 +78,7 @@ def ln_linear_launch(x, eps, weight, colsum, bias, activation="none", out=None, 
 def ln_linear_fp8_launch(x, ln_weight, ln_bias, eps, weight, weight_scale, bias, activation="none", out=None,
                          out_scale=None):
     """Plain FP8 launcher: weight (N, K) float8_e4m3fn, weight_scale (N,) fp32; `out` lets tests hand in a poisoned
-    buffer. With `out_scale` ((..., cdiv(N, 128)) fp32, as quantize.new_group_scales lays it out) `out` is
+    buffer. With `out_scale` ((..., cdiv(N, 128)) fp32, as quant_fp8.new_group_scales lays it out) `out` is
     float8_e4m3fn and receives the output's codes per row and 128 columns, `out_scale` their scales."""
     _check_fp8(x, ln_weight, ln_bias, weight, weight_scale, bias, activation)
     shape = (*x.shape[:-1], _out_features(weight, activation))
@@ -88,8 +88,13 @@ def ln_linear_fp8_launch(x, ln_weight, ln_bias, eps, weight, weight_scale, bias,
     out2d = check_out(OP, out, shape, out_dtype)
     if out_scale is not None:
         check_group_scales(OP, "out_scale", out_scale, out)
-        scale2d = out_scale.view(-1, out_scale.shape[-1])
-        check(scale2d.stride(0) == 1, f"{OP}: out_scale strides", "unit row stride (a (G, rows) buffer's transpose)",
+        check_device(OP, dict(x=x, out_scale=out_scale))
+        try:
+            scale2d = out_scale.view(-1, out_scale.shape[-1])
+        except RuntimeError:
+            scale2d = None
+        check(scale2d is not None and scale2d.stride(0) == 1, f"{OP}: out_scale strides",
+              "rows that merge with a unit row stride (a (G, rows) buffer's transpose: quant_fp8.new_group_scales)",
               out_scale.stride())
     if out.numel() == 0:
         return out
@@ -130,7 +135,7 @@ def _(x, ln_weight, ln_bias, eps, weight, weight_scale, bias, activation):
 def _codes_and_scales(x, weight, activation):
     """Fresh (codes (..., N) e4m3, scales (..., G) fp32 in the kernels' layout) for an FP8 FC1 with fp8_groups."""
     shape = (*x.shape[:-1], _out_features(weight, activation))
-    scales = new_group_scales(x.shape[:-1].numel(), shape[-1], x.device).view(*shape[:-1], -1)
+    scales = new_group_scales(x.shape[:-1].numel(), shape[-1], x.device).view(*shape[:-1], group_count(shape[-1]))
     return torch.empty(shape, device=x.device, dtype=FP8_DTYPE), scales
 
 

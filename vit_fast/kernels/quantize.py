@@ -7,7 +7,7 @@ input and is the registered `torch.ops.vitfast.quantize_fp8_groups` (torch.compi
 """
 import torch
 
-from ._common import check, check_device, check_fp8_device, rows_view
+from ._common import check, check_device, check_fp8_device, group_count, rows_view
 from .quant_fp8 import launch_quant_rows, new_group_scales
 
 OP = "quantize_fp8_groups"
@@ -24,7 +24,7 @@ def _check(x, runnable=True):
 
 def _scales_like(x):
     rows = x.shape[:-1]
-    return new_group_scales(rows.numel(), x.shape[-1], x.device).view(*rows, -1)
+    return new_group_scales(rows.numel(), x.shape[-1], x.device).view(*rows, group_count(x.shape[-1]))
 
 
 @torch.library.custom_op("vitfast::quantize_fp8_groups", mutates_args=())
@@ -33,7 +33,7 @@ def _quantize_op(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if x.numel() == 0:
         return torch.empty(x.shape, device=x.device, dtype=torch.float8_e4m3fn), _scales_like(x)
     q, scale = launch_quant_rows(rows_view(OP, "x", x), groups=True)
-    return q.view(x.shape), scale.view(*x.shape[:-1], -1)
+    return q.view(x.shape), scale.view(*x.shape[:-1], group_count(x.shape[-1]))
 
 
 @_quantize_op.register_fake

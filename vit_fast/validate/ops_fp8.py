@@ -5,7 +5,8 @@ channel as `vit_fast.quantize` does, and on bf16 activations (an FP8 model's res
 Each row is judged as the bf16 rows are, with PyTorch's own FP8 arithmetic in place of a composition in the dtype:
 - exact reference: the unquantized op (fp32 weights, the bf16-rounded activations) in float64, so the error is what
   FP8 costs against the fp32 model;
-- PyTorch's own: `vit_fast.fp8.emulate_linear` (torch float8 casts, the same per-token and per-channel scales);
+- PyTorch's own: `vit_fast.fp8.emulate_linear` (torch float8 casts, the same per-token (FC2: per token and 128
+  channels) and per-channel scales);
   budget 2 x its error + floor (`numerics.kernel_budget`);
 - and the kernel tests' bound against the emulation (`numerics.FP8_TOL`). For the LayerNorm-quantizing GEMMs
   (LN+QKV, LN+FC1) that bound is taken against the GEMM emulated on the rows the engine quantized, when those are
@@ -16,9 +17,10 @@ Each row is judged as the bf16 rows are, with PyTorch's own FP8 arithmetic in pl
 The out-projection takes its input's per-row max |x| (`x_amax`), as attention hands it over: the pointer engine
 (sm_89) quantizes its input rows in its main loop from it, the TMA engine (sm_90) in a pass of its own (the same
 codes; linear_residual does not read x_amax there). FC2 reads its input as e4m3 codes per row and 128 columns
-(vit_fast.fp8.INPUT_GROUPS), here from `kernels.quantize_fp8_groups` of the captured rows (in the model FC1's
-epilogue writes them; the tests prove the two give the same codes). FC1 runs the model's activation, GELU, or for
-SwiGLU models the gate on the packed (2H) weight (the emulation's "swiglu"), storing bf16 rows.
+(vit_fast.fp8.INPUT_GROUPS), here from `kernels.quantize_fp8_groups` of the captured bf16 rows (in the model FC1's
+epilogue writes them from its fp32 values, with the same rule; the tests check both against the emulation). FC1 runs
+the model's activation, GELU, or for SwiGLU models the gate on the packed (2H) weight (the emulation's "swiglu"),
+storing bf16 rows.
 """
 from __future__ import annotations
 
