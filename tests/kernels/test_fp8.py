@@ -168,6 +168,12 @@ def test_fp8_groups_ops_as_torch_compile_sees_them(device):
                           test_utils=("test_faketensor",))
     torch.library.opcheck(torch.ops.vitfast.quantize_fp8_groups.default, (torch.randn(b, n, hidden, device=device),),
                           test_utils=("test_faketensor",))
+    # an empty batch: empty codes and scales of the right shapes, and FC2 on them
+    empty = x[:0]
+    codes0, scales0 = kernels.ln_linear(empty, g, beta, 1e-6, w1, None, "gelu", weight_scale=s1, fp8_groups=True)
+    assert codes0.shape == (0, n, hidden) and scales0.shape == (0, n, 2)
+    assert kernels.quantize_fp8_groups(empty)[1].shape == (0, n, 1)
+    assert kernels.linear_residual(codes0, w2, None, empty, weight_scale=s2, x_scale=scales0).shape == (0, n, d)
     # scales laid out row-major (a caller's own) are read the same
     same = kernels.linear_residual(codes, w2, None, x, weight_scale=s2, x_scale=scales.contiguous())
     torch.testing.assert_close(same, kernels.linear_residual(codes, w2, None, x, weight_scale=s2, x_scale=scales),

@@ -89,6 +89,9 @@ def ln_linear_fp8_launch(x, ln_weight, ln_bias, eps, weight, weight_scale, bias,
     if out_scale is not None:
         check_group_scales(OP, "out_scale", out_scale, out)
         check_device(OP, dict(x=x, out_scale=out_scale))
+    if out.numel() == 0:
+        return out
+    if out_scale is not None:
         try:
             scale2d = out_scale.view(-1, out_scale.shape[-1])
         except RuntimeError:
@@ -96,8 +99,6 @@ def ln_linear_fp8_launch(x, ln_weight, ln_bias, eps, weight, weight_scale, bias,
         check(scale2d is not None and scale2d.stride(0) == 1, f"{OP}: out_scale strides",
               "rows that merge with a unit row stride (a (G, rows) buffer's transpose: quant_fp8.new_group_scales)",
               out_scale.stride())
-    if out.numel() == 0:
-        return out
     act = ACTIVATIONS[activation]
     launch = launch_fp8_tma_gemm if select_fp8_engine(x.shape[-1], weight, out2d, activation=act) == "tma" \
         else launch_fp8_gemm
