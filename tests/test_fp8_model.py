@@ -106,14 +106,19 @@ def test_exclude_errors_say_what_was_expected(exclude, message):
 def test_triton_equals_emulation_with_layers_excluded(exclude, passes, device, monkeypatch):
     monkeypatch.setenv("VITFAST_FP8_ENGINE", "pointer")  # the passes counted are the pointer engine's (sm_89's)
     model = vit_fast.quantize(_tiny(depth=1).to(device), "fp8", exclude=exclude)
-    x = torch.randn(2, 3, 32, 48, device=device)
+    out, emulated, calls = _tokens_both_ways(model, torch.randn(2, 3, 32, 48, device=device), monkeypatch)
+    assert tuple(calls.values()) == passes, calls
+    assert_fp8_model_matches_emulation(out, emulated)
+
+
+def _tokens_both_ways(model, x, monkeypatch):
+    """(tokens on the kernels, written over NaN; the torch emulation's; the kernels' quantization passes)."""
     with torch.no_grad():
         emulated = model.set_backend("torch").forward_features(x)
         calls = _count_quant_passes(monkeypatch)
         out = torch.full_like(emulated, float("nan"))
         out.copy_(model.set_backend("triton").forward_features(x))
-    assert tuple(calls.values()) == passes, calls
-    assert_fp8_model_matches_emulation(out, emulated)
+    return out, emulated, calls
 
 
 def _count_quant_passes(monkeypatch):
@@ -223,12 +228,9 @@ def test_fc2_input_is_quantized_per_128_channels(engine, device, monkeypatch):
     assert (mlp.fc2.input_group, mlp.fc1.input_group, model.blocks[0].attn.qkv.input_group) == (128, 0, 0)
     assert "per-token and 128-channel" in repr(mlp.fc2)
     x = torch.randn(2, 3, 32, 48, device=device)
+    out, emulated, calls = _tokens_both_ways(model, x, monkeypatch)
+    mlp.fc2.input_group = 0
     with torch.no_grad():
-        emulated = model.set_backend("torch").forward_features(x)
-        calls = _count_quant_passes(monkeypatch)
-        out = torch.full_like(emulated, float("nan"))
-        out.copy_(model.set_backend("triton").forward_features(x))
-        mlp.fc2.input_group = 0
         per_token = model.set_backend("torch").forward_features(x)
     assert calls["quantize"] == 0 and calls["linear_residual"] == (1 if engine == "tma" else 0), calls
     assert_fp8_model_matches_emulation(out, emulated)
