@@ -24,7 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .kernels._common import FP8_DTYPE, FP8_GROUP, FP8_MAX  # the one definition (the kernels do not import the model code)
+# the one definition of each (the kernels do not import the model code)
+from .kernels._common import FP8_DTYPE, FP8_GROUP, FP8_MAX
 from .kernels.quant_fp8 import AMAX_FLOOR
 from .model import ACTIVATIONS as MODEL_ACTIVATIONS
 from .model import swiglu

@@ -17,8 +17,9 @@ from typing import Optional, Tuple
 
 import torch
 
-from ._common import (FP8_DTYPE, check, check_device, check_fp8_device, check_group_scales, check_linear,
-                      check_linear_fp8, check_out, check_row_stats, group_scales_view, rows_view)
+from ._common import (FLOAT_DTYPES, FP8_DTYPE, check, check_device, check_dtype, check_fp8_device,
+                      check_group_scales, check_linear, check_linear_fp8, check_out, check_row_stats,
+                      group_scales_view, rows_view)
 from .gemm import gemm_aot_variants, launch_fused_gemm
 from .gemm_fp8 import launch_fp8_gemm
 from .gemm_fp8_tma import launch_fp8_tma_gemm, select_fp8_engine
@@ -52,9 +53,8 @@ def _check(x, weight, bias, residual, runnable=True, weight_scale=None, x_amax=N
     check(tuple(residual.shape) == expected, f"{OP}: residual.shape", expected, tuple(residual.shape))
     if x.dtype != FP8_DTYPE:
         check(residual.dtype == x.dtype, f"{OP}: residual.dtype", f"{x.dtype} (x.dtype)", residual.dtype)
-    else:
-        check(residual.dtype in (torch.float32, torch.float16, torch.bfloat16), f"{OP}: residual.dtype",
-              "float32, float16 or bfloat16 (the output's dtype)", residual.dtype)
+    else:  # the output's dtype
+        check_dtype(OP, "residual", residual, FLOAT_DTYPES)
     check_device(OP, dict(x=x, weight=weight, bias=bias, residual=residual, x_scale=x_scale), runnable)
 
 

@@ -16,13 +16,13 @@ from typing import Optional
 import torch
 
 from ._common import (ACTIVATIONS, FP8_DTYPE, check, check_device, check_fp8_device, check_group_scales,
-                      check_linear, check_linear_fp8, check_out, check_vector, group_count, rows_view)
+                      check_linear, check_linear_fp8, check_out, check_vector, rows_view)
 from .gemm import gemm_aot_variants, launch_fused_gemm
 from .gemm_fp8 import launch_fp8_gemm
 from .gemm_fp8_tma import launch_fp8_tma_gemm, select_fp8_engine
 from .gemm_tma import launch_tma_gemm, select_engine, tma_aot_variants
 from .ln_fold import FoldedLinear, check_folded, check_partials, fold_layer_norm, launch_row_stats
-from .quant_fp8 import launch_quant_rows, new_group_scales
+from .quant_fp8 import launch_quant_rows, new_group_codes
 
 OP = "ln_linear"
 
@@ -135,9 +135,7 @@ def _(x, ln_weight, ln_bias, eps, weight, weight_scale, bias, activation):
 
 def _codes_and_scales(x, weight, activation):
     """Fresh (codes (..., N) e4m3, scales (..., G) fp32 in the kernels' layout) for an FP8 FC1 with fp8_groups."""
-    shape = (*x.shape[:-1], _out_features(weight, activation))
-    scales = new_group_scales(x.shape[:-1].numel(), shape[-1], x.device).view(*shape[:-1], group_count(shape[-1]))
-    return torch.empty(shape, device=x.device, dtype=FP8_DTYPE), scales
+    return new_group_codes((*x.shape[:-1], _out_features(weight, activation)), x.device)
 
 
 # The FP8 MLP's FC1 when FC2 is FP8: e4m3 codes and their per-(row, 128 columns) scales (two outputs, not mutated

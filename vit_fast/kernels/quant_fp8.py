@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import FP8_DTYPE, FP8_GROUP, TL_SIG, autotune_scope, is_interpreting, jit_fn, m_bucket
+from ._common import FP8_DTYPE, FP8_GROUP, TL_SIG, autotune_scope, group_count, is_interpreting, jit_fn, m_bucket
 from .layer_norm import LN_CONFIGS, prune_ln_configs
 
 AMAX_FLOOR = 1e-12  # an all-zero row gets scale 1e-12/448 (q = 0), never a division by zero
@@ -121,7 +121,15 @@ def quant_rows_fp8_kernel(
 def new_group_scales(rows: int, k: int, device) -> torch.Tensor:
     """The (rows, G) fp32 scales of A quantized per row and FP8_GROUP columns, G = cdiv(k, FP8_GROUP), as a view of
     a (G, rows) buffer: a GEMM's K step reads one group's scales for a tile's rows, contiguous there."""
-    return torch.empty((triton.cdiv(k, FP8_GROUP), rows), device=device, dtype=torch.float32).t()
+    return torch.empty((group_count(k), rows), device=device, dtype=torch.float32).t()
+
+
+def new_group_codes(shape, device) -> tuple:
+    """Empty (codes float8_e4m3fn `shape`, scales (*shape[:-1], G) as new_group_scales lays them out): the outputs
+    of an op that quantizes (..., K) per row and FP8_GROUP columns."""
+    rows, k = shape[:-1], shape[-1]
+    scales = new_group_scales(torch.Size(rows).numel(), k, device).view(*rows, group_count(k))
+    return torch.empty(shape, device=device, dtype=FP8_DTYPE), scales
 
 
 def launch_quant_rows(x2d: torch.Tensor, ln=None, groups: bool = False):

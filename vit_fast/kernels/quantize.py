@@ -8,7 +8,7 @@ input and is the registered `torch.ops.vitfast.quantize_fp8_groups` (torch.compi
 import torch
 
 from ._common import check, check_device, check_fp8_device, group_count, rows_view
-from .quant_fp8 import launch_quant_rows, new_group_scales
+from .quant_fp8 import launch_quant_rows, new_group_codes
 
 OP = "quantize_fp8_groups"
 
@@ -22,16 +22,11 @@ def _check(x, runnable=True):
     check_device(OP, dict(x=x), runnable)
 
 
-def _scales_like(x):
-    rows = x.shape[:-1]
-    return new_group_scales(rows.numel(), x.shape[-1], x.device).view(*rows, group_count(x.shape[-1]))
-
-
 @torch.library.custom_op("vitfast::quantize_fp8_groups", mutates_args=())
 def _quantize_op(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     _check(x)
     if x.numel() == 0:
-        return torch.empty(x.shape, device=x.device, dtype=torch.float8_e4m3fn), _scales_like(x)
+        return new_group_codes(x.shape, x.device)
     q, scale = launch_quant_rows(rows_view(OP, "x", x), groups=True)
     return q.view(x.shape), scale.view(*x.shape[:-1], group_count(x.shape[-1]))
 
@@ -39,7 +34,7 @@ def _quantize_op(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 @_quantize_op.register_fake
 def _(x):
     _check(x, runnable=False)
-    return torch.empty(x.shape, device=x.device, dtype=torch.float8_e4m3fn), _scales_like(x)
+    return new_group_codes(x.shape, x.device)
 
 
 def quantize_fp8_groups(x: torch.Tensor) -> tuple:
