@@ -97,7 +97,8 @@ def is_16bit(variant) -> bool:
 
 
 def dtype_of(variant) -> str:
-    kinds = [t[1:] for t in variant["signature"].values() if isinstance(t, str) and t.startswith("*")]
+    """The data pointers' dtypes ("bf16/fp32"); int32 pointers (split-K counters) are not data."""
+    kinds = [t[1:] for t in variant["signature"].values() if isinstance(t, str) and t.startswith("*") and t != "*i32"]
     return "/".join(dict.fromkeys(kinds))
 
 

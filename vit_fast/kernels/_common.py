@@ -29,8 +29,11 @@ AUTOTUNE_ENV = "VITFAST_AUTOTUNE"  # the whole table, or only the first config a
 # whether the model's folded LayerNorms merge the partial statistics the residual GEMMs write (1) or launch a
 # statistics kernel of their own (0), to compare them (vit_fast.triton_path)
 LN_PARTIALS_ENV = "VITFAST_LN_PARTIALS"
+# split-K for launches whose tiles fill few SMs (split_k.py): auto, never (1), or forced into 2-4 parts
+SPLIT_ENV = "VITFAST_SPLIT_K"
 SWITCHES = {ENGINE_ENV: ("auto", "tma", "pointer"), FP8_ENGINE_ENV: ("auto", "tma", "pointer"),
-            PRECISE_ACC_ENV: ("1", "0"), AUTOTUNE_ENV: ("all", "first"), LN_PARTIALS_ENV: ("1", "0")}
+            PRECISE_ACC_ENV: ("1", "0"), AUTOTUNE_ENV: ("all", "first"), LN_PARTIALS_ENV: ("1", "0"),
+            SPLIT_ENV: ("auto", "1", "2", "3", "4")}
 
 
 def switch_value(name: str, expected: str = None) -> str:

@@ -14,6 +14,8 @@ triton 3.6 (triton-lang/triton#11587). Without it a program's epilogue does not 
 exact-GELU epilogue (libdevice erf, ~32 instructions per element) took ~30 % of FC1 on an H200. The PER_SM = 2 rows
 are the substitute: two programs per SM, each small enough in shared memory and registers to be co-resident, so
 one's epilogue runs while the other's wgmmas do (CUTLASS's ping-pong schedule, by the hardware scheduler).
+At small batch the output tiles fill few SMs; there K is split (SPLIT_K, split_k.py): a unit of work is a (tile, part
+of K), and the last part of a tile to finish sums the parts and runs the epilogue.
 
 The op modules decide when this engine runs (`select_engine`): CUDA sm_90, 16-bit dtypes, operands TMA can address.
 """
@@ -30,6 +32,7 @@ from ._common import (
 from .gemm import (AOT_SLOTS, gated_epilogue_math, grouped_tile, row_stats_switch, slots_arg, stats_modes,
                    switch_combos)
 from .ln_fold import STATS_SLOT, row_moments, stats_slot, stats_tile_ok, store_partials
+from .split_k import MAX_ACC_REGS, counters, split_count, split_k_fixup, split_setting
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, EPI_SPLIT): the sm_90 table (registers, spills and shared memory
 # of each row are in benchmarks/NOTES.md).
@@ -172,9 +175,22 @@ def _finish(acc, up, rows, M, N, mean, rstd, colsum_ptr, bias_ptr, res_desc, out
         store_partials(out.to(tl.float32), rows, off_n, M, N, part_ptr, EPI_N, SLOT)
 
 
+def _split_parts(args) -> int:
+    """SPLIT_K of the config being launched (split_k.split_count); split_mode 0 (no counters, VITFAST_SPLIT_K=1 or
+    SwiGLU) never splits."""
+    mode = args["split_mode"]
+    if mode == 0:
+        return 1
+    tiles = triton.cdiv(args["M"], args["BLOCK_M"]) * triton.cdiv(args["N"], args["BLOCK_N"])
+    acc_regs = args["BLOCK_M"] * args["BLOCK_N"] // (32 * args["num_warps"])
+    return split_count(tiles, triton.cdiv(args["K"], args["BLOCK_K"]), args["NUM_SMS"] * args["PER_SM"], acc_regs,
+                       "auto" if mode == 1 else str(mode))
+
+
 @triton.autotune(configs=_configs(), key=AUTOTUNE_KEY, prune_configs_by={"early_config_prune": autotune_scope(_prune)},
                  cache_results=True)  # tuned configs persist on disk (triton's cache dir) across processes
-@triton.jit(do_not_specialize=["M"])
+@triton.heuristics({"SPLIT_K": _split_parts})
+@triton.jit(do_not_specialize=["M", "split_mode"])
 def tma_gemm_kernel(
     a_ptr,  # (M, K) activations, unit column stride, 16-byte aligned rows
     w_ptr,  # (N, K) weight in nn.Linear layout (LayerNorm-folded when ROW_STATS), unit column stride; (2N, K) SwiGLU
@@ -184,6 +200,8 @@ def tma_gemm_kernel(
     colsum_ptr,  # (N,) fp32 column sums of the folded weight, (2N,) SwiGLU; read only when ROW_STATS
     out_ptr,  # (M, N) output, unit column stride
     part_ptr,  # (M, 3, cdiv(N, SLOT)) fp32 partial statistics of the output rows; written only when WRITE_STATS
+    ws_ptr,  # fp32 split-K workspace, SPLIT_K partial tiles per output tile; None unless the launch may split
+    lock_ptr,  # int32 split-K counters, one per output tile, zero at launch and left zero; None as ws_ptr
     M,  # rows (tokens over the whole batch); not specialized, so batch sizes share one binary
     N,  # output features (SwiGLU: the gated width H, half the weight's rows)
     K,  # input features
@@ -193,6 +211,7 @@ def tma_gemm_kernel(
     stride_rm,  # residual row stride
     stride_om,  # output row stride
     M_BUCKET,  # next power of two of M: an autotune key, unused by the kernel body
+    split_mode,  # read by the SPLIT_K heuristic only: 0 never split, 1 split_k.split_count's rule, 2-4 forced parts
     ROW_STATS: tl.constexpr,  # folded LayerNorm epilogue rstd * (acc - mean * colsum): 0 off, 1 stats rows, 2 partials
     HAS_BIAS: tl.constexpr,  # add bias in the epilogue
     ACTIVATION: tl.constexpr,  # 0 none, 1 exact-erf GELU, 2 tanh GELU, 3 quick GELU, 4 SwiGLU (gate and up dots)
@@ -201,13 +220,14 @@ def tma_gemm_kernel(
     SLOT: tl.constexpr,  # columns per partial-statistics slot (ln_fold.stats_slot)
     SLOTS: tl.constexpr,  # cdiv(K, SLOT): the partial statistics' slots per row of A (ROW_STATS 2)
     UPCAST: tl.constexpr,  # dot in fp32 (interpreter with bf16, whose bf16 arithmetic is wrong)
-    NUM_SMS: tl.constexpr,  # the device's SMs; NUM_SMS * PER_SM programs at most, each walks tiles that far apart
+    NUM_SMS: tl.constexpr,  # the device's SMs; NUM_SMS * PER_SM programs at most, each walks units that far apart
     BLOCK_M: tl.constexpr,  # rows per tile
     BLOCK_N: tl.constexpr,  # output features per tile
     BLOCK_K: tl.constexpr,  # reduction step (one TMA box of A and of W per step)
     GROUP_M: tl.constexpr,  # row tiles per L2 group
     EPI_SPLIT: tl.constexpr,  # 1 or 2: epilogue on BLOCK_N / EPI_SPLIT-wide column slices
     PER_SM: tl.constexpr,  # programs per SM (PER_SM rows: 2, co-resident so their epilogues overlap MMAs)
+    SPLIT_K: tl.constexpr,  # parts of K per output tile (split_k.py): a unit of work is (tile, part); 1 no split
 ):
     EPI_N: tl.constexpr = BLOCK_N // EPI_SPLIT
     PROGRAMS: tl.constexpr = NUM_SMS * PER_SM
@@ -226,53 +246,80 @@ def tma_gemm_kernel(
         res_desc = out_desc  # never read
     num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
     k_tiles = tl.cdiv(K, BLOCK_K)
-    # The epilogue recomputes its tile from a second counter: the flattened loop then carries no value from the
-    # loads' prologue into the epilogue (the pattern Triton's persistent-matmul tutorial uses).
-    tile_c = tl.program_id(0) - PROGRAMS
-    for tile in tl.range(tl.program_id(0), num_tiles, PROGRAMS, flatten=True):
-        pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    if SPLIT_K > 1:
+        k_steps = tl.cdiv(k_tiles, SPLIT_K)  # a part's steps; the last part's run past K reads TMA's zero padding
+    else:
+        k_steps = k_tiles
+    # The epilogue recomputes its unit from a second counter: the flattened loop then carries no value from the
+    # loads' prologue into the epilogue (the pattern Triton's persistent-matmul tutorial uses). Split launches are
+    # not flattened: with the fix-up's branch in the loop, the flattened K loop was no longer pipelined (its wgmmas
+    # drained every step); they run about one unit a program, so there is no next tile to overlap anyway.
+    unit_c = tl.program_id(0) - PROGRAMS
+    for unit in tl.range(tl.program_id(0), num_tiles * SPLIT_K, PROGRAMS, flatten=SPLIT_K == 1):
+        pid_m, pid_n = grouped_tile(unit // SPLIT_K, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        k0 = (unit % SPLIT_K) * k_steps * BLOCK_K
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         if ACTIVATION == 4:
             up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         else:
             up = acc  # never used
-        for ki in range(k_tiles):
-            a = a_desc.load([pid_m * BLOCK_M, ki * BLOCK_K])
-            w = w_desc.load([pid_n * BLOCK_N, ki * BLOCK_K])
+        for ki in range(k_steps):
+            a = a_desc.load([pid_m * BLOCK_M, k0 + ki * BLOCK_K])
+            w = w_desc.load([pid_n * BLOCK_N, k0 + ki * BLOCK_K])
             if UPCAST:
                 a = a.to(tl.float32)
                 w = w.to(tl.float32)
             acc = tl.dot(a, w.T, acc, input_precision="ieee")  # fp32 operands (forced engine): no tf32
             if ACTIVATION == 4:
                 # a gate tile past row N reads up rows (columns clipped at the store); up tiles past 2N read zeros
-                w_up = w_desc.load([N + pid_n * BLOCK_N, ki * BLOCK_K])
+                w_up = w_desc.load([N + pid_n * BLOCK_N, k0 + ki * BLOCK_K])
                 if UPCAST:
                     w_up = w_up.to(tl.float32)
                 up = tl.dot(a, w_up.T, up, input_precision="ieee")
 
-        tile_c += PROGRAMS
-        pid_m, pid_n = grouped_tile(tile_c, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-        off_m = pid_m * BLOCK_M
-        off_n = pid_n * BLOCK_N
-        rows = off_m + tl.arange(0, BLOCK_M)
-        if ROW_STATS:
-            mean, rstd = row_moments(stats_ptr, rows, M, K, eps, ROW_STATS, SLOT, SLOTS, True)
+        unit_c += PROGRAMS
+        tile_c = unit_c // SPLIT_K
+        if SPLIT_K > 1:
+            # the last of the tile's parts to arrive gets the summed accumulator and runs the epilogue
+            acc, finish = split_k_fixup(acc, ws_ptr, lock_ptr, tile_c, unit_c % SPLIT_K, BLOCK_M, BLOCK_N, SPLIT_K)
         else:
-            mean = 0.0  # never used
-            rstd = 0.0
-        if EPI_SPLIT == 2:
-            acc0, acc1 = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, EPI_N)), (0, 2, 1)))
-            if ACTIVATION == 4:
-                up0, up1 = tl.split(tl.permute(tl.reshape(up, (BLOCK_M, 2, EPI_N)), (0, 2, 1)))
-            else:
-                up0, up1 = acc0, acc1  # never used
-            _finish(acc0, up0, rows, M, N, mean, rstd, colsum_ptr, bias_ptr, res_desc, out_desc, part_ptr, off_m,
-                    off_n, ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, WRITE_STATS, EPI_N, SLOT)
-            _finish(acc1, up1, rows, M, N, mean, rstd, colsum_ptr, bias_ptr, res_desc, out_desc, part_ptr, off_m,
-                    off_n + EPI_N, ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, WRITE_STATS, EPI_N, SLOT)
+            finish = True
+        if finish:
+            _epilogue(acc, up, tile_c, M, N, K, eps, stats_ptr, colsum_ptr, bias_ptr, res_desc, out_desc, part_ptr,
+                      ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, WRITE_STATS, SLOT, SLOTS, BLOCK_M, BLOCK_N,
+                      GROUP_M, EPI_SPLIT)
+
+
+@triton.jit
+def _epilogue(acc, up, tile, M, N, K, eps, stats_ptr, colsum_ptr, bias_ptr, res_desc, out_desc, part_ptr,
+              ROW_STATS: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+              WRITE_STATS: tl.constexpr, SLOT: tl.constexpr, SLOTS: tl.constexpr, BLOCK_M: tl.constexpr,
+              BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr, EPI_SPLIT: tl.constexpr):
+    """Output tile `tile`'s epilogue from its fp32 accumulator (SwiGLU: and the up accumulator): the rows'
+    LayerNorm statistics, then _finish on the whole tile or on its EPI_SPLIT column slices."""
+    EPI_N: tl.constexpr = BLOCK_N // EPI_SPLIT
+    pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    off_m = pid_m * BLOCK_M
+    off_n = pid_n * BLOCK_N
+    rows = off_m + tl.arange(0, BLOCK_M)
+    if ROW_STATS:
+        mean, rstd = row_moments(stats_ptr, rows, M, K, eps, ROW_STATS, SLOT, SLOTS, True)
+    else:
+        mean = 0.0  # never used
+        rstd = 0.0
+    if EPI_SPLIT == 2:
+        acc0, acc1 = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, EPI_N)), (0, 2, 1)))
+        if ACTIVATION == 4:
+            up0, up1 = tl.split(tl.permute(tl.reshape(up, (BLOCK_M, 2, EPI_N)), (0, 2, 1)))
         else:
-            _finish(acc, up, rows, M, N, mean, rstd, colsum_ptr, bias_ptr, res_desc, out_desc, part_ptr, off_m,
-                    off_n, ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, WRITE_STATS, BLOCK_N, SLOT)
+            up0, up1 = acc0, acc1  # never used
+        _finish(acc0, up0, rows, M, N, mean, rstd, colsum_ptr, bias_ptr, res_desc, out_desc, part_ptr, off_m,
+                off_n, ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, WRITE_STATS, EPI_N, SLOT)
+        _finish(acc1, up1, rows, M, N, mean, rstd, colsum_ptr, bias_ptr, res_desc, out_desc, part_ptr, off_m,
+                off_n + EPI_N, ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, WRITE_STATS, EPI_N, SLOT)
+    else:
+        _finish(acc, up, rows, M, N, mean, rstd, colsum_ptr, bias_ptr, res_desc, out_desc, part_ptr, off_m,
+                off_n, ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, WRITE_STATS, BLOCK_N, SLOT)
 
 
 # ---- dispatch -------------------------------------------------------------------------------------------------------
@@ -331,15 +378,48 @@ def _num_sms(index: int) -> int:
 
 
 def persistent_grid(device: torch.device, M: int, N: int):
-    """(NUM_SMS, grid) of a persistent launch: at most NUM_SMS * PER_SM programs, never more than the tiles."""
+    """(NUM_SMS, grid) of a persistent launch: at most NUM_SMS * PER_SM programs, never more than the units of work
+    (output tiles x SPLIT_K)."""
     if is_interpreting():
         num_sms = INTERPRETER_SMS
     else:
         # set per launch: the allocator is a context variable, so a serving thread needs it too
         triton.set_allocator(_scratch)
         num_sms = _num_sms(device.index if device.index is not None else torch.cuda.current_device())
-    return num_sms, lambda meta: (min(num_sms * meta["PER_SM"],
-                                      triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])),)
+    return num_sms, lambda meta: (min(num_sms * meta["PER_SM"], triton.cdiv(M, meta["BLOCK_M"])
+                                      * triton.cdiv(N, meta["BLOCK_N"]) * meta.get("SPLIT_K", 1)),)
+
+
+@functools.lru_cache(maxsize=256)
+def split_plan(M: int, N: int, K: int, num_sms: int, setting: str, interpreting: bool):
+    """(counters, workspace floats) the launch needs if the autotuner picks the table row that needs the most: the
+    most tiles and the most partial-tile floats over the rows that split (split_k.split_count, as _split_parts
+    applies it); (0, 0) when no row splits."""
+    rows = [INTERPRETER_TMA] if interpreting else HOPPER_TMA
+    tiles_max = floats_max = 0
+    for bm, bn, bk, warps, stages, epi in rows:
+        tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
+        parts = split_count(tiles, triton.cdiv(K, bk), num_sms * per_sm((bm, bn, bk, warps, stages, epi)),
+                            bm * bn // (32 * warps), setting)
+        if parts > 1:
+            tiles_max = max(tiles_max, tiles)
+            floats_max = max(floats_max, tiles * parts * bm * bn)
+    return tiles_max, floats_max
+
+
+def split_operands(a, M: int, N: int, K: int, num_sms: int, swiglu: bool):
+    """(split_mode, workspace, counters) for a launch (see tma_gemm_kernel's arguments): split_mode 0 and two Nones
+    when no table row would split it, the setting is 1, SwiGLU (two accumulators), or no counters exist yet inside a
+    CUDA-graph capture."""
+    setting = split_setting()
+    if swiglu or setting == "1":
+        return 0, None, None
+    tiles, floats = split_plan(M, N, K, num_sms, setting, is_interpreting())
+    lock = counters(a.device, tiles) if tiles else None
+    if lock is None:
+        return 0, None, None
+    mode = 1 if setting == "auto" else int(setting)
+    return mode, torch.empty(floats, dtype=torch.float32, device=a.device), lock
 
 
 def launch_tma_gemm(a, weight, bias, out, *, activation=0, residual=None, stats=None, colsum=None, eps=0.0,
@@ -348,12 +428,13 @@ def launch_tma_gemm(a, weight, bias, out, *, activation=0, residual=None, stats=
     M, K = a.shape
     N = weight.shape[0] // 2 if activation == SWIGLU else weight.shape[0]  # SwiGLU: packed (2N, K) gate/up rows
     num_sms, grid = persistent_grid(a.device, M, N)
+    split_mode, ws, lock = split_operands(a, M, N, K, num_sms, activation == SWIGLU)
     res = residual if residual is not None else out
     tma_gemm_kernel[grid](
         a, weight, bias if bias is not None else out, res,
         stats if stats is not None else out, colsum if colsum is not None else out, out,
-        stats_out if stats_out is not None else out,
-        M, N, K, float(eps), a.stride(0), weight.stride(0), res.stride(0), out.stride(0), m_bucket(M),
+        stats_out if stats_out is not None else out, ws, lock,
+        M, N, K, float(eps), a.stride(0), weight.stride(0), res.stride(0), out.stride(0), m_bucket(M), split_mode,
         ROW_STATS=row_stats_switch(stats), HAS_BIAS=bias is not None, ACTIVATION=activation,
         HAS_RESIDUAL=residual is not None, WRITE_STATS=stats_out is not None, SLOT=stats_slot(),
         SLOTS=slots_arg(stats, K), UPCAST=upcast_needed(a.dtype), NUM_SMS=num_sms,
@@ -378,6 +459,9 @@ def tma_aot_variants(row_stats, activations, has_bias, has_residual, exhaustive=
     out = [_variant(DTYPES[0], mode, base[0], base[1], has_residual, tile, op) for tile in HOPPER_TMA
            for mode in modes if _runs(tile, mode)]
     out += [_variant(DTYPES[0], modes[0], act, bias, has_residual, mid, op) for act, bias, _ in rest]
+    if not swiglu:  # the split-K code (batch 1-4) at every tile that can split, in the model's statistics mode
+        out += [_variant(DTYPES[0], modes[0], base[0], base[1], has_residual, tile, op, split=AOT_SPLIT)
+                for tile in HOPPER_TMA if splits(tile) and _runs(tile, modes[0])]
     for dtype in DTYPES[1:]:
         out += [_variant(dtype, modes[0], act, bias, has_residual, tile, op)
                 for tile in (HOPPER_TMA if exhaustive else [mid]) for act, bias, _ in
@@ -394,13 +478,23 @@ def aot_variants(exhaustive: bool = False):
             for tile in HOPPER_TMA if _runs(tile, mode)]
 
 
+AOT_SPLIT = 4  # parts in the split-K variants (the code is the same for any count but its unrolled fix-up reads)
+
+
+def splits(tile) -> bool:
+    """Whether a HOPPER_TMA row may split K (split_k.MAX_ACC_REGS: its accumulator leaves room for a partial)."""
+    bm, bn, bk, warps, stages, epi = tile
+    return bm * bn // (32 * warps) <= MAX_ACC_REGS
+
+
 def _runs(tile, mode) -> bool:
     """Whether a launch in statistics mode `mode` can run `tile` (a writer needs epilogue slices of whole slots; as
     on the GPU, interpreter or not: AOT lists are built for the GPU)."""
     return not mode[1] or stats_tile_ok(tile[1] // tile[5], STATS_SLOT)
 
 
-def _variant(dtype, mode, activation, has_bias, has_residual, tile, op, num_sms=132):
+def _variant(dtype, mode, activation, has_bias, has_residual, tile, op, num_sms=132, split=1):
+    """One variant; split > 1: the split-K code (split_k.py) with that many parts, its workspace and counters."""
     bm, bn, bk, warps, stages, epi = tile
     row_stats, write_stats = mode
     p = "*" + TL_SIG[dtype]
@@ -408,13 +502,18 @@ def _variant(dtype, mode, activation, has_bias, has_residual, tile, op, num_sms=
         "a_ptr": p, "w_ptr": p, "bias_ptr": "*fp32" if row_stats else p, "res_ptr": p, "stats_ptr": "*fp32",
         "colsum_ptr": "*fp32", "out_ptr": p, "part_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32", "eps": "fp32",
         "stride_am": "i32", "stride_wn": "i32", "stride_rm": "i32", "stride_om": "i32", "M_BUCKET": "i32",
+        "split_mode": "i32",
     }  # fmt: skip
     constexprs = {
         "ROW_STATS": row_stats, "HAS_BIAS": has_bias, "ACTIVATION": activation, "HAS_RESIDUAL": has_residual,
         "WRITE_STATS": write_stats, "SLOT": STATS_SLOT, "SLOTS": AOT_SLOTS if row_stats == 2 else 1,
         "UPCAST": False, "NUM_SMS": num_sms, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8,
-        "EPI_SPLIT": epi, "PER_SM": per_sm(tile),
+        "EPI_SPLIT": epi, "PER_SM": per_sm(tile), "SPLIT_K": split,
     }  # fmt: skip
+    if split > 1:
+        sig.update(ws_ptr="*fp32", lock_ptr="*i32")
+    else:
+        constexprs.update(ws_ptr=None, lock_ptr=None)  # the launcher passes None where no row splits
     for name in constexprs:
         sig.setdefault(name, "constexpr")
     elem = torch.empty((), dtype=dtype).element_size()
@@ -426,4 +525,4 @@ def _variant(dtype, mode, activation, has_bias, has_residual, tile, op, num_sms=
             "programs_per_sm": per_sm(tile),
             "tables": ("hopper",) if fits else (),
             "vit": gemm_vit_launches(op, tile[:5], elem, None, when=lambda cfg: fits and base_mode and has_bias
-                                     and activation == preset_activation(op, cfg))}
+                                     and split == 1 and activation == preset_activation(op, cfg))}

@@ -1,0 +1,94 @@
+"""Split-K for GEMMs whose output tiles fill few SMs: the batch-1 launches.
+
+Why: at batch 1 (ViT-B/16: 197 rows) the out-projection's and FC2's output is 24 tiles of 64x128 on a 132-SM H100,
+each walking all of K (FC2: 48 steps of 64), so four fifths of the GPU idles while 24 SMs stream the weights. With
+K split S ways a launch runs S times the programs, each over K / S. A program stores its fp32 partial tile to a
+workspace and counts itself in on the tile's counter; the one that arrives last (the counter says so) sums the
+partials in part order and runs the tile's epilogue as before (LayerNorm fold, bias, activation, residual, partial
+statistics), then sets the counter back to zero. One launch, no zeroed output, no reduction kernel (CUTLASS's serial
+split-K fix-up), and the same bits every run.
+
+How many splits (`split_count`): a launch splits only when its tiles fill at most half the SMs, into the most parts
+that keep tiles x parts within the SMs, every part at least MIN_K_STEPS steps of K, and none empty. Tiles whose fp32
+accumulator exceeds 64 registers a thread do not split (the fix-up holds a partial beside the accumulator).
+`VITFAST_SPLIT_K` overrides: 1 never splits (the code before split-K, for comparison), 2-4 split every launch of a
+splitting engine that many ways where K has the steps (tests use it at interpreter sizes).
+
+Counters (`counters`): one int32 per tile, in a per-device buffer that every launch leaves at zero, so no launch
+zeroes it; each launch takes the next range of it (round robin), so launches on different streams rarely share
+counters. The buffer is allocated (zeroed) outside CUDA-graph capture; a launch captured before any eager launch on
+that device does not split (a buffer first allocated inside a capture would be zeroed only by the graph's replays).
+The workspace is an ordinary per-launch allocation (its content needs no initial value).
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ._common import SPLIT_ENV, check, switch_value
+
+MIN_K_STEPS = 4  # steps of K per part at least: the pipeline's prologue and the fix-up amortized
+MAX_ACC_REGS = 64  # fp32 accumulator registers a thread (BLOCK_M * BLOCK_N / threads) a splitting tile may hold
+COUNTERS = 1 << 15  # counters per device (128 KB): many launches' worth of tiles before the round robin wraps
+
+_buffers = {}  # (device type, index) -> [counters (int32), next offset]
+
+
+def split_setting() -> str:
+    """VITFAST_SPLIT_K, read at each launch: "auto" (default), or a forced part count "1" to "4"."""
+    return switch_value(SPLIT_ENV)
+
+
+def split_count(tiles: int, k_steps: int, programs: int, acc_regs: int, setting: str = "auto") -> int:
+    """Parts of K for a launch of `tiles` output tiles, `k_steps` steps of K each, on `programs` concurrent programs
+    (SMs x programs per SM), with `acc_regs` accumulator registers a thread; never an empty part."""
+    if setting == "1" or acc_regs > MAX_ACC_REGS or k_steps < 2:
+        return 1
+    if setting == "auto":
+        if 2 * tiles > programs:
+            return 1
+        parts = min(programs // tiles, k_steps // MIN_K_STEPS)
+    else:
+        parts = min(int(setting), k_steps)
+    if parts < 2:
+        return 1
+    return triton.cdiv(k_steps, triton.cdiv(k_steps, parts))  # S steps of cdiv(k_steps, S): the last part not empty
+
+
+def counters(device: torch.device, tiles: int):
+    """`tiles` zeroed int32 counters for one launch on `device` (a view into the device's buffer, the next range
+    round robin), or None inside a CUDA-graph capture before any eager launch allocated the buffer (no split)."""
+    cuda = device.type == "cuda"
+    key = (device.type, device.index if device.index is not None or not cuda else torch.cuda.current_device())
+    entry = _buffers.get(key)
+    if entry is None:
+        if cuda and torch.cuda.is_current_stream_capturing():
+            return None
+        entry = _buffers[key] = [torch.zeros(COUNTERS, dtype=torch.int32, device=device), 0]
+    check(tiles <= COUNTERS, "split-K launch", f"at most {COUNTERS} tiles", tiles)
+    start = entry[1] if entry[1] + tiles <= COUNTERS else 0
+    entry[1] = start + tiles
+    return entry[0][start:start + tiles]
+
+
+@triton.jit
+def split_k_fixup(acc, ws_ptr, lock_ptr, tile, part, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  SPLIT_K: tl.constexpr):
+    """Store part `part` of `tile`'s fp32 accumulator to the workspace, count it in on the tile's counter; returns
+    (the parts' sum, whether this program arrived last and so runs the epilogue). The last program sums every part
+    from the workspace, its own too, in part order: the result does not depend on which program arrived last, so a
+    launch gives the same bits every time. It resets the counter to zero for the next launch."""
+    offs = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+    tile_ws = ws_ptr + tile.to(tl.int64) * (SPLIT_K * BLOCK_M * BLOCK_N)
+    tl.store(tile_ws + part * (BLOCK_M * BLOCK_N) + offs, acc)
+    tl.debug_barrier()  # every thread's partial stored before the count releases it (CUTLASS's semaphore order)
+    arrived = tl.atomic_add(lock_ptr + tile, 1, sem="acq_rel", scope="gpu")
+    last = arrived == SPLIT_K - 1
+    if last:
+        # acc * 0.0, not a fresh zero tensor: the sum keeps the accumulator's register layout (a fresh tensor takes
+        # the loads' layout, and the epilogue spilled 0.3-2 KB on sm_90 converting to it); one partial in registers
+        # at a time (an unrolled loop spilled too); .cg reads L2, where the other SMs' partials are
+        acc = acc * 0.0
+        for p in tl.range(0, SPLIT_K, num_stages=1):
+            acc += tl.load(tile_ws + p * (BLOCK_M * BLOCK_N) + offs, cache_modifier=".cg")
+        tl.atomic_xchg(lock_ptr + tile, 0, sem="relaxed", scope="gpu")
+    return acc, last
