@@ -4,7 +4,7 @@
 # below in priority order, resuming on a warm machine); the single steps are for a lease with time to spare. Order and
 # expected times are in benchmarks/NOTES.md, "GPU session plan".
 #   lease [S [STEP...]] within S seconds (default 560): tests (once per machine), headline (resumed), profile, grid 1-6
-#                      (profile8, profile1, fp8acc, fp8tma, b1engine, lnstats and micro only when named),
+#                      (profile8, profile1, fp8acc, fp8tma, b1engine, b1split, lnstats and micro only when named),
 #                      each skipped when done on this machine or too long for the time left; STEPs (e.g. headline
 #                      profile) pick and order them. Writes $OUT/lease/: runs.tar.gz (every step's
 #                      files so far), lease.log, headline.md, tests.txt
@@ -25,6 +25,8 @@
 #   b1engine           B/16 batch 1 with CUDA graphs, vit_fast beside sdpa: the 16-bit GEMMs on the pointer engine
 #                      (VITFAST_GEMM_ENGINE=pointer), then as shipped (shipped/): whether small-M GEMMs should leave
 #                      the TMA engine (its persistent programs build their TMA descriptors on the device)
+#   b1split            the same rows with split-K off (VITFAST_SPLIT_K=1, the TMA engine's code before it), then as
+#                      shipped (shipped/: batch 1's out-projection, FC2 and QKV split K): what split-K gains
 #   lnstats            B/16 b256 bf16 vit_fast with CUDA graphs, as the headline: every LayerNorm with a statistics
 #                      launch of its own (VITFAST_LN_PARTIALS=0), then as shipped (shipped/: the residual GEMMs'
 #                      partial statistics, merged in the next GEMM): what the merged statistics gain, in one lease
@@ -64,14 +66,14 @@ SLICES=(
 
 usage() {
     local steps="lease [SECONDS [STEP...]]|tests|headline [ROWS]|profile|profile8|profile1|fp8acc|fp8tma|b1engine"
-    steps+="|lnstats"
+    steps+="|b1split|lnstats"
     steps+="|grid N|grid list"
     echo "usage: $0 {$steps|merge|micro}" >&2
     exit 2
 }
 
 case "$STEP" in
-    lease|tests|headline|profile|profile8|profile1|fp8acc|fp8tma|b1engine|lnstats|grid|merge|micro) ;;
+    lease|tests|headline|profile|profile8|profile1|fp8acc|fp8tma|b1engine|b1split|lnstats|grid|merge|micro) ;;
     *) usage ;;
 esac
 if [ "$STEP" = grid ]; then
@@ -122,9 +124,9 @@ lease)
     STEPS=${STEPS:-tests headline profile grid1 grid2 grid3 grid4 grid5 grid6}
     case "$TOTAL" in ''|*[!0-9]*) echo "error: lease needs whole seconds, got '$TOTAL'" >&2; exit 2 ;; esac
     for s in $STEPS; do
-        case "$s" in tests|headline|profile|profile8|profile1|fp8acc|fp8tma|b1engine|lnstats|grid[1-6]|micro) ;;
+        case "$s" in tests|headline|profile|profile8|profile1|fp8acc|fp8tma|b1engine|b1split|lnstats|grid[1-6]|micro) ;;
             *) echo "error: lease step '$s' is not one of tests headline profile profile8 profile1 fp8acc fp8tma" \
-                    "b1engine lnstats grid1..grid6" \
+                    "b1engine b1split lnstats grid1..grid6" \
                     "micro" >&2
                exit 2 ;;
         esac
@@ -164,7 +166,7 @@ lease)
         profile8) done_ profile8 || sub 200 profile8 ;;
         profile1) done_ profile1 || sub 90 profile1 ;;
         fp8acc|fp8tma) done_ "$s" || T_BUDGET=$(( $(left) - 60 )) sub 200 "$s" ;;
-        b1engine) done_ b1engine || T_BUDGET=$(( $(left) - 60 )) sub 90 b1engine ;;
+        b1engine|b1split) done_ "$s" || T_BUDGET=$(( $(left) - 60 )) sub 90 "$s" ;;
         lnstats) done_ lnstats || T_BUDGET=$(( $(left) - 60 )) sub 120 lnstats ;;
         grid*) done_ "grid-${s#grid}" || T_BUDGET=$(( $(left) - 85 )) sub 240 grid "${s#grid}" ;;
         micro) done_ micro || sub 300 micro ;;
@@ -232,7 +234,7 @@ profile8)
     [ "$DRY" = 1 ] && { ARGS+=(--tiny); export TRITON_INTERPRET=1; }
     run "${T_LIMIT:-300}" "$PY" -m benchmarks.breakdown "${ARGS[@]}"
     ;;
-fp8acc|fp8tma|b1engine|lnstats)
+fp8acc|fp8tma|b1engine|b1split|lnstats)
     # per step: the rows, the switches of the new measurement (FIRST, with half the time) and of its companion
     # (SECOND, into SUB/, with what is left); DRY on a CPU: toy sizes in Triton's interpreter, fp32 (it runs fp32 and
     # FP8 dots, not bf16 ones), no graphs there
@@ -249,6 +251,11 @@ fp8acc|fp8tma|b1engine|lnstats)
               --graph-max-batch 1)
         DRY_ARGS=(--dtypes float32 "${TOY[@]},depth=1")
         FIRST=(VITFAST_GEMM_ENGINE=pointer) SECOND=() SUB=shipped ;;
+    b1split)  # batch 1 without split-K, then as shipped
+        ARGS=(--models vit_b_16 --batch-sizes 1 --dtypes bfloat16 --backends vit_fast,sdpa --cuda-graphs
+              --graph-max-batch 1)
+        DRY_ARGS=(--dtypes float32 "${TOY[@]},depth=1")
+        FIRST=(VITFAST_SPLIT_K=1) SECOND=() SUB=shipped ;;
     *)  # L/16 b256 bf16 and FP8
         ARGS=(--models vit_l_16 --batch-sizes 256 --dtypes bfloat16,float8 --backends vit_fast)
         DRY_ARGS=(--dtypes float8 --batch-sizes 2 "${TOY[@]},depth=1")

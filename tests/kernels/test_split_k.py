@@ -1,0 +1,174 @@
+"""Split-K in the TMA GEMM engine (kernels/split_k.py): the part-count rule, and forced splits of the GEMM ops against
+fp32 eager and against the same op unsplit: 197 rows, K whose last part runs partly past K, the output, the
+partial statistics and the workspace poisoned first, counters left at zero, the same bits on a second launch."""
+import pytest
+import torch
+import torch.nn.functional as F
+from tolerances import MODEL_TOL, assert_close, poison
+
+from vit_fast.kernels import fold_layer_norm, gemm_tma, split_k
+from vit_fast.kernels._common import ENGINE_ENV, SPLIT_ENV
+from vit_fast.kernels.linear_residual import linear_residual_launch
+from vit_fast.kernels.ln_fold import merge_partials, new_partials
+from vit_fast.kernels.ln_linear import ln_linear_launch
+
+CUDA = torch.cuda.is_available()
+# (rows, K, N): on the GPU B/16's FC2 at batch 1 (48 steps of K); in the interpreter (32x32x32 tiles) 7 steps of K,
+# so 4 parts of 2 steps leave the last part one step past K (TMA's zero padding)
+M, K, N = (197, 3072 + 64, 768) if CUDA else (197, 200, 96)
+
+
+@pytest.fixture
+def tma(monkeypatch):
+    if CUDA and torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the TMA engine needs an sm_90 GPU")
+    monkeypatch.setenv(ENGINE_ENV, "tma")
+
+
+@pytest.fixture
+def splits(monkeypatch):
+    """Every launch's split mode; the workspace filled with NaN before the kernel runs (a part read before it was
+    written, or never written, makes the output NaN)."""
+    real = gemm_tma.split_operands
+    seen = []
+
+    def poisoned(*args, **kwargs):
+        mode, ws, lock = real(*args, **kwargs)
+        if ws is not None:
+            poison(ws)
+        seen.append(mode)
+        return mode, ws, lock
+
+    monkeypatch.setattr(gemm_tma, "split_operands", poisoned)
+    return seen
+
+
+def test_split_count_rule():
+    # B/16 at batch 1 on a 132-SM H100, 64x128 tiles (24): FC2 (48 steps of 64) in 5 parts, the out-projection
+    # (12 steps) in 3 (at least MIN_K_STEPS steps a part)
+    assert split_k.split_count(24, 48, 132, 64) == 5
+    assert split_k.split_count(24, 12, 132, 64) == 3
+    assert split_k.split_count(67, 48, 132, 64) == 1  # tiles fill more than half the SMs
+    assert split_k.split_count(24, 48, 132, 128) == 1  # a 128-register accumulator leaves no room for a partial
+    assert split_k.split_count(24, 48, 132, 64, "1") == 1
+    assert split_k.split_count(500, 48, 132, 64, "3") == 3  # forced: whatever the tiles
+    for k_steps in range(2, 40):
+        for setting in ("auto", "2", "3", "4"):
+            parts = split_k.split_count(1, k_steps, 132, 32, setting)
+            step = -(-k_steps // parts)
+            assert 1 <= parts and (parts - 1) * step < k_steps, (k_steps, setting, parts)  # no part is empty
+
+
+def test_bad_setting(monkeypatch, device):
+    monkeypatch.setenv(SPLIT_ENV, "5")
+    with pytest.raises(ValueError, match="VITFAST_SPLIT_K: expected auto | 1 | 2 | 3 | 4, got '5'"):
+        split_k.split_setting()
+
+
+def test_no_counters_first_allocated_inside_a_capture(monkeypatch):
+    """Inside a CUDA-graph capture before any eager launch the buffer is not allocated (a zeroing captured in a graph
+    runs only at its replays): the launch does not split."""
+    monkeypatch.setattr(split_k, "_buffers", {})
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    assert split_k.counters(torch.device("cuda", 0), 8) is None
+    assert split_k._buffers == {}
+
+
+def test_counters_round_robin(device):
+    device = torch.device(device)
+    first = split_k.counters(device, 5)
+    second = split_k.counters(device, split_k.COUNTERS - 3)  # does not fit after the first: starts over at 0
+    assert first.numel() == 5 and second.numel() == split_k.COUNTERS - 3
+    assert second.data_ptr() == first.data_ptr() - first.storage_offset() * 4
+    with pytest.raises(ValueError, match="split-K launch: expected at most"):
+        split_k.counters(device, split_k.COUNTERS + 1)
+
+
+def _operands(dtype, device):
+    torch.manual_seed(0)
+    x = torch.randn(M, K, device=device).to(dtype)
+    w = (torch.randn(N, K, device=device) / K**0.5).to(dtype)
+    bias = (0.5 * torch.randn(N, device=device)).to(dtype)
+    res = (3 * torch.randn(M, N, device=device)).to(dtype)
+    g, b = (1 + 0.1 * torch.randn(K, device=device)).to(dtype), (0.1 * torch.randn(K, device=device)).to(dtype)
+    return x, w, bias, res, g, b
+
+
+def _counters_zero():
+    return all(int(entry[0].abs().sum()) == 0 for entry in split_k._buffers.values())
+
+
+@pytest.mark.parametrize("parts", ["2", "3", "4"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_forced_split_residual_with_statistics(parts, dtype, tma, splits, monkeypatch, device):
+    """linear_residual writing partial statistics (the out-projection and FC2): split against fp32 eager and against
+    the unsplit launch; the statistics as the unsplit launch's; a second launch gives the same bits."""
+    x, w, bias, res, _, _ = _operands(dtype, device)
+    ref = res.float() + F.linear(x.float(), w.float(), bias.float())
+    outs = {}
+    for setting in ("1", parts, parts):
+        monkeypatch.setenv(SPLIT_ENV, setting)
+        out, stats = poison(torch.empty_like(res)), poison(new_partials(res))
+        linear_residual_launch(x, w, bias, res, out=out, stats_out=stats)
+        assert_close(out, ref, dtype)
+        outs.setdefault(setting, []).append((out, stats))
+    assert splits == [0, int(parts), int(parts)]
+    assert _counters_zero()
+    (plain, plain_stats), (split, split_stats), (again, again_stats) = outs["1"] + outs[parts]
+    assert torch.equal(split, again) and torch.equal(split_stats, again_stats)
+    assert_close(split, plain, dtype)
+    torch.testing.assert_close(merge_partials(split_stats, 1e-6), merge_partials(plain_stats, 1e-6),
+                               rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("parts", ["2", "4"])
+@pytest.mark.parametrize("merged", [False, True], ids=["stats-launch", "merged-partials"])
+def test_forced_split_layer_norm_gelu(parts, merged, tma, splits, monkeypatch, device):
+    """ln_linear with GELU (FC1): LayerNorm statistics from a statistics launch, or merged from partials in the
+    epilogue that only the last part runs."""
+    dtype = torch.float32
+    x, w, bias, _, g, b = _operands(dtype, device)
+    folded = fold_layer_norm(g, b, w, bias)
+    partials = None
+    if merged:
+        monkeypatch.setenv(SPLIT_ENV, "1")
+        partials = new_partials(x)
+        linear_residual_launch(x, torch.eye(K, device=device), None, torch.zeros_like(x), out=torch.empty_like(x),
+                               stats_out=partials)  # x's own partial statistics, written by a residual GEMM
+    monkeypatch.setenv(SPLIT_ENV, parts)
+    out = poison(torch.empty(M, N, device=device, dtype=dtype))
+    ln_linear_launch(x, 1e-6, folded.weight, folded.colsum, folded.bias, "gelu", out=out, partials=partials)
+    ref = F.gelu(F.linear(F.layer_norm(x.float(), (K,), g.float(), b.float(), 1e-6), w.float(), bias.float()))
+    assert_close(out, ref, dtype)
+    assert splits[-1] == int(parts) and _counters_zero()
+
+
+def test_whole_model_split(tma, splits, monkeypatch, device):
+    """A tiny two-block ViT on the TMA engine with every GEMM split in three (QKV, out-projection, FC1, FC2; the
+    partial statistics merged across blocks) against the fp32 torch model."""
+    import vit_fast
+    from tests.helpers import randomize_
+
+    monkeypatch.setenv(SPLIT_ENV, "3")
+    ref = randomize_(vit_fast.create("vit_ti_16", backend="torch", img_size=32, embed_dim=64, num_heads=2,
+                                     mlp_dim=128, depth=2, num_classes=5)).to(device).eval()
+    fast = vit_fast.VisionTransformer(ref.config, backend="triton").to(device).eval()
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 3, 32, 32, device=device)
+    with torch.no_grad():
+        assert_close(fast(x), ref(x), torch.float32, MODEL_TOL)
+    assert splits and all(mode == 3 for mode in splits)
+    assert _counters_zero()
+
+
+@pytest.mark.skipif(not CUDA, reason="the automatic rule splits at GPU sizes (132 SMs)")
+def test_auto_splits_batch_one(tma, splits, monkeypatch, device):
+    """Default setting at B/16's batch-1 FC2 shape: the launch splits and matches the unsplit one."""
+    monkeypatch.delenv(SPLIT_ENV, raising=False)
+    x, w, bias, res, _, _ = _operands(torch.bfloat16, device)
+    split = linear_residual_launch(x, w, bias, res)
+    monkeypatch.setenv(SPLIT_ENV, "1")
+    plain = linear_residual_launch(x, w, bias, res)
+    assert splits == [1, 0]
+    assert_close(split, plain, torch.bfloat16)
+    assert _counters_zero()
