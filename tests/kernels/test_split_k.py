@@ -1,45 +1,50 @@
-"""Split-K in the TMA GEMM engine (kernels/split_k.py): the part-count rule, and forced splits of the GEMM ops against
-fp32 eager and against the same op unsplit: 197 rows, K whose last part runs partly past K, the output, the
-partial statistics and the workspace poisoned first, counters left at zero, the same bits on a second launch."""
+"""Split-K in both GEMM engines (kernels/split_k.py): the part-count rule, and forced splits of the GEMM ops against
+fp32 eager and against the same op unsplit: 197 rows, K whose last part is shorter (TMA: runs past K into the
+zero padding), the output, the partial statistics and the workspace poisoned first, counters left at zero, the same
+bits on a second launch."""
 import pytest
 import torch
 import torch.nn.functional as F
 from tolerances import MODEL_TOL, assert_close, poison
 
-from vit_fast.kernels import fold_layer_norm, gemm_tma, split_k
+from vit_fast.kernels import fold_layer_norm, gemm, gemm_tma, split_k
 from vit_fast.kernels._common import ENGINE_ENV, SPLIT_ENV
 from vit_fast.kernels.linear_residual import linear_residual_launch
 from vit_fast.kernels.ln_fold import merge_partials, new_partials
 from vit_fast.kernels.ln_linear import ln_linear_launch
 
 CUDA = torch.cuda.is_available()
-# (rows, K, N): on the GPU B/16's FC2 at batch 1 (48 steps of K); in the interpreter (32x32x32 tiles) 7 steps of K,
-# so 4 parts of 2 steps leave the last part one step past K (TMA's zero padding)
-M, K, N = (197, 3072 + 64, 768) if CUDA else (197, 200, 96)
+# (rows, K, N): on the GPU B/16's FC2 at batch 1, K a little longer and not a multiple of the step (the pointer
+# engine's masked loop); in the interpreter (32x32x32 tiles) 7 steps of K, so 4 parts of 2 steps leave the last part
+# one step (on the TMA engine: one step past K, TMA's zero padding)
+M, K, N = (197, 3072 + 32, 768) if CUDA else (197, 200, 96)
+K_EVEN = 3072 + 64 if CUDA else 224  # 49 steps of 64 / 7 of 32: four parts of 13 (2) steps, the last of 10 (1)
 
 
-@pytest.fixture
-def tma(monkeypatch):
-    if CUDA and torch.cuda.get_device_capability()[0] != 9:
+@pytest.fixture(params=["pointer", "tma"])
+def engine(request, monkeypatch):
+    """Each GEMM engine in turn (VITFAST_GEMM_ENGINE); TMA is the 16-bit default on sm_90."""
+    if request.param == "tma" and CUDA and torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("the TMA engine needs an sm_90 GPU")
-    monkeypatch.setenv(ENGINE_ENV, "tma")
+    monkeypatch.setenv(ENGINE_ENV, request.param)
+    return request.param
 
 
 @pytest.fixture
 def splits(monkeypatch):
     """Every launch's split mode; the workspace filled with NaN before the kernel runs (a part read before it was
     written, or never written, makes the output NaN)."""
-    real = gemm_tma.split_operands
     seen = []
 
     def poisoned(*args, **kwargs):
-        mode, ws, lock = real(*args, **kwargs)
+        mode, ws, lock = split_k.launch_operands(*args, **kwargs)
         if ws is not None:
             poison(ws)
         seen.append(mode)
         return mode, ws, lock
 
-    monkeypatch.setattr(gemm_tma, "split_operands", poisoned)
+    for module in (gemm, gemm_tma):
+        monkeypatch.setattr(module, "launch_operands", poisoned)
     return seen
 
 
@@ -84,13 +89,12 @@ def test_counters_round_robin(device):
         split_k.counters(device, split_k.COUNTERS + 1)
 
 
-def _operands(dtype, device):
-    torch.manual_seed(0)
-    x = torch.randn(M, K, device=device).to(dtype)
-    w = (torch.randn(N, K, device=device) / K**0.5).to(dtype)
+def _operands(dtype, device, k=K):
+    x = torch.randn(M, k, device=device).to(dtype)
+    w = (torch.randn(N, k, device=device) / k**0.5).to(dtype)
     bias = (0.5 * torch.randn(N, device=device)).to(dtype)
     res = (3 * torch.randn(M, N, device=device)).to(dtype)
-    g, b = (1 + 0.1 * torch.randn(K, device=device)).to(dtype), (0.1 * torch.randn(K, device=device)).to(dtype)
+    g, b = (1 + 0.1 * torch.randn(k, device=device)).to(dtype), (0.1 * torch.randn(k, device=device)).to(dtype)
     return x, w, bias, res, g, b
 
 
@@ -98,12 +102,13 @@ def _counters_zero():
     return all(int(entry[0].abs().sum()) == 0 for entry in split_k._buffers.values())
 
 
-@pytest.mark.parametrize("parts", ["2", "3", "4"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_forced_split_residual_with_statistics(parts, dtype, tma, splits, monkeypatch, device):
+@pytest.mark.parametrize("parts,dtype,k", [("2", torch.float32, K), ("3", torch.float32, K), ("4", torch.float32, K),
+                                           ("3", torch.bfloat16, K), ("4", torch.bfloat16, K_EVEN)])
+def test_forced_split_residual_with_statistics(parts, dtype, k, engine, splits, monkeypatch, device):
     """linear_residual writing partial statistics (the out-projection and FC2): split against fp32 eager and against
-    the unsplit launch; the statistics as the unsplit launch's; a second launch gives the same bits."""
-    x, w, bias, res, _, _ = _operands(dtype, device)
+    the unsplit launch; the statistics as the unsplit launch's; a second launch gives the same bits. K_EVEN: K a
+    multiple of the step (the pointer engine's unmasked loop), the last part still shorter."""
+    x, w, bias, res, _, _ = _operands(dtype, device, k)
     ref = res.float() + F.linear(x.float(), w.float(), bias.float())
     outs = {}
     for setting in ("1", parts, parts):
@@ -123,7 +128,7 @@ def test_forced_split_residual_with_statistics(parts, dtype, tma, splits, monkey
 
 @pytest.mark.parametrize("parts", ["2", "4"])
 @pytest.mark.parametrize("merged", [False, True], ids=["stats-launch", "merged-partials"])
-def test_forced_split_layer_norm_gelu(parts, merged, tma, splits, monkeypatch, device):
+def test_forced_split_layer_norm_gelu(parts, merged, engine, splits, monkeypatch, device):
     """ln_linear with GELU (FC1): LayerNorm statistics from a statistics launch, or merged from partials in the
     epilogue that only the last part runs."""
     dtype = torch.float32
@@ -143,9 +148,9 @@ def test_forced_split_layer_norm_gelu(parts, merged, tma, splits, monkeypatch, d
     assert splits[-1] == int(parts) and _counters_zero()
 
 
-def test_whole_model_split(tma, splits, monkeypatch, device):
-    """A tiny two-block ViT on the TMA engine with every GEMM split in three (QKV, out-projection, FC1, FC2; the
-    partial statistics merged across blocks) against the fp32 torch model."""
+def test_whole_model_split(engine, splits, monkeypatch, device):
+    """A tiny two-block ViT with every GEMM split in three (QKV, out-projection, FC1, FC2; the partial statistics
+    merged across blocks) against the fp32 torch model (fp16 on a GPU, as the TMA engine's model test)."""
     import vit_fast
     from tests.helpers import randomize_
 
@@ -154,15 +159,17 @@ def test_whole_model_split(tma, splits, monkeypatch, device):
                                      mlp_dim=128, depth=2, num_classes=5)).to(device).eval()
     fast = vit_fast.VisionTransformer(ref.config, backend="triton").to(device).eval()
     fast.load_state_dict(ref.state_dict())
+    dtype = torch.float16 if CUDA else torch.float32
+    fast = fast.to(dtype)
     x = torch.randn(3, 3, 32, 32, device=device)
     with torch.no_grad():
-        assert_close(fast(x), ref(x), torch.float32, MODEL_TOL)
+        assert_close(fast(x.to(dtype)), ref(x), dtype, MODEL_TOL)
     assert splits and all(mode == 3 for mode in splits)
     assert _counters_zero()
 
 
 @pytest.mark.skipif(not CUDA, reason="the automatic rule splits at GPU sizes (132 SMs)")
-def test_auto_splits_batch_one(tma, splits, monkeypatch, device):
+def test_auto_splits_batch_one(engine, splits, monkeypatch, device):
     """Default setting at B/16's batch-1 FC2 shape: the launch splits and matches the unsplit one."""
     monkeypatch.delenv(SPLIT_ENV, raising=False)
     x, w, bias, res, _, _ = _operands(torch.bfloat16, device)

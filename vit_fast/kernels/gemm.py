@@ -10,16 +10,19 @@ A operand goes straight from memory to the dot (see ln_fold.py). SwiGLU (ACTIVAT
 weight: a second accumulator takes the up rows N below the gate rows, sharing the A tile, and the epilogue
 (gated_epilogue_math) stores silu(gate) · up.
 """
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
 from ._common import (
-    autotune_scope, check, GEMM_DIVISIBLE, SWIGLU, SWITCH_TILE, TL_SIG, gemm_configs, gemm_families, gemm_kind,
+    GEMM_DIVISIBLE, SWIGLU, SWITCH_TILE, TL_SIG, autotune_scope, check, gemm_configs, gemm_families, gemm_kind,
     gemm_rows_for, gemm_vit_launches, is_interpreting, jit_fn, m_bucket, preset_activation, prune_gemm_configs,
     upcast_needed,
 )
 from .ln_fold import STATS_SLOT, row_moments, stats_slot, stats_slots, stats_tile_ok, store_partials
+from .split_k import MAX_ACC_REGS, acc_registers, config_parts, launch_operands, split_k_fixup
 
 DTYPES = (torch.bfloat16, torch.float32, torch.float16)  # AOT order: bf16 first (the fast path)
 GEMM_AUTOTUNE_KEY = ["M_BUCKET", "N", "K", "ROW_STATS", "HAS_BIAS", "ACTIVATION", "HAS_RESIDUAL", "WRITE_STATS"]
@@ -137,6 +140,11 @@ def _epi_split(args):
     return pointer_epi_split(args["BLOCK_M"], args["BLOCK_N"])
 
 
+def _split_parts(args) -> int:
+    """SPLIT_K of the config being launched (split_k.config_parts over the device's SMs, split_sms)."""
+    return config_parts(args, args["split_sms"])
+
+
 def _prune(configs, named_args, **kwargs):
     """The family tables' prune (prune_gemm_configs); a GEMM that writes partial statistics keeps only tiles whose
     epilogue (sub)tile covers whole slots (ln_fold.stats_tile_ok)."""
@@ -148,14 +156,18 @@ def _prune(configs, named_args, **kwargs):
     return prune_gemm_configs(configs, named_args, **kwargs)
 
 
+_CONFIGS = gemm_configs()
+
+
 @triton.autotune(
-    configs=gemm_configs(),
+    configs=_CONFIGS,
     key=GEMM_AUTOTUNE_KEY,
     prune_configs_by={"early_config_prune": autotune_scope(_prune)},
     cache_results=True,  # tuned configs persist on disk (triton's cache dir), so a restarted server does not re-tune
 )
-@triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0, "EPI_SPLIT": _epi_split})
-@triton.jit(do_not_specialize=["M"])  # M = B·tokens: one compile for every batch size
+@triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0, "EPI_SPLIT": _epi_split,
+                   "SPLIT_K": _split_parts})
+@triton.jit(do_not_specialize=["M", "split_mode", "split_sms"])  # M = B·tokens: one compile for every batch size
 def fused_gemm_kernel(
     a_ptr,  # (M, K) activations, any strides
     w_ptr,  # (N, K) weight in nn.Linear layout (LayerNorm-folded when ROW_STATS), any strides; (2N, K) for SwiGLU
@@ -165,6 +177,8 @@ def fused_gemm_kernel(
     colsum_ptr,  # (N,) fp32 column sums of the folded weight, (2N,) for SwiGLU; read only when ROW_STATS
     out_ptr,  # (M, N) output, any strides
     part_ptr,  # (M, 3, cdiv(N, SLOT)) fp32 partial statistics of the output rows; written only when WRITE_STATS
+    ws_ptr,  # fp32 split-K workspace (split_k.py), SPLIT_K partial tiles per output tile; None unless it may split
+    lock_ptr,  # int32 split-K counters, one per output tile, zero at launch and left zero; None as ws_ptr
     M,  # rows (tokens over the whole batch)
     N,  # output features (SwiGLU: the gated width H, half the weight's rows)
     K,  # input features
@@ -178,6 +192,8 @@ def fused_gemm_kernel(
     stride_om,  # output row stride
     stride_on,  # output column stride
     M_BUCKET,  # next power of two of M: an autotune key, unused by the kernel body
+    split_mode,  # read by the SPLIT_K heuristic only: 0 never split, 1 split_k.split_count's rule, 2-4 forced parts
+    split_sms,  # read by the SPLIT_K heuristic only: the device's SMs (the programs a split may fill)
     ROW_STATS: tl.constexpr,  # folded LayerNorm epilogue rstd * (acc - mean * colsum): 0 off, 1 stats rows, 2 partials
     HAS_BIAS: tl.constexpr,  # add bias in the epilogue
     ACTIVATION: tl.constexpr,  # 0 none, 1 exact-erf GELU, 2 tanh GELU, 3 quick GELU, 4 SwiGLU (gate and up dots)
@@ -192,24 +208,34 @@ def fused_gemm_kernel(
     GROUP_M: tl.constexpr,  # row tiles per L2 group
     EVEN_K: tl.constexpr,  # K % BLOCK_K == 0: no K masks
     EPI_SPLIT: tl.constexpr,  # 1 or 2: epilogue on BLOCK_N / EPI_SPLIT-wide column halves
+    SPLIT_K: tl.constexpr,  # parts of K per output tile (split_k.py): program = (tile, part), the parts adjacent
 ):
-    pid = tl.program_id(0)
-    pid_m, pid_n = grouped_tile(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    if SPLIT_K > 1:
+        tile = tl.program_id(0) // SPLIT_K
+        part = tl.program_id(0) % SPLIT_K
+        k_span = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K) * BLOCK_K  # a part's K; the last part ends at K
+        k_lo = part * k_span
+        k_hi = tl.minimum(k_lo + k_span, K)
+    else:
+        tile = tl.program_id(0)
+        k_lo = 0
+        k_hi = K
+    pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     # Out-of-range rows/columns wrap onto valid ones for the loads (masked at the store), so loads need no M/N masks.
     rm_load = (rm % M).to(tl.int64)
     rn_load = rn % N
-    a_ptrs = a_ptr + rm_load[:, None] * stride_am + rk[None, :] * stride_ak
-    w_ptrs = w_ptr + rn_load[None, :] * stride_wn + rk[:, None] * stride_wk
+    a_ptrs = a_ptr + rm_load[:, None] * stride_am + (k_lo + rk)[None, :] * stride_ak
+    w_ptrs = w_ptr + rn_load[None, :] * stride_wn + (k_lo + rk)[:, None] * stride_wk
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     if ACTIVATION == 4:  # SwiGLU: the up rows of the packed (2N, K) weight, N rows below the gate's; own accumulator
         up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     else:
         up = acc  # never used
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(k_lo, k_hi, BLOCK_K):
         if EVEN_K:
             a = tl.load(a_ptrs)
             w = tl.load(w_ptrs)
@@ -232,30 +258,36 @@ def fused_gemm_kernel(
         a_ptrs += BLOCK_K * stride_ak
         w_ptrs += BLOCK_K * stride_wk
 
-    if ROW_STATS:
-        mean, rstd = row_moments(stats_ptr, rm, M, K, eps, ROW_STATS, SLOT, SLOTS, False)
+    if SPLIT_K > 1:
+        # the last of the tile's parts to arrive gets the summed accumulator and runs the epilogue
+        acc, finish = split_k_fixup(acc, ws_ptr, lock_ptr, tile, part, BLOCK_M, BLOCK_N, SPLIT_K)
     else:
-        mean = 0.0  # never used
-        rstd = 0.0
-    if EPI_SPLIT == 2:
-        # two BLOCK_N/2-wide halves: the epilogue's temporaries cover half the tile (no spills at 128x256, 8 warps)
-        half: tl.constexpr = BLOCK_N // 2
-        acc0, acc1 = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, half)), (0, 2, 1)))
-        if ACTIVATION == 4:
-            up0, up1 = tl.split(tl.permute(tl.reshape(up, (BLOCK_M, 2, half)), (0, 2, 1)))
+        finish = True
+    if finish:
+        if ROW_STATS:
+            mean, rstd = row_moments(stats_ptr, rm, M, K, eps, ROW_STATS, SLOT, SLOTS, False)
         else:
-            up0, up1 = acc0, acc1  # never used
-        col0 = pid_n * BLOCK_N
-        _store_tile(acc0, up0, rm, col0, M, N, mean, rstd, colsum_ptr, bias_ptr, res_ptr, out_ptr, part_ptr,
-                    stride_rm, stride_rn, stride_om, stride_on, ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL,
-                    WRITE_STATS, half, SLOT)
-        _store_tile(acc1, up1, rm, col0 + half, M, N, mean, rstd, colsum_ptr, bias_ptr, res_ptr, out_ptr, part_ptr,
-                    stride_rm, stride_rn, stride_om, stride_on, ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL,
-                    WRITE_STATS, half, SLOT)
-    else:
-        _store_tile(acc, up, rm, pid_n * BLOCK_N, M, N, mean, rstd, colsum_ptr, bias_ptr, res_ptr, out_ptr, part_ptr,
-                    stride_rm, stride_rn, stride_om, stride_on, ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL,
-                    WRITE_STATS, BLOCK_N, SLOT)
+            mean = 0.0  # never used
+            rstd = 0.0
+        if EPI_SPLIT == 2:
+            # two BLOCK_N/2-wide halves: the epilogue's temporaries cover half the tile (no spill at 128x256 w8)
+            half: tl.constexpr = BLOCK_N // 2
+            acc0, acc1 = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, half)), (0, 2, 1)))
+            if ACTIVATION == 4:
+                up0, up1 = tl.split(tl.permute(tl.reshape(up, (BLOCK_M, 2, half)), (0, 2, 1)))
+            else:
+                up0, up1 = acc0, acc1  # never used
+            col0 = pid_n * BLOCK_N
+            _store_tile(acc0, up0, rm, col0, M, N, mean, rstd, colsum_ptr, bias_ptr, res_ptr, out_ptr, part_ptr,
+                        stride_rm, stride_rn, stride_om, stride_on, ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL,
+                        WRITE_STATS, half, SLOT)
+            _store_tile(acc1, up1, rm, col0 + half, M, N, mean, rstd, colsum_ptr, bias_ptr, res_ptr, out_ptr,
+                        part_ptr, stride_rm, stride_rn, stride_om, stride_on, ROW_STATS, HAS_BIAS, ACTIVATION,
+                        HAS_RESIDUAL, WRITE_STATS, half, SLOT)
+        else:
+            _store_tile(acc, up, rm, pid_n * BLOCK_N, M, N, mean, rstd, colsum_ptr, bias_ptr, res_ptr, out_ptr,
+                        part_ptr, stride_rm, stride_rn, stride_om, stride_on, ROW_STATS, HAS_BIAS, ACTIVATION,
+                        HAS_RESIDUAL, WRITE_STATS, BLOCK_N, SLOT)
 
 
 def row_stats_switch(stats) -> int:
@@ -277,19 +309,45 @@ def launch_fused_gemm(a, weight, bias, out, *, activation=0, residual=None, stat
     M, K = a.shape
     N = weight.shape[0] // 2 if activation == SWIGLU else weight.shape[0]  # SwiGLU: packed (2N, K) gate/up rows
     res = residual if residual is not None else out
-    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
+    num_sms = split_sms(a.device)
+    split_mode, ws, lock = launch_operands(a, M, N, K, split_rows(num_sms), activation == SWIGLU)
+    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])  # noqa: E731
+                         * meta["SPLIT_K"],)
     fused_gemm_kernel[grid](
         a, weight, bias if bias is not None else out, res,
         stats if stats is not None else out, colsum if colsum is not None else out, out,
-        stats_out if stats_out is not None else out,
+        stats_out if stats_out is not None else out, ws, lock,
         M, N, K, float(eps),
         a.stride(0), a.stride(1), weight.stride(0), weight.stride(1), res.stride(-2), res.stride(-1),
-        out.stride(0), out.stride(1), m_bucket(M),
+        out.stride(0), out.stride(1), m_bucket(M), split_mode, num_sms,
         ROW_STATS=row_stats_switch(stats), HAS_BIAS=bias is not None, ACTIVATION=activation,
         HAS_RESIDUAL=residual is not None, WRITE_STATS=stats_out is not None, SLOT=stats_slot(),
         SLOTS=slots_arg(stats, K), UPCAST=upcast_needed(a.dtype),
     )  # fmt: skip
     return out
+
+
+INTERPRETER_SMS = 1  # the SMs the automatic split rule assumes under the interpreter (tests force their splits)
+
+
+@functools.lru_cache(maxsize=None)
+def _device_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def split_sms(device: torch.device) -> int:
+    """The SMs a split launch may fill on `device` (INTERPRETER_SMS under the interpreter)."""
+    if is_interpreting():
+        return INTERPRETER_SMS
+    return _device_sms(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def split_rows(num_sms: int) -> tuple:
+    """Every row the autotuner can run (the configs of gemm_configs: each family's table, whose prune may fall back
+    to another's smallest row; the interpreter's one row), as split_k.launch_operands takes them: (BLOCK_M, BLOCK_N,
+    BLOCK_K, warps, programs = SMs)."""
+    return tuple((c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, num_sms)
+                 for c in _CONFIGS)
 
 
 def switch_combos(activations, has_bias, exhaustive):
@@ -311,6 +369,7 @@ def stats_modes(row_stats: bool, has_residual: bool) -> tuple:
     return ((0, True), (0, False)) if has_residual else ((0, False),)
 
 
+AOT_SPLIT = 4  # parts in the split-K variants (the code is the same for any count)
 AOT_SLOTS = 10  # slots per row in AOT variants: the widest preset the report models (H/14, 1280 = 10 slots of 128;
 # the TMA engine unrolls the merge, so the widest is the most registers; B/16 has 6, L/16 8)
 
@@ -344,6 +403,12 @@ def gemm_aot_variants(row_stats, activations, has_bias, has_residual, exhaustive
         if dtype == torch.float32:
             out += [_gemm_variant(dtype, m, base[0], base[1], has_residual, True, SWITCH_TILE, op, kind)
                     for m in modes[1:]]
+    if kind != "swiglu":  # the split-K code (small batches), bf16, at every table tile that can split
+        elem = torch.empty((), dtype=DTYPES[0]).element_size()
+        out += [_gemm_variant(DTYPES[0], modes[0], base[0], base[1], has_residual, True, row, op, kind,
+                              split=AOT_SPLIT)
+                for row in gemm_rows_for(elem, kind) if acc_registers(*row[:2], row[3]) <= MAX_ACC_REGS
+                and (not modes[0][1] or stats_tile_ok(row[1] // _aot_epi_split(row), STATS_SLOT))]
     return out
 
 
@@ -374,9 +439,9 @@ def aot_variants(exhaustive: bool = False):
             and v["constexprs"]["ROW_STATS"] == 2]
 
 
-def _gemm_variant(dtype, mode, activation, has_bias, has_residual, even_k, tile, op, kind, vit=None):
+def _gemm_variant(dtype, mode, activation, has_bias, has_residual, even_k, tile, op, kind, vit=None, split=1):
     """One variant; `vit`: whether the report counts it for the presets' launches (default: in the statistics mode
-    the model runs most, stats_modes' first)."""
+    the model runs most, stats_modes' first; never a split variant); split > 1: the split-K code (split_k.py)."""
     bm, bn, bk, warps, stages = tile
     row_stats, write_stats = mode
     p = "*" + TL_SIG[dtype]
@@ -386,18 +451,22 @@ def _gemm_variant(dtype, mode, activation, has_bias, has_residual, even_k, tile,
         "colsum_ptr": "*fp32", "out_ptr": p, "part_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32", "eps": "fp32",
         "stride_am": "i32", "stride_ak": "constexpr", "stride_wn": "i32", "stride_wk": "constexpr",
         "stride_rm": "i32", "stride_rn": "constexpr", "stride_om": "i32", "stride_on": "constexpr",
-        "M_BUCKET": "i32",
+        "M_BUCKET": "i32", "split_mode": "i32", "split_sms": "i32",
     }  # fmt: skip
     constexprs = {
         "stride_ak": 1, "stride_wk": 1, "stride_rn": 1, "stride_on": 1,
         "ROW_STATS": row_stats, "HAS_BIAS": has_bias, "ACTIVATION": activation, "HAS_RESIDUAL": has_residual,
         "WRITE_STATS": write_stats, "SLOT": STATS_SLOT, "SLOTS": AOT_SLOTS if row_stats == 2 else 1,
         "UPCAST": False, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "EVEN_K": even_k,
-        "EPI_SPLIT": _aot_epi_split(tile),
+        "EPI_SPLIT": _aot_epi_split(tile), "SPLIT_K": split,
     }  # fmt: skip
+    if split > 1:
+        sig.update(ws_ptr="*fp32", lock_ptr="*i32")
+    else:
+        constexprs.update(ws_ptr=None, lock_ptr=None)  # the launcher passes None where no row splits
     for name in constexprs:
         sig.setdefault(name, "constexpr")
-    base_mode = mode == stats_modes(bool(row_stats), has_residual)[0] if vit is None else vit
+    base_mode = (mode == stats_modes(bool(row_stats), has_residual)[0] if vit is None else vit) and split == 1
     return {"fn": jit_fn(fused_gemm_kernel), "signature": sig, "constexprs": constexprs,
             "num_warps": warps, "num_stages": stages, "divisible": GEMM_DIVISIBLE, "op": op, "main_loop": "gemm",
             "tables": gemm_families(tile, elem, kind),

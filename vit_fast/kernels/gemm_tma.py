@@ -29,10 +29,10 @@ from ._common import (
     ENGINE_ENV, FAMILY_SMEM, GEMM_DIVISIBLE, SWIGLU, TL_SIG, autotune_scope, check, gemm_vit_launches, is_interpreting,
     jit_fn, m_bucket, preset_activation, shared_memory_bytes, swiglu_accumulators_fit, switch_value, upcast_needed,
 )
-from .gemm import (AOT_SLOTS, gated_epilogue_math, grouped_tile, row_stats_switch, slots_arg, stats_modes,
-                   switch_combos)
+from .gemm import (AOT_SLOTS, AOT_SPLIT, gated_epilogue_math, grouped_tile, row_stats_switch, slots_arg,
+                   stats_modes, switch_combos)
 from .ln_fold import STATS_SLOT, row_moments, stats_slot, stats_tile_ok, store_partials
-from .split_k import MAX_ACC_REGS, counters, split_count, split_k_fixup, split_setting
+from .split_k import MAX_ACC_REGS, acc_registers, config_parts, launch_operands, split_k_fixup
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, EPI_SPLIT): the sm_90 table (registers, spills and shared memory
 # of each row are in benchmarks/NOTES.md).
@@ -176,15 +176,8 @@ def _finish(acc, up, rows, M, N, mean, rstd, colsum_ptr, bias_ptr, res_desc, out
 
 
 def _split_parts(args) -> int:
-    """SPLIT_K of the config being launched (split_k.split_count); split_mode 0 (no counters, VITFAST_SPLIT_K=1 or
-    SwiGLU) never splits."""
-    mode = args["split_mode"]
-    if mode == 0:
-        return 1
-    tiles = triton.cdiv(args["M"], args["BLOCK_M"]) * triton.cdiv(args["N"], args["BLOCK_N"])
-    acc_regs = args["BLOCK_M"] * args["BLOCK_N"] // (32 * args["num_warps"])
-    return split_count(tiles, triton.cdiv(args["K"], args["BLOCK_K"]), args["NUM_SMS"] * args["PER_SM"], acc_regs,
-                       "auto" if mode == 1 else str(mode))
+    """SPLIT_K of the config being launched (split_k.config_parts over its programs: NUM_SMS x PER_SM)."""
+    return config_parts(args, args["NUM_SMS"] * args["PER_SM"])
 
 
 @triton.autotune(configs=_configs(), key=AUTOTUNE_KEY, prune_configs_by={"early_config_prune": autotune_scope(_prune)},
@@ -390,36 +383,10 @@ def persistent_grid(device: torch.device, M: int, N: int):
                                       * triton.cdiv(N, meta["BLOCK_N"]) * meta.get("SPLIT_K", 1)),)
 
 
-@functools.lru_cache(maxsize=256)
-def split_plan(M: int, N: int, K: int, num_sms: int, setting: str, interpreting: bool):
-    """(counters, workspace floats) the launch needs if the autotuner picks the table row that needs the most: the
-    most tiles and the most partial-tile floats over the rows that split (split_k.split_count, as _split_parts
-    applies it); (0, 0) when no row splits."""
-    rows = [INTERPRETER_TMA] if interpreting else HOPPER_TMA
-    tiles_max = floats_max = 0
-    for bm, bn, bk, warps, stages, epi in rows:
-        tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
-        parts = split_count(tiles, triton.cdiv(K, bk), num_sms * per_sm((bm, bn, bk, warps, stages, epi)),
-                            bm * bn // (32 * warps), setting)
-        if parts > 1:
-            tiles_max = max(tiles_max, tiles)
-            floats_max = max(floats_max, tiles * parts * bm * bn)
-    return tiles_max, floats_max
-
-
-def split_operands(a, M: int, N: int, K: int, num_sms: int, swiglu: bool):
-    """(split_mode, workspace, counters) for a launch (see tma_gemm_kernel's arguments): split_mode 0 and two Nones
-    when no table row would split it, the setting is 1, SwiGLU (two accumulators), or no counters exist yet inside a
-    CUDA-graph capture."""
-    setting = split_setting()
-    if swiglu or setting == "1":
-        return 0, None, None
-    tiles, floats = split_plan(M, N, K, num_sms, setting, is_interpreting())
-    lock = counters(a.device, tiles) if tiles else None
-    if lock is None:
-        return 0, None, None
-    mode = 1 if setting == "auto" else int(setting)
-    return mode, torch.empty(floats, dtype=torch.float32, device=a.device), lock
+def split_rows(num_sms: int) -> tuple:
+    """The table rows a launch's autotuner can run, as split_k.launch_operands takes them (programs: SMs x PER_SM)."""
+    rows = [INTERPRETER_TMA] if is_interpreting() else HOPPER_TMA
+    return tuple((bm, bn, bk, w, num_sms * per_sm((bm, bn, bk, w, s, e))) for bm, bn, bk, w, s, e in rows)
 
 
 def launch_tma_gemm(a, weight, bias, out, *, activation=0, residual=None, stats=None, colsum=None, eps=0.0,
@@ -428,7 +395,7 @@ def launch_tma_gemm(a, weight, bias, out, *, activation=0, residual=None, stats=
     M, K = a.shape
     N = weight.shape[0] // 2 if activation == SWIGLU else weight.shape[0]  # SwiGLU: packed (2N, K) gate/up rows
     num_sms, grid = persistent_grid(a.device, M, N)
-    split_mode, ws, lock = split_operands(a, M, N, K, num_sms, activation == SWIGLU)
+    split_mode, ws, lock = launch_operands(a, M, N, K, split_rows(num_sms), activation == SWIGLU)
     res = residual if residual is not None else out
     tma_gemm_kernel[grid](
         a, weight, bias if bias is not None else out, res,
@@ -478,13 +445,10 @@ def aot_variants(exhaustive: bool = False):
             for tile in HOPPER_TMA if _runs(tile, mode)]
 
 
-AOT_SPLIT = 4  # parts in the split-K variants (the code is the same for any count but its unrolled fix-up reads)
-
-
 def splits(tile) -> bool:
     """Whether a HOPPER_TMA row may split K (split_k.MAX_ACC_REGS: its accumulator leaves room for a partial)."""
     bm, bn, bk, warps, stages, epi = tile
-    return bm * bn // (32 * warps) <= MAX_ACC_REGS
+    return acc_registers(bm, bn, warps) <= MAX_ACC_REGS
 
 
 def _runs(tile, mode) -> bool:

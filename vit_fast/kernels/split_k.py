@@ -20,6 +20,8 @@ counters. The buffer is allocated (zeroed) outside CUDA-graph capture; a launch 
 that device does not split (a buffer first allocated inside a capture would be zeroed only by the graph's replays).
 The workspace is an ordinary per-launch allocation (its content needs no initial value).
 """
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -54,6 +56,52 @@ def split_count(tiles: int, k_steps: int, programs: int, acc_regs: int, setting:
     return triton.cdiv(k_steps, triton.cdiv(k_steps, parts))  # S steps of cdiv(k_steps, S): the last part not empty
 
 
+def acc_registers(bm: int, bn: int, warps: int) -> int:
+    """fp32 accumulator registers a thread holds for a BLOCK_M x BLOCK_N tile on `warps` warps."""
+    return bm * bn // (32 * warps)
+
+
+def config_parts(args, programs: int) -> int:
+    """SPLIT_K for the config a launch runs (a triton.heuristics rule over the kernel's arguments and the config):
+    split_count of its tiles, or 1 when the launcher's split_mode is 0."""
+    mode = args["split_mode"]
+    if mode == 0:
+        return 1
+    tiles = triton.cdiv(args["M"], args["BLOCK_M"]) * triton.cdiv(args["N"], args["BLOCK_N"])
+    return split_count(tiles, triton.cdiv(args["K"], args["BLOCK_K"]), programs,
+                       acc_registers(args["BLOCK_M"], args["BLOCK_N"], args["num_warps"]),
+                       "auto" if mode == 1 else str(mode))
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(M: int, N: int, K: int, rows: tuple, setting: str):
+    """(counters, workspace floats) a launch needs for whichever of `rows` ((BLOCK_M, BLOCK_N, BLOCK_K, warps,
+    programs) each) the autotuner runs: the most tiles and partial-tile floats over the rows that split."""
+    tiles_max = floats_max = 0
+    for bm, bn, bk, warps, programs in rows:
+        tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
+        parts = split_count(tiles, triton.cdiv(K, bk), programs, acc_registers(bm, bn, warps), setting)
+        if parts > 1:
+            tiles_max = max(tiles_max, tiles)
+            floats_max = max(floats_max, tiles * parts * bm * bn)
+    return tiles_max, floats_max
+
+
+def launch_operands(a: torch.Tensor, M: int, N: int, K: int, rows, two_accumulators: bool = False):
+    """(split_mode, workspace, counters) for a GEMM launch whose autotuner can run any of `rows` ((BLOCK_M,
+    BLOCK_N, BLOCK_K, warps, programs) each): split_mode 0 and two Nones when no row would split, the setting is 1,
+    the kernel keeps two accumulators (SwiGLU), or no counters exist yet inside a CUDA-graph capture."""
+    setting = split_setting()
+    if two_accumulators or setting == "1":
+        return 0, None, None
+    tiles, floats = _plan(M, N, K, tuple(rows), setting)
+    lock = counters(a.device, tiles) if tiles else None
+    if lock is None:
+        return 0, None, None
+    mode = 1 if setting == "auto" else int(setting)
+    return mode, torch.empty(floats, dtype=torch.float32, device=a.device), lock
+
+
 def counters(device: torch.device, tiles: int):
     """`tiles` zeroed int32 counters for one launch on `device` (a view into the device's buffer, the next range
     round robin), or None inside a CUDA-graph capture before any eager launch allocated the buffer (no split)."""
@@ -76,7 +124,7 @@ def split_k_fixup(acc, ws_ptr, lock_ptr, tile, part, BLOCK_M: tl.constexpr, BLOC
     """Store part `part` of `tile`'s fp32 accumulator to the workspace, count it in on the tile's counter; returns
     (the parts' sum, whether this program arrived last and so runs the epilogue). The last program sums every part
     from the workspace, its own too, in part order: the result does not depend on which program arrived last, so a
-    launch gives the same bits every time. It resets the counter to zero for the next launch."""
+    launch gives the same bits every time. It resets the counter to zero for the next launch first."""
     offs = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
     tile_ws = ws_ptr + tile.to(tl.int64) * (SPLIT_K * BLOCK_M * BLOCK_N)
     tl.store(tile_ws + part * (BLOCK_M * BLOCK_N) + offs, acc)
@@ -84,13 +132,16 @@ def split_k_fixup(acc, ws_ptr, lock_ptr, tile, part, BLOCK_M: tl.constexpr, BLOC
     arrived = tl.atomic_add(lock_ptr + tile, 1, sem="acq_rel", scope="gpu")
     last = arrived == SPLIT_K - 1
     if last:
+        reached = tl.atomic_xchg(lock_ptr + tile, 0, sem="relaxed", scope="gpu")  # SPLIT_K: every part arrived
+        # + (reached - SPLIT_K), zero at run time: the reads' addresses then depend on the atomic, so the compiler
+        # cannot compute them before the K loop and keep them live across it (triton 3.6 spilled them, 24-48 B)
+        tile_ws += reached - SPLIT_K
         # acc * 0.0, not a fresh zero tensor: the sum keeps the accumulator's register layout (a fresh tensor takes
         # the loads' layout, and the epilogue spilled 0.3-2 KB on sm_90 converting to it); one partial in registers
         # at a time (an unrolled loop spilled too); .cg reads L2, where the other SMs' partials are
         acc = acc * 0.0
         for p in tl.range(0, SPLIT_K, num_stages=1):
             acc += tl.load(tile_ws + p * (BLOCK_M * BLOCK_N) + offs, cache_modifier=".cg")
-        tl.atomic_xchg(lock_ptr + tile, 0, sem="relaxed", scope="gpu")
     return acc, last
 
 
