@@ -25,8 +25,9 @@
 #   b1engine           B/16 batch 1 with CUDA graphs, vit_fast beside sdpa: the 16-bit GEMMs on the pointer engine
 #                      (VITFAST_GEMM_ENGINE=pointer), then as shipped (shipped/): whether small-M GEMMs should leave
 #                      the TMA engine (its persistent programs build their TMA descriptors on the device)
-#   b1split            the same rows with split-K off (VITFAST_SPLIT_K=1, the TMA engine's code before it), then as
-#                      shipped (shipped/: batch 1's out-projection, FC2 and QKV split K): what split-K gains
+#   b1split            the same rows with split-K off (VITFAST_SPLIT_K=1, the GEMMs' code before it), then as
+#                      shipped (shipped/: batch 1's GEMMs split K where the autotuner picks a tile that can):
+#                      what split-K gains
 #   lnstats            B/16 b256 bf16 vit_fast with CUDA graphs, as the headline: every LayerNorm with a statistics
 #                      launch of its own (VITFAST_LN_PARTIALS=0), then as shipped (shipped/: the residual GEMMs'
 #                      partial statistics, merged in the next GEMM): what the merged statistics gain, in one lease

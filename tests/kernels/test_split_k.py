@@ -5,9 +5,12 @@ bits on a second launch."""
 import pytest
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 from tolerances import MODEL_TOL, assert_close, poison
 
 from vit_fast.kernels import fold_layer_norm, gemm, gemm_tma, split_k
+from vit_fast.kernels.split_k import split_k_fixup
 from vit_fast.kernels._common import ENGINE_ENV, SPLIT_ENV
 from vit_fast.kernels.linear_residual import linear_residual_launch
 from vit_fast.kernels.ln_fold import merge_partials, new_partials
@@ -21,30 +24,48 @@ M, K, N = (197, 3072 + 32, 768) if CUDA else (197, 200, 96)
 K_EVEN = 3072 + 64 if CUDA else 224  # 49 steps of 64 / 7 of 32: four parts of 13 (2) steps, the last of 10 (1)
 
 
+# On a GPU each engine is pinned to a row that splits (an accumulator of 64 registers a thread), so the tests run
+# the split code whatever the autotuner would pick; under the interpreter each engine has one 32x32x32 row.
+SPLIT_ROWS = {"pointer": (64, 128, 32, 4, 4, None), "tma": (64, 128, 64, 4, 4, 1)}
+
+
 @pytest.fixture(params=["pointer", "tma"])
 def engine(request, monkeypatch):
-    """Each GEMM engine in turn (VITFAST_GEMM_ENGINE); TMA is the 16-bit default on sm_90."""
+    """Each GEMM engine in turn (VITFAST_GEMM_ENGINE; TMA is the 16-bit default on sm_90)."""
     if request.param == "tma" and CUDA and torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("the TMA engine needs an sm_90 GPU")
     monkeypatch.setenv(ENGINE_ENV, request.param)
+    if CUDA:
+        bm, bn, bk, warps, stages, epi = SPLIT_ROWS[request.param]
+        kernel = gemm_tma.tma_gemm_kernel if request.param == "tma" else gemm.fused_gemm_kernel
+        meta = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}
+        if epi is not None:
+            meta.update(EPI_SPLIT=epi, PER_SM=1)
+        monkeypatch.setattr(kernel, "configs", [triton.Config(meta, num_warps=warps, num_stages=stages)])
     return request.param
 
 
 @pytest.fixture
 def splits(monkeypatch):
-    """Every launch's split mode; the workspace filled with NaN before the kernel runs (a part read before it was
-    written, or never written, makes the output NaN)."""
+    """The SPLIT_K every GEMM launch ran (the heuristic's value for the config launched); the workspace filled with
+    NaN before the kernel runs (a part never written, or read from the wrong slot, makes the output NaN)."""
     seen = []
 
     def poisoned(*args, **kwargs):
         mode, ws, lock = split_k.launch_operands(*args, **kwargs)
         if ws is not None:
             poison(ws)
-        seen.append(mode)
         return mode, ws, lock
 
-    for module in (gemm, gemm_tma):
+    for module, kernel in ((gemm, gemm.fused_gemm_kernel), (gemm_tma, gemm_tma.tma_gemm_kernel)):
         monkeypatch.setattr(module, "launch_operands", poisoned)
+        rule = kernel.fn.values["SPLIT_K"]  # autotune -> heuristics -> jit
+
+        def recording(args, rule=rule):
+            seen.append(rule(args))
+            return seen[-1]
+
+        monkeypatch.setitem(kernel.fn.values, "SPLIT_K", recording)
     return seen
 
 
@@ -57,6 +78,7 @@ def test_split_count_rule():
     assert split_k.split_count(24, 48, 132, 128) == 1  # a 128-register accumulator leaves no room for a partial
     assert split_k.split_count(24, 48, 132, 64, "1") == 1
     assert split_k.split_count(500, 48, 132, 64, "3") == 3  # forced: whatever the tiles
+    assert split_k.split_count(9456, 12, 132, 64, "2", 128 * 128) == 1  # but not B/16 b256's FC1 (1.2 GB of parts)
     for k_steps in range(2, 40):
         for setting in ("auto", "2", "3", "4"):
             parts = split_k.split_count(1, k_steps, 132, 32, setting)
@@ -80,13 +102,30 @@ def test_no_counters_first_allocated_inside_a_capture(monkeypatch):
 
 
 def test_counters_round_robin(device):
+    """Ranges follow each other, each 16-byte aligned (Triton compiles a kernel per pointer alignment: an odd start
+    would mean a compile at a first sighting, possibly inside a CUDA-graph capture), and start over when the buffer
+    is used up."""
     device = torch.device(device)
-    first = split_k.counters(device, 5)
-    second = split_k.counters(device, split_k.COUNTERS - 3)  # does not fit after the first: starts over at 0
-    assert first.numel() == 5 and second.numel() == split_k.COUNTERS - 3
-    assert second.data_ptr() == first.data_ptr() - first.storage_offset() * 4
+    views = [split_k.counters(device, n) for n in (5, 3, 7, 1)]
+    assert [v.numel() for v in views] == [5, 3, 7, 1]
+    assert all(v.data_ptr() % 16 == 0 for v in views)
+    assert [b.storage_offset() - a.storage_offset() for a, b in zip(views, views[1:])] == [8, 4, 8]
+    again = split_k.counters(device, split_k.COUNTERS - 3)  # does not fit after the others: starts over at 0
+    assert again.numel() == split_k.COUNTERS - 3 and again.storage_offset() == 0
     with pytest.raises(ValueError, match="split-K launch: expected at most"):
         split_k.counters(device, split_k.COUNTERS + 1)
+
+
+def test_split_beyond_the_workspace_is_refused(device):
+    """A config the launcher's plan did not size for (the heuristic's rule on a tile outside the table) stops with
+    one line instead of writing past the workspace."""
+    args = {"split_mode": 2, "M": 197, "N": 96, "K": 200, "BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32,
+            "num_warps": 4, "ws_ptr": torch.empty(1024, device=device),
+            "lock_ptr": torch.zeros(21, dtype=torch.int32, device=device)}
+    with pytest.raises(ValueError, match=r"split-K launch of 21 32x32 tiles in 2 parts: expected 43008 workspace"):
+        split_k.config_parts(args, 2)
+    args["ws_ptr"] = torch.empty(43008, device=device)
+    assert split_k.config_parts(args, 2) == 2
 
 
 def _operands(dtype, device, k=K):
@@ -117,7 +156,7 @@ def test_forced_split_residual_with_statistics(parts, dtype, k, engine, splits, 
         linear_residual_launch(x, w, bias, res, out=out, stats_out=stats)
         assert_close(out, ref, dtype)
         outs.setdefault(setting, []).append((out, stats))
-    assert splits == [0, int(parts), int(parts)]
+    assert splits == [1, int(parts), int(parts)]
     assert _counters_zero()
     (plain, plain_stats), (split, split_stats), (again, again_stats) = outs["1"] + outs[parts]
     assert torch.equal(split, again) and torch.equal(split_stats, again_stats)
@@ -149,14 +188,15 @@ def test_forced_split_layer_norm_gelu(parts, merged, engine, splits, monkeypatch
 
 
 def test_whole_model_split(engine, splits, monkeypatch, device):
-    """A tiny two-block ViT with every GEMM split in three (QKV, out-projection, FC1, FC2; the partial statistics
-    merged across blocks) against the fp32 torch model (fp16 on a GPU, as the TMA engine's model test)."""
+    """A tiny two-block ViT with every GEMM split in three (QKV, out-projection, FC1, FC2: K of 192 and 384, 3 and 6
+    steps of 64, 6 and 12 of 32; the partial statistics merged across blocks) against the fp32 torch model (fp16 on a
+    GPU, as the TMA engine's model test)."""
     import vit_fast
     from tests.helpers import randomize_
 
     monkeypatch.setenv(SPLIT_ENV, "3")
-    ref = randomize_(vit_fast.create("vit_ti_16", backend="torch", img_size=32, embed_dim=64, num_heads=2,
-                                     mlp_dim=128, depth=2, num_classes=5)).to(device).eval()
+    ref = randomize_(vit_fast.create("vit_ti_16", backend="torch", img_size=32, embed_dim=192, num_heads=3,
+                                     mlp_dim=384, depth=2, num_classes=5)).to(device).eval()
     fast = vit_fast.VisionTransformer(ref.config, backend="triton").to(device).eval()
     fast.load_state_dict(ref.state_dict())
     dtype = torch.float16 if CUDA else torch.float32
@@ -164,8 +204,38 @@ def test_whole_model_split(engine, splits, monkeypatch, device):
     x = torch.randn(3, 3, 32, 32, device=device)
     with torch.no_grad():
         assert_close(fast(x.to(dtype)), ref(x), dtype, MODEL_TOL)
-    assert splits and all(mode == 3 for mode in splits)
+    assert splits and set(splits) == {3}, splits
     assert _counters_zero()
+
+
+@triton.jit
+def _fixup_probe(ws_ptr, lock_ptr, out_ptr, flag_ptr, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
+    """One program per (tile, part): part p contributes p + 1 everywhere; each program records whether it finished
+    its tile, the finisher stores the sum."""
+    tile = tl.program_id(0) // SPLIT_K
+    part = tl.program_id(0) % SPLIT_K
+    acc = tl.zeros([BLOCK, BLOCK], dtype=tl.float32) + (part + 1).to(tl.float32)
+    acc, last = split_k_fixup(acc, ws_ptr, lock_ptr, tile, part, BLOCK, BLOCK, SPLIT_K)
+    tl.store(flag_ptr + tl.program_id(0), last.to(tl.int32))
+    if last:
+        offs = tl.arange(0, BLOCK)[:, None] * BLOCK + tl.arange(0, BLOCK)[None, :]
+        tl.store(out_ptr + tile * BLOCK * BLOCK + offs, acc)
+
+
+@pytest.mark.parametrize("parts", [2, 3, 4])
+def test_fixup_one_finisher_per_tile(parts, device):
+    """split_k_fixup itself: exactly one program of each tile finishes it (the interpreter runs programs one after
+    another, so an early finisher would not show in the ops' outputs: the last one overwrites them), after every part
+    is in: its sum is 1 + ... + parts over a NaN-poisoned workspace; the counters are back at zero."""
+    tiles, block = 5, 16
+    ws = poison(torch.empty(tiles * parts * block * block, device=device))
+    lock = split_k.counters(torch.device(device), tiles)
+    out = poison(torch.empty(tiles, block, block, device=device))
+    flags = torch.full((tiles * parts,), -1, dtype=torch.int32, device=device)
+    _fixup_probe[(tiles * parts,)](ws, lock, out, flags, SPLIT_K=parts, BLOCK=block)
+    assert flags.view(tiles, parts).sum(1).tolist() == [1] * tiles
+    assert (out == parts * (parts + 1) / 2).all()
+    assert int(lock.abs().sum()) == 0
 
 
 @pytest.mark.skipif(not CUDA, reason="the automatic rule splits at GPU sizes (132 SMs)")
@@ -176,6 +246,6 @@ def test_auto_splits_batch_one(engine, splits, monkeypatch, device):
     split = linear_residual_launch(x, w, bias, res)
     monkeypatch.setenv(SPLIT_ENV, "1")
     plain = linear_residual_launch(x, w, bias, res)
-    assert splits == [1, 0]
+    assert splits[0] > 1 and splits[-1] == 1, splits
     assert_close(split, plain, torch.bfloat16)
     assert _counters_zero()

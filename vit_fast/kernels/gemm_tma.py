@@ -55,7 +55,8 @@ PER_SM = {(128, 128, 64, 4, 3, 2): 2}
 INTERPRETER_TMA = (32, 32, 32, 4, 1, 2)
 INTERPRETER_PER_SM = 2
 INTERPRETER_SMS = 1  # 2 programs, fewer than the op tests' tiles, so tests cover the persistent loop
-AUTOTUNE_KEY = ["M_BUCKET", "N", "K", "ROW_STATS", "HAS_BIAS", "ACTIVATION", "HAS_RESIDUAL", "WRITE_STATS"]
+AUTOTUNE_KEY = ["M_BUCKET", "N", "K", "ROW_STATS", "HAS_BIAS", "ACTIVATION", "HAS_RESIDUAL", "WRITE_STATS",
+                "split_mode"]  # the tile each split setting picks is its own
 DTYPES = (torch.bfloat16, torch.float16)
 
 

@@ -11,16 +11,20 @@ split-K fix-up), and the same bits every run.
 How many splits (`split_count`): a launch splits only when its tiles fill at most half the SMs, into the most parts
 that keep tiles x parts within the SMs, every part at least MIN_K_STEPS steps of K, and none empty. Tiles whose fp32
 accumulator exceeds 64 registers a thread do not split (the fix-up holds a partial beside the accumulator).
-`VITFAST_SPLIT_K` overrides: 1 never splits (the code before split-K, for comparison), 2-4 split every launch of a
-splitting engine that many ways where K has the steps (tests use it at interpreter sizes).
+`VITFAST_SPLIT_K` overrides: 1 never splits (the code before split-K, for comparison); 2-4 ask for that many parts on
+every launch whose tile can split and whose partials take at most FORCED_FLOATS, as K's steps allow (tests use it at
+interpreter sizes).
 
 Counters (`counters`): one int32 per tile, in a per-device buffer that every launch leaves at zero, so no launch
-zeroes it; each launch takes the next range of it (round robin), so launches on different streams rarely share
-counters. The buffer is allocated (zeroed) outside CUDA-graph capture; a launch captured before any eager launch on
-that device does not split (a buffer first allocated inside a capture would be zeroed only by the graph's replays).
-The workspace is an ordinary per-launch allocation (its content needs no initial value).
+zeroes it; each launch takes the next range of it (round robin). Launches on one stream are ordered, so sharing is
+safe there; split launches running at the same time on different streams are not supported (after the round robin
+wraps, or against a captured graph's range, they could share counters). The buffer is allocated (zeroed) outside
+CUDA-graph capture; a launch captured before any eager launch on that device does not split (a buffer first
+allocated inside a capture would be zeroed only by the graph's replays). The workspace is an ordinary per-launch
+allocation (its content needs no initial value).
 """
 import functools
+import threading
 
 import torch
 import triton
@@ -30,9 +34,12 @@ from ._common import SPLIT_ENV, check, switch_value
 
 MIN_K_STEPS = 4  # steps of K per part at least: the pipeline's prologue and the fix-up amortized
 MAX_ACC_REGS = 64  # fp32 accumulator registers a thread (BLOCK_M * BLOCK_N / threads) a splitting tile may hold
+FORCED_FLOATS = 1 << 24  # a forced split (VITFAST_SPLIT_K=2-4) only where its partials take at most this (64 MB)
 COUNTERS = 1 << 15  # counters per device (128 KB): many launches' worth of tiles before the round robin wraps
+ALIGN = 4  # counter ranges start at multiples of 4 (16 bytes): one alignment, so one compiled kernel, for all
 
 _buffers = {}  # (device type, index) -> [counters (int32), next offset]
+_lock = threading.Lock()  # serving threads launch concurrently: one range each
 
 
 def split_setting() -> str:
@@ -40,9 +47,11 @@ def split_setting() -> str:
     return switch_value(SPLIT_ENV)
 
 
-def split_count(tiles: int, k_steps: int, programs: int, acc_regs: int, setting: str = "auto") -> int:
-    """Parts of K for a launch of `tiles` output tiles, `k_steps` steps of K each, on `programs` concurrent programs
-    (SMs x programs per SM), with `acc_regs` accumulator registers a thread; never an empty part."""
+def split_count(tiles: int, k_steps: int, programs: int, acc_regs: int, setting: str = "auto",
+                tile_elems: int = 0) -> int:
+    """Parts of K for a launch of `tiles` output tiles of `tile_elems` elements, `k_steps` steps of K each, on
+    `programs` concurrent programs (SMs x programs per SM), with `acc_regs` accumulator registers a thread; never an
+    empty part."""
     if setting == "1" or acc_regs > MAX_ACC_REGS or k_steps < 2:
         return 1
     if setting == "auto":
@@ -51,6 +60,8 @@ def split_count(tiles: int, k_steps: int, programs: int, acc_regs: int, setting:
         parts = min(programs // tiles, k_steps // MIN_K_STEPS)
     else:
         parts = min(int(setting), k_steps)
+        if tiles * parts * tile_elems > FORCED_FLOATS:
+            return 1
     if parts < 2:
         return 1
     return triton.cdiv(k_steps, triton.cdiv(k_steps, parts))  # S steps of cdiv(k_steps, S): the last part not empty
@@ -63,14 +74,22 @@ def acc_registers(bm: int, bn: int, warps: int) -> int:
 
 def config_parts(args, programs: int) -> int:
     """SPLIT_K for the config a launch runs (a triton.heuristics rule over the kernel's arguments and the config):
-    split_count of its tiles, or 1 when the launcher's split_mode is 0."""
+    split_count of its tiles, or 1 when the launcher's split_mode is 0. A split checks that the launcher's workspace
+    and counters cover it (launch_operands sizes them over the table's rows: a config from elsewhere would not)."""
     mode = args["split_mode"]
     if mode == 0:
         return 1
-    tiles = triton.cdiv(args["M"], args["BLOCK_M"]) * triton.cdiv(args["N"], args["BLOCK_N"])
-    return split_count(tiles, triton.cdiv(args["K"], args["BLOCK_K"]), programs,
-                       acc_registers(args["BLOCK_M"], args["BLOCK_N"], args["num_warps"]),
-                       "auto" if mode == 1 else str(mode))
+    bm, bn = args["BLOCK_M"], args["BLOCK_N"]
+    tiles = triton.cdiv(args["M"], bm) * triton.cdiv(args["N"], bn)
+    parts = split_count(tiles, triton.cdiv(args["K"], args["BLOCK_K"]), programs,
+                        acc_registers(bm, bn, args["num_warps"]), "auto" if mode == 1 else str(mode), bm * bn)
+    if parts > 1:
+        ws, lock = args["ws_ptr"], args["lock_ptr"]
+        check(ws is not None and lock is not None and ws.numel() >= tiles * parts * bm * bn
+              and lock.numel() >= tiles, f"split-K launch of {tiles} {bm}x{bn} tiles in {parts} parts",
+              f"{tiles * parts * bm * bn} workspace floats and {tiles} counters",
+              (None if ws is None else ws.numel(), None if lock is None else lock.numel()))
+    return parts
 
 
 @functools.lru_cache(maxsize=256)
@@ -80,7 +99,7 @@ def _plan(M: int, N: int, K: int, rows: tuple, setting: str):
     tiles_max = floats_max = 0
     for bm, bn, bk, warps, programs in rows:
         tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
-        parts = split_count(tiles, triton.cdiv(K, bk), programs, acc_registers(bm, bn, warps), setting)
+        parts = split_count(tiles, triton.cdiv(K, bk), programs, acc_registers(bm, bn, warps), setting, bm * bn)
         if parts > 1:
             tiles_max = max(tiles_max, tiles)
             floats_max = max(floats_max, tiles * parts * bm * bn)
@@ -104,18 +123,20 @@ def launch_operands(a: torch.Tensor, M: int, N: int, K: int, rows, two_accumulat
 
 def counters(device: torch.device, tiles: int):
     """`tiles` zeroed int32 counters for one launch on `device` (a view into the device's buffer, the next range
-    round robin), or None inside a CUDA-graph capture before any eager launch allocated the buffer (no split)."""
+    round robin, 16-byte aligned), or None inside a CUDA-graph capture before any eager launch allocated the buffer
+    (no split)."""
     cuda = device.type == "cuda"
     key = (device.type, device.index if device.index is not None or not cuda else torch.cuda.current_device())
-    entry = _buffers.get(key)
-    if entry is None:
-        if cuda and torch.cuda.is_current_stream_capturing():
-            return None
-        entry = _buffers[key] = [torch.zeros(COUNTERS, dtype=torch.int32, device=device), 0]
     check(tiles <= COUNTERS, "split-K launch", f"at most {COUNTERS} tiles", tiles)
-    start = entry[1] if entry[1] + tiles <= COUNTERS else 0
-    entry[1] = start + tiles
-    return entry[0][start:start + tiles]
+    with _lock:
+        entry = _buffers.get(key)
+        if entry is None:
+            if cuda and torch.cuda.is_current_stream_capturing():
+                return None
+            entry = _buffers[key] = [torch.zeros(COUNTERS, dtype=torch.int32, device=device), 0]
+        start = entry[1] if entry[1] + tiles <= COUNTERS else 0
+        entry[1] = start + -(-tiles // ALIGN) * ALIGN
+        return entry[0][start:start + tiles]
 
 
 @triton.jit
