@@ -8,7 +8,8 @@ and a residual add; one cast at the store; optionally the stored rows' partial s
 for the LayerNorm that reads them next. LayerNorm lives in the epilogue, not the prologue, so the
 A operand goes straight from memory to the dot (see ln_fold.py). SwiGLU (ACTIVATION 4) reads the packed (2N, K)
 weight: a second accumulator takes the up rows N below the gate rows, sharing the A tile, and the epilogue
-(gated_epilogue_math) stores silu(gate) · up.
+(gated_epilogue_math) stores silu(gate) · up. At small batch K is split (SPLIT_K, split_k.py): a program is a (tile,
+part of K), and the last part of a tile to finish sums the parts and runs the epilogue.
 """
 import functools
 
