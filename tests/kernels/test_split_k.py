@@ -17,11 +17,13 @@ from vit_fast.kernels.ln_fold import merge_partials, new_partials
 from vit_fast.kernels.ln_linear import ln_linear_launch
 
 CUDA = torch.cuda.is_available()
-# (rows, K, N): on the GPU B/16's FC2 at batch 1, K a little longer and not a multiple of the step (the pointer
-# engine's masked loop); in the interpreter (32x32x32 tiles) 7 steps of K, so 4 parts of 2 steps leave the last part
-# one step (on the TMA engine: one step past K, TMA's zero padding)
-M, K, N = (197, 3072 + 32, 768) if CUDA else (197, 200, 96)
-K_EVEN = 3072 + 64 if CUDA else 224  # 49 steps of 64 / 7 of 32: four parts of 13 (2) steps, the last of 10 (1)
+# (rows, K, N): on the GPU B/16's FC2 at batch 1, K a little longer and not a multiple of 32 or 64 (the pointer
+# engine's masked loop); in the interpreter (32x32x32 tiles) 7 steps of K, the last one partial, so 4 parts of 2
+# steps leave the last part one (on the TMA engine: one step past K, TMA's zero padding)
+M, K, N = (197, 3072 + 16, 768) if CUDA else (197, 200, 96)
+# K a multiple of the step: on the GPU 49 steps of 64 (TMA row: four parts of 13, the last of 10) and 98 of 32
+# (pointer row: 25, 25, 25, 23); in the interpreter 7 of 32 (2, 2, 2, 1)
+K_EVEN = 3072 + 64 if CUDA else 224
 
 
 # On a GPU each engine is pinned to a row that splits (an accumulator of 64 registers a thread), so the tests run
@@ -142,7 +144,8 @@ def _counters_zero():
 
 
 @pytest.mark.parametrize("parts,dtype,k", [("2", torch.float32, K), ("3", torch.float32, K), ("4", torch.float32, K),
-                                           ("3", torch.bfloat16, K), ("4", torch.bfloat16, K_EVEN)])
+                                           ("3", torch.bfloat16, K), ("3", torch.float16, K),
+                                           ("4", torch.bfloat16, K_EVEN)])
 def test_forced_split_residual_with_statistics(parts, dtype, k, engine, splits, monkeypatch, device):
     """linear_residual writing partial statistics (the out-projection and FC2): split against fp32 eager and against
     the unsplit launch; the statistics as the unsplit launch's; a second launch gives the same bits. K_EVEN: K a
@@ -185,6 +188,21 @@ def test_forced_split_layer_norm_gelu(parts, merged, engine, splits, monkeypatch
     ref = F.gelu(F.linear(F.layer_norm(x.float(), (K,), g.float(), b.float(), 1e-6), w.float(), bias.float()))
     assert_close(out, ref, dtype)
     assert splits[-1] == int(parts) and _counters_zero()
+
+
+def test_swiglu_never_splits(engine, splits, monkeypatch, device):
+    """SwiGLU's FC1 keeps a second (up) accumulator the fix-up does not sum: a forced split leaves it whole (the
+    kernels also refuse SPLIT_K > 1 with SwiGLU at compile time)."""
+    monkeypatch.setenv(SPLIT_ENV, "4")
+    x, _, _, _, g, b = _operands(torch.float32, device)
+    w = (torch.randn(2 * N, K, device=device) / K**0.5)
+    bias = 0.5 * torch.randn(2 * N, device=device)
+    folded = fold_layer_norm(g, b, w, bias)
+    out = poison(torch.empty(M, N, device=device))
+    ln_linear_launch(x, 1e-6, folded.weight, folded.colsum, folded.bias, "swiglu", out=out)
+    gate, up = F.linear(F.layer_norm(x, (K,), g, b, 1e-6), w, bias).chunk(2, dim=-1)
+    assert_close(out, F.silu(gate) * up, torch.float32)
+    assert splits == [1]
 
 
 def test_whole_model_split(engine, splits, monkeypatch, device):

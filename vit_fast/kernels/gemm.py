@@ -212,6 +212,7 @@ def fused_gemm_kernel(
     EPI_SPLIT: tl.constexpr,  # 1 or 2: epilogue on BLOCK_N / EPI_SPLIT-wide column halves
     SPLIT_K: tl.constexpr,  # parts of K per output tile (split_k.py): program = (tile, part), the parts adjacent
 ):
+    tl.static_assert(SPLIT_K == 1 or ACTIVATION != 4, "SwiGLU's up accumulator is not split")
     if SPLIT_K > 1:
         tile = tl.program_id(0) // SPLIT_K
         part = tl.program_id(0) % SPLIT_K
@@ -344,6 +345,7 @@ def split_sms(device: torch.device) -> int:
     return _device_sms(device.index if device.index is not None else torch.cuda.current_device())
 
 
+@functools.lru_cache(maxsize=None)
 def split_rows(num_sms: int) -> tuple:
     """Every row the autotuner can run (the configs of gemm_configs: each family's table, whose prune may fall back
     to another's smallest row; the interpreter's one row), as split_k.launch_operands takes them: (BLOCK_M, BLOCK_N,

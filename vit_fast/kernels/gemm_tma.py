@@ -223,6 +223,7 @@ def tma_gemm_kernel(
     PER_SM: tl.constexpr,  # programs per SM (PER_SM rows: 2, co-resident so their epilogues overlap MMAs)
     SPLIT_K: tl.constexpr,  # parts of K per output tile (split_k.py): a unit of work is (tile, part); 1 no split
 ):
+    tl.static_assert(SPLIT_K == 1 or ACTIVATION != 4, "SwiGLU's up accumulator is not split")
     EPI_N: tl.constexpr = BLOCK_N // EPI_SPLIT
     PROGRAMS: tl.constexpr = NUM_SMS * PER_SM
     a_desc = tl.make_tensor_descriptor(a_ptr, shape=[M, K], strides=[stride_am, 1], block_shape=[BLOCK_M, BLOCK_K])
@@ -384,6 +385,7 @@ def persistent_grid(device: torch.device, M: int, N: int):
                                       * triton.cdiv(N, meta["BLOCK_N"]) * meta.get("SPLIT_K", 1)),)
 
 
+@functools.lru_cache(maxsize=None)
 def split_rows(num_sms: int) -> tuple:
     """The table rows a launch's autotuner can run, as split_k.launch_operands takes them (programs: SMs x PER_SM)."""
     rows = [INTERPRETER_TMA] if is_interpreting() else HOPPER_TMA

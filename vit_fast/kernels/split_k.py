@@ -47,6 +47,10 @@ def split_setting() -> str:
     return switch_value(SPLIT_ENV)
 
 
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)  # triton.cdiv costs ~2 µs a call on the host; these run on every small launch
+
+
 def split_count(tiles: int, k_steps: int, programs: int, acc_regs: int, setting: str = "auto",
                 tile_elems: int = 0) -> int:
     """Parts of K for a launch of `tiles` output tiles of `tile_elems` elements, `k_steps` steps of K each, on
@@ -64,7 +68,7 @@ def split_count(tiles: int, k_steps: int, programs: int, acc_regs: int, setting:
             return 1
     if parts < 2:
         return 1
-    return triton.cdiv(k_steps, triton.cdiv(k_steps, parts))  # S steps of cdiv(k_steps, S): the last part not empty
+    return _cdiv(k_steps, _cdiv(k_steps, parts))  # S parts of cdiv(k_steps, S) steps: the last part not empty
 
 
 def acc_registers(bm: int, bn: int, warps: int) -> int:
@@ -80,8 +84,8 @@ def config_parts(args, programs: int) -> int:
     if mode == 0:
         return 1
     bm, bn = args["BLOCK_M"], args["BLOCK_N"]
-    tiles = triton.cdiv(args["M"], bm) * triton.cdiv(args["N"], bn)
-    parts = split_count(tiles, triton.cdiv(args["K"], args["BLOCK_K"]), programs,
+    tiles = _cdiv(args["M"], bm) * _cdiv(args["N"], bn)
+    parts = split_count(tiles, _cdiv(args["K"], args["BLOCK_K"]), programs,
                         acc_registers(bm, bn, args["num_warps"]), "auto" if mode == 1 else str(mode), bm * bn)
     if parts > 1:
         ws, lock = args["ws_ptr"], args["lock_ptr"]
@@ -92,14 +96,14 @@ def config_parts(args, programs: int) -> int:
     return parts
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=4096)
 def _plan(M: int, N: int, K: int, rows: tuple, setting: str):
     """(counters, workspace floats) a launch needs for whichever of `rows` ((BLOCK_M, BLOCK_N, BLOCK_K, warps,
     programs) each) the autotuner runs: the most tiles and partial-tile floats over the rows that split."""
     tiles_max = floats_max = 0
     for bm, bn, bk, warps, programs in rows:
-        tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
-        parts = split_count(tiles, triton.cdiv(K, bk), programs, acc_registers(bm, bn, warps), setting, bm * bn)
+        tiles = _cdiv(M, bm) * _cdiv(N, bn)
+        parts = split_count(tiles, _cdiv(K, bk), programs, acc_registers(bm, bn, warps), setting, bm * bn)
         if parts > 1:
             tiles_max = max(tiles_max, tiles)
             floats_max = max(floats_max, tiles * parts * bm * bn)
@@ -154,9 +158,10 @@ def split_k_fixup(acc, ws_ptr, lock_ptr, tile, part, BLOCK_M: tl.constexpr, BLOC
     last = arrived == SPLIT_K - 1
     if last:
         reached = tl.atomic_xchg(lock_ptr + tile, 0, sem="relaxed", scope="gpu")  # SPLIT_K: every part arrived
-        # + (reached - SPLIT_K), zero at run time: the reads' addresses then depend on the atomic, so the compiler
-        # cannot compute them before the K loop and keep them live across it (triton 3.6 spilled them, 24-48 B)
-        tile_ws += reached - SPLIT_K
+        # + 2 * (reached - SPLIT_K), zero at run time: an offset the compiler cannot prove 16-byte aligned, so the
+        # reads below are 8-byte vectors, not 16: with 16-byte reads triton 3.6 spilled 24-48 B in the writers (the
+        # reads' wider address set stayed live across the K loop); with 4-byte ones the fix-up issued 4x the loads
+        tile_ws += 2 * (reached - SPLIT_K)
         # acc * 0.0, not a fresh zero tensor: the sum keeps the accumulator's register layout (a fresh tensor takes
         # the loads' layout, and the epilogue spilled 0.3-2 KB on sm_90 converting to it); one partial in registers
         # at a time (an unrolled loop spilled too); .cg reads L2, where the other SMs' partials are
@@ -167,6 +172,6 @@ def split_k_fixup(acc, ws_ptr, lock_ptr, tile, part, BLOCK_M: tl.constexpr, BLOC
 
 
 def aot_variants(exhaustive: bool = False):
-    """None of its own: split_k_fixup is a helper compiled into the TMA engine's split variants
-    (gemm_tma.tma_aot_variants, SPLIT_K > 1), which the report and the gate list per op."""
+    """None of its own: split_k_fixup is a helper compiled into both engines' split variants (SPLIT_K > 1 in
+    gemm.gemm_aot_variants and gemm_tma.tma_aot_variants), which the report and the gate list per op."""
     return []
