@@ -159,8 +159,8 @@ def split_k_fixup(acc, ws_ptr, lock_ptr, tile, part, BLOCK_M: tl.constexpr, BLOC
     if last:
         reached = tl.atomic_xchg(lock_ptr + tile, 0, sem="relaxed", scope="gpu")  # SPLIT_K: every part arrived
         # + 2 * (reached - SPLIT_K), zero at run time: an offset the compiler cannot prove 16-byte aligned, so the
-        # reads below are 8-byte vectors, not 16: with 16-byte reads triton 3.6 spilled 24-48 B in the writers (the
-        # reads' wider address set stayed live across the K loop); with 4-byte ones the fix-up issued 4x the loads
+        # reads below are 8-byte vectors, not 16: with 16-byte reads triton 3.6 spilled 24-48 B in the writers,
+        # inside the loop; with 4-byte ones (an odd offset) the fix-up issued four times the loads
         tile_ws += 2 * (reached - SPLIT_K)
         # acc * 0.0, not a fresh zero tensor: the sum keeps the accumulator's register layout (a fresh tensor takes
         # the loads' layout, and the epilogue spilled 0.3-2 KB on sm_90 converting to it); one partial in registers
