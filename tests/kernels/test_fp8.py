@@ -9,7 +9,7 @@ from vit_fast import kernels
 from vit_fast.kernels._common import fp8_unsupported_reason
 from vit_fast.kernels.quant_fp8 import launch_quant_rows
 from tests.tolerances import FP8_TOL, assert_close, poison
-from vit_fast.numerics import e4m3_rounding_flips
+from vit_fast.numerics import e4m3_rounding_flips, rel_err_rows
 from vit_fast import fp8
 from vit_fast.kernels._common import FP8_ENGINE_ENV
 from gemm_engine import fp8_engine  # noqa: F401 (fixture: each op test once per FP8 GEMM engine)
@@ -100,14 +100,23 @@ def test_linear_residual_fp8(device, fp8_engine):
     assert_close(out, ref, torch.float32, FP8_TOL)
 
 
-def _assert_fc2_input(codes, scales, h):
+def _assert_fc2_input(codes, scales, h, rows_off=1):
     """FC1's e4m3 output against the emulation's quantize_groups of its fp32 values `h` (..., H): the same scales
     and codes but for a few one-step rounding flips (the fp32 values differ in the last bits: another LayerNorm and
-    GEMM summation order)."""
+    GEMM summation order), except in at most `rows_off` rows: when one of FC1's own input codes lands one e4m3 step
+    from the emulation's (its fp32 LayerNorm near a rounding boundary), that row's outputs move and with them its
+    scales and codes (seen in about 1 draw in 60: a 0.2 % scale, codes 5 steps apart). Such a row must still encode
+    h to e4m3 accuracy."""
     assert codes.dtype == torch.float8_e4m3fn and scales.shape == (*h.shape[:-1], -(-h.shape[-1] // 128))
     ref_q, ref_s = fp8.quantize_groups(h, 128)
-    flipped = e4m3_rounding_flips(codes.cpu(), scales.cpu(), ref_q.cpu(), ref_s.cpu())
+    codes, scales, h, ref_q, ref_s = (t.cpu().flatten(0, -2) for t in (codes, scales, h, ref_q, ref_s))
+    steps = (codes.view(torch.uint8).int() - ref_q.view(torch.uint8).int()).abs()
+    same = torch.isclose(scales, ref_s, rtol=1e-6, atol=0).all(-1) & (steps <= 1).all(-1)
+    assert (~same).sum() <= rows_off, (~same).nonzero()
+    flipped = e4m3_rounding_flips(codes[same], scales[same], ref_q[same], ref_s[same])
     assert flipped is not None and flipped.sum() <= max(4, h.numel() // 2000), flipped
+    for row in (~same).nonzero().flatten().tolist():  # e4m3's half step is 1/16 of a value
+        assert rel_err_rows(fp8.dequantize_input(codes[row:row + 1], scales[row:row + 1], 128), h[row:row + 1]) < 0.05
 
 
 @pytest.mark.parametrize("slices", ["shared", "sliced"])
