@@ -73,6 +73,16 @@ if is_interpreting():  # the interpreter truncates fp32 -> bf16; make it round a
     round_bf16_like_gpu()
 
 
+@functools.lru_cache(maxsize=None)
+def _device_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def num_sms(device: torch.device) -> int:
+    """The SMs of CUDA device `device` (cached)."""
+    return _device_sms(device.index if device.index is not None else torch.cuda.current_device())
+
+
 def upcast_needed(dtype: torch.dtype) -> bool:
     """The interpreter computes bf16 arithmetic and dots wrongly, so kernels convert bf16 tiles to fp32 there."""
     return is_interpreting() and dtype == torch.bfloat16

@@ -19,8 +19,8 @@ import triton.language as tl
 
 from ._common import (
     GEMM_DIVISIBLE, SWIGLU, SWITCH_TILE, TL_SIG, autotune_scope, check, gemm_configs, gemm_families, gemm_kind,
-    gemm_rows_for, gemm_vit_launches, is_interpreting, jit_fn, m_bucket, preset_activation, prune_gemm_configs,
-    upcast_needed,
+    gemm_rows_for, gemm_vit_launches, is_interpreting, jit_fn, m_bucket, num_sms, preset_activation,
+    prune_gemm_configs, upcast_needed,
 )
 from .ln_fold import STATS_SLOT, row_moments, stats_slot, stats_slots, stats_tile_ok, store_partials
 from .split_k import MAX_ACC_REGS, acc_registers, config_parts, launch_operands, split_k_fixup
@@ -312,8 +312,8 @@ def launch_fused_gemm(a, weight, bias, out, *, activation=0, residual=None, stat
     M, K = a.shape
     N = weight.shape[0] // 2 if activation == SWIGLU else weight.shape[0]  # SwiGLU: packed (2N, K) gate/up rows
     res = residual if residual is not None else out
-    num_sms = split_sms(a.device)
-    split_mode, ws, lock = launch_operands(a, M, N, K, split_rows(num_sms), activation == SWIGLU)
+    sms = split_sms(a.device)
+    split_mode, ws, lock = launch_operands(a, M, N, K, split_rows(sms), activation == SWIGLU)
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])  # noqa: E731
                          * meta["SPLIT_K"],)
     fused_gemm_kernel[grid](
@@ -322,7 +322,7 @@ def launch_fused_gemm(a, weight, bias, out, *, activation=0, residual=None, stat
         stats_out if stats_out is not None else out, ws, lock,
         M, N, K, float(eps),
         a.stride(0), a.stride(1), weight.stride(0), weight.stride(1), res.stride(-2), res.stride(-1),
-        out.stride(0), out.stride(1), m_bucket(M), split_mode, num_sms,
+        out.stride(0), out.stride(1), m_bucket(M), split_mode, sms,
         ROW_STATS=row_stats_switch(stats), HAS_BIAS=bias is not None, ACTIVATION=activation,
         HAS_RESIDUAL=residual is not None, WRITE_STATS=stats_out is not None, SLOT=stats_slot(),
         SLOTS=slots_arg(stats, K), UPCAST=upcast_needed(a.dtype),
@@ -333,24 +333,17 @@ def launch_fused_gemm(a, weight, bias, out, *, activation=0, residual=None, stat
 INTERPRETER_SMS = 1  # the SMs the automatic split rule assumes under the interpreter (tests force their splits)
 
 
-@functools.lru_cache(maxsize=None)
-def _device_sms(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 def split_sms(device: torch.device) -> int:
     """The SMs a split launch may fill on `device` (INTERPRETER_SMS under the interpreter)."""
-    if is_interpreting():
-        return INTERPRETER_SMS
-    return _device_sms(device.index if device.index is not None else torch.cuda.current_device())
+    return INTERPRETER_SMS if is_interpreting() else num_sms(device)
 
 
 @functools.lru_cache(maxsize=None)
-def split_rows(num_sms: int) -> tuple:
+def split_rows(sms: int) -> tuple:
     """Every row the autotuner can run (the configs of gemm_configs: each family's table, whose prune may fall back
     to another's smallest row; the interpreter's one row), as split_k.launch_operands takes them: (BLOCK_M, BLOCK_N,
     BLOCK_K, warps, programs = SMs)."""
-    return tuple((c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, num_sms)
+    return tuple((c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, sms)
                  for c in _CONFIGS)
 
 

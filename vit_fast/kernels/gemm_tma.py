@@ -27,7 +27,8 @@ import triton.language as tl
 
 from ._common import (
     ENGINE_ENV, FAMILY_SMEM, GEMM_DIVISIBLE, SWIGLU, TL_SIG, autotune_scope, check, gemm_vit_launches, is_interpreting,
-    jit_fn, m_bucket, preset_activation, shared_memory_bytes, swiglu_accumulators_fit, switch_value, upcast_needed,
+    jit_fn, m_bucket, num_sms, preset_activation, shared_memory_bytes, swiglu_accumulators_fit, switch_value,
+    upcast_needed,
 )
 from .gemm import (AOT_SLOTS, AOT_SPLIT, gated_epilogue_math, grouped_tile, row_stats_switch, slots_arg,
                    stats_modes, switch_combos)
@@ -367,29 +368,24 @@ def _scratch(size: int, alignment: int, stream):
     return torch.empty(size, dtype=torch.int8, device="cuda")
 
 
-@functools.lru_cache(maxsize=None)
-def _num_sms(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 def persistent_grid(device: torch.device, M: int, N: int):
     """(NUM_SMS, grid) of a persistent launch: at most NUM_SMS * PER_SM programs, never more than the units of work
     (output tiles x SPLIT_K)."""
     if is_interpreting():
-        num_sms = INTERPRETER_SMS
+        sms = INTERPRETER_SMS
     else:
         # set per launch: the allocator is a context variable, so a serving thread needs it too
         triton.set_allocator(_scratch)
-        num_sms = _num_sms(device.index if device.index is not None else torch.cuda.current_device())
-    return num_sms, lambda meta: (min(num_sms * meta["PER_SM"], triton.cdiv(M, meta["BLOCK_M"])
+        sms = num_sms(device)
+    return sms, lambda meta: (min(sms * meta["PER_SM"], triton.cdiv(M, meta["BLOCK_M"])
                                       * triton.cdiv(N, meta["BLOCK_N"]) * meta.get("SPLIT_K", 1)),)
 
 
 @functools.lru_cache(maxsize=None)
-def split_rows(num_sms: int) -> tuple:
+def split_rows(sms: int) -> tuple:
     """The table rows a launch's autotuner can run, as split_k.launch_operands takes them (programs: SMs x PER_SM)."""
     rows = [INTERPRETER_TMA] if is_interpreting() else HOPPER_TMA
-    return tuple((bm, bn, bk, w, num_sms * per_sm((bm, bn, bk, w, s, e))) for bm, bn, bk, w, s, e in rows)
+    return tuple((bm, bn, bk, w, sms * per_sm((bm, bn, bk, w, s, e))) for bm, bn, bk, w, s, e in rows)
 
 
 def launch_tma_gemm(a, weight, bias, out, *, activation=0, residual=None, stats=None, colsum=None, eps=0.0,
@@ -397,8 +393,8 @@ def launch_tma_gemm(a, weight, bias, out, *, activation=0, residual=None, stats=
     """Same contract as gemm.launch_fused_gemm, for operands select_engine() gave to "tma"."""
     M, K = a.shape
     N = weight.shape[0] // 2 if activation == SWIGLU else weight.shape[0]  # SwiGLU: packed (2N, K) gate/up rows
-    num_sms, grid = persistent_grid(a.device, M, N)
-    split_mode, ws, lock = launch_operands(a, M, N, K, split_rows(num_sms), activation == SWIGLU)
+    sms, grid = persistent_grid(a.device, M, N)
+    split_mode, ws, lock = launch_operands(a, M, N, K, split_rows(sms), activation == SWIGLU)
     res = residual if residual is not None else out
     tma_gemm_kernel[grid](
         a, weight, bias if bias is not None else out, res,
@@ -407,7 +403,7 @@ def launch_tma_gemm(a, weight, bias, out, *, activation=0, residual=None, stats=
         M, N, K, float(eps), a.stride(0), weight.stride(0), res.stride(0), out.stride(0), m_bucket(M), split_mode,
         ROW_STATS=row_stats_switch(stats), HAS_BIAS=bias is not None, ACTIVATION=activation,
         HAS_RESIDUAL=residual is not None, WRITE_STATS=stats_out is not None, SLOT=stats_slot(),
-        SLOTS=slots_arg(stats, K), UPCAST=upcast_needed(a.dtype), NUM_SMS=num_sms,
+        SLOTS=slots_arg(stats, K), UPCAST=upcast_needed(a.dtype), NUM_SMS=sms,
     )  # fmt: skip
     return out
 
