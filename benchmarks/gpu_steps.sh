@@ -4,9 +4,9 @@
 # below in priority order, resuming on a warm machine); the single steps are for a lease with time to spare. Order and
 # expected times are in benchmarks/NOTES.md, "GPU session plan".
 #   lease [S [STEP...]] within S seconds (default 560): tests (once per machine), headline (resumed), profile, grid 1-6
-#                      (profile8, profile1, fp8acc, fp8tma, b1engine, b1split, lnstats and micro only when named),
-#                      each skipped when done on this machine or too long for the time left; STEPs (e.g. headline
-#                      profile) pick and order them. Writes $OUT/lease/: runs.tar.gz (every step's
+#                      (profile8, profile1, fp8acc, fp8tma, b1engine, b1split, lnstats, gelu and micro only when
+#                      named), each skipped when done on this machine or too long for the time left; STEPs (e.g.
+#                      headline profile) pick and order them. Writes $OUT/lease/: runs.tar.gz (every step's
 #                      files so far), lease.log, headline.md, tests.txt
 #   tests              the GPU test subset (tests/gpu_subset.txt), < 3 min, junit + one JSON line per test; each
 #                      kernel key compiles only the first config its prune keeps (VITFAST_AUTOTUNE=first)
@@ -31,6 +31,8 @@
 #   lnstats            B/16 b256 bf16 vit_fast with CUDA graphs, as the headline: every LayerNorm with a statistics
 #                      launch of its own (VITFAST_LN_PARTIALS=0), then as shipped (shipped/: the residual GEMMs'
 #                      partial statistics, merged in the next GEMM): what the merged statistics gain, in one lease
+#   gelu               the same row with FC1's exact GELU through libdevice's erf (VITFAST_GELU=libdevice, the code
+#                      before the fitted erfc), then as shipped (shipped/): what the shorter GELU epilogue gains
 #   grid N             slice N (1-6) of the rest of the grid; `grid list` prints the slices
 #   merge              merge headline + every grid slice run so far on this machine into one results directory
 #   micro              kernel microbenchmarks (CUDA-graph timing, batch 64: the model's autotune bucket)
@@ -67,14 +69,14 @@ SLICES=(
 
 usage() {
     local steps="lease [SECONDS [STEP...]]|tests|headline [ROWS]|profile|profile8|profile1|fp8acc|fp8tma|b1engine"
-    steps+="|b1split|lnstats"
+    steps+="|b1split|lnstats|gelu"
     steps+="|grid N|grid list"
     echo "usage: $0 {$steps|merge|micro}" >&2
     exit 2
 }
 
 case "$STEP" in
-    lease|tests|headline|profile|profile8|profile1|fp8acc|fp8tma|b1engine|b1split|lnstats|grid|merge|micro) ;;
+    lease|tests|headline|profile|profile8|profile1|fp8acc|fp8tma|b1engine|b1split|lnstats|gelu|grid|merge|micro) ;;
     *) usage ;;
 esac
 if [ "$STEP" = grid ]; then
@@ -125,9 +127,10 @@ lease)
     STEPS=${STEPS:-tests headline profile grid1 grid2 grid3 grid4 grid5 grid6}
     case "$TOTAL" in ''|*[!0-9]*) echo "error: lease needs whole seconds, got '$TOTAL'" >&2; exit 2 ;; esac
     for s in $STEPS; do
-        case "$s" in tests|headline|profile|profile8|profile1|fp8acc|fp8tma|b1engine|b1split|lnstats|grid[1-6]|micro) ;;
+        case "$s" in
+            tests|headline|profile|profile8|profile1|fp8acc|fp8tma|b1engine|b1split|lnstats|gelu|grid[1-6]|micro) ;;
             *) echo "error: lease step '$s' is not one of tests headline profile profile8 profile1 fp8acc fp8tma" \
-                    "b1engine b1split lnstats grid1..grid6" \
+                    "b1engine b1split lnstats gelu grid1..grid6" \
                     "micro" >&2
                exit 2 ;;
         esac
@@ -168,7 +171,7 @@ lease)
         profile1) done_ profile1 || sub 90 profile1 ;;
         fp8acc|fp8tma) done_ "$s" || T_BUDGET=$(( $(left) - 60 )) sub 200 "$s" ;;
         b1engine|b1split) done_ "$s" || T_BUDGET=$(( $(left) - 60 )) sub 90 "$s" ;;
-        lnstats) done_ lnstats || T_BUDGET=$(( $(left) - 60 )) sub 120 lnstats ;;
+        lnstats|gelu) done_ "$s" || T_BUDGET=$(( $(left) - 60 )) sub 120 "$s" ;;
         grid*) done_ "grid-${s#grid}" || T_BUDGET=$(( $(left) - 85 )) sub 240 grid "${s#grid}" ;;
         micro) done_ micro || sub 300 micro ;;
         esac
@@ -235,7 +238,7 @@ profile8)
     [ "$DRY" = 1 ] && { ARGS+=(--tiny); export TRITON_INTERPRET=1; }
     run "${T_LIMIT:-300}" "$PY" -m benchmarks.breakdown "${ARGS[@]}"
     ;;
-fp8acc|fp8tma|b1engine|b1split|lnstats)
+fp8acc|fp8tma|b1engine|b1split|lnstats|gelu)
     # per step: the rows, the switches of the new measurement (FIRST, with half the time) and of its companion
     # (SECOND, into SUB/, with what is left); DRY on a CPU: toy sizes in Triton's interpreter, fp32 (it runs fp32 and
     # FP8 dots, not bf16 ones), no graphs there
@@ -247,6 +250,11 @@ fp8acc|fp8tma|b1engine|b1split|lnstats)
               --graph-max-batch 256)
         DRY_ARGS=(--dtypes float32 --batch-sizes 2 "${TOY[@]},depth=2")  # two blocks: the merged partials run
         FIRST=(VITFAST_LN_PARTIALS=0) SECOND=() SUB=shipped ;;
+    gelu)  # the same row with libdevice's erf in FC1's GELU, then the fitted erfc as shipped
+        ARGS=(--models vit_b_16 --batch-sizes 256 --dtypes bfloat16 --backends vit_fast --cuda-graphs
+              --graph-max-batch 256)
+        DRY_ARGS=(--dtypes float32 --batch-sizes 2 "${TOY[@]},depth=1")
+        FIRST=(VITFAST_GELU=libdevice) SECOND=() SUB=shipped ;;
     b1engine)  # batch 1 on the pointer GEMM engine, then as shipped (TMA on sm_90)
         ARGS=(--models vit_b_16 --batch-sizes 1 --dtypes bfloat16 --backends vit_fast,sdpa --cuda-graphs
               --graph-max-batch 1)

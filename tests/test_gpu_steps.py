@@ -124,6 +124,11 @@ def test_dry_layer_norm_statistics_step(tmp_path):
     _switched_then_shipped(tmp_path, "lnstats", "VITFAST_LN_PARTIALS=0", {(2, "vit_fast")})
 
 
+def test_dry_gelu_step(tmp_path):
+    """gelu: the same row with FC1's GELU through libdevice's erf, then as shipped (the fitted erfc)."""
+    _switched_then_shipped(tmp_path, "gelu", "VITFAST_GELU=libdevice", {(2, "vit_fast")})
+
+
 def test_dry_fp8_fast_accumulation_step(tmp_path):
     """fp8acc: the FP8 rows measured without the fp32 promotion, the switch recorded in the results it writes, then
     as shipped (promoted/), recorded without it."""
@@ -268,7 +273,7 @@ def test_store_refuses_an_archive_without_results(tmp_path, capsys):
         tar.add(tmp_path / "junk.tar.gz", arcname="tests/junit.xml")
     assert store_lease.main([str(empty), "--root", str(tmp_path), "--readme", ""]) == 2
     err = capsys.readouterr().err
-    assert "holds no headline, grid, fp8acc, fp8tma, b1engine, b1split, lnstats or profile results" in err
+    assert "holds no headline, grid, fp8acc, fp8tma, b1engine, b1split, lnstats, gelu or profile results" in err
 
 
 def _k(name, start, stack):

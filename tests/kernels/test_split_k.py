@@ -267,3 +267,27 @@ def test_auto_splits_batch_one(engine, splits, monkeypatch, device):
     assert splits[0] > 1 and splits[-1] == 1, splits
     assert_close(split, plain, torch.bfloat16)
     assert _counters_zero()
+
+
+def test_pointer_engine_keeps_ampere_spilling_rows_unsplit(monkeypatch):
+    """The automatic rule on the pointer engine skips the split rows that spill on sm_80/sm_89 (FC1 at 128x64x32
+    and 64x128x32, 4 warps: _common.SPLIT_SPILLS): the last layer's [CLS]-only FC1 at batch 1 (one row) splits
+    there on Hopper, not on Ampere, where QKV's rows still split and a forced split still does."""
+
+    class FakeCudaTensor:  # what the heuristic reads of A: is it on a GPU, which one
+        is_cuda = True
+        device = torch.device("cuda", 0)
+
+    def parts(family, activation=1, mode=1, tile=(128, 64, 32, 4)):
+        monkeypatch.setattr(gemm, "gpu_family", lambda index: family)
+        bm, bn, bk, warps = tile
+        return gemm._split_parts(dict(
+            a_ptr=FakeCudaTensor(), M=1, N=3072, K=768, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=warps,
+            ACTIVATION=activation, ROW_STATS=2, split_mode=mode, split_sms=108,
+            ws_ptr=torch.empty(1 << 22), lock_ptr=torch.empty(1024, dtype=torch.int32)))
+
+    assert parts("hopper") > 1 and parts("hopper", tile=(64, 128, 32, 4)) > 1
+    assert parts("ampere") == 1 and parts("ampere", tile=(64, 128, 32, 4)) == 1
+    assert parts("ampere", activation=0) > 1  # QKV's LayerNorm epilogue: clean there
+    assert parts("ampere", tile=(64, 64, 32, 4)) > 1
+    assert parts("ampere", mode=3) == 3

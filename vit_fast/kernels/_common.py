@@ -31,9 +31,14 @@ AUTOTUNE_ENV = "VITFAST_AUTOTUNE"  # the whole table, or only the first config a
 LN_PARTIALS_ENV = "VITFAST_LN_PARTIALS"
 # split-K for launches whose tiles fill few SMs (split_k.py): auto, never (1), or forced into 2-4 parts
 SPLIT_ENV = "VITFAST_SPLIT_K"
+# the exact GELU's Phi: the fitted erfc every GEMM epilogue shares (gemm.gelu_erf), or libdevice's erf (the code
+# before it), to compare them
+GELU_ENV = "VITFAST_GELU"
 SWITCHES = {ENGINE_ENV: ("auto", "tma", "pointer"), FP8_ENGINE_ENV: ("auto", "tma", "pointer"),
             PRECISE_ACC_ENV: ("1", "0"), AUTOTUNE_ENV: ("all", "first"), LN_PARTIALS_ENV: ("1", "0"),
-            SPLIT_ENV: ("auto", "1", "2", "3", "4")}
+            SPLIT_ENV: ("auto", "1", "2", "3", "4"), GELU_ENV: ("fitted", "libdevice")}
+# the ACTIVATION code of "gelu" launched under VITFAST_GELU=libdevice (not a user's activation: epilogue_activation)
+GELU_LIBDEVICE = 5
 
 
 def switch_value(name: str, expected: str = None) -> str:
@@ -43,6 +48,14 @@ def switch_value(name: str, expected: str = None) -> str:
     value = os.environ.get(name, "").strip().lower() or choices[0]
     check(value in choices, name, expected or " | ".join(choices), repr(value))
     return value
+
+
+def epilogue_activation(code: int) -> int:
+    """The ACTIVATION a GEMM launcher compiles for the activation `code`: the exact GELU through libdevice's erf
+    under VITFAST_GELU=libdevice, else `code`. Read at every launch, like the other switches."""
+    if code == ACTIVATIONS["gelu"] and switch_value(GELU_ENV) == "libdevice":
+        return GELU_LIBDEVICE
+    return code
 
 
 def autotune_setting() -> str:
@@ -279,8 +292,12 @@ HOPPER_GEMM_SPILLS = {
     (2, "plain"): {},
     (2, "patch"): {(128, 256, 64, 8, 3): "552-632 B", (128, 128, 64, 4, 4): "464-584 B",
                    (64, 128, 64, 4, 4): "72 B in the loop at P=14 under triton 3.6 (clean under 3.9)"},
-    (4, "ln"): {(128, 64, 64, 4, 4): "16 B"},
-    (4, "ln_act"): {(128, 64, 64, 4, 4): "496 B", (64, 128, 64, 4, 4): "456 B", (64, 64, 64, 4, 4): "48 B"},
+    # fp32 QKV merging partial statistics (ROW_STATS=2): 64x128 and 64x64 are clean under 3.9 but spill inside the
+    # loop under 3.6 (report-triton-3.6-fp32-ln-sm90)
+    (4, "ln"): {(128, 64, 64, 4, 4): "96 B", (64, 128, 64, 4, 4): "1,480 B under triton 3.6",
+                (64, 64, 64, 4, 4): "552-560 B under triton 3.6"},
+    (4, "ln_act"): {(128, 64, 64, 4, 4): "6.2 KB (1.4 KB under 3.6)", (64, 128, 64, 4, 4): "6.4 KB (1.3 KB under 3.6)",
+                    (64, 64, 64, 4, 4): "224-232 B (40 B under 3.6)"},
     (4, "plain"): {(128, 64, 64, 4, 4): "24 B"},
     (4, "patch"): {(128, 64, 64, 4, 4): "24 B", (64, 32, 64, 4, 4): "8 B"},
     # ln_linear with activation "swiglu" (gate and up accumulators): the 16-bit tiles left after
@@ -289,15 +306,19 @@ HOPPER_GEMM_SPILLS = {
     (4, "swiglu"): {(64, 64, 64, 4, 4): "6.7 KB, merging partial statistics"},
 }
 # The same for Ampere and Ada (sm_80, sm_89; reported, not gated): SwiGLU's 128x128 8-warp tile, clean on sm_90,
-# spills there; so does LayerNorm + FC1 with GELU at 128x256 (report-triton-3.9-gemm-bf16-sm80-sm89; QKV's
-# LayerNorm epilogue is clean at that tile).
+# spills there (report-triton-3.9-gemm-bf16-sm80-sm89). LayerNorm + FC1 with GELU at 128x256x32 spilled 16 B there
+# until the fitted GELU (gemm.gelu_erf): 246-252 registers since, no spill, so FC1 has it back.
 # fp32 SwiGLU spills at every Ampere tile (so does fp32 LayerNorm+GELU at 128x128): the least (112 B) is kept.
 AMPERE_GEMM_SPILLS = {
-    (2, "ln_act"): {(128, 256, 32, 8, 3): "16 B"},
     (2, "swiglu"): {(128, 128, 64, 8, 3): "128 B"},
     (4, "swiglu"): {(64, 128, 32, 4, 4): "8984 B", (64, 64, 32, 4, 4): "472 B", (64, 32, 32, 2, 5): "456 B"},
 }
 _GEMM_SPILLS = {"hopper": HOPPER_GEMM_SPILLS, "ampere": AMPERE_GEMM_SPILLS}
+# The pointer engine's split-K code (split_k.py: a partial tile beside the accumulator) at Ampere-table tiles that
+# spill on sm_80/sm_89 (the SPLIT_K=4 rows of report-triton-3.9-gemm-bf16-sm80-sm89), per kind and (BLOCK_M,
+# BLOCK_N, BLOCK_K, warps): those launches run unsplit there. QKV's and the residual GEMMs' split rows are clean;
+# on sm_90 every split row is.
+SPLIT_SPILLS = {"ampere": {"ln_act": {(128, 64, 32, 4): "80-96 B", (64, 128, 32, 4): "16-40 B"}}}
 
 
 def gemm_kind(named_args: dict) -> str:

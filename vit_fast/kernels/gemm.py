@@ -18,9 +18,9 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    GEMM_DIVISIBLE, SWIGLU, SWITCH_TILE, TL_SIG, autotune_scope, check, gemm_configs, gemm_families, gemm_kind,
-    gemm_rows_for, gemm_vit_launches, is_interpreting, jit_fn, m_bucket, num_sms, preset_activation,
-    prune_gemm_configs, upcast_needed,
+    GEMM_DIVISIBLE, SPLIT_SPILLS, SWIGLU, SWITCH_TILE, TL_SIG, autotune_scope, check, gemm_configs, gemm_families,
+    gemm_kind, gemm_rows_for, gemm_vit_launches, gpu_family, is_interpreting, jit_fn, m_bucket, num_sms,
+    preset_activation, prune_gemm_configs, upcast_needed,
 )
 from .ln_fold import STATS_SLOT, row_moments, stats_slot, stats_slots, stats_tile_ok, store_partials
 from .split_k import MAX_ACC_REGS, acc_registers, config_parts, launch_operands, split_k_fixup
@@ -46,6 +46,27 @@ def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_
 
 @triton.jit
 def gelu_erf(x):
+    # Exact (erf) GELU as x * Phi(x), Phi(-|x|) = erfc(|x| / sqrt 2) / 2 = 2^(|x| * Q(|x|) - 1): no 1 + erf(x)
+    # cancellation in the negative tail. Q: degree 9, fitted on [0, 6] (benchmarks/gelu_fit.py; 5.3e-7 in log2 with
+    # these float32 coefficients); past |x| = 6 the clamp leaves Phi(-6) = 1e-9, so -inf gives -inf (PyTorch: NaN).
+    # 10 FMAs and one MUFU an element, against libdevice erf's ~30 instructions.
+    a = tl.minimum(tl.abs(x), 6.0)
+    q = tl.fma(a, -1.2712573216333567e-08, 4.270092688329896e-07)
+    q = tl.fma(q, a, -6.103272880864097e-06)
+    q = tl.fma(q, a, 4.650361734093167e-05)
+    q = tl.fma(q, a, -0.00016986645641736686)
+    q = tl.fma(q, a, -0.00024454708909615874)
+    q = tl.fma(q, a, 0.007270929869264364)
+    q = tl.fma(q, a, -0.05268044397234917)
+    q = tl.fma(q, a, -0.4591355323791504)
+    q = tl.fma(q, a, -1.151114583015442)
+    tail = tl.exp2(tl.fma(q, a, -1.0))
+    return x * tl.where(x < 0, tail, 1.0 - tail)
+
+
+@triton.jit
+def gelu_erf_libdevice(x):
+    # the exact GELU before gelu_erf, kept behind VITFAST_GELU=libdevice to measure the two side by side
     return 0.5 * x * (1.0 + tl.erf(x * 0.7071067811865476))
 
 
@@ -69,14 +90,29 @@ def swiglu(gate, up):
 
 
 @triton.jit
+def column_halves(acc, up, BLOCK_M: tl.constexpr, HALF: tl.constexpr, GATED: tl.constexpr):
+    """A (BLOCK_M, 2 * HALF) tile's left and right column halves, and those of SwiGLU's up accumulator when GATED
+    (else the tile's own, never used): both engines' epilogues run on halves to keep half the temporaries live."""
+    acc0, acc1 = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, HALF)), (0, 2, 1)))
+    if GATED:
+        up0, up1 = tl.split(tl.permute(tl.reshape(up, (BLOCK_M, 2, HALF)), (0, 2, 1)))
+    else:
+        up0, up1 = acc0, acc1
+    return acc0, acc1, up0, up1
+
+
+@triton.jit
 def apply_activation(x, ACTIVATION: tl.constexpr):
-    """The epilogue activation every GEMM engine shares; codes are _common.ACTIVATIONS."""
+    """The epilogue activation every GEMM engine shares; codes are _common.ACTIVATIONS, and 5 (_common.GELU_LIBDEVICE)
+    the exact GELU through libdevice's erf."""
     if ACTIVATION == 1:
         x = gelu_erf(x)
     elif ACTIVATION == 2:
         x = gelu_tanh(x)
     elif ACTIVATION == 3:
         x = gelu_quick(x)
+    elif ACTIVATION == 5:  # _common.GELU_LIBDEVICE
+        x = gelu_erf_libdevice(x)
     return x
 
 
@@ -143,7 +179,15 @@ def _epi_split(args):
 
 
 def _split_parts(args) -> int:
-    """SPLIT_K of the config being launched (split_k.config_parts over the device's SMs, split_sms)."""
+    """SPLIT_K of the config being launched (split_k.config_parts over the device's SMs, split_sms); under the
+    automatic rule 1 where the split code spills on the running GPU family (_common.SPLIT_SPILLS; a forced split,
+    for tests, still splits there)."""
+    a = args["a_ptr"]
+    if args["split_mode"] == 1 and a.is_cuda:
+        index = a.device.index if a.device.index is not None else torch.cuda.current_device()
+        tile = (args["BLOCK_M"], args["BLOCK_N"], args["BLOCK_K"], args["num_warps"])
+        if tile in SPLIT_SPILLS.get(gpu_family(index), {}).get(gemm_kind(args), {}):
+            return 1
     return config_parts(args, args["split_sms"])
 
 
@@ -275,11 +319,7 @@ def fused_gemm_kernel(
         if EPI_SPLIT == 2:
             # two BLOCK_N/2-wide halves: the epilogue's temporaries cover half the tile (no spill at 128x256 w8)
             half: tl.constexpr = BLOCK_N // 2
-            acc0, acc1 = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, half)), (0, 2, 1)))
-            if ACTIVATION == 4:
-                up0, up1 = tl.split(tl.permute(tl.reshape(up, (BLOCK_M, 2, half)), (0, 2, 1)))
-            else:
-                up0, up1 = acc0, acc1  # never used
+            acc0, acc1, up0, up1 = column_halves(acc, up, BLOCK_M, half, ACTIVATION == 4)
             col0 = pid_n * BLOCK_N
             _store_tile(acc0, up0, rm, col0, M, N, mean, rstd, colsum_ptr, bias_ptr, res_ptr, out_ptr, part_ptr,
                         stride_rm, stride_rn, stride_om, stride_on, ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL,

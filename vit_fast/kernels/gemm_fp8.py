@@ -31,8 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (FP8_GROUP, PRECISE_ACC_ENV, SWIGLU, TL_SIG, autotune_scope, is_interpreting, jit_fn,
-                      m_bucket, shared_memory_bytes, switch_value)
+from ._common import (FP8_GROUP, GELU_LIBDEVICE, PRECISE_ACC_ENV, SWIGLU, TL_SIG, autotune_scope, is_interpreting,
+                      jit_fn, m_bucket, shared_memory_bytes, switch_value)
 from .gemm import apply_activation, grouped_tile, swiglu
 from .quant_fp8 import e4m3_codes, masked_row_amax, round_to_e4m3
 
@@ -360,7 +360,8 @@ def aot_variants(exhaustive: bool = False):
         out += [_variant(torch.bfloat16, 0, True, True, True, True, tile),  # per-row FP8 A with a residual
                 _variant(torch.bfloat16, 1, True, False, True, True, tile),  # FC1 storing bf16 (FC2 kept dense)
                 _variant(torch.bfloat16, 1, False, False, False, True, tile),  # no bias, ragged K
-                _variant(torch.bfloat16, 1, True, False, True, False, tile)]  # imprecise accumulation
+                _variant(torch.bfloat16, 1, True, False, True, False, tile),  # imprecise accumulation
+                _variant(torch.bfloat16, GELU_LIBDEVICE, True, False, True, True, tile)]  # VITFAST_GELU=libdevice
     # an fp32 model's out-projection: 4-byte A rows, at every tile that fits some family (the spilling ones shown)
     out += [_variant(torch.float32, 0, True, True, True, True, t, quant_a=True) for t in tiles
             if any(fp8_tile_fits(f, t, 4, True, False) for f in FP8_TABLES)]

@@ -25,8 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (FAMILY_SMEM, FP8_ENGINE_ENV, FP8_GROUP, GEMM_DIVISIBLE, SWIGLU, TL_SIG, autotune_scope,
-                      check, is_interpreting, jit_fn, m_bucket, switch_value)
+from ._common import (FAMILY_SMEM, FP8_ENGINE_ENV, FP8_GROUP, GELU_LIBDEVICE, GEMM_DIVISIBLE, SWIGLU, TL_SIG,
+                      autotune_scope, check, is_interpreting, jit_fn, m_bucket, switch_value)
 from .gemm import apply_activation, grouped_tile
 from .gemm_fp8 import dequantize_tile, precise_acc_setting
 from .quant_fp8 import e4m3_codes, masked_row_amax
@@ -52,8 +52,9 @@ PER_SM = {(128, 128, 128, 4, 3, 2): 2}
 # Rows that spill on sm_90 once the promotion's second accumulator exists (PRECISE_ACC=1, and FC2's grouped A, which
 # is promoted by construction): the report's rows.
 PROMOTED_SPILLS = {(128, 256, 128, 8, 3, 2)}
-# Rows that spill on sm_90 (triton 3.9, the static report) when FC1 writes e4m3 codes (the two-programs row keeps
-# both 64-wide slices' values for their joint maximum: 128-168 B) or FC2 scales grouped A (104 B)
+# Rows that spill on sm_90 when FC1 writes e4m3 codes (the two-programs row keeps both 64-wide slices' values for
+# their joint maximum: 128 B under triton 3.6; 128-168 B under 3.9 until the fitted GELU, clean since) or FC2 scales
+# grouped A (104 B)
 GROUP_OUT_SPILLS = {(128, 128, 128, 4, 3, 2)}
 A_GROUPED_SPILLS = {(128, 128, 128, 4, 3, 2)}
 FP8_TMA_KEY = ["M_BUCKET", "N", "K", "HAS_BIAS", "ACTIVATION", "HAS_RESIDUAL", "PRECISE_ACC", "A_GROUPED",
@@ -345,7 +346,8 @@ def launch_fp8_tma_gemm(a_q, a_scale, weight, w_scale, bias, out, *, activation=
 def aot_variants(exhaustive: bool = False):
     """bf16 rows at every Hopper tile for QKV (no activation), FC1 (GELU, bias, e4m3 codes out per 128 columns) and
     FC2 (A grouped per 128 columns, residual) and the out-projection (per-row A, residual), each promoted and not
-    (FC2 is promoted by construction: once); fp16 and fp32 outputs at the 128x128 tile with `exhaustive`. Tiles the
+    (FC2 is promoted by construction: once), FC1 through libdevice's erf (VITFAST_GELU) at one tile; fp16 and fp32
+    outputs at the 128x128 tile with `exhaustive`. Tiles the
     prune drops for a launch as spills (PROMOTED_SPILLS, GROUP_OUT_SPILLS, A_GROUPED_SPILLS) are compiled to show
     why and gate nothing; tiles the group rules exclude (group_tile_ok) are not compiled. FP8 wgmma: sm_90 only
     (min_cc 90)."""
@@ -359,6 +361,10 @@ def aot_variants(exhaustive: bool = False):
             out.append(_variant(torch.bfloat16, 0, True, True, precise, tile, "linear_residual"))  # out-projection
         if group_tile_ok(tile, True, False):
             out.append(_variant(torch.bfloat16, 0, True, True, True, tile, "linear_residual", a_grouped=True))  # FC2
+    # FC1 with VITFAST_GELU=libdevice, promoted, at the first tile its prune keeps
+    fc1 = next(t for t in HOPPER_FP8_TMA
+               if group_tile_ok(t, False, True) and t not in PROMOTED_SPILLS and t not in GROUP_OUT_SPILLS)
+    out.append(_variant(torch.bfloat16, GELU_LIBDEVICE, True, False, True, fc1, "ln_linear", group_out=True))
     if exhaustive:
         out += [_variant(dt, act, True, False, True, HOPPER_FP8_TMA[1], "ln_linear")
                 for dt in (torch.float16, torch.float32) for act in (0, 1, 2, 3)]

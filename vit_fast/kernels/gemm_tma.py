@@ -11,9 +11,10 @@ store clips). The epilogue (folded LayerNorm, bias, activation or SwiGLU's gate,
 `gemm.gated_epilogue_math`, applied to BLOCK_N / EPI_SPLIT-wide column slices when EPI_SPLIT > 1 (half the live
 epilogue registers and store buffer). No warp specialization: on sm_90 it is ignored or crashes with TMA stores in
 triton 3.6 (triton-lang/triton#11587). Without it a program's epilogue does not overlap its own MMAs, and an
-exact-GELU epilogue (libdevice erf, ~32 instructions per element) took ~30 % of FC1 on an H200. The PER_SM = 2 rows
-are the substitute: two programs per SM, each small enough in shared memory and registers to be co-resident, so
-one's epilogue runs while the other's wgmmas do (CUTLASS's ping-pong schedule, by the hardware scheduler).
+exact-GELU epilogue (libdevice erf, ~30 instructions per element) took ~30 % of FC1 on an H200; the fitted erfc
+(`gemm.gelu_erf`, 16) shortens it. The PER_SM = 2 rows are the substitute for overlap: two programs per SM, each small
+enough in shared memory and registers to be co-resident, so one's epilogue runs while the other's wgmmas do
+(CUTLASS's ping-pong schedule, by the hardware scheduler; the third lease measured them even with one program).
 At small batch the output tiles fill few SMs; there K is split (SPLIT_K, split_k.py): a unit of work is a (tile, part
 of K), and the last part of a tile to finish sums the parts and runs the epilogue.
 
@@ -30,8 +31,8 @@ from ._common import (
     jit_fn, m_bucket, num_sms, preset_activation, shared_memory_bytes, swiglu_accumulators_fit, switch_value,
     upcast_needed,
 )
-from .gemm import (AOT_SLOTS, AOT_SPLIT, gated_epilogue_math, grouped_tile, row_stats_switch, slots_arg,
-                   stats_modes, switch_combos)
+from .gemm import (AOT_SLOTS, AOT_SPLIT, column_halves, gated_epilogue_math, grouped_tile, row_stats_switch,
+                   slots_arg, stats_modes, switch_combos)
 from .ln_fold import STATS_SLOT, row_moments, stats_slot, stats_tile_ok, store_partials
 from .split_k import MAX_ACC_REGS, acc_registers, config_parts, launch_operands, split_k_fixup
 
@@ -304,11 +305,7 @@ def _epilogue(acc, up, tile, M, N, K, eps, stats_ptr, colsum_ptr, bias_ptr, res_
         mean = 0.0  # never used
         rstd = 0.0
     if EPI_SPLIT == 2:
-        acc0, acc1 = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, EPI_N)), (0, 2, 1)))
-        if ACTIVATION == 4:
-            up0, up1 = tl.split(tl.permute(tl.reshape(up, (BLOCK_M, 2, EPI_N)), (0, 2, 1)))
-        else:
-            up0, up1 = acc0, acc1  # never used
+        acc0, acc1, up0, up1 = column_halves(acc, up, BLOCK_M, EPI_N, ACTIVATION == 4)
         _finish(acc0, up0, rows, M, N, mean, rstd, colsum_ptr, bias_ptr, res_desc, out_desc, part_ptr, off_m,
                 off_n, ROW_STATS, HAS_BIAS, ACTIVATION, HAS_RESIDUAL, WRITE_STATS, EPI_N, SLOT)
         _finish(acc1, up1, rows, M, N, mean, rstd, colsum_ptr, bias_ptr, res_desc, out_desc, part_ptr, off_m,

@@ -16,7 +16,8 @@ from typing import Optional
 import torch
 
 from ._common import (ACTIVATIONS, FP8_DTYPE, check, check_device, check_fp8_device, check_group_scales,
-                      check_linear, check_linear_fp8, check_out, check_vector, rows_view)
+                      check_linear, check_linear_fp8, check_out, check_vector, epilogue_activation,
+                      GELU_LIBDEVICE, rows_view)
 from .gemm import gemm_aot_variants, launch_fused_gemm
 from .gemm_fp8 import launch_fp8_gemm
 from .gemm_fp8_tma import launch_fp8_tma_gemm, select_fp8_engine
@@ -71,7 +72,8 @@ def ln_linear_launch(x, eps, weight, colsum, bias, activation="none", out=None, 
     x2d = rows_view(OP, "x", x)
     stats = launch_row_stats(x2d, eps) if partials is None else partials
     launch = launch_tma_gemm if select_engine(x2d, weight, out2d) == "tma" else launch_fused_gemm
-    launch(x2d, weight, bias, out2d, activation=ACTIVATIONS[activation], stats=stats, colsum=colsum, eps=eps)
+    launch(x2d, weight, bias, out2d, activation=epilogue_activation(ACTIVATIONS[activation]), stats=stats,
+           colsum=colsum, eps=eps)
     return out
 
 
@@ -99,7 +101,7 @@ def ln_linear_fp8_launch(x, ln_weight, ln_bias, eps, weight, weight_scale, bias,
         check(scale2d is not None and scale2d.stride(0) == 1, f"{OP}: out_scale strides",
               "rows that merge with a unit row stride (a (G, rows) buffer's transpose: quant_fp8.new_group_scales)",
               out_scale.stride())
-    act = ACTIVATIONS[activation]
+    act = epilogue_activation(ACTIVATIONS[activation])
     launch = launch_fp8_tma_gemm if select_fp8_engine(x.shape[-1], weight, out2d, activation=act) == "tma" \
         else launch_fp8_gemm
     a_q, a_scale = launch_quant_rows(rows_view(OP, "x", x), ln=(ln_weight, ln_bias, eps))
@@ -192,8 +194,9 @@ def aot_variants(exhaustive: bool = False):
     """Both bf16/fp16/fp32 engines with this op's switches: folded LN, every activation, bias always (folding makes
     one); SwiGLU (two accumulators, its own prune rule) at every tile as a base of its own. The FP8 engine lists its
     own variants in gemm_fp8.py."""
-    args = dict(row_stats=True, activations=(1, 0, 2, 3), has_bias=(True,), has_residual=False,
-                exhaustive=exhaustive)  # exact GELU first: the base variant is the presets' FC1
+    # exact GELU first: the base variant is the presets' FC1; 5: the same through libdevice's erf (VITFAST_GELU)
+    args = dict(row_stats=True, activations=(1, 0, 2, 3, GELU_LIBDEVICE), has_bias=(True,), has_residual=False,
+                exhaustive=exhaustive)
     swiglu = dict(args, activations=(ACTIVATIONS["swiglu"],))
     return (gemm_aot_variants(**args) + tma_aot_variants(**args) + gemm_aot_variants(**swiglu)
             + tma_aot_variants(**swiglu))
