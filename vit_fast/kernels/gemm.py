@@ -242,7 +242,8 @@ def fused_gemm_kernel(
     split_sms,  # read by the SPLIT_K heuristic only: the device's SMs (the programs a split may fill)
     ROW_STATS: tl.constexpr,  # folded LayerNorm epilogue rstd * (acc - mean * colsum): 0 off, 1 stats rows, 2 partials
     HAS_BIAS: tl.constexpr,  # add bias in the epilogue
-    ACTIVATION: tl.constexpr,  # 0 none, 1 exact-erf GELU, 2 tanh GELU, 3 quick GELU, 4 SwiGLU (gate and up dots)
+    ACTIVATION: tl.constexpr,  # 0 none, 1 exact-erf GELU, 2 tanh GELU, 3 quick GELU, 4 SwiGLU (gate and up dots),
+    # 5 exact GELU through libdevice's erf (VITFAST_GELU=libdevice)
     HAS_RESIDUAL: tl.constexpr,  # add the residual after the activation
     WRITE_STATS: tl.constexpr,  # write the stored rows' partial statistics (the next LayerNorm's) to part_ptr
     SLOT: tl.constexpr,  # columns per partial-statistics slot (ln_fold.stats_slot)

@@ -192,7 +192,8 @@ def fp8_gemm_kernel(
     stride_so,  # scale_out_ptr's group stride (GROUP_OUT only)
     M_BUCKET,  # next power of two of M: an autotune key, unused by the kernel body
     HAS_BIAS: tl.constexpr,  # add bias in the epilogue
-    ACTIVATION: tl.constexpr,  # 0 none, 1 exact-erf GELU, 2 tanh GELU, 3 quick GELU, 4 SwiGLU (gate and up dots)
+    ACTIVATION: tl.constexpr,  # 0 none, 1 exact-erf GELU, 2 tanh GELU, 3 quick GELU, 4 SwiGLU (gate and up dots),
+    # 5 exact GELU through libdevice's erf (VITFAST_GELU=libdevice)
     HAS_RESIDUAL: tl.constexpr,  # add the residual after the activation
     PRECISE_ACC: tl.constexpr,  # promote the FP8 partial sums into fp32 every BLOCK_K (see the module docstring)
     QUANT_A: tl.constexpr,  # A holds unquantized rows and a_scale_ptr their amax: quantize each tile before the dot
@@ -393,7 +394,8 @@ def _variant(out_dtype, activation, has_bias, has_residual, even_k, precise, til
     }  # fmt: skip
     for name in constexprs:
         sig.setdefault(name, "constexpr")
-    extra = {"vit": lambda cfg, batch: []} if activation == SWIGLU else {}  # no report preset has a SwiGLU MLP
+    # no report preset has a SwiGLU MLP, nor runs libdevice's GELU (a switch)
+    extra = {"vit": lambda cfg, batch: []} if activation in (SWIGLU, GELU_LIBDEVICE) else {}
     swiglu = activation == SWIGLU
     return {"fn": jit_fn(fp8_gemm_kernel), "signature": sig, "constexprs": constexprs, **extra,
             "num_warps": warps, "num_stages": stages, "min_cc": 89, "op": "linear_fp8", "main_loop": "gemm",

@@ -185,7 +185,8 @@ def fp8_tma_gemm_kernel(
     stride_so,  # scale_out_ptr's group stride (GROUP_OUT only)
     M_BUCKET,  # next power of two of M: an autotune key, unused by the kernel body
     HAS_BIAS: tl.constexpr,  # add bias in the epilogue
-    ACTIVATION: tl.constexpr,  # 0 none, 1 exact-erf GELU, 2 tanh GELU, 3 quick GELU (SwiGLU: the pointer engine)
+    ACTIVATION: tl.constexpr,  # 0 none, 1 exact-erf GELU, 2 tanh GELU, 3 quick GELU (SwiGLU: the pointer engine),
+    # 5 exact GELU through libdevice's erf (VITFAST_GELU=libdevice)
     HAS_RESIDUAL: tl.constexpr,  # add the residual after the activation
     PRECISE_ACC: tl.constexpr,  # promote the FP8 partial sums into fp32 every BLOCK_K (gemm_fp8.py's docstring)
     A_GROUPED: tl.constexpr,  # A per row and FP8_GROUP columns: each K step's zero-started sum times its scales
@@ -362,8 +363,7 @@ def aot_variants(exhaustive: bool = False):
         if group_tile_ok(tile, True, False):
             out.append(_variant(torch.bfloat16, 0, True, True, True, tile, "linear_residual", a_grouped=True))  # FC2
     # FC1 with VITFAST_GELU=libdevice, promoted, at the first tile its prune keeps
-    fc1 = next(t for t in HOPPER_FP8_TMA
-               if group_tile_ok(t, False, True) and t not in PROMOTED_SPILLS and t not in GROUP_OUT_SPILLS)
+    fc1 = next(t for t in HOPPER_FP8_TMA if tile_allowed(t, FAMILY_SMEM["hopper"], False, True, 1, group_out=True))
     out.append(_variant(torch.bfloat16, GELU_LIBDEVICE, True, False, True, fc1, "ln_linear", group_out=True))
     if exhaustive:
         out += [_variant(dt, act, True, False, True, HOPPER_FP8_TMA[1], "ln_linear")
@@ -391,7 +391,8 @@ def _variant(out_dtype, activation, has_bias, has_residual, precise, tile, op, a
     out_bytes = 1 if group_out else torch.empty((), dtype=out_dtype).element_size()
     fits = tile_allowed(tile, FAMILY_SMEM["hopper"], has_residual, precise, out_bytes, a_grouped=a_grouped,
                         group_out=group_out)
-    return {"fn": jit_fn(fp8_tma_gemm_kernel), "signature": sig, "constexprs": constexprs, "num_warps": warps,
+    extra = {"vit": lambda cfg, batch: []} if activation == GELU_LIBDEVICE else {}  # a switch: no preset runs it
+    return {"fn": jit_fn(fp8_tma_gemm_kernel), "signature": sig, "constexprs": constexprs, **extra, "num_warps": warps,
             "num_stages": stages, "min_cc": 90, "op": "linear_fp8", "main_loop": "gemm",
             "programs_per_sm": per_sm(tile), "tables": ("hopper",) if fits else (),
             "divisible": GEMM_DIVISIBLE}

@@ -12,9 +12,9 @@ store clips). The epilogue (folded LayerNorm, bias, activation or SwiGLU's gate,
 epilogue registers and store buffer). No warp specialization: on sm_90 it is ignored or crashes with TMA stores in
 triton 3.6 (triton-lang/triton#11587). Without it a program's epilogue does not overlap its own MMAs, and an
 exact-GELU epilogue (libdevice erf, ~30 instructions per element) took ~30 % of FC1 on an H200; the fitted erfc
-(`gemm.gelu_erf`, 16) shortens it. The PER_SM = 2 rows are the substitute for overlap: two programs per SM, each small
-enough in shared memory and registers to be co-resident, so one's epilogue runs while the other's wgmmas do
-(CUTLASS's ping-pong schedule, by the hardware scheduler; the third lease measured them even with one program).
+(`gemm.gelu_erf`, 16) shortens it. The PER_SM = 2 rows try to overlap it: two programs per SM, each small enough in
+shared memory and registers to be co-resident, so one's epilogue runs while the other's wgmmas do (CUTLASS's ping-pong
+schedule, by the hardware scheduler); the third lease timed them about even with the one-program 128x256 tile.
 At small batch the output tiles fill few SMs; there K is split (SPLIT_K, split_k.py): a unit of work is a (tile, part
 of K), and the last part of a tile to finish sums the parts and runs the epilogue.
 
@@ -210,7 +210,8 @@ def tma_gemm_kernel(
     split_mode,  # read by the SPLIT_K heuristic only: 0 never split, 1 split_k.split_count's rule, 2-4 forced parts
     ROW_STATS: tl.constexpr,  # folded LayerNorm epilogue rstd * (acc - mean * colsum): 0 off, 1 stats rows, 2 partials
     HAS_BIAS: tl.constexpr,  # add bias in the epilogue
-    ACTIVATION: tl.constexpr,  # 0 none, 1 exact-erf GELU, 2 tanh GELU, 3 quick GELU, 4 SwiGLU (gate and up dots)
+    ACTIVATION: tl.constexpr,  # 0 none, 1 exact-erf GELU, 2 tanh GELU, 3 quick GELU, 4 SwiGLU (gate and up dots),
+    # 5 exact GELU through libdevice's erf (VITFAST_GELU=libdevice)
     HAS_RESIDUAL: tl.constexpr,  # add the residual after the activation
     WRITE_STATS: tl.constexpr,  # write the stored rows' partial statistics (the next LayerNorm's) to part_ptr
     SLOT: tl.constexpr,  # columns per partial-statistics slot (ln_fold.stats_slot)
