@@ -80,19 +80,18 @@ def store(tar_path, root=None, readme_path=None, plots: bool = True, source_comm
 
 
 def _kept_env(runs: Path):
-    """The env block of a kept step that records one (fp8acc's results.json, a profile's breakdown.json), or None."""
-    for path in (runs / "fp8acc" / "results.json", runs / "fp8tma" / "results.json", runs / "b1engine" / "results.json",
-                 runs / "b1split" / "results.json", runs / "lnstats" / "results.json",
-                 runs / "gelu" / "results.json",
-                 runs / "profile8" / "breakdown.json", runs / "profile1" / "breakdown.json",
-                 runs / "profile" / "breakdown.json"):
-        if path.is_file():
-            try:
-                env = json.loads(path.read_text()).get("env")
-            except ValueError:
-                continue
-            if isinstance(env, dict) and env.get("gpu") and env.get("date"):
-                return env
+    """The env block of a kept step that records one (a switched step's results.json, a profile's breakdown.json:
+    the first file KEEP names for it), or None."""
+    for step, names in KEEP.items():
+        path = runs / step / names[0]
+        if step == "headline" or names[0] not in ("results.json", "breakdown.json") or not path.is_file():
+            continue
+        try:
+            env = json.loads(path.read_text()).get("env")
+        except ValueError:
+            continue
+        if isinstance(env, dict) and env.get("gpu") and env.get("date"):
+            return env
     return None
 
 
