@@ -88,18 +88,19 @@ def compile_job(job):
 
 
 def is_fp8(variant) -> bool:
-    return any(t == "*fp8e4nv" for t in variant["signature"].values())
+    return "fp8e4nv" in _aot().element_types(variant["signature"])
 
 
 def is_16bit(variant) -> bool:
     """Dots on 16-bit operands (an FP8 GEMM with a bf16 output is not)."""
-    return not is_fp8(variant) and any(t in ("*bf16", "*fp16") for t in variant["signature"].values())
+    kinds = _aot().element_types(variant["signature"])
+    return "fp8e4nv" not in kinds and ("bf16" in kinds or "fp16" in kinds)
 
 
 def dtype_of(variant) -> str:
-    """The data pointers' dtypes ("bf16/fp32"); int32 pointers (split-K counters) are not data."""
-    kinds = [t[1:] for t in variant["signature"].values() if isinstance(t, str) and t.startswith("*") and t != "*i32"]
-    return "/".join(dict.fromkeys(kinds))
+    """The data arguments' dtypes ("bf16/fp32": pointers and host tensor descriptors); int32 pointers (split-K
+    counters) are not data."""
+    return "/".join(_aot().element_types(variant["signature"], counters=False))
 
 
 def tile_of(variant) -> str:

@@ -14,6 +14,7 @@ one dict per compile, describing the launch exactly as the JIT would specialize 
 
   fn          the @triton.jit function (`kernels._common.jit_fn(k)` unwraps autotune/heuristics wrappers)
   signature   {arg name: type} for EVERY argument of fn: "*bf16" / "*fp16" / "*fp32" / "*u8" / "*fp8e4nv" pointers,
+              "tensordesc<bf16[128, 64]>" host tensor descriptors (element type and box, as the JIT specializes one),
               "i32" / "i64" / "fp32" scalars, "constexpr" for constexprs and for integer args the JIT turns into
               constants (a unit stride is specialized to 1: declare it "constexpr" with value 1)
   constexprs  {arg name: value} for every "constexpr" entry of the signature (tiles, switches, unit strides)
@@ -132,8 +133,21 @@ def variants_of(module, exhaustive=False):
     return module.aot_variants()
 
 
+def element_types(signature, counters=True) -> list:
+    """The element types of a signature's data arguments, in order, once each: pointers ("*bf16" -> "bf16") and host
+    tensor descriptors ("tensordesc<bf16[128, 64]>" -> "bf16"); counters=False leaves out int32 pointers (split-K
+    counters)."""
+    kinds = []
+    for t in signature.values():
+        if isinstance(t, str) and t.startswith("*"):
+            kinds.append(t[1:])
+        elif isinstance(t, str) and t.startswith("tensordesc<"):
+            kinds.append(t[len("tensordesc<"):].split("[", 1)[0])
+    return list(dict.fromkeys(k for k in kinds if counters or k != "i32"))
+
+
 def _pointer_types(variant):
-    return tuple(sorted({t[1:] for t in variant["signature"].values() if isinstance(t, str) and t.startswith("*")}))
+    return tuple(sorted(element_types(variant["signature"])))
 
 
 def label(module_name, variant):

@@ -162,7 +162,7 @@ def test_stats_tiles_cover_whole_slots(monkeypatch):
     tma = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "EPI_SPLIT": e}, num_warps=w,
                          num_stages=s) for bm, bn, bk, w, s, e in gemm_tma.HOPPER_TMA]
     kept = {}
-    monkeypatch.setattr(gemm_tma, "persistent_prune", lambda cs, named_args, allowed: kept.setdefault(
+    monkeypatch.setattr(gemm_tma, "persistent_prune", lambda cs, a, m_bucket, allowed: kept.setdefault(
         len(kept), [c for c in cs if allowed((c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"],
                                               c.num_warps, c.num_stages, c.kwargs["EPI_SPLIT"]), 232448, 233472)]))
 
@@ -170,8 +170,8 @@ def test_stats_tiles_cover_whole_slots(monkeypatch):
         def element_size(self):
             return 2
 
-    gemm_tma._prune(tma, {"a_ptr": A()}, HAS_RESIDUAL=True, WRITE_STATS=True)
-    gemm_tma._prune(tma, {"a_ptr": A()}, HAS_RESIDUAL=True)
+    gemm_tma._prune(tma, {}, a=A(), M_BUCKET=256, HAS_RESIDUAL=True, WRITE_STATS=True)  # as the launcher passes
+    gemm_tma._prune(tma, {}, a=A(), M_BUCKET=256, HAS_RESIDUAL=True)
     dropped = {(c.kwargs["BLOCK_N"], c.kwargs["EPI_SPLIT"]) for c in kept[1] if c not in kept[0]}
     assert dropped and all(bn // e < 128 for bn, e in dropped), dropped
     assert all(c.kwargs["BLOCK_N"] // c.kwargs["EPI_SPLIT"] >= 128 for c in kept[0]) and kept[0]

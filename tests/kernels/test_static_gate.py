@@ -311,11 +311,11 @@ def test_swiglu_prune_keeps_only_clean_tiles(monkeypatch):
                        (64, 32, 64, 4, 4)}, pointer
     tma_configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "EPI_SPLIT": e},
                                  num_warps=w, num_stages=s) for bm, bn, bk, w, s, e in gemm_tma.HOPPER_TMA]
-    tma = rows(gemm_tma._prune(tma_configs, {"a_ptr": a, "M_BUCKET": 1 << 16}, **swiglu))
+    tma = rows(gemm_tma._prune(tma_configs, {"a": a, "M_BUCKET": 1 << 16}, **swiglu))
     assert tma == {(128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (64, 64, 64, 4, 4)}, tma
     # fp32 operands (VITFAST_GEMM_ENGINE=tma forces them) count 4 bytes per element: 128x64 no longer fits
     a.element_size = lambda: 4
-    tma32 = rows(gemm_tma._prune(tma_configs, {"a_ptr": a, "M_BUCKET": 1 << 16}, **swiglu))
+    tma32 = rows(gemm_tma._prune(tma_configs, {"a": a, "M_BUCKET": 1 << 16}, **swiglu))
     a.element_size = lambda: 2
     assert tma32 and tma32 < tma and (128, 64, 64, 4, 4) not in tma32, tma32
     fp8_rows = dict.fromkeys(gemm_fp8.HOPPER_FP8 + gemm_fp8.ADA_FP8 + gemm_fp8.SWIGLU_FP8)
@@ -324,7 +324,7 @@ def test_swiglu_prune_keeps_only_clean_tiles(monkeypatch):
     fp8 = rows(gemm_fp8._prune(fp8_configs, {"a_ptr": a, "M_BUCKET": 1 << 16}, ACTIVATION=_common.SWIGLU))
     assert fp8 == {(64, 128, 128, 8, 4), (64, 128, 128, 4, 4), (64, 64, 128, 4, 4)}, fp8
     # and a GELU launch still sees the whole Hopper table (the switch is per launch)
-    gelu = rows(gemm_tma._prune(tma_configs, {"a_ptr": a, "M_BUCKET": 1 << 16}, ROW_STATS=True, ACTIVATION=1))
+    gelu = rows(gemm_tma._prune(tma_configs, {"a": a, "M_BUCKET": 1 << 16}, ROW_STATS=True, ACTIVATION=1))
     assert len(gelu) == len(gemm_tma.HOPPER_TMA)
 
 

@@ -34,9 +34,12 @@ SPLIT_ENV = "VITFAST_SPLIT_K"
 # the exact GELU's Phi: the fitted erfc every GEMM epilogue shares (gemm.gelu_erf), or libdevice's erf (the code
 # before it), to compare them
 GELU_ENV = "VITFAST_GELU"
+# where the TMA engines' tensor descriptors come from: the launch (host) or each program's own build (device), to
+# compare them (tma_desc.py)
+DESC_ENV = "VITFAST_TMA_DESC"
 SWITCHES = {ENGINE_ENV: ("auto", "tma", "pointer"), FP8_ENGINE_ENV: ("auto", "tma", "pointer"),
             PRECISE_ACC_ENV: ("1", "0"), AUTOTUNE_ENV: ("all", "first"), LN_PARTIALS_ENV: ("1", "0"),
-            SPLIT_ENV: ("auto", "1", "2", "3", "4"), GELU_ENV: ("fitted", "libdevice")}
+            SPLIT_ENV: ("auto", "1", "2", "3", "4"), GELU_ENV: ("fitted", "libdevice"), DESC_ENV: ("host", "device")}
 # the ACTIVATION code of "gelu" launched under VITFAST_GELU=libdevice (not a user's activation: epilogue_activation)
 GELU_LIBDEVICE = 5
 

@@ -25,13 +25,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (FAMILY_SMEM, FP8_ENGINE_ENV, FP8_GROUP, GELU_LIBDEVICE, GEMM_DIVISIBLE, SWIGLU, TL_SIG,
-                      autotune_scope, check, is_interpreting, jit_fn, m_bucket, switch_value)
+from ._common import (FAMILY_SMEM, FP8_DTYPE, FP8_ENGINE_ENV, FP8_GROUP, GELU_LIBDEVICE, GEMM_DIVISIBLE, SWIGLU,
+                      TL_SIG, autotune_scope, check, is_interpreting, jit_fn, m_bucket, switch_value)
 from .gemm import apply_activation, grouped_tile
 from .gemm_fp8 import dequantize_tile, precise_acc_setting
 from .quant_fp8 import e4m3_codes, masked_row_amax
 from .gemm_tma import (INTERPRETER_TMA, SM90_SM_SMEM, _is_sm90, _tma_addressable, co_resident, persistent_configs,
                        persistent_grid, persistent_prune, programs_per_sm)
+from .tma_desc import descriptor_rules, host_descriptors, operand_signature
 
 GROUP_K = tl.constexpr(FP8_GROUP)  # FP8_GROUP inside the kernels
 
@@ -58,7 +59,7 @@ PROMOTED_SPILLS = {(128, 256, 128, 8, 3, 2)}
 GROUP_OUT_SPILLS = {(128, 128, 128, 4, 3, 2)}
 A_GROUPED_SPILLS = {(128, 128, 128, 4, 3, 2)}
 FP8_TMA_KEY = ["M_BUCKET", "N", "K", "HAS_BIAS", "ACTIVATION", "HAS_RESIDUAL", "PRECISE_ACC", "A_GROUPED",
-               "GROUP_OUT"]
+               "GROUP_OUT", "HOST_DESC"]
 # Under the interpreter, a launch that writes e4m3 codes takes one of these (gemm_tma's row otherwise): 64-wide
 # epilogue slices that share one group, or 128-wide slices that are one group each (the tests pick with
 # INTERPRETER_GROUP_OUT)
@@ -111,16 +112,17 @@ def tile_allowed(tile, smem, has_residual=False, precise_acc=True, out_bytes=2, 
 
 
 def _prune(configs, named_args, **kwargs):
+    kwargs = {**named_args, **kwargs}  # the launcher passes every argument by keyword (gemm_tma._prune)
     group_out = kwargs.get("GROUP_OUT", False)
     rows = [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages,
              c.kwargs["EPI_SPLIT"]) for c in configs]
     if set(rows) <= {INTERPRETER_TMA, *INTERPRETER_GROUP_OUT_TILES.values()}:  # the interpreter's configs
         want = INTERPRETER_GROUP_OUT_TILES[INTERPRETER_GROUP_OUT] if group_out else INTERPRETER_TMA
         return [c for c, row in zip(configs, rows) if row == want]
-    out_bytes = named_args["out_ptr"].element_size()
+    out_bytes = kwargs["out"].element_size()
     a_grouped = kwargs.get("A_GROUPED", False)
     configs = [c for c, row in zip(configs, rows) if group_tile_ok(row, a_grouped, group_out)]  # the fallback too
-    return persistent_prune(configs, named_args, lambda tile, smem, sm_smem: tile_allowed(
+    return persistent_prune(configs, kwargs["a"], kwargs["M_BUCKET"], lambda tile, smem, sm_smem: tile_allowed(
         tile, smem, kwargs.get("HAS_RESIDUAL", False), kwargs.get("PRECISE_ACC", True), out_bytes, sm_smem,
         a_grouped, group_out))
 
@@ -164,20 +166,22 @@ def _store_codes(y, amax, rows, M, N, scale_out_ptr, stride_so, out_desc, off_m,
 @triton.autotune(configs=_configs(), key=FP8_TMA_KEY,
                  prune_configs_by={"early_config_prune": autotune_scope(_prune)},
                  cache_results=True)  # tuned configs persist on disk (triton's cache dir) across processes
+@triton.heuristics(descriptor_rules())  # a, w, res, out: descriptors of the config's boxes (tma_desc.py)
 @triton.jit(do_not_specialize=["M"])
 def fp8_tma_gemm_kernel(
-    a_ptr,  # (M, K) float8 e4m3 activations, unit column stride, 16-byte aligned rows
+    a,  # (M, K) float8 e4m3 activations, unit column stride, 16-byte aligned rows: a descriptor (HOST_DESC) or a
+    # pointer
     a_scale_ptr,  # (M,) fp32 per-row (per-token) scales of A; A_GROUPED: (G, M) per row and FP8_GROUP columns
     scale_out_ptr,  # (G, M) fp32: the scales of the e4m3 output per row and FP8_GROUP columns (GROUP_OUT only)
-    w_ptr,  # (N, K) float8 e4m3 weight in nn.Linear layout, unit column stride
+    w,  # (N, K) float8 e4m3 weight in nn.Linear layout, unit column stride
     w_scale_ptr,  # (N,) fp32 per-output-channel scales of W
     bias_ptr,  # (N,) bias; read only when HAS_BIAS
-    res_ptr,  # (M, N) residual, unit column stride; read only when HAS_RESIDUAL
-    out_ptr,  # (M, N) output, unit column stride (e4m3 codes with GROUP_OUT)
+    res,  # (M, N) residual, unit column stride; read only when HAS_RESIDUAL
+    out,  # (M, N) output, unit column stride (e4m3 codes with GROUP_OUT)
     M,  # rows (tokens over the whole batch); not specialized, so batch sizes share one binary
     N,  # output features
     K,  # input features
-    stride_am,  # A row stride (bytes = elements; a multiple of 16)
+    stride_am,  # A row stride (bytes = elements; a multiple of 16); the strides of the operands: without HOST_DESC
     stride_wn,  # W row stride
     stride_rm,  # residual row stride
     stride_om,  # output row stride
@@ -199,19 +203,28 @@ def fp8_tma_gemm_kernel(
     GROUP_M: tl.constexpr,  # row tiles per L2 group
     EPI_SPLIT: tl.constexpr,  # 1 or 2: epilogue on BLOCK_N / EPI_SPLIT-wide column slices
     PER_SM: tl.constexpr,  # programs per SM (PER_SM rows: 2, co-resident so their epilogues overlap MMAs)
+    HOST_DESC: tl.constexpr,  # a, w, res, out are host descriptors of the config's boxes (tma_desc.py); else
+    # pointers, and each program builds its descriptors (VITFAST_TMA_DESC=device)
 ):
     EPI_N: tl.constexpr = BLOCK_N // EPI_SPLIT
     if A_GROUPED:
         tl.static_assert(GROUP_K % BLOCK_K == 0)
     PROGRAMS: tl.constexpr = NUM_SMS * PER_SM
-    a_desc = tl.make_tensor_descriptor(a_ptr, shape=[M, K], strides=[stride_am, 1], block_shape=[BLOCK_M, BLOCK_K])
-    w_desc = tl.make_tensor_descriptor(w_ptr, shape=[N, K], strides=[stride_wn, 1], block_shape=[BLOCK_N, BLOCK_K])
-    out_desc = tl.make_tensor_descriptor(out_ptr, shape=[M, N], strides=[stride_om, 1], block_shape=[BLOCK_M, EPI_N])
-    if HAS_RESIDUAL:
-        res_desc = tl.make_tensor_descriptor(res_ptr, shape=[M, N], strides=[stride_rm, 1],
-                                             block_shape=[BLOCK_M, EPI_N])
+    if HOST_DESC:
+        a_desc = a
+        w_desc = w
+        out_desc = out
+        res_desc = res
     else:
-        res_desc = out_desc  # never read
+        a_desc = tl.make_tensor_descriptor(a, shape=[M, K], strides=[stride_am, 1], block_shape=[BLOCK_M, BLOCK_K])
+        w_desc = tl.make_tensor_descriptor(w, shape=[N, K], strides=[stride_wn, 1], block_shape=[BLOCK_N, BLOCK_K])
+        out_desc = tl.make_tensor_descriptor(out, shape=[M, N], strides=[stride_om, 1],
+                                             block_shape=[BLOCK_M, EPI_N])
+        if HAS_RESIDUAL:
+            res_desc = tl.make_tensor_descriptor(res, shape=[M, N], strides=[stride_rm, 1],
+                                                 block_shape=[BLOCK_M, EPI_N])
+        else:
+            res_desc = out_desc  # never read
     num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
     k_tiles = tl.cdiv(K, BLOCK_K)
     tile_c = tl.program_id(0) - PROGRAMS  # the epilogue's own counter, as in gemm_tma.py
@@ -220,16 +233,16 @@ def fp8_tma_gemm_kernel(
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         a_rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # A_GROUPED's scales
         for ki in range(k_tiles):
-            a = a_desc.load([pid_m * BLOCK_M, ki * BLOCK_K])
-            w = w_desc.load([pid_n * BLOCK_N, ki * BLOCK_K])
+            a_tile = a_desc.load([pid_m * BLOCK_M, ki * BLOCK_K])
+            w_tile = w_desc.load([pid_n * BLOCK_N, ki * BLOCK_K])
             if A_GROUPED:  # promoted by construction: the partial sum starts from zero, is scaled, then added
                 s_k = tl.load(a_scale_ptr + (ki * BLOCK_K // GROUP_K) * stride_sa + a_rows, mask=a_rows < M,
                               other=0.0)
-                acc += tl.dot(a, w.T) * s_k[:, None]
+                acc += tl.dot(a_tile, w_tile.T) * s_k[:, None]
             elif PRECISE_ACC:
-                acc = tl.dot(a, w.T, acc, max_num_imprecise_acc=BLOCK_K)
+                acc = tl.dot(a_tile, w_tile.T, acc, max_num_imprecise_acc=BLOCK_K)
             else:
-                acc = tl.dot(a, w.T, acc)
+                acc = tl.dot(a_tile, w_tile.T, acc)
 
         tile_c += PROGRAMS
         pid_m, pid_n = grouped_tile(tile_c, M, N, BLOCK_M, BLOCK_N, GROUP_M)
@@ -331,14 +344,17 @@ def launch_fp8_tma_gemm(a_q, a_scale, weight, w_scale, bias, out, *, activation=
     num_sms, grid = persistent_grid(a_q.device, M, N)
     res = residual if residual is not None else out
     a_grouped = a_scale.dim() == 2
+    # every argument by keyword: tma_desc.descriptor_rules replaces the operands with descriptors of the config's boxes
     fp8_tma_gemm_kernel[grid](
-        a_q, a_scale, out_scale if out_scale is not None else w_scale, weight, w_scale,
-        bias if bias is not None else out, res, out,
-        M, N, K, a_q.stride(0), weight.stride(0), res.stride(0), out.stride(0),
-        a_scale.stride(1) if a_grouped else 0, out_scale.stride(1) if out_scale is not None else 0, m_bucket(M),
+        a_scale_ptr=a_scale, scale_out_ptr=out_scale if out_scale is not None else w_scale, w_scale_ptr=w_scale,
+        bias_ptr=bias if bias is not None else out,
+        M=M, N=N, K=K, stride_am=a_q.stride(0), stride_wn=weight.stride(0), stride_rm=res.stride(0),
+        stride_om=out.stride(0), stride_sa=a_scale.stride(1) if a_grouped else 0,
+        stride_so=out_scale.stride(1) if out_scale is not None else 0, M_BUCKET=m_bucket(M),
         HAS_BIAS=bias is not None, ACTIVATION=activation, HAS_RESIDUAL=residual is not None,
         PRECISE_ACC=precise_acc or a_grouped, A_GROUPED=a_grouped, GROUP_OUT=out_scale is not None,
-        ROUND_IN_FP32=is_interpreting(), NUM_SMS=num_sms,
+        ROUND_IN_FP32=is_interpreting(), NUM_SMS=num_sms, HOST_DESC=host_descriptors(),
+        a=a_q, w=weight, res=res, out=out,
     )  # fmt: skip
     return out
 
@@ -347,7 +363,8 @@ def launch_fp8_tma_gemm(a_q, a_scale, weight, w_scale, bias, out, *, activation=
 def aot_variants(exhaustive: bool = False):
     """bf16 rows at every Hopper tile for QKV (no activation), FC1 (GELU, bias, e4m3 codes out per 128 columns) and
     FC2 (A grouped per 128 columns, residual) and the out-projection (per-row A, residual), each promoted and not
-    (FC2 is promoted by construction: once), FC1 through libdevice's erf (VITFAST_GELU) at one tile; fp16 and fp32
+    (FC2 is promoted by construction: once), FC1 through libdevice's erf (VITFAST_GELU) at one tile, QKV with
+    device-side descriptors (VITFAST_TMA_DESC=device) at one tile; fp16 and fp32
     outputs at the 128x128 tile with `exhaustive`. Tiles the
     prune drops for a launch as spills (PROMOTED_SPILLS, GROUP_OUT_SPILLS, A_GROUPED_SPILLS) are compiled to show
     why and gate nothing; tiles the group rules exclude (group_tile_ok) are not compiled. FP8 wgmma: sm_90 only
@@ -365,6 +382,9 @@ def aot_variants(exhaustive: bool = False):
     # FC1 with VITFAST_GELU=libdevice, promoted, at the first tile its prune keeps
     fc1 = next(t for t in HOPPER_FP8_TMA if tile_allowed(t, FAMILY_SMEM["hopper"], False, True, 1, group_out=True))
     out.append(_variant(torch.bfloat16, GELU_LIBDEVICE, True, False, True, fc1, "ln_linear", group_out=True))
+    # descriptors built by each program (VITFAST_TMA_DESC=device): QKV, promoted, at the first tile its prune keeps
+    qkv = next(t for t in HOPPER_FP8_TMA if tile_allowed(t, FAMILY_SMEM["hopper"], False, True, 2))
+    out.append(_variant(torch.bfloat16, 0, True, False, True, qkv, "ln_qkv", host=False))
     if exhaustive:
         out += [_variant(dt, act, True, False, True, HOPPER_FP8_TMA[1], "ln_linear")
                 for dt in (torch.float16, torch.float32) for act in (0, 1, 2, 3)]
@@ -372,12 +392,17 @@ def aot_variants(exhaustive: bool = False):
 
 
 def _variant(out_dtype, activation, has_bias, has_residual, precise, tile, op, a_grouped=False, group_out=False,
-             num_sms=132):
+             num_sms=132, host=True):
     bm, bn, bk, warps, stages, epi = tile
     p = "*" + TL_SIG[out_dtype]
+    box = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "EPI_SPLIT": epi}
+    fp8 = TL_SIG[FP8_DTYPE]
+    out_elem = fp8 if group_out else TL_SIG[out_dtype]  # without a residual the launcher passes out as res
     sig = {
-        "a_ptr": "*fp8e4nv", "a_scale_ptr": "*fp32", "scale_out_ptr": "*fp32", "w_ptr": "*fp8e4nv",
-        "w_scale_ptr": "*fp32", "bias_ptr": p, "res_ptr": p, "out_ptr": "*fp8e4nv" if group_out else p,
+        "a": operand_signature("a", fp8, box, host), "a_scale_ptr": "*fp32", "scale_out_ptr": "*fp32",
+        "w": operand_signature("w", fp8, box, host), "w_scale_ptr": "*fp32", "bias_ptr": p,
+        "res": operand_signature("res", out_elem, box, host),
+        "out": operand_signature("out", out_elem, box, host),
         "M": "i32", "N": "i32", "K": "i32", "stride_am": "i32", "stride_wn": "i32", "stride_rm": "i32",
         "stride_om": "i32", "stride_sa": "i32", "stride_so": "i32", "M_BUCKET": "i32",
     }  # fmt: skip
@@ -385,13 +410,15 @@ def _variant(out_dtype, activation, has_bias, has_residual, precise, tile, op, a
         "HAS_BIAS": has_bias, "ACTIVATION": activation, "HAS_RESIDUAL": has_residual, "PRECISE_ACC": precise,
         "A_GROUPED": a_grouped, "GROUP_OUT": group_out, "ROUND_IN_FP32": False, "NUM_SMS": num_sms,
         "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "EPI_SPLIT": epi, "PER_SM": per_sm(tile),
+        "HOST_DESC": host,
     }  # fmt: skip
     for name in constexprs:
         sig.setdefault(name, "constexpr")
     out_bytes = 1 if group_out else torch.empty((), dtype=out_dtype).element_size()
     fits = tile_allowed(tile, FAMILY_SMEM["hopper"], has_residual, precise, out_bytes, a_grouped=a_grouped,
                         group_out=group_out)
-    extra = {"vit": lambda cfg, batch: []} if activation == GELU_LIBDEVICE else {}  # a switch: no preset runs it
+    switched = activation == GELU_LIBDEVICE or not host
+    extra = {"vit": lambda cfg, batch: []} if switched else {}  # a switch: no preset runs it
     return {"fn": jit_fn(fp8_tma_gemm_kernel), "signature": sig, "constexprs": constexprs, **extra, "num_warps": warps,
             "num_stages": stages, "min_cc": 90, "op": "linear_fp8", "main_loop": "gemm",
             "programs_per_sm": per_sm(tile), "tables": ("hopper",) if fits else (),

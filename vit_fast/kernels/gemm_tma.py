@@ -1,22 +1,23 @@
 """The persistent TMA GEMM engine for Hopper (sm_90): out = epilogue(A @ W^T) with the pointer engine's epilogues.
 
-Why a second engine: on sm_90 the fastest Triton GEMMs feed wgmma from shared memory filled by TMA (one descriptor
-copy per tile instead of per-thread address math and cp.async), and run one program per SM that walks the tiles
+Why a second engine: on sm_90 the fastest Triton GEMMs feed wgmma from shared memory filled by TMA (one descriptor copy
+per tile instead of per-thread address math and cp.async), and run one program per SM that walks the tiles
 (`tl.range(..., flatten=True)` pipelines the next tile's loads under the current tile's epilogue). Tiles go in
-GROUP_M-row groups so consecutive tiles reuse W in L2. Descriptors are built on the device
-(`tl.make_tensor_descriptor`, 128 B of global scratch each, from the allocator `_scratch` hands Triton), so launches
-pass plain pointers. TMA pads out-of-range loads with zeros and clips stores, so ragged M, N and K need no masks in
-the main loop (SwiGLU's weight descriptor spans the packed 2N rows: a gate tile past N reads up rows, which the
-store clips). The epilogue (folded LayerNorm, bias, activation or SwiGLU's gate, residual) is
-`gemm.gated_epilogue_math`, applied to BLOCK_N / EPI_SPLIT-wide column slices when EPI_SPLIT > 1 (half the live
-epilogue registers and store buffer). No warp specialization: on sm_90 it is ignored or crashes with TMA stores in
-triton 3.6 (triton-lang/triton#11587). Without it a program's epilogue does not overlap its own MMAs, and an
-exact-GELU epilogue (libdevice erf, ~30 instructions per element) took ~30 % of FC1 on an H200; the fitted erfc
-(`gemm.gelu_erf`, 16) shortens it. The PER_SM = 2 rows try to overlap it: two programs per SM, each small enough in
-shared memory and registers to be co-resident, so one's epilogue runs while the other's wgmmas do (CUTLASS's ping-pong
-schedule, by the hardware scheduler); the third lease timed them about even with the one-program 128x256 tile.
-At small batch the output tiles fill few SMs; there K is split (SPLIT_K, split_k.py): a unit of work is a (tile, part
-of K), and the last part of a tile to finish sums the parts and runs the epilogue.
+GROUP_M-row groups so consecutive tiles reuse W in L2. The descriptors come with the launch (host descriptors of the
+config's boxes, tma_desc.py); with VITFAST_TMA_DESC=device each program builds them instead
+(`tl.make_tensor_descriptor`, 128 B of global scratch each, from the allocator `_scratch` hands Triton). TMA pads
+out-of-range loads with zeros and clips stores, so ragged M, N and K need no masks in the main loop (SwiGLU's weight
+descriptor spans the packed 2N rows: a gate tile past N reads up rows, which the store clips). The epilogue (folded
+LayerNorm, bias, activation or SwiGLU's gate, residual) is `gemm.gated_epilogue_math`, applied to BLOCK_N /
+EPI_SPLIT-wide column slices when EPI_SPLIT > 1 (half the live epilogue registers and store buffer). No warp
+specialization: on sm_90 it is ignored or crashes with TMA stores in triton 3.6 (triton-lang/triton#11587). Without it a
+program's epilogue does not overlap its own MMAs, and an exact-GELU epilogue (libdevice erf, ~30 instructions per
+element) took ~30 % of FC1 on an H200; the fitted erfc (`gemm.gelu_erf`, 16) shortens it. The PER_SM = 2 rows try to
+overlap it: two programs per SM, each small enough in shared memory and registers to be co-resident, so one's epilogue
+runs while the other's wgmmas do (CUTLASS's ping-pong schedule, by the hardware scheduler); the third lease timed them
+about even with the one-program 128x256 tile. At small batch the output tiles fill few SMs; there K is split (SPLIT_K,
+split_k.py): a unit of work is a (tile, part of K), and the last part of a tile to finish sums the parts and runs the
+epilogue.
 
 The op modules decide when this engine runs (`select_engine`): CUDA sm_90, 16-bit dtypes, operands TMA can address.
 """
@@ -35,6 +36,7 @@ from .gemm import (AOT_SLOTS, AOT_SPLIT, column_halves, gated_epilogue_math, gro
                    slots_arg, stats_modes, switch_combos)
 from .ln_fold import STATS_SLOT, row_moments, stats_slot, stats_tile_ok, store_partials
 from .split_k import MAX_ACC_REGS, acc_registers, config_parts, launch_operands, split_k_fixup
+from .tma_desc import descriptor_rules, host_descriptors, operand_signature
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, EPI_SPLIT): the sm_90 table (registers, spills and shared memory
 # of each row are in benchmarks/NOTES.md).
@@ -52,13 +54,16 @@ HOPPER_TMA = [
 # registers; the prune keeps such a row only where two fit (a residual's staging buffer does not: FC2 and the
 # out-projection drop it).
 PER_SM = {(128, 128, 64, 4, 3, 2): 2}
+# The row batch 1's launches split K at (the third lease's batch-1 picks were 64x128): the AOT variants compare the
+# two descriptor sources on it
+B1_SPLIT_ROW = (64, 128, 64, 4, 4, 1)
 # One config under the interpreter (several fail there); EPI_SPLIT 2 so tests cover the subtiled epilogue, PER_SM 2
 # so they cover the stride of a multi-program-per-SM launch.
 INTERPRETER_TMA = (32, 32, 32, 4, 1, 2)
 INTERPRETER_PER_SM = 2
 INTERPRETER_SMS = 1  # 2 programs, fewer than the op tests' tiles, so tests cover the persistent loop
 AUTOTUNE_KEY = ["M_BUCKET", "N", "K", "ROW_STATS", "HAS_BIAS", "ACTIVATION", "HAS_RESIDUAL", "WRITE_STATS",
-                "split_mode"]  # the tile each split setting picks is its own
+                "split_mode", "HOST_DESC"]  # the tile each split setting picks is its own
 DTYPES = (torch.bfloat16, torch.float16)
 
 
@@ -131,15 +136,15 @@ def _sm_shared_memory(index: int) -> int:
     return getattr(props, "shared_memory_per_multiprocessor", 0) or SM90_SM_SMEM
 
 
-def persistent_prune(configs, named_args, allowed):
-    """A persistent engine's early_config_prune: the rows `allowed(tile, smem, sm_smem)` keeps for the launch's
-    device (a block's and an SM's shared memory), not far taller than M; at least the smallest one."""
+def persistent_prune(configs, a, m_bucket, allowed):
+    """A persistent engine's early_config_prune: the rows `allowed(tile, smem, sm_smem)` keeps for the device of
+    operand `a` (a block's and an SM's shared memory), not far taller than M (`m_bucket`); at least the smallest
+    one."""
     if len(configs) <= 1:
         return configs
-    a = named_args["a_ptr"]
     index = a.device.index if a.device.index is not None else torch.cuda.current_device()
     smem, sm_smem = shared_memory_bytes(index), _sm_shared_memory(index)
-    m_cap = max(64, named_args["M_BUCKET"])
+    m_cap = max(64, m_bucket)
     def row(c):
         kw = c.kwargs
         return kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], c.num_warps, c.num_stages, kw["EPI_SPLIT"]
@@ -150,13 +155,15 @@ def persistent_prune(configs, named_args, allowed):
 
 def _prune(configs, named_args, **kwargs):
     """Drop tiles over the device's shared memory (or SwiGLU's register budget) or far taller than M; keep one (for
-    a GEMM writing partial statistics, one whose epilogue slices are whole slots)."""
+    a GEMM writing partial statistics, one whose epilogue slices are whole slots). The launcher passes every
+    argument by keyword (tma_desc.descriptor_rules replaces the operands), so they come in `kwargs`."""
+    kwargs = {**named_args, **kwargs}
     swiglu = kwargs.get("ACTIVATION") == SWIGLU
-    elem = named_args["a_ptr"].element_size()  # fp32 when VITFAST_GEMM_ENGINE=tma forces it
+    elem = kwargs["a"].element_size()  # fp32 when VITFAST_GEMM_ENGINE=tma forces it
     write_stats = kwargs.get("WRITE_STATS", False)
     if write_stats and len(configs) > 1:
         configs = [c for c in configs if stats_tile_ok(c.kwargs["BLOCK_N"] // c.kwargs["EPI_SPLIT"])]
-    return persistent_prune(configs, named_args, lambda tile, smem, sm_smem: tile_allowed(
+    return persistent_prune(configs, kwargs["a"], kwargs["M_BUCKET"], lambda tile, smem, sm_smem: tile_allowed(
         tile, smem, kwargs.get("HAS_RESIDUAL", False), swiglu, elem, sm_smem, write_stats))
 
 
@@ -185,16 +192,16 @@ def _split_parts(args) -> int:
 
 @triton.autotune(configs=_configs(), key=AUTOTUNE_KEY, prune_configs_by={"early_config_prune": autotune_scope(_prune)},
                  cache_results=True)  # tuned configs persist on disk (triton's cache dir) across processes
-@triton.heuristics({"SPLIT_K": _split_parts})
+@triton.heuristics({"SPLIT_K": _split_parts, **descriptor_rules()})  # a, w, res, out: descriptors of the config
 @triton.jit(do_not_specialize=["M", "split_mode"])
 def tma_gemm_kernel(
-    a_ptr,  # (M, K) activations, unit column stride, 16-byte aligned rows
-    w_ptr,  # (N, K) weight in nn.Linear layout (LayerNorm-folded when ROW_STATS), unit column stride; (2N, K) SwiGLU
+    a,  # (M, K) activations, unit column stride, 16-byte aligned rows: a descriptor (HOST_DESC) or a pointer
+    w,  # (N, K) weight in nn.Linear layout (LayerNorm-folded when ROW_STATS), unit column stride; (2N, K) SwiGLU
     bias_ptr,  # (N,) bias (activation dtype, or fp32 when folded), (2N,) SwiGLU; read only when HAS_BIAS
-    res_ptr,  # (M, N) residual, unit column stride; read only when HAS_RESIDUAL
+    res,  # (M, N) residual, unit column stride; read only when HAS_RESIDUAL
     stats_ptr,  # A's row statistics, fp32: (M, 2) (mean, rstd) if ROW_STATS 1; (M, 3, cdiv(K, SLOT)) partials if 2
     colsum_ptr,  # (N,) fp32 column sums of the folded weight, (2N,) SwiGLU; read only when ROW_STATS
-    out_ptr,  # (M, N) output, unit column stride
+    out,  # (M, N) output, unit column stride
     part_ptr,  # (M, 3, cdiv(N, SLOT)) fp32 partial statistics of the output rows; written only when WRITE_STATS
     ws_ptr,  # fp32 split-K workspace, SPLIT_K partial tiles per output tile; None unless the launch may split
     lock_ptr,  # int32 split-K counters, one per output tile, zero at launch and left zero; None as ws_ptr
@@ -202,7 +209,7 @@ def tma_gemm_kernel(
     N,  # output features (SwiGLU: the gated width H, half the weight's rows)
     K,  # input features
     eps,  # the folded LayerNorm's epsilon; read only when ROW_STATS 2 (merged partials)
-    stride_am,  # A row stride (elements; a multiple of 16 bytes)
+    stride_am,  # A row stride (elements; a multiple of 16 bytes); the strides are read only without HOST_DESC
     stride_wn,  # W row stride
     stride_rm,  # residual row stride
     stride_om,  # output row stride
@@ -225,23 +232,32 @@ def tma_gemm_kernel(
     EPI_SPLIT: tl.constexpr,  # 1 or 2: epilogue on BLOCK_N / EPI_SPLIT-wide column slices
     PER_SM: tl.constexpr,  # programs per SM (PER_SM rows: 2, co-resident so their epilogues overlap MMAs)
     SPLIT_K: tl.constexpr,  # parts of K per output tile (split_k.py): a unit of work is (tile, part); 1 no split
+    HOST_DESC: tl.constexpr,  # a, w, res, out are host descriptors of the config's boxes (tma_desc.py); else
+    # pointers, and each program builds its descriptors (VITFAST_TMA_DESC=device)
 ):
     tl.static_assert(SPLIT_K == 1 or ACTIVATION != 4, "SwiGLU's up accumulator is not split")
     EPI_N: tl.constexpr = BLOCK_N // EPI_SPLIT
     PROGRAMS: tl.constexpr = NUM_SMS * PER_SM
-    a_desc = tl.make_tensor_descriptor(a_ptr, shape=[M, K], strides=[stride_am, 1], block_shape=[BLOCK_M, BLOCK_K])
-    if ACTIVATION == 4:  # SwiGLU: packed (2N, K) weight, up rows N below the gate rows
-        w_rows = 2 * N
+    if HOST_DESC:
+        a_desc = a
+        w_desc = w
+        out_desc = out
+        res_desc = res
     else:
-        w_rows = N
-    w_desc = tl.make_tensor_descriptor(w_ptr, shape=[w_rows, K], strides=[stride_wn, 1],
-                                       block_shape=[BLOCK_N, BLOCK_K])
-    out_desc = tl.make_tensor_descriptor(out_ptr, shape=[M, N], strides=[stride_om, 1], block_shape=[BLOCK_M, EPI_N])
-    if HAS_RESIDUAL:
-        res_desc = tl.make_tensor_descriptor(res_ptr, shape=[M, N], strides=[stride_rm, 1],
+        a_desc = tl.make_tensor_descriptor(a, shape=[M, K], strides=[stride_am, 1], block_shape=[BLOCK_M, BLOCK_K])
+        if ACTIVATION == 4:  # SwiGLU: packed (2N, K) weight, up rows N below the gate rows
+            w_rows = 2 * N
+        else:
+            w_rows = N
+        w_desc = tl.make_tensor_descriptor(w, shape=[w_rows, K], strides=[stride_wn, 1],
+                                           block_shape=[BLOCK_N, BLOCK_K])
+        out_desc = tl.make_tensor_descriptor(out, shape=[M, N], strides=[stride_om, 1],
                                              block_shape=[BLOCK_M, EPI_N])
-    else:
-        res_desc = out_desc  # never read
+        if HAS_RESIDUAL:
+            res_desc = tl.make_tensor_descriptor(res, shape=[M, N], strides=[stride_rm, 1],
+                                                 block_shape=[BLOCK_M, EPI_N])
+        else:
+            res_desc = out_desc  # never read
     num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
     k_tiles = tl.cdiv(K, BLOCK_K)
     if SPLIT_K > 1:
@@ -262,18 +278,18 @@ def tma_gemm_kernel(
         else:
             up = acc  # never used
         for ki in range(k_steps):
-            a = a_desc.load([pid_m * BLOCK_M, k0 + ki * BLOCK_K])
-            w = w_desc.load([pid_n * BLOCK_N, k0 + ki * BLOCK_K])
+            a_tile = a_desc.load([pid_m * BLOCK_M, k0 + ki * BLOCK_K])
+            w_tile = w_desc.load([pid_n * BLOCK_N, k0 + ki * BLOCK_K])
             if UPCAST:
-                a = a.to(tl.float32)
-                w = w.to(tl.float32)
-            acc = tl.dot(a, w.T, acc, input_precision="ieee")  # fp32 operands (forced engine): no tf32
+                a_tile = a_tile.to(tl.float32)
+                w_tile = w_tile.to(tl.float32)
+            acc = tl.dot(a_tile, w_tile.T, acc, input_precision="ieee")  # fp32 operands (forced engine): no tf32
             if ACTIVATION == 4:
                 # a gate tile past row N reads up rows (columns clipped at the store); up tiles past 2N read zeros
                 w_up = w_desc.load([N + pid_n * BLOCK_N, k0 + ki * BLOCK_K])
                 if UPCAST:
                     w_up = w_up.to(tl.float32)
-                up = tl.dot(a, w_up.T, up, input_precision="ieee")
+                up = tl.dot(a_tile, w_up.T, up, input_precision="ieee")
 
         unit_c += PROGRAMS
         tile_c = unit_c // SPLIT_K
@@ -394,14 +410,17 @@ def launch_tma_gemm(a, weight, bias, out, *, activation=0, residual=None, stats=
     sms, grid = persistent_grid(a.device, M, N)
     split_mode, ws, lock = launch_operands(a, M, N, K, split_rows(sms), activation == SWIGLU)
     res = residual if residual is not None else out
+    # the operands by keyword: tma_desc.descriptor_rules replaces them with descriptors of the config's boxes
     tma_gemm_kernel[grid](
-        a, weight, bias if bias is not None else out, res,
-        stats if stats is not None else out, colsum if colsum is not None else out, out,
-        stats_out if stats_out is not None else out, ws, lock,
-        M, N, K, float(eps), a.stride(0), weight.stride(0), res.stride(0), out.stride(0), m_bucket(M), split_mode,
+        bias_ptr=bias if bias is not None else out,
+        stats_ptr=stats if stats is not None else out, colsum_ptr=colsum if colsum is not None else out,
+        part_ptr=stats_out if stats_out is not None else out, ws_ptr=ws, lock_ptr=lock,
+        M=M, N=N, K=K, eps=float(eps), stride_am=a.stride(0), stride_wn=weight.stride(0), stride_rm=res.stride(0),
+        stride_om=out.stride(0), M_BUCKET=m_bucket(M), split_mode=split_mode,
         ROW_STATS=row_stats_switch(stats), HAS_BIAS=bias is not None, ACTIVATION=activation,
         HAS_RESIDUAL=residual is not None, WRITE_STATS=stats_out is not None, SLOT=stats_slot(),
-        SLOTS=slots_arg(stats, K), UPCAST=upcast_needed(a.dtype), NUM_SMS=sms,
+        SLOTS=slots_arg(stats, K), UPCAST=upcast_needed(a.dtype), NUM_SMS=sms, HOST_DESC=host_descriptors(),
+        a=a, w=weight, res=res, out=out,
     )  # fmt: skip
     return out
 
@@ -411,7 +430,8 @@ def tma_aot_variants(row_stats, activations, has_bias, has_residual, exhaustive=
     """One op on this engine: bf16 at every Hopper tile with the base switches (see gemm.switch_combos) in every
     statistics mode (gemm.stats_modes), the other switches at a mid-size tile, fp16 (the same code) at that tile.
     The mid tile is the largest the prune keeps for the mode (SwiGLU, or a GEMM writing statistics, drop some). The
-    TMA engine has no EVEN_K switch (TMA zero-pads K), so the EVEN_K=False combos are dropped. Metadata:
+    TMA engine has no EVEN_K switch (TMA zero-pads K), so the EVEN_K=False combos are dropped. With device-side
+    descriptors (VITFAST_TMA_DESC=device, credited to no preset): the mid tile, and B1_SPLIT_ROW split. Metadata:
     tests/kernels/aot_compile.py."""
     op = op or ("ln_linear" if row_stats else "linear_residual")
     combos = [c for c in switch_combos(activations, has_bias, exhaustive) if c[2]]
@@ -430,6 +450,11 @@ def tma_aot_variants(row_stats, activations, has_bias, has_residual, exhaustive=
         out += [_variant(dtype, modes[0], act, bias, has_residual, tile, op)
                 for tile in (HOPPER_TMA if exhaustive else [mid]) for act, bias, _ in
                 (combos if exhaustive else combos[:1])]
+    # descriptors built by each program (VITFAST_TMA_DESC=device): the mid tile, and batch 1's split row
+    out.append(_variant(DTYPES[0], modes[0], base[0], base[1], has_residual, mid, op, host=False))
+    if not swiglu:
+        out.append(_variant(DTYPES[0], modes[0], base[0], base[1], has_residual, B1_SPLIT_ROW, op, split=AOT_SPLIT,
+                            host=False))
     return out
 
 
@@ -454,14 +479,18 @@ def _runs(tile, mode) -> bool:
     return not mode[1] or stats_tile_ok(tile[1] // tile[5], STATS_SLOT)
 
 
-def _variant(dtype, mode, activation, has_bias, has_residual, tile, op, num_sms=132, split=1):
-    """One variant; split > 1: the split-K code (split_k.py) with that many parts, its workspace and counters."""
+def _variant(dtype, mode, activation, has_bias, has_residual, tile, op, num_sms=132, split=1, host=True):
+    """One variant; split > 1: the split-K code (split_k.py) with that many parts, its workspace and counters;
+    host=False: the descriptors built by each program (VITFAST_TMA_DESC=device)."""
     bm, bn, bk, warps, stages, epi = tile
     row_stats, write_stats = mode
     p = "*" + TL_SIG[dtype]
+    elem_sig = TL_SIG[dtype]
+    box = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "EPI_SPLIT": epi}
+    a, w, res, out = (operand_signature(name, elem_sig, box, host) for name in ("a", "w", "res", "out"))
     sig = {
-        "a_ptr": p, "w_ptr": p, "bias_ptr": "*fp32" if row_stats else p, "res_ptr": p, "stats_ptr": "*fp32",
-        "colsum_ptr": "*fp32", "out_ptr": p, "part_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32", "eps": "fp32",
+        "a": a, "w": w, "bias_ptr": "*fp32" if row_stats else p, "res": res, "stats_ptr": "*fp32",
+        "colsum_ptr": "*fp32", "out": out, "part_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32", "eps": "fp32",
         "stride_am": "i32", "stride_wn": "i32", "stride_rm": "i32", "stride_om": "i32", "M_BUCKET": "i32",
         "split_mode": "i32",
     }  # fmt: skip
@@ -469,7 +498,7 @@ def _variant(dtype, mode, activation, has_bias, has_residual, tile, op, num_sms=
         "ROW_STATS": row_stats, "HAS_BIAS": has_bias, "ACTIVATION": activation, "HAS_RESIDUAL": has_residual,
         "WRITE_STATS": write_stats, "SLOT": STATS_SLOT, "SLOTS": AOT_SLOTS if row_stats == 2 else 1,
         "UPCAST": False, "NUM_SMS": num_sms, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8,
-        "EPI_SPLIT": epi, "PER_SM": per_sm(tile), "SPLIT_K": split,
+        "EPI_SPLIT": epi, "PER_SM": per_sm(tile), "SPLIT_K": split, "HOST_DESC": host,
     }  # fmt: skip
     if split > 1:
         sig.update(ws_ptr="*fp32", lock_ptr="*i32")
@@ -486,4 +515,4 @@ def _variant(dtype, mode, activation, has_bias, has_residual, tile, op, num_sms=
             "programs_per_sm": per_sm(tile),
             "tables": ("hopper",) if fits else (),
             "vit": gemm_vit_launches(op, tile[:5], elem, None, when=lambda cfg: fits and base_mode and has_bias
-                                     and split == 1 and activation == preset_activation(op, cfg))}
+                                     and split == 1 and host and activation == preset_activation(op, cfg))}
