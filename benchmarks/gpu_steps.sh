@@ -24,7 +24,7 @@
 #                      on sm_90 since the third lease), then also with VITFAST_FP8_PRECISE_ACC=0 (fast/)
 #   b1engine           B/16 batch 1 with CUDA graphs, vit_fast beside sdpa: the 16-bit GEMMs on the pointer engine
 #                      (VITFAST_GEMM_ENGINE=pointer), then as shipped (shipped/): whether small-M GEMMs should leave
-#                      the TMA engine (its persistent programs build their TMA descriptors on the device)
+#                      the TMA engine (persistent programs, TMA descriptors)
 #   b1split            the same rows with split-K off (VITFAST_SPLIT_K=1, the GEMMs' code before it), then as
 #                      shipped (shipped/: batch 1's GEMMs split K where the autotuner picks a tile that can):
 #                      what split-K gains

@@ -41,6 +41,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from .signature import element_types
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "static"
 PRESETS = [f"vit_{s}_{p}" for s in ("b", "l", "h") for p in (14, 16, 32)]
@@ -88,19 +90,19 @@ def compile_job(job):
 
 
 def is_fp8(variant) -> bool:
-    return "fp8e4nv" in _aot().element_types(variant["signature"])
+    return "fp8e4nv" in element_types(variant["signature"])
 
 
 def is_16bit(variant) -> bool:
     """Dots on 16-bit operands (an FP8 GEMM with a bf16 output is not)."""
-    kinds = _aot().element_types(variant["signature"])
+    kinds = element_types(variant["signature"])
     return "fp8e4nv" not in kinds and ("bf16" in kinds or "fp16" in kinds)
 
 
 def dtype_of(variant) -> str:
     """The data arguments' dtypes ("bf16/fp32": pointers and host tensor descriptors); int32 pointers (split-K
     counters) are not data."""
-    return "/".join(_aot().element_types(variant["signature"], counters=False))
+    return "/".join(element_types(variant["signature"], counters=False))
 
 
 def tile_of(variant) -> str:
@@ -139,7 +141,7 @@ def roofline_us(launches, cc: int, sixteen_bit: bool) -> float:
 
 
 def cold_spill_ok(variant, stats) -> bool:
-    """No spill, or, for a variant whose pointers are all fp32 (the FMA-dot validation path), a cold one: at most
+    """No spill, or, for a variant whose data are all fp32 (the FMA-dot validation path), a cold one: at most
     COLD_SPILL_BYTES of stack and no spill instruction inside a loop (ptxas parking a value or two across the main
     loop: stored before it, loaded after). 16-bit, FP8 and uint8 variants may not spill at all. Stats whose loop
     count is missing or unreadable (None) pass only without any spill."""

@@ -100,6 +100,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from benchmarks.sass import mma_loop_counts, opcodes, spills_in_loops  # noqa: E402
+from benchmarks.signature import element_types  # noqa: E402
 
 
 def discover(only=()):
@@ -131,19 +132,6 @@ def variants_of(module, exhaustive=False):
     if exhaustive and "exhaustive" in inspect.signature(module.aot_variants).parameters:
         return module.aot_variants(exhaustive=True)
     return module.aot_variants()
-
-
-def element_types(signature, counters=True) -> list:
-    """The element types of a signature's data arguments, in order, once each: pointers ("*bf16" -> "bf16") and host
-    tensor descriptors ("tensordesc<bf16[128, 64]>" -> "bf16"); counters=False leaves out int32 pointers (split-K
-    counters)."""
-    kinds = []
-    for t in signature.values():
-        if isinstance(t, str) and t.startswith("*"):
-            kinds.append(t[1:])
-        elif isinstance(t, str) and t.startswith("tensordesc<"):
-            kinds.append(t[len("tensordesc<"):].split("[", 1)[0])
-    return list(dict.fromkeys(k for k in kinds if counters or k != "i32"))
 
 
 def _pointer_types(variant):

@@ -112,7 +112,7 @@ def tile_allowed(tile, smem, has_residual=False, precise_acc=True, out_bytes=2, 
 
 
 def _prune(configs, named_args, **kwargs):
-    kwargs = {**named_args, **kwargs}  # the launcher passes every argument by keyword (gemm_tma._prune)
+    kwargs = {**(named_args or {}), **kwargs}  # the launcher passes every argument by keyword (gemm_tma._prune)
     group_out = kwargs.get("GROUP_OUT", False)
     rows = [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages,
              c.kwargs["EPI_SPLIT"]) for c in configs]
@@ -176,12 +176,12 @@ def fp8_tma_gemm_kernel(
     w,  # (N, K) float8 e4m3 weight in nn.Linear layout, unit column stride
     w_scale_ptr,  # (N,) fp32 per-output-channel scales of W
     bias_ptr,  # (N,) bias; read only when HAS_BIAS
-    res,  # (M, N) residual, unit column stride; read only when HAS_RESIDUAL
+    res,  # (M, N) residual, unit column stride; None without HAS_RESIDUAL
     out,  # (M, N) output, unit column stride (e4m3 codes with GROUP_OUT)
     M,  # rows (tokens over the whole batch); not specialized, so batch sizes share one binary
     N,  # output features
     K,  # input features
-    stride_am,  # A row stride (bytes = elements; a multiple of 16); the strides of the operands: without HOST_DESC
+    stride_am,  # A row stride (bytes = elements; a multiple of 16); the four strides are read only without HOST_DESC
     stride_wn,  # W row stride
     stride_rm,  # residual row stride
     stride_om,  # output row stride
@@ -214,7 +214,10 @@ def fp8_tma_gemm_kernel(
         a_desc = a
         w_desc = w
         out_desc = out
-        res_desc = res
+        if HAS_RESIDUAL:
+            res_desc = res
+        else:
+            res_desc = out_desc  # never read
     else:
         a_desc = tl.make_tensor_descriptor(a, shape=[M, K], strides=[stride_am, 1], block_shape=[BLOCK_M, BLOCK_K])
         w_desc = tl.make_tensor_descriptor(w, shape=[N, K], strides=[stride_wn, 1], block_shape=[BLOCK_N, BLOCK_K])
@@ -342,19 +345,18 @@ def launch_fp8_tma_gemm(a_q, a_scale, weight, w_scale, bias, out, *, activation=
     M, K = a_q.shape
     N = weight.shape[0]
     num_sms, grid = persistent_grid(a_q.device, M, N)
-    res = residual if residual is not None else out
     a_grouped = a_scale.dim() == 2
     # every argument by keyword: tma_desc.descriptor_rules replaces the operands with descriptors of the config's boxes
     fp8_tma_gemm_kernel[grid](
         a_scale_ptr=a_scale, scale_out_ptr=out_scale if out_scale is not None else w_scale, w_scale_ptr=w_scale,
         bias_ptr=bias if bias is not None else out,
-        M=M, N=N, K=K, stride_am=a_q.stride(0), stride_wn=weight.stride(0), stride_rm=res.stride(0),
+        M=M, N=N, K=K, stride_am=a_q.stride(0), stride_wn=weight.stride(0), stride_rm=0 if residual is None else residual.stride(0),
         stride_om=out.stride(0), stride_sa=a_scale.stride(1) if a_grouped else 0,
         stride_so=out_scale.stride(1) if out_scale is not None else 0, M_BUCKET=m_bucket(M),
         HAS_BIAS=bias is not None, ACTIVATION=activation, HAS_RESIDUAL=residual is not None,
         PRECISE_ACC=precise_acc or a_grouped, A_GROUPED=a_grouped, GROUP_OUT=out_scale is not None,
         ROUND_IN_FP32=is_interpreting(), NUM_SMS=num_sms, HOST_DESC=host_descriptors(),
-        a=a_q, w=weight, res=res, out=out,
+        a=a_q, w=weight, res=residual, out=out,
     )  # fmt: skip
     return out
 
@@ -364,11 +366,10 @@ def aot_variants(exhaustive: bool = False):
     """bf16 rows at every Hopper tile for QKV (no activation), FC1 (GELU, bias, e4m3 codes out per 128 columns) and
     FC2 (A grouped per 128 columns, residual) and the out-projection (per-row A, residual), each promoted and not
     (FC2 is promoted by construction: once), FC1 through libdevice's erf (VITFAST_GELU) at one tile, QKV with
-    device-side descriptors (VITFAST_TMA_DESC=device) at one tile; fp16 and fp32
-    outputs at the 128x128 tile with `exhaustive`. Tiles the
-    prune drops for a launch as spills (PROMOTED_SPILLS, GROUP_OUT_SPILLS, A_GROUPED_SPILLS) are compiled to show
-    why and gate nothing; tiles the group rules exclude (group_tile_ok) are not compiled. FP8 wgmma: sm_90 only
-    (min_cc 90)."""
+    device-side descriptors (VITFAST_TMA_DESC=device) at one tile; fp16 and fp32 outputs at the 128x128 tile with
+    `exhaustive`. Tiles the prune drops for a launch as spills (PROMOTED_SPILLS, GROUP_OUT_SPILLS, A_GROUPED_SPILLS)
+    are compiled to show why and gate nothing; tiles the group rules exclude (group_tile_ok) are not compiled. FP8
+    wgmma: sm_90 only (min_cc 90)."""
     out = []
     for tile in HOPPER_FP8_TMA:
         for precise in (True, False):
@@ -397,11 +398,10 @@ def _variant(out_dtype, activation, has_bias, has_residual, precise, tile, op, a
     p = "*" + TL_SIG[out_dtype]
     box = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "EPI_SPLIT": epi}
     fp8 = TL_SIG[FP8_DTYPE]
-    out_elem = fp8 if group_out else TL_SIG[out_dtype]  # without a residual the launcher passes out as res
+    out_elem = fp8 if group_out else TL_SIG[out_dtype]
     sig = {
         "a": operand_signature("a", fp8, box, host), "a_scale_ptr": "*fp32", "scale_out_ptr": "*fp32",
         "w": operand_signature("w", fp8, box, host), "w_scale_ptr": "*fp32", "bias_ptr": p,
-        "res": operand_signature("res", out_elem, box, host),
         "out": operand_signature("out", out_elem, box, host),
         "M": "i32", "N": "i32", "K": "i32", "stride_am": "i32", "stride_wn": "i32", "stride_rm": "i32",
         "stride_om": "i32", "stride_sa": "i32", "stride_so": "i32", "M_BUCKET": "i32",
@@ -412,6 +412,10 @@ def _variant(out_dtype, activation, has_bias, has_residual, precise, tile, op, a
         "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "EPI_SPLIT": epi, "PER_SM": per_sm(tile),
         "HOST_DESC": host,
     }  # fmt: skip
+    if has_residual:
+        sig["res"] = operand_signature("res", TL_SIG[out_dtype], box, host)
+    else:
+        constexprs["res"] = None  # the launcher passes None without a residual
     for name in constexprs:
         sig.setdefault(name, "constexpr")
     out_bytes = 1 if group_out else torch.empty((), dtype=out_dtype).element_size()

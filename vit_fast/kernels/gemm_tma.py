@@ -157,7 +157,7 @@ def _prune(configs, named_args, **kwargs):
     """Drop tiles over the device's shared memory (or SwiGLU's register budget) or far taller than M; keep one (for
     a GEMM writing partial statistics, one whose epilogue slices are whole slots). The launcher passes every
     argument by keyword (tma_desc.descriptor_rules replaces the operands), so they come in `kwargs`."""
-    kwargs = {**named_args, **kwargs}
+    kwargs = {**(named_args or {}), **kwargs}
     swiglu = kwargs.get("ACTIVATION") == SWIGLU
     elem = kwargs["a"].element_size()  # fp32 when VITFAST_GEMM_ENGINE=tma forces it
     write_stats = kwargs.get("WRITE_STATS", False)
@@ -198,7 +198,7 @@ def tma_gemm_kernel(
     a,  # (M, K) activations, unit column stride, 16-byte aligned rows: a descriptor (HOST_DESC) or a pointer
     w,  # (N, K) weight in nn.Linear layout (LayerNorm-folded when ROW_STATS), unit column stride; (2N, K) SwiGLU
     bias_ptr,  # (N,) bias (activation dtype, or fp32 when folded), (2N,) SwiGLU; read only when HAS_BIAS
-    res,  # (M, N) residual, unit column stride; read only when HAS_RESIDUAL
+    res,  # (M, N) residual, unit column stride; None without HAS_RESIDUAL
     stats_ptr,  # A's row statistics, fp32: (M, 2) (mean, rstd) if ROW_STATS 1; (M, 3, cdiv(K, SLOT)) partials if 2
     colsum_ptr,  # (N,) fp32 column sums of the folded weight, (2N,) SwiGLU; read only when ROW_STATS
     out,  # (M, N) output, unit column stride
@@ -242,7 +242,10 @@ def tma_gemm_kernel(
         a_desc = a
         w_desc = w
         out_desc = out
-        res_desc = res
+        if HAS_RESIDUAL:
+            res_desc = res
+        else:
+            res_desc = out_desc  # never read
     else:
         a_desc = tl.make_tensor_descriptor(a, shape=[M, K], strides=[stride_am, 1], block_shape=[BLOCK_M, BLOCK_K])
         if ACTIVATION == 4:  # SwiGLU: packed (2N, K) weight, up rows N below the gate rows
@@ -409,18 +412,17 @@ def launch_tma_gemm(a, weight, bias, out, *, activation=0, residual=None, stats=
     N = weight.shape[0] // 2 if activation == SWIGLU else weight.shape[0]  # SwiGLU: packed (2N, K) gate/up rows
     sms, grid = persistent_grid(a.device, M, N)
     split_mode, ws, lock = launch_operands(a, M, N, K, split_rows(sms), activation == SWIGLU)
-    res = residual if residual is not None else out
     # the operands by keyword: tma_desc.descriptor_rules replaces them with descriptors of the config's boxes
     tma_gemm_kernel[grid](
         bias_ptr=bias if bias is not None else out,
         stats_ptr=stats if stats is not None else out, colsum_ptr=colsum if colsum is not None else out,
         part_ptr=stats_out if stats_out is not None else out, ws_ptr=ws, lock_ptr=lock,
-        M=M, N=N, K=K, eps=float(eps), stride_am=a.stride(0), stride_wn=weight.stride(0), stride_rm=res.stride(0),
+        M=M, N=N, K=K, eps=float(eps), stride_am=a.stride(0), stride_wn=weight.stride(0), stride_rm=0 if residual is None else residual.stride(0),
         stride_om=out.stride(0), M_BUCKET=m_bucket(M), split_mode=split_mode,
         ROW_STATS=row_stats_switch(stats), HAS_BIAS=bias is not None, ACTIVATION=activation,
         HAS_RESIDUAL=residual is not None, WRITE_STATS=stats_out is not None, SLOT=stats_slot(),
         SLOTS=slots_arg(stats, K), UPCAST=upcast_needed(a.dtype), NUM_SMS=sms, HOST_DESC=host_descriptors(),
-        a=a, w=weight, res=res, out=out,
+        a=a, w=weight, res=residual, out=out,
     )  # fmt: skip
     return out
 
@@ -489,7 +491,7 @@ def _variant(dtype, mode, activation, has_bias, has_residual, tile, op, num_sms=
     box = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "EPI_SPLIT": epi}
     a, w, res, out = (operand_signature(name, elem_sig, box, host) for name in ("a", "w", "res", "out"))
     sig = {
-        "a": a, "w": w, "bias_ptr": "*fp32" if row_stats else p, "res": res, "stats_ptr": "*fp32",
+        "a": a, "w": w, "bias_ptr": "*fp32" if row_stats else p, "stats_ptr": "*fp32",
         "colsum_ptr": "*fp32", "out": out, "part_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32", "eps": "fp32",
         "stride_am": "i32", "stride_wn": "i32", "stride_rm": "i32", "stride_om": "i32", "M_BUCKET": "i32",
         "split_mode": "i32",
@@ -500,6 +502,10 @@ def _variant(dtype, mode, activation, has_bias, has_residual, tile, op, num_sms=
         "UPCAST": False, "NUM_SMS": num_sms, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8,
         "EPI_SPLIT": epi, "PER_SM": per_sm(tile), "SPLIT_K": split, "HOST_DESC": host,
     }  # fmt: skip
+    if has_residual:
+        sig["res"] = res
+    else:
+        constexprs["res"] = None  # the launcher passes None without a residual
     if split > 1:
         sig.update(ws_ptr="*fp32", lock_ptr="*i32")
     else:

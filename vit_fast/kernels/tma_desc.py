@@ -8,7 +8,7 @@ batch-1 GEMM program run before its first load (benchmarks/NOTES.md, "Host-side 
 program runs one tile, so that prologue is on the critical path of every GEMM launch. A host descriptor
 (`triton.tools.tensor_descriptor.TensorDescriptor`) is a 128-byte kernel parameter that Triton's launcher encodes on
 the host (cuTensorMapEncodeTiled) at each launch; a CUDA graph replays the parameters it captured, so the device
-does no descriptor work at all.
+builds no descriptor (a program only prefetches one from its parameters).
 
 A descriptor's block shape is the tile of the config the autotuner runs, so the engines pass their operands as
 tensors and `descriptor_rules`, a `triton.heuristics` rule (it sees the config), turns them into descriptors. A
@@ -45,11 +45,13 @@ def block_shape(name: str, config: dict) -> list:
 def descriptor_rules() -> dict:
     """`triton.heuristics` values for the operands a, w, res and out (passed by keyword): with HOST_DESC, a
     TensorDescriptor of the tensor with the running config's box (TMA zero-fills loads past the tensor's shape and
-    clips stores, as the device-side descriptors do); without, the tensor itself."""
+    clips stores, as the device-side descriptors do); without, the tensor itself. None (no residual) stays None."""
     def rule(name):
         def make(args):
             t = args[name]
-            return TensorDescriptor.from_tensor(t, block_shape(name, args)) if args["HOST_DESC"] else t
+            if t is None or not args["HOST_DESC"]:
+                return t
+            return TensorDescriptor.from_tensor(t, block_shape(name, args))
 
         return make
 
