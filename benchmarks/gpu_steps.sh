@@ -4,9 +4,9 @@
 # below in priority order, resuming on a warm machine); the single steps are for a lease with time to spare. Order and
 # expected times are in benchmarks/NOTES.md, "GPU session plan".
 #   lease [S [STEP...]] within S seconds (default 560): tests (once per machine), headline (resumed), profile, grid 1-6
-#                      (profile8, profile1, fp8acc, fp8tma, b1engine, b1split, b1desc, lnstats, gelu and micro only
-#                      when named), each skipped when done on this machine or too long for the time left; STEPs (e.g.
-#                      headline profile) pick and order them. Writes $OUT/lease/: runs.tar.gz (every step's
+#                      (profile8, profile1, fp8acc, fp8tma, b1engine, b1split, b1desc, b1pdl, lnstats, gelu and micro
+#                      only when named), each skipped when done on this machine or too long for the time left; STEPs
+#                      (e.g. headline profile) pick and order them. Writes $OUT/lease/: runs.tar.gz (every step's
 #                      files so far), lease.log, headline.md, tests.txt
 #   tests              the GPU test subset (tests/gpu_subset.txt), < 3 min, junit + one JSON line per test; each
 #                      kernel key compiles only the first config its prune keeps (VITFAST_AUTOTUNE=first)
@@ -31,6 +31,8 @@
 #   b1desc             the same rows with each TMA program building its descriptors on the device
 #                      (VITFAST_TMA_DESC=device, the engines' code before host descriptors), then as shipped
 #                      (shipped/: descriptors from the launch, kernels/tma_desc.py): what host descriptors gain
+#   b1pdl              the same rows with programmatic dependent launch (VITFAST_PDL=1: the TMA GEMMs and attention
+#                      launched while their predecessor runs, kernels/pdl.py), then as shipped (shipped/: without)
 #   lnstats            B/16 b256 bf16 vit_fast with CUDA graphs, as the headline: every LayerNorm with a statistics
 #                      launch of its own (VITFAST_LN_PARTIALS=0), then as shipped (shipped/: the residual GEMMs'
 #                      partial statistics, merged in the next GEMM): what the merged statistics gain, in one lease
@@ -72,15 +74,16 @@ SLICES=(
 
 usage() {
     local steps="lease [SECONDS [STEP...]]|tests|headline [ROWS]|profile|profile8|profile1|fp8acc|fp8tma|b1engine"
-    steps+="|b1split|b1desc|lnstats|gelu"
+    steps+="|b1split|b1desc|b1pdl|lnstats|gelu"
     steps+="|grid N|grid list"
     echo "usage: $0 {$steps|merge|micro}" >&2
     exit 2
 }
 
 case "$STEP" in
-    lease|tests|headline|profile|profile8|profile1|fp8acc|fp8tma|b1engine|b1split|b1desc|lnstats|gelu|grid|merge|micro)
+    lease|tests|headline|profile|profile8|profile1|fp8acc|fp8tma|b1engine|b1split|b1desc|b1pdl|lnstats|gelu|grid|merge)
         ;;
+    micro) ;;
     *) usage ;;
 esac
 if [ "$STEP" = grid ]; then
@@ -132,10 +135,10 @@ lease)
     case "$TOTAL" in ''|*[!0-9]*) echo "error: lease needs whole seconds, got '$TOTAL'" >&2; exit 2 ;; esac
     for s in $STEPS; do
         case "$s" in
-            tests|headline|profile|profile8|profile1|fp8acc|fp8tma|b1engine|b1split|b1desc|lnstats|gelu|grid[1-6]|micro)
-                ;;
+            tests|headline|profile|profile8|profile1|fp8acc|fp8tma|b1engine|b1split|b1desc|b1pdl|lnstats|gelu) ;;
+            grid[1-6]|micro) ;;
             *) echo "error: lease step '$s' is not one of tests headline profile profile8 profile1 fp8acc fp8tma" \
-                    "b1engine b1split b1desc lnstats gelu grid1..grid6" \
+                    "b1engine b1split b1desc b1pdl lnstats gelu grid1..grid6" \
                     "micro" >&2
                exit 2 ;;
         esac
@@ -175,7 +178,7 @@ lease)
         profile8) done_ profile8 || sub 200 profile8 ;;
         profile1) done_ profile1 || sub 90 profile1 ;;
         fp8acc|fp8tma) done_ "$s" || T_BUDGET=$(( $(left) - 60 )) sub 200 "$s" ;;
-        b1engine|b1split|b1desc) done_ "$s" || T_BUDGET=$(( $(left) - 60 )) sub 90 "$s" ;;
+        b1engine|b1split|b1desc|b1pdl) done_ "$s" || T_BUDGET=$(( $(left) - 60 )) sub 90 "$s" ;;
         lnstats|gelu) done_ "$s" || T_BUDGET=$(( $(left) - 60 )) sub 120 "$s" ;;
         grid*) done_ "grid-${s#grid}" || T_BUDGET=$(( $(left) - 85 )) sub 240 grid "${s#grid}" ;;
         micro) done_ micro || sub 300 micro ;;
@@ -243,7 +246,7 @@ profile8)
     [ "$DRY" = 1 ] && { ARGS+=(--tiny); export TRITON_INTERPRET=1; }
     run "${T_LIMIT:-300}" "$PY" -m benchmarks.breakdown "${ARGS[@]}"
     ;;
-fp8acc|fp8tma|b1engine|b1split|b1desc|lnstats|gelu)
+fp8acc|fp8tma|b1engine|b1split|b1desc|b1pdl|lnstats|gelu)
     # per step: the rows, the switches of the new measurement (FIRST, with half the time) and of its companion
     # (SECOND, into SUB/, with what is left); DRY on a CPU: toy sizes in Triton's interpreter, fp32 (it runs fp32 and
     # FP8 dots, not bf16 ones), no graphs there
@@ -275,6 +278,11 @@ fp8acc|fp8tma|b1engine|b1split|b1desc|lnstats|gelu)
               --graph-max-batch 1)
         DRY_ARGS=(--dtypes float32 "${TOY[@]},depth=1")
         FIRST=(VITFAST_TMA_DESC=device) SECOND=() SUB=shipped ;;
+    b1pdl)  # batch 1 with programmatic dependent launch, then as shipped (without)
+        ARGS=(--models vit_b_16 --batch-sizes 1 --dtypes bfloat16 --backends vit_fast,sdpa --cuda-graphs
+              --graph-max-batch 1)
+        DRY_ARGS=(--dtypes float32 "${TOY[@]},depth=1")
+        FIRST=(VITFAST_PDL=1) SECOND=() SUB=shipped ;;
     *)  # L/16 b256 bf16 and FP8
         ARGS=(--models vit_l_16 --batch-sizes 256 --dtypes bfloat16,float8 --backends vit_fast)
         DRY_ARGS=(--dtypes float8 --batch-sizes 2 "${TOY[@]},depth=1")

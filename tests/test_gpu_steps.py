@@ -124,6 +124,11 @@ def test_dry_batch1_descriptors_step(tmp_path):
     _switched_then_shipped(tmp_path, "b1desc", "VITFAST_TMA_DESC=device", {(1, "vit_fast"), (1, "sdpa")})
 
 
+def test_dry_batch1_pdl_step(tmp_path):
+    """b1pdl: batch 1 with programmatic dependent launch, then as shipped (without); vit_fast beside sdpa in both."""
+    _switched_then_shipped(tmp_path, "b1pdl", "VITFAST_PDL=1", {(1, "vit_fast"), (1, "sdpa")})
+
+
 def test_dry_layer_norm_statistics_step(tmp_path):
     """lnstats: the headline's B/16 b256 vit_fast row (toy: batch 2) with a statistics launch per LayerNorm, then as
     shipped (merged partial statistics)."""
@@ -279,7 +284,8 @@ def test_store_refuses_an_archive_without_results(tmp_path, capsys):
         tar.add(tmp_path / "junk.tar.gz", arcname="tests/junit.xml")
     assert store_lease.main([str(empty), "--root", str(tmp_path), "--readme", ""]) == 2
     err = capsys.readouterr().err
-    assert "holds no headline, grid, fp8acc, fp8tma, b1engine, b1split, b1desc, lnstats, gelu or profile results" in err
+    assert ("holds no headline, grid, fp8acc, fp8tma, b1engine, b1split, b1desc, b1pdl, lnstats, gelu or profile "
+            "results") in err
 
 
 def _k(name, start, stack):

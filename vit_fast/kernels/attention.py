@@ -30,6 +30,7 @@ from ._common import (
     autotune_scope, FAMILY_SMEM, FLOAT_DTYPES, TL_SIG, check, check_dtype, gpu_family, is_interpreting, jit_fn,
     m_bucket, shared_memory_bytes, upcast_needed,
 )
+from .pdl import dependency_wait, pdl_launch
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 128
 _LOG2E = 1.4426950408889634
@@ -223,7 +224,9 @@ def _attn_fwd_kernel(
     UPCAST: tl.constexpr,  # convert tiles to fp32 after loading (bf16 under the interpreter is computed wrongly)
     DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs (no tf32), the target default otherwise
     ROW_AMAX_OUT: tl.constexpr,  # also record max |stored output| of each row over all heads (FP8 out-projection)
+    PDL: tl.constexpr,  # launched with programmatic dependent launch (pdl.py): wait for the previous kernel first
 ):
+    dependency_wait(PDL)  # before any global memory access
     pid = tl.program_id(0)
     num_m = tl.cdiv(N_Q, BLOCK_M)
     pid_m = pid % num_m  # query blocks of one head run next to each other and share its K/V in L2
@@ -369,8 +372,9 @@ def _attention_fwd(q, k, v, scale, out=None, config=None, row_amax=None):
             H, n_q, n_k, float(scale) * _LOG2E, m_bucket(n_q), m_bucket(n_k),
             min(triton.next_power_of_2(B * H), _BH_BUCKET_CAP))
     block_d0, block_d1 = head_dim_blocks(d)
+    pdl = pdl_launch(q.device)
     meta = dict(HEAD_DIM=d, BLOCK_D0=block_d0, BLOCK_D1=block_d1, UPCAST=upcast_needed(q.dtype),
-                DOT_PRECISION=_dot_precision(q.dtype), ROW_AMAX_OUT=row_amax is not None)
+                DOT_PRECISION=_dot_precision(q.dtype), ROW_AMAX_OUT=row_amax is not None, PDL=pdl, launch_pdl=pdl)
 
     def grid(m):
         return (triton.cdiv(n_q, m["BLOCK_M"]) * B * H,)
@@ -496,11 +500,12 @@ def aot_variants(exhaustive=False):
     they spill there (`fits_registers`) are left out.
     The row-maxima variants (ROW_AMAX_OUT, the FP8 model's attention): bf16 (the FP8 model's activations), every
     tile x EVEN_M x EVEN_N at head dims 64 and 80, the other layouts at the first tile with ragged Nq and Nk;
-    `exhaustive=True`: every tile and flag, also for fp16 and fp32."""
+    `exhaustive=True`: every tile and flag, also for fp16 and fp32. With programmatic dependent launch
+    (VITFAST_PDL=1, pdl.py; credited to no preset): bf16, head dim 64, the first tile, ragged."""
     fn = jit_fn(_attn_fwd_kernel)
     variants = []
 
-    def add(dtype, tile, d, even_m, even_n, row_amax):
+    def add(dtype, tile, d, even_m, even_n, row_amax, pdl=False):
         bm, bn, warps, stages = tile
         ty = TL_SIG[dtype]
         sig = {name: "i32" for name in fn.arg_names}
@@ -509,13 +514,16 @@ def aot_variants(exhaustive=False):
                     "RowAmax": "*fp32" if row_amax else f"*{ty}", "qk_scale": "fp32"})
         block_d0, block_d1 = head_dim_blocks(d)
         consts = dict(HEAD_DIM=d, BLOCK_D0=block_d0, BLOCK_D1=block_d1, BLOCK_M=bm, BLOCK_N=bn, EVEN_M=even_m,
-                      EVEN_N=even_n, UPCAST=False, DOT_PRECISION=_dot_precision(dtype), ROW_AMAX_OUT=row_amax)
+                      EVEN_N=even_n, UPCAST=False, DOT_PRECISION=_dot_precision(dtype), ROW_AMAX_OUT=row_amax,
+                      PDL=pdl)
         sig.update({name: "constexpr" for name in consts})
         variants.append({"fn": fn, "signature": sig, "constexprs": consts, "num_warps": warps, "num_stages": stages,
                          "divisible": _DIVISIBLE, "op": "attention", "main_loop": None,
                          "wgmma": bm >= 64,  # a wgmma covers 64 rows per warpgroup: the 16-row tile is mma.sync
                          "tables": _families(tile, dtype, block_d0 + block_d1),
-                         "vit": _vit_launches(dtype, bm, bn, d, even_m, even_n, row_amax)})
+                         # PDL (VITFAST_PDL=1): a switch, credited to no preset
+                         "vit": (lambda cfg, batch: []) if pdl else _vit_launches(dtype, bm, bn, d, even_m, even_n,
+                                                                                    row_amax)})
 
     flags = [(even_m, even_n) for even_m in (True, False) for even_n in (True, False)]
     for row_amax in (False, True):
@@ -530,4 +538,7 @@ def aot_variants(exhaustive=False):
                     # row maxima at other head dims: the ragged case only (masked stores and atomics; CI time)
                     for even_m, even_n in (flags if every or not row_amax else [(False, False)]):
                         add(dtype, tile, d, even_m, even_n, row_amax)
+    # programmatic dependent launch (VITFAST_PDL=1): bf16 at head dim 64, the first tile, ragged (B/16's 197 rows)
+    first = next(t for t in _tiles(torch.bfloat16) if _pickable(t, sum(head_dim_blocks(64)), torch.bfloat16))
+    add(torch.bfloat16, first, 64, False, False, False, pdl=True)
     return variants

@@ -350,7 +350,8 @@ def launch_fp8_tma_gemm(a_q, a_scale, weight, w_scale, bias, out, *, activation=
     fp8_tma_gemm_kernel[grid](
         a_scale_ptr=a_scale, scale_out_ptr=out_scale if out_scale is not None else w_scale, w_scale_ptr=w_scale,
         bias_ptr=bias if bias is not None else out,
-        M=M, N=N, K=K, stride_am=a_q.stride(0), stride_wn=weight.stride(0), stride_rm=0 if residual is None else residual.stride(0),
+        M=M, N=N, K=K, stride_am=a_q.stride(0), stride_wn=weight.stride(0),
+        stride_rm=0 if residual is None else residual.stride(0),
         stride_om=out.stride(0), stride_sa=a_scale.stride(1) if a_grouped else 0,
         stride_so=out_scale.stride(1) if out_scale is not None else 0, M_BUCKET=m_bucket(M),
         HAS_BIAS=bias is not None, ACTIVATION=activation, HAS_RESIDUAL=residual is not None,

@@ -36,6 +36,7 @@ from .gemm import (AOT_SLOTS, AOT_SPLIT, column_halves, gated_epilogue_math, gro
                    slots_arg, stats_modes, switch_combos)
 from .ln_fold import STATS_SLOT, row_moments, stats_slot, stats_tile_ok, store_partials
 from .split_k import MAX_ACC_REGS, acc_registers, config_parts, launch_operands, split_k_fixup
+from .pdl import dependency_wait, pdl_launch
 from .tma_desc import descriptor_rules, host_descriptors, operand_signature
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, EPI_SPLIT): the sm_90 table (registers, spills and shared memory
@@ -234,7 +235,9 @@ def tma_gemm_kernel(
     SPLIT_K: tl.constexpr,  # parts of K per output tile (split_k.py): a unit of work is (tile, part); 1 no split
     HOST_DESC: tl.constexpr,  # a, w, res, out are host descriptors of the config's boxes (tma_desc.py); else
     # pointers, and each program builds its descriptors (VITFAST_TMA_DESC=device)
+    PDL: tl.constexpr,  # launched with programmatic dependent launch (pdl.py): wait for the previous kernel first
 ):
+    dependency_wait(PDL)  # before any global memory access (descriptor scratch included)
     tl.static_assert(SPLIT_K == 1 or ACTIVATION != 4, "SwiGLU's up accumulator is not split")
     EPI_N: tl.constexpr = BLOCK_N // EPI_SPLIT
     PROGRAMS: tl.constexpr = NUM_SMS * PER_SM
@@ -412,17 +415,18 @@ def launch_tma_gemm(a, weight, bias, out, *, activation=0, residual=None, stats=
     N = weight.shape[0] // 2 if activation == SWIGLU else weight.shape[0]  # SwiGLU: packed (2N, K) gate/up rows
     sms, grid = persistent_grid(a.device, M, N)
     split_mode, ws, lock = launch_operands(a, M, N, K, split_rows(sms), activation == SWIGLU)
+    pdl = pdl_launch(a.device)
     # the operands by keyword: tma_desc.descriptor_rules replaces them with descriptors of the config's boxes
     tma_gemm_kernel[grid](
         bias_ptr=bias if bias is not None else out,
         stats_ptr=stats if stats is not None else out, colsum_ptr=colsum if colsum is not None else out,
         part_ptr=stats_out if stats_out is not None else out, ws_ptr=ws, lock_ptr=lock,
-        M=M, N=N, K=K, eps=float(eps), stride_am=a.stride(0), stride_wn=weight.stride(0), stride_rm=0 if residual is None else residual.stride(0),
-        stride_om=out.stride(0), M_BUCKET=m_bucket(M), split_mode=split_mode,
+        M=M, N=N, K=K, eps=float(eps), stride_am=a.stride(0), stride_wn=weight.stride(0),
+        stride_rm=0 if residual is None else residual.stride(0), stride_om=out.stride(0), M_BUCKET=m_bucket(M), split_mode=split_mode,
         ROW_STATS=row_stats_switch(stats), HAS_BIAS=bias is not None, ACTIVATION=activation,
         HAS_RESIDUAL=residual is not None, WRITE_STATS=stats_out is not None, SLOT=stats_slot(),
         SLOTS=slots_arg(stats, K), UPCAST=upcast_needed(a.dtype), NUM_SMS=sms, HOST_DESC=host_descriptors(),
-        a=a, w=weight, res=residual, out=out,
+        PDL=pdl, launch_pdl=pdl, a=a, w=weight, res=residual, out=out,
     )  # fmt: skip
     return out
 
@@ -433,7 +437,8 @@ def tma_aot_variants(row_stats, activations, has_bias, has_residual, exhaustive=
     statistics mode (gemm.stats_modes), the other switches at a mid-size tile, fp16 (the same code) at that tile.
     The mid tile is the largest the prune keeps for the mode (SwiGLU, or a GEMM writing statistics, drop some). The
     TMA engine has no EVEN_K switch (TMA zero-pads K), so the EVEN_K=False combos are dropped. With device-side
-    descriptors (VITFAST_TMA_DESC=device, credited to no preset): the mid tile, and B1_SPLIT_ROW split. Metadata:
+    descriptors (VITFAST_TMA_DESC=device, credited to no preset): the mid tile, and B1_SPLIT_ROW split; with
+    programmatic dependent launch (VITFAST_PDL=1, credited to none): B1_SPLIT_ROW split. Metadata:
     tests/kernels/aot_compile.py."""
     op = op or ("ln_linear" if row_stats else "linear_residual")
     combos = [c for c in switch_combos(activations, has_bias, exhaustive) if c[2]]
@@ -457,6 +462,9 @@ def tma_aot_variants(row_stats, activations, has_bias, has_residual, exhaustive=
     if not swiglu:
         out.append(_variant(DTYPES[0], modes[0], base[0], base[1], has_residual, B1_SPLIT_ROW, op, split=AOT_SPLIT,
                             host=False))
+        # programmatic dependent launch (VITFAST_PDL=1) on batch 1's split row
+        out.append(_variant(DTYPES[0], modes[0], base[0], base[1], has_residual, B1_SPLIT_ROW, op, split=AOT_SPLIT,
+                            pdl=True))
     return out
 
 
@@ -481,9 +489,10 @@ def _runs(tile, mode) -> bool:
     return not mode[1] or stats_tile_ok(tile[1] // tile[5], STATS_SLOT)
 
 
-def _variant(dtype, mode, activation, has_bias, has_residual, tile, op, num_sms=132, split=1, host=True):
+def _variant(dtype, mode, activation, has_bias, has_residual, tile, op, num_sms=132, split=1, host=True, pdl=False):
     """One variant; split > 1: the split-K code (split_k.py) with that many parts, its workspace and counters;
-    host=False: the descriptors built by each program (VITFAST_TMA_DESC=device)."""
+    host=False: the descriptors built by each program (VITFAST_TMA_DESC=device); pdl: launched with programmatic
+    dependent launch (VITFAST_PDL=1)."""
     bm, bn, bk, warps, stages, epi = tile
     row_stats, write_stats = mode
     p = "*" + TL_SIG[dtype]
@@ -500,7 +509,7 @@ def _variant(dtype, mode, activation, has_bias, has_residual, tile, op, num_sms=
         "ROW_STATS": row_stats, "HAS_BIAS": has_bias, "ACTIVATION": activation, "HAS_RESIDUAL": has_residual,
         "WRITE_STATS": write_stats, "SLOT": STATS_SLOT, "SLOTS": AOT_SLOTS if row_stats == 2 else 1,
         "UPCAST": False, "NUM_SMS": num_sms, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8,
-        "EPI_SPLIT": epi, "PER_SM": per_sm(tile), "SPLIT_K": split, "HOST_DESC": host,
+        "EPI_SPLIT": epi, "PER_SM": per_sm(tile), "SPLIT_K": split, "HOST_DESC": host, "PDL": pdl,
     }  # fmt: skip
     if has_residual:
         sig["res"] = res
@@ -521,4 +530,5 @@ def _variant(dtype, mode, activation, has_bias, has_residual, tile, op, num_sms=
             "programs_per_sm": per_sm(tile),
             "tables": ("hopper",) if fits else (),
             "vit": gemm_vit_launches(op, tile[:5], elem, None, when=lambda cfg: fits and base_mode and has_bias
-                                     and split == 1 and host and activation == preset_activation(op, cfg))}
+                                     and split == 1 and host and not pdl
+                                     and activation == preset_activation(op, cfg))}
