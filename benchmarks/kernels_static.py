@@ -19,7 +19,9 @@ representative sample (per kernel and dtype, the fewest variants that take every
 Gate (`--check`, and tests/kernels/test_static_gate.py): on sm_90, every variant the Hopper tables can pick has no
 spills (an all-fp32 variant may keep a cold one: at most 32 B of stack and no STL/LDL inside a loop) and fits
 shared memory; its 16-bit dots are wgmma (no HMMA; variants marked "wgmma": False, dots under 64 rows, are exempt);
-its GEMM main loop (main_loop == "gemm") has cp.async or TMA loads. On sm_89, every FP8 variant the Ada table can
+its GEMM main loop (main_loop == "gemm") has cp.async or TMA loads; a variant launched with programmatic dependent
+launch (constexpr PDL, kernels/pdl.py) executes its grid-dependency wait (ACQBULK) before any instruction that touches
+global memory, and no other variant has one. On sm_89, every FP8 variant the Ada table can
 pick has no spills, fits 99 KB, and its GEMM loop has FP8 mma (QMMA) and cp.async. On both, a variant that states
 the prune's shared-memory estimate (`smem_estimate`, the FP8 engine) compiles within it, and one launched with
 several programs per SM (`programs_per_sm`, the TMA engines' PER_SM rows) fits that many in an SM's shared memory
@@ -198,6 +200,11 @@ def gate_problems(variant, cc: int, stats) -> list:
             if not stats["ldgsts"]:
                 problems.append("GEMM main loop without cp.async")
         return problems
+    if variant["constexprs"].get("PDL"):  # launched with programmatic dependent launch (kernels/pdl.py)
+        if not stats.get("pdl_wait_first"):
+            problems.append("PDL kernel touches global memory before its grid-dependency wait (ACQBULK)")
+    elif stats.get("pdl_wait"):
+        problems.append(f"{stats['pdl_wait']} grid-dependency waits (ACQBULK) in a kernel launched without PDL")
     if is_16bit(variant) and variant.get("wgmma", True) and stats["hmma"]:
         problems.append(f"16-bit dot as mma.sync ({stats['hmma']} HMMA), not wgmma")
     if variant.get("main_loop") == "gemm":
@@ -303,7 +310,8 @@ def markdown(report) -> str:
         "TFLOP/s, 2.04 TB/s, 108 SMs; max of wave-quantized tile FLOPs and compulsory bytes per launch); **gate** "
         f"the sm_90 rules (no spill, or in an fp32 variant a cold one: at most {COLD_SPILL_BYTES} B of stack and "
         "no STL/LDL inside a loop; smem fits, 16-bit dots are wgmma, GEMM loops use cp.async/TMA, FP8 GEMMs "
-        "with PRECISE_ACC=1 promoted) for variants "
+        "with PRECISE_ACC=1 promoted, a PDL kernel waits for its predecessor (ACQBULK) before its first global "
+        "memory instruction and no other kernel waits) for variants "
         "the Hopper tables can pick; on sm_89 (L40S, 99 KB of shared memory per block) for the FP8 engine's Ada "
         "table: no spill, smem fits, FP8 dots are QMMA, GEMM loops use cp.async; on both, smem within the prune's "
         "estimate where the variant states one (the FP8 engine), so the prune never picks a tile that does not "

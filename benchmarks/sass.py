@@ -1,5 +1,6 @@
-"""Reading a kernel's SASS (nvdisasm's output): opcode counts, where its spill instructions sit, and whether its
-loops serialize the tensor cores (a full wgmma drain right after each MMA group) or promote partial sums.
+"""Reading a kernel's SASS (nvdisasm's output): opcode counts, where its spill instructions sit, whether its
+loops serialize the tensor cores (a full wgmma drain right after each MMA group) or promote partial sums, and whether
+a kernel launched with programmatic dependent launch waits before touching memory.
 
 The static report (benchmarks/kernels_static.py, through tests/kernels/aot_compile.inspect_compiled) tells a cold
 spill, a value or two ptxas parks in local memory across a loop, from spills that run on every iteration. Kept
@@ -139,3 +140,21 @@ def zero_started_mmas_in_loops(sass: str):
     which the loop then adds to its fp32 accumulator (the promotion of FP8 partial sums, `max_num_imprecise_acc`).
     None when the loops cannot be read."""
     return mma_loop_counts(sass)["zero_started_mmas_in_loops"]
+
+
+# griddepcontrol.wait (programmatic dependent launch, kernels/pdl.py), and the instructions that touch global memory
+# (loads, stores, atomics, async and TMA copies, tensor-map updates; LDC reads the kernel's parameters)
+PDL_WAIT = "ACQBULK"
+GLOBAL_MEMORY = {"LDG", "STG", "LD", "ST", "LDGSTS", "ATOM", "ATOMG", "RED", "REDG", "UTMALDG", "UTMASTG", "UTMAREDG",
+                 "UBLKCP", "UBLKRED", "UBLKPF", "UTMAPF", "UTMACCTL", "UTMACMDFLUSH", "CCTL"}
+
+
+def pdl_wait_first(ops) -> bool:
+    """Whether a grid-dependency wait comes before the first instruction that touches global memory (`ops`:
+    opcodes() of the kernel): what makes a kernel launched with PDL safe."""
+    for op in ops:
+        if op == PDL_WAIT:
+            return True
+        if op in GLOBAL_MEMORY:
+            return False
+    return False

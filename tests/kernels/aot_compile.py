@@ -57,7 +57,8 @@ with no family is compiled for sm_90 and sm_80, and flagged as picked by none).
 Rules the gate enforces on sm_90 for variants whose tables contain "hopper" (tests/kernels/test_static_gate.py):
 no spill (STACK 0, no STL/LDL; a variant whose pointers are all fp32 may keep a cold spill: at most 32 B of stack
 and no STL/LDL inside a loop), shared memory <= 232,448 B and programs_per_sm x (shared + 1,024 B) <= 233,472 B;
-every tensor-core dot of a 16-bit variant is wgmma (no HMMA); main_loop == "gemm" -> LDGSTS or UTMALDG present.
+every tensor-core dot of a 16-bit variant is wgmma (no HMMA); main_loop == "gemm" -> LDGSTS or UTMALDG present;
+a PDL=True variant (kernels/pdl.py) waits (ACQBULK) before its first global memory instruction, no other one waits.
 On sm_89 for variants whose tables contain "ada": no spill, shared memory <= 101,376 B, an FP8 GEMM main loop has
 QMMA and LDGSTS. Every variant must compile for the targets it is sent to (FP8 variants start at sm_89).
 Identical compiles (same fn, signature, constexprs, attributes, warps, stages, target) are compiled once.
@@ -99,7 +100,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from benchmarks.sass import mma_loop_counts, opcodes, spills_in_loops  # noqa: E402
+from benchmarks.sass import mma_loop_counts, opcodes, pdl_wait_first, spills_in_loops  # noqa: E402
 from benchmarks.signature import element_types  # noqa: E402
 
 
@@ -192,7 +193,7 @@ def _cpu_seconds():
 
 NVIDIA_BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 SASS_COUNTS = {"hgmma": "HGMMA", "qgmma": "QGMMA", "hmma": "HMMA", "qmma": "QMMA", "ldgsts": "LDGSTS",
-               "utmaldg": "UTMALDG", "stl": "STL", "ldl": "LDL"}
+               "utmaldg": "UTMALDG", "stl": "STL", "ldl": "LDL", "pdl_wait": "ACQBULK"}
 # QGMMA: Hopper's FP8 (e4m3/e5m2) warpgroup MMA; QMMA: Ada's FP8 mma.sync (sm_89)
 
 
@@ -217,6 +218,7 @@ def inspect_compiled(compiled):
     for key, op in SASS_COUNTS.items():
         stats[key] = sum(1 for o in ops if o == op)
     stats["spills_in_loops"] = spills_in_loops(sass)
+    stats["pdl_wait_first"] = pdl_wait_first(ops)
     stats.update(mma_loop_counts(sass))
     return stats
 

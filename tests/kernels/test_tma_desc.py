@@ -142,16 +142,18 @@ def test_host_descriptors_match_device_built(case, monkeypatch, device):
     results, tiles = {}, {}
     for setting in ("device", "host"):
         results[setting], launches = _launches(monkeypatch, kernel, setting, lambda: run(poison(out)))
-        assert len(launches) == 1, f"{name}: {len(launches)} launches of the {engine_env}=tma kernel"
-        launch = launches[0]
-        tensors = {**given, "out": out}
-        if given["a"] is None:  # the engine's own e4m3 rows (the row quantizer's or LayerNorm's): check what it is
-            a = launch["a"].base if setting == "host" else launch["a"]
-            assert a.dtype == torch.float8_e4m3fn and a.shape == (out.shape[0], tensors["w"].shape[1]), name
-            tensors["a"] = a
-        _check_operands(launch, setting == "host", tensors)
-        tiles[setting] = tuple(launch[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "EPI_SPLIT"))
-    assert tiles["host"] == tiles["device"], tiles
+        # one launch, or more where triton 3.6's autotuner times even a single pruned config on a GPU
+        assert launches, f"{name}: the {engine_env}=tma kernel did not run"
+        for launch in launches:
+            tensors = {**given, "out": out}
+            if given["a"] is None:  # the engine's own e4m3 rows (the row quantizer's or LayerNorm's): check them
+                a = launch["a"].base if setting == "host" else launch["a"]
+                assert a.dtype == torch.float8_e4m3fn and a.shape == (out.shape[0], tensors["w"].shape[1]), name
+                tensors["a"] = a
+            _check_operands(launch, setting == "host", tensors)
+        tiles[setting] = {tuple(launch[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "EPI_SPLIT"))
+                          for launch in launches}
+    assert tiles["host"] == tiles["device"] and len(tiles["host"]) == 1, tiles
     assert torch.isfinite(results["host"]).all()
     assert torch.equal(results["host"], results["device"]), name
     if ref is not None:

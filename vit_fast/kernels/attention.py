@@ -30,7 +30,7 @@ from ._common import (
     autotune_scope, FAMILY_SMEM, FLOAT_DTYPES, TL_SIG, check, check_dtype, gpu_family, is_interpreting, jit_fn,
     m_bucket, shared_memory_bytes, upcast_needed,
 )
-from .pdl import dependency_wait, pdl_launch
+from .pdl import dependency_wait, launch_options, pdl_launch
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 128
 _LOG2E = 1.4426950408889634
@@ -372,9 +372,10 @@ def _attention_fwd(q, k, v, scale, out=None, config=None, row_amax=None):
             H, n_q, n_k, float(scale) * _LOG2E, m_bucket(n_q), m_bucket(n_k),
             min(triton.next_power_of_2(B * H), _BH_BUCKET_CAP))
     block_d0, block_d1 = head_dim_blocks(d)
-    pdl = pdl_launch(q.device)
+    # no PDL for the FP8 model's attention (row maxima): its neighbours, a fill and the FP8 GEMMs, launch without it
+    pdl = pdl_launch(q.device) and row_amax is None
     meta = dict(HEAD_DIM=d, BLOCK_D0=block_d0, BLOCK_D1=block_d1, UPCAST=upcast_needed(q.dtype),
-                DOT_PRECISION=_dot_precision(q.dtype), ROW_AMAX_OUT=row_amax is not None, PDL=pdl, launch_pdl=pdl)
+                DOT_PRECISION=_dot_precision(q.dtype), ROW_AMAX_OUT=row_amax is not None, **launch_options(pdl))
 
     def grid(m):
         return (triton.cdiv(n_q, m["BLOCK_M"]) * B * H,)
@@ -520,7 +521,10 @@ def aot_variants(exhaustive=False):
         variants.append({"fn": fn, "signature": sig, "constexprs": consts, "num_warps": warps, "num_stages": stages,
                          "divisible": _DIVISIBLE, "op": "attention", "main_loop": None,
                          "wgmma": bm >= 64,  # a wgmma covers 64 rows per warpgroup: the 16-row tile is mma.sync
-                         "tables": _families(tile, dtype, block_d0 + block_d1),
+                         # PDL's griddepcontrol needs sm_90: Hopper only
+                         "tables": tuple(f for f in _families(tile, dtype, block_d0 + block_d1)
+                                         if f == "hopper" or not pdl),
+                         **({"min_cc": 90} if pdl else {}),
                          # PDL (VITFAST_PDL=1): a switch, credited to no preset
                          "vit": (lambda cfg, batch: []) if pdl else _vit_launches(dtype, bm, bn, d, even_m, even_n,
                                                                                     row_amax)})

@@ -36,7 +36,7 @@ from .gemm import (AOT_SLOTS, AOT_SPLIT, column_halves, gated_epilogue_math, gro
                    slots_arg, stats_modes, switch_combos)
 from .ln_fold import STATS_SLOT, row_moments, stats_slot, stats_tile_ok, store_partials
 from .split_k import MAX_ACC_REGS, acc_registers, config_parts, launch_operands, split_k_fixup
-from .pdl import dependency_wait, pdl_launch
+from .pdl import dependency_wait, launch_options, pdl_launch
 from .tma_desc import descriptor_rules, host_descriptors, operand_signature
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, EPI_SPLIT): the sm_90 table (registers, spills and shared memory
@@ -64,7 +64,8 @@ INTERPRETER_TMA = (32, 32, 32, 4, 1, 2)
 INTERPRETER_PER_SM = 2
 INTERPRETER_SMS = 1  # 2 programs, fewer than the op tests' tiles, so tests cover the persistent loop
 AUTOTUNE_KEY = ["M_BUCKET", "N", "K", "ROW_STATS", "HAS_BIAS", "ACTIVATION", "HAS_RESIDUAL", "WRITE_STATS",
-                "split_mode", "HOST_DESC"]  # the tile each split setting picks is its own
+                "split_mode", "HOST_DESC"]  # the tile each split setting picks is its own; PDL is not a key (pdl.py):
+# with and without it a launch shares its tile, which b1pdl's side-by-side rows rely on
 DTYPES = (torch.bfloat16, torch.float16)
 
 
@@ -415,18 +416,18 @@ def launch_tma_gemm(a, weight, bias, out, *, activation=0, residual=None, stats=
     N = weight.shape[0] // 2 if activation == SWIGLU else weight.shape[0]  # SwiGLU: packed (2N, K) gate/up rows
     sms, grid = persistent_grid(a.device, M, N)
     split_mode, ws, lock = launch_operands(a, M, N, K, split_rows(sms), activation == SWIGLU)
-    pdl = pdl_launch(a.device)
     # the operands by keyword: tma_desc.descriptor_rules replaces them with descriptors of the config's boxes
     tma_gemm_kernel[grid](
         bias_ptr=bias if bias is not None else out,
         stats_ptr=stats if stats is not None else out, colsum_ptr=colsum if colsum is not None else out,
         part_ptr=stats_out if stats_out is not None else out, ws_ptr=ws, lock_ptr=lock,
         M=M, N=N, K=K, eps=float(eps), stride_am=a.stride(0), stride_wn=weight.stride(0),
-        stride_rm=0 if residual is None else residual.stride(0), stride_om=out.stride(0), M_BUCKET=m_bucket(M), split_mode=split_mode,
+        stride_rm=0 if residual is None else residual.stride(0), stride_om=out.stride(0), M_BUCKET=m_bucket(M),
+        split_mode=split_mode,
         ROW_STATS=row_stats_switch(stats), HAS_BIAS=bias is not None, ACTIVATION=activation,
         HAS_RESIDUAL=residual is not None, WRITE_STATS=stats_out is not None, SLOT=stats_slot(),
         SLOTS=slots_arg(stats, K), UPCAST=upcast_needed(a.dtype), NUM_SMS=sms, HOST_DESC=host_descriptors(),
-        PDL=pdl, launch_pdl=pdl, a=a, w=weight, res=residual, out=out,
+        **launch_options(pdl_launch(a.device)), a=a, w=weight, res=residual, out=out,
     )  # fmt: skip
     return out
 
@@ -438,8 +439,8 @@ def tma_aot_variants(row_stats, activations, has_bias, has_residual, exhaustive=
     The mid tile is the largest the prune keeps for the mode (SwiGLU, or a GEMM writing statistics, drop some). The
     TMA engine has no EVEN_K switch (TMA zero-pads K), so the EVEN_K=False combos are dropped. With device-side
     descriptors (VITFAST_TMA_DESC=device, credited to no preset): the mid tile, and B1_SPLIT_ROW split; with
-    programmatic dependent launch (VITFAST_PDL=1, credited to none): B1_SPLIT_ROW split. Metadata:
-    tests/kernels/aot_compile.py."""
+    programmatic dependent launch (VITFAST_PDL=1, credited to none): B1_SPLIT_ROW split, both descriptor sources.
+    Metadata: tests/kernels/aot_compile.py."""
     op = op or ("ln_linear" if row_stats else "linear_residual")
     combos = [c for c in switch_combos(activations, has_bias, exhaustive) if c[2]]
     modes = stats_modes(row_stats, has_residual)
@@ -462,9 +463,9 @@ def tma_aot_variants(row_stats, activations, has_bias, has_residual, exhaustive=
     if not swiglu:
         out.append(_variant(DTYPES[0], modes[0], base[0], base[1], has_residual, B1_SPLIT_ROW, op, split=AOT_SPLIT,
                             host=False))
-        # programmatic dependent launch (VITFAST_PDL=1) on batch 1's split row
-        out.append(_variant(DTYPES[0], modes[0], base[0], base[1], has_residual, B1_SPLIT_ROW, op, split=AOT_SPLIT,
-                            pdl=True))
+        # programmatic dependent launch (VITFAST_PDL=1) on batch 1's split row, with either descriptor source
+        out += [_variant(DTYPES[0], modes[0], base[0], base[1], has_residual, B1_SPLIT_ROW, op, split=AOT_SPLIT,
+                         host=host, pdl=True) for host in (True, False)]
     return out
 
 
