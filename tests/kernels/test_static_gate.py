@@ -222,6 +222,11 @@ print(json.dumps(aot_compile.inspect_compiled(c)))
     for change, words in ((dict(shared=232449), "shared memory"), (dict(hgmma=0, hmma=8), "mma.sync"),
                           (dict(ldgsts=0), "cp.async")):
         assert any(words in p for p in gate_problems(variant, 90, {**clean, **change})), change
+    # programmatic dependent launch: a PDL kernel waits before touching global memory, no other kernel waits
+    pdl = {**variant, "constexprs": {"PDL": True}}
+    assert gate_problems(pdl, 90, dict(clean, pdl_wait=1, pdl_wait_first=True)) == []
+    assert "before its grid-dependency wait" in gate_problems(pdl, 90, dict(clean, pdl_wait=1, pdl_wait_first=False))[0]
+    assert "launched without PDL" in gate_problems(variant, 90, dict(clean, pdl_wait=1, pdl_wait_first=True))[0]
     assert gate_problems({**variant, "tables": ("ampere",)}, 90, dict(stats)) == []  # not a Hopper pick
     assert gate_problems(variant, 80, dict(stats)) == []  # sm_80 is reported, not gated
     assert gate_problems(variant, 89, dict(stats)) == []  # sm_89 gates the Ada table's picks only
@@ -407,6 +412,22 @@ def test_spills_in_loops_reads_back_edges():
     assert spills_in_loops(kernel + spilling) is None
     no_spill = "        /*0000*/                   JMP R4 ;\n        /*0010*/                   EXIT ;\n"
     assert spills_in_loops(no_spill) == 0  # nothing to place: no spill, whatever the listing
+
+
+def test_pdl_wait_first():
+    """A PDL kernel's grid-dependency wait (ACQBULK) must come before the first instruction that touches global
+    memory; reading the kernel's parameters (LDC) or shared memory before it is fine."""
+    from benchmarks.sass import opcodes, pdl_wait_first
+
+    def sass(*ops):
+        return "".join(f"        /*{16 * i:04x}*/                   {op} ;\n" for i, op in enumerate(ops))
+
+    assert pdl_wait_first(opcodes(sass("LDC R1, c[0x0][0x28]", "ACQBULK", "PREEXIT", "LDG.E R2, desc[UR4][R2.64]")))
+    assert pdl_wait_first(opcodes(sass("S2R R0, SR_TID.X", "STS [R0], RZ", "ACQBULK", "UTMALDG.2D [UR8], [UR4]")))
+    for first in ("LDG.E R2, desc[UR4][R2.64]", "STG.E desc[UR4][R2.64], R0", "UTMALDG.2D [UR8], [UR4]",
+                  "ATOMG.E.ADD.STRONG.GPU PT, R0, desc[UR4][R2.64], R5", "UTMACCTL.IV [UR4]", "LDGSTS.E [R3], [R4.64]"):
+        assert not pdl_wait_first(opcodes(sass(first, "ACQBULK"))), first
+    assert not pdl_wait_first(opcodes(sass("LDC R1, c[0x0][0x28]", "EXIT")))  # no wait at all
 
 
 def test_mma_drains_in_loops():
