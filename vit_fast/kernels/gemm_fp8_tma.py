@@ -32,7 +32,7 @@ from .gemm_fp8 import dequantize_tile, precise_acc_setting
 from .quant_fp8 import e4m3_codes, masked_row_amax
 from .gemm_tma import (INTERPRETER_TMA, SM90_SM_SMEM, _is_sm90, _tma_addressable, co_resident, persistent_configs,
                        persistent_grid, persistent_prune, programs_per_sm)
-from .tma_desc import descriptor_rules, host_descriptors, operand_signature
+from .tma_desc import descriptor_rules, host_descriptors, kernel_descriptors, operand_signature
 
 GROUP_K = tl.constexpr(FP8_GROUP)  # FP8_GROUP inside the kernels
 
@@ -210,24 +210,9 @@ def fp8_tma_gemm_kernel(
     if A_GROUPED:
         tl.static_assert(GROUP_K % BLOCK_K == 0)
     PROGRAMS: tl.constexpr = NUM_SMS * PER_SM
-    if HOST_DESC:
-        a_desc = a
-        w_desc = w
-        out_desc = out
-        if HAS_RESIDUAL:
-            res_desc = res
-        else:
-            res_desc = out_desc  # never read
-    else:
-        a_desc = tl.make_tensor_descriptor(a, shape=[M, K], strides=[stride_am, 1], block_shape=[BLOCK_M, BLOCK_K])
-        w_desc = tl.make_tensor_descriptor(w, shape=[N, K], strides=[stride_wn, 1], block_shape=[BLOCK_N, BLOCK_K])
-        out_desc = tl.make_tensor_descriptor(out, shape=[M, N], strides=[stride_om, 1],
-                                             block_shape=[BLOCK_M, EPI_N])
-        if HAS_RESIDUAL:
-            res_desc = tl.make_tensor_descriptor(res, shape=[M, N], strides=[stride_rm, 1],
-                                                 block_shape=[BLOCK_M, EPI_N])
-        else:
-            res_desc = out_desc  # never read
+    a_desc, w_desc, res_desc, out_desc = kernel_descriptors(
+        a, w, res, out, M, N, K, N, stride_am, stride_wn, stride_rm, stride_om, BLOCK_M, BLOCK_N, BLOCK_K, EPI_N,
+        HAS_RESIDUAL, HOST_DESC)
     num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
     k_tiles = tl.cdiv(K, BLOCK_K)
     tile_c = tl.program_id(0) - PROGRAMS  # the epilogue's own counter, as in gemm_tma.py

@@ -37,7 +37,7 @@ from .gemm import (AOT_SLOTS, AOT_SPLIT, column_halves, gated_epilogue_math, gro
 from .ln_fold import STATS_SLOT, row_moments, stats_slot, stats_tile_ok, store_partials
 from .split_k import MAX_ACC_REGS, acc_registers, config_parts, launch_operands, split_k_fixup
 from .pdl import dependency_wait, launch_options, pdl_launch
-from .tma_desc import descriptor_rules, host_descriptors, operand_signature
+from .tma_desc import descriptor_rules, host_descriptors, kernel_descriptors, operand_signature
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, EPI_SPLIT): the sm_90 table (registers, spills and shared memory
 # of each row are in benchmarks/NOTES.md).
@@ -242,29 +242,13 @@ def tma_gemm_kernel(
     tl.static_assert(SPLIT_K == 1 or ACTIVATION != 4, "SwiGLU's up accumulator is not split")
     EPI_N: tl.constexpr = BLOCK_N // EPI_SPLIT
     PROGRAMS: tl.constexpr = NUM_SMS * PER_SM
-    if HOST_DESC:
-        a_desc = a
-        w_desc = w
-        out_desc = out
-        if HAS_RESIDUAL:
-            res_desc = res
-        else:
-            res_desc = out_desc  # never read
+    if ACTIVATION == 4:  # SwiGLU: packed (2N, K) weight, up rows N below the gate rows
+        w_rows = 2 * N
     else:
-        a_desc = tl.make_tensor_descriptor(a, shape=[M, K], strides=[stride_am, 1], block_shape=[BLOCK_M, BLOCK_K])
-        if ACTIVATION == 4:  # SwiGLU: packed (2N, K) weight, up rows N below the gate rows
-            w_rows = 2 * N
-        else:
-            w_rows = N
-        w_desc = tl.make_tensor_descriptor(w, shape=[w_rows, K], strides=[stride_wn, 1],
-                                           block_shape=[BLOCK_N, BLOCK_K])
-        out_desc = tl.make_tensor_descriptor(out, shape=[M, N], strides=[stride_om, 1],
-                                             block_shape=[BLOCK_M, EPI_N])
-        if HAS_RESIDUAL:
-            res_desc = tl.make_tensor_descriptor(res, shape=[M, N], strides=[stride_rm, 1],
-                                                 block_shape=[BLOCK_M, EPI_N])
-        else:
-            res_desc = out_desc  # never read
+        w_rows = N
+    a_desc, w_desc, res_desc, out_desc = kernel_descriptors(
+        a, w, res, out, M, N, K, w_rows, stride_am, stride_wn, stride_rm, stride_om, BLOCK_M, BLOCK_N, BLOCK_K, EPI_N,
+        HAS_RESIDUAL, HOST_DESC)
     num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
     k_tiles = tl.cdiv(K, BLOCK_K)
     if SPLIT_K > 1:

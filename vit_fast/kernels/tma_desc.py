@@ -17,8 +17,10 @@ and the harness relies on that cache across processes.
 
 VITFAST_TMA_DESC=device keeps the device-side build (the engines' code before host descriptors), to measure the two
 side by side (the benchmark's `b1desc` step). The launchers pass the setting as the HOST_DESC constexpr, an autotune
-key of both engines.
+key of both engines; inside the kernels `kernel_descriptors` takes the launch's descriptors or builds them.
 """
+import triton
+import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ._common import DESC_ENV, switch_value
@@ -65,3 +67,37 @@ def operand_signature(name: str, elem: str, config: dict, host: bool) -> str:
         return "*" + elem
     rows, cols = block_shape(name, config)
     return f"tensordesc<{elem}[{rows}, {cols}]>"
+
+
+@triton.jit
+def kernel_descriptors(a, w, res, out, M, N, K, w_rows, stride_am, stride_wn, stride_rm, stride_om,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EPI_N: tl.constexpr,
+                       HAS_RESIDUAL: tl.constexpr, HOST_DESC: tl.constexpr):
+    """An engine kernel's (A, W, residual, output) descriptors: the launch's (HOST_DESC), or built by this program
+    over A (M, K), W (w_rows, K) and the residual and output (M, N). Without a residual its descriptor is the
+    output's (never read)."""
+    if HOST_DESC:
+        a_desc = a
+        w_desc = w
+        out_desc = out
+        if HAS_RESIDUAL:
+            res_desc = res
+        else:
+            res_desc = out_desc
+    else:
+        a_desc = tl.make_tensor_descriptor(a, shape=[M, K], strides=[stride_am, 1], block_shape=[BLOCK_M, BLOCK_K])
+        w_desc = tl.make_tensor_descriptor(w, shape=[w_rows, K], strides=[stride_wn, 1],
+                                           block_shape=[BLOCK_N, BLOCK_K])
+        out_desc = tl.make_tensor_descriptor(out, shape=[M, N], strides=[stride_om, 1],
+                                             block_shape=[BLOCK_M, EPI_N])
+        if HAS_RESIDUAL:
+            res_desc = tl.make_tensor_descriptor(res, shape=[M, N], strides=[stride_rm, 1],
+                                                 block_shape=[BLOCK_M, EPI_N])
+        else:
+            res_desc = out_desc
+    return a_desc, w_desc, res_desc, out_desc
+
+
+def aot_variants(exhaustive: bool = False):
+    """None of its own: kernel_descriptors is compiled into both TMA engines' variants (HOST_DESC both ways)."""
+    return []
