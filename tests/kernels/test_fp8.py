@@ -331,13 +331,13 @@ def test_fp8_engine_choice_traces_without_a_warning(monkeypatch):
     import functools
     import warnings
 
-    from vit_fast.kernels import gemm_fp8_tma, gemm_tma
+    from vit_fast.kernels import _common, gemm_fp8_tma
 
     monkeypatch.delenv("VITFAST_FP8_ENGINE", raising=False)
     monkeypatch.setattr(gemm_fp8_tma, "is_interpreting", lambda: False)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (9, 0))
     # the eager path's cached query, faked as it is (an lru_cache-wrapped function)
-    monkeypatch.setattr(gemm_tma, "_sm90_cached", functools.lru_cache(maxsize=None)(lambda index: True))
+    monkeypatch.setattr(_common, "_sm90_cached", functools.lru_cache(maxsize=None)(lambda index: True))
 
     def forward(t):
         return t * 2 if gemm_fp8_tma.fp8_gemm_reads_row_amax(torch.device("cuda", 0)) else t * 3
@@ -366,7 +366,7 @@ def test_fp8_engine_selection(monkeypatch):
     assert select_fp8_engine(32, wq, out) == "pointer" and fp8_gemm_reads_row_amax(cpu)  # the interpreter
     # what auto sees on a GPU: sm_90 outside the interpreter (the device query is faked, the rule is not)
     monkeypatch.setattr(gemm_fp8_tma, "is_interpreting", lambda: False)
-    monkeypatch.setattr(gemm_fp8_tma, "_is_sm90", lambda index: index == 0)
+    monkeypatch.setattr(gemm_fp8_tma, "is_sm90", lambda index: index == 0)
     assert gemm_fp8_tma._auto_picks_tma(gpu) and not gemm_fp8_tma._auto_picks_tma(torch.device("cuda", 1))
     assert not gemm_fp8_tma._auto_picks_tma(cpu)
     monkeypatch.setattr(gemm_fp8_tma, "_auto_picks_tma", lambda device: True)

@@ -95,7 +95,7 @@ def test_pdl_applies_only_on_sm90_with_the_switch(monkeypatch):
     cuda = torch.device("cuda", 0)
     for setting, sm90, want in (("1", True, True), ("1", False, False), ("0", True, False)):
         monkeypatch.setenv(PDL_ENV, setting)
-        monkeypatch.setattr(pdl, "_sm90", lambda index, sm90=sm90: sm90)
+        monkeypatch.setattr(pdl, "is_sm90", lambda index, sm90=sm90: sm90)
         assert pdl.pdl_launch(cuda) is want, (setting, sm90)
     monkeypatch.setenv(PDL_ENV, "1")
     monkeypatch.setattr(pdl, "is_interpreting", lambda: True)

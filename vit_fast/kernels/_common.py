@@ -172,6 +172,20 @@ GEMM_TABLES = {"hopper": HOPPER_GEMM, "ampere": AMPERE_GEMM, "fallback": FALLBAC
 _SMEM_FALLBACK = {(9, 0): 232448, (8, 0): 167936, (8, 6): 101376, (8, 7): 167936, (8, 9): 101376}
 
 
+def is_sm90(index: int) -> bool:
+    """Whether GPU `index` is sm_90 (H100, H200: the TMA engines and PDL); cached, but not while torch.compile traces
+    a caller (the FP8 engine choice the model makes in its forward): Dynamo warns on calls to lru_cache-wrapped
+    functions."""
+    if torch.compiler.is_compiling():
+        return torch.cuda.get_device_capability(index)[0] == 9
+    return _sm90_cached(index)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm90_cached(index: int) -> bool:
+    return torch.cuda.get_device_capability(index)[0] == 9
+
+
 @functools.lru_cache(maxsize=None)
 def gpu_family(device_index: int) -> str:
     major, _ = torch.cuda.get_device_capability(device_index)

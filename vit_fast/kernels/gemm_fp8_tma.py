@@ -26,11 +26,11 @@ import triton
 import triton.language as tl
 
 from ._common import (FAMILY_SMEM, FP8_DTYPE, FP8_ENGINE_ENV, FP8_GROUP, GELU_LIBDEVICE, GEMM_DIVISIBLE, SWIGLU,
-                      TL_SIG, autotune_scope, check, is_interpreting, jit_fn, m_bucket, switch_value)
+                      TL_SIG, autotune_scope, check, is_interpreting, is_sm90, jit_fn, m_bucket, switch_value)
 from .gemm import apply_activation, grouped_tile
 from .gemm_fp8 import dequantize_tile, precise_acc_setting
 from .quant_fp8 import e4m3_codes, masked_row_amax
-from .gemm_tma import (INTERPRETER_TMA, SM90_SM_SMEM, _is_sm90, _tma_addressable, co_resident, persistent_configs,
+from .gemm_tma import (INTERPRETER_TMA, SM90_SM_SMEM, _tma_addressable, co_resident, persistent_configs,
                        persistent_grid, persistent_prune, programs_per_sm)
 from .tma_desc import descriptor_rules, host_descriptors, kernel_descriptors, operand_signature
 
@@ -283,7 +283,7 @@ def _auto_picks_tma(device: torch.device) -> bool:
     interpreter, where the tests ask for each engine by name)."""
     if is_interpreting() or device.type != "cuda":
         return False
-    return _is_sm90(device.index if device.index is not None else torch.cuda.current_device())
+    return is_sm90(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def select_fp8_engine(k: int, weight, out, residual=None, activation=0, a=None) -> str:

@@ -29,8 +29,8 @@ import triton.language as tl
 
 from ._common import (
     ENGINE_ENV, FAMILY_SMEM, GEMM_DIVISIBLE, SWIGLU, TL_SIG, autotune_scope, check, gemm_vit_launches, is_interpreting,
-    jit_fn, m_bucket, num_sms, preset_activation, shared_memory_bytes, swiglu_accumulators_fit, switch_value,
-    upcast_needed,
+    is_sm90, jit_fn, m_bucket, num_sms, preset_activation, shared_memory_bytes, swiglu_accumulators_fit,
+    switch_value, upcast_needed,
 )
 from .gemm import (AOT_SLOTS, AOT_SPLIT, column_halves, gated_epilogue_math, grouped_tile, row_stats_switch,
                    slots_arg, stats_modes, switch_combos)
@@ -331,19 +331,6 @@ def _tma_addressable(t: torch.Tensor) -> bool:
             and t.shape[1] * elem >= 16)
 
 
-def _is_sm90(index: int) -> bool:
-    """Whether GPU `index` is sm_90; cached, but not while torch.compile traces a caller (the FP8 engine choice the
-    model makes in its forward): Dynamo warns on calls to lru_cache-wrapped functions."""
-    if torch.compiler.is_compiling():
-        return torch.cuda.get_device_capability(index)[0] == 9
-    return _sm90_cached(index)
-
-
-@functools.lru_cache(maxsize=None)
-def _sm90_cached(index: int) -> bool:
-    return torch.cuda.get_device_capability(index)[0] == 9
-
-
 def select_engine(a, weight, out, residual=None) -> str:
     """"tma" or "pointer" for already-checked 2-D operands. auto: TMA on sm_90 for bf16/fp16 operands it can
     address. VITFAST_GEMM_ENGINE=tma forces it (also under the interpreter, in any float dtype, which is how the tests
@@ -359,13 +346,13 @@ def select_engine(a, weight, out, residual=None) -> str:
         check(fits, f"{ENGINE_ENV}=tma: operands", "2-D, unit last stride, 16-byte aligned base and rows",
               f"(shape, strides, base % 16) {bad}")
         if not is_interpreting():
-            check(_is_sm90(a.device.index if a.device.index is not None else torch.cuda.current_device()),
+            check(is_sm90(a.device.index if a.device.index is not None else torch.cuda.current_device()),
                   f"{ENGINE_ENV}=tma: device", "an sm_90 GPU", torch.cuda.get_device_name(a.device))
         return "tma"
     if is_interpreting() or a.device.type != "cuda" or a.dtype not in DTYPES:
         return "pointer"
     index = a.device.index if a.device.index is not None else torch.cuda.current_device()
-    return "tma" if fits and _is_sm90(index) else "pointer"
+    return "tma" if fits and is_sm90(index) else "pointer"
 
 
 def _scratch(size: int, alignment: int, stream):

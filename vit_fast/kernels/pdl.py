@@ -16,14 +16,12 @@ completing, with any earlier one. It then lets its dependents launch (`griddepco
 dispatched once every one of its programs has passed that point or exited, and wait in turn. A kernel launched without
 PDL follows ordinary stream order. The interpreter cannot run the instructions, so it never launches with PDL.
 """
-import functools
-
 import torch
 import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from ._common import PDL_ENV, is_interpreting, switch_value
+from ._common import PDL_ENV, is_interpreting, is_sm90, switch_value
 
 
 def pdl_launch(device: torch.device) -> bool:
@@ -31,12 +29,7 @@ def pdl_launch(device: torch.device) -> bool:
     gated for), never under the interpreter (read at every launch, like the other switches)."""
     if switch_value(PDL_ENV) != "1" or is_interpreting() or device.type != "cuda":
         return False
-    return _sm90(device.index if device.index is not None else torch.cuda.current_device())
-
-
-@functools.lru_cache(maxsize=None)
-def _sm90(index: int) -> bool:
-    return torch.cuda.get_device_capability(index)[0] == 9
+    return is_sm90(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def launch_options(pdl: bool) -> dict:
