@@ -511,6 +511,39 @@ def test_autotune_first_keeps_one_config(monkeypatch):
         kernel = getattr(importlib.import_module(f"vit_fast.kernels.{module}"), name)
         assert getattr(kernel, "early_config_prune", None) is not None, name
         assert kernel.early_config_prune.__code__ is scoped.__code__, name
+        assert kernel.do_bench is _common.autotune_bench, name  # and is timed by the project's timer
+
+
+def test_autotune_bench_times_only_where_timing_chooses(monkeypatch):
+    """The autotuners' timer returns equal times without running the kernel under the interpreter (triton 3.6 times
+    even a lone pruned config, through a GPU driver a CPU lacks) and with VITFAST_AUTOTUNE=first; elsewhere it is
+    triton's benchmarker, called as the autotuner calls it."""
+    import triton.runtime
+
+    from vit_fast.kernels import _common
+
+    def never_run():
+        raise AssertionError("the kernel ran")
+
+    quantiles = (0.5, 0.2, 0.8)
+    monkeypatch.delenv(_common.AUTOTUNE_ENV, raising=False)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert _common.autotune_bench(never_run, quantiles=quantiles) == [0.0, 0.0, 0.0]
+    calls = []
+
+    class Driver:  # what triton.runtime.driver.active.get_benchmarker() hands a GPU autotuner
+        class active:
+            @staticmethod
+            def get_benchmarker():
+                return lambda fn, quantiles: calls.append((fn, quantiles)) or [1.5, 1.0, 2.0]
+
+    monkeypatch.setattr(triton.runtime, "driver", Driver)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setenv(_common.AUTOTUNE_ENV, "first")
+    assert _common.autotune_bench(never_run, quantiles=quantiles) == [0.0, 0.0, 0.0] and calls == []
+    monkeypatch.setenv(_common.AUTOTUNE_ENV, "all")
+    assert _common.autotune_bench(never_run, quantiles=quantiles) == [1.5, 1.0, 2.0]
+    assert calls == [(never_run, quantiles)]
 
 
 def test_two_programs_per_sm_rows(monkeypatch):

@@ -81,6 +81,25 @@ def autotune_scope(prune):
     return scoped
 
 
+def autotune_bench(kernel_call, quantiles):
+    """The autotuners' timer: triton's own benchmarker, except where no timing can choose. Under the interpreter every
+    prune keeps one config, and triton 3.6 (unlike 3.9) times even a lone kept config, through a GPU driver a CPU
+    does not have; with VITFAST_AUTOTUNE=first the GPU would time the one config for nothing. Equal times there:
+    the autotuner keeps the first config and launches it once."""
+    if is_interpreting() or autotune_setting() == "first":
+        return [0.0] * len(quantiles)
+    from triton.runtime import driver
+
+    return driver.active.get_benchmarker()(kernel_call, quantiles=quantiles)
+
+
+def autotuned(configs, key, prune):
+    """triton.autotune as every kernel here is tuned: `prune` scoped by VITFAST_AUTOTUNE, the choices cached on disk
+    (triton's cache dir, so a restarted server does not re-tune), timed by autotune_bench."""
+    return triton.autotune(configs=configs, key=key, prune_configs_by={"early_config_prune": autotune_scope(prune)},
+                           cache_results=True, do_bench=autotune_bench)
+
+
 def is_interpreting() -> bool:
     """True when Triton kernels run on CPU through the interpreter (TRITON_INTERPRET=1)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    autotune_scope, FAMILY_SMEM, FLOAT_DTYPES, TL_SIG, check, check_dtype, gpu_family, is_interpreting, jit_fn,
+    autotuned, FAMILY_SMEM, FLOAT_DTYPES, TL_SIG, check, check_dtype, gpu_family, is_interpreting, jit_fn,
     m_bucket, shared_memory_bytes, upcast_needed,
 )
 from .pdl import dependency_wait, launch_options, pdl_launch
@@ -189,9 +189,7 @@ def _scaled_q(ptrs, rows, n_rows, cols, n_cols, qk_scale, MASK_ROWS: tl.constexp
     return scaled.to(q.dtype)
 
 
-@triton.autotune(configs=_configs(), key=["N_Q_BUCKET", "N_K_BUCKET", "BH_BUCKET", "HEAD_DIM"],
-                 prune_configs_by={"early_config_prune": autotune_scope(_prune_configs)},
-                 cache_results=True)  # tuned configs persist in triton's cache dir across processes
+@autotuned(_configs(), ["N_Q_BUCKET", "N_K_BUCKET", "BH_BUCKET", "HEAD_DIM"], _prune_configs)
 @triton.heuristics({
     "EVEN_M": lambda a: a["N_Q"] % a["BLOCK_M"] == 0,
     "EVEN_N": lambda a: a["N_K"] % a["BLOCK_N"] == 0,

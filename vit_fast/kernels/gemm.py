@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    GEMM_DIVISIBLE, SPLIT_SPILLS, SWIGLU, SWITCH_TILE, TL_SIG, autotune_scope, check, gemm_configs, gemm_families,
+    GEMM_DIVISIBLE, SPLIT_SPILLS, SWIGLU, SWITCH_TILE, TL_SIG, autotuned, check, gemm_configs, gemm_families,
     gemm_kind, gemm_rows_for, gemm_vit_launches, gpu_family, is_interpreting, jit_fn, m_bucket, num_sms,
     preset_activation, prune_gemm_configs, upcast_needed,
 )
@@ -205,12 +205,7 @@ def _prune(configs, named_args, **kwargs):
 _CONFIGS = gemm_configs()
 
 
-@triton.autotune(
-    configs=_CONFIGS,
-    key=GEMM_AUTOTUNE_KEY,
-    prune_configs_by={"early_config_prune": autotune_scope(_prune)},
-    cache_results=True,  # tuned configs persist on disk (triton's cache dir), so a restarted server does not re-tune
-)
+@autotuned(_CONFIGS, GEMM_AUTOTUNE_KEY, _prune)
 @triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0, "EPI_SPLIT": _epi_split,
                    "SPLIT_K": _split_parts})
 @triton.jit(do_not_specialize=["M", "split_mode", "split_sms"])  # M = B·tokens: one compile for every batch size

@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (FP8_GROUP, GELU_LIBDEVICE, PRECISE_ACC_ENV, SWIGLU, TL_SIG, autotune_scope, is_interpreting,
+from ._common import (FP8_GROUP, GELU_LIBDEVICE, PRECISE_ACC_ENV, SWIGLU, TL_SIG, autotuned, is_interpreting,
                       jit_fn, m_bucket, shared_memory_bytes, switch_value)
 from .gemm import apply_activation, grouped_tile, swiglu
 from .quant_fp8 import e4m3_codes, masked_row_amax, round_to_e4m3
@@ -165,9 +165,7 @@ def smem_bytes(family: str, tile, a_bytes: int, quant_a: bool, swiglu: bool = Fa
     return (stages - 1 if quant_a else stages) * a + stages * w + scales
 
 
-@triton.autotune(configs=_configs(), key=FP8_AUTOTUNE_KEY,
-                 prune_configs_by={"early_config_prune": autotune_scope(_prune)},
-                 cache_results=True)  # tuned configs persist on disk (triton's cache dir) across processes
+@autotuned(_configs(), FP8_AUTOTUNE_KEY, _prune)
 @triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
 @triton.jit(do_not_specialize=["M"])  # M = B·tokens: one compile for every batch size
 def fp8_gemm_kernel(

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from ._common import (FAMILY_SMEM, FP8_DTYPE, FP8_ENGINE_ENV, FP8_GROUP, GELU_LIBDEVICE, GEMM_DIVISIBLE, SWIGLU,
-                      TL_SIG, autotune_scope, check, is_interpreting, is_sm90, jit_fn, m_bucket, switch_value)
+                      TL_SIG, autotuned, check, is_interpreting, is_sm90, jit_fn, m_bucket, switch_value)
 from .gemm import apply_activation, grouped_tile
 from .gemm_fp8 import dequantize_tile, precise_acc_setting
 from .quant_fp8 import e4m3_codes, masked_row_amax
@@ -163,9 +163,7 @@ def _store_codes(y, amax, rows, M, N, scale_out_ptr, stride_so, out_desc, off_m,
         tl.store(scale_out_ptr + (off_n // GROUP_K) * stride_so + rows, scale, mask=rows < rows_end)
 
 
-@triton.autotune(configs=_configs(), key=FP8_TMA_KEY,
-                 prune_configs_by={"early_config_prune": autotune_scope(_prune)},
-                 cache_results=True)  # tuned configs persist on disk (triton's cache dir) across processes
+@autotuned(_configs(), FP8_TMA_KEY, _prune)
 @triton.heuristics(descriptor_rules())  # a, w, res, out: descriptors of the config's boxes (tma_desc.py)
 @triton.jit(do_not_specialize=["M"])
 def fp8_tma_gemm_kernel(

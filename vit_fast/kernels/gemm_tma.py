@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    ENGINE_ENV, FAMILY_SMEM, GEMM_DIVISIBLE, SWIGLU, TL_SIG, autotune_scope, check, gemm_vit_launches, is_interpreting,
+    ENGINE_ENV, FAMILY_SMEM, GEMM_DIVISIBLE, SWIGLU, TL_SIG, autotuned, check, gemm_vit_launches, is_interpreting,
     is_sm90, jit_fn, m_bucket, num_sms, preset_activation, shared_memory_bytes, swiglu_accumulators_fit,
     switch_value, upcast_needed,
 )
@@ -192,8 +192,7 @@ def _split_parts(args) -> int:
     return config_parts(args, args["NUM_SMS"] * args["PER_SM"])
 
 
-@triton.autotune(configs=_configs(), key=AUTOTUNE_KEY, prune_configs_by={"early_config_prune": autotune_scope(_prune)},
-                 cache_results=True)  # tuned configs persist on disk (triton's cache dir) across processes
+@autotuned(_configs(), AUTOTUNE_KEY, _prune)
 @triton.heuristics({"SPLIT_K": _split_parts, **descriptor_rules()})  # a, w, res, out: descriptors of the config
 @triton.jit(do_not_specialize=["M", "split_mode"])
 def tma_gemm_kernel(

@@ -5,7 +5,7 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    autotune_scope, FLOAT_DTYPES, TL_SIG, check, check_device, check_dtype, check_out, check_vector,
+    autotuned, FLOAT_DTYPES, TL_SIG, check, check_device, check_dtype, check_out, check_vector,
     is_interpreting, jit_fn, m_bucket, rows_view,
 )
 
@@ -35,9 +35,7 @@ def prune_ln_configs(configs, named_args, **kwargs):
     return kept or [min(configs, key=lambda c: abs(_elements_per_thread(c, block_n) - 16))]
 
 
-@triton.autotune(configs=_configs(), key=["M_BUCKET", "N"],
-                 prune_configs_by={"early_config_prune": autotune_scope(prune_ln_configs)},
-                 cache_results=True)  # tuned configs persist in triton's cache dir across processes
+@autotuned(_configs(), ["M_BUCKET", "N"], prune_ln_configs)
 @triton.jit(do_not_specialize=["M"])  # rows vary with the batch: one compile for every batch size
 def layer_norm_kernel(
     x_ptr,  # (M, N) input, any strides

@@ -9,7 +9,7 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    autotune_scope, FLOAT_DTYPES, GEMM_TABLES, SWITCH_TILE, TL_SIG, check, check_device, check_dtype, check_vector,
+    autotuned, FLOAT_DTYPES, GEMM_TABLES, SWITCH_TILE, TL_SIG, check, check_device, check_dtype, check_vector,
     gemm_configs, gemm_families, gemm_rows_for, gemm_vit_launches, is_interpreting, jit_fn, m_bucket,
     prune_gemm_configs,
 )
@@ -19,13 +19,8 @@ OP = "patch_embed"
 IMAGE_DTYPES = FLOAT_DTYPES + (torch.uint8,)
 
 
-@triton.autotune(
-    configs=gemm_configs(),
-    key=["M_BUCKET", "N", "K", "HAS_BIAS"],
-    prune_configs_by={"early_config_prune": autotune_scope(functools.partial(
-        prune_gemm_configs, a_name="x_ptr", dot_dtype_name="out_ptr", kind="patch"))},
-    cache_results=True,  # tuned configs persist on disk (triton's cache dir), so a restarted server does not re-tune
-)
+@autotuned(gemm_configs(), ["M_BUCKET", "N", "K", "HAS_BIAS"],
+           functools.partial(prune_gemm_configs, a_name="x_ptr", dot_dtype_name="out_ptr", kind="patch"))
 @triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
 @triton.jit(do_not_specialize=["M"])  # M = B·patches: one compile for every batch size
 def patch_embed_kernel(

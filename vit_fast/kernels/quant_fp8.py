@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import FP8_DTYPE, FP8_GROUP, TL_SIG, autotune_scope, group_count, is_interpreting, jit_fn, m_bucket
+from ._common import FP8_DTYPE, FP8_GROUP, TL_SIG, autotuned, group_count, is_interpreting, jit_fn, m_bucket
 from .layer_norm import LN_CONFIGS, prune_ln_configs
 
 AMAX_FLOOR = 1e-12  # an all-zero row gets scale 1e-12/448 (q = 0), never a division by zero
@@ -66,9 +66,7 @@ def masked_row_amax(y, mask_n):
     return tl.max(tl.where(mask_n[None, :], tl.abs(y), 0.0), axis=1)
 
 
-@triton.autotune(configs=_configs(), key=["M_BUCKET", "K", "HAS_LN", "GROUPS"],
-                 prune_configs_by={"early_config_prune": autotune_scope(_prune)},
-                 cache_results=True)  # tuned configs persist on disk (triton's cache dir) across processes
+@autotuned(_configs(), ["M_BUCKET", "K", "HAS_LN", "GROUPS"], _prune)
 @triton.jit(do_not_specialize=["M"])  # M = B·tokens: one compile for every batch size
 def quant_rows_fp8_kernel(
     x_ptr,  # (M, K) input rows, any strides
