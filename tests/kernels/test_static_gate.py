@@ -517,8 +517,10 @@ def test_autotune_first_keeps_one_config(monkeypatch):
 def test_autotune_bench_times_only_where_timing_chooses(monkeypatch):
     """The autotuners' timer returns equal times without running the kernel under the interpreter (triton 3.6 times
     even a lone pruned config, through a GPU driver a CPU lacks) and with VITFAST_AUTOTUNE=first; elsewhere it is
-    triton's benchmarker, called as the autotuner calls it."""
+    triton's benchmarker, called as the autotuner calls it, and for a config faster than GRAPH_TIMED_BELOW_MS
+    there, triton's CUDA-graph benchmarker (whose time it then returns)."""
     import triton.runtime
+    import triton.testing
 
     from vit_fast.kernels import _common
 
@@ -542,8 +544,23 @@ def test_autotune_bench_times_only_where_timing_chooses(monkeypatch):
     monkeypatch.setenv(_common.AUTOTUNE_ENV, "first")
     assert _common.autotune_bench(never_run, quantiles=quantiles) == [0.0, 0.0, 0.0] and calls == []
     monkeypatch.setenv(_common.AUTOTUNE_ENV, "all")
+    graph_calls = []
+    monkeypatch.setattr(triton.testing, "do_bench_cudagraph",
+                        lambda fn, quantiles: graph_calls.append((fn, quantiles)) or [0.01, 0.009, 0.011])
     assert _common.autotune_bench(never_run, quantiles=quantiles) == [1.5, 1.0, 2.0]
-    assert calls == [(never_run, quantiles)]
+    assert calls == [(never_run, quantiles)] and graph_calls == []
+    short = _common.GRAPH_TIMED_BELOW_MS * 0.99  # a launch-bound time: the graph's is returned
+    Driver.active.get_benchmarker = staticmethod(lambda: lambda fn, quantiles: [short, short, short])
+    assert _common.autotune_bench(never_run, quantiles=quantiles) == [0.01, 0.009, 0.011]
+    assert graph_calls == [(never_run, quantiles)]
+
+    def uncapturable(fn, quantiles):
+        raise RuntimeError("operation not permitted when stream is capturing\nmore")
+
+    monkeypatch.setattr(triton.testing, "do_bench_cudagraph", uncapturable)
+    with pytest.warns(UserWarning, match=r"^autotune: CUDA-graph timing failed \(operation not permitted when stream "
+                                         r"is capturing\); kept the events' time$"):
+        assert _common.autotune_bench(never_run, quantiles=quantiles) == [short, short, short]
 
 
 def test_two_programs_per_sm_rows(monkeypatch):

@@ -6,6 +6,7 @@ never at import time.
 """
 import functools
 import os
+import warnings
 
 import torch
 import triton
@@ -81,16 +82,34 @@ def autotune_scope(prune):
     return scoped
 
 
+# Configs whose median under triton's benchmarker is below this are timed again from a CUDA graph (autotune_bench)
+GRAPH_TIMED_BELOW_MS = 0.1
+
+
 def autotune_bench(kernel_call, quantiles):
-    """The autotuners' timer: triton's own benchmarker, except where no timing can choose. Under the interpreter every
-    prune keeps one config, and triton 3.6 (unlike 3.9) times even a lone kept config, through a GPU driver a CPU
-    does not have; with VITFAST_AUTOTUNE=first the GPU would time the one config for nothing. Equal times there:
-    the autotuner keeps the first config and launches it once."""
+    """The autotuners' timer: triton's benchmarker (an L2 flush, then one launch between two events), and for short
+    kernels triton's CUDA-graph benchmarker. A launch through the autotuner, heuristics and Python launcher can take
+    longer on the CPU than the flush on the GPU; then the events time the launch, not the kernel. The third lease
+    timed all five attention tiles of B/16 batch 1 at 33-35 µs, where the second had timed them at 9.5-11 µs: a
+    floor that made batch 1's picks noise. A graph replays the launches without the CPU, as the model's graphs do
+    (its repeats keep the kernel's operands in L2, where the flush left them cold).
+    Where no timing can choose it times nothing: under the interpreter every prune keeps one config, and triton 3.6
+    (unlike 3.9) times even a lone kept config, through a GPU driver a CPU does not have; with VITFAST_AUTOTUNE=first
+    the GPU would time the one config for nothing. Equal times there: the autotuner keeps the first config."""
     if is_interpreting() or autotune_setting() == "first":
         return [0.0] * len(quantiles)
     from triton.runtime import driver
 
-    return driver.active.get_benchmarker()(kernel_call, quantiles=quantiles)
+    times = driver.active.get_benchmarker()(kernel_call, quantiles=quantiles)
+    if times[0] >= GRAPH_TIMED_BELOW_MS:
+        return times
+    import triton.testing
+
+    try:
+        return triton.testing.do_bench_cudagraph(kernel_call, quantiles=quantiles)
+    except RuntimeError as exc:  # a launch that cannot be captured keeps the events' time, said once per kernel key
+        warnings.warn(f"autotune: CUDA-graph timing failed ({str(exc).splitlines()[0]}); kept the events' time")
+        return times
 
 
 def autotuned(configs, key, prune):
