@@ -80,6 +80,36 @@ def test_serve_refuses_bad_options_before_ray(no_ray, capsys, extra, fragment):
     assert fragment in _refused(["serve", "--model", "vit_ti_16", *extra], capsys, "serve")
 
 
+@pytest.mark.parametrize("command, hidden, namespace, fragment", [
+    ("serve", ("ray",), False, "needs ray, which is not installed here"),
+    ("serve", ("ray",), True, "needs ray, which is not installed here"),  # a bare ray/ folder on sys.path
+    ("infer", ("pyarrow",), False, "needs pyarrow, which is not installed here"),
+    ("infer", ("ray", "pyarrow"), False, "needs ray and pyarrow, which are not installed here"),
+])
+def test_missing_serve_extra_is_one_line_before_model_work(no_ray, capsys, monkeypatch, tmp_path, command, hidden,
+                                                           namespace, fragment):
+    import importlib.machinery
+    import importlib.util
+
+    from vit_fast.serving import cli as serving_cli
+
+    real = importlib.util.find_spec
+
+    def find_spec(name, *args):
+        if name not in hidden:
+            return real(name, *args)
+        return importlib.machinery.ModuleSpec(name, None, is_package=True) if namespace else None
+
+    def model_work(args):
+        raise AssertionError("the model was checked before the missing extra")
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(serving_cli, "_check_model", model_work)
+    argv = ["serve"] if command == "serve" else ["infer", tmp_path]
+    line = _refused([*argv, "--model", "vit_ti_16"], capsys, command)
+    assert line == f"vit-fast {command}: {fragment}: pip install 'vit-fast[serve]'"
+
+
 def test_serve_refuses_bad_checkpoint_and_busy_port_before_ray(no_ray, capsys, checkpoints, busy_port):
     good, bad = checkpoints
     line = _refused(["serve", "--checkpoint", bad, "--port", "8123"], capsys, "serve")

@@ -35,6 +35,17 @@ class Refused(Exception):
     """Something checked before Ray starts is wrong: reported as one line, exit code 2."""
 
 
+def _require(*modules: str) -> None:
+    """Refuse before any model work when the serve extra is missing (a bare `ray` folder, such as Ray's session
+    folder /tmp/ray seen from the working directory, is not the package)."""
+    import importlib.util
+
+    missing = [m for m in modules if getattr(importlib.util.find_spec(m), "origin", None) is None]
+    if missing:
+        raise Refused(f"needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed "
+                      "here: pip install 'vit-fast[serve]'")
+
+
 def _positive(args, *names) -> None:
     for name in names:
         value = getattr(args, name)
@@ -245,6 +256,7 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
 
 def _serve(parser, args) -> int:
     try:
+        _require("ray")
         _positive(args, "top_k", "max_batch_size", "num_replicas", "cpus_per_replica")
         _check_port(args.host, args.port)
         _check_model(args)
@@ -322,9 +334,10 @@ def add_infer_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _infer(parser, args) -> int:
-    from .batch import check_output_path, list_images
-
     try:
+        _require("ray", "pyarrow")
+        from .batch import check_output_path, list_images
+
         _positive(args, "top_k", "batch_size", "workers", "cpus_per_worker")
         if args.wait_timeout <= 0:
             raise Refused(f"--wait-timeout must be > 0 seconds, got {args.wait_timeout:g}")
