@@ -9,7 +9,9 @@
 #                      (e.g. headline profile) pick and order them. Writes $OUT/lease/: runs.tar.gz (every step's
 #                      files so far), lease.log, headline.md, tests.txt
 #   tests              the GPU test subset (tests/gpu_subset.txt), < 3 min, junit + one JSON line per test; each
-#                      kernel key compiles only the first config its prune keeps (VITFAST_AUTOTUNE=first)
+#                      kernel key compiles only the first config its prune keeps (VITFAST_AUTOTUNE=first). Beside
+#                      it, PREWARM (3) processes compile the headline's vit_fast kernels into the benchmark steps'
+#                      Triton cache (benchmarks/prewarm.py; prewarm.log)
 #   headline [ROWS]    B/16 b256 (compile too) + b1 (CUDA graphs), L/16 b256 (FP8, compile), H/14 b64 (compile),
 #                      H/14 b256 (FP8), B/16 b1 compile: priority order (benchmarks/headline.py ROWS), row by row
 #                      (RESUME=1: keep the rows a previous call on this machine measured)
@@ -202,12 +204,24 @@ PY
     for f in tests.txt headline.md; do [ -f "$DIR/$f" ] && cat "$DIR/$f"; done
     ;;
 tests)
+    # beside the tests, PREWARM processes compile the headline's vit_fast kernels into the benchmark steps' Triton
+    # cache (benchmarks/prewarm.py: every config launched once, nothing timed, no autotune choice written); rows not
+    # started 40 s before the step's end are skipped, and whatever still compiles at its end is stopped
+    LIMIT=${T_TESTS:-170}
+    PRE_PIDS=()
+    rm -f "$DIR/prewarm.log"
+    for k in $(seq 1 "${PREWARM:-3}"); do
+        PRE=(--part "$k/${PREWARM:-3}" --deadline $(( $(date +%s) + LIMIT - 40 )))
+        [ "$DRY" = 1 ] && PRE+=(--tiny --rows vit_b_16:2,vit_b_16:1:float8)  # in the interpreter (a CPU)
+        TRITON_CACHE_DIR=$CACHE/triton TRITON_INTERPRET=$([ "$DRY" = 1 ] && echo 1 || echo 0) \
+            "$PY" -m benchmarks.prewarm "${PRE[@]}" >> "$DIR/prewarm.log" 2>&1 &
+        PRE_PIDS+=($!)
+    done
     # noisy autotune timings of parallel workers must not be kept for the benchmark steps: if the kernels force
     # cache_results on, the tests compile into a cache of their own
     if grep -rqs "cache_results=True" vit_fast/kernels/; then export TRITON_CACHE_DIR=$CACHE/triton-tests; fi
     export TRITON_CACHE_AUTOTUNING=0
     export VITFAST_AUTOTUNE=${VITFAST_AUTOTUNE:-first}  # one config per kernel key: the window checks numerics
-    LIMIT=${T_TESTS:-170}
     export VITFAST_TEST_DEADLINE=$(( $(date +%s) + LIMIT - 40 )) VITFAST_TEST_HARD_END=$(( $(date +%s) + LIMIT - 15 ))
     export VITFAST_TEST_LOG=$DIR/tests.jsonl
     rm -f "$VITFAST_TEST_LOG"
@@ -220,6 +234,13 @@ tests)
         has pytest_timeout && ARGS+=(--timeout=120)
     fi
     run "$LIMIT" "$PY" -m pytest "${NODES[@]}" "${ARGS[@]}"
+    TEST_RC=$RC
+    while [ $(( $(date +%s) - START )) -lt $(( LIMIT - 10 )) ] && kill -0 ${PRE_PIDS[@]+"${PRE_PIDS[@]}"} 2>/dev/null
+    do sleep 1; done  # the step's time left goes to the compiles (else the headline pays them)
+    for pid in ${PRE_PIDS[@]+"${PRE_PIDS[@]}"}; do kill "$pid" 2>/dev/null; done
+    wait ${PRE_PIDS[@]+"${PRE_PIDS[@]}"} 2>/dev/null
+    [ -f "$DIR/prewarm.log" ] && tee -a "$LOG" < "$DIR/prewarm.log"
+    RC=$TEST_RC
     ;;
 headline)
     # rows must end 20 s before the step's limit, counted from now (python's start-up included)

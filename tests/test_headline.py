@@ -25,6 +25,7 @@ def test_rows_not_run_for_lack_of_time_are_measured_on_resume(tmp_path, capsys):
     again = json.loads((tmp_path / "results.json").read_text())
     setup = json.loads((tmp_path / "setup.json").read_text())
     assert schema.validate(again) == [] and setup["seed"] == seed
+    assert [s["triton_cached_kernels"] for s in setup["rows"]] == [None, None]  # counted for vit_fast rows only
     assert [(r["model"], r["backend"], r["error"]) for r in again["rows"]] == [("vit_b_16", "sdpa", None),
                                                                                  ("vit_ti_16", "eager", None)]
     assert again["matmul_peak_tflops"] == first["matmul_peak_tflops"]
@@ -130,6 +131,11 @@ def test_targets_are_judged_from_the_rows():
     setup = {"matmul_peak": "test", "rows": [{k: r[k] for k in ("model", "batch", "dtype", "backend")}
                                              | {"first_result_s": 1.0} for r in rows]}
     text = headline.summary(results, setup)
+    assert "compiled kernels" not in text  # no row recorded the cache (an older setup.json)
+    for s in setup["rows"]:
+        s["triton_cached_kernels"] = 1234 if s["backend"] == "vit_fast" else None
+    text = headline.summary(results, setup)
+    assert "Triton's cache held 1,234 compiled kernels when the first vit_fast row started" in text
     assert "- MET: vit_b_16 b256: vit_fast 1.30x compile (target >= 1.25x)" in text
     assert "- MET: vit_b_16 b256: vit_fast MFU 61.0% of the measured peak" in text
     assert "- NOT MET: vit_b_16 b1: vit_fast p50 0.520 ms with CUDA graphs (target <= 0.5 ms)" in text

@@ -500,8 +500,10 @@ def test_autotune_first_keeps_one_config(monkeypatch):
     assert [c.kwargs["BLOCK_M"] for c in scoped(configs, {})] == [32, 64]
     monkeypatch.setenv(_common.AUTOTUNE_ENV, "first")
     assert [c.kwargs["BLOCK_M"] for c in scoped(configs, {})] == [32]
+    monkeypatch.setenv(_common.AUTOTUNE_ENV, "compile")  # every kept config is compiled (benchmarks/prewarm.py)
+    assert [c.kwargs["BLOCK_M"] for c in scoped(configs, {})] == [32, 64]
     monkeypatch.setenv(_common.AUTOTUNE_ENV, "fast")
-    with pytest.raises(ValueError, match=r"^VITFAST_AUTOTUNE: expected all \| first, got 'fast'$"):
+    with pytest.raises(ValueError, match=r"^VITFAST_AUTOTUNE: expected all \| first \| compile, got 'fast'$"):
         scoped(configs, {})
     autotuned = {"attention": "_attn_fwd_kernel", "gemm": "fused_gemm_kernel", "gemm_fp8": "fp8_gemm_kernel",
                  "gemm_tma": "tma_gemm_kernel", "gemm_fp8_tma": "fp8_tma_gemm_kernel",
@@ -512,6 +514,8 @@ def test_autotune_first_keeps_one_config(monkeypatch):
         assert getattr(kernel, "early_config_prune", None) is not None, name
         assert kernel.early_config_prune.__code__ is scoped.__code__, name
         assert kernel.do_bench is _common.autotune_bench, name  # and is timed by the project's timer
+        assert kernel in _common.AUTOTUNED, name  # which the prewarm finds
+    assert len(_common.AUTOTUNED) == len(autotuned)
 
 
 def test_autotune_bench_times_only_where_timing_chooses(monkeypatch):
@@ -543,6 +547,10 @@ def test_autotune_bench_times_only_where_timing_chooses(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     monkeypatch.setenv(_common.AUTOTUNE_ENV, "first")
     assert _common.autotune_bench(never_run, quantiles=quantiles) == [0.0, 0.0, 0.0] and calls == []
+    launched = []
+    monkeypatch.setenv(_common.AUTOTUNE_ENV, "compile")  # launched once (compiled), not timed
+    assert _common.autotune_bench(lambda: launched.append(1), quantiles=quantiles) == [0.0, 0.0, 0.0]
+    assert launched == [1] and calls == []
     monkeypatch.setenv(_common.AUTOTUNE_ENV, "all")
     graph_calls = []
     monkeypatch.setattr(triton.testing, "do_bench_cudagraph",

@@ -26,7 +26,9 @@ SWIGLU = ACTIVATIONS["swiglu"]
 ENGINE_ENV = "VITFAST_GEMM_ENGINE"  # which 16-bit/fp32 GEMM engine runs (gemm_tma.select_engine), to compare them
 FP8_ENGINE_ENV = "VITFAST_FP8_ENGINE"  # which FP8 GEMM engine runs (gemm_fp8_tma.select_fp8_engine); auto: TMA on sm_90
 PRECISE_ACC_ENV = "VITFAST_FP8_PRECISE_ACC"  # FP8 partial sums promoted to fp32 every BLOCK_K, or not (gemm_fp8)
-AUTOTUNE_ENV = "VITFAST_AUTOTUNE"  # the whole table, or only the first config a prune keeps (autotune_scope)
+# the whole table timed, only the first config a prune keeps (autotune_scope), or every kept config launched once and
+# none timed (benchmarks/prewarm.py: the compiled binaries are what it is after)
+AUTOTUNE_ENV = "VITFAST_AUTOTUNE"
 # whether the model's folded LayerNorms merge the partial statistics the residual GEMMs write (1) or launch a
 # statistics kernel of their own (0), to compare them (vit_fast.triton_path)
 LN_PARTIALS_ENV = "VITFAST_LN_PARTIALS"
@@ -41,7 +43,7 @@ DESC_ENV = "VITFAST_TMA_DESC"
 # programmatic dependent launch for the kernels that take it (pdl.py): off until a GPU measured it, 1 to try it
 PDL_ENV = "VITFAST_PDL"
 SWITCHES = {ENGINE_ENV: ("auto", "tma", "pointer"), FP8_ENGINE_ENV: ("auto", "tma", "pointer"),
-            PRECISE_ACC_ENV: ("1", "0"), AUTOTUNE_ENV: ("all", "first"), LN_PARTIALS_ENV: ("1", "0"),
+            PRECISE_ACC_ENV: ("1", "0"), AUTOTUNE_ENV: ("all", "first", "compile"), LN_PARTIALS_ENV: ("1", "0"),
             SPLIT_ENV: ("auto", "1", "2", "3", "4"), GELU_ENV: ("fitted", "libdevice"), DESC_ENV: ("host", "device"),
             PDL_ENV: ("0", "1")}
 # the ACTIVATION code of "gelu" launched under VITFAST_GELU=libdevice (not a user's activation: epilogue_activation)
@@ -66,7 +68,7 @@ def epilogue_activation(code: int) -> int:
 
 
 def autotune_setting() -> str:
-    """VITFAST_AUTOTUNE, read at each first launch of a kernel key: "all" or "first"."""
+    """VITFAST_AUTOTUNE, read at each first launch of a kernel key: "all", "first" or "compile"."""
     return switch_value(AUTOTUNE_ENV)
 
 
@@ -95,8 +97,13 @@ def autotune_bench(kernel_call, quantiles):
     (its repeats keep the kernel's operands in L2, where the flush left them cold).
     Where no timing can choose it times nothing: under the interpreter every prune keeps one config, and triton 3.6
     (unlike 3.9) times even a lone kept config, through a GPU driver a CPU does not have; with VITFAST_AUTOTUNE=first
-    the GPU would time the one config for nothing. Equal times there: the autotuner keeps the first config."""
-    if is_interpreting() or autotune_setting() == "first":
+    the GPU would time the one config for nothing. With VITFAST_AUTOTUNE=compile it launches the config once, which
+    compiles it, and times nothing. Equal times in all three: the autotuner keeps the first config."""
+    setting = autotune_setting()
+    if is_interpreting() or setting == "first":
+        return [0.0] * len(quantiles)
+    if setting == "compile":
+        kernel_call()
         return [0.0] * len(quantiles)
     from triton.runtime import driver
 
@@ -112,11 +119,22 @@ def autotune_bench(kernel_call, quantiles):
         return times
 
 
+# Every autotuner autotuned() made, in import order (benchmarks/prewarm.py turns their disk cache off)
+AUTOTUNED = []
+
+
 def autotuned(configs, key, prune):
     """triton.autotune as every kernel here is tuned: `prune` scoped by VITFAST_AUTOTUNE, the choices cached on disk
-    (triton's cache dir, so a restarted server does not re-tune), timed by autotune_bench."""
-    return triton.autotune(configs=configs, key=key, prune_configs_by={"early_config_prune": autotune_scope(prune)},
+    (triton's cache dir, so a restarted server does not re-tune), timed by autotune_bench; registered in AUTOTUNED."""
+    tune = triton.autotune(configs=configs, key=key, prune_configs_by={"early_config_prune": autotune_scope(prune)},
                            cache_results=True, do_bench=autotune_bench)
+
+    def register(fn):
+        tuner = tune(fn)
+        AUTOTUNED.append(tuner)
+        return tuner
+
+    return register
 
 
 def is_interpreting() -> bool:

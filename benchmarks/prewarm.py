@@ -1,0 +1,121 @@
+"""Compile, before the headline asks for them, the Triton kernels its vit_fast rows autotune.
+
+Why: the headline's first vit_fast row of a model spends most of its set-up compiling every config the autotuner
+tries, one after another (the third lease: 51.5 s of ViT-B/16 batch 256's 59 s row, 50.8 s for L/16's first FP8
+row), and three leases ran out of time before the compile rows of L/16 and H/14, issue 10's targets. The lease
+runs this during its test step, on the same GPU, in a few processes at once: each builds the headline's vit_fast
+models and runs one forward with VITFAST_AUTOTUNE=compile, so every autotuner launches each config its prune keeps
+once (which compiles it into the Triton cache the headline reads) and times nothing. It writes no autotune choice to
+disk (every autotuner's disk cache is turned off here): the headline still tunes on an idle GPU. Nothing it does is
+measured or kept but the compiled binaries.
+
+`python -m benchmarks.prewarm [--rows MODEL:BATCH[:DTYPE],...] [--part K/N] [--deadline UNIX_S] [--tiny]`:
+the rows default to the headline's vit_fast rows in its order; --part K/N takes every N-th of them from the K-th
+(the lease starts N processes); rows not started by --deadline are skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from vit_fast.kernels._common import AUTOTUNE_ENV, is_interpreting
+
+from . import schema
+
+
+def _rows(text: str) -> list:
+    out = []
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        parts = item.split(":")
+        if len(parts) not in (2, 3) or not parts[1].isdigit() or int(parts[1]) < 1:
+            raise argparse.ArgumentTypeError(f"expected MODEL:BATCH[:DTYPE] (e.g. vit_l_16:256:float8), got {item!r}")
+        dtype = parts[2] if len(parts) == 3 else "bfloat16"
+        if dtype not in schema.DTYPES:
+            raise argparse.ArgumentTypeError(f"unknown dtype {dtype!r} in {item!r}; expected one of "
+                                             f"{', '.join(schema.DTYPES)}")
+        out.append((parts[0], int(parts[1]), dtype))
+    if not out:
+        raise argparse.ArgumentTypeError("expected at least one MODEL:BATCH")
+    return out
+
+
+def _part(text: str) -> tuple:
+    k, _, n = text.partition("/")
+    if not (k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+        raise argparse.ArgumentTypeError(f"expected K/N with 1 <= K <= N (e.g. 2/3), got {text!r}")
+    return int(k), int(n)
+
+
+def parse_args(argv=None):
+    from .headline import ROWS
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.prewarm", description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", type=_rows, default=[(m, b, d) for m, b, d, backend in ROWS if backend == "vit_fast"],
+                   help="MODEL:BATCH[:DTYPE] items, comma-separated (default: the headline's vit_fast rows)")
+    p.add_argument("--part", type=_part, default=(1, 1), help="K/N: every N-th row from the K-th")
+    p.add_argument("--deadline", type=float, default=None, help="unix time after which no row starts")
+    p.add_argument("--resolution", type=int, default=224)
+    p.add_argument("--tiny", action="store_true", help="shrunk models on the CPU (a smoke test of this module)")
+    args = p.parse_args(argv)
+    k, n = args.part
+    args.rows = args.rows[k - 1::n]  # args.part stays, for the log lines
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    import vit_fast
+
+    try:
+        for model, _, _ in args.rows:
+            vit_fast.get_config(model)
+    except ValueError as e:
+        print(f"prewarm: error: {e}", file=sys.stderr)
+        return 2
+    if args.tiny and not is_interpreting():
+        print("prewarm: error: --tiny runs the kernels in Triton's interpreter: set TRITON_INTERPRET=1",
+              file=sys.stderr)
+        return 2
+    if not args.tiny and not torch.cuda.is_available():
+        print("prewarm: error: no CUDA device (--tiny is the CPU smoke test)", file=sys.stderr)
+        return 2
+    os.environ[AUTOTUNE_ENV] = "compile"  # read at each first launch of a kernel key
+    import importlib
+    import pkgutil
+
+    import vit_fast.kernels
+    from vit_fast.kernels._common import AUTOTUNED
+
+    from . import builders, runner
+    from .headline import TINY
+
+    for module in pkgutil.iter_modules(vit_fast.kernels.__path__):  # every autotuner registers when imported
+        importlib.import_module(f"vit_fast.kernels.{module.name}")
+    for tuner in AUTOTUNED:  # untimed choices must never reach the disk cache the headline reads
+        tuner.cache_results = False
+    device = torch.device("cpu" if args.tiny else "cuda")
+    overrides = {k: int(v) for k, v in (kv.split("=") for kv in TINY.split(","))} if args.tiny else None
+    part = "/".join(map(str, args.part))
+    for model, batch, dtype in args.rows:
+        if args.deadline is not None and time.time() >= args.deadline:
+            print(f"prewarm {part}: {model} b{batch} {dtype}: skipped, past the deadline", flush=True)
+            continue
+        start = time.time()
+        master = builders.build_master(model, args.resolution, 0, overrides)
+        built = builders.build("vit_fast", master, runner.DTYPES[dtype], device, "max-autotune", preset=model)
+        x = runner.make_inputs(batch, args.resolution, builders.input_dtype(runner.DTYPES[dtype]), device, 0, 1)[0]
+        with torch.inference_mode():
+            built.fn(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        del built, master, x
+        print(f"prewarm {part}: {model} b{batch} {dtype}: {time.time() - start:.1f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
