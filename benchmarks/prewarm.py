@@ -10,8 +10,9 @@ disk (every autotuner's disk cache is turned off here): the headline still tunes
 measured or kept but the compiled binaries.
 
 `python -m benchmarks.prewarm [--rows MODEL:BATCH[:DTYPE],...] [--part K/N] [--deadline UNIX_S] [--tiny]`:
-the rows default to the headline's vit_fast rows in its order; --part K/N takes every N-th of them from the K-th
-(the lease starts N processes); rows not started by --deadline are skipped.
+the rows default to ROWS, the headline's vit_fast rows and then those of the lease's side-by-side steps under their
+switches; --part K/N takes every N-th of them from the K-th (the lease starts N processes); rows not started by
+--deadline are skipped.
 """
 from __future__ import annotations
 
@@ -24,6 +25,20 @@ from vit_fast.kernels._common import AUTOTUNE_ENV, is_interpreting
 
 from . import schema
 
+BF16, FP8 = "bfloat16", "float8"
+# (model, batch, dtype, switches): every vit_fast row of the headline (headline.ROWS), then the first half of the
+# lease's side-by-side steps (gpu_steps.sh: gelu, b1desc, b1split, b1pdl, lnstats, b1engine, fp8acc), in an order
+# that gives each of three processes (--part K/3) a large first compile: B/16 b256, L/16's FP8, B/16 b1
+ROWS = [
+    ("vit_b_16", 256, BF16, {}), ("vit_l_16", 256, FP8, {}), ("vit_b_16", 1, BF16, {}),
+    ("vit_l_16", 256, BF16, {}), ("vit_h_14", 256, FP8, {}), ("vit_h_14", 64, BF16, {}),
+    ("vit_h_14", 256, BF16, {}), ("vit_l_16", 256, FP8, {"VITFAST_FP8_PRECISE_ACC": "0"}),
+    ("vit_b_16", 1, BF16, {"VITFAST_TMA_DESC": "device"}),
+    ("vit_b_16", 256, BF16, {"VITFAST_GELU": "libdevice"}), ("vit_b_16", 1, BF16, {"VITFAST_PDL": "1"}),
+    ("vit_b_16", 1, BF16, {"VITFAST_SPLIT_K": "1"}), ("vit_b_16", 256, BF16, {"VITFAST_LN_PARTIALS": "0"}),
+    ("vit_b_16", 1, BF16, {"VITFAST_GEMM_ENGINE": "pointer"}),
+]
+
 
 def _rows(text: str) -> list:
     out = []
@@ -35,7 +50,7 @@ def _rows(text: str) -> list:
         if dtype not in schema.DTYPES:
             raise argparse.ArgumentTypeError(f"unknown dtype {dtype!r} in {item!r}; expected one of "
                                              f"{', '.join(schema.DTYPES)}")
-        out.append((parts[0], int(parts[1]), dtype))
+        out.append((parts[0], int(parts[1]), dtype, {}))
     if not out:
         raise argparse.ArgumentTypeError("expected at least one MODEL:BATCH")
     return out
@@ -49,11 +64,10 @@ def _part(text: str) -> tuple:
 
 
 def parse_args(argv=None):
-    from .headline import ROWS
-
     p = argparse.ArgumentParser(prog="python -m benchmarks.prewarm", description=__doc__.split("\n\n")[0])
-    p.add_argument("--rows", type=_rows, default=[(m, b, d) for m, b, d, backend in ROWS if backend == "vit_fast"],
-                   help="MODEL:BATCH[:DTYPE] items, comma-separated (default: the headline's vit_fast rows)")
+    p.add_argument("--rows", type=_rows, default=ROWS,
+                   help="MODEL:BATCH[:DTYPE] items, comma-separated (default: the headline's vit_fast rows, then "
+                        "the side-by-side steps' under their switches)")
     p.add_argument("--part", type=_part, default=(1, 1), help="K/N: every N-th row from the K-th")
     p.add_argument("--deadline", type=float, default=None, help="unix time after which no row starts")
     p.add_argument("--resolution", type=int, default=224)
@@ -71,7 +85,7 @@ def main(argv=None) -> int:
     import vit_fast
 
     try:
-        for model, _, _ in args.rows:
+        for model, _, _, _ in args.rows:
             vit_fast.get_config(model)
     except ValueError as e:
         print(f"prewarm: error: {e}", file=sys.stderr)
@@ -100,20 +114,35 @@ def main(argv=None) -> int:
     device = torch.device("cpu" if args.tiny else "cuda")
     overrides = {k: int(v) for k, v in (kv.split("=") for kv in TINY.split(","))} if args.tiny else None
     part = "/".join(map(str, args.part))
-    for model, batch, dtype in args.rows:
+    for model, batch, dtype, switches in args.rows:
+        what = " ".join([f"{model} b{batch} {dtype}", *(f"{k}={v}" for k, v in switches.items())])
         if args.deadline is not None and time.time() >= args.deadline:
-            print(f"prewarm {part}: {model} b{batch} {dtype}: skipped, past the deadline", flush=True)
+            print(f"prewarm {part}: {what}: skipped, past the deadline", flush=True)
             continue
         start = time.time()
-        master = builders.build_master(model, args.resolution, 0, overrides)
-        built = builders.build("vit_fast", master, runner.DTYPES[dtype], device, "max-autotune", preset=model)
-        x = runner.make_inputs(batch, args.resolution, builders.input_dtype(runner.DTYPES[dtype]), device, 0, 1)[0]
-        with torch.inference_mode():
-            built.fn(x)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        del built, master, x
-        print(f"prewarm {part}: {model} b{batch} {dtype}: {time.time() - start:.1f} s", flush=True)
+        saved = {k: os.environ.get(k) for k in switches}
+        os.environ.update(switches)  # the kernels read their switches at each launch
+        try:
+            master = builders.build_master(model, args.resolution, 0, overrides)
+            built = builders.build("vit_fast", master, runner.DTYPES[dtype], device, "max-autotune", preset=model)
+            x = runner.make_inputs(batch, args.resolution, builders.input_dtype(runner.DTYPES[dtype]), device, 0,
+                                   1)[0]
+            with torch.inference_mode():
+                built.fn(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            done = f"{time.time() - start:.1f} s"
+        except Exception as e:  # noqa: BLE001 - the headline meets it again and records it; the next row goes on
+            done = f"failed after {time.time() - start:.1f} s: {' '.join(str(e).split())[:300]}"
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k)
+                else:
+                    os.environ[k] = v
+            master = built = x = None  # noqa: F841 - freed before the next row's model
+            runner._cleanup(device)
+        print(f"prewarm {part}: {what}: {done}", flush=True)
     return 0
 
 
