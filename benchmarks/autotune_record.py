@@ -3,10 +3,10 @@
 Read from Triton's on-disk autotune cache: an autotuned kernel with `cache_results=True` (all of this project's) or
 any under TRITON_CACHE_AUTOTUNING=1 (gpu_steps.sh sets it) writes `<kernel>.autotune.json` next to its compiled
 binaries, one file per key, holding each config it timed and the timings (median, 20th and 80th percentiles, ms, of
-`vit_fast.kernels._common.autotune_bench`: triton's `do_bench`, or its CUDA-graph benchmarker where `do_bench`'s
-median is under GRAPH_TIMED_BELOW_MS; a config that failed to build or run times as infinite, recorded here as
-null). The lease writes this record beside its results, so a tiling change (a new table row, a prune rule) is
-checked against what the autotuner chose and by how much, not only against end-to-end speed.
+`vit_fast.kernels.autotune.autotune_bench`: triton's `do_bench`, or for every config of a key whose first config ran
+under GRAPH_TIMED_BELOW_MS there, its CUDA-graph benchmarker; a config that failed to build or run times as
+infinite, recorded here as null). The lease writes this record beside its results, so a tiling change (a new table
+row, a prune rule) is checked against what the autotuner chose and by how much, not only against end-to-end speed.
 `python -m benchmarks.autotune_record --cache DIR --out DIR` -> DIR/autotune.json and DIR/autotune.md.
 """
 from __future__ import annotations

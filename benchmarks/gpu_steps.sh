@@ -214,9 +214,13 @@ tests)
         PRE=(--part "$k/${PREWARM:-3}" --deadline $(( $(date +%s) + LIMIT - 40 )))
         [ "$DRY" = 1 ] && PRE+=(--tiny --rows vit_b_16:2,vit_b_16:1:float8)  # in the interpreter (a CPU)
         TRITON_CACHE_DIR=$CACHE/triton TRITON_INTERPRET=$([ "$DRY" = 1 ] && echo 1 || echo 0) \
+            timeout --signal=TERM --kill-after=5 $(( LIMIT - 10 )) \
             "$PY" -m benchmarks.prewarm "${PRE[@]}" >> "$DIR/prewarm.log" 2>&1 &
         PRE_PIDS+=($!)
     done
+    # and if this step is stopped itself, they stop with it (never compiling beside the headline's timings)
+    trap 'kill ${PRE_PIDS[@]+"${PRE_PIDS[@]}"} 2>/dev/null' EXIT
+    trap 'exit 143' TERM INT
     # noisy autotune timings of parallel workers must not be kept for the benchmark steps: if the kernels force
     # cache_results on, the tests compile into a cache of their own
     if grep -rqs "cache_results=True" vit_fast/kernels/; then export TRITON_CACHE_DIR=$CACHE/triton-tests; fi

@@ -8,8 +8,8 @@ batch 256 (sdpa, vit_fast, compile max-autotune) and batch 1, then ViT-L/16 at b
 The matmul peak is measured in the same run. Building, compiling and autotuning stay out of the timed region and
 are reported per row as `first_result_s` (seconds from building the backend to its first output at that batch) in
 setup.json, beside each row's whole wall time (`row_s`: the fp32 reference of a model's first row included) and, for
-vit_fast rows, how many compiled kernels Triton's cache held when the row started (`triton_cached_kernels`: a lease
-compiles the headline's kernels during its test step, benchmarks/prewarm.py).
+vit_fast rows, how many Triton kernels the row compiled before its first result (`triton_kernels_compiled`; the
+rest came from Triton's cache: a lease compiles the headline's kernels during its test step, benchmarks/prewarm.py).
 
 A row starts only when the time budget left covers what such a row took before in this run (or a stated guess,
 START_GUESS_S, before one has run); `--resume` keeps the rows an earlier call measured into the same --out and runs
@@ -170,12 +170,12 @@ class Run:
     def done(self) -> set:
         return {_key(r) for r in self.results["rows"]}
 
-    def add(self, row: dict, first_result_s=None, measure_s=None, row_s=None, cached_kernels=None):
+    def add(self, row: dict, first_result_s=None, measure_s=None, row_s=None, compiled=None):
         self.results["rows"] = [r for r in self.results["rows"] if _key(r) != _key(row)] + [row]
         self.setup["rows"] = [s for s in self.setup["rows"] if _key(s) != _key(row)]
         self.setup["rows"].append({k: row[k] for k in ("model", "batch", "dtype", "backend")}
                                   | {"first_result_s": first_result_s, "measure_s": measure_s, "row_s": row_s,
-                                     "triton_cached_kernels": cached_kernels})
+                                     "triton_kernels_compiled": compiled})
         self.write()
         what = row["error"] or (f"{row['images_per_s']:,.1f} img/s, p50 {row['latency_ms_p50']:.3f} ms, "
                                 f"MFU {_fmt(row['mfu'], '.1%')}, max_rel_err {row['max_rel_err']:.2e}")
@@ -228,12 +228,13 @@ def summary(results: dict, setup: dict) -> str:
                      f"{_fmt(r['latency_ms_p50'], '.3f')} | {_fmt(r['latency_ms_p90'], '.3f')} | "
                      f"{_fmt(r['tflops'], '.1f')} | {_fmt(r['mfu'], '.1%')} | {_fmt(r['max_rel_err'], '.2e')} | "
                      f"{_fmt(r['top1_agree'], '.3f')} | {_fmt(first.get(_key(r)), '.1f')} | {r['error'] or ''} |")
-    cached = [s["triton_cached_kernels"] for s in setup["rows"] if s.get("triton_cached_kernels") is not None]
-    if cached:
-        lines += ["", f"First result s: from building a backend to its first output, compiling and autotuning "
-                      f"included. Triton's cache held {cached[0]:,} compiled kernels when the first vit_fast row "
-                      f"started, which its first result did not compile (a lease compiles the headline's kernels "
-                      f"beside its tests: benchmarks/prewarm.py)."]
+    compiled = [f"{' '.join(map(str, _key(s)[:3]))} {s['triton_kernels_compiled']}" for s in setup["rows"]
+                if s.get("triton_kernels_compiled") is not None]
+    if compiled:
+        lines += ["", "First result s: from building a backend to its first output, compiling and autotuning "
+                      "included. Triton kernels the vit_fast rows compiled before their first result (the rest came "
+                      "from its cache; a lease compiles the headline's kernels beside its tests, "
+                      f"benchmarks/prewarm.py): {', '.join(compiled)}."]
     lines += ["", "## Targets (issue 10)", ""]
 
     def verdict(ok, text):
@@ -377,7 +378,7 @@ def _measure_all(pending, settings: runner.Settings, peak: float, run: Run) -> N
             continue
         row_start = time.monotonic()
         first_s = measure_s = None
-        cached = triton_cached_kernels() if backend == "vit_fast" else None
+        compiled = None
         try:
             if model not in masters:
                 masters[model] = builders.build_master(model, settings.resolution,
@@ -389,6 +390,7 @@ def _measure_all(pending, settings: runner.Settings, peak: float, run: Run) -> N
             if isinstance(ref, str):
                 raise RuntimeError(ref)
             t0 = time.monotonic()
+            cached = triton_cached_kernels() if backend == "vit_fast" else None
             if (model, dtype_name, backend) not in built:
                 for key in [k for k in built if k[0] != model]:  # one model's copies on the device at a time
                     del built[key]
@@ -404,6 +406,8 @@ def _measure_all(pending, settings: runner.Settings, peak: float, run: Run) -> N
                 b.fn(x)
                 timing.sync(device)
             first_s = time.monotonic() - t0
+            after = triton_cached_kernels() if cached is not None else None
+            compiled = after - cached if after is not None else None
             del x
             t1 = time.monotonic()
             metrics = runner.measure(b, batch, builders.input_dtype(dtype), ref,
@@ -417,16 +421,20 @@ def _measure_all(pending, settings: runner.Settings, peak: float, run: Run) -> N
             row = schema.empty_row(model, batch, dtype_name, backend, graphs, runner._error_text(e))
         finally:
             runner._cleanup(device)
-        run.add(row, first_s, measure_s, time.monotonic() - row_start, cached)
+        run.add(row, first_s, measure_s, time.monotonic() - row_start, compiled)
 
 
-def triton_cached_kernels() -> int:
-    """Compiled kernels in Triton's cache directory: a vit_fast row's first_result_s includes compiling only what
-    is not there yet (a lease compiles the headline's kernels beside its tests, benchmarks/prewarm.py)."""
+def triton_cached_kernels():
+    """Compiled kernels in Triton's cache directory (one `__grp__` file per finished compile), or None when it
+    cannot be read. Its growth over a vit_fast row's first result is what that row compiled itself: the rest came
+    from the cache (a lease compiles the headline's kernels beside its tests, benchmarks/prewarm.py)."""
     import triton
 
-    root = Path(triton.knobs.cache.dir)  # one __grp__ file per finished compile
-    return sum(1 for _ in root.glob("*/__grp__*.json")) if root.is_dir() else 0
+    try:
+        root = Path(triton.knobs.cache.dir)
+        return sum(1 for _ in root.glob("*/__grp__*.json")) if root.is_dir() else 0
+    except OSError:
+        return None
 
 
 if __name__ == "__main__":

@@ -5,9 +5,9 @@ tries, one after another (the third lease: 51.5 s of ViT-B/16 batch 256's 59 s r
 row), and three leases ran out of time before the compile rows of L/16 and H/14, issue 10's targets. The lease
 runs this during its test step, on the same GPU, in a few processes at once: each builds the headline's vit_fast
 models and runs one forward with VITFAST_AUTOTUNE=compile, so every autotuner launches each config its prune keeps
-once (which compiles it into the Triton cache the headline reads) and times nothing. It writes no autotune choice to
-disk (every autotuner's disk cache is turned off here): the headline still tunes on an idle GPU. Nothing it does is
-measured or kept but the compiled binaries.
+once (which compiles it into the Triton cache the headline reads) and times nothing. Under that setting no autotuner
+writes its choice to disk (vit_fast/kernels/autotune.py): the headline still tunes on an idle GPU. Nothing it does
+is measured or kept but the compiled binaries.
 
 `python -m benchmarks.prewarm [--rows MODEL:BATCH[:DTYPE],...] [--part K/N] [--deadline UNIX_S] [--tiny]`:
 the rows default to ROWS, the headline's vit_fast rows and then those of the lease's side-by-side steps under their
@@ -97,20 +97,11 @@ def main(argv=None) -> int:
     if not args.tiny and not torch.cuda.is_available():
         print("prewarm: error: no CUDA device (--tiny is the CPU smoke test)", file=sys.stderr)
         return 2
-    os.environ[AUTOTUNE_ENV] = "compile"  # read at each first launch of a kernel key
-    import importlib
-    import pkgutil
-
-    import vit_fast.kernels
-    from vit_fast.kernels._common import AUTOTUNED
-
+    # read at each first launch of a kernel key; under it no autotuner writes its (untimed) choice to the disk cache
+    os.environ[AUTOTUNE_ENV] = "compile"
     from . import builders, runner
     from .headline import TINY
 
-    for module in pkgutil.iter_modules(vit_fast.kernels.__path__):  # every autotuner registers when imported
-        importlib.import_module(f"vit_fast.kernels.{module.name}")
-    for tuner in AUTOTUNED:  # untimed choices must never reach the disk cache the headline reads
-        tuner.cache_results = False
     device = torch.device("cpu" if args.tiny else "cuda")
     overrides = {k: int(v) for k, v in (kv.split("=") for kv in TINY.split(","))} if args.tiny else None
     part = "/".join(map(str, args.part))

@@ -81,10 +81,12 @@ def test_serve_refuses_bad_options_before_ray(no_ray, capsys, extra, fragment):
 
 
 @pytest.mark.parametrize("command, hidden, namespace, fragment", [
-    ("serve", ("ray",), False, "needs ray, which is not installed here"),
+    ("serve", ("ray", "ray.serve"), False, "needs ray, which is not installed here"),
     ("serve", ("ray",), True, "needs ray, which is not installed here"),  # a bare ray/ folder on sys.path
+    ("serve", ("ray.serve",), False, "needs ray.serve, which is not installed here"),  # ray without its serve extra
     ("infer", ("pyarrow",), False, "needs pyarrow, which is not installed here"),
-    ("infer", ("ray", "pyarrow"), False, "needs ray and pyarrow, which are not installed here"),
+    ("infer", ("ray.data", "pyarrow"), False, "needs ray.data and pyarrow, which are not installed here"),
+    ("infer", ("ray", "ray.data", "pyarrow"), False, "needs ray and pyarrow, which are not installed here"),
 ])
 def test_missing_serve_extra_is_one_line_before_model_work(no_ray, capsys, monkeypatch, tmp_path, command, hidden,
                                                            namespace, fragment):
@@ -98,7 +100,11 @@ def test_missing_serve_extra_is_one_line_before_model_work(no_ray, capsys, monke
     def find_spec(name, *args):
         if name not in hidden:
             return real(name, *args)
-        return importlib.machinery.ModuleSpec(name, None, is_package=True) if namespace else None
+        if namespace:
+            return importlib.machinery.ModuleSpec(name, None, is_package=True)
+        if "." in name and name.split(".")[0] in hidden:  # what find_spec does when the parent is missing
+            raise ModuleNotFoundError(f"No module named {name.split('.')[0]!r}")
+        return None
 
     def model_work(args):
         raise AssertionError("the model was checked before the missing extra")

@@ -489,13 +489,14 @@ def test_gate_requires_fp8_promotion():
 
 def test_autotune_first_keeps_one_config(monkeypatch):
     """VITFAST_AUTOTUNE=first (the GPU test step) hands every autotuned kernel only the first config its prune
-    keeps; "all" (the default) the prune's whole choice; another value is one clear error."""
+    keeps; "all" (the default) and "compile" the prune's whole choice; another value is one clear error. Every
+    autotuned kernel goes through autotune.autotuned: its prune scoped, its timer autotune_bench."""
     import triton
 
-    from vit_fast.kernels import _common
+    from vit_fast.kernels import _common, autotune
 
     configs = [triton.Config({"BLOCK_M": m}, num_warps=4) for m in (16, 32, 64)]
-    scoped = _common.autotune_scope(lambda configs, named_args, **kw: configs[1:])
+    scoped = autotune.autotune_scope(lambda configs, named_args, **kw: configs[1:])
     monkeypatch.delenv(_common.AUTOTUNE_ENV, raising=False)
     assert [c.kwargs["BLOCK_M"] for c in scoped(configs, {})] == [32, 64]
     monkeypatch.setenv(_common.AUTOTUNE_ENV, "first")
@@ -513,20 +514,45 @@ def test_autotune_first_keeps_one_config(monkeypatch):
         kernel = getattr(importlib.import_module(f"vit_fast.kernels.{module}"), name)
         assert getattr(kernel, "early_config_prune", None) is not None, name
         assert kernel.early_config_prune.__code__ is scoped.__code__, name
-        assert kernel.do_bench is _common.autotune_bench, name  # and is timed by the project's timer
-        assert kernel in _common.AUTOTUNED, name  # which the prewarm finds
-    assert len(_common.AUTOTUNED) == len(autotuned)
+        assert kernel.do_bench is autotune.autotune_bench, name  # and is timed by the project's timer
+        assert kernel in autotune.AUTOTUNED, name
+    assert len(autotune.AUTOTUNED) == len(autotuned)
+    kernels = Path(autotune.__file__).parent  # no kernel module calls triton.autotune by itself
+    assert [f.name for f in kernels.glob("*.py") if "triton.autotune(" in f.read_text()] == ["autotune.py"]
+
+
+def test_compile_mode_keeps_untimed_choices_off_the_disk_cache(monkeypatch):
+    """Under VITFAST_AUTOTUNE=compile the prune turns its autotuner's disk cache off before Triton consults it (in
+    any process, not only the prewarm's), and back on for "all"; an autotuner built without one stays without."""
+    import triton
+
+    from vit_fast.kernels import _common, autotune
+
+    configs = [triton.Config({"BLOCK_M": m}, num_warps=4) for m in (16, 32)]
+    for cached in (True, False):
+        tuner = type("Tuner", (), {"cache_results": cached})()
+        holder = {"tuner": tuner, "cache_results": cached}
+        scoped = autotune.autotune_scope(lambda configs, named_args, **kw: configs, holder)
+        monkeypatch.setenv(_common.AUTOTUNE_ENV, "compile")
+        assert len(scoped(configs, {})) == 2 and tuner.cache_results is False
+        monkeypatch.setenv(_common.AUTOTUNE_ENV, "all")
+        scoped(configs, {})
+        assert tuner.cache_results is cached
+    tuner = autotune.AUTOTUNED[0]  # the real wiring: the holder of every registered autotuner is its own
+    prune = tuner.early_config_prune
+    assert any(c.cell_contents.get("tuner") is tuner for c in prune.__closure__ if isinstance(c.cell_contents, dict))
 
 
 def test_autotune_bench_times_only_where_timing_chooses(monkeypatch):
     """The autotuners' timer returns equal times without running the kernel under the interpreter (triton 3.6 times
-    even a lone pruned config, through a GPU driver a CPU lacks) and with VITFAST_AUTOTUNE=first; elsewhere it is
-    triton's benchmarker, called as the autotuner calls it, and for a config faster than GRAPH_TIMED_BELOW_MS
-    there, triton's CUDA-graph benchmarker (whose time it then returns)."""
+    even a lone pruned config, through a GPU driver a CPU lacks) and with VITFAST_AUTOTUNE=first, launches once with
+    "compile"; elsewhere it is triton's benchmarker, called as the autotuner calls it, and for a key whose first
+    config runs faster than GRAPH_TIMED_BELOW_MS there, triton's CUDA-graph benchmarker for that config and every
+    later config of the key (one timer a key); a capture that fails keeps the events' time, with a warning."""
     import triton.runtime
     import triton.testing
 
-    from vit_fast.kernels import _common
+    from vit_fast.kernels import _common, autotune
 
     def never_run():
         raise AssertionError("the kernel ran")
@@ -534,41 +560,48 @@ def test_autotune_bench_times_only_where_timing_chooses(monkeypatch):
     quantiles = (0.5, 0.2, 0.8)
     monkeypatch.delenv(_common.AUTOTUNE_ENV, raising=False)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert _common.autotune_bench(never_run, quantiles=quantiles) == [0.0, 0.0, 0.0]
-    calls = []
+    assert autotune.autotune_bench(never_run, quantiles=quantiles) == [0.0, 0.0, 0.0]
+    events, graphs, times = [], [], {}
 
     class Driver:  # what triton.runtime.driver.active.get_benchmarker() hands a GPU autotuner
         class active:
             @staticmethod
             def get_benchmarker():
-                return lambda fn, quantiles: calls.append((fn, quantiles)) or [1.5, 1.0, 2.0]
+                return lambda fn, quantiles: events.append((fn, quantiles)) or [times[fn]] * 3
+
+    def graph(fn, quantiles):
+        graphs.append((fn, quantiles))
+        if times[fn] is None:
+            raise RuntimeError("")  # an empty message too
+        return [times[fn] / 4] * 3
 
     monkeypatch.setattr(triton.runtime, "driver", Driver)
+    monkeypatch.setattr(triton.testing, "do_bench_cudagraph", graph)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     monkeypatch.setenv(_common.AUTOTUNE_ENV, "first")
-    assert _common.autotune_bench(never_run, quantiles=quantiles) == [0.0, 0.0, 0.0] and calls == []
+    assert autotune.autotune_bench(never_run, quantiles=quantiles) == [0.0, 0.0, 0.0] and events == []
     launched = []
     monkeypatch.setenv(_common.AUTOTUNE_ENV, "compile")  # launched once (compiled), not timed
-    assert _common.autotune_bench(lambda: launched.append(1), quantiles=quantiles) == [0.0, 0.0, 0.0]
-    assert launched == [1] and calls == []
+    assert autotune.autotune_bench(lambda: launched.append(1), quantiles=quantiles) == [0.0, 0.0, 0.0]
+    assert launched == [1] and events == []
     monkeypatch.setenv(_common.AUTOTUNE_ENV, "all")
-    graph_calls = []
-    monkeypatch.setattr(triton.testing, "do_bench_cudagraph",
-                        lambda fn, quantiles: graph_calls.append((fn, quantiles)) or [0.01, 0.009, 0.011])
-    assert _common.autotune_bench(never_run, quantiles=quantiles) == [1.5, 1.0, 2.0]
-    assert calls == [(never_run, quantiles)] and graph_calls == []
-    short = _common.GRAPH_TIMED_BELOW_MS * 0.99  # a launch-bound time: the graph's is returned
-    Driver.active.get_benchmarker = staticmethod(lambda: lambda fn, quantiles: [short, short, short])
-    assert _common.autotune_bench(never_run, quantiles=quantiles) == [0.01, 0.009, 0.011]
-    assert graph_calls == [(never_run, quantiles)]
+    scoped = autotune.autotune_scope(lambda configs, named_args, **kw: configs)
 
-    def uncapturable(fn, quantiles):
-        raise RuntimeError("operation not permitted when stream is capturing\nmore")
+    def tune(*configs):  # one key: the prune, then each config timed in turn
+        events.clear(), graphs.clear()
+        scoped([], {})
+        return [autotune.autotune_bench(c, quantiles=quantiles)[0] for c in configs]
 
-    monkeypatch.setattr(triton.testing, "do_bench_cudagraph", uncapturable)
-    with pytest.warns(UserWarning, match=r"^autotune: CUDA-graph timing failed \(operation not permitted when stream "
-                                         r"is capturing\); kept the events' time$"):
-        assert _common.autotune_bench(never_run, quantiles=quantiles) == [short, short, short]
+    slow, short, shorter = (lambda: 0), (lambda: 1), (lambda: 2)
+    times.update({slow: 1.5, short: autotune.GRAPH_TIMED_BELOW_MS * 0.99, shorter: 0.02})
+    assert tune(slow, short) == [1.5, times[short]] and graphs == []  # the first config decides: events for all
+    assert tune(short, slow) == [times[short] / 4, 1.5 / 4]  # graphs for all, events only for the first
+    assert [fn for fn, _ in events] == [short] and [fn for fn, _ in graphs] == [short, slow]
+    times[slow] = None  # cannot be captured: from then on the key keeps the events' times
+    with pytest.warns(UserWarning, match=r"^autotune: CUDA-graph timing failed \(RuntimeError\); kept the events' "
+                                         r"time$"):
+        assert tune(shorter, slow, short) == [0.02 / 4, None, times[short]]
+
 
 
 def test_two_programs_per_sm_rows(monkeypatch):

@@ -6,7 +6,6 @@ never at import time.
 """
 import functools
 import os
-import warnings
 
 import torch
 import triton
@@ -26,8 +25,8 @@ SWIGLU = ACTIVATIONS["swiglu"]
 ENGINE_ENV = "VITFAST_GEMM_ENGINE"  # which 16-bit/fp32 GEMM engine runs (gemm_tma.select_engine), to compare them
 FP8_ENGINE_ENV = "VITFAST_FP8_ENGINE"  # which FP8 GEMM engine runs (gemm_fp8_tma.select_fp8_engine); auto: TMA on sm_90
 PRECISE_ACC_ENV = "VITFAST_FP8_PRECISE_ACC"  # FP8 partial sums promoted to fp32 every BLOCK_K, or not (gemm_fp8)
-# the whole table timed, only the first config a prune keeps (autotune_scope), or every kept config launched once and
-# none timed (benchmarks/prewarm.py: the compiled binaries are what it is after)
+# the whole table timed, only the first config a prune keeps, or every kept config launched once and none timed
+# (autotune.py; benchmarks/prewarm.py: the compiled binaries are what it is after)
 AUTOTUNE_ENV = "VITFAST_AUTOTUNE"
 # whether the model's folded LayerNorms merge the partial statistics the residual GEMMs write (1) or launch a
 # statistics kernel of their own (0), to compare them (vit_fast.triton_path)
@@ -65,76 +64,6 @@ def epilogue_activation(code: int) -> int:
     if code == ACTIVATIONS["gelu"] and switch_value(GELU_ENV) == "libdevice":
         return GELU_LIBDEVICE
     return code
-
-
-def autotune_setting() -> str:
-    """VITFAST_AUTOTUNE, read at each first launch of a kernel key: "all", "first" or "compile"."""
-    return switch_value(AUTOTUNE_ENV)
-
-
-def autotune_scope(prune):
-    """An early_config_prune that, with VITFAST_AUTOTUNE=first, hands the autotuner only the first config it keeps:
-    one compile per kernel key instead of the whole table. For runs that check numerics, not speed (the GPU test
-    step: a lease's test window is otherwise spent autotuning); the benchmark harness records the setting."""
-    @functools.wraps(prune)
-    def scoped(configs, named_args, **kwargs):
-        kept = prune(configs, named_args, **kwargs)
-        return kept[:1] if autotune_setting() == "first" else kept
-
-    return scoped
-
-
-# Configs whose median under triton's benchmarker is below this are timed again from a CUDA graph (autotune_bench)
-GRAPH_TIMED_BELOW_MS = 0.1
-
-
-def autotune_bench(kernel_call, quantiles):
-    """The autotuners' timer: triton's benchmarker (an L2 flush, then one launch between two events), and for short
-    kernels triton's CUDA-graph benchmarker. A launch through the autotuner, heuristics and Python launcher can take
-    longer on the CPU than the flush on the GPU; then the events time the launch, not the kernel. The third lease
-    timed all five attention tiles of B/16 batch 1 at 33-35 µs, where the second had timed them at 9.5-11 µs: a
-    floor that made batch 1's picks noise. A graph replays the launches without the CPU, as the model's graphs do
-    (its repeats keep the kernel's operands in L2, where the flush left them cold).
-    Where no timing can choose it times nothing: under the interpreter every prune keeps one config, and triton 3.6
-    (unlike 3.9) times even a lone kept config, through a GPU driver a CPU does not have; with VITFAST_AUTOTUNE=first
-    the GPU would time the one config for nothing. With VITFAST_AUTOTUNE=compile it launches the config once, which
-    compiles it, and times nothing. Equal times in all three: the autotuner keeps the first config."""
-    setting = autotune_setting()
-    if is_interpreting() or setting == "first":
-        return [0.0] * len(quantiles)
-    if setting == "compile":
-        kernel_call()
-        return [0.0] * len(quantiles)
-    from triton.runtime import driver
-
-    times = driver.active.get_benchmarker()(kernel_call, quantiles=quantiles)
-    if times[0] >= GRAPH_TIMED_BELOW_MS:
-        return times
-    import triton.testing
-
-    try:
-        return triton.testing.do_bench_cudagraph(kernel_call, quantiles=quantiles)
-    except RuntimeError as exc:  # a launch that cannot be captured keeps the events' time, said once per kernel key
-        warnings.warn(f"autotune: CUDA-graph timing failed ({str(exc).splitlines()[0]}); kept the events' time")
-        return times
-
-
-# Every autotuner autotuned() made, in import order (benchmarks/prewarm.py turns their disk cache off)
-AUTOTUNED = []
-
-
-def autotuned(configs, key, prune):
-    """triton.autotune as every kernel here is tuned: `prune` scoped by VITFAST_AUTOTUNE, the choices cached on disk
-    (triton's cache dir, so a restarted server does not re-tune), timed by autotune_bench; registered in AUTOTUNED."""
-    tune = triton.autotune(configs=configs, key=key, prune_configs_by={"early_config_prune": autotune_scope(prune)},
-                           cache_results=True, do_bench=autotune_bench)
-
-    def register(fn):
-        tuner = tune(fn)
-        AUTOTUNED.append(tuner)
-        return tuner
-
-    return register
 
 
 def is_interpreting() -> bool:

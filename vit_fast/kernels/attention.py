@@ -27,9 +27,10 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    autotuned, FAMILY_SMEM, FLOAT_DTYPES, TL_SIG, check, check_dtype, gpu_family, is_interpreting, jit_fn,
+    FAMILY_SMEM, FLOAT_DTYPES, TL_SIG, check, check_dtype, gpu_family, is_interpreting, jit_fn,
     m_bucket, shared_memory_bytes, upcast_needed,
 )
+from .autotune import autotuned
 from .pdl import dependency_wait, launch_options, pdl_launch
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 128

@@ -18,10 +18,11 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    GEMM_DIVISIBLE, SPLIT_SPILLS, SWIGLU, SWITCH_TILE, TL_SIG, autotuned, check, gemm_configs, gemm_families,
+    GEMM_DIVISIBLE, SPLIT_SPILLS, SWIGLU, SWITCH_TILE, TL_SIG, check, gemm_configs, gemm_families,
     gemm_kind, gemm_rows_for, gemm_vit_launches, gpu_family, is_interpreting, jit_fn, m_bucket, num_sms,
     preset_activation, prune_gemm_configs, upcast_needed,
 )
+from .autotune import autotuned
 from .ln_fold import STATS_SLOT, row_moments, stats_slot, stats_slots, stats_tile_ok, store_partials
 from .split_k import MAX_ACC_REGS, acc_registers, config_parts, launch_operands, split_k_fixup
 

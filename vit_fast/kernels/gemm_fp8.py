@@ -31,8 +31,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (FP8_GROUP, GELU_LIBDEVICE, PRECISE_ACC_ENV, SWIGLU, TL_SIG, autotuned, is_interpreting,
+from ._common import (FP8_GROUP, GELU_LIBDEVICE, PRECISE_ACC_ENV, SWIGLU, TL_SIG, is_interpreting,
                       jit_fn, m_bucket, shared_memory_bytes, switch_value)
+from .autotune import autotuned
 from .gemm import apply_activation, grouped_tile, swiglu
 from .quant_fp8 import e4m3_codes, masked_row_amax, round_to_e4m3
 

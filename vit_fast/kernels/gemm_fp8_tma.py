@@ -26,7 +26,8 @@ import triton
 import triton.language as tl
 
 from ._common import (FAMILY_SMEM, FP8_DTYPE, FP8_ENGINE_ENV, FP8_GROUP, GELU_LIBDEVICE, GEMM_DIVISIBLE, SWIGLU,
-                      TL_SIG, autotuned, check, is_interpreting, is_sm90, jit_fn, m_bucket, switch_value)
+                      TL_SIG, check, is_interpreting, is_sm90, jit_fn, m_bucket, switch_value)
+from .autotune import autotuned
 from .gemm import apply_activation, grouped_tile
 from .gemm_fp8 import dequantize_tile, precise_acc_setting
 from .quant_fp8 import e4m3_codes, masked_row_amax

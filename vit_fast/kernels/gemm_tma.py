@@ -28,10 +28,11 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    ENGINE_ENV, FAMILY_SMEM, GEMM_DIVISIBLE, SWIGLU, TL_SIG, autotuned, check, gemm_vit_launches, is_interpreting,
+    ENGINE_ENV, FAMILY_SMEM, GEMM_DIVISIBLE, SWIGLU, TL_SIG, check, gemm_vit_launches, is_interpreting,
     is_sm90, jit_fn, m_bucket, num_sms, preset_activation, shared_memory_bytes, swiglu_accumulators_fit,
     switch_value, upcast_needed,
 )
+from .autotune import autotuned
 from .gemm import (AOT_SLOTS, AOT_SPLIT, column_halves, gated_epilogue_math, grouped_tile, row_stats_switch,
                    slots_arg, stats_modes, switch_combos)
 from .ln_fold import STATS_SLOT, row_moments, stats_slot, stats_tile_ok, store_partials

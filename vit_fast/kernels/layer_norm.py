@@ -5,9 +5,10 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    autotuned, FLOAT_DTYPES, TL_SIG, check, check_device, check_dtype, check_out, check_vector,
+    FLOAT_DTYPES, TL_SIG, check, check_device, check_dtype, check_out, check_vector,
     is_interpreting, jit_fn, m_bucket, rows_view,
 )
+from .autotune import autotuned
 
 OP = "layer_norm"
 MAX_FEATURES = 16384

@@ -9,10 +9,11 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    autotuned, FLOAT_DTYPES, GEMM_TABLES, SWITCH_TILE, TL_SIG, check, check_device, check_dtype, check_vector,
+    FLOAT_DTYPES, GEMM_TABLES, SWITCH_TILE, TL_SIG, check, check_device, check_dtype, check_vector,
     gemm_configs, gemm_families, gemm_rows_for, gemm_vit_launches, is_interpreting, jit_fn, m_bucket,
     prune_gemm_configs,
 )
+from .autotune import autotuned
 from .gemm import grouped_tile
 
 OP = "patch_embed"

@@ -15,7 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import FP8_DTYPE, FP8_GROUP, TL_SIG, autotuned, group_count, is_interpreting, jit_fn, m_bucket
+from ._common import FP8_DTYPE, FP8_GROUP, TL_SIG, group_count, is_interpreting, jit_fn, m_bucket
+from .autotune import autotuned
 from .layer_norm import LN_CONFIGS, prune_ln_configs
 
 AMAX_FLOOR = 1e-12  # an all-zero row gets scale 1e-12/448 (q = 0), never a division by zero

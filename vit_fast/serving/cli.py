@@ -36,14 +36,25 @@ class Refused(Exception):
 
 
 def _require(*modules: str) -> None:
-    """Refuse before any model work when the serve extra is missing (a bare `ray` folder, such as Ray's session
-    folder /tmp/ray seen from the working directory, is not the package)."""
+    """Refuse before any model work when the serve extra is missing: `ray` and its serve or data part, pyarrow (a
+    bare `ray` folder, such as Ray's session folder /tmp/ray seen from the working directory, is not the package;
+    finding `ray.serve` imports `ray`, not Ray Serve)."""
     import importlib.util
 
-    missing = [m for m in modules if getattr(importlib.util.find_spec(m), "origin", None) is None]
+    def found(name):
+        try:
+            return getattr(importlib.util.find_spec(name), "origin", None) is not None
+        except ImportError:  # the parent of a dotted name is missing
+            return False
+
+    missing = []
+    for m in modules:
+        if m.split(".")[0] not in missing and not found(m):  # ray missing: not ray.serve as well
+            missing.append(m)
     if missing:
-        raise Refused(f"needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed "
-                      "here: pip install 'vit-fast[serve]'")
+        names = missing[0] if len(missing) == 1 else f"{', '.join(missing[:-1])} and {missing[-1]}"
+        raise Refused(f"needs {names}, which {'is' if len(missing) == 1 else 'are'} not installed here: "
+                      "pip install 'vit-fast[serve]'")
 
 
 def _positive(args, *names) -> None:
@@ -256,7 +267,7 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
 
 def _serve(parser, args) -> int:
     try:
-        _require("ray")
+        _require("ray", "ray.serve")
         _positive(args, "top_k", "max_batch_size", "num_replicas", "cpus_per_replica")
         _check_port(args.host, args.port)
         _check_model(args)
@@ -335,7 +346,7 @@ def add_infer_parser(subparsers) -> argparse.ArgumentParser:
 
 def _infer(parser, args) -> int:
     try:
-        _require("ray", "pyarrow")
+        _require("ray", "ray.data", "pyarrow")
         from .batch import check_output_path, list_images
 
         _positive(args, "top_k", "batch_size", "workers", "cpus_per_worker")
