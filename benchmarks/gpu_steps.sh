@@ -214,8 +214,8 @@ tests)
         PRE=(--part "$k/${PREWARM:-3}" --deadline $(( $(date +%s) + LIMIT - 40 )))
         [ "$DRY" = 1 ] && PRE+=(--tiny --rows vit_b_16:2,vit_b_16:1:float8)  # in the interpreter (a CPU)
         TRITON_CACHE_DIR=$CACHE/triton TRITON_INTERPRET=$([ "$DRY" = 1 ] && echo 1 || echo 0) \
-            timeout --signal=TERM --kill-after=5 $(( LIMIT - 10 )) \
-            "$PY" -m benchmarks.prewarm "${PRE[@]}" >> "$DIR/prewarm.log" 2>&1 &
+            timeout --signal=TERM --kill-after=5 $(( LIMIT - 10 )) nice -n 10 \
+            "$PY" -m benchmarks.prewarm "${PRE[@]}" >> "$DIR/prewarm.log" 2>&1 &  # the tests first on the CPUs
         PRE_PIDS+=($!)
     done
     # and if this step is stopped itself, they stop with it (never compiling beside the headline's timings)
