@@ -10,8 +10,8 @@
 #                      files so far), lease.log, headline.md, tests.txt
 #   tests              the GPU test subset (tests/gpu_subset.txt), < 3 min, junit + one JSON line per test; each
 #                      kernel key compiles only the first config its prune keeps (VITFAST_AUTOTUNE=first). Beside
-#                      it, PREWARM (3) processes compile the headline's vit_fast kernels into the benchmark steps'
-#                      Triton cache (benchmarks/prewarm.py; prewarm.log)
+#                      it, PREWARM (3; DRY 1) processes compile the headline's vit_fast kernels into the benchmark
+#                      steps' Triton cache (benchmarks/prewarm.py; prewarm.log)
 #   headline [ROWS]    B/16 b256 (compile too) + b1 (CUDA graphs), L/16 b256 (FP8, compile), H/14 b64 (compile),
 #                      H/14 b256 (FP8), B/16 b1 compile: priority order (benchmarks/headline.py ROWS), row by row
 #                      (RESUME=1: keep the rows a previous call on this machine measured)
@@ -210,9 +210,10 @@ tests)
     LIMIT=${T_TESTS:-170}
     PRE_PIDS=()
     rm -f "$DIR/prewarm.log"
-    for k in $(seq 1 "${PREWARM:-3}"); do
-        PRE=(--part "$k/${PREWARM:-3}" --deadline $(( $(date +%s) + LIMIT - 40 )))
-        [ "$DRY" = 1 ] && PRE+=(--tiny --rows vit_b_16:2,vit_b_16:1:float8)  # in the interpreter (a CPU)
+    NPRE=${PREWARM:-$([ "$DRY" = 1 ] && echo 1 || echo 3)}
+    for k in $(seq 1 "$NPRE"); do
+        PRE=(--part "$k/$NPRE" --deadline $(( $(date +%s) + LIMIT - 40 )))
+        [ "$DRY" = 1 ] && PRE+=(--tiny --rows vit_b_16:2)  # in the interpreter (a CPU), one small row
         TRITON_CACHE_DIR=$CACHE/triton TRITON_INTERPRET=$([ "$DRY" = 1 ] && echo 1 || echo 0) \
             timeout --signal=TERM --kill-after=5 $(( LIMIT - 10 )) nice -n 10 \
             "$PY" -m benchmarks.prewarm "${PRE[@]}" >> "$DIR/prewarm.log" 2>&1 &  # the tests first on the CPUs

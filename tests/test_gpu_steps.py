@@ -180,8 +180,8 @@ def test_dry_lease_runs_the_steps_and_resumes_on_a_warm_machine(tmp_path):
         assert f in names, names
     assert "tests: {'passed': 1}" in (back / "tests.txt").read_text()
     prewarm = (runs / "tests" / "prewarm.log").read_text()  # beside the tests: the headline's kernels compiled
-    assert sorted(re.sub(r": [0-9.]+ s$", "", line) for line in prewarm.splitlines()) == [
-        "prewarm 1/3: vit_b_16 b2 bfloat16", "prewarm 2/3: vit_b_16 b1 float8"], prewarm  # part 3: no row left
+    assert [re.sub(r": [0-9.]+ s$", "", line) for line in prewarm.splitlines()] == [
+        "prewarm 1/1: vit_b_16 b2 bfloat16"], prewarm
     lines = [json.loads(s) for s in (runs / "tests" / "tests.jsonl").read_text().splitlines()]
     assert [(x["outcome"], x["when"]) for x in lines] == [("passed", "call")]
 
