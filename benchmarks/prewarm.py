@@ -99,11 +99,11 @@ def main(argv=None) -> int:
         return 2
     # read at each first launch of a kernel key; under it no autotuner writes its (untimed) choice to the disk cache
     os.environ[AUTOTUNE_ENV] = "compile"
-    from . import builders, runner
+    from . import builders, cli, runner
     from .headline import TINY
 
     device = torch.device("cpu" if args.tiny else "cuda")
-    overrides = {k: int(v) for k, v in (kv.split("=") for kv in TINY.split(","))} if args.tiny else None
+    overrides = cli._overrides(TINY) if args.tiny else None  # as the headline's --tiny
     part = "/".join(map(str, args.part))
     for model, batch, dtype, switches in args.rows:
         what = " ".join([f"{model} b{batch} {dtype}", *(f"{k}={v}" for k, v in switches.items())])
