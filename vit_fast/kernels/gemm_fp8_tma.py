@@ -5,7 +5,7 @@ per tile, 64-row tiles as the autotuner picked them) ran its FP8 GEMMs at 620-70
 TMA GEMMs, a third of the FP8 tensor cores' peak (benchmarks/NOTES.md, "Second GPU lease"). This engine feeds FP8
 wgmma the way gemm_tma.py feeds bf16: TMA descriptors for A (M, K) and W (N, K) e4m3, 128-deep K steps, persistent
 programs that walk GROUP_M-grouped tiles, and rows with two programs per SM (PER_SM) so that one's epilogue overlaps
-the other's MMAs. TMA pads out-of-range loads with zeros and clips stores, so ragged M, N and K need no masks.
+the other's MMAs (the second starting one tile's main loop late, stagger.py). TMA pads out-of-range loads with zeros and clips stores, so ragged M, N and K need no masks.
 
 What it runs: launches whose A is e4m3: QKV and FC1 after the quantizing LayerNorm (per-row scales), the
 out-projection after a quantization pass of its own (quant_fp8.py; the same codes as the pointer engine's QUANT_A,
@@ -33,6 +33,7 @@ from .gemm_fp8 import dequantize_tile, precise_acc_setting
 from .quant_fp8 import e4m3_codes, masked_row_amax
 from .gemm_tma import (INTERPRETER_TMA, SM90_SM_SMEM, _tma_addressable, co_resident, persistent_configs,
                        persistent_grid, persistent_prune, programs_per_sm)
+from .stagger import MACS_PER_NS_FP8, stagger_rule, staggered_start
 from .tma_desc import descriptor_rules, host_descriptors, kernel_descriptors, operand_signature
 
 GROUP_K = tl.constexpr(FP8_GROUP)  # FP8_GROUP inside the kernels
@@ -165,7 +166,8 @@ def _store_codes(y, amax, rows, M, N, scale_out_ptr, stride_so, out_desc, off_m,
 
 
 @autotuned(_configs(), FP8_TMA_KEY, _prune)
-@triton.heuristics(descriptor_rules())  # a, w, res, out: descriptors of the config's boxes (tma_desc.py)
+# a, w, res, out: descriptors of the config's boxes (tma_desc.py); STAGGER: stagger.py
+@triton.heuristics({"STAGGER": stagger_rule, **descriptor_rules()})
 @triton.jit(do_not_specialize=["M"])
 def fp8_tma_gemm_kernel(
     a,  # (M, K) float8 e4m3 activations, unit column stride, 16-byte aligned rows: a descriptor (HOST_DESC) or a
@@ -204,6 +206,7 @@ def fp8_tma_gemm_kernel(
     PER_SM: tl.constexpr,  # programs per SM (PER_SM rows: 2, co-resident so their epilogues overlap MMAs)
     HOST_DESC: tl.constexpr,  # a, w, res, out are host descriptors of the config's boxes (tma_desc.py); else
     # pointers, and each program builds its descriptors (VITFAST_TMA_DESC=device)
+    STAGGER: tl.constexpr,  # the second program on each SM starts one tile's main loop late (stagger.py)
 ):
     EPI_N: tl.constexpr = BLOCK_N // EPI_SPLIT
     if A_GROUPED:
@@ -214,6 +217,7 @@ def fp8_tma_gemm_kernel(
         HAS_RESIDUAL, HOST_DESC)
     num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
     k_tiles = tl.cdiv(K, BLOCK_K)
+    staggered_start(K, num_tiles, NUM_SMS, PER_SM, BLOCK_M, BLOCK_N, MACS_PER_NS_FP8, STAGGER)
     tile_c = tl.program_id(0) - PROGRAMS  # the epilogue's own counter, as in gemm_tma.py
     for tile in tl.range(tl.program_id(0), num_tiles, PROGRAMS, flatten=True):
         pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
@@ -395,7 +399,7 @@ def _variant(out_dtype, activation, has_bias, has_residual, precise, tile, op, a
         "HAS_BIAS": has_bias, "ACTIVATION": activation, "HAS_RESIDUAL": has_residual, "PRECISE_ACC": precise,
         "A_GROUPED": a_grouped, "GROUP_OUT": group_out, "ROUND_IN_FP32": False, "NUM_SMS": num_sms,
         "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "EPI_SPLIT": epi, "PER_SM": per_sm(tile),
-        "HOST_DESC": host,
+        "HOST_DESC": host, "STAGGER": per_sm(tile) > 1,  # stagger_rule on a GPU
     }  # fmt: skip
     if has_residual:
         sig["res"] = operand_signature("res", TL_SIG[out_dtype], box, host)

@@ -14,8 +14,9 @@ specialization: on sm_90 it is ignored or crashes with TMA stores in triton 3.6 
 program's epilogue does not overlap its own MMAs, and an exact-GELU epilogue (libdevice erf, ~30 instructions per
 element) took ~30 % of FC1 on an H200; the fitted erfc (`gemm.gelu_erf`, 16) shortens it. The PER_SM = 2 rows try to
 overlap it: two programs per SM, each small enough in shared memory and registers to be co-resident, so one's epilogue
-runs while the other's wgmmas do (CUTLASS's ping-pong schedule, by the hardware scheduler); the third lease timed them
-about even with the one-program 128x256 tile. At small batch the output tiles fill few SMs; there K is split (SPLIT_K,
+runs while the other's wgmmas do (CUTLASS's ping-pong schedule, by the hardware scheduler). Started together they ran
+in step (the third lease timed them even with the one-program 128x256 tile), so the second program on each SM starts
+one tile's main loop late (stagger.py). At small batch the output tiles fill few SMs; there K is split (SPLIT_K,
 split_k.py): a unit of work is a (tile, part of K), and the last part of a tile to finish sums the parts and runs the
 epilogue.
 
@@ -38,6 +39,7 @@ from .gemm import (AOT_SLOTS, AOT_SPLIT, column_halves, gated_epilogue_math, gro
 from .ln_fold import STATS_SLOT, row_moments, stats_slot, stats_tile_ok, store_partials
 from .split_k import MAX_ACC_REGS, acc_registers, config_parts, launch_operands, split_k_fixup
 from .pdl import dependency_wait, launch_options, pdl_launch
+from .stagger import MACS_PER_NS_16BIT, stagger_rule, staggered_start
 from .tma_desc import descriptor_rules, host_descriptors, kernel_descriptors, operand_signature
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, EPI_SPLIT): the sm_90 table (registers, spills and shared memory
@@ -194,7 +196,8 @@ def _split_parts(args) -> int:
 
 
 @autotuned(_configs(), AUTOTUNE_KEY, _prune)
-@triton.heuristics({"SPLIT_K": _split_parts, **descriptor_rules()})  # a, w, res, out: descriptors of the config
+@triton.heuristics({"SPLIT_K": _split_parts, "STAGGER": stagger_rule,  # STAGGER reads SPLIT_K: after it
+                    **descriptor_rules()})  # a, w, res, out: descriptors of the config
 @triton.jit(do_not_specialize=["M", "split_mode"])
 def tma_gemm_kernel(
     a,  # (M, K) activations, unit column stride, 16-byte aligned rows: a descriptor (HOST_DESC) or a pointer
@@ -237,6 +240,7 @@ def tma_gemm_kernel(
     HOST_DESC: tl.constexpr,  # a, w, res, out are host descriptors of the config's boxes (tma_desc.py); else
     # pointers, and each program builds its descriptors (VITFAST_TMA_DESC=device)
     PDL: tl.constexpr,  # launched with programmatic dependent launch (pdl.py): wait for the previous kernel first
+    STAGGER: tl.constexpr,  # the second program on each SM starts one tile's main loop late (stagger.py)
 ):
     dependency_wait(PDL)  # before any global memory access (descriptor scratch included)
     tl.static_assert(SPLIT_K == 1 or ACTIVATION != 4, "SwiGLU's up accumulator is not split")
@@ -251,6 +255,7 @@ def tma_gemm_kernel(
         HAS_RESIDUAL, HOST_DESC)
     num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
     k_tiles = tl.cdiv(K, BLOCK_K)
+    staggered_start(K, num_tiles, NUM_SMS, PER_SM, BLOCK_M, BLOCK_N, MACS_PER_NS_16BIT, STAGGER)
     if SPLIT_K > 1:
         k_steps = tl.cdiv(k_tiles, SPLIT_K)  # a part's steps; the last part's run past K reads TMA's zero padding
     else:
@@ -482,6 +487,7 @@ def _variant(dtype, mode, activation, has_bias, has_residual, tile, op, num_sms=
         "WRITE_STATS": write_stats, "SLOT": STATS_SLOT, "SLOTS": AOT_SLOTS if row_stats == 2 else 1,
         "UPCAST": False, "NUM_SMS": num_sms, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8,
         "EPI_SPLIT": epi, "PER_SM": per_sm(tile), "SPLIT_K": split, "HOST_DESC": host, "PDL": pdl,
+        "STAGGER": per_sm(tile) > 1 and split == 1,  # stagger_rule on a GPU
     }  # fmt: skip
     if has_residual:
         sig["res"] = res
