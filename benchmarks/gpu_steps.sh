@@ -4,10 +4,10 @@
 # below in priority order, resuming on a warm machine); the single steps are for a lease with time to spare. Order and
 # expected times are in benchmarks/NOTES.md, "GPU session plan".
 #   lease [S [STEP...]] within S seconds (default 560): tests (once per machine), headline (resumed), profile, grid 1-6
-#                      (profile8, profile1, fp8acc, fp8tma, b1engine, b1split, b1desc, b1pdl, lnstats, gelu and micro
-#                      only when named), each skipped when done on this machine or too long for the time left; STEPs
-#                      (e.g. headline profile) pick and order them. Writes $OUT/lease/: runs.tar.gz (every step's
-#                      files so far), lease.log, headline.md, tests.txt
+#                      (profile8, profile1, fp8acc, fp8tma, b1engine, b1split, b1desc, b1pdl, lnstats, gelu, stagger
+#                      and micro only when named), each skipped when done on this machine or too long for the time
+#                      left; STEPs (e.g. headline profile) pick and order them. Writes $OUT/lease/: runs.tar.gz
+#                      (every step's files so far), lease.log, headline.md, tests.txt
 #   tests              the GPU test subset (tests/gpu_subset.txt), < 3 min, junit + one JSON line per test; each
 #                      kernel key compiles only the first config its prune keeps (VITFAST_AUTOTUNE=first). Beside
 #                      it, PREWARM (3; DRY 1) processes compile the headline's vit_fast kernels into the benchmark
@@ -40,6 +40,9 @@
 #                      partial statistics, merged in the next GEMM): what the merged statistics gain, in one lease
 #   gelu               the same row with FC1's exact GELU through libdevice's erf (VITFAST_GELU=libdevice, the code
 #                      before the fitted erfc), then as shipped (shipped/): what the shorter GELU epilogue gains
+#   stagger            the same row with both programs of the two-programs GEMM rows starting together
+#                      (VITFAST_STAGGER=0), then as shipped (shipped/: the second one late, kernels/stagger.py): what
+#                      the staggered start gains on the tiles the headline picked (the switch is no autotune key)
 #   grid N             slice N (1-6) of the rest of the grid; `grid list` prints the slices
 #   merge              merge headline + every grid slice run so far on this machine into one results directory
 #   micro              kernel microbenchmarks (CUDA-graph timing, batch 64: the model's autotune bucket)
@@ -76,15 +79,15 @@ SLICES=(
 
 usage() {
     local steps="lease [SECONDS [STEP...]]|tests|headline [ROWS]|profile|profile8|profile1|fp8acc|fp8tma|b1engine"
-    steps+="|b1split|b1desc|b1pdl|lnstats|gelu"
+    steps+="|b1split|b1desc|b1pdl|lnstats|gelu|stagger"
     steps+="|grid N|grid list"
     echo "usage: $0 {$steps|merge|micro}" >&2
     exit 2
 }
 
 case "$STEP" in
-    lease|tests|headline|profile|profile8|profile1|fp8acc|fp8tma|b1engine|b1split|b1desc|b1pdl|lnstats|gelu|grid|merge)
-        ;;
+    lease|tests|headline|profile|profile8|profile1|fp8acc|fp8tma|b1engine|b1split|b1desc|b1pdl|lnstats|gelu|stagger) ;;
+    grid|merge) ;;
     micro) ;;
     *) usage ;;
 esac
@@ -137,10 +140,10 @@ lease)
     case "$TOTAL" in ''|*[!0-9]*) echo "error: lease needs whole seconds, got '$TOTAL'" >&2; exit 2 ;; esac
     for s in $STEPS; do
         case "$s" in
-            tests|headline|profile|profile8|profile1|fp8acc|fp8tma|b1engine|b1split|b1desc|b1pdl|lnstats|gelu) ;;
-            grid[1-6]|micro) ;;
+            tests|headline|profile|profile8|profile1|fp8acc|fp8tma|b1engine|b1split|b1desc|b1pdl|lnstats) ;;
+            gelu|stagger|grid[1-6]|micro) ;;
             *) echo "error: lease step '$s' is not one of tests headline profile profile8 profile1 fp8acc fp8tma" \
-                    "b1engine b1split b1desc b1pdl lnstats gelu grid1..grid6" \
+                    "b1engine b1split b1desc b1pdl lnstats gelu stagger grid1..grid6" \
                     "micro" >&2
                exit 2 ;;
         esac
@@ -181,7 +184,7 @@ lease)
         profile1) done_ profile1 || sub 90 profile1 ;;
         fp8acc|fp8tma) done_ "$s" || T_BUDGET=$(( $(left) - 60 )) sub 200 "$s" ;;
         b1engine|b1split|b1desc|b1pdl) done_ "$s" || T_BUDGET=$(( $(left) - 60 )) sub 90 "$s" ;;
-        lnstats|gelu) done_ "$s" || T_BUDGET=$(( $(left) - 60 )) sub 120 "$s" ;;
+        lnstats|gelu|stagger) done_ "$s" || T_BUDGET=$(( $(left) - 60 )) sub 120 "$s" ;;
         grid*) done_ "grid-${s#grid}" || T_BUDGET=$(( $(left) - 85 )) sub 240 grid "${s#grid}" ;;
         micro) done_ micro || sub 300 micro ;;
         esac
@@ -272,7 +275,7 @@ profile8)
     [ "$DRY" = 1 ] && { ARGS+=(--tiny); export TRITON_INTERPRET=1; }
     run "${T_LIMIT:-300}" "$PY" -m benchmarks.breakdown "${ARGS[@]}"
     ;;
-fp8acc|fp8tma|b1engine|b1split|b1desc|b1pdl|lnstats|gelu)
+fp8acc|fp8tma|b1engine|b1split|b1desc|b1pdl|lnstats|gelu|stagger)
     # per step: the rows, the switches of the new measurement (FIRST, with half the time) and of its companion
     # (SECOND, into SUB/, with what is left); DRY on a CPU: toy sizes in Triton's interpreter, fp32 (it runs fp32 and
     # FP8 dots, not bf16 ones), no graphs there
@@ -289,6 +292,11 @@ fp8acc|fp8tma|b1engine|b1split|b1desc|b1pdl|lnstats|gelu)
               --graph-max-batch 256)
         DRY_ARGS=(--dtypes float32 --batch-sizes 2 "${TOY[@]},depth=1")
         FIRST=(VITFAST_GELU=libdevice) SECOND=() SUB=shipped ;;
+    stagger)  # the same row with the two-programs rows' programs starting together, then staggered as shipped
+        ARGS=(--models vit_b_16 --batch-sizes 256 --dtypes bfloat16 --backends vit_fast --cuda-graphs
+              --graph-max-batch 256)
+        DRY_ARGS=(--dtypes float32 --batch-sizes 2 "${TOY[@]},depth=1")
+        FIRST=(VITFAST_STAGGER=0) SECOND=() SUB=shipped ;;
     b1engine)  # batch 1 on the pointer GEMM engine, then as shipped (TMA on sm_90)
         ARGS=(--models vit_b_16 --batch-sizes 1 --dtypes bfloat16 --backends vit_fast,sdpa --cuda-graphs
               --graph-max-batch 1)

@@ -140,6 +140,11 @@ def test_dry_gelu_step(tmp_path):
     _switched_then_shipped(tmp_path, "gelu", "VITFAST_GELU=libdevice", {(2, "vit_fast")})
 
 
+def test_dry_stagger_step(tmp_path):
+    """stagger: the same row with the two-programs rows' programs starting together, then as shipped (staggered)."""
+    _switched_then_shipped(tmp_path, "stagger", "VITFAST_STAGGER=0", {(2, "vit_fast")})
+
+
 def test_dry_fp8_fast_accumulation_step(tmp_path):
     """fp8acc: the FP8 rows measured without the fp32 promotion, the switch recorded in the results it writes, then
     as shipped (promoted/), recorded without it."""
@@ -287,8 +292,8 @@ def test_store_refuses_an_archive_without_results(tmp_path, capsys):
         tar.add(tmp_path / "junk.tar.gz", arcname="tests/junit.xml")
     assert store_lease.main([str(empty), "--root", str(tmp_path), "--readme", ""]) == 2
     err = capsys.readouterr().err
-    assert ("holds no headline, grid, fp8acc, fp8tma, b1engine, b1split, b1desc, b1pdl, lnstats, gelu or profile "
-            "results") in err
+    assert ("holds no headline, grid, fp8acc, fp8tma, b1engine, b1split, b1desc, b1pdl, lnstats, gelu, stagger or "
+            "profile results") in err
 
 
 def _k(name, start, stack):

@@ -1,8 +1,9 @@
-"""The staggered start of the two-programs rows (kernels/stagger.py): when it applies (STAGGER), that every compiled
-variant the static report lists carries the setting its launches get, and, compiled for sm_90 as the JIT compiles
-it, that a STAGGER variant waits on the global timer before its tile loop while its twin without it does not. The
-numerics of the staggered launches are the two-programs row tests' (test_gemm_tma.py, which on a GPU run enough
-tiles for the wait); under the interpreter there is no timer, and no wait."""
+"""The staggered start of the two-programs rows (kernels/stagger.py): when it applies (the STAGGER heuristic, the
+VITFAST_STAGGER switch and its error), what the engines' launches pass, that every compiled variant the static
+report lists carries the setting its launches get, and, compiled for sm_90 as the JIT compiles it, that a STAGGER
+variant waits on the global timer, for one tile's main loop and only in the second program of an SM, before its
+first MMA, while its twin without STAGGER does not. The numerics of the staggered launches are the two-programs row
+tests' (test_gemm_tma.py, which on a GPU run enough tiles for the wait); under the interpreter there is no timer."""
 import json
 import os
 import re
@@ -11,36 +12,103 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from vit_fast.kernels import gemm_fp8_tma, gemm_tma, stagger
+from vit_fast.kernels._common import AUTOTUNE_ENV, ENGINE_ENV, STAGGER_ENV
 from vit_fast.kernels.stagger import stagger_rule
 
 ROOT = Path(__file__).resolve().parents[2]
+CUDA = torch.cuda.is_available()
 
 
-@pytest.mark.parametrize("interpret, per_sm, split, expected", [
-    ("0", 2, 1, True),
-    ("0", 1, 1, False),  # one program per SM: nothing to overlap
-    ("0", 2, 2, False),  # split launches run about one unit a program
-    ("1", 2, 1, False),  # the interpreter has no timer
+@pytest.mark.parametrize("interpret, per_sm, split, switch, expected", [
+    ("0", 2, 1, "", True),
+    ("0", 2, 1, "0", False),  # switched off
+    ("0", 1, 1, "", False),  # one program per SM: nothing to overlap
+    ("0", 2, 2, "", False),  # split launches run about one unit a program
+    ("1", 2, 1, "1", False),  # the interpreter has no timer
 ])
-def test_stagger_rule(interpret, per_sm, split, expected, monkeypatch):
+def test_stagger_rule(interpret, per_sm, split, switch, expected, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", interpret)
+    monkeypatch.setenv(STAGGER_ENV, switch)
     assert stagger_rule({"PER_SM": per_sm, "SPLIT_K": split}) is expected
     if split == 1:  # the FP8 engine has no SPLIT_K argument
         assert stagger_rule({"PER_SM": per_sm}) is expected
 
 
+def test_bad_setting(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setenv(STAGGER_ENV, "yes")
+    with pytest.raises(ValueError, match="VITFAST_STAGGER.*1 \\| 0.*'yes'"):
+        stagger_rule({"PER_SM": 2})
+
+
+class _Recorder:
+    """Stands in for a kernel's jit function under its heuristics: records (PER_SM, STAGGER), then launches with
+    STAGGER off under the interpreter (which cannot read the timer)."""
+
+    def __init__(self, fn):
+        self.fn, self.launches = fn, []
+
+    def run(self, *args, **kwargs):
+        self.launches.append((kwargs["PER_SM"], kwargs["STAGGER"]))
+        if CUDA:
+            return self.fn.run(*args, **kwargs)
+        return self.fn.run(*args, **dict(kwargs, STAGGER=False))
+
+
+@pytest.mark.parametrize("switch", ["1", "0"])
+def test_launches_pass_stagger(switch, monkeypatch, device):
+    """A 16-bit and an FP8 launch on their engines' two-programs rows (pinned) and on a one-program row pass STAGGER
+    exactly for the former with the switch on, the heuristic judging as on a GPU (its interpreter check patched)."""
+    import triton
+
+    from vit_fast import fp8 as fp8_ref
+    from vit_fast.kernels.gemm_fp8_tma import launch_fp8_tma_gemm
+    from vit_fast.kernels.gemm_tma import launch_tma_gemm
+
+    if CUDA and torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the TMA engines need an sm_90 GPU")
+    monkeypatch.setattr(stagger, "is_interpreting", lambda: False)
+    monkeypatch.setenv(STAGGER_ENV, switch)
+    monkeypatch.setenv(ENGINE_ENV, "tma")
+    monkeypatch.setenv(AUTOTUNE_ENV, "first")
+    a = torch.randn(300, 160, device=device).bfloat16()
+    w = torch.randn(256, 160, device=device).bfloat16()
+    aq, a_scale = fp8_ref.quantize_rows(a.float())
+    wq, w_scale = fp8_ref.quantize_rows(w.float())
+    for kernel, launch in ((gemm_tma.tma_gemm_kernel, lambda: launch_tma_gemm(a, w, None, torch.empty(300, 256,
+                            device=device, dtype=torch.bfloat16))),
+                           (gemm_fp8_tma.fp8_tma_gemm_kernel, lambda: launch_fp8_tma_gemm(
+                               aq, a_scale, wq, w_scale, None, torch.empty(300, 256, device=device,
+                                                                           dtype=torch.bfloat16)))):
+        recorder = _Recorder(kernel.fn.fn)
+        monkeypatch.setattr(kernel.fn, "fn", recorder)
+        row = next(iter(gemm_fp8_tma.PER_SM if kernel is gemm_fp8_tma.fp8_tma_gemm_kernel else gemm_tma.PER_SM))
+        bm, bn, bk, warps, stages, epi = row
+        for per_sm in (2, 1):
+            monkeypatch.setattr(kernel, "configs", [triton.Config(
+                {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "EPI_SPLIT": epi, "PER_SM": per_sm},
+                num_warps=warps, num_stages=stages)])
+            recorder.launches.clear()
+            launch()
+            assert recorder.launches and set(recorder.launches) == {(per_sm, per_sm == 2 and switch == "1")}, (
+                kernel, recorder.launches)
+
+
 # Run in a subprocess without the interpreter (under it `triton.jit` gives interpreted functions, which neither
-# aot_variants() nor triton.compile take): prints each engine's variants as (PER_SM, SPLIT_K, STAGGER), then the PTX
-# of the 16-bit engine's first STAGGER variant and of its twin without.
+# aot_variants() nor triton.compile take): prints each engine's variants as (STAGGER, what stagger_rule gives for
+# their constexprs), then the PTX of the 16-bit engine's first STAGGER variant and of its twin without.
 _COMPILE = """
 import json, sys
 sys.path.insert(0, 'tests/kernels')
 import aot_compile, triton
 from triton.backends.compiler import GPUTarget
 from vit_fast.kernels import gemm_fp8_tma, gemm_tma
-print(json.dumps({m.__name__: [(v['constexprs']['PER_SM'], v['constexprs'].get('SPLIT_K', 1),
-                                v['constexprs']['STAGGER']) for v in m.aot_variants()] for m in (gemm_tma, gemm_fp8_tma)}))
+from vit_fast.kernels.stagger import stagger_rule
+print(json.dumps({m.__name__: [(v['constexprs']['STAGGER'], stagger_rule(v['constexprs'])) for v in m.aot_variants()]
+                  for m in (gemm_tma, gemm_fp8_tma)}))
 variant = next(v for v in gemm_tma.aot_variants() if v['constexprs']['STAGGER'])
 off = dict(variant, constexprs=dict(variant['constexprs'], STAGGER=False))
 out = []
@@ -48,37 +116,50 @@ for v in (variant, off):
     c = triton.compile(aot_compile._source(v), target=GPUTarget('cuda', 90, 32),
                        options={'num_warps': v['num_warps'], 'num_stages': v['num_stages']})
     out.append(c.asm['ptx'])
+print(json.dumps([variant['constexprs'][k] for k in ('NUM_SMS', 'PER_SM', 'BLOCK_M', 'BLOCK_N')]))
 print(json.dumps(out))
 """
 
 
 @pytest.fixture(scope="module")
 def compiled():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", STAGGER_ENV)}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     run = subprocess.run([sys.executable, "-c", _COMPILE], env=env, cwd=ROOT, capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    variants, ptx = (json.loads(line) for line in run.stdout.strip().splitlines()[-2:])
-    return variants, ptx
+    return [json.loads(line) for line in run.stdout.strip().splitlines()[-3:]]
 
 
 def test_variants_carry_the_launch_setting(compiled):
     """Every compiled variant of both engines (the static report's) has the STAGGER its launches get on a GPU."""
     for module, variants in compiled[0].items():
-        assert any(stagger for _, _, stagger in variants), f"{module}: no two-programs variant is compiled"
-        for per_sm, split, stagger in variants:
-            assert stagger is (per_sm > 1 and split == 1), (module, per_sm, split, stagger)
+        assert any(stagger for stagger, _ in variants), f"{module}: no two-programs variant is compiled"
+        for stagger, rule in variants:
+            assert stagger is rule, module
 
 
 def test_compiled_wait_before_the_tile_loop(compiled):
-    """sm_90: the STAGGER variant reads the global timer once, then in a loop that branches back to itself, all
-    before the first wgmma; the same variant without STAGGER never reads it."""
-    ptx, ptx_off = compiled[1]
+    """sm_90: before the timer is first read, the program id is compared with NUM_SMS, the tiles with two per
+    program, and K scaled by the tile's BLOCK_M x BLOCK_N; the wait is a loop that sleeps, reads the timer and
+    branches back, all before the first wgmma; the same variant without STAGGER never reads the timer."""
+    (num_sms, per_sm, bm, bn), (ptx, ptx_off) = compiled[1], compiled[2]
     reads = [m.start() for m in re.finditer(r"mov\.u64\s+%rd\d+, %globaltimer;", ptx)]
-    assert len(reads) == 2, "one read before the wait loop and one in it"
-    label = re.findall(r"^(\$L__BB\d+_\d+):", ptx[:reads[1]], flags=re.M)[-1]  # the block of the second read
-    branch = re.search(r"@%p\d+ bra\s+" + re.escape(label) + ";", ptx[reads[1]:])
-    assert branch, "the second read sits in a loop that branches back to it"
-    assert reads[1] + branch.end() < ptx.find("wgmma.mma_async"), "the wait comes before the first tile's MMAs"
-    assert "%globaltimer" not in ptx_off
+    assert len(reads) >= 2, "a read before the wait and one in its loop"
+    before = ptx[:reads[0]]
+    # skipped when the program id is below NUM_SMS or the tiles under two a program
+    pid = re.search(r"mov\.u32\s+(%r\d+), %ctaid\.x;", before).group(1)
+    first = re.search(rf"setp\.lt\.u32\s+(%p\d+), {pid}, {num_sms};", before)
+    tiles = re.search(rf"setp\.lt\.s32\s+(%p\d+), %r\d+, {2 * num_sms * per_sm};", before)
+    assert first and tiles, "the two conditions"
+    skip = re.search(rf"or\.pred\s+(%p\d+), {first.group(1)}, {tiles.group(1)};\s*\n(?:\s*\..*\n)*?\s*@\1 bra\s+"
+                     r"(\$L__BB\d+_\d+);", before)
+    assert skip, "either condition skips the wait"
+    assert re.search(rf"mul\.wide\.s32\s+%rd\d+, %r\d+, {bm * bn};", before), "K x BLOCK_M x BLOCK_N"
+    sleep = ptx.find("nanosleep.u32")
+    label = re.findall(r"^(\$L__BB\d+_\d+):", ptx[:sleep], flags=re.M)[-1]  # the loop's block
+    branch = re.search(r"@%p\d+ bra\s+" + re.escape(label) + ";", ptx[sleep:])
+    assert branch and re.search(r"%globaltimer;", ptx[sleep:sleep + branch.start()]), "sleep, read, branch back"
+    assert sleep + branch.end() < ptx.find("wgmma.mma_async"), "the wait comes before the first tile's MMAs"
+    assert re.search(rf"^{re.escape(skip.group(2))}:", ptx[sleep + branch.end():], flags=re.M), "skip past the loop"
+    assert "%globaltimer" not in ptx_off and "nanosleep" not in ptx_off

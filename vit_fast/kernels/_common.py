@@ -41,10 +41,12 @@ GELU_ENV = "VITFAST_GELU"
 DESC_ENV = "VITFAST_TMA_DESC"
 # programmatic dependent launch for the kernels that take it (pdl.py): off until a GPU measured it, 1 to try it
 PDL_ENV = "VITFAST_PDL"
+# whether the second of two co-resident programs on an SM starts late (stagger.py): on, or 0 to compare
+STAGGER_ENV = "VITFAST_STAGGER"
 SWITCHES = {ENGINE_ENV: ("auto", "tma", "pointer"), FP8_ENGINE_ENV: ("auto", "tma", "pointer"),
             PRECISE_ACC_ENV: ("1", "0"), AUTOTUNE_ENV: ("all", "first", "compile"), LN_PARTIALS_ENV: ("1", "0"),
             SPLIT_ENV: ("auto", "1", "2", "3", "4"), GELU_ENV: ("fitted", "libdevice"), DESC_ENV: ("host", "device"),
-            PDL_ENV: ("0", "1")}
+            PDL_ENV: ("0", "1"), STAGGER_ENV: ("1", "0")}
 # the ACTIVATION code of "gelu" launched under VITFAST_GELU=libdevice (not a user's activation: epilogue_activation)
 GELU_LIBDEVICE = 5
 

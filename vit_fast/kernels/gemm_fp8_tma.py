@@ -5,7 +5,8 @@ per tile, 64-row tiles as the autotuner picked them) ran its FP8 GEMMs at 620-70
 TMA GEMMs, a third of the FP8 tensor cores' peak (benchmarks/NOTES.md, "Second GPU lease"). This engine feeds FP8
 wgmma the way gemm_tma.py feeds bf16: TMA descriptors for A (M, K) and W (N, K) e4m3, 128-deep K steps, persistent
 programs that walk GROUP_M-grouped tiles, and rows with two programs per SM (PER_SM) so that one's epilogue overlaps
-the other's MMAs (the second starting one tile's main loop late, stagger.py). TMA pads out-of-range loads with zeros and clips stores, so ragged M, N and K need no masks.
+the other's MMAs (the second starting one tile's main loop late, stagger.py). TMA pads out-of-range loads with zeros
+and clips stores, so ragged M, N and K need no masks.
 
 What it runs: launches whose A is e4m3: QKV and FC1 after the quantizing LayerNorm (per-row scales), the
 out-projection after a quantization pass of its own (quant_fp8.py; the same codes as the pointer engine's QUANT_A,

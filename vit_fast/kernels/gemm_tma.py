@@ -14,11 +14,11 @@ specialization: on sm_90 it is ignored or crashes with TMA stores in triton 3.6 
 program's epilogue does not overlap its own MMAs, and an exact-GELU epilogue (libdevice erf, ~30 instructions per
 element) took ~30 % of FC1 on an H200; the fitted erfc (`gemm.gelu_erf`, 16) shortens it. The PER_SM = 2 rows try to
 overlap it: two programs per SM, each small enough in shared memory and registers to be co-resident, so one's epilogue
-runs while the other's wgmmas do (CUTLASS's ping-pong schedule, by the hardware scheduler). Started together they ran
-in step (the third lease timed them even with the one-program 128x256 tile), so the second program on each SM starts
-one tile's main loop late (stagger.py). At small batch the output tiles fill few SMs; there K is split (SPLIT_K,
-split_k.py): a unit of work is a (tile, part of K), and the last part of a tile to finish sums the parts and runs the
-epilogue.
+runs while the other's wgmmas do (CUTLASS's ping-pong schedule, by the hardware scheduler). The third lease timed them
+even with the one-program 128x256 tile, as two programs that start together and stay in step would run, so the
+second program on each SM now starts one tile's main loop late (stagger.py). At small batch the output tiles fill
+few SMs; there K is split (SPLIT_K, split_k.py): a unit of work is a (tile, part of K), and the last part of a tile
+to finish sums the parts and runs the epilogue.
 
 The op modules decide when this engine runs (`select_engine`): CUDA sm_90, 16-bit dtypes, operands TMA can address.
 """
