@@ -18,7 +18,13 @@ def test_lockstep_and_staggered_pairs(w, e):
 
 
 def test_prints_the_table(capsys):
-    assert stagger_model.main(["--e", "5.5", "--jitter", "0", "0.2"]) == 0
+    assert stagger_model.main(["--e", "6.0", "--jitter", "0", "0.2", "--offsets", "1", "0.1", "--tiles", "6",
+                               "--w", "4.0"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("| W µs | E µs |") and len(lines) == 4
-    assert lines[2] == "| 4.15 | 5.5 | ±0 % | 1.00 | 0.72 |"
+    assert lines[0] == ("| W µs | E µs | epilogue jitter | unstaggered / (2W+E) | staggered 1W | staggered 0.1W |")
+    assert len(lines) == 4 and lines[1] == "|---|---|---|---|---|---|"
+    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert cells[:4] == ["4.0", "6.0", "±0 %", "1.00"]
+    assert float(cells[4]) == pytest.approx((4 + 6 * 10) / (6 * 14), abs=0.02)  # W + tiles x (W + E) over lockstep
+    assert float(cells[5]) > 0.95
+    assert lines[3].split("|")[3].strip() == "±10 %"

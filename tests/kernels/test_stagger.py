@@ -98,25 +98,34 @@ def test_launches_pass_stagger(switch, monkeypatch, device):
 
 
 # Run in a subprocess without the interpreter (under it `triton.jit` gives interpreted functions, which neither
-# aot_variants() nor triton.compile take): prints each engine's variants as (STAGGER, what stagger_rule gives for
-# their constexprs), then the PTX of the 16-bit engine's first STAGGER variant and of its twin without.
+# aot_variants() nor triton.compile take; the op modules by name: the package exports functions of the same names).
+# Prints every engine variant as (kernel, STAGGER, what stagger_rule gives for its constexprs, whether a preset's
+# launches are credited to it: one without a "vit" rule is credited to all, as in the static report), then per engine
+# the first STAGGER variant's NUM_SMS, PER_SM, BLOCK_M, BLOCK_N and PTX, and the PTX of its twin without STAGGER.
 _COMPILE = """
 import json, sys
 sys.path.insert(0, 'tests/kernels')
 import aot_compile, triton
 from triton.backends.compiler import GPUTarget
+import vit_fast
+import importlib
 from vit_fast.kernels import gemm_fp8_tma, gemm_tma
 from vit_fast.kernels.stagger import stagger_rule
-print(json.dumps({m.__name__: [(v['constexprs']['STAGGER'], stagger_rule(v['constexprs'])) for v in m.aot_variants()]
-                  for m in (gemm_tma, gemm_fp8_tma)}))
-variant = next(v for v in gemm_tma.aot_variants() if v['constexprs']['STAGGER'])
-off = dict(variant, constexprs=dict(variant['constexprs'], STAGGER=False))
-out = []
-for v in (variant, off):
-    c = triton.compile(aot_compile._source(v), target=GPUTarget('cuda', 90, 32),
-                       options={'num_warps': v['num_warps'], 'num_stages': v['num_stages']})
-    out.append(c.asm['ptx'])
-print(json.dumps([variant['constexprs'][k] for k in ('NUM_SMS', 'PER_SM', 'BLOCK_M', 'BLOCK_N')]))
+ops = [importlib.import_module('vit_fast.kernels.' + n) for n in ('ln_qkv', 'ln_linear', 'linear_residual')]
+from benchmarks.kernels_static import BATCHES, PRESETS
+configs = [vit_fast.get_config(p) for p in PRESETS]
+print(json.dumps([(v['fn'].__name__, v['constexprs']['STAGGER'], stagger_rule(v['constexprs']),
+                   'vit' not in v or any(v['vit'](c, b) for c in configs for b in BATCHES))
+                  for m in (gemm_tma, *ops, gemm_fp8_tma) for v in m.aot_variants()
+                  if 'STAGGER' in v['constexprs']]))
+out = {}
+for m in (gemm_tma, gemm_fp8_tma):
+    variant = next(v for v in m.aot_variants() if v['constexprs']['STAGGER'])
+    off = dict(variant, constexprs=dict(variant['constexprs'], STAGGER=False))
+    ptx = [triton.compile(aot_compile._source(v), target=GPUTarget('cuda', 90, 32),
+                          options={'num_warps': v['num_warps'], 'num_stages': v['num_stages']}).asm['ptx']
+           for v in (variant, off)]
+    out[m.__name__] = [[variant['constexprs'][k] for k in ('NUM_SMS', 'PER_SM', 'BLOCK_M', 'BLOCK_N')], *ptx]
 print(json.dumps(out))
 """
 
@@ -128,22 +137,25 @@ def compiled():
     run = subprocess.run([sys.executable, "-c", _COMPILE], env=env, cwd=ROOT, capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    return [json.loads(line) for line in run.stdout.strip().splitlines()[-3:]]
+    return [json.loads(line) for line in run.stdout.strip().splitlines()[-2:]]
 
 
 def test_variants_carry_the_launch_setting(compiled):
-    """Every compiled variant of both engines (the static report's) has the STAGGER its launches get on a GPU."""
-    for module, variants in compiled[0].items():
-        assert any(stagger for stagger, _ in variants), f"{module}: no two-programs variant is compiled"
-        for stagger, rule in variants:
-            assert stagger is rule, module
+    """Every compiled variant of both engines (the static report's, all ops) has the STAGGER its launches get on a
+    GPU, but the VITFAST_STAGGER=0 twins of the two-programs rows, which no preset's launches are credited to."""
+    for kernel in ("tma_gemm_kernel", "fp8_tma_gemm_kernel"):
+        variants = [v[1:] for v in compiled[0] if v[0] == kernel]
+        assert any(stagger for stagger, _, _ in variants), f"{kernel}: no two-programs variant is compiled"
+        twins = [(stagger, credited) for stagger, rule, credited in variants if stagger is not rule]
+        assert twins and twins == [(False, False)] * len(twins), (kernel, twins)
 
 
-def test_compiled_wait_before_the_tile_loop(compiled):
-    """sm_90: before the timer is first read, the program id is compared with NUM_SMS, the tiles with two per
-    program, and K scaled by the tile's BLOCK_M x BLOCK_N; the wait is a loop that sleeps, reads the timer and
+@pytest.mark.parametrize("module", ["vit_fast.kernels.gemm_tma", "vit_fast.kernels.gemm_fp8_tma"])
+def test_compiled_wait_before_the_tile_loop(compiled, module):
+    """sm_90, each engine: before the timer is first read, the program id is compared with NUM_SMS, the tiles with
+    two per program, and K scaled by the tile's BLOCK_M x BLOCK_N; the wait is a loop that sleeps, reads the timer and
     branches back, all before the first wgmma; the same variant without STAGGER never reads the timer."""
-    (num_sms, per_sm, bm, bn), (ptx, ptx_off) = compiled[1], compiled[2]
+    (num_sms, per_sm, bm, bn), ptx, ptx_off = compiled[1][module]
     reads = [m.start() for m in re.finditer(r"mov\.u64\s+%rd\d+, %globaltimer;", ptx)]
     assert len(reads) >= 2, "a read before the wait and one in its loop"
     before = ptx[:reads[0]]

@@ -356,7 +356,8 @@ def aot_variants(exhaustive: bool = False):
     """bf16 rows at every Hopper tile for QKV (no activation), FC1 (GELU, bias, e4m3 codes out per 128 columns) and
     FC2 (A grouped per 128 columns, residual) and the out-projection (per-row A, residual), each promoted and not
     (FC2 is promoted by construction: once), FC1 through libdevice's erf (VITFAST_GELU) at one tile, QKV with
-    device-side descriptors (VITFAST_TMA_DESC=device) at one tile; fp16 and fp32 outputs at the 128x128 tile with
+    device-side descriptors (VITFAST_TMA_DESC=device) at one tile, QKV on the two-programs rows without their
+staggered start (VITFAST_STAGGER=0); fp16 and fp32 outputs at the 128x128 tile with
     `exhaustive`. Tiles the prune drops for a launch as spills (PROMOTED_SPILLS, GROUP_OUT_SPILLS, A_GROUPED_SPILLS)
     are compiled to show why and gate nothing; tiles the group rules exclude (group_tile_ok) are not compiled. FP8
     wgmma: sm_90 only (min_cc 90)."""
@@ -376,6 +377,9 @@ def aot_variants(exhaustive: bool = False):
     # descriptors built by each program (VITFAST_TMA_DESC=device): QKV, promoted, at the first tile its prune keeps
     qkv = next(t for t in HOPPER_FP8_TMA if tile_allowed(t, FAMILY_SMEM["hopper"], False, True, 2))
     out.append(_variant(torch.bfloat16, 0, True, False, True, qkv, "ln_qkv", host=False))
+    # the two-programs rows without their staggered start (VITFAST_STAGGER=0): QKV, promoted, the only FP8 launch
+    # that takes them
+    out += [_variant(torch.bfloat16, 0, True, False, True, tile, "ln_qkv", stagger=False) for tile in PER_SM]
     if exhaustive:
         out += [_variant(dt, act, True, False, True, HOPPER_FP8_TMA[1], "ln_linear")
                 for dt in (torch.float16, torch.float32) for act in (0, 1, 2, 3)]
@@ -383,7 +387,7 @@ def aot_variants(exhaustive: bool = False):
 
 
 def _variant(out_dtype, activation, has_bias, has_residual, precise, tile, op, a_grouped=False, group_out=False,
-             num_sms=132, host=True):
+             num_sms=132, host=True, stagger=True):
     bm, bn, bk, warps, stages, epi = tile
     p = "*" + TL_SIG[out_dtype]
     box = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "EPI_SPLIT": epi}
@@ -400,7 +404,7 @@ def _variant(out_dtype, activation, has_bias, has_residual, precise, tile, op, a
         "HAS_BIAS": has_bias, "ACTIVATION": activation, "HAS_RESIDUAL": has_residual, "PRECISE_ACC": precise,
         "A_GROUPED": a_grouped, "GROUP_OUT": group_out, "ROUND_IN_FP32": False, "NUM_SMS": num_sms,
         "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "EPI_SPLIT": epi, "PER_SM": per_sm(tile),
-        "HOST_DESC": host, "STAGGER": per_sm(tile) > 1,  # stagger_rule on a GPU
+        "HOST_DESC": host, "STAGGER": per_sm(tile) > 1 and stagger,  # stagger_rule on a GPU (False: VITFAST_STAGGER=0)
     }  # fmt: skip
     if has_residual:
         sig["res"] = operand_signature("res", TL_SIG[out_dtype], box, host)
@@ -411,7 +415,7 @@ def _variant(out_dtype, activation, has_bias, has_residual, precise, tile, op, a
     out_bytes = 1 if group_out else torch.empty((), dtype=out_dtype).element_size()
     fits = tile_allowed(tile, FAMILY_SMEM["hopper"], has_residual, precise, out_bytes, a_grouped=a_grouped,
                         group_out=group_out)
-    switched = activation == GELU_LIBDEVICE or not host
+    switched = activation == GELU_LIBDEVICE or not host or not stagger
     extra = {"vit": lambda cfg, batch: []} if switched else {}  # a switch: no preset runs it
     return {"fn": jit_fn(fp8_tma_gemm_kernel), "signature": sig, "constexprs": constexprs, **extra, "num_warps": warps,
             "num_stages": stages, "min_cc": 90, "op": "linear_fp8", "main_loop": "gemm",

@@ -415,8 +415,9 @@ def tma_aot_variants(row_stats, activations, has_bias, has_residual, exhaustive=
     The mid tile is the largest the prune keeps for the mode (SwiGLU, or a GEMM writing statistics, drop some). The
     TMA engine has no EVEN_K switch (TMA zero-pads K), so the EVEN_K=False combos are dropped. With device-side
     descriptors (VITFAST_TMA_DESC=device, credited to no preset): the mid tile, and B1_SPLIT_ROW split; with
-    programmatic dependent launch (VITFAST_PDL=1, credited to none): B1_SPLIT_ROW split, both descriptor sources.
-    Metadata: tests/kernels/aot_compile.py."""
+    programmatic dependent launch (VITFAST_PDL=1, credited to none): B1_SPLIT_ROW split, both descriptor sources;
+    the two-programs rows the prune keeps for the op without their staggered start (VITFAST_STAGGER=0, credited to
+    none). Metadata: tests/kernels/aot_compile.py."""
     op = op or ("ln_linear" if row_stats else "linear_residual")
     combos = [c for c in switch_combos(activations, has_bias, exhaustive) if c[2]]
     modes = stats_modes(row_stats, has_residual)
@@ -442,6 +443,11 @@ def tma_aot_variants(row_stats, activations, has_bias, has_residual, exhaustive=
         # programmatic dependent launch (VITFAST_PDL=1) on batch 1's split row, with either descriptor source
         out += [_variant(DTYPES[0], modes[0], base[0], base[1], has_residual, B1_SPLIT_ROW, op, split=AOT_SPLIT,
                          host=host, pdl=True) for host in (True, False)]
+    # the two-programs rows without their staggered start (VITFAST_STAGGER=0, credited to none), where the prune keeps
+    # them
+    out += [_variant(DTYPES[0], modes[0], base[0], base[1], has_residual, tile, op, stagger=False) for tile in PER_SM
+            if _runs(tile, modes[0]) and tile_allowed(tile, FAMILY_SMEM["hopper"], has_residual, swiglu,
+                                                       write_stats=modes[0][1])]
     return out
 
 
@@ -466,10 +472,11 @@ def _runs(tile, mode) -> bool:
     return not mode[1] or stats_tile_ok(tile[1] // tile[5], STATS_SLOT)
 
 
-def _variant(dtype, mode, activation, has_bias, has_residual, tile, op, num_sms=132, split=1, host=True, pdl=False):
+def _variant(dtype, mode, activation, has_bias, has_residual, tile, op, num_sms=132, split=1, host=True, pdl=False,
+             stagger=True):
     """One variant; split > 1: the split-K code (split_k.py) with that many parts, its workspace and counters;
     host=False: the descriptors built by each program (VITFAST_TMA_DESC=device); pdl: launched with programmatic
-    dependent launch (VITFAST_PDL=1)."""
+    dependent launch (VITFAST_PDL=1); stagger=False: a two-programs row under VITFAST_STAGGER=0."""
     bm, bn, bk, warps, stages, epi = tile
     row_stats, write_stats = mode
     p = "*" + TL_SIG[dtype]
@@ -487,7 +494,7 @@ def _variant(dtype, mode, activation, has_bias, has_residual, tile, op, num_sms=
         "WRITE_STATS": write_stats, "SLOT": STATS_SLOT, "SLOTS": AOT_SLOTS if row_stats == 2 else 1,
         "UPCAST": False, "NUM_SMS": num_sms, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8,
         "EPI_SPLIT": epi, "PER_SM": per_sm(tile), "SPLIT_K": split, "HOST_DESC": host, "PDL": pdl,
-        "STAGGER": per_sm(tile) > 1 and split == 1,  # stagger_rule on a GPU
+        "STAGGER": per_sm(tile) > 1 and split == 1 and stagger,  # stagger_rule on a GPU
     }  # fmt: skip
     if has_residual:
         sig["res"] = res
@@ -508,5 +515,5 @@ def _variant(dtype, mode, activation, has_bias, has_residual, tile, op, num_sms=
             "programs_per_sm": per_sm(tile),
             "tables": ("hopper",) if fits else (),
             "vit": gemm_vit_launches(op, tile[:5], elem, None, when=lambda cfg: fits and base_mode and has_bias
-                                     and split == 1 and host and not pdl
+                                     and split == 1 and host and not pdl and stagger
                                      and activation == preset_activation(op, cfg))}
