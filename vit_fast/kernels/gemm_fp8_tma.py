@@ -357,10 +357,10 @@ def aot_variants(exhaustive: bool = False):
     FC2 (A grouped per 128 columns, residual) and the out-projection (per-row A, residual), each promoted and not
     (FC2 is promoted by construction: once), FC1 through libdevice's erf (VITFAST_GELU) at one tile, QKV with
     device-side descriptors (VITFAST_TMA_DESC=device) at one tile, QKV on the two-programs rows without their
-staggered start (VITFAST_STAGGER=0); fp16 and fp32 outputs at the 128x128 tile with
-    `exhaustive`. Tiles the prune drops for a launch as spills (PROMOTED_SPILLS, GROUP_OUT_SPILLS, A_GROUPED_SPILLS)
-    are compiled to show why and gate nothing; tiles the group rules exclude (group_tile_ok) are not compiled. FP8
-    wgmma: sm_90 only (min_cc 90)."""
+    staggered start (VITFAST_STAGGER=0); fp16 and fp32 outputs at the 128x128 tile with `exhaustive`. Tiles the
+    prune drops for a launch as spills (PROMOTED_SPILLS, GROUP_OUT_SPILLS, A_GROUPED_SPILLS) are compiled to show why
+    and gate nothing; tiles the group rules exclude (group_tile_ok) are not compiled. FP8 wgmma: sm_90 only (min_cc
+    90)."""
     out = []
     for tile in HOPPER_FP8_TMA:
         for precise in (True, False):
