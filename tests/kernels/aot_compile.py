@@ -280,10 +280,12 @@ def main(argv=None):
             continue
         try:
             variants = variants_of(module, args.exhaustive)
-            assert variants, "returned no variants"
         except Exception as exc:
             failures.append(f"vit_fast.kernels.{name}.aot_variants(): {type(exc).__name__}: {exc}")
             print(f"FAIL kernels.{name}.aot_variants()\n{traceback.format_exc(limit=3)}", flush=True)
+            continue
+        if not variants:  # helpers compiled into their callers' variants (pdl, split_k, stagger), as kernels_static
+            print(f"skip kernels.{name} (no variants of its own: its helpers compile into its callers')", flush=True)
             continue
         sample = subset(variants)
         for cc in args.cc:
