@@ -2,8 +2,10 @@
 VITFAST_STAGGER switch and its error), what the engines' launches pass, that every compiled variant the static
 report lists carries the setting its launches get, and, compiled for sm_90 as the JIT compiles it, that a STAGGER
 variant waits on the global timer, for one tile's main loop and only in the second program of an SM, before its
-first MMA, while its twin without STAGGER does not. The numerics of the staggered launches are the two-programs row
-tests' (test_gemm_tma.py, which on a GPU run enough tiles for the wait); under the interpreter there is no timer."""
+first MMA, while its twin without STAGGER does not. On a GPU, where a launch places its programs: what the wait
+assumes (programs 0..#SMs-1 one per SM). The numerics of the staggered launches are the two-programs row tests'
+(test_gemm_tma.py, which on a GPU run enough tiles for the wait); under the interpreter there is no timer."""
+import collections
 import json
 import os
 import re
@@ -13,13 +15,31 @@ from pathlib import Path
 
 import pytest
 import torch
+import triton
+import triton.language as tl
+from triton.language.extra.cuda import smid
 
 from vit_fast.kernels import gemm_fp8_tma, gemm_tma, stagger
-from vit_fast.kernels._common import AUTOTUNE_ENV, ENGINE_ENV, STAGGER_ENV
+from vit_fast.kernels._common import AUTOTUNE_ENV, ENGINE_ENV, STAGGER_ENV, is_interpreting
+from vit_fast.kernels.gemm_tma import CTA_RESERVED_SMEM, SM90_SM_SMEM
 from vit_fast.kernels.stagger import stagger_rule
 
 ROOT = Path(__file__).resolve().parents[2]
 CUDA = torch.cuda.is_available()
+
+
+@triton.jit
+def _placement_probe(sm_out, a_ptr, b_ptr, c_ptr):
+    """Records the SM each program runs on. Its dot stages A (128x256) and B (256x64) bf16 in shared memory, 96 KB
+    (sm_90), so that two programs fit an SM and three do not, as with the two-programs GEMM rows (115 KB)."""
+    pid = tl.program_id(0)
+    tl.store(sm_out + pid, smid())
+    rm = tl.arange(0, 128)
+    rk = tl.arange(0, 256)
+    rn = tl.arange(0, 64)
+    a = tl.load(a_ptr + rm[:, None] * 256 + rk[None, :])
+    b = tl.load(b_ptr + rk[:, None] * 64 + rn[None, :])
+    tl.store(c_ptr + pid * (128 * 64) + rm[:, None] * 64 + rn[None, :], tl.dot(a, b))
 
 
 @pytest.mark.parametrize("interpret, per_sm, split, switch, expected", [
@@ -97,6 +117,30 @@ def test_launches_pass_stagger(switch, monkeypatch, device):
                 kernel, recorder.launches)
 
 
+@pytest.mark.skipif(not CUDA or is_interpreting(), reason="where programs run is a GPU's placement")
+def test_launch_places_the_first_num_sms_programs_one_per_sm():
+    """What the staggered start assumes: a launch of 2 x #SMs programs, two of which fit an SM, puts programs
+    0..#SMs-1 one per SM (so the programs numbered #SMs and up are the second ones), two programs on every SM."""
+    num_sms = torch.cuda.get_device_properties(0).multi_processor_count
+    sm = torch.full((2 * num_sms,), -1, dtype=torch.int32, device="cuda")
+    a = torch.randn(128, 256, device="cuda").bfloat16()
+    b = torch.randn(256, 64, device="cuda").bfloat16()
+    c = torch.empty(2 * num_sms, 128, 64, device="cuda")
+    runs = []
+    for _ in range(3):  # the GPU test step shares the GPU between processes: a time slice could move a launch
+        sm.fill_(-1)
+        kernel = _placement_probe[(2 * num_sms,)](sm, a, b, c, num_warps=4, num_stages=1)
+        smem = getattr(torch.cuda.get_device_properties(0), "shared_memory_per_multiprocessor", 0) or SM90_SM_SMEM
+        if smem // (kernel.metadata.shared + CTA_RESERVED_SMEM) != 2:
+            pytest.skip(f"the probe's {kernel.metadata.shared} B of shared memory do not make two programs an SM")
+        placed = sm.tolist()
+        assert min(placed) >= 0
+        runs.append((len(set(placed[:num_sms])), sorted(collections.Counter(placed).values())))
+        if runs[-1] == (num_sms, [2] * num_sms):
+            return
+    pytest.fail(f"in 3 launches, programs 0..{num_sms - 1} took (distinct SMs, programs per SM) = {runs}")
+
+
 # Run in a subprocess without the interpreter (under it `triton.jit` gives interpreted functions, which neither
 # aot_variants() nor triton.compile take; the op modules by name: the package exports functions of the same names).
 # Prints every engine variant as (kernel, STAGGER, what stagger_rule gives for its constexprs, whether a preset's
@@ -126,12 +170,21 @@ for m in (gemm_tma, gemm_fp8_tma):
                           options={'num_warps': v['num_warps'], 'num_stages': v['num_stages']}).asm['ptx']
            for v in (variant, off)]
     out[m.__name__] = [[variant['constexprs'][k] for k in ('NUM_SMS', 'PER_SM', 'BLOCK_M', 'BLOCK_N')], *ptx]
+import test_stagger
+from triton.compiler import ASTSource
+probe = ASTSource(test_stagger._placement_probe,
+                  {'sm_out': '*i32', 'a_ptr': '*bf16', 'b_ptr': '*bf16', 'c_ptr': '*fp32'}, {},
+                  {(i,): [['tt.divisibility', 16]] for i in range(4)})
+out['probe_shared'] = triton.compile(probe, target=GPUTarget('cuda', 90, 32),
+                                     options={'num_warps': 4, 'num_stages': 1}).metadata.shared
 print(json.dumps(out))
 """
 
 
 @pytest.fixture(scope="module")
 def compiled():
+    if CUDA:  # as the static gate: the compiled-code checks are CI's (CPU); the GPU test step runs the code
+        pytest.skip("compiled-code checks run where no GPU is")
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", STAGGER_ENV)}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     run = subprocess.run([sys.executable, "-c", _COMPILE], env=env, cwd=ROOT, capture_output=True, text=True,
@@ -148,6 +201,12 @@ def test_variants_carry_the_launch_setting(compiled):
         assert any(stagger for stagger, _, _ in variants), f"{kernel}: no two-programs variant is compiled"
         twins = [(stagger, credited) for stagger, rule, credited in variants if stagger is not rule]
         assert twins and twins == [(False, False)] * len(twins), (kernel, twins)
+
+
+def test_placement_probe_fits_two_programs_an_sm(compiled):
+    """On sm_90 the GPU test above is meaningful: two probe programs fit an SM's shared memory, three do not."""
+    need = compiled[1]["probe_shared"] + CTA_RESERVED_SMEM
+    assert SM90_SM_SMEM // need == 2, compiled[1]["probe_shared"]
 
 
 @pytest.mark.parametrize("module", ["vit_fast.kernels.gemm_tma", "vit_fast.kernels.gemm_fp8_tma"])
