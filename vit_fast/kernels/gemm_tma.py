@@ -444,11 +444,10 @@ def tma_aot_variants(row_stats, activations, has_bias, has_residual, exhaustive=
         out += [_variant(DTYPES[0], modes[0], base[0], base[1], has_residual, B1_SPLIT_ROW, op, split=AOT_SPLIT,
                          host=host, pdl=True) for host in (True, False)]
     # the two-programs rows without their staggered start (VITFAST_STAGGER=0, credited to none), where the prune keeps
-    # them
-    out += [_variant(DTYPES[0], modes[0], base[0], base[1], has_residual, tile, op, stagger=False) for tile in PER_SM
-            if _runs(tile, modes[0]) and tile_allowed(tile, FAMILY_SMEM["hopper"], has_residual, swiglu,
-                                                       write_stats=modes[0][1])]
-    return out
+    # them (the variant's own `tables`)
+    twins = (_variant(DTYPES[0], modes[0], base[0], base[1], has_residual, tile, op, stagger=False) for tile in PER_SM
+             if _runs(tile, modes[0]))
+    return out + [v for v in twins if v["tables"]]
 
 
 def aot_variants(exhaustive: bool = False):
