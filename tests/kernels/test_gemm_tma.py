@@ -123,6 +123,70 @@ def test_two_programs_per_sm_rows(fp8, monkeypatch, device):
 
 
 @pytest.mark.parametrize("precise", ["1", "0"], ids=["promoted", "fast"])
+def test_fp8_two_programs_rows_every_launch(precise, monkeypatch, device):
+    """Each FP8 two-programs row, pinned, on every launch its prune gives it: FC1 with a bf16 output, FC1 writing
+    e4m3 codes per 128 columns, the out-projection (bf16 A, residual) and FC2 on grouped codes (residual), against
+    the pointer engine on the same inputs, outputs poisoned first. On a GPU more tiles than 2 x #SMs programs, ragged
+    M and K; under the interpreter 2 programs over 6-9 tiles."""
+    from vit_fast import fp8 as fp8_ref
+    from vit_fast.kernels import gemm_fp8_tma
+    from vit_fast.kernels.linear_residual import linear_residual_launch
+    from vit_fast.kernels.ln_linear import ln_linear_fp8_launch
+    from vit_fast.kernels.quant_fp8 import new_group_scales
+
+    from tests.tolerances import poison
+
+    if CUDA and torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the TMA engines need an sm_90 GPU")
+    if CUDA and precise == "0":
+        pytest.skip("on a GPU the default (promoted) only: the test step's minutes")
+    monkeypatch.setenv("VITFAST_FP8_PRECISE_ACC", precise)
+    m, k, n = (4096 + 37, 1024 + 64, 1024) if CUDA else (150, 320, 384)
+    x = torch.randn(m, k, device=device).bfloat16()
+    g, b = torch.randn(k, device=device).bfloat16(), torch.randn(k, device=device).bfloat16()
+    bias, residual = torch.randn(n, device=device).bfloat16(), torch.randn(m, n, device=device).bfloat16()
+    wq, ws = fp8_ref.quantize_rows(torch.randn(n, k, device=device))
+    codes_in, scales_in = fp8_ref.quantize_groups(torch.randn(m, k, device=device), 128)
+
+    def codes_out():
+        codes = poison(torch.empty(m, n, device=device, dtype=torch.float8_e4m3fn))
+        scales = poison(new_group_scales(m, n, device))
+        ln_linear_fp8_launch(x, g, b, 1e-6, wq, ws, bias, "gelu", out=codes, out_scale=scales)
+        return fp8_ref.dequantize_input(codes, scales, 128)
+
+    def with_residual(a, **scales):
+        out = poison(torch.empty_like(residual))
+        return linear_residual_launch(a, wq, bias, residual, out=out, weight_scale=ws, **scales)
+
+    # name -> (launch, has_residual, out_bytes, a_grouped, group_out)
+    launches = {"fc1": (lambda: ln_linear_fp8_launch(x, g, b, 1e-6, wq, ws, bias, "gelu"), False, 2, False, False),
+                "fc1 codes": (codes_out, False, 1, False, True),
+                "out-proj": (lambda: with_residual(x), True, 2, False, False),
+                "fc2": (lambda: with_residual(codes_in, x_scale=scales_in), True, 2, True, False)}
+    ran = set()
+    for row, programs in gemm_fp8_tma.PER_SM.items():
+        for name, (run, residual_buffer, out_bytes, a_grouped, group_out) in launches.items():
+            if not gemm_fp8_tma.tile_allowed(row, 232448, residual_buffer, precise == "1", out_bytes,
+                                             a_grouped=a_grouped, group_out=group_out):
+                continue
+            monkeypatch.setenv("VITFAST_FP8_ENGINE", "pointer")
+            ref = run().float()
+            monkeypatch.setenv("VITFAST_FP8_ENGINE", "tma")
+            _pin(monkeypatch, gemm_fp8_tma.fp8_tma_gemm_kernel, row, programs)
+            out = run().float()
+            picked = gemm_fp8_tma.fp8_tma_gemm_kernel.best_config.kwargs
+            assert (picked["BLOCK_M"], picked["BLOCK_N"], picked["PER_SM"]) == (row[0], row[1], programs), name
+            assert torch.isfinite(out).all(), (row, name)
+            if group_out:  # a code flipped by the summation order moves its value by up to 1/16
+                err = ((out - ref).norm() / ref.norm()).item()
+                assert err < 2e-2, f"{row} {name}: relative error {err:.3g}"
+            else:  # one bf16 rounding of each, summation order
+                torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2, msg=f"{row} {name}")
+            ran.add((row, name))
+    assert {name for _, name in ran} == set(launches)  # the 64x128 row takes all four
+
+
+@pytest.mark.parametrize("precise", ["1", "0"], ids=["promoted", "fast"])
 def test_fp8_tma_deep_k_row(precise, monkeypatch, device):
     """The FP8 TMA engine's 256-deep row (two 128-byte swizzle rows of K per TMA box), pinned as the two-programs rows
     are: FC1 (LayerNorm + GELU) and FC2 (residual) with K not a multiple of 256, against the pointer engine on the

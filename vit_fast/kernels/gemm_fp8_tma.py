@@ -49,10 +49,14 @@ HOPPER_FP8_TMA = [
     (64, 128, 128, 4, 4, 1),
     (128, 64, 128, 4, 4, 1),
     (64, 64, 128, 4, 4, 1),
+    (64, 128, 128, 4, 3, 1),  # two programs per SM for the launches the 128x128 one cannot take
 ]
-# Rows launched with two programs per SM (gemm_tma.py's docstring): 98,304 B of operand stages and a 16 KB store
-# buffer, so two fit in an SM's 233,472 B without a residual.
-PER_SM = {(128, 128, 128, 4, 3, 2): 2}
+# Rows launched with two programs per SM (gemm_tma.py's docstring), so one's promotion drains and epilogues overlap
+# the other's MMAs. 128x128: 98,304 B of operand stages and a 16 KB store buffer, two fit an SM's 233,472 B without
+# a residual (QKV). 64x128: 73,728 B of stages, a 16 KB store and a 16 KB residual buffer, two fit with a residual,
+# and 64 accumulator registers a thread leave room for the promotion's second (all four GEMMs; benchmarks/NOTES.md,
+# "Two programs per SM for every FP8 GEMM").
+PER_SM = {(128, 128, 128, 4, 3, 2): 2, (64, 128, 128, 4, 3, 1): 2}
 # Rows that spill on sm_90 once the promotion's second accumulator exists (PRECISE_ACC=1, and FC2's grouped A, which
 # is promoted by construction): the report's rows.
 PROMOTED_SPILLS = {(128, 256, 128, 8, 3, 2)}
@@ -377,8 +381,7 @@ def aot_variants(exhaustive: bool = False):
     # descriptors built by each program (VITFAST_TMA_DESC=device): QKV, promoted, at the first tile its prune keeps
     qkv = next(t for t in HOPPER_FP8_TMA if tile_allowed(t, FAMILY_SMEM["hopper"], False, True, 2))
     out.append(_variant(torch.bfloat16, 0, True, False, True, qkv, "ln_qkv", host=False))
-    # the two-programs rows without their staggered start (VITFAST_STAGGER=0): QKV, promoted, the only FP8 launch
-    # that takes them
+    # the two-programs rows without their staggered start (VITFAST_STAGGER=0): QKV, promoted, which takes both
     out += [_variant(torch.bfloat16, 0, True, False, True, tile, "ln_qkv", stagger=False) for tile in PER_SM]
     if exhaustive:
         out += [_variant(dt, act, True, False, True, HOPPER_FP8_TMA[1], "ln_linear")
