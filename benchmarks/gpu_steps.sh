@@ -43,6 +43,9 @@
 #   stagger            the same row with both programs of the two-programs GEMM rows starting together
 #                      (VITFAST_STAGGER=0), then as shipped (shipped/: the second one late, kernels/stagger.py): what
 #                      the staggered start gains on the tiles the headline picked (the switch is no autotune key)
+#                      b1engine, b1split, b1desc and b1pdl have the same shipped rows, as lnstats, gelu and stagger
+#                      do: the first of a group to measure them whole keeps them for the commit, and the later ones
+#                      copy them into their shipped/ (shared.txt says whose) and measure only their switched half
 #   grid N             slice N (1-6) of the rest of the grid; `grid list` prints the slices
 #   merge              merge headline + every grid slice run so far on this machine into one results directory
 #   micro              kernel microbenchmarks (CUDA-graph timing, batch 64: the model's autotune bucket)
@@ -131,6 +134,18 @@ run() {  # run LIMIT_S CMD...: the command under a time limit (TERM first: the h
 
 has() { "$PY" -c "import $1" 2>/dev/null; }
 
+commit() { "$PY" -c 'from vit_fast.provenance import source_commit; print(source_commit())'; }
+
+shared_dir() {  # where the steps whose shipped halves are the same rows keep that half, measured once per commit and
+    local group  # machine (see the switched steps below); nothing for the other steps
+    case "$1" in
+        b1engine|b1split|b1desc|b1pdl) group=b1 ;;
+        lnstats|gelu|stagger) group=b256 ;;
+        *) return ;;
+    esac
+    echo "shipped-$group-$(echo "${STEP_COMMIT:=$(commit)}" | tr -c 'A-Za-z0-9\n' _ | cut -c1-40)"
+}
+
 RC=0
 case "$STEP" in
 lease)
@@ -153,6 +168,7 @@ lease)
     mkdir -p "$W"
     left() { echo $(( END - $(date +%s) )); }
     done_() { [ -f "$W/$1/.done" ]; }  # a step that ran to its end (one cut short runs again in the next lease)
+    half_if_shared() { [ -f "$W/$(shared_dir "$1")/.done" ] && echo $(( $2 / 2 )) || echo "$2"; }
     sub() {  # sub NEED_S STEP [ARG]: the step into $W if NEED_S seconds are left (25 s stay for packing)
         local need=$1 name=$2${3:+-$3}
         shift
@@ -171,7 +187,8 @@ lease)
         fi
         [ "$RC" = 0 ] && RC=$rc
     }
-    [ "$("$PY" -c 'from vit_fast.provenance import source_commit; print(source_commit())')" = unknown ] &&
+    STEP_COMMIT=$(commit) && export STEP_COMMIT  # the steps' shared shipped halves are per commit
+    [ "$STEP_COMMIT" = unknown ] &&
         echo "=== lease: WARNING: the commit is unknown (no .git here): set VITFAST_SOURCE_COMMIT" | tee -a "$LOG"
     for s in $STEPS; do
         case "$s" in
@@ -183,8 +200,9 @@ lease)
         profile8) done_ profile8 || sub 200 profile8 ;;
         profile1) done_ profile1 || sub 90 profile1 ;;
         fp8acc|fp8tma) done_ "$s" || T_BUDGET=$(( $(left) - 60 )) sub 200 "$s" ;;
-        b1engine|b1split|b1desc|b1pdl) done_ "$s" || T_BUDGET=$(( $(left) - 60 )) sub 90 "$s" ;;
-        lnstats|gelu|stagger) done_ "$s" || T_BUDGET=$(( $(left) - 60 )) sub 120 "$s" ;;
+        b1engine|b1split|b1desc|b1pdl)  # half the time once a step of the group measured the shipped half
+            done_ "$s" || T_BUDGET=$(( $(left) - 60 )) sub "$(half_if_shared "$s" 90)" "$s" ;;
+        lnstats|gelu|stagger) done_ "$s" || T_BUDGET=$(( $(left) - 60 )) sub "$(half_if_shared "$s" 120)" "$s" ;;
         grid*) done_ "grid-${s#grid}" || T_BUDGET=$(( $(left) - 85 )) sub 240 grid "${s#grid}" ;;
         micro) done_ micro || sub 300 micro ;;
         esac
@@ -329,17 +347,38 @@ fp8acc|fp8tma|b1engine|b1split|b1desc|b1pdl|lnstats|gelu|stagger)
     ARGS+=(--no-plots --no-progress)
     [ "$DRY" = 1 ] && { export TRITON_INTERPRET=1; ARGS+=("${DRY_ARGS[@]}"); }
     LIMIT=${T_LIMIT:-500} BUDGET=${T_BUDGET:-440}
+    # The steps of a group (the same rows: batch 1's, B/16 b256's) measure the shipped half once per machine: the
+    # first to finish it whole keeps a copy in $SHARED, a later one copies that (with shared.txt saying whose it is)
+    # and gives its switched half the whole time.
+    SHARED=$(shared_dir "$STEP")
+    SHARED=${SHARED:+$OUT_ROOT/$SHARED}
+    HALVES=2
+    [ -n "$SHARED" ] && [ -f "$SHARED/.done" ] && HALVES=1
     # each half in a subshell with its switches exported; ${A[@]+...}: an empty array under `set -u` (bash < 4.4)
     (for kv in ${FIRST[@]+"${FIRST[@]}"}; do export "$kv"; done
-     run $(( LIMIT / 2 )) "$PY" -m benchmarks --out "$DIR" --time-budget $(( BUDGET / 2 )) "${ARGS[@]}"
+     run $(( LIMIT / HALVES )) "$PY" -m benchmarks --out "$DIR" --time-budget $(( BUDGET / HALVES )) "${ARGS[@]}"
      exit "$RC")
     FIRST_RC=$?
     SPENT=$(( $(date +%s) - START ))
     mkdir -p "$DIR/$SUB"
-    (for kv in ${SECOND[@]+"${SECOND[@]}"}; do export "$kv"; done
-     run $(( LIMIT - SPENT )) "$PY" -m benchmarks --out "$DIR/$SUB" --time-budget $(( BUDGET - SPENT )) "${ARGS[@]}"
-     exit "$RC")
-    RC=$?
+    if [ "$HALVES" = 1 ]; then
+        cp "$SHARED"/results.* "$SHARED/shared.txt" "$DIR/$SUB/"
+        echo "=== $NAME: the shipped half as $(head -1 "$SHARED/shared.txt")" | tee -a "$LOG"
+        RC=0
+    else
+        (for kv in ${SECOND[@]+"${SECOND[@]}"}; do export "$kv"; done
+         run $(( LIMIT - SPENT )) "$PY" -m benchmarks --out "$DIR/$SUB" --time-budget $(( BUDGET - SPENT )) \
+             "${ARGS[@]}"
+         exit "$RC")
+        RC=$?
+        if [ -n "$SHARED" ] && [ "$RC" = 0 ] && [ -f "$DIR/$SUB/results.json" ] &&
+                ! grep -qs '"error": "not run' "$DIR/$SUB/results.json"; then
+            mkdir -p "$SHARED"
+            echo "measured by the $STEP step ($(date -u +%FT%TZ)); shared by the steps of its group" \
+                > "$DIR/$SUB/shared.txt"
+            cp "$DIR/$SUB"/results.* "$DIR/$SUB/shared.txt" "$SHARED/" && touch "$SHARED/.done"
+        fi
+    fi
     [ "$FIRST_RC" != 0 ] && RC=$FIRST_RC
     ;;
 grid)

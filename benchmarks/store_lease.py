@@ -7,7 +7,8 @@ same commit. A lease of another commit on the same day (a fix measured again) go
 beside it, since rows carry no commit of their own; the README table follows the newest. The rest of what the
 lease wrote is kept as it came under lease/ (the headline's setup.json and targets, the test outcomes, the
 per-kernel profiles, fp8acc's, fp8tma's, b1engine's, b1split's, b1desc's, b1pdl's, lnstats', gelu's and stagger's
-rows measured with other kernel settings, the autotuner's picks, the logs), so every figure a note quotes has its
+rows measured with other kernel settings beside the shipped setting's (measured once for the steps of a group: its
+shared.txt says by which), the autotuner's picks, the logs), so every figure a note quotes has its
 file; a lease that measured only those (profiles, fp8acc, fp8tma, b1engine, b1split, b1desc, b1pdl, lnstats, gelu,
 stagger) is kept the same way, under the date and device they record, without a merged results.json.
 `python -m benchmarks.store_lease RUNS_TAR [--root DIR] [--readme README.md] [--no-plots] [--source-commit SHA]`.
@@ -31,6 +32,9 @@ from .env import default_results_dir, slug
 from .merge import merge
 from .report import load, write_report
 
+# a switched step's files: its rows, then the shipped setting's (shared.txt: which step of its group measured them,
+# benchmarks/gpu_steps.sh)
+SWITCHED = ("results.json", "results.md", "shipped/results.json", "shipped/results.md", "shipped/shared.txt")
 # what is kept besides the merged results: step directory -> files (logs are small and say what happened)
 KEEP = {"headline": ("results.json", "setup.json", "headline.md", "headline.log"),
         "tests": ("junit.xml", "tests.jsonl", "tests.log"),
@@ -40,13 +44,13 @@ KEEP = {"headline": ("results.json", "setup.json", "headline.md", "headline.log"
         # kept apart, never merged: rows of another kernel setting, and the shipped setting's beside them
         "fp8acc": ("results.json", "results.md", "promoted/results.json", "promoted/results.md", "fp8acc.log"),
         "fp8tma": ("results.json", "results.md", "fast/results.json", "fast/results.md", "fp8tma.log"),
-        "b1engine": ("results.json", "results.md", "shipped/results.json", "shipped/results.md", "b1engine.log"),
-        "b1split": ("results.json", "results.md", "shipped/results.json", "shipped/results.md", "b1split.log"),
-        "b1desc": ("results.json", "results.md", "shipped/results.json", "shipped/results.md", "b1desc.log"),
-        "b1pdl": ("results.json", "results.md", "shipped/results.json", "shipped/results.md", "b1pdl.log"),
-        "lnstats": ("results.json", "results.md", "shipped/results.json", "shipped/results.md", "lnstats.log"),
-        "gelu": ("results.json", "results.md", "shipped/results.json", "shipped/results.md", "gelu.log"),
-        "stagger": ("results.json", "results.md", "shipped/results.json", "shipped/results.md", "stagger.log"),
+        "b1engine": (*SWITCHED, "b1engine.log"),
+        "b1split": (*SWITCHED, "b1split.log"),
+        "b1desc": (*SWITCHED, "b1desc.log"),
+        "b1pdl": (*SWITCHED, "b1pdl.log"),
+        "lnstats": (*SWITCHED, "lnstats.log"),
+        "gelu": (*SWITCHED, "gelu.log"),
+        "stagger": (*SWITCHED, "stagger.log"),
         "micro": ("micro.json", "micro.log"),
         "autotune": ("autotune.json", "autotune.md")}  # benchmarks.autotune_record: the autotuner's picks
 

@@ -129,6 +129,31 @@ def test_dry_batch1_pdl_step(tmp_path):
     _switched_then_shipped(tmp_path, "b1pdl", "VITFAST_PDL=1", {(1, "vit_fast"), (1, "sdpa")})
 
 
+def test_dry_steps_of_a_group_share_the_shipped_half(tmp_path):
+    """b1pdl measures batch 1 with programmatic dependent launch, then as shipped; b1desc, a later step of the same
+    group (the same rows), measures only its switched half and copies b1pdl's shipped half, saying whose it is. In a
+    lease the step that finds the shipped half measured is asked for half the time; a step of another group measures
+    its own."""
+    proc, out = _steps(tmp_path, "lease", "560", "b1pdl b1desc gelu", timeout=560)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    log = (out / "lease" / "lease.log").read_text()
+    work = tmp_path / "cache" / "lease-work"
+    pdl, desc = work / "b1pdl", work / "b1desc"
+    assert json.loads((desc / "results.json").read_text())["env"]["settings"] == "VITFAST_TMA_DESC=device"
+    shipped = (pdl / "shipped" / "results.json").read_text()
+    assert (desc / "shipped" / "results.json").read_text() == shipped and not json.loads(shipped)["env"]["settings"]
+    assert (desc / "shipped" / "shared.txt").read_text().startswith("measured by the b1pdl step")
+    assert len(re.findall(r"=== b1(pdl|desc): .*-m benchmarks --out \S*/shipped ", log)) == 1, log
+    assert "=== lease: b1desc with" in log and re.search(r"b1desc: the shipped half as measured by the b1pdl", log)
+    assert re.search(r"=== gelu: .*-m benchmarks --out \S*gelu/shipped ", log)  # another group: its own
+    assert (work / "gelu" / "shipped" / "shared.txt").read_text().startswith("measured by the gelu step")
+    # store_lease keeps the shared half with its note, under the step that copied it
+    assert store_lease.main([str(out / "lease" / "runs.tar.gz"), "--root", str(tmp_path / "results"), "--readme", "",
+                             "--no-plots"]) == 0
+    stored = next((tmp_path / "results").iterdir()) / "lease" / "b1desc" / "shipped"
+    assert (stored / "results.json").read_text() == shipped and (stored / "shared.txt").is_file()
+
+
 def test_dry_layer_norm_statistics_step(tmp_path):
     """lnstats: the headline's B/16 b256 vit_fast row (toy: batch 2) with a statistics launch per LayerNorm, then as
     shipped (merged partial statistics)."""
