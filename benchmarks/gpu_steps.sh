@@ -44,8 +44,9 @@
 #                      (VITFAST_STAGGER=0), then as shipped (shipped/: the second one late, kernels/stagger.py): what
 #                      the staggered start gains on the tiles the headline picked (the switch is no autotune key)
 #                      b1engine, b1split, b1desc and b1pdl have the same shipped rows, as lnstats, gelu and stagger
-#                      do: the first of a group to measure them whole keeps them for the commit, and the later ones
-#                      copy them into their shipped/ (shared.txt says whose) and measure only their switched half
+#                      do: the first of a group to measure them whole keeps them (per commit and VITFAST_* settings)
+#                      and the later ones copy them into their shipped/ (shared.txt says whose) and measure only
+#                      their switched half
 #   grid N             slice N (1-6) of the rest of the grid; `grid list` prints the slices
 #   merge              merge headline + every grid slice run so far on this machine into one results directory
 #   micro              kernel microbenchmarks (CUDA-graph timing, batch 64: the model's autotune bucket)
@@ -136,14 +137,17 @@ has() { "$PY" -c "import $1" 2>/dev/null; }
 
 commit() { "$PY" -c 'from vit_fast.provenance import source_commit; print(source_commit())'; }
 
-shared_dir() {  # where the steps whose shipped halves are the same rows keep that half, measured once per commit and
-    local group  # machine (see the switched steps below); nothing for the other steps
-    case "$1" in
+shared_dir() {  # shared_dir STEP: where the steps whose shipped halves are the same rows keep that half, measured
+    local group key  # once per machine, commit and VITFAST_* environment (the switched steps below); nothing for the
+    case "$1" in     # other steps, nor for a commit that is unknown or has uncommitted changes
         b1engine|b1split|b1desc|b1pdl) group=b1 ;;
         lnstats|gelu|stagger) group=b256 ;;
         *) return ;;
     esac
-    echo "shipped-$group-$(echo "${STEP_COMMIT:=$(commit)}" | tr -c 'A-Za-z0-9\n' _ | cut -c1-40)"
+    key=${STEP_COMMIT:-$(commit)}
+    case "$key" in unknown|*+*) return ;; esac
+    key=$( { echo "$key"; env | grep '^VITFAST_' | sort; } | sha1sum | cut -c1-16)
+    echo "$CACHE/shipped/$group-$key"
 }
 
 RC=0
@@ -168,7 +172,13 @@ lease)
     mkdir -p "$W"
     left() { echo $(( END - $(date +%s) )); }
     done_() { [ -f "$W/$1/.done" ]; }  # a step that ran to its end (one cut short runs again in the next lease)
-    half_if_shared() { [ -f "$W/$(shared_dir "$1")/.done" ] && echo $(( $2 / 2 )) || echo "$2"; }
+    # a switched step whose group's shipped half is measured runs one half: its need less one half's budget (the
+    # 25 s kept for packing and the 60 s T_BUDGET keeps back are not halved): 90 -> 62, 120 -> 77
+    half_if_shared() {
+        local dir
+        dir=$(shared_dir "$1")
+        [ -n "$dir" ] && [ -f "$dir/.done" ] && echo $(( ($2 - 35) / 2 + 35 )) || echo "$2"
+    }
     sub() {  # sub NEED_S STEP [ARG]: the step into $W if NEED_S seconds are left (25 s stay for packing)
         local need=$1 name=$2${3:+-$3}
         shift
@@ -176,7 +186,7 @@ lease)
             echo "=== lease: $* skipped: $(left) s left, it needs $need s" | tee -a "$LOG"
             return
         fi
-        echo "=== lease: $* with $(left) s left" | tee -a "$LOG"
+        echo "=== lease: $* with $(left) s left (needs $need s)" | tee -a "$LOG"
         OUT=$W T_LIMIT=$(( $(left) - 25 )) bash "$SELF" "$@" 2>&1 | tee -a "$LOG"
         local rc=${PIPESTATUS[0]}
         if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then  # its own limit: not the lease's (the device tool reads 124/137
@@ -308,12 +318,12 @@ fp8acc|fp8tma|b1engine|b1split|b1desc|b1pdl|lnstats|gelu|stagger)
     gelu)  # the same row with libdevice's erf in FC1's GELU, then the fitted erfc as shipped
         ARGS=(--models vit_b_16 --batch-sizes 256 --dtypes bfloat16 --backends vit_fast --cuda-graphs
               --graph-max-batch 256)
-        DRY_ARGS=(--dtypes float32 --batch-sizes 2 "${TOY[@]},depth=1")
+        DRY_ARGS=(--dtypes float32 --batch-sizes 2 "${TOY[@]},depth=2")  # lnstats' (one shipped half)
         FIRST=(VITFAST_GELU=libdevice) SECOND=() SUB=shipped ;;
     stagger)  # the same row with the two-programs rows' programs starting together, then staggered as shipped
         ARGS=(--models vit_b_16 --batch-sizes 256 --dtypes bfloat16 --backends vit_fast --cuda-graphs
               --graph-max-batch 256)
-        DRY_ARGS=(--dtypes float32 --batch-sizes 2 "${TOY[@]},depth=1")
+        DRY_ARGS=(--dtypes float32 --batch-sizes 2 "${TOY[@]},depth=2")  # lnstats' (one shipped half)
         FIRST=(VITFAST_STAGGER=0) SECOND=() SUB=shipped ;;
     b1engine)  # batch 1 on the pointer GEMM engine, then as shipped (TMA on sm_90)
         ARGS=(--models vit_b_16 --batch-sizes 1 --dtypes bfloat16 --backends vit_fast,sdpa --cuda-graphs
@@ -348,12 +358,11 @@ fp8acc|fp8tma|b1engine|b1split|b1desc|b1pdl|lnstats|gelu|stagger)
     [ "$DRY" = 1 ] && { export TRITON_INTERPRET=1; ARGS+=("${DRY_ARGS[@]}"); }
     LIMIT=${T_LIMIT:-500} BUDGET=${T_BUDGET:-440}
     # The steps of a group (the same rows: batch 1's, B/16 b256's) measure the shipped half once per machine: the
-    # first to finish it whole keeps a copy in $SHARED, a later one copies that (with shared.txt saying whose it is)
-    # and gives its switched half the whole time.
+    # first to finish it whole keeps a copy in $SHARED (with its arguments), a later one with the same arguments
+    # copies that (shared.txt says whose it is) and gives its switched half the whole time.
     SHARED=$(shared_dir "$STEP")
-    SHARED=${SHARED:+$OUT_ROOT/$SHARED}
     HALVES=2
-    [ -n "$SHARED" ] && [ -f "$SHARED/.done" ] && HALVES=1
+    [ -n "$SHARED" ] && [ -f "$SHARED/.done" ] && [ "$(cat "$SHARED/args.txt")" = "${ARGS[*]}" ] && HALVES=1
     # each half in a subshell with its switches exported; ${A[@]+...}: an empty array under `set -u` (bash < 4.4)
     (for kv in ${FIRST[@]+"${FIRST[@]}"}; do export "$kv"; done
      run $(( LIMIT / HALVES )) "$PY" -m benchmarks --out "$DIR" --time-budget $(( BUDGET / HALVES )) "${ARGS[@]}"
@@ -362,9 +371,12 @@ fp8acc|fp8tma|b1engine|b1split|b1desc|b1pdl|lnstats|gelu|stagger)
     SPENT=$(( $(date +%s) - START ))
     mkdir -p "$DIR/$SUB"
     if [ "$HALVES" = 1 ]; then
-        cp "$SHARED"/results.* "$SHARED/shared.txt" "$DIR/$SUB/"
-        echo "=== $NAME: the shipped half as $(head -1 "$SHARED/shared.txt")" | tee -a "$LOG"
-        RC=0
+        if cp "$SHARED"/results.* "$SHARED/shared.txt" "$DIR/$SUB/"; then
+            echo "=== $NAME: the shipped half as $(head -1 "$SHARED/shared.txt")" | tee -a "$LOG"
+            RC=0
+        else
+            RC=1
+        fi
     else
         (for kv in ${SECOND[@]+"${SECOND[@]}"}; do export "$kv"; done
          run $(( LIMIT - SPENT )) "$PY" -m benchmarks --out "$DIR/$SUB" --time-budget $(( BUDGET - SPENT )) \
@@ -376,6 +388,7 @@ fp8acc|fp8tma|b1engine|b1split|b1desc|b1pdl|lnstats|gelu|stagger)
             mkdir -p "$SHARED"
             echo "measured by the $STEP step ($(date -u +%FT%TZ)); shared by the steps of its group" \
                 > "$DIR/$SUB/shared.txt"
+            echo "${ARGS[*]}" > "$SHARED/args.txt"
             cp "$DIR/$SUB"/results.* "$DIR/$SUB/shared.txt" "$SHARED/" && touch "$SHARED/.done"
         fi
     fi

@@ -19,9 +19,10 @@ REPO = Path(__file__).resolve().parent.parent
 D, MLP, ROWS = 768, 3072, 256 * 197
 
 
-def _steps(tmp_path, *args, timeout=240):
+def _steps(tmp_path, *args, timeout=240, **extra_env):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.update(OUT=str(tmp_path / "out"), DRY="1", PYTHON=sys.executable, VITFAST_GPU_CACHE=str(tmp_path / "cache"))
+    env.update(OUT=str(tmp_path / "out"), DRY="1", PYTHON=sys.executable, VITFAST_GPU_CACHE=str(tmp_path / "cache"),
+               **extra_env)
     proc = subprocess.run(["bash", "benchmarks/gpu_steps.sh", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)
     return proc, tmp_path / "out"
@@ -132,9 +133,10 @@ def test_dry_batch1_pdl_step(tmp_path):
 def test_dry_steps_of_a_group_share_the_shipped_half(tmp_path):
     """b1pdl measures batch 1 with programmatic dependent launch, then as shipped; b1desc, a later step of the same
     group (the same rows), measures only its switched half and copies b1pdl's shipped half, saying whose it is. In a
-    lease the step that finds the shipped half measured is asked for half the time; a step of another group measures
-    its own."""
-    proc, out = _steps(tmp_path, "lease", "560", "b1pdl b1desc gelu", timeout=560)
+    lease the step that finds the shipped half measured needs one half's time less; a step of another group
+    measures its own."""
+    # a commit of its own: a tree with uncommitted changes shares nothing (its commit reads "<sha>+changes")
+    proc, out = _steps(tmp_path, "lease", "560", "b1pdl b1desc gelu", timeout=560, VITFAST_SOURCE_COMMIT="0" * 40)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     log = (out / "lease" / "lease.log").read_text()
     work = tmp_path / "cache" / "lease-work"
@@ -144,7 +146,9 @@ def test_dry_steps_of_a_group_share_the_shipped_half(tmp_path):
     assert (desc / "shipped" / "results.json").read_text() == shipped and not json.loads(shipped)["env"]["settings"]
     assert (desc / "shipped" / "shared.txt").read_text().startswith("measured by the b1pdl step")
     assert len(re.findall(r"=== b1(pdl|desc): .*-m benchmarks --out \S*/shipped ", log)) == 1, log
-    assert "=== lease: b1desc with" in log and re.search(r"b1desc: the shipped half as measured by the b1pdl", log)
+    assert "=== lease: b1pdl with" in log and re.search(r"=== lease: b1pdl with \d+ s left \(needs 90 s\)", log)
+    assert re.search(r"=== lease: b1desc with \d+ s left \(needs 62 s\)", log), log  # one half's budget less
+    assert re.search(r"b1desc: the shipped half as measured by the b1pdl", log)
     assert re.search(r"=== gelu: .*-m benchmarks --out \S*gelu/shipped ", log)  # another group: its own
     assert (work / "gelu" / "shipped" / "shared.txt").read_text().startswith("measured by the gelu step")
     # store_lease keeps the shared half with its note, under the step that copied it
@@ -152,6 +156,30 @@ def test_dry_steps_of_a_group_share_the_shipped_half(tmp_path):
                              "--no-plots"]) == 0
     stored = next((tmp_path / "results").iterdir()) / "lease" / "b1desc" / "shipped"
     assert (stored / "results.json").read_text() == shipped and (stored / "shared.txt").is_file()
+
+
+def test_shared_shipped_half_is_per_group_commit_and_switches():
+    """Where a switched step keeps its group's shipped half (gpu_steps.sh's shared_dir, run alone): one place per
+    group, commit and VITFAST_* environment; none for steps outside the groups, nor for an unknown commit or one with
+    uncommitted changes."""
+    script = (REPO / "benchmarks" / "gpu_steps.sh").read_text()
+    functions = "\n".join(re.search(rf"^{name}\(\) {{.*?^}}$", script, re.S | re.M).group(0)
+                          for name in ("commit", "shared_dir"))
+
+    def where(step, commit, **switches):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VITFAST_")}
+        env.update(STEP_COMMIT=commit, CACHE="/cache", **switches)
+        return subprocess.run(["bash", "-c", f"{functions}\nshared_dir {step}"], env=env, capture_output=True,
+                              text=True, check=True).stdout.strip()
+
+    b1 = where("b1pdl", "a" * 40)
+    assert re.fullmatch(r"/cache/shipped/b1-[0-9a-f]{16}", b1)
+    assert where("b1desc", "a" * 40) == b1 and where("b1engine", "a" * 40) == b1
+    assert where("gelu", "a" * 40).startswith("/cache/shipped/b256-")
+    assert where("b1pdl", "b" * 40) != b1
+    assert where("b1pdl", "a" * 40, VITFAST_TMA_DESC="device") != b1
+    assert where("b1pdl", "a" * 7 + "+changes") == "" and where("b1pdl", "unknown") == ""
+    assert where("headline", "a" * 40) == "" and where("fp8acc", "a" * 40) == ""
 
 
 def test_dry_layer_norm_statistics_step(tmp_path):

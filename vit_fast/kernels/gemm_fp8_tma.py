@@ -49,7 +49,7 @@ HOPPER_FP8_TMA = [
     (64, 128, 128, 4, 4, 1),
     (128, 64, 128, 4, 4, 1),
     (64, 64, 128, 4, 4, 1),
-    (64, 128, 128, 4, 3, 1),  # two programs per SM for the launches the 128x128 one cannot take
+    (64, 128, 128, 4, 3, 1),  # two programs per SM for every launch, those the 128x128 row cannot take too
 ]
 # Rows launched with two programs per SM (gemm_tma.py's docstring), so one's promotion drains and epilogues overlap
 # the other's MMAs. 128x128: 98,304 B of operand stages and a 16 KB store buffer, two fit an SM's 233,472 B without
@@ -60,9 +60,9 @@ PER_SM = {(128, 128, 128, 4, 3, 2): 2, (64, 128, 128, 4, 3, 1): 2}
 # Rows that spill on sm_90 once the promotion's second accumulator exists (PRECISE_ACC=1, and FC2's grouped A, which
 # is promoted by construction): the report's rows.
 PROMOTED_SPILLS = {(128, 256, 128, 8, 3, 2)}
-# Rows that spill on sm_90 when FC1 writes e4m3 codes (the two-programs row keeps both 64-wide slices' values for
-# their joint maximum: 128 B under triton 3.6; 128-168 B under 3.9 until the fitted GELU, clean since) or FC2 scales
-# grouped A (104 B)
+# Rows that spill on sm_90 when FC1 writes e4m3 codes (the 128x128 two-programs row keeps both 64-wide slices' values
+# for their joint maximum: 128 B under triton 3.6; 128-168 B under 3.9 until the fitted GELU, clean since) or FC2
+# scales grouped A (104 B)
 GROUP_OUT_SPILLS = {(128, 128, 128, 4, 3, 2)}
 A_GROUPED_SPILLS = {(128, 128, 128, 4, 3, 2)}
 FP8_TMA_KEY = ["M_BUCKET", "N", "K", "HAS_BIAS", "ACTIVATION", "HAS_RESIDUAL", "PRECISE_ACC", "A_GROUPED",
@@ -361,7 +361,8 @@ def aot_variants(exhaustive: bool = False):
     FC2 (A grouped per 128 columns, residual) and the out-projection (per-row A, residual), each promoted and not
     (FC2 is promoted by construction: once), FC1 through libdevice's erf (VITFAST_GELU) at one tile, QKV with
     device-side descriptors (VITFAST_TMA_DESC=device) at one tile, QKV on the two-programs rows without their
-    staggered start (VITFAST_STAGGER=0); fp16 and fp32 outputs at the 128x128 tile with `exhaustive`. Tiles the
+    staggered start (VITFAST_STAGGER=0), fp32 outputs on the two-programs rows that take them; fp16 and fp32 outputs
+    at the 128x128 tile with `exhaustive`. Tiles the
     prune drops for a launch as spills (PROMOTED_SPILLS, GROUP_OUT_SPILLS, A_GROUPED_SPILLS) are compiled to show why
     and gate nothing; tiles the group rules exclude (group_tile_ok) are not compiled. FP8 wgmma: sm_90 only (min_cc
     90)."""
@@ -383,6 +384,9 @@ def aot_variants(exhaustive: bool = False):
     out.append(_variant(torch.bfloat16, 0, True, False, True, qkv, "ln_qkv", host=False))
     # the two-programs rows without their staggered start (VITFAST_STAGGER=0): QKV, promoted, which takes both
     out += [_variant(torch.bfloat16, 0, True, False, True, tile, "ln_qkv", stagger=False) for tile in PER_SM]
+    # fp32 outputs (QKV, FC1 without codes), promoted, on the two-programs rows whose prune keeps them (64x128)
+    out += [_variant(torch.float32, act, True, False, True, tile, "ln_linear") for tile in PER_SM for act in (0, 1)
+            if tile_allowed(tile, FAMILY_SMEM["hopper"], False, True, 4)]
     if exhaustive:
         out += [_variant(dt, act, True, False, True, HOPPER_FP8_TMA[1], "ln_linear")
                 for dt in (torch.float16, torch.float32) for act in (0, 1, 2, 3)]
