@@ -160,11 +160,11 @@ def test_fp8_two_programs_rows_every_launch(precise, monkeypatch, device):
         out = poison(torch.empty_like(residual))
         return linear_residual_launch(a, wq, bias, residual, out=out, weight_scale=ws, **scales)
 
-    # name -> (launch, has_residual, out_bytes, a_grouped, group_out)
     def bf16_out():
         out = poison(torch.empty(m, n, device=device, dtype=torch.bfloat16))
         return ln_linear_fp8_launch(x, g, b, 1e-6, wq, ws, bias, "gelu", out=out)
 
+    # name -> (launch, has_residual, out_bytes, a_grouped, group_out)
     launches = {"fc1": (bf16_out, False, 2, False, False),
                 "fc1 codes": (codes_out, False, 1, False, True),
                 "out-proj": (lambda: with_residual(x), True, 2, False, False),
