@@ -95,12 +95,17 @@ def test_dry_batch1_profile(tmp_path):
 
 
 def _switched_then_shipped(tmp_path, step: str, setting: str, rows: set):
-    """A step that measures with one kernel switch, its results recording it, then as shipped (shipped/), recorded
-    without it; the same (batch, backend) rows in both, each with a throughput."""
+    """A step run alone that measures with one kernel switch, then as shipped (_check_switched)."""
     proc, out = _steps(tmp_path, step, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    first = json.loads((out / step / "results.json").read_text())
-    shipped = json.loads((out / step / "shipped" / "results.json").read_text())
+    _check_switched(out / step, setting, rows)
+
+
+def _check_switched(step_dir, setting: str, rows: set):
+    """A switched step's files: its results recording the switch, then as shipped (shipped/), recorded without it;
+    the same (batch, backend) rows in both, each with a throughput."""
+    first = json.loads((step_dir / "results.json").read_text())
+    shipped = json.loads((step_dir / "shipped" / "results.json").read_text())
     assert schema.validate(first) == [] and first["env"]["settings"] == setting
     assert schema.validate(shipped) == [] and not shipped["env"]["settings"]
     for results in (first, shipped):
@@ -119,28 +124,22 @@ def test_dry_batch1_split_step(tmp_path):
     _switched_then_shipped(tmp_path, "b1split", "VITFAST_SPLIT_K=1", {(1, "vit_fast"), (1, "sdpa")})
 
 
-def test_dry_batch1_descriptors_step(tmp_path):
-    """b1desc: batch 1 with the TMA descriptors built by each program, then as shipped (from the launch); vit_fast
-    beside sdpa in both."""
-    _switched_then_shipped(tmp_path, "b1desc", "VITFAST_TMA_DESC=device", {(1, "vit_fast"), (1, "sdpa")})
-
-
-def test_dry_batch1_pdl_step(tmp_path):
-    """b1pdl: batch 1 with programmatic dependent launch, then as shipped (without); vit_fast beside sdpa in both."""
-    _switched_then_shipped(tmp_path, "b1pdl", "VITFAST_PDL=1", {(1, "vit_fast"), (1, "sdpa")})
-
-
 def test_dry_steps_of_a_group_share_the_shipped_half(tmp_path):
-    """b1pdl measures batch 1 with programmatic dependent launch, then as shipped; b1desc, a later step of the same
-    group (the same rows), measures only its switched half and copies b1pdl's shipped half, saying whose it is. In a
-    lease the step that finds the shipped half measured needs one half's time less; a step of another group
-    measures its own."""
+    """In one lease: b1pdl measures batch 1 with programmatic dependent launch, then as shipped (without); b1desc, a
+    later step of the same group (the same rows), measures batch 1 with the TMA descriptors built by each program and
+    copies b1pdl's shipped half, saying whose it is; gelu, of another group, measures B/16's b256 row (toy: batch 2)
+    with libdevice's erf in FC1's GELU, then its own shipped half. vit_fast beside sdpa at batch 1. The step that
+    finds the shipped half measured needs one half's time less."""
     # a commit of its own: a tree with uncommitted changes shares nothing (its commit reads "<sha>+changes")
     proc, out = _steps(tmp_path, "lease", "560", "b1pdl b1desc gelu", timeout=560, VITFAST_SOURCE_COMMIT="0" * 40)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     log = (out / "lease" / "lease.log").read_text()
     work = tmp_path / "cache" / "lease-work"
     pdl, desc = work / "b1pdl", work / "b1desc"
+    batch1 = {(1, "vit_fast"), (1, "sdpa")}
+    _check_switched(pdl, "VITFAST_PDL=1", batch1)
+    _check_switched(desc, "VITFAST_TMA_DESC=device", batch1)
+    _check_switched(work / "gelu", "VITFAST_GELU=libdevice", {(2, "vit_fast")})
     assert json.loads((desc / "results.json").read_text())["env"]["settings"] == "VITFAST_TMA_DESC=device"
     shipped = (pdl / "shipped" / "results.json").read_text()
     assert (desc / "shipped" / "results.json").read_text() == shipped and not json.loads(shipped)["env"]["settings"]
@@ -186,11 +185,6 @@ def test_dry_layer_norm_statistics_step(tmp_path):
     """lnstats: the headline's B/16 b256 vit_fast row (toy: batch 2) with a statistics launch per LayerNorm, then as
     shipped (merged partial statistics)."""
     _switched_then_shipped(tmp_path, "lnstats", "VITFAST_LN_PARTIALS=0", {(2, "vit_fast")})
-
-
-def test_dry_gelu_step(tmp_path):
-    """gelu: the same row with FC1's GELU through libdevice's erf, then as shipped (the fitted erfc)."""
-    _switched_then_shipped(tmp_path, "gelu", "VITFAST_GELU=libdevice", {(2, "vit_fast")})
 
 
 def test_dry_stagger_step(tmp_path):

@@ -85,14 +85,13 @@ def _pin(monkeypatch, kernel, row, programs):
         num_warps=warps, num_stages=stages)])
 
 
-@pytest.mark.parametrize("fp8", [False, True], ids=["bf16", "fp8"])
-def test_two_programs_per_sm_rows(fp8, monkeypatch, device):
-    """Each engine's PER_SM rows, pinned (the GPU test step's VITFAST_AUTOTUNE=first never reaches them), over more
-    tiles than programs (on a GPU 4,096 x 2,304 rows: 576 tiles for 2 x #SMs programs; under the interpreter 2
-    programs), against the other engine: ragged M, K not a multiple of BLOCK_K, LayerNorm + GELU epilogue."""
-    from vit_fast import fp8 as fp8_ref
-    from vit_fast.kernels import gemm_fp8_tma, gemm_tma
-    from vit_fast.kernels.ln_linear import ln_linear_fp8_launch, ln_linear_launch
+def test_two_programs_per_sm_rows(monkeypatch, device):
+    """The 16-bit engine's PER_SM rows, pinned (the GPU test step's VITFAST_AUTOTUNE=first never reaches them), over
+    more tiles than programs (on a GPU 4,096 x 2,304 rows: 576 tiles for 2 x #SMs programs; under the interpreter 2
+    programs), against the pointer engine: ragged M, K not a multiple of BLOCK_K, LayerNorm + GELU epilogue. The FP8
+    engine's: test_fp8_two_programs_rows_every_launch."""
+    from vit_fast.kernels import fold_layer_norm, gemm_tma
+    from vit_fast.kernels.ln_linear import ln_linear_launch
 
     if CUDA and torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("the TMA engines need an sm_90 GPU")
@@ -100,23 +99,14 @@ def test_two_programs_per_sm_rows(fp8, monkeypatch, device):
     x = torch.randn(m, k, device=device).bfloat16()
     g, b = torch.randn(k, device=device).bfloat16(), torch.randn(k, device=device).bfloat16()
     bias = torch.randn(n, device=device).bfloat16()
-    module = gemm_fp8_tma if fp8 else gemm_tma
-    kernel = gemm_fp8_tma.fp8_tma_gemm_kernel if fp8 else gemm_tma.tma_gemm_kernel
-    env = "VITFAST_FP8_ENGINE" if fp8 else ENGINE_ENV
-    if fp8:
-        wq, ws = fp8_ref.quantize_rows(torch.randn(n, k, device=device))
-        run = lambda: ln_linear_fp8_launch(x, g, b, 1e-6, wq, ws, bias, "gelu")  # noqa: E731
-    else:
-        from vit_fast.kernels import fold_layer_norm
-
-        folded = fold_layer_norm(g, b, torch.randn(n, k, device=device).bfloat16(), bias)
-        run = lambda: ln_linear_launch(x, 1e-6, folded.weight, folded.colsum, folded.bias, "gelu")  # noqa: E731
-    assert module.PER_SM
-    for row, programs in module.PER_SM.items():
-        monkeypatch.setenv(env, "pointer")
+    folded = fold_layer_norm(g, b, torch.randn(n, k, device=device).bfloat16(), bias)
+    run = lambda: ln_linear_launch(x, 1e-6, folded.weight, folded.colsum, folded.bias, "gelu")  # noqa: E731
+    assert gemm_tma.PER_SM
+    for row, programs in gemm_tma.PER_SM.items():
+        monkeypatch.setenv(ENGINE_ENV, "pointer")
         ref = run().float()
-        monkeypatch.setenv(env, "tma")
-        _pin(monkeypatch, kernel, row, programs)
+        monkeypatch.setenv(ENGINE_ENV, "tma")
+        _pin(monkeypatch, gemm_tma.tma_gemm_kernel, row, programs)
         out = run().float()
         assert torch.isfinite(out).all()
         torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)  # one bf16 rounding of each, summation order
