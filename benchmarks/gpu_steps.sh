@@ -4,8 +4,8 @@
 # below in priority order, resuming on a warm machine); the single steps are for a lease with time to spare. Order and
 # expected times are in benchmarks/NOTES.md, "GPU session plan".
 #   lease [S [STEP...]] within S seconds (default 560): tests (once per machine), headline (resumed), profile, grid 1-6
-#                      (profile8, profile1, fp8acc, fp8tma, b1engine, b1split, b1desc, b1pdl, lnstats, gelu, stagger
-#                      and micro only when named), each skipped when done on this machine or too long for the time
+#                      (profile8, profile1, fp8acc, fp8tma, fp8ws, b1engine, b1split, b1desc, b1pdl, lnstats, gelu,
+#                      stagger and micro only when named), each skipped when done on this machine or too long for the time
 #                      left; STEPs (e.g. headline profile) pick and order them. Writes $OUT/lease/: runs.tar.gz
 #                      (every step's files so far), lease.log, headline.md, tests.txt
 #   tests              the GPU test subset (tests/gpu_subset.txt), < 3 min, junit + one JSON line per test; each
@@ -24,6 +24,8 @@
 #                      promotion costs in speed and error, each against bf16 measured in the same run
 #   fp8tma             the same rows with VITFAST_FP8_ENGINE=tma (the FP8 TMA engine, gemm_fp8_tma.py, the default
 #                      on sm_90 since the third lease), then also with VITFAST_FP8_PRECISE_ACC=0 (fast/)
+#   fp8ws              the same rows with VITFAST_FP8_ENGINE=ws (QKV, the out-projection and FC2 on the
+#                      warp-specialized Gluon engine, gemm_fp8_ws.py), then as shipped (shipped/: the FP8 TMA engine)
 #   b1engine           B/16 batch 1 with CUDA graphs, vit_fast beside sdpa: the 16-bit GEMMs on the pointer engine
 #                      (VITFAST_GEMM_ENGINE=pointer), then as shipped (shipped/): whether small-M GEMMs should leave
 #                      the TMA engine (persistent programs, TMA descriptors)
@@ -82,7 +84,8 @@ SLICES=(
 )
 
 usage() {
-    local steps="lease [SECONDS [STEP...]]|tests|headline [ROWS]|profile|profile8|profile1|fp8acc|fp8tma|b1engine"
+    local steps="lease [SECONDS [STEP...]]|tests|headline [ROWS]|profile|profile8|profile1|fp8acc|fp8tma|fp8ws"
+    steps+="|b1engine"
     steps+="|b1split|b1desc|b1pdl|lnstats|gelu|stagger"
     steps+="|grid N|grid list"
     echo "usage: $0 {$steps|merge|micro}" >&2
@@ -90,7 +93,8 @@ usage() {
 }
 
 case "$STEP" in
-    lease|tests|headline|profile|profile8|profile1|fp8acc|fp8tma|b1engine|b1split|b1desc|b1pdl|lnstats|gelu|stagger) ;;
+    lease|tests|headline|profile|profile8|profile1|fp8acc|fp8tma|fp8ws|b1engine|b1split|b1desc|b1pdl|lnstats) ;;
+    gelu|stagger) ;;
     grid|merge) ;;
     micro) ;;
     *) usage ;;
@@ -160,8 +164,8 @@ lease)
     for s in $STEPS; do
         case "$s" in
             tests|headline|profile|profile8|profile1|fp8acc|fp8tma|b1engine|b1split|b1desc|b1pdl|lnstats) ;;
-            gelu|stagger|grid[1-6]|micro) ;;
-            *) echo "error: lease step '$s' is not one of tests headline profile profile8 profile1 fp8acc fp8tma" \
+            fp8ws|gelu|stagger|grid[1-6]|micro) ;;
+            *) echo "error: lease step '$s' is not one of tests headline profile profile8 profile1 fp8acc fp8tma fp8ws" \
                     "b1engine b1split b1desc b1pdl lnstats gelu stagger grid1..grid6" \
                     "micro" >&2
                exit 2 ;;
@@ -209,7 +213,7 @@ lease)
         profile) done_ profile || sub 300 profile ;;
         profile8) done_ profile8 || sub 200 profile8 ;;
         profile1) done_ profile1 || sub 90 profile1 ;;
-        fp8acc|fp8tma) done_ "$s" || T_BUDGET=$(( $(left) - 60 )) sub 200 "$s" ;;
+        fp8acc|fp8tma|fp8ws) done_ "$s" || T_BUDGET=$(( $(left) - 60 )) sub 200 "$s" ;;
         b1engine|b1split|b1desc|b1pdl)  # half the time once a step of the group measured the shipped half
             done_ "$s" || T_BUDGET=$(( $(left) - 60 )) sub "$(half_if_shared "$s" 90)" "$s" ;;
         lnstats|gelu|stagger) done_ "$s" || T_BUDGET=$(( $(left) - 60 )) sub "$(half_if_shared "$s" 120)" "$s" ;;
@@ -303,7 +307,7 @@ profile8)
     [ "$DRY" = 1 ] && { ARGS+=(--tiny); export TRITON_INTERPRET=1; }
     run "${T_LIMIT:-300}" "$PY" -m benchmarks.breakdown "${ARGS[@]}"
     ;;
-fp8acc|fp8tma|b1engine|b1split|b1desc|b1pdl|lnstats|gelu|stagger)
+fp8acc|fp8tma|fp8ws|b1engine|b1split|b1desc|b1pdl|lnstats|gelu|stagger)
     # per step: the rows, the switches of the new measurement (FIRST, with half the time) and of its companion
     # (SECOND, into SUB/, with what is left); DRY on a CPU: toy sizes in Triton's interpreter, fp32 (it runs fp32 and
     # FP8 dots, not bf16 ones), no graphs there
@@ -350,6 +354,8 @@ fp8acc|fp8tma|b1engine|b1split|b1desc|b1pdl|lnstats|gelu|stagger)
         DRY_ARGS=(--dtypes float8 --batch-sizes 2 "${TOY[@]},depth=1")
         if [ "$STEP" = fp8acc ]; then  # without the promotion, then as shipped
             FIRST=(VITFAST_FP8_PRECISE_ACC=0) SECOND=() SUB=promoted
+        elif [ "$STEP" = fp8ws ]; then  # the warp-specialized engine where it runs, then as shipped (TMA)
+            FIRST=(VITFAST_FP8_ENGINE=ws) SECOND=() SUB=shipped
         else  # the FP8 TMA engine as shipped, then without the promotion too
             FIRST=(VITFAST_FP8_ENGINE=tma) SECOND=(VITFAST_FP8_ENGINE=tma VITFAST_FP8_PRECISE_ACC=0) SUB=fast
         fi ;;

@@ -109,7 +109,7 @@ def dtype_of(variant) -> str:
 
 def tile_of(variant) -> str:
     c = variant["constexprs"]
-    dims = "x".join(str(c[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_D") if k in c)
+    dims = variant.get("tile") or "x".join(str(c[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "BLOCK_D") if k in c)
     return f"{dims} w{variant['num_warps']}s{variant['num_stages']}"
 
 
@@ -154,15 +154,16 @@ def cold_spill_ok(variant, stats) -> bool:
 
 
 def promotion_problems(variant, stats) -> list:
-    """An sm_90 FP8 GEMM compiled with PRECISE_ACC=1 must start a partial sum from zero in its main loop for each of
-    its dots (two for SwiGLU: gate and up), or the compiler dropped the promotion (as Triton does for a dot whose A
+    """An sm_90 FP8 GEMM compiled with PRECISE_ACC=1 (or promoting by construction: the variant's `promoted`, its dot
+    count) must start a partial sum from zero in its main loop for each of its dots (two for SwiGLU: gate and up),
+    or the compiler dropped the promotion (as Triton does for a dot whose A
     comes from registers when max_num_imprecise_acc asks for it)."""
     from vit_fast.kernels._common import SWIGLU
 
     started = stats.get("zero_started_mmas_in_loops")
     if started is None:
         return ["FP8 promotion unreadable: the SASS loops could not be read"]
-    dots = 2 if variant["constexprs"].get("ACTIVATION") == SWIGLU else 1
+    dots = variant.get("promoted") or (2 if variant["constexprs"].get("ACTIVATION") == SWIGLU else 1)
     if started < dots:
         return [f"FP8 partial sums not promoted (PRECISE_ACC=1): {started} zero-started wgmma(s) in the main loop, "
                 f"expected at least {dots}"]
@@ -212,7 +213,7 @@ def gate_problems(variant, cc: int, stats) -> list:
             problems.append("no wgmma in a 16-bit GEMM")
         if is_fp8(variant) and not stats.get("qgmma"):
             problems.append("no FP8 wgmma (QGMMA) in an FP8 GEMM")
-        if is_fp8(variant) and variant["constexprs"].get("PRECISE_ACC"):
+        if is_fp8(variant) and (variant["constexprs"].get("PRECISE_ACC") or variant.get("promoted")):
             problems += promotion_problems(variant, stats)
         if not (stats["ldgsts"] or stats["utmaldg"]):
             problems.append("GEMM main loop without cp.async or TMA")

@@ -12,6 +12,7 @@ import re
 _INSTRUCTION = re.compile(r"^\s*(?:/\*([0-9a-f]+)\*/)?\s*(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)(.*)$")
 _LABEL = re.compile(r"^\s*(\.L\w+):")
 _TARGET = re.compile(r"`\((\.L\w+)\)")
+_TABLE = re.compile(r'BRANCH_TARGETS\s+([.\w,]+)')  # `BRX R4 -0x3650 (*"BRANCH_TARGETS .L_x_10,.L_x_28"*)`
 _JUMPS = ("BRA", "BRX", "JMP", "JMX")  # a loop's back edge is one of these; CALL/RET leave the function body
 _FUNCTION = re.compile(r"^\s*\.type\s+\S+,\s*@function")  # the kernel's, then one per subroutine it calls
 
@@ -56,11 +57,12 @@ def _scan(sass: str, marked, on_label=None):
         if spill:
             spill_in_call |= functions > 1
         elif opcode in _JUMPS:
-            target = _TARGET.search(inst[3])
-            if target is None:
-                unreadable = True
-            elif target[1] in labels:  # a label seen already: a branch back
-                back_edges.append((labels[target[1]], address))
+            table = _TABLE.search(inst[3])
+            targets = table[1].split(",") if table else [t[1] for t in [_TARGET.search(inst[3])] if t]
+            unreadable |= not targets
+            # a label seen already: a branch back (an indirect branch with its table, as a warp-specialized kernel
+            # dispatches its partitions, may have several)
+            back_edges += [(labels[t], address) for t in targets if t in labels]
     return hits, back_edges, any_spill, unreadable, spill_in_call
 
 

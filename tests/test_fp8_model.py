@@ -178,18 +178,21 @@ def test_triton_fp8_equals_torch_emulation(dtype, mlp, device, monkeypatch):
 
 
 @pytest.mark.skipif(fp8_unsupported_reason(torch.device(DEVICE)) is not None, reason="needs sm_89+/interpreter")
-@pytest.mark.parametrize("switch", ["tma", "auto"])
+@pytest.mark.parametrize("switch", ["tma", "auto", "ws"])
 def test_triton_fp8_on_the_tma_engine_equals_torch_emulation(switch, device, monkeypatch):
     """The four FP8 GEMMs on the FP8 TMA engine (gemm_fp8_tma.py), forced (VITFAST_FP8_ENGINE=tma) or as auto picks
     it on sm_90 (faked under the interpreter, for the model's device only): the out-projection's input quantized in
     a pass of its own (the codes the pointer engine makes in its main loop), so attention records no row maxima;
-    FC2's from FC1's epilogue."""
+    FC2's from FC1's epilogue. With =ws (an sm_90 GPU only) QKV, the out-projection and FC2 run on the
+    warp-specialized engine (gemm_fp8_ws.py) and FC1 on the TMA engine."""
     import sys
 
     from vit_fast.kernels import gemm_fp8_tma
 
     if device == "cuda" and torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("the TMA engines need an sm_90 GPU")
+    if switch == "ws" and device == "cpu":
+        pytest.skip("the warp-specialized engine is Gluon: an sm_90 GPU only (the interpreter cannot run it)")
     monkeypatch.setenv("VITFAST_FP8_ENGINE", switch)
     if switch == "auto" and device == "cpu":
         monkeypatch.setattr(gemm_fp8_tma, "_auto_picks_tma", lambda d: d == torch.device(device))
@@ -198,19 +201,32 @@ def test_triton_fp8_on_the_tma_engine_equals_torch_emulation(switch, device, mon
     with torch.no_grad():
         emulated = model.set_backend("torch")(x).float()
         calls = _count_quant_passes(monkeypatch)
-        engine_calls = []
+        ops, engine_calls = [], []  # the op module launching; (op module, engine) of each FP8 GEMM that ran
         for name in ("ln_qkv", "ln_linear", "linear_residual"):
             module = sys.modules[f"vit_fast.kernels.{name}"]
 
-            def counted(*args, _name=name, _launch=module.launch_fp8_tma_gemm, **kwargs):
-                engine_calls.append(_name)
+            def launcher(engine, _name=name, _get=module.fp8_launcher):
+                launch = _get(engine)
+
+                def run(*args, **kwargs):
+                    ops.append(_name)
+                    return launch(*args, **kwargs)
+
+                return run
+
+            monkeypatch.setattr(module, "fp8_launcher", launcher)
+        for engine in ("tma", "ws"):
+            def counted(*args, _engine=engine, _launch=getattr(gemm_fp8_tma, f"launch_fp8_{engine}_gemm"), **kwargs):
+                engine_calls.append((ops[-1], _engine))
                 return _launch(*args, **kwargs)
 
-            monkeypatch.setattr(module, "launch_fp8_tma_gemm", counted)
+            monkeypatch.setattr(gemm_fp8_tma, f"launch_fp8_{engine}_gemm", counted)
         fast = model.set_backend("triton")(x).float()
     # the out-projection's input is quantized in a pass (the engine reads e4m3 rows); FC2's comes from FC1's epilogue
     assert calls == {"ln_qkv": 1, "ln_linear": 1, "linear_residual": 1, "quantize": 0, "attention row_amax": 0}, calls
-    assert sorted(engine_calls) == ["linear_residual", "linear_residual", "ln_linear", "ln_qkv"], engine_calls
+    plain = "ws" if switch == "ws" else "tma"  # QKV, the out-projection, FC2; FC1 (GELU, codes out) stays on TMA
+    assert sorted(engine_calls) == [("linear_residual", plain), ("linear_residual", plain), ("ln_linear", "tma"),
+                                    ("ln_qkv", plain)], engine_calls
     assert_fp8_model_matches_emulation(fast, emulated)
 
 

@@ -339,8 +339,8 @@ def test_store_refuses_an_archive_without_results(tmp_path, capsys):
         tar.add(tmp_path / "junk.tar.gz", arcname="tests/junit.xml")
     assert store_lease.main([str(empty), "--root", str(tmp_path), "--readme", ""]) == 2
     err = capsys.readouterr().err
-    assert ("holds no headline, grid, fp8acc, fp8tma, b1engine, b1split, b1desc, b1pdl, lnstats, gelu, stagger or "
-            "profile results") in err
+    assert ("holds no headline, grid, fp8acc, fp8tma, fp8ws, b1engine, b1split, b1desc, b1pdl, lnstats, gelu, "
+            "stagger or profile results") in err
 
 
 def _k(name, start, stack):
@@ -431,6 +431,29 @@ def test_deadline_skips_late_tests_and_times_out_a_running_one(tmp_path):
     assert [(x["nodeid"].split("::")[1], x["outcome"]) for x in lines] == [("test_slow", "failed"),
                                                                            ("test_after", "skipped")]
     assert "VITFAST_TEST_DEADLINE" in lines[1]["message"] and (tmp_path / "j.xml").is_file()
+
+
+def test_dry_fp8_ws_engine_step(tmp_path):
+    """fp8ws: the FP8 rows with VITFAST_FP8_ENGINE=ws (recorded), then as shipped (shipped/). Under the interpreter
+    the switched row carries the dispatch's one-line error (Gluon needs an sm_90 GPU): the switch reached the FP8
+    ops, and the step still stores both halves."""
+    proc, out = _steps(tmp_path, "fp8ws", timeout=200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    results = json.loads((out / "fp8ws" / "results.json").read_text())
+    assert schema.validate(results) == [] and results["env"]["settings"] == "VITFAST_FP8_ENGINE=ws"
+    assert [(r["dtype"], r["backend"]) for r in results["rows"]] == [("float8", "vit_fast")]
+    assert results["rows"][0]["error"] == ("ValueError: VITFAST_FP8_ENGINE=ws: device: expected an sm_90 GPU (Gluon "
+                                           "kernels do not run under the interpreter), got TRITON_INTERPRET=1")
+    shipped = json.loads((out / "fp8ws" / "shipped" / "results.json").read_text())
+    assert shipped["env"]["settings"] is None and [(r["dtype"], r["error"]) for r in shipped["rows"]] == [
+        ("float8", None)]
+    archive = tmp_path / "runs.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(out / "fp8ws", arcname="fp8ws")
+    assert store_lease.main([str(archive), "--root", str(tmp_path / "results"), "--readme", "", "--no-plots"]) == 0
+    stored = next((tmp_path / "results").iterdir())
+    assert json.loads((stored / "lease" / "fp8ws" / "shipped" / "results.json").read_text()) == shipped
+    assert (stored / "lease" / "fp8ws" / "fp8ws.log").is_file()
 
 
 def test_dry_fp8_tma_engine_step(tmp_path):

@@ -12,7 +12,8 @@ THE CONTRACT (every engine follows it to appear in the report and the gate)
 A module of `kernels` that defines a @triton.jit kernel defines `aot_variants(exhaustive: bool = False) -> list[dict]`,
 one dict per compile, describing the launch exactly as the JIT would specialize it on a GPU:
 
-  fn          the @triton.jit function (`kernels._common.jit_fn(k)` unwraps autotune/heuristics wrappers)
+  fn          the @triton.jit function (`kernels._common.jit_fn(k)` unwraps autotune/heuristics wrappers), or a
+              @gluon.jit one with `gluon` True
   signature   {arg name: type} for EVERY argument of fn: "*bf16" / "*fp16" / "*fp32" / "*u8" / "*fp8e4nv" pointers,
               "tensordesc<bf16[128, 64]>" host tensor descriptors (element type and box, as the JIT specializes one),
               "i32" / "i64" / "fp32" scalars, "constexpr" for constexprs and for integer args the JIT turns into
@@ -20,6 +21,13 @@ one dict per compile, describing the launch exactly as the JIT would specialize 
   constexprs  {arg name: value} for every "constexpr" entry of the signature (tiles, switches, unit strides)
   num_warps, num_stages   as in the triton.Config the autotuner would launch
 Optional keys:
+  tile        the report's tile ("128x128x128") where the block shape is no constexpr (a Gluon kernel reads it
+              from its descriptors). Default: BLOCK_M x BLOCK_N x BLOCK_K (x BLOCK_D) from constexprs.
+  promoted    for an FP8 GEMM that promotes its partial sums by construction (no PRECISE_ACC constexpr): how many
+              dots its loops start from zero (kernels/gemm_fp8_ws.py: one per math warpgroup, 2); the gate checks
+              them as it checks PRECISE_ACC=1 variants. Default None.
+  gluon       True for a @gluon.jit kernel (compiled through Gluon's front end; its descriptors' signature names
+              their shared layout: "tensordesc<fp8e4nv[128,128],NVMMASharedLayout(...)>"). Default False.
   divisible   tuple of integer argument names that every real launch makes a multiple of 16: row strides of
               contiguous rows, N, K, D, 3D, head dims. They get `tt.divisibility=16`, as the JIT gives them. Never M
               nor anything that varies with the batch (B·197 is odd) — those are also `do_not_specialize` in the
@@ -181,8 +189,11 @@ def _source(variant):
     params = inspect.signature(ASTSource.__init__).parameters
     if "constexprs" not in params:  # the keyword exists since triton 3.3; setup.py asks for >= 3.4
         raise RuntimeError(f"unsupported triton {triton.__version__}: ASTSource{tuple(params)}")
-    return ASTSource(fn=variant["fn"], signature=variant["signature"], constexprs=variant["constexprs"],
-                     attrs=jit_attrs(variant))
+    source = ASTSource
+    if variant.get("gluon"):  # a @gluon.jit kernel (kernels/gemm_fp8_ws.py): Gluon's front end
+        from triton.experimental.gluon._runtime import GluonASTSource as source
+    return source(fn=variant["fn"], signature=variant["signature"], constexprs=variant["constexprs"],
+                  attrs=jit_attrs(variant))
 
 
 def _cpu_seconds():

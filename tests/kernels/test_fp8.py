@@ -395,9 +395,54 @@ def test_fp8_engine_selection(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setenv(FP8_ENGINE_ENV, "pointer")
     assert select_fp8_engine(32, wq, out) == "pointer" and fp8_gemm_reads_row_amax(cpu)
-    monkeypatch.setenv(FP8_ENGINE_ENV, "fast")
-    with pytest.raises(ValueError, match=r"^VITFAST_FP8_ENGINE: expected auto \| tma \| pointer, got 'fast'$"):
+    # =ws: the warp-specialized Gluon engine, on an sm_90 GPU only (the interpreter cannot run Gluon)
+    monkeypatch.setenv(FP8_ENGINE_ENV, "ws")
+    with pytest.raises(ValueError, match=r"^VITFAST_FP8_ENGINE=ws: device: expected an sm_90 GPU \(Gluon kernels do "
+                                         r"not run under the interpreter\), got TRITON_INTERPRET=1$"):
         select_fp8_engine(32, wq, out)
+    assert select_fp8_engine(32, wq, out, activation=SWIGLU) == "pointer"
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match=r"^VITFAST_FP8_ENGINE=ws: device: expected an sm_90 GPU, got cpu$"):
+        select_fp8_engine(32, wq, out)
+    monkeypatch.setattr(gemm_fp8_tma, "is_interpreting", lambda: False)
+    monkeypatch.setattr(gemm_fp8_tma, "_auto_picks_tma", lambda device: True)
+    assert select_fp8_engine(32, wq, out) == "ws" and not fp8_gemm_reads_row_amax(gpu)
+    with pytest.raises(ValueError, match=r"^VITFAST_FP8_ENGINE=ws: FP8 operands: expected 2-D, unit last stride, "):
+        select_fp8_engine(40, w_odd, out)
+    monkeypatch.setenv(FP8_ENGINE_ENV, "fast")
+    with pytest.raises(ValueError, match=r"^VITFAST_FP8_ENGINE: expected auto \| tma \| pointer \| ws, got 'fast'$"):
+        select_fp8_engine(32, wq, out)
+
+
+def test_ws_engine_takes_the_promoted_plain_launches(monkeypatch):
+    """VITFAST_FP8_ENGINE=ws's launcher: the warp-specialized engine for QKV, the out-projection and FC2 (promoted, no
+    activation, no codes out, grouped A promoted by construction); FC1 (an activation, codes out) and fast
+    accumulation go to the FP8 TMA engine with every argument as given."""
+    from vit_fast.kernels import gemm_fp8_tma
+    from vit_fast.kernels.gemm_fp8 import launch_fp8_gemm
+
+    calls = []
+    monkeypatch.setattr(gemm_fp8_tma, "launch_fp8_ws_gemm", lambda *a, **k: calls.append(("ws", a, k)))
+    monkeypatch.setattr(gemm_fp8_tma, "launch_fp8_tma_gemm", lambda *a, **k: calls.append(("tma", a, k)))
+    assert gemm_fp8_tma.fp8_launcher("pointer") is launch_fp8_gemm
+    launch = gemm_fp8_tma.fp8_launcher("ws")
+    rows, grouped, res, codes = torch.ones(8), torch.ones(8, 2), torch.ones(8, 4), torch.ones(8, 2)
+    for a_scale, kwargs, engine in [
+            (rows, {}, "ws"), (rows, {"residual": res}, "ws"), (grouped, {"residual": res}, "ws"),
+            (grouped, {"residual": res, "precise_acc": False}, "ws"),  # grouped A: promoted by construction
+            (rows, {"activation": 1, "out_scale": codes}, "tma"), (rows, {"activation": 1}, "tma"),
+            (rows, {"precise_acc": False}, "tma")]:
+        calls.clear()
+        launch("a", a_scale, "w", "ws", "b", "out", **kwargs)
+        assert calls and calls[0][0] == engine and calls[0][1][:2] == ("a", a_scale), (kwargs, calls)
+        if engine == "ws":
+            assert calls[0][2] == {"residual": kwargs.get("residual")}
+        else:
+            assert all(calls[0][2][k] is v for k, v in kwargs.items())
+    monkeypatch.setenv("VITFAST_FP8_PRECISE_ACC", "0")  # the switch, read at the launch: fast accumulation
+    calls.clear()
+    launch("a", rows, "w", "ws", "b", "out")
+    assert calls[0][0] == "tma" and calls[0][2]["precise_acc"] is False
 
 
 def test_group_rules_in_the_prunes():

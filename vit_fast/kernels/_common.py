@@ -24,6 +24,7 @@ SWIGLU = ACTIVATIONS["swiglu"]
 # labels results measured with any of them set (benchmarks/env.kernel_settings).
 ENGINE_ENV = "VITFAST_GEMM_ENGINE"  # which 16-bit/fp32 GEMM engine runs (gemm_tma.select_engine), to compare them
 FP8_ENGINE_ENV = "VITFAST_FP8_ENGINE"  # which FP8 GEMM engine runs (gemm_fp8_tma.select_fp8_engine); auto: TMA on sm_90
+# (ws: the warp-specialized Gluon engine, gemm_fp8_ws.py, opt-in until a GPU lease measured it)
 PRECISE_ACC_ENV = "VITFAST_FP8_PRECISE_ACC"  # FP8 partial sums promoted to fp32 every BLOCK_K, or not (gemm_fp8)
 # the whole table timed, only the first config a prune keeps, or every kept config launched once and none timed
 # (autotune.py; benchmarks/prewarm.py: the compiled binaries are what it is after)
@@ -43,7 +44,7 @@ DESC_ENV = "VITFAST_TMA_DESC"
 PDL_ENV = "VITFAST_PDL"
 # whether the second of two co-resident programs on an SM starts late (stagger.py): on, or 0 to compare
 STAGGER_ENV = "VITFAST_STAGGER"
-SWITCHES = {ENGINE_ENV: ("auto", "tma", "pointer"), FP8_ENGINE_ENV: ("auto", "tma", "pointer"),
+SWITCHES = {ENGINE_ENV: ("auto", "tma", "pointer"), FP8_ENGINE_ENV: ("auto", "tma", "pointer", "ws"),
             PRECISE_ACC_ENV: ("1", "0"), AUTOTUNE_ENV: ("all", "first", "compile"), LN_PARTIALS_ENV: ("1", "0"),
             SPLIT_ENV: ("auto", "1", "2", "3", "4"), GELU_ENV: ("fitted", "libdevice"), DESC_ENV: ("host", "device"),
             PDL_ENV: ("0", "1"), STAGGER_ENV: ("1", "0")}

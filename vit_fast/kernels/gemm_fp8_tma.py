@@ -30,7 +30,9 @@ from ._common import (FAMILY_SMEM, FP8_DTYPE, FP8_ENGINE_ENV, FP8_GROUP, GELU_LI
                       TL_SIG, check, is_interpreting, is_sm90, jit_fn, m_bucket, switch_value)
 from .autotune import autotuned
 from .gemm import apply_activation, grouped_tile
-from .gemm_fp8 import dequantize_tile, precise_acc_setting
+from .gemm_fp8 import dequantize_tile, launch_fp8_gemm, precise_acc_setting
+from .gemm_fp8_ws import launch_fp8_ws_gemm
+from .gemm_fp8_ws import takes as ws_takes
 from .quant_fp8 import e4m3_codes, masked_row_amax
 from .gemm_tma import (INTERPRETER_TMA, SM90_SM_SMEM, _tma_addressable, co_resident, persistent_configs,
                        persistent_grid, persistent_prune, programs_per_sm)
@@ -295,13 +297,14 @@ def _auto_picks_tma(device: torch.device) -> bool:
 
 
 def select_fp8_engine(k: int, weight, out, residual=None, activation=0, a=None) -> str:
-    """"tma" or "pointer" for an FP8 launch on already-checked operands whose A is (or will be) fresh contiguous
-    e4m3 rows of `k` bytes from the row quantizer, or the caller's e4m3 rows `a`; the op modules ask before they
-    quantize. VITFAST_FP8_ENGINE=auto (the default): this engine on an sm_90 GPU for operands TMA can address
-    (measured faster than the pointer engine on an H200: benchmarks/NOTES.md, "Third GPU lease"), the pointer engine
-    elsewhere (sm_89) and under the interpreter. =tma forces this engine (on an sm_90 GPU, or under the interpreter:
-    how the tests run it on a CPU) and fails with one line where it cannot run; =pointer forces the other. SwiGLU's
-    FC1 always takes the pointer engine."""
+    """"tma", "ws" or "pointer" for an FP8 launch on already-checked operands whose A is (or will be) fresh
+    contiguous e4m3 rows of `k` bytes from the row quantizer, or the caller's e4m3 rows `a`; the op modules ask before
+    they quantize, then launch through `fp8_launcher`. VITFAST_FP8_ENGINE=auto (the default): this engine on an sm_90
+    GPU for operands TMA can address (measured faster than the pointer engine on an H200: benchmarks/NOTES.md, "Third
+    GPU lease"), the pointer engine elsewhere (sm_89) and under the interpreter. =tma forces this engine (on an sm_90
+    GPU, or under the interpreter: how the tests run it on a CPU) and fails with one line where it cannot run; =ws
+    the warp-specialized engine (gemm_fp8_ws.py: an sm_90 GPU only, never the interpreter; the launches it does not
+    take run here); =pointer forces the pointer engine. SwiGLU's FC1 always takes the pointer engine."""
     choice = switch_value(FP8_ENGINE_ENV)
     if choice == "pointer" or activation == SWIGLU:
         return "pointer"
@@ -312,12 +315,20 @@ def select_fp8_engine(k: int, weight, out, residual=None, activation=0, a=None) 
         bad["a"] = ((None, k), (k, 1), 0)  # e4m3 rows of k bytes: the row stride is not a multiple of 16
     if choice == "auto":
         return "tma" if not bad and _auto_picks_tma(weight.device) else "pointer"
+    if choice == "ws":
+        check(not is_interpreting(), f"{FP8_ENGINE_ENV}=ws: device", "an sm_90 GPU (Gluon kernels do not run under "
+              "the interpreter)", "TRITON_INTERPRET=1")
     if not is_interpreting():
-        check(_auto_picks_tma(weight.device), f"{FP8_ENGINE_ENV}=tma: device", "an sm_90 GPU",
+        check(_auto_picks_tma(weight.device), f"{FP8_ENGINE_ENV}={choice}: device", "an sm_90 GPU",
               torch.cuda.get_device_name(weight.device) if weight.is_cuda else str(weight.device))
-    check(not bad, f"{FP8_ENGINE_ENV}=tma: FP8 operands", "2-D, unit last stride, 16-byte aligned base and rows",
+    check(not bad, f"{FP8_ENGINE_ENV}={choice}: FP8 operands", "2-D, unit last stride, 16-byte aligned base and rows",
           f"(shape, strides, base % 16) {bad}")
-    return "tma"
+    return choice
+
+
+def fp8_launcher(engine: str):
+    """The launcher of `engine` (select_fp8_engine's answer), all with gemm_fp8.launch_fp8_gemm's contract."""
+    return {"tma": launch_fp8_tma_gemm, "ws": _launch_ws_or_tma, "pointer": launch_fp8_gemm}[engine]
 
 
 def fp8_gemm_reads_row_amax(device: torch.device) -> bool:
@@ -353,6 +364,18 @@ def launch_fp8_tma_gemm(a_q, a_scale, weight, w_scale, bias, out, *, activation=
         a=a_q, w=weight, res=residual, out=out,
     )  # fmt: skip
     return out
+
+
+def _launch_ws_or_tma(a_q, a_scale, weight, w_scale, bias, out, *, activation=0, residual=None, precise_acc=None,
+                      out_scale=None):
+    """VITFAST_FP8_ENGINE=ws: the warp-specialized engine for the launches it takes (promoted, no activation, no
+    codes out: QKV, the out-projection, FC2), this engine for the others (FC1)."""
+    if precise_acc is None:
+        precise_acc = precise_acc_setting()
+    if ws_takes(activation, precise_acc or a_scale.dim() == 2, out_scale):
+        return launch_fp8_ws_gemm(a_q, a_scale, weight, w_scale, bias, out, residual=residual)
+    return launch_fp8_tma_gemm(a_q, a_scale, weight, w_scale, bias, out, activation=activation, residual=residual,
+                               precise_acc=precise_acc, out_scale=out_scale)
 
 
 # ---- AOT ------------------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from ._common import (FLOAT_DTYPES, FP8_DTYPE, check, check_device, check_dtype,
                       group_scales_view, rows_view)
 from .gemm import gemm_aot_variants, launch_fused_gemm
 from .gemm_fp8 import launch_fp8_gemm
-from .gemm_fp8_tma import launch_fp8_tma_gemm, select_fp8_engine
+from .gemm_fp8_tma import fp8_launcher, select_fp8_engine
 from .gemm_tma import launch_tma_gemm, select_engine, tma_aot_variants
 from .ln_fold import check_partials, new_partials
 from .quant_fp8 import launch_quant_rows
@@ -76,13 +76,12 @@ def linear_residual_launch(x, weight, bias, residual, out=None, weight_scale=Non
         x2d = rows_view(OP, "x", x)
         engine = select_fp8_engine(x.shape[-1], weight, out2d, res2d, a=x2d if x_scale is not None else None)
         if x_scale is not None:  # e4m3 codes per row and 128 columns (FC2)
-            launch = launch_fp8_tma_gemm if engine == "tma" else launch_fp8_gemm
             check(x2d.stride(1) == 1, f"{OP}: x.stride(-1)", "1 (e4m3 rows)", x.stride(-1))
-            launch(x2d, group_scales_view(x_scale), weight, weight_scale, bias, out2d, residual=res2d)
-        elif engine == "tma":
-            # a pass of its own even with x_amax: the codes QUANT_A would make, and the TMA engine reads e4m3 rows
+            fp8_launcher(engine)(x2d, group_scales_view(x_scale), weight, weight_scale, bias, out2d, residual=res2d)
+        elif engine != "pointer":
+            # a pass of its own even with x_amax: the codes QUANT_A would make, and the TMA engines read e4m3 rows
             a_q, a_scale = launch_quant_rows(x2d)
-            launch_fp8_tma_gemm(a_q, a_scale, weight, weight_scale, bias, out2d, residual=res2d)
+            fp8_launcher(engine)(a_q, a_scale, weight, weight_scale, bias, out2d, residual=res2d)
         elif x_amax is not None:
             launch_fp8_gemm(x2d, None, weight, weight_scale, bias, out2d, residual=res2d, a_amax=x_amax.reshape(-1))
         else:

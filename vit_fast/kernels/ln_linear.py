@@ -19,8 +19,7 @@ from ._common import (ACTIVATIONS, FP8_DTYPE, check, check_device, check_fp8_dev
                       check_linear, check_linear_fp8, check_out, check_vector, epilogue_activation,
                       GELU_LIBDEVICE, rows_view)
 from .gemm import gemm_aot_variants, launch_fused_gemm
-from .gemm_fp8 import launch_fp8_gemm
-from .gemm_fp8_tma import launch_fp8_tma_gemm, select_fp8_engine
+from .gemm_fp8_tma import fp8_launcher, select_fp8_engine
 from .gemm_tma import launch_tma_gemm, select_engine, tma_aot_variants
 from .ln_fold import FoldedLinear, check_folded, check_partials, fold_layer_norm, launch_row_stats
 from .quant_fp8 import launch_quant_rows, new_group_codes
@@ -102,8 +101,7 @@ def ln_linear_fp8_launch(x, ln_weight, ln_bias, eps, weight, weight_scale, bias,
               "rows that merge with a unit row stride (a (G, rows) buffer's transpose: quant_fp8.new_group_scales)",
               out_scale.stride())
     act = epilogue_activation(ACTIVATIONS[activation])
-    launch = launch_fp8_tma_gemm if select_fp8_engine(x.shape[-1], weight, out2d, activation=act) == "tma" \
-        else launch_fp8_gemm
+    launch = fp8_launcher(select_fp8_engine(x.shape[-1], weight, out2d, activation=act))
     a_q, a_scale = launch_quant_rows(rows_view(OP, "x", x), ln=(ln_weight, ln_bias, eps))
     launch(a_q, a_scale, weight, weight_scale, bias, out2d, activation=act,
            out_scale=scale2d if out_scale is not None else None)

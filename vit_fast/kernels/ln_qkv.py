@@ -15,8 +15,7 @@ import torch
 from ._common import (FLOAT_DTYPES, FP8_DTYPE, check, check_device, check_dtype, check_fp8_device, check_linear_fp8,
                       check_vector, rows_view)
 from .gemm import gemm_aot_variants, launch_fused_gemm
-from .gemm_fp8 import launch_fp8_gemm
-from .gemm_fp8_tma import launch_fp8_tma_gemm, select_fp8_engine
+from .gemm_fp8_tma import fp8_launcher, select_fp8_engine
 from .gemm_tma import launch_tma_gemm, select_engine, tma_aot_variants
 from .ln_fold import FoldedLinear, check_folded, check_partials, fold_layer_norm, launch_row_stats
 from .quant_fp8 import launch_quant_rows
@@ -105,7 +104,7 @@ def ln_qkv_fp8_launch(x, ln_weight, ln_bias, eps, weight, weight_scale, bias, nu
     out, out2d = _out_rows(x, num_heads, out)
     if out.numel() == 0:
         return out
-    launch = launch_fp8_tma_gemm if select_fp8_engine(x.shape[-1], weight, out2d) == "tma" else launch_fp8_gemm
+    launch = fp8_launcher(select_fp8_engine(x.shape[-1], weight, out2d))
     a_q, a_scale = launch_quant_rows(rows_view(OP, "x", x), ln=(ln_weight, ln_bias, eps))
     launch(a_q, a_scale, weight, weight_scale, bias, out2d)
     return out

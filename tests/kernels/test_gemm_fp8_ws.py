@@ -1,0 +1,67 @@
+"""The warp-specialized FP8 engine (kernels/gemm_fp8_ws.py) on an sm_90 GPU: QKV, the out-projection and FC2 on
+grouped codes through the ops with VITFAST_FP8_ENGINE=ws, against the FP8 TMA engine (the same promotion every 128 of
+K, so equal up to one bf16 rounding) and the pointer engine, outputs poisoned first. Gluon kernels do not run under
+the interpreter: on a CPU only the dispatch is tested (tests/kernels/test_fp8.py), and these skip."""
+import pytest
+import torch
+
+from tests.tolerances import poison
+
+CUDA = torch.cuda.is_available()
+pytestmark = pytest.mark.skipif(not CUDA or torch.cuda.get_device_capability()[0] != 9,
+                                reason="Gluon's warp-specialized FP8 engine needs an sm_90 GPU (no interpreter)")
+
+
+# (M, K, N): B/16's QKV at batch 3 (197 rows a image, N = 3K: through ln_qkv), ragged K and N (the last K step and
+# column tile partly past the tensor) with more tiles than programs (every program walks several), fewer tiles than
+# SMs (B/16's out-projection at batch 1)
+SHAPES = [(3 * 197, 768, 2304), (4096 + 37, 1024 + 64, 2048 + 48), (197, 768, 768)]
+
+
+def _runs(m, k, n, device):
+    from vit_fast import fp8 as fp8_ref
+    from vit_fast.kernels.linear_residual import linear_residual_launch
+    from vit_fast.kernels.ln_linear import ln_linear_fp8_launch
+    from vit_fast.kernels.ln_qkv import ln_qkv_fp8_launch
+
+    x = torch.randn(m, k, device=device).bfloat16()
+    g, b = torch.randn(k, device=device).bfloat16(), torch.randn(k, device=device).bfloat16()
+    bias, residual = torch.randn(n, device=device).bfloat16(), torch.randn(m, n, device=device).bfloat16()
+    wq, ws = fp8_ref.quantize_rows(torch.randn(n, k, device=device))
+    codes, scales = fp8_ref.quantize_groups(torch.randn(m, k, device=device), 128)
+
+    def qkv():
+        if n != 3 * k:  # not a QKV shape: the same launch (LayerNorm, no activation) through ln_linear
+            out = poison(torch.empty(m, n, device=device, dtype=torch.bfloat16))
+            return ln_linear_fp8_launch(x, g, b, 1e-6, wq, ws, bias, "none", out=out)
+        heads = k // 64
+        rows = poison(torch.empty(1, m, 3, heads, 64, device=device, dtype=torch.bfloat16))
+        return ln_qkv_fp8_launch(x[None], g, b, 1e-6, wq, ws, bias, heads, out=rows.permute(2, 0, 3, 1, 4))
+
+    def with_residual(a, **kw):
+        return linear_residual_launch(a, wq, bias, residual, out=poison(torch.empty_like(residual)), weight_scale=ws,
+                                      **kw)
+
+    return {"qkv": qkv, "out-proj": lambda: with_residual(x), "fc2": lambda: with_residual(codes, x_scale=scales)}
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_ws_engine_matches_the_tma_and_pointer_engines(shape, monkeypatch, device):
+    from vit_fast.kernels import gemm_fp8_tma
+
+    monkeypatch.setenv("VITFAST_FP8_PRECISE_ACC", "1")
+    ran = []
+    launch = gemm_fp8_tma.launch_fp8_ws_gemm
+    monkeypatch.setattr(gemm_fp8_tma, "launch_fp8_ws_gemm", lambda *a, **k: (ran.append(1), launch(*a, **k))[1])
+    for name, run in _runs(*shape, device).items():
+        outs = {}
+        for engine in ("pointer", "tma", "ws"):
+            monkeypatch.setenv("VITFAST_FP8_ENGINE", engine)
+            ran.clear()
+            outs[engine] = run().float()
+            assert bool(ran) == (engine == "ws"), (name, engine)
+        out = outs["ws"]
+        assert torch.isfinite(out).all(), name
+        # the TMA engine promotes the same 128-deep partial sums: one bf16 rounding apart at most
+        torch.testing.assert_close(out, outs["tma"], rtol=8e-3, atol=8e-3, msg=f"{shape} {name} vs tma")
+        torch.testing.assert_close(out, outs["pointer"], rtol=2e-2, atol=2e-2, msg=f"{shape} {name} vs pointer")

@@ -1,0 +1,234 @@
+"""A warp-specialized FP8 GEMM for Hopper (sm_90), written in Gluon: the promoted launches without the drain.
+
+Why a third FP8 engine: the project promotes FP8 partial sums into fp32 every 128 of K (gemm_fp8.py's docstring),
+and on gemm_fp8_tma.py that cost 16-38 % a GEMM on an H200 (benchmarks/NOTES.md, "Third GPU lease"): a program's
+warpgroups wait for their wgmmas before each promotion, and Triton makes them meet at a CTA barrier every K step, so
+the tensor cores drain together. Written one step behind in one warpgroup, ptxas serializes the wgmmas anyway ("Two
+programs per SM for every FP8 GEMM"). This engine is DeepGEMM's layout, which Triton cannot express and Gluon
+(`triton.experimental.gluon`, in triton 3.6 and 3.9) can: one TMA warp fills a ring of (A, W) stages; two math
+warpgroups each take 64 rows of a 128-row tile, wait for their own wgmmas, promote, and release the stage through
+an mbarrier, with no barrier between them. While one promotes, the other's wgmmas run.
+
+What it runs: QKV, the out-projection (residual) and FC2 on grouped codes (A_GROUPED), promoted, with the TMA
+engine's epilogue (acc · s_row · s_col, bias, residual, one cast). It is opt-in (VITFAST_FP8_ENGINE=ws) until a GPU
+lease has run its tests and timed it (the interpreter cannot run Gluon); a launch it does not take (an activation,
+e4m3 codes out, VITFAST_FP8_PRECISE_ACC=0) goes to gemm_fp8_tma.py. One tile, 128x128x128 with 4 stages (131 KB of
+stages, 168 registers, no spill: benchmarks/static/report.md), not autotuned.
+"""
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+from ._common import FP8_DTYPE, FP8_GROUP, TL_SIG, num_sms
+
+# triton 3.9 renamed the TMA load; 3.6 (the GPU image) has only the old name
+_tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, STAGES, GROUP_M): 64 rows a math warpgroup, a K step of 128 (FP8_GROUP: one scale a row
+# per step on grouped A), 4 stages of 32 KB
+TILE = (128, 128, 128, 4, 8)
+MATH_WARPS = gl.constexpr(4)  # a warpgroup: the default partition and the second math partition
+LOAD_WARPS = gl.constexpr(1)
+LOAD_REGS = gl.constexpr(40)  # the TMA warp's registers after setmaxnreg (triton 3.6 needs a count for each worker)
+MATH_REGS = gl.constexpr(232)
+FP8_GROUP_K = gl.constexpr(FP8_GROUP)  # FP8_GROUP inside the kernel
+
+
+@gluon.jit
+def _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M: gl.constexpr):
+    """gemm.grouped_tile for Gluon: a flat tile id to (pid_m, pid_n), GROUP_M row tiles sharing W tiles in L2."""
+    in_group = GROUP_M * num_pid_n
+    first_m = (tile // in_group) * GROUP_M
+    size_m = gl.minimum(num_pid_m - first_m, GROUP_M)
+    return first_m + (tile % in_group) % size_m, (tile % in_group) // size_m
+
+
+@gluon.jit
+def _load_partition(a_desc, w_desc, a_s, w_s, ready, empty, M, N, K, NUM_SMS: gl.constexpr, STAGES: gl.constexpr,
+                    GROUP_M: gl.constexpr):
+    """The TMA warp: every tile's K steps in the math partitions' order, into the ring of stages."""
+    BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
+    BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
+    BLOCK_N: gl.constexpr = w_desc.block_type.shape[0]
+    num_pid_m = gl.cdiv(M, BLOCK_M)
+    num_pid_n = gl.cdiv(N, BLOCK_N)
+    k_tiles = gl.cdiv(K, BLOCK_K)
+    step = 0
+    for tile in range(gl.program_id(0), num_pid_m * num_pid_n, NUM_SMS):
+        pid_m, pid_n = _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M)
+        for ki in range(k_tiles):
+            s = step % STAGES
+            # both math warpgroups released the stage (a fresh barrier passes the first round's wait on parity 1)
+            mbarrier.wait(empty.index(s), ((step // STAGES) & 1) ^ 1)
+            mbarrier.expect(ready.index(s), a_desc.block_type.nbytes + w_desc.block_type.nbytes)
+            _tma_load(a_desc, [pid_m * BLOCK_M, ki * BLOCK_K], ready.index(s), a_s.index(s))
+            _tma_load(w_desc, [pid_n * BLOCK_N, ki * BLOCK_K], ready.index(s), w_s.index(s))
+            step += 1
+
+
+@gluon.jit
+def _math_partition(a_s, w_s, ready, empty, a_scale_ptr, w_scale_ptr, bias_ptr, res_ptr, out_ptr, M, N, K,
+                    stride_rm, stride_om, stride_sa, HALF: gl.constexpr, WG: gl.constexpr, HAS_BIAS: gl.constexpr,
+                    HAS_RESIDUAL: gl.constexpr, A_GROUPED: gl.constexpr, NUM_SMS: gl.constexpr,
+                    STAGES: gl.constexpr, GROUP_M: gl.constexpr):
+    """Math warpgroup WG: rows [WG * HALF, (WG + 1) * HALF) of every tile. Each K step's wgmmas start from zero, are
+    waited for, and the partial is added to the fp32 sum (times its rows' group scales with A_GROUPED); then the
+    epilogue of its rows."""
+    BLOCK_N: gl.constexpr = w_s.shape[1]
+    BLOCK_K: gl.constexpr = w_s.shape[2]
+    BLOCK_M: gl.constexpr = 2 * HALF
+    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                          instr_shape=[16, BLOCK_N, 32])
+    # the epilogue's layout: 8 consecutive columns a thread (16-byte residual loads and stores in 16 bits)
+    out_layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 * 8 // BLOCK_N, BLOCK_N // 8], [4, 1], [1, 0])
+    num_pid_m = gl.cdiv(M, BLOCK_M)
+    num_pid_n = gl.cdiv(N, BLOCK_N)
+    k_tiles = gl.cdiv(K, BLOCK_K)
+    zero = gl.zeros([HALF, BLOCK_N], gl.float32, acc_layout)
+    step = 0
+    for tile in range(gl.program_id(0), num_pid_m * num_pid_n, NUM_SMS):
+        pid_m, pid_n = _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M)
+        off_m = pid_m * BLOCK_M + WG * HALF
+        off_n = pid_n * BLOCK_N
+        a_rows = off_m + gl.arange(0, HALF, gl.SliceLayout(1, acc_layout))
+        acc = gl.zeros([HALF, BLOCK_N], gl.float32, acc_layout)
+        for ki in range(k_tiles):
+            s = step % STAGES
+            mbarrier.wait(ready.index(s), (step // STAGES) & 1)
+            part = warpgroup_mma(a_s.index(s).slice(WG * HALF, HALF), w_s.index(s).permute((1, 0)), zero,
+                                 use_acc=False, is_async=True)
+            if A_GROUPED:  # the step is one group of K (BLOCK_K == FP8_GROUP); its scales load under the wgmmas
+                s_k = gl.load(a_scale_ptr + ki * stride_sa + a_rows, mask=a_rows < M, other=0.0)
+            part = warpgroup_mma_wait(num_outstanding=0, deps=(part,))
+            mbarrier.arrive(empty.index(s), count=1)
+            if A_GROUPED:
+                acc = acc + part * s_k[:, None]
+            else:
+                acc = acc + part
+            step += 1
+
+        cols = off_n + gl.arange(0, BLOCK_N, gl.SliceLayout(0, acc_layout))
+        mask_n = cols < N
+        acc = acc * gl.load(w_scale_ptr + cols, mask=mask_n, other=0.0)[None, :]
+        if not A_GROUPED:
+            acc = acc * gl.load(a_scale_ptr + a_rows, mask=a_rows < M, other=0.0)[:, None]
+        if HAS_BIAS:
+            acc = acc + gl.load(bias_ptr + cols, mask=mask_n, other=0.0).to(gl.float32)[None, :]
+        y = gl.convert_layout(acc, out_layout)
+        rows = off_m + gl.arange(0, HALF, gl.SliceLayout(1, out_layout))
+        cols_o = off_n + gl.arange(0, BLOCK_N, gl.SliceLayout(0, out_layout))
+        mask = (rows[:, None] < M) & (cols_o[None, :] < N)
+        if HAS_RESIDUAL:
+            y = y + gl.load(res_ptr + rows[:, None] * stride_rm + cols_o[None, :], mask=mask,
+                            other=0.0).to(gl.float32)
+        gl.store(out_ptr + rows[:, None] * stride_om + cols_o[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@gluon.jit
+def fp8_ws_gemm_kernel(
+    a_desc,  # (M, K) float8 e4m3 activations: a host descriptor with a (BLOCK_M, BLOCK_K) box
+    w_desc,  # (N, K) float8 e4m3 weight in nn.Linear layout: a host descriptor with a (BLOCK_N, BLOCK_K) box
+    a_scale_ptr,  # (M,) fp32 per-row scales of A; A_GROUPED: (G, M) per row and FP8_GROUP columns
+    w_scale_ptr,  # (N,) fp32 per-output-channel scales of W
+    bias_ptr,  # (N,) bias; read only when HAS_BIAS
+    res_ptr,  # (M, N) residual, unit column stride; read only when HAS_RESIDUAL
+    out_ptr,  # (M, N) output, unit column stride (bf16, fp16 or fp32)
+    M,  # rows (tokens over the whole batch)
+    N,  # output features
+    K,  # input features
+    stride_rm,  # residual row stride
+    stride_om,  # output row stride
+    stride_sa,  # a_scale_ptr's group stride (A_GROUPED only)
+    HAS_BIAS: gl.constexpr,  # add bias in the epilogue
+    HAS_RESIDUAL: gl.constexpr,  # add the residual before the cast
+    A_GROUPED: gl.constexpr,  # A per row and FP8_GROUP columns: each K step's partial times its rows' scales
+    NUM_SMS: gl.constexpr,  # programs: one per SM, each walking tiles NUM_SMS apart
+    STAGES: gl.constexpr,  # the ring of (A, W) stages
+    GROUP_M: gl.constexpr,  # row tiles per L2 group
+):
+    BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
+    BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
+    BLOCK_N: gl.constexpr = w_desc.block_type.shape[0]
+    gl.static_assert(BLOCK_M == 128, "two math warpgroups of 64 rows")
+    if A_GROUPED:
+        gl.static_assert(BLOCK_K == FP8_GROUP_K, "a K step is one group of the grouped A")
+    a_s = gl.allocate_shared_memory(a_desc.dtype, [STAGES, BLOCK_M, BLOCK_K], a_desc.layout)
+    w_s = gl.allocate_shared_memory(w_desc.dtype, [STAGES, BLOCK_N, BLOCK_K], w_desc.layout)
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())  # the TMA bytes landed
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())  # both warpgroups are done
+    for i in gl.static_range(STAGES):
+        mbarrier.init(ready.index(i), count=1)
+        mbarrier.init(empty.index(i), count=2)
+    HALF: gl.constexpr = BLOCK_M // 2
+    gl.warp_specialize([
+        (_math_partition, (a_s, w_s, ready, empty, a_scale_ptr, w_scale_ptr, bias_ptr, res_ptr, out_ptr, M, N, K,
+                           stride_rm, stride_om, stride_sa, HALF, 0, HAS_BIAS, HAS_RESIDUAL, A_GROUPED, NUM_SMS, STAGES,
+                           GROUP_M)),
+        (_math_partition, (a_s, w_s, ready, empty, a_scale_ptr, w_scale_ptr, bias_ptr, res_ptr, out_ptr, M, N, K,
+                           stride_rm, stride_om, stride_sa, HALF, 1, HAS_BIAS, HAS_RESIDUAL, A_GROUPED, NUM_SMS, STAGES,
+                           GROUP_M)),
+        (_load_partition, (a_desc, w_desc, a_s, w_s, ready, empty, M, N, K, NUM_SMS, STAGES, GROUP_M)),
+    ], [MATH_WARPS, LOAD_WARPS], [MATH_REGS, LOAD_REGS])
+
+
+def _layout(rows: int, cols: int):
+    return gl.NVMMASharedLayout.get_default_for([rows, cols], gl.float8e4nv)
+
+
+def takes(activation: int, precise_acc: bool, out_scale) -> bool:
+    """Whether this engine runs a launch: promoted, no activation, no e4m3 codes out (QKV, the out-projection,
+    FC2)."""
+    return activation == 0 and precise_acc and out_scale is None
+
+
+def launch_fp8_ws_gemm(a_q, a_scale, weight, w_scale, bias, out, *, residual=None):
+    """gemm_fp8_tma.launch_fp8_tma_gemm's contract for the launches `takes` accepts, on operands select_fp8_engine
+    gave to "ws" (an sm_90 GPU, TMA-addressable)."""
+    bm, bn, bk, stages, group_m = TILE
+    M, K = a_q.shape
+    N = weight.shape[0]
+    a_grouped = a_scale.dim() == 2
+    sms = num_sms(a_q.device)
+    grid = (min(sms, triton.cdiv(M, bm) * triton.cdiv(N, bn)),)
+    fp8_ws_gemm_kernel[grid](
+        TensorDescriptor.from_tensor(a_q, [bm, bk], _layout(bm, bk)),
+        TensorDescriptor.from_tensor(weight, [bn, bk], _layout(bn, bk)),
+        a_scale, w_scale, bias if bias is not None else out, residual if residual is not None else out, out,
+        M, N, K, 0 if residual is None else residual.stride(0), out.stride(0), a_scale.stride(1) if a_grouped else 0,
+        HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, A_GROUPED=a_grouped, NUM_SMS=sms,
+        STAGES=stages, GROUP_M=group_m, num_warps=MATH_WARPS.value,
+    )  # fmt: skip
+    return out
+
+
+# ---- AOT ------------------------------------------------------------------------------------------------------------
+def aot_variants(exhaustive: bool = False):
+    """QKV (bias), the out-projection (bias, residual) and FC2 (grouped A, bias, residual), bf16 out; fp16 and fp32
+    out of the out-projection with `exhaustive`. FP8 wgmma and Gluon's warp specialization: sm_90 only."""
+    out = [_variant(torch.bfloat16, False, False, "ln_qkv"), _variant(torch.bfloat16, True, False, "linear_residual"),
+           _variant(torch.bfloat16, True, True, "linear_residual")]
+    if exhaustive:
+        out += [_variant(dt, True, False, "linear_residual") for dt in (torch.float16, torch.float32)]
+    return out
+
+
+def _variant(out_dtype, has_residual, a_grouped, op, num_sms=132):
+    bm, bn, bk, stages, group_m = TILE
+    fp8 = TL_SIG[FP8_DTYPE]
+    p = "*" + TL_SIG[out_dtype]
+    sig = {"a_desc": f"tensordesc<{fp8}[{bm},{bk}],{_layout(bm, bk)!r}>",
+           "w_desc": f"tensordesc<{fp8}[{bn},{bk}],{_layout(bn, bk)!r}>",
+           "a_scale_ptr": "*fp32", "w_scale_ptr": "*fp32", "bias_ptr": p, "res_ptr": p, "out_ptr": p,
+           "M": "i32", "N": "i32", "K": "i32", "stride_rm": "i32", "stride_om": "i32", "stride_sa": "i32"}
+    constexprs = {"HAS_BIAS": True, "HAS_RESIDUAL": has_residual, "A_GROUPED": a_grouped, "NUM_SMS": num_sms,
+                  "STAGES": stages, "GROUP_M": group_m}
+    for name in constexprs:
+        sig[name] = "constexpr"
+    return {"fn": fp8_ws_gemm_kernel, "gluon": True, "signature": sig, "constexprs": constexprs,
+            "tile": f"{bm}x{bn}x{bk}", "promoted": 2,  # a zero-started wgmma group a K step in each math warpgroup
+            "vit": lambda cfg, batch: [],  # a switch (VITFAST_FP8_ENGINE=ws): no preset runs it by default
+            "num_warps": MATH_WARPS.value, "num_stages": 1, "min_cc": 90, "op": "linear_fp8", "main_loop": "gemm",
+            "programs_per_sm": 1, "tables": ("hopper",), "divisible": ("N", "K", "stride_rm", "stride_om")}
