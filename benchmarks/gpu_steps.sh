@@ -5,8 +5,8 @@
 # expected times are in benchmarks/NOTES.md, "GPU session plan".
 #   lease [S [STEP...]] within S seconds (default 560): tests (once per machine), headline (resumed), profile, grid 1-6
 #                      (profile8, profile1, fp8acc, fp8tma, fp8ws, b1engine, b1split, b1desc, b1pdl, lnstats, gelu,
-#                      stagger and micro only when named), each skipped when done on this machine or too long for the time
-#                      left; STEPs (e.g. headline profile) pick and order them. Writes $OUT/lease/: runs.tar.gz
+#                      stagger and micro only when named), each skipped when done on this machine or too long for the
+#                      time left; STEPs (e.g. headline profile) pick and order them. Writes $OUT/lease/: runs.tar.gz
 #                      (every step's files so far), lease.log, headline.md, tests.txt
 #   tests              the GPU test subset (tests/gpu_subset.txt), < 3 min, junit + one JSON line per test; each
 #                      kernel key compiles only the first config its prune keeps (VITFAST_AUTOTUNE=first). Beside
@@ -165,8 +165,8 @@ lease)
         case "$s" in
             tests|headline|profile|profile8|profile1|fp8acc|fp8tma|b1engine|b1split|b1desc|b1pdl|lnstats) ;;
             fp8ws|gelu|stagger|grid[1-6]|micro) ;;
-            *) echo "error: lease step '$s' is not one of tests headline profile profile8 profile1 fp8acc fp8tma fp8ws" \
-                    "b1engine b1split b1desc b1pdl lnstats gelu stagger grid1..grid6" \
+            *) echo "error: lease step '$s' is not one of tests headline profile profile8 profile1 fp8acc fp8tma" \
+                    "fp8ws b1engine b1split b1desc b1pdl lnstats gelu stagger grid1..grid6" \
                     "micro" >&2
                exit 2 ;;
         esac

@@ -183,8 +183,8 @@ def test_triton_fp8_on_the_tma_engine_equals_torch_emulation(switch, device, mon
     """The four FP8 GEMMs on the FP8 TMA engine (gemm_fp8_tma.py), forced (VITFAST_FP8_ENGINE=tma) or as auto picks
     it on sm_90 (faked under the interpreter, for the model's device only): the out-projection's input quantized in
     a pass of its own (the codes the pointer engine makes in its main loop), so attention records no row maxima;
-    FC2's from FC1's epilogue. With =ws (an sm_90 GPU only) QKV, the out-projection and FC2 run on the
-    warp-specialized engine (gemm_fp8_ws.py) and FC1 on the TMA engine."""
+    FC2's from FC1's epilogue. With =ws (an sm_90 GPU only) all four run on the warp-specialized engine
+    (gemm_fp8_ws.py), FC1 writing FC2's codes there."""
     import sys
 
     from vit_fast.kernels import gemm_fp8_tma
@@ -224,9 +224,9 @@ def test_triton_fp8_on_the_tma_engine_equals_torch_emulation(switch, device, mon
         fast = model.set_backend("triton")(x).float()
     # the out-projection's input is quantized in a pass (the engine reads e4m3 rows); FC2's comes from FC1's epilogue
     assert calls == {"ln_qkv": 1, "ln_linear": 1, "linear_residual": 1, "quantize": 0, "attention row_amax": 0}, calls
-    plain = "ws" if switch == "ws" else "tma"  # QKV, the out-projection, FC2; FC1 (GELU, codes out) stays on TMA
-    assert sorted(engine_calls) == [("linear_residual", plain), ("linear_residual", plain), ("ln_linear", "tma"),
-                                    ("ln_qkv", plain)], engine_calls
+    engine = "ws" if switch == "ws" else "tma"
+    assert sorted(engine_calls) == [("linear_residual", engine), ("linear_residual", engine), ("ln_linear", engine),
+                                    ("ln_qkv", engine)], engine_calls
     assert_fp8_model_matches_emulation(fast, emulated)
 
 

@@ -414,10 +414,10 @@ def test_fp8_engine_selection(monkeypatch):
         select_fp8_engine(32, wq, out)
 
 
-def test_ws_engine_takes_the_promoted_plain_launches(monkeypatch):
-    """VITFAST_FP8_ENGINE=ws's launcher: the warp-specialized engine for QKV, the out-projection and FC2 (promoted, no
-    activation, no codes out, grouped A promoted by construction); FC1 (an activation, codes out) and fast
-    accumulation go to the FP8 TMA engine with every argument as given."""
+def test_ws_engine_takes_every_promoted_launch(monkeypatch):
+    """VITFAST_FP8_ENGINE=ws's launcher: the warp-specialized engine for every promoted launch (QKV, FC1 with its
+    GELU and codes out, the out-projection, FC2, whose grouped A is promoted by construction), with every argument as
+    given; fast accumulation (VITFAST_FP8_PRECISE_ACC=0, or precise_acc=False) goes to the FP8 TMA engine."""
     from vit_fast.kernels import gemm_fp8_tma
     from vit_fast.kernels.gemm_fp8 import launch_fp8_gemm
 
@@ -425,20 +425,21 @@ def test_ws_engine_takes_the_promoted_plain_launches(monkeypatch):
     monkeypatch.setattr(gemm_fp8_tma, "launch_fp8_ws_gemm", lambda *a, **k: calls.append(("ws", a, k)))
     monkeypatch.setattr(gemm_fp8_tma, "launch_fp8_tma_gemm", lambda *a, **k: calls.append(("tma", a, k)))
     assert gemm_fp8_tma.fp8_launcher("pointer") is launch_fp8_gemm
+    assert gemm_fp8_tma.fp8_launcher("tma") is gemm_fp8_tma.launch_fp8_tma_gemm
     launch = gemm_fp8_tma.fp8_launcher("ws")
     rows, grouped, res, codes = torch.ones(8), torch.ones(8, 2), torch.ones(8, 4), torch.ones(8, 2)
     for a_scale, kwargs, engine in [
             (rows, {}, "ws"), (rows, {"residual": res}, "ws"), (grouped, {"residual": res}, "ws"),
             (grouped, {"residual": res, "precise_acc": False}, "ws"),  # grouped A: promoted by construction
-            (rows, {"activation": 1, "out_scale": codes}, "tma"), (rows, {"activation": 1}, "tma"),
-            (rows, {"precise_acc": False}, "tma")]:
+            (rows, {"activation": 1, "out_scale": codes}, "ws"), (rows, {"activation": 2}, "ws"),
+            (rows, {"precise_acc": False}, "tma"), (rows, {"activation": 1, "precise_acc": False}, "tma")]:
         calls.clear()
         launch("a", a_scale, "w", "ws", "b", "out", **kwargs)
-        assert calls and calls[0][0] == engine and calls[0][1][:2] == ("a", a_scale), (kwargs, calls)
-        if engine == "ws":
-            assert calls[0][2] == {"residual": kwargs.get("residual")}
-        else:
-            assert all(calls[0][2][k] is v for k, v in kwargs.items())
+        assert calls and calls[0][0] == engine and calls[0][1] == ("a", a_scale, "w", "ws", "b", "out"), kwargs
+        expected = {"activation": 0, "residual": None, "out_scale": None,
+                    **{k: v for k, v in kwargs.items() if engine == "tma" or k != "precise_acc"}}
+        assert calls[0][2].keys() == expected.keys() | ({"precise_acc"} if engine == "tma" else set()), calls[0][2]
+        assert all(calls[0][2][k] is v for k, v in expected.items()), (kwargs, calls[0][2])
     monkeypatch.setenv("VITFAST_FP8_PRECISE_ACC", "0")  # the switch, read at the launch: fast accumulation
     calls.clear()
     launch("a", rows, "w", "ws", "b", "out")

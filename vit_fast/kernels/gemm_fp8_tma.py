@@ -368,12 +368,13 @@ def launch_fp8_tma_gemm(a_q, a_scale, weight, w_scale, bias, out, *, activation=
 
 def _launch_ws_or_tma(a_q, a_scale, weight, w_scale, bias, out, *, activation=0, residual=None, precise_acc=None,
                       out_scale=None):
-    """VITFAST_FP8_ENGINE=ws: the warp-specialized engine for the launches it takes (promoted, no activation, no
-    codes out: QKV, the out-projection, FC2), this engine for the others (FC1)."""
+    """VITFAST_FP8_ENGINE=ws: the warp-specialized engine for the launches it takes (every promoted one: grouped A is
+    promoted by construction), this engine for fast accumulation (VITFAST_FP8_PRECISE_ACC=0)."""
     if precise_acc is None:
         precise_acc = precise_acc_setting()
-    if ws_takes(activation, precise_acc or a_scale.dim() == 2, out_scale):
-        return launch_fp8_ws_gemm(a_q, a_scale, weight, w_scale, bias, out, residual=residual)
+    if ws_takes(activation, precise_acc or a_scale.dim() == 2):
+        return launch_fp8_ws_gemm(a_q, a_scale, weight, w_scale, bias, out, activation=activation, residual=residual,
+                                  out_scale=out_scale)
     return launch_fp8_tma_gemm(a_q, a_scale, weight, w_scale, bias, out, activation=activation, residual=residual,
                                precise_acc=precise_acc, out_scale=out_scale)
 

@@ -9,11 +9,13 @@ programs per SM for every FP8 GEMM"). This engine is DeepGEMM's layout, which Tr
 warpgroups each take 64 rows of a 128-row tile, wait for their own wgmmas, promote, and release the stage through
 an mbarrier, with no barrier between them. While one promotes, the other's wgmmas run.
 
-What it runs: QKV, the out-projection (residual) and FC2 on grouped codes (A_GROUPED), promoted, with the TMA
-engine's epilogue (acc · s_row · s_col, bias, residual, one cast). It is opt-in (VITFAST_FP8_ENGINE=ws) until a GPU
-lease has run its tests and timed it (the interpreter cannot run Gluon); a launch it does not take (an activation,
-e4m3 codes out, VITFAST_FP8_PRECISE_ACC=0) goes to gemm_fp8_tma.py. One tile, 128x128x128 with 4 stages (131 KB of
-stages, 168 registers, no spill: benchmarks/static/report.md), not autotuned.
+What it runs: every promoted FP8 launch of the model (QKV, FC1 with its GELU writing FC2's e4m3 codes, the
+out-projection with its residual, FC2 on grouped codes), with the TMA engine's epilogue (acc · s_row · s_col, bias,
+activation, then the residual and one cast, or the codes and their scales). SwiGLU stays on the pointer engine and
+fast accumulation (VITFAST_FP8_PRECISE_ACC=0) on gemm_fp8_tma.py. It is opt-in (VITFAST_FP8_ENGINE=ws) until a GPU
+lease has run its tests and timed it (the interpreter cannot run Gluon). One tile, 128x128x128 with 4 stages (131 KB
+of stages, 168 registers, no spill: benchmarks/static/report.md), not autotuned: at small batches it leaves SMs idle
+where the TMA engine picks smaller tiles.
 """
 import torch
 import triton
@@ -22,7 +24,9 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from ._common import FP8_DTYPE, FP8_GROUP, TL_SIG, num_sms
+from ._common import FP8_DTYPE, FP8_GROUP, SWIGLU, TL_SIG, num_sms
+from .gemm import apply_activation
+from .quant_fp8 import e4m3_codes, masked_row_amax
 
 # triton 3.9 renamed the TMA load; 3.6 (the GPU image) has only the old name
 _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
@@ -70,19 +74,21 @@ def _load_partition(a_desc, w_desc, a_s, w_s, ready, empty, M, N, K, NUM_SMS: gl
 
 
 @gluon.jit
-def _math_partition(a_s, w_s, ready, empty, a_scale_ptr, w_scale_ptr, bias_ptr, res_ptr, out_ptr, M, N, K,
-                    stride_rm, stride_om, stride_sa, HALF: gl.constexpr, WG: gl.constexpr, HAS_BIAS: gl.constexpr,
-                    HAS_RESIDUAL: gl.constexpr, A_GROUPED: gl.constexpr, NUM_SMS: gl.constexpr,
-                    STAGES: gl.constexpr, GROUP_M: gl.constexpr):
+def _math_partition(a_s, w_s, ready, empty, a_scale_ptr, scale_out_ptr, w_scale_ptr, bias_ptr, res_ptr, out_ptr,
+                    M, N, K, stride_rm, stride_om, stride_sa, stride_so, HALF: gl.constexpr, WG: gl.constexpr,
+                    HAS_BIAS: gl.constexpr, ACTIVATION: gl.constexpr, HAS_RESIDUAL: gl.constexpr,
+                    A_GROUPED: gl.constexpr, GROUP_OUT: gl.constexpr, NUM_SMS: gl.constexpr, STAGES: gl.constexpr,
+                    GROUP_M: gl.constexpr):
     """Math warpgroup WG: rows [WG * HALF, (WG + 1) * HALF) of every tile. Each K step's wgmmas start from zero, are
     waited for, and the partial is added to the fp32 sum (times its rows' group scales with A_GROUPED); then the
-    epilogue of its rows."""
+    epilogue of its rows, the TMA engine's: scales, bias, activation, then the residual and one cast, or e4m3 codes
+    per row and 128 columns (GROUP_OUT)."""
     BLOCK_N: gl.constexpr = w_s.shape[1]
     BLOCK_K: gl.constexpr = w_s.shape[2]
     BLOCK_M: gl.constexpr = 2 * HALF
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                           instr_shape=[16, BLOCK_N, 32])
-    # the epilogue's layout: 8 consecutive columns a thread (16-byte residual loads and stores in 16 bits)
+    # the stores' layout: 8 consecutive columns a thread (16-byte residual loads and stores in 16 bits, 8 in e4m3)
     out_layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 * 8 // BLOCK_N, BLOCK_N // 8], [4, 1], [1, 0])
     num_pid_m = gl.cdiv(M, BLOCK_M)
     num_pid_n = gl.cdiv(N, BLOCK_N)
@@ -112,19 +118,27 @@ def _math_partition(a_s, w_s, ready, empty, a_scale_ptr, w_scale_ptr, bias_ptr, 
 
         cols = off_n + gl.arange(0, BLOCK_N, gl.SliceLayout(0, acc_layout))
         mask_n = cols < N
-        acc = acc * gl.load(w_scale_ptr + cols, mask=mask_n, other=0.0)[None, :]
-        if not A_GROUPED:
+        if not A_GROUPED:  # (grouped: the row scales are in acc) the TMA engine's order: acc · s_row · s_col
             acc = acc * gl.load(a_scale_ptr + a_rows, mask=a_rows < M, other=0.0)[:, None]
+        acc = acc * gl.load(w_scale_ptr + cols, mask=mask_n, other=0.0)[None, :]
         if HAS_BIAS:
             acc = acc + gl.load(bias_ptr + cols, mask=mask_n, other=0.0).to(gl.float32)[None, :]
-        y = gl.convert_layout(acc, out_layout)
+        acc = apply_activation(acc, ACTIVATION)
         rows = off_m + gl.arange(0, HALF, gl.SliceLayout(1, out_layout))
         cols_o = off_n + gl.arange(0, BLOCK_N, gl.SliceLayout(0, out_layout))
         mask = (rows[:, None] < M) & (cols_o[None, :] < N)
-        if HAS_RESIDUAL:
-            y = y + gl.load(res_ptr + rows[:, None] * stride_rm + cols_o[None, :], mask=mask,
-                            other=0.0).to(gl.float32)
-        gl.store(out_ptr + rows[:, None] * stride_om + cols_o[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
+        if GROUP_OUT:  # the tile is one group of columns: its rows' codes at their max |y|, and one scale a row
+            q, scale = e4m3_codes(acc, masked_row_amax(acc, mask_n), False)
+            gl.store(scale_out_ptr + (off_n // BLOCK_N) * stride_so + a_rows, scale, mask=a_rows < M)
+            gl.store(out_ptr + rows[:, None] * stride_om + cols_o[None, :], gl.convert_layout(q, out_layout),
+                     mask=mask)
+        else:
+            y = gl.convert_layout(acc, out_layout)
+            if HAS_RESIDUAL:
+                y = y + gl.load(res_ptr + rows[:, None] * stride_rm + cols_o[None, :], mask=mask,
+                                other=0.0).to(gl.float32)
+            gl.store(out_ptr + rows[:, None] * stride_om + cols_o[None, :], y.to(out_ptr.dtype.element_ty),
+                     mask=mask)
 
 
 @gluon.jit
@@ -132,19 +146,23 @@ def fp8_ws_gemm_kernel(
     a_desc,  # (M, K) float8 e4m3 activations: a host descriptor with a (BLOCK_M, BLOCK_K) box
     w_desc,  # (N, K) float8 e4m3 weight in nn.Linear layout: a host descriptor with a (BLOCK_N, BLOCK_K) box
     a_scale_ptr,  # (M,) fp32 per-row scales of A; A_GROUPED: (G, M) per row and FP8_GROUP columns
+    scale_out_ptr,  # (G, M) fp32: the scales of the e4m3 output per row and FP8_GROUP columns (GROUP_OUT only)
     w_scale_ptr,  # (N,) fp32 per-output-channel scales of W
     bias_ptr,  # (N,) bias; read only when HAS_BIAS
     res_ptr,  # (M, N) residual, unit column stride; read only when HAS_RESIDUAL
-    out_ptr,  # (M, N) output, unit column stride (bf16, fp16 or fp32)
+    out_ptr,  # (M, N) output, unit column stride (bf16, fp16 or fp32; e4m3 codes with GROUP_OUT)
     M,  # rows (tokens over the whole batch)
     N,  # output features
     K,  # input features
     stride_rm,  # residual row stride
     stride_om,  # output row stride
     stride_sa,  # a_scale_ptr's group stride (A_GROUPED only)
+    stride_so,  # scale_out_ptr's group stride (GROUP_OUT only)
     HAS_BIAS: gl.constexpr,  # add bias in the epilogue
+    ACTIVATION: gl.constexpr,  # gemm.apply_activation's codes (not SwiGLU: the pointer engine)
     HAS_RESIDUAL: gl.constexpr,  # add the residual before the cast
     A_GROUPED: gl.constexpr,  # A per row and FP8_GROUP columns: each K step's partial times its rows' scales
+    GROUP_OUT: gl.constexpr,  # store e4m3 codes per row and FP8_GROUP columns, and their scales (FC1 before FC2)
     NUM_SMS: gl.constexpr,  # programs: one per SM, each walking tiles NUM_SMS apart
     STAGES: gl.constexpr,  # the ring of (A, W) stages
     GROUP_M: gl.constexpr,  # row tiles per L2 group
@@ -155,6 +173,8 @@ def fp8_ws_gemm_kernel(
     gl.static_assert(BLOCK_M == 128, "two math warpgroups of 64 rows")
     if A_GROUPED:
         gl.static_assert(BLOCK_K == FP8_GROUP_K, "a K step is one group of the grouped A")
+    if GROUP_OUT:
+        gl.static_assert(BLOCK_N == FP8_GROUP_K and not HAS_RESIDUAL, "a tile's columns are one group of the codes")
     a_s = gl.allocate_shared_memory(a_desc.dtype, [STAGES, BLOCK_M, BLOCK_K], a_desc.layout)
     w_s = gl.allocate_shared_memory(w_desc.dtype, [STAGES, BLOCK_N, BLOCK_K], w_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())  # the TMA bytes landed
@@ -164,12 +184,12 @@ def fp8_ws_gemm_kernel(
         mbarrier.init(empty.index(i), count=2)
     HALF: gl.constexpr = BLOCK_M // 2
     gl.warp_specialize([
-        (_math_partition, (a_s, w_s, ready, empty, a_scale_ptr, w_scale_ptr, bias_ptr, res_ptr, out_ptr, M, N, K,
-                           stride_rm, stride_om, stride_sa, HALF, 0, HAS_BIAS, HAS_RESIDUAL, A_GROUPED, NUM_SMS, STAGES,
-                           GROUP_M)),
-        (_math_partition, (a_s, w_s, ready, empty, a_scale_ptr, w_scale_ptr, bias_ptr, res_ptr, out_ptr, M, N, K,
-                           stride_rm, stride_om, stride_sa, HALF, 1, HAS_BIAS, HAS_RESIDUAL, A_GROUPED, NUM_SMS, STAGES,
-                           GROUP_M)),
+        (_math_partition, (a_s, w_s, ready, empty, a_scale_ptr, scale_out_ptr, w_scale_ptr, bias_ptr, res_ptr, out_ptr,
+                           M, N, K, stride_rm, stride_om, stride_sa, stride_so, HALF, 0, HAS_BIAS, ACTIVATION,
+                           HAS_RESIDUAL, A_GROUPED, GROUP_OUT, NUM_SMS, STAGES, GROUP_M)),
+        (_math_partition, (a_s, w_s, ready, empty, a_scale_ptr, scale_out_ptr, w_scale_ptr, bias_ptr, res_ptr, out_ptr,
+                           M, N, K, stride_rm, stride_om, stride_sa, stride_so, HALF, 1, HAS_BIAS, ACTIVATION,
+                           HAS_RESIDUAL, A_GROUPED, GROUP_OUT, NUM_SMS, STAGES, GROUP_M)),
         (_load_partition, (a_desc, w_desc, a_s, w_s, ready, empty, M, N, K, NUM_SMS, STAGES, GROUP_M)),
     ], [MATH_WARPS, LOAD_WARPS], [MATH_REGS, LOAD_REGS])
 
@@ -178,15 +198,15 @@ def _layout(rows: int, cols: int):
     return gl.NVMMASharedLayout.get_default_for([rows, cols], gl.float8e4nv)
 
 
-def takes(activation: int, precise_acc: bool, out_scale) -> bool:
-    """Whether this engine runs a launch: promoted, no activation, no e4m3 codes out (QKV, the out-projection,
-    FC2)."""
-    return activation == 0 and precise_acc and out_scale is None
+def takes(activation: int, precise_acc: bool) -> bool:
+    """Whether this engine runs a launch: promoted (the engine's reason to exist), not SwiGLU (two accumulators: the
+    pointer engine)."""
+    return activation != SWIGLU and precise_acc
 
 
-def launch_fp8_ws_gemm(a_q, a_scale, weight, w_scale, bias, out, *, residual=None):
-    """gemm_fp8_tma.launch_fp8_tma_gemm's contract for the launches `takes` accepts, on operands select_fp8_engine
-    gave to "ws" (an sm_90 GPU, TMA-addressable)."""
+def launch_fp8_ws_gemm(a_q, a_scale, weight, w_scale, bias, out, *, activation=0, residual=None, out_scale=None):
+    """gemm_fp8_tma.launch_fp8_tma_gemm's contract (promoted) for the launches `takes` accepts, on operands
+    select_fp8_engine gave to "ws" (an sm_90 GPU, TMA-addressable)."""
     bm, bn, bk, stages, group_m = TILE
     M, K = a_q.shape
     N = weight.shape[0]
@@ -196,35 +216,42 @@ def launch_fp8_ws_gemm(a_q, a_scale, weight, w_scale, bias, out, *, residual=Non
     fp8_ws_gemm_kernel[grid](
         TensorDescriptor.from_tensor(a_q, [bm, bk], _layout(bm, bk)),
         TensorDescriptor.from_tensor(weight, [bn, bk], _layout(bn, bk)),
-        a_scale, w_scale, bias if bias is not None else out, residual if residual is not None else out, out,
+        a_scale, out_scale if out_scale is not None else w_scale, w_scale, bias if bias is not None else out,
+        residual if residual is not None else out, out,
         M, N, K, 0 if residual is None else residual.stride(0), out.stride(0), a_scale.stride(1) if a_grouped else 0,
-        HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, A_GROUPED=a_grouped, NUM_SMS=sms,
-        STAGES=stages, GROUP_M=group_m, num_warps=MATH_WARPS.value,
+        out_scale.stride(1) if out_scale is not None else 0,
+        HAS_BIAS=bias is not None, ACTIVATION=activation, HAS_RESIDUAL=residual is not None, A_GROUPED=a_grouped,
+        GROUP_OUT=out_scale is not None, NUM_SMS=sms, STAGES=stages, GROUP_M=group_m, num_warps=MATH_WARPS.value,
     )  # fmt: skip
     return out
 
 
 # ---- AOT ------------------------------------------------------------------------------------------------------------
 def aot_variants(exhaustive: bool = False):
-    """QKV (bias), the out-projection (bias, residual) and FC2 (grouped A, bias, residual), bf16 out; fp16 and fp32
-    out of the out-projection with `exhaustive`. FP8 wgmma and Gluon's warp specialization: sm_90 only."""
-    out = [_variant(torch.bfloat16, False, False, "ln_qkv"), _variant(torch.bfloat16, True, False, "linear_residual"),
-           _variant(torch.bfloat16, True, True, "linear_residual")]
+    """QKV (bias), FC1 (bias, GELU, e4m3 codes per 128 columns out), the out-projection (bias, residual) and FC2
+    (grouped A, bias, residual), bf16; FC1 with a bf16 output, and fp16 and fp32 outputs of the out-projection, with
+    `exhaustive`. FP8 wgmma and Gluon's warp specialization: sm_90 only."""
+    out = [_variant(torch.bfloat16, 0, False, False, False, "ln_qkv"),
+           _variant(torch.bfloat16, 1, False, False, True, "ln_linear"),
+           _variant(torch.bfloat16, 0, True, False, False, "linear_residual"),
+           _variant(torch.bfloat16, 0, True, True, False, "linear_residual")]
     if exhaustive:
-        out += [_variant(dt, True, False, "linear_residual") for dt in (torch.float16, torch.float32)]
+        out += [_variant(torch.bfloat16, 1, False, False, False, "ln_linear")]
+        out += [_variant(dt, 0, True, False, False, "linear_residual") for dt in (torch.float16, torch.float32)]
     return out
 
 
-def _variant(out_dtype, has_residual, a_grouped, op, num_sms=132):
+def _variant(out_dtype, activation, has_residual, a_grouped, group_out, op, num_sms=132):
     bm, bn, bk, stages, group_m = TILE
     fp8 = TL_SIG[FP8_DTYPE]
     p = "*" + TL_SIG[out_dtype]
     sig = {"a_desc": f"tensordesc<{fp8}[{bm},{bk}],{_layout(bm, bk)!r}>",
            "w_desc": f"tensordesc<{fp8}[{bn},{bk}],{_layout(bn, bk)!r}>",
-           "a_scale_ptr": "*fp32", "w_scale_ptr": "*fp32", "bias_ptr": p, "res_ptr": p, "out_ptr": p,
-           "M": "i32", "N": "i32", "K": "i32", "stride_rm": "i32", "stride_om": "i32", "stride_sa": "i32"}
-    constexprs = {"HAS_BIAS": True, "HAS_RESIDUAL": has_residual, "A_GROUPED": a_grouped, "NUM_SMS": num_sms,
-                  "STAGES": stages, "GROUP_M": group_m}
+           "a_scale_ptr": "*fp32", "scale_out_ptr": "*fp32", "w_scale_ptr": "*fp32", "bias_ptr": p, "res_ptr": p,
+           "out_ptr": "*" + fp8 if group_out else p, "M": "i32", "N": "i32", "K": "i32", "stride_rm": "i32",
+           "stride_om": "i32", "stride_sa": "i32", "stride_so": "i32"}
+    constexprs = {"HAS_BIAS": True, "ACTIVATION": activation, "HAS_RESIDUAL": has_residual, "A_GROUPED": a_grouped,
+                  "GROUP_OUT": group_out, "NUM_SMS": num_sms, "STAGES": stages, "GROUP_M": group_m}
     for name in constexprs:
         sig[name] = "constexpr"
     return {"fn": fp8_ws_gemm_kernel, "gluon": True, "signature": sig, "constexprs": constexprs,

@@ -54,11 +54,11 @@ def e4m3_codes(y, amax, ROUND_IN_FP32: tl.constexpr):
     """y (BM, BN) fp32 and amax (BM,) its rows' (or groups') max |y| -> (e4m3 codes (BM, BN), scales (BM,)): the
     scale rule above, shared by this pass and the FP8 GEMM epilogues that write codes (GROUP_OUT)."""
     amax = tl.maximum(amax, 1e-12)
-    inv = tl.div_rn(tl.full(amax.shape, 448.0, tl.float32), amax)
+    inv = tl.div_rn(448.0, amax)  # scalars, not tl.full: Gluon (gemm_fp8_ws.py) calls this with its layouts
     q = tl.minimum(tl.maximum(y * inv[:, None], -448.0), 448.0)
     if ROUND_IN_FP32:
         q = round_to_e4m3(q)
-    return q.to(tl.float8e4nv), tl.div_rn(amax, tl.full(amax.shape, 448.0, tl.float32))
+    return q.to(tl.float8e4nv), tl.div_rn(amax, 448.0)
 
 
 @triton.jit
