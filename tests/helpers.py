@@ -1,4 +1,6 @@
 """Helpers shared by tests: random-but-meaningful weights and reference models."""
+from types import SimpleNamespace
+
 import torch
 
 
@@ -12,3 +14,17 @@ def randomize_(module: torch.nn.Module, scale: float = 1.0) -> torch.nn.Module:
         else:
             p.normal_(0.0, 0.5 * scale)
     return module
+
+
+def fp8_gemm_operands(m: int, k: int, n: int, device) -> SimpleNamespace:
+    """Fresh operands of the model's FP8 GEMM launches at (M, K, N): x (M, K) bf16 rows with LayerNorm weight g and
+    bias b, the bias (N,) and residual (M, N) in bf16, W as e4m3 codes with per-channel scales (wq, ws), and an e4m3
+    input grouped per 128 channels (codes, scales: what FC1 writes for FC2)."""
+    from vit_fast import fp8
+
+    wq, ws = fp8.quantize_rows(torch.randn(n, k, device=device))
+    codes, scales = fp8.quantize_groups(torch.randn(m, k, device=device), 128)
+    return SimpleNamespace(x=torch.randn(m, k, device=device).bfloat16(), g=torch.randn(k, device=device).bfloat16(),
+                           b=torch.randn(k, device=device).bfloat16(), bias=torch.randn(n, device=device).bfloat16(),
+                           residual=torch.randn(m, n, device=device).bfloat16(), wq=wq, ws=ws, codes=codes,
+                           scales=scales)

@@ -192,6 +192,15 @@ def test_dry_stagger_step(tmp_path):
     _switched_then_shipped(tmp_path, "stagger", "VITFAST_STAGGER=0", {(2, "vit_fast")})
 
 
+def _stored_alone(tmp_path, out, step):
+    """store_lease on an archive that holds only `step`'s directory: the results directory it made."""
+    archive = tmp_path / "runs.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(out / step, arcname=step)
+    assert store_lease.main([str(archive), "--root", str(tmp_path / "results"), "--readme", "", "--no-plots"]) == 0
+    return next((tmp_path / "results").iterdir())
+
+
 def test_dry_fp8_fast_accumulation_step(tmp_path):
     """fp8acc: the FP8 rows measured without the fp32 promotion, the switch recorded in the results it writes, then
     as shipped (promoted/), recorded without it."""
@@ -205,11 +214,7 @@ def test_dry_fp8_fast_accumulation_step(tmp_path):
     assert schema.validate(promoted) == [] and promoted["env"]["settings"] is None
     assert [(r["dtype"], r["error"]) for r in promoted["rows"]] == [("float8", None)]
     # a lease that measured only this is stored as it came, under its date and device, merged into nothing
-    archive = tmp_path / "runs.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(out / "fp8acc", arcname="fp8acc")
-    assert store_lease.main([str(archive), "--root", str(tmp_path / "results"), "--readme", "", "--no-plots"]) == 0
-    stored = next((tmp_path / "results").iterdir())
+    stored = _stored_alone(tmp_path, out, "fp8acc")
     assert stored.name.endswith("-cpu") and not (stored / "results.json").exists()
     assert json.loads((stored / "lease" / "fp8acc" / "results.json").read_text()) == results
     assert json.loads((stored / "lease" / "fp8acc" / "promoted" / "results.json").read_text()) == promoted
@@ -447,11 +452,7 @@ def test_dry_fp8_ws_engine_step(tmp_path):
     shipped = json.loads((out / "fp8ws" / "shipped" / "results.json").read_text())
     assert shipped["env"]["settings"] is None and [(r["dtype"], r["error"]) for r in shipped["rows"]] == [
         ("float8", None)]
-    archive = tmp_path / "runs.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(out / "fp8ws", arcname="fp8ws")
-    assert store_lease.main([str(archive), "--root", str(tmp_path / "results"), "--readme", "", "--no-plots"]) == 0
-    stored = next((tmp_path / "results").iterdir())
+    stored = _stored_alone(tmp_path, out, "fp8ws")
     assert json.loads((stored / "lease" / "fp8ws" / "shipped" / "results.json").read_text()) == shipped
     assert (stored / "lease" / "fp8ws" / "fp8ws.log").is_file()
 
@@ -467,9 +468,5 @@ def test_dry_fp8_tma_engine_step(tmp_path):
     fast = json.loads((out / "fp8tma" / "fast" / "results.json").read_text())
     assert fast["env"]["settings"] == "VITFAST_FP8_ENGINE=tma, VITFAST_FP8_PRECISE_ACC=0"
     assert [(r["dtype"], r["error"]) for r in fast["rows"]] == [("float8", None)]
-    archive = tmp_path / "runs.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        tar.add(out / "fp8tma", arcname="fp8tma")
-    assert store_lease.main([str(archive), "--root", str(tmp_path / "results"), "--readme", "", "--no-plots"]) == 0
-    stored = next((tmp_path / "results").iterdir())
+    stored = _stored_alone(tmp_path, out, "fp8tma")
     assert json.loads((stored / "lease" / "fp8tma" / "fast" / "results.json").read_text()) == fast

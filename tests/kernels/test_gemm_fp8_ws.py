@@ -6,6 +6,7 @@ dispatch is tested (tests/kernels/test_fp8.py, tests/test_fp8_model.py), and the
 import pytest
 import torch
 
+from tests.helpers import fp8_gemm_operands
 from tests.tolerances import poison
 
 CUDA = torch.cuda.is_available()
@@ -20,17 +21,13 @@ SHAPES = [(3 * 197, 768, 2304), (4096 + 37, 1024 + 64, 2048 + 48), (197, 768, 76
 
 
 def _runs(m, k, n, device):
-    from vit_fast import fp8 as fp8_ref
     from vit_fast.kernels.linear_residual import linear_residual_launch
     from vit_fast.kernels.ln_linear import ln_linear_fp8_launch
     from vit_fast.kernels.ln_qkv import ln_qkv_fp8_launch
     from vit_fast.kernels.quant_fp8 import new_group_scales
 
-    x = torch.randn(m, k, device=device).bfloat16()
-    g, b = torch.randn(k, device=device).bfloat16(), torch.randn(k, device=device).bfloat16()
-    bias, residual = torch.randn(n, device=device).bfloat16(), torch.randn(m, n, device=device).bfloat16()
-    wq, ws = fp8_ref.quantize_rows(torch.randn(n, k, device=device))
-    codes, scales = fp8_ref.quantize_groups(torch.randn(m, k, device=device), 128)
+    ops = fp8_gemm_operands(m, k, n, device)
+    x, g, b, bias, residual, wq, ws = ops.x, ops.g, ops.b, ops.bias, ops.residual, ops.wq, ops.ws
 
     def qkv():
         if n != 3 * k:  # not a QKV shape: the same launch (LayerNorm, no activation) through ln_linear
@@ -55,7 +52,7 @@ def _runs(m, k, n, device):
         return out, out_scale
 
     return {"qkv": qkv, "fc1": fc1, "fc1 codes": fc1_codes, "out-proj": lambda: with_residual(x),
-            "fc2": lambda: with_residual(codes, x_scale=scales)}
+            "fc2": lambda: with_residual(ops.codes, x_scale=ops.scales)}
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))

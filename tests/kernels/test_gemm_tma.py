@@ -124,6 +124,7 @@ def test_fp8_two_programs_rows_every_launch(precise, monkeypatch, device):
     from vit_fast.kernels.ln_linear import ln_linear_fp8_launch
     from vit_fast.kernels.quant_fp8 import new_group_scales
 
+    from tests.helpers import fp8_gemm_operands
     from tests.tolerances import poison
 
     if CUDA and torch.cuda.get_device_capability()[0] != 9:
@@ -134,11 +135,9 @@ def test_fp8_two_programs_rows_every_launch(precise, monkeypatch, device):
     # GPU: 1,040 tiles of 64x128 and 528 of 128x128 for 2 x 132 programs: every program loops, and both rows wait
     # (stagger.py: at least two tiles a program)
     m, k, n = (4096 + 37, 1024 + 64, 2048) if CUDA else (150, 320, 384)
-    x = torch.randn(m, k, device=device).bfloat16()
-    g, b = torch.randn(k, device=device).bfloat16(), torch.randn(k, device=device).bfloat16()
-    bias, residual = torch.randn(n, device=device).bfloat16(), torch.randn(m, n, device=device).bfloat16()
-    wq, ws = fp8_ref.quantize_rows(torch.randn(n, k, device=device))
-    codes_in, scales_in = fp8_ref.quantize_groups(torch.randn(m, k, device=device), 128)
+    ops = fp8_gemm_operands(m, k, n, device)
+    x, g, b, bias, residual, wq, ws = ops.x, ops.g, ops.b, ops.bias, ops.residual, ops.wq, ops.ws
+    codes_in, scales_in = ops.codes, ops.scales
 
     def codes_out():
         codes = poison(torch.empty(m, n, device=device, dtype=torch.float8_e4m3fn))
