@@ -7,15 +7,18 @@ the tensor cores drain together. Written one step behind in one warpgroup, ptxas
 programs per SM for every FP8 GEMM"). This engine is DeepGEMM's layout, which Triton cannot express and Gluon
 (`triton.experimental.gluon`, in triton 3.6 and 3.9) can: one TMA warp fills a ring of (A, W) stages; two math
 warpgroups each take 64 rows of a 128-row tile, wait for their own wgmmas, promote, and release the stage through
-an mbarrier, with no barrier between them. While one promotes, the other's wgmmas run.
+an mbarrier, with no barrier between them, so while one promotes the other's wgmmas run. A fourth partition, the
+epilogue warpgroup, takes each finished tile from a shared fp32 buffer and runs the epilogue while the math
+warpgroups run the next tile's wgmmas: FC1's GELU and its stores stop idling the tensor cores (in gemm_fp8_tma.py
+they cost FC1 a third of its time, benchmarks/NOTES.md, "A warp-specialized FP8 engine").
 
 What it runs: every promoted FP8 launch of the model (QKV, FC1 with its GELU writing FC2's e4m3 codes, the
 out-projection with its residual, FC2 on grouped codes), with the TMA engine's epilogue (acc · s_row · s_col, bias,
 activation, then the residual and one cast, or the codes and their scales). SwiGLU stays on the pointer engine and
 fast accumulation (VITFAST_FP8_PRECISE_ACC=0) on gemm_fp8_tma.py. It is opt-in (VITFAST_FP8_ENGINE=ws) until a GPU
-lease has run its tests and timed it (the interpreter cannot run Gluon). One tile, 128x128x128 with 4 stages (131 KB
-of stages, 168 registers, no spill: benchmarks/static/report.md), not autotuned: at small batches it leaves SMs idle
-where the TMA engine picks smaller tiles.
+lease has run its tests and timed it (the interpreter cannot run Gluon). One tile, 128x128x128 with 4 stages (128 KB
+of stages and a 64 KB buffer, no spill: benchmarks/static/report.md), not autotuned: at small batches it leaves SMs
+idle where the TMA engine picks smaller tiles.
 """
 import torch
 import triton
@@ -34,10 +37,15 @@ _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 # (BLOCK_M, BLOCK_N, BLOCK_K, STAGES, GROUP_M): 64 rows a math warpgroup, a K step of 128 (FP8_GROUP: one scale a row
 # per step on grouped A), 4 stages of 32 KB
 TILE = (128, 128, 128, 4, 8)
-MATH_WARPS = gl.constexpr(4)  # a warpgroup: the default partition and the second math partition
+MATH_WARPS = gl.constexpr(4)  # a warpgroup: each math partition, and the epilogue's (the default partition)
 LOAD_WARPS = gl.constexpr(1)
-LOAD_REGS = gl.constexpr(40)  # the TMA warp's registers after setmaxnreg (triton 3.6 needs a count for each worker)
-MATH_REGS = gl.constexpr(232)
+# registers a thread after setmaxnreg (triton 3.6 needs a count for each worker): 64 of fp32 sum and 64 of partial in
+# a math warpgroup; the epilogue warpgroup gets the rest of the SM's 64 K (about 128)
+MATH_REGS = gl.constexpr(168)
+LOAD_REGS = gl.constexpr(40)
+EPI_M = gl.constexpr(32)  # rows the epilogue warpgroup takes from the buffer at a time (64 spill under triton 3.6)
+# the fp32 tile the math warpgroups hand to the epilogue (swizzled: rows of 128 fp32 would share banks)
+ACC_LAYOUT = gl.constexpr(gl.SwizzledSharedLayout(4, 1, 8, [1, 0]))
 FP8_GROUP_K = gl.constexpr(FP8_GROUP)  # FP8_GROUP inside the kernel
 
 
@@ -74,27 +82,23 @@ def _load_partition(a_desc, w_desc, a_s, w_s, ready, empty, M, N, K, NUM_SMS: gl
 
 
 @gluon.jit
-def _math_partition(a_s, w_s, ready, empty, a_scale_ptr, scale_out_ptr, w_scale_ptr, bias_ptr, res_ptr, out_ptr,
-                    M, N, K, stride_rm, stride_om, stride_sa, stride_so, HALF: gl.constexpr, WG: gl.constexpr,
-                    HAS_BIAS: gl.constexpr, ACTIVATION: gl.constexpr, HAS_RESIDUAL: gl.constexpr,
-                    A_GROUPED: gl.constexpr, GROUP_OUT: gl.constexpr, NUM_SMS: gl.constexpr, STAGES: gl.constexpr,
-                    GROUP_M: gl.constexpr):
+def _math_partition(a_s, w_s, ready, empty, acc_s, acc_ready, acc_empty, a_scale_ptr, M, N, K, stride_sa,
+                    HALF: gl.constexpr, WG: gl.constexpr, A_GROUPED: gl.constexpr, NUM_SMS: gl.constexpr,
+                    STAGES: gl.constexpr, GROUP_M: gl.constexpr):
     """Math warpgroup WG: rows [WG * HALF, (WG + 1) * HALF) of every tile. Each K step's wgmmas start from zero, are
-    waited for, and the partial is added to the fp32 sum (times its rows' group scales with A_GROUPED); then the
-    epilogue of its rows, the TMA engine's: scales, bias, activation, then the residual and one cast, or e4m3 codes
-    per row and 128 columns (GROUP_OUT)."""
+    waited for, and the partial is added to the fp32 sum (times its rows' group scales with A_GROUPED); then the sum
+    goes to the shared buffer once the epilogue warpgroup has read the previous tile out of it."""
     BLOCK_N: gl.constexpr = w_s.shape[1]
     BLOCK_K: gl.constexpr = w_s.shape[2]
     BLOCK_M: gl.constexpr = 2 * HALF
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                           instr_shape=[16, BLOCK_N, 32])
-    # the stores' layout: 8 consecutive columns a thread (16-byte residual loads and stores in 16 bits, 8 in e4m3)
-    out_layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 * 8 // BLOCK_N, BLOCK_N // 8], [4, 1], [1, 0])
     num_pid_m = gl.cdiv(M, BLOCK_M)
     num_pid_n = gl.cdiv(N, BLOCK_N)
     k_tiles = gl.cdiv(K, BLOCK_K)
     zero = gl.zeros([HALF, BLOCK_N], gl.float32, acc_layout)
     step = 0
+    t = 0
     for tile in range(gl.program_id(0), num_pid_m * num_pid_n, NUM_SMS):
         pid_m, pid_n = _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M)
         off_m = pid_m * BLOCK_M + WG * HALF
@@ -116,29 +120,59 @@ def _math_partition(a_s, w_s, ready, empty, a_scale_ptr, scale_out_ptr, w_scale_
                 acc = acc + part
             step += 1
 
-        cols = off_n + gl.arange(0, BLOCK_N, gl.SliceLayout(0, acc_layout))
+        # hand the tile to the epilogue partition: wait until it has read the previous one out of the buffer
+        mbarrier.wait(acc_empty, (t & 1) ^ 1)
+        acc_s.slice(WG * HALF, HALF).store(acc)
+        mbarrier.arrive(acc_ready, count=1)
+        t += 1
+
+
+@gluon.jit
+def _epilogue_partition(acc_s, acc_ready, acc_empty, a_scale_ptr, scale_out_ptr, w_scale_ptr, bias_ptr, res_ptr,
+                        out_ptr, M, N, stride_rm, stride_om, stride_so, HAS_BIAS: gl.constexpr,
+                        ACTIVATION: gl.constexpr, HAS_RESIDUAL: gl.constexpr, A_GROUPED: gl.constexpr,
+                        GROUP_OUT: gl.constexpr, NUM_SMS: gl.constexpr, GROUP_M: gl.constexpr):
+    """The epilogue warpgroup (the default partition): each tile's fp32 sums from the buffer, EPI_M rows at a time,
+    through the TMA engine's epilogue (acc · s_row · s_col, bias, activation, then the residual and one cast, or
+    e4m3 codes per row and 128 columns with their scales) while the math warpgroups run the next tile's wgmmas."""
+    BLOCK_M: gl.constexpr = acc_s.shape[0]
+    BLOCK_N: gl.constexpr = acc_s.shape[1]
+    out_layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 * 8 // BLOCK_N, BLOCK_N // 8], [4, 1], [1, 0])
+    num_pid_m = gl.cdiv(M, BLOCK_M)
+    num_pid_n = gl.cdiv(N, BLOCK_N)
+    t = 0
+    for tile in range(gl.program_id(0), num_pid_m * num_pid_n, NUM_SMS):
+        pid_m, pid_n = _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M)
+        off_n = pid_n * BLOCK_N
+        cols = off_n + gl.arange(0, BLOCK_N, gl.SliceLayout(0, out_layout))
         mask_n = cols < N
-        if not A_GROUPED:  # (grouped: the row scales are in acc) the TMA engine's order: acc · s_row · s_col
-            acc = acc * gl.load(a_scale_ptr + a_rows, mask=a_rows < M, other=0.0)[:, None]
-        acc = acc * gl.load(w_scale_ptr + cols, mask=mask_n, other=0.0)[None, :]
+        s_col = gl.load(w_scale_ptr + cols, mask=mask_n, other=0.0)
         if HAS_BIAS:
-            acc = acc + gl.load(bias_ptr + cols, mask=mask_n, other=0.0).to(gl.float32)[None, :]
-        acc = apply_activation(acc, ACTIVATION)
-        rows = off_m + gl.arange(0, HALF, gl.SliceLayout(1, out_layout))
-        cols_o = off_n + gl.arange(0, BLOCK_N, gl.SliceLayout(0, out_layout))
-        mask = (rows[:, None] < M) & (cols_o[None, :] < N)
-        if GROUP_OUT:  # the tile is one group of columns: its rows' codes at their max |y|, and one scale a row
-            q, scale = e4m3_codes(acc, masked_row_amax(acc, mask_n), False)
-            gl.store(scale_out_ptr + (off_n // BLOCK_N) * stride_so + a_rows, scale, mask=a_rows < M)
-            gl.store(out_ptr + rows[:, None] * stride_om + cols_o[None, :], gl.convert_layout(q, out_layout),
-                     mask=mask)
-        else:
-            y = gl.convert_layout(acc, out_layout)
-            if HAS_RESIDUAL:
-                y = y + gl.load(res_ptr + rows[:, None] * stride_rm + cols_o[None, :], mask=mask,
-                                other=0.0).to(gl.float32)
-            gl.store(out_ptr + rows[:, None] * stride_om + cols_o[None, :], y.to(out_ptr.dtype.element_ty),
-                     mask=mask)
+            bias = gl.load(bias_ptr + cols, mask=mask_n, other=0.0).to(gl.float32)
+        mbarrier.wait(acc_ready, t & 1)
+        for part in gl.static_range(BLOCK_M // EPI_M):
+            acc = acc_s.slice(part * EPI_M, EPI_M).load(out_layout)
+            if part == BLOCK_M // EPI_M - 1:
+                mbarrier.arrive(acc_empty, count=1)  # the buffer is read: the math warpgroups may refill it
+            rows = pid_m * BLOCK_M + part * EPI_M + gl.arange(0, EPI_M, gl.SliceLayout(1, out_layout))
+            mask = (rows[:, None] < M) & mask_n[None, :]
+            if not A_GROUPED:
+                acc = acc * gl.load(a_scale_ptr + rows, mask=rows < M, other=0.0)[:, None]
+            acc = acc * s_col[None, :]
+            if HAS_BIAS:
+                acc = acc + bias[None, :]
+            acc = apply_activation(acc, ACTIVATION)
+            if GROUP_OUT:
+                q, scale = e4m3_codes(acc, masked_row_amax(acc, mask_n), False)
+                gl.store(scale_out_ptr + (off_n // BLOCK_N) * stride_so + rows, scale, mask=rows < M)
+                gl.store(out_ptr + rows[:, None] * stride_om + cols[None, :], q, mask=mask)
+            else:
+                if HAS_RESIDUAL:
+                    acc = acc + gl.load(res_ptr + rows[:, None] * stride_rm + cols[None, :], mask=mask,
+                                        other=0.0).to(gl.float32)
+                gl.store(out_ptr + rows[:, None] * stride_om + cols[None, :], acc.to(out_ptr.dtype.element_ty),
+                         mask=mask)
+        t += 1
 
 
 @gluon.jit
@@ -182,16 +216,22 @@ def fp8_ws_gemm_kernel(
     for i in gl.static_range(STAGES):
         mbarrier.init(ready.index(i), count=1)
         mbarrier.init(empty.index(i), count=2)
+    acc_s = gl.allocate_shared_memory(gl.float32, [BLOCK_M, BLOCK_N], ACC_LAYOUT)
+    acc_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    acc_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    mbarrier.init(acc_ready, count=2)
+    mbarrier.init(acc_empty, count=1)
     HALF: gl.constexpr = BLOCK_M // 2
     gl.warp_specialize([
-        (_math_partition, (a_s, w_s, ready, empty, a_scale_ptr, scale_out_ptr, w_scale_ptr, bias_ptr, res_ptr, out_ptr,
-                           M, N, K, stride_rm, stride_om, stride_sa, stride_so, HALF, 0, HAS_BIAS, ACTIVATION,
-                           HAS_RESIDUAL, A_GROUPED, GROUP_OUT, NUM_SMS, STAGES, GROUP_M)),
-        (_math_partition, (a_s, w_s, ready, empty, a_scale_ptr, scale_out_ptr, w_scale_ptr, bias_ptr, res_ptr, out_ptr,
-                           M, N, K, stride_rm, stride_om, stride_sa, stride_so, HALF, 1, HAS_BIAS, ACTIVATION,
-                           HAS_RESIDUAL, A_GROUPED, GROUP_OUT, NUM_SMS, STAGES, GROUP_M)),
+        (_epilogue_partition, (acc_s, acc_ready, acc_empty, a_scale_ptr, scale_out_ptr, w_scale_ptr, bias_ptr, res_ptr,
+                               out_ptr, M, N, stride_rm, stride_om, stride_so, HAS_BIAS, ACTIVATION, HAS_RESIDUAL,
+                               A_GROUPED, GROUP_OUT, NUM_SMS, GROUP_M)),
+        (_math_partition, (a_s, w_s, ready, empty, acc_s, acc_ready, acc_empty, a_scale_ptr, M, N, K, stride_sa, HALF,
+                           0, A_GROUPED, NUM_SMS, STAGES, GROUP_M)),
+        (_math_partition, (a_s, w_s, ready, empty, acc_s, acc_ready, acc_empty, a_scale_ptr, M, N, K, stride_sa, HALF,
+                           1, A_GROUPED, NUM_SMS, STAGES, GROUP_M)),
         (_load_partition, (a_desc, w_desc, a_s, w_s, ready, empty, M, N, K, NUM_SMS, STAGES, GROUP_M)),
-    ], [MATH_WARPS, LOAD_WARPS], [MATH_REGS, LOAD_REGS])
+    ], [MATH_WARPS, MATH_WARPS, LOAD_WARPS], [MATH_REGS, MATH_REGS, LOAD_REGS])
 
 
 def _layout(rows: int, cols: int):
