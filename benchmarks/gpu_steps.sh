@@ -24,8 +24,8 @@
 #                      promotion costs in speed and error, each against bf16 measured in the same run
 #   fp8tma             the same rows with VITFAST_FP8_ENGINE=tma (the FP8 TMA engine, gemm_fp8_tma.py, the default
 #                      on sm_90 since the third lease), then also with VITFAST_FP8_PRECISE_ACC=0 (fast/)
-#   fp8ws              the same rows with VITFAST_FP8_ENGINE=ws (QKV, the out-projection and FC2 on the
-#                      warp-specialized Gluon engine, gemm_fp8_ws.py), then as shipped (shipped/: the FP8 TMA engine)
+#   fp8ws              the same rows with VITFAST_FP8_ENGINE=ws (the promoted FP8 GEMMs on the warp-specialized
+#                      Gluon engine, gemm_fp8_ws.py), then as shipped (shipped/: the FP8 TMA engine)
 #   b1engine           B/16 batch 1 with CUDA graphs, vit_fast beside sdpa: the 16-bit GEMMs on the pointer engine
 #                      (VITFAST_GEMM_ENGINE=pointer), then as shipped (shipped/): whether small-M GEMMs should leave
 #                      the TMA engine (persistent programs, TMA descriptors)

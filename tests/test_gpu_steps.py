@@ -453,6 +453,7 @@ def test_dry_fp8_ws_engine_step(tmp_path):
     assert shipped["env"]["settings"] is None and [(r["dtype"], r["error"]) for r in shipped["rows"]] == [
         ("float8", None)]
     stored = _stored_alone(tmp_path, out, "fp8ws")
+    assert json.loads((stored / "lease" / "fp8ws" / "results.json").read_text()) == results
     assert json.loads((stored / "lease" / "fp8ws" / "shipped" / "results.json").read_text()) == shipped
     assert (stored / "lease" / "fp8ws" / "fp8ws.log").is_file()
 

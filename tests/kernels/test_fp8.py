@@ -418,11 +418,11 @@ def test_ws_engine_takes_every_promoted_launch(monkeypatch):
     """VITFAST_FP8_ENGINE=ws's launcher: the warp-specialized engine for every promoted launch (QKV, FC1 with its
     GELU and codes out, the out-projection, FC2, whose grouped A is promoted by construction), with every argument as
     given; fast accumulation (VITFAST_FP8_PRECISE_ACC=0, or precise_acc=False) goes to the FP8 TMA engine."""
-    from vit_fast.kernels import gemm_fp8_tma
+    from vit_fast.kernels import gemm_fp8_tma, gemm_fp8_ws
     from vit_fast.kernels.gemm_fp8 import launch_fp8_gemm
 
     calls = []
-    monkeypatch.setattr(gemm_fp8_tma, "launch_fp8_ws_gemm", lambda *a, **k: calls.append(("ws", a, k)))
+    monkeypatch.setattr(gemm_fp8_ws, "launch_fp8_ws_gemm", lambda *a, **k: calls.append(("ws", a, k)))
     monkeypatch.setattr(gemm_fp8_tma, "launch_fp8_tma_gemm", lambda *a, **k: calls.append(("tma", a, k)))
     assert gemm_fp8_tma.fp8_launcher("pointer") is launch_fp8_gemm
     assert gemm_fp8_tma.fp8_launcher("tma") is gemm_fp8_tma.launch_fp8_tma_gemm

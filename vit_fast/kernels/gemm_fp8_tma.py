@@ -31,8 +31,6 @@ from ._common import (FAMILY_SMEM, FP8_DTYPE, FP8_ENGINE_ENV, FP8_GROUP, GELU_LI
 from .autotune import autotuned
 from .gemm import apply_activation, grouped_tile
 from .gemm_fp8 import dequantize_tile, launch_fp8_gemm, precise_acc_setting
-from .gemm_fp8_ws import launch_fp8_ws_gemm
-from .gemm_fp8_ws import takes as ws_takes
 from .quant_fp8 import e4m3_codes, masked_row_amax
 from .gemm_tma import (INTERPRETER_TMA, SM90_SM_SMEM, _tma_addressable, co_resident, persistent_configs,
                        persistent_grid, persistent_prune, programs_per_sm)
@@ -316,14 +314,19 @@ def select_fp8_engine(k: int, weight, out, residual=None, activation=0, a=None) 
     if choice == "auto":
         return "tma" if not bad and _auto_picks_tma(weight.device) else "pointer"
     if choice == "ws":
-        check(not is_interpreting(), f"{FP8_ENGINE_ENV}=ws: device", "an sm_90 GPU (Gluon kernels do not run under "
-              "the interpreter)", "TRITON_INTERPRET=1")
+        check(_gluon_runs(), f"{FP8_ENGINE_ENV}=ws: device", "an sm_90 GPU (Gluon kernels do not run under the "
+              "interpreter)", "TRITON_INTERPRET=1")
     if not is_interpreting():
         check(_auto_picks_tma(weight.device), f"{FP8_ENGINE_ENV}={choice}: device", "an sm_90 GPU",
               torch.cuda.get_device_name(weight.device) if weight.is_cuda else str(weight.device))
     check(not bad, f"{FP8_ENGINE_ENV}={choice}: FP8 operands", "2-D, unit last stride, 16-byte aligned base and rows",
           f"(shape, strides, base % 16) {bad}")
     return choice
+
+
+def _gluon_runs() -> bool:
+    """Whether a Gluon kernel (gemm_fp8_ws.py) can run here: not under the interpreter."""
+    return not is_interpreting()
 
 
 def fp8_launcher(engine: str):
@@ -370,11 +373,13 @@ def _launch_ws_or_tma(a_q, a_scale, weight, w_scale, bias, out, *, activation=0,
                       out_scale=None):
     """VITFAST_FP8_ENGINE=ws: the warp-specialized engine for the launches it takes (every promoted one: grouped A is
     promoted by construction), this engine for fast accumulation (VITFAST_FP8_PRECISE_ACC=0)."""
+    from . import gemm_fp8_ws  # Gluon's Hopper API, imported only where this engine is asked for
+
     if precise_acc is None:
         precise_acc = precise_acc_setting()
-    if ws_takes(activation, precise_acc or a_scale.dim() == 2):
-        return launch_fp8_ws_gemm(a_q, a_scale, weight, w_scale, bias, out, activation=activation, residual=residual,
-                                  out_scale=out_scale)
+    if gemm_fp8_ws.takes(activation, precise_acc or a_scale.dim() == 2):
+        return gemm_fp8_ws.launch_fp8_ws_gemm(a_q, a_scale, weight, w_scale, bias, out, activation=activation,
+                                              residual=residual, out_scale=out_scale)
     return launch_fp8_tma_gemm(a_q, a_scale, weight, w_scale, bias, out, activation=activation, residual=residual,
                                precise_acc=precise_acc, out_scale=out_scale)
 

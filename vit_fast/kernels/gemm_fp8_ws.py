@@ -24,7 +24,8 @@ import torch
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                              warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from ._common import FP8_DTYPE, FP8_GROUP, SWIGLU, TL_SIG, num_sms
@@ -156,6 +157,7 @@ def _epilogue_partition(acc_s, acc_ready, acc_empty, a_scale_ptr, scale_out_ptr,
                 mbarrier.arrive(acc_empty, count=1)  # the buffer is read: the math warpgroups may refill it
             rows = pid_m * BLOCK_M + part * EPI_M + gl.arange(0, EPI_M, gl.SliceLayout(1, out_layout))
             mask = (rows[:, None] < M) & mask_n[None, :]
+            rows64 = rows.to(gl.int64)  # M·N passes 2^31 (FC1 of about 2,700 L/16 images)
             if not A_GROUPED:
                 acc = acc * gl.load(a_scale_ptr + rows, mask=rows < M, other=0.0)[:, None]
             acc = acc * s_col[None, :]
@@ -165,17 +167,17 @@ def _epilogue_partition(acc_s, acc_ready, acc_empty, a_scale_ptr, scale_out_ptr,
             if GROUP_OUT:
                 q, scale = e4m3_codes(acc, masked_row_amax(acc, mask_n), False)
                 gl.store(scale_out_ptr + (off_n // BLOCK_N) * stride_so + rows, scale, mask=rows < M)
-                gl.store(out_ptr + rows[:, None] * stride_om + cols[None, :], q, mask=mask)
+                gl.store(out_ptr + rows64[:, None] * stride_om + cols[None, :], q, mask=mask)
             else:
                 if HAS_RESIDUAL:
-                    acc = acc + gl.load(res_ptr + rows[:, None] * stride_rm + cols[None, :], mask=mask,
+                    acc = acc + gl.load(res_ptr + rows64[:, None] * stride_rm + cols[None, :], mask=mask,
                                         other=0.0).to(gl.float32)
-                gl.store(out_ptr + rows[:, None] * stride_om + cols[None, :], acc.to(out_ptr.dtype.element_ty),
+                gl.store(out_ptr + rows64[:, None] * stride_om + cols[None, :], acc.to(out_ptr.dtype.element_ty),
                          mask=mask)
         t += 1
 
 
-@gluon.jit
+@gluon.jit(do_not_specialize=["M"])  # M = B·tokens: one compile for every batch size
 def fp8_ws_gemm_kernel(
     a_desc,  # (M, K) float8 e4m3 activations: a host descriptor with a (BLOCK_M, BLOCK_K) box
     w_desc,  # (N, K) float8 e4m3 weight in nn.Linear layout: a host descriptor with a (BLOCK_N, BLOCK_K) box
@@ -221,6 +223,7 @@ def fp8_ws_gemm_kernel(
     acc_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     mbarrier.init(acc_ready, count=2)
     mbarrier.init(acc_empty, count=1)
+    fence_async_shared()  # the initialized barriers, before the TMA unit signals them (DeepGEMM fences here too)
     HALF: gl.constexpr = BLOCK_M // 2
     gl.warp_specialize([
         (_epilogue_partition, (acc_s, acc_ready, acc_empty, a_scale_ptr, scale_out_ptr, w_scale_ptr, bias_ptr, res_ptr,
@@ -295,7 +298,7 @@ def _variant(out_dtype, activation, has_residual, a_grouped, group_out, op, num_
     for name in constexprs:
         sig[name] = "constexpr"
     return {"fn": fp8_ws_gemm_kernel, "gluon": True, "signature": sig, "constexprs": constexprs,
-            "tile": f"{bm}x{bn}x{bk}", "promoted": 2,  # a zero-started wgmma group a K step in each math warpgroup
+            "tile": f"{bm}x{bn}x{bk} (16 warps)", "promoted": 2,  # a zero-started wgmma group a K step in each math warpgroup
             "vit": lambda cfg, batch: [],  # a switch (VITFAST_FP8_ENGINE=ws): no preset runs it by default
             "num_warps": MATH_WARPS.value, "num_stages": 1, "min_cc": 90, "op": "linear_fp8", "main_loop": "gemm",
             "programs_per_sm": 1, "tables": ("hopper",), "divisible": ("N", "K", "stride_rm", "stride_om")}
