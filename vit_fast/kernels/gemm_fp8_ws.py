@@ -28,7 +28,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                               warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from ._common import FP8_DTYPE, FP8_GROUP, SWIGLU, TL_SIG, num_sms
+from ._common import FP8_DTYPE, FP8_GROUP, GELU_LIBDEVICE, SWIGLU, TL_SIG, num_sms
 from .gemm import apply_activation
 from .quant_fp8 import e4m3_codes, masked_row_amax
 
@@ -41,11 +41,12 @@ TILE = (128, 128, 128, 4, 8)
 MATH_WARPS = gl.constexpr(4)  # a warpgroup: each math partition, and the epilogue's (the default partition)
 LOAD_WARPS = gl.constexpr(1)
 # registers a thread after setmaxnreg (triton 3.6 needs a count for each worker): 64 of fp32 sum and 64 of partial in
-# a math warpgroup; the epilogue warpgroup gets the rest of the SM's 64 K (about 128)
-MATH_REGS = gl.constexpr(168)
+# a math warpgroup (134-143 used); the epilogue warpgroup gets the rest of the SM's 64 K, 168
+MATH_REGS = gl.constexpr(152)
 LOAD_REGS = gl.constexpr(40)
-EPI_M = gl.constexpr(32)  # rows the epilogue warpgroup takes from the buffer at a time (64 spill under triton 3.6)
-# the fp32 tile the math warpgroups hand to the epilogue (swizzled: rows of 128 fp32 would share banks)
+# the fp32 tiles the math warpgroups hand to the epilogue, one 64-row half each (swizzled: rows of 128 fp32 would
+# share banks); the epilogue takes a half at a time in a loop, one copy of its code (unrolled over four 32-row
+# parts it took 69 KB of instructions for FC1, with one warp a scheduler to run them)
 ACC_LAYOUT = gl.constexpr(gl.SwizzledSharedLayout(4, 1, 8, [1, 0]))
 FP8_GROUP_K = gl.constexpr(FP8_GROUP)  # FP8_GROUP inside the kernel
 
@@ -123,7 +124,7 @@ def _math_partition(a_s, w_s, ready, empty, acc_s, acc_ready, acc_empty, a_scale
 
         # hand the tile to the epilogue partition: wait until it has read the previous one out of the buffer
         mbarrier.wait(acc_empty, (t & 1) ^ 1)
-        acc_s.slice(WG * HALF, HALF).store(acc)
+        acc_s.index(WG).store(acc)
         mbarrier.arrive(acc_ready, count=1)
         t += 1
 
@@ -133,11 +134,12 @@ def _epilogue_partition(acc_s, acc_ready, acc_empty, a_scale_ptr, scale_out_ptr,
                         out_ptr, M, N, stride_rm, stride_om, stride_so, HAS_BIAS: gl.constexpr,
                         ACTIVATION: gl.constexpr, HAS_RESIDUAL: gl.constexpr, A_GROUPED: gl.constexpr,
                         GROUP_OUT: gl.constexpr, NUM_SMS: gl.constexpr, GROUP_M: gl.constexpr):
-    """The epilogue warpgroup (the default partition): each tile's fp32 sums from the buffer, EPI_M rows at a time,
+    """The epilogue warpgroup (the default partition): each tile's fp32 sums from the buffer, a 64-row half at a time,
     through the TMA engine's epilogue (acc · s_row · s_col, bias, activation, then the residual and one cast, or
     e4m3 codes per row and 128 columns with their scales) while the math warpgroups run the next tile's wgmmas."""
-    BLOCK_M: gl.constexpr = acc_s.shape[0]
-    BLOCK_N: gl.constexpr = acc_s.shape[1]
+    HALF: gl.constexpr = acc_s.shape[1]
+    BLOCK_M: gl.constexpr = 2 * HALF
+    BLOCK_N: gl.constexpr = acc_s.shape[2]
     out_layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 * 8 // BLOCK_N, BLOCK_N // 8], [4, 1], [1, 0])
     num_pid_m = gl.cdiv(M, BLOCK_M)
     num_pid_n = gl.cdiv(N, BLOCK_N)
@@ -151,11 +153,11 @@ def _epilogue_partition(acc_s, acc_ready, acc_empty, a_scale_ptr, scale_out_ptr,
         if HAS_BIAS:
             bias = gl.load(bias_ptr + cols, mask=mask_n, other=0.0).to(gl.float32)
         mbarrier.wait(acc_ready, t & 1)
-        for part in gl.static_range(BLOCK_M // EPI_M):
-            acc = acc_s.slice(part * EPI_M, EPI_M).load(out_layout)
-            if part == BLOCK_M // EPI_M - 1:
+        for half in range(2):
+            acc = acc_s.index(half).load(out_layout)
+            if half == 1:
                 mbarrier.arrive(acc_empty, count=1)  # the buffer is read: the math warpgroups may refill it
-            rows = pid_m * BLOCK_M + part * EPI_M + gl.arange(0, EPI_M, gl.SliceLayout(1, out_layout))
+            rows = pid_m * BLOCK_M + half * HALF + gl.arange(0, HALF, gl.SliceLayout(1, out_layout))
             mask = (rows[:, None] < M) & mask_n[None, :]
             rows64 = rows.to(gl.int64)  # M·N passes 2^31 (FC1 of about 2,700 L/16 images)
             if not A_GROUPED:
@@ -218,7 +220,7 @@ def fp8_ws_gemm_kernel(
     for i in gl.static_range(STAGES):
         mbarrier.init(ready.index(i), count=1)
         mbarrier.init(empty.index(i), count=2)
-    acc_s = gl.allocate_shared_memory(gl.float32, [BLOCK_M, BLOCK_N], ACC_LAYOUT)
+    acc_s = gl.allocate_shared_memory(gl.float32, [2, BLOCK_M // 2, BLOCK_N], ACC_LAYOUT)
     acc_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     acc_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     mbarrier.init(acc_ready, count=2)
@@ -271,13 +273,14 @@ def launch_fp8_ws_gemm(a_q, a_scale, weight, w_scale, bias, out, *, activation=0
 
 # ---- AOT ------------------------------------------------------------------------------------------------------------
 def aot_variants(exhaustive: bool = False):
-    """QKV (bias), FC1 (bias, GELU, e4m3 codes per 128 columns out), the out-projection (bias, residual) and FC2
-    (grouped A, bias, residual), bf16; FC1 with a bf16 output, and fp16 and fp32 outputs of the out-projection, with
-    `exhaustive`. FP8 wgmma and Gluon's warp specialization: sm_90 only."""
+    """QKV (bias), FC1 (bias, GELU, e4m3 codes per 128 columns out; also through libdevice's erf), the out-projection
+    (bias, residual) and FC2 (grouped A, bias, residual), bf16; FC1 with a bf16 output, and fp16 and fp32 outputs of
+    the out-projection, with `exhaustive`. FP8 wgmma and Gluon's warp specialization: sm_90 only."""
     out = [_variant(torch.bfloat16, 0, False, False, False, "ln_qkv"),
            _variant(torch.bfloat16, 1, False, False, True, "ln_linear"),
            _variant(torch.bfloat16, 0, True, False, False, "linear_residual"),
-           _variant(torch.bfloat16, 0, True, True, False, "linear_residual")]
+           _variant(torch.bfloat16, 0, True, True, False, "linear_residual"),
+           _variant(torch.bfloat16, GELU_LIBDEVICE, False, False, True, "ln_linear")]  # VITFAST_GELU=libdevice
     if exhaustive:
         out += [_variant(torch.bfloat16, 1, False, False, False, "ln_linear")]
         out += [_variant(dt, 0, True, False, False, "linear_residual") for dt in (torch.float16, torch.float32)]
