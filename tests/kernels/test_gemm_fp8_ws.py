@@ -1,8 +1,9 @@
 """The warp-specialized FP8 engine (kernels/gemm_fp8_ws.py) on an sm_90 GPU: QKV, FC1 (GELU; a bf16 output, and
 e4m3 codes per 128 columns for FC2), the out-projection and FC2 on grouped codes, through the ops with
 VITFAST_FP8_ENGINE=ws, against the FP8 TMA engine pinned to the same tile (the same promotion every 128 of K and the
-same epilogue order, so at most one rounding step apart) and the pointer engine, outputs poisoned first. Gluon kernels do not run under the interpreter: on a CPU only the
-dispatch is tested (tests/kernels/test_fp8.py, tests/test_fp8_model.py), and these skip."""
+same epilogue order, so at most one rounding step apart) and the pointer engine, outputs poisoned first. Gluon
+kernels do not run under the interpreter: on a CPU only the dispatch is tested (tests/kernels/test_fp8.py,
+tests/test_fp8_model.py), and these skip."""
 import pytest
 import torch
 

@@ -301,7 +301,8 @@ def _variant(out_dtype, activation, has_residual, a_grouped, group_out, op, num_
     for name in constexprs:
         sig[name] = "constexpr"
     return {"fn": fp8_ws_gemm_kernel, "gluon": True, "signature": sig, "constexprs": constexprs,
-            "tile": f"{bm}x{bn}x{bk} (16 warps)", "promoted": 2,  # a zero-started wgmma group a K step in each math warpgroup
+            # promoted: a zero-started wgmma group a K step in each math warpgroup
+            "tile": f"{bm}x{bn}x{bk} (16 warps)", "promoted": 2,
             "vit": lambda cfg, batch: [],  # a switch (VITFAST_FP8_ENGINE=ws): no preset runs it by default
             "num_warps": MATH_WARPS.value, "num_stages": 1, "min_cc": 90, "op": "linear_fp8", "main_loop": "gemm",
             "programs_per_sm": 1, "tables": ("hopper",), "divisible": ("N", "K", "stride_rm", "stride_om")}
