@@ -29,7 +29,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from ._common import FP8_DTYPE, FP8_GROUP, GELU_LIBDEVICE, SWIGLU, TL_SIG, num_sms
-from .gemm import apply_activation
+from .gemm import apply_activation, grouped_tile
 from .quant_fp8 import e4m3_codes, masked_row_amax
 
 # triton 3.9 renamed the TMA load; 3.6 (the GPU image) has only the old name
@@ -49,15 +49,9 @@ LOAD_REGS = gl.constexpr(40)
 # parts it took 69 KB of instructions for FC1, with one warp a scheduler to run them)
 ACC_LAYOUT = gl.constexpr(gl.SwizzledSharedLayout(4, 1, 8, [1, 0]))
 FP8_GROUP_K = gl.constexpr(FP8_GROUP)  # FP8_GROUP inside the kernel
-
-
-@gluon.jit
-def _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M: gl.constexpr):
-    """gemm.grouped_tile for Gluon: a flat tile id to (pid_m, pid_n), GROUP_M row tiles sharing W tiles in L2."""
-    in_group = GROUP_M * num_pid_n
-    first_m = (tile // in_group) * GROUP_M
-    size_m = gl.minimum(num_pid_m - first_m, GROUP_M)
-    return first_m + (tile % in_group) % size_m, (tile % in_group) // size_m
+# the (A, W) boxes' shared layouts (128-byte swizzle), which the host descriptors carry: built once, not per launch
+A_LAYOUT = gl.NVMMASharedLayout.get_default_for([TILE[0], TILE[2]], gl.float8e4nv)
+W_LAYOUT = gl.NVMMASharedLayout.get_default_for([TILE[1], TILE[2]], gl.float8e4nv)
 
 
 @gluon.jit
@@ -67,12 +61,11 @@ def _load_partition(a_desc, w_desc, a_s, w_s, ready, empty, M, N, K, NUM_SMS: gl
     BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
     BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
     BLOCK_N: gl.constexpr = w_desc.block_type.shape[0]
-    num_pid_m = gl.cdiv(M, BLOCK_M)
-    num_pid_n = gl.cdiv(N, BLOCK_N)
+    num_tiles = gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N)
     k_tiles = gl.cdiv(K, BLOCK_K)
     step = 0
-    for tile in range(gl.program_id(0), num_pid_m * num_pid_n, NUM_SMS):
-        pid_m, pid_n = _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M)
+    for tile in range(gl.program_id(0), num_tiles, NUM_SMS):
+        pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
         for ki in range(k_tiles):
             s = step % STAGES
             # both math warpgroups released the stage (a fresh barrier passes the first round's wait on parity 1)
@@ -95,14 +88,13 @@ def _math_partition(a_s, w_s, ready, empty, acc_s, acc_ready, acc_empty, a_scale
     BLOCK_M: gl.constexpr = 2 * HALF
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                           instr_shape=[16, BLOCK_N, 32])
-    num_pid_m = gl.cdiv(M, BLOCK_M)
-    num_pid_n = gl.cdiv(N, BLOCK_N)
+    num_tiles = gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N)
     k_tiles = gl.cdiv(K, BLOCK_K)
     zero = gl.zeros([HALF, BLOCK_N], gl.float32, acc_layout)
     step = 0
     t = 0
-    for tile in range(gl.program_id(0), num_pid_m * num_pid_n, NUM_SMS):
-        pid_m, pid_n = _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M)
+    for tile in range(gl.program_id(0), num_tiles, NUM_SMS):
+        pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
         off_m = pid_m * BLOCK_M + WG * HALF
         off_n = pid_n * BLOCK_N
         a_rows = off_m + gl.arange(0, HALF, gl.SliceLayout(1, acc_layout))
@@ -141,11 +133,10 @@ def _epilogue_partition(acc_s, acc_ready, acc_empty, a_scale_ptr, scale_out_ptr,
     BLOCK_M: gl.constexpr = 2 * HALF
     BLOCK_N: gl.constexpr = acc_s.shape[2]
     out_layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 * 8 // BLOCK_N, BLOCK_N // 8], [4, 1], [1, 0])
-    num_pid_m = gl.cdiv(M, BLOCK_M)
-    num_pid_n = gl.cdiv(N, BLOCK_N)
+    num_tiles = gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N)
     t = 0
-    for tile in range(gl.program_id(0), num_pid_m * num_pid_n, NUM_SMS):
-        pid_m, pid_n = _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M)
+    for tile in range(gl.program_id(0), num_tiles, NUM_SMS):
+        pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
         off_n = pid_n * BLOCK_N
         cols = off_n + gl.arange(0, BLOCK_N, gl.SliceLayout(0, out_layout))
         mask_n = cols < N
@@ -239,10 +230,6 @@ def fp8_ws_gemm_kernel(
     ], [MATH_WARPS, MATH_WARPS, LOAD_WARPS], [MATH_REGS, MATH_REGS, LOAD_REGS])
 
 
-def _layout(rows: int, cols: int):
-    return gl.NVMMASharedLayout.get_default_for([rows, cols], gl.float8e4nv)
-
-
 def takes(activation: int, precise_acc: bool) -> bool:
     """Whether this engine runs a launch: promoted (the engine's reason to exist), not SwiGLU (two accumulators: the
     pointer engine)."""
@@ -259,8 +246,8 @@ def launch_fp8_ws_gemm(a_q, a_scale, weight, w_scale, bias, out, *, activation=0
     sms = num_sms(a_q.device)
     grid = (min(sms, triton.cdiv(M, bm) * triton.cdiv(N, bn)),)
     fp8_ws_gemm_kernel[grid](
-        TensorDescriptor.from_tensor(a_q, [bm, bk], _layout(bm, bk)),
-        TensorDescriptor.from_tensor(weight, [bn, bk], _layout(bn, bk)),
+        TensorDescriptor.from_tensor(a_q, [bm, bk], A_LAYOUT),
+        TensorDescriptor.from_tensor(weight, [bn, bk], W_LAYOUT),
         a_scale, out_scale if out_scale is not None else w_scale, w_scale, bias if bias is not None else out,
         residual if residual is not None else out, out,
         M, N, K, 0 if residual is None else residual.stride(0), out.stride(0), a_scale.stride(1) if a_grouped else 0,
@@ -291,8 +278,8 @@ def _variant(out_dtype, activation, has_residual, a_grouped, group_out, op, num_
     bm, bn, bk, stages, group_m = TILE
     fp8 = TL_SIG[FP8_DTYPE]
     p = "*" + TL_SIG[out_dtype]
-    sig = {"a_desc": f"tensordesc<{fp8}[{bm},{bk}],{_layout(bm, bk)!r}>",
-           "w_desc": f"tensordesc<{fp8}[{bn},{bk}],{_layout(bn, bk)!r}>",
+    sig = {"a_desc": f"tensordesc<{fp8}[{bm},{bk}],{A_LAYOUT!r}>",
+           "w_desc": f"tensordesc<{fp8}[{bn},{bk}],{W_LAYOUT!r}>",
            "a_scale_ptr": "*fp32", "scale_out_ptr": "*fp32", "w_scale_ptr": "*fp32", "bias_ptr": p, "res_ptr": p,
            "out_ptr": "*" + fp8 if group_out else p, "M": "i32", "N": "i32", "K": "i32", "stride_rm": "i32",
            "stride_om": "i32", "stride_sa": "i32", "stride_so": "i32"}
