@@ -5,7 +5,7 @@
 # expected times are in benchmarks/NOTES.md, "GPU session plan".
 #   lease [S [STEP...]] within S seconds (default 560): tests (once per machine), headline (resumed), profile, grid 1-6
 #                      (profile8, profile1, fp8acc, fp8tma, fp8ws, b1engine, b1split, b1desc, b1pdl, lnstats, gelu,
-#                      stagger and micro only when named), each skipped when done on this machine or too long for the
+#                      stagger, ws16 and micro only when named), each skipped when done on this machine or too long for the
 #                      time left; STEPs (e.g. headline profile) pick and order them. Writes $OUT/lease/: runs.tar.gz
 #                      (every step's files so far), lease.log, headline.md, tests.txt
 #   tests              the GPU test subset (tests/gpu_subset.txt), < 3 min, junit + one JSON line per test; each
@@ -45,8 +45,10 @@
 #   stagger            the same row with both programs of the two-programs GEMM rows starting together
 #                      (VITFAST_STAGGER=0), then as shipped (shipped/: the second one late, kernels/stagger.py): what
 #                      the staggered start gains on the tiles the headline picked (the switch is no autotune key)
-#                      b1engine, b1split, b1desc and b1pdl have the same shipped rows, as lnstats, gelu and stagger
-#                      do: the first of a group to measure them whole keeps them (per commit and VITFAST_* settings)
+#   ws16               the same row with the 16-bit GEMMs on the warp-specialized Gluon engine (VITFAST_GEMM_ENGINE=ws,
+#                      gemm_ws.py), then as shipped (shipped/: the TMA engine): what overlapping the epilogues gains
+#                      b1engine, b1split, b1desc and b1pdl have the same shipped rows, as lnstats, gelu, stagger and
+#                      ws16 do: the first of a group to measure them whole keeps them (per commit and VITFAST_* settings)
 #                      and the later ones copy them into their shipped/ (shared.txt says whose) and measure only
 #                      their switched half
 #   grid N             slice N (1-6) of the rest of the grid; `grid list` prints the slices
@@ -86,7 +88,7 @@ SLICES=(
 usage() {
     local steps="lease [SECONDS [STEP...]]|tests|headline [ROWS]|profile|profile8|profile1|fp8acc|fp8tma|fp8ws"
     steps+="|b1engine"
-    steps+="|b1split|b1desc|b1pdl|lnstats|gelu|stagger"
+    steps+="|b1split|b1desc|b1pdl|lnstats|gelu|stagger|ws16"
     steps+="|grid N|grid list"
     echo "usage: $0 {$steps|merge|micro}" >&2
     exit 2
@@ -94,7 +96,7 @@ usage() {
 
 case "$STEP" in
     lease|tests|headline|profile|profile8|profile1|fp8acc|fp8tma|fp8ws|b1engine|b1split|b1desc|b1pdl|lnstats) ;;
-    gelu|stagger) ;;
+    gelu|stagger|ws16) ;;
     grid|merge) ;;
     micro) ;;
     *) usage ;;
@@ -145,7 +147,7 @@ shared_dir() {  # shared_dir STEP: where the steps whose shipped halves are the 
     local group key  # once per machine, commit and VITFAST_* environment (the switched steps below); nothing for the
     case "$1" in     # other steps, nor for a commit that is unknown or has uncommitted changes
         b1engine|b1split|b1desc|b1pdl) group=b1 ;;
-        lnstats|gelu|stagger) group=b256 ;;
+        lnstats|gelu|stagger|ws16) group=b256 ;;
         *) return ;;
     esac
     key=${STEP_COMMIT:-$(commit)}
@@ -164,9 +166,9 @@ lease)
     for s in $STEPS; do
         case "$s" in
             tests|headline|profile|profile8|profile1|fp8acc|fp8tma|b1engine|b1split|b1desc|b1pdl|lnstats) ;;
-            fp8ws|gelu|stagger|grid[1-6]|micro) ;;
+            fp8ws|gelu|stagger|ws16|grid[1-6]|micro) ;;
             *) echo "error: lease step '$s' is not one of tests headline profile profile8 profile1 fp8acc fp8tma" \
-                    "fp8ws b1engine b1split b1desc b1pdl lnstats gelu stagger grid1..grid6" \
+                    "fp8ws b1engine b1split b1desc b1pdl lnstats gelu stagger ws16 grid1..grid6" \
                     "micro" >&2
                exit 2 ;;
         esac
@@ -216,7 +218,7 @@ lease)
         fp8acc|fp8tma|fp8ws) done_ "$s" || T_BUDGET=$(( $(left) - 60 )) sub 200 "$s" ;;
         b1engine|b1split|b1desc|b1pdl)  # half the time once a step of the group measured the shipped half
             done_ "$s" || T_BUDGET=$(( $(left) - 60 )) sub "$(half_if_shared "$s" 90)" "$s" ;;
-        lnstats|gelu|stagger) done_ "$s" || T_BUDGET=$(( $(left) - 60 )) sub "$(half_if_shared "$s" 120)" "$s" ;;
+        lnstats|gelu|stagger|ws16) done_ "$s" || T_BUDGET=$(( $(left) - 60 )) sub "$(half_if_shared "$s" 120)" "$s" ;;
         grid*) done_ "grid-${s#grid}" || T_BUDGET=$(( $(left) - 85 )) sub 240 grid "${s#grid}" ;;
         micro) done_ micro || sub 300 micro ;;
         esac
@@ -307,7 +309,7 @@ profile8)
     [ "$DRY" = 1 ] && { ARGS+=(--tiny); export TRITON_INTERPRET=1; }
     run "${T_LIMIT:-300}" "$PY" -m benchmarks.breakdown "${ARGS[@]}"
     ;;
-fp8acc|fp8tma|fp8ws|b1engine|b1split|b1desc|b1pdl|lnstats|gelu|stagger)
+fp8acc|fp8tma|fp8ws|b1engine|b1split|b1desc|b1pdl|lnstats|gelu|stagger|ws16)
     # per step: the rows, the switches of the new measurement (FIRST, with half the time) and of its companion
     # (SECOND, into SUB/, with what is left); DRY on a CPU: toy sizes in Triton's interpreter, fp32 (it runs fp32 and
     # FP8 dots, not bf16 ones), no graphs there
@@ -329,6 +331,11 @@ fp8acc|fp8tma|fp8ws|b1engine|b1split|b1desc|b1pdl|lnstats|gelu|stagger)
               --graph-max-batch 256)
         DRY_ARGS=(--dtypes float32 --batch-sizes 2 "${TOY[@]},depth=2")  # lnstats' (one shipped half)
         FIRST=(VITFAST_STAGGER=0) SECOND=() SUB=shipped ;;
+    ws16)  # the same row with the 16-bit GEMMs on the warp-specialized engine, then on the TMA engine as shipped
+        ARGS=(--models vit_b_16 --batch-sizes 256 --dtypes bfloat16 --backends vit_fast --cuda-graphs
+              --graph-max-batch 256)
+        DRY_ARGS=(--dtypes float32 --batch-sizes 2 "${TOY[@]},depth=2")  # lnstats' (one shipped half)
+        FIRST=(VITFAST_GEMM_ENGINE=ws) SECOND=() SUB=shipped ;;
     b1engine)  # batch 1 on the pointer GEMM engine, then as shipped (TMA on sm_90)
         ARGS=(--models vit_b_16 --batch-sizes 1 --dtypes bfloat16 --backends vit_fast,sdpa --cuda-graphs
               --graph-max-batch 1)

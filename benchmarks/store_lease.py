@@ -6,11 +6,11 @@ rule, the headline's rows last), with the results already stored for that day an
 same commit. A lease of another commit on the same day (a fix measured again) goes to <date>-<device>-<commit>/
 beside it, since rows carry no commit of their own; the README table follows the newest. The rest of what the
 lease wrote is kept as it came under lease/ (the headline's setup.json and targets, the test outcomes, the
-per-kernel profiles, fp8acc's, fp8tma's, fp8ws', b1engine's, b1split's, b1desc's, b1pdl's, lnstats', gelu's and
-stagger's rows measured with other kernel settings beside the shipped setting's (measured once for the steps of a
+per-kernel profiles, fp8acc's, fp8tma's, fp8ws', b1engine's, b1split's, b1desc's, b1pdl's, lnstats', gelu's,
+stagger's and ws16's rows measured with other kernel settings beside the shipped setting's (measured once for the steps of a
 group: its shared.txt says by which), the autotuner's picks, the logs), so every figure a note quotes has its file; a
 lease that measured only those (profiles, fp8acc, fp8tma, fp8ws, b1engine, b1split, b1desc, b1pdl, lnstats, gelu,
-stagger) is kept the same way, under the date and device they record, without a merged results.json.
+stagger, ws16) is kept the same way, under the date and device they record, without a merged results.json.
 `python -m benchmarks.store_lease RUNS_TAR [--root DIR] [--readme README.md] [--no-plots] [--source-commit SHA]`.
 --source-commit names the commit the lease ran when the rows record another (a device copy whose stale .git made the
 harness write "<older commit>+changes"); the step files kept under lease/ still hold what was recorded.
@@ -52,6 +52,7 @@ KEEP = {"headline": ("results.json", "setup.json", "headline.md", "headline.log"
         "lnstats": (*SWITCHED, "lnstats.log"),
         "gelu": (*SWITCHED, "gelu.log"),
         "stagger": (*SWITCHED, "stagger.log"),
+        "ws16": (*SWITCHED, "ws16.log"),
         "micro": ("micro.json", "micro.log"),
         "autotune": ("autotune.json", "autotune.md")}  # benchmarks.autotune_record: the autotuner's picks
 
@@ -74,7 +75,8 @@ def store(tar_path, root=None, readme_path=None, plots: bool = True, source_comm
             env = _kept_env(runs)
             if env is None:
                 raise ValueError(f"{tar_path} holds no headline, grid, fp8acc, fp8tma, fp8ws, b1engine, b1split, "
-                                 "b1desc, b1pdl, lnstats, gelu, stagger or profile results: nothing to store")
+                                 "b1desc, b1pdl, lnstats, gelu, stagger, ws16 or profile results: nothing to "
+                                 "store")
             dest = _dest_for(env, str(source_commit or env["commit"]), root)
         for step in [*KEEP, *(d.name for d in sorted(runs.glob("grid-*")))]:
             names = KEEP.get(step, ("results.json", "results.md", "grid.log"))

@@ -28,3 +28,16 @@ def fp8_gemm_operands(m: int, k: int, n: int, device) -> SimpleNamespace:
                            b=torch.randn(k, device=device).bfloat16(), bias=torch.randn(n, device=device).bfloat16(),
                            residual=torch.randn(m, n, device=device).bfloat16(), wq=wq, ws=ws, codes=codes,
                            scales=scales)
+
+
+def ulps(a: torch.Tensor, b: torch.Tensor) -> int:
+    """The largest distance between a and b in representable steps (bf16, fp16 or e4m3, same dtype; sign-magnitude
+    bits mapped to a monotonic integer line)."""
+    bits = {torch.bfloat16: (torch.int16, 0x7FFF), torch.float16: (torch.int16, 0x7FFF),
+            torch.float8_e4m3fn: (torch.int8, 0x7F)}[a.dtype]
+
+    def line(t):
+        v = t.view(bits[0]).to(torch.int32)
+        return torch.where(v < 0, -(v & bits[1]), v)
+
+    return int((line(a.contiguous()) - line(b.contiguous())).abs().max())

@@ -196,7 +196,7 @@ def test_triton_fp8_on_the_tma_engine_equals_torch_emulation(switch, device, mon
     if switch == "auto" and device == "cpu":
         monkeypatch.setattr(gemm_fp8_tma, "_auto_picks_tma", lambda d: d == torch.device(device))
     if switch == "ws" and device == "cpu":
-        monkeypatch.setattr(gemm_fp8_tma, "_gluon_runs", lambda: True)
+        monkeypatch.setattr(gemm_fp8_tma, "gluon_runs", lambda: True)
         monkeypatch.setattr(gemm_fp8_ws, "launch_fp8_ws_gemm", lambda *a, _launch=gemm_fp8_tma.launch_fp8_tma_gemm,
                             **k: _launch(*a, precise_acc=True, **k))
     model = vit_fast.quantize(_tiny(depth=1).to(device), "fp8")

@@ -192,6 +192,24 @@ def test_dry_stagger_step(tmp_path):
     _switched_then_shipped(tmp_path, "stagger", "VITFAST_STAGGER=0", {(2, "vit_fast")})
 
 
+def test_dry_ws16_step(tmp_path):
+    """ws16: the same row with VITFAST_GEMM_ENGINE=ws (recorded), then as shipped (shipped/). Under the interpreter
+    the switched row carries the dispatch's one-line error (Gluon needs an sm_90 GPU): the switch reached the GEMM
+    ops, and the step still stores both halves."""
+    proc, out = _steps(tmp_path, "ws16", timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    results = json.loads((out / "ws16" / "results.json").read_text())
+    assert schema.validate(results) == [] and results["env"]["settings"] == "VITFAST_GEMM_ENGINE=ws"
+    assert [(r["batch"], r["backend"]) for r in results["rows"]] == [(2, "vit_fast")]
+    assert results["rows"][0]["error"] == ("ValueError: VITFAST_GEMM_ENGINE=ws: device: expected an sm_90 GPU (Gluon "
+                                           "kernels do not run under the interpreter), got TRITON_INTERPRET=1")
+    shipped = json.loads((out / "ws16" / "shipped" / "results.json").read_text())
+    assert shipped["env"]["settings"] is None and [(r["batch"], r["error"]) for r in shipped["rows"]] == [(2, None)]
+    stored = _stored_alone(tmp_path, out, "ws16")
+    assert json.loads((stored / "lease" / "ws16" / "results.json").read_text()) == results
+    assert (stored / "lease" / "ws16" / "ws16.log").is_file()
+
+
 def _stored_alone(tmp_path, out, step):
     """store_lease on an archive that holds only `step`'s directory: the results directory it made."""
     archive = tmp_path / "runs.tar.gz"
@@ -345,7 +363,7 @@ def test_store_refuses_an_archive_without_results(tmp_path, capsys):
     assert store_lease.main([str(empty), "--root", str(tmp_path), "--readme", ""]) == 2
     err = capsys.readouterr().err
     assert ("holds no headline, grid, fp8acc, fp8tma, fp8ws, b1engine, b1split, b1desc, b1pdl, lnstats, gelu, "
-            "stagger or profile results") in err
+            "stagger, ws16 or profile results") in err
 
 
 def _k(name, start, stack):

@@ -112,11 +112,10 @@ def test_gelu_switch_reaches_every_fc1_launcher(monkeypatch, device):
     VITFAST_GELU=libdevice, the plain codes otherwise; the launches still match eager."""
     op = importlib.import_module("vit_fast.kernels.ln_linear")  # the package exports the op's function
     seen = []
-    for name in ("launch_fused_gemm", "launch_tma_gemm"):
-        def record(*args, _launch=getattr(op, name), **kwargs):
-            seen.append(kwargs["activation"])
-            return _launch(*args, **kwargs)
-        monkeypatch.setattr(op, name, record)
+    def gemm_launcher(engine, _get=op.gemm_launcher):  # every 16-bit engine's launcher, as the op picks it
+        return lambda *args, _launch=_get(engine), **kwargs: (seen.append(kwargs["activation"]),
+                                                               _launch(*args, **kwargs))[1]
+    monkeypatch.setattr(op, "gemm_launcher", gemm_launcher)
 
     def fp8_launcher(engine, _get=op.fp8_launcher):  # every FP8 engine's launcher, as the op picks it
         return lambda *args, _launch=_get(engine), **kwargs: (seen.append(kwargs["activation"]),

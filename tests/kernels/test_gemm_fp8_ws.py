@@ -7,7 +7,7 @@ tests/test_fp8_model.py), and these skip."""
 import pytest
 import torch
 
-from tests.helpers import fp8_gemm_operands
+from tests.helpers import fp8_gemm_operands, ulps
 from tests.tolerances import poison
 
 CUDA = torch.cuda.is_available()
@@ -79,10 +79,10 @@ def test_ws_engine_matches_the_tma_and_pointer_engines(shape, monkeypatch, devic
         if name == "fc1 codes":
             (q, s), (q_tma, s_tma) = outs["ws"], outs["tma"]
             torch.testing.assert_close(s, s_tma, rtol=1e-6, atol=0, msg=f"{shape} {name} scales")
-            assert _ulps(q, q_tma) <= 1, f"{shape} {name}: codes more than one step from the TMA engine's"
+            assert ulps(q, q_tma) <= 1, f"{shape} {name}: codes more than one step from the TMA engine's"
             outs = {e: fp8_ref.dequantize_input(*outs[e], 128) for e in outs}
         else:  # the TMA engine's arithmetic in the same order: at most one rounding apart
-            assert _ulps(outs["ws"], outs["tma"]) <= 1, f"{shape} {name}: more than one bf16 step from the TMA engine's"
+            assert ulps(outs["ws"], outs["tma"]) <= 1, f"{shape} {name}: more than one bf16 step from the TMA engine's"
         out, pointer = outs["ws"].float(), outs["pointer"].float()
         assert torch.isfinite(out).all(), name
         if name == "fc1 codes":  # a code flipped by the summation order moves its value by up to 1/8
@@ -91,14 +91,3 @@ def test_ws_engine_matches_the_tma_and_pointer_engines(shape, monkeypatch, devic
         else:
             torch.testing.assert_close(out, pointer, rtol=2e-2, atol=2e-2, msg=f"{shape} {name} vs pointer")
 
-
-def _ulps(a, b) -> int:
-    """The largest distance between a and b in representable steps (bf16 or e4m3, same dtype; sign-magnitude bits
-    mapped to a monotonic integer line)."""
-    bits = {torch.bfloat16: (torch.int16, 0x7FFF), torch.float8_e4m3fn: (torch.int8, 0x7F)}[a.dtype]
-
-    def line(t):
-        v = t.view(bits[0]).to(torch.int32)
-        return torch.where(v < 0, -(v & bits[1]), v)
-
-    return int((line(a.contiguous()) - line(b.contiguous())).abs().max())

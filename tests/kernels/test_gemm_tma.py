@@ -211,3 +211,79 @@ def test_fp8_tma_deep_k_row(precise, monkeypatch, device):
         out = run().float()
         assert torch.isfinite(out).all(), name
         torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2, msg=name)  # one bf16 rounding of each
+
+
+@pytest.mark.skipif(CUDA, reason="interpreter rule")
+def test_ws_switch_refuses_under_the_interpreter(monkeypatch, device):
+    """VITFAST_GEMM_ENGINE=ws (gemm_ws.py, Gluon) cannot run under the interpreter: one line saying so."""
+    monkeypatch.setenv(ENGINE_ENV, "ws")
+    with pytest.raises(ValueError, match=rf"^{ENGINE_ENV}=ws: device: expected an sm_90 GPU \(Gluon kernels do not "
+                       r"run under the interpreter\), got TRITON_INTERPRET=1$"):
+        select_engine(*operands(torch.bfloat16, device))
+
+
+def _ws_stand_in(monkeypatch, ran, sms=1):
+    """VITFAST_GEMM_ENGINE=ws with `sms` SMs for gemm_ws (one program walks every tile); under the interpreter, where
+    Gluon cannot run, the TMA engine stands in for the warp-specialized kernel. `ran` records what reached it."""
+    from vit_fast.kernels import gemm_tma, gemm_ws
+
+    monkeypatch.setenv(ENGINE_ENV, "ws")
+    monkeypatch.setattr(gemm_ws, "num_sms", lambda device: sms)
+    launch = gemm_ws.launch_ws_gemm
+    if not CUDA:
+        monkeypatch.setattr(gemm_tma, "gluon_runs", lambda: True)
+        launch = gemm_tma.launch_tma_gemm
+    monkeypatch.setattr(gemm_ws, "launch_ws_gemm", lambda *a, **k: (ran.append(k.get("activation", 0)),
+                                                                    launch(*a, **k))[1])
+
+
+def test_ws_switch_takes_gelu_launches_that_fill_the_sms(monkeypatch, device):
+    """=ws gives the warp-specialized engine the 16-bit GELU launches (FC1) with at least one 128x128 tile per SM;
+    launches without an activation, SwiGLU and smaller launches run on the TMA engine, fp32 operands on the pointer
+    engine (as auto)."""
+    from vit_fast.kernels.gemm_tma import gemm_launcher
+
+    if CUDA and torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the warp-specialized engine needs an sm_90 GPU")
+    ran = []
+    _ws_stand_in(monkeypatch, ran, sms=2)
+    for dtype in (torch.bfloat16, torch.float16):
+        assert select_engine(*operands(dtype, device)) == "ws"
+    assert select_engine(*operands(torch.float32, device)) == "pointer"
+    assert select_engine(*operands(torch.bfloat16, device, offset=1)) == "pointer"  # rows not 16-byte aligned
+    a = torch.randn(200, 64, device=device).bfloat16()
+    w, b = torch.randn(512, 64, device=device).bfloat16(), torch.randn(512, device=device).bfloat16()
+    gelu = torch.nn.functional.gelu(torch.nn.functional.linear(a.float(), w.float(), b.float()))
+    # 2 x 1 and 2 x 2 tiles fill the 2 SMs, 1 x 1 does not; codes: gemm.apply_activation's (1 exact GELU, 3 quick
+    # GELU, 4 SwiGLU)
+    for m, n, activation, reaches in ((200, 128, 1, True), (200, 256, 3, True), (100, 128, 1, False),
+                                      (200, 128, 0, False), (200, 128, 4, False)):
+        ran.clear()
+        out = torch.empty(m, n, device=device, dtype=torch.bfloat16).fill_(float("nan"))
+        weight = w[:2 * n] if activation == 4 else w[:n]
+        gemm_launcher("ws")(a[:m], weight, b[:weight.shape[0]], out, activation=activation)
+        assert bool(ran) == reaches, (m, n, activation)
+        if activation == 1:
+            torch.testing.assert_close(out.float(), gelu[:m, :n], atol=5e-2, rtol=2e-2)
+
+
+def test_whole_model_with_the_ws_switch(monkeypatch, device):
+    """A tiny bf16 ViT on the triton backend with VITFAST_GEMM_ENGINE=ws: FC1 reaches the warp-specialized engine
+    (one SM: a program walks every tile; the TMA engine stands in under the interpreter), QKV, the out-projection and
+    FC2 stay on the TMA engine, and the features are what the TMA engine gives, to one bf16 step."""
+    import vit_fast
+    from tests.helpers import randomize_, ulps
+
+    if CUDA and torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the warp-specialized engine needs an sm_90 GPU")
+    model = randomize_(vit_fast.create("vit_ti_16", backend="triton", img_size=32, embed_dim=128, num_heads=2,
+                                       mlp_dim=256, depth=1, num_classes=5)).to(device).bfloat16().eval()
+    x = torch.randn(3, 3, 32, 32, device=device).bfloat16()
+    with torch.no_grad():
+        monkeypatch.setenv(ENGINE_ENV, "tma")
+        tma = model.forward_features(x)
+        ran = []
+        _ws_stand_in(monkeypatch, ran)
+        out = model.forward_features(x)
+    assert ran == [1], ran  # FC1's exact GELU, once
+    assert ulps(out, tma) <= 1

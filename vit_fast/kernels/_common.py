@@ -23,8 +23,9 @@ SWIGLU = ACTIVATIONS["swiglu"]
 # The environment switches the kernels read at launch -> their values, the default first. The benchmark harness
 # labels results measured with any of them set (benchmarks/env.kernel_settings).
 ENGINE_ENV = "VITFAST_GEMM_ENGINE"  # which 16-bit/fp32 GEMM engine runs (gemm_tma.select_engine), to compare them
+# (ws: the warp-specialized Gluon engine, gemm_ws.py, opt-in until a GPU lease measured it)
 FP8_ENGINE_ENV = "VITFAST_FP8_ENGINE"  # which FP8 GEMM engine runs (gemm_fp8_tma.select_fp8_engine); auto: TMA on sm_90
-# (ws: the warp-specialized Gluon engine, gemm_fp8_ws.py, opt-in until a GPU lease measured it)
+# (ws: the warp-specialized Gluon engine, gemm_fp8_ws.py, likewise)
 PRECISE_ACC_ENV = "VITFAST_FP8_PRECISE_ACC"  # FP8 partial sums promoted to fp32 every BLOCK_K, or not (gemm_fp8)
 # the whole table timed, only the first config a prune keeps, or every kept config launched once and none timed
 # (autotune.py; benchmarks/prewarm.py: the compiled binaries are what it is after)
@@ -44,7 +45,7 @@ DESC_ENV = "VITFAST_TMA_DESC"
 PDL_ENV = "VITFAST_PDL"
 # whether the second of two co-resident programs on an SM starts late (stagger.py): on, or 0 to compare
 STAGGER_ENV = "VITFAST_STAGGER"
-SWITCHES = {ENGINE_ENV: ("auto", "tma", "pointer"), FP8_ENGINE_ENV: ("auto", "tma", "pointer", "ws"),
+SWITCHES = {ENGINE_ENV: ("auto", "tma", "pointer", "ws"), FP8_ENGINE_ENV: ("auto", "tma", "pointer", "ws"),
             PRECISE_ACC_ENV: ("1", "0"), AUTOTUNE_ENV: ("all", "first", "compile"), LN_PARTIALS_ENV: ("1", "0"),
             SPLIT_ENV: ("auto", "1", "2", "3", "4"), GELU_ENV: ("fitted", "libdevice"), DESC_ENV: ("host", "device"),
             PDL_ENV: ("0", "1"), STAGGER_ENV: ("1", "0")}
@@ -98,6 +99,11 @@ def upcast_needed(dtype: torch.dtype) -> bool:
 def m_bucket(m: int) -> int:
     """Autotune key for the row count: next power of two, clamped, so a new batch size rarely triggers a re-tune."""
     return min(max(triton.next_power_of_2(m), 16), 1 << 16)
+
+
+def gluon_runs() -> bool:
+    """Whether a Gluon kernel (gemm_ws.py, gemm_fp8_ws.py) can run here: not under the interpreter."""
+    return not is_interpreting()
 
 
 def check(cond: bool, what: str, expected: str, got) -> None:

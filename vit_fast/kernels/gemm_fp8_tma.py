@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from ._common import (FAMILY_SMEM, FP8_DTYPE, FP8_ENGINE_ENV, FP8_GROUP, GELU_LIBDEVICE, GEMM_DIVISIBLE, SWIGLU,
-                      TL_SIG, check, is_interpreting, is_sm90, jit_fn, m_bucket, switch_value)
+                      TL_SIG, check, gluon_runs, is_interpreting, is_sm90, jit_fn, m_bucket, switch_value)
 from .autotune import autotuned
 from .gemm import apply_activation, grouped_tile
 from .gemm_fp8 import dequantize_tile, launch_fp8_gemm, precise_acc_setting
@@ -314,7 +314,7 @@ def select_fp8_engine(k: int, weight, out, residual=None, activation=0, a=None) 
     if choice == "auto":
         return "tma" if not bad and _auto_picks_tma(weight.device) else "pointer"
     if choice == "ws":
-        check(_gluon_runs(), f"{FP8_ENGINE_ENV}=ws: device", "an sm_90 GPU (Gluon kernels do not run under the "
+        check(gluon_runs(), f"{FP8_ENGINE_ENV}=ws: device", "an sm_90 GPU (Gluon kernels do not run under the "
               "interpreter)", "TRITON_INTERPRET=1")
     if not is_interpreting():
         check(_auto_picks_tma(weight.device), f"{FP8_ENGINE_ENV}={choice}: device", "an sm_90 GPU",
@@ -322,11 +322,6 @@ def select_fp8_engine(k: int, weight, out, residual=None, activation=0, a=None) 
     check(not bad, f"{FP8_ENGINE_ENV}={choice}: FP8 operands", "2-D, unit last stride, 16-byte aligned base and rows",
           f"(shape, strides, base % 16) {bad}")
     return choice
-
-
-def _gluon_runs() -> bool:
-    """Whether a Gluon kernel (gemm_fp8_ws.py) can run here: not under the interpreter."""
-    return not is_interpreting()
 
 
 def fp8_launcher(engine: str):

@@ -24,56 +24,25 @@ import torch
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, warpgroup_mma,
                                                               warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from ._common import FP8_DTYPE, FP8_GROUP, GELU_LIBDEVICE, SWIGLU, TL_SIG, num_sms
+from ._gluon_ws import ACC_LAYOUT, LOAD_REGS, LOAD_WARPS, MATH_WARPS, load_partition
 from .gemm import apply_activation, grouped_tile
 from .quant_fp8 import e4m3_codes, masked_row_amax
-
-# triton 3.9 renamed the TMA load; 3.6 (the GPU image) has only the old name
-_tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, STAGES, GROUP_M): 64 rows a math warpgroup, a K step of 128 (FP8_GROUP: one scale a row
 # per step on grouped A), 4 stages of 32 KB
 TILE = (128, 128, 128, 4, 8)
-MATH_WARPS = gl.constexpr(4)  # a warpgroup: each math partition, and the epilogue's (the default partition)
-LOAD_WARPS = gl.constexpr(1)
 # registers a thread after setmaxnreg (triton 3.6 needs a count for each worker): 64 of fp32 sum and 64 of partial in
 # a math warpgroup (134-143 used); the epilogue warpgroup gets the rest of the SM's 64 K, 168
 MATH_REGS = gl.constexpr(152)
-LOAD_REGS = gl.constexpr(40)
-# the fp32 tiles the math warpgroups hand to the epilogue, one 64-row half each (swizzled: rows of 128 fp32 would
-# share banks); the epilogue takes a half at a time in a loop, one copy of its code (unrolled over four 32-row
-# parts it took 69 KB of instructions for FC1, with one warp a scheduler to run them)
-ACC_LAYOUT = gl.constexpr(gl.SwizzledSharedLayout(4, 1, 8, [1, 0]))
 FP8_GROUP_K = gl.constexpr(FP8_GROUP)  # FP8_GROUP inside the kernel
 # the (A, W) boxes' shared layouts (128-byte swizzle), which the host descriptors carry: built once, not per launch
 A_LAYOUT = gl.NVMMASharedLayout.get_default_for([TILE[0], TILE[2]], gl.float8e4nv)
 W_LAYOUT = gl.NVMMASharedLayout.get_default_for([TILE[1], TILE[2]], gl.float8e4nv)
-
-
-@gluon.jit
-def _load_partition(a_desc, w_desc, a_s, w_s, ready, empty, M, N, K, NUM_SMS: gl.constexpr, STAGES: gl.constexpr,
-                    GROUP_M: gl.constexpr):
-    """The TMA warp: every tile's K steps in the math partitions' order, into the ring of stages."""
-    BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
-    BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
-    BLOCK_N: gl.constexpr = w_desc.block_type.shape[0]
-    num_tiles = gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N)
-    k_tiles = gl.cdiv(K, BLOCK_K)
-    step = 0
-    for tile in range(gl.program_id(0), num_tiles, NUM_SMS):
-        pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-        for ki in range(k_tiles):
-            s = step % STAGES
-            # both math warpgroups released the stage (a fresh barrier passes the first round's wait on parity 1)
-            mbarrier.wait(empty.index(s), ((step // STAGES) & 1) ^ 1)
-            mbarrier.expect(ready.index(s), a_desc.block_type.nbytes + w_desc.block_type.nbytes)
-            _tma_load(a_desc, [pid_m * BLOCK_M, ki * BLOCK_K], ready.index(s), a_s.index(s))
-            _tma_load(w_desc, [pid_n * BLOCK_N, ki * BLOCK_K], ready.index(s), w_s.index(s))
-            step += 1
 
 
 @gluon.jit
@@ -96,7 +65,6 @@ def _math_partition(a_s, w_s, ready, empty, acc_s, acc_ready, acc_empty, a_scale
     for tile in range(gl.program_id(0), num_tiles, NUM_SMS):
         pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
         off_m = pid_m * BLOCK_M + WG * HALF
-        off_n = pid_n * BLOCK_N
         a_rows = off_m + gl.arange(0, HALF, gl.SliceLayout(1, acc_layout))
         acc = gl.zeros([HALF, BLOCK_N], gl.float32, acc_layout)
         for ki in range(k_tiles):
@@ -226,7 +194,7 @@ def fp8_ws_gemm_kernel(
                            0, A_GROUPED, NUM_SMS, STAGES, GROUP_M)),
         (_math_partition, (a_s, w_s, ready, empty, acc_s, acc_ready, acc_empty, a_scale_ptr, M, N, K, stride_sa, HALF,
                            1, A_GROUPED, NUM_SMS, STAGES, GROUP_M)),
-        (_load_partition, (a_desc, w_desc, a_s, w_s, ready, empty, M, N, K, NUM_SMS, STAGES, GROUP_M)),
+        (load_partition, (a_desc, w_desc, a_s, w_s, ready, empty, M, N, K, NUM_SMS, STAGES, GROUP_M)),
     ], [MATH_WARPS, MATH_WARPS, LOAD_WARPS], [MATH_REGS, MATH_REGS, LOAD_REGS])
 
 

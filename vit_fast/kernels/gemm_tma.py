@@ -29,13 +29,13 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    ENGINE_ENV, FAMILY_SMEM, GEMM_DIVISIBLE, SWIGLU, TL_SIG, check, gemm_vit_launches, is_interpreting,
-    is_sm90, jit_fn, m_bucket, num_sms, preset_activation, shared_memory_bytes, swiglu_accumulators_fit,
-    switch_value, upcast_needed,
+    ENGINE_ENV, FAMILY_SMEM, GEMM_DIVISIBLE, SWIGLU, TL_SIG, check, gemm_vit_launches, gluon_runs,
+    is_interpreting, is_sm90, jit_fn, m_bucket, num_sms, preset_activation, shared_memory_bytes,
+    swiglu_accumulators_fit, switch_value, upcast_needed,
 )
 from .autotune import autotuned
-from .gemm import (AOT_SLOTS, AOT_SPLIT, column_halves, gated_epilogue_math, grouped_tile, row_stats_switch,
-                   slots_arg, stats_modes, switch_combos)
+from .gemm import (AOT_SLOTS, AOT_SPLIT, column_halves, gated_epilogue_math, grouped_tile, launch_fused_gemm,
+                   row_stats_switch, slots_arg, stats_modes, switch_combos)
 from .ln_fold import STATS_SLOT, row_moments, stats_slot, stats_tile_ok, store_partials
 from .split_k import MAX_ACC_REGS, acc_registers, config_parts, launch_operands, split_k_fixup
 from .pdl import dependency_wait, launch_options, pdl_launch
@@ -337,14 +337,26 @@ def _tma_addressable(t: torch.Tensor) -> bool:
 
 
 def select_engine(a, weight, out, residual=None) -> str:
-    """"tma" or "pointer" for already-checked 2-D operands. auto: TMA on sm_90 for bf16/fp16 operands it can
-    address. VITFAST_GEMM_ENGINE=tma forces it (also under the interpreter, in any float dtype, which is how the tests
-    run this engine on a CPU) and fails with one line when the operands do not fit; =pointer forces the other."""
+    """"tma", "ws" or "pointer" for already-checked 2-D operands; the op modules launch through `gemm_launcher`.
+    auto: TMA on sm_90 for bf16/fp16 operands it can address. VITFAST_GEMM_ENGINE=tma forces it (also under the
+    interpreter, in any float dtype, which is how the tests run this engine on a CPU) and fails with one line when the
+    operands do not fit; =ws the warp-specialized engine for FC1's 16-bit launches (gemm_ws.py: an sm_90 GPU only,
+    never the interpreter; the 16-bit launches it does not take run here, fp32 ones as auto); =pointer forces the
+    other."""
     choice = switch_value(ENGINE_ENV)
     if choice == "pointer":
         return "pointer"
     operands = dict(a=a, weight=weight, out=out, residual=residual)
     fits = all(_tma_addressable(t) for t in operands.values() if t is not None)
+    if choice == "ws":
+        check(gluon_runs(), f"{ENGINE_ENV}=ws: device", "an sm_90 GPU (Gluon kernels do not run under the "
+              "interpreter)", "TRITON_INTERPRET=1")
+        if not is_interpreting():  # (tests fake gluon_runs under the interpreter, the TMA engine standing in)
+            check(a.is_cuda and is_sm90(a.device.index if a.device.index is not None
+                                        else torch.cuda.current_device()),
+                  f"{ENGINE_ENV}=ws: device", "an sm_90 GPU",
+                  torch.cuda.get_device_name(a.device) if a.is_cuda else str(a.device))
+        return "ws" if fits and a.dtype in DTYPES else "pointer"
     if choice == "tma":
         bad = {k: (tuple(t.shape), t.stride(), t.data_ptr() % 16) for k, t in operands.items()
                if t is not None and not _tma_addressable(t)}
@@ -358,6 +370,24 @@ def select_engine(a, weight, out, residual=None) -> str:
         return "pointer"
     index = a.device.index if a.device.index is not None else torch.cuda.current_device()
     return "tma" if fits and is_sm90(index) else "pointer"
+
+
+def gemm_launcher(engine: str):
+    """The launcher of `engine` (select_engine's answer), all with gemm.launch_fused_gemm's contract."""
+    return {"tma": launch_tma_gemm, "ws": _launch_ws_or_tma, "pointer": launch_fused_gemm}[engine]
+
+
+def _launch_ws_or_tma(a, weight, bias, out, *, activation=0, residual=None, stats=None, colsum=None, eps=0.0,
+                      stats_out=None):
+    """VITFAST_GEMM_ENGINE=ws: the warp-specialized engine for the launches it takes (gemm_ws.takes: FC1's GELU
+    epilogue, with at least one 128x128 tile per SM), this engine for the others."""
+    from . import gemm_ws  # Gluon's Hopper API, imported only where this engine is asked for
+
+    if gemm_ws.takes(a, weight.shape[0], activation, residual, stats_out):
+        return gemm_ws.launch_ws_gemm(a, weight, bias, out, activation=activation, stats=stats, colsum=colsum,
+                                      eps=eps)
+    return launch_tma_gemm(a, weight, bias, out, activation=activation, residual=residual, stats=stats,
+                           colsum=colsum, eps=eps, stats_out=stats_out)
 
 
 def _scratch(size: int, alignment: int, stream):

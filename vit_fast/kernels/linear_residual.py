@@ -20,10 +20,10 @@ import torch
 from ._common import (FLOAT_DTYPES, FP8_DTYPE, check, check_device, check_dtype, check_fp8_device,
                       check_group_scales, check_linear, check_linear_fp8, check_out, check_row_stats,
                       group_scales_view, rows_view)
-from .gemm import gemm_aot_variants, launch_fused_gemm
+from .gemm import gemm_aot_variants
 from .gemm_fp8 import launch_fp8_gemm
 from .gemm_fp8_tma import fp8_launcher, select_fp8_engine
-from .gemm_tma import launch_tma_gemm, select_engine, tma_aot_variants
+from .gemm_tma import gemm_launcher, select_engine, tma_aot_variants
 from .ln_fold import check_partials, new_partials
 from .quant_fp8 import launch_quant_rows
 
@@ -89,7 +89,7 @@ def linear_residual_launch(x, weight, bias, residual, out=None, weight_scale=Non
             launch_fp8_gemm(a_q, a_scale, weight, weight_scale, bias, out2d, residual=res2d)
         return out
     x2d, res2d = rows_view(OP, "x", x), rows_view(OP, "residual", residual)
-    launch = launch_tma_gemm if select_engine(x2d, weight, out2d, res2d) == "tma" else launch_fused_gemm
+    launch = gemm_launcher(select_engine(x2d, weight, out2d, res2d))
     launch(x2d, weight, bias, out2d, residual=res2d, stats_out=stats_out)
     return out
 

@@ -18,9 +18,9 @@ import torch
 from ._common import (ACTIVATIONS, FP8_DTYPE, check, check_device, check_fp8_device, check_group_scales,
                       check_linear, check_linear_fp8, check_out, check_vector, epilogue_activation,
                       GELU_LIBDEVICE, rows_view)
-from .gemm import gemm_aot_variants, launch_fused_gemm
+from .gemm import gemm_aot_variants
 from .gemm_fp8_tma import fp8_launcher, select_fp8_engine
-from .gemm_tma import launch_tma_gemm, select_engine, tma_aot_variants
+from .gemm_tma import gemm_launcher, select_engine, tma_aot_variants
 from .ln_fold import FoldedLinear, check_folded, check_partials, fold_layer_norm, launch_row_stats
 from .quant_fp8 import launch_quant_rows, new_group_codes
 
@@ -70,7 +70,7 @@ def ln_linear_launch(x, eps, weight, colsum, bias, activation="none", out=None, 
         return out
     x2d = rows_view(OP, "x", x)
     stats = launch_row_stats(x2d, eps) if partials is None else partials
-    launch = launch_tma_gemm if select_engine(x2d, weight, out2d) == "tma" else launch_fused_gemm
+    launch = gemm_launcher(select_engine(x2d, weight, out2d))
     launch(x2d, weight, bias, out2d, activation=epilogue_activation(ACTIVATIONS[activation]), stats=stats,
            colsum=colsum, eps=eps)
     return out

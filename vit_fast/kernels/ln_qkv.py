@@ -14,9 +14,9 @@ import torch
 
 from ._common import (FLOAT_DTYPES, FP8_DTYPE, check, check_device, check_dtype, check_fp8_device, check_linear_fp8,
                       check_vector, rows_view)
-from .gemm import gemm_aot_variants, launch_fused_gemm
+from .gemm import gemm_aot_variants
 from .gemm_fp8_tma import fp8_launcher, select_fp8_engine
-from .gemm_tma import launch_tma_gemm, select_engine, tma_aot_variants
+from .gemm_tma import gemm_launcher, select_engine, tma_aot_variants
 from .ln_fold import FoldedLinear, check_folded, check_partials, fold_layer_norm, launch_row_stats
 from .quant_fp8 import launch_quant_rows
 
@@ -93,7 +93,7 @@ def ln_qkv_launch(x, eps, weight, colsum, bias, num_heads, out=None, partials=No
         return out
     x2d = rows_view(OP, "x", x)
     stats = launch_row_stats(x2d, eps) if partials is None else partials
-    launch = launch_tma_gemm if select_engine(x2d, weight, out2d) == "tma" else launch_fused_gemm
+    launch = gemm_launcher(select_engine(x2d, weight, out2d))
     launch(x2d, weight, bias, out2d, stats=stats, colsum=colsum, eps=eps)
     return out
 

@@ -1,0 +1,47 @@
+"""What the two warp-specialized Gluon engines share (gemm_ws.py for 16-bit operands, gemm_fp8_ws.py for FP8): the
+TMA warp that fills the ring of (A, W) stages, and the partitions' sizes and the fp32 hand-over buffer's layout.
+
+Both run DeepGEMM's layout on sm_90: one program per SM walking its tiles (gemm.grouped_tile's order, NUM_SMS apart);
+a TMA warp; two math warpgroups of 64 rows each that release a stage through an mbarrier as soon as their wgmmas
+have read it; and the default partition, one warpgroup, running each finished tile's epilogue from a shared fp32
+buffer while the math warpgroups run the next tile. Imported only by those engines, so Gluon is loaded only where a
+switch asks for one of them.
+"""
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
+
+from .gemm import grouped_tile
+
+# triton 3.9 renamed the TMA load; 3.6 (the GPU image) has only the old name
+tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+
+MATH_WARPS = gl.constexpr(4)  # a warpgroup: each math partition, and the epilogue's (the default partition)
+LOAD_WARPS = gl.constexpr(1)
+LOAD_REGS = gl.constexpr(40)  # registers a thread of the TMA warp keeps after setmaxnreg
+# the fp32 tiles the math warpgroups hand to the epilogue, one 64-row half each (swizzled: rows of 128 fp32 would
+# share banks); the epilogue takes a half at a time in a loop, one copy of its code (unrolled over four 32-row
+# parts it took 69 KB of instructions for the FP8 FC1, with one warp a scheduler to run them)
+ACC_LAYOUT = gl.constexpr(gl.SwizzledSharedLayout(4, 1, 8, [1, 0]))
+
+
+@gluon.jit
+def load_partition(a_desc, w_desc, a_s, w_s, ready, empty, M, N, K, NUM_SMS: gl.constexpr, STAGES: gl.constexpr,
+                   GROUP_M: gl.constexpr):
+    """The TMA warp: every tile's K steps in the math partitions' order, into the ring of stages."""
+    BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
+    BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
+    BLOCK_N: gl.constexpr = w_desc.block_type.shape[0]
+    num_tiles = gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N)
+    k_tiles = gl.cdiv(K, BLOCK_K)
+    step = 0
+    for tile in range(gl.program_id(0), num_tiles, NUM_SMS):
+        pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        for ki in range(k_tiles):
+            s = step % STAGES
+            # both math warpgroups released the stage (a fresh barrier passes the first round's wait on parity 1)
+            mbarrier.wait(empty.index(s), ((step // STAGES) & 1) ^ 1)
+            mbarrier.expect(ready.index(s), a_desc.block_type.nbytes + w_desc.block_type.nbytes)
+            tma_load(a_desc, [pid_m * BLOCK_M, ki * BLOCK_K], ready.index(s), a_s.index(s))
+            tma_load(w_desc, [pid_n * BLOCK_N, ki * BLOCK_K], ready.index(s), w_s.index(s))
+            step += 1
