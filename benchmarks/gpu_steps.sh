@@ -5,9 +5,9 @@
 # expected times are in benchmarks/NOTES.md, "GPU session plan".
 #   lease [S [STEP...]] within S seconds (default 560): tests (once per machine), headline (resumed), profile, grid 1-6
 #                      (profile8, profile1, fp8acc, fp8tma, fp8ws, b1engine, b1split, b1desc, b1pdl, lnstats, gelu,
-#                      stagger, ws16 and micro only when named), each skipped when done on this machine or too long for the
-#                      time left; STEPs (e.g. headline profile) pick and order them. Writes $OUT/lease/: runs.tar.gz
-#                      (every step's files so far), lease.log, headline.md, tests.txt
+#                      stagger, ws16 and micro only when named), each skipped when done on this machine or too long
+#                      for the time left; STEPs (e.g. headline profile) pick and order them. Writes $OUT/lease/:
+#                      runs.tar.gz (every step's files so far), lease.log, headline.md, tests.txt
 #   tests              the GPU test subset (tests/gpu_subset.txt), < 3 min, junit + one JSON line per test; each
 #                      kernel key compiles only the first config its prune keeps (VITFAST_AUTOTUNE=first). Beside
 #                      it, PREWARM (3; DRY 1) processes compile the headline's vit_fast kernels into the benchmark
@@ -48,9 +48,9 @@
 #   ws16               the same row with the 16-bit GEMMs on the warp-specialized Gluon engine (VITFAST_GEMM_ENGINE=ws,
 #                      gemm_ws.py), then as shipped (shipped/: the TMA engine): what overlapping the epilogues gains
 #                      b1engine, b1split, b1desc and b1pdl have the same shipped rows, as lnstats, gelu, stagger and
-#                      ws16 do: the first of a group to measure them whole keeps them (per commit and VITFAST_* settings)
-#                      and the later ones copy them into their shipped/ (shared.txt says whose) and measure only
-#                      their switched half
+#                      ws16 do: the first of a group to measure them whole keeps them (per commit and VITFAST_*
+#                      settings) and the later ones copy them into their shipped/ (shared.txt says whose) and
+#                      measure only their switched half
 #   grid N             slice N (1-6) of the rest of the grid; `grid list` prints the slices
 #   merge              merge headline + every grid slice run so far on this machine into one results directory
 #   micro              kernel microbenchmarks (CUDA-graph timing, batch 64: the model's autotune bucket)

@@ -7,10 +7,11 @@ same commit. A lease of another commit on the same day (a fix measured again) go
 beside it, since rows carry no commit of their own; the README table follows the newest. The rest of what the
 lease wrote is kept as it came under lease/ (the headline's setup.json and targets, the test outcomes, the
 per-kernel profiles, fp8acc's, fp8tma's, fp8ws', b1engine's, b1split's, b1desc's, b1pdl's, lnstats', gelu's,
-stagger's and ws16's rows measured with other kernel settings beside the shipped setting's (measured once for the steps of a
-group: its shared.txt says by which), the autotuner's picks, the logs), so every figure a note quotes has its file; a
-lease that measured only those (profiles, fp8acc, fp8tma, fp8ws, b1engine, b1split, b1desc, b1pdl, lnstats, gelu,
-stagger, ws16) is kept the same way, under the date and device they record, without a merged results.json.
+stagger's and ws16's rows measured with other kernel settings beside the shipped setting's (measured once for the
+steps of a group: its shared.txt says by which), the autotuner's picks, the logs), so every figure a note quotes has
+its file; a lease that measured only those (profiles, fp8acc, fp8tma, fp8ws, b1engine, b1split, b1desc, b1pdl,
+lnstats, gelu, stagger, ws16) is kept the same way, under the date and device they record, without a merged
+results.json.
 `python -m benchmarks.store_lease RUNS_TAR [--root DIR] [--readme README.md] [--no-plots] [--source-commit SHA]`.
 --source-commit names the commit the lease ran when the rows record another (a device copy whose stale .git made the
 harness write "<older commit>+changes"); the step files kept under lease/ still hold what was recorded.
