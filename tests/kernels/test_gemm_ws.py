@@ -1,23 +1,27 @@
-"""The warp-specialized 16-bit engine (kernels/gemm_ws.py) on an sm_90 GPU, through the ops with
-VITFAST_GEMM_ENGINE=ws: FC1 (the folded LayerNorm merging the residual GEMM's partial statistics, or on row_stats'
-rows; exact, tanh and quick GELU) against the TMA engine pinned to the same tile and K step (the same wgmma chain and
-the same epilogue arithmetic, so at most one rounding step apart) and against eager fp32, outputs poisoned first;
-the launches it leaves to the TMA engine (no activation, too few tiles). Gluon kernels do not run under the
-interpreter: on a CPU only the dispatch is tested (tests/kernels/test_gemm_tma.py), and these skip."""
+"""The warp-specialized 16-bit engine (kernels/gemm_ws.py), VITFAST_GEMM_ENGINE=ws.
+
+On an sm_90 GPU: FC1 through the op (the folded LayerNorm merging the residual GEMM's partial statistics, or on
+row_stats' rows; exact, tanh and quick GELU) against the TMA engine pinned to the same tile and K step (the same wgmma
+chain and the same epilogue arithmetic, so at most one rounding step apart) and against eager fp32, outputs poisoned
+first; the launches it leaves to the TMA engine (no activation, too few tiles). Gluon kernels do not run under the
+interpreter, so on a CPU only the dispatch runs: the one-line refusal, and the routing with the TMA engine standing in
+for the Gluon kernel."""
 import pytest
 import torch
 
 from tests.helpers import ulps
-from tests.tolerances import assert_close, poison
+from tests.tolerances import MODEL_TOL, assert_close, poison
+from vit_fast.kernels._common import ENGINE_ENV
 
 CUDA = torch.cuda.is_available()
-pytestmark = pytest.mark.skipif(not CUDA or torch.cuda.get_device_capability()[0] != 9,
-                                reason="Gluon's warp-specialized engine needs an sm_90 GPU (no interpreter)")
+SM90 = CUDA and torch.cuda.get_device_capability()[0] == 9
+gpu = pytest.mark.skipif(not SM90, reason="Gluon's warp-specialized engine needs an sm_90 GPU (no interpreter)")
+cpu_or_sm90 = pytest.mark.skipif(CUDA and not SM90, reason="the warp-specialized engine needs an sm_90 GPU")
 
-# (M, K, N), each with at least one 128x128 tile per SM: B/16's FC1 at batch 8 (197-token rows); ragged M, K and N
-# (the last K step, slot and column tile partly past the tensor; K = 9 slots of 128, the last half full); H/14's
-# FC1 at 257-token rows (head dim 80)
-SHAPES = [(8 * 197, 768, 3072), (4096 + 37, 1024 + 64, 2048 + 48), (2 * 257, 1280, 5120)]
+# (M, K, N), each with at least MIN_WAVES 128x128 tiles per SM of an H100 or H200 (1,056): B/16's FC1 at batch 32
+# (197-token rows); ragged M, K and N (the last K step, slot and column tile partly past the tensor: K = 17.5 steps
+# of 64, 8.75 slots of 128); H/14's FC1 at batch 16 (257-token rows, head dim 80)
+SHAPES = [(32 * 197, 768, 3072), (8192 + 37, 1088 + 32, 2048 + 48), (16 * 257, 1280, 5120)]
 DTYPES = [torch.bfloat16, torch.float16]
 
 
@@ -39,7 +43,8 @@ def _inputs(m, k, n, dtype, device):
 
 
 def _runs(m, k, n, dtype, device):
-    """name -> (run: the op's output, its fp32 reference): FC1's launches, then two without an activation."""
+    """({name: (run: the op's output, its fp32 reference)} of FC1's launches, the same of two launches without an
+    activation)."""
     from vit_fast.kernels import ln_fold
     from vit_fast.kernels.linear_residual import linear_residual_launch
     from vit_fast.kernels.ln_linear import ln_linear_launch
@@ -69,24 +74,35 @@ def _runs(m, k, n, dtype, device):
 
 
 def _engines(run, monkeypatch, ran):
+    """{engine: output, engine + " ran": whether the warp-specialized kernel ran} under =tma, then =ws."""
     outs = {}
     for engine in ("tma", "ws"):
-        monkeypatch.setenv("VITFAST_GEMM_ENGINE", engine)
+        monkeypatch.setenv(ENGINE_ENV, engine)
         ran.clear()
         outs[engine] = run()
         outs[engine + " ran"] = bool(ran)
     return outs
 
 
-def _recording(monkeypatch):
-    from vit_fast.kernels import gemm_ws
+def _recording(monkeypatch, sms=None):
+    """Record each launch that reaches the warp-specialized kernel (`sms`: the SMs gemm_ws counts, fewer than the
+    device's so that one program walks many tiles). Under the interpreter, where Gluon cannot run, the select_engine
+    refusal is lifted and the TMA engine stands in for the kernel."""
+    from vit_fast.kernels import gemm_tma, gemm_ws
 
     ran = []
+    if sms is not None:
+        monkeypatch.setattr(gemm_ws, "num_sms", lambda device: sms)
     launch = gemm_ws.launch_ws_gemm
-    monkeypatch.setattr(gemm_ws, "launch_ws_gemm", lambda *a, **k: (ran.append(1), launch(*a, **k))[1])
+    if not CUDA:
+        monkeypatch.setattr(gemm_tma, "gluon_runs", lambda: True)
+        launch = gemm_tma.launch_tma_gemm
+    monkeypatch.setattr(gemm_ws, "launch_ws_gemm", lambda *a, **k: (ran.append(k.get("activation", 0)),
+                                                                    launch(*a, **k))[1])
     return ran
 
 
+@gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_ws_engine_matches_the_tma_engine_and_eager(shape, dtype, monkeypatch, device):
@@ -103,17 +119,88 @@ def test_ws_engine_matches_the_tma_engine_and_eager(shape, dtype, monkeypatch, d
         assert outs["ws ran"] and not outs["tma ran"], name
         assert ulps(outs["ws"], outs["tma"]) <= 1, f"{shape} {name}: more than one step from the TMA engine's"
         assert_close(outs["ws"], ref, dtype)
-    for name, (run, ref) in others.items():  # light epilogues: the TMA engine's 128x256 tiles run them
+    for name, (run, ref) in others.items():  # lighter epilogues: the TMA engine's rows run them
         outs = _engines(run, monkeypatch, ran)
         assert not outs["ws ran"] and torch.equal(outs["ws"], outs["tma"]), name
+        assert_close(outs["ws"], ref, dtype)
 
 
-@pytest.mark.parametrize("shape", [(197, 768, 3072), (4 * 197, 768, 768)], ids=["b1", "b4"])
-def test_ws_engine_leaves_launches_that_do_not_fill_the_sms_to_the_tma_engine(shape, monkeypatch, device):
-    """Fewer 128x128 tiles than SMs (B/16's FC1 at batch 1: 2 x 24 tiles; a 768-wide GELU GEMM at batch 4): the TMA
-    engine (its split-K) runs them, with the same result as when it is chosen itself."""
+@gpu
+@pytest.mark.parametrize("shape", [(197, 768, 3072), (8 * 197, 768, 3072)], ids=["b1", "b8"])
+def test_ws_engine_leaves_launches_of_few_tiles_to_the_tma_engine(shape, monkeypatch, device):
+    """Under MIN_WAVES tiles per SM (B/16's FC1 at batch 1 and 8: 48 and 312 tiles of 128x128): the TMA engine (its
+    smaller tiles, split-K) runs them, with the same result as when it is chosen itself."""
     ran = _recording(monkeypatch)
     fc1, _ = _runs(*shape, torch.bfloat16, device)
     for name, (run, ref) in fc1.items():
         outs = _engines(run, monkeypatch, ran)
         assert not outs["ws ran"] and torch.equal(outs["ws"], outs["tma"]), name
+        assert_close(outs["ws"], ref, torch.bfloat16)
+
+
+@pytest.mark.skipif(CUDA, reason="interpreter rule")
+def test_ws_switch_refuses_under_the_interpreter(monkeypatch, device):
+    """VITFAST_GEMM_ENGINE=ws (gemm_ws.py, Gluon) cannot run under the interpreter: one line saying so."""
+    from vit_fast.kernels.gemm_tma import select_engine
+
+    monkeypatch.setenv(ENGINE_ENV, "ws")
+    a = torch.randn(37, 64, device=device).bfloat16()
+    with pytest.raises(ValueError, match=rf"^{ENGINE_ENV}=ws: device: expected an sm_90 GPU \(Gluon kernels do not "
+                       r"run under the interpreter\), got TRITON_INTERPRET=1$"):
+        select_engine(a, torch.randn(48, 64, device=device).bfloat16(), a.new_empty(37, 48))
+
+
+@cpu_or_sm90
+def test_ws_switch_takes_gelu_launches_of_enough_tiles(monkeypatch, device):
+    """=ws gives the warp-specialized engine the 16-bit GELU launches (FC1) of at least MIN_WAVES 128x128 tiles per
+    SM (2 SMs counted here); launches without an activation, SwiGLU and smaller launches run on the TMA engine, fp32
+    and misaligned operands on the pointer engine (as auto). Each output against eager fp32."""
+    from vit_fast.kernels import gemm_ws
+    from vit_fast.kernels.gemm_tma import gemm_launcher, select_engine
+
+    ran = _recording(monkeypatch, sms=2)
+    monkeypatch.setenv(ENGINE_ENV, "ws")
+    a = torch.randn(512, 64, device=device)
+    w, b = torch.randn(1024, 64, device=device) / 8, torch.randn(1024, device=device)
+    for dtype in (torch.bfloat16, torch.float16):
+        assert select_engine(a.to(dtype), w.to(dtype), a.new_empty(512, 64, dtype=dtype)) == "ws"
+    assert select_engine(a, w, a.new_empty(512, 64)) == "pointer"
+    assert select_engine(a.bfloat16()[:, 1:], w[:, 1:].bfloat16(), a.new_empty(512, 64).bfloat16()) == "pointer"
+    pre = torch.nn.functional.linear(a.bfloat16().float(), w.bfloat16().float(), b.bfloat16().float())
+    refs = {0: pre, 1: torch.nn.functional.gelu(pre), 3: pre * torch.sigmoid(1.702 * pre)}
+    assert 4 * 4 == gemm_ws.MIN_WAVES * 2  # 4 x 4 tiles are 8 waves of 2 SMs; 2 x 4 are not
+    # codes: gemm.apply_activation's (1 exact GELU, 3 quick GELU, 4 SwiGLU)
+    for m, activation, reaches in ((512, 1, True), (512, 3, True), (256, 1, False), (512, 0, False), (512, 4, False)):
+        ran.clear()
+        out = poison(torch.empty(m, 512, device=device, dtype=torch.bfloat16))
+        weight = w if activation == 4 else w[:512]
+        gemm_launcher("ws")(a[:m].bfloat16(), weight.bfloat16(), b[:weight.shape[0]].bfloat16(), out,
+                            activation=activation)
+        assert bool(ran) == reaches, (m, activation)
+        if activation != 4:
+            torch.testing.assert_close(out.float(), refs[activation][:m, :512], atol=5e-2, rtol=2e-2)
+
+
+@cpu_or_sm90
+def test_whole_model_with_the_ws_switch(monkeypatch, device):
+    """A tiny bf16 ViT on the triton backend with VITFAST_GEMM_ENGINE=ws: FC1 reaches the warp-specialized engine
+    (one SM counted: a program walks FC1's 8 tiles), QKV, the out-projection and FC2 stay on the TMA engine, and the
+    features are the TMA engine's (exactly under the interpreter, where it stands in; on a GPU to the model tolerance,
+    as the TMA engine splits K for this tiny model and so sums FC1 in another order)."""
+    import vit_fast
+    from tests.helpers import randomize_
+
+    model = randomize_(vit_fast.create("vit_ti_16", backend="triton", img_size=32, embed_dim=128, num_heads=2,
+                                       mlp_dim=1024, depth=1, num_classes=5)).to(device).bfloat16().eval()
+    x = torch.randn(3, 3, 32, 32, device=device).bfloat16()
+    with torch.no_grad():
+        monkeypatch.setenv(ENGINE_ENV, "tma")
+        tma = model.forward_features(x)
+        ran = _recording(monkeypatch, sms=1)
+        monkeypatch.setenv(ENGINE_ENV, "ws")
+        out = model.forward_features(x)
+    assert ran == [1], ran  # FC1's exact GELU, once
+    if CUDA:
+        assert_close(out, tma, torch.bfloat16, MODEL_TOL)
+    else:
+        assert torch.equal(out, tma)

@@ -121,27 +121,20 @@ def apply_activation(x, ACTIVATION: tl.constexpr):
 def epilogue_math(acc, rm, rn, M, N, mean, rstd, colsum_ptr, bias_ptr,
                   ROW_STATS: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr):
     """Folded LayerNorm (rows' mean and rstd from ln_fold.row_moments), bias and activation on an fp32 tile (rows rm,
-    columns rn); shared by both engines."""
+    columns rn); shared by both engines (gemm_ws.py runs the same steps on column vectors it loads earlier)."""
     mask_n = rn < N
-    colsum = 0.0  # never used
-    bias = 0.0
     if ROW_STATS:
         # colsum is the column sum of the folded weight
-        colsum = tl.load(colsum_ptr + rn, mask=mask_n, other=0.0)
+        acc = fold_rows(acc, mean, rstd, tl.load(colsum_ptr + rn, mask=mask_n, other=0.0))
     if HAS_BIAS:
-        bias = tl.load(bias_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)
-    return epilogue_values(acc, mean, rstd, colsum, bias, ROW_STATS, HAS_BIAS, ACTIVATION)
+        acc += tl.load(bias_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    return apply_activation(acc, ACTIVATION)
 
 
 @triton.jit
-def epilogue_values(acc, mean, rstd, colsum, bias, ROW_STATS: tl.constexpr, HAS_BIAS: tl.constexpr,
-                    ACTIVATION: tl.constexpr):
-    """epilogue_math on loaded column vectors (colsum, fp32 bias): gemm_ws.py loads them before its tile is ready."""
-    if ROW_STATS:
-        acc = (acc - mean[:, None] * colsum[None, :]) * rstd[:, None]
-    if HAS_BIAS:
-        acc += bias[None, :]
-    return apply_activation(acc, ACTIVATION)
+def fold_rows(acc, mean, rstd, colsum):
+    """The folded LayerNorm on an fp32 tile: rstd · (acc − mean · colsum), per row mean and rstd (ln_fold.py)."""
+    return (acc - mean[:, None] * colsum[None, :]) * rstd[:, None]
 
 
 @triton.jit

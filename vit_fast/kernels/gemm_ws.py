@@ -14,11 +14,12 @@ folded LayerNorm with the rows' statistics merged from the partials or read from
 plain 16-byte global stores) while they run the next tile.
 
 What it runs (VITFAST_GEMM_ENGINE=ws, opt-in until a GPU lease has run its tests and timed it: the interpreter
-cannot run Gluon): the bf16 and fp16 GEMMs with a GELU epilogue (FC1) that have at least one 128x128 output tile per
-SM. The launches without an activation (QKV, the out-projection, FC2) have light epilogues, and gemm_tma.py's 128x256
-tiles ran them 8-12 % faster than its 128x128 ones (the third lease): they stay there, as do SwiGLU (two
-accumulators), fp32 operands and launches too small to fill the SMs (batch 1-8 at ViT-B/16, where gemm_tma.py splits
-K). One tile, 128x128x64 with 4 stages, not autotuned.
+cannot run Gluon): the bf16 and fp16 GEMMs with a GELU epilogue (FC1) that have at least MIN_WAVES 128x128 output
+tiles per SM (ViT-B/16's FC1 from about batch 30). The launches without an activation (QKV, the out-projection, FC2)
+have lighter epilogues, and gemm_tma.py's best rows for them (128x256, or two 128x128 programs per SM) ran 8-10 %
+faster than one 128x128 program (the third lease): they stay there, as do SwiGLU (two accumulators), fp32 operands and
+launches of fewer tiles (where a last, partly filled wave of this engine's one tile costs what gemm_tma.py's smaller
+tiles and split-K avoid). One tile, 128x128x64 with 4 stages, not autotuned.
 """
 import torch
 import triton
@@ -30,7 +31,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from ._common import GELU_LIBDEVICE, SWIGLU, TL_SIG, num_sms
 from ._gluon_ws import ACC_LAYOUT, LOAD_REGS, LOAD_WARPS, MATH_WARPS, load_partition
-from .gemm import AOT_SLOTS, epilogue_values, grouped_tile, row_stats_switch, slots_arg
+from .gemm import AOT_SLOTS, apply_activation, fold_rows, grouped_tile, row_stats_switch, slots_arg
 from .ln_fold import STATS_SLOT, row_moments, stats_slot
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, STAGES, GROUP_M): 64 rows a math warpgroup; 4 stages of 32 KB, with the 64 KB buffer
@@ -40,6 +41,8 @@ TILE = (128, 128, 64, 4, 8)
 # partition) gets the rest of the SM's 64 K
 MATH_REGS = gl.constexpr(112)
 DTYPES = (torch.bfloat16, torch.float16)
+# tiles a launch needs per SM to come here: with 8 or more waves the last, partly filled one costs at most 1/9
+MIN_WAVES = 8
 # the (A, W) boxes' shared layouts (128-byte swizzle) per operand dtype: built once, not per launch
 _GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
 A_LAYOUTS = {dt: gl.NVMMASharedLayout.get_default_for([TILE[0], TILE[2]], g) for dt, g in _GL_DTYPES.items()}
@@ -127,7 +130,11 @@ def _epilogue_partition(acc_s, acc_ready, acc_empty, stat_s, stats_ptr, colsum_p
             if ROW_STATS:
                 mean = stat_s.index(half).load(gl.SliceLayout(1, out_layout))
                 rstd = stat_s.index(2 + half).load(gl.SliceLayout(1, out_layout))
-            acc = epilogue_values(acc, mean, rstd, colsum, bias, ROW_STATS, HAS_BIAS, ACTIVATION)
+            if ROW_STATS:  # gemm.epilogue_math's steps, on the column vectors loaded above
+                acc = fold_rows(acc, mean, rstd, colsum)
+            if HAS_BIAS:
+                acc += bias[None, :]
+            acc = apply_activation(acc, ACTIVATION)
             mask = (rows[:, None] < M) & mask_n[None, :]
             rows64 = rows.to(gl.int64)  # M·N passes 2^31 (FC1 of about 2,700 L/16 images)
             gl.store(out_ptr + rows64[:, None] * stride_om + cols[None, :], acc.to(out_ptr.dtype.element_ty),
@@ -190,12 +197,12 @@ def ws_gemm_kernel(
 
 def takes(a, N: int, activation: int, residual=None, stats_out=None) -> bool:
     """Whether this engine runs a launch that select_engine gave to "ws": 16-bit, a GELU epilogue (FC1; the
-    launches without an activation have light epilogues, which gemm_tma.py's 128x256 tiles run faster than this
-    engine's 128x128 would: benchmarks/NOTES.md, "A warp-specialized 16-bit FC1"), and at least one output tile per
-    SM (fewer leave SMs idle; gemm_tma.py picks smaller tiles or splits K there)."""
+    launches without an activation have lighter epilogues, which gemm_tma.py's best rows run faster than this
+    engine's 128x128 tile would: benchmarks/NOTES.md, "A warp-specialized 16-bit FC1"), and at least MIN_WAVES output
+    tiles per SM (with fewer, gemm_tma.py's smaller tiles or split-K waste less of the last wave)."""
     bm, bn = TILE[:2]
     return (a.dtype in DTYPES and activation not in (0, SWIGLU) and residual is None and stats_out is None
-            and triton.cdiv(a.shape[0], bm) * triton.cdiv(N, bn) >= num_sms(a.device))
+            and triton.cdiv(a.shape[0], bm) * triton.cdiv(N, bn) >= MIN_WAVES * num_sms(a.device))
 
 
 def launch_ws_gemm(a, weight, bias, out, *, activation=0, stats=None, colsum=None, eps=0.0):
