@@ -53,14 +53,10 @@ def kernel_settings() -> str | None:
     """'NAME=value, ...' for each kernel switch read at launch (which GEMM engine runs, whether FP8 partial sums are
     promoted, whether the autotuner sees the whole table) that this process sets to other than its default; None
     when all are at defaults. A row measured with a switch is labelled with it (the schema's optional env key
-    "settings")."""
-    import os
+    "settings"). cli.resolve has checked the values."""
+    from vit_fast.kernels._common import switch_settings
 
-    from vit_fast.kernels._common import SWITCHES
-
-    given = [f"{name}={value}" for name, choices in SWITCHES.items()
-             if (value := os.environ.get(name, "").strip().lower()) and value != choices[0]]
-    return ", ".join(given) or None
+    return switch_settings()
 
 
 def collect(device) -> dict:

@@ -239,6 +239,17 @@ def test_resolution_not_a_multiple_of_the_patch_is_an_error(tmp_path, argv, frag
     assert not (tmp_path / "x").exists()  # refused before measuring anything
 
 
+def test_a_bad_kernel_switch_is_an_error_before_measuring(tmp_path, monkeypatch):
+    """A VITFAST_* switch set to a value it does not take would fail every vit_fast row: one line, nothing measured."""
+    from benchmarks.cli import main
+
+    monkeypatch.setenv("VITFAST_GEMM_ENGINE", "cublas")
+    with pytest.raises(SystemExit) as e:
+        main(["--device", "cpu", "--models", "vit_ti_16", "--out", str(tmp_path / "x")])
+    assert e.value.code == "error: VITFAST_GEMM_ENGINE: expected auto | tma | pointer | ws, got 'cublas'"
+    assert not (tmp_path / "x").exists()
+
+
 def test_cpu_peak_is_per_dtype_and_mfu_is_left_out_above_it():
     from benchmarks.timing import cpu_matmul_peak_tflops
 

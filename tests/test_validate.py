@@ -242,6 +242,27 @@ def test_bad_arguments_are_one_line_before_loading(argv, match, tmp_path, monkey
     assert len(lines) == 1 and lines[0].startswith("vit-fast: error:") and match in lines[0], lines
 
 
+def test_a_bad_kernel_switch_is_one_line_before_loading(monkeypatch, capsys):
+    """Every VITFAST_* kernel switch is read before a model loads (here the GEMM engine's, misspelt)."""
+    monkeypatch.setenv("VITFAST_GEMM_ENGINE", "WS2")
+    monkeypatch.setattr(validate_mod, "_load", lambda *a: pytest.fail("loaded a model before checking the switches"))
+    code, out, err = _run(TINY, capsys)
+    assert code == 2 and out == ""
+    assert err.strip() == "vit-fast: error: VITFAST_GEMM_ENGINE: expected auto | tma | pointer | ws, got 'ws2'"
+
+
+def test_the_report_names_the_kernel_switches_set(monkeypatch, tmp_path, capsys):
+    """A report made with a kernel switch set says so, on screen and in the JSON (None at the defaults): which
+    engine ran is part of what was validated."""
+    monkeypatch.setenv("VITFAST_LN_PARTIALS", "0")
+    monkeypatch.delenv("VITFAST_AUTOTUNE", raising=False)  # the GPU test step sets it
+    code, out, _ = _run([*TINY, "--random", "2", "--batch", "2", "--json", str(tmp_path / "r.json")], capsys)
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert code == 0, out
+    assert report["kernels"]["settings"] == "VITFAST_LN_PARTIALS=0"
+    assert ("kernel switches: VITFAST_LN_PARTIALS=0" in out) == report["kernels"]["ran"]
+
+
 @pytest.fixture
 def seed0():
     """Requested first: the weights and images made by the fixtures after it are a fixed draw. Whether FP8 keeps

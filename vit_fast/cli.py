@@ -309,6 +309,9 @@ def _run(argv) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from .kernels._common import switch_settings
+
+        switch_settings()  # every VITFAST_* kernel switch read at launch, checked before a model loads
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("vit-fast: interrupted", file=sys.stderr)

@@ -21,7 +21,7 @@ SWIGLU = ACTIVATIONS["swiglu"]
 
 
 # The environment switches the kernels read at launch -> their values, the default first. The benchmark harness
-# labels results measured with any of them set (benchmarks/env.kernel_settings).
+# labels results measured with any of them set, and `vit-fast validate` its reports (switch_settings).
 ENGINE_ENV = "VITFAST_GEMM_ENGINE"  # which 16-bit/fp32 GEMM engine runs (gemm_tma.select_engine), to compare them
 # (ws: the warp-specialized Gluon engine, gemm_ws.py, opt-in until a GPU lease measured it)
 FP8_ENGINE_ENV = "VITFAST_FP8_ENGINE"  # which FP8 GEMM engine runs (gemm_fp8_tma.select_fp8_engine); auto: TMA on sm_90
@@ -51,6 +51,13 @@ SWITCHES = {ENGINE_ENV: ("auto", "tma", "pointer", "ws"), FP8_ENGINE_ENV: ("auto
             PDL_ENV: ("0", "1"), STAGGER_ENV: ("1", "0")}
 # the ACTIVATION code of "gelu" launched under VITFAST_GELU=libdevice (not a user's activation: epilogue_activation)
 GELU_LIBDEVICE = 5
+
+
+def switch_settings():
+    """'NAME=value, ...' for each switch set to other than its default, or None at defaults; a switch set to a value
+    it does not take is one clear error (switch_value's), so callers check every switch before any work starts."""
+    given = [f"{name}={value}" for name, choices in SWITCHES.items() if (value := switch_value(name)) != choices[0]]
+    return ", ".join(given) or None
 
 
 def switch_value(name: str, expected: str = None) -> str:

@@ -234,6 +234,7 @@ def validate(args) -> dict:
 
     from .. import __version__
     from ..backends import triton_interpreting
+    from ..kernels._common import switch_settings
     from ..cli import UsageError
     from . import ops
     from .whole_model import Comparison, outputs
@@ -304,7 +305,8 @@ def validate(args) -> dict:
         "device": device_text,
         "torch": torch.__version__,
         "rule": "2 x PyTorch's own error in the same dtype + floor (vit_fast.numerics)",
-        "kernels": {"ran": kernels_run, "interpreter": interpreted, "reason": checked["kernel_reason"]},
+        "kernels": {"ran": kernels_run, "interpreter": interpreted, "reason": checked["kernel_reason"],
+                    "settings": switch_settings()},
         "ops": op_rows,
         "whole_model": {
             "inputs": "images" if files is not None else "random images",

@@ -55,6 +55,8 @@ def format_report(report: dict) -> str:
         where_ = ", Triton interpreter" if k["interpreter"] else ""
         lines.append(f"per-op: each Triton kernel at this model's shapes (weights of the first and last block, "
                      f"activations of the fp32 model{where_}); error = max |out - exact|, budget = {report['rule']}")
+        if k.get("settings"):
+            lines.append(f"kernel switches: {k['settings']}")
         rows = [[r["op"], "-" if r["block"] is None else r["block"], "x".join(map(str, r["shape"] or [])) or "-",
                  r["dtype"] or "-", _num(r["kernel_err"]), _num(r["torch_err"]), _num(r["budget"]), _status(r)]
                 for r in report["ops"]]
