@@ -193,21 +193,10 @@ def test_dry_stagger_step(tmp_path):
 
 
 def test_dry_ws16_step(tmp_path):
-    """ws16: the same row with VITFAST_GEMM_ENGINE=ws (recorded), then as shipped (shipped/). Under the interpreter
-    the switched row carries the dispatch's one-line error (Gluon needs an sm_90 GPU): the switch reached the GEMM
-    ops, and the step still stores both halves."""
-    proc, out = _steps(tmp_path, "ws16", timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    results = json.loads((out / "ws16" / "results.json").read_text())
-    assert schema.validate(results) == [] and results["env"]["settings"] == "VITFAST_GEMM_ENGINE=ws"
-    assert [(r["batch"], r["backend"]) for r in results["rows"]] == [(2, "vit_fast")]
-    assert results["rows"][0]["error"] == ("ValueError: VITFAST_GEMM_ENGINE=ws: device: expected an sm_90 GPU (Gluon "
-                                           "kernels do not run under the interpreter), got TRITON_INTERPRET=1")
-    shipped = json.loads((out / "ws16" / "shipped" / "results.json").read_text())
-    assert shipped["env"]["settings"] is None and [(r["batch"], r["error"]) for r in shipped["rows"]] == [(2, None)]
-    stored = _stored_alone(tmp_path, out, "ws16")
-    assert json.loads((stored / "lease" / "ws16" / "results.json").read_text()) == results
-    assert (stored / "lease" / "ws16" / "ws16.log").is_file()
+    """ws16: the B/16 b256 row with VITFAST_GEMM_ENGINE=ws (recorded), then as shipped (shipped/). Under the
+    interpreter the switched row carries the dispatch's one-line error (Gluon needs an sm_90 GPU): the switch reached
+    the GEMM ops, and the step still stores both halves."""
+    _gluon_step_refused_then_shipped(tmp_path, "ws16", "VITFAST_GEMM_ENGINE", ("batch", 2), timeout=300)
 
 
 def _stored_alone(tmp_path, out, step):
@@ -460,20 +449,26 @@ def test_dry_fp8_ws_engine_step(tmp_path):
     """fp8ws: the FP8 rows with VITFAST_FP8_ENGINE=ws (recorded), then as shipped (shipped/). Under the interpreter
     the switched row carries the dispatch's one-line error (Gluon needs an sm_90 GPU): the switch reached the FP8
     ops, and the step still stores both halves."""
-    proc, out = _steps(tmp_path, "fp8ws", timeout=200)
+    _gluon_step_refused_then_shipped(tmp_path, "fp8ws", "VITFAST_FP8_ENGINE", ("dtype", "float8"), timeout=200)
+
+
+def _gluon_step_refused_then_shipped(tmp_path, step: str, switch: str, row: tuple, timeout: int):
+    """A step run alone whose switched half sets `switch`=ws (a Gluon engine): its one row (`row`: a (key, value) it
+    must have) the dispatch's refusal under the interpreter, its shipped row measured, both stored by store_lease."""
+    proc, out = _steps(tmp_path, step, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    results = json.loads((out / "fp8ws" / "results.json").read_text())
-    assert schema.validate(results) == [] and results["env"]["settings"] == "VITFAST_FP8_ENGINE=ws"
-    assert [(r["dtype"], r["backend"]) for r in results["rows"]] == [("float8", "vit_fast")]
-    assert results["rows"][0]["error"] == ("ValueError: VITFAST_FP8_ENGINE=ws: device: expected an sm_90 GPU (Gluon "
-                                           "kernels do not run under the interpreter), got TRITON_INTERPRET=1")
-    shipped = json.loads((out / "fp8ws" / "shipped" / "results.json").read_text())
-    assert shipped["env"]["settings"] is None and [(r["dtype"], r["error"]) for r in shipped["rows"]] == [
-        ("float8", None)]
-    stored = _stored_alone(tmp_path, out, "fp8ws")
-    assert json.loads((stored / "lease" / "fp8ws" / "results.json").read_text()) == results
-    assert json.loads((stored / "lease" / "fp8ws" / "shipped" / "results.json").read_text()) == shipped
-    assert (stored / "lease" / "fp8ws" / "fp8ws.log").is_file()
+    key, value = row
+    results = json.loads((out / step / "results.json").read_text())
+    assert schema.validate(results) == [] and results["env"]["settings"] == f"{switch}=ws"
+    assert [(r[key], r["backend"]) for r in results["rows"]] == [(value, "vit_fast")]
+    assert results["rows"][0]["error"] == (f"ValueError: {switch}=ws: device: expected an sm_90 GPU (Gluon kernels "
+                                           "do not run under the interpreter), got TRITON_INTERPRET=1")
+    shipped = json.loads((out / step / "shipped" / "results.json").read_text())
+    assert shipped["env"]["settings"] is None and [(r[key], r["error"]) for r in shipped["rows"]] == [(value, None)]
+    stored = _stored_alone(tmp_path, out, step)
+    assert json.loads((stored / "lease" / step / "results.json").read_text()) == results
+    assert json.loads((stored / "lease" / step / "shipped" / "results.json").read_text()) == shipped
+    assert (stored / "lease" / step / f"{step}.log").is_file()
 
 
 def test_dry_fp8_tma_engine_step(tmp_path):

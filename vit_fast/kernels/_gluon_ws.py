@@ -45,3 +45,41 @@ def load_partition(a_desc, w_desc, a_s, w_s, ready, empty, M, N, K, NUM_SMS: gl.
             tma_load(a_desc, [pid_m * BLOCK_M, ki * BLOCK_K], ready.index(s), a_s.index(s))
             tma_load(w_desc, [pid_n * BLOCK_N, ki * BLOCK_K], ready.index(s), w_s.index(s))
             step += 1
+
+
+@gluon.jit
+def allocate_ring(a_desc, w_desc, STAGES: gl.constexpr):
+    """The ring of (A, W) stages in shared memory (the descriptors' boxes and layouts) and its barriers: `ready`, the
+    TMA bytes of a stage landed (one arrival, the TMA warp's expect); `empty`, both math warpgroups are done with it."""
+    BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
+    BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
+    BLOCK_N: gl.constexpr = w_desc.block_type.shape[0]
+    a_s = gl.allocate_shared_memory(a_desc.dtype, [STAGES, BLOCK_M, BLOCK_K], a_desc.layout)
+    w_s = gl.allocate_shared_memory(w_desc.dtype, [STAGES, BLOCK_N, BLOCK_K], w_desc.layout)
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(STAGES):
+        mbarrier.init(ready.index(i), count=1)
+        mbarrier.init(empty.index(i), count=2)
+    return a_s, w_s, ready, empty
+
+
+@gluon.jit
+def allocate_hand_over(BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr):
+    """The fp32 buffer a tile's sums go through (a 64-row half a math warpgroup) and its barriers: `acc_ready`, both
+    halves are in; `acc_empty`, the epilogue has read them."""
+    acc_s = gl.allocate_shared_memory(gl.float32, [2, BLOCK_M // 2, BLOCK_N], ACC_LAYOUT)
+    acc_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    acc_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    mbarrier.init(acc_ready, count=2)
+    mbarrier.init(acc_empty, count=1)
+    return acc_s, acc_ready, acc_empty
+
+
+@gluon.jit
+def hand_over(acc, acc_s, acc_ready, acc_empty, WG: gl.constexpr, t):
+    """Math warpgroup WG's sums of its t-th tile into its half of the buffer, once the epilogue has read the tile
+    before (a fresh barrier passes the first wait, on parity 1)."""
+    mbarrier.wait(acc_empty, (t & 1) ^ 1)
+    acc_s.index(WG).store(acc)
+    mbarrier.arrive(acc_ready, count=1)

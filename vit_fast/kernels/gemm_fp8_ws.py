@@ -29,7 +29,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from ._common import FP8_DTYPE, FP8_GROUP, GELU_LIBDEVICE, SWIGLU, TL_SIG, num_sms
-from ._gluon_ws import ACC_LAYOUT, LOAD_REGS, LOAD_WARPS, MATH_WARPS, load_partition
+from ._gluon_ws import (LOAD_REGS, LOAD_WARPS, MATH_WARPS, allocate_hand_over, allocate_ring, hand_over,
+                        load_partition)
 from .gemm import apply_activation, grouped_tile
 from .quant_fp8 import e4m3_codes, masked_row_amax
 
@@ -82,10 +83,7 @@ def _math_partition(a_s, w_s, ready, empty, acc_s, acc_ready, acc_empty, a_scale
                 acc = acc + part
             step += 1
 
-        # hand the tile to the epilogue partition: wait until it has read the previous one out of the buffer
-        mbarrier.wait(acc_empty, (t & 1) ^ 1)
-        acc_s.index(WG).store(acc)
-        mbarrier.arrive(acc_ready, count=1)
+        hand_over(acc, acc_s, acc_ready, acc_empty, WG, t)
         t += 1
 
 
@@ -172,18 +170,8 @@ def fp8_ws_gemm_kernel(
         gl.static_assert(BLOCK_K == FP8_GROUP_K, "a K step is one group of the grouped A")
     if GROUP_OUT:
         gl.static_assert(BLOCK_N == FP8_GROUP_K and not HAS_RESIDUAL, "a tile's columns are one group of the codes")
-    a_s = gl.allocate_shared_memory(a_desc.dtype, [STAGES, BLOCK_M, BLOCK_K], a_desc.layout)
-    w_s = gl.allocate_shared_memory(w_desc.dtype, [STAGES, BLOCK_N, BLOCK_K], w_desc.layout)
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())  # the TMA bytes landed
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())  # both warpgroups are done
-    for i in gl.static_range(STAGES):
-        mbarrier.init(ready.index(i), count=1)
-        mbarrier.init(empty.index(i), count=2)
-    acc_s = gl.allocate_shared_memory(gl.float32, [2, BLOCK_M // 2, BLOCK_N], ACC_LAYOUT)
-    acc_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    acc_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    mbarrier.init(acc_ready, count=2)
-    mbarrier.init(acc_empty, count=1)
+    a_s, w_s, ready, empty = allocate_ring(a_desc, w_desc, STAGES)
+    acc_s, acc_ready, acc_empty = allocate_hand_over(BLOCK_M, BLOCK_N)
     fence_async_shared()  # the initialized barriers, before the TMA unit signals them (DeepGEMM fences here too)
     HALF: gl.constexpr = BLOCK_M // 2
     gl.warp_specialize([

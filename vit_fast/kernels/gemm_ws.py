@@ -30,7 +30,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from ._common import GELU_LIBDEVICE, SWIGLU, TL_SIG, num_sms
-from ._gluon_ws import ACC_LAYOUT, LOAD_REGS, LOAD_WARPS, MATH_WARPS, load_partition
+from ._gluon_ws import (LOAD_REGS, LOAD_WARPS, MATH_WARPS, allocate_hand_over, allocate_ring, hand_over,
+                        load_partition)
 from .gemm import AOT_SLOTS, apply_activation, fold_rows, grouped_tile, row_stats_switch, slots_arg
 from .ln_fold import STATS_SLOT, row_moments, stats_slot
 
@@ -78,10 +79,7 @@ def _math_partition(a_s, w_s, ready, empty, acc_s, acc_ready, acc_empty, M, N, K
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
         mbarrier.arrive(empty.index((step + STAGES - 1) % STAGES), count=1)
 
-        # hand the tile to the epilogue partition: wait until it has read the previous one out of the buffer
-        mbarrier.wait(acc_empty, (t & 1) ^ 1)
-        acc_s.index(WG).store(acc)
-        mbarrier.arrive(acc_ready, count=1)
+        hand_over(acc, acc_s, acc_ready, acc_empty, WG, t)
         t += 1
 
 
@@ -165,23 +163,12 @@ def ws_gemm_kernel(
     GROUP_M: gl.constexpr,  # row tiles per L2 group
 ):
     BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
-    BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
     BLOCK_N: gl.constexpr = w_desc.block_type.shape[0]
     gl.static_assert(BLOCK_M == 128, "two math warpgroups of 64 rows")
-    a_s = gl.allocate_shared_memory(a_desc.dtype, [STAGES, BLOCK_M, BLOCK_K], a_desc.layout)
-    w_s = gl.allocate_shared_memory(w_desc.dtype, [STAGES, BLOCK_N, BLOCK_K], w_desc.layout)
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())  # the TMA bytes landed
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())  # both warpgroups are done
-    for i in gl.static_range(STAGES):
-        mbarrier.init(ready.index(i), count=1)
-        mbarrier.init(empty.index(i), count=2)
-    acc_s = gl.allocate_shared_memory(gl.float32, [2, BLOCK_M // 2, BLOCK_N], ACC_LAYOUT)
-    acc_ready = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    acc_empty = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    a_s, w_s, ready, empty = allocate_ring(a_desc, w_desc, STAGES)
+    acc_s, acc_ready, acc_empty = allocate_hand_over(BLOCK_M, BLOCK_N)
     # the epilogue's row statistics (mean of each half, then rstd of each half), read back in the tile's layout
     stat_s = gl.allocate_shared_memory(gl.float32, [4, BLOCK_M // 2], gl.SwizzledSharedLayout(1, 1, 1, [0]))
-    mbarrier.init(acc_ready, count=2)
-    mbarrier.init(acc_empty, count=1)
     fence_async_shared()  # the initialized barriers, before the TMA unit signals them
     HALF: gl.constexpr = BLOCK_M // 2
     gl.warp_specialize([
