@@ -314,6 +314,7 @@ def main(argv=None) -> int:
 
     from . import builders, cli, env as env_mod, runner, schema, timing
 
+    env_mod.kernel_settings()  # a bad VITFAST_* value: one line before anything runs
     if args.model not in vit_fast.list_models():
         p.error(f"unknown model {args.model!r}; known: {', '.join(vit_fast.list_models())}")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -122,12 +122,8 @@ def resolve(args) -> "runner.Settings":  # noqa: F821
         raise SystemExit("error: --device cuda but CUDA is not available here")
     gpu = device.type == "cuda"
     import vit_fast
-    from vit_fast.kernels._common import switch_settings
 
-    try:  # a kernel switch set to a value it does not take would fail every vit_fast row: say so before any row
-        switch_settings()
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+    env_mod.kernel_settings()  # a kernel switch set to a value it does not take would fail every vit_fast row
 
     models = args.models or (GPU_MODELS if gpu else CPU_MODELS)
     unknown = [m for m in models if m not in vit_fast.list_models()]

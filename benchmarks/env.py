@@ -53,10 +53,14 @@ def kernel_settings() -> str | None:
     """'NAME=value, ...' for each kernel switch read at launch (which GEMM engine runs, whether FP8 partial sums are
     promoted, whether the autotuner sees the whole table) that this process sets to other than its default; None
     when all are at defaults. A row measured with a switch is labelled with it (the schema's optional env key
-    "settings"). cli.resolve has checked the values."""
-    from vit_fast.kernels._common import switch_settings
+    "settings"). A switch set to a value it does not take ends the run in one line: every entry point (the harness,
+    the headline, the breakdown) collects the env before it measures anything."""
+    from vit_fast.switches import switch_settings
 
-    return switch_settings()
+    try:
+        return switch_settings()
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def collect(device) -> dict:

@@ -45,8 +45,8 @@
 #   stagger            the same row with both programs of the two-programs GEMM rows starting together
 #                      (VITFAST_STAGGER=0), then as shipped (shipped/: the second one late, kernels/stagger.py): what
 #                      the staggered start gains on the tiles the headline picked (the switch is no autotune key)
-#   ws16               the same row with the 16-bit GEMMs on the warp-specialized Gluon engine (VITFAST_GEMM_ENGINE=ws,
-#                      gemm_ws.py), then as shipped (shipped/: the TMA engine): what overlapping the epilogues gains
+#   ws16               the same row with FC1 on the warp-specialized Gluon engine (VITFAST_GEMM_ENGINE=ws,
+#                      gemm_ws.py), then as shipped (shipped/: the TMA engine): what overlapping its epilogue gains
 #                      b1engine, b1split, b1desc and b1pdl have the same shipped rows, as lnstats, gelu, stagger and
 #                      ws16 do: the first of a group to measure them whole keeps them (per commit and VITFAST_*
 #                      settings) and the later ones copy them into their shipped/ (shared.txt says whose) and
@@ -331,7 +331,7 @@ fp8acc|fp8tma|fp8ws|b1engine|b1split|b1desc|b1pdl|lnstats|gelu|stagger|ws16)
               --graph-max-batch 256)
         DRY_ARGS=(--dtypes float32 --batch-sizes 2 "${TOY[@]},depth=2")  # lnstats' (one shipped half)
         FIRST=(VITFAST_STAGGER=0) SECOND=() SUB=shipped ;;
-    ws16)  # the same row with the 16-bit GEMMs on the warp-specialized engine, then on the TMA engine as shipped
+    ws16)  # the same row with FC1 on the warp-specialized engine, then on the TMA engine as shipped
         ARGS=(--models vit_b_16 --batch-sizes 256 --dtypes bfloat16 --backends vit_fast --cuda-graphs
               --graph-max-batch 256)
         DRY_ARGS=(--dtypes float32 --batch-sizes 2 "${TOY[@]},depth=2")  # lnstats' (one shipped half)

@@ -300,6 +300,7 @@ def _previous(out: Path, env: dict, settings: dict):
 def main(argv=None) -> int:
     started = time.monotonic()  # the budget includes the setup (peak, env): the step's limit does too
     args = parse_args(argv)
+    env_mod.kernel_settings()  # a bad VITFAST_* value: one line before anything runs
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but CUDA is not available here", file=sys.stderr)

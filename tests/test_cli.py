@@ -65,6 +65,26 @@ def test_info(capsys):
         assert key in out
 
 
+def test_info_shows_the_kernel_switches_and_runs_without_triton(monkeypatch, capsys):
+    """info names the VITFAST_* switches set, a bad one as its one-line error (the other commands refuse to start
+    on it), and, like every command that runs no kernel, needs no triton (a subprocess where it cannot import)."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("VITFAST_GEMM_ENGINE", "cublas")
+    assert main(["info"]) == 0
+    assert "kernel switches  error: VITFAST_GEMM_ENGINE: expected auto | tma | pointer | ws, got 'cublas'" in (
+        capsys.readouterr().out)
+    assert main(["predict", "--model", "vit_ti_16", "x.png"]) == 2
+    assert capsys.readouterr().err.strip() == ("vit-fast: error: VITFAST_GEMM_ENGINE: expected auto | tma | pointer "
+                                               "| ws, got 'cublas'")
+    monkeypatch.setenv("VITFAST_GEMM_ENGINE", "tma")
+    code = "import sys; sys.modules['triton'] = None; from vit_fast.cli import main; sys.exit(main(['info']))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "triton backend   unavailable" in proc.stdout and "kernel switches  VITFAST_GEMM_ENGINE=tma" in proc.stdout
+
+
 def test_convert_timm_file(tmp_path, capsys):
     model = randomize_(vit_fast.create("vit_ti_16", img_size=32, depth=2, num_classes=3))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "timm.safetensors"))

@@ -132,6 +132,7 @@ def _print_embeddings(paths, results) -> int:
 
 def cmd_info(args) -> int:
     from . import __version__
+    from .switches import switch_settings
     from .backends import available_backends, triton_interpreting, triton_unavailable_reason
 
     if torch.cuda.is_available():
@@ -161,6 +162,10 @@ def cmd_info(args) -> int:
     reason = triton_unavailable_reason(None)
     if reason:
         lines["triton backend"] = f"unavailable: {reason}"
+    try:
+        lines["kernel switches"] = switch_settings() or "defaults"
+    except ValueError as e:
+        lines["kernel switches"] = f"error: {e}"
     width = max(map(len, lines))
     for key, value in lines.items():
         print(f"{key:<{width}}  {value}")
@@ -309,9 +314,10 @@ def _run(argv) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        from .kernels._common import switch_settings
+        from .switches import switch_settings
 
-        switch_settings()  # every VITFAST_* kernel switch read at launch, checked before a model loads
+        if args.func is not cmd_info:  # info shows them, a bad one included
+            switch_settings()  # every VITFAST_* kernel switch read at launch, checked before a model loads
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("vit-fast: interrupted", file=sys.stderr)

@@ -10,6 +10,11 @@ import os
 import torch
 import triton
 
+# the environment switches the kernels read at launch live in vit_fast/switches.py (no torch or triton there, so the
+# CLI checks them before anything loads); the kernels import them from here
+from ..switches import (AUTOTUNE_ENV, DESC_ENV, ENGINE_ENV, FP8_ENGINE_ENV, GELU_ENV, LN_PARTIALS_ENV,  # noqa: F401
+                        PDL_ENV, PRECISE_ACC_ENV, SPLIT_ENV, STAGGER_ENV, SWITCHES, switch_settings, switch_value)
+
 # torch dtype -> Triton signature string (used by aot_variants()).
 TL_SIG = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.uint8: "u8"}
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -20,53 +25,8 @@ ACTIVATIONS = {"none": 0, "gelu": 1, "gelu_tanh": 2, "quick_gelu": 3, "swiglu": 
 SWIGLU = ACTIVATIONS["swiglu"]
 
 
-# The environment switches the kernels read at launch -> their values, the default first. The benchmark harness
-# labels results measured with any of them set, and `vit-fast validate` its reports (switch_settings).
-ENGINE_ENV = "VITFAST_GEMM_ENGINE"  # which 16-bit/fp32 GEMM engine runs (gemm_tma.select_engine), to compare them
-# (ws: the warp-specialized Gluon engine, gemm_ws.py, opt-in until a GPU lease measured it)
-FP8_ENGINE_ENV = "VITFAST_FP8_ENGINE"  # which FP8 GEMM engine runs (gemm_fp8_tma.select_fp8_engine); auto: TMA on sm_90
-# (ws: the warp-specialized Gluon engine, gemm_fp8_ws.py, likewise)
-PRECISE_ACC_ENV = "VITFAST_FP8_PRECISE_ACC"  # FP8 partial sums promoted to fp32 every BLOCK_K, or not (gemm_fp8)
-# the whole table timed, only the first config a prune keeps, or every kept config launched once and none timed
-# (autotune.py; benchmarks/prewarm.py: the compiled binaries are what it is after)
-AUTOTUNE_ENV = "VITFAST_AUTOTUNE"
-# whether the model's folded LayerNorms merge the partial statistics the residual GEMMs write (1) or launch a
-# statistics kernel of their own (0), to compare them (vit_fast.triton_path)
-LN_PARTIALS_ENV = "VITFAST_LN_PARTIALS"
-# split-K for launches whose tiles fill few SMs (split_k.py): auto, never (1), or forced into 2-4 parts
-SPLIT_ENV = "VITFAST_SPLIT_K"
-# the exact GELU's Phi: the fitted erfc every GEMM epilogue shares (gemm.gelu_erf), or libdevice's erf (the code
-# before it), to compare them
-GELU_ENV = "VITFAST_GELU"
-# where the TMA engines' tensor descriptors come from: the launch (host) or each program's own build (device), to
-# compare them (tma_desc.py)
-DESC_ENV = "VITFAST_TMA_DESC"
-# programmatic dependent launch for the kernels that take it (pdl.py): off until a GPU measured it, 1 to try it
-PDL_ENV = "VITFAST_PDL"
-# whether the second of two co-resident programs on an SM starts late (stagger.py): on, or 0 to compare
-STAGGER_ENV = "VITFAST_STAGGER"
-SWITCHES = {ENGINE_ENV: ("auto", "tma", "pointer", "ws"), FP8_ENGINE_ENV: ("auto", "tma", "pointer", "ws"),
-            PRECISE_ACC_ENV: ("1", "0"), AUTOTUNE_ENV: ("all", "first", "compile"), LN_PARTIALS_ENV: ("1", "0"),
-            SPLIT_ENV: ("auto", "1", "2", "3", "4"), GELU_ENV: ("fitted", "libdevice"), DESC_ENV: ("host", "device"),
-            PDL_ENV: ("0", "1"), STAGGER_ENV: ("1", "0")}
 # the ACTIVATION code of "gelu" launched under VITFAST_GELU=libdevice (not a user's activation: epilogue_activation)
 GELU_LIBDEVICE = 5
-
-
-def switch_settings():
-    """'NAME=value, ...' for each switch set to other than its default, or None at defaults; a switch set to a value
-    it does not take is one clear error (switch_value's), so callers check every switch before any work starts."""
-    given = [f"{name}={value}" for name, choices in SWITCHES.items() if (value := switch_value(name)) != choices[0]]
-    return ", ".join(given) or None
-
-
-def switch_value(name: str, expected: str = None) -> str:
-    """The value of switch `name` in the environment (its default when unset or blank); another value is one
-    clear error, saying `expected` (default: the values, "a | b")."""
-    choices = SWITCHES[name]
-    value = os.environ.get(name, "").strip().lower() or choices[0]
-    check(value in choices, name, expected or " | ".join(choices), repr(value))
-    return value
 
 
 def epilogue_activation(code: int) -> int:

@@ -15,7 +15,7 @@ plain 16-byte global stores) while they run the next tile.
 
 What it runs (VITFAST_GEMM_ENGINE=ws, opt-in until a GPU lease has run its tests and timed it: the interpreter
 cannot run Gluon): the bf16 and fp16 GEMMs with a GELU epilogue (FC1) that have at least MIN_WAVES 128x128 output
-tiles per SM (ViT-B/16's FC1 from about batch 30). The launches without an activation (QKV, the out-projection, FC2)
+tiles per SM (ViT-B/16's FC1 from batch 28 on 132 SMs). The launches without an activation (QKV, the out-projection, FC2)
 have lighter epilogues, and gemm_tma.py's best rows for them (128x256, or two 128x128 programs per SM) ran 8-10 %
 faster than one 128x128 program (the third lease): they stay there, as do SwiGLU (two accumulators), fp32 operands and
 launches of fewer tiles (where a last, partly filled wave of this engine's one tile costs what gemm_tma.py's smaller
@@ -52,7 +52,7 @@ W_LAYOUTS = {dt: gl.NVMMASharedLayout.get_default_for([TILE[1], TILE[2]], g) for
 
 @gluon.jit
 def _math_partition(a_s, w_s, ready, empty, acc_s, acc_ready, acc_empty, M, N, K, HALF: gl.constexpr,
-                    WG: gl.constexpr, NUM_SMS: gl.constexpr, STAGES: gl.constexpr, GROUP_M: gl.constexpr):
+                    WG: gl.constexpr, NUM_SMS: gl.constexpr, STAGES: gl.constexpr):
     """Math warpgroup WG: rows [WG * HALF, (WG + 1) * HALF) of every tile. One wgmma group stays in flight: once a
     step's group is issued, the previous one is waited for and its stage released. The finished sums go to the
     shared buffer once the epilogue warpgroup has read the previous tile out of it."""
@@ -174,10 +174,8 @@ def ws_gemm_kernel(
     gl.warp_specialize([
         (_epilogue_partition, (acc_s, acc_ready, acc_empty, stat_s, stats_ptr, colsum_ptr, bias_ptr, out_ptr, M, N, K,
                                eps, stride_om, ROW_STATS, HAS_BIAS, ACTIVATION, SLOT, SLOTS, NUM_SMS, GROUP_M)),
-        (_math_partition, (a_s, w_s, ready, empty, acc_s, acc_ready, acc_empty, M, N, K, HALF, 0, NUM_SMS, STAGES,
-                           GROUP_M)),
-        (_math_partition, (a_s, w_s, ready, empty, acc_s, acc_ready, acc_empty, M, N, K, HALF, 1, NUM_SMS, STAGES,
-                           GROUP_M)),
+        (_math_partition, (a_s, w_s, ready, empty, acc_s, acc_ready, acc_empty, M, N, K, HALF, 0, NUM_SMS, STAGES)),
+        (_math_partition, (a_s, w_s, ready, empty, acc_s, acc_ready, acc_empty, M, N, K, HALF, 1, NUM_SMS, STAGES)),
         (load_partition, (a_desc, w_desc, a_s, w_s, ready, empty, M, N, K, NUM_SMS, STAGES, GROUP_M)),
     ], [MATH_WARPS, MATH_WARPS, LOAD_WARPS], [MATH_REGS, MATH_REGS, LOAD_REGS])
 

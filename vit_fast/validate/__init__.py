@@ -234,7 +234,7 @@ def validate(args) -> dict:
 
     from .. import __version__
     from ..backends import triton_interpreting
-    from ..kernels._common import switch_settings
+    from ..switches import switch_settings
     from ..cli import UsageError
     from . import ops
     from .whole_model import Comparison, outputs
