@@ -13,11 +13,11 @@ hand the fp32 sums to a shared buffer, and the epilogue warpgroup runs gemm_tma.
 folded LayerNorm with the rows' statistics merged from the partials or read from row_stats, bias, GELU, one cast,
 plain 16-byte global stores) while they run the next tile.
 
-What it runs (VITFAST_GEMM_ENGINE=ws, opt-in until a GPU lease has run its tests and timed it: the interpreter
-cannot run Gluon): the bf16 and fp16 GEMMs with a GELU epilogue (FC1) that have at least MIN_WAVES 128x128 output
-tiles per SM (ViT-B/16's FC1 from batch 28 on 132 SMs). The launches without an activation (QKV, the out-projection, FC2)
-have lighter epilogues, and gemm_tma.py's best rows for them (128x256, or two 128x128 programs per SM) ran 8-10 %
-faster than one 128x128 program (the third lease): they stay there, as do SwiGLU (two accumulators), fp32 operands and
+What it runs (VITFAST_GEMM_ENGINE=ws, opt-in until a GPU lease has run its tests and timed it: the interpreter cannot
+run Gluon): the bf16 and fp16 GEMMs with a GELU epilogue (FC1) that have at least MIN_WAVES 128x128 output tiles per
+SM (ViT-B/16's FC1 from batch 28 on 132 SMs). The launches without an activation (QKV, the out-projection, FC2) have
+lighter epilogues, and gemm_tma.py's best rows for them (128x256, or two 128x128 programs per SM) ran 8-11 % faster
+than one 128x128 program (the third lease): they stay there, as do SwiGLU (two accumulators), fp32 operands and
 launches of fewer tiles (where a last, partly filled wave of this engine's one tile costs what gemm_tma.py's smaller
 tiles and split-K avoid). One tile, 128x128x64 with 4 stages, not autotuned.
 """
