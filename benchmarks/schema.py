@@ -3,7 +3,7 @@ tests check it. Every row carries every key; a failed row has its reason in "err
 from __future__ import annotations
 
 ENV_KEYS = ("gpu", "driver", "cuda", "torch", "triton", "python", "commit", "date")
-# "settings": the kernel switches set in the run (benchmarks/env.KERNEL_SWITCHES), null at defaults; results of
+# "settings": the kernel switches set in the run (vit_fast/switches.py), null at defaults; results of
 # earlier runs do not have the key
 ENV_OPTIONAL_KEYS = ("settings",)
 TOP_KEYS = ("env", "matmul_peak_tflops", "rows")
