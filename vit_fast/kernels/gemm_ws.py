@@ -123,13 +123,10 @@ def _epilogue_partition(acc_s, acc_ready, acc_empty, stat_s, stats_ptr, colsum_p
             if half == 1:
                 mbarrier.arrive(acc_empty, count=1)  # the buffer is read: the math warpgroups may refill it
             rows = pid_m * BLOCK_M + half * HALF + gl.arange(0, HALF, gl.SliceLayout(1, out_layout))
-            mean = 0.0  # never used
-            rstd = 0.0
-            if ROW_STATS:
-                mean = stat_s.index(half).load(gl.SliceLayout(1, out_layout))
-                rstd = stat_s.index(2 + half).load(gl.SliceLayout(1, out_layout))
-            if ROW_STATS:  # gemm.epilogue_math's steps, on the column vectors loaded above
-                acc = fold_rows(acc, mean, rstd, colsum)
+            if ROW_STATS:  # gemm.epilogue_math's steps, on the vectors prepared before the tile was ready
+                row_vector: gl.constexpr = gl.SliceLayout(1, out_layout)
+                acc = fold_rows(acc, stat_s.index(half).load(row_vector), stat_s.index(2 + half).load(row_vector),
+                                colsum)
             if HAS_BIAS:
                 acc += bias[None, :]
             acc = apply_activation(acc, ACTIVATION)
