@@ -348,28 +348,29 @@ def select_engine(a, weight, out, residual=None) -> str:
         return "pointer"
     operands = dict(a=a, weight=weight, out=out, residual=residual)
     fits = all(_tma_addressable(t) for t in operands.values() if t is not None)
+    if choice == "auto":
+        if is_interpreting() or a.dtype not in DTYPES:
+            return "pointer"
+        return "tma" if fits and _on_sm90(a) else "pointer"
     if choice == "ws":
         check(gluon_runs(), f"{ENGINE_ENV}=ws: device", "an sm_90 GPU (Gluon kernels do not run under the "
               "interpreter)", "TRITON_INTERPRET=1")
-        if not is_interpreting():  # (tests fake gluon_runs under the interpreter, the TMA engine standing in)
-            check(a.is_cuda and is_sm90(a.device.index if a.device.index is not None
-                                        else torch.cuda.current_device()),
-                  f"{ENGINE_ENV}=ws: device", "an sm_90 GPU",
-                  torch.cuda.get_device_name(a.device) if a.is_cuda else str(a.device))
-        return "ws" if fits and a.dtype in DTYPES else "pointer"
-    if choice == "tma":
+    else:
         bad = {k: (tuple(t.shape), t.stride(), t.data_ptr() % 16) for k, t in operands.items()
                if t is not None and not _tma_addressable(t)}
         check(fits, f"{ENGINE_ENV}=tma: operands", "2-D, unit last stride, 16-byte aligned base and rows",
               f"(shape, strides, base % 16) {bad}")
-        if not is_interpreting():
-            check(is_sm90(a.device.index if a.device.index is not None else torch.cuda.current_device()),
-                  f"{ENGINE_ENV}=tma: device", "an sm_90 GPU", torch.cuda.get_device_name(a.device))
-        return "tma"
-    if is_interpreting() or a.device.type != "cuda" or a.dtype not in DTYPES:
-        return "pointer"
-    index = a.device.index if a.device.index is not None else torch.cuda.current_device()
-    return "tma" if fits and is_sm90(index) else "pointer"
+    if not is_interpreting():  # a forced engine (tests fake gluon_runs under the interpreter: TMA stands in for ws)
+        check(_on_sm90(a), f"{ENGINE_ENV}={choice}: device", "an sm_90 GPU",
+              torch.cuda.get_device_name(a.device) if a.is_cuda else str(a.device))
+    if choice == "ws":  # the 16-bit launches auto would give the TMA engine; the others where auto sends them
+        return "ws" if fits and a.dtype in DTYPES else "pointer"
+    return "tma"
+
+
+def _on_sm90(a) -> bool:
+    """Whether tensor `a` lives on an sm_90 GPU."""
+    return a.is_cuda and is_sm90(a.device.index if a.device.index is not None else torch.cuda.current_device())
 
 
 def gemm_launcher(engine: str):
