@@ -1,20 +1,28 @@
 """Where the exact GELU's constants come from (vit_fast/kernels/gemm.py `gelu_erf`).
 
-The kernels compute Phi(-a) = erfc(a / sqrt 2) / 2 for a = |x| as 2^(a * Q(a) - 1), with Q a degree-9 polynomial
-that fits log2(erfc(a / sqrt 2)) / a on [0, 6] (a weighted near-minimax fit: Lawson's iteration on least squares in
-the Chebyshev basis, weight a, so that the error is uniform in log2(erfc) itself). The GELU is then x * Phi(x):
-10 FMAs and one ex2 an element, and no `1 + erf(x)` cancellation for negative x.
+The kernels compute Phi(-a) = erfc(a / sqrt 2) / 2 for a = |x| as 2^(a * Q(a) - 1), with Q a polynomial that fits
+log2(erfc(a / sqrt 2)) / a on [0, 6] (a weighted near-minimax fit: Lawson's iteration on least squares in the
+Chebyshev basis, weight a, so that the error is uniform in log2(erfc) itself). The GELU is then x * Phi(x): one FMA
+a degree and one ex2 an element, and no `1 + erf(x)` cancellation for negative x.
 
-`python -m benchmarks.gelu_fit` prints the coefficients (highest degree first, as the kernel's Horner chain uses
-them) and the fit's largest error in log2; tests/kernels/test_activations.py checks the kernel's accuracy itself.
+Q's degree follows the precision an epilogue stores the result in (DEGREES): its relative error, ln 2 times the
+fit's error in log2, is at most 1/32 of the format's smallest relative half step, so the store's rounding is that
+of the exact value but for the few values that close to a tie. bf16 takes the lowest such degree, 5, and FC1's e4m3
+codes share it (degree 4 would do for them, one FMA less); fp32 keeps degree 9, near its own rounding, and fp16
+shares it.
+
+`python -m benchmarks.gelu_fit` prints each fit's coefficients (highest degree first, as the kernel's Horner chain
+uses them) and its largest error; tests/kernels/test_activations.py checks the kernels' accuracy itself.
 """
 import mpmath
 import numpy as np
 
-DEGREE, LIMIT = 9, 6.0
+LIMIT = 6.0
+# stored format -> (explicit mantissa bits, degree of Q); gelu_erf picks by OUT_TY.fp_mantissa_width
+DEGREES = {"float32 / float16": (23, 9), "bfloat16 / float8 e4m3": (7, 5)}
 
 
-def fit(degree: int = DEGREE, limit: float = LIMIT, points: int = 6000, rounds: int = 60):
+def fit(degree: int, limit: float = LIMIT, points: int = 6000, rounds: int = 60):
     """-> (coefficients of Q, lowest degree first, float64; largest |a * Q(a) - log2 erfc(a / sqrt 2)| on the grid
     with them; the same with the coefficients rounded to float32, as the kernel holds them)."""
     mpmath.mp.dps = 40
@@ -33,8 +41,11 @@ def fit(degree: int = DEGREE, limit: float = LIMIT, points: int = 6000, rounds: 
 
 
 if __name__ == "__main__":
-    coef, worst, worst32 = fit()
-    print(f"log2 erfc(a/sqrt2) = a * Q(a) on [0, {LIMIT}], degree {DEGREE}: largest error {worst:.2e} "
-          f"({worst32:.2e} with float32 coefficients)")
-    for c in coef[::-1]:
-        print(repr(float(np.float32(c))))
+    for name, (bits, degree) in DEGREES.items():
+        coef, worst, worst32 = fit(degree)
+        budget = 2.0 ** -(min(bits, 10) + 2) / 32  # the finer format of the two sharing a fit
+        print(f"{name}: log2 erfc(a/sqrt2) = a * Q(a) on [0, {LIMIT}], degree {degree}: largest error {worst:.2e} "
+              f"({worst32:.2e} with float32 coefficients), relative {np.log(2) * worst32:.2e} "
+              f"(1/32 of the half step: {budget:.2e})")
+        for c in coef[::-1]:
+            print(repr(float(np.float32(c))))

@@ -3,10 +3,14 @@ fp32 against float64, on the GPU or under the interpreter.
 
 The exact GELU is computed as x * Phi(x) from a fitted erfc (benchmarks/gelu_fit.py), not from libdevice's erf, so
 it must be at least as accurate as PyTorch's own fp32 GELU everywhere it matters, keep +inf, NaN and -0, and stay
-tiny (not garbage) past the fit's range."""
+tiny (not garbage) past the fit's range. An epilogue storing bf16 or e4m3 uses a shorter fit, whose error must stay
+far enough under that format's rounding that the stored values are the exact ones rounded but for near-ties."""
 import importlib
+import inspect
+import math
 import re
 
+import numpy as np
 import pytest
 import torch
 import triton
@@ -14,8 +18,8 @@ import triton.language as tl
 from tolerances import assert_close, poison
 
 from vit_fast import fp8, kernels
-from vit_fast.kernels._common import ACTIVATIONS, GELU_ENV, GELU_LIBDEVICE, fp8_unsupported_reason
-from vit_fast.kernels.gemm import apply_activation
+from vit_fast.kernels._common import ACTIVATIONS, FP8_DTYPE, GELU_ENV, GELU_LIBDEVICE, fp8_unsupported_reason
+from vit_fast.kernels.gemm import apply_activation, gelu_erf
 
 BLOCK = 1024
 
@@ -23,15 +27,25 @@ BLOCK = 1024
 @triton.jit
 def _activation_kernel(x_ptr, y_ptr, n,
                        ACTIVATION: tl.constexpr,  # a code of _common.ACTIVATIONS (SwiGLU has two inputs: not here)
+                       OUT_TY: tl.constexpr,  # the element type a GEMM would store the result in (the GELU's fit)
                        BLOCK: tl.constexpr):  # elements per program
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     x = tl.load(x_ptr + offs, mask=offs < n, other=0.0)
-    tl.store(y_ptr + offs, apply_activation(x, ACTIVATION), mask=offs < n)
+    tl.store(y_ptr + offs, apply_activation(x, ACTIVATION, OUT_TY), mask=offs < n)
 
 
-def run(x: torch.Tensor, activation: str) -> torch.Tensor:
+# the GELU's fit per stored precision (kernels/gemm.py gelu_erf): torch dtype, Triton type, and the bound on its
+# relative error over the fit's range, 1/32 of the format's smallest relative half step (e4m3 shares bf16's fit and
+# bound; fp16 shares fp32's degree-9 fit, whose bounds are test_exact_gelu_matches_float64_and_beats_torch_fp32's)
+FITS = {"float32": (torch.float32, tl.float32, 5e-6), "float16": (torch.float16, tl.float16, 2.0**-17),
+        "bfloat16": (torch.bfloat16, tl.bfloat16, 2.0**-14), "float8_e4m3fn": (FP8_DTYPE, tl.float8e4nv, 2.0**-14)}
+
+
+def run(x: torch.Tensor, activation: str, stored: str = "float32") -> torch.Tensor:
+    """The fp32 result of the activation an epilogue storing `stored` computes (before that cast)."""
     y = poison(torch.empty_like(x))
-    _activation_kernel[(triton.cdiv(x.numel(), BLOCK),)](x, y, x.numel(), ACTIVATIONS[activation], BLOCK)
+    _activation_kernel[(triton.cdiv(x.numel(), BLOCK),)](x, y, x.numel(), ACTIVATIONS[activation],
+                                                          FITS[stored][1], BLOCK)
     return y
 
 
@@ -72,6 +86,58 @@ def test_exact_gelu_matches_float64_and_beats_torch_fp32(device):
     assert (out[beyond] <= 0).all()
 
 
+@pytest.mark.parametrize("stored", ["bfloat16", "float8_e4m3fn", "float16"])
+def test_exact_gelu_fit_follows_the_stored_precision(stored, device):
+    """An epilogue that stores bf16 or e4m3 computes the GELU from a shorter fit (degree 5: four FMAs an element
+    fewer), within 1/32 of bf16's half step of the exact value, so the stored result is the exact value rounded, but
+    for the few that lie that close to a tie (at most one step off, in at most 1/32 of them)."""
+    dtype, _, bound = FITS[stored]
+    x = inputs(device)
+    out, ref = run(x, "gelu", stored), gelu64(x)
+    err = rel_err(out, ref)
+    fit = x > -6  # past the fit's range the clamp's behaviour is the fp32 test's
+    assert err[fit].max() < bound, (x[fit][err[fit].argmax()].item(), err[fit].max().item())
+    if stored == "float16":  # fp32's degree-9 fit
+        assert torch.equal(out, run(x, "gelu"))
+    else:  # the shorter fit is the one that ran
+        assert err[fit].max() > 4 * FITS["float32"][2]
+    assert torch.equal(out[x >= 6], x[x >= 6])
+    beyond = x < -6
+    assert ((out[beyond].double() - ref[beyond]).abs() <= x[beyond].abs().double() * 1.1e-9).all()
+    # what the epilogue stores: the cast of out, against the exact value's own rounding to that format
+    stored_out, stored_ref = out[fit].to(dtype).double(), ref[fit].to(dtype).double()
+    off = stored_out != stored_ref
+    assert off.float().mean() <= 1 / 32, off.float().mean().item()
+    smaller = torch.minimum(stored_out.abs(), stored_ref.abs())[off]
+    assert ((stored_out - stored_ref).abs()[off] <= one_step(smaller, dtype)).all()
+    # and the same special values as fp32's fit
+    special = torch.tensor([float("inf"), float("nan"), -0.0, 0.0, 3e38, -3e38], device=device)
+    y = run(special, "gelu", stored)
+    assert y[0] == float("inf") and y[1].isnan() and torch.signbit(y[2]) and y[2] == 0 and y[3] == 0
+    assert y[4] == special[4] and y[5] <= 0 and y[5].isfinite()
+
+
+def test_gelu_constants_are_the_fits():
+    """gelu_erf's two Horner chains hold benchmarks/gelu_fit.py's fits, in the order of its branches (bf16 and e4m3,
+    then the rest), as float32 literals."""
+    from benchmarks.gelu_fit import DEGREES, fit
+    source = inspect.getsource(gelu_erf.fn)
+    body = re.sub(r"#.*", "", source[source.index("tl.minimum(tl.abs(x)"):source.index("tail = ")])
+    literals = [float(v) for v in re.findall(r"-?\d+\.\d+(?:e-?\d+)?", body)][1:]  # after the clamp's 6.0
+    expected = []
+    for bits, degree in sorted(DEGREES.values()):
+        expected += [float(np.float32(c)) for c in fit(degree)[0][::-1]]
+    assert literals == expected
+
+
+def one_step(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The spacing of `dtype`'s values at |v| >= 0 (float64): 2^(exponent - mantissa bits), subnormal below."""
+    bits = {torch.float16: 10, torch.bfloat16: 7, FP8_DTYPE: 3}[dtype]
+    lowest = int(math.log2(torch.finfo(dtype).smallest_normal))
+    exponent = torch.where(v > 0, torch.frexp(v)[1] - 1, lowest).clamp_min(lowest)
+    return torch.ldexp(torch.ones_like(v), exponent - bits)
+
+
 def test_exact_gelu_special_values(device):
     x = torch.tensor([float("inf"), float("nan"), -0.0, 0.0, 3e38, -3e38], device=device)
     out = run(x, "gelu")
@@ -98,7 +164,7 @@ def test_libdevice_gelu_kept_behind_the_switch(device):
     with the 1 + erf(x) cancellation PyTorch's fp32 GELU has: a few fp32 ulp of |x| absolute, not relative."""
     x = inputs(device)
     y = poison(torch.empty_like(x))
-    _activation_kernel[(triton.cdiv(x.numel(), BLOCK),)](x, y, x.numel(), GELU_LIBDEVICE, BLOCK)
+    _activation_kernel[(triton.cdiv(x.numel(), BLOCK),)](x, y, x.numel(), GELU_LIBDEVICE, tl.float32, BLOCK)
     ref = gelu64(x)
     err = (y.double() - ref).abs()
     assert (err <= 2e-7 * x.abs().double().clamp_min(1)).all(), err.max().item()

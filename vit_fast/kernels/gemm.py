@@ -46,21 +46,29 @@ def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_
 
 
 @triton.jit
-def gelu_erf(x):
+def gelu_erf(x, OUT_MANTISSA: tl.constexpr):
     # Exact (erf) GELU as x * Phi(x), Phi(-|x|) = erfc(|x| / sqrt 2) / 2 = 2^(|x| * Q(|x|) - 1): no 1 + erf(x)
-    # cancellation in the negative tail. Q: degree 9, fitted on [0, 6] (benchmarks/gelu_fit.py; 5.3e-7 in log2 with
-    # these float32 coefficients); past |x| = 6 the clamp leaves Phi(-6) = 1e-9, so -inf gives -inf (PyTorch: NaN).
-    # 10 FMAs and one MUFU an element, against libdevice erf's ~30 instructions.
+    # cancellation in the negative tail; past |x| = 6 the clamp leaves Phi(-6) = 1e-9, so -inf gives -inf (PyTorch:
+    # NaN). Q is fitted on [0, 6] (benchmarks/gelu_fit.py) to the precision the result is stored in, OUT_MANTISSA
+    # bits: its relative error is at most 1/32 of that format's smallest relative half step, so the store rounds
+    # as it would round the exact value but for a few near-ties.
     a = tl.minimum(tl.abs(x), 6.0)
-    q = tl.fma(a, -1.2712573216333567e-08, 4.270092688329896e-07)
-    q = tl.fma(q, a, -6.103272880864097e-06)
-    q = tl.fma(q, a, 4.650361734093167e-05)
-    q = tl.fma(q, a, -0.00016986645641736686)
-    q = tl.fma(q, a, -0.00024454708909615874)
-    q = tl.fma(q, a, 0.007270929869264364)
-    q = tl.fma(q, a, -0.05268044397234917)
-    q = tl.fma(q, a, -0.4591355323791504)
-    q = tl.fma(q, a, -1.151114583015442)
+    if OUT_MANTISSA <= 7:  # bf16, and FC1's e4m3 codes for FC2: degree 5, 4.9e-5 relative
+        q = tl.fma(a, 2.3434442482539453e-05, -0.0006197582697495818)
+        q = tl.fma(q, a, 0.007260461803525686)
+        q = tl.fma(q, a, -0.051418885588645935)
+        q = tl.fma(q, a, -0.46086326241493225)
+        q = tl.fma(q, a, -1.1504803895950317)
+    else:  # fp16, fp32: degree 9, 3.7e-7 relative (near fp32's own rounding)
+        q = tl.fma(a, -1.2712573216333567e-08, 4.270092688329896e-07)
+        q = tl.fma(q, a, -6.103272880864097e-06)
+        q = tl.fma(q, a, 4.650361734093167e-05)
+        q = tl.fma(q, a, -0.00016986645641736686)
+        q = tl.fma(q, a, -0.00024454708909615874)
+        q = tl.fma(q, a, 0.007270929869264364)
+        q = tl.fma(q, a, -0.05268044397234917)
+        q = tl.fma(q, a, -0.4591355323791504)
+        q = tl.fma(q, a, -1.151114583015442)
     tail = tl.exp2(tl.fma(q, a, -1.0))
     return x * tl.where(x < 0, tail, 1.0 - tail)
 
@@ -103,11 +111,12 @@ def column_halves(acc, up, BLOCK_M: tl.constexpr, HALF: tl.constexpr, GATED: tl.
 
 
 @triton.jit
-def apply_activation(x, ACTIVATION: tl.constexpr):
+def apply_activation(x, ACTIVATION: tl.constexpr, OUT_TY: tl.constexpr):
     """The epilogue activation every GEMM engine shares; codes are _common.ACTIVATIONS, and 5 (_common.GELU_LIBDEVICE)
-    the exact GELU through libdevice's erf."""
+    the exact GELU through libdevice's erf. OUT_TY: the element type the result is stored in (the exact GELU's fit
+    follows its precision)."""
     if ACTIVATION == 1:
-        x = gelu_erf(x)
+        x = gelu_erf(x, OUT_TY.fp_mantissa_width)
     elif ACTIVATION == 2:
         x = gelu_tanh(x)
     elif ACTIVATION == 3:
@@ -119,7 +128,7 @@ def apply_activation(x, ACTIVATION: tl.constexpr):
 
 @triton.jit
 def epilogue_math(acc, rm, rn, M, N, mean, rstd, colsum_ptr, bias_ptr,
-                  ROW_STATS: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr):
+                  ROW_STATS: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, OUT_TY: tl.constexpr):
     """Folded LayerNorm (rows' mean and rstd from ln_fold.row_moments), bias and activation on an fp32 tile (rows rm,
     columns rn); shared by both engines (gemm_ws.py runs the same steps on column vectors it loads earlier)."""
     mask_n = rn < N
@@ -128,7 +137,7 @@ def epilogue_math(acc, rm, rn, M, N, mean, rstd, colsum_ptr, bias_ptr,
         acc = fold_rows(acc, mean, rstd, tl.load(colsum_ptr + rn, mask=mask_n, other=0.0))
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    return apply_activation(acc, ACTIVATION)
+    return apply_activation(acc, ACTIVATION, OUT_TY)
 
 
 @triton.jit
@@ -139,15 +148,18 @@ def fold_rows(acc, mean, rstd, colsum):
 
 @triton.jit
 def gated_epilogue_math(acc, up, rm, rn, M, N, mean, rstd, colsum_ptr, bias_ptr,
-                        ROW_STATS: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr):
+                        ROW_STATS: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
+                        OUT_TY: tl.constexpr):
     """epilogue_math, or for SwiGLU (ACTIVATION 4) the folded LayerNorm and bias of the gate tile `acc` (columns rn)
     and of the up tile `up` (columns rn + N of the packed weight), then silu(gate) * up; `up` is unused otherwise."""
     if ACTIVATION == 4:
-        gate = epilogue_math(acc, rm, rn, M, N, mean, rstd, colsum_ptr, bias_ptr, ROW_STATS, HAS_BIAS, 0)
+        gate = epilogue_math(acc, rm, rn, M, N, mean, rstd, colsum_ptr, bias_ptr, ROW_STATS, HAS_BIAS, 0, OUT_TY)
         # N is the gated width H here: rn + N < 2N masks exactly as rn < N
-        up = epilogue_math(up, rm, rn + N, M, 2 * N, mean, rstd, colsum_ptr, bias_ptr, ROW_STATS, HAS_BIAS, 0)
+        up = epilogue_math(up, rm, rn + N, M, 2 * N, mean, rstd, colsum_ptr, bias_ptr, ROW_STATS, HAS_BIAS, 0,
+                           OUT_TY)
         return swiglu(gate, up)
-    return epilogue_math(acc, rm, rn, M, N, mean, rstd, colsum_ptr, bias_ptr, ROW_STATS, HAS_BIAS, ACTIVATION)
+    return epilogue_math(acc, rm, rn, M, N, mean, rstd, colsum_ptr, bias_ptr, ROW_STATS, HAS_BIAS, ACTIVATION,
+                         OUT_TY)
 
 
 @triton.jit
@@ -160,7 +172,7 @@ def _store_tile(acc, up, rm, col0, M, N, mean, rstd, colsum_ptr, bias_ptr, res_p
     tl.static_assert(not WRITE_STATS or EPI_N % SLOT == 0, "partial statistics need epilogue slices of whole slots")
     rn = col0 + tl.arange(0, EPI_N)
     acc = gated_epilogue_math(acc, up, rm, rn, M, N, mean, rstd, colsum_ptr, bias_ptr, ROW_STATS, HAS_BIAS,
-                              ACTIVATION)
+                              ACTIVATION, out_ptr.dtype.element_ty)
     mask = (rm < M)[:, None] & (rn < N)[None, :]
     rm64 = rm.to(tl.int64)
     if HAS_RESIDUAL:

@@ -277,7 +277,7 @@ def fp8_gemm_kernel(
         up = dequantize_tile(up, s_row, tl.load(w_scale_ptr + N + rn_load), bias_ptr + N, rn, mask_n, HAS_BIAS)
         acc = swiglu(acc, up)
     else:
-        acc = apply_activation(acc, ACTIVATION)
+        acc = apply_activation(acc, ACTIVATION, out_ptr.dtype.element_ty)
     rm64 = rm.to(tl.int64)
     if HAS_RESIDUAL:
         res = tl.load(res_ptr + rm64[:, None] * stride_rm + rn[None, :] * stride_rn, mask=mask, other=0.0)

@@ -136,8 +136,9 @@ def _prune(configs, named_args, **kwargs):
 
 @triton.jit
 def _values(acc, rows, cols, M, N, a_scale_ptr, w_scale_ptr, bias_ptr, HAS_BIAS: tl.constexpr,
-            ACTIVATION: tl.constexpr, A_GROUPED: tl.constexpr):
-    """One (sub)tile's fp32 values: scales (the row scales are already in acc with A_GROUPED), bias, activation."""
+            ACTIVATION: tl.constexpr, A_GROUPED: tl.constexpr, OUT_TY: tl.constexpr):
+    """One (sub)tile's fp32 values: scales (the row scales are already in acc with A_GROUPED), bias, activation (for
+    an output of element type OUT_TY)."""
     if A_GROUPED:
         s_row = tl.full([rows.shape[0]], 1.0, tl.float32)
     else:
@@ -145,14 +146,15 @@ def _values(acc, rows, cols, M, N, a_scale_ptr, w_scale_ptr, bias_ptr, HAS_BIAS:
     mask_n = cols < N
     acc = dequantize_tile(acc, s_row, tl.load(w_scale_ptr + cols, mask=mask_n, other=0.0), bias_ptr, cols, mask_n,
                           HAS_BIAS)
-    return apply_activation(acc, ACTIVATION)
+    return apply_activation(acc, ACTIVATION, OUT_TY)
 
 
 @triton.jit
 def _finish(acc, rows, cols, M, N, a_scale_ptr, w_scale_ptr, bias_ptr, res_desc, out_desc, off_m, off_n,
             HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, HAS_RESIDUAL: tl.constexpr, A_GROUPED: tl.constexpr):
     """Epilogue of one (sub)tile: values, residual (TMA), one cast, TMA store (clipped at M and N)."""
-    acc = _values(acc, rows, cols, M, N, a_scale_ptr, w_scale_ptr, bias_ptr, HAS_BIAS, ACTIVATION, A_GROUPED)
+    acc = _values(acc, rows, cols, M, N, a_scale_ptr, w_scale_ptr, bias_ptr, HAS_BIAS, ACTIVATION, A_GROUPED,
+                  out_desc.dtype)
     if HAS_RESIDUAL:
         acc += res_desc.load([off_m, off_n]).to(tl.float32)
     out_desc.store([off_m, off_n], acc.to(out_desc.dtype))
@@ -252,17 +254,17 @@ def fp8_tma_gemm_kernel(
                 cols0 = off_n + tl.arange(0, EPI_N)
                 cols1 = cols0 + EPI_N
                 y0 = _values(acc0, rows, cols0, M, N, a_scale_ptr, w_scale_ptr, bias_ptr, HAS_BIAS, ACTIVATION,
-                             A_GROUPED)
+                             A_GROUPED, out_desc.dtype)
                 if EPI_N >= GROUP_K:  # each slice its own group: one slice's values live at a time
                     _store_codes(y0, masked_row_amax(y0, cols0 < N), rows, M, N, scale_out_ptr, stride_so, out_desc,
                                  off_m, off_n, ROUND_IN_FP32, True)
                     y1 = _values(acc1, rows, cols1, M, N, a_scale_ptr, w_scale_ptr, bias_ptr, HAS_BIAS, ACTIVATION,
-                                 A_GROUPED)
+                                 A_GROUPED, out_desc.dtype)
                     _store_codes(y1, masked_row_amax(y1, cols1 < N), rows, M, N, scale_out_ptr, stride_so, out_desc,
                                  off_m, off_n + EPI_N, ROUND_IN_FP32, True)
                 else:  # one group over both slices: their joint maximum
                     y1 = _values(acc1, rows, cols1, M, N, a_scale_ptr, w_scale_ptr, bias_ptr, HAS_BIAS, ACTIVATION,
-                                 A_GROUPED)
+                                 A_GROUPED, out_desc.dtype)
                     m = tl.maximum(masked_row_amax(y0, cols0 < N), masked_row_amax(y1, cols1 < N))
                     _store_codes(y0, m, rows, M, N, scale_out_ptr, stride_so, out_desc, off_m, off_n, ROUND_IN_FP32,
                                  True)
@@ -271,7 +273,7 @@ def fp8_tma_gemm_kernel(
             else:
                 cols = off_n + tl.arange(0, BLOCK_N)
                 y = _values(acc, rows, cols, M, N, a_scale_ptr, w_scale_ptr, bias_ptr, HAS_BIAS, ACTIVATION,
-                            A_GROUPED)
+                            A_GROUPED, out_desc.dtype)
                 _store_codes(y, masked_row_amax(y, cols < N), rows, M, N, scale_out_ptr, stride_so, out_desc, off_m,
                              off_n, ROUND_IN_FP32, True)
         elif EPI_SPLIT == 2:

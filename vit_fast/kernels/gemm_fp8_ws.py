@@ -88,17 +88,21 @@ def _math_partition(a_s, w_s, ready, empty, acc_s, acc_ready, acc_empty, a_scale
 
 
 @gluon.jit
-def _epilogue_partition(acc_s, acc_ready, acc_empty, a_scale_ptr, scale_out_ptr, w_scale_ptr, bias_ptr, res_ptr,
-                        out_ptr, M, N, stride_rm, stride_om, stride_so, HAS_BIAS: gl.constexpr,
+def _epilogue_partition(acc_s, acc_ready, acc_empty, srow_s, a_scale_ptr, scale_out_ptr, w_scale_ptr, bias_ptr,
+                        res_ptr, out_ptr, M, N, stride_rm, stride_om, stride_so, HAS_BIAS: gl.constexpr,
                         ACTIVATION: gl.constexpr, HAS_RESIDUAL: gl.constexpr, A_GROUPED: gl.constexpr,
                         GROUP_OUT: gl.constexpr, NUM_SMS: gl.constexpr, GROUP_M: gl.constexpr):
     """The epilogue warpgroup (the default partition): each tile's fp32 sums from the buffer, a 64-row half at a time,
     through the TMA engine's epilogue (acc · s_row · s_col, bias, activation, then the residual and one cast, or
-    e4m3 codes per row and 128 columns with their scales) while the math warpgroups run the next tile's wgmmas."""
+    e4m3 codes per row and 128 columns with their scales) while the math warpgroups run the next tile's wgmmas.
+    What does not depend on the sums is loaded before the tile is ready: the columns' scales and bias, and the rows'
+    scales, one row a thread into srow_s (read back in the tile's layout), so no global load latency sits between
+    the tile's arrival and FC1's GELU."""
     HALF: gl.constexpr = acc_s.shape[1]
     BLOCK_M: gl.constexpr = 2 * HALF
     BLOCK_N: gl.constexpr = acc_s.shape[2]
     out_layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 * 8 // BLOCK_N, BLOCK_N // 8], [4, 1], [1, 0])
+    row_layout: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])  # a row a thread: one load each
     num_tiles = gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N)
     t = 0
     for tile in range(gl.program_id(0), num_tiles, NUM_SMS):
@@ -109,6 +113,10 @@ def _epilogue_partition(acc_s, acc_ready, acc_empty, a_scale_ptr, scale_out_ptr,
         s_col = gl.load(w_scale_ptr + cols, mask=mask_n, other=0.0)
         if HAS_BIAS:
             bias = gl.load(bias_ptr + cols, mask=mask_n, other=0.0).to(gl.float32)
+        if not A_GROUPED:  # the rows' scales before the tile is ready, read back in the tile's layout
+            for half in gl.static_range(2):
+                rows_1 = pid_m * BLOCK_M + half * HALF + gl.arange(0, HALF, row_layout)
+                srow_s.index(half).store(gl.load(a_scale_ptr + rows_1, mask=rows_1 < M, other=0.0))
         mbarrier.wait(acc_ready, t & 1)
         for half in range(2):
             acc = acc_s.index(half).load(out_layout)
@@ -118,11 +126,11 @@ def _epilogue_partition(acc_s, acc_ready, acc_empty, a_scale_ptr, scale_out_ptr,
             mask = (rows[:, None] < M) & mask_n[None, :]
             rows64 = rows.to(gl.int64)  # M·N passes 2^31 (FC1 of about 2,700 L/16 images)
             if not A_GROUPED:
-                acc = acc * gl.load(a_scale_ptr + rows, mask=rows < M, other=0.0)[:, None]
+                acc = acc * srow_s.index(half).load(gl.SliceLayout(1, out_layout))[:, None]
             acc = acc * s_col[None, :]
             if HAS_BIAS:
                 acc = acc + bias[None, :]
-            acc = apply_activation(acc, ACTIVATION)
+            acc = apply_activation(acc, ACTIVATION, out_ptr.dtype.element_ty)
             if GROUP_OUT:
                 q, scale = e4m3_codes(acc, masked_row_amax(acc, mask_n), False)
                 gl.store(scale_out_ptr + (off_n // BLOCK_N) * stride_so + rows, scale, mask=rows < M)
@@ -172,12 +180,13 @@ def fp8_ws_gemm_kernel(
         gl.static_assert(BLOCK_N == FP8_GROUP_K and not HAS_RESIDUAL, "a tile's columns are one group of the codes")
     a_s, w_s, ready, empty = allocate_ring(a_desc, w_desc, STAGES)
     acc_s, acc_ready, acc_empty = allocate_hand_over(BLOCK_M, BLOCK_N)
+    srow_s = gl.allocate_shared_memory(gl.float32, [2, BLOCK_M // 2], gl.SwizzledSharedLayout(1, 1, 1, [0]))
     fence_async_shared()  # the initialized barriers, before the TMA unit signals them (DeepGEMM fences here too)
     HALF: gl.constexpr = BLOCK_M // 2
     gl.warp_specialize([
-        (_epilogue_partition, (acc_s, acc_ready, acc_empty, a_scale_ptr, scale_out_ptr, w_scale_ptr, bias_ptr, res_ptr,
-                               out_ptr, M, N, stride_rm, stride_om, stride_so, HAS_BIAS, ACTIVATION, HAS_RESIDUAL,
-                               A_GROUPED, GROUP_OUT, NUM_SMS, GROUP_M)),
+        (_epilogue_partition, (acc_s, acc_ready, acc_empty, srow_s, a_scale_ptr, scale_out_ptr, w_scale_ptr, bias_ptr,
+                               res_ptr, out_ptr, M, N, stride_rm, stride_om, stride_so, HAS_BIAS, ACTIVATION,
+                               HAS_RESIDUAL, A_GROUPED, GROUP_OUT, NUM_SMS, GROUP_M)),
         (_math_partition, (a_s, w_s, ready, empty, acc_s, acc_ready, acc_empty, a_scale_ptr, M, N, K, stride_sa, HALF,
                            0, A_GROUPED, NUM_SMS, STAGES, GROUP_M)),
         (_math_partition, (a_s, w_s, ready, empty, acc_s, acc_ready, acc_empty, a_scale_ptr, M, N, K, stride_sa, HALF,

@@ -12,9 +12,10 @@ LayerNorm, bias, activation or SwiGLU's gate, residual) is `gemm.gated_epilogue_
 EPI_SPLIT-wide column slices when EPI_SPLIT > 1 (half the live epilogue registers and store buffer). No warp
 specialization: on sm_90 it is ignored or crashes with TMA stores in triton 3.6 (triton-lang/triton#11587). Without it a
 program's epilogue does not overlap its own MMAs, and an exact-GELU epilogue (libdevice erf, ~30 instructions per
-element) took ~30 % of FC1 on an H200; the fitted erfc (`gemm.gelu_erf`, 16) shortens it. The PER_SM = 2 rows try to
-overlap it: two programs per SM, each small enough in shared memory and registers to be co-resident, so one's epilogue
-runs while the other's wgmmas do (CUTLASS's ping-pong schedule, by the hardware scheduler). The third lease timed them
+element) took ~30 % of FC1 on an H200; the fitted erfc (`gemm.gelu_erf`: 16, 12 storing bf16) shortens it. The
+PER_SM = 2 rows try to overlap it: two programs per SM, each small enough in shared memory and registers to be
+co-resident, so one's epilogue runs while the other's wgmmas do (CUTLASS's ping-pong schedule, by the hardware
+scheduler). The third lease timed them
 even with the one-program 128x256 tile, as two programs that start together and stay in step would run, so the
 second program on each SM now starts one tile's main loop late (stagger.py). At small batch the output tiles fill
 few SMs; there K is split (SPLIT_K, split_k.py): a unit of work is a (tile, part of K), and the last part of a tile
@@ -181,7 +182,7 @@ def _finish(acc, up, rows, M, N, mean, rstd, colsum_ptr, bias_ptr, res_desc, out
     tl.static_assert(not WRITE_STATS or EPI_N % SLOT == 0, "partial statistics need epilogue slices of whole slots")
     cols = off_n + tl.arange(0, EPI_N)
     acc = gated_epilogue_math(acc, up, rows, cols, M, N, mean, rstd, colsum_ptr, bias_ptr, ROW_STATS, HAS_BIAS,
-                              ACTIVATION)
+                              ACTIVATION, out_desc.dtype)
     if HAS_RESIDUAL:
         acc += res_desc.load([off_m, off_n]).to(tl.float32)
     out = acc.to(out_desc.dtype)

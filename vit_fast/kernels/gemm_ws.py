@@ -129,7 +129,7 @@ def _epilogue_partition(acc_s, acc_ready, acc_empty, stat_s, stats_ptr, colsum_p
                                 colsum)
             if HAS_BIAS:
                 acc += bias[None, :]
-            acc = apply_activation(acc, ACTIVATION)
+            acc = apply_activation(acc, ACTIVATION, out_ptr.dtype.element_ty)
             mask = (rows[:, None] < M) & mask_n[None, :]
             rows64 = rows.to(gl.int64)  # M·N passes 2^31 (FC1 of about 2,700 L/16 images)
             gl.store(out_ptr + rows64[:, None] * stride_om + cols[None, :], acc.to(out_ptr.dtype.element_ty),

@@ -8,7 +8,8 @@ main loop (gemm_fp8.py QUANT_A, the same arithmetic). FC2's input per 128 column
 of linear_residual that hand over rows no kernel recorded (no `x_amax`).
 
 Scale rule (vit_fast.fp8.quantize_rows is the same arithmetic in torch): amax = max(|row|, 1e-12),
-q = clamp(row · (448 / amax), ±448) cast to e4m3 (round to nearest even), scale = amax / 448; both divisions IEEE.
+q = clamp(row · (448 / amax), ±448) cast to e4m3 (round to nearest even), scale = amax / 448; both divisions IEEE
+(the kernels' `e4m3_codes` gets the same codes without the clamp, which cannot bind there).
 The op modules (ln_qkv, ln_linear, linear_residual, quantize) check inputs and call `launch_quant_rows`.
 """
 import torch
@@ -34,11 +35,11 @@ def _prune(configs, named_args, **kwargs):
 
 @triton.jit
 def round_to_e4m3(y):
-    """Round fp32 values (|y| <= 448) to the nearest e4m3 value, ties to even, in fp32 arithmetic: the spacing is
-    2^(E-3) for exponent E >= -6 and 2^-9 below (subnormals); y / spacing < 16, so adding and subtracting 1.5·2^23
-    rounds it to an integer. Used under the interpreter, whose fp32 -> fp8 cast does not carry a rounded-up
-    mantissa into the exponent (124.3 -> 64 instead of 128); on the GPU the hardware cast (cvt.rn.satfinite) is
-    exact and this is not compiled."""
+    """Round fp32 values (|y| <= 464, what rounds to 448 or less) to the nearest e4m3 value, ties to even, in fp32
+    arithmetic: the spacing is 2^(E-3) for exponent E >= -6 and 2^-9 below (subnormals); y / spacing < 16, so adding
+    and subtracting 1.5·2^23 rounds it to an integer. Used under the interpreter, whose fp32 -> fp8 cast does not
+    carry a rounded-up mantissa into the exponent (124.3 -> 64 instead of 128); on the GPU the hardware cast
+    (cvt.rn.satfinite) is exact and this is not compiled."""
     bits = y.to(tl.int32, bitcast=True)
     e = ((bits >> 23) & 0xFF) - 127
     step = (tl.maximum(e - 3, -9) + 127) << 23
@@ -55,7 +56,9 @@ def e4m3_codes(y, amax, ROUND_IN_FP32: tl.constexpr):
     scale rule above, shared by this pass and the FP8 GEMM epilogues that write codes (GROUP_OUT)."""
     amax = tl.maximum(amax, 1e-12)
     inv = tl.div_rn(448.0, amax)  # scalars, not tl.full: Gluon (gemm_fp8_ws.py) calls this with its layouts
-    q = tl.minimum(tl.maximum(y * inv[:, None], -448.0), 448.0)
+    # The rule's clamp to ±448 is left out (two min/max an element): |y| <= amax, so |y · inv| <= 448 (1 + 2^-23)^2,
+    # which rounds to 448 as the clamped value does (e4m3's next step, 480, takes 464 or more); a NaN stays NaN
+    q = y * inv[:, None]
     if ROUND_IN_FP32:
         q = round_to_e4m3(q)
     return q.to(tl.float8e4nv), tl.div_rn(amax, 448.0)
