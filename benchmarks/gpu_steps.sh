@@ -5,8 +5,9 @@
 # expected times are in benchmarks/NOTES.md, "GPU session plan".
 #   lease [S [STEP...]] within S seconds (default 560): tests (once per machine), headline (resumed), profile, grid 1-6
 #                      (profile8, profile1, fp8acc, fp8tma, fp8ws, b1engine, b1split, b1desc, b1pdl, lnstats, gelu,
-#                      stagger, ws16 and micro only when named), each skipped when done on this machine or too long
-#                      for the time left; STEPs (e.g. headline profile) pick and order them. Writes $OUT/lease/:
+#                      stagger, ws16, ablate256, ablate1 and micro only when named), each skipped when done on this
+#                      machine or too long for the time left; STEPs (e.g. headline profile) pick and order them.
+#                      Writes $OUT/lease/:
 #                      runs.tar.gz (every step's files so far), lease.log, headline.md, tests.txt
 #   tests              the GPU test subset (tests/gpu_subset.txt), < 3 min, junit + one JSON line per test; each
 #                      kernel key compiles only the first config its prune keeps (VITFAST_AUTOTUNE=first). Beside
@@ -47,6 +48,10 @@
 #                      the staggered start gains on the tiles the headline picked (the switch is no autotune key)
 #   ws16               the same row with FC1 on the warp-specialized Gluon engine (VITFAST_GEMM_ENGINE=ws,
 #                      gemm_ws.py), then as shipped (shipped/: the TMA engine): what overlapping its epilogue gains
+#   ablate256          lnstats', gelu's, stagger's and ws16's switched rows and the shipped one in one process
+#                      (benchmarks/ablation.py: one model build and reference, each setting's CUDA graph, replayed
+#                      in turns): ablation.json, ablation.md
+#   ablate1            the same for b1engine's, b1split's, b1desc's and b1pdl's switched rows at batch 1
 #                      b1engine, b1split, b1desc and b1pdl have the same shipped rows, as lnstats, gelu, stagger and
 #                      ws16 do: the first of a group to measure them whole keeps them (per commit and VITFAST_*
 #                      settings) and the later ones copy them into their shipped/ (shared.txt says whose) and
@@ -88,7 +93,7 @@ SLICES=(
 usage() {
     local steps="lease [SECONDS [STEP...]]|tests|headline [ROWS]|profile|profile8|profile1|fp8acc|fp8tma|fp8ws"
     steps+="|b1engine"
-    steps+="|b1split|b1desc|b1pdl|lnstats|gelu|stagger|ws16"
+    steps+="|b1split|b1desc|b1pdl|lnstats|gelu|stagger|ws16|ablate256|ablate1"
     steps+="|grid N|grid list"
     echo "usage: $0 {$steps|merge|micro}" >&2
     exit 2
@@ -96,7 +101,7 @@ usage() {
 
 case "$STEP" in
     lease|tests|headline|profile|profile8|profile1|fp8acc|fp8tma|fp8ws|b1engine|b1split|b1desc|b1pdl|lnstats) ;;
-    gelu|stagger|ws16) ;;
+    gelu|stagger|ws16|ablate256|ablate1) ;;
     grid|merge) ;;
     micro) ;;
     *) usage ;;
@@ -166,9 +171,9 @@ lease)
     for s in $STEPS; do
         case "$s" in
             tests|headline|profile|profile8|profile1|fp8acc|fp8tma|b1engine|b1split|b1desc|b1pdl|lnstats) ;;
-            fp8ws|gelu|stagger|ws16|grid[1-6]|micro) ;;
+            fp8ws|gelu|stagger|ws16|ablate256|ablate1|grid[1-6]|micro) ;;
             *) echo "error: lease step '$s' is not one of tests headline profile profile8 profile1 fp8acc fp8tma" \
-                    "fp8ws b1engine b1split b1desc b1pdl lnstats gelu stagger ws16 grid1..grid6" \
+                    "fp8ws b1engine b1split b1desc b1pdl lnstats gelu stagger ws16 ablate256 ablate1 grid1..grid6" \
                     "micro" >&2
                exit 2 ;;
         esac
@@ -219,6 +224,8 @@ lease)
         b1engine|b1split|b1desc|b1pdl)  # half the time once a step of the group measured the shipped half
             done_ "$s" || T_BUDGET=$(( $(left) - 60 )) sub "$(half_if_shared "$s" 90)" "$s" ;;
         lnstats|gelu|stagger|ws16) done_ "$s" || T_BUDGET=$(( $(left) - 60 )) sub "$(half_if_shared "$s" 120)" "$s" ;;
+        ablate256) done_ "$s" || sub 150 "$s" ;;
+        ablate1) done_ "$s" || sub 90 "$s" ;;
         grid*) done_ "grid-${s#grid}" || T_BUDGET=$(( $(left) - 85 )) sub 240 grid "${s#grid}" ;;
         micro) done_ micro || sub 300 micro ;;
         esac
@@ -406,6 +413,24 @@ fp8acc|fp8tma|fp8ws|b1engine|b1split|b1desc|b1pdl|lnstats|gelu|stagger|ws16)
         fi
     fi
     [ "$FIRST_RC" != 0 ] && RC=$FIRST_RC
+    ;;
+ablate256|ablate1)
+    # one process: the shipped setting, then each switched one (benchmarks/ablation.py); settings not prepared 30 s
+    # before the step's end are recorded as not run. DRY on a CPU: toy sizes in Triton's interpreter, fp32
+    if [ "$STEP" = ablate256 ]; then
+        ARGS=(--batch 256 --switch VITFAST_LN_PARTIALS=0 --switch VITFAST_GELU=libdevice --switch VITFAST_STAGGER=0
+              --switch VITFAST_GEMM_ENGINE=ws)
+    else
+        ARGS=(--batch 1 --switch VITFAST_GEMM_ENGINE=pointer --switch VITFAST_SPLIT_K=1 --switch VITFAST_TMA_DESC=device
+              --switch VITFAST_PDL=1)
+    fi
+    ARGS+=(--out "$DIR" --model vit_b_16 --time-budget $(( ${T_LIMIT:-300} - 30 )))
+    if [ "$DRY" = 1 ]; then
+        export TRITON_INTERPRET=1
+        ARGS+=(--batch 2 --dtype float32 --resolution 32 --rounds 2 --repeats 1 --warmup 0
+               --config-overrides embed_dim=64,num_heads=2,mlp_dim=128,depth=2)
+    fi
+    run "${T_LIMIT:-300}" "$PY" -m benchmarks.ablation "${ARGS[@]}"
     ;;
 grid)
     IFS='|' read -r MODELS BATCHES DTYPES BACKENDS <<< "${SLICES[$ARG]}"

@@ -54,6 +54,9 @@ KEEP = {"headline": ("results.json", "setup.json", "headline.md", "headline.log"
         "gelu": (*SWITCHED, "gelu.log"),
         "stagger": (*SWITCHED, "stagger.log"),
         "ws16": (*SWITCHED, "ws16.log"),
+        # several settings of one row in one process (benchmarks/ablation.py)
+        "ablate256": ("ablation.json", "ablation.md", "ablate256.log"),
+        "ablate1": ("ablation.json", "ablation.md", "ablate1.log"),
         "micro": ("micro.json", "micro.log"),
         "autotune": ("autotune.json", "autotune.md")}  # benchmarks.autotune_record: the autotuner's picks
 
@@ -76,8 +79,8 @@ def store(tar_path, root=None, readme_path=None, plots: bool = True, source_comm
             env = _kept_env(runs)
             if env is None:
                 raise ValueError(f"{tar_path} holds no headline, grid, fp8acc, fp8tma, fp8ws, b1engine, b1split, "
-                                 "b1desc, b1pdl, lnstats, gelu, stagger, ws16 or profile results: nothing to "
-                                 "store")
+                                 "b1desc, b1pdl, lnstats, gelu, stagger, ws16, ablate256, ablate1 or profile "
+                                 "results: nothing to store")
             dest = _dest_for(env, str(source_commit or env["commit"]), root)
         for step in [*KEEP, *(d.name for d in sorted(runs.glob("grid-*")))]:
             names = KEEP.get(step, ("results.json", "results.md", "grid.log"))
@@ -91,11 +94,12 @@ def store(tar_path, root=None, readme_path=None, plots: bool = True, source_comm
 
 
 def _kept_env(runs: Path):
-    """The env block of a kept step that records one (a switched step's results.json, a profile's breakdown.json:
-    the first file KEEP names for it), or None."""
+    """The env block of a kept step that records one (a switched step's results.json, a profile's breakdown.json,
+    an ablation's ablation.json: the first file KEEP names for it), or None."""
     for step, names in KEEP.items():
         path = runs / step / names[0]
-        if step == "headline" or names[0] not in ("results.json", "breakdown.json") or not path.is_file():
+        if step == "headline" or names[0] not in ("results.json", "breakdown.json", "ablation.json") or \
+                not path.is_file():
             continue
         try:
             env = json.loads(path.read_text()).get("env")

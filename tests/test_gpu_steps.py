@@ -199,6 +199,27 @@ def test_dry_ws16_step(tmp_path):
     _gluon_step_refused_then_shipped(tmp_path, "ws16", "VITFAST_GEMM_ENGINE", ("batch", 2), timeout=300)
 
 
+@pytest.mark.parametrize("step, switched", [
+    ("ablate256", ["VITFAST_LN_PARTIALS=0", "VITFAST_GELU=libdevice", "VITFAST_STAGGER=0", "VITFAST_GEMM_ENGINE=ws"]),
+    ("ablate1", ["VITFAST_GEMM_ENGINE=pointer", "VITFAST_SPLIT_K=1", "VITFAST_TMA_DESC=device", "VITFAST_PDL=1"]),
+])
+def test_dry_ablation_steps(tmp_path, step, switched):
+    """ablate256 / ablate1: the shipped row and its group's four switched rows in one process (toy sizes in the
+    interpreter); the Gluon engine's row carries its one-line refusal, the others ran; store_lease keeps the files."""
+    proc, out = _steps(tmp_path, step, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    result = json.loads((out / step / "ablation.json").read_text())
+    rows = {r["setting"]: r for r in result["rows"]}
+    assert list(rows) == ["shipped", *switched] and result["batch"] == 2
+    for name, row in rows.items():
+        if name == "VITFAST_GEMM_ENGINE=ws":
+            assert "expected an sm_90 GPU" in row["error"]
+        else:
+            assert "error" not in row and row["images_per_s"] > 0 and row["max_rel_err"] < 1e-4, row
+    stored = _stored_alone(tmp_path, out, step)
+    assert {p.name for p in (stored / "lease" / step).iterdir()} == {"ablation.json", "ablation.md", f"{step}.log"}
+
+
 def _stored_alone(tmp_path, out, step):
     """store_lease on an archive that holds only `step`'s directory: the results directory it made."""
     archive = tmp_path / "runs.tar.gz"
@@ -352,7 +373,7 @@ def test_store_refuses_an_archive_without_results(tmp_path, capsys):
     assert store_lease.main([str(empty), "--root", str(tmp_path), "--readme", ""]) == 2
     err = capsys.readouterr().err
     assert ("holds no headline, grid, fp8acc, fp8tma, fp8ws, b1engine, b1split, b1desc, b1pdl, lnstats, gelu, "
-            "stagger, ws16 or profile results") in err
+            "stagger, ws16, ablate256, ablate1 or profile results") in err
 
 
 def _k(name, start, stack):

@@ -1,0 +1,250 @@
+"""Kernel-switch ablations: one vit_fast row measured under several VITFAST_* settings in one process, each
+switched setting's CUDA graph replayed in alternating rounds with the shipped setting's.
+
+Why: the lease's switched steps (lnstats, gelu, stagger and ws16 at B/16 b256; b1engine, b1split, b1desc and b1pdl
+at batch 1) each start a process, build the model and its fp32 reference, and time a shipped row beside their
+switched one: 62-120 s a step, so a 15-minute lease reaches one or two of them (benchmarks/NOTES.md, "GPU session
+plan"). Here the model, its inputs and the reference are built once, and the shipped setting is captured once; each
+switched setting compiles and tunes only the kernels it changes and captures its own CUDA graph (a graph holds the
+launches made under its setting: the switches are read at every launch, vit_fast/switches.py). Right after that it
+is timed against the shipped graph, a round of each in turn, so clock and temperature drift fall on both alike, and
+the files are rewritten: a later setting that hangs the GPU (a kernel that never ran before) or the step's time
+limit cannot take the comparisons already made with it. A switch that is part of an autotune key (the GEMM engine,
+split-K, the descriptors' source, the GELU, the LayerNorm statistics) tunes its own tiles; STAGGER and PDL, which are
+not keys, keep the shipped setting's tiles, as the separate steps did.
+
+`python -m benchmarks.ablation --out DIR --switch VITFAST_GELU=libdevice [--switch ...] [--model vit_b_16]
+[--batch 256] [--dtype bfloat16]`: the shipped setting is the environment as given. Files in DIR: ablation.json (the
+environment, the seed, and per setting its images/s (median of its replays), each round's median, its ratio to the
+shipped replays of the same rounds, its logits error against the fp32 model and its seconds to a first result, or
+why it did not run) and ablation.md. A setting that fails (a switch the GPU cannot take) is recorded with its
+one-line reason and the others go on; settings the --time-budget does not reach are recorded as not run.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from vit_fast.switches import SWITCHES
+
+from . import builders, cli, runner, timing
+from . import env as env_mod
+
+SHIPPED = "shipped"
+NOT_RUN = "not run"
+
+
+def _switch(text: str) -> tuple:
+    """'VITFAST_X=value' -> (name, value), checked against the switch table before anything is built."""
+    name, sep, value = text.partition("=")
+    if not sep or name not in SWITCHES:
+        raise argparse.ArgumentTypeError(f"expected VITFAST_NAME=value with a name of {', '.join(SWITCHES)}, "
+                                         f"got {text!r}")
+    if value not in SWITCHES[name]:
+        raise argparse.ArgumentTypeError(f"{name}: expected {' | '.join(SWITCHES[name])}, got {value!r}")
+    return name, value
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.ablation", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="directory for ablation.json and ablation.md")
+    p.add_argument("--model", default="vit_b_16", help="a preset name (default vit_b_16)")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--switch", type=_switch, action="append", default=[], metavar="VITFAST_NAME=VALUE",
+                   help="one setting beside the shipped one (repeat for more)")
+    p.add_argument("--rounds", type=int, default=5, help="replay rounds, each timing every setting in turn")
+    p.add_argument("--repeats", type=int, default=10, help="timed replays of a setting per round")
+    p.add_argument("--warmup", type=int, default=2, help="untimed replays of a setting per round")
+    p.add_argument("--resolution", type=int, default=224)
+    p.add_argument("--config-overrides", type=cli._overrides, default={}, metavar="K=V,...",
+                   help="model config overrides (toy sizes for a CPU run)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--time-budget", type=float, default=None, metavar="S",
+                   help="prepare no further setting once S seconds have passed; the rounds then time those ready")
+    p.add_argument("--device", default=None)
+    args = p.parse_args(argv)
+    for name in ("batch", "rounds", "repeats"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if not args.switch:
+        p.error("expected at least one --switch VITFAST_NAME=VALUE to compare with the shipped setting")
+    if len(set(args.switch)) != len(args.switch):
+        p.error("a --switch is given twice")
+    return args
+
+
+@contextmanager
+def _setting(switches: tuple):
+    """The process environment with `switches` ((name, value) pairs) set, restored afterwards."""
+    saved = {name: os.environ.get(name) for name, _ in switches}
+    os.environ.update(dict(switches))
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _label(switches: tuple) -> str:
+    return ",".join(f"{n}={v}" for n, v in switches) or SHIPPED
+
+
+def _prepare(built, switches, inputs, ref, graphs: bool) -> dict:
+    """Compile, tune and capture one setting; its callable and its error against the fp32 reference."""
+    t0 = time.monotonic()
+    with _setting(switches), torch.inference_mode():
+        if graphs:  # the graph holds the launches made under the setting
+            fn = builders.CudaGraphed(built.fn, inputs, warmup=1)
+        else:  # eager (a CPU run): every call under the setting
+            def fn(x):
+                with _setting(switches):
+                    return built.fn(x)
+        out = fn(inputs[0]).float().clone()
+        timing.sync(inputs[0].device)
+    max_rel_err, top1 = runner.compare(out, ref)
+    return {"fn": fn, "first_result_s": time.monotonic() - t0, "max_rel_err": max_rel_err, "top1_agree": top1}
+
+
+def run(args, write=lambda result: None) -> dict:
+    """Measure; `write(result)` after each setting. -> the result before `final` summarizes it."""
+    started = time.monotonic()
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    graphs = device.type == "cuda"
+    dtype = getattr(torch, args.dtype)
+    env = env_mod.collect(device)
+    master = builders.build_master(args.model, args.resolution, args.seed, args.config_overrides or None)
+    settings = runner.Settings(models=[args.model], batch_sizes=[args.batch], dtypes=[args.dtype],
+                               backends=["vit_fast"], device=device, resolution=args.resolution, seed=args.seed)
+    ref = runner.reference_logits(master, [args.batch], settings)[args.batch]
+    if isinstance(ref, str):
+        raise RuntimeError(ref)
+    built = builders.build("vit_fast", master, dtype, device, "default")
+    inputs = runner.make_inputs(args.batch, args.resolution, dtype, device, args.seed)
+    plan = [()] + [(switch,) for switch in args.switch]  # the shipped setting first
+    rows = [{"setting": _label(switches), "switches": dict(switches)} for switches in plan]
+    result = {"env": env, "model": args.model, "batch": args.batch, "dtype": args.dtype, "cuda_graphs": graphs,
+              "seed": args.seed, "rounds": args.rounds, "repeats": args.repeats, "rows": rows}
+    shipped, shipped_fn = rows[0], None
+    try:
+        for row in rows:
+            if args.time_budget is not None and time.monotonic() - started > args.time_budget:
+                row["error"] = f"{NOT_RUN}: the time budget ({args.time_budget:.0f} s) was spent"
+                continue
+            if row is not shipped and shipped_fn is None:
+                row["error"] = f"{NOT_RUN}: the shipped setting did not run"
+                continue
+            try:
+                prepared = _prepare(built, tuple(row["switches"].items()), inputs, ref, graphs)
+            except (runner.Interrupted, KeyboardInterrupt):
+                raise
+            except Exception as e:  # noqa: BLE001 - one setting's failure (an engine this GPU lacks) is its row
+                row["error"] = runner._error_text(e)
+                write(result)
+                continue
+            fn = prepared.pop("fn")
+            row.update(prepared)
+            if row is shipped:
+                shipped_fn, shipped["times_ms"] = fn, []
+                write(result)
+                continue
+            # against the shipped setting in alternating rounds, now: a later setting that hangs the GPU (a kernel
+            # that never ran before) cannot take this comparison with it
+            pair = {"shipped": [], "switched": []}
+            row["round_ms"] = []
+            with torch.inference_mode():
+                for _ in range(args.rounds):
+                    for side, f in (("shipped", shipped_fn), ("switched", fn)):
+                        pair[side] += timing.time_calls(f, inputs, args.warmup, args.repeats, device)
+                    row["round_ms"].append(timing.percentile(pair["switched"][-args.repeats:], 50))
+            shipped["times_ms"] += pair["shipped"]
+            _summarize(row, pair["switched"], args.batch)
+            row["shipped_ms_p50"] = timing.percentile(pair["shipped"], 50)
+            row["vs_shipped"] = row["shipped_ms_p50"] / row["latency_ms_p50"]
+            del fn
+            write(result)
+    except (runner.Interrupted, KeyboardInterrupt) as e:  # the step's limit: the comparisons made so far stay
+        for row in rows:
+            if "latency_ms_p50" not in row and "error" not in row and row is not shipped:
+                row["error"] = f"{NOT_RUN}: the run was interrupted ({e or type(e).__name__})"
+    return result
+
+
+def final(result: dict) -> dict:
+    """A copy of `result` as it is written: the shipped setting's replays (every pair's) summarized."""
+    result = copy.deepcopy(result)
+    shipped = result["rows"][0]
+    times = shipped.pop("times_ms", None)
+    if times:
+        _summarize(shipped, times, result["batch"])
+        shipped["vs_shipped"] = 1.0
+    elif "error" not in shipped:
+        shipped["error"] = f"{NOT_RUN}: no switched setting ran beside it"
+    for row in result["rows"][1:]:  # in a file written before the end: the settings not reached
+        if "error" not in row and "images_per_s" not in row:
+            row["error"] = f"{NOT_RUN}: the run had not reached it"
+    return result
+
+
+def _summarize(row: dict, times: list, batch: int) -> None:
+    row["latency_ms_p50"] = timing.percentile(times, 50)
+    row["images_per_s"] = batch / (row["latency_ms_p50"] * 1e-3)
+
+
+def markdown(result: dict) -> str:
+    env = result["env"]
+    lines = [f"# Ablation: {result['model']} batch {result['batch']} {result['dtype']} vit_fast"
+             f"{' (CUDA graphs)' if result['cuda_graphs'] else ''}", "",
+             f"{env.get('gpu')}, torch {env.get('torch')}, triton {env.get('triton')}, commit {env.get('commit')}; "
+             f"each switched setting timed in {result['rounds']} rounds of {result['repeats']} replays, alternating "
+             "with the shipped one; images/s from the median of the replays, vs shipped against the shipped "
+             "replays of the same rounds, the spread from each round's median.", "",
+             "| setting | images/s | vs shipped | round medians, ms | max rel err | top-1 | first result s |",
+             "|---|---|---|---|---|---|---|"]
+    for row in result["rows"]:
+        if "error" in row:
+            lines.append(f"| {row['setting']} | — | — | {row['error']} | | | |")
+            continue
+        spread = f"{min(row['round_ms']):.3f}-{max(row['round_ms']):.3f}" if row.get("round_ms") else "—"
+        lines.append(f"| {row['setting']} | {row['images_per_s']:,.1f} | {row['vs_shipped']:.3f}× | {spread} "
+                     f"| {row['max_rel_err']:.2e} | {row['top1_agree']:.3f} | {row['first_result_s']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    env_mod.kernel_settings()  # a bad VITFAST_* value in the environment: one line before anything is built
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but CUDA is not available here", file=sys.stderr)
+        return 2
+    cli._set_precision()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    def write(result):  # after every setting: a step cut short keeps the comparisons it made
+        result = final(result)
+        (out / "ablation.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out / "ablation.md").write_text(markdown(result))
+
+    old_handler = signal.signal(signal.SIGTERM, runner._sigterm)  # a step's time limit: write what there is
+    try:
+        write(run(args, write))
+    finally:
+        signal.signal(signal.SIGTERM, old_handler)
+    print((out / "ablation.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""benchmarks/ablation.py: several kernel-switch settings of one vit_fast row in one process. On this machine it runs
+eagerly in Triton's interpreter at toy sizes; the checks are that every call of a setting, the timed ones included,
+runs under that setting's switches (on a GPU its CUDA graph holds those launches), that a setting the device cannot
+take is its own one-line row while the others run, and that bad switches stop it before anything is built."""
+import importlib
+import json
+import os
+
+import pytest
+
+from benchmarks import ablation
+from vit_fast.kernels._common import GELU_ENV, LN_PARTIALS_ENV
+
+ln_linear = importlib.import_module("vit_fast.kernels.ln_linear")  # the package exports the op's function
+
+TOY = ["--batch", "2", "--dtype", "float32", "--resolution", "32", "--rounds", "2", "--repeats", "1", "--warmup", "0",
+       "--config-overrides", "embed_dim=64,num_heads=2,mlp_dim=128,depth=2"]
+
+
+def test_each_setting_runs_under_its_switches(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.delenv(GELU_ENV, raising=False)
+    monkeypatch.delenv(LN_PARTIALS_ENV, raising=False)
+    seen = []  # the GELU switch at every FC1 launch
+
+    def recording(code, _real=ln_linear.epilogue_activation):
+        seen.append(os.environ.get(GELU_ENV, "fitted"))
+        return _real(code)
+    monkeypatch.setattr(ln_linear, "epilogue_activation", recording)
+    out = tmp_path / "abl"
+    assert ablation.main(["--out", str(out), *TOY, "--switch", f"{GELU_ENV}=libdevice",
+                          "--switch", f"{LN_PARTIALS_ENV}=0", "--switch", "VITFAST_GEMM_ENGINE=ws"]) == 0
+    result = json.loads((out / "ablation.json").read_text())
+    rows = {r["setting"]: r for r in result["rows"]}
+    assert list(rows) == ["shipped", f"{GELU_ENV}=libdevice", f"{LN_PARTIALS_ENV}=0", "VITFAST_GEMM_ENGINE=ws"]
+    # 2 FC1 launches a forward. The shipped setting is prepared (one forward); each switched one is prepared, then
+    # timed in 2 rounds that alternate with the shipped one (one replay each); the ws setting fails at its first GEMM
+    f, lib = ["fitted"] * 2, ["libdevice"] * 2
+    assert seen == f + (lib + (f + lib) * 2) + (f + (f + f) * 2), seen
+    assert os.environ.get(GELU_ENV) is None and os.environ.get(LN_PARTIALS_ENV) is None  # restored
+    for name in (f"{GELU_ENV}=libdevice", f"{LN_PARTIALS_ENV}=0"):
+        row = rows[name]
+        assert len(row["round_ms"]) == 2 and row["images_per_s"] > 0 and row["max_rel_err"] < 1e-4, row
+        assert row["vs_shipped"] == pytest.approx(row["shipped_ms_p50"] / row["latency_ms_p50"])
+    shipped = rows["shipped"]  # its replays beside both switched settings
+    assert shipped["vs_shipped"] == 1.0 and shipped["images_per_s"] > 0 and shipped["max_rel_err"] < 1e-4
+    # the Gluon engine refuses under the interpreter: its row says so in one line, the others still ran
+    assert "expected an sm_90 GPU" in rows["VITFAST_GEMM_ENGINE=ws"]["error"]
+    assert "\n" not in rows["VITFAST_GEMM_ENGINE=ws"]["error"]
+    md = (out / "ablation.md").read_text()
+    assert "| shipped |" in md and "expected an sm_90 GPU" in md
+
+
+def test_time_budget_leaves_later_settings_not_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    out = tmp_path / "abl"
+    assert ablation.main(["--out", str(out), *TOY, "--time-budget", "0", "--switch", f"{GELU_ENV}=libdevice"]) == 0
+    rows = json.loads((out / "ablation.json").read_text())["rows"]
+    assert [r.get("error", "").split(":")[0] for r in rows] == ["not run", "not run"]
+
+
+@pytest.mark.parametrize("switch, message", [
+    ("VITFAST_GELU=erf", "VITFAST_GELU: expected fitted | libdevice, got 'erf'"),
+    ("VITFAST_NOPE=1", "expected VITFAST_NAME=value with a name of"),
+    ("VITFAST_GELU", "expected VITFAST_NAME=value"),
+])
+def test_bad_switches_are_one_line_before_anything_runs(switch, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        ablation.main(["--out", str(tmp_path / "abl"), "--switch", switch])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "abl").exists()
+
+
+def test_a_stop_keeps_the_comparisons_already_made(tmp_path, monkeypatch):
+    """The step's time limit (SIGTERM: runner.Interrupted) while a later setting is being prepared: the file keeps
+    the comparison made before it, and says which settings did not run."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    real, calls = ablation._prepare, []
+
+    def stopping(built, switches, *args):
+        calls.append(switches)
+        if len(calls) == 3:
+            raise ablation.runner.Interrupted("signal 15")
+        return real(built, switches, *args)
+    monkeypatch.setattr(ablation, "_prepare", stopping)
+    out = tmp_path / "abl"
+    assert ablation.main(["--out", str(out), *TOY, "--switch", f"{GELU_ENV}=libdevice",
+                          "--switch", f"{LN_PARTIALS_ENV}=0", "--switch", "VITFAST_STAGGER=0"]) == 0
+    rows = json.loads((out / "ablation.json").read_text())["rows"]
+    assert rows[0]["vs_shipped"] == 1.0 and rows[1]["images_per_s"] > 0
+    assert [r["error"] for r in rows[2:]] == ["not run: the run was interrupted (signal 15)",
+                                              "not run: the run was interrupted (signal 15)"]
