@@ -5,11 +5,11 @@ log2(erfc(a / sqrt 2)) / a on [0, 6] (a weighted near-minimax fit: Lawson's iter
 Chebyshev basis, weight a, so that the error is uniform in log2(erfc) itself). The GELU is then x * Phi(x): one FMA
 a degree and one ex2 an element, and no `1 + erf(x)` cancellation for negative x.
 
-Q's degree follows the precision an epilogue stores the result in (DEGREES): its relative error, ln 2 times the
-fit's error in log2, is at most 1/32 of the format's smallest relative half step, so the store's rounding is that
-of the exact value but for the few values that close to a tie. bf16 takes the lowest such degree, 5, and FC1's e4m3
-codes share it (degree 4 would do for them, one FMA less); fp32 keeps degree 9, near its own rounding, and fp16
-shares it.
+Q's degree follows the precision an epilogue stores the result in (DEGREES). bf16 takes the lowest degree whose
+relative error, ln 2 times the fit's error in log2, is at most 1/32 of bf16's smallest relative half step (5), so
+the store's rounding is that of the exact value but for the few values that close to a tie. fp32 keeps degree 9,
+near its own rounding, and fp16 and FC1's e4m3 codes share it: the FP8 model tests hold those codes to the torch
+emulation's (which rounds the exact GELU), and degree 5 flipped enough of them to fail there about 3 runs in 10.
 
 `python -m benchmarks.gelu_fit` prints each fit's coefficients (highest degree first, as the kernel's Horner chain
 uses them) and its largest error; tests/kernels/test_activations.py checks the kernels' accuracy itself.
@@ -19,7 +19,7 @@ import numpy as np
 
 LIMIT = 6.0
 # stored format -> (explicit mantissa bits, degree of Q); gelu_erf picks by OUT_TY.fp_mantissa_width
-DEGREES = {"float32 / float16": (23, 9), "bfloat16 / float8 e4m3": (7, 5)}
+DEGREES = {"float32 / float16 / float8 e4m3": (23, 9), "bfloat16": (7, 5)}
 
 
 def fit(degree: int, limit: float = LIMIT, points: int = 6000, rounds: int = 60):
@@ -43,7 +43,7 @@ def fit(degree: int, limit: float = LIMIT, points: int = 6000, rounds: int = 60)
 if __name__ == "__main__":
     for name, (bits, degree) in DEGREES.items():
         coef, worst, worst32 = fit(degree)
-        budget = 2.0 ** -(min(bits, 10) + 2) / 32  # the finer format of the two sharing a fit
+        budget = 2.0 ** -(min(bits, 10) + 2) / 32  # degree 9: fp16's (fp32 is held to its own rounding)
         print(f"{name}: log2 erfc(a/sqrt2) = a * Q(a) on [0, {LIMIT}], degree {degree}: largest error {worst:.2e} "
               f"({worst32:.2e} with float32 coefficients), relative {np.log(2) * worst32:.2e} "
               f"(1/32 of the half step: {budget:.2e})")

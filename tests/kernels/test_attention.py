@@ -3,7 +3,8 @@
 The kernel's error against a float64 reference must stay within 2x the error of PyTorch's own composition in the
 same dtype (plus a tiny absolute floor), and inside KERNEL_TOL. q/k/v are strided views of one qkv buffer, as the
 model passes them (the head-major (3, B, H, N, d) buffer and a row-major (B, N, 3, H, d) one); outputs are poisoned
-with NaN so unwritten elements fail. Head dims 48, 72, 80, 96 take the kernel's two-column-block path (64 + 16 ...).
+with NaN so unwritten elements fail. Head dims 48, 80, 96 take the kernel's two-column-block path (64 + 16 ...), 72
+and 112 one 128-column block with masked columns.
 """
 import json
 import os
@@ -120,7 +121,7 @@ def test_fewer_queries_than_keys(dtype, device):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("d", [16, 32, 48, 64, 72, 80, 96, 112, 128])
 def test_head_dims(dtype, d, device):
-    """One and two column blocks, exact (64, 80 = 64 + 16, 96 = 64 + 32) and with masked columns (72, 112)."""
+    """One and two column blocks, exact (64, 80 = 64 + 16, 96 = 64 + 32) and with masked columns (72, 112 in 128)."""
     B, H, N = (4, 8, 197) if CUDA else (1, 2, 50)
     q, k, v = make_qkv(B, H, N, d, dtype, device, layout="timm" if d % 32 else "qkv")
     check(run(q, k, v, d**-0.5, fixed_tile(dtype)), q, k, v, d**-0.5)

@@ -103,20 +103,25 @@ def test_linear_residual_fp8(device, fp8_engine):
 def _assert_fc2_input(codes, scales, h, rows_off=1):
     """FC1's e4m3 output against the emulation's quantize_groups of its fp32 values `h` (..., H): the same scales
     and codes but for a few one-step rounding flips (the fp32 values differ in the last bits: another LayerNorm and
-    GEMM summation order, the GELU's fit), except in at most `rows_off` rows: when one of FC1's own input codes
+    GEMM summation order), except in at most `rows_off` rows: when one of FC1's own input codes
     lands one e4m3 step from the emulation's (its fp32 LayerNorm near a rounding boundary), that row's outputs move
     and with them its scales and codes (seen in about 1 draw in 60: a 0.2 % scale, codes 5 steps apart). Such a row
     must still encode h to e4m3 accuracy."""
     assert codes.dtype == torch.float8_e4m3fn and scales.shape == (*h.shape[:-1], -(-h.shape[-1] // 128))
     ref_q, ref_s = fp8.quantize_groups(h, 128)
+    if codes.is_cuda:  # a GPU's FP8 MMA keeps its partial sums to about 2^-13 between promotions, where the emulation
+        # sums in fp32: FC1's values, so its scales, differ by up to ~3e-4 (H100, fourth lease) and codes near a tie
+        # flip in every row. Each row must still hold h's scales to 1e-3 and encode h to e4m3 accuracy.
+        assert torch.allclose(scales.float(), ref_s.float(), rtol=1e-3, atol=0)
+        flat = codes.flatten(0, -2), scales.flatten(0, -2), h.flatten(0, -2)
+        assert rel_err_rows(fp8.dequantize_input(*flat[:2], 128), flat[2]).max() < 0.05
+        return
     codes, scales, h, ref_q, ref_s = (t.cpu().flatten(0, -2) for t in (codes, scales, h, ref_q, ref_s))
     steps = (codes.view(torch.uint8).int() - ref_q.view(torch.uint8).int()).abs()
     same = torch.isclose(scales, ref_s, rtol=1e-6, atol=0).all(-1) & (steps <= 1).all(-1)
     assert (~same).sum() <= rows_off, (~same).nonzero()
     flipped = e4m3_rounding_flips(codes[same], scales[same], ref_q[same], ref_s[same])
-    # and FC1's GELU, fitted for its e4m3 store to 4.9e-5 of the exact value (kernels/gemm.py gelu_erf), flips the
-    # codes within that of a tie: at most 2 * 4.9e-5 / 2^-4 of them (e4m3's smallest relative step)
-    assert flipped is not None and flipped.sum() <= max(4, h.numel() // 2000) + h.numel() * 1.6e-3, flipped
+    assert flipped is not None and flipped.sum() <= max(4, h.numel() // 2000), flipped
     for row in (~same).nonzero().flatten().tolist():  # e4m3's half step is 1/16 of a value
         assert rel_err_rows(fp8.dequantize_input(codes[row:row + 1], scales[row:row + 1], 128), h[row:row + 1]) < 0.05
 
@@ -147,7 +152,7 @@ def test_fp8_mlp_fc1_writes_fc2_input_per_128_columns(slices, device, fp8_engine
     codes = poison(torch.empty(b, n, hidden, device=device, dtype=torch.float8_e4m3fn))
     scales = poison(new_group_scales(b * n, hidden, device)).view(b, n, -1)
     ln_linear_fp8_launch(x, g, beta, 1e-6, w1, s1, b1, "gelu", out=codes, out_scale=scales)
-    if fp8_engine == "tma":  # the tile asked for
+    if fp8_engine == "tma" and not codes.is_cuda:  # the interpreter's tile asked for (a GPU tunes its own)
         want = gemm_fp8_tma.INTERPRETER_GROUP_OUT_TILES[slices][1]
         assert gemm_fp8_tma.fp8_tma_gemm_kernel.best_config.kwargs["BLOCK_N"] == want
     h = fp8.emulate_linear(x, w1, s1, b1, ln=(g, beta, 1e-6), activation="gelu", out_dtype=torch.float32)

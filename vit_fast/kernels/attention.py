@@ -8,8 +8,10 @@ unmasked fast path when N_K is a multiple of BLOCK_N).
 
 The head dim is covered by one or two power-of-two column blocks, BLOCK_D0 + BLOCK_D1 (80 = 64 + 16, 96 = 64 + 32,
 48 = 32 + 16): each of QK^T and PV is then one or two tensor-core dots with no padded columns, where a single
-power-of-two block would pad 80 to 128. Q is multiplied by softmax_scale * log2(e) once when it is loaded, so the
-loop computes exp2(s - m) with no per-score scaling.
+power-of-two block would pad 80 to 128. The scores stay unscaled fp32 dot products of Q and K as stored; the loop
+takes exp2(s * softmax_scale * log2(e) - m) in one FMA a score. (Q multiplied by the scale at its load and rounded
+back to bf16 saved nothing over that FMA and cost peaked bf16 softmaxes up to 2^-9 of each score: the fourth GPU
+lease, benchmarks/NOTES.md.)
 
 q/k/v are (B, H, N, d) views with any strides whose last dim is contiguous, so the kernel reads them in place from
 the QKV projection's output: the (B, N, 3, H, d) rows `ln_qkv` writes (on every engine, FP8 included), viewed as
@@ -77,17 +79,16 @@ _BH_BUCKET_CAP = 512
 
 def head_dim_blocks(d: int) -> tuple:
     """(BLOCK_D0, BLOCK_D1) covering head dim d with power-of-two column blocks (BLOCK_D1 == 0: one block).
-    Two blocks when the second is at most 32 wide and saves padding (80 -> 64 + 16, 96 -> 64 + 32, 48 -> 32 + 16,
-    72 -> 64 + 16 with 8 masked columns); otherwise the next power of two (112 -> 128)."""
+    Two blocks when the second is 16 or 32 wide and exactly covers the rest (80 -> 64 + 16, 96 -> 64 + 32,
+    48 -> 32 + 16); otherwise the next power of two, its last columns masked (72 and 112 -> 128). A second block
+    with masked columns (72 -> 64 + 16) gave wrong bf16 outputs on an H100 (relative error 1.1 where fp16 and
+    fp32 passed: the fourth GPU lease, benchmarks/NOTES.md), so no head dim takes that path until it is understood."""
     full = max(16, triton.next_power_of_2(d))
     main = max(16, full // 2) if d < full else full
     rest = d - main
-    if rest <= 0 or main == full:
+    if rest <= 0 or main == full or rest not in (16, 32):
         return full, 0
-    tail = max(16, triton.next_power_of_2(rest))
-    if tail > 32 or main + tail >= full:
-        return full, 0
-    return main, tail
+    return main, rest
 
 
 # Head dims aot_variants() compiles: each distinct (BLOCK_D0, BLOCK_D1, padded) of 16..128 once; the ViT presets'
@@ -155,7 +156,7 @@ def _prune_configs(configs, named_args, **kwargs):
 @triton.jit
 def _load(ptrs, rows, n_rows, cols, n_cols, MASK_ROWS: tl.constexpr, MASK_COLS: tl.constexpr):
     """A (rows, cols) tile with zeros where masked. Row masks only for ragged Q/K/V blocks, column masks only for
-    head dims that are not a sum of the column blocks (72 = 64 + 16 - 8)."""
+    head dims narrower than their one column block (72 and 112 in 128)."""
     if MASK_ROWS and MASK_COLS:
         x = tl.load(ptrs, mask=(rows[:, None] < n_rows) & (cols[None, :] < n_cols), other=0.0)
     elif MASK_ROWS:
@@ -180,14 +181,13 @@ def _store(ptrs, x, rows, n_rows, cols, n_cols, MASK_ROWS: tl.constexpr, MASK_CO
 
 
 @triton.jit
-def _scaled_q(ptrs, rows, n_rows, cols, n_cols, qk_scale, MASK_ROWS: tl.constexpr, MASK_COLS: tl.constexpr,
-              UPCAST: tl.constexpr):
-    """A Q column block times softmax_scale * log2(e), in fp32, rounded once to the dot operand type."""
+def _q_block(ptrs, rows, n_rows, cols, n_cols, MASK_ROWS: tl.constexpr, MASK_COLS: tl.constexpr,
+             UPCAST: tl.constexpr):
+    """A Q column block as the dot takes it (unscaled: the scale is applied to the fp32 scores)."""
     q = _load(ptrs, rows, n_rows, cols, n_cols, MASK_ROWS, MASK_COLS)
-    scaled = q.to(tl.float32) * qk_scale
     if UPCAST:
-        return scaled
-    return scaled.to(q.dtype)
+        return q.to(tl.float32)
+    return q
 
 
 @autotuned(_configs(), ["N_Q_BUCKET", "N_K_BUCKET", "BH_BUCKET", "HEAD_DIM"], _prune_configs)
@@ -209,7 +209,7 @@ def _attn_fwd_kernel(
     H,  # number of heads
     N_Q,  # query rows per (batch, head)
     N_K,  # key/value rows per (batch, head)
-    qk_scale,  # softmax scale * log2(e): applied to Q once, so exp2 of the scores is the softmax numerator
+    qk_scale,  # softmax scale * log2(e): exp2(s * qk_scale - m) of the raw scores s is the softmax numerator
     N_Q_BUCKET,  # next power of two of N_Q: autotune key only, unused in the body
     N_K_BUCKET,  # next power of two of N_K: autotune key only, unused in the body
     BH_BUCKET,  # next power of two of B*H (capped): autotune key only (small batches favour small BLOCK_M)
@@ -232,10 +232,11 @@ def _attn_fwd_kernel(
     pid_bh = pid // num_m
     off_b = (pid_bh // H).to(tl.int64)
     off_h = (pid_bh % H).to(tl.int64)
-    # Only the last column block can be partial, and only for head dims like 72 (64 + 16 with 8 masked columns).
+    # Only a single column block can be partial (72 and 112 in 128 columns); two cover the head dim exactly.
     if BLOCK_D1 > 0:
+        tl.static_assert(BLOCK_D0 + BLOCK_D1 == HEAD_DIM, "two column blocks cover the head dim exactly")
         MASK_D0: tl.constexpr = False
-        MASK_D1: tl.constexpr = BLOCK_D0 + BLOCK_D1 != HEAD_DIM
+        MASK_D1: tl.constexpr = False
     else:
         MASK_D0: tl.constexpr = BLOCK_D0 != HEAD_DIM
         MASK_D1: tl.constexpr = False
@@ -247,12 +248,11 @@ def _attn_fwd_kernel(
     k_base = K + off_b * stride_kb + off_h * stride_kh + offs_n[:, None] * stride_kn
     v_base = V + off_b * stride_vb + off_h * stride_vh + offs_n[:, None] * stride_vn
 
-    q0 = _scaled_q(q_base + offs_d0[None, :], offs_m, N_Q, offs_d0, HEAD_DIM, qk_scale, not EVEN_M, MASK_D0, UPCAST)
+    q0 = _q_block(q_base + offs_d0[None, :], offs_m, N_Q, offs_d0, HEAD_DIM, not EVEN_M, MASK_D0, UPCAST)
     acc0 = tl.zeros([BLOCK_M, BLOCK_D0], dtype=tl.float32)
     if BLOCK_D1 > 0:
         offs_d1 = BLOCK_D0 + tl.arange(0, BLOCK_D1)
-        q1 = _scaled_q(q_base + offs_d1[None, :], offs_m, N_Q, offs_d1, HEAD_DIM, qk_scale, not EVEN_M, MASK_D1,
-                       UPCAST)
+        q1 = _q_block(q_base + offs_d1[None, :], offs_m, N_Q, offs_d1, HEAD_DIM, not EVEN_M, MASK_D1, UPCAST)
         acc1 = tl.zeros([BLOCK_M, BLOCK_D1], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -264,7 +264,7 @@ def _attn_fwd_kernel(
         k0 = _load(k_base + start_n * stride_kn + offs_d0[None, :], cols, N_K, offs_d0, HEAD_DIM, not EVEN_N, MASK_D0)
         if UPCAST:
             k0 = k0.to(tl.float32)
-        s = tl.dot(q0, tl.trans(k0), input_precision=DOT_PRECISION)  # scores in log2 units, fp32
+        s = tl.dot(q0, tl.trans(k0), input_precision=DOT_PRECISION)  # raw scores, fp32
         if BLOCK_D1 > 0:
             k1 = _load(k_base + start_n * stride_kn + offs_d1[None, :], cols, N_K, offs_d1, HEAD_DIM, not EVEN_N,
                        MASK_D1)
@@ -273,8 +273,8 @@ def _attn_fwd_kernel(
             s = tl.dot(q1, tl.trans(k1), s, input_precision=DOT_PRECISION)
         if not EVEN_N:
             s = tl.where(cols[None, :] < N_K, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.exp2(s - m_new[:, None])
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)  # in log2 units (qk_scale > 0 keeps the maximum)
+        p = tl.exp2(tl.fma(s, qk_scale, -m_new[:, None]))  # one FMA a score, as the subtraction alone
         alpha = tl.exp2(m_i - m_new)  # 0 on the first block (m_i = -inf)
         l_i = l_i * alpha + tl.sum(p, 1)
         m_i = m_new
@@ -495,7 +495,7 @@ def _pickable(tile, block_d, dtype):
 def aot_variants(exhaustive=False):
     """What the launcher can pick on a GPU. Every tile of every table (the fp32 table for fp32) x dtype x EVEN_M x
     EVEN_N for the presets' head dims 64 and 80 (one and two column blocks); every other head-dim block layout
-    (16, 32, 32+16, 64+16 masked, 64+32, 128 masked, 128) x EVEN_M x EVEN_N at the first tile of the Hopper (or
+    (16, 32, 32+16, 64+32, 128 masked at 72 and 112, 128) x EVEN_M x EVEN_N at the first tile of the Hopper (or
     fp32) table. `exhaustive=True`: every tile for every head dim. Tiles the pruner drops for a head dim because
     they spill there (`fits_registers`) are left out.
     The row-maxima variants (ROW_AMAX_OUT, the FP8 model's attention): bf16 (the FP8 model's activations), every

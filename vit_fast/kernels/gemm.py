@@ -49,17 +49,19 @@ def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_
 def gelu_erf(x, OUT_MANTISSA: tl.constexpr):
     # Exact (erf) GELU as x * Phi(x), Phi(-|x|) = erfc(|x| / sqrt 2) / 2 = 2^(|x| * Q(|x|) - 1): no 1 + erf(x)
     # cancellation in the negative tail; past |x| = 6 the clamp leaves Phi(-6) = 1e-9, so -inf gives -inf (PyTorch:
-    # NaN). Q is fitted on [0, 6] (benchmarks/gelu_fit.py) to the precision the result is stored in, OUT_MANTISSA
-    # bits: its relative error is at most 1/32 of that format's smallest relative half step, so the store rounds
-    # as it would round the exact value but for a few near-ties.
+    # NaN). Q is fitted on [0, 6] (benchmarks/gelu_fit.py). Stored in bf16 (OUT_MANTISSA 7 bits) the result takes a
+    # degree-5 fit whose relative error is 1/40 of bf16's smallest relative half step, so the store rounds as it
+    # would round the exact value but for a few near-ties. Every other store keeps degree 9, near fp32's own
+    # rounding: fp32, fp16, and FC1's e4m3 codes, which the FP8 model tests hold to the torch emulation's codes
+    # (degree 5 flipped enough of them to fail those tests in about 3 runs of 10).
     a = tl.minimum(tl.abs(x), 6.0)
-    if OUT_MANTISSA <= 7:  # bf16, and FC1's e4m3 codes for FC2: degree 5, 4.9e-5 relative
+    if OUT_MANTISSA == 7:  # bf16: degree 5, 4.9e-5 relative
         q = tl.fma(a, 2.3434442482539453e-05, -0.0006197582697495818)
         q = tl.fma(q, a, 0.007260461803525686)
         q = tl.fma(q, a, -0.051418885588645935)
         q = tl.fma(q, a, -0.46086326241493225)
         q = tl.fma(q, a, -1.1504803895950317)
-    else:  # fp16, fp32: degree 9, 3.7e-7 relative (near fp32's own rounding)
+    else:  # fp32, fp16, e4m3 codes: degree 9, 3.7e-7 relative
         q = tl.fma(a, -1.2712573216333567e-08, 4.270092688329896e-07)
         q = tl.fma(q, a, -6.103272880864097e-06)
         q = tl.fma(q, a, 4.650361734093167e-05)

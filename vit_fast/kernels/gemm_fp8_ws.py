@@ -96,13 +96,13 @@ def _epilogue_partition(acc_s, acc_ready, acc_empty, srow_s, a_scale_ptr, scale_
     through the TMA engine's epilogue (acc · s_row · s_col, bias, activation, then the residual and one cast, or
     e4m3 codes per row and 128 columns with their scales) while the math warpgroups run the next tile's wgmmas.
     What does not depend on the sums is loaded before the tile is ready: the columns' scales and bias, and the rows'
-    scales, one row a thread into srow_s (read back in the tile's layout), so no global load latency sits between
-    the tile's arrival and FC1's GELU."""
+    scales into srow_s (read back in the tile's layout), so no global load latency sits between the tile's arrival
+    and FC1's GELU."""
     HALF: gl.constexpr = acc_s.shape[1]
     BLOCK_M: gl.constexpr = 2 * HALF
     BLOCK_N: gl.constexpr = acc_s.shape[2]
     out_layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 * 8 // BLOCK_N, BLOCK_N // 8], [4, 1], [1, 0])
-    row_layout: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])  # a row a thread: one load each
+    row_layout: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])  # the rows' scales, before the tile
     num_tiles = gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N)
     t = 0
     for tile in range(gl.program_id(0), num_tiles, NUM_SMS):
