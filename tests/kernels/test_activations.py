@@ -205,3 +205,25 @@ def test_gelu_switch_reaches_every_fc1_launcher(monkeypatch, device):
     monkeypatch.setenv(GELU_ENV, "erf")
     with pytest.raises(ValueError, match=re.escape("VITFAST_GELU: expected fitted | libdevice, got 'erf'")):
         kernels.ln_linear(x, g, beta, 1e-6, w, b, "gelu")
+
+
+def test_every_epilogue_passes_the_type_it_stores():
+    """Each engine's epilogue hands the activation the element type it stores (out_ptr's, the output descriptor's, or
+    the OUT_TY its caller passed down), so the GELU's fit follows the store: read from the kernels' source, since on
+    this machine the bf16 epilogues do not run (the interpreter runs no bf16 dot)."""
+    import ast
+    from pathlib import Path
+
+    import vit_fast.kernels as kernel_package
+
+    takes_type = {"apply_activation": 2, "epilogue_math": 12, "gated_epilogue_math": 13, "_values": 11}
+    stored = {"out_ptr.dtype.element_ty", "out_desc.dtype", "OUT_TY"}
+    calls = 0
+    for path in sorted(Path(kernel_package.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in takes_type:
+                index = takes_type[node.func.id]
+                assert len(node.args) > index, f"{path.name}:{node.lineno}: {node.func.id} without the stored type"
+                assert ast.unparse(node.args[index]) in stored, f"{path.name}:{node.lineno}: {ast.unparse(node)}"
+                calls += 1
+    assert calls >= 15  # every engine's epilogue (2026-12-05: 15 calls in 6 modules)
