@@ -165,7 +165,7 @@ def test_forced_split_residual_with_statistics(parts, dtype, k, engine, splits, 
     assert torch.equal(split, again) and torch.equal(split_stats, again_stats)
     assert_close(split, plain, dtype)
     # each launch's statistics are its own stored rows' (in 16 bits split and unsplit rows differ by a rounding step
-    # here and there, and a row's mean near zero then differs relatively more than the stored values: 1 in ~50 runs)
+    # here and there, and a row's mean near zero then differs relatively more than the stored values: seen once)
     for out, stats in ((split, split_stats), (plain, plain_stats)):
         rows = out.double().reshape(-1, out.shape[-1])
         own = torch.stack([rows.mean(1), (rows.var(1, unbiased=False) + 1e-6).rsqrt()], 1).float()
