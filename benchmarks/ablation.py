@@ -25,16 +25,14 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import signal
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from vit_fast.switches import SWITCHES
+from vit_fast.switches import SWITCHES, checked_value, switched
 
 from . import builders, cli, runner, timing
 from . import env as env_mod
@@ -49,9 +47,10 @@ def _switch(text: str) -> tuple:
     if not sep or name not in SWITCHES:
         raise argparse.ArgumentTypeError(f"expected VITFAST_NAME=value with a name of {', '.join(SWITCHES)}, "
                                          f"got {text!r}")
-    if value not in SWITCHES[name]:
-        raise argparse.ArgumentTypeError(f"{name}: expected {' | '.join(SWITCHES[name])}, got {value!r}")
-    return name, value
+    try:
+        return name, checked_value(name, value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def parse_args(argv=None):
@@ -83,21 +82,6 @@ def parse_args(argv=None):
     return args
 
 
-@contextmanager
-def _setting(switches: tuple):
-    """The process environment with `switches` ((name, value) pairs) set, restored afterwards."""
-    saved = {name: os.environ.get(name) for name, _ in switches}
-    os.environ.update(dict(switches))
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def _label(switches: tuple) -> str:
     return ",".join(f"{n}={v}" for n, v in switches) or SHIPPED
 
@@ -105,12 +89,12 @@ def _label(switches: tuple) -> str:
 def _prepare(built, switches, inputs, ref, graphs: bool) -> dict:
     """Compile, tune and capture one setting; its callable and its error against the fp32 reference."""
     t0 = time.monotonic()
-    with _setting(switches), torch.inference_mode():
+    with switched(dict(switches)), torch.inference_mode():
         if graphs:  # the graph holds the launches made under the setting
             fn = builders.CudaGraphed(built.fn, inputs, warmup=1)
         else:  # eager (a CPU run): every call under the setting
             def fn(x):
-                with _setting(switches):
+                with switched(dict(switches)):
                     return built.fn(x)
         out = fn(inputs[0]).float().clone()
         timing.sync(inputs[0].device)

@@ -22,6 +22,7 @@ import sys
 import time
 
 from vit_fast.kernels._common import AUTOTUNE_ENV, is_interpreting
+from vit_fast.switches import switched
 
 from . import schema
 
@@ -112,26 +113,20 @@ def main(argv=None) -> int:
             print(f"prewarm {part}: {what}: skipped, past the deadline", flush=True)
             continue
         start = time.time()
-        saved = {k: os.environ.get(k) for k in switches}
-        os.environ.update(switches)  # the kernels read their switches at each launch
         try:
-            master = builders.build_master(model, args.resolution, 0, overrides)
-            built = builders.build("vit_fast", master, runner.DTYPES[dtype], device, "max-autotune", preset=model)
-            x = runner.make_inputs(batch, args.resolution, builders.input_dtype(runner.DTYPES[dtype]), device, 0,
-                                   1)[0]
-            with torch.inference_mode():
-                built.fn(x)
+            with switched(switches):  # the kernels read their switches at each launch
+                master = builders.build_master(model, args.resolution, 0, overrides)
+                built = builders.build("vit_fast", master, runner.DTYPES[dtype], device, "max-autotune", preset=model)
+                x = runner.make_inputs(batch, args.resolution, builders.input_dtype(runner.DTYPES[dtype]), device, 0,
+                                       1)[0]
+                with torch.inference_mode():
+                    built.fn(x)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             done = f"{time.time() - start:.1f} s"
         except Exception as e:  # noqa: BLE001 - the headline meets it again and records it; the next row goes on
             done = f"failed after {time.time() - start:.1f} s: {' '.join(str(e).split())[:300]}"
         finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k)
-                else:
-                    os.environ[k] = v
             master = built = x = None  # noqa: F841 - freed before the next row's model
             runner._cleanup(device)
         print(f"prewarm {part}: {what}: {done}", flush=True)

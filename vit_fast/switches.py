@@ -4,6 +4,7 @@ the settings kept to compare one change with the code before it. One table of na
 of them before any work starts, and label what they report with the ones set). Plain Python, no torch or triton, so
 a command that does not run kernels checks them too.
 """
+import contextlib
 import os
 
 # each switch's name and what reads it (modules of vit_fast/kernels unless said), then SWITCHES: its values, the
@@ -47,8 +48,30 @@ def switch_settings():
 def switch_value(name: str, expected: str = None) -> str:
     """The value of switch `name` in the environment (its default when unset or blank); another value is one
     clear error, saying `expected` (default: the values, "a | b")."""
+    return checked_value(name, os.environ.get(name, ""), expected)
+
+
+def checked_value(name: str, value: str, expected: str = None) -> str:
+    """`value` of switch `name` as the kernels read it (stripped, lower case; blank: the default), or one clear
+    error saying `expected` (default: the values, "a | b")."""
     choices = SWITCHES[name]
-    value = os.environ.get(name, "").strip().lower() or choices[0]
+    value = value.strip().lower() or choices[0]
     if value not in choices:
         raise ValueError(f"{name}: expected {expected or ' | '.join(choices)}, got {value!r}")
     return value
+
+
+@contextlib.contextmanager
+def switched(settings: dict):
+    """The process environment with the switches `settings` ({name: value}) set, restored afterwards (the kernels
+    read them at each launch)."""
+    saved = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -232,14 +232,10 @@ def _attn_fwd_kernel(
     pid_bh = pid // num_m
     off_b = (pid_bh // H).to(tl.int64)
     off_h = (pid_bh % H).to(tl.int64)
-    # Only a single column block can be partial (72 and 112 in 128 columns); two cover the head dim exactly.
-    if BLOCK_D1 > 0:
-        tl.static_assert(BLOCK_D0 + BLOCK_D1 == HEAD_DIM, "two column blocks cover the head dim exactly")
-        MASK_D0: tl.constexpr = False
-        MASK_D1: tl.constexpr = False
-    else:
-        MASK_D0: tl.constexpr = BLOCK_D0 != HEAD_DIM
-        MASK_D1: tl.constexpr = False
+    # Only a single column block can be partial (72 and 112 in 128 columns); two cover the head dim exactly, so the
+    # second block's loads and stores take no column mask.
+    tl.static_assert(BLOCK_D1 == 0 or BLOCK_D0 + BLOCK_D1 == HEAD_DIM, "two column blocks cover the head dim exactly")
+    MASK_D0: tl.constexpr = BLOCK_D1 == 0 and BLOCK_D0 != HEAD_DIM
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -252,7 +248,7 @@ def _attn_fwd_kernel(
     acc0 = tl.zeros([BLOCK_M, BLOCK_D0], dtype=tl.float32)
     if BLOCK_D1 > 0:
         offs_d1 = BLOCK_D0 + tl.arange(0, BLOCK_D1)
-        q1 = _q_block(q_base + offs_d1[None, :], offs_m, N_Q, offs_d1, HEAD_DIM, not EVEN_M, MASK_D1, UPCAST)
+        q1 = _q_block(q_base + offs_d1[None, :], offs_m, N_Q, offs_d1, HEAD_DIM, not EVEN_M, False, UPCAST)
         acc1 = tl.zeros([BLOCK_M, BLOCK_D1], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -267,7 +263,7 @@ def _attn_fwd_kernel(
         s = tl.dot(q0, tl.trans(k0), input_precision=DOT_PRECISION)  # raw scores, fp32
         if BLOCK_D1 > 0:
             k1 = _load(k_base + start_n * stride_kn + offs_d1[None, :], cols, N_K, offs_d1, HEAD_DIM, not EVEN_N,
-                       MASK_D1)
+                       False)
             if UPCAST:
                 k1 = k1.to(tl.float32)
             s = tl.dot(q1, tl.trans(k1), s, input_precision=DOT_PRECISION)
@@ -285,7 +281,7 @@ def _attn_fwd_kernel(
         acc0 = tl.dot(p, v0, acc0 * alpha[:, None], input_precision=DOT_PRECISION)
         if BLOCK_D1 > 0:
             v1 = _load(v_base + start_n * stride_vn + offs_d1[None, :], cols, N_K, offs_d1, HEAD_DIM, not EVEN_N,
-                       MASK_D1)
+                       False)
             if UPCAST:
                 v1 = v1.to(tl.float32)
             acc1 = tl.dot(p, v1, acc1 * alpha[:, None], input_precision=DOT_PRECISION)
@@ -297,7 +293,7 @@ def _attn_fwd_kernel(
     _store(o_base + offs_d0[None, :], o0, offs_m, N_Q, offs_d0, HEAD_DIM, not EVEN_M, MASK_D0)
     if BLOCK_D1 > 0:
         o1 = (acc1 * inv_l[:, None]).to(out_ty)
-        _store(o_base + offs_d1[None, :], o1, offs_m, N_Q, offs_d1, HEAD_DIM, not EVEN_M, MASK_D1)
+        _store(o_base + offs_d1[None, :], o1, offs_m, N_Q, offs_d1, HEAD_DIM, not EVEN_M, False)
     if ROW_AMAX_OUT:
         # Of the values as stored (after the cast), so the out-projection's in-loop quantization sees exactly the
         # maxima of the rows it reads. Masked head-dim columns hold zeros (V loaded as 0), harmless under a max of
