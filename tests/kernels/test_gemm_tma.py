@@ -179,35 +179,3 @@ def test_fp8_two_programs_rows_every_launch(precise, monkeypatch, device):
                 torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2, msg=f"{row} {name}")
             ran.add((row, name))
     assert {((64, 128, 128, 4, 3, 1), name) for name in launches} <= ran  # the 64x128 row takes all four
-
-
-@pytest.mark.parametrize("precise", ["1", "0"], ids=["promoted", "fast"])
-def test_fp8_tma_deep_k_row(precise, monkeypatch, device):
-    """The FP8 TMA engine's 256-deep row (two 128-byte swizzle rows of K per TMA box), pinned as the two-programs rows
-    are: FC1 (LayerNorm + GELU) and FC2 (residual) with K not a multiple of 256, against the pointer engine on the
-    same e4m3 codes (the row quantizer's): equal up to summation order."""
-    from vit_fast import fp8 as fp8_ref
-    from vit_fast.kernels import gemm_fp8_tma
-    from vit_fast.kernels.linear_residual import linear_residual_launch
-    from vit_fast.kernels.ln_linear import ln_linear_fp8_launch
-
-    if CUDA and torch.cuda.get_device_capability()[0] != 9:
-        pytest.skip("the TMA engines need an sm_90 GPU")
-    row = (128, 128, 256, 8, 3, 2)
-    assert row in gemm_fp8_tma.HOPPER_FP8_TMA
-    monkeypatch.setenv("VITFAST_FP8_PRECISE_ACC", precise)
-    m, n, k = (4096 + 37, 1024, 4096 + 64) if CUDA else (300, 256, 320)
-    x = torch.randn(m, k, device=device).bfloat16()
-    g, b = torch.randn(k, device=device).bfloat16(), torch.randn(k, device=device).bfloat16()
-    bias, residual = torch.randn(n, device=device).bfloat16(), torch.randn(m, n, device=device).bfloat16()
-    wq, ws = fp8_ref.quantize_rows(torch.randn(n, k, device=device))
-    runs = {"fc1": lambda: ln_linear_fp8_launch(x, g, b, 1e-6, wq, ws, bias, "gelu"),
-            "fc2": lambda: linear_residual_launch(x, wq, bias, residual, weight_scale=ws)}
-    for name, run in runs.items():
-        monkeypatch.setenv("VITFAST_FP8_ENGINE", "pointer")
-        ref = run().float()
-        monkeypatch.setenv("VITFAST_FP8_ENGINE", "tma")
-        _pin(monkeypatch, gemm_fp8_tma.fp8_tma_gemm_kernel, row, 1)
-        out = run().float()
-        assert torch.isfinite(out).all(), name
-        torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2, msg=name)  # one bf16 rounding of each

@@ -91,6 +91,25 @@ def test_merge_is_stable_for_offset_rows(dtype, engine, slot, device):
     assert ((naive_var.double() - true_var).abs() / true_var).max() > 1e-3, "the draw cannot tell the two apart"
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_merge_of_slots_far_apart(dtype, engine, slot, device):
+    """Rows whose slots sit at means ±500 apart (most of the variance between slots, none of it in slot 0's shift:
+    the merge's Σnᵢdᵢ² − (Σnᵢdᵢ)²/n term) and one slot at +2000: the merged statistics, and the LayerNorm a GEMM
+    applies with them, those of the stored rows in float64."""
+    lead, k, n = shapes(dtype)[0]
+    x, w, bb, res = make(lead, k, n, dtype, device)
+    cols = torch.arange(n, device=device) // slot
+    offsets = torch.where(cols % 2 == 0, -500.0, 500.0) + torch.where(cols == cols.max(), 2000.0, 0.0)
+    res = (res.float() + offsets).to(dtype)
+    out, parts = kernels.linear_residual_stats(x, w, bb, res)
+    exact = exact_stats(out, 1e-6)
+    torch.testing.assert_close(ln_fold.merge_partials(parts, 1e-6).double(), exact, rtol=1e-5, atol=1e-6)
+    g, b = torch.ones(n, dtype=dtype, device=device), torch.zeros(n, dtype=dtype, device=device)
+    eye = torch.eye(n, dtype=dtype, device=device)
+    normed = ln_linear_launch(out, 1e-6, *kernels.fold_layer_norm(g, b, eye, None), partials=parts)
+    assert_close(normed.reshape(-1, n), (out.reshape(-1, n).double() - exact[:, :1]) * exact[:, 1:], dtype)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_ln_ops_merge_partials(dtype, engine, slot, device):
     """ln_linear (GELU) and ln_qkv on a residual GEMM's output: with its partials the same result as with the

@@ -44,7 +44,6 @@ GROUP_K = tl.constexpr(FP8_GROUP)  # FP8_GROUP inside the kernels
 HOPPER_FP8_TMA = [
     (128, 256, 128, 8, 3, 2),
     (128, 128, 128, 8, 4, 1),
-    (128, 128, 256, 8, 3, 2),  # promoted keys: one drain per 256 of K (they cannot take 128x256: PROMOTED_SPILLS)
     (128, 128, 128, 4, 3, 2),
     (64, 128, 128, 4, 4, 1),
     (128, 64, 128, 4, 4, 1),

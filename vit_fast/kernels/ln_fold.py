@@ -11,10 +11,12 @@ bf16 error against fp32 by 2× PyTorch's own bf16 error on rows whose mean is 10
 
 Inside the model the rows a LayerNorm reads were just written by a residual GEMM (the out-projection, FC2), so that
 GEMM's epilogue writes their statistics instead of a launch of their own: per row and per SLOT-wide column slot,
-the (count, sum, centred sum of squares) of the stored values of the tile that starts there (`store_partials`;
+the (count, mean, centred sum of squares) of the stored values of the tile that starts there (`store_partials`;
 the tile's other slots get zeros), and the next GEMM's epilogue merges a row's slots with Chan's formula
-(`merge_partials`: M2 = Σ M2ᵢ + Σ nᵢ (meanᵢ − mean)², no E[x²] − mean² cancellation). Layout (M, 3, cdiv(N, SLOT))
-fp32: `new_partials`.
+(`merge_partials`: M2 = Σ M2ᵢ + Σ nᵢ (meanᵢ − mean)², no E[x²] − mean² cancellation). The slot means are stored
+(not sums) so the merge divides once per row, not once per slot: `row_moments` sums nᵢ·dᵢ and nᵢ·dᵢ² of
+dᵢ = meanᵢ − mean₀ (slot 0's mean as the shift, so the one subtraction left, Σnᵢdᵢ² − (Σnᵢdᵢ)²/n, is of the
+between-slot spread only). Layout (M, 3, cdiv(N, SLOT)) fp32: `new_partials`.
 """
 from typing import NamedTuple
 
@@ -145,40 +147,39 @@ def check_partials(op: str, name: str, partials: torch.Tensor, rows: torch.Tenso
 @triton.jit
 def store_partials(y, rows, col0, M, N, part_ptr, EPI_N: tl.constexpr, SLOT: tl.constexpr):
     """Partial statistics of one epilogue (sub)tile: y (BLOCK_M, EPI_N) fp32, the values as stored, of rows `rows`
-    and columns col0 .. col0 + EPI_N; per row (count, sum, centred sum of squares) of the columns < N into slot
+    and columns col0 .. col0 + EPI_N; per row (count, mean, centred sum of squares) of the columns < N into slot
     col0 // SLOT of part_ptr's (M, 3, cdiv(N, SLOT)) rows, zeros into the tile's other slots. Row vectors only
     (no (rows, slots) tile, so no layout conversion through shared memory)."""
     cols = col0 + tl.arange(0, EPI_N)
     row_ok = rows < M
     valid = row_ok[:, None] & (cols < N)[None, :]
     count = tl.minimum(tl.maximum(N - col0, 0), EPI_N).to(tl.float32)
-    total = tl.sum(tl.where(valid, y, 0.0), axis=1)
-    d = tl.where(valid, y - (total / tl.maximum(count, 1.0))[:, None], 0.0)
+    mean = tl.sum(tl.where(valid, y, 0.0), axis=1) / tl.maximum(count, 1.0)
+    d = tl.where(valid, y - mean[:, None], 0.0)
     m2 = tl.sum(d * d, axis=1)
     nslot = tl.cdiv(N, SLOT)
     first = col0 // SLOT
     ptrs = part_ptr + rows.to(tl.int64) * (3 * nslot) + first
     slot = tl.zeros_like(rows) + first  # a row vector: the interpreter cannot mask with a scalar comparison
     ok = row_ok & (slot < nslot)
-    tl.store(ptrs, tl.zeros_like(total) + count, mask=ok)
-    tl.store(ptrs + nslot, total, mask=ok)
+    tl.store(ptrs, tl.zeros_like(mean) + count, mask=ok)
+    tl.store(ptrs + nslot, mean, mask=ok)
     tl.store(ptrs + 2 * nslot, m2, mask=ok)
     for j in tl.static_range(1, EPI_N // SLOT):
         ok_j = row_ok & (slot + j < nslot)
-        tl.store(ptrs + j, tl.zeros_like(total), mask=ok_j)
-        tl.store(ptrs + nslot + j, tl.zeros_like(total), mask=ok_j)
-        tl.store(ptrs + 2 * nslot + j, tl.zeros_like(total), mask=ok_j)
+        tl.store(ptrs + j, tl.zeros_like(mean), mask=ok_j)
+        tl.store(ptrs + nslot + j, tl.zeros_like(mean), mask=ok_j)
+        tl.store(ptrs + 2 * nslot + j, tl.zeros_like(mean), mask=ok_j)
 
 
 @triton.jit
-def _merge_slot(ptrs, SLOTS: tl.constexpr, row_ok, n, mean, m2):
-    """Chan's update of a row's running (count, mean, M2) with one slot's (count, sum, M2) at ptrs."""
+def _add_slot(ptrs, SLOTS: tl.constexpr, row_ok, mean0, n, s1, s2, m2):
+    """One slot's (count, mean, M2) at ptrs into a row's sums about slot 0's mean: count, Σ nᵢdᵢ, Σ nᵢdᵢ², Σ M2ᵢ
+    (dᵢ = meanᵢ − mean0; an empty slot, count 0, adds nothing)."""
     n_j = tl.load(ptrs, mask=row_ok, other=0.0)
-    total_j = tl.load(ptrs + SLOTS, mask=row_ok, other=0.0)
-    m2_j = tl.load(ptrs + 2 * SLOTS, mask=row_ok, other=0.0)
-    n_ab = n + n_j
-    delta = total_j / tl.maximum(n_j, 1.0) - mean  # an empty slot (n_j 0) changes nothing
-    return n_ab, mean + delta * (n_j / n_ab), m2 + m2_j + delta * delta * (n * n_j / n_ab)
+    d = tl.load(ptrs + SLOTS, mask=row_ok, other=0.0) - mean0
+    t = n_j * d
+    return n + n_j, s1 + t, s2 + t * d, m2 + tl.load(ptrs + 2 * SLOTS, mask=row_ok, other=0.0)
 
 
 @triton.jit
@@ -186,24 +187,29 @@ def row_moments(stats_ptr, rows, M, K, eps, ROW_STATS: tl.constexpr, SLOT: tl.co
                 UNROLL: tl.constexpr):
     """(mean, rstd) of the rows `rows` of A (M, K) for the folded LayerNorm: read from row_stats' (M, 2) output
     (ROW_STATS 1), or merged from a residual GEMM's (M, 3, SLOTS) partial statistics (ROW_STATS 2; SLOTS =
-    cdiv(K, SLOT)), slot by slot (Chan's pairwise update on row vectors: no (rows, slots) tile). UNROLL: the slots
-    unrolled (the persistent TMA engine: a loop here would stop Triton from flattening its tile loop) or in a loop
-    (the pointer engine: one slot's loads live at a time instead of all of them)."""
+    cdiv(K, SLOT)): M2 = Σ M2ᵢ + Σ nᵢdᵢ² − (Σ nᵢdᵢ)²/n with dᵢ = meanᵢ − mean₀ (the module docstring), one division
+    a row (row vectors: no (rows, slots) tile). UNROLL: the slots unrolled (the persistent engines: a loop here
+    would stop Triton from flattening its tile loop) or in a loop (the pointer engine: one slot's loads live at a
+    time instead of all of them)."""
     row_ok = rows < M
     r64 = rows.to(tl.int64)
     if ROW_STATS == 2:
         ptrs = stats_ptr + r64 * (3 * SLOTS)
-        # slot 0 starts an epilogue slice, so its count is never 0
+        # slot 0 starts an epilogue slice, so its count is never 0 (1 for rows past M: no division by 0)
         n = tl.load(ptrs, mask=row_ok, other=1.0)
-        mean = tl.load(ptrs + SLOTS, mask=row_ok, other=0.0) / n
+        mean0 = tl.load(ptrs + SLOTS, mask=row_ok, other=0.0)
         m2 = tl.load(ptrs + 2 * SLOTS, mask=row_ok, other=0.0)
+        s1 = tl.zeros_like(mean0)
+        s2 = tl.zeros_like(mean0)
         if UNROLL:
             for j in tl.static_range(1, SLOTS):
-                n, mean, m2 = _merge_slot(ptrs + j, SLOTS, row_ok, n, mean, m2)
+                n, s1, s2, m2 = _add_slot(ptrs + j, SLOTS, row_ok, mean0, n, s1, s2, m2)
         else:
             for j in range(1, SLOTS):
-                n, mean, m2 = _merge_slot(ptrs + j, SLOTS, row_ok, n, mean, m2)
-        rstd = 1.0 / tl.sqrt(m2 / n + eps)  # n = K when the partials are this A's
+                n, s1, s2, m2 = _add_slot(ptrs + j, SLOTS, row_ok, mean0, n, s1, s2, m2)
+        inv_n = 1.0 / n  # n = K when the partials are this A's
+        mean = mean0 + s1 * inv_n
+        rstd = 1.0 / tl.sqrt((m2 + (s2 - s1 * s1 * inv_n)) * inv_n + eps)
     else:
         mean = tl.load(stats_ptr + r64 * 2, mask=row_ok, other=0.0)
         rstd = tl.load(stats_ptr + r64 * 2 + 1, mask=row_ok, other=0.0)
@@ -213,10 +219,10 @@ def row_moments(stats_ptr, rows, M, K, eps, ROW_STATS: tl.constexpr, SLOT: tl.co
 def merge_partials(partials: torch.Tensor, eps: float) -> torch.Tensor:
     """(M, 2) (mean, rstd) from (M, 3, S) partial statistics, in torch: the reference row_moments is tested against,
     and what a caller gets without a GEMM to merge them in."""
-    count, total, m2 = partials.double().unbind(1)
+    count, means, m2 = partials.double().unbind(1)
     k = count.sum(1, keepdim=True)
-    mean = total.sum(1, keepdim=True) / k
-    var = (m2 + count * (total / count.clamp(min=1) - mean) ** 2).sum(1, keepdim=True) / k
+    mean = (count * means).sum(1, keepdim=True) / k
+    var = (m2 + count * (means - mean) ** 2).sum(1, keepdim=True) / k
     return torch.cat([mean, (var + eps).rsqrt()], 1).float()
 
 
