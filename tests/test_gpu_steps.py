@@ -201,7 +201,8 @@ def test_dry_ws16_step(tmp_path):
 
 @pytest.mark.parametrize("step, switched", [
     ("ablate256", ["VITFAST_LN_PARTIALS=0", "VITFAST_GELU=libdevice", "VITFAST_STAGGER=0", "VITFAST_GEMM_ENGINE=ws"]),
-    ("ablate1", ["VITFAST_GEMM_ENGINE=pointer", "VITFAST_SPLIT_K=1", "VITFAST_TMA_DESC=device", "VITFAST_PDL=1"]),
+    ("ablate1", ["VITFAST_GEMM_ENGINE=pointer", "VITFAST_SPLIT_K=1", "VITFAST_TMA_DESC=device", "VITFAST_PDL=1",
+                 "VITFAST_LN_PARTIALS=0"]),
 ])
 def test_dry_ablation_steps(tmp_path, step, switched):
     """ablate256 / ablate1: the shipped row and its group's four switched rows in one process (toy sizes in the

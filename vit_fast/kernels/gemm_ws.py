@@ -97,7 +97,7 @@ def _epilogue_partition(acc_s, acc_ready, acc_empty, stat_s, stats_ptr, colsum_p
     # 8 contiguous columns a thread: 16-byte stores of the 16-bit output
     out_layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 * 8 // BLOCK_N, BLOCK_N // 8], [4, 1], [1, 0])
     # one row a thread for the statistics (the tile layout's row vectors repeat each row on 16 threads, and merging
-    # the partials takes about 40 instructions a row and slot); stat_s hands them to the tile layout
+    # the partials takes three loads and five instructions a row and slot); stat_s hands them to the tile layout
     row_layout: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])
     num_tiles = gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N)
     t = 0

@@ -152,7 +152,7 @@ def store_partials(y, rows, col0, M, N, part_ptr, EPI_N: tl.constexpr, SLOT: tl.
     (no (rows, slots) tile, so no layout conversion through shared memory)."""
     cols = col0 + tl.arange(0, EPI_N)
     row_ok = rows < M
-    valid = row_ok[:, None] & (cols < N)[None, :]
+    valid = (cols < N)[None, :]  # rows past M only feed their own statistics, which the stores drop
     count = tl.minimum(tl.maximum(N - col0, 0), EPI_N).to(tl.float32)
     mean = tl.sum(tl.where(valid, y, 0.0), axis=1) / tl.maximum(count, 1.0)
     d = tl.where(valid, y - mean[:, None], 0.0)
@@ -199,8 +199,8 @@ def row_moments(stats_ptr, rows, M, K, eps, ROW_STATS: tl.constexpr, SLOT: tl.co
         n = tl.load(ptrs, mask=row_ok, other=1.0)
         mean0 = tl.load(ptrs + SLOTS, mask=row_ok, other=0.0)
         m2 = tl.load(ptrs + 2 * SLOTS, mask=row_ok, other=0.0)
-        s1 = tl.zeros_like(mean0)
-        s2 = tl.zeros_like(mean0)
+        s1 = n * 0.0  # zeros in the rows' layout (n is finite; tl.zeros_like has no layout in a Gluon kernel)
+        s2 = s1
         if UNROLL:
             for j in tl.static_range(1, SLOTS):
                 n, s1, s2, m2 = _add_slot(ptrs + j, SLOTS, row_ok, mean0, n, s1, s2, m2)
