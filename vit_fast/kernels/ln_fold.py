@@ -209,7 +209,8 @@ def row_moments(stats_ptr, rows, M, K, eps, ROW_STATS: tl.constexpr, SLOT: tl.co
                 n, s1, s2, m2 = _add_slot(ptrs + j, SLOTS, row_ok, mean0, n, s1, s2, m2)
         inv_n = 1.0 / n  # n = K when the partials are this A's
         mean = mean0 + s1 * inv_n
-        rstd = 1.0 / tl.sqrt((m2 + (s2 - s1 * s1 * inv_n)) * inv_n + eps)
+        # the between-slot term is >= 0 exactly; a rounding below 0 must not shrink eps's floor
+        rstd = 1.0 / tl.sqrt((m2 + tl.maximum(s2 - s1 * s1 * inv_n, 0.0)) * inv_n + eps)
     else:
         mean = tl.load(stats_ptr + r64 * 2, mask=row_ok, other=0.0)
         rstd = tl.load(stats_ptr + r64 * 2 + 1, mask=row_ok, other=0.0)
