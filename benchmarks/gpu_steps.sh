@@ -204,7 +204,8 @@ lease)
         if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then  # its own limit: not the lease's (the device tool reads 124/137
             echo "=== lease: $* hit its time limit" | tee -a "$LOG"  # as the whole call timed out)
             rc=3
-        elif [ "$rc" != 2 ] && ! grep -rqs --include=results.json '"error": "not run' "$W/$name"; then
+        elif [ "$rc" != 2 ] && ! grep -rqs --include=results.json --include=ablation.json '"error": "not run' \
+                "$W/$name"; then
             touch "$W/$name/.done"  # ended by itself (tests that failed included), nothing left unrun
         fi
         [ "$RC" = 0 ] && RC=$rc
@@ -226,7 +227,7 @@ lease)
             done_ "$s" || T_BUDGET=$(( $(left) - 60 )) sub "$(half_if_shared "$s" 90)" "$s" ;;
         lnstats|gelu|stagger|ws16) done_ "$s" || T_BUDGET=$(( $(left) - 60 )) sub "$(half_if_shared "$s" 120)" "$s" ;;
         ablate256) done_ "$s" || sub 150 "$s" ;;
-        ablate1) done_ "$s" || sub 110 "$s" ;;
+        ablate1) done_ "$s" || sub 130 "$s" ;;
         grid*) done_ "grid-${s#grid}" || T_BUDGET=$(( $(left) - 85 )) sub 240 grid "${s#grid}" ;;
         micro) done_ micro || sub 300 micro ;;
         esac

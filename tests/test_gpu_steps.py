@@ -205,7 +205,7 @@ def test_dry_ws16_step(tmp_path):
                  "VITFAST_LN_PARTIALS=0"]),
 ])
 def test_dry_ablation_steps(tmp_path, step, switched):
-    """ablate256 / ablate1: the shipped row and its group's four switched rows in one process (toy sizes in the
+    """ablate256 / ablate1: the shipped row and its group's switched rows in one process (toy sizes in the
     interpreter); the Gluon engine's row carries its one-line refusal, the others ran; store_lease keeps the files."""
     proc, out = _steps(tmp_path, step, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]

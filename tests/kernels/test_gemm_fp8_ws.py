@@ -64,7 +64,7 @@ def test_ws_engine_matches_the_tma_and_pointer_engines(shape, monkeypatch, devic
     from tests.kernels.test_gemm_tma import _pin
 
     monkeypatch.setenv("VITFAST_FP8_PRECISE_ACC", "1")
-    # the TMA engine on the same tile and K step (its 256-deep row promotes every 256): the same arithmetic
+    # the TMA engine on the same tile and K step (128 deep, promoted each step): the same arithmetic
     _pin(monkeypatch, gemm_fp8_tma.fp8_tma_gemm_kernel, (128, 128, 128, 8, 4, 1), 1)
     ran = []
     launch = gemm_fp8_ws.launch_fp8_ws_gemm

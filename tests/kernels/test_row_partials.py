@@ -9,7 +9,7 @@ import pytest
 import torch
 import triton
 from gemm_engine import engine  # noqa: F401 (fixture)
-from tolerances import assert_close, poison
+from tolerances import KERNEL_TOL, assert_close, poison
 
 from vit_fast import kernels
 from vit_fast.kernels import gemm, ln_fold
@@ -98,16 +98,22 @@ def test_merge_of_slots_far_apart(dtype, engine, slot, device):
     applies with them, those of the stored rows in float64."""
     lead, k, n = shapes(dtype)[0]
     x, w, bb, res = make(lead, k, n, dtype, device)
-    cols = torch.arange(n, device=device) // slot
+    cols = torch.arange(n, device=device) // ln_fold.stats_slot()  # the slots the GEMM writes (128 on a GPU)
     offsets = torch.where(cols % 2 == 0, -500.0, 500.0) + torch.where(cols == cols.max(), 2000.0, 0.0)
     res = (res.float() + offsets).to(dtype)
     out, parts = kernels.linear_residual_stats(x, w, bb, res)
     exact = exact_stats(out, 1e-6)
-    torch.testing.assert_close(ln_fold.merge_partials(parts, 1e-6).double(), exact, rtol=1e-5, atol=1e-6)
+    merged = ln_fold.merge_partials(parts, 1e-6).double()
+    torch.testing.assert_close(merged[:, 0], exact[:, 0], rtol=1e-5, atol=1e-3)  # means of about ±700
+    torch.testing.assert_close(merged[:, 1], exact[:, 1], rtol=1e-5, atol=0.0)
     g, b = torch.ones(n, dtype=dtype, device=device), torch.zeros(n, dtype=dtype, device=device)
     eye = torch.eye(n, dtype=dtype, device=device)
     normed = ln_linear_launch(out, 1e-6, *kernels.fold_layer_norm(g, b, eye, None), partials=parts)
-    assert_close(normed.reshape(-1, n), (out.reshape(-1, n).double() - exact[:, :1]) * exact[:, 1:], dtype)
+    # LN(out) @ I: with the right statistics only the output's rounding is left, one step of the stored dtype
+    # (bf16's 2^-7; fp32: the kernel tolerance), so a variance off by a few % fails where the kernel tolerance would not
+    step = max(torch.finfo(dtype).eps, KERNEL_TOL[torch.float32][0])
+    ref = (out.reshape(-1, n).double() - exact[:, :1]) * exact[:, 1:]
+    torch.testing.assert_close(normed.reshape(-1, n).double(), ref, rtol=step, atol=step)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
