@@ -16,9 +16,12 @@ not keys, keep the shipped setting's tiles, as the separate steps did.
 `python -m benchmarks.ablation --out DIR --switch VITFAST_GELU=libdevice [--switch ...] [--model vit_b_16]
 [--batch 256] [--dtype bfloat16]`: the shipped setting is the environment as given. Files in DIR: ablation.json (the
 environment, the seed, and per setting its images/s (median of its replays), each round's median, its ratio to the
-shipped replays of the same rounds, its logits error against the fp32 model and its seconds to a first result, or
-why it did not run) and ablation.md. A setting that fails (a switch the GPU cannot take) is recorded with its
-one-line reason and the others go on; settings the --time-budget does not reach are recorded as not run.
+shipped replays of the same rounds, its logits error against the fp32 model, its seconds to a first result and its
+device time per layer part (QKV, attention, out-proj, FC1, FC2, LayerNorm, other: benchmarks/breakdown.py's groups,
+from --profile-forwards eager forwards under the profiler once its graph is timed; a setting's effect on one GEMM is
+read there, not guessed from images/s), or why it did not run) and ablation.md. A setting that fails (a switch the
+GPU cannot take) is recorded with its one-line reason and the others go on; settings the --time-budget does not reach
+are recorded as not run.
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ import torch
 
 from vit_fast.switches import SWITCHES, checked_value, switched
 
-from . import builders, cli, runner, timing
+from . import breakdown, builders, cli, runner, timing
 from . import env as env_mod
 
 SHIPPED = "shipped"
@@ -68,10 +71,14 @@ def parse_args(argv=None):
     p.add_argument("--config-overrides", type=cli._overrides, default={}, metavar="K=V,...",
                    help="model config overrides (toy sizes for a CPU run)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile-forwards", type=int, default=3, metavar="N",
+                   help="eager forwards profiled per setting for its time per layer part (0: none)")
     p.add_argument("--time-budget", type=float, default=None, metavar="S",
                    help="prepare no further setting once S seconds have passed; the rounds then time those ready")
     p.add_argument("--device", default=None)
     args = p.parse_args(argv)
+    if args.profile_forwards < 0:
+        p.error(f"--profile-forwards must be at least 0, got {args.profile_forwards}")
     for name in ("batch", "rounds", "repeats"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
@@ -102,6 +109,33 @@ def _prepare(built, switches, inputs, ref, graphs: bool) -> dict:
     return {"fn": fn, "first_result_s": time.monotonic() - t0, "max_rel_err": max_rel_err, "top1_agree": top1}
 
 
+def _parts(built, switches, x, dims, forwards: int) -> dict:
+    """Device time per layer part (ms a forward) of `forwards` eager forwards under the setting: the kernels grouped
+    by the `vitfast::*` op that launched them (breakdown.py), which a graph's replay does not show. On a CPU the ops'
+    self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if x.is_cuda else [])
+    with switched(dict(switches)), torch.inference_mode():
+        with profile(activities=activities, record_shapes=True) as prof:
+            for _ in range(forwards):
+                built.fn(x)
+            timing.sync(x.device)
+    grouped = breakdown.group(breakdown.kernels_from_profile(prof), dims)
+    return breakdown.summarize(grouped, forwards)["groups"]
+
+
+def _record_parts(row, built, x, dims, forwards: int) -> None:
+    """row["parts_ms"], or row["parts_error"] in one line: the profile never costs a setting its timing."""
+    if forwards:
+        try:
+            row["parts_ms"] = _parts(built, tuple(row["switches"].items()), x, dims, forwards)
+        except (runner.Interrupted, KeyboardInterrupt):
+            raise
+        except Exception as e:  # noqa: BLE001 - a profiler failure is noted beside the timing it cannot change
+            row["parts_error"] = runner._error_text(e)
+
+
 def run(args, write=lambda result: None) -> dict:
     """Measure; `write(result)` after each setting. -> the result before `final` summarizes it."""
     started = time.monotonic()
@@ -117,6 +151,8 @@ def run(args, write=lambda result: None) -> dict:
         raise RuntimeError(ref)
     built = builders.build("vit_fast", master, dtype, device, "default")
     inputs = runner.make_inputs(args.batch, args.resolution, dtype, device, args.seed)
+    cfg = master.config
+    dims = breakdown.Dims(cfg.embed_dim, cfg.mlp_dim, args.batch * (cfg.num_prefix_tokens + cfg.num_patches))
     plan = [()] + [(switch,) for switch in args.switch]  # the shipped setting first
     rows = [{"setting": _label(switches), "switches": dict(switches)} for switches in plan]
     result = {"env": env, "model": args.model, "batch": args.batch, "dtype": args.dtype, "cuda_graphs": graphs,
@@ -142,6 +178,7 @@ def run(args, write=lambda result: None) -> dict:
             row.update(prepared)
             if row is shipped:
                 shipped_fn, shipped["times_ms"] = fn, []
+                _record_parts(row, built, inputs[0], dims, args.profile_forwards)
                 write(result)
                 continue
             # against the shipped setting in alternating rounds, now: a later setting that hangs the GPU (a kernel
@@ -158,6 +195,7 @@ def run(args, write=lambda result: None) -> dict:
             row["shipped_ms_p50"] = timing.percentile(pair["shipped"], 50)
             row["vs_shipped"] = row["shipped_ms_p50"] / row["latency_ms_p50"]
             del fn
+            _record_parts(row, built, inputs[0], dims, args.profile_forwards)
             write(result)
     except (runner.Interrupted, KeyboardInterrupt) as e:  # the step's limit: the comparisons made so far stay
         for row in rows:
@@ -204,6 +242,20 @@ def markdown(result: dict) -> str:
         spread = f"{min(row['round_ms']):.3f}-{max(row['round_ms']):.3f}" if row.get("round_ms") else "—"
         lines.append(f"| {row['setting']} | {row['images_per_s']:,.1f} | {row['vs_shipped']:.3f}× | {spread} "
                      f"| {row['max_rel_err']:.2e} | {row['top1_agree']:.3f} | {row['first_result_s']:.1f} |")
+    profiled = [r for r in result["rows"] if "parts_ms" in r or "parts_error" in r]
+    if profiled:
+        kind = "device time of its kernels" if result["cuda_graphs"] else "CPU self time of its ops"
+        lines += ["", f"Per layer part, ms a forward ({kind}, eager forwards under the profiler, grouped as "
+                  "benchmarks/breakdown.py groups them):", "",
+                  f"| setting | {' | '.join(breakdown.GROUPS)} | total |",
+                  "|---|" + "---|" * (len(breakdown.GROUPS) + 1)]
+        for row in profiled:
+            if "parts_error" in row:
+                lines.append(f"| {row['setting']} | {row['parts_error']} |" + " |" * len(breakdown.GROUPS))
+                continue
+            parts = row["parts_ms"]
+            cells = " | ".join(f"{parts[g]:.3f}" for g in breakdown.GROUPS)
+            lines.append(f"| {row['setting']} | {cells} | {sum(parts.values()):.3f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -429,7 +429,7 @@ ablate256|ablate1)
     ARGS+=(--out "$DIR" --model vit_b_16 --time-budget $(( ${T_LIMIT:-300} - 30 )))
     if [ "$DRY" = 1 ]; then
         export TRITON_INTERPRET=1
-        ARGS+=(--batch 2 --dtype float32 --resolution 32 --rounds 2 --repeats 1 --warmup 0
+        ARGS+=(--batch 2 --dtype float32 --resolution 32 --rounds 2 --repeats 1 --warmup 0 --profile-forwards 1
                --config-overrides embed_dim=64,num_heads=2,mlp_dim=128,depth=2)
     fi
     run "${T_LIMIT:-300}" "$PY" -m benchmarks.ablation "${ARGS[@]}"

@@ -8,13 +8,13 @@ import os
 
 import pytest
 
-from benchmarks import ablation
+from benchmarks import ablation, breakdown
 from vit_fast.kernels._common import GELU_ENV, LN_PARTIALS_ENV
 
 ln_linear = importlib.import_module("vit_fast.kernels.ln_linear")  # the package exports the op's function
 
 TOY = ["--batch", "2", "--dtype", "float32", "--resolution", "32", "--rounds", "2", "--repeats", "1", "--warmup", "0",
-       "--config-overrides", "embed_dim=64,num_heads=2,mlp_dim=128,depth=2"]
+       "--profile-forwards", "1", "--config-overrides", "embed_dim=64,num_heads=2,mlp_dim=128,depth=2"]
 
 
 def test_each_setting_runs_under_its_switches(tmp_path, monkeypatch):
@@ -33,10 +33,11 @@ def test_each_setting_runs_under_its_switches(tmp_path, monkeypatch):
     result = json.loads((out / "ablation.json").read_text())
     rows = {r["setting"]: r for r in result["rows"]}
     assert list(rows) == ["shipped", f"{GELU_ENV}=libdevice", f"{LN_PARTIALS_ENV}=0", "VITFAST_GEMM_ENGINE=ws"]
-    # 2 FC1 launches a forward. The shipped setting is prepared (one forward); each switched one is prepared, then
-    # timed in 2 rounds that alternate with the shipped one (one replay each); the ws setting fails at its first GEMM
+    # 2 FC1 launches a forward. The shipped setting is prepared (one forward), then profiled (one forward); each
+    # switched one is prepared, timed in 2 rounds that alternate with the shipped one (one replay each), then
+    # profiled; the ws setting fails at its first GEMM
     f, lib = ["fitted"] * 2, ["libdevice"] * 2
-    assert seen == f + (lib + (f + lib) * 2) + (f + (f + f) * 2), seen
+    assert seen == f + f + (lib + (f + lib) * 2 + lib) + (f + (f + f) * 2 + f), seen
     assert os.environ.get(GELU_ENV) is None and os.environ.get(LN_PARTIALS_ENV) is None  # restored
     for name in (f"{GELU_ENV}=libdevice", f"{LN_PARTIALS_ENV}=0"):
         row = rows[name]
@@ -47,8 +48,14 @@ def test_each_setting_runs_under_its_switches(tmp_path, monkeypatch):
     # the Gluon engine refuses under the interpreter: its row says so in one line, the others still ran
     assert "expected an sm_90 GPU" in rows["VITFAST_GEMM_ENGINE=ws"]["error"]
     assert "\n" not in rows["VITFAST_GEMM_ENGINE=ws"]["error"]
+    # each setting that ran has its time per layer part (on a CPU its ops' self time), a failed setting none
+    for name in ("shipped", f"{GELU_ENV}=libdevice", f"{LN_PARTIALS_ENV}=0"):
+        parts = rows[name]["parts_ms"]
+        assert list(parts) == list(breakdown.GROUPS) and parts["FC1"] > 0 and parts["QKV"] > 0, (name, parts)
+    assert "parts_ms" not in rows["VITFAST_GEMM_ENGINE=ws"]
     md = (out / "ablation.md").read_text()
     assert "| shipped |" in md and "expected an sm_90 GPU" in md
+    assert "Per layer part, ms a forward (CPU self time of its ops" in md and md.count("| shipped | ") == 2
 
 
 def test_time_budget_leaves_later_settings_not_run(tmp_path, monkeypatch):

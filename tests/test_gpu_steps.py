@@ -217,6 +217,7 @@ def test_dry_ablation_steps(tmp_path, step, switched):
             assert "expected an sm_90 GPU" in row["error"]
         else:
             assert "error" not in row and row["images_per_s"] > 0 and row["max_rel_err"] < 1e-4, row
+            assert row["parts_ms"]["FC1"] > 0, row  # its time per layer part
     stored = _stored_alone(tmp_path, out, step)
     assert {p.name for p in (stored / "lease" / step).iterdir()} == {"ablation.json", "ablation.md", f"{step}.log"}
 
