@@ -18,10 +18,10 @@ SM90 = CUDA and torch.cuda.get_device_capability()[0] == 9
 gpu = pytest.mark.skipif(not SM90, reason="Gluon's warp-specialized engine needs an sm_90 GPU (no interpreter)")
 cpu_or_sm90 = pytest.mark.skipif(CUDA and not SM90, reason="the warp-specialized engine needs an sm_90 GPU")
 
-# (M, K, N), each with at least MIN_WAVES 128x128 tiles per SM of an H100 or H200 (1,056): B/16's FC1 at batch 32
-# (197-token rows); ragged M, K and N (the last K step, slot and column tile partly past the tensor: K = 17.5 steps
-# of 64, 8.75 slots of 128); H/14's FC1 at batch 16 (257-token rows, head dim 80)
-SHAPES = [(32 * 197, 768, 3072), (8192 + 37, 1088 + 32, 2048 + 48), (16 * 257, 1280, 5120)]
+# (M, K, N), each with at least MIN_WAVES 128x256 tiles per SM of an H100 or H200 (1,056): B/16's FC1 at batch 64
+# (197-token rows); ragged M, K and N (the last K step, slot and column tile partly past the tensor: K = 35.5 steps
+# of 32, 8.875 slots of 128); H/14's FC1 at batch 32 (257-token rows, head dim 80)
+SHAPES = [(64 * 197, 768, 3072), (16384 + 37, 1136, 2048 + 48), (32 * 257, 1280, 5120)]
 
 
 def _inputs(m, k, n, dtype, device):
@@ -109,8 +109,8 @@ def test_ws_engine_matches_the_tma_engine_and_eager(shape, dtype, monkeypatch, d
 
     from tests.kernels.test_gemm_tma import _pin
 
-    # the TMA engine on the same tile and K step (8 warps: two 64-row wgmma chains, as the math warpgroups run)
-    _pin(monkeypatch, gemm_tma.tma_gemm_kernel, (128, 128, 64, 8, 4, 1), 1)
+    # the TMA engine on the same tile and K step (8 warps: two 64x256 wgmma chains, as the math warpgroups run)
+    _pin(monkeypatch, gemm_tma.tma_gemm_kernel, (128, 256, 32, 8, 4, 2), 1)
     ran = _recording(monkeypatch)
     fc1, others = _runs(*shape, dtype, device)
     for name, (run, ref) in fc1.items():
@@ -127,7 +127,7 @@ def test_ws_engine_matches_the_tma_engine_and_eager(shape, dtype, monkeypatch, d
 @gpu
 @pytest.mark.parametrize("shape", [(197, 768, 3072), (8 * 197, 768, 3072)], ids=["b1", "b8"])
 def test_ws_engine_leaves_launches_of_few_tiles_to_the_tma_engine(shape, monkeypatch, device):
-    """Under MIN_WAVES tiles per SM (B/16's FC1 at batch 1 and 8: 48 and 312 tiles of 128x128): the TMA engine (its
+    """Under MIN_WAVES tiles per SM (B/16's FC1 at batch 1 and 8: 24 and 156 tiles of 128x256): the TMA engine (its
     smaller tiles, split-K) runs them, with the same result as when it is chosen itself."""
     ran = _recording(monkeypatch)
     fc1, _ = _runs(*shape, torch.bfloat16, device)
@@ -151,7 +151,7 @@ def test_ws_switch_refuses_under_the_interpreter(monkeypatch, device):
 
 @cpu_or_sm90
 def test_ws_switch_takes_gelu_launches_of_enough_tiles(monkeypatch, device):
-    """=ws gives the warp-specialized engine the 16-bit GELU launches (FC1) of at least MIN_WAVES 128x128 tiles per
+    """=ws gives the warp-specialized engine the 16-bit GELU launches (FC1) of at least MIN_WAVES 128x256 tiles per
     SM (2 SMs counted here); launches without an activation, SwiGLU and smaller launches run on the TMA engine, fp32
     and misaligned operands on the pointer engine (as auto). Each output against eager fp32."""
     from vit_fast.kernels import gemm_ws
@@ -160,21 +160,21 @@ def test_ws_switch_takes_gelu_launches_of_enough_tiles(monkeypatch, device):
     ran = _recording(monkeypatch, sms=2)
     monkeypatch.setenv(ENGINE_ENV, "ws")
     a = torch.randn(512, 64, device=device)
-    w, b = torch.randn(1024, 64, device=device) / 8, torch.randn(1024, device=device)
+    w, b = torch.randn(2048, 64, device=device) / 8, torch.randn(2048, device=device)
     for dtype in (torch.bfloat16, torch.float16):
-        assert select_engine(a.to(dtype), w.to(dtype), a.new_empty(512, 1024, dtype=dtype)) == "ws"
-    assert select_engine(a, w, a.new_empty(512, 1024)) == "pointer"
-    assert select_engine(a.bfloat16()[:, 1:], w[:, 1:].bfloat16(), a.new_empty(512, 1024).bfloat16()) == "pointer"
+        assert select_engine(a.to(dtype), w.to(dtype), a.new_empty(512, 2048, dtype=dtype)) == "ws"
+    assert select_engine(a, w, a.new_empty(512, 2048)) == "pointer"
+    assert select_engine(a.bfloat16()[:, 1:], w[:, 1:].bfloat16(), a.new_empty(512, 2048).bfloat16()) == "pointer"
     pre = torch.nn.functional.linear(a.bfloat16().float(), w.bfloat16().float(), b.bfloat16().float())
-    gate, up = pre[:, :512], pre[:, 512:]  # SwiGLU's packed weight: gate rows, then up rows
+    gate, up = pre[:, :1024], pre[:, 1024:]  # SwiGLU's packed weight: gate rows, then up rows
     refs = {0: gate, 1: torch.nn.functional.gelu(gate), 3: gate * torch.sigmoid(1.702 * gate),
             4: torch.nn.functional.silu(gate) * up}
-    assert 4 * 4 == gemm_ws.MIN_WAVES * 2  # 4 x 4 tiles are 8 waves of 2 SMs; 2 x 4 are not
+    assert gemm_ws.TILE[:2] == (128, 256) and 4 * 4 == gemm_ws.MIN_WAVES * 2  # 4 x 4 tiles: 8 waves of 2 SMs
     # codes: gemm.apply_activation's (1 exact GELU, 3 quick GELU, 4 SwiGLU)
     for m, activation, reaches in ((512, 1, True), (512, 3, True), (256, 1, False), (512, 0, False), (512, 4, False)):
         ran.clear()
-        out = poison(torch.empty(m, 512, device=device, dtype=torch.bfloat16))
-        weight = w if activation == 4 else w[:512]
+        out = poison(torch.empty(m, 1024, device=device, dtype=torch.bfloat16))
+        weight = w if activation == 4 else w[:1024]
         gemm_launcher("ws")(a[:m].bfloat16(), weight.bfloat16(), b[:weight.shape[0]].bfloat16(), out,
                             activation=activation)
         assert bool(ran) == reaches, (m, activation)
@@ -184,14 +184,14 @@ def test_ws_switch_takes_gelu_launches_of_enough_tiles(monkeypatch, device):
 @cpu_or_sm90
 def test_whole_model_with_the_ws_switch(monkeypatch, device):
     """A tiny bf16 ViT on the triton backend with VITFAST_GEMM_ENGINE=ws: FC1 reaches the warp-specialized engine
-    (one SM counted: a program walks FC1's 8 tiles), QKV, the out-projection and FC2 stay on the TMA engine, and the
-    features are the TMA engine's (exactly under the interpreter, where it stands in; on a GPU to the model tolerance,
-    as the TMA engine splits K for this tiny model and so sums FC1 in another order)."""
+    (one SM counted: a program walks FC1's 8 tiles of 256 columns), QKV, the out-projection and FC2 stay on the TMA
+    engine, and the features are the TMA engine's (exactly under the interpreter, where it stands in; on a GPU to
+    the model tolerance, as the TMA engine splits K for this tiny model and so sums FC1 in another order)."""
     import vit_fast
     from tests.helpers import randomize_
 
     model = randomize_(vit_fast.create("vit_ti_16", backend="triton", img_size=32, embed_dim=128, num_heads=2,
-                                       mlp_dim=1024, depth=1, num_classes=5)).to(device).bfloat16().eval()
+                                       mlp_dim=2048, depth=1, num_classes=5)).to(device).bfloat16().eval()
     x = torch.randn(3, 3, 32, 32, device=device).bfloat16()
     with torch.no_grad():
         monkeypatch.setenv(ENGINE_ENV, "tma")

@@ -1,11 +1,13 @@
 """What the two warp-specialized Gluon engines share (gemm_ws.py for 16-bit operands, gemm_fp8_ws.py for FP8): the
-TMA warp that fills the ring of (A, W) stages, and the partitions' sizes and the fp32 hand-over buffer's layout.
+ring of (A, W) stages, the fp32 hand-over buffer, the partitions' sizes, and the TMA warp that fills the ring (the
+FP8 engine's; the 16-bit engine's 64x256 chains need the registers a fourth warpgroup would take, so its first math
+warpgroup issues the loads).
 
 Both run DeepGEMM's layout on sm_90: one program per SM walking its tiles (gemm.grouped_tile's order, NUM_SMS apart);
-a TMA warp; two math warpgroups of 64 rows each that release a stage through an mbarrier as soon as their wgmmas
-have read it; and the default partition, one warpgroup, running each finished tile's epilogue from a shared fp32
-buffer while the math warpgroups run the next tile. Imported only by those engines, so Gluon is loaded only where a
-switch asks for one of them.
+two math warpgroups of 64 rows each that release a stage through an mbarrier as soon as their wgmmas have read it;
+and the default partition, one warpgroup, running each finished tile's epilogue from a shared fp32 buffer while the
+math warpgroups run the next tile. Imported only by those engines, so Gluon is loaded only where a switch asks for
+one of them.
 """
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
@@ -50,7 +52,8 @@ def load_partition(a_desc, w_desc, a_s, w_s, ready, empty, M, N, K, NUM_SMS: gl.
 @gluon.jit
 def allocate_ring(a_desc, w_desc, STAGES: gl.constexpr):
     """The ring of (A, W) stages in shared memory (the descriptors' boxes and layouts) and its barriers: `ready`, the
-    TMA bytes of a stage landed (one arrival, the TMA warp's expect); `empty`, both math warpgroups are done with it."""
+    TMA bytes of a stage landed (one arrival, the loading warp's expect); `empty`, both math warpgroups are done with
+    it."""
     BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
     BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
     BLOCK_N: gl.constexpr = w_desc.block_type.shape[0]

@@ -3,23 +3,28 @@ wgmmas instead of after them.
 
 Why a second 16-bit engine: on gemm_tma.py a program runs its epilogue after its main loop, and nothing on the SM
 fills the tensor cores meanwhile. FC1 (folded LayerNorm, bias, exact GELU) and FC2 do the same FLOPs; at ViT-B/16
-batch 256 on an H200 FC1 took 0.570 ms a call against FC2's 0.374 (benchmarks/NOTES.md, "Third GPU lease",
-autotune.json): a third of FC1 is its epilogue. Two co-resident programs (gemm_tma.PER_SM) did not hide it. Triton's
-own warp specialization does not run on sm_90 with TMA stores in triton 3.6 (triton-lang/triton#11587); Gluon
-(`triton.experimental.gluon`, in triton 3.6 and 3.9) builds the layout explicitly, as gemm_fp8_ws.py does for FP8
-(the shared partitions: _gluon_ws.py): a TMA warp fills 4 stages of (A, W) 128x128x64 tiles; two math warpgroups take
-64 rows each, keep one wgmma group in flight and release each stage through an mbarrier; at the end of a tile they
-hand the fp32 sums to a shared buffer, and the epilogue warpgroup runs gemm_tma.py's epilogue arithmetic from it (the
-folded LayerNorm with the rows' statistics merged from the partials or read from row_stats, bias, GELU, one cast,
-plain 16-byte global stores) while they run the next tile.
+batch 256 FC1 took 0.570 ms a call against FC2's 0.374 on an H200 (third lease) and 0.490 against 0.394 on an H100
+with the fitted GELU (fourth lease; benchmarks/NOTES.md): the difference is FC1's epilogue. Two co-resident programs
+(gemm_tma.PER_SM) did not hide it. Triton's own warp specialization does not run on sm_90 with TMA stores in triton
+3.6 (triton-lang/triton#11587); Gluon (`triton.experimental.gluon`, in triton 3.6 and 3.9) builds the layout
+explicitly, as gemm_fp8_ws.py does for FP8 (what they share: _gluon_ws.py).
 
-What it runs (VITFAST_GEMM_ENGINE=ws, opt-in until a GPU lease has run its tests and timed it: the interpreter cannot
-run Gluon): the bf16 and fp16 GEMMs with a GELU epilogue (FC1) that have at least MIN_WAVES 128x128 output tiles per
-SM (ViT-B/16's FC1 from batch 28 on 132 SMs). The launches without an activation (QKV, the out-projection, FC2) have
-lighter epilogues, and gemm_tma.py's best rows for them (128x256, or two 128x128 programs per SM) ran 8-11 % faster
-than one 128x128 program (the third lease): they stay there, as do SwiGLU (two accumulators), fp32 operands and
-launches of fewer tiles (where a last, partly filled wave of this engine's one tile costs what gemm_tma.py's smaller
-tiles and split-K avoid). One tile, 128x128x64 with 4 stages, not autotuned.
+The tile is gemm_tma.py's best for these GEMMs, 128x256 (the third lease timed one 128x128 program 8-11 % slower on
+the same launches): two math warpgroups take 64 rows each, one 64x256 wgmma chain with 128 fp32 sums a thread,
+keep one wgmma group in flight and release each stage through an mbarrier; warpgroup 0 also issues the TMA loads of
+4 stages of (A, W) 128x256x32 boxes, 3 steps ahead. No TMA warp: with a fourth warpgroup for it every thread would
+start at 128 registers, under the 154 the 64x256 wgmma needs; three warpgroups start at 168. At the end of a tile
+the math warpgroups hand the fp32 sums to a 128 KB shared buffer, and the epilogue warpgroup runs gemm_tma.py's
+epilogue arithmetic from it, a 64x64 slice at a time (the folded LayerNorm with the rows' statistics merged from
+the partials or read from row_stats, bias, GELU, one cast, plain 16-byte global stores) while they run the next
+tile.
+
+What it runs (VITFAST_GEMM_ENGINE=ws, opt-in until a GPU lease has timed it: the interpreter cannot run Gluon): the
+bf16 and fp16 GEMMs with a GELU epilogue (FC1) that have at least MIN_WAVES output tiles per SM (ViT-B/16's FC1
+from batch 56 on 132 SMs). The launches without an activation (QKV, the out-projection, FC2) have lighter
+epilogues and stay on gemm_tma.py, as do SwiGLU (two accumulators), fp32 operands and launches of fewer tiles
+(where a last, partly filled wave of this engine's one tile costs what gemm_tma.py's smaller tiles and split-K
+avoid). One tile, not autotuned.
 """
 import torch
 import triton
@@ -30,17 +35,18 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from ._common import GELU_LIBDEVICE, SWIGLU, TL_SIG, num_sms
-from ._gluon_ws import (LOAD_REGS, LOAD_WARPS, MATH_WARPS, allocate_hand_over, allocate_ring, hand_over,
-                        load_partition)
+from ._gluon_ws import MATH_WARPS, allocate_hand_over, allocate_ring, hand_over, tma_load
 from .gemm import AOT_SLOTS, apply_activation, fold_rows, grouped_tile, row_stats_switch, slots_arg
 from .ln_fold import STATS_SLOT, row_moments, stats_slot
 
-# (BLOCK_M, BLOCK_N, BLOCK_K, STAGES, GROUP_M): 64 rows a math warpgroup; 4 stages of 32 KB, with the 64 KB buffer
-# 192 KB of the SM's 227 KB
-TILE = (128, 128, 64, 4, 8)
-# registers a thread after setmaxnreg: a math warpgroup holds 64 of fp32 sums; the epilogue warpgroup (the default
-# partition) gets the rest of the SM's 64 K
-MATH_REGS = gl.constexpr(112)
+# (BLOCK_M, BLOCK_N, BLOCK_K, STAGES, GROUP_M): 64 rows a math warpgroup, each one 64x256 wgmma chain; 4 stages of
+# 24 KB and the 128 KB fp32 buffer: 225 KB of the SM's 227 KB (BLOCK_K 32 so that four stages fit beside it)
+TILE = (128, 256, 32, 4, 8)
+# registers a thread: three warpgroups (no TMA warp: a fourth would cap every thread at 128 at launch, under the 154
+# a 64x256 wgmma with its 128 fp32 sums needs) share the SM's 64 K, 168 each
+MATH_REGS = gl.constexpr(168)
+# columns of the tile the epilogue takes from the buffer at a time (a 64x64 fp32 slice: 32 values a thread)
+EPI_COLS = gl.constexpr(64)
 DTYPES = (torch.bfloat16, torch.float16)
 # tiles a launch needs per SM to come here: with 8 or more waves the last, partly filled one costs at most 1/9
 MIN_WAVES = 8
@@ -51,10 +57,32 @@ W_LAYOUTS = {dt: gl.NVMMASharedLayout.get_default_for([TILE[1], TILE[2]], g) for
 
 
 @gluon.jit
-def _math_partition(a_s, w_s, ready, empty, acc_s, acc_ready, acc_empty, M, N, K, HALF: gl.constexpr,
-                    WG: gl.constexpr, NUM_SMS: gl.constexpr, STAGES: gl.constexpr):
+def _load_step(a_desc, w_desc, a_s, w_s, ready, empty, g, k_tiles, num_tiles, M, N, NUM_SMS: gl.constexpr,
+               STAGES: gl.constexpr, GROUP_M: gl.constexpr):
+    """The TMA loads of the program's g-th K step overall (step g % k_tiles of its tile number g // k_tiles) into
+    stage g % STAGES, once both math warpgroups released that stage's previous round (a fresh barrier passes the
+    first round's wait on parity 1); nothing past the program's last tile."""
+    BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
+    BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
+    BLOCK_N: gl.constexpr = w_desc.block_type.shape[0]
+    tile = gl.program_id(0) + (g // k_tiles) * NUM_SMS
+    if tile < num_tiles:
+        pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        k0 = (g % k_tiles) * BLOCK_K
+        s = g % STAGES
+        mbarrier.wait(empty.index(s), ((g // STAGES) & 1) ^ 1)
+        mbarrier.expect(ready.index(s), a_desc.block_type.nbytes + w_desc.block_type.nbytes)
+        tma_load(a_desc, [pid_m * BLOCK_M, k0], ready.index(s), a_s.index(s))
+        tma_load(w_desc, [pid_n * BLOCK_N, k0], ready.index(s), w_s.index(s))
+
+
+@gluon.jit
+def _math_partition(a_desc, w_desc, a_s, w_s, ready, empty, acc_s, acc_ready, acc_empty, M, N, K,
+                    HALF: gl.constexpr, WG: gl.constexpr, NUM_SMS: gl.constexpr, STAGES: gl.constexpr,
+                    GROUP_M: gl.constexpr):
     """Math warpgroup WG: rows [WG * HALF, (WG + 1) * HALF) of every tile. One wgmma group stays in flight: once a
-    step's group is issued, the previous one is waited for and its stage released. The finished sums go to the
+    step's group is issued, the previous one is waited for and its stage released. Warpgroup 0 also issues the TMA
+    loads, STAGES - 1 steps ahead (into the next tile while the current one finishes). The finished sums go to the
     shared buffer once the epilogue warpgroup has read the previous tile out of it."""
     BLOCK_N: gl.constexpr = w_s.shape[1]
     BLOCK_K: gl.constexpr = w_s.shape[2]
@@ -63,6 +91,9 @@ def _math_partition(a_s, w_s, ready, empty, acc_s, acc_ready, acc_empty, M, N, K
                                                           instr_shape=[16, BLOCK_N, 16])
     num_tiles = gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N)
     k_tiles = gl.cdiv(K, BLOCK_K)
+    if WG == 0:
+        for g in range(STAGES - 1):
+            _load_step(a_desc, w_desc, a_s, w_s, ready, empty, g, k_tiles, num_tiles, M, N, NUM_SMS, STAGES, GROUP_M)
     acc = gl.zeros([HALF, BLOCK_N], gl.float32, acc_layout)
     step = 0
     t = 0
@@ -75,6 +106,9 @@ def _math_partition(a_s, w_s, ready, empty, acc_s, acc_ready, acc_empty, M, N, K
             acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
             if ki > 0:  # the previous step's wgmmas are done: its stage may be refilled
                 mbarrier.arrive(empty.index((step + STAGES - 1) % STAGES), count=1)
+            if WG == 0:  # that stage's next round (the previous tile's last step released it before this tile)
+                _load_step(a_desc, w_desc, a_s, w_s, ready, empty, step + STAGES - 1, k_tiles, num_tiles, M, N,
+                           NUM_SMS, STAGES, GROUP_M)
             step += 1
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
         mbarrier.arrive(empty.index((step + STAGES - 1) % STAGES), count=1)
@@ -95,45 +129,43 @@ def _epilogue_partition(acc_s, acc_ready, acc_empty, stat_s, stats_ptr, colsum_p
     BLOCK_M: gl.constexpr = 2 * HALF
     BLOCK_N: gl.constexpr = acc_s.shape[2]
     # 8 contiguous columns a thread: 16-byte stores of the 16-bit output
-    out_layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 * 8 // BLOCK_N, BLOCK_N // 8], [4, 1], [1, 0])
+    out_layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 * 8 // EPI_COLS, EPI_COLS // 8], [4, 1], [1, 0])
     # one row a thread for the statistics (the tile layout's row vectors repeat each row on 16 threads, and merging
     # the partials takes three loads and five instructions a row and slot); stat_s hands them to the tile layout
     row_layout: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])
     num_tiles = gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N)
+    row_vector: gl.constexpr = gl.SliceLayout(1, out_layout)
+    SLICES: gl.constexpr = BLOCK_N // EPI_COLS
     t = 0
     for tile in range(gl.program_id(0), num_tiles, NUM_SMS):
         pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-        off_n = pid_n * BLOCK_N
-        cols = off_n + gl.arange(0, BLOCK_N, gl.SliceLayout(0, out_layout))
-        mask_n = cols < N
-        colsum = 0.0  # never used
-        bias = 0.0
         if ROW_STATS:
-            colsum = gl.load(colsum_ptr + cols, mask=mask_n, other=0.0)
             for half in gl.static_range(2):
                 rows_1 = pid_m * BLOCK_M + half * HALF + gl.arange(0, HALF, row_layout)
                 mean_1, rstd_1 = row_moments(stats_ptr, rows_1, M, K, eps, ROW_STATS, SLOT, SLOTS, True)
                 stat_s.index(half).store(mean_1)
                 stat_s.index(2 + half).store(rstd_1)
-        if HAS_BIAS:
-            bias = gl.load(bias_ptr + cols, mask=mask_n, other=0.0).to(gl.float32)
         mbarrier.wait(acc_ready, t & 1)
         for half in range(2):
-            acc = acc_s.index(half).load(out_layout)
-            if half == 1:
-                mbarrier.arrive(acc_empty, count=1)  # the buffer is read: the math warpgroups may refill it
-            rows = pid_m * BLOCK_M + half * HALF + gl.arange(0, HALF, gl.SliceLayout(1, out_layout))
-            if ROW_STATS:  # gemm.epilogue_math's steps, on the vectors prepared before the tile was ready
-                row_vector: gl.constexpr = gl.SliceLayout(1, out_layout)
-                acc = fold_rows(acc, stat_s.index(half).load(row_vector), stat_s.index(2 + half).load(row_vector),
-                                colsum)
-            if HAS_BIAS:
-                acc += bias[None, :]
-            acc = apply_activation(acc, ACTIVATION, out_ptr.dtype.element_ty)
-            mask = (rows[:, None] < M) & mask_n[None, :]
+            rows = pid_m * BLOCK_M + half * HALF + gl.arange(0, HALF, row_vector)
             rows64 = rows.to(gl.int64)  # M·N passes 2^31 (FC1 of about 2,700 L/16 images)
-            gl.store(out_ptr + rows64[:, None] * stride_om + cols[None, :], acc.to(out_ptr.dtype.element_ty),
-                     mask=mask)
+            for c in gl.static_range(SLICES):  # the half's 64-column slices (a slice's start is a constant)
+                acc = acc_s.index(half).slice(c * EPI_COLS, EPI_COLS, dim=1).load(out_layout)
+                if c == SLICES - 1:
+                    if half == 1:
+                        mbarrier.arrive(acc_empty, count=1)  # the buffer is read: the math warpgroups may refill it
+                cols = pid_n * BLOCK_N + c * EPI_COLS + gl.arange(0, EPI_COLS, gl.SliceLayout(0, out_layout))
+                mask_n = cols < N
+                if ROW_STATS:  # gemm.epilogue_math's steps, the rows' statistics prepared before the tile was ready
+                    acc = fold_rows(acc, stat_s.index(half).load(row_vector),
+                                    stat_s.index(2 + half).load(row_vector),
+                                    gl.load(colsum_ptr + cols, mask=mask_n, other=0.0))
+                if HAS_BIAS:
+                    acc += gl.load(bias_ptr + cols, mask=mask_n, other=0.0).to(gl.float32)[None, :]
+                acc = apply_activation(acc, ACTIVATION, out_ptr.dtype.element_ty)
+                mask = (rows[:, None] < M) & mask_n[None, :]
+                gl.store(out_ptr + rows64[:, None] * stride_om + cols[None, :], acc.to(out_ptr.dtype.element_ty),
+                         mask=mask)
         t += 1
 
 
@@ -171,17 +203,18 @@ def ws_gemm_kernel(
     gl.warp_specialize([
         (_epilogue_partition, (acc_s, acc_ready, acc_empty, stat_s, stats_ptr, colsum_ptr, bias_ptr, out_ptr, M, N, K,
                                eps, stride_om, ROW_STATS, HAS_BIAS, ACTIVATION, SLOT, SLOTS, NUM_SMS, GROUP_M)),
-        (_math_partition, (a_s, w_s, ready, empty, acc_s, acc_ready, acc_empty, M, N, K, HALF, 0, NUM_SMS, STAGES)),
-        (_math_partition, (a_s, w_s, ready, empty, acc_s, acc_ready, acc_empty, M, N, K, HALF, 1, NUM_SMS, STAGES)),
-        (load_partition, (a_desc, w_desc, a_s, w_s, ready, empty, M, N, K, NUM_SMS, STAGES, GROUP_M)),
-    ], [MATH_WARPS, MATH_WARPS, LOAD_WARPS], [MATH_REGS, MATH_REGS, LOAD_REGS])
+        (_math_partition, (a_desc, w_desc, a_s, w_s, ready, empty, acc_s, acc_ready, acc_empty, M, N, K, HALF, 0,
+                           NUM_SMS, STAGES, GROUP_M)),
+        (_math_partition, (a_desc, w_desc, a_s, w_s, ready, empty, acc_s, acc_ready, acc_empty, M, N, K, HALF, 1,
+                           NUM_SMS, STAGES, GROUP_M)),
+    ], [MATH_WARPS, MATH_WARPS], [MATH_REGS, MATH_REGS])
 
 
 def takes(a, N: int, activation: int, residual=None, stats_out=None) -> bool:
     """Whether this engine runs a launch that select_engine gave to "ws": 16-bit, a GELU epilogue (FC1; the
-    launches without an activation have lighter epilogues, which gemm_tma.py's best rows run faster than this
-    engine's 128x128 tile would: benchmarks/NOTES.md, "A warp-specialized 16-bit FC1"), and at least MIN_WAVES output
-    tiles per SM (with fewer, gemm_tma.py's smaller tiles or split-K waste less of the last wave)."""
+    launches without an activation have lighter epilogues, which gemm_tma.py runs on the same tile with little to
+    hide: benchmarks/NOTES.md, "A warp-specialized 16-bit FC1"), and at least MIN_WAVES output tiles per SM (with
+    fewer, gemm_tma.py's smaller tiles or split-K waste less of the last wave)."""
     bm, bn = TILE[:2]
     return (a.dtype in DTYPES and activation not in (0, SWIGLU) and residual is None and stats_out is None
             and triton.cdiv(a.shape[0], bm) * triton.cdiv(N, bn) >= MIN_WAVES * num_sms(a.device))
