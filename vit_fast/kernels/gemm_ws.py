@@ -121,10 +121,10 @@ def _math_partition(a_desc, w_desc, a_s, w_s, ready, empty, acc_s, acc_ready, ac
 def _epilogue_partition(acc_s, acc_ready, acc_empty, stat_s, stats_ptr, colsum_ptr, bias_ptr, out_ptr, M, N, K, eps,
                         stride_om, ROW_STATS: gl.constexpr, HAS_BIAS: gl.constexpr, ACTIVATION: gl.constexpr,
                         SLOT: gl.constexpr, SLOTS: gl.constexpr, NUM_SMS: gl.constexpr, GROUP_M: gl.constexpr):
-    """The epilogue warpgroup (the default partition): each tile's fp32 sums from the buffer, a 64-row half at a time,
-    through gemm_tma.py's epilogue (the folded LayerNorm with the rows' statistics, bias, activation, one cast) while
-    the math warpgroups run the next tile. What does not depend on the sums (the rows' statistics, colsum and bias)
-    is loaded before the tile is ready."""
+    """The epilogue warpgroup (the default partition): each tile's fp32 sums from the buffer, a 64x64 slice at a
+    time, through gemm_tma.py's epilogue (the folded LayerNorm with the rows' statistics, bias, activation, one cast)
+    while the math warpgroups run the next tile. The rows' statistics are merged before the tile is ready; each
+    slice's colsum and bias (8 columns a thread; all 256 would hold 64 registers) are loaded with the slice."""
     HALF: gl.constexpr = acc_s.shape[1]
     BLOCK_M: gl.constexpr = 2 * HALF
     BLOCK_N: gl.constexpr = acc_s.shape[2]
@@ -263,7 +263,7 @@ def _variant(dtype, row_stats, activation, num_sms=132):
     for name in constexprs:
         sig[name] = "constexpr"
     return {"fn": ws_gemm_kernel, "gluon": True, "signature": sig, "constexprs": constexprs,
-            "tile": f"{bm}x{bn}x{bk} (16 warps)",
+            "tile": f"{bm}x{bn}x{bk} (12 warps)",
             "vit": lambda cfg, batch: [],  # a switch (VITFAST_GEMM_ENGINE=ws): no preset runs it by default
             "num_warps": MATH_WARPS.value, "num_stages": 1, "min_cc": 90, "op": "ln_linear", "main_loop": "gemm",
             "programs_per_sm": 1, "tables": ("hopper",), "divisible": ("N", "K", "stride_om")}
