@@ -130,7 +130,7 @@ def _epilogue_partition(acc_s, acc_ready, acc_empty, stat_s, stats_ptr, colsum_p
     BLOCK_N: gl.constexpr = acc_s.shape[2]
     # 8 contiguous columns a thread: 16-byte stores of the 16-bit output
     out_layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 * 8 // EPI_COLS, EPI_COLS // 8], [4, 1], [1, 0])
-    # one row a thread for the statistics (the tile layout's row vectors repeat each row on 16 threads, and merging
+    # one row a thread for the statistics (the tile layout's row vectors repeat each row on 8 threads, and merging
     # the partials takes three loads and five instructions a row and slot); stat_s hands them to the tile layout
     row_layout: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])
     num_tiles = gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N)
