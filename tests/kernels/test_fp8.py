@@ -114,6 +114,8 @@ def test_pointer_engine_deep_k_rows(row, device, monkeypatch):
     from vit_fast.kernels.linear_residual import linear_residual_launch
     from vit_fast.kernels.ln_linear import ln_linear_fp8_launch
 
+    if device == "cuda" and torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("Hopper table rows (192 KB of stages: over Ada's 99 KB)")
     bm, bn, bk, warps, stages = row
     monkeypatch.setattr(gemm_fp8.fp8_gemm_kernel, "configs", [triton.Config(
         {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=warps, num_stages=stages)])
