@@ -40,13 +40,20 @@ def load_partition(a_desc, w_desc, a_s, w_s, ready, empty, M, N, K, NUM_SMS: gl.
     for tile in range(gl.program_id(0), num_tiles, NUM_SMS):
         pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
         for ki in range(k_tiles):
-            s = step % STAGES
-            # both math warpgroups released the stage (a fresh barrier passes the first round's wait on parity 1)
-            mbarrier.wait(empty.index(s), ((step // STAGES) & 1) ^ 1)
-            mbarrier.expect(ready.index(s), a_desc.block_type.nbytes + w_desc.block_type.nbytes)
-            tma_load(a_desc, [pid_m * BLOCK_M, ki * BLOCK_K], ready.index(s), a_s.index(s))
-            tma_load(w_desc, [pid_n * BLOCK_N, ki * BLOCK_K], ready.index(s), w_s.index(s))
+            fill_stage(a_desc, w_desc, a_s, w_s, ready, empty, step, pid_m * BLOCK_M, pid_n * BLOCK_N, ki * BLOCK_K,
+                       STAGES)
             step += 1
+
+
+@gluon.jit
+def fill_stage(a_desc, w_desc, a_s, w_s, ready, empty, step, off_m, off_n, k0, STAGES: gl.constexpr):
+    """K step `step`'s (A, W) boxes at rows off_m / off_n and column k0 into stage step % STAGES, once both math
+    warpgroups released the stage's previous round (a fresh barrier passes the first round's wait on parity 1)."""
+    s = step % STAGES
+    mbarrier.wait(empty.index(s), ((step // STAGES) & 1) ^ 1)
+    mbarrier.expect(ready.index(s), a_desc.block_type.nbytes + w_desc.block_type.nbytes)
+    tma_load(a_desc, [off_m, k0], ready.index(s), a_s.index(s))
+    tma_load(w_desc, [off_n, k0], ready.index(s), w_s.index(s))
 
 
 @gluon.jit

@@ -35,7 +35,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from ._common import GELU_LIBDEVICE, SWIGLU, TL_SIG, num_sms
-from ._gluon_ws import MATH_WARPS, allocate_hand_over, allocate_ring, hand_over, tma_load
+from ._gluon_ws import MATH_WARPS, allocate_hand_over, allocate_ring, fill_stage, hand_over
 from .gemm import AOT_SLOTS, apply_activation, fold_rows, grouped_tile, row_stats_switch, slots_arg
 from .ln_fold import STATS_SLOT, row_moments, stats_slot
 
@@ -59,21 +59,16 @@ W_LAYOUTS = {dt: gl.NVMMASharedLayout.get_default_for([TILE[1], TILE[2]], g) for
 @gluon.jit
 def _load_step(a_desc, w_desc, a_s, w_s, ready, empty, g, k_tiles, num_tiles, M, N, NUM_SMS: gl.constexpr,
                STAGES: gl.constexpr, GROUP_M: gl.constexpr):
-    """The TMA loads of the program's g-th K step overall (step g % k_tiles of its tile number g // k_tiles) into
-    stage g % STAGES, once both math warpgroups released that stage's previous round (a fresh barrier passes the
-    first round's wait on parity 1); nothing past the program's last tile."""
+    """_gluon_ws.fill_stage for the program's g-th K step overall (step g % k_tiles of its tile number
+    g // k_tiles); nothing past the program's last tile."""
     BLOCK_M: gl.constexpr = a_desc.block_type.shape[0]
     BLOCK_K: gl.constexpr = a_desc.block_type.shape[1]
     BLOCK_N: gl.constexpr = w_desc.block_type.shape[0]
     tile = gl.program_id(0) + (g // k_tiles) * NUM_SMS
     if tile < num_tiles:
         pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
-        k0 = (g % k_tiles) * BLOCK_K
-        s = g % STAGES
-        mbarrier.wait(empty.index(s), ((g // STAGES) & 1) ^ 1)
-        mbarrier.expect(ready.index(s), a_desc.block_type.nbytes + w_desc.block_type.nbytes)
-        tma_load(a_desc, [pid_m * BLOCK_M, k0], ready.index(s), a_s.index(s))
-        tma_load(w_desc, [pid_n * BLOCK_N, k0], ready.index(s), w_s.index(s))
+        fill_stage(a_desc, w_desc, a_s, w_s, ready, empty, g, pid_m * BLOCK_M, pid_n * BLOCK_N, (g % k_tiles) * BLOCK_K,
+                   STAGES)
 
 
 @gluon.jit
