@@ -5,8 +5,9 @@
 # expected times are in benchmarks/NOTES.md, "GPU session plan".
 #   lease [S [STEP...]] within S seconds (default 560): tests (once per machine), headline (resumed), profile, grid 1-6
 #                      (profile8, profile1, fp8acc, fp8tma, fp8ws, b1engine, b1split, b1desc, b1pdl, lnstats, gelu,
-#                      stagger, ws16, ablate256, ablate1 and micro only when named), each skipped when done on this
-#                      machine or too long for the time left; STEPs (e.g. headline profile) pick and order them.
+#                      stagger, ws16, ablate256, ablate1, ablateL and micro only when named), each skipped when done
+#                      on this machine or too long for the time left; STEPs (e.g. headline profile) pick and order
+#                      them.
 #                      Writes $OUT/lease/:
 #                      runs.tar.gz (every step's files so far), lease.log, headline.md, tests.txt
 #   tests              the GPU test subset (tests/gpu_subset.txt), < 3 min, junit + one JSON line per test; each
@@ -46,13 +47,15 @@
 #   stagger            the same row with both programs of the two-programs GEMM rows starting together
 #                      (VITFAST_STAGGER=0), then as shipped (shipped/: the second one late, kernels/stagger.py): what
 #                      the staggered start gains on the tiles the headline picked (the switch is no autotune key)
-#   ws16               the same row with FC1 on the warp-specialized Gluon engine (VITFAST_GEMM_ENGINE=ws,
-#                      gemm_ws.py), then as shipped (shipped/: the TMA engine): what overlapping its epilogue gains
+#   ws16               the same row with the 16-bit GEMMs on the warp-specialized Gluon engine (VITFAST_GEMM_ENGINE=ws,
+#                      gemm_ws.py: all four of a block at this batch), then as shipped (shipped/: the TMA engine):
+#                      what overlapping their epilogues gains
 #   ablate256          lnstats', gelu's, stagger's and ws16's switched rows and the shipped one in one process
 #                      (benchmarks/ablation.py: one model build and reference, each setting's CUDA graph, replayed
 #                      in turns): ablation.json, ablation.md
 #   ablate1            the same for b1engine's, b1split's, b1desc's and b1pdl's switched rows at batch 1, and
 #                      VITFAST_LN_PARTIALS=0 there (the statistics writers' 64x128 tiles against launches)
+#   ablateL            the same for L/16 b256: shipped and VITFAST_GEMM_ENGINE=ws (issue 10's 1.2x compile target)
 #                      b1engine, b1split, b1desc and b1pdl have the same shipped rows, as lnstats, gelu, stagger and
 #                      ws16 do: the first of a group to measure them whole keeps them (per commit and VITFAST_*
 #                      settings) and the later ones copy them into their shipped/ (shared.txt says whose) and
@@ -94,7 +97,7 @@ SLICES=(
 usage() {
     local steps="lease [SECONDS [STEP...]]|tests|headline [ROWS]|profile|profile8|profile1|fp8acc|fp8tma|fp8ws"
     steps+="|b1engine"
-    steps+="|b1split|b1desc|b1pdl|lnstats|gelu|stagger|ws16|ablate256|ablate1"
+    steps+="|b1split|b1desc|b1pdl|lnstats|gelu|stagger|ws16|ablate256|ablate1|ablateL"
     steps+="|grid N|grid list"
     echo "usage: $0 {$steps|merge|micro}" >&2
     exit 2
@@ -102,7 +105,7 @@ usage() {
 
 case "$STEP" in
     lease|tests|headline|profile|profile8|profile1|fp8acc|fp8tma|fp8ws|b1engine|b1split|b1desc|b1pdl|lnstats) ;;
-    gelu|stagger|ws16|ablate256|ablate1) ;;
+    gelu|stagger|ws16|ablate256|ablate1|ablateL) ;;
     grid|merge) ;;
     micro) ;;
     *) usage ;;
@@ -172,10 +175,10 @@ lease)
     for s in $STEPS; do
         case "$s" in
             tests|headline|profile|profile8|profile1|fp8acc|fp8tma|b1engine|b1split|b1desc|b1pdl|lnstats) ;;
-            fp8ws|gelu|stagger|ws16|ablate256|ablate1|grid[1-6]|micro) ;;
+            fp8ws|gelu|stagger|ws16|ablate256|ablate1|ablateL|grid[1-6]|micro) ;;
             *) echo "error: lease step '$s' is not one of tests headline profile profile8 profile1 fp8acc fp8tma" \
-                    "fp8ws b1engine b1split b1desc b1pdl lnstats gelu stagger ws16 ablate256 ablate1 grid1..grid6" \
-                    "micro" >&2
+                    "fp8ws b1engine b1split b1desc b1pdl lnstats gelu stagger ws16 ablate256 ablate1 ablateL" \
+                    "grid1..grid6 micro" >&2
                exit 2 ;;
         esac
     done
@@ -228,6 +231,7 @@ lease)
         lnstats|gelu|stagger|ws16) done_ "$s" || T_BUDGET=$(( $(left) - 60 )) sub "$(half_if_shared "$s" 120)" "$s" ;;
         ablate256) done_ "$s" || sub 150 "$s" ;;
         ablate1) done_ "$s" || sub 130 "$s" ;;
+        ablateL) done_ "$s" || sub 150 "$s" ;;
         grid*) done_ "grid-${s#grid}" || T_BUDGET=$(( $(left) - 85 )) sub 240 grid "${s#grid}" ;;
         micro) done_ micro || sub 300 micro ;;
         esac
@@ -416,17 +420,20 @@ fp8acc|fp8tma|fp8ws|b1engine|b1split|b1desc|b1pdl|lnstats|gelu|stagger|ws16)
     fi
     [ "$FIRST_RC" != 0 ] && RC=$FIRST_RC
     ;;
-ablate256|ablate1)
+ablate256|ablate1|ablateL)
     # one process: the shipped setting, then each switched one (benchmarks/ablation.py); settings not prepared 30 s
     # before the step's end are recorded as not run. DRY on a CPU: toy sizes in Triton's interpreter, fp32
+    MODEL=vit_b_16
     if [ "$STEP" = ablate256 ]; then
         ARGS=(--batch 256 --switch VITFAST_LN_PARTIALS=0 --switch VITFAST_GELU=libdevice --switch VITFAST_STAGGER=0
               --switch VITFAST_GEMM_ENGINE=ws)
+    elif [ "$STEP" = ablateL ]; then
+        ARGS=(--batch 256 --switch VITFAST_GEMM_ENGINE=ws) MODEL=vit_l_16
     else
         ARGS=(--batch 1 --switch VITFAST_GEMM_ENGINE=pointer --switch VITFAST_SPLIT_K=1 --switch VITFAST_TMA_DESC=device
               --switch VITFAST_PDL=1 --switch VITFAST_LN_PARTIALS=0)
     fi
-    ARGS+=(--out "$DIR" --model vit_b_16 --time-budget $(( ${T_LIMIT:-300} - 30 )))
+    ARGS+=(--out "$DIR" --model "$MODEL" --time-budget $(( ${T_LIMIT:-300} - 30 )))
     if [ "$DRY" = 1 ]; then
         export TRITON_INTERPRET=1
         ARGS+=(--batch 2 --dtype float32 --resolution 32 --rounds 2 --repeats 1 --warmup 0 --profile-forwards 1

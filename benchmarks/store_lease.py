@@ -57,6 +57,7 @@ KEEP = {"headline": ("results.json", "setup.json", "headline.md", "headline.log"
         # several settings of one row in one process (benchmarks/ablation.py)
         "ablate256": ("ablation.json", "ablation.md", "ablate256.log"),
         "ablate1": ("ablation.json", "ablation.md", "ablate1.log"),
+        "ablateL": ("ablation.json", "ablation.md", "ablateL.log"),
         "micro": ("micro.json", "micro.log"),
         "autotune": ("autotune.json", "autotune.md")}  # benchmarks.autotune_record: the autotuner's picks
 
@@ -79,7 +80,7 @@ def store(tar_path, root=None, readme_path=None, plots: bool = True, source_comm
             env = _kept_env(runs)
             if env is None:
                 raise ValueError(f"{tar_path} holds no headline, grid, fp8acc, fp8tma, fp8ws, b1engine, b1split, "
-                                 "b1desc, b1pdl, lnstats, gelu, stagger, ws16, ablate256, ablate1 or profile "
+                                 "b1desc, b1pdl, lnstats, gelu, stagger, ws16, ablate256, ablate1, ablateL or profile "
                                  "results: nothing to store")
             dest = _dest_for(env, str(source_commit or env["commit"]), root)
         for step in [*KEEP, *(d.name for d in sorted(runs.glob("grid-*")))]:

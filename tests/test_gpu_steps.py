@@ -203,18 +203,22 @@ def test_dry_ws16_step(tmp_path):
     ("ablate256", ["VITFAST_LN_PARTIALS=0", "VITFAST_GELU=libdevice", "VITFAST_STAGGER=0", "VITFAST_GEMM_ENGINE=ws"]),
     ("ablate1", ["VITFAST_GEMM_ENGINE=pointer", "VITFAST_SPLIT_K=1", "VITFAST_TMA_DESC=device", "VITFAST_PDL=1",
                  "VITFAST_LN_PARTIALS=0"]),
+    ("ablateL", ["VITFAST_GEMM_ENGINE=ws"]),
 ])
 def test_dry_ablation_steps(tmp_path, step, switched):
-    """ablate256 / ablate1: the shipped row and its group's switched rows in one process (toy sizes in the
+    """ablate256 / ablate1 / ablateL: the shipped row and its group's switched rows in one process (toy sizes in the
     interpreter); the Gluon engine's row carries its one-line refusal, the others ran; store_lease keeps the files."""
     proc, out = _steps(tmp_path, step, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     result = json.loads((out / step / "ablation.json").read_text())
     rows = {r["setting"]: r for r in result["rows"]}
     assert list(rows) == ["shipped", *switched] and result["batch"] == 2
+    assert result["model"] == ("vit_l_16" if step == "ablateL" else "vit_b_16")
     for name, row in rows.items():
         if name == "VITFAST_GEMM_ENGINE=ws":
             assert "expected an sm_90 GPU" in row["error"]
+        elif step == "ablateL":  # its one switched row refused: the shipped one is measured, with nothing beside it
+            assert row["error"] == "not run: no switched setting ran beside it" and row["parts_ms"]["FC1"] > 0, row
         else:
             assert "error" not in row and row["images_per_s"] > 0 and row["max_rel_err"] < 1e-4, row
             assert row["parts_ms"]["FC1"] > 0, row  # its time per layer part
@@ -375,7 +379,7 @@ def test_store_refuses_an_archive_without_results(tmp_path, capsys):
     assert store_lease.main([str(empty), "--root", str(tmp_path), "--readme", ""]) == 2
     err = capsys.readouterr().err
     assert ("holds no headline, grid, fp8acc, fp8tma, fp8ws, b1engine, b1split, b1desc, b1pdl, lnstats, gelu, "
-            "stagger, ws16, ablate256, ablate1 or profile results") in err
+            "stagger, ws16, ablate256, ablate1, ablateL or profile results") in err
 
 
 def _k(name, start, stack):

@@ -341,7 +341,7 @@ def select_engine(a, weight, out, residual=None) -> str:
     """"tma", "ws" or "pointer" for already-checked 2-D operands; the op modules launch through `gemm_launcher`.
     auto: TMA on sm_90 for bf16/fp16 operands it can address. VITFAST_GEMM_ENGINE=tma forces it (also under the
     interpreter, in any float dtype, which is how the tests run this engine on a CPU) and fails with one line when the
-    operands do not fit; =ws the warp-specialized engine for FC1's 16-bit launches (gemm_ws.py: an sm_90 GPU only,
+    operands do not fit; =ws the warp-specialized engine for 16-bit launches of many tiles (gemm_ws.py: sm_90 only,
     never the interpreter; the 16-bit launches it does not take run here, fp32 ones as auto); =pointer forces the
     other."""
     choice = switch_value(ENGINE_ENV)
@@ -381,13 +381,13 @@ def gemm_launcher(engine: str):
 
 def _launch_ws_or_tma(a, weight, bias, out, *, activation=0, residual=None, stats=None, colsum=None, eps=0.0,
                       stats_out=None):
-    """VITFAST_GEMM_ENGINE=ws: the warp-specialized engine for the launches it takes (gemm_ws.takes: FC1's GELU
-    epilogue, with gemm_ws.MIN_WAVES of its output tiles per SM or more), this engine for the others."""
+    """VITFAST_GEMM_ENGINE=ws: the warp-specialized engine for the launches it takes (gemm_ws.takes: not SwiGLU,
+    with gemm_ws.MIN_WAVES of its output tiles per SM or more), this engine for the others."""
     from . import gemm_ws  # Gluon's Hopper API, imported only where this engine is asked for
 
     if gemm_ws.takes(a, weight.shape[0], activation, residual, stats_out):
-        return gemm_ws.launch_ws_gemm(a, weight, bias, out, activation=activation, stats=stats, colsum=colsum,
-                                      eps=eps)
+        return gemm_ws.launch_ws_gemm(a, weight, bias, out, activation=activation, residual=residual, stats=stats,
+                                      colsum=colsum, eps=eps, stats_out=stats_out)
     return launch_tma_gemm(a, weight, bias, out, activation=activation, residual=residual, stats=stats,
                            colsum=colsum, eps=eps, stats_out=stats_out)
 

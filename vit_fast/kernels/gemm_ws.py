@@ -1,13 +1,15 @@
-"""A warp-specialized 16-bit GEMM for Hopper (sm_90), written in Gluon: FC1's GELU epilogue beside the next tile's
+"""A warp-specialized 16-bit GEMM for Hopper (sm_90), written in Gluon: each tile's epilogue beside the next tile's
 wgmmas instead of after them.
 
 Why a second 16-bit engine: on gemm_tma.py a program runs its epilogue after its main loop, and nothing on the SM
 fills the tensor cores meanwhile. FC1 (folded LayerNorm, bias, exact GELU) and FC2 do the same FLOPs; at ViT-B/16
 batch 256 FC1 took 0.570 ms a call against FC2's 0.374 on an H200 (third lease) and 0.490 against 0.394 on an H100
-with the fitted GELU (fourth lease; benchmarks/NOTES.md): the difference is FC1's epilogue. Two co-resident programs
-(gemm_tma.PER_SM) did not hide it. Triton's own warp specialization does not run on sm_90 with TMA stores in triton
-3.6 (triton-lang/triton#11587); Gluon (`triton.experimental.gluon`, in triton 3.6 and 3.9) builds the layout
-explicitly, as gemm_fp8_ws.py does for FP8 (what they share: _gluon_ws.py).
+with the fitted GELU (fourth lease; benchmarks/NOTES.md): the difference is FC1's epilogue. The residual GEMMs'
+epilogue (a residual tile, the output rows' partial statistics) costs about 6-7 us a 128x256 tile on the H100 too,
+14 % of a ViT-L/16 block. Two co-resident programs (gemm_tma.PER_SM) did not hide it. Triton's own warp
+specialization does not run on sm_90 with TMA stores in triton 3.6 (triton-lang/triton#11587); Gluon
+(`triton.experimental.gluon`, in triton 3.6 and 3.9) builds the layout explicitly, as gemm_fp8_ws.py does for FP8
+(what they share: _gluon_ws.py).
 
 The tile is gemm_tma.py's best for these GEMMs, 128x256 (the third lease timed one 128x128 program 8-11 % slower on
 the same launches): two math warpgroups take 64 rows each, one 64x256 wgmma chain with 128 fp32 sums a thread,
@@ -16,16 +18,17 @@ keep one wgmma group in flight and release each stage through an mbarrier; warpg
 start at 128 registers, under the 154 the 64x256 wgmma needs; three warpgroups start at 168. At the end of a tile
 the math warpgroups hand the fp32 sums to a 128 KB shared buffer, and the epilogue warpgroup runs gemm_tma.py's
 epilogue arithmetic from it, a 64x64 slice at a time (the folded LayerNorm with the rows' statistics merged from
-the partials or read from row_stats, bias, GELU, one cast, plain 16-byte global stores) while they run the next
-tile.
+the partials or read from row_stats, bias, GELU, residual, one cast, plain 16-byte global stores, the stored rows'
+partial statistics slot by slot) while they run the next tile. The shared memory is spent, so the residual comes
+through registers: plain 16-byte loads one slice ahead, the tile's first slice issued before the tile is ready.
 
 What it runs (VITFAST_GEMM_ENGINE=ws, opt-in until a GPU lease has timed it: the interpreter cannot run Gluon): the
-bf16 and fp16 GEMMs with a GELU epilogue (FC1) that have at least MIN_WAVES output tiles per SM (ViT-B/16's FC1
-from batch 56 on 132 SMs). The launches without an activation (QKV, the out-projection, FC2) have lighter
-epilogues and stay on gemm_tma.py, as do SwiGLU (two accumulators), fp32 operands and launches of fewer tiles
-(where a last, partly filled wave of this engine's one tile costs what gemm_tma.py's smaller tiles and split-K
-avoid). One tile, not autotuned.
-"""
+bf16 and fp16 GEMMs of at least MIN_WAVES waves of output tiles whose last wave is nearly full (`takes`): at
+ViT-B/16 batch 256 and ViT-L/16 batch 256 all four of a block (QKV, the out-projection, FC1, FC2), at ViT-H/14 batch
+64 too; at ViT-B/16 batch 64 QKV and FC1. SwiGLU (two accumulators), fp32 operands and the launches of fewer or
+ragged waves stay on gemm_tma.py (whose smaller tiles and split-K waste less of a last, partly filled wave). One
+tile, not autotuned.
+""""""
 import torch
 import triton
 from triton.experimental import gluon
@@ -48,8 +51,12 @@ MATH_REGS = gl.constexpr(168)
 # columns of the tile the epilogue takes from the buffer at a time (a 64x64 fp32 slice: 32 values a thread)
 EPI_COLS = gl.constexpr(64)
 DTYPES = (torch.bfloat16, torch.float16)
-# tiles a launch needs per SM to come here: with 8 or more waves the last, partly filled one costs at most 1/9
-MIN_WAVES = 8
+# waves of output tiles (tiles per SM) a launch needs to come here: each program's epilogue hides behind its next
+# tile's main loop only, so one or two tiles a program gain little
+MIN_WAVES = 4
+# and the share of the waves' program slots the last, partly filled wave leaves idle, at most (8 or more waves always
+# pass: at most 1/9). gemm_tma.py's smaller tiles and split-K waste less where it is more.
+MAX_IDLE = 1 / 9
 # the (A, W) boxes' shared layouts (128-byte swizzle) per operand dtype: built once, not per launch
 _GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
 A_LAYOUTS = {dt: gl.NVMMASharedLayout.get_default_for([TILE[0], TILE[2]], g) for dt, g in _GL_DTYPES.items()}
@@ -113,44 +120,89 @@ def _math_partition(a_desc, w_desc, a_s, w_s, ready, empty, acc_s, acc_ready, ac
 
 
 @gluon.jit
-def _epilogue_partition(acc_s, acc_ready, acc_empty, stat_s, stats_ptr, colsum_ptr, bias_ptr, out_ptr, M, N, K, eps,
-                        stride_om, ROW_STATS: gl.constexpr, HAS_BIAS: gl.constexpr, ACTIVATION: gl.constexpr,
+def _residual_slice(res_ptr, rows, cols, row_end, M, N, stride_rm):
+    """A 64-column slice of the residual (rows past row_end: none, so that the prefetch of the slice after a tile's
+    last one loads nothing)."""
+    mask = ((rows < M) & (rows < row_end))[:, None] & (cols < N)[None, :]
+    return gl.load(res_ptr + rows.to(gl.int64)[:, None] * stride_rm + cols[None, :], mask=mask, other=0.0)
+
+
+@gluon.jit
+def _merge_slice(y, mask_n, col0, N, n_a, mean_a, m2_a, EPI_COLS: gl.constexpr):
+    """A slot's running (count, mean, M2) per row with one more slice y (fp32, the values as stored; columns col0 ..,
+    mask_n: those < N): Chan's pairwise merge; the counts are the same for every row, so its factors are scalars
+    (no division a row)."""
+    valid = mask_n[None, :]
+    n_b = gl.minimum(gl.maximum(N - col0, 0), EPI_COLS).to(gl.float32)
+    mean_b = gl.sum(gl.where(valid, y, 0.0), axis=1) * (1.0 / gl.maximum(n_b, 1.0))
+    d = gl.where(valid, y - mean_b[:, None], 0.0)
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    inv = 1.0 / gl.maximum(n, 1.0)
+    return n, mean_a + delta * (n_b * inv), m2_a + gl.sum(d * d, axis=1) + delta * delta * (n_a * n_b * inv)
+
+
+@gluon.jit
+def _epilogue_partition(acc_s, acc_ready, acc_empty, stat_s, stats_ptr, colsum_ptr, bias_ptr, res_ptr, out_ptr,
+                        part_ptr, M, N, K, eps, stride_rm, stride_om, ROW_STATS: gl.constexpr, HAS_BIAS: gl.constexpr,
+                        ACTIVATION: gl.constexpr, HAS_RESIDUAL: gl.constexpr, WRITE_STATS: gl.constexpr,
                         SLOT: gl.constexpr, SLOTS: gl.constexpr, NUM_SMS: gl.constexpr, GROUP_M: gl.constexpr):
     """The epilogue warpgroup (the default partition): each tile's fp32 sums from the buffer, a 64x64 slice at a
-    time, through gemm_tma.py's epilogue (the folded LayerNorm with the rows' statistics, bias, activation, one cast)
-    while the math warpgroups run the next tile. The rows' statistics are merged before the tile is ready; each
-    slice's colsum and bias (8 columns a thread; all 256 would hold 64 registers) are loaded with the slice."""
+    time, through gemm_tma.py's epilogue (the folded LayerNorm with the rows' statistics, bias, activation, residual,
+    one cast, the stored rows' partial statistics) while the math warpgroups run the next tile. The rows' statistics
+    are merged, and the tile's first residual slice loaded, before the tile is ready; each slice's colsum and bias
+    (8 columns a thread; all 256 would hold 64 registers) are loaded with the slice, its residual one slice ahead."""
     HALF: gl.constexpr = acc_s.shape[1]
     BLOCK_M: gl.constexpr = 2 * HALF
     BLOCK_N: gl.constexpr = acc_s.shape[2]
-    # 8 contiguous columns a thread: 16-byte stores of the 16-bit output
+    gl.static_assert(not WRITE_STATS or (SLOT % EPI_COLS == 0 and BLOCK_N % SLOT == 0),
+                     "partial statistics need slots of whole slices")
+    # 8 contiguous columns a thread: 16-byte stores of the 16-bit output (and loads of the residual)
     out_layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 * 8 // EPI_COLS, EPI_COLS // 8], [4, 1], [1, 0])
     # one row a thread for the statistics (the tile layout's row vectors repeat each row on 8 threads, and merging
     # the partials takes three loads and five instructions a row and slot); stat_s hands them to the tile layout
     row_layout: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])
     num_tiles = gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N)
     row_vector: gl.constexpr = gl.SliceLayout(1, out_layout)
+    col_vector: gl.constexpr = gl.SliceLayout(0, out_layout)
     SLICES: gl.constexpr = BLOCK_N // EPI_COLS
+    SLOT_SLICES: gl.constexpr = SLOT // EPI_COLS
+    nslot = gl.cdiv(N, SLOT)
     t = 0
     for tile in range(gl.program_id(0), num_tiles, NUM_SMS):
         pid_m, pid_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        row_end = pid_m * BLOCK_M + BLOCK_M
         if ROW_STATS:
             for half in gl.static_range(2):
                 rows_1 = pid_m * BLOCK_M + half * HALF + gl.arange(0, HALF, row_layout)
                 mean_1, rstd_1 = row_moments(stats_ptr, rows_1, M, K, eps, ROW_STATS, SLOT, SLOTS, True)
                 stat_s.index(half).store(mean_1)
                 stat_s.index(2 + half).store(rstd_1)
+        if HAS_RESIDUAL:  # the tile's first slice, in flight while the tile's main loop ends
+            res_next = _residual_slice(res_ptr, pid_m * BLOCK_M + gl.arange(0, HALF, row_vector),
+                                       pid_n * BLOCK_N + gl.arange(0, EPI_COLS, col_vector), row_end, M, N, stride_rm)
         mbarrier.wait(acc_ready, t & 1)
         for half in range(2):
             rows = pid_m * BLOCK_M + half * HALF + gl.arange(0, HALF, row_vector)
             rows64 = rows.to(gl.int64)  # M·N passes 2^31 (FC1 of about 2,700 L/16 images)
+            n_s = 0.0  # the current slot's running (count, mean, M2) per row
+            mean_s = gl.zeros([HALF], gl.float32, row_vector)
+            m2_s = gl.zeros([HALF], gl.float32, row_vector)
             for c in gl.static_range(SLICES):  # the half's 64-column slices (a slice's start is a constant)
                 acc = acc_s.index(half).slice(c * EPI_COLS, EPI_COLS, dim=1).load(out_layout)
                 if c == SLICES - 1:
                     if half == 1:
                         mbarrier.arrive(acc_empty, count=1)  # the buffer is read: the math warpgroups may refill it
-                cols = pid_n * BLOCK_N + c * EPI_COLS + gl.arange(0, EPI_COLS, gl.SliceLayout(0, out_layout))
+                col0 = pid_n * BLOCK_N + c * EPI_COLS
+                cols = col0 + gl.arange(0, EPI_COLS, col_vector)
                 mask_n = cols < N
+                if HAS_RESIDUAL:  # this slice's residual arrived; the next slice's (or next half's first) goes out
+                    res = res_next
+                    if c + 1 < SLICES:
+                        res_next = _residual_slice(res_ptr, rows, cols + EPI_COLS, row_end, M, N, stride_rm)
+                    else:
+                        res_next = _residual_slice(res_ptr, rows + HALF, cols - (SLICES - 1) * EPI_COLS, row_end, M,
+                                                   N, stride_rm)
                 if ROW_STATS:  # gemm.epilogue_math's steps, the rows' statistics prepared before the tile was ready
                     acc = fold_rows(acc, stat_s.index(half).load(row_vector),
                                     stat_s.index(2 + half).load(row_vector),
@@ -158,9 +210,23 @@ def _epilogue_partition(acc_s, acc_ready, acc_empty, stat_s, stats_ptr, colsum_p
                 if HAS_BIAS:
                     acc += gl.load(bias_ptr + cols, mask=mask_n, other=0.0).to(gl.float32)[None, :]
                 acc = apply_activation(acc, ACTIVATION, out_ptr.dtype.element_ty)
+                if HAS_RESIDUAL:  # after the activation, as gemm_tma.py adds it
+                    acc += res.to(gl.float32)
+                y = acc.to(out_ptr.dtype.element_ty)
                 mask = (rows[:, None] < M) & mask_n[None, :]
-                gl.store(out_ptr + rows64[:, None] * stride_om + cols[None, :], acc.to(out_ptr.dtype.element_ty),
-                         mask=mask)
+                gl.store(out_ptr + rows64[:, None] * stride_om + cols[None, :], y, mask=mask)
+                if WRITE_STATS:  # ln_fold.store_partials' (count, mean, M2) of each SLOT-wide slot, slice by slice
+                    n_s, mean_s, m2_s = _merge_slice(y.to(gl.float32), mask_n, col0, N, n_s, mean_s, m2_s, EPI_COLS)
+                    if c % SLOT_SLICES == SLOT_SLICES - 1:
+                        slot = (col0 // SLOT) + gl.zeros([HALF], gl.int32, row_vector)
+                        ptrs = part_ptr + rows64 * (3 * nslot) + slot
+                        ok = (rows < M) & (slot < nslot)
+                        gl.store(ptrs, gl.zeros([HALF], gl.float32, row_vector) + n_s, mask=ok)
+                        gl.store(ptrs + nslot, mean_s, mask=ok)
+                        gl.store(ptrs + 2 * nslot, m2_s, mask=ok)
+                        n_s = 0.0
+                        mean_s = gl.zeros([HALF], gl.float32, row_vector)
+                        m2_s = gl.zeros([HALF], gl.float32, row_vector)
         t += 1
 
 
@@ -171,15 +237,20 @@ def ws_gemm_kernel(
     stats_ptr,  # A's row statistics, fp32: (M, 2) (mean, rstd) if ROW_STATS 1; (M, 3, SLOTS) partials if 2
     colsum_ptr,  # (N,) fp32 column sums of the folded weight; read only when ROW_STATS
     bias_ptr,  # (N,) bias (activation dtype, or fp32 when folded); read only when HAS_BIAS
+    res_ptr,  # (M, N) residual in the output dtype, unit column stride; read only when HAS_RESIDUAL
     out_ptr,  # (M, N) output in A's dtype, unit column stride
+    part_ptr,  # (M, 3, cdiv(N, SLOT)) fp32 partial statistics of the output rows; written only when WRITE_STATS
     M,  # rows (tokens over the whole batch)
     N,  # output features
     K,  # input features
     eps,  # the folded LayerNorm's epsilon; read only when ROW_STATS 2 (merged partials)
+    stride_rm,  # residual row stride
     stride_om,  # output row stride
     ROW_STATS: gl.constexpr,  # folded LayerNorm epilogue rstd * (acc - mean * colsum): 0 off, 1 stats rows, 2 partials
     HAS_BIAS: gl.constexpr,  # add bias in the epilogue
-    ACTIVATION: gl.constexpr,  # gemm.apply_activation's codes (a GELU: `takes`)
+    ACTIVATION: gl.constexpr,  # gemm.apply_activation's codes (0 none; not SwiGLU: `takes`)
+    HAS_RESIDUAL: gl.constexpr,  # add the residual after the activation
+    WRITE_STATS: gl.constexpr,  # write the output rows' partial statistics (ln_fold.store_partials' layout)
     SLOT: gl.constexpr,  # columns per partial-statistics slot (ln_fold.stats_slot)
     SLOTS: gl.constexpr,  # cdiv(K, SLOT): the partial statistics' slots per row of A (ROW_STATS 2)
     NUM_SMS: gl.constexpr,  # programs: one per SM, each walking tiles NUM_SMS apart
@@ -196,8 +267,9 @@ def ws_gemm_kernel(
     fence_async_shared()  # the initialized barriers, before the TMA unit signals them
     HALF: gl.constexpr = BLOCK_M // 2
     gl.warp_specialize([
-        (_epilogue_partition, (acc_s, acc_ready, acc_empty, stat_s, stats_ptr, colsum_ptr, bias_ptr, out_ptr, M, N, K,
-                               eps, stride_om, ROW_STATS, HAS_BIAS, ACTIVATION, SLOT, SLOTS, NUM_SMS, GROUP_M)),
+        (_epilogue_partition, (acc_s, acc_ready, acc_empty, stat_s, stats_ptr, colsum_ptr, bias_ptr, res_ptr, out_ptr,
+                               part_ptr, M, N, K, eps, stride_rm, stride_om, ROW_STATS, HAS_BIAS, ACTIVATION,
+                               HAS_RESIDUAL, WRITE_STATS, SLOT, SLOTS, NUM_SMS, GROUP_M)),
         (_math_partition, (a_desc, w_desc, a_s, w_s, ready, empty, acc_s, acc_ready, acc_empty, M, N, K, HALF, 0,
                            NUM_SMS, STAGES, GROUP_M)),
         (_math_partition, (a_desc, w_desc, a_s, w_s, ready, empty, acc_s, acc_ready, acc_empty, M, N, K, HALF, 1,
@@ -206,18 +278,21 @@ def ws_gemm_kernel(
 
 
 def takes(a, N: int, activation: int, residual=None, stats_out=None) -> bool:
-    """Whether this engine runs a launch that select_engine gave to "ws": 16-bit, a GELU epilogue (FC1; the
-    launches without an activation have lighter epilogues, which gemm_tma.py runs on the same tile with little to
-    hide: benchmarks/NOTES.md, "A warp-specialized 16-bit FC1"), and at least MIN_WAVES output tiles per SM (with
-    fewer, gemm_tma.py's smaller tiles or split-K waste less of the last wave)."""
+    """Whether this engine runs a launch that select_engine gave to "ws": 16-bit, not SwiGLU (two accumulators), at
+    least MIN_WAVES waves of output tiles and at most MAX_IDLE of their slots idle in the last wave. That is every GEMM
+    of a block at large batches: QKV (the folded LayerNorm), FC1 (and a GELU), the out-projection and FC2 (a residual
+    and the output rows' partial statistics); residual and stats_out take no part in the choice."""
     bm, bn = TILE[:2]
-    return (a.dtype in DTYPES and activation not in (0, SWIGLU) and residual is None and stats_out is None
-            and triton.cdiv(a.shape[0], bm) * triton.cdiv(N, bn) >= MIN_WAVES * num_sms(a.device))
+    tiles, sms = triton.cdiv(a.shape[0], bm) * triton.cdiv(N, bn), num_sms(a.device)
+    waves = triton.cdiv(tiles, sms)
+    return (a.dtype in DTYPES and activation != SWIGLU and tiles >= MIN_WAVES * sms
+            and waves * sms - tiles <= MAX_IDLE * waves * sms)
 
 
-def launch_ws_gemm(a, weight, bias, out, *, activation=0, stats=None, colsum=None, eps=0.0):
-    """gemm.launch_fused_gemm's contract, without a residual or statistics out, for the launches `takes` accepts, on
-    operands select_engine gave to "ws" (an sm_90 GPU, TMA-addressable)."""
+def launch_ws_gemm(a, weight, bias, out, *, activation=0, residual=None, stats=None, colsum=None, eps=0.0,
+                   stats_out=None):
+    """gemm.launch_fused_gemm's contract, for the launches `takes` accepts, on operands select_engine gave to "ws"
+    (an sm_90 GPU, TMA-addressable)."""
     bm, bn, bk, stages, group_m = TILE
     M, K = a.shape
     N = weight.shape[0]
@@ -227,38 +302,54 @@ def launch_ws_gemm(a, weight, bias, out, *, activation=0, stats=None, colsum=Non
         TensorDescriptor.from_tensor(a, [bm, bk], A_LAYOUTS[a.dtype]),
         TensorDescriptor.from_tensor(weight, [bn, bk], W_LAYOUTS[a.dtype]),
         stats if stats is not None else out, colsum if colsum is not None else out,
-        bias if bias is not None else out, out, M, N, K, float(eps), out.stride(0),
-        ROW_STATS=row_stats_switch(stats), HAS_BIAS=bias is not None, ACTIVATION=activation, SLOT=stats_slot(),
+        bias if bias is not None else out, residual if residual is not None else out, out,
+        stats_out if stats_out is not None else out, M, N, K, float(eps),
+        0 if residual is None else residual.stride(0), out.stride(0),
+        ROW_STATS=row_stats_switch(stats), HAS_BIAS=bias is not None, ACTIVATION=activation,
+        HAS_RESIDUAL=residual is not None, WRITE_STATS=stats_out is not None, SLOT=stats_slot(),
         SLOTS=slots_arg(stats, K), NUM_SMS=sms, STAGES=stages, GROUP_M=group_m, num_warps=MATH_WARPS.value,
     )  # fmt: skip
     return out
 
 
 # ---- AOT ------------------------------------------------------------------------------------------------------------
+# (ROW_STATS, ACTIVATION, HAS_RESIDUAL, WRITE_STATS, op) of a block's four launches, partial statistics on
+QKV, FC1, RESIDUAL = (2, 0, False, False, "ln_qkv"), (2, 1, False, False, "ln_linear"), (0, 0, True, True,
+                                                                                          "linear_residual")
+
+
 def aot_variants(exhaustive: bool = False):
-    """FC1 in bf16: the folded LayerNorm merging the out-projection's partial statistics, bias, exact GELU (also
-    through libdevice's erf, VITFAST_GELU=libdevice), and reading row_stats' rows (VITFAST_LN_PARTIALS=0); with
-    `exhaustive`, fp16 and the tanh and quick GELUs. Gluon's warp specialization and TMA: sm_90 only."""
-    out = [_variant(torch.bfloat16, 2, 1), _variant(torch.bfloat16, 2, GELU_LIBDEVICE), _variant(torch.bfloat16, 1, 1)]
+    """In bf16: QKV (the folded LayerNorm merging the residual GEMM's partial statistics, bias); FC1 (the same and the
+    exact GELU, also through libdevice's erf, VITFAST_GELU=libdevice, and reading row_stats' rows,
+    VITFAST_LN_PARTIALS=0); the out-projection and FC2 (bias, residual, the output rows' partial statistics). With
+    `exhaustive`: fp16, the tanh and quick GELUs, QKV on row_stats' rows, the residual without statistics out.
+    Gluon's warp specialization and TMA: sm_90 only."""
+    bf16 = torch.bfloat16
+    out = [_variant(bf16, *QKV), _variant(bf16, *FC1), _variant(bf16, 2, GELU_LIBDEVICE, False, False, "ln_linear"),
+           _variant(bf16, 1, 1, False, False, "ln_linear"), _variant(bf16, *RESIDUAL)]
     if exhaustive:
-        out += [_variant(torch.float16, 2, 1)] + [_variant(torch.bfloat16, 2, act) for act in (2, 3)]
+        out += [_variant(torch.float16, *v) for v in (QKV, FC1, RESIDUAL)]
+        out += [_variant(bf16, 2, act, False, False, "ln_linear") for act in (2, 3)]
+        out += [_variant(bf16, 1, 0, False, False, "ln_qkv"), _variant(bf16, 0, 0, True, False, "linear_residual")]
     return out
 
 
-def _variant(dtype, row_stats, activation, num_sms=132):
+def _variant(dtype, row_stats, activation, has_residual, write_stats, op, num_sms=132):
     bm, bn, bk, stages, group_m = TILE
     elem = TL_SIG[dtype]
     sig = {"a_desc": f"tensordesc<{elem}[{bm},{bk}],{A_LAYOUTS[dtype]!r}>",
            "w_desc": f"tensordesc<{elem}[{bn},{bk}],{W_LAYOUTS[dtype]!r}>",
-           "stats_ptr": "*fp32", "colsum_ptr": "*fp32", "bias_ptr": "*fp32", "out_ptr": "*" + elem, "M": "i32",
-           "N": "i32", "K": "i32", "eps": "fp32", "stride_om": "i32"}
-    constexprs = {"ROW_STATS": row_stats, "HAS_BIAS": True, "ACTIVATION": activation, "SLOT": STATS_SLOT,
-                  "SLOTS": AOT_SLOTS if row_stats == 2 else 1, "NUM_SMS": num_sms, "STAGES": stages,
-                  "GROUP_M": group_m}
+           "stats_ptr": "*fp32", "colsum_ptr": "*fp32",
+           "bias_ptr": "*fp32" if row_stats else "*" + elem,  # folded: fp32 (fold_layer_norm); else the weight's
+           "res_ptr": "*" + elem, "out_ptr": "*" + elem, "part_ptr": "*fp32", "M": "i32", "N": "i32", "K": "i32",
+           "eps": "fp32", "stride_rm": "i32", "stride_om": "i32"}
+    constexprs = {"ROW_STATS": row_stats, "HAS_BIAS": True, "ACTIVATION": activation, "HAS_RESIDUAL": has_residual,
+                  "WRITE_STATS": write_stats, "SLOT": STATS_SLOT, "SLOTS": AOT_SLOTS if row_stats == 2 else 1,
+                  "NUM_SMS": num_sms, "STAGES": stages, "GROUP_M": group_m}
     for name in constexprs:
         sig[name] = "constexpr"
     return {"fn": ws_gemm_kernel, "gluon": True, "signature": sig, "constexprs": constexprs,
             "tile": f"{bm}x{bn}x{bk} (12 warps)",
             "vit": lambda cfg, batch: [],  # a switch (VITFAST_GEMM_ENGINE=ws): no preset runs it by default
-            "num_warps": MATH_WARPS.value, "num_stages": 1, "min_cc": 90, "op": "ln_linear", "main_loop": "gemm",
-            "programs_per_sm": 1, "tables": ("hopper",), "divisible": ("N", "K", "stride_om")}
+            "num_warps": MATH_WARPS.value, "num_stages": 1, "min_cc": 90, "op": op, "main_loop": "gemm",
+            "programs_per_sm": 1, "tables": ("hopper",), "divisible": ("N", "K", "stride_rm", "stride_om")}
