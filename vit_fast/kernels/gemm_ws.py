@@ -28,7 +28,7 @@ ViT-B/16 batch 256 and ViT-L/16 batch 256 all four of a block (QKV, the out-proj
 64 too; at ViT-B/16 batch 64 QKV and FC1. SwiGLU (two accumulators), fp32 operands and the launches of fewer or
 ragged waves stay on gemm_tma.py (whose smaller tiles and split-K waste less of a last, partly filled wave). One
 tile, not autotuned.
-""""""
+"""
 import torch
 import triton
 from triton.experimental import gluon
