@@ -382,7 +382,7 @@ def gemm_launcher(engine: str):
 def _launch_ws_or_tma(a, weight, bias, out, *, activation=0, residual=None, stats=None, colsum=None, eps=0.0,
                       stats_out=None):
     """VITFAST_GEMM_ENGINE=ws: the warp-specialized engine for the launches it takes (gemm_ws.takes: not SwiGLU,
-    with gemm_ws.MIN_WAVES of its output tiles per SM or more), this engine for the others."""
+    at least gemm_ws.MIN_WAVES waves of its output tiles, the last one nearly full), this engine for the others."""
     from . import gemm_ws  # Gluon's Hopper API, imported only where this engine is asked for
 
     if gemm_ws.takes(a, weight.shape[0], activation, residual, stats_out):

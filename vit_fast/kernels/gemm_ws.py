@@ -319,18 +319,19 @@ QKV, FC1, RESIDUAL = (2, 0, False, False, "ln_qkv"), (2, 1, False, False, "ln_li
 
 
 def aot_variants(exhaustive: bool = False):
-    """In bf16: QKV (the folded LayerNorm merging the residual GEMM's partial statistics, bias); FC1 (the same and the
-    exact GELU, also through libdevice's erf, VITFAST_GELU=libdevice, and reading row_stats' rows,
-    VITFAST_LN_PARTIALS=0); the out-projection and FC2 (bias, residual, the output rows' partial statistics). With
-    `exhaustive`: fp16, the tanh and quick GELUs, QKV on row_stats' rows, the residual without statistics out.
-    Gluon's warp specialization and TMA: sm_90 only."""
+    """In bf16, what a ViT forward launches here: QKV (the folded LayerNorm merging the residual GEMM's partial
+    statistics, or on row_stats' rows in the first block; bias); FC1 (the same and the exact GELU, also through
+    libdevice's erf, VITFAST_GELU=libdevice, and on row_stats' rows, VITFAST_LN_PARTIALS=0); the out-projection and
+    FC2 (bias, residual, the output rows' partial statistics; none after the last block). With `exhaustive`: fp16 and
+    the tanh and quick GELUs. Gluon's warp specialization and TMA: sm_90 only."""
     bf16 = torch.bfloat16
-    out = [_variant(bf16, *QKV), _variant(bf16, *FC1), _variant(bf16, 2, GELU_LIBDEVICE, False, False, "ln_linear"),
-           _variant(bf16, 1, 1, False, False, "ln_linear"), _variant(bf16, *RESIDUAL)]
+    out = [_variant(bf16, *QKV), _variant(bf16, 1, 0, False, False, "ln_qkv"), _variant(bf16, *FC1),
+           _variant(bf16, 2, GELU_LIBDEVICE, False, False, "ln_linear"),
+           _variant(bf16, 1, 1, False, False, "ln_linear"), _variant(bf16, *RESIDUAL),
+           _variant(bf16, 0, 0, True, False, "linear_residual")]
     if exhaustive:
         out += [_variant(torch.float16, *v) for v in (QKV, FC1, RESIDUAL)]
         out += [_variant(bf16, 2, act, False, False, "ln_linear") for act in (2, 3)]
-        out += [_variant(bf16, 1, 0, False, False, "ln_qkv"), _variant(bf16, 0, 0, True, False, "linear_residual")]
     return out
 
 
