@@ -137,7 +137,10 @@ def test_ws_engine_matches_the_tma_engine_and_eager(shape, dtype, monkeypatch, d
     _pin(monkeypatch, gemm_tma.tma_gemm_kernel, (128, 256, 32, 8, 4, 2), 1)
     ran = _recording(monkeypatch)
     fc1, others = _runs(*shape, dtype, device)
-    for name, (run, ref) in {**fc1, **others}.items():
+    launches = {**fc1, **others}
+    if dtype == torch.float16:  # one launch of each epilogue family: each new variant is a Gluon compile in the lease
+        launches = {name: launches[name] for name in ("gelu", "residual")}
+    for name, (run, ref) in launches.items():
         outs = _engines(run, monkeypatch, ran)
         assert outs["ws ran"] and not outs["tma ran"], name
         ws, tma = outs["ws"], outs["tma"]
