@@ -7,7 +7,8 @@
 #                      (profile8, profile1, fp8acc, fp8tma, fp8ws, b1engine, b1split, b1desc, b1pdl, lnstats, gelu,
 #                      stagger, ws16, ablate256, ablate1, ablateL and micro only when named), each skipped when done
 #                      on this machine or too long for the time left; STEPs (e.g. headline profile) pick and order
-#                      them.
+#                      them. After a test step on the machine, the steps of a Gluon engine (ws16, ablateL and
+#                      ablate256's ws row; fp8ws) run only if its tests' GPU comparison passed (gluon_tested)
 #                      Writes $OUT/lease/:
 #                      runs.tar.gz (every step's files so far), lease.log, headline.md, tests.txt
 #   tests              the GPU test subset (tests/gpu_subset.txt), < 3 min, junit + one JSON line per test; each
@@ -152,6 +153,20 @@ has() { "$PY" -c "import $1" 2>/dev/null; }
 
 commit() { "$PY" -c 'from vit_fast.provenance import source_commit; print(source_commit())'; }
 
+gluon_tested() {  # gluon_tested TESTS_JSONL TEST_FILE: whether the Gluon engine TEST_FILE tests may run after the
+    # test step that wrote TESTS_JSONL: none ran (the caller asked for the engine), or the file's GPU comparison passed
+    # and nothing in it failed. A failed, errored or unfinished one (a hang is killed at the test step's limit and
+    # leaves no line) keeps the engine out, so that a hang cannot take the rest of the call with it
+    [ -f "$1" ] || return 0
+    "$PY" - "$1" "$2" <<'PY'
+import json, sys
+rows = [json.loads(s) for s in open(sys.argv[1]) if s.strip()]
+mine = [r for r in rows if r["nodeid"].startswith(sys.argv[2] + "::")]
+compared = any(r["outcome"] == "passed" and "::test_ws_engine_matches_" in r["nodeid"] for r in mine)
+sys.exit(0 if compared and not any(r["outcome"] in ("failed", "error") for r in mine) else 1)
+PY
+}
+
 shared_dir() {  # shared_dir STEP: where the steps whose shipped halves are the same rows keep that half, measured
     local group key  # once per machine, commit and VITFAST_* environment (the switched steps below); nothing for the
     case "$1" in     # other steps, nor for a commit that is unknown or has uncommitted changes
@@ -217,6 +232,12 @@ lease)
     [ "$STEP_COMMIT" = unknown ] &&
         echo "=== lease: WARNING: the commit is unknown (no .git here): set VITFAST_SOURCE_COMMIT" | tee -a "$LOG"
     for s in $STEPS; do
+        gluon=$(case "$s" in ws16|ablateL) echo tests/kernels/test_gemm_ws.py ;;
+                                fp8ws) echo tests/kernels/test_gemm_fp8_ws.py ;; esac)
+        if [ -n "$gluon" ] && ! gluon_tested "$W/tests/tests.jsonl" "$gluon"; then
+            echo "=== lease: $s skipped: $gluon did not pass in this machine's test step" | tee -a "$LOG"
+            continue
+        fi
         case "$s" in
         tests)  # once per machine: a later lease on the same machine goes on with the benchmarks
             if done_ tests; then echo "=== lease: tests already ran on this machine" | tee -a "$LOG"
@@ -424,11 +445,17 @@ ablate256|ablate1|ablateL)
     # one process: the shipped setting, then each switched one (benchmarks/ablation.py); settings not prepared 30 s
     # before the step's end are recorded as not run. DRY on a CPU: toy sizes in Triton's interpreter, fp32
     MODEL=vit_b_16
+    WS=(--switch VITFAST_GEMM_ENGINE=ws)
+    if [ "$STEP" != ablate1 ] && ! gluon_tested "$OUT_ROOT/tests/tests.jsonl" tests/kernels/test_gemm_ws.py; then
+        echo "=== $STEP: without VITFAST_GEMM_ENGINE=ws: tests/kernels/test_gemm_ws.py did not pass in this" \
+             "machine's test step" | tee -a "$LOG"
+        WS=()
+    fi
     if [ "$STEP" = ablate256 ]; then
         ARGS=(--batch 256 --switch VITFAST_LN_PARTIALS=0 --switch VITFAST_GELU=libdevice --switch VITFAST_STAGGER=0
-              --switch VITFAST_GEMM_ENGINE=ws)
+              ${WS[@]+"${WS[@]}"})
     elif [ "$STEP" = ablateL ]; then
-        ARGS=(--batch 256 --switch VITFAST_GEMM_ENGINE=ws) MODEL=vit_l_16
+        ARGS=(--batch 256 "${WS[@]}") MODEL=vit_l_16
     else
         ARGS=(--batch 1 --switch VITFAST_GEMM_ENGINE=pointer --switch VITFAST_SPLIT_K=1 --switch VITFAST_TMA_DESC=device
               --switch VITFAST_PDL=1 --switch VITFAST_LN_PARTIALS=0)
@@ -439,7 +466,11 @@ ablate256|ablate1|ablateL)
         ARGS+=(--batch 2 --dtype float32 --resolution 32 --rounds 2 --repeats 1 --warmup 0 --profile-forwards 1
                --config-overrides embed_dim=64,num_heads=2,mlp_dim=128,depth=2)
     fi
-    run "${T_LIMIT:-300}" "$PY" -m benchmarks.ablation "${ARGS[@]}"
+    if [ "$STEP" = ablateL ] && [ ${#WS[@]} = 0 ]; then
+        echo "=== $STEP: nothing to compare" | tee -a "$LOG"
+    else
+        run "${T_LIMIT:-300}" "$PY" -m benchmarks.ablation "${ARGS[@]}"
+    fi
     ;;
 grid)
     IFS='|' read -r MODELS BATCHES DTYPES BACKENDS <<< "${SLICES[$ARG]}"

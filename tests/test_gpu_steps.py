@@ -207,7 +207,12 @@ def test_dry_ws16_step(tmp_path):
 ])
 def test_dry_ablation_steps(tmp_path, step, switched):
     """ablate256 / ablate1 / ablateL: the shipped row and its group's switched rows in one process (toy sizes in the
-    interpreter); the Gluon engine's row carries its one-line refusal, the others ran; store_lease keeps the files."""
+    interpreter); the Gluon engine's row carries its one-line refusal, the others ran; store_lease keeps the files.
+    The machine's test step passed the engine's GPU comparison (its log says so), so the switch stays in."""
+    ws = "tests/kernels/test_gemm_ws.py"
+    _test_log(tmp_path / "out" / "tests" / "tests.jsonl", [
+        (f"{ws}::test_ws_engine_matches_the_tma_engine_and_eager[16421x1136x2096-torch.bfloat16]", "passed"),
+        (f"{ws}::test_ws_switch_refuses_under_the_interpreter", "skipped"), ("tests/other.py::test_x", "failed")])
     proc, out = _steps(tmp_path, step, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     result = json.loads((out / step / "ablation.json").read_text())
@@ -224,6 +229,34 @@ def test_dry_ablation_steps(tmp_path, step, switched):
             assert row["parts_ms"]["FC1"] > 0, row  # its time per layer part
     stored = _stored_alone(tmp_path, out, step)
     assert {p.name for p in (stored / "lease" / step).iterdir()} == {"ablation.json", "ablation.md", f"{step}.log"}
+
+
+def _test_log(path, lines):
+    """A test step's tests.jsonl at `path`: (node id, outcome) per test."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"nodeid": n, "outcome": o, "when": "call", "seconds": 1.0}) + "\n"
+                            for n, o in lines))
+
+
+def test_gluon_steps_wait_for_their_tests(tmp_path):
+    """After a test step on the machine, the steps that run a Gluon engine need its GPU comparison passed and nothing
+    in its file failed: a hung test (no line) or a failed one keeps the engine out of the lease (a hang would take
+    the call with it); a step run by itself with such a log leaves the engine's switch out."""
+    ws, fp8 = "tests/kernels/test_gemm_ws.py", "tests/kernels/test_gemm_fp8_ws.py"
+    _test_log(tmp_path / "cache" / "lease-work" / "tests" / "tests.jsonl", [
+        (f"{ws}::test_ws_takes_launches_of_enough_nearly_full_waves[1]", "passed"),  # the comparison never ended
+        (f"{fp8}::test_ws_engine_matches_the_tma_and_pointer_engines[a]", "passed"),
+        (f"{fp8}::test_ws_engine_matches_the_tma_and_pointer_engines[b]", "failed")])
+    proc, out = _steps(tmp_path, "lease", "100", "ablateL ws16 fp8ws", timeout=100)
+    log = (out / "lease" / "lease.log").read_text()
+    for step, tests in (("ablateL", ws), ("ws16", ws), ("fp8ws", fp8)):
+        assert f"=== lease: {step} skipped: {tests} did not pass in this machine's test step" in log, log
+    _test_log(tmp_path / "out" / "tests" / "tests.jsonl", [
+        (f"{ws}::test_ws_engine_matches_the_tma_engine_and_eager[a]", "passed"), (f"{ws}::test_other", "error")])
+    proc, out = _steps(tmp_path, "ablateL", timeout=100)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "=== ablateL: without VITFAST_GEMM_ENGINE=ws" in proc.stdout and "nothing to compare" in proc.stdout
+    assert not (out / "ablateL" / "ablation.json").exists()
 
 
 def _stored_alone(tmp_path, out, step):
