@@ -88,6 +88,29 @@ def _math_partition(a_s, w_s, ready, empty, acc_s, acc_ready, acc_empty, a_scale
 
 
 @gluon.jit
+def _residual_half(res_ptr, rows, cols, M, mask_n, stride_rm):
+    """A 64-row half of the tile's residual."""
+    mask = (rows < M)[:, None] & mask_n[None, :]
+    return gl.load(res_ptr + rows.to(gl.int64)[:, None] * stride_rm + cols[None, :], mask=mask, other=0.0)
+
+
+@gluon.jit
+def _half_sums(acc_s, acc_empty, srow_s, half, s_col, bias, out_layout: gl.constexpr, HAS_BIAS: gl.constexpr,
+               ACTIVATION: gl.constexpr, A_GROUPED: gl.constexpr, OUT_TY: gl.constexpr):
+    """A 64-row half of the tile's sums from the buffer (the second: then the buffer is free for the math
+    warpgroups), times the rows' and columns' scales, plus bias, through the activation."""
+    acc = acc_s.index(half).load(out_layout)
+    if half == 1:
+        mbarrier.arrive(acc_empty, count=1)  # the buffer is read: the math warpgroups may refill it
+    if not A_GROUPED:
+        acc = acc * srow_s.index(half).load(gl.SliceLayout(1, out_layout))[:, None]
+    acc = acc * s_col[None, :]
+    if HAS_BIAS:
+        acc = acc + bias[None, :]
+    return apply_activation(acc, ACTIVATION, OUT_TY)
+
+
+@gluon.jit
 def _epilogue_partition(acc_s, acc_ready, acc_empty, srow_s, a_scale_ptr, scale_out_ptr, w_scale_ptr, bias_ptr,
                         res_ptr, out_ptr, M, N, stride_rm, stride_om, stride_so, HAS_BIAS: gl.constexpr,
                         ACTIVATION: gl.constexpr, HAS_RESIDUAL: gl.constexpr, A_GROUPED: gl.constexpr,
@@ -95,14 +118,18 @@ def _epilogue_partition(acc_s, acc_ready, acc_empty, srow_s, a_scale_ptr, scale_
     """The epilogue warpgroup (the default partition): each tile's fp32 sums from the buffer, a 64-row half at a time,
     through the TMA engine's epilogue (acc · s_row · s_col, bias, activation, then the residual and one cast, or
     e4m3 codes per row and 128 columns with their scales) while the math warpgroups run the next tile's wgmmas.
-    What does not depend on the sums is loaded before the tile is ready: the columns' scales and bias, and the rows'
-    scales into srow_s (read back in the tile's layout), so no global load latency sits between the tile's arrival
-    and FC1's GELU."""
+    What does not depend on the sums is loaded before the tile is ready: the columns' scales and bias, the rows'
+    scales into srow_s (read back in the tile's layout), and a 16-bit residual's first half, so no global load
+    latency sits between the tile's arrival and FC1's GELU or the first residual add (the second half's residual
+    is loaded with it: both in flight beside a half's sums spill the epilogue warpgroup)."""
     HALF: gl.constexpr = acc_s.shape[1]
     BLOCK_M: gl.constexpr = 2 * HALF
     BLOCK_N: gl.constexpr = acc_s.shape[2]
     out_layout: gl.constexpr = gl.BlockedLayout([1, 8], [32 * 8 // BLOCK_N, BLOCK_N // 8], [4, 1], [1, 0])
     row_layout: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])  # the rows' scales, before the tile
+    # a 16-bit residual's first half is loaded before the tile is ready (32 registers a thread; an fp32 one, 64,
+    # spills the epilogue warpgroup, and is loaded with its half, as before)
+    EARLY_RESIDUAL: gl.constexpr = HAS_RESIDUAL and out_ptr.dtype.element_ty.primitive_bitwidth == 16
     num_tiles = gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N)
     t = 0
     for tile in range(gl.program_id(0), num_tiles, NUM_SMS):
@@ -113,34 +140,49 @@ def _epilogue_partition(acc_s, acc_ready, acc_empty, srow_s, a_scale_ptr, scale_
         s_col = gl.load(w_scale_ptr + cols, mask=mask_n, other=0.0)
         if HAS_BIAS:
             bias = gl.load(bias_ptr + cols, mask=mask_n, other=0.0).to(gl.float32)
+        else:
+            bias = s_col  # never read
         if not A_GROUPED:  # the rows' scales before the tile is ready, read back in the tile's layout
             for half in gl.static_range(2):
                 rows_1 = pid_m * BLOCK_M + half * HALF + gl.arange(0, HALF, row_layout)
                 srow_s.index(half).store(gl.load(a_scale_ptr + rows_1, mask=rows_1 < M, other=0.0))
-        mbarrier.wait(acc_ready, t & 1)
-        for half in range(2):
-            acc = acc_s.index(half).load(out_layout)
-            if half == 1:
-                mbarrier.arrive(acc_empty, count=1)  # the buffer is read: the math warpgroups may refill it
-            rows = pid_m * BLOCK_M + half * HALF + gl.arange(0, HALF, gl.SliceLayout(1, out_layout))
-            mask = (rows[:, None] < M) & mask_n[None, :]
-            rows64 = rows.to(gl.int64)  # M·N passes 2^31 (FC1 of about 2,700 L/16 images)
-            if not A_GROUPED:
-                acc = acc * srow_s.index(half).load(gl.SliceLayout(1, out_layout))[:, None]
-            acc = acc * s_col[None, :]
-            if HAS_BIAS:
-                acc = acc + bias[None, :]
-            acc = apply_activation(acc, ACTIVATION, out_ptr.dtype.element_ty)
-            if GROUP_OUT:
-                q, scale = e4m3_codes(acc, masked_row_amax(acc, mask_n), False)
-                gl.store(scale_out_ptr + (off_n // BLOCK_N) * stride_so + rows, scale, mask=rows < M)
-                gl.store(out_ptr + rows64[:, None] * stride_om + cols[None, :], q, mask=mask)
-            else:
-                if HAS_RESIDUAL:
-                    acc = acc + gl.load(res_ptr + rows64[:, None] * stride_rm + cols[None, :], mask=mask,
-                                        other=0.0).to(gl.float32)
-                gl.store(out_ptr + rows64[:, None] * stride_om + cols[None, :], acc.to(out_ptr.dtype.element_ty),
-                         mask=mask)
+        if EARLY_RESIDUAL:  # halves unrolled, so that one half's residual at most is in flight beside a half's sums
+            rows_0 = pid_m * BLOCK_M + gl.arange(0, HALF, gl.SliceLayout(1, out_layout))
+            res = _residual_half(res_ptr, rows_0, cols, M, mask_n, stride_rm)  # while the tile's main loop ends
+            mbarrier.wait(acc_ready, t & 1)
+            for half in gl.static_range(2):
+                rows = rows_0 + half * HALF
+                if half == 1:
+                    res = _residual_half(res_ptr, rows, cols, M, mask_n, stride_rm)
+                acc = _half_sums(acc_s, acc_empty, srow_s, half, s_col, bias, out_layout, HAS_BIAS, ACTIVATION,
+                                 A_GROUPED, out_ptr.dtype.element_ty) + res.to(gl.float32)
+                gl.store(out_ptr + rows.to(gl.int64)[:, None] * stride_om + cols[None, :],
+                         acc.to(out_ptr.dtype.element_ty), mask=(rows[:, None] < M) & mask_n[None, :])
+        else:
+            mbarrier.wait(acc_ready, t & 1)
+            for half in range(2):
+                acc = acc_s.index(half).load(out_layout)
+                if half == 1:
+                    mbarrier.arrive(acc_empty, count=1)  # the buffer is read: the math warpgroups may refill it
+                rows = pid_m * BLOCK_M + half * HALF + gl.arange(0, HALF, gl.SliceLayout(1, out_layout))
+                mask = (rows[:, None] < M) & mask_n[None, :]
+                rows64 = rows.to(gl.int64)  # M·N passes 2^31 (FC1 of about 2,700 L/16 images)
+                if not A_GROUPED:
+                    acc = acc * srow_s.index(half).load(gl.SliceLayout(1, out_layout))[:, None]
+                acc = acc * s_col[None, :]
+                if HAS_BIAS:
+                    acc = acc + bias[None, :]
+                acc = apply_activation(acc, ACTIVATION, out_ptr.dtype.element_ty)
+                if GROUP_OUT:
+                    q, scale = e4m3_codes(acc, masked_row_amax(acc, mask_n), False)
+                    gl.store(scale_out_ptr + (off_n // BLOCK_N) * stride_so + rows, scale, mask=rows < M)
+                    gl.store(out_ptr + rows64[:, None] * stride_om + cols[None, :], q, mask=mask)
+                else:
+                    if HAS_RESIDUAL:
+                        acc = acc + gl.load(res_ptr + rows64[:, None] * stride_rm + cols[None, :], mask=mask,
+                                            other=0.0).to(gl.float32)
+                    gl.store(out_ptr + rows64[:, None] * stride_om + cols[None, :], acc.to(out_ptr.dtype.element_ty),
+                             mask=mask)
         t += 1
 
 
