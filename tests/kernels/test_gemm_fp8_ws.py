@@ -1,5 +1,6 @@
 """The warp-specialized FP8 engine (kernels/gemm_fp8_ws.py) on an sm_90 GPU: QKV, FC1 (GELU; a bf16 output, and
-e4m3 codes per 128 columns for FC2), the out-projection and FC2 on grouped codes, through the ops with
+e4m3 codes per 128 columns for FC2), the out-projection and FC2 on grouped codes (a bf16 residual, and FC2's with an
+fp16 one: the epilogue loads a 16-bit residual before the tile is ready), through the ops with
 VITFAST_FP8_ENGINE=ws, against the FP8 TMA engine pinned to the same tile (the same promotion every 128 of K and the
 same epilogue order, so at most one rounding step apart) and the pointer engine, outputs poisoned first. Gluon
 kernels do not run under the interpreter: on a CPU only the dispatch is tested (tests/kernels/test_fp8.py,
@@ -38,8 +39,9 @@ def _runs(m, k, n, device):
         rows = poison(torch.empty(1, m, 3, heads, 64, device=device, dtype=torch.bfloat16))
         return ln_qkv_fp8_launch(x[None], g, b, 1e-6, wq, ws, bias, heads, out=rows.permute(2, 0, 3, 1, 4))
 
-    def with_residual(a, **kw):
-        return linear_residual_launch(a, wq, bias, residual, out=poison(torch.empty_like(residual)), weight_scale=ws,
+    def with_residual(a, dtype=torch.bfloat16, **kw):
+        res = residual.to(dtype)
+        return linear_residual_launch(a, wq, bias.to(dtype), res, out=poison(torch.empty_like(res)), weight_scale=ws,
                                       **kw)
 
     def fc1():
@@ -53,7 +55,9 @@ def _runs(m, k, n, device):
         return out, out_scale
 
     return {"qkv": qkv, "fc1": fc1, "fc1 codes": fc1_codes, "out-proj": lambda: with_residual(x),
-            "fc2": lambda: with_residual(ops.codes, x_scale=ops.scales)}
+            "fc2": lambda: with_residual(ops.codes, x_scale=ops.scales),
+            # an fp16 residual stream (the epilogue's 16-bit residual path in its other dtype)
+            "fc2 fp16": lambda: with_residual(ops.codes, torch.float16, x_scale=ops.scales)}
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -82,7 +86,7 @@ def test_ws_engine_matches_the_tma_and_pointer_engines(shape, monkeypatch, devic
             assert ulps(q, q_tma) <= 1, f"{shape} {name}: codes more than one step from the TMA engine's"
             outs = {e: fp8_ref.dequantize_input(*outs[e], 128) for e in outs}
         else:  # the TMA engine's arithmetic in the same order: at most one rounding apart
-            assert ulps(outs["ws"], outs["tma"]) <= 1, f"{shape} {name}: more than one bf16 step from the TMA engine's"
+            assert ulps(outs["ws"], outs["tma"]) <= 1, f"{shape} {name}: more than one step from the TMA engine's"
         out, pointer = outs["ws"].float(), outs["pointer"].float()
         assert torch.isfinite(out).all(), name
         if name == "fc1 codes":  # a code flipped by the summation order moves its value by up to 1/8

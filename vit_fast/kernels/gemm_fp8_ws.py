@@ -95,7 +95,7 @@ def _residual_half(res_ptr, rows, cols, M, mask_n, stride_rm):
 
 
 @gluon.jit
-def _half_sums(acc_s, acc_empty, srow_s, half, s_col, bias, out_layout: gl.constexpr, HAS_BIAS: gl.constexpr,
+def _half_sums(acc_s, acc_empty, srow_s, half: gl.constexpr, s_col, bias, out_layout: gl.constexpr, HAS_BIAS: gl.constexpr,
                ACTIVATION: gl.constexpr, A_GROUPED: gl.constexpr, OUT_TY: gl.constexpr):
     """A 64-row half of the tile's sums from the buffer (the second: then the buffer is free for the math
     warpgroups), times the rows' and columns' scales, plus bias, through the activation."""
@@ -129,7 +129,7 @@ def _epilogue_partition(acc_s, acc_ready, acc_empty, srow_s, a_scale_ptr, scale_
     row_layout: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])  # the rows' scales, before the tile
     # a 16-bit residual's first half is loaded before the tile is ready (32 registers a thread; an fp32 one, 64,
     # spills the epilogue warpgroup, and is loaded with its half, as before)
-    EARLY_RESIDUAL: gl.constexpr = HAS_RESIDUAL and out_ptr.dtype.element_ty.primitive_bitwidth == 16
+    EARLY_RESIDUAL: gl.constexpr = HAS_RESIDUAL and res_ptr.dtype.element_ty.primitive_bitwidth == 16
     num_tiles = gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N)
     t = 0
     for tile in range(gl.program_id(0), num_tiles, NUM_SMS):
