@@ -95,8 +95,8 @@ def _residual_half(res_ptr, rows, cols, M, mask_n, stride_rm):
 
 
 @gluon.jit
-def _half_sums(acc_s, acc_empty, srow_s, half: gl.constexpr, s_col, bias, out_layout: gl.constexpr, HAS_BIAS: gl.constexpr,
-               ACTIVATION: gl.constexpr, A_GROUPED: gl.constexpr, OUT_TY: gl.constexpr):
+def _half_sums(acc_s, acc_empty, srow_s, half: gl.constexpr, s_col, bias, out_layout: gl.constexpr,
+               HAS_BIAS: gl.constexpr, ACTIVATION: gl.constexpr, A_GROUPED: gl.constexpr, OUT_TY: gl.constexpr):
     """A 64-row half of the tile's sums from the buffer (the second: then the buffer is free for the math
     warpgroups), times the rows' and columns' scales, plus bias, through the activation."""
     acc = acc_s.index(half).load(out_layout)
