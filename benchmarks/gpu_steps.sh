@@ -453,7 +453,7 @@ ablate256|ablate1|ablateL)
     fi
     if [ "$STEP" = ablate256 ]; then
         # the Gluon engine first: the lever the next change waits for, measured before the step's time runs out
-        ARGS=(${WS[@]+"${WS[@]}"} --switch VITFAST_LN_PARTIALS=0 --switch VITFAST_GELU=libdevice
+        ARGS=(--batch 256 ${WS[@]+"${WS[@]}"} --switch VITFAST_LN_PARTIALS=0 --switch VITFAST_GELU=libdevice
               --switch VITFAST_STAGGER=0)
     elif [ "$STEP" = ablateL ]; then
         ARGS=(--batch 256 "${WS[@]}") MODEL=vit_l_16
