@@ -57,6 +57,14 @@ def fill_stage(a_desc, w_desc, a_s, w_s, ready, empty, step, off_m, off_n, k0, S
 
 
 @gluon.jit
+def load_rows(ptr, rows, cols, row_ok, col_ok, stride_m):
+    """The (rows, cols) tile of a row-major tensor with unit column stride, zero where a row or column is not ok:
+    the epilogues' residual, through registers (their shared memory is spent)."""
+    mask = row_ok[:, None] & col_ok[None, :]
+    return gl.load(ptr + rows.to(gl.int64)[:, None] * stride_m + cols[None, :], mask=mask, other=0.0)
+
+
+@gluon.jit
 def allocate_ring(a_desc, w_desc, STAGES: gl.constexpr):
     """The ring of (A, W) stages in shared memory (the descriptors' boxes and layouts) and its barriers: `ready`, the
     TMA bytes of a stage landed (one arrival, the loading warp's expect); `empty`, both math warpgroups are done with

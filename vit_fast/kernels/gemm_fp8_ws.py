@@ -30,7 +30,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from ._common import FP8_DTYPE, FP8_GROUP, GELU_LIBDEVICE, SWIGLU, TL_SIG, num_sms
 from ._gluon_ws import (LOAD_REGS, LOAD_WARPS, MATH_WARPS, allocate_hand_over, allocate_ring, hand_over,
-                        load_partition)
+                        load_partition, load_rows)
 from .gemm import apply_activation, grouped_tile
 from .quant_fp8 import e4m3_codes, masked_row_amax
 
@@ -88,14 +88,7 @@ def _math_partition(a_s, w_s, ready, empty, acc_s, acc_ready, acc_empty, a_scale
 
 
 @gluon.jit
-def _residual_half(res_ptr, rows, cols, M, mask_n, stride_rm):
-    """A 64-row half of the tile's residual."""
-    mask = (rows < M)[:, None] & mask_n[None, :]
-    return gl.load(res_ptr + rows.to(gl.int64)[:, None] * stride_rm + cols[None, :], mask=mask, other=0.0)
-
-
-@gluon.jit
-def _half_sums(acc_s, acc_empty, srow_s, half: gl.constexpr, s_col, bias, out_layout: gl.constexpr,
+def _half_sums(acc_s, acc_empty, srow_s, half, s_col, bias, out_layout: gl.constexpr,
                HAS_BIAS: gl.constexpr, ACTIVATION: gl.constexpr, A_GROUPED: gl.constexpr, OUT_TY: gl.constexpr):
     """A 64-row half of the tile's sums from the buffer (the second: then the buffer is free for the math
     warpgroups), times the rows' and columns' scales, plus bias, through the activation."""
@@ -148,12 +141,12 @@ def _epilogue_partition(acc_s, acc_ready, acc_empty, srow_s, a_scale_ptr, scale_
                 srow_s.index(half).store(gl.load(a_scale_ptr + rows_1, mask=rows_1 < M, other=0.0))
         if EARLY_RESIDUAL:  # halves unrolled, so that one half's residual at most is in flight beside a half's sums
             rows_0 = pid_m * BLOCK_M + gl.arange(0, HALF, gl.SliceLayout(1, out_layout))
-            res = _residual_half(res_ptr, rows_0, cols, M, mask_n, stride_rm)  # while the tile's main loop ends
+            res = load_rows(res_ptr, rows_0, cols, rows_0 < M, mask_n, stride_rm)  # while the tile's main loop ends
             mbarrier.wait(acc_ready, t & 1)
             for half in gl.static_range(2):
                 rows = rows_0 + half * HALF
                 if half == 1:
-                    res = _residual_half(res_ptr, rows, cols, M, mask_n, stride_rm)
+                    res = load_rows(res_ptr, rows, cols, rows < M, mask_n, stride_rm)
                 acc = _half_sums(acc_s, acc_empty, srow_s, half, s_col, bias, out_layout, HAS_BIAS, ACTIVATION,
                                  A_GROUPED, out_ptr.dtype.element_ty) + res.to(gl.float32)
                 gl.store(out_ptr + rows.to(gl.int64)[:, None] * stride_om + cols[None, :],
@@ -161,18 +154,11 @@ def _epilogue_partition(acc_s, acc_ready, acc_empty, srow_s, a_scale_ptr, scale_
         else:
             mbarrier.wait(acc_ready, t & 1)
             for half in range(2):
-                acc = acc_s.index(half).load(out_layout)
-                if half == 1:
-                    mbarrier.arrive(acc_empty, count=1)  # the buffer is read: the math warpgroups may refill it
+                acc = _half_sums(acc_s, acc_empty, srow_s, half, s_col, bias, out_layout, HAS_BIAS, ACTIVATION,
+                                 A_GROUPED, out_ptr.dtype.element_ty)
                 rows = pid_m * BLOCK_M + half * HALF + gl.arange(0, HALF, gl.SliceLayout(1, out_layout))
                 mask = (rows[:, None] < M) & mask_n[None, :]
                 rows64 = rows.to(gl.int64)  # M·N passes 2^31 (FC1 of about 2,700 L/16 images)
-                if not A_GROUPED:
-                    acc = acc * srow_s.index(half).load(gl.SliceLayout(1, out_layout))[:, None]
-                acc = acc * s_col[None, :]
-                if HAS_BIAS:
-                    acc = acc + bias[None, :]
-                acc = apply_activation(acc, ACTIVATION, out_ptr.dtype.element_ty)
                 if GROUP_OUT:
                     q, scale = e4m3_codes(acc, masked_row_amax(acc, mask_n), False)
                     gl.store(scale_out_ptr + (off_n // BLOCK_N) * stride_so + rows, scale, mask=rows < M)

@@ -385,7 +385,7 @@ def _launch_ws_or_tma(a, weight, bias, out, *, activation=0, residual=None, stat
     at least gemm_ws.MIN_WAVES waves of its output tiles, the last one nearly full), this engine for the others."""
     from . import gemm_ws  # Gluon's Hopper API, imported only where this engine is asked for
 
-    if gemm_ws.takes(a, weight.shape[0], activation, residual, stats_out):
+    if gemm_ws.takes(a, weight.shape[0], activation):
         return gemm_ws.launch_ws_gemm(a, weight, bias, out, activation=activation, residual=residual, stats=stats,
                                       colsum=colsum, eps=eps, stats_out=stats_out)
     return launch_tma_gemm(a, weight, bias, out, activation=activation, residual=residual, stats=stats,

@@ -38,9 +38,9 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from ._common import GELU_LIBDEVICE, SWIGLU, TL_SIG, num_sms
-from ._gluon_ws import MATH_WARPS, allocate_hand_over, allocate_ring, fill_stage, hand_over
+from ._gluon_ws import MATH_WARPS, allocate_hand_over, allocate_ring, fill_stage, hand_over, load_rows
 from .gemm import AOT_SLOTS, apply_activation, fold_rows, grouped_tile, row_stats_switch, slots_arg
-from .ln_fold import STATS_SLOT, row_moments, stats_slot
+from .ln_fold import STATS_SLOT, row_moments, stats_slot, tile_moments
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, STAGES, GROUP_M): 64 rows a math warpgroup, each one 64x256 wgmma chain; 4 stages of
 # 24 KB and the 128 KB fp32 buffer: 225 KB of the SM's 227 KB (BLOCK_K 32 so that four stages fit beside it)
@@ -120,26 +120,15 @@ def _math_partition(a_desc, w_desc, a_s, w_s, ready, empty, acc_s, acc_ready, ac
 
 
 @gluon.jit
-def _residual_slice(res_ptr, rows, cols, row_end, M, N, stride_rm):
-    """A 64-column slice of the residual (rows past row_end: none, so that the prefetch of the slice after a tile's
-    last one loads nothing)."""
-    mask = ((rows < M) & (rows < row_end))[:, None] & (cols < N)[None, :]
-    return gl.load(res_ptr + rows.to(gl.int64)[:, None] * stride_rm + cols[None, :], mask=mask, other=0.0)
-
-
-@gluon.jit
 def _merge_slice(y, mask_n, col0, N, n_a, mean_a, m2_a, EPI_COLS: gl.constexpr):
     """A slot's running (count, mean, M2) per row with one more slice y (fp32, the values as stored; columns col0 ..,
     mask_n: those < N): Chan's pairwise merge; the counts are the same for every row, so its factors are scalars
     (no division a row)."""
-    valid = mask_n[None, :]
-    n_b = gl.minimum(gl.maximum(N - col0, 0), EPI_COLS).to(gl.float32)
-    mean_b = gl.sum(gl.where(valid, y, 0.0), axis=1) * (1.0 / gl.maximum(n_b, 1.0))
-    d = gl.where(valid, y - mean_b[:, None], 0.0)
+    n_b, mean_b, m2_b = tile_moments(y, mask_n, col0, N, EPI_COLS)
     n = n_a + n_b
     delta = mean_b - mean_a
     inv = 1.0 / gl.maximum(n, 1.0)
-    return n, mean_a + delta * (n_b * inv), m2_a + gl.sum(d * d, axis=1) + delta * delta * (n_a * n_b * inv)
+    return n, mean_a + delta * (n_b * inv), m2_a + m2_b + delta * delta * (n_a * n_b * inv)
 
 
 @gluon.jit
@@ -179,8 +168,9 @@ def _epilogue_partition(acc_s, acc_ready, acc_empty, stat_s, stats_ptr, colsum_p
                 stat_s.index(half).store(mean_1)
                 stat_s.index(2 + half).store(rstd_1)
         if HAS_RESIDUAL:  # the tile's first slice, in flight while the tile's main loop ends
-            res_next = _residual_slice(res_ptr, pid_m * BLOCK_M + gl.arange(0, HALF, row_vector),
-                                       pid_n * BLOCK_N + gl.arange(0, EPI_COLS, col_vector), row_end, M, N, stride_rm)
+            rows_0 = pid_m * BLOCK_M + gl.arange(0, HALF, row_vector)
+            cols_0 = pid_n * BLOCK_N + gl.arange(0, EPI_COLS, col_vector)
+            res_next = load_rows(res_ptr, rows_0, cols_0, rows_0 < M, cols_0 < N, stride_rm)
         mbarrier.wait(acc_ready, t & 1)
         for half in range(2):
             rows = pid_m * BLOCK_M + half * HALF + gl.arange(0, HALF, row_vector)
@@ -199,10 +189,12 @@ def _epilogue_partition(acc_s, acc_ready, acc_empty, stat_s, stats_ptr, colsum_p
                 if HAS_RESIDUAL:  # this slice's residual arrived; the next slice's (or next half's first) goes out
                     res = res_next
                     if c + 1 < SLICES:
-                        res_next = _residual_slice(res_ptr, rows, cols + EPI_COLS, row_end, M, N, stride_rm)
-                    else:
-                        res_next = _residual_slice(res_ptr, rows + HALF, cols - (SLICES - 1) * EPI_COLS, row_end, M,
-                                                   N, stride_rm)
+                        res_next = load_rows(res_ptr, rows, cols + EPI_COLS, rows < M, cols + EPI_COLS < N,
+                                             stride_rm)
+                    else:  # rows past the tile (after its second half): nothing loaded
+                        first = cols - (SLICES - 1) * EPI_COLS
+                        res_next = load_rows(res_ptr, rows + HALF, first, (rows + HALF < M) & (rows + HALF < row_end),
+                                             first < N, stride_rm)
                 if ROW_STATS:  # gemm.epilogue_math's steps, the rows' statistics prepared before the tile was ready
                     acc = fold_rows(acc, stat_s.index(half).load(row_vector),
                                     stat_s.index(2 + half).load(row_vector),
@@ -277,11 +269,11 @@ def ws_gemm_kernel(
     ], [MATH_WARPS, MATH_WARPS], [MATH_REGS, MATH_REGS])
 
 
-def takes(a, N: int, activation: int, residual=None, stats_out=None) -> bool:
+def takes(a, N: int, activation: int) -> bool:
     """Whether this engine runs a launch that select_engine gave to "ws": 16-bit, not SwiGLU (two accumulators), at
     least MIN_WAVES waves of output tiles and at most MAX_IDLE of their slots idle in the last wave. That is every GEMM
     of a block at large batches: QKV (the folded LayerNorm), FC1 (and a GELU), the out-projection and FC2 (a residual
-    and the output rows' partial statistics); residual and stats_out take no part in the choice."""
+    and the output rows' partial statistics)."""
     bm, bn = TILE[:2]
     tiles, sms = triton.cdiv(a.shape[0], bm) * triton.cdiv(N, bn), num_sms(a.device)
     waves = triton.cdiv(tiles, sms)

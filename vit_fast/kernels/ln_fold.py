@@ -145,6 +145,17 @@ def check_partials(op: str, name: str, partials: torch.Tensor, rows: torch.Tenso
 
 
 @triton.jit
+def tile_moments(y, col_ok, col0, N, WIDTH: tl.constexpr):
+    """(count, mean, centred sum of squares) per row of y (rows, WIDTH) fp32, columns col0 .. col0 + WIDTH of which
+    col_ok (those < N) count; the count is the same for every row (a scalar)."""
+    valid = col_ok[None, :]
+    count = tl.minimum(tl.maximum(N - col0, 0), WIDTH).to(tl.float32)
+    mean = tl.sum(tl.where(valid, y, 0.0), axis=1) / tl.maximum(count, 1.0)
+    d = tl.where(valid, y - mean[:, None], 0.0)
+    return count, mean, tl.sum(d * d, axis=1)
+
+
+@triton.jit
 def store_partials(y, rows, col0, M, N, part_ptr, EPI_N: tl.constexpr, SLOT: tl.constexpr):
     """Partial statistics of one epilogue (sub)tile: y (BLOCK_M, EPI_N) fp32, the values as stored, of rows `rows`
     and columns col0 .. col0 + EPI_N; per row (count, mean, centred sum of squares) of the columns < N into slot
@@ -152,11 +163,8 @@ def store_partials(y, rows, col0, M, N, part_ptr, EPI_N: tl.constexpr, SLOT: tl.
     (no (rows, slots) tile, so no layout conversion through shared memory)."""
     cols = col0 + tl.arange(0, EPI_N)
     row_ok = rows < M
-    valid = (cols < N)[None, :]  # rows past M only feed their own statistics, which the stores drop
-    count = tl.minimum(tl.maximum(N - col0, 0), EPI_N).to(tl.float32)
-    mean = tl.sum(tl.where(valid, y, 0.0), axis=1) / tl.maximum(count, 1.0)
-    d = tl.where(valid, y - mean[:, None], 0.0)
-    m2 = tl.sum(d * d, axis=1)
+    # rows past M only feed their own statistics, which the stores drop
+    count, mean, m2 = tile_moments(y, cols < N, col0, N, EPI_N)
     nslot = tl.cdiv(N, SLOT)
     first = col0 // SLOT
     ptrs = part_ptr + rows.to(tl.int64) * (3 * nslot) + first
