@@ -274,7 +274,7 @@ def takes(a, N: int, activation: int) -> bool:
     of a block at large batches: QKV (the folded LayerNorm), FC1 (and a GELU), the out-projection and FC2 (a residual
     and the output rows' partial statistics)."""
     bm, bn = TILE[:2]
-    # integer ceilings, not triton.cdiv (about 2.7 µs a call on the host, and this runs on every 16-bit launch)
+    # integer ceilings, not triton.cdiv (microseconds a host call, split_k._cdiv; this runs on every 16-bit launch)
     tiles, sms = -(-a.shape[0] // bm) * -(-N // bn), num_sms(a.device)
     waves = -(-tiles // sms)
     return (a.dtype in DTYPES and activation != SWIGLU and tiles >= MIN_WAVES * sms
