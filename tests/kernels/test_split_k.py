@@ -248,7 +248,7 @@ def _fixup_probe(ws_ptr, lock_ptr, out_ptr, flag_ptr, SPLIT_K: tl.constexpr, BLO
         tl.store(out_ptr + tile * BLOCK * BLOCK + offs, acc)
 
 
-@pytest.mark.parametrize("parts", [2, 3, 4])
+@pytest.mark.parametrize("parts", [2, 3, 4, 5])
 def test_fixup_one_finisher_per_tile(parts, device):
     """split_k_fixup itself: exactly one program of each tile finishes it (the interpreter runs programs one after
     another, so an early finisher would not show in the ops' outputs: the last one overwrites them), after every part

@@ -4,7 +4,7 @@ Why: at batch 1 (ViT-B/16: 197 rows) the out-projection's and FC2's output is 24
 each walking all of K (FC2: 48 steps of 64), so four fifths of the GPU idles while 24 SMs stream the weights. With
 K split S ways a launch runs S times the programs, each over K / S. A program stores its fp32 partial tile to a
 workspace and counts itself in on the tile's counter; the one that arrives last (the counter says so) sums the
-partials in part order and runs the tile's epilogue as before (LayerNorm fold, bias, activation, residual, partial
+partials in a fixed order and runs the tile's epilogue as before (LayerNorm fold, bias, activation, residual, partial
 statistics), then sets the counter back to zero. One launch, no zeroed output, no reduction kernel (CUTLASS's serial
 split-K fix-up), and the same bits every run.
 
@@ -148,7 +148,7 @@ def split_k_fixup(acc, ws_ptr, lock_ptr, tile, part, BLOCK_M: tl.constexpr, BLOC
                   SPLIT_K: tl.constexpr):
     """Store part `part` of `tile`'s fp32 accumulator to the workspace, count it in on the tile's counter; returns
     (the parts' sum, whether this program arrived last and so runs the epilogue). The last program sums every part
-    from the workspace, its own too, in part order: the result does not depend on which program arrived last, so a
+    from the workspace, its own too, in a fixed order: the result does not depend on which program arrived last, so a
     launch gives the same bits every time. It resets the counter to zero for the next launch first."""
     offs = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
     tile_ws = ws_ptr + tile.to(tl.int64) * (SPLIT_K * BLOCK_M * BLOCK_N)
@@ -157,17 +157,29 @@ def split_k_fixup(acc, ws_ptr, lock_ptr, tile, part, BLOCK_M: tl.constexpr, BLOC
     arrived = tl.atomic_add(lock_ptr + tile, 1, sem="acq_rel", scope="gpu")
     last = arrived == SPLIT_K - 1
     if last:
-        reached = tl.atomic_xchg(lock_ptr + tile, 0, sem="relaxed", scope="gpu")  # SPLIT_K: every part arrived
-        # + 2 * (reached - SPLIT_K), zero at run time: an offset the compiler cannot prove 16-byte aligned, so the
-        # reads below are 8-byte vectors, not 16: with 16-byte reads triton 3.6 spilled 24-48 B in the writers,
-        # inside the loop; with 4-byte ones (an odd offset) the fix-up issued four times the loads
-        tile_ws += 2 * (reached - SPLIT_K)
+        # every part is in and nothing else touches the counter this launch: a plain store resets it, and the
+        # reads below wait on no second atomic (an exchange's answer was one more L2 round trip on their path)
+        tl.store(lock_ptr + tile, 0)
+        # zero at run time (the last part's count), not known to the compiler: 2 * zero offsets the reads below, so
+        # they are 8-byte vectors, not 16 (with 16-byte reads triton 3.6 spilled 24-48 B in the writers, inside
+        # the loop; with 4-byte ones, an odd offset, the fix-up issued four times the loads); and it keeps the
+        # loop below a loop at SPLIT_K = 2 (unrolled, its reads were scheduled beside the epilogue's: 328 B spilled)
+        zero = arrived - (SPLIT_K - 1)
+        tile_ws += 2 * zero
         # acc * 0.0, not a fresh zero tensor: the sum keeps the accumulator's register layout (a fresh tensor takes
-        # the loads' layout, and the epilogue spilled 0.3-2 KB on sm_90 converting to it); one partial in registers
-        # at a time (an unrolled loop spilled too); .cg reads L2, where the other SMs' partials are
+        # the loads' layout, and the epilogue spilled 0.3-2 KB on sm_90 converting to it). Partials are read two at
+        # a time and added to each other in the loads' layout before the one conversion to the accumulator's: both
+        # reads in flight together, so ceil(SPLIT_K / 2) round trips to L2, not SPLIT_K (added to the accumulator
+        # one by one, the second read waited for the first's conversion). An odd count's last pair reads zeros for
+        # its missing second part (masked: no traffic); a separate read of the last part was scheduled beside the
+        # pair's and spilled 600 B. The order is fixed, ((p0 + p1) + (p2 + p3)) + (p4 + 0): the same bits every
+        # launch. .cg reads L2, where the other SMs' partials are
         acc = acc * 0.0
-        for p in tl.range(0, SPLIT_K, num_stages=1):
-            acc += tl.load(tile_ws + p * (BLOCK_M * BLOCK_N) + offs, cache_modifier=".cg")
+        for p in tl.range(0, SPLIT_K + zero, 2, num_stages=1):
+            pair = tl.load(tile_ws + p * (BLOCK_M * BLOCK_N) + offs, cache_modifier=".cg")
+            pair += tl.load(tile_ws + (p + 1) * (BLOCK_M * BLOCK_N) + offs, mask=p + 1 < SPLIT_K, other=0.0,
+                            cache_modifier=".cg")
+            acc += pair
     return acc, last
 
 
