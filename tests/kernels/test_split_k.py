@@ -264,6 +264,58 @@ def test_fixup_one_finisher_per_tile(parts, device):
     assert int(lock.abs().sum()) == 0
 
 
+@triton.jit
+def _fixup_order_probe(vals_ptr, ws_ptr, lock_ptr, out_ptr, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr,
+                       REVERSE: tl.constexpr):
+    """One program per (tile, part), part p's partial read from vals[tile, p]; REVERSE numbers the parts backwards,
+    so the program that arrives last holds part 0 instead of part SPLIT_K - 1 (programs arrive in program order in
+    the interpreter, about so on a GPU)."""
+    tile = tl.program_id(0) // SPLIT_K
+    part = tl.program_id(0) % SPLIT_K
+    if REVERSE:
+        part = SPLIT_K - 1 - part
+    offs = tl.arange(0, BLOCK)[:, None] * BLOCK + tl.arange(0, BLOCK)[None, :]
+    acc = tl.load(vals_ptr + (tile * SPLIT_K + part) * BLOCK * BLOCK + offs)
+    acc, last = split_k_fixup(acc, ws_ptr, lock_ptr, tile, part, BLOCK, BLOCK, SPLIT_K)
+    if last:
+        tl.store(out_ptr + tile * BLOCK * BLOCK + offs, acc)
+
+
+@pytest.mark.parametrize("parts", [2, 3, 4, 5])
+def test_fixup_sums_in_a_fixed_order(parts, device):
+    """The fix-up's sum does not depend on which part arrives last, and is the documented order, pairs first:
+    ((p0 + p1) + (p2 + p3)) + (p4 + 0) in fp32, bit for bit. The partials span 12 decades, so another grouping
+    rounds differently (from 4 parts the sequential sum does, checked); an overflowed partial (inf) in the finishing
+    program gives inf, not NaN (a sum started from acc * 0.0 did)."""
+    tiles, block = 3, 16
+    gen = torch.Generator().manual_seed(parts)
+    vals = torch.randn(tiles, parts, block, block, generator=gen) * 10.0 ** torch.randint(-4, 8, (tiles, parts,
+                                                                                                  block, block),
+                                                                                           generator=gen)
+    vals[0, 0, 0, 0] = float("inf")  # finished by part 0's program under REVERSE
+    vals[0, parts - 1, 0, 1] = float("inf")  # by part SPLIT_K - 1's otherwise
+    padded = torch.cat([vals, torch.zeros_like(vals[:, :1])], 1) if parts % 2 else vals
+    pairs = padded[:, 0::2] + padded[:, 1::2]
+    want = pairs[:, 0]
+    for i in range(1, pairs.shape[1]):
+        want = want + pairs[:, i]
+    sequential = vals[:, 0]
+    for i in range(1, parts):
+        sequential = sequential + vals[:, i]
+    assert parts < 4 or not torch.equal(want, sequential)  # up to 3 parts the two orders are the same
+    outs = []
+    for reverse in (False, True):
+        ws = poison(torch.empty(tiles * parts * block * block, device=device))
+        lock = split_k.counters(torch.device(device), tiles)
+        out = poison(torch.empty(tiles, block, block, device=device))
+        _fixup_order_probe[(tiles * parts,)](vals.to(device), ws, lock, out, SPLIT_K=parts, BLOCK=block,
+                                             REVERSE=reverse)
+        assert int(lock.abs().sum()) == 0
+        outs.append(out.cpu())
+    assert torch.equal(outs[0], want) and torch.equal(outs[1], want)
+    assert outs[0][0, 0, 0] == float("inf") and outs[0][0, 0, 1] == float("inf")
+
+
 @pytest.mark.skipif(not CUDA, reason="the automatic rule splits at GPU sizes (132 SMs)")
 def test_auto_splits_batch_one(engine, splits, monkeypatch, device):
     """Default setting at B/16's batch-1 FC2 shape: the launch splits and matches the unsplit one."""
@@ -277,14 +329,17 @@ def test_auto_splits_batch_one(engine, splits, monkeypatch, device):
     assert _counters_zero()
 
 
-def test_pointer_engine_keeps_ampere_spilling_rows_unsplit(monkeypatch):
-    """The automatic rule on the pointer engine skips the split rows that spill on sm_80/sm_89 (FC1 at 128x64x32
-    and 64x128x32, 4 warps: _common.SPLIT_SPILLS): the last layer's [CLS]-only FC1 at batch 1 (one row) splits
-    there on Hopper, not on Ampere, where QKV's rows still split and a forced split still does."""
+def test_pointer_engine_keeps_listed_spilling_rows_unsplit(monkeypatch):
+    """The automatic rule on the pointer engine skips the split rows _common.SPLIT_SPILLS lists for the running GPU
+    family and kind (none since change 28; a listed FC1 row here): the last layer's [CLS]-only FC1 at batch 1 (one
+    row) splits on Hopper, not on the listed family, where QKV and the unlisted rows still split and a forced split
+    still does."""
 
     class FakeCudaTensor:  # what the heuristic reads of A: is it on a GPU, which one
         is_cuda = True
         device = torch.device("cuda", 0)
+
+    monkeypatch.setattr(gemm, "SPLIT_SPILLS", {"ampere": {"ln_act": {(128, 64, 32, 4): "a spill"}}})
 
     def parts(family, activation=1, mode=1, tile=(128, 64, 32, 4)):
         monkeypatch.setattr(gemm, "gpu_family", lambda index: family)
@@ -295,7 +350,10 @@ def test_pointer_engine_keeps_ampere_spilling_rows_unsplit(monkeypatch):
             ws_ptr=torch.empty(1 << 22), lock_ptr=torch.empty(1024, dtype=torch.int32)))
 
     assert parts("hopper") > 1 and parts("hopper", tile=(64, 128, 32, 4)) > 1
-    assert parts("ampere") == 1 and parts("ampere", tile=(64, 128, 32, 4)) == 1
-    assert parts("ampere", activation=0) > 1  # QKV's LayerNorm epilogue: clean there
+    assert parts("ampere") == 1
+    assert parts("ampere", tile=(64, 128, 32, 4)) > 1  # not listed
+    assert parts("ampere", activation=0) > 1  # QKV's LayerNorm epilogue: another kind
     assert parts("ampere", tile=(64, 64, 32, 4)) > 1
     assert parts("ampere", mode=3) == 3
+    monkeypatch.undo()
+    assert gemm.SPLIT_SPILLS == {}  # shipped: no row refused (change 28)

@@ -35,8 +35,8 @@ from ._common import (
     swiglu_accumulators_fit, switch_value, upcast_needed,
 )
 from .autotune import autotuned
-from .gemm import (AOT_SLOTS, AOT_SPLIT, column_halves, gated_epilogue_math, grouped_tile, launch_fused_gemm,
-                   row_stats_switch, slots_arg, stats_modes, switch_combos)
+from .gemm import (AOT_SLOTS, AOT_SPLIT, AOT_SPLITS_B1, column_halves, gated_epilogue_math, grouped_tile,
+                   launch_fused_gemm, row_stats_switch, slots_arg, stats_modes, switch_combos)
 from .ln_fold import STATS_SLOT, row_moments, stats_slot, stats_tile_ok, store_partials
 from .split_k import MAX_ACC_REGS, acc_registers, config_parts, launch_operands, split_k_fixup
 from .pdl import dependency_wait, launch_options, pdl_launch
@@ -448,6 +448,7 @@ def tma_aot_variants(row_stats, activations, has_bias, has_residual, exhaustive=
     TMA engine has no EVEN_K switch (TMA zero-pads K), so the EVEN_K=False combos are dropped. With device-side
     descriptors (VITFAST_TMA_DESC=device, credited to no preset): the mid tile, and B1_SPLIT_ROW split; with
     programmatic dependent launch (VITFAST_PDL=1, credited to none): B1_SPLIT_ROW split, both descriptor sources;
+    B1_SPLIT_ROW at batch 1's other part counts (gemm.AOT_SPLITS_B1);
     the two-programs rows the prune keeps for the op without their staggered start (VITFAST_STAGGER=0, credited to
     none). Metadata: tests/kernels/aot_compile.py."""
     op = op or ("ln_linear" if row_stats else "linear_residual")
@@ -475,6 +476,9 @@ def tma_aot_variants(row_stats, activations, has_bias, has_residual, exhaustive=
         # programmatic dependent launch (VITFAST_PDL=1) on batch 1's split row, with either descriptor source
         out += [_variant(DTYPES[0], modes[0], base[0], base[1], has_residual, B1_SPLIT_ROW, op, split=AOT_SPLIT,
                          host=host, pdl=True) for host in (True, False)]
+        # batch 1's other part counts on its split row (gemm.AOT_SPLITS_B1)
+        out += [_variant(DTYPES[0], modes[0], base[0], base[1], has_residual, B1_SPLIT_ROW, op, split=parts)
+                for parts in AOT_SPLITS_B1]
     # the two-programs rows without their staggered start (VITFAST_STAGGER=0, credited to none), where the prune keeps
     # them (the variant's own `tables`)
     twins = (_variant(DTYPES[0], modes[0], base[0], base[1], has_residual, tile, op, stagger=False) for tile in PER_SM
@@ -543,7 +547,7 @@ def _variant(dtype, mode, activation, has_bias, has_residual, tile, op, num_sms=
     base_mode = mode == stats_modes(bool(row_stats), has_residual)[0]
     return {"fn": jit_fn(tma_gemm_kernel), "signature": sig, "constexprs": constexprs, "num_warps": warps,
             "num_stages": stages, "divisible": GEMM_DIVISIBLE, "op": op, "main_loop": "gemm",
-            "programs_per_sm": per_sm(tile),
+            "programs_per_sm": per_sm(tile), **({"min_cc": 90} if pdl else {}),  # PDL: griddepcontrol, sm_90 on
             "tables": ("hopper",) if fits else (),
             "vit": gemm_vit_launches(op, tile[:5], elem, None, when=lambda cfg: fits and base_mode and has_bias
                                      and split == 1 and host and not pdl and stagger

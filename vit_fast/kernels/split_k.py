@@ -3,9 +3,9 @@
 Why: at batch 1 (ViT-B/16: 197 rows) the out-projection's and FC2's output is 24 tiles of 64x128 on a 132-SM H100,
 each walking all of K (FC2: 48 steps of 64), so four fifths of the GPU idles while 24 SMs stream the weights. With
 K split S ways a launch runs S times the programs, each over K / S. A program stores its fp32 partial tile to a
-workspace and counts itself in on the tile's counter; the one that arrives last (the counter says so) sums the
-partials in a fixed order and runs the tile's epilogue as before (LayerNorm fold, bias, activation, residual, partial
-statistics), then sets the counter back to zero. One launch, no zeroed output, no reduction kernel (CUTLASS's serial
+workspace and counts itself in on the tile's counter; the one that arrives last (the counter says so) sets the
+counter back to zero, sums the partials in a fixed order and runs the tile's epilogue as before (LayerNorm fold,
+bias, activation, residual, partial statistics). One launch, no zeroed output, no reduction kernel (CUTLASS's serial
 split-K fix-up), and the same bits every run.
 
 How many splits (`split_count`): a launch splits only when its tiles fill at most half the SMs, into the most parts
@@ -160,21 +160,23 @@ def split_k_fixup(acc, ws_ptr, lock_ptr, tile, part, BLOCK_M: tl.constexpr, BLOC
         # every part is in and nothing else touches the counter this launch: a plain store resets it, and the
         # reads below wait on no second atomic (an exchange's answer was one more L2 round trip on their path)
         tl.store(lock_ptr + tile, 0)
-        # zero at run time (the last part's count), not known to the compiler: 2 * zero offsets the reads below, so
-        # they are 8-byte vectors, not 16 (with 16-byte reads triton 3.6 spilled 24-48 B in the writers, inside
-        # the loop; with 4-byte ones, an odd offset, the fix-up issued four times the loads); and it keeps the
-        # loop below a loop at SPLIT_K = 2 (unrolled, its reads were scheduled beside the epilogue's: 328 B spilled)
+        # zero at run time (the last part's count): Triton's passes cannot prove it (LLVM folds it later, inside
+        # this branch). 2 * zero offsets the reads below, so they are 8-byte vectors, not 16 (with 16-byte reads
+        # triton 3.6 spilled 24-48 B in the writers, inside the loop; with 4-byte ones, an odd offset, the fix-up
+        # issued four times the loads). As the loop's bound it cost SPLIT_K = 2 no spill, where the constant bound
+        # spilled 328 B (the loop's one trip taken apart before the layouts were set)
         zero = arrived - (SPLIT_K - 1)
         tile_ws += 2 * zero
-        # acc * 0.0, not a fresh zero tensor: the sum keeps the accumulator's register layout (a fresh tensor takes
-        # the loads' layout, and the epilogue spilled 0.3-2 KB on sm_90 converting to it). Partials are read two at
-        # a time and added to each other in the loads' layout before the one conversion to the accumulator's: both
-        # reads in flight together, so ceil(SPLIT_K / 2) round trips to L2, not SPLIT_K (added to the accumulator
-        # one by one, the second read waited for the first's conversion). An odd count's last pair reads zeros for
-        # its missing second part (masked: no traffic); a separate read of the last part was scheduled beside the
-        # pair's and spilled 600 B. The order is fixed, ((p0 + p1) + (p2 + p3)) + (p4 + 0): the same bits every
-        # launch. .cg reads L2, where the other SMs' partials are
-        acc = acc * 0.0
+        # The sum starts from zeros in the accumulator's register layout, selected on zero (a fresh zero tensor
+        # takes the loads' layout, and the epilogue spilled 0.3-2 KB on sm_90 converting to it; acc * 0.0 was NaN
+        # where this program's own partial overflowed, so the result depended on which part came last). Partials
+        # are read two at a time and added to each other in the loads' layout before the one conversion to the
+        # accumulator's: both reads in flight together, so ceil(SPLIT_K / 2) round trips to L2, not SPLIT_K (added
+        # to the accumulator one by one, the second read waited for the first's conversion). An odd count's last
+        # pair reads zeros for its missing second part (masked: no traffic); a separate read of the last part was
+        # scheduled beside the pair's and spilled 600 B. The order is fixed, ((p0 + p1) + (p2 + p3)) + (p4 + 0):
+        # the same bits every launch, whichever part came last. .cg reads L2, where the other SMs' partials are
+        acc = tl.where(zero == 0, 0.0, acc)
         for p in tl.range(0, SPLIT_K + zero, 2, num_stages=1):
             pair = tl.load(tile_ws + p * (BLOCK_M * BLOCK_N) + offs, cache_modifier=".cg")
             pair += tl.load(tile_ws + (p + 1) * (BLOCK_M * BLOCK_N) + offs, mask=p + 1 < SPLIT_K, other=0.0,
