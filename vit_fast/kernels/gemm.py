@@ -424,7 +424,7 @@ def stats_modes(row_stats: bool, has_residual: bool) -> tuple:
 
 AOT_SPLIT = 4  # parts in the split-K variants at every tile that can split
 # The other part counts batch 1 runs (H/14's FC2 in 2, B/16's out-projection in 3 and FC2 in 5), compiled at the TMA
-# engine's batch-1 row: the fix-up's registers differ per count (its loop unrolled at 2 and spilled where 4 did not)
+# engine's batch-1 row: the fix-up compiles differently per count (a draft spilled 328 B at 2 parts, none at 4)
 AOT_SPLITS_B1 = (2, 3, 5)
 AOT_SLOTS = 10  # slots per row in AOT variants: the widest preset the report models (H/14, 1280 = 10 slots of 128;
 # the TMA engine unrolls the merge, so the widest is the most registers; B/16 has 6, L/16 8)
