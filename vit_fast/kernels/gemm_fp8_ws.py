@@ -21,14 +21,13 @@ of stages and a 64 KB buffer, no spill: benchmarks/static/report.md), not autotu
 idle where the TMA engine picks smaller tiles.
 """
 import torch
-import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, warpgroup_mma,
                                                               warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from ._common import FP8_DTYPE, FP8_GROUP, GELU_LIBDEVICE, SWIGLU, TL_SIG, num_sms
+from ._common import FP8_DTYPE, FP8_GROUP, GELU_LIBDEVICE, SWIGLU, TL_SIG, cdiv, num_sms
 from ._gluon_ws import (LOAD_REGS, LOAD_WARPS, MATH_WARPS, allocate_hand_over, allocate_ring, hand_over,
                         load_partition, load_rows)
 from .gemm import apply_activation, grouped_tile
@@ -237,7 +236,7 @@ def launch_fp8_ws_gemm(a_q, a_scale, weight, w_scale, bias, out, *, activation=0
     N = weight.shape[0]
     a_grouped = a_scale.dim() == 2
     sms = num_sms(a_q.device)
-    grid = (min(sms, triton.cdiv(M, bm) * triton.cdiv(N, bn)),)
+    grid = (min(sms, cdiv(M, bm) * cdiv(N, bn)),)
     fp8_ws_gemm_kernel[grid](
         TensorDescriptor.from_tensor(a_q, [bm, bk], A_LAYOUT),
         TensorDescriptor.from_tensor(weight, [bn, bk], W_LAYOUT),

@@ -36,7 +36,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                               warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from ._common import GELU_LIBDEVICE, SWIGLU, TL_SIG, num_sms
+from ._common import GELU_LIBDEVICE, SWIGLU, TL_SIG, cdiv, num_sms
 from ._gluon_ws import MATH_WARPS, allocate_hand_over, allocate_ring, fill_stage, hand_over, load_rows
 from .gemm import AOT_SLOTS, apply_activation, fold_rows, grouped_tile, row_stats_switch, slots_arg
 from .ln_fold import STATS_SLOT, row_moments, stats_slot, tile_moments
@@ -274,9 +274,8 @@ def takes(a, N: int, activation: int) -> bool:
     of a block at large batches: QKV (the folded LayerNorm), FC1 (and a GELU), the out-projection and FC2 (a residual
     and the output rows' partial statistics)."""
     bm, bn = TILE[:2]
-    # integer ceilings, not triton.cdiv (microseconds a host call, split_k._cdiv; this runs on every 16-bit launch)
-    tiles, sms = -(-a.shape[0] // bm) * -(-N // bn), num_sms(a.device)
-    waves = -(-tiles // sms)
+    tiles, sms = cdiv(a.shape[0], bm) * cdiv(N, bn), num_sms(a.device)  # on every 16-bit launch under the switch
+    waves = cdiv(tiles, sms)
     return (a.dtype in DTYPES and activation != SWIGLU and tiles >= MIN_WAVES * sms
             and waves * sms - tiles <= MAX_IDLE * waves * sms)
 
@@ -289,7 +288,7 @@ def launch_ws_gemm(a, weight, bias, out, *, activation=0, residual=None, stats=N
     M, K = a.shape
     N = weight.shape[0]
     sms = num_sms(a.device)
-    grid = (min(sms, -(-M // bm) * -(-N // bn)),)
+    grid = (min(sms, cdiv(M, bm) * cdiv(N, bn)),)
     ws_gemm_kernel[grid](
         TensorDescriptor.from_tensor(a, [bm, bk], A_LAYOUTS[a.dtype]),
         TensorDescriptor.from_tensor(weight, [bn, bk], W_LAYOUTS[a.dtype]),

@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import SPLIT_ENV, check, switch_value
+from ._common import SPLIT_ENV, cdiv, check, switch_value
 
 MIN_K_STEPS = 4  # steps of K per part at least: the pipeline's prologue and the fix-up amortized
 MAX_ACC_REGS = 64  # fp32 accumulator registers a thread (BLOCK_M * BLOCK_N / threads) a splitting tile may hold
@@ -45,10 +45,6 @@ _lock = threading.Lock()  # serving threads launch concurrently: one range each
 def split_setting() -> str:
     """VITFAST_SPLIT_K, read at each launch: "auto" (default), or a forced part count "1" to "4"."""
     return switch_value(SPLIT_ENV)
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)  # triton.cdiv costs ~2 µs a call on the host; these run on every small launch
 
 
 def split_count(tiles: int, k_steps: int, programs: int, acc_regs: int, setting: str = "auto",
@@ -68,7 +64,7 @@ def split_count(tiles: int, k_steps: int, programs: int, acc_regs: int, setting:
             return 1
     if parts < 2:
         return 1
-    return _cdiv(k_steps, _cdiv(k_steps, parts))  # S parts of cdiv(k_steps, S) steps: the last part not empty
+    return cdiv(k_steps, cdiv(k_steps, parts))  # S parts of cdiv(k_steps, S) steps: the last part not empty
 
 
 def acc_registers(bm: int, bn: int, warps: int) -> int:
@@ -84,8 +80,8 @@ def config_parts(args, programs: int) -> int:
     if mode == 0:
         return 1
     bm, bn = args["BLOCK_M"], args["BLOCK_N"]
-    tiles = _cdiv(args["M"], bm) * _cdiv(args["N"], bn)
-    parts = split_count(tiles, _cdiv(args["K"], args["BLOCK_K"]), programs,
+    tiles = cdiv(args["M"], bm) * cdiv(args["N"], bn)
+    parts = split_count(tiles, cdiv(args["K"], args["BLOCK_K"]), programs,
                         acc_registers(bm, bn, args["num_warps"]), "auto" if mode == 1 else str(mode), bm * bn)
     if parts > 1:
         ws, lock = args["ws_ptr"], args["lock_ptr"]
@@ -102,8 +98,8 @@ def _plan(M: int, N: int, K: int, rows: tuple, setting: str):
     programs) each) the autotuner runs: the most tiles and partial-tile floats over the rows that split."""
     tiles_max = floats_max = 0
     for bm, bn, bk, warps, programs in rows:
-        tiles = _cdiv(M, bm) * _cdiv(N, bn)
-        parts = split_count(tiles, _cdiv(K, bk), programs, acc_registers(bm, bn, warps), setting, bm * bn)
+        tiles = cdiv(M, bm) * cdiv(N, bn)
+        parts = split_count(tiles, cdiv(K, bk), programs, acc_registers(bm, bn, warps), setting, bm * bn)
         if parts > 1:
             tiles_max = max(tiles_max, tiles)
             floats_max = max(floats_max, tiles * parts * bm * bn)
@@ -139,7 +135,7 @@ def counters(device: torch.device, tiles: int):
                 return None
             entry = _buffers[key] = [torch.zeros(COUNTERS, dtype=torch.int32, device=device), 0]
         start = entry[1] if entry[1] + tiles <= COUNTERS else 0
-        entry[1] = start + -(-tiles // ALIGN) * ALIGN
+        entry[1] = start + cdiv(tiles, ALIGN) * ALIGN
         return entry[0][start:start + tiles]
 
 
