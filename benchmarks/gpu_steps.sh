@@ -55,7 +55,8 @@
 #                      (benchmarks/ablation.py: one model build and reference, each setting's CUDA graph, replayed
 #                      in turns): ablation.json, ablation.md
 #   ablate1            the same for b1engine's, b1split's, b1desc's and b1pdl's switched rows at batch 1, and
-#                      VITFAST_LN_PARTIALS=0 there (the statistics writers' 64x128 tiles against launches)
+#                      VITFAST_STATS_SLOT=128 (the statistics writers' tiles at least 128 columns wide, as before
+#                      change 29) and VITFAST_LN_PARTIALS=0 there (the writers' tiles against launches)
 #   ablateL            the same for L/16 b256: shipped and VITFAST_GEMM_ENGINE=ws (issue 10's 1.2x compile target)
 #                      b1engine, b1split, b1desc and b1pdl have the same shipped rows, as lnstats, gelu, stagger and
 #                      ws16 do: the first of a group to measure them whole keeps them (per commit and VITFAST_*
@@ -458,8 +459,9 @@ ablate256|ablate1|ablateL)
     elif [ "$STEP" = ablateL ]; then
         ARGS=(--batch 256 "${WS[@]}") MODEL=vit_l_16
     else
-        ARGS=(--batch 1 --switch VITFAST_GEMM_ENGINE=pointer --switch VITFAST_SPLIT_K=1 --switch VITFAST_TMA_DESC=device
-              --switch VITFAST_PDL=1 --switch VITFAST_LN_PARTIALS=0)
+        # the 128-column statistics slots first: change 29, the newest prediction at batch 1
+        ARGS=(--batch 1 --switch VITFAST_STATS_SLOT=128 --switch VITFAST_GEMM_ENGINE=pointer --switch VITFAST_SPLIT_K=1
+              --switch VITFAST_TMA_DESC=device --switch VITFAST_PDL=1 --switch VITFAST_LN_PARTIALS=0)
     fi
     ARGS+=(--out "$DIR" --model "$MODEL" --time-budget $(( ${T_LIMIT:-300} - 30 )))
     if [ "$DRY" = 1 ]; then

@@ -201,8 +201,8 @@ def test_dry_ws16_step(tmp_path):
 
 @pytest.mark.parametrize("step, switched", [
     ("ablate256", ["VITFAST_GEMM_ENGINE=ws", "VITFAST_LN_PARTIALS=0", "VITFAST_GELU=libdevice", "VITFAST_STAGGER=0"]),
-    ("ablate1", ["VITFAST_GEMM_ENGINE=pointer", "VITFAST_SPLIT_K=1", "VITFAST_TMA_DESC=device", "VITFAST_PDL=1",
-                 "VITFAST_LN_PARTIALS=0"]),
+    ("ablate1", ["VITFAST_STATS_SLOT=128", "VITFAST_GEMM_ENGINE=pointer", "VITFAST_SPLIT_K=1",
+                 "VITFAST_TMA_DESC=device", "VITFAST_PDL=1", "VITFAST_LN_PARTIALS=0"]),
     ("ablateL", ["VITFAST_GEMM_ENGINE=ws"]),
 ])
 def test_dry_ablation_steps(tmp_path, step, switched):

@@ -32,10 +32,13 @@ DESC_ENV = "VITFAST_TMA_DESC"
 PDL_ENV = "VITFAST_PDL"
 # whether the second of two co-resident programs on an SM starts late (stagger.py): on, or 0 to compare
 STAGGER_ENV = "VITFAST_STAGGER"
+# the partial LayerNorm statistics' slot width (ln_fold.stats_slot): 64 columns at small batches (auto), or 128 at
+# every batch (the code before), to compare them
+STATS_SLOT_ENV = "VITFAST_STATS_SLOT"
 SWITCHES = {ENGINE_ENV: ("auto", "tma", "pointer", "ws"), FP8_ENGINE_ENV: ("auto", "tma", "pointer", "ws"),
             PRECISE_ACC_ENV: ("1", "0"), AUTOTUNE_ENV: ("all", "first", "compile"), LN_PARTIALS_ENV: ("1", "0"),
             SPLIT_ENV: ("auto", "1", "2", "3", "4"), GELU_ENV: ("fitted", "libdevice"), DESC_ENV: ("host", "device"),
-            PDL_ENV: ("0", "1"), STAGGER_ENV: ("1", "0")}
+            PDL_ENV: ("0", "1"), STAGGER_ENV: ("1", "0"), STATS_SLOT_ENV: ("auto", "128")}
 
 
 def switch_settings():

@@ -3,6 +3,7 @@
 engines, with slots as wide as the interpreter's epilogue slices (16 columns) and half as wide (8: a slice fills two
 slots). Checked against float64 statistics of the stored rows, against the statistics launch they replace, and on
 rows whose mean is about 300x their standard deviation, where E[x²] − mean² in fp32 would lose the variance."""
+import math
 import sys
 
 import pytest
@@ -19,9 +20,10 @@ from vit_fast.kernels.ln_qkv import ln_qkv_launch
 
 CUDA = torch.cuda.is_available()
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-# (leading dims, K, N): N a whole number of slots and not (240 = 1.875 slots of 128 on the GPU; 52 = 6.5 slots of 8
-# under the interpreter, fp32 only: TMA rows must be 16-byte multiples); 197 and 257 token rows.
-SHAPES = ([((2, 197), 768, 768), ((3, 257), 320, 240)] if CUDA
+# (leading dims, K, N): N a whole number of slots and not (240 = 3.75 slots of 64 and, past 1,024 rows, 1.875 of 128
+# on the GPU: ln_fold.stats_slot; 52 = 6.5 slots of 8 under the interpreter, fp32 only: TMA rows must be 16-byte
+# multiples); 197 and 257 token rows.
+SHAPES = ([((2, 197), 768, 768), ((3, 257), 320, 240), ((8, 197), 768, 768), ((5, 257), 320, 240)] if CUDA
           else [((2, 13), 80, 48), ((1, 197), 40, 56), ((1, 257), 24, 52)])
 
 
@@ -98,7 +100,7 @@ def test_merge_of_slots_far_apart(dtype, engine, slot, device):
     applies with them, those of the stored rows in float64."""
     lead, k, n = shapes(dtype)[0]
     x, w, bb, res = make(lead, k, n, dtype, device)
-    cols = torch.arange(n, device=device) // ln_fold.stats_slot()  # the slots the GEMM writes (128 on a GPU)
+    cols = torch.arange(n, device=device) // ln_fold.stats_slot(math.prod(lead), n)  # the slots the GEMM writes
     offsets = torch.where(cols % 2 == 0, -500.0, 500.0) + torch.where(cols == cols.max(), 2000.0, 0.0)
     res = (res.float() + offsets).to(dtype)
     out, parts = kernels.linear_residual_stats(x, w, bb, res)
@@ -164,24 +166,46 @@ def test_model_launches_statistics_once(monkeypatch, device):
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_stats_tiles_cover_whole_slots(monkeypatch):
-    """On a GPU (128-column slots) a GEMM that writes partials never runs a tile whose epilogue slices are narrower
-    than a slot, on either engine's prune; the launches that write none keep every tile."""
+def test_slot_width_follows_the_rows(monkeypatch):
+    """On a GPU: 64-column slots for small batches' rows of up to 16 of them (B/16 and L/16 at batch 1-5, whose
+    residual GEMMs can then run 64-wide tiles), 128 from an M bucket of 2,048 rows on, for wider rows (H/14's 1,280
+    columns) and under VITFAST_STATS_SLOT=128; the partials' shape, which the writing and the merging GEMMs both
+    take, follows."""
+    monkeypatch.setattr(ln_fold, "is_interpreting", lambda: False)
+    assert ln_fold.NARROW_ROWS & (ln_fold.NARROW_ROWS - 1) == 0  # so m <= it is the autotune key's bucket test
+    for m, n, slot in [(197, 768, 64), (4 * 197, 1024, 64), (1024, 768, 64), (1025, 768, 128), (256 * 197, 768, 128),
+                       (197, 1280, 128), (197, 1088, 128), (197, 240, 64)]:
+        assert ln_fold.stats_slot(m, n) == slot, (m, n)
+        assert ln_fold.partials_shape(torch.empty(m, n, device="meta")) == (m, 3, -(-n // slot))
+    monkeypatch.setenv("VITFAST_STATS_SLOT", "128")  # the code before, to compare
+    assert ln_fold.stats_slot(197, 768) == 128
+    monkeypatch.setenv("VITFAST_STATS_SLOT", "64")
+    with pytest.raises(ValueError, match="VITFAST_STATS_SLOT: expected auto | 128, got '64'"):
+        ln_fold.stats_slot(197, 768)
+
+
+@pytest.mark.parametrize("slot_width", [128, 64])
+def test_stats_tiles_cover_whole_slots(slot_width, monkeypatch):
+    """On a GPU a GEMM that writes partials never runs a tile whose epilogue slices are not whole slots of the
+    launch's width, on either engine's prune; the launches that write none keep every tile. At 128 the 64-wide tiles
+    go; at 64 (small batches) they stay."""
     from vit_fast.kernels import _common, gemm_tma
 
     monkeypatch.setattr(ln_fold, "is_interpreting", lambda: False)
     monkeypatch.setattr(gemm, "is_interpreting", lambda: False)
-    assert ln_fold.stats_slot() == 128
     configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
                for bm, bn, bk, w, s in _common.gemm_aot_configs()]
-    narrow = [c for c in configs if c.kwargs["BLOCK_N"] // gemm.pointer_epi_split(c.kwargs["BLOCK_M"],
-                                                                                   c.kwargs["BLOCK_N"]) < 128]
-    assert narrow and len(narrow) < len(configs)
+    def not_whole(width):
+        return [c for c in configs
+                if c.kwargs["BLOCK_N"] // gemm.pointer_epi_split(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) % width]
+
+    narrow = not_whole(slot_width)
+    assert narrow and len(narrow) < len(configs) and len(not_whole(64)) < len(not_whole(128))
     seen = {}
     monkeypatch.setattr(gemm, "prune_gemm_configs", lambda cs, named_args, **kw: seen.setdefault(
         kw.get("WRITE_STATS", False), cs))
-    gemm._prune(configs, {}, HAS_RESIDUAL=True, WRITE_STATS=True)
-    gemm._prune(configs, {}, HAS_RESIDUAL=True, WRITE_STATS=False)
+    gemm._prune(configs, {}, HAS_RESIDUAL=True, WRITE_STATS=True, SLOT=slot_width)
+    gemm._prune(configs, {}, HAS_RESIDUAL=True, WRITE_STATS=False, SLOT=slot_width)
     assert not set(map(id, seen[True])) & set(map(id, narrow)) and len(seen[True]) == len(configs) - len(narrow)
     assert len(seen[False]) == len(configs)
     tma = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "EPI_SPLIT": e}, num_warps=w,
@@ -195,11 +219,16 @@ def test_stats_tiles_cover_whole_slots(monkeypatch):
         def element_size(self):
             return 2
 
-    gemm_tma._prune(tma, {}, a=A(), M_BUCKET=256, HAS_RESIDUAL=True, WRITE_STATS=True)  # as the launcher passes
-    gemm_tma._prune(tma, {}, a=A(), M_BUCKET=256, HAS_RESIDUAL=True)
+    # as the launcher passes them
+    gemm_tma._prune(tma, {}, a=A(), M_BUCKET=256, HAS_RESIDUAL=True, WRITE_STATS=True, SLOT=slot_width)
+    gemm_tma._prune(tma, {}, a=A(), M_BUCKET=256, HAS_RESIDUAL=True, SLOT=slot_width)
     dropped = {(c.kwargs["BLOCK_N"], c.kwargs["EPI_SPLIT"]) for c in kept[1] if c not in kept[0]}
-    assert dropped and all(bn // e < 128 for bn, e in dropped), dropped
-    assert all(c.kwargs["BLOCK_N"] // c.kwargs["EPI_SPLIT"] >= 128 for c in kept[0]) and kept[0]
+    assert all(bn // e % slot_width for bn, e in dropped), dropped
+    assert bool(dropped) == (slot_width == 128)
+    assert all(c.kwargs["BLOCK_N"] // c.kwargs["EPI_SPLIT"] % slot_width == 0 for c in kept[0]) and kept[0]
+    if slot_width == 64:
+        assert (64, 64, 64, 4, 4, 1) in {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps,
+                                          c.num_stages, c.kwargs["EPI_SPLIT"]) for c in kept[0]}
 
 
 def test_bad_partials(device):

@@ -13,7 +13,7 @@ import triton
 # the environment switches the kernels read at launch live in vit_fast/switches.py (no torch or triton there, so the
 # CLI checks them before anything loads); the kernels import them from here
 from ..switches import (AUTOTUNE_ENV, DESC_ENV, ENGINE_ENV, FP8_ENGINE_ENV, GELU_ENV, LN_PARTIALS_ENV,  # noqa: F401
-                        PDL_ENV, PRECISE_ACC_ENV, SPLIT_ENV, STAGGER_ENV, switch_value)
+                        PDL_ENV, PRECISE_ACC_ENV, SPLIT_ENV, STAGGER_ENV, STATS_SLOT_ENV, switch_value)
 
 # torch dtype -> Triton signature string (used by aot_variants()).
 TL_SIG = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.uint8: "u8"}

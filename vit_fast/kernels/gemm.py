@@ -23,12 +23,13 @@ from ._common import (
     preset_activation, prune_gemm_configs, upcast_needed,
 )
 from .autotune import autotuned
-from .ln_fold import STATS_SLOT, row_moments, stats_slot, stats_slots, stats_tile_ok, store_partials
+from .ln_fold import (NARROW_MAX_SLOTS, NARROW_STATS_SLOT, STATS_SLOT, row_moments, stats_slot, stats_tile_ok,
+                      store_partials)
 from .split_k import MAX_ACC_REGS, acc_registers, config_parts, launch_operands, split_k_fixup
 
 DTYPES = (torch.bfloat16, torch.float32, torch.float16)  # AOT order: bf16 first (the fast path)
 GEMM_AUTOTUNE_KEY = ["M_BUCKET", "N", "K", "ROW_STATS", "HAS_BIAS", "ACTIVATION", "HAS_RESIDUAL", "WRITE_STATS",
-                     "split_mode"]
+                     "SLOT", "split_mode"]  # SLOT: a writer's tiles depend on it (VITFAST_STATS_SLOT changes it)
 
 
 @triton.jit
@@ -213,10 +214,10 @@ def _split_parts(args) -> int:
 
 def _prune(configs, named_args, **kwargs):
     """The family tables' prune (prune_gemm_configs); a GEMM that writes partial statistics keeps only tiles whose
-    epilogue (sub)tile covers whole slots (ln_fold.stats_tile_ok)."""
+    epilogue (sub)tile covers whole slots of the launch's width (ln_fold.stats_tile_ok)."""
     if kwargs.get("WRITE_STATS"):
-        configs = [c for c in configs
-                   if stats_tile_ok(c.kwargs["BLOCK_N"] // pointer_epi_split(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]))]
+        configs = [c for c in configs if stats_tile_ok(
+            c.kwargs["BLOCK_N"] // pointer_epi_split(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]), kwargs["SLOT"])]
         check(bool(configs), "fused_gemm_kernel: tiles writing partial statistics",
               "an epilogue (sub)tile of whole slots", "none in the table")
     return prune_gemm_configs(configs, named_args, **kwargs)
@@ -354,9 +355,16 @@ def row_stats_switch(stats) -> int:
     return 0 if stats is None else 1 if stats.dim() == 2 else 2
 
 
-def slots_arg(stats, k: int) -> int:
-    """The SLOTS constexpr: slots per row of partials, 1 otherwise (one binary whatever K is)."""
-    return stats_slots(k) if row_stats_switch(stats) == 2 else 1
+def slots_arg(stats) -> int:
+    """The SLOTS constexpr: slots per row of partials (the ops check their shape: ln_fold.check_partials), 1
+    otherwise (one binary whatever K is)."""
+    return stats.shape[2] if row_stats_switch(stats) == 2 else 1
+
+
+def slot_arg(stats_out, m: int, n: int) -> int:
+    """The SLOT constexpr: the width of the slots a launch writing partial statistics of its m x n output fills
+    (ln_fold.stats_slot); STATS_SLOT for the launches writing none (the constexpr is unused there: one binary)."""
+    return stats_slot(m, n) if stats_out is not None else STATS_SLOT
 
 
 def launch_fused_gemm(a, weight, bias, out, *, activation=0, residual=None, stats=None, colsum=None, eps=0.0,
@@ -380,8 +388,8 @@ def launch_fused_gemm(a, weight, bias, out, *, activation=0, residual=None, stat
         a.stride(0), a.stride(1), weight.stride(0), weight.stride(1), res.stride(-2), res.stride(-1),
         out.stride(0), out.stride(1), m_bucket(M), split_mode, sms,
         ROW_STATS=row_stats_switch(stats), HAS_BIAS=bias is not None, ACTIVATION=activation,
-        HAS_RESIDUAL=residual is not None, WRITE_STATS=stats_out is not None, SLOT=stats_slot(),
-        SLOTS=slots_arg(stats, K), UPCAST=upcast_needed(a.dtype),
+        HAS_RESIDUAL=residual is not None, WRITE_STATS=stats_out is not None, SLOT=slot_arg(stats_out, M, N),
+        SLOTS=slots_arg(stats), UPCAST=upcast_needed(a.dtype),
     )  # fmt: skip
     return out
 
@@ -426,8 +434,16 @@ AOT_SPLIT = 4  # parts in the split-K variants at every tile that can split
 # The other part counts batch 1 runs (H/14's FC2 in 2, B/16's out-projection in 3 and FC2 in 5), compiled at the TMA
 # engine's batch-1 row: the fix-up compiles differently per count (a draft spilled 328 B at 2 parts, none at 4)
 AOT_SPLITS_B1 = (2, 3, 5)
-AOT_SLOTS = 10  # slots per row in AOT variants: the widest preset the report models (H/14, 1280 = 10 slots of 128;
-# the TMA engine unrolls the merge, so the widest is the most registers; B/16 has 6, L/16 8)
+AOT_SLOTS = NARROW_MAX_SLOTS  # slots per row in AOT variants: the most a merging GEMM reads (ln_fold.stats_slot:
+# L/16's 1024 columns in 16 narrow slots at small batches; H/14's 1280 in 10 of 128); the persistent engines unroll
+# the merge, so the most slots are the most registers
+
+
+def aot_slots(epi_n: int) -> tuple:
+    """The slot widths a GEMM writing partial statistics from epi_n-wide epilogue slices runs with on a GPU
+    (ln_fold.stats_slot): STATS_SLOT at large M and NARROW_STATS_SLOT at small batches, where the slices hold whole
+    slots of that width."""
+    return tuple(s for s in (STATS_SLOT, NARROW_STATS_SLOT) if stats_tile_ok(epi_n, s))
 
 
 def gemm_aot_variants(row_stats, activations, has_bias, has_residual, exhaustive=False, op=None):
@@ -447,11 +463,13 @@ def gemm_aot_variants(row_stats, activations, has_bias, has_residual, exhaustive
     for dtype in DTYPES:
         elem = torch.empty((), dtype=dtype).element_size()
         for row in gemm_rows_for(elem, kind):
-            # a tile whose epilogue slices are narrower than a slot runs only the calls that write no statistics
-            runs = [m for m in modes if not m[1] or stats_tile_ok(row[1] // _aot_epi_split(row), STATS_SLOT)]
-            for mode in (runs if dtype == DTYPES[0] else runs[:1]):
+            # (mode, slot): a call writing statistics at each slot width whose slots the tile's epilogue slices hold
+            slots = aot_slots(row[1] // _aot_epi_split(row))
+            runs = [(m, s) for m in modes for s in (slots if m[1] else (STATS_SLOT,))]
+            wide = [r for r in runs if r[1] == STATS_SLOT]  # large M: the presets' launches, and fp16/fp32's variant
+            for mode, slot in (runs if dtype == DTYPES[0] else wide[:1]):
                 out.append(_gemm_variant(dtype, mode, base[0], base[1], has_residual, True, row, op, kind,
-                                         vit=mode == runs[0]))
+                                         vit=(mode, slot) == wide[0], slot=slot))
         for act, bias, even_k in (combos if exhaustive or dtype != torch.float16 else combos[:1]):
             if (act, bias, even_k) != base:
                 out.append(_gemm_variant(dtype, modes[0], act, bias, has_residual, even_k, _switch_tile(modes[0]),
@@ -462,9 +480,9 @@ def gemm_aot_variants(row_stats, activations, has_bias, has_residual, exhaustive
     if kind != "swiglu":  # the split-K code (small batches), bf16, at every table tile that can split
         elem = torch.empty((), dtype=DTYPES[0]).element_size()
         out += [_gemm_variant(DTYPES[0], modes[0], base[0], base[1], has_residual, True, row, op, kind,
-                              split=AOT_SPLIT)
+                              split=AOT_SPLIT, slot=slot)
                 for row in gemm_rows_for(elem, kind) if acc_registers(*row[:2], row[3]) <= MAX_ACC_REGS
-                and (not modes[0][1] or stats_tile_ok(row[1] // _aot_epi_split(row), STATS_SLOT))]
+                for slot in (aot_slots(row[1] // _aot_epi_split(row)) if modes[0][1] else (STATS_SLOT,))]
     return out
 
 
@@ -495,9 +513,11 @@ def aot_variants(exhaustive: bool = False):
             and v["constexprs"]["ROW_STATS"] == 2]
 
 
-def _gemm_variant(dtype, mode, activation, has_bias, has_residual, even_k, tile, op, kind, vit=None, split=1):
+def _gemm_variant(dtype, mode, activation, has_bias, has_residual, even_k, tile, op, kind, vit=None, split=1,
+                  slot=STATS_SLOT):
     """One variant; `vit`: whether the report counts it for the presets' launches (default: in the statistics mode
-    the model runs most, stats_modes' first; never a split variant); split > 1: the split-K code (split_k.py)."""
+    the model runs most, stats_modes' first; never a split variant); split > 1: the split-K code (split_k.py);
+    `slot`: the partial statistics' slot width (SLOT) when the variant writes them."""
     bm, bn, bk, warps, stages = tile
     row_stats, write_stats = mode
     p = "*" + TL_SIG[dtype]
@@ -512,7 +532,7 @@ def _gemm_variant(dtype, mode, activation, has_bias, has_residual, even_k, tile,
     constexprs = {
         "stride_ak": 1, "stride_wk": 1, "stride_rn": 1, "stride_on": 1,
         "ROW_STATS": row_stats, "HAS_BIAS": has_bias, "ACTIVATION": activation, "HAS_RESIDUAL": has_residual,
-        "WRITE_STATS": write_stats, "SLOT": STATS_SLOT, "SLOTS": AOT_SLOTS if row_stats == 2 else 1,
+        "WRITE_STATS": write_stats, "SLOT": slot, "SLOTS": AOT_SLOTS if row_stats == 2 else 1,
         "UPCAST": False, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "EVEN_K": even_k,
         "EPI_SPLIT": _aot_epi_split(tile), "SPLIT_K": split,
     }  # fmt: skip

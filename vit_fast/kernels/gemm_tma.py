@@ -35,9 +35,9 @@ from ._common import (
     swiglu_accumulators_fit, switch_value, upcast_needed,
 )
 from .autotune import autotuned
-from .gemm import (AOT_SLOTS, AOT_SPLIT, AOT_SPLITS_B1, column_halves, gated_epilogue_math, grouped_tile,
-                   launch_fused_gemm, row_stats_switch, slots_arg, stats_modes, switch_combos)
-from .ln_fold import STATS_SLOT, row_moments, stats_slot, stats_tile_ok, store_partials
+from .gemm import (AOT_SLOTS, AOT_SPLIT, AOT_SPLITS_B1, aot_slots, column_halves, gated_epilogue_math, grouped_tile,
+                   launch_fused_gemm, row_stats_switch, slot_arg, slots_arg, stats_modes, switch_combos)
+from .ln_fold import STATS_SLOT, row_moments, stats_tile_ok, store_partials
 from .split_k import MAX_ACC_REGS, acc_registers, config_parts, launch_operands, split_k_fixup
 from .pdl import dependency_wait, launch_options, pdl_launch
 from .stagger import MACS_PER_NS_16BIT, stagger_rule, staggered_start
@@ -62,12 +62,15 @@ PER_SM = {(128, 128, 64, 4, 3, 2): 2}
 # The row batch 1's launches split K at (the third lease's batch-1 picks were 64x128): the AOT variants compare the
 # two descriptor sources on it
 B1_SPLIT_ROW = (64, 128, 64, 4, 4, 1)
+# The row batch 1's residual GEMMs may split K at with 64-column statistics slots (ln_fold.stats_slot): the AOT
+# variants compile it at batch 1's part counts too
+B1_NARROW_ROW = (64, 64, 64, 4, 4, 1)
 # One config under the interpreter (several fail there); EPI_SPLIT 2 so tests cover the subtiled epilogue, PER_SM 2
 # so they cover the stride of a multi-program-per-SM launch.
 INTERPRETER_TMA = (32, 32, 32, 4, 1, 2)
 INTERPRETER_PER_SM = 2
 INTERPRETER_SMS = 1  # 2 programs, fewer than the op tests' tiles, so tests cover the persistent loop
-AUTOTUNE_KEY = ["M_BUCKET", "N", "K", "ROW_STATS", "HAS_BIAS", "ACTIVATION", "HAS_RESIDUAL", "WRITE_STATS",
+AUTOTUNE_KEY = ["M_BUCKET", "N", "K", "ROW_STATS", "HAS_BIAS", "ACTIVATION", "HAS_RESIDUAL", "WRITE_STATS", "SLOT",
                 "split_mode", "HOST_DESC"]  # the tile each split setting picks is its own; PDL is not a key (pdl.py):
 # with and without it a launch shares its tile, which b1pdl's side-by-side rows rely on
 DTYPES = (torch.bfloat16, torch.float16)
@@ -118,12 +121,12 @@ SMEM_SLACK = 1024
 
 
 def tile_allowed(tile, smem, has_residual=False, swiglu=False, elem=2, sm_smem=SM90_SM_SMEM,
-                 write_stats=False) -> bool:
+                 write_stats=False, slot=STATS_SLOT) -> bool:
     """The prune's rule for one HOPPER_TMA row (BLOCK_M <= M aside): within a block's shared memory `smem`, and for
     a PER_SM row, that many programs within the SM's `sm_smem`; writing partial statistics, an epilogue slice of
-    whole slots."""
+    whole `slot`-wide slots."""
     bm, bn, bk, warps, stages, epi = tile
-    if write_stats and not stats_tile_ok(bn // epi):
+    if write_stats and not stats_tile_ok(bn // epi, slot):
         return False
     if swiglu and (not swiglu_accumulators_fit(bm, bn, warps) or tuple(tile) in SWIGLU_TMA_SPILLS):
         return False
@@ -166,11 +169,11 @@ def _prune(configs, named_args, **kwargs):
     kwargs = {**(named_args or {}), **kwargs}
     swiglu = kwargs.get("ACTIVATION") == SWIGLU
     elem = kwargs["a"].element_size()  # fp32 when VITFAST_GEMM_ENGINE=tma forces it
-    write_stats = kwargs.get("WRITE_STATS", False)
+    write_stats, slot = kwargs.get("WRITE_STATS", False), kwargs.get("SLOT", STATS_SLOT)  # the launcher gives SLOT
     if write_stats and len(configs) > 1:
-        configs = [c for c in configs if stats_tile_ok(c.kwargs["BLOCK_N"] // c.kwargs["EPI_SPLIT"])]
+        configs = [c for c in configs if stats_tile_ok(c.kwargs["BLOCK_N"] // c.kwargs["EPI_SPLIT"], slot)]
     return persistent_prune(configs, kwargs["a"], kwargs["M_BUCKET"], lambda tile, smem, sm_smem: tile_allowed(
-        tile, smem, kwargs.get("HAS_RESIDUAL", False), swiglu, elem, sm_smem, write_stats))
+        tile, smem, kwargs.get("HAS_RESIDUAL", False), swiglu, elem, sm_smem, write_stats, slot))
 
 
 @triton.jit
@@ -433,8 +436,8 @@ def launch_tma_gemm(a, weight, bias, out, *, activation=0, residual=None, stats=
         stride_rm=0 if residual is None else residual.stride(0), stride_om=out.stride(0), M_BUCKET=m_bucket(M),
         split_mode=split_mode,
         ROW_STATS=row_stats_switch(stats), HAS_BIAS=bias is not None, ACTIVATION=activation,
-        HAS_RESIDUAL=residual is not None, WRITE_STATS=stats_out is not None, SLOT=stats_slot(),
-        SLOTS=slots_arg(stats, K), UPCAST=upcast_needed(a.dtype), NUM_SMS=sms, HOST_DESC=host_descriptors(),
+        HAS_RESIDUAL=residual is not None, WRITE_STATS=stats_out is not None, SLOT=slot_arg(stats_out, M, N),
+        SLOTS=slots_arg(stats), UPCAST=upcast_needed(a.dtype), NUM_SMS=sms, HOST_DESC=host_descriptors(),
         **launch_options(pdl_launch(a.device)), a=a, w=weight, res=residual, out=out,
     )  # fmt: skip
     return out
@@ -448,7 +451,9 @@ def tma_aot_variants(row_stats, activations, has_bias, has_residual, exhaustive=
     TMA engine has no EVEN_K switch (TMA zero-pads K), so the EVEN_K=False combos are dropped. With device-side
     descriptors (VITFAST_TMA_DESC=device, credited to no preset): the mid tile, and B1_SPLIT_ROW split; with
     programmatic dependent launch (VITFAST_PDL=1, credited to none): B1_SPLIT_ROW split, both descriptor sources;
-    B1_SPLIT_ROW at batch 1's other part counts (gemm.AOT_SPLITS_B1);
+    B1_SPLIT_ROW at batch 1's other part counts (gemm.AOT_SPLITS_B1), and for a GEMM writing statistics
+    B1_NARROW_ROW too; a GEMM writing statistics at each slot width the tile can write (`_slots`; the descriptor and
+    PDL variants at STATS_SLOT);
     the two-programs rows the prune keeps for the op without their staggered start (VITFAST_STAGGER=0, credited to
     none). Metadata: tests/kernels/aot_compile.py."""
     op = op or ("ln_linear" if row_stats else "linear_residual")
@@ -458,12 +463,12 @@ def tma_aot_variants(row_stats, activations, has_bias, has_residual, exhaustive=
     mid = next(t for t in HOPPER_TMA[2:] + HOPPER_TMA[:2] if tile_allowed(
         t, FAMILY_SMEM["hopper"], has_residual, swiglu, write_stats=modes[0][1]))
     base, rest = combos[0], combos[1:]
-    out = [_variant(DTYPES[0], mode, base[0], base[1], has_residual, tile, op) for tile in HOPPER_TMA
-           for mode in modes if _runs(tile, mode)]
+    out = [_variant(DTYPES[0], mode, base[0], base[1], has_residual, tile, op, slot=slot) for tile in HOPPER_TMA
+           for mode in modes for slot in _slots(tile, mode)]
     out += [_variant(DTYPES[0], modes[0], act, bias, has_residual, mid, op) for act, bias, _ in rest]
     if not swiglu:  # the split-K code (batch 1-4) at every tile that can split, in the model's statistics mode
-        out += [_variant(DTYPES[0], modes[0], base[0], base[1], has_residual, tile, op, split=AOT_SPLIT)
-                for tile in HOPPER_TMA if splits(tile) and _runs(tile, modes[0])]
+        out += [_variant(DTYPES[0], modes[0], base[0], base[1], has_residual, tile, op, split=AOT_SPLIT, slot=slot)
+                for tile in HOPPER_TMA if splits(tile) for slot in _slots(tile, modes[0])]
     for dtype in DTYPES[1:]:
         out += [_variant(dtype, modes[0], act, bias, has_residual, tile, op)
                 for tile in (HOPPER_TMA if exhaustive else [mid]) for act, bias, _ in
@@ -476,13 +481,14 @@ def tma_aot_variants(row_stats, activations, has_bias, has_residual, exhaustive=
         # programmatic dependent launch (VITFAST_PDL=1) on batch 1's split row, with either descriptor source
         out += [_variant(DTYPES[0], modes[0], base[0], base[1], has_residual, B1_SPLIT_ROW, op, split=AOT_SPLIT,
                          host=host, pdl=True) for host in (True, False)]
-        # batch 1's other part counts on its split row (gemm.AOT_SPLITS_B1)
-        out += [_variant(DTYPES[0], modes[0], base[0], base[1], has_residual, B1_SPLIT_ROW, op, split=parts)
-                for parts in AOT_SPLITS_B1]
+        # batch 1's other part counts on its split rows (gemm.AOT_SPLITS_B1)
+        out += [_variant(DTYPES[0], modes[0], base[0], base[1], has_residual, tile, op, split=parts, slot=slot)
+                for parts in AOT_SPLITS_B1 for tile in (B1_SPLIT_ROW, B1_NARROW_ROW)
+                if tile == B1_SPLIT_ROW or modes[0][1] for slot in _slots(tile, modes[0])]
     # the two-programs rows without their staggered start (VITFAST_STAGGER=0, credited to none), where the prune keeps
     # them (the variant's own `tables`)
-    twins = (_variant(DTYPES[0], modes[0], base[0], base[1], has_residual, tile, op, stagger=False) for tile in PER_SM
-             if _runs(tile, modes[0]))
+    twins = (_variant(DTYPES[0], modes[0], base[0], base[1], has_residual, tile, op, stagger=False,
+                      slot=_slots(tile, modes[0])[0]) for tile in PER_SM if _slots(tile, modes[0]))
     return out + [v for v in twins if v["tables"]]
 
 
@@ -490,9 +496,9 @@ def aot_variants(exhaustive: bool = False):
     """Every Hopper tile, as the bf16 folded-LN + GELU (fc1, merging partial statistics) and the residual (fc2,
     writing them) variants."""
     dtypes = DTYPES if exhaustive else DTYPES[:1]
-    return [_variant(dtype, mode, act, True, res, tile, op) for dtype in dtypes
+    return [_variant(dtype, mode, act, True, res, tile, op, slot=_slots(tile, mode)[0]) for dtype in dtypes
             for mode, act, res, op in (((2, False), 1, False, "ln_linear"), ((0, True), 0, True, "linear_residual"))
-            for tile in HOPPER_TMA if _runs(tile, mode)]
+            for tile in HOPPER_TMA if _slots(tile, mode)]
 
 
 def splits(tile) -> bool:
@@ -501,17 +507,19 @@ def splits(tile) -> bool:
     return acc_registers(bm, bn, warps) <= MAX_ACC_REGS
 
 
-def _runs(tile, mode) -> bool:
-    """Whether a launch in statistics mode `mode` can run `tile` (a writer needs epilogue slices of whole slots; as
-    on the GPU, interpreter or not: AOT lists are built for the GPU)."""
-    return not mode[1] or stats_tile_ok(tile[1] // tile[5], STATS_SLOT)
+def _slots(tile, mode) -> tuple:
+    """The SLOT values a launch in statistics mode `mode` runs `tile` with: a writer's slot widths whose slots its
+    epilogue slices hold whole (gemm.aot_slots; as on the GPU, interpreter or not: AOT lists are built for the GPU),
+    none if it cannot run the tile; STATS_SLOT for the others (unused there)."""
+    return aot_slots(tile[1] // tile[5]) if mode[1] else (STATS_SLOT,)
 
 
 def _variant(dtype, mode, activation, has_bias, has_residual, tile, op, num_sms=132, split=1, host=True, pdl=False,
-             stagger=True):
+             stagger=True, slot=STATS_SLOT):
     """One variant; split > 1: the split-K code (split_k.py) with that many parts, its workspace and counters;
     host=False: the descriptors built by each program (VITFAST_TMA_DESC=device); pdl: launched with programmatic
-    dependent launch (VITFAST_PDL=1); stagger=False: a two-programs row under VITFAST_STAGGER=0."""
+    dependent launch (VITFAST_PDL=1); stagger=False: a two-programs row under VITFAST_STAGGER=0; slot: the partial
+    statistics' slot width (SLOT) when it writes them (credited to the presets at STATS_SLOT only: large M)."""
     bm, bn, bk, warps, stages, epi = tile
     row_stats, write_stats = mode
     p = "*" + TL_SIG[dtype]
@@ -526,7 +534,7 @@ def _variant(dtype, mode, activation, has_bias, has_residual, tile, op, num_sms=
     }  # fmt: skip
     constexprs = {
         "ROW_STATS": row_stats, "HAS_BIAS": has_bias, "ACTIVATION": activation, "HAS_RESIDUAL": has_residual,
-        "WRITE_STATS": write_stats, "SLOT": STATS_SLOT, "SLOTS": AOT_SLOTS if row_stats == 2 else 1,
+        "WRITE_STATS": write_stats, "SLOT": slot, "SLOTS": AOT_SLOTS if row_stats == 2 else 1,
         "UPCAST": False, "NUM_SMS": num_sms, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8,
         "EPI_SPLIT": epi, "PER_SM": per_sm(tile), "SPLIT_K": split, "HOST_DESC": host, "PDL": pdl,
         "STAGGER": per_sm(tile) > 1 and split == 1 and stagger,  # stagger_rule on a GPU
@@ -543,12 +551,12 @@ def _variant(dtype, mode, activation, has_bias, has_residual, tile, op, num_sms=
         sig.setdefault(name, "constexpr")
     elem = torch.empty((), dtype=dtype).element_size()
     fits = tile_allowed(tile, FAMILY_SMEM["hopper"], has_residual, activation == SWIGLU, elem,
-                        write_stats=write_stats)
+                        write_stats=write_stats, slot=slot)
     base_mode = mode == stats_modes(bool(row_stats), has_residual)[0]
     return {"fn": jit_fn(tma_gemm_kernel), "signature": sig, "constexprs": constexprs, "num_warps": warps,
             "num_stages": stages, "divisible": GEMM_DIVISIBLE, "op": op, "main_loop": "gemm",
             "programs_per_sm": per_sm(tile), **({"min_cc": 90} if pdl else {}),  # PDL: griddepcontrol, sm_90 on
             "tables": ("hopper",) if fits else (),
             "vit": gemm_vit_launches(op, tile[:5], elem, None, when=lambda cfg: fits and base_mode and has_bias
-                                     and split == 1 and host and not pdl and stagger
+                                     and split == 1 and host and not pdl and stagger and slot == STATS_SLOT
                                      and activation == preset_activation(op, cfg))}

@@ -38,8 +38,8 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from ._common import GELU_LIBDEVICE, SWIGLU, TL_SIG, cdiv, num_sms
 from ._gluon_ws import MATH_WARPS, allocate_hand_over, allocate_ring, fill_stage, hand_over, load_rows
-from .gemm import AOT_SLOTS, apply_activation, fold_rows, grouped_tile, row_stats_switch, slots_arg
-from .ln_fold import STATS_SLOT, row_moments, stats_slot, tile_moments
+from .gemm import AOT_SLOTS, apply_activation, fold_rows, grouped_tile, row_stats_switch, slot_arg, slots_arg
+from .ln_fold import STATS_SLOT, row_moments, tile_moments
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, STAGES, GROUP_M): 64 rows a math warpgroup, each one 64x256 wgmma chain; 4 stages of
 # 24 KB and the 128 KB fp32 buffer: 225 KB of the SM's 227 KB (BLOCK_K 32 so that four stages fit beside it)
@@ -297,8 +297,8 @@ def launch_ws_gemm(a, weight, bias, out, *, activation=0, residual=None, stats=N
         stats_out if stats_out is not None else out, M, N, K, float(eps),
         0 if residual is None else residual.stride(0), out.stride(0),
         ROW_STATS=row_stats_switch(stats), HAS_BIAS=bias is not None, ACTIVATION=activation,
-        HAS_RESIDUAL=residual is not None, WRITE_STATS=stats_out is not None, SLOT=stats_slot(),
-        SLOTS=slots_arg(stats, K), NUM_SMS=sms, STAGES=stages, GROUP_M=group_m, num_warps=MATH_WARPS.value,
+        HAS_RESIDUAL=residual is not None, WRITE_STATS=stats_out is not None, SLOT=slot_arg(stats_out, M, N),
+        SLOTS=slots_arg(stats), NUM_SMS=sms, STAGES=stages, GROUP_M=group_m, num_warps=MATH_WARPS.value,
     )  # fmt: skip
     return out
 

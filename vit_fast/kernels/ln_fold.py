@@ -16,7 +16,7 @@ the tile's other slots get zeros), and the next GEMM's epilogue merges a row's s
 (`merge_partials`: M2 = Σ M2ᵢ + Σ nᵢ (meanᵢ − mean)², no E[x²] − mean² cancellation). The slot means are stored
 (not sums) so the merge divides once per row, not once per slot: `row_moments` sums nᵢ·dᵢ and nᵢ·dᵢ² of
 dᵢ = meanᵢ − mean₀ (slot 0's mean as the shift, so the one subtraction left, Σnᵢdᵢ² − (Σnᵢdᵢ)²/n, is of the
-between-slot spread only). Layout (M, 3, cdiv(N, SLOT)) fp32: `new_partials`.
+between-slot spread only). Layout (M, 3, cdiv(N, SLOT)) fp32, SLOT per launch (`stats_slot`): `new_partials`.
 """
 from typing import NamedTuple
 
@@ -24,16 +24,26 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import TL_SIG, check, check_linear, is_interpreting, jit_fn
+from ._common import STATS_SLOT_ENV, TL_SIG, cdiv, check, check_linear, is_interpreting, jit_fn, switch_value
 
 MAX_BLOCK_K = 2048  # columns per step of the statistics loop (whole rows up to ViT-g widths)
 BLOCK_ROWS = 4  # rows per program (one warp per row)
 # Columns per partial-statistics slot: every epilogue (sub)tile of a GEMM that writes them covers whole slots (the
-# GEMM prunes drop tiles that would not: stats_tile_ok). 128, not 64: the merging GEMM unrolls its slots, and at 64
-# the 20 slots of ViT-H's rows took a 64x128 TMA tile to 255 registers and a spill; the writers keep their large-M
-# tiles (128-wide epilogue slices) and, at batch 1, 64x128 instead of 64x64. Under the interpreter the GEMMs'
-# epilogue tile is 16 wide, so a slot of 8 has the tests cover tiles that span two slots (16: one).
+# GEMM prunes drop tiles that would not: stats_tile_ok). Two widths, one per launch (stats_slot, from the rows'
+# count and width, so the op allocating the partials, the GEMM writing them and the one merging them agree):
+# - 128 at large M: the writers' 128-wide epilogue slices, and half the partials for the merging GEMM to read;
+# - 64 at small batches (M bucket up to NARROW_ROWS), where the writers' fastest tiles are 64 wide: on the fourth
+#   lease's H100, B/16's FC2 at batch 1 took 9.5 µs a call on 64x64 without statistics and 14.8 µs on 64x128, the
+#   narrowest tile 128-column slots allowed, with them. The merging GEMM unrolls its slots, so rows of more than
+#   NARROW_MAX_SLOTS narrow slots keep 128 (sm_90, triton 3.9: FC1's 64x128 row at 168 registers with 16 slots,
+#   220 with 20). VITFAST_STATS_SLOT=128 keeps 128 at every batch (the code before; the benchmark's ablate1 step
+#   compares the two).
+# Under the interpreter the GEMMs' epilogue tile is 16 wide, so one slot of 8 has the tests cover tiles that span
+# two slots (16: one).
 STATS_SLOT = 128
+NARROW_STATS_SLOT = 64
+NARROW_ROWS = 1024
+NARROW_MAX_SLOTS = 16
 INTERPRETER_STATS_SLOT = 8
 
 
@@ -108,26 +118,33 @@ def row_stats_kernel(
     tl.store(out + 1, 1.0 / tl.sqrt(sq / K + eps), mask=row_ok)
 
 
-def stats_slot() -> int:
-    """The partial-statistics slot width of this process (read at launch)."""
-    return INTERPRETER_STATS_SLOT if is_interpreting() else STATS_SLOT
+def stats_slot(m: int, n: int) -> int:
+    """The partial-statistics slot width for m rows of n columns (the comment above STATS_SLOT)."""
+    if is_interpreting():
+        return INTERPRETER_STATS_SLOT
+    # m <= NARROW_ROWS (a power of two) is m_bucket(m) <= NARROW_ROWS, which the GEMMs' autotune keys see; plain
+    # comparisons keep a symbolic m (torch.compile tracing the ops) traceable
+    if m <= NARROW_ROWS and cdiv(n, NARROW_STATS_SLOT) <= NARROW_MAX_SLOTS and switch_value(STATS_SLOT_ENV) == "auto":
+        return NARROW_STATS_SLOT
+    return STATS_SLOT
 
 
-def stats_tile_ok(epi_n: int, slot: int = None) -> bool:
-    """Whether a GEMM epilogue (sub)tile `epi_n` columns wide can write partial statistics: whole slots only (of
-    this process's width, or `slot`: AOT lists are built for the GPU's, interpreter or not)."""
-    return epi_n % (slot or stats_slot()) == 0
+def stats_tile_ok(epi_n: int, slot: int) -> bool:
+    """Whether a GEMM epilogue (sub)tile `epi_n` columns wide can write partial statistics in `slot`-wide slots:
+    whole slots only."""
+    return epi_n % slot == 0
 
 
-def stats_slots(k: int) -> int:
-    """Slots per row of width k."""
-    return triton.cdiv(k, stats_slot())
+def stats_slots(m: int, k: int) -> int:
+    """Slots per row of m rows of width k."""
+    return cdiv(k, stats_slot(m, k))
 
 
 def partials_shape(rows: torch.Tensor) -> tuple:
-    """(M, 3, cdiv(N, slot)): the partial statistics of the M rows of `rows` (..., N)."""
+    """(M, 3, slots): the partial statistics of the M rows of `rows` (..., N)."""
     n = rows.shape[-1]
-    return (rows.numel() // max(n, 1), 3, stats_slots(n))
+    m = rows.numel() // max(n, 1)
+    return (m, 3, stats_slots(m, n))
 
 
 def new_partials(rows: torch.Tensor) -> torch.Tensor:
