@@ -172,6 +172,7 @@ def test_slot_width_follows_the_rows(monkeypatch):
     columns) and under VITFAST_STATS_SLOT=128; the partials' shape, which the writing and the merging GEMMs both
     take, follows."""
     monkeypatch.setattr(ln_fold, "is_interpreting", lambda: False)
+    monkeypatch.delenv("VITFAST_STATS_SLOT", raising=False)
     assert ln_fold.NARROW_ROWS & (ln_fold.NARROW_ROWS - 1) == 0  # so m <= it is the autotune key's bucket test
     for m, n, slot in [(197, 768, 64), (4 * 197, 1024, 64), (1024, 768, 64), (1025, 768, 128), (256 * 197, 768, 128),
                        (197, 1280, 128), (197, 1088, 128), (197, 240, 64)]:

@@ -235,7 +235,7 @@ def fused_gemm_kernel(
     w_ptr,  # (N, K) weight in nn.Linear layout (LayerNorm-folded when ROW_STATS), any strides; (2N, K) for SwiGLU
     bias_ptr,  # (N,) bias (activation dtype, or fp32 when folded), (2N,) for SwiGLU; read only when HAS_BIAS
     res_ptr,  # (M, N) residual; read only when HAS_RESIDUAL
-    stats_ptr,  # A's row statistics, fp32: (M, 2) (mean, rstd) if ROW_STATS 1; (M, 3, cdiv(K, SLOT)) partials if 2
+    stats_ptr,  # A's row statistics, fp32: (M, 2) (mean, rstd) if ROW_STATS 1; (M, 3, SLOTS) partials if 2
     colsum_ptr,  # (N,) fp32 column sums of the folded weight, (2N,) for SwiGLU; read only when ROW_STATS
     out_ptr,  # (M, N) output, any strides
     part_ptr,  # (M, 3, cdiv(N, SLOT)) fp32 partial statistics of the output rows; written only when WRITE_STATS
@@ -263,7 +263,7 @@ def fused_gemm_kernel(
     HAS_RESIDUAL: tl.constexpr,  # add the residual after the activation
     WRITE_STATS: tl.constexpr,  # write the stored rows' partial statistics (the next LayerNorm's) to part_ptr
     SLOT: tl.constexpr,  # columns per partial-statistics slot (ln_fold.stats_slot)
-    SLOTS: tl.constexpr,  # cdiv(K, SLOT): the partial statistics' slots per row of A (ROW_STATS 2)
+    SLOTS: tl.constexpr,  # the partial statistics' slots per row of A (ROW_STATS 2; the partials' shape)
     UPCAST: tl.constexpr,  # dot in fp32 (interpreter with bf16, whose bf16 arithmetic is wrong)
     BLOCK_M: tl.constexpr,  # rows per tile
     BLOCK_N: tl.constexpr,  # output features per tile
@@ -488,7 +488,7 @@ def gemm_aot_variants(row_stats, activations, has_bias, has_residual, exhaustive
 
 def _switch_tile(mode):
     """The tile the AOT list covers switches at: SWITCH_TILE, or for a GEMM writing statistics the smallest table
-    tile whose epilogue slices are whole slots (64x128)."""
+    tile whose epilogue slices are whole 128-column slots (64x128)."""
     if not mode[1] or stats_tile_ok(SWITCH_TILE[1] // _aot_epi_split(SWITCH_TILE), STATS_SLOT):
         return SWITCH_TILE
     return STATS_SWITCH_TILE

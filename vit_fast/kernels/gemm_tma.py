@@ -208,7 +208,7 @@ def tma_gemm_kernel(
     w,  # (N, K) weight in nn.Linear layout (LayerNorm-folded when ROW_STATS), unit column stride; (2N, K) SwiGLU
     bias_ptr,  # (N,) bias (activation dtype, or fp32 when folded), (2N,) SwiGLU; read only when HAS_BIAS
     res,  # (M, N) residual, unit column stride; None without HAS_RESIDUAL
-    stats_ptr,  # A's row statistics, fp32: (M, 2) (mean, rstd) if ROW_STATS 1; (M, 3, cdiv(K, SLOT)) partials if 2
+    stats_ptr,  # A's row statistics, fp32: (M, 2) (mean, rstd) if ROW_STATS 1; (M, 3, SLOTS) partials if 2
     colsum_ptr,  # (N,) fp32 column sums of the folded weight, (2N,) SwiGLU; read only when ROW_STATS
     out,  # (M, N) output, unit column stride
     part_ptr,  # (M, 3, cdiv(N, SLOT)) fp32 partial statistics of the output rows; written only when WRITE_STATS
@@ -231,7 +231,7 @@ def tma_gemm_kernel(
     HAS_RESIDUAL: tl.constexpr,  # add the residual after the activation
     WRITE_STATS: tl.constexpr,  # write the stored rows' partial statistics (the next LayerNorm's) to part_ptr
     SLOT: tl.constexpr,  # columns per partial-statistics slot (ln_fold.stats_slot)
-    SLOTS: tl.constexpr,  # cdiv(K, SLOT): the partial statistics' slots per row of A (ROW_STATS 2)
+    SLOTS: tl.constexpr,  # the partial statistics' slots per row of A (ROW_STATS 2; the partials' shape)
     UPCAST: tl.constexpr,  # dot in fp32 (interpreter with bf16, whose bf16 arithmetic is wrong)
     NUM_SMS: tl.constexpr,  # the device's SMs; NUM_SMS * PER_SM programs at most, each walks units that far apart
     BLOCK_M: tl.constexpr,  # rows per tile

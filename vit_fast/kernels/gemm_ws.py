@@ -243,7 +243,7 @@ def ws_gemm_kernel(
     HAS_RESIDUAL: gl.constexpr,  # add the residual after the activation
     WRITE_STATS: gl.constexpr,  # write the output rows' partial statistics (ln_fold.store_partials' layout)
     SLOT: gl.constexpr,  # columns per partial-statistics slot (ln_fold.stats_slot)
-    SLOTS: gl.constexpr,  # cdiv(K, SLOT): the partial statistics' slots per row of A (ROW_STATS 2)
+    SLOTS: gl.constexpr,  # the partial statistics' slots per row of A (ROW_STATS 2; the partials' shape)
     NUM_SMS: gl.constexpr,  # programs: one per SM, each walking tiles NUM_SMS apart
     STAGES: gl.constexpr,  # the ring of (A, W) stages
     GROUP_M: gl.constexpr,  # row tiles per L2 group

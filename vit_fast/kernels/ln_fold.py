@@ -212,10 +212,10 @@ def row_moments(stats_ptr, rows, M, K, eps, ROW_STATS: tl.constexpr, SLOT: tl.co
                 UNROLL: tl.constexpr):
     """(mean, rstd) of the rows `rows` of A (M, K) for the folded LayerNorm: read from row_stats' (M, 2) output
     (ROW_STATS 1), or merged from a residual GEMM's (M, 3, SLOTS) partial statistics (ROW_STATS 2; SLOTS =
-    cdiv(K, SLOT)): M2 = Σ M2ᵢ + Σ nᵢdᵢ² − (Σ nᵢdᵢ)²/n with dᵢ = meanᵢ − mean₀ (the module docstring), one division
-    a row (row vectors: no (rows, slots) tile). UNROLL: the slots unrolled (the persistent engines: a loop here
-    would stop Triton from flattening its tile loop) or in a loop (the pointer engine: one slot's loads live at a
-    time instead of all of them)."""
+    cdiv(K, stats_slot(M, K))): M2 = Σ M2ᵢ + Σ nᵢdᵢ² − (Σ nᵢdᵢ)²/n with dᵢ = meanᵢ − mean₀ (the module
+    docstring), one division a row (row vectors: no (rows, slots) tile). UNROLL: the slots unrolled (the persistent
+    engines: a loop here would stop Triton from flattening its tile loop) or in a loop (the pointer engine: one
+    slot's loads live at a time instead of all of them)."""
     row_ok = rows < M
     r64 = rows.to(tl.int64)
     if ROW_STATS == 2:
