@@ -439,10 +439,13 @@ AOT_SLOTS = NARROW_MAX_SLOTS  # slots per row in AOT variants: the most a mergin
 # the merge, so the most slots are the most registers
 
 
-def aot_slots(epi_n: int) -> tuple:
-    """The slot widths a GEMM writing partial statistics from epi_n-wide epilogue slices runs with on a GPU
-    (ln_fold.stats_slot): STATS_SLOT at large M and NARROW_STATS_SLOT at small batches, where the slices hold whole
-    slots of that width."""
+def aot_slots(epi_n: int, mode) -> tuple:
+    """The SLOT values a launch in statistics mode `mode` (stats_modes) runs a tile with epi_n-wide epilogue slices
+    at on a GPU (ln_fold.stats_slot; AOT lists are built for the GPU, interpreter or not): a writer's STATS_SLOT
+    (large M) and NARROW_STATS_SLOT (small batches) where the slices hold whole slots of that width, none if
+    neither; STATS_SLOT for the others (unused there)."""
+    if not mode[1]:
+        return (STATS_SLOT,)
     return tuple(s for s in (STATS_SLOT, NARROW_STATS_SLOT) if stats_tile_ok(epi_n, s))
 
 
@@ -464,8 +467,7 @@ def gemm_aot_variants(row_stats, activations, has_bias, has_residual, exhaustive
         elem = torch.empty((), dtype=dtype).element_size()
         for row in gemm_rows_for(elem, kind):
             # (mode, slot): a call writing statistics at each slot width whose slots the tile's epilogue slices hold
-            slots = aot_slots(row[1] // _aot_epi_split(row))
-            runs = [(m, s) for m in modes for s in (slots if m[1] else (STATS_SLOT,))]
+            runs = [(m, s) for m in modes for s in aot_slots(row[1] // _aot_epi_split(row), m)]
             wide = [r for r in runs if r[1] == STATS_SLOT]  # large M: the presets' launches, and fp16/fp32's variant
             for mode, slot in (runs if dtype == DTYPES[0] else wide[:1]):
                 out.append(_gemm_variant(dtype, mode, base[0], base[1], has_residual, True, row, op, kind,
@@ -482,7 +484,7 @@ def gemm_aot_variants(row_stats, activations, has_bias, has_residual, exhaustive
         out += [_gemm_variant(DTYPES[0], modes[0], base[0], base[1], has_residual, True, row, op, kind,
                               split=AOT_SPLIT, slot=slot)
                 for row in gemm_rows_for(elem, kind) if acc_registers(*row[:2], row[3]) <= MAX_ACC_REGS
-                for slot in (aot_slots(row[1] // _aot_epi_split(row)) if modes[0][1] else (STATS_SLOT,))]
+                for slot in aot_slots(row[1] // _aot_epi_split(row), modes[0])]
     return out
 
 

@@ -508,10 +508,8 @@ def splits(tile) -> bool:
 
 
 def _slots(tile, mode) -> tuple:
-    """The SLOT values a launch in statistics mode `mode` runs `tile` with: a writer's slot widths whose slots its
-    epilogue slices hold whole (gemm.aot_slots; as on the GPU, interpreter or not: AOT lists are built for the GPU),
-    none if it cannot run the tile; STATS_SLOT for the others (unused there)."""
-    return aot_slots(tile[1] // tile[5]) if mode[1] else (STATS_SLOT,)
+    """gemm.aot_slots for a HOPPER_TMA row (its epilogue slices are BLOCK_N / EPI_SPLIT wide)."""
+    return aot_slots(tile[1] // tile[5], mode)
 
 
 def _variant(dtype, mode, activation, has_bias, has_residual, tile, op, num_sms=132, split=1, host=True, pdl=False,
