@@ -37,7 +37,7 @@ GEMM_ORDER = ("QKV", "out-proj", "FC1", "FC2")
 VITFAST_OPS = {"vitfast::ln_qkv": "QKV", "vitfast::attention": "attention", "vitfast::ln_linear": "FC1",
                "vitfast::layer_norm": "LayerNorm",
                # the FP8 model's variants of the same ops
-               "vitfast::ln_qkv_fp8": "QKV", "vitfast::attention_row_amax": "attention",
+               "vitfast::ln_qkv_fp8": "QKV", "vitfast::attention_fp8": "attention",
                "vitfast::ln_linear_fp8": "FC1", "vitfast::ln_linear_fp8_groups": "FC1",
                "vitfast::quantize_fp8_groups": "FC2"}  # FC2's input, after a dense FC1
 ATTENTION_WORDS = ("flash", "fmha", "attention", "attn", "sdpa", "softmax")

@@ -435,10 +435,10 @@ def test_grouping_by_vitfast_ops():
     ]
     got = [g for _, g in breakdown.group(kernels, dims)]
     assert got == ["other", "QKV", "attention", "out-proj", "FC1", "FC2", "LayerNorm", "other"]
-    fp8 = [  # the FP8 model's ops: quantizing LayerNorm + FP8 GEMM, attention recording row maxima
+    fp8 = [  # the FP8 model's ops: quantizing LayerNorm + FP8 GEMM, attention storing e4m3 codes
         _k("quant_rows_fp8_kernel", 0, [("vitfast::ln_qkv_fp8", [x])]),
         _k("fp8_gemm_kernel", 1, [("vitfast::ln_qkv_fp8", [x])]),
-        _k("_attn_fwd_kernel", 2, [("vitfast::attention_row_amax", [[256, 12, 197, 64]] * 3)]),
+        _k("_attn_fwd_kernel", 2, [("vitfast::attention_fp8", [[256, 12, 197, 64]] * 3)]),
         _k("fp8_gemm_kernel", 3, [("vitfast::linear_residual", [x, [D, D], [D], x])]),
         _k("fp8_gemm_kernel", 4, [("vitfast::ln_linear_fp8_groups", [x])]),
         _k("fp8_gemm_kernel", 5, [("vitfast::linear_residual", [h, [D, MLP], [D], x])]),

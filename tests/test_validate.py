@@ -106,7 +106,7 @@ def test_without_kernels_compares_sdpa(monkeypatch, capsys):
     assert "candidate sdpa float16, PyTorch torch float16" in out
 
 
-FP8_OPS = ["ln_qkv", "linear_residual[proj]", "ln_linear[fc1]", "linear_residual[fc2]"]
+FP8_OPS = ["ln_qkv", "attention", "linear_residual[proj]", "ln_linear[fc1]", "linear_residual[fc2]"]
 
 
 @pytest.fixture
@@ -120,9 +120,10 @@ def fp8_checkpoint(tmp_path):
 
 
 def test_fp8_rows_check_the_fp8_gemms(fp8_checkpoint, tmp_path, capsys):
-    """`--dtype fp8`: the four GEMMs run their FP8 engines at the model's shapes, against the unquantized op in
-    float64, with 2x the torch emulation's error as the budget; attention, patch embedding and the final norm stay
-    bf16; the model is quantized by vit_fast.quantize and judged by the FP8 minimums."""
+    """`--dtype fp8`: the four GEMMs run their FP8 engines at the model's shapes, and attention stores the
+    out-projection's e4m3 codes, against the unquantized op in float64, with 2x the torch emulation's error as the
+    budget; patch embedding and the final norm stay bf16; the model is quantized by vit_fast.quantize and judged by
+    the FP8 minimums."""
     code, out, _ = _run(["--checkpoint", str(fp8_checkpoint), "--dtype", "fp8", "--random", "4", "--batch", "4",
                          "--json", str(tmp_path / "r.json")], capsys)
     report = json.loads((tmp_path / "r.json").read_text())

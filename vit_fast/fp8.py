@@ -88,6 +88,39 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return q.float() * scale.unsqueeze(-1)
 
 
+def value_bound(w_q: torch.Tensor, w_scale: torch.Tensor, bias, dim: int) -> torch.Tensor:
+    """(2,) fp32 [c, b] such that every value the FP8 QKV GEMM (weight rows [q; k; v], each `dim` long) computes
+    for a token whose input scale is s satisfies |v| <= s · c + b: |v_j| = |s · Σ_k q_k · w_jk · s_j + b_j| and
+    |q_k| <= 448, so c = 448 · max_j s_j · Σ_k |w_jk| over the value rows j, b = max_j |b_j|. Attention's output is
+    a convex combination of value rows, so the same bound holds for it (attention_output_scales)."""
+    w = w_q[2 * dim:3 * dim].float().abs().sum(dim=1) * w_scale[2 * dim:3 * dim].float()
+    b = bias[2 * dim:3 * dim].float().abs().max() if bias is not None else w.new_zeros(())
+    return torch.stack([w.max() * FP8_MAX, b]).float()
+
+
+def attention_output_bound(in_scale: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
+    """(B,) fp32 bound on |attention output| per image, for the FP8 out-projection's input: from the per-token
+    scales (B, N) the QKV GEMM read its input with and value_bound's (c, b), max(max_t s_t · c + b, AMAX_FLOOR)
+    (one FMA, as the attention kernel computes it; here in float64, so rounded once to fp32). Attention writes its
+    output as e4m3 codes at scale bound / 448 (quantize_bounded), so the out-projection reads codes with no
+    quantization pass between. e4m3 is a floating-point format: a scale above a row's own maximum costs relative
+    precision only for values below 2^-6 of the scale's range (subnormals); the bound is typically 10^2-10^3 times
+    the output's maximum, which leaves every value that matters to the GEMM its full 3-bit mantissa (the logits'
+    SQNR moves by hundredths of a dB: benchmarks/NOTES.md)."""
+    m = in_scale.float().amax(dim=-1).double()
+    return (m * bound[0].double() + bound[1].double()).float().clamp_min(AMAX_FLOOR)
+
+
+def quantize_bounded(x: torch.Tensor, amax: torch.Tensor) -> tuple:
+    """Attention's e4m3 output: x (B, N, D) at one scale per image from attention_output_bound's amax (B,) ->
+    (q float8_e4m3fn (B, N, D), per-token scales (B, N) fp32, equal within an image). The codes clamp to ±448: the
+    bf16 values attention computes may pass the bound by an ulp."""
+    fp8_max = torch.full_like(amax, FP8_MAX)
+    inv, scale = fp8_max / amax, amax / fp8_max
+    q = (x.float() * inv[:, None, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    return q, scale[:, None].expand(x.shape[:2]).contiguous()
+
+
 def fp8_matmul(a_q, a_scale, w_q, w_scale) -> torch.Tensor:
     """fp32 (a_q @ w_q^T) · a_scale[:, None] · w_scale[None, :] for e4m3 a_q (..., K), w_q (N, K). Each product of
     two e4m3 values is exact in fp32; only the summation order differs from the tensor cores."""
@@ -107,11 +140,14 @@ def fp8_matmul_groups(a_q, a_scale, w_q, w_scale, group: int) -> torch.Tensor:
 
 
 def emulate_linear(x, w_q, w_scale, bias=None, *, ln=None, activation="none", residual=None, out_dtype=None,
-                   input_group=0):
+                   input_group=0, x_scale=None):
     """The FP8 op in torch: [LayerNorm (fp32)] -> per-token quantization (with `input_group`, per token and that
     many channels: FC2's input) -> fp8_matmul -> + bias -> activation -> + residual -> one cast to out_dtype
-    (default x.dtype). ln = (weight, bias, eps) or None. This is what kernels.ln_qkv / ln_linear / linear_residual
-    compute with a float8 weight (tests compare them to it)."""
+    (default x.dtype). ln = (weight, bias, eps) or None. x float8_e4m3fn with x_scale (...,): codes quantized
+    already, one scale per row (attention's output, quantize_bounded); out_dtype is then required. This is what
+    kernels.ln_qkv / ln_linear / linear_residual compute with a float8 weight (tests compare them to it)."""
+    if x_scale is not None:
+        return _epilogue(fp8_matmul(x, x_scale.float(), w_q, w_scale), bias, activation, residual, out_dtype)
     out_dtype = out_dtype or x.dtype
     h = x.float()
     if ln is not None:
@@ -119,6 +155,11 @@ def emulate_linear(x, w_q, w_scale, bias=None, *, ln=None, activation="none", re
     a_q, a_scale = quantize_input(h, input_group)
     y = (fp8_matmul_groups(a_q, a_scale, w_q, w_scale, input_group) if input_group
          else fp8_matmul(a_q, a_scale, w_q, w_scale))
+    return _epilogue(y, bias, activation, residual, out_dtype)
+
+
+def _epilogue(y, bias, activation, residual, out_dtype):
+    """fp32 GEMM result -> + bias -> activation -> + residual -> one cast: the kernels' epilogue order."""
     if bias is not None:
         y = y + bias.float()
     y = ACTIVATIONS[activation](y)
@@ -195,8 +236,22 @@ class Fp8Linear(nn.Module):
     def dequantized_weight(self) -> torch.Tensor:
         return dequantize(self.weight, self.weight_scale)
 
+    is_fp8 = True  # what model.Attention checks, without importing this module
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return emulate_linear(x, self.weight, self.weight_scale, self.bias, input_group=self.input_group)
+
+    def input_scales(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-token scales forward() quantizes x with (x (..., K) -> (...,))."""
+        return row_scales(x.float())[1]
+
+    def forward_attention(self, ctx: torch.Tensor, qkv: "Fp8Linear", qkv_input: torch.Tensor) -> torch.Tensor:
+        """The out-projection of attention's output ctx (B, N, D) when the QKV layer is FP8 too: ctx quantized at one
+        scale per image bounded from the QKV layer's weights and its input's scales (attention_output_bound), as
+        the attention kernel writes it."""
+        bound = value_bound(qkv.weight, qkv.weight_scale, qkv.bias, ctx.shape[-1])
+        q, scale = quantize_bounded(ctx, attention_output_bound(qkv.input_scales(qkv_input), bound))
+        return emulate_linear(q, self.weight, self.weight_scale, self.bias, x_scale=scale, out_dtype=ctx.dtype)
 
     def extra_repr(self) -> str:
         acts = f"per-token and {self.input_group}-channel" if self.input_group else "per-token"

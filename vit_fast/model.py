@@ -47,11 +47,14 @@ class Attention(nn.Module):
         b, n, c = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         if backend == "sdpa":
-            x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+            ctx = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         else:
             attn = (q * self.scale) @ k.transpose(-2, -1)
-            x = attn.softmax(dim=-1) @ v
-        return self.proj(x.transpose(1, 2).reshape(b, n, c))
+            ctx = attn.softmax(dim=-1) @ v
+        ctx = ctx.transpose(1, 2).reshape(b, n, c)
+        if getattr(self.qkv, "is_fp8", False) and getattr(self.proj, "is_fp8", False):
+            return self.proj.forward_attention(ctx, self.qkv, x)  # e4m3 at a bound from QKV (vit_fast.fp8)
+        return self.proj(ctx)
 
 
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:

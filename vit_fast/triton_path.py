@@ -12,9 +12,9 @@ logits are the same, the last block costs about 1/N of the others.
 
 In an FP8 model FC1's epilogue stores its output as e4m3 codes with one scale per token and 128 channels, the way
 FC2's input is quantized (vit_fast.fp8.INPUT_GROUPS), so FC2 reads them with no pass between (a dense FC1's rows go
-through kernels.quantize_fp8_groups). On the pointer FP8 engine (sm_89) attention also records each token's max
-|output|, so the out-projection quantizes its input rows in its main loop; the TMA engine (sm_90) reads e4m3 rows,
-quantized in a pass of their own, and needs none (kernels.gemm_fp8_tma.fp8_gemm_reads_row_amax).
+through kernels.quantize_fp8_groups). With QKV FP8 too, attention stores its output as the out-projection's e4m3
+codes (kernels.attention_fp8: one scale per image, a bound from the QKV GEMM's input scales and weights), so no
+pass runs between them either; an FP8 out-projection after a kept QKV quantizes attention's bf16 rows in a pass.
 
 Model families: LayerScale is folded into the weights at load, quick / tanh GELU and the SwiGLU gate (DINOv2 giant:
 FC1 takes the packed gate/up weight and stores silu(gate) · up) are kernel epilogues. Run as torch ops inside this
@@ -27,7 +27,6 @@ import torch
 
 from . import kernels
 from .kernels._common import LN_PARTIALS_ENV, switch_value
-from .kernels.gemm_fp8_tma import fp8_gemm_reads_row_amax
 
 
 def _embed(model, x: torch.Tensor, is_uint8: bool) -> torch.Tensor:
@@ -72,6 +71,15 @@ def _scale(linear):
     return getattr(linear, "weight_scale", None)
 
 
+def _value_bound(model, qkv):
+    """(2,) fp32 (c, b) bounding an FP8 QKV layer's values (vit_fast.fp8.value_bound), cached per weight."""
+    from .fp8 import value_bound
+
+    tensors = [qkv.weight_bits, qkv.scale_bits] + ([qkv.bias] if qkv.bias is not None else [])
+    return model._cached(("value_bound", id(qkv)), tensors,
+                         lambda: value_bound(qkv.weight, qkv.weight_scale, qkv.bias, qkv.in_features))
+
+
 def _ln_then(model, norm, linear, tokens, eps, partials=None, **kwargs):
     """LayerNorm + linear: the folded bf16/fp16/fp32 op (merging the tokens' partial statistics when given), or
     the FP8 op on the raw norm."""
@@ -90,14 +98,14 @@ def _partials_on() -> bool:
     return torch.compiler.is_compiling() or switch_value(LN_PARTIALS_ENV) == "1"
 
 
-def _residual(x, linear, residual, stats: bool, x_amax=None):
+def _residual(x, linear, residual, stats: bool, x_scale=None):
     """residual + linear(x), and with `stats` the new rows' partial LayerNorm statistics for the folded norm that
     reads them next (None when not asked for: an FP8 layer on either side quantizes rows it reads whole; or with
     VITFAST_LN_PARTIALS=0, where each LayerNorm launches its own statistics kernel)."""
     if stats and _scale(linear) is None and _partials_on():
         return kernels.linear_residual_stats(x, linear.weight, linear.bias, residual)
     out = kernels.linear_residual(x, linear.weight, linear.bias, residual, weight_scale=_scale(linear),
-                                  x_amax=x_amax)
+                                  x_scale=x_scale)
     return out, None
 
 
@@ -113,19 +121,22 @@ def _block(model, block, tokens: torch.Tensor, eps: float, activation: str, keep
     of the first `keep` tokens only; `partials`: the input tokens' statistics; `next_qkv`: the next block's QKV
     linear (None after the last block), whose folded norm reads this block's output."""
     attn, mlp = block.attn, block.mlp
-    qkv = _ln_then(model, block.norm1, attn.qkv, tokens, eps, partials, num_heads=attn.num_heads)
+    codes = _scale(attn.qkv) is not None and _scale(attn.proj) is not None
+    qkv = _ln_then(model, block.norm1, attn.qkv, tokens, eps, partials, num_heads=attn.num_heads,
+                   **({"return_input_scale": True} if codes else {}))
+    if codes:
+        qkv, in_scale = qkv
     q, k, v = qkv.unbind(0)
     if keep:
         q, tokens = q[:, :, :keep], tokens[:, :keep].contiguous()
-    ctx_amax = None
-    if _scale(attn.proj) is not None and fp8_gemm_reads_row_amax(tokens.device):
-        # FP8 out-projection: attention records max |ctx| per token (over all heads), so the GEMM quantizes ctx in
-        # its main loop; with `keep` both cover the kept queries only, as the residual rows do (the FP8 TMA engine
-        # quantizes in a pass of its own instead)
-        ctx, ctx_amax = kernels.attention(q, k, v, attn.scale, return_row_amax=True)
+    ctx_scale = None
+    if codes:
+        # attention writes the FP8 out-projection's e4m3 input; with `keep` for the kept queries only, as the
+        # residual rows are (the bound covers every key of the image)
+        ctx, ctx_scale = kernels.attention_fp8(q, k, v, attn.scale, in_scale, _value_bound(model, attn.qkv))
     else:
         ctx = kernels.attention(q, k, v, attn.scale)
-    tokens, partials = _residual(ctx, attn.proj, tokens, _scale(mlp.fc1) is None, ctx_amax)
+    tokens, partials = _residual(ctx, attn.proj, tokens, _scale(mlp.fc1) is None, ctx_scale)
     if _scale(mlp.fc2) is not None:
         # FP8 FC2 reads its input quantized per token and 128 channels (vit_fast.fp8.INPUT_GROUPS): e4m3 codes from
         # an FP8 FC1's epilogue, or a pass over a dense FC1's rows

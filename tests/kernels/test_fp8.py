@@ -99,6 +99,17 @@ def test_linear_residual_fp8(device, fp8_engine):
     out = linear_residual_launch(x, wq, None, res, out=poison(torch.empty(m, n, device=device)), weight_scale=ws)
     ref = fp8.emulate_linear(x, wq, ws, None, residual=res)
     assert_close(out, ref, torch.float32, FP8_TOL)
+    # the out-projection's input as attention_fp8 hands it over: e4m3 codes with one scale per row. The codes of the
+    # row quantizer give the same launch as above; codes at a bound 40x the rows' maxima (one scale per image)
+    q, s = fp8.quantize_rows(x)
+    same = linear_residual_launch(q, wq, None, res, out=poison(torch.empty(m, n, device=device)), weight_scale=ws,
+                                  x_scale=s)
+    assert torch.equal(same, out)
+    x3 = x.view(1, m, k)
+    q, s = fp8.quantize_bounded(x3, 40 * x.abs().amax().reshape(1))
+    bounded = kernels.linear_residual(q, wq, None, res.view(1, m, n), weight_scale=ws, x_scale=s)
+    ref = fp8.emulate_linear(q, wq, ws, None, residual=res.view(1, m, n), x_scale=s, out_dtype=torch.float32)
+    assert_close(bounded, ref, torch.float32, FP8_TOL)
 
 
 @pytest.mark.parametrize("row", [r for r in HOPPER_FP8 if r[2] == 256], ids=lambda r: "x".join(map(str, r)))
@@ -217,7 +228,7 @@ def test_fp8_groups_ops_as_torch_compile_sees_them(device):
                           test_utils=("test_faketensor",))
     codes, scales = kernels.ln_linear(x, g, beta, 1e-6, w1, None, "gelu", weight_scale=s1, fp8_groups=True)
     assert scales.shape == (b, n, 2) and scales.stride() == (n, 1, b * n)
-    torch.library.opcheck(torch.ops.vitfast.linear_residual.default, (codes, w2, None, x, s2, None, scales),
+    torch.library.opcheck(torch.ops.vitfast.linear_residual.default, (codes, w2, None, x, s2, scales),
                           test_utils=("test_faketensor",))
     torch.library.opcheck(torch.ops.vitfast.quantize_fp8_groups.default, (torch.randn(b, n, hidden, device=device),),
                           test_utils=("test_faketensor",))
@@ -293,6 +304,13 @@ def test_ln_qkv_fp8_rows(device, fp8_engine):
     ln_qkv_fp8_launch(x, g, beta, 1e-6, wq, ws, bias, heads, out=out)
     op = kernels.ln_qkv(x, g, beta, 1e-6, wq, bias, heads, weight_scale=ws)
     assert op.stride() == out.stride() and torch.equal(op, out)
+    # the per-token scales the rows were quantized with, for attention_fp8's bound: the emulation's
+    op2, in_scale = kernels.ln_qkv(x, g, beta, 1e-6, wq, bias, heads, weight_scale=ws, return_input_scale=True)
+    assert torch.equal(op2, out) and in_scale.shape == (b, n) and in_scale.dtype == torch.float32
+    ln = F.layer_norm(x.float(), (d,), g.float(), beta.float(), 1e-6)
+    torch.testing.assert_close(in_scale, fp8.quantize_rows(ln)[1], rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="ln_qkv: return_input_scale: expected False for a non-float8 weight"):
+        kernels.ln_qkv(x, g, beta, 1e-6, x.new_zeros(3 * d, d), bias, heads, return_input_scale=True)
     # the fake implementation (what torch.compile sees) has the same shape and strides
     torch.library.opcheck(torch.ops.vitfast.ln_qkv_fp8.default, (x, g, beta, 1e-6, wq, ws, bias, heads),
                           test_utils=("test_faketensor",))
@@ -315,8 +333,9 @@ def test_fp8_errors(device):
         kernels.linear_residual(x, wq, None, t(4, 16), weight_scale=ws.double())
     with pytest.raises(ValueError, match="weight_scale: expected None for a non-float8 weight"):
         kernels.linear_residual(x, t(16, 32), None, t(4, 16), weight_scale=ws)
-    with pytest.raises(ValueError, match=r"x_amax: expected a contiguous float32 tensor of shape \(4,\)"):
-        kernels.linear_residual(x, wq, None, t(4, 16), weight_scale=ws, x_amax=torch.zeros(5, device=device))
+    codes_in = x.to(torch.float8_e4m3fn)
+    with pytest.raises(ValueError, match=r"x_scale: expected a contiguous float32 tensor of shape \(4,\)"):
+        kernels.linear_residual(codes_in, wq, None, t(4, 16), weight_scale=ws, x_scale=torch.zeros(5, device=device))
     odd_w, odd_s = _weights(15, 32, device)
     with pytest.raises(ValueError, match=r"weight.shape\[0\] with activation 'swiglu': expected an even row count"):
         kernels.ln_linear(x, ones, zeros, 1e-6, odd_w, None, "swiglu", weight_scale=odd_s)
@@ -369,64 +388,39 @@ def test_fp8_needs_sm89_or_the_interpreter(monkeypatch):
         assert "no FP8 tensor cores" in fp8_unsupported_reason(torch.device("cuda"))
 
 
-def test_fp8_engine_choice_traces_without_a_warning(monkeypatch):
-    """The model asks fp8_gemm_reads_row_amax inside the forward torch.compile traces: on an sm_90 GPU (faked here) it
-    answers as in eager, with fullgraph and without Dynamo's warning about lru_cache-wrapped calls."""
-    import functools
-    import warnings
-
-    from vit_fast.kernels import _common, gemm_fp8_tma
-
-    monkeypatch.delenv("VITFAST_FP8_ENGINE", raising=False)
-    monkeypatch.setattr(gemm_fp8_tma, "is_interpreting", lambda: False)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (9, 0))
-    # the eager path's cached query, faked as it is (an lru_cache-wrapped function)
-    monkeypatch.setattr(_common, "_sm90_cached", functools.lru_cache(maxsize=None)(lambda index: True))
-
-    def forward(t):
-        return t * 2 if gemm_fp8_tma.fp8_gemm_reads_row_amax(torch.device("cuda", 0)) else t * 3
-
-    torch._dynamo.reset()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        out = torch.compile(forward, fullgraph=True, backend="eager")(torch.ones(2))
-    assert torch.equal(out, torch.full((2,), 3.0)) and forward(torch.ones(2)).eq(3).all()  # TMA: no row maxima
-    assert not [w for w in caught if "lru_cache" in str(w.message)], [str(w.message) for w in caught]
-
-
 def test_fp8_engine_selection(monkeypatch):
     """auto: the FP8 TMA engine on an sm_90 GPU for operands TMA can address, the pointer engine elsewhere (sm_89,
-    the interpreter, odd K), never for SwiGLU; the model asks for row maxima only where the pointer engine runs.
+    the interpreter, odd K), never for SwiGLU.
     =tma forces the TMA engine, with one clear error where it cannot run; =pointer forces the other."""
     from vit_fast.kernels import gemm_fp8_tma
     from vit_fast.kernels._common import FP8_ENGINE_ENV, SWIGLU
-    from vit_fast.kernels.gemm_fp8_tma import fp8_gemm_reads_row_amax, select_fp8_engine
+    from vit_fast.kernels.gemm_fp8_tma import select_fp8_engine
 
     wq, _ = _weights(48, 32, "cpu")
     w_odd = _weights(48, 40, "cpu")[0]
     out = torch.empty(5, 48, dtype=torch.bfloat16)
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
     monkeypatch.delenv(FP8_ENGINE_ENV, raising=False)
-    assert select_fp8_engine(32, wq, out) == "pointer" and fp8_gemm_reads_row_amax(cpu)  # the interpreter
+    assert select_fp8_engine(32, wq, out) == "pointer"  # the interpreter
     # what auto sees on a GPU: sm_90 outside the interpreter (the device query is faked, the rule is not)
     monkeypatch.setattr(gemm_fp8_tma, "is_interpreting", lambda: False)
     monkeypatch.setattr(gemm_fp8_tma, "is_sm90", lambda index: index == 0)
     assert gemm_fp8_tma._auto_picks_tma(gpu) and not gemm_fp8_tma._auto_picks_tma(torch.device("cuda", 1))
     assert not gemm_fp8_tma._auto_picks_tma(cpu)
     monkeypatch.setattr(gemm_fp8_tma, "_auto_picks_tma", lambda device: True)
-    assert select_fp8_engine(32, wq, out) == "tma" and not fp8_gemm_reads_row_amax(gpu)
+    assert select_fp8_engine(32, wq, out) == "tma"
     assert select_fp8_engine(40, w_odd, out) == "pointer"  # rows of 40 bytes: TMA cannot address them
     assert select_fp8_engine(32, wq, torch.empty(5, 52, dtype=torch.bfloat16)[:, :48]) == "pointer"  # rows of 104 B
     assert select_fp8_engine(32, wq, out, activation=SWIGLU) == "pointer"
     monkeypatch.setenv("VITFAST_GEMM_ENGINE", "pointer")  # the 16-bit engines' switch does not move the FP8 one
     assert select_fp8_engine(32, wq, out) == "tma"
     monkeypatch.setattr(gemm_fp8_tma, "_auto_picks_tma", lambda device: False)  # sm_89
-    assert select_fp8_engine(32, wq, out) == "pointer" and fp8_gemm_reads_row_amax(gpu)
+    assert select_fp8_engine(32, wq, out) == "pointer"
     monkeypatch.undo()
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # forced on CPU tensors: the interpreter's rule (also on a GPU host)
     monkeypatch.setenv(FP8_ENGINE_ENV, "tma")
-    assert select_fp8_engine(32, wq, out) == "tma" and not fp8_gemm_reads_row_amax(cpu)
+    assert select_fp8_engine(32, wq, out) == "tma"
     assert select_fp8_engine(32, wq, out, activation=SWIGLU) == "pointer"
     with pytest.raises(ValueError, match=r"^VITFAST_FP8_ENGINE=tma: FP8 operands: expected 2-D, unit last stride, "
                                          r"16-byte aligned base and rows, got .*'a': \(\(None, 40\), \(40, 1\), 0\)"):
@@ -435,10 +429,10 @@ def test_fp8_engine_selection(monkeypatch):
     with pytest.raises(ValueError, match=r"^VITFAST_FP8_ENGINE=tma: device: expected an sm_90 GPU, got cpu$"):
         select_fp8_engine(32, wq, out)
     monkeypatch.setenv(FP8_ENGINE_ENV, "auto")
-    assert select_fp8_engine(32, wq, out) == "pointer" and fp8_gemm_reads_row_amax(cpu)
+    assert select_fp8_engine(32, wq, out) == "pointer"
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setenv(FP8_ENGINE_ENV, "pointer")
-    assert select_fp8_engine(32, wq, out) == "pointer" and fp8_gemm_reads_row_amax(cpu)
+    assert select_fp8_engine(32, wq, out) == "pointer"
     # =ws: the warp-specialized Gluon engine, on an sm_90 GPU only (the interpreter cannot run Gluon)
     monkeypatch.setenv(FP8_ENGINE_ENV, "ws")
     with pytest.raises(ValueError, match=r"^VITFAST_FP8_ENGINE=ws: device: expected an sm_90 GPU \(Gluon kernels do "
@@ -450,7 +444,7 @@ def test_fp8_engine_selection(monkeypatch):
         select_fp8_engine(32, wq, out)
     monkeypatch.setattr(gemm_fp8_tma, "is_interpreting", lambda: False)
     monkeypatch.setattr(gemm_fp8_tma, "_auto_picks_tma", lambda device: True)
-    assert select_fp8_engine(32, wq, out) == "ws" and not fp8_gemm_reads_row_amax(gpu)
+    assert select_fp8_engine(32, wq, out) == "ws"
     with pytest.raises(ValueError, match=r"^VITFAST_FP8_ENGINE=ws: FP8 operands: expected 2-D, unit last stride, "):
         select_fp8_engine(40, w_odd, out)
     monkeypatch.setenv(FP8_ENGINE_ENV, "fast")
@@ -508,5 +502,5 @@ def test_group_rules_in_the_prunes():
     assert not gemm_fp8.group_tile_ok((64, 64, 128, 4, 4), False, True)
     assert not gemm_fp8.group_tile_ok((64, 128, 256, 4, 3), True, False)
     assert gemm_fp8.group_tile_ok((64, 128, 64, 4, 4), True, True)  # Ada: two K steps per group
-    assert not gemm_fp8.fp8_tile_allowed("hopper", (64, 128, 128, 4, 4), 1, False, True, None, False, True)
-    assert gemm_fp8.fp8_tile_allowed("hopper", (64, 128, 128, 8, 4), 1, False, True, None, False, True)
+    assert not gemm_fp8.fp8_tile_allowed("hopper", (64, 128, 128, 4, 4), True, None, False, True)
+    assert gemm_fp8.fp8_tile_allowed("hopper", (64, 128, 128, 8, 4), True, None, False, True)

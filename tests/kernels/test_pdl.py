@@ -42,15 +42,19 @@ def _record(monkeypatch):
     return recorders
 
 
-def _launch_both(device, row_amax=False):
-    """One TMA GEMM (B/16's batch-1 rows, a residual) and one attention launch."""
+def _launch_both(device, codes=False):
+    """One TMA GEMM (B/16's batch-1 rows, a residual) and one attention launch (with `codes`, the FP8 model's)."""
     from vit_fast.kernels.linear_residual import linear_residual_launch
 
     x, w = torch.randn(197, 64, device=device).bfloat16(), torch.randn(96, 64, device=device).bfloat16()
     b, res = torch.randn(96, device=device).bfloat16(), torch.randn(197, 96, device=device).bfloat16()
     linear_residual_launch(x, w, b, res)
     q = torch.randn(1, 2, 197, 32, device=device).bfloat16()
-    attention.attention(q, q, q, 32 ** -0.5, return_row_amax=row_amax)
+    if codes:
+        attention.attention_fp8(q, q, q, 32 ** -0.5, torch.full((1, 197), 0.01, device=device),
+                                torch.tensor([1.0, 0.0], device=device))
+    else:
+        attention.attention(q, q, q, 32 ** -0.5)
 
 
 @pytest.mark.parametrize("setting", ["0", "1"])
@@ -72,8 +76,8 @@ def test_launches_take_pdl_where_it_can_run(setting, monkeypatch, device):
 
 def test_launchers_wire_pdl_when_it_applies(monkeypatch, device):
     """With PDL applying (pdl_launch patched to True in both launchers, as on an sm_90 GPU under VITFAST_PDL=1), the
-    TMA GEMM and attention launch with the kernel's wait and the launch attribute together; attention recording row
-    maxima for the FP8 model launches with neither."""
+    TMA GEMM and attention launch with the kernel's wait and the launch attribute together; attention storing the FP8
+    model's codes launches with neither."""
     if CUDA and not SM90:
         pytest.skip("the TMA engine needs an sm_90 GPU")
     monkeypatch.setenv(ENGINE_ENV, "tma")
@@ -85,7 +89,7 @@ def test_launchers_wire_pdl_when_it_applies(monkeypatch, device):
     for name, recorder in recorders.items():
         assert recorder.launches and set(recorder.launches) == {(True, True)}, (name, recorder.launches)
     recorders = _record(monkeypatch)
-    _launch_both(device, row_amax=True)
+    _launch_both(device, codes=True)
     assert set(recorders["attention"].launches) == {(False, False)}, recorders["attention"].launches
 
 

@@ -139,17 +139,16 @@ def test_fp8_variants_cover_every_table_row(variants):
 
     have = {}
     for _, sig, c, w, s, tables, _ in variants["gemm_fp8"]:
-        kind = ("swiglu" if c["ACTIVATION"] == SWIGLU else "proj" + ("_fp32" if sig["a_ptr"] == "*fp32" else "")
-                if c["QUANT_A"] else "fc2" if c["A_GROUPED"] else "fc1" if c["GROUP_OUT"]
+        kind = ("swiglu" if c["ACTIVATION"] == SWIGLU else "fc2" if c["A_GROUPED"] else "fc1" if c["GROUP_OUT"]
+                else "proj" if c["ACTIVATION"] == 0 and c["HAS_RESIDUAL"] and c["EVEN_K"] and c["HAS_BIAS"]
+                and sig["res_ptr"] == "*bf16"
                 else "qkv" if c["ACTIVATION"] == 0 and not c["HAS_RESIDUAL"] and c["EVEN_K"] else "other")
         have.setdefault((kind, (c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], w, s)), set()).update(tables)
     for family, table in gemm_fp8.FP8_TABLES.items():
-        for kind, a_bytes, quant_a, swiglu, a_grouped, group_out in (
-                ("fc1", 1, False, False, False, True), ("swiglu", 1, False, True, False, True),
-                ("fc2", 1, False, False, True, False), ("proj", 2, True, False, False, False),
-                ("proj_fp32", 4, True, False, False, False), ("qkv", 1, False, False, False, False)):
-            picks = [t for t in table if gemm_fp8.fp8_tile_allowed(family, t, a_bytes, quant_a, swiglu, None,
-                                                                   a_grouped, group_out)]
+        for kind, swiglu, a_grouped, group_out in (
+                ("fc1", False, False, True), ("swiglu", True, False, True), ("fc2", False, True, False),
+                ("proj", False, False, False), ("qkv", False, False, False)):
+            picks = [t for t in table if gemm_fp8.fp8_tile_allowed(family, t, swiglu, None, a_grouped, group_out)]
             assert picks, (family, kind)
             for tile in picks:
                 assert family in have.get((kind, tile), ()), f"FP8 {kind}: no {family} variant for tile {tile}"
@@ -162,13 +161,13 @@ def test_attention_variants_cover_every_table_row(variants):
         have = {(c["BLOCK_M"], c["BLOCK_N"], w, s) for _, sig, c, w, s, _, _ in rows if sig["Q"] == dtype}
         for table in tables.values():
             assert set(table) <= have, (dtype, set(table) - have)
-    # the FP8 model's attention (row maxima for the out-projection): every bf16 tile at head dims 64 and 80
+    # the FP8 model's attention (e4m3 codes for the out-projection): every bf16 tile at head dims 64 and 80
     for d in (64, 80):
-        amax = {(c["BLOCK_M"], c["BLOCK_N"], w, s) for _, sig, c, w, s, _, _ in rows
-                if sig["Q"] == "*bf16" and c["ROW_AMAX_OUT"] and c["HEAD_DIM"] == d and sig["RowAmax"] == "*fp32"}
+        codes = {(c["BLOCK_M"], c["BLOCK_N"], w, s) for _, sig, c, w, s, _, _ in rows
+                 if sig["Q"] == "*bf16" and c["CODES_OUT"] and c["HEAD_DIM"] == d and sig["Out"] == "*fp8e4nv"}
         for table in attention.ATTN_TABLES.values():
             fitting = {t for t in table if attention.fits_registers(t, sum(attention.head_dim_blocks(d)), 2)}
-            assert fitting <= amax, (d, fitting - amax)
+            assert fitting <= codes, (d, fitting - codes)
 
 
 def test_spill_detector_sees_a_known_spill():
@@ -336,39 +335,33 @@ def test_swiglu_prune_keeps_only_clean_tiles(monkeypatch):
 
 
 def test_fp8_prune_on_ada_keeps_every_tile_that_fits(monkeypatch):
-    """The FP8 prune on an Ada GPU (99 KB per block) keeps every Ada tile for FC2 / out-projection (bf16 rows
-    quantized in the main loop), 128x128x128 included: it compiles to 98,304 B there (the static report), which
-    the former estimate (163,840 B) refused. fp32 rows (4 bytes) drop the tiles that no longer fit, and on Hopper
-    the ones that spill."""
+    """The FP8 prune on an Ada GPU (99 KB per block) keeps every Ada tile, 128x128x128 included: it compiles to
+    98,304 B there (the static report), which a former estimate (163,840 B) refused; SwiGLU the Ada tiles of its
+    table. On Hopper every tile, and for grouped A (FC2) those whose K step stays within a group."""
     import triton
 
     from vit_fast.kernels import gemm_fp8
 
     class FakeCudaTensor:
         device = torch.device("cuda", 0)
-
-        def __init__(self, size):
-            self.element_size = lambda: size
+        element_size = staticmethod(lambda: 1)
 
     monkeypatch.setattr(gemm_fp8, "shared_memory_bytes", lambda index: 101376)
     monkeypatch.setattr(gemm_fp8, "_family", lambda index: "ada")
     rows = dict.fromkeys(gemm_fp8.HOPPER_FP8 + gemm_fp8.ADA_FP8 + gemm_fp8.SWIGLU_FP8)  # _configs() on a GPU
     configs = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_warps=w, num_stages=s)
                for bm, bn, bk, w, s in rows]
-    def kept(size, **switches):
-        return {gemm_fp8._row(c) for c in gemm_fp8._prune(configs, {"a_ptr": FakeCudaTensor(size),
-                                                                    "M_BUCKET": 1 << 16}, **switches)}
 
-    assert kept(2, QUANT_A=True) == set(gemm_fp8.ADA_FP8)
-    assert kept(1) == set(gemm_fp8.ADA_FP8)
-    assert kept(4, QUANT_A=True) == {(64, 128, 64, 4, 4), (64, 64, 64, 4, 4)}
-    assert kept(1, ACTIVATION=SWIGLU) == set(gemm_fp8.ADA_FP8) & set(gemm_fp8.SWIGLU_FP8)
-    # Hopper: fp32 rows fit 128x128x128 w8s3 and 128x64x128 w4s4 too, but those spill there (FP32_ROW_SPILLS)
+    def kept(**switches):
+        return {gemm_fp8._row(c) for c in gemm_fp8._prune(configs, {"a_ptr": FakeCudaTensor(), "M_BUCKET": 1 << 16},
+                                                          **switches)}
+
+    assert kept() == set(gemm_fp8.ADA_FP8) == kept(A_GROUPED=True)
+    assert kept(ACTIVATION=SWIGLU) == set(gemm_fp8.ADA_FP8) & set(gemm_fp8.SWIGLU_FP8)
     monkeypatch.setattr(gemm_fp8, "shared_memory_bytes", lambda index: 232448)
     monkeypatch.setattr(gemm_fp8, "_family", lambda index: "hopper")
-    assert kept(2, QUANT_A=True) == set(gemm_fp8.HOPPER_FP8)
-    assert kept(4, QUANT_A=True) == {(64, 128, 128, 4, 4), (64, 128, 128, 8, 4), (64, 64, 128, 4, 4),
-                                     (64, 128, 256, 8, 3)}
+    assert kept() == set(gemm_fp8.HOPPER_FP8)
+    assert kept(A_GROUPED=True) == {t for t in gemm_fp8.HOPPER_FP8 if t[2] <= 128}
 
 
 def test_spills_in_loops_reads_back_edges():

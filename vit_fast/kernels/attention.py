@@ -18,9 +18,12 @@ the QKV projection's output: the (B, N, 3, H, d) rows `ln_qkv` writes (on every 
 `.permute(2, 0, 3, 1, 4)`. The result is stored straight into (B, Nq, H*d), the layout the
 out-projection reads. Nq may be smaller than Nk (Nq == 1 when the last layer keeps only [CLS]).
 
-For an FP8 out-projection the ROW_AMAX_OUT switch (`attention(..., return_row_amax=True)`) also records, per token
-row, the max |value stored| over all heads (an fp32 atomic max: each program owns one head), which the FP8 GEMM
-(linear_residual with `x_amax`) uses to quantize the rows in its main loop instead of in a pass of its own.
+In an FP8 model (QKV and out-projection both FP8) `attention_fp8` stores the output as the out-projection's e4m3
+codes, so no quantization pass runs between them. Its scale must be known before any head is stored, and a token's
+row spans every head (one program each), so it is a bound rather than the row's maximum: attention's output is a
+convex combination of value rows, whose size the QKV GEMM's input scales and weights bound
+(vit_fast.fp8.attention_output_bound). Each program reads its image's N input scales (4·N bytes) and takes the
+same bound, one scale per image; e4m3 is a floating-point format, so the slack costs no precision that matters.
 """
 import math
 
@@ -29,11 +32,12 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    FAMILY_SMEM, FLOAT_DTYPES, TL_SIG, check, check_dtype, gpu_family, is_interpreting, jit_fn,
+    FAMILY_SMEM, FLOAT_DTYPES, FP8_DTYPE, TL_SIG, check, check_dtype, gpu_family, is_interpreting, jit_fn,
     m_bucket, shared_memory_bytes, upcast_needed,
 )
 from .autotune import autotuned
 from .pdl import dependency_wait, launch_options, pdl_launch
+from .quant_fp8 import round_to_e4m3
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 128
 _LOG2E = 1.4426950408889634
@@ -200,8 +204,10 @@ def _attn_fwd_kernel(
     Q,  # (B, H, N_Q, HEAD_DIM) queries, last dim contiguous
     K,  # (B, H, N_K, HEAD_DIM) keys, last dim contiguous
     V,  # (B, H, N_K, HEAD_DIM) values, last dim contiguous
-    Out,  # (B, N_Q, H * HEAD_DIM) output: head h occupies columns [h*HEAD_DIM, (h+1)*HEAD_DIM)
-    RowAmax,  # (B * N_Q,) fp32, zero-filled: atomic max of |stored output| per token row (ROW_AMAX_OUT only)
+    Out,  # (B, N_Q, H * HEAD_DIM) output: head h occupies columns [h*HEAD_DIM, (h+1)*HEAD_DIM); e4m3 with CODES_OUT
+    InScale,  # (B, N_K) fp32 per-token scales of the QKV GEMM's input (CODES_OUT only)
+    Bound,  # (2,) fp32 (c, b): |output| <= max InScale · c + b over an image (CODES_OUT only; fp8.value_bound)
+    OutScale,  # (B, N_Q) fp32 output: each row's dequantization scale, one value per image (CODES_OUT only)
     stride_qb, stride_qh, stride_qm,  # element strides of Q over batch, head, row
     stride_kb, stride_kh, stride_kn,  # element strides of K over batch, head, row
     stride_vb, stride_vh, stride_vn,  # element strides of V over batch, head, row
@@ -222,7 +228,8 @@ def _attn_fwd_kernel(
     EVEN_N: tl.constexpr,  # N_K % BLOCK_N == 0: no ragged last K/V block, no score masks
     UPCAST: tl.constexpr,  # convert tiles to fp32 after loading (bf16 under the interpreter is computed wrongly)
     DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs (no tf32), the target default otherwise
-    ROW_AMAX_OUT: tl.constexpr,  # also record max |stored output| of each row over all heads (FP8 out-projection)
+    CODES_OUT: tl.constexpr,  # store e4m3 codes at the image's bound (attention_fp8) and write OutScale
+    ROUND_IN_FP32: tl.constexpr,  # round codes to e4m3 in fp32 before the cast (the interpreter's cast is wrong)
     PDL: tl.constexpr,  # launched with programmatic dependent launch (pdl.py): wait for the previous kernel first
 ):
     dependency_wait(PDL)  # before any global memory access
@@ -288,20 +295,37 @@ def _attn_fwd_kernel(
 
     inv_l = 1.0 / l_i
     o_base = Out + off_b * stride_ob + off_h * HEAD_DIM + offs_m[:, None] * stride_om
-    out_ty = Out.dtype.element_ty
-    o0 = (acc0 * inv_l[:, None]).to(out_ty)
+    if CODES_OUT:
+        # The image's bound (vit_fast.fp8.attention_output_bound): every program of the image computes the same one
+        scan = tl.arange(0, 128)
+        s_max = tl.zeros([128], dtype=tl.float32)  # the scales are positive
+        for t0 in range(0, N_K, 128):
+            s_max = tl.maximum(s_max, tl.load(InScale + off_b * N_K + t0 + scan, mask=t0 + scan < N_K, other=0.0))
+        amax = tl.maximum(tl.fma(tl.max(s_max, 0), tl.load(Bound), tl.load(Bound + 1)), 1e-12)
+        inv = inv_l * tl.div_rn(448.0, amax)
+        o0 = _codes(acc0 * inv[:, None], ROUND_IN_FP32)
+        if off_h == 0:  # one head's programs write the rows' scale
+            scale = tl.zeros([BLOCK_M], dtype=tl.float32) + tl.div_rn(amax, 448.0)
+            tl.store(OutScale + off_b * N_Q + offs_m, scale, mask=offs_m < N_Q)
+    else:
+        o0 = (acc0 * inv_l[:, None]).to(Out.dtype.element_ty)
     _store(o_base + offs_d0[None, :], o0, offs_m, N_Q, offs_d0, HEAD_DIM, not EVEN_M, MASK_D0)
     if BLOCK_D1 > 0:
-        o1 = (acc1 * inv_l[:, None]).to(out_ty)
+        if CODES_OUT:
+            o1 = _codes(acc1 * inv[:, None], ROUND_IN_FP32)
+        else:
+            o1 = (acc1 * inv_l[:, None]).to(Out.dtype.element_ty)
         _store(o_base + offs_d1[None, :], o1, offs_m, N_Q, offs_d1, HEAD_DIM, not EVEN_M, False)
-    if ROW_AMAX_OUT:
-        # Of the values as stored (after the cast), so the out-projection's in-loop quantization sees exactly the
-        # maxima of the rows it reads. Masked head-dim columns hold zeros (V loaded as 0), harmless under a max of
-        # absolute values; rows past N_Q are masked. One program per head: the max over heads is atomic.
-        row_max = tl.max(tl.abs(o0.to(tl.float32)), axis=1)
-        if BLOCK_D1 > 0:
-            row_max = tl.maximum(row_max, tl.max(tl.abs(o1.to(tl.float32)), axis=1))
-        tl.atomic_max(RowAmax + off_b * N_Q + offs_m, row_max, mask=offs_m < N_Q)
+
+
+@triton.jit
+def _codes(y, ROUND_IN_FP32: tl.constexpr):
+    """fp32 values already divided by the scale -> e4m3 codes, clamped to ±448 (the bound holds for exact values;
+    p in the dot's dtype may pass it by an ulp)."""
+    y = tl.minimum(tl.maximum(y, -448.0), 448.0)
+    if ROUND_IN_FP32:
+        y = round_to_e4m3(y)
+    return y.to(tl.float8e4nv)
 
 
 # ---- launcher -------------------------------------------------------------------------------------------------------
@@ -327,39 +351,47 @@ def _check_inputs(q, k, v, scale):
 
 def _check_devices(*tensors):
     devices = [t.device for t in tensors if t is not None]
-    check(all(d == devices[0] for d in devices), "attention: devices", "q, k, v (and out, row_amax) on one device",
-          devices)
+    check(all(d == devices[0] for d in devices), "attention: devices",
+          "q, k, v (and out, in_scale, bound, out_scale) on one device", devices)
     if not is_interpreting():
         check(devices[0].type == "cuda", "attention: device", "CUDA tensors (or TRITON_INTERPRET=1 for CPU)",
               devices[0])
 
 
-def _check_row_amax(row_amax, q):
-    B, _, n_q, _ = q.shape
-    ok = isinstance(row_amax, torch.Tensor)
-    got = f"{tuple(row_amax.shape)} {row_amax.dtype}" if ok else type(row_amax).__name__
-    check(ok and tuple(row_amax.shape) == (B, n_q) and row_amax.dtype == torch.float32 and row_amax.is_contiguous(),
-          "attention: row_amax", f"a contiguous float32 tensor of shape {(B, n_q)} (one value per output row)", got)
+def _check_f32(name, t, shape):
+    ok = isinstance(t, torch.Tensor)
+    got = f"{tuple(t.shape)} {t.dtype}" if ok else type(t).__name__
+    check(ok and tuple(t.shape) == shape and t.dtype == torch.float32 and t.is_contiguous(), f"attention_fp8: {name}",
+          f"a contiguous float32 tensor of shape {shape}", got)
 
 
-def _attention_fwd(q, k, v, scale, out=None, config=None, row_amax=None):
+def _check_codes(q, k, in_scale, bound, out_scale=None):
+    """attention_fp8's extra operands: the QKV input's per-token scales (B, Nk), the (c, b) bound, the scales out."""
+    B, n_q, n_k = q.shape[0], q.shape[2], k.shape[2]
+    _check_f32("in_scale", in_scale, (B, n_k))
+    _check_f32("bound", bound, (2,))
+    if out_scale is not None:
+        _check_f32("out_scale", out_scale, (B, n_q))
+
+
+def _attention_fwd(q, k, v, scale, out=None, config=None, codes=None):
     """Check, allocate and launch. `out` (B, Nq, H*d) contiguous lets tests poison the buffer; `config`
-    (BLOCK_M, BLOCK_N, num_warps, num_stages) bypasses the autotuner (tests exercise several tilings); `row_amax`
-    (B, Nq) fp32 is zero-filled here, then receives max |out| of each row over all heads (as stored)."""
+    (BLOCK_M, BLOCK_N, num_warps, num_stages) bypasses the autotuner (tests exercise several tilings); `codes`
+    (in_scale, bound, out_scale) stores e4m3 codes into `out` (float8_e4m3fn) and the rows' scales into out_scale."""
     _check_inputs(q, k, v, scale)
-    if row_amax is not None:
-        _check_row_amax(row_amax, q)
-    _check_devices(q, k, v, out, row_amax)
+    if codes is not None:
+        _check_codes(q, k, *codes)
+    _check_devices(q, k, v, out, *(codes or ()))
     B, H, n_q, d = q.shape
     n_k = k.shape[2]
+    out_dtype = FP8_DTYPE if codes is not None else q.dtype
     if out is None:
-        out = torch.empty((B, n_q, H * d), device=q.device, dtype=q.dtype)
+        out = torch.empty((B, n_q, H * d), device=q.device, dtype=out_dtype)
     else:
-        check(out.shape == (B, n_q, H * d) and out.dtype == q.dtype and out.is_contiguous(), "attention: out",
-              f"contiguous {(B, n_q, H * d)} {q.dtype}", f"{tuple(out.shape)} {out.dtype} strides {out.stride()}")
-    if row_amax is not None:
-        row_amax.zero_()  # the kernel's atomic max starts from 0 (every |value| is >= 0)
-    args = (q, k, v, out, row_amax if row_amax is not None else out,  # unused placeholder when not recording
+        check(out.shape == (B, n_q, H * d) and out.dtype == out_dtype and out.is_contiguous(), "attention: out",
+              f"contiguous {(B, n_q, H * d)} {out_dtype}", f"{tuple(out.shape)} {out.dtype} strides {out.stride()}")
+    in_scale, bound, out_scale = codes if codes is not None else (out, out, out)  # unused placeholders otherwise
+    args = (q, k, v, out, in_scale, bound, out_scale,
             q.stride(0), q.stride(1), q.stride(2),
             k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2),
@@ -367,10 +399,11 @@ def _attention_fwd(q, k, v, scale, out=None, config=None, row_amax=None):
             H, n_q, n_k, float(scale) * _LOG2E, m_bucket(n_q), m_bucket(n_k),
             min(triton.next_power_of_2(B * H), _BH_BUCKET_CAP))
     block_d0, block_d1 = head_dim_blocks(d)
-    # no PDL for the FP8 model's attention (row maxima): its neighbours, a fill and the FP8 GEMMs, launch without it
-    pdl = pdl_launch(q.device) and row_amax is None
+    # no PDL for the FP8 model's attention: its neighbours, the FP8 GEMMs, launch without it
+    pdl = pdl_launch(q.device) and codes is None
     meta = dict(HEAD_DIM=d, BLOCK_D0=block_d0, BLOCK_D1=block_d1, UPCAST=upcast_needed(q.dtype),
-                DOT_PRECISION=_dot_precision(q.dtype), ROW_AMAX_OUT=row_amax is not None, **launch_options(pdl))
+                DOT_PRECISION=_dot_precision(q.dtype), CODES_OUT=codes is not None,
+                ROUND_IN_FP32=codes is not None and is_interpreting(), **launch_options(pdl))
 
     def grid(m):
         return (triton.cdiv(n_q, m["BLOCK_M"]) * B * H,)
@@ -400,30 +433,35 @@ def _(q, k, v, scale):
     return q.new_empty((B, n_q, H * d))
 
 
-# The FP8 model's attention: also returns max |output| per token row (a second output, not a mutated argument, so
-# that torch.compile's functionalization sees a plain op), which the FP8 out-projection (linear_residual's `x_amax`)
-# uses to quantize the rows in its main loop instead of in a pass of its own.
-@torch.library.custom_op("vitfast::attention_row_amax", mutates_args=())
-def _attention_amax_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                       scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    B, _, n_q, _ = q.shape
-    amax = torch.empty((B, n_q), device=q.device, dtype=torch.float32)
-    return _attention_fwd(q, k, v, scale, row_amax=amax), amax
+# The FP8 model's attention: e4m3 codes and their per-row scales (two outputs, not mutated arguments, so that
+# torch.compile's functionalization sees a plain op), which the FP8 out-projection reads as its quantized input.
+@torch.library.custom_op("vitfast::attention_fp8", mutates_args=())
+def _attention_fp8_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, in_scale: torch.Tensor,
+                      bound: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    out_scale = torch.empty((q.shape[0], q.shape[2]), device=q.device, dtype=torch.float32)
+    return _attention_fwd(q, k, v, scale, codes=(in_scale, bound, out_scale)), out_scale
 
 
-@_attention_amax_op.register_fake
-def _(q, k, v, scale):
+@_attention_fp8_op.register_fake
+def _(q, k, v, scale, in_scale, bound):
     _check_inputs(q, k, v, scale)
+    _check_codes(q, k, in_scale, bound)
     B, H, n_q, d = q.shape
-    return q.new_empty((B, n_q, H * d)), q.new_empty((B, n_q), dtype=torch.float32)
+    return q.new_empty((B, n_q, H * d), dtype=FP8_DTYPE), q.new_empty((B, n_q), dtype=torch.float32)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, return_row_amax: bool = False):
-    """softmax(q k^T * scale) v for q (B, H, Nq, d), k/v (B, H, Nk, d) -> (B, Nq, H*d), heads concatenated.
-    return_row_amax=True returns (out, max |out| per row over all heads as fp32 of shape (B, Nq), of the values as
-    stored), which linear_residual(..., x_amax=) takes to quantize out inside its FP8 GEMM."""
-    op = torch.ops.vitfast.attention_row_amax if return_row_amax else torch.ops.vitfast.attention
-    return op(q, k, v, float(scale))
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale) v for q (B, H, Nq, d), k/v (B, H, Nk, d) -> (B, Nq, H*d), heads concatenated."""
+    return torch.ops.vitfast.attention(q, k, v, float(scale))
+
+
+def attention_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, in_scale: torch.Tensor,
+                  bound: torch.Tensor) -> tuple:
+    """attention() stored as the FP8 out-projection's input: (e4m3 codes (B, Nq, H*d), fp32 scales (B, Nq)), at one
+    scale per image, bound / 448 with bound = max(max_t in_scale[b, t] · c + b, 1e-12): in_scale (B, Nk) fp32,
+    the per-token scales the FP8 QKV GEMM quantized its input with (ln_qkv's return_input_scale), (c, b) = `bound`
+    (2,) fp32 from the QKV weights (vit_fast.fp8.value_bound). vit_fast.fp8.quantize_bounded is the torch rule."""
+    return torch.ops.vitfast.attention_fp8(q, k, v, float(scale), in_scale, bound)
 
 
 # ---- ahead-of-time compile variants ---------------------------------------------------------------------------------
@@ -450,14 +488,14 @@ def _families(tile, dtype, block_d):
                  and _smem_estimate(tile[0], tile[1], block_d, tile[3], elem) <= FAMILY_SMEM[f])
 
 
-def _vit_launches(dtype, bm, bn, d, even_m, even_n, row_amax=False):
+def _vit_launches(dtype, bm, bn, d, even_m, even_n, codes=False):
     """The `vit` callable of the static report's contract (tests/kernels/aot_compile.py): full-sequence attention
     in every layer plus the last layer's [CLS]-only query (Nq = 1); [] where the launcher would not pick this.
-    With `row_amax` (the FP8 model's attention) the launches are named "+amax" and add the row maxima's zero fill
-    and final value (8 B per row)."""
+    With `codes` (the FP8 model's attention) the launches are named "+fp8": 1-byte outputs, each program reads its
+    image's input scales (4 B a token) and one head writes the rows' scales (4 B a row)."""
     elem = torch.empty((), dtype=dtype).element_size()
     width = sum(head_dim_blocks(d))
-    suffix, amax_bytes = ("+amax", 8) if row_amax else ("", 0)
+    suffix = "+fp8" if codes else ""
 
     def launches(cfg, batch):
         n = cfg.num_prefix_tokens + cfg.num_patches
@@ -475,8 +513,8 @@ def _vit_launches(dtype, bm, bn, d, even_m, even_n, row_amax=False):
             out.extend([{"name": name + suffix, "programs": programs,
                          "flops": programs * 4 * bm * -(-n // bn) * bn * width,
                          "useful_flops": batch * cfg.num_heads * 4 * n_q * n * d,
-                         "bytes": batch * cfg.num_heads * (2 * n_q + 2 * n) * d * elem
-                         + batch * n_q * amax_bytes}] * count)
+                         "bytes": batch * cfg.num_heads * ((n_q + 2 * n) * elem + n_q * (1 if codes else elem)) * d
+                         + (programs * 4 * n + batch * n_q * 4 if codes else 0)}] * count)
         return out
     return launches
 
@@ -494,24 +532,25 @@ def aot_variants(exhaustive=False):
     (16, 32, 32+16, 64+32, 128 masked at 72 and 112, 128) x EVEN_M x EVEN_N at the first tile of the Hopper (or
     fp32) table. `exhaustive=True`: every tile for every head dim. Tiles the pruner drops for a head dim because
     they spill there (`fits_registers`) are left out.
-    The row-maxima variants (ROW_AMAX_OUT, the FP8 model's attention): bf16 (the FP8 model's activations), every
+    The e4m3-output variants (CODES_OUT, the FP8 model's attention): bf16 (the FP8 model's activations), every
     tile x EVEN_M x EVEN_N at head dims 64 and 80, the other layouts at the first tile with ragged Nq and Nk;
     `exhaustive=True`: every tile and flag, also for fp16 and fp32. With programmatic dependent launch
     (VITFAST_PDL=1, pdl.py; credited to no preset): bf16, head dim 64, the first tile, ragged."""
     fn = jit_fn(_attn_fwd_kernel)
     variants = []
 
-    def add(dtype, tile, d, even_m, even_n, row_amax, pdl=False):
+    def add(dtype, tile, d, even_m, even_n, codes, pdl=False):
         bm, bn, warps, stages = tile
         ty = TL_SIG[dtype]
         sig = {name: "i32" for name in fn.arg_names}
-        # without the switch the launcher passes Out in RowAmax's place (never read)
-        sig.update({"Q": f"*{ty}", "K": f"*{ty}", "V": f"*{ty}", "Out": f"*{ty}",
-                    "RowAmax": "*fp32" if row_amax else f"*{ty}", "qk_scale": "fp32"})
+        # without the switch the launcher passes Out in the scales' places (never read)
+        scales = "*fp32" if codes else f"*{ty}"
+        sig.update({"Q": f"*{ty}", "K": f"*{ty}", "V": f"*{ty}", "Out": "*fp8e4nv" if codes else f"*{ty}",
+                    "InScale": scales, "Bound": scales, "OutScale": scales, "qk_scale": "fp32"})
         block_d0, block_d1 = head_dim_blocks(d)
         consts = dict(HEAD_DIM=d, BLOCK_D0=block_d0, BLOCK_D1=block_d1, BLOCK_M=bm, BLOCK_N=bn, EVEN_M=even_m,
-                      EVEN_N=even_n, UPCAST=False, DOT_PRECISION=_dot_precision(dtype), ROW_AMAX_OUT=row_amax,
-                      PDL=pdl)
+                      EVEN_N=even_n, UPCAST=False, DOT_PRECISION=_dot_precision(dtype), CODES_OUT=codes,
+                      ROUND_IN_FP32=False, PDL=pdl)
         sig.update({name: "constexpr" for name in consts})
         variants.append({"fn": fn, "signature": sig, "constexprs": consts, "num_warps": warps, "num_stages": stages,
                          "divisible": _DIVISIBLE, "op": "attention", "main_loop": None,
@@ -519,24 +558,25 @@ def aot_variants(exhaustive=False):
                          # PDL's griddepcontrol needs sm_90: Hopper only
                          "tables": tuple(f for f in _families(tile, dtype, block_d0 + block_d1)
                                          if f == "hopper" or not pdl),
-                         **({"min_cc": 90} if pdl else {}),
+                         # e4m3 stores need sm_89+
+                         **({"min_cc": 90} if pdl else {"min_cc": 89} if codes else {}),
                          # PDL (VITFAST_PDL=1): a switch, credited to no preset
                          "vit": (lambda cfg, batch: []) if pdl else _vit_launches(dtype, bm, bn, d, even_m, even_n,
-                                                                                    row_amax)})
+                                                                                    codes)})
 
     flags = [(even_m, even_n) for even_m in (True, False) for even_n in (True, False)]
-    for row_amax in (False, True):
+    for codes in (False, True):
         for dtype in FLOAT_DTYPES:
-            if row_amax and dtype != torch.bfloat16 and not exhaustive:
+            if codes and dtype != torch.bfloat16 and not exhaustive:
                 continue
             tiles = _tiles(dtype)
             for d in _AOT_HEAD_DIMS_ALL_TILES + _AOT_HEAD_DIMS:
                 fitting = [t for t in tiles if _pickable(t, sum(head_dim_blocks(d)), dtype)]
                 every = exhaustive or d in _AOT_HEAD_DIMS_ALL_TILES
                 for tile in (fitting if every else fitting[:1]):
-                    # row maxima at other head dims: the ragged case only (masked stores and atomics; CI time)
-                    for even_m, even_n in (flags if every or not row_amax else [(False, False)]):
-                        add(dtype, tile, d, even_m, even_n, row_amax)
+                    # codes at other head dims: the ragged case only (masked stores; CI time)
+                    for even_m, even_n in (flags if every or not codes else [(False, False)]):
+                        add(dtype, tile, d, even_m, even_n, codes)
     # programmatic dependent launch (VITFAST_PDL=1): bf16 at head dim 64, the first tile, ragged (B/16's 197 rows)
     first = next(t for t in _tiles(torch.bfloat16) if _pickable(t, sum(head_dim_blocks(64)), torch.bfloat16))
     add(torch.bfloat16, first, 64, False, False, False, pdl=True)

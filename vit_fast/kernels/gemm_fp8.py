@@ -1,14 +1,12 @@
 """FP8 engine of ln_qkv, ln_linear and linear_residual: out = epilogue((A_q @ W_q^T) · s_row · s_col).
 
 A_q (M, K) float8 e4m3 with one fp32 scale per row (per token, from quant_fp8.py), W_q (N, K) float8 e4m3 with one
-fp32 scale per output channel (quantized once, vit_fast.fp8). Three switches remove the quantization passes before
-FC2 and the out-projection:
+fp32 scale per output channel (quantized once, vit_fast.fp8). Two switches remove the quantization pass before FC2
+(the out-projection's input comes as e4m3 codes from attention, kernels/attention.py, with per-row scales):
 - GROUP_OUT (FC1): the epilogue stores e4m3 codes of its fp32 output, one scale per row and FP8_GROUP (128) columns
   (a tile is one group), which is how FC2's input is quantized (vit_fast.fp8.INPUT_GROUPS);
 - A_GROUPED (FC2): A is such codes; each K step (BLOCK_K divides the group) multiplies its zero-started partial sum
-  by its rows' scales of that group before adding it to the fp32 accumulator;
-- QUANT_A (out-projection): A is attention's bf16 rows and a_scale their maxima (attention's ROW_AMAX_OUT); each A
-  tile is quantized per row in registers before the dot, with the arithmetic of quant_fp8.py.
+  by its rows' scales of that group before adding it to the fp32 accumulator.
 The dot runs on FP8 tensor cores (wgmma e4m3 on sm_90, mma e4m3 on sm_89) into an fp32 accumulator; the epilogue
 applies acc · s_row · s_col, then bias, the shared activation and residual exactly as the bf16 engine (gemm.py)
 does; QKV is stored as plain rows, the layout attention reads in place (ln_qkv.py). SwiGLU (ACTIVATION 4) keeps a
@@ -17,11 +15,9 @@ gate and an up accumulator over the packed (2N, K) weight, as gemm.py does.
 Hopper adds FP8 wgmma products into its accumulator with fewer bits than fp32 (SageAttention2 finds the low 10 bits
 of the fp32 accumulator truncated; DeepSeek-V3 reports relative errors near 2 % at K = 4096). PRECISE_ACC promotes:
 each BLOCK_K-deep partial sum (128 or 256) starts from zero in the tensor cores and is added into the fp32
-accumulator (CUTLASS's and DeepSeek-V3's promotion, every 128 elements there). For A in shared memory the dot says
-so (max_num_imprecise_acc = BLOCK_K); for QUANT_A, whose A reaches the tensor cores from registers, Triton 3.6 and
-3.9 split the dot along K and drop that argument, so the kernel writes the promotion out. Either way the loop
-must wait for each K step's MMAs before the add (ptxas inserts the wait): the MMAs of one step no longer overlap the
-next step's issue, the cost the static report marks "drained". VITFAST_FP8_PRECISE_ACC=0 turns the promotion off
+accumulator (CUTLASS's and DeepSeek-V3's promotion, every 128 elements there): the dot says so
+(max_num_imprecise_acc = BLOCK_K), and the loop must wait for each K step's MMAs before the add (ptxas inserts the
+wait): the MMAs of one step no longer overlap the next step's issue, the cost the static report marks "drained". VITFAST_FP8_PRECISE_ACC=0 turns the promotion off
 everywhere but in A_GROUPED launches (each step's sum takes its own scales), to measure that cost and the error it
 saves on a GPU (`gpu_steps.sh fp8acc`); the default, 1, keeps it.
 """
@@ -35,7 +31,7 @@ from ._common import (FP8_GROUP, GELU_LIBDEVICE, PRECISE_ACC_ENV, SWIGLU, TL_SIG
                       jit_fn, m_bucket, shared_memory_bytes, switch_value)
 from .autotune import autotuned
 from .gemm import apply_activation, grouped_tile, swiglu
-from .quant_fp8 import e4m3_codes, masked_row_amax, round_to_e4m3
+from .quant_fp8 import e4m3_codes, masked_row_amax
 
 GROUP_K = tl.constexpr(FP8_GROUP)  # FP8_GROUP inside the kernels
 
@@ -68,8 +64,8 @@ ADA_FP8 = [  # sm_89 (L4, L40S): 99 KB of shared memory per block; spill-free fo
 ]
 INTERPRETER_FP8 = (32, 32, 32, 4, 1)
 FP8_TABLES = {"hopper": HOPPER_FP8, "ada": ADA_FP8}
-FP8_AUTOTUNE_KEY = ["M_BUCKET", "N", "K", "HAS_BIAS", "ACTIVATION", "HAS_RESIDUAL", "PRECISE_ACC", "QUANT_A",
-                    "A_GROUPED", "GROUP_OUT"]
+FP8_AUTOTUNE_KEY = ["M_BUCKET", "N", "K", "HAS_BIAS", "ACTIVATION", "HAS_RESIDUAL", "PRECISE_ACC", "A_GROUPED",
+                    "GROUP_OUT"]
 # Under the interpreter: one tile, 128 wide for a launch that writes e4m3 codes (one FP8_GROUP per tile)
 INTERPRETER_GROUP_OUT = (32, 128, 32, 4, 1)
 
@@ -90,20 +86,16 @@ def _family(device_index: int) -> str:
 FP8_FAMILY_SMEM = {"hopper": 232448, "ada": 101376}
 
 
-# fp32 rows quantized in the main loop (an fp32 model's FC2): Hopper tiles that fit shared memory but spill on sm_90
-# (the static reports: 128x128x128 w8s3 8 B under triton 3.9, 32 B under 3.6; 128x64x128 w4s4 48 B under 3.6;
-# 64x128x256 w4s3 104 B under 3.9, 112 B under 3.6).
-FP32_ROW_SPILLS = {"hopper": {(128, 128, 128, 8, 3), (128, 64, 128, 4, 4), (64, 128, 256, 4, 3)}}
 # SwiGLU's FC1 writing e4m3 codes (GROUP_OUT): Hopper tiles that spill on sm_90 (triton 3.9: 8 B)
 SWIGLU_GROUP_OUT_SPILLS = {"hopper": {(64, 128, 128, 4, 4)}}
 
 
-def fp8_tile_fits(family: str, tile, a_bytes: int, quant_a: bool, swiglu: bool, smem=None, a_grouped=False) -> bool:
+def fp8_tile_fits(family: str, tile, swiglu: bool, smem=None, a_grouped=False) -> bool:
     """`tile` is in the `family` table (SwiGLU: also in SWIGLU_FP8) and fits its shared memory."""
     table = FP8_TABLES[family]
     if swiglu:
         table = [row for row in table if row in SWIGLU_FP8]
-    need = smem_bytes(family, tile, a_bytes, quant_a, swiglu, a_grouped)
+    need = smem_bytes(family, tile, swiglu, a_grouped)
     return tile in table and need <= (smem or FP8_FAMILY_SMEM[family])
 
 
@@ -114,14 +106,11 @@ def group_tile_ok(tile, a_grouped: bool, group_out: bool) -> bool:
     return (not a_grouped or FP8_GROUP % bk == 0) and (not group_out or bn == FP8_GROUP)
 
 
-def fp8_tile_allowed(family: str, tile, a_bytes: int, quant_a: bool, swiglu: bool, smem=None, a_grouped=False,
-                     group_out=False) -> bool:
+def fp8_tile_allowed(family: str, tile, swiglu: bool, smem=None, a_grouped=False, group_out=False) -> bool:
     """Whether the prune on a `family` GPU can pick `tile` (a row of the tables) for a launch of this kind: it fits
     (fp8_tile_fits), is not a known spill, and suits grouped A or grouped codes (group_tile_ok)."""
-    spills = set(FP32_ROW_SPILLS.get(family, ())) if a_bytes == 4 else set()
-    if swiglu and group_out:
-        spills |= SWIGLU_GROUP_OUT_SPILLS.get(family, set())
-    return (fp8_tile_fits(family, tile, a_bytes, quant_a, swiglu, smem, a_grouped) and tuple(tile) not in spills
+    spills = SWIGLU_GROUP_OUT_SPILLS.get(family, set()) if swiglu and group_out else set()
+    return (fp8_tile_fits(family, tile, swiglu, smem, a_grouped) and tuple(tile) not in spills
             and group_tile_ok(tile, a_grouped, group_out))
 
 
@@ -141,8 +130,7 @@ def _prune(configs, named_args, **kwargs):
     a_grouped = kwargs.get("A_GROUPED", False)
     configs = [c for c in configs if group_tile_ok(_row(c), a_grouped, group_out)]  # the fallback too
     kept = [c for c in configs
-            if fp8_tile_allowed(family, _row(c), a.element_size(), kwargs.get("QUANT_A", False), swiglu, smem,
-                                a_grouped, group_out)
+            if fp8_tile_allowed(family, _row(c), swiglu, smem, a_grouped, group_out)
             and c.kwargs["BLOCK_M"] <= m_cap]
     return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] * c.num_stages)]
 
@@ -151,27 +139,26 @@ def _row(c) -> tuple:
     return c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages
 
 
-def smem_bytes(family: str, tile, a_bytes: int, quant_a: bool, swiglu: bool = False, a_grouped: bool = False) -> int:
+def smem_bytes(family: str, tile, swiglu: bool = False, a_grouped: bool = False) -> int:
     """Shared memory a launch takes on a `family` GPU: the software pipeline's A and W buffers (two W tiles for
-    SwiGLU). On Hopper (wgmma) num_stages of each, one fewer of A when QUANT_A (its quantized tile reaches the tensor
-    cores from registers); on Ada (mma.sync) num_stages - 1 of each. Grouped A on a tile taller than wide (128x64)
+    SwiGLU). On Hopper (wgmma) num_stages of each; on Ada (mma.sync) num_stages - 1 of each. Grouped A on a tile taller than wide (128x64)
     adds BLOCK_M fp32: the K step's row scales pass through shared memory to reach the accumulator's layout there.
     This equals what every FP8 variant compiles to under triton 3.6 and 3.9; the static gate checks it on every
     compile (`smem_estimate` in the report)."""
     bm, bn, bk, _, stages = tile
-    a, w = bm * bk * a_bytes, bn * bk * (2 if swiglu else 1)
+    a, w = bm * bk, bn * bk * (2 if swiglu else 1)
     scales = 4 * bm if a_grouped and bm > bn else 0
     if family == "ada":
         return (stages - 1) * (a + w) + scales
-    return (stages - 1 if quant_a else stages) * a + stages * w + scales
+    return stages * (a + w) + scales
 
 
 @autotuned(_configs(), FP8_AUTOTUNE_KEY, _prune)
 @triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
 @triton.jit(do_not_specialize=["M"])  # M = B·tokens: one compile for every batch size
 def fp8_gemm_kernel(
-    a_ptr,  # (M, K) activations: float8 e4m3, or (QUANT_A) bf16/fp16/fp32 rows quantized here
-    a_scale_ptr,  # (M,) fp32 per-row (per-token) scales of A; QUANT_A: the rows' absolute maxima; A_GROUPED: (G, M)
+    a_ptr,  # (M, K) float8 e4m3 activations
+    a_scale_ptr,  # (M,) fp32 per-row (per-token) scales of A; A_GROUPED: (G, M)
     scale_out_ptr,  # (G, M) fp32: the scales of the e4m3 output per row and FP8_GROUP columns (GROUP_OUT only)
     w_ptr,  # (N, K) float8 e4m3 weight in nn.Linear layout; (2N, K) gate then up rows for SwiGLU
     w_scale_ptr,  # (N,) fp32 per-output-channel scales of W; (2N,) for SwiGLU
@@ -195,7 +182,6 @@ def fp8_gemm_kernel(
     # 5 exact GELU through libdevice's erf (VITFAST_GELU=libdevice)
     HAS_RESIDUAL: tl.constexpr,  # add the residual after the activation
     PRECISE_ACC: tl.constexpr,  # promote the FP8 partial sums into fp32 every BLOCK_K (see the module docstring)
-    QUANT_A: tl.constexpr,  # A holds unquantized rows and a_scale_ptr their amax: quantize each tile before the dot
     A_GROUPED: tl.constexpr,  # A is e4m3 with a scale per row and FP8_GROUP columns: each K step's sum scaled
     GROUP_OUT: tl.constexpr,  # store e4m3 codes of the output per row and FP8_GROUP columns (FC1 before FC2)
     ROUND_IN_FP32: tl.constexpr,  # e4m3 codes made here, under the interpreter: round in fp32 first (quant_fp8.py)
@@ -216,11 +202,7 @@ def fp8_gemm_kernel(
     a_ptrs = a_ptr + rm_load[:, None] * stride_am + rk[None, :]
     w_ptrs = w_ptr + rn_load[None, :] * stride_wn + rk[:, None]  # (BLOCK_K, BLOCK_N) view of W^T, K-major
 
-    if QUANT_A:
-        amax = tl.maximum(tl.load(a_scale_ptr + rm_load), 1e-12)
-        inv_row = tl.div_rn(tl.full([BLOCK_M], 448.0, tl.float32), amax)
-        s_row = tl.div_rn(amax, tl.full([BLOCK_M], 448.0, tl.float32))
-    elif A_GROUPED:  # the scales are applied per K step (FC2: no SwiGLU's second accumulator)
+    if A_GROUPED:  # the scales are applied per K step (FC2: no SwiGLU's second accumulator)
         tl.static_assert(GROUP_K % BLOCK_K == 0 and ACTIVATION != 4)
         s_row = tl.full([BLOCK_M], 1.0, tl.float32)
     else:
@@ -243,21 +225,9 @@ def fp8_gemm_kernel(
             w = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
             if ACTIVATION == 4:
                 w_up = tl.load(w_ptrs + N * stride_wn, mask=k_ok[:, None], other=0.0)
-        if QUANT_A:  # the same arithmetic as quant_fp8.py, on this tile
-            q = tl.minimum(tl.maximum(a.to(tl.float32) * inv_row[:, None], -448.0), 448.0)
-            if ROUND_IN_FP32:
-                q = round_to_e4m3(q)
-            a = q.to(tl.float8e4nv)
         if A_GROUPED:  # one scale per row for this step's columns: the partial sum starts from zero (promoted)
             s_k = tl.load(a_scale_ptr + (k0 // GROUP_K) * stride_sa + rm_load)
             acc += tl.dot(a, w) * s_k[:, None]
-        elif PRECISE_ACC and QUANT_A:
-            # A reaches the tensor cores from registers here: Triton splits such a dot along K and drops
-            # max_num_imprecise_acc (triton 3.6 and 3.9), so the promotion is written out: each BLOCK_K partial sum
-            # starts from zero in the tensor cores and is added to acc in fp32
-            acc += tl.dot(a, w)
-            if ACTIVATION == 4:
-                up += tl.dot(a, w_up)
         elif PRECISE_ACC:
             acc = tl.dot(a, w, acc, max_num_imprecise_acc=BLOCK_K)
             if ACTIVATION == 4:
@@ -307,10 +277,9 @@ def precise_acc_setting() -> bool:
 
 
 def launch_fp8_gemm(a_q, a_scale, weight, w_scale, bias, out, *, activation=0, residual=None, precise_acc=None,
-                    a_amax=None, out_scale=None):
+                    out_scale=None):
     """Launch on already-checked operands: a_q (M, K) e4m3 with unit column stride and a_scale (M,) fp32, or (M, G)
-    (quant_fp8.new_group_scales: per row and FP8_GROUP columns) -- or a_q in a float dtype with a_amax (M,) its rows'
-    absolute maxima (a_scale None), quantized in the main loop; weight (N, K) e4m3 rows contiguous, w_scale (N,)
+    (quant_fp8.new_group_scales: per row and FP8_GROUP columns); weight (N, K) e4m3 rows contiguous, w_scale (N,)
     fp32; out (M, N); residual (M, N) or None; out_scale (M, G) (new_group_scales) or None: out is then e4m3 and
     receives the output's codes per row and FP8_GROUP columns, out_scale their scales. precise_acc None:
     `precise_acc_setting()` (grouped A is promoted by construction)."""
@@ -319,15 +288,15 @@ def launch_fp8_gemm(a_q, a_scale, weight, w_scale, bias, out, *, activation=0, r
     M, K = a_q.shape
     N = weight.shape[0] // 2 if activation == SWIGLU else weight.shape[0]  # SwiGLU: (2N, K) packed gate/up rows
     res = residual if residual is not None else out
-    a_grouped = a_scale is not None and a_scale.dim() == 2
+    a_grouped = a_scale.dim() == 2
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
     fp8_gemm_kernel[grid](
-        a_q, a_scale if a_amax is None else a_amax, out_scale if out_scale is not None else w_scale, weight, w_scale,
+        a_q, a_scale, out_scale if out_scale is not None else w_scale, weight, w_scale,
         bias if bias is not None else out, res, out,
         M, N, K, a_q.stride(0), weight.stride(0), res.stride(-2), res.stride(-1), out.stride(0), out.stride(1),
         a_scale.stride(1) if a_grouped else 0, out_scale.stride(1) if out_scale is not None else 0, m_bucket(M),
         HAS_BIAS=bias is not None, ACTIVATION=activation, HAS_RESIDUAL=residual is not None,
-        PRECISE_ACC=precise_acc or a_grouped, QUANT_A=a_amax is not None, A_GROUPED=a_grouped,
+        PRECISE_ACC=precise_acc or a_grouped, A_GROUPED=a_grouped,
         GROUP_OUT=out_scale is not None,
         ROUND_IN_FP32=is_interpreting(),
     )  # fmt: skip
@@ -337,13 +306,11 @@ def launch_fp8_gemm(a_q, a_scale, weight, w_scale, bias, out, *, activation=0, r
 def aot_variants(exhaustive: bool = False):
     """bf16 outputs (the FP8 model's residual stream) at every Hopper and Ada tile for the launches a fully FP8
     model makes: FC1 (GELU, bias, e4m3 codes out per 128 columns), SwiGLU's FC1 (gate and up dots, codes out), FC2
-    (A grouped per 128 columns, residual), the out-projection (bf16 A quantized in the main loop, residual), QKV.
+    (A grouped per 128 columns, residual), the out-projection (per-row e4m3 A from attention, residual), QKV.
     Tiles a launch's group rule excludes (group_tile_ok) are not compiled (the kernel's static_assert refuses them).
     At one tile per family (Hopper 64x128x128, Ada 64x128x64) the launches only `exclude`, API callers or odd widths
-    make: per-row FP8 A with a residual (rows no kernel recorded), GELU with a plain bf16 store (FC1 before a dense
-    FC2), the non-even K path, and imprecise accumulation. An fp32 model's out-projection (fp32 rows quantized in
-    the main loop) at every tile that fits (FP32_ROW_SPILLS: shown, not picked); fp16 and the other fp32 launches
-    only with `exhaustive` (at the Hopper tile). Each variant names the families whose prune can pick it, so sm_90
+    make: GELU with a plain bf16 store (FC1 before a dense FC2), the non-even K path, and imprecise accumulation.
+    fp16 and fp32 launches only with `exhaustive` (at the Hopper tile). Each variant names the families whose prune can pick it, so sm_90
     gates the Hopper picks and sm_89 the Ada ones. FP8 dots do not exist before sm_89: min_cc 89 (skipped for
     sm_80)."""
     tiles = list(dict.fromkeys(HOPPER_FP8 + ADA_FP8))
@@ -354,17 +321,13 @@ def aot_variants(exhaustive: bool = False):
             for t in dict.fromkeys(writers + [t for t in SWIGLU_FP8 if group_tile_ok(t, False, True)])]
     out += [_variant(torch.bfloat16, 0, True, True, True, True, t, a_grouped=True) for t in tiles
             if group_tile_ok(t, True, False)]  # FC2
-    out += [_variant(torch.bfloat16, 0, True, True, True, True, t, quant_a=True) for t in tiles]  # out-projection
+    out += [_variant(torch.bfloat16, 0, True, True, True, True, t) for t in tiles]  # out-projection
     out += [_variant(torch.bfloat16, 0, True, False, True, True, t) for t in tiles]  # QKV
     for tile in ((64, 128, 128, 4, 4), (64, 128, 64, 4, 4)):  # Hopper, Ada
-        out += [_variant(torch.bfloat16, 0, True, True, True, True, tile),  # per-row FP8 A with a residual
-                _variant(torch.bfloat16, 1, True, False, True, True, tile),  # FC1 storing bf16 (FC2 kept dense)
+        out += [_variant(torch.bfloat16, 1, True, False, True, True, tile),  # FC1 storing bf16 (FC2 kept dense)
                 _variant(torch.bfloat16, 1, False, False, False, True, tile),  # no bias, ragged K
                 _variant(torch.bfloat16, 1, True, False, True, False, tile),  # imprecise accumulation
                 _variant(torch.bfloat16, GELU_LIBDEVICE, True, False, True, True, tile)]  # VITFAST_GELU=libdevice
-    # an fp32 model's out-projection: 4-byte A rows, at every tile that fits some family (the spilling ones shown)
-    out += [_variant(torch.float32, 0, True, True, True, True, t, quant_a=True) for t in tiles
-            if any(fp8_tile_fits(f, t, 4, True, False) for f in FP8_TABLES)]
     tile = (64, 128, 128, 4, 4)
     if exhaustive:
         out += [_variant(dt, act, True, res, True, True, tile)
@@ -372,13 +335,12 @@ def aot_variants(exhaustive: bool = False):
     return out
 
 
-def _variant(out_dtype, activation, has_bias, has_residual, even_k, precise, tile, quant_a=False, a_grouped=False,
+def _variant(out_dtype, activation, has_bias, has_residual, even_k, precise, tile, a_grouped=False,
              group_out=False):
     bm, bn, bk, warps, stages = tile
-    a_bytes = torch.empty((), dtype=out_dtype).element_size() if quant_a else 1  # QUANT_A reads model-dtype rows
     p = "*" + TL_SIG[out_dtype]
     sig = {
-        "a_ptr": p if quant_a else "*fp8e4nv", "a_scale_ptr": "*fp32", "scale_out_ptr": "*fp32",
+        "a_ptr": "*fp8e4nv", "a_scale_ptr": "*fp32", "scale_out_ptr": "*fp32",
         "w_ptr": "*fp8e4nv", "w_scale_ptr": "*fp32",
         "bias_ptr": p, "res_ptr": p, "out_ptr": "*fp8e4nv" if group_out else p,
         "M": "i32", "N": "i32", "K": "i32", "stride_am": "i32", "stride_wn": "i32",
@@ -388,7 +350,7 @@ def _variant(out_dtype, activation, has_bias, has_residual, even_k, precise, til
     constexprs = {
         "stride_rn": 1, "stride_on": 1,
         "HAS_BIAS": has_bias, "ACTIVATION": activation, "HAS_RESIDUAL": has_residual,
-        "PRECISE_ACC": precise, "QUANT_A": quant_a, "A_GROUPED": a_grouped, "GROUP_OUT": group_out,
+        "PRECISE_ACC": precise, "A_GROUPED": a_grouped, "GROUP_OUT": group_out,
         "ROUND_IN_FP32": False, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "EVEN_K": even_k,
     }  # fmt: skip
     for name in constexprs:
@@ -399,6 +361,6 @@ def _variant(out_dtype, activation, has_bias, has_residual, even_k, precise, til
     return {"fn": jit_fn(fp8_gemm_kernel), "signature": sig, "constexprs": constexprs, **extra,
             "num_warps": warps, "num_stages": stages, "min_cc": 89, "op": "linear_fp8", "main_loop": "gemm",
             "tables": tuple(f for f in FP8_TABLES
-                            if fp8_tile_allowed(f, tile, a_bytes, quant_a, swiglu, None, a_grouped, group_out)),
-            "smem_estimate": {f: smem_bytes(f, tile, a_bytes, quant_a, swiglu, a_grouped) for f in FP8_TABLES},
+                            if fp8_tile_allowed(f, tile, swiglu, None, a_grouped, group_out)),
+            "smem_estimate": {f: smem_bytes(f, tile, swiglu, a_grouped) for f in FP8_TABLES},
             "divisible": ("N", "K", "stride_am", "stride_wn", "stride_rm", "stride_om", "stride_sa", "stride_so")}

@@ -9,9 +9,8 @@ the other's MMAs (the second starting one tile's main loop late, stagger.py). TM
 and clips stores, so ragged M, N and K need no masks.
 
 What it runs: launches whose A is e4m3: QKV and FC1 after the quantizing LayerNorm (per-row scales), the
-out-projection after a quantization pass of its own (quant_fp8.py; the same codes as the pointer engine's QUANT_A,
-which re-quantizes each A tile once per column tile, ~320 issue cycles per K step at 64x128x128 against 256 cycles
-of FP8 MMAs), and FC2 on the codes FC1's epilogue wrote, one scale per row and 128 columns (A_GROUPED: each K step's
+out-projection on the codes attention wrote (kernels/attention.py: per-row scales), and FC2 on the codes FC1's
+epilogue wrote, one scale per row and 128 columns (A_GROUPED: each K step's
 partial sum times its rows' scales of that group; GROUP_OUT in FC1: the codes and their scales, TMA-stored). SwiGLU
 stays on the pointer engine. The epilogue is the pointer engine's: acc · s_row · s_col, bias, activation, residual,
 one cast (or the codes); PRECISE_ACC promotes every BLOCK_K of K into fp32 as there (max_num_imprecise_acc; A and W
@@ -19,8 +18,7 @@ both come from shared memory, so the request is kept).
 
 The op modules choose it through `select_fp8_engine`: by default on an sm_90 GPU, where an H200 measured it 1.18-1.30x
 faster than the pointer engine end to end (benchmarks/NOTES.md, "Third GPU lease"); `VITFAST_FP8_ENGINE=tma|pointer`
-forces one (=tma also under the interpreter, which is how the tests run it on a CPU). The model then asks attention
-for no row maxima (`fp8_gemm_reads_row_amax`).
+forces one (=tma also under the interpreter, which is how the tests run it on a CPU).
 """
 import torch
 import triton
@@ -330,18 +328,9 @@ def fp8_launcher(engine: str):
     return {"tma": launch_fp8_tma_gemm, "ws": _launch_ws_or_tma, "pointer": launch_fp8_gemm}[engine]
 
 
-def fp8_gemm_reads_row_amax(device: torch.device) -> bool:
-    """Whether the model should have attention record its rows' maxima for the FP8 out-projection on `device`: the
-    pointer engine quantizes that input in its main loop from them; the TMA engine (the one auto picks on sm_90)
-    quantizes those rows in a pass of its own and reads none. A launch that falls back to the pointer engine without
-    them quantizes in a pass too, so the answer only decides what is wasted."""
-    choice = switch_value(FP8_ENGINE_ENV)
-    return choice == "pointer" or (choice == "auto" and not _auto_picks_tma(device))
-
-
 def launch_fp8_tma_gemm(a_q, a_scale, weight, w_scale, bias, out, *, activation=0, residual=None, precise_acc=None,
                         out_scale=None):
-    """gemm_fp8.launch_fp8_gemm's contract for an e4m3 A (a_scale (M,) or grouped (M, G); no a_amax), on operands
+    """gemm_fp8.launch_fp8_gemm's contract (a_scale (M,) or grouped (M, G)), on operands
     select_fp8_engine gave to "tma"."""
     if precise_acc is None:
         precise_acc = precise_acc_setting()

@@ -3,12 +3,12 @@
 GEMM engine: the persistent TMA engine (gemm_tma.py) on sm_90, the pointer engine (gemm.py) elsewhere. A
 float8_e4m3fn weight (with its per-channel `weight_scale`) dispatches to the FP8 engines (gemm_fp8_tma.py on sm_90,
 gemm_fp8.py), in one of three ways:
-- x float8_e4m3fn with `x_scale`, one scale per row and 128 columns (FC2: ln_linear's `fp8_groups` output, or
-  quantize_fp8_groups of a dense FC1's rows): read as they are, each K step scaled by its group's scales;
-- x in the model dtype with `x_amax` (the rows' absolute maxima, as attention's `return_row_amax` records them):
-  the pointer engine quantizes x per token in its main loop; the TMA engine reads e4m3 rows, so x is quantized in a
-  pass of its own there and x_amax is not read (the model gives none then: gemm_fp8_tma.fp8_gemm_reads_row_amax);
-- x in the model dtype alone: quantized per token in a pass of its own first (quant_fp8.py).
+- x float8_e4m3fn with `x_scale` (..., cdiv(K, 128)), one scale per row and 128 columns (FC2: ln_linear's
+  `fp8_groups` output, or quantize_fp8_groups of a dense FC1's rows): read as they are, each K step scaled by its
+  group's scales;
+- x float8_e4m3fn with `x_scale` (...,), one scale per row (the out-projection: attention_fp8's output): read as
+  they are;
+- x in the model dtype: quantized per token in a pass of its own first (quant_fp8.py).
 
 `linear_residual_stats` (16-bit and fp32 weights) also returns the output rows' partial LayerNorm statistics,
 written by the GEMM's epilogue (ln_fold.py), which ln_qkv / ln_linear take as `partials`: the next LayerNorm then
@@ -21,7 +21,6 @@ from ._common import (FLOAT_DTYPES, FP8_DTYPE, check, check_device, check_dtype,
                       check_group_scales, check_linear, check_linear_fp8, check_out, check_row_stats,
                       group_scales_view, rows_view)
 from .gemm import gemm_aot_variants
-from .gemm_fp8 import launch_fp8_gemm
 from .gemm_fp8_tma import fp8_launcher, select_fp8_engine
 from .gemm_tma import gemm_launcher, select_engine, tma_aot_variants
 from .ln_fold import check_partials, new_partials
@@ -30,17 +29,20 @@ from .quant_fp8 import launch_quant_rows
 OP = "linear_residual"
 
 
-def _check(x, weight, bias, residual, runnable=True, weight_scale=None, x_amax=None, x_scale=None):
+def _row_scales(x, x_scale) -> bool:
+    """x_scale holds one scale per row of x (attention_fp8's), not per row and 128 columns (FC1's codes)."""
+    return x_scale.dim() == x.dim() - 1
+
+
+def _check(x, weight, bias, residual, runnable=True, weight_scale=None, x_scale=None):
     if x.dtype == FP8_DTYPE or x_scale is not None:
-        check(x.dtype == FP8_DTYPE and weight.dtype == FP8_DTYPE and x_scale is not None and x_amax is None,
-              f"{OP}: FP8 input", "x float8_e4m3fn with x_scale, a float8_e4m3fn weight and no x_amax",
-              f"x {x.dtype}, weight {weight.dtype}, x_scale {'given' if x_scale is not None else 'None'}, "
-              f"x_amax {'given' if x_amax is not None else 'None'}")
-        check_group_scales(OP, "x_scale", x_scale, x)
-    if x_amax is not None:
-        check(weight.dtype == FP8_DTYPE, f"{OP}: x_amax", "None unless weight is float8_e4m3fn", "a tensor")
-        check_row_stats(OP, "x_amax", x_amax, x)
-        check(x.stride(-1) == 1, f"{OP}: x.stride(-1)", "1 with x_amax (rows quantized in the GEMM)", x.stride(-1))
+        check(x.dtype == FP8_DTYPE and weight.dtype == FP8_DTYPE and x_scale is not None,
+              f"{OP}: FP8 input", "x float8_e4m3fn with x_scale and a float8_e4m3fn weight",
+              f"x {x.dtype}, weight {weight.dtype}, x_scale {'given' if x_scale is not None else 'None'}")
+        if _row_scales(x, x_scale):
+            check_row_stats(OP, "x_scale", x_scale, x)
+        else:
+            check_group_scales(OP, "x_scale", x_scale, x)
     if weight.dtype == FP8_DTYPE:
         _, n = check_linear_fp8(OP, x, weight, weight_scale, bias,
                                 residual.dtype if x.dtype == FP8_DTYPE else None)
@@ -58,12 +60,11 @@ def _check(x, weight, bias, residual, runnable=True, weight_scale=None, x_amax=N
     check_device(OP, dict(x=x, weight=weight, bias=bias, residual=residual, x_scale=x_scale), runnable)
 
 
-def linear_residual_launch(x, weight, bias, residual, out=None, weight_scale=None, x_amax=None, stats_out=None,
-                           x_scale=None):
+def linear_residual_launch(x, weight, bias, residual, out=None, weight_scale=None, stats_out=None, x_scale=None):
     """Plain launcher; `out` (optional, residual's shape and dtype) lets tests hand in a poisoned buffer;
     `stats_out` (16-bit and fp32 weights: ln_fold.new_partials(residual)) receives the output rows' partial
     statistics."""
-    _check(x, weight, bias, residual, weight_scale=weight_scale, x_amax=x_amax, x_scale=x_scale)
+    _check(x, weight, bias, residual, weight_scale=weight_scale, x_scale=x_scale)
     if stats_out is not None:
         _check_stats_out(weight, residual, stats_out)
     if out is None:
@@ -75,18 +76,13 @@ def linear_residual_launch(x, weight, bias, residual, out=None, weight_scale=Non
         res2d = rows_view(OP, "residual", residual)
         x2d = rows_view(OP, "x", x)
         engine = select_fp8_engine(x.shape[-1], weight, out2d, res2d, a=x2d if x_scale is not None else None)
-        if x_scale is not None:  # e4m3 codes per row and 128 columns (FC2)
+        if x_scale is not None:  # e4m3 codes: per row (the out-projection) or per row and 128 columns (FC2)
             check(x2d.stride(1) == 1, f"{OP}: x.stride(-1)", "1 (e4m3 rows)", x.stride(-1))
-            fp8_launcher(engine)(x2d, group_scales_view(x_scale), weight, weight_scale, bias, out2d, residual=res2d)
-        elif engine != "pointer":
-            # a pass of its own even with x_amax: the codes QUANT_A would make, and the TMA engines read e4m3 rows
+            scales = x_scale.reshape(-1) if _row_scales(x, x_scale) else group_scales_view(x_scale)
+            fp8_launcher(engine)(x2d, scales, weight, weight_scale, bias, out2d, residual=res2d)
+        else:  # rows in the model dtype: quantized per token in a pass of their own
             a_q, a_scale = launch_quant_rows(x2d)
             fp8_launcher(engine)(a_q, a_scale, weight, weight_scale, bias, out2d, residual=res2d)
-        elif x_amax is not None:
-            launch_fp8_gemm(x2d, None, weight, weight_scale, bias, out2d, residual=res2d, a_amax=x_amax.reshape(-1))
-        else:
-            a_q, a_scale = launch_quant_rows(x2d)
-            launch_fp8_gemm(a_q, a_scale, weight, weight_scale, bias, out2d, residual=res2d)
         return out
     x2d, res2d = rows_view(OP, "x", x), rows_view(OP, "residual", residual)
     launch = gemm_launcher(select_engine(x2d, weight, out2d, res2d))
@@ -107,15 +103,13 @@ def _check_stats_out(weight, residual, stats_out):
 @torch.library.custom_op("vitfast::linear_residual", mutates_args=())
 def _linear_residual_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                         residual: torch.Tensor, weight_scale: Optional[torch.Tensor] = None,
-                        x_amax: Optional[torch.Tensor] = None, x_scale: Optional[torch.Tensor] = None
-                        ) -> torch.Tensor:
-    return linear_residual_launch(x, weight, bias, residual, weight_scale=weight_scale, x_amax=x_amax,
-                                  x_scale=x_scale)
+                        x_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    return linear_residual_launch(x, weight, bias, residual, weight_scale=weight_scale, x_scale=x_scale)
 
 
 @_linear_residual_op.register_fake
-def _(x, weight, bias, residual, weight_scale=None, x_amax=None, x_scale=None):
-    _check(x, weight, bias, residual, runnable=False, weight_scale=weight_scale, x_amax=x_amax, x_scale=x_scale)
+def _(x, weight, bias, residual, weight_scale=None, x_scale=None):
+    _check(x, weight, bias, residual, runnable=False, weight_scale=weight_scale, x_scale=x_scale)
     return residual.new_empty(residual.shape)
 
 
@@ -142,14 +136,14 @@ def linear_residual_stats(x: torch.Tensor, weight: torch.Tensor, bias: Optional[
 
 def linear_residual(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                     residual: torch.Tensor, weight_scale: Optional[torch.Tensor] = None,
-                    x_amax: Optional[torch.Tensor] = None, x_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+                    x_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
     """residual + x @ weight^T + bias; x (..., K), weight (N, K), residual (..., N); bias may be None.
     Returns a new tensor shaped like residual, in residual.dtype (x's, except for e4m3 x). FP8: weight
-    float8_e4m3fn with weight_scale (N,) fp32; x is quantized per token (vit_fast.fp8). x_amax (FP8 only): max |x|
-    per row, shape x.shape[:-1], fp32 (as attention's return_row_amax records it): the GEMM then quantizes x
-    itself, with no separate pass. x float8_e4m3fn with x_scale (..., cdiv(K, 128)) fp32: x is already quantized
-    per row and 128 columns (ln_linear's fp8_groups output, or quantize_fp8_groups)."""
-    return _linear_residual_op(x, weight, bias, residual, weight_scale, x_amax, x_scale)
+    float8_e4m3fn with weight_scale (N,) fp32; x in the model dtype is quantized per token (vit_fast.fp8) in a pass
+    of its own. x float8_e4m3fn is already quantized: with x_scale (...,) fp32 contiguous, one scale per row
+    (attention_fp8's output), or (..., cdiv(K, 128)), per row and 128 columns (ln_linear's fp8_groups output, or
+    quantize_fp8_groups)."""
+    return _linear_residual_op(x, weight, bias, residual, weight_scale, x_scale)
 
 
 def aot_variants(exhaustive: bool = False):

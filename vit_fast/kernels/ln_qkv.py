@@ -8,7 +8,7 @@ float8_e4m3fn weight (with its per-channel `weight_scale`) goes to the FP8 engin
 on sm_89) writes the same plain rows. This module checks the inputs and picks the engine
 (gemm_tma.py on sm_90, gemm.py elsewhere, the FP8 engines for float8 weights: gemm_fp8_tma.select_fp8_engine).
 """
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -99,15 +99,16 @@ def ln_qkv_launch(x, eps, weight, colsum, bias, num_heads, out=None, partials=No
 
 
 def ln_qkv_fp8_launch(x, ln_weight, ln_bias, eps, weight, weight_scale, bias, num_heads, out=None):
-    """Plain FP8 launcher: weight (3D, D) float8_e4m3fn, weight_scale (3D,) fp32; `out` as in _out_rows."""
+    """Plain FP8 launcher: weight (3D, D) float8_e4m3fn, weight_scale (3D,) fp32; `out` as in _out_rows. Returns
+    (out, the per-token scales (B, N) fp32 the normalized rows were quantized with)."""
     _check_fp8(x, ln_weight, ln_bias, weight, weight_scale, bias, num_heads)
     out, out2d = _out_rows(x, num_heads, out)
     if out.numel() == 0:
-        return out
+        return out, x.new_empty(x.shape[:-1], dtype=torch.float32)
     launch = fp8_launcher(select_fp8_engine(x.shape[-1], weight, out2d))
     a_q, a_scale = launch_quant_rows(rows_view(OP, "x", x), ln=(ln_weight, ln_bias, eps))
     launch(a_q, a_scale, weight, weight_scale, bias, out2d)
-    return out
+    return out, a_scale.view(x.shape[:-1])
 
 
 @torch.library.custom_op("vitfast::ln_qkv", mutates_args=())
@@ -125,14 +126,14 @@ def _(x, eps, weight, colsum, bias, num_heads, partials=None):
 @torch.library.custom_op("vitfast::ln_qkv_fp8", mutates_args=())
 def _ln_qkv_fp8_op(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps: float,
                    weight: torch.Tensor, weight_scale: torch.Tensor, bias: Optional[torch.Tensor],
-                   num_heads: int) -> torch.Tensor:
+                   num_heads: int) -> Tuple[torch.Tensor, torch.Tensor]:
     return ln_qkv_fp8_launch(x, ln_weight, ln_bias, eps, weight, weight_scale, bias, num_heads)
 
 
 @_ln_qkv_fp8_op.register_fake
 def _(x, ln_weight, ln_bias, eps, weight, weight_scale, bias, num_heads):
     _check_fp8(x, ln_weight, ln_bias, weight, weight_scale, bias, num_heads, runnable=False)
-    return _new_out(x, num_heads)
+    return _new_out(x, num_heads), x.new_empty(x.shape[:-1], dtype=torch.float32)
 
 
 def ln_qkv_folded(x: torch.Tensor, eps: float, folded: FoldedLinear, num_heads: int,
@@ -143,16 +144,19 @@ def ln_qkv_folded(x: torch.Tensor, eps: float, folded: FoldedLinear, num_heads: 
 
 
 def ln_qkv(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps: float, weight: torch.Tensor,
-           bias: Optional[torch.Tensor], num_heads: int,
-           weight_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+           bias: Optional[torch.Tensor], num_heads: int, weight_scale: Optional[torch.Tensor] = None,
+           return_input_scale: bool = False):
     """LayerNorm(x) @ weight^T + bias for x (B, N, D) and the fused qkv weight (3D, D) (timm layout: rows [q; k; v],
     head-major inside each), returned as a (3, B, H, N, D // H) tensor in x.dtype (last dim contiguous: a view of
     one new (B, N, 3, H, d) buffer, on every engine); bias may be None. Folds the norm on every call: repeated
     callers use ln_qkv_folded. FP8: weight float8_e4m3fn with weight_scale (3D,) fp32; LayerNorm(x) is quantized
-    per token."""
+    per token; with return_input_scale, returns (qkv, those per-token scales (B, N) fp32), which attention_fp8
+    bounds its output with."""
     _check_x(x, weight, num_heads)
     if weight.dtype == FP8_DTYPE:
-        return _ln_qkv_fp8_op(x, ln_weight, ln_bias, float(eps), weight, weight_scale, bias, int(num_heads))
+        qkv, in_scale = _ln_qkv_fp8_op(x, ln_weight, ln_bias, float(eps), weight, weight_scale, bias, int(num_heads))
+        return (qkv, in_scale) if return_input_scale else qkv
+    check(not return_input_scale, f"{OP}: return_input_scale", "False for a non-float8 weight", True)
     check(weight.dtype == x.dtype, f"{OP}: weight.dtype", f"{x.dtype} (x.dtype)", weight.dtype)
     check(weight_scale is None, f"{OP}: weight_scale", "None for a non-float8 weight", "a tensor")
     _check_ln(x, ln_weight, ln_bias, bias)

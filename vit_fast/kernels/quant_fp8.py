@@ -1,11 +1,10 @@
 """Per-token FP8 quantization engine: rows of x (optionally LayerNorm-ed first) -> float8 e4m3 rows + one fp32 scale
 per row (or, with GROUPS, per row and 128 columns), in one read of x. It feeds the FP8 GEMMs (gemm_fp8_tma.py on
 sm_90, gemm_fp8.py): before QKV and FC1 it *is* the block's LayerNorm (the normalized row is quantized where it is
-produced and never stored in bf16). Before the out-projection it is a pass of its own on sm_90 (the TMA engine reads
-e4m3 rows); on the pointer engine attention records each row's max |value| instead and the GEMM quantizes in its
-main loop (gemm_fp8.py QUANT_A, the same arithmetic). FC2's input per 128 columns comes from FC1's epilogue
-(`e4m3_codes` below, the same rule); the GROUPS pass serves a dense FC1 (quantize.py), and the per-row pass callers
-of linear_residual that hand over rows no kernel recorded (no `x_amax`).
+produced and never stored in bf16). The out-projection's input comes as codes from attention (attention.py, at a
+bound rather than the rows' maxima) and FC2's per 128 columns from FC1's epilogue (`e4m3_codes` below, the same
+rule); the GROUPS pass serves a dense FC1 (quantize.py), and the per-row pass linear_residual's callers that hand
+over rows in the model dtype (an FP8 out-projection after a QKV kept out of FP8).
 
 Scale rule (vit_fast.fp8.quantize_rows is the same arithmetic in torch): amax = max(|row|, 1e-12),
 q = clamp(row · (448 / amax), ±448) cast to e4m3 (round to nearest even), scale = amax / 448; both divisions IEEE

@@ -22,7 +22,7 @@ from ..numerics import KERNEL_TOL, Budget, kernel_budget, within_tol
 from ..triton_path import fc1_activation
 
 # requested dtype name -> the dtype a bf16/fp16/fp32 op computes in. Under "fp8", ops that stay bf16 in an FP8
-# model (patch embedding, attention, the final LayerNorm) are checked in bf16.
+# model (patch embedding, the final LayerNorm) are checked in bf16.
 _PLAIN = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _STAYS_BF16 = {**_PLAIN, "fp8": torch.bfloat16}
 
@@ -248,7 +248,7 @@ OP_CHECKS = [
             per_block=False),
     OpCheck("ln_qkv", _ln_qkv_inputs, _ln_qkv_kernel, _ln_qkv_eager, dtypes=dict(_PLAIN)),
     OpCheck("attention", _attention_inputs, lambda i: kernels.attention(i["q"], i["k"], i["v"], i["scale"]),
-            _attention_eager),
+            _attention_eager, dtypes=dict(_PLAIN)),
     OpCheck("linear_residual[proj]", _proj_inputs, _residual_kernel, _linear_residual_eager, dtypes=dict(_PLAIN)),
     OpCheck("ln_linear[fc1]", _fc1_model_inputs, _fc1_kernel, _ln_linear_eager, dtypes=dict(_PLAIN)),
     OpCheck("linear_residual[fc2]", _fc2_inputs, _residual_kernel, _linear_residual_eager, dtypes=dict(_PLAIN)),
