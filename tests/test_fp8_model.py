@@ -180,11 +180,11 @@ def test_triton_fp8_equals_torch_emulation(dtype, mlp, device, monkeypatch):
 @pytest.mark.skipif(fp8_unsupported_reason(torch.device(DEVICE)) is not None, reason="needs sm_89+/interpreter")
 @pytest.mark.parametrize("switch", ["tma", "auto", "ws"])
 def test_triton_fp8_on_the_tma_engine_equals_torch_emulation(switch, device, monkeypatch):
-    """The four FP8 GEMMs on the FP8 TMA engine (gemm_fp8_tma.py), forced (VITFAST_FP8_ENGINE=tma) or as auto picks
-    it on sm_90 (faked under the interpreter, for the model's device only): the out-projection's input from
-    attention's codes, FC2's from FC1's epilogue: no pass but the two LayerNorms'. With =ws all four run on the warp-specialized engine (gemm_fp8_ws.py), FC1 writing
-    FC2's codes there; Gluon needs an sm_90 GPU, so under the interpreter the TMA engine's promoted launch stands in
-    for its kernel and the test checks that every launch reaches it."""
+    """The four FP8 GEMMs on the FP8 TMA engine (gemm_fp8_tma.py), forced (VITFAST_FP8_ENGINE=tma) or as auto picks it
+    on sm_90 (faked under the interpreter, for the model's device only): the out-projection's input from attention's
+    codes, FC2's from FC1's epilogue: no pass but the two LayerNorms'. With =ws all four run on the warp-specialized
+    engine (gemm_fp8_ws.py), FC1 writing FC2's codes there; Gluon needs an sm_90 GPU, so under the interpreter the
+    TMA engine's promoted launch stands in for its kernel and the test checks that every launch reaches it."""
     import sys
 
     from vit_fast.kernels import gemm_fp8_tma, gemm_fp8_ws
@@ -428,3 +428,23 @@ def test_fp8_model_replays_in_a_cuda_graph():
             out = graphed(x)
             assert torch.isfinite(out).all()
             torch.testing.assert_close(out, model(x), rtol=1e-2, atol=1e-2)  # the same kernels: one bf16 step at most
+
+
+def test_out_projection_hooks_fire_on_the_bounded_path():
+    """With QKV and the out-projection both FP8, the torch emulation quantizes the out-projection's input at the
+    per-image bound (Fp8Linear.forward given the QKV layer): still through the module's call, so hooks see it, and
+    its output differs from the per-token recipe's (the path is taken)."""
+    model = vit_fast.quantize(_tiny(depth=1), "fp8")
+    proj = model.blocks[0].attn.proj
+    seen = []
+    handle = proj.register_forward_hook(lambda m, args, kwargs, out: seen.append(kwargs.get("qkv")), with_kwargs=True)
+    x = torch.randn(2, 3, 32, 48)
+    with torch.no_grad():
+        bounded = model.set_backend("torch").forward_features(x)
+    handle.remove()
+    assert seen == [model.blocks[0].attn.qkv]
+    per_token = proj.forward
+    proj.forward = lambda x, qkv=None, qkv_input=None: per_token(x)  # the per-token recipe, for contrast
+    with torch.no_grad():
+        plain = model.forward_features(x)
+    assert torch.isfinite(bounded).all() and rel_err(bounded, plain) > 1e-4

@@ -5,10 +5,11 @@ than 95 % of a ViT's FLOPs, less those `exclude` keeps in the model dtype (a GEM
 patterns such as "blocks.0.*": what a model too close to e4m3's limit may need). Their weights are stored once as
 float8_e4m3fn with one fp32 scale per output channel; activations are quantized per token (one scale per row) when they
 are produced, FC2's input per token and 128 channels (one scale per row and group: FC1's epilogue writes it as e4m3, and
-sees 128 columns of a row at a time, not the whole row). Attention, LayerNorm, the residual stream, the patch embedding
-and the head stay in the model dtype: the patch embedding is < 1 % of the FLOPs (K = 3·P² = 768, M = B·N) and reads raw
-pixels, so FP8 there would cost accuracy at the input for no measurable speed; the head is one small GEMM on the pooled
-token.
+sees 128 columns of a row at a time, not the whole row), and the out-projection's at one scale per image when QKV is FP8
+too (attention writes it as e4m3 at a bound known before any head is stored: attention_output_bound). Attention computes
+in the model dtype, and LayerNorm, the residual stream, the patch embedding and the head stay in it: the patch embedding
+is < 1 % of the FLOPs (K = 3·P² = 768, M = B·N) and reads raw pixels, so FP8 there would cost accuracy at the input for
+no measurable speed; the head is one small GEMM on the pooled token.
 
 Backends of a quantized model:
 - "triton": the ops of `kernels/` see a float8 weight and dispatch to the FP8 engines (quant_fp8, then gemm_fp8_tma
@@ -104,9 +105,10 @@ def attention_output_bound(in_scale: torch.Tensor, bound: torch.Tensor) -> torch
     (one FMA, as the attention kernel computes it; here in float64, so rounded once to fp32). Attention writes its
     output as e4m3 codes at scale bound / 448 (quantize_bounded), so the out-projection reads codes with no
     quantization pass between. e4m3 is a floating-point format: a scale above a row's own maximum costs relative
-    precision only for values below 2^-6 of the scale's range (subnormals); the bound is typically 10^2-10^3 times
-    the output's maximum, which leaves every value that matters to the GEMM its full 3-bit mantissa (the logits'
-    SQNR moves by hundredths of a dB: benchmarks/NOTES.md)."""
+    precision only for values below 2^-6 of the scale's range (subnormals), and the exact code a per-row scale gives
+    each row's maximum. On random L/16-shaped layers the bound was 400-830 times the rows' maxima and the
+    out-projection's output SQNR moved by 0.02-0.13 dB; a row whose maximum dominates the GEMM loses more
+    (benchmarks/NOTES.md, change 30; the model-level figures: benchmarks/fp8/accuracy.json)."""
     m = in_scale.float().amax(dim=-1).double()
     return (m * bound[0].double() + bound[1].double()).float().clamp_min(AMAX_FLOOR)
 
@@ -238,20 +240,20 @@ class Fp8Linear(nn.Module):
 
     is_fp8 = True  # what model.Attention checks, without importing this module
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return emulate_linear(x, self.weight, self.weight_scale, self.bias, input_group=self.input_group)
+    def forward(self, x: torch.Tensor, qkv: "Fp8Linear" = None, qkv_input: torch.Tensor = None) -> torch.Tensor:
+        """x quantized per token (or token and input_group channels). With `qkv` and `qkv_input` (model.Attention's
+        out-projection when its QKV layer is FP8 too): x (B, N, D), attention's output, quantized at one scale per
+        image bounded from the QKV layer's weights and its input's scales (attention_output_bound), as the attention
+        kernel writes it."""
+        if qkv is None:
+            return emulate_linear(x, self.weight, self.weight_scale, self.bias, input_group=self.input_group)
+        bound = value_bound(qkv.weight, qkv.weight_scale, qkv.bias, x.shape[-1])
+        q, scale = quantize_bounded(x, attention_output_bound(qkv.input_scales(qkv_input), bound))
+        return emulate_linear(q, self.weight, self.weight_scale, self.bias, x_scale=scale, out_dtype=x.dtype)
 
     def input_scales(self, x: torch.Tensor) -> torch.Tensor:
         """The per-token scales forward() quantizes x with (x (..., K) -> (...,))."""
         return row_scales(x.float())[1]
-
-    def forward_attention(self, ctx: torch.Tensor, qkv: "Fp8Linear", qkv_input: torch.Tensor) -> torch.Tensor:
-        """The out-projection of attention's output ctx (B, N, D) when the QKV layer is FP8 too: ctx quantized at one
-        scale per image bounded from the QKV layer's weights and its input's scales (attention_output_bound), as
-        the attention kernel writes it."""
-        bound = value_bound(qkv.weight, qkv.weight_scale, qkv.bias, ctx.shape[-1])
-        q, scale = quantize_bounded(ctx, attention_output_bound(qkv.input_scales(qkv_input), bound))
-        return emulate_linear(q, self.weight, self.weight_scale, self.bias, x_scale=scale, out_dtype=ctx.dtype)
 
     def extra_repr(self) -> str:
         acts = f"per-token and {self.input_group}-channel" if self.input_group else "per-token"

@@ -5,7 +5,9 @@
 vit_fast.fp8_accuracy measures the whole FP8 model; this module takes it apart, on the same models (trained here
 with the same seed, or the random-probe ones) and the same fresh images. Per GEMM kind of the encoder blocks (QKV,
 out-projection, FC1, FC2), summed over the blocks:
-- operands: SQNR of the per-token e4m3 activations (FC2's per token and 128 channels, the recipe's) and of the
+- operands: SQNR of the per-token e4m3 activations (FC2's per token and 128 channels, the recipe's; the
+  out-projection's per token, as it is quantized when QKV is kept dense: in the whole FP8 model attention writes
+  it at a per-image bound, fp8.attention_output_bound, which the "all four" figures include) and of the
   per-channel e4m3 weights against fp32, next to its
   bound for the same values at the same scales (3-bit mantissa rounding without e4m3's exponent range: what
   subnormals and saturation cost is the gap);

@@ -53,7 +53,7 @@ class Attention(nn.Module):
             ctx = attn.softmax(dim=-1) @ v
         ctx = ctx.transpose(1, 2).reshape(b, n, c)
         if getattr(self.qkv, "is_fp8", False) and getattr(self.proj, "is_fp8", False):
-            return self.proj.forward_attention(ctx, self.qkv, x)  # e4m3 at a bound from QKV (vit_fast.fp8)
+            return self.proj(ctx, qkv=self.qkv, qkv_input=x)  # e4m3 at a bound from QKV (vit_fast.fp8)
         return self.proj(ctx)
 
 

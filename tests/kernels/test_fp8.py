@@ -291,6 +291,32 @@ def test_fp8_swiglu_mlp_gate_in_the_epilogue(hidden, d, device):
     assert ((ref_h - full).norm() / full.norm()).item() < 0.08
 
 
+def test_value_bound_bounds_the_fp8_qkv_values(device):
+    """fp8.value_bound's (c, b): every value the FP8 QKV GEMM computes for a token with input scale s is at most
+    s · c + b, the bound attention_fp8 scales its output by, and the bound is tight: an input row of ±448 codes
+    whose signs follow the largest value channel's weights reaches it (to fp32 rounding). The kernel's own V rows on
+    random LayerNorm inputs stay under it too."""
+    d, heads = 80, 5  # head dim 16
+    w = torch.randn(3 * d, d, device=device)
+    w[2 * d + 7] *= 3.0  # the value channel with the largest weights
+    wq, ws = fp8.quantize_rows(w)
+    bias = torch.randn(3 * d, device=device) * 0.1
+    c, b = fp8.value_bound(wq, ws, bias, d).tolist()
+    j = 2 * d + int((wq[2 * d:].float().abs().sum(1) * ws[2 * d:]).argmax())
+    worst = torch.sign(wq[j].float())[None] * torch.sign(bias[j]).item()  # every product adds up, as the bias does
+    x = torch.cat([worst, torch.randn(30, d, device=device)])
+    v = fp8.emulate_linear(x, wq, ws, bias)[:, 2 * d:]
+    s = fp8.quantize_rows(x)[1]
+    assert (v.abs() <= (s * c + b)[:, None] * (1 + 1e-6)).all()
+    torch.testing.assert_close(v[0].abs().max(), s[0] * c + bias[j].abs(), rtol=1e-5, atol=0)  # b: over all j
+    xb = torch.randn(2, 19, d, device=device).bfloat16()
+    g, beta = torch.randn(d, device=device).bfloat16(), torch.randn(d, device=device).bfloat16()
+    qkv, in_scale = kernels.ln_qkv(xb, g, beta, 1e-6, wq, bias.bfloat16(), heads, weight_scale=ws,
+                                   return_input_scale=True)
+    v = qkv[2].float().abs().amax(dim=(1, 3))  # (B, N): each token's largest value over heads
+    assert (v <= (in_scale * c + b) * (1 + 2 ** -8)).all()  # bf16's rounding of the stored values at most
+
+
 def test_ln_qkv_fp8_rows(device, fp8_engine):
     """The FP8 QKV writes the plain (B, N, 3, H, d) rows the bf16 engines write (attention reads them in place)."""
     b, n, d, heads = 2, 19, 80, 5  # 19 tokens, head dim 16, K = 80

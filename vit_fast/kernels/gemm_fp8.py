@@ -12,13 +12,13 @@ applies acc · s_row · s_col, then bias, the shared activation and residual exa
 does; QKV is stored as plain rows, the layout attention reads in place (ln_qkv.py). SwiGLU (ACTIVATION 4) keeps a
 gate and an up accumulator over the packed (2N, K) weight, as gemm.py does.
 
-Hopper adds FP8 wgmma products into its accumulator with fewer bits than fp32 (SageAttention2 finds the low 10 bits
-of the fp32 accumulator truncated; DeepSeek-V3 reports relative errors near 2 % at K = 4096). PRECISE_ACC promotes:
-each BLOCK_K-deep partial sum (128 or 256) starts from zero in the tensor cores and is added into the fp32
-accumulator (CUTLASS's and DeepSeek-V3's promotion, every 128 elements there): the dot says so
-(max_num_imprecise_acc = BLOCK_K), and the loop must wait for each K step's MMAs before the add (ptxas inserts the
-wait): the MMAs of one step no longer overlap the next step's issue, the cost the static report marks "drained". VITFAST_FP8_PRECISE_ACC=0 turns the promotion off
-everywhere but in A_GROUPED launches (each step's sum takes its own scales), to measure that cost and the error it
+Hopper adds FP8 wgmma products into its accumulator with fewer bits than fp32 (SageAttention2 finds the low 10 bits of
+the fp32 accumulator truncated; DeepSeek-V3 reports relative errors near 2 % at K = 4096). PRECISE_ACC promotes: each
+BLOCK_K-deep partial sum (128 or 256) starts from zero in the tensor cores and is added into the fp32 accumulator
+(CUTLASS's and DeepSeek-V3's promotion, every 128 elements there): the dot says so (max_num_imprecise_acc = BLOCK_K),
+and the loop must wait for each K step's MMAs before the add (ptxas inserts the wait): the MMAs of one step no longer
+overlap the next step's issue, the cost the static report marks "drained". VITFAST_FP8_PRECISE_ACC=0 turns the promotion
+off everywhere but in A_GROUPED launches (each step's sum takes its own scales), to measure that cost and the error it
 saves on a GPU (`gpu_steps.sh fp8acc`); the default, 1, keeps it.
 """
 import functools
@@ -141,8 +141,9 @@ def _row(c) -> tuple:
 
 def smem_bytes(family: str, tile, swiglu: bool = False, a_grouped: bool = False) -> int:
     """Shared memory a launch takes on a `family` GPU: the software pipeline's A and W buffers (two W tiles for
-    SwiGLU). On Hopper (wgmma) num_stages of each; on Ada (mma.sync) num_stages - 1 of each. Grouped A on a tile taller than wide (128x64)
-    adds BLOCK_M fp32: the K step's row scales pass through shared memory to reach the accumulator's layout there.
+    SwiGLU). On Hopper (wgmma) num_stages of each; on Ada (mma.sync) num_stages - 1 of each. Grouped A on a tile
+    taller than wide (128x64) adds BLOCK_M fp32: the K step's row scales pass through shared memory to reach the
+    accumulator's layout there.
     This equals what every FP8 variant compiles to under triton 3.6 and 3.9; the static gate checks it on every
     compile (`smem_estimate` in the report)."""
     bm, bn, bk, _, stages = tile
@@ -310,9 +311,9 @@ def aot_variants(exhaustive: bool = False):
     Tiles a launch's group rule excludes (group_tile_ok) are not compiled (the kernel's static_assert refuses them).
     At one tile per family (Hopper 64x128x128, Ada 64x128x64) the launches only `exclude`, API callers or odd widths
     make: GELU with a plain bf16 store (FC1 before a dense FC2), the non-even K path, and imprecise accumulation.
-    fp16 and fp32 launches only with `exhaustive` (at the Hopper tile). Each variant names the families whose prune can pick it, so sm_90
-    gates the Hopper picks and sm_89 the Ada ones. FP8 dots do not exist before sm_89: min_cc 89 (skipped for
-    sm_80)."""
+    fp16 and fp32 launches only with `exhaustive` (at the Hopper tile). Each variant names the families whose prune
+    can pick it, so sm_90 gates the Hopper picks and sm_89 the Ada ones. FP8 dots do not exist before sm_89: min_cc
+    89 (skipped for sm_80)."""
     tiles = list(dict.fromkeys(HOPPER_FP8 + ADA_FP8))
     writers = [t for t in tiles if group_tile_ok(t, False, True)]  # (the others fail the kernel's static_assert)
     out = [_variant(torch.bfloat16, 1, True, False, True, True, t, group_out=True) for t in writers]  # FC1

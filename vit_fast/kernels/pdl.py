@@ -1,5 +1,5 @@
 """Programmatic dependent launch (PDL) for the kernels of the forward's chain that take it: the 16-bit TMA GEMM
-engine (gemm_tma.py; not the FP8 one) and attention (not when it records row maxima for FP8). Off unless
+engine (gemm_tma.py; not the FP8 one) and attention (not when it stores FP8 codes). Off unless
 VITFAST_PDL=1: it has not run on a GPU yet (the benchmark's `b1pdl` step measures it against the default).
 
 Why: at batch 1 a B/16 forward is 64 short kernels in a row, and under a CUDA graph each one's programs are only
