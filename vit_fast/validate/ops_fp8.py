@@ -59,7 +59,9 @@ ATTENTION_CODES_TOL = {torch.bfloat16: (6e-2, 0.13)}
 
 def _attention_fp8_inputs(a, dtype):
     """attention's bf16 q, k, v, plus what attention_fp8 bounds its output with: the per-token scales of the FP8
-    QKV GEMM's input (LN1 of the block's tokens, quantized per row) and the FP8 QKV weights' (c, b)."""
+    QKV GEMM's input (LN1 of the block's tokens, quantized per row) and the FP8 QKV weights' (c, b). q, k, v are the
+    fp32 model's, so the bound (made for the FP8 QKV's values) may sit a rounding below a value; such codes clamp
+    to ±448 in the kernel and in the emulation alike."""
     i = _attention_inputs(a, dtype)
     blk, x = a.blk, a.tokens0.float()
     ln = F.layer_norm(x, x.shape[-1:], blk.norm1.weight.float(), blk.norm1.bias.float(), blk.norm1.eps)
