@@ -41,16 +41,24 @@ def quantize_rows(x: torch.Tensor) -> tuple:
     scale = amax / 448."""
     x = x.float()
     inv, scale = row_scales(x)
-    q = (x * inv.unsqueeze(-1)).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
-    return q, scale
+    return _codes(x, inv.unsqueeze(-1)), scale
 
 
 def row_scales(x: torch.Tensor) -> tuple:
     """(448 / amax, amax / 448) per row of fp32 x, amax = max(|row|, AMAX_FLOOR): quantize_rows' two scales."""
-    amax = x.abs().amax(dim=-1).clamp_min(AMAX_FLOOR)
+    return amax_scales(x.abs().amax(dim=-1).clamp_min(AMAX_FLOOR))
+
+
+def amax_scales(amax: torch.Tensor) -> tuple:
+    """(448 / amax, amax / 448): the quantization and dequantization scales of values bounded by amax."""
     # tensor / tensor: torch computes `scalar / tensor` as scalar · (1 / tensor), one rounding more than the kernel
     fp8_max = torch.full_like(amax, FP8_MAX)
     return fp8_max / amax, amax / fp8_max
+
+
+def _codes(x: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
+    """clamp(x · inv, ±448) rounded to e4m3 (nearest even), x in fp32."""
+    return (x * inv).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
 
 
 def as_groups(x: torch.Tensor, group: int) -> torch.Tensor:
@@ -117,10 +125,8 @@ def quantize_bounded(x: torch.Tensor, amax: torch.Tensor) -> tuple:
     """Attention's e4m3 output: x (B, N, D) at one scale per image from attention_output_bound's amax (B,) ->
     (q float8_e4m3fn (B, N, D), per-token scales (B, N) fp32, equal within an image). The codes clamp to ±448: the
     bf16 values attention computes may pass the bound by an ulp."""
-    fp8_max = torch.full_like(amax, FP8_MAX)
-    inv, scale = fp8_max / amax, amax / fp8_max
-    q = (x.float() * inv[:, None, None]).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
-    return q, scale[:, None].expand(x.shape[:2]).contiguous()
+    inv, scale = amax_scales(amax)
+    return _codes(x.float(), inv[:, None, None]), scale[:, None].expand(x.shape[:2]).contiguous()
 
 
 def fp8_matmul(a_q, a_scale, w_q, w_scale) -> torch.Tensor:

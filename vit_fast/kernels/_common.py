@@ -484,6 +484,12 @@ def group_scales_view(t: torch.Tensor) -> torch.Tensor:
 
 def check_row_stats(op: str, name: str, t: torch.Tensor, x: torch.Tensor) -> None:
     """A per-row fp32 statistic of x (..., K): contiguous, shape x.shape[:-1]."""
-    rows = tuple(x.shape[:-1])
-    check(tuple(t.shape) == rows and t.dtype == torch.float32 and t.is_contiguous(), f"{op}: {name}",
-          f"a contiguous float32 tensor of shape {rows} (one value per row of x)", f"{tuple(t.shape)} {t.dtype}")
+    check_f32(op, name, t, tuple(x.shape[:-1]), " (one value per row of x)")
+
+
+def check_f32(op: str, name: str, t, shape: tuple, note: str = "") -> None:
+    """A contiguous float32 tensor of `shape` (scales, statistics)."""
+    ok = isinstance(t, torch.Tensor)
+    got = f"{tuple(t.shape)} {t.dtype}" if ok else type(t).__name__
+    check(ok and tuple(t.shape) == tuple(shape) and t.dtype == torch.float32 and t.is_contiguous(), f"{op}: {name}",
+          f"a contiguous float32 tensor of shape {tuple(shape)}{note}", got)

@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    FAMILY_SMEM, FLOAT_DTYPES, FP8_DTYPE, TL_SIG, check, check_dtype, gpu_family, is_interpreting, jit_fn,
+    FAMILY_SMEM, FLOAT_DTYPES, FP8_DTYPE, TL_SIG, check, check_dtype, check_f32, gpu_family, is_interpreting, jit_fn,
     m_bucket, shared_memory_bytes, upcast_needed,
 )
 from .autotune import autotuned
@@ -358,20 +358,13 @@ def _check_devices(*tensors):
               devices[0])
 
 
-def _check_f32(name, t, shape):
-    ok = isinstance(t, torch.Tensor)
-    got = f"{tuple(t.shape)} {t.dtype}" if ok else type(t).__name__
-    check(ok and tuple(t.shape) == shape and t.dtype == torch.float32 and t.is_contiguous(), f"attention_fp8: {name}",
-          f"a contiguous float32 tensor of shape {shape}", got)
-
-
 def _check_codes(q, k, in_scale, bound, out_scale=None):
     """attention_fp8's extra operands: the QKV input's per-token scales (B, Nk), the (c, b) bound, the scales out."""
     B, n_q, n_k = q.shape[0], q.shape[2], k.shape[2]
-    _check_f32("in_scale", in_scale, (B, n_k))
-    _check_f32("bound", bound, (2,))
+    check_f32("attention_fp8", "in_scale", in_scale, (B, n_k))
+    check_f32("attention_fp8", "bound", bound, (2,))
     if out_scale is not None:
-        _check_f32("out_scale", out_scale, (B, n_q))
+        check_f32("attention_fp8", "out_scale", out_scale, (B, n_q))
 
 
 def _attention_fwd(q, k, v, scale, out=None, config=None, codes=None):
