@@ -13,8 +13,14 @@ limit cannot take the comparisons already made with it. A switch that is part of
 split-K, the descriptors' source, the GELU, the LayerNorm statistics) tunes its own tiles; STAGGER and PDL, which are
 not keys, keep the shipped setting's tiles, as the separate steps did.
 
-`python -m benchmarks.ablation --out DIR --switch VITFAST_GELU=libdevice [--switch ...] [--model vit_b_16]
-[--batch 256] [--dtype bfloat16]`: the shipped setting is the environment as given. Files in DIR: ablation.json (the
+A setting may also name the model's dtype: `dtype=float8` is the same model quantized (vit_fast.quantize) and
+`dtype=float8,VITFAST_FP8_ENGINE=ws` that with a switch, each timed against the shipped setting of --dtype, so one
+process gives FP8 against bf16 (issue 13's ratio) and each FP8 engine against both; each dtype's model and inputs are
+built once, when a setting first needs them.
+
+`python -m benchmarks.ablation --out DIR --switch VITFAST_GELU=libdevice [--switch NAME=VALUE[,NAME=VALUE]] ...
+[--model vit_b_16] [--batch 256] [--dtype bfloat16]`: the shipped setting is the environment as given, at --dtype.
+Files in DIR: ablation.json (the
 environment, the seed, and per setting its images/s (median of its replays), each round's median, its ratio to the
 shipped replays of the same rounds, its logits error against the fp32 model, its seconds to a first result and its
 device time per layer part (QKV, attention, out-proj, FC1, FC2, LayerNorm, other: benchmarks/breakdown.py's groups,
@@ -44,16 +50,31 @@ SHIPPED = "shipped"
 NOT_RUN = "not run"
 
 
+DTYPE = "dtype"  # the pseudo-switch that picks a setting's model dtype
+
+
 def _switch(text: str) -> tuple:
-    """'VITFAST_X=value' -> (name, value), checked against the switch table before anything is built."""
-    name, sep, value = text.partition("=")
-    if not sep or name not in SWITCHES:
-        raise argparse.ArgumentTypeError(f"expected VITFAST_NAME=value with a name of {', '.join(SWITCHES)}, "
-                                         f"got {text!r}")
-    try:
-        return name, checked_value(name, value)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+    """'VITFAST_X=value[,dtype=float8,...]' -> ((name, value), ...), each checked (the switch table, the dtypes)
+    before anything is built."""
+    pairs, names = [], set()
+    for item in text.split(","):
+        name, sep, value = item.strip().partition("=")
+        if not sep or (name not in SWITCHES and name != DTYPE):
+            raise argparse.ArgumentTypeError(f"expected VITFAST_NAME=value or dtype=DTYPE (names: "
+                                             f"{', '.join(SWITCHES)}), comma-separated, got {text!r}")
+        if name in names:
+            raise argparse.ArgumentTypeError(f"{name} is given twice in {text!r}")
+        names.add(name)
+        if name == DTYPE:
+            if value not in runner.DTYPES:
+                raise argparse.ArgumentTypeError(f"dtype: expected {' | '.join(runner.DTYPES)}, got {value!r}")
+            pairs.append((name, value))
+            continue
+        try:
+            pairs.append((name, checked_value(name, value)))
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return tuple(pairs)
 
 
 def parse_args(argv=None):
@@ -61,9 +82,10 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, help="directory for ablation.json and ablation.md")
     p.add_argument("--model", default="vit_b_16", help="a preset name (default vit_b_16)")
     p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    p.add_argument("--switch", type=_switch, action="append", default=[], metavar="VITFAST_NAME=VALUE",
-                   help="one setting beside the shipped one (repeat for more)")
+    p.add_argument("--dtype", default="bfloat16", choices=list(runner.DTYPES), help="the shipped setting's dtype")
+    p.add_argument("--switch", type=_switch, action="append", default=[], metavar="NAME=VALUE[,NAME=VALUE]",
+                   help="one setting beside the shipped one (repeat for more): VITFAST_* switches, and dtype=DTYPE "
+                        "for the model in another dtype")
     p.add_argument("--rounds", type=int, default=5, help="replay rounds, each timing every setting in turn")
     p.add_argument("--repeats", type=int, default=10, help="timed replays of a setting per round")
     p.add_argument("--warmup", type=int, default=2, help="untimed replays of a setting per round")
@@ -84,7 +106,10 @@ def parse_args(argv=None):
             p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     if not args.switch:
         p.error("expected at least one --switch VITFAST_NAME=VALUE to compare with the shipped setting")
-    if len(set(args.switch)) != len(args.switch):
+    args.switch = [tuple(p_ for p_ in setting if p_ != (DTYPE, args.dtype)) for setting in args.switch]
+    if () in args.switch:
+        p.error(f"a --switch is the shipped setting itself (dtype={args.dtype}, no switch)")
+    if len({frozenset(s) for s in args.switch}) != len(args.switch):
         p.error("a --switch is given twice")
     return args
 
@@ -141,7 +166,6 @@ def run(args, write=lambda result: None) -> dict:
     started = time.monotonic()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     graphs = device.type == "cuda"
-    dtype = getattr(torch, args.dtype)
     env = env_mod.collect(device)
     master = builders.build_master(args.model, args.resolution, args.seed, args.config_overrides or None)
     settings = runner.Settings(models=[args.model], batch_sizes=[args.batch], dtypes=[args.dtype],
@@ -149,12 +173,27 @@ def run(args, write=lambda result: None) -> dict:
     ref = runner.reference_logits(master, [args.batch], settings)[args.batch]
     if isinstance(ref, str):
         raise RuntimeError(ref)
-    built = builders.build("vit_fast", master, dtype, device, "default")
-    inputs = runner.make_inputs(args.batch, args.resolution, dtype, device, args.seed)
+    models, buffers = {}, {}
+
+    def model_for(name: str) -> tuple:
+        """(built, inputs) of the model in dtype `name`, built when a setting first needs it: the same images in
+        each input dtype (make_inputs' seed), one buffer list per input dtype."""
+        if name not in models:
+            dtype = runner.DTYPES[name]
+            reason = builders.fp8_skip_reason("vit_fast", device) if dtype == builders.FP8 else None
+            if reason:
+                raise RuntimeError(reason)
+            models[name] = builders.build("vit_fast", master, dtype, device, "default")
+            in_dtype = builders.input_dtype(dtype)
+            if in_dtype not in buffers:
+                buffers[in_dtype] = runner.make_inputs(args.batch, args.resolution, in_dtype, device, args.seed)
+        return models[name], buffers[builders.input_dtype(runner.DTYPES[name])]
+
     cfg = master.config
     dims = breakdown.Dims(cfg.embed_dim, cfg.mlp_dim, args.batch * (cfg.num_prefix_tokens + cfg.num_patches))
-    plan = [()] + [(switch,) for switch in args.switch]  # the shipped setting first
-    rows = [{"setting": _label(switches), "switches": dict(switches)} for switches in plan]
+    plan = [()] + list(args.switch)  # the shipped setting first
+    rows = [{"setting": _label(setting), "dtype": dict(setting).get(DTYPE, args.dtype),
+             "switches": {n: v for n, v in setting if n != DTYPE}} for setting in plan]
     result = {"env": env, "model": args.model, "batch": args.batch, "dtype": args.dtype, "cuda_graphs": graphs,
               "seed": args.seed, "rounds": args.rounds, "repeats": args.repeats, "rows": rows}
     shipped, shipped_fn = rows[0], None
@@ -167,6 +206,7 @@ def run(args, write=lambda result: None) -> dict:
                 row["error"] = f"{NOT_RUN}: the shipped setting did not run"
                 continue
             try:
+                built, inputs = model_for(row["dtype"])
                 prepared = _prepare(built, tuple(row["switches"].items()), inputs, ref, graphs)
             except (runner.Interrupted, KeyboardInterrupt):
                 raise
@@ -177,7 +217,7 @@ def run(args, write=lambda result: None) -> dict:
             fn = prepared.pop("fn")
             row.update(prepared)
             if row is shipped:
-                shipped_fn, shipped["times_ms"] = fn, []
+                shipped_fn, shipped_inputs, shipped["times_ms"] = fn, inputs, []
                 _record_parts(row, built, inputs[0], dims, args.profile_forwards)
                 write(result)
                 continue
@@ -187,8 +227,8 @@ def run(args, write=lambda result: None) -> dict:
             row["round_ms"] = []
             with torch.inference_mode():
                 for _ in range(args.rounds):
-                    for side, f in (("shipped", shipped_fn), ("switched", fn)):
-                        pair[side] += timing.time_calls(f, inputs, args.warmup, args.repeats, device)
+                    for side, f, x in (("shipped", shipped_fn, shipped_inputs), ("switched", fn, inputs)):
+                        pair[side] += timing.time_calls(f, x, args.warmup, args.repeats, device)
                     row["round_ms"].append(timing.percentile(pair["switched"][-args.repeats:], 50))
             shipped["times_ms"] += pair["shipped"]
             _summarize(row, pair["switched"], args.batch)
@@ -227,12 +267,16 @@ def _summarize(row: dict, times: list, batch: int) -> None:
 
 def markdown(result: dict) -> str:
     env = result["env"]
+    other_dtype = ""
+    if any(row.get("dtype", result["dtype"]) != result["dtype"] for row in result["rows"]):
+        other_dtype = (f" A dtype= setting is the model in that dtype, timed against the shipped {result['dtype']} "
+                       "one: its vs shipped is that dtype's speedup.")
     lines = [f"# Ablation: {result['model']} batch {result['batch']} {result['dtype']} vit_fast"
              f"{' (CUDA graphs)' if result['cuda_graphs'] else ''}", "",
              f"{env.get('gpu')}, torch {env.get('torch')}, triton {env.get('triton')}, commit {env.get('commit')}; "
              f"each switched setting timed in {result['rounds']} rounds of {result['repeats']} replays, alternating "
              "with the shipped one; images/s from the median of the replays, vs shipped against the shipped "
-             "replays of the same rounds, the spread from each round's median.", "",
+             f"replays of the same rounds, the spread from each round's median.{other_dtype}", "",
              "| setting | images/s | vs shipped | round medians, ms | max rel err | top-1 | first result s |",
              "|---|---|---|---|---|---|---|"]
     for row in result["rows"]:

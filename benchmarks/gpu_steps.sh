@@ -7,8 +7,9 @@
 #                      (profile8, profile1, fp8acc, fp8tma, fp8ws, b1engine, b1split, b1desc, b1pdl, lnstats, gelu,
 #                      stagger, ws16, ablate256, ablate1, ablateL and micro only when named), each skipped when done
 #                      on this machine or too long for the time left; STEPs (e.g. headline profile) pick and order
-#                      them. After a test step on the machine, the steps of a Gluon engine (ws16, ablateL and
-#                      ablate256's ws row; fp8ws) run only if its tests' GPU comparison passed (gluon_tested)
+#                      them. After a test step on the machine, the steps and rows of a Gluon engine (ws16,
+#                      ablate256's and ablateL's ws rows; fp8ws, ablateL's FP8 ws row) run only if its tests' GPU
+#                      comparison passed (gluon_tested)
 #                      Writes $OUT/lease/:
 #                      runs.tar.gz (every step's files so far), lease.log, headline.md, tests.txt
 #   tests              the GPU test subset (tests/gpu_subset.txt), < 3 min, junit + one JSON line per test; each
@@ -57,7 +58,9 @@
 #   ablate1            the same for b1engine's, b1split's, b1desc's and b1pdl's switched rows at batch 1, and
 #                      VITFAST_STATS_SLOT=128 (the statistics writers' tiles at least 128 columns wide, as before
 #                      change 29) and VITFAST_LN_PARTIALS=0 there (the writers' tiles against launches)
-#   ablateL            the same for L/16 b256: shipped and VITFAST_GEMM_ENGINE=ws (issue 10's 1.2x compile target)
+#   ablateL            the same for L/16 b256, bf16 as shipped against: dtype=float8 (the FP8 model as shipped:
+#                      issue 13's 1.4x target), VITFAST_GEMM_ENGINE=ws (issue 10's 1.2x compile target), FP8 with
+#                      VITFAST_FP8_ENGINE=ws and with VITFAST_FP8_PRECISE_ACC=0 (fp8ws's and fp8acc's rows)
 #                      b1engine, b1split, b1desc and b1pdl have the same shipped rows, as lnstats, gelu, stagger and
 #                      ws16 do: the first of a group to measure them whole keeps them (per commit and VITFAST_*
 #                      settings) and the later ones copy them into their shipped/ (shared.txt says whose) and
@@ -233,7 +236,7 @@ lease)
     [ "$STEP_COMMIT" = unknown ] &&
         echo "=== lease: WARNING: the commit is unknown (no .git here): set VITFAST_SOURCE_COMMIT" | tee -a "$LOG"
     for s in $STEPS; do
-        gluon=$(case "$s" in ws16|ablateL) echo tests/kernels/test_gemm_ws.py ;;
+        gluon=$(case "$s" in ws16) echo tests/kernels/test_gemm_ws.py ;;
                                 fp8ws) echo tests/kernels/test_gemm_fp8_ws.py ;; esac)
         if [ -n "$gluon" ] && ! gluon_tested "$W/tests/tests.jsonl" "$gluon"; then
             echo "=== lease: $s skipped: $gluon did not pass in this machine's test step" | tee -a "$LOG"
@@ -253,7 +256,7 @@ lease)
         lnstats|gelu|stagger|ws16) done_ "$s" || T_BUDGET=$(( $(left) - 60 )) sub "$(half_if_shared "$s" 120)" "$s" ;;
         ablate256) done_ "$s" || sub 150 "$s" ;;
         ablate1) done_ "$s" || sub 130 "$s" ;;
-        ablateL) done_ "$s" || sub 150 "$s" ;;
+        ablateL) done_ "$s" || sub 230 "$s" ;;
         grid*) done_ "grid-${s#grid}" || T_BUDGET=$(( $(left) - 85 )) sub 240 grid "${s#grid}" ;;
         micro) done_ micro || sub 300 micro ;;
         esac
@@ -452,12 +455,21 @@ ablate256|ablate1|ablateL)
              "machine's test step" | tee -a "$LOG"
         WS=()
     fi
+    WS8=(--switch dtype=float8,VITFAST_FP8_ENGINE=ws)
+    if [ "$STEP" = ablateL ] && ! gluon_tested "$OUT_ROOT/tests/tests.jsonl" tests/kernels/test_gemm_fp8_ws.py; then
+        echo "=== $STEP: without dtype=float8,VITFAST_FP8_ENGINE=ws: tests/kernels/test_gemm_fp8_ws.py did not pass" \
+             "in this machine's test step" | tee -a "$LOG"
+        WS8=()
+    fi
     if [ "$STEP" = ablate256 ]; then
         # the Gluon engine first: the lever the next change waits for, measured before the step's time runs out
         ARGS=(--batch 256 ${WS[@]+"${WS[@]}"} --switch VITFAST_LN_PARTIALS=0 --switch VITFAST_GELU=libdevice
               --switch VITFAST_STAGGER=0)
     elif [ "$STEP" = ablateL ]; then
-        ARGS=(--batch 256 "${WS[@]}") MODEL=vit_l_16
+        # bf16 as shipped against: FP8 as shipped (issue 13's ratio, cheap: first), the Gluon engine (issue 10's
+        # 1.2x compile target), the Gluon FP8 engine, FP8 without the promotion (what fp8ws and fp8acc measure)
+        ARGS=(--batch 256 --switch dtype=float8 ${WS[@]+"${WS[@]}"} ${WS8[@]+"${WS8[@]}"}
+              --switch dtype=float8,VITFAST_FP8_PRECISE_ACC=0) MODEL=vit_l_16
     else
         # the 128-column statistics slots first: change 29, the newest prediction at batch 1
         ARGS=(--batch 1 --switch VITFAST_STATS_SLOT=128 --switch VITFAST_GEMM_ENGINE=pointer --switch VITFAST_SPLIT_K=1
@@ -469,11 +481,7 @@ ablate256|ablate1|ablateL)
         ARGS+=(--batch 2 --dtype float32 --resolution 32 --rounds 2 --repeats 1 --warmup 0 --profile-forwards 1
                --config-overrides embed_dim=64,num_heads=2,mlp_dim=128,depth=2)
     fi
-    if [ "$STEP" = ablateL ] && [ ${#WS[@]} = 0 ]; then
-        echo "=== $STEP: nothing to compare" | tee -a "$LOG"
-    else
-        run "${T_LIMIT:-300}" "$PY" -m benchmarks.ablation "${ARGS[@]}"
-    fi
+    run "${T_LIMIT:-300}" "$PY" -m benchmarks.ablation "${ARGS[@]}"
     ;;
 grid)
     IFS='|' read -r MODELS BATCHES DTYPES BACKENDS <<< "${SLICES[$ARG]}"

@@ -9,7 +9,8 @@ import os
 import pytest
 
 from benchmarks import ablation, breakdown
-from vit_fast.kernels._common import GELU_ENV, LN_PARTIALS_ENV
+from vit_fast.kernels import gemm_fp8
+from vit_fast.kernels._common import GELU_ENV, LN_PARTIALS_ENV, PRECISE_ACC_ENV
 
 ln_linear = importlib.import_module("vit_fast.kernels.ln_linear")  # the package exports the op's function
 
@@ -58,6 +59,40 @@ def test_each_setting_runs_under_its_switches(tmp_path, monkeypatch):
     assert "Per layer part, ms a forward (CPU self time of its ops" in md and md.count("| shipped | ") == 2
 
 
+def test_a_dtype_setting_times_the_model_in_that_dtype(tmp_path, monkeypatch):
+    """dtype=float8 settings: the same model quantized, timed against the shipped fp32 one, each with its own
+    switches (the FP8 GEMM reads the promotion switch at every launch); FP8's logits error is FP8's, not fp32's."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.delenv(PRECISE_ACC_ENV, raising=False)
+    seen = []  # the promotion switch at every FP8 GEMM launch
+
+    def recording(_real=gemm_fp8.precise_acc_setting):
+        seen.append(os.environ.get(PRECISE_ACC_ENV, "default"))
+        return _real()
+    monkeypatch.setattr(gemm_fp8, "precise_acc_setting", recording)
+    out = tmp_path / "abl"
+    assert ablation.main(["--out", str(out), *TOY, "--profile-forwards", "0", "--switch", "dtype=float8",
+                          "--switch", f"dtype=float8,{PRECISE_ACC_ENV}=0"]) == 0
+    result = json.loads((out / "ablation.json").read_text())
+    rows = {r["setting"]: r for r in result["rows"]}
+    assert list(rows) == ["shipped", "dtype=float8", f"dtype=float8,{PRECISE_ACC_ENV}=0"]
+    assert [r["dtype"] for r in rows.values()] == ["float32", "float8", "float8"]
+    assert rows["dtype=float8"]["switches"] == {} and rows[f"dtype=float8,{PRECISE_ACC_ENV}=0"]["switches"] == {
+        PRECISE_ACC_ENV: "0"}
+    assert rows["shipped"]["max_rel_err"] < 1e-4
+    for name in ("dtype=float8", f"dtype=float8,{PRECISE_ACC_ENV}=0"):
+        row = rows[name]
+        assert 1e-3 < row["max_rel_err"] < 0.5 and row["images_per_s"] > 0, row  # quantized: FP8's error
+        assert row["vs_shipped"] == pytest.approx(row["shipped_ms_p50"] / row["latency_ms_p50"])
+    # the shipped fp32 model launches no FP8 GEMM; each FP8 setting's 4 launches a block (2 blocks) ran under its
+    # switch: prepared (one forward), then 2 timed rounds (one replay each)
+    per_forward = 8
+    assert seen == ["default"] * per_forward * 3 + ["0"] * per_forward * 3, seen
+    assert os.environ.get(PRECISE_ACC_ENV) is None
+    md = (out / "ablation.md").read_text()
+    assert "A dtype= setting is the model in that dtype, timed against the shipped float32 one" in md
+
+
 def test_time_budget_leaves_later_settings_not_run(tmp_path, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     out = tmp_path / "abl"
@@ -66,15 +101,20 @@ def test_time_budget_leaves_later_settings_not_run(tmp_path, monkeypatch):
     assert [r.get("error", "").split(":")[0] for r in rows] == ["not run", "not run"]
 
 
-@pytest.mark.parametrize("switch, message", [
-    ("VITFAST_GELU=erf", "VITFAST_GELU: expected fitted | libdevice, got 'erf'"),
-    ("VITFAST_NOPE=1", "expected VITFAST_NAME=value with a name of"),
-    ("VITFAST_GELU", "expected VITFAST_NAME=value"),
+@pytest.mark.parametrize("switches, message", [
+    (["VITFAST_GELU=erf"], "VITFAST_GELU: expected fitted | libdevice, got 'erf'"),
+    (["VITFAST_NOPE=1"], "expected VITFAST_NAME=value or dtype=DTYPE (names: VITFAST_"),
+    (["VITFAST_GELU"], "expected VITFAST_NAME=value"),
+    (["dtype=float9"], "dtype: expected bfloat16 | float16 | float32 | float8, got 'float9'"),
+    (["dtype=float8,VITFAST_GELU=libdevice,dtype=float32"], "dtype is given twice in 'dtype=float8,"),
+    (["dtype=bfloat16"], "a --switch is the shipped setting itself (dtype=bfloat16, no switch)"),
+    (["dtype=float8,VITFAST_GELU=libdevice", "VITFAST_GELU=libdevice,dtype=float8"], "a --switch is given twice"),
 ])
-def test_bad_switches_are_one_line_before_anything_runs(switch, message, tmp_path, capsys):
+def test_bad_switches_are_one_line_before_anything_runs(switches, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        ablation.main(["--out", str(tmp_path / "abl"), "--switch", switch])
-    assert e.value.code == 2 and message in capsys.readouterr().err
+        ablation.main(["--out", str(tmp_path / "abl")] + [a for s in switches for a in ("--switch", s)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err, err
     assert not (tmp_path / "abl").exists()
 
 
