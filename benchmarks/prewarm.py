@@ -27,18 +27,18 @@ from vit_fast.switches import switched
 from . import schema
 
 BF16, FP8 = "bfloat16", "float8"
-# (model, batch, dtype, switches): every vit_fast row of the headline (headline.ROWS), in an order that gives each of
-# three processes (--part K/3) a large first compile (B/16 b256, L/16's FP8, B/16 b1), then the first half of the
-# lease's side-by-side steps (gpu_steps.sh) in the order the next lease's second call names them (NOTES.md)
+# (model, batch, dtype, switches): every vit_fast row of the headline (headline.ROWS), then the lease's side-by-side
+# steps' switched rows (gpu_steps.sh), each in the order the next lease's calls need them (NOTES.md, "GPU session
+# plan"): ablateL (L/16 b256, bf16 and FP8) first after the tests, then the headline's B/16 rows, then H/14; the three
+# processes (--part K/3) start on L/16 bf16, L/16 FP8 and B/16 b256, the largest first compiles
 ROWS = [
-    ("vit_b_16", 256, BF16, {}), ("vit_l_16", 256, FP8, {}), ("vit_b_16", 1, BF16, {}),
-    ("vit_l_16", 256, BF16, {}), ("vit_h_14", 256, FP8, {}), ("vit_h_14", 64, BF16, {}),
-    ("vit_h_14", 256, BF16, {}), ("vit_b_16", 1, BF16, {"VITFAST_PDL": "1"}),
+    ("vit_l_16", 256, BF16, {}), ("vit_l_16", 256, FP8, {}), ("vit_b_16", 256, BF16, {}),
+    ("vit_b_16", 1, BF16, {}), ("vit_h_14", 256, FP8, {}), ("vit_h_14", 64, BF16, {}),
+    ("vit_h_14", 256, BF16, {}), ("vit_l_16", 256, FP8, {"VITFAST_FP8_PRECISE_ACC": "0"}),
     ("vit_b_16", 256, BF16, {"VITFAST_GELU": "libdevice"}), ("vit_b_16", 256, BF16, {"VITFAST_STAGGER": "0"}),
-    ("vit_b_16", 1, BF16, {"VITFAST_TMA_DESC": "device"}),
-    ("vit_b_16", 1, BF16, {"VITFAST_SPLIT_K": "1"}), ("vit_b_16", 256, BF16, {"VITFAST_LN_PARTIALS": "0"}),
+    ("vit_b_16", 256, BF16, {"VITFAST_LN_PARTIALS": "0"}), ("vit_b_16", 1, BF16, {"VITFAST_PDL": "1"}),
+    ("vit_b_16", 1, BF16, {"VITFAST_TMA_DESC": "device"}), ("vit_b_16", 1, BF16, {"VITFAST_SPLIT_K": "1"}),
     ("vit_b_16", 1, BF16, {"VITFAST_GEMM_ENGINE": "pointer"}),
-    ("vit_l_16", 256, FP8, {"VITFAST_FP8_PRECISE_ACC": "0"}),
 ]
 
 

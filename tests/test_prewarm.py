@@ -28,7 +28,7 @@ def test_rows_are_the_headlines_vit_fast_rows_then_the_side_by_side_steps_split_
             in body, (step.group(1), model, batch, dtype)
     parts = [prewarm.parse_args(["--part", f"{k}/3"]).rows for k in (1, 2, 3)]
     assert sum(map(len, parts)) == len(rows) and [p[0][:3] for p in parts] == [
-        ("vit_b_16", 256, "bfloat16"), ("vit_l_16", 256, "float8"), ("vit_b_16", 1, "bfloat16")]
+        ("vit_l_16", 256, "bfloat16"), ("vit_l_16", 256, "float8"), ("vit_b_16", 256, "bfloat16")]
     assert prewarm.parse_args(["--rows", "vit_b_16:1,vit_l_16:256:float8"]).rows == [
         ("vit_b_16", 1, "bfloat16", {}), ("vit_l_16", 256, "float8", {})]
 
