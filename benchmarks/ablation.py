@@ -20,13 +20,13 @@ built once, when a setting first needs them.
 
 `python -m benchmarks.ablation --out DIR --switch VITFAST_GELU=libdevice [--switch NAME=VALUE[,NAME=VALUE]] ...
 [--model vit_b_16] [--batch 256] [--dtype bfloat16]`: the shipped setting is the environment as given, at --dtype.
-Files in DIR: ablation.json (the environment, the seed, and per setting its dtype, images/s (median of its replays), each
-round's median, its ratio to the shipped replays of the same rounds, its logits error against the fp32 model, its
-seconds to a first result and its device time per layer part (QKV, attention, out-proj, FC1, FC2, LayerNorm, other:
-benchmarks/breakdown.py's groups, from --profile-forwards eager forwards under the profiler once its graph is timed; a
-setting's effect on one GEMM is read there, not guessed from images/s), or why it did not run) and ablation.md. A
-setting that fails (a switch the GPU cannot take) is recorded with its one-line reason and the others go on; settings
-the --time-budget does not reach are recorded as not run.
+Files in DIR: ablation.json (the environment, the seed, and per setting its dtype, images/s (median of its replays),
+each round's median, its ratio to the shipped replays of the same rounds, its logits error against the fp32 model,
+its seconds to a first result and its device time per layer part (QKV, attention, out-proj, FC1, FC2, LayerNorm,
+other: benchmarks/breakdown.py's groups, from --profile-forwards eager forwards under the profiler once its graph is
+timed; a setting's effect on one GEMM is read there, not guessed from images/s), or why it did not run) and
+ablation.md. A setting that fails (a switch the GPU cannot take) is recorded with its one-line reason and the others
+go on; settings the --time-budget does not reach are recorded as not run.
 """
 from __future__ import annotations
 
