@@ -268,8 +268,8 @@ def markdown(result: dict) -> str:
     env = result["env"]
     other_dtype = ""
     if any(row.get("dtype", result["dtype"]) != result["dtype"] for row in result["rows"]):
-        other_dtype = (f" A dtype= setting is the model in that dtype, timed against the shipped {result['dtype']} "
-                       "one: its vs shipped is that dtype's speedup.")
+        other_dtype = (f" A dtype= setting is the model in that dtype (under its switches, if any), timed against "
+                       f"the shipped {result['dtype']} one: its vs shipped is its speedup over that.")
     lines = [f"# Ablation: {result['model']} batch {result['batch']} {result['dtype']} vit_fast"
              f"{' (CUDA graphs)' if result['cuda_graphs'] else ''}", "",
              f"{env.get('gpu')}, torch {env.get('torch')}, triton {env.get('triton')}, commit {env.get('commit')}; "

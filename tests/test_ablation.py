@@ -7,6 +7,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from benchmarks import ablation, breakdown
 from vit_fast.kernels import gemm_fp8
@@ -70,6 +71,12 @@ def test_a_dtype_setting_times_the_model_in_that_dtype(tmp_path, monkeypatch):
         seen.append(os.environ.get(PRECISE_ACC_ENV, "default"))
         return _real()
     monkeypatch.setattr(gemm_fp8, "precise_acc_setting", recording)
+    timed = []  # the dtype of the inputs of each timed call: each side of a round on its own model's
+
+    def timing_inputs(f, inputs, *args, _real=ablation.timing.time_calls):
+        timed.append(inputs[0].dtype)
+        return _real(f, inputs, *args)
+    monkeypatch.setattr(ablation.timing, "time_calls", timing_inputs)
     out = tmp_path / "abl"
     assert ablation.main(["--out", str(out), *TOY, "--profile-forwards", "0", "--switch", "dtype=float8",
                           "--switch", f"dtype=float8,{PRECISE_ACC_ENV}=0"]) == 0
@@ -89,8 +96,10 @@ def test_a_dtype_setting_times_the_model_in_that_dtype(tmp_path, monkeypatch):
     per_forward = 8
     assert seen == ["default"] * per_forward * 3 + ["0"] * per_forward * 3, seen
     assert os.environ.get(PRECISE_ACC_ENV) is None
+    assert timed == [torch.float32, torch.bfloat16] * 4  # 2 rounds of (shipped, FP8) for each FP8 setting
     md = (out / "ablation.md").read_text()
-    assert "A dtype= setting is the model in that dtype, timed against the shipped float32 one" in md
+    assert "A dtype= setting is the model in that dtype (under its switches, if any), timed against the shipped " \
+           "float32 one" in md
 
 
 def test_time_budget_leaves_later_settings_not_run(tmp_path, monkeypatch):
@@ -107,12 +116,13 @@ def test_time_budget_leaves_later_settings_not_run(tmp_path, monkeypatch):
     (["VITFAST_GELU"], "expected VITFAST_NAME=value"),
     (["dtype=float9"], "dtype: expected bfloat16 | float16 | float32 | float8, got 'float9'"),
     (["dtype=float8,VITFAST_GELU=libdevice,dtype=float32"], "dtype is given twice in 'dtype=float8,"),
-    (["dtype=bfloat16"], "a --switch is the shipped setting itself (dtype=bfloat16, no switch)"),
+    (["dtype=float32"], "a --switch is the shipped setting itself (dtype=float32, no switch)"),  # TOY: float32
     (["dtype=float8,VITFAST_GELU=libdevice", "VITFAST_GELU=libdevice,dtype=float8"], "a --switch is given twice"),
 ])
 def test_bad_switches_are_one_line_before_anything_runs(switches, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        ablation.main(["--out", str(tmp_path / "abl")] + [a for s in switches for a in ("--switch", s)])
+        # toy sizes: a check that let one through would end in seconds, not run B/16 b256 in the interpreter
+        ablation.main(["--out", str(tmp_path / "abl"), *TOY] + [a for s in switches for a in ("--switch", s)])
     err = capsys.readouterr().err
     assert e.value.code == 2 and message in err, err
     assert not (tmp_path / "abl").exists()
