@@ -261,7 +261,7 @@ def test_gluon_steps_wait_for_their_tests(tmp_path):
     _test_log(tmp_path / "out" / "tests" / "tests.jsonl", [
         (f"{ws}::test_ws_engine_matches_the_tma_engine_and_eager[a]", "passed"), (f"{ws}::test_other", "error"),
         (f"{fp8}::test_ws_engine_matches_the_tma_and_pointer_engines[a]", "passed")])
-    # an ablation step keeps its other rows: the settings are listed, none prepared within the 1 s budget left
+    # an ablation step keeps its other rows: every setting is listed (the 1 s budget prepares at most the first)
     proc, out = _steps(tmp_path, "ablateL", timeout=100, T_LIMIT="31")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "=== ablateL: without VITFAST_GEMM_ENGINE=ws" in proc.stdout
