@@ -105,7 +105,8 @@ def parse_args(argv=None):
             p.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     if not args.switch:
         p.error("expected at least one --switch VITFAST_NAME=VALUE to compare with the shipped setting")
-    args.switch = [tuple(p_ for p_ in setting if p_ != (DTYPE, args.dtype)) for setting in args.switch]
+    # dtype=<the shipped dtype> names no change: dropped, so such a setting compares as its switches alone
+    args.switch = [tuple(pair for pair in setting if pair != (DTYPE, args.dtype)) for setting in args.switch]
     if () in args.switch:
         p.error(f"a --switch is the shipped setting itself (dtype={args.dtype}, no switch)")
     if len({frozenset(s) for s in args.switch}) != len(args.switch):
