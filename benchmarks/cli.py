@@ -26,6 +26,7 @@ CPU_MODELS = ["vit_ti_16"]
 GPU_BATCHES, CPU_BATCHES = [1, 8, 64, 256], [1, 4]
 GPU_DTYPES, CPU_DTYPES = ["bfloat16", "float16"], ["float32"]
 CPU_BACKENDS = [b for b in schema.BACKENDS if b != "compile"]
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 
 
 def _csv(kind):
@@ -114,10 +115,40 @@ def _set_precision() -> None:
                 print(f"note: could not switch TF32 off: {e}")
 
 
+def canonical_dtype(name: str) -> str:
+    """A --dtypes entry in the harness's spelling (bf16 -> bfloat16, fp8 -> float8); unknown names pass through to
+    the one-line error that lists the known ones."""
+    from vit_fast.dtype_names import canonical
+
+    try:
+        return canonical(name, {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32", "fp8": "float8"})
+    except ValueError:
+        return name
+
+
+def check_out_dir(out) -> None:
+    """--out names a directory (made if missing): a file there is refused before anything runs."""
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise SystemExit(f"error: --out expects a directory for the results, got the file {str(out)!r}")
+
+
 def resolve(args) -> "runner.Settings":  # noqa: F821
     from . import runner
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cuda", "cpu"):
+        raise SystemExit(f"error: --device expects cuda, cuda:N or cpu, got {args.device!r}")
+    for flag, value in (("--resolution", args.resolution), ("--cpu-threads", args.cpu_threads),
+                        ("--graph-max-batch", args.graph_max_batch)):
+        if value is not None and value < 1:
+            raise SystemExit(f"error: {flag} must be >= 1, got {value}")
+    if args.time_budget is not None and not args.time_budget > 0:
+        raise SystemExit(f"error: --time-budget must be > 0 seconds, got {args.time_budget:g}")
+    if args.compile_mode is not None and args.compile_mode not in COMPILE_MODES:
+        raise SystemExit(f"error: --compile-mode expects one of {', '.join(COMPILE_MODES)}, got {args.compile_mode!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but CUDA is not available here")
     gpu = device.type == "cuda"
@@ -142,10 +173,11 @@ def resolve(args) -> "runner.Settings":  # noqa: F821
     if bad:
         raise SystemExit(f"error: --resolution {args.resolution} is not a multiple of the patch size of "
                          f"{', '.join(bad)}")
-    dtypes = args.dtypes or (GPU_DTYPES if gpu else CPU_DTYPES)
+    dtypes = [canonical_dtype(d) for d in args.dtypes or (GPU_DTYPES if gpu else CPU_DTYPES)]
     bad = [d for d in dtypes if d not in runner.DTYPES]
     if bad:
-        raise SystemExit(f"error: unknown dtypes {bad}; expected some of {', '.join(runner.DTYPES)}")
+        raise SystemExit(f"error: unknown dtypes {bad}; expected some of {', '.join(runner.DTYPES)} (or their short "
+                         "names bf16, fp16, fp32, fp8)")
     backends = args.backends or (list(schema.BACKENDS) if gpu else CPU_BACKENDS)
     bad = [b for b in backends if b not in schema.BACKENDS]
     if bad:
@@ -157,6 +189,7 @@ def resolve(args) -> "runner.Settings":  # noqa: F821
     warmup = args.warmup if args.warmup is not None else (3 if gpu else 1)
     if repeats < 1 or warmup < 0:
         raise SystemExit("error: --repeats must be >= 1 and --warmup >= 0")
+    check_out_dir(args.out)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
     return runner.Settings(
         models=list(dict.fromkeys(models)), batch_sizes=list(dict.fromkeys(batches)),
@@ -185,6 +218,8 @@ def run(args) -> int:
     _set_precision()
     device = settings.device
     env = env_mod.collect(device)
+    if settings.overrides:
+        env["config"] = ", ".join(f"{k}={v}" for k, v in settings.overrides.items())
     out_dir = Path(args.out) if args.out else env_mod.default_results_dir(env, root=Path.cwd() / "bench-results")
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"benchmark on {env['gpu']} (torch {env['torch']}, triton {env['triton']}), seed {settings.seed}, "
@@ -233,6 +268,9 @@ def run(args) -> int:
     print(f"done in {time.monotonic() - started:.1f} s")
     if any(r["error"] and "interrupted" in r["error"] for r in rows):
         return 143  # stopped by a signal: the files hold what was finished
+    if rows and all(r["error"] for r in rows):
+        print("error: no row was measured (the reasons are above)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -261,4 +299,11 @@ def main(argv=None) -> int:
         description="Time ViT inference backends side by side (eager, sdpa, torch.compile, vit_fast, timm, HF) "
                     "and write results.json, results.md and plots.")
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except SystemExit as e:  # the harness's one-line refusals: on stderr, exit code 2 as argparse's own
+        if not isinstance(e.code, str):
+            raise
+        print(f"{parser.prog}: {e.code}", file=sys.stderr)
+        return 2

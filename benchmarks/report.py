@@ -93,6 +93,8 @@ def env_line(env: dict) -> str:
     parts.append(f"Python {env.get('python')}")
     if env.get("settings"):
         parts.append(f"kernel switches {env['settings']}")
+    if env.get("config"):
+        parts.append(f"every model with {env['config']}")
     return ", ".join(parts)
 
 

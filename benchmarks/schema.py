@@ -4,8 +4,9 @@ from __future__ import annotations
 
 ENV_KEYS = ("gpu", "driver", "cuda", "torch", "triton", "python", "commit", "date")
 # "settings": the kernel switches set in the run (vit_fast/switches.py), null at defaults; results of
-# earlier runs do not have the key
-ENV_OPTIONAL_KEYS = ("settings",)
+# earlier runs do not have the key. "config": the config fields the run changed on every preset (k=v, ...), only
+# when it changed some (`vit-fast demo --checkpoint/--set` times that architecture)
+ENV_OPTIONAL_KEYS = ("settings", "config")
 TOP_KEYS = ("env", "matmul_peak_tflops", "rows")
 ROW_KEYS = ("model", "batch", "dtype", "backend", "cuda_graphs", "images_per_s", "latency_ms_p50",
             "latency_ms_p90", "tflops", "mfu", "peak_mem_gb", "max_rel_err", "top1_agree", "error")

@@ -163,7 +163,8 @@ def test_harness_end_to_end(tmp_path):
     assert list(results) == list(schema.TOP_KEYS)
     from benchmarks.env import kernel_settings  # None here; VITFAST_AUTOTUNE=first in the GPU test step
 
-    assert list(results["env"]) == [*schema.ENV_KEYS, "settings"]
+    assert list(results["env"]) == [*schema.ENV_KEYS, "settings", "config"]
+    assert results["env"]["config"] == TINY.replace(",", ", ")  # the presets were changed: the file says how
     assert results["env"]["settings"] == kernel_settings()
     assert all(list(r) == list(schema.ROW_KEYS) for r in results["rows"])
     assert results["matmul_peak_tflops"] > 0
@@ -230,24 +231,43 @@ def test_harness_end_to_end(tmp_path):
     (["--resolution", "8"], "patch 16"),
     (["--models", "vit_ti_14,vit_ti_16", "--resolution", "128"], "of vit_ti_14 (patch 14: e.g. 126 or 140)"),
 ])
-def test_resolution_not_a_multiple_of_the_patch_is_an_error(tmp_path, argv, fragment):
+def test_resolution_not_a_multiple_of_the_patch_is_an_error(tmp_path, capsys, argv, fragment):
     from benchmarks.cli import main
 
-    with pytest.raises(SystemExit) as e:
-        main(["--device", "cpu", "--models", "vit_ti_16", "--out", str(tmp_path / "x"), *argv])
-    assert isinstance(e.value.code, str) and "\n" not in e.value.code and fragment in e.value.code, e.value.code
+    assert main(["--device", "cpu", "--models", "vit_ti_16", "--out", str(tmp_path / "x"), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("python -m benchmarks: error: ") and fragment in err[0], err
     assert not (tmp_path / "x").exists()  # refused before measuring anything
 
 
-def test_a_bad_kernel_switch_is_an_error_before_measuring(tmp_path, monkeypatch):
+def test_a_bad_kernel_switch_is_an_error_before_measuring(tmp_path, capsys, monkeypatch):
     """A VITFAST_* switch set to a value it does not take would fail every vit_fast row: one line, nothing measured."""
     from benchmarks.cli import main
 
     monkeypatch.setenv("VITFAST_GEMM_ENGINE", "cublas")
-    with pytest.raises(SystemExit) as e:
-        main(["--device", "cpu", "--models", "vit_ti_16", "--out", str(tmp_path / "x")])
-    assert e.value.code == "error: VITFAST_GEMM_ENGINE: expected auto | tma | pointer | ws, got 'cublas'"
+    assert main(["--device", "cpu", "--models", "vit_ti_16", "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.strip() == ("python -m benchmarks: error: VITFAST_GEMM_ENGINE: expected auto | tma "
+                                               "| pointer | ws, got 'cublas'")
     assert not (tmp_path / "x").exists()
+
+
+def test_dtypes_take_every_spelling():
+    from benchmarks.cli import resolve
+
+    args = add_arguments(argparse.ArgumentParser()).parse_args(["--device", "cpu", "--models", "vit_ti_16",
+                                                                "--dtypes", "bf16,fp16,float32,fp8,bfloat16"])
+    assert resolve(args).dtypes == ["bfloat16", "float16", "float32", "float8"]
+
+
+def test_a_run_that_measures_no_row_exits_1(tmp_path, capsys, monkeypatch):
+    """Every row failed (here the only backend cannot run on a CPU): the files say why, and the exit code too."""
+    from benchmarks.cli import main
+
+    assert main(["--device", "cpu", "--models", "vit_ti_16", "--config-overrides", TINY, "--resolution", "32",
+                 "--backends", "compile", "--batch-sizes", "1", "--compile-mode", "default", "--no-plots",
+                 "--no-progress", "--out", str(tmp_path / "x"), "--time-budget", "0.001"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: no row was measured (the reasons are above)"
+    assert all(r["error"] for r in json.loads((tmp_path / "x" / "results.json").read_text())["rows"])
 
 
 def test_cpu_peak_is_per_dtype_and_mfu_is_left_out_above_it():

@@ -1,4 +1,5 @@
 """The `vit-fast` command: predict, info, convert, and one-line errors."""
+import json
 import subprocess
 from pathlib import Path
 import sys
@@ -51,11 +52,55 @@ def test_predict_without_checkpoint_says_weights_are_random(capsys):
 
 
 def test_predict_bad_image_is_reported(tmp_path, tiny_checkpoint, capsys):
+    """An undecodable file: one line on stderr naming it, the other images still on stdout, exit code 1."""
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
     assert main(["predict", str(bad), SAMPLE_IMAGES[0], "--checkpoint", str(tiny_checkpoint[1])]) == 1
-    out = capsys.readouterr().out
-    assert "error:" in out and SAMPLE_IMAGES[0] in out
+    out = capsys.readouterr()
+    assert out.out.splitlines()[0] == SAMPLE_IMAGES[0] and str(bad) not in out.out
+    assert out.err.strip().splitlines() == [f"vit-fast: error: cannot decode file {str(bad)!r}: not a recognized "
+                                            "image format"]
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["FOLDER"], "predict takes image files, got the folder"),
+    (["missing.jpg"], "image file not found: 'missing.jpg'"),
+    ([SAMPLE_IMAGES[0], "--top-k", "0"], "--top-k expects a positive number of labels, got 0"),
+])
+def test_predict_refuses_before_building_a_model(argv, match, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(vit_fast, "create", lambda *a, **k: pytest.fail("built a model before checking arguments"))
+    argv = [str(tmp_path) if a == "FOLDER" else a for a in argv]
+    assert main(["predict", *argv, "--model", "vit_ti_16"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("vit-fast") and "error:" in err[0] and match in err[0], err
+
+
+@pytest.mark.parametrize("spelling, dtype", [("bf16", torch.bfloat16), ("bfloat16", torch.bfloat16),
+                                             ("fp32", torch.float32), ("float", torch.float32)])
+def test_every_dtype_spelling_is_taken(spelling, dtype, monkeypatch, capsys):
+    """predict takes validate's short names and torch's, and passes the Predictor the same dtype for both."""
+    seen = []
+    real = vit_fast.Predictor.__init__
+
+    def spy(self, model, **kwargs):
+        seen.append(kwargs["dtype"])
+        real(self, model, **kwargs)
+
+    monkeypatch.setattr(vit_fast.Predictor, "__init__", spy)
+    assert main(["predict", SAMPLE_IMAGES[0], "--model", "vit_ti_16", "--set", "depth=1", "--set", "img_size=32",
+                 "--device", "cpu", "--dtype", spelling, "--top-k", "1"]) == 0
+    assert [vit_fast.predictor._default_dtype(d, torch.device("cpu")) for d in seen] == [dtype]
+
+
+@pytest.mark.parametrize("command", ["predict", "serve", "infer", "convert"])
+def test_an_unknown_dtype_lists_the_commands_names(command, capsys):
+    args = {"predict": ["x.jpg"], "serve": [], "infer": ["imgs/"], "convert": ["a", "b"]}[command]
+    names = "float32, fp8" if command == "convert" else "float32, float16, bfloat16, fp8"
+    with pytest.raises(SystemExit) as e:
+        main([command, *args, "--dtype", "int4"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"vit-fast {command}: error: argument --dtype: expected one of {names}, got 'int4'")
 
 
 def test_info(capsys):
@@ -100,15 +145,51 @@ def test_convert_timm_file(tmp_path, capsys):
     "argv,match",
     [
         (["convert", "/nonexistent/w.safetensors", "/tmp/x"], "no checkpoint at"),
-        (["predict", "x.jpg", "--checkpoint", "/nonexistent"], "no checkpoint at"),
-        (["predict", "x.jpg", "--model", "vit_q_16"], "unknown model 'vit_q_16'"),
+        (["predict", SAMPLE_IMAGES[0], "--checkpoint", "/nonexistent"], "no checkpoint at"),
+        (["predict", SAMPLE_IMAGES[0], "--model", "vit_q_16"], "unknown model 'vit_q_16'"),
+        (["predict", SAMPLE_IMAGES[0], "--set", "num_heads=0"], "num_heads 0: must be >= 1"),
+        (["predict", SAMPLE_IMAGES[0], "--set", "layer_norm_eps=-1"], "layer_norm_eps must be > 0, got -1"),
+        (["bench", "--models", "vit_b16"], "unknown models ['vit_b16']"),
+        (["bench", "--dtypes", "bf16,int4"], "unknown dtypes ['int4']"),
+        (["bench", "--compile-mode", "foo"], "--compile-mode expects one of default,"),
+        (["bench", "--time-budget", "-1"], "--time-budget must be > 0 seconds, got -1"),
+        (["bench", "--device", "xyz"], "--device expects cuda, cuda:N or cpu, got 'xyz'"),
+        (["bench", "--resolution", "-16"], "--resolution must be >= 1, got -16"),
+        (["bench", "--out", "A_FILE"], "--out expects a directory for the results, got the file"),
+        (["demo", "--out", "A_FILE"], "--out expects a directory for the results, got the file"),
         (["convert", "a", "b", "--set", "oops"], "--set expects key=value"),
     ],
 )
-def test_errors_are_one_line(argv, match, capsys):
+def test_errors_are_one_line(argv, match, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("")
+    argv = [str(tmp_path / "a_file") if a == "A_FILE" else a for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("vit-fast: error:") and match in err[0]
+
+
+@pytest.mark.parametrize("in_the_way", ["model.safetensors", "vit_fast.json"])
+def test_convert_checks_its_destination_first_and_writes_whole_checkpoints(tmp_path, capsys, monkeypatch,
+                                                                          in_the_way):
+    """A destination that cannot take the checkpoint is refused before the source loads; a write that fails half way
+    leaves neither file (nor a temporary one)."""
+    model = randomize_(vit_fast.create("vit_ti_16", img_size=32, depth=1, num_classes=3))
+    src = vit_fast.save(model, tmp_path / "src")
+    (tmp_path / "dst" / in_the_way).mkdir(parents=True)
+    monkeypatch.setattr(vit_fast, "load", lambda *a, **k: pytest.fail("loaded the source first"))
+    assert main(["convert", str(src), str(tmp_path / "dst")]) == 2
+    assert capsys.readouterr().err.strip() == (f"vit-fast: error: cannot write {tmp_path / 'dst' / in_the_way}: a "
+                                               "folder of that name is in the way")
+    monkeypatch.undo()
+    from vit_fast.loading import checkpoint
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full_disk)  # the config, written after the weights
+    with pytest.raises(OSError, match="No space left"):
+        checkpoint.save(model, tmp_path / "half")
+    assert list((tmp_path / "half").iterdir()) == []
 
 
 def test_python_dash_m():
@@ -125,6 +206,27 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     assert all(Path(p).name in out for p in SAMPLE_IMAGES)
     assert "img/s" in out and (tmp_path / "results.json").is_file()
+    assert "config" not in json.loads((tmp_path / "results.json").read_text())["env"]
+
+
+def test_demo_times_the_checkpoints_architecture(tiny_checkpoint, tmp_path, capsys):
+    """demo --checkpoint: the header names the checkpoint, and the timing builds its architecture (not the preset's
+    12 layers at 224 px), which results.json records."""
+    _, ckpt = tiny_checkpoint
+    assert main(["demo", "--checkpoint", str(ckpt), "--model", "vit_ti_16", "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert f"with checkpoint {ckpt} (1 layers, width 192, patch 16, 32x32 px)" in out
+    assert "throughput of this architecture" in out and "32x32 px" in out
+    results = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert results["env"]["config"].startswith("num_classes=4, depth=1")
+    assert {r["model"] for r in results["rows"]} == {"vit_ti_16"}
+    from benchmarks.flops import vit_flops
+
+    flops = vit_flops(vit_fast.get_config("vit_ti_16", depth=1, num_classes=4, img_size=32))
+    measured = [r for r in results["rows"] if r["error"] is None]
+    assert measured and all(r["tflops"] * 1e12 * r["latency_ms_p50"] * 1e-3 / r["batch"] == pytest.approx(flops)
+                            for r in measured)
+    assert "every model with num_classes=4, depth=1" in (tmp_path / "o" / "results.md").read_text()
 
 
 def test_readme_command_line_block(tmp_path, monkeypatch, capsys):

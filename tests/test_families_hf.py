@@ -427,7 +427,8 @@ def test_cli_predict_embeddings(tmp_path, capsys):
     hf = _hf("dinov2", hidden=32, layers=1, heads=2)
     hf.save_pretrained(tmp_path)
     cat = vit_fast.__path__[0] + "/assets/cat.jpg"
-    assert main(["predict", cat, str(tmp_path / "missing.jpg"), "--checkpoint", str(tmp_path), "--embeddings",
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")  # an error record in its JSON line; a missing file: exit 2
+    assert main(["predict", cat, str(tmp_path / "broken.jpg"), "--checkpoint", str(tmp_path), "--embeddings",
                  "--normalize", "--device", "cpu", "--backend", "sdpa"]) == 1
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(lines[0]["embedding"]) == 32 and abs(torch.tensor(lines[0]["embedding"]).norm() - 1) < 1e-5

@@ -94,6 +94,14 @@ def test_exclude_errors_say_what_was_expected(exclude, message):
         fp8_model.to_fp8(exclude="fc2")
 
 
+@pytest.mark.parametrize("exclude", [5, ["fc2", 3], {"fc2": 1}])
+def test_exclude_of_another_type_is_a_type_error(exclude):
+    model = _tiny()
+    with pytest.raises(TypeError, match="exclude expects GEMM kinds or layer-name patterns: a string"):
+        vit_fast.quantize(model, "fp8", exclude=exclude)
+    assert not model.is_fp8
+
+
 @pytest.mark.skipif(fp8_unsupported_reason(torch.device(DEVICE)) is not None, reason="needs sm_89+/interpreter")
 @pytest.mark.parametrize("exclude, passes", [
     # (kept dense, quantization passes: ln_qkv, ln_linear, linear_residual, quantize_fp8_groups, attention
@@ -313,7 +321,8 @@ def test_predictor_fp8_exclude(monkeypatch):
         with pytest.raises(ValueError, match="'fc9' names no FP8 layer"):
             vit_fast.Predictor(model, device="cpu", dtype="fp8", fp8_exclude="fc9", cuda_graphs=False)
     assert not model.is_fp8  # nothing quantized
-    with pytest.raises(TypeError, match="quantize expects a vit_fast VisionTransformer, got Sequential"):
+    with pytest.raises(TypeError, match=r"model must be a vit_fast model \(vit_fast.load, vit_fast.create\), got "
+                                        "Sequential"):
         vit_fast.Predictor(torch.nn.Sequential(), device="cpu", dtype="fp8", cuda_graphs=False)
     dense = copy.deepcopy(model)
     predictor = vit_fast.Predictor(model, device="cpu", dtype="fp8", fp8_exclude="fc2", cuda_graphs=False)

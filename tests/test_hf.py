@@ -124,6 +124,39 @@ def test_preprocessor_config_sets_normalization(tmp_path):
     assert model.config.image_mean == (0.1, 0.2, 0.3) and model.config.image_std == (0.4, 0.5, 0.6)
 
 
+def test_preprocessor_config_one_number_for_every_channel(tmp_path):
+    """transformers takes image_mean/image_std as one number too; anything else is refused naming the file."""
+    import json
+
+    _hf_classifier(64, 1, 2, 128, 32, 8).save_pretrained(tmp_path)
+    pre = tmp_path / "preprocessor_config.json"
+    pre.write_text(json.dumps({"image_mean": 0.25, "image_std": [0.4, 0.5, 0.6]}))
+    assert vit_fast.load(tmp_path).config.image_mean == (0.25, 0.25, 0.25)
+    pre.write_text(json.dumps({"image_mean": "0.5", "image_std": 0.5}))
+    with pytest.raises(ValueError, match=f"{pre}: image_mean must be a number or a list of numbers, got '0.5'"):
+        vit_fast.load(tmp_path)
+
+
+def test_id2label_of_another_size_warns(tmp_path):
+    """A label per class or none: a hand-edited id2label of another size is not used, and the load says so (the
+    LABEL_0, LABEL_1 that transformers fills in for a config without labels are not worth a warning)."""
+    import json
+    import warnings
+
+    hf = _hf_classifier(64, 1, 2, 128, 32, 8)  # 7 classes
+    hf.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "id2label": {"0": "cat", "1": "dog"},
+                                                      "label2id": {"cat": 0, "dog": 1}}))
+    with pytest.warns(UserWarning, match="id2label has 2 labels for the head's 7 classes: they are not used"):
+        assert vit_fast.load(tmp_path).config.labels is None
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "id2label": {"0": "LABEL_0", "1": "LABEL_1"},
+                                                      "label2id": {"LABEL_0": 0, "LABEL_1": 1}}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        vit_fast.load(tmp_path)
+
+
 def test_transformers5_module_names_on_disk(tmp_path):
     """Files written with transformers-5 module names (vit.layers.N.attention.q_proj...) load too."""
     from safetensors.torch import save_file

@@ -73,6 +73,44 @@ def test_missing_and_unexpected_keys_are_listed():
         vit_fast.from_timm(state, img_size=(32, 48))
 
 
+@pytest.mark.parametrize("key, bad, match", [
+    ("blocks.0.attn.qkv.weight", lambda t: t.to(torch.int32),
+     r"tensors of the wrong kind \['blocks.0.attn.qkv.weight: int32 where the model holds float32'\]"),
+    ("head.weight", lambda t: t > 0, r"\['head.weight: bool where the model holds float32'\]"),
+    ("blocks.1.mlp.fc2.bias", lambda t: t.index_fill(0, torch.tensor([3]), float("nan")),
+     r"NaN or infinite values in \['blocks.1.mlp.fc2.bias'\]"),
+    ("pos_embed", lambda t: t.half().index_fill(1, torch.tensor([0]), float("inf")),
+     r"NaN or infinite values in \['pos_embed'\]"),
+])
+def test_wrongly_typed_or_non_finite_tensors_are_refused(tmp_path, key, bad, match):
+    """An integer or boolean tensor would be cast into the float weight (int weights to zeros and ones), a NaN
+    would reach every output: both are refused by name, and an fp16 tensor for an fp32 weight is fine."""
+    state = {k: v.contiguous() for k, v in _model().state_dict().items()}
+    save_file({**state, "head.bias": state["head.bias"].half()}, str(tmp_path / "fine.safetensors"))
+    assert vit_fast.load(tmp_path / "fine.safetensors", img_size=(32, 48)).head.bias.dtype == torch.float32
+    state[key] = bad(state[key]).contiguous()
+    save_file(state, str(tmp_path / "w.safetensors"))
+    with pytest.raises(ValueError, match=match):
+        vit_fast.load(tmp_path / "w.safetensors", img_size=(32, 48))
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("num_heads", 0, "num_heads 0: must be >= 1"), ("embed_dim", 0, "embed_dim 0: must be >= 1"),
+    ("mlp_dim", -5, "mlp_dim -5: must be >= 1"), ("representation_size", -3, "representation_size -3: must be >= 1"),
+    ("in_chans", 0, "in_chans 0: must be >= 1"), ("layer_norm_eps", 0.0, "layer_norm_eps must be > 0, got 0.0"),
+    ("layer_norm_eps", -1, "layer_norm_eps must be > 0, got -1"),
+])
+def test_config_sizes_are_checked_before_any_layer(field, value, match):
+    """Zero or negative sizes would end in a ZeroDivisionError or a torch shape error naming no field."""
+    with pytest.raises(ValueError, match=f"invalid ViTConfig: {match}"):
+        vit_fast.get_config("vit_ti_16", **{field: value})
+
+
+def test_load_refuses_what_is_not_a_path():
+    with pytest.raises(TypeError, match="load expects a checkpoint path or a Hugging Face Hub name, got NoneType"):
+        vit_fast.load(None)
+
+
 @pytest.mark.parametrize(
     "setup,err,match",
     [

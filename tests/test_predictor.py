@@ -116,10 +116,19 @@ def test_single_input_top_k_clamp_and_validation(device):
     for bad in (0, -1, 2.5, True, "3"):
         with pytest.raises(ValueError, match="top_k"):
             predictor.predict(_images(1), top_k=bad)
-    with pytest.raises(ValueError, match="max_batch_size"):
-        Predictor(model, max_batch_size=0)
+    for bad in (0, True, 2.0):
+        with pytest.raises(ValueError, match="max_batch_size"):
+            Predictor(model, max_batch_size=bad)
     with pytest.raises(ValueError, match="dtype"):
         Predictor(model, dtype=torch.int8)
+    with pytest.raises(ValueError, match="device must be 'cpu', 'cuda' or 'cuda:N', got 'meta'"):
+        Predictor(model, device="meta")
+    with pytest.raises(TypeError, match=r"got str \(a checkpoint path: Predictor.from_checkpoint\(path\)\)"):
+        Predictor("ckpt/")
+    with pytest.raises(ValueError, match="normalize_embeddings applies to embeddings"):
+        predictor.predict(_images(1), normalize_embeddings=True)
+    with pytest.raises(ValueError, match="this model takes 1 channels"):
+        Predictor(vit_fast.create("vit_ti_16", depth=1, img_size=32, in_chans=1, image_mean=[0.5], image_std=[0.5]))
 
 
 def test_headless_model_gives_embeddings_only(device):

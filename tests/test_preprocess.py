@@ -179,3 +179,12 @@ def test_thirty_two_bit_integer_images():
     assert np.asarray(load_image(sixteen)).max() == 128
     eight = Image.fromarray(np.full((4, 4), 200, dtype=np.int32), mode="I")
     assert np.asarray(load_image(eight)).max() == 200
+
+
+@pytest.mark.parametrize("value", [0.5, 200.0])
+def test_float_images_are_refused_not_truncated(tmp_path, value):
+    """A 32-bit float TIFF (mode F) has no recorded range: Pillow's conversion would truncate [0, 1] data to black."""
+    path = tmp_path / "f.tif"
+    Image.fromarray(np.full((6, 5), value, dtype=np.float32), mode="F").save(path)
+    with pytest.raises(ImageError, match=r"32-bit float pixels \(mode 'F'\)"):
+        load_image(str(path))

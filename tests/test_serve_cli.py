@@ -1,5 +1,6 @@
 """`vit-fast serve` and `vit-fast infer` refuse bad input before Ray starts (one line, exit code 2, in well under
 Ray's start-up time), and `serve` started for real stops cleanly on SIGTERM, Ray's processes included."""
+import argparse
 import asyncio
 import json
 import os
@@ -73,6 +74,8 @@ def _refused(argv, capsys, command):
     (["--port", "0"], "--port must be in 1..65535, got 0"),
     (["--top-k", "0"], "--top-k must be >= 1, got 0"),
     (["--cpus-per-replica", "0"], "--cpus-per-replica must be >= 1, got 0"),
+    (["--num-cpus", "0"], "--num-cpus must be >= 1, got 0"),  # Ray would start with no CPU and never serve
+    (["--batch-wait-ms", "-5"], "--batch-wait-ms must be >= 0, got -5"),  # Ray Serve takes it as given
     (["--model", "vit_q_16"], "unknown model 'vit_q_16'"),
     (["--host", "no-such-host.invalid"], "does not resolve"),
 ])
@@ -146,7 +149,30 @@ def test_infer_refuses_bad_paths_before_ray(no_ray, capsys, checkpoints, tmp_pat
     assert "is a file, not a folder" in line
     line = _refused(["infer", images, "--out", tmp_path / "p.parquet", "--wait-timeout", "0"], capsys, "infer")
     assert "--wait-timeout must be > 0" in line
+    line = _refused(["infer", images, "--out", tmp_path / "p.parquet", "--num-cpus", "-1"], capsys, "infer")
+    assert "--num-cpus must be >= 1, got -1" in line
     assert not (tmp_path / "p.parquet").exists()
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"batch_size": 0}, ValueError, "batch_size must be a positive int, got 0"),
+    ({"workers": 0}, ValueError, "workers must be a positive int, got 0"),
+    ({"cpus_per_worker": -1}, ValueError, "cpus_per_worker must be > 0, got -1"),
+    ({"checkpoint": "/nonexistent/ckpt"}, FileNotFoundError, "no checkpoint at /nonexistent/ckpt"),
+])
+def test_batch_inference_api_refuses_before_ray(tmp_path, monkeypatch, kwargs, error, match):
+    """The Python entry point checks what the CLI checks before it starts a local Ray."""
+    import ray
+
+    from vit_fast.serving import batch
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was started"))
+    from PIL import Image
+
+    Image.new("RGB", (20, 20)).save(tmp_path / "a.png")
+    with pytest.raises(error, match=match):
+        batch.run_batch_inference(str(tmp_path), str(tmp_path / "p.parquet"), name="vit_ti_16", **kwargs)
 
 
 def test_replica_failure_becomes_one_line():
@@ -321,3 +347,22 @@ def test_fp8_exclude_reaches_the_replicas_and_the_workers(monkeypatch, tmp_path)
     assert health["fp8"]["fp8"] == 33 and health["fp8"]["gemms"] == 48 and len(kept) == 15
     assert set(kept) == {f"blocks.{i}.mlp.fc2" for i in range(12)} | {"blocks.0.attn.qkv", "blocks.0.attn.proj",
                                                                          "blocks.0.mlp.fc1"}
+
+
+@pytest.mark.parametrize("rows, errors, code", [(3, 3, 1), (3, 1, 0), (3, 0, 0)])
+def test_infer_fails_only_when_no_image_could_be_read(monkeypatch, capsys, tmp_path, rows, errors, code):
+    """Unreadable files are rows with an error and the job goes on; a job that read none of them exits 1."""
+    import ray
+
+    from vit_fast.serving import batch, cli as serving_cli
+
+    monkeypatch.setattr(serving_cli, "_start_ray", lambda args: None)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    monkeypatch.setattr(batch, "run_batch_inference",
+                        lambda *a, **k: {"rows": rows, "errors": errors, "out": str(tmp_path / "p.parquet")})
+    args = serving_cli.add_infer_parser(argparse.ArgumentParser().add_subparsers()).parse_args(
+        [str(tmp_path), "--out", str(tmp_path / "p.parquet")])
+    with serving_cli._sigterm_restored():  # as _infer runs it: the handler it installs goes away after
+        assert serving_cli._infer_on_ray(args) == code
+    err = capsys.readouterr().err
+    assert f"wrote {rows} rows" in err and ("no image could be read" in err) == (code == 1)

@@ -230,17 +230,27 @@ def test_fp8_on_a_gpu_without_fp8_tensor_cores(monkeypatch):
     (["--set", "oops"], "--set expects key=value"),
     (["--set", "embed_dim=100"], "embed_dim 100 is not divisible by num_heads 12"),
     (["--json", "DIR"], "--json expects a file name"),
+    (["--json", "FILE/r.json"], "is a file, not a folder"),  # found before the run, not when writing after it
     (["--device", "tpu"], "--device expects cuda or cpu, got 'tpu'"),
     (["--fp8-exclude", "fc2"], "--fp8-exclude applies to --dtype fp8 only, got --dtype bf16"),
     (["--dtype", "fp8", "--fp8-exclude", "fc9"], "'fc9' names no FP8 layer"),
 ] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "CUDA is not available")]))
 def test_bad_arguments_are_one_line_before_loading(argv, match, tmp_path, monkeypatch, capsys):
-    argv = [str(tmp_path) if a in ("EMPTY", "DIR") else a for a in argv]
+    (tmp_path / "file").write_text("")
+    argv = [str(tmp_path) if a in ("EMPTY", "DIR") else a.replace("FILE", str(tmp_path / "file")) for a in argv]
     monkeypatch.setattr(validate_mod, "_load", lambda *a: pytest.fail("loaded a model before checking arguments"))
     code, out, err = _run(argv, capsys)
     lines = err.strip().splitlines()
     assert code == 2 and out == ""
     assert len(lines) == 1 and lines[0].startswith("vit-fast: error:") and match in lines[0], lines
+
+
+@pytest.mark.parametrize("spelling, name", [("bfloat16", "bf16"), ("float32", "fp32"), ("half", "fp16"),
+                                            ("float8", "fp8")])
+def test_dtype_takes_torchs_names_too(spelling, name):
+    checked_args = build_parser().parse_args(["validate", *TINY, "--dtype", spelling])
+    validate_mod._check_args(checked_args)
+    assert checked_args.dtype == name
 
 
 def test_a_bad_kernel_switch_is_one_line_before_loading(monkeypatch, capsys):

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from . import dtype_names
+
 ASSETS = Path(__file__).parent / "assets"
 SAMPLE_IMAGES = sorted(str(p) for p in ASSETS.glob("*.jpg"))
 
@@ -95,21 +97,37 @@ def _predictor(args):
 
 
 def _print_predictions(paths, results) -> int:
+    """Each image's labels on stdout; an image that could not be read as one line on stderr (the others are still
+    printed), and then exit code 1."""
     failures = 0
     for path, result in zip(paths, results):
-        print(path)
         if result.get("error"):
             failures += 1
-            print(f"  error: {result['error']}")
+            error = result["error"]
+            print(f"vit-fast: error: {error if str(path) in error else f'{path}: {error}'}", file=sys.stderr)
             continue
+        print(path)
         for label, score in zip(result["labels"], result["scores"]):
             print(f"  {score:7.4f}  {label}")
     return 1 if failures else 0
 
 
+def _check_image_files(paths) -> None:
+    """predict's images exist and are files: checked before a model is built."""
+    for path in paths:
+        if Path(path).is_dir():
+            raise UsageError(f"predict takes image files, got the folder {str(path)!r} (vit-fast infer reads "
+                             "folders)")
+        if not Path(path).is_file():
+            raise UsageError(f"image file not found: {str(path)!r}")
+
+
 def cmd_predict(args) -> int:
     if args.normalize and not args.embeddings:
         raise ValueError("--normalize applies to embeddings: add --embeddings")
+    if args.top_k < 1:
+        raise UsageError(f"--top-k expects a positive number of labels, got {args.top_k}")
+    _check_image_files(args.images)
     predictor = _predictor(args)
     if args.embeddings:
         return _print_embeddings(args.images, predictor.predict(args.images, return_embeddings=True,
@@ -179,6 +197,9 @@ def cmd_convert(args) -> int:
     if misuse:
         raise UsageError(misuse)
     overrides = _parse_overrides(args.set)
+    from .loading.checkpoint import check_destination
+
+    check_destination(args.dst)  # before the source loads
     readers = {"auto": load, "timm": from_timm, "hf": from_hf}
     model = readers[args.format](args.src, **overrides)
     if args.dtype == "float32" and model.is_fp8:
@@ -204,27 +225,72 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def _architecture_overrides(config, preset: str) -> dict:
+    """The fields of `config` that differ from the preset's and shape the compute (labels, preprocessing and the
+    image size left out: the harness times square inputs at --resolution)."""
+    import dataclasses
+
+    from . import get_config
+
+    base = get_config(preset)
+    skip = {"labels", "img_size", "image_mean", "image_std", "crop_pct", "resize_mode", "interpolation"}
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+            if f.name not in skip and getattr(config, f.name) != getattr(base, f.name)}
+
+
 def cmd_demo(args) -> int:
-    """The quick start's main job: classify the shipped sample images, then a short side-by-side timing."""
+    """The quick start's main job: classify the shipped sample images, then a short side-by-side timing of the same
+    architecture (a --checkpoint's or --set's, with random weights)."""
+    from benchmarks import cli as bench_cli
+
+    _bench_refusals(bench_cli.check_out_dir, args.out)  # before the model is built
     gpu = torch.cuda.is_available()
     print(f"vit-fast demo on {'GPU: ' + torch.cuda.get_device_name(0) if gpu else 'CPU'}")
     if not gpu:
         print("triton backend: needs a CUDA GPU (this machine has none), so the CPU runs the sdpa backend")
     args.backend = "auto"
     predictor = _predictor(args)
-    print(f"\nclassifying {len(SAMPLE_IMAGES)} sample images with {args.model} on {predictor.device} "
+    cfg = predictor.model.config
+    what = f"checkpoint {args.checkpoint}" if args.checkpoint else args.model
+    if args.checkpoint or args.set:
+        what += (f" ({cfg.depth} layers, width {cfg.embed_dim}, patch {cfg.patch_size}, "
+                 f"{cfg.img_size[0]}x{cfg.img_size[1]} px)")
+    print(f"\nclassifying {len(SAMPLE_IMAGES)} sample images with {what} on {predictor.device} "
           f"({str(predictor.dtype).replace('torch.', '')}, backend {predictor.model.backend}):")
     status = _print_predictions([Path(p).name for p in SAMPLE_IMAGES], predictor.predict(SAMPLE_IMAGES, top_k=3))
-    from benchmarks import cli as bench_cli
 
-    print("\nthroughput, backends side by side (random inputs, warm-up excluded):")
-    bench_args = ["--models", args.model, "--out", args.out, "--no-plots", "--no-progress"]
+    overrides = _architecture_overrides(cfg, args.model)
+    resolution = cfg.img_size[0]
+    print(f"\nthroughput of {'this architecture' if overrides or resolution != 224 else args.model}, backends side "
+          f"by side (random weights and inputs, {resolution}x{resolution} px, warm-up excluded):")
+    bench_args = ["--models", args.model, "--out", args.out, "--no-plots", "--no-progress",
+                  "--resolution", str(resolution)]
     if gpu:
         bench_args += ["--batch-sizes", "1,64", "--dtypes", "bfloat16", "--backends", "eager,sdpa,vit_fast"]
     else:
         bench_args += ["--batch-sizes", "1,4", "--dtypes", "float32", "--backends", "eager,sdpa",
                        "--repeats", "3", "--warmup", "1"]
-    return bench_cli.main(bench_args) or status
+    parser = bench_cli.add_arguments(argparse.ArgumentParser(prog="vit-fast demo"))
+    bench = parser.parse_args(bench_args)
+    bench.config_overrides = overrides  # the rows keep the preset's name; results.json's env records these
+    return _bench_refusals(bench_cli.run, bench) or status
+
+
+def _bench_refusals(fn, *args):
+    """fn(*args) of the benchmark harness, its one-line refusals (SystemExit("error: ...")) as this command's
+    other errors."""
+    try:
+        return fn(*args)
+    except SystemExit as e:
+        if not isinstance(e.code, str):
+            raise
+        raise UsageError(e.code.removeprefix("error: ")) from None
+
+
+def cmd_bench(args) -> int:
+    from benchmarks import cli as bench_cli
+
+    return _bench_refusals(bench_cli.run, args)
 
 
 def _add_model_args(p):
@@ -251,8 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embeddings", action="store_true",
                    help="print one JSON line per image with its embedding (CLIP: image_embeds) instead of labels")
     p.add_argument("--normalize", action="store_true", help="with --embeddings: scale embeddings to unit L2 norm")
-    p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16", "fp8"),
-                   help="default: bfloat16 on GPU, float32 on CPU; fp8: FP8 GEMMs (sm_89/sm_90; CPU: torch emulation)")
+    p.add_argument("--dtype", default=None, type=dtype_names.argument("float32", "float16", "bfloat16", "fp8"),
+                   metavar="{float32,float16,bfloat16,fp8}",
+                   help="default: bfloat16 on GPU, float32 on CPU; fp8: FP8 GEMMs (sm_89/sm_90; CPU: torch emulation); "
+                        "short names (fp32, fp16, bf16) too")
     add_fp8_exclude_arg(p)
     p.set_defaults(func=cmd_predict)
 
@@ -265,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "directories (org/name[@revision], downloaded)")
     p.add_argument("dst", help="output directory (model.safetensors + vit_fast.json)")
     p.add_argument("--format", choices=("auto", "timm", "hf"), default="auto")
-    p.add_argument("--dtype", choices=("float32", "fp8"), default=None,
+    p.add_argument("--dtype", type=dtype_names.argument("float32", "fp8"), metavar="{float32,fp8}", default=None,
                    help="default: as loaded (float32 weights; an FP8 checkpoint stays FP8). fp8: store the QKV, "
                         "out-projection, FC1 and FC2 weights as float8 e4m3 with per-channel scales "
                         "(vit_fast.quantize), the rest float32; vit_fast.load reads it back bit for bit")
@@ -283,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="benchmark backends side by side (see `vit-fast bench --help`)")
     bench_cli.add_arguments(p)
-    p.set_defaults(func=bench_cli.run)
+    p.set_defaults(func=cmd_bench)
 
     from .serving import cli as serving_cli
 

@@ -71,8 +71,17 @@ class ViTConfig:
             problems.append(f"img_size must be (H, W) > 0, got {self.img_size}")
         elif min(self.img_size) < self.patch_size:
             problems.append(f"img_size {self.img_size} must be at least patch_size {self.patch_size} on each side")
-        if self.embed_dim % self.num_heads:
+        sizes = {"embed_dim": self.embed_dim, "num_heads": self.num_heads, "mlp_dim": self.mlp_dim,
+                 "in_chans": self.in_chans}
+        if self.representation_size is not None:
+            sizes["representation_size"] = self.representation_size
+        bad = [f"{k} {v}" for k, v in sizes.items() if v < 1]
+        if bad:  # checked first: the divisibility below and the layers' shapes need them
+            problems.append(f"{', '.join(bad)}: must be >= 1")
+        elif self.embed_dim % self.num_heads:
             problems.append(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        if not self.layer_norm_eps > 0:  # 0 divides a constant row by zero, a negative one takes a NaN root
+            problems.append(f"layer_norm_eps must be > 0, got {self.layer_norm_eps}")
         if self.global_pool not in GLOBAL_POOLS:
             problems.append(f"global_pool must be one of {GLOBAL_POOLS}, got {self.global_pool!r}")
         if self.act_layer not in ACT_LAYERS:

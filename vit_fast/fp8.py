@@ -312,6 +312,9 @@ def excluded_names(names: list, exclude) -> set:
         exclude = ()
     elif isinstance(exclude, str):
         exclude = [e for e in exclude.split(",") if e.strip()]
+    elif not isinstance(exclude, (list, tuple, set, frozenset)) or not all(isinstance(e, str) for e in exclude):
+        raise TypeError(f"exclude expects GEMM kinds or layer-name patterns: a string (\"fc2,qkv\") or a list of "
+                        f"strings, got {exclude!r}")
     kept = set()
     for item in exclude:
         item = str(item).strip()

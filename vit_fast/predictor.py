@@ -37,7 +37,7 @@ from typing import Optional, Sequence
 import torch
 
 from .cuda_graphs import CudaGraphRunner
-from .preprocess import preprocess
+from .preprocess import ImageError, preprocess
 
 __all__ = ["Predictor"]
 
@@ -52,6 +52,8 @@ def _default_device(device) -> torch.device:
         device = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from e
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {str(device)!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
         raise RuntimeError(f"device {str(device)!r} requested, but CUDA is not available here ({why}); "
@@ -114,7 +116,15 @@ class Predictor:
 
     def __init__(self, model: torch.nn.Module, device=None, dtype=None, max_batch_size: int = 32,
                  cuda_graphs: bool = True, warmup: bool = True, fp8_exclude=None):
-        if not isinstance(max_batch_size, int) or max_batch_size < 1:
+        if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
+            hint = (" (a checkpoint path: Predictor.from_checkpoint(path))" if isinstance(model, (str, bytes))
+                    or hasattr(model, "__fspath__") else "")
+            raise TypeError(f"model must be a vit_fast model (vit_fast.load, vit_fast.create), got "
+                            f"{type(model).__name__}{hint}")
+        if model.config.in_chans != 3:
+            raise ValueError(f"the Predictor decodes images to RGB, and this model takes {model.config.in_chans} "
+                             "channels (in_chans): call the model on tensors of its own channels instead")
+        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise ValueError(f"max_batch_size must be a positive int, got {max_batch_size!r}")
         self.device = _default_device(device)
         # dtype="fp8": FP8 weights for the encoder GEMMs (vit_fast.quantize); activations stay in the default dtype;
@@ -201,12 +211,14 @@ class Predictor:
         """Predict a list of inputs (a single non-list input is treated as a list of one); see module doc."""
         items = list(images) if isinstance(images, (list, tuple)) else [images]
         top_k = self._check_top_k(top_k)
+        if normalize_embeddings and not return_embeddings:
+            raise ValueError("normalize_embeddings applies to embeddings: pass return_embeddings=True")
         prepared, errors = [], {}
         for i, item in enumerate(items):
             try:
                 prepared.append(self.prepare(item))
-            except _INPUT_ERRORS as e:
-                errors[i] = f"{type(e).__name__}: {e}"
+            except _INPUT_ERRORS as e:  # our ImageError's message says what it is; others get their class
+                errors[i] = str(e) if isinstance(e, ImageError) else f"{type(e).__name__}: {e}"
         done = iter(self.predict_prepared(prepared, top_k, return_embeddings, normalize_embeddings)
                     if prepared else [])
         return [self._error_result(errors[i], return_embeddings) if i in errors else next(done)

@@ -8,7 +8,8 @@ crops it the way the checkpoint's own library does at evaluation time and return
   `config.interpolation`, then center-crop to `config.img_size` (torchvision's Resize + CenterCrop arithmetic);
 - resize_mode "squash" (Hugging Face's ViTImageProcessor): resize to exactly `config.img_size`.
 
-16-bit grayscale images (PNG/TIFF) are scaled to 8 bits (x * 255 / 65535, rounded) before the RGB conversion.
+16-bit grayscale images (PNG/TIFF) are scaled to 8 bits (x * 255 / 65535, rounded) before the RGB conversion;
+32-bit float ones (TIFF mode "F") are refused: their range ([0, 1] or [0, 255]) is not recorded.
 
 Mean/std normalization is deliberately not done here: the model folds it into its patch embedding and takes
 uint8 pixels directly, which also keeps host-to-device copies four times smaller than float32.
@@ -74,6 +75,9 @@ def _to_rgb(img: Image.Image, what: str) -> Image.Image:
         return img
     if img.mode in _SIXTEEN_BIT or img.mode == "I":
         img = _high_depth_to_l(img)
+    elif img.mode == "F":  # Pillow would truncate each value to an integer: [0, 1] data turns black
+        raise ImageError(f"{what} holds 32-bit float pixels (mode 'F'), which have no defined 8-bit scale; expected "
+                         "8- or 16-bit pixels (save it as an 8-bit image, or pass a uint8 array)")
     try:
         return img.convert("RGB")
     except (OSError, ValueError) as e:

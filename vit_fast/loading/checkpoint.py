@@ -7,6 +7,7 @@ safetensors metadata, so the weight file alone loads too.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from ..config import ViTConfig
@@ -24,9 +25,7 @@ def save(model, dst) -> Path:
     is written with float8 weights and per-channel scales and loads back bit-identical (fp8_checkpoint.py)."""
     from safetensors.torch import save_file
 
-    dst = Path(dst)
-    if dst.exists() and not dst.is_dir():
-        raise ValueError(f"{dst} exists and is not a directory")
+    dst = check_destination(dst)
     if getattr(model, "is_fp8", False):
         state, record = fp8_state(model)
     else:
@@ -37,8 +36,33 @@ def save(model, dst) -> Path:
     if record is not None:
         config[RECORD_KEY] = record
         metadata[QUANT_METADATA_KEY] = json.dumps(record)
-    save_file(state, str(dst / WEIGHTS_NAME), metadata=metadata)
-    (dst / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    # both files under temporary names first: a failed write leaves no half checkpoint (nor half of an old one)
+    weights, config_file = dst / f".{WEIGHTS_NAME}.partial", dst / f".{CONFIG_NAME}.partial"
+    try:
+        save_file(state, str(weights), metadata=metadata)
+        config_file.write_text(json.dumps(config, indent=2) + "\n")
+        os.replace(weights, dst / WEIGHTS_NAME)
+        os.replace(config_file, dst / CONFIG_NAME)
+    finally:
+        for tmp in (weights, config_file):
+            tmp.unlink(missing_ok=True)
+    return dst
+
+
+def check_destination(dst) -> Path:
+    """`dst` as a checkpoint directory `save` can write: not a file, its two files not folders, and the first part
+    of the path that exists a writable directory. ValueError naming what is in the way, before anything is loaded
+    or written."""
+    dst = Path(dst).expanduser()
+    if dst.exists() and not dst.is_dir():
+        raise ValueError(f"expected a directory to write the checkpoint in, got the file {str(dst)!r}")
+    for name in (WEIGHTS_NAME, CONFIG_NAME):
+        if (dst / name).is_dir():
+            raise ValueError(f"cannot write {dst / name}: a folder of that name is in the way")
+    existing = next(p for p in (dst, *dst.absolute().parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write the checkpoint directory {str(dst)!r}: {str(existing)!r} is not a writable "
+                         "directory")
     return dst
 
 
@@ -93,6 +117,8 @@ def load(path, backend: str = "auto", revision: str | None = None, **config_over
     from .hf import from_hf
     from .timm import from_timm
 
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"load expects a checkpoint path or a Hugging Face Hub name, got {type(path).__name__}")
     named = hub.name_of(path, revision)
     if named is not None and named.architecture is not None:  # a timm model name
         return from_timm(path, backend=backend, revision=revision, **config_overrides)

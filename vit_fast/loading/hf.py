@@ -15,6 +15,7 @@ import torch
 from ..config import ViTConfig
 from . import hf_dual, hub
 from .state_dict import build_and_load, read_json, read_weights, weights_in
+from .hf_common import broadcast_stats, labels_of
 from .timm_hub import is_timm_config
 
 # (HF suffix pattern, vit-fast name); \1 is the layer index. Classic names first, then transformers-5 names.
@@ -107,9 +108,9 @@ def config_from_hf(hf: dict, state: dict, preprocessor: dict | None = None, **ov
         interpolation="bilinear",
         pos_embed_antialias=False,
     )
-    id2label = hf.get("id2label") or {}
-    if num_classes and len(id2label) == num_classes:
-        cfg["labels"] = [id2label[k] for k in sorted(id2label, key=int)]
+    labels = labels_of(hf, num_classes)
+    if labels is not None:
+        cfg["labels"] = labels
     if preprocessor:
         if "image_mean" in preprocessor and "image_std" in preprocessor:
             cfg.update(image_mean=preprocessor["image_mean"], image_std=preprocessor["image_std"])
@@ -161,7 +162,13 @@ def _read_hf_dir(path: Path) -> tuple:
     check_hf_config_types(hf, config_file)
     state, _ = read_weights(weights_in(path, "config.json"))
     pre_file = path / "preprocessor_config.json"
-    preprocessor = read_json(pre_file) if pre_file.is_file() else None
+    preprocessor = broadcast_stats(read_json(pre_file)) if pre_file.is_file() else None
+    if preprocessor is not None:
+        for key in ("image_mean", "image_std"):
+            value = preprocessor.get(key)
+            if value is not None and not (isinstance(value, list) and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+                raise ValueError(f"{pre_file}: {key} must be a number or a list of numbers, got {value!r}")
     return hf, state, preprocessor
 
 

@@ -7,6 +7,7 @@ A family module (hf_clip.py, hf_dinov2.py, ...) holds only its key table and its
 from __future__ import annotations
 
 import re
+import warnings
 
 import torch
 
@@ -113,10 +114,25 @@ def fold_layer_scale(state: dict) -> dict:
 
 
 def labels_of(hf: dict, num_classes: int):
+    """The class names of id2label, or None (class_N) when it has none or not one per class (then with a warning:
+    transformers fills in LABEL_0, LABEL_1 for configs that set none)."""
     id2label = hf.get("id2label") or {}
     if num_classes and len(id2label) == num_classes:
         return [id2label[k] for k in sorted(id2label, key=int)]
+    if num_classes and id2label and set(id2label.values()) != {f"LABEL_{i}" for i in range(len(id2label))}:
+        warnings.warn(f"config.json's id2label has {len(id2label)} labels for the head's {num_classes} classes: "
+                      "they are not used, the labels are class_0 ... class_N", stacklevel=3)
     return None
+
+
+def broadcast_stats(preprocessor: dict, channels: int = 3) -> dict:
+    """preprocessor_config.json's image_mean/image_std as lists: transformers also takes one number for every
+    channel."""
+    out = dict(preprocessor)
+    for key in ("image_mean", "image_std"):
+        if isinstance(out.get(key), (int, float)) and not isinstance(out.get(key), bool):
+            out[key] = [float(out[key])] * channels
+    return out
 
 
 def check_act(hf: dict, key: str, allowed: dict) -> str:

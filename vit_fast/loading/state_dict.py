@@ -181,9 +181,19 @@ def _own(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return torch.empty(t.shape, dtype=like.dtype, device="cpu").copy_(t.detach())
 
 
+_CHECKED_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _same_kind(got: torch.dtype, want: torch.dtype) -> bool:
+    """A checkpoint tensor may be stored in any floating dtype where the model holds a floating one (fp16 weights
+    into an fp32 model, float8 codes as float8); anything else must be the model's own dtype."""
+    return (got.is_floating_point and want.is_floating_point) or got == want
+
+
 def build_and_load(config: ViTConfig, state: dict, backend: str, source: str, pos_grid=None,
                    prepare=None) -> VisionTransformer:
-    """A new model for `config` with `state` loaded; raises listing every missing, unexpected or mis-shaped key.
+    """A new model for `config` with `state` loaded; raises listing every missing, unexpected, mis-shaped, wrongly
+    typed (an integer or boolean tensor for a float one) or non-finite key.
     A position table trained at another size is resampled to `config.img_size` first (see `fit_pos_embed`).
     The model is built on the meta device and takes a copy of each state tensor (`_own`), so no weight is allocated
     or randomly initialized only to be overwritten. `prepare(model)` changes the structure before the check (an FP8
@@ -201,8 +211,17 @@ def build_and_load(config: ViTConfig, state: dict, backend: str, source: str, po
         for k in sorted(set(expected) & set(state))
         if state[k].shape != expected[k].shape
     ]
-    if missing or unexpected or mismatched:
+    wrong_type = [f"{k}: {str(state[k].dtype).removeprefix('torch.')} where the model holds "
+                  f"{str(expected[k].dtype).removeprefix('torch.')}"
+                  for k in sorted(set(expected) & set(state)) if not _same_kind(state[k].dtype, expected[k].dtype)]
+    not_finite = [k for k in sorted(set(expected) & set(state))
+                  if state[k].dtype in _CHECKED_FLOATS and not torch.isfinite(state[k]).all()]
+    if missing or unexpected or mismatched or wrong_type or not_finite:
         parts = []
+        if wrong_type:  # an integer or boolean tensor would be cast to float silently (int weights -> 0s, 1s)
+            parts.append(f"tensors of the wrong kind {wrong_type}")
+        if not_finite:
+            parts.append(f"NaN or infinite values in {not_finite}")
         if missing:
             parts.append(f"missing keys {missing}")
         if unexpected:

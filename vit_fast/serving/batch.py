@@ -95,22 +95,10 @@ def results_table(paths: list, results: list, schema: pa.Schema) -> pa.Table:
 
 
 def check_output_path(out) -> str:
-    """The absolute path of the Parquet file to write, after checking, before any work starts, that it is not a
-    directory and that its folder exists (or can be created) and is writable; ValueError saying what is wrong."""
-    path = Path(os.path.expanduser(str(out))).absolute()
-    if path.is_dir():
-        raise ValueError(f"--out {out} is a directory; expected a file path such as {path / 'predictions.parquet'}")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise ValueError(f"--out {out} exists and is not writable")
-    parent = path.parent
-    existing = parent
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ValueError(f"--out {out}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {out}: cannot write in {existing} (permission denied)")
-    return str(path)
+    """The absolute path of the Parquet file to write, checked before any work starts (vit_fast.paths)."""
+    from ..paths import check_output_file
+
+    return check_output_file(out, "--out", "predictions.parquet")
 
 
 def _pool_resources(workers: Optional[int], cpus_per_worker: Optional[float], use_gpus: bool,
@@ -169,8 +157,12 @@ def run_batch_inference(source: str, out: str, checkpoint: Optional[str] = None,
     """
     from ray.data import DataContext
 
-    if not isinstance(top_k, int) or top_k < 1:
-        raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+    for arg, value in (("top_k", top_k), ("batch_size", batch_size), ("workers", workers)):
+        if (value is not None or arg != "workers") and (isinstance(value, bool) or not isinstance(value, int)
+                                                        or value < 1):
+            raise ValueError(f"{arg} must be a positive int, got {value!r}")
+    if cpus_per_worker is not None and not cpus_per_worker > 0:
+        raise ValueError(f"cpus_per_worker must be > 0, got {cpus_per_worker!r}")
     if normalize_embeddings and not embeddings:
         raise ValueError("normalize_embeddings applies to embeddings: pass embeddings=True")
     check_fp8_exclude(fp8_exclude, dtype)
@@ -183,6 +175,12 @@ def run_batch_inference(source: str, out: str, checkpoint: Optional[str] = None,
         if note:
             print(f"vit-fast: warning: {note}", file=sys.stderr, flush=True)
     if not ray.is_initialized():
+        from ..loading.hub import name_of
+
+        # a Ray started here runs on this machine: a checkpoint path that is not here never loads (on a cluster
+        # joined before the call, a path may exist on its nodes only)
+        if checkpoint is not None and name_of(checkpoint) is None and not Path(checkpoint).expanduser().exists():
+            raise FileNotFoundError(f"no checkpoint at {checkpoint}")
         ray.init()
     context = DataContext.get_current()
     context.enable_progress_bars = False  # one bar, below, counting images

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from .. import dtype_names
+
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None,
@@ -20,8 +22,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", choices=("auto", "triton", "sdpa", "torch"))
     p.add_argument("--device", default=None, choices=("cuda", "cpu"),
                    help="default: one GPU per replica/worker when the Ray cluster has GPUs, else the CPU")
-    p.add_argument("--dtype", default=None, choices=("float32", "float16", "bfloat16", "fp8"),
-                   help="default: bfloat16 on GPU, float32 on CPU; fp8: FP8 GEMMs (needs sm_89/sm_90)")
+    p.add_argument("--dtype", default=None, type=dtype_names.argument("float32", "float16", "bfloat16", "fp8"),
+                   metavar="{float32,float16,bfloat16,fp8}",
+                   help="default: bfloat16 on GPU, float32 on CPU; fp8: FP8 GEMMs (needs sm_89/sm_90); short names "
+                        "(fp32, fp16, bf16) too")
     from vit_fast.cli import add_fp8_exclude_arg
 
     add_fp8_exclude_arg(p)
@@ -268,7 +272,9 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
 def _serve(parser, args) -> int:
     try:
         _require("ray", "ray.serve")
-        _positive(args, "top_k", "max_batch_size", "num_replicas", "cpus_per_replica")
+        _positive(args, "top_k", "max_batch_size", "num_replicas", "cpus_per_replica", "num_cpus")
+        if not args.batch_wait_ms >= 0:  # Ray Serve takes a negative wait as given
+            raise Refused(f"--batch-wait-ms must be >= 0, got {args.batch_wait_ms:g}")
         _check_port(args.host, args.port)
         _check_model(args)
     except Refused as e:
@@ -349,8 +355,8 @@ def _infer(parser, args) -> int:
         _require("ray", "ray.data", "pyarrow")
         from .batch import check_output_path, list_images
 
-        _positive(args, "top_k", "batch_size", "workers", "cpus_per_worker")
-        if args.wait_timeout <= 0:
+        _positive(args, "top_k", "batch_size", "workers", "cpus_per_worker", "num_cpus")
+        if not args.wait_timeout > 0:
             raise Refused(f"--wait-timeout must be > 0 seconds, got {args.wait_timeout:g}")
         if args.normalize and not args.embeddings:
             raise Refused("--normalize applies to embeddings: add --embeddings")
@@ -393,4 +399,7 @@ def _infer_on_ray(args) -> int:
         ray.shutdown()
     print(f"vit-fast infer: wrote {summary['rows']} rows to {summary['out']} "
           f"({summary['errors']} unreadable image(s) recorded in the 'error' column)", file=sys.stderr)
+    if summary["rows"] and summary["errors"] == summary["rows"]:  # a job that predicted nothing did not succeed
+        print("vit-fast infer: error: no image could be read", file=sys.stderr)
+        return 1
     return 0

@@ -33,7 +33,8 @@ def add_parser(sub, add_model_args) -> None:
                     "logits and embeddings against the fp32 PyTorch model on your images (or random pixels). "
                     "Budget: 2x PyTorch's own error in the same dtype. Exit code 1 when a budget is exceeded.")
     add_model_args(p)
-    p.add_argument("--dtype", default="bf16", help=f"dtype to validate: {', '.join(DTYPES)} (default bf16)")
+    p.add_argument("--dtype", default="bf16",
+                   help=f"dtype to validate: {', '.join(DTYPES)} (default bf16; torch's names too: bfloat16, ...)")
     from ..cli import add_fp8_exclude_arg
 
     add_fp8_exclude_arg(p, "bf16")
@@ -68,10 +69,13 @@ def _check_args(args) -> dict:
     from .. import PRESETS, get_config
     from ..backends import triton_unavailable_reason
     from ..cli import UsageError, _parse_overrides, fp8_exclude_misuse
+    from ..dtype_names import canonical
     from ..loading.checkpoint import is_fp8_checkpoint
 
-    if args.dtype not in DTYPES:
-        raise UsageError(f"--dtype expects one of {', '.join(DTYPES)}, got {args.dtype!r}")
+    try:  # any spelling (bfloat16, float8, ...) as this command's name
+        args.dtype = canonical(args.dtype, {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "fp8": "fp8"})
+    except ValueError:
+        raise UsageError(f"--dtype expects one of {', '.join(DTYPES)}, got {args.dtype!r}") from None
     for flag in ("batch", "random"):
         if getattr(args, flag) < 1:
             raise UsageError(f"--{flag} expects a positive number of images, got {getattr(args, flag)}")
@@ -97,6 +101,12 @@ def _check_args(args) -> dict:
         out = Path(args.json).expanduser()
         if out.is_dir():
             raise UsageError(f"--json expects a file name, got the folder {args.json!r}")
+        from ..paths import check_output_file
+
+        try:  # a folder in the way, or no permission: found now, not after the whole run
+            check_output_file(args.json, "--json", "validate.json")
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     try:
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     except RuntimeError:
