@@ -66,6 +66,8 @@ def test_predict_bad_image_is_reported(tmp_path, tiny_checkpoint, capsys):
     (["FOLDER"], "predict takes image files, got the folder"),
     (["missing.jpg"], "image file not found: 'missing.jpg'"),
     ([SAMPLE_IMAGES[0], "--top-k", "0"], "--top-k expects a positive number of labels, got 0"),
+    ([SAMPLE_IMAGES[0], "--dtype", "fp8", "--fp8-exclude", "fc3"], "'fc3' names no FP8 layer"),
+    ([SAMPLE_IMAGES[0], "--dtype", "fp8", "--fp8-exclude", "blocks.12.*"], "'blocks.12.*' names no FP8 layer"),
 ])
 def test_predict_refuses_before_building_a_model(argv, match, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(vit_fast, "create", lambda *a, **k: pytest.fail("built a model before checking arguments"))

@@ -123,6 +123,14 @@ def test_bad_inputs(make, match):
         model(make())
 
 
+@pytest.mark.parametrize("shape", [(2, 5), (2, 5, 64), (5, 192)])
+def test_forward_head_names_the_shape_it_takes(shape):
+    model = vit_fast.create("vit_ti_16", **TINY)
+    with pytest.raises(ValueError, match=r"forward_head expects tokens of shape \(B, tokens, 192\) as "
+                                         rf"forward_features returns them, got \({', '.join(map(str, shape))},?\)"):
+        model.forward_head(torch.randn(*shape))
+
+
 def test_position_embedding_cache_follows_the_weights():
     model = vit_fast.create("vit_ti_16", backend="sdpa", **TINY)
     x = torch.randn(1, 3, 48, 48)

@@ -83,6 +83,11 @@ def _predictor(args):
     if misuse:
         raise UsageError(misuse)
     if args.checkpoint is None:
+        if getattr(args, "fp8_exclude", None):  # the preset's layer names, before a model is built (as serve does)
+            from . import get_config
+            from .fp8 import excluded_names, layer_names
+
+            excluded_names(layer_names(get_config(args.model, **overrides).depth), args.fp8_exclude)
         model = create(args.model, backend=args.backend, **overrides)
         print(f"note: no --checkpoint given: {args.model} with RANDOM weights; the labels below mean nothing",
               file=sys.stderr)

@@ -357,6 +357,9 @@ class VisionTransformer(nn.Module):
     def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """(B, P+N, D) tokens -> logits, or the pooled embedding (B, num_features) with `pre_logits=True`.
         Distilled: the mean of the [CLS] and distillation heads (timm's eval mode, HF's `logits`)."""
+        if tokens.dim() != 3 or tokens.shape[-1] != self.config.embed_dim:
+            raise ValueError(f"forward_head expects tokens of shape (B, tokens, {self.config.embed_dim}) as "
+                             f"forward_features returns them, got {tuple(tokens.shape)}")
         if self.head_dist is not None and not self.config.representation_size:
             if pre_logits:
                 return (tokens[:, 0] + tokens[:, 1]) / 2
