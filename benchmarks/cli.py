@@ -127,9 +127,14 @@ def canonical_dtype(name: str) -> str:
 
 
 def check_out_dir(out) -> None:
-    """--out names a directory (made if missing): a file there is refused before anything runs."""
-    if out is not None and Path(out).exists() and not Path(out).is_dir():
-        raise SystemExit(f"error: --out expects a directory for the results, got the file {str(out)!r}")
+    """--out names a directory (made if missing) that can be written: checked before anything runs."""
+    from vit_fast.paths import check_output_dir
+
+    if out is not None:
+        try:
+            check_output_dir(out, "the results (--out)")
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
 
 
 def resolve(args) -> "runner.Settings":  # noqa: F821

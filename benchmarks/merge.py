@@ -27,6 +27,10 @@ def merge(results_list: list) -> dict:
     if len(settings) > 1:  # rows measured with other kernel switches would carry the wrong label
         raise ValueError(f"runs were measured with different kernel settings {sorted(map(str, settings))}; "
                          "merge only runs of one setting")
+    configs = {r["env"].get("config") for r in results_list}
+    if len(configs) > 1:  # rows of one model name, but other architectures (vit-fast demo --checkpoint)
+        raise ValueError(f"runs were measured with different model configs {sorted(map(str, configs))}; merge only "
+                         "runs of the same models")
     peak = statistics.median(r["matmul_peak_tflops"] for r in results_list)
     rows, order = {}, []
     for results in results_list:

@@ -88,6 +88,9 @@ def test_runs_with_other_kernel_switches_are_labelled_and_never_merged(monkeypat
     switched = dict(plain, env={**plain["env"], "settings": "VITFAST_FP8_PRECISE_ACC=0"})
     with pytest.raises(ValueError, match="different kernel settings"):
         merge([plain, switched])
+    changed = dict(plain, env={**plain["env"], "config": "depth=2"})  # other architectures under the same names
+    with pytest.raises(ValueError, match=r"different model configs \['None', 'depth=2'\]"):
+        merge([plain, changed])
 
 
 def test_cli_parsing():
@@ -260,14 +263,26 @@ def test_dtypes_take_every_spelling():
 
 
 def test_a_run_that_measures_no_row_exits_1(tmp_path, capsys, monkeypatch):
-    """Every row failed (here the only backend cannot run on a CPU): the files say why, and the exit code too."""
+    """Every row failed (the only backend asked for raises at build time): the files and the exit code say so; a
+    run with one measured row exits 0."""
+    from benchmarks import builders
     from benchmarks.cli import main
 
-    assert main(["--device", "cpu", "--models", "vit_ti_16", "--config-overrides", TINY, "--resolution", "32",
-                 "--backends", "compile", "--batch-sizes", "1", "--compile-mode", "default", "--no-plots",
-                 "--no-progress", "--out", str(tmp_path / "x"), "--time-budget", "0.001"]) == 1
+    real_build = builders.build
+
+    def build(backend, *a, **k):
+        if backend == "sdpa":
+            raise RuntimeError("sdpa broke")
+        return real_build(backend, *a, **k)
+
+    monkeypatch.setattr(builders, "build", build)
+    argv = ["--device", "cpu", "--models", "vit_ti_16", "--config-overrides", TINY, "--resolution", "32",
+            "--batch-sizes", "1", "--repeats", "1", "--warmup", "0", "--no-plots", "--no-progress"]
+    assert main([*argv, "--backends", "sdpa", "--out", str(tmp_path / "x")]) == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == "error: no row was measured (the reasons are above)"
-    assert all(r["error"] for r in json.loads((tmp_path / "x" / "results.json").read_text())["rows"])
+    rows = json.loads((tmp_path / "x" / "results.json").read_text())["rows"]
+    assert rows and all("sdpa broke" in r["error"] for r in rows), rows
+    assert main([*argv, "--backends", "sdpa,eager", "--out", str(tmp_path / "y")]) == 0
 
 
 def test_cpu_peak_is_per_dtype_and_mfu_is_left_out_above_it():

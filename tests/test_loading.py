@@ -97,13 +97,32 @@ def test_wrongly_typed_or_non_finite_tensors_are_refused(tmp_path, key, bad, mat
 @pytest.mark.parametrize("field, value, match", [
     ("num_heads", 0, "num_heads 0: must be >= 1"), ("embed_dim", 0, "embed_dim 0: must be >= 1"),
     ("mlp_dim", -5, "mlp_dim -5: must be >= 1"), ("representation_size", -3, "representation_size -3: must be >= 1"),
-    ("in_chans", 0, "in_chans 0: must be >= 1"), ("layer_norm_eps", 0.0, "layer_norm_eps must be > 0, got 0.0"),
-    ("layer_norm_eps", -1, "layer_norm_eps must be > 0, got -1"),
+    ("in_chans", 0, "in_chans 0: must be >= 1"),
+    ("layer_norm_eps", 0.0, "layer_norm_eps must be > 0 and finite, got 0.0"),
+    ("layer_norm_eps", -1, "layer_norm_eps must be > 0 and finite, got -1"),
+    ("layer_norm_eps", float("inf"), "layer_norm_eps must be > 0 and finite, got inf"),  # LayerNorm's output: 0s
 ])
 def test_config_sizes_are_checked_before_any_layer(field, value, match):
     """Zero or negative sizes would end in a ZeroDivisionError or a torch shape error naming no field."""
     with pytest.raises(ValueError, match=f"invalid ViTConfig: {match}"):
         vit_fast.get_config("vit_ti_16", **{field: value})
+
+
+def test_nan_codes_in_an_fp8_checkpoint_are_refused(tmp_path):
+    """float8 e4m3fn has NaN codes (0x7F, 0xFF) and no isfinite on the CPU: they are found by their bits."""
+    from safetensors.torch import load_file
+
+    vit_fast.save(_model().to_fp8(), tmp_path / "ckpt")
+    assert vit_fast.load(tmp_path / "ckpt").is_fp8
+    state = load_file(str(tmp_path / "ckpt" / "model.safetensors"))
+    state["blocks.1.mlp.fc1.weight"].view(torch.uint8)[7, 3] = 0xFF
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "ckpt" / "model.safetensors"), "pt") as f:
+        meta = f.metadata()
+    save_file(state, str(tmp_path / "ckpt" / "model.safetensors"), metadata=meta)
+    with pytest.raises(ValueError, match=r"NaN or infinite values in \['blocks.1.mlp.fc1.weight'\]"):
+        vit_fast.load(tmp_path / "ckpt")
 
 
 def test_load_refuses_what_is_not_a_path():

@@ -131,6 +131,18 @@ def test_single_input_top_k_clamp_and_validation(device):
         Predictor(vit_fast.create("vit_ti_16", depth=1, img_size=32, in_chans=1, image_mean=[0.5], image_std=[0.5]))
 
 
+def test_hugging_face_models_are_refused_with_what_to_pass():
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.ViTForImageClassification(transformers.ViTConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32,
+        patch_size=16, num_labels=3))
+    for wrong in (hf, vit_fast.from_hf(hf, hf_outputs=True)):  # HF's config is not a vit_fast ViTConfig
+        with pytest.raises(TypeError, match=f"model must be a vit_fast model .*got {type(wrong).__name__}"):
+            Predictor(wrong)
+    with pytest.raises(TypeError, match=r"pass its \.vit_fast"):
+        Predictor(vit_fast.from_hf(hf, hf_outputs=True))
+
+
 def test_headless_model_gives_embeddings_only(device):
     model = _tiny(num_classes=0)
     images = _images(3)

@@ -6,6 +6,7 @@ timm's (ViT-B/16 with 1000 classes: 86,567,656).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -80,8 +81,8 @@ class ViTConfig:
             problems.append(f"{', '.join(bad)}: must be >= 1")
         elif self.embed_dim % self.num_heads:
             problems.append(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
-        if not self.layer_norm_eps > 0:  # 0 divides a constant row by zero, a negative one takes a NaN root
-            problems.append(f"layer_norm_eps must be > 0, got {self.layer_norm_eps}")
+        if not 0 < self.layer_norm_eps < math.inf:  # 0 divides a constant row by zero, < 0 takes a NaN root, inf: 0s
+            problems.append(f"layer_norm_eps must be > 0 and finite, got {self.layer_norm_eps}")
         if self.global_pool not in GLOBAL_POOLS:
             problems.append(f"global_pool must be one of {GLOBAL_POOLS}, got {self.global_pool!r}")
         if self.act_layer not in ACT_LAYERS:

@@ -19,10 +19,15 @@ SPELLINGS = {
 _KIND = {s: kind for kind, names in SPELLINGS.items() for s in names}
 
 
+def kind_of(text) -> str | None:
+    """The dtype of SPELLINGS a name spells (any case), None for anything else."""
+    return _KIND.get(text.strip().lower()) if isinstance(text, str) else None
+
+
 def canonical(text: str, names: dict) -> str:
     """`text` (any spelling) as the command's own name: `names` maps a dtype of SPELLINGS to it, in the order the
     command lists them. ValueError (one line: what it takes, what came) for a dtype the command does not take."""
-    kind = _KIND.get(str(text).strip().lower())
+    kind = kind_of(text)
     if kind not in names:
         raise ValueError(f"expected one of {', '.join(names.values())}, got {text!r}")
     return names[kind]

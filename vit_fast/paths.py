@@ -14,11 +14,25 @@ def check_output_file(out, flag: str, example: str) -> str:
         raise ValueError(f"{flag} {out} is a directory; expected a file path such as {path / example}")
     if path.exists() and not os.access(path, os.W_OK):
         raise ValueError(f"{flag} {out} exists and is not writable")
-    existing = path.parent
+    _check_writable_parent(path.parent, f"{flag} {out}")
+    return str(path)
+
+
+def check_output_dir(out, what: str) -> Path:
+    """`out` as a directory to write `what` in (made if missing): not a file, and the first part of the path that
+    exists a writable folder; ValueError saying what is in the way."""
+    path = Path(os.path.expanduser(str(out)))
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"expected a directory for {what}, got the file {str(out)!r}")
+    _check_writable_parent(path.absolute(), f"cannot write {what} in {str(out)!r}")
+    return path
+
+
+def _check_writable_parent(path: Path, prefix: str) -> None:
+    existing = path
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise ValueError(f"{flag} {out}: {existing} is a file, not a folder")
+        raise ValueError(f"{prefix}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag} {out}: cannot write in {existing} (permission denied)")
-    return str(path)
+        raise ValueError(f"{prefix}: cannot write in {existing} (permission denied)")

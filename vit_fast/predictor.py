@@ -37,6 +37,7 @@ from typing import Optional, Sequence
 import torch
 
 from .cuda_graphs import CudaGraphRunner
+from .dtype_names import kind_of
 from .preprocess import ImageError, preprocess
 
 __all__ = ["Predictor"]
@@ -66,22 +67,19 @@ def _default_device(device) -> torch.device:
 def _default_dtype(dtype, device: torch.device) -> torch.dtype:
     if dtype is None:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, str):
-        names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-                 "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-        if dtype not in names:
-            raise ValueError(f"dtype must be one of {sorted(names) + ['fp8']}, got {dtype!r}")
-        return names[dtype]
+    if isinstance(dtype, str):  # any spelling the command lines take (dtype_names)
+        kind = kind_of(dtype)
+        if kind not in ("float32", "float16", "bfloat16"):
+            raise ValueError(f"dtype must be one of float32, float16, bfloat16 or fp8 (or their short names bf16, "
+                             f"fp16, fp32), got {dtype!r}")
+        return getattr(torch, kind)
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"dtype must be torch.float32, float16 or bfloat16, got {dtype}")
     return dtype
 
 
-FP8_NAMES = ("fp8", "float8", "float8_e4m3fn")
-
-
 def _is_fp8(dtype) -> bool:
-    return dtype in FP8_NAMES if isinstance(dtype, str) else dtype is torch.float8_e4m3fn
+    return kind_of(dtype) == "fp8" if isinstance(dtype, str) else dtype is torch.float8_e4m3fn
 
 
 def check_fp8_exclude(fp8_exclude, dtype) -> None:
@@ -116,9 +114,12 @@ class Predictor:
 
     def __init__(self, model: torch.nn.Module, device=None, dtype=None, max_batch_size: int = 32,
                  cuda_graphs: bool = True, warmup: bool = True, fp8_exclude=None):
-        if not isinstance(model, torch.nn.Module) or not hasattr(model, "config"):
+        from .config import ViTConfig
+
+        if not isinstance(model, torch.nn.Module) or not isinstance(getattr(model, "config", None), ViTConfig):
             hint = (" (a checkpoint path: Predictor.from_checkpoint(path))" if isinstance(model, (str, bytes))
-                    or hasattr(model, "__fspath__") else "")
+                    or hasattr(model, "__fspath__") else " (from_hf(..., hf_outputs=True): pass its .vit_fast)"
+                    if hasattr(model, "vit_fast") else "")
             raise TypeError(f"model must be a vit_fast model (vit_fast.load, vit_fast.create), got "
                             f"{type(model).__name__}{hint}")
         if model.config.in_chans != 3:

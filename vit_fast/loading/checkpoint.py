@@ -50,19 +50,14 @@ def save(model, dst) -> Path:
 
 
 def check_destination(dst) -> Path:
-    """`dst` as a checkpoint directory `save` can write: not a file, its two files not folders, and the first part
-    of the path that exists a writable directory. ValueError naming what is in the way, before anything is loaded
-    or written."""
-    dst = Path(dst).expanduser()
-    if dst.exists() and not dst.is_dir():
-        raise ValueError(f"expected a directory to write the checkpoint in, got the file {str(dst)!r}")
+    """`dst` as a checkpoint directory `save` can write (paths.check_output_dir), its two files not folders:
+    ValueError naming what is in the way, before anything is loaded or written."""
+    from ..paths import check_output_dir
+
+    dst = check_output_dir(dst, "the checkpoint")
     for name in (WEIGHTS_NAME, CONFIG_NAME):
         if (dst / name).is_dir():
             raise ValueError(f"cannot write {dst / name}: a folder of that name is in the way")
-    existing = next(p for p in (dst, *dst.absolute().parents) if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"cannot write the checkpoint directory {str(dst)!r}: {str(existing)!r} is not a writable "
-                         "directory")
     return dst
 
 

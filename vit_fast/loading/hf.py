@@ -162,13 +162,8 @@ def _read_hf_dir(path: Path) -> tuple:
     check_hf_config_types(hf, config_file)
     state, _ = read_weights(weights_in(path, "config.json"))
     pre_file = path / "preprocessor_config.json"
-    preprocessor = broadcast_stats(read_json(pre_file)) if pre_file.is_file() else None
-    if preprocessor is not None:
-        for key in ("image_mean", "image_std"):
-            value = preprocessor.get(key)
-            if value is not None and not (isinstance(value, list) and all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
-                raise ValueError(f"{pre_file}: {key} must be a number or a list of numbers, got {value!r}")
+    preprocessor = (broadcast_stats(read_json(pre_file), hf.get("num_channels", 3), pre_file) if pre_file.is_file()
+                    else None)
     return hf, state, preprocessor
 
 

@@ -125,13 +125,17 @@ def labels_of(hf: dict, num_classes: int):
     return None
 
 
-def broadcast_stats(preprocessor: dict, channels: int = 3) -> dict:
-    """preprocessor_config.json's image_mean/image_std as lists: transformers also takes one number for every
-    channel."""
+def broadcast_stats(preprocessor: dict, channels: int, where) -> dict:
+    """preprocessor_config.json's image_mean/image_std as lists (transformers also takes one number for every
+    channel); ValueError naming the file `where` for anything else."""
     out = dict(preprocessor)
     for key in ("image_mean", "image_std"):
-        if isinstance(out.get(key), (int, float)) and not isinstance(out.get(key), bool):
-            out[key] = [float(out[key])] * channels
+        value = out.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = [float(value)] * channels
+        elif value is not None and not (isinstance(value, list) and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+            raise ValueError(f"{where}: {key} must be a number or a list of numbers, got {value!r}")
     return out
 
 
