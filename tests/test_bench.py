@@ -262,9 +262,9 @@ def test_dtypes_take_every_spelling():
     assert resolve(args).dtypes == ["bfloat16", "float16", "float32", "float8"]
 
 
-def test_a_run_that_measures_no_row_exits_1(tmp_path, capsys, monkeypatch):
-    """Every row failed (the only backend asked for raises at build time): the files and the exit code say so; a
-    run with one measured row exits 0."""
+def test_a_run_that_measures_no_row_says_so(tmp_path, capsys, monkeypatch):
+    """Every row failed (the only backend asked for raises at build time): the files say why and the last line that
+    nothing was measured. Failures are rows, not an exit code: the lease's steps record a refused engine that way."""
     from benchmarks import builders
     from benchmarks.cli import main
 
@@ -278,11 +278,12 @@ def test_a_run_that_measures_no_row_exits_1(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(builders, "build", build)
     argv = ["--device", "cpu", "--models", "vit_ti_16", "--config-overrides", TINY, "--resolution", "32",
             "--batch-sizes", "1", "--repeats", "1", "--warmup", "0", "--no-plots", "--no-progress"]
-    assert main([*argv, "--backends", "sdpa", "--out", str(tmp_path / "x")]) == 1
-    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: no row was measured (the reasons are above)"
+    assert main([*argv, "--backends", "sdpa", "--out", str(tmp_path / "x")]) == 0
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "note: no row was measured (the reasons are above)"
     rows = json.loads((tmp_path / "x" / "results.json").read_text())["rows"]
     assert rows and all("sdpa broke" in r["error"] for r in rows), rows
     assert main([*argv, "--backends", "sdpa,eager", "--out", str(tmp_path / "y")]) == 0
+    assert "no row was measured" not in capsys.readouterr().err
 
 
 def test_cpu_peak_is_per_dtype_and_mfu_is_left_out_above_it():
