@@ -138,14 +138,14 @@ def check_out_dir(out) -> None:
 
 
 def resolve(args) -> "runner.Settings":  # noqa: F821
+    from vit_fast.predictor import _default_device
+
     from . import runner
 
-    try:
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in ("cuda", "cpu"):
-        raise SystemExit(f"error: --device expects cuda, cuda:N or cpu, got {args.device!r}")
+    try:  # the Predictor's rule: cpu, cuda or cuda:N that exists here
+        device = _default_device(args.device)
+    except (ValueError, RuntimeError) as e:
+        raise SystemExit(f"error: --device: {e}") from None
     for flag, value in (("--resolution", args.resolution), ("--cpu-threads", args.cpu_threads),
                         ("--graph-max-batch", args.graph_max_batch)):
         if value is not None and value < 1:
@@ -154,8 +154,6 @@ def resolve(args) -> "runner.Settings":  # noqa: F821
         raise SystemExit(f"error: --time-budget must be > 0 seconds, got {args.time_budget:g}")
     if args.compile_mode is not None and args.compile_mode not in COMPILE_MODES:
         raise SystemExit(f"error: --compile-mode expects one of {', '.join(COMPILE_MODES)}, got {args.compile_mode!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda but CUDA is not available here")
     gpu = device.type == "cuda"
     import vit_fast
 

@@ -156,7 +156,7 @@ def test_convert_timm_file(tmp_path, capsys):
         (["bench", "--dtypes", "bf16,int4"], "unknown dtypes ['int4']"),
         (["bench", "--compile-mode", "foo"], "--compile-mode expects one of default,"),
         (["bench", "--time-budget", "-1"], "--time-budget must be > 0 seconds, got -1"),
-        (["bench", "--device", "xyz"], "--device expects cuda, cuda:N or cpu, got 'xyz'"),
+        (["bench", "--device", "xyz"], "--device: device must be 'cpu', 'cuda' or 'cuda:N', got 'xyz'"),
         (["bench", "--resolution", "-16"], "--resolution must be >= 1, got -16"),
         (["bench", "--out", "A_FILE"], "expected a directory for the results (--out), got the file"),
         (["demo", "--out", "A_FILE"], "expected a directory for the results (--out), got the file"),
