@@ -1,6 +1,6 @@
 """Model families against Hugging Face modules with random weights: CLIP vision (with and without projection),
-DINOv2 (SwiGLU, registers, classifier), SigLIP vision (attention-pool head), DeiT (distilled and plain) — live
-modules and `save_pretrained` directories, at non-native, non-square resolutions, on every backend; the
+DINOv2 (SwiGLU, registers, classifier), SigLIP vision (attention-pool head), DeiT (distilled, [CLS]'s head only,
+plain) — live modules and `save_pretrained` directories, at non-native, non-square resolutions, on every backend; the
 `hf_outputs=True` drop-in; `forward_intermediates`; position-embedding resampling bit for bit; presets'
 parameter counts; the errors."""
 import logging
@@ -40,6 +40,9 @@ FAMILIES = {
         **_kw(d, n, h, 32, 16), intermediate_size=96)), "pooler_output", True),
     "deit_distilled": (lambda d, n, h: T.DeiTForImageClassificationWithTeacher(T.DeiTConfig(
         **_kw(d, n, h, 32, 16), intermediate_size=64, num_labels=3)), "logits", True),
+    # the distillation token without its head: logits from [CLS] alone
+    "deit_cls": (lambda d, n, h: T.DeiTForImageClassification(T.DeiTConfig(
+        **_kw(d, n, h, 32, 16), intermediate_size=64, num_labels=4)), "logits", True),
     "deit_model": (lambda d, n, h: T.DeiTModel(T.DeiTConfig(
         **_kw(d, n, h, 32, 16), intermediate_size=64)), "pooler_output", True),
 }
@@ -83,7 +86,7 @@ def test_live_module(family):
 # family -> width of its tiny triton config (160 / 2 heads: head dim 80; 64: head dim 32); plain DINOv2 and DeiTModel
 # share every triton code path with the families here (checked on torch/sdpa above)
 TRITON_WIDTH = {"clip_proj": 160, "clip": 64, "dinov2_cls_swiglu": 64, "dinov2_reg": 64, "dinov2_reg_cls": 64,
-                "siglip": 160, "deit_distilled": 160}
+                "siglip": 160, "deit_distilled": 160, "deit_cls": 64}
 
 
 @pytest.mark.parametrize("family", sorted(TRITON_WIDTH))
@@ -256,6 +259,14 @@ def test_forward_intermediates(backend):
     (patches, prefix), = raw
     assert rel_err(patches, ref.hidden_states[-1][:, 4:]) <= tol
     assert rel_err(prefix, ref.hidden_states[-1][:, :4]) <= tol
+    # stop_early (timm's): no block after the last one taken runs, the final features are that block's, normed
+    ran = []
+    hook = model.blocks[-1].register_forward_hook(lambda *a: ran.append(1))
+    with torch.no_grad():
+        early, (first,) = model.forward_intermediates(x, indices=[0], stop_early=True, output_fmt="NLC")
+    hook.remove()
+    assert rel_err(early, hf.layernorm(ref.hidden_states[1])) <= tol
+    assert rel_err(first, ref.hidden_states[1][:, 4:]) <= tol and not ran
 
 
 def test_forward_intermediates_errors():

@@ -39,6 +39,8 @@ class ViTConfig:
     class_token: bool = True
     reg_tokens: int = 0  # register tokens after the class token (DINOv2 with registers)
     dist_token: bool = False  # distillation token after the class token, with its own head (DeiT distilled)
+    dist_head: bool = True  # with dist_token: the distillation head exists and the logits are the mean of both
+    # heads; False: [CLS]'s head alone (HF's DeiTForImageClassification, which keeps the token but not its head)
     no_embed_class: bool = False  # position embeddings cover the patches only, not the prefix tokens
     pre_norm: bool = False  # LayerNorm on the tokens before the first block (CLIP's pre_layrnorm)
     patch_bias: bool = True  # the patch projection has a bias (CLIP's has none)

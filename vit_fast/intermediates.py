@@ -30,7 +30,8 @@ def forward_intermediates(model, x: torch.Tensor, indices, return_prefix_tokens:
         raise ValueError(f"output_fmt must be one of {OUTPUT_FORMATS}; got {output_fmt!r}")
     cfg = model.config
     take = block_indices(cfg.depth, indices)
-    states = model.hidden_states(x)  # [embeddings, block 0, ..., block L-1]
+    # [embeddings, block 0, ..., block L-1], or up to the last block taken (timm's stop_early)
+    states = model.hidden_states(x, depth=max(take) + 1 if stop_early and take else None)
     prefix = cfg.num_prefix_tokens
     checked, _ = model._check_input(x)
     h, w = checked.shape[-2] // cfg.patch_size, checked.shape[-1] // cfg.patch_size

@@ -158,7 +158,8 @@ class VisionTransformer(nn.Module):
         self.fc_norm = nn.LayerNorm(d, eps=eps) if config.use_fc_norm else nn.Identity()
         self.pre_logits = PreLogits(config) if config.representation_size else nn.Identity()
         self.head = self._make_head(config)
-        distilled = config.dist_token and not config.representation_size  # else HF DeiTModel: pooler on [CLS]
+        # else HF's DeiTModel (its pooler on [CLS]) or DeiTForImageClassification ([CLS]'s head alone)
+        distilled = config.dist_token and config.dist_head and not config.representation_size
         self.head_dist = self._make_head(config) if distilled else None
         self._init_weights()
         self._cache: dict = {}
@@ -316,17 +317,17 @@ class VisionTransformer(nn.Module):
             tokens = block(tokens, backend)
         return self.norm(tokens)
 
-    def hidden_states(self, x: torch.Tensor) -> list:
+    def hidden_states(self, x: torch.Tensor, depth: Optional[int] = None) -> list:
         """[embeddings (after norm_pre), output of block 1, ..., output of block L]: HF's hidden_states, before
-        the final norm. Runs on the current backend."""
+        the final norm; with `depth`, only the first `depth` blocks run. Runs on the current backend."""
         x, is_uint8 = self._check_input(x)
         backend = self._resolve_backend(x.device)
         if backend == "triton":
             from . import triton_path
 
-            return triton_path.hidden_states(self, x, is_uint8)
+            return triton_path.hidden_states(self, x, is_uint8, depth)
         states = [self.norm_pre(self._embed(x, is_uint8))]
-        for block in self.blocks:
+        for block in list(self.blocks)[:depth]:
             states.append(block(states[-1], backend))
         return states
 
@@ -337,7 +338,8 @@ class VisionTransformer(nn.Module):
         blocks; a sequence: block indices, negative from the end; None: all), each through the final norm if
         `norm`, prefix tokens removed (returned beside them with `return_prefix_tokens`), as (B, D, H, W) maps
         ("NCHW") or (B, N, D) ("NLC"). Returns the intermediates, or (final features, intermediates) unless
-        `intermediates_only`. `stop_early` is accepted for timm's signature; every block runs."""
+        `intermediates_only`. `stop_early`: as timm, no block after the last one taken runs, and the final features
+        are that block's output through the final norm."""
         from .intermediates import forward_intermediates
 
         return forward_intermediates(self, x, indices, return_prefix_tokens, norm, stop_early, output_fmt,

@@ -152,15 +152,16 @@ def _block(model, block, tokens: torch.Tensor, eps: float, activation: str, keep
     return _residual(hidden, mlp.fc2, tokens, next_qkv is not None and _scale(next_qkv) is None)
 
 
-def _states(model, x: torch.Tensor, is_uint8: bool, keep_last: int = 0, collect: bool = False):
-    """Tokens after the last block (or, with `collect`, the list of embeddings and every block's output)."""
+def _states(model, x: torch.Tensor, is_uint8: bool, keep_last: int = 0, collect: bool = False, depth=None):
+    """Tokens after the last block (or, with `collect`, the list of embeddings and every block's output); with
+    `depth`, the first `depth` blocks only."""
     cfg = model.config
     eps = cfg.layer_norm_eps
     tokens = _embed(model, x, is_uint8)
     if cfg.pre_norm:
         tokens = kernels.layer_norm(tokens, model.norm_pre.weight, model.norm_pre.bias, eps)
     states = [tokens]
-    blocks = list(model.blocks)
+    blocks = list(model.blocks)[:depth]
     partials = None  # the embeddings' statistics: the first block's LN1 reads them in a launch of its own
     for i, block in enumerate(blocks):
         last = i == len(blocks) - 1
@@ -182,9 +183,9 @@ def forward_features(model, x: torch.Tensor, is_uint8: bool) -> torch.Tensor:
     return _final_norm(model, _states(model, x, is_uint8))
 
 
-def hidden_states(model, x: torch.Tensor, is_uint8: bool) -> list:
-    """[embeddings, block 1, ..., block L] before the final norm (HF's hidden_states)."""
-    return _states(model, x, is_uint8, collect=True)
+def hidden_states(model, x: torch.Tensor, is_uint8: bool, depth=None) -> list:
+    """[embeddings, block 1, ..., block L] before the final norm (HF's hidden_states); up to block `depth`."""
+    return _states(model, x, is_uint8, collect=True, depth=depth)
 
 
 def forward_prefix(model, x: torch.Tensor, is_uint8: bool) -> torch.Tensor:

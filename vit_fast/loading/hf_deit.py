@@ -50,6 +50,7 @@ def config_from_hf(hf: dict, state: dict, preprocessor: dict | None = None, **ov
         mlp_dim=hf["intermediate_size"],
         qkv_bias=hf.get("qkv_bias", True),
         dist_token="dist_token" in state,
+        dist_head="head_dist.weight" in state or not num_classes,  # DeiTForImageClassification: [CLS]'s head only
         num_classes=num_classes,
         labels=labels_of(hf, num_classes),
         representation_size=state["pre_logits.fc.weight"].shape[0] if "pre_logits.fc.weight" in state else None,
@@ -77,7 +78,8 @@ def hf_architecture(cfg: ViTConfig) -> tuple:
         num_attention_heads=cfg.num_heads, num_channels=cfg.in_chans, image_size=h if h == w else [h, w],
         patch_size=cfg.patch_size, hidden_act="gelu", layer_norm_eps=cfg.layer_norm_eps, qkv_bias=cfg.qkv_bias,
         num_labels=cfg.num_classes)
-    name = "DeiTForImageClassificationWithTeacher" if cfg.dist_token else "DeiTForImageClassification"
+    name = ("DeiTForImageClassificationWithTeacher" if cfg.dist_token and cfg.dist_head
+            else "DeiTForImageClassification")
     return name, config, "logits"
 
 
