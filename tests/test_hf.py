@@ -197,3 +197,71 @@ def test_tanh_gelu_config_rejected():
     hf = _hf_classifier(64, 1, 2, 128, 32, 8, hidden_act="gelu_new")
     with pytest.raises(ValueError, match="exact GELU"):
         vit_fast.from_hf(hf)
+
+
+def _pil_processor(name, **kw):
+    """transformers' PIL image processor (transformers 5 names it ...Pil; earlier ones have only that one)."""
+    return (getattr(transformers, f"{name}Pil", None) or getattr(transformers, name))(**kw)
+
+
+def _images():
+    """Sizes whose crop offset falls on .5 and rounds up (the floor is HF's), odd and extreme aspect ratios."""
+    import numpy as np
+    from PIL import Image
+
+    gen = np.random.default_rng(0)
+    return [Image.fromarray(gen.integers(0, 256, (h, w, 3), dtype=np.uint8))
+            for h, w in ((227, 301), (227, 303), (300, 200), (97, 640), (225, 225), (40, 31))]
+
+
+@pytest.mark.parametrize("kind", ["dinov2", "deit", "clip", "vit"])
+def test_preprocessing_equals_the_checkpoints_processor(tmp_path, kind):
+    """A directory's preprocessor_config.json decides the preprocessing: HF's DINOv2 processor (shortest edge 256,
+    crop 224, for a 518 px model), DeiT's (256 x 256, crop 224), CLIP's (shortest edge, crop), ViT's (squash);
+    the crop at HF's floored offset. vit_fast.preprocess gives the processor's pixels exactly, and the Predictor's
+    embedding equals the HF model's on them."""
+    from vit_fast.preprocess import preprocess
+
+    T = transformers
+    if kind == "dinov2":
+        hf = T.Dinov2Model(T.Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, mlp_ratio=2,
+                                          image_size=518, patch_size=14))
+        proc = _pil_processor("BitImageProcessor", size={"shortest_edge": 256},
+                              crop_size={"height": 224, "width": 224}, do_center_crop=True, resample=3)
+        expect = dict(input_size=(224, 224), resize_size=(256,), resize_mode="shortest")
+    elif kind == "deit":
+        hf = T.DeiTForImageClassificationWithTeacher(T.DeiTConfig(
+            hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=224,
+            patch_size=16, num_labels=3))
+        proc = _pil_processor("DeiTImageProcessor")
+        expect = dict(input_size=None, resize_size=(256, 256), resize_mode="squash_crop")
+    elif kind == "clip":
+        hf = T.CLIPVisionModelWithProjection(T.CLIPVisionConfig(
+            hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=64,
+            patch_size=16, projection_dim=8))
+        proc = _pil_processor("CLIPImageProcessor", size={"shortest_edge": 64},
+                              crop_size={"height": 64, "width": 64})
+        expect = dict(input_size=None, resize_size=(64,), resize_mode="shortest")
+    else:
+        hf = _hf_classifier(32, 1, 2, 64, 48, 16)
+        proc = _pil_processor("ViTImageProcessor", size={"height": 48, "width": 48}, resample=2)
+        expect = dict(input_size=None, resize_size=None, resize_mode="squash", interpolation="bilinear")
+    randomize_(hf).eval().save_pretrained(tmp_path)
+    proc.save_pretrained(tmp_path)
+    model = vit_fast.load(tmp_path, backend="torch")
+    cfg = model.config
+    assert cfg.crop_offset == "floor" and {k: getattr(cfg, k) for k in expect} == expect
+    predictor = vit_fast.Predictor(model, device="cpu", dtype=torch.float32, cuda_graphs=False)
+    for image in _images():
+        theirs = proc(image, do_rescale=False, do_normalize=False, return_tensors="pt").pixel_values[0]
+        ours = preprocess(image, cfg)
+        assert ours.shape == theirs.shape and torch.equal(ours.float(), theirs.float()), (image.size, kind)
+    if kind == "dinov2":  # at 224 px through the resampled table, as HF runs it
+        image = _images()[0]
+        with torch.no_grad():
+            ref = hf(pixel_values=proc(image, return_tensors="pt").pixel_values).pooler_output[0]
+        (got,) = predictor.predict([image], return_embeddings=True)
+        assert rel_err(torch.tensor(got["embedding"]), ref) <= 1e-5
+    if kind != "vit":  # a resolution asked for replaces the processor's sizes (its crop was for the checkpoint's)
+        resized = vit_fast.load(tmp_path, img_size=(96, 96)).config
+        assert resized.input_size is None and resized.resize_size is None and resized.crop_offset == "floor"

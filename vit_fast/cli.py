@@ -239,7 +239,7 @@ def _architecture_overrides(config, preset: str) -> dict:
 
     base = get_config(preset)
     skip = {"labels", "img_size", "image_mean", "image_std", "crop_pct", "resize_mode", "interpolation",
-            "pos_embed_antialias"}
+            "pos_embed_antialias", "input_size", "resize_size", "crop_offset"}
     return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
             if f.name not in skip and getattr(config, f.name) != getattr(base, f.name)}
 
@@ -266,7 +266,8 @@ def cmd_demo(args) -> int:
     status = _print_predictions([Path(p).name for p in SAMPLE_IMAGES], predictor.predict(SAMPLE_IMAGES, top_k=3))
 
     overrides = _architecture_overrides(cfg, args.model)
-    resolution = cfg.grid_size[0] * cfg.patch_size  # its token rows (SigLIP so400m/14 at 384 px: 27 x 14 = 378)
+    # the token rows of what predict feeds it (SigLIP so400m/14 at 384 px: 27 x 14 = 378; HF's DINOv2: 224)
+    resolution = cfg.eval_size[0] // cfg.patch_size * cfg.patch_size
     print(f"\nthroughput of {'this architecture' if overrides or resolution != 224 else args.model}, backends side "
           f"by side (random weights and inputs, {resolution}x{resolution} px, warm-up excluded):")
     bench_args = ["--models", args.model, "--out", args.out, "--no-plots", "--no-progress",

@@ -13,7 +13,8 @@ from typing import Optional, Sequence
 GLOBAL_POOLS = ("cls", "avg", "map", "cls_avg")
 ACT_LAYERS = ("gelu", "gelu_tanh", "quick_gelu")  # exact erf GELU; tanh GELU (SigLIP); x*sigmoid(1.702x) (CLIP)
 MLP_TYPES = ("mlp", "swiglu")
-RESIZE_MODES = ("shortest", "squash")
+RESIZE_MODES = ("shortest", "squash", "squash_crop")
+CROP_OFFSETS = ("round", "floor")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 
 
@@ -52,8 +53,15 @@ class ViTConfig:
     image_mean: tuple = (0.5, 0.5, 0.5)  # normalization constants carried with the weights (for uint8 inputs)
     image_std: tuple = (0.5, 0.5, 0.5)
     crop_pct: float = 0.9  # preprocessing: resize shortest side to img_size / crop_pct, then center-crop
-    resize_mode: str = "shortest"  # "shortest" (timm) or "squash" (resize to img_size exactly, as HF)
+    resize_mode: str = "shortest"  # "shortest" (timm) or "squash" (resize to img_size exactly, as HF);
+    # "squash_crop": resize both sides to img_size / crop_pct, then center-crop (HF's DeiT processor)
     interpolation: str = "bicubic"
+    # The checkpoint's own processor, where it says more than the fields above (HF's preprocessor_config.json):
+    input_size: Optional[tuple] = None  # (H, W) images are preprocessed to; None: img_size (HF's DINOv2 processors
+    # crop 224 for a model whose position table is 518: the model resamples it, as HF does)
+    resize_size: Optional[tuple] = None  # the resize before the crop: (S,) shortest edge ("shortest") or (H, W)
+    # ("squash_crop"), as the processor's `size`; None: input size / crop_pct, floored (timm's arithmetic)
+    crop_offset: str = "round"  # center crop's offset: "round" (torchvision, timm) or "floor" (HF's processors)
     pos_embed_antialias: bool = False  # resampling to another resolution: timm antialiases, HF does not
     labels: Optional[list] = field(default=None, repr=False)  # class names, index -> label
 
@@ -64,6 +72,13 @@ class ViTConfig:
         self.img_size = tuple(int(s) for s in self.img_size)
         self.image_mean = tuple(float(v) for v in self.image_mean)
         self.image_std = tuple(float(v) for v in self.image_std)
+        for name in ("input_size", "resize_size"):  # an int: a square, or the shortest edge
+            value = getattr(self, name)
+            if value is not None:
+                value = (value,) * (2 if name == "input_size" else 1) if isinstance(value, int) else value
+                if not all(_is_int(v) for v in value):
+                    raise ValueError(f"invalid ViTConfig: {name} must be whole pixels, got {list(value)}")
+                setattr(self, name, tuple(int(v) for v in value))
         if self.labels is not None:
             self.labels = [str(label) for label in self.labels]
         self.validate()
@@ -107,6 +122,15 @@ class ViTConfig:
             problems.append("global_pool 'map' does not combine with representation_size")
         if self.resize_mode not in RESIZE_MODES:
             problems.append(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
+        if self.crop_offset not in CROP_OFFSETS:
+            problems.append(f"crop_offset must be one of {CROP_OFFSETS}, got {self.crop_offset!r}")
+        if self.input_size is not None and (len(self.input_size) != 2 or min(self.input_size) < 1):
+            problems.append(f"input_size must be (H, W) >= 1, got {self.input_size}")
+        sides = {"shortest": 1, "squash_crop": 2}.get(self.resize_mode)
+        if self.resize_size is not None and (len(self.resize_size) != sides or min(self.resize_size) < 1):
+            problems.append(f"resize_size with resize_mode {self.resize_mode!r} must be "
+                            f"{'(S,): the shortest edge' if sides == 1 else '(H, W)' if sides else 'null'}, "
+                            f"got {self.resize_size}")
         if self.interpolation not in INTERPOLATIONS:
             problems.append(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
         if len(self.image_mean) != self.in_chans or len(self.image_std) != self.in_chans:
@@ -121,6 +145,11 @@ class ViTConfig:
             problems.append(f"{len(self.labels)} labels given for {self.num_classes} classes")
         if problems:
             raise ValueError("invalid ViTConfig: " + "; ".join(problems))
+
+    @property
+    def eval_size(self) -> tuple:
+        """(H, W) of the preprocessed images: input_size, else img_size."""
+        return self.input_size or self.img_size
 
     @property
     def head_dim(self) -> int:
@@ -164,6 +193,9 @@ class ViTConfig:
         d["img_size"] = list(self.img_size)
         d["image_mean"] = list(self.image_mean)
         d["image_std"] = list(self.image_std)
+        for name in ("input_size", "resize_size"):
+            if d[name] is not None:
+                d[name] = list(d[name])
         return d
 
     @classmethod
@@ -219,7 +251,7 @@ def _check_types(cfg) -> None:
             if not optional:
                 problems.append(f"{f.name} must not be null")
             continue
-        if f.name == "img_size" and _is_int(value):  # an int means a square
+        if f.name in ("img_size", "input_size", "resize_size") and _is_int(value):  # a square, a shortest edge
             continue
         check, expected = _TYPE_CHECKS.get(kind, (lambda v: True, ""))
         if not check(value):

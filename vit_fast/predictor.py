@@ -168,7 +168,7 @@ class Predictor:
         captured) through the model, for logits and for embeddings; returns the batch sizes run."""
         if buckets is None:
             buckets = self.buckets if self.device.type == "cuda" else []
-        h, w = self.config.img_size
+        h, w = self.config.eval_size  # what preprocess makes of every image
         for b in buckets:
             batch = torch.zeros((int(b), 3, h, w), dtype=torch.uint8)
             for flag in (False, True):

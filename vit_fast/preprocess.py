@@ -6,7 +6,11 @@ crops it the way the checkpoint's own library does at evaluation time and return
 
 - resize_mode "shortest" (timm's eval transform): resize the shortest side to floor(size / crop_pct) with
   `config.interpolation`, then center-crop to `config.img_size` (torchvision's Resize + CenterCrop arithmetic);
-- resize_mode "squash" (Hugging Face's ViTImageProcessor): resize to exactly `config.img_size`.
+- resize_mode "squash" (Hugging Face's ViTImageProcessor): resize to exactly `config.img_size`;
+- resize_mode "squash_crop" (Hugging Face's DeiT processor): resize both sides, then center-crop.
+
+A checkpoint whose processor says more (HF's preprocessor_config.json: the crop size, the resize before it, the
+crop offset) carries it in `input_size`, `resize_size` and `crop_offset`.
 
 16-bit grayscale images (PNG/TIFF) are scaled to 8 bits (x * 255 / 65535, rounded) before the RGB conversion;
 32-bit float ones (TIFF mode "F") are refused: their range ([0, 1] or [0, 255]) is not recorded.
@@ -131,9 +135,20 @@ def load_image(obj) -> Image.Image:
 
 
 def _target_size(config) -> tuple[int, int]:
-    size = config.img_size
+    size = getattr(config, "input_size", None) or config.img_size
     h, w = (size, size) if isinstance(size, int) else tuple(size)
     return int(h), int(w)
+
+
+def _scale(config, size: tuple[int, int], sides: int) -> tuple[int, int]:
+    """The resize before the crop: the processor's own `resize_size`, else timm's floor(size / crop_pct)."""
+    given = getattr(config, "resize_size", None)
+    if given:
+        return (given[0], given[0]) if sides == 1 else tuple(given)
+    crop_pct = config.crop_pct if config.crop_pct is not None else 1.0
+    if not crop_pct > 0:
+        raise ValueError(f"config.crop_pct must be positive, got {crop_pct!r}")
+    return math.floor(size[0] / crop_pct), math.floor(size[1] / crop_pct)
 
 
 def _resample(config) -> Image.Resampling:
@@ -161,8 +176,9 @@ def _resize_shortest(img: Image.Image, scale: tuple[int, int], resample) -> Imag
     return img.resize((max(new_w, 1), max(new_h, 1)), resample=resample)
 
 
-def _center_crop(img: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """torchvision CenterCrop: zero-pad a too-small image symmetrically (extra pixel right/bottom), then crop."""
+def _center_crop(img: Image.Image, size: tuple[int, int], offset: str = "round") -> Image.Image:
+    """torchvision CenterCrop: zero-pad a too-small image symmetrically (extra pixel right/bottom), then crop at
+    round(excess / 2) (half to even), or with offset "floor" at excess // 2 (HF's image processors)."""
     ch, cw = size
     w, h = img.size
     if w < cw or h < ch:
@@ -170,29 +186,32 @@ def _center_crop(img: Image.Image, size: tuple[int, int]) -> Image.Image:
         padded = Image.new("RGB", (max(w, cw), max(h, ch)))
         padded.paste(img, (pad_l, pad_t))
         img, (w, h) = padded, padded.size
-    top = int(round((h - ch) / 2.0))
-    left = int(round((w - cw) / 2.0))
+    if offset == "floor":
+        top, left = (h - ch) // 2, (w - cw) // 2
+    else:
+        top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
     return img.crop((left, top, left + cw, top + ch))
 
 
 def preprocess(image, config) -> torch.Tensor:
     """Decode (via `load_image`), resize and crop `image` for `config`; return a uint8 tensor (3, H, W).
 
-    `config` needs img_size, resize_mode ("shortest" | "squash"), crop_pct (for "shortest") and interpolation.
-    The result is not normalized: feed it (stacked into a batch) straight to the model.
+    `config` needs img_size (or input_size), resize_mode ("shortest" | "squash" | "squash_crop"), crop_pct or
+    resize_size (for the cropping modes), crop_offset and interpolation. The result is not normalized: feed it
+    (stacked into a batch) straight to the model.
     """
     img = load_image(image)
     size = _target_size(config)
     resample = _resample(config)
     mode = getattr(config, "resize_mode", "shortest")
+    offset = getattr(config, "crop_offset", "round")
     if mode == "squash":
         img = img.resize((size[1], size[0]), resample=resample)
     elif mode == "shortest":
-        crop_pct = config.crop_pct if config.crop_pct is not None else 1.0
-        if not crop_pct > 0:
-            raise ValueError(f"config.crop_pct must be positive, got {crop_pct!r}")
-        scale = (math.floor(size[0] / crop_pct), math.floor(size[1] / crop_pct))
-        img = _center_crop(_resize_shortest(img, scale, resample), size)
+        img = _center_crop(_resize_shortest(img, _scale(config, size, 1), resample), size, offset)
+    elif mode == "squash_crop":
+        sh, sw = _scale(config, size, 2)
+        img = _center_crop(img.resize((sw, sh), resample=resample), size, offset)
     else:
-        raise ValueError(f"config.resize_mode must be 'shortest' or 'squash', got {mode!r}")
+        raise ValueError(f"config.resize_mode must be 'shortest', 'squash' or 'squash_crop', got {mode!r}")
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()

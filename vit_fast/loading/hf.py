@@ -15,7 +15,7 @@ import torch
 from ..config import ViTConfig
 from . import hf_dual, hub
 from .state_dict import build_and_load, read_json, read_weights, weights_in
-from .hf_common import broadcast_stats, labels_of
+from .hf_common import broadcast_stats, labels_of, processor_fields
 from .timm_hub import is_timm_config
 
 # (HF suffix pattern, vit-fast name); \1 is the layer index. Classic names first, then transformers-5 names.
@@ -179,16 +179,24 @@ def supported_model_types() -> list:
 
 
 def _convert(hf: dict, state: dict, preprocessor, overrides: dict) -> tuple:
+    processor = processor_fields(preprocessor)
+    if "img_size" in overrides:  # the processor's sizes are for the checkpoint's resolution, not the one asked for
+        processor = {k: v for k, v in processor.items() if k not in ("input_size", "resize_size")}
+    overrides = {**processor, **overrides}  # after the family's defaults, under the caller's
     model_type = hf.get("model_type", "vit")
     if model_type == "vit":
         state = convert_hf_state(state)
-        return state, config_from_hf(hf, state, preprocessor, **overrides)
-    family = _families().get(model_type)
-    if family is None:
-        raise ValueError(f"unsupported Hugging Face model_type {model_type!r}; supported: "
-                         f"{', '.join(supported_model_types())}")
-    state = family.convert_state(state, hf)
-    return state, family.config_from_hf(hf, state, preprocessor, **overrides)
+        config = config_from_hf(hf, state, preprocessor, **overrides)
+    else:
+        family = _families().get(model_type)
+        if family is None:
+            raise ValueError(f"unsupported Hugging Face model_type {model_type!r}; supported: "
+                             f"{', '.join(supported_model_types())}")
+        state = family.convert_state(state, hf)
+        config = family.config_from_hf(hf, state, preprocessor, **overrides)
+    if config.input_size == config.img_size:  # the processor says what the model's size says already
+        config = config.replace(input_size=None)
+    return state, config
 
 
 def from_hf(obj, backend: str = "auto", hf_outputs: bool = False, revision: str | None = None, **config_overrides):

@@ -148,6 +148,44 @@ def check_act(hf: dict, key: str, allowed: dict) -> str:
     return allowed[act]
 
 
+_PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL's codes, as HF's processors store `resample`
+
+
+def _pair(value):
+    """An HF `size`/`crop_size` entry as (H, W), (S,) for {"shortest_edge": S}, or None when it says neither."""
+    if isinstance(value, dict):
+        if "height" in value and "width" in value:
+            return int(value["height"]), int(value["width"])
+        if set(value) == {"shortest_edge"}:
+            return (int(value["shortest_edge"]),)
+    return None
+
+
+def processor_fields(preprocessor: dict | None) -> dict:
+    """The ViTConfig preprocessing fields an HF image processor's config sets: every HF processor center-crops at
+    the floored offset; the resize (shortest edge, or both sides), the crop size and the resampling filter as
+    `preprocessor_config.json` gives them. Sizes in a form these fields cannot hold (an old integer `size`, a
+    shortest edge without a crop) leave the family's defaults."""
+    out = {"crop_offset": "floor"}
+    if not preprocessor:
+        return out
+    if preprocessor.get("resample") in _PIL_RESAMPLE:
+        out["interpolation"] = _PIL_RESAMPLE[preprocessor["resample"]]
+    if preprocessor.get("do_resize", True) is False:
+        return out
+    size, crop = _pair(preprocessor.get("size")), _pair(preprocessor.get("crop_size"))
+    do_crop = bool(preprocessor.get("do_center_crop", False)) and crop is not None and len(crop) == 2
+    if size is None:
+        return out
+    if len(size) == 1 and do_crop:  # shortest edge, then the crop (CLIP, DINOv2's BitImageProcessor)
+        out.update(resize_mode="shortest", resize_size=size, input_size=crop)
+    elif len(size) == 2 and do_crop:  # both sides, then the crop (DeiT)
+        out.update(resize_mode="squash_crop", resize_size=size, input_size=crop)
+    elif len(size) == 2:  # both sides, no crop (ViT, SigLIP)
+        out.update(resize_mode="squash", resize_size=None, input_size=size)
+    return out
+
+
 def common_config(hf: dict, preprocessor: dict | None) -> dict:
     """ViTConfig fields every HF vision config carries the same way."""
     cfg = dict(

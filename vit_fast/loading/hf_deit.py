@@ -54,7 +54,7 @@ def config_from_hf(hf: dict, state: dict, preprocessor: dict | None = None, **ov
         num_classes=num_classes,
         labels=labels_of(hf, num_classes),
         representation_size=state["pre_logits.fc.weight"].shape[0] if "pre_logits.fc.weight" in state else None,
-        resize_mode="shortest",
+        resize_mode="squash_crop",  # DeiTImageProcessor's default: 256 x 256, then the 224 crop
         crop_pct=224 / 256,
     )
     if not (preprocessor and "image_mean" in preprocessor):

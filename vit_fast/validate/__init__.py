@@ -158,7 +158,7 @@ def _batches(args, files, config):
 
     if files is None:
         gen = torch.Generator().manual_seed(args.seed)
-        h, w = config.img_size
+        h, w = config.eval_size  # the size the images are preprocessed to
         for start in range(0, args.random, args.batch):
             n = min(args.batch, args.random - start)
             pixels = torch.randint(0, 256, (n, config.in_chans, h, w), dtype=torch.uint8, generator=gen)
