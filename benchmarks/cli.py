@@ -220,9 +220,7 @@ def run(args) -> int:
         torch.set_num_threads(args.cpu_threads)
     _set_precision()
     device = settings.device
-    env = env_mod.collect(device)
-    if settings.overrides:
-        env["config"] = ", ".join(f"{k}={v}" for k, v in settings.overrides.items())
+    env = env_mod.collect(device, settings.overrides)
     out_dir = Path(args.out) if args.out else env_mod.default_results_dir(env, root=Path.cwd() / "bench-results")
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"benchmark on {env['gpu']} (torch {env['torch']}, triton {env['triton']}), seed {settings.seed}, "

@@ -63,9 +63,11 @@ def kernel_settings() -> str | None:
         raise SystemExit(f"error: {e}") from None
 
 
-def collect(device) -> dict:
-    """The env dict with the keys the results.json schema names (the optional "settings" included)."""
+def collect(device, overrides: dict | None = None) -> dict:
+    """The env dict with the keys the results.json schema names (the optional "settings" included, and "config"
+    where the run changed the presets' fields: `overrides`)."""
     cuda = torch.device(device).type == "cuda"
+    config = {"config": ", ".join(f"{k}={v}" for k, v in overrides.items())} if overrides else {}
     return {
         "gpu": device_name(device),
         "driver": driver_version(device),
@@ -76,6 +78,7 @@ def collect(device) -> dict:
         "commit": git_commit(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "settings": kernel_settings(),
+        **config,
     }
 
 

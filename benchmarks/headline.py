@@ -313,7 +313,7 @@ def main(argv=None) -> int:
     cli._set_precision()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    env = env_mod.collect(device)
+    env = env_mod.collect(device, cli._overrides(TINY) if args.tiny else None)
     fixed = {"tiny": args.tiny, "resolution": 112 if args.tiny else 224, "compile_mode": args.compile_mode,
              "repeats": args.repeats, "warmup": args.warmup}  # what rows of one run must share
     previous, why_not = _previous(out, env, fixed) if args.resume else (None, None)
