@@ -37,6 +37,9 @@ def to_timm(model, device="cpu") -> nn.Module:
         raise Unsupported(f"mlp_dim {cfg.mlp_dim} is not expressible as a timm mlp_ratio of width {cfg.embed_dim}")
     if cfg.global_pool == "cls_avg":
         raise Unsupported("timm has no [CLS] + mean-of-patches pooling (HF's DINOv2 classifier)")
+    if cfg.dist_token and not cfg.dist_head and cfg.num_classes:
+        raise Unsupported("timm's distilled ViT always has the distillation head (HF's DeiTForImageClassification "
+                          "has none)")
     kwargs = dict(
         img_size=tuple(cfg.img_size),
         patch_size=cfg.patch_size,

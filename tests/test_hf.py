@@ -199,6 +199,20 @@ def test_tanh_gelu_config_rejected():
         vit_fast.from_hf(hf)
 
 
+def test_processor_fields_edge_cases():
+    """A crop_size without do_center_crop crops (HF's cropping processors default it to true); an old integer
+    size and a shortest edge without a crop leave the family's defaults; every HF processor floors the offset."""
+    from vit_fast.loading.hf_common import processor_fields
+
+    assert processor_fields({"size": {"height": 256, "width": 256}, "crop_size": {"height": 224, "width": 224}}) \
+        == {"crop_offset": "floor", "resize_mode": "squash_crop", "resize_size": (256, 256), "input_size": (224, 224)}
+    assert processor_fields({"size": 224, "resample": 2}) == {"crop_offset": "floor", "interpolation": "bilinear"}
+    assert processor_fields({"size": {"shortest_edge": 224}, "do_center_crop": False}) == {"crop_offset": "floor"}
+    assert processor_fields(None) == {"crop_offset": "floor"}
+    with pytest.raises(ValueError, match=r"input_size \(30, 30\) must be multiples of patch_size 8"):
+        vit_fast.get_config("vit_ti_16", patch_size=8, img_size=32, input_size=30)
+
+
 def _pil_processor(name, **kw):
     """transformers' PIL image processor (transformers 5 names it ...Pil; earlier ones have only that one)."""
     return (getattr(transformers, f"{name}Pil", None) or getattr(transformers, name))(**kw)
@@ -265,3 +279,11 @@ def test_preprocessing_equals_the_checkpoints_processor(tmp_path, kind):
     if kind != "vit":  # a resolution asked for replaces the processor's sizes (its crop was for the checkpoint's)
         resized = vit_fast.load(tmp_path, img_size=(96, 96)).config
         assert resized.input_size is None and resized.resize_size is None and resized.crop_offset == "floor"
+        same = vit_fast.load(tmp_path, img_size=cfg.img_size).config  # the checkpoint's own size: nothing stale
+        assert (same.input_size, same.resize_size) == (cfg.input_size, cfg.resize_size)
+        vit_fast.save(model, tmp_path / "converted")  # a converted checkpoint keeps them, and drops them the same
+        assert vit_fast.load(tmp_path / "converted").config == cfg
+        again = vit_fast.load(tmp_path / "converted", img_size=(96, 96)).config
+        assert (again.input_size, again.resize_size, again.img_size) == (None, None, (96, 96))
+        squashed = vit_fast.load(tmp_path, resize_mode="squash").config  # the caller's resize, not the processor's
+        assert squashed.resize_mode == "squash" and squashed.resize_size is None

@@ -126,6 +126,9 @@ class ViTConfig:
             problems.append(f"crop_offset must be one of {CROP_OFFSETS}, got {self.crop_offset!r}")
         if self.input_size is not None and (len(self.input_size) != 2 or min(self.input_size) < 1):
             problems.append(f"input_size must be (H, W) >= 1, got {self.input_size}")
+        elif self.input_size is not None and not self.accepts_image(*self.input_size):
+            problems.append(f"input_size {self.input_size} must be multiples of patch_size {self.patch_size} (or "
+                            f"img_size {self.img_size})")
         sides = {"shortest": 1, "squash_crop": 2}.get(self.resize_mode)
         if self.resize_size is not None and (len(self.resize_size) != sides or min(self.resize_size) < 1):
             problems.append(f"resize_size with resize_mode {self.resize_mode!r} must be "
@@ -212,6 +215,22 @@ class ViTConfig:
         if unknown:
             raise ValueError(f"unknown ViTConfig fields {unknown}; known: {sorted(known)}")
         return dataclasses.replace(self, **overrides)
+
+
+def drop_processor_sizes(fields: dict, overrides: dict, img_size) -> dict:
+    """`fields` (a checkpoint processor's preprocessing: input_size, resize_size, ...) with None for what the
+    caller's config `overrides` make stale: the sizes when another image size than the checkpoint's own `img_size`
+    is asked for (the crop was for that one), the resize when the caller picks the resize (`resize_mode`,
+    `crop_pct`) without giving one. Used by every loader that carries a processor's fields."""
+    def square(v):
+        return (v, v) if isinstance(v, int) else tuple(v)
+
+    drop = set()
+    if "img_size" in overrides and square(overrides["img_size"]) != square(img_size):
+        drop |= {"input_size", "resize_size"}
+    if ({"resize_mode", "crop_pct"} & set(overrides)) and "resize_size" not in overrides:
+        drop.add("resize_size")
+    return {k: (None if k in drop else v) for k, v in fields.items()}
 
 
 def image_fits(size, img_size, patch_size: int) -> bool:

@@ -84,7 +84,7 @@ def capture_model(model, batch_sizes: Iterable[int], image_size=None, dtype=None
     param = next(model.parameters())
     if param.device.type != "cuda":
         raise ValueError(f"capture_cuda_graphs needs the model on a CUDA device; it is on {param.device}")
-    h, w = image_size or model.config.img_size
+    h, w = image_size or model.config.eval_size  # what preprocess makes of an image
     dtype = dtype or param.dtype
     runner = CudaGraphRunner(model)
     for b in batch_sizes:

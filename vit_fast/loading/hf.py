@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import ViTConfig
+from ..config import ViTConfig, drop_processor_sizes
 from . import hf_dual, hub
 from .state_dict import build_and_load, read_json, read_weights, weights_in
 from .hf_common import broadcast_stats, labels_of, processor_fields
@@ -179,10 +179,8 @@ def supported_model_types() -> list:
 
 
 def _convert(hf: dict, state: dict, preprocessor, overrides: dict) -> tuple:
-    processor = processor_fields(preprocessor)
-    if "img_size" in overrides:  # the processor's sizes are for the checkpoint's resolution, not the one asked for
-        processor = {k: v for k, v in processor.items() if k not in ("input_size", "resize_size")}
-    overrides = {**processor, **overrides}  # after the family's defaults, under the caller's
+    processor = drop_processor_sizes(processor_fields(preprocessor), overrides, hf.get("image_size", 224))
+    overrides = {**{k: v for k, v in processor.items() if v is not None}, **overrides}  # under the caller's
     model_type = hf.get("model_type", "vit")
     if model_type == "vit":
         state = convert_hf_state(state)

@@ -174,7 +174,8 @@ def processor_fields(preprocessor: dict | None) -> dict:
     if preprocessor.get("do_resize", True) is False:
         return out
     size, crop = _pair(preprocessor.get("size")), _pair(preprocessor.get("crop_size"))
-    do_crop = bool(preprocessor.get("do_center_crop", False)) and crop is not None and len(crop) == 2
+    # a crop_size without do_center_crop: HF's cropping processors (CLIP, Bit, DeiT) default it to true
+    do_crop = bool(preprocessor.get("do_center_crop", True)) and crop is not None and len(crop) == 2
     if size is None:
         return out
     if len(size) == 1 and do_crop:  # shortest edge, then the crop (CLIP, DINOv2's BitImageProcessor)
