@@ -269,6 +269,15 @@ def test_forward_intermediates(backend):
     assert rel_err(first, ref.hidden_states[1][:, 4:]) <= tol and not ran
 
 
+def test_forward_intermediates_without_prefix_tokens_returns_maps():
+    """SigLIP has no prefix token: return_prefix_tokens gives the maps alone, as timm does."""
+    model = vit_fast.from_hf(_hf("siglip", hidden=64, layers=2, heads=2), backend="sdpa")
+    with torch.no_grad():
+        maps = model.forward_intermediates(torch.randn(2, 3, 32, 48), indices=2, return_prefix_tokens=True,
+                                           intermediates_only=True)
+    assert [tuple(m.shape) for m in maps] == [(2, 64, 2, 3)] * 2
+
+
 def test_forward_intermediates_errors():
     model = vit_fast.create("vit_ti_16", depth=2, embed_dim=32, num_heads=2, mlp_dim=64, img_size=32)
     x = torch.randn(1, 3, 32, 32)

@@ -45,7 +45,7 @@ def forward_intermediates(model, x: torch.Tensor, indices, return_prefix_tokens:
         if output_fmt == "NCHW":
             tokens = tokens.reshape(tokens.shape[0], h, w, -1).permute(0, 3, 1, 2).contiguous()
         intermediates.append(tokens)
-    if return_prefix_tokens:
+    if return_prefix_tokens and prefix:  # timm: a model without prefix tokens (SigLIP) returns the maps alone
         intermediates = list(zip(intermediates, prefixes))
     if intermediates_only:
         return intermediates

@@ -336,7 +336,7 @@ class VisionTransformer(nn.Module):
                               intermediates_only: bool = False):
         """timm's `forward_intermediates`: the tokens after the blocks chosen by `indices` (an int n: the last n
         blocks; a sequence: block indices, negative from the end; None: all), each through the final norm if
-        `norm`, prefix tokens removed (returned beside them with `return_prefix_tokens`), as (B, D, H, W) maps
+        `norm`, prefix tokens removed (returned beside them with `return_prefix_tokens`, if any), as (B, D, H, W) maps
         ("NCHW") or (B, N, D) ("NLC"). Returns the intermediates, or (final features, intermediates) unless
         `intermediates_only`. `stop_early`: as timm, no block after the last one taken runs, and the final features
         are that block's output through the final norm."""
