@@ -115,15 +115,15 @@ def _set_precision() -> None:
                 print(f"note: could not switch TF32 off: {e}")
 
 
+HARNESS_DTYPE = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32", "fp8": "float8"}  # runner's
+
+
 def canonical_dtype(name: str) -> str:
     """A --dtypes entry in the harness's spelling (bf16 -> bfloat16, fp8 -> float8); unknown names pass through to
     the one-line error that lists the known ones."""
-    from vit_fast.dtype_names import canonical
+    from vit_fast.dtype_names import kind_of
 
-    try:
-        return canonical(name, {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32", "fp8": "float8"})
-    except ValueError:
-        return name
+    return HARNESS_DTYPE.get(kind_of(name), name)
 
 
 def check_out_dir(out) -> None:

@@ -362,6 +362,10 @@ class VisionTransformer(nn.Module):
         if tokens.dim() != 3 or tokens.shape[-1] != self.config.embed_dim:
             raise ValueError(f"forward_head expects tokens of shape (B, tokens, {self.config.embed_dim}) as "
                              f"forward_features returns them, got {tuple(tokens.shape)}")
+        return self._head(tokens, pre_logits)
+
+    def _head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """forward_head on tokens this model produced (the forward's path: nothing to check)."""
         if self.head_dist is not None and not self.config.representation_size:
             if pre_logits:
                 return (tokens[:, 0] + tokens[:, 1]) / 2
@@ -376,8 +380,8 @@ class VisionTransformer(nn.Module):
             from . import triton_path
 
             # the head reads only the first prefix tokens: the last block runs for those queries (same logits)
-            return self.forward_head(triton_path.forward_prefix(self, x, is_uint8))
-        return self.forward_head(self._features(x, is_uint8, backend))
+            return self._head(triton_path.forward_prefix(self, x, is_uint8))
+        return self._head(self._features(x, is_uint8, backend))
 
     def capture_cuda_graphs(self, batch_sizes, image_size=None, dtype=None, channels_last: bool = False):
         """Capture one CUDA graph of `forward` per batch size; returns a callable that replays the graph when an

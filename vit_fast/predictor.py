@@ -36,6 +36,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from .config import ViTConfig
 from .cuda_graphs import CudaGraphRunner
 from .dtype_names import kind_of
 from .preprocess import ImageError, preprocess
@@ -114,12 +115,12 @@ class Predictor:
 
     def __init__(self, model: torch.nn.Module, device=None, dtype=None, max_batch_size: int = 32,
                  cuda_graphs: bool = True, warmup: bool = True, fp8_exclude=None):
-        from .config import ViTConfig
-
         if not isinstance(model, torch.nn.Module) or not isinstance(getattr(model, "config", None), ViTConfig):
-            hint = (" (a checkpoint path: Predictor.from_checkpoint(path))" if isinstance(model, (str, bytes))
-                    or hasattr(model, "__fspath__") else " (from_hf(..., hf_outputs=True): pass its .vit_fast)"
-                    if hasattr(model, "vit_fast") else "")
+            hint = ""
+            if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+                hint = " (a checkpoint path: Predictor.from_checkpoint(path))"
+            elif hasattr(model, "vit_fast"):
+                hint = " (from_hf(..., hf_outputs=True): pass its .vit_fast)"
             raise TypeError(f"model must be a vit_fast model (vit_fast.load, vit_fast.create), got "
                             f"{type(model).__name__}{hint}")
         if model.config.in_chans != 3:

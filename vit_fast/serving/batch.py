@@ -158,8 +158,9 @@ def run_batch_inference(source: str, out: str, checkpoint: Optional[str] = None,
     from ray.data import DataContext
 
     for arg, value in (("top_k", top_k), ("batch_size", batch_size), ("workers", workers)):
-        if (value is not None or arg != "workers") and (isinstance(value, bool) or not isinstance(value, int)
-                                                        or value < 1):
+        if value is None and arg == "workers":  # sized from the cluster
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{arg} must be a positive int, got {value!r}")
     if cpus_per_worker is not None and not cpus_per_worker > 0:
         raise ValueError(f"cpus_per_worker must be > 0, got {cpus_per_worker!r}")
