@@ -43,6 +43,11 @@ FAMILIES = {
     # the distillation token without its head: logits from [CLS] alone
     "deit_cls": (lambda d, n, h: T.DeiTForImageClassification(T.DeiTConfig(
         **_kw(d, n, h, 32, 16), intermediate_size=64, num_labels=4)), "logits", True),
+    # num_labels 0: identity heads; [CLS] alone, and the mean of [CLS] and the distillation token with the teacher
+    "deit_cls_headless": (lambda d, n, h: T.DeiTForImageClassification(T.DeiTConfig(
+        **_kw(d, n, h, 32, 16), intermediate_size=64, num_labels=0)), "logits", True),
+    "deit_distilled_headless": (lambda d, n, h: T.DeiTForImageClassificationWithTeacher(T.DeiTConfig(
+        **_kw(d, n, h, 32, 16), intermediate_size=64, num_labels=0)), "logits", True),
     "deit_model": (lambda d, n, h: T.DeiTModel(T.DeiTConfig(
         **_kw(d, n, h, 32, 16), intermediate_size=64)), "pooler_output", True),
 }

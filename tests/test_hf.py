@@ -204,13 +204,29 @@ def test_processor_fields_edge_cases():
     size and a shortest edge without a crop leave the family's defaults; every HF processor floors the offset."""
     from vit_fast.loading.hf_common import processor_fields
 
+    floor = {"crop_offset": "floor", "transparency": "drop"}
     assert processor_fields({"size": {"height": 256, "width": 256}, "crop_size": {"height": 224, "width": 224}}) \
-        == {"crop_offset": "floor", "resize_mode": "squash_crop", "resize_size": (256, 256), "input_size": (224, 224)}
-    assert processor_fields({"size": 224, "resample": 2}) == {"crop_offset": "floor", "interpolation": "bilinear"}
-    assert processor_fields({"size": {"shortest_edge": 224}, "do_center_crop": False}) == {"crop_offset": "floor"}
-    assert processor_fields(None) == {"crop_offset": "floor"}
+        == {**floor, "resize_mode": "squash_crop", "resize_size": (256, 256), "input_size": (224, 224)}
+    assert processor_fields({"size": 224, "resample": 2}) == {**floor, "interpolation": "bilinear"}
+    assert processor_fields({"size": {"shortest_edge": 224}, "do_center_crop": False}) == floor
+    assert processor_fields(None) == floor
     with pytest.raises(ValueError, match=r"input_size \(30, 30\) must be multiples of patch_size 8"):
         vit_fast.get_config("vit_ti_16", patch_size=8, img_size=32, input_size=30)
+
+
+@pytest.mark.parametrize("preprocessor, family, expect", [
+    (None, False, "drop"), (None, True, "white"),  # no file: the family's processor (ViT/DeiT, CLIP/SigLIP/DINOv2)
+    ({"do_convert_rgb": False}, True, "drop"), ({"do_convert_rgb": True}, False, "white"),  # the file's own word
+    ({"image_processor_type": "CLIPImageProcessor"}, False, "white"),  # else its class's default (transformers 5)
+    ({"image_processor_type": "BitImageProcessorFast"}, False, "white"),
+    ({"image_processor_type": "SiglipImageProcessor"}, False, "white"),
+    ({"image_processor_type": "ViTImageProcessor"}, True, "drop"),
+    ({"image_mean": [0.5] * 3}, True, "white"),  # a file that names no class: the family's
+])
+def test_processor_transparency(preprocessor, family, expect):
+    from vit_fast.loading.hf_common import processor_fields
+
+    assert processor_fields(preprocessor, family)["transparency"] == expect
 
 
 def _pil_processor(name, **kw):
@@ -228,12 +244,25 @@ def _images():
             for h, w in ((227, 301), (227, 303), (300, 200), (97, 640), (225, 225), (40, 31))]
 
 
-@pytest.mark.parametrize("kind", ["dinov2", "deit", "clip", "vit"])
+def _transparent_images():
+    """A PNG-like RGBA image (clear, opaque and partial alpha over non-white colour) and a palette one."""
+    import numpy as np
+    from PIL import Image
+
+    rgba = np.random.default_rng(1).integers(0, 256, (230, 301, 4), dtype=np.uint8)
+    rgba[:, :60, 3] = 0
+    palette = Image.fromarray(rgba[..., :3]).convert("P", palette=Image.Palette.ADAPTIVE, colors=32)
+    palette.info["transparency"] = 5
+    return [Image.fromarray(rgba, "RGBA"), palette]
+
+
+@pytest.mark.parametrize("kind", ["dinov2", "deit", "clip", "siglip", "vit"])
 def test_preprocessing_equals_the_checkpoints_processor(tmp_path, kind):
     """A directory's preprocessor_config.json decides the preprocessing: HF's DINOv2 processor (shortest edge 256,
-    crop 224, for a 518 px model), DeiT's (256 x 256, crop 224), CLIP's (shortest edge, crop), ViT's (squash);
-    the crop at HF's floored offset. vit_fast.preprocess gives the processor's pixels exactly, and the Predictor's
-    embedding equals the HF model's on them."""
+    crop 224, for a 518 px model), DeiT's (256 x 256, crop 224), CLIP's (shortest edge, crop), ViT's and SigLIP's
+    (squash); the crop at HF's floored offset; transparency onto white where the processor converts to RGB (CLIP,
+    SigLIP, DINOv2's). vit_fast.preprocess gives the processor's pixels exactly, and the Predictor's embedding
+    equals the HF model's on them. The live module loaded from that directory finds the same processor."""
     from vit_fast.preprocess import preprocess
 
     T = transformers
@@ -256,6 +285,11 @@ def test_preprocessing_equals_the_checkpoints_processor(tmp_path, kind):
         proc = _pil_processor("CLIPImageProcessor", size={"shortest_edge": 64},
                               crop_size={"height": 64, "width": 64})
         expect = dict(input_size=None, resize_size=(64,), resize_mode="shortest")
+    elif kind == "siglip":
+        hf = T.SiglipVisionModel(T.SiglipVisionConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                                      intermediate_size=64, image_size=64, patch_size=16))
+        proc = _pil_processor("SiglipImageProcessor", size={"height": 64, "width": 64})
+        expect = dict(input_size=None, resize_size=None, resize_mode="squash")
     else:
         hf = _hf_classifier(32, 1, 2, 64, 48, 16)
         proc = _pil_processor("ViTImageProcessor", size={"height": 48, "width": 48}, resample=2)
@@ -264,9 +298,12 @@ def test_preprocessing_equals_the_checkpoints_processor(tmp_path, kind):
     proc.save_pretrained(tmp_path)
     model = vit_fast.load(tmp_path, backend="torch")
     cfg = model.config
+    white = kind in ("dinov2", "clip", "siglip")
+    expect["transparency"] = "white" if white else "drop"
     assert cfg.crop_offset == "floor" and {k: getattr(cfg, k) for k in expect} == expect
+    assert vit_fast.from_hf(type(hf).from_pretrained(tmp_path)).config == cfg
     predictor = vit_fast.Predictor(model, device="cpu", dtype=torch.float32, cuda_graphs=False)
-    for image in _images():
+    for image in _images() + (_transparent_images() if white else []):  # HF's ViT and DeiT refuse transparency
         theirs = proc(image, do_rescale=False, do_normalize=False, return_tensors="pt").pixel_values[0]
         ours = preprocess(image, cfg)
         assert ours.shape == theirs.shape and torch.equal(ours.float(), theirs.float()), (image.size, kind)

@@ -561,3 +561,23 @@ def test_timm_names_everywhere(tmp_path, fake_hub, capsys):
     with pytest.raises(ValueError, match=r"^timm has no pretrained weights for vit_base_patch16_gap_224$"):
         vit_fast.load("vit_base_patch16_gap_224")
     assert len(hub.calls) == calls
+
+
+def test_a_live_module_takes_its_cached_processor(tmp_path, monkeypatch):
+    """A live model loaded from the Hub (its config names the repository and commit) takes the
+    preprocessor_config.json huggingface_hub's cache holds at that commit, without a download; a commit or a
+    repository the cache does not hold leaves the family's defaults."""
+    T = pytest.importorskip("transformers")
+    cache, hf = _offline_cache(tmp_path)
+    snapshot = cache / "models--org--tiny-vit" / "snapshots" / ("a" * 40)
+    T.ViTImageProcessor(size={"height": 32, "width": 32}, resample=3, do_convert_rgb=True).save_pretrained(snapshot)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    found = {"interpolation": "bicubic", "transparency": "white"}
+    default = {"interpolation": "bilinear", "transparency": "drop"}
+    for name, commit, expect in [("org/tiny-vit", None, found), ("org/tiny-vit", "a" * 40, found),
+                                 ("org/tiny-vit", "b" * 40, default), ("org/other", None, default),
+                                 ("", None, default)]:
+        hf.config._name_or_path, hf.config._commit_hash = name, commit
+        cfg = vit_fast.from_hf(hf).config
+        assert {k: getattr(cfg, k) for k in expect} == expect, (name, commit)

@@ -188,3 +188,81 @@ def test_float_images_are_refused_not_truncated(tmp_path, value):
     Image.fromarray(np.full((6, 5), value, dtype=np.float32), mode="F").save(path)
     with pytest.raises(ImageError, match=r"32-bit float pixels \(mode 'F'\)"):
         load_image(str(path))
+
+
+def _transparent_images():
+    """Transparency as PNGs carry it: an alpha band (RGBA, LA), a palette entry, an RGB colour (tRNS). Alpha runs
+    over 0 (clear), 255 (opaque) and the values between; the colour under clear pixels is not white."""
+    gen = np.random.default_rng(1)
+    rgba = gen.integers(0, 256, (21, 34, 4), dtype=np.uint8)
+    rgba[:, :5, 3], rgba[:, 5:9, 3] = 0, 255
+    rgb = gen.integers(0, 256, (21, 34, 3), dtype=np.uint8)
+    rgb[3:7, 3:7] = (10, 20, 30)
+    trns = Image.fromarray(rgb)
+    trns.info["transparency"] = (10, 20, 30)
+    palette = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    palette.info["transparency"] = 3
+    return {"RGBA": Image.fromarray(rgba, "RGBA"), "LA": Image.fromarray(rgba, "RGBA").convert("LA"),
+            "P": palette, "RGB+tRNS": trns}
+
+
+@pytest.mark.parametrize("kind", ["RGBA", "LA", "P", "RGB+tRNS"])
+def test_transparency_drops_alpha_or_composites_onto_white(kind, tmp_path):
+    """"drop" is Pillow's convert("RGB") (timm); "white" is transformers' convert_to_rgb, pixel for pixel, on the
+    image and on its PNG file; opaque images are the same either way."""
+    image = _transparent_images()[kind]
+    dropped = np.asarray(image.convert("RGB"))
+    np.testing.assert_array_equal(np.asarray(load_image(image)), dropped)
+    white = np.asarray(load_image(image, transparency="white"))
+    rgba = np.asarray(image.convert("RGBA")).astype(np.float64)
+    over = rgba[..., 3:] / 255 * rgba[..., :3] + (1 - rgba[..., 3:] / 255) * 255  # alpha over white
+    assert np.abs(white.astype(np.float64) - over).max() <= 1
+    assert not np.array_equal(white, dropped) and (white[rgba[..., 3] == 0] == 255).all()
+    try:
+        from transformers.image_transforms import convert_to_rgb
+    except ImportError:
+        convert_to_rgb = None
+    if convert_to_rgb is not None:
+        np.testing.assert_array_equal(white, np.asarray(convert_to_rgb(image, return_numpy=True)))
+    if kind != "RGB+tRNS":  # Pillow writes tRNS for RGB PNGs only from info it was given at save time
+        image.save(tmp_path / "t.png")
+        np.testing.assert_array_equal(np.asarray(load_image(tmp_path / "t.png", transparency="white")), white)
+    opaque = _random_image(9, 13)
+    np.testing.assert_array_equal(np.asarray(load_image(opaque, transparency="white")), np.asarray(opaque))
+    with pytest.raises(ValueError, match="transparency must be 'drop' or 'white', got 'black'"):
+        load_image(image, transparency="black")
+
+
+def test_preprocess_follows_the_configs_transparency():
+    image = _transparent_images()["RGBA"]
+    drop, white = (preprocess(image, _config(16, transparency=t, resize_mode="squash")) for t in ("drop", "white"))
+    expect = torch.from_numpy(np.array(load_image(image, transparency="white").resize((16, 16), Image.BICUBIC)))
+    assert torch.equal(white, expect.permute(2, 0, 1)) and not torch.equal(drop, white)
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_exif_orientation_is_applied_only_when_asked(orientation, tmp_path):
+    """A JPEG stored 40 x 20 with orientation 6 or 8 shows 20 x 40: exif_transpose turns it as
+    PIL.ImageOps.exif_transpose (transformers' load_image) does, on files, bytes and opened images alike."""
+    from PIL import ImageOps
+
+    stored = _random_image(20, 40)
+    exif = stored.getexif()
+    exif[0x0112] = orientation
+    data = _encode_exif(stored, exif)
+    (tmp_path / "p.jpg").write_bytes(data)
+    opened = Image.open(io.BytesIO(data))
+    upright = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+    as_stored = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    for obj in (data, tmp_path / "p.jpg", opened):
+        np.testing.assert_array_equal(np.asarray(load_image(obj)), as_stored)
+        np.testing.assert_array_equal(np.asarray(load_image(obj, exif_transpose=True)), upright)
+    assert upright.shape[:2] == ((40, 20) if orientation in (6, 8) else (20, 40))
+    cfg = _config(16, resize_mode="squash", exif_transpose=True)
+    assert torch.equal(preprocess(data, cfg), preprocess(Image.fromarray(upright), cfg))
+
+
+def _encode_exif(img, exif):
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", exif=exif, quality=95)
+    return buf.getvalue()

@@ -55,8 +55,8 @@ def _free_port():
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A tiny model saved to disk (so replicas and actors load it by path) and a local predictor on it."""
-    model = randomize_(vit_fast.create("vit_ti_16", img_size=(32, 48), depth=1, num_classes=10, labels=LABELS,
-                                       backend="sdpa"))
+    model = randomize_(vit_fast.create("vit_ti_16", img_size=(32, 48), input_size=(32, 32), depth=1, num_classes=10,
+                                       labels=LABELS, backend="sdpa"))
     path = tmp_path_factory.mktemp("ckpt")
     vit_fast.save(model, path)
     return str(path), Predictor(model, device="cpu", dtype=torch.float32)
@@ -171,6 +171,7 @@ def test_health(server):
     assert status == 200 and body["status"] == "ok" and body["num_classes"] == 10 and body["device"] == "cpu"
     assert body["random_weights"] is False and body["backend"] == "sdpa" and body["fp8"] is None
     assert body["threads"] == 2  # torch threads set in the replica as asked
+    assert body["img_size"] == [32, 48] and body["input_size"] == [32, 32]  # the table's, and what images run at
 
 
 def test_concurrent_requests_match_direct_calls(server, checkpoint):

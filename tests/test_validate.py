@@ -106,6 +106,18 @@ def test_without_kernels_compares_sdpa(monkeypatch, capsys):
     assert "candidate sdpa float16, PyTorch torch float16" in out
 
 
+def test_the_report_gives_the_size_the_images_ran_at(monkeypatch, tmp_path, capsys):
+    """A processor that crops smaller than the position table (HF's DINOv2): `tokens` counts the tokens the model
+    ran on, `input_size` says the size, `img_size` stays the table's."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the sizes are the point here, not the kernels
+    path = tmp_path / "r.json"
+    code, out, _ = _run([*TINY, "--set", "input_size=[8,16]", "--random", "2", "--batch", "2", "--json", str(path)],
+                        capsys)
+    model = json.loads(path.read_text())["model"]
+    assert code == 0, out
+    assert (model["tokens"], model["input_size"], model["img_size"]) == (1 + 1 * 2, [8, 16], [16, 24])
+
+
 FP8_OPS = ["ln_qkv", "attention", "linear_residual[proj]", "ln_linear[fc1]", "linear_residual[fc2]"]
 
 

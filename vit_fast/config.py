@@ -15,6 +15,7 @@ ACT_LAYERS = ("gelu", "gelu_tanh", "quick_gelu")  # exact erf GELU; tanh GELU (S
 MLP_TYPES = ("mlp", "swiglu")
 RESIZE_MODES = ("shortest", "squash", "squash_crop")
 CROP_OFFSETS = ("round", "floor")
+TRANSPARENCIES = ("drop", "white")
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 
 
@@ -62,6 +63,10 @@ class ViTConfig:
     resize_size: Optional[tuple] = None  # the resize before the crop: (S,) shortest edge ("shortest") or (H, W)
     # ("squash_crop"), as the processor's `size`; None: input size / crop_pct, floored (timm's arithmetic)
     crop_offset: str = "round"  # center crop's offset: "round" (torchvision, timm) or "floor" (HF's processors)
+    transparency: str = "drop"  # images with an alpha channel: "drop" it and keep the colour under it (timm's and
+    # open_clip's convert("RGB")), or composite onto "white" (HF's CLIP, SigLIP and DINOv2 processors)
+    exif_transpose: bool = False  # turn photos upright by their EXIF orientation before resizing, as transformers'
+    # load_image (its pipelines) does; timm, and HF's processors given an opened image, do not
     pos_embed_antialias: bool = False  # resampling to another resolution: timm antialiases, HF does not
     labels: Optional[list] = field(default=None, repr=False)  # class names, index -> label
 
@@ -124,6 +129,8 @@ class ViTConfig:
             problems.append(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
         if self.crop_offset not in CROP_OFFSETS:
             problems.append(f"crop_offset must be one of {CROP_OFFSETS}, got {self.crop_offset!r}")
+        if self.transparency not in TRANSPARENCIES:
+            problems.append(f"transparency must be one of {TRANSPARENCIES}, got {self.transparency!r}")
         if self.input_size is not None and (len(self.input_size) != 2 or min(self.input_size) < 1):
             problems.append(f"input_size must be (H, W) >= 1, got {self.input_size}")
         elif self.input_size is not None and not self.accepts_image(*self.input_size):

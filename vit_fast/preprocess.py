@@ -12,6 +12,10 @@ crops it the way the checkpoint's own library does at evaluation time and return
 A checkpoint whose processor says more (HF's preprocessor_config.json: the crop size, the resize before it, the
 crop offset) carries it in `input_size`, `resize_size` and `crop_offset`.
 
+Two choices differ between the libraries and are the checkpoint's (`config.transparency`, `config.exif_transpose`):
+an alpha channel is dropped (timm) or composited onto white (HF's CLIP, SigLIP and DINOv2 processors), and photos
+are turned upright by their EXIF orientation (transformers' pipelines) or not (timm, HF's processors).
+
 16-bit grayscale images (PNG/TIFF) are scaled to 8 bits (x * 255 / 65535, rounded) before the RGB conversion;
 32-bit float ones (TIFF mode "F") are refused: their range ([0, 1] or [0, 255]) is not recorded.
 
@@ -26,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 __all__ = ["ImageError", "load_image", "preprocess"]
 
@@ -74,7 +78,30 @@ def _high_depth_to_l(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.rint(arr / 257.0).astype(np.uint8), mode="L")
 
 
-def _to_rgb(img: Image.Image, what: str) -> Image.Image:
+def _has_alpha(img: Image.Image) -> bool:
+    """An alpha band (RGBA, LA, PA) or a transparent colour (a palette or PNG tRNS entry)."""
+    return "A" in img.getbands() or img.info.get("transparency") is not None
+
+
+def _on_white(img: Image.Image) -> Image.Image:
+    """Composite onto an opaque white background (transformers' convert_to_rgb)."""
+    rgba = img.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+
+
+def _to_rgb(img: Image.Image, what: str, transparency: str = "drop", exif_transpose: bool = False) -> Image.Image:
+    if transparency not in ("drop", "white"):
+        raise ValueError(f"transparency must be 'drop' or 'white', got {transparency!r}")
+    if exif_transpose:
+        try:
+            img = ImageOps.exif_transpose(img)
+        except (OSError, ValueError, SyntaxError) as e:  # a malformed EXIF block
+            raise ImageError(f"cannot read the EXIF orientation of {what}: {e}") from e
+    if transparency == "white" and img.mode not in _SIXTEEN_BIT + ("I", "F") and _has_alpha(img):
+        try:
+            return _on_white(img)
+        except (OSError, ValueError) as e:
+            raise ImageError(f"cannot composite {what} (mode {img.mode!r}) onto white: {e}") from e
     if img.mode == "RGB":
         return img
     if img.mode in _SIXTEEN_BIT or img.mode == "I":
@@ -102,26 +129,31 @@ def _array_to_image(arr: np.ndarray, what: str) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(hwc))
 
 
-def load_image(obj) -> Image.Image:
+def load_image(obj, transparency: str = "drop", exif_transpose: bool = False) -> Image.Image:
     """Return `obj` as an RGB PIL image.
 
     Accepts a PIL image (any mode Pillow can convert to RGB), a file path (str or Path), encoded bytes
     (bytes/bytearray/memoryview of JPEG, PNG, ...), or a uint8 numpy array / torch tensor shaped (H, W, 3) or
     (3, H, W). Raises `ImageError` (a ValueError) for undecodable data, a wrong dtype/shape or an unsupported type,
     and FileNotFoundError for a missing path.
+
+    `transparency`: "drop" the alpha channel (Pillow's convert("RGB"), as timm) or composite onto "white" (as
+    transformers' convert_to_rgb). `exif_transpose`: turn the image by its EXIF orientation first (as transformers'
+    load_image). Arrays and tensors have neither.
     """
+    choices = dict(transparency=transparency, exif_transpose=exif_transpose)
     if isinstance(obj, Image.Image):
-        return _to_rgb(obj, "the PIL image")
+        return _to_rgb(obj, "the PIL image", **choices)
     if isinstance(obj, (str, Path)):
         path = Path(obj)
         if not path.is_file():
             raise FileNotFoundError(f"image file not found: {str(obj)!r}")
         with open(path, "rb") as f:
-            return _to_rgb(_decode(f, f"file {str(obj)!r}"), f"file {str(obj)!r}")
+            return _to_rgb(_decode(f, f"file {str(obj)!r}"), f"file {str(obj)!r}", **choices)
     if isinstance(obj, (bytes, bytearray, memoryview)):
         if len(obj) == 0:
             raise ImageError("cannot decode an empty byte string as an image")
-        return _to_rgb(_decode(io.BytesIO(obj), f"{len(obj)} bytes"), "the decoded bytes")
+        return _to_rgb(_decode(io.BytesIO(obj), f"{len(obj)} bytes"), "the decoded bytes", **choices)
     if isinstance(obj, torch.Tensor):
         if obj.dtype != torch.uint8:
             raise ImageError(f"the image tensor must have dtype torch.uint8 (pixels in [0, 255]), got {obj.dtype}")
@@ -197,10 +229,11 @@ def preprocess(image, config) -> torch.Tensor:
     """Decode (via `load_image`), resize and crop `image` for `config`; return a uint8 tensor (3, H, W).
 
     `config` needs img_size (or input_size), resize_mode ("shortest" | "squash" | "squash_crop"), crop_pct or
-    resize_size (for the cropping modes), crop_offset and interpolation. The result is not normalized: feed it
+    resize_size (for the cropping modes), crop_offset and interpolation; transparency and exif_transpose (see
+    `load_image`) where it has them. The result is not normalized: feed it
     (stacked into a batch) straight to the model.
     """
-    img = load_image(image)
+    img = load_image(image, getattr(config, "transparency", "drop"), getattr(config, "exif_transpose", False))
     size = _target_size(config)
     resample = _resample(config)
     mode = getattr(config, "resize_mode", "shortest")

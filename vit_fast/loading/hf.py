@@ -179,17 +179,18 @@ def supported_model_types() -> list:
 
 
 def _convert(hf: dict, state: dict, preprocessor, overrides: dict) -> tuple:
-    processor = drop_processor_sizes(processor_fields(preprocessor), overrides, hf.get("image_size", 224))
-    overrides = {**{k: v for k, v in processor.items() if v is not None}, **overrides}  # under the caller's
     model_type = hf.get("model_type", "vit")
-    if model_type == "vit":
+    family = _families().get(model_type)
+    if family is None and model_type != "vit":
+        raise ValueError(f"unsupported Hugging Face model_type {model_type!r}; supported: "
+                         f"{', '.join(supported_model_types())}")
+    fields = processor_fields(preprocessor, getattr(family, "CONVERTS_RGB", False))
+    processor = drop_processor_sizes(fields, overrides, hf.get("image_size", 224))
+    overrides = {**{k: v for k, v in processor.items() if v is not None}, **overrides}  # under the caller's
+    if family is None:
         state = convert_hf_state(state)
         config = config_from_hf(hf, state, preprocessor, **overrides)
     else:
-        family = _families().get(model_type)
-        if family is None:
-            raise ValueError(f"unsupported Hugging Face model_type {model_type!r}; supported: "
-                             f"{', '.join(supported_model_types())}")
         state = family.convert_state(state, hf)
         config = family.config_from_hf(hf, state, preprocessor, **overrides)
     if config.input_size == config.img_size:  # the processor says what the model's size says already
@@ -207,7 +208,11 @@ def from_hf(obj, backend: str = "auto", hf_outputs: bool = False, revision: str 
     if isinstance(obj, torch.nn.Module):
         if not hasattr(obj, "config"):
             raise ValueError(f"from_hf expects a transformers ViT model; {type(obj).__name__} has no config")
-        hf, state, preprocessor, source = obj.config.to_dict(), obj.state_dict(), None, type(obj).__name__
+        hf, state, source = obj.config.to_dict(), obj.state_dict(), type(obj).__name__
+        hf["architectures"] = [source]  # the module's class, whatever the config it was built from says
+        pre_file = hub.local_processor_file(obj.config)  # None: the family's defaults stand in for the processor
+        preprocessor = (broadcast_stats(read_json(pre_file), hf.get("num_channels", 3), pre_file) if pre_file
+                        else None)
     elif isinstance(obj, (str, Path)):
         where = Path(obj) if named is None else hub.download(named.repo, named.revision)
         hf, state, preprocessor = _read_hf_dir(where)

@@ -12,6 +12,7 @@ from ..config import ViTConfig
 from .hf_common import LAYER, check_act, common_config, compile_table, rename_back, rename
 
 MODEL_TYPES = ("clip_vision_model",)
+CONVERTS_RGB = True  # its HF image processor composites transparent pixels onto white (do_convert_rgb)
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 

@@ -161,12 +161,30 @@ def _pair(value):
     return None
 
 
-def processor_fields(preprocessor: dict | None) -> dict:
+# HF image processors whose do_convert_rgb defaults to true (transformers 5): they composite transparency onto white
+_CONVERTS_RGB = {"CLIPImageProcessor", "BitImageProcessor", "SiglipImageProcessor"}
+
+
+def _converts_rgb(preprocessor: dict | None, family_default: bool) -> bool:
+    """Whether the processor composites transparent pixels onto white: its own do_convert_rgb, else its class's
+    default, else (no processor, or an unnamed one) the family's."""
+    if not preprocessor:
+        return family_default
+    if isinstance(preprocessor.get("do_convert_rgb"), bool):
+        return preprocessor["do_convert_rgb"]
+    kind = preprocessor.get("image_processor_type")
+    if isinstance(kind, str):
+        return kind.removesuffix("Fast").removesuffix("Pil") in _CONVERTS_RGB
+    return family_default
+
+
+def processor_fields(preprocessor: dict | None, converts_rgb: bool = False) -> dict:
     """The ViTConfig preprocessing fields an HF image processor's config sets: every HF processor center-crops at
-    the floored offset; the resize (shortest edge, or both sides), the crop size and the resampling filter as
+    the floored offset; transparency as its do_convert_rgb (`converts_rgb`: the family's processor's default when
+    the file does not say); the resize (shortest edge, or both sides), the crop size and the resampling filter as
     `preprocessor_config.json` gives them. Sizes in a form these fields cannot hold (an old integer `size`, a
     shortest edge without a crop) leave the family's defaults."""
-    out = {"crop_offset": "floor"}
+    out = {"crop_offset": "floor", "transparency": "white" if _converts_rgb(preprocessor, converts_rgb) else "drop"}
     if not preprocessor:
         return out
     if preprocessor.get("resample") in _PIL_RESAMPLE:

@@ -12,6 +12,7 @@ from ..config import ViTConfig
 from .hf_common import common_config, compile_table, rename_back, labels_of, rename
 
 MODEL_TYPES = ("deit",)
+CONVERTS_RGB = False  # its HF image processor (DeiTImageProcessor) leaves do_convert_rgb unset
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -50,7 +51,9 @@ def config_from_hf(hf: dict, state: dict, preprocessor: dict | None = None, **ov
         mlp_dim=hf["intermediate_size"],
         qkv_bias=hf.get("qkv_bias", True),
         dist_token="dist_token" in state,
-        dist_head="head_dist.weight" in state or not num_classes,  # DeiTForImageClassification: [CLS]'s head only
+        # DeiTForImageClassification: [CLS]'s head only, an identity one included (num_labels 0: its weights
+        # cannot tell it from a headless distilled model, the architecture can)
+        dist_head="head_dist.weight" in state or not (num_classes or _cls_only(hf)),
         num_classes=num_classes,
         labels=labels_of(hf, num_classes),
         representation_size=state["pre_logits.fc.weight"].shape[0] if "pre_logits.fc.weight" in state else None,
@@ -61,6 +64,11 @@ def config_from_hf(hf: dict, state: dict, preprocessor: dict | None = None, **ov
         cfg.update(image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
     cfg.update(overrides)
     return ViTConfig(**cfg)
+
+
+def _cls_only(hf: dict) -> bool:
+    """Whether the HF class is DeiTForImageClassification (config.json's architectures, a live module's class)."""
+    return "DeiTForImageClassification" in (hf.get("architectures") or [])
 
 
 # ---- vit-fast -> Hugging Face (vit_fast.loading.hf_export) ----
@@ -80,6 +88,7 @@ def hf_architecture(cfg: ViTConfig) -> tuple:
         num_labels=cfg.num_classes)
     name = ("DeiTForImageClassificationWithTeacher" if cfg.dist_token and cfg.dist_head
             else "DeiTForImageClassification")
+    config.architectures = [name]
     return name, config, "logits"
 
 

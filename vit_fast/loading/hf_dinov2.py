@@ -20,6 +20,7 @@ from .hf_common import (LAYER, common_config, compile_table, fold_layer_scale, l
                         rename_back)
 
 MODEL_TYPES = ("dinov2", "dinov2_with_registers")
+CONVERTS_RGB = True  # its HF image processor composites transparent pixels onto white (do_convert_rgb)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

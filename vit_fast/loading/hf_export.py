@@ -22,7 +22,8 @@ FAMILIES = ("clip", "dinov2", "siglip", "deit")
 # position embeddings are resampled for other sizes (which each HF class fixes: DINOv2 without antialiasing,
 # with registers with it)
 _NOT_ARCHITECTURE = ("image_mean", "image_std", "crop_pct", "resize_mode", "interpolation", "labels",
-                     "pos_embed_antialias", "fc_norm", "input_size", "resize_size", "crop_offset")
+                     "pos_embed_antialias", "fc_norm", "input_size", "resize_size", "crop_offset", "transparency",
+                     "exif_transpose")
 
 
 def family_module(family: str):

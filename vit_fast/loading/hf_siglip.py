@@ -14,6 +14,7 @@ from ..config import ViTConfig
 from .hf_common import LAYER, check_act, common_config, compile_table, rename_back, rename
 
 MODEL_TYPES = ("siglip_vision_model",)
+CONVERTS_RGB = True  # its HF image processor composites transparent pixels onto white (do_convert_rgb)
 
 _TABLE = compile_table([
     (r"embeddings\.position_embedding\.weight", "pos_embed"),

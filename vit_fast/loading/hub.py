@@ -166,3 +166,27 @@ def _snapshot(repo: str, revision: Optional[str], patterns: list) -> Path:
     except Exception as e:  # noqa: BLE001 - HTTP, connection and proxy errors (httpx's are not OSErrors)
         raise ConnectionError(f"cannot download {repo!r}{at} from the Hugging Face Hub: {type(e).__name__}: "
                               f"{_first_line(e)}") from None
+
+
+def local_processor_file(hf_config) -> Optional[Path]:
+    """The preprocessor_config.json of a live transformers model, where this machine already has it: beside the
+    weights in the directory it was loaded from, or in huggingface_hub's cache for a Hub repository (at the
+    commit it was loaded from). Nothing is downloaded; None when neither holds one."""
+    name = getattr(hf_config, "_name_or_path", None)
+    if not isinstance(name, str) or not name:
+        return None
+    path = Path(name).expanduser()
+    if path.is_dir():
+        found = path / "preprocessor_config.json"
+        return found if found.is_file() else None
+    if not _REPO.match(name) or importlib.util.find_spec("huggingface_hub") is None:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    commit = getattr(hf_config, "_commit_hash", None)
+    try:
+        found = try_to_load_from_cache(name, "preprocessor_config.json",
+                                       revision=commit if isinstance(commit, str) else None)
+    except ValueError:  # a name huggingface_hub does not take as a repository
+        return None
+    return Path(found) if isinstance(found, str) else None

@@ -10,7 +10,8 @@ HTTP API (paths are relative to the application's route prefix, "/" by default):
 - `GET /health` -> 200 {"status": "ok", "model": ..., "device": ..., "dtype": ..., "backend": (the one running:
   "auto" made concrete), "fp8": null or {"fp8", "gemms", "kept"} (FP8 GEMM layers, all GEMM layers, the names kept
   in the activation dtype), "random_weights": ..., "batching": {"batches", "images", "largest_batch"}} (this
-  replica's counts so far), and the model's num_classes, img_size, max_batch_size, torch threads
+  replica's counts so far), and the model's num_classes, img_size (its position table's), input_size (what
+  images are preprocessed to), max_batch_size, torch threads
 - `POST /predict` with one of
     * a JSON body {"image": "<base64>"} or {"images": ["<base64>", ...]} (a "data:image/...;base64," prefix is
       accepted), optional "top_k" (int), "embedding" (bool) and "normalize" (bool: unit-L2 embeddings, as CLIP
@@ -238,6 +239,7 @@ class ViTDeployment:
                              "dtype": str(p.dtype).replace("torch.", ""), "backend": p.backend,
                              "fp8": p.fp8_mix(), "random_weights": p.random_weights,
                              "num_classes": p.config.num_classes, "img_size": list(p.config.img_size),
+                             "input_size": list(p.config.eval_size),
                              "max_batch_size": p.max_batch_size, "threads": torch.get_num_threads(),
                              "batching": dict(self.stats)})
 

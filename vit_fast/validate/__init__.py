@@ -304,11 +304,13 @@ def validate(args) -> dict:
         device_text = f"cuda: {props.name} (sm_{props.major}{props.minor})"
     else:
         device_text = "cpu"
+    h, w = cfg.eval_size  # what the images were preprocessed to and the kernels ran on
     return {
         "vit_fast_version": __version__,
         "model": {"name": name, "random_weights": random_weights, "depth": cfg.depth, "embed_dim": cfg.embed_dim,
                   "num_heads": cfg.num_heads, "head_dim": cfg.head_dim, "mlp_dim": cfg.mlp_dim,
-                  "tokens": cfg.num_prefix_tokens + cfg.num_patches, "img_size": list(cfg.img_size), "patch_size": cfg.patch_size,
+                  "tokens": cfg.num_prefix_tokens + (h // cfg.patch_size) * (w // cfg.patch_size),
+                  "img_size": list(cfg.img_size), "input_size": [h, w], "patch_size": cfg.patch_size,
                   "num_classes": cfg.num_classes},
         "dtype": args.dtype,
         "batch": args.batch,
