@@ -148,30 +148,35 @@ def test_native_size_that_is_not_a_multiple_of_the_patch():
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_hf_outputs_drop_in(family, tmp_path):
-    """`hf_outputs=True`: HF's output class, every field, hidden_states included; from the live module and from
-    its `save_pretrained` directory (which also checks the directory loader)."""
+    """`hf_outputs=True`: HF's output class, every field, hidden_states and attentions included (against HF's
+    eager attention, which forms them); from the live module and from its `save_pretrained` directory (which also
+    checks the directory loader)."""
     hf = _hf(family, hidden=64, layers=2, heads=2)
     hf.save_pretrained(tmp_path)
     source_config = hf.config.to_dict()
     x = _x(hf)
+    interpolate = {"interpolate_pos_encoding": True} if FAMILIES[family][2] else {}
     _, _, ref = _reference(hf, family, x)
-    interpolate = FAMILIES[family][2]
+    hf.set_attn_implementation("eager")
+    with torch.no_grad():
+        ref_attn = hf(x, output_hidden_states=True, output_attentions=True, **interpolate)
+    hf.set_attn_implementation("sdpa")
     for source in (hf, tmp_path):
         wrapper = vit_fast.from_hf(source, backend="sdpa", hf_outputs=True)
-        with torch.no_grad():
-            out = wrapper(pixel_values=x, output_hidden_states=True,
-                          **({"interpolate_pos_encoding": True} if interpolate else {}))
-        assert type(out) is type(ref)
+        for asked, want in (({}, ref), ({"output_attentions": True}, ref_attn)):
+            with torch.no_grad():
+                out = wrapper(pixel_values=x, output_hidden_states=True, **asked, **interpolate)
+            assert type(out) is type(want)
+            assert set(out.keys()) == set(want.keys())
+            for key in want.keys():
+                if key in ("hidden_states", "attentions"):
+                    assert len(out[key]) == len(want[key]) == hf.config.num_hidden_layers + (key == "hidden_states")
+                    for mine, theirs in zip(out[key], want[key]):
+                        assert mine.shape == theirs.shape and rel_err(mine, theirs) <= LOADER_REL_ERR, key
+                else:
+                    assert rel_err(out[key], want[key]) <= LOADER_REL_ERR, key
         if source is hf:  # the wrapper holds its own config: transformers' init writes attention fields into it
             assert wrapper.config is not hf.config and wrapper.config.to_dict() == source_config
-        assert set(out.keys()) == set(ref.keys())
-        for key in ref.keys():
-            if key == "hidden_states":
-                assert len(out.hidden_states) == len(ref.hidden_states) == hf.config.num_hidden_layers + 1
-                for mine, theirs in zip(out.hidden_states, ref.hidden_states):
-                    assert rel_err(mine, theirs) <= LOADER_REL_ERR
-            else:
-                assert rel_err(out[key], ref[key]) <= LOADER_REL_ERR, key
     assert hf.config.to_dict() == source_config
 
 
@@ -184,8 +189,9 @@ def test_hf_outputs_size_check_and_tuple():
     with torch.no_grad():
         out = wrapper(pixel_values=x, return_dict=False)
         assert isinstance(out, tuple) and rel_err(out[1], hf(x).pooler_output) <= LOADER_REL_ERR
-    with pytest.raises(ValueError, match="output_attentions is not available"):
-        wrapper(pixel_values=x, output_attentions=True)
+    with torch.no_grad():  # attentions last in the tuple, as HF's
+        pooled, attentions = wrapper(pixel_values=x, output_attentions=True, return_dict=False)[1:]
+    assert rel_err(pooled, hf(x).pooler_output) <= LOADER_REL_ERR and attentions[0].shape == (2, 2, 5, 5)
     with pytest.raises(ValueError, match="labels"):
         wrapper(pixel_values=x, labels=torch.zeros(2, dtype=torch.long))
 

@@ -161,3 +161,27 @@ def test_attention_pool_reads_the_patch_tokens_only():
         out = model.forward_head(tokens)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, expected)
+
+
+def test_attention_maps_are_each_blocks_softmax_weights():
+    """257 tokens (a 16 x 16 grid and [CLS]), head dim 80, a non-square grid too: one (B, heads, N, N) map a block,
+    rows summing to 1; the same on every backend (always the eager path); `depth` keeps the first blocks; uint8
+    pixels as the forward takes them. Each map, applied to that block's values, gives the block's attention output."""
+    model = randomize_(vit_fast.create("vit_ti_16", img_size=256, embed_dim=160, num_heads=2, depth=3,
+                                       backend="sdpa")).eval()
+    x = torch.randn(2, 3, 256, 256)
+    with torch.no_grad():
+        maps = model.attention_maps(x)
+        states = model.hidden_states(x)
+        assert len(maps) == 3 and all(m.shape == (2, 2, 257, 257) for m in maps)
+        assert torch.allclose(maps[1].sum(-1), torch.ones(2, 2, 257))
+        for i, block in enumerate(model.blocks):  # the sdpa forward's attention output from the map
+            h = block.norm1(states[i])
+            v = block.attn.qkv(h).reshape(2, 257, 3, 2, 80)[:, :, 2].transpose(1, 2)
+            ctx = (maps[i] @ v).transpose(1, 2).reshape(2, 257, 160)
+            assert rel_err(states[i] + block.attn.proj(ctx), states[i + 1] - block.mlp(block.norm2(
+                states[i] + block.attn.proj(ctx)))) <= LOADER_REL_ERR
+        model.set_backend("torch")
+        assert all(torch.equal(a, b) for a, b in zip(model.attention_maps(x, depth=2), maps[:2]))
+        pixels = torch.randint(0, 256, (1, 3, 256, 192), dtype=torch.uint8)
+        assert model.attention_maps(pixels)[0].shape == (1, 2, 193, 193)

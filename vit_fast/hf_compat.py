@@ -1,8 +1,8 @@
 """A drop-in for Hugging Face code: the fast model behind HF's own call signature and output classes.
 
 `vit_fast.from_hf(hf_model_or_dir, hf_outputs=True)` returns an `HFDropIn`, whose
-`forward(pixel_values=..., output_hidden_states=..., interpolate_pos_encoding=...)` returns what the source class
-returns (`ImageClassifierOutput`, `BaseModelOutputWithPooling`, `CLIPVisionModelOutput`,
+`forward(pixel_values=..., output_hidden_states=..., output_attentions=..., interpolate_pos_encoding=...)` returns
+what the source class returns (`ImageClassifierOutput`, `BaseModelOutputWithPooling`, `CLIPVisionModelOutput`,
 `DeiTForImageClassificationWithTeacherOutput`), so `outputs.logits` / `outputs.pooler_output` code runs
 unchanged. It subclasses `transformers.PreTrainedModel` only so that `transformers.pipeline` accepts it, and is
 registered with `AutoModelForImageClassification` so that the image-classification pipeline knows its class; the
@@ -59,21 +59,23 @@ class HFDropIn(transformers.PreTrainedModel):
                 output_attentions: bool | None = None, labels=None, **kwargs):
         if pixel_values is None:
             raise ValueError("pixel_values is required")
-        if output_attentions:
-            raise ValueError("output_attentions is not available: the fused attention never forms the weights")
         if labels is not None:
             raise ValueError("labels (training loss) are not supported: vit-fast is an inference runtime")
         if kwargs:
             raise ValueError(f"unexpected arguments {sorted(kwargs)}")
         self._check_size(pixel_values, interpolate_pos_encoding)
-        model = self.vit_fast
-        if output_hidden_states:
+        model, attentions = self.vit_fast, None
+        if output_attentions:  # the fused kernels never form the weights: the eager path, as HF falls back to
+            states, weights = model._eager_with_weights(pixel_values)
+            attentions = tuple(weights)
+        elif output_hidden_states:
             states = model.hidden_states(pixel_values)
+        if output_attentions or output_hidden_states:
             tokens = model.norm(states[-1])
-            hidden = tuple(states)
+            hidden = tuple(states) if output_hidden_states else None
         else:
             tokens, hidden = model.forward_features(pixel_values), None
-        out = self._outputs(tokens, hidden)
+        out = self._outputs(tokens, hidden, attentions)
         return out if return_dict is not False else out.to_tuple()
 
     def _check_size(self, pixel_values, interpolate: bool | None) -> None:
@@ -85,27 +87,27 @@ class HFDropIn(transformers.PreTrainedModel):
             raise ValueError(f"input image size ({h}*{w}) doesn't match model ({native[0]}*{native[1]}); pass "
                              "interpolate_pos_encoding=True to resample the position embeddings")
 
-    def _outputs(self, tokens, hidden):
+    def _outputs(self, tokens, hidden, attentions=None):
         model, kind = self.vit_fast, self.source_class
+        extra = dict(hidden_states=hidden, attentions=attentions)
         if kind == _TEACHER:
             from transformers.models.deit.modeling_deit import DeiTForImageClassificationWithTeacherOutput
 
             cls_logits, dist_logits = model.head(tokens[:, 0]), model.head_dist(tokens[:, 1])
             return DeiTForImageClassificationWithTeacherOutput(
                 logits=(cls_logits + dist_logits) / 2, cls_logits=cls_logits, distillation_logits=dist_logits,
-                hidden_states=hidden)
+                **extra)
         if kind in _CLASSIFIERS:
-            return ImageClassifierOutput(logits=model.forward_head(tokens), hidden_states=hidden)
+            return ImageClassifierOutput(logits=model.forward_head(tokens), **extra)
         pooled = model.forward_head(tokens, pre_logits=True)
         if kind == _PROJECTION:
             from transformers.models.clip.modeling_clip import CLIPVisionModelOutput
 
-            return CLIPVisionModelOutput(image_embeds=model.head(pooled), last_hidden_state=tokens,
-                                         hidden_states=hidden)
+            return CLIPVisionModelOutput(image_embeds=model.head(pooled), last_hidden_state=tokens, **extra)
         # ViTModel / DeiTModel built without their pooler return none; the other towers always pool
         has_pooler = bool(model.config.representation_size) or self.config.model_type not in ("vit", "deit")
         return BaseModelOutputWithPooling(last_hidden_state=tokens, pooler_output=pooled if has_pooler else None,
-                                          hidden_states=hidden)
+                                          **extra)
 
 
 # the documented way to make a custom class known to transformers' auto classes (and so to the pipeline's check)

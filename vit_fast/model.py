@@ -43,14 +43,17 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(config.embed_dim, 3 * config.embed_dim, bias=config.qkv_bias)
         self.proj = nn.Linear(config.embed_dim, config.embed_dim)
 
-    def forward(self, x: torch.Tensor, backend: str) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, backend: str, weights: Optional[list] = None) -> torch.Tensor:
+        """`weights`: a list the softmax weights (B, heads, N, N) are appended to (the eager path forms them)."""
         b, n, c = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        if backend == "sdpa":
+        if backend == "sdpa" and weights is None:
             ctx = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         else:
-            attn = (q * self.scale) @ k.transpose(-2, -1)
-            ctx = attn.softmax(dim=-1) @ v
+            attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+            if weights is not None:
+                weights.append(attn)
+            ctx = attn @ v
         ctx = ctx.transpose(1, 2).reshape(b, n, c)
         if getattr(self.qkv, "is_fp8", False) and getattr(self.proj, "is_fp8", False):
             return self.proj(ctx, qkv=self.qkv, qkv_input=x)  # e4m3 at a bound from QKV (vit_fast.fp8)
@@ -96,8 +99,8 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
         self.mlp = Mlp(config)
 
-    def forward(self, x: torch.Tensor, backend: str) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), backend)
+    def forward(self, x: torch.Tensor, backend: str, weights: Optional[list] = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), backend, weights)
         return x + self.mlp(self.norm2(x))
 
 
@@ -330,6 +333,22 @@ class VisionTransformer(nn.Module):
         for block in list(self.blocks)[:depth]:
             states.append(block(states[-1], backend))
         return states
+
+    def attention_maps(self, x: torch.Tensor, depth: Optional[int] = None) -> list:
+        """Each block's attention weights, softmax(q k^T / sqrt(head_dim)) as (B, heads, tokens, tokens): HF's
+        `attentions` (output_attentions=True), e.g. [CLS]'s attention over the patches, `maps[-1][:, :, 0, P:]`
+        with P = config.num_prefix_tokens. The fused kernels never form them, so this runs the eager reference
+        path (the torch backend) whatever the model's backend, as HF falls back to eager attention for them; with
+        `depth`, only the first `depth` blocks."""
+        return self._eager_with_weights(x, depth)[1]
+
+    def _eager_with_weights(self, x: torch.Tensor, depth: Optional[int] = None) -> tuple:
+        """(hidden_states as `hidden_states` returns them, attention weights per block), on the torch backend."""
+        x, is_uint8 = self._check_input(x)
+        states, weights = [self.norm_pre(self._embed(x, is_uint8))], []
+        for block in list(self.blocks)[:depth]:
+            states.append(block(states[-1], "torch", weights))
+        return states, weights
 
     def forward_intermediates(self, x: torch.Tensor, indices=None, return_prefix_tokens: bool = False,
                               norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
