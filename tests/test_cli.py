@@ -46,6 +46,24 @@ def test_predict_with_checkpoint(tiny_checkpoint, tmp_path, capsys):
     assert lines[1].split()[1] == model.config.labels[logits.argmax().item()]
 
 
+def test_predict_features_of_a_classifier(tiny_checkpoint, capsys):
+    """`--set num_classes=0` loads the classifier's features (as timm's num_classes=0): --embeddings prints them;
+    without it there are no labels to print, and it says so instead of printing file names alone."""
+    model, ckpt = tiny_checkpoint
+    assert main(["predict", SAMPLE_IMAGES[0], "--checkpoint", str(ckpt), "--set", "num_classes=0",
+                 "--embeddings"]) == 0
+    from vit_fast.preprocess import preprocess
+
+    with torch.no_grad():
+        ref = model.forward_head(model.forward_features(preprocess(SAMPLE_IMAGES[0], model.config)[None]),
+                                 pre_logits=True)[0]
+    assert rel_err(torch.tensor(json.loads(capsys.readouterr().out)["embedding"]), ref) <= LOADER_REL_ERR
+    assert main(["predict", SAMPLE_IMAGES[0], "--checkpoint", str(ckpt), "--set", "num_classes=0"]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.strip() == ("vit-fast: error: this model has no classifier head (num_classes 0), "
+                                                 "so it has no labels to predict: add --embeddings")
+
+
 def test_predict_without_checkpoint_says_weights_are_random(capsys):
     assert main(["predict", SAMPLE_IMAGES[0], "--model", "vit_ti_16", "--set", "depth=1", "--top-k", "1"]) == 0
     assert "RANDOM weights" in capsys.readouterr().err

@@ -324,3 +324,38 @@ def test_preprocessing_equals_the_checkpoints_processor(tmp_path, kind):
         assert (again.input_size, again.resize_size, again.img_size) == (None, None, (96, 96))
         squashed = vit_fast.load(tmp_path, resize_mode="squash").config  # the caller's resize, not the processor's
         assert squashed.resize_mode == "squash" and squashed.resize_size is None
+
+
+@pytest.mark.parametrize("kind", ["vit", "deit_distilled", "clip_proj"])
+def test_num_classes_zero_loads_the_features_of_a_classifier(tmp_path, kind):
+    """timm's `create_model(..., pretrained=True, num_classes=0)`: a classifier's checkpoint loads without its head
+    (and DeiT's distillation head, CLIP's projection), returning the pooled features HF's base model gives: [CLS]
+    after the final norm, the mean of [CLS] and the distillation token, CLIP's pooler_output. A vit-fast checkpoint
+    of it does the same; another class count says what the head holds."""
+    T = transformers
+    if kind == "vit":
+        hf = _hf_classifier(64, 2, 2, 96, (32, 48), 16)
+        want = lambda out: out.hidden_states[-1] is not None and hf.vit.layernorm(out.hidden_states[-1])[:, 0]  # noqa
+    elif kind == "deit_distilled":
+        hf = randomize_(T.DeiTForImageClassificationWithTeacher(T.DeiTConfig(
+            hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=96, image_size=[32, 48],
+            patch_size=16, num_labels=5))).eval()
+        want = lambda out: hf.deit.layernorm(out.hidden_states[-1])[:, :2].mean(1)  # noqa: E731
+    else:
+        hf = randomize_(T.CLIPVisionModelWithProjection(T.CLIPVisionConfig(
+            hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=96, image_size=32,
+            patch_size=16, projection_dim=24))).eval()
+        want = lambda out: hf.vision_model.post_layernorm(out.last_hidden_state[:, 0])  # noqa: E731
+    hf.save_pretrained(tmp_path / "hf")
+    x = torch.randn(2, 3, *(_size((32, 48)) if kind != "clip_proj" else (32, 32)))
+    with torch.no_grad():
+        ref = want(hf(x, output_hidden_states=True))
+        for source in (tmp_path / "hf", hf):
+            features = vit_fast.from_hf(source, num_classes=0)
+            assert features.config.num_classes == 0 and features.head_dist is None or kind == "deit_distilled"
+            assert rel_err(features(x), ref) <= LOADER_REL_ERR, source
+        vit_fast.save(vit_fast.from_hf(hf), tmp_path / "ours")
+        assert rel_err(vit_fast.load(tmp_path / "ours", num_classes=0)(x), ref) <= LOADER_REL_ERR
+    if kind == "vit":
+        with pytest.raises(ValueError, match="the checkpoint's head has 7 classes: num_classes=0 leaves it out"):
+            vit_fast.from_hf(tmp_path / "hf", num_classes=3)

@@ -182,3 +182,23 @@ def test_loading_allocates_no_weights_it_overwrites(tmp_path, monkeypatch):
     taken = vit_fast.from_timm(state, num_heads=3, img_size=(32, 48))
     state["head.weight"].add_(1.0)
     assert torch.equal(taken.head.weight, model.head.weight) and taken.head.bias.dtype == torch.float32
+
+
+def test_num_classes_zero_drops_the_head_of_every_checkpoint_kind(tmp_path):
+    """A timm state dict and a vit-fast checkpoint with labels, loaded with num_classes=0: the pooled features the
+    classifier's head would read, and no labels (they named the dropped head's classes). Passing the head's own
+    class count changes nothing."""
+    labels = [f"class {i}" for i in range(10)]
+    model = randomize_(vit_fast.create("vit_ti_16", img_size=(32, 48), depth=2, embed_dim=160, num_heads=2,
+                                       num_classes=10, labels=labels)).eval()
+    vit_fast.save(model, tmp_path / "ckpt")
+    x = torch.randn(2, 3, 32, 48)
+    with torch.no_grad():
+        ref = model.forward_head(model.forward_features(x), pre_logits=True)
+        for features in (vit_fast.from_timm(model.state_dict(), num_classes=0, img_size=(32, 48), num_heads=2),
+                         vit_fast.load(tmp_path / "ckpt", num_classes=0)):
+            assert features.config.num_classes == 0 and features.config.labels is None
+            assert rel_err(features(x), ref) <= LOADER_REL_ERR
+    assert vit_fast.load(tmp_path / "ckpt", num_classes=10).config.labels == labels
+    with pytest.raises(ValueError, match="the checkpoint's head has 10 classes: num_classes=0 leaves it out"):
+        vit_fast.load(tmp_path / "ckpt", num_classes=3)

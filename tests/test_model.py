@@ -185,3 +185,33 @@ def test_attention_maps_are_each_blocks_softmax_weights():
         assert all(torch.equal(a, b) for a, b in zip(model.attention_maps(x, depth=2), maps[:2]))
         pixels = torch.randint(0, 256, (1, 3, 256, 192), dtype=torch.uint8)
         assert model.attention_maps(pixels)[0].shape == (1, 2, 193, 193)
+
+
+def test_readme_python_api_block(tmp_path, monkeypatch):
+    """The README's Python API block as written, its names standing for tiny random models: `timm_model` a timm
+    state dict, `hf_model` an HF ViT classifier, "path" a vit-fast checkpoint; `.cuda()` is a no-op without CUDA.
+    Each line runs, and the features line returns the pooled features of the checkpoint's classifier."""
+    from pathlib import Path
+
+    transformers = pytest.importorskip("transformers")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = readme.split("## Python API", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert "vit_fast.load(\"path\", num_classes=0)" in code, "README lost its Python API example"
+    monkeypatch.chdir(tmp_path)
+    tiny = randomize_(vit_fast.create("vit_ti_16", img_size=32, depth=1, num_classes=5)).eval()
+    vit_fast.save(tiny, "path")
+    hf_model = randomize_(transformers.ViTForImageClassification(transformers.ViTConfig(
+        hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=96, image_size=32,
+        patch_size=16, num_labels=3))).eval()
+    if not torch.cuda.is_available():
+        monkeypatch.setattr(torch.nn.Module, "cuda", lambda self, *a, **k: self)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    scope = {"timm_model": tiny.state_dict(), "hf_model": hf_model,
+             "images": torch.randn(2, 3, 32, 32, device=device, dtype=torch.bfloat16),
+             "pixels": torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, device=device)}
+    with torch.no_grad():
+        exec(compile(code, "README.md (Python API)", "exec"), scope)
+        x = torch.randn(2, 3, 32, 32)
+        ref = tiny.forward_head(tiny.forward_features(x), pre_logits=True)
+        assert rel_err(scope["features"](x), ref) <= LOADER_REL_ERR
+    assert scope["logits"].shape == (2, 5) and scope["emb"].shape == (2, 192) and Path("ckpt/vit_fast.json").is_file()

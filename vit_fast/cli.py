@@ -137,6 +137,10 @@ def cmd_predict(args) -> int:
     if args.embeddings:
         return _print_embeddings(args.images, predictor.predict(args.images, return_embeddings=True,
                                                                 normalize_embeddings=args.normalize))
+    if not predictor.classifies:  # nothing to print but the file names
+        what = ("an embedding head (CLIP's projection)" if predictor.config.embedding_head
+                else "no classifier head (num_classes 0)")
+        raise UsageError(f"this model has {what}, so it has no labels to predict: add --embeddings")
     results = predictor.predict(args.images, top_k=args.top_k)
     return _print_predictions(args.images, results)
 

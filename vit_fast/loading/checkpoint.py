@@ -13,7 +13,7 @@ from pathlib import Path
 from ..config import ViTConfig, drop_processor_sizes
 from .fp8_checkpoint import METADATA_KEY as QUANT_METADATA_KEY
 from .fp8_checkpoint import DTYPES, RECORD_KEY, check_fp8_state, fp8_state, fp8_structure, read_record
-from .state_dict import build_and_load, read_json, read_weights, safetensors_metadata
+from .state_dict import build_and_load, labels_for_head, read_json, read_weights, safetensors_metadata
 
 CONFIG_NAME = "vit_fast.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -87,7 +87,7 @@ def _load_native(weights: Path, config: dict | None, backend: str, overrides: di
     # the stored processor's sizes go where the caller's overrides make them stale, as loading the HF directory
     sizes = drop_processor_sizes({"input_size": stored.input_size, "resize_size": stored.resize_size}, overrides,
                                  stored.img_size)
-    overrides = {**sizes, **overrides}
+    overrides = {**sizes, **labels_for_head(overrides, state), **overrides}
     model = build_and_load(stored.replace(**overrides), state, backend, str(weights), pos_grid=stored.grid_size,
                            prepare=fp8_structure(layers, str(weights)) if record else None)
     return model if record is None else model.to(DTYPES[record["dtype"]])

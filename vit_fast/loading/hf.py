@@ -14,7 +14,7 @@ import torch
 
 from ..config import ViTConfig, drop_processor_sizes
 from . import hf_dual, hub
-from .state_dict import build_and_load, read_json, read_weights, weights_in
+from .state_dict import build_and_load, labels_for_head, read_json, read_weights, weights_in
 from .hf_common import broadcast_stats, labels_of, processor_fields
 from .timm_hub import is_timm_config
 
@@ -186,13 +186,10 @@ def _convert(hf: dict, state: dict, preprocessor, overrides: dict) -> tuple:
                          f"{', '.join(supported_model_types())}")
     fields = processor_fields(preprocessor, getattr(family, "CONVERTS_RGB", False))
     processor = drop_processor_sizes(fields, overrides, hf.get("image_size", 224))
-    overrides = {**{k: v for k, v in processor.items() if v is not None}, **overrides}  # under the caller's
-    if family is None:
-        state = convert_hf_state(state)
-        config = config_from_hf(hf, state, preprocessor, **overrides)
-    else:
-        state = family.convert_state(state, hf)
-        config = family.config_from_hf(hf, state, preprocessor, **overrides)
+    state = convert_hf_state(state) if family is None else family.convert_state(state, hf)
+    overrides = {**{k: v for k, v in processor.items() if v is not None}, **labels_for_head(overrides, state),
+                 **overrides}  # under the caller's
+    config = (config_from_hf if family is None else family.config_from_hf)(hf, state, preprocessor, **overrides)
     if config.input_size == config.img_size:  # the processor says what the model's size says already
         config = config.replace(input_size=None)
     return state, config

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import warnings
 from pathlib import Path
 
@@ -201,6 +202,18 @@ def _same_kind(got: torch.dtype, want: torch.dtype) -> bool:
     return (got.is_floating_point and want.is_floating_point) or got == want
 
 
+_HEAD = re.compile(r"^head(?:_dist)?\.(?:weight|bias)$")  # the classifier (and DeiT's distillation head)
+
+
+def labels_for_head(overrides: dict, state: dict) -> dict:
+    """{"labels": None} when the caller's `overrides` ask for another class count than the head in `state` (vit-fast
+    names) holds, naming no labels: the checkpoint's labels named that head's classes. Else {}."""
+    held = state["head.weight"].shape[0] if "head.weight" in state else 0
+    if "num_classes" in overrides and "labels" not in overrides and overrides["num_classes"] != held:
+        return {"labels": None}
+    return {}
+
+
 def build_and_load(config: ViTConfig, state: dict, backend: str, source: str, pos_grid=None,
                    prepare=None) -> VisionTransformer:
     """A new model for `config` with `state` loaded; raises listing every missing, unexpected, mis-shaped, wrongly
@@ -215,6 +228,8 @@ def build_and_load(config: ViTConfig, state: dict, backend: str, source: str, po
             prepare(model)
     expected = model.state_dict()
     state = fit_pos_embed(state, expected, config, source, pos_grid)
+    if not config.num_classes:  # num_classes=0 asked of a classifier: pooled features, its head left out (as timm)
+        state = {k: v for k, v in state.items() if not _HEAD.match(k)}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     mismatched = [
@@ -239,6 +254,9 @@ def build_and_load(config: ViTConfig, state: dict, backend: str, source: str, po
             parts.append(f"unexpected keys {unexpected}")
         if mismatched:
             parts.append(f"shapes that disagree with the config {mismatched}")
+            if any(_HEAD.match(m.partition(":")[0]) for m in mismatched):
+                parts.append(f"the checkpoint's head has {state['head.weight'].shape[0]} classes: num_classes=0 "
+                             "leaves it out (pooled features); another number needs a head trained for it")
         raise ValueError(f"cannot load {source}: " + "; ".join(parts))
     model.load_state_dict({k: _own(v, expected[k]) for k, v in state.items()}, assign=True)
     left = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]

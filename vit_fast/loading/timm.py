@@ -17,7 +17,7 @@ from ..config import ViTConfig
 from . import hub as hub_repo
 from . import timm_hub
 from .hf_common import fold_layer_scale
-from .state_dict import build_and_load, infer_num_heads, read_weights, weights_in
+from .state_dict import build_and_load, infer_num_heads, labels_for_head, read_weights, weights_in
 
 _POOLS = {"token": "cls", "avg": "avg", "map": "map"}
 
@@ -164,7 +164,7 @@ def from_timm(obj, backend: str = "auto", revision: str | None = None, **config_
     names beside such a config.json reads it too), local or a Hub repository ("timm/<model>.<tag>", or timm's
     "hf-hub:timm/..."; downloaded: hub.py; `revision` pins one). With timm installed, a timm model name
     ("vit_base_patch16_clip_224.openai") loads the weights `timm.create_model(name, pretrained=True)` would."""
-    hub = None
+    hub, asked = None, config_overrides
     named = hub_repo.name_of(obj, revision)  # a Hub repository or timm model name (raises for a stray revision)
     if isinstance(obj, torch.nn.Module):
         state = obj.state_dict()
@@ -193,5 +193,5 @@ def from_timm(obj, backend: str = "auto", revision: str | None = None, **config_
     if "norm_pre.weight" in state and "act_layer" not in config_overrides and hub is None:
         warnings.warn("timm weights do not record the MLP activation: assuming GELU, as timm's *_clip_* models; "
                       "pass act_layer='quick_gelu' for *_clip_quickgelu_* (OpenAI's CLIP as trained)", stacklevel=2)
-    config = config_from_timm_state(state, **config_overrides)
+    config = config_from_timm_state(state, **{**config_overrides, **labels_for_head(asked, state)})
     return build_and_load(config, fold_layer_scale(state), backend, source)
