@@ -3,6 +3,7 @@ DINOv2 (SwiGLU, registers, classifier), SigLIP vision (attention-pool head), Dei
 plain) — live modules and `save_pretrained` directories, at non-native, non-square resolutions, on every backend; the
 `hf_outputs=True` drop-in; `forward_intermediates`; position-embedding resampling bit for bit; presets'
 parameter counts; the errors."""
+import json
 import logging
 
 import pytest
@@ -180,6 +181,26 @@ def test_hf_outputs_drop_in(family, tmp_path):
     assert hf.config.to_dict() == source_config
 
 
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_drop_in_save_pretrained_writes_the_source_class(family, tmp_path):
+    """`save_pretrained` on the drop-in writes the source class's checkpoint: transformers' from_pretrained of that
+    class gives the source's outputs, and vit_fast.load the fast model's."""
+    hf = _hf(family, hidden=64, layers=2, heads=2)
+    x = _x(hf)
+    interpolate = {"interpolate_pos_encoding": True} if FAMILIES[family][2] else {}
+    wrapper = vit_fast.from_hf(hf, backend="sdpa", hf_outputs=True)
+    wrapper.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["architectures"] == [type(hf).__name__]
+    kwargs = {"add_pooling_layer": hf.pooler is not None} if type(hf).__name__ == "DeiTModel" else {}
+    back = type(hf).from_pretrained(tmp_path, **kwargs).eval()
+    with torch.no_grad():
+        want, got = hf(x, **interpolate), back(x, **interpolate)
+        for key in want.keys():
+            assert rel_err(got[key], want[key]) <= LOADER_REL_ERR, key
+        assert rel_err(vit_fast.load(tmp_path)(x), wrapper.vit_fast(x)) <= LOADER_REL_ERR
+
+
 def test_hf_outputs_size_check_and_tuple():
     hf = _hf("clip", hidden=64, layers=1, heads=2)
     wrapper = vit_fast.from_hf(hf, backend="torch", hf_outputs=True)
@@ -194,6 +215,14 @@ def test_hf_outputs_size_check_and_tuple():
     assert rel_err(pooled, hf(x).pooler_output) <= LOADER_REL_ERR and attentions[0].shape == (2, 2, 5, 5)
     with pytest.raises(ValueError, match="labels"):
         wrapper(pixel_values=x, labels=torch.zeros(2, dtype=torch.long))
+    with torch.no_grad():  # HF's optional arguments left at None are taken, as HF's forward takes them
+        assert rel_err(wrapper(pixel_values=x, head_mask=None, bool_masked_pos=None).pooler_output,
+                       hf(x).pooler_output) <= LOADER_REL_ERR
+    with pytest.raises(ValueError, match=r"unexpected arguments \['head_mask'\]: the drop-in takes pixel_values"):
+        wrapper(pixel_values=x, head_mask=torch.ones(2))
+    wrapper.config.output_hidden_states = True  # a flag left unset in the call follows the config
+    with torch.no_grad():
+        assert len(wrapper(pixel_values=x).hidden_states) == 2 and wrapper(x, False).hidden_states is None
 
 
 class _Records(logging.Handler):
@@ -278,6 +307,22 @@ def test_forward_intermediates(backend):
     hook.remove()
     assert rel_err(early, hf.layernorm(ref.hidden_states[1])) <= tol
     assert rel_err(first, ref.hidden_states[1][:, 4:]) <= tol and not ran
+
+
+def test_forward_intermediates_norm_of_an_hf_clip_tower():
+    """HF's CLIP applies post_layernorm to the pooled [CLS] only (vit-fast's fc_norm); timm's CLIP holds the same
+    weights as its final norm, which norm=True applies to every token: the same maps from the HF-loaded model as
+    timm's would give, and the final features through it too."""
+    hf = _hf("clip", hidden=64, layers=2, heads=2)
+    model = vit_fast.from_hf(hf, backend="sdpa")
+    x = torch.randn(2, 3, 32, 48)
+    with torch.no_grad():
+        ref = hf(x, output_hidden_states=True, interpolate_pos_encoding=True)
+        final, (last,) = model.forward_intermediates(x, indices=[-1], norm=True, output_fmt="NLC")
+        plain = model.forward_intermediates(x, indices=[-1], output_fmt="NLC", intermediates_only=True)[0]
+    normed = hf.post_layernorm(ref.hidden_states[-1])
+    assert rel_err(last, normed[:, 1:]) <= LOADER_REL_ERR and rel_err(final, normed) <= LOADER_REL_ERR
+    assert rel_err(plain, ref.hidden_states[-1][:, 1:]) <= LOADER_REL_ERR
 
 
 def test_forward_intermediates_without_prefix_tokens_returns_maps():
@@ -486,7 +531,8 @@ def test_readme_model_families_example():
         ref = clip_vision_with_projection(images)
         assert rel_err(embeds, ref.image_embeds) <= LOADER_REL_ERR
         assert rel_err(tokens, ref.last_hidden_state) <= LOADER_REL_ERR
-        assert [tuple(m.shape) for m in maps] == [(2, 32, 2, 2)] * 2 and torch.equal(final, tokens)
+        assert [tuple(m.shape) for m in maps] == [(2, 32, 2, 2)] * 2  # final: through post_layernorm, as timm's
+        assert rel_err(final, clip_vision_with_projection.vision_model.post_layernorm(tokens)) <= LOADER_REL_ERR
         assert rel_err(out.logits, dinov2_classifier(images).logits) <= LOADER_REL_ERR
         assert len(out.hidden_states) == 2
 

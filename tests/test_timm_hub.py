@@ -102,8 +102,11 @@ def test_pre_norm_weights_get_clip_eps_and_a_warning_on_the_activation(tmp_path)
     assert (assumed.config.layer_norm_eps, assumed.config.act_layer) == (1e-5, "gelu")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        model = vit_fast.from_timm(file, backend="sdpa", num_heads=3, act_layer="quick_gelu")
+        model = vit_fast.from_timm(file, backend="sdpa", num_heads=3, act_layer="quick_gelu",
+                                   image_mean=source.config.image_mean, image_std=source.config.image_std)
     _same(model, source, torch.randn(2, 3, 32, 32))
+    with pytest.warns(UserWarning, match=r"do not record the input normalization: assuming mean and std \(0.5"):
+        vit_fast.from_timm(file, backend="sdpa", num_heads=3, act_layer="quick_gelu")
 
 
 def test_hf_loader_points_a_timm_directory_to_from_timm(tmp_path):

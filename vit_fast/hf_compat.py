@@ -61,8 +61,17 @@ class HFDropIn(transformers.PreTrainedModel):
             raise ValueError("pixel_values is required")
         if labels is not None:
             raise ValueError("labels (training loss) are not supported: vit-fast is an inference runtime")
-        if kwargs:
-            raise ValueError(f"unexpected arguments {sorted(kwargs)}")
+        given = sorted(k for k, v in kwargs.items() if v is not None)  # HF's head_mask=None, bool_masked_pos=None
+        if given:
+            raise ValueError(f"unexpected arguments {given}: the drop-in takes pixel_values, output_hidden_states, "
+                             "output_attentions, interpolate_pos_encoding and return_dict")
+        # unset flags follow the config, as in HF's own forward
+        if output_hidden_states is None:
+            output_hidden_states = getattr(self.config, "output_hidden_states", False)
+        if output_attentions is None:
+            output_attentions = getattr(self.config, "output_attentions", False)
+        if return_dict is None:
+            return_dict = getattr(self.config, "return_dict", True)
         self._check_size(pixel_values, interpolate_pos_encoding)
         model, attentions = self.vit_fast, None
         if output_attentions:  # the fused kernels never form the weights: the eager path, as HF falls back to
@@ -77,6 +86,19 @@ class HFDropIn(transformers.PreTrainedModel):
             tokens, hidden = model.forward_features(pixel_values), None
         out = self._outputs(tokens, hidden, attentions)
         return out if return_dict is not False else out.to_tuple()
+
+    def to_hf(self) -> transformers.PreTrainedModel:
+        """The source class (`source_class`, built from this drop-in's config) holding the fast model's weights, in
+        fp32 on the CPU."""
+        from .loading.hf_export import into_class
+
+        return into_class(self.vit_fast, self.config, self.source_class)
+
+    def save_pretrained(self, save_directory, **kwargs) -> None:
+        """A checkpoint of the source class (config.json + weights under HF's names), as the source model's own
+        save_pretrained writes it: transformers' `from_pretrained` and `vit_fast.load` both read it back. The
+        keyword arguments go to transformers' save_pretrained."""
+        self.to_hf().save_pretrained(save_directory, **kwargs)
 
     def _check_size(self, pixel_values, interpolate: bool | None) -> None:
         if interpolate or self.config.model_type not in _STRICT_SIZE:

@@ -35,11 +35,12 @@ def forward_intermediates(model, x: torch.Tensor, indices, return_prefix_tokens:
     prefix = cfg.num_prefix_tokens
     checked, _ = model._check_input(x)
     h, w = checked.shape[-2] // cfg.patch_size, checked.shape[-1] // cfg.patch_size
+    final_norm = _final_norm(model)
     intermediates, prefixes = [], []
     for i in take:
         tokens = states[i + 1]
         if norm:
-            tokens = model.norm(tokens)
+            tokens = final_norm(tokens)
         prefixes.append(tokens[:, :prefix])
         tokens = tokens[:, prefix:]
         if output_fmt == "NCHW":
@@ -49,4 +50,12 @@ def forward_intermediates(model, x: torch.Tensor, indices, return_prefix_tokens:
         intermediates = list(zip(intermediates, prefixes))
     if intermediates_only:
         return intermediates
-    return model.norm(states[-1]), intermediates
+    return final_norm(states[-1]), intermediates
+
+
+def _final_norm(model):
+    """The LayerNorm timm applies to every token after the blocks. HF's CLIP applies it (post_layernorm) to the
+    pooled [CLS] only, so vit-fast holds it as fc_norm, where timm's CLIP holds the same weights as its final norm;
+    a model pooling the mean of the patches keeps fc_norm after the pooling, as timm does (no final norm)."""
+    cfg = model.config
+    return model.fc_norm if cfg.use_fc_norm and cfg.global_pool == "cls" else model.norm

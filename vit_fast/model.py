@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from . import backends
 from .config import ViTConfig
 from .pos_embed import resample_patch_pos_embed
+from .timm_compat import TimmAttributes
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -25,6 +26,9 @@ class PatchEmbed(nn.Module):
         super().__init__()
         p = config.patch_size
         self.proj = nn.Conv2d(config.in_chans, config.embed_dim, kernel_size=p, stride=p, bias=config.patch_bias)
+        # timm's PatchEmbed attributes, for the size the position table was trained at
+        self.patch_size, self.img_size, self.grid_size = (p, p), config.img_size, config.grid_size
+        self.num_patches = config.num_patches
 
     def forward(self, x: torch.Tensor, weight: Optional[torch.Tensor] = None, bias=None) -> torch.Tensor:
         """(B, C, H, W) -> (B, N, D); `weight`/`bias` replace the projection's (normalization-folded ones)."""
@@ -142,7 +146,7 @@ class PreLogits(nn.Module):
         return torch.tanh(self.fc(x))
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(TimmAttributes, nn.Module):
     def __init__(self, config: ViTConfig, backend: str = "auto"):
         super().__init__()
         self.config = config

@@ -14,6 +14,8 @@ import json
 
 import torch
 
+FP8_DTYPE = torch.float8_e4m3fn  # vit_fast.kernels' FP8_DTYPE, named here so loading needs no triton
+
 RECORD_KEY = "quantization"  # in vit_fast.json, beside the config fields
 METADATA_KEY = "vit_fast_quantization"  # in the safetensors metadata
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -62,8 +64,6 @@ def check_fp8_state(state: dict, record, source: str) -> list:
     """The recorded FP8 layer names (none without a record), after checking every quantized tensor against the
     record: float8 weights and positive finite (N,) float32 scales for exactly the recorded layers, and no float8
     tensor without a record."""
-    from ..kernels._common import FP8_DTYPE
-
     float8 = sorted(k for k, v in state.items() if v.dtype == FP8_DTYPE)
     if record is None:
         if float8:

@@ -193,5 +193,10 @@ def from_timm(obj, backend: str = "auto", revision: str | None = None, **config_
     if "norm_pre.weight" in state and "act_layer" not in config_overrides and hub is None:
         warnings.warn("timm weights do not record the MLP activation: assuming GELU, as timm's *_clip_* models; "
                       "pass act_layer='quick_gelu' for *_clip_quickgelu_* (OpenAI's CLIP as trained)", stacklevel=2)
+    if hub is None and not isinstance(obj, torch.nn.Module) and "image_mean" not in config_overrides:
+        warnings.warn("timm weights do not record the input normalization: assuming mean and std (0.5, 0.5, 0.5), "
+                      "as timm's augreg ViTs and SigLIP; pass image_mean and image_std (CLI: --set) for ImageNet's "
+                      "(DeiT, DINOv2) or CLIP's. They apply to uint8 pixels and to predict, serve and infer; float "
+                      "inputs are taken as normalized", stacklevel=2)
     config = config_from_timm_state(state, **{**config_overrides, **labels_for_head(asked, state)})
     return build_and_load(config, fold_layer_scale(state), backend, source)
