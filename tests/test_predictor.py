@@ -222,3 +222,44 @@ def test_warmup_runs_every_bucket_before_serving(monkeypatch):
     assert predictor.warmup() == []
     assert predictor.warmup([1, 3]) == [1, 3]
     assert calls == [((b, 3, 32, 48), torch.uint8, flag) for b in (1, 3) for flag in (False, True)]
+
+
+def test_a_model_is_shared_only_with_the_same_settings():
+    """A Predictor converts its model in place: a second one in another dtype (or FP8) on the same model would change
+    the first one's results, and is refused naming both; the same settings may share it."""
+    model = randomize_(vit_fast.create("vit_ti_16", img_size=32, depth=1, num_classes=10)).eval()
+    first = Predictor(model, device="cpu", dtype=torch.float32)
+    image = torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8)
+    before = first.predict([image])[0]["scores"]
+    Predictor(model, device="cpu", dtype="fp32")
+    for dtype, said in (("bf16", "in bfloat16"), ("fp8", "in float32 with fp8")):
+        with pytest.raises(ValueError, match=f"this model already runs in a Predictor on cpu in float32; another one "
+                                             f"on cpu {said} would convert it under the first"):
+            Predictor(model, device="cpu", dtype=dtype)
+    assert first.predict([image])[0]["scores"] == before and model.patch_embed.proj.weight.dtype == torch.float32
+
+
+def test_inputs_as_services_hold_them(tmp_path):
+    """File objects (BytesIO, an open file, a web framework's upload), a generator, a batch array or tensor of B
+    images, and a numpy top_k give what the same images as a list give."""
+    model = _tiny()
+    predictor = Predictor(model, device="cpu", dtype=torch.float32)
+    arrays = [np.random.randint(0, 256, (40, 56, 3), dtype=np.uint8) for _ in range(3)]
+    pngs = []
+    for a in arrays:
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, "PNG")
+        pngs.append(buf.getvalue())
+    (tmp_path / "a.png").write_bytes(pngs[0])
+    want = predictor.predict(pngs, top_k=2)
+    with open(tmp_path / "a.png", "rb") as handle:
+        got = predictor.predict([handle, io.BytesIO(pngs[1]), io.BytesIO(pngs[2])], top_k=np.int64(2))
+    assert got == want
+    assert predictor.predict(iter(pngs), top_k=2) == want
+    assert predictor.predict(np.stack(arrays), top_k=2) == want
+    assert predictor.predict(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2), top_k=2) == want
+    (alone,) = predictor.predict(io.BytesIO(pngs[0]), top_k=2)  # a batch of one: equal up to the GEMM's rounding
+    assert alone["indices"] == want[0]["indices"] and np.allclose(alone["scores"], want[0]["scores"], atol=1e-6)
+    with open(tmp_path / "a.png") as text:
+        (result,) = predictor.predict(text)
+    assert result["error"] == "expected a binary file object (opened with 'rb'), got one that reads str"

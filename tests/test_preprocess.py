@@ -266,3 +266,14 @@ def _encode_exif(img, exif):
     buf = io.BytesIO()
     img.save(buf, format="JPEG", exif=exif, quality=95)
     return buf.getvalue()
+
+
+def test_an_extreme_strip_is_refused_before_its_resize():
+    """A 100000 x 1 PNG is a few hundred bytes; scaled to a 248 px short side it would take gigabytes. It is one
+    clear ImageError, found before any resize; a wide panorama still runs."""
+    strip = _encode(Image.new("RGB", (100_000, 1)))
+    assert len(strip) < 1000
+    with pytest.raises(ImageError, match=r"the image is 100000x1 px: scaling its short side to 248 px would make "
+                                         r"it 24800000x248 px before the crop; expected at most 16,777,216 pixels"):
+        preprocess(strip, _config(224))
+    assert preprocess(_random_image(1000, 8000), _config(224)).shape == (3, 224, 224)

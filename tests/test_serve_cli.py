@@ -147,11 +147,30 @@ def test_infer_refuses_bad_paths_before_ray(no_ray, capsys, checkpoints, tmp_pat
     assert "no image files found" in line
     line = _refused(["infer", images, "--out", images / "a.png" / "p.parquet", "--checkpoint", good], capsys, "infer")
     assert "is a file, not a folder" in line
+    line = _refused(["infer", images, "--out", f"{tmp_path / 'new'}/", "--checkpoint", good], capsys, "infer")
+    assert f"--out {tmp_path / 'new'}/ is a directory; expected a file path such as" in line  # not made yet
+    line = _refused(["infer", images, "--out", tmp_path / "p.csv", "--checkpoint", good], capsys, "infer")
+    assert "the results are written as Parquet, the only format; expected a .parquet file name" in line
     line = _refused(["infer", images, "--out", tmp_path / "p.parquet", "--wait-timeout", "0"], capsys, "infer")
     assert "--wait-timeout must be > 0" in line
     line = _refused(["infer", images, "--out", tmp_path / "p.parquet", "--num-cpus", "-1"], capsys, "infer")
     assert "--num-cpus must be >= 1, got -1" in line
-    assert not (tmp_path / "p.parquet").exists()
+    assert not (tmp_path / "p.parquet").exists() and not (tmp_path / "new").exists()
+
+
+def test_batch_inference_of_unreadable_files_only_needs_no_ray(tmp_path, monkeypatch):
+    """Files that cannot be read become error rows; when none is left for the workers, Ray is never started."""
+    import ray
+
+    from vit_fast.serving import batch
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was started"))
+    (tmp_path / "mem.png").symlink_to("/proc/self/mem")
+    summary = batch.run_batch_inference([tmp_path / "mem.png"], str(tmp_path / "p.parquet"), name="vit_ti_16")
+    assert summary == {"rows": 1, "errors": 1, "out": str(tmp_path / "p.parquet")}
+    (row,) = __import__("pyarrow.parquet").parquet.read_table(tmp_path / "p.parquet").to_pylist()
+    assert row["path"] == str(tmp_path / "mem.png") and row["error"] == "OSError: Input/output error"
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
@@ -218,6 +237,22 @@ def test_real_serve_refuses_a_bad_port_fast():
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and lines == ["vit-fast serve: --port must be in 1..65535, got 70000"], done.stderr
     assert time.monotonic() - start < 60
+
+
+@pytest.mark.timeout(180)
+def test_real_serve_refuses_replicas_that_cannot_be_placed():
+    """Replicas the local Ray cannot place would wait forever: one line naming what was asked and what the machine
+    has, exit code 1, Ray shut down."""
+    start = time.monotonic()
+    done = subprocess.run(_entry_point() + ["serve", "--model", "vit_ti_32", "--device", "cpu", "--num-cpus", "2",
+                                            "--cpus-per-replica", "2", "--num-replicas", "2", "--port",
+                                            str(_free_port())],
+                          capture_output=True, text=True, timeout=170, env=_env())
+    lines = [line for line in done.stderr.strip().splitlines() if line.startswith("vit-fast")]
+    assert done.returncode == 1 and lines[-1] == (
+        "vit-fast serve: the model replicas cannot start: 2 replica(s) of 2 CPUs each do not fit in this machine's "
+        "Ray (2 CPUs); lower --num-replicas or --cpus-per-replica, or raise --num-cpus"), done.stderr
+    assert time.monotonic() - start < 120
 
 
 def _free_port():

@@ -164,6 +164,13 @@ def test_list_images(tmp_path):
     assert list_images("s3://bucket/images/") == "s3://bucket/images/"
     with pytest.raises(FileNotFoundError, match="no image files"):
         list_images(str(tmp_path / "*.gif"))
+    assert list_images([tmp_path / "a.PNG", str(tmp_path / "sub" / "b.jpg")]) == [str(tmp_path / "a.PNG"),
+                                                                                  str(tmp_path / "sub" / "b.jpg")]
+    with pytest.raises(ValueError, match="expected a folder, a glob, a file or a non-empty list of file paths; the "
+                                         "list holds int"):
+        list_images(["a.png", 3])
+    with pytest.raises(ValueError, match="expected a folder, a glob, a file or a list of file paths, got dict"):
+        list_images({"a": 1})
 
 
 def test_health(server):
@@ -234,6 +241,13 @@ def test_normalized_embeddings(server, checkpoint):
         ("/predict", b"hello", "text/plain", None, 415, "Content-Type"),
         ("/predict", None, None, "GET", 405, "POST"),
         ("/nowhere", None, None, "GET", 404, "/health"),
+        ("/predict", b'{"image": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "application/json", None, 400,
+         "nested too deeply"),
+        ("/predict", b'{"image": "abc", "topk": 1}', "application/json", None, 400, "unknown fields ['topk']"),
+        ("/predict", b'{"image": "abc", "top_k": "' + b"9" * 5000 + b'"}', "application/json", None, 400,
+         "... (5002 characters)"),
+        ("/predict", _multipart([b"x"], {"foo": "bar"})[0], _multipart([], {})[1], None, 400,
+         "unknown form field 'foo'"),
     ],
 )
 def test_bad_requests_get_4xx_and_serving_continues(server, path, data, content_type, method, status, fragment):
@@ -244,6 +258,28 @@ def test_bad_requests_get_4xx_and_serving_continues(server, path, data, content_
     image = _random_png()
     status, body = _request(server + "/predict", image, "application/octet-stream")
     assert status == 200 and len(body["predictions"][0]["labels"]) == TOP_K
+
+
+def test_base64_as_clients_write_it_and_head_health(server, checkpoint):
+    """Base64 wrapped at 76 columns (GNU base64, MIME) and in the URL-safe alphabet decode to the same image; options
+    sent as multipart file parts are options; HEAD /health answers 200 for load balancers."""
+    predictor = checkpoint[1]
+    image = _random_png("PNG")
+    want = predictor.predict([image], top_k=3)[0]
+    for text in (base64.encodebytes(image).decode(), base64.urlsafe_b64encode(image).decode()):
+        assert any(c in text for c in "\n-_")  # what a strict decoder refuses
+        status, body = _request(server + "/predict", json.dumps({"image": text, "top_k": 3}).encode(),
+                                "application/json")
+        assert status == 200, body
+        _assert_same(body["predictions"][0], want)
+    data, ctype = _multipart([image], {})
+    boundary = ctype.split("=")[1]
+    option = (f'--{boundary}\r\nContent-Disposition: form-data; name="top_k"; filename="k.txt"\r\n\r\n3\r\n'
+              .encode())
+    status, body = _request(server + "/predict", option + data, ctype)
+    assert status == 200 and len(body["predictions"]) == 1 and len(body["predictions"][0]["labels"]) == 3, body
+    with urllib.request.urlopen(urllib.request.Request(server + "/health", method="HEAD"), timeout=60) as resp:
+        assert resp.status == 200
 
 
 def test_one_bad_image_among_several_gets_its_own_error(server, checkpoint):
@@ -319,11 +355,15 @@ def test_batch_job_over_a_folder_with_a_corrupt_file(ray_local, checkpoint, tmp_
         name = folder / ("nested" if i % 3 == 0 else "") / f"img{i}.{'png' if i % 2 else 'jpg'}"
         data = _random_png("PNG" if i % 2 else "JPEG")
         name.write_bytes(data)
-        expected[str(name.resolve())] = predictor.predict([data], top_k=TOP_K, return_embeddings=True,
-                                                          normalize_embeddings=True)[0]
+        expected[str(name)] = predictor.predict([data], top_k=TOP_K, return_embeddings=True,
+                                                normalize_embeddings=True)[0]
     corrupt = folder / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(7, 207)))  # a JPEG marker, then no JPEG
     (folder / "README.txt").write_text("not an image, not listed")
+    (folder / "alias.png").symlink_to(folder / "img1.png")  # listed under its own name, as found
+    expected[str(folder / "alias.png")] = expected[str(folder / "img1.png")]
+    unreadable = folder / "unreadable.png"  # opens, but reading fails (EIO): Ray's reader would fail the job
+    unreadable.symlink_to("/proc/self/mem")
     out = tmp_path / "out" / "predictions.parquet"
 
     # the cluster is busy when the job starts and frees up while it waits: it waits, says so, then runs
@@ -337,12 +377,14 @@ def test_batch_job_over_a_folder_with_a_corrupt_file(ray_local, checkpoint, tmp_
                                   progress=False, normalize_embeddings=True, wait_timeout_s=60)
     print(f"batch job: {time.time() - start:.1f}s")
     assert "waiting up to 60 s for 2 CPUs" in capfd.readouterr().err
-    assert summary == {"rows": 10, "errors": 1, "out": str(out)}
+    assert summary == {"rows": 12, "errors": 2, "out": str(out)}
     rows = pq.read_table(out).to_pylist()
-    assert sorted(r["path"] for r in rows) == sorted([*expected, str(corrupt.resolve())])
+    assert sorted(r["path"] for r in rows) == sorted([*expected, str(corrupt), str(unreadable)])
     for row in rows:
-        if row["path"] == str(corrupt.resolve()):
+        if row["path"] == str(corrupt):
             assert row["labels"] == [] and row["embedding"] is None and "cannot decode" in row["error"]
+        elif row["path"] == str(unreadable):
+            assert row["labels"] == [] and row["error"].startswith("OSError: ")
         else:
             assert row["error"] is None
             _assert_same(row, expected[row["path"]], with_embedding=True)

@@ -10,7 +10,7 @@ def check_output_file(out, flag: str, example: str) -> str:
     it exists, and that its folder exists (or can be created) and is writable; ValueError saying what is wrong
     (`example`: a file name the message suggests inside a directory given by mistake)."""
     path = Path(os.path.expanduser(str(out))).absolute()
-    if path.is_dir():
+    if path.is_dir() or str(out).endswith(("/", os.sep)):  # "dir/" means a folder, existing or not
         raise ValueError(f"{flag} {out} is a directory; expected a file path such as {path / example}")
     if path.exists() and not os.access(path, os.W_OK):
         raise ValueError(f"{flag} {out} exists and is not writable")

@@ -31,10 +31,14 @@ before they enter its batching queue.
 from __future__ import annotations
 
 import functools
+import numbers
+import os
 import threading
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
+from PIL import Image
 
 from .config import ViTConfig
 from .cuda_graphs import CudaGraphRunner
@@ -110,8 +114,36 @@ def _buckets(max_batch_size: int) -> list[int]:
     return sizes + [max_batch_size]
 
 
+def _items(images) -> list:
+    """The inputs of one predict call: a list or tuple as it is, a 4-D array or tensor split along its first axis,
+    another iterable (a generator) consumed; anything else (a path, bytes, an image, a file object) is one input."""
+    if isinstance(images, (list, tuple)):
+        return list(images)
+    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+        return list(images)
+    if isinstance(images, (str, bytes, bytearray, memoryview, os.PathLike, Image.Image, np.ndarray, torch.Tensor)) \
+            or hasattr(images, "read") or not hasattr(images, "__iter__"):
+        return [images]
+    return list(images)
+
+
+def _claim(model: torch.nn.Module, settings: tuple) -> None:
+    """A Predictor converts its model in place (device, dtype, FP8 weights): a second one with other settings on the
+    same model would change the first one's results under it. Refused; equal settings may share the model."""
+    held = getattr(model, "_predictor_settings", None)
+    if held is not None and held != settings:
+        def said(s):
+            return f"on {s[0]} in {s[1]}" + (f" with {s[2]}" if s[2] else "")
+
+        raise ValueError(f"this model already runs in a Predictor {said(held)}; another one {said(settings)} would "
+                         "convert it under the first (a Predictor converts its model in place): give it "
+                         "copy.deepcopy(model), or load the model again")
+    model._predictor_settings = settings
+
+
 class Predictor:
-    """Runs a `VisionTransformer` on raw images; see the module docstring for the contract."""
+    """Runs a `VisionTransformer` on raw images; see the module docstring for the contract. The model is converted
+    in place (moved to the device, cast, FP8 weights), so it belongs to the Predictor from then on."""
 
     def __init__(self, model: torch.nn.Module, device=None, dtype=None, max_batch_size: int = 32,
                  cuda_graphs: bool = True, warmup: bool = True, fp8_exclude=None):
@@ -141,6 +173,8 @@ class Predictor:
             _check_fp8_device(self.device, getattr(model, "backend", "auto"),
                               "dtype 'fp8'" if asked else "an FP8 model")
         self.dtype = _default_dtype(None if asked else dtype, self.device)
+        _claim(model, (str(self.device), str(self.dtype).removeprefix("torch."),
+                       "fp8" + (f" (fp8_exclude {fp8_exclude!r})" if fp8_exclude else "") if self.fp8 else None))
         self.model = model.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
         if self.fp8:
             from .fp8 import quantize
@@ -210,8 +244,9 @@ class Predictor:
 
     def predict(self, images, top_k: int = 5, return_embeddings: bool = False,
                 normalize_embeddings: bool = False) -> list[dict]:
-        """Predict a list of inputs (a single non-list input is treated as a list of one); see module doc."""
-        items = list(images) if isinstance(images, (list, tuple)) else [images]
+        """Predict a list of inputs (any iterable of them; a batch array or tensor (B, H, W, 3) / (B, 3, H, W) is B
+        images; a single input is a list of one); see the module doc."""
+        items = _items(images)
         top_k = self._check_top_k(top_k)
         if normalize_embeddings and not return_embeddings:
             raise ValueError("normalize_embeddings applies to embeddings: pass return_embeddings=True")
@@ -231,9 +266,9 @@ class Predictor:
     # ---------------------------------------------------------------- internals
 
     def _check_top_k(self, top_k) -> int:
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:  # numpy ints too
             raise ValueError(f"top_k must be a positive int, got {top_k!r}")
-        return top_k
+        return int(top_k)
 
     @staticmethod
     def _error_result(message: str, return_embeddings: bool) -> dict:

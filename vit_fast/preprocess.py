@@ -133,8 +133,9 @@ def load_image(obj, transparency: str = "drop", exif_transpose: bool = False) ->
     """Return `obj` as an RGB PIL image.
 
     Accepts a PIL image (any mode Pillow can convert to RGB), a file path (str or Path), encoded bytes
-    (bytes/bytearray/memoryview of JPEG, PNG, ...), or a uint8 numpy array / torch tensor shaped (H, W, 3) or
-    (3, H, W). Raises `ImageError` (a ValueError) for undecodable data, a wrong dtype/shape or an unsupported type,
+    (bytes/bytearray/memoryview of JPEG, PNG, ...) or a binary file object holding them (read from where it is), or a
+    uint8 numpy array / torch tensor shaped (H, W, 3) or (3, H, W) (a (3, H, 3) array is read as (H, W, 3)).
+    Raises `ImageError` (a ValueError) for undecodable data, a wrong dtype/shape or an unsupported type,
     and FileNotFoundError for a missing path.
 
     `transparency`: "drop" the alpha channel (Pillow's convert("RGB"), as timm) or composite onto "white" (as
@@ -154,6 +155,15 @@ def load_image(obj, transparency: str = "drop", exif_transpose: bool = False) ->
         if len(obj) == 0:
             raise ImageError("cannot decode an empty byte string as an image")
         return _to_rgb(_decode(io.BytesIO(obj), f"{len(obj)} bytes"), "the decoded bytes", **choices)
+    if hasattr(obj, "read") and callable(obj.read):  # a binary file object: BytesIO, an upload's .file, open(..., "rb")
+        try:
+            data = obj.read()
+        except UnicodeDecodeError:  # a file opened in text mode
+            data = ""
+        if not isinstance(data, (bytes, bytearray)):
+            raise ImageError(f"expected a binary file object (opened with 'rb'), got one that reads "
+                             f"{type(data).__name__}")
+        return load_image(bytes(data), transparency, exif_transpose)
     if isinstance(obj, torch.Tensor):
         if obj.dtype != torch.uint8:
             raise ImageError(f"the image tensor must have dtype torch.uint8 (pixels in [0, 255]), got {obj.dtype}")
@@ -161,7 +171,8 @@ def load_image(obj, transparency: str = "drop", exif_transpose: bool = False) ->
     if isinstance(obj, np.ndarray):
         return _array_to_image(obj, "the image array")
     raise ImageError(
-        "expected a PIL image, a path, encoded bytes, or a uint8 array/tensor of shape (H, W, 3) or (3, H, W), "
+        "expected a PIL image, a path, encoded bytes or a binary file object, or a uint8 array/tensor of shape "
+        "(H, W, 3) or (3, H, W), "
         f"got {type(obj).__name__}"
     )
 
@@ -190,6 +201,9 @@ def _resample(config) -> Image.Resampling:
     return _RESAMPLE[name]
 
 
+MAX_RESIZED_PIXELS = 4096 * 4096  # the resize before the crop, at most (48 MB of RGB)
+
+
 def _resize_shortest(img: Image.Image, scale: tuple[int, int], resample) -> Image.Image:
     w, h = img.size
     sh, sw = scale
@@ -205,6 +219,10 @@ def _resize_shortest(img: Image.Image, scale: tuple[int, int], resample) -> Imag
         # timm ResizeKeepRatio for a non-square target: cover the (sh, sw) box, keep the aspect ratio
         ratio = min(h / sh, w / sw)
         new_h, new_w = round(h / ratio), round(w / ratio)
+    if new_w * new_h > MAX_RESIZED_PIXELS:  # a strip of a few bytes would take gigabytes before the crop
+        raise ImageError(f"the image is {w}x{h} px: scaling its short side to {min(sh, sw)} px would make it "
+                         f"{new_w}x{new_h} px before the crop; expected at most {MAX_RESIZED_PIXELS:,} pixels "
+                         f"there (an aspect ratio under {MAX_RESIZED_PIXELS // max(sh, sw) ** 2}:1)")
     return img.resize((max(new_w, 1), max(new_h, 1)), resample=resample)
 
 

@@ -42,9 +42,19 @@ def output_schema(embeddings: bool) -> pa.Schema:
     return pa.schema(fields + [pa.field("error", pa.string())])
 
 
-def list_images(source: str):
-    """Absolute paths of the images under a folder (recursively, by extension), matching a glob, or the one file;
-    a URI ("s3://...", "gs://...") is returned as it is for Ray to list."""
+def list_images(source):
+    """Absolute paths of the images under a folder (recursively, by extension), matching a glob, the one file, or
+    the files of a list; a URI ("s3://...", "gs://...") is returned as it is for Ray to list. Paths stay as found
+    (a symlink keeps its own name), so the rows join back to the inputs."""
+    if isinstance(source, (list, tuple)):
+        bad = [f for f in source if not isinstance(f, (str, os.PathLike))]
+        if bad or not source:
+            raise ValueError(f"expected a folder, a glob, a file or a non-empty list of file paths; the list holds "
+                             f"{type(bad[0]).__name__ if bad else 'nothing'}")
+        return sorted({os.path.abspath(os.path.expanduser(f)) for f in source})
+    if not isinstance(source, (str, os.PathLike)):
+        raise ValueError(f"expected a folder, a glob, a file or a list of file paths, got {type(source).__name__}")
+    source = str(source)
     if "://" in source:
         return source
     path = Path(source).expanduser()
@@ -57,7 +67,22 @@ def list_images(source: str):
     if not files:
         raise FileNotFoundError(f"no image files found at {source!r} (a folder is searched recursively for "
                                 f"{', '.join(IMAGE_EXTENSIONS)} files; a glob like 'imgs/**/*.jpg' is also accepted)")
-    return sorted(str(p.resolve()) for p in files)
+    return sorted(os.path.abspath(p) for p in files)
+
+
+def unreadable(files: list) -> dict:
+    """{path: why} for the listed files that cannot be opened (permissions, special files): Ray's reader would fail
+    the whole job on them, so they become error rows instead."""
+    out = {}
+    for f in files:
+        try:
+            with open(f, "rb") as handle:
+                handle.read(1)
+        except FileNotFoundError:
+            continue  # gone: Ray skips it (ignore_missing_paths) and it is recorded as lost
+        except OSError as e:
+            out[f] = f"{type(e).__name__}: {e.strerror or e}"
+    return out
 
 
 class PredictorActor:
@@ -98,6 +123,10 @@ def check_output_path(out) -> str:
     """The absolute path of the Parquet file to write, checked before any work starts (vit_fast.paths)."""
     from ..paths import check_output_file
 
+    suffix = Path(str(out)).suffix.lower()
+    if suffix not in ("", ".parquet", ".pq"):  # "x.csv" would silently hold Parquet
+        raise ValueError(f"--out {out}: the results are written as Parquet, the only format; expected a .parquet "
+                         "file name")
     return check_output_file(out, "--out", "predictions.parquet")
 
 
@@ -141,17 +170,19 @@ def _pool_resources(workers: Optional[int], cpus_per_worker: Optional[float], us
         time.sleep(0.5)
 
 
-def run_batch_inference(source: str, out: str, checkpoint: Optional[str] = None, name: str = "vit_b_16",
+def run_batch_inference(source, out: str, checkpoint: Optional[str] = None, name: str = "vit_b_16",
                         backend: str = "auto", top_k: int = 5, embeddings: bool = False, batch_size: int = 32,
                         workers: Optional[int] = None, cpus_per_worker: Optional[float] = None,
                         device: Optional[str] = None, dtype: Optional[str] = None, progress: bool = True,
                         normalize_embeddings: bool = False, wait_timeout_s: float = 60.0,
                         fp8_exclude: Optional[str] = None, pin: bool = True) -> dict:
-    """Predict every image of `source` into the Parquet file `out`; returns {"rows", "errors", "out"}.
+    """Predict every image of `source` (a folder, a glob, a file, a list of files or a URI) into the Parquet file
+    `out`; returns {"rows", "errors", "out"}.
 
     Connects to the Ray instance already initialised (or starts a local one). `device` None: the actor's GPU
-    when the cluster has GPUs, else the CPU; "cpu" keeps the actors off GPUs. Unreadable images, and listed
-    files that disappeared before being read, get a row with an `error` message instead of failing the job.
+    when the cluster has GPUs, else the CPU; "cpu" keeps the actors off GPUs. Undecodable images, files that cannot
+    be opened, and listed files that disappeared before being read, get a row with an `error` message instead of
+    failing the job.
     pin: a Hub repository or timm model `checkpoint` is pinned to the commit it names now, so every actor loads
     the same weights (False: each actor resolves the name as given).
     """
@@ -169,6 +200,14 @@ def run_batch_inference(source: str, out: str, checkpoint: Optional[str] = None,
     check_fp8_exclude(fp8_exclude, dtype)
     files = list_images(source)
     out = check_output_path(out)  # before any work: a bad --out must not cost a whole job
+    refused = {} if isinstance(files, str) else unreadable(files)
+    if refused:
+        files = [f for f in files if f not in refused]
+        if not files:  # nothing for the workers: the rows say why, without Ray
+            schema = output_schema(embeddings)
+            os.makedirs(os.path.dirname(out), exist_ok=True)
+            pq.write_table(_error_rows(sorted(refused), [refused[f] for f in sorted(refused)], schema), out)
+            return {"rows": len(refused), "errors": len(refused), "out": out}
     if pin:
         from ..loading.hub import pin_for_replicas
 
@@ -211,9 +250,9 @@ def run_batch_inference(source: str, out: str, checkpoint: Optional[str] = None,
     schema = output_schema(embeddings)
     os.makedirs(os.path.dirname(out), exist_ok=True)
     tmp = out + ".partial"
-    total = None if isinstance(files, str) else len(files)
+    total = None if isinstance(files, str) else len(files)  # the refused files' rows come after these
     try:
-        rows, errors = _write(ds, files, schema, tmp, total, progress)
+        rows, errors = _write(ds, files, schema, tmp, total, progress, refused)
         os.replace(tmp, out)
     except ray.exceptions.GetTimeoutError as e:
         raise TimeoutError(f"the inference workers did not start within {context.wait_for_min_actors_s} s: "
@@ -224,7 +263,12 @@ def run_batch_inference(source: str, out: str, checkpoint: Optional[str] = None,
     return {"rows": rows, "errors": errors, "out": out}
 
 
-def _write(ds, files, schema, tmp, total, progress) -> tuple:
+def _error_rows(paths: list, reasons: list, schema: pa.Schema) -> pa.Table:
+    failed = [{"labels": [], "scores": [], "indices": [], "embedding": None, "error": why} for why in reasons]
+    return results_table(paths, failed, schema)
+
+
+def _write(ds, files, schema, tmp, total, progress, refused: dict) -> tuple:
     from tqdm import tqdm
 
     rows = errors = 0
@@ -241,10 +285,9 @@ def _write(ds, files, schema, tmp, total, progress) -> tuple:
             bar.update(table.num_rows)
             bar.set_postfix(errors=errors)
         missing = [] if total is None else [f for f in files if f not in seen]
-        if missing:
-            lost = [{"labels": [], "scores": [], "indices": [], "embedding": None,
-                     "error": "FileNotFoundError: the file could not be read"} for _ in missing]
-            writer.write_table(results_table(missing, lost, schema))
-            rows += len(missing)
-            errors += len(missing)
+        failed = {**{f: "FileNotFoundError: the file could not be read" for f in missing}, **refused}
+        if failed:
+            writer.write_table(_error_rows(sorted(failed), [failed[f] for f in sorted(failed)], schema))
+            rows += len(failed)
+            errors += len(failed)
     return rows, errors

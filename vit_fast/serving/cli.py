@@ -10,6 +10,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 from .. import dtype_names
 
@@ -284,6 +285,27 @@ def _serve(parser, args) -> int:
         return _serve_on_ray(args)
 
 
+def _replicas_do_not_fit(args) -> Optional[str]:
+    """Why the local Ray cannot place the replicas (each on one node), or None."""
+    import ray
+
+    from .deployment import replica_resources
+
+    if not ray.is_initialized():
+        return None
+    gpus, cpus = replica_resources(args.num_replicas, None, args.cpus_per_replica, args.device)
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    fits = sum(int(min(n.get("CPU", 0) // cpus if cpus else args.num_replicas,
+                       n.get("GPU", 0) // gpus if gpus else args.num_replicas)) for n in nodes)
+    if fits >= args.num_replicas:
+        return None
+    each = f"{cpus:g} CPU{'s' if cpus != 1 else ''}" + (f" and {gpus:g} GPU" if gpus else "")
+    have = ", ".join(f"{n.get('CPU', 0):g} CPUs" + (f" and {n.get('GPU', 0):g} GPUs" if gpus else "")
+                     for n in nodes)
+    return (f"the model replicas cannot start: {args.num_replicas} replica(s) of {each} each do not fit in this "
+            f"machine's Ray ({have}); lower --num-replicas or --cpus-per-replica, or raise --num-cpus")
+
+
 def _serve_on_ray(args) -> int:
     _on_sigterm()
     try:
@@ -301,6 +323,12 @@ def _serve_on_ray(args) -> int:
     from .deployment import build_app
 
     stage = "Ray Serve's HTTP proxy failed to start"
+    if not args.address:  # Ray started here: replicas it can never place would wait forever, silently
+        too_small = _replicas_do_not_fit(args)
+        if too_small:
+            print(f"vit-fast serve: {too_small}", file=sys.stderr)
+            ray.shutdown()
+            return 1
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
         stage = "the model replicas failed to start"

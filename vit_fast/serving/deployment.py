@@ -17,8 +17,10 @@ HTTP API (paths are relative to the application's route prefix, "/" by default):
       accepted), optional "top_k" (int), "embedding" (bool) and "normalize" (bool: unit-L2 embeddings, as CLIP
       retrieval compares them);
     * a raw image body (Content-Type image/* or application/octet-stream);
-    * a multipart/form-data upload: every file part is an image, the fields "top_k" and "embedding" are options.
-  `top_k` and `embedding` may also be given as query parameters. Answer: 200
+    * a multipart/form-data upload: every file part (or part with a Content-Type) is an image, the fields
+      "top_k", "embedding" and "normalize" are options; any other field is refused.
+  Base64 may be wrapped in lines or URL-safe; a JSON field other than those named is refused. The options may
+  also be given as query parameters. `HEAD /health` answers 200 with no body. Answer: 200
   {"predictions": [{"labels": [...], "scores": [...], "indices": [...], "embedding": [...]?, "error": null}, ...]},
   one per image in request order. An image that cannot be decoded gets its own entry with empty lists and "error"
   set, and the others are still answered (as `vit-fast predict` and `infer` do); when no image of the request
@@ -42,7 +44,7 @@ from typing import Optional
 
 from ray import serve
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from ..predictor import Predictor, check_fp8_exclude
 
@@ -62,12 +64,18 @@ class BadRequest(ValueError):
         self.message = message
 
 
+def _shown(value) -> str:
+    """A client's value as an error message quotes it: its repr, cut to 60 characters."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}... ({len(text)} characters)"
+
+
 def _parse_bool(value, name: str) -> bool:
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.lower() in ("1", "true", "yes", "0", "false", "no"):
         return value.lower() in ("1", "true", "yes")
-    raise BadRequest(400, f"{name} must be a boolean (true/false), got {value!r}")
+    raise BadRequest(400, f"{name} must be a boolean (true/false), got {_shown(value)}")
 
 
 def _unit(vector: list) -> list:
@@ -83,8 +91,11 @@ def _parse_top_k(value) -> int:
     except (TypeError, ValueError):
         top_k = None
     if top_k is None or top_k < 1:
-        raise BadRequest(400, f"top_k must be a positive integer, got {value!r}")
+        raise BadRequest(400, f"top_k must be a positive integer, got {_shown(value)}")
     return top_k
+
+
+_URL_SAFE = str.maketrans("-_", "+/")
 
 
 def _b64decode(text, index: int) -> bytes:
@@ -92,6 +103,9 @@ def _b64decode(text, index: int) -> bytes:
         raise BadRequest(400, f"image {index}: expected a base64 string, got {type(text).__name__}")
     if text.startswith("data:"):
         text = text.partition(",")[2]
+    text = "".join(text.split())  # line breaks: GNU base64 and MIME wrap at 76 columns
+    if "-" in text or "_" in text:  # the URL-safe alphabet
+        text = text.translate(_URL_SAFE)
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as e:
@@ -103,8 +117,14 @@ def _parse_json(body: bytes) -> tuple[list, dict]:
         payload = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BadRequest(400, f"request body is not valid JSON: {e}") from e
+    except RecursionError:
+        raise BadRequest(400, "request body is not valid JSON: nested too deeply") from None
     if not isinstance(payload, dict):
         raise BadRequest(400, 'expected a JSON object such as {"image": "<base64>"}')
+    unknown = sorted(set(payload) - {"image", "images", *_OPTION_FIELDS})
+    if unknown:  # a misspelt option ("topk") would silently fall back to its default
+        raise BadRequest(400, f"unknown fields {_shown(unknown)} in the JSON object; expected \"image\" or "
+                              f"\"images\" and the options {', '.join(_OPTION_FIELDS)}")
     if ("image" in payload) == ("images" in payload):
         raise BadRequest(400, 'the JSON object needs exactly one of "image" (base64 string) or "images" (list)')
     encoded = [payload["image"]] if "image" in payload else payload["images"]
@@ -129,10 +149,13 @@ def _parse_multipart(content_type: str, body: bytes) -> tuple[list, dict]:
     for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")
         payload = part.get_payload(decode=True) or b""
-        if name in _OPTION_FIELDS and part.get_filename() is None:
+        if name in _OPTION_FIELDS:  # an option, sent as a field or as a file part
             options[name] = payload.decode("utf-8", "replace").strip()
-        else:
+        elif part.get_filename() is not None or part.get_content_type() != "text/plain":  # a file, or typed bytes
             blobs.append((len(blobs), payload))
+        else:  # a plain form field would otherwise be taken for an image and shift the others' positions
+            raise BadRequest(400, f"unknown form field {_shown(name)}: send images as file parts and only the "
+                                  f"options {', '.join(_OPTION_FIELDS)} as fields")
     return blobs, options
 
 
@@ -198,10 +221,10 @@ class ViTDeployment:
             raise BadRequest(413, f"request body of {len(body)} bytes exceeds the limit of {MAX_BODY_BYTES}")
         content_type = request.headers.get("content-type", "")
         media = content_type.split(";")[0].strip().lower()
-        if media == "application/json":
-            blobs, options = _parse_json(body)
+        if media == "application/json":  # parsed off the event loop: a large body must not stall /health
+            blobs, options = await asyncio.to_thread(_parse_json, body)
         elif media == "multipart/form-data":
-            blobs, options = _parse_multipart(content_type, body)
+            blobs, options = await asyncio.to_thread(_parse_multipart, content_type, body)
         elif media.startswith("image/") or media in ("application/octet-stream", ""):
             blobs, options = [(0, body)], {}
         else:
@@ -252,6 +275,8 @@ class ViTDeployment:
             if path not in routes:
                 raise BadRequest(404, f"no route {path!r}: use GET /health or POST /predict")
             method, handler = routes[path]
+            if path == "/health" and request.method == "HEAD":  # load balancers' checks: the status alone
+                return Response(status_code=200)
             if request.method != method:
                 raise BadRequest(405, f"{path} accepts {method}, got {request.method}")
             return await handler(request)
@@ -260,6 +285,22 @@ class ViTDeployment:
         except Exception as e:  # a bug or a model failure: answer JSON too, keep the traceback in the replica log
             logger.exception("request to %s failed", path)
             return JSONResponse({"error": f"internal error: {type(e).__name__}: {e}"}, status_code=500)
+
+
+def replica_resources(num_replicas: int, num_gpus: Optional[float], num_cpus: Optional[float],
+                      device: Optional[str]) -> tuple:
+    """(GPUs, CPUs) of each replica, as build_app's docstring says they are chosen."""
+    import ray
+
+    if num_gpus is None:
+        wants_gpu = device is None or str(device).startswith("cuda")
+        num_gpus = 1 if wants_gpu and ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    if num_cpus is None:
+        node_cpus = 1
+        if ray.is_initialized():
+            node_cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1)
+        num_cpus = 1 if num_gpus else max(1, int(node_cpus) // num_replicas)
+    return num_gpus, num_cpus
 
 
 def build_app(checkpoint: Optional[str] = None, name: str = "vit_b_16", backend: str = "auto",
@@ -282,14 +323,7 @@ def build_app(checkpoint: Optional[str] = None, name: str = "vit_b_16", backend:
         checkpoint, note = pin_for_replicas(checkpoint)
         if note:
             logger.warning("vit-fast: %s", note)
-    if num_gpus is None:
-        wants_gpu = device is None or str(device).startswith("cuda")
-        num_gpus = 1 if wants_gpu and ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    if num_cpus is None:
-        node_cpus = 1
-        if ray.is_initialized():
-            node_cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1)
-        num_cpus = 1 if num_gpus else max(1, int(node_cpus) // num_replicas)
+    num_gpus, num_cpus = replica_resources(num_replicas, num_gpus, num_cpus, device)
     if num_threads is None and num_cpus >= 1:
         num_threads = int(num_cpus)
     actor_options = {"num_gpus": num_gpus, "num_cpus": num_cpus}
