@@ -1,5 +1,7 @@
 """Equivalence with Hugging Face transformers ViT models built with random weights: live objects,
 `save_pretrained` directories, interpolated position embeddings, pooler, uint8 inputs."""
+import copy
+
 import pytest
 import torch
 
@@ -359,3 +361,30 @@ def test_num_classes_zero_loads_the_features_of_a_classifier(tmp_path, kind):
     if kind == "vit":
         with pytest.raises(ValueError, match="the checkpoint's head has 7 classes: num_classes=0 leaves it out"):
             vit_fast.from_hf(tmp_path / "hf", num_classes=3)
+
+
+def test_one_channel_models_say_what_to_pass():
+    """An HF ViT of one channel without a processor: the 3-channel default statistics cannot apply, and the message
+    says what to pass; with them it equals HF."""
+    hf = _hf_classifier(32, 1, 2, 64, 32, 16, num_channels=1)
+    with pytest.raises(ValueError, match=r"image_mean/image_std need 1 values each \(in_chans 1\), got 3 and 3: "
+                                         r"pass image_mean=\[...\] and image_std=\[...\] with one value per channel"):
+        vit_fast.from_hf(hf)
+    model = vit_fast.from_hf(hf, image_mean=[0.5], image_std=[0.5])
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert rel_err(model(x), hf(x).logits) <= LOADER_REL_ERR
+
+
+def test_a_live_module_gives_a_model_in_its_dtype():
+    """from_hf of a bf16 (or fp64) module returns the model in that dtype, as the source was; loaded from its
+    directory (no live weights to follow), fp32."""
+    hf = _hf_classifier(32, 1, 2, 64, 32, 16)
+    x = torch.randn(2, 3, 32, 32)
+    for dtype in (torch.bfloat16, torch.float64):
+        source = copy.deepcopy(hf).to(dtype)
+        model = vit_fast.from_hf(source)
+        assert model.patch_embed.proj.weight.dtype == dtype and model.head.weight.dtype == dtype
+        with torch.no_grad():
+            assert model(x.to(dtype)).dtype == dtype
+    assert vit_fast.from_hf(hf).patch_embed.proj.weight.dtype == torch.float32

@@ -117,6 +117,11 @@ REFUSED = [  # timm models whose structure differs from the plain ViT's, some wi
     ("vit_tiny_r_s16_p8_224", {}, "patch embedding HybridEmbed"),
     ("vit_pe_core_tiny_patch16_384", {}, "got timm.models.eva.Eva"),
     ("test_vit3", {}, "'map' pooling over the prefix tokens too"),
+    # the plain ViT's classes with a feature switched off or swapped: named, not a list of missing keys
+    ("vit_tiny_patch16_224", dict(depth=1, img_size=32, norm_layer="rmsnorm"), r"RmsNorm layers \(vit-fast runs"),
+    ("vit_tiny_patch16_224", dict(depth=1, img_size=32, pos_embed="none"), r"no absolute position embedding"),
+    ("vit_tiny_patch16_224", dict(depth=1, img_size=32, proj_bias=False),
+     r"attention out-projections without bias \(proj_bias=False\), MLP layers without bias"),
 ]
 
 

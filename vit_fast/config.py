@@ -144,7 +144,9 @@ class ViTConfig:
         if self.interpolation not in INTERPOLATIONS:
             problems.append(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
         if len(self.image_mean) != self.in_chans or len(self.image_std) != self.in_chans:
-            problems.append(f"image_mean/image_std need {self.in_chans} values each")
+            problems.append(f"image_mean/image_std need {self.in_chans} values each (in_chans {self.in_chans}), got "
+                            f"{len(self.image_mean)} and {len(self.image_std)}: pass image_mean=[...] and "
+                            "image_std=[...] with one value per channel")
         if any(s <= 0 for s in self.image_std):
             problems.append(f"image_std must be positive, got {self.image_std}")
         if not 0 < self.crop_pct <= 1:

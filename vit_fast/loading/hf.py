@@ -14,7 +14,7 @@ import torch
 
 from ..config import ViTConfig, drop_processor_sizes
 from . import hf_dual, hub
-from .state_dict import build_and_load, labels_for_head, read_json, read_weights, weights_in
+from .state_dict import build_and_load, labels_for_head, like_source, read_json, read_weights, weights_in
 from .hf_common import broadcast_stats, labels_of, processor_fields
 from .timm_hub import is_timm_config
 
@@ -222,6 +222,8 @@ def from_hf(obj, backend: str = "auto", hf_outputs: bool = False, revision: str 
         hf, state = hf_dual.vision_tower(hf, state, source)
     state, config = _convert(hf, state, preprocessor, config_overrides)
     model = build_and_load(config, state, backend, source)
+    if isinstance(obj, torch.nn.Module):
+        model = like_source(model, obj)
     if not hf_outputs:
         return model
     return _drop_in(obj, hf, model, source_class if dual else None)

@@ -72,7 +72,9 @@ def read_weights(path) -> tuple:
     merged). A file that is empty, cut short or not of its type raises one ValueError naming it."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no weight file at {path}")
+        from .hub import missing_hint
+
+        raise FileNotFoundError(f"no weight file at {path}{missing_hint(str(path)) if not path.exists() else ''}")
     if path.name.endswith(".index.json"):
         return _read_sharded(path), {}
     if path.suffix == ".safetensors":
@@ -212,6 +214,16 @@ def labels_for_head(overrides: dict, state: dict) -> dict:
     if "num_classes" in overrides and "labels" not in overrides and overrides["num_classes"] != held:
         return {"labels": None}
     return {}
+
+
+def like_source(model, source: torch.nn.Module):
+    """`model` on the device and in the floating dtype of a live `source` module's weights, as the source was:
+    `from_hf(hf.cuda().half())` gives a CUDA fp16 model (loading itself runs in fp32 on the CPU)."""
+    weight = next((p for p in source.parameters() if p.is_floating_point()), None)
+    if weight is None or weight.device.type == "meta" or (weight.device.type == "cpu" and
+                                                          weight.dtype == torch.float32):
+        return model
+    return model.to(device=weight.device, dtype=weight.dtype)
 
 
 def build_and_load(config: ViTConfig, state: dict, backend: str, source: str, pos_grid=None,

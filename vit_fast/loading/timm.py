@@ -17,7 +17,7 @@ from ..config import ViTConfig
 from . import hub as hub_repo
 from . import timm_hub
 from .hf_common import fold_layer_scale
-from .state_dict import build_and_load, infer_num_heads, labels_for_head, read_weights, weights_in
+from .state_dict import build_and_load, infer_num_heads, labels_for_head, like_source, read_weights, weights_in
 
 _POOLS = {"token": "cls", "avg": "avg", "map": "map"}
 
@@ -146,6 +146,15 @@ def _live_model_config(model) -> dict:
                                     getattr(pool_module, "pos_embed", None) is not None or
                                     getattr(pool_module, "pool", "token") != "token"):
         unsupported.append("attention pooling other than one latent with 'token' pooling")
+    norms = {type(m).__name__ for m in model.modules() if "Norm" in type(m).__name__} - {"LayerNorm"}
+    if norms:
+        unsupported.append(f"{', '.join(sorted(norms))} layers (vit-fast runs LayerNorm)")
+    if getattr(model, "pos_embed", None) is None:
+        unsupported.append("no absolute position embedding (pos_embed='none')")
+    if getattr(block.attn.proj, "bias", 0) is None:
+        unsupported.append("attention out-projections without bias (proj_bias=False)")
+    if any(getattr(getattr(block.mlp, fc, None), "bias", 0) is None for fc in ("fc1", "fc2")):
+        unsupported.append("MLP layers without bias")
     if unsupported:
         raise ValueError("this timm model uses features vit-fast does not implement: " + ", ".join(unsupported))
     pretrained = getattr(model, "pretrained_cfg", None) or {}
@@ -199,4 +208,5 @@ def from_timm(obj, backend: str = "auto", revision: str | None = None, **config_
                       "(DeiT, DINOv2) or CLIP's. They apply to uint8 pixels and to predict, serve and infer; float "
                       "inputs are taken as normalized", stacklevel=2)
     config = config_from_timm_state(state, **{**config_overrides, **labels_for_head(asked, state)})
-    return build_and_load(config, fold_layer_scale(state), backend, source)
+    model = build_and_load(config, fold_layer_scale(state), backend, source)
+    return like_source(model, obj) if isinstance(obj, torch.nn.Module) else model
