@@ -224,11 +224,12 @@ def test_real_entry_point(tmp_path):
                           text=True, timeout=120, env=env)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and "expected a safetensors file" in lines[0], done.stderr
-    # a warning is one line too (timm files do not record the number of heads)
+    # a warning is one line too (timm files do not record the normalization or the number of heads)
     good = tmp_path / "w.safetensors"
     save_file({k: v.contiguous() for k, v in _tiny().state_dict().items()}, str(good))
     done = subprocess.run(_entry_point() + ["convert", str(good), str(tmp_path / "out")], capture_output=True,
                           text=True, timeout=120, env=env)
     lines = done.stderr.strip().splitlines()
-    assert done.returncode == 0 and len(lines) == 1, done.stderr
-    assert lines[0].startswith("vit-fast: warning: timm weights do not record the number of heads")
+    assert done.returncode == 0 and len(lines) == 2, done.stderr
+    assert lines[0].startswith("vit-fast: warning: timm weights do not record the input normalization")
+    assert lines[1].startswith("vit-fast: warning: timm weights do not record the number of heads")
