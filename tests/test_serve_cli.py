@@ -167,10 +167,13 @@ def test_batch_inference_of_unreadable_files_only_needs_no_ray(tmp_path, monkeyp
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was started"))
     (tmp_path / "mem.png").symlink_to("/proc/self/mem")
-    summary = batch.run_batch_inference([tmp_path / "mem.png"], str(tmp_path / "p.parquet"), name="vit_ti_16")
-    assert summary == {"rows": 1, "errors": 1, "out": str(tmp_path / "p.parquet")}
-    (row,) = __import__("pyarrow.parquet").parquet.read_table(tmp_path / "p.parquet").to_pylist()
-    assert row["path"] == str(tmp_path / "mem.png") and row["error"] == "OSError: Input/output error"
+    os.mkfifo(tmp_path / "fifo.png")  # opening it would block: it is never opened
+    summary = batch.run_batch_inference([tmp_path / "mem.png", tmp_path / "fifo.png"], str(tmp_path / "p.parquet"),
+                                        name="vit_ti_16")
+    assert summary == {"rows": 2, "errors": 2, "out": str(tmp_path / "p.parquet")}
+    fifo, mem = __import__("pyarrow.parquet").parquet.read_table(tmp_path / "p.parquet").to_pylist()
+    assert mem["path"] == str(tmp_path / "mem.png") and mem["error"] == "OSError: Input/output error"
+    assert fifo["path"] == str(tmp_path / "fifo.png") and fifo["error"] == "OSError: not a regular file"
 
 
 @pytest.mark.parametrize("kwargs, error, match", [

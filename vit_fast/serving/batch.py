@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import glob
 import os
+import stat
 import sys
 import time
 from pathlib import Path
@@ -76,6 +77,9 @@ def unreadable(files: list) -> dict:
     out = {}
     for f in files:
         try:
+            if not stat.S_ISREG(os.stat(f).st_mode):  # a FIFO given in a list would block the open below
+                out[f] = "OSError: not a regular file"
+                continue
             with open(f, "rb") as handle:
                 handle.read(1)
         except FileNotFoundError:
