@@ -15,7 +15,7 @@ import torch
 from ..config import ViTConfig, drop_processor_sizes
 from . import hf_dual, hub
 from .state_dict import build_and_load, labels_for_head, like_source, read_json, read_weights, weights_in
-from .hf_common import broadcast_stats, labels_of, processor_fields
+from .hf_common import broadcast_stats, check_act, labels_of, processor_fields
 from .timm_hub import is_timm_config
 
 # (HF suffix pattern, vit-fast name); \1 is the layer index. Classic names first, then transformers-5 names.
@@ -86,8 +86,6 @@ def config_from_hf(hf: dict, state: dict, preprocessor: dict | None = None, **ov
     """ViTConfig from an HF config dict and the converted state dict (which tells head and pooler sizes)."""
     if hf.get("model_type", "vit") != "vit":
         raise ValueError(f"expected a Hugging Face ViT config (model_type 'vit'); got {hf.get('model_type')!r}")
-    if hf.get("hidden_act", "gelu") != "gelu":
-        raise ValueError(f"only exact GELU (hidden_act 'gelu') is supported; got {hf['hidden_act']!r}")
     if "pre_logits.fc.weight" in state and hf.get("pooler_act", "tanh") != "tanh":
         raise ValueError(f"only a tanh pooler is supported; got pooler_act {hf['pooler_act']!r}")
     num_classes = state["head.weight"].shape[0] if "head.weight" in state else 0
@@ -102,6 +100,7 @@ def config_from_hf(hf: dict, state: dict, preprocessor: dict | None = None, **ov
         mlp_dim=hf.get("intermediate_size", 3072),
         qkv_bias=hf.get("qkv_bias", True),
         layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
+        act_layer=check_act(hf, "hidden_act", default="gelu"),
         representation_size=state["pre_logits.fc.weight"].shape[0] if "pre_logits.fc.weight" in state else None,
         crop_pct=1.0,
         resize_mode="squash",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from ..config import ViTConfig
-from .hf_common import LAYER, check_act, common_config, compile_table, rename_back, rename
+from .hf_common import HF_NAMES, LAYER, check_act, common_config, compile_table, rename_back, rename
 
 MODEL_TYPES = ("clip_vision_model",)
 CONVERTS_RGB = True  # its HF image processor composites transparent pixels onto white (do_convert_rgb)
@@ -30,8 +30,6 @@ _TABLE = compile_table([
     (r"visual_projection\.weight", "head.weight"),
 ], prefixes=("vision_model.",))
 _IGNORED = re.compile(r"^(?:vision_model\.)?embeddings\.position_ids$")
-_ACTS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
-HF_ACTS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}  # the way back
 
 
 def convert_state(state: dict, hf: dict) -> dict:
@@ -48,7 +46,7 @@ def config_from_hf(hf: dict, state: dict, preprocessor: dict | None = None, **ov
     cfg.update(
         mlp_dim=hf["intermediate_size"],
         layer_norm_eps=hf.get("layer_norm_eps", 1e-5),
-        act_layer=check_act(hf, "hidden_act", _ACTS),
+        act_layer=check_act(hf, "hidden_act"),
         pre_norm=True,
         patch_bias=False,
         fc_norm=True,
@@ -73,7 +71,7 @@ def hf_architecture(cfg: ViTConfig) -> tuple:
     config = CLIPVisionConfig(
         hidden_size=cfg.embed_dim, intermediate_size=cfg.mlp_dim, num_hidden_layers=cfg.depth,
         num_attention_heads=cfg.num_heads, num_channels=cfg.in_chans, image_size=cfg.img_size[0],
-        patch_size=cfg.patch_size, hidden_act=HF_ACTS[cfg.act_layer], layer_norm_eps=cfg.layer_norm_eps,
+        patch_size=cfg.patch_size, hidden_act=HF_NAMES[cfg.act_layer], layer_norm_eps=cfg.layer_norm_eps,
         projection_dim=cfg.num_classes or 512)
     if cfg.num_classes:
         return "CLIPVisionModelWithProjection", config, "image_embeds"

@@ -139,9 +139,17 @@ def broadcast_stats(preprocessor: dict, channels: int, where) -> dict:
     return out
 
 
-def check_act(hf: dict, key: str, allowed: dict) -> str:
-    """Map HF's activation name to a ViTConfig act_layer, or raise naming what is supported."""
-    act = hf.get(key)
+# transformers' activation names -> ViTConfig act_layer (gelu_new, gelu_fast and gelu_pytorch_tanh are the same tanh
+# approximation), and the way back
+HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+                  "quick_gelu": "quick_gelu"}
+HF_NAMES = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "quick_gelu": "quick_gelu"}
+
+
+def check_act(hf: dict, key: str, allowed: dict = HF_ACTIVATIONS, default: str | None = None) -> str:
+    """Map HF's activation name (`default` where the config has none) to a ViTConfig act_layer, or raise naming
+    what is supported."""
+    act = hf.get(key, default)
     if act not in allowed:
         raise ValueError(f"{hf.get('model_type')}: {key} {act!r} is not supported; expected one of "
                          f"{sorted(allowed)}")

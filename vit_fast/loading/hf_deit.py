@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 
 from ..config import ViTConfig
-from .hf_common import common_config, compile_table, rename_back, labels_of, rename
+from .hf_common import (HF_NAMES, check_act, common_config, compile_table, labels_of, rename,
+                        rename_back)
 
 MODEL_TYPES = ("deit",)
 CONVERTS_RGB = False  # its HF image processor (DeiTImageProcessor) leaves do_convert_rgb unset
@@ -43,13 +44,12 @@ def convert_state(state: dict, hf: dict) -> dict:
 
 
 def config_from_hf(hf: dict, state: dict, preprocessor: dict | None = None, **overrides) -> ViTConfig:
-    if hf.get("hidden_act", "gelu") != "gelu":
-        raise ValueError(f"deit: hidden_act {hf['hidden_act']!r} is not supported; expected 'gelu'")
     num_classes = state["head.weight"].shape[0] if "head.weight" in state else 0
     cfg = common_config(hf, preprocessor)
     cfg.update(
         mlp_dim=hf["intermediate_size"],
         qkv_bias=hf.get("qkv_bias", True),
+        act_layer=check_act(hf, "hidden_act", default="gelu"),
         dist_token="dist_token" in state,
         # DeiTForImageClassification: [CLS]'s head only, an identity one included (num_labels 0: its weights
         # cannot tell it from a headless distilled model, the architecture can)
@@ -84,7 +84,8 @@ def hf_architecture(cfg: ViTConfig) -> tuple:
     config = DeiTConfig(
         hidden_size=cfg.embed_dim, intermediate_size=cfg.mlp_dim, num_hidden_layers=cfg.depth,
         num_attention_heads=cfg.num_heads, num_channels=cfg.in_chans, image_size=h if h == w else [h, w],
-        patch_size=cfg.patch_size, hidden_act="gelu", layer_norm_eps=cfg.layer_norm_eps, qkv_bias=cfg.qkv_bias,
+        patch_size=cfg.patch_size, hidden_act=HF_NAMES[cfg.act_layer], layer_norm_eps=cfg.layer_norm_eps,
+        qkv_bias=cfg.qkv_bias,
         num_labels=cfg.num_classes)
     name = ("DeiTForImageClassificationWithTeacher" if cfg.dist_token and cfg.dist_head
             else "DeiTForImageClassification")

@@ -16,8 +16,8 @@ import re
 import torch
 
 from ..config import ViTConfig
-from .hf_common import (LAYER, common_config, compile_table, fold_layer_scale, labels_of, rename,
-                        rename_back)
+from .hf_common import (HF_NAMES, LAYER, check_act, common_config, compile_table, fold_layer_scale, labels_of,
+                        rename, rename_back)
 
 MODEL_TYPES = ("dinov2", "dinov2_with_registers")
 CONVERTS_RGB = True  # its HF image processor composites transparent pixels onto white (do_convert_rgb)
@@ -54,10 +54,8 @@ def convert_state(state: dict, hf: dict) -> dict:
 
 
 def config_from_hf(hf: dict, state: dict, preprocessor: dict | None = None, **overrides) -> ViTConfig:
-    act = hf.get("hidden_act", "gelu")
     swiglu = bool(hf.get("use_swiglu_ffn", False))
-    if not swiglu and act != "gelu":
-        raise ValueError(f"{hf.get('model_type')}: hidden_act {act!r} is not supported; expected 'gelu'")
+    act = "gelu" if swiglu else check_act(hf, "hidden_act", default="gelu")  # SwiGLU's gate is SiLU whatever it says
     registers = state["reg_token"].shape[1] if "reg_token" in state else 0
     num_classes = state["head.weight"].shape[0] if "head.weight" in state else 0
     cfg = common_config(hf, preprocessor)
@@ -67,6 +65,7 @@ def config_from_hf(hf: dict, state: dict, preprocessor: dict | None = None, **ov
         layer_norm_eps=hf.get("layer_norm_eps", 1e-6),
         qkv_bias=hf.get("qkv_bias", True),
         mlp_type="swiglu" if swiglu else "mlp",
+        act_layer=act,
         reg_tokens=registers,
         no_embed_class=registers > 0,
         global_pool="cls_avg" if num_classes else "cls",
@@ -97,7 +96,7 @@ def hf_architecture(cfg: ViTConfig) -> tuple:
     kw = dict(hidden_size=cfg.embed_dim, num_hidden_layers=cfg.depth, num_attention_heads=cfg.num_heads,
               mlp_ratio=_mlp_ratio(cfg), num_channels=cfg.in_chans, image_size=cfg.img_size[0],
               patch_size=cfg.patch_size, qkv_bias=cfg.qkv_bias, layer_norm_eps=cfg.layer_norm_eps,
-              use_swiglu_ffn=cfg.mlp_type == "swiglu", hidden_act="gelu")
+              use_swiglu_ffn=cfg.mlp_type == "swiglu", hidden_act=HF_NAMES[cfg.act_layer])
     if cfg.reg_tokens:
         kw["num_register_tokens"] = cfg.reg_tokens
     if cfg.num_classes:

@@ -11,7 +11,7 @@ import re
 import torch
 
 from ..config import ViTConfig
-from .hf_common import LAYER, check_act, common_config, compile_table, rename_back, rename
+from .hf_common import HF_NAMES, LAYER, check_act, common_config, compile_table, rename_back, rename
 
 MODEL_TYPES = ("siglip_vision_model",)
 CONVERTS_RGB = True  # its HF image processor composites transparent pixels onto white (do_convert_rgb)
@@ -32,8 +32,6 @@ _TABLE = compile_table([
     (r"head\.attention\.in_proj_(weight|bias)", r"attn_pool.in_proj.\1"),
 ], prefixes=("vision_model.",))
 _IGNORED = re.compile(r"^(?:vision_model\.)?embeddings\.position_ids$")
-_ACTS = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu": "gelu", "quick_gelu": "quick_gelu"}
-HF_ACTS = {"gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu", "quick_gelu": "quick_gelu"}  # the way back
 
 
 def convert_state(state: dict, hf: dict) -> dict:
@@ -56,7 +54,7 @@ def config_from_hf(hf: dict, state: dict, preprocessor: dict | None = None, **ov
     cfg.update(
         mlp_dim=hf["intermediate_size"],
         layer_norm_eps=hf.get("layer_norm_eps", 1e-6),
-        act_layer=check_act(hf, "hidden_act", _ACTS),
+        act_layer=check_act(hf, "hidden_act"),
         class_token=False,
         global_pool="map",
         num_classes=0,
@@ -79,7 +77,7 @@ def hf_architecture(cfg: ViTConfig) -> tuple:
     config = SiglipVisionConfig(
         hidden_size=cfg.embed_dim, intermediate_size=cfg.mlp_dim, num_hidden_layers=cfg.depth,
         num_attention_heads=cfg.num_heads, num_channels=cfg.in_chans, image_size=cfg.img_size[0],
-        patch_size=cfg.patch_size, hidden_act=HF_ACTS[cfg.act_layer], layer_norm_eps=cfg.layer_norm_eps,
+        patch_size=cfg.patch_size, hidden_act=HF_NAMES[cfg.act_layer], layer_norm_eps=cfg.layer_norm_eps,
         vision_use_head=True)
     return "SiglipVisionModel", config, "pooler_output"
 
