@@ -358,6 +358,9 @@ def test_serve_apps_and_infer_actors_get_one_commit(tmp_path, fake_hub, monkeypa
     assert served(checkpoint="me/missing") == "me/missing"
     assert len(warned) == 1 and warned[0].startswith("vit-fast: me/missing is not pinned to a commit, so each "
                                                      "replica resolves it itself: no local checkpoint at"), warned
+    assert served(checkpoint=str(tmp_path / "nowhere")) == str(tmp_path / "nowhere")  # a path on the nodes, maybe
+    assert warned[-1] == (f"vit-fast: no checkpoint at {tmp_path / 'nowhere'} on this machine: the replicas fail "
+                          "to start unless it exists where they run")
     # a revision is pinned to its own commit; timm's hf-hub: spelling keeps its prefix
     old = randomize_(vit_fast.create("vit_ti_16", depth=1, img_size=32, num_classes=3))
     vit_fast.save(old, tmp_path / "old")

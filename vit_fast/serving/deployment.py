@@ -40,6 +40,7 @@ import json
 import logging
 from email import policy
 from email.parser import BytesParser
+from pathlib import Path
 from typing import Optional
 
 from ray import serve
@@ -323,6 +324,12 @@ def build_app(checkpoint: Optional[str] = None, name: str = "vit_b_16", backend:
         checkpoint, note = pin_for_replicas(checkpoint)
         if note:
             logger.warning("vit-fast: %s", note)
+    from ..loading.hub import name_of
+
+    if isinstance(checkpoint, str) and name_of(checkpoint) is None and not Path(checkpoint).expanduser().exists():
+        # Serve's own failure names no cause; the path may still exist on a cluster's nodes
+        logger.warning("vit-fast: no checkpoint at %s on this machine: the replicas fail to start unless it exists "
+                       "where they run", checkpoint)
     num_gpus, num_cpus = replica_resources(num_replicas, num_gpus, num_cpus, device)
     if num_threads is None and num_cpus >= 1:
         num_threads = int(num_cpus)
