@@ -161,9 +161,13 @@ def _read_hf_dir(path: Path) -> tuple:
     check_hf_config_types(hf, config_file)
     state, _ = read_weights(weights_in(path, "config.json"))
     pre_file = path / "preprocessor_config.json"
-    preprocessor = (broadcast_stats(read_json(pre_file), hf.get("num_channels", 3), pre_file) if pre_file.is_file()
-                    else None)
+    preprocessor = _read_processor(pre_file, hf) if pre_file.is_file() else None
     return hf, state, preprocessor
+
+
+def _read_processor(pre_file: Path, hf: dict) -> dict:
+    """preprocessor_config.json, its mean and std as one number per channel."""
+    return broadcast_stats(read_json(pre_file), hf.get("num_channels", 3), pre_file)
 
 
 def _families() -> dict:
@@ -207,8 +211,7 @@ def from_hf(obj, backend: str = "auto", hf_outputs: bool = False, revision: str 
         hf, state, source = obj.config.to_dict(), obj.state_dict(), type(obj).__name__
         hf["architectures"] = [source]  # the module's class, whatever the config it was built from says
         pre_file = hub.local_processor_file(obj.config)  # None: the family's defaults stand in for the processor
-        preprocessor = (broadcast_stats(read_json(pre_file), hf.get("num_channels", 3), pre_file) if pre_file
-                        else None)
+        preprocessor = _read_processor(pre_file, hf) if pre_file else None
     elif isinstance(obj, (str, Path)):
         where = Path(obj) if named is None else hub.download(named.repo, named.revision)
         hf, state, preprocessor = _read_hf_dir(where)

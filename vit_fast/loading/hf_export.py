@@ -66,28 +66,24 @@ def to_hf(model, family: str, device="cpu") -> tuple:
     differ = [f"{k}={mine[k]!r} (HF: {theirs[k]!r})" for k in mine if mine[k] != theirs[k]]
     if differ:
         raise ValueError(f"Hugging Face's {class_name} cannot express this model: {'; '.join(differ)}")
-    with torch.device(device):
-        hf_model = hf_class(hf_config)
-    try:
-        state = fam.export_state(hf_model.state_dict(), ours)
-    except ValueError as e:
-        raise ValueError(f"Hugging Face's {class_name}: {e}") from None
-    hf_model.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=True)
-    return hf_model.eval(), primary
+    return into_class(model, hf_config, class_name, device, ours), primary
 
 
-def into_class(model, hf_config, class_name: str):
-    """The HF `class_name` built from `hf_config` (a drop-in's source config) holding `model`'s weights, in fp32 on
-    the CPU: what `HFDropIn.save_pretrained` writes. The family's key table read in reverse, the classic ViT's too;
-    a ViTModel or DeiTModel has a pooler exactly when the model has the pre-logits layer."""
+def into_class(model, hf_config, class_name: str, device="cpu", ours: dict | None = None):
+    """The HF `class_name` built from `hf_config` (`to_hf`'s, or a drop-in's source config) holding `model`'s
+    weights (`ours`: its fp32 state, when the caller has it) in fp32 on `device`, in eval mode: what `to_hf` returns
+    and `HFDropIn.save_pretrained` writes. The family's key table read in reverse, the classic ViT's too; a
+    ViTModel or DeiTModel has a pooler exactly when the model has the pre-logits layer."""
     import transformers
 
     from .hf import _IGNORED, _families, ours_for_hf_key
 
-    ours = float_state(model, f"Hugging Face's {class_name}")
+    if ours is None:
+        ours = float_state(model, f"Hugging Face's {class_name}")
     kwargs = {"add_pooling_layer": bool(model.config.representation_size)} if class_name in ("ViTModel",
                                                                                             "DeiTModel") else {}
-    hf_model = getattr(transformers, class_name)(copy.deepcopy(hf_config), **kwargs)
+    with torch.device(device):
+        hf_model = getattr(transformers, class_name)(copy.deepcopy(hf_config), **kwargs)
     hf_state = hf_model.state_dict()
     family = _families().get(hf_config.model_type)
     try:
@@ -97,5 +93,5 @@ def into_class(model, hf_config, class_name: str):
             state = {k: v if _IGNORED.match(k) else ours_for_hf_key(k, ours) for k, v in hf_state.items()}
     except (KeyError, ValueError) as e:
         raise ValueError(f"Hugging Face's {class_name}: {e}") from None
-    hf_model.load_state_dict(state, strict=True)
+    hf_model.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=True)
     return hf_model.eval()
